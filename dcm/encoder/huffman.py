@@ -1,0 +1,110 @@
+"""Canonical Huffman coding of symbol streams (spec.md section 6), on top of bitarray.
+
+Tables are length-limited to ``MAX_CODE_LENGTH``: when bitarray's optimal code is longer, the
+frequencies are halved (never below 1) and the code rebuilt, which costs a fraction of a percent
+on the skewed distributions that need it and keeps every decoder's lookup bounded.
+"""
+from __future__ import annotations
+
+import numpy as np
+from bitarray import bitarray, frozenbitarray
+from bitarray.util import canonical_decode, canonical_huffman
+
+from dcm.errors import FormatError
+from dcm.format.blobs import HuffmanTable, Stream, n_blocks
+from dcm.format.constants import MAX_CODE_LENGTH
+
+
+def code_lengths(freq: np.ndarray) -> np.ndarray:
+    """Length-limited Huffman code length of every symbol (0 for symbols that never occur)."""
+    freq = np.asarray(freq, dtype=np.int64)
+    lengths = np.zeros(len(freq), dtype=np.int64)
+    used = np.flatnonzero(freq)
+    if len(used) == 1:
+        lengths[used] = 1
+    if len(used) <= 1:
+        return lengths
+    f = freq[used]
+    while True:
+        code, _, _ = canonical_huffman({int(s): int(c) for s, c in zip(used, f)})
+        got = np.array([len(code[int(s)]) for s in used])
+        if got.max() <= MAX_CODE_LENGTH:
+            lengths[used] = got
+            return lengths
+        f = np.maximum(f >> 1, 1)
+
+
+def table_from_lengths(lengths: np.ndarray) -> HuffmanTable:
+    """Canonical order: by code length, then by symbol value (spec 6)."""
+    used = np.flatnonzero(lengths)
+    if not len(used):
+        return HuffmanTable([], np.zeros(0, dtype=np.uint16))
+    order = used[np.lexsort((used, lengths[used]))]
+    counts = np.bincount(lengths[used], minlength=int(lengths.max()) + 1)[1:]
+    return HuffmanTable([int(c) for c in counts], order.astype(np.uint16))
+
+
+def canonical_codes(table: HuffmanTable) -> dict[int, frozenbitarray]:
+    """Symbol -> code bits, assigned exactly as spec 6 (and bitarray's canonical_decode) define."""
+    codes, code, i = {}, 0, 0
+    for length, count in enumerate(table.counts, start=1):
+        for _ in range(count):
+            bits = bitarray(format(code, f"0{length}b"), endian="big") if length else bitarray()
+            codes[int(table.symbols[i])] = frozenbitarray(bits)
+            code += 1
+            i += 1
+        code <<= 1
+    return codes
+
+
+def build_table(symbols: np.ndarray, alphabet: int) -> HuffmanTable:
+    return table_from_lengths(code_lengths(np.bincount(symbols, minlength=alphabet)))
+
+
+def coded_bits(symbols: np.ndarray, alphabet: int) -> tuple[int, HuffmanTable]:
+    """Exact size of the stream that ``encode_stream`` would write (without block padding)."""
+    freq = np.bincount(symbols, minlength=alphabet)
+    lengths = code_lengths(freq)
+    return int((freq * lengths).sum()), table_from_lengths(lengths)
+
+
+def encode_stream(symbols: np.ndarray, table: HuffmanTable, block_log2: int) -> Stream:
+    """Huffman-code ``symbols`` in independent byte-aligned blocks of 2^block_log2 symbols."""
+    codes = canonical_codes(table)
+    size = 1 << block_log2
+    bits, chunks = [], []
+    for start in range(0, len(symbols), size):
+        a = bitarray(endian="big")
+        a.encode(codes, symbols[start : start + size].tolist())
+        bits.append(len(a))
+        chunks.append(a.tobytes())
+    return Stream(table, np.array(bits, dtype=np.uint32), b"".join(chunks))
+
+
+def decode_stream(stream: Stream, count: int, block_log2: int, what: str = "stream") -> np.ndarray:
+    """Decode ``count`` symbols; every error (bad code, wrong count, non-zero padding) is a FormatError."""
+    out = np.empty(count, dtype=np.int64)
+    counts = [0] + list(stream.table.counts)
+    symbols = stream.table.symbols.tolist()
+    data = memoryview(stream.data)
+    size, pos = 1 << block_log2, 0
+    for b, nbits in enumerate(stream.block_bits.tolist()):
+        lo = b * size
+        n = min(size, count - lo)
+        nbytes = (nbits + 7) // 8
+        a = bitarray(endian="big")
+        a.frombytes(data[pos : pos + nbytes])
+        pos += nbytes
+        if a[nbits:].any():
+            raise FormatError(f"{what} block {b}: padding bits are not zero", rule="5.2")
+        del a[nbits:]
+        try:
+            got = np.fromiter(canonical_decode(a, counts, symbols), dtype=np.int64)
+        except ValueError as exc:
+            raise FormatError(f"{what} block {b}: invalid Huffman data ({exc})", rule="6") from None
+        if len(got) != n:
+            raise FormatError(f"{what} block {b}: decodes to {len(got)} symbols, expected {n}", rule="5.2")
+        out[lo : lo + n] = got
+    if n_blocks(count, block_log2) != len(stream.block_bits):
+        raise FormatError(f"{what}: wrong number of blocks", rule="5.2")
+    return out

@@ -1,0 +1,98 @@
+"""Model -> .dcm bytes (spec.md sections 2-4), and an atomic, deterministic ``write``."""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+
+from dcm.errors import FormatError
+from dcm.format import constants as C
+from dcm.format.model import Model
+
+
+def _align(n: int) -> int:
+    return -(-n // C.PAYLOAD_ALIGNMENT) * C.PAYLOAD_ALIGNMENT
+
+
+def _section(kind: bytes, payload: bytes) -> bytes:
+    head = kind + struct.pack("<IQ", 0, len(payload))
+    return head + payload + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head)))
+
+
+def _graph_document(model: Model, table: list[dict]) -> dict:
+    return {
+        "opset": model.opset,
+        "inputs": [{"name": v.name, "dtype": v.dtype, "shape": list(v.shape)} for v in model.inputs],
+        "outputs": [{"name": v.name, "dtype": v.dtype, "shape": list(v.shape)} for v in model.outputs],
+        "nodes": [
+            {"op": n.op, "name": n.name, "inputs": list(n.inputs), "outputs": list(n.outputs), "attrs": n.attrs}
+            for n in model.nodes
+        ],
+        "tensors": table,
+        "metadata": dict(model.metadata),
+    }
+
+
+def to_bytes(model: Model) -> bytes:
+    """Serialize ``model``. Same model, same bytes: no timestamps, keys sorted, fixed layout."""
+    table, blobs, offset = [], [], 0
+    for rec in model.tensors.values():
+        table.append({"name": rec.name, "dtype": rec.dtype, "shape": [int(d) for d in rec.shape],
+                      "encoding": rec.encoding, "offset": offset, "length": len(rec.payload)})
+        padded = _align(len(rec.payload))
+        blobs.append(bytes(rec.payload) + b"\0" * (padded - len(rec.payload)))
+        offset += padded
+    try:
+        text = json.dumps(_graph_document(model, table), sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"graph cannot be stored as JSON: {exc}", rule="4") from exc
+    if len(text) > C.MAX_GRAPH_BYTES:
+        raise FormatError(f"graph JSON is {len(text)} bytes, limit {C.MAX_GRAPH_BYTES}", rule="4")
+    # spec 2: bytes 128..131 must never read "DICM"; JSON whitespace after "{" moves them.
+    json_start = C.FILE_HEADER_SIZE + C.SECTION_HEADER_SIZE
+    while text[C.DICOM_MAGIC_OFFSET - json_start : C.DICOM_MAGIC_OFFSET - json_start + 4] == C.DICOM_MAGIC:
+        text = b"{ " + text[1:]
+    # spec 3.2: pad the JSON with spaces so the DATA payload starts on a 64-byte boundary.
+    data_start = json_start + len(text) + C.SECTION_CRC_SIZE + C.SECTION_HEADER_SIZE
+    text += b" " * (_align(data_start) - data_start)
+    head = C.SIGNATURE + struct.pack("<HH", C.VERSION_MAJOR, C.VERSION_MINOR)
+    head += struct.pack("<I", zlib.crc32(head))
+    return b"".join([head, _section(C.SECTION_GRAPH, text), _section(C.SECTION_DATA, b"".join(blobs)),
+                     _section(C.SECTION_END, b"")])
+
+
+def write(path: str | os.PathLike, model: Model) -> None:
+    """Write atomically: a temp file in the target folder, fsync, then rename over ``path``.
+
+    A crash at any point leaves either the old file or the new one at ``path``, never a mix.
+    """
+    data = to_bytes(model)
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
