@@ -1,0 +1,305 @@
+"""ONNX model -> dcm Model: constant folding, BatchNorm folding, Dropout removal, weight coding.
+
+Folding uses onnx's own reference evaluator, so every op it folds means exactly what ONNX says.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from dcm.errors import ConversionError
+from dcm.format.model import Model, Node, ValueInfo
+from dcm.encoder.codec import encode_raw, encode_tensor
+from dcm.encoder.prune import mask_by_sparsity
+
+MIN_OPSET = 7
+WEIGHT_OPS = {"Conv": 1, "Gemm": 1, "MatMul": 1}  # op -> position of its weight input
+ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
+               10: "float16", 11: "float64"}
+
+
+@dataclass
+class ConvertOptions:
+    """How weights are coded. The defaults keep a model's own zeros and use 8-bit codebooks,
+    which is lossless for a model that already holds <= 256 distinct values per layer."""
+
+    exact: bool = False
+    sparsity: float | dict[str, float] | None = None  # post-training pruning (no retraining!)
+    code_bits: dict[str, int] = field(default_factory=lambda: {"conv": 8, "fc": 8})
+    index_bits: dict[str, int | Literal["auto"]] = field(default_factory=lambda: {"conv": 8, "fc": 5})
+    masks: dict[str, np.ndarray] = field(default_factory=dict)  # explicit kept positions per weight
+    min_coded_elements: int = 64  # smaller weights stay raw: coding them would cost more than it saves
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def lossy(self) -> bool:
+        return bool(self.sparsity)
+
+
+def _onnx():
+    try:
+        import onnx  # noqa: F401
+        import onnx.numpy_helper  # noqa: F401
+    except ImportError:
+        raise ConversionError("ONNX conversion needs the 'onnx' extra: pip install 'dcm[onnx]'") from None
+    return onnx
+
+
+def load_onnx(source: str | os.PathLike | bytes):
+    """Parse an ONNX file; a missing, truncated or non-ONNX file is one clear ConversionError."""
+    onnx = _onnx()
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            model = onnx.load_from_string(bytes(source))
+        else:
+            if os.path.isdir(source):
+                raise ConversionError(f"{source} is a directory, not an ONNX file")
+            if not os.path.exists(source):
+                raise ConversionError(f"{source}: no such file")
+            model = onnx.load(str(source))
+    except ConversionError:
+        raise
+    except Exception as exc:  # protobuf raises its own DecodeError family
+        raise ConversionError(f"{source if not isinstance(source, bytes) else 'input'}: not a valid ONNX model ({type(exc).__name__}: {exc})") from None
+    if not model.graph.node:
+        raise ConversionError("the ONNX model has no nodes (truncated or empty file?)")
+    return model
+
+
+def _attrs(node) -> dict[str, Any]:
+    onnx = _onnx()
+    out = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode("utf-8")
+        elif isinstance(v, list):
+            v = [x.decode("utf-8") if isinstance(x, bytes) else x for x in v]
+            if not v:
+                continue  # an empty list carries no information and has no JSON type
+        if not (isinstance(v, (int, float, str)) or (isinstance(v, list) and all(isinstance(x, (int, float, str)) for x in v))):
+            raise ConversionError(f"node {node.name or node.op_type!r} ({node.op_type}): attribute {a.name!r} "
+                                  "of this type cannot be stored (graph or tensor attribute)")
+        out[a.name] = v
+    return out
+
+
+def _value_info(vi) -> ValueInfo:
+    t = vi.type.tensor_type
+    dtype = ONNX_DTYPES.get(t.elem_type)
+    if dtype is None:
+        raise ConversionError(f"value {vi.name!r}: element type {t.elem_type} is not supported")
+    shape = []
+    for i, d in enumerate(t.shape.dim):
+        shape.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or f"{vi.name}_dim{i}"))
+    return ValueInfo(vi.name, dtype, shape)
+
+
+def _evaluate(node, consts: dict[str, np.ndarray], opset: int) -> list[np.ndarray]:
+    from onnx.reference import ReferenceEvaluator
+
+    onnx = _onnx()
+    graph_inputs = [i for i in node.input if i]
+    g = onnx.helper.make_graph(
+        [node], "fold",
+        [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(consts[n].dtype), consts[n].shape)
+         for n in graph_inputs],
+        [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output])
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    return ReferenceEvaluator(m).run(None, {n: consts[n] for n in graph_inputs})
+
+
+class _Graph:
+    """A mutable working copy of the ONNX graph while folding."""
+
+    def __init__(self, model):
+        onnx = _onnx()
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        if self.opset < MIN_OPSET:
+            raise ConversionError(f"ONNX opset {self.opset} is older than the supported {MIN_OPSET}; "
+                                  "upgrade it with onnx.version_converter")
+        g = model.graph
+        self.consts = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer}
+        self.inputs = [_value_info(v) for v in g.input if v.name not in self.consts]
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model).graph
+        except Exception:
+            inferred = g
+        outs = {v.name: v for v in inferred.output}
+        self.outputs = [_value_info(outs.get(v.name, v)) for v in g.output]
+        self.shapes = {v.name: _value_info(v).shape for v in list(inferred.value_info) + list(inferred.input)
+                       if v.type.HasField("tensor_type")}
+        self.nodes = list(g.node)
+
+    def static_shape(self, name: str) -> list[int] | None:
+        s = self.shapes.get(name)
+        return s if s is not None and all(isinstance(d, int) for d in s) else None
+
+
+def _fold_constants(g: _Graph) -> list:
+    """Evaluate every node whose inputs are all constants (and Shape of a statically shaped value)."""
+    kept = []
+    for node in g.nodes:
+        if node.domain not in ("", "ai.onnx"):
+            raise ConversionError(f"node {node.name or node.op_type!r}: custom domain {node.domain!r} is not supported")
+        if node.op_type == "Shape" and node.input[0] not in g.consts:
+            shape = g.static_shape(node.input[0])
+            if shape is not None:
+                a = {at.name: at.i for at in node.attribute}
+                g.consts[node.output[0]] = np.array(shape[a.get("start", 0):a.get("end", len(shape))], dtype=np.int64)
+                continue
+        if all(not i or i in g.consts for i in node.input) and node.op_type not in ("RandomNormal", "RandomUniform"):
+            try:
+                values = _evaluate(node, g.consts, g.opset)
+            except Exception as exc:
+                raise ConversionError(f"node {node.name or node.op_type!r} ({node.op_type}): cannot fold its "
+                                      f"constant inputs ({type(exc).__name__}: {exc})") from None
+            for name, v in zip(node.output, values):
+                g.consts[name] = np.asarray(v)
+            continue
+        kept.append(node)
+    return kept
+
+
+def _to_nodes(onnx_nodes: list) -> list[Node]:
+    out = []
+    for i, n in enumerate(onnx_nodes):
+        out.append(Node(n.op_type, list(n.input), list(n.output), _attrs(n), n.name or f"{n.op_type}_{i}"))
+    return out
+
+
+def _rename(nodes: list[Node], old: str, new: str, outputs: list[ValueInfo]) -> None:
+    for n in nodes:
+        n.inputs = [new if x == old else x for x in n.inputs]
+    for v in outputs:
+        if v.name == old:  # keep the model's output name: move it onto the producer instead
+            for n in nodes:
+                n.outputs = [old if x == new else x for x in n.outputs]
+                n.inputs = [old if x == new else x for x in n.inputs]
+
+
+def _drop_identities(nodes: list[Node], outputs: list[ValueInfo]) -> list[Node]:
+    out = []
+    for n in nodes:
+        if n.op in ("Dropout", "Identity") and (len(n.outputs) == 1 or not any(n.outputs[1] in m.inputs for m in nodes)):
+            keep = [m for m in nodes if m is not n]
+            _rename(keep, n.outputs[0], n.inputs[0], outputs)
+            continue
+        out.append(n)
+    return out
+
+
+def _consumers(nodes: list[Node], name: str) -> list[Node]:
+    return [n for n in nodes if name in n.inputs]
+
+
+def _fold_batchnorm(nodes: list[Node], consts: dict[str, np.ndarray], outputs: list[ValueInfo]) -> list[Node]:
+    """Conv/Gemm followed by inference BatchNormalization: scale the weight rows, shift the bias."""
+    out_names = {v.name for v in outputs}
+    producer = {o: n for n in nodes for o in n.outputs}
+    removed = set()
+    for bn in nodes:
+        if bn.op != "BatchNormalization" or len(bn.outputs) != 1 or not all(i in consts for i in bn.inputs[1:5]):
+            continue
+        prev = producer.get(bn.inputs[0])
+        if prev is None or prev.op not in ("Conv", "Gemm") or prev.inputs[1] not in consts:
+            continue
+        if len(_consumers(nodes, bn.inputs[0])) != 1 or bn.inputs[0] in out_names:
+            continue
+        if prev.op == "Gemm" and (prev.attrs.get("transA", 0) or len(prev.inputs) > 2 and prev.inputs[2] and prev.inputs[2] not in consts):
+            continue
+        if len(_consumers(nodes, prev.inputs[1])) != 1:
+            continue  # a shared weight cannot be rescaled for one user
+        scale, beta, mean, var = (consts[i].astype(np.float64) for i in bn.inputs[1:5])
+        a = scale / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+        w = consts[prev.inputs[1]].astype(np.float64)
+        trans_b = prev.op == "Conv" or prev.attrs.get("transB", 0)
+        w = w * (a.reshape((-1,) + (1,) * (w.ndim - 1)) if trans_b else a.reshape(1, -1))
+        b_name = prev.inputs[2] if len(prev.inputs) > 2 and prev.inputs[2] else None
+        b = consts[b_name].astype(np.float64) if b_name else np.zeros(len(a))
+        if prev.op == "Gemm":
+            b = np.broadcast_to(b * float(prev.attrs.get("beta", 1.0)), a.shape)
+            w = w * float(prev.attrs.get("alpha", 1.0))
+            prev.attrs = {k: v for k, v in prev.attrs.items() if k not in ("alpha", "beta")}
+        new_b = (b - mean) * a + beta
+        w_name, nb_name = prev.inputs[1] + "_bnfolded", (b_name or prev.outputs[0] + "_bias") + "_bnfolded"
+        consts[w_name] = w.astype(np.float32)
+        consts[nb_name] = new_b.astype(np.float32)
+        prev.inputs = [prev.inputs[0], w_name, nb_name]
+        prev.outputs = [bn.outputs[0]]
+        removed.add(id(bn))
+    return [n for n in nodes if id(n) not in removed]
+
+
+def _layer_kind(op: str) -> str:
+    return "conv" if op == "Conv" else "fc"
+
+
+def _pick(setting: Any, name: str, kind: str) -> Any:
+    if isinstance(setting, dict):
+        return setting.get(name, setting.get(kind))
+    return setting
+
+
+def from_onnx(source, options: ConvertOptions | None = None,
+              progress: Callable[[Any], Any] | None = None) -> Model:
+    """Convert an ONNX model (path, bytes or ModelProto) into a dcm ``Model`` with coded weights."""
+    onnx = _onnx()
+    opts = options or ConvertOptions()
+    model = source if isinstance(source, onnx.ModelProto) else load_onnx(source)
+    g = _Graph(model)
+    nodes = _to_nodes(_fold_constants(g))
+    nodes = _drop_identities(nodes, g.outputs)
+    nodes = _fold_batchnorm(nodes, g.consts, g.outputs)
+    known = {v.name for v in g.inputs} | set(g.consts)
+    for n in nodes:  # a weight computed at run time cannot be coded
+        if n.op in WEIGHT_OPS and n.op != "MatMul" and n.inputs[1] not in g.consts:
+            raise ConversionError(f"node {n.name!r} ({n.op}): weight {n.inputs[1]!r} is computed at run time; "
+                                  "only constant weights are supported")
+        for x in n.inputs:
+            if x and x not in known:
+                raise ConversionError(f"node {n.name!r} ({n.op}): input {x!r} is missing (no initializer, "
+                                      "graph input or earlier node provides it)")
+        known.update(n.outputs)
+    used = {x for n in nodes for x in n.inputs}
+    weight_of = {}
+    for n in nodes:
+        i = WEIGHT_OPS.get(n.op)
+        if i is not None and len(n.inputs) > i and n.inputs[i] in g.consts and g.consts[n.inputs[i]].ndim >= 2:
+            weight_of.setdefault(n.inputs[i], _layer_kind(n.op))
+    tensors = {}
+    names = [name for name in g.consts if name in used]
+    for name in (progress(names) if progress else names):
+        value = g.consts[name]
+        kind = weight_of.get(name)
+        if kind is None or value.size < opts.min_coded_elements or not np.issubdtype(value.dtype, np.floating):
+            tensors[name] = encode_raw(value, name)
+            continue
+        w = value.astype(np.float32)
+        mask = opts.masks.get(name)
+        s = _pick(opts.sparsity, name, kind)
+        if s:
+            mask = mask_by_sparsity(w, float(s))
+        if opts.exact and (mask is None and np.all(w != 0)):
+            tensors[name] = encode_raw(w, name)  # nothing to index: plain float32 is smallest
+        elif opts.exact:
+            tensors[name] = encode_tensor(w, mask, quantize=False, index_bits=_pick(opts.index_bits, name, kind), name=name)
+        else:
+            tensors[name] = encode_tensor(w, mask, code_bits=_pick(opts.code_bits, name, kind),
+                                          index_bits=_pick(opts.index_bits, name, kind), name=name)
+    metadata = {"producer": "dcm", "source_format": "onnx",
+                "source_producer": f"{model.producer_name} {model.producer_version}".strip(),
+                "settings": _describe(opts), **opts.metadata}
+    if opts.lossy():
+        warnings.warn("post-training pruning/quantization without retraining: check the accuracy "
+                      "(dcm convert --check DATA.npz reports the output drift)", stacklevel=2)
+    return Model(g.inputs, g.outputs, nodes, tensors, metadata, g.opset)
+
+
+def _describe(opts: ConvertOptions) -> str:
+    if opts.exact:
+        return f"exact (float32 values); index bits {opts.index_bits}"
+    return f"code bits {opts.code_bits}; index bits {opts.index_bits}; sparsity {opts.sparsity or 'as in source'}"

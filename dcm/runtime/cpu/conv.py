@@ -1,0 +1,62 @@
+"""Conv: im2col through a strided window view, then the weight [C_out/g, C_in/g*kh*kw] @ columns."""
+from __future__ import annotations
+
+import numpy as np
+
+from dcm.errors import UnsupportedOpError
+from dcm.runtime.cpu.matmul import WeightMatmul
+from dcm.runtime.cpu.registry import register
+from dcm.runtime.cpu.windows import ints2, pads2, resolve_pads, spatial_2d, windows
+from dcm.runtime.kernel import Kernel
+
+
+@register("Conv")
+class Conv(Kernel):
+    weight_inputs = (1,)
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        name = node.inputs[1]
+        if not ctx.is_const(name):
+            raise UnsupportedOpError(f"Conv {node.name!r}: the weight must be a constant")
+        shape = ctx.model.tensors[name].shape
+        if len(shape) not in (3, 4):
+            raise UnsupportedOpError(f"Conv {node.name!r}: only 1-D and 2-D convolutions are supported")
+        self.nd = len(shape) - 2
+        self.out_channels = shape[0]
+        self.kernel = (1, shape[2]) if self.nd == 1 else (shape[2], shape[3])
+        self.group = int(self.attrs.get("group", 1))
+        if self.out_channels % self.group:
+            raise UnsupportedOpError(f"Conv {node.name!r}: {self.out_channels} outputs not divisible by group {self.group}")
+        self.strides = ints2(self.attrs, "strides", self.nd, 1)
+        self.dilations = ints2(self.attrs, "dilations", self.nd, 1)
+        self.pad_attrs = pads2(self.attrs, self.nd)
+        self.mode, w, self.density = ctx.weight(node, name)
+        m = w.to_scipy() if self.mode == "sparse" else w
+        per = self.out_channels // self.group
+        self.mms = [WeightMatmul(self.mode, m[g * per : (g + 1) * per], ctx.threads) for g in range(self.group)]
+        b = ctx.opt_const(node, 2)
+        self.bias = None if b is None else b.astype(np.float32).reshape(1, -1, 1, 1)
+
+    def __call__(self, x, _w=None, _b=None):
+        x, was_1d = spatial_2d(x)
+        n, c = x.shape[:2]
+        cg = self.mms[0].shape[1] // (self.kernel[0] * self.kernel[1])
+        if c != cg * self.group:
+            raise ValueError(f"Conv {self.node.name!r}: input has {c} channels, weight expects {cg * self.group}")
+        begin, end = resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations)
+        v = windows(x, self.kernel, self.strides, self.dilations, begin, end)  # [N, C, OH, OW, kh, kw]
+        oh, ow = v.shape[2:4]
+        outs = []
+        for g, mm in enumerate(self.mms):
+            vg = v[:, g * cg : (g + 1) * cg]
+            cols = vg.transpose(1, 4, 5, 0, 2, 3).reshape(cg * self.kernel[0] * self.kernel[1], n * oh * ow)
+            outs.append(mm.left(cols).reshape(-1, n, oh, ow))
+        y = np.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
+        y = np.ascontiguousarray(y.transpose(1, 0, 2, 3))
+        if self.bias is not None:
+            y += self.bias
+        return (y[:, :, 0, :] if was_1d else y,)
+
+    def describe(self) -> dict:
+        return {"kernel": self.mode, "density": self.density, "groups": self.group}

@@ -1,0 +1,86 @@
+"""Gemm and MatMul with a constant weight: the fully connected layers."""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from dcm.encoder.codec import CsrParts
+from dcm.errors import UnsupportedOpError
+from dcm.runtime.cpu.matmul import WeightMatmul
+from dcm.runtime.cpu.registry import register
+from dcm.runtime.kernel import Kernel, LoadContext
+
+
+def _transposed(weight: CsrParts | np.ndarray) -> CsrParts | np.ndarray:
+    if isinstance(weight, np.ndarray):
+        return np.ascontiguousarray(weight.T)
+    t = sp.csr_array(weight.to_scipy().T)  # CSC transpose -> CSR of W.T
+    return CsrParts(t.shape, t.data, None, None, t.indices, t.indptr)
+
+
+class _FullyConnected(Kernel):
+    def _load(self, node, ctx: LoadContext, name: str, out_in: bool) -> None:
+        """out_in: the stored tensor is already [out, in] (Gemm transB=1)."""
+        self.mode, w, self.density = ctx.weight(node, name)
+        if not out_in:
+            w = _transposed(w)
+        self.mm = WeightMatmul(self.mode, w, ctx.threads)
+
+    def describe(self) -> dict:
+        return {"kernel": self.mode, "density": self.density, "weight_shape": list(self.mm.shape)}
+
+
+@register("Gemm")
+class Gemm(_FullyConnected):
+    """Y = alpha * A' @ B' + beta * C with B a constant weight."""
+
+    weight_inputs = (1,)
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        if not ctx.is_const(node.inputs[1]):
+            raise UnsupportedOpError(f"Gemm {node.name!r}: B must be a constant weight")
+        self.trans_a = int(self.attrs.get("transA", 0))
+        self.alpha = float(self.attrs.get("alpha", 1.0))
+        self.beta = float(self.attrs.get("beta", 1.0))
+        self._load(node, ctx, node.inputs[1], out_in=bool(self.attrs.get("transB", 0)))
+        c_name = node.inputs[2] if len(node.inputs) > 2 else ""
+        self.c_is_input = bool(c_name) and not ctx.is_const(c_name)
+        self.c = (self.beta * ctx.const(c_name)).astype(np.float32) if c_name and not self.c_is_input else None
+
+    def __call__(self, a, _b=None, c=None):
+        a = a.T if self.trans_a else a
+        y = self.mm.right(a)
+        if self.alpha != 1.0:
+            y *= np.float32(self.alpha)
+        if self.c is not None:
+            y += self.c
+        elif self.c_is_input:
+            y = y + np.float32(self.beta) * c
+        return (y,)
+
+
+@register("MatMul")
+class MatMul(_FullyConnected):
+    """A [..., in] @ B [in, out] with B a constant weight (a runtime B uses numpy matmul)."""
+
+    weight_inputs = (1,)
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.const_b = ctx.is_const(node.inputs[1]) and len(ctx.model.tensors[node.inputs[1]].shape) == 2
+        if self.const_b:
+            self._load(node, ctx, node.inputs[1], out_in=False)
+        else:
+            self.weight_inputs = ()
+            self.b = ctx.const(node.inputs[1]) if ctx.is_const(node.inputs[1]) else None
+
+    def __call__(self, a, b=None):
+        if not self.const_b:
+            return (np.matmul(a, self.b if self.b is not None else b),)
+        lead = a.shape[:-1]
+        y = self.mm.right(a.reshape(-1, a.shape[-1]))
+        return (y.reshape(*lead, y.shape[-1]),)
+
+    def describe(self) -> dict:
+        return super().describe() if self.const_b else {"kernel": "numpy"}

@@ -1,0 +1,61 @@
+"""MaxPool, AveragePool and GlobalAveragePool over window views (no loop over pixels)."""
+from __future__ import annotations
+
+import numpy as np
+
+from dcm.runtime.cpu.registry import register
+from dcm.runtime.cpu.windows import ints2, pads2, resolve_pads, spatial_2d, windows
+from dcm.runtime.kernel import Kernel
+
+
+class _Pool(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        shape = self.attrs["kernel_shape"]
+        self.nd = len(shape)
+        self.kernel = ints2(self.attrs, "kernel_shape", self.nd, 1)
+        self.strides = ints2(self.attrs, "strides", self.nd, 1)
+        self.dilations = ints2(self.attrs, "dilations", self.nd, 1)
+        self.ceil = bool(self.attrs.get("ceil_mode", 0))
+        self.pad_attrs = pads2(self.attrs, self.nd)
+
+    def _pads(self, x):
+        return resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations, self.ceil)
+
+
+@register("MaxPool")
+class MaxPool(_Pool):
+    def __call__(self, x):
+        x, was_1d = spatial_2d(x)
+        begin, end = self._pads(x)
+        y = windows(x, self.kernel, self.strides, self.dilations, begin, end, fill=-np.inf).max(axis=(4, 5))
+        return (y[:, :, 0, :] if was_1d else y,)
+
+
+@register("AveragePool")
+class AveragePool(_Pool):
+    def __call__(self, x):
+        x, was_1d = spatial_2d(x)
+        begin, end = self._pads(x)
+        total = windows(x, self.kernel, self.strides, self.dilations, begin, end).sum(axis=(4, 5))
+        ones = np.ones((1, 1) + x.shape[2:], dtype=np.float32)
+        if self.attrs.get("count_include_pad", 0):  # explicit pads count, ceil-mode overhang does not
+            b0, e0 = resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations)
+            ones = np.pad(ones, ((0, 0), (0, 0), (b0[0], e0[0]), (b0[1], e0[1])), constant_values=1.0)
+            begin = [b - p for b, p in zip(begin, b0)]
+            end = [e - p for e, p in zip(end, e0)]
+        count = windows(ones, self.kernel, self.strides, self.dilations, begin, end).sum(axis=(4, 5))
+        y = (total / count).astype(np.float32)
+        return (y[:, :, 0, :] if was_1d else y,)
+
+
+@register("GlobalAveragePool")
+class GlobalAveragePool(Kernel):
+    def __call__(self, x):
+        return (x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=np.float32),)
+
+
+@register("GlobalMaxPool")
+class GlobalMaxPool(Kernel):
+    def __call__(self, x):
+        return (x.max(axis=tuple(range(2, x.ndim)), keepdims=True),)

@@ -1,0 +1,75 @@
+"""Sliding windows for Conv and pooling: padding arithmetic (incl. auto_pad) and im2col views.
+
+Everything works on 2-D spatial layouts; 1-D ops are lifted to H = 1 by the callers.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dcm.errors import UnsupportedOpError
+
+
+def resolve_pads(attrs: dict, spatial: tuple[int, ...], kernel: tuple[int, ...], strides: tuple[int, ...],
+                 dilations: tuple[int, ...], ceil_mode: bool = False) -> tuple[list[int], list[int]]:
+    """(begin pads, end pads) per spatial axis, following ONNX's auto_pad rules."""
+    nd = len(spatial)
+    auto = attrs.get("auto_pad", "NOTSET")
+    if auto in ("NOTSET", ""):
+        pads = list(attrs.get("pads", [0] * 2 * nd))
+        begin, end = pads[:nd], pads[nd:]
+    elif auto == "VALID":
+        begin, end = [0] * nd, [0] * nd
+    elif auto in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for i in range(nd):
+            out = -(-spatial[i] // strides[i])
+            total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - spatial[i])
+            small = total // 2
+            begin.append(small if auto == "SAME_UPPER" else total - small)
+            end.append(total - small if auto == "SAME_UPPER" else small)
+    else:
+        raise UnsupportedOpError(f"auto_pad={auto!r} is not supported")
+    if ceil_mode:  # extra end padding so the last partial window is kept
+        for i in range(nd):
+            eff = (kernel[i] - 1) * dilations[i] + 1
+            span = spatial[i] + begin[i] + end[i] - eff
+            out = -(-span // strides[i]) + 1
+            if (out - 1) * strides[i] >= spatial[i] + begin[i]:  # a window may not start in end padding
+                out -= 1
+            end[i] += max(0, (out - 1) * strides[i] + eff - (spatial[i] + begin[i] + end[i]))
+    return begin, end
+
+
+def windows(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int], dilations: tuple[int, int],
+            begin: list[int], end: list[int], fill: float = 0.0) -> np.ndarray:
+    """x [N, C, H, W] -> read-only view [N, C, OH, OW, kh, kw] of the padded windows."""
+    if any(begin) or any(end):
+        x = np.pad(x, ((0, 0), (0, 0), (begin[0], end[0]), (begin[1], end[1])), constant_values=fill)
+    eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    if x.shape[2] < eff[0] or x.shape[3] < eff[1]:
+        raise ValueError(f"input {x.shape[2:]} (padded) is smaller than the kernel window {tuple(eff)}")
+    v = np.lib.stride_tricks.sliding_window_view(x, eff, axis=(2, 3))
+    return v[:, :, :: strides[0], :: strides[1], :: dilations[0], :: dilations[1]]
+
+
+def spatial_2d(x: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Lift a 1-D layout [N, C, L] to [N, C, 1, L]; returns (array, was_1d)."""
+    if x.ndim == 3:
+        return x[:, :, None, :], True
+    if x.ndim != 4:
+        raise UnsupportedOpError(f"only 1-D and 2-D spatial inputs are supported, got rank {x.ndim}")
+    return x, False
+
+
+def ints2(attrs: dict, key: str, nd: int, default: int) -> tuple[int, int]:
+    """Attribute for nd (1 or 2) spatial axes as a 2-tuple (1-D gets the H axis filled in)."""
+    v = list(attrs.get(key, [default] * nd))
+    return (default, v[0]) if nd == 1 else (v[0], v[1])
+
+
+def pads2(attrs: dict, nd: int) -> dict:
+    """Rewrite a 1-D ``pads`` attribute for the lifted 2-D layout."""
+    if nd == 1 and "pads" in attrs:
+        p = attrs["pads"]
+        return {**attrs, "pads": [0, p[0], 0, p[1]]}
+    return attrs

@@ -1,0 +1,120 @@
+"""The kernel contract shared by the CPU and GPU registries, and what a kernel sees at load time.
+
+A kernel is built once per node when a session loads (that is where weights are decoded and the
+sparse/dense choice is made) and then called with the node's runtime inputs on every ``run``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from dcm.errors import UnsupportedOpError
+from dcm.format import constants as C
+from dcm.format.model import Model, Node
+from dcm.encoder.codec import CsrParts, decode_parts, decode_tensor, matrix_shape
+
+# Sparse wins only at low density and small batch (DEVELOPERS.md facts; benchmarks/runtime.py).
+SPARSE_MAX_DENSITY_SMALL_BATCH = 0.30
+SPARSE_MAX_DENSITY_LARGE_BATCH = 0.06
+LARGE_BATCH = 16
+
+
+def choose_mode(density: float, batch_hint: int) -> str:
+    limit = SPARSE_MAX_DENSITY_SMALL_BATCH if batch_hint < LARGE_BATCH else SPARSE_MAX_DENSITY_LARGE_BATCH
+    return "sparse" if density <= limit else "dense"
+
+
+@dataclass
+class LoadContext:
+    """Access to the model's constants for kernels being built, with per-layer kernel choices."""
+
+    model: Model
+    batch_hint: int = 1
+    modes: dict[str, str] | str | None = None  # "sparse" / "dense" for all, or per node / weight name
+    threads: int = 1
+    _dense: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def is_const(self, name: str) -> bool:
+        return name in self.model.tensors
+
+    def const(self, name: str) -> np.ndarray:
+        """Dense value of a constant (decoded once and cached)."""
+        if name not in self._dense:
+            self._dense[name] = decode_tensor(self.model.tensors[name])
+        return self._dense[name]
+
+    def opt_const(self, node: Node, i: int) -> np.ndarray | None:
+        """Constant input i of ``node``, None when absent; a runtime value here is unsupported."""
+        if i >= len(node.inputs) or not node.inputs[i]:
+            return None
+        if not self.is_const(node.inputs[i]):
+            raise UnsupportedOpError(f"node {node.name or node.op!r} ({node.op}): input {i} "
+                                     f"({node.inputs[i]!r}) must be a constant")
+        return self.const(node.inputs[i])
+
+    def weight(self, node: Node, name: str) -> tuple[str, CsrParts | np.ndarray, float]:
+        """Decode a weight for a matmul-like kernel: (mode, CSR parts or dense array, density)."""
+        rec = self.model.tensors[name]
+        numel = max(rec.numel, 1)
+        if rec.encoding == C.ENC_RAW:
+            dense = self.const(name).astype(np.float32, copy=False).reshape(matrix_shape(rec.shape))
+            density = float(np.count_nonzero(dense)) / numel
+            parts = None
+        else:
+            parts = decode_parts(rec)
+            density = len(parts.values) / numel
+        mode = self._mode_for(node, name, density)
+        if mode == "dense":
+            return mode, (dense if parts is None else _densify(parts)), density
+        if parts is None:
+            import scipy.sparse as sp
+
+            m = sp.csr_array(dense)
+            parts = CsrParts(m.shape, m.data, None, None, m.indices, m.indptr)
+        return mode, parts, density
+
+    def _mode_for(self, node: Node, name: str, density: float) -> str:
+        m = self.modes
+        if isinstance(m, dict):
+            m = m.get(node.name) or m.get(name)
+        if m is None:
+            return choose_mode(density, self.batch_hint)
+        if m not in ("sparse", "dense"):
+            raise ValueError(f"kernel mode must be 'sparse' or 'dense', got {m!r}")
+        return m
+
+
+def _densify(parts: CsrParts) -> np.ndarray:
+    return parts.to_scipy().toarray()
+
+
+class Kernel:
+    """Base class: ``weight_inputs`` are input positions the kernel consumes at load time."""
+
+    weight_inputs: tuple[int, ...] = ()
+
+    def __init__(self, node: Node, ctx: LoadContext):
+        self.node = node
+        self.attrs = node.attrs
+
+    def __call__(self, *inputs: Any) -> tuple:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What ``dcm inspect``/``dcm bench`` show about this kernel (mode, density)."""
+        return {}
+
+
+Registry = dict[str, type[Kernel]]
+
+
+def registrar(registry: Registry) -> Callable[..., Callable[[type[Kernel]], type[Kernel]]]:
+    def register(*ops: str):
+        def deco(cls: type[Kernel]) -> type[Kernel]:
+            for op in ops:
+                registry[op] = cls
+            return cls
+        return deco
+    return register

@@ -1,0 +1,158 @@
+"""``InferenceSession``: load a .dcm once (decode weights, build kernels), then run it many times.
+
+The shape of the API follows onnxruntime's so that users already know it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from dcm.errors import DcmError, InputError, UnsupportedOpError
+from dcm.format import constants as C
+from dcm.format.model import Model
+from dcm.format.reader import read
+from dcm.runtime.kernel import Kernel, LoadContext
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """An input or output as onnxruntime describes it."""
+
+    name: str
+    shape: list[int | str]
+    type: str
+
+
+def _registry(device: str):
+    if device == "cpu":
+        from dcm.runtime.cpu import REGISTRY
+    elif device in ("cuda", "gpu"):
+        from dcm.runtime.gpu import REGISTRY
+    else:
+        raise DcmError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
+    return REGISTRY
+
+
+class InferenceSession:
+    """Run a .dcm model directly from its compressed form.
+
+    ``kernels``: "sparse" or "dense" for every weight layer, or a dict {node or weight name: mode};
+    by default each layer is chosen from its density and ``batch_hint``.
+    """
+
+    def __init__(self, model: str | os.PathLike | bytes | Model, device: str = "cpu", *,
+                 kernels: str | dict[str, str] | None = None, batch_hint: int = 1, threads: int | None = None):
+        self.model = model if isinstance(model, Model) else read(model)
+        self.device = "cuda" if device == "gpu" else device
+        registry = _registry(self.device)
+        self._ctx = LoadContext(self.model, batch_hint=batch_hint, modes=kernels,
+                                threads=threads if threads is not None else (os.cpu_count() or 1))
+        missing = [n for n in self.model.nodes if n.op not in registry]
+        if missing:
+            n = missing[0]
+            names = sorted({m.op for m in missing})
+            raise UnsupportedOpError(f"unsupported op {n.op} in node {n.name or n.outputs[0]!r}"
+                                     f" (all unsupported: {', '.join(names)})")
+        if self.device == "cuda":
+            from dcm.runtime.gpu import prepare_context
+            prepare_context(self._ctx)
+        self._kernels: list[Kernel] = []
+        for node in self.model.nodes:
+            try:
+                self._kernels.append(registry[node.op](node, self._ctx))
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                raise UnsupportedOpError(f"node {node.name or node.outputs[0]!r} ({node.op}): {exc}") from None
+        # Constants read at run time (not consumed by a kernel at load) are decoded once here;
+        # every other decoded constant now lives inside its kernel only.
+        self._consts = {x: self._to_array(self._ctx.const(x)) for n, k in zip(self.model.nodes, self._kernels)
+                        for i, x in enumerate(n.inputs) if x in self.model.tensors and i not in k.weight_inputs}
+        self._ctx._dense.clear()
+        self._last_use = self._plan_frees()
+
+    def _plan_frees(self) -> list[list[str]]:
+        """Values that die after each node, so intermediates are released as soon as possible."""
+        last: dict[str, int] = {}
+        for i, n in enumerate(self.model.nodes):
+            for x in n.inputs:
+                last[x] = i
+        keep = {o.name for o in self.model.outputs}
+        frees: list[list[str]] = [[] for _ in self.model.nodes]
+        for name, i in last.items():
+            if name not in keep and name not in self.model.tensors:
+                frees[i].append(name)
+        return frees
+
+    def get_inputs(self) -> list[NodeArg]:
+        return [NodeArg(v.name, list(v.shape), f"tensor({v.dtype})") for v in self.model.inputs]
+
+    def get_outputs(self) -> list[NodeArg]:
+        return [NodeArg(v.name, list(v.shape), f"tensor({v.dtype})") for v in self.model.outputs]
+
+    def get_modelmeta(self) -> dict[str, str]:
+        return dict(self.model.metadata)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Per node: op, name and the kernel chosen (sparse/dense, density) where one applies."""
+        return [{"op": n.op, "name": n.name, **k.describe()} for n, k in zip(self.model.nodes, self._kernels)]
+
+    def _check_feeds(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(feeds, dict):
+            raise InputError("feeds must be a dict {input name: array}")
+        declared = {v.name: v for v in self.model.inputs}
+        unknown = sorted(set(feeds) - set(declared))
+        if unknown:
+            raise InputError(f"unknown input {unknown[0]!r}; the model's inputs are {sorted(declared)}")
+        out = {}
+        for name, v in declared.items():
+            if name not in feeds:
+                raise InputError(f"missing input {name!r} (dtype {v.dtype}, shape {v.shape})")
+            x = self._to_array(feeds[name])
+            if str(x.dtype) != v.dtype:
+                raise InputError(f"input {name!r} has dtype {x.dtype}, the model expects {v.dtype}")
+            if x.ndim != len(v.shape):
+                raise InputError(f"input {name!r} has rank {x.ndim} (shape {list(x.shape)}), the model expects {v.shape}")
+            for axis, (got, want) in enumerate(zip(x.shape, v.shape)):
+                if isinstance(want, int) and got != want:
+                    raise InputError(f"input {name!r} has size {got} on axis {axis}, the model expects {want} (shape {v.shape})")
+            out[name] = x
+        return out
+
+    def _to_array(self, x: Any) -> Any:
+        if self.device == "cuda":
+            from dcm.runtime.gpu import to_device
+            return to_device(x)
+        return np.asarray(x)
+
+    def run(self, output_names: Sequence[str] | None, feeds: dict[str, Any]) -> list[np.ndarray]:
+        """Outputs in ``output_names`` order (all outputs for None), as numpy arrays."""
+        names = [o.name for o in self.model.outputs] if output_names is None else list(output_names)
+        declared = {o.name for o in self.model.outputs}
+        for n in names:
+            if n not in declared:
+                raise InputError(f"unknown output {n!r}; the model's outputs are {sorted(declared)}")
+        env: dict[str, Any] = dict(self._check_feeds(feeds))
+        for node, kernel, frees in zip(self.model.nodes, self._kernels, self._last_use):
+            args = []
+            for i, x in enumerate(node.inputs):
+                if not x or i in kernel.weight_inputs:
+                    args.append(None)
+                else:
+                    args.append(env[x] if x in env else self._consts[x])
+            while args and args[-1] is None:
+                args.pop()
+            try:
+                results = kernel(*args)
+            except (ValueError, IndexError) as exc:
+                raise InputError(f"node {node.name or node.outputs[0]!r} ({node.op}) failed on these inputs: {exc}") from None
+            for name, value in zip(node.outputs, results):
+                env[name] = value
+            for name in frees:
+                env.pop(name, None)
+        out = []
+        for n in names:
+            v = env[n]
+            out.append(v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
+        return out
