@@ -1,0 +1,343 @@
+"""The ``dcm`` command line. Errors are one line on stderr (``--debug`` for a traceback).
+
+Exit codes: 0 success; 1 the file is invalid (validate) or outputs differ (verify); 2 bad input,
+unreadable file or usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from dcm.errors import DcmError
+
+EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
+
+
+class CliError(Exception):
+    """A user-facing failure that maps to one stderr line and exit code 2."""
+
+
+def _bits_setting(text: str | None, default: dict) -> dict:
+    """'8' -> both kinds; 'conv=8,fc=5' -> per kind; 'auto' allowed for index bits."""
+    if text is None:
+        return default
+    out = dict(default)
+    for part in text.split(","):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            out[k.strip()] = v.strip() if v.strip() == "auto" else int(v)
+        else:
+            v = part.strip()
+            out = {k: (v if v == "auto" else int(v)) for k in ("conv", "fc")}
+    return out
+
+
+def _sparsity(values: list[str] | None):
+    if not values:
+        return None
+    glob, per = None, {}
+    for v in values:
+        if "=" in v:
+            k, s = v.rsplit("=", 1)
+            per[k] = float(s)
+        else:
+            glob = float(v)
+    if per:
+        if glob is not None:
+            per.setdefault("conv", glob)
+            per.setdefault("fc", glob)
+        return per
+    return glob
+
+
+def _load_inputs(specs: list[str], sess) -> dict[str, np.ndarray]:
+    names = [i.name for i in sess.get_inputs()]
+    feeds = {}
+    for i, spec in enumerate(specs):
+        name, path = spec.split("=", 1) if "=" in spec else (names[i] if i < len(names) else None, spec)
+        if name is None:
+            raise CliError(f"more inputs given than the model has ({names})")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot read input {path}: {exc}") from None
+    return feeds
+
+
+def _npz_inputs(path: str | None, sess, seed: int = 0) -> dict[str, np.ndarray]:
+    if path:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot read {path}: {exc}") from None
+        names = [i.name for i in sess.get_inputs()]
+        if set(names) <= set(data):
+            return {n: data[n] for n in names}
+        if len(names) == 1 and len(data) == 1:
+            return {names[0]: next(iter(data.values()))}
+        raise CliError(f"{path} holds {sorted(data)}, the model's inputs are {names}")
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i in sess.get_inputs():
+        shape = [d if isinstance(d, int) else 1 for d in i.shape]
+        feeds[i.name] = rng.standard_normal(shape).astype(i.type[7:-1])
+    return feeds
+
+
+def cmd_validate(args) -> int:
+    from dcm.format import validate
+
+    worst = EXIT_OK
+    for path in args.files:
+        problems = validate(path)
+        if not problems:
+            print(f"{path}: OK")
+            continue
+        unreadable = len(problems) == 1 and problems[0].rule is None and problems[0].offset is None
+        worst = max(worst, EXIT_ERROR if unreadable else EXIT_INVALID)
+        for p in problems:
+            print(f"{path}: {p}")
+    return worst
+
+
+def cmd_inspect(args) -> int:
+    from dcm.format.reader import load_bytes, parse
+    from dcm.format.stats import format_table, model_stats
+
+    data = load_bytes(args.file)
+    model = parse(data)
+    stats = model_stats(model, len(data))
+    stats["metadata"] = model.metadata
+    if args.kernels:
+        from dcm.runtime import InferenceSession
+
+        stats["kernels"] = InferenceSession(model, batch_hint=args.batch).describe()
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return EXIT_OK
+    print(f"{args.file}: opset {model.opset}, {len(model.nodes)} nodes, {len(model.tensors)} tensors")
+    for k, v in model.metadata.items():
+        print(f"  {k}: {v[:200]}")
+    print(format_table(stats))
+    if args.kernels:
+        print("\nkernels (batch hint %d):" % args.batch)
+        for k in stats["kernels"]:
+            if "kernel" in k:
+                print(f"  {k['name']:<30}{k['op']:<8}{k['kernel']:<8}density {k.get('density', 1):.1%}")
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    from dcm.runtime import InferenceSession
+
+    sess = InferenceSession(args.model, device=args.device)
+    feeds = _load_inputs(args.input, sess)
+    outputs = sess.run(None, feeds)
+    out_dir = Path(args.output)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for meta, value in zip(sess.get_outputs(), outputs):
+            target = out_dir / f"{meta.name.replace('/', '_')}.npy"
+            np.save(target, value)
+            print(f"{meta.name}: shape {list(value.shape)} {value.dtype} -> {target}")
+    except OSError as exc:
+        raise CliError(f"cannot write outputs to {out_dir}: {exc.strerror}") from None
+    return EXIT_OK
+
+
+def cmd_convert(args) -> int:
+    import warnings
+
+    from dcm.converters import ConvertOptions, from_onnx
+    from dcm.format.stats import format_table, model_stats
+    from dcm.format.writer import to_bytes, write
+
+    opts = ConvertOptions(exact=args.exact, sparsity=_sparsity(args.sparsity),
+                          code_bits=_bits_setting(args.code_bits, {"conv": 8, "fc": 8}),
+                          index_bits=_bits_setting(args.index_bits, {"conv": 8, "fc": 5}))
+    progress = None
+    if not args.quiet and sys.stderr.isatty():
+        try:
+            from tqdm import tqdm
+
+            progress = lambda xs: tqdm(xs, desc="encode", leave=False)  # noqa: E731
+        except ImportError:
+            pass
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = from_onnx(args.model, opts, progress=progress)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    out = args.output or str(Path(args.model).with_suffix(".dcm"))
+    try:
+        write(out, model)
+    except OSError as exc:
+        raise CliError(f"cannot write {out}: {exc.strerror}") from None
+    size = Path(out).stat().st_size
+    if args.check:
+        report = _drift(args.model, out, args.check)
+        print(report)
+    if not args.quiet:
+        stats = model_stats(model, len(to_bytes(model)))
+        print(json.dumps(stats, indent=2) if args.json else format_table(stats))
+    print(f"wrote {out} ({size:,} bytes)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _drift(onnx_path: str, dcm_path: str, data: str) -> str:
+    import onnxruntime as ort
+
+    from dcm.runtime import InferenceSession
+
+    sess = InferenceSession(dcm_path)
+    feeds = _npz_inputs(data, sess)
+    ref = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = sess.run(None, feeds)
+    lines = []
+    for meta, a, b in zip(sess.get_outputs(), got, ref):
+        diff = np.abs(a - b)
+        line = f"drift {meta.name}: max abs {diff.max():.3g}, max rel {(diff / (np.abs(b) + 1e-12)).max():.3g}"
+        if a.ndim == 2 and a.shape[1] > 1:
+            line += f", top-1 agreement {(a.argmax(1) == b.argmax(1)).mean():.2%}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def cmd_export(args) -> int:
+    from dcm.converters import export_onnx
+    from dcm.format.reader import read
+
+    out = args.output or str(Path(args.model).with_suffix(".onnx"))
+    try:
+        export_onnx(read(args.model), out)
+    except OSError as exc:
+        raise CliError(f"cannot write {out}: {exc.strerror}") from None
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    import onnxruntime as ort
+
+    from dcm.converters import to_onnx
+    from dcm.format.reader import read
+    from dcm.runtime import InferenceSession
+
+    model = read(args.model)
+    sess = InferenceSession(model)
+    feeds = _npz_inputs(args.inputs, sess)
+    ref = ort.InferenceSession(to_onnx(model).SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = sess.run(None, feeds)
+    ok = True
+    rows = []
+    for meta, a, b in zip(sess.get_outputs(), got, ref):
+        diff = np.abs(a.astype(np.float64) - b)
+        rel = float((diff / np.maximum(np.abs(b), 1e-6)).max()) if diff.size else 0.0
+        good = bool(np.allclose(a, b, rtol=args.rtol, atol=args.atol))
+        ok &= good
+        rows.append({"output": meta.name, "max_abs": float(diff.max()) if diff.size else 0.0, "max_rel": rel, "ok": good})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['output']}: max abs diff {r['max_abs']:.3g}, max rel diff {r['max_rel']:.3g} "
+                  f"{'OK' if r['ok'] else 'MISMATCH'}")
+    return EXIT_OK if ok else EXIT_INVALID
+
+
+def cmd_demo(args) -> int:
+    from dcm import demo
+
+    recipe = demo.RECIPES[args.model]
+    if args.fast:
+        recipe.dense_epochs, recipe.prune_epochs, recipe.prune_steps, recipe.quant_epochs = 2, 3, 2, 1
+    result = demo.run(recipe, Path(args.out), quiet=args.quiet or not sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dcm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("validate", help="check files against spec.md (exit 0 valid, 1 invalid, 2 unreadable)")
+    s.add_argument("files", nargs="+")
+    s.set_defaults(fn=cmd_validate)
+
+    s = sub.add_parser("inspect", help="per-tensor table of where the bytes go")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--kernels", action="store_true", help="also show the sparse/dense kernel chosen per layer")
+    s.add_argument("--batch", type=int, default=1, help="batch size the kernel choice assumes")
+    s.set_defaults(fn=cmd_inspect)
+
+    s = sub.add_parser("run", help="run a model on .npy inputs")
+    s.add_argument("model")
+    s.add_argument("-i", "--input", action="append", default=[], metavar="[NAME=]FILE.npy")
+    s.add_argument("-o", "--output", default=".", metavar="OUTDIR")
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("convert", help="ONNX -> .dcm")
+    s.add_argument("model")
+    s.add_argument("-o", "--output")
+    s.add_argument("--exact", action="store_true", help="no quantization: float32 values, output equals the source")
+    s.add_argument("--sparsity", action="append", metavar="S|NAME=S", help="post-training pruning (no retraining)")
+    s.add_argument("--code-bits", metavar="N|conv=N,fc=M")
+    s.add_argument("--index-bits", metavar="N|auto|conv=N,fc=M")
+    s.add_argument("--check", metavar="DATA.npz", help="report output drift against the source model")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_convert)
+
+    s = sub.add_parser("export", help=".dcm -> dense ONNX")
+    s.add_argument("model")
+    s.add_argument("-o", "--output")
+    s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("verify", help="compare the dcm runtime with onnxruntime on the exported graph")
+    s.add_argument("model")
+    s.add_argument("--inputs", metavar="DATA.npz")
+    s.add_argument("--rtol", type=float, default=1e-4)
+    s.add_argument("--atol", type=float, default=1e-5)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_verify)
+
+    s = sub.add_parser("demo", help="train, prune, quantize and ship LeNet on the bundled MNIST")
+    s.add_argument("--model", default="lenet300", choices=["lenet300", "lenet5"])
+    s.add_argument("--out", default="demo-out")
+    s.add_argument("--fast", action="store_true", help="a few epochs only (smoke test; figures not meaningful)")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (DcmError, CliError) as exc:
+        if args.debug:
+            raise
+        print(f"dcm {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except ImportError as exc:
+        if args.debug:
+            raise
+        print(f"dcm {args.command}: error: missing dependency ({exc}); install dcm[all]", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
