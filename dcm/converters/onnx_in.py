@@ -171,22 +171,15 @@ def _to_nodes(onnx_nodes: list) -> list[Node]:
     return out
 
 
-def _rename(nodes: list[Node], old: str, new: str, outputs: list[ValueInfo]) -> None:
-    for n in nodes:
-        n.inputs = [new if x == old else x for x in n.inputs]
-    for v in outputs:
-        if v.name == old:  # keep the model's output name: move it onto the producer instead
-            for n in nodes:
-                n.outputs = [old if x == new else x for x in n.outputs]
-                n.inputs = [old if x == new else x for x in n.inputs]
-
-
 def _drop_identities(nodes: list[Node], outputs: list[ValueInfo]) -> list[Node]:
+    """Remove Dropout/Identity by pointing their consumers at their input (model outputs keep theirs)."""
+    out_names = {v.name for v in outputs}
     out = []
     for n in nodes:
-        if n.op in ("Dropout", "Identity") and (len(n.outputs) == 1 or not any(n.outputs[1] in m.inputs for m in nodes)):
-            keep = [m for m in nodes if m is not n]
-            _rename(keep, n.outputs[0], n.inputs[0], outputs)
+        passthrough = n.op in ("Dropout", "Identity") and n.outputs[0] not in out_names
+        if passthrough and (len(n.outputs) == 1 or not any(n.outputs[1] in m.inputs for m in nodes)):
+            for m in nodes:
+                m.inputs = [n.inputs[0] if x == n.outputs[0] else x for x in m.inputs]
             continue
         out.append(n)
     return out

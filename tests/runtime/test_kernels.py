@@ -1,0 +1,159 @@
+"""Every CPU kernel against onnxruntime running the same dense ONNX node."""
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
+from dcm.errors import InputError, UnsupportedOpError  # noqa: E402
+from dcm.runtime import InferenceSession  # noqa: E402
+
+
+def _model(op, x_shape, inits=(), attrs=None, extra_inputs=(), opset=17, out_rank=None):
+    rng = np.random.default_rng(0)
+    names = ["x"] + [f"c{i}" for i in range(len(inits))] + list(extra_inputs)
+    initializers = [numpy_helper.from_array(np.asarray(v), f"c{i}") for i, v in enumerate(inits)]
+    node = helper.make_node(op, names, ["y"], **(attrs or {}))
+    g = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m, rng.standard_normal(x_shape).astype(np.float32)
+
+
+def _compare(m, x, modes=("sparse", "dense"), rtol=1e-5):
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    model = from_onnx(m, ConvertOptions(exact=True, min_coded_elements=1))
+    for mode in modes:
+        x_copy = x.copy()
+        got = InferenceSession(model, kernels=mode, threads=2).run(None, {"x": x_copy})[0]
+        assert np.array_equal(x_copy, x), "the runtime wrote into the caller's input"
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, rtol=rtol, atol=1e-5 * max(1.0, float(np.abs(ref).max())))
+
+
+def _sparse(shape, density=0.3, seed=1):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(shape).astype(np.float32)
+    return w * (rng.random(shape) < density)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("trans_a,trans_b,alpha,beta", [(0, 1, 1.0, 1.0), (0, 0, 0.5, 2.0), (1, 1, 1.0, 0.0)])
+def test_gemm(batch, trans_a, trans_b, alpha, beta):
+    w = _sparse((7, 9) if trans_b else (9, 7))
+    x_shape = [9, batch] if trans_a else [batch, 9]
+    m, x = _model("Gemm", x_shape, [w, np.arange(7, dtype=np.float32)],
+                  {"transA": trans_a, "transB": trans_b, "alpha": alpha, "beta": beta})
+    _compare(m, x)
+
+
+def test_matmul_nd():
+    m, x = _model("MatMul", [2, 3, 9], [_sparse((9, 4))])
+    _compare(m, x)
+
+
+CONV_CASES = [
+    dict(w=(4, 3, 3, 3), x=[1, 3, 8, 8], attrs={}),
+    dict(w=(4, 3, 3, 3), x=[2, 3, 9, 7], attrs={"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    dict(w=(4, 3, 3, 3), x=[2, 3, 9, 7], attrs={"dilations": [2, 1], "pads": [0, 2, 1, 0]}),
+    dict(w=(6, 1, 3, 3), x=[2, 6, 7, 7], attrs={"group": 6, "pads": [1, 1, 1, 1]}),  # depthwise
+    dict(w=(4, 2, 1, 1), x=[1, 4, 5, 5], attrs={"group": 2}),
+    dict(w=(4, 3, 2, 2), x=[1, 3, 3, 3], attrs={"pads": [3, 3, 3, 3]}),  # padding larger than the kernel
+    dict(w=(4, 3, 3, 3), x=[2, 3, 7, 6], attrs={"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+    dict(w=(4, 3, 2, 2), x=[2, 3, 7, 6], attrs={"auto_pad": "SAME_LOWER"}),
+    dict(w=(4, 3, 3, 3), x=[2, 3, 7, 6], attrs={"auto_pad": "VALID"}),
+    dict(w=(5, 3, 3), x=[2, 3, 11], attrs={"pads": [1, 2], "strides": [2]}),  # 1-D
+]
+
+
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+def test_conv(case):
+    c = CONV_CASES[case]
+    m, x = _model("Conv", c["x"], [_sparse(c["w"], 0.5), np.linspace(-1, 1, c["w"][0]).astype(np.float32)], c["attrs"])
+    _compare(m, x)
+
+
+POOL_CASES = [
+    ("MaxPool", [2, 3, 8, 8], {"kernel_shape": [2, 2], "strides": [2, 2]}),
+    ("MaxPool", [1, 2, 7, 9], {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ("MaxPool", [1, 2, 7, 9], {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+    ("MaxPool", [1, 2, 9], {"kernel_shape": [3], "strides": [2]}),
+    ("AveragePool", [2, 3, 8, 8], {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ("AveragePool", [2, 3, 8, 8], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "count_include_pad": 1}),
+    ("AveragePool", [1, 2, 7, 7], {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),
+]
+
+
+@pytest.mark.parametrize("case", range(len(POOL_CASES)))
+def test_pool(case):
+    op, shape, attrs = POOL_CASES[case]
+    _compare(*_model(op, shape, (), attrs))
+
+
+UNARY = [("Relu", {}), ("LeakyRelu", {"alpha": 0.2}), ("Sigmoid", {}), ("Tanh", {}),
+         ("Softmax", {"axis": 1}), ("LogSoftmax", {}), ("GlobalAveragePool", {}), ("Flatten", {"axis": 2}),
+         ("Transpose", {"perm": [0, 2, 3, 1]}), ("Identity", {}), ("LRN", {"size": 3, "alpha": 1e-3}),
+         ("Dropout", {})]
+
+
+@pytest.mark.parametrize("op,attrs", UNARY)
+def test_unary(op, attrs):
+    _compare(*_model(op, [2, 5, 4, 3], (), attrs))
+
+
+def test_softmax_legacy_opset():
+    _compare(*_model("Softmax", [2, 3, 4], (), {"axis": 1}, opset=11))
+
+
+def test_clip_batchnorm_pad_reshape_concat_binary():
+    _compare(*_model("Clip", [2, 6], [np.float32(-0.5), np.float32(0.7)]))
+    c = 4
+    rng = np.random.default_rng(2)
+    _compare(*_model("BatchNormalization", [2, c, 3, 3], [rng.random(c).astype(np.float32), rng.random(c).astype(np.float32),
+                                                          rng.random(c).astype(np.float32), rng.random(c).astype(np.float32) + 0.5]))
+    _compare(*_model("Pad", [2, 3, 4], [np.array([0, 1, 2, 0, 2, 1], np.int64), np.float32(1.5)]))
+    _compare(*_model("Pad", [2, 3, 4], [np.array([0, 1, 2, 0, 2, 1], np.int64)], {"mode": "reflect"}))
+    _compare(*_model("Reshape", [2, 3, 4], [np.array([0, -1], np.int64)]))
+    _compare(*_model("Concat", [2, 3], [np.ones((2, 2), np.float32)], {"axis": 1}))
+    for op in ("Add", "Sub", "Mul", "Div"):
+        _compare(*_model(op, [2, 3, 4], [np.linspace(1, 2, 4).astype(np.float32)]))
+
+
+def test_input_validation():
+    m, x = _model("Relu", [1, 3], ())
+    sess = InferenceSession(from_onnx(m))
+    with pytest.raises(InputError, match="missing input"):
+        sess.run(None, {})
+    with pytest.raises(InputError, match="dtype"):
+        sess.run(None, {"x": x.astype(np.float64)})
+    with pytest.raises(InputError, match="axis 1"):
+        sess.run(None, {"x": np.ones((1, 4), np.float32)})
+    with pytest.raises(InputError, match="unknown input"):
+        sess.run(None, {"x": x, "z": x})
+
+
+def test_nan_propagates():
+    m, x = _model("Relu", [1, 3], ())
+    x[0, 1] = np.nan
+    out = InferenceSession(from_onnx(m)).run(None, {"x": x})[0]
+    assert np.isnan(out[0, 1])
+
+
+def test_unsupported_op_reported_at_load():
+    m, _ = _model("Relu", [1, 3], ())
+    model = from_onnx(m)
+    model.nodes[0].op = "Einsum"
+    with pytest.raises(UnsupportedOpError, match="Einsum"):
+        InferenceSession(model)
+
+
+def test_kernel_choice_follows_density_and_batch():
+    m, x = _model("Gemm", [1, 200], [_sparse((300, 200), 0.05)], {"transB": 1})
+    model = from_onnx(m, ConvertOptions(exact=True))
+    assert InferenceSession(model).describe()[0]["kernel"] == "sparse"
+    dense = from_onnx(_model("Gemm", [1, 200], [_sparse((300, 200), 0.9)], {"transB": 1})[0], ConvertOptions(exact=True))
+    assert InferenceSession(dense).describe()[0]["kernel"] == "dense"
+    assert InferenceSession(model, kernels={"Gemm_0": "dense"}).describe()[0]["kernel"] == "dense"
