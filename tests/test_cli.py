@@ -1,0 +1,73 @@
+"""The dcm command line: real commands, their exit codes and one-line errors."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dcm.cli import main
+from dcm.format import write
+from tests.conftest import small_model
+
+
+@pytest.fixture
+def dcm_file(tmp_path):
+    path = tmp_path / "m.dcm"
+    write(path, small_model())
+    return path
+
+
+def test_validate_inspect_run(dcm_file, tmp_path, capsys):
+    assert main(["validate", str(dcm_file)]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert main(["inspect", str(dcm_file), "--kernels"]) == 0
+    out = capsys.readouterr().out
+    assert "sparse-codebook-huffman" in out and "ratio" in out
+    assert main(["inspect", str(dcm_file), "--json"]) == 0
+    np.save(tmp_path / "x.npy", np.ones((3, 12), np.float32))
+    assert main(["run", str(dcm_file), "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "out")]) == 0
+    assert np.load(tmp_path / "out" / "y.npy").shape == (3, 4)
+
+
+@pytest.mark.parametrize("setup,code", [
+    ("missing", 2), ("directory", 2), ("empty", 1), ("png", 1), ("dicom", 1),
+])
+def test_validate_bad_files(tmp_path, capsys, setup, code):
+    p = tmp_path / "f.dcm"
+    if setup == "directory":
+        p.mkdir()
+    elif setup == "empty":
+        p.write_bytes(b"")
+    elif setup == "png":
+        p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    elif setup == "dicom":
+        p.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 100)
+    assert main(["validate", str(p)]) == code
+    assert capsys.readouterr().out.strip()
+
+
+def test_run_errors_are_one_line(dcm_file, tmp_path):
+    np.save(tmp_path / "bad.npy", np.ones((3, 5), np.float32))
+    r = subprocess.run([sys.executable, "-m", "dcm.cli", "run", str(dcm_file), "-i", str(tmp_path / "bad.npy")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "axis 1" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_verify_and_export(dcm_file, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    assert main(["verify", str(dcm_file)]) == 0
+    assert "OK" in capsys.readouterr().out
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(dcm_file), "-o", str(out)]) == 0
+    assert main(["convert", str(out), "-o", str(tmp_path / "back.dcm"), "--exact", "--quiet"]) == 0
+    assert main(["validate", str(tmp_path / "back.dcm")]) == 0
+    assert main(["run", str(out), "-i", str(out)]) == 2  # an ONNX file passed to run
+
+
+def test_demo_fast(tmp_path, capsys):
+    pytest.importorskip("torch")
+    assert main(["demo", "--fast", "--quiet", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Table 1" in out and (tmp_path / "lenet300.dcm").exists()
+    assert main(["validate", str(tmp_path / "lenet300.dcm")]) == 0
