@@ -7,3 +7,12 @@ __version__ = "0.1.0"
 
 __all__ = ["DcmError", "FormatError", "EncodeError", "InputError", "UnsupportedOpError", "ConversionError",
            "InferenceSession", "read", "write", "validate", "__version__"]
+
+
+def __getattr__(name: str):
+    # ``dcm.from_torch`` without importing torch/onnx for users who only load and run files.
+    if name == "from_torch":
+        from dcm.converters import from_torch
+
+        return from_torch
+    raise AttributeError(f"module 'dcm' has no attribute {name!r}")

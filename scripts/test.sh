@@ -10,7 +10,7 @@ python -m pip install -q --upgrade pip >/dev/null
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[all]"
 set +e
-python -m pytest -q "$@"
+python -m pytest "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
