@@ -7,6 +7,7 @@ import numpy as np
 
 from dcm.encoder.codec import decode_tensor
 from dcm.format.model import Model, ValueInfo
+from dcm.format.writer import atomic_write_bytes
 from dcm.converters.onnx_in import ONNX_DTYPES, _onnx
 
 TENSOR_TYPES = {v: k for k, v in ONNX_DTYPES.items()}
@@ -35,18 +36,4 @@ def to_onnx(model: Model):
 
 def export_onnx(model: Model, path: str | os.PathLike) -> None:
     """Write the dense ONNX atomically (temp file + rename), like every dcm write."""
-    import tempfile
-
-    data = to_onnx(model).SerializeToString()
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".dcm-export.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, to_onnx(model).SerializeToString())

@@ -66,11 +66,15 @@ def to_bytes(model: Model) -> bytes:
 
 
 def write(path: str | os.PathLike, model: Model) -> None:
-    """Write atomically: a temp file in the target folder, fsync, then rename over ``path``.
+    """Write ``model`` to ``path`` atomically and deterministically."""
+    atomic_write_bytes(path, to_bytes(model))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """A temp file in the target folder, fsync, then rename over ``path``.
 
     A crash at any point leaves either the old file or the new one at ``path``, never a mix.
     """
-    data = to_bytes(model)
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
