@@ -6,7 +6,6 @@ dense baseline -> pruning with retraining (Zhu & Gupta gradual schedule) -> trai
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

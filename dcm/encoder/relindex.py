@@ -23,12 +23,6 @@ def encode_positions(positions: np.ndarray, index_bits: int) -> np.ndarray:
     return out
 
 
-def count_symbols(positions: np.ndarray, index_bits: int) -> int:
-    m = (1 << index_bits) - 1
-    gaps = np.diff(np.asarray(positions, dtype=np.int64), prepend=-1) - 1
-    return len(positions) + int((gaps // m).sum())
-
-
 def decode_positions(symbols: np.ndarray, index_bits: int, numel: int, nnz: int) -> np.ndarray:
     """Index symbols -> sorted flat positions [nnz], checking spec 5.2's rules on the way."""
     m = (1 << index_bits) - 1

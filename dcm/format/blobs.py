@@ -6,7 +6,6 @@ Huffman streams into symbols is left to ``dcm.encoder.huffman``; here they stay 
 """
 from __future__ import annotations
 
-import math
 import struct
 from dataclasses import dataclass
 
@@ -208,7 +207,3 @@ def parse_payload(buf: bytes | memoryview, encoding: str, numel: int, base: int,
     if cur.pos != len(cur.buf):
         raise cur.fail(f"{len(cur.buf) - cur.pos} trailing bytes after the streams", "5.2")
     return CodedPayload(encoding, code_bits, index_bits, log2, nnz, icount, codebook, values, codes, index)
-
-
-def raw_numel_bytes(dtype: str, shape: tuple[int, ...]) -> int:
-    return math.prod(shape) * C.DTYPES[dtype].itemsize

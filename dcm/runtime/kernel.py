@@ -67,7 +67,7 @@ class LoadContext:
             density = len(parts.values) / numel
         mode = self._mode_for(node, name, density)
         if mode == "dense":
-            return mode, (dense if parts is None else _densify(parts)), density
+            return mode, (dense if parts is None else parts.to_scipy().toarray()), density
         if parts is None:
             import scipy.sparse as sp
 
@@ -84,10 +84,6 @@ class LoadContext:
         if m not in ("sparse", "dense"):
             raise ValueError(f"kernel mode must be 'sparse' or 'dense', got {m!r}")
         return m
-
-
-def _densify(parts: CsrParts) -> np.ndarray:
-    return parts.to_scipy().toarray()
 
 
 class Kernel:

@@ -11,7 +11,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from dcm.errors import DcmError, InputError, UnsupportedOpError
-from dcm.format import constants as C
 from dcm.format.model import Model
 from dcm.format.reader import read
 from dcm.runtime.kernel import Kernel, LoadContext
