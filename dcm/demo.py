@@ -38,7 +38,7 @@ class Recipe:
 RECIPES = {
     "lenet300": Recipe(model="lenet300", sparsity={"fc1": 0.96, "fc2": 0.93, "fc3": 0.75}),
     "lenet5": Recipe(model="lenet5", dense_epochs=20, prune_epochs=24, prune_steps=8, quant_epochs=6,
-                     sparsity={"conv1": 0.40, "conv2": 0.90, "fc1": 0.97, "fc2": 0.85}),
+                     sparsity={"conv1": 0.34, "conv2": 0.88, "fc1": 0.95, "fc2": 0.85}),
 }
 
 

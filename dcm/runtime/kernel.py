@@ -34,6 +34,7 @@ class LoadContext:
     batch_hint: int = 1
     modes: dict[str, str] | str | None = None  # "sparse" / "dense" for all, or per node / weight name
     threads: int = 1
+    device: str = "cpu"  # torch device of the GPU backend's kernels
     _dense: dict[str, np.ndarray] = field(default_factory=dict)
 
     def is_const(self, name: str) -> bool:

@@ -25,14 +25,19 @@ class NodeArg:
     type: str
 
 
-def _registry(device: str):
+def _backend(device: str) -> tuple[str, dict]:
+    """(torch device or "cpu", kernel registry). "torch-cpu" runs the GPU kernels on the CPU (tests)."""
     if device == "cpu":
         from dcm.runtime.cpu import REGISTRY
-    elif device in ("cuda", "gpu"):
-        from dcm.runtime.gpu import REGISTRY
-    else:
-        raise DcmError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
-    return REGISTRY
+
+        return "cpu", REGISTRY
+    if device == "gpu":
+        device = "cuda"
+    if device == "torch-cpu" or device == "cuda" or device.startswith("cuda:"):
+        from dcm.runtime.gpu import open_backend
+
+        return open_backend("cpu" if device == "torch-cpu" else device)
+    raise DcmError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
 
 
 class InferenceSession:
@@ -45,19 +50,17 @@ class InferenceSession:
     def __init__(self, model: str | os.PathLike | bytes | Model, device: str = "cpu", *,
                  kernels: str | dict[str, str] | None = None, batch_hint: int = 1, threads: int | None = None):
         self.model = model if isinstance(model, Model) else read(model)
-        self.device = "cuda" if device == "gpu" else device
-        registry = _registry(self.device)
-        self._ctx = LoadContext(self.model, batch_hint=batch_hint, modes=kernels,
-                                threads=threads if threads is not None else (os.cpu_count() or 1))
+        self.device = device
+        torch_device, registry = _backend(device)
+        self._torch = device != "cpu"
+        self._ctx = LoadContext(self.model, batch_hint=batch_hint, modes=kernels, device=torch_device,
+                                threads=1 if self._torch else (threads if threads is not None else (os.cpu_count() or 1)))
         missing = [n for n in self.model.nodes if n.op not in registry]
         if missing:
             n = missing[0]
             names = sorted({m.op for m in missing})
             raise UnsupportedOpError(f"unsupported op {n.op} in node {n.name or n.outputs[0]!r}"
                                      f" (all unsupported: {', '.join(names)})")
-        if self.device == "cuda":
-            from dcm.runtime.gpu import prepare_context
-            prepare_context(self._ctx)
         self._kernels: list[Kernel] = []
         for node in self.model.nodes:
             try:
@@ -108,21 +111,22 @@ class InferenceSession:
         for name, v in declared.items():
             if name not in feeds:
                 raise InputError(f"missing input {name!r} (dtype {v.dtype}, shape {v.shape})")
-            x = self._to_array(feeds[name])
-            if str(x.dtype) != v.dtype:
+            x = feeds[name] if hasattr(feeds[name], "detach") else np.asarray(feeds[name])
+            if str(x.dtype).removeprefix("torch.") != v.dtype:
                 raise InputError(f"input {name!r} has dtype {x.dtype}, the model expects {v.dtype}")
             if x.ndim != len(v.shape):
                 raise InputError(f"input {name!r} has rank {x.ndim} (shape {list(x.shape)}), the model expects {v.shape}")
             for axis, (got, want) in enumerate(zip(x.shape, v.shape)):
                 if isinstance(want, int) and got != want:
                     raise InputError(f"input {name!r} has size {got} on axis {axis}, the model expects {want} (shape {v.shape})")
-            out[name] = x
+            out[name] = self._to_array(x)
         return out
 
     def _to_array(self, x: Any) -> Any:
-        if self.device == "cuda":
+        if self._torch:
             from dcm.runtime.gpu import to_device
-            return to_device(x)
+
+            return to_device(x, self._ctx.device)
         return np.asarray(x)
 
     def run(self, output_names: Sequence[str] | None, feeds: dict[str, Any]) -> list[np.ndarray]:
@@ -144,7 +148,7 @@ class InferenceSession:
                 args.pop()
             try:
                 results = kernel(*args)
-            except (ValueError, IndexError) as exc:
+            except (ValueError, IndexError, RuntimeError) as exc:
                 raise InputError(f"node {node.name or node.outputs[0]!r} ({node.op}) failed on these inputs: {exc}") from None
             for name, value in zip(node.outputs, results):
                 env[name] = value

@@ -23,12 +23,29 @@ def _model(op, x_shape, inits=(), attrs=None, extra_inputs=(), opset=17, out_ran
     return m, rng.standard_normal(x_shape).astype(np.float32)
 
 
+def _devices():
+    """The CPU backend always; the GPU backend's torch kernels on the CPU where torch is installed,
+    and on CUDA where a GPU is present."""
+    out = ["cpu"]
+    try:
+        import torch
+    except ImportError:
+        return out
+    out.append("torch-cpu")
+    if torch.cuda.is_available():
+        out.append("cuda")
+    return out
+
+
+DEVICES = _devices()
+
+
 def _compare(m, x, modes=("sparse", "dense"), rtol=1e-5):
     ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     model = from_onnx(m, ConvertOptions(exact=True, min_coded_elements=1))
-    for mode in modes:
+    for mode, device in [(mo, d) for mo in modes for d in DEVICES]:
         x_copy = x.copy()
-        got = InferenceSession(model, kernels=mode, threads=2).run(None, {"x": x_copy})[0]
+        got = InferenceSession(model, device, kernels=mode, threads=2).run(None, {"x": x_copy})[0]
         assert np.array_equal(x_copy, x), "the runtime wrote into the caller's input"
         assert got.shape == ref.shape
         np.testing.assert_allclose(got, ref, rtol=rtol, atol=1e-5 * max(1.0, float(np.abs(ref).max())))

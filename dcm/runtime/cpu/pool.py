@@ -38,15 +38,19 @@ class AveragePool(_Pool):
         x, was_1d = spatial_2d(x)
         begin, end = self._pads(x)
         total = windows(x, self.kernel, self.strides, self.dilations, begin, end).sum(axis=(4, 5))
-        ones = np.ones((1, 1) + x.shape[2:], dtype=np.float32)
-        if self.attrs.get("count_include_pad", 0):  # explicit pads count, ceil-mode overhang does not
-            b0, e0 = resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations)
+        y = (total / self.divisor(x.shape[2:], begin, end)).astype(np.float32)
+        return (y[:, :, 0, :] if was_1d else y,)
+
+    def divisor(self, spatial: tuple[int, int], begin: list[int], end: list[int]) -> np.ndarray:
+        """Elements averaged per output [1, 1, OH, OW]: explicit pads count with count_include_pad,
+        the ceil-mode overhang never does."""
+        ones = np.ones((1, 1) + tuple(spatial), dtype=np.float32)
+        if self.attrs.get("count_include_pad", 0):
+            b0, e0 = resolve_pads(self.pad_attrs, spatial, self.kernel, self.strides, self.dilations)
             ones = np.pad(ones, ((0, 0), (0, 0), (b0[0], e0[0]), (b0[1], e0[1])), constant_values=1.0)
             begin = [b - p for b, p in zip(begin, b0)]
             end = [e - p for e, p in zip(end, e0)]
-        count = windows(ones, self.kernel, self.strides, self.dilations, begin, end).sum(axis=(4, 5))
-        y = (total / count).astype(np.float32)
-        return (y[:, :, 0, :] if was_1d else y,)
+        return windows(ones, self.kernel, self.strides, self.dilations, begin, end).sum(axis=(4, 5))
 
 
 @register("GlobalAveragePool")

@@ -1,0 +1,99 @@
+"""Layout ops on torch; attribute and constant-input parsing is shared with the CPU kernels."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from dcm.errors import UnsupportedOpError
+from dcm.runtime.cpu import shape as cpu
+from dcm.runtime.gpu.registry import register
+
+register("Identity", "Dropout")(cpu.Identity)
+register("Reshape")(cpu.Reshape)
+
+
+@register("Flatten")
+class Flatten(cpu.Flatten):
+    def __call__(self, x):
+        axis = int(self.attrs.get("axis", 1)) % (x.dim() + 1) if x.dim() else 0
+        return (x.reshape(math.prod(x.shape[:axis]), -1),)
+
+
+@register("Transpose")
+class Transpose(cpu.Transpose):
+    def __call__(self, x):
+        perm = self.attrs.get("perm") or list(range(x.dim()))[::-1]
+        return (x.permute(*perm).contiguous(),)
+
+
+@register("Concat")
+class Concat(cpu.Concat):
+    def __call__(self, *xs):
+        return (torch.cat(xs, int(self.attrs["axis"])),)
+
+
+@register("Squeeze")
+class Squeeze(cpu.Squeeze):
+    def __call__(self, x, _axes=None):
+        axes = self.axes if self.axes is not None else [i for i, d in enumerate(x.shape) if d == 1]
+        shape = [d for i, d in enumerate(x.shape) if i not in {a % x.dim() for a in axes}]
+        return (x.reshape(shape),)
+
+
+@register("Unsqueeze")
+class Unsqueeze(cpu.Unsqueeze):
+    def __call__(self, x, _axes=None):
+        rank = x.dim() + len(self.axes)
+        for a in sorted(a % rank for a in self.axes):
+            x = x.unsqueeze(a)
+        return (x,)
+
+
+@register("Pad")
+class Pad(cpu.Pad):
+    def __call__(self, x, *_):
+        axes = [a % x.dim() for a in self.axes] if self.axes else list(range(x.dim()))
+        k = len(axes)
+        widths = [(0, 0)] * x.dim()
+        for j, a in enumerate(axes):
+            widths[a] = (self.pads[j], self.pads[j + k])
+        flat = [w for pair in reversed(widths) for w in pair]  # F.pad wants last axis first
+        if self.mode == "constant":
+            return (F.pad(x, flat, value=self.value),)
+        first = next((i for i, w in enumerate(widths) if any(w)), x.dim())
+        n = x.dim() - first  # F.pad's reflect/replicate pad at most the last 3 axes of [N, C, ...]
+        if n == 0:
+            return (x,)
+        if n > 3:
+            raise UnsupportedOpError(f"Pad {self.node.name!r}: {self.mode} padding on the GPU pads at most 3 axes")
+        lead = x.shape[:first]
+        y = F.pad(x.reshape(1, -1, *x.shape[first:]), flat[: 2 * n],
+                  mode="reflect" if self.mode == "reflect" else "replicate")
+        return (y.reshape(*lead, *y.shape[2:]),)
+
+
+@register("Shape")
+class Shape(cpu.Shape):
+    def __call__(self, x):
+        start, end = int(self.attrs.get("start", 0)), self.attrs.get("end")
+        return (torch.tensor(list(x.shape)[start:end], dtype=torch.int64, device=x.device),)
+
+
+@register("Gather")
+class Gather(cpu.Gather):
+    def __call__(self, x, idx):
+        axis = int(self.attrs.get("axis", 0)) % x.dim()
+        idx = idx.long() % x.shape[axis]
+        out = x.index_select(axis, idx.reshape(-1))
+        return (out.reshape(*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :]),)
+
+
+_CAST = {1: torch.float32, 6: torch.int32, 7: torch.int64, 10: torch.float16, 11: torch.float64, 9: torch.bool}
+
+
+@register("Cast")
+class Cast(cpu.Cast):
+    def __call__(self, x):
+        return (x.to(_CAST[int(self.attrs["to"])]),)

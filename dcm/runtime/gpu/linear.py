@@ -1,0 +1,54 @@
+"""Gemm and MatMul with a constant weight on torch: sparse CSR @ activations, or dense."""
+from __future__ import annotations
+
+import torch
+
+from dcm.encoder.codec import CsrParts
+from dcm.runtime.cpu import linear as cpu
+from dcm.runtime.cpu.matmul import WeightMatmul
+from dcm.runtime.gpu.registry import register
+from dcm.runtime.gpu.weights import TorchWeight
+
+
+def to_torch(mm: WeightMatmul, device: str) -> TorchWeight:
+    """Move a CPU kernel's decoded weight to the torch device (the CPU kernel did the decoding;
+    the torch backend builds kernels with threads=1, so a sparse weight is one CSR block)."""
+    if mm.mode == "dense":
+        return TorchWeight("dense", mm.w, device)
+    (m,) = mm.blocks
+    return TorchWeight("sparse", CsrParts(m.shape, m.data, None, None, m.indices, m.indptr), device)
+
+
+@register("Gemm")
+class Gemm(cpu.Gemm):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.mm = to_torch(self.mm, ctx.device)
+        self.c = None if self.c is None else torch.as_tensor(self.c, device=ctx.device)
+
+    def __call__(self, a, _b=None, c=None):
+        a = a.T if self.trans_a else a
+        y = self.mm.right(a)
+        if self.alpha != 1.0:
+            y = y * self.alpha
+        if self.c is not None:
+            y = y + self.c
+        elif self.c_is_input:
+            y = y + self.beta * c
+        return (y,)
+
+
+@register("MatMul")
+class MatMul(cpu.MatMul):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        if self.const_b:
+            self.mm = to_torch(self.mm, ctx.device)
+        elif self.b is not None:
+            self.b = torch.as_tensor(self.b, device=ctx.device)
+
+    def __call__(self, a, b=None):
+        if not self.const_b:
+            return (torch.matmul(a, self.b if self.b is not None else b),)
+        y = self.mm.right(a.reshape(-1, a.shape[-1]))
+        return (y.reshape(*a.shape[:-1], y.shape[-1]),)

@@ -1,0 +1,102 @@
+"""Activations, softmax, arithmetic, BatchNormalization, LRN and reductions on torch."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dcm.runtime.cpu import activation as cpu_act
+from dcm.runtime.cpu import norm as cpu_norm
+from dcm.runtime.cpu import reduce as cpu_reduce
+from dcm.runtime.gpu.registry import register
+from dcm.runtime.kernel import Kernel
+
+
+def _unary(op: str, fn):
+    register(op)(type(op, (Kernel,), {"__call__": lambda self, x: (fn(x),)}))
+
+
+_unary("Relu", torch.relu)
+_unary("Sigmoid", torch.sigmoid)
+_unary("Tanh", torch.tanh)
+
+
+@register("LeakyRelu")
+class LeakyRelu(Kernel):
+    def __call__(self, x):
+        return (torch.nn.functional.leaky_relu(x, float(self.attrs.get("alpha", 0.01))),)
+
+
+@register("Clip")
+class Clip(Kernel):
+    def __call__(self, x, lo=None, hi=None):
+        lo = self.attrs.get("min") if lo is None else float(lo)
+        hi = self.attrs.get("max") if hi is None else float(hi)
+        return (torch.clamp(x, lo, hi),)
+
+
+class _Softmax(cpu_act._SoftmaxBase):
+    log = False
+
+    def __call__(self, x):
+        shape, axis = x.shape, self.axis % max(x.dim(), 1)
+        if self.legacy:
+            x, axis = x.reshape(math.prod(shape[:axis]), -1), 1
+        y = torch.log_softmax(x, axis) if self.log else torch.softmax(x, axis)
+        return (y.reshape(shape),)
+
+
+@register("Softmax")
+class Softmax(_Softmax):
+    log = False
+
+
+@register("LogSoftmax")
+class LogSoftmax(_Softmax):
+    log = True
+
+
+_BINARY = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul}
+for _op, _fn in _BINARY.items():
+    register(_op)(type(_op, (Kernel,), {"__call__": lambda self, a, b, fn=_fn: (fn(a, b),)}))
+
+
+@register("Div")
+class Div(Kernel):
+    def __call__(self, a, b):
+        if not a.is_floating_point() and not b.is_floating_point():
+            return (torch.div(a, b, rounding_mode="trunc"),)
+        return (a / b,)
+
+
+@register("BatchNormalization")
+class BatchNormalization(cpu_norm.BatchNormalization):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.a, self.b = (torch.as_tensor(v, device=ctx.device) for v in (self.a, self.b))
+
+
+@register("LRN")
+class LRN(Kernel):
+    def __call__(self, x):
+        size = int(self.attrs["size"])
+        alpha, beta = float(self.attrs.get("alpha", 1e-4)), float(self.attrs.get("beta", 0.75))
+        bias = float(self.attrs.get("bias", 1.0))
+        lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+        sq = torch.nn.functional.pad(x.double().square().movedim(1, -1), (lo, hi)).movedim(-1, 1)
+        c = torch.cat([torch.zeros_like(sq[:, :1]), sq.cumsum(1)], 1)
+        window = c[:, size:] - c[:, : c.shape[1] - size]
+        return ((x / (bias + alpha / size * window) ** beta).float(),)
+
+
+class _Reduce(cpu_reduce._Reduce):
+    def __call__(self, x, _axes=None):
+        if not self.axes and self.noop_empty:
+            return (x,)
+        dims = tuple(self.axes) if self.axes else tuple(range(x.dim()))
+        return (self.torch_fn(x, dims, self.keep),)
+
+
+register("ReduceMean")(type("ReduceMean", (_Reduce,), {"torch_fn": staticmethod(lambda x, d, k: x.mean(d, keepdim=k))}))
+register("ReduceSum")(type("ReduceSum", (_Reduce,), {"torch_fn": staticmethod(lambda x, d, k: x.sum(d, keepdim=k))}))
+register("ReduceMax")(type("ReduceMax", (_Reduce,), {"torch_fn": staticmethod(lambda x, d, k: x.amax(d, keepdim=k))}))

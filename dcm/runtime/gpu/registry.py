@@ -1,0 +1,4 @@
+from dcm.runtime.kernel import Registry, registrar
+
+REGISTRY: Registry = {}
+register = registrar(REGISTRY)

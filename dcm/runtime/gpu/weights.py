@@ -1,0 +1,45 @@
+"""A decoded weight on the torch device: CSR (cuSPARSE) or dense, with ``left(X) = W @ X``."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from dcm.encoder.codec import CsrParts
+
+
+class TorchWeight:
+    def __init__(self, mode: str, weight: CsrParts | np.ndarray, device: str):
+        self.mode = mode
+        if mode == "sparse":
+            self.shape = weight.shape2d
+            with warnings.catch_warnings():  # "CSR support is in beta": nothing a user can act on
+                warnings.simplefilter("ignore", UserWarning)
+                self.w = torch.sparse_csr_tensor(
+                    torch.as_tensor(weight.indptr.astype(np.int64)), torch.as_tensor(weight.indices.astype(np.int64)),
+                    torch.as_tensor(weight.values, dtype=torch.float32), size=weight.shape2d, device=device,
+                    check_invariants=False)  # the decoder already guarantees sorted, in-range indices
+        else:
+            self.shape = weight.shape
+            self.w = torch.as_tensor(np.ascontiguousarray(weight), dtype=torch.float32, device=device)
+
+    def left(self, x: torch.Tensor) -> torch.Tensor:
+        """W [out, in] @ x [in, n] -> [out, n]."""
+        return self.w @ x
+
+    def right(self, x: torch.Tensor) -> torch.Tensor:
+        """x [n, in] @ W.T -> [n, out]."""
+        if self.mode == "dense":
+            return x @ self.w.T
+        return (self.w @ x.T).T.contiguous()
+
+    def rows(self, lo: int, hi: int, device: str) -> "TorchWeight":
+        """Rows lo..hi as their own weight (one group of a grouped convolution)."""
+        if self.mode == "dense":
+            return TorchWeight("dense", self.w[lo:hi].cpu().numpy(), device)
+        crow, col, val = self.w.crow_indices().cpu(), self.w.col_indices().cpu(), self.w.values().cpu()
+        a, b = int(crow[lo]), int(crow[hi])
+        part = CsrParts((hi - lo, self.shape[1]), val[a:b].numpy(), None, None, col[a:b].numpy(),
+                        (crow[lo : hi + 1] - a).numpy())
+        return TorchWeight("sparse", part, device)
