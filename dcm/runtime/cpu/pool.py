@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from dcm.runtime.cpu.registry import register
-from dcm.runtime.cpu.windows import ints2, pads2, resolve_pads, spatial_2d, windows
+from dcm.runtime.cpu.windows import ints2, pads2, reduce_windows, resolve_pads, spatial_2d
 from dcm.runtime.kernel import Kernel
 
 
@@ -28,7 +28,7 @@ class MaxPool(_Pool):
     def __call__(self, x):
         x, was_1d = spatial_2d(x)
         begin, end = self._pads(x)
-        y = windows(x, self.kernel, self.strides, self.dilations, begin, end, fill=-np.inf).max(axis=(4, 5))
+        y = reduce_windows(x, self.kernel, self.strides, self.dilations, begin, end, np.maximum, -np.inf)
         return (y[:, :, 0, :] if was_1d else y,)
 
 
@@ -37,7 +37,7 @@ class AveragePool(_Pool):
     def __call__(self, x):
         x, was_1d = spatial_2d(x)
         begin, end = self._pads(x)
-        total = windows(x, self.kernel, self.strides, self.dilations, begin, end).sum(axis=(4, 5))
+        total = reduce_windows(x, self.kernel, self.strides, self.dilations, begin, end, np.add)
         y = (total / self.divisor(x.shape[2:], begin, end)).astype(np.float32)
         return (y[:, :, 0, :] if was_1d else y,)
 
@@ -50,7 +50,7 @@ class AveragePool(_Pool):
             ones = np.pad(ones, ((0, 0), (0, 0), (b0[0], e0[0]), (b0[1], e0[1])), constant_values=1.0)
             begin = [b - p for b, p in zip(begin, b0)]
             end = [e - p for e, p in zip(end, e0)]
-        return windows(ones, self.kernel, self.strides, self.dilations, begin, end).sum(axis=(4, 5))
+        return reduce_windows(ones, self.kernel, self.strides, self.dilations, begin, end, np.add)
 
 
 @register("GlobalAveragePool")

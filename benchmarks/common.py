@@ -1,0 +1,48 @@
+"""Helpers shared by the benchmarks: timing, pruned reference models, result files."""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def timeit(fn: Callable[[], object], min_time: float = 0.5, max_reps: int = 200) -> float:
+    """Median seconds per call after one warm-up call, over at least 3 calls or ``min_time``."""
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def prune_module(module, density: dict[str, float], seed: int = 0) -> None:
+    """Keep the largest-magnitude ``density`` fraction of each named layer's weights (paper Tables 2-5)."""
+    import torch
+
+    from dcm.encoder.prune import mask_by_sparsity
+
+    torch.manual_seed(seed)
+    layers = dict(module.named_modules())
+    with torch.no_grad():
+        for name, d in density.items():
+            w = layers[name].weight
+            keep = mask_by_sparsity(w.numpy(), 1.0 - d)
+            w.mul_(torch.from_numpy(keep).to(w.dtype))
+
+
+def save(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+               **payload}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    return path

@@ -1,0 +1,114 @@
+"""Latency of the dcm runtime vs onnxruntime (dense ONNX of the same decoded weights) and torch eager.
+
+    python benchmarks/runtime.py [--quick]
+
+Batch 1 and 64, single-threaded and default threads, for LeNet-300-100 and LeNet-5 pruned to the
+paper's densities, an AlexNet fc6-fc8 stack (9%/9%/25%) and a VGG-16-style conv block. With a
+CUDA GPU it adds dcm's GPU backend vs torch dense on the GPU. Prints a table, writes
+benchmarks/results/runtime.json. Ratios < 1 mean dcm is faster.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from benchmarks.common import prune_module, save, timeit
+from dcm import zoo
+from dcm.converters import ConvertOptions, from_torch, to_onnx
+from dcm.runtime import InferenceSession
+
+
+def alexnet_fc() -> nn.Module:
+    return nn.Sequential(nn.Linear(9216, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 1000))
+
+
+def vgg_block() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(),
+                         nn.MaxPool2d(2))
+
+
+MODELS = {  # name: (factory, input shape without batch, kept fraction per layer)
+    "lenet300": (zoo.LeNet300, (1, 28, 28), {"fc1": 0.08, "fc2": 0.09, "fc3": 0.26}),
+    "lenet5": (zoo.LeNet5, (1, 28, 28), {"conv1": 0.66, "conv2": 0.12, "fc1": 0.08, "fc2": 0.19}),
+    "alexnet_fc6-8": (alexnet_fc, (9216,), {"0": 0.09, "2": 0.09, "4": 0.25}),
+    "vgg_conv_block": (vgg_block, (128, 28, 28), {"0": 0.35, "2": 0.35}),  # VGG conv layers keep 24-68%
+}
+
+
+def build(name: str):
+    factory, shape, density = MODELS[name]
+    torch.manual_seed(0)
+    module = factory().eval()
+    prune_module(module, density)
+    model = from_torch(module, torch.zeros(1, *shape), options=ConvertOptions(exact=True))
+    return module, model, shape
+
+
+def run(quick: bool) -> dict:
+    import onnxruntime as ort
+
+    rows = []
+    cores = os.cpu_count() or 1
+    for name in MODELS:
+        module, model, shape = build(name)
+        onnx_bytes = to_onnx(model).SerializeToString()
+        for batch in (1, 64):
+            if quick and batch == 64 and name == "vgg_conv_block":
+                continue
+            x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+            for threads in sorted({1, cores}):
+                so = ort.SessionOptions()
+                so.intra_op_num_threads = threads
+                ort_sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+                dcm_sess = InferenceSession(model, threads=threads, batch_hint=batch)
+                torch.set_num_threads(threads)
+                xt = torch.from_numpy(x)
+                with torch.no_grad():
+                    t_torch = timeit(lambda: module(xt))
+                t_ort = timeit(lambda: ort_sess.run(None, {"input": x}))
+                t_dcm = timeit(lambda: dcm_sess.run(None, {"input": x}))
+                kernels = sorted({k["kernel"] for k in dcm_sess.describe() if "kernel" in k})
+                rows.append({"model": name, "device": "cpu", "batch": batch, "threads": threads,
+                             "dcm_ms": 1e3 * t_dcm, "onnxruntime_ms": 1e3 * t_ort, "torch_ms": 1e3 * t_torch,
+                             "dcm_vs_onnxruntime": t_dcm / t_ort, "dcm_vs_torch": t_dcm / t_torch,
+                             "dcm_kernels": "+".join(kernels)})
+        if torch.cuda.is_available():
+            gpu_module = module.cuda()
+            for batch in (1, 64):
+                x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+                sess = InferenceSession(model, "cuda", batch_hint=batch)
+
+                def torch_gpu():
+                    with torch.no_grad():
+                        return gpu_module(torch.from_numpy(x).cuda()).cpu()
+                t_torch = timeit(torch_gpu)
+                t_dcm = timeit(lambda: sess.run(None, {"input": x}))
+                kernels = sorted({k["kernel"] for k in sess.describe() if "kernel" in k})
+                rows.append({"model": name, "device": torch.cuda.get_device_name(), "batch": batch, "threads": None,
+                             "dcm_ms": 1e3 * t_dcm, "onnxruntime_ms": None, "torch_ms": 1e3 * t_torch,
+                             "dcm_vs_onnxruntime": None, "dcm_vs_torch": t_dcm / t_torch,
+                             "dcm_kernels": "+".join(kernels)})
+    return {"rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="skip the slowest case (VGG block at batch 64)")
+    args = ap.parse_args()
+    result = run(args.quick)
+    print(f"{'model':<16}{'device':<24}{'batch':>6}{'thr':>5}{'dcm ms':>10}{'ort ms':>10}{'torch ms':>10}"
+          f"{'dcm/ort':>9}{'dcm/torch':>10}  kernels")
+    for r in result["rows"]:
+        f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+        print(f"{r['model']:<16}{r['device'][:23]:<24}{r['batch']:>6}{f(r['threads'], 'd'):>5}{r['dcm_ms']:>10.3f}"
+              f"{f(r['onnxruntime_ms'], '.3f'):>10}{r['torch_ms']:>10.3f}{f(r['dcm_vs_onnxruntime'], '.2f'):>9}"
+              f"{r['dcm_vs_torch']:>10.2f}  {r['dcm_kernels']}")
+    print(f"wrote {save('runtime', result)}")
+
+
+if __name__ == "__main__":
+    main()
