@@ -98,13 +98,14 @@ def decode_stream(stream: Stream, count: int, block_log2: int, what: str = "stre
         if a[nbits:].any():
             raise FormatError(f"{what} block {b}: padding bits are not zero", rule="5.2")
         del a[nbits:]
+        it = canonical_decode(a, counts, symbols)
         try:
-            got = np.fromiter(canonical_decode(a, counts, symbols), dtype=np.int64)
-        except ValueError as exc:
-            raise FormatError(f"{what} block {b}: invalid Huffman data ({exc})", rule="6") from None
-        if len(got) != n:
-            raise FormatError(f"{what} block {b}: decodes to {len(got)} symbols, expected {n}", rule="5.2")
-        out[lo : lo + n] = got
+            out[lo : lo + n] = np.fromiter(it, dtype=np.int64, count=n)
+            extra = next(it, None)
+        except ValueError as exc:  # a bad code, or fewer than n symbols
+            raise FormatError(f"{what} block {b}: invalid Huffman data or too few symbols ({exc})", rule="6") from None
+        if extra is not None:
+            raise FormatError(f"{what} block {b}: holds more than its {n} symbols", rule="5.2")
     if n_blocks(count, block_log2) != len(stream.block_bits):
         raise FormatError(f"{what}: wrong number of blocks", rule="5.2")
     return out
