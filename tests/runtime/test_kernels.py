@@ -174,3 +174,13 @@ def test_kernel_choice_follows_density_and_batch():
     dense = from_onnx(_model("Gemm", [1, 200], [_sparse((300, 200), 0.9)], {"transB": 1})[0], ConvertOptions(exact=True))
     assert InferenceSession(dense).describe()[0]["kernel"] == "dense"
     assert InferenceSession(model, kernels={"Gemm_0": "dense"}).describe()[0]["kernel"] == "dense"
+
+
+def test_gpu_backend_without_a_gpu_is_a_clear_error():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from dcm.errors import DcmError
+
+    with pytest.raises(DcmError, match="no CUDA GPU"):
+        InferenceSession(from_onnx(_model("Relu", [1, 3], ())[0]), "cuda")
