@@ -12,13 +12,26 @@ from dcm.runtime.gpu.registry import register
 from dcm.runtime.kernel import Kernel
 
 
-def _unary(op: str, fn):
-    register(op)(type(op, (Kernel,), {"__call__": lambda self, x: (fn(x),)}))
+class _Unary(Kernel):
+    fn = staticmethod(torch.relu)
+
+    def __call__(self, x):
+        return (self.fn(x),)
 
 
-_unary("Relu", torch.relu)
-_unary("Sigmoid", torch.sigmoid)
-_unary("Tanh", torch.tanh)
+@register("Relu")
+class Relu(_Unary):
+    fn = staticmethod(torch.relu)
+
+
+@register("Sigmoid")
+class Sigmoid(_Unary):
+    fn = staticmethod(torch.sigmoid)
+
+
+@register("Tanh")
+class Tanh(_Unary):
+    fn = staticmethod(torch.tanh)
 
 
 @register("LeakyRelu")
@@ -56,9 +69,26 @@ class LogSoftmax(_Softmax):
     log = True
 
 
-_BINARY = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul}
-for _op, _fn in _BINARY.items():
-    register(_op)(type(_op, (Kernel,), {"__call__": lambda self, a, b, fn=_fn: (fn(a, b),)}))
+class _Binary(Kernel):
+    fn = staticmethod(torch.add)
+
+    def __call__(self, a, b):
+        return (self.fn(a, b),)
+
+
+@register("Add")
+class Add(_Binary):
+    fn = staticmethod(torch.add)
+
+
+@register("Sub")
+class Sub(_Binary):
+    fn = staticmethod(torch.sub)
+
+
+@register("Mul")
+class Mul(_Binary):
+    fn = staticmethod(torch.mul)
 
 
 @register("Div")
@@ -90,13 +120,25 @@ class LRN(Kernel):
 
 
 class _Reduce(cpu_reduce._Reduce):
+    method = "mean"  # the torch.Tensor method, called as method(dims, keepdim=...)
+
     def __call__(self, x, _axes=None):
         if not self.axes and self.noop_empty:
             return (x,)
         dims = tuple(self.axes) if self.axes else tuple(range(x.dim()))
-        return (self.torch_fn(x, dims, self.keep),)
+        return (getattr(x, self.method)(dims, keepdim=self.keep),)
 
 
-register("ReduceMean")(type("ReduceMean", (_Reduce,), {"torch_fn": staticmethod(lambda x, d, k: x.mean(d, keepdim=k))}))
-register("ReduceSum")(type("ReduceSum", (_Reduce,), {"torch_fn": staticmethod(lambda x, d, k: x.sum(d, keepdim=k))}))
-register("ReduceMax")(type("ReduceMax", (_Reduce,), {"torch_fn": staticmethod(lambda x, d, k: x.amax(d, keepdim=k))}))
+@register("ReduceMean")
+class ReduceMean(_Reduce):
+    method = "mean"
+
+
+@register("ReduceSum")
+class ReduceSum(_Reduce):
+    method = "sum"
+
+
+@register("ReduceMax")
+class ReduceMax(_Reduce):
+    method = "amax"
