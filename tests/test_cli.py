@@ -71,3 +71,30 @@ def test_demo_fast(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Table 1" in out and (tmp_path / "lenet300.dcm").exists()
     assert main(["validate", str(tmp_path / "lenet300.dcm")]) == 0
+
+
+def test_convert_post_training_with_check(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from dcm import zoo
+    from dcm.converters.torch_in import torch_to_onnx_bytes
+
+    src = tmp_path / "m.onnx"
+    src.write_bytes(torch_to_onnx_bytes(zoo.LeNet300().eval(), torch.zeros(1, 1, 28, 28)))
+    np.savez(tmp_path / "data.npz", input=np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32))
+    out = tmp_path / "m.dcm"
+    assert main(["convert", str(src), "-o", str(out), "--sparsity", "0.9", "--sparsity", "fc3.weight=0.5",
+                 "--code-bits", "conv=8,fc=6", "--index-bits", "auto", "--check", str(tmp_path / "data.npz")]) == 0
+    captured = capsys.readouterr()
+    assert "drift output: max abs" in captured.out and "top-1 agreement" in captured.out
+    assert "accuracy" in captured.err  # the post-training warning
+    assert main(["validate", str(out)]) == 0
+
+
+def test_convert_errors_leave_no_output(tmp_path, capsys):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    out = tmp_path / "x.dcm"
+    assert main(["convert", str(bad), "-o", str(out)]) == 2
+    assert "not a valid ONNX model" in capsys.readouterr().err
+    assert not out.exists()

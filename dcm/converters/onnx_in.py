@@ -247,6 +247,13 @@ def from_onnx(source, options: ConvertOptions | None = None,
     nodes = _to_nodes(_fold_constants(g))
     nodes = _drop_identities(nodes, g.outputs)
     nodes = _fold_batchnorm(nodes, g.consts, g.outputs)
+    from dcm.runtime.cpu import REGISTRY  # what the runtime can execute (numpy-only import)
+
+    unsupported = [n for n in nodes if n.op not in REGISTRY]
+    if unsupported:
+        n = unsupported[0]
+        raise ConversionError(f"unsupported op {n.op} in node {n.name!r} (all unsupported: "
+                              f"{', '.join(sorted({m.op for m in unsupported}))})")
     known = {v.name for v in g.inputs} | set(g.consts)
     for n in nodes:  # a weight computed at run time cannot be coded
         if n.op in WEIGHT_OPS and n.op != "MatMul" and n.inputs[1] not in g.consts:
