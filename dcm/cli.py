@@ -107,11 +107,12 @@ def cmd_validate(args) -> int:
 
 def cmd_inspect(args) -> int:
     from dcm.format.reader import load_bytes, parse
-    from dcm.format.stats import format_table, model_stats
+    from dcm.format.stats import format_table, model_stats, section_sizes
 
     data = load_bytes(args.file)
     model = parse(data)
     stats = model_stats(model, len(data))
+    stats["sections"] = section_sizes(data)
     stats["metadata"] = model.metadata
     if args.kernels:
         from dcm.runtime import InferenceSession

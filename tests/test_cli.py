@@ -1,4 +1,5 @@
 """The dcm command line: real commands, their exit codes and one-line errors."""
+import re
 import subprocess
 import sys
 
@@ -23,6 +24,8 @@ def test_validate_inspect_run(dcm_file, tmp_path, capsys):
     assert main(["inspect", str(dcm_file), "--kernels"]) == 0
     out = capsys.readouterr().out
     assert "sparse-codebook-huffman" in out and "ratio" in out
+    sizes = dict(re.findall(r"(GRPH|DATA|DEND|file header) ([\d,]+) B", out))
+    assert sum(int(v.replace(",", "")) for v in sizes.values()) == dcm_file.stat().st_size
     assert main(["inspect", str(dcm_file), "--json"]) == 0
     np.save(tmp_path / "x.npy", np.ones((3, 12), np.float32))
     assert main(["run", str(dcm_file), "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "out")]) == 0

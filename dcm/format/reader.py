@@ -65,7 +65,7 @@ def _check_signature(data: bytes) -> None:
         raise FormatError(f"format major version {major} is not supported (this reader: {C.VERSION_MAJOR})", 8, "2")
 
 
-def _sections(data: bytes) -> list[tuple[bytes, int, int]]:
+def read_sections(data: bytes) -> list[tuple[bytes, int, int]]:
     """Verify framing and every CRC; returns (type, payload offset, payload length) in file order."""
     pos, out = C.FILE_HEADER_SIZE, []
     while True:
@@ -313,7 +313,7 @@ def _check_wiring(model: Model, table: list, s: _Schema) -> None:
 
 def parse(data: bytes, report: Report = _raise) -> Model:
     _check_signature(data)
-    sections = _sections(data)
+    sections = read_sections(data)
     g_start, g_len, d_start, d_len = _check_order(sections)
     return _parse_graph(data, g_start, g_len, d_start, d_len, report)
 

@@ -41,6 +41,17 @@ def tensor_stats(rec: TensorRecord) -> dict[str, Any]:
     return row
 
 
+def section_sizes(data: bytes) -> dict[str, int]:
+    """Bytes per section type, header and CRC included, plus the 16-byte file header."""
+    from dcm.format.reader import read_sections
+
+    sizes = {"file header": C.FILE_HEADER_SIZE}
+    for kind, _, length in read_sections(data):
+        name = kind.decode("ascii")
+        sizes[name] = sizes.get(name, 0) + C.SECTION_HEADER_SIZE + length + C.SECTION_CRC_SIZE
+    return sizes
+
+
 def model_stats(model: Model, file_bytes: int) -> dict[str, Any]:
     rows = [tensor_stats(t) for t in model.tensors.values()]
     payload = sum(r["payload_bytes"] for r in rows)
@@ -81,4 +92,6 @@ def format_table(stats: dict[str, Any]) -> str:
               f"bytes: code streams {t['code_stream_bytes']:,}, index streams {t['index_stream_bytes']:,}, "
               f"codebooks {t['codebook_bytes']:,}, Huffman+block tables {t['table_bytes']:,}, raw tensors "
               f"{t['raw_bytes']:,}, container (graph JSON, headers, padding) {t['container_overhead_bytes']:,}"]
+    if "sections" in stats:
+        lines.append("sections: " + ", ".join(f"{k} {v:,} B" for k, v in stats["sections"].items()))
     return "\n".join(lines)
