@@ -10,6 +10,7 @@ from typing import Any
 from dcm.format import constants as C
 from dcm.format.blobs import BLOB_HEADER, parse_payload
 from dcm.format.model import Model, TensorRecord
+from dcm.format.reader import read_sections
 
 
 def tensor_stats(rec: TensorRecord) -> dict[str, Any]:
@@ -43,8 +44,6 @@ def tensor_stats(rec: TensorRecord) -> dict[str, Any]:
 
 def section_sizes(data: bytes) -> dict[str, int]:
     """Bytes per section type, header and CRC included, plus the 16-byte file header."""
-    from dcm.format.reader import read_sections
-
     sizes = {"file header": C.FILE_HEADER_SIZE}
     for kind, _, length in read_sections(data):
         name = kind.decode("ascii")
