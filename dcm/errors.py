@@ -37,5 +37,9 @@ class InputError(DcmError):
     """A feed passed to ``InferenceSession.run`` does not match the model's declared inputs."""
 
 
+class ExecutionError(DcmError):
+    """A node failed while running (its inputs or the model's attributes make it impossible)."""
+
+
 class ConversionError(DcmError):
     """A source model (ONNX, PyTorch) cannot be turned into a .dcm graph."""

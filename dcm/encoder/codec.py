@@ -132,10 +132,24 @@ def parse(record: TensorRecord) -> CodedPayload:
     return parse_payload(record.payload, record.encoding, record.numel, 0, record.name)
 
 
+def check_decoded_size(record: TensorRecord, nbytes: int, form: str) -> None:
+    """Spec 8: refuse to build a decoded form out of proportion to the payload, before allocating it.
+
+    Sparse encodings leave trailing zeros implicit, so a tiny payload may claim a huge shape;
+    without this bound a 1 KB file could make the CSR row pointers (or a dense copy) take gigabytes.
+    """
+    limit = C.DECODE_SLACK + C.DECODE_EXPANSION * len(record.payload)
+    if nbytes > limit:
+        raise FormatError(f"tensor {record.name!r}: its {form} form would take {nbytes:,} bytes, more than "
+                          f"{limit:,} allowed for a {len(record.payload):,}-byte payload"
+                          + (" (use the sparse kernel for this layer)" if form == "dense" else ""), rule="8")
+
+
 def decode_parts(record: TensorRecord) -> CsrParts:
     """Decode a coded tensor straight into CSR arrays of its 2-D view; never builds the dense array."""
     p = parse(record)
     rows, cols = matrix_shape(record.shape)
+    check_decoded_size(record, 8 * (rows + 1) + 32 * p.nnz, "CSR")
     itype = np.int32 if record.numel < 2**31 else np.int64
     codes = None
     if p.codes is not None:
@@ -167,6 +181,8 @@ def decode_tensor(record: TensorRecord, form: Literal["dense", "csr", "parts"] =
         if form != "dense":
             raise EncodeError(f"tensor {record.name!r} is raw; only form='dense' applies")
         return a.astype(a.dtype.newbyteorder("="), copy=False)
+    if form == "dense":
+        check_decoded_size(record, 4 * record.numel, "dense")
     parts = decode_parts(record)
     if form == "parts":
         return parts

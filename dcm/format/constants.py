@@ -30,6 +30,9 @@ MIN_BITS, MAX_BITS = 1, 16
 MAX_CODE_LENGTH = 24
 MIN_BLOCK_LOG2, MAX_BLOCK_LOG2 = 8, 22
 DEFAULT_BLOCK_LOG2 = 16
+# spec 8: a coded tensor's decoded form may take at most SLACK + EXPANSION bytes per payload byte.
+DECODE_SLACK = 1 << 20
+DECODE_EXPANSION = 1024
 
 # spec 5: tensor encodings.
 ENC_RAW = "raw"

@@ -168,13 +168,18 @@ class _Schema:
                 continue
             name, dtype, shape = v.get("name"), v.get("dtype"), v.get("shape")
             ok = self.name(name, f"{what} name")
-            if dtype not in C.DTYPES:
+            if not _one_of(dtype, C.DTYPES):
                 self.bad(f"{what} {name!r:.80} has unknown dtype {dtype!r:.40}")
                 ok = False
             ok = self.shape(shape, f"{what} {name!r:.80}", symbolic=True) and ok
             if ok:
                 out.append(ValueInfo(name, dtype, list(shape)))
         return out
+
+
+def _one_of(value: Any, allowed: Any) -> bool:
+    """``value in allowed`` for JSON values, which may be unhashable lists or objects."""
+    return isinstance(value, str) and value in allowed
 
 
 def _attr_ok(value: Any) -> bool:
@@ -251,10 +256,10 @@ def _parse_graph(data: bytes, g_start: int, g_len: int, d_start: int, d_len: int
         if name in tensors:
             s.bad(f"tensor name {name!r:.80} is not unique")
             continue
-        if enc not in C.ENCODINGS:
+        if not _one_of(enc, C.ENCODINGS):
             s.bad(f"tensor {name!r:.80}: unknown encoding {enc!r:.40}", "5")
             continue
-        if dtype not in C.DTYPES or (enc != C.ENC_RAW and dtype != "float32"):
+        if not _one_of(dtype, C.DTYPES) or (enc != C.ENC_RAW and dtype != "float32"):
             s.bad(f"tensor {name!r:.80}: dtype {dtype!r:.40} not allowed with encoding {enc}", "5")
             continue
         if not s.shape(shape, f"tensor {name!r:.80}", symbolic=False):
@@ -292,7 +297,8 @@ def _parse_graph(data: bytes, g_start: int, g_len: int, d_start: int, d_len: int
 
 def _check_wiring(model: Model, table: list, s: _Schema) -> None:
     """Every node input exists before it is used; every value is produced once; outputs exist."""
-    known = {v.name for v in model.inputs} | {t.get("name") for t in table if isinstance(t, dict)}
+    known = {v.name for v in model.inputs} | {t.get("name") for t in table
+                                              if isinstance(t, dict) and isinstance(t.get("name"), str)}
     if len({v.name for v in model.inputs}) != len(model.inputs):
         s.bad("model input names must be unique")
     for v in model.inputs:

@@ -13,7 +13,7 @@ import numpy as np
 from dcm.errors import UnsupportedOpError
 from dcm.format import constants as C
 from dcm.format.model import Model, Node
-from dcm.encoder.codec import CsrParts, decode_parts, decode_tensor, matrix_shape
+from dcm.encoder.codec import CsrParts, check_decoded_size, decode_parts, decode_tensor, matrix_shape
 
 # Sparse wins only at low density and small batch (DEVELOPERS.md facts; benchmarks/runtime.py).
 SPARSE_MAX_DENSITY_SMALL_BATCH = 0.30
@@ -68,7 +68,10 @@ class LoadContext:
             density = len(parts.values) / numel
         mode = self._mode_for(node, name, density)
         if mode == "dense":
-            return mode, (dense if parts is None else parts.to_scipy().toarray()), density
+            if parts is None:
+                return mode, dense, density
+            check_decoded_size(rec, 4 * rec.numel, "dense")
+            return mode, parts.to_scipy().toarray(), density
         if parts is None:
             import scipy.sparse as sp
 

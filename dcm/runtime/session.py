@@ -10,10 +10,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dcm.errors import DcmError, InputError, UnsupportedOpError
+from dcm.errors import DcmError, ExecutionError, InputError, UnsupportedOpError
 from dcm.format.model import Model
 from dcm.format.reader import read
+from dcm.runtime.checks import check_node
 from dcm.runtime.kernel import Kernel, LoadContext
+
+# What a kernel raises when a (hostile or broken) model asks the impossible of it; they become a
+# DcmError naming the node. MemoryError included: a model may ask for a huge intermediate.
+KERNEL_FAILURES = (ArithmeticError, AttributeError, IndexError, KeyError, MemoryError, RuntimeError,
+                   TypeError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -63,14 +69,18 @@ class InferenceSession:
                                      f" (all unsupported: {', '.join(names)})")
         self._kernels: list[Kernel] = []
         for node in self.model.nodes:
+            check_node(node, registry[node.op])
             try:
                 self._kernels.append(registry[node.op](node, self._ctx))
-            except (KeyError, IndexError, TypeError, ValueError) as exc:
+            except KERNEL_FAILURES as exc:
                 raise UnsupportedOpError(f"node {node.name or node.outputs[0]!r} ({node.op}): {exc}") from None
         # Constants read at run time (not consumed by a kernel at load) are decoded once here;
         # every other decoded constant now lives inside its kernel only.
         self._consts = {x: self._to_array(self._ctx.const(x)) for n, k in zip(self.model.nodes, self._kernels)
                         for i, x in enumerate(n.inputs) if x in self.model.tensors and i not in k.weight_inputs}
+        for o in self.model.outputs:  # a constant may itself be a model output
+            if o.name in self.model.tensors and o.name not in self._consts:
+                self._consts[o.name] = self._to_array(self._ctx.const(o.name))
         self._ctx._dense.clear()
         self._last_use = self._plan_frees()
 
@@ -148,14 +158,15 @@ class InferenceSession:
                 args.pop()
             try:
                 results = kernel(*args)
-            except (ValueError, IndexError, RuntimeError) as exc:
-                raise InputError(f"node {node.name or node.outputs[0]!r} ({node.op}) failed on these inputs: {exc}") from None
+            except KERNEL_FAILURES as exc:
+                raise ExecutionError(f"node {node.name or node.outputs[0]!r} ({node.op}) failed on these inputs: "
+                                     f"{type(exc).__name__}: {exc}") from None
             for name, value in zip(node.outputs, results):
                 env[name] = value
             for name in frees:
                 env.pop(name, None)
         out = []
         for n in names:
-            v = env[n]
+            v = env[n] if n in env else self._consts[n]
             out.append(v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
         return out

@@ -1,0 +1,97 @@
+"""Load-time checks of every node's attributes and input count, shared by the CPU and GPU backends.
+
+A .dcm may come from a stranger: an attribute of the wrong type or an absurd size must be a clear
+error when the session loads, not a TypeError (or a terabyte allocation) in the middle of ``run``.
+Ranges are generous: they exclude only values no real network uses.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from dcm.errors import UnsupportedOpError
+from dcm.format.model import Node
+from dcm.runtime.kernel import Kernel
+
+MAX_WINDOW = 1 << 12  # kernel sizes, strides, dilations
+MAX_PAD = 1 << 12
+MAX_GROUP = 1 << 20
+
+# name -> (kind, lowest, highest); kinds: int, ints, float, floats, str. None: unbounded.
+ATTRIBUTES: dict[str, tuple[str, float | None, float | None]] = {
+    "kernel_shape": ("ints", 1, MAX_WINDOW),
+    "strides": ("ints", 1, MAX_WINDOW),
+    "dilations": ("ints", 1, MAX_WINDOW),
+    "group": ("int", 1, MAX_GROUP),
+    "axis": ("int", -64, 64),
+    "axes": ("ints", -64, 64),
+    "perm": ("ints", 0, 64),
+    "transA": ("int", 0, 1),
+    "transB": ("int", 0, 1),
+    "ceil_mode": ("int", 0, 1),
+    "count_include_pad": ("int", 0, 1),
+    "keepdims": ("int", 0, 1),
+    "noop_with_empty_axes": ("int", 0, 1),
+    "allowzero": ("int", 0, 1),
+    "size": ("int", 1, 1 << 16),
+    "to": ("int", 1, 64),
+    "start": ("int", None, None),
+    "end": ("int", None, None),
+    "alpha": ("float", None, None),
+    "beta": ("float", None, None),
+    "bias": ("float", None, None),
+    "epsilon": ("float", 0, None),
+    "min": ("float", None, None),
+    "max": ("float", None, None),
+    "value": ("float", None, None),
+    "auto_pad": ("str", None, None),
+    "mode": ("str", None, None),
+}
+# pads are bounded everywhere, and may be negative only for Pad (which crops with them).
+PADS = {"Pad": ("ints", -MAX_PAD, MAX_PAD)}
+REQUIRED = {"MaxPool": ("kernel_shape",), "AveragePool": ("kernel_shape",), "LRN": ("size",),
+            "Concat": ("axis",), "Cast": ("to",)}
+
+
+def _kind_ok(kind: str, value: Any) -> bool:
+    if kind == "int":
+        return type(value) is int
+    if kind == "float":
+        return type(value) in (int, float)
+    if kind == "str":
+        return isinstance(value, str)
+    item = "int" if kind == "ints" else "float"
+    return isinstance(value, list) and all(_kind_ok(item, v) for v in value)
+
+
+def _arity(kernel: type[Kernel]) -> tuple[int, int | None]:
+    """(fewest, most) inputs the kernel's ``__call__`` takes; None: any number."""
+    params = list(inspect.signature(kernel.__call__).parameters.values())[1:]
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return sum(p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD for p in params), None
+    return sum(p.default is p.empty for p in params), len(params)
+
+
+def check_node(node: Node, kernel: type[Kernel]) -> None:
+    """Raise ``UnsupportedOpError`` naming the node when an attribute or the input count is invalid."""
+    where = f"node {node.name or node.outputs[0]!r} ({node.op})"
+    for name in REQUIRED.get(node.op, ()):
+        if name not in node.attrs:
+            raise UnsupportedOpError(f"{where}: required attribute {name!r} is missing")
+    for name, value in node.attrs.items():
+        spec = PADS.get(node.op, ("ints", 0, MAX_PAD)) if name == "pads" else ATTRIBUTES.get(name)
+        if spec is None:
+            continue
+        kind, lo, hi = spec
+        if not _kind_ok(kind, value):
+            raise UnsupportedOpError(f"{where}: attribute {name!r} must be {kind}, got {value!r:.60}")
+        if lo is not None or hi is not None:
+            values = value if isinstance(value, list) else [value]
+            if any((lo is not None and v < lo) or (hi is not None and v > hi) for v in values):
+                raise UnsupportedOpError(f"{where}: attribute {name!r} = {value!r:.60} is outside {lo}..{hi}")
+    fewest, most = _arity(kernel)
+    given = len(node.inputs)
+    present = sum(1 for x in node.inputs[:fewest] if x)
+    if present < fewest or (most is not None and given > most):
+        want = f"{fewest}" if most == fewest else f"{fewest}..{'any' if most is None else most}"
+        raise UnsupportedOpError(f"{where}: takes {want} inputs, the graph gives {given}")
