@@ -92,7 +92,6 @@ def _convnet() -> Model:
         "k1": encode_tensor(_pruned(rng, (8, 3, 3, 3), 0.5), code_bits=4, index_bits=3, name="k1"),
         "k2": encode_tensor(_pruned(rng, (8, 1, 3, 3), 0.9), code_bits=2, name="k2"),
         "k3": encode_tensor(_pruned(rng, (4, 16), 0.4), quantize=False, index_bits=4, name="k3"),
-        "slope": encode_raw(np.array([0.1], np.float32), "slope"),
     }
     nodes = [Node("Conv", ["x", "k1"], ["a"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2]}, "c1"),
              Node("LeakyRelu", ["a"], ["b"], {"alpha": 0.1}, "lrelu"),

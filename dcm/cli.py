@@ -6,6 +6,7 @@ unreadable file or usage error.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dcm.errors import DcmError
+from dcm.format.writer import atomic_write_bytes
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
@@ -61,20 +63,32 @@ def _load_inputs(specs: list[str], sess) -> dict[str, np.ndarray]:
         name, path = spec.split("=", 1) if "=" in spec else (names[i] if i < len(names) else None, spec)
         if name is None:
             raise CliError(f"more inputs given than the model has ({names})")
-        try:
-            feeds[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise CliError(f"cannot read input {path}: {exc}") from None
+        feeds[name] = _load_array_file(path, b"\x93NUMPY", ".npy file (written by numpy.save)")
     return feeds
+
+
+def _load_array_file(path: str, magic: bytes, kind: str):
+    """np.load without pickles, with messages that say what is wrong with the file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(magic))
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    if head != magic:
+        raise CliError(f"{path} is not a {kind}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read {path}: {exc}") from None
 
 
 def _npz_inputs(path: str | None, sess, seed: int = 0) -> dict[str, np.ndarray]:
     if path:
-        try:
-            with np.load(path, allow_pickle=False) as z:
+        with _load_array_file(path, b"PK", ".npz file (written by numpy.savez)") as z:
+            try:
                 data = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as exc:
-            raise CliError(f"cannot read {path}: {exc}") from None
+            except (OSError, ValueError) as exc:
+                raise CliError(f"cannot read {path}: {exc}") from None
         names = [i.name for i in sess.get_inputs()]
         if set(names) <= set(data):
             return {n: data[n] for n in names}
@@ -144,7 +158,9 @@ def cmd_run(args) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         for meta, value in zip(sess.get_outputs(), outputs):
             target = out_dir / f"{meta.name.replace('/', '_')}.npy"
-            np.save(target, value)
+            buf = io.BytesIO()
+            np.save(buf, value)
+            atomic_write_bytes(target, buf.getvalue())
             print(f"{meta.name}: shape {list(value.shape)} {value.dtype} -> {target}")
     except OSError as exc:
         raise CliError(f"cannot write outputs to {out_dir}: {exc.strerror}") from None
@@ -197,8 +213,8 @@ def _drift(onnx_path: str, dcm_path: str, data: str) -> str:
 
     sess = InferenceSession(dcm_path)
     feeds = _npz_inputs(data, sess)
-    ref = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"]).run(None, feeds)
     got = sess.run(None, feeds)
+    ref = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"]).run(None, feeds)
     lines = []
     for meta, a, b in zip(sess.get_outputs(), got, ref):
         diff = np.abs(a - b)
@@ -232,8 +248,8 @@ def cmd_verify(args) -> int:
     model = read(args.model)
     sess = InferenceSession(model)
     feeds = _npz_inputs(args.inputs, sess)
+    got = sess.run(None, feeds)  # first: it checks the feeds and names the problem clearly
     ref = ort.InferenceSession(to_onnx(model).SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
-    got = sess.run(None, feeds)
     ok = True
     rows = []
     for meta, a, b in zip(sess.get_outputs(), got, ref):
@@ -254,6 +270,10 @@ def cmd_verify(args) -> int:
 def cmd_demo(args) -> int:
     from dcm import demo
 
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create the output folder {args.out}: {exc.strerror}") from None
     recipe = demo.RECIPES[args.model]
     if args.fast:
         recipe.dense_epochs, recipe.prune_epochs, recipe.prune_steps, recipe.quant_epochs = 2, 3, 2, 1

@@ -1,6 +1,7 @@
 """Model -> .dcm bytes (spec.md sections 2-4), and an atomic, deterministic ``write``."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import struct
@@ -73,11 +74,13 @@ def write(path: str | os.PathLike, model: Model) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """A temp file in the target folder, fsync, then rename over ``path``.
 
-    A crash at any point leaves either the old file or the new one at ``path``, never a mix.
+    A crash (even SIGKILL) at any point leaves either the old file or the new one at ``path``,
+    never a mix. Temp files are named ``.<name>.<pid>.<random>.tmp``; those left by a writer that
+    was killed (its pid no longer running) are removed after the next successful write.
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -90,6 +93,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+    _fsync_folder(folder)
+    _remove_stale_temps(folder, path.name)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable; some file systems cannot open folders, which is not an error."""
     try:
         dir_fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -100,3 +109,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
+
+
+def _remove_stale_temps(folder: Path, name: str) -> None:
+    prefix = f".{name}."
+    for entry in folder.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = entry.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                entry.unlink()
+            except OSError:
+                pass

@@ -147,6 +147,16 @@ class InferenceSession:
             if n not in declared:
                 raise InputError(f"unknown output {n!r}; the model's outputs are {sorted(declared)}")
         env: dict[str, Any] = dict(self._check_feeds(feeds))
+        with np.errstate(all="ignore"):  # Inf/NaN arithmetic follows IEEE, as in onnxruntime, silently
+            self._execute(env)
+        out = []
+        for n in names:
+            v = env[n] if n in env else self._consts[n]
+            out.append(v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
+        return out
+
+    def _execute(self, env: dict[str, Any]) -> None:
+        """Run every node in order, freeing intermediates after their last use."""
         for node, kernel, frees in zip(self.model.nodes, self._kernels, self._last_use):
             args = []
             for i, x in enumerate(node.inputs):
@@ -165,8 +175,3 @@ class InferenceSession:
                 env[name] = value
             for name in frees:
                 env.pop(name, None)
-        out = []
-        for n in names:
-            v = env[n] if n in env else self._consts[n]
-            out.append(v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
-        return out

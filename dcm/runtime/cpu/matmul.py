@@ -48,9 +48,25 @@ class WeightMatmul:
         if self.mode == "dense":
             return self.w @ x
         if len(self.blocks) == 1:
-            return np.asarray(self.blocks[0] @ x, dtype=np.float32)
-        parts = list(_pool(self.threads).map(lambda b: b @ x, self.blocks))
-        return np.asarray(np.concatenate(parts, axis=0), dtype=np.float32)
+            y = np.asarray(self.blocks[0] @ x, dtype=np.float32)
+        else:
+            parts = list(_pool(self.threads).map(lambda b: b @ x, self.blocks))
+            y = np.asarray(np.concatenate(parts, axis=0), dtype=np.float32)
+        if not np.isfinite(x.sum()):  # cheap test; an overflowing sum only costs the exact check
+            self._poison(x, y)
+        return y
+
+    def _poison(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Give y the NaNs a dense product would have: 0 * Inf and 0 * NaN are NaN.
+
+        A sparse product skips pruned weights, so an Inf/NaN input would otherwise vanish from
+        every output row that does not store a weight for it (silent zeroing, unlike onnxruntime).
+        """
+        bad = ~np.isfinite(x)  # [in, n]
+        w = sp.vstack(self.blocks, format="csr") if len(self.blocks) > 1 else self.blocks[0]
+        pattern = sp.csr_array((np.ones(w.nnz, np.float32), w.indices, w.indptr), shape=w.shape)
+        hits = np.asarray(pattern @ bad.astype(np.float32))  # [out, n]: stored weights at bad inputs
+        y[hits < bad.sum(axis=0, keepdims=True)] = np.nan
 
     def right(self, x: np.ndarray) -> np.ndarray:
         """x [n, in] @ W.T -> [n, out], computed as (W @ x.T).T."""

@@ -26,13 +26,24 @@ class TorchWeight:
 
     def left(self, x: torch.Tensor) -> torch.Tensor:
         """W [out, in] @ x [in, n] -> [out, n]."""
-        return self.w @ x
+        y = self.w @ x
+        if self.mode == "sparse" and not bool(torch.isfinite(x.sum())):
+            y = self._poison(x, y)
+        return y
+
+    def _poison(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """NaN where a dense product has one (0 * Inf, 0 * NaN): see the CPU WeightMatmul."""
+        bad = (~torch.isfinite(x)).to(torch.float32)
+        pattern = torch.sparse_csr_tensor(self.w.crow_indices(), self.w.col_indices(),
+                                          torch.ones_like(self.w.values()), size=self.shape, check_invariants=False)
+        hits = pattern @ bad
+        return torch.where(hits < bad.sum(dim=0, keepdim=True), torch.full_like(y, float("nan")), y)
 
     def right(self, x: torch.Tensor) -> torch.Tensor:
         """x [n, in] @ W.T -> [n, out]."""
         if self.mode == "dense":
             return x @ self.w.T
-        return (self.w @ x.T).T.contiguous()
+        return self.left(x.T).T.contiguous()
 
     def rows(self, lo: int, hi: int, device: str) -> "TorchWeight":
         """Rows lo..hi as their own weight (one group of a grouped convolution)."""
