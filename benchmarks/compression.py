@@ -25,6 +25,7 @@ def main() -> None:
     rows = []
     for name in args.models:
         r = demo.run(demo.RECIPES[name], out, quiet=True)
+        print(demo.format_tables(r))
         r["meets_bar"] = r["error_file"] <= r["error_dense"] + 0.001 and r["ratio"] >= PAPER[name]
         rows.append(r)
     print(f"\n{'model':<10}{'dense err':>10}{'file err':>10}{'ratio':>8}{'paper':>8}{'bar met':>9}{'seconds':>9}")

@@ -1,7 +1,9 @@
 """The ``dcm`` command line. Errors are one line on stderr (``--debug`` for a traceback).
 
 Exit codes: 0 success; 1 the file is invalid (validate) or outputs differ (verify); 2 bad input,
-unreadable file or usage error.
+unreadable file, unwritable output or usage error; 130 interrupted (Ctrl-C).
+Tables: add --json for machine-readable output. Progress bars show on a terminal only; --quiet
+turns them off.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import numpy as np
 
 from dcm.errors import DcmError
 from dcm.format.writer import atomic_write_bytes
+from dcm.progress import bar
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
@@ -106,16 +109,22 @@ def _npz_inputs(path: str | None, sess, seed: int = 0) -> dict[str, np.ndarray]:
 def cmd_validate(args) -> int:
     from dcm.format import validate
 
-    worst = EXIT_OK
+    worst, report = EXIT_OK, []
     for path in args.files:
         problems = validate(path)
+        unreadable = len(problems) == 1 and problems[0].rule is None and problems[0].offset is None
+        if problems:
+            worst = max(worst, EXIT_ERROR if unreadable else EXIT_INVALID)
+        report.append({"file": path, "valid": not problems, "readable": not unreadable,
+                       "problems": [{"rule": p.rule, "offset": p.offset, "message": str(p)} for p in problems]})
+        if args.json:
+            continue
         if not problems:
             print(f"{path}: OK")
-            continue
-        unreadable = len(problems) == 1 and problems[0].rule is None and problems[0].offset is None
-        worst = max(worst, EXIT_ERROR if unreadable else EXIT_INVALID)
         for p in problems:
             print(f"{path}: {p}")
+    if args.json:
+        print(json.dumps(report, indent=2))
     return worst
 
 
@@ -131,7 +140,7 @@ def cmd_inspect(args) -> int:
     if args.kernels:
         from dcm.runtime import InferenceSession
 
-        stats["kernels"] = InferenceSession(model, batch_hint=args.batch).describe()
+        stats["kernels"] = InferenceSession(model, batch_hint=args.batch, progress=_progress(args)).describe()
     if args.json:
         print(json.dumps(stats, indent=2))
         return EXIT_OK
@@ -150,10 +159,11 @@ def cmd_inspect(args) -> int:
 def cmd_run(args) -> int:
     from dcm.runtime import InferenceSession
 
-    sess = InferenceSession(args.model, device=args.device)
+    sess = InferenceSession(args.model, device=args.device, progress=_progress(args))
     feeds = _load_inputs(args.input, sess)
     outputs = sess.run(None, feeds)
     out_dir = Path(args.output)
+    written = []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for meta, value in zip(sess.get_outputs(), outputs):
@@ -161,10 +171,21 @@ def cmd_run(args) -> int:
             buf = io.BytesIO()
             np.save(buf, value)
             atomic_write_bytes(target, buf.getvalue())
-            print(f"{meta.name}: shape {list(value.shape)} {value.dtype} -> {target}")
+            written.append({"output": meta.name, "shape": list(value.shape), "dtype": str(value.dtype),
+                            "file": str(target)})
     except OSError as exc:
         raise CliError(f"cannot write outputs to {out_dir}: {exc.strerror}") from None
+    if args.json:
+        print(json.dumps(written, indent=2))
+    else:
+        for w in written:
+            print(f"{w['output']}: shape {w['shape']} {w['dtype']} -> {w['file']}")
     return EXIT_OK
+
+
+def _progress(args) -> bool | None:
+    """False with --quiet; otherwise let the session decide (a terminal and a large file)."""
+    return False if args.quiet else None
 
 
 def cmd_convert(args) -> int:
@@ -177,14 +198,7 @@ def cmd_convert(args) -> int:
     opts = ConvertOptions(exact=args.exact, sparsity=_sparsity(args.sparsity),
                           code_bits=_bits_setting(args.code_bits, {"conv": 8, "fc": 8}),
                           index_bits=_bits_setting(args.index_bits, {"conv": 8, "fc": 5}))
-    progress = None
-    if not args.quiet and sys.stderr.isatty():
-        try:
-            from tqdm import tqdm
-
-            progress = lambda xs: tqdm(xs, desc="encode", leave=False)  # noqa: E731
-        except ImportError:
-            pass
+    progress = None if args.quiet else (lambda names: bar(names, "encode"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = from_onnx(args.model, opts, progress=progress)
@@ -211,7 +225,7 @@ def _drift(onnx_path: str, dcm_path: str, data: str) -> str:
 
     from dcm.runtime import InferenceSession
 
-    sess = InferenceSession(dcm_path)
+    sess = InferenceSession(dcm_path, progress=False)
     feeds = _npz_inputs(data, sess)
     got = sess.run(None, feeds)
     ref = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"]).run(None, feeds)
@@ -246,7 +260,7 @@ def cmd_verify(args) -> int:
     from dcm.runtime import InferenceSession
 
     model = read(args.model)
-    sess = InferenceSession(model)
+    sess = InferenceSession(model, progress=_progress(args))
     feeds = _npz_inputs(args.inputs, sess)
     got = sess.run(None, feeds)  # first: it checks the feeds and names the problem clearly
     ref = ort.InferenceSession(to_onnx(model).SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
@@ -277,9 +291,9 @@ def cmd_demo(args) -> int:
     recipe = demo.RECIPES[args.model]
     if args.fast:
         recipe.dense_epochs, recipe.prune_epochs, recipe.prune_steps, recipe.quant_epochs = 2, 3, 2, 1
-    result = demo.run(recipe, Path(args.out), quiet=args.quiet or not sys.stderr.isatty())
-    if args.json:
-        print(json.dumps(result, indent=2))
+    log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr if args.json else sys.stdout))
+    result = demo.run(recipe, Path(args.out), quiet=args.quiet or not sys.stderr.isatty(), log=log)
+    print(json.dumps(result, indent=2) if args.json else "\n" + demo.format_tables(result))
     return EXIT_OK
 
 
@@ -287,26 +301,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dcm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("--quiet", "-q", action="store_true", help="no progress bars or step-by-step logs")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
 
-    s = sub.add_parser("validate", help="check files against spec.md (exit 0 valid, 1 invalid, 2 unreadable)")
+    s = sub.add_parser("validate", parents=[as_json],
+                       help="check files against spec.md (exit 0 valid, 1 invalid, 2 unreadable)")
     s.add_argument("files", nargs="+")
     s.set_defaults(fn=cmd_validate)
 
-    s = sub.add_parser("inspect", help="per-tensor table of where the bytes go")
+    s = sub.add_parser("inspect", parents=[as_json, quiet], help="per-tensor table of where the bytes go")
     s.add_argument("file")
-    s.add_argument("--json", action="store_true")
     s.add_argument("--kernels", action="store_true", help="also show the sparse/dense kernel chosen per layer")
     s.add_argument("--batch", type=int, default=1, help="batch size the kernel choice assumes")
     s.set_defaults(fn=cmd_inspect)
 
-    s = sub.add_parser("run", help="run a model on .npy inputs")
+    s = sub.add_parser("run", parents=[as_json, quiet], help="run a model on .npy inputs")
     s.add_argument("model")
     s.add_argument("-i", "--input", action="append", default=[], metavar="[NAME=]FILE.npy")
     s.add_argument("-o", "--output", default=".", metavar="OUTDIR")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     s.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("convert", help="ONNX -> .dcm")
+    s = sub.add_parser("convert", parents=[as_json, quiet], help="ONNX -> .dcm")
     s.add_argument("model")
     s.add_argument("-o", "--output")
     s.add_argument("--exact", action="store_true", help="no quantization: float32 values, output equals the source")
@@ -314,8 +332,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--code-bits", metavar="N|conv=N,fc=M")
     s.add_argument("--index-bits", metavar="N|auto|conv=N,fc=M")
     s.add_argument("--check", metavar="DATA.npz", help="report output drift against the source model")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_convert)
 
     s = sub.add_parser("export", help=".dcm -> dense ONNX")
@@ -323,20 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output")
     s.set_defaults(fn=cmd_export)
 
-    s = sub.add_parser("verify", help="compare the dcm runtime with onnxruntime on the exported graph")
+    s = sub.add_parser("verify", parents=[as_json, quiet],
+                       help="compare the dcm runtime with onnxruntime on the exported graph")
     s.add_argument("model")
     s.add_argument("--inputs", metavar="DATA.npz")
     s.add_argument("--rtol", type=float, default=1e-4)
     s.add_argument("--atol", type=float, default=1e-5)
-    s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_verify)
 
-    s = sub.add_parser("demo", help="train, prune, quantize and ship LeNet on the bundled MNIST")
+    s = sub.add_parser("demo", parents=[as_json, quiet],
+                       help="train, prune, quantize and ship LeNet on the bundled MNIST")
     s.add_argument("--model", default="lenet300", choices=["lenet300", "lenet5"])
     s.add_argument("--out", default="demo-out")
     s.add_argument("--fast", action="store_true", help="a few epochs only (smoke test; figures not meaningful)")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_demo)
     return p
 

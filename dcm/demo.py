@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from dcm import mnist
+from dcm.progress import bar
 
 
 @dataclass
@@ -42,16 +43,6 @@ RECIPES = {
 }
 
 
-def _progress(iterable, desc: str, quiet: bool):
-    if quiet:
-        return iterable
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
-
-
 def _train(model, data, epochs: int, lr: float, batch: int, seed: int, desc: str, quiet: bool,
            on_epoch: Callable[[int], None] | None = None) -> None:
     import torch
@@ -62,7 +53,7 @@ def _train(model, data, epochs: int, lr: float, batch: int, seed: int, desc: str
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     g = torch.Generator().manual_seed(seed)
     model.train()
-    for epoch in _progress(range(epochs), desc, quiet):
+    for epoch in bar(range(epochs), desc, enabled=not quiet):
         if on_epoch:
             on_epoch(epoch)
         order = torch.randperm(len(x), generator=g)
@@ -148,7 +139,6 @@ def run(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[str], Non
         "layers": _layer_rows(model, stats, quant), "recipe": asdict(recipe), "file": str(path),
     }
     (out / f"{recipe.model}.json").write_text(json.dumps(result, indent=2))
-    log("\n" + format_tables(result))
     return result
 
 

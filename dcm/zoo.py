@@ -1,7 +1,9 @@
 """Reference models of the paper (Table 1): LeNet-300-100, LeNet-5 (Caffe variant), AlexNet, VGG-16."""
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class LeNet300(nn.Module):
@@ -31,11 +33,28 @@ class LeNet5(nn.Module):
         return self.fc2(self.fc1(x).relu())
 
 
+class _LRNFunction(torch.autograd.Function):
+    """torch's LRN exports as a subgraph with If nodes; this exports it as the one ONNX LRN op."""
+
+    @staticmethod
+    def forward(ctx, x, size: int, alpha: float, beta: float, k: float):
+        return F.local_response_norm(x, size, alpha, beta, k)
+
+    @staticmethod
+    def symbolic(g, x, size, alpha, beta, k):
+        return g.op("LRN", x, size_i=size, alpha_f=alpha, beta_f=beta, bias_f=k)
+
+
+class LRN(nn.LocalResponseNorm):
+    def forward(self, x):
+        return _LRNFunction.apply(x, self.size, self.alpha, self.beta, self.k)
+
+
 def alexnet(num_classes: int = 1000) -> nn.Module:
     """AlexNet as in the paper's Table 4 (61M parameters; single-tower variant)."""
     return nn.Sequential(
-        nn.Conv2d(3, 96, 11, stride=4), nn.ReLU(), nn.LocalResponseNorm(5), nn.MaxPool2d(3, 2),
-        nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(), nn.LocalResponseNorm(5), nn.MaxPool2d(3, 2),
+        nn.Conv2d(3, 96, 11, stride=4), nn.ReLU(), LRN(5), nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(), LRN(5), nn.MaxPool2d(3, 2),
         nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(), nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(),
         nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Flatten(),
         nn.Linear(9216, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, num_classes))
@@ -53,6 +72,38 @@ def vgg16(num_classes: int = 1000) -> nn.Module:
             c = v
     layers += [nn.Flatten(), nn.Linear(25088, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
                nn.Linear(4096, num_classes)]
+    return nn.Sequential(*layers)
+
+
+class _Bottleneck(nn.Module):
+    def __init__(self, c_in: int, width: int, stride: int):
+        super().__init__()
+        c_out = 4 * width
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.skip = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+                     if stride != 1 or c_in != c_out else nn.Identity())
+
+    def forward(self, x):
+        return (self.body(x) + self.skip(x)).relu()
+
+
+def resnet50(num_classes: int = 1000, base: int = 64) -> nn.Module:
+    """ResNet-50 (25.6M parameters at ``base=64``; 161 weight tensors, 53 conv + BN pairs).
+
+    A smaller ``base`` keeps the same graph (same tensor count) with fewer channels, for tests.
+    """
+    layers: list[nn.Module] = [nn.Conv2d(3, base, 7, 2, 3, bias=False), nn.BatchNorm2d(base), nn.ReLU(),
+                               nn.MaxPool2d(3, 2, 1)]
+    c = base
+    for i, blocks in enumerate([3, 4, 6, 3]):
+        width = base * 2**i
+        for b in range(blocks):
+            layers.append(_Bottleneck(c, width, 2 if b == 0 and i > 0 else 1))
+            c = 4 * width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
     return nn.Sequential(*layers)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -122,21 +123,41 @@ class _Graph:
             raise ConversionError(f"ONNX opset {self.opset} is older than the supported {MIN_OPSET}; "
                                   "upgrade it with onnx.version_converter")
         g = model.graph
+        self.producer = f"{model.producer_name} {model.producer_version}".strip()
+        # Copies only: nothing here may point into ``model``, so that a caller who owns it can free
+        # it (protobuf keeps all of a message's bytes in one arena, every initializer included).
         self.consts = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer}
         self.inputs = [_value_info(v) for v in g.input if v.name not in self.consts]
         try:
-            inferred = onnx.shape_inference.infer_shapes(model).graph
+            inferred = onnx.shape_inference.infer_shapes(_without_weights(model)).graph
         except Exception:
             inferred = g
         outs = {v.name: v for v in inferred.output}
         self.outputs = [_value_info(outs.get(v.name, v)) for v in g.output]
         self.shapes = {v.name: _value_info(v).shape for v in list(inferred.value_info) + list(inferred.input)
                        if v.type.HasField("tensor_type")}
-        self.nodes = list(g.node)
+        self.nodes = [_copy(n) for n in g.node]
 
     def static_shape(self, name: str) -> list[int] | None:
         s = self.shapes.get(name)
         return s if s is not None and all(isinstance(d, int) for d in s) else None
+
+
+def _copy(message):
+    out = type(message)()
+    out.CopyFrom(message)
+    return out
+
+
+def _without_weights(model):
+    """The graph with initializers declared by shape only: shape inference without copying weights."""
+    onnx = _onnx()
+    g = model.graph
+    declared = {v.name for v in g.input}
+    shapes = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+              for t in g.initializer if t.name not in declared]
+    graph = onnx.helper.make_graph(list(g.node), g.name, list(g.input) + shapes, list(g.output))
+    return onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
 
 
 def _fold_constants(g: _Graph) -> list:
@@ -174,25 +195,25 @@ def _to_nodes(onnx_nodes: list) -> list[Node]:
 def _drop_identities(nodes: list[Node], outputs: list[ValueInfo]) -> list[Node]:
     """Remove Dropout/Identity by pointing their consumers at their input (model outputs keep theirs)."""
     out_names = {v.name for v in outputs}
+    used = {x for n in nodes for x in n.inputs}
+    rename: dict[str, str] = {}
     out = []
-    for n in nodes:
+    for n in nodes:  # one pass each way: graphs with hundreds of layers must not cost O(nodes^2)
         passthrough = n.op in ("Dropout", "Identity") and n.outputs[0] not in out_names
-        if passthrough and (len(n.outputs) == 1 or not any(n.outputs[1] in m.inputs for m in nodes)):
-            for m in nodes:
-                m.inputs = [n.inputs[0] if x == n.outputs[0] else x for x in m.inputs]
+        if passthrough and (len(n.outputs) == 1 or n.outputs[1] not in used):
+            rename[n.outputs[0]] = rename.get(n.inputs[0], n.inputs[0])
             continue
         out.append(n)
+    for n in out:
+        n.inputs = [rename.get(x, x) for x in n.inputs]
     return out
-
-
-def _consumers(nodes: list[Node], name: str) -> list[Node]:
-    return [n for n in nodes if name in n.inputs]
 
 
 def _fold_batchnorm(nodes: list[Node], consts: dict[str, np.ndarray], outputs: list[ValueInfo]) -> list[Node]:
     """Conv/Gemm followed by inference BatchNormalization: scale the weight rows, shift the bias."""
     out_names = {v.name for v in outputs}
     producer = {o: n for n in nodes for o in n.outputs}
+    uses = Counter(x for n in nodes for x in n.inputs)
     removed = set()
     for bn in nodes:
         if bn.op != "BatchNormalization" or len(bn.outputs) != 1 or not all(i in consts for i in bn.inputs[1:5]):
@@ -200,11 +221,11 @@ def _fold_batchnorm(nodes: list[Node], consts: dict[str, np.ndarray], outputs: l
         prev = producer.get(bn.inputs[0])
         if prev is None or prev.op not in ("Conv", "Gemm") or prev.inputs[1] not in consts:
             continue
-        if len(_consumers(nodes, bn.inputs[0])) != 1 or bn.inputs[0] in out_names:
+        if uses[bn.inputs[0]] != 1 or bn.inputs[0] in out_names:
             continue
         if prev.op == "Gemm" and (prev.attrs.get("transA", 0) or len(prev.inputs) > 2 and prev.inputs[2] and prev.inputs[2] not in consts):
             continue
-        if len(_consumers(nodes, prev.inputs[1])) != 1:
+        if uses[prev.inputs[1]] != 1:
             continue  # a shared weight cannot be rescaled for one user
         scale, beta, mean, var = (consts[i].astype(np.float64) for i in bn.inputs[1:5])
         a = scale / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
@@ -244,6 +265,7 @@ def from_onnx(source, options: ConvertOptions | None = None,
     opts = options or ConvertOptions()
     model = source if isinstance(source, onnx.ModelProto) else load_onnx(source)
     g = _Graph(model)
+    del model  # when we loaded it, this frees the protobuf copy of every weight
     nodes = _to_nodes(_fold_constants(g))
     nodes = _drop_identities(nodes, g.outputs)
     nodes = _fold_batchnorm(nodes, g.consts, g.outputs)
@@ -273,12 +295,12 @@ def from_onnx(source, options: ConvertOptions | None = None,
     tensors = {}
     names = [name for name in g.consts if name in used]
     for name in (progress(names) if progress else names):
-        value = g.consts[name]
+        value = g.consts.pop(name)  # the dense copy is released once its tensor is coded
         kind = weight_of.get(name)
         if kind is None or value.size < opts.min_coded_elements or not np.issubdtype(value.dtype, np.floating):
             tensors[name] = encode_raw(value, name)
             continue
-        w = value.astype(np.float32)
+        w = np.asarray(value, dtype=np.float32)
         mask = opts.masks.get(name)
         s = _pick(opts.sparsity, name, kind)
         if s:
@@ -291,7 +313,7 @@ def from_onnx(source, options: ConvertOptions | None = None,
             tensors[name] = encode_tensor(w, mask, code_bits=_pick(opts.code_bits, name, kind),
                                           index_bits=_pick(opts.index_bits, name, kind), name=name)
     metadata = {"producer": "dcm", "source_format": "onnx",
-                "source_producer": f"{model.producer_name} {model.producer_version}".strip(),
+                "source_producer": g.producer,
                 "settings": _describe(opts), **opts.metadata}
     if opts.lossy():
         warnings.warn("post-training pruning/quantization without retraining: check the accuracy "

@@ -13,6 +13,7 @@ import numpy as np
 from dcm.errors import DcmError, ExecutionError, InputError, UnsupportedOpError
 from dcm.format.model import Model
 from dcm.format.reader import read
+from dcm.progress import LARGE_FILE_BYTES, bar
 from dcm.runtime.checks import check_node
 from dcm.runtime.kernel import Kernel, LoadContext
 
@@ -50,11 +51,13 @@ class InferenceSession:
     """Run a .dcm model directly from its compressed form.
 
     ``kernels``: "sparse" or "dense" for every weight layer, or a dict {node or weight name: mode};
-    by default each layer is chosen from its density and ``batch_hint``.
+    by default each layer is chosen from its density and ``batch_hint``. ``progress``: a bar while
+    decoding (None: for files over 16 MiB when stderr is a terminal; needs tqdm).
     """
 
     def __init__(self, model: str | os.PathLike | bytes | Model, device: str = "cpu", *,
-                 kernels: str | dict[str, str] | None = None, batch_hint: int = 1, threads: int | None = None):
+                 kernels: str | dict[str, str] | None = None, batch_hint: int = 1, threads: int | None = None,
+                 progress: bool | None = None):
         self.model = model if isinstance(model, Model) else read(model)
         self.device = device
         torch_device, registry = _backend(device)
@@ -68,7 +71,9 @@ class InferenceSession:
             raise UnsupportedOpError(f"unsupported op {n.op} in node {n.name or n.outputs[0]!r}"
                                      f" (all unsupported: {', '.join(names)})")
         self._kernels: list[Kernel] = []
-        for node in self.model.nodes:
+        if progress is None and sum(len(t.payload) for t in self.model.tensors.values()) < LARGE_FILE_BYTES:
+            progress = False
+        for node in bar(self.model.nodes, "load", progress):
             check_node(node, registry[node.op])
             try:
                 self._kernels.append(registry[node.op](node, self._ctx))
