@@ -130,7 +130,7 @@ def cmd_validate(args) -> int:
 
 def cmd_inspect(args) -> int:
     from dcm.format.reader import load_bytes, parse
-    from dcm.format.stats import format_table, model_stats, section_sizes
+    from dcm.format.stats import format_paper_table, format_table, model_stats, paper_rows, section_sizes
 
     data = load_bytes(args.file)
     model = parse(data)
@@ -141,8 +141,13 @@ def cmd_inspect(args) -> int:
         from dcm.runtime import InferenceSession
 
         stats["kernels"] = InferenceSession(model, batch_hint=args.batch, progress=_progress(args)).describe()
+    if args.paper:
+        stats["paper"] = paper_rows(stats)
     if args.json:
         print(json.dumps(stats, indent=2))
+        return EXIT_OK
+    if args.paper:
+        print(format_paper_table(stats))
         return EXIT_OK
     print(f"{args.file}: opset {model.opset}, {len(model.nodes)} nodes, {len(model.tensors)} tensors")
     for k, v in model.metadata.items():
@@ -315,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("--kernels", action="store_true", help="also show the sparse/dense kernel chosen per layer")
     s.add_argument("--batch", type=int, default=1, help="batch size the kernel choice assumes")
+    s.add_argument("--paper", action="store_true", help="per-layer table in the columns of the paper's Tables 4/5")
     s.set_defaults(fn=cmd_inspect)
 
     s = sub.add_parser("run", parents=[as_json, quiet], help="run a model on .npy inputs")

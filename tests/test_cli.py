@@ -101,3 +101,38 @@ def test_convert_errors_leave_no_output(tmp_path, capsys):
     assert main(["convert", str(bad), "-o", str(out)]) == 2
     assert "not a valid ONNX model" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_inspect_paper_columns(dcm_file, capsys):
+    import json
+
+    assert main(["inspect", str(dcm_file), "--paper", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    rows = {r["layer"]: r for r in stats["paper"]}
+    coded = [t for t in stats["tensors"] if t["encoding"] != "raw"]
+    assert set(rows) == {t["name"] for t in coded} | {"total"}
+    total = rows["total"]
+    assert total["weights"] == sum(t["elements"] for t in coded)
+    assert total["rate_pqh"] == pytest.approx(sum(t["payload_bytes"] for t in coded) / (4 * total["weights"]))
+    assert rows["w1"]["weight_bits_pq"] == 3 and rows["w1"]["index_bits_pq"] >= 2
+    assert main(["inspect", str(dcm_file), "--paper"]) == 0
+    assert "weights% (P)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["validate"], ["inspect"], ["verify"]])
+def test_json_output_parses(dcm_file, capsys, command):
+    import json
+
+    if command == ["verify"]:
+        pytest.importorskip("onnxruntime")
+    assert main([*command, str(dcm_file), "--json"]) == 0
+    json.loads(capsys.readouterr().out)
+
+
+def test_run_json_and_quiet(dcm_file, tmp_path, capsys):
+    import json
+
+    np.save(tmp_path / "x.npy", np.ones((2, 12), np.float32))
+    assert main(["run", str(dcm_file), "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "o"), "--json", "-q"]) == 0
+    (out,) = json.loads(capsys.readouterr().out)
+    assert out["shape"] == [2, 4] and np.load(out["file"]).shape == (2, 4)

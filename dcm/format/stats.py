@@ -35,7 +35,7 @@ def tensor_stats(rec: TensorRecord) -> dict[str, Any]:
             header_bytes=BLOB_HEADER.size, table_bytes=table_bytes,
             code_stream_bytes=len(p.codes.data) if p.codes else 0,
             index_stream_bytes=len(p.index.data) if p.index else 0,
-            index_entries=p.index_count,
+            index_entries=p.index_count, code_stream_bits=bits["code"], index_stream_bits=bits["index"],
             bits_per_code=bits["code"] / p.nnz if p.nnz and p.codes else None,
             bits_per_index=bits["index"] / p.nnz if p.nnz and p.index else None)
     row["ratio"] = row["float32_bytes"] / max(row["payload_bytes"], 1)
@@ -93,4 +93,46 @@ def format_table(stats: dict[str, Any]) -> str:
               f"{t['raw_bytes']:,}, container (graph JSON, headers, padding) {t['container_overhead_bytes']:,}"]
     if "sections" in stats:
         lines.append("sections: " + ", ".join(f"{k} {v:,} B" for k, v in stats["sections"].items()))
+    return "\n".join(lines)
+
+
+def paper_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """The columns of the paper's Tables 4 and 5, per coded weight and in total.
+
+    P: pruning, Q: quantization (fixed-width codes and indexes, plus the codebook), H: Huffman
+    (the actual payload, tables and block headers included). Rates are compressed / float32 size.
+    """
+    coded = [r for r in stats["tensors"] if r["encoding"] != C.ENC_RAW]
+    rows = []
+    for r in coded + [None]:
+        group = coded if r is None else [r]
+        numel = sum(x["elements"] for x in group)
+        nnz = sum(x["nnz"] for x in group)
+        code_bits = sum((x["code_bits"] or 32) * x["nnz"] for x in group)  # float32 values: 32 bits
+        index_bits = sum((x["index_bits"] or 0) * x["index_entries"] for x in group)
+        pq = code_bits + index_bits + 8 * sum(x["codebook_bytes"] for x in group)
+        rows.append({
+            "layer": "total" if r is None else r["name"], "weights": numel, "density": nnz / numel if numel else 0.0,
+            "weight_bits_pq": code_bits / nnz if nnz else None,
+            "weight_bits_pqh": sum(x["code_stream_bits"] or 32 * x["nnz"] for x in group) / nnz if nnz else None,
+            "index_bits_pq": index_bits / nnz if nnz and index_bits else None,
+            "index_bits_pqh": sum(x["index_stream_bits"] for x in group) / nnz if nnz and index_bits else None,
+            "rate_pq": pq / (32 * numel) if numel else None,
+            "rate_pqh": sum(x["payload_bytes"] for x in group) / (4 * numel) if numel else None,
+        })
+    return rows
+
+
+def format_paper_table(stats: dict[str, Any]) -> str:
+    head = (f"{'layer':<28}{'#weights':>12}{'weights% (P)':>14}{'weight bits':>13}{'(P+Q+H)':>9}"
+            f"{'index bits':>12}{'(P+Q+H)':>9}{'rate (P+Q)':>12}{'(P+Q+H)':>9}")
+    lines = [head, "-" * len(head)]
+    f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+    for r in paper_rows(stats):
+        if r["layer"] == "total":
+            lines.append("-" * len(head))
+        lines.append(f"{r['layer'][:27]:<28}{r['weights']:>12,}{r['density']:>14.1%}{f(r['weight_bits_pq'], '.1f'):>13}"
+                     f"{f(r['weight_bits_pqh'], '.1f'):>9}{f(r['index_bits_pq'], '.1f'):>12}"
+                     f"{f(r['index_bits_pqh'], '.1f'):>9}{f(r['rate_pq'], '.2%'):>12}{f(r['rate_pqh'], '.2%'):>9}")
+    lines.append("(columns of the paper's Tables 4/5: P pruning, Q quantization, H Huffman; rate = coded / float32)")
     return "\n".join(lines)

@@ -55,8 +55,12 @@ class LoadContext:
                                      f"({node.inputs[i]!r}) must be a constant")
         return self.const(node.inputs[i])
 
-    def weight(self, node: Node, name: str) -> tuple[str, CsrParts | np.ndarray, float]:
-        """Decode a weight for a matmul-like kernel: (mode, CSR parts or dense array, density)."""
+    def weight(self, node: Node, name: str, columns_per_sample: int = 1) -> tuple[str, CsrParts | np.ndarray, float]:
+        """Decode a weight for a matmul-like kernel: (mode, CSR parts or dense array, density).
+
+        ``columns_per_sample``: columns each sample adds to the right-hand matrix (a convolution's
+        output pixels), since the sparse/dense trade-off depends on the total column count.
+        """
         rec = self.model.tensors[name]
         numel = max(rec.numel, 1)
         if rec.encoding == C.ENC_RAW:
@@ -66,7 +70,7 @@ class LoadContext:
         else:
             parts = decode_parts(rec)
             density = len(parts.values) / numel
-        mode = self._mode_for(node, name, density)
+        mode = self._mode_for(node, name, density, self.batch_hint * columns_per_sample)
         if mode == "dense":
             if parts is None:
                 return mode, dense, density
@@ -79,12 +83,12 @@ class LoadContext:
             parts = CsrParts(m.shape, m.data, None, None, m.indices, m.indptr)
         return mode, parts, density
 
-    def _mode_for(self, node: Node, name: str, density: float) -> str:
+    def _mode_for(self, node: Node, name: str, density: float, columns: int) -> str:
         m = self.modes
         if isinstance(m, dict):
             m = m.get(node.name) or m.get(name)
         if m is None:
-            return choose_mode(density, self.batch_hint)
+            return choose_mode(density, columns)
         if m not in ("sparse", "dense"):
             raise ValueError(f"kernel mode must be 'sparse' or 'dense', got {m!r}")
         return m

@@ -6,8 +6,8 @@ import numpy as np
 from dcm.errors import UnsupportedOpError
 from dcm.runtime.cpu.matmul import WeightMatmul
 from dcm.runtime.cpu.registry import register
-from dcm.runtime.cpu.windows import ints2, pads2, resolve_pads, spatial_2d, windows
-from dcm.runtime.kernel import Kernel
+from dcm.runtime.cpu.windows import im2col, ints2, pads2, resolve_pads, spatial_2d
+from dcm.runtime.kernel import LARGE_BATCH, Kernel
 
 
 @register("Conv")
@@ -31,7 +31,8 @@ class Conv(Kernel):
         self.strides = ints2(self.attrs, "strides", self.nd, 1)
         self.dilations = ints2(self.attrs, "dilations", self.nd, 1)
         self.pad_attrs = pads2(self.attrs, self.nd)
-        self.mode, w, self.density = ctx.weight(node, name)
+        # Each sample adds one column per output pixel; unknown at load, but rarely under 16.
+        self.mode, w, self.density = ctx.weight(node, name, columns_per_sample=LARGE_BATCH)
         m = w.to_scipy() if self.mode == "sparse" else w
         per = self.out_channels // self.group
         self.mms = [WeightMatmul(self.mode, m[g * per : (g + 1) * per], ctx.threads) for g in range(self.group)]
@@ -41,19 +42,15 @@ class Conv(Kernel):
     def __call__(self, x, _w=None, _b=None):
         x, was_1d = spatial_2d(x)
         n, c = x.shape[:2]
-        cg = self.mms[0].shape[1] // (self.kernel[0] * self.kernel[1])
+        kh, kw = self.kernel
+        cg = self.mms[0].shape[1] // (kh * kw)
         if c != cg * self.group:
             raise ValueError(f"Conv {self.node.name!r}: input has {c} channels, weight expects {cg * self.group}")
         begin, end = resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations)
-        v = windows(x, self.kernel, self.strides, self.dilations, begin, end)  # [N, C, OH, OW, kh, kw]
-        oh, ow = v.shape[2:4]
-        outs = []
-        for g, mm in enumerate(self.mms):
-            vg = v[:, g * cg : (g + 1) * cg]
-            cols = vg.transpose(1, 4, 5, 0, 2, 3).reshape(cg * self.kernel[0] * self.kernel[1], n * oh * ow)
-            outs.append(mm.left(cols).reshape(-1, n, oh, ow))
+        cols, oh, ow, row = im2col(x, self.group, self.kernel, self.strides, self.dilations, begin, end)
+        outs = [mm.left(cols[g].reshape(cg * kh * kw, -1)).reshape(-1, n, oh, row) for g, mm in enumerate(self.mms)]
         y = np.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
-        y = np.ascontiguousarray(y.transpose(1, 0, 2, 3))
+        y = np.ascontiguousarray(y[..., :ow].transpose(1, 0, 2, 3))  # [N, C_out, OH, OW]
         if self.bias is not None:
             y += self.bias
         return (y[:, :, 0, :] if was_1d else y,)

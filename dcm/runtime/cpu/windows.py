@@ -4,6 +4,8 @@ Everything works on 2-D spatial layouts; 1-D ops are lifted to H = 1 by the call
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from dcm.errors import UnsupportedOpError
@@ -50,6 +52,56 @@ def windows(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int], di
         raise ValueError(f"input {x.shape[2:]} (padded) is smaller than the kernel window {tuple(eff)}")
     v = np.lib.stride_tricks.sliding_window_view(x, eff, axis=(2, 3))
     return v[:, :, :: strides[0], :: strides[1], :: dilations[0], :: dilations[1]]
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 work array from this thread's reusable buffer (valid until the thread's next call).
+
+    Column matrices reach 100+ MB (VGG-16's first layers); allocating them fresh on every run
+    costs as much in page faults as filling them.
+    """
+    size = int(np.prod(shape))
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.size < size:
+        buf = _SCRATCH.buf = np.empty(size, dtype=np.float32)
+    return buf[:size].reshape(shape)
+
+
+def im2col(x: np.ndarray, groups: int, kernel: tuple[int, int], strides: tuple[int, int],
+           dilations: tuple[int, int], begin: list[int], end: list[int]) -> tuple[np.ndarray, int, int, int]:
+    """x [N, C, H, W] -> (columns [G, C/G, kh, kw, N, OH * row], OH, OW, row) for W_g @ columns[g].
+
+    Stride 1 (most convolutions): each kernel offset is one contiguous run of the flattened padded
+    image, ``row`` = padded width, and the outputs past OW in every row are garbage for the caller
+    to crop. Copying whole runs is about twice as fast as gathering windows. Other strides gather
+    one strided slice per kernel offset (``row`` = OW).
+    """
+    n, c = x.shape[:2]
+    cg = c // groups
+    if strides == (1, 1):
+        xp = np.pad(x, ((0, 0), (0, 0), (begin[0], end[0] + 1), (begin[1], end[1])))  # +1 row: last run's tail
+        hp, row = xp.shape[2] - 1, xp.shape[3]
+        oh, ow = hp - (kernel[0] - 1) * dilations[0], row - (kernel[1] - 1) * dilations[1]
+        if oh < 1 or ow < 1:
+            raise ValueError(f"input {x.shape[2:]} (padded) is smaller than the kernel window")
+        flat = xp.reshape(n, groups, cg, -1)
+        length = oh * row
+        cols = _scratch((groups, cg, kernel[0], kernel[1], n, length))
+        for i in range(kernel[0]):
+            for j in range(kernel[1]):
+                off = i * dilations[0] * row + j * dilations[1]
+                cols[:, :, i, j] = flat[..., off : off + length].transpose(1, 2, 0, 3)
+        return cols, oh, ow, row
+    v = windows(x, kernel, strides, dilations, begin, end)  # [N, C, OH, OW, kh, kw] view
+    oh, ow = v.shape[2:4]
+    cols = _scratch((groups, cg, kernel[0], kernel[1], n, oh * ow))
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            cols[:, :, i, j] = v[..., i, j].reshape(n, groups, cg, oh * ow).transpose(1, 2, 0, 3)
+    return cols, oh, ow, ow
 
 
 def reduce_windows(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int], dilations: tuple[int, int],
