@@ -141,6 +141,10 @@ def cmd_inspect(args) -> int:
         from dcm.runtime import InferenceSession
 
         stats["kernels"] = InferenceSession(model, batch_hint=args.batch, progress=_progress(args)).describe()
+    if args.plot:
+        from dcm.plot import plot_file
+
+        plot_file(model, stats, args.plot)
     if args.paper:
         stats["paper"] = paper_rows(stats)
     if args.json:
@@ -321,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kernels", action="store_true", help="also show the sparse/dense kernel chosen per layer")
     s.add_argument("--batch", type=int, default=1, help="batch size the kernel choice assumes")
     s.add_argument("--paper", action="store_true", help="per-layer table in the columns of the paper's Tables 4/5")
+    s.add_argument("--plot", metavar="OUT.png", help="also draw where the bytes go and the weight histograms "
+                                                     "(needs dcm[plot])")
     s.set_defaults(fn=cmd_inspect)
 
     s = sub.add_parser("run", parents=[as_json, quiet], help="run a model on .npy inputs")
@@ -375,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         if args.debug:
             raise
-        print(f"dcm {args.command}: error: missing dependency ({exc}); install dcm[all]", file=sys.stderr)
+        hint = str(exc) if "pip install" in str(exc) else f"missing dependency ({exc}); pip install 'dcm[all]'"
+        print(f"dcm {args.command}: error: {hint}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

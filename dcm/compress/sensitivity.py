@@ -36,15 +36,10 @@ def format_table(table: dict[str, dict[float, float]]) -> str:
 
 
 def plot(table: dict[str, dict[float, float]], path: str) -> None:
-    """Accuracy-vs-sparsity curve per layer; needs the 'plot' extra (matplotlib)."""
-    try:
-        import matplotlib
+    """Accuracy-vs-sparsity curve per layer (the paper's Figure 5); needs the 'plot' extra (matplotlib)."""
+    from dcm.plot import pyplot, save
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError("plotting needs matplotlib: pip install 'dcm[plot]'") from None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     for name, row in table.items():
         xs = sorted(row)
         ax.plot([100 * x for x in xs], [row[x] for x in xs], marker="o", label=name)
@@ -52,5 +47,4 @@ def plot(table: dict[str, dict[float, float]], path: str) -> None:
     ax.set_ylabel("accuracy")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, path)
