@@ -54,13 +54,12 @@ def _peak_mib() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
-def make_onnx(name: str, path: Path) -> dict:
-    """The pruned model as a dense ONNX file (what a user would hand to ``dcm convert``)."""
+def build_module(name: str):
+    """The zoo model with seeded random weights, pruned to the paper's per-layer densities."""
     import torch
 
     from benchmarks.common import prune_module
     from dcm import zoo
-    from dcm.converters.torch_in import torch_to_onnx_bytes
 
     torch.manual_seed(0)
     module = getattr(zoo, name)().eval()
@@ -68,6 +67,16 @@ def make_onnx(name: str, path: Path) -> dict:
     fcs = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
     density = {**dict(zip(convs, DENSITY[name]["conv"])), **dict(zip(fcs, DENSITY[name]["fc"]))}
     prune_module(module, density)
+    return module
+
+
+def make_onnx(name: str, path: Path) -> dict:
+    """The pruned model as a dense ONNX file (what a user would hand to ``dcm convert``)."""
+    import torch
+
+    from dcm.converters.torch_in import torch_to_onnx_bytes
+
+    module = build_module(name)
     t = time.perf_counter()
     path.write_bytes(torch_to_onnx_bytes(module, torch.zeros(1, *INPUT[name]), ("input",), ("output",)))
     weights = sum(p.numel() for p in module.parameters())
@@ -142,6 +151,38 @@ def step_load_ort(path: str, batches: list[int], shape: tuple[int, ...]) -> dict
     return {"load_s": load, "rss_after_load_mib": rss, "rss_delta_mib": rss - base, "latency_s": latency}
 
 
+def step_gpu(path: str, name: str, batches: list[int], device: str = "cuda") -> dict:
+    """dcm's GPU backend vs the same pruned model dense in torch on the GPU, numpy in and out.
+
+    ``device="torch-cpu"`` runs the same code on the CPU (a dry run where no GPU is lent).
+    """
+    import torch
+
+    import dcm
+
+    torch_device = "cpu" if device == "torch-cpu" else device
+    module = build_module(name).to(torch_device)
+    rows = {}
+    for b in batches:
+        x = np.random.default_rng(0).normal(size=(b, *INPUT[name])).astype(np.float32)
+        t = time.perf_counter()
+        sess = dcm.InferenceSession(path, device=device, batch_hint=b)
+        load = time.perf_counter() - t
+
+        def dense():
+            with torch.no_grad():
+                return module(torch.from_numpy(x).to(torch_device)).cpu().numpy()
+
+        want = dense()
+        got = sess.run(None, {"input": x})[0]
+        rows[b] = {"dcm_s": _time_runs(lambda _: sess.run(None, {"input": x}), b, INPUT[name]),
+                   "torch_s": _time_runs(lambda _: dense(), b, INPUT[name]), "load_s": load,
+                   "max_abs_diff": float(np.abs(got - want).max()),
+                   "sparse_layers": sum(k.get("kernel") == "sparse" for k in sess.describe())}
+    name_ = torch.cuda.get_device_name() if torch_device.startswith("cuda") else "torch on CPU (dry run)"
+    return {"device": name_, "batches": rows}
+
+
 def _child(*args: str) -> dict:
     out = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--step", *args], capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
@@ -150,12 +191,14 @@ def _child(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(name: str, workdir: Path, batches: list[int]) -> dict:
+def measure(name: str, workdir: Path, batches: list[int], gpu: str | None) -> dict:
     onnx_path, dcm_path = workdir / f"{name}.onnx", workdir / f"{name}.dcm"
     row = {"model": name, **make_onnx(name, onnx_path)}
     row["encode"] = _child("encode", str(onnx_path), str(dcm_path))
     row["load_dcm"] = _child("load-dcm", str(dcm_path), name, *map(str, batches))
     row["load_ort"] = _child("load-ort", str(onnx_path), name, *map(str, batches))
+    if gpu:
+        row["gpu"] = _child("gpu", str(dcm_path), name, gpu, "1", "64")
     return row
 
 
@@ -185,6 +228,15 @@ def report(rows: list[dict]) -> None:
             print(f"| {r['model']} | {b} | {t * 1e3:.1f} ms | {to * 1e3:.1f} ms | {t / to:.2f}x | "
                   f"{d['rss_after_load_mib']:.0f} MiB | {o['rss_after_load_mib']:.0f} MiB | "
                   f"{d['sparse_layers']}/{d['layers']} |")
+    gpu_rows = [r for r in rows if "gpu" in r]
+    if gpu_rows:
+        print(f"\nGPU ({gpu_rows[0]['gpu']['device']}): dcm CUDA backend vs torch dense, numpy in and out:")
+        print("| model | batch | dcm | torch dense | ratio | max abs diff | sparse layers |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for r in gpu_rows:
+            for b, g in r["gpu"]["batches"].items():
+                print(f"| {r['model']} | {b} | {g['dcm_s'] * 1e3:.2f} ms | {g['torch_s'] * 1e3:.2f} ms | "
+                      f"{g['dcm_s'] / g['torch_s']:.2f}x | {g['max_abs_diff']:.2g} | {g['sparse_layers']} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,12 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=["alexnet", "vgg16"], choices=sorted(DENSITY))
     p.add_argument("--batches", nargs="+", type=int, default=[1])
     p.add_argument("--workdir", help="keep the .onnx and .dcm files here")
+    p.add_argument("--gpu", nargs="?", const="cuda", choices=["cuda", "torch-cpu"],
+                   help="add dcm's GPU backend vs torch dense on the GPU, batch 1 and 64 (torch-cpu: dry run)")
     p.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.step:
         kind, *rest = a.step
         if kind == "encode":
             result = step_encode(*rest)
+        elif kind == "gpu":
+            result = step_gpu(rest[0], rest[1], [int(b) for b in rest[3:]], rest[2])
         else:
             fn = step_load_dcm if kind == "load-dcm" else step_load_ort
             result = fn(rest[0], [int(b) for b in rest[2:]], INPUT[rest[1]])
@@ -211,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for name in a.models:
             print(f"{name}: building, encoding, loading ...", file=sys.stderr)
-            rows.append(measure(name, workdir, a.batches))
+            rows.append(measure(name, workdir, a.batches, a.gpu))
     report(rows)
     print(f"\nwrote {save('scale', {'threads': THREADS, 'rows': rows})}")
     return 0
