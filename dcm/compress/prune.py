@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from dcm.compress.distributed import from_rank0
 from dcm.compress.layers import per_layer, weight_layers
 from dcm.compress.schedule import OneShot
 from dcm.encoder.prune import mask_by_quality, mask_by_sparsity
@@ -66,6 +67,7 @@ class Pruner:
                 keep = mask_by_sparsity(w, float(self.targets[name]) * frac)
                 keep &= w != 0  # a pruned weight never comes back
             mask = torch.from_numpy(np.ascontiguousarray(keep)).to(m.weight.dtype).to(m.weight.device)
+            from_rank0(mask)
             existing = _mask_of(m)
             if existing is None:
                 parametrize.register_parametrization(m, "weight", Mask(mask))

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from dcm.compress.distributed import from_rank0
 from dcm.compress.layers import kind, per_layer, weight_layers
 from dcm.encoder.kmeans import Init, kmeans_1d
 
@@ -73,6 +74,7 @@ def share_weights(model: nn.Module, bits: int | dict = None, init: Init = "linea
         if not len(codebook):
             codebook = np.zeros(1, np.float32)
         m.weight.requires_grad_(False)
-        parametrize.register_parametrization(
-            m, "weight", SharedWeights(codebook, full, mask, m.weight.dtype, m.weight.device), unsafe=True)
+        shared = SharedWeights(codebook, full, mask, m.weight.dtype, m.weight.device)
+        from_rank0(shared.codebook.data, shared.labels, shared.mask)
+        parametrize.register_parametrization(m, "weight", shared, unsafe=True)
     return WeightSharing(layers, {n: int(b) for n, b in bits_per.items()})
