@@ -6,6 +6,8 @@ on the skewed distributions that need it and keeps every decoder's lookup bounde
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 from bitarray import bitarray, frozenbitarray
 from bitarray.util import canonical_decode, canonical_huffman
@@ -81,11 +83,29 @@ def encode_stream(symbols: np.ndarray, table: HuffmanTable, block_log2: int) -> 
     return Stream(table, np.array(bits, dtype=np.uint32), b"".join(chunks))
 
 
+def symbols_array(it: Iterator[int], alphabet_max: int, count: int) -> np.ndarray:
+    """Materialize decoded symbols: through a bytearray (filled in C, the fastest way out of
+    bitarray's iterator) when every symbol fits a byte, else through ``np.fromiter``.
+
+    Reads the iterator to its end; a bad code raises ValueError from bitarray.
+    """
+    if alphabet_max < 256:
+        return np.frombuffer(bytearray(it), dtype=np.uint8)
+    out = np.fromiter(it, dtype=np.int64, count=count)
+    extra = next(it, None)
+    return out if extra is None else np.append(out, extra)  # too many: the caller sees the length
+
+
 def decode_stream(stream: Stream, count: int, block_log2: int, what: str = "stream") -> np.ndarray:
-    """Decode ``count`` symbols; every error (bad code, wrong count, non-zero padding) is a FormatError."""
-    out = np.empty(count, dtype=np.int64)
-    counts = [0] + list(stream.table.counts)
-    symbols = stream.table.symbols.tolist()
+    """Decode ``count`` symbols (uint8 when the table's symbols fit a byte, else int64).
+
+    Every error (bad code, wrong count, non-zero padding) is a FormatError.
+    """
+    table = stream.table
+    top = int(table.symbols.max()) if len(table.symbols) else 0
+    out = np.empty(count, dtype=np.uint8 if top < 256 else np.int64)
+    counts = [0] + list(table.counts)
+    symbols = table.symbols.tolist()
     data = memoryview(stream.data)
     size, pos = 1 << block_log2, 0
     for b, nbits in enumerate(stream.block_bits.tolist()):
@@ -98,14 +118,14 @@ def decode_stream(stream: Stream, count: int, block_log2: int, what: str = "stre
         if a[nbits:].any():
             raise FormatError(f"{what} block {b}: padding bits are not zero", rule="5.2")
         del a[nbits:]
-        it = canonical_decode(a, counts, symbols)
         try:
-            out[lo : lo + n] = np.fromiter(it, dtype=np.int64, count=n)
-            extra = next(it, None)
-        except ValueError as exc:  # a bad code, or fewer than n symbols
+            got = symbols_array(canonical_decode(a, counts, symbols), top, n)
+        except ValueError as exc:  # a bad code, an incomplete last code, or fewer than n symbols
             raise FormatError(f"{what} block {b}: invalid Huffman data or too few symbols ({exc})", rule="6") from None
-        if extra is not None:
-            raise FormatError(f"{what} block {b}: holds more than its {n} symbols", rule="5.2")
+        if len(got) != n:
+            raise FormatError(f"{what} block {b}: holds {'more' if len(got) > n else 'fewer'} than its {n} symbols",
+                              rule="5.2")
+        out[lo : lo + n] = got
     if n_blocks(count, block_log2) != len(stream.block_bits):
         raise FormatError(f"{what}: wrong number of blocks", rule="5.2")
     return out

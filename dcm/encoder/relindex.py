@@ -31,7 +31,7 @@ def decode_positions(symbols: np.ndarray, index_bits: int, numel: int, nnz: int)
         raise FormatError(f"index stream holds {int(real.sum())} entries, header says {nnz}", rule="5.2")
     if len(symbols) and not real[-1]:
         raise FormatError("index stream ends with a filler", rule="5.2")
-    pos = np.cumsum(symbols + real, dtype=np.int64) - 1
+    pos = np.cumsum(symbols.astype(np.int64) + real) - 1  # symbols may be uint8: widen before adding
     out = pos[real]
     if len(out) and out[-1] >= numel:
         raise FormatError(f"index stream reaches position {int(out[-1])} of a {numel}-element tensor", rule="5.2")
