@@ -70,18 +70,21 @@ def _scratch(shape: tuple[int, ...]) -> np.ndarray:
     return buf[:size].reshape(shape)
 
 
+RUN_MIN_ELEMENTS = 1 << 15  # per kernel offset; below this one gather is cheaper than a Python loop
+
+
 def im2col(x: np.ndarray, groups: int, kernel: tuple[int, int], strides: tuple[int, int],
            dilations: tuple[int, int], begin: list[int], end: list[int]) -> tuple[np.ndarray, int, int, int]:
     """x [N, C, H, W] -> (columns [G, C/G, kh, kw, N, OH * row], OH, OW, row) for W_g @ columns[g].
 
-    Stride 1 (most convolutions): each kernel offset is one contiguous run of the flattened padded
-    image, ``row`` = padded width, and the outputs past OW in every row are garbage for the caller
-    to crop. Copying whole runs is about twice as fast as gathering windows. Other strides gather
-    one strided slice per kernel offset (``row`` = OW).
+    Large stride-1 inputs: each kernel offset is one contiguous run of the flattened padded image,
+    ``row`` = padded width, and the outputs past OW in every row are garbage for the caller to
+    crop; copying whole runs is about twice as fast as gathering windows. Otherwise one gather
+    of the window view (``row`` = OW), which costs less than a loop over offsets on small inputs.
     """
     n, c = x.shape[:2]
     cg = c // groups
-    if strides == (1, 1):
+    if strides == (1, 1) and n * c * x.shape[2] * x.shape[3] >= RUN_MIN_ELEMENTS:
         xp = np.pad(x, ((0, 0), (0, 0), (begin[0], end[0] + 1), (begin[1], end[1])))  # +1 row: last run's tail
         hp, row = xp.shape[2] - 1, xp.shape[3]
         oh, ow = hp - (kernel[0] - 1) * dilations[0], row - (kernel[1] - 1) * dilations[1]
@@ -97,11 +100,9 @@ def im2col(x: np.ndarray, groups: int, kernel: tuple[int, int], strides: tuple[i
         return cols, oh, ow, row
     v = windows(x, kernel, strides, dilations, begin, end)  # [N, C, OH, OW, kh, kw] view
     oh, ow = v.shape[2:4]
-    cols = _scratch((groups, cg, kernel[0], kernel[1], n, oh * ow))
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            cols[:, :, i, j] = v[..., i, j].reshape(n, groups, cg, oh * ow).transpose(1, 2, 0, 3)
-    return cols, oh, ow, ow
+    cols = _scratch((groups, cg, kernel[0], kernel[1], n, oh, ow))
+    cols[...] = v.reshape(n, groups, cg, oh, ow, kernel[0], kernel[1]).transpose(1, 2, 5, 6, 0, 3, 4)
+    return cols.reshape(groups, cg, kernel[0], kernel[1], n, oh * ow), oh, ow, ow
 
 
 def reduce_windows(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int], dilations: tuple[int, int],
