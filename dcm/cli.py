@@ -122,7 +122,7 @@ def cmd_validate(args) -> int:
         if not problems:
             print(f"{path}: OK")
         for p in problems:
-            print(f"{path}: {p}")
+            print(str(p) if unreadable else f"{path}: {p}")  # an unreadable file's message names it
     if args.json:
         print(json.dumps(report, indent=2))
     return worst
