@@ -34,10 +34,14 @@ def test_round_trip_exact(shape, density, code_bits, index_bits, seed):
     _check_exact(w, mask, rec)
 
 
-@pytest.mark.parametrize("case", ["empty", "all_zero", "no_zero", "one_value", "long_gaps"])
+EXTREMES = [3.4e38, -3.4e38, 1e-45, -1e-45, 1.2e-38, 65504.0, -1e30]  # max, denormal min, tiny normal
+
+
+@pytest.mark.parametrize("case", ["empty", "all_zero", "no_zero", "one_value", "long_gaps", "extreme"])
 def test_edge_cases(case):
     w = {"empty": np.zeros((0, 5)), "all_zero": np.zeros((7, 9)), "no_zero": np.arange(1, 41).reshape(5, 8),
-         "one_value": np.full((3, 3), 2.5), "long_gaps": np.zeros((3, 100_000))}[case].astype(np.float32)
+         "one_value": np.full((3, 3), 2.5), "long_gaps": np.zeros((3, 100_000)),
+         "extreme": np.array(EXTREMES * 3 + [0.0] * 4).reshape(5, 5)}[case].astype(np.float32)
     if case == "long_gaps":
         w[0, 0], w[2, -1] = 1.0, -2.0
     for bits in (1, 2, 5):

@@ -35,6 +35,35 @@ def test_regression_constant_as_model_output(model_bytes):
     np.testing.assert_array_equal(w1, decode_tensor(read(model_bytes).tensors["w1"]))
 
 
+def _edit_graph(seed: bytes, edit) -> bytes:
+    doc, blob = fuzz._graph_and_data(seed)
+    edit(doc)
+    return fuzz.rebuild(doc, blob)
+
+
+def _node(doc: dict, op: str) -> dict:
+    return next(n for n in doc["nodes"] if n["op"] == op)
+
+
+# Found by benchmarks/fuzz.py; each crashed (TypeError, KeyError, MemoryError) before the fix.
+FUZZ_REGRESSIONS = {
+    "input dtype is an object": (0, lambda d: d["inputs"][0].update(dtype={"a": 1})),
+    "tensor encoding is a list": (0, lambda d: d["tensors"][0].update(encoding=["raw"])),
+    "tensor name is an object": (0, lambda d: d["tensors"][0].update(name={"x": 1})),
+    "node without inputs": (0, lambda d: _node(d, "Relu").update(inputs=[])),
+    "kernel_shape is a string": (2, lambda d: _node(d, "AveragePool")["attrs"].update(kernel_shape="2")),
+    "pads of 2^32": (2, lambda d: _node(d, "Conv")["attrs"].update(pads=[1, 1, 1, 2**32])),
+    "strides of 0": (2, lambda d: _node(d, "Conv")["attrs"].update(strides=[0, 2])),
+    "Concat without axis": (2, lambda d: _node(d, "Concat")["attrs"].clear()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FUZZ_REGRESSIONS))
+def test_fuzz_regressions_fail_cleanly(case):
+    seed, edit = FUZZ_REGRESSIONS[case]
+    assert fuzz.check(_edit_graph(fuzz.seeds()[seed], edit)) == "rejected"  # a DcmError, nothing else
+
+
 def test_every_single_bit_flip_is_detected(model_bytes):
     for bit in range(len(model_bytes) * 8):
         bad = bytearray(model_bytes)
