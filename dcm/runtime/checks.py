@@ -7,6 +7,7 @@ Ranges are generous: they exclude only values no real network uses.
 from __future__ import annotations
 
 import inspect
+from functools import cache
 from typing import Any
 
 from dcm.errors import UnsupportedOpError
@@ -64,6 +65,7 @@ def _kind_ok(kind: str, value: Any) -> bool:
     return isinstance(value, list) and all(_kind_ok(item, v) for v in value)
 
 
+@cache
 def _arity(kernel: type[Kernel]) -> tuple[int, int | None]:
     """(fewest, most) inputs the kernel's ``__call__`` takes; None: any number."""
     params = list(inspect.signature(kernel.__call__).parameters.values())[1:]
