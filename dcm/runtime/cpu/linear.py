@@ -24,7 +24,7 @@ class _FullyConnected(Kernel):
         self.mode, w, self.density = ctx.weight(node, name)
         if not out_in:
             w = _transposed(w)
-        self.mm = WeightMatmul(self.mode, w, ctx.threads)
+        self.mm = WeightMatmul(self.mode, w, ctx.threads, prefer="right")
 
     def describe(self) -> dict:
         return {"kernel": self.mode, "density": self.density, "weight_shape": list(self.mm.shape)}
