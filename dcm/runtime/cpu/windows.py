@@ -112,12 +112,21 @@ def reduce_windows(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, i
     Loops over the kh*kw kernel offsets (not over pixels), each a strided slice of the padded
     input, which is several times faster than reducing the 6-D window view directly.
     """
-    v = windows(x, kernel, strides, dilations, begin, end, fill)  # [N, C, OH, OW, kh, kw] view
-    out = np.array(v[..., 0, 0])
+    n, c, h, w = x.shape
+    if (tuple(strides) == tuple(kernel) and tuple(dilations) == (1, 1) and not any(begin) and not any(end)
+            and h % kernel[0] == 0 and w % kernel[1] == 0):
+        # Non-overlapping windows tiling the input exactly (2x2/2 pools): a plain reshape, no
+        # window view or padding logic; about 2x faster on both LeNet- and VGG-size inputs.
+        v = x.reshape(n, c, h // kernel[0], kernel[0], w // kernel[1], kernel[1])
+        at = lambda i, j: v[:, :, :, i, :, j]  # noqa: E731
+    else:
+        v = windows(x, kernel, strides, dilations, begin, end, fill)  # [N, C, OH, OW, kh, kw] view
+        at = lambda i, j: v[..., i, j]  # noqa: E731
+    out = np.array(at(0, 0))
     for i in range(kernel[0]):
         for j in range(kernel[1]):
             if i or j:
-                ufunc(out, v[..., i, j], out=out)
+                ufunc(out, at(i, j), out=out)
     return out
 
 
