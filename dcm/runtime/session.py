@@ -15,6 +15,7 @@ from dcm.format.model import Model
 from dcm.format.reader import read
 from dcm.progress import LARGE_FILE_BYTES, bar
 from dcm.runtime.checks import check_node
+from dcm.runtime.cpu.windows import release_scratch
 from dcm.runtime.kernel import Kernel, LoadContext
 
 # What a kernel raises when a (hostile or broken) model asks the impossible of it; they become a
@@ -152,8 +153,12 @@ class InferenceSession:
             if n not in declared:
                 raise InputError(f"unknown output {n!r}; the model's outputs are {sorted(declared)}")
         env: dict[str, Any] = dict(self._check_feeds(feeds))
-        with np.errstate(all="ignore"):  # Inf/NaN arithmetic follows IEEE, as in onnxruntime, silently
-            self._execute(env)
+        try:
+            with np.errstate(all="ignore"):  # Inf/NaN arithmetic follows IEEE, as in onnxruntime, silently
+                self._execute(env)
+        finally:
+            if not self._torch:
+                release_scratch()
         out = []
         for n in names:
             v = env[n] if n in env else self._consts[n]

@@ -50,10 +50,13 @@ class Conv(Kernel):
         cols, oh, ow, row = im2col(x, self.group, self.kernel, self.strides, self.dilations, begin, end)
         outs = [mm.left(cols[g].reshape(cg * kh * kw, -1)).reshape(-1, n, oh, row) for g, mm in enumerate(self.mms)]
         y = np.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
-        y = np.ascontiguousarray(y[..., :ow].transpose(1, 0, 2, 3))  # [N, C_out, OH, OW]
+        src = y[..., :ow].transpose(1, 0, 2, 3)  # [N, C_out, OH, OW] view: crop, transpose ...
+        out = np.empty(src.shape, dtype=np.float32)
         if self.bias is not None:
-            y += self.bias
-        return (y[:, :, 0, :] if was_1d else y,)
+            np.add(src, self.bias, out=out)  # ... and add the bias in the same pass
+        else:
+            np.copyto(out, src)
+        return (out[:, :, 0, :] if was_1d else out,)
 
     def describe(self) -> dict:
         return {"kernel": self.mode, "density": self.density, "groups": self.group}

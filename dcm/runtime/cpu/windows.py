@@ -57,11 +57,22 @@ def windows(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int], di
 _SCRATCH = threading.local()
 
 
+KEEP_SCRATCH_BYTES = 16 << 20  # kept between runs; larger buffers live for one run only
+
+
+def release_scratch() -> None:
+    """Drop this thread's work buffer if it is large (called at the end of each session run), so
+    an idle process does not hold VGG-size column matrices."""
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is not None and buf.nbytes > KEEP_SCRATCH_BYTES:
+        _SCRATCH.buf = None
+
+
 def _scratch(shape: tuple[int, ...]) -> np.ndarray:
     """A float32 work array from this thread's reusable buffer (valid until the thread's next call).
 
-    Column matrices reach 100+ MB (VGG-16's first layers); allocating them fresh on every run
-    costs as much in page faults as filling them.
+    Column matrices reach 100+ MB (VGG-16's first layers); allocating them fresh for every layer
+    costs as much in page faults as filling them, so one buffer serves all the layers of a run.
     """
     size = int(np.prod(shape))
     buf = getattr(_SCRATCH, "buf", None)
