@@ -85,7 +85,7 @@ def _load_array_file(path: str, magic: bytes, kind: str):
         raise CliError(f"cannot read {path}: {exc}") from None
 
 
-def _npz_inputs(path: str | None, sess, seed: int = 0) -> dict[str, np.ndarray]:
+def _npz_inputs(path: str | None, sess, seed: int = 0, batch: int = 1) -> dict[str, np.ndarray]:
     if path:
         with _load_array_file(path, b"PK", ".npz file (written by numpy.savez)") as z:
             try:
@@ -101,7 +101,7 @@ def _npz_inputs(path: str | None, sess, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds = {}
     for i in sess.get_inputs():
-        shape = [d if isinstance(d, int) else 1 for d in i.shape]
+        shape = [d if isinstance(d, int) else batch for d in i.shape]
         feeds[i.name] = rng.standard_normal(shape).astype(i.type[7:-1])
     return feeds
 
@@ -290,6 +290,39 @@ def cmd_verify(args) -> int:
     return EXIT_OK if ok else EXIT_INVALID
 
 
+def cmd_bench(args) -> int:
+    import time
+
+    from dcm.runtime import InferenceSession
+
+    kernels = None if args.kernels == "auto" else args.kernels
+    sess = InferenceSession(args.model, device=args.device, kernels=kernels, batch_hint=args.batch,
+                            threads=args.threads, progress=_progress(args))
+    feeds = _npz_inputs(None, sess, batch=args.batch)
+    sess.run(None, feeds)  # warm-up: first-touch allocations, BLAS thread start-up
+    runs = []
+    for _ in range(args.runs):
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        runs.append(time.perf_counter() - t)
+    nodes = sess.profile(feeds, runs=args.runs)
+    total = sum(n["seconds"] for n in nodes) or 1.0
+    report = {"model": args.model, "device": args.device, "batch": args.batch, "runs": args.runs,
+              "median_ms": 1e3 * float(np.median(runs)), "min_ms": 1e3 * float(np.min(runs)),
+              "nodes": [{**{k: v for k, v in n.items() if k != "seconds"}, "ms": 1e3 * n["seconds"]} for n in nodes]}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    print(f"{args.model}: batch {args.batch}, {args.device}, median {report['median_ms']:.3f} ms, "
+          f"min {report['min_ms']:.3f} ms over {args.runs} runs")
+    print(f"{'node':<32}{'op':<20}{'kernel':<8}{'density':>8}{'ms':>10}{'share':>8}")
+    for n in report["nodes"]:
+        density = f"{n['density']:.1%}" if "density" in n else "-"
+        print(f"{n['name'][:31]:<32}{n['op']:<20}{n.get('kernel', '-'):<8}{density:>8}{n['ms']:>10.3f}"
+              f"{n['ms'] / 1e3 / total:>8.1%}")
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from dcm import demo
 
@@ -358,6 +391,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rtol", type=float, default=1e-4)
     s.add_argument("--atol", type=float, default=1e-5)
     s.set_defaults(fn=cmd_verify)
+
+    s = sub.add_parser("bench", parents=[as_json, quiet],
+                       help="time a model on random inputs: latency and per-node time with the kernel chosen")
+    s.add_argument("model")
+    s.add_argument("--batch", type=int, default=1, help="size of every symbolic (batch) dimension")
+    s.add_argument("--runs", type=int, default=20)
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.add_argument("--kernels", default="auto", choices=["auto", "sparse", "dense"],
+                   help="force every weight layer's kernel (default: chosen per layer from density and batch)")
+    s.add_argument("--threads", type=int, default=None, help="threads for the sparse kernels")
+    s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("demo", parents=[as_json, quiet],
                        help="train, prune, quantize and ship LeNet on the bundled MNIST")

@@ -136,3 +136,16 @@ def test_run_json_and_quiet(dcm_file, tmp_path, capsys):
     assert main(["run", str(dcm_file), "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "o"), "--json", "-q"]) == 0
     (out,) = json.loads(capsys.readouterr().out)
     assert out["shape"] == [2, 4] and np.load(out["file"]).shape == (2, 4)
+
+
+def test_bench_reports_latency_and_every_node(dcm_file, capsys):
+    import json
+
+    assert main(["bench", str(dcm_file), "--batch", "4", "--runs", "3", "--json", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["batch"] == 4 and report["median_ms"] > 0
+    assert [n["op"] for n in report["nodes"]] == ["Gemm", "Relu", "Gemm", "Gemm"]
+    assert all(n["ms"] >= 0 for n in report["nodes"]) and report["nodes"][0]["kernel"] in ("sparse", "dense")
+    assert main(["bench", str(dcm_file), "--runs", "2", "--kernels", "dense"]) == 0
+    out = capsys.readouterr().out
+    assert "median" in out and "sparse" not in out

@@ -5,6 +5,7 @@ The shape of the API follows onnxruntime's so that users already know it.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -63,6 +64,11 @@ class InferenceSession:
         self.device = device
         torch_device, registry = _backend(device)
         self._torch = device != "cpu"
+        self._sync = None  # waits for the device; only profile() needs it
+        if self._torch and torch_device.startswith("cuda"):
+            import torch
+
+            self._sync = torch.cuda.synchronize
         self._ctx = LoadContext(self.model, batch_hint=batch_hint, modes=kernels, device=torch_device,
                                 threads=1 if self._torch else (threads if threads is not None else (os.cpu_count() or 1)))
         missing = [n for n in self.model.nodes if n.op not in registry]
@@ -153,21 +159,36 @@ class InferenceSession:
             if n not in declared:
                 raise InputError(f"unknown output {n!r}; the model's outputs are {sorted(declared)}")
         env: dict[str, Any] = dict(self._check_feeds(feeds))
-        try:
-            with np.errstate(all="ignore"):  # Inf/NaN arithmetic follows IEEE, as in onnxruntime, silently
-                self._execute(env)
-        finally:
-            if not self._torch:
-                release_scratch()
+        self._run(env)
         out = []
         for n in names:
             v = env[n] if n in env else self._consts[n]
             out.append(v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
         return out
 
-    def _execute(self, env: dict[str, Any]) -> None:
-        """Run every node in order, freeing intermediates after their last use."""
-        for node, kernel, frees in zip(self.model.nodes, self._kernels, self._last_use):
+    def profile(self, feeds: dict[str, Any], runs: int = 10) -> list[dict[str, Any]]:
+        """``describe()`` plus each node's mean ``seconds`` over ``runs`` runs of ``feeds``.
+
+        On a GPU the device is synchronized after every node, so each node is charged its own work
+        (which makes the total slower than ``run``).
+        """
+        seconds = [0.0] * len(self.model.nodes)
+        for _ in range(runs):
+            self._run(dict(self._check_feeds(feeds)), seconds)
+        return [{**d, "seconds": t / runs} for d, t in zip(self.describe(), seconds)]
+
+    def _run(self, env: dict[str, Any], seconds: list[float] | None = None) -> None:
+        try:
+            with np.errstate(all="ignore"):  # Inf/NaN arithmetic follows IEEE, as in onnxruntime, silently
+                self._execute(env, seconds)
+        finally:
+            if not self._torch:
+                release_scratch()
+
+    def _execute(self, env: dict[str, Any], seconds: list[float] | None = None) -> None:
+        """Run every node in order, freeing intermediates after their last use (and timing each node
+        into ``seconds`` when given)."""
+        for k, (node, kernel, frees) in enumerate(zip(self.model.nodes, self._kernels, self._last_use)):
             args = []
             for i, x in enumerate(node.inputs):
                 if not x or i in kernel.weight_inputs:
@@ -176,8 +197,13 @@ class InferenceSession:
                     args.append(env[x] if x in env else self._consts[x])
             while args and args[-1] is None:
                 args.pop()
+            start = time.perf_counter() if seconds is not None else 0.0
             try:
                 results = kernel(*args)
+                if seconds is not None:
+                    if self._sync is not None:
+                        self._sync()
+                    seconds[k] += time.perf_counter() - start
             except KERNEL_FAILURES as exc:
                 raise ExecutionError(f"node {node.name or node.outputs[0]!r} ({node.op}) failed on these inputs: "
                                      f"{type(exc).__name__}: {exc}") from None
