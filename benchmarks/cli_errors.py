@@ -38,6 +38,7 @@ CASES = [
                                                              "png": 2, "onnx": 2}),
           ("export", [], ["-o", "{w}/out.onnx"], {"missing": 2, "folder": 2, "empty": 2, "dicom": 2, "png": 2}),
           ("verify", [], [], {"missing": 2, "folder": 2, "empty": 2, "png": 2, "onnx": 2}),
+          ("bench", [], ["--runs", "1"], {"missing": 2, "folder": 2, "empty": 2, "dicom": 2, "png": 2, "onnx": 2}),
           ("convert", [], ["-o", "{w}/out.dcm"], {"missing": 2, "folder": 2, "empty": 2, "png": 2, "dcm": 2}),
       ]
       for what, code in codes.items()
