@@ -1,4 +1,5 @@
-"""Work buffers: reused across the layers of a run, and not kept by an idle process when large."""
+"""Work buffers: reused across the layers of a run, private to each thread, and not kept by an idle
+process when large."""
 import numpy as np
 
 from dcm.encoder import encode_raw
@@ -28,3 +29,15 @@ def test_small_column_buffer_is_kept_for_the_next_run():
     buf = windows._SCRATCH.buf
     sess.run(None, {"x": np.ones((1, 8, 64, 64), np.float32)})
     assert windows._SCRATCH.buf is buf
+
+
+def test_concurrent_runs_from_threads_agree():
+    from concurrent.futures import ThreadPoolExecutor
+
+    sess = InferenceSession(_conv(8), threads=2)
+    xs = [np.random.default_rng(i).normal(size=(1, 8, 96, 96)).astype(np.float32) for i in range(6)]
+    want = [sess.run(None, {"x": x})[0] for x in xs]
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(lambda x: sess.run(None, {"x": x})[0], xs * 3))
+    for i, y in enumerate(got):
+        np.testing.assert_array_equal(y, want[i % len(xs)])
