@@ -1,6 +1,8 @@
 """Pointwise activations and the softmax family."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from dcm.runtime.cpu.registry import register
@@ -55,7 +57,7 @@ class _SoftmaxBase(Kernel):
         shape = x.shape
         axis = self.axis % max(x.ndim, 1)
         if self.legacy:
-            x = x.reshape(int(np.prod(shape[:axis])), -1)
+            x = x.reshape(math.prod(shape[:axis]), -1)
             axis = 1
         z = x - x.max(axis=axis, keepdims=True)
         e = np.exp(z)

@@ -1,6 +1,8 @@
 """Layout ops: Flatten, Reshape, Transpose, Concat, Squeeze, Unsqueeze, Pad, Identity, Dropout."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from dcm.errors import UnsupportedOpError
@@ -26,7 +28,7 @@ class Identity(Kernel):
 class Flatten(Kernel):
     def __call__(self, x):
         axis = int(self.attrs.get("axis", 1)) % (x.ndim + 1) if x.ndim else 0
-        return (x.reshape(int(np.prod(x.shape[:axis])), -1),)
+        return (x.reshape(math.prod(x.shape[:axis]), -1),)
 
 
 @register("Reshape")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 
+import math
+
 import numpy as np
 
 from dcm.errors import UnsupportedOpError
@@ -74,7 +76,7 @@ def _scratch(shape: tuple[int, ...]) -> np.ndarray:
     Column matrices reach 100+ MB (VGG-16's first layers); allocating them fresh for every layer
     costs as much in page faults as filling them, so one buffer serves all the layers of a run.
     """
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     buf = getattr(_SCRATCH, "buf", None)
     if buf is None or buf.size < size:
         buf = _SCRATCH.buf = np.empty(size, dtype=np.float32)
