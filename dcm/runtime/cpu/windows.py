@@ -4,9 +4,8 @@ Everything works on 2-D spatial layouts; 1-D ops are lifted to H = 1 by the call
 """
 from __future__ import annotations
 
-import threading
-
 import math
+import threading
 
 import numpy as np
 
