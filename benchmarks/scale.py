@@ -163,21 +163,19 @@ def step_gpu(path: str, name: str, batches: list[int], device: str = "cuda") -> 
     torch_device = "cpu" if device == "torch-cpu" else device
     module = build_module(name).to(torch_device)
     rows = {}
+    def dense(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(x).to(torch_device)).cpu().numpy()
+
     for b in batches:
         x = np.random.default_rng(0).normal(size=(b, *INPUT[name])).astype(np.float32)
         t = time.perf_counter()
         sess = dcm.InferenceSession(path, device=device, batch_hint=b)
         load = time.perf_counter() - t
-
-        def dense():
-            with torch.no_grad():
-                return module(torch.from_numpy(x).to(torch_device)).cpu().numpy()
-
-        want = dense()
-        got = sess.run(None, {"input": x})[0]
-        rows[b] = {"dcm_s": _time_runs(lambda _: sess.run(None, {"input": x}), b, INPUT[name]),
-                   "torch_s": _time_runs(lambda _: dense(), b, INPUT[name]), "load_s": load,
-                   "max_abs_diff": float(np.abs(got - want).max()),
+        diff = np.abs(sess.run(None, {"input": x})[0] - dense(x)).max()
+        rows[b] = {"dcm_s": _time_runs(lambda xb: sess.run(None, {"input": xb}), b, INPUT[name]),
+                   "torch_s": _time_runs(dense, b, INPUT[name]), "load_s": load,
+                   "max_abs_diff": float(diff),
                    "sparse_layers": sum(k.get("kernel") == "sparse" for k in sess.describe())}
     name_ = torch.cuda.get_device_name() if torch_device.startswith("cuda") else "torch on CPU (dry run)"
     return {"device": name_, "batches": rows}

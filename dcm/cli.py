@@ -295,6 +295,8 @@ def cmd_bench(args) -> int:
 
     from dcm.runtime import InferenceSession
 
+    if args.runs < 1:
+        raise CliError(f"--runs must be at least 1, got {args.runs}")
     kernels = None if args.kernels == "auto" else args.kernels
     sess = InferenceSession(args.model, device=args.device, kernels=kernels, batch_hint=args.batch,
                             threads=args.threads, progress=_progress(args))

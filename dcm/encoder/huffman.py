@@ -6,7 +6,6 @@ on the skewed distributions that need it and keeps every decoder's lookup bounde
 """
 from __future__ import annotations
 
-
 import numpy as np
 from bitarray import bitarray, frozenbitarray
 from bitarray.util import canonical_decode, canonical_huffman

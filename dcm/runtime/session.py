@@ -172,6 +172,8 @@ class InferenceSession:
         On a GPU the device is synchronized after every node, so each node is charged its own work
         (which makes the total slower than ``run``).
         """
+        if runs < 1:
+            raise ValueError(f"runs must be at least 1, got {runs}")
         seconds = [0.0] * len(self.model.nodes)
         for _ in range(runs):
             self._run(dict(self._check_feeds(feeds)), seconds)

@@ -73,9 +73,7 @@ def test_every_single_bit_flip_is_detected(model_bytes):
 
 
 def _claim_shape(seed: bytes, tensor: str, shape: list[int]) -> bytes:
-    doc, blob = fuzz._graph_and_data(seed)
-    next(t for t in doc["tensors"] if t["name"] == tensor)["shape"] = shape
-    return fuzz.rebuild(doc, blob)
+    return _edit_graph(seed, lambda doc: next(t for t in doc["tensors"] if t["name"] == tensor).update(shape=shape))
 
 
 def _peak_bytes(fn) -> int:
