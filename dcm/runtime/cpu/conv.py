@@ -1,4 +1,5 @@
-"""Conv: im2col through a strided window view, then the weight [C_out/g, C_in/g*kh*kw] @ columns."""
+"""Conv: im2col through a strided window view, then the weight [C_out/g, C_in/g*kh*kw] @ columns;
+wide dense 3x3 stride-1 convolutions use Winograd F(2x2, 3x3) instead (winograd.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,6 +7,7 @@ import numpy as np
 from dcm.errors import UnsupportedOpError
 from dcm.runtime.cpu.matmul import WeightMatmul
 from dcm.runtime.cpu.registry import register
+from dcm.runtime.cpu.winograd import conv3x3, eligible, transform_weight
 from dcm.runtime.cpu.windows import im2col, ints2, pads2, resolve_pads, spatial_2d
 from dcm.runtime.kernel import LARGE_BATCH, Kernel
 
@@ -13,6 +15,7 @@ from dcm.runtime.kernel import LARGE_BATCH, Kernel
 @register("Conv")
 class Conv(Kernel):
     weight_inputs = (1,)
+    allow_winograd = True
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
@@ -33,9 +36,15 @@ class Conv(Kernel):
         self.pad_attrs = pads2(self.attrs, self.nd)
         # Each sample adds one column per output pixel; unknown at load, but rarely under 16.
         self.mode, w, self.density = ctx.weight(node, name, columns_per_sample=LARGE_BATCH)
-        m = w.to_scipy() if self.mode == "sparse" else w
-        per = self.out_channels // self.group
-        self.mms = [WeightMatmul(self.mode, m[g * per : (g + 1) * per], ctx.threads) for g in range(self.group)]
+        self.in_channels = shape[1] * self.group
+        self.winograd = None  # U [16, C_in, C_out] when this layer runs as Winograd F(2x2, 3x3)
+        self.mms: list[WeightMatmul] = []
+        if self.allow_winograd and self.mode == "dense" and eligible(self.kernel, self.strides, self.dilations, self.group, shape[1], shape[0]):
+            self.winograd = transform_weight(w.reshape(shape))
+        else:
+            m = w.to_scipy() if self.mode == "sparse" else w
+            per = self.out_channels // self.group
+            self.mms = [WeightMatmul(self.mode, m[g * per : (g + 1) * per], ctx.threads) for g in range(self.group)]
         b = ctx.opt_const(node, 2)
         self.bias = None if b is None else b.astype(np.float32).reshape(1, -1, 1, 1)
 
@@ -43,10 +52,12 @@ class Conv(Kernel):
         x, was_1d = spatial_2d(x)
         n, c = x.shape[:2]
         kh, kw = self.kernel
-        cg = self.mms[0].shape[1] // (kh * kw)
-        if c != cg * self.group:
-            raise ValueError(f"Conv {self.node.name!r}: input has {c} channels, weight expects {cg * self.group}")
+        if c != self.in_channels:
+            raise ValueError(f"Conv {self.node.name!r}: input has {c} channels, weight expects {self.in_channels}")
         begin, end = resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations)
+        if self.winograd is not None:
+            return (conv3x3(x, self.winograd, begin, end, self.bias),)
+        cg = c // self.group
         cols, oh, ow, row = im2col(x, self.group, self.kernel, self.strides, self.dilations, begin, end)
         outs = [mm.left(cols[g].reshape(cg * kh * kw, -1)).reshape(-1, n, oh, row) for g, mm in enumerate(self.mms)]
         y = np.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
@@ -59,4 +70,5 @@ class Conv(Kernel):
         return (out[:, :, 0, :] if was_1d else out,)
 
     def describe(self) -> dict:
-        return {"kernel": self.mode, "density": self.density, "groups": self.group}
+        return {"kernel": "winograd" if self.winograd is not None else self.mode, "density": self.density,
+                "groups": self.group}

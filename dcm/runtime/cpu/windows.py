@@ -69,17 +69,21 @@ def release_scratch() -> None:
         _SCRATCH.buf = None
 
 
-def _scratch(shape: tuple[int, ...]) -> np.ndarray:
-    """A float32 work array from this thread's reusable buffer (valid until the thread's next call).
+def scratch_arrays(*shapes: tuple[int, ...]) -> list[np.ndarray]:
+    """Float32 work arrays carved from this thread's reusable buffer (valid until the thread's next call).
 
     Column matrices reach 100+ MB (VGG-16's first layers); allocating them fresh for every layer
     costs as much in page faults as filling them, so one buffer serves all the layers of a run.
     """
-    size = math.prod(shape)
+    sizes = [math.prod(s) for s in shapes]
     buf = getattr(_SCRATCH, "buf", None)
-    if buf is None or buf.size < size:
-        buf = _SCRATCH.buf = np.empty(size, dtype=np.float32)
-    return buf[:size].reshape(shape)
+    if buf is None or buf.size < sum(sizes):
+        buf = _SCRATCH.buf = np.empty(sum(sizes), dtype=np.float32)
+    out, start = [], 0
+    for shape, size in zip(shapes, sizes):
+        out.append(buf[start : start + size].reshape(shape))
+        start += size
+    return out
 
 
 RUN_MIN_ELEMENTS = 1 << 15  # per kernel offset; below this one gather is cheaper than a Python loop
@@ -104,7 +108,7 @@ def im2col(x: np.ndarray, groups: int, kernel: tuple[int, int], strides: tuple[i
             raise ValueError(f"input {x.shape[2:]} (padded) is smaller than the kernel window")
         flat = xp.reshape(n, groups, cg, -1)
         length = oh * row
-        cols = _scratch((groups, cg, kernel[0], kernel[1], n, length))
+        (cols,) = scratch_arrays((groups, cg, kernel[0], kernel[1], n, length))
         for i in range(kernel[0]):
             for j in range(kernel[1]):
                 off = i * dilations[0] * row + j * dilations[1]
@@ -112,7 +116,7 @@ def im2col(x: np.ndarray, groups: int, kernel: tuple[int, int], strides: tuple[i
         return cols, oh, ow, row
     v = windows(x, kernel, strides, dilations, begin, end)  # [N, C, OH, OW, kh, kw] view
     oh, ow = v.shape[2:4]
-    cols = _scratch((groups, cg, kernel[0], kernel[1], n, oh, ow))
+    (cols,) = scratch_arrays((groups, cg, kernel[0], kernel[1], n, oh, ow))
     cols[...] = v.reshape(n, groups, cg, oh, ow, kernel[0], kernel[1]).transpose(1, 2, 5, 6, 0, 3, 4)
     return cols.reshape(groups, cg, kernel[0], kernel[1], n, oh * ow), oh, ow, ow
 

@@ -29,6 +29,8 @@ def _out_size(size: int, k: int, s: int, d: int) -> int:
 
 @register("Conv")
 class Conv(cpu_conv.Conv):
+    allow_winograd = False  # cuDNN chooses its own algorithm for dense convolutions
+
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.mms = [to_torch(mm, ctx.device) for mm in self.mms]

@@ -1,0 +1,102 @@
+"""Winograd F(2x2, 3x3) convolution against onnxruntime, and when the runtime chooses it."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dcm.runtime.cpu import winograd
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
+from dcm.runtime import InferenceSession  # noqa: E402
+
+
+def _conv_model(w, bias, x_shape, attrs):
+    inits = [numpy_helper.from_array(w, "w")] + ([numpy_helper.from_array(bias, "b")] if bias is not None else [])
+    node = helper.make_node("Conv", ["x", "w"] + (["b"] if bias is not None else []), ["y"], **attrs)
+    g = helper.make_graph([node], "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def _check(x_shape, c_out, attrs, bias=True, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((c_out, x_shape[1], 3, 3)).astype(np.float32)
+    b = rng.standard_normal(c_out).astype(np.float32) if bias else None
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    m = _conv_model(w, b, x_shape, attrs)
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)), kernels="dense")
+    assert [k["kernel"] for k in sess.describe()] == ["winograd"]
+    got = sess.run(None, {"x": x})[0]
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
+
+
+@pytest.fixture
+def any_width(monkeypatch):
+    """Let narrow test layers take the Winograd path (normally only 64+ channels do)."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+
+
+@pytest.mark.parametrize("x_shape,attrs", [
+    ([1, 3, 8, 8], {"pads": [1, 1, 1, 1]}),
+    ([2, 3, 9, 7], {}),  # odd sizes: the last tile row and column hang over the edge
+    ([2, 4, 5, 6], {"pads": [0, 2, 1, 0]}),  # asymmetric
+    ([1, 2, 3, 3], {"pads": [3, 3, 3, 3]}),  # padding larger than the kernel
+    ([3, 2, 7, 4], {"auto_pad": "SAME_UPPER"}),
+    ([1, 2, 6, 9], {"auto_pad": "SAME_LOWER"}),
+    ([1, 2, 3, 3], {}),  # one output pixel
+])
+def test_matches_onnxruntime(any_width, x_shape, attrs):
+    _check(x_shape, 5, attrs)
+
+
+def test_without_bias(any_width):
+    _check([2, 3, 6, 6], 4, {"pads": [1, 1, 1, 1]}, bias=False)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 6), k=st.integers(1, 6), h=st.integers(1, 30), w=st.integers(1, 9),
+       pads=st.lists(st.integers(0, 12), min_size=4, max_size=4), band_tiles=st.sampled_from([1, 5, 512]))
+def test_any_shape_matches_direct_convolution(n, c, k, h, w, pads, band_tiles):
+    """Every size, padding and band split against a float64 sum over the nine kernel offsets."""
+    begin, end = pads[:2], pads[2:]
+    if h + begin[0] + end[0] < 3 or w + begin[1] + end[1] < 3:
+        return
+    rng = np.random.default_rng(n * 1000 + c * 100 + h * 10 + w)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((k, c, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal((1, k, 1, 1)).astype(np.float32)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (begin[0], end[0]), (begin[1], end[1])))
+    oh, ow = xp.shape[2] - 2, xp.shape[3] - 2
+    ref = sum(np.einsum("nchw,kc->nkhw", xp[:, :, i : i + oh, j : j + ow], wt[:, :, i, j]) for i in range(3) for j in range(3))
+    ref = ref + bias
+    u = winograd.transform_weight(wt)
+    default, winograd.BAND_TILES = winograd.BAND_TILES, band_tiles  # bands of one tile row, some all padding
+    try:
+        got = winograd.conv3x3(x, u, begin, end, bias)
+    finally:
+        winograd.BAND_TILES = default
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
+
+
+def test_chosen_only_for_wide_dense_3x3_stride_1():
+    ok = dict(kernel=(3, 3), strides=(1, 1), dilations=(1, 1), group=1, channels_in=128, channels_out=256)
+    assert winograd.eligible(**ok)
+    for change in [dict(kernel=(5, 5)), dict(strides=(2, 2)), dict(dilations=(2, 2)), dict(group=2),
+                   dict(channels_in=32)]:
+        assert not winograd.eligible(**{**ok, **change}), change
+
+
+def test_wide_layer_runs_winograd_dense_and_im2col_sparse():
+    _check([1, 128, 6, 5], 128, {"pads": [1, 1, 1, 1]})
+    rng = np.random.default_rng(1)
+    m = _conv_model(rng.standard_normal((128, 128, 3, 3)).astype(np.float32), None, [1, 128, 4, 4], {})
+    sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)), kernels="sparse")
+    assert [k["kernel"] for k in sess.describe()] == ["sparse"]
