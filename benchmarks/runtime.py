@@ -2,8 +2,9 @@
 
     python benchmarks/runtime.py [--quick]
 
-Batch 1 and 64, single-threaded and default threads, for LeNet-300-100 and LeNet-5 pruned to the
-paper's densities, an AlexNet fc6-fc8 stack (9%/9%/25%) and a VGG-16-style conv block. With a
+Batch 1 and 64, single-threaded and default threads (dcm's dense kernels run on numpy's BLAS pool,
+limited to the same count with threadpoolctl), for LeNet-300-100 and LeNet-5 pruned to the paper's
+densities, an AlexNet fc6-fc8 stack (9%/9%/25%) and a VGG-16-style conv block. With a
 CUDA GPU it adds dcm's GPU backend vs torch dense on the GPU. Prints a table, writes
 benchmarks/results/runtime.json. Ratios < 1 mean dcm is faster.
 """
@@ -15,6 +16,7 @@ import os
 import numpy as np
 import torch
 import torch.nn as nn
+from threadpoolctl import threadpool_limits
 
 from benchmarks.common import prune_module, save, timeit
 from dcm import zoo
@@ -70,7 +72,8 @@ def run(quick: bool) -> dict:
                 with torch.no_grad():
                     t_torch = timeit(lambda: module(xt))
                 t_ort = timeit(lambda: ort_sess.run(None, {"input": x}))
-                t_dcm = timeit(lambda: dcm_sess.run(None, {"input": x}))
+                with threadpool_limits(threads):  # dcm's dense kernels run on numpy's BLAS pool
+                    t_dcm = timeit(lambda: dcm_sess.run(None, {"input": x}))
                 kernels = sorted({k["kernel"] for k in dcm_sess.describe() if "kernel" in k})
                 rows.append({"model": name, "device": "cpu", "batch": batch, "threads": threads,
                              "dcm_ms": 1e3 * t_dcm, "onnxruntime_ms": 1e3 * t_ort, "torch_ms": 1e3 * t_torch,

@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from dcm.errors import DcmError, ExecutionError, InputError, UnsupportedOpError
-from dcm.format.model import Model
+from dcm.format import constants as C
+from dcm.format.model import Model, Node
 from dcm.format.reader import read
 from dcm.progress import LARGE_FILE_BYTES, bar
 from dcm.runtime.checks import check_node
@@ -94,10 +95,15 @@ class InferenceSession:
             if o.name in self.model.tensors and o.name not in self._consts:
                 self._consts[o.name] = self._to_array(self._ctx.const(o.name))
         self._ctx._dense.clear()
-        self._last_use = self._plan_frees()
+        self._steps = self._plan_steps()
+        self._inputs = {v.name: v for v in self.model.inputs}
+        self._dtypes = {v.name: C.DTYPES.get(v.dtype) for v in self.model.inputs}  # comparing to a str costs 2 us
+        self._output_names = [o.name for o in self.model.outputs]
 
-    def _plan_frees(self) -> list[list[str]]:
-        """Values that die after each node, so intermediates are released as soon as possible."""
+    def _plan_steps(self) -> list[tuple[Node, Kernel, list[str | None], list[str]]]:
+        """Per node: (node, kernel, the names of its runtime arguments (None: absent or consumed at
+        load), the values that die after it). Precomputed because small models spend as much time
+        in this bookkeeping as in their kernels."""
         last: dict[str, int] = {}
         for i, n in enumerate(self.model.nodes):
             for x in n.inputs:
@@ -107,7 +113,13 @@ class InferenceSession:
         for name, i in last.items():
             if name not in keep and name not in self.model.tensors:
                 frees[i].append(name)
-        return frees
+        steps = []
+        for node, kernel, dead in zip(self.model.nodes, self._kernels, frees):
+            args = [x if x and i not in kernel.weight_inputs else None for i, x in enumerate(node.inputs)]
+            while args and args[-1] is None:
+                args.pop()
+            steps.append((node, kernel, args, dead))
+        return steps
 
     def get_inputs(self) -> list[NodeArg]:
         return [NodeArg(v.name, list(v.shape), f"tensor({v.dtype})") for v in self.model.inputs]
@@ -123,26 +135,28 @@ class InferenceSession:
         return [{"op": n.op, "name": n.name, **k.describe()} for n, k in zip(self.model.nodes, self._kernels)]
 
     def _check_feeds(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """The run's starting values: the feeds (checked against the declared inputs) and the constants."""
         if not isinstance(feeds, dict):
             raise InputError("feeds must be a dict {input name: array}")
-        declared = {v.name: v for v in self.model.inputs}
-        unknown = sorted(set(feeds) - set(declared))
-        if unknown:
-            raise InputError(f"unknown input {unknown[0]!r}; the model's inputs are {sorted(declared)}")
-        out = {}
+        declared = self._inputs
+        if len(feeds) != len(declared) or not all(name in declared for name in feeds):
+            unknown = sorted(set(feeds) - set(declared))
+            if unknown:
+                raise InputError(f"unknown input {unknown[0]!r}; the model's inputs are {sorted(declared)}")
+            v = next(v for name, v in declared.items() if name not in feeds)
+            raise InputError(f"missing input {v.name!r} (dtype {v.dtype}, shape {v.shape})")
+        env = dict(self._consts)
         for name, v in declared.items():
-            if name not in feeds:
-                raise InputError(f"missing input {name!r} (dtype {v.dtype}, shape {v.shape})")
             x = feeds[name] if hasattr(feeds[name], "detach") else np.asarray(feeds[name])
-            if str(x.dtype).removeprefix("torch.") != v.dtype:
+            if x.dtype != self._dtypes[name] and str(x.dtype).removeprefix("torch.") != v.dtype:
                 raise InputError(f"input {name!r} has dtype {x.dtype}, the model expects {v.dtype}")
             if x.ndim != len(v.shape):
                 raise InputError(f"input {name!r} has rank {x.ndim} (shape {list(x.shape)}), the model expects {v.shape}")
             for axis, (got, want) in enumerate(zip(x.shape, v.shape)):
                 if isinstance(want, int) and got != want:
                     raise InputError(f"input {name!r} has size {got} on axis {axis}, the model expects {want} (shape {v.shape})")
-            out[name] = self._to_array(x)
-        return out
+            env[name] = self._to_array(x)
+        return env
 
     def _to_array(self, x: Any) -> Any:
         if self._torch:
@@ -153,18 +167,13 @@ class InferenceSession:
 
     def run(self, output_names: Sequence[str] | None, feeds: dict[str, Any]) -> list[np.ndarray]:
         """Outputs in ``output_names`` order (all outputs for None), as numpy arrays."""
-        names = [o.name for o in self.model.outputs] if output_names is None else list(output_names)
-        declared = {o.name for o in self.model.outputs}
+        names = self._output_names if output_names is None else list(output_names)
         for n in names:
-            if n not in declared:
-                raise InputError(f"unknown output {n!r}; the model's outputs are {sorted(declared)}")
-        env: dict[str, Any] = dict(self._check_feeds(feeds))
+            if n not in self._output_names:
+                raise InputError(f"unknown output {n!r}; the model's outputs are {sorted(self._output_names)}")
+        env = self._check_feeds(feeds)
         self._run(env)
-        out = []
-        for n in names:
-            v = env[n] if n in env else self._consts[n]
-            out.append(v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
-        return out
+        return [env[n].detach().cpu().numpy() if hasattr(env[n], "detach") else np.asarray(env[n]) for n in names]
 
     def profile(self, feeds: dict[str, Any], runs: int = 10) -> list[dict[str, Any]]:
         """``describe()`` plus each node's mean ``seconds`` over ``runs`` runs of ``feeds``.
@@ -176,7 +185,7 @@ class InferenceSession:
             raise ValueError(f"runs must be at least 1, got {runs}")
         seconds = [0.0] * len(self.model.nodes)
         for _ in range(runs):
-            self._run(dict(self._check_feeds(feeds)), seconds)
+            self._run(self._check_feeds(feeds), seconds)
         return [{**d, "seconds": t / runs} for d, t in zip(self.describe(), seconds)]
 
     def _run(self, env: dict[str, Any], seconds: list[float] | None = None) -> None:
@@ -190,15 +199,8 @@ class InferenceSession:
     def _execute(self, env: dict[str, Any], seconds: list[float] | None = None) -> None:
         """Run every node in order, freeing intermediates after their last use (and timing each node
         into ``seconds`` when given)."""
-        for k, (node, kernel, frees) in enumerate(zip(self.model.nodes, self._kernels, self._last_use)):
-            args = []
-            for i, x in enumerate(node.inputs):
-                if not x or i in kernel.weight_inputs:
-                    args.append(None)
-                else:
-                    args.append(env[x] if x in env else self._consts[x])
-            while args and args[-1] is None:
-                args.pop()
+        for k, (node, kernel, names, frees) in enumerate(self._steps):
+            args = [None if x is None else env[x] for x in names]
             start = time.perf_counter() if seconds is not None else 0.0
             try:
                 results = kernel(*args)
