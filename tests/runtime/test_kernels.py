@@ -101,6 +101,9 @@ POOL_CASES = [
     ("AveragePool", [2, 3, 8, 8], {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
     ("AveragePool", [2, 3, 8, 8], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "count_include_pad": 1}),
     ("AveragePool", [1, 2, 7, 7], {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),
+    ("AveragePool", [2, 3, 6, 9], {"kernel_shape": [2, 3], "strides": [2, 3]}),  # windows tile the input
+    ("MaxPool", [1, 2, 4, 6], {"kernel_shape": [1, 2], "strides": [1, 2]}),
+    ("MaxPool", [2, 2, 9, 4], {"kernel_shape": [3, 1], "strides": [3, 1]}),
 ]
 
 
