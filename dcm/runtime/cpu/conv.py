@@ -39,6 +39,7 @@ class Conv(Kernel):
         self.in_channels = shape[1] * self.group
         self.winograd = None  # U [16, C_in, C_out] when this layer runs as Winograd F(2x2, 3x3)
         self.mms: list[WeightMatmul] = []
+        self.index_cache: dict = {}  # im2col's gather index per small input shape
         if self.allow_winograd and self.mode == "dense" and eligible(self.kernel, self.strides, self.dilations, self.group, shape[1], shape[0]):
             self.winograd = transform_weight(w.reshape(shape))
         else:
@@ -58,7 +59,7 @@ class Conv(Kernel):
         if self.winograd is not None:
             return (conv3x3(x, self.winograd, begin, end, self.bias),)
         cg = c // self.group
-        cols, oh, ow, row = im2col(x, self.group, self.kernel, self.strides, self.dilations, begin, end)
+        cols, oh, ow, row = im2col(x, self.group, self.kernel, self.strides, self.dilations, begin, end, self.index_cache)
         outs = [mm.left(cols[g].reshape(cg * kh * kw, -1)).reshape(-1, n, oh, row) for g, mm in enumerate(self.mms)]
         y = np.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
         src = y[..., :ow].transpose(1, 0, 2, 3)  # [N, C_out, OH, OW] view: crop, transpose ...
