@@ -61,13 +61,18 @@ class Conv(Kernel):
         cg = c // self.group
         cols, oh, ow, row = im2col(x, self.group, self.kernel, self.strides, self.dilations, begin, end, self.index_cache)
         outs = [mm.left(cols[g].reshape(cg * kh * kw, -1)).reshape(-1, n, oh, row) for g, mm in enumerate(self.mms)]
-        y = np.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
-        src = y[..., :ow].transpose(1, 0, 2, 3)  # [N, C_out, OH, OW] view: crop, transpose ...
-        out = np.empty(src.shape, dtype=np.float32)
-        if self.bias is not None:
-            np.add(src, self.bias, out=out)  # ... and add the bias in the same pass
+        y = np.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]  # [C_out, N, OH, row], a new array
+        if n == 1 and row == ow:  # already [1, C_out, OH, OW]: no copy (batch 1 at LeNet size)
+            out = y.reshape(1, -1, oh, ow)
+            if self.bias is not None:
+                out += self.bias
         else:
-            np.copyto(out, src)
+            src = y[..., :ow].transpose(1, 0, 2, 3)  # [N, C_out, OH, OW] view: crop, transpose ...
+            out = np.empty(src.shape, dtype=np.float32)
+            if self.bias is not None:
+                np.add(src, self.bias, out=out)  # ... and add the bias in the same pass
+            else:
+                np.copyto(out, src)
         return (out[:, :, 0, :] if was_1d else out,)
 
     def describe(self) -> dict:
