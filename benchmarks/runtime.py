@@ -6,7 +6,9 @@ Batch 1 and 64, single-threaded and default threads (dcm's dense kernels run on 
 limited to the same count with threadpoolctl), for LeNet-300-100 and LeNet-5 pruned to the paper's
 densities, an AlexNet fc6-fc8 stack (9%/9%/25%) and a VGG-16-style conv block. With a
 CUDA GPU it adds dcm's GPU backend vs torch dense on the GPU. Prints a table, writes
-benchmarks/results/runtime.json. Ratios < 1 mean dcm is faster.
+benchmarks/results/runtime.json. Ratios < 1 mean dcm is faster. "floor/ort" (fully connected models,
+batch 1, 1 thread): the bare scipy/BLAS products of the weight layers alone, against onnxruntime's
+whole run.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from threadpoolctl import threadpool_limits
 from benchmarks.common import prune_module, save, timeit
 from dcm import zoo
 from dcm.converters import ConvertOptions, from_torch, to_onnx
+from dcm.encoder.codec import decode_tensor
 from dcm.runtime import InferenceSession
 
 
@@ -50,6 +53,31 @@ def build(name: str):
     return module, model, shape
 
 
+def kernel_floor(model, sess: InferenceSession) -> float | None:
+    """Batch-1 seconds of a fully connected model's weight products alone: one bare scipy CSR matvec
+    (or BLAS gemv for dense layers) per layer, best of many, with no bias, activation or dispatch.
+    No runtime built on these kernels can be faster; None for models with other weight layers."""
+    from scipy.sparse import csr_array
+    from scipy.sparse._sparsetools import csr_matvec
+
+    layers = [(n, d) for n, d in zip(model.nodes, sess.describe()) if "kernel" in d]
+    if any(n.op != "Gemm" for n, _ in layers):
+        return None
+    total = 0.0
+    for node, d in layers:
+        w = decode_tensor(model.tensors[node.inputs[1]]).astype(np.float32)
+        w = w if node.attrs.get("transB", 0) else np.ascontiguousarray(w.T)  # [out, in]
+        x = np.random.default_rng(0).standard_normal(w.shape[1]).astype(np.float32)
+        if d["kernel"] == "sparse":
+            m, y = csr_array(w), np.zeros(w.shape[0], np.float32)
+            fn = lambda: csr_matvec(m.shape[0], m.shape[1], m.indptr, m.indices, m.data, x, y)  # noqa: E731
+        else:
+            wt, row = np.ascontiguousarray(w.T), x[None]
+            fn = lambda: row @ wt  # noqa: E731
+        total += min(timeit(fn, min_time=0.05) for _ in range(5))
+    return total
+
+
 def run(quick: bool) -> dict:
     import onnxruntime as ort
 
@@ -65,19 +93,28 @@ def run(quick: bool) -> dict:
             for threads in sorted({1, cores}):
                 so = ort.SessionOptions()
                 so.intra_op_num_threads = threads
-                ort_sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+                # dcm first, while no onnxruntime pool exists: onnxruntime's idle workers spin and, on
+                # 2 cores, made dcm's 2-thread runs 1x-2.3x slower from one run to the next.
                 dcm_sess = InferenceSession(model, threads=threads, batch_hint=batch)
+                with threadpool_limits(threads):  # dcm's dense kernels run on numpy's BLAS pool
+                    t_dcm = timeit(lambda: dcm_sess.run(None, {"input": x}))
+                ort_sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+                t_ort = timeit(lambda: ort_sess.run(None, {"input": x}))
+                del ort_sess
                 torch.set_num_threads(threads)
                 xt = torch.from_numpy(x)
                 with torch.no_grad():
                     t_torch = timeit(lambda: module(xt))
-                t_ort = timeit(lambda: ort_sess.run(None, {"input": x}))
-                with threadpool_limits(threads):  # dcm's dense kernels run on numpy's BLAS pool
-                    t_dcm = timeit(lambda: dcm_sess.run(None, {"input": x}))
                 kernels = sorted({k["kernel"] for k in dcm_sess.describe() if "kernel" in k})
+                floor = None
+                if batch == 1 and threads == 1:
+                    with threadpool_limits(1):
+                        floor = kernel_floor(model, dcm_sess)
                 rows.append({"model": name, "device": "cpu", "batch": batch, "threads": threads,
                              "dcm_ms": 1e3 * t_dcm, "onnxruntime_ms": 1e3 * t_ort, "torch_ms": 1e3 * t_torch,
                              "dcm_vs_onnxruntime": t_dcm / t_ort, "dcm_vs_torch": t_dcm / t_torch,
+                             "kernel_floor_ms": None if floor is None else 1e3 * floor,
+                             "floor_vs_onnxruntime": None if floor is None else floor / t_ort,
                              "dcm_kernels": "+".join(kernels)})
         if torch.cuda.is_available():
             gpu_module = module.cuda()
@@ -94,6 +131,7 @@ def run(quick: bool) -> dict:
                 rows.append({"model": name, "device": torch.cuda.get_device_name(), "batch": batch, "threads": None,
                              "dcm_ms": 1e3 * t_dcm, "onnxruntime_ms": None, "torch_ms": 1e3 * t_torch,
                              "dcm_vs_onnxruntime": None, "dcm_vs_torch": t_dcm / t_torch,
+                             "kernel_floor_ms": None, "floor_vs_onnxruntime": None,
                              "dcm_kernels": "+".join(kernels)})
     return {"rows": rows}
 
@@ -104,12 +142,12 @@ def main() -> None:
     args = ap.parse_args()
     result = run(args.quick)
     print(f"{'model':<16}{'device':<24}{'batch':>6}{'thr':>5}{'dcm ms':>10}{'ort ms':>10}{'torch ms':>10}"
-          f"{'dcm/ort':>9}{'dcm/torch':>10}  kernels")
+          f"{'dcm/ort':>9}{'dcm/torch':>10}{'floor/ort':>10}  kernels")
     for r in result["rows"]:
         f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
         print(f"{r['model']:<16}{r['device'][:23]:<24}{r['batch']:>6}{f(r['threads'], 'd'):>5}{r['dcm_ms']:>10.3f}"
               f"{f(r['onnxruntime_ms'], '.3f'):>10}{r['torch_ms']:>10.3f}{f(r['dcm_vs_onnxruntime'], '.2f'):>9}"
-              f"{r['dcm_vs_torch']:>10.2f}  {r['dcm_kernels']}")
+              f"{r['dcm_vs_torch']:>10.2f}{f(r['floor_vs_onnxruntime'], '.2f'):>10}  {r['dcm_kernels']}")
     print(f"wrote {save('runtime', result)}")
 
 
