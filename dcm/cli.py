@@ -161,7 +161,7 @@ def cmd_inspect(args) -> int:
         print("\nkernels (batch hint %d):" % args.batch)
         for k in stats["kernels"]:
             if "kernel" in k:
-                print(f"  {k['name']:<30}{k['op']:<8}{k['kernel']:<8}density {k.get('density', 1):.1%}")
+                print(f"  {k['name']:<30}{k['op']:<8}{k['kernel']:<10}density {k.get('density', 1):.1%}")
     return EXIT_OK
 
 
@@ -317,10 +317,10 @@ def cmd_bench(args) -> int:
         return EXIT_OK
     print(f"{args.model}: batch {args.batch}, {args.device}, median {report['median_ms']:.3f} ms, "
           f"min {report['min_ms']:.3f} ms over {args.runs} runs")
-    print(f"{'node':<32}{'op':<20}{'kernel':<8}{'density':>8}{'ms':>10}{'share':>8}")
+    print(f"{'node':<32}{'op':<20}{'kernel':<10}{'density':>8}{'ms':>10}{'share':>8}")
     for n in report["nodes"]:
         density = f"{n['density']:.1%}" if "density" in n else "-"
-        print(f"{n['name'][:31]:<32}{n['op']:<20}{n.get('kernel', '-'):<8}{density:>8}{n['ms']:>10.3f}"
+        print(f"{n['name'][:31]:<32}{n['op']:<20}{n.get('kernel', '-'):<10}{density:>8}{n['ms']:>10.3f}"
               f"{n['ms'] / 1e3 / total:>8.1%}")
     return EXIT_OK
 
