@@ -124,6 +124,27 @@ def test_unary(op, attrs):
     _compare(*_model(op, [2, 5, 4, 3], (), attrs))
 
 
+@pytest.mark.parametrize("attrs", [{"size": 5}, {"size": 3, "alpha": 0.5, "beta": 0.5, "bias": 2.0},
+                                   {"size": 9, "alpha": 0.1, "beta": 1.3}, {"size": 1, "beta": 0.75}])
+def test_lrn(attrs):
+    """AlexNet's LRN (size 5, beta 0.75), beta 0.5, a window wider than the 5 channels, a general beta
+    (onnxruntime accepts odd sizes only)."""
+    m, x = _model("LRN", [2, 5, 4, 3], (), attrs)
+    _compare(m, 3 * x)  # large enough that the normalization matters
+
+
+def test_lrn_even_size_follows_the_spec():
+    """Channels c - floor((size-1)/2) .. c + ceil((size-1)/2), from the operator's text (onnx's own
+    reference implementation loops over the batch axis instead, so it cannot serve here)."""
+    m, x = _model("LRN", [2, 6, 3, 3], (), {"size": 4, "alpha": 0.5, "beta": 0.6})
+    x = 3 * x
+    sq = np.square(x.astype(np.float64))
+    window = np.stack([sq[:, max(0, c - 1) : c + 3].sum(axis=1) for c in range(6)], axis=1)
+    want = x / (1.0 + 0.5 / 4 * window) ** 0.6
+    got = InferenceSession(from_onnx(m, ConvertOptions(exact=True))).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_softmax_legacy_opset():
     _compare(*_model("Softmax", [2, 3, 4], (), {"axis": 1}, opset=11))
 
