@@ -320,7 +320,7 @@ def cmd_bench(args) -> int:
     print(f"{'node':<32}{'op':<20}{'kernel':<10}{'density':>8}{'ms':>10}{'share':>8}")
     for n in report["nodes"]:
         density = f"{n['density']:.1%}" if "density" in n else "-"
-        print(f"{n['name'][:31]:<32}{n['op']:<20}{n.get('kernel', '-'):<10}{density:>8}{n['ms']:>10.3f}"
+        print(f"{n['name'][:31]:<32}{n['op']:<20}{n.get('kernel', 'fused' if 'fused_into' in n else '-'):<10}{density:>8}{n['ms']:>10.3f}"
               f"{n['ms'] / 1e3 / total:>8.1%}")
     return EXIT_OK
 

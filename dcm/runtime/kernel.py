@@ -98,6 +98,8 @@ class Kernel:
     """Base class: ``weight_inputs`` are input positions the kernel consumes at load time."""
 
     weight_inputs: tuple[int, ...] = ()
+    fuses_relu = False  # the kernel can apply a following Relu to its own output (``relu`` set by the session)
+    relu = False
 
     def __init__(self, node: Node, ctx: LoadContext):
         self.node = node

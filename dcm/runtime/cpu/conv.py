@@ -16,6 +16,7 @@ from dcm.runtime.kernel import LARGE_BATCH, Kernel
 class Conv(Kernel):
     weight_inputs = (1,)
     allow_winograd = True
+    fuses_relu = True
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
@@ -57,7 +58,7 @@ class Conv(Kernel):
             raise ValueError(f"Conv {self.node.name!r}: input has {c} channels, weight expects {self.in_channels}")
         begin, end = resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations)
         if self.winograd is not None:
-            return (conv3x3(x, self.winograd, begin, end, self.bias),)
+            return (conv3x3(x, self.winograd, begin, end, self.bias, self.relu),)
         cg = c // self.group
         cols, oh, ow, row = im2col(x, self.group, self.kernel, self.strides, self.dilations, begin, end, self.index_cache)
         outs = [mm.left(cols[g].reshape(cg * kh * kw, -1)).reshape(-1, n, oh, row) for g, mm in enumerate(self.mms)]
@@ -73,6 +74,8 @@ class Conv(Kernel):
                 np.add(src, self.bias, out=out)  # ... and add the bias in the same pass
             else:
                 np.copyto(out, src)
+        if self.relu:
+            np.maximum(out, np.float32(0), out=out)
         return (out[:, :, 0, :] if was_1d else out,)
 
     def describe(self) -> dict:

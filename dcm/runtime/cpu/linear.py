@@ -35,6 +35,7 @@ class Gemm(_FullyConnected):
     """Y = alpha * A' @ B' + beta * C with B a constant weight."""
 
     weight_inputs = (1,)
+    fuses_relu = True
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
@@ -57,6 +58,8 @@ class Gemm(_FullyConnected):
             y += self.c
         elif self.c_is_input:
             y = y + np.float32(self.beta) * c
+        if self.relu:
+            np.maximum(y, np.float32(0), out=y)
         return (y,)
 
 

@@ -45,8 +45,10 @@ def _input_transform(d0: np.ndarray, d1: np.ndarray, d2: np.ndarray, d3: np.ndar
 BAND_TILES = 512  # tiles per band: the band's buffers stay in cache and the GEMMs stay efficient
 
 
-def conv3x3(x: np.ndarray, u: np.ndarray, begin: list[int], end: list[int], bias: np.ndarray | None) -> np.ndarray:
-    """x [N, C_in, H, W], U from ``transform_weight`` -> [N, C_out, OH, OW] float32.
+def conv3x3(x: np.ndarray, u: np.ndarray, begin: list[int], end: list[int], bias: np.ndarray | None,
+            relu: bool = False) -> np.ndarray:
+    """x [N, C_in, H, W], U from ``transform_weight`` -> [N, C_out, OH, OW] float32 (then max(0, .)
+    with ``relu``, band by band while it is in cache).
 
     Works in bands of tile rows, so the work buffers are a few MB even for VGG-16's 224x224 layers.
     The tile transforms stay on one thread: splitting them over two threads made the VGG block
@@ -62,7 +64,10 @@ def conv3x3(x: np.ndarray, u: np.ndarray, begin: list[int], end: list[int], bias
     for t0 in range(0, th, band):
         t1 = min(t0 + band, th)
         v = _transform_in(x, begin, t0, t1, tw, c)
-        _transform_out(np.matmul(v.reshape(16, -1, c), u), out, t0, t1, tw, bias)  # [16, tiles, C_in] @ [16, C_in, C_out]
+        _transform_out(np.matmul(v.reshape(16, -1, c), u), out, t0, t1, tw, bias)
+        if relu:
+            band = out[:, :, 2 * t0 : 2 * t1]
+            np.maximum(band, np.float32(0), out=band)  # [16, tiles, C_in] @ [16, C_in, C_out]
     return out
 
 

@@ -21,6 +21,8 @@ def to_torch(mm: WeightMatmul, device: str) -> TorchWeight:
 
 @register("Gemm")
 class Gemm(cpu.Gemm):
+    fuses_relu = False  # the session fuses on the CPU backend only
+
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.mm = to_torch(self.mm, ctx.device)
