@@ -100,7 +100,7 @@ def run(quick: bool) -> dict:
                     t_dcm = timeit(lambda: dcm_sess.run(None, {"input": x}))
                 ort_sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
                 t_ort = timeit(lambda: ort_sess.run(None, {"input": x}))
-                del ort_sess
+                ort_sess = None  # its thread pool goes with it
                 torch.set_num_threads(threads)
                 xt = torch.from_numpy(x)
                 with torch.no_grad():
