@@ -59,9 +59,11 @@ def test_relu_folds_into_conv_and_gemm(kernels, batch):
     assert seconds["relu1"] == 0 and seconds["relu2"] == 0 and seconds["conv"] > 0
 
 
-def test_relu_folds_into_winograd(monkeypatch):
+@pytest.mark.parametrize("band_tiles", [512, 3])
+def test_relu_folds_into_winograd(monkeypatch, band_tiles):
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
-    x = np.random.default_rng(5).standard_normal((2, 3, 7, 5)).astype(np.float32)
+    monkeypatch.setattr(winograd, "BAND_TILES", band_tiles)  # one band, or one tile row per band
+    x = np.random.default_rng(5).standard_normal((2, 3, 9, 5)).astype(np.float32)
     m = _graph([helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
                 helper.make_node("Relu", ["c"], ["y"])], _weights(), x_shape=x.shape)
     sess = _check(m, x, kernels="dense")
