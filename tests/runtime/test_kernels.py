@@ -83,6 +83,10 @@ CONV_CASES = [
     dict(w=(4, 3, 2, 2), x=[2, 3, 7, 6], attrs={"auto_pad": "SAME_LOWER"}),
     dict(w=(4, 3, 3, 3), x=[2, 3, 7, 6], attrs={"auto_pad": "VALID"}),
     dict(w=(5, 3, 3), x=[2, 3, 11], attrs={"pads": [1, 2], "strides": [2]}),  # 1-D
+    dict(w=(6, 4, 1, 1), x=[1, 4, 5, 7], attrs={}),  # pointwise: no im2col
+    dict(w=(6, 4, 1, 1), x=[3, 4, 5, 7], attrs={"strides": [2, 2]}),
+    dict(w=(6, 4, 1, 1), x=[2, 4, 5, 7], attrs={"pads": [1, 0, 0, 1]}),  # padded: the general path
+    dict(w=(5, 3, 1), x=[2, 3, 9], attrs={}),  # 1-D pointwise
 ]
 
 

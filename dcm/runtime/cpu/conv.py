@@ -59,6 +59,9 @@ class Conv(Kernel):
         begin, end = resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations)
         if self.winograd is not None:
             return (conv3x3(x, self.winograd, begin, end, self.bias, self.relu),)
+        if self.kernel == (1, 1) and self.group == 1 and not any(begin) and not any(end) and (n == 1 or self.mode == "dense"):
+            out = self._pointwise(x)
+            return (out[:, :, 0, :] if was_1d else out,)
         cg = c // self.group
         cols, oh, ow, row = im2col(x, self.group, self.kernel, self.strides, self.dilations, begin, end, self.index_cache)
         outs = [mm.left(cols[g].reshape(cg * kh * kw, -1)).reshape(-1, n, oh, row) for g, mm in enumerate(self.mms)]
@@ -77,6 +80,24 @@ class Conv(Kernel):
         if self.relu:
             np.maximum(out, np.float32(0), out=out)
         return (out[:, :, 0, :] if was_1d else out,)
+
+    def _pointwise(self, x: np.ndarray) -> np.ndarray:
+        """1x1 convolution without padding: W [C_out, C_in] @ x [C_in, pixels] per sample needs no
+        im2col, and its result is already NCHW (ResNet-50's 1x1 layers skip two copies each)."""
+        if self.strides != (1, 1):
+            x = x[:, :, :: self.strides[0], :: self.strides[1]]
+        n, c, oh, ow = x.shape
+        mm = self.mms[0]
+        if mm.mode == "dense":
+            y = np.matmul(mm.w, x.reshape(n, c, oh * ow))  # [N, C_out, pixels]
+        else:  # batch 1
+            y = mm.left(x.reshape(c, oh * ow))
+        out = y.reshape(n, -1, oh, ow)
+        if self.bias is not None:
+            out += self.bias
+        if self.relu:
+            np.maximum(out, np.float32(0), out=out)
+        return out
 
     def describe(self) -> dict:
         return {"kernel": "winograd" if self.winograd is not None else self.mode, "density": self.density,
