@@ -99,7 +99,7 @@ class InferenceSession:
         self._fused = self._fuse_relus()
         self._steps = self._plan_steps()
         self._inputs = {v.name: v for v in self.model.inputs}
-        self._dtypes = {v.name: C.DTYPES.get(v.dtype) for v in self.model.inputs}  # comparing to a str costs 2 us
+        self._dtypes = {v.name: C.DTYPES.get(v.dtype) for v in self.model.inputs}  # a str compare costs 2 us
         self._output_names = [o.name for o in self.model.outputs]
 
     def _fuse_relus(self) -> dict[int, int]:

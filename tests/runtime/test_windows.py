@@ -24,7 +24,8 @@ def _direct(x, w, strides, dilations, begin, end):
 
 def _conv(x, w, strides, dilations, begin, end, cache):
     cols, oh, ow, row = windows.im2col(x, 1, w.shape[2:], strides, dilations, begin, end, cache)
-    y = (w.reshape(w.shape[0], -1) @ cols[0].reshape(x.shape[1] * w.shape[2] * w.shape[3], -1)).reshape(w.shape[0], x.shape[0], oh, row)
+    y = w.reshape(w.shape[0], -1) @ cols[0].reshape(x.shape[1] * w.shape[2] * w.shape[3], -1)
+    y = y.reshape(w.shape[0], x.shape[0], oh, row)
     return y[..., :ow].transpose(1, 0, 2, 3)
 
 

@@ -75,7 +75,8 @@ def test_any_shape_matches_direct_convolution(n, c, k, h, w, pads, band_tiles):
     bias = rng.standard_normal((1, k, 1, 1)).astype(np.float32)
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (begin[0], end[0]), (begin[1], end[1])))
     oh, ow = xp.shape[2] - 2, xp.shape[3] - 2
-    ref = sum(np.einsum("nchw,kc->nkhw", xp[:, :, i : i + oh, j : j + ow], wt[:, :, i, j]) for i in range(3) for j in range(3))
+    ref = sum(np.einsum("nchw,kc->nkhw", xp[:, :, i : i + oh, j : j + ow], wt[:, :, i, j])
+              for i in range(3) for j in range(3))
     ref = ref + bias
     u = winograd.transform_weight(wt)
     default, winograd.BAND_TILES = winograd.BAND_TILES, band_tiles  # bands of one tile row, some all padding

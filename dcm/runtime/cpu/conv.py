@@ -41,7 +41,8 @@ class Conv(Kernel):
         self.winograd = None  # U [16, C_in, C_out] when this layer runs as Winograd F(2x2, 3x3)
         self.mms: list[WeightMatmul] = []
         self.index_cache: dict = {}  # im2col's gather index per small input shape
-        if self.allow_winograd and self.mode == "dense" and eligible(self.kernel, self.strides, self.dilations, self.group, shape[1], shape[0]):
+        if self.allow_winograd and self.mode == "dense" and eligible(self.kernel, self.strides, self.dilations,
+                                                                      self.group, shape[1], shape[0]):
             self.winograd = transform_weight(w.reshape(shape))
         else:
             m = w.to_scipy() if self.mode == "sparse" else w
@@ -59,11 +60,13 @@ class Conv(Kernel):
         begin, end = resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations)
         if self.winograd is not None:
             return (conv3x3(x, self.winograd, begin, end, self.bias, self.relu),)
-        if self.kernel == (1, 1) and self.group == 1 and not any(begin) and not any(end) and (n == 1 or self.mode == "dense"):
+        pointwise = self.kernel == (1, 1) and self.group == 1 and not any(begin) and not any(end)
+        if pointwise and (n == 1 or self.mode == "dense"):
             out = self._pointwise(x)
             return (out[:, :, 0, :] if was_1d else out,)
         cg = c // self.group
-        cols, oh, ow, row = im2col(x, self.group, self.kernel, self.strides, self.dilations, begin, end, self.index_cache)
+        cols, oh, ow, row = im2col(x, self.group, self.kernel, self.strides, self.dilations, begin, end,
+                                   self.index_cache)
         outs = [mm.left(cols[g].reshape(cg * kh * kw, -1)).reshape(-1, n, oh, row) for g, mm in enumerate(self.mms)]
         y = np.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]  # [C_out, N, OH, row], a new array
         if n == 1 and row == ow:  # already [1, C_out, OH, OW]: no copy (batch 1 at LeNet size)

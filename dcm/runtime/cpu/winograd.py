@@ -64,7 +64,8 @@ def conv3x3(x: np.ndarray, u: np.ndarray, begin: list[int], end: list[int], bias
     for t0 in range(0, th, band):
         t1 = min(t0 + band, th)
         v = _transform_in(x, begin, t0, t1, tw, c)
-        _transform_out(np.matmul(v.reshape(16, -1, c), u), out, t0, t1, tw, bias)  # [16, tiles, C_in] @ [16, C_in, C_out]
+        m = np.matmul(v.reshape(16, -1, c), u)  # [16, tiles, C_in] @ [16, C_in, C_out]
+        _transform_out(m, out, t0, t1, tw, bias)
         if relu:
             done = out[:, :, 2 * t0 : 2 * t1]
             np.maximum(done, np.float32(0), out=done)
