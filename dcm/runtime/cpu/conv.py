@@ -70,9 +70,7 @@ class Conv(Kernel):
         outs = [mm.left(cols[g].reshape(cg * kh * kw, -1)).reshape(-1, n, oh, row) for g, mm in enumerate(self.mms)]
         y = np.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]  # [C_out, N, OH, row], a new array
         if n == 1 and row == ow:  # already [1, C_out, OH, OW]: no copy (batch 1 at LeNet size)
-            out = y.reshape(1, -1, oh, ow)
-            if self.bias is not None:
-                out += self.bias
+            out = self._finish(y.reshape(1, -1, oh, ow))
         else:
             src = y[..., :ow].transpose(1, 0, 2, 3)  # [N, C_out, OH, OW] view: crop, transpose ...
             out = np.empty(src.shape, dtype=np.float32)
@@ -80,9 +78,17 @@ class Conv(Kernel):
                 np.add(src, self.bias, out=out)  # ... and add the bias in the same pass
             else:
                 np.copyto(out, src)
+            if self.relu:
+                np.maximum(out, np.float32(0), out=out)
+        return (out[:, :, 0, :] if was_1d else out,)
+
+    def _finish(self, out: np.ndarray) -> np.ndarray:
+        """Bias and the fused Relu, in place on a new [N, C_out, OH, OW] array."""
+        if self.bias is not None:
+            out += self.bias
         if self.relu:
             np.maximum(out, np.float32(0), out=out)
-        return (out[:, :, 0, :] if was_1d else out,)
+        return out
 
     def _pointwise(self, x: np.ndarray) -> np.ndarray:
         """1x1 convolution without padding: W [C_out, C_in] @ x [C_in, pixels] per sample needs no
@@ -95,12 +101,7 @@ class Conv(Kernel):
             y = np.matmul(mm.w, x.reshape(n, c, oh * ow))  # [N, C_out, pixels]
         else:  # batch 1
             y = mm.left(x.reshape(c, oh * ow))
-        out = y.reshape(n, -1, oh, ow)
-        if self.bias is not None:
-            out += self.bias
-        if self.relu:
-            np.maximum(out, np.float32(0), out=out)
-        return out
+        return self._finish(y.reshape(n, -1, oh, ow))
 
     def describe(self) -> dict:
         return {"kernel": "winograd" if self.winograd is not None else self.mode, "density": self.density,
