@@ -126,9 +126,8 @@ def im2col(x: np.ndarray, groups: int, kernel: tuple[int, int], strides: tuple[i
                 off = i * dilations[0] * row + j * dilations[1]
                 cols[:, :, i, j] = flat[..., off : off + length].transpose(1, 2, 0, 3)
         return cols, oh, ow, row
-    out_pixels = math.prod((size + b + e - (k - 1) * d - 1) // s + 1
-                           for size, b, e, k, d, s in zip(x.shape[2:], begin, end, kernel, dilations, strides))
-    if index_cache is not None and 0 < n * c * kernel[0] * kernel[1] * out_pixels <= INDEX_MAX_ELEMENTS:
+    if index_cache is not None and (
+            0 < _column_count(x.shape, kernel, strides, dilations, begin, end) <= INDEX_MAX_ELEMENTS):
         key = (x.shape, groups, kernel, strides, dilations, tuple(begin), tuple(end))
         if key not in index_cache:
             if len(index_cache) >= INDEX_CACHE_SHAPES:
@@ -145,6 +144,14 @@ def im2col(x: np.ndarray, groups: int, kernel: tuple[int, int], strides: tuple[i
     (cols,) = scratch_arrays((groups, cg, kernel[0], kernel[1], n, oh, ow))
     cols[...] = v.reshape(n, groups, cg, oh, ow, kernel[0], kernel[1]).transpose(1, 2, 5, 6, 0, 3, 4)
     return cols.reshape(groups, cg, kernel[0], kernel[1], n, oh * ow), oh, ow, ow
+
+
+def _column_count(shape: tuple[int, ...], kernel: tuple[int, int], strides: tuple[int, int],
+                  dilations: tuple[int, int], begin: list[int], end: list[int]) -> int:
+    """Entries of the column matrix: N * C * kh * kw * OH * OW (0 or less: the window does not fit)."""
+    pixels = math.prod((size + b + e - (k - 1) * d - 1) // s + 1
+                       for size, b, e, k, d, s in zip(shape[2:], begin, end, kernel, dilations, strides))
+    return shape[0] * shape[1] * kernel[0] * kernel[1] * pixels
 
 
 def _gather_index(shape: tuple[int, ...], groups: int, kernel: tuple[int, int], strides: tuple[int, int],
