@@ -46,7 +46,7 @@ def _compare(m, x, modes=("sparse", "dense"), rtol=1e-5):
     for mode, device in [(mo, d) for mo in modes for d in DEVICES]:
         x_copy = x.copy()
         got = InferenceSession(model, device, kernels=mode, threads=2).run(None, {"x": x_copy})[0]
-        assert np.array_equal(x_copy, x), "the runtime wrote into the caller's input"
+        assert np.array_equal(x_copy, x, equal_nan=True), "the runtime wrote into the caller's input"
         assert got.shape == ref.shape
         np.testing.assert_allclose(got, ref, rtol=rtol, atol=1e-5 * max(1.0, float(np.abs(ref).max())))
 
@@ -147,6 +147,26 @@ def test_lrn_even_size_follows_the_spec():
     want = x / (1.0 + 0.5 / 4 * window) ** 0.6
     got = InferenceSession(from_onnx(m, ConvertOptions(exact=True))).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_relu_on_a_large_input_keeps_nan_and_inf():
+    """Large arrays take np.clip's loop instead of np.maximum's (dcm.runtime.cpu.activation.relu)."""
+    m, x = _model("Relu", [2, 8, 40, 40], ())
+    x.reshape(-1)[:4] = [np.nan, np.inf, -np.inf, -0.0]
+    _compare(m, x)
+    got = InferenceSession(from_onnx(m)).run(None, {"x": x})[0].reshape(-1)
+    assert np.isnan(got[0]) and got[1] == np.inf and got[2] == 0
+
+
+def test_clip_bounds_as_inputs_attributes_or_absent():
+    _compare(*_model("Clip", [2, 6], [np.float32(-0.5)]))  # min only
+    _compare(*_model("Clip", [2, 6], [], {"min": -0.2, "max": 0.3}, opset=10))  # bounds as attributes
+    _compare(*_model("Clip", [2, 6], []))  # no bounds: a copy
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0, 2.5, -0.5])
+def test_leaky_relu_any_alpha(alpha):
+    _compare(*_model("LeakyRelu", [2, 5, 3], (), {"alpha": alpha}))
 
 
 def test_softmax_legacy_opset():

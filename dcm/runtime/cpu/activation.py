@@ -9,16 +9,32 @@ from dcm.runtime.cpu.registry import register
 from dcm.runtime.kernel import Kernel
 
 
+CLIP_MIN_SIZE = 1 << 14
+_ZERO, _INF = np.float32(0), np.float32(np.inf)
+
+
+def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """max(x, 0), NaN kept. Large arrays go through ``np.clip(x, 0, inf)``, whose SIMD loop is 3x
+    faster than ``np.maximum`` with numpy 2.4 (0.05 vs 0.15 ms on 400k values; ``np.clip(x, 0, None)``
+    is as slow as ``np.maximum``); small ones through ``np.maximum``, which costs 2 us less per call."""
+    if x.size >= CLIP_MIN_SIZE:
+        return np.clip(x, _ZERO, _INF, out=out)
+    return np.maximum(x, _ZERO, out=out)
+
+
 @register("Relu")
 class Relu(Kernel):
     def __call__(self, x):
-        return (np.maximum(x, np.float32(0)),)
+        return (relu(x),)
 
 
 @register("LeakyRelu")
 class LeakyRelu(Kernel):
     def __call__(self, x):
         alpha = np.float32(self.attrs.get("alpha", 0.01))
+        if 0 <= alpha <= 1:  # max(x, alpha x): two passes instead of np.where's four (22x -> 3x onnxruntime)
+            y = x * alpha
+            return (np.maximum(x, y, out=y),)
         return (np.where(x >= 0, x, x * alpha),)
 
 
@@ -40,9 +56,15 @@ class Clip(Kernel):
     """Bounds are attributes before opset 11 and (constant or runtime) inputs after."""
 
     def __call__(self, x, lo=None, hi=None):
-        lo = self.attrs.get("min", -np.inf) if lo is None else lo
-        hi = self.attrs.get("max", np.inf) if hi is None else hi
-        return (np.minimum(np.maximum(x, np.float32(lo)), np.float32(hi)).astype(x.dtype),)
+        lo = self.attrs.get("min") if lo is None else lo
+        hi = self.attrs.get("max") if hi is None else hi
+        if x.dtype.kind == "f":  # both bounds given keeps np.clip on its fast loop
+            lo, hi = (-np.inf if lo is None else lo), (np.inf if hi is None else hi)
+            return (np.clip(x, np.asarray(lo, dtype=x.dtype), np.asarray(hi, dtype=x.dtype)),)
+        y = np.array(x) if lo is None else np.maximum(x, np.asarray(lo, dtype=x.dtype))  # a new array either way
+        if hi is not None:
+            np.minimum(y, np.asarray(hi, dtype=x.dtype), out=y)
+        return (y,)
 
 
 class _SoftmaxBase(Kernel):

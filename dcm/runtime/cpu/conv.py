@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from dcm.errors import UnsupportedOpError
+from dcm.runtime.cpu.activation import relu
 from dcm.runtime.cpu.matmul import WeightMatmul
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.cpu.winograd import conv3x3, eligible, transform_weight
@@ -79,7 +80,7 @@ class Conv(Kernel):
             else:
                 np.copyto(out, src)
             if self.relu:
-                np.maximum(out, np.float32(0), out=out)
+                relu(out, out=out)
         return (out[:, :, 0, :] if was_1d else out,)
 
     def _finish(self, out: np.ndarray) -> np.ndarray:
@@ -87,7 +88,7 @@ class Conv(Kernel):
         if self.bias is not None:
             out += self.bias
         if self.relu:
-            np.maximum(out, np.float32(0), out=out)
+            relu(out, out=out)
         return out
 
     def _pointwise(self, x: np.ndarray) -> np.ndarray:

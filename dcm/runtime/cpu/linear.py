@@ -6,6 +6,7 @@ import scipy.sparse as sp
 
 from dcm.encoder.codec import CsrParts
 from dcm.errors import UnsupportedOpError
+from dcm.runtime.cpu.activation import relu
 from dcm.runtime.cpu.matmul import WeightMatmul
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.kernel import Kernel, LoadContext
@@ -59,7 +60,7 @@ class Gemm(_FullyConnected):
         elif self.c_is_input:
             y = y + np.float32(self.beta) * c
         if self.relu:
-            np.maximum(y, np.float32(0), out=y)
+            relu(y, out=y)
         return (y,)
 
 

@@ -1,4 +1,4 @@
-"""MaxPool, AveragePool and GlobalAveragePool over window views (no loop over pixels)."""
+"""MaxPool, AveragePool and GlobalAveragePool as separable strided reductions (no loop over pixels)."""
 from __future__ import annotations
 
 import numpy as np
@@ -34,11 +34,19 @@ class MaxPool(_Pool):
 
 @register("AveragePool")
 class AveragePool(_Pool):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self._divisor: dict = {}
+
     def __call__(self, x):
         x, was_1d = spatial_2d(x)
         begin, end = self._pads(x)
-        total = reduce_windows(x, self.kernel, self.strides, self.dilations, begin, end, np.add)
-        y = (total / self.divisor(x.shape[2:], begin, end)).astype(np.float32)
+        y = reduce_windows(x.astype(np.float32, copy=False), self.kernel, self.strides, self.dilations, begin, end,
+                           np.add)
+        key = (x.shape[2:], tuple(begin), tuple(end))
+        if key not in self._divisor:  # the same for every run at one input size: keep the last one
+            self._divisor = {key: self.divisor(x.shape[2:], begin, end)}
+        np.divide(y, self._divisor[key], out=y)
         return (y[:, :, 0, :] if was_1d else y,)
 
     def divisor(self, spatial: tuple[int, int], begin: list[int], end: list[int]) -> np.ndarray:

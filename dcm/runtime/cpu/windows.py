@@ -170,33 +170,19 @@ def reduce_windows(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, i
                    begin: list[int], end: list[int], ufunc: np.ufunc, fill: float = 0.0) -> np.ndarray:
     """ufunc-reduce every window: x [N, C, H, W] -> [N, C, OH, OW].
 
-    Loops over the kh*kw kernel offsets (not over pixels), each a strided slice of the padded
-    input, which is several times faster than reducing the 6-D window view directly.
+    Separably: first the kh rows of every window (strided slices of whole rows), then the kw
+    columns of that smaller result, kh + kw - 2 operations instead of kh * kw - 1 over the 6-D
+    window view. 2x2/2 pools: 1.2-1.6x faster than reducing the four offsets at once; the 3x3/2
+    padded pool of ResNet's stem: several times faster.
     """
-    n, c, h, w = x.shape
-    if (tuple(strides) == tuple(kernel) and tuple(dilations) == (1, 1) and not any(begin) and not any(end)
-            and h % kernel[0] == 0 and w % kernel[1] == 0):
-        return _reduce_tiles(x, kernel, ufunc)
-    v = windows(x, kernel, strides, dilations, begin, end, fill)  # [N, C, OH, OW, kh, kw] view
-    out = np.array(v[..., 0, 0])
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            if i or j:
-                ufunc(out, v[..., i, j], out=out)
-    return out
-
-
-def _reduce_tiles(x: np.ndarray, kernel: tuple[int, int], ufunc: np.ufunc) -> np.ndarray:
-    """Non-overlapping windows that tile x exactly (2x2/2 pools): reduce the kh rows of each
-    window (whole contiguous rows), then the kw columns of the half-size result. No window view
-    or padding; 2x faster than the general path, and 1.2-1.6x faster than reducing all four
-    offsets of a 2x2 window into one output (LeNet-5 and VGG sizes)."""
-    n, c, h, w = x.shape
-    kh, kw = kernel
-    v = x.reshape(n, c, h // kh, kh, w)
-    rows = _fold(ufunc, [v[:, :, :, i] for i in range(kh)])  # [N, C, OH, W]
-    cols = rows.reshape(n, c, h // kh, w // kw, kw)
-    return _fold(ufunc, [cols[..., j] for j in range(kw)])  # [N, C, OH, OW]
+    if any(begin) or any(end):
+        x = np.pad(x, ((0, 0), (0, 0), (begin[0], end[0]), (begin[1], end[1])), constant_values=fill)
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilations
+    oh, ow = (x.shape[2] - (kh - 1) * dh - 1) // sh + 1, (x.shape[3] - (kw - 1) * dw - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"input {x.shape[2:]} (padded) is smaller than the kernel window")
+    rows = _fold(ufunc, [x[:, :, i * dh : i * dh + (oh - 1) * sh + 1 : sh] for i in range(kh)])  # [N, C, OH, W]
+    return _fold(ufunc, [rows[..., j * dw : j * dw + (ow - 1) * sw + 1 : sw] for j in range(kw)])  # [N, C, OH, OW]
 
 
 def _fold(ufunc: np.ufunc, parts: list[np.ndarray]) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dcm.runtime.cpu import activation
 from dcm.runtime.cpu.windows import scratch_arrays
 
 MIN_CHANNELS = 64  # input and output channels; narrower layers run faster as im2col + GEMM
@@ -68,7 +69,7 @@ def conv3x3(x: np.ndarray, u: np.ndarray, begin: list[int], end: list[int], bias
         _transform_out(m, out, t0, t1, tw, bias)
         if relu:
             done = out[:, :, 2 * t0 : 2 * t1]
-            np.maximum(done, np.float32(0), out=done)
+            activation.relu(done, out=done)
     return out
 
 

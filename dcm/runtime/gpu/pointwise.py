@@ -45,7 +45,7 @@ class Clip(Kernel):
     def __call__(self, x, lo=None, hi=None):
         lo = self.attrs.get("min") if lo is None else float(lo)
         hi = self.attrs.get("max") if hi is None else float(hi)
-        return (torch.clamp(x, lo, hi),)
+        return (x.clone() if lo is None and hi is None else torch.clamp(x, lo, hi),)  # clamp needs a bound
 
 
 class _Softmax(cpu_act._SoftmaxBase):
