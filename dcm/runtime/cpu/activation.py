@@ -41,8 +41,11 @@ class LeakyRelu(Kernel):
 @register("Sigmoid")
 class Sigmoid(Kernel):
     def __call__(self, x):
+        y = np.negative(x)  # the only new array (see _SoftmaxBase)
         with np.errstate(over="ignore"):
-            return ((1.0 / (1.0 + np.exp(-x))).astype(x.dtype),)
+            np.exp(y, out=y)
+        y += 1
+        return (np.reciprocal(y, out=y),)
 
 
 @register("Tanh")
@@ -81,11 +84,15 @@ class _SoftmaxBase(Kernel):
         if self.legacy:
             x = x.reshape(math.prod(shape[:axis]), -1)
             axis = 1
-        z = x - x.max(axis=axis, keepdims=True)
-        e = np.exp(z)
-        s = e.sum(axis=axis, keepdims=True)
-        y = z - np.log(s) if log else e / s
-        return (y.reshape(shape).astype(np.float32),)
+        # One array, updated in place: several fresh temporaries of this size were each page-faulted
+        # in again on every call (glibc trims its heap top), 3.3 ms instead of 0.5 for 400k values.
+        y = np.subtract(x, x.max(axis=axis, keepdims=True), dtype=np.float32)
+        if log:
+            y -= np.log(np.exp(y).sum(axis=axis, keepdims=True))
+        else:
+            np.exp(y, out=y)
+            y /= y.sum(axis=axis, keepdims=True)
+        return (y.reshape(shape),)
 
 
 @register("Softmax")
