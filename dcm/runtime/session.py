@@ -103,13 +103,12 @@ class InferenceSession:
         self._output_names = [o.name for o in self.model.outputs]
 
     def _fuse_relus(self) -> dict[int, int]:
-        """Fold each Relu into the Conv or Gemm that feeds it (CPU only): {Relu index: producer index}.
+        """Fold each Relu into the kernel that feeds it where that kernel says it can (``fuses_relu``:
+        the CPU's Conv and Gemm): {Relu index: producer index}.
 
         The producer then clamps its own fresh output while it is in cache, which saves a pass over
         memory and an allocation per Relu (VGG-16's first Relus see 3.2M values each).
         """
-        if self._torch:
-            return {}
         nodes = self.model.nodes
         producer = {o: i for i, n in enumerate(nodes) for o in n.outputs}
         uses = Counter(x for n in nodes for x in n.inputs)

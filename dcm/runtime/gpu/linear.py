@@ -21,7 +21,7 @@ def to_torch(mm: WeightMatmul, device: str) -> TorchWeight:
 
 @register("Gemm")
 class Gemm(cpu.Gemm):
-    fuses_relu = False  # the session fuses on the CPU backend only
+    fuses_relu = False  # the CPU kernel's fused Relu is numpy; this one has none
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
