@@ -83,15 +83,17 @@ class LoadContext:
             parts = CsrParts(m.shape, m.data, None, None, m.indices, m.indptr)
         return mode, parts, density
 
-    def _mode_for(self, node: Node, name: str, density: float, columns: int) -> str:
+    def requested_mode(self, node: Node, name: str) -> str | None:
+        """The mode the user asked for this layer ("sparse" or "dense"), None: choose."""
         m = self.modes
         if isinstance(m, dict):
             m = m.get(node.name) or m.get(name)
-        if m is None:
-            return choose_mode(density, columns)
-        if m not in ("sparse", "dense"):
+        if m is not None and m not in ("sparse", "dense"):
             raise ValueError(f"kernel mode must be 'sparse' or 'dense', got {m!r}")
         return m
+
+    def _mode_for(self, node: Node, name: str, density: float, columns: int) -> str:
+        return self.requested_mode(node, name) or choose_mode(density, columns)
 
 
 class Kernel:
@@ -99,6 +101,7 @@ class Kernel:
 
     weight_inputs: tuple[int, ...] = ()
     fuses_relu = False  # the kernel can apply a following Relu to its own output (``relu`` set by the session)
+    uses_scratch = False  # it takes work arrays from windows.scratch_arrays (the session releases them)
     relu = False
 
     def __init__(self, node: Node, ctx: LoadContext):

@@ -99,8 +99,9 @@ class InferenceSession:
         self._fused = self._fuse_relus()
         self._steps = self._plan_steps()
         self._inputs = {v.name: v for v in self.model.inputs}
-        self._dtypes = {v.name: C.DTYPES.get(v.dtype) for v in self.model.inputs}  # a str compare costs 2 us
+        self._checks = self._feed_checks()
         self._output_names = [o.name for o in self.model.outputs]
+        self._scratch = not self._torch and any(k.uses_scratch for k in self._kernels)
 
     def _fuse_relus(self) -> dict[int, int]:
         """Fold each Relu into the kernel that feeds it where that kernel says it can (``fuses_relu``:
@@ -151,6 +152,11 @@ class InferenceSession:
             steps.append((i, node, kernel, args, results[i], frees[i]))
         return steps
 
+    def _feed_checks(self) -> list[tuple[str, Any, str, int, list[tuple[int, int]]]]:
+        """Per declared input: (name, numpy dtype, dtype name, rank, [(axis, fixed size)])."""
+        return [(v.name, C.DTYPES.get(v.dtype), v.dtype, len(v.shape),
+                 [(axis, d) for axis, d in enumerate(v.shape) if isinstance(d, int)]) for v in self.model.inputs]
+
     def get_inputs(self) -> list[NodeArg]:
         return [NodeArg(v.name, list(v.shape), f"tensor({v.dtype})") for v in self.model.inputs]
 
@@ -170,7 +176,8 @@ class InferenceSession:
         return out
 
     def _check_feeds(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        """The run's starting values: the feeds (checked against the declared inputs) and the constants."""
+        """The run's starting values: the feeds (checked against the declared inputs) and the constants.
+        Kept lean: on small models it is a fair part of the whole run."""
         if not isinstance(feeds, dict):
             raise InputError("feeds must be a dict {input name: array}")
         declared = self._inputs
@@ -180,17 +187,23 @@ class InferenceSession:
                 raise InputError(f"unknown input {unknown[0]!r}; the model's inputs are {sorted(declared)}")
             v = next(v for name, v in declared.items() if name not in feeds)
             raise InputError(f"missing input {v.name!r} (dtype {v.dtype}, shape {v.shape})")
-        env = dict(self._consts)
-        for name, v in declared.items():
-            x = feeds[name] if hasattr(feeds[name], "detach") else np.asarray(feeds[name])
-            if x.dtype != self._dtypes[name] and str(x.dtype).removeprefix("torch.") != v.dtype:
-                raise InputError(f"input {name!r} has dtype {x.dtype}, the model expects {v.dtype}")
-            if x.ndim != len(v.shape):
-                raise InputError(f"input {name!r} has rank {x.ndim} (shape {list(x.shape)}), the model expects {v.shape}")
-            for axis, (got, want) in enumerate(zip(x.shape, v.shape)):
-                if isinstance(want, int) and got != want:
-                    raise InputError(f"input {name!r} has size {got} on axis {axis}, the model expects {want} (shape {v.shape})")
-            env[name] = self._to_array(x)
+        env = self._consts.copy()
+        env[None] = None  # the argument of an absent optional input
+        for name, dtype, dtype_name, rank, fixed in self._checks:
+            x = feeds[name]
+            if type(x) is not np.ndarray:
+                x = x if hasattr(x, "detach") else np.asarray(x)
+            if x.dtype != dtype and str(x.dtype).removeprefix("torch.") != dtype_name:
+                raise InputError(f"input {name!r} has dtype {x.dtype}, the model expects {dtype_name}")
+            shape = x.shape
+            if len(shape) != rank:
+                raise InputError(f"input {name!r} has rank {len(shape)} (shape {list(shape)}), the model expects "
+                                 f"{declared[name].shape}")
+            for axis, want in fixed:
+                if shape[axis] != want:
+                    raise InputError(f"input {name!r} has size {shape[axis]} on axis {axis}, the model expects "
+                                     f"{want} (shape {declared[name].shape})")
+            env[name] = self._to_array(x) if self._torch else x
         return env
 
     def _to_array(self, x: Any) -> Any:
@@ -202,13 +215,17 @@ class InferenceSession:
 
     def run(self, output_names: Sequence[str] | None, feeds: dict[str, Any]) -> list[np.ndarray]:
         """Outputs in ``output_names`` order (all outputs for None), as numpy arrays."""
-        names = self._output_names if output_names is None else list(output_names)
-        for n in names:
-            if n not in self._output_names:
-                raise InputError(f"unknown output {n!r}; the model's outputs are {sorted(self._output_names)}")
+        names = self._output_names
+        if output_names is not None:
+            names = list(output_names)
+            for n in names:
+                if n not in self._output_names:
+                    raise InputError(f"unknown output {n!r}; the model's outputs are {sorted(self._output_names)}")
         env = self._check_feeds(feeds)
         self._run(env)
-        return [env[n].detach().cpu().numpy() if hasattr(env[n], "detach") else np.asarray(env[n]) for n in names]
+        if self._torch:
+            return [env[n].detach().cpu().numpy() if hasattr(env[n], "detach") else np.asarray(env[n]) for n in names]
+        return [np.asarray(env[n]) for n in names]
 
     def profile(self, feeds: dict[str, Any], runs: int = 10) -> list[dict[str, Any]]:
         """``describe()`` plus each node's mean ``seconds`` over ``runs`` runs of ``feeds``.
@@ -226,27 +243,43 @@ class InferenceSession:
     def _run(self, env: dict[str, Any], seconds: list[float] | None = None) -> None:
         try:
             with np.errstate(all="ignore"):  # Inf/NaN arithmetic follows IEEE, as in onnxruntime, silently
-                self._execute(env, seconds)
+                if seconds is None:
+                    self._execute(env)
+                else:
+                    self._execute_timed(env, seconds)
         finally:
-            if not self._torch:
+            if self._scratch:
                 release_scratch()
 
-    def _execute(self, env: dict[str, Any], seconds: list[float] | None = None) -> None:
-        """Run every node in order, freeing intermediates after their last use (and timing each node
-        into ``seconds`` when given)."""
-        for k, node, kernel, names, results_to, frees in self._steps:
-            args = [None if x is None else env[x] for x in names]
-            start = time.perf_counter() if seconds is not None else 0.0
+    def _execute(self, env: dict[str, Any]) -> None:
+        """Run every node in order, freeing intermediates after their last use."""
+        for _, node, kernel, names, results_to, frees in self._steps:
             try:
-                results = kernel(*args)
-                if seconds is not None:
-                    if self._sync is not None:
-                        self._sync()
-                    seconds[k] += time.perf_counter() - start
+                results = kernel(*[env[x] for x in names])
             except KERNEL_FAILURES as exc:
-                raise ExecutionError(f"node {node.name or node.outputs[0]!r} ({node.op}) failed on these inputs: "
-                                     f"{type(exc).__name__}: {exc}") from None
+                raise self._failure(node, exc) from None
             for name, value in zip(results_to, results):
                 env[name] = value
             for name in frees:
-                env.pop(name, None)
+                del env[name]
+
+    def _execute_timed(self, env: dict[str, Any], seconds: list[float]) -> None:
+        """``_execute`` that adds each node's time to ``seconds`` (after waiting for the GPU)."""
+        for k, node, kernel, names, results_to, frees in self._steps:
+            start = time.perf_counter()
+            try:
+                results = kernel(*[env[x] for x in names])
+            except KERNEL_FAILURES as exc:
+                raise self._failure(node, exc) from None
+            if self._sync is not None:
+                self._sync()
+            seconds[k] += time.perf_counter() - start
+            for name, value in zip(results_to, results):
+                env[name] = value
+            for name in frees:
+                del env[name]
+
+    @staticmethod
+    def _failure(node: Node, exc: Exception) -> ExecutionError:
+        return ExecutionError(f"node {node.name or node.outputs[0]!r} ({node.op}) failed on these inputs: "
+                              f"{type(exc).__name__}: {exc}")

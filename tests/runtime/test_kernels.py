@@ -1,4 +1,6 @@
 """Every CPU kernel against onnxruntime running the same dense ONNX node."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,19 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
 from dcm.errors import InputError, UnsupportedOpError  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
+from dcm.runtime.cpu import conv as cpu_conv, matmul as cpu_matmul  # noqa: E402
+
+
+@contextlib.contextmanager
+def _native(on: bool):
+    """Sessions made inside use the compiled kernels only if ``on`` (they are picked at load)."""
+    saved = cpu_conv.SparseConv, cpu_matmul.SparseMatrix
+    if not on:
+        cpu_conv.SparseConv = cpu_matmul.SparseMatrix = None
+    try:
+        yield
+    finally:
+        cpu_conv.SparseConv, cpu_matmul.SparseMatrix = saved
 
 
 def _model(op, x_shape, inits=(), attrs=None, extra_inputs=(), opset=17, out_rank=None):
@@ -41,11 +56,16 @@ DEVICES = _devices()
 
 
 def _compare(m, x, modes=("sparse", "dense"), rtol=1e-5):
+    """Every mode on every device; "sparse" on the CPU also without the compiled kernels (im2col and
+    scipy instead of the direct sparse convolution and the native matvec)."""
     ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     model = from_onnx(m, ConvertOptions(exact=True, min_coded_elements=1))
-    for mode, device in [(mo, d) for mo in modes for d in DEVICES]:
+    runs = [(mo, d, True) for mo in modes for d in DEVICES]
+    runs += [("sparse", "cpu", False)] if "sparse" in modes and cpu_matmul.SparseMatrix is not None else []
+    for mode, device, native in runs:
         x_copy = x.copy()
-        got = InferenceSession(model, device, kernels=mode, threads=2).run(None, {"x": x_copy})[0]
+        with _native(native):
+            got = InferenceSession(model, device, kernels=mode, threads=2).run(None, {"x": x_copy})[0]
         assert np.array_equal(x_copy, x, equal_nan=True), "the runtime wrote into the caller's input"
         assert got.shape == ref.shape
         np.testing.assert_allclose(got, ref, rtol=rtol, atol=1e-5 * max(1.0, float(np.abs(ref).max())))
@@ -87,6 +107,8 @@ CONV_CASES = [
     dict(w=(6, 4, 1, 1), x=[3, 4, 5, 7], attrs={"strides": [2, 2]}),
     dict(w=(6, 4, 1, 1), x=[2, 4, 5, 7], attrs={"pads": [1, 0, 0, 1]}),  # padded: the general path
     dict(w=(5, 3, 1), x=[2, 3, 9], attrs={}),  # 1-D pointwise
+    dict(w=(5, 3, 3, 3), x=[2, 3, 9, 21], attrs={"strides": [2, 1], "dilations": [1, 2], "pads": [2, 1, 0, 3]}),
+    dict(w=(8, 2, 5, 5), x=[1, 4, 12, 12], attrs={"group": 2}),  # LeNet-like, grouped
 ]
 
 

@@ -1,4 +1,5 @@
-"""WeightMatmul: the batch-1 CSR matvec path, the row-block thread split and scipy's operator agree."""
+"""WeightMatmul: the batch-1 paths (native kernel, scipy's CSR matvec, ``A @ x``), the thread splits
+and the batched product agree."""
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -12,29 +13,73 @@ def _weight(shape=(30, 50), density=0.1, seed=0):
     return (rng.standard_normal(shape) * (rng.random(shape) < density)).astype(np.float32)
 
 
-@pytest.mark.parametrize("vector_kernel", [True, False])
-def test_batch_one_matches_dense_product(monkeypatch, vector_kernel):
-    if not vector_kernel:  # a scipy without the private kernel falls back to ``A @ x``
+def _close(y, x, w, bias=0.0, relu=False):
+    """y against a float64 product, to float32 rounding of sums of |w x| terms."""
+    ref = x.astype(np.float64) @ w.T.astype(np.float64) + bias
+    ref = np.maximum(ref, 0) if relu else ref
+    scale = np.abs(x.astype(np.float64)) @ np.abs(w.T.astype(np.float64)) + np.abs(bias) + 1
+    assert np.all(np.abs(y - ref) <= 1e-6 * scale), np.max(np.abs(y - ref) / scale)
+
+
+@pytest.mark.parametrize("path", ["native", "matvec", "operator"])
+def test_batch_one_matches_dense_product(monkeypatch, path):
+    if path != "native":
+        monkeypatch.setattr(matmul, "SparseMatrix", None)
+    if path == "operator":  # a scipy without the private kernel falls back to ``A @ x``
         monkeypatch.setattr(matmul, "_csr_matvec", None)
     w = _weight()
     mm = WeightMatmul("sparse", w)
-    assert mm.vector_ok is vector_kernel
+    assert (mm.native is not None) is (path == "native")
+    assert mm.vector_ok is (path != "operator")
     x = np.random.default_rng(1).standard_normal((1, 50)).astype(np.float32)
     y = mm.right(x)
     assert y.shape == (1, 30) and y.dtype == np.float32 and y.flags.c_contiguous
-    np.testing.assert_allclose(y, x @ w.T, rtol=1e-5, atol=1e-6)
+    _close(y, x, w)
     np.testing.assert_allclose(mm.right(x.T.copy().T), y)  # a non-contiguous row gives the same
 
 
-def test_vector_path_agrees_with_batched_and_threaded_paths():
-    w = _weight((400, 600), 0.9)  # 216k stored weights: split into row blocks over 2 threads
+@pytest.mark.parametrize("zeros", [0.0, 0.7])  # 0.7: the native kernel walks the weight by columns
+def test_fused_vector_adds_bias_and_clamps(zeros):
+    rng = np.random.default_rng(4)
+    w = _weight((40, 70), 0.2, seed=5)
+    x = rng.standard_normal((1, 70)).astype(np.float32)
+    x[rng.random((1, 70)) < zeros] = 0
+    bias = rng.standard_normal(40).astype(np.float32)
+    mm = WeightMatmul("sparse", w)
+    _close(mm.fused_vector(x, bias, relu=True), x, w, bias, relu=True)
+    _close(mm.fused_vector(x, None, relu=False), x, w)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_vector_path_agrees_with_batched_and_threaded_paths(monkeypatch, native):
+    if not native:
+        monkeypatch.setattr(matmul, "SparseMatrix", None)
+    w = _weight((400, 600), 0.9)  # 216k stored weights: split over 2 threads
     x = np.random.default_rng(2).standard_normal((3, 600)).astype(np.float32)
+    x[1, ::2] = 0  # half zeros: the native kernel's column walk
     single, split = WeightMatmul("sparse", w), WeightMatmul("sparse", w, threads=2)
     assert len(split.blocks) == 2 and not split.vector_ok
+    assert len(split.column_cuts) == (3 if native else 2)
     batched = single.right(x)
+    _close(batched, x, w)
     for i in range(3):
-        np.testing.assert_allclose(single.right(x[i : i + 1]), batched[i : i + 1], rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(split.right(x[i : i + 1]), batched[i : i + 1], rtol=1e-5, atol=1e-5)
+        _close(single.right(x[i : i + 1]), x[i : i + 1], w)
+        _close(split.right(x[i : i + 1]), x[i : i + 1], w)
+    if native:
+        bias = np.linspace(-50, 50, 400, dtype=np.float32)
+        _close(split.fused_vector(x[:1], bias, relu=True), x[:1], w, bias, relu=True)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_non_finite_inputs_poison_rows_as_a_dense_product_would(threads):
+    w = _weight((400, 600), 0.9)
+    w[:, 7] = 0
+    w[3, 7] = 1.5  # only row 3 stores a weight for input 7
+    x = np.ones((1, 600), np.float32)
+    x[0, 7] = np.inf
+    with np.errstate(all="ignore"):
+        y = WeightMatmul("sparse", w, threads=threads).right(x)
+        assert np.isposinf(y[0, 3]) and np.isnan(np.delete(y[0], 3)).all()
 
 
 def test_float64_input_takes_the_general_path():

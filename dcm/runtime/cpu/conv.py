@@ -1,23 +1,40 @@
 """Conv: im2col through a strided window view, then the weight [C_out/g, C_in/g*kh*kw] @ columns;
-wide dense 3x3 stride-1 convolutions use Winograd F(2x2, 3x3) instead (winograd.py)."""
+wide dense 3x3 stride-1 convolutions use Winograd F(2x2, 3x3) instead (winograd.py), and pruned or
+small ones the compiled direct sparse convolution (``_native.c``: no column matrix at all)."""
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 from dcm.errors import UnsupportedOpError
 from dcm.runtime.cpu.activation import relu
-from dcm.runtime.cpu.matmul import WeightMatmul
+from dcm.runtime.cpu.matmul import WeightMatmul, thread_pool
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.cpu.winograd import conv3x3, eligible, transform_weight
-from dcm.runtime.cpu.windows import im2col, ints2, pads2, resolve_pads, spatial_2d
+from dcm.runtime.cpu.windows import im2col, ints2, pads2, reduce_windows, resolve_pads, spatial_2d
 from dcm.runtime.kernel import LARGE_BATCH, Kernel
+
+try:
+    from dcm.runtime.cpu._native import SparseConv
+except ImportError:  # built without a C compiler: im2col for every layer
+    SparseConv = None
+
+# Direct sparse convolution against im2col + BLAS/Winograd, measured on this project's 2-core AMD
+# EPYC (benchmarks/runtime.py): it runs 15-24 G multiply-adds/s over the kept weights, BLAS about
+# 56 G over all of them, so it wins below about 25% density; layers with few weights (LeNet-5's)
+# lose most of their time to im2col and dispatch, and win at any density (conv1 at 66%: 37 -> 12 us).
+DIRECT_MAX_DENSITY = 0.25
+DIRECT_SMALL_WEIGHTS = 32_768
+DIRECT_SPLIT_MIN_WORK = 2_000_000  # multiply-adds past which a run is split over the thread pool
 
 
 @register("Conv")
 class Conv(Kernel):
     weight_inputs = (1,)
     allow_winograd = True
+    allow_direct = True
     fuses_relu = True
+    uses_scratch = True  # the session drops a large per-thread work buffer after each run
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
@@ -42,15 +59,33 @@ class Conv(Kernel):
         self.winograd = None  # U [16, C_in, C_out] when this layer runs as Winograd F(2x2, 3x3)
         self.mms: list[WeightMatmul] = []
         self.index_cache: dict = {}  # im2col's gather index per small input shape
-        if self.allow_winograd and self.mode == "dense" and eligible(self.kernel, self.strides, self.dilations,
+        b = ctx.opt_const(node, 2)
+        self.bias = None if b is None else b.astype(np.float32).reshape(1, -1, 1, 1)
+        self.threads = ctx.threads
+        self.direct = self._direct_weight(ctx.requested_mode(node, name), w, shape)
+        if self.direct is not None:
+            self.mode = "sparse"
+            self.bias_vector = None if b is None else np.ascontiguousarray(self.bias.reshape(-1))
+        elif self.allow_winograd and self.mode == "dense" and eligible(self.kernel, self.strides, self.dilations,
                                                                       self.group, shape[1], shape[0]):
             self.winograd = transform_weight(w.reshape(shape))
         else:
             m = w.to_scipy() if self.mode == "sparse" else w
             per = self.out_channels // self.group
             self.mms = [WeightMatmul(self.mode, m[g * per : (g + 1) * per], ctx.threads) for g in range(self.group)]
-        b = ctx.opt_const(node, 2)
-        self.bias = None if b is None else b.astype(np.float32).reshape(1, -1, 1, 1)
+
+    def _direct_weight(self, requested: str | None, w, shape) -> SparseConv | None:
+        """The weight for the direct sparse convolution, where it is the faster kernel (see
+        DIRECT_MAX_DENSITY): horizontal stride 1, and sparse asked for or a pruned or small layer."""
+        if SparseConv is None or not self.allow_direct or self.strides[1] != 1 or requested == "dense":
+            return None
+        if requested is None and self.density > DIRECT_MAX_DENSITY and int(np.prod(shape)) > DIRECT_SMALL_WEIGHTS:
+            return None
+        m = w.to_scipy() if self.mode == "sparse" else sp.csr_array(w)
+        m.sort_indices()
+        self.direct_pattern = (m.indptr.astype(np.int64), m.indices.astype(np.int32))
+        return SparseConv(self.out_channels, shape[1], *self.kernel, self.group, *self.direct_pattern,
+                          m.data.astype(np.float32, copy=False))
 
     def __call__(self, x, _w=None, _b=None):
         x, was_1d = spatial_2d(x)
@@ -59,6 +94,9 @@ class Conv(Kernel):
         if c != self.in_channels:
             raise ValueError(f"Conv {self.node.name!r}: input has {c} channels, weight expects {self.in_channels}")
         begin, end = resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations)
+        if self.direct is not None:
+            out = self._run_direct(x, begin, end)
+            return (out[:, :, 0, :] if was_1d else out,)
         if self.winograd is not None:
             return (conv3x3(x, self.winograd, begin, end, self.bias, self.relu),)
         pointwise = self.kernel == (1, 1) and self.group == 1 and not any(begin) and not any(end)
@@ -83,6 +121,48 @@ class Conv(Kernel):
                 relu(out, out=out)
         return (out[:, :, 0, :] if was_1d else out,)
 
+    def _run_direct(self, x: np.ndarray, begin: list[int], end: list[int]) -> np.ndarray:
+        """Direct sparse convolution, split over the thread pool by samples (or else by output
+        channels) when the work is large enough to pay for the hand-off."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n, _, h, w = x.shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
+        oh = (h + begin[0] + end[0] - (kh - 1) * dh - 1) // sh + 1
+        ow = (w + begin[1] + end[1] - (kw - 1) * dw - 1) // sw + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"input {x.shape[2:]} (padded) is smaller than the kernel window")
+        y = np.empty((n, self.out_channels, oh, ow), dtype=np.float32)
+        args = (x, y, x.shape, self.strides, self.dilations, (begin[0], begin[1], end[0], end[1]), self.bias_vector,
+                self.relu)
+        work = n * oh * ow * self.density * self.out_channels * self.in_channels // self.group * kh * kw
+        if self.threads < 2 or work < DIRECT_SPLIT_MIN_WORK:
+            bad = self.direct.run(*args)
+        else:
+            if n >= self.threads:
+                cuts = np.linspace(0, n, self.threads + 1).astype(int)
+                ranges = [{"begin": a, "end": b} for a, b in zip(cuts[:-1], cuts[1:])]
+            else:
+                cuts = np.linspace(0, self.out_channels, self.threads + 1).astype(int)
+                ranges = [{"c_begin": a, "c_end": b} for a, b in zip(cuts[:-1], cuts[1:])]
+            bad = sum(thread_pool(self.threads).map(lambda r: self.direct.run(*args, **r), ranges))
+        if bad:
+            self._poison_direct(x, y, begin, end)
+        return y
+
+    def _poison_direct(self, x: np.ndarray, y: np.ndarray, begin: list[int], end: list[int]) -> None:
+        """Give y the NaNs of a dense convolution: an output whose window holds an Inf/NaN input at a
+        pruned weight is 0 * Inf = NaN (the sparse kernel never reads it). Counts, per output, the
+        bad inputs in its window (over its group's channels) and those at stored weights."""
+        bad = (~np.isfinite(x)).astype(np.float32)
+        ones = SparseConv(self.out_channels, self.in_channels // self.group, *self.kernel, self.group,
+                          *self.direct_pattern, np.ones(len(self.direct_pattern[1]), np.float32))
+        hits = np.empty_like(y)
+        ones.run(bad, hits, bad.shape, self.strides, self.dilations, (begin[0], begin[1], end[0], end[1]))
+        n, c, h, w = bad.shape
+        per_group = bad.reshape(n, self.group, c // self.group, h, w).sum(axis=2)  # [N, G, H, W]
+        total = reduce_windows(per_group, self.kernel, self.strides, self.dilations, begin, end, np.add)
+        y[hits < np.repeat(total, self.out_channels // self.group, axis=1)] = np.nan
+
     def _finish(self, out: np.ndarray) -> np.ndarray:
         """Bias and the fused Relu, in place on a new [N, C_out, OH, OW] array."""
         if self.bias is not None:
@@ -105,5 +185,6 @@ class Conv(Kernel):
         return self._finish(y.reshape(n, -1, oh, ow))
 
     def describe(self) -> dict:
-        return {"kernel": "winograd" if self.winograd is not None else self.mode, "density": self.density,
+        kernel = "direct" if self.direct is not None else "winograd" if self.winograd is not None else self.mode
+        return {"kernel": kernel, "density": self.density,
                 "groups": self.group}

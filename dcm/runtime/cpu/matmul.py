@@ -1,7 +1,9 @@
 """Y = W @ X for a decoded weight W [out, in] and activations X [in, n], sparse or dense.
 
 scipy's CSR kernels release the GIL, so a large sparse W is split into row blocks that run on a
-thread pool (DEVELOPERS.md: fc6 3.3 ms -> 1.9 ms on 2 threads).
+thread pool (DEVELOPERS.md: fc6 3.3 ms -> 1.9 ms on 2 threads). At batch 1 a sparse W runs on the
+compiled kernel (``_native.c``) when it was built: product, bias and ReLU in one call, skipping the
+zero inputs a ReLU leaves; scipy's matvec is the fallback.
 """
 from __future__ import annotations
 
@@ -17,12 +19,16 @@ try:  # scipy's own CSR x vector kernel, without the checks and conversions of `
     from scipy.sparse._sparsetools import csr_matvec as _csr_matvec  # private, unchanged since scipy 0.14
 except ImportError:  # pragma: no cover - a future scipy; the public operator still works
     _csr_matvec = None
+try:
+    from dcm.runtime.cpu._native import SparseMatrix
+except ImportError:  # built without a C compiler (setup.py: optional); tests/runtime/test_native.py says so
+    SparseMatrix = None
 
 PARALLEL_MIN_NNZ = 200_000
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
-def _pool(threads: int) -> ThreadPoolExecutor:
+def thread_pool(threads: int) -> ThreadPoolExecutor:
     if threads not in _POOLS:
         _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="dcm")
     return _POOLS[threads]
@@ -42,12 +48,18 @@ class WeightMatmul:
             self.nnz = m.nnz
             self.blocks = [m]
             self.vector_ok = _csr_matvec is not None and m.data.dtype == np.float32
+            self.native = _native_matrix(m) if SparseMatrix is not None and m.data.dtype == np.float32 else None
+            self.column_cuts = [0, m.shape[1]]
             if threads > 1 and m.nnz >= PARALLEL_MIN_NNZ:
                 bounds = np.searchsorted(m.indptr, np.linspace(0, m.nnz, threads + 1)[1:-1])
                 cuts = [0, *sorted(set(int(b) for b in bounds)), m.shape[0]]
                 self.blocks = [m[a:b] for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
                 self.vector_ok = False
                 self.threads = threads
+                if self.native is not None:  # the native kernel splits W by columns instead (CSC)
+                    csc_ptr = sp.csc_array(m).indptr
+                    bounds = np.searchsorted(csc_ptr, np.linspace(0, m.nnz, threads + 1)[1:-1])
+                    self.column_cuts = [0, *sorted(set(int(b) for b in bounds) - {0, m.shape[1]}), m.shape[1]]
         else:
             if prefer == "right":
                 self.wt = np.ascontiguousarray(np.asarray(weight, dtype=np.float32).T)
@@ -65,7 +77,7 @@ class WeightMatmul:
         if len(self.blocks) == 1:
             y = np.asarray(self.blocks[0] @ x, dtype=np.float32)
         else:
-            parts = list(_pool(self.threads).map(lambda b: b @ x, self.blocks))
+            parts = list(thread_pool(self.threads).map(lambda b: b @ x, self.blocks))
             y = np.asarray(np.concatenate(parts, axis=0), dtype=np.float32)
         if not math.isfinite(x.sum()):  # cheap test; an overflowing sum only costs the exact check
             self._poison(x, y)
@@ -87,9 +99,36 @@ class WeightMatmul:
         """x [n, in] @ W.T -> [n, out], computed as (W @ x.T).T."""
         if self.mode == "dense":
             return x @ self.wt
-        if x.shape[0] == 1 and self.vector_ok and x.dtype == np.float32:
-            return self._vector(x)
+        if x.shape[0] == 1 and x.dtype == np.float32:
+            if self.native is not None:
+                return self.fused_vector(x)
+            if self.vector_ok:
+                return self._vector(x)
         return np.ascontiguousarray(self.left(x.T).T)
+
+    def fused_vector(self, x: np.ndarray, bias: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
+        """Batch 1 on the native kernel: relu(x [1, in] @ W.T + bias [out]) -> [1, out] float32.
+        Only for a sparse W with ``native`` set and a float32 x."""
+        v = x.reshape(-1)
+        y = np.empty((1, self.shape[0]), dtype=np.float32)
+        out = y.reshape(-1)
+        if len(self.column_cuts) == 2:
+            bad = self.native.matvec(v, out, bias, relu)
+        else:  # each thread adds its columns into its own partial sum
+            if bias is None:
+                out.fill(0)
+            partials = [out, *(np.zeros_like(out) for _ in self.column_cuts[2:])]
+            jobs = [(p, bias if i == 0 else None, a, b)
+                    for i, (p, a, b) in enumerate(zip(partials, self.column_cuts[:-1], self.column_cuts[1:]))]
+            bad = sum(thread_pool(self.threads).map(lambda j: self.native.matvec(v, j[0], j[1], False, "csc", j[2], j[3]),
+                                              jobs))
+            for p in partials[1:]:
+                out += p
+            if relu:
+                np.maximum(out, 0, out=out)
+        if bad:
+            self._poison(v[:, None], y.T)
+        return y
 
     def _vector(self, x: np.ndarray) -> np.ndarray:
         """Batch 1: one CSR matvec straight into the output. ``A @ x`` costs 2-3 us more per call
@@ -101,3 +140,14 @@ class WeightMatmul:
         if not math.isfinite(np.add.reduce(v)):
             self._poison(v[:, None], y.T)
         return y
+
+
+def _native_matrix(m: sp.csr_array) -> SparseMatrix:
+    """The native kernel's form of a CSR weight: scipy's own CSR arrays (shared, not copied) and a CSC
+    copy with 16-bit row indices where they fit (6 bytes per weight, against CSR's 8)."""
+    c = sp.csc_array(m)
+    c.sort_indices()
+    narrow = m.shape[0] <= np.iinfo(np.uint16).max + 1
+    return SparseMatrix(m.shape[0], m.shape[1], m.indptr.astype(np.int64), m.indices.astype(np.int32, copy=False),
+                        m.data, c.indptr.astype(np.int64), c.indices.astype(np.uint16 if narrow else np.int32),
+                        c.data)

@@ -30,6 +30,7 @@ def _out_size(size: int, k: int, s: int, d: int) -> int:
 @register("Conv")
 class Conv(cpu_conv.Conv):
     allow_winograd = False  # cuDNN chooses its own algorithm for dense convolutions
+    allow_direct = False  # the CPU's compiled direct sparse convolution
     fuses_relu = False  # the CPU kernel's fused Relu is numpy; this one has none
 
     def __init__(self, node, ctx):

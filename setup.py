@@ -1,0 +1,12 @@
+"""The compiled kernel (dcm/runtime/cpu/_native.c). Everything else is in pyproject.toml.
+
+optional=True: without a C compiler the install still succeeds and the runtime falls back to
+scipy's kernels (slower at batch 1); tests/runtime/test_native.py fails loudly in that case unless
+DCM_ALLOW_NO_NATIVE=1 says it is expected.
+"""
+import sys
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("dcm.runtime.cpu._native", ["dcm/runtime/cpu/_native.c"], optional=True,
+                             extra_compile_args=[] if sys.platform == "win32" else ["-O2"])])

@@ -1,0 +1,59 @@
+"""Conv's kernel choice (direct sparse, Winograd, im2col) and the direct kernel's thread split."""
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
+from dcm.runtime import InferenceSession  # noqa: E402
+from dcm.runtime.cpu import conv  # noqa: E402
+
+pytestmark = pytest.mark.skipif(conv.SparseConv is None, reason="built without the native kernels")
+
+
+def _model(w, x_shape, attrs=None):
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w", "b"], ["c"], **(attrs or {})),
+                           helper.make_node("Relu", ["c"], ["y"])], "t",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w, "w"),
+                           numpy_helper.from_array(np.linspace(-1, 1, w.shape[0]).astype(np.float32), "b")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def _weight(shape, density, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(shape) * (rng.random(shape) < density)).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape, density, strides, expected", [
+    ((20, 1, 5, 5), 0.66, [1, 1], "direct"),  # few weights: direct at any density
+    ((64, 64, 3, 3), 0.2, [1, 1], "direct"),  # pruned
+    ((64, 64, 3, 3), 0.5, [1, 1], "winograd"),  # wide and dense enough for Winograd
+    ((64, 64, 3, 3), 0.2, [1, 2], "dense"),  # horizontal stride: im2col (dense above 6%)
+])
+def test_kernel_choice(shape, density, strides, expected):
+    model = from_onnx(_model(_weight(shape, density), [1, shape[1], 12, 12], {"strides": strides}),
+                      ConvertOptions(exact=True))
+    sess = InferenceSession(model)
+    assert sess.describe()[0]["kernel"] == expected
+    assert sess.describe()[0]["fused"] == "Relu"
+    assert InferenceSession(model, kernels="dense").describe()[0]["kernel"] in ("dense", "winograd")
+
+
+@pytest.mark.parametrize("batch", [1, 3])  # 1: split by output channels, 3: by samples
+def test_thread_split_matches_onnxruntime(monkeypatch, batch):
+    monkeypatch.setattr(conv, "DIRECT_SPLIT_MIN_WORK", 0)
+    m = _model(_weight((10, 3, 3, 3), 0.4), [batch, 3, 9, 13], {"pads": [1, 0, 2, 1]})
+    x = np.random.default_rng(1).standard_normal((batch, 3, 9, 13)).astype(np.float32)
+    x[0, 1, 4, 5] = np.nan  # the poisoned windows too
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)), threads=2)
+    assert sess.describe()[0]["kernel"] == "direct"
+    got = sess.run(None, {"x": x})[0]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,224 @@
+"""The compiled kernels (dcm/runtime/cpu/_native.c): the sparse matvec agrees with scipy and the direct
+sparse convolution with a float64 reference, over every form, range, stride, dilation, pad and group,
+and every malformed array or call is refused, so that no call can read or write out of bounds."""
+import os
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dcm.runtime.cpu import conv as cpu_conv, matmul
+
+if matmul.SparseMatrix is None:
+    if os.environ.get("DCM_ALLOW_NO_NATIVE") == "1":
+        pytest.skip("built without the native kernel (DCM_ALLOW_NO_NATIVE=1)", allow_module_level=True)
+    pytest.fail("dcm.runtime.cpu._native was not built (no C compiler at install?): reinstall with one, "
+                "or set DCM_ALLOW_NO_NATIVE=1 to test the scipy fallback alone", pytrace=False)
+
+SparseMatrix, SparseConv = matmul.SparseMatrix, cpu_conv.SparseConv
+
+
+def _parts(rows=37, cols=53, density=0.2, seed=0, wide=False):
+    w = sp.random(rows, cols, density=density, format="csr", dtype=np.float32, random_state=seed)
+    w.sort_indices()
+    c = sp.csc_array(w)
+    c.sort_indices()
+    index = np.int32 if wide else np.uint16
+    arrays = (w.indptr.astype(np.int64), w.indices.astype(index), w.data,
+              c.indptr.astype(np.int64), c.indices.astype(index), c.data)
+    return w, arrays
+
+
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("form", ["csr", "csc", "auto"])
+@pytest.mark.parametrize("zeros", [0.0, 0.8])
+def test_matvec_matches_scipy(wide, form, zeros):
+    w, arrays = _parts(wide=wide)
+    m = SparseMatrix(*w.shape, *arrays)
+    assert m.forms == (True, True) and (m.rows, m.cols) == w.shape
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(w.shape[1]).astype(np.float32)
+    x[rng.random(x.size) < zeros] = 0
+    bias = rng.standard_normal(w.shape[0]).astype(np.float32)
+    y = np.full(w.shape[0], 99, np.float32)  # csc adds into y: start it from bias (or zeros)
+    assert m.matvec(x, y, bias, True, form) == 0
+    np.testing.assert_allclose(y, np.maximum(w @ x + bias, 0), rtol=1e-5, atol=1e-5)
+    y2 = np.zeros_like(y) if form == "csc" else np.full_like(y, 99)
+    m.matvec(x, y2, None, False, form)
+    np.testing.assert_allclose(y2, w @ x, rtol=1e-5, atol=1e-5)
+
+
+def test_ranges_split_rows_and_columns():
+    w, arrays = _parts(60, 80)
+    m = SparseMatrix(*w.shape, *arrays)
+    x = np.random.default_rng(2).standard_normal(80).astype(np.float32)
+    rows = np.zeros(60, np.float32)
+    m.matvec(x, rows, form="csr", begin=0, end=25)
+    m.matvec(x, rows, form="csr", begin=25, end=60)
+    cols = np.zeros(60, np.float32)
+    m.matvec(x, cols, form="csc", begin=0, end=30)
+    m.matvec(x, cols, form="csc", begin=30)
+    for y in (rows, cols):
+        np.testing.assert_allclose(y, w @ x, rtol=1e-5, atol=1e-5)
+
+
+def test_one_form_alone_and_non_finite_count():
+    w, (rp, ri, rv, cp, ci, cv) = _parts()
+    only_csr, only_csc = SparseMatrix(*w.shape, rp, ri, rv), SparseMatrix(*w.shape, csc_indptr=cp, csc_indices=ci,
+                                                                            csc_values=cv)
+    assert only_csr.forms == (True, False) and only_csc.forms == (False, True)
+    x = np.ones(w.shape[1], np.float32)
+    x[[3, 9]] = [np.inf, np.nan]
+    y = np.zeros(w.shape[0], np.float32)
+    assert only_csr.matvec(x, y) == 2 and only_csc.matvec(x, y) == 2
+    with pytest.raises(ValueError, match="no CSC form"):
+        only_csr.matvec(x, y, form="csc")
+
+
+def _bad(arrays, i, value):
+    arrays = list(arrays)
+    arrays[i] = value
+    return arrays
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: _bad(a, 0, a[0][:-1]), "indptr must have"),
+    (lambda a: _bad(a, 0, np.r_[a[0][:-1], a[0][-1] + 5]), "indptr must have"),
+    (lambda a: _bad(a, 0, np.r_[0, a[0][2], a[0][1], a[0][3:]]), "indptr decreases"),
+    (lambda a: _bad(a, 1, np.full_like(a[1], 53)), "outside 0..52"),
+    (lambda a: _bad(a, 4, np.full_like(a[4], 40)), "outside 0..36"),
+    (lambda a: _bad(a, 2, a[2].astype(np.float64)), "float32"),
+    (lambda a: _bad(a, 0, a[0].astype(np.int32)), "int64"),
+    (lambda a: _bad(a, 1, a[1].astype(np.int8)), "uint16"),
+    (lambda a: _bad(a, 2, a[2][:-1]), "indptr must have"),
+])
+def test_malformed_arrays_are_refused(change, message):
+    w, arrays = _parts()
+    with pytest.raises((ValueError, TypeError), match=message):
+        SparseMatrix(*w.shape, *change(arrays))
+
+
+def test_malformed_calls_are_refused():
+    w, arrays = _parts()
+    m = SparseMatrix(*w.shape, *arrays)
+    x, y = np.ones(53, np.float32), np.zeros(37, np.float32)
+    with pytest.raises(ValueError, match="x must have 53"):
+        m.matvec(x[:-1], y)
+    with pytest.raises(ValueError, match="x must have 53"):
+        m.matvec(x, y, np.zeros(36, np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        m.matvec(x.astype(np.float64), y)
+    with pytest.raises((TypeError, ValueError), match="contiguous"):
+        m.matvec(np.ones(106, np.float32)[::2], y)
+    with pytest.raises(TypeError, match="1-D"):
+        m.matvec(x, y.reshape(1, 37))
+    with pytest.raises(ValueError, match="outside"):
+        m.matvec(x, y, form="csr", begin=5, end=80)
+    with pytest.raises(ValueError, match="form must be"):
+        m.matvec(x, y, form="dense")
+    ro = np.zeros(37, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises((TypeError, ValueError, BufferError)):
+        m.matvec(x, ro)
+    with pytest.raises(ValueError, match="CSR arrays, the CSC arrays or both"):
+        SparseMatrix(3, 3)
+
+
+def _conv_reference(x, w, bias, strides, dilations, pads, groups):
+    """float64 convolution by summing shifted windows, one kernel offset at a time."""
+    n, c, h, wd = x.shape
+    co, cg, kh, kw = w.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    oh = (xp.shape[2] - (kh - 1) * dilations[0] - 1) // strides[0] + 1
+    ow = (xp.shape[3] - (kw - 1) * dilations[1] - 1) // strides[1] + 1
+    y = np.zeros((n, co, oh, ow)) + (0 if bias is None else bias[None, :, None, None])
+    per = co // groups
+    for i in range(kh):
+        for j in range(kw):
+            win = xp[:, :, i * dilations[0] :: strides[0], j * dilations[1] :: strides[1]][:, :, :oh, :ow]
+            for g in range(groups):
+                y[:, g * per : (g + 1) * per] += np.einsum("nchw,oc->nohw", win[:, g * cg : (g + 1) * cg],
+                                                          w[g * per : (g + 1) * per, :, i, j])
+    return y
+
+
+def _sparse_conv(w, groups):
+    m = sp.csr_array(w.reshape(w.shape[0], -1))
+    return SparseConv(w.shape[0], w.shape[1], w.shape[2], w.shape[3], groups, m.indptr.astype(np.int64),
+                      m.indices.astype(np.int32), m.data)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_conv_matches_reference(data):
+    d = data.draw
+    groups = d(st.sampled_from([1, 1, 2, 3]))
+    cg, per = d(st.integers(1, 3)), d(st.integers(1, 3))
+    kh, kw = d(st.integers(1, 4)), d(st.integers(1, 4))
+    strides, dilations = (d(st.integers(1, 3)), d(st.integers(1, 2))), (d(st.integers(1, 2)), d(st.integers(1, 2)))
+    pads = tuple(d(st.integers(0, 4)) for _ in range(4))
+    n, h, wd = d(st.integers(1, 3)), d(st.integers(1, 13)), d(st.integers(1, 30))
+    if h + pads[0] + pads[2] < (kh - 1) * dilations[0] + 1 or wd + pads[1] + pads[3] < (kw - 1) * dilations[1] + 1:
+        return
+    rng = np.random.default_rng(d(st.integers(0, 2**16)))
+    w = (rng.standard_normal((groups * per, cg, kh, kw)) * (rng.random((groups * per, cg, kh, kw)) < 0.6))
+    w = w.astype(np.float32)
+    x = rng.standard_normal((n, groups * cg, h, wd)).astype(np.float32)
+    bias = rng.standard_normal(groups * per).astype(np.float32) if d(st.booleans()) else None
+    relu = d(st.booleans())
+    ref = _conv_reference(x, w, bias, strides, dilations, pads, groups)
+    ref = np.maximum(ref, 0) if relu else ref
+    y = np.full(ref.shape, np.nan, np.float32)
+    assert _sparse_conv(w, groups).run(x, y, x.shape, strides, dilations, pads, bias, relu) == 0
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_ranges_split_samples_and_channels():
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    x = rng.standard_normal((3, 4, 10, 11)).astype(np.float32)
+    conv = _sparse_conv(w, 1)
+    whole, split = np.empty((3, 6, 10, 11), np.float32), np.full((3, 6, 10, 11), np.nan, np.float32)
+    args = (x.shape, (1, 1), (1, 1), (1, 1, 1, 1))
+    conv.run(x, whole, *args)
+    conv.run(x, split, *args, begin=0, end=2)
+    conv.run(x, split, *args, begin=2, end=3, c_begin=0, c_end=4)
+    conv.run(x, split, *args, begin=2, end=3, c_begin=4)
+    np.testing.assert_array_equal(split, whole)
+    x[1, 2, 3, 4] = np.nan  # every weight is stored: the windows that hold it are NaN, ReLU or not
+    assert conv.run(x, whole, *args, None, True) == 1
+    expected = np.zeros((3, 6, 10, 11), bool)
+    expected[1, :, 2:5, 3:6] = True
+    np.testing.assert_array_equal(np.isnan(whole), expected)
+
+
+def test_conv_refuses_bad_weights_and_calls():
+    w = np.ones((4, 2, 3, 3), np.float32)
+    m = sp.csr_array(w.reshape(4, -1))
+    ptr, idx = m.indptr.astype(np.int64), m.indices.astype(np.int32)
+    with pytest.raises(ValueError, match="outside 0..17"):
+        SparseConv(4, 2, 3, 3, 1, ptr, np.full_like(idx, 18), m.data)
+    with pytest.raises(ValueError, match="divisible by groups"):
+        SparseConv(4, 2, 3, 3, 3, ptr, idx, m.data)
+    with pytest.raises(TypeError, match="int32"):
+        SparseConv(4, 2, 3, 3, 1, ptr, idx.astype(np.uint16), m.data)
+    conv = SparseConv(4, 2, 3, 3, 1, ptr, idx, m.data)
+    x, y = np.ones((1, 2, 5, 5), np.float32), np.empty((1, 4, 3, 3), np.float32)
+    conv.run(x, y, x.shape, (1, 1), (1, 1), (0, 0, 0, 0))
+    np.testing.assert_array_equal(y, 18)
+    for shape, strides, pads, message in [
+        ((1, 3, 5, 5), (1, 1), (0, 0, 0, 0), "3 channels"),
+        ((1, 2, 5, 4), (1, 1), (0, 0, 0, 0), "x must have"),
+        ((1, 2, 5, 5), (1, 1), (0, 0, 1, 0), "y 48"),
+        ((1, 2, 5, 5), (0, 1), (0, 0, 0, 0), "out of bounds"),
+        ((1, 2, 5, 5), (1, 1), (-1, 0, 0, 0), "out of bounds"),
+        ((1, 2, 2, 5), (1, 1), (0, 0, 0, 0), "smaller than the kernel"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            conv.run(x, y, shape, strides, (1, 1), pads)
+    with pytest.raises(ValueError, match="out of bounds"):
+        conv.run(x, y, x.shape, (1, 1), (1, 1), (0, 0, 0, 0), begin=0, end=2)
+    with pytest.raises(TypeError, match="float32"):
+        conv.run(x.astype(np.float64), y, x.shape, (1, 1), (1, 1), (0, 0, 0, 0))
