@@ -21,8 +21,13 @@ SPARSE_MAX_DENSITY_LARGE_BATCH = 0.06
 LARGE_BATCH = 16
 
 
-def choose_mode(density: float, batch_hint: int) -> str:
-    limit = SPARSE_MAX_DENSITY_SMALL_BATCH if batch_hint < LARGE_BATCH else SPARSE_MAX_DENSITY_LARGE_BATCH
+def choose_mode(density: float, batch_hint: int, native_max_density: float | None = None) -> str:
+    """``native_max_density``: the CPU's compiled sparse kernels are in use, and beat BLAS up to this
+    density at any batch."""
+    if native_max_density is not None:
+        limit = native_max_density
+    else:
+        limit = SPARSE_MAX_DENSITY_SMALL_BATCH if batch_hint < LARGE_BATCH else SPARSE_MAX_DENSITY_LARGE_BATCH
     return "sparse" if density <= limit else "dense"
 
 
@@ -35,6 +40,7 @@ class LoadContext:
     modes: dict[str, str] | str | None = None  # "sparse" / "dense" for all, or per node / weight name
     threads: int = 1
     device: str = "cpu"  # torch device of the GPU backend's kernels
+    native_max_density: float | None = None  # set when the CPU's compiled sparse kernels are in use
     _dense: dict[str, np.ndarray] = field(default_factory=dict)
 
     def is_const(self, name: str) -> bool:
@@ -93,7 +99,7 @@ class LoadContext:
         return m
 
     def _mode_for(self, node: Node, name: str, density: float, columns: int) -> str:
-        return self.requested_mode(node, name) or choose_mode(density, columns)
+        return self.requested_mode(node, name) or choose_mode(density, columns, self.native_max_density)
 
 
 class Kernel:

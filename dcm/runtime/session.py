@@ -51,6 +51,12 @@ def _backend(device: str) -> tuple[str, dict]:
     raise DcmError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
 
 
+def _native_max_density() -> float | None:
+    from dcm.runtime.cpu import native
+
+    return native.SPARSE_MAX_DENSITY if native.available() else None
+
+
 class InferenceSession:
     """Run a .dcm model directly from its compressed form.
 
@@ -72,7 +78,8 @@ class InferenceSession:
 
             self._sync = torch.cuda.synchronize
         self._ctx = LoadContext(self.model, batch_hint=batch_hint, modes=kernels, device=torch_device,
-                                threads=1 if self._torch else (threads if threads is not None else (os.cpu_count() or 1)))
+                                threads=1 if self._torch else (threads if threads is not None else (os.cpu_count() or 1)),
+                                native_max_density=None if self._torch else _native_max_density())
         missing = [n for n in self.model.nodes if n.op not in registry]
         if missing:
             n = missing[0]
@@ -225,7 +232,7 @@ class InferenceSession:
         self._run(env)
         if self._torch:
             return [env[n].detach().cpu().numpy() if hasattr(env[n], "detach") else np.asarray(env[n]) for n in names]
-        return [np.asarray(env[n]) for n in names]
+        return [np.ascontiguousarray(env[n]) for n in names]  # a fully connected layer's output may be a .T view
 
     def profile(self, feeds: dict[str, Any], runs: int = 10) -> list[dict[str, Any]]:
         """``describe()`` plus each node's mean ``seconds`` over ``runs`` runs of ``feeds``.

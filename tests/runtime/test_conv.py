@@ -8,9 +8,9 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
-from dcm.runtime.cpu import conv  # noqa: E402
+from dcm.runtime.cpu import conv, native  # noqa: E402
 
-pytestmark = pytest.mark.skipif(conv.SparseConv is None, reason="built without the native kernels")
+pytestmark = pytest.mark.skipif(native.SparseConv is None, reason="built without the native kernels")
 
 
 def _model(w, x_shape, attrs=None):
@@ -32,9 +32,11 @@ def _weight(shape, density, seed=0):
 
 @pytest.mark.parametrize("shape, density, strides, expected", [
     ((20, 1, 5, 5), 0.66, [1, 1], "direct"),  # few weights: direct at any density
-    ((64, 64, 3, 3), 0.2, [1, 1], "direct"),  # pruned
-    ((64, 64, 3, 3), 0.5, [1, 1], "winograd"),  # wide and dense enough for Winograd
-    ((64, 64, 3, 3), 0.2, [1, 2], "dense"),  # horizontal stride: im2col (dense above 6%)
+    ((64, 64, 3, 3), 0.1, [1, 1], "direct"),  # pruned
+    ((64, 64, 3, 3), 0.2, [1, 1], "winograd"),  # wide and too dense for the direct kernel: Winograd
+    ((64, 64, 3, 3), 0.5, [1, 1], "winograd"),
+    ((64, 64, 3, 3), 0.1, [1, 2], "sparse"),  # horizontal stride: im2col, then the native sparse product
+    ((64, 64, 3, 3), 0.4, [1, 2], "dense"),
 ])
 def test_kernel_choice(shape, density, strides, expected):
     model = from_onnx(_model(_weight(shape, density), [1, shape[1], 12, 12], {"strides": strides}),

@@ -11,19 +11,19 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
 from dcm.errors import InputError, UnsupportedOpError  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
-from dcm.runtime.cpu import conv as cpu_conv, matmul as cpu_matmul  # noqa: E402
+from dcm.runtime.cpu import native  # noqa: E402
 
 
 @contextlib.contextmanager
 def _native(on: bool):
     """Sessions made inside use the compiled kernels only if ``on`` (they are picked at load)."""
-    saved = cpu_conv.SparseConv, cpu_matmul.SparseMatrix
+    saved = native.SparseConv, native.SparseMatrix
     if not on:
-        cpu_conv.SparseConv = cpu_matmul.SparseMatrix = None
+        native.SparseConv = native.SparseMatrix = None
     try:
         yield
     finally:
-        cpu_conv.SparseConv, cpu_matmul.SparseMatrix = saved
+        native.SparseConv, native.SparseMatrix = saved
 
 
 def _model(op, x_shape, inits=(), attrs=None, extra_inputs=(), opset=17, out_rank=None):
@@ -61,10 +61,10 @@ def _compare(m, x, modes=("sparse", "dense"), rtol=1e-5):
     ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     model = from_onnx(m, ConvertOptions(exact=True, min_coded_elements=1))
     runs = [(mo, d, True) for mo in modes for d in DEVICES]
-    runs += [("sparse", "cpu", False)] if "sparse" in modes and cpu_matmul.SparseMatrix is not None else []
-    for mode, device, native in runs:
+    runs += [("sparse", "cpu", False)] if "sparse" in modes and native.SparseMatrix is not None else []
+    for mode, device, compiled in runs:
         x_copy = x.copy()
-        with _native(native):
+        with _native(compiled):
             got = InferenceSession(model, device, kernels=mode, threads=2).run(None, {"x": x_copy})[0]
         assert np.array_equal(x_copy, x, equal_nan=True), "the runtime wrote into the caller's input"
         assert got.shape == ref.shape

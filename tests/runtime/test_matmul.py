@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from dcm.runtime.cpu import matmul
+from dcm.runtime.cpu import matmul, native
 from dcm.runtime.cpu.matmul import WeightMatmul
 
 
@@ -24,13 +24,13 @@ def _close(y, x, w, bias=0.0, relu=False):
 @pytest.mark.parametrize("path", ["native", "matvec", "operator"])
 def test_batch_one_matches_dense_product(monkeypatch, path):
     if path != "native":
-        monkeypatch.setattr(matmul, "SparseMatrix", None)
+        monkeypatch.setattr(native, "SparseMatrix", None)
     if path == "operator":  # a scipy without the private kernel falls back to ``A @ x``
         monkeypatch.setattr(matmul, "_csr_matvec", None)
     w = _weight()
     mm = WeightMatmul("sparse", w)
     assert (mm.native is not None) is (path == "native")
-    assert mm.vector_ok is (path != "operator")
+    assert mm.vector_ok is (path == "matvec")  # scipy's matvec: only without the native kernel
     x = np.random.default_rng(1).standard_normal((1, 50)).astype(np.float32)
     y = mm.right(x)
     assert y.shape == (1, 30) and y.dtype == np.float32 and y.flags.c_contiguous
@@ -46,40 +46,46 @@ def test_fused_vector_adds_bias_and_clamps(zeros):
     x[rng.random((1, 70)) < zeros] = 0
     bias = rng.standard_normal(40).astype(np.float32)
     mm = WeightMatmul("sparse", w)
-    _close(mm.fused_vector(x, bias, relu=True), x, w, bias, relu=True)
-    _close(mm.fused_vector(x, None, relu=False), x, w)
+    _close(mm.fused_right(x, bias, relu=True), x, w, bias, relu=True)
+    _close(mm.fused_right(x, None, relu=False), x, w)
+    x3 = np.repeat(x, 3, axis=0) * np.float32([[1], [-2], [0.5]])  # batch 3: the batched kernel
+    _close(mm.fused_right(x3, bias, relu=True), x3, w, bias, relu=True)
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_vector_path_agrees_with_batched_and_threaded_paths(monkeypatch, native):
-    if not native:
-        monkeypatch.setattr(matmul, "SparseMatrix", None)
+@pytest.mark.parametrize("compiled", [True, False])
+def test_vector_path_agrees_with_batched_and_threaded_paths(monkeypatch, compiled):
+    if not compiled:
+        monkeypatch.setattr(native, "SparseMatrix", None)
     w = _weight((400, 600), 0.9)  # 216k stored weights: split over 2 threads
     x = np.random.default_rng(2).standard_normal((3, 600)).astype(np.float32)
     x[1, ::2] = 0  # half zeros: the native kernel's column walk
     single, split = WeightMatmul("sparse", w), WeightMatmul("sparse", w, threads=2)
-    assert len(split.blocks) == 2 and not split.vector_ok
-    assert len(split.column_cuts) == (3 if native else 2)
+    assert len(split.row_cuts) == 3 and not split.vector_ok
+    assert len(split.blocks) == (1 if compiled else 2)  # the native kernel splits by ranges of one matrix
+    assert len(split.column_cuts) == (3 if compiled else 2)
     batched = single.right(x)
     _close(batched, x, w)
     for i in range(3):
         _close(single.right(x[i : i + 1]), x[i : i + 1], w)
         _close(split.right(x[i : i + 1]), x[i : i + 1], w)
-    if native:
+    if compiled:
         bias = np.linspace(-50, 50, 400, dtype=np.float32)
-        _close(split.fused_vector(x[:1], bias, relu=True), x[:1], w, bias, relu=True)
+        for rows in (x[:1], x):  # batch 1 (column blocks) and batch 3 (row blocks)
+            _close(split.fused_right(rows, bias, relu=True), rows, w, bias, relu=True)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_non_finite_inputs_poison_rows_as_a_dense_product_would(threads):
+def test_non_finite_inputs_poison_rows_as_a_dense_product_would(threads, batch):
     w = _weight((400, 600), 0.9)
     w[:, 7] = 0
     w[3, 7] = 1.5  # only row 3 stores a weight for input 7
-    x = np.ones((1, 600), np.float32)
+    x = np.ones((batch, 600), np.float32)
     x[0, 7] = np.inf
     with np.errstate(all="ignore"):
         y = WeightMatmul("sparse", w, threads=threads).right(x)
         assert np.isposinf(y[0, 3]) and np.isnan(np.delete(y[0], 3)).all()
+        assert np.isfinite(y[1:]).all()
 
 
 def test_float64_input_takes_the_general_path():

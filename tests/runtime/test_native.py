@@ -9,15 +9,15 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dcm.runtime.cpu import conv as cpu_conv, matmul
+from dcm.runtime.cpu import native
 
-if matmul.SparseMatrix is None:
+if native.SparseMatrix is None:
     if os.environ.get("DCM_ALLOW_NO_NATIVE") == "1":
         pytest.skip("built without the native kernel (DCM_ALLOW_NO_NATIVE=1)", allow_module_level=True)
     pytest.fail("dcm.runtime.cpu._native was not built (no C compiler at install?): reinstall with one, "
                 "or set DCM_ALLOW_NO_NATIVE=1 to test the scipy fallback alone", pytrace=False)
 
-SparseMatrix, SparseConv = matmul.SparseMatrix, cpu_conv.SparseConv
+SparseMatrix, SparseConv = native.SparseMatrix, native.SparseConv
 
 
 def _parts(rows=37, cols=53, density=0.2, seed=0, wide=False):
@@ -75,6 +75,43 @@ def test_one_form_alone_and_non_finite_count():
     assert only_csr.matvec(x, y) == 2 and only_csc.matvec(x, y) == 2
     with pytest.raises(ValueError, match="no CSC form"):
         only_csr.matvec(x, y, form="csc")
+
+
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("n", [2, 7, 8, 64, 70, 131])  # 64-column blocks, 8-column vectors, a scalar tail
+def test_matmat_matches_scipy(wide, n):
+    w, arrays = _parts(wide=wide)
+    m = SparseMatrix(*w.shape, *arrays)
+    rng = np.random.default_rng(n)
+    xt = rng.standard_normal((w.shape[1], n)).astype(np.float32)
+    bias = rng.standard_normal(w.shape[0]).astype(np.float32)
+    yt = np.full((w.shape[0], n), np.nan, np.float32)
+    m.matmat(xt, yt, bias, True)
+    np.testing.assert_allclose(yt, np.maximum(w @ xt + bias[:, None], 0), rtol=1e-5, atol=1e-5)
+    split = np.full_like(yt, np.nan)
+    m.matmat(xt, split, None, False, 0, 20)
+    m.matmat(xt, split, None, False, 20)
+    np.testing.assert_allclose(split, w @ xt, rtol=1e-5, atol=1e-5)
+    xt[3, 1] = np.nan  # stored weights carry NaN through the ReLU
+    m.matmat(xt, yt, bias, True)
+    assert np.array_equal(np.isnan(yt[:, 1]), (w[:, [3]] != 0).toarray()[:, 0])
+
+
+def test_matmat_refuses_bad_calls():
+    w, (rp, ri, rv, cp, ci, cv) = _parts()
+    m = SparseMatrix(*w.shape, rp, ri, rv)
+    xt, yt = np.ones((53, 4), np.float32), np.zeros((37, 4), np.float32)
+    for bad_x, bad_y, message in [(xt[:-1], yt, r"xt must be \[53, n\]"), (xt, np.zeros((37, 3), np.float32), "yt"),
+                                  (xt.reshape(-1), yt, "xt must be")]:
+        with pytest.raises(ValueError, match=message):
+            m.matmat(bad_x, bad_y)
+    with pytest.raises(ValueError, match="outside"):
+        m.matmat(xt, yt, None, False, 30, 40)
+    with pytest.raises((TypeError, ValueError), match="contiguous"):
+        m.matmat(np.ones((4, 53), np.float32).T, yt)
+    only_csc = SparseMatrix(*w.shape, csc_indptr=cp, csc_indices=ci, csc_values=cv)
+    with pytest.raises(ValueError, match="no CSR form"):
+        only_csc.matmat(xt, yt)
 
 
 def _bad(arrays, i, value):

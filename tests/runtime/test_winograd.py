@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dcm.runtime.cpu import conv, winograd
+from dcm.runtime.cpu import native, winograd
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -100,7 +100,7 @@ def test_wide_layer_runs_winograd_dense_and_direct_or_im2col_sparse(monkeypatch)
     rng = np.random.default_rng(1)
     m = _conv_model(rng.standard_normal((128, 128, 3, 3)).astype(np.float32), None, [1, 128, 4, 4], {})
     model = from_onnx(m, ConvertOptions(exact=True))
-    if conv.SparseConv is not None:
+    if native.SparseConv is not None:
         assert [k["kernel"] for k in InferenceSession(model, kernels="sparse").describe()] == ["direct"]
-    monkeypatch.setattr(conv, "SparseConv", None)
+    monkeypatch.setattr(native, "SparseConv", None)
     assert [k["kernel"] for k in InferenceSession(model, kernels="sparse").describe()] == ["sparse"]

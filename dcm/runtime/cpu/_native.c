@@ -20,6 +20,25 @@
 #include <stdint.h>
 #include <string.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_AVX2_PATH 1 /* AVX2 + FMA kernels, chosen at run time when the CPU has them */
+#endif
+
+static int use_avx2(void)
+{
+#ifdef HAVE_AVX2_PATH
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return cached;
+#else
+    return 0;
+#endif
+}
+
 #define RELEASE_GIL_MIN_NNZ 32768 /* below this the GIL round trip costs more than it frees */
 #define CSC_ALWAYS_NNZ 262144     /* past L2, CSC's 6 bytes per weight beat CSR's 8 even on dense x */
 
@@ -284,6 +303,145 @@ done:
     return result;
 }
 
+
+/* yt[r, :] = bias[r] + sum_k v[k] * xt[idx[k], :] for rows [begin, end), n columns: the batched
+ * product with activations transposed ([features, batch]), so that each stored weight scales one
+ * contiguous row of xt. Columns go in blocks of 64 (8 AVX2 sums held in registers). */
+#define CSR_MATMAT_GENERIC(IDX)                                                                \
+    for (Py_ssize_t r = begin; r < end; r++) {                                                 \
+        float b = bias ? bias[r] : 0.f;                                                        \
+        float *yr = yt + r * n;                                                                \
+        for (Py_ssize_t j = 0; j < n; j++) yr[j] = b;                                          \
+        for (int64_t k = p[r]; k < p[r + 1]; k++) {                                            \
+            const float *xr = xt + (Py_ssize_t)IDX[k] * n;                                     \
+            float w = v[k];                                                                    \
+            for (Py_ssize_t j = 0; j < n; j++) yr[j] += w * xr[j];                             \
+        }                                                                                      \
+        if (relu)                                                                              \
+            for (Py_ssize_t j = 0; j < n; j++) yr[j] = yr[j] < 0.f ? 0.f : yr[j];              \
+    }
+
+#ifdef HAVE_AVX2_PATH
+#define CSR_MATMAT_AVX2(IDX)                                                                   \
+    for (Py_ssize_t r = begin; r < end; r++) {                                                 \
+        __m256 b = _mm256_set1_ps(bias ? bias[r] : 0.f), zero = _mm256_setzero_ps();           \
+        float *yr = yt + r * n;                                                                \
+        Py_ssize_t j = 0;                                                                      \
+        for (; j + 64 <= n; j += 64) {                                                         \
+            __m256 a0 = b, a1 = b, a2 = b, a3 = b, a4 = b, a5 = b, a6 = b, a7 = b;             \
+            for (int64_t k = p[r]; k < p[r + 1]; k++) {                                        \
+                const float *xr = xt + (Py_ssize_t)IDX[k] * n + j;                             \
+                __m256 w = _mm256_broadcast_ss(v + k);                                         \
+                a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr), a0);                              \
+                a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr + 8), a1);                          \
+                a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr + 16), a2);                         \
+                a3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr + 24), a3);                         \
+                a4 = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr + 32), a4);                         \
+                a5 = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr + 40), a5);                         \
+                a6 = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr + 48), a6);                         \
+                a7 = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr + 56), a7);                         \
+            }                                                                                  \
+            if (relu) {                                                                        \
+                a0 = _mm256_max_ps(zero, a0); a1 = _mm256_max_ps(zero, a1);                    \
+                a2 = _mm256_max_ps(zero, a2); a3 = _mm256_max_ps(zero, a3);                    \
+                a4 = _mm256_max_ps(zero, a4); a5 = _mm256_max_ps(zero, a5);                    \
+                a6 = _mm256_max_ps(zero, a6); a7 = _mm256_max_ps(zero, a7);                    \
+            }                                                                                  \
+            _mm256_storeu_ps(yr + j, a0); _mm256_storeu_ps(yr + j + 8, a1);                    \
+            _mm256_storeu_ps(yr + j + 16, a2); _mm256_storeu_ps(yr + j + 24, a3);              \
+            _mm256_storeu_ps(yr + j + 32, a4); _mm256_storeu_ps(yr + j + 40, a5);              \
+            _mm256_storeu_ps(yr + j + 48, a6); _mm256_storeu_ps(yr + j + 56, a7);              \
+        }                                                                                      \
+        for (; j + 8 <= n; j += 8) {                                                           \
+            __m256 a0 = b;                                                                     \
+            for (int64_t k = p[r]; k < p[r + 1]; k++)                                          \
+                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(v + k),                               \
+                                     _mm256_loadu_ps(xt + (Py_ssize_t)IDX[k] * n + j), a0);    \
+            _mm256_storeu_ps(yr + j, relu ? _mm256_max_ps(zero, a0) : a0);                     \
+        }                                                                                      \
+        for (; j < n; j++) {                                                                   \
+            float a = bias ? bias[r] : 0.f;                                                    \
+            for (int64_t k = p[r]; k < p[r + 1]; k++) a += v[k] * xt[(Py_ssize_t)IDX[k] * n + j]; \
+            yr[j] = relu && a < 0.f ? 0.f : a;                                                 \
+        }                                                                                      \
+    }
+
+__attribute__((target("avx2,fma")))
+static void csr_matmat_avx2(const Form *f, const float *xt, float *yt, Py_ssize_t n, const float *bias, int relu,
+                            Py_ssize_t begin, Py_ssize_t end)
+{
+    const int64_t *p = f->ptr.buf;
+    const float *v = f->val.buf;
+    const int32_t *i32 = f->idx.buf;
+    const uint16_t *u16 = f->idx.buf;
+    if (f->wide) { CSR_MATMAT_AVX2(i32) } else { CSR_MATMAT_AVX2(u16) }
+}
+#endif
+
+static void csr_matmat_generic(const Form *f, const float *xt, float *yt, Py_ssize_t n, const float *bias,
+                               int relu, Py_ssize_t begin, Py_ssize_t end)
+{
+    const int64_t *p = f->ptr.buf;
+    const float *v = f->val.buf;
+    const int32_t *i32 = f->idx.buf;
+    const uint16_t *u16 = f->idx.buf;
+    if (f->wide) { CSR_MATMAT_GENERIC(i32) } else { CSR_MATMAT_GENERIC(u16) }
+}
+
+PyDoc_STRVAR(matmat_doc,
+"matmat(xt, yt, bias=None, relu=False, begin=0, end=-1)\n\n"
+"yt = W @ xt (+ bias per row) (then ReLU) for rows [begin, end) of yt: xt float32 [cols, n] and yt\n"
+"float32 [rows, n], both C-contiguous (activations transposed: one row per feature). Needs the CSR\n"
+"form. Releases the GIL: threads may run disjoint row ranges at once.");
+
+static PyObject *SparseMatrix_matmat(SparseMatrix *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"xt", "yt", "bias", "relu", "begin", "end", NULL};
+    PyObject *xo, *yo, *bo = Py_None;
+    int relu = 0;
+    Py_ssize_t begin = 0, end = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|Opnn", kwlist, &xo, &yo, &bo, &relu, &begin, &end))
+        return NULL;
+    if (!self->csr.ptr.buf) {
+        PyErr_SetString(PyExc_ValueError, "matmat: this matrix holds no CSR form");
+        return NULL;
+    }
+    Py_buffer xb, yb, bb = {0};
+    if (get_array_of_rank(xo, &xb, 'f', 4, 0, 1, "xt") < 0) return NULL;
+    if (get_array_of_rank(yo, &yb, 'f', 4, 1, 1, "yt") < 0) {
+        PyBuffer_Release(&xb);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (bo != Py_None && get_array(bo, &bb, 'f', 4, 0, "bias") < 0) goto done;
+    Py_ssize_t n = xb.ndim == 2 ? xb.shape[1] : 0;
+    if (xb.ndim != 2 || yb.ndim != 2 || xb.shape[0] != self->cols || yb.shape[0] != self->rows ||
+        yb.shape[1] != n || (bb.buf && bb.len / 4 != self->rows)) {
+        PyErr_Format(PyExc_ValueError, "matmat: xt must be [%zd, n], yt [%zd, n] and bias [%zd]", self->cols,
+                     self->rows, self->rows);
+        goto done;
+    }
+    if (end < 0) end = self->rows;
+    if (begin < 0 || begin > end || end > self->rows) {
+        PyErr_Format(PyExc_ValueError, "matmat: range [%zd, %zd) is outside 0..%zd", begin, end, self->rows);
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+#ifdef HAVE_AVX2_PATH
+    if (use_avx2())
+        csr_matmat_avx2(&self->csr, xb.buf, yb.buf, n, bb.buf, relu, begin, end);
+    else
+#endif
+        csr_matmat_generic(&self->csr, xb.buf, yb.buf, n, bb.buf, relu, begin, end);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&yb);
+    if (bb.buf) PyBuffer_Release(&bb);
+    return result;
+}
+
 static PyObject *SparseMatrix_forms(SparseMatrix *self, void *closure)
 {
     return Py_BuildValue("(OO)", self->csr.ptr.buf ? Py_True : Py_False, self->csc.ptr.buf ? Py_True : Py_False);
@@ -291,6 +449,7 @@ static PyObject *SparseMatrix_forms(SparseMatrix *self, void *closure)
 
 static PyMethodDef SparseMatrix_methods[] = {
     {"matvec", (PyCFunction)(void (*)(void))SparseMatrix_matvec, METH_VARARGS | METH_KEYWORDS, matvec_doc},
+    {"matmat", (PyCFunction)(void (*)(void))SparseMatrix_matmat, METH_VARARGS | METH_KEYWORDS, matmat_doc},
     {NULL},
 };
 
@@ -411,9 +570,7 @@ static void conv_channels_generic(const SparseConv *self, const ConvPlan *g, con
     }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define HAVE_AVX2_PATH 1
+#ifdef HAVE_AVX2_PATH
 
 __attribute__((target("avx2,fma")))
 static inline void store_segment(float *yt, __m256 acc, int len, int relu)
@@ -469,20 +626,6 @@ static void conv_channels_avx2(const SparseConv *self, const ConvPlan *g, const 
     }
 }
 #endif
-
-static int use_avx2(void)
-{
-#ifdef HAVE_AVX2_PATH
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    return cached;
-#else
-    return 0;
-#endif
-}
 
 PyDoc_STRVAR(conv_doc,
 "run(x, y, shape, strides, dilations, pads, bias=None, relu=False, begin=0, end=-1, c_begin=0, c_end=-1)\n\n"

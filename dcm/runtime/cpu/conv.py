@@ -8,22 +8,19 @@ import scipy.sparse as sp
 
 from dcm.errors import UnsupportedOpError
 from dcm.runtime.cpu.activation import relu
+from dcm.runtime.cpu import native
 from dcm.runtime.cpu.matmul import WeightMatmul, thread_pool
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.cpu.winograd import conv3x3, eligible, transform_weight
 from dcm.runtime.cpu.windows import im2col, ints2, pads2, reduce_windows, resolve_pads, spatial_2d
 from dcm.runtime.kernel import LARGE_BATCH, Kernel
 
-try:
-    from dcm.runtime.cpu._native import SparseConv
-except ImportError:  # built without a C compiler: im2col for every layer
-    SparseConv = None
-
-# Direct sparse convolution against im2col + BLAS/Winograd, measured on this project's 2-core AMD
-# EPYC (benchmarks/runtime.py): it runs 15-24 G multiply-adds/s over the kept weights, BLAS about
-# 56 G over all of them, so it wins below about 25% density; layers with few weights (LeNet-5's)
-# lose most of their time to im2col and dispatch, and win at any density (conv1 at 66%: 37 -> 12 us).
-DIRECT_MAX_DENSITY = 0.25
+# Direct sparse convolution against im2col + BLAS and Winograd, one layer at batch 1 on this
+# project's 2-core AMD EPYC (README "Runtime (CPU)"): at 10% density it took 0.33-0.67x of the dense
+# kernel's time (Winograd, 3x3 layers of 64-512 channels) and 0.64-0.84x (1x1), at 20% 0.55-1.18x,
+# at 30% 0.88-1.73x; it wins below about 15%. Layers with few weights (LeNet-5's) lose most of their
+# time to im2col and dispatch and win at any density (conv1 at 66%: 37 -> 12 us).
+DIRECT_MAX_DENSITY = 0.15
 DIRECT_SMALL_WEIGHTS = 32_768
 DIRECT_SPLIT_MIN_WORK = 2_000_000  # multiply-adds past which a run is split over the thread pool
 
@@ -62,29 +59,33 @@ class Conv(Kernel):
         b = ctx.opt_const(node, 2)
         self.bias = None if b is None else b.astype(np.float32).reshape(1, -1, 1, 1)
         self.threads = ctx.threads
-        self.direct = self._direct_weight(ctx.requested_mode(node, name), w, shape)
+        requested = ctx.requested_mode(node, name)
+        self.direct = self._direct_weight(requested, w, shape)
+        wide_3x3 = self.allow_winograd and eligible(self.kernel, self.strides, self.dilations, self.group, shape[1],
+                                                     shape[0])
+        if self.direct is None and requested is None and self.mode == "sparse" and wide_3x3:
+            self.mode, w = "dense", w.to_scipy().toarray()  # too dense for the direct kernel: Winograd wins
         if self.direct is not None:
             self.mode = "sparse"
             self.bias_vector = None if b is None else np.ascontiguousarray(self.bias.reshape(-1))
-        elif self.allow_winograd and self.mode == "dense" and eligible(self.kernel, self.strides, self.dilations,
-                                                                      self.group, shape[1], shape[0]):
+        elif wide_3x3 and self.mode == "dense":
             self.winograd = transform_weight(w.reshape(shape))
         else:
             m = w.to_scipy() if self.mode == "sparse" else w
             per = self.out_channels // self.group
             self.mms = [WeightMatmul(self.mode, m[g * per : (g + 1) * per], ctx.threads) for g in range(self.group)]
 
-    def _direct_weight(self, requested: str | None, w, shape) -> SparseConv | None:
+    def _direct_weight(self, requested: str | None, w, shape):
         """The weight for the direct sparse convolution, where it is the faster kernel (see
         DIRECT_MAX_DENSITY): horizontal stride 1, and sparse asked for or a pruned or small layer."""
-        if SparseConv is None or not self.allow_direct or self.strides[1] != 1 or requested == "dense":
+        if native.SparseConv is None or not self.allow_direct or self.strides[1] != 1 or requested == "dense":
             return None
         if requested is None and self.density > DIRECT_MAX_DENSITY and int(np.prod(shape)) > DIRECT_SMALL_WEIGHTS:
             return None
         m = w.to_scipy() if self.mode == "sparse" else sp.csr_array(w)
         m.sort_indices()
         self.direct_pattern = (m.indptr.astype(np.int64), m.indices.astype(np.int32))
-        return SparseConv(self.out_channels, shape[1], *self.kernel, self.group, *self.direct_pattern,
+        return native.SparseConv(self.out_channels, shape[1], *self.kernel, self.group, *self.direct_pattern,
                           m.data.astype(np.float32, copy=False))
 
     def __call__(self, x, _w=None, _b=None):
@@ -154,7 +155,7 @@ class Conv(Kernel):
         pruned weight is 0 * Inf = NaN (the sparse kernel never reads it). Counts, per output, the
         bad inputs in its window (over its group's channels) and those at stored weights."""
         bad = (~np.isfinite(x)).astype(np.float32)
-        ones = SparseConv(self.out_channels, self.in_channels // self.group, *self.kernel, self.group,
+        ones = native.SparseConv(self.out_channels, self.in_channels // self.group, *self.kernel, self.group,
                           *self.direct_pattern, np.ones(len(self.direct_pattern[1]), np.float32))
         hits = np.empty_like(y)
         ones.run(bad, hits, bad.shape, self.strides, self.dilations, (begin[0], begin[1], end[0], end[1]))

@@ -49,7 +49,7 @@ class Gemm(_FullyConnected):
         c_name = node.inputs[2] if len(node.inputs) > 2 else ""
         self.c_is_input = bool(c_name) and not ctx.is_const(c_name)
         self.c = (self.beta * ctx.const(c_name)).astype(np.float32) if c_name and not self.c_is_input else None
-        # Batch 1 on the native kernel takes C as a bias vector and does the ReLU itself.
+        # The native kernel takes C as a bias vector and does the ReLU itself.
         out = self.mm.shape[0]
         self.fused_ok = (getattr(self.mm, "native", None) is not None and self.alpha == 1.0 and not self.c_is_input
                          and (self.c is None or np.broadcast_shapes(self.c.shape, (1, out)) == (1, out)))
@@ -57,8 +57,8 @@ class Gemm(_FullyConnected):
 
     def __call__(self, a, _b=None, c=None):
         a = a.T if self.trans_a else a
-        if self.fused_ok and a.shape[0] == 1 and a.dtype == np.float32:
-            return (self.mm.fused_vector(a, self.bias, self.relu),)
+        if self.fused_ok and a.dtype == np.float32:
+            return (self.mm.fused_right(a, self.bias, self.relu),)
         y = self.mm.right(a)
         if self.alpha != 1.0:
             y *= np.float32(self.alpha)

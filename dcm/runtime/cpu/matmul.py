@@ -1,9 +1,9 @@
 """Y = W @ X for a decoded weight W [out, in] and activations X [in, n], sparse or dense.
 
 scipy's CSR kernels release the GIL, so a large sparse W is split into row blocks that run on a
-thread pool (DEVELOPERS.md: fc6 3.3 ms -> 1.9 ms on 2 threads). At batch 1 a sparse W runs on the
-compiled kernel (``_native.c``) when it was built: product, bias and ReLU in one call, skipping the
-zero inputs a ReLU leaves; scipy's matvec is the fallback.
+thread pool (DEVELOPERS.md: fc6 3.3 ms -> 1.9 ms on 2 threads). Where the compiled kernels were
+built (``native``), a sparse W runs on them instead: product, bias and ReLU in one call; at batch 1
+skipping the zero inputs a ReLU leaves, at batch n on activations held transposed [features, n].
 """
 from __future__ import annotations
 
@@ -14,15 +14,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from dcm.encoder.codec import CsrParts
+from dcm.runtime.cpu import native
 
 try:  # scipy's own CSR x vector kernel, without the checks and conversions of ``A @ x``
     from scipy.sparse._sparsetools import csr_matvec as _csr_matvec  # private, unchanged since scipy 0.14
 except ImportError:  # pragma: no cover - a future scipy; the public operator still works
     _csr_matvec = None
-try:
-    from dcm.runtime.cpu._native import SparseMatrix
-except ImportError:  # built without a C compiler (setup.py: optional); tests/runtime/test_native.py says so
-    SparseMatrix = None
 
 PARALLEL_MIN_NNZ = 200_000
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -47,19 +44,15 @@ class WeightMatmul:
             self.shape = m.shape
             self.nnz = m.nnz
             self.blocks = [m]
-            self.vector_ok = _csr_matvec is not None and m.data.dtype == np.float32
-            self.native = _native_matrix(m) if SparseMatrix is not None and m.data.dtype == np.float32 else None
-            self.column_cuts = [0, m.shape[1]]
-            if threads > 1 and m.nnz >= PARALLEL_MIN_NNZ:
-                bounds = np.searchsorted(m.indptr, np.linspace(0, m.nnz, threads + 1)[1:-1])
-                cuts = [0, *sorted(set(int(b) for b in bounds)), m.shape[0]]
-                self.blocks = [m[a:b] for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+            self.threads = threads
+            split = threads > 1 and m.nnz >= PARALLEL_MIN_NNZ
+            self.native = _native_matrix(m) if native.SparseMatrix is not None and m.data.dtype == np.float32 else None
+            self.vector_ok = self.native is None and _csr_matvec is not None and m.data.dtype == np.float32
+            self.row_cuts = _cuts(m.indptr, threads) if split else [0, m.shape[0]]
+            self.column_cuts = _cuts(sp.csc_array(m).indptr, threads) if split and self.native else [0, m.shape[1]]
+            if split and self.native is None:  # scipy: one row block per thread
+                self.blocks = [m[a:b] for a, b in zip(self.row_cuts[:-1], self.row_cuts[1:])]
                 self.vector_ok = False
-                self.threads = threads
-                if self.native is not None:  # the native kernel splits W by columns instead (CSC)
-                    csc_ptr = sp.csc_array(m).indptr
-                    bounds = np.searchsorted(csc_ptr, np.linspace(0, m.nnz, threads + 1)[1:-1])
-                    self.column_cuts = [0, *sorted(set(int(b) for b in bounds) - {0, m.shape[1]}), m.shape[1]]
         else:
             if prefer == "right":
                 self.wt = np.ascontiguousarray(np.asarray(weight, dtype=np.float32).T)
@@ -74,6 +67,8 @@ class WeightMatmul:
         """W [out, in] @ x [in, n] -> [out, n] float32."""
         if self.mode == "dense":
             return self.w @ x
+        if self.native is not None and x.dtype == np.float32:
+            return self._native_left(x, None, False)
         if len(self.blocks) == 1:
             y = np.asarray(self.blocks[0] @ x, dtype=np.float32)
         else:
@@ -81,6 +76,20 @@ class WeightMatmul:
             y = np.asarray(np.concatenate(parts, axis=0), dtype=np.float32)
         if not math.isfinite(x.sum()):  # cheap test; an overflowing sum only costs the exact check
             self._poison(x, y)
+        return y
+
+    def _native_left(self, x: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
+        """relu(W @ x [in, n] + bias [out, 1]) on the native kernel, row blocks over the thread pool."""
+        xt = np.ascontiguousarray(x)
+        y = np.empty((self.shape[0], xt.shape[1]), dtype=np.float32)
+        if len(self.row_cuts) == 2:
+            self.native.matmat(xt, y, bias, relu)
+        else:
+            cuts = self.row_cuts
+            list(thread_pool(self.threads).map(lambda r: self.native.matmat(xt, y, bias, relu, r[0], r[1]),
+                                               zip(cuts[:-1], cuts[1:])))
+        if not math.isfinite(xt.sum()):
+            self._poison(xt, y)
         return y
 
     def _poison(self, x: np.ndarray, y: np.ndarray) -> None:
@@ -99,29 +108,36 @@ class WeightMatmul:
         """x [n, in] @ W.T -> [n, out], computed as (W @ x.T).T."""
         if self.mode == "dense":
             return x @ self.wt
-        if x.shape[0] == 1 and x.dtype == np.float32:
-            if self.native is not None:
-                return self.fused_vector(x)
-            if self.vector_ok:
-                return self._vector(x)
+        if self.native is not None and x.dtype == np.float32:
+            return self.fused_right(x)
+        if x.shape[0] == 1 and self.vector_ok and x.dtype == np.float32:
+            return self._vector(x)
         return np.ascontiguousarray(self.left(x.T).T)
 
-    def fused_vector(self, x: np.ndarray, bias: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
-        """Batch 1 on the native kernel: relu(x [1, in] @ W.T + bias [out]) -> [1, out] float32.
-        Only for a sparse W with ``native`` set and a float32 x."""
+    def fused_right(self, x: np.ndarray, bias: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
+        """relu(x [n, in] @ W.T + bias [out]) -> [n, out] float32 on the native kernel (a sparse W with
+        ``native`` set, float32 x). For n > 1 the result is a transposed view of the kernel's
+        [out, n] output, which the next fully connected layer reads as it is, without a copy."""
+        if x.shape[0] == 1:
+            return self._fused_vector(x, bias, relu)
+        return self._native_left(x.T, bias, relu).T
+
+    def _fused_vector(self, x: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
+        """Batch 1: one matvec (CSR, or CSC skipping zero inputs), or column blocks over the thread
+        pool, each adding into its own partial sum."""
         v = x.reshape(-1)
         y = np.empty((1, self.shape[0]), dtype=np.float32)
         out = y.reshape(-1)
         if len(self.column_cuts) == 2:
             bad = self.native.matvec(v, out, bias, relu)
-        else:  # each thread adds its columns into its own partial sum
+        else:
             if bias is None:
                 out.fill(0)
             partials = [out, *(np.zeros_like(out) for _ in self.column_cuts[2:])]
             jobs = [(p, bias if i == 0 else None, a, b)
                     for i, (p, a, b) in enumerate(zip(partials, self.column_cuts[:-1], self.column_cuts[1:]))]
             bad = sum(thread_pool(self.threads).map(lambda j: self.native.matvec(v, j[0], j[1], False, "csc", j[2], j[3]),
-                                              jobs))
+                                                    jobs))
             for p in partials[1:]:
                 out += p
             if relu:
@@ -142,12 +158,19 @@ class WeightMatmul:
         return y
 
 
-def _native_matrix(m: sp.csr_array) -> SparseMatrix:
+def _cuts(indptr: np.ndarray, parts: int) -> list[int]:
+    """Boundaries that split the rows (or columns) of indptr into ``parts`` runs of about equal nnz."""
+    bounds = np.searchsorted(indptr, np.linspace(0, indptr[-1], parts + 1)[1:-1])
+    major = len(indptr) - 1
+    return [0, *sorted(set(int(b) for b in bounds) - {0, major}), major]
+
+
+def _native_matrix(m: sp.csr_array):
     """The native kernel's form of a CSR weight: scipy's own CSR arrays (shared, not copied) and a CSC
     copy with 16-bit row indices where they fit (6 bytes per weight, against CSR's 8)."""
     c = sp.csc_array(m)
     c.sort_indices()
     narrow = m.shape[0] <= np.iinfo(np.uint16).max + 1
-    return SparseMatrix(m.shape[0], m.shape[1], m.indptr.astype(np.int64), m.indices.astype(np.int32, copy=False),
+    return native.SparseMatrix(m.shape[0], m.shape[1], m.indptr.astype(np.int64), m.indices.astype(np.int32, copy=False),
                         m.data, c.indptr.astype(np.int64), c.indices.astype(np.uint16 if narrow else np.int32),
                         c.data)
