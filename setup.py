@@ -9,4 +9,4 @@ import sys
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("dcm.runtime.cpu._native", ["dcm/runtime/cpu/_native.c"], optional=True,
-                             extra_compile_args=[] if sys.platform == "win32" else ["-O2"])])
+                             extra_compile_args=[] if sys.platform == "win32" else ["-O3"])])

@@ -259,3 +259,25 @@ def test_conv_refuses_bad_weights_and_calls():
         conv.run(x, y, x.shape, (1, 1), (1, 1), (0, 0, 0, 0), begin=0, end=2)
     with pytest.raises(TypeError, match="float32"):
         conv.run(x.astype(np.float64), y, x.shape, (1, 1), (1, 1), (0, 0, 0, 0))
+
+
+def test_winograd_transforms_refuse_bad_calls():
+    x, v = np.ones((2, 3, 6, 6), np.float32), np.zeros((16, 3, 2 * 1 * 3), np.float32)
+    native.winograd_input(x, v, x.shape, (1, 1), (0, 2, 0, 1, 3))  # 2 samples x 1 tile row x 3 tiles
+    for shape, pads, band, message in [
+        (x.shape, (1, 1), (0, 3, 0, 1, 3), "out of bounds"),  # samples past N
+        (x.shape, (-1, 1), (0, 2, 0, 1, 3), "out of bounds"),
+        (x.shape, (1, 1), (0, 2, 1, 1, 3), "out of bounds"),  # empty band
+        ((2, 3, 6, 5), (1, 1), (0, 2, 0, 1, 3), "x must have"),
+        (x.shape, (1, 1), (0, 2, 0, 2, 3), "v 576"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            native.winograd_input(x, v, shape, pads, band)
+    m, out = np.zeros((16, 4, 6), np.float32), np.zeros((2, 4, 6, 6), np.float32)
+    native.winograd_output(m, out, out.shape, (0, 2, 0, 1, 3))
+    for band, message in [((0, 2, 3, 4, 3), "out of bounds"), ((0, 2, 0, 1, 2), "out of bounds"),
+                          ((0, 1, 0, 1, 3), "m must have")]:
+        with pytest.raises(ValueError, match=message):
+            native.winograd_output(m, out, out.shape, band)
+    with pytest.raises(ValueError, match="bias 4"):
+        native.winograd_output(m, out, out.shape, (0, 2, 0, 1, 3), np.zeros(3, np.float32))

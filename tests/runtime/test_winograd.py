@@ -61,11 +61,15 @@ def test_without_bias(any_width):
     _check([2, 3, 6, 6], 4, {"pads": [1, 1, 1, 1]}, bias=False)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 3), c=st.integers(1, 6), k=st.integers(1, 6), h=st.integers(1, 30), w=st.integers(1, 9),
-       pads=st.lists(st.integers(0, 12), min_size=4, max_size=4), band_tiles=st.sampled_from([1, 5, 512]))
-def test_any_shape_matches_direct_convolution(n, c, k, h, w, pads, band_tiles):
-    """Every size, padding and band split against a float64 sum over the nine kernel offsets."""
+       pads=st.lists(st.integers(0, 12), min_size=4, max_size=4), band_tiles=st.sampled_from([1, 5, 40, 512]),
+       compiled=st.booleans(), threads=st.sampled_from([1, 2]), relu=st.booleans())
+def test_any_shape_matches_direct_convolution(n, c, k, h, w, pads, band_tiles, compiled, threads, relu):
+    """Every size, padding and band split against a float64 sum over the nine kernel offsets, with the
+    compiled transforms (split over 2 threads or not) and with numpy's."""
+    if compiled and native.winograd_input is None:
+        return
     begin, end = pads[:2], pads[2:]
     if h + begin[0] + end[0] < 3 or w + begin[1] + end[1] < 3:
         return
@@ -78,12 +82,17 @@ def test_any_shape_matches_direct_convolution(n, c, k, h, w, pads, band_tiles):
     ref = sum(np.einsum("nchw,kc->nkhw", xp[:, :, i : i + oh, j : j + ow], wt[:, :, i, j])
               for i in range(3) for j in range(3))
     ref = ref + bias
+    ref = np.maximum(ref, 0) if relu else ref
     u = winograd.transform_weight(wt)
-    default, winograd.BAND_TILES = winograd.BAND_TILES, band_tiles  # bands of one tile row, some all padding
+    saved = winograd.BAND_TILES, winograd.NATIVE_BAND_TILES, winograd.SPLIT_MIN_VALUES, native.winograd_input
+    winograd.BAND_TILES, winograd.SPLIT_MIN_VALUES = band_tiles, 0  # bands of one tile row, some all padding
+    winograd.NATIVE_BAND_TILES = band_tiles  # bands of samples x tile rows
+    if not compiled:
+        native.winograd_input = None
     try:
-        got = winograd.conv3x3(x, u, begin, end, bias)
+        got = winograd.conv3x3(x, u, begin, end, bias, relu, threads)
     finally:
-        winograd.BAND_TILES = default
+        winograd.BAND_TILES, winograd.NATIVE_BAND_TILES, winograd.SPLIT_MIN_VALUES, native.winograd_input = saved
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
 
 

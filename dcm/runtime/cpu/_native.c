@@ -2,6 +2,7 @@
  *
  * SparseMatrix: the batch-1 sparse fully connected kernel, y = relu(W @ x + b).
  * SparseConv: direct sparse convolution, y = relu(conv(x, W) + b), with no im2col.
+ * winograd_input / winograd_output: the tile transforms of dense 3x3 convolutions (winograd.py).
  *
  * Why C: a batch-1 product of a pruned layer is a few thousand multiply-adds, and scipy spends as
  * long in checks and conversions as in the product, then numpy adds the bias and clamps in two
@@ -757,8 +758,268 @@ static PyTypeObject SparseConvType = {
     .tp_methods = SparseConv_methods,
 };
 
+
+/* ------------------------------------------------------------------------------------------------
+ * Winograd F(2x2, 3x3) tile transforms (dense 3x3 stride-1 convolutions; winograd.py does the
+ * products). Layouts keep the tiles innermost, so both transforms are plain loops over a row of
+ * tiles, which the compiler vectorizes: V [16, C, tiles] and M [16, K, tiles], tiles ordered
+ * (sample, tile row within the band, tile column). The products are then M[i] = U[i] @ V[i] with
+ * U [16, K, C]. numpy did these transforms in about ten whole-array passes with temporaries, on one
+ * thread; here each is one pass, and threads can take disjoint channel ranges.
+ * ------------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    Py_ssize_t n, c, h, w, pt, pl; /* input and its top/left padding */
+    Py_ssize_t n0, n1, t0, t1, tw; /* the band: samples [n0, n1), tile rows [t0, t1), tiles per row */
+} WinoGeometry;
+
+/* rows: 4 scratch rows of wp = 2 tw + 2 floats, plus 4 more for the row sums. */
+#define WINO_INPUT_BODY                                                                            \
+    Py_ssize_t wp = 2 * g->tw + 2, bt = g->t1 - g->t0, tiles = (g->n1 - g->n0) * bt * g->tw;      \
+    float *r[4] = {rows, rows + wp, rows + 2 * wp, rows + 3 * wp};                                 \
+    float *d[4] = {rows + 4 * wp, rows + 5 * wp, rows + 6 * wp, rows + 7 * wp};                    \
+    for (Py_ssize_t n = g->n0; n < g->n1; n++)                                                     \
+        for (Py_ssize_t c = c0; c < c1; c++) {                                                     \
+            const float *plane = x + (n * g->c + c) * g->h * g->w;                                 \
+            for (Py_ssize_t tr = g->t0; tr < g->t1; tr++) {                                        \
+                for (int i = 0; i < 4; i++) {                                                      \
+                    Py_ssize_t src = 2 * tr + i - g->pt;                                           \
+                    memset(r[i], 0, wp * sizeof(float));                                           \
+                    if (src >= 0 && src < g->h) {                                                  \
+                        Py_ssize_t lo = g->pl, len = g->w < wp - lo ? g->w : wp - lo;              \
+                        if (len > 0) memcpy(r[i] + lo, plane + src * g->w, len * sizeof(float));   \
+                    }                                                                              \
+                }                                                                                  \
+                for (Py_ssize_t j = 0; j < wp; j++) { /* B^T along the rows */                     \
+                    d[0][j] = r[0][j] - r[2][j];                                                   \
+                    d[1][j] = r[1][j] + r[2][j];                                                   \
+                    d[2][j] = r[2][j] - r[1][j];                                                   \
+                    d[3][j] = r[1][j] - r[3][j];                                                   \
+                }                                                                                  \
+                Py_ssize_t base = ((n - g->n0) * bt + tr - g->t0) * g->tw;                         \
+                for (int a = 0; a < 4; a++) { /* ... and along the columns of every tile */        \
+                    const float *e = d[a];                                                         \
+                    float *v0 = v + ((4 * a + 0) * g->c + c) * tiles + base;                       \
+                    float *v1 = v + ((4 * a + 1) * g->c + c) * tiles + base;                       \
+                    float *v2 = v + ((4 * a + 2) * g->c + c) * tiles + base;                       \
+                    float *v3 = v + ((4 * a + 3) * g->c + c) * tiles + base;                       \
+                    for (Py_ssize_t t = 0; t < g->tw; t++) {                                       \
+                        float e0 = e[2 * t], e1 = e[2 * t + 1], e2 = e[2 * t + 2], e3 = e[2 * t + 3]; \
+                        v0[t] = e0 - e2;                                                           \
+                        v1[t] = e1 + e2;                                                           \
+                        v2[t] = e2 - e1;                                                           \
+                        v3[t] = e1 - e3;                                                           \
+                    }                                                                              \
+                }                                                                                  \
+            }                                                                                      \
+        }
+
+/* out rows [2 t0, 2 t1) of channels [k0, k1): A^T M A, bias, ReLU, cropped to oh x ow. */
+#define WINO_OUTPUT_BODY                                                                           \
+    Py_ssize_t bt = g->t1 - g->t0, tiles = (g->n1 - g->n0) * bt * g->tw;                           \
+    float *y0 = rows, *y1 = rows + 2 * g->tw;                                                      \
+    for (Py_ssize_t n = g->n0; n < g->n1; n++)                                                     \
+        for (Py_ssize_t k = k0; k < k1; k++) {                                                     \
+            float b = bias ? bias[k] : 0.f;                                                        \
+            float *plane = out + (n * kk + k) * oh * ow;                                           \
+            for (Py_ssize_t tr = g->t0; tr < g->t1; tr++) {                                       \
+                Py_ssize_t base = ((n - g->n0) * bt + tr - g->t0) * g->tw;                         \
+                const float *q[16];                                                                \
+                for (int i = 0; i < 16; i++) q[i] = m + (i * kk + k) * tiles + base;               \
+                for (Py_ssize_t t = 0; t < g->tw; t++) {                                           \
+                    float p0[4], p1[4];                                                            \
+                    for (int j = 0; j < 4; j++) {                                                  \
+                        p0[j] = q[j][t] + q[4 + j][t] + q[8 + j][t];                               \
+                        p1[j] = q[4 + j][t] - q[8 + j][t] - q[12 + j][t];                          \
+                    }                                                                              \
+                    float a = b + p0[0] + p0[1] + p0[2], c_ = b + p0[1] - p0[2] - p0[3];           \
+                    float e = b + p1[0] + p1[1] + p1[2], f = b + p1[1] - p1[2] - p1[3];            \
+                    if (relu) {                                                                    \
+                        a = a < 0.f ? 0.f : a; c_ = c_ < 0.f ? 0.f : c_;                           \
+                        e = e < 0.f ? 0.f : e; f = f < 0.f ? 0.f : f;                              \
+                    }                                                                              \
+                    y0[2 * t] = a; y0[2 * t + 1] = c_;                                             \
+                    y1[2 * t] = e; y1[2 * t + 1] = f;                                              \
+                }                                                                                  \
+                if (2 * tr < oh) memcpy(plane + 2 * tr * ow, y0, ow * sizeof(float));              \
+                if (2 * tr + 1 < oh) memcpy(plane + (2 * tr + 1) * ow, y1, ow * sizeof(float));    \
+            }                                                                                      \
+        }
+
+static void wino_input_generic(const WinoGeometry *g, const float *x, float *v, float *rows, Py_ssize_t c0,
+                               Py_ssize_t c1)
+{
+    WINO_INPUT_BODY
+}
+
+static void wino_output_generic(const WinoGeometry *g, const float *m, float *out, Py_ssize_t kk, Py_ssize_t oh,
+                                Py_ssize_t ow, const float *bias, int relu, float *rows, Py_ssize_t k0, Py_ssize_t k1)
+{
+    WINO_OUTPUT_BODY
+}
+
+#ifdef HAVE_AVX2_PATH
+__attribute__((target("avx2,fma")))
+static void wino_input_avx2(const WinoGeometry *g, const float *x, float *v, float *rows, Py_ssize_t c0,
+                            Py_ssize_t c1)
+{
+    WINO_INPUT_BODY
+}
+
+__attribute__((target("avx2,fma")))
+static void wino_output_avx2(const WinoGeometry *g, const float *m, float *out, Py_ssize_t kk, Py_ssize_t oh,
+                             Py_ssize_t ow, const float *bias, int relu, float *rows, Py_ssize_t k0, Py_ssize_t k1)
+{
+    WINO_OUTPUT_BODY
+}
+#endif
+
+/* Parses (N, C, H, W), (pad top, pad left), (n0, n1, t0, t1, tw) and bounds them. */
+static int wino_geometry(PyObject *shape, PyObject *pads, PyObject *band, WinoGeometry *g)
+{
+    if (!PyArg_ParseTuple(shape, "nnnn", &g->n, &g->c, &g->h, &g->w) ||
+        !PyArg_ParseTuple(pads, "nn", &g->pt, &g->pl) ||
+        !PyArg_ParseTuple(band, "nnnnn", &g->n0, &g->n1, &g->t0, &g->t1, &g->tw))
+        return -1;
+    const Py_ssize_t big = (Py_ssize_t)1 << 20;
+    if (g->n < 0 || g->c < 1 || g->h < 1 || g->w < 1 || g->h > big || g->w > big || g->pt < 0 || g->pl < 0 ||
+        g->pt > big || g->pl > big || g->tw < 1 || g->tw > big || g->t0 < 0 || g->t1 <= g->t0 || g->t1 > big ||
+        g->n0 < 0 || g->n1 <= g->n0 || g->n1 > g->n) {
+        PyErr_SetString(PyExc_ValueError, "winograd: a size, pad or band is out of bounds");
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(wino_in_doc,
+"winograd_input(x, v, shape, pads, band, c_begin=0, c_end=-1)\n\n"
+"V = B^T d B for every 4x4 tile of the band = (n0, n1, t0, t1, tiles per row): samples [n0, n1),\n"
+"tile rows [t0, t1). x float32 [N, C, H, W] (shape), pads = (top, left) (the tiles read zeros\n"
+"outside x), v float32 [16, C, (n1 - n0) * (t1 - t0) * tiles per row], written for channels\n"
+"[c_begin, c_end).");
+
+static PyObject *winograd_input(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"x", "v", "shape", "pads", "band", "c_begin", "c_end", NULL};
+    PyObject *xo, *vo, *so, *po, *bo;
+    Py_ssize_t c0 = 0, c1 = -1;
+    WinoGeometry g;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|nn", kwlist, &xo, &vo, &so, &po, &bo, &c0, &c1) ||
+        wino_geometry(so, po, bo, &g) < 0)
+        return NULL;
+    if (c1 < 0) c1 = g.c;
+    if (c0 < 0 || c0 > c1 || c1 > g.c) {
+        PyErr_SetString(PyExc_ValueError, "winograd_input: channel range out of bounds");
+        return NULL;
+    }
+    Py_buffer xb, vb;
+    if (get_array_of_rank(xo, &xb, 'f', 4, 0, 1, "x") < 0) return NULL;
+    if (get_array_of_rank(vo, &vb, 'f', 4, 1, 1, "v") < 0) {
+        PyBuffer_Release(&xb);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    float *rows = NULL;
+    Py_ssize_t tiles = (g.n1 - g.n0) * (g.t1 - g.t0) * g.tw;
+    if (xb.len / 4 != g.n * g.c * g.h * g.w || vb.len / 4 != 16 * g.c * tiles) {
+        PyErr_Format(PyExc_ValueError, "winograd_input: x must have %zd values and v %zd", g.n * g.c * g.h * g.w,
+                     16 * g.c * tiles);
+        goto done;
+    }
+    rows = PyMem_RawMalloc(8 * (2 * g.tw + 2) * sizeof(float));
+    if (!rows) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+#ifdef HAVE_AVX2_PATH
+    if (use_avx2())
+        wino_input_avx2(&g, xb.buf, vb.buf, rows, c0, c1);
+    else
+#endif
+        wino_input_generic(&g, xb.buf, vb.buf, rows, c0, c1);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_RawFree(rows);
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&vb);
+    return result;
+}
+
+PyDoc_STRVAR(wino_out_doc,
+"winograd_output(m, out, shape, band, bias=None, relu=False, k_begin=0, k_end=-1)\n\n"
+"Y = A^T M A for the band's tiles (n0, n1, t0, t1, tiles per row) into out float32 [N, K, OH, OW]\n"
+"(shape), rows [2 t0, 2 t1) cropped to OH x OW; m float32 [16, K, (n1 - n0) * (t1 - t0) * tiles per\n"
+"row]; then bias float32 [K] and the ReLU. Channels [k_begin, k_end).");
+
+static PyObject *winograd_output(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"m", "out", "shape", "band", "bias", "relu", "k_begin", "k_end", NULL};
+    PyObject *mo, *oo, *so, *bo, *biaso = Py_None;
+    int relu = 0;
+    Py_ssize_t k0 = 0, k1 = -1, kk, oh, ow;
+    WinoGeometry g = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|Opnn", kwlist, &mo, &oo, &so, &bo, &biaso, &relu, &k0, &k1))
+        return NULL;
+    if (!PyArg_ParseTuple(so, "nnnn", &g.n, &kk, &oh, &ow) ||
+        !PyArg_ParseTuple(bo, "nnnnn", &g.n0, &g.n1, &g.t0, &g.t1, &g.tw))
+        return NULL;
+    const Py_ssize_t big = (Py_ssize_t)1 << 20;
+    if (k1 < 0) k1 = kk;
+    if (g.n < 0 || kk < 1 || oh < 1 || ow < 1 || oh > big || ow > big || g.tw < (ow + 1) / 2 || g.tw > big ||
+        g.t0 < 0 || g.t1 <= g.t0 || 2 * g.t0 >= oh || g.t1 > (oh + 1) / 2 || k0 < 0 || k0 > k1 || k1 > kk ||
+        g.n0 < 0 || g.n1 <= g.n0 || g.n1 > g.n) {
+        PyErr_SetString(PyExc_ValueError, "winograd_output: a size, band or channel range is out of bounds");
+        return NULL;
+    }
+    Py_buffer mb, ob, bb = {0};
+    if (get_array_of_rank(mo, &mb, 'f', 4, 0, 1, "m") < 0) return NULL;
+    if (get_array_of_rank(oo, &ob, 'f', 4, 1, 1, "out") < 0) {
+        PyBuffer_Release(&mb);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    float *rows = NULL;
+    if (biaso != Py_None && get_array(biaso, &bb, 'f', 4, 0, "bias") < 0) goto done;
+    Py_ssize_t tiles = (g.n1 - g.n0) * (g.t1 - g.t0) * g.tw;
+    if (mb.len / 4 != 16 * kk * tiles || ob.len / 4 != g.n * kk * oh * ow || (bb.buf && bb.len / 4 != kk)) {
+        PyErr_Format(PyExc_ValueError, "winograd_output: m must have %zd values, out %zd, bias %zd", 16 * kk * tiles,
+                     g.n * kk * oh * ow, kk);
+        goto done;
+    }
+    rows = PyMem_RawMalloc(4 * g.tw * sizeof(float));
+    if (!rows) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const float *m = mb.buf, *bias = bb.buf;
+    float *out = ob.buf;
+    Py_BEGIN_ALLOW_THREADS
+#ifdef HAVE_AVX2_PATH
+    if (use_avx2())
+        wino_output_avx2(&g, m, out, kk, oh, ow, bias, relu, rows, k0, k1);
+    else
+#endif
+        wino_output_generic(&g, m, out, kk, oh, ow, bias, relu, rows, k0, k1);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_RawFree(rows);
+    PyBuffer_Release(&mb);
+    PyBuffer_Release(&ob);
+    if (bb.buf) PyBuffer_Release(&bb);
+    return result;
+}
+
+static PyMethodDef module_methods[] = {
+    {"winograd_input", (PyCFunction)(void (*)(void))winograd_input, METH_VARARGS | METH_KEYWORDS, wino_in_doc},
+    {"winograd_output", (PyCFunction)(void (*)(void))winograd_output, METH_VARARGS | METH_KEYWORDS, wino_out_doc},
+    {NULL},
+};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_native", "dcm's compiled kernels (see _native.c).", -1, NULL,
+    PyModuleDef_HEAD_INIT, "_native", "dcm's compiled kernels (see _native.c).", -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__native(void)

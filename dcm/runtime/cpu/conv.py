@@ -99,7 +99,7 @@ class Conv(Kernel):
             out = self._run_direct(x, begin, end)
             return (out[:, :, 0, :] if was_1d else out,)
         if self.winograd is not None:
-            return (conv3x3(x, self.winograd, begin, end, self.bias, self.relu),)
+            return (conv3x3(x, self.winograd, begin, end, self.bias, self.relu, self.threads),)
         pointwise = self.kernel == (1, 1) and self.group == 1 and not any(begin) and not any(end)
         if pointwise and (n == 1 or self.mode == "dense"):
             out = self._pointwise(x)

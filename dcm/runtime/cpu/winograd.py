@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dcm.runtime.cpu import activation
+from dcm.runtime.cpu import activation, native
+from dcm.runtime.cpu.matmul import thread_pool
 from dcm.runtime.cpu.windows import scratch_arrays
 
 MIN_CHANNELS = 64  # input and output channels; narrower layers run faster as im2col + GEMM
@@ -44,16 +45,21 @@ def _input_transform(d0: np.ndarray, d1: np.ndarray, d2: np.ndarray, d3: np.ndar
 
 
 BAND_TILES = 512  # tiles per band: the band's buffers stay in cache and the GEMMs stay efficient
+# Tiles per band of the compiled path (at least one tile row). Measured on 64-512 channel layers,
+# 1 and 2 threads: 128 was best or within noise of it; a band's V and M then take 0.5-4 MB.
+NATIVE_BAND_TILES = 128
+SPLIT_MIN_VALUES = 1 << 16  # transform work (channels x tiles) past which a band's transforms use the thread pool
 
 
 def conv3x3(x: np.ndarray, u: np.ndarray, begin: list[int], end: list[int], bias: np.ndarray | None,
-            relu: bool = False) -> np.ndarray:
+            relu: bool = False, threads: int = 1) -> np.ndarray:
     """x [N, C_in, H, W], U from ``transform_weight`` -> [N, C_out, OH, OW] float32 (then max(0, .)
     with ``relu``, band by band while it is in cache).
 
     Works in bands of tile rows, so the work buffers are a few MB even for VGG-16's 224x224 layers.
-    The tile transforms stay on one thread: splitting them over two threads made the VGG block
-    slower (1.28 -> 2.1 ms per layer), as OpenBLAS's workers still spin after the GEMM.
+    The tile transforms run on the compiled kernels where they were built (``_conv3x3_native``),
+    else as numpy passes on one thread: splitting those over two threads made the VGG block slower
+    (1.28 -> 2.1 ms per layer), as OpenBLAS's workers still spin after the GEMM.
     """
     n, c, h, w = x.shape
     oh, ow = h + begin[0] + end[0] - 2, w + begin[1] + end[1] - 2
@@ -62,6 +68,9 @@ def conv3x3(x: np.ndarray, u: np.ndarray, begin: list[int], end: list[int], bias
     th, tw = -(-oh // 2), -(-ow // 2)  # tiles; the last may hang over the bottom/right edge (zeros)
     out = np.empty((n, u.shape[2], oh, ow), dtype=np.float32)
     band = max(1, BAND_TILES // (n * tw))
+    if native.winograd_input is not None:
+        return _conv3x3_native(np.ascontiguousarray(x, dtype=np.float32), u, begin, out, th, tw,
+                               None if bias is None else np.ascontiguousarray(bias.reshape(-1)), relu, threads)
     for t0 in range(0, th, band):
         t1 = min(t0 + band, th)
         v = _transform_in(x, begin, t0, t1, tw, c)
@@ -71,6 +80,38 @@ def conv3x3(x: np.ndarray, u: np.ndarray, begin: list[int], end: list[int], bias
             done = out[:, :, 2 * t0 : 2 * t1]
             activation.relu(done, out=done)
     return out
+
+
+def _conv3x3_native(x: np.ndarray, u: np.ndarray, begin: list[int], out: np.ndarray, th: int, tw: int,
+                    bias: np.ndarray | None, relu: bool, threads: int) -> np.ndarray:
+    """The compiled transforms, with tiles innermost: V [16, C_in, tiles], M = U^T V [16, C_out, tiles]
+    (U read transposed, no copy), in bands of samples x tile rows (``NATIVE_BAND_TILES``), small enough
+    for V and M to stay in cache. Large bands split their transforms by channels over the pool."""
+    n, c = x.shape[:2]
+    k = u.shape[2]
+    ut = u.transpose(0, 2, 1)  # [16, C_out, C_in]
+    tiles = max(tw, NATIVE_BAND_TILES)  # per band
+    rows = min(th, max(1, tiles // tw))  # tile rows per band, then samples per band
+    samples = max(1, tiles // (rows * tw)) if rows == th else 1
+    for n0 in range(0, n, samples):
+        for t0 in range(0, th, rows):
+            band = (n0, min(n0 + samples, n), t0, min(t0 + rows, th), tw)
+            count = (band[1] - n0) * (band[3] - t0) * tw
+            v, m = scratch_arrays((16, c, count), (16, k, count))
+            _split(threads, c, count, lambda a, b: native.winograd_input(x, v, x.shape, (begin[0], begin[1]), band,
+                                                                         a, b))
+            np.matmul(ut, v, out=m)
+            _split(threads, k, count, lambda a, b: native.winograd_output(m, out, out.shape, band, bias, relu, a, b))
+    return out
+
+
+def _split(threads: int, channels: int, tiles: int, run) -> None:
+    """run(begin, end) over channel ranges: one call, or one per thread for large transforms."""
+    if threads < 2 or channels * tiles < SPLIT_MIN_VALUES or channels < threads:
+        run(0, channels)
+        return
+    cuts = np.linspace(0, channels, threads + 1).astype(int)
+    list(thread_pool(threads).map(lambda r: run(*r), zip(cuts[:-1], cuts[1:])))
 
 
 def _transform_in(x: np.ndarray, begin: list[int], t0: int, t1: int, tw: int, c: int) -> np.ndarray:
