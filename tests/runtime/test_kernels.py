@@ -17,13 +17,15 @@ from dcm.runtime.cpu import native  # noqa: E402
 @contextlib.contextmanager
 def _native(on: bool):
     """Sessions made inside use the compiled kernels only if ``on`` (they are picked at load)."""
-    saved = native.SparseConv, native.SparseMatrix
+    saved = {name: getattr(native, name) for name in native.NAMES}
     if not on:
-        native.SparseConv = native.SparseMatrix = None
+        for name in native.NAMES:
+            setattr(native, name, None)
     try:
         yield
     finally:
-        native.SparseConv, native.SparseMatrix = saved
+        for name, value in saved.items():
+            setattr(native, name, value)
 
 
 def _model(op, x_shape, inits=(), attrs=None, extra_inputs=(), opset=17, out_rank=None):
@@ -56,8 +58,8 @@ DEVICES = _devices()
 
 
 def _compare(m, x, modes=("sparse", "dense"), rtol=1e-5):
-    """Every mode on every device; "sparse" on the CPU also without the compiled kernels (im2col and
-    scipy instead of the direct sparse convolution and the native matvec)."""
+    """Every mode on every device; "sparse" on the CPU also without the compiled kernels (numpy and
+    scipy instead of ``_native.c``)."""
     ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     model = from_onnx(m, ConvertOptions(exact=True, min_coded_elements=1))
     runs = [(mo, d, True) for mo in modes for d in DEVICES]

@@ -281,3 +281,48 @@ def test_winograd_transforms_refuse_bad_calls():
             native.winograd_output(m, out, out.shape, band)
     with pytest.raises(ValueError, match="bias 4"):
         native.winograd_output(m, out, out.shape, (0, 2, 0, 1, 3), np.zeros(3, np.float32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_pool_matches_numpy(data):
+    """pool2d against the numpy reductions it replaces (max: -inf padding; average: zero padding over a
+    divisor), NaN included."""
+    from dcm.runtime.cpu.windows import reduce_windows
+
+    d = data.draw
+    kernel, strides = (d(st.integers(1, 4)), d(st.integers(1, 4))), (d(st.integers(1, 3)), d(st.integers(1, 3)))
+    dilations = (d(st.integers(1, 2)), d(st.integers(1, 2)))
+    pads = [d(st.integers(0, 3)) for _ in range(4)]
+    n, c, h, w = d(st.integers(1, 2)), d(st.integers(1, 3)), d(st.integers(1, 12)), d(st.integers(1, 20))
+    if h + pads[0] + pads[2] < (kernel[0] - 1) * dilations[0] + 1 or w + pads[1] + pads[3] < (kernel[1] - 1) * dilations[1] + 1:
+        return
+    rng = np.random.default_rng(d(st.integers(0, 2**16)))
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    if d(st.booleans()):
+        x[0, 0, rng.integers(h), rng.integers(w)] = np.nan
+    begin, end = pads[:2], pads[2:]
+    ref = reduce_windows(x, kernel, strides, dilations, begin, end, np.maximum, -np.inf)
+    y = np.full(ref.shape, 7, np.float32)
+    native.pool2d(x, y, x.shape, kernel, strides, dilations, (*begin, *end))
+    np.testing.assert_array_equal(y, ref)
+    divisor = rng.integers(1, 9, ref.shape[2:]).astype(np.float32)
+    ref = reduce_windows(x, kernel, strides, dilations, begin, end, np.add) / divisor
+    native.pool2d(x, y, x.shape, kernel, strides, dilations, (*begin, *end), divisor.reshape(-1), 0, n * c)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_pool_refuses_bad_calls():
+    x, y = np.ones((1, 2, 6, 6), np.float32), np.zeros((1, 2, 3, 3), np.float32)
+    args = ((2, 2), (2, 2), (1, 1), (0, 0, 0, 0))
+    native.pool2d(x, y, x.shape, *args)
+    for shape, kernel, pads, message in [((1, 2, 6, 5), (2, 2), (0, 0, 0, 0), "x must have"),
+                                         ((1, 2, 6, 6), (9, 2), (0, 0, 0, 0), "smaller than the kernel"),
+                                         ((1, 2, 6, 6), (2, 2), (0, -1, 0, 0), "out of bounds"),
+                                         ((1, 2, 6, 6), (0, 2), (0, 0, 0, 0), "out of bounds")]:
+        with pytest.raises(ValueError, match=message):
+            native.pool2d(x, y, shape, kernel, (2, 2), (1, 1), pads)
+    with pytest.raises(ValueError, match="divisor 9"):
+        native.pool2d(x, y, x.shape, *args, np.ones(8, np.float32))
+    with pytest.raises(ValueError, match="out of bounds"):
+        native.pool2d(x, y, x.shape, *args, None, 0, 3)

@@ -3,6 +3,7 @@
  * SparseMatrix: the batch-1 sparse fully connected kernel, y = relu(W @ x + b).
  * SparseConv: direct sparse convolution, y = relu(conv(x, W) + b), with no im2col.
  * winograd_input / winograd_output: the tile transforms of dense 3x3 convolutions (winograd.py).
+ * pool2d: MaxPool and AveragePool, separably, without a padded copy of the input.
  *
  * Why C: a batch-1 product of a pruned layer is a few thousand multiply-adds, and scipy spends as
  * long in checks and conversions as in the product, then numpy adds the bias and clamps in two
@@ -1012,7 +1013,175 @@ done:
     return result;
 }
 
+
+/* ------------------------------------------------------------------------------------------------
+ * pool2d: MaxPool / AveragePool over [N, C, H, W] planes, separably: for each output row, the kh
+ * input rows of its windows are reduced into one padded row (max: padding is -inf; average: 0),
+ * then the kw columns of each window are reduced from that row. kh + kw operations per output
+ * instead of kh * kw, all on contiguous (or stride-2) runs; the average is then divided by the
+ * caller's divisor per output pixel, which knows count_include_pad and ceil_mode.
+ * ------------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    Py_ssize_t h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, wp; /* wp: padded width */
+} PoolGeometry;
+
+#define POOL_SLACK 16 /* spare values after a padded row: a stride-2 vector load reads 16 */
+
+/* acc = op(acc, v): max with NaN winning (as np.maximum), or sum. */
+#define POOL_OP(acc, v) ((average) ? (acc) + (v) : (((v) > (acc) || (v) != (v)) ? (v) : (acc)))
+
+#define POOL_ARGS const PoolGeometry *g, const float *x, float *y, const float *divisor, int average, \
+                  float *tmp, Py_ssize_t p0, Py_ssize_t p1
+
+/* The padded row of output row r: op over its window's input rows, into tmp[0, wp). */
+#define POOL_ROWS(VECTOR_LOOP)                                                                     \
+    float fill = average ? 0.f : -INFINITY;                                                        \
+    for (Py_ssize_t j = 0; j < g->wp + POOL_SLACK; j++) tmp[j] = fill;                             \
+    for (Py_ssize_t i = 0; i < g->kh; i++) {                                                       \
+        Py_ssize_t row = r * g->sh + i * g->dh - g->pt;                                            \
+        if (row < 0 || row >= g->h) continue;                                                      \
+        const float *xr = plane + row * g->w;                                                      \
+        float *t = tmp + g->pl;                                                                    \
+        Py_ssize_t c = 0;                                                                          \
+        VECTOR_LOOP                                                                                \
+        for (; c < g->w; c++) t[c] = POOL_OP(t[c], xr[c]);                                         \
+    }
+
+static void pool_generic(POOL_ARGS)
+{
+    for (Py_ssize_t p = p0; p < p1; p++) {
+        const float *plane = x + p * g->h * g->w;
+        for (Py_ssize_t r = 0; r < g->oh; r++) {
+            POOL_ROWS()
+            float *yr = y + (p * g->oh + r) * g->ow;
+            for (Py_ssize_t c = 0; c < g->ow; c++) {
+                float acc = tmp[c * g->sw];
+                for (Py_ssize_t j = 1; j < g->kw; j++) acc = POOL_OP(acc, tmp[c * g->sw + j * g->dw]);
+                yr[c] = average ? acc / divisor[r * g->ow + c] : acc;
+            }
+        }
+    }
+}
+
+#ifdef HAVE_AVX2_PATH
+/* 8 values at p, p + s, ..., p + 7 s for s = 1 or 2 (s = 2 reads 16 values). */
+__attribute__((target("avx2,fma")))
+static inline __m256 load_stride(const float *p, Py_ssize_t s)
+{
+    if (s == 1) return _mm256_loadu_ps(p);
+    __m256 even = _mm256_shuffle_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8), _MM_SHUFFLE(2, 0, 2, 0));
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+__attribute__((target("avx2,fma")))
+static inline __m256 pool_op8(__m256 acc, __m256 v, int average)
+{
+    if (average) return _mm256_add_ps(acc, v);
+    return _mm256_blendv_ps(_mm256_max_ps(v, acc), v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q)); /* NaN in v wins */
+}
+
+__attribute__((target("avx2,fma")))
+static void pool_avx2(POOL_ARGS)
+{
+    Py_ssize_t sw = g->sw <= 2 ? g->sw : 0; /* vector loads for strides 1 and 2 */
+    for (Py_ssize_t p = p0; p < p1; p++) {
+        const float *plane = x + p * g->h * g->w;
+        for (Py_ssize_t r = 0; r < g->oh; r++) {
+            POOL_ROWS(for (; c + 8 <= g->w; c += 8) _mm256_storeu_ps(
+                          t + c, pool_op8(_mm256_loadu_ps(t + c), _mm256_loadu_ps(xr + c), average));)
+            float *yr = y + (p * g->oh + r) * g->ow;
+            Py_ssize_t c = 0;
+            if (sw) /* tmp has POOL_SLACK spare values, so the last vectors may read past wp */
+                for (; c + 8 <= g->ow; c += 8) {
+                    __m256 acc = load_stride(tmp + c * sw, sw);
+                    for (Py_ssize_t j = 1; j < g->kw; j++) acc = pool_op8(acc, load_stride(tmp + c * sw + j * g->dw, sw), average);
+                    if (average) acc = _mm256_div_ps(acc, _mm256_loadu_ps(divisor + r * g->ow + c));
+                    _mm256_storeu_ps(yr + c, acc);
+                }
+            for (; c < g->ow; c++) {
+                float acc = tmp[c * g->sw];
+                for (Py_ssize_t j = 1; j < g->kw; j++) acc = POOL_OP(acc, tmp[c * g->sw + j * g->dw]);
+                yr[c] = average ? acc / divisor[r * g->ow + c] : acc;
+            }
+        }
+    }
+}
+#endif
+
+PyDoc_STRVAR(pool_doc,
+"pool2d(x, y, shape, kernel, strides, dilations, pads, divisor=None, begin=0, end=-1)\n\n"
+"Max (divisor None) or average pooling of planes [begin, end) of x float32 [N, C, H, W] (shape)\n"
+"into y float32 [N, C, OH, OW]; kernel, strides, dilations = (h, w), pads = (top, left, bottom,\n"
+"right). divisor float32 [OH * OW]: the count each average is divided by.");
+
+static PyObject *pool2d(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"x", "y", "shape", "kernel", "strides", "dilations", "pads", "divisor", "begin", "end",
+                             NULL};
+    PyObject *xo, *yo, *dvo = Py_None;
+    Py_ssize_t n, c, pb, pr, p0 = 0, p1 = -1;
+    PoolGeometry g;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO(nnnn)(nn)(nn)(nn)(nnnn)|Onn", kwlist, &xo, &yo, &n, &c, &g.h,
+                                     &g.w, &g.kh, &g.kw, &g.sh, &g.sw, &g.dh, &g.dw, &g.pt, &g.pl, &pb, &pr, &dvo,
+                                     &p0, &p1))
+        return NULL;
+    const Py_ssize_t big = (Py_ssize_t)1 << 20;
+    if (p1 < 0) p1 = n * c;
+    if (n < 0 || c < 1 || g.h < 1 || g.w < 1 || g.h > big || g.w > big || g.kh < 1 || g.kw < 1 || g.kh > big ||
+        g.kw > big || g.sh < 1 || g.sw < 1 || g.sh > big || g.sw > big || g.dh < 1 || g.dw < 1 || g.dh > big ||
+        g.dw > big || g.pt < 0 || g.pl < 0 || pb < 0 || pr < 0 || g.pt + pb > big || g.pl + pr > big || p0 < 0 ||
+        p0 > p1 || p1 > n * c) {
+        PyErr_SetString(PyExc_ValueError, "pool2d: a size, stride, dilation, pad or range is out of bounds");
+        return NULL;
+    }
+    Py_ssize_t span_h = (g.kh - 1) * g.dh + 1, span_w = (g.kw - 1) * g.dw + 1;
+    if (g.h + g.pt + pb < span_h || g.w + g.pl + pr < span_w) {
+        PyErr_SetString(PyExc_ValueError, "pool2d: the input (padded) is smaller than the kernel window");
+        return NULL;
+    }
+    g.oh = (g.h + g.pt + pb - span_h) / g.sh + 1;
+    g.ow = (g.w + g.pl + pr - span_w) / g.sw + 1;
+    Py_buffer xb, yb, db = {0};
+    if (get_array_of_rank(xo, &xb, 'f', 4, 0, 1, "x") < 0) return NULL;
+    if (get_array_of_rank(yo, &yb, 'f', 4, 1, 1, "y") < 0) {
+        PyBuffer_Release(&xb);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    float *tmp = NULL;
+    if (dvo != Py_None && get_array_of_rank(dvo, &db, 'f', 4, 0, 1, "divisor") < 0) goto done;
+    if (xb.len / 4 != n * c * g.h * g.w || yb.len / 4 != n * c * g.oh * g.ow || (db.buf && db.len / 4 != g.oh * g.ow)) {
+        PyErr_Format(PyExc_ValueError, "pool2d: x must have %zd values, y %zd, divisor %zd", n * c * g.h * g.w,
+                     n * c * g.oh * g.ow, g.oh * g.ow);
+        goto done;
+    }
+    int average = db.buf != NULL;
+    g.wp = g.w + g.pl + pr;
+    tmp = PyMem_RawMalloc((g.wp + POOL_SLACK) * sizeof(float));
+    if (!tmp) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+#ifdef HAVE_AVX2_PATH
+    if (use_avx2())
+        pool_avx2(&g, xb.buf, yb.buf, db.buf, average, tmp, p0, p1);
+    else
+#endif
+        pool_generic(&g, xb.buf, yb.buf, db.buf, average, tmp, p0, p1);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_RawFree(tmp);
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&yb);
+    if (db.buf) PyBuffer_Release(&db);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
+    {"pool2d", (PyCFunction)(void (*)(void))pool2d, METH_VARARGS | METH_KEYWORDS, pool_doc},
     {"winograd_input", (PyCFunction)(void (*)(void))winograd_input, METH_VARARGS | METH_KEYWORDS, wino_in_doc},
     {"winograd_output", (PyCFunction)(void (*)(void))winograd_output, METH_VARARGS | METH_KEYWORDS, wino_out_doc},
     {NULL},

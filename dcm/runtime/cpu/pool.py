@@ -1,8 +1,11 @@
-"""MaxPool, AveragePool and GlobalAveragePool as separable strided reductions (no loop over pixels)."""
+"""MaxPool, AveragePool and GlobalAveragePool: the compiled ``pool2d`` for float32 where it was built,
+else separable strided reductions in numpy (no loop over pixels)."""
 from __future__ import annotations
 
 import numpy as np
 
+from dcm.runtime.cpu import native
+from dcm.runtime.cpu.matmul import thread_pool
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.cpu.windows import ints2, pads2, reduce_windows, resolve_pads, spatial_2d
 from dcm.runtime.kernel import Kernel
@@ -18,9 +21,34 @@ class _Pool(Kernel):
         self.dilations = ints2(self.attrs, "dilations", self.nd, 1)
         self.ceil = bool(self.attrs.get("ceil_mode", 0))
         self.pad_attrs = pads2(self.attrs, self.nd)
+        self.threads = ctx.threads
 
     def _pads(self, x):
         return resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations, self.ceil)
+
+    def _native(self, x: np.ndarray, begin: list[int], end: list[int], divisor: np.ndarray | None) -> np.ndarray:
+        """The compiled pool (max, or average with ``divisor`` [OH * OW]); planes split over the thread
+        pool for large inputs."""
+        x = np.ascontiguousarray(x)
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
+        oh = (h + begin[0] + end[0] - (kh - 1) * dh - 1) // sh + 1
+        ow = (w + begin[1] + end[1] - (kw - 1) * dw - 1) // sw + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"input {x.shape[2:]} (padded) is smaller than the kernel window")
+        y = np.empty((n, c, oh, ow), dtype=np.float32)
+        args = (x, y, x.shape, self.kernel, self.strides, self.dilations, (begin[0], begin[1], end[0], end[1]),
+                divisor)
+        planes = n * c
+        if self.threads < 2 or x.size < SPLIT_MIN_VALUES or planes < self.threads:
+            native.pool2d(*args)
+        else:
+            cuts = np.linspace(0, planes, self.threads + 1).astype(int)
+            list(thread_pool(self.threads).map(lambda r: native.pool2d(*args, r[0], r[1]), zip(cuts[:-1], cuts[1:])))
+        return y
+
+
+SPLIT_MIN_VALUES = 1 << 18  # input values past which the compiled pool splits its planes over the thread pool
 
 
 @register("MaxPool")
@@ -28,7 +56,10 @@ class MaxPool(_Pool):
     def __call__(self, x):
         x, was_1d = spatial_2d(x)
         begin, end = self._pads(x)
-        y = reduce_windows(x, self.kernel, self.strides, self.dilations, begin, end, np.maximum, -np.inf)
+        if native.pool2d is not None and x.dtype == np.float32:
+            y = self._native(x, begin, end, None)
+        else:
+            y = reduce_windows(x, self.kernel, self.strides, self.dilations, begin, end, np.maximum, -np.inf)
         return (y[:, :, 0, :] if was_1d else y,)
 
 
@@ -41,12 +72,16 @@ class AveragePool(_Pool):
     def __call__(self, x):
         x, was_1d = spatial_2d(x)
         begin, end = self._pads(x)
-        y = reduce_windows(x.astype(np.float32, copy=False), self.kernel, self.strides, self.dilations, begin, end,
-                           np.add)
         key = (x.shape[2:], tuple(begin), tuple(end))
         if key not in self._divisor:  # the same for every run at one input size: keep the last one
             self._divisor = {key: self.divisor(x.shape[2:], begin, end)}
-        np.divide(y, self._divisor[key], out=y)
+        divisor = self._divisor[key]
+        if native.pool2d is not None:
+            y = self._native(x.astype(np.float32, copy=False), begin, end, divisor.reshape(-1))
+        else:
+            y = reduce_windows(x.astype(np.float32, copy=False), self.kernel, self.strides, self.dilations, begin, end,
+                               np.add)
+            np.divide(y, divisor, out=y)
         return (y[:, :, 0, :] if was_1d else y,)
 
     def divisor(self, spatial: tuple[int, int], begin: list[int], end: list[int]) -> np.ndarray:
