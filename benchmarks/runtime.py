@@ -4,11 +4,11 @@
 
 Batch 1 and 64, single-threaded and default threads (dcm's dense kernels run on numpy's BLAS pool,
 limited to the same count with threadpoolctl), for LeNet-300-100 and LeNet-5 pruned to the paper's
-densities, an AlexNet fc6-fc8 stack (9%/9%/25%) and a VGG-16-style conv block. With a
-CUDA GPU it adds dcm's GPU backend vs torch dense on the GPU. Prints a table, writes
-benchmarks/results/runtime.json. Ratios < 1 mean dcm is faster. "floor/ort" (fully connected models,
-batch 1, 1 thread): the bare scipy/BLAS products of the weight layers alone, against onnxruntime's
-whole run.
+densities, an AlexNet fc6-fc8 stack (9%/9%/25%) and a VGG-16-style conv block, on standard-normal
+input, and the LeNets also on real MNIST test images ("mnist"). With a CUDA GPU it adds dcm's GPU
+backend vs torch dense on the GPU. Prints a table, writes benchmarks/results/runtime.json. Ratios
+< 1 mean dcm is faster. "floor/ort" (fully connected models, batch 1, 1 thread): the bare compiled
+(or scipy/BLAS) products of the weight layers alone, against onnxruntime's whole run.
 """
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ import torch.nn as nn
 from threadpoolctl import threadpool_limits
 
 from benchmarks.common import prune_module, save, timeit
-from dcm import zoo
+from dcm import mnist, zoo
 from dcm.converters import ConvertOptions, from_torch, to_onnx
 from dcm.encoder.codec import decode_tensor
 from dcm.runtime import InferenceSession
+from dcm.runtime.cpu.matmul import WeightMatmul
 
 
 def alexnet_fc() -> nn.Module:
@@ -44,6 +45,11 @@ MODELS = {  # name: (factory, input shape without batch, kept fraction per layer
 }
 
 
+# MNIST classifiers: also timed on real test images (scaled to [0, 1]: about 80% of the pixels are 0,
+# which the batch-1 sparse kernel skips), besides the standard-normal input every model gets.
+MNIST_MODELS = ("lenet300", "lenet5")
+
+
 def build(name: str):
     factory, shape, density = MODELS[name]
     torch.manual_seed(0)
@@ -54,10 +60,10 @@ def build(name: str):
 
 
 def kernel_floor(model, sess: InferenceSession) -> float | None:
-    """Batch-1 seconds of a fully connected model's weight products alone: one bare scipy CSR matvec
-    (or BLAS gemv for dense layers) per layer, best of many, with no bias, activation or dispatch.
-    No runtime built on these kernels can be faster; None for models with other weight layers."""
-    from scipy.sparse import csr_array
+    """Batch-1 seconds of a fully connected model's weight products alone: one bare call of the
+    compiled matvec (scipy's CSR matvec without it; BLAS gemv for dense layers) per layer on a dense
+    random input, best of many, with no bias, activation or Python dispatch: what dcm would take if
+    its Python cost nothing. None for models with other weight layers."""
     from scipy.sparse._sparsetools import csr_matvec
 
     layers = [(n, d) for n, d in zip(model.nodes, sess.describe()) if "kernel" in d]
@@ -68,9 +74,14 @@ def kernel_floor(model, sess: InferenceSession) -> float | None:
         w = decode_tensor(model.tensors[node.inputs[1]]).astype(np.float32)
         w = w if node.attrs.get("transB", 0) else np.ascontiguousarray(w.T)  # [out, in]
         x = np.random.default_rng(0).standard_normal(w.shape[1]).astype(np.float32)
+        y = np.zeros(w.shape[0], np.float32)
         if d["kernel"] == "sparse":
-            m, y = csr_array(w), np.zeros(w.shape[0], np.float32)
-            fn = lambda: csr_matvec(m.shape[0], m.shape[1], m.indptr, m.indices, m.data, x, y)  # noqa: E731
+            mm = WeightMatmul("sparse", w)
+            if mm.native is not None:
+                fn = lambda: mm.native.matvec(x, y)  # noqa: E731
+            else:
+                m = mm.blocks[0]
+                fn = lambda: csr_matvec(m.shape[0], m.shape[1], m.indptr, m.indices, m.data, x, y)  # noqa: E731
         else:
             wt, row = np.ascontiguousarray(w.T), x[None]
             fn = lambda: row @ wt  # noqa: E731
@@ -83,13 +94,15 @@ def run(quick: bool) -> dict:
 
     rows = []
     cores = os.cpu_count() or 1
+    test_images = mnist.load()[1][0]
     for name in MODELS:
         module, model, shape = build(name)
         onnx_bytes = to_onnx(model).SerializeToString()
-        for batch in (1, 64):
+        for batch, source in [(b, s) for b in (1, 64) for s in (("random", "mnist") if name in MNIST_MODELS else ("random",))]:
             if quick and batch == 64 and name == "vgg_conv_block":
                 continue
-            x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+            x = (test_images[:batch] if source == "mnist"
+                 else np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32))
             for threads in sorted({1, cores}):
                 so = ort.SessionOptions()
                 so.intra_op_num_threads = threads
@@ -107,10 +120,10 @@ def run(quick: bool) -> dict:
                     t_torch = timeit(lambda: module(xt))
                 kernels = sorted({k["kernel"] for k in dcm_sess.describe() if "kernel" in k})
                 floor = None
-                if batch == 1 and threads == 1:
+                if batch == 1 and threads == 1 and source == "random":
                     with threadpool_limits(1):
                         floor = kernel_floor(model, dcm_sess)
-                rows.append({"model": name, "device": "cpu", "batch": batch, "threads": threads,
+                rows.append({"model": name, "input": source, "device": "cpu", "batch": batch, "threads": threads,
                              "dcm_ms": 1e3 * t_dcm, "onnxruntime_ms": 1e3 * t_ort, "torch_ms": 1e3 * t_torch,
                              "dcm_vs_onnxruntime": t_dcm / t_ort, "dcm_vs_torch": t_dcm / t_torch,
                              "kernel_floor_ms": None if floor is None else 1e3 * floor,
@@ -128,7 +141,8 @@ def run(quick: bool) -> dict:
                 t_torch = timeit(torch_gpu)
                 t_dcm = timeit(lambda: sess.run(None, {"input": x}))
                 kernels = sorted({k["kernel"] for k in sess.describe() if "kernel" in k})
-                rows.append({"model": name, "device": torch.cuda.get_device_name(), "batch": batch, "threads": None,
+                rows.append({"model": name, "input": "random", "device": torch.cuda.get_device_name(), "batch": batch,
+                             "threads": None,
                              "dcm_ms": 1e3 * t_dcm, "onnxruntime_ms": None, "torch_ms": 1e3 * t_torch,
                              "dcm_vs_onnxruntime": None, "dcm_vs_torch": t_dcm / t_torch,
                              "kernel_floor_ms": None, "floor_vs_onnxruntime": None,
@@ -141,11 +155,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="skip the slowest case (VGG block at batch 64)")
     args = ap.parse_args()
     result = run(args.quick)
-    print(f"{'model':<16}{'device':<24}{'batch':>6}{'thr':>5}{'dcm ms':>10}{'ort ms':>10}{'torch ms':>10}"
+    print(f"{'model':<16}{'input':<8}{'device':<24}{'batch':>6}{'thr':>5}{'dcm ms':>10}{'ort ms':>10}{'torch ms':>10}"
           f"{'dcm/ort':>9}{'dcm/torch':>10}{'floor/ort':>10}  kernels")
     for r in result["rows"]:
         f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-        print(f"{r['model']:<16}{r['device'][:23]:<24}{r['batch']:>6}{f(r['threads'], 'd'):>5}{r['dcm_ms']:>10.3f}"
+        print(f"{r['model']:<16}{r['input']:<8}{r['device'][:23]:<24}{r['batch']:>6}{f(r['threads'], 'd'):>5}{r['dcm_ms']:>10.3f}"
               f"{f(r['onnxruntime_ms'], '.3f'):>10}{r['torch_ms']:>10.3f}{f(r['dcm_vs_onnxruntime'], '.2f'):>9}"
               f"{r['dcm_vs_torch']:>10.2f}{f(r['floor_vs_onnxruntime'], '.2f'):>10}  {r['dcm_kernels']}")
     print(f"wrote {save('runtime', result)}")
