@@ -142,9 +142,10 @@ class InferenceSession:
             for x in n.inputs:
                 last[x] = i
         keep = {o.name for o in self.model.outputs}
+        stored = {o for n in self.model.nodes for o in n.outputs} | {v.name for v in self.model.inputs}
         frees: list[list[str]] = [[] for _ in self.model.nodes]
         for name, i in last.items():
-            if name not in keep and name not in self.model.tensors:
+            if name not in keep and name in stored:  # not "" (an absent optional input) nor a constant
                 frees[i].append(name)
         results = [list(n.outputs) for n in self.model.nodes]
         for relu, producer in self._fused.items():  # the producer writes the Relu's output itself

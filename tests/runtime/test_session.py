@@ -86,3 +86,12 @@ def test_no_fold_where_the_value_is_seen_elsewhere():
     sess = _check(m, x)
     assert not any("fused" in n or "fused_into" in n for n in sess.describe())
     assert (sess.run(["c"], {"x": x})[0] < 0).any()  # the conv output is returned before the Relu
+
+
+def test_absent_optional_inputs_are_not_freed():
+    """An absent optional input ("") is no stored value: the plan must not try to free it (the fuzzer
+    found a KeyError here)."""
+    hi = {"hi": np.array(0.5, np.float32)}
+    m = _graph([helper.make_node("Clip", ["x", "", "hi"], ["c"]), helper.make_node("Relu", ["c"], ["y"])], hi)
+    x = np.random.default_rng(3).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    _check(m, x)
