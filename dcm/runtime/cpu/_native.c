@@ -27,6 +27,13 @@
 #define HAVE_AVX2_PATH 1 /* AVX2 + FMA kernels, chosen at run time when the CPU has them */
 #endif
 
+/* name##_avx2(...) where the CPU has AVX2 and FMA, else name##_generic(...). */
+#ifdef HAVE_AVX2_PATH
+#define DISPATCH(name, ...) (use_avx2() ? name##_avx2(__VA_ARGS__) : name##_generic(__VA_ARGS__))
+#else
+#define DISPATCH(name, ...) name##_generic(__VA_ARGS__)
+#endif
+
 static int use_avx2(void)
 {
 #ifdef HAVE_AVX2_PATH
@@ -92,6 +99,27 @@ static int get_array(PyObject *obj, Py_buffer *view, char kind, Py_ssize_t items
                      const char *what)
 {
     return get_array_of_rank(obj, view, kind, itemsize, writable, 0, what);
+}
+
+/* An input and an output array, float32 and C-contiguous (1-D unless any_rank); on failure neither
+ * is held. */
+static int get_in_out(PyObject *in, Py_buffer *ib, const char *in_name, PyObject *out, Py_buffer *ob,
+                      const char *out_name, int any_rank)
+{
+    if (get_array_of_rank(in, ib, 'f', 4, 0, any_rank, in_name) < 0) return -1;
+    if (get_array_of_rank(out, ob, 'f', 4, 1, any_rank, out_name) < 0) {
+        PyBuffer_Release(ib);
+        return -1;
+    }
+    return 0;
+}
+
+/* Releases an in/out pair and a third, optional array (buf NULL: not held). */
+static void release_all(Py_buffer *a, Py_buffer *b, Py_buffer *c)
+{
+    PyBuffer_Release(a);
+    PyBuffer_Release(b);
+    if (c->buf) PyBuffer_Release(c);
 }
 
 /* Loads and checks one form: indptr [major + 1], indices [nnz] < minor, values [nnz]. */
@@ -261,11 +289,7 @@ static PyObject *SparseMatrix_matvec(SparseMatrix *self, PyObject *args, PyObjec
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|Opsnn", kwlist, &xo, &yo, &bo, &relu, &form, &begin, &end))
         return NULL;
     Py_buffer xb, yb, bb = {0};
-    if (get_array(xo, &xb, 'f', 4, 0, "x") < 0) return NULL;
-    if (get_array(yo, &yb, 'f', 4, 1, "y") < 0) {
-        PyBuffer_Release(&xb);
-        return NULL;
-    }
+    if (get_in_out(xo, &xb, "x", yo, &yb, "y", 0) < 0) return NULL;
     PyObject *result = NULL;
     if (bo != Py_None && get_array(bo, &bb, 'f', 4, 0, "bias") < 0) goto done;
     if (xb.len / 4 != self->cols || yb.len / 4 != self->rows || (bb.buf && bb.len / 4 != self->rows)) {
@@ -318,9 +342,7 @@ static PyObject *SparseMatrix_matvec(SparseMatrix *self, PyObject *args, PyObjec
     if (ts) PyEval_RestoreThread(ts);
     result = PyLong_FromSsize_t(bad);
 done:
-    PyBuffer_Release(&xb);
-    PyBuffer_Release(&yb);
-    if (bb.buf) PyBuffer_Release(&bb);
+    release_all(&xb, &yb, &bb);
     return result;
 }
 
@@ -428,11 +450,7 @@ static PyObject *SparseMatrix_matmat(SparseMatrix *self, PyObject *args, PyObjec
         return NULL;
     }
     Py_buffer xb, yb, bb = {0};
-    if (get_array_of_rank(xo, &xb, 'f', 4, 0, 1, "xt") < 0) return NULL;
-    if (get_array_of_rank(yo, &yb, 'f', 4, 1, 1, "yt") < 0) {
-        PyBuffer_Release(&xb);
-        return NULL;
-    }
+    if (get_in_out(xo, &xb, "xt", yo, &yb, "yt", 1) < 0) return NULL;
     PyObject *result = NULL;
     if (bo != Py_None && get_array(bo, &bb, 'f', 4, 0, "bias") < 0) goto done;
     Py_ssize_t n = xb.ndim == 2 ? xb.shape[1] : 0;
@@ -448,18 +466,11 @@ static PyObject *SparseMatrix_matmat(SparseMatrix *self, PyObject *args, PyObjec
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-#ifdef HAVE_AVX2_PATH
-    if (use_avx2())
-        csr_matmat_avx2(&self->csr, xb.buf, yb.buf, n, bb.buf, relu, begin, end);
-    else
-#endif
-        csr_matmat_generic(&self->csr, xb.buf, yb.buf, n, bb.buf, relu, begin, end);
+    DISPATCH(csr_matmat, &self->csr, xb.buf, yb.buf, n, bb.buf, relu, begin, end);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
-    PyBuffer_Release(&xb);
-    PyBuffer_Release(&yb);
-    if (bb.buf) PyBuffer_Release(&bb);
+    release_all(&xb, &yb, &bb);
     return result;
 }
 
@@ -522,7 +533,7 @@ static PyTypeObject SparseMatrixType = {
 typedef struct {
     PyObject_HEAD
     Py_ssize_t c_out, c_in_g, kh, kw, groups;
-    Py_buffer ptr, idx, val; /* CSR of W [c_out, c_in_g * kh * kw], indices int32 */
+    Form w; /* CSR of W [c_out, c_in_g * kh * kw], indices int32 */
 } SparseConv;
 
 static int SparseConv_init(SparseConv *self, PyObject *args, PyObject *kwds)
@@ -532,29 +543,24 @@ static int SparseConv_init(SparseConv *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "nnnnnOOO", kwlist, &self->c_out, &self->c_in_g, &self->kh,
                                      &self->kw, &self->groups, &po, &io, &vo))
         return -1;
+    form_release(&self->w);
     if (self->c_out < 1 || self->c_in_g < 1 || self->kh < 1 || self->kw < 1 || self->groups < 1 ||
         self->c_out % self->groups || self->kh > 4096 || self->kw > 4096) {
         PyErr_SetString(PyExc_ValueError, "SparseConv: sizes must be >= 1 and c_out divisible by groups");
         return -1;
     }
-    Form f = {0};
-    if (form_load(&f, po, io, vo, self->c_out, self->c_in_g * self->kh * self->kw, "conv") < 0) return -1;
-    if (!f.wide) {
+    if (form_load(&self->w, po, io, vo, self->c_out, self->c_in_g * self->kh * self->kw, "conv") < 0) return -1;
+    if (!self->w.wide) {
         PyErr_SetString(PyExc_TypeError, "SparseConv: indices must be int32");
-        form_release(&f);
+        form_release(&self->w);
         return -1;
     }
-    self->ptr = f.ptr;
-    self->idx = f.idx;
-    self->val = f.val;
     return 0;
 }
 
 static void SparseConv_dealloc(SparseConv *self)
 {
-    if (self->ptr.buf) PyBuffer_Release(&self->ptr);
-    if (self->idx.buf) PyBuffer_Release(&self->idx);
-    if (self->val.buf) PyBuffer_Release(&self->val);
+    form_release(&self->w);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -570,8 +576,8 @@ typedef struct {
 static void conv_channels_generic(const SparseConv *self, const ConvPlan *g, const float *xs, float *ys,
                                   const Py_ssize_t *offs, const float *bias, int relu, Py_ssize_t c0, Py_ssize_t c1)
 {
-    const int64_t *p = self->ptr.buf;
-    const float *v = self->val.buf;
+    const int64_t *p = self->w.ptr.buf;
+    const float *v = self->w.val.buf;
     Py_ssize_t per_group = self->c_out / self->groups, pixels = g->oh * g->ow;
     for (Py_ssize_t co = c0; co < c1; co++) {
         const float *xg = xs + (co / per_group) * self->c_in_g * g->plane;
@@ -611,8 +617,8 @@ __attribute__((target("avx2,fma")))
 static void conv_channels_avx2(const SparseConv *self, const ConvPlan *g, const float *xs, float *ys,
                                const Py_ssize_t *offs, const float *bias, int relu, Py_ssize_t c0, Py_ssize_t c1)
 {
-    const int64_t *p = self->ptr.buf;
-    const float *v = self->val.buf;
+    const int64_t *p = self->w.ptr.buf;
+    const float *v = self->w.val.buf;
     Py_ssize_t per_group = self->c_out / self->groups, pixels = g->oh * g->ow;
     for (Py_ssize_t co = c0; co < c1; co++) {
         const float *xg = xs + (co / per_group) * self->c_in_g * g->plane;
@@ -690,11 +696,7 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     g.ow = (g.wp - span_w) / sw + 1;
     g.plane = g.hp * g.wp + SLACK * sw;
     Py_buffer xb, yb, bb = {0};
-    if (get_array_of_rank(xo, &xb, 'f', 4, 0, 1, "x") < 0) return NULL;
-    if (get_array_of_rank(yo, &yb, 'f', 4, 1, 1, "y") < 0) {
-        PyBuffer_Release(&xb);
-        return NULL;
-    }
+    if (get_in_out(xo, &xb, "x", yo, &yb, "y", 1) < 0) return NULL;
     PyObject *result = NULL;
     Py_ssize_t *offs = NULL;
     float *work = NULL;
@@ -705,7 +707,7 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
                      n * self->c_out * g.oh * g.ow, self->c_out);
         goto done;
     }
-    Py_ssize_t nnz = self->val.len / 4, kk = self->kh * self->kw, per_row = (g.ow + SEG - 1) / SEG;
+    Py_ssize_t nnz = self->w.val.len / 4, kk = self->kh * self->kw, per_row = (g.ow + SEG - 1) / SEG;
     g.segs = g.oh * per_row;
     offs = PyMem_RawMalloc((nnz + 3 * g.segs + 1) * sizeof(Py_ssize_t));
     work = PyMem_RawCalloc((size_t)c * g.plane, sizeof(float));
@@ -723,7 +725,7 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
             g.seg_len[t] = (int)(g.ow - j < SEG ? g.ow - j : SEG);
         }
     }
-    const int32_t *idx = self->idx.buf;
+    const int32_t *idx = self->w.idx.buf;
     for (Py_ssize_t k = 0; k < nnz; k++) {
         Py_ssize_t ci = idx[k] / kk, ki = idx[k] % kk / self->kw, kj = idx[k] % self->kw;
         offs[k] = ci * g.plane + ki * dh * g.wp + kj * dw;
@@ -754,9 +756,7 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
 done:
     PyMem_RawFree(offs);
     PyMem_RawFree(work);
-    PyBuffer_Release(&xb);
-    PyBuffer_Release(&yb);
-    if (bb.buf) PyBuffer_Release(&bb);
+    release_all(&xb, &yb, &bb);
     return result;
 }
 
@@ -933,11 +933,7 @@ static PyObject *winograd_input(PyObject *self, PyObject *args, PyObject *kwds)
         return NULL;
     }
     Py_buffer xb, vb;
-    if (get_array_of_rank(xo, &xb, 'f', 4, 0, 1, "x") < 0) return NULL;
-    if (get_array_of_rank(vo, &vb, 'f', 4, 1, 1, "v") < 0) {
-        PyBuffer_Release(&xb);
-        return NULL;
-    }
+    if (get_in_out(xo, &xb, "x", vo, &vb, "v", 1) < 0) return NULL;
     PyObject *result = NULL;
     float *rows = NULL;
     Py_ssize_t tiles = (g.n1 - g.n0) * (g.t1 - g.t0) * g.tw;
@@ -952,12 +948,7 @@ static PyObject *winograd_input(PyObject *self, PyObject *args, PyObject *kwds)
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-#ifdef HAVE_AVX2_PATH
-    if (use_avx2())
-        wino_input_avx2(&g, xb.buf, vb.buf, rows, c0, c1);
-    else
-#endif
-        wino_input_generic(&g, xb.buf, vb.buf, rows, c0, c1);
+    DISPATCH(wino_input, &g, xb.buf, vb.buf, rows, c0, c1);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
@@ -994,11 +985,7 @@ static PyObject *winograd_output(PyObject *self, PyObject *args, PyObject *kwds)
         return NULL;
     }
     Py_buffer mb, ob, bb = {0};
-    if (get_array_of_rank(mo, &mb, 'f', 4, 0, 1, "m") < 0) return NULL;
-    if (get_array_of_rank(oo, &ob, 'f', 4, 1, 1, "out") < 0) {
-        PyBuffer_Release(&mb);
-        return NULL;
-    }
+    if (get_in_out(mo, &mb, "m", oo, &ob, "out", 1) < 0) return NULL;
     PyObject *result = NULL;
     float *rows = NULL;
     if (biaso != Py_None && get_array(biaso, &bb, 'f', 4, 0, "bias") < 0) goto done;
@@ -1016,19 +1003,12 @@ static PyObject *winograd_output(PyObject *self, PyObject *args, PyObject *kwds)
     const float *m = mb.buf, *bias = bb.buf;
     float *out = ob.buf;
     Py_BEGIN_ALLOW_THREADS
-#ifdef HAVE_AVX2_PATH
-    if (use_avx2())
-        wino_output_avx2(&g, m, out, kk, oh, ow, bias, relu, rows, k0, k1);
-    else
-#endif
-        wino_output_generic(&g, m, out, kk, oh, ow, bias, relu, rows, k0, k1);
+    DISPATCH(wino_output, &g, m, out, kk, oh, ow, bias, relu, rows, k0, k1);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
     PyMem_RawFree(rows);
-    PyBuffer_Release(&mb);
-    PyBuffer_Release(&ob);
-    if (bb.buf) PyBuffer_Release(&bb);
+    release_all(&mb, &ob, &bb);
     return result;
 }
 
@@ -1162,11 +1142,7 @@ static PyObject *pool2d(PyObject *self, PyObject *args, PyObject *kwds)
     g.oh = (g.h + g.pt + pb - span_h) / g.sh + 1;
     g.ow = (g.w + g.pl + pr - span_w) / g.sw + 1;
     Py_buffer xb, yb, db = {0};
-    if (get_array_of_rank(xo, &xb, 'f', 4, 0, 1, "x") < 0) return NULL;
-    if (get_array_of_rank(yo, &yb, 'f', 4, 1, 1, "y") < 0) {
-        PyBuffer_Release(&xb);
-        return NULL;
-    }
+    if (get_in_out(xo, &xb, "x", yo, &yb, "y", 1) < 0) return NULL;
     PyObject *result = NULL;
     float *tmp = NULL;
     if (dvo != Py_None && get_array_of_rank(dvo, &db, 'f', 4, 0, 1, "divisor") < 0) goto done;
@@ -1183,19 +1159,12 @@ static PyObject *pool2d(PyObject *self, PyObject *args, PyObject *kwds)
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-#ifdef HAVE_AVX2_PATH
-    if (use_avx2())
-        pool_avx2(&g, xb.buf, yb.buf, db.buf, average, tmp, p0, p1);
-    else
-#endif
-        pool_generic(&g, xb.buf, yb.buf, db.buf, average, tmp, p0, p1);
+    DISPATCH(pool, &g, xb.buf, yb.buf, db.buf, average, tmp, p0, p1);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
     PyMem_RawFree(tmp);
-    PyBuffer_Release(&xb);
-    PyBuffer_Release(&yb);
-    if (db.buf) PyBuffer_Release(&db);
+    release_all(&xb, &yb, &db);
     return result;
 }
 

@@ -12,7 +12,7 @@ from dcm.runtime.cpu import native
 from dcm.runtime.cpu.matmul import WeightMatmul, thread_pool
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.cpu.winograd import conv3x3, eligible, transform_weight
-from dcm.runtime.cpu.windows import im2col, ints2, pads2, reduce_windows, resolve_pads, spatial_2d
+from dcm.runtime.cpu.windows import im2col, ints2, output_size, pads2, reduce_windows, resolve_pads, spatial_2d
 from dcm.runtime.kernel import LARGE_BATCH, Kernel
 
 # Direct sparse convolution against im2col + BLAS and Winograd, one layer at batch 1 on this
@@ -126,16 +126,12 @@ class Conv(Kernel):
         """Direct sparse convolution, split over the thread pool by samples (or else by output
         channels) when the work is large enough to pay for the hand-off."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        n, _, h, w = x.shape
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
-        oh = (h + begin[0] + end[0] - (kh - 1) * dh - 1) // sh + 1
-        ow = (w + begin[1] + end[1] - (kw - 1) * dw - 1) // sw + 1
-        if oh < 1 or ow < 1:
-            raise ValueError(f"input {x.shape[2:]} (padded) is smaller than the kernel window")
+        n = x.shape[0]
+        oh, ow = output_size(x.shape[2:], self.kernel, self.strides, self.dilations, begin, end)
         y = np.empty((n, self.out_channels, oh, ow), dtype=np.float32)
         args = (x, y, x.shape, self.strides, self.dilations, (begin[0], begin[1], end[0], end[1]), self.bias_vector,
                 self.relu)
-        work = n * oh * ow * self.density * self.out_channels * self.in_channels // self.group * kh * kw
+        work = n * oh * ow * self.density * self.out_channels * self.in_channels // self.group * np.prod(self.kernel)
         if self.threads < 2 or work < DIRECT_SPLIT_MIN_WORK:
             bad = self.direct.run(*args)
         else:

@@ -7,7 +7,7 @@ import numpy as np
 from dcm.runtime.cpu import native
 from dcm.runtime.cpu.matmul import thread_pool
 from dcm.runtime.cpu.registry import register
-from dcm.runtime.cpu.windows import ints2, pads2, reduce_windows, resolve_pads, spatial_2d
+from dcm.runtime.cpu.windows import ints2, output_size, pads2, reduce_windows, resolve_pads, spatial_2d
 from dcm.runtime.kernel import Kernel
 
 
@@ -30,12 +30,8 @@ class _Pool(Kernel):
         """The compiled pool (max, or average with ``divisor`` [OH * OW]); planes split over the thread
         pool for large inputs."""
         x = np.ascontiguousarray(x)
-        n, c, h, w = x.shape
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
-        oh = (h + begin[0] + end[0] - (kh - 1) * dh - 1) // sh + 1
-        ow = (w + begin[1] + end[1] - (kw - 1) * dw - 1) // sw + 1
-        if oh < 1 or ow < 1:
-            raise ValueError(f"input {x.shape[2:]} (padded) is smaller than the kernel window")
+        n, c = x.shape[:2]
+        oh, ow = output_size(x.shape[2:], self.kernel, self.strides, self.dilations, begin, end)
         y = np.empty((n, c, oh, ow), dtype=np.float32)
         args = (x, y, x.shape, self.kernel, self.strides, self.dilations, (begin[0], begin[1], end[0], end[1]),
                 divisor)

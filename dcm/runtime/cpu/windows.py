@@ -166,6 +166,17 @@ def _gather_index(shape: tuple[int, ...], groups: int, kernel: tuple[int, int], 
     return np.ascontiguousarray(index).reshape(-1), oh, ow
 
 
+def output_size(spatial: tuple[int, ...], kernel: tuple[int, int], strides: tuple[int, int],
+                dilations: tuple[int, int], begin: list[int], end: list[int]) -> tuple[int, int]:
+    """(OH, OW) of a window op over an [H, W] input padded by begin/end; a ValueError when the padded
+    input is smaller than the window."""
+    oh, ow = ((size + b + e - (k - 1) * d - 1) // s + 1
+              for size, b, e, k, d, s in zip(spatial, begin, end, kernel, dilations, strides))
+    if oh < 1 or ow < 1:
+        raise ValueError(f"input {tuple(spatial)} (padded) is smaller than the kernel window")
+    return oh, ow
+
+
 def reduce_windows(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int], dilations: tuple[int, int],
                    begin: list[int], end: list[int], ufunc: np.ufunc, fill: float = 0.0) -> np.ndarray:
     """ufunc-reduce every window: x [N, C, H, W] -> [N, C, OH, OW].
@@ -175,12 +186,10 @@ def reduce_windows(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, i
     window view. 2x2/2 pools: 1.2-1.6x faster than reducing the four offsets at once; the 3x3/2
     padded pool of ResNet's stem: several times faster.
     """
+    oh, ow = output_size(x.shape[2:], kernel, strides, dilations, begin, end)
     if any(begin) or any(end):
         x = np.pad(x, ((0, 0), (0, 0), (begin[0], end[0]), (begin[1], end[1])), constant_values=fill)
     (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilations
-    oh, ow = (x.shape[2] - (kh - 1) * dh - 1) // sh + 1, (x.shape[3] - (kw - 1) * dw - 1) // sw + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"input {x.shape[2:]} (padded) is smaller than the kernel window")
     rows = _fold(ufunc, [x[:, :, i * dh : i * dh + (oh - 1) * sh + 1 : sh] for i in range(kh)])  # [N, C, OH, W]
     return _fold(ufunc, [rows[..., j * dw : j * dw + (ow - 1) * sw + 1 : sw] for j in range(kw)])  # [N, C, OH, OW]
 
