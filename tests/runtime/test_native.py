@@ -1,6 +1,7 @@
 """The compiled kernels (dcm/runtime/cpu/_native.c): the sparse matvec agrees with scipy and the direct
 sparse convolution with a float64 reference, over every form, range, stride, dilation, pad and group,
 and every malformed array or call is refused, so that no call can read or write out of bounds."""
+import contextlib
 import os
 
 import numpy as np
@@ -18,6 +19,16 @@ if native.SparseMatrix is None:
                 "or set DCM_ALLOW_NO_NATIVE=1 to test the scipy fallback alone", pytrace=False)
 
 SparseMatrix, SparseConv = native.SparseMatrix, native.SparseConv
+
+
+@contextlib.contextmanager
+def _simd(allowed: bool):
+    """The AVX2 paths (where the CPU has them) or the portable C ones other CPUs run."""
+    previous = native.set_simd(allowed)
+    try:
+        yield
+    finally:
+        native.set_simd(previous)
 
 
 def _parts(rows=37, cols=53, density=0.2, seed=0, wide=False):
@@ -77,9 +88,15 @@ def test_one_form_alone_and_non_finite_count():
         only_csr.matvec(x, y, form="csc")
 
 
+@pytest.mark.parametrize("simd", [True, False])
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("n", [2, 7, 8, 64, 70, 131])  # 64-column blocks, 8-column vectors, a scalar tail
-def test_matmat_matches_scipy(wide, n):
+def test_matmat_matches_scipy(wide, n, simd):
+    with _simd(simd):
+        _check_matmat(wide, n)
+
+
+def _check_matmat(wide, n):
     w, arrays = _parts(wide=wide)
     m = SparseMatrix(*w.shape, *arrays)
     rng = np.random.default_rng(n)
@@ -208,7 +225,8 @@ def test_conv_matches_reference(data):
     ref = _conv_reference(x, w, bias, strides, dilations, pads, groups)
     ref = np.maximum(ref, 0) if relu else ref
     y = np.full(ref.shape, np.nan, np.float32)
-    assert _sparse_conv(w, groups).run(x, y, x.shape, strides, dilations, pads, bias, relu) == 0
+    with _simd(d(st.booleans())):
+        assert _sparse_conv(w, groups).run(x, y, x.shape, strides, dilations, pads, bias, relu) == 0
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -294,7 +312,7 @@ def test_pool_matches_numpy(data):
     kernel, strides = (d(st.integers(1, 4)), d(st.integers(1, 4))), (d(st.integers(1, 3)), d(st.integers(1, 3)))
     dilations = (d(st.integers(1, 2)), d(st.integers(1, 2)))
     pads = [d(st.integers(0, 3)) for _ in range(4)]
-    n, c, h, w = d(st.integers(1, 2)), d(st.integers(1, 3)), d(st.integers(1, 12)), d(st.integers(1, 20))
+    n, c, h, w = d(st.integers(1, 2)), d(st.integers(1, 3)), d(st.integers(1, 12)), d(st.integers(1, 40))
     if h + pads[0] + pads[2] < (kernel[0] - 1) * dilations[0] + 1 or w + pads[1] + pads[3] < (kernel[1] - 1) * dilations[1] + 1:
         return
     rng = np.random.default_rng(d(st.integers(0, 2**16)))
@@ -304,12 +322,13 @@ def test_pool_matches_numpy(data):
     begin, end = pads[:2], pads[2:]
     ref = reduce_windows(x, kernel, strides, dilations, begin, end, np.maximum, -np.inf)
     y = np.full(ref.shape, 7, np.float32)
-    native.pool2d(x, y, x.shape, kernel, strides, dilations, (*begin, *end))
-    np.testing.assert_array_equal(y, ref)
-    divisor = rng.integers(1, 9, ref.shape[2:]).astype(np.float32)
-    ref = reduce_windows(x, kernel, strides, dilations, begin, end, np.add) / divisor
-    native.pool2d(x, y, x.shape, kernel, strides, dilations, (*begin, *end), divisor.reshape(-1), 0, n * c)
-    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    with _simd(d(st.booleans())):
+        native.pool2d(x, y, x.shape, kernel, strides, dilations, (*begin, *end))
+        np.testing.assert_array_equal(y, ref)
+        divisor = rng.integers(1, 9, ref.shape[2:]).astype(np.float32)
+        ref = reduce_windows(x, kernel, strides, dilations, begin, end, np.add) / divisor
+        native.pool2d(x, y, x.shape, kernel, strides, dilations, (*begin, *end), divisor.reshape(-1), 0, n * c)
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_pool_refuses_bad_calls():
@@ -326,3 +345,8 @@ def test_pool_refuses_bad_calls():
         native.pool2d(x, y, x.shape, *args, np.ones(8, np.float32))
     with pytest.raises(ValueError, match="out of bounds"):
         native.pool2d(x, y, x.shape, *args, None, 0, 3)
+
+
+def test_set_simd_returns_the_previous_setting():
+    assert native.set_simd(False) is True
+    assert native.set_simd(True) is False

@@ -64,10 +64,10 @@ def test_without_bias(any_width):
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 3), c=st.integers(1, 6), k=st.integers(1, 6), h=st.integers(1, 30), w=st.integers(1, 9),
        pads=st.lists(st.integers(0, 12), min_size=4, max_size=4), band_tiles=st.sampled_from([1, 5, 40, 512]),
-       compiled=st.booleans(), threads=st.sampled_from([1, 2]), relu=st.booleans())
+       compiled=st.sampled_from(["avx2", "portable", None]), threads=st.sampled_from([1, 2]), relu=st.booleans())
 def test_any_shape_matches_direct_convolution(n, c, k, h, w, pads, band_tiles, compiled, threads, relu):
     """Every size, padding and band split against a float64 sum over the nine kernel offsets, with the
-    compiled transforms (split over 2 threads or not) and with numpy's."""
+    compiled transforms (AVX2 or portable C, split over 2 threads or not) and with numpy's."""
     if compiled and native.winograd_input is None:
         return
     begin, end = pads[:2], pads[2:]
@@ -89,9 +89,12 @@ def test_any_shape_matches_direct_convolution(n, c, k, h, w, pads, band_tiles, c
     winograd.NATIVE_BAND_TILES = band_tiles  # bands of samples x tile rows
     if not compiled:
         native.winograd_input = None
+    simd = native.set_simd(compiled != "portable") if compiled else None
     try:
         got = winograd.conv3x3(x, u, begin, end, bias, relu, threads)
     finally:
+        if compiled:
+            native.set_simd(simd)
         winograd.BAND_TILES, winograd.NATIVE_BAND_TILES, winograd.SPLIT_MIN_VALUES, native.winograd_input = saved
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
 

@@ -34,6 +34,8 @@
 #define DISPATCH(name, ...) name##_generic(__VA_ARGS__)
 #endif
 
+static int simd_allowed = 1; /* set_simd(False): the portable paths, so that tests reach them */
+
 static int use_avx2(void)
 {
 #ifdef HAVE_AVX2_PATH
@@ -42,10 +44,24 @@ static int use_avx2(void)
         __builtin_cpu_init();
         cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     }
-    return cached;
+    return cached && simd_allowed;
 #else
     return 0;
 #endif
+}
+
+PyDoc_STRVAR(set_simd_doc,
+"set_simd(allowed) -> bool\n\n"
+"Whether kernels may take their AVX2 paths (default True; they still need a CPU with AVX2 and\n"
+"FMA). False runs the portable C paths, as on other CPUs: for tests. Returns the previous value.");
+
+static PyObject *set_simd(PyObject *self, PyObject *arg)
+{
+    int allowed = PyObject_IsTrue(arg);
+    if (allowed < 0) return NULL;
+    int previous = simd_allowed;
+    simd_allowed = allowed;
+    return PyBool_FromLong(previous);
 }
 
 #define RELEASE_GIL_MIN_NNZ 32768 /* below this the GIL round trip costs more than it frees */
@@ -1169,6 +1185,7 @@ done:
 }
 
 static PyMethodDef module_methods[] = {
+    {"set_simd", set_simd, METH_O, set_simd_doc},
     {"pool2d", (PyCFunction)(void (*)(void))pool2d, METH_VARARGS | METH_KEYWORDS, pool_doc},
     {"winograd_input", (PyCFunction)(void (*)(void))winograd_input, METH_VARARGS | METH_KEYWORDS, wino_in_doc},
     {"winograd_output", (PyCFunction)(void (*)(void))winograd_output, METH_VARARGS | METH_KEYWORDS, wino_out_doc},
