@@ -166,8 +166,9 @@ def test_malformed_calls_are_refused():
         m.matvec(x.astype(np.float64), y)
     with pytest.raises((TypeError, ValueError), match="contiguous"):
         m.matvec(np.ones(106, np.float32)[::2], y)
-    with pytest.raises(TypeError, match="1-D"):
-        m.matvec(x, y.reshape(1, 37))
+    m.matvec(x[None], y.reshape(1, 37))  # any shape with the right count: a [1, n] row
+    with pytest.raises(ValueError, match="x must have 53"):
+        m.matvec(np.ones((2, 53), np.float32), y)
     with pytest.raises(ValueError, match="outside"):
         m.matvec(x, y, form="csr", begin=5, end=80)
     with pytest.raises(ValueError, match="form must be"):

@@ -288,7 +288,8 @@ static Py_ssize_t count_zeros(const float *x, Py_ssize_t n)
 
 PyDoc_STRVAR(matvec_doc,
 "matvec(x, y, bias=None, relu=False, form='auto', begin=0, end=-1) -> int\n\n"
-"y = W @ x (+ bias) (then ReLU), x float32 [cols], y float32 [rows], bias float32 [rows] or None.\n"
+"y = W @ x (+ bias) (then ReLU), x float32 [cols], y float32 [rows] (C-contiguous, any shape with\n"
+"that many values, e.g. one row [1, cols]), bias float32 [rows] or None.\n"
 "form 'csr': rows [begin, end) of y are written. form 'csc': columns [begin, end) of W are added\n"
 "into y, which starts from bias when one is given (else from its own contents); the ReLU then\n"
 "applies to all of y. form 'auto': the whole product (y's contents are ignored) by whichever stored\n"
@@ -305,7 +306,7 @@ static PyObject *SparseMatrix_matvec(SparseMatrix *self, PyObject *args, PyObjec
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|Opsnn", kwlist, &xo, &yo, &bo, &relu, &form, &begin, &end))
         return NULL;
     Py_buffer xb, yb, bb = {0};
-    if (get_in_out(xo, &xb, "x", yo, &yb, "y", 0) < 0) return NULL;
+    if (get_in_out(xo, &xb, "x", yo, &yb, "y", 1) < 0) return NULL; /* any shape: [1, n] rows too */
     PyObject *result = NULL;
     if (bo != Py_None && get_array(bo, &bb, 'f', 4, 0, "bias") < 0) goto done;
     if (xb.len / 4 != self->cols || yb.len / 4 != self->rows || (bb.buf && bb.len / 4 != self->rows)) {

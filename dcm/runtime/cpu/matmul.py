@@ -125,12 +125,11 @@ class WeightMatmul:
     def _fused_vector(self, x: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
         """Batch 1: one matvec (CSR, or CSC skipping zero inputs), or column blocks over the thread
         pool, each adding into its own partial sum."""
-        v = x.reshape(-1)
         y = np.empty((1, self.shape[0]), dtype=np.float32)
-        out = y.reshape(-1)
         if len(self.column_cuts) == 2:
-            bad = self.native.matvec(v, out, bias, relu)
+            bad = self.native.matvec(x if x.flags.c_contiguous else x.copy(), y, bias, relu)  # any shape
         else:
+            v, out = x.reshape(-1), y.reshape(-1)
             if bias is None:
                 out.fill(0)
             partials = [out, *(np.zeros_like(out) for _ in self.column_cuts[2:])]
@@ -143,7 +142,7 @@ class WeightMatmul:
             if relu:
                 np.maximum(out, 0, out=out)
         if bad:
-            self._poison(v[:, None], y.T)
+            self._poison(x.reshape(-1, 1), y.T)
         return y
 
     def _vector(self, x: np.ndarray) -> np.ndarray:
