@@ -246,6 +246,12 @@ def test_kernel_choice_follows_density_and_batch():
     dense = from_onnx(_model("Gemm", [1, 200], [_sparse((300, 200), 0.9)], {"transB": 1})[0], ConvertOptions(exact=True))
     assert InferenceSession(dense).describe()[0]["kernel"] == "dense"
     assert InferenceSession(model, kernels={"Gemm_0": "dense"}).describe()[0]["kernel"] == "dense"
+    mid = from_onnx(_model("Gemm", [1, 200], [_sparse((300, 200), 0.2)], {"transB": 1})[0], ConvertOptions(exact=True))
+    compiled = native.SparseMatrix is not None  # its batched product beats BLAS up to 30% at any batch
+    assert InferenceSession(mid, batch_hint=64).describe()[0]["kernel"] == ("sparse" if compiled else "dense")
+    if compiled:  # the CSC copy for batch-1 products is kept only for small batch hints
+        assert InferenceSession(mid)._kernels[0].mm.native.forms == (True, True)
+        assert InferenceSession(mid, batch_hint=64)._kernels[0].mm.native.forms == (True, False)
 
 
 def test_gpu_backend_without_a_gpu_is_a_clear_error():

@@ -45,24 +45,28 @@ def test_fused_vector_adds_bias_and_clamps(zeros):
     x = rng.standard_normal((1, 70)).astype(np.float32)
     x[rng.random((1, 70)) < zeros] = 0
     bias = rng.standard_normal(40).astype(np.float32)
-    mm = WeightMatmul("sparse", w)
+    mm = WeightMatmul("sparse", w, vectors=True)
     _close(mm.fused_right(x, bias, relu=True), x, w, bias, relu=True)
     _close(mm.fused_right(x, None, relu=False), x, w)
     x3 = np.repeat(x, 3, axis=0) * np.float32([[1], [-2], [0.5]])  # batch 3: the batched kernel
     _close(mm.fused_right(x3, bias, relu=True), x3, w, bias, relu=True)
 
 
-@pytest.mark.parametrize("compiled", [True, False])
-def test_vector_path_agrees_with_batched_and_threaded_paths(monkeypatch, compiled):
+@pytest.mark.parametrize("compiled, vectors", [(True, True), (True, False), (False, True)])
+def test_vector_path_agrees_with_batched_and_threaded_paths(monkeypatch, compiled, vectors):
+    """vectors: the CSC copy, split by columns at batch 1; without it, CSR row blocks."""
     if not compiled:
         monkeypatch.setattr(native, "SparseMatrix", None)
     w = _weight((400, 600), 0.9)  # 216k stored weights: split over 2 threads
     x = np.random.default_rng(2).standard_normal((3, 600)).astype(np.float32)
     x[1, ::2] = 0  # half zeros: the native kernel's column walk
-    single, split = WeightMatmul("sparse", w), WeightMatmul("sparse", w, threads=2)
+    single = WeightMatmul("sparse", w, vectors=vectors)
+    split = WeightMatmul("sparse", w, threads=2, vectors=vectors)
     assert len(split.row_cuts) == 3 and not split.vector_ok
     assert len(split.blocks) == (1 if compiled else 2)  # the native kernel splits by ranges of one matrix
-    assert len(split.column_cuts) == (3 if compiled else 2)
+    assert len(split.column_cuts) == (3 if compiled and vectors else 2)
+    if compiled:
+        assert split.native.forms == (True, vectors)
     batched = single.right(x)
     _close(batched, x, w)
     for i in range(3):
@@ -74,16 +78,17 @@ def test_vector_path_agrees_with_batched_and_threaded_paths(monkeypatch, compile
             _close(split.fused_right(rows, bias, relu=True), rows, w, bias, relu=True)
 
 
+@pytest.mark.parametrize("vectors", [True, False])
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_non_finite_inputs_poison_rows_as_a_dense_product_would(threads, batch):
+def test_non_finite_inputs_poison_rows_as_a_dense_product_would(threads, batch, vectors):
     w = _weight((400, 600), 0.9)
     w[:, 7] = 0
     w[3, 7] = 1.5  # only row 3 stores a weight for input 7
     x = np.ones((batch, 600), np.float32)
     x[0, 7] = np.inf
     with np.errstate(all="ignore"):
-        y = WeightMatmul("sparse", w, threads=threads).right(x)
+        y = WeightMatmul("sparse", w, threads=threads, vectors=vectors).right(x)
         assert np.isposinf(y[0, 3]) and np.isnan(np.delete(y[0], 3)).all()
         assert np.isfinite(y[1:]).all()
 

@@ -9,7 +9,7 @@ from dcm.errors import UnsupportedOpError
 from dcm.runtime.cpu.activation import relu
 from dcm.runtime.cpu.matmul import WeightMatmul
 from dcm.runtime.cpu.registry import register
-from dcm.runtime.kernel import Kernel, LoadContext
+from dcm.runtime.kernel import LARGE_BATCH, Kernel, LoadContext
 
 
 def _transposed(weight: CsrParts | np.ndarray) -> CsrParts | np.ndarray:
@@ -25,7 +25,7 @@ class _FullyConnected(Kernel):
         self.mode, w, self.density = ctx.weight(node, name)
         if not out_in:
             w = _transposed(w)
-        self.mm = WeightMatmul(self.mode, w, ctx.threads, prefer="right")
+        self.mm = WeightMatmul(self.mode, w, ctx.threads, prefer="right", vectors=ctx.batch_hint < LARGE_BATCH)
 
     def describe(self) -> dict:
         return {"kernel": self.mode, "density": self.density, "weight_shape": list(self.mm.shape)}

@@ -34,9 +34,12 @@ def thread_pool(threads: int) -> ThreadPoolExecutor:
 class WeightMatmul:
     """A weight held in its runtime form; ``left(X)`` computes W @ X."""
 
-    def __init__(self, mode: str, weight: CsrParts | np.ndarray, threads: int = 1, prefer: str = "left"):
+    def __init__(self, mode: str, weight: CsrParts | np.ndarray, threads: int = 1, prefer: str = "left",
+                 vectors: bool = False):
         """``prefer="right"``: the kernel calls ``right`` (fully connected layers), so a dense weight is
-        stored transposed: x @ W.T on a contiguous W.T is about 12% faster in OpenBLAS (AlexNet fc6)."""
+        stored transposed: x @ W.T on a contiguous W.T is about 12% faster in OpenBLAS (AlexNet fc6).
+        ``vectors``: the layer mostly runs at batch 1, so the native kernel also keeps a CSC copy
+        (6 bytes per stored weight) with which a matvec skips zero inputs."""
         self.mode = mode
         if mode == "sparse":
             m = weight.to_scipy() if isinstance(weight, CsrParts) else sp.csr_array(weight)
@@ -46,10 +49,12 @@ class WeightMatmul:
             self.blocks = [m]
             self.threads = threads
             split = threads > 1 and m.nnz >= PARALLEL_MIN_NNZ
-            self.native = _native_matrix(m) if native.SparseMatrix is not None and m.data.dtype == np.float32 else None
+            ok = native.SparseMatrix is not None and m.data.dtype == np.float32
+            csc = _csc(m) if ok and vectors else None
+            self.native = _native_matrix(m, csc) if ok else None
             self.vector_ok = self.native is None and _csr_matvec is not None and m.data.dtype == np.float32
             self.row_cuts = _cuts(m.indptr, threads) if split else [0, m.shape[0]]
-            self.column_cuts = _cuts(sp.csc_array(m).indptr, threads) if split and self.native else [0, m.shape[1]]
+            self.column_cuts = _cuts(csc.indptr, threads) if split and csc is not None else [0, m.shape[1]]
             if split and self.native is None:  # scipy: one row block per thread
                 self.blocks = [m[a:b] for a, b in zip(self.row_cuts[:-1], self.row_cuts[1:])]
                 self.vector_ok = False
@@ -126,7 +131,11 @@ class WeightMatmul:
         """Batch 1: one matvec (CSR, or CSC skipping zero inputs), or column blocks over the thread
         pool, each adding into its own partial sum."""
         y = np.empty((1, self.shape[0]), dtype=np.float32)
-        if len(self.column_cuts) == 2:
+        if len(self.column_cuts) == 2 and len(self.row_cuts) > 2:  # no CSC copy: CSR row blocks
+            v, out, cuts = x.reshape(-1), y.reshape(-1), self.row_cuts
+            bad = max(thread_pool(self.threads).map(lambda r: self.native.matvec(v, out, bias, relu, "csr", *r),
+                                                    zip(cuts[:-1], cuts[1:])))
+        elif len(self.column_cuts) == 2:
             bad = self.native.matvec(x if x.flags.c_contiguous else x.copy(), y, bias, relu)  # any shape
         else:
             v, out = x.reshape(-1), y.reshape(-1)
@@ -164,12 +173,18 @@ def _cuts(indptr: np.ndarray, parts: int) -> list[int]:
     return [0, *sorted(set(int(b) for b in bounds) - {0, major}), major]
 
 
-def _native_matrix(m: sp.csr_array):
-    """The native kernel's form of a CSR weight: scipy's own CSR arrays (shared, not copied) and a CSC
-    copy with 16-bit row indices where they fit (6 bytes per weight, against CSR's 8)."""
+def _csc(m: sp.csr_array) -> sp.csc_array:
     c = sp.csc_array(m)
     c.sort_indices()
+    return c
+
+
+def _native_matrix(m: sp.csr_array, c: sp.csc_array | None):
+    """The native kernel's form of a CSR weight: scipy's own CSR arrays (shared, not copied) and, given
+    one, a CSC copy with 16-bit row indices where they fit (6 bytes per weight, against CSR's 8)."""
+    csr = (m.indptr.astype(np.int64), m.indices.astype(np.int32, copy=False), m.data)
+    if c is None:
+        return native.SparseMatrix(m.shape[0], m.shape[1], *csr)
     narrow = m.shape[0] <= np.iinfo(np.uint16).max + 1
-    return native.SparseMatrix(m.shape[0], m.shape[1], m.indptr.astype(np.int64), m.indices.astype(np.int32, copy=False),
-                        m.data, c.indptr.astype(np.int64), c.indices.astype(np.uint16 if narrow else np.int32),
-                        c.data)
+    return native.SparseMatrix(m.shape[0], m.shape[1], *csr, c.indptr.astype(np.int64),
+                               c.indices.astype(np.uint16 if narrow else np.int32), c.data)
