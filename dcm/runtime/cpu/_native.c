@@ -22,7 +22,13 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__GNUC__) && !defined(__clang__)
+#define NO_VECTORIZE __attribute__((optimize("no-tree-vectorize")))
+#else
+#define NO_VECTORIZE
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(DCM_NO_SIMD) /* -DDCM_NO_SIMD: portable C only */
 #include <immintrin.h>
 #define HAVE_AVX2_PATH 1 /* AVX2 + FMA kernels, chosen at run time when the CPU has them */
 #endif
@@ -236,7 +242,7 @@ static void SparseMatrix_dealloc(SparseMatrix *self)
 
 /* Kept scalar: at -O3 gcc vectorizes this gather without AVX2's gather instruction, and LeNet-300's
  * fc1 went from 6.9 to 11.2 us. */
-__attribute__((optimize("no-tree-vectorize")))
+NO_VECTORIZE
 static void csr_rows(const Form *f, const float *x, const float *bias, float *y, int relu, Py_ssize_t begin,
                      Py_ssize_t end)
 {
