@@ -85,6 +85,7 @@ class Conv(Kernel):
         m = w.to_scipy() if self.mode == "sparse" else sp.csr_array(w)
         m.sort_indices()
         self.direct_pattern = (m.indptr.astype(np.int64), m.indices.astype(np.int32))
+        self.direct_weights = m.nnz  # multiply-adds per output pixel, over all channels
         return native.SparseConv(self.out_channels, shape[1], *self.kernel, self.group, *self.direct_pattern,
                           m.data.astype(np.float32, copy=False))
 
@@ -131,7 +132,7 @@ class Conv(Kernel):
         y = np.empty((n, self.out_channels, oh, ow), dtype=np.float32)
         args = (x, y, x.shape, self.strides, self.dilations, (begin[0], begin[1], end[0], end[1]), self.bias_vector,
                 self.relu)
-        work = n * oh * ow * self.density * self.out_channels * self.in_channels // self.group * np.prod(self.kernel)
+        work = n * oh * ow * self.direct_weights
         if self.threads < 2 or work < DIRECT_SPLIT_MIN_WORK:
             bad = self.direct.run(*args)
         else:

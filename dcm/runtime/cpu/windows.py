@@ -170,8 +170,8 @@ def output_size(spatial: tuple[int, ...], kernel: tuple[int, int], strides: tupl
                 dilations: tuple[int, int], begin: list[int], end: list[int]) -> tuple[int, int]:
     """(OH, OW) of a window op over an [H, W] input padded by begin/end; a ValueError when the padded
     input is smaller than the window."""
-    oh, ow = ((size + b + e - (k - 1) * d - 1) // s + 1
-              for size, b, e, k, d, s in zip(spatial, begin, end, kernel, dilations, strides))
+    oh = (spatial[0] + begin[0] + end[0] - (kernel[0] - 1) * dilations[0] - 1) // strides[0] + 1
+    ow = (spatial[1] + begin[1] + end[1] - (kernel[1] - 1) * dilations[1] - 1) // strides[1] + 1
     if oh < 1 or ow < 1:
         raise ValueError(f"input {tuple(spatial)} (padded) is smaller than the kernel window")
     return oh, ow
