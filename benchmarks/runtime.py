@@ -76,7 +76,7 @@ def kernel_floor(model, sess: InferenceSession) -> float | None:
         x = np.random.default_rng(0).standard_normal(w.shape[1]).astype(np.float32)
         y = np.zeros(w.shape[0], np.float32)
         if d["kernel"] == "sparse":
-            mm = WeightMatmul("sparse", w)
+            mm = WeightMatmul("sparse", w, vectors=True)  # as a batch-1 session holds it
             if mm.native is not None:
                 fn = lambda: mm.native.matvec(x, y)  # noqa: E731
             else:
