@@ -189,7 +189,7 @@ class InferenceSession:
         if not isinstance(feeds, dict):
             raise InputError("feeds must be a dict {input name: array}")
         declared = self._inputs
-        if len(feeds) != len(declared) or not all(name in declared for name in feeds):
+        if feeds.keys() != declared.keys():
             unknown = sorted(set(feeds) - set(declared))
             if unknown:
                 raise InputError(f"unknown input {unknown[0]!r}; the model's inputs are {sorted(declared)}")

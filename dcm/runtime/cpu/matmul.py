@@ -55,6 +55,8 @@ class WeightMatmul:
             self.vector_ok = self.native is None and _csr_matvec is not None and m.data.dtype == np.float32
             self.row_cuts = _cuts(m.indptr, threads) if split else [0, m.shape[0]]
             self.column_cuts = _cuts(csc.indptr, threads) if split and csc is not None else [0, m.shape[1]]
+            # How a batch-1 product uses the threads: None (one call), "columns" (CSC) or "rows" (CSR).
+            self.vector_split = None if not split else "columns" if csc is not None else "rows"
             if split and self.native is None:  # scipy: one row block per thread
                 self.blocks = [m[a:b] for a, b in zip(self.row_cuts[:-1], self.row_cuts[1:])]
                 self.vector_ok = False
@@ -131,12 +133,15 @@ class WeightMatmul:
         """Batch 1: one matvec (CSR, or CSC skipping zero inputs), or column blocks over the thread
         pool, each adding into its own partial sum."""
         y = np.empty((1, self.shape[0]), dtype=np.float32)
-        if len(self.column_cuts) == 2 and len(self.row_cuts) > 2:  # no CSC copy: CSR row blocks
+        if self.vector_split is None:
+            try:
+                bad = self.native.matvec(x, y, bias, relu)  # any shape with the right count
+            except ValueError:  # not contiguous (or a real error, which the retry raises again)
+                bad = self.native.matvec(np.ascontiguousarray(x), y, bias, relu)
+        elif self.vector_split == "rows":  # no CSC copy: CSR row blocks
             v, out, cuts = x.reshape(-1), y.reshape(-1), self.row_cuts
             bad = max(thread_pool(self.threads).map(lambda r: self.native.matvec(v, out, bias, relu, "csr", *r),
                                                     zip(cuts[:-1], cuts[1:])))
-        elif len(self.column_cuts) == 2:
-            bad = self.native.matvec(x if x.flags.c_contiguous else x.copy(), y, bias, relu)  # any shape
         else:
             v, out = x.reshape(-1), y.reshape(-1)
             if bias is None:
