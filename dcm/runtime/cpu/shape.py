@@ -26,8 +26,12 @@ class Identity(Kernel):
 
 @register("Flatten")
 class Flatten(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axis = int(self.attrs.get("axis", 1))
+
     def __call__(self, x):
-        axis = int(self.attrs.get("axis", 1)) % (x.ndim + 1) if x.ndim else 0
+        axis = self.axis % (x.ndim + 1) if x.ndim else 0
         return (x.reshape(math.prod(x.shape[:axis]), -1),)
 
 
