@@ -291,8 +291,6 @@ def cmd_verify(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import time
-
     from dcm.runtime import InferenceSession
 
     if args.runs < 1:
@@ -300,29 +298,72 @@ def cmd_bench(args) -> int:
     kernels = None if args.kernels == "auto" else args.kernels
     sess = InferenceSession(args.model, device=args.device, kernels=kernels, batch_hint=args.batch,
                             threads=args.threads, progress=_progress(args))
-    feeds = _npz_inputs(None, sess, batch=args.batch)
-    sess.run(None, feeds)  # warm-up: first-touch allocations, BLAS thread start-up
-    runs = []
-    for _ in range(args.runs):
-        t = time.perf_counter()
-        sess.run(None, feeds)
-        runs.append(time.perf_counter() - t)
+    feeds = _npz_inputs(args.inputs, sess, batch=args.batch)
+    _check_run(sess, feeds)
+    runs = _times(lambda: sess.run(None, feeds), args.runs)
     nodes = sess.profile(feeds, runs=args.runs)
     total = sum(n["seconds"] for n in nodes) or 1.0
     report = {"model": args.model, "device": args.device, "batch": args.batch, "runs": args.runs,
-              "median_ms": 1e3 * float(np.median(runs)), "min_ms": 1e3 * float(np.min(runs)),
+              "inputs": args.inputs or "random", "median_ms": 1e3 * float(np.median(runs)),
+              "min_ms": 1e3 * float(np.min(runs)),
               "nodes": [{**{k: v for k, v in n.items() if k != "seconds"}, "ms": 1e3 * n["seconds"]} for n in nodes]}
+    if args.onnxruntime:  # after dcm: onnxruntime's idle workers spin and would slow dcm's runs
+        ort_runs = _times(_onnxruntime_runner(sess, feeds, args.threads), args.runs)
+        report["onnxruntime_median_ms"] = 1e3 * float(np.median(ort_runs))
+        report["dcm_vs_onnxruntime"] = report["median_ms"] / report["onnxruntime_median_ms"]
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
     print(f"{args.model}: batch {args.batch}, {args.device}, median {report['median_ms']:.3f} ms, "
           f"min {report['min_ms']:.3f} ms over {args.runs} runs")
+    if args.onnxruntime:
+        print(f"onnxruntime (the same weights, dense): median {report['onnxruntime_median_ms']:.3f} ms; "
+              f"dcm/onnxruntime {report['dcm_vs_onnxruntime']:.2f}")
     print(f"{'node':<32}{'op':<20}{'kernel':<10}{'density':>8}{'ms':>10}{'share':>8}")
     for n in report["nodes"]:
         density = f"{n['density']:.1%}" if "density" in n else "-"
         print(f"{n['name'][:31]:<32}{n['op']:<20}{n.get('kernel', 'fused' if 'fused_into' in n else '-'):<10}{density:>8}{n['ms']:>10.3f}"
               f"{n['ms'] / 1e3 / total:>8.1%}")
     return EXIT_OK
+
+
+def _times(fn, runs: int) -> list[float]:
+    """Seconds of each of ``runs`` calls, after one warm-up call (first-touch allocations, thread start-up)."""
+    import time
+
+    fn()
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _check_run(sess, feeds) -> None:
+    """One run of ``feeds``, so that a feed of the wrong shape is a one-line error before any timing."""
+    from dcm.errors import DcmError
+
+    try:
+        sess.run(None, feeds)
+    except DcmError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _onnxruntime_runner(sess, feeds, threads: int | None):
+    """A callable running onnxruntime on the session's model exported to a dense ONNX graph."""
+    try:
+        import onnxruntime as ort
+
+        from dcm.converters import to_onnx
+    except ImportError as exc:
+        raise CliError(f"--onnxruntime needs onnx and onnxruntime ({exc.name} is missing): "
+                       "pip install 'dcm[onnx]'") from None
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    o = ort.InferenceSession(to_onnx(sess.model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return lambda: o.run(None, feeds)
 
 
 def cmd_demo(args) -> int:
@@ -395,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_verify)
 
     s = sub.add_parser("bench", parents=[as_json, quiet],
-                       help="time a model on random inputs: latency and per-node time with the kernel chosen")
+                       help="time a model (random inputs or --inputs): latency and per-node time with the kernel "
+                            "chosen, and with --onnxruntime the same weights on onnxruntime")
     s.add_argument("model")
     s.add_argument("--batch", type=int, default=1, help="size of every symbolic (batch) dimension")
     s.add_argument("--runs", type=int, default=20)
@@ -403,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kernels", default="auto", choices=["auto", "sparse", "dense"],
                    help="force every weight layer's kernel (default: chosen per layer from density and batch)")
     s.add_argument("--threads", type=int, default=None, help="threads for the sparse kernels")
+    s.add_argument("--inputs", metavar="DATA.npz", help="time these inputs (arrays named like the model's "
+                   "inputs, or one array) instead of random ones")
+    s.add_argument("--onnxruntime", action="store_true",
+                   help="also time onnxruntime on the same weights exported as a dense ONNX graph")
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("demo", parents=[as_json, quiet],

@@ -149,3 +149,18 @@ def test_bench_reports_latency_and_every_node(dcm_file, capsys):
     assert main(["bench", str(dcm_file), "--runs", "2", "--kernels", "dense"]) == 0
     out = capsys.readouterr().out
     assert "median" in out and "sparse" not in out
+
+
+def test_bench_on_given_inputs_against_onnxruntime(dcm_file, tmp_path, capsys):
+    import json
+
+    pytest.importorskip("onnxruntime")
+    np.savez(tmp_path / "x.npz", np.ones((5, 12), np.float32))
+    assert main(["bench", str(dcm_file), "--inputs", str(tmp_path / "x.npz"), "--onnxruntime", "--runs", "3",
+                 "--json", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["inputs"].endswith("x.npz") and report["onnxruntime_median_ms"] > 0
+    assert report["dcm_vs_onnxruntime"] == pytest.approx(report["median_ms"] / report["onnxruntime_median_ms"])
+    np.savez(tmp_path / "bad.npz", np.ones((5, 11), np.float32))
+    assert main(["bench", str(dcm_file), "--inputs", str(tmp_path / "bad.npz"), "-q"]) == 2
+    assert "size 11 on axis 1" in capsys.readouterr().err
