@@ -278,6 +278,12 @@ def test_conv_refuses_bad_weights_and_calls():
         conv.run(x, y, x.shape, (1, 1), (1, 1), (0, 0, 0, 0), begin=0, end=2)
     with pytest.raises(TypeError, match="float32"):
         conv.run(x.astype(np.float64), y, x.shape, (1, 1), (1, 1), (0, 0, 0, 0))
+    # 2^23 channels with 2^19 padding on every side: the work buffer's size would overflow
+    wide = SparseConv(1, 1 << 23, 1, 1, 1, np.array([0, 1], np.int64), np.array([0], np.int32),
+                      np.ones(1, np.float32))
+    x = np.zeros((1, 1 << 23, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="too large for a work buffer"):
+        wide.run(x, np.zeros(1, np.float32), x.shape, (1, 1), (1, 1), (1 << 19,) * 4)
 
 
 def test_winograd_transforms_refuse_bad_calls():

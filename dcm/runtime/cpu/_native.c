@@ -718,6 +718,10 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     g.oh = (g.hp - span_h) / sh + 1;
     g.ow = (g.wp - span_w) / sw + 1;
     g.plane = g.hp * g.wp + SLACK * sw;
+    if (g.plane > PY_SSIZE_T_MAX / 4 / c || g.oh > PY_SSIZE_T_MAX / 32 / (g.ow + SEG)) {
+        PyErr_SetString(PyExc_ValueError, "SparseConv.run: the padded input is too large for a work buffer");
+        return NULL;
+    }
     Py_buffer xb, yb, bb = {0};
     if (get_in_out(xo, &xb, "x", yo, &yb, "y", 1) < 0) return NULL;
     PyObject *result = NULL;
