@@ -179,6 +179,8 @@ def test_malformed_calls_are_refused():
         m.matvec(x, ro)
     with pytest.raises(ValueError, match="CSR arrays, the CSC arrays or both"):
         SparseMatrix(3, 3)
+    with pytest.raises(ValueError, match="rows and cols"):
+        SparseMatrix(1 << 31, 3, np.zeros(2, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
 
 
 def _conv_reference(x, w, bias, strides, dilations, pads, groups):
@@ -260,6 +262,8 @@ def test_conv_refuses_bad_weights_and_calls():
         SparseConv(4, 2, 3, 3, 3, ptr, idx, m.data)
     with pytest.raises(TypeError, match="int32"):
         SparseConv(4, 2, 3, 3, 1, ptr, idx.astype(np.uint16), m.data)
+    with pytest.raises(ValueError, match="sizes must be"):  # columns would pass int32
+        SparseConv(4, 1 << 28, 3, 3, 1, ptr, idx, m.data)
     conv = SparseConv(4, 2, 3, 3, 1, ptr, idx, m.data)
     x, y = np.ones((1, 2, 5, 5), np.float32), np.empty((1, 4, 3, 3), np.float32)
     conv.run(x, y, x.shape, (1, 1), (1, 1), (0, 0, 0, 0))

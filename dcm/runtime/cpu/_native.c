@@ -193,8 +193,8 @@ static int SparseMatrix_init(SparseMatrix *self, PyObject *args, PyObject *kwds)
         return -1;
     form_release(&self->csr);
     form_release(&self->csc);
-    if (self->rows < 0 || self->cols < 0) {
-        PyErr_SetString(PyExc_ValueError, "rows and cols must be >= 0");
+    if (self->rows < 0 || self->cols < 0 || self->rows > INT32_MAX || self->cols > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "rows and cols must be in 0..2^31-1");
         return -1;
     }
     if (r[0] == Py_None && c[0] == Py_None) {
@@ -568,8 +568,10 @@ static int SparseConv_init(SparseConv *self, PyObject *args, PyObject *kwds)
         return -1;
     form_release(&self->w);
     if (self->c_out < 1 || self->c_in_g < 1 || self->kh < 1 || self->kw < 1 || self->groups < 1 ||
-        self->c_out % self->groups || self->kh > 4096 || self->kw > 4096) {
-        PyErr_SetString(PyExc_ValueError, "SparseConv: sizes must be >= 1 and c_out divisible by groups");
+        self->c_out % self->groups || self->kh > 4096 || self->kw > 4096 || self->c_out > INT32_MAX ||
+        self->c_in_g > INT32_MAX / (self->kh * self->kw)) {
+        PyErr_SetString(PyExc_ValueError, "SparseConv: sizes must be >= 1 (columns below 2^31, kernel sides at most "
+                                          "4096) and c_out divisible by groups");
         return -1;
     }
     if (form_load(&self->w, po, io, vo, self->c_out, self->c_in_g * self->kh * self->kw, "conv") < 0) return -1;
