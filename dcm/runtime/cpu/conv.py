@@ -7,8 +7,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from dcm.errors import UnsupportedOpError
-from dcm.runtime.cpu.activation import relu
 from dcm.runtime.cpu import native
+from dcm.runtime.cpu.activation import relu
 from dcm.runtime.cpu.matmul import WeightMatmul, thread_pool
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.cpu.winograd import conv3x3, eligible, transform_weight
