@@ -109,6 +109,7 @@ class InferenceSession:
         self._checks = self._feed_checks()
         self._output_names = [o.name for o in self.model.outputs]
         self._scratch = not self._torch and any(k.uses_scratch for k in self._kernels)
+        self._quiet = not self._torch and all(kernel.quiet for _, _, kernel, _, _, _ in self._steps)
 
     def _fuse_relus(self) -> dict[int, int]:
         """Fold each Relu into the kernel that feeds it where that kernel says it can (``fuses_relu``:
@@ -250,11 +251,14 @@ class InferenceSession:
 
     def _run(self, env: dict[str, Any], seconds: list[float] | None = None) -> None:
         try:
-            with np.errstate(all="ignore"):  # Inf/NaN arithmetic follows IEEE, as in onnxruntime, silently
-                if seconds is None:
-                    self._execute(env)
-                else:
-                    self._execute_timed(env, seconds)
+            if self._quiet and seconds is None:
+                self._execute(env)
+            else:
+                with np.errstate(all="ignore"):  # Inf/NaN arithmetic follows IEEE, as in onnxruntime, silently
+                    if seconds is None:
+                        self._execute(env)
+                    else:
+                        self._execute_timed(env, seconds)
         finally:
             if self._scratch:
                 release_scratch()

@@ -97,3 +97,23 @@ def test_float64_input_takes_the_general_path():
     w = _weight()
     x = np.random.default_rng(3).standard_normal((1, 50))
     np.testing.assert_allclose(WeightMatmul("sparse", sp.csr_array(w)).right(x), x @ w.T, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_native_products_stay_silent_on_inf_minus_inf(batch):
+    """Quiet kernels run without np.errstate (Kernel.quiet): +inf and -inf meeting in one output,
+    across the two threads' partial sums at batch 1, must give NaN without a numpy warning."""
+    import warnings
+
+    if native.SparseMatrix is None:
+        pytest.skip("built without the native kernels")
+    w = _weight((400, 600), 0.9)
+    w[5, 10], w[5, 590] = 1.0, -1.0  # first and last column block
+    mm = WeightMatmul("sparse", w, threads=2, vectors=True)
+    assert mm.vector_split == "columns"
+    x = np.ones((batch, 600), np.float32)
+    x[:, 10] = x[:, 590] = np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = mm.fused_right(x)
+    assert np.isnan(y[:, 5]).all()

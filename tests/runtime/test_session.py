@@ -27,13 +27,13 @@ def _weights(seed=0):
             "fw": rng.standard_normal((5, 36)).astype(np.float32), "fb": rng.standard_normal(5).astype(np.float32)}
 
 
-def _conv_relu_pool_fc_relu():
+def _conv_relu_pool_fc_relu(x_shape=(2, 3, 6, 6)):
     return _graph([helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
                    helper.make_node("Relu", ["c"], ["r"], name="relu1"),
                    helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
                    helper.make_node("Flatten", ["p"], ["f"]),
                    helper.make_node("Gemm", ["f", "fw", "fb"], ["g"], transB=1, name="fc"),
-                   helper.make_node("Relu", ["g"], ["y"], name="relu2")], _weights())
+                   helper.make_node("Relu", ["g"], ["y"], name="relu2")], _weights(), x_shape=x_shape)
 
 
 def _check(m, x, **session):
@@ -95,3 +95,32 @@ def test_absent_optional_inputs_are_not_freed():
     m = _graph([helper.make_node("Clip", ["x", "", "hi"], ["c"]), helper.make_node("Relu", ["c"], ["y"])], hi)
     x = np.random.default_rng(3).standard_normal((2, 3, 6, 6)).astype(np.float32)
     _check(m, x)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_quiet_sessions_skip_errstate_and_stay_silent_on_inf_and_nan(monkeypatch, threads):
+    """A session of compiled kernels runs without np.errstate: no numpy warning may escape on Inf,
+    NaN or overflowing inputs (warnings are errors here), and the results still match onnxruntime."""
+    import warnings
+
+    from dcm.runtime.cpu import conv, matmul, native
+
+    if native.SparseMatrix is None:
+        pytest.skip("built without the native kernels")
+    monkeypatch.setattr(conv, "DIRECT_SPLIT_MIN_WORK", 0)  # thread splits too
+    monkeypatch.setattr(matmul, "PARALLEL_MIN_NNZ", 0)
+    x = np.random.default_rng(5).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    x[0, 0, 1, 1], x[0, 1, 2, 3], x[1, 2, 4, 4] = np.inf, -np.inf, np.nan
+    x[1, 0] = 3e38  # sums overflow to inf
+    for rows in (x, x[1:]):  # batch 2: the batched product; batch 1: the matvec (column partial sums)
+        m = _conv_relu_pool_fc_relu(rows.shape)
+        want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": rows})
+        sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)), threads=threads, kernels="sparse")
+        assert sess._quiet
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = sess.run(None, {"x": rows})
+        np.testing.assert_array_equal(np.isnan(got[0]), np.isnan(want[0]))
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+    softmax = _graph([helper.make_node("Softmax", ["x"], ["y"])], {})
+    assert not InferenceSession(from_onnx(softmax, ConvertOptions(exact=True)))._quiet

@@ -455,10 +455,11 @@ static void csr_matmat_generic(const Form *f, const float *xt, float *yt, Py_ssi
 }
 
 PyDoc_STRVAR(matmat_doc,
-"matmat(xt, yt, bias=None, relu=False, begin=0, end=-1)\n\n"
+"matmat(xt, yt, bias=None, relu=False, begin=0, end=-1) -> int\n\n"
 "yt = W @ xt (+ bias per row) (then ReLU) for rows [begin, end) of yt: xt float32 [cols, n] and yt\n"
 "float32 [rows, n], both C-contiguous (activations transposed: one row per feature). Needs the CSR\n"
-"form. Releases the GIL: threads may run disjoint row ranges at once.");
+"form. Releases the GIL: threads may run disjoint row ranges at once. Returns the number of Inf/NaN\n"
+"values in xt when begin is 0 (else 0), for the caller to give yt the NaNs pruned weights hide.");
 
 static PyObject *SparseMatrix_matmat(SparseMatrix *self, PyObject *args, PyObject *kwds)
 {
@@ -488,10 +489,12 @@ static PyObject *SparseMatrix_matmat(SparseMatrix *self, PyObject *args, PyObjec
         PyErr_Format(PyExc_ValueError, "matmat: range [%zd, %zd) is outside 0..%zd", begin, end, self->rows);
         goto done;
     }
+    Py_ssize_t bad = 0;
     Py_BEGIN_ALLOW_THREADS
     DISPATCH(csr_matmat, &self->csr, xb.buf, yb.buf, n, bb.buf, relu, begin, end);
+    if (begin == 0) bad = count_nonfinite_fast(xb.buf, self->cols * n); /* once per product */
     Py_END_ALLOW_THREADS
-    result = Py_NewRef(Py_None);
+    result = PyLong_FromSsize_t(bad);
 done:
     release_all(&xb, &yb, &bb);
     return result;

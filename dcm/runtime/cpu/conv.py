@@ -67,6 +67,7 @@ class Conv(Kernel):
             self.mode, w = "dense", w.to_scipy().toarray()  # too dense for the direct kernel: Winograd wins
         if self.direct is not None:
             self.mode = "sparse"
+            self.quiet = True  # compiled; Inf/NaN counted in C, and _poison_direct adds 0/1 counts only
             self.bias_vector = None if b is None else np.ascontiguousarray(self.bias.reshape(-1))
         elif wide_3x3 and self.mode == "dense":
             self.winograd = transform_weight(w.reshape(shape))

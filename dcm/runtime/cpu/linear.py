@@ -54,6 +54,7 @@ class Gemm(_FullyConnected):
         self.fused_ok = (getattr(self.mm, "native", None) is not None and self.alpha == 1.0 and not self.c_is_input
                          and (self.c is None or np.broadcast_shapes(self.c.shape, (1, out)) == (1, out)))
         self.bias = None if self.c is None else np.ascontiguousarray(np.broadcast_to(self.c, (1, out)).reshape(-1))
+        self.quiet = self.fused_ok  # all compiled, Inf/NaN counted in C
 
     def __call__(self, a, _b=None, c=None):
         a = a.T if self.trans_a else a

@@ -90,12 +90,12 @@ class WeightMatmul:
         xt = np.ascontiguousarray(x)
         y = np.empty((self.shape[0], xt.shape[1]), dtype=np.float32)
         if len(self.row_cuts) == 2:
-            self.native.matmat(xt, y, bias, relu)
+            bad = self.native.matmat(xt, y, bias, relu)
         else:
             cuts = self.row_cuts
-            list(thread_pool(self.threads).map(lambda r: self.native.matmat(xt, y, bias, relu, r[0], r[1]),
-                                               zip(cuts[:-1], cuts[1:])))
-        if not math.isfinite(xt.sum()):
+            bad = sum(thread_pool(self.threads).map(lambda r: self.native.matmat(xt, y, bias, relu, r[0], r[1]),
+                                                    zip(cuts[:-1], cuts[1:])))
+        if bad:  # counted by the kernel: a numpy sum here could warn (inf - inf), see Kernel.quiet
             self._poison(xt, y)
         return y
 
@@ -151,8 +151,9 @@ class WeightMatmul:
                     for i, (p, a, b) in enumerate(zip(partials, self.column_cuts[:-1], self.column_cuts[1:]))]
             bad = sum(thread_pool(self.threads).map(lambda j: self.native.matvec(v, j[0], j[1], False, "csc", j[2], j[3]),
                                                     jobs))
-            for p in partials[1:]:
-                out += p
+            with np.errstate(all="ignore"):  # inf - inf across partial sums: NaN, silently (Kernel.quiet)
+                for p in partials[1:]:
+                    out += p
             if relu:
                 np.maximum(out, 0, out=out)
         if bad:

@@ -22,6 +22,7 @@ class _Pool(Kernel):
         self.ceil = bool(self.attrs.get("ceil_mode", 0))
         self.pad_attrs = pads2(self.attrs, self.nd)
         self.threads = ctx.threads
+        self.quiet = native.pool2d is not None  # compiled (the numpy average can warn on inf - inf)
 
     def _pads(self, x):
         return resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations, self.ceil)

@@ -20,12 +20,16 @@ def _const_ints(ctx, node, i: int, attr: str):
 
 @register("Identity", "Dropout")
 class Identity(Kernel):
+    quiet = True
+
     def __call__(self, x, *_):
         return (x,) if len(self.node.outputs) == 1 else (x, np.ones(x.shape, dtype=bool))
 
 
 @register("Flatten")
 class Flatten(Kernel):
+    quiet = True
+
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.axis = int(self.attrs.get("axis", 1))
