@@ -273,16 +273,14 @@ static Py_ssize_t count_nonfinite(const float *x, Py_ssize_t begin, Py_ssize_t e
 static Py_ssize_t count_nonfinite_fast(const float *x, Py_ssize_t n)
 {
     const uint32_t *u = (const uint32_t *)x;
-    uint32_t bad = 0;
     Py_ssize_t total = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        bad += (u[i] & 0x7f800000u) == 0x7f800000u;
-        if ((i & 0xffff) == 0xffff) {
-            total += bad;
-            bad = 0;
-        }
+    for (Py_ssize_t start = 0; start < n; start += 1 << 20) { /* a plain inner loop: vectorized */
+        Py_ssize_t end = n - start < (1 << 20) ? n : start + (1 << 20);
+        uint32_t bad = 0;
+        for (Py_ssize_t i = start; i < end; i++) bad += (u[i] & 0x7f800000u) == 0x7f800000u;
+        total += bad;
     }
-    return total + bad;
+    return total;
 }
 
 static Py_ssize_t count_zeros(const float *x, Py_ssize_t n)
