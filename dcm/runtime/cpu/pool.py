@@ -10,6 +10,8 @@ from dcm.runtime.cpu.registry import register
 from dcm.runtime.cpu.windows import ints2, output_size, pads2, reduce_windows, resolve_pads, spatial_2d
 from dcm.runtime.kernel import Kernel
 
+SPLIT_MIN_VALUES = 1 << 18  # input values past which the compiled pool splits its planes over the thread pool
+
 
 class _Pool(Kernel):
     def __init__(self, node, ctx):
@@ -43,9 +45,6 @@ class _Pool(Kernel):
             cuts = np.linspace(0, planes, self.threads + 1).astype(int)
             list(thread_pool(self.threads).map(lambda r: native.pool2d(*args, r[0], r[1]), zip(cuts[:-1], cuts[1:])))
         return y
-
-
-SPLIT_MIN_VALUES = 1 << 18  # input values past which the compiled pool splits its planes over the thread pool
 
 
 @register("MaxPool")
