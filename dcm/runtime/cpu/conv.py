@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from dcm.errors import UnsupportedOpError
 from dcm.runtime.cpu import native
 from dcm.runtime.cpu.activation import relu
-from dcm.runtime.cpu.matmul import WeightMatmul, thread_pool
+from dcm.runtime.cpu.matmul import WeightMatmul, even_ranges, thread_pool
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.cpu.winograd import conv3x3, eligible, transform_weight
 from dcm.runtime.cpu.windows import im2col, ints2, output_size, pads2, reduce_windows, resolve_pads, spatial_2d
@@ -138,11 +138,9 @@ class Conv(Kernel):
             bad = self.direct.run(*args)
         else:
             if n >= self.threads:
-                cuts = np.linspace(0, n, self.threads + 1).astype(int)
-                ranges = [{"begin": a, "end": b} for a, b in zip(cuts[:-1], cuts[1:])]
+                ranges = [{"begin": a, "end": b} for a, b in even_ranges(n, self.threads)]
             else:
-                cuts = np.linspace(0, self.out_channels, self.threads + 1).astype(int)
-                ranges = [{"c_begin": a, "c_end": b} for a, b in zip(cuts[:-1], cuts[1:])]
+                ranges = [{"c_begin": a, "c_end": b} for a, b in even_ranges(self.out_channels, self.threads)]
             bad = sum(thread_pool(self.threads).map(lambda r: self.direct.run(*args, **r), ranges))
         if bad:
             self._poison_direct(x, y, begin, end)

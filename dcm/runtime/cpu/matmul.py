@@ -31,6 +31,12 @@ def thread_pool(threads: int) -> ThreadPoolExecutor:
     return _POOLS[threads]
 
 
+def even_ranges(count: int, parts: int) -> list[tuple[int, int]]:
+    """[begin, end) ranges that split 0..count into ``parts`` runs of about equal length."""
+    cuts = np.linspace(0, count, parts + 1).astype(int)
+    return list(zip(cuts[:-1].tolist(), cuts[1:].tolist()))
+
+
 class WeightMatmul:
     """A weight held in its runtime form; ``left(X)`` computes W @ X."""
 

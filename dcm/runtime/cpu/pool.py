@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from dcm.runtime.cpu import native
-from dcm.runtime.cpu.matmul import thread_pool
+from dcm.runtime.cpu.matmul import even_ranges, thread_pool
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.cpu.windows import ints2, output_size, pads2, reduce_windows, resolve_pads, spatial_2d
 from dcm.runtime.kernel import Kernel
@@ -42,8 +42,7 @@ class _Pool(Kernel):
         if self.threads < 2 or x.size < SPLIT_MIN_VALUES or planes < self.threads:
             native.pool2d(*args)
         else:
-            cuts = np.linspace(0, planes, self.threads + 1).astype(int)
-            list(thread_pool(self.threads).map(lambda r: native.pool2d(*args, r[0], r[1]), zip(cuts[:-1], cuts[1:])))
+            list(thread_pool(self.threads).map(lambda r: native.pool2d(*args, *r), even_ranges(planes, self.threads)))
         return y
 
 

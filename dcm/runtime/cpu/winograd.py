@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from dcm.runtime.cpu import activation, native
-from dcm.runtime.cpu.matmul import thread_pool
+from dcm.runtime.cpu.matmul import even_ranges, thread_pool
 from dcm.runtime.cpu.windows import scratch_arrays
 
 MIN_CHANNELS = 64  # input and output channels; narrower layers run faster as im2col + GEMM
@@ -110,8 +110,7 @@ def _split(threads: int, channels: int, tiles: int, run) -> None:
     if threads < 2 or channels * tiles < SPLIT_MIN_VALUES or channels < threads:
         run(0, channels)
         return
-    cuts = np.linspace(0, channels, threads + 1).astype(int)
-    list(thread_pool(threads).map(lambda r: run(*r), zip(cuts[:-1], cuts[1:])))
+    list(thread_pool(threads).map(lambda r: run(*r), even_ranges(channels, threads)))
 
 
 def _transform_in(x: np.ndarray, begin: list[int], t0: int, t1: int, tw: int, c: int) -> np.ndarray:
