@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dcm.errors import FormatError
 from dcm.format import constants as C
+from dcm.format.attrs import attrs_to_json
 from dcm.format.model import Model
 
 
@@ -29,7 +30,8 @@ def _graph_document(model: Model, table: list[dict]) -> dict:
         "inputs": [{"name": v.name, "dtype": v.dtype, "shape": list(v.shape)} for v in model.inputs],
         "outputs": [{"name": v.name, "dtype": v.dtype, "shape": list(v.shape)} for v in model.outputs],
         "nodes": [
-            {"op": n.op, "name": n.name, "inputs": list(n.inputs), "outputs": list(n.outputs), "attrs": n.attrs}
+            {"op": n.op, "name": n.name, "inputs": list(n.inputs), "outputs": list(n.outputs),
+             "attrs": attrs_to_json(n.attrs)}
             for n in model.nodes
         ],
         "tensors": table,
@@ -77,11 +79,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     A crash (even SIGKILL) at any point leaves either the old file or the new one at ``path``,
     never a mix. Temp files are named ``.<name>.<pid>.<random>.tmp``; those left by a writer that
     was killed (its pid no longer running) are removed after the next successful write.
+
+    The file gets the mode a plain ``open(path, "w")`` would give it: an overwritten file keeps its
+    mode, a new one gets 0666 less the umask (``mkstemp`` alone would make it 0600, unreadable by
+    a model server running as another user).
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
+    mode = _target_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -95,6 +103,29 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
     _fsync_folder(folder)
     _remove_stale_temps(folder, path.name)
+
+
+def _target_mode(path: Path) -> int:
+    """The permission bits ``path`` should end with: its own if it exists, else 0666 & ~umask."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask can only set it,
+    and setting it briefly would race with files other threads create meanwhile)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def _fsync_folder(folder: Path) -> None:
