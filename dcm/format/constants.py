@@ -6,7 +6,7 @@ import numpy as np
 # spec 2: 8-byte signature (PNG-style), then u16 major, u16 minor, u32 CRC-32 of bytes 0..11.
 SIGNATURE = b"\x89DCM\r\n\x1a\n"
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1
 FILE_HEADER_SIZE = 16
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
@@ -26,6 +26,7 @@ MAX_ELEMENTS = 2**31 - 1
 MAX_TENSORS = 1_000_000
 MAX_NODES = 1_000_000
 MAX_NAME_BYTES = 4096
+MAX_ATTR_ELEMENTS = 1 << 16  # spec 4.3: a tensor-valued attribute
 MIN_BITS, MAX_BITS = 1, 16
 MAX_CODE_LENGTH = 24
 MIN_BLOCK_LOG2, MAX_BLOCK_LOG2 = 8, 22

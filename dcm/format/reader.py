@@ -19,6 +19,7 @@ import numpy as np
 
 from dcm.errors import FormatError
 from dcm.format import constants as C
+from dcm.format.attrs import tensor_from_json
 from dcm.format.blobs import parse_payload
 from dcm.format.model import Model, Node, TensorRecord, ValueInfo
 
@@ -183,8 +184,11 @@ def _one_of(value: Any, allowed: Any) -> bool:
 
 
 def _attr_ok(value: Any) -> bool:
+    """A scalar, a list of scalars, or an object (a tensor attribute, checked by ``tensor_from_json``)."""
     if isinstance(value, bool) or value is None:
         return False
+    if isinstance(value, dict):
+        return True
     if isinstance(value, (int, float, str)):
         return True
     return isinstance(value, list) and all(isinstance(x, (int, float, str)) and not isinstance(x, bool) for x in value)
@@ -228,8 +232,17 @@ def _parse_graph(data: bytes, g_start: int, g_len: int, d_start: int, d_len: int
             s.bad(f"node {i} outputs must be a non-empty list of names")
             ok = False
         if not isinstance(attrs, dict) or not all(_attr_ok(v) for v in attrs.values()):
-            s.bad(f"node {i} attrs must map names to numbers, strings or lists of them")
+            s.bad(f"node {i} attrs must map names to numbers, strings, lists of them or tensors")
             ok = False
+        else:
+            attrs = dict(attrs)
+            for key, v in attrs.items():
+                if isinstance(v, dict):
+                    try:
+                        attrs[key] = tensor_from_json(v)
+                    except ValueError as exc:
+                        s.bad(f"node {i} attribute {key!r:.80}: {exc}", "4.3")
+                        ok = False
         if ok:
             nodes.append(Node(op, list(ins), list(outs), dict(attrs), name))
 
