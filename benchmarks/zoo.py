@@ -1,0 +1,154 @@
+"""Latency of dcm against onnxruntime and torch on the architectures users bring, dense and pruned.
+
+    python -m benchmarks.zoo [--models resnet18,bert_4x256] [--quick] [--docs]
+
+Each model of ``benchmarks/zoo_models.py`` is built with random weights (seed 0), run dense and
+pruned (magnitude pruning of every weight to the kept fraction typical for its family), exported
+with torch.onnx.export (TorchScript exporter, symbolic batch and sequence) and converted with
+``--exact``, so dcm, onnxruntime (the same dense ONNX file) and torch eager all hold the same
+weights. Batch 1 and 8, 1 and 2 threads (dcm's BLAS limited with threadpoolctl, onnxruntime's
+intra-op pool, torch.set_num_threads). A model dcm cannot convert or run gets its error in the JSON
+instead of times. Writes benchmarks/results/zoo.json; ``--docs`` also writes docs/zoo.md.
+Ratios < 1 mean dcm is faster.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+from benchmarks.common import save, timeit
+from benchmarks.zoo_models import MODELS
+from dcm.converters import ConvertOptions
+from dcm.converters.onnx_in import from_onnx
+from dcm.encoder.prune import mask_by_sparsity
+from dcm.runtime import InferenceSession
+
+DOCS = Path(__file__).parent.parent / "docs" / "zoo.md"
+
+
+def prune_all(module: torch.nn.Module, kept: float) -> None:
+    """Keep the largest-magnitude ``kept`` fraction of every weight matrix or kernel (ndim >= 2)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.ndim >= 2:
+                p.mul_(torch.from_numpy(mask_by_sparsity(p.numpy(), 1.0 - kept)).to(p.dtype))
+
+
+def export(module, inputs, names, axes) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, inputs, buf, input_names=names, output_names=["output"], dynamic_axes=axes,
+                          opset_version=17, dynamo=False)
+    return buf.getvalue()
+
+
+def measure(name: str, pruned: bool, batches: tuple[int, ...], thread_counts: tuple[int, ...]) -> list[dict]:
+    import onnxruntime as ort
+
+    build, kept = MODELS[name]
+    torch.manual_seed(0)
+    module, inputs, names, axes = build(batches[0])
+    module.eval()
+    if pruned:
+        prune_all(module, kept)
+    base = {"model": name, "weights": f"pruned {kept:.0%} kept" if pruned else "dense"}
+    onnx_bytes = export(module, inputs, names, axes)
+    try:
+        model = from_onnx(onnx_bytes, ConvertOptions(exact=True))
+    except Exception as exc:  # the table reports what does not convert
+        return [{**base, "error": f"convert: {type(exc).__name__}: {exc}"[:300]}]
+    rows = []
+    for batch in batches:
+        torch.manual_seed(1)
+        _, inputs, _, _ = build(batch)
+        feeds = {n: t.numpy() for n, t in zip(names, inputs)}
+        for threads in thread_counts:
+            row = {**base, "batch": batch, "threads": threads}
+            try:
+                sess = InferenceSession(model, threads=threads, batch_hint=batch)
+                with threadpool_limits(threads):
+                    got = sess.run(None, feeds)[0]
+                    t_dcm = timeit(lambda: sess.run(None, feeds))
+            except Exception as exc:
+                rows.append({**row, "error": f"run: {type(exc).__name__}: {exc}"[:300]})
+                continue
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            ort_sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+            want = ort_sess.run(None, feeds)[0]
+            t_ort = timeit(lambda: ort_sess.run(None, feeds))
+            ort_sess = None  # its spinning pool goes before torch is timed
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                t_torch = timeit(lambda: module(*inputs))
+            scale = float(np.abs(want).max()) or 1.0
+            rows.append({**row, "dcm_ms": 1e3 * t_dcm, "onnxruntime_ms": 1e3 * t_ort, "torch_ms": 1e3 * t_torch,
+                         "dcm_vs_onnxruntime": t_dcm / t_ort, "dcm_vs_torch": t_dcm / t_torch,
+                         "max_rel_error": float(np.abs(got - want).max()) / scale})
+    return rows
+
+
+def row_line(r: dict) -> str:
+    """One markdown table line: the times and ratios, or the error that stopped the model."""
+    if "error" in r:
+        return (f"| {r['model']} | {r['weights']} | {r.get('batch', '-')} | {r.get('threads', '-')} | "
+                f"fails: {r['error'].replace('|', '/')} | | | | |")
+    return (f"| {r['model']} | {r['weights']} | {r['batch']} | {r['threads']} | {r['dcm_ms']:.2f} | "
+            f"{r['onnxruntime_ms']:.2f} | {r['torch_ms']:.2f} | {r['dcm_vs_onnxruntime']:.2f} | {r['dcm_vs_torch']:.2f} |")
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per measurement, then the geometric mean of dcm/onnxruntime per weights kind."""
+    lines = ["| model | weights | batch | threads | dcm ms | onnxruntime ms | torch ms | dcm/ort | dcm/torch |",
+             "|---|---|---|---|---|---|---|---|---|", *map(row_line, rows)]
+    lines.append("")
+    for kind in ("dense", "pruned"):
+        ratios = [r["dcm_vs_onnxruntime"] for r in rows if "error" not in r and r["weights"].startswith(kind)]
+        failed = sum(1 for r in rows if "error" in r and r["weights"].startswith(kind))
+        if ratios:
+            gm = math.exp(sum(map(math.log, ratios)) / len(ratios))
+            lines.append(f"- {kind}: geometric mean dcm/onnxruntime {gm:.2f} over {len(ratios)} measurements, "
+                         f"worst {max(ratios):.2f}; {failed} failed")
+        elif failed:
+            lines.append(f"- {kind}: every measurement failed ({failed})")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of: " + ", ".join(MODELS))
+    ap.add_argument("--quick", action="store_true", help="batch 1 and 1 thread only")
+    ap.add_argument("--docs", action="store_true", help=f"also write {DOCS.relative_to(DOCS.parent.parent)}")
+    args = ap.parse_args()
+    names = [n for n in args.models.split(",") if n]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        ap.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
+    batches, threads = ((1,), (1,)) if args.quick else ((1, 8), tuple(sorted({1, min(2, os.cpu_count() or 1)})))
+    rows = []
+    for name in names:
+        for pruned in (False, True):
+            new = measure(name, pruned, batches, threads)
+            print("\n".join(map(row_line, new)), flush=True)
+            rows += new
+    text = table(rows)
+    print("\n" + text.split("\n\n")[-1])
+    print(f"wrote {save('zoo', {'rows': rows})}")
+    if args.docs:
+        DOCS.parent.mkdir(exist_ok=True)
+        DOCS.write_text("# Runtime on the architectures users bring\n\nMade by `python -m benchmarks.zoo --docs` "
+                        "(random weights, seed 0; times are medians on the machine that ran it, noisy on a busy "
+                        "one). Ratios < 1: dcm is faster than onnxruntime on the same weights.\n\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
