@@ -1,0 +1,156 @@
+"""Graph rewrites a session applies when it loads, before any kernel is built.
+
+Each pass is a small function that rewrites ``Graph.nodes`` in place and records what it removed in
+``Graph.folded`` ({removed node name: the node that now does its work}), so that ``describe()``,
+``dcm inspect --kernels`` and ``dcm bench`` can show it. The model itself is never changed:
+``dcm export`` writes the graph as stored, which stays a standard ONNX graph.
+
+Passes here only rewrite the graph; fusions that need a kernel's cooperation (a Relu computed by
+the Conv that feeds it) stay with the session, which knows the kernels.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+
+from dcm.encoder.codec import decode_tensor
+from dcm.format.model import Model, Node
+
+
+@dataclass
+class Graph:
+    """The working copy of a model's node list while the passes run."""
+
+    model: Model
+    nodes: list[Node]
+    folded: dict[str, str] = field(default_factory=dict)
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of a constant input (None: a run-time value, or an absent optional input)."""
+        rec = self.model.tensors.get(name) if name else None
+        return None if rec is None else decode_tensor(rec)
+
+    def consumers(self) -> dict[str, list[Node]]:
+        out: dict[str, list[Node]] = {}
+        for n in self.nodes:
+            for x in n.inputs:
+                out.setdefault(x, []).append(n)
+        return out
+
+    def protected(self) -> set[str]:
+        """Values a rewrite may not remove: the model's outputs."""
+        return {v.name for v in self.model.outputs}
+
+
+def _name(node: Node) -> str:
+    return node.name or node.outputs[0]
+
+
+def _ints(graph: Graph, node: Node, i: int, attr: str) -> list[int] | None:
+    """An int list given as constant input ``i`` (newer opsets) or as attribute ``attr``; None when it
+    is computed at run time."""
+    if i < len(node.inputs) and node.inputs[i]:
+        v = graph.const(node.inputs[i])
+        return None if v is None else [int(a) for a in np.asarray(v).ravel()]
+    return list(node.attrs.get(attr, []))
+
+
+def _zero_pad_value(graph: Graph, pad: Node) -> bool:
+    if len(pad.inputs) > 2 and pad.inputs[2]:
+        v = graph.const(pad.inputs[2])
+        return v is not None and v.size == 1 and float(v.ravel()[0]) == 0.0
+    return float(pad.attrs.get("value", 0.0)) == 0.0
+
+
+def fold_pads(graph: Graph) -> None:
+    """A zero constant-mode Pad of the spatial axes only, read only by a Conv or by an AveragePool that
+    counts padding, becomes part of that node's own ``pads``.
+
+    MobileNet-style graphs from some exporters carry one explicit Pad per convolution; as its own
+    step each one copies the whole activation (about 50 us even for small ones).
+    """
+    consumers = graph.consumers()
+    protected = graph.protected()
+    removed: set[int] = set()
+    for pad in graph.nodes:
+        if pad.op != "Pad" or pad.attrs.get("mode", "constant") != "constant" or pad.outputs[0] in protected:
+            continue
+        users = consumers.get(pad.outputs[0], [])
+        if len(users) != 1 or len(users[0].inputs) < 1 or users[0].inputs[0] != pad.outputs[0]:
+            continue
+        user = users[0]
+        counts_pads = user.op == "AveragePool" and user.attrs.get("count_include_pad", 0) == 1
+        if not (user.op == "Conv" or counts_pads) or user.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
+            continue
+        pads = _ints(graph, pad, 1, "pads")
+        axes = _ints(graph, pad, 3, "axes") if len(pad.inputs) > 3 and pad.inputs[3] else None
+        if pads is None or not _zero_pad_value(graph, pad) or any(p < 0 for p in pads) or len(pads) % 2:
+            continue
+        rank = len(pads) // 2
+        if axes is not None:  # opset 18: pads for the listed axes only; rank unknown without a shape
+            continue
+        begin, end = pads[:rank], pads[rank:]
+        if rank < 3 or any(begin[:2]) or any(end[:2]):
+            continue  # batch or channel padding is not a convolution's
+        nd = rank - 2
+        own = list(user.attrs.get("pads", [0] * 2 * nd))
+        if len(own) != 2 * nd:
+            continue
+        merged = [a + b for a, b in zip(own, begin[2:] + end[2:])]
+        graph.nodes[graph.nodes.index(user)] = replace(user, inputs=[pad.inputs[0], *user.inputs[1:]],
+                                                       attrs={**user.attrs, "pads": merged})
+        removed.add(id(pad))
+        graph.folded[_name(pad)] = _name(user)
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+
+
+def _compose(first: list[int], second: list[int]) -> list[int]:
+    """The permutation of Transpose(second) after Transpose(first)."""
+    return [first[p] for p in second]
+
+
+def merge_transposes(graph: Graph) -> None:
+    """Transpose of a Transpose (the first read by nothing else) becomes one Transpose, or disappears
+    when the two cancel (attention graphs permute heads back and forth; each step copies the tensor)."""
+    uses = Counter(x for n in graph.nodes for x in n.inputs)
+    protected = graph.protected()
+    producer = {o: n for n in graph.nodes for o in n.outputs}
+    removed: set[int] = set()
+    rename: dict[str, str] = {}
+    for i, node in enumerate(graph.nodes):
+        first = producer.get(node.inputs[0]) if node.op == "Transpose" and node.inputs else None
+        if (first is None or first.op != "Transpose" or id(first) in removed or uses[first.outputs[0]] != 1
+                or first.outputs[0] in protected or "perm" not in first.attrs or "perm" not in node.attrs):
+            continue
+        perm = _compose(first.attrs["perm"], node.attrs["perm"])
+        removed.add(id(first))
+        graph.folded[_name(first)] = _name(node)
+        if perm == sorted(perm) and node.outputs[0] not in protected:
+            removed.add(id(node))
+            rename[node.outputs[0]] = first.inputs[0]
+            graph.folded[_name(node)] = "(cancelled)"
+        else:
+            graph.nodes[i] = replace(node, inputs=[first.inputs[0]], attrs={**node.attrs, "perm": perm})
+            producer[node.outputs[0]] = graph.nodes[i]
+    kept = [n for n in graph.nodes if id(n) not in removed]
+    graph.nodes = [replace(n, inputs=[rename.get(x, x) for x in n.inputs]) if any(x in rename for x in n.inputs)
+                   else n for n in kept]
+
+
+PASSES: dict[str, Callable[[Graph], None]] = {
+    "fold_pads": fold_pads,
+    "merge_transposes": merge_transposes,
+}
+
+
+def optimize(model: Model, passes: list[str] | None = None) -> Graph:
+    """Run ``passes`` (default: all, in order) over a copy of the model's node list."""
+    graph = Graph(model, list(model.nodes))
+    for name in PASSES if passes is None else passes:
+        if name not in PASSES:
+            raise ValueError(f"unknown graph pass {name!r}; the passes are {', '.join(PASSES)}")
+        PASSES[name](graph)
+    return graph

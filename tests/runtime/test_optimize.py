@@ -1,0 +1,104 @@
+"""Each graph pass of dcm/runtime/optimize.py: it fires where it should, not where it must not, and
+the rewritten graph computes what the original did."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from dcm.converters import ConvertOptions  # noqa: E402
+from dcm.converters.onnx_in import from_onnx  # noqa: E402
+from dcm.runtime import InferenceSession  # noqa: E402
+from dcm.runtime.optimize import optimize  # noqa: E402
+
+
+def _model(nodes, inits, shape, opset=17):
+    rng = np.random.default_rng(0)
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(rng.standard_normal(v.shape).astype(np.float32) if k == "w" else v, k)
+                           for k, v in inits.items()])  # "w": a random weight of that shape
+    return from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)]), ConvertOptions(exact=True))
+
+
+def _same_outputs(model, graph, shape):
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    want = InferenceSession(model).run(None, {"x": x})[0]
+    got = InferenceSession(replace(model, nodes=graph.nodes)).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+PAD_CONV = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad"),
+            helper.make_node("Conv", ["p", "w"], ["y"], name="conv", pads=[0, 1, 0, 1])]
+
+
+def test_fold_pads_into_conv():
+    inits = {"pads": np.array([0, 0, 1, 2, 0, 0, 1, 0], np.int64), "w": np.zeros((4, 3, 3, 3), np.float32)}
+    model = _model(PAD_CONV, inits, [1, 3, 9, 9])
+    graph = optimize(model, ["fold_pads"])
+    assert [n.op for n in graph.nodes] == ["Conv"]
+    assert graph.nodes[0].attrs["pads"] == [1, 3, 1, 1]
+    assert graph.folded == {"pad": "conv"}
+    assert [n.op for n in model.nodes] == ["Pad", "Conv"]  # the stored graph is untouched
+    _same_outputs(model, graph, [1, 3, 9, 9])
+
+
+@pytest.mark.parametrize("pads, value, mode", [
+    ([0, 1, 1, 1, 0, 0, 1, 1], 0.0, "constant"),  # channel padding
+    ([0, 0, 1, 1, 0, 0, 1, 1], 1.0, "constant"),  # not zeros
+    ([0, 0, 1, 1, 0, 0, 1, 1], 0.0, "reflect"),
+    ([0, 0, -1, 0, 0, 0, 0, 0], 0.0, "constant"),  # a crop
+])
+def test_fold_pads_leaves_other_pads(pads, value, mode):
+    nodes = [helper.make_node("Pad", ["x", "pads", "v"], ["p"], name="pad", mode=mode),
+             helper.make_node("Conv", ["p", "w"], ["y"], name="conv")]
+    inits = {"pads": np.array(pads, np.int64), "v": np.array(value, np.float32),
+             "w": np.zeros((4, 4, 3, 3), np.float32)}
+    model = _model(nodes, inits, [1, 3, 9, 9])
+    graph = optimize(model, ["fold_pads"])
+    assert [n.op for n in graph.nodes] == ["Pad", "Conv"] and not graph.folded
+
+
+def test_fold_pads_not_into_max_pool_or_shared_pad():
+    inits = {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}
+    pool = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad"),
+            helper.make_node("MaxPool", ["p"], ["y"], kernel_shape=[2, 2])]
+    assert [n.op for n in optimize(_model(pool, inits, [1, 2, 6, 6]), ["fold_pads"]).nodes] == ["Pad", "MaxPool"]
+    shared = [helper.make_node("Pad", ["x", "pads"], ["p"]),
+              helper.make_node("Conv", ["p", "w"], ["c"]), helper.make_node("Add", ["c", "p"], ["y"])]
+    inits["w"] = np.zeros((2, 2, 1, 1), np.float32)
+    assert "Pad" in [n.op for n in optimize(_model(shared, inits, [1, 2, 6, 6]), ["fold_pads"]).nodes]
+
+
+def test_fold_pads_into_average_pool_that_counts_padding():
+    inits = {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad"),
+             helper.make_node("AveragePool", ["p"], ["y"], kernel_shape=[3, 3], count_include_pad=1)]
+    model = _model(nodes, inits, [1, 2, 7, 7])
+    graph = optimize(model, ["fold_pads"])
+    assert [n.op for n in graph.nodes] == ["AveragePool"]
+    _same_outputs(model, graph, [1, 2, 7, 7])
+
+
+def test_merge_transposes_composes_and_cancels():
+    compose = [helper.make_node("Transpose", ["x"], ["t"], name="t1", perm=[0, 2, 1, 3]),
+               helper.make_node("Transpose", ["t"], ["y"], name="t2", perm=[0, 1, 3, 2])]
+    model = _model(compose, {}, [2, 3, 4, 5])
+    graph = optimize(model, ["merge_transposes"])
+    assert len(graph.nodes) == 1 and graph.nodes[0].attrs["perm"] == [0, 2, 3, 1]
+    _same_outputs(model, graph, [2, 3, 4, 5])
+    cancel = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1, 3]),
+              helper.make_node("Transpose", ["t"], ["u"], perm=[0, 2, 1, 3]),
+              helper.make_node("Relu", ["u"], ["y"])]
+    model = _model(cancel, {}, [2, 3, 4, 5])
+    graph = optimize(model, ["merge_transposes"])
+    assert [n.op for n in graph.nodes] == ["Relu"] and graph.nodes[0].inputs == ["x"]
+    _same_outputs(model, graph, [2, 3, 4, 5])
+
+
+def test_unknown_pass_is_an_error():
+    model = _model([helper.make_node("Relu", ["x"], ["y"])], {}, [1])
+    with pytest.raises(ValueError, match="unknown graph pass 'nope'"):
+        optimize(model, ["nope"])
