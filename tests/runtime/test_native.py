@@ -361,3 +361,109 @@ def test_pool_refuses_bad_calls():
 def test_set_simd_returns_the_previous_setting():
     assert native.set_simd(False) is True
     assert native.set_simd(True) is False
+
+
+HUGE = 2**62 + 1  # times 4 (or 16) wraps to 4 (or 16) in 64 bits: a wrapped product would match a tiny buffer
+
+
+def _ones(n):
+    return np.ones(n, np.float32)
+
+
+def _conv_1x1():
+    return SparseConv(1, 1, 1, 1, 1, np.array([0, 1], np.int64), np.array([0], np.int32), _ones(1))
+
+
+def _matrix():
+    w, arrays = _parts()
+    return SparseMatrix(*w.shape, *arrays)
+
+
+# One call per kernel whose sizes multiply past 2^64 to exactly the given buffers' lengths; each must be
+# refused before the kernel reads anything (an unchecked product let them read far past the buffers).
+HUGE_CALLS = {
+    "SparseConv.run": lambda: _conv_1x1().run(_ones(4), _ones(4), (HUGE, 1, 2, 2), (1, 1), (1, 1), (0, 0, 0, 0)),
+    "SparseConv.run samples": lambda: _conv_1x1().run(_ones(4), _ones(4), (1, 1, 2, 2), (1, 1), (1, 1), (0, 0, 0, 0),
+                                                      None, False, 0, HUGE),
+    "pool2d": lambda: native.pool2d(_ones(4), _ones(4), (HUGE, 1, 2, 2), (1, 1), (1, 1), (1, 1), (0, 0, 0, 0)),
+    "pool2d channels": lambda: native.pool2d(_ones(4), _ones(4), (4, HUGE, 1, 1), (1, 1), (1, 1), (1, 1),
+                                             (0, 0, 0, 0)),
+    "winograd_input": lambda: native.winograd_input(_ones(4), _ones(16), (HUGE, 1, 2, 2), (0, 0), (0, HUGE, 0, 1, 1)),
+    "winograd_input channels": lambda: native.winograd_input(_ones(4), _ones(16), (1, HUGE, 2, 2), (0, 0),
+                                                             (0, 1, 0, 1, 1)),
+    "winograd_output": lambda: native.winograd_output(_ones(16), _ones(4), (HUGE, 1, 2, 2), (0, HUGE, 0, 1, 1)),
+    "winograd_output channels": lambda: native.winograd_output(_ones(16), _ones(4), (1, HUGE, 2, 2),
+                                                               (0, 1, 0, 1, 1)),
+    "matvec": lambda: _matrix().matvec(_ones(53), _ones(37), None, False, "csr", 0, HUGE),
+    "matmat": lambda: _matrix().matmat(np.ones((53, 4), np.float32), np.ones((37, 4), np.float32), None, False, 0,
+                                       HUGE),
+    "SparseMatrix": lambda: SparseMatrix(HUGE, 1, np.zeros(2, np.int64), np.zeros(0, np.int32), _ones(0)),
+    "SparseConv": lambda: SparseConv(1, HUGE, 1, 1, 1, np.array([0, 1], np.int64), np.array([0], np.int32), _ones(1)),
+}
+
+
+@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("call", HUGE_CALLS.values(), ids=HUGE_CALLS.keys())
+def test_huge_sizes_are_refused_before_any_read(call, simd):
+    with _simd(simd), pytest.raises((ValueError, OverflowError), match="overflow|out of bounds|outside|must be"):
+        call()
+
+
+def test_kernel_objects_are_immutable():
+    w, arrays = _parts()
+    m = _matrix()
+    with pytest.raises(TypeError, match="immutable"):
+        m.__init__(*w.shape, *arrays)
+    conv = _conv_1x1()
+    with pytest.raises(TypeError, match="immutable"):
+        conv.__init__(1, 1, 1, 1, 1, np.array([0, 1], np.int64), np.array([0], np.int32), _ones(1))
+    x, y = np.ones(53, np.float32), np.zeros(37, np.float32)
+    m.matvec(x, y)  # still whole after the refused calls
+    np.testing.assert_allclose(y, w @ x, rtol=1e-5)
+    with pytest.raises(ValueError, match="no CSC form"):  # made by __new__ alone: holds nothing, reads nothing
+        SparseMatrix.__new__(SparseMatrix).matvec(np.ones(0, np.float32), np.ones(0, np.float32))
+    with pytest.raises(ValueError, match="never initialized"):
+        SparseConv.__new__(SparseConv).run(_ones(1), _ones(1), (1, 0, 1, 1), (1, 1), (1, 1), (0, 0, 0, 0))
+
+
+def test_reinit_racing_a_product_is_refused():
+    """One thread runs products with the GIL released while another calls __init__ on the same objects:
+    re-initializing freed the arrays the product was reading. Now every __init__ is refused and every
+    product stays right."""
+    import threading
+
+    w, arrays = _parts(400, 1500, 0.3, wide=True)  # 180k weights: each product releases the GIL for a while
+    m = SparseMatrix(*w.shape, *arrays)
+    xt = np.random.default_rng(4).standard_normal((1500, 16)).astype(np.float32)
+    expected = w @ xt
+    kw = np.ones((8, 8, 3, 3), np.float32)
+    kc = sp.csr_array(kw.reshape(8, -1))
+    conv_args = (8, 8, 3, 3, 1, kc.indptr.astype(np.int64), kc.indices.astype(np.int32), kc.data)
+    conv = SparseConv(*conv_args)
+    x = np.ones((2, 8, 64, 64), np.float32)
+    conv_expected = np.empty((2, 8, 62, 62), np.float32)
+    conv.run(x, conv_expected, x.shape, (1, 1), (1, 1), (0, 0, 0, 0))
+    stop, wrong, done, attempts = threading.Event(), [], [], 0
+
+    def products():
+        yt, y = np.empty((400, 16), np.float32), np.empty_like(conv_expected)
+        while not stop.is_set():
+            m.matmat(xt, yt)
+            conv.run(x, y, x.shape, (1, 1), (1, 1), (0, 0, 0, 0))
+            if not (np.allclose(yt, expected, rtol=1e-4, atol=1e-3) and np.array_equal(y, conv_expected)):
+                wrong.append(True)
+            done.append(True)
+
+    other = (*w.shape, *_parts(400, 1500, 0.3, seed=1, wide=True)[1])
+    worker = threading.Thread(target=products)
+    worker.start()
+    try:
+        while len(done) < 10:  # re-initializations all through ten rounds of products
+            for obj, args in ((m, other), (conv, conv_args)):
+                with pytest.raises(TypeError, match="immutable"):
+                    obj.__init__(*args)
+                attempts += 1
+    finally:
+        stop.set()
+        worker.join()
+    assert attempts > 20 and not wrong

@@ -13,7 +13,13 @@
  * A SparseMatrix holds a weight [rows, cols] in CSR, CSC or both (indptr int64, indices int32 or
  * uint16, values float32). Every array is checked once when the object is made (lengths, indptr
  * monotone, every index in range), so that no later call can read out of bounds, whatever file the
- * weight came from. Calls release the GIL for large products, so threads may share one matrix.
+ * weight came from. Calls release the GIL for large products, so threads may share one matrix; for
+ * the same reason SparseMatrix and SparseConv are immutable (__init__ runs once): a second __init__
+ * would free the arrays that another thread's call is reading.
+ *
+ * Every size a caller passes is bounded before use, and every buffer-length check compares against a
+ * product made by size_product, which refuses overflow: a product that wrapped (2^62 + 1 samples
+ * times 16 floats is 16) would pass the check and let the kernel read far past a small buffer.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -39,6 +45,22 @@
 #else
 #define DISPATCH(name, ...) name##_generic(__VA_ARGS__)
 #endif
+
+/* The product of count sizes (each >= 0), or -1 where it would pass PY_SSIZE_T_MAX / 16, so that a
+ * length check can never pass on a wrapped product. The margin of 16 keeps the result times 4
+ * (bytes per float) or 16 (Winograd planes) in range as well. */
+static Py_ssize_t size_product(const Py_ssize_t *sizes, int count)
+{
+    Py_ssize_t total = 1;
+    for (int i = 0; i < count; i++) {
+        if (sizes[i] < 0 || (sizes[i] > 0 && total > PY_SSIZE_T_MAX / 16 / sizes[i])) return -1;
+        total *= sizes[i];
+    }
+    return total;
+}
+
+#define SIZE_PRODUCT(...) \
+    size_product((const Py_ssize_t[]){__VA_ARGS__}, (int)(sizeof((Py_ssize_t[]){__VA_ARGS__}) / sizeof(Py_ssize_t)))
 
 static int simd_allowed = 1; /* set_simd(False): the portable paths, so that tests reach them */
 
@@ -183,17 +205,25 @@ fail:
     return -1;
 }
 
+/* Kernel objects are immutable: a second __init__ is refused rather than freeing arrays that a call
+ * on another thread (GIL released) may be reading. */
+static int refuse_reinit(const char *type)
+{
+    PyErr_Format(PyExc_TypeError, "%s is immutable: __init__ runs once; make a new object", type);
+    return -1;
+}
+
 static int SparseMatrix_init(SparseMatrix *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"rows", "cols", "csr_indptr", "csr_indices", "csr_values",
                              "csc_indptr", "csc_indices", "csc_values", NULL};
     PyObject *r[3] = {Py_None, Py_None, Py_None}, *c[3] = {Py_None, Py_None, Py_None};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nn|OOOOOO", kwlist, &self->rows, &self->cols, &r[0], &r[1],
-                                     &r[2], &c[0], &c[1], &c[2]))
+    Py_ssize_t rows, cols;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nn|OOOOOO", kwlist, &rows, &cols, &r[0], &r[1], &r[2], &c[0],
+                                     &c[1], &c[2]))
         return -1;
-    form_release(&self->csr);
-    form_release(&self->csc);
-    if (self->rows < 0 || self->cols < 0 || self->rows > INT32_MAX || self->cols > INT32_MAX) {
+    if (self->csr.ptr.buf || self->csc.ptr.buf) return refuse_reinit("SparseMatrix");
+    if (rows < 0 || cols < 0 || rows > INT32_MAX || cols > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "rows and cols must be in 0..2^31-1");
         return -1;
     }
@@ -201,11 +231,23 @@ static int SparseMatrix_init(SparseMatrix *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "give the CSR arrays, the CSC arrays or both");
         return -1;
     }
-    if (form_load(&self->csr, r[0], r[1], r[2], self->rows, self->cols, "csr") < 0) return -1;
-    if (form_load(&self->csc, c[0], c[1], c[2], self->cols, self->rows, "csc") < 0) {
-        form_release(&self->csr);
+    /* Loaded aside, then installed at once: getting a buffer may run Python code, and nothing may see
+     * a half-made object. (The copied Py_buffers' shape pointers are never read after loading.) */
+    Form csr = {0}, csc = {0};
+    if (form_load(&csr, r[0], r[1], r[2], rows, cols, "csr") < 0) return -1;
+    if (form_load(&csc, c[0], c[1], c[2], cols, rows, "csc") < 0) {
+        form_release(&csr);
         return -1;
     }
+    if (self->csr.ptr.buf || self->csc.ptr.buf) { /* another __init__ finished meanwhile */
+        form_release(&csr);
+        form_release(&csc);
+        return refuse_reinit("SparseMatrix");
+    }
+    self->rows = rows;
+    self->cols = cols;
+    self->csr = csr;
+    self->csc = csc;
     return 0;
 }
 
@@ -564,23 +606,34 @@ static int SparseConv_init(SparseConv *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"c_out", "c_in_per_group", "kh", "kw", "groups", "indptr", "indices", "values", NULL};
     PyObject *po, *io, *vo;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nnnnnOOO", kwlist, &self->c_out, &self->c_in_g, &self->kh,
-                                     &self->kw, &self->groups, &po, &io, &vo))
+    Py_ssize_t c_out, c_in_g, kh, kw, groups;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nnnnnOOO", kwlist, &c_out, &c_in_g, &kh, &kw, &groups, &po, &io,
+                                     &vo))
         return -1;
-    form_release(&self->w);
-    if (self->c_out < 1 || self->c_in_g < 1 || self->kh < 1 || self->kw < 1 || self->groups < 1 ||
-        self->c_out % self->groups || self->kh > 4096 || self->kw > 4096 || self->c_out > INT32_MAX ||
-        self->c_in_g > INT32_MAX / (self->kh * self->kw)) {
+    if (self->w.ptr.buf) return refuse_reinit("SparseConv");
+    if (c_out < 1 || c_in_g < 1 || kh < 1 || kw < 1 || groups < 1 || c_out % groups || kh > 4096 || kw > 4096 ||
+        c_out > INT32_MAX || c_in_g > INT32_MAX / (kh * kw)) {
         PyErr_SetString(PyExc_ValueError, "SparseConv: sizes must be >= 1 (columns below 2^31, kernel sides at most "
                                           "4096) and c_out divisible by groups");
         return -1;
     }
-    if (form_load(&self->w, po, io, vo, self->c_out, self->c_in_g * self->kh * self->kw, "conv") < 0) return -1;
-    if (!self->w.wide) {
+    Form w = {0}; /* loaded aside, as in SparseMatrix_init */
+    if (form_load(&w, po, io, vo, c_out, c_in_g * kh * kw, "conv") < 0) return -1;
+    if (!w.wide) {
         PyErr_SetString(PyExc_TypeError, "SparseConv: indices must be int32");
-        form_release(&self->w);
+        form_release(&w);
         return -1;
     }
+    if (self->w.ptr.buf) {
+        form_release(&w);
+        return refuse_reinit("SparseConv");
+    }
+    self->c_out = c_out;
+    self->c_in_g = c_in_g;
+    self->kh = kh;
+    self->kw = kw;
+    self->groups = groups;
+    self->w = w;
     return 0;
 }
 
@@ -698,6 +751,10 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO(nnnn)(nn)(nn)(nnnn)|Opnnnn", kwlist, &xo, &yo, &n, &c, &h, &w,
                                      &sh, &sw, &dh, &dw, &pt, &pl, &pb, &pr, &bo, &relu, &begin, &end, &c0, &c1))
         return NULL;
+    if (!self->w.ptr.buf) {
+        PyErr_SetString(PyExc_ValueError, "SparseConv.run: the object was never initialized");
+        return NULL;
+    }
     const Py_ssize_t big = (Py_ssize_t)1 << 20;
     if (end < 0) end = n;
     if (c1 < 0) c1 = self->c_out;
@@ -725,16 +782,21 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
         PyErr_SetString(PyExc_ValueError, "SparseConv.run: the padded input is too large for a work buffer");
         return NULL;
     }
+    Py_ssize_t in_size = SIZE_PRODUCT(c, h, w), out_size = SIZE_PRODUCT(self->c_out, g.oh, g.ow);
+    Py_ssize_t in_count = SIZE_PRODUCT(n, in_size), out_count = SIZE_PRODUCT(n, out_size);
+    if (in_size < 0 || out_size < 0 || in_count < 0 || out_count < 0) {
+        PyErr_SetString(PyExc_ValueError, "SparseConv.run: the input or output size overflows");
+        return NULL;
+    }
     Py_buffer xb, yb, bb = {0};
     if (get_in_out(xo, &xb, "x", yo, &yb, "y", 1) < 0) return NULL;
     PyObject *result = NULL;
     Py_ssize_t *offs = NULL;
     float *work = NULL;
     if (bo != Py_None && get_array(bo, &bb, 'f', 4, 0, "bias") < 0) goto done;
-    if (xb.len / 4 != n * c * h * w || yb.len / 4 != n * self->c_out * g.oh * g.ow ||
-        (bb.buf && bb.len / 4 != self->c_out)) {
-        PyErr_Format(PyExc_ValueError, "SparseConv.run: x must have %zd values, y %zd, bias %zd", n * c * h * w,
-                     n * self->c_out * g.oh * g.ow, self->c_out);
+    if (xb.len / 4 != in_count || yb.len / 4 != out_count || (bb.buf && bb.len / 4 != self->c_out)) {
+        PyErr_Format(PyExc_ValueError, "SparseConv.run: x must have %zd values, y %zd, bias %zd", in_count,
+                     out_count, self->c_out);
         goto done;
     }
     Py_ssize_t nnz = self->w.val.len / 4, kk = self->kh * self->kw, per_row = (g.ow + SEG - 1) / SEG;
@@ -762,7 +824,6 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     }
     const float *x = xb.buf, *bias = bb.buf;
     float *y = yb.buf;
-    Py_ssize_t in_size = c * h * w, out_size = self->c_out * g.oh * g.ow;
     int fast = sw == 1 && use_avx2();
     Py_ssize_t bad = 0;
     Py_BEGIN_ALLOW_THREADS
@@ -966,10 +1027,14 @@ static PyObject *winograd_input(PyObject *self, PyObject *args, PyObject *kwds)
     if (get_in_out(xo, &xb, "x", vo, &vb, "v", 1) < 0) return NULL;
     PyObject *result = NULL;
     float *rows = NULL;
-    Py_ssize_t tiles = (g.n1 - g.n0) * (g.t1 - g.t0) * g.tw;
-    if (xb.len / 4 != g.n * g.c * g.h * g.w || vb.len / 4 != 16 * g.c * tiles) {
-        PyErr_Format(PyExc_ValueError, "winograd_input: x must have %zd values and v %zd", g.n * g.c * g.h * g.w,
-                     16 * g.c * tiles);
+    Py_ssize_t tiles = SIZE_PRODUCT(g.n1 - g.n0, g.t1 - g.t0, g.tw);
+    Py_ssize_t x_count = SIZE_PRODUCT(g.n, g.c, g.h, g.w), v_count = SIZE_PRODUCT(16, g.c, tiles);
+    if (tiles < 0 || x_count < 0 || v_count < 0) {
+        PyErr_SetString(PyExc_ValueError, "winograd_input: the input or tile size overflows");
+        goto done;
+    }
+    if (xb.len / 4 != x_count || vb.len / 4 != v_count) {
+        PyErr_Format(PyExc_ValueError, "winograd_input: x must have %zd values and v %zd", x_count, v_count);
         goto done;
     }
     rows = PyMem_RawMalloc(8 * (2 * g.tw + 2) * sizeof(float));
@@ -1019,10 +1084,15 @@ static PyObject *winograd_output(PyObject *self, PyObject *args, PyObject *kwds)
     PyObject *result = NULL;
     float *rows = NULL;
     if (biaso != Py_None && get_array(biaso, &bb, 'f', 4, 0, "bias") < 0) goto done;
-    Py_ssize_t tiles = (g.n1 - g.n0) * (g.t1 - g.t0) * g.tw;
-    if (mb.len / 4 != 16 * kk * tiles || ob.len / 4 != g.n * kk * oh * ow || (bb.buf && bb.len / 4 != kk)) {
-        PyErr_Format(PyExc_ValueError, "winograd_output: m must have %zd values, out %zd, bias %zd", 16 * kk * tiles,
-                     g.n * kk * oh * ow, kk);
+    Py_ssize_t tiles = SIZE_PRODUCT(g.n1 - g.n0, g.t1 - g.t0, g.tw);
+    Py_ssize_t m_count = SIZE_PRODUCT(16, kk, tiles), out_count = SIZE_PRODUCT(g.n, kk, oh, ow);
+    if (tiles < 0 || m_count < 0 || out_count < 0) {
+        PyErr_SetString(PyExc_ValueError, "winograd_output: the output or tile size overflows");
+        goto done;
+    }
+    if (mb.len / 4 != m_count || ob.len / 4 != out_count || (bb.buf && bb.len / 4 != kk)) {
+        PyErr_Format(PyExc_ValueError, "winograd_output: m must have %zd values, out %zd, bias %zd", m_count,
+                     out_count, kk);
         goto done;
     }
     rows = PyMem_RawMalloc(4 * g.tw * sizeof(float));
@@ -1156,11 +1226,12 @@ static PyObject *pool2d(PyObject *self, PyObject *args, PyObject *kwds)
                                      &p0, &p1))
         return NULL;
     const Py_ssize_t big = (Py_ssize_t)1 << 20;
-    if (p1 < 0) p1 = n * c;
-    if (n < 0 || c < 1 || g.h < 1 || g.w < 1 || g.h > big || g.w > big || g.kh < 1 || g.kw < 1 || g.kh > big ||
+    Py_ssize_t planes = SIZE_PRODUCT(n, c); /* -1 (refused below) where it overflows */
+    if (p1 < 0) p1 = planes;
+    if (planes < 0 || n < 0 || c < 1 || g.h < 1 || g.w < 1 || g.h > big || g.w > big || g.kh < 1 || g.kw < 1 || g.kh > big ||
         g.kw > big || g.sh < 1 || g.sw < 1 || g.sh > big || g.sw > big || g.dh < 1 || g.dw < 1 || g.dh > big ||
         g.dw > big || g.pt < 0 || g.pl < 0 || pb < 0 || pr < 0 || g.pt + pb > big || g.pl + pr > big || p0 < 0 ||
-        p0 > p1 || p1 > n * c) {
+        p0 > p1 || p1 > planes) {
         PyErr_SetString(PyExc_ValueError, "pool2d: a size, stride, dilation, pad or range is out of bounds");
         return NULL;
     }
@@ -1176,9 +1247,14 @@ static PyObject *pool2d(PyObject *self, PyObject *args, PyObject *kwds)
     PyObject *result = NULL;
     float *tmp = NULL;
     if (dvo != Py_None && get_array_of_rank(dvo, &db, 'f', 4, 0, 1, "divisor") < 0) goto done;
-    if (xb.len / 4 != n * c * g.h * g.w || yb.len / 4 != n * c * g.oh * g.ow || (db.buf && db.len / 4 != g.oh * g.ow)) {
-        PyErr_Format(PyExc_ValueError, "pool2d: x must have %zd values, y %zd, divisor %zd", n * c * g.h * g.w,
-                     n * c * g.oh * g.ow, g.oh * g.ow);
+    Py_ssize_t x_count = SIZE_PRODUCT(planes, g.h, g.w), y_count = SIZE_PRODUCT(planes, g.oh, g.ow);
+    if (x_count < 0 || y_count < 0) {
+        PyErr_SetString(PyExc_ValueError, "pool2d: the input or output size overflows");
+        goto done;
+    }
+    if (xb.len / 4 != x_count || yb.len / 4 != y_count || (db.buf && db.len / 4 != g.oh * g.ow)) {
+        PyErr_Format(PyExc_ValueError, "pool2d: x must have %zd values, y %zd, divisor %zd", x_count, y_count,
+                     g.oh * g.ow);
         goto done;
     }
     int average = db.buf != NULL;
