@@ -1,0 +1,309 @@
+"""LSTM, GRU and RNN: the input projection of every time step is one product X [T * N, in] @ W^T up
+front, so the loop over time steps does only the recurrent product H @ R^T and the gates.
+
+W [directions, gates * hidden, in] and R [directions, gates * hidden, hidden] are weight tensors
+coded like any fully connected layer's; a pruned one runs from CSR (``LoadContext.weight``), and
+each direction gets its own product. ``sequence_lens`` freezes a sequence's state past its end and
+zeroes its outputs there; a reverse direction reads each sequence backwards from its own end.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.special import expit
+
+from dcm.encoder.codec import CsrParts
+from dcm.errors import UnsupportedOpError
+from dcm.runtime.cpu.conv_transpose import check_elements
+from dcm.runtime.cpu.matmul import WeightMatmul
+from dcm.runtime.cpu.registry import register
+from dcm.runtime.kernel import LARGE_BATCH, Kernel
+
+# name -> (function of (x, alpha, beta), default alpha, default beta); alpha/beta None: not used.
+ACTIVATIONS = {
+    "relu": (lambda x, a, b: np.maximum(x, 0), None, None),
+    "tanh": (lambda x, a, b: np.tanh(x), None, None),
+    "sigmoid": (lambda x, a, b: expit(x), None, None),
+    "affine": (lambda x, a, b: a * x + b, 1.0, 0.0),
+    "leakyrelu": (lambda x, a, b: np.where(x >= 0, x, a * x), 0.01, None),
+    "thresholdedrelu": (lambda x, a, b: np.where(x > a, x, 0), 1.0, None),
+    "scaledtanh": (lambda x, a, b: a * np.tanh(b * x), 1.0, 1.0),
+    "hardsigmoid": (lambda x, a, b: np.clip(a * x + b, 0, 1), 0.2, 0.5),
+    "elu": (lambda x, a, b: np.where(x >= 0, x, a * np.expm1(np.minimum(x, 0))), 1.0, None),
+    "softsign": (lambda x, a, b: x / (1 + np.abs(x)), None, None),
+    "softplus": (lambda x, a, b: np.logaddexp(0, x), None, None),
+}
+
+
+def _activations(attrs: dict, defaults: tuple[str, ...], directions: int, where: str) -> list[list]:
+    """Per direction, the activation callables; activation_alpha/beta are consumed in order by the
+    activations that take them (as onnxruntime does), each falling back to its default."""
+    names = list(attrs.get("activations", list(defaults) * directions))
+    if len(names) != len(defaults) * directions:
+        raise UnsupportedOpError(f"{where}: {len(names)} activations given, {len(defaults) * directions} expected")
+    alphas, betas = list(attrs.get("activation_alpha", [])), list(attrs.get("activation_beta", []))
+    funcs = []
+    for name in names:
+        entry = ACTIVATIONS.get(str(name).lower())
+        if entry is None:
+            raise UnsupportedOpError(f"{where}: activation {name!r} is not supported")
+        f, alpha, beta = entry
+        if alpha is not None and alphas:
+            alpha = alphas.pop(0)
+        if beta is not None and betas:
+            beta = betas.pop(0)
+        funcs.append(lambda x, f=f, a=np.float32(alpha or 0), b=np.float32(beta or 0): f(x, a, b))
+    return [funcs[d * len(defaults) : (d + 1) * len(defaults)] for d in range(directions)]
+
+
+def _split_directions(w: CsrParts | np.ndarray, shape: tuple[int, ...]) -> list:
+    """A [directions, rows, cols] weight decoded as the matrix [directions, rows * cols] -> one
+    [rows, cols] matrix (CSR or dense) per direction."""
+    d, rows, cols = shape
+    if isinstance(w, CsrParts):
+        m = sp.csr_array(w.to_scipy().reshape((d * rows, cols)))
+        return [m[i * rows : (i + 1) * rows] for i in range(d)]
+    w = np.asarray(w, dtype=np.float32).reshape(shape)
+    return [w[i] for i in range(d)]
+
+
+class _Recurrent(Kernel):
+    gates = 1
+    default_activations: tuple[str, ...] = ("Tanh",)
+    weight_inputs = (1, 2)
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.where = f"{node.op} {node.name!r}"
+        if len(node.inputs) < 3 or not node.inputs[1] or not node.inputs[2]:
+            raise UnsupportedOpError(f"{self.where}: inputs X, W and R are required")
+        direction = self.attrs.get("direction", "forward")
+        if direction not in ("forward", "reverse", "bidirectional"):
+            raise UnsupportedOpError(f"{self.where}: direction {direction!r} is not supported")
+        self.reverse = direction == "reverse"
+        self.directions = 2 if direction == "bidirectional" else 1
+        self.layout = int(self.attrs.get("layout", 0))
+        if self.layout not in (0, 1):
+            raise UnsupportedOpError(f"{self.where}: layout {self.layout} is not supported")
+        clip = self.attrs.get("clip")
+        self.clip = None if clip is None else np.float32(clip)
+        self.acts = _activations(self.attrs, self.default_activations, self.directions, self.where)
+        self.threads = ctx.threads
+        self.modes, self.densities, self.shapes, self.products = {}, {}, {}, {}
+        for i, columns in ((1, LARGE_BATCH), (2, 1)):  # W multiplies every step at once, R one step's batch
+            name = node.inputs[i]
+            if not ctx.is_const(name):
+                continue
+            shape = tuple(ctx.model.tensors[name].shape)
+            self._check_weight(i, shape)
+            mode, w, density = ctx.weight(node, name, columns_per_sample=columns)
+            self.modes[i], self.densities[i], self.shapes[i] = mode, density, shape
+            self.products[i] = self._products(i, mode, _split_directions(w, shape))
+        self.weight_inputs = tuple(self.products)
+
+    def _check_weight(self, i: int, shape: tuple[int, ...]) -> None:
+        what = "W" if i == 1 else "R"
+        if len(shape) != 3 or shape[0] != self.directions or shape[1] % self.gates or not shape[1]:
+            raise UnsupportedOpError(f"{self.where}: {what} has shape {list(shape)}, expected "
+                                     f"[{self.directions}, {self.gates} * hidden_size, ...]")
+        hidden = shape[1] // self.gates
+        given = self.attrs.get("hidden_size")
+        if given is not None and given != hidden:
+            raise UnsupportedOpError(f"{self.where}: hidden_size {given} but {what} has {shape[1]} rows "
+                                     f"({self.gates} gates)")
+        if i == 2 and shape[2] != hidden:
+            raise UnsupportedOpError(f"{self.where}: R has shape {list(shape)}, expected "
+                                     f"[{self.directions}, {shape[1]}, {hidden}]")
+
+    def _products(self, i: int, mode: str, mats: list) -> list:
+        """Per direction, the WeightMatmul(s) of input i: W's one, R's (subclasses split R)."""
+        return [[WeightMatmul(mode, m, self.threads, prefer="right")] for m in mats]
+
+    def _weights(self, w, r) -> tuple[list, list, int, int]:
+        """(W products, R products, hidden size, input size), building dense ones for weights fed at run time."""
+        out = {}
+        for i, value in ((1, w), (2, r)):
+            if i in self.products:
+                out[i] = (self.shapes[i], self.products[i])
+                continue
+            value = np.asarray(value, dtype=np.float32)
+            self._check_weight(i, value.shape)
+            out[i] = (value.shape, self._products(i, "dense", list(value)))
+        (w_shape, wp), (r_shape, rp) = out[1], out[2]
+        if w_shape[1] != r_shape[1]:
+            raise ValueError(f"W has {w_shape[1]} rows, R has {r_shape[1]}")
+        return wp, rp, r_shape[2], w_shape[2]
+
+    def _run(self, x, w, r, b, seq, h0, c0=None, p=None) -> tuple:
+        wp, rp, hidden, size_in = self._weights(w, r)
+        x = np.asarray(x)
+        if x.ndim != 3 or x.shape[2] != size_in:
+            raise ValueError(f"X has shape {list(x.shape)}, expected rank 3 with {size_in} input features")
+        x = x.astype(np.float32, copy=False)
+        if self.layout:
+            x = x.swapaxes(0, 1)
+        steps, batch = x.shape[:2]
+        dirs, gh = self.directions, self.gates * hidden
+        check_elements([steps, dirs, batch, gh], f"{self.node.op} gate inputs")
+        bias = self._vector(b, (dirs, 2 * gh), "B")
+        h = self._state(h0, (dirs, batch, hidden), "initial_h")
+        c = self._state(c0, (dirs, batch, hidden), "initial_c")
+        peep = self._vector(p, (dirs, 3 * hidden), "P")
+        lens = np.full(batch, steps, dtype=np.int64) if seq is None else np.asarray(seq).astype(np.int64).reshape(-1)
+        if lens.shape != (batch,) or lens.min(initial=0) < 0 or lens.max(initial=0) > steps:
+            raise ValueError(f"sequence_lens {lens.tolist()[:8]} does not fit batch {batch} and {steps} steps")
+        valid = None if (lens == steps).all() else np.arange(steps)[:, None] < lens[None, :]  # [T, N]
+        y = np.zeros((steps, dirs, batch, hidden), dtype=np.float32)
+        hs, cs = np.empty_like(h), np.empty_like(c)
+        for d in range(dirs):
+            backwards = self.reverse or d == 1
+            order = None
+            xs = x
+            if backwards:  # each sequence read from its own last step
+                t = np.arange(steps)[:, None]
+                order = np.where(t < lens[None, :], lens[None, :] - 1 - t, t)  # [T, N], its own inverse
+                xs = np.take_along_axis(x, order[:, :, None], axis=0)
+            xw = wp[d][0].right(xs.reshape(steps * batch, size_in)).reshape(steps, batch, gh)
+            ys, hs[d], cs[d] = self._scan(d, xw, rp[d], bias[d], peep[d], h[d], c[d], valid)
+            y[:, d] = ys if order is None else np.take_along_axis(ys, order[:, :, None], axis=0)
+        if self.layout:
+            return y.transpose(2, 0, 1, 3), hs.swapaxes(0, 1), cs.swapaxes(0, 1)
+        return y, hs, cs
+
+    def _vector(self, v, shape: tuple[int, int], what: str) -> np.ndarray:
+        if v is None:
+            return np.zeros(shape, dtype=np.float32)
+        v = np.asarray(v, dtype=np.float32)
+        if v.shape != shape:
+            raise ValueError(f"{what} has shape {list(v.shape)}, expected {list(shape)}")
+        return v
+
+    def _state(self, v, shape: tuple[int, int, int], what: str) -> np.ndarray:
+        if v is None:
+            return np.zeros(shape, dtype=np.float32)
+        v = np.asarray(v, dtype=np.float32)
+        if self.layout:
+            v = v.swapaxes(0, 1)
+        if v.shape != shape:
+            raise ValueError(f"{what} has shape {list(v.shape)}, expected {list(shape)} (directions, batch, hidden)")
+        return v
+
+    def _clip(self, v: np.ndarray) -> np.ndarray:
+        return v if self.clip is None else np.clip(v, -self.clip, self.clip)
+
+    def _scan(self, d, xw, rp, bias, peep, h, c, valid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _keep(valid, t, new, old):
+        """The new state where step t is inside the sequence, the old one past its end."""
+        return new if valid is None else np.where(valid[t][:, None], new, old)
+
+    def describe(self) -> dict:
+        return {"kernel": self.modes.get(1, "dense"), "density": self.densities.get(1),
+                "recurrent_kernel": self.modes.get(2, "dense"), "recurrent_density": self.densities.get(2)}
+
+
+@register("RNN")
+class RNN(_Recurrent):
+    gates = 1
+    default_activations = ("Tanh",)
+
+    def __call__(self, x, w=None, r=None, b=None, sequence_lens=None, initial_h=None):
+        y, h, _ = self._run(x, w, r, b, sequence_lens, initial_h)
+        return y, h
+
+    def _scan(self, d, xw, rp, bias, peep, h, c, valid):
+        (f,) = self.acts[d]
+        xw += bias[: xw.shape[2]] + bias[xw.shape[2] :]
+        ys = np.zeros((xw.shape[0],) + h.shape, dtype=np.float32)
+        for t in range(xw.shape[0]):
+            new = f(self._clip(xw[t] + rp[0].right(h)))
+            ys[t] = new if valid is None else np.where(valid[t][:, None], new, 0)
+            h = self._keep(valid, t, new, h)
+        return ys, h, c
+
+
+@register("GRU")
+class GRU(_Recurrent):
+    """Gates z, r, h. linear_before_reset=0 (ONNX's default) multiplies R_h by r * H, a second
+    product per step, so R is held as two products: R_zr [2 * hidden, hidden] and R_h."""
+
+    gates = 3
+    default_activations = ("Sigmoid", "Tanh")
+
+    def __init__(self, node, ctx):
+        self.linear_before_reset = int(node.attrs.get("linear_before_reset", 0))
+        super().__init__(node, ctx)
+
+    def _products(self, i, mode, mats):
+        if i == 1 or self.linear_before_reset:
+            return super()._products(i, mode, mats)
+        hidden = mats[0].shape[0] // 3
+        return [[WeightMatmul(mode, m[: 2 * hidden], self.threads, prefer="right"),
+                 WeightMatmul(mode, m[2 * hidden :], self.threads, prefer="right")] for m in mats]
+
+    def __call__(self, x, w=None, r=None, b=None, sequence_lens=None, initial_h=None):
+        y, h, _ = self._run(x, w, r, b, sequence_lens, initial_h)
+        return y, h
+
+    def _scan(self, d, xw, rp, bias, peep, h, c, valid):
+        f, g = self.acts[d]
+        hidden = h.shape[1]
+        wb, rb = bias[: 3 * hidden], bias[3 * hidden :]
+        xw += wb
+        if self.linear_before_reset:
+            xw[..., : 2 * hidden] += rb[: 2 * hidden]
+        else:
+            xw += rb  # R_h's bias is outside the reset product: it folds into the input projection
+        ys = np.zeros((xw.shape[0],) + h.shape, dtype=np.float32)
+        for t in range(xw.shape[0]):
+            x_t = xw[t]
+            if self.linear_before_reset:
+                rh = rp[0].right(h)
+                zr = rh[:, : 2 * hidden]
+                z = f(self._clip(x_t[:, :hidden] + zr[:, :hidden]))
+                reset = f(self._clip(x_t[:, hidden : 2 * hidden] + zr[:, hidden:]))
+                cand = g(self._clip(x_t[:, 2 * hidden :] + reset * (rh[:, 2 * hidden :] + rb[2 * hidden :])))
+            else:
+                zr = rp[0].right(h)
+                z = f(self._clip(x_t[:, :hidden] + zr[:, :hidden]))
+                reset = f(self._clip(x_t[:, hidden : 2 * hidden] + zr[:, hidden:]))
+                cand = g(self._clip(x_t[:, 2 * hidden :] + rp[1].right(np.ascontiguousarray(reset * h))))
+            new = (1 - z) * cand + z * h
+            ys[t] = new if valid is None else np.where(valid[t][:, None], new, 0)
+            h = self._keep(valid, t, new, h)
+        return ys, h, c
+
+
+@register("LSTM")
+class LSTM(_Recurrent):
+    """Gates i, o, f, c; peepholes P [i, o, f]; input_forget couples f = 1 - i."""
+
+    gates = 4
+    default_activations = ("Sigmoid", "Tanh", "Tanh")
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.input_forget = bool(self.attrs.get("input_forget", 0))
+
+    def __call__(self, x, w=None, r=None, b=None, sequence_lens=None, initial_h=None, initial_c=None, p=None):
+        return self._run(x, w, r, b, sequence_lens, initial_h, initial_c, p)
+
+    def _scan(self, d, xw, rp, bias, peep, h, c, valid):
+        f, g, act_h = self.acts[d]
+        hidden = h.shape[1]
+        xw += bias[: 4 * hidden] + bias[4 * hidden :]
+        p_i, p_o, p_f = peep[:hidden], peep[hidden : 2 * hidden], peep[2 * hidden :]
+        ys = np.zeros((xw.shape[0],) + h.shape, dtype=np.float32)
+        for t in range(xw.shape[0]):
+            gates = xw[t] + rp[0].right(h)
+            i = f(self._clip(gates[:, :hidden] + p_i * c))
+            forget = 1 - i if self.input_forget else f(self._clip(gates[:, 2 * hidden : 3 * hidden] + p_f * c))
+            cell = forget * c + i * g(self._clip(gates[:, 3 * hidden :]))
+            o = f(self._clip(gates[:, hidden : 2 * hidden] + p_o * cell))
+            new = o * act_h(self._clip(cell))
+            ys[t] = new if valid is None else np.where(valid[t][:, None], new, 0)
+            h = self._keep(valid, t, new, h)
+            c = self._keep(valid, t, cell, c)
+        return ys, h, c
