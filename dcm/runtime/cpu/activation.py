@@ -1,9 +1,15 @@
-"""Pointwise activations and the softmax family."""
+"""Pointwise activations and the softmax family.
+
+Every activation keeps its input's dtype: constants are Python floats, which numpy's promotion
+rules (NEP 50) fold into the array's type, so float32 stays float32 as in onnxruntime.
+"""
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import scipy.special
+from numpy.lib.array_utils import normalize_axis_index
 
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.kernel import Kernel
@@ -27,13 +33,15 @@ class Relu(Kernel):
     quiet = True  # np.clip and np.maximum keep NaN without a warning
 
     def __call__(self, x):
-        return (relu(x),)
+        if x.dtype == np.float32:
+            return (relu(x),)
+        return (np.maximum(x, x.dtype.type(0)),)  # float16/64 and integers keep their type
 
 
 @register("LeakyRelu")
 class LeakyRelu(Kernel):
     def __call__(self, x):
-        alpha = np.float32(self.attrs.get("alpha", 0.01))
+        alpha = x.dtype.type(self.attrs.get("alpha", 0.01))
         if 0 <= alpha <= 1:  # max(x, alpha x): two passes instead of np.where's four (22x -> 3x onnxruntime)
             y = x * alpha
             return (np.maximum(x, y, out=y),)
@@ -82,19 +90,20 @@ class _SoftmaxBase(Kernel):
 
     def _apply(self, x, log: bool):
         shape = x.shape
-        axis = self.axis % max(x.ndim, 1)
+        axis = normalize_axis_index(self.axis, max(x.ndim, 1))
         if self.legacy:
             x = x.reshape(math.prod(shape[:axis]), -1)
             axis = 1
         # One array, updated in place: several fresh temporaries of this size were each page-faulted
         # in again on every call (glibc trims its heap top), 3.3 ms instead of 0.5 for 400k values.
-        y = np.subtract(x, x.max(axis=axis, keepdims=True), dtype=np.float32)
+        # float16 is computed in float32 (its exponentials' sums overflow easily), float64 in float64.
+        y = np.subtract(x, x.max(axis=axis, keepdims=True), dtype=np.float64 if x.dtype == np.float64 else np.float32)
         if log:
             y -= np.log(np.exp(y).sum(axis=axis, keepdims=True))
         else:
             np.exp(y, out=y)
             y /= y.sum(axis=axis, keepdims=True)
-        return (y.reshape(shape),)
+        return (y.reshape(shape).astype(x.dtype, copy=False),)
 
 
 @register("Softmax")
@@ -107,3 +116,114 @@ class Softmax(_SoftmaxBase):
 class LogSoftmax(_SoftmaxBase):
     def __call__(self, x):
         return self._apply(x, log=True)
+
+
+def _expm1_below_zero(x: np.ndarray) -> np.ndarray:
+    """exp(x) - 1 where x < 0, 0 elsewhere (NaN kept): the exponential never sees a large x, so it
+    cannot overflow on the branch that np.where throws away."""
+    return np.expm1(np.minimum(x, 0))
+
+
+@register("Elu")
+class Elu(Kernel):
+    def __call__(self, x):
+        alpha = float(self.attrs.get("alpha", 1.0))
+        return (np.where(x > 0, x, alpha * _expm1_below_zero(x)),)
+
+
+@register("Selu")
+class Selu(Kernel):
+    def __call__(self, x):
+        alpha = float(self.attrs.get("alpha", 1.67326319217681884765625))
+        gamma = float(self.attrs.get("gamma", 1.05070102214813232421875))
+        return (gamma * np.where(x > 0, x, alpha * _expm1_below_zero(x)),)
+
+
+@register("Celu")
+class Celu(Kernel):
+    """max(0, x) + min(0, alpha (exp(x / alpha) - 1))."""
+
+    def __call__(self, x):
+        alpha = float(self.attrs.get("alpha", 1.0))
+        return (np.where(x > 0, x, alpha * _expm1_below_zero(x / alpha)),)
+
+
+@register("PRelu")
+class PRelu(Kernel):
+    """The slope broadcasts to the input's shape, never the other way (unidirectional)."""
+
+    def __call__(self, x, slope):
+        if np.broadcast_shapes(x.shape, slope.shape) != x.shape:
+            raise ValueError(f"slope of shape {list(slope.shape)} does not broadcast to the input's "
+                             f"shape {list(x.shape)}")
+        return (np.where(x < 0, x * slope, x),)
+
+
+@register("ThresholdedRelu")
+class ThresholdedRelu(Kernel):
+    quiet = True
+
+    def __call__(self, x):
+        return (np.where(x > float(self.attrs.get("alpha", 1.0)), x, 0).astype(x.dtype, copy=False),)
+
+
+@register("Softplus")
+class Softplus(Kernel):
+    """log(exp(x) + 1) as logaddexp(x, 0): no overflow for large x."""
+
+    def __call__(self, x):
+        return (np.logaddexp(x, 0),)
+
+
+@register("Softsign")
+class Softsign(Kernel):
+    def __call__(self, x):
+        return (x / (np.abs(x) + 1),)
+
+
+@register("HardSigmoid")
+class HardSigmoid(Kernel):
+    def __call__(self, x):
+        y = x * float(self.attrs.get("alpha", 0.2))
+        y += float(self.attrs.get("beta", 0.5))
+        return (np.clip(y, 0, 1, out=y),)
+
+
+@register("HardSwish")
+class HardSwish(Kernel):
+    """x * HardSigmoid(x) with alpha = 1/6, beta = 0.5."""
+
+    def __call__(self, x):
+        y = x / 6
+        y += 0.5
+        np.clip(y, 0, 1, out=y)
+        return (np.multiply(y, x, out=y),)
+
+
+@register("Gelu")
+class Gelu(Kernel):
+    """approximate="none": x/2 (1 + erf(x / sqrt 2)); "tanh": x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.tanh = self.attrs.get("approximate", "none") == "tanh"
+        if self.attrs.get("approximate", "none") not in ("none", "tanh"):
+            raise ValueError(f"approximate must be 'none' or 'tanh', got {self.attrs['approximate']!r}")
+
+    def __call__(self, x):
+        if self.tanh:
+            inner = np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))
+        else:
+            inner = scipy.special.erf(x / math.sqrt(2))
+        inner += 1
+        inner *= x
+        inner *= 0.5
+        return (inner.astype(x.dtype, copy=False),)
+
+
+@register("Mish")
+class Mish(Kernel):
+    """x tanh(softplus(x))."""
+
+    def __call__(self, x):
+        return (x * np.tanh(np.logaddexp(x, 0)),)

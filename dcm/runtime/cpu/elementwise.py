@@ -1,10 +1,23 @@
-"""Binary arithmetic with numpy broadcasting (ONNX uses the same rules from opset 7)."""
+"""Arithmetic with numpy broadcasting (ONNX uses the same rules from opset 7): Add, Sub, Mul, Div,
+Pow, Mod, the variadic Max / Min / Sum / Mean, and Where.
+
+ONNX gives both operands one type (Pow's exponent excepted), and the result keeps it; integer
+arithmetic wraps as in C. Integer division and modulo by zero are an error here rather than
+numpy's silent 0 (onnxruntime's behaviour there is undefined).
+"""
 from __future__ import annotations
+
+from functools import reduce
 
 import numpy as np
 
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.kernel import Kernel
+
+
+def _no_integer_zero(b: np.ndarray, what: str) -> None:
+    if b.dtype.kind in "iub" and not np.all(b):
+        raise ZeroDivisionError(f"integer {what} by zero")
 
 
 class _Binary(Kernel):
@@ -34,7 +47,79 @@ class Mul(_Binary):
 class Div(_Binary):
     @staticmethod
     def fn(a, b):
-        if np.issubdtype(np.result_type(a, b), np.integer):
-            return np.trunc(np.true_divide(a, b)).astype(np.result_type(a, b))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.true_divide(a, b)
+        if a.dtype.kind in "iu":
+            _no_integer_zero(b, "division")
+            # Truncation toward zero (C's rule); a - fmod(a, b) is an exact multiple of b, so the
+            # floor division is exact. Through float64 instead, int64 values past 2^53 would round.
+            return np.floor_divide(np.subtract(a, np.fmod(a, b)), b)
+        return np.true_divide(a, b)
+
+
+@register("Pow")
+class Pow(Kernel):
+    """The result has the base's type, whatever the exponent's (ONNX's T and T1)."""
+
+    def __call__(self, a, b):
+        if a.dtype.kind == "f":
+            y = np.power(a, b if b.dtype.kind == "f" else b.astype(a.dtype))
+        elif b.dtype.kind == "f" or (b.dtype.kind == "i" and np.any(b < 0)):
+            y = np.power(a.astype(np.float64), b)  # numpy refuses integers to negative integer powers
+        else:
+            y = np.power(a, b)
+        return (y.astype(a.dtype, copy=False),)
+
+
+@register("Mod")
+class Mod(Kernel):
+    """fmod=0: the remainder takes the divisor's sign (Python's %); fmod=1: the dividend's (C's fmod)."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.fn = np.fmod if self.attrs.get("fmod", 0) else np.mod
+
+    def __call__(self, a, b):
+        _no_integer_zero(b, "modulo")
+        return (self.fn(a, b),)
+
+
+class _Variadic(Kernel):
+    """One or more inputs, broadcast together."""
+
+    fn = staticmethod(np.maximum)
+
+    def __call__(self, first, *rest):
+        return (reduce(self.fn, rest, first),)
+
+
+@register("Max")
+class Max(_Variadic):
+    quiet = True  # np.maximum propagates NaN without a warning
+    fn = staticmethod(np.maximum)
+
+
+@register("Min")
+class Min(_Variadic):
+    quiet = True
+    fn = staticmethod(np.minimum)
+
+
+@register("Sum")
+class Sum(_Variadic):
+    fn = staticmethod(np.add)
+
+
+@register("Mean")
+class Mean(_Variadic):
+    def __call__(self, first, *rest):
+        if not rest:
+            return (first,)
+        total = reduce(np.add, rest, first)  # a new array: divided in place
+        return (np.divide(total, len(rest) + 1, out=total),)
+
+
+@register("Where")
+class Where(Kernel):
+    quiet = True
+
+    def __call__(self, condition, x, y):
+        return (np.where(condition, x, y),)

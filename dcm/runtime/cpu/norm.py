@@ -1,30 +1,146 @@
-"""BatchNormalization (inference) and LRN."""
+"""Normalizations: BatchNormalization (inference), LayerNormalization, InstanceNormalization,
+GroupNormalization, and LRN."""
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.array_utils import normalize_axis_index
 
+from dcm.errors import UnsupportedOpError
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.kernel import Kernel
 
 
+def _stash_dtype(node) -> type:
+    """The float type statistics are computed in: ``stash_type`` (1: float32, 11: float64)."""
+    stash = node.attrs.get("stash_type", 1)
+    if stash not in (1, 11):
+        raise UnsupportedOpError(f"node {node.name!r} ({node.op}): stash_type {stash} is not supported "
+                                 "(1: float32, 11: float64)")
+    return np.float32 if stash == 1 else np.float64
+
+
+def _standardize(x: np.ndarray, axes: tuple[int, ...], eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """((x - mean) / sqrt(var + eps), mean, 1 / sqrt(var + eps)) over ``axes`` (kept as size 1)."""
+    mean = x.mean(axis=axes, keepdims=True)
+    d = x - mean
+    var = np.mean(np.square(d), axis=axes, keepdims=True)
+    inv = 1 / np.sqrt(var + eps)
+    d *= inv
+    return d, mean, inv
+
+
+def _compute_dtype(x: np.ndarray) -> type:
+    """float64 stays float64; float16 (and anything else) is computed in float32, as onnxruntime does."""
+    return np.float64 if x.dtype == np.float64 else np.float32
+
+
 @register("BatchNormalization")
 class BatchNormalization(Kernel):
-    """y = (x - mean) / sqrt(var + eps) * scale + bias, folded at load into y = x * a + b."""
+    """y = (x - mean) / sqrt(var + eps) * scale + bias, folded into y = x * a + b: at load when the
+    statistics are constants (always, in an exported network), on every run otherwise.
 
-    weight_inputs = (1, 2, 3, 4)
+    Inference only: the training form (running statistics as extra outputs) is refused at load.
+    Statistics of rank > 1 (opset 7's ``spatial=0``) hold one value per activation instead of per channel.
+    """
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        scale, bias, mean, var = (ctx.opt_const(node, i).astype(np.float64) for i in range(1, 5))
-        a = scale / np.sqrt(var + float(self.attrs.get("epsilon", 1e-5)))
-        self.a = a.astype(np.float32)
-        self.b = (bias - mean * a).astype(np.float32)
+        if len(node.inputs) != 5:
+            raise UnsupportedOpError(f"node {node.name!r} (BatchNormalization): takes 5 inputs (x, scale, bias, "
+                                     f"mean, var), the graph gives {len(node.inputs)}")
+        if self.attrs.get("training_mode", 0) or any(node.outputs[1:]):
+            raise UnsupportedOpError(f"node {node.name!r} (BatchNormalization): training mode (batch statistics and running-mean outputs) is not supported; "
+                                     "export the model in inference mode")
+        self.eps = float(self.attrs.get("epsilon", 1e-5))
+        self.folded = None
+        if all(ctx.is_const(name) for name in node.inputs[1:]):
+            self.weight_inputs = (1, 2, 3, 4)
+            self.folded = self._fold(*(ctx.const(name) for name in node.inputs[1:]))
+            self.a32, self.b32 = (v.astype(np.float32) for v in self.folded)
 
-    def __call__(self, x, *_):
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        y = x * self.a.reshape(shape)
-        y += self.b.reshape(shape)  # in place: one temporary fewer
+    def _fold(self, scale, bias, mean, var) -> tuple[np.ndarray, np.ndarray]:
+        scale, bias, mean, var = (np.asarray(v, dtype=np.float64) for v in (scale, bias, mean, var))
+        a = scale / np.sqrt(var + self.eps)
+        return a, bias - mean * a
+
+    def __call__(self, x, scale=None, bias=None, mean=None, var=None):
+        if self.folded is None:
+            a, b = self._fold(scale, bias, mean, var)
+        elif x.dtype == np.float32:
+            a, b = self.a32, self.b32
+        else:
+            a, b = self.folded
+        shape = (1, -1) + (1,) * (x.ndim - 2) if a.ndim == 1 else (1,) + a.shape
+        y = x * a.reshape(shape).astype(x.dtype, copy=False)
+        y += b.reshape(shape).astype(x.dtype, copy=False)  # in place: one temporary fewer
         return (y,)
+
+
+@register("LayerNormalization")
+class LayerNormalization(Kernel):
+    """Standardize over the axes from ``axis`` on, in ``stash_type`` precision (float32 by default,
+    whatever the input's type), then y = normalized * scale + bias in the input's type. The optional
+    Mean and InvStdDev outputs are in the stash type, with the reduced axes kept as size 1."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axis = int(self.attrs.get("axis", -1))
+        self.eps = float(self.attrs.get("epsilon", 1e-5))
+        self.stash = _stash_dtype(node)
+
+    def __call__(self, x, scale, bias=None):
+        axis = normalize_axis_index(self.axis, x.ndim)
+        y, mean, inv = _standardize(x.astype(self.stash, copy=False), tuple(range(axis, x.ndim)), self.eps)
+        y = y.astype(x.dtype, copy=False)
+        y *= scale
+        if bias is not None:
+            y += bias
+        return y, mean, inv
+
+
+@register("InstanceNormalization")
+class InstanceNormalization(Kernel):
+    """Standardize each (sample, channel) over its spatial axes, then scale and shift per channel."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.eps = float(self.attrs.get("epsilon", 1e-5))
+
+    def __call__(self, x, scale, bias):
+        if x.ndim < 3:
+            raise ValueError(f"input must have rank >= 3 (N, C, D1, ...), got shape {list(x.shape)}")
+        y, _, _ = _standardize(x.astype(_compute_dtype(x), copy=False), tuple(range(2, x.ndim)), self.eps)
+        per_channel = (-1,) + (1,) * (x.ndim - 2)
+        y *= scale.reshape(per_channel)
+        y += bias.reshape(per_channel)
+        return (y.astype(x.dtype, copy=False),)
+
+
+@register("GroupNormalization")
+class GroupNormalization(Kernel):
+    """Standardize each sample's channels in ``num_groups`` groups; then scale and shift per group
+    (opset 18: scale and bias have num_groups values) or per channel (opset 21: C values)."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.groups = int(self.attrs["num_groups"])
+        self.eps = float(self.attrs.get("epsilon", 1e-5))
+        self.stash = _stash_dtype(node)
+        self.per_channel = ctx.model.opset >= 21
+
+    def __call__(self, x, scale, bias):
+        n, c = x.shape[:2] if x.ndim >= 2 else (0, 0)
+        if x.ndim < 2 or c % self.groups:
+            raise ValueError(f"input of shape {list(x.shape)} cannot be split into {self.groups} channel groups")
+        want = c if self.per_channel else self.groups
+        if scale.size != want or bias.size != want:
+            raise ValueError(f"scale and bias must have {want} values ({'channels' if self.per_channel else 'groups'}), "
+                             f"got {scale.size} and {bias.size}")
+        y, _, _ = _standardize(x.reshape(n, self.groups, -1).astype(self.stash, copy=False), (2,), self.eps)
+        y = y.reshape(n, want, -1).astype(x.dtype, copy=False)
+        y *= scale.reshape(-1, 1)
+        y += bias.reshape(-1, 1)
+        return (y.reshape(x.shape),)
 
 
 @register("LRN")

@@ -1,40 +1,222 @@
-"""ReduceMean / ReduceSum / ReduceMax: axes are an attribute before opset 18 and an input from 18."""
+"""Reductions (ReduceSum, ReduceMean, ... ReduceLogSumExp), ArgMax / ArgMin, CumSum and TopK.
+
+The Reduce ops take their axes as an attribute in older opsets and as an input in newer ones
+(ReduceSum from 13, the others from 18), constant or computed at run time. No axes means every
+axis, or nothing at all with ``noop_with_empty_axes``. Results keep the input's type; a reduction
+over an empty set gives its identity (0 for sums, 1 for products, -inf for a max, ...).
+"""
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.array_utils import normalize_axis_index, normalize_axis_tuple
 
 from dcm.runtime.cpu.registry import register
-from dcm.runtime.cpu.shape import _const_ints
 from dcm.runtime.kernel import Kernel
+
+Axes = tuple[int, ...] | None  # None: every axis
+
+
+def _ints(value, what: str) -> list[int]:
+    a = np.asarray(value)
+    if a.dtype.kind not in "iu" or a.ndim > 1:
+        raise ValueError(f"{what} must be a 0-D or 1-D integer tensor, got {a.dtype} of shape {list(a.shape)}")
+    return [int(v) for v in a.ravel()]
+
+
+def _one_int(value, what: str) -> int:
+    ints = _ints(value, what)
+    if len(ints) != 1:
+        raise ValueError(f"{what} must hold exactly one value, got {len(ints)}")
+    return ints[0]
+
+
+def _lowest(dtype: np.dtype):
+    """The identity of max over dtype (the result of a max over an empty set)."""
+    if dtype.kind == "f":
+        return -np.inf
+    return False if dtype.kind == "b" else np.iinfo(dtype).min
+
+
+def _highest(dtype: np.dtype):
+    if dtype.kind == "f":
+        return np.inf
+    return True if dtype.kind == "b" else np.iinfo(dtype).max
 
 
 class _Reduce(Kernel):
-    fn = staticmethod(np.mean)
-    weight_inputs = (1,)
-
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.axes = _const_ints(ctx, node, 1, "axes")
         self.keep = bool(self.attrs.get("keepdims", 1))
         self.noop_empty = bool(self.attrs.get("noop_with_empty_axes", 0))
+        self.axes: list[int] | None = self.attrs.get("axes", [])  # None: the run-time input
+        if len(node.inputs) > 1 and node.inputs[1]:
+            if ctx.is_const(node.inputs[1]):
+                self.axes = _ints(ctx.const(node.inputs[1]), "axes")
+                self.weight_inputs = (1,)
+            else:
+                self.axes = None
 
-    def __call__(self, x, _axes=None):
-        if not self.axes and self.noop_empty:
+    def __call__(self, x, axes=None):
+        axes = self.axes if self.axes is not None else _ints(axes, "axes")
+        if not axes and self.noop_empty:
             return (x,)
-        axes = tuple(self.axes) if self.axes else None
-        return (self.fn(x, axis=axes, keepdims=self.keep).astype(x.dtype),)
+        y = self.reduce(x, normalize_axis_tuple(axes, x.ndim) if axes else None)
+        return (y.astype(x.dtype, copy=False),)
 
-
-@register("ReduceMean")
-class ReduceMean(_Reduce):
-    fn = staticmethod(np.mean)
+    def reduce(self, x: np.ndarray, axes: Axes) -> np.ndarray:
+        raise NotImplementedError
 
 
 @register("ReduceSum")
 class ReduceSum(_Reduce):
-    fn = staticmethod(np.sum)
+    def reduce(self, x, axes):
+        return np.sum(x, axis=axes, keepdims=self.keep, dtype=x.dtype)
+
+
+@register("ReduceMean")
+class ReduceMean(_Reduce):
+    def reduce(self, x, axes):
+        return np.mean(x, axis=axes, keepdims=self.keep)
 
 
 @register("ReduceMax")
 class ReduceMax(_Reduce):
-    fn = staticmethod(np.max)
+    quiet = True
+
+    def reduce(self, x, axes):
+        empty = {"initial": _lowest(x.dtype)} if x.size == 0 else {}  # numpy refuses an empty max otherwise
+        return np.max(x, axis=axes, keepdims=self.keep, **empty)
+
+
+@register("ReduceMin")
+class ReduceMin(_Reduce):
+    quiet = True
+
+    def reduce(self, x, axes):
+        empty = {"initial": _highest(x.dtype)} if x.size == 0 else {}
+        return np.min(x, axis=axes, keepdims=self.keep, **empty)
+
+
+@register("ReduceProd")
+class ReduceProd(_Reduce):
+    def reduce(self, x, axes):
+        return np.prod(x, axis=axes, keepdims=self.keep, dtype=x.dtype)
+
+
+@register("ReduceL1")
+class ReduceL1(_Reduce):
+    def reduce(self, x, axes):
+        return np.sum(np.abs(x), axis=axes, keepdims=self.keep, dtype=x.dtype)
+
+
+@register("ReduceL2")
+class ReduceL2(_Reduce):
+    def reduce(self, x, axes):
+        return np.sqrt(np.sum(np.square(x), axis=axes, keepdims=self.keep, dtype=x.dtype))
+
+
+@register("ReduceSumSquare")
+class ReduceSumSquare(_Reduce):
+    def reduce(self, x, axes):
+        return np.sum(np.square(x), axis=axes, keepdims=self.keep, dtype=x.dtype)
+
+
+@register("ReduceLogSum")
+class ReduceLogSum(_Reduce):
+    def reduce(self, x, axes):
+        return np.log(np.sum(x, axis=axes, keepdims=self.keep, dtype=x.dtype))
+
+
+@register("ReduceLogSumExp")
+class ReduceLogSumExp(_Reduce):
+    """log(sum(exp(x - m))) + m with m the (finite) max: no overflow for large x."""
+
+    def reduce(self, x, axes):
+        xf = x if x.dtype.kind == "f" else x.astype(np.float64)
+        m = np.max(xf, axis=axes, keepdims=True, initial=-np.inf)
+        m[~np.isfinite(m)] = 0
+        s = np.sum(np.exp(xf - m), axis=axes, keepdims=self.keep)
+        return np.log(s) + m.reshape(s.shape)
+
+
+class _ArgExtreme(Kernel):
+    """Index (int64) of the first extreme along ``axis``, or of the last with ``select_last_index``."""
+
+    quiet = True
+    fn = staticmethod(np.argmax)
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axis = int(self.attrs.get("axis", 0))
+        self.keep = bool(self.attrs.get("keepdims", 1))
+        self.last = bool(self.attrs.get("select_last_index", 0))
+
+    def __call__(self, x):
+        axis = normalize_axis_index(self.axis, x.ndim)
+        if self.last:
+            i = x.shape[axis] - 1 - self.fn(np.flip(x, axis), axis=axis, keepdims=self.keep)
+        else:
+            i = self.fn(x, axis=axis, keepdims=self.keep)
+        return (i.astype(np.int64, copy=False),)
+
+
+@register("ArgMax")
+class ArgMax(_ArgExtreme):
+    fn = staticmethod(np.argmax)
+
+
+@register("ArgMin")
+class ArgMin(_ArgExtreme):
+    fn = staticmethod(np.argmin)
+
+
+@register("CumSum")
+class CumSum(Kernel):
+    """Running sum along the (constant or run-time) ``axis`` input; ``exclusive`` leaves each
+    element out of its own sum, ``reverse`` sums from the end."""
+
+    def __call__(self, x, axis):
+        axis = normalize_axis_index(_one_int(axis, "axis"), x.ndim)
+        reverse = bool(self.attrs.get("reverse", 0))
+        y = np.cumsum(np.flip(x, axis) if reverse else x, axis=axis, dtype=x.dtype)
+        if self.attrs.get("exclusive", 0):  # shifted by one place: exact, unlike y - x
+            shifted = np.zeros_like(y)
+            dst, src = [slice(None)] * x.ndim, [slice(None)] * x.ndim
+            dst[axis], src[axis] = slice(1, None), slice(None, -1)
+            shifted[tuple(dst)] = y[tuple(src)]
+            y = shifted
+        return (np.flip(y, axis) if reverse else y,)
+
+
+@register("TopK")
+class TopK(Kernel):
+    """The k largest (or smallest) values along ``axis`` and their int64 indices, sorted, equal
+    values in index order (as ONNX requires). k is an attribute before opset 10, an input after."""
+
+    quiet = True
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axis = int(self.attrs.get("axis", -1))
+        self.largest = bool(self.attrs.get("largest", 1))
+        self.k = self.attrs.get("k")
+
+    def __call__(self, x, k=None):
+        k = self.k if k is None else _one_int(k, "k")
+        if k is None:
+            raise ValueError("k is missing (neither the attribute nor the input is given)")
+        axis = normalize_axis_index(self.axis, x.ndim)
+        n = x.shape[axis]
+        if not 0 <= k <= n:
+            raise ValueError(f"k = {k} is outside 0..{n}, the size of axis {axis}")
+        if self.largest:
+            # A stable ascending sort of the reversed axis, read backwards: descending values,
+            # equal ones in increasing index order. (Negating the values instead would overflow
+            # the lowest integer and mangle unsigned ones.)
+            order = n - 1 - np.flip(np.argsort(np.flip(x, axis), axis=axis, kind="stable"), axis)
+        else:
+            order = np.argsort(x, axis=axis, kind="stable")
+        first = [slice(None)] * x.ndim
+        first[axis] = slice(0, k)
+        indices = order[tuple(first)]
+        return np.take_along_axis(x, indices, axis), indices.astype(np.int64, copy=False)

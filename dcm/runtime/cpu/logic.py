@@ -1,0 +1,96 @@
+"""Comparisons, boolean logic and float classification: every result is a bool tensor.
+
+None of these can raise a numpy floating-point warning (a comparison with NaN is quietly False),
+so all are ``quiet``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dcm.runtime.cpu.registry import register
+from dcm.runtime.kernel import Kernel
+
+
+class _Compare(Kernel):
+    quiet = True
+    fn = staticmethod(np.equal)
+
+    def __call__(self, a, b):
+        return (self.fn(a, b),)
+
+
+@register("Equal")
+class Equal(_Compare):
+    fn = staticmethod(np.equal)
+
+
+@register("Less")
+class Less(_Compare):
+    fn = staticmethod(np.less)
+
+
+@register("LessOrEqual")
+class LessOrEqual(_Compare):
+    fn = staticmethod(np.less_equal)
+
+
+@register("Greater")
+class Greater(_Compare):
+    fn = staticmethod(np.greater)
+
+
+@register("GreaterOrEqual")
+class GreaterOrEqual(_Compare):
+    fn = staticmethod(np.greater_equal)
+
+
+@register("And")
+class And(_Compare):
+    fn = staticmethod(np.logical_and)
+
+
+@register("Or")
+class Or(_Compare):
+    fn = staticmethod(np.logical_or)
+
+
+@register("Xor")
+class Xor(_Compare):
+    fn = staticmethod(np.logical_xor)
+
+
+@register("Not")
+class Not(Kernel):
+    quiet = True
+
+    def __call__(self, x):
+        return (np.logical_not(x),)
+
+
+@register("IsNaN")
+class IsNaN(Kernel):
+    quiet = True
+
+    def __call__(self, x):
+        return (np.isnan(x),)
+
+
+@register("IsInf")
+class IsInf(Kernel):
+    """``detect_positive`` / ``detect_negative`` (both on by default) pick which infinities count."""
+
+    quiet = True
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.positive = bool(self.attrs.get("detect_positive", 1))
+        self.negative = bool(self.attrs.get("detect_negative", 1))
+
+    def __call__(self, x):
+        if self.positive and self.negative:
+            return (np.isinf(x),)
+        if self.positive:
+            return (np.isposinf(x),)
+        if self.negative:
+            return (np.isneginf(x),)
+        return (np.zeros(x.shape, dtype=bool),)

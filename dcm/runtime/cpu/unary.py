@@ -1,0 +1,88 @@
+"""One-input math: Abs, Neg, Exp, Log, Sqrt, Reciprocal, Erf, Floor, Ceil, Round, Sign.
+
+Each keeps its input's dtype, as ONNX types them (numpy would return float32 for some float16
+routines and float64 from scipy for integer inputs).
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.special
+
+from dcm.runtime.cpu.registry import register
+from dcm.runtime.kernel import Kernel
+
+
+class _Unary(Kernel):
+    fn = staticmethod(np.abs)
+
+    def __call__(self, x):
+        y = self.fn(x)
+        return (y if y.dtype == x.dtype else y.astype(x.dtype),)
+
+
+@register("Abs")
+class Abs(_Unary):
+    quiet = True
+    fn = staticmethod(np.abs)
+
+
+@register("Neg")
+class Neg(_Unary):
+    quiet = True  # integer negation wraps (-128 stays -128 in int8) without a warning, as in C
+    fn = staticmethod(np.negative)
+
+
+@register("Floor")
+class Floor(_Unary):
+    quiet = True
+    fn = staticmethod(np.floor)
+
+
+@register("Ceil")
+class Ceil(_Unary):
+    quiet = True
+    fn = staticmethod(np.ceil)
+
+
+@register("Round")
+class Round(_Unary):
+    """Halves to even (ONNX's rule, and numpy's)."""
+
+    quiet = True
+    fn = staticmethod(np.round)
+
+
+@register("Sign")
+class Sign(_Unary):
+    quiet = True
+    fn = staticmethod(np.sign)
+
+
+@register("Exp")
+class Exp(_Unary):
+    fn = staticmethod(np.exp)
+
+
+@register("Log")
+class Log(_Unary):
+    fn = staticmethod(np.log)
+
+
+@register("Sqrt")
+class Sqrt(_Unary):
+    fn = staticmethod(np.sqrt)
+
+
+@register("Reciprocal")
+class Reciprocal(_Unary):
+    @staticmethod
+    def fn(x):
+        return np.divide(1, x, dtype=x.dtype)  # np.reciprocal on integers is integer division
+
+
+@register("Erf")
+class Erf(_Unary):
+    @staticmethod
+    def fn(x):
+        # scipy has float32 and float64 loops; float16 (and integers, which ONNX allows) go through float32.
+        return scipy.special.erf(x if x.dtype in (np.float32, np.float64) else x.astype(np.float32))
