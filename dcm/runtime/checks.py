@@ -47,11 +47,26 @@ ATTRIBUTES: dict[str, tuple[str, float | None, float | None]] = {
     "value": ("float", None, None),
     "auto_pad": ("str", None, None),
     "mode": ("str", None, None),
+    "gamma": ("float", None, None),
+    "approximate": ("str", None, None),
+    "fmod": ("int", 0, 1),
+    "detect_positive": ("int", 0, 1),
+    "detect_negative": ("int", 0, 1),
+    "select_last_index": ("int", 0, 1),
+    "exclusive": ("int", 0, 1),
+    "reverse": ("int", 0, 1),
+    "largest": ("int", 0, 1),
+    "sorted": ("int", 0, 1),
+    "k": ("int", None, None),
+    "training_mode": ("int", 0, 1),
+    "spatial": ("int", 0, 1),
+    "num_groups": ("int", 1, MAX_GROUP),
+    "stash_type": ("int", None, None),
 }
 # pads are bounded everywhere, and may be negative only for Pad (which crops with them).
 PADS = {"Pad": ("ints", -MAX_PAD, MAX_PAD)}
 REQUIRED = {"MaxPool": ("kernel_shape",), "AveragePool": ("kernel_shape",), "LRN": ("size",),
-            "Concat": ("axis",), "Cast": ("to",)}
+            "Concat": ("axis",), "Cast": ("to",), "GroupNormalization": ("num_groups",)}
 
 
 def _kind_ok(kind: str, value: Any) -> bool:
