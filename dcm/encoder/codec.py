@@ -53,12 +53,13 @@ def _check_bits(name: str, value: int) -> None:
         raise EncodeError(f"{name} must be an integer in {C.MIN_BITS}..{C.MAX_BITS}, got {value!r}")
 
 
-def best_index_bits(positions: np.ndarray, candidates: range = AUTO_INDEX_RANGE) -> int:
+def best_index_bits(positions: np.ndarray, candidates: range = AUTO_INDEX_RANGE,
+                    compact_tables: bool = True) -> int:
     """The index width that minimizes coded index bits + table bytes (fillers vs. symbol size)."""
     best, best_cost = candidates[0], None
     for b in candidates:
         bits, table = huffman.coded_bits(relindex.encode_positions(positions, b), 1 << b)
-        cost = bits + 8 * len(table.to_bytes())
+        cost = bits + 8 * len(table.to_compact_bytes(1 << b) if compact_tables else table.to_bytes())
         if best_cost is None or cost < best_cost:
             best, best_cost = b, cost
     return best
@@ -76,9 +77,12 @@ def encode_raw(array: np.ndarray, name: str = "") -> TensorRecord:
 
 def encode_tensor(weights: np.ndarray, mask: np.ndarray | None = None, code_bits: int = 8,
                   index_bits: IndexBits = 5, init: Init = "linear", codebook: np.ndarray | None = None,
-                  quantize: bool = True, name: str = "", block_log2: int = C.DEFAULT_BLOCK_LOG2) -> TensorRecord:
+                  quantize: bool = True, name: str = "", block_log2: int = C.DEFAULT_BLOCK_LOG2,
+                  compact_tables: bool = True) -> TensorRecord:
     """Encode a float tensor as ``sparse-codebook-huffman`` (some positions pruned),
-    ``dense-codebook-huffman`` (none pruned) or, with ``quantize=False``, ``sparse-float32-huffman``.
+    ``dense-codebook-huffman`` (none pruned) or, with ``quantize=False``, ``sparse-float32-huffman``,
+    each with the ``-compact`` suffix (spec 5.5) unless ``compact_tables=False`` asks for the
+    version 1.0 tables that listed every symbol.
 
     ``mask`` marks kept positions (default: the non-zero weights). ``codebook`` reuses centroids
     from trained quantization instead of running k-means, so no second quantization happens.
@@ -112,9 +116,11 @@ def encode_tensor(weights: np.ndarray, mask: np.ndarray | None = None, code_bits
             raise EncodeError(f"tensor {name!r}: empty codebook for {len(kept)} kept weights")
         if not len(cb):
             cb = np.zeros(1, np.float32)  # spec 5.2: K >= 1 even when nothing is stored
+    if compact_tables:
+        encoding = C.WITH_COMPACT_TABLES[encoding]
     if sparse:
         if index_bits == "auto":
-            index_bits = best_index_bits(positions)
+            index_bits = best_index_bits(positions, compact_tables=compact_tables)
         _check_bits("index_bits", index_bits)
         idx_sym = relindex.encode_positions(positions, index_bits)
         index = huffman.encode_stream(idx_sym, huffman.build_table(idx_sym, 1 << index_bits), block_log2)

@@ -34,14 +34,7 @@ def code_lengths(freq: np.ndarray) -> np.ndarray:
         f = np.maximum(f >> 1, 1)
 
 
-def table_from_lengths(lengths: np.ndarray) -> HuffmanTable:
-    """Canonical order: by code length, then by symbol value (spec 6)."""
-    used = np.flatnonzero(lengths)
-    if not len(used):
-        return HuffmanTable([], np.zeros(0, dtype=np.uint16))
-    order = used[np.lexsort((used, lengths[used]))]
-    counts = np.bincount(lengths[used], minlength=int(lengths.max()) + 1)[1:]
-    return HuffmanTable([int(c) for c in counts], order.astype(np.uint16))
+table_from_lengths = HuffmanTable.from_lengths
 
 
 def canonical_codes(table: HuffmanTable) -> dict[int, frozenbitarray]:

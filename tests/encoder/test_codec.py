@@ -48,7 +48,7 @@ def test_edge_cases(case):
         rec = encode_tensor(w, code_bits=8, index_bits=bits, block_log2=8)
         np.testing.assert_array_equal(decode_tensor(rec), w)
     if case == "no_zero":
-        assert rec.encoding == C.ENC_DENSE
+        assert rec.encoding == C.ENC_DENSE_COMPACT
 
 
 def test_fillers_count():
