@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import signal
@@ -370,7 +371,8 @@ def _campaign(args: tuple[int, int]) -> dict:
     seed, count = args
     rng = random.Random(seed)
     signal.signal(signal.SIGALRM, _alarm)
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    if "libasan" not in os.environ.get("LD_PRELOAD", ""):  # ASan reserves terabytes of address space;
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))  # sanitize.sh bounds malloc instead
     np.seterr(all="ignore")  # overflow in a fuzzed model's arithmetic is not a finding
     stats = {"tried": 0, "outcomes": {}, "crashes": [], "hangs": 0, "slowest_s": 0.0}
     for _ in range(count):
@@ -401,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=10_000)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="fuzz", help="results file: benchmarks/results/NAME.json")
     a = p.parse_args(argv)
     chunk = 2_000
     jobs = [(a.seed * 1_000_003 + i, min(chunk, a.iterations - i * chunk)) for i in range(-(-a.iterations // chunk))]
@@ -429,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{elapsed:.0f} s |")
     for c in total["crashes"][:3]:
         print(c["error"], file=sys.stderr)
-    save("fuzz", {"iterations": a.iterations, "seed": a.seed, "workers": a.workers, "elapsed_s": elapsed,
+    save(a.name, {"iterations": a.iterations, "seed": a.seed, "workers": a.workers, "elapsed_s": elapsed,
                   **{k: v for k, v in total.items() if k != "crashes"}, "crashes": len(total["crashes"])})
     return 1 if total["crashes"] or total["hangs"] else 0
 

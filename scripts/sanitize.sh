@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The compiled kernels under AddressSanitizer + UndefinedBehaviorSanitizer: builds _native.c in a
+# private copy of the tree with the flags a normal install uses plus the sanitizers, proves the setup
+# catches a planted heap overflow, then runs tests/runtime and a fuzz campaign with libasan preloaded
+# (python itself is not instrumented). Fails on any sanitizer report, test failure or fuzz crash.
+#
+#   scripts/sanitize.sh [FUZZ_ITERATIONS [FUZZ_WORKERS]]    (defaults: 20000 inputs, 2 workers)
+#
+# Run it before every change to dcm/runtime/cpu/_native.c. The campaign's figures go to
+# benchmarks/results/fuzz_sanitized.json. Also runs test_native.py on the portable -DDCM_NO_SIMD build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+iterations=${1:-20000}
+workers=${2:-2}
+python=${PYTHON:-python}
+
+asan=$(gcc -print-file-name=libasan.so)
+if [ "$asan" = libasan.so ] || [ ! -e "$asan" ]; then
+  echo "sanitize.sh: gcc has no libasan.so (install libasan / gcc's sanitizer runtime)" >&2
+  exit 2
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/dcm-sanitize.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/reports"
+# A copy, so the sanitized extension never replaces the one the working tree imports.
+cp -r dcm tests benchmarks setup.py pyproject.toml "$work/"
+rm -f "$work"/dcm/runtime/cpu/_native*.so
+find "$work" -name __pycache__ -prune -exec rm -rf {} +
+
+# The normal install's flags (sysconfig CFLAGS, setup.py's -O3) plus the sanitizers. -fno-wrapv:
+# Python builds with -fwrapv, under which UBSan does not check signed overflow at all; the kernels
+# must never rely on wrapping (size_product refuses it), so an overflow is a finding.
+sanitizers="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
+build() { # extra CFLAGS
+  (cd "$work" && rm -rf build && CFLAGS="$sanitizers -fno-wrapv $1" LDFLAGS="-fsanitize=address,undefined" \
+    "$python" setup.py -q build_ext --inplace >"$work/build.log" 2>&1) || { cat "$work/build.log" >&2; exit 1; }
+  ls "$work"/dcm/runtime/cpu/_native*.so >/dev/null
+}
+
+failed=0
+run_sanitized() { # command...: runs it preloaded; a failure or any report it left fails the script at the end
+  local status=0
+  (cd "$work" && LD_PRELOAD="$asan" \
+    ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:max_allocation_size_mb=4096:log_path=$work/reports/asan" \
+    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$work/reports/ubsan" \
+    PYTHONPATH="$work" "$@") || status=$?
+  if compgen -G "$work/reports/*" >/dev/null; then
+    echo "sanitize.sh: SANITIZER REPORT from: $*" >&2
+    cat "$work"/reports/* >&2
+    rm -f "$work"/reports/*
+    failed=1
+  fi
+  if [ "$status" -ne 0 ]; then
+    echo "sanitize.sh: FAILED ($status): $*" >&2
+    failed=1
+  fi
+  return 0
+}
+
+start=$SECONDS
+# 1. The setup catches a planted bug: a one-float overflow read in an extension built the same way.
+mkdir -p "$work/canary"
+cat >"$work/canary/canary.c" <<'EOF'
+#include <Python.h>
+#include <stdlib.h>
+static PyObject *overflow(PyObject *self, PyObject *arg)
+{
+    volatile float *p = malloc(4 * sizeof(float));
+    float v = p[4];
+    free((void *)p);
+    return PyFloat_FromDouble(v);
+}
+static PyMethodDef methods[] = {{"overflow", overflow, METH_NOARGS, NULL}, {NULL}};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "canary", NULL, -1, methods};
+PyMODINIT_FUNC PyInit_canary(void) { return PyModule_Create(&module); }
+EOF
+inc=$("$python" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
+suffix=$("$python" -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+gcc -shared -fPIC $sanitizers -I"$inc" "$work/canary/canary.c" -o "$work/canary/canary$suffix"
+if (cd "$work/canary" && LD_PRELOAD="$asan" ASAN_OPTIONS="detect_leaks=0:log_path=$work/canary/report" \
+    "$python" -c "import canary; canary.overflow()") 2>/dev/null \
+   || ! grep -q heap-buffer-overflow "$work"/canary/report.* 2>/dev/null; then
+  echo "sanitize.sh: the planted overflow was not reported: the sanitizer setup does not work" >&2
+  exit 1
+fi
+echo "canary: planted heap-buffer-overflow reported ($((SECONDS - start)) s)"
+
+# 2. The SIMD build: the runtime tests, then a fuzz campaign.
+build ""
+echo "built with $sanitizers -fno-wrapv ($((SECONDS - start)) s)"
+run_sanitized "$python" -m pytest -q -p no:cacheprovider tests/runtime
+echo "tests/runtime done ($((SECONDS - start)) s)"
+run_sanitized "$python" -m benchmarks.fuzz --iterations "$iterations" --workers "$workers" --name fuzz_sanitized
+mkdir -p benchmarks/results
+cp "$work/benchmarks/results/fuzz_sanitized.json" benchmarks/results/ 2>/dev/null || true
+echo "fuzz: $iterations inputs done ($((SECONDS - start)) s)"
+
+# 3. The portable build (-DDCM_NO_SIMD): the C paths other CPUs run.
+build "-DDCM_NO_SIMD"
+run_sanitized "$python" -m pytest -q -p no:cacheprovider tests/runtime/test_native.py
+echo "portable build: test_native.py done ($((SECONDS - start)) s)"
+if [ "$failed" -ne 0 ]; then
+  echo "sanitize.sh: FAILED (see above) after $((SECONDS - start)) s" >&2
+  exit 1
+fi
+echo "sanitize.sh: passed, no sanitizer report ($((SECONDS - start)) s in all)"
