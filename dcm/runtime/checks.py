@@ -10,6 +10,8 @@ import inspect
 from functools import cache
 from typing import Any
 
+import numpy as np
+
 from dcm.errors import UnsupportedOpError
 from dcm.format.model import Node
 from dcm.runtime.kernel import Kernel
@@ -18,7 +20,8 @@ MAX_WINDOW = 1 << 12  # kernel sizes, strides, dilations
 MAX_PAD = 1 << 12
 MAX_GROUP = 1 << 20
 
-# name -> (kind, lowest, highest); kinds: int, ints, float, floats, str. None: unbounded.
+# name -> (kind, lowest, highest); kinds: int, ints, float, floats, str, "float or tensor" (a numpy
+# array: spec 4.3, bounded by the reader). None: unbounded.
 ATTRIBUTES: dict[str, tuple[str, float | None, float | None]] = {
     "kernel_shape": ("ints", 1, MAX_WINDOW),
     "strides": ("ints", 1, MAX_WINDOW),
@@ -44,7 +47,20 @@ ATTRIBUTES: dict[str, tuple[str, float | None, float | None]] = {
     "epsilon": ("float", 0, None),
     "min": ("float", None, None),
     "max": ("float", None, None),
-    "value": ("float", None, None),
+    "value": ("float or tensor", None, None),  # Pad's fill before opset 11; ConstantOfShape's tensor
+    "value_float": ("float", None, None),
+    "value_floats": ("floats", None, None),
+    "value_int": ("int", None, None),
+    "value_ints": ("ints", None, None),
+    "starts": ("ints", None, None),
+    "ends": ("ints", None, None),
+    "split": ("ints", 0, None),
+    "num_outputs": ("int", 1, 1 << 16),
+    "batch_dims": ("int", 0, 64),
+    "blocksize": ("int", 1, MAX_WINDOW),
+    "upper": ("int", 0, 1),
+    "reduction": ("str", None, None),
+    "saturate": ("int", 0, 1),
     "auto_pad": ("str", None, None),
     "mode": ("str", None, None),
     "gamma": ("float", None, None),
@@ -76,6 +92,8 @@ def _kind_ok(kind: str, value: Any) -> bool:
         return type(value) in (int, float)
     if kind == "str":
         return isinstance(value, str)
+    if kind == "float or tensor":
+        return isinstance(value, np.ndarray) or _kind_ok("float", value)
     item = "int" if kind == "ints" else "float"
     return isinstance(value, list) and all(_kind_ok(item, v) for v in value)
 
@@ -102,7 +120,7 @@ def check_node(node: Node, kernel: type[Kernel]) -> None:
         kind, lo, hi = spec
         if not _kind_ok(kind, value):
             raise UnsupportedOpError(f"{where}: attribute {name!r} must be {kind}, got {value!r:.60}")
-        if lo is not None or hi is not None:
+        if (lo is not None or hi is not None) and not isinstance(value, np.ndarray):
             values = value if isinstance(value, list) else [value]
             if any((lo is not None and v < lo) or (hi is not None and v > hi) for v in values):
                 raise UnsupportedOpError(f"{where}: attribute {name!r} = {value!r:.60} is outside {lo}..{hi}")

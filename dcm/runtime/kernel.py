@@ -121,6 +121,18 @@ class Kernel:
     def __call__(self, *inputs: Any) -> tuple:
         raise NotImplementedError
 
+    def load_input(self, ctx: LoadContext, i: int) -> np.ndarray | None:
+        """Input i decoded now when it is a constant (the kernel then gets None for it on every run,
+        and keeps what this returns); None when it is absent or computed at run time (the kernel
+        then gets its value on every run). Shapes, axes and pads are usually constants: reading
+        them once at load keeps the common case fast without refusing graphs that compute them."""
+        name = self.node.inputs[i] if i < len(self.node.inputs) else ""
+        if name and ctx.is_const(name):
+            self.weight_inputs = tuple(sorted({*self.weight_inputs, i}))
+            return ctx.const(name)
+        self.weight_inputs = tuple(j for j in self.weight_inputs if j != i)
+        return None
+
     def describe(self) -> dict[str, Any]:
         """What ``dcm inspect``/``dcm bench`` show about this kernel (mode, density)."""
         return {}

@@ -33,15 +33,21 @@ class _FullyConnected(Kernel):
 
 @register("Gemm")
 class Gemm(_FullyConnected):
-    """Y = alpha * A' @ B' + beta * C with B a constant weight."""
+    """Y = alpha * A' @ B' + beta * C; a constant B is a coded weight, a run-time B (a product of two
+    computed values) goes to numpy's BLAS matmul."""
 
     weight_inputs = (1,)
     fuses_relu = True
 
+    def __new__(cls, node, ctx):
+        if cls is Gemm and not ctx.is_const(node.inputs[1]):
+            return object.__new__(RuntimeGemm)
+        return object.__new__(cls)
+
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        if not ctx.is_const(node.inputs[1]):
-            raise UnsupportedOpError(f"Gemm {node.name!r}: B must be a constant weight")
+        if not ctx.is_const(node.inputs[1]):  # a subclass (the GPU's) that kept the constant-weight path
+            raise UnsupportedOpError(f"Gemm {node.name!r}: B must be a constant weight on this backend")
         self.trans_a = int(self.attrs.get("transA", 0))
         self.alpha = float(self.attrs.get("alpha", 1.0))
         self.beta = float(self.attrs.get("beta", 1.0))
@@ -70,6 +76,32 @@ class Gemm(_FullyConnected):
         if self.relu:
             relu(y, out=y)
         return (y,)
+
+
+class RuntimeGemm(Gemm):
+    """Gemm whose B is computed at run time: transposes are views, the product is one BLAS call."""
+
+    weight_inputs = ()
+    fuses_relu = False
+
+    def __init__(self, node, ctx):
+        Kernel.__init__(self, node, ctx)
+        self.trans_a, self.trans_b = int(self.attrs.get("transA", 0)), int(self.attrs.get("transB", 0))
+        self.alpha = float(self.attrs.get("alpha", 1.0))
+        self.beta = float(self.attrs.get("beta", 1.0))
+
+    def __call__(self, a, b, c=None):
+        if a.ndim != 2 or b.ndim != 2:
+            raise ValueError(f"Gemm takes matrices, got ranks {a.ndim} and {b.ndim}")
+        y = (a.T if self.trans_a else a) @ (b.T if self.trans_b else b)
+        if self.alpha != 1.0:
+            y = y * y.dtype.type(self.alpha)
+        if c is not None and self.beta != 0.0:
+            y = y + (c if self.beta == 1.0 else c * c.dtype.type(self.beta))
+        return (y.astype(np.result_type(a, b), copy=False),)
+
+    def describe(self) -> dict:
+        return {"kernel": "numpy"}
 
 
 @register("MatMul")

@@ -1,21 +1,66 @@
-"""Layout ops: Flatten, Reshape, Transpose, Concat, Squeeze, Unsqueeze, Pad, Identity, Dropout."""
+"""Layout ops: Identity, Flatten, Reshape, Transpose, Concat, Squeeze, Unsqueeze, Slice, Split, Pad,
+DepthToSpace, SpaceToDepth, Shape, Size, Gather, Cast, CastLike.
+
+Shapes, axes, pads and split sizes are read once at load when they are constants (the common case)
+and on every run when the graph computes them (a shape taken from a symbolic batch or sequence
+length). The GPU backend subclasses several of these kernels, so their ``__call__`` keeps to
+operations numpy arrays and torch tensors share where the GPU reuses it (Reshape, Identity).
+"""
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import scipy.sparse as sp
 
+from dcm.encoder.codec import decode_parts
 from dcm.errors import UnsupportedOpError
+from dcm.format import constants as C
 from dcm.runtime.cpu.registry import register
-from dcm.runtime.kernel import Kernel
+from dcm.runtime.kernel import Kernel, LoadContext
+
+# An embedding table at least this large is gathered from its compressed (CSR) rows; a smaller one is
+# decoded to a dense array once, which costs little memory and gathers faster.
+SPARSE_GATHER_MIN_ELEMENTS = 1 << 16
 
 
 def _const_ints(ctx, node, i: int, attr: str):
-    """An int list given as input i (newer opsets) or as attribute ``attr`` (older ones)."""
+    """An int list given as constant input i (newer opsets) or as attribute ``attr`` (older ones)."""
     v = ctx.opt_const(node, i)
     if v is not None:
         return [int(a) for a in np.asarray(v).ravel()]
     return node.attrs.get(attr)
+
+
+def ints(v) -> list[int]:
+    """An int tensor (numpy array or torch tensor, any rank) as a list of Python ints."""
+    return [int(a) for a in v.reshape(-1).tolist()]
+
+
+def load_ints(kernel: Kernel, ctx: LoadContext, i: int, attr: str | None = None) -> list[int] | None:
+    """Constant input i as ints, else attribute ``attr`` when input i is absent (opsets before the
+    attribute became an input); None: absent, or computed at run time (the kernel then reads its
+    run-time argument with ``ints``)."""
+    v = kernel.load_input(ctx, i)
+    if v is not None:
+        return ints(np.asarray(v))
+    present = i < len(kernel.node.inputs) and kernel.node.inputs[i]
+    return None if present or attr is None else kernel.node.attrs.get(attr)
+
+
+def check_elements(shape, what: str) -> None:
+    """Refuse, before allocating, an output larger than spec rule 8's per-tensor limit."""
+    n = math.prod(int(d) for d in shape)
+    if any(int(d) < 0 for d in shape):
+        raise ValueError(f"{what}: negative dimension in {list(shape)}")
+    if n > C.MAX_ELEMENTS:
+        raise ValueError(f"{what}: {n} elements (shape {list(shape)}) exceeds the limit {C.MAX_ELEMENTS}")
+
+
+def _axis(a: int, rank: int) -> int:
+    if not -rank <= a < rank:
+        raise IndexError(f"axis {a} is out of range for rank {rank}")
+    return a % rank
 
 
 @register("Identity", "Dropout")
@@ -41,24 +86,32 @@ class Flatten(Kernel):
 
 @register("Reshape")
 class Reshape(Kernel):
-    weight_inputs = (1,)
+    """Target shape from a constant, the ``shape`` attribute (opset < 5), or a run-time input."""
+
+    quiet = True
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.shape = _const_ints(ctx, node, 1, "shape")
-        if self.shape is None:
-            raise UnsupportedOpError(f"Reshape {node.name!r}: the target shape must be constant")
+        self.shape = load_ints(self, ctx, 1, "shape")
         self.allowzero = bool(self.attrs.get("allowzero", 0))
 
-    def __call__(self, x, _shape=None):
-        shape = [x.shape[i] if (d == 0 and not self.allowzero) else d for i, d in enumerate(self.shape)]
-        return (x.reshape(shape),)
+    def __call__(self, x, shape=None):
+        target = self.shape if shape is None else ints(shape)
+        if target is None:
+            raise ValueError("no target shape")
+        if not self.allowzero and 0 in target:
+            if len(target) > x.ndim and 0 in target[x.ndim:]:
+                raise ValueError(f"shape {target} copies a dimension the input (rank {x.ndim}) lacks")
+            target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
+        return (x.reshape(target),)
 
 
 @register("Transpose")
 class Transpose(Kernel):
     def __call__(self, x):
         perm = self.attrs.get("perm")
+        if perm is not None and sorted(perm) != list(range(x.ndim)):
+            raise ValueError(f"perm {perm} is not a permutation of the input's {x.ndim} axes")
         return (np.ascontiguousarray(np.transpose(x, perm)),)
 
 
@@ -70,75 +123,226 @@ class Concat(Kernel):
 
 @register("Squeeze")
 class Squeeze(Kernel):
-    weight_inputs = (1,)
+    """Axes: attribute before opset 13, input from 13; none given: every axis of size 1."""
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.axes = _const_ints(ctx, node, 1, "axes")
+        self.axes = load_ints(self, ctx, 1, "axes")
 
-    def __call__(self, x, _axes=None):
-        axes = tuple(self.axes) if self.axes is not None else tuple(i for i, d in enumerate(x.shape) if d == 1)
+    def __call__(self, x, axes=None):
+        axes = self.axes if axes is None else ints(axes)
+        if axes is None:
+            return (np.squeeze(x),)
+        axes = tuple(_axis(a, x.ndim) for a in axes)
+        if any(x.shape[a] != 1 for a in axes):
+            raise ValueError(f"cannot squeeze axes {list(axes)} of shape {list(x.shape)}: size is not 1")
         return (np.squeeze(x, axis=axes),)
 
 
 @register("Unsqueeze")
 class Unsqueeze(Kernel):
-    weight_inputs = (1,)
+    """Axes: attribute before opset 13, input from 13 (counted in the output's rank)."""
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.axes = _const_ints(ctx, node, 1, "axes")
-        if self.axes is None:
-            raise UnsupportedOpError(f"Unsqueeze {node.name!r}: axes must be constant")
+        self.axes = load_ints(self, ctx, 1, "axes")
 
-    def __call__(self, x, _axes=None):
-        return (np.expand_dims(x, tuple(self.axes)),)
+    def __call__(self, x, axes=None):
+        axes = self.axes if axes is None else ints(axes)
+        if axes is None:
+            raise ValueError("no axes")
+        rank = x.ndim + len(axes)
+        axes = [_axis(a, rank) for a in axes]
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"repeated axis in {axes}")
+        return (np.expand_dims(x, tuple(axes)),)
+
+
+@register("Slice")
+class Slice(Kernel):
+    """Starts/ends/axes: attributes before opset 10, inputs (with steps) from 10."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.params = [load_ints(self, ctx, i, attr) for i, attr in enumerate(("starts", "ends", "axes", "steps"), 1)]
+
+    def __call__(self, x, *given):
+        given = given + (None,) * (4 - len(given))
+        starts, ends, axes, steps = (p if g is None else ints(g) for p, g in zip(self.params, given))
+        if starts is None or ends is None or len(starts) != len(ends):
+            raise ValueError("starts and ends must be given, of equal length")
+        axes = list(range(len(starts))) if axes is None else [_axis(a, x.ndim) for a in axes]
+        steps = [1] * len(starts) if steps is None else steps
+        if not len(axes) == len(steps) == len(starts) or len(set(axes)) != len(axes):
+            raise ValueError(f"starts, ends, axes and steps must match ({starts}, {ends}, {axes}, {steps})")
+        if 0 in steps:
+            raise ValueError("a step is 0")
+        index = [slice(None)] * x.ndim
+        for a, b, e, s in zip(axes, starts, ends, steps):
+            index[a] = slice(b, e, s)  # Python clamps out-of-range bounds the way ONNX specifies
+        return (x[tuple(index)],)
+
+
+@register("Split")
+class Split(Kernel):
+    """Sizes: attribute before opset 13, input from 13; else equal parts (``num_outputs`` from 18:
+    the last part may be smaller)."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.split = load_ints(self, ctx, 1, "split")
+        self.axis = int(self.attrs.get("axis", 0))
+
+    def __call__(self, x, split=None):
+        sizes = self.split if split is None else ints(split)
+        axis = _axis(self.axis, x.ndim)
+        n, parts = x.shape[axis], len(self.node.outputs)
+        if sizes is None:
+            step = -(-n // parts)
+            sizes = [min(step, max(n - i * step, 0)) for i in range(parts)]
+            if "num_outputs" not in self.attrs and n % parts:
+                raise ValueError(f"axis of size {n} does not split into {parts} equal parts")
+        if len(sizes) != parts or sum(sizes) != n or min(sizes) < 0:
+            raise ValueError(f"split sizes {sizes} do not cut an axis of size {n} into {parts} outputs")
+        return tuple(np.split(x, np.cumsum(sizes)[:-1], axis=axis))
 
 
 @register("Pad")
 class Pad(Kernel):
-    """Pads and value are attributes before opset 11 and constant inputs from 11."""
-
-    weight_inputs = (1, 2, 3)
+    """Pads and value are attributes before opset 11 and inputs from 11 (axes from 18); modes
+    constant, reflect, edge and (opset 19) wrap; negative pads crop."""
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.pads = _const_ints(ctx, node, 1, "pads")
-        value = ctx.opt_const(node, 2)
-        self.value = float(self.attrs.get("value", 0.0)) if value is None else float(np.asarray(value).ravel()[0])
-        self.axes = _const_ints(ctx, node, 3, "axes") if len(node.inputs) > 3 else None
+        self.pads = load_ints(self, ctx, 1, "pads")
+        value = self.load_input(ctx, 2)
+        self.value = float(self.attrs.get("value", 0.0)) if value is None else np.asarray(value).ravel()[0].item()
+        self.axes = load_ints(self, ctx, 3)
         self.mode = self.attrs.get("mode", "constant")
-        if self.mode not in ("constant", "reflect", "edge"):
+        if self.mode not in ("constant", "reflect", "edge", "wrap"):
             raise UnsupportedOpError(f"Pad {node.name!r}: mode {self.mode!r} is not supported")
+        if self.mode == "wrap" and type(self).__call__ is not Pad.__call__:
+            raise UnsupportedOpError(f"Pad {node.name!r}: wrap padding runs on the CPU backend only")
 
-    def __call__(self, x, *_):
-        axes = [a % x.ndim for a in self.axes] if self.axes else list(range(x.ndim))
+    def __call__(self, x, pads=None, value=None, axes=None):
+        pads = self.pads if pads is None else ints(pads)
+        axes = self.axes if axes is None else ints(axes)
+        axes = [_axis(a, x.ndim) for a in axes] if axes else list(range(x.ndim))
         k = len(axes)
+        if pads is None or len(pads) != 2 * k:
+            raise ValueError(f"pads {pads} must hold 2 values per padded axis ({k})")
         widths = [(0, 0)] * x.ndim
         for j, a in enumerate(axes):
-            widths[a] = (self.pads[j], self.pads[j + k])
-        if any(b < 0 or e < 0 for b, e in widths):
-            raise UnsupportedOpError(f"Pad {self.node.name!r}: negative pads are not supported")
+            widths[a] = (pads[j], pads[j + k])
+        if any(b < 0 or e < 0 for b, e in widths):  # crop first, then pad what is positive
+            x = x[tuple(slice(-min(b, 0), x.shape[i] + min(e, 0)) for i, (b, e) in enumerate(widths))]
+            widths = [(max(b, 0), max(e, 0)) for b, e in widths]
+        check_elements([d + b + e for d, (b, e) in zip(x.shape, widths)], "Pad")
         if self.mode == "constant":
-            return (np.pad(x, widths, constant_values=self.value),)
+            fill = self.value if value is None or value.size == 0 else value.reshape(-1)[0]
+            return (np.pad(x, widths, constant_values=fill),)
+        if x.size == 0:
+            raise ValueError(f"{self.mode} padding of an empty tensor")
         return (np.pad(x, widths, mode=self.mode),)
+
+
+@register("DepthToSpace")
+class DepthToSpace(Kernel):
+    """[N, C, H, W] -> [N, C / b^2, H b, W b]; mode DCR (depth-column-row, the default) or CRD."""
+
+    def __call__(self, x):
+        b = int(self.attrs.get("blocksize", 0))
+        n, c, h, w = x.shape
+        if b < 1 or c % (b * b):
+            raise ValueError(f"blocksize {b} does not divide {c} channels into b^2 groups")
+        if self.attrs.get("mode", "DCR") == "CRD":
+            y = x.reshape(n, c // (b * b), b, b, h, w).transpose(0, 1, 4, 2, 5, 3)
+        else:
+            y = x.reshape(n, b, b, c // (b * b), h, w).transpose(0, 3, 4, 1, 5, 2)
+        return (np.ascontiguousarray(y.reshape(n, c // (b * b), h * b, w * b)),)
+
+
+@register("SpaceToDepth")
+class SpaceToDepth(Kernel):
+    """[N, C, H, W] -> [N, C b^2, H / b, W / b]."""
+
+    def __call__(self, x):
+        b = int(self.attrs.get("blocksize", 0))
+        n, c, h, w = x.shape
+        if b < 1 or h % b or w % b:
+            raise ValueError(f"blocksize {b} does not divide the spatial size {h}x{w}")
+        y = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
+        return (np.ascontiguousarray(y.reshape(n, c * b * b, h // b, w // b)),)
 
 
 @register("Shape")
 class Shape(Kernel):
+    quiet = True
+
     def __call__(self, x):
         start = int(self.attrs.get("start", 0))
         end = self.attrs.get("end")
         return (np.array(x.shape[start:end], dtype=np.int64),)
 
 
+@register("Size")
+class Size(Kernel):
+    quiet = True
+
+    def __call__(self, x):
+        return (np.array(x.size, dtype=np.int64),)
+
+
 @register("Gather")
 class Gather(Kernel):
+    """``np.take`` along ``axis`` (negative indices count from the end; out of range is an error).
+
+    A large constant table on axis 0 (an embedding) is kept in its compressed form: rows are
+    gathered straight from CSR, never decoded to one dense copy.
+    """
+
+    quiet = True
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axis = int(self.attrs.get("axis", 0))
+        self.table = None  # (kind, compressed table, row shape) for a large coded constant table
+        name = node.inputs[0]
+        rec = ctx.model.tensors.get(name)
+        # Only this class's own __call__ reads the compressed table; the GPU's subclass takes it dense.
+        if (type(self).__call__ is Gather.__call__ and self.axis == 0 and rec is not None
+                and rec.encoding != C.ENC_RAW and rec.numel >= SPARSE_GATHER_MIN_ELEMENTS and rec.shape):
+            parts = decode_parts(rec)
+            if rec.encoding == C.ENC_DENSE:  # every entry coded: gather 1-2 byte codes, then look up
+                codes = parts.codes.astype(np.uint8 if len(parts.codebook) <= 256 else np.uint16)
+                self.table = ("codes", (codes.reshape(parts.shape2d), parts.codebook), rec.shape)
+            else:
+                self.table = ("csr", sp.csr_matrix(parts.to_scipy()), rec.shape)
+            self.weight_inputs = (0,)
+
     def __call__(self, x, idx):
-        return (np.take(x, np.asarray(idx, dtype=np.int64), axis=int(self.attrs.get("axis", 0))),)
+        if self.table is None:
+            return (np.take(x, idx, axis=self.axis),)
+        kind, table, shape = self.table
+        n = shape[0]
+        flat = idx.reshape(-1).astype(np.int64)
+        if flat.size and (flat.min() < -n or flat.max() >= n):
+            raise IndexError(f"index out of range for a table of {n} rows")
+        flat = np.where(flat < 0, flat + n, flat)
+        if kind == "codes":
+            codes, codebook = table
+            out = codebook[codes[flat]]
+        else:
+            out = table[flat].toarray()
+        return (out.reshape(*idx.shape, *shape[1:]),)
+
+    def describe(self) -> dict:
+        return {} if self.table is None else {"kernel": f"rows from {self.table[0]}", "rows": self.table[2][0]}
 
 
-_CAST = {1: np.float32, 6: np.int32, 7: np.int64, 10: np.float16, 11: np.float64, 9: np.bool_}
+# ONNX TensorProto element types -> numpy (bfloat16, strings and 4/8-bit floats have no numpy type).
+ONNX_NUMPY = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32, 7: np.int64,
+              9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64}
 
 
 @register("Cast")
@@ -146,9 +350,15 @@ class Cast(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         to = int(self.attrs["to"])
-        if to not in _CAST:
+        if to not in ONNX_NUMPY:
             raise UnsupportedOpError(f"Cast {node.name!r}: target type {to} is not supported")
-        self.to = _CAST[to]
+        self.to = ONNX_NUMPY[to]
 
     def __call__(self, x):
         return (np.asarray(x).astype(self.to),)
+
+
+@register("CastLike")
+class CastLike(Kernel):
+    def __call__(self, x, like):
+        return (x.astype(like.dtype),)

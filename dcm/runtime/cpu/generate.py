@@ -1,0 +1,107 @@
+"""Ops that make a tensor from a shape or a range: Constant, ConstantOfShape, Range, Expand, Tile.
+
+Their output size comes from values (often computed at run time from the symbolic batch or sequence
+length), so each is bounded by spec rule 8's per-tensor limit before anything is allocated.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dcm.errors import UnsupportedOpError
+from dcm.runtime.cpu.registry import register
+from dcm.runtime.cpu.shape import check_elements, ints, load_ints
+from dcm.runtime.kernel import Kernel
+
+
+@register("Constant")
+class Constant(Kernel):
+    """The converter folds Constant nodes into tensors; a .dcm may still hold one (value attribute as
+    a tensor, or value_float(s)/value_int(s))."""
+
+    quiet = True
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        a = self.attrs
+        if isinstance(a.get("value"), np.ndarray):
+            self.value = a["value"]
+        elif "value_float" in a or "value_floats" in a:
+            self.value = np.array(a.get("value_float", a.get("value_floats")), dtype=np.float32)
+        elif "value_int" in a or "value_ints" in a:
+            self.value = np.array(a.get("value_int", a.get("value_ints")), dtype=np.int64)
+        else:
+            raise UnsupportedOpError(f"Constant {node.name!r}: needs a tensor, float(s) or int(s) value")
+
+    def __call__(self):
+        return (self.value,)
+
+
+@register("ConstantOfShape")
+class ConstantOfShape(Kernel):
+    """A tensor of the given shape filled with the one-element ``value`` attribute (float32 0 when absent)."""
+
+    quiet = True
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        value = self.attrs.get("value")
+        value = np.zeros(1, np.float32) if value is None else value
+        if not isinstance(value, np.ndarray) or value.size != 1:
+            raise UnsupportedOpError(f"ConstantOfShape {node.name!r}: value must be a one-element tensor")
+        self.fill = value.reshape(())
+        self.shape = load_ints(self, ctx, 0)
+
+    def __call__(self, shape=None):
+        shape = self.shape if shape is None else ints(shape)
+        check_elements(shape, "ConstantOfShape")
+        return (np.full(shape, self.fill, dtype=self.fill.dtype),)
+
+
+@register("Range")
+class Range(Kernel):
+    """start, start + delta, ... up to (excluding) limit: max(ceil((limit - start) / delta), 0) values."""
+
+    quiet = True
+
+    def __call__(self, start, limit, delta):
+        start, limit, delta = (v.reshape(()) for v in (start, limit, delta))
+        if delta == 0:
+            raise ValueError("delta is 0")
+        n = max(math.ceil((float(limit) - float(start)) / float(delta)), 0)
+        check_elements([n], "Range")
+        return ((start + np.arange(n, dtype=start.dtype) * delta).astype(start.dtype),)
+
+
+@register("Expand")
+class Expand(Kernel):
+    """Broadcast to a shape (in both directions, as numpy does): a read-only view, no copy."""
+
+    quiet = True
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.shape = load_ints(self, ctx, 1)
+
+    def __call__(self, x, shape=None):
+        shape = self.shape if shape is None else ints(shape)
+        out = np.broadcast_shapes(x.shape, tuple(shape))
+        check_elements(out, "Expand")
+        return (np.broadcast_to(x, out),)
+
+
+@register("Tile")
+class Tile(Kernel):
+    quiet = True
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.repeats = load_ints(self, ctx, 1)
+
+    def __call__(self, x, repeats=None):
+        repeats = self.repeats if repeats is None else ints(repeats)
+        if len(repeats) != x.ndim or min(repeats, default=0) < 0:
+            raise ValueError(f"repeats {repeats} must be {x.ndim} non-negative counts")
+        check_elements([d * r for d, r in zip(x.shape, repeats)], "Tile")
+        return (np.tile(x, repeats),)

@@ -1,0 +1,164 @@
+"""Index ops: GatherElements, GatherND, ScatterElements, ScatterND, OneHot, Trilu.
+
+Indices come from the graph (often from user data), so every one is range-checked: an index outside
+[-n, n) is an error naming the node (the session adds the name), never a wrap or a crash.
+Negative indices count from the end, as ONNX says.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dcm.errors import UnsupportedOpError
+from dcm.runtime.cpu.shape import _axis, check_elements
+from dcm.runtime.cpu.registry import register
+from dcm.runtime.kernel import Kernel
+
+# Scatter reductions (opset 16: add, mul; 18: max, min): ufunc.at applies repeated indices in turn.
+REDUCTIONS = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
+
+
+def in_range(idx: np.ndarray, n, what: str) -> np.ndarray:
+    """``idx`` as int64 with negative entries moved up by ``n`` (an int, or sizes broadcasting
+    against idx); an entry outside [-n, n) is an IndexError."""
+    idx = np.asarray(idx).astype(np.int64, copy=False)
+    if idx.size and (np.any(idx < -np.asarray(n)) or np.any(idx >= n)):
+        bad = idx[(idx < -np.asarray(n)) | (idx >= n)].ravel()[0]
+        raise IndexError(f"{what} index {int(bad)} is out of range")
+    return np.where(idx < 0, idx + n, idx)
+
+
+def _reduction(kernel: Kernel):
+    r = kernel.attrs.get("reduction", "none")
+    if r != "none" and r not in REDUCTIONS:
+        raise UnsupportedOpError(f"{kernel.node.op} {kernel.node.name!r}: reduction {r!r} is not supported")
+    return REDUCTIONS.get(r)
+
+
+def _element_index(indices: np.ndarray, axis: int) -> tuple:
+    """The fancy index that takes, at each position of ``indices``, the entry its value names on
+    ``axis`` and its own position on every other axis."""
+    grid = list(np.indices(indices.shape, sparse=True))
+    grid[axis] = indices
+    return tuple(grid)
+
+
+@register("GatherElements")
+class GatherElements(Kernel):
+    quiet = True
+
+    def __call__(self, x, indices):
+        axis = _axis(int(self.attrs.get("axis", 0)), x.ndim)
+        if indices.ndim != x.ndim:
+            raise ValueError(f"indices have rank {indices.ndim}, data rank {x.ndim}")
+        if any(i > d for a, (i, d) in enumerate(zip(indices.shape, x.shape)) if a != axis):
+            raise ValueError(f"indices shape {list(indices.shape)} exceeds data shape {list(x.shape)}")
+        return (x[_element_index(in_range(indices, x.shape[axis], "GatherElements"), axis)],)
+
+
+@register("ScatterElements", "Scatter")
+class ScatterElements(Kernel):
+    quiet = True
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.reduce = _reduction(self)
+
+    def __call__(self, x, indices, updates):
+        axis = _axis(int(self.attrs.get("axis", 0)), x.ndim)
+        if indices.shape != updates.shape or indices.ndim != x.ndim:
+            raise ValueError(f"indices {list(indices.shape)} and updates {list(updates.shape)} must match, "
+                             f"with the data's rank {x.ndim}")
+        if any(i > d for a, (i, d) in enumerate(zip(indices.shape, x.shape)) if a != axis):
+            raise ValueError(f"indices shape {list(indices.shape)} exceeds data shape {list(x.shape)}")
+        where = _element_index(in_range(indices, x.shape[axis], "ScatterElements"), axis)
+        out = x.copy()
+        if self.reduce is None:
+            out[where] = updates
+        else:
+            self.reduce.at(out, where, updates.astype(out.dtype, copy=False))
+        return (out,)
+
+
+def _nd_index(x: np.ndarray, indices: np.ndarray, batch_dims: int) -> tuple[tuple, tuple]:
+    """For GatherND/ScatterND: (the fancy index into ``x`` flattened over its batch dims, the shape of
+    that view). indices [..., k] name the first k axes after the batch dims."""
+    b = batch_dims
+    k = indices.shape[-1] if indices.ndim else 0
+    if indices.ndim < 1 or not 0 <= b < min(x.ndim, indices.ndim) or b + k > x.ndim:
+        raise ValueError(f"indices of shape {list(indices.shape)} do not index data of rank {x.ndim} "
+                         f"with batch_dims {b}")
+    if x.shape[:b] != indices.shape[:b]:
+        raise ValueError(f"batch dims differ: data {list(x.shape[:b])}, indices {list(indices.shape[:b])}")
+    sizes = np.array(x.shape[b:b + k], dtype=np.int64)
+    idx = in_range(indices, sizes, "ND")
+    batches = int(np.prod(x.shape[:b], dtype=np.int64))
+    idx = idx.reshape(batches, -1, k)
+    lead = np.arange(batches).reshape(-1, 1)
+    return (lead, *np.moveaxis(idx, -1, 0)), (batches, *x.shape[b:])
+
+
+@register("GatherND")
+class GatherND(Kernel):
+    quiet = True
+
+    def __call__(self, x, indices):
+        b = int(self.attrs.get("batch_dims", 0))
+        where, view = _nd_index(x, indices, b)
+        out = x.reshape(view)[where]
+        return (out.reshape(*indices.shape[:-1], *x.shape[b + indices.shape[-1]:]),)
+
+
+@register("ScatterND")
+class ScatterND(Kernel):
+    quiet = True
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.reduce = _reduction(self)
+
+    def __call__(self, x, indices, updates):
+        where, view = _nd_index(x, indices, 0)
+        k = indices.shape[-1]
+        want = (*indices.shape[:-1], *x.shape[k:])
+        if updates.shape != want:
+            raise ValueError(f"updates have shape {list(updates.shape)}, indices and data need {list(want)}")
+        out = x.copy()
+        flat = out.reshape(view)
+        values = updates.reshape(1, -1, *x.shape[k:]).astype(out.dtype, copy=False)
+        if self.reduce is None:
+            flat[where] = values
+        else:
+            self.reduce.at(flat, where, values)
+        return (out,)
+
+
+@register("OneHot")
+class OneHot(Kernel):
+    """As ONNX specifies, an index outside [-depth, depth) gives a row of off values (no error)."""
+
+    quiet = True
+
+    def __call__(self, indices, depth, values):
+        d = int(depth.reshape(-1)[0])
+        if d < 1:
+            raise ValueError(f"depth {d} must be positive")
+        axis = _axis(int(self.attrs.get("axis", -1)), indices.ndim + 1)
+        check_elements([*indices.shape, d], "OneHot")
+        idx = np.asarray(indices).astype(np.int64)
+        idx = np.expand_dims(np.where(idx < 0, idx + d, idx), axis)
+        hot = idx == np.arange(d).reshape([-1 if a == axis else 1 for a in range(indices.ndim + 1)])
+        off, on = values.reshape(-1)[:2]
+        return (np.where(hot, on, off).astype(values.dtype),)
+
+
+@register("Trilu")
+class Trilu(Kernel):
+    """Keep the upper (``upper``=1) or lower triangle of the last two axes, shifted by diagonal k."""
+
+    quiet = True
+
+    def __call__(self, x, k=None):
+        if x.ndim < 2:
+            raise ValueError(f"input of rank {x.ndim} has no matrix to take a triangle of")
+        k = 0 if k is None else int(k.reshape(-1)[0])
+        return ((np.triu if self.attrs.get("upper", 1) else np.tril)(x, k),)
