@@ -81,6 +81,13 @@ def _attrs(node) -> dict[str, Any]:
             v = [x.decode("utf-8") if isinstance(x, bytes) else x for x in v]
             if not v:
                 continue  # an empty list carries no information and has no JSON type
+        elif isinstance(v, onnx.TensorProto):  # spec 4.3 (ConstantOfShape's fill value)
+            v = onnx.numpy_helper.to_array(v)
+            if v.dtype.name not in ONNX_DTYPES.values():
+                raise ConversionError(f"node {node.name or node.op_type!r} ({node.op_type}): tensor attribute "
+                                      f"{a.name!r} has element type {v.dtype}, which cannot be stored")
+            out[a.name] = v
+            continue
         if not (isinstance(v, (int, float, str)) or (isinstance(v, list) and all(isinstance(x, (int, float, str)) for x in v))):
             raise ConversionError(f"node {node.name or node.op_type!r} ({node.op_type}): attribute {a.name!r} "
                                   "of this type cannot be stored (graph or tensor attribute)")
@@ -99,10 +106,21 @@ def _value_info(vi) -> ValueInfo:
     return ValueInfo(vi.name, dtype, shape)
 
 
+# Folded with dcm's own kernel instead of onnx's reference: its GatherElements goes through
+# np.choose, which takes at most 32 choices (a gather along an axis longer than 32 fails with
+# "cannot reshape array of size 1 into shape ...") and wraps out-of-range indices.
+FOLD_WITH_RUNTIME = ("GatherElements",)
+
+
 def _evaluate(node, consts: dict[str, np.ndarray], opset: int) -> list[np.ndarray]:
     from onnx.reference import ReferenceEvaluator
 
     onnx = _onnx()
+    if node.op_type in FOLD_WITH_RUNTIME:
+        from dcm.runtime.cpu import REGISTRY
+
+        kernel = REGISTRY[node.op_type](Node(node.op_type, list(node.input), list(node.output), _attrs(node)), None)
+        return list(kernel(*(consts[i] for i in node.input)))
     graph_inputs = [i for i in node.input if i]
     g = onnx.helper.make_graph(
         [node], "fold",
