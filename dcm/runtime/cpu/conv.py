@@ -1,6 +1,8 @@
 """Conv: im2col through a strided window view, then the weight [C_out/g, C_in/g*kh*kw] @ columns;
 wide dense 3x3 stride-1 convolutions use Winograd F(2x2, 3x3) instead (winograd.py), and pruned or
-small ones the compiled direct sparse convolution (``_native.c``: no column matrix at all)."""
+small ones the compiled direct sparse convolution (``_native.c``: no column matrix at all).
+3-D convolutions, and weights fed at run time, take the general path: one copy of the window view
+of any number of spatial axes as columns, then the same products."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +14,9 @@ from dcm.runtime.cpu.activation import relu
 from dcm.runtime.cpu.matmul import WeightMatmul, even_ranges, thread_pool
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.cpu.winograd import conv3x3, eligible, transform_weight
-from dcm.runtime.cpu.windows import im2col, ints2, output_size, pads2, reduce_windows, resolve_pads, spatial_2d
+from dcm.runtime.cpu.shape import check_elements
+from dcm.runtime.cpu.windows import (axis_ints, im2col, ints2, output_size, pads2, reduce_windows, resolve_pads,
+                                      spatial_2d, windows)
 from dcm.runtime.kernel import LARGE_BATCH, Kernel
 
 # Direct sparse convolution against im2col + BLAS and Winograd, one layer at batch 1 on this
@@ -36,15 +40,23 @@ class Conv(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         name = node.inputs[1]
-        if not ctx.is_const(name):
-            raise UnsupportedOpError(f"Conv {node.name!r}: the weight must be a constant")
+        self.group = int(self.attrs.get("group", 1))
+        self.threads = ctx.threads
+        self.direct = self.winograd = None
+        self.index_cache: dict = {}  # im2col's gather index per small input shape
+        if not ctx.is_const(name):  # dense, on the general path, the weight read on every run
+            self.weight_inputs, self.mode, self.density, self.general, self.mms = (), "dense", None, True, []
+            return
         shape = ctx.model.tensors[name].shape
-        if len(shape) not in (3, 4):
-            raise UnsupportedOpError(f"Conv {node.name!r}: only 1-D and 2-D convolutions are supported")
+        if len(shape) < 3:
+            raise UnsupportedOpError(f"Conv {node.name!r}: the weight has rank {len(shape)}, at least 3 expected")
         self.nd = len(shape) - 2
+        self.general = self.nd > 2
+        if self.general:
+            self._load_general(ctx, node, name, shape)
+            return
         self.out_channels = shape[0]
         self.kernel = (1, shape[2]) if self.nd == 1 else (shape[2], shape[3])
-        self.group = int(self.attrs.get("group", 1))
         if self.out_channels % self.group:
             raise UnsupportedOpError(f"Conv {node.name!r}: {self.out_channels} outputs not divisible by group {self.group}")
         self.strides = ints2(self.attrs, "strides", self.nd, 1)
@@ -53,12 +65,9 @@ class Conv(Kernel):
         # Each sample adds one column per output pixel; unknown at load, but rarely under 16.
         self.mode, w, self.density = ctx.weight(node, name, columns_per_sample=LARGE_BATCH)
         self.in_channels = shape[1] * self.group
-        self.winograd = None  # U [16, C_in, C_out] when this layer runs as Winograd F(2x2, 3x3)
         self.mms: list[WeightMatmul] = []
-        self.index_cache: dict = {}  # im2col's gather index per small input shape
         b = ctx.opt_const(node, 2)
         self.bias = None if b is None else b.astype(np.float32).reshape(1, -1, 1, 1)
-        self.threads = ctx.threads
         requested = ctx.requested_mode(node, name)
         self.direct = self._direct_weight(requested, w, shape)
         wide_3x3 = self.allow_winograd and eligible(self.kernel, self.strides, self.dilations, self.group, shape[1],
@@ -90,7 +99,65 @@ class Conv(Kernel):
         return native.SparseConv(self.out_channels, shape[1], *self.kernel, self.group, *self.direct_pattern,
                           m.data.astype(np.float32, copy=False))
 
-    def __call__(self, x, _w=None, _b=None):
+    def _load_general(self, ctx, node, name: str, shape: tuple[int, ...]) -> None:
+        """A constant weight for the general path: its products, sparse or dense as chosen."""
+        self.mode, w, self.density = ctx.weight(node, name, columns_per_sample=LARGE_BATCH)
+        self.weight_shape = tuple(shape)
+        self.mms = self._group_products(self.mode, w if self.mode == "sparse" else w.reshape(shape[0], -1))
+
+    def _group_products(self, mode: str, w) -> list[WeightMatmul]:
+        """One W_g [C_out/g, C_in/g * k] product per group."""
+        m = w.to_scipy() if mode == "sparse" else w
+        out = self.weight_shape[0]
+        if out % self.group:
+            raise UnsupportedOpError(f"Conv {self.node.name!r}: {out} outputs not divisible by group {self.group}")
+        per = out // self.group
+        return [WeightMatmul(mode, m[g * per : (g + 1) * per], self.threads) for g in range(self.group)]
+
+    def _general(self, x: np.ndarray, w, b) -> np.ndarray:
+        """Any number of spatial axes: columns [G, C_in/g * k, N * pixels] copied from the window view."""
+        mms = self.mms
+        if w is not None:
+            w = np.asarray(w, dtype=np.float32)
+            if w.ndim < 3:
+                raise ValueError(f"the weight has rank {w.ndim}, at least 3 expected")
+            self.weight_shape = w.shape
+            mms = self._group_products("dense", w.reshape(w.shape[0], -1))
+        shape = self.weight_shape
+        nd = len(shape) - 2
+        if x.ndim != nd + 2:
+            raise ValueError(f"input of rank {x.ndim} for a weight of rank {nd + 2}")
+        n, c = x.shape[:2]
+        if c != shape[1] * self.group:
+            raise ValueError(f"input has {c} channels, the weight expects {shape[1] * self.group}")
+        kernel = tuple(shape[2:])
+        given = self.attrs.get("kernel_shape")
+        if given is not None and list(given) != list(kernel):
+            raise ValueError(f"kernel_shape {given} does not match the weight {list(shape)}")
+        strides = tuple(axis_ints(self.attrs, "strides", nd, 1))
+        dilations = tuple(axis_ints(self.attrs, "dilations", nd, 1))
+        begin, end = resolve_pads(self.attrs, x.shape[2:], kernel, strides, dilations)
+        out = output_size(x.shape[2:], kernel, strides, dilations, begin, end)
+        check_elements([n, c, *kernel, *out], "Conv column matrix")
+        v = windows(x.astype(np.float32, copy=False), kernel, strides, dilations, begin, end)  # [N, C, *out, *k]
+        cg = c // self.group
+        cols = v.reshape(n, self.group, cg, *out, *kernel)
+        cols = np.ascontiguousarray(cols.transpose(1, 2, *range(3 + nd, 3 + 2 * nd), 0, *range(3, 3 + nd)))
+        cols = cols.reshape(self.group, cg * int(np.prod(kernel)), -1)
+        y = np.concatenate([mm.left(cols[g]) for g, mm in enumerate(mms)], axis=0)  # [C_out, N * pixels]
+        y = np.ascontiguousarray(y.reshape(shape[0], n, *out).swapaxes(0, 1))
+        if b is not None:
+            b = np.asarray(b, dtype=np.float32)
+            if b.shape != (shape[0],):
+                raise ValueError(f"bias of shape {list(b.shape)}, expected [{shape[0]}]")
+            y += b.reshape((1, -1) + (1,) * nd)
+        if self.relu:
+            relu(y, out=y)
+        return y
+
+    def __call__(self, x, w=None, b=None):
+        if self.general:
+            return (self._general(x, w, b),)
         x, was_1d = spatial_2d(x)
         n, c = x.shape[:2]
         kh, kw = self.kernel

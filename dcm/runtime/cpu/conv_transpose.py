@@ -17,21 +17,9 @@ from dcm.errors import UnsupportedOpError
 from dcm.format import constants as C
 from dcm.runtime.cpu.matmul import WeightMatmul
 from dcm.runtime.cpu.registry import register
+from dcm.runtime.cpu.shape import check_elements
+from dcm.runtime.cpu.windows import axis_ints
 from dcm.runtime.kernel import LARGE_BATCH, Kernel
-
-
-def axis_ints(attrs: dict, key: str, nd: int, default: int) -> list[int]:
-    """Attribute ``key`` with one value per spatial axis (``default`` everywhere when absent)."""
-    value = list(attrs.get(key, [default] * nd))
-    if len(value) != nd:
-        raise ValueError(f"attribute {key!r} has {len(value)} values for {nd} spatial axes")
-    return value
-
-
-def check_elements(shape: tuple[int, ...] | list[int], what: str) -> None:
-    """A ValueError before allocating an array past the format's element limit."""
-    if any(d < 0 for d in shape) or math.prod(shape) > C.MAX_ELEMENTS:
-        raise ValueError(f"{what} of shape {tuple(shape)} is beyond the limit of {C.MAX_ELEMENTS} elements")
 
 
 @register("ConvTranspose")

@@ -1,5 +1,6 @@
-"""MaxPool, AveragePool and GlobalAveragePool: the compiled ``pool2d`` for float32 where it was built,
-else separable strided reductions in numpy (no loop over pixels)."""
+"""MaxPool, AveragePool, LpPool and the global pools: the compiled ``pool2d`` for 1-D and 2-D float32
+where it was built, else separable strided reductions in numpy (any number of spatial axes, no loop
+over pixels). MaxPool's optional Indices output gathers through the window view."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,8 @@ import numpy as np
 from dcm.runtime.cpu import native
 from dcm.runtime.cpu.matmul import even_ranges, thread_pool
 from dcm.runtime.cpu.registry import register
-from dcm.runtime.cpu.windows import ints2, output_size, pads2, reduce_windows, resolve_pads, spatial_2d
+from dcm.runtime.cpu.windows import (axis_ints, ints2, output_size, pads2, reduce_windows, resolve_pads, spatial_2d,
+                                      windows)
 from dcm.runtime.kernel import Kernel
 
 SPLIT_MIN_VALUES = 1 << 18  # input values past which the compiled pool splits its planes over the thread pool
@@ -18,13 +20,28 @@ class _Pool(Kernel):
         super().__init__(node, ctx)
         shape = self.attrs["kernel_shape"]
         self.nd = len(shape)
-        self.kernel = ints2(self.attrs, "kernel_shape", self.nd, 1)
-        self.strides = ints2(self.attrs, "strides", self.nd, 1)
-        self.dilations = ints2(self.attrs, "dilations", self.nd, 1)
+        if self.nd > 2:  # 3-D and up: numpy only, on the input's own layout
+            self.kernel = tuple(shape)
+            self.strides = tuple(axis_ints(self.attrs, "strides", self.nd, 1))
+            self.dilations = tuple(axis_ints(self.attrs, "dilations", self.nd, 1))
+            self.pad_attrs = self.attrs
+        else:
+            self.kernel = ints2(self.attrs, "kernel_shape", self.nd, 1)
+            self.strides = ints2(self.attrs, "strides", self.nd, 1)
+            self.dilations = ints2(self.attrs, "dilations", self.nd, 1)
+            self.pad_attrs = pads2(self.attrs, self.nd)
         self.ceil = bool(self.attrs.get("ceil_mode", 0))
-        self.pad_attrs = pads2(self.attrs, self.nd)
         self.threads = ctx.threads
-        self.quiet = native.pool2d is not None  # compiled (the numpy average can warn on inf - inf)
+        self.compiled = native.pool2d is not None and self.nd <= 2
+        self.quiet = self.compiled  # compiled (the numpy average can warn on inf - inf)
+
+    def _layout(self, x: np.ndarray) -> tuple[np.ndarray, bool]:
+        """(x on the layout the kernel works on, whether it was a 1-D input lifted to 2-D)."""
+        if self.nd > 2:
+            if x.ndim != self.nd + 2:
+                raise ValueError(f"input of rank {x.ndim} for a {self.nd}-D kernel_shape")
+            return x, False
+        return spatial_2d(x)
 
     def _pads(self, x):
         return resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations, self.ceil)
@@ -48,14 +65,41 @@ class _Pool(Kernel):
 
 @register("MaxPool")
 class MaxPool(_Pool):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.indices = len(node.outputs) > 1 and bool(node.outputs[1])
+        self.column_major = bool(self.attrs.get("storage_order", 0))
+
     def __call__(self, x):
-        x, was_1d = spatial_2d(x)
+        x, was_1d = self._layout(x)
         begin, end = self._pads(x)
-        if native.pool2d is not None and x.dtype == np.float32:
+        low = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
+        if self.indices:
+            y, i = self._with_indices(x, begin, end, low)
+            return (y[:, :, 0, :], i[:, :, 0, :]) if was_1d else (y, i)
+        if self.compiled and x.dtype == np.float32:
             y = self._native(x, begin, end, None)
         else:
-            y = reduce_windows(x, self.kernel, self.strides, self.dilations, begin, end, np.maximum, -np.inf)
+            y = reduce_windows(x, self.kernel, self.strides, self.dilations, begin, end, np.maximum, low)
         return (y[:, :, 0, :] if was_1d else y,)
+
+    def _with_indices(self, x: np.ndarray, begin: list[int], end: list[int], low) -> tuple[np.ndarray, np.ndarray]:
+        """Max and its flat index into x (over N, C and the spatial axes; spatial axes column-major
+        with storage_order=1), the first of equal maxima in window order, as onnx's reference."""
+        n, c = x.shape[:2]
+        spatial = x.shape[2:]
+        v = windows(x, self.kernel, self.strides, self.dilations, begin, end, fill=low)  # [N, C, *out, *kernel]
+        out = v.shape[2 : 2 + len(spatial)]
+        taps = int(np.prod(self.kernel))
+        flat = v.reshape(n, c, *out, taps)
+        best = flat.argmax(axis=-1)[..., None]
+        y = np.take_along_axis(flat, best, axis=-1)[..., 0]
+        positions = np.arange(int(np.prod(spatial)), dtype=np.int64).reshape(spatial, order="F" if self.column_major else "C")
+        where = windows(positions[None, None], self.kernel, self.strides, self.dilations, begin, end, fill=-1)
+        where = np.broadcast_to(where.reshape(1, 1, *out, taps), flat.shape)
+        index = np.take_along_axis(where, best, axis=-1)[..., 0]
+        plane = (np.arange(n * c, dtype=np.int64) * int(np.prod(spatial))).reshape((n, c) + (1,) * len(out))
+        return y, index + plane
 
 
 @register("AveragePool")
@@ -65,13 +109,13 @@ class AveragePool(_Pool):
         self._divisor: dict = {}
 
     def __call__(self, x):
-        x, was_1d = spatial_2d(x)
+        x, was_1d = self._layout(x)
         begin, end = self._pads(x)
         key = (x.shape[2:], tuple(begin), tuple(end))
         if key not in self._divisor:  # the same for every run at one input size: keep the last one
             self._divisor = {key: self.divisor(x.shape[2:], begin, end)}
         divisor = self._divisor[key]
-        if native.pool2d is not None:
+        if self.compiled:
             y = self._native(x.astype(np.float32, copy=False), begin, end, divisor.reshape(-1))
         else:
             y = reduce_windows(x.astype(np.float32, copy=False), self.kernel, self.strides, self.dilations, begin, end,
@@ -79,16 +123,31 @@ class AveragePool(_Pool):
             np.divide(y, divisor, out=y)
         return (y[:, :, 0, :] if was_1d else y,)
 
-    def divisor(self, spatial: tuple[int, int], begin: list[int], end: list[int]) -> np.ndarray:
-        """Elements averaged per output [1, 1, OH, OW]: explicit pads count with count_include_pad,
+    def divisor(self, spatial: tuple[int, ...], begin: list[int], end: list[int]) -> np.ndarray:
+        """Elements averaged per output [1, 1, *out]: explicit pads count with count_include_pad,
         the ceil-mode overhang never does."""
         ones = np.ones((1, 1) + tuple(spatial), dtype=np.float32)
         if self.attrs.get("count_include_pad", 0):
             b0, e0 = resolve_pads(self.pad_attrs, spatial, self.kernel, self.strides, self.dilations)
-            ones = np.pad(ones, ((0, 0), (0, 0), (b0[0], e0[0]), (b0[1], e0[1])), constant_values=1.0)
+            ones = np.pad(ones, ((0, 0), (0, 0), *zip(b0, e0)), constant_values=1.0)
             begin = [b - p for b, p in zip(begin, b0)]
             end = [e - p for e, p in zip(end, e0)]
         return reduce_windows(ones, self.kernel, self.strides, self.dilations, begin, end, np.add)
+
+
+@register("LpPool")
+class LpPool(_Pool):
+    """(sum of |x|^p over each window)^(1/p); padding adds zeros."""
+
+    def __call__(self, x):
+        x, was_1d = self._layout(x)
+        begin, end = self._pads(x)
+        p = float(self.attrs.get("p", 2))
+        x = np.asarray(x, dtype=np.float32)
+        powered = x * x if p == 2 else np.abs(x) ** np.float32(p)
+        y = reduce_windows(powered, self.kernel, self.strides, self.dilations, begin, end, np.add)
+        y = np.sqrt(y) if p == 2 else y ** np.float32(1 / p)
+        return (y[:, :, 0, :] if was_1d else y,)
 
 
 @register("GlobalAveragePool")

@@ -14,7 +14,7 @@ from scipy.special import expit
 
 from dcm.encoder.codec import CsrParts
 from dcm.errors import UnsupportedOpError
-from dcm.runtime.cpu.conv_transpose import check_elements
+from dcm.runtime.cpu.shape import check_elements
 from dcm.runtime.cpu.matmul import WeightMatmul
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.kernel import LARGE_BATCH, Kernel

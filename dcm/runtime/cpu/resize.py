@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from dcm.errors import UnsupportedOpError
-from dcm.runtime.cpu.conv_transpose import check_elements
+from dcm.runtime.cpu.shape import check_elements
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.kernel import Kernel
 

@@ -1,6 +1,8 @@
 """Sliding windows for Conv and pooling: padding arithmetic (incl. auto_pad) and im2col views.
 
-Everything works on 2-D spatial layouts; 1-D ops are lifted to H = 1 by the callers.
+im2col and the compiled kernels work on 2-D spatial layouts (1-D ops are lifted to H = 1 by the
+callers); the window view, output sizes and window reductions take any number of spatial axes
+(3-D Conv and pooling).
 """
 from __future__ import annotations
 
@@ -43,16 +45,17 @@ def resolve_pads(attrs: dict, spatial: tuple[int, ...], kernel: tuple[int, ...],
     return begin, end
 
 
-def windows(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int], dilations: tuple[int, int],
+def windows(x: np.ndarray, kernel: tuple[int, ...], strides: tuple[int, ...], dilations: tuple[int, ...],
             begin: list[int], end: list[int], fill: float = 0.0) -> np.ndarray:
-    """x [N, C, H, W] -> read-only view [N, C, OH, OW, kh, kw] of the padded windows."""
+    """x [N, C, *spatial] -> read-only view [N, C, *out, *kernel] of the padded windows."""
     if any(begin) or any(end):
-        x = np.pad(x, ((0, 0), (0, 0), (begin[0], end[0]), (begin[1], end[1])), constant_values=fill)
+        x = np.pad(x, ((0, 0), (0, 0), *zip(begin, end)), constant_values=fill)
     eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
-    if x.shape[2] < eff[0] or x.shape[3] < eff[1]:
+    if any(size < e for size, e in zip(x.shape[2:], eff)):
         raise ValueError(f"input {x.shape[2:]} (padded) is smaller than the kernel window {tuple(eff)}")
-    v = np.lib.stride_tricks.sliding_window_view(x, eff, axis=(2, 3))
-    return v[:, :, :: strides[0], :: strides[1], :: dilations[0], :: dilations[1]]
+    v = np.lib.stride_tricks.sliding_window_view(x, eff, axis=tuple(range(2, x.ndim)))
+    return v[(slice(None), slice(None), *(slice(None, None, s) for s in strides),
+              *(slice(None, None, d) for d in dilations))]
 
 
 _SCRATCH = threading.local()
@@ -166,32 +169,33 @@ def _gather_index(shape: tuple[int, ...], groups: int, kernel: tuple[int, int], 
     return np.ascontiguousarray(index).reshape(-1), oh, ow
 
 
-def output_size(spatial: tuple[int, ...], kernel: tuple[int, int], strides: tuple[int, int],
-                dilations: tuple[int, int], begin: list[int], end: list[int]) -> tuple[int, int]:
-    """(OH, OW) of a window op over an [H, W] input padded by begin/end; a ValueError when the padded
-    input is smaller than the window."""
-    oh = (spatial[0] + begin[0] + end[0] - (kernel[0] - 1) * dilations[0] - 1) // strides[0] + 1
-    ow = (spatial[1] + begin[1] + end[1] - (kernel[1] - 1) * dilations[1] - 1) // strides[1] + 1
-    if oh < 1 or ow < 1:
+def output_size(spatial: tuple[int, ...], kernel: tuple[int, ...], strides: tuple[int, ...],
+                dilations: tuple[int, ...], begin: list[int], end: list[int]) -> tuple[int, ...]:
+    """Output size per spatial axis of a window op over an input padded by begin/end; a ValueError
+    when the padded input is smaller than the window."""
+    out = tuple((size + b + e - (k - 1) * d - 1) // s + 1
+                for size, k, s, d, b, e in zip(spatial, kernel, strides, dilations, begin, end))
+    if any(o < 1 for o in out):
         raise ValueError(f"input {tuple(spatial)} (padded) is smaller than the kernel window")
-    return oh, ow
+    return out
 
 
-def reduce_windows(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int], dilations: tuple[int, int],
+def reduce_windows(x: np.ndarray, kernel: tuple[int, ...], strides: tuple[int, ...], dilations: tuple[int, ...],
                    begin: list[int], end: list[int], ufunc: np.ufunc, fill: float = 0.0) -> np.ndarray:
-    """ufunc-reduce every window: x [N, C, H, W] -> [N, C, OH, OW].
+    """ufunc-reduce every window: x [N, C, *spatial] -> [N, C, *out].
 
-    Separably: first the kh rows of every window (strided slices of whole rows), then the kw
-    columns of that smaller result, kh + kw - 2 operations instead of kh * kw - 1 over the 6-D
-    window view. 2x2/2 pools: 1.2-1.6x faster than reducing the four offsets at once; the 3x3/2
+    Separably, one spatial axis after the other: the kernel's offsets along an axis are strided
+    slices of the previous result, kh + kw - 2 operations instead of kh * kw - 1 over the window
+    view for 2-D. 2x2/2 pools: 1.2-1.6x faster than reducing the four offsets at once; the 3x3/2
     padded pool of ResNet's stem: several times faster.
     """
-    oh, ow = output_size(x.shape[2:], kernel, strides, dilations, begin, end)
+    out = output_size(x.shape[2:], kernel, strides, dilations, begin, end)
     if any(begin) or any(end):
-        x = np.pad(x, ((0, 0), (0, 0), (begin[0], end[0]), (begin[1], end[1])), constant_values=fill)
-    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilations
-    rows = _fold(ufunc, [x[:, :, i * dh : i * dh + (oh - 1) * sh + 1 : sh] for i in range(kh)])  # [N, C, OH, W]
-    return _fold(ufunc, [rows[..., j * dw : j * dw + (ow - 1) * sw + 1 : sw] for j in range(kw)])  # [N, C, OH, OW]
+        x = np.pad(x, ((0, 0), (0, 0), *zip(begin, end)), constant_values=fill)
+    for axis, (k, s, d, o) in enumerate(zip(kernel, strides, dilations, out), start=2):
+        lead = (slice(None),) * axis
+        x = _fold(ufunc, [x[lead + (slice(i * d, i * d + (o - 1) * s + 1, s),)] for i in range(k)])
+    return x
 
 
 def _fold(ufunc: np.ufunc, parts: list[np.ndarray]) -> np.ndarray:
@@ -211,6 +215,14 @@ def spatial_2d(x: np.ndarray) -> tuple[np.ndarray, bool]:
     if x.ndim != 4:
         raise UnsupportedOpError(f"only 1-D and 2-D spatial inputs are supported, got rank {x.ndim}")
     return x, False
+
+
+def axis_ints(attrs: dict, key: str, nd: int, default: int) -> list[int]:
+    """Attribute ``key`` with one value per spatial axis (``default`` everywhere when absent)."""
+    value = list(attrs.get(key, [default] * nd))
+    if len(value) != nd:
+        raise ValueError(f"attribute {key!r} has {len(value)} values for {nd} spatial axes")
+    return value
 
 
 def ints2(attrs: dict, key: str, nd: int, default: int) -> tuple[int, int]:
