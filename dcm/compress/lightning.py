@@ -71,7 +71,7 @@ class DeepCompression(Callback):
         if self.pruner is not None:
             self.pruner.finalize()
         self.sharing = share_weights(pl_module, self.bits, init=self.init)
-        codebooks = [m.parametrizations.weight[0].codebook for m in self.sharing.layers.values()]
+        codebooks = self.sharing.parameters()
         for opt in trainer.optimizers:  # the centroids are new parameters: fine-tune them too
             lr = self.centroid_lr if self.centroid_lr is not None else opt.param_groups[0]["lr"] / 25
             opt.add_param_group({"params": codebooks, "lr": lr, "weight_decay": 0.0})

@@ -12,7 +12,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from dcm.compress.distributed import from_rank0
-from dcm.compress.layers import per_layer, weight_layers
+from dcm.compress.layers import WeightRef, per_layer, weight_layers
 from dcm.compress.schedule import OneShot
 from dcm.encoder.prune import mask_by_quality, mask_by_sparsity
 
@@ -26,16 +26,17 @@ class Mask(nn.Module):
         return w * self.mask
 
 
-def _mask_of(module: nn.Module) -> Mask | None:
-    if parametrize.is_parametrized(module, "weight"):
-        return next((p for p in module.parametrizations.weight if isinstance(p, Mask)), None)
+def _mask_of(ref: WeightRef) -> Mask | None:
+    if parametrize.is_parametrized(ref.module, ref.param):
+        return next((p for p in ref.module.parametrizations[ref.param] if isinstance(p, Mask)), None)
     return None
 
 
 class Pruner:
     """Prune ``model`` towards per-layer targets; call ``step()`` at each pruning point of your loop.
 
-    ``sparsity``: fraction removed, globally, per kind ({"conv": .5, "fc": .9}) or per layer name.
+    ``sparsity``: fraction removed, globally, per kind ({"conv": .5, "fc": .9}), per module or per
+    weight name (``dcm.compress.layers``: Linear, Conv, Embedding, LSTM/GRU, MultiheadAttention...).
     ``quality``: instead, the paper's rule (threshold = quality x std of the layer's weights),
     applied once at the first step.
     """
@@ -59,18 +60,19 @@ class Pruner:
     def step(self) -> dict[str, float]:
         """Recompute masks from the surviving weights' magnitudes; returns the sparsity reached per layer."""
         frac = self.schedule.fraction(self.steps_done)
-        for name, m in self.layers.items():
-            w = m.weight.detach().cpu().numpy()  # effective weight: already masked
+        for name, ref in self.layers.items():
+            weight = ref.weight
+            w = weight.detach().cpu().numpy()  # effective weight: already masked
             if name in self.quality:
                 keep = mask_by_quality(w, float(self.quality[name])) & (w != 0)
             else:
                 keep = mask_by_sparsity(w, float(self.targets[name]) * frac)
                 keep &= w != 0  # a pruned weight never comes back
-            mask = torch.from_numpy(np.ascontiguousarray(keep)).to(m.weight.dtype).to(m.weight.device)
+            mask = torch.from_numpy(np.ascontiguousarray(keep)).to(weight.dtype).to(weight.device)
             from_rank0(mask)
-            existing = _mask_of(m)
+            existing = _mask_of(ref)
             if existing is None:
-                parametrize.register_parametrization(m, "weight", Mask(mask))
+                parametrize.register_parametrization(ref.module, ref.param, Mask(mask))
             else:
                 existing.mask.copy_(mask)
         self.steps_done += 1
@@ -78,6 +80,6 @@ class Pruner:
 
     def finalize(self) -> None:
         """Bake the masks into plain weights (zeros stay zeros) and remove the parametrizations."""
-        for m in self.layers.values():
-            if parametrize.is_parametrized(m, "weight"):
-                parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+        for ref in self.layers.values():
+            if parametrize.is_parametrized(ref.module, ref.param):
+                parametrize.remove_parametrizations(ref.module, ref.param, leave_parametrized=True)

@@ -12,7 +12,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from dcm.compress.distributed import from_rank0
-from dcm.compress.layers import kind, per_layer, weight_layers
+from dcm.compress.layers import WeightRef, per_layer, weight_layers
 from dcm.encoder.kmeans import Init, kmeans_1d
 
 
@@ -30,27 +30,32 @@ class SharedWeights(nn.Module):
 class WeightSharing:
     """Handle returned by ``share_weights``: the codebooks, and ``finalize()`` to bake them in."""
 
-    def __init__(self, layers: dict[str, nn.Module], bits: dict[str, int]):
+    def __init__(self, layers: dict[str, WeightRef], bits: dict[str, int]):
         self.layers = layers
         self.bits = bits
 
+    def parameters(self) -> list[nn.Parameter]:
+        """The trainable codebooks (give them to the optimizer; the tied weights are frozen)."""
+        return [ref.module.parametrizations[ref.param][0].codebook for ref in self.layers.values()
+                if parametrize.is_parametrized(ref.module, ref.param)]
+
     def codebooks(self) -> dict[str, np.ndarray]:
-        return {n: m.parametrizations.weight[0].codebook.detach().cpu().numpy() for n, m in self.layers.items()
-                if parametrize.is_parametrized(m, "weight")}
+        return {n: ref.module.parametrizations[ref.param][0].codebook.detach().cpu().numpy()
+                for n, ref in self.layers.items() if parametrize.is_parametrized(ref.module, ref.param)}
 
     def code_bits(self) -> dict[str, int]:
         """Bits per layer kind, as ``from_torch(code_bits=...)`` wants them (max over the kind's layers)."""
         out: dict[str, int] = {}
-        for n, m in self.layers.items():
-            out[kind(m)] = max(out.get(kind(m), 1), self.bits[n])
+        for n, ref in self.layers.items():
+            out[ref.kind] = max(out.get(ref.kind, 1), self.bits[n])
         return out
 
     def finalize(self) -> None:
         """Replace each parametrization by a plain weight holding at most 2^bits distinct non-zeros."""
-        for m in self.layers.values():
-            if parametrize.is_parametrized(m, "weight"):
-                parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
-                m.weight.requires_grad_(True)
+        for ref in self.layers.values():
+            if parametrize.is_parametrized(ref.module, ref.param):
+                parametrize.remove_parametrizations(ref.module, ref.param, leave_parametrized=True)
+                ref.weight.requires_grad_(True)
 
 
 @torch.no_grad()
@@ -63,18 +68,19 @@ def share_weights(model: nn.Module, bits: int | dict = None, init: Init = "linea
     layers = weight_layers(model)
     bits_per = per_layer(bits if bits is not None else {"conv": 8, "fc": 5}, layers)
     layers = {n: layers[n] for n in bits_per}
-    for n, m in layers.items():
-        if parametrize.is_parametrized(m, "weight"):
-            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
-        w = m.weight.detach().cpu().numpy()
+    for n, ref in layers.items():
+        if parametrize.is_parametrized(ref.module, ref.param):
+            parametrize.remove_parametrizations(ref.module, ref.param, leave_parametrized=True)
+        weight = ref.weight
+        w = weight.detach().cpu().numpy()
         mask = w != 0
         codebook, labels = kmeans_1d(w[mask], 1 << int(bits_per[n]), init=init)
         full = np.zeros(w.shape, dtype=np.int64)
         full[mask] = labels
         if not len(codebook):
             codebook = np.zeros(1, np.float32)
-        m.weight.requires_grad_(False)
-        shared = SharedWeights(codebook, full, mask, m.weight.dtype, m.weight.device)
+        weight.requires_grad_(False)
+        shared = SharedWeights(codebook, full, mask, weight.dtype, weight.device)
         from_rank0(shared.codebook.data, shared.labels, shared.mask)
-        parametrize.register_parametrization(m, "weight", shared, unsafe=True)
+        parametrize.register_parametrization(ref.module, ref.param, shared, unsafe=True)
     return WeightSharing(layers, {n: int(b) for n, b in bits_per.items()})

@@ -16,14 +16,14 @@ def sensitivity(model: nn.Module, eval_fn: Callable[[nn.Module], float], sparsit
                 layers: Sequence[str] | None = None) -> dict[str, dict[float, float]]:
     """{layer: {sparsity: eval_fn(model with only that layer pruned)}}; the model is restored after."""
     out: dict[str, dict[float, float]] = {}
-    for name, m in weight_layers(model, layers).items():
-        saved = m.weight.detach().clone()
+    for name, ref in weight_layers(model, layers).items():
+        saved = ref.weight.detach().clone()
         out[name] = {}
         for s in sparsities:
             keep = mask_by_sparsity(saved.cpu().numpy(), float(s))
-            m.weight.mul_(torch.from_numpy(keep).to(saved.dtype).to(saved.device))
+            ref.weight.mul_(torch.from_numpy(keep).to(saved.dtype).to(saved.device))
             out[name][float(s)] = float(eval_fn(model))
-            m.weight.copy_(saved)
+            ref.weight.copy_(saved)
     return out
 
 
