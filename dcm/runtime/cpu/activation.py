@@ -221,6 +221,17 @@ class Gelu(Kernel):
         return (inner.astype(x.dtype, copy=False),)
 
 
+@register("Swish")
+class Swish(Kernel):
+    """x sigmoid(alpha x) (opset 24; alpha = 1 is SiLU)."""
+
+    def __call__(self, x):
+        y = np.multiply(x, -float(self.attrs.get("alpha", 1.0)))
+        np.exp(y, out=y)  # overflows to inf for very negative x: x / inf is the right -0
+        y += 1
+        return (np.divide(x, y, out=y),)
+
+
 @register("Mish")
 class Mish(Kernel):
     """x tanh(softplus(x))."""

@@ -61,7 +61,7 @@ class _Reduce(Kernel):
         if not axes and self.noop_empty:
             return (x,)
         y = self.reduce(x, normalize_axis_tuple(axes, x.ndim) if axes else None)
-        return (y.astype(x.dtype, copy=False),)
+        return (np.asarray(y, dtype=x.dtype),)  # a 0-D array, not the numpy scalar a full reduction gives
 
     def reduce(self, x: np.ndarray, axes: Axes) -> np.ndarray:
         raise NotImplementedError

@@ -1,4 +1,5 @@
-"""One-input math: Abs, Neg, Exp, Log, Sqrt, Reciprocal, Erf, Floor, Ceil, Round, Sign.
+"""One-input math: Abs, Neg, Exp, Log, Sqrt, Reciprocal, Erf, Floor, Ceil, Round, Sign, and the
+trigonometric and hyperbolic functions (rotary position embeddings compute Sin and Cos at run time).
 
 Each keeps its input's dtype, as ONNX types them (numpy would return float32 for some float16
 routines and float64 from scipy for integer inputs).
@@ -86,3 +87,14 @@ class Erf(_Unary):
     def fn(x):
         # scipy has float32 and float64 loops; float16 (and integers, which ONNX allows) go through float32.
         return scipy.special.erf(x if x.dtype in (np.float32, np.float64) else x.astype(np.float32))
+
+
+def _register_numpy(op: str, fn) -> None:
+    """A kernel that is exactly numpy's ufunc (these warn on a domain error, so none is quiet)."""
+    register(op)(type(op, (_Unary,), {"fn": staticmethod(fn), "__doc__": f"numpy.{fn.__name__}"}))
+
+
+for _op, _fn in [("Sin", np.sin), ("Cos", np.cos), ("Tan", np.tan), ("Asin", np.arcsin), ("Acos", np.arccos),
+                 ("Atan", np.arctan), ("Sinh", np.sinh), ("Cosh", np.cosh), ("Asinh", np.arcsinh),
+                 ("Acosh", np.arccosh), ("Atanh", np.arctanh)]:
+    _register_numpy(_op, _fn)
