@@ -304,7 +304,7 @@ def from_onnx(source, options: ConvertOptions | None = None,
                 raise ConversionError(f"node {n.name!r} ({n.op}): input {x!r} is missing (no initializer, "
                                       "graph input or earlier node provides it)")
         known.update(n.outputs)
-    used = {x for n in nodes for x in n.inputs}
+    used = {x for n in nodes for x in n.inputs} | {v.name for v in g.outputs}  # an output may be folded
     weight_of = {}
     for n in nodes:
         i = WEIGHT_OPS.get(n.op)

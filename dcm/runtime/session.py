@@ -234,7 +234,9 @@ class InferenceSession:
         self._run(env)
         if self._torch:
             return [env[n].detach().cpu().numpy() if hasattr(env[n], "detach") else np.asarray(env[n]) for n in names]
-        return [np.ascontiguousarray(env[n]) for n in names]  # a fully connected layer's output may be a .T view
+        # A fully connected layer's output may be a .T view, Expand's a broadcast one; ascontiguousarray
+        # alone would turn a 0-d result (Size, a scalar MatMul) into shape (1,).
+        return [y if y.flags.c_contiguous else np.ascontiguousarray(y) for y in map(np.asarray, map(env.__getitem__, names))]
 
     def profile(self, feeds: dict[str, Any], runs: int = 10) -> list[dict[str, Any]]:
         """``describe()`` plus each node's mean ``seconds`` over ``runs`` runs of ``feeds``.

@@ -80,7 +80,7 @@ class Flatten(Kernel):
         self.axis = int(self.attrs.get("axis", 1))
 
     def __call__(self, x):
-        axis = self.axis % (x.ndim + 1) if x.ndim else 0
+        axis = self.axis + x.ndim if self.axis < 0 else self.axis  # in -rank..rank
         return (x.reshape(math.prod(x.shape[:axis]), -1),)
 
 
@@ -264,14 +264,15 @@ class DepthToSpace(Kernel):
 
 @register("SpaceToDepth")
 class SpaceToDepth(Kernel):
-    """[N, C, H, W] -> [N, C b^2, H / b, W / b]."""
+    """[N, C, H, W] -> [N, C b^2, H / b, W / b]; mode DCR (the default) or CRD (opset 25)."""
 
     def __call__(self, x):
         b = int(self.attrs.get("blocksize", 0))
         n, c, h, w = x.shape
         if b < 1 or h % b or w % b:
             raise ValueError(f"blocksize {b} does not divide the spatial size {h}x{w}")
-        y = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
+        perm = (0, 1, 3, 5, 2, 4) if self.attrs.get("mode", "DCR") == "CRD" else (0, 3, 5, 1, 2, 4)
+        y = x.reshape(n, c, h // b, b, w // b, b).transpose(perm)
         return (np.ascontiguousarray(y.reshape(n, c * b * b, h // b, w // b)),)
 
 
