@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 from dcm.errors import EncodeError, FormatError
 from dcm.format import constants as C
-from dcm.format.blobs import CodedPayload, pack_payload, parse_payload
+from dcm.format.blobs import CodedPayload, csr_bytes, decoded_size_limit, pack_payload, parse_payload
 from dcm.format.model import TensorRecord
 from dcm.encoder import huffman, relindex
 from dcm.encoder.kmeans import Init, assign, kmeans_1d
@@ -144,7 +144,7 @@ def check_decoded_size(record: TensorRecord, nbytes: int, form: str) -> None:
     Sparse encodings leave trailing zeros implicit, so a tiny payload may claim a huge shape;
     without this bound a 1 KB file could make the CSR row pointers (or a dense copy) take gigabytes.
     """
-    limit = C.DECODE_SLACK + C.DECODE_EXPANSION * len(record.payload)
+    limit = decoded_size_limit(len(record.payload))
     if nbytes > limit:
         raise FormatError(f"tensor {record.name!r}: its {form} form would take {nbytes:,} bytes, more than "
                           f"{limit:,} allowed for a {len(record.payload):,}-byte payload"
@@ -155,7 +155,7 @@ def decode_parts(record: TensorRecord) -> CsrParts:
     """Decode a coded tensor straight into CSR arrays of its 2-D view; never builds the dense array."""
     p = parse(record)
     rows, cols = matrix_shape(record.shape)
-    check_decoded_size(record, 8 * (rows + 1) + 32 * p.nnz, "CSR")
+    check_decoded_size(record, csr_bytes(record.shape, p.nnz), "CSR")
     itype = np.int32 if record.numel < 2**31 else np.int64
     codes = None
     if p.codes is not None:

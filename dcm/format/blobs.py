@@ -123,6 +123,17 @@ class CodedPayload:
         return out
 
 
+def decoded_size_limit(payload_length: int) -> int:
+    """Spec 8: the most bytes a coded tensor's decoded form may take, for a payload this long."""
+    return C.DECODE_SLACK + C.DECODE_EXPANSION * payload_length
+
+
+def csr_bytes(shape: tuple[int, ...] | list[int], nnz: int) -> int:
+    """Spec 8's size of the CSR form: (rows + 1) 8-byte row pointers, 32 bytes per stored entry
+    (column, value, code, position); rows is the first dim (1 for rank 0)."""
+    return 8 * ((shape[0] if len(shape) else 1) + 1) + 32 * nnz
+
+
 def n_blocks(count: int, block_log2: int) -> int:
     return -(-count >> block_log2) if count else 0
 

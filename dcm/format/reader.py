@@ -20,7 +20,7 @@ import numpy as np
 from dcm.errors import FormatError
 from dcm.format import constants as C
 from dcm.format.attrs import tensor_from_json
-from dcm.format.blobs import parse_payload
+from dcm.format.blobs import csr_bytes, decoded_size_limit, parse_payload
 from dcm.format.model import Model, Node, TensorRecord, ValueInfo
 
 Report = Callable[[FormatError], None]
@@ -120,6 +120,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    """JSON allows ``1e400``; as a binary64 it is infinity, which spec 4 rejects like ``Infinity``."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} overflows to infinity")
+    return value
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
     out = {}
     for k, v in pairs:
@@ -197,7 +205,8 @@ def _attr_ok(value: Any) -> bool:
 def _parse_graph(data: bytes, g_start: int, g_len: int, d_start: int, d_len: int, report: Report) -> Model:
     try:
         text = data[g_start : g_start + g_len].decode("utf-8")
-        doc = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+        doc = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float,
+                         object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FormatError(f"GRPH is not valid UTF-8 JSON: {exc}", g_start, "4") from None
     if not isinstance(doc, dict):
@@ -217,7 +226,7 @@ def _parse_graph(data: bytes, g_start: int, g_len: int, d_start: int, d_len: int
     nodes: list[Node] = []
     raw_nodes = doc.get("nodes")
     if not isinstance(raw_nodes, list) or len(raw_nodes) > C.MAX_NODES:
-        s.bad(f"nodes must be a list of at most {C.MAX_NODES}", "8")
+        s.bad(f"nodes must be a list of at most {C.MAX_NODES}", "8" if isinstance(raw_nodes, list) else "4")
         raw_nodes = []
     for i, n in enumerate(raw_nodes):
         if not isinstance(n, dict):
@@ -249,7 +258,8 @@ def _parse_graph(data: bytes, g_start: int, g_len: int, d_start: int, d_len: int
     tensors: dict[str, TensorRecord] = {}
     table = doc.get("tensors")
     if not isinstance(table, list) or len(table) > C.MAX_TENSORS:
-        raise FormatError(f"tensors must be a list of at most {C.MAX_TENSORS}", g_start, "4")
+        raise FormatError(f"tensors must be a list of at most {C.MAX_TENSORS}", g_start,
+                          "8" if isinstance(table, list) else "4")
     expected, end = 0, 0
     for i, t in enumerate(table):
         if not isinstance(t, dict):
@@ -267,7 +277,7 @@ def _parse_graph(data: bytes, g_start: int, g_len: int, d_start: int, d_len: int
         if not s.name(name, f"tensor {i} name"):
             continue
         if name in tensors:
-            s.bad(f"tensor name {name!r:.80} is not unique")
+            s.bad(f"tensor name {name!r:.80} is not unique", "4.1")
             continue
         if not _one_of(enc, C.ENCODINGS):
             s.bad(f"tensor {name!r:.80}: unknown encoding {enc!r:.40}", "5")
@@ -287,8 +297,14 @@ def _parse_graph(data: bytes, g_start: int, g_len: int, d_start: int, d_len: int
                 want = numel * C.DTYPES[dtype].itemsize
                 if length != want:
                     raise FormatError(f"tensor {name!r:.80}: raw payload is {length} bytes, shape and dtype need {want}", d_start + offset, "5.1")
+                if dtype == "bool" and np.any(np.frombuffer(payload, dtype=np.uint8) > 1):
+                    raise FormatError(f"tensor {name!r:.80}: a bool element is neither 0 nor 1", d_start + offset, "5.1")
             else:
-                parse_payload(payload, enc, numel, d_start + offset, name)
+                p = parse_payload(payload, enc, numel, d_start + offset, name)
+                if csr_bytes(shape, p.nnz) > decoded_size_limit(length):
+                    raise FormatError(f"tensor {name!r:.80}: its CSR form would take {csr_bytes(shape, p.nnz):,} bytes, "
+                                      f"more than {decoded_size_limit(length):,} allowed for a {length:,}-byte payload",
+                                      d_start + offset, "8")
         except FormatError as exc:
             report(exc)
             continue
@@ -313,10 +329,12 @@ def _check_wiring(model: Model, table: list, s: _Schema) -> None:
     known = {v.name for v in model.inputs} | {t.get("name") for t in table
                                               if isinstance(t, dict) and isinstance(t.get("name"), str)}
     if len({v.name for v in model.inputs}) != len(model.inputs):
-        s.bad("model input names must be unique")
+        s.bad("model input names must be unique", "4.2")
+    if len({v.name for v in model.outputs}) != len(model.outputs):
+        s.bad("model output names must be unique", "4.2")
     for v in model.inputs:
         if v.name in model.tensors:
-            s.bad(f"input {v.name!r:.80} has the name of a tensor")
+            s.bad(f"input {v.name!r:.80} has the name of a tensor", "4.2")
     for i, n in enumerate(model.nodes):
         for x in n.inputs:
             if x and x not in known:

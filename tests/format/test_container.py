@@ -110,7 +110,7 @@ BAD_FILES = {
     "3 reserved field": lambda d: d[:20] + b"\1" + d[21:],
     "3.2 non-zero padding": lambda d: _patch(d, b"DATA", _nonzero_pad(d)),
     "4 not json": lambda d: _patch(d, b"GRPH", b"{" + b" " * 75),
-    "4 duplicate tensor name": lambda d: _with_graph(d, lambda g: g["tensors"][1].update(name="w1")),
+    "4.1 duplicate tensor name": lambda d: _with_graph(d, lambda g: g["tensors"][1].update(name="w1")),
     "5 unknown encoding": lambda d: _with_graph(d, lambda g: g["tensors"][0].update(encoding="zip")),
     "4.2 dangling input": lambda d: _with_graph(d, lambda g: g["nodes"][1].update(inputs=["nowhere"])),
     "8 rank limit": lambda d: _with_graph(d, lambda g: g["inputs"][0].update(shape=[1] * 9)),

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from benchmarks import fuzz
 from dcm.encoder import decode_tensor, encode_tensor
-from dcm.errors import DcmError
+from dcm.errors import DcmError, FormatError
 from dcm.format import Model, Node, ValueInfo, read, to_bytes, validate
 from dcm.runtime import InferenceSession
 
@@ -109,8 +109,10 @@ def test_small_file_with_huge_claim_allocates_little(model_bytes, case):
 
 
 def test_dense_decode_of_a_sparse_claim_is_refused(model_bytes):
-    rec = read(_claim_shape(model_bytes, "w1", [2**27 - 1, 12])).tensors["w1"]
-    with pytest.raises(DcmError, match=r"spec 8.*dense form"):
+    with pytest.raises(FormatError, match=r"spec 8.*CSR form"):  # many rows: the file breaks rule 8
+        read(_claim_shape(model_bytes, "w1", [2**27 - 1, 12]))
+    rec = read(_claim_shape(model_bytes, "w1", [12, 2**27 - 1])).tensors["w1"]  # a valid file ...
+    with pytest.raises(DcmError, match=r"spec 8.*dense form"):  # ... whose dense form is too large
         decode_tensor(rec)
 
 
