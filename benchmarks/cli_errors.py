@@ -1,11 +1,13 @@
 """Every CLI command given bad input: the exit code, the one stderr line, and that nothing was written.
 
-    python -m benchmarks.cli_errors      # prints the README's table (markdown)
+    python -m benchmarks.cli_errors      # prints the table of docs/reliability.md (markdown)
 
 ``tests/test_cli_errors.py`` runs the same cases and asserts: the documented exit code, exactly
 one line on stderr, no traceback, no file created or changed. When run as root, the read-only
 cases make the folder immutable (``chattr +i``), since root ignores folder permissions; where
-that is not possible either, they are skipped.
+that is not possible either, they are skipped. Cases with ``stdout_closed`` run with the reading
+end of stdout already closed (``dcm ... | head`` after head exits): they must exit 141 with
+nothing on stderr.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ class Case:
     argv: list[str]  # {w} is the workspace folder
     exit_code: int
     read_only: bool = False  # needs a folder the process cannot write to
+    stdout_closed: bool = False  # nobody reads stdout: exit quietly, no BrokenPipeError
+    writes: bool = False  # may create new files (never change existing ones)
 
 
 CASES = [
@@ -56,6 +60,25 @@ CASES = [
     Case("export", "read-only output folder", ["export", "{w}/model.dcm", "-o", "{w}/ro/m.onnx"], 2, True),
     Case("verify", "inputs .npz of the wrong shape", ["verify", "{w}/model.dcm", "--inputs", "{w}/bad.npz"], 2),
     Case("demo", "output folder is a file", ["demo", "--fast", "--out", "{w}/empty.dcm"], 2),
+    *[Case("convert", f"--sparsity {s}", ["convert", "{w}/model.onnx", "-o", "{w}/m.dcm", "--sparsity", s], 2)
+      for s in ("1.5", "-0.1", "fc1=2", "abc", "=0.5", "fc9=0.5", "0=0.9", "/0/Gemm=0.9")],
+    *[Case("convert", f"--code-bits {b}", ["convert", "{w}/model.onnx", "-o", "{w}/m.dcm", "--code-bits", b], 2)
+      for b in ("fc=5,xyz=3", "0", "17", "five")],
+    Case("convert", "--index-bits 0", ["convert", "{w}/model.onnx", "-o", "{w}/m.dcm", "--index-bits", "0"], 2),
+    Case("convert", "--exact with --code-bits", ["convert", "{w}/model.onnx", "-o", "{w}/m.dcm", "--exact",
+                                                 "--code-bits", "5"], 2),
+    Case("inspect", "--plot into a missing folder", ["inspect", "{w}/model.dcm", "--plot", "{w}/no/dir/out.png"], 2),
+    Case("inspect", "--batch 0", ["inspect", "{w}/model.dcm", "--kernels", "--batch", "0"], 2),
+    *[Case("bench", f"{opt} {v}", ["bench", "{w}/model.dcm", opt, v], 2)
+      for opt, v in (("--batch", "0"), ("--runs", "0"), ("--threads", "0"), ("--runs", "many"))],
+    Case("verify", "--rtol -1", ["verify", "{w}/model.dcm", "--rtol", "-1"], 2),
+    Case("verify", "--atol nan", ["verify", "{w}/model.dcm", "--atol", "nan"], 2),
+    Case("verify", "--source missing", ["verify", "{w}/model.dcm", "--source", "{w}/nope.onnx"], 2),
+    Case("verify", "--source not ONNX", ["verify", "{w}/model.dcm", "--source", "{w}/image.png"], 2),
+    Case("inspect", "--json, stdout closed (| head)", ["inspect", "--json", "{w}/model.dcm"], 141, stdout_closed=True),
+    Case("bench", "stdout closed (| head)", ["bench", "{w}/model.dcm", "--runs", "2"], 141, stdout_closed=True),
+    Case("convert", "--json, stdout closed (| head)", ["convert", "--json", "--exact", "{w}/model.onnx", "-o",
+                                                       "{w}/piped.dcm"], 141, stdout_closed=True, writes=True),
 ]
 
 
@@ -108,8 +131,17 @@ def snapshot(w: Path) -> dict[str, bytes]:
 
 
 def run_case(case: Case, w: Path) -> subprocess.CompletedProcess:
-    argv = [a.replace("{w}", str(w)) for a in case.argv]
-    return subprocess.run([sys.executable, "-m", "dcm.cli", *argv], capture_output=True, text=True, cwd=w, timeout=300)
+    argv = [sys.executable, "-m", "dcm.cli", *(a.replace("{w}", str(w)) for a in case.argv)]
+    if not case.stdout_closed:
+        return subprocess.run(argv, capture_output=True, text=True, cwd=w, timeout=300)
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=w)
+    p.stdout.close()  # as `| head` does once it has its lines: every write to stdout now fails
+    try:
+        err = p.stderr.read()
+        p.wait(timeout=300)
+    finally:
+        p.stderr.close()
+    return subprocess.CompletedProcess(argv, p.returncode, "", err)
 
 
 def main() -> int:
@@ -121,7 +153,7 @@ def main() -> int:
             if case.read_only and not read_only_works(w):
                 continue
             r = run_case(case, w)
-            text = (r.stderr.strip() or r.stdout.strip()).replace(str(w), "…").replace("|", "\\|")
+            text = (r.stderr.strip() or r.stdout.strip() or "(nothing)").replace(str(w), "…").replace("|", "\\|")
             print(f"| `dcm {case.command}` | {case.what} | {r.returncode} | {text} |")
     finally:
         remove_workspace(w)

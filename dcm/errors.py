@@ -43,3 +43,7 @@ class ExecutionError(DcmError):
 
 class ConversionError(DcmError):
     """A source model (ONNX, PyTorch) cannot be turned into a .dcm graph."""
+
+
+class UnknownLayerError(DcmError, ValueError):
+    """An option names a layer the model does not have (``InferenceSession(kernels={...})``)."""

@@ -7,17 +7,20 @@ from __future__ import annotations
 import os
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal
 
 import numpy as np
 
 from dcm.errors import ConversionError
 from dcm.format.model import Model, Node, ValueInfo
-from dcm.encoder.codec import encode_raw, encode_tensor
+from dcm.encoder.codec import encode_raw
 from dcm.encoder.prune import mask_by_sparsity
+from dcm.encoder.smallest import encode_smallest, largest_change
+from dcm.names import by_layer, layer_aliases
 
 MIN_OPSET = 7
+KINDS = ("conv", "fc")  # setting keys that mean every layer of a kind, not one layer
 WEIGHT_OPS = {"Conv": 1, "Gemm": 1, "MatMul": 1}  # op -> position of its weight input
 ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
                10: "float16", 11: "float64"}
@@ -35,9 +38,6 @@ class ConvertOptions:
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # explicit kept positions per weight
     min_coded_elements: int = 64  # smaller weights stay raw: coding them would cost more than it saves
     metadata: dict[str, str] = field(default_factory=dict)
-
-    def lossy(self) -> bool:
-        return bool(self.sparsity)
 
 
 def _onnx():
@@ -305,12 +305,15 @@ def from_onnx(source, options: ConvertOptions | None = None,
                                       "graph input or earlier node provides it)")
         known.update(n.outputs)
     used = {x for n in nodes for x in n.inputs} | {v.name for v in g.outputs}  # an output may be folded
-    weight_of = {}
+    weight_of, aliases = {}, {}
     for n in nodes:
         i = WEIGHT_OPS.get(n.op)
         if i is not None and len(n.inputs) > i and n.inputs[i] in g.consts and g.consts[n.inputs[i]].ndim >= 2:
             weight_of.setdefault(n.inputs[i], _layer_kind(n.op))
-    tensors = {}
+            aliases.setdefault(n.inputs[i], set()).update(layer_aliases(n.name, n.inputs[i]))
+    opts = replace(opts, **{k: by_layer(getattr(opts, k), aliases, k.replace("_", "-"), ConversionError, KINDS)
+                            for k in ("sparsity", "code_bits", "index_bits")})
+    tensors, change = {}, (0.0, "")
     names = [name for name in g.consts if name in used]
     for name in (progress(names) if progress else names):
         value = g.consts.pop(name)  # the dense copy is released once its tensor is coded
@@ -323,20 +326,29 @@ def from_onnx(source, options: ConvertOptions | None = None,
         s = _pick(opts.sparsity, name, kind)
         if s:
             mask = mask_by_sparsity(w, float(s))
-        if opts.exact and (mask is None and np.all(w != 0)):
-            tensors[name] = encode_raw(w, name)  # nothing to index: plain float32 is smallest
-        elif opts.exact:
-            tensors[name] = encode_tensor(w, mask, quantize=False, index_bits=_pick(opts.index_bits, name, kind), name=name)
-        else:
-            tensors[name] = encode_tensor(w, mask, code_bits=_pick(opts.code_bits, name, kind),
-                                          index_bits=_pick(opts.index_bits, name, kind), name=name)
+        tensors[name] = encode_smallest(w, mask, exact=opts.exact, code_bits=_pick(opts.code_bits, name, kind),
+                                        index_bits=_pick(opts.index_bits, name, kind), name=name)
+        change = max(change, (largest_change(w, mask, tensors[name]), name))
     metadata = {"producer": "dcm", "source_format": "onnx",
                 "source_producer": g.producer,
                 "settings": _describe(opts), **opts.metadata}
-    if opts.lossy():
-        warnings.warn("post-training pruning/quantization without retraining: check the accuracy "
-                      "(dcm convert --check DATA.npz reports the output drift)", stacklevel=2)
+    if change[0] > 0:  # one line, so that a lossy default is never silent
+        warnings.warn(f"conversion changed weight values ({_describe_change(opts)}): largest change "
+                      f"{change[0]:.2%} of a tensor's largest |weight|, in {change[1]!r}; --exact "
+                      "(ConvertOptions(exact=True)) keeps them; check the accuracy with --check DATA.npz",
+                      LossyConversionWarning, stacklevel=2)
     return Model(g.inputs, g.outputs, nodes, tensors, metadata, g.opset)
+
+
+class LossyConversionWarning(UserWarning):
+    """Conversion stored some weights with other values than the source's (codebook, pruning)."""
+
+
+def _describe_change(opts: ConvertOptions) -> str:
+    how = [] if opts.exact else ["codebook quantization"]
+    if opts.sparsity:
+        how.append("post-training pruning without retraining")
+    return " and ".join(how) or "pruning"
 
 
 def _describe(opts: ConvertOptions) -> str:

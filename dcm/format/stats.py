@@ -74,13 +74,31 @@ def model_stats(model: Model, file_bytes: int) -> dict[str, Any]:
     }
 
 
+NAME_WIDTH = (12, 40)  # the name column fits the longest name within these bounds
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, cut in the middle with an ellipsis when longer:
+    tensor names differ at their ends (``features.3.conv.1.weight``), so both ends must show."""
+    if len(text) <= width:
+        return text
+    head = width // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+def _name_width(names: list[str]) -> int:
+    return max(NAME_WIDTH[0], min(NAME_WIDTH[1], max((len(n) for n in names), default=0)))
+
+
 def format_table(stats: dict[str, Any]) -> str:
-    head = (f"{'tensor':<28}{'shape':>16}{'encoding':>26}{'nnz':>9}{'dens':>7}{'code b':>8}{'idx b':>7}"
+    w = _name_width([r["name"] for r in stats["tensors"]])
+    e = 2 + max([len(r["encoding"]) for r in stats["tensors"]] + [8])
+    head = (f"{'tensor':<{w + 1}}{'shape':>16}{'encoding':>{e}}{'nnz':>9}{'dens':>7}{'code b':>8}{'idx b':>7}"
             f"{'bits/w':>8}{'bits/i':>8}{'cbook':>7}{'tables':>8}{'payload':>10}{'ratio':>8}")
     lines = [head, "-" * len(head)]
     for r in stats["tensors"]:
         f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
-        lines.append(f"{r['name'][:27]:<28}{'x'.join(map(str, r['shape'])):>16}{r['encoding']:>26}{r['nnz']:>9}"
+        lines.append(f"{shorten(r['name'], w):<{w + 1}}{'x'.join(map(str, r['shape'])):>16}{r['encoding']:>{e}}{r['nnz']:>9}"
                      f"{r['density']:>7.1%}{f(r['code_bits'], 'd'):>8}{f(r['index_bits'], 'd'):>7}"
                      f"{f(r['bits_per_code'], '.2f'):>8}{f(r['bits_per_index'], '.2f'):>8}{r['codebook_bytes']:>7}"
                      f"{r['table_bytes']:>8}{r['payload_bytes']:>10}{r['ratio']:>7.1f}x")
@@ -124,14 +142,16 @@ def paper_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def format_paper_table(stats: dict[str, Any]) -> str:
-    head = (f"{'layer':<28}{'#weights':>12}{'weights% (P)':>14}{'weight bits':>13}{'(P+Q+H)':>9}"
+    rows = paper_rows(stats)
+    w = _name_width([r["layer"] for r in rows])
+    head = (f"{'layer':<{w + 1}}{'#weights':>12}{'weights% (P)':>14}{'weight bits':>13}{'(P+Q+H)':>9}"
             f"{'index bits':>12}{'(P+Q+H)':>9}{'rate (P+Q)':>12}{'(P+Q+H)':>9}")
     lines = [head, "-" * len(head)]
     f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
-    for r in paper_rows(stats):
+    for r in rows:
         if r["layer"] == "total":
             lines.append("-" * len(head))
-        lines.append(f"{r['layer'][:27]:<28}{r['weights']:>12,}{r['density']:>14.1%}{f(r['weight_bits_pq'], '.1f'):>13}"
+        lines.append(f"{shorten(r['layer'], w):<{w + 1}}{r['weights']:>12,}{r['density']:>14.1%}{f(r['weight_bits_pq'], '.1f'):>13}"
                      f"{f(r['weight_bits_pqh'], '.1f'):>9}{f(r['index_bits_pq'], '.1f'):>12}"
                      f"{f(r['index_bits_pqh'], '.1f'):>9}{f(r['rate_pq'], '.2%'):>12}{f(r['rate_pqh'], '.2%'):>9}")
     lines.append("(columns of the paper's Tables 4/5: P pruning, Q quantization, H Huffman; rate = coded / float32)")

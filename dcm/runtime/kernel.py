@@ -10,10 +10,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dcm.errors import UnsupportedOpError
+from dcm.errors import UnknownLayerError, UnsupportedOpError
 from dcm.format import constants as C
 from dcm.format.model import Model, Node
 from dcm.encoder.codec import CsrParts, check_decoded_size, decode_parts, decode_tensor, matrix_shape
+from dcm.names import by_layer, layer_aliases
 
 # Sparse wins only at low density and small batch (DEVELOPERS.md facts; benchmarks/runtime.py).
 SPARSE_MAX_DENSITY_SMALL_BATCH = 0.30
@@ -42,6 +43,14 @@ class LoadContext:
     device: str = "cpu"  # torch device of the GPU backend's kernels
     native_max_density: float | None = None  # set when the CPU's compiled sparse kernels are in use
     _dense: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Per-layer modes re-keyed by node name: users write the torch module path (``fc1``), the
+        node name (``/fc1/Gemm``) or the weight name (``fc1.weight``); an unknown name is an error."""
+        layers = {n.name: layer_aliases(n.name, n.inputs[1]) for n in self.model.nodes
+                  if len(n.inputs) > 1 and n.inputs[1] in self.model.tensors
+                  and len(self.model.tensors[n.inputs[1]].shape) >= 2}
+        self.modes = by_layer(self.modes, layers, "kernels", UnknownLayerError)
 
     def is_const(self, name: str) -> bool:
         return name in self.model.tensors
@@ -93,7 +102,7 @@ class LoadContext:
         """The mode the user asked for this layer ("sparse" or "dense"), None: choose."""
         m = self.modes
         if isinstance(m, dict):
-            m = m.get(node.name) or m.get(name)
+            m = m.get(node.name)
         if m is not None and m not in ("sparse", "dense"):
             raise ValueError(f"kernel mode must be 'sparse' or 'dense', got {m!r}")
         return m
