@@ -18,11 +18,17 @@ def _value_info(v: ValueInfo):
     return onnx.helper.make_tensor_value_info(v.name, TENSOR_TYPES[v.dtype], list(v.shape))
 
 
+def _onnx_attrs(attrs: dict) -> dict:
+    """Tensor attributes (spec 4.3) back to TensorProtos; make_node would take an array for a list."""
+    onnx = _onnx()
+    return {k: onnx.numpy_helper.from_array(v) if isinstance(v, np.ndarray) else v for k, v in attrs.items()}
+
+
 def to_onnx(model: Model):
     """A ModelProto that passes onnx.checker and runs in onnxruntime."""
     onnx = _onnx()
     inits = [onnx.numpy_helper.from_array(np.ascontiguousarray(decode_tensor(t)), t.name) for t in model.tensors.values()]
-    nodes = [onnx.helper.make_node(n.op, n.inputs, n.outputs, name=n.name, **n.attrs) for n in model.nodes]
+    nodes = [onnx.helper.make_node(n.op, n.inputs, n.outputs, name=n.name, **_onnx_attrs(n.attrs)) for n in model.nodes]
     graph = onnx.helper.make_graph(nodes, "dcm", [_value_info(v) for v in model.inputs],
                                    [_value_info(v) for v in model.outputs], inits)
     m = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", model.opset)],
