@@ -107,8 +107,9 @@ class ConvTranspose(Kernel):
 
     def _geometry(self, spatial, kernel, strides, dilations) -> tuple[list[int], list[int]]:
         """(begin crop, output size) per spatial axis: from ``output_shape`` or auto_pad SAME (ONNX's
-        total padding, split as in onnx's reference), else from ``pads``. Output larger than the
-        full result (negative total padding) is zeros at the end."""
+        total padding: SAME_UPPER and an explicit output_shape crop the odd element at the end, as
+        onnx's reference and onnxruntime do, SAME_LOWER at the start), else from ``pads``. Output
+        larger than the full result (negative total padding) is zeros at the end."""
         nd = len(spatial)
         extra = axis_ints(self.attrs, "output_padding", nd, 0)
         if any(not 0 <= e <= C.MAX_ELEMENTS for e in extra):
@@ -123,7 +124,7 @@ class ConvTranspose(Kernel):
             if len(out) != nd or any(not 1 <= o <= C.MAX_ELEMENTS for o in out):
                 raise ValueError(f"output_shape {target} does not fit {nd} spatial axes")
             total = [max(0, f - o) for f, o in zip(full, out)]
-            begin = [t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in total]
+            begin = [t - t // 2 if auto == "SAME_LOWER" else t // 2 for t in total]
             return begin, out
         pads = [0] * 2 * nd if auto == "VALID" else list(self.attrs.get("pads", [0] * 2 * nd))
         if len(pads) != 2 * nd:

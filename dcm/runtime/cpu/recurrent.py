@@ -302,7 +302,7 @@ class LSTM(_Recurrent):
             forget = 1 - i if self.input_forget else f(self._clip(gates[:, 2 * hidden : 3 * hidden] + p_f * c))
             cell = forget * c + i * g(self._clip(gates[:, 3 * hidden :]))
             o = f(self._clip(gates[:, hidden : 2 * hidden] + p_o * cell))
-            new = o * act_h(self._clip(cell))
+            new = o * act_h(cell)  # clip bounds the gates' inputs, not the cell state (as onnxruntime)
             ys[t] = new if valid is None else np.where(valid[t][:, None], new, 0)
             h = self._keep(valid, t, new, h)
             c = self._keep(valid, t, cell, c)
