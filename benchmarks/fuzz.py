@@ -1,15 +1,23 @@
-"""Structure-aware fuzzing of ``dcm.format.read``, ``validate`` and ``InferenceSession``.
+"""Structure-aware fuzzing of ``dcm.format.read``, ``validate``, ``InferenceSession`` and the ONNX converter.
 
 Random byte flips mostly die at the CRC checks, so most mutations here are made *inside* the
 structure and the checksums are then recomputed: JSON values in the graph, fields of a tensor's
-payload header, Huffman length counts, block bit lengths, section lengths, truncation. Every input
-must end in success or a ``DcmError``; anything else is a crash.
+payload header, Huffman length counts, block bit lengths, section lengths, truncation. Some inputs
+keep a seed's file and get hostile feeds instead (out-of-range indices, zero-size or reshaped
+arrays, other dtypes). A share of the inputs are mutated ONNX models through the converter
+(``benchmarks/fuzz_onnx.py``). Every input must end in success or a ``DcmError``; anything else is
+a crash.
 
-    python -m benchmarks.fuzz --iterations 100000 [--workers 2] [--seed 0]
+Seeds: hand-made .dcm models that between them reach every compiled kernel of ``_native.c``, plus
+(with onnx installed) models of every op in the CPU registry: onnx's backend node cases and
+hand-built transformer, recurrent and upsampling models, converted.
 
-prints inputs tried, outcomes, crashes, hangs and the peak RSS, and writes
-benchmarks/results/fuzz.json. A crash's input is saved under benchmarks/results/crashes/.
-``tests/format/test_fuzz.py`` runs the same mutator for a few thousand cases under hypothesis.
+    python -m benchmarks.fuzz --iterations 100000 [--workers 2] [--seed 0] [--convert-share 0.1]
+
+prints inputs tried, outcomes, crashes, hangs, the peak RSS, and which compiled kernels and registry
+ops the campaign ran, and writes all of it to benchmarks/results/fuzz.json (``--name``). A crash's
+input is saved under benchmarks/results/crashes/. ``tests/format/test_hostile.py`` runs the .dcm
+mutators on the hand-made seeds; ``tests/test_fuzz.py`` checks the harness itself.
 """
 from __future__ import annotations
 
@@ -24,7 +32,10 @@ import sys
 import time
 import traceback
 import zlib
+from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -109,9 +120,97 @@ def _convnet() -> Model:
                  nodes, tensors, {})
 
 
+def _mlp_batch1() -> Model:
+    """Two pruned layers at a fixed batch of 1: the batch-1 kernel (matvec), with and without ReLU."""
+    rng = np.random.default_rng(5)
+    tensors = {"w1": encode_tensor(_pruned(rng, (32, 24), 0.1), code_bits=4, index_bits=4, name="w1"),
+               "b1": encode_raw(rng.normal(size=32).astype(np.float32), "b1"),
+               "w2": encode_tensor(_pruned(rng, (6, 32), 0.2), code_bits=3, index_bits=3, name="w2")}
+    nodes = [Node("Gemm", ["x", "w1", "b1"], ["h"], {"transB": 1}, "fc1"), Node("Relu", ["h"], ["r"], {}, "relu"),
+             Node("Gemm", ["r", "w2"], ["y"], {"transB": 1}, "fc2")]
+    return Model([ValueInfo("x", "float32", [1, 24])], [ValueInfo("y", "float32", [1, 6])], nodes, tensors, {})
+
+
+def _wide3x3() -> Model:
+    """A dense 3x3 convolution wide enough (64 channels each way) for Winograd's compiled transforms."""
+    rng = np.random.default_rng(4)
+    tensors = {"k": encode_tensor(rng.normal(size=(64, 64, 3, 3)).astype(np.float32), code_bits=4, name="k"),
+               "kb": encode_raw(rng.normal(size=64).astype(np.float32), "kb")}
+    nodes = [Node("Conv", ["x", "k", "kb"], ["c"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, "wino"),
+             Node("Relu", ["c"], ["y"], {}, "relu")]
+    return Model([ValueInfo("x", "float32", ["batch", 64, 6, 6])], [ValueInfo("y", "float32", ["batch", 64, 6, 6])],
+                 nodes, tensors, {})
+
+
 @lru_cache(maxsize=None)
 def seeds() -> tuple[bytes, ...]:
-    return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet))
+    """The hand-made .dcm seeds: between them they reach every compiled kernel (KERNELS)."""
+    return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _wide3x3))
+
+
+@lru_cache(maxsize=None)
+def op_seeds() -> tuple[tuple[bytes, dict], ...]:
+    """(file, feeds) of models of every registry op that convert and run (``fuzz_onnx.node_seeds``:
+    onnx's backend node cases and hand-built models), or none without the onnx package."""
+    try:
+        from benchmarks.fuzz_onnx import node_seeds
+    except ImportError:
+        return ()
+    return tuple((to_bytes(model), feeds) for _, model, feeds in node_seeds())
+
+
+# --- which compiled kernels a campaign reached ------------------------------------------------
+
+KERNELS = ("SparseMatrix.matvec", "SparseMatrix.matmat", "SparseConv.run", "pool2d", "winograd_input",
+           "winograd_output")
+
+
+class _CountedObject:
+    """A SparseMatrix or SparseConv whose method calls that return are counted."""
+
+    def __init__(self, obj, kind: str, calls: Counter):
+        self._obj, self._kind, self._calls = obj, kind, calls
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._obj, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            out = attr(*args, **kwargs)
+            self._calls[f"{self._kind}.{name}"] += 1
+            return out
+        return call
+
+
+@contextmanager
+def counting_kernels() -> Iterator[Counter]:
+    """Counts the compiled kernel calls that return (by KERNELS name) while active. The kernels look
+    ``native.X`` up at each load or call, so swapping the module's attributes reaches all of them."""
+    from dcm.runtime.cpu import native
+
+    calls: Counter = Counter()
+    saved = {name: getattr(native, name) for name in native.NAMES}
+
+    def counted_function(name, fn):
+        def call(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            calls[name] += 1
+            return out
+        return call
+
+    for name, original in saved.items():
+        if original is None:
+            continue
+        if isinstance(original, type):
+            setattr(native, name, lambda *a, _t=original, _n=name, **k: _CountedObject(_t(*a, **k), _n, calls))
+        else:
+            setattr(native, name, counted_function(name, original))
+    try:
+        yield calls
+    finally:
+        for name, original in saved.items():
+            setattr(native, name, original)
 
 
 # --- framing helpers ------------------------------------------------------------------------
@@ -322,12 +421,16 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
     return out
 
 
-def generate(rng: random.Random) -> bytes:
-    seed = rng.choice(seeds())
+def _mutated(seed: bytes, rng: random.Random) -> bytes:
     try:
         return mutate(seed, rng)
     except (ValueError, KeyError, IndexError, TypeError, struct.error, AttributeError):
         return seed[: rng.randrange(len(seed))]
+
+
+def generate(rng: random.Random) -> bytes:
+    """A mutated hand-made seed."""
+    return _mutated(rng.choice(seeds()), rng)
 
 
 # --- the property ------------------------------------------------------------------------------
@@ -339,23 +442,70 @@ def _feed(shape: list) -> np.ndarray | None:
     return np.random.default_rng(0).normal(size=dims).astype(np.float32)
 
 
-def check(data: bytes) -> str:
-    """'ok' or 'rejected'; anything but a DcmError propagates (that is a crash)."""
+def mutate_feeds(feeds: dict, rng: random.Random) -> dict:
+    """One input made hostile: an out-of-range index or extreme value, a zero-size or reshaped array,
+    another dtype. The model must refuse it with a DcmError or run it."""
+    out = dict(feeds)
+    name = rng.choice(sorted(out))
+    x = np.array(out[name], copy=True)
+    op = rng.randrange(4)
+    if op == 0 and x.size:
+        flat = x.reshape(-1)
+        i = rng.randrange(flat.size)
+        if x.dtype.kind in "iu":
+            info = np.iinfo(x.dtype)
+            flat[i] = min(max(_interesting(rng), int(info.min)), int(info.max))
+        elif x.dtype.kind == "f":
+            flat[i] = rng.choice([np.nan, np.inf, -np.inf, 3e38, -0.0, 1e-45])
+        elif x.dtype.kind == "b":
+            flat[i] = not flat[i]
+    elif op == 1 and x.ndim:
+        shape = list(x.shape)
+        shape[rng.randrange(len(shape))] = 0
+        x = np.zeros(shape, x.dtype)
+    elif op == 2:
+        x = x.reshape(-1) if x.ndim != 1 else x[None]
+    else:
+        x = x.astype(rng.choice([np.float32, np.float64, np.int64, np.int32, np.bool_, np.float16]))
+    out[name] = x
+    return out
+
+
+def generate_case(rng: random.Random) -> tuple[bytes, dict | None]:
+    """A mutated file and its feeds: half from the hand-made seeds (the compiled kernels), half from
+    the op seeds, which sometimes keep their file intact and get hostile feeds instead."""
+    if op_seeds() and rng.random() < 0.5:
+        data, feeds = rng.choice(op_seeds())
+    else:
+        data, feeds = rng.choice(seeds()), None
+    if feeds and rng.random() < 0.3:
+        return data, mutate_feeds(feeds, rng)
+    return _mutated(data, rng), feeds
+
+
+def check(data: bytes, feeds: dict | None = None, ran: Counter | None = None) -> str:
+    """'ok', 'loaded' (no feed for an input) or 'rejected'; anything but a DcmError propagates (that
+    is a crash). ``feeds``: values by input name (others get random float32); ``ran`` counts the ops
+    of a model that ran to its end."""
     problems = validate(data)
     try:
         model = read(data)
         sess = InferenceSession(model, threads=1)
-        feeds = {}
+        inputs = {}
         for v in model.inputs:
-            x = _feed(v.shape) if v.dtype == "float32" else None
+            x = feeds.get(v.name) if feeds else None
+            if x is None:
+                x = _feed(v.shape) if v.dtype == "float32" else None
             if x is None:
                 return "loaded"
-            feeds[v.name] = x
-        sess.run(None, feeds)
+            inputs[v.name] = x
+        sess.run(None, inputs)
     except DcmError:
         return "rejected"
     if problems:
         raise AssertionError(f"validate reported {problems[0]} but read + run accepted the file")
+    if ran is not None:
+        ran.update({n.op for n in model.nodes})
     return "ok"
 
 
@@ -367,73 +517,145 @@ def _alarm(signum, frame):
     raise Hang()
 
 
-def _campaign(args: tuple[int, int]) -> dict:
-    seed, count = args
-    rng = random.Random(seed)
-    signal.signal(signal.SIGALRM, _alarm)
+def _limit_worker() -> None:
+    """A campaign worker's bounds: address space (a huge allocation is a finding) and numpy's warnings."""
     if "libasan" not in os.environ.get("LD_PRELOAD", ""):  # ASan reserves terabytes of address space;
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))  # sanitize.sh bounds malloc instead
     np.seterr(all="ignore")  # overflow in a fuzzed model's arithmetic is not a finding
-    stats = {"tried": 0, "outcomes": {}, "crashes": [], "hangs": 0, "slowest_s": 0.0}
-    for _ in range(count):
-        data = generate(rng)
-        t = time.perf_counter()
-        signal.alarm(HANG_SECONDS)
-        try:
-            outcome = check(data)
-        except Hang:
-            outcome = "hang"
-            stats["hangs"] += 1
-        except Exception:  # noqa: BLE001 - the fuzzer's job is to catch everything
-            outcome = "crash"
-            stats["crashes"].append({"input": data.hex(), "error": traceback.format_exc(limit=3)})
-        finally:
-            signal.alarm(0)
-        stats["slowest_s"] = max(stats["slowest_s"], time.perf_counter() - t)
-        stats["tried"] += 1
-        stats["outcomes"][outcome] = stats["outcomes"].get(outcome, 0) + 1
+
+
+def _record(stats: dict, kind: str, outcome: str, data: bytes, error: str = "") -> None:
+    part = stats if kind == "dcm" else stats["convert"]
+    part["outcomes"][outcome] = part["outcomes"].get(outcome, 0) + 1
+    if outcome == "hang":
+        stats["hangs"] += 1
+    if outcome in ("crash", "hang"):
+        stats["crashes" if outcome == "crash" else "hang_inputs"].append({"kind": kind, "input": data.hex(),
+                                                                        "error": error})
+
+
+def _campaign(args: tuple[int, int, float]) -> dict:
+    """``count`` inputs from ``seed``: a share ``convert_share`` of them mutated ONNX models through the
+    converter (each in a forked child), the rest mutated .dcm files (or hostile feeds) through the
+    runtime, in this process with a SIGALRM deadline."""
+    seed, count, convert_share = args
+    rng = random.Random(seed)
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    stats = {"tried": 0, "outcomes": {}, "crashes": [], "hang_inputs": [], "hangs": 0, "slowest_s": 0.0,
+             "ops_run": Counter(), "convert": {"tried": 0, "outcomes": {}}}
+    with counting_kernels() as kernels:
+        for _ in range(count):
+            t = time.perf_counter()
+            if convert_share and rng.random() < convert_share:
+                from benchmarks.fuzz_onnx import check_conversion, generate_onnx
+
+                data, feeds = generate_onnx(rng)
+                outcome, error = check_conversion(data, feeds, HANG_SECONDS, MEMORY_LIMIT, stats["ops_run"])
+                stats["convert"]["tried"] += 1
+                _record(stats, "onnx", outcome, data, error)
+            else:
+                data, feeds = generate_case(rng)
+                signal.alarm(HANG_SECONDS)
+                error = ""
+                try:
+                    outcome = check(data, feeds, stats["ops_run"])
+                except Hang:
+                    outcome = "hang"
+                except Exception:  # noqa: BLE001 - the fuzzer's job is to catch everything
+                    outcome, error = "crash", traceback.format_exc(limit=3)
+                finally:
+                    signal.alarm(0)
+                _record(stats, "dcm", outcome, data, error)
+            stats["slowest_s"] = max(stats["slowest_s"], time.perf_counter() - t)
+            stats["tried"] += 1
+    signal.signal(signal.SIGALRM, previous)
+    stats["kernels"] = Counter(kernels)
     stats["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return stats
 
 
+def _merge(total: dict, s: dict) -> None:
+    for key in ("tried", "hangs"):
+        total[key] += s[key]
+    for key in ("crashes", "hang_inputs"):
+        total[key] += s[key]
+    for key in ("slowest_s", "max_rss_mib"):
+        total[key] = max(total[key], s[key])
+    for key in ("ops_run", "kernels"):
+        total[key].update(s[key])
+    for part, other in ((total, s), (total["convert"], s["convert"])):
+        for k, v in other["outcomes"].items():
+            part["outcomes"][k] = part["outcomes"].get(k, 0) + v
+    total["convert"]["tried"] += s["convert"]["tried"]
+
+
+def _onnx_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
+    import multiprocessing
+
     from benchmarks.common import RESULTS, save
+    from dcm.runtime.cpu import REGISTRY
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--iterations", type=int, default=10_000)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--convert-share", type=float, default=0.1 if _onnx_available() else 0.0,
+                   help="share of inputs that are mutated ONNX models through the converter (needs onnx)")
     p.add_argument("--name", default="fuzz", help="results file: benchmarks/results/NAME.json")
     a = p.parse_args(argv)
-    chunk = 2_000
-    jobs = [(a.seed * 1_000_003 + i, min(chunk, a.iterations - i * chunk)) for i in range(-(-a.iterations // chunk))]
     start = time.perf_counter()
-    total = {"tried": 0, "outcomes": {}, "crashes": [], "hangs": 0, "slowest_s": 0.0, "max_rss_mib": 0.0}
-    with ProcessPoolExecutor(a.workers) as pool:
+    seed_count = len(seeds()) + len(op_seeds())  # built once here; the forked workers inherit them
+    failed: list[str] = []
+    if a.convert_share:
+        from benchmarks.fuzz_onnx import failed_seeds, onnx_seeds
+
+        onnx_seeds()
+        failed = failed_seeds()
+    print(f"{seed_count} seeds ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+    chunk = 2_000
+    jobs = [(a.seed * 1_000_003 + i, min(chunk, a.iterations - i * chunk), a.convert_share)
+            for i in range(-(-a.iterations // chunk))]
+    total = {"tried": 0, "outcomes": {}, "crashes": [], "hang_inputs": [], "hangs": 0, "slowest_s": 0.0,
+             "max_rss_mib": 0.0, "ops_run": Counter(), "kernels": Counter(), "convert": {"tried": 0, "outcomes": {}}}
+    with ProcessPoolExecutor(a.workers, mp_context=multiprocessing.get_context("fork"),
+                             initializer=_limit_worker) as pool:
         for s in pool.map(_campaign, jobs):
-            total["tried"] += s["tried"]
-            total["hangs"] += s["hangs"]
-            total["crashes"] += s["crashes"]
-            total["slowest_s"] = max(total["slowest_s"], s["slowest_s"])
-            total["max_rss_mib"] = max(total["max_rss_mib"], s["max_rss_mib"])
-            for k, v in s["outcomes"].items():
-                total["outcomes"][k] = total["outcomes"].get(k, 0) + v
+            _merge(total, s)
             print(f"\r{total['tried']}/{a.iterations} tried, {len(total['crashes'])} crashes", end="", file=sys.stderr)
     print(file=sys.stderr)
     elapsed = time.perf_counter() - start
-    for i, c in enumerate(total["crashes"][:20]):
+    for i, c in enumerate((total["crashes"] + total["hang_inputs"])[:20]):
         (RESULTS / "crashes").mkdir(parents=True, exist_ok=True)
-        (RESULTS / "crashes" / f"crash-{i}.dcm").write_bytes(bytes.fromhex(c["input"]))
-    print(f"| inputs tried | ok | loaded | rejected | crashes | hangs (>{HANG_SECONDS} s) | slowest input | max RSS / worker | time |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    o = total["outcomes"]
+        (RESULTS / "crashes" / f"crash-{i}.{'dcm' if c['kind'] == 'dcm' else 'onnx'}").write_bytes(bytes.fromhex(c["input"]))
+    never_run = sorted(set(REGISTRY) - set(total["ops_run"]))
+    unreached = [k for k in KERNELS if not total["kernels"][k]]
+    print(f"| inputs tried | ok | loaded | rejected | conversions (ok / rejected) | crashes | hangs (>{HANG_SECONDS} s) "
+          "| slowest input | max RSS / worker | time |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    o, co = total["outcomes"], total["convert"]["outcomes"]
     print(f"| {total['tried']:,} | {o.get('ok', 0):,} | {o.get('loaded', 0):,} | {o.get('rejected', 0):,} | "
+          f"{total['convert']['tried']:,} ({co.get('ok', 0):,} / {co.get('rejected', 0):,}) | "
           f"{len(total['crashes'])} | {total['hangs']} | {total['slowest_s']:.2f} s | {total['max_rss_mib']:.0f} MiB | "
           f"{elapsed:.0f} s |")
+    print(f"compiled kernels reached: {len(KERNELS) - len(unreached)}/{len(KERNELS)}"
+          f"{' (never: ' + ', '.join(unreached) + ')' if unreached else ''}; registry ops run: "
+          f"{len(REGISTRY) - len(never_run)}/{len(REGISTRY)}{' (never: ' + ', '.join(never_run) + ')' if never_run else ''}")
     for c in total["crashes"][:3]:
         print(c["error"], file=sys.stderr)
-    save(a.name, {"iterations": a.iterations, "seed": a.seed, "workers": a.workers, "elapsed_s": elapsed,
-                  **{k: v for k, v in total.items() if k != "crashes"}, "crashes": len(total["crashes"])})
+    save(a.name, {"iterations": a.iterations, "seed": a.seed, "workers": a.workers, "convert_share": a.convert_share,
+                  "elapsed_s": elapsed, "seeds": seed_count, "onnx_seeds_failing_unmutated": failed,
+                  **{k: v for k, v in total.items() if k not in ("crashes", "hang_inputs")},
+                  "crashes": len(total["crashes"]), "kernels": dict(sorted(total["kernels"].items())),
+                  "kernels_never_reached": unreached, "ops_run": dict(sorted(total["ops_run"].items())),
+                  "registry_ops": len(REGISTRY), "registry_ops_never_run": never_run})
     return 1 if total["crashes"] or total["hangs"] else 0
 
 
