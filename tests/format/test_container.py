@@ -57,6 +57,14 @@ def test_spec_worked_example_byte_for_byte():
     np.testing.assert_array_equal(decode_tensor(rec), w)
 
 
+def test_spec_gap_example_byte_for_byte():
+    w = np.array([[0.5, 0.5, -1, 0.5], [2, 0.5, -0.5, 0.5], [1, 0.5, 2, 0.5], [-1, 0.5, -0.5, 1]], np.float32)
+    rec = encode_tensor(w, code_bits=3, codebook=np.array([-1, -0.5, 0.5, 1, 2], np.float32), block_log2=8)
+    assert rec.encoding == C.ENC_DENSE_COMPACT
+    assert rec.payload == _spec_hex("### Gap example bytes")
+    np.testing.assert_array_equal(decode_tensor(rec), w)
+
+
 def test_truncation_at_every_offset(model_bytes):
     for n in range(len(model_bytes)):
         with pytest.raises(DcmError):
