@@ -14,6 +14,7 @@ address-space limit and a SIGALRM whose default action kills the child even insi
 """
 from __future__ import annotations
 
+import faulthandler
 import os
 import random
 import resource
@@ -191,6 +192,7 @@ def isolated(fn: Callable[[], str], seconds: int, memory: int) -> tuple[str, str
     pid = os.fork()
     if pid == 0:  # the child: never returns
         os.close(read_end)
+        faulthandler.disable()  # the parent reports the signal; a stack dump would only be noise
         try:
             if "libasan" not in os.environ.get("LD_PRELOAD", ""):  # ASan reserves terabytes of address space
                 resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
