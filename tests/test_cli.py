@@ -164,3 +164,68 @@ def test_bench_on_given_inputs_against_onnxruntime(dcm_file, tmp_path, capsys):
     np.savez(tmp_path / "bad.npz", np.ones((5, 11), np.float32))
     assert main(["bench", str(dcm_file), "--inputs", str(tmp_path / "bad.npz"), "-q"]) == 2
     assert "size 11 on axis 1" in capsys.readouterr().err
+
+
+@pytest.fixture
+def lenet_onnx(tmp_path):
+    torch = pytest.importorskip("torch")
+    from dcm import zoo
+    from dcm.converters.torch_in import torch_to_onnx_bytes
+
+    torch.manual_seed(0)
+    src = tmp_path / "lenet.onnx"
+    src.write_bytes(torch_to_onnx_bytes(zoo.LeNet300().eval(), torch.zeros(1, 1, 28, 28)))
+    np.savez(tmp_path / "data.npz", input=np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32))
+    return src
+
+
+def test_lossy_default_says_so_and_verify_source_measures_it(lenet_onnx, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    data = str(tmp_path / "data.npz")
+    lossy, exact = str(tmp_path / "lossy.dcm"), str(tmp_path / "exact.dcm")
+    assert main(["convert", str(lenet_onnx), "-o", lossy, "-q"]) == 0
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if "changed weight values" in x]
+    assert "--exact" in line and "--check" in line
+    change = float(re.search(r"largest change ([\d.]+)%", line).group(1))
+    assert 0 < change < 5  # an 8-bit codebook moves a weight by a fraction of a percent of the range
+    assert main(["verify", lossy, "--inputs", data]) == 0  # against its own export: the runtime is right
+    capsys.readouterr()
+    assert main(["verify", lossy, "--source", str(lenet_onnx), "--inputs", data]) == 1  # against the source
+    out = capsys.readouterr().out
+    assert "MISMATCH" in out and "top-1 agreement" in out and str(lenet_onnx) in out
+    assert main(["convert", str(lenet_onnx), "-o", exact, "--exact", "-q"]) == 0
+    assert "changed weight values" not in capsys.readouterr().err
+    assert main(["verify", exact, "--source", str(lenet_onnx), "--inputs", data]) == 0
+
+
+def test_convert_help_says_what_the_default_does(capsys):
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "8-bit codebooks" in text and "lossy" in text and "--exact" in text
+
+
+def test_long_names_and_metadata_are_cut_visibly(tmp_path, capsys):
+    from dcm.encoder import encode_tensor
+    from dcm.format import Model, Node, ValueInfo
+
+    rng = np.random.default_rng(0)
+    prefix = "encoder.layers.0.self_attention.output_projection"
+    names = [f"{prefix}.weight_a", f"{prefix}.weight_b"]
+    tensors = {n: encode_tensor(rng.normal(size=(4, 4)).astype(np.float32), name=n) for n in names}
+    node_name = "/encoder/layers.0/self_attention/output_projection/MatMul_with_a_long_name"
+    nodes = [Node("Gemm", ["x", names[0]], ["h"], {"transB": 1}, node_name),
+             Node("Gemm", ["h", names[1]], ["y"], {"transB": 1}, "g2")]
+    recipe = '{"sparsity": {' + ", ".join(f'"layer{i}": 0.9' for i in range(60)) + "}}"
+    write(tmp_path / "m.dcm", Model([ValueInfo("x", "float32", ["batch", 4])], [ValueInfo("y", "float32", ["batch", 4])],
+                                    nodes, tensors, {"recipe": recipe}))
+    assert main(["inspect", str(tmp_path / "m.dcm"), "--kernels"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (meta,) = [x for x in lines if x.strip().startswith("recipe:")]
+    assert meta.endswith("…") and len(meta) < len(recipe)
+    rows = [x.split()[0] for x in lines if x.split() and x.split()[0].startswith("encoder")]
+    assert len(rows) == 2 and rows[0] != rows[1]  # two tensors, two visibly different names
+    assert all(r.endswith(("weight_a", "weight_b")) for r in rows)
+    (kernel,) = [x for x in lines if node_name in x]
+    assert kernel.split()[:2] == [node_name, "Gemm"]  # the name does not run into the op column

@@ -35,8 +35,10 @@ def format_table(table: dict[str, dict[float, float]]) -> str:
     return "\n".join(lines)
 
 
-def plot(table: dict[str, dict[float, float]], path: str) -> None:
-    """Accuracy-vs-sparsity curve per layer (the paper's Figure 5); needs the 'plot' extra (matplotlib)."""
+def plot(table: dict[str, dict[float, float]], path: str, ylabel: str = "eval_fn result"):
+    """One curve per layer of ``eval_fn`` against the share pruned (the paper's Figure 5); needs the
+    'plot' extra (matplotlib). ``ylabel`` names what ``eval_fn`` measured ("top-1 accuracy",
+    "test error %"). Returns the (closed) figure."""
     from dcm.plot import pyplot, save
 
     fig, ax = pyplot().subplots(figsize=(6, 4))
@@ -44,7 +46,8 @@ def plot(table: dict[str, dict[float, float]], path: str) -> None:
         xs = sorted(row)
         ax.plot([100 * x for x in xs], [row[x] for x in xs], marker="o", label=name)
     ax.set_xlabel("parameters pruned away (%)")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(ylabel)
     ax.legend()
     fig.tight_layout()
     save(fig, path)
+    return fig
