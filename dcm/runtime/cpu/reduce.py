@@ -2,7 +2,7 @@
 
 The Reduce ops take their axes as an attribute in older opsets and as an input in newer ones
 (ReduceSum from 13, the others from 18), constant or computed at run time. No axes means every
-axis, or nothing at all with ``noop_with_empty_axes``. Results keep the input's type; a reduction
+axis, or none with ``noop_with_empty_axes`` (numpy's ``axis=()``: ReduceSumSquare then squares). Results keep the input's type; a reduction
 over an empty set gives its identity (0 for sums, 1 for products, -inf for a max, ...).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from numpy.lib.array_utils import normalize_axis_index, normalize_axis_tuple
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.kernel import Kernel
 
-Axes = tuple[int, ...] | None  # None: every axis
+Axes = tuple[int, ...] | None  # None: every axis; (): none
 
 
 def _ints(value, what: str) -> list[int]:
@@ -58,9 +58,11 @@ class _Reduce(Kernel):
 
     def __call__(self, x, axes=None):
         axes = self.axes if self.axes is not None else _ints(axes, "axes")
-        if not axes and self.noop_empty:
-            return (x,)
-        y = self.reduce(x, normalize_axis_tuple(axes, x.ndim) if axes else None)
+        if axes:
+            axes = normalize_axis_tuple(axes, x.ndim)
+        else:  # noop_with_empty_axes: a reduction over no axis, whose other steps still apply (ReduceL1: |x|)
+            axes = () if self.noop_empty else None
+        y = self.reduce(x, axes)
         return (np.asarray(y, dtype=x.dtype),)  # a 0-D array, not the numpy scalar a full reduction gives
 
     def reduce(self, x: np.ndarray, axes: Axes) -> np.ndarray:
