@@ -1,0 +1,110 @@
+"""``dcm.from_torch`` through both torch exporters: dynamo (torch's default) and TorchScript."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxscript")  # the dynamo exporter's dependency
+from torch import nn  # noqa: E402
+
+from dcm.converters import ConvertOptions, from_torch  # noqa: E402
+from dcm.converters import torch_in  # noqa: E402
+from dcm.errors import ConversionError  # noqa: E402
+from dcm.format import read  # noqa: E402
+from dcm.runtime import InferenceSession  # noqa: E402
+
+
+class SmallNet(nn.Module):
+    """Conv, BatchNorm, pooling, a Reshape of the run-time batch (``view(x.shape[0], -1)``), Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
+        return self.fc(x.view(x.shape[0], -1))
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: torch.export (the dynamo exporter) refuses it, tracing takes one branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.fc(x)
+        return -self.fc(x)
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return SmallNet().eval()
+
+
+def _check_batches(model, module) -> None:
+    """The batch axis is symbolic: the model runs at batch sizes other than the example's (1)."""
+    session = InferenceSession(model)
+    assert isinstance(model.inputs[0].shape[0], str)
+    for batch in (2, 5):
+        x = torch.randn(batch, 1, 8, 8)
+        (y,) = session.run(None, {"input": x.numpy()})
+        np.testing.assert_allclose(y, module(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_each_exporter_converts_with_a_symbolic_batch(net, exporter):
+    model = from_torch(net, torch.zeros(1, 1, 8, 8), options=ConvertOptions(exact=True), exporter=exporter)
+    assert model.metadata["exporter"] == exporter
+    assert model.opset >= (18 if exporter == "dynamo" else 7)
+    _check_batches(model, net)
+
+
+def test_default_is_the_dynamo_exporter(net, tmp_path):
+    path = tmp_path / "net.dcm"
+    model = from_torch(net, torch.zeros(1, 1, 8, 8), path, options=ConvertOptions(exact=True))
+    assert model.metadata["exporter"] == "dynamo"
+    assert read(path).metadata["exporter"] == "dynamo"
+    _check_batches(read(path), net)
+
+
+def test_auto_falls_back_to_torchscript_where_dynamo_fails():
+    torch.manual_seed(0)
+    module = Branchy().eval()
+    x = torch.ones(2, 4)
+    with pytest.raises(ConversionError, match="dynamo exporter"):
+        from_torch(module, x, exporter="dynamo")
+    with pytest.warns(UserWarning, match="used the TorchScript exporter"):
+        model = from_torch(module, x, options=ConvertOptions(exact=True))
+    assert model.metadata["exporter"] == "torchscript"
+    (y,) = InferenceSession(model).run(None, {"input": x.numpy()})
+    np.testing.assert_allclose(y, module(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_both_exporters_failing_names_both(monkeypatch, net):
+    def fail(*args, exporter, **kwargs):
+        raise ConversionError(f"torch.onnx.export ({exporter} exporter) failed: broken")
+
+    monkeypatch.setattr(torch_in, "torch_to_onnx_bytes", fail)
+    with pytest.raises(ConversionError, match="dynamo: .*dynamo exporter.*torchscript: .*torchscript exporter"):
+        from_torch(net, torch.zeros(1, 1, 8, 8))
+
+
+def test_unknown_exporter_is_a_conversion_error(net):
+    with pytest.raises(ConversionError, match="unknown exporter 'onnx'"):
+        from_torch(net, torch.zeros(1, 1, 8, 8), exporter="onnx")
+    with pytest.raises(ConversionError, match="unknown exporter"):
+        torch_in.torch_to_onnx_bytes(net, torch.zeros(1, 1, 8, 8), exporter="auto")
+
+
+def test_export_restores_training_mode(net):
+    net.train()
+    try:
+        from_torch(net, torch.zeros(2, 1, 8, 8), options=ConvertOptions(exact=True), exporter="torchscript")
+        assert net.training
+    finally:
+        net.eval()
