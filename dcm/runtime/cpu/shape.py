@@ -314,7 +314,8 @@ class Gather(Kernel):
         if (type(self).__call__ is Gather.__call__ and self.axis == 0 and rec is not None
                 and rec.encoding != C.ENC_RAW and rec.numel >= SPARSE_GATHER_MIN_ELEMENTS and rec.shape):
             parts = decode_parts(rec)
-            if rec.encoding == C.ENC_DENSE:  # every entry coded: gather 1-2 byte codes, then look up
+            if parts.codes is not None and len(parts.codes) == rec.numel:  # every entry has a code:
+                # gather the 1-2 byte codes, then look them up
                 codes = parts.codes.astype(np.uint8 if len(parts.codebook) <= 256 else np.uint16)
                 self.table = ("codes", (codes.reshape(parts.shape2d), parts.codebook), rec.shape)
             else:
