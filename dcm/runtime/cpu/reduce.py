@@ -7,6 +7,8 @@ over an empty set gives its identity (0 for sums, 1 for products, -inf for a max
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.lib.array_utils import normalize_axis_index, normalize_axis_tuple
 
@@ -78,7 +80,10 @@ class ReduceSum(_Reduce):
 @register("ReduceMean")
 class ReduceMean(_Reduce):
     def reduce(self, x, axes):
-        return np.mean(x, axis=axes, keepdims=self.keep)
+        # The sum over the count, not np.mean: the mean of an empty set is then a quiet NaN (0 / 0
+        # under the session's errstate) instead of np.mean's Python warning. float16 sums in float32.
+        count = x.size if axes is None else math.prod(x.shape[a] for a in axes)
+        return np.sum(x, axis=axes, keepdims=self.keep, dtype=np.float32 if x.dtype == np.float16 else None) / count
 
 
 @register("ReduceMax")
