@@ -49,14 +49,14 @@ class BatchNormalization(Kernel):
             raise UnsupportedOpError(f"node {node.name!r} (BatchNormalization): takes 5 inputs (x, scale, bias, "
                                      f"mean, var), the graph gives {len(node.inputs)}")
         if self.attrs.get("training_mode", 0) or any(node.outputs[1:]):
-            raise UnsupportedOpError(f"node {node.name!r} (BatchNormalization): training mode (batch statistics and running-mean outputs) is not supported; "
-                                     "export the model in inference mode")
+            raise UnsupportedOpError(f"node {node.name!r} (BatchNormalization): training mode (batch statistics "
+                                     "and running-mean outputs) is not supported; export the model in inference mode")
         self.eps = float(self.attrs.get("epsilon", 1e-5))
-        self.folded = None
+        self.folded = self.a = self.b = None  # (float64 a, b), and a, b in float32: None when computed per run
         if all(ctx.is_const(name) for name in node.inputs[1:]):
             self.weight_inputs = (1, 2, 3, 4)
             self.folded = self._fold(*(ctx.const(name) for name in node.inputs[1:]))
-            self.a32, self.b32 = (v.astype(np.float32) for v in self.folded)
+            self.a, self.b = (v.astype(np.float32) for v in self.folded)
 
     def _fold(self, scale, bias, mean, var) -> tuple[np.ndarray, np.ndarray]:
         scale, bias, mean, var = (np.asarray(v, dtype=np.float64) for v in (scale, bias, mean, var))
@@ -64,15 +64,13 @@ class BatchNormalization(Kernel):
         return a, bias - mean * a
 
     def __call__(self, x, scale=None, bias=None, mean=None, var=None):
-        if self.folded is None:
-            a, b = self._fold(scale, bias, mean, var)
-        elif x.dtype == np.float32:
-            a, b = self.a32, self.b32
+        if self.a is not None and x.dtype == self.a.dtype:  # float32 (the GPU backend's tensors too)
+            a, b = self.a, self.b
         else:
-            a, b = self.folded
-        shape = (1, -1) + (1,) * (x.ndim - 2) if a.ndim == 1 else (1,) + a.shape
-        y = x * a.reshape(shape).astype(x.dtype, copy=False)
-        y += b.reshape(shape).astype(x.dtype, copy=False)  # in place: one temporary fewer
+            a, b = (v.astype(x.dtype) for v in (self.folded or self._fold(scale, bias, mean, var)))
+        shape = (1, -1) + (1,) * (x.ndim - 2) if a.ndim == 1 else (1,) + tuple(a.shape)
+        y = x * a.reshape(shape)
+        y += b.reshape(shape)  # in place: one temporary fewer
         return (y,)
 
 

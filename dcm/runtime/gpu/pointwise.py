@@ -122,10 +122,11 @@ class LRN(Kernel):
 class _Reduce(cpu_reduce._Reduce):
     method = "mean"  # the torch.Tensor method, called as method(dims, keepdim=...)
 
-    def __call__(self, x, _axes=None):
-        if not self.axes and self.noop_empty:
+    def __call__(self, x, axes=None):
+        axes = self.axes if self.axes is not None else axes.tolist()  # None: given at run time
+        if not axes and self.noop_empty:
             return (x,)
-        dims = tuple(self.axes) if self.axes else tuple(range(x.dim()))
+        dims = tuple(axes) if axes else tuple(range(x.dim()))
         return (getattr(x, self.method)(dims, keepdim=self.keep),)
 
 
