@@ -21,7 +21,9 @@ from dcm.names import by_layer, layer_aliases
 
 MIN_OPSET = 7
 KINDS = ("conv", "fc")  # setting keys that mean every layer of a kind, not one layer
-WEIGHT_OPS = {"Conv": 1, "Gemm": 1, "MatMul": 1}  # op -> position of its weight input
+# op -> positions of its weight inputs (Gather: an embedding table; recurrent layers: W and R)
+WEIGHT_OPS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (1,), "MatMul": (1,), "Gather": (0,),
+              "LSTM": (1, 2), "GRU": (1, 2), "RNN": (1, 2)}
 ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
                10: "float16", 11: "float64"}
 
@@ -267,7 +269,7 @@ def _fold_batchnorm(nodes: list[Node], consts: dict[str, np.ndarray], outputs: l
 
 
 def _layer_kind(op: str) -> str:
-    return "conv" if op == "Conv" else "fc"
+    return "conv" if op in ("Conv", "ConvTranspose") else "fc"
 
 
 def _pick(setting: Any, name: str, kind: str) -> Any:
@@ -295,10 +297,7 @@ def from_onnx(source, options: ConvertOptions | None = None,
         raise ConversionError(f"unsupported op {n.op} in node {n.name!r} (all unsupported: "
                               f"{', '.join(sorted({m.op for m in unsupported}))})")
     known = {v.name for v in g.inputs} | set(g.consts)
-    for n in nodes:  # a weight computed at run time cannot be coded
-        if n.op in WEIGHT_OPS and n.op != "MatMul" and n.inputs[1] not in g.consts:
-            raise ConversionError(f"node {n.name!r} ({n.op}): weight {n.inputs[1]!r} is computed at run time; "
-                                  "only constant weights are supported")
+    for n in nodes:
         for x in n.inputs:
             if x and x not in known:
                 raise ConversionError(f"node {n.name!r} ({n.op}): input {x!r} is missing (no initializer, "
@@ -307,10 +306,10 @@ def from_onnx(source, options: ConvertOptions | None = None,
     used = {x for n in nodes for x in n.inputs} | {v.name for v in g.outputs}  # an output may be folded
     weight_of, aliases = {}, {}
     for n in nodes:
-        i = WEIGHT_OPS.get(n.op)
-        if i is not None and len(n.inputs) > i and n.inputs[i] in g.consts and g.consts[n.inputs[i]].ndim >= 2:
-            weight_of.setdefault(n.inputs[i], _layer_kind(n.op))
-            aliases.setdefault(n.inputs[i], set()).update(layer_aliases(n.name, n.inputs[i]))
+        for i in WEIGHT_OPS.get(n.op, ()):
+            if len(n.inputs) > i and n.inputs[i] in g.consts and g.consts[n.inputs[i]].ndim >= 2:
+                weight_of.setdefault(n.inputs[i], _layer_kind(n.op))
+                aliases.setdefault(n.inputs[i], set()).update(layer_aliases(n.name, n.inputs[i]))
     opts = replace(opts, **{k: by_layer(getattr(opts, k), aliases, k.replace("_", "-"), ConversionError, KINDS)
                             for k in ("sparsity", "code_bits", "index_bits")})
     tensors, change = {}, (0.0, "")
