@@ -18,7 +18,8 @@ from dcm.runtime import InferenceSession  # noqa: E402
 REL_ERROR = 1e-4
 
 
-def _export(module: nn.Module, args: tuple, names: list[str], dynamic: dict | None = None, dynamo: bool = False) -> bytes:
+def _export(module: nn.Module, args: tuple, names: list[str], dynamic: dict | None = None,
+            dynamo: bool = False) -> bytes:
     buf = io.BytesIO()
     if dynamo:
         torch.onnx.export(module, args, buf, dynamo=True, input_names=names, dynamic_shapes=dynamic)

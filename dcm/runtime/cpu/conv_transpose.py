@@ -114,7 +114,8 @@ class ConvTranspose(Kernel):
         extra = axis_ints(self.attrs, "output_padding", nd, 0)
         if any(not 0 <= e <= C.MAX_ELEMENTS for e in extra):
             raise ValueError(f"output_padding {extra} is out of range")
-        full = [(d - 1) * s + (k - 1) * dl + 1 + e for d, s, k, dl, e in zip(spatial, strides, kernel, dilations, extra)]
+        full = [(d - 1) * s + (k - 1) * dl + 1 + e
+                for d, s, k, dl, e in zip(spatial, strides, kernel, dilations, extra)]
         auto = self.attrs.get("auto_pad", "NOTSET") or "NOTSET"
         target = self.attrs.get("output_shape")
         if auto not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):

@@ -94,7 +94,8 @@ class MaxPool(_Pool):
         flat = v.reshape(n, c, *out, taps)
         best = flat.argmax(axis=-1)[..., None]
         y = np.take_along_axis(flat, best, axis=-1)[..., 0]
-        positions = np.arange(int(np.prod(spatial)), dtype=np.int64).reshape(spatial, order="F" if self.column_major else "C")
+        order = "F" if self.column_major else "C"
+        positions = np.arange(int(np.prod(spatial)), dtype=np.int64).reshape(spatial, order=order)
         where = windows(positions[None, None], self.kernel, self.strides, self.dilations, begin, end, fill=-1)
         where = np.broadcast_to(where.reshape(1, 1, *out, taps), flat.shape)
         index = np.take_along_axis(where, best, axis=-1)[..., 0]

@@ -4,7 +4,9 @@ front, so the loop over time steps does only the recurrent product H @ R^T and t
 W [directions, gates * hidden, in] and R [directions, gates * hidden, hidden] are weight tensors
 coded like any fully connected layer's; a pruned one runs from CSR (``LoadContext.weight``), and
 each direction gets its own product. ``sequence_lens`` freezes a sequence's state past its end and
-zeroes its outputs there; a reverse direction reads each sequence backwards from its own end.
+zeroes its outputs there; a reverse direction reads each sequence backwards from its own end. Where
+ONNX leaves details open (clip, activation_alpha/beta order, empty sequences) onnxruntime's
+behaviour is followed.
 """
 from __future__ import annotations
 
@@ -166,6 +168,10 @@ class _Recurrent(Kernel):
             xw = wp[d][0].right(xs.reshape(steps * batch, size_in)).reshape(steps, batch, gh)
             ys, hs[d], cs[d] = self._scan(d, xw, rp[d], bias[d], peep[d], h[d], c[d], valid)
             y[:, d] = ys if order is None else np.take_along_axis(ys, order[:, :, None], axis=0)
+        empty = lens == 0
+        if empty.any():  # no step at all: zero final states, as onnxruntime gives
+            hs[:, empty] = 0
+            cs[:, empty] = 0
         if self.layout:
             return y.transpose(2, 0, 1, 3), hs.swapaxes(0, 1), cs.swapaxes(0, 1)
         return y, hs, cs
