@@ -18,8 +18,10 @@ from dcm.format.model import Model, Node
 from dcm.format.reader import read
 from dcm.progress import LARGE_FILE_BYTES, bar
 from dcm.runtime.checks import check_node
+from dcm.runtime.cpu import blas
 from dcm.runtime.cpu.windows import release_scratch
 from dcm.runtime.kernel import Kernel, LoadContext
+from dcm.runtime.optimize import optimize as optimize_graph
 
 # What a kernel raises when a (hostile or broken) model asks the impossible of it; they become a
 # DcmError naming the node. MemoryError included: a model may ask for a huge intermediate.
@@ -62,12 +64,14 @@ class InferenceSession:
 
     ``kernels``: "sparse" or "dense" for every weight layer, or a dict {node or weight name: mode};
     by default each layer is chosen from its density and ``batch_hint``. ``progress``: a bar while
-    decoding (None: for files over 16 MiB when stderr is a terminal; needs tqdm).
+    decoding (None: for files over 16 MiB when stderr is a terminal; needs tqdm). ``threads``: the
+    kernels' own pool and numpy's BLAS pool (default: every core). ``optimize``: run the graph
+    passes of ``dcm.runtime.optimize`` at load (``describe()`` lists what they folded).
     """
 
     def __init__(self, model: str | os.PathLike | bytes | Model, device: str = "cpu", *,
                  kernels: str | dict[str, str] | None = None, batch_hint: int = 1, threads: int | None = None,
-                 progress: bool | None = None):
+                 progress: bool | None = None, optimize: bool = True):
         self.model = model if isinstance(model, Model) else read(model)
         self.device = device
         torch_device, registry = _backend(device)
@@ -86,10 +90,12 @@ class InferenceSession:
             names = sorted({m.op for m in missing})
             raise UnsupportedOpError(f"unsupported op {n.op} in node {n.name or n.outputs[0]!r}"
                                      f" (all unsupported: {', '.join(names)})")
+        self._graph = optimize_graph(self.model, None if optimize else [])
+        self._nodes = self._graph.nodes
         self._kernels: list[Kernel] = []
         if progress is None and sum(len(t.payload) for t in self.model.tensors.values()) < LARGE_FILE_BYTES:
             progress = False
-        for node in bar(self.model.nodes, "load", progress):
+        for node in bar(self._nodes, "load", progress):
             check_node(node, registry[node.op])
             try:
                 self._kernels.append(registry[node.op](node, self._ctx))
@@ -97,7 +103,7 @@ class InferenceSession:
                 raise UnsupportedOpError(f"node {node.name or node.outputs[0]!r} ({node.op}): {exc}") from None
         # Constants read at run time (not consumed by a kernel at load) are decoded once here;
         # every other decoded constant now lives inside its kernel only.
-        self._consts = {x: self._to_array(self._ctx.const(x)) for n, k in zip(self.model.nodes, self._kernels)
+        self._consts = {x: self._to_array(self._ctx.const(x)) for n, k in zip(self._nodes, self._kernels)
                         for i, x in enumerate(n.inputs) if x in self.model.tensors and i not in k.weight_inputs}
         for o in self.model.outputs:  # a constant may itself be a model output
             if o.name in self.model.tensors and o.name not in self._consts:
@@ -118,7 +124,7 @@ class InferenceSession:
         The producer then clamps its own fresh output while it is in cache, which saves a pass over
         memory and an allocation per Relu (VGG-16's first Relus see 3.2M values each).
         """
-        nodes = self.model.nodes
+        nodes = self._nodes
         producer = {o: i for i, n in enumerate(nodes) for o in n.outputs}
         uses = Counter(x for n in nodes for x in n.inputs)
         outputs = {o.name for o in self.model.outputs}
@@ -139,20 +145,20 @@ class InferenceSession:
         absent or consumed at load), of its results, and the values that die after it).
         Precomputed because small models spend as much time in this bookkeeping as in their kernels."""
         last: dict[str, int] = {}
-        for i, n in enumerate(self.model.nodes):
+        for i, n in enumerate(self._nodes):
             for x in n.inputs:
                 last[x] = i
         keep = {o.name for o in self.model.outputs}
-        stored = {o for n in self.model.nodes for o in n.outputs} | {v.name for v in self.model.inputs}
-        frees: list[list[str]] = [[] for _ in self.model.nodes]
+        stored = {o for n in self._nodes for o in n.outputs} | {v.name for v in self.model.inputs}
+        frees: list[list[str]] = [[] for _ in self._nodes]
         for name, i in last.items():
             if name not in keep and name in stored:  # not "" (an absent optional input) nor a constant
                 frees[i].append(name)
-        results = [list(n.outputs) for n in self.model.nodes]
+        results = [list(n.outputs) for n in self._nodes]
         for relu, producer in self._fused.items():  # the producer writes the Relu's output itself
-            results[producer] = list(self.model.nodes[relu].outputs)
+            results[producer] = list(self._nodes[relu].outputs)
         steps = []
-        for i, (node, kernel) in enumerate(zip(self.model.nodes, self._kernels)):
+        for i, (node, kernel) in enumerate(zip(self._nodes, self._kernels)):
             if i in self._fused:
                 continue  # its only input was never stored: nothing to free either
             args = [x if x and j not in kernel.weight_inputs else None for j, x in enumerate(node.inputs)]
@@ -176,13 +182,16 @@ class InferenceSession:
         return dict(self.model.metadata)
 
     def describe(self) -> list[dict[str, Any]]:
-        """Per node: op, name and the kernel chosen (sparse/dense, density) where one applies; a Relu
-        folded into its producer says ``fused_into`` (the producer: ``fused: "Relu"``)."""
-        out = [{"op": n.op, "name": n.name, **k.describe()} for n, k in zip(self.model.nodes, self._kernels)]
+        """Per node that runs: op, name and the kernel chosen (sparse/dense, density) where one applies;
+        a Relu folded into its producer says ``fused_into`` (the producer: ``fused: "Relu"``). Then one
+        entry per node a graph pass removed, with ``folded_into``."""
+        nodes = self._nodes
+        out = [{"op": n.op, "name": n.name, **k.describe()} for n, k in zip(nodes, self._kernels)]
         for relu, producer in self._fused.items():
-            out[relu]["fused_into"] = self.model.nodes[producer].name or self.model.nodes[producer].outputs[0]
+            out[relu]["fused_into"] = nodes[producer].name or nodes[producer].outputs[0]
             out[producer]["fused"] = "Relu"
-        return out
+        ops = {n.name or n.outputs[0]: n.op for n in self.model.nodes}
+        return out + [{"op": ops[name], "name": name, "folded_into": into} for name, into in self._graph.folded.items()]
 
     def _check_feeds(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """The run's starting values: the feeds (checked against the declared inputs) and the constants.
@@ -246,12 +255,15 @@ class InferenceSession:
         """
         if runs < 1:
             raise ValueError(f"runs must be at least 1, got {runs}")
-        seconds = [0.0] * len(self.model.nodes)
+        seconds = [0.0] * len(self._nodes)
         for _ in range(runs):
             self._run(self._check_feeds(feeds), seconds)
+        seconds += [0.0] * len(self._graph.folded)  # folded nodes take no time of their own
         return [{**d, "seconds": t / runs} for d, t in zip(self.describe(), seconds)]
 
     def _run(self, env: dict[str, Any], seconds: list[float] | None = None) -> None:
+        if not self._torch:
+            blas.limit(self._ctx.threads)
         try:
             if self._quiet and seconds is None:
                 self._execute(env)

@@ -102,3 +102,16 @@ def test_unknown_pass_is_an_error():
     model = _model([helper.make_node("Relu", ["x"], ["y"])], {}, [1])
     with pytest.raises(ValueError, match="unknown graph pass 'nope'"):
         optimize(model, ["nope"])
+
+
+def test_session_runs_the_passes_and_shows_them():
+    inits = {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "w": np.zeros((4, 3, 3, 3), np.float32)}
+    model = _model(PAD_CONV, inits, [1, 3, 8, 8])
+    sess = InferenceSession(model)
+    rows = sess.describe()
+    assert [r["op"] for r in rows] == ["Conv", "Pad"] and rows[1]["folded_into"] == "conv"
+    assert [r["op"] for r in InferenceSession(model, optimize=False).describe()] == ["Pad", "Conv"]
+    x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0],
+                               InferenceSession(model, optimize=False).run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    assert [r["op"] for r in sess.profile({"x": x}, runs=1)] == ["Conv", "Pad"]
