@@ -562,7 +562,7 @@ def _campaign(args: tuple[int, int, float]) -> dict:
                 except Hang:
                     outcome = "hang"
                 except Exception:  # noqa: BLE001 - the fuzzer's job is to catch everything
-                    outcome, error = "crash", traceback.format_exc(limit=3)
+                    outcome, error = "crash", traceback.format_exc(limit=-6)
                 finally:
                     signal.alarm(0)
                 _record(stats, "dcm", outcome, data, error)

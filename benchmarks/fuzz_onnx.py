@@ -200,7 +200,7 @@ def isolated(fn: Callable[[], str], seconds: int, memory: int) -> tuple[str, str
             signal.alarm(seconds)
             message = "ok " + fn()
         except BaseException:  # noqa: BLE001 - everything that is not fn's answer is the finding
-            message = "crash " + traceback.format_exc(limit=4)
+            message = "crash " + traceback.format_exc(limit=-6)
         os.write(write_end, message.encode()[:60_000])  # under the pipe's buffer: the write never blocks
         os._exit(0)
     os.close(write_end)

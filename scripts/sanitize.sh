@@ -4,7 +4,9 @@
 # catches a planted heap overflow, then runs tests/runtime and a fuzz campaign with libasan preloaded
 # (python itself is not instrumented). Fails on any sanitizer report, test failure or fuzz crash.
 #
-#   scripts/sanitize.sh [FUZZ_ITERATIONS [FUZZ_WORKERS]]    (defaults: 20000 inputs, 2 workers)
+#   scripts/sanitize.sh [FUZZ_ITERATIONS [FUZZ_WORKERS [CONVERT_SHARE]]]
+#
+# defaults: 20000 inputs, 2 workers, the fuzzer's own share of ONNX conversions (0 leaves them out).
 #
 # Run it before every change to dcm/runtime/cpu/_native.c. The campaign's figures go to
 # benchmarks/results/fuzz_sanitized.json. Also runs test_native.py on the portable -DDCM_NO_SIMD build.
@@ -12,6 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 iterations=${1:-20000}
 workers=${2:-2}
+convert=()
+[ -n "${3:-}" ] && convert=(--convert-share "$3")
 python=${PYTHON:-python}
 
 asan=$(gcc -print-file-name=libasan.so)
@@ -19,6 +23,9 @@ if [ "$asan" = libasan.so ] || [ ! -e "$asan" ]; then
   echo "sanitize.sh: gcc has no libasan.so (install libasan / gcc's sanitizer runtime)" >&2
   exit 2
 fi
+# libstdc++ preloaded too: ASan intercepts __cxa_throw only if it is there at start-up, and onnx's
+# C++ code (loaded later) throws; without it the first exception ends in an ASan CHECK failure.
+preload="$asan $(gcc -print-file-name=libstdc++.so)"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/dcm-sanitize.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -41,7 +48,7 @@ build() { # extra CFLAGS
 failed=0
 run_sanitized() { # command...: runs it preloaded; a failure or any report it left fails the script at the end
   local status=0
-  (cd "$work" && LD_PRELOAD="$asan" \
+  (cd "$work" && LD_PRELOAD="$preload" \
     ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:max_allocation_size_mb=4096:log_path=$work/reports/asan" \
     UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$work/reports/ubsan" \
     PYTHONPATH="$work" "$@") || status=$?
@@ -91,9 +98,14 @@ build ""
 echo "built with $sanitizers -fno-wrapv ($((SECONDS - start)) s)"
 run_sanitized "$python" -m pytest -q -p no:cacheprovider tests/runtime
 echo "tests/runtime done ($((SECONDS - start)) s)"
-run_sanitized "$python" -m benchmarks.fuzz --iterations "$iterations" --workers "$workers" --name fuzz_sanitized
+run_sanitized "$python" -m benchmarks.fuzz --iterations "$iterations" --workers "$workers" "${convert[@]}" --name fuzz_sanitized
 mkdir -p benchmarks/results
 cp "$work/benchmarks/results/fuzz_sanitized.json" benchmarks/results/ 2>/dev/null || true
+if [ -d "$work/benchmarks/results/crashes" ]; then  # the inputs of any crash, to reproduce
+  rm -rf benchmarks/results/crashes-sanitized
+  cp -r "$work/benchmarks/results/crashes" benchmarks/results/crashes-sanitized
+  echo "crash inputs: benchmarks/results/crashes-sanitized/" >&2
+fi
 echo "fuzz: $iterations inputs done ($((SECONDS - start)) s)"
 
 # 3. The portable build (-DDCM_NO_SIMD): the C paths other CPUs run.
