@@ -217,3 +217,14 @@ def test_bad_inputs_are_a_dcm_error(model, feeds):
 def test_mismatched_recurrent_weights_fail_at_load(w, r):
     with pytest.raises(DcmError, match="LSTM"):
         InferenceSession(from_onnx(_lstm((2, 1, 3), w, r), ConvertOptions(exact=True)))
+
+
+@pytest.mark.parametrize("op, attrs, consts", [
+    ("Conv", {}, {"w": np.ones((3, 2, 2, 2, 2), np.float32)}),
+    ("MaxPool", {"kernel_shape": [2, 2, 2]}, {}),
+])
+def test_gpu_backend_refuses_3d_windows_by_name(op, attrs, consts):
+    pytest.importorskip("torch")
+    model = from_onnx(one_node(op, {"x": np.zeros((1, 2, 4, 4, 4), np.float32)}, attrs, opset=17, consts=consts))
+    with pytest.raises(DcmError, match="GPU backend runs 1-D and 2-D"):
+        InferenceSession(model, device="torch-cpu")

@@ -144,7 +144,8 @@ class Conv(Kernel):
         cols = v.reshape(n, self.group, cg, *out, *kernel)
         cols = np.ascontiguousarray(cols.transpose(1, 2, *range(3 + nd, 3 + 2 * nd), 0, *range(3, 3 + nd)))
         cols = cols.reshape(self.group, cg * int(np.prod(kernel)), -1)
-        y = np.concatenate([mm.left(cols[g]) for g, mm in enumerate(mms)], axis=0)  # [C_out, N * pixels]
+        parts = [mm.left(cols[g]) for g, mm in enumerate(mms)]
+        y = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]  # [C_out, N * pixels]
         y = np.ascontiguousarray(y.reshape(shape[0], n, *out).swapaxes(0, 1))
         if b is not None:
             b = np.asarray(b, dtype=np.float32)

@@ -87,8 +87,8 @@ class ConvTranspose(Kernel):
         pixels = math.prod(spatial)
         cg = c // self.group
         xg = x.astype(np.float32, copy=False).reshape(n, self.group, cg, pixels).transpose(1, 2, 0, 3)
-        cols = np.concatenate([mm.left(np.ascontiguousarray(xg[g]).reshape(cg, n * pixels))
-                               for g, mm in enumerate(mms)], axis=0)
+        parts = [mm.left(np.ascontiguousarray(xg[g]).reshape(cg, n * pixels)) for g, mm in enumerate(mms)]
+        cols = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
         cols = cols.reshape(c_out, *kernel, n, *spatial)
         y = np.zeros((c_out, n, *buffer), dtype=np.float32)
         lead = (slice(None), slice(None))

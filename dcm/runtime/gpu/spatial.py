@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dcm.errors import UnsupportedOpError
 from dcm.runtime.cpu import conv as cpu_conv
 from dcm.runtime.cpu import pool as cpu_pool
 from dcm.runtime.cpu.windows import resolve_pads
@@ -15,6 +16,14 @@ from dcm.runtime.gpu.registry import register
 
 def _lift(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return (x.unsqueeze(2), True) if x.dim() == 3 else (x, False)
+
+
+def _only_2d(kernel) -> None:
+    """The GPU kernels take 1-D and 2-D windows with constant weights; 3-D, weights fed at run time
+    and MaxPool's Indices output run on the CPU only."""
+    if getattr(kernel, "general", False) or kernel.nd > 2 or getattr(kernel, "indices", False):
+        raise UnsupportedOpError(f"{kernel.node.op} {kernel.node.name!r}: the GPU backend runs 1-D and 2-D windows "
+                                 "with constant weights (and no MaxPool Indices); use device='cpu'")
 
 
 def _pad(x: torch.Tensor, begin: list[int], end: list[int], fill: float = 0.0) -> torch.Tensor:
@@ -35,6 +44,7 @@ class Conv(cpu_conv.Conv):
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
+        _only_2d(self)
         self.mms = [to_torch(mm, ctx.device) for mm in self.mms]
         if self.mode == "dense":  # one cuDNN call for all groups
             w = torch.cat([mm.w for mm in self.mms])
@@ -65,6 +75,10 @@ class Conv(cpu_conv.Conv):
 
 @register("MaxPool")
 class MaxPool(cpu_pool.MaxPool):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        _only_2d(self)
+
     def __call__(self, x):
         x, was_1d = _lift(x)
         begin, end = self._pads(x)
@@ -74,6 +88,10 @@ class MaxPool(cpu_pool.MaxPool):
 
 @register("AveragePool")
 class AveragePool(cpu_pool.AveragePool):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        _only_2d(self)
+
     def __call__(self, x):
         x, was_1d = _lift(x)
         begin, end = self._pads(x)
