@@ -142,10 +142,17 @@ def _wide3x3() -> Model:
                  nodes, tensors, {})
 
 
+def _logic() -> Model:
+    """A Constant node (the converter folds them, so no converted model has one) and boolean logic."""
+    nodes = [Node("Constant", [], ["c"], {"value_float": 0.5}, "half"), Node("Greater", ["x", "c"], ["g"], {}, "gt"),
+             Node("Not", ["g"], ["n"], {}, "not"), Node("Cast", ["n"], ["y"], {"to": 1}, "cast")]
+    return Model([ValueInfo("x", "float32", ["batch", 4])], [ValueInfo("y", "float32", ["batch", 4])], nodes, {}, {})
+
+
 @lru_cache(maxsize=None)
 def seeds() -> tuple[bytes, ...]:
     """The hand-made .dcm seeds: between them they reach every compiled kernel (KERNELS)."""
-    return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _wide3x3))
+    return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _wide3x3, _logic))
 
 
 @lru_cache(maxsize=None)
