@@ -78,6 +78,26 @@ ATTRIBUTES: dict[str, tuple[str, float | None, float | None]] = {
     "spatial": ("int", 0, 1),
     "num_groups": ("int", 1, MAX_GROUP),
     "stash_type": ("int", None, None),
+    "output_padding": ("ints", 0, MAX_PAD),  # ConvTranspose
+    "output_shape": ("ints", 1, None),  # bounded by the kernel against the element limit
+    "storage_order": ("int", 0, 1),  # MaxPool
+    "p": ("int", 1, None),  # LpPool, LpNormalization
+    "hidden_size": ("int", 1, None),  # LSTM, GRU, RNN (checked against W and R at load)
+    "direction": ("str", None, None),
+    "layout": ("int", 0, 1),
+    "clip": ("float", 0, None),
+    "input_forget": ("int", 0, 1),
+    "linear_before_reset": ("int", 0, 1),
+    "activation_alpha": ("floats", None, None),
+    "activation_beta": ("floats", None, None),
+    "coordinate_transformation_mode": ("str", None, None),  # Resize
+    "nearest_mode": ("str", None, None),
+    "keep_aspect_ratio_policy": ("str", None, None),
+    "cubic_coeff_a": ("float", None, None),
+    "exclude_outside": ("int", 0, 1),
+    "extrapolation_value": ("float", None, None),
+    "antialias": ("int", 0, 1),
+    "scales": ("floats", 0, None),  # Upsample-7
 }
 # pads are bounded everywhere, and may be negative only for Pad (which crops with them).
 PADS = {"Pad": ("ints", -MAX_PAD, MAX_PAD)}
