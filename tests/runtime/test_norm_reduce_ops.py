@@ -222,6 +222,23 @@ def test_topk_ties_go_to_the_lower_index(largest, axis, dtype):
         check("TopK", {"x": x}, {"axis": axis, "k": k}, opset=9, n_out=2)  # k as an attribute before opset 10
 
 
+@pytest.mark.parametrize("largest", [1, 0])
+@pytest.mark.parametrize("k", [0, 1, 3, 9])
+@pytest.mark.parametrize("dtype", [np.int32, np.float32, np.uint8])
+def test_topk_small_k_of_long_rows_with_ties(largest, k, dtype):
+    """Long rows take the partition path: its ties at the k-th value must still go to the lower index."""
+    x = rand((5, 7, 40), dtype, low=0, high=4)
+    for axis in (2, 0) if k <= 5 else (2,):
+        check("TopK", {"x": x, "k": np.array([k], np.int64)}, {"axis": axis, "largest": largest}, opset=11, n_out=2)
+
+
+@pytest.mark.parametrize("largest", [1, 0])
+def test_topk_with_nan(largest):
+    x = rand((3, 40), low=0, high=4).round()
+    x[0, 5] = x[1, 0] = x[1, 7] = np.nan
+    check("TopK", {"x": x, "k": np.array([4], np.int64)}, {"largest": largest}, opset=11, n_out=2)
+
+
 def test_topk_lowest_integer_and_whole_axis():
     x = np.array([[np.iinfo(np.int64).min, 5, 5, np.iinfo(np.int64).min]], np.int64)
     for k in (0, 4):

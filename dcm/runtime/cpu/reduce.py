@@ -195,6 +195,39 @@ class CumSum(Kernel):
         return (np.flip(y, axis) if reverse else y,)
 
 
+def _sorted_order(x: np.ndarray, largest: bool) -> np.ndarray:
+    """Positions along the last axis of ``x`` in sorted order, equal values in increasing position."""
+    if not largest:
+        return np.argsort(x, axis=-1, kind="stable")
+    # A stable ascending sort of the reversed axis, read backwards: descending values, equal ones in
+    # increasing position. (Negating the values instead would overflow the lowest integer and mangle
+    # unsigned ones.)
+    return x.shape[-1] - 1 - np.flip(np.argsort(np.flip(x, -1), axis=-1, kind="stable"), -1)
+
+
+def _top_k(x: np.ndarray, k: int, largest: bool) -> np.ndarray:
+    """Positions of the k largest (smallest) values in each row of the matrix ``x``, in order.
+
+    For k small against the row, a partition finds each row's k-th value v in linear time; the
+    values beyond v and the first equal ones up to k are the answer, and only they are sorted
+    (128 x 768 values, k = 5: 20 -> 2 ms). NaN has no place in that comparison: rows with NaN
+    take the full sort, which ranks NaN above every number as np.sort does."""
+    rows, n = x.shape
+    if k == 0:
+        return np.zeros((rows, 0), dtype=np.intp)
+    if 4 * k >= n or x.size == 0 or (x.dtype.kind == "f" and np.isnan(x.max())):  # (max: NaN if any is)
+        return _sorted_order(x, largest)[:, :k]
+    kth = np.partition(x, n - k if largest else k - 1, axis=1)[:, n - k if largest else k - 1, None]
+    chosen = x > kth if largest else x < kth
+    equal = x == kth
+    needed = k - np.count_nonzero(chosen, axis=1, keepdims=True)
+    if np.any(np.count_nonzero(equal, axis=1, keepdims=True) > needed):  # more ties than places: the first ones
+        equal &= np.cumsum(equal, axis=1, dtype=np.int32) <= needed
+    chosen |= equal  # exactly k per row, in position order
+    positions = np.nonzero(chosen)[1].reshape(rows, k)
+    return np.take_along_axis(positions, _sorted_order(np.take_along_axis(x, positions, 1), largest), 1)
+
+
 @register("TopK")
 class TopK(Kernel):
     """The k largest (or smallest) values along ``axis`` and their int64 indices, sorted, equal
@@ -216,14 +249,7 @@ class TopK(Kernel):
         n = x.shape[axis]
         if not 0 <= k <= n:
             raise ValueError(f"k = {k} is outside 0..{n}, the size of axis {axis}")
-        if self.largest:
-            # A stable ascending sort of the reversed axis, read backwards: descending values,
-            # equal ones in increasing index order. (Negating the values instead would overflow
-            # the lowest integer and mangle unsigned ones.)
-            order = n - 1 - np.flip(np.argsort(np.flip(x, axis), axis=axis, kind="stable"), axis)
-        else:
-            order = np.argsort(x, axis=axis, kind="stable")
-        first = [slice(None)] * x.ndim
-        first[axis] = slice(0, k)
-        indices = order[tuple(first)]
+        rows = np.moveaxis(x, axis, -1)
+        indices = _top_k(rows.reshape(math.prod(rows.shape[:-1]), n), k, self.largest).reshape(rows.shape[:-1] + (k,))
+        indices = np.moveaxis(indices, -1, axis)
         return np.take_along_axis(x, indices, axis), indices.astype(np.int64, copy=False)
