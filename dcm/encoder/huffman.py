@@ -113,7 +113,7 @@ def decode_stream(stream: Stream, count: int, block_log2: int, what: str = "stre
             raise FormatError(f"{what} block {b}: invalid Huffman data or too few symbols ({exc})", rule="6") from None
         if got != n:
             raise FormatError(f"{what} block {b}: holds {'more' if got > n else 'fewer'} than its {n} symbols",
-                              rule="5.2")
+                              rule="6")
     if not small:
         return out
     return np.frombuffer(chunks[0] if len(chunks) == 1 else bytearray().join(chunks), dtype=np.uint8)

@@ -183,7 +183,7 @@ def _read_listed_table(cur: _Cursor, alphabet: int, what: str) -> HuffmanTable:
     start = cur.pos
     (max_len,) = struct.unpack("<B", cur.take(1, f"{what} table length"))
     if max_len > C.MAX_CODE_LENGTH:
-        raise cur.fail(f"{what} code length {max_len} exceeds {C.MAX_CODE_LENGTH}", "6", start)
+        raise cur.fail(f"{what} table's longest code length {max_len} exceeds {C.MAX_CODE_LENGTH}", "6", start)
     counts = [int(c) for c in cur.array("<u4", max_len, f"{what} length counts")]
     n = sum(counts)
     if n > alphabet:
@@ -206,7 +206,7 @@ def _read_compact_table(cur: _Cursor, alphabet: int, what: str) -> HuffmanTable:
     start = cur.pos
     (max_len,) = struct.unpack("<B", cur.take(1, f"{what} table length"))
     if max_len > C.MAX_CODE_LENGTH:
-        raise cur.fail(f"{what} code length {max_len} exceeds {C.MAX_CODE_LENGTH}", "6", start)
+        raise cur.fail(f"{what} table's longest code length {max_len} exceeds {C.MAX_CODE_LENGTH}", "6", start)
     if max_len == 0:
         return HuffmanTable([], np.zeros(0, dtype=np.uint16))
     bits = bitarray(endian="big")

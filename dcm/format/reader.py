@@ -24,6 +24,7 @@ from dcm.format.blobs import csr_bytes, decoded_size_limit, parse_payload
 from dcm.format.model import Model, Node, TensorRecord, ValueInfo
 
 Report = Callable[[FormatError], None]
+TENSOR_KEYS = ("name", "dtype", "shape", "encoding", "offset", "length")  # spec 4.1, all required
 
 
 def _raise(err: FormatError) -> None:
@@ -264,6 +265,9 @@ def _parse_graph(data: bytes, g_start: int, g_len: int, d_start: int, d_len: int
     for i, t in enumerate(table):
         if not isinstance(t, dict):
             raise FormatError(f"tensor entry {i} must be an object", g_start, "4")
+        missing = [k for k in TENSOR_KEYS if k not in t]
+        if missing:
+            raise FormatError(f"tensor entry {i} lacks the required keys {missing}", g_start, "4")
         name, dtype, shape, enc = t.get("name"), t.get("dtype"), t.get("shape"), t.get("encoding")
         offset, length = t.get("offset"), t.get("length")
         if type(offset) is not int or type(length) is not int or length < 0:
