@@ -22,6 +22,7 @@ from benchmarks.common import RESULTS, save
 from dcm.encoder import decode_parts, decode_tensor, encode_tensor, mask_by_sparsity
 from dcm.encoder import huffman
 from dcm.encoder.codec import parse
+from dcm.format import constants as C
 from dcm.format import read
 
 
@@ -103,7 +104,7 @@ def measure(name: str, w: np.ndarray, mask: np.ndarray, code_bits: int, index_bi
         row[f"{key}_bits"] = bits
         row[f"{key}_entropy_bits"] = h
         row[f"{key}_bits_vs_entropy"] = bits / h if h else float("nan")
-        row[f"{key}_table_bytes"] = len(stream.table.to_bytes()) + 4 * len(stream.block_bits)
+        row[f"{key}_table_bytes"] = len(p.tables()[0 if key == "code" else -1]) + 4 * len(stream.block_bits)
     return row
 
 
@@ -114,7 +115,7 @@ def layers():
     for path in sorted(Path(RESULTS).glob("lenet*.dcm")):
         model = read(path)
         for t in model.tensors.values():
-            if t.encoding == "sparse-codebook-huffman":
+            if t.encoding in (C.ENC_SPARSE, C.ENC_SPARSE_COMPACT):
                 p = parse(t)
                 dense = decode_tensor(t)
                 yield f"{path.stem}/{t.name}", dense, dense != 0, p.code_bits, p.index_bits

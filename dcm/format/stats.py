@@ -25,7 +25,7 @@ def tensor_stats(rec: TensorRecord) -> dict[str, Any]:
     else:
         p = parse_payload(rec.payload, rec.encoding, numel, 0, rec.name)
         streams = {"code": p.codes, "index": p.index}
-        table_bytes = sum(len(s.table.to_bytes()) + 4 * len(s.block_bits) for s in streams.values() if s)
+        table_bytes = sum(map(len, p.tables())) + sum(4 * len(s.block_bits) for s in streams.values() if s)
         bits = {k: int(s.block_bits.astype("int64").sum()) if s else 0 for k, s in streams.items()}
         row.update(
             nnz=p.nnz, density=p.nnz / numel if numel else 0.0,
