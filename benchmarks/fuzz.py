@@ -144,9 +144,12 @@ def _wide3x3() -> Model:
 
 def _logic() -> Model:
     """A Constant node (the converter folds them, so no converted model has one) and boolean logic."""
-    nodes = [Node("Constant", [], ["c"], {"value_float": 0.5}, "half"), Node("Greater", ["x", "c"], ["g"], {}, "gt"),
-             Node("Not", ["g"], ["n"], {}, "not"), Node("Cast", ["n"], ["y"], {"to": 1}, "cast")]
-    return Model([ValueInfo("x", "float32", ["batch", 4])], [ValueInfo("y", "float32", ["batch", 4])], nodes, {}, {})
+    nodes = [Node("Constant", [], ["c"], {"value_float": 0.5}, "half"), Node("Mul", ["x", "s"], ["m"], {}, "scale"),
+             Node("Greater", ["m", "c"], ["g"], {}, "gt"), Node("Not", ["g"], ["n"], {}, "not"),
+             Node("Cast", ["n"], ["y"], {"to": 1}, "cast")]
+    tensors = {"s": encode_raw(np.array([1, -2, 3, -4], np.float32), "s")}
+    return Model([ValueInfo("x", "float32", ["batch", 4])], [ValueInfo("y", "float32", ["batch", 4])], nodes, tensors,
+                 {})
 
 
 @lru_cache(maxsize=None)
