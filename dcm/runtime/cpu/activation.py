@@ -170,12 +170,12 @@ class ThresholdedRelu(Kernel):
     quiet = True
 
     def __call__(self, x):
-        return (np.where(x > _attr(self, "alpha", 1.0), x, 0).astype(x.dtype, copy=False),)
+        return (np.where(x > _attr(self, "alpha", 1.0), x, 0),)  # 0 takes x's type (NEP 50)
 
 
 def softplus(x: np.ndarray) -> np.ndarray:
-    """log(exp(x) + 1) as max(x, 0) + log1p(exp(-|x|)): no overflow for large x, and 7x faster
-    than np.logaddexp(x, 0)."""
+    """log(exp(x) + 1) as max(x, 0) + log1p(exp(-|x|)): no overflow for large x, and much faster
+    than np.logaddexp(x, 0) (a 128 x 768 Softplus: 8.7 -> 0.4 ms)."""
     y = np.abs(x)
     np.negative(y, out=y)
     np.exp(y, out=y)

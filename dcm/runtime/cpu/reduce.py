@@ -2,8 +2,9 @@
 
 The Reduce ops take their axes as an attribute in older opsets and as an input in newer ones
 (ReduceSum from 13, the others from 18), constant or computed at run time. No axes means every
-axis, or none with ``noop_with_empty_axes`` (numpy's ``axis=()``: ReduceSumSquare then squares). Results keep the input's type; a reduction
-over an empty set gives its identity (0 for sums, 1 for products, -inf for a max, ...).
+axis, or none with ``noop_with_empty_axes`` (numpy's ``axis=()``: ReduceSumSquare then squares).
+Results keep the input's type; a reduction over an empty set gives its identity (0 for sums, 1 for
+products, -inf for a max, ...).
 """
 from __future__ import annotations
 
@@ -18,11 +19,16 @@ from dcm.runtime.kernel import Kernel
 Axes = tuple[int, ...] | None  # None: every axis; (): none
 
 
+MAX_AXES = 64  # more axes than any tensor has (the load-time checks bound ranks the same way)
+
+
 def _ints(value, what: str) -> list[int]:
+    """A small 0-D or 1-D integer tensor (axes, k) as ints."""
     a = np.asarray(value)
-    if a.dtype.kind not in "iu" or a.ndim > 1:
-        raise ValueError(f"{what} must be a 0-D or 1-D integer tensor, got {a.dtype} of shape {list(a.shape)}")
-    return [int(v) for v in a.ravel()]
+    if a.dtype.kind not in "iu" or a.ndim > 1 or a.size > MAX_AXES:
+        raise ValueError(f"{what} must be a 0-D or 1-D integer tensor of at most {MAX_AXES} values, "
+                         f"got {a.dtype} of shape {list(a.shape)}")
+    return a.ravel().tolist()
 
 
 def _one_int(value, what: str) -> int:
