@@ -132,3 +132,36 @@ def test_deterministic_bytes():
     w = rng.normal(size=(64, 64)).astype(np.float32)
     m = mask_by_sparsity(w, 0.9)
     assert encode_tensor(w, m, code_bits=4).payload == encode_tensor(w.copy(), m.copy(), code_bits=4).payload
+
+
+@settings(max_examples=80, deadline=None)
+@given(alphabet=st.integers(1, 600), seed=st.integers(0, 2**32 - 1), skew=st.booleans())
+def test_compact_table_round_trips_any_code(alphabet, seed, skew):
+    """Spec 6.2 both ways: any length-limited code (unused symbols, jumps, lengths up to 24) reads
+    back as the same canonical table, in fewer bytes than the listed form once symbols are many."""
+    from dcm.format.blobs import _Cursor, _parse_table
+
+    rng = np.random.default_rng(seed)
+    freq = rng.integers(0, 50, alphabet) * (rng.random(alphabet) < 0.8)
+    if skew:  # long codes and large steps between neighbours
+        freq = np.where(freq > 0, 2 ** rng.integers(0, 40, alphabet), 0)
+    freq[rng.integers(alphabet)] += 1
+    table = huffman.table_from_lengths(huffman.code_lengths(freq))
+    data = table.to_compact_bytes(alphabet)
+    back = _parse_table(_Cursor(data + b"rest", 0, "t"), alphabet, 10, "code", compact=True)
+    assert back.counts == table.counts
+    np.testing.assert_array_equal(back.symbols, table.symbols)
+    np.testing.assert_array_equal(back.lengths(alphabet), huffman.code_lengths(freq))
+    if len(table.symbols) >= 8:
+        assert len(data) < len(table.to_bytes())
+
+
+def test_compact_and_listed_tables_decode_alike():
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(30, 50)).astype(np.float32)
+    m = mask_by_sparsity(w, 0.8)
+    compact = encode_tensor(w, m, code_bits=6, index_bits=4)
+    listed = encode_tensor(w, m, code_bits=6, index_bits=4, compact_tables=False)
+    assert (compact.encoding, listed.encoding) == (C.ENC_SPARSE_COMPACT, C.ENC_SPARSE)
+    np.testing.assert_array_equal(decode_tensor(compact), decode_tensor(listed))
+    assert len(compact.payload) < len(listed.payload)
