@@ -115,7 +115,8 @@ class Conv(Kernel):
         return [WeightMatmul(mode, m[g * per : (g + 1) * per], self.threads) for g in range(self.group)]
 
     def _general(self, x: np.ndarray, w, b) -> np.ndarray:
-        """Any number of spatial axes: columns [G, C_in/g * k, N * pixels] copied from the window view."""
+        """Any number of spatial axes: columns [G, C_in/g * k, N * pixels] copied from the window view,
+        in float32 (a float16 or float64 input gets its own type back)."""
         mms = self.mms
         if w is not None:
             w = np.asarray(w, dtype=np.float32)
@@ -154,7 +155,7 @@ class Conv(Kernel):
             y += b.reshape((1, -1) + (1,) * nd)
         if self.relu:
             relu(y, out=y)
-        return y
+        return y.astype(x.dtype, copy=False) if x.dtype in (np.float16, np.float64) else y  # float32 work
 
     def __call__(self, x, w=None, b=None):
         if self.general:
