@@ -160,3 +160,14 @@ def test_broadcast_mismatch_names_the_node():
     sess = InferenceSession(from_onnx(model, ConvertOptions(exact=True)))
     with pytest.raises(ExecutionError, match=r"Add_0.*could not be broadcast"):
         sess.run(None, feeds)
+
+
+@pytest.mark.parametrize("exponent", [2.0, 3.0, 0.5, 1.5])
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_pow_common_exponents_match_np_power(exponent, dtype):
+    """2, 3 and 0.5 skip np.power's slow path: same results, Inf, NaN, -0 and rank growth included."""
+    a = np.concatenate([rand((20,), dtype, low=-3, high=3),
+                        np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 1e4], dtype)]).reshape(2, 13)
+    for b in (np.array(exponent, dtype), np.full((1, 1), exponent, dtype), np.full((1, 1, 1), exponent, dtype)):
+        check("Pow", {"a": a, "b": b}, opset=15, rtol=1e-6 if dtype == np.float32 else None)
+        check("Pow", {"a": a}, consts={"b": b}, opset=15, rtol=1e-6 if dtype == np.float32 else None)

@@ -55,11 +55,23 @@ class Div(_Binary):
         return np.true_divide(a, b)
 
 
+# Exponents networks use (x^2 in hand-written normalizations, x^3 in tanh Gelu, x^0.5) without
+# np.power's slow path for 3 and 0.5 (3: 250 ns a value, x * x * x: 3 ns). np.sqrt is np.power's
+# x^0.5 to the bit in float32 and float64, -0 and -inf included (float16's np.power follows C's pow
+# instead: +inf for (-inf) ** 0.5); x * x * x differs from np.power by at most one rounding.
+_POWERS = {2.0: np.square, 3.0: lambda x: x * x * x, 0.5: np.sqrt}
+_FAST_POWER_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 @register("Pow")
 class Pow(Kernel):
     """The result has the base's type, whatever the exponent's (ONNX's T and T1)."""
 
     def __call__(self, a, b):
+        if a.dtype in _FAST_POWER_TYPES and b.size == 1 and b.ndim <= a.ndim:
+            power = _POWERS.get(float(b.reshape(())))
+            if power is not None:
+                return (power(a),)
         if a.dtype.kind == "f":
             y = np.power(a, b if b.dtype.kind == "f" else b.astype(a.dtype))
         elif b.dtype.kind == "f" or (b.dtype.kind == "i" and np.any(b < 0)):
