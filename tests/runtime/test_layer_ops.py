@@ -56,6 +56,9 @@ VERSIONS = [
     *[("LpPool", v, {"x": _r(1, 2, 6, 5, 4)}, {"kernel_shape": [2, 3, 2], "p": 3, "pads": [0, 1, 0, 0, 1, 1]}, {}, 1)
       for v in (7, 11, 18, 22)],
     *[(op, v, {"x": _r(2, 3, 4, 5, 6)}, {}, {}, 1) for op in ("GlobalAveragePool", "GlobalMaxPool") for v in (7, 22)],
+    *[("MaxUnpool", v, {"x": _r(1, 2, 2, 3)}, {"kernel_shape": [2, 2], "strides": [2, 2]},
+       {"i": np.array([[[[0, 3, 4], [13, 14, 23]], [[25, 27, 28], [42, 43, 47]]]], np.int64),
+        **({"shape": np.array([1, 2, 5, 7], np.int64)} if v >= 11 else {})}, 1) for v in (9, 11, 22)],
     ("Upsample", 7, {"x": _r(1, 2, 3, 4)}, {"scales": [1.0, 1.0, 2.0, 3.0], "mode": "nearest"}, {}, 1),
     ("Upsample", 9, {"x": _r(1, 2, 3, 4)}, {"mode": "nearest"},
      {"scales": np.array([1, 1, 2, 2], np.float32)}, 1),

@@ -1,13 +1,16 @@
 """MaxPool, AveragePool, LpPool and the global pools: the compiled ``pool2d`` for 1-D and 2-D float32
 where it was built, else separable strided reductions in numpy (any number of spatial axes, no loop
-over pixels). MaxPool's optional Indices output gathers through the window view."""
+over pixels). MaxPool's optional Indices output gathers through the window view; MaxUnpool scatters
+values back to those indices."""
 from __future__ import annotations
 
 import numpy as np
 
+from dcm.errors import UnsupportedOpError
 from dcm.runtime.cpu import native
 from dcm.runtime.cpu.matmul import even_ranges, thread_pool
 from dcm.runtime.cpu.registry import register
+from dcm.runtime.cpu.shape import check_elements
 from dcm.runtime.cpu.windows import (axis_ints, ints2, output_size, pads2, reduce_windows, resolve_pads, spatial_2d,
                                       windows)
 from dcm.runtime.kernel import Kernel
@@ -149,6 +152,45 @@ class LpPool(_Pool):
         y = reduce_windows(powered, self.kernel, self.strides, self.dilations, begin, end, np.add)
         y = np.sqrt(y) if p == 2 else y ** np.float32(1 / p)
         return (y[:, :, 0, :] if was_1d else y,)
+
+
+@register("MaxUnpool")
+class MaxUnpool(Kernel):
+    """Each value written at its flat index (MaxPool's Indices) in a zero array of the size the
+    pooling came from, (in - 1) * stride + kernel - pads; an ``output_shape`` input gets that array in
+    its leading corner, as onnx's reference (and its node cases) place it."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        if "kernel_shape" not in self.attrs:
+            raise UnsupportedOpError(f"MaxUnpool {node.name!r}: required attribute 'kernel_shape' is missing")
+
+    def __call__(self, x, indices, output_shape=None):
+        nd = x.ndim - 2
+        kernel = axis_ints(self.attrs, "kernel_shape", nd, 1)
+        strides = axis_ints(self.attrs, "strides", nd, 1)
+        pads = list(self.attrs.get("pads", [0] * 2 * nd))
+        shape = [*x.shape[:2], *((d - 1) * s + k - pads[i] - pads[nd + i]
+                                 for i, (d, s, k) in enumerate(zip(x.shape[2:], strides, kernel)))]
+        check_elements(shape, "MaxUnpool output")
+        indices = np.asarray(indices)
+        if indices.shape != x.shape or not np.issubdtype(indices.dtype, np.integer):
+            raise ValueError(f"indices of shape {list(indices.shape)} ({indices.dtype}), expected {list(x.shape)}")
+        y = np.zeros(int(np.prod(shape)), dtype=x.dtype)
+        if indices.size and (indices.min() < 0 or indices.max() >= y.size):
+            raise IndexError(f"an index is outside the output of {y.size} elements")
+        y[indices.reshape(-1)] = x.reshape(-1)
+        y = y.reshape(shape)
+        if output_shape is None:
+            return (y,)
+        target = [int(v) for v in np.asarray(output_shape).reshape(-1)]
+        if len(target) != x.ndim or target[:2] != list(x.shape[:2]):
+            raise ValueError(f"output_shape {target} does not fit an input of shape {list(x.shape)}")
+        check_elements(target, "MaxUnpool output")
+        out = np.zeros(target, dtype=x.dtype)
+        corner = tuple(slice(0, min(a, b)) for a, b in zip(shape, target))
+        out[corner] = y[corner]
+        return (out,)
 
 
 @register("GlobalAveragePool")
