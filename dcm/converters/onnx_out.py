@@ -27,7 +27,9 @@ def _onnx_attrs(attrs: dict) -> dict:
 def to_onnx(model: Model):
     """A ModelProto that passes onnx.checker and runs in onnxruntime."""
     onnx = _onnx()
-    inits = [onnx.numpy_helper.from_array(np.ascontiguousarray(decode_tensor(t)), t.name) for t in model.tensors.values()]
+    # np.require, not ascontiguousarray: that one turns a 0-d constant (a Gather index) into shape (1,).
+    inits = [onnx.numpy_helper.from_array(np.require(decode_tensor(t), requirements="C"), t.name)
+             for t in model.tensors.values()]
     nodes = [onnx.helper.make_node(n.op, n.inputs, n.outputs, name=n.name, **_onnx_attrs(n.attrs)) for n in model.nodes]
     graph = onnx.helper.make_graph(nodes, "dcm", [_value_info(v) for v in model.inputs],
                                    [_value_info(v) for v in model.outputs], inits)

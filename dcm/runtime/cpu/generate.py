@@ -63,8 +63,6 @@ class ConstantOfShape(Kernel):
 class Range(Kernel):
     """start, start + delta, ... up to (excluding) limit: max(ceil((limit - start) / delta), 0) values."""
 
-    quiet = True
-
     def __call__(self, start, limit, delta):
         start, limit, delta = (v.reshape(()) for v in (start, limit, delta))
         if delta == 0:

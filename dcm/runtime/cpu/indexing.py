@@ -57,7 +57,6 @@ class GatherElements(Kernel):
 
 @register("ScatterElements", "Scatter")
 class ScatterElements(Kernel):
-    quiet = True
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
@@ -110,7 +109,6 @@ class GatherND(Kernel):
 
 @register("ScatterND")
 class ScatterND(Kernel):
-    quiet = True
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)

@@ -36,32 +36,37 @@ class Concat(cpu.Concat):
 
 @register("Squeeze")
 class Squeeze(cpu.Squeeze):
-    def __call__(self, x, _axes=None):
-        axes = self.axes if self.axes is not None else [i for i, d in enumerate(x.shape) if d == 1]
+    def __call__(self, x, axes=None):
+        axes = self.axes if axes is None else cpu.ints(axes)  # a run-time axes input
+        axes = axes if axes is not None else [i for i, d in enumerate(x.shape) if d == 1]
         shape = [d for i, d in enumerate(x.shape) if i not in {a % x.dim() for a in axes}]
         return (x.reshape(shape),)
 
 
 @register("Unsqueeze")
 class Unsqueeze(cpu.Unsqueeze):
-    def __call__(self, x, _axes=None):
-        rank = x.dim() + len(self.axes)
-        for a in sorted(a % rank for a in self.axes):
+    def __call__(self, x, axes=None):
+        axes = self.axes if axes is None else cpu.ints(axes)  # a run-time axes input
+        rank = x.dim() + len(axes)
+        for a in sorted(a % rank for a in axes):
             x = x.unsqueeze(a)
         return (x,)
 
 
 @register("Pad")
 class Pad(cpu.Pad):
-    def __call__(self, x, *_):
-        axes = [a % x.dim() for a in self.axes] if self.axes else list(range(x.dim()))
+    def __call__(self, x, pads=None, value=None, axes=None):
+        pads = self.pads if pads is None else cpu.ints(pads)  # run-time pads, fill value and axes inputs
+        axes = self.axes if axes is None else cpu.ints(axes)
+        fill = self.value if value is None or value.numel() == 0 else value.reshape(-1)[0].item()
+        axes = [a % x.dim() for a in axes] if axes else list(range(x.dim()))
         k = len(axes)
         widths = [(0, 0)] * x.dim()
         for j, a in enumerate(axes):
-            widths[a] = (self.pads[j], self.pads[j + k])
+            widths[a] = (pads[j], pads[j + k])
         flat = [w for pair in reversed(widths) for w in pair]  # F.pad wants last axis first
         if self.mode == "constant":
-            return (F.pad(x, flat, value=self.value),)
+            return (F.pad(x, flat, value=fill),)
         first = next((i for i, w in enumerate(widths) if any(w)), x.dim())
         n = x.dim() - first  # F.pad's reflect/replicate pad at most the last 3 axes of [N, C, ...]
         if n == 0:
