@@ -94,6 +94,7 @@ class MaxPool(_Pool):
         v = windows(x, self.kernel, self.strides, self.dilations, begin, end, fill=low)  # [N, C, *out, *kernel]
         out = v.shape[2 : 2 + len(spatial)]
         taps = int(np.prod(self.kernel))
+        check_elements([n, c, *out, taps], "MaxPool windows")
         flat = v.reshape(n, c, *out, taps)
         best = flat.argmax(axis=-1)[..., None]
         y = np.take_along_axis(flat, best, axis=-1)[..., 0]

@@ -190,6 +190,7 @@ class Resize(Kernel):
         size = data.shape[axis]
         shape = list(data.shape)
         shape[axis] = out
+        check_elements(shape, "Resize intermediate")  # axes resized earlier may have grown it
         if out == 0 or size == 0:
             if out and not size:
                 raise ValueError("cannot resize an empty axis to a non-empty one")
