@@ -208,6 +208,8 @@ def _lstm(x_shape, w_shape, r_shape, **attrs):
                                         "sizes": np.array([1, 1, -3, 2], np.int64)}), None),
     (lambda: one_node("MaxPool", {"x": np.zeros((1, 1, 4, 4, 4), np.float32)}, {"kernel_shape": [2, 2, 2]}, opset=17),
      {"x": np.zeros((1, 1, 4, 4), np.float32)}),  # rank
+    (lambda: one_node("MaxPool", {"x": np.zeros((1, 1, 1000, 1000), np.float32)}, {"kernel_shape": [100, 100]},
+                      opset=17, n_out=2), None),  # Indices through 8e9 window entries
 ])
 def test_bad_inputs_are_a_dcm_error(model, feeds):
     m = model()
