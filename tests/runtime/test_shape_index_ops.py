@@ -288,3 +288,16 @@ def test_int_and_bool_feeds_are_checked():
         sess.run(None, {"x": X, "i": np.array([0, 1], np.int32)})
     sess, feeds = _session("Identity", {"m": np.array([True, False])}, {}, 16)
     assert sess.run(None, feeds)[0].dtype == np.bool_
+
+
+@pytest.mark.parametrize("attrs,want", [({"value": np.array([[1, -2]], np.int32)}, np.array([[1, -2]], np.int32)),
+                                        ({"value_floats": [0.5, 2.0]}, np.array([0.5, 2.0], np.float32)),
+                                        ({"value_int": 7}, np.array(7, np.int64))])
+def test_constant_node_in_a_file(attrs, want):
+    """The converter folds Constant nodes; a .dcm written by another tool may still hold one."""
+    from dcm.format import Model, Node, ValueInfo
+
+    model = Model([ValueInfo("x", "float32", [1])], [ValueInfo("y", want.dtype.name, list(want.shape))],
+                  [Node("Constant", [], ["y"], attrs, "c")], {})
+    got = InferenceSession(writer.to_bytes(model)).run(None, {"x": np.zeros(1, np.float32)})[0]
+    assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)

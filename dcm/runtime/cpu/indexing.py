@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from dcm.errors import UnsupportedOpError
-from dcm.runtime.cpu.shape import _axis, check_elements
+from dcm.runtime.cpu.shape import check_elements, normal_axis
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.kernel import Kernel
 
@@ -47,7 +47,7 @@ class GatherElements(Kernel):
     quiet = True
 
     def __call__(self, x, indices):
-        axis = _axis(int(self.attrs.get("axis", 0)), x.ndim)
+        axis = normal_axis(int(self.attrs.get("axis", 0)), x.ndim)
         if indices.ndim != x.ndim:
             raise ValueError(f"indices have rank {indices.ndim}, data rank {x.ndim}")
         if any(i > d for a, (i, d) in enumerate(zip(indices.shape, x.shape)) if a != axis):
@@ -63,7 +63,7 @@ class ScatterElements(Kernel):
         self.reduce = _reduction(self)
 
     def __call__(self, x, indices, updates):
-        axis = _axis(int(self.attrs.get("axis", 0)), x.ndim)
+        axis = normal_axis(int(self.attrs.get("axis", 0)), x.ndim)
         if indices.shape != updates.shape or indices.ndim != x.ndim:
             raise ValueError(f"indices {list(indices.shape)} and updates {list(updates.shape)} must match, "
                              f"with the data's rank {x.ndim}")
@@ -140,7 +140,7 @@ class OneHot(Kernel):
         d = int(depth.reshape(-1)[0])
         if d < 1:
             raise ValueError(f"depth {d} must be positive")
-        axis = _axis(int(self.attrs.get("axis", -1)), indices.ndim + 1)
+        axis = normal_axis(int(self.attrs.get("axis", -1)), indices.ndim + 1)
         check_elements([*indices.shape, d], "OneHot")
         idx = np.asarray(indices).astype(np.int64)
         idx = np.expand_dims(np.where(idx < 0, idx + d, idx), axis)

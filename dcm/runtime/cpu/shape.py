@@ -24,14 +24,6 @@ from dcm.runtime.kernel import Kernel, LoadContext
 SPARSE_GATHER_MIN_ELEMENTS = 1 << 16
 
 
-def _const_ints(ctx, node, i: int, attr: str):
-    """An int list given as constant input i (newer opsets) or as attribute ``attr`` (older ones)."""
-    v = ctx.opt_const(node, i)
-    if v is not None:
-        return [int(a) for a in np.asarray(v).ravel()]
-    return node.attrs.get(attr)
-
-
 def ints(v) -> list[int]:
     """An int tensor (numpy array or torch tensor, any rank) as a list of Python ints."""
     return [int(a) for a in v.reshape(-1).tolist()]
@@ -50,14 +42,15 @@ def load_ints(kernel: Kernel, ctx: LoadContext, i: int, attr: str | None = None)
 
 def check_elements(shape, what: str) -> None:
     """Refuse, before allocating, an output larger than spec rule 8's per-tensor limit."""
-    n = math.prod(int(d) for d in shape)
     if any(int(d) < 0 for d in shape):
         raise ValueError(f"{what}: negative dimension in {list(shape)}")
+    n = math.prod(int(d) for d in shape)
     if n > C.MAX_ELEMENTS:
         raise ValueError(f"{what}: {n} elements (shape {list(shape)}) exceeds the limit {C.MAX_ELEMENTS}")
 
 
-def _axis(a: int, rank: int) -> int:
+def normal_axis(a: int, rank: int) -> int:
+    """Axis ``a`` of a rank-``rank`` tensor counted from 0 (ONNX lets it count from the end)."""
     if not -rank <= a < rank:
         raise IndexError(f"axis {a} is out of range for rank {rank}")
     return a % rank
@@ -133,7 +126,7 @@ class Squeeze(Kernel):
         axes = self.axes if axes is None else ints(axes)
         if axes is None:
             return (np.squeeze(x),)
-        axes = tuple(_axis(a, x.ndim) for a in axes)
+        axes = tuple(normal_axis(a, x.ndim) for a in axes)
         if any(x.shape[a] != 1 for a in axes):
             raise ValueError(f"cannot squeeze axes {list(axes)} of shape {list(x.shape)}: size is not 1")
         return (np.squeeze(x, axis=axes),)
@@ -152,7 +145,7 @@ class Unsqueeze(Kernel):
         if axes is None:
             raise ValueError("no axes")
         rank = x.ndim + len(axes)
-        axes = [_axis(a, rank) for a in axes]
+        axes = [normal_axis(a, rank) for a in axes]
         if len(set(axes)) != len(axes):
             raise ValueError(f"repeated axis in {axes}")
         return (np.expand_dims(x, tuple(axes)),)
@@ -171,7 +164,7 @@ class Slice(Kernel):
         starts, ends, axes, steps = (p if g is None else ints(g) for p, g in zip(self.params, given))
         if starts is None or ends is None or len(starts) != len(ends):
             raise ValueError("starts and ends must be given, of equal length")
-        axes = list(range(len(starts))) if axes is None else [_axis(a, x.ndim) for a in axes]
+        axes = list(range(len(starts))) if axes is None else [normal_axis(a, x.ndim) for a in axes]
         steps = [1] * len(starts) if steps is None else steps
         if not len(axes) == len(steps) == len(starts) or len(set(axes)) != len(axes):
             raise ValueError(f"starts, ends, axes and steps must match ({starts}, {ends}, {axes}, {steps})")
@@ -195,7 +188,7 @@ class Split(Kernel):
 
     def __call__(self, x, split=None):
         sizes = self.split if split is None else ints(split)
-        axis = _axis(self.axis, x.ndim)
+        axis = normal_axis(self.axis, x.ndim)
         n, parts = x.shape[axis], len(self.node.outputs)
         if sizes is None:
             step = -(-n // parts)
@@ -227,7 +220,7 @@ class Pad(Kernel):
     def __call__(self, x, pads=None, value=None, axes=None):
         pads = self.pads if pads is None else ints(pads)
         axes = self.axes if axes is None else ints(axes)
-        axes = [_axis(a, x.ndim) for a in axes] if axes else list(range(x.ndim))
+        axes = [normal_axis(a, x.ndim) for a in axes] if axes else list(range(x.ndim))
         k = len(axes)
         if pads is None or len(pads) != 2 * k:
             raise ValueError(f"pads {pads} must hold 2 values per padded axis ({k})")
