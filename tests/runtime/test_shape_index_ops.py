@@ -301,3 +301,19 @@ def test_constant_node_in_a_file(attrs, want):
                   [Node("Constant", [], ["y"], attrs, "c")], {})
     got = InferenceSession(writer.to_bytes(model)).run(None, {"x": np.zeros(1, np.float32)})[0]
     assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("op,inputs", [
+    ("Squeeze", {"x": X[:, :1], "a": i64(1)}),
+    ("Unsqueeze", {"x": X, "a": i64(0, -1)}),
+    ("Pad", {"x": X, "p": i64(0, 1, 0, 0, 0, 2, 0, 0), "v": np.array(3.0, np.float32)}),
+    ("Reshape", {"x": X, "s": i64(0, -1)}),
+])
+def test_torch_backend_takes_run_time_shape_inputs(op, inputs):
+    """The GPU kernels (run here on torch's CPU) subclass these and read the same run-time inputs."""
+    pytest.importorskip("torch")
+    m = _model(op, inputs, {}, 18)
+    model = from_onnx(m, ConvertOptions(exact=True))
+    want = InferenceSession(model).run(None, inputs)[0]
+    got = InferenceSession(model, device="torch-cpu").run(None, inputs)[0]
+    assert got.shape == want.shape and np.array_equal(got, want)
