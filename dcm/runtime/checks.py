@@ -78,6 +78,7 @@ ATTRIBUTES: dict[str, tuple[str, float | None, float | None]] = {
     "spatial": ("int", 0, 1),
     "num_groups": ("int", 1, MAX_GROUP),
     "stash_type": ("int", None, None),
+    "lambd": ("float", None, None),
     "output_padding": ("ints", 0, MAX_PAD),  # ConvTranspose
     "output_shape": ("ints", 1, None),  # bounded by the kernel against the element limit
     "storage_order": ("int", 0, 1),  # MaxPool

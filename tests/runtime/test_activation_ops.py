@@ -129,3 +129,17 @@ def test_gelu_unknown_approximation_is_refused_at_load():
     model.nodes[0].attrs["approximate"] = "erf"
     with pytest.raises(UnsupportedOpError, match="Gelu_0.*approximate"):
         InferenceSession(model)
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1, -1])
+@pytest.mark.parametrize("opset", [11, 13])
+def test_hardmax_first_maximum_along_the_axis(axis, opset):
+    x = rand((2, 3, 4), low=0, high=2).round()  # ties: the first maximum wins
+    check("Hardmax", {"x": x}, {} if axis is None else {"axis": axis}, opset=opset,
+          oracle="onnxruntime" if opset < 13 else "reference")
+
+
+@pytest.mark.parametrize("attrs", [{}, {"lambd": 1.5, "bias": 1.5}, {"lambd": 0.2, "bias": -0.3}])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int32, np.int8])
+def test_shrink(attrs, dtype):
+    check("Shrink", {"x": rand((3, 5), dtype, low=-4, high=4)}, attrs, opset=9)

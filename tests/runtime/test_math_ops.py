@@ -171,3 +171,16 @@ def test_pow_common_exponents_match_np_power(exponent, dtype):
     for b in (np.array(exponent, dtype), np.full((1, 1), exponent, dtype), np.full((1, 1, 1), exponent, dtype)):
         check("Pow", {"a": a, "b": b}, opset=15, rtol=1e-6 if dtype == np.float32 else None)
         check("Pow", {"a": a}, consts={"b": b}, opset=15, rtol=1e-6 if dtype == np.float32 else None)
+
+
+@pytest.mark.parametrize("op", ["BitwiseAnd", "BitwiseOr", "BitwiseXor"])
+@pytest.mark.parametrize("dtype", INTS)
+def test_bitwise_broadcasts(op, dtype):
+    low = 0 if dtype == np.uint8 else -100
+    check(op, {"a": rand((2, 3, 4), dtype, seed=1, low=low, high=100), "b": rand((3, 1), dtype, seed=2, low=low, high=100)},
+          opset=18)
+
+
+@pytest.mark.parametrize("dtype", INTS)
+def test_bitwise_not(dtype):
+    check("BitwiseNot", {"x": rand((3, 4), dtype, low=0 if dtype == np.uint8 else -100, high=100)}, opset=18)

@@ -263,3 +263,27 @@ def test_axis_out_of_range_names_the_node(op, attrs):
     model.nodes[0].attrs.update(attrs)
     with pytest.raises(ExecutionError, match=rf"{op}_0.*axis 2 is out of bounds"):
         InferenceSession(model).run(None, feeds)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+@pytest.mark.parametrize("opset", [7, 22])
+def test_lp_normalization(p, axis, opset):
+    x = rand((3, 4, 5), seed=1)
+    x[0, 0] = x[:, 1, 2] = 0  # zero norms along every axis tried: 0, not NaN
+    # onnx's reference takes x ** p for p = 1 (no absolute value): onnxruntime is the oracle.
+    got = check("LpNormalization", {"x": x}, {"axis": axis, "p": p}, opset=opset, oracle="onnxruntime")[0]
+    assert not np.isnan(got).any()
+
+
+@pytest.mark.parametrize("axes", [None, [0, 2, 3], [1], [2, 3]])
+@pytest.mark.parametrize("opset", [9, 13])
+def test_mean_variance_normalization(axes, opset):
+    """Against float64 arithmetic: the reference's E[x^2] - E[x]^2 in float32 loses digits (8e-5 on
+    3-value groups), dcm's mean of squared deviations does not."""
+    x = rand((2, 3, 4, 5), seed=1)
+    got = check("MeanVarianceNormalization", {"x": x}, {} if axes is None else {"axes": axes}, opset=opset, rtol=2e-4)
+    x = x.astype(np.float64)
+    d = x - x.mean(axis=tuple(axes or (0, 2, 3)), keepdims=True)
+    want = d / (np.sqrt(np.mean(d * d, axis=tuple(axes or (0, 2, 3)), keepdims=True)) + 1e-9)
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-5)

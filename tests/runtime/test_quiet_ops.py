@@ -28,6 +28,8 @@ CASES = {
     "ThresholdedRelu": ([F], {}, 10, 1), "ReduceMax": ([F], {"keepdims": 0}, 13, 1),
     "ReduceMin": ([F], {"keepdims": 0}, 13, 1), "ArgMax": ([F], {"axis": 1}, 13, 1),
     "ArgMin": ([F], {"axis": 1}, 13, 1), "TopK": ([F, np.array([3], np.int64)], {}, 11, 2),
+    "Hardmax": ([F], {}, 13, 1), "BitwiseAnd": ([I8, I8], {}, 18, 1), "BitwiseOr": ([I8, I8], {}, 18, 1),
+    "BitwiseXor": ([I8, I8], {}, 18, 1), "BitwiseNot": ([I8], {}, 18, 1),
 }
 
 

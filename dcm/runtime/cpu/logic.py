@@ -1,4 +1,5 @@
-"""Comparisons, boolean logic and float classification: every result is a bool tensor.
+"""Comparisons, boolean logic and float classification, whose results are bool tensors, and the
+bitwise ops on integers.
 
 None of these can raise a numpy floating-point warning (a comparison with NaN is quietly False),
 so all are ``quiet``.
@@ -12,6 +13,8 @@ from dcm.runtime.kernel import Kernel
 
 
 class _Compare(Kernel):
+    """Two inputs broadcast together through one numpy ufunc."""
+
     quiet = True
     fn = staticmethod(np.equal)
 
@@ -57,6 +60,29 @@ class Or(_Compare):
 @register("Xor")
 class Xor(_Compare):
     fn = staticmethod(np.logical_xor)
+
+
+@register("BitwiseAnd")
+class BitwiseAnd(_Compare):
+    fn = staticmethod(np.bitwise_and)
+
+
+@register("BitwiseOr")
+class BitwiseOr(_Compare):
+    fn = staticmethod(np.bitwise_or)
+
+
+@register("BitwiseXor")
+class BitwiseXor(_Compare):
+    fn = staticmethod(np.bitwise_xor)
+
+
+@register("BitwiseNot")
+class BitwiseNot(Kernel):
+    quiet = True
+
+    def __call__(self, x):
+        return (np.invert(x),)
 
 
 @register("Not")

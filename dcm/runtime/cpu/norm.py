@@ -1,11 +1,11 @@
 """Normalizations: BatchNormalization (inference), LayerNormalization, InstanceNormalization,
-GroupNormalization, and LRN."""
+GroupNormalization, LpNormalization, MeanVarianceNormalization and LRN."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from numpy.lib.array_utils import normalize_axis_index
+from numpy.lib.array_utils import normalize_axis_index, normalize_axis_tuple
 
 from dcm.errors import UnsupportedOpError
 from dcm.runtime.cpu.registry import register
@@ -147,6 +147,43 @@ class GroupNormalization(Kernel):
         y *= scale.reshape(-1, 1)
         y += bias.reshape(-1, 1)
         return (y.reshape(x.shape),)
+
+
+@register("LpNormalization")
+class LpNormalization(Kernel):
+    """x divided by its L1 or L2 norm (``p``) along ``axis``; 0 where the norm is 0."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axis = int(self.attrs.get("axis", -1))
+        self.p = int(self.attrs.get("p", 2))
+        if self.p not in (1, 2):
+            raise ValueError(f"p must be 1 or 2, got {self.p}")
+
+    def __call__(self, x):
+        axis = normalize_axis_index(self.axis, x.ndim)
+        if self.p == 1:
+            norm = np.sum(np.abs(x), axis=axis, keepdims=True)
+        else:
+            norm = np.sqrt(np.sum(np.square(x), axis=axis, keepdims=True))
+        return (np.where(norm == 0, 0, x / norm).astype(x.dtype, copy=False),)
+
+
+@register("MeanVarianceNormalization")
+class MeanVarianceNormalization(Kernel):
+    """(x - mean) / (std + 1e-9) over ``axes`` (default 0, 2, 3: per channel of an NCHW batch)."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axes = self.attrs.get("axes", [0, 2, 3])
+
+    def __call__(self, x):
+        axes = normalize_axis_tuple(self.axes, x.ndim)
+        d = x - x.mean(axis=axes, keepdims=True)
+        std = np.sqrt(np.mean(np.square(d), axis=axes, keepdims=True))
+        std += 1e-9
+        d /= std
+        return (d,)
 
 
 @register("LRN")
