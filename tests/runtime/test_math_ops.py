@@ -184,3 +184,22 @@ def test_bitwise_broadcasts(op, dtype):
 @pytest.mark.parametrize("dtype", INTS)
 def test_bitwise_not(dtype):
     check("BitwiseNot", {"x": rand((3, 4), dtype, low=0 if dtype == np.uint8 else -100, high=100)}, opset=18)
+
+
+@pytest.mark.parametrize("op,feeds", [
+    ("Add", {"a": np.zeros((100_000, 1), np.float32), "b": np.zeros((1, 100_000), np.float32)}),
+    ("Max", {"a": np.zeros((100_000, 1), np.float32), "b": np.zeros((1, 100_000), np.float32)}),
+    ("Equal", {"a": np.zeros((100_000, 1), np.int64), "b": np.zeros((1, 100_000), np.int64)}),
+    ("Where", {"c": np.zeros((100_000, 1), bool), "x": np.zeros((1, 100_000), np.float32),
+               "y": np.zeros((1,), np.float32)}),
+])
+def test_huge_broadcast_is_refused_before_allocating(op, feeds):
+    """10^5 x 10^5 values (40 GB) would be an allocation failure or worse: a clear error instead."""
+    from dcm.converters import ConvertOptions, from_onnx
+    from dcm.runtime import InferenceSession
+    from tests.runtime.opcheck import one_node
+
+    model = one_node(op, feeds, opset=16)
+    model.graph.output[0].type.tensor_type.elem_type = 9 if op == "Equal" else 1
+    with pytest.raises(ExecutionError, match=rf"{op}_0.*exceeds the limit"):
+        InferenceSession(from_onnx(model, ConvertOptions(exact=True))).run(None, feeds)

@@ -7,12 +7,23 @@ numpy's silent 0 (onnxruntime's behaviour there is undefined).
 """
 from __future__ import annotations
 
+import math
 from functools import reduce
 
 import numpy as np
 
+from dcm.format import constants as C
 from dcm.runtime.cpu.registry import register
+from dcm.runtime.cpu.shape import check_elements
 from dcm.runtime.kernel import Kernel
+
+
+def check_broadcast(*xs: np.ndarray) -> None:
+    """Refuse, before allocating, a broadcast result over spec rule 8's per-tensor limit (two
+    vectors of 10^5 values broadcast to 10^10). The product of the sizes bounds the result, so
+    the exact shape is worked out only when that product is over the limit."""
+    if math.prod(x.size for x in xs) > C.MAX_ELEMENTS:
+        check_elements(np.broadcast_shapes(*(x.shape for x in xs)), "broadcast result")
 
 
 def _no_integer_zero(b: np.ndarray, what: str) -> None:
@@ -24,6 +35,8 @@ class _Binary(Kernel):
     fn = staticmethod(np.add)
 
     def __call__(self, a, b):
+        if a.shape != b.shape:
+            check_broadcast(a, b)
         out = self.fn(a, b)
         return (out.astype(np.result_type(a, b), copy=False),)
 
@@ -68,6 +81,7 @@ class Pow(Kernel):
     """The result has the base's type, whatever the exponent's (ONNX's T and T1)."""
 
     def __call__(self, a, b):
+        check_broadcast(a, b)
         if a.dtype in _FAST_POWER_TYPES and b.size == 1 and b.ndim <= a.ndim:
             power = _POWERS.get(float(b.reshape(())))
             if power is not None:
@@ -90,6 +104,7 @@ class Mod(Kernel):
         self.fn = np.fmod if self.attrs.get("fmod", 0) else np.mod
 
     def __call__(self, a, b):
+        check_broadcast(a, b)
         _no_integer_zero(b, "modulo")
         return (self.fn(a, b),)
 
@@ -100,6 +115,7 @@ class _Variadic(Kernel):
     fn = staticmethod(np.maximum)
 
     def __call__(self, first, *rest):
+        check_broadcast(first, *rest)
         return (reduce(self.fn, rest, first),)
 
 
@@ -125,6 +141,7 @@ class Mean(_Variadic):
     def __call__(self, first, *rest):
         if not rest:
             return (first,)
+        check_broadcast(first, *rest)
         total = reduce(np.add, rest, first)  # a new array: divided in place
         return (np.divide(total, len(rest) + 1, out=total),)
 
@@ -134,4 +151,5 @@ class Where(Kernel):
     quiet = True
 
     def __call__(self, condition, x, y):
+        check_broadcast(condition, x, y)
         return (np.where(condition, x, y),)

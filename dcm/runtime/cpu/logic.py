@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dcm.runtime.cpu.elementwise import check_broadcast
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.kernel import Kernel
 
@@ -19,6 +20,7 @@ class _Compare(Kernel):
     fn = staticmethod(np.equal)
 
     def __call__(self, a, b):
+        check_broadcast(a, b)
         return (self.fn(a, b),)
 
 
