@@ -553,8 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("demo", parents=[as_json, quiet],
-                       help="train, prune, quantize and ship LeNet on the bundled MNIST")
-    s.add_argument("--model", default="lenet300", choices=["lenet300", "lenet5"])
+                       help="train, prune, quantize and ship LeNet, a ViT or an LSTM on the bundled MNIST")
+    s.add_argument("--model", default="lenet300", choices=["lenet300", "lenet5", "vit", "lstm"])
     s.add_argument("--out", default="demo-out")
     s.add_argument("--fast", action="store_true", help="a few epochs only (smoke test; figures not meaningful)")
     s.set_defaults(fn=cmd_demo)

@@ -107,4 +107,55 @@ def resnet50(num_classes: int = 1000, base: int = 64) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-MODELS = {"lenet300": LeNet300, "lenet5": LeNet5}
+class _EncoderBlock(nn.Module):
+    """Pre-norm transformer encoder block: x + MHA(LN(x)), then x + MLP(LN(x)) with GELU."""
+
+    def __init__(self, dim: int, heads: int, hidden: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class MnistViT(nn.Module):
+    """A small vision transformer for 28x28 digits: 7x7 patches (16 tokens) embedded by a Linear,
+    a class token and learned positions, ``depth`` pre-norm encoder blocks, a LayerNorm and a head."""
+
+    def __init__(self, dim: int = 64, depth: int = 2, heads: int = 4, hidden: int = 128, patch: int = 7):
+        super().__init__()
+        self.patch = patch
+        tokens = (28 // patch) ** 2
+        self.embed = nn.Linear(patch * patch, dim)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[_EncoderBlock(dim, heads, hidden) for _ in range(depth)])
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, 10)
+
+    def forward(self, x):
+        p, n = self.patch, 28 // self.patch
+        x = x.reshape(-1, n, p, n, p).permute(0, 1, 3, 2, 4).reshape(-1, n * n, p * p)
+        x = self.embed(x)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+class RowLSTM(nn.Module):
+    """An LSTM that reads a 28x28 digit one row (28 pixels) per time step; the last hidden state
+    feeds a Linear classifier (the recurrent-net setting of the ESE accelerator's compression)."""
+
+    def __init__(self, hidden: int = 128):
+        super().__init__()
+        self.lstm = nn.LSTM(28, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, 10)
+
+    def forward(self, x):
+        out, _ = self.lstm(x.reshape(-1, 28, 28))
+        return self.fc(out[:, -1])
+
+
+MODELS = {"lenet300": LeNet300, "lenet5": LeNet5, "vit": MnistViT, "lstm": RowLSTM}

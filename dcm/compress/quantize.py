@@ -44,9 +44,12 @@ class WeightSharing:
                 for n, ref in self.layers.items() if parametrize.is_parametrized(ref.module, ref.param)}
 
     def code_bits(self) -> dict[str, int]:
-        """Bits per layer kind, as ``from_torch(code_bits=...)`` wants them (max over the kind's layers)."""
+        """Bits per layer kind, as ``from_torch(code_bits=...)`` wants them (max over the kind's weights;
+        the converter stores the "other" parameters raw: ``code_shared_tensors`` codes them)."""
         out: dict[str, int] = {}
         for n, ref in self.layers.items():
+            if ref.kind == OTHER:
+                continue
             out[ref.kind] = max(out.get(ref.kind, 1), self.bits[n])
         return out
 
@@ -58,23 +61,51 @@ class WeightSharing:
                 ref.weight.requires_grad_(True)
 
 
+OTHER = "other"  # the kind of a shared parameter that is not a weight matrix (bias, norm scale)
+
+
+def _other_parameters(model: nn.Module, weights: dict[str, WeightRef]) -> dict[str, WeightRef]:
+    """Every float parameter that is not a compressible weight, by its full name."""
+    taken = {(id(r.module), r.param) for r in weights.values()}
+    out = {}
+    for mod_name, m in model.named_modules():
+        for param, p in m.named_parameters(recurse=False):
+            if (id(m), param) not in taken and p.is_floating_point():
+                name = f"{mod_name}.{param}" if mod_name else param
+                out[name] = WeightRef(m, param, OTHER, mod_name)
+    return out
+
+
 @torch.no_grad()
-def share_weights(model: nn.Module, bits: int | dict = None, init: Init = "linear") -> WeightSharing:
+def share_weights(model: nn.Module, bits: int | dict = None, init: Init = "linear",
+                  size_penalty: float | dict = 0.0, other_bits: int | None = None) -> WeightSharing:
     """Cluster each layer's non-zero weights into 2^bits centroids and tie them for fine-tuning.
 
     ``bits``: globally, per kind (default {"conv": 8, "fc": 5}, the paper's) or per layer name.
+    ``size_penalty`` (same forms): > 0 clusters for the coded size too (entropy-constrained
+    k-means, ``dcm.encoder.kmeans.entropy_constrained``): fewer bits per weight after Huffman
+    coding, for more distortion that centroid fine-tuning then recovers.
+    ``other_bits``: also share every other float parameter (biases, LayerNorm scales, position
+    embeddings) over 2^other_bits values each, so that the file can code them
+    (``dcm.compress.export.code_shared_tensors``) instead of storing float32. They are fine-tuned
+    like the weights, and named by their full parameter name ("fc1.bias").
     Any pruning parametrization is baked in first; its zeros stay zeros (the mask).
     """
     layers = weight_layers(model)
-    bits_per = per_layer(bits if bits is not None else {"conv": 8, "fc": 5}, layers)
+    bits_per = {n: int(b) for n, b in per_layer(bits if bits is not None else {"conv": 8, "fc": 5}, layers).items()}
+    penalty = per_layer(size_penalty, layers)
     layers = {n: layers[n] for n in bits_per}
+    if other_bits is not None:
+        for n, ref in _other_parameters(model, weight_layers(model)).items():
+            layers[n], bits_per[n] = ref, int(other_bits)
     for n, ref in layers.items():
         if parametrize.is_parametrized(ref.module, ref.param):
             parametrize.remove_parametrizations(ref.module, ref.param, leave_parametrized=True)
         weight = ref.weight
         w = weight.detach().cpu().numpy()
         mask = w != 0
-        codebook, labels = kmeans_1d(w[mask], 1 << int(bits_per[n]), init=init)
+        codebook, labels = kmeans_1d(w[mask], 1 << bits_per[n], init=init,
+                                     size_penalty=float(penalty.get(n, 0.0)))
         full = np.zeros(w.shape, dtype=np.int64)
         full[mask] = labels
         if not len(codebook):
@@ -83,4 +114,4 @@ def share_weights(model: nn.Module, bits: int | dict = None, init: Init = "linea
         shared = SharedWeights(codebook, full, mask, weight.dtype, weight.device)
         from_rank0(shared.codebook.data, shared.labels, shared.mask)
         parametrize.register_parametrization(ref.module, ref.param, shared, unsafe=True)
-    return WeightSharing(layers, {n: int(b) for n, b in bits_per.items()})
+    return WeightSharing(layers, bits_per)
