@@ -1,6 +1,7 @@
 """Every CLI command given bad input: the exit code, the one stderr line, and that nothing was written.
 
-    python -m benchmarks.cli_errors      # prints the table of docs/reliability.md (markdown)
+    python -m benchmarks.cli_errors      # prints the table of docs/reliability.md (markdown) and
+                                         # writes benchmarks/results/cli_errors.json
 
 ``tests/test_cli_errors.py`` runs the same cases and asserts: the documented exit code, exactly
 one line on stderr, no traceback, no file created or changed. When run as root, the read-only
@@ -145,7 +146,10 @@ def run_case(case: Case, w: Path) -> subprocess.CompletedProcess:
 
 
 def main() -> int:
+    from benchmarks.common import save
+
     w = make_workspace()
+    rows = []
     try:
         print("| command | bad input | exit | message (stderr, one line) |")
         print("|---|---|---:|---|")
@@ -153,10 +157,12 @@ def main() -> int:
             if case.read_only and not read_only_works(w):
                 continue
             r = run_case(case, w)
-            text = (r.stderr.strip() or r.stdout.strip() or "(nothing)").replace(str(w), "…").replace("|", "\\|")
-            print(f"| `dcm {case.command}` | {case.what} | {r.returncode} | {text} |")
+            text = (r.stderr.strip() or r.stdout.strip() or "(nothing)").replace(str(w), "…")
+            rows.append({"command": f"dcm {case.command}", "input": case.what, "exit": r.returncode, "message": text})
+            print(f"| `dcm {case.command}` | {case.what} | {r.returncode} | {text.replace('|', chr(92) + '|')} |")
     finally:
         remove_workspace(w)
+    print(f"wrote {save('cli_errors', {'rows': rows})}")
     return 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -41,7 +42,8 @@ def prune_module(module, density: dict[str, float], seed: int = 0) -> None:
 
 def save(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+    payload = {"machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+                           "cores": os.cpu_count(), "load_average": round(os.getloadavg()[0], 1)},
                **payload}
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
