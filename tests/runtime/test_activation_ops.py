@@ -143,3 +143,11 @@ def test_hardmax_first_maximum_along_the_axis(axis, opset):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int32, np.int8])
 def test_shrink(attrs, dtype):
     check("Shrink", {"x": rand((3, 5), dtype, low=-4, high=4)}, attrs, opset=9)
+
+
+def test_clip_bound_with_several_values_is_refused():
+    feeds = {"x": rand((3,)), "lo": rand((2,), seed=1)}
+    model = one_node("Clip", feeds, opset=13)
+    model.graph.output[0].type.tensor_type.elem_type = 1
+    with pytest.raises(ExecutionError, match="Clip_0.*bounds must be scalars"):
+        InferenceSession(from_onnx(model, ConvertOptions(exact=True))).run(None, feeds)

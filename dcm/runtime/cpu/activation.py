@@ -72,18 +72,26 @@ class Tanh(Kernel):
 
 @register("Clip")
 class Clip(Kernel):
-    """Bounds are attributes before opset 11 and (constant or runtime) inputs after."""
+    """Bounds are attributes before opset 11 and (constant or runtime) scalar inputs after."""
 
     def __call__(self, x, lo=None, hi=None):
         lo = self.attrs.get("min") if lo is None else lo
         hi = self.attrs.get("max") if hi is None else hi
         if x.dtype.kind == "f":  # both bounds given keeps np.clip on its fast loop
             lo, hi = (-np.inf if lo is None else lo), (np.inf if hi is None else hi)
-            return (np.clip(x, np.asarray(lo, dtype=x.dtype), np.asarray(hi, dtype=x.dtype)),)
-        y = np.array(x) if lo is None else np.maximum(x, np.asarray(lo, dtype=x.dtype))  # a new array either way
+            return (np.clip(x, _scalar(lo, x.dtype), _scalar(hi, x.dtype)),)
+        y = np.array(x) if lo is None else np.maximum(x, _scalar(lo, x.dtype))  # a new array either way
         if hi is not None:
-            np.minimum(y, np.asarray(hi, dtype=x.dtype), out=y)
+            np.minimum(y, _scalar(hi, x.dtype), out=y)
         return (y,)
+
+
+def _scalar(value, dtype: np.dtype) -> np.ndarray:
+    """A Clip bound as a 0-D array of x's type (a bound with more values would broadcast x)."""
+    a = np.asarray(value, dtype=dtype)
+    if a.size != 1:
+        raise ValueError(f"Clip bounds must be scalars, got shape {list(a.shape)}")
+    return a.reshape(())
 
 
 class _SoftmaxBase(Kernel):

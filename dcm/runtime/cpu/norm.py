@@ -8,6 +8,7 @@ import numpy as np
 from numpy.lib.array_utils import normalize_axis_index, normalize_axis_tuple
 
 from dcm.errors import UnsupportedOpError
+from dcm.runtime.cpu.elementwise import check_broadcast
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.kernel import Kernel
 
@@ -73,6 +74,7 @@ class BatchNormalization(Kernel):
             a, b = self.a, self.b
         else:
             a, b = (v.astype(x.dtype) for v in (self.folded or self._fold(scale, bias, mean, var)))
+            check_broadcast(x, a)  # statistics fed at run time may have any shape
         shape = (1, -1) + (1,) * (x.ndim - 2) if a.ndim == 1 else (1,) + tuple(a.shape)
         y = x * a.reshape(shape)
         y += b.reshape(shape)  # in place: one temporary fewer
