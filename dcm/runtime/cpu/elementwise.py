@@ -27,7 +27,7 @@ def check_broadcast(*xs: np.ndarray) -> None:
 
 
 def _no_integer_zero(b: np.ndarray, what: str) -> None:
-    if b.dtype.kind in "iub" and not np.all(b):
+    if b.dtype.kind in "iu" and not np.all(b):
         raise ZeroDivisionError(f"integer {what} by zero")
 
 

@@ -76,9 +76,7 @@ class Sqrt(_Unary):
 
 @register("Reciprocal")
 class Reciprocal(_Unary):
-    @staticmethod
-    def fn(x):
-        return np.divide(1, x, dtype=x.dtype)  # np.reciprocal on integers is integer division
+    fn = staticmethod(np.reciprocal)
 
 
 @register("Erf")
