@@ -1,5 +1,5 @@
 """The layer ops of decoders and recurrent nets (ConvTranspose, 3-D Conv and pooling, Resize/Upsample,
-LSTM/GRU/RNN): every opset version from 7 against onnx's reference evaluator, the recurrent
+LSTM/GRU/RNN): every opset version from 7 (and 28, the newest) against onnx's reference evaluator, the recurrent
 attributes the reference ignores against onnxruntime, pruned weights run sparse from their coded
 form, and bad inputs refused with a DcmError. (onnx's own node cases for these ops run in
 test_onnx_node_suite.py.)"""
@@ -36,25 +36,25 @@ CONV_T = {"strides": [2, 3], "output_padding": [1, 2], "dilations": [2, 1], "pad
 VERSIONS = [
     *[("Conv", v, {"x": _r(2, 4, 5, 6, 7)}, {"strides": [2, 1, 2], "pads": [1, 0, 1, 0, 1, 1],
                                             "dilations": [1, 2, 1], "group": 2},
-       {"w": _r(6, 2, 3, 2, 3), "b": _r(6)}, 1) for v in (7, 11, 22)],
+       {"w": _r(6, 2, 3, 2, 3), "b": _r(6)}, 1) for v in (7, 11, 22, 28)],
     *[("Conv", v, {"x": _r(2, 4, 9)}, {"auto_pad": "SAME_LOWER", "strides": [2]}, {"w": _r(3, 4, 4)}, 1)
       for v in (7, 11, 22)],
     *[("ConvTranspose", v, {"x": _r(2, 4, 5, 6)}, CONV_T, {"w": _r(4, 3, 3, 2), "b": _r(6)}, 1) for v in (7, 11, 22)],
     *[("ConvTranspose", v, {"x": _r(1, 2, 7)}, {"strides": [2], "auto_pad": auto}, {"w": _r(2, 3, 4)}, 1)
-      for v in (7, 11, 22) for auto in ("SAME_UPPER", "SAME_LOWER")],
+      for v in (7, 11, 22, 28) for auto in ("SAME_UPPER", "SAME_LOWER")],
     *[("ConvTranspose", v, {"x": _r(1, 2, 3, 4, 3)}, {"strides": [2, 1, 2], "output_shape": [7, 4, 6]},
        {"w": _r(2, 2, 2, 3, 2)}, 1) for v in (7, 11, 22)],
     *[("MaxPool", v, {"x": _r(2, 3, 6, 7, 8)}, {"kernel_shape": [3, 2, 3], "strides": [2, 2, 1],
-                                               "pads": [1, 0, 1, 1, 0, 1]}, {}, 2) for v in (8, 10, 11, 12, 22)],
+                                               "pads": [1, 0, 1, 1, 0, 1]}, {}, 2) for v in (8, 10, 11, 12, 22, 28)],
     *[("MaxPool", v, {"x": _r(2, 3, 7, 8)}, {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1,
                                             "dilations": [1, 2], "storage_order": 1}, {}, 2) for v in (10, 11, 12, 22)],
     *[("AveragePool", v, {"x": _r(2, 3, 6, 7, 8)}, {"kernel_shape": [2, 3, 3], "strides": [2, 1, 2],
                                                    "pads": [1, 1, 0, 0, 1, 1], "count_include_pad": 1}, {}, 1)
-      for v in (7, 10, 11, 19, 22)],
+      for v in (7, 10, 11, 19, 22, 28)],
     *[("AveragePool", v, {"x": _r(1, 2, 7, 6, 5)}, {"kernel_shape": [3, 3, 2], "strides": [2, 2, 2], "ceil_mode": 1},
        {}, 1) for v in (10, 11, 19, 22)],
     *[("LpPool", v, {"x": _r(1, 2, 6, 5, 4)}, {"kernel_shape": [2, 3, 2], "p": 3, "pads": [0, 1, 0, 0, 1, 1]}, {}, 1)
-      for v in (7, 11, 18, 22)],
+      for v in (7, 11, 18, 22, 28)],
     *[(op, v, {"x": _r(2, 3, 4, 5, 6)}, {}, {}, 1) for op in ("GlobalAveragePool", "GlobalMaxPool") for v in (7, 22)],
     *[("MaxUnpool", v, {"x": _r(1, 2, 2, 3)}, {"kernel_shape": [2, 2], "strides": [2, 2]},
        {"i": np.array([[[[0, 3, 4], [13, 14, 23]], [[25, 27, 28], [42, 43, 47]]]], np.int64),
@@ -65,7 +65,7 @@ VERSIONS = [
     ("Resize", 10, {"x": _r(1, 2, 3, 4)}, {"mode": "nearest"}, {"scales": np.array([1, 1, 2, 3], np.float32)}, 1),
     *[("Resize", v, {"x": _r(2, 3, 5, 6)}, {"mode": mode, "coordinate_transformation_mode": ctm},
        {"roi": np.zeros(0, np.float32), "scales": np.array([1, 1, 1.5, 0.6], np.float32)}, 1)
-      for v in (11, 13, 18, 19)
+      for v in (11, 13, 18, 19, 28)
       for mode, ctm in (("linear", "half_pixel"), ("cubic", "align_corners"), ("nearest", "asymmetric"),
                         ("linear", "pytorch_half_pixel"))],
     *[("Resize", v, {"x": _r(1, 2, 4, 5, 6)}, {"mode": "linear"},
@@ -82,7 +82,7 @@ VERSIONS = [
      {"roi": np.array([0, 0, -0.2, 0.1, 1, 1, 0.9, 1.3], np.float32), "scales": np.zeros(0, np.float32),
       "sizes": np.array([1, 1, 4, 6], np.int64)}, 1),
 ]
-for v in (7, 14, 22):
+for v in (7, 14, 22, 28):  # 28: the newest opset onnx 1.23 defines
     for op, gates in (("LSTM", 4), ("GRU", 3), ("RNN", 1)):
         attrs = {"hidden_size": 5, "direction": "bidirectional"}
         VERSIONS.append((op, v, {"x": _r(4, 3, 6)}, attrs,
