@@ -13,15 +13,17 @@ UNARY = {  # op -> lowest input value
     "Abs": -3, "Neg": -3, "Exp": -3, "Log": 0.1, "Sqrt": 0, "Reciprocal": 0.5, "Erf": -3, "Floor": -3, "Ceil": -3,
     "Round": -3, "Sign": -3, "Elu": -3, "Selu": -3, "Celu": -3, "Softplus": -3, "Softsign": -3, "HardSigmoid": -3,
     "HardSwish": -3, "Gelu": -3, "Mish": -3, "ThresholdedRelu": -3, "Relu": -3, "LeakyRelu": -3, "Sigmoid": -3,
-    "Tanh": -3,
+    "Tanh": -3, "Swish": -3, "Shrink": -3, "Sin": -3, "Cos": -3, "Tan": -1, "Asin": -0.9, "Acos": -0.9, "Atan": -3,
+    "Sinh": -3, "Cosh": -3, "Asinh": -3, "Acosh": 1, "Atanh": -0.9,
 }
 BINARY = ["Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"]
 VARIADIC = ["Min", "Max", "Sum", "Mean"]
-LOGIC = ["And", "Or", "Xor"]
+LOGIC = ["And", "Or", "Xor", "BitwiseAnd", "BitwiseOr", "BitwiseXor"]
 REDUCE = ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
           "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"]
 OTHERS = ["Not", "Where", "IsNaN", "IsInf", "Mod", "PRelu", "Clip", "Softmax", "LogSoftmax", "LayerNormalization",
-          "GroupNormalization", "InstanceNormalization", "BatchNormalization", "ArgMax", "ArgMin", "CumSum", "TopK"]
+          "GroupNormalization", "InstanceNormalization", "BatchNormalization", "ArgMax", "ArgMin", "CumSum", "TopK",
+          "Hardmax", "LpNormalization", "MeanVarianceNormalization", "BitwiseNot"]
 NEWEST = onnx.defs.onnx_opset_version()
 
 
@@ -37,13 +39,14 @@ def _case(op: str, v: int) -> dict:
     """check()'s arguments for ``op`` at opset ``v``."""
     x = rand((2, 3, 4), seed=1)
     if op in UNARY:
-        return {"inputs": {"x": rand((2, 3, 4), low=UNARY[op])}}
+        return {"inputs": {"x": rand((2, 3, 4), low=UNARY[op], high=0.9 if UNARY[op] == -0.9 else 3)}}
     if op in BINARY:
         return {"inputs": {"a": rand((2, 3, 4), low=0.5 if op == "Pow" else -3), "b": rand((3, 1), seed=2, low=0.5)}}
     if op in VARIADIC:
         return {"inputs": {"a": x, "b": rand((4,), seed=2), "c": rand((3, 1), seed=3)}}
     if op in LOGIC:
-        return {"inputs": {"a": rand((2, 3), np.bool_), "b": rand((3,), np.bool_, seed=2)}}
+        dtype = np.int32 if op.startswith("Bitwise") else np.bool_
+        return {"inputs": {"a": rand((2, 3), dtype, low=-50, high=50), "b": rand((3,), dtype, seed=2, low=-50, high=50)}}
     if op in REDUCE:
         positive = {"x": rand((2, 3, 4), low=0.1)}
         if v < (13 if op == "ReduceSum" else 18):
@@ -68,6 +71,11 @@ def _case(op: str, v: int) -> dict:
                                           "b": rand((2 if v < 21 else 4,), seed=3)}},
         "InstanceNormalization": {"inputs": {"x": x}, "consts": {"s": stats["s"], "b": stats["b"]}},
         "BatchNormalization": {"inputs": {"x": x}, "consts": stats, "oracle": "onnxruntime" if v < 14 else "reference"},
+        "Hardmax": {"inputs": {"x": x}, "attrs": {"axis": 1}, "oracle": "onnxruntime" if v < 13 else "reference"},
+        # onnx's reference LpNormalization forgets |x| for p = 1 (see test_norm_reduce_ops).
+        "LpNormalization": {"inputs": {"x": x}, "attrs": {"axis": 1, "p": 1}, "oracle": "onnxruntime"},
+        "MeanVarianceNormalization": {"inputs": {"x": rand((2, 3, 4, 5), seed=1)}},
+        "BitwiseNot": {"inputs": {"x": rand((2, 3), np.int16, low=-50, high=50)}},
         "ArgMax": {"inputs": {"x": x}, "attrs": {"axis": 1}},
         "ArgMin": {"inputs": {"x": x}, "attrs": {"axis": 1}},
         "CumSum": {"inputs": {"x": x}, "consts": {"axis": np.array(1, np.int64)}},
