@@ -166,7 +166,7 @@ def op_seeds() -> tuple[tuple[bytes, dict], ...]:
         from benchmarks.fuzz_onnx import node_seeds
     except ImportError:
         return ()
-    return tuple((to_bytes(model), feeds) for _, model, feeds in node_seeds())
+    return tuple((data, feeds) for _, data, feeds in node_seeds())
 
 
 # --- which compiled kernels a campaign reached ------------------------------------------------
@@ -600,11 +600,9 @@ def _merge(total: dict, s: dict) -> None:
 
 
 def _onnx_available() -> bool:
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("onnx") is not None
 
 
 def main(argv: list[str] | None = None) -> int:

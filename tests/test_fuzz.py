@@ -96,7 +96,7 @@ def test_campaign_records_kernels_and_ops(monkeypatch):
     """A small campaign in this process, on the hand-made seeds and the built ONNX models only (the
     backend node cases take a while to build): outcomes add up, kernels and ops are recorded."""
     built = [onnx_fuzz.BUILT[i]() for i in range(len(onnx_fuzz.BUILT))]
-    op_seeds = tuple((fuzz.to_bytes(onnx_fuzz._convert(data)), feeds) for _, data, feeds in built)
+    op_seeds = tuple((fuzz.to_bytes(onnx_fuzz._converted(data)), feeds) for _, data, feeds in built)
     monkeypatch.setattr(fuzz, "op_seeds", lambda: op_seeds)
     monkeypatch.setattr(onnx_fuzz, "onnx_seeds", lambda: tuple(built))
     previous = signal.getsignal(signal.SIGALRM)
