@@ -26,9 +26,14 @@ class Net(torch.nn.Module):
         return self.head(torch.relu(self.fc1(self.features(x).flatten(1))))
 
 
-@pytest.fixture(scope="module")
-def onnx_bytes():
-    return torch_to_onnx_bytes(Net().eval(), torch.zeros(1, 1, 8, 8))
+@pytest.fixture(scope="module", params=["dynamo", "torchscript"])
+def onnx_bytes(request):
+    """Both exporters: dynamo names nodes ``node_linear``, TorchScript ``/fc1/Gemm``."""
+    return torch_to_onnx_bytes(Net().eval(), torch.zeros(1, 1, 8, 8), exporter=request.param)
+
+
+def _node_of(model, weight: str) -> str:
+    return next(n.name for n in model.nodes if weight in n.inputs)
 
 
 def test_module_path_and_aliases():
@@ -44,8 +49,10 @@ def _zeros(model, tensor):
     return float((decode_tensor(model.tensors[tensor]) == 0).mean())
 
 
-@pytest.mark.parametrize("name", ["fc1", "/fc1/Gemm", "fc1.weight"])
-def test_sparsity_accepts_every_form_of_a_layer_name(onnx_bytes, name):
+@pytest.mark.parametrize("form", ["module", "node", "tensor"])
+def test_sparsity_accepts_every_form_of_a_layer_name(onnx_bytes, form):
+    name = {"module": "fc1", "tensor": "fc1.weight",
+            "node": _node_of(from_onnx(onnx_bytes, ConvertOptions(exact=True)), "fc1.weight")}[form]
     with pytest.warns(UserWarning):
         model = from_onnx(onnx_bytes, ConvertOptions(sparsity={name: 0.75}))
     assert _zeros(model, "fc1.weight") == pytest.approx(0.75, abs=0.01)
@@ -75,12 +82,14 @@ def test_code_bits_per_layer(onnx_bytes):
     assert len(np.unique(head[head != 0])) > 4
 
 
-@pytest.mark.parametrize("name", ["fc1", "/fc1/Gemm", "fc1.weight"])
-def test_session_kernels_accept_every_form_of_a_layer_name(onnx_bytes, name):
+@pytest.mark.parametrize("form", ["module", "node", "tensor"])
+def test_session_kernels_accept_every_form_of_a_layer_name(onnx_bytes, form):
     model = from_onnx(onnx_bytes, ConvertOptions(exact=True))
+    node = _node_of(model, "fc1.weight")
+    name = {"module": "fc1", "tensor": "fc1.weight", "node": node}[form]
     for mode in ("dense", "sparse"):
         layers = {d["name"]: d.get("kernel") for d in InferenceSession(model, kernels={name: mode}).describe()}
-        assert layers["/fc1/Gemm"] == mode
+        assert layers[node] == mode
 
 
 def test_session_kernels_unknown_name_is_an_error(onnx_bytes):
