@@ -97,15 +97,18 @@ def _attrs(node) -> dict[str, Any]:
     return out
 
 
+def _dims(vi) -> list[int | str]:
+    """A value info's shape; a dim without size or name gets a name of its own."""
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or f"{vi.name}_dim{i}")
+            for i, d in enumerate(vi.type.tensor_type.shape.dim)]
+
+
 def _value_info(vi) -> ValueInfo:
     t = vi.type.tensor_type
     dtype = ONNX_DTYPES.get(t.elem_type)
     if dtype is None:
         raise ConversionError(f"value {vi.name!r}: element type {t.elem_type} is not supported")
-    shape = []
-    for i, d in enumerate(t.shape.dim):
-        shape.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or f"{vi.name}_dim{i}"))
-    return ValueInfo(vi.name, dtype, shape)
+    return ValueInfo(vi.name, dtype, _dims(vi))
 
 
 # Folded with dcm's own kernel instead of onnx's reference: its GatherElements goes through
@@ -154,8 +157,11 @@ class _Graph:
             inferred = g
         outs = {v.name: v for v in inferred.output}
         self.outputs = [_value_info(outs.get(v.name, v)) for v in g.output]
-        self.shapes = {v.name: _value_info(v).shape for v in list(inferred.value_info) + list(inferred.input)
-                       if v.type.HasField("tensor_type")}
+        # Only value infos that carry a shape: one without (shape inference could not tell the rank,
+        # e.g. a Squeeze whose axes it cannot see) is unknown, not a scalar. The exporter's own value
+        # infos fill what inference leaves out (the dynamo exporter writes them all).
+        self.shapes = {v.name: _dims(v) for v in list(g.value_info) + list(inferred.value_info) + list(inferred.input)
+                       if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
         self.nodes = [_copy(n) for n in g.node]
 
     def static_shape(self, name: str) -> list[int] | None:
