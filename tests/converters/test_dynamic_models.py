@@ -1,4 +1,4 @@
-"""Transformer and modern-CNN blocks exported by both torch exporters (TorchScript, dynamo=False, and
+"""Transformer, decoder-attention and modern-CNN blocks exported by both torch exporters (TorchScript, dynamo=False, and
 the default dynamo one) with a symbolic batch and sequence length: shapes computed at run time,
 int64 token ids and masks, attention products of two run-time values. Each converts with --exact
 and matches torch at two different batch/sequence sizes. Plus embedding tables gathered from their
@@ -93,9 +93,28 @@ class EffNet(nn.Module):
         return self.head(y.reshape(y.size(0), -1))
 
 
+class CausalSDPA(nn.Module):
+    """scaled_dot_product_attention(is_causal=True), a -inf upper triangle, torch.gather at an
+    argmax, and a pad of a shifted slice: the masks and index ops of decoder models."""
+
+    def __init__(self, d=32, heads=4):
+        super().__init__()
+        self.h, self.qkv = heads, nn.Linear(d, 3 * d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.h, -1).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        z = (q @ k.transpose(-1, -2) + torch.triu(torch.full((t, t), float("-inf")), diagonal=1)).softmax(-1) @ v
+        picked = torch.gather(x, 1, torch.argmax(x[..., 0], dim=-1)[:, None, None].expand(b, 1, d))
+        return ((y + z).transpose(1, 2).reshape(b, t, d) + picked + F.pad(x[:, 1:], (0, 0, 0, 1)))
+
+
 def _inputs(name: str, batch: int, seq: int, rng) -> dict[str, np.ndarray]:
     if name == "effnet":
         return {"x": rng.standard_normal((batch, 3, 16, 16)).astype(np.float32)}
+    if name == "sdpa":
+        return {"x": rng.standard_normal((batch, seq, 32)).astype(np.float32)}
     feeds = {"ids": rng.integers(0, 100, (batch, seq)).astype(np.int64)}
     if name == "bert":
         mask = np.ones((batch, seq), np.int64)
@@ -104,7 +123,7 @@ def _inputs(name: str, batch: int, seq: int, rng) -> dict[str, np.ndarray]:
     return feeds
 
 
-MODELS = {"bert": Bert, "gpt2": GPT2, "effnet": EffNet}
+MODELS = {"bert": Bert, "gpt2": GPT2, "effnet": EffNet, "sdpa": CausalSDPA}
 
 
 def _export(name: str, dynamo: bool, path) -> None:
