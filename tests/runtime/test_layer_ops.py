@@ -42,6 +42,9 @@ VERSIONS = [
     *[("ConvTranspose", v, {"x": _r(2, 4, 5, 6)}, CONV_T, {"w": _r(4, 3, 3, 2), "b": _r(6)}, 1) for v in (7, 11, 22)],
     *[("ConvTranspose", v, {"x": _r(1, 2, 7)}, {"strides": [2], "auto_pad": auto}, {"w": _r(2, 3, 4)}, 1)
       for v in (7, 11, 22, 28) for auto in ("SAME_UPPER", "SAME_LOWER")],
+    *[("ConvTranspose", v, {"x": _r(2, 3, 4, 5)}, attrs, {"w": _r(3, 2, 2, 2), "b": _r(2)}, 1)
+      for v in (7, 22) for attrs in ({"strides": [2, 2]},  # taps that never overlap: one transposed copy
+                                     {"strides": [2, 2], "output_padding": [1, 0], "pads": [0, 1, 0, 0]})],
     *[("ConvTranspose", v, {"x": _r(1, 2, 3, 4, 3)}, {"strides": [2, 1, 2], "output_shape": [7, 4, 6]},
        {"w": _r(2, 2, 2, 3, 2)}, 1) for v in (7, 11, 22)],
     *[("MaxPool", v, {"x": _r(2, 3, 6, 7, 8)}, {"kernel_shape": [3, 2, 3], "strides": [2, 2, 1],
