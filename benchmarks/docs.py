@@ -38,6 +38,7 @@ COMMANDS = {  # what writes benchmarks/results/<source>.json
     "scale": "python -m benchmarks.scale",
     "fuzz": "python -m benchmarks.fuzz --iterations N --workers 2 --seed S",
     "cli_errors": "python -m benchmarks.cli_errors",
+    "tables": "python -m benchmarks.tables --dcm FILE ... --vgg16",
 }
 
 
@@ -159,11 +160,18 @@ def cli_errors(data: dict) -> list[str]:
     return _table(["command", "bad input", "exit", "message (stderr, one line)"], rows, "llrl")
 
 
+def tables(data: dict) -> list[str]:
+    from benchmarks.tables import markdown  # the benchmark's own markdown, so the two never disagree
+
+    return markdown(data["results"]).strip().splitlines()
+
+
 RENDERERS: dict[str, tuple[str, Callable[[Any], list[str]]]] = {
     "compression": ("compression", compression), "compression-layers": ("compression", compression_layers),
     "demo": ("compression", demo),
     "codecs": ("codecs", codecs), "runtime-cpu": ("runtime", runtime_cpu), "runtime-gpu": ("runtime", runtime_gpu),
     "ops": ("ops", ops), "scale": ("scale", scale), "fuzz": ("fuzz", fuzz), "cli-errors": ("cli_errors", cli_errors),
+    "tables": ("tables", tables),
 }
 
 

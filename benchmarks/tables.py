@@ -1,31 +1,28 @@
 """Huffman table bytes per layer: the listed tables of version 1.0 vs the compact ones of 1.1.
 
-    python -m benchmarks.tables [--dcm FILE ...] [--vgg16] [--markdown]
+    python -m benchmarks.tables [--dcm FILE ...] [--vgg16]
 
 Each coded tensor is measured twice with the same streams: its payload is parsed and packed again
 with the other table form (spec 6.1 vs 6.2), so the difference is the tables alone. ``--dcm``
 measures existing files (such as the output of ``dcm demo``); ``--vgg16`` builds VGG-16 as
 ``benchmarks/scale.py`` does (seeded random weights pruned to the paper's per-layer densities,
 8-bit conv and 5-bit fc codes, 5-bit index) and encodes each weight. Writes
-benchmarks/results/tables.json; ``--markdown`` prints the tables of docs/format-measurements.md
-from that JSON.
+benchmarks/results/tables.json, which ``python -m benchmarks.docs --take tables`` turns into the
+tables of docs/format-measurements.md.
 """
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from benchmarks.common import save
 from dcm.format import constants as C
 from dcm.format import read, to_bytes
 from dcm.format.blobs import pack_payload, parse_payload
 from dcm.format.model import Model, TensorRecord
 
-RESULTS = Path(__file__).resolve().parent / "results" / "tables.json"
 LISTED = {compact: base for base, compact in C.WITH_COMPACT_TABLES.items()}
 
 
@@ -77,6 +74,7 @@ def vgg16() -> Model:
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
+    """One table per model: bytes per coded tensor with listed and compact tables, then the file."""
     out = []
     for r in results:
         out += [f"### {r['model']}", "",
@@ -86,7 +84,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
             saved = row["payload_listed"] - row["payload_compact"]
             out.append(f"| {row['tensor']} | {'x'.join(map(str, row['shape']))} | {row['tables_listed']:,} | "
                        f"{row['tables_compact']:,} | {row['payload_listed']:,} | {row['payload_compact']:,} | "
-                       f"{saved:,} B ({saved / row['payload_listed']:.1%}) |")
+                       f"{saved:,} B ({saved / row['payload_listed']:.2%}) |")
         t_old = sum(x["tables_listed"] for x in r["layers"])
         t_new = sum(x["tables_compact"] for x in r["layers"])
         saved = r["file_listed"] - r["file_compact"]
@@ -99,17 +97,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dcm", nargs="*", default=[], type=Path, help=".dcm files to measure")
     ap.add_argument("--vgg16", action="store_true", help="also build and measure VGG-16 (minutes)")
-    ap.add_argument("--markdown", action="store_true", help="print the stored results as markdown tables")
     args = ap.parse_args()
-    if args.markdown:
-        print(markdown(json.loads(RESULTS.read_text())["results"]))
-        return
     results = [measure(p.stem, read(p)) for p in args.dcm]
     if args.vgg16:
         results.append(measure("VGG-16 (random weights, paper densities)", vgg16()))
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"command": "python -m benchmarks.tables " + " ".join(
-        [f"--dcm {p}" for p in args.dcm] + (["--vgg16"] if args.vgg16 else [])), "results": results}, indent=1) + "\n")
+    files = ", ".join(f"`{p.name}`" for p in args.dcm)
+    save("tables", {"note": f"Files measured: {files}." if files else "", "results": results})
     print(markdown(results))
 
 
