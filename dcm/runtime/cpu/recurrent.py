@@ -150,7 +150,7 @@ class _Recurrent(Kernel):
         bias = self._vector(b, (dirs, 2 * gh), "B")
         h = self._state(h0, (dirs, batch, hidden), "initial_h")
         c = self._state(c0, (dirs, batch, hidden), "initial_c")
-        peep = self._vector(p, (dirs, 3 * hidden), "P")
+        peep = None if p is None else self._vector(p, (dirs, 3 * hidden), "P")
         lens = np.full(batch, steps, dtype=np.int64) if seq is None else np.asarray(seq).astype(np.int64).reshape(-1)
         if lens.shape != (batch,) or lens.min(initial=0) < 0 or lens.max(initial=0) > steps:
             raise ValueError(f"sequence_lens {lens.tolist()[:8]} does not fit batch {batch} and {steps} steps")
@@ -166,7 +166,7 @@ class _Recurrent(Kernel):
                 order = np.where(t < lens[None, :], lens[None, :] - 1 - t, t)  # [T, N], its own inverse
                 xs = np.take_along_axis(x, order[:, :, None], axis=0)
             xw = wp[d][0].right(xs.reshape(steps * batch, size_in)).reshape(steps, batch, gh)
-            ys, hs[d], cs[d] = self._scan(d, xw, rp[d], bias[d], peep[d], h[d], c[d], valid)
+            ys, hs[d], cs[d] = self._scan(d, xw, rp[d], bias[d], None if peep is None else peep[d], h[d], c[d], valid)
             y[:, d] = ys if order is None else np.take_along_axis(ys, order[:, :, None], axis=0)
         empty = lens == 0
         if empty.any():  # no step at all: zero final states, as onnxruntime gives
@@ -265,16 +265,12 @@ class GRU(_Recurrent):
         ys = np.zeros((xw.shape[0],) + h.shape, dtype=np.float32)
         for t in range(xw.shape[0]):
             x_t = xw[t]
+            rh = rp[0].right(h)  # [N, 3 * hidden], or [N, 2 * hidden] when R_h waits for the reset gate
+            zr = f(self._clip(x_t[:, : 2 * hidden] + rh[:, : 2 * hidden]))  # z and r in one call
+            z, reset = zr[:, :hidden], zr[:, hidden:]
             if self.linear_before_reset:
-                rh = rp[0].right(h)
-                zr = rh[:, : 2 * hidden]
-                z = f(self._clip(x_t[:, :hidden] + zr[:, :hidden]))
-                reset = f(self._clip(x_t[:, hidden : 2 * hidden] + zr[:, hidden:]))
                 cand = g(self._clip(x_t[:, 2 * hidden :] + reset * (rh[:, 2 * hidden :] + rb[2 * hidden :])))
             else:
-                zr = rp[0].right(h)
-                z = f(self._clip(x_t[:, :hidden] + zr[:, :hidden]))
-                reset = f(self._clip(x_t[:, hidden : 2 * hidden] + zr[:, hidden:]))
                 cand = g(self._clip(x_t[:, 2 * hidden :] + rp[1].right(np.ascontiguousarray(reset * h))))
             new = (1 - z) * cand + z * h
             ys[t] = new if valid is None else np.where(valid[t][:, None], new, 0)
@@ -300,14 +296,20 @@ class LSTM(_Recurrent):
         f, g, act_h = self.acts[d]
         hidden = h.shape[1]
         xw += bias[: 4 * hidden] + bias[4 * hidden :]
-        p_i, p_o, p_f = peep[:hidden], peep[hidden : 2 * hidden], peep[2 * hidden :]
         ys = np.zeros((xw.shape[0],) + h.shape, dtype=np.float32)
         for t in range(xw.shape[0]):
             gates = xw[t] + rp[0].right(h)
-            i = f(self._clip(gates[:, :hidden] + p_i * c))
-            forget = 1 - i if self.input_forget else f(self._clip(gates[:, 2 * hidden : 3 * hidden] + p_f * c))
-            cell = forget * c + i * g(self._clip(gates[:, 3 * hidden :]))
-            o = f(self._clip(gates[:, hidden : 2 * hidden] + p_o * cell))
+            if peep is None:  # i, o and f in one activation call
+                iof = f(self._clip(gates[:, : 3 * hidden]))
+                i, o = iof[:, :hidden], iof[:, hidden : 2 * hidden]
+                forget = 1 - i if self.input_forget else iof[:, 2 * hidden :]
+                cell = forget * c + i * g(self._clip(gates[:, 3 * hidden :]))
+            else:
+                p_i, p_o, p_f = peep[:hidden], peep[hidden : 2 * hidden], peep[2 * hidden :]
+                i = f(self._clip(gates[:, :hidden] + p_i * c))
+                forget = 1 - i if self.input_forget else f(self._clip(gates[:, 2 * hidden : 3 * hidden] + p_f * c))
+                cell = forget * c + i * g(self._clip(gates[:, 3 * hidden :]))
+                o = f(self._clip(gates[:, hidden : 2 * hidden] + p_o * cell))
             new = o * act_h(cell)  # clip bounds the gates' inputs, not the cell state (as onnxruntime)
             ys[t] = new if valid is None else np.where(valid[t][:, None], new, 0)
             h = self._keep(valid, t, new, h)
