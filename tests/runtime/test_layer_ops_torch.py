@@ -170,6 +170,30 @@ def test_recurrent_layers_match_torch(name, states):
     _check(sess, model, inputs(2, 9), names)  # symbolic batch and sequence length
 
 
+class _LearnedStates(nn.Module):
+    """Fixed (learned) initial states, broadcast over the batch: constants in the exported graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(6, 8, num_layers=2, batch_first=True)
+        self.h0 = nn.Parameter(torch.randn(2, 1, 8))
+        self.c0 = nn.Parameter(torch.randn(2, 1, 8))
+
+    def forward(self, x):
+        batch = x.shape[0]
+        return self.lstm(x, (self.h0.expand(-1, batch, -1).contiguous(), self.c0.expand(-1, batch, -1).contiguous()))
+
+
+def test_lstm_with_fixed_initial_states_matches_torch():
+    torch.manual_seed(0)
+    model = _LearnedStates().eval()
+    x = torch.randn(3, 5, 6)
+    sess = InferenceSession(from_onnx(_export(model, (x,), ["x"], {"x": {0: "batch", 1: "seq"}}),
+                                      ConvertOptions(exact=True)))
+    _check(sess, model, (x,), ["x"])
+    _check(sess, model, (torch.randn(2, 7, 6),), ["x"])
+
+
 def test_pruned_lstm_runs_sparse_and_matches_torch():
     torch.manual_seed(0)
     model, inputs, names, dynamic = _recurrent("lstm-bidirectional-batch-first", False, hidden=64, size=48)
