@@ -1,39 +1,200 @@
-"""Reproduce the paper's Table 1 rows on MNIST (standard split) with `dcm demo`'s pipeline.
+"""Table 1 rows of every `dcm demo` model over several seeds, the per-technique ablation, and the docs page.
 
-    python benchmarks/compression.py [--models lenet300 lenet5] [--out benchmarks/results]
+    python benchmarks/compression.py [--models lenet300 lenet5 vit lstm] [--seeds 0 1 2]
+    python benchmarks/compression.py --ablation [--seeds 0 1 2]       # LeNet-300-100, one technique at a time
+    python benchmarks/compression.py --docs docs/compression.md        # render the page from the JSON only
 
-Prints Table 1 and the per-layer tables for each model and writes benchmarks/results/compression.json.
-The bar (issue 7): error <= dense baseline + 0.1 pp; ratio >= 40x (LeNet-300-100), >= 39x (LeNet-5).
+Each run is `dcm demo`'s pipeline: the error is measured by running the written .dcm with dcm's
+runtime on the standard split's 5,000 test images, and the ratio is float32 bytes of all
+parameters / the whole file. Results go to benchmarks/results/compression.json (one row per model:
+the first seed's full result, the mean and worst over the seeds, and each seed's figures) and
+compression_ablation.json; --docs renders docs/compression.md from those files (pass
+--out docs/data to render from the committed copies).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import time
+from dataclasses import replace
 from pathlib import Path
 
 from dcm import demo
 
-PAPER = {"lenet300": 40.0, "lenet5": 39.0}
+RESULTS = Path(__file__).parent / "results"
+# Issue 21's bars: the ratio to reach, and the error to stay under (absolute, or dense + margin).
+TARGETS = {
+    "lenet300": {"ratio": 64.0, "error": 0.0258, "dense": 0.0248},
+    "lenet5": {"ratio": 100.0, "error": 0.0110},
+    "vit": {"ratio": 20.0, "over_dense": 0.003},
+    "lstm": {"ratio": 20.0, "over_dense": 0.003},
+}
+PAPER = {"lenet300": "40x (Deep Compression), 64x (soft weight-sharing)", "lenet5": "39x (Deep Compression), 162x (soft weight-sharing)"}
+
+# Cumulative steps on LeNet-300-100: each row adds one technique to the row above.
+ABLATION = [
+    ("paper recipe (5-bit fc, 96/93/75% pruned, float32 biases)",
+     dict(augment=0, sparsity={"fc1": 0.96, "fc2": 0.93, "fc3": 0.75}, bits={"fc": 5}, size_penalty=0.0, other_bits=None)),
+    ("+ stronger dense recipe (random 2-pixel shifts in every stage)", dict(augment=2)),
+    ("+ harder per-layer pruning (98/95/80%)", dict(sparsity={"fc1": 0.98, "fc2": 0.95, "fc3": 0.8})),
+    ("+ shared 3-bit biases, coded", dict(other_bits=3)),
+    ("+ 4-bit fc codebooks", dict(bits={"fc": 4})),
+    ("+ entropy-constrained weight sharing", dict(size_penalty=0.03)),
+]
+
+
+BRIEF = ("error_dense", "error_pruned", "error_quantized_torch", "error_file", "dcm_bytes", "ratio", "seconds")
+
+
+def run_recipe(recipe: demo.Recipe, out: Path, dense_cache: Path | None = None) -> dict:
+    return demo.run(recipe, out, quiet=True, log=lambda line: None, dense_cache=dense_cache)
+
+
+def summarize(model: str, runs: list[dict]) -> dict:
+    errs = [r["error_file"] for r in runs]
+    ratios = [r["ratio"] for r in runs]
+    dense = [r["error_dense"] for r in runs]
+    s = {"model": model, "seeds": [r["recipe"]["seed"] for r in runs],
+         "error_dense_mean": sum(dense) / len(dense), "error_dense_worst": max(dense),
+         "error_file_mean": sum(errs) / len(errs), "error_file_worst": max(errs),
+         "ratio_mean": sum(ratios) / len(ratios), "ratio_worst": min(ratios),
+         "seconds_mean": sum(r["seconds"] for r in runs) / len(runs)}
+    t = TARGETS.get(model, {})
+    bar = s["ratio_worst"] >= t.get("ratio", 0)
+    if "error" in t:
+        bar &= s["error_file_worst"] <= t["error"]
+    if "dense" in t:
+        bar &= s["error_dense_worst"] <= t["dense"]
+    if "over_dense" in t:
+        bar &= all(r["error_file"] <= r["error_dense"] + t["over_dense"] for r in runs)
+    s["meets_target"] = bool(bar)
+    return s
+
+
+def _machine() -> dict:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["lenet300", "lenet5"], choices=sorted(demo.RECIPES))
-    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--models", nargs="+", default=["lenet300", "lenet5", "vit", "lstm"], choices=sorted(demo.RECIPES))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--ablation", action="store_true", help="LeNet-300-100, adding one technique per row")
+    ap.add_argument("--docs", metavar="PATH", help="only render the markdown page from the saved JSON")
+    ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     out = Path(args.out)
-    rows = []
-    for name in args.models:
-        r = demo.run(demo.RECIPES[name], out, quiet=True)
-        print(demo.format_tables(r))
-        r["meets_bar"] = r["error_file"] <= r["error_dense"] + 0.001 and r["ratio"] >= PAPER[name]
-        rows.append(r)
-    print(f"\n{'model':<10}{'dense err':>10}{'file err':>10}{'ratio':>8}{'paper':>8}{'bar met':>9}{'seconds':>9}")
-    for r in rows:
-        print(f"{r['model']:<10}{r['error_dense']:>10.2%}{r['error_file']:>10.2%}{r['ratio']:>7.1f}x"
-              f"{PAPER[r['model']]:>7.0f}x{str(r['meets_bar']):>9}{r['seconds']:>9.0f}")
+    if args.docs:
+        Path(args.docs).write_text(render(out))
+        return
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compression.json").write_text(json.dumps(rows, indent=2))
+    if args.ablation:
+        rows, recipe = [], demo.RECIPES["lenet300"]
+        for label, change in ABLATION:
+            recipe = replace(recipe, **change)
+            # Rows that keep the dense recipe reuse its model: only the later stages differ.
+            runs = [run_recipe(replace(recipe, seed=s), out / "ablation", out / "dense-cache") for s in args.seeds]
+            rows.append({"step": label, "change": change, **summarize("lenet300", runs),
+                         "bytes_mean": sum(r["dcm_bytes"] for r in runs) / len(runs)})
+            print(f"{label:<66}{rows[-1]['error_file_mean']:>8.2%}{rows[-1]['error_file_worst']:>8.2%}"
+                  f"{rows[-1]['ratio_mean']:>8.1f}x")
+        (out / "compression_ablation.json").write_text(json.dumps({"machine": _machine(), "seeds": args.seeds,
+                                                                    "rows": rows}, indent=2))
+        return
+    path = out / "compression.json"
+    saved = {r["model"]: r for r in json.loads(path.read_text())} if path.exists() else {}
+    for name in args.models:
+        runs = []
+        for seed in args.seeds:
+            r = run_recipe(replace(demo.RECIPES[name], seed=seed), out / name)
+            print(demo.format_tables(r))
+            runs.append(r)
+        s = summarize(name, runs)
+        saved[name] = {**runs[0], **s, "machine": _machine(),
+                       "runs": [{k: r[k] for k in BRIEF} | {"seed": r["recipe"]["seed"]} for r in runs]}
+        print(f"\n{name}: file error mean {s['error_file_mean']:.2%} worst {s['error_file_worst']:.2%}; "
+              f"ratio mean {s['ratio_mean']:.1f}x worst {s['ratio_worst']:.1f}x; target met: {s['meets_target']}")
+        path.write_text(json.dumps(list(saved.values()), indent=2))
+
+
+def render(out: Path) -> str:
+    """docs/compression.md, from compression.json and compression_ablation.json."""
+    lines = [
+        "# Compression results",
+        "",
+        "Generated by `python benchmarks/compression.py --docs docs/compression.md` from the JSON that",
+        "`benchmarks/compression.py` writes; every figure comes from a written `.dcm` file. The error is",
+        "measured by running that file with dcm's runtime on the standard split's 5,000 test images",
+        "(`dcm/mnist.py`); the ratio is float32 bytes of all parameters / the whole file (graph, tables",
+        "and padding included), the accounting of the Deep Compression paper.",
+        "",
+        "## The techniques, and where they live",
+        "",
+        "- **Stronger dense recipe**: every training stage sees each image moved by a random shift of up",
+        "  to 2 pixels (`dcm.demo.shift`, `Recipe.augment`). The bundled split has 10,000 training images,",
+        "  which LeNet-300-100 overfits; the shifts lower its dense error and leave room to prune harder.",
+        "- **Per-layer sparsity** (`Recipe.sparsity`, `dcm.compress.Pruner`): the first layer, which holds",
+        "  most weights, is pruned hardest; `dcm.compress.sensitivity` shows which layers tolerate it.",
+        "- **Per-layer bit widths** (`Recipe.bits`, per kind or per layer name, `dcm.compress.share_weights`).",
+        "- **Entropy-constrained weight sharing** (`share_weights(size_penalty=...)`,",
+        "  `dcm.encoder.kmeans.entropy_constrained`): k-means that minimizes distortion + lambda x",
+        "  coded bits, so the clusters Huffman coding makes cheap grow and rare ones vanish; centroid",
+        "  fine-tuning then recovers the accuracy.",
+        "- **Coded biases** (`share_weights(other_bits=...)`, `dcm.compress.export.code_shared_tensors`):",
+        "  biases (and LayerNorm scales, position embeddings) are shared over 2^b values and stored as",
+        "  codebook + Huffman codes, exactly, instead of float32.",
+        "- **Short graph names** (`dcm.compress.export.compact_names`): intermediate values get short",
+        "  names; model inputs, outputs and tensors keep theirs.",
+        "- **Compact Huffman tables** (format 1.1, `dcm/encoder`), used by every file written.",
+        "",
+    ]
+    path = out / "compression.json"
+    if path.exists():
+        data = {r["model"]: r for r in json.loads(path.read_text())}
+        lines += ["## Table 1 rows (`dcm demo` recipes)", "",
+                  "| model | seeds | dense error (mean / worst) | file error (mean / worst) | ratio (mean / worst) | target | met | s / run |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, s in data.items():
+            lines.append(f"| {name} | {', '.join(map(str, s['seeds']))} | {s['error_dense_mean']:.2%} / "
+                         f"{s['error_dense_worst']:.2%} | {s['error_file_mean']:.2%} / {s['error_file_worst']:.2%} | "
+                         f"{s['ratio_mean']:.1f}x / {s['ratio_worst']:.1f}x | {_target(name)} | "
+                         f"{'yes' if s['meets_target'] else 'no'} | {s['seconds_mean']:.0f} |")
+        lines += ["", f"Published: LeNet-300-100 {PAPER['lenet300']}; LeNet-5 {PAPER['lenet5']}.", ""]
+        for name, r in data.items():
+            lines += [f"### {name}, seed {r['recipe']['seed']}: per layer, from the file", "", "```text",
+                      demo.format_tables(r), "```", "", "| seed | dense error | file error | bytes | ratio | s |",
+                      "|---|---|---|---|---|---|",
+                      *(f"| {x['seed']} | {x['error_dense']:.2%} | {x['error_file']:.2%} | {x['dcm_bytes']:,} | "
+                        f"{x['ratio']:.1f}x | {x['seconds']:.0f} |" for x in r["runs"]),
+                      "", f"Recipe: `{json.dumps(r['recipe'], sort_keys=True)}`; machine: {r['machine']}.", ""]
+    path = out / "compression_ablation.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        lines += ["## What each technique buys (LeNet-300-100)", "",
+                  f"Each row adds one change to the row above; seeds {', '.join(map(str, data['seeds']))}.", "",
+                  "| step | dense error (mean) | file error (mean / worst) | file bytes (mean) | ratio (mean / worst) |",
+                  "|---|---|---|---|---|"]
+        for row in data["rows"]:
+            lines.append(f"| {row['step']} | {row['error_dense_mean']:.2%} | {row['error_file_mean']:.2%} / "
+                         f"{row['error_file_worst']:.2%} | {row['bytes_mean']:,.0f} | {row['ratio_mean']:.1f}x / "
+                         f"{row['ratio_worst']:.1f}x |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _target(name: str) -> str:
+    t = TARGETS.get(name, {})
+    parts = [f">= {t['ratio']:.0f}x"] if "ratio" in t else []
+    if "error" in t:
+        parts.append(f"error <= {t['error']:.2%}")
+    if "dense" in t:
+        parts.append(f"dense <= {t['dense']:.2%}")
+    if "over_dense" in t:
+        parts.append(f"error <= dense + {100 * t['over_dense']:.1f} pp")
+    return ", ".join(parts)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ dense baseline -> pruning with retraining (Zhu & Gupta gradual schedule) -> trai
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,7 +46,8 @@ class Recipe:
 
 
 RECIPES = {
-    "lenet300": Recipe(model="lenet300", sparsity={"fc1": 0.96, "fc2": 0.93, "fc3": 0.75}),
+    "lenet300": Recipe(model="lenet300", augment=2, sparsity={"fc1": 0.98, "fc2": 0.95, "fc3": 0.8}, bits={"fc": 4},
+                       size_penalty=0.03, other_bits=3),
     "lenet5": Recipe(model="lenet5", dense_epochs=20, prune_epochs=24, prune_steps=8, quant_epochs=6,
                      sparsity={"conv1": 0.34, "conv2": 0.88, "fc1": 0.95, "fc2": 0.85}),
     "vit": Recipe(model="vit", model_args={"dim": 96, "hidden": 192}, exporter="dynamo",
@@ -121,11 +123,17 @@ def file_error(path: Path, data, batch: int = 1000) -> float:
     return wrong / len(data[0])
 
 
+DENSE_FIELDS = ("model", "model_args", "train_images", "seed", "batch", "dense_epochs", "dense_lr", "augment",
+                "optimizer", "weight_decay")
+
+
 def run(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[str], None] = print,
-        on_stage: Callable[[str, object], None] | None = None) -> dict:
+        on_stage: Callable[[str, object], None] | None = None, dense_cache: Path | None = None) -> dict:
     """Run the whole pipeline; ``on_stage(name, torch_model)`` sees the model after "pruned" and
-    "quantized" (tests check the masks and codebooks there). Returns the result dict (also
-    written as OUT/MODEL.json)."""
+    "quantized" (tests check the masks and codebooks there). ``dense_cache``: a folder where dense
+    models are kept by the recipe fields that decide them, so that sweeps over the later stages
+    (``benchmarks/compression.py --ablation``) train each dense model once. Returns the result
+    dict (also written as OUT/MODEL.json)."""
     import torch
 
     from dcm import compress, zoo
@@ -146,7 +154,18 @@ def run(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[str], Non
     model = zoo.MODELS[recipe.model](**recipe.model_args)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"[1/4] dense baseline: {recipe.model}, {n_params:,} parameters, {len(train[0]):,} train / {len(test[0]):,} test images")
-    _train(model, train, recipe.dense_epochs, recipe.dense_lr, recipe.seed, "dense", recipe, quiet)
+    cached = None
+    if dense_cache is not None:
+        key = json.dumps({k: getattr(recipe, k) for k in DENSE_FIELDS}, sort_keys=True)
+        cached = Path(dense_cache) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    if cached is not None and cached.exists():
+        model.load_state_dict(torch.load(cached))
+        model.eval()
+    else:
+        _train(model, train, recipe.dense_epochs, recipe.dense_lr, recipe.seed, "dense", recipe, quiet)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), cached)
     err_dense = _torch_error(model, test)
     log(f"      test error {err_dense:.2%}")
 
