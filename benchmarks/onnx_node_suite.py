@@ -67,12 +67,19 @@ def all_cases() -> tuple:
         return tuple(collect_testcases(None))
 
 
+# Case-name stems that are not the op's name (lowercase, no underscores).
+_STEM_ALIASES = {"sce": "SoftmaxCrossEntropyLoss", "nllloss": "NegativeLogLikelihoodLoss",
+                 "mvn": "MeanVarianceNormalization", "greaterequal": "GreaterOrEqual", "lessequal": "LessOrEqual",
+                 "flexattention": "FlexAttention"}
+
+
 @functools.lru_cache(maxsize=1)
 def _schema_names() -> dict[str, str]:
-    """{op name lowercased without underscores: op name} for every ai.onnx op."""
+    """{op name lowercased without underscores: op name} for every ai.onnx op, plus the case-name aliases."""
     import onnx.defs
 
-    return {s.name.lower(): s.name for s in onnx.defs.get_all_schemas_with_history() if s.domain == ""}
+    names = {s.name.lower(): s.name for s in onnx.defs.get_all_schemas_with_history() if s.domain == ""}
+    return {**names, **_STEM_ALIASES}
 
 
 def main_op(case) -> str:
