@@ -140,9 +140,132 @@ def merge_transposes(graph: Graph) -> None:
                    else n for n in kept]
 
 
+class _Expr:
+    """Reads a pointwise subgraph backwards from a value, through intermediates nobody else reads,
+    collecting the nodes it passes (the ones a fusion removes)."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.producer = {o: n for n in graph.nodes for o in n.outputs}
+        self.uses = Counter(x for n in graph.nodes for x in n.inputs)
+        self.protected = graph.protected()
+
+    def scalar(self, name: str) -> float | None:
+        v = self.graph.const(name)
+        return float(v.ravel()[0]) if v is not None and v.size == 1 and v.dtype.kind == "f" else None
+
+    def private(self, name: str, op: str) -> Node | None:
+        """The node of type ``op`` that makes ``name``, when nothing but the pattern reads ``name``."""
+        n = self.producer.get(name)
+        ok = n is not None and n.op == op and self.uses[name] == 1 and name not in self.protected
+        return n if ok else None
+
+    def product(self, name: str, taken: list[Node]) -> tuple[float, list[str]]:
+        """``name`` as (constant coefficient, other factors), flattening private Mul and Div-by-constant
+        nodes in any association; the nodes flattened are appended to ``taken``."""
+        node = self.private(name, "Mul") or self.private(name, "Div")
+        if node is None or len(node.inputs) != 2:
+            c = self.scalar(name)
+            return (1.0, [name]) if c is None else (c, [])
+        if node.op == "Div":
+            d = self.scalar(node.inputs[1])
+            if d is None or d == 0:
+                return 1.0, [name]
+            taken.append(node)
+            c, factors = self.product(node.inputs[0], taken)
+            return c / d, factors
+        taken.append(node)
+        (ca, fa), (cb, fb) = self.product(node.inputs[0], taken), self.product(node.inputs[1], taken)
+        return ca * cb, fa + fb
+
+    def one_plus(self, name: str, taken: list[Node]) -> str | None:
+        """x when ``name`` is a private Add(1, x) or Add(x, 1)."""
+        add = self.private(name, "Add")
+        if add is None or len(add.inputs) != 2:
+            return None
+        for one, other in (add.inputs, add.inputs[::-1]):
+            if self.scalar(one) == 1.0:
+                taken.append(add)
+                return other
+        return None
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-5 * abs(b)
+
+
+def _gelu_input(expr: _Expr, inner: Node, taken: list[Node]) -> tuple[str, str] | None:
+    """(x, approximate) when ``inner`` (an Erf or Tanh) computes GELU's inner function of one x."""
+    if inner.op == "Erf":  # erf(x / sqrt 2)
+        c, factors = expr.product(inner.inputs[0], taken)
+        return (factors[0], "none") if len(factors) == 1 and _close(c, 0.5 ** 0.5) else None
+    c, factors = expr.product(inner.inputs[0], taken)  # tanh(sqrt(2/pi) (x + 0.044715 x^3))
+    if len(factors) != 1 or not _close(c, (2 / np.pi) ** 0.5):
+        return None
+    add = expr.private(factors[0], "Add")
+    if add is None or len(add.inputs) != 2:
+        return None
+    taken.append(add)
+    for x, cube in (add.inputs, add.inputs[::-1]):
+        k, parts = expr.product(cube, taken)
+        power = expr.private(parts[0], "Pow") if len(parts) == 1 else None
+        if power is not None and expr.scalar(power.inputs[1]) == 3.0 and power.inputs[0] == x:
+            taken.append(power)
+            parts = [x] * 3
+        if _close(k, 0.044715) and parts == [x] * 3:
+            return x, "tanh"
+    return None
+
+
+def fuse_gelu(graph: Graph) -> None:
+    """GELU written out as pointwise ops (what torch exports before opset 20, in either the erf or the
+    tanh form, in any order of the products) becomes one Gelu node: five to ten steps, each a pass
+    over the activation and a fresh array, become one."""
+    expr = _Expr(graph)
+    removed: set[int] = set()
+    roots: set[int] = set()  # replaced in graph.nodes, though expr still knows them as Mul
+    for i in range(len(graph.nodes) - 1, -1, -1):
+        root = graph.nodes[i]
+        if root.op != "Mul" or id(root) in removed:
+            continue
+        taken = [root]
+        c, factors = _root_product(expr, root, taken)
+        if len(factors) != 2 or not _close(c, 0.5):
+            continue
+        match = None
+        for x, s in (factors, factors[::-1]):
+            t_taken = list(taken)
+            inner_name = expr.one_plus(s, t_taken)
+            inner = expr.private(inner_name, "Erf") or expr.private(inner_name, "Tanh") if inner_name else None
+            if inner is None:
+                continue
+            t_taken.append(inner)
+            found = _gelu_input(expr, inner, t_taken)
+            if found is not None and found[0] == x:
+                match = found, t_taken
+                break
+        if match is None or any(id(n) in removed or id(n) in roots for n in match[1]):
+            continue
+        (x, approximate), nodes = match
+        graph.nodes[i] = Node("Gelu", [x], list(root.outputs), {"approximate": approximate}, _name(root))
+        roots.add(id(root))
+        removed.update(id(n) for n in nodes if n is not root)
+        for n in nodes:
+            if n is not root:
+                graph.folded[_name(n)] = _name(root)
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+
+
+def _root_product(expr: _Expr, root: Node, taken: list[Node]) -> tuple[float, list[str]]:
+    """The product a Mul node computes, flattened (its own output may be read by anyone)."""
+    (ca, fa), (cb, fb) = expr.product(root.inputs[0], taken), expr.product(root.inputs[1], taken)
+    return ca * cb, fa + fb
+
+
 PASSES: dict[str, Callable[[Graph], None]] = {
     "fold_pads": fold_pads,
     "merge_transposes": merge_transposes,
+    "fuse_gelu": fuse_gelu,
 }
 
 

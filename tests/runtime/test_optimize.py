@@ -115,3 +115,60 @@ def test_session_runs_the_passes_and_shows_them():
     np.testing.assert_allclose(sess.run(None, {"x": x})[0],
                                InferenceSession(model, optimize=False).run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
     assert [r["op"] for r in sess.profile({"x": x}, runs=1)] == ["Conv", "Pad"]
+
+
+class _Gelus:
+    """The GELU forms users' exports contain."""
+
+    @staticmethod
+    def erf(x):
+        import torch
+
+        return torch.nn.functional.gelu(x)
+
+    @staticmethod
+    def tanh(x):
+        import torch
+
+        return torch.nn.functional.gelu(x, approximate="tanh")
+
+    @staticmethod
+    def gelu_new(x):  # GPT-2's, as Hugging Face writes it
+        import math
+
+        import torch
+
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+    @staticmethod
+    def not_gelu(x):  # erf(x / 2), not erf(x / sqrt 2)
+        import torch
+
+        return 0.5 * x * (1.0 + torch.erf(x / 2.0))
+
+
+@pytest.mark.parametrize("form, fused", [("erf", "none"), ("tanh", "tanh"), ("gelu_new", "tanh"), ("not_gelu", None)])
+def test_fuse_gelu(form, fused):
+    torch = pytest.importorskip("torch")
+    from dcm.converters.torch_in import from_torch
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(16, 16)
+
+        def forward(self, x):
+            return getattr(_Gelus, form)(self.fc(x))
+
+    torch.manual_seed(0)
+    block = Block().eval()
+    model = from_torch(block, torch.zeros(2, 16), options=ConvertOptions(exact=True), exporter="torchscript")
+    graph = optimize(model, ["fuse_gelu"])
+    gelus = [n for n in graph.nodes if n.op == "Gelu"]
+    if fused is None:
+        assert not gelus and not graph.folded
+        return
+    assert [n.op for n in graph.nodes] == ["Gemm", "Gelu"] and gelus[0].attrs["approximate"] == fused
+    x = torch.randn(5, 16) * 3
+    got = InferenceSession(model).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, block(x).detach().numpy(), rtol=1e-4, atol=1e-5)
