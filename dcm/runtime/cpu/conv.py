@@ -67,6 +67,8 @@ class Conv(Kernel):
         self.in_channels = shape[1] * self.group
         self.mms: list[WeightMatmul] = []
         b = ctx.opt_const(node, 2)
+        if b is not None and b.size != self.out_channels:
+            raise UnsupportedOpError(f"Conv {node.name!r}: bias of {b.size} values for {self.out_channels} outputs")
         self.bias = None if b is None else b.astype(np.float32).reshape(1, -1, 1, 1)
         requested = ctx.requested_mode(node, name)
         self.direct = self._direct_weight(requested, w, shape)

@@ -171,6 +171,8 @@ class MaxUnpool(Kernel):
         kernel = axis_ints(self.attrs, "kernel_shape", nd, 1)
         strides = axis_ints(self.attrs, "strides", nd, 1)
         pads = list(self.attrs.get("pads", [0] * 2 * nd))
+        if len(pads) != 2 * nd:
+            raise ValueError(f"pads has {len(pads)} values for {nd} spatial axes")
         shape = [*x.shape[:2], *((d - 1) * s + k - pads[i] - pads[nd + i]
                                  for i, (d, s, k) in enumerate(zip(x.shape[2:], strides, kernel)))]
         check_elements(shape, "MaxUnpool output")

@@ -21,6 +21,8 @@ def resolve_pads(attrs: dict, spatial: tuple[int, ...], kernel: tuple[int, ...],
     auto = attrs.get("auto_pad", "NOTSET")
     if auto in ("NOTSET", ""):
         pads = list(attrs.get("pads", [0] * 2 * nd))
+        if len(pads) != 2 * nd:
+            raise ValueError(f"pads has {len(pads)} values for {nd} spatial axes")
         begin, end = pads[:nd], pads[nd:]
     elif auto == "VALID":
         begin, end = [0] * nd, [0] * nd
@@ -227,7 +229,7 @@ def axis_ints(attrs: dict, key: str, nd: int, default: int) -> list[int]:
 
 def ints2(attrs: dict, key: str, nd: int, default: int) -> tuple[int, int]:
     """Attribute for nd (1 or 2) spatial axes as a 2-tuple (1-D gets the H axis filled in)."""
-    v = list(attrs.get(key, [default] * nd))
+    v = axis_ints(attrs, key, nd, default)
     return (default, v[0]) if nd == 1 else (v[0], v[1])
 
 
@@ -235,5 +237,7 @@ def pads2(attrs: dict, nd: int) -> dict:
     """Rewrite a 1-D ``pads`` attribute for the lifted 2-D layout."""
     if nd == 1 and "pads" in attrs:
         p = attrs["pads"]
+        if len(p) != 2:
+            raise ValueError(f"pads has {len(p)} values for 1 spatial axis")
         return {**attrs, "pads": [0, p[0], 0, p[1]]}
     return attrs
