@@ -13,8 +13,10 @@ ort = pytest.importorskip("onnxruntime")
 
 from dcm.cli import main  # noqa: E402
 from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
+from dcm.encoder.codec import encode_raw  # noqa: E402
 from dcm.errors import DcmError  # noqa: E402
 from dcm.format import constants as C  # noqa: E402
+from dcm.format.model import Model, Node, ValueInfo  # noqa: E402
 from dcm.format.writer import write  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
 from tests.runtime.opcheck import check, one_node  # noqa: E402
@@ -236,3 +238,20 @@ def test_gpu_backend_refuses_3d_windows_by_name(op, attrs, consts):
     model = from_onnx(one_node(op, {"x": np.zeros((1, 2, 4, 4, 4), np.float32)}, attrs, opset=17, consts=consts))
     with pytest.raises(DcmError, match="GPU backend runs 1-D and 2-D"):
         InferenceSession(model, device="torch-cpu")
+
+
+@pytest.mark.parametrize("op, attrs, weights, match", [
+    ("MaxPool", {"kernel_shape": [2, 2], "pads": [1, 1]}, {}, "pads has 2 values for 2 spatial axes"),
+    ("AveragePool", {"kernel_shape": [2, 2], "strides": [1, 1, 1]}, {}, "'strides' has 3 values"),
+    ("Conv", {}, {"w": np.ones((2, 3, 2, 2), np.float32), "b": np.ones(3, np.float32)}, "bias of 3 values for 2"),
+    ("ConvTranspose", {"dilations": [2]}, {"w": np.ones((3, 2, 2, 2), np.float32)}, "'dilations' has 1 values"),
+    ("LSTM", {"activations": ["Sigmoid", "Tanh"]}, {"W": np.ones((1, 8, 4), np.float32), "R": np.ones((1, 8, 2), np.float32)},
+     "2 activations given, 3 expected"),
+])
+def test_malformed_attributes_are_named(op, attrs, weights, match):
+    """A hand-made (or hostile) .dcm, past onnx's checks: the error names what is wrong."""
+    x = np.ones((1, 3, 5, 4), np.float32) if op != "LSTM" else np.ones((2, 1, 4), np.float32)
+    model = Model([ValueInfo("x", "float32", list(x.shape))], [ValueInfo("y", "float32", [])],
+                  [Node(op, ["x", *weights], ["y"], attrs, "n")], {k: encode_raw(v, k) for k, v in weights.items()})
+    with pytest.raises(DcmError, match=match):
+        InferenceSession(model).run(None, {"x": x})
