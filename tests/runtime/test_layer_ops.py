@@ -245,8 +245,8 @@ def test_gpu_backend_refuses_3d_windows_by_name(op, attrs, consts):
     ("AveragePool", {"kernel_shape": [2, 2], "strides": [1, 1, 1]}, {}, "'strides' has 3 values"),
     ("Conv", {}, {"w": np.ones((2, 3, 2, 2), np.float32), "b": np.ones(3, np.float32)}, "bias of 3 values for 2"),
     ("ConvTranspose", {"dilations": [2]}, {"w": np.ones((3, 2, 2, 2), np.float32)}, "'dilations' has 1 values"),
-    ("LSTM", {"activations": ["Sigmoid", "Tanh"]}, {"W": np.ones((1, 8, 4), np.float32), "R": np.ones((1, 8, 2), np.float32)},
-     "2 activations given, 3 expected"),
+    ("LSTM", {"activations": ["Sigmoid", "Tanh"]},
+     {"W": np.ones((1, 8, 4), np.float32), "R": np.ones((1, 8, 2), np.float32)}, "2 activations given, 3 expected"),
 ])
 def test_malformed_attributes_are_named(op, attrs, weights, match):
     """A hand-made (or hostile) .dcm, past onnx's checks: the error names what is wrong."""
