@@ -255,3 +255,15 @@ def test_malformed_attributes_are_named(op, attrs, weights, match):
                   [Node(op, ["x", *weights], ["y"], attrs, "n")], {k: encode_raw(v, k) for k, v in weights.items()})
     with pytest.raises(DcmError, match=match):
         InferenceSession(model).run(None, {"x": x})
+
+
+def test_inspect_kernels_with_weights_fed_at_run_time(tmp_path, capsys):
+    """Run-time weights have no density to report; ``dcm inspect --kernels`` still lists their layers."""
+    feeds = {"x": np.zeros((3, 1, 4), np.float32), "W": np.zeros((1, 8, 4), np.float32),
+             "R": np.zeros((1, 8, 2), np.float32), "w": np.zeros((4, 2, 3, 3), np.float32)}
+    for model in (one_node("LSTM", {k: feeds[k] for k in "xWR"}, {"hidden_size": 2}, opset=17, n_out=3),
+                  one_node("ConvTranspose", {"x": np.zeros((1, 4, 5, 5), np.float32), "w": feeds["w"]}, opset=17)):
+        path = tmp_path / "m.dcm"
+        write(path, from_onnx(model))
+        assert main(["inspect", str(path), "--kernels"]) == 0
+        assert model.graph.node[0].op_type in capsys.readouterr().out

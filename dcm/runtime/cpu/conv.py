@@ -254,5 +254,5 @@ class Conv(Kernel):
 
     def describe(self) -> dict:
         kernel = "direct" if self.direct is not None else "winograd" if self.winograd is not None else self.mode
-        return {"kernel": kernel, "density": self.density,
-                "groups": self.group}
+        known = {"density": self.density} if self.density is not None else {}  # None: a weight fed at run time
+        return {"kernel": kernel, **known, "groups": self.group}

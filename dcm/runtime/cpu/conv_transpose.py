@@ -152,4 +152,5 @@ class ConvTranspose(Kernel):
         return pads[:nd], out
 
     def describe(self) -> dict:
-        return {"kernel": self.mode, "density": self.density, "groups": self.group}
+        known = {"density": self.density} if self.density is not None else {}  # None: a weight fed at run time
+        return {"kernel": self.mode, **known, "groups": self.group}

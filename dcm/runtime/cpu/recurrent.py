@@ -206,8 +206,14 @@ class _Recurrent(Kernel):
         return new if valid is None else np.where(valid[t][:, None], new, old)
 
     def describe(self) -> dict:
-        return {"kernel": self.modes.get(1, "dense"), "density": self.densities.get(1),
-                "recurrent_kernel": self.modes.get(2, "dense"), "recurrent_density": self.densities.get(2)}
+        """W's kernel and density, R's as recurrent_*; no density for a weight fed at run time."""
+        out = {"kernel": self.modes.get(1, "dense")}
+        if 1 in self.densities:
+            out["density"] = self.densities[1]
+        out["recurrent_kernel"] = self.modes.get(2, "dense")
+        if 2 in self.densities:
+            out["recurrent_density"] = self.densities[2]
+        return out
 
 
 @register("RNN")
