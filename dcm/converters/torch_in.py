@@ -43,11 +43,14 @@ def torch_to_onnx_bytes(module, example_inputs: Any, input_names=("input",), out
     axes = {n: {0: "batch"} for n in (*input_names, *output_names)}
     was_training = module.training
     module.eval()
-    log = logging.getLogger("torch.onnx")
+    log = logging.getLogger("torch")  # torch's loggers inherit its level
     level = log.level
-    log.setLevel(logging.ERROR)  # the dynamo exporter logs a line per torchvision op it cannot register
+    log.setLevel(logging.ERROR)  # the dynamo exporter logs each op it skips and each graph it gives up on
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.enable_grad():
+        # The exporters print progress and, when they give up, the graph they stopped at: the
+        # ConversionError below carries what went wrong.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()), torch.enable_grad():
             warnings.simplefilter("ignore")
             if exporter == "dynamo":
                 program = torch.onnx.export(module, args, input_names=list(input_names),
