@@ -220,12 +220,16 @@ def valid_vectors() -> list[Vector]:
         {"wide": wide, "big_block": wide, "one": one})
 
     empty = np.zeros((4, 5), np.float32)
-    add("valid-nnz-zero", ["6-empty"],
-        "sparse tensors with nothing kept: empty streams with empty tables, in both table forms",
+    small = {"scalar": np.array(0.5, np.float32), "scalar_zero": np.array(0, np.float32),
+             "no_elements": np.zeros((0, 3), np.float32)}
+    add("valid-nnz-zero-rank-0-and-empty", ["6-empty"],
+        "sparse tensors with nothing kept (empty streams with empty tables, in both table forms), "
+        "rank-0 coded tensors and a coded tensor without elements",
         tensors_file([encode_tensor(empty, code_bits=2, name="nothing"),
                       encode_tensor(empty, quantize=False, name="nothing_float"),
-                      encode_tensor(empty, code_bits=2, name="nothing_listed", compact_tables=False)]),
-        {"nothing": empty, "nothing_float": empty, "nothing_listed": empty})
+                      encode_tensor(empty, code_bits=2, name="nothing_listed", compact_tables=False)]
+                     + [encode_tensor(a, code_bits=2, name=n) for n, a in small.items()]),
+        {"nothing": empty, "nothing_float": empty, "nothing_listed": empty, **small})
 
     base = base_file()
     def add_ancillary(secs: list) -> None:
