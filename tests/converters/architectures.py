@@ -58,9 +58,12 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """Pre-norm with GELU (GPT-style), where the encoder layer is post-norm with ReLU (BERT-style)."""
+
     def __init__(self):
         super().__init__()
-        self.layer = nn.TransformerDecoderLayer(D, HEADS, dim_feedforward=2 * D, dropout=0.0, batch_first=True)
+        self.layer = nn.TransformerDecoderLayer(D, HEADS, dim_feedforward=2 * D, dropout=0.0, batch_first=True,
+                                                norm_first=True, activation="gelu")
 
     def forward(self, tgt: torch.Tensor, memory: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         return self.layer(tgt, memory, tgt_mask=_causal(tgt.shape[1], tgt), tgt_key_padding_mask=pad,
