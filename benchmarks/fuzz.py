@@ -15,8 +15,8 @@ hand-built transformer, recurrent and upsampling models, converted.
     python -m benchmarks.fuzz --iterations 100000 [--workers 2] [--seed 0] [--convert-share 0.1]
 
 prints inputs tried, outcomes, crashes, hangs, the peak RSS, and which compiled kernels and registry
-ops the campaign ran, and writes all of it to benchmarks/results/fuzz.json (``--name``). A crash's
-input is saved under benchmarks/results/crashes/. ``tests/format/test_hostile.py`` runs the .dcm
+ops the campaign ran, and writes all of it to benchmarks/results/fuzz.json (``--name``). The input of
+a crash or hang is saved under benchmarks/results/crashes/ (a .dcm or .onnx, and the feeds as .npz). ``tests/format/test_hostile.py`` runs the .dcm
 mutators on the hand-made seeds; ``tests/test_fuzz.py`` checks the harness itself.
 """
 from __future__ import annotations
@@ -534,14 +534,14 @@ def _limit_worker() -> None:
     np.seterr(all="ignore")  # overflow in a fuzzed model's arithmetic is not a finding
 
 
-def _record(stats: dict, kind: str, outcome: str, data: bytes, error: str = "") -> None:
+def _record(stats: dict, kind: str, outcome: str, data: bytes, feeds: dict | None, error: str = "") -> None:
     part = stats if kind == "dcm" else stats["convert"]
     part["outcomes"][outcome] = part["outcomes"].get(outcome, 0) + 1
     if outcome == "hang":
         stats["hangs"] += 1
     if outcome in ("crash", "hang"):
-        stats["crashes" if outcome == "crash" else "hang_inputs"].append({"kind": kind, "input": data.hex(),
-                                                                        "error": error})
+        stats["crashes" if outcome == "crash" else "hang_inputs"].append(
+            {"kind": kind, "outcome": outcome, "input": data.hex(), "feeds": feeds, "error": error})
 
 
 def _campaign(args: tuple[int, int, float]) -> dict:
@@ -562,7 +562,7 @@ def _campaign(args: tuple[int, int, float]) -> dict:
                 data, feeds = generate_onnx(rng)
                 outcome, error = check_conversion(data, feeds, HANG_SECONDS, MEMORY_LIMIT, stats["ops_run"])
                 stats["convert"]["tried"] += 1
-                _record(stats, "onnx", outcome, data, error)
+                _record(stats, "onnx", outcome, data, feeds, error)
             else:
                 data, feeds = generate_case(rng)
                 signal.alarm(HANG_SECONDS)
@@ -575,7 +575,7 @@ def _campaign(args: tuple[int, int, float]) -> dict:
                     outcome, error = "crash", traceback.format_exc(limit=-6)
                 finally:
                     signal.alarm(0)
-                _record(stats, "dcm", outcome, data, error)
+                _record(stats, "dcm", outcome, data, feeds, error)
             stats["slowest_s"] = max(stats["slowest_s"], time.perf_counter() - t)
             stats["tried"] += 1
     signal.signal(signal.SIGALRM, previous)
@@ -640,9 +640,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\r{total['tried']}/{a.iterations} tried, {len(total['crashes'])} crashes", end="", file=sys.stderr)
     print(file=sys.stderr)
     elapsed = time.perf_counter() - start
-    for i, c in enumerate((total["crashes"] + total["hang_inputs"])[:20]):
+    for i, c in enumerate((total["crashes"] + total["hang_inputs"])[:20]):  # the file, and the feeds it ran with
         (RESULTS / "crashes").mkdir(parents=True, exist_ok=True)
-        (RESULTS / "crashes" / f"crash-{i}.{'dcm' if c['kind'] == 'dcm' else 'onnx'}").write_bytes(bytes.fromhex(c["input"]))
+        stem = RESULTS / "crashes" / f"{c['outcome']}-{i}"
+        stem.with_suffix(f".{c['kind']}").write_bytes(bytes.fromhex(c["input"]))
+        if c["feeds"]:
+            np.savez(stem.with_suffix(".npz"), **c["feeds"])
     never_run = sorted(set(REGISTRY) - set(total["ops_run"]))
     unreached = [k for k in KERNELS if not total["kernels"][k]]
     print(f"| inputs tried | ok | loaded | rejected | conversions (ok / rejected) | crashes | hangs (>{HANG_SECONDS} s) "
