@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("onnx")
 
 from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
-from dcm.errors import ExecutionError  # noqa: E402
+from dcm.errors import ExecutionError, UnsupportedOpError  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
 from tests.runtime.opcheck import check, one_node, rand  # noqa: E402
 
@@ -123,8 +123,6 @@ def test_softmax_axis_out_of_range_names_the_node(op):
 
 
 def test_gelu_unknown_approximation_is_refused_at_load():
-    from dcm.errors import UnsupportedOpError
-
     model = from_onnx(one_node("Gelu", {"x": rand((3,))}, opset=20), ConvertOptions(exact=True))
     model.nodes[0].attrs["approximate"] = "erf"
     with pytest.raises(UnsupportedOpError, match="Gelu_0.*approximate"):

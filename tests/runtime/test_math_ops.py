@@ -5,8 +5,10 @@ import pytest
 
 pytest.importorskip("onnx")
 
+from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
 from dcm.errors import ExecutionError  # noqa: E402
-from tests.runtime.opcheck import check, rand  # noqa: E402
+from dcm.runtime import InferenceSession  # noqa: E402
+from tests.runtime.opcheck import check, one_node, rand  # noqa: E402
 
 FLOATS = [np.float32, np.float16, np.float64]
 SIGNED = [np.int8, np.int16, np.int32, np.int64]
@@ -57,10 +59,6 @@ def test_integer_division_is_exact_beyond_float64():
 
 @pytest.mark.parametrize("op,what", [("Div", "division"), ("Mod", "modulo")])
 def test_integer_division_by_zero_is_a_clear_error(op, what):
-    from dcm.converters import ConvertOptions, from_onnx
-    from dcm.runtime import InferenceSession
-    from tests.runtime.opcheck import one_node
-
     feeds = {"a": np.array([1, 2], np.int32), "b": np.array([1, 0], np.int32)}
     sess = InferenceSession(from_onnx(one_node(op, feeds, opset=13), ConvertOptions(exact=True)))
     with pytest.raises(ExecutionError, match=f"{op}_0.*integer {what} by zero"):
@@ -150,10 +148,6 @@ def test_isinf_and_isnan(positive, negative):
 
 
 def test_broadcast_mismatch_names_the_node():
-    from dcm.converters import ConvertOptions, from_onnx
-    from dcm.runtime import InferenceSession
-    from tests.runtime.opcheck import one_node
-
     feeds = {"a": rand((2, 3)), "b": rand((4,))}
     model = one_node("Add", feeds, opset=13)
     model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "n"  # declared dynamic: fails at run time
@@ -195,10 +189,6 @@ def test_bitwise_not(dtype):
 ])
 def test_huge_broadcast_is_refused_before_allocating(op, feeds):
     """10^5 x 10^5 values (40 GB) would be an allocation failure or worse: a clear error instead."""
-    from dcm.converters import ConvertOptions, from_onnx
-    from dcm.runtime import InferenceSession
-    from tests.runtime.opcheck import one_node
-
     model = one_node(op, feeds, opset=16)
     model.graph.output[0].type.tensor_type.elem_type = 9 if op == "Equal" else 1
     with pytest.raises(ExecutionError, match=rf"{op}_0.*exceeds the limit"):
