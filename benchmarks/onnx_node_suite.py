@@ -121,6 +121,13 @@ def _elem_types(case) -> tuple[set[int], list[str]]:
     return types, other
 
 
+def _training_mode(node) -> bool:
+    """BatchNormalization with training_mode=1, or Dropout given a training_mode input (random masks)."""
+    if node.op_type == "Dropout":
+        return len(node.input) > 2 and bool(node.input[2])
+    return any(a.name == "training_mode" and a.i for a in node.attribute)
+
+
 def skip_reason(case) -> str | None:
     """Why dcm cannot run this case (None: it must pass). Reasons are grouped by their first words."""
     import onnx
@@ -131,8 +138,7 @@ def skip_reason(case) -> str | None:
     m = case.model
     domains = sorted({n.domain for n in m.graph.node if n.domain not in ("", "ai.onnx")})
     training = [d for d in domains if d in _TRAINING_DOMAINS]
-    if training or "training" in case.name or any(
-            a.name == "training_mode" and a.i for n in m.graph.node for a in n.attribute):
+    if training or any(_training_mode(n) for n in m.graph.node):
         return "training mode: dcm runs inference graphs only"
     if domains:
         return f"custom domain: {', '.join(domains)} is not the ONNX standard domain"
