@@ -213,9 +213,12 @@ class Resize(Kernel):
                 w = w / np.where(total == 0, 1.0, total)
             idx = np.clip(idx, 0, size - 1)
             w = w.astype(data.dtype)
-            result = np.zeros(shape, dtype=data.dtype)
-            for k in range(taps):
-                result += np.take(data, idx[:, k], axis=axis) * w[:, k].reshape(lead + (out,) + tail)
+            result = np.take(data, idx[:, 0], axis=axis)
+            result *= w[:, 0].reshape(lead + (out,) + tail)
+            for k in range(1, taps):  # in place: one gathered array per tap, no other temporaries
+                tap = np.take(data, idx[:, k], axis=axis)
+                tap *= w[:, k].reshape(lead + (out,) + tail)
+                result += tap
         if outside is not None and outside.any():
             result = np.where(outside.reshape(lead + (out,) + tail), data.dtype.type(self.extrapolation), result)
         return result
