@@ -143,7 +143,7 @@ class Resize(Kernel):
         if roi is not None and roi.size not in (2 * len(axes), 2 * rank):
             raise ValueError(f"roi has {roi.size} values for {len(axes)} axes")
         check_elements(out, "Resize output")
-        work = x.astype(np.float32 if x.dtype in (np.float16, np.float32) else np.float64)
+        work = x.astype(np.float32 if x.dtype in (np.float16, np.float32) else np.float64, copy=False)
         for k, axis in enumerate(axes):
             span = None
             if roi is not None:
