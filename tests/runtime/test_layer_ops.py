@@ -267,3 +267,10 @@ def test_inspect_kernels_with_weights_fed_at_run_time(tmp_path, capsys):
         write(path, from_onnx(model))
         assert main(["inspect", str(path), "--kernels"]) == 0
         assert model.graph.node[0].op_type in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_recurrent_outputs_keep_the_input_type(dtype):
+    inputs = {"x": _r(3, 2, 4).astype(dtype)}
+    consts = {"W": _r(1, 9, 4, scale=0.5).astype(dtype), "R": _r(1, 9, 3, scale=0.5).astype(dtype)}
+    check("GRU", inputs, {"hidden_size": 3}, opset=14, consts=consts, n_out=2, rtol=2e-3 if dtype == np.float16 else 1e-6)

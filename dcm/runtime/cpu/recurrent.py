@@ -141,6 +141,7 @@ class _Recurrent(Kernel):
         x = np.asarray(x)
         if x.ndim != 3 or x.shape[2] != size_in:
             raise ValueError(f"X has shape {list(x.shape)}, expected rank 3 with {size_in} input features")
+        given = x.dtype  # float16 and float64 are computed in float32 and given their own type back
         x = x.astype(np.float32, copy=False)
         if self.layout:
             x = x.swapaxes(0, 1)
@@ -173,7 +174,9 @@ class _Recurrent(Kernel):
             hs[:, empty] = 0
             cs[:, empty] = 0
         if self.layout:
-            return y.transpose(2, 0, 1, 3), hs.swapaxes(0, 1), cs.swapaxes(0, 1)
+            y, hs, cs = y.transpose(2, 0, 1, 3), hs.swapaxes(0, 1), cs.swapaxes(0, 1)
+        if given in (np.float16, np.float64):
+            return y.astype(given), hs.astype(given), cs.astype(given)
         return y, hs, cs
 
     def _vector(self, v, shape: tuple[int, int], what: str) -> np.ndarray:
