@@ -274,3 +274,9 @@ def test_recurrent_outputs_keep_the_input_type(dtype):
     inputs = {"x": _r(3, 2, 4).astype(dtype)}
     consts = {"W": _r(1, 9, 4, scale=0.5).astype(dtype), "R": _r(1, 9, 3, scale=0.5).astype(dtype)}
     check("GRU", inputs, {"hidden_size": 3}, opset=14, consts=consts, n_out=2, rtol=2e-3 if dtype == np.float16 else 1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_conv_transpose_output_keeps_the_input_type(dtype):
+    check("ConvTranspose", {"x": _r(1, 2, 3, 4).astype(dtype)}, {"strides": [2, 1]}, opset=17,
+          consts={"w": _r(2, 3, 3, 2).astype(dtype)}, rtol=2e-3 if dtype == np.float16 else 1e-6)

@@ -111,15 +111,16 @@ class ConvTranspose(Kernel):
                 raise ValueError(f"bias of shape {b.shape}, expected ({c_out},)")
             b = b.reshape((1, c_out) + (1,) * nd)
         if view.flags.c_contiguous:  # batch 1, nothing cropped: y is already the result
+            result = view
             if b is not None:
-                view += b
-            return (view,)
-        result = np.empty(view.shape, dtype=np.float32)
-        if b is None:
-            np.copyto(result, view)
+                result += b
         else:
-            np.add(view, b, out=result)  # the bias in the layout copy
-        return (result,)
+            result = np.empty(view.shape, dtype=np.float32)
+            if b is None:
+                np.copyto(result, view)
+            else:
+                np.add(view, b, out=result)  # the bias in the layout copy
+        return (result.astype(x.dtype) if x.dtype in (np.float16, np.float64) else result,)  # float32 work
 
     def _geometry(self, spatial, kernel, strides, dilations) -> tuple[list[int], list[int]]:
         """(begin crop, output size) per spatial axis: from ``output_shape`` or auto_pad SAME (ONNX's
