@@ -25,7 +25,9 @@ SPARSE_GATHER_MIN_ELEMENTS = 1 << 16
 
 
 def ints(v) -> list[int]:
-    """An int tensor (numpy array or torch tensor, any rank) as a list of Python ints."""
+    """A 1-D (or 0-d) int tensor, numpy array or torch tensor, as a list of Python ints."""
+    if v.ndim > 1:
+        raise ValueError(f"a shape, axes or pads input must be 1-D, got shape {list(v.shape)}")
     return [int(a) for a in v.reshape(-1).tolist()]
 
 
@@ -92,6 +94,8 @@ class Reshape(Kernel):
         target = self.shape if shape is None else ints(shape)
         if target is None:
             raise ValueError("no target shape")
+        if any(d < -1 for d in target) or target.count(-1) > 1:
+            raise ValueError(f"shape {target}: sizes are >= 0, with at most one -1")
         if not self.allowzero and 0 in target:
             if len(target) > x.ndim and 0 in target[x.ndim:]:
                 raise ValueError(f"shape {target} copies a dimension the input (rank {x.ndim}) lacks")
