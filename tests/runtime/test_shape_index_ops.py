@@ -317,3 +317,59 @@ def test_torch_backend_takes_run_time_shape_inputs(op, inputs):
     want = InferenceSession(model).run(None, inputs)[0]
     got = InferenceSession(model, device="torch-cpu").run(None, inputs)[0]
     assert got.shape == want.shape and np.array_equal(got, want)
+
+
+def _case_at(op: str, opset: int):
+    """(inputs, attrs, outputs) exercising ``op`` in the form its version at ``opset`` defines."""
+    v = onnx.defs.get_schema(op, opset).since_version
+    x2 = RNG.standard_normal((3, 4)).astype(np.float32)
+    if op == "Slice":
+        return ({"x": X}, {"starts": [1], "ends": [-1], "axes": [3]}, 1) if v < 10 else \
+            ({"x": X, "b": i64(1), "e": i64(-1), "a": i64(3), "s": i64(2)}, {}, 1)
+    if op == "Split":
+        return ({"x": X}, {"axis": 1, "split": [1, 2]}, 2) if v < 13 else ({"x": X, "s": i64(1, 2)}, {"axis": 1}, 2)
+    if op in ("Squeeze", "Unsqueeze"):
+        x = X[:, :1] if op == "Squeeze" else X
+        return ({"x": x}, {"axes": [1]}, 1) if v < 13 else ({"x": x, "a": i64(1)}, {}, 1)
+    if op == "Pad":
+        return ({"x": X}, {"pads": [0, 1, 0, 0, 0, 2, 0, 0], "value": 2.0}, 1) if v < 11 else \
+            ({"x": X, "p": i64(0, 1, 0, 0, 0, 2, 0, 0), "v": np.array(2.0, np.float32)}, {}, 1)
+    table = {
+        "Reshape": ({"x": X, "s": i64(6, -1)}, {}), "Gather": ({"x": X, "i": i64(-1, 0)}, {"axis": 1}),
+        "Concat": ({"a": x2, "b": x2}, {"axis": 1}), "Transpose": ({"x": X}, {"perm": [3, 1, 0, 2]}),
+        "Flatten": ({"x": X}, {"axis": 2}), "Tile": ({"x": x2, "r": i64(2, 1)}, {}),
+        "Expand": ({"x": x2[:1], "s": i64(2, 3, 4)}, {}), "Cast": ({"x": x2}, {"to": TensorProto.INT64}),
+        "Shape": ({"x": X}, {}), "Size": ({"x": X}, {}), "ConstantOfShape": ({"s": i64(2, 3)}, {}),
+        "Range": ({"a": i64(1), "b": i64(9), "c": i64(2)}, {}), "Identity": ({"x": x2}, {}),
+        "GatherElements": ({"x": x2, "i": i64([0, -1, 1, 2], [2, 1, 0, 0])}, {"axis": 0}),
+        "GatherND": ({"x": x2, "i": i64([0, 1], [2, -1])}, {}),
+        "ScatterND": ({"x": x2, "i": i64([1], [0]), "u": x2[:2]}, {}),
+        "ScatterElements": ({"x": x2, "i": i64([0, 2]), "u": x2[:1, :2]}, {"axis": 0}),
+        "OneHot": ({"i": i64(0, 2), "d": np.array(3), "v": np.array([0.0, 1.0], np.float32)}, {}),
+        "Trilu": ({"x": X}, {}), "DepthToSpace": ({"x": X[:, :, :, :4].reshape(2, 4, 4, 3)}, {"blocksize": 2}),
+        "SpaceToDepth": ({"x": X[:, :, :, :4]}, {"blocksize": 2}), "CastLike": ({"x": x2, "t": i64(1)}, {}),
+        "MatMul": ({"a": X, "b": X[0, 0].T.copy()}, {}), "Gemm": ({"a": x2, "b": x2.T.copy(), "c": x2[:, :1] @ x2[:1, :3]}, {}),
+    }
+    inputs, attrs = table[op]
+    return inputs, attrs, 1
+
+
+SWEEP_OPS = ["Slice", "Split", "Squeeze", "Unsqueeze", "Pad", "Reshape", "Gather", "Concat", "Transpose", "Flatten",
+             "Tile", "Expand", "Cast", "Shape", "Size", "ConstantOfShape", "Range", "Identity", "GatherElements",
+             "GatherND", "ScatterND", "ScatterElements", "OneHot", "Trilu", "DepthToSpace", "SpaceToDepth",
+             "CastLike", "MatMul", "Gemm"]
+
+
+@pytest.mark.parametrize("op", SWEEP_OPS)
+def test_every_opset_from_7_to_28(op):
+    """Each op at every opset where onnx defines it (7..28), in the form that version takes."""
+    ran = 0
+    for opset in range(7, 29):
+        try:
+            onnx.defs.get_schema(op, opset)
+        except onnx.defs.SchemaError:
+            continue  # not defined yet at this opset
+        inputs, attrs, n_out = _case_at(op, opset)
+        check(op, inputs, attrs, opset, n_out=n_out)
+        ran += 1
+    assert ran >= 1
