@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -52,6 +53,21 @@ def run_recipe(recipe: demo.Recipe, out: Path, dense_cache: Path | None = None) 
     return demo.run(recipe, out, quiet=True, log=lambda line: None, dense_cache=dense_cache)
 
 
+def _one_thread() -> None:
+    """Parallel jobs each get one torch thread: two jobs of two threads on two cores only thrash."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_all(recipes: list[demo.Recipe], outs: list[Path], jobs: int, dense_cache: Path | None = None) -> list[dict]:
+    """Run independent recipes, ``jobs`` at a time (each run is deterministic, so order does not matter)."""
+    if jobs <= 1:
+        return [run_recipe(r, o, dense_cache) for r, o in zip(recipes, outs)]
+    with ProcessPoolExecutor(jobs, initializer=_one_thread) as pool:
+        return list(pool.map(run_recipe, recipes, outs, [dense_cache] * len(recipes)))
+
+
 def summarize(model: str, runs: list[dict]) -> dict:
     errs = [r["error_file"] for r in runs]
     ratios = [r["ratio"] for r in runs]
@@ -74,14 +90,17 @@ def summarize(model: str, runs: list[dict]) -> dict:
 
 
 def _machine() -> dict:
+    """Where and under what load the runs' seconds were measured (a shared machine slows them)."""
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
+            "load_average": round(os.getloadavg()[0], 1), "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["lenet300", "lenet5", "vit", "lstm"], choices=sorted(demo.RECIPES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
     ap.add_argument("--ablation", action="store_true", help="LeNet-300-100, adding one technique per row")
     ap.add_argument("--docs", metavar="PATH", help="only render the markdown page from the saved JSON")
     ap.add_argument("--out", default=str(RESULTS))
@@ -92,11 +111,16 @@ def main() -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     if args.ablation:
-        rows, recipe = [], demo.RECIPES["lenet300"]
+        steps, recipe = [], demo.RECIPES["lenet300"]
         for label, change in ABLATION:
             recipe = replace(recipe, **change)
-            # Rows that keep the dense recipe reuse its model: only the later stages differ.
-            runs = [run_recipe(replace(recipe, seed=s), out / "ablation", out / "dense-cache") for s in args.seeds]
+            steps += [(label, change, replace(recipe, seed=s)) for s in args.seeds]
+        # Rows that keep the dense recipe reuse its model (when run one at a time): only the later stages differ.
+        results = run_all([r for _, _, r in steps], [out / f"ablation-{i}" for i in range(len(steps))], args.jobs,
+                          out / "dense-cache")
+        rows = []
+        for label, change in ABLATION:
+            runs = [r for (step, _, _), r in zip(steps, results) if step == label]
             rows.append({"step": label, "change": change, **summarize("lenet300", runs),
                          "bytes_mean": sum(r["dcm_bytes"] for r in runs) / len(runs)})
             print(f"{label:<66}{rows[-1]['error_file_mean']:>8.2%}{rows[-1]['error_file_worst']:>8.2%}"
@@ -107,11 +131,10 @@ def main() -> None:
     path = out / "compression.json"
     saved = {r["model"]: r for r in json.loads(path.read_text())} if path.exists() else {}
     for name in args.models:
-        runs = []
-        for seed in args.seeds:
-            r = run_recipe(replace(demo.RECIPES[name], seed=seed), out / name)
+        recipes = [replace(demo.RECIPES[name], seed=seed) for seed in args.seeds]
+        runs = run_all(recipes, [out / f"{name}-seed{r.seed}" for r in recipes], args.jobs)
+        for r in runs:
             print(demo.format_tables(r))
-            runs.append(r)
         s = summarize(name, runs)
         saved[name] = {**runs[0], **s, "machine": _machine(),
                        "runs": [{k: r[k] for k in BRIEF} | {"seed": r["recipe"]["seed"]} for r in runs]}
@@ -149,6 +172,15 @@ def render(out: Path) -> str:
         "- **Short graph names** (`dcm.compress.export.compact_names`): intermediate values get short",
         "  names; model inputs, outputs and tensors keep theirs.",
         "- **Compact Huffman tables** (format 1.1, `dcm/encoder`), used by every file written.",
+        "",
+        "`dcm.compress.Pruner` and `share_weights` find every compressible weight",
+        "(`dcm.compress.layers.weight_layers`): Linear and Conv weights, Embedding tables, the",
+        "`weight_ih_l*`/`weight_hh_l*` matrices of LSTM/GRU/RNN, MultiheadAttention's packed",
+        "`in_proj_weight` (its `out_proj` is a Linear) and transposed-weight linear layers (Hugging Face's",
+        "`Conv1D`). Settings name a weight (`\"lstm.weight_hh_l0\"`), its module (`\"lstm\"`) or its kind",
+        "(`\"conv\"`, `\"fc\"`). `tests/compress/test_layer_kinds.py` checks, per kind, that masks hold",
+        "through optimizer steps, that shared weights hold at most 2^bits values after fine-tuning, and",
+        "that the converted file reproduces the torch model.",
         "",
     ]
     path = out / "compression.json"

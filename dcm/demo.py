@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,12 +49,13 @@ class Recipe:
 RECIPES = {
     "lenet300": Recipe(model="lenet300", augment=2, sparsity={"fc1": 0.98, "fc2": 0.95, "fc3": 0.8}, bits={"fc": 4},
                        size_penalty=0.03, other_bits=3),
-    "lenet5": Recipe(model="lenet5", dense_epochs=20, prune_epochs=24, prune_steps=8, quant_epochs=6,
-                     sparsity={"conv1": 0.34, "conv2": 0.88, "fc1": 0.95, "fc2": 0.85}),
+    "lenet5": Recipe(model="lenet5", augment=2, dense_epochs=15, prune_epochs=15, prune_steps=8, quant_epochs=4,
+                     sparsity={"conv1": 0.5, "conv2": 0.93, "fc1": 0.99, "fc2": 0.9}, bits={"conv": 5, "fc": 4},
+                     size_penalty=0.03, other_bits=3),
     "vit": Recipe(model="vit", model_args={"dim": 96, "hidden": 192}, exporter="dynamo",
                   optimizer="adamw", weight_decay=0.05, batch=128, augment=1,
-                  dense_epochs=20, dense_lr=2e-3, prune_epochs=12, prune_steps=6, prune_lr=1e-3,
-                  quant_epochs=4, quant_lr=1e-4, sparsity={"fc": 0.85, "embed": 0.5}, bits={"fc": 4},
+                  dense_epochs=12, dense_lr=2e-3, prune_epochs=8, prune_steps=4, prune_lr=1e-3,
+                  quant_epochs=2, quant_lr=1e-4, sparsity={"fc": 0.9, "embed": 0.5}, bits={"fc": 4},
                   other_bits=5),
     "lstm": Recipe(model="lstm", optimizer="adamw", weight_decay=0.0, batch=128, augment=1,
                    dense_epochs=15, dense_lr=3e-3, prune_epochs=10, prune_steps=5, prune_lr=1e-3,
@@ -163,9 +165,11 @@ def run(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[str], Non
         model.eval()
     else:
         _train(model, train, recipe.dense_epochs, recipe.dense_lr, recipe.seed, "dense", recipe, quiet)
-        if cached is not None:
+        if cached is not None:  # written whole, then renamed: a parallel run never reads half a file
             cached.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), cached)
+            part = cached.with_name(f"{cached.name}.{os.getpid()}")
+            torch.save(model.state_dict(), part)
+            os.replace(part, cached)
     err_dense = _torch_error(model, test)
     log(f"      test error {err_dense:.2%}")
 

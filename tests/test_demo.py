@@ -21,10 +21,10 @@ from dcm.format.stats import tensor_stats  # noqa: E402
 
 FAST = dict(train_images=512, dense_epochs=1, prune_epochs=2, prune_steps=2, quant_epochs=1, batch=64)
 CASES = {  # model -> (reduced recipe, smallest ratio the file must reach)
-    "lenet300": (replace(demo.RECIPES["lenet300"], **FAST), 1.0),
+    "lenet300": (replace(demo.RECIPES["lenet300"], **FAST), 60.0),
     "lenet5": (replace(demo.RECIPES["lenet5"], **FAST), 1.0),
-    "vit": (replace(demo.RECIPES["vit"], **FAST, model_args={"dim": 32, "depth": 1, "heads": 2, "hidden": 64},
-                    exporter="torchscript"), 1.0),
+    "vit": (replace(demo.RECIPES["vit"], **FAST, model_args={"dim": 64, "depth": 1, "heads": 2, "hidden": 128},
+                    exporter="torchscript"), 3.0),
     "lstm": (replace(demo.RECIPES["lstm"], **FAST, model_args={"hidden": 32}), 5.0),
 }
 
@@ -46,7 +46,7 @@ def test_reduced_demo(name, tmp_path):
 
     _, test = mnist.load()
     assert r["error_file"] == demo.file_error(path, test)  # measured from the file, by dcm's runtime
-    assert r["ratio"] == r["float32_bytes"] / r["dcm_bytes"] >= factor
+    assert r["ratio"] == r["float32_bytes"] / r["dcm_bytes"] >= factor, r["ratio"]
 
     pruned, quantized = seen["pruned"], seen["quantized"]
     assert set(seen["sparsity"]) == set(pruned)  # the recipe prunes every compressible weight
