@@ -71,9 +71,10 @@ def _machine(data: Any) -> str:
 
 
 def compression(data: list[dict]) -> list[str]:
-    rows = [[r["model"], _pct(r["error_dense"]), _pct(r["error_file"]),
+    """One row per model of ``benchmarks/compression.py``'s JSON (its first seed's run)."""
+    rows = [[r["model"], _pct(r.get("error_dense")), _pct(r.get("error_file")),
              f"{100 * (r['error_file'] - r['error_dense']):+.2f} pp", f"{r['parameters']:,}",
-             f"{r['float32_bytes'] / 1024:.0f} KB", f"{r['dcm_bytes']:,} B", f"**{r['ratio']:.1f}x**",
+             f"{r['float32_bytes'] / 1024:,.0f} KB", f"{r['dcm_bytes']:,} B", f"**{r['ratio']:.1f}x**",
              f"{r['seconds']:.0f} s"] for r in data]
     return _table(["network", "dense error", "error of the .dcm", "change", "parameters", "float32", ".dcm",
                    "ratio", "time"], rows, "llrrrrrrr")
@@ -85,17 +86,6 @@ def demo(data: list[dict]) -> list[str]:
 
     row = next(r for r in data if r["model"] == "lenet300")
     return ["```text", "$ dcm demo", "...", format_tables(row).strip(), "```"]
-
-
-def compression_layers(data: list[dict]) -> list[str]:
-    out: list[str] = []
-    for r in data:
-        rows = [[x["layer"], f"{x['weights']:,}", _pct(x.get("density")), x.get("values") or "-",
-                 _num(x.get("bits_per_code"), ".2f"), x.get("index_bits") or "-", _num(x.get("bits_per_index"), ".2f"),
-                 f"{x['bytes']:,}", f"{x['ratio']:.1f}x"] for x in r["layers"]]
-        out += [f"{r['model']}:", "", *_table(["layer", "#weights", "weights kept", "values", "coded b/w",
-                                                "index bits", "coded b/i", "bytes", "ratio"], rows, "lrrrrrrrr"), ""]
-    return out[:-1]
 
 
 def codecs(data: dict) -> list[str]:
@@ -167,7 +157,7 @@ def tables(data: dict) -> list[str]:
 
 
 RENDERERS: dict[str, tuple[str, Callable[[Any], list[str]]]] = {
-    "compression": ("compression", compression), "compression-layers": ("compression", compression_layers),
+    "compression": ("compression", compression),
     "demo": ("compression", demo),
     "codecs": ("codecs", codecs), "runtime-cpu": ("runtime", runtime_cpu), "runtime-gpu": ("runtime", runtime_gpu),
     "ops": ("ops", ops), "scale": ("scale", scale), "fuzz": ("fuzz", fuzz), "cli-errors": ("cli_errors", cli_errors),
