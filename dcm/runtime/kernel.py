@@ -47,6 +47,8 @@ class LoadContext:
     def __post_init__(self) -> None:
         """Per-layer modes re-keyed by node name: users write the torch module path (``fc1``), the
         node name (``/fc1/Gemm``) or the weight name (``fc1.weight``); an unknown name is an error."""
+        if not isinstance(self.modes, dict):
+            return
         layers = {n.name: layer_aliases(n.name, n.inputs[1]) for n in self.model.nodes
                   if len(n.inputs) > 1 and n.inputs[1] in self.model.tensors
                   and len(self.model.tensors[n.inputs[1]].shape) >= 2}
