@@ -72,19 +72,48 @@ def load_onnx(source: str | os.PathLike | bytes):
     return model
 
 
+def _text(value: bytes, what: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConversionError(f"{what}: {value[:40]!r} is not UTF-8 text") from None
+
+
+def _array(t, what: str) -> np.ndarray:
+    """A TensorProto as numpy; one whose data does not fill its dims is a ConversionError."""
+    try:
+        return _onnx().numpy_helper.to_array(t)
+    except ValueError as exc:
+        raise ConversionError(f"{what}: its data does not match its dims {list(t.dims)} ({exc})") from None
+
+
+def _check_text(model) -> None:
+    """protobuf hands back a string field that is not UTF-8 as bytes: refuse one before it is used as a name."""
+    g = model.graph
+    names = [(f"node {i} op type", n.op_type) for i, n in enumerate(g.node)]
+    names += [(f"node {i} name", n.name) for i, n in enumerate(g.node)]
+    names += [(f"node {i} input or output", x) for i, n in enumerate(g.node) for x in (*n.input, *n.output)]
+    names += [(f"node {i} attribute name", a.name) for i, n in enumerate(g.node) for a in n.attribute]
+    names += [("graph value name", v.name) for v in (*g.input, *g.output, *g.value_info, *g.initializer)]
+    for what, name in names:
+        if not isinstance(name, str):
+            raise ConversionError(f"{what}: {name[:40]!r} is not UTF-8 text")
+
+
 def _attrs(node) -> dict[str, Any]:
     onnx = _onnx()
     out = {}
     for a in node.attribute:
         v = onnx.helper.get_attribute_value(a)
+        what = f"node {node.name or node.op_type!r} ({node.op_type}): attribute {a.name!r}"
         if isinstance(v, bytes):
-            v = v.decode("utf-8")
+            v = _text(v, what)
         elif isinstance(v, list):
-            v = [x.decode("utf-8") if isinstance(x, bytes) else x for x in v]
+            v = [_text(x, what) if isinstance(x, bytes) else x for x in v]
             if not v:
                 continue  # an empty list carries no information and has no JSON type
         elif isinstance(v, onnx.TensorProto):  # spec 4.3 (ConstantOfShape's fill value)
-            v = onnx.numpy_helper.to_array(v)
+            v = _array(v, what)
             if v.dtype.name not in ONNX_DTYPES.values():
                 raise ConversionError(f"node {node.name or node.op_type!r} ({node.op_type}): tensor attribute "
                                       f"{a.name!r} has element type {v.dtype}, which cannot be stored")
@@ -149,7 +178,7 @@ class _Graph:
         self.producer = f"{model.producer_name} {model.producer_version}".strip()
         # Copies only: nothing here may point into ``model``, so that a caller who owns it can free
         # it (protobuf keeps all of a message's bytes in one arena, every initializer included).
-        self.consts = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer}
+        self.consts = {t.name: _array(t, f"initializer {t.name!r}") for t in g.initializer}
         self.inputs = [_value_info(v) for v in g.input if v.name not in self.consts]
         try:
             inferred = onnx.shape_inference.infer_shapes(_without_weights(model)).graph
@@ -290,6 +319,7 @@ def from_onnx(source, options: ConvertOptions | None = None,
     onnx = _onnx()
     opts = options or ConvertOptions()
     model = source if isinstance(source, onnx.ModelProto) else load_onnx(source)
+    _check_text(model)
     g = _Graph(model)
     del model  # when we loaded it, this frees the protobuf copy of every weight
     nodes = _to_nodes(_fold_constants(g))
