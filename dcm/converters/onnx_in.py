@@ -221,7 +221,7 @@ def _fold_constants(g: _Graph) -> list:
     for node in g.nodes:
         if node.domain not in ("", "ai.onnx"):
             raise ConversionError(f"node {node.name or node.op_type!r}: custom domain {node.domain!r} is not supported")
-        if node.op_type == "Shape" and node.input[0] not in g.consts:
+        if node.op_type == "Shape" and node.input and node.input[0] not in g.consts:
             shape = g.static_shape(node.input[0])
             if shape is not None:
                 a = {at.name: at.i for at in node.attribute}

@@ -39,12 +39,17 @@ def _op_type(name: bytes) -> bytes:
     return _model(helper.make_node("Relu", ["x"], ["y"])).SerializeToString().replace(b"Relu", name)
 
 
+def _shape_without_input():
+    return _model(helper.make_node("Shape", [], ["y"]))
+
+
 CASES = {
     "initializer data shorter than its dims": (_short_initializer, "initializer 'b': its data does not match"),
     "tensor attribute data shorter than its dims": (_short_tensor_attribute, "attribute 'value': its data"),
     "string attribute not UTF-8": (lambda: _string_attribute(b"\xff"), "attribute 'approximate'.*not UTF-8"),
     "string list attribute not UTF-8": (lambda: _string_attribute([b"\xff"]), "not UTF-8"),
     "op type not UTF-8": (lambda: _op_type(b"R\x80lu"), "op type.*not UTF-8"),
+    "Shape without its input": (_shape_without_input, "node 'Shape'"),
 }
 
 
