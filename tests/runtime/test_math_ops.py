@@ -193,3 +193,17 @@ def test_huge_broadcast_is_refused_before_allocating(op, feeds):
     model.graph.output[0].type.tensor_type.elem_type = 9 if op == "Equal" else 1
     with pytest.raises(ExecutionError, match=rf"{op}_0.*exceeds the limit"):
         InferenceSession(from_onnx(model, ConvertOptions(exact=True))).run(None, feeds)
+
+
+@pytest.mark.parametrize("direction", ["LEFT", "RIGHT"])
+@pytest.mark.parametrize("dtype", INTS)
+def test_bitshift_including_shifts_out_of_range(direction, dtype):
+    """Signed types (opset 28): arithmetic right shifts, left shifts past the sign bit, and shifts
+    that are negative or at least the width (0, or -1 for a negative x shifted right)."""
+    bits = 8 * np.dtype(dtype).itemsize
+    low = 0 if dtype == np.uint8 else -100
+    x = rand((3, 6), dtype, low=low, high=100)
+    y = np.array([0, 1, 3, bits - 1, bits, bits + 3] if dtype == np.uint8 else [0, 1, bits - 1, bits, -1, -bits], dtype)
+    check("BitShift", {"x": x, "y": y}, {"direction": direction}, opset=28)
+    if dtype == np.uint8:
+        check("BitShift", {"x": x, "y": np.array([0, 1, 2, 3, 4, 7], dtype)}, {"direction": direction}, opset=11)

@@ -23,7 +23,7 @@ REDUCE = ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "Re
           "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"]
 OTHERS = ["Not", "Where", "IsNaN", "IsInf", "Mod", "PRelu", "Clip", "Softmax", "LogSoftmax", "LayerNormalization",
           "GroupNormalization", "InstanceNormalization", "BatchNormalization", "ArgMax", "ArgMin", "CumSum", "TopK",
-          "Hardmax", "LpNormalization", "MeanVarianceNormalization", "BitwiseNot"]
+          "Hardmax", "LpNormalization", "MeanVarianceNormalization", "BitwiseNot", "BitShift"]
 NEWEST = onnx.defs.onnx_opset_version()
 
 
@@ -76,6 +76,8 @@ def _case(op: str, v: int) -> dict:
         "LpNormalization": {"inputs": {"x": x}, "attrs": {"axis": 1, "p": 1}, "oracle": "onnxruntime"},
         "MeanVarianceNormalization": {"inputs": {"x": rand((2, 3, 4, 5), seed=1)}},
         "BitwiseNot": {"inputs": {"x": rand((2, 3), np.int16, low=-50, high=50)}},
+        "BitShift": {"inputs": {"x": rand((2, 3), np.uint8, low=0, high=200), "y": np.array([0, 3, 7], np.uint8)},
+                     "attrs": {"direction": "RIGHT"}},
         "ArgMax": {"inputs": {"x": x}, "attrs": {"axis": 1}},
         "ArgMin": {"inputs": {"x": x}, "attrs": {"axis": 1}},
         "CumSum": {"inputs": {"x": x}, "consts": {"axis": np.array(1, np.int64)}},

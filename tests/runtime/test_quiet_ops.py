@@ -30,6 +30,7 @@ CASES = {
     "ArgMin": ([F], {"axis": 1}, 13, 1), "TopK": ([F, np.array([3], np.int64)], {}, 11, 2),
     "Hardmax": ([F], {}, 13, 1), "BitwiseAnd": ([I8, I8], {}, 18, 1), "BitwiseOr": ([I8, I8], {}, 18, 1),
     "BitwiseXor": ([I8, I8], {}, 18, 1), "BitwiseNot": ([I8], {}, 18, 1),
+    "BitShift": ([I8, I8], {"direction": "LEFT"}, 28, 1),
 }
 
 

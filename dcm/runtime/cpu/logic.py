@@ -87,6 +87,34 @@ class BitwiseNot(Kernel):
         return (np.invert(x),)
 
 
+@register("BitShift")
+class BitShift(Kernel):
+    """x shifted by y bits, ``direction`` LEFT or RIGHT. A signed right shift copies the sign bit; a
+    signed left shift is done on the unsigned bits (C leaves it undefined). A shift that is negative
+    or at least the type's width gives what the sign extension alone gives: -1 for a negative x
+    shifted right, else 0 (opset 28's rule; older opsets define unsigned types only)."""
+
+    quiet = True
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.left = self.attrs.get("direction") == "LEFT"
+        if self.attrs.get("direction") not in ("LEFT", "RIGHT"):
+            raise ValueError(f"direction must be 'LEFT' or 'RIGHT', got {self.attrs.get('direction')!r}")
+
+    def __call__(self, x, y):
+        check_broadcast(x, y)
+        inside = (y >= 0) & (y < 8 * x.dtype.itemsize)
+        amount = np.where(inside, y, 0).astype(x.dtype)
+        if self.left:
+            unsigned = np.dtype(f"u{x.dtype.itemsize}")
+            shifted = np.left_shift(x.view(unsigned), amount.view(unsigned)).view(x.dtype)
+            return (np.where(inside, shifted, 0).astype(x.dtype, copy=False),)
+        shifted = np.right_shift(x, amount)
+        outside = np.where(x < 0, -1, 0) if x.dtype.kind == "i" else 0
+        return (np.where(inside, shifted, outside).astype(x.dtype, copy=False),)
+
+
 @register("Not")
 class Not(Kernel):
     quiet = True
