@@ -163,9 +163,9 @@ class Slice(Kernel):
         super().__init__(node, ctx)
         self.params = [load_ints(self, ctx, i, attr) for i, attr in enumerate(("starts", "ends", "axes", "steps"), 1)]
 
-    def __call__(self, x, *given):
-        given = given + (None,) * (4 - len(given))
-        starts, ends, axes, steps = (p if g is None else ints(g) for p, g in zip(self.params, given))
+    def __call__(self, x, starts=None, ends=None, axes=None, steps=None):
+        starts, ends, axes, steps = (p if g is None else ints(g)
+                                     for p, g in zip(self.params, (starts, ends, axes, steps)))
         if starts is None or ends is None or len(starts) != len(ends):
             raise ValueError("starts and ends must be given, of equal length")
         axes = list(range(len(starts))) if axes is None else [normal_axis(a, x.ndim) for a in axes]
