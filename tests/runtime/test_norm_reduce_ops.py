@@ -287,3 +287,16 @@ def test_mean_variance_normalization(axes, opset):
     d = x - x.mean(axis=tuple(axes or (0, 2, 3)), keepdims=True)
     want = d / (np.sqrt(np.mean(d * d, axis=tuple(axes or (0, 2, 3)), keepdims=True)) + 1e-9)
     np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial", [(8, 8), (512, 512)])
+def test_instance_normalization_keeps_float32_accuracy_on_large_maps(spatial):
+    """Short rows sum their squares by einsum, long ones pairwise: both within 2e-6 of float64."""
+    x = rand((1, 2) + spatial, seed=1) * 3 + 10  # an offset, as activations have
+    ones, zeros = np.ones(2, np.float32), np.zeros(2, np.float32)
+    got = check("InstanceNormalization", {"x": x}, opset=22, consts={"s": ones, "b": zeros},
+                rtol=1e-4)[0]
+    x64 = x.astype(np.float64)
+    d = x64 - x64.mean(axis=(2, 3), keepdims=True)
+    want = d / np.sqrt((d * d).mean(axis=(2, 3), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
