@@ -142,7 +142,13 @@ def fuzz(data: dict) -> list[str]:
     row += [f"**{data['crashes']}**", f"**{data['hangs']}**", f"{data['slowest_s']:.2f} s",
             f"{data['max_rss_mib']:.0f} MiB", f"{data['elapsed_s']:.0f} s"]
     cmd = f"python -m benchmarks.fuzz --iterations {data['iterations']} --workers {data['workers']} --seed {data['seed']}"
-    return [f"Command: `{cmd}`.", "", *_table(head, [row], "r" * len(head))]
+    out = [f"Command: `{cmd}`.", "", *_table(head, [row], "r" * len(head))]
+    if "kernels_never_reached" in data:
+        never = data["kernels_never_reached"]
+        out += ["", f"Compiled kernels never reached: {', '.join(never) or 'none'}. Registry ops never run: "
+                    f"{', '.join(data.get('registry_ops_never_run', [])) or 'none'} "
+                    f"(of {data.get('registry_ops', '?')})."]
+    return out
 
 
 def cli_errors(data: dict) -> list[str]:
