@@ -59,6 +59,8 @@ def _table(head: list[str], rows: list[list[Any]], align: str = "") -> list[str]
 
 def _machine(data: Any) -> str:
     """The conditions of the run, as ``benchmarks.common.save`` recorded them."""
+    if isinstance(data, list):  # one row per model, each with its own record (benchmarks/compression.py)
+        data = data[0] if data else {}
     m = data.get("machine") if isinstance(data, dict) else None
     if not m:
         return ""
