@@ -6,7 +6,9 @@ Each pass is a small function that rewrites ``Graph.nodes`` in place and records
 ``dcm export`` writes the graph as stored, which stays a standard ONNX graph.
 
 Passes here only rewrite the graph; fusions that need a kernel's cooperation (a Relu computed by
-the Conv that feeds it) stay with the session, which knows the kernels.
+the Conv that feeds it) stay with the session, which knows the kernels. A pass may write an internal
+op (named ``dcm.*``, not ONNX) only when the backend runs it (``Graph.internal``): the CPU keeps
+their kernels in a registry of their own that no file can reach.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class Graph:
     model: Model
     nodes: list[Node]
     folded: dict[str, str] = field(default_factory=dict)
+    internal: frozenset[str] = frozenset()  # the internal ops the backend runs
 
     def const(self, name: str) -> np.ndarray | None:
         """The value of a constant input (None: a run-time value, or an absent optional input)."""
@@ -262,16 +265,50 @@ def _root_product(expr: _Expr, root: Node, taken: list[Node]) -> tuple[float, li
     return ca * cb, fa + fb
 
 
+MATMUL_ADD = "dcm.MatMulAdd"  # MatMul(x, W) + b: inputs x, W [in, out], b [out]
+
+
+def fuse_matmul_add(graph: Graph) -> None:
+    """MatMul by a constant [in, out] weight whose product only an Add of a constant [out] bias reads
+    becomes one ``dcm.MatMulAdd`` node (what Gemm is for matrices, at any rank of x): the bias goes
+    into the product's own fresh output, saving the Add's pass over the activation and its array.
+    Transformer exports write every projection with a bias this way."""
+    if MATMUL_ADD not in graph.internal:
+        return
+    tensors = graph.model.tensors
+    consumers = graph.consumers()
+    protected = graph.protected()
+    removed: set[int] = set()
+    for i, mm in enumerate(graph.nodes):
+        w = tensors.get(mm.inputs[1]) if mm.op == "MatMul" and len(mm.inputs) == 2 else None
+        if w is None or len(w.shape) != 2 or w.dtype != "float32" or mm.outputs[0] in protected:
+            continue
+        users = consumers.get(mm.outputs[0], [])
+        add = users[0] if len(users) == 1 else None
+        if add is None or add.op != "Add" or len(add.inputs) != 2 or add.inputs[0] == add.inputs[1]:
+            continue
+        bias = add.inputs[1] if add.inputs[0] == mm.outputs[0] else add.inputs[0]
+        b = tensors.get(bias)
+        if b is None or tuple(b.shape) != (w.shape[1],) or b.dtype != "float32":
+            continue
+        graph.nodes[i] = Node(MATMUL_ADD, [mm.inputs[0], mm.inputs[1], bias], list(add.outputs), {}, mm.name)
+        removed.add(id(add))
+        graph.folded[_name(add)] = _name(mm)
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+
+
 PASSES: dict[str, Callable[[Graph], None]] = {
     "fold_pads": fold_pads,
     "merge_transposes": merge_transposes,
     "fuse_gelu": fuse_gelu,
+    "fuse_matmul_add": fuse_matmul_add,
 }
 
 
-def optimize(model: Model, passes: list[str] | None = None) -> Graph:
-    """Run ``passes`` (default: all, in order) over a copy of the model's node list."""
-    graph = Graph(model, list(model.nodes))
+def optimize(model: Model, passes: list[str] | None = None, internal: frozenset[str] = frozenset()) -> Graph:
+    """Run ``passes`` (default: all, in order) over a copy of the model's node list. ``internal``: the
+    internal ops the backend runs (passes that would write others leave the graph as it is)."""
+    graph = Graph(model, list(model.nodes), internal=internal)
     for name in PASSES if passes is None else passes:
         if name not in PASSES:
             raise ValueError(f"unknown graph pass {name!r}; the passes are {', '.join(PASSES)}")

@@ -38,18 +38,20 @@ class NodeArg:
     type: str
 
 
-def _backend(device: str) -> tuple[str, dict]:
-    """(torch device or "cpu", kernel registry). "torch-cpu" runs the GPU kernels on the CPU (tests)."""
+def _backend(device: str) -> tuple[str, dict, dict]:
+    """(torch device or "cpu", kernel registry, registry of the internal ops the graph passes may write).
+    "torch-cpu" runs the GPU kernels on the CPU (tests)."""
     if device == "cpu":
         from dcm.runtime.cpu import REGISTRY
+        from dcm.runtime.cpu.fused import INTERNAL
 
-        return "cpu", REGISTRY
+        return "cpu", REGISTRY, INTERNAL
     if device == "gpu":
         device = "cuda"
     if device == "torch-cpu" or device == "cuda" or device.startswith("cuda:"):
         from dcm.runtime.gpu import open_backend
 
-        return open_backend("cpu" if device == "torch-cpu" else device)
+        return (*open_backend("cpu" if device == "torch-cpu" else device), {})
     raise DcmError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
 
 
@@ -74,7 +76,7 @@ class InferenceSession:
                  progress: bool | None = None, optimize: bool = True):
         self.model = model if isinstance(model, Model) else read(model)
         self.device = device
-        torch_device, registry = _backend(device)
+        torch_device, registry, internal = _backend(device)
         self._torch = device != "cpu"
         self._sync = None  # waits for the device; only profile() needs it
         if self._torch and torch_device.startswith("cuda"):
@@ -90,8 +92,9 @@ class InferenceSession:
             names = sorted({m.op for m in missing})
             raise UnsupportedOpError(f"unsupported op {n.op} in node {n.name or n.outputs[0]!r}"
                                      f" (all unsupported: {', '.join(names)})")
-        self._graph = optimize_graph(self.model, None if optimize else [])
+        self._graph = optimize_graph(self.model, None if optimize else [], internal=frozenset(internal))
         self._nodes = self._graph.nodes
+        registry = {**internal, **registry}  # the file's ops were checked against the registry alone
         self._kernels: list[Kernel] = []
         if progress is None and sum(len(t.payload) for t in self.model.tensors.values()) < LARGE_FILE_BYTES:
             progress = False

@@ -25,10 +25,17 @@ class _FullyConnected(Kernel):
         self.mode, w, self.density = ctx.weight(node, name)
         if not out_in:
             w = _transposed(w)
-        self.mm = WeightMatmul(self.mode, w, ctx.threads, prefer="right", vectors=ctx.batch_hint < LARGE_BATCH)
+        # A chosen (not requested) sparse kernel hands row counts where BLAS wins to a dense copy: a
+        # transformer's [batch * sequence, hidden] activation is many rows even at batch 1.
+        by_rows = ctx.requested_mode(node, name) is None
+        self.mm = WeightMatmul(self.mode, w, ctx.threads, prefer="right", vectors=ctx.batch_hint < LARGE_BATCH,
+                               by_rows=by_rows)
 
     def describe(self) -> dict:
-        return {"kernel": self.mode, "density": self.density, "weight_shape": list(self.mm.shape)}
+        info = {"kernel": self.mode, "density": self.density, "weight_shape": list(self.mm.shape)}
+        if self.mm.by_rows:
+            info["dense_rows"] = "by row count"
+        return info
 
 
 @register("Gemm")

@@ -22,6 +22,11 @@ except ImportError:  # pragma: no cover - a future scipy; the public operator st
     _csr_matvec = None
 
 PARALLEL_MIN_NNZ = 200_000
+# The compiled sparse kernel against BLAS by row count (one thread, the zoo's 256-wide transformer
+# layers; benchmarks/matmul_choice.py, docs/transformers.md): from 8 rows on it wins up to about
+# 15-20% density; at 2 to 7 rows, fewer than its 8-wide vector blocks take, only below about 5%.
+SPARSE_MAX_DENSITY_FEW_ROWS = 0.05
+SPARSE_MAX_DENSITY_MANY_ROWS = 0.15
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
@@ -41,17 +46,22 @@ class WeightMatmul:
     """A weight held in its runtime form; ``left(X)`` computes W @ X."""
 
     def __init__(self, mode: str, weight: CsrParts | np.ndarray, threads: int = 1, prefer: str = "left",
-                 vectors: bool = False):
+                 vectors: bool = False, by_rows: bool = False):
         """``prefer="right"``: the kernel calls ``right`` (fully connected layers), so a dense weight is
         stored transposed: x @ W.T on a contiguous W.T is about 12% faster in OpenBLAS (AlexNet fc6).
         ``vectors``: the layer mostly runs at batch 1, so the native kernel also keeps a CSC copy
-        (6 bytes per stored weight) with which a matvec skips zero inputs."""
+        (6 bytes per stored weight) with which a matvec skips zero inputs.
+        ``by_rows``: a sparse W multiplies an x of a row count where BLAS wins at its density
+        (``prefers_dense``) with BLAS instead, on a dense copy made at the first such call and kept."""
         self.mode = mode
+        self.by_rows = by_rows and mode == "sparse"
+        self._dense_wt: np.ndarray | None = None
         if mode == "sparse":
             m = weight.to_scipy() if isinstance(weight, CsrParts) else sp.csr_array(weight)
             m.sort_indices()
             self.shape = m.shape
             self.nnz = m.nnz
+            self.density = m.nnz / max(m.shape[0] * m.shape[1], 1)
             self.blocks = [m]
             self.threads = threads
             split = threads > 1 and m.nnz >= PARALLEL_MIN_NNZ
@@ -121,6 +131,8 @@ class WeightMatmul:
         """x [n, in] @ W.T -> [n, out], computed as (W @ x.T).T."""
         if self.mode == "dense":
             return x @ self.wt
+        if self.by_rows and prefers_dense(self.density, x.shape[0]):
+            return x @ self.dense_wt()
         if self.native is not None and x.dtype == np.float32:
             return self.fused_right(x)
         if x.shape[0] == 1 and self.vector_ok and x.dtype == np.float32:
@@ -133,7 +145,20 @@ class WeightMatmul:
         [out, n] output, which the next fully connected layer reads as it is, without a copy."""
         if x.shape[0] == 1:
             return self._fused_vector(x, bias, relu)
+        if self.by_rows and prefers_dense(self.density, x.shape[0]):
+            y = x @ self.dense_wt()
+            if bias is not None:
+                y += bias
+            return np.maximum(y, 0, out=y) if relu else y
         return self._native_left(x.T, bias, relu).T
+
+    def dense_wt(self) -> np.ndarray:
+        """W.T as a contiguous dense array, made once: the form BLAS takes for many rows. It costs 4
+        bytes per weight besides the sparse form, held only by layers that see such calls."""
+        if self._dense_wt is None:
+            w = self.blocks[0] if len(self.blocks) == 1 else sp.vstack(self.blocks, format="csr")
+            self._dense_wt = np.ascontiguousarray(w.toarray().T, dtype=np.float32)
+        return self._dense_wt
 
     def _fused_vector(self, x: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
         """Batch 1: one matvec (CSR, or CSC skipping zero inputs), or column blocks over the thread
@@ -176,6 +201,14 @@ class WeightMatmul:
         if not math.isfinite(np.add.reduce(v)):
             self._poison(v[:, None], y.T)
         return y
+
+
+def prefers_dense(density: float, rows: int) -> bool:
+    """Whether BLAS beats the compiled sparse kernel on an x of ``rows`` rows at this density. One row
+    keeps the load-time choice: the matvec kernels there also skip zero inputs."""
+    if rows <= 1:
+        return False
+    return density > (SPARSE_MAX_DENSITY_FEW_ROWS if rows < 8 else SPARSE_MAX_DENSITY_MANY_ROWS)
 
 
 def _cuts(indptr: np.ndarray, parts: int) -> list[int]:

@@ -91,6 +91,7 @@ class _Recurrent(Kernel):
         self.clip = None if clip is None else np.float32(clip)
         self.acts = _activations(self.attrs, self.default_activations, self.directions, self.where)
         self.threads = ctx.threads
+        self.by_rows = ctx.requested_mode(node, node.inputs[1]) is None  # W's many-row product may go dense
         self.modes, self.densities, self.shapes, self.products = {}, {}, {}, {}
         for i, columns in ((1, LARGE_BATCH), (2, 1)):  # W multiplies every step at once, R one step's batch
             name = node.inputs[i]
@@ -119,7 +120,7 @@ class _Recurrent(Kernel):
 
     def _products(self, i: int, mode: str, mats: list) -> list:
         """Per direction, the WeightMatmul(s) of input i: W's one, R's (subclasses split R)."""
-        return [[WeightMatmul(mode, m, self.threads, prefer="right")] for m in mats]
+        return [[WeightMatmul(mode, m, self.threads, prefer="right", by_rows=i == 1 and self.by_rows)] for m in mats]
 
     def _weights(self, w, r) -> tuple[list, list, int, int]:
         """(W products, R products, hidden size, input size), building dense ones for weights fed at run time."""

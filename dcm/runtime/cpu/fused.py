@@ -1,0 +1,42 @@
+"""Kernels of the internal ops that the load-time graph passes write (``dcm.runtime.optimize``).
+
+They sit in a registry of their own, ``INTERNAL``, which the session consults only for nodes a pass
+made: the converters and the session's check of a file's ops know only ``REGISTRY``, so a .dcm file
+that names one of these ops is refused as unsupported, and ``dcm export`` never meets one.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dcm.runtime.cpu.linear import MatMul
+from dcm.runtime.kernel import Registry, registrar
+from dcm.runtime.optimize import MATMUL_ADD
+
+INTERNAL: Registry = {}
+register_internal = registrar(INTERNAL)
+
+
+@register_internal(MATMUL_ADD)
+class MatMulAdd(MatMul):
+    """x [..., in] @ W [in, out] + b [out] with W and b constants: the compiled sparse kernel adds the
+    bias as it writes each row; otherwise it is added in place into the product's fresh array."""
+
+    weight_inputs = (1, 2)
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        if not self.const_b:  # the pass only fuses constant [in, out] weights
+            raise ValueError(f"{MATMUL_ADD} needs a constant matrix weight")
+        self.bias = np.ascontiguousarray(ctx.const(node.inputs[2]), dtype=np.float32).reshape(-1)
+        if self.bias.shape != (self.mm.shape[0],):
+            raise ValueError(f"bias has shape {list(self.bias.shape)}, the weight {self.mm.shape[0]} outputs")
+
+    def __call__(self, a, _w=None, _b=None):
+        lead = a.shape[:-1]
+        x = a.reshape(-1, a.shape[-1])
+        if getattr(self.mm, "native", None) is not None and x.dtype == np.float32:
+            y = self.mm.fused_right(x, self.bias)
+        else:
+            y = self.mm.right(x)
+            y += self.bias
+        return (y.reshape(*lead, y.shape[-1]),)

@@ -1,0 +1,139 @@
+"""The transformer side of the runtime: MatMul + bias Add fused into one internal node at load, and
+a pruned linear layer's kernel chosen per call from the rows it multiplies."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from dcm.converters import ConvertOptions  # noqa: E402
+from dcm.converters.onnx_in import from_onnx  # noqa: E402
+from dcm.encoder.codec import CsrParts  # noqa: E402
+from dcm.errors import UnsupportedOpError  # noqa: E402
+from dcm.format.model import Node  # noqa: E402
+from dcm.runtime import InferenceSession  # noqa: E402
+from dcm.runtime.cpu.matmul import WeightMatmul, prefers_dense  # noqa: E402
+from dcm.runtime.optimize import MATMUL_ADD, optimize  # noqa: E402
+
+RNG = np.random.default_rng(0)
+W = RNG.standard_normal((16, 8)).astype(np.float32)
+B = RNG.standard_normal(8).astype(np.float32)
+
+
+def _model(nodes, inits, outputs=("y",), fed=None):
+    """``fed``: a second graph input {name: shape}, a value computed at run time."""
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 16])]
+    inputs += [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in (fed or {}).items()]
+    g = helper.make_graph(nodes, "g", inputs,
+                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), ConvertOptions(exact=True))
+
+
+def _runs_alike(model):
+    rng = np.random.default_rng(1)
+    feeds = {v.name: rng.standard_normal(v.shape).astype(np.float32) for v in model.inputs}
+    fused, plain = InferenceSession(model), InferenceSession(model, optimize=False)
+    for got, want in zip(fused.run(None, feeds), plain.run(None, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    return fused
+
+
+@pytest.mark.parametrize("bias_first", [False, True])
+def test_matmul_add_fuses_into_one_node(bias_first):
+    add = ["b", "m"] if bias_first else ["m", "b"]
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+                    helper.make_node("Add", add, ["y"], name="add")], {"w": W, "b": B})
+    graph = optimize(model, ["fuse_matmul_add"], internal=frozenset({MATMUL_ADD}))
+    assert [(n.op, n.inputs, n.outputs, n.name) for n in graph.nodes] == [(MATMUL_ADD, ["x", "w", "b"], ["y"], "mm")]
+    assert graph.folded == {"add": "mm"}
+    sess = _runs_alike(model)
+    assert [d["op"] for d in sess.describe()] == [MATMUL_ADD, "Add"]  # the Add is listed as folded
+    assert sess.describe()[1]["folded_into"] == "mm"
+
+
+@pytest.mark.parametrize("case", ["bias_2d", "product_read_twice", "runtime_weight", "bias_is_runtime"])
+def test_matmul_add_leaves_other_graphs(case):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+             helper.make_node("Add", ["m", "b"], ["y"], name="add")]
+    inits, outputs, fed = {"w": W, "b": B}, ("y",), None
+    if case == "bias_2d":  # a [1, out] bias may broadcast to a higher rank than the product's
+        inits["b"] = B[None]
+    elif case == "product_read_twice":
+        nodes.append(helper.make_node("Relu", ["m"], ["z"], name="relu"))
+        outputs = ("y", "z")
+    elif case == "runtime_weight":
+        inits, fed = {"b": B}, {"w": [16, 8]}
+    else:
+        inits, fed = {"w": W}, {"b": [8]}
+    model = _model(nodes, inits, outputs, fed)
+    graph = optimize(model, ["fuse_matmul_add"], internal=frozenset({MATMUL_ADD}))
+    assert MATMUL_ADD not in [n.op for n in graph.nodes] and graph.folded == {}
+    _runs_alike(model)
+
+
+def test_matmul_add_waits_for_a_backend_that_runs_it():
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+                    helper.make_node("Add", ["m", "b"], ["y"], name="add")], {"w": W, "b": B})
+    assert [n.op for n in optimize(model).nodes] == ["MatMul", "Add"]  # no internal ops offered
+
+
+def test_a_file_cannot_name_an_internal_op():
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+                    helper.make_node("Add", ["m", "b"], ["y"], name="add")], {"w": W, "b": B})
+    hostile = type(model)(**{**model.__dict__, "nodes": [Node(MATMUL_ADD, ["x", "w", "b"], ["y"], {}, "mm")]})
+    with pytest.raises(UnsupportedOpError, match="unsupported op dcm.MatMulAdd"):
+        InferenceSession(hostile)
+
+
+@pytest.mark.parametrize("kernels", ["sparse", "dense", None])
+def test_matmul_add_on_every_kernel(kernels):
+    w = W * (RNG.random(W.shape) < 0.2)
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+                    helper.make_node("Add", ["m", "b"], ["y"], name="add")], {"w": w.astype(np.float32), "b": B})
+    x = np.random.default_rng(2).standard_normal((2, 5, 16)).astype(np.float32)
+    got = InferenceSession(model, kernels=kernels).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, x @ w + B, rtol=1e-5, atol=1e-5)
+
+
+def test_prefers_dense_by_rows_and_density():
+    assert not prefers_dense(0.9, 1)  # one row keeps the load-time choice
+    assert prefers_dense(0.1, 4) and not prefers_dense(0.03, 4)
+    assert prefers_dense(0.25, 128) and not prefers_dense(0.1, 128)
+
+
+def _sparse(density, shape=(64, 48)):
+    m = sp.random_array(shape, density=density, format="csr", dtype=np.float32, rng=np.random.default_rng(3))
+    m.sort_indices()
+    return CsrParts(m.shape, m.data, None, None, m.indices, m.indptr), m.toarray()
+
+
+@pytest.mark.parametrize("rows", [1, 4, 8, 100])
+def test_sparse_weight_by_rows_matches_dense(rows):
+    parts, w = _sparse(0.25)
+    mm = WeightMatmul("sparse", parts, prefer="right", vectors=True, by_rows=True)
+    x = np.random.default_rng(4).standard_normal((rows, 48)).astype(np.float32)
+    bias = np.arange(64, dtype=np.float32)
+    np.testing.assert_allclose(mm.right(x), x @ w.T, rtol=1e-5, atol=1e-5)
+    want = np.maximum(x @ w.T + bias, 0)
+    if mm.native is not None:  # the compiled kernels' bias and ReLU epilogue
+        np.testing.assert_allclose(mm.fused_right(x, bias, True), want, rtol=1e-5, atol=1e-5)
+    assert (mm._dense_wt is not None) == prefers_dense(mm.density, rows)  # the copy exists only when used
+
+
+def test_sparse_weight_without_by_rows_never_copies():
+    parts, w = _sparse(0.25)
+    mm = WeightMatmul("sparse", parts, prefer="right")
+    x = np.ones((100, 48), np.float32)
+    np.testing.assert_allclose(mm.right(x), x @ w.T, rtol=1e-5, atol=1e-4)
+    assert mm._dense_wt is None
+
+
+def test_requested_sparse_kernel_stays_sparse():
+    w = (W * (RNG.random(W.shape) < 0.25)).astype(np.float32)
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], {"w": w})
+    chosen, forced = InferenceSession(model), InferenceSession(model, kernels="sparse")
+    assert forced.describe()[0]["kernel"] == "sparse" and "dense_rows" not in forced.describe()[0]
+    x = np.random.default_rng(5).standard_normal((2, 5, 16)).astype(np.float32)
+    np.testing.assert_allclose(chosen.run(None, {"x": x})[0], forced.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
