@@ -16,8 +16,9 @@ hand-built transformer, recurrent and upsampling models, converted.
 
 prints inputs tried, outcomes, crashes, hangs, the peak RSS, and which compiled kernels and registry
 ops the campaign ran, and writes all of it to benchmarks/results/fuzz.json (``--name``). The input of
-a crash or hang is saved under benchmarks/results/crashes/ (a .dcm or .onnx, and the feeds as .npz). ``tests/format/test_hostile.py`` runs the .dcm
-mutators on the hand-made seeds; ``tests/test_fuzz.py`` checks the harness itself.
+a crash or hang is saved under benchmarks/results/crashes/ (a .dcm or .onnx, and the feeds as .npz).
+``tests/format/test_hostile.py`` runs the .dcm mutators on the hand-made seeds; ``tests/test_fuzz.py``
+checks the harness itself.
 """
 from __future__ import annotations
 
@@ -663,17 +664,17 @@ def main(argv: list[str] | None = None) -> int:
             np.savez(stem.with_suffix(".npz"), **c["feeds"])
     never_run = sorted(set(REGISTRY) - set(total["ops_run"]))
     unreached = [k for k in kernels if not total["kernels"][k]]
-    print(f"| inputs tried | ok | loaded | rejected | conversions (ok / rejected) | crashes | hangs (>{HANG_SECONDS} s) "
-          "| slowest input | max RSS / worker | time |")
+    print(f"| inputs tried | ok | loaded | rejected | conversions (ok / rejected) | crashes "
+          f"| hangs (>{HANG_SECONDS} s) | slowest input | max RSS / worker | time |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     o, co = total["outcomes"], total["convert"]["outcomes"]
     print(f"| {total['tried']:,} | {o.get('ok', 0):,} | {o.get('loaded', 0):,} | {o.get('rejected', 0):,} | "
           f"{total['convert']['tried']:,} ({co.get('ok', 0):,} / {co.get('rejected', 0):,}) | "
           f"{len(total['crashes'])} | {total['hangs']} | {total['slowest_s']:.2f} s | {total['max_rss_mib']:.0f} MiB | "
           f"{elapsed:.0f} s |")
-    print(f"compiled kernels reached: {len(kernels) - len(unreached)}/{len(kernels)}"
-          f"{' (never: ' + ', '.join(unreached) + ')' if unreached else ''}; registry ops run: "
-          f"{len(REGISTRY) - len(never_run)}/{len(REGISTRY)}{' (never: ' + ', '.join(never_run) + ')' if never_run else ''}")
+    never = {k: f" (never: {', '.join(v)})" if v else "" for k, v in (("kernels", unreached), ("ops", never_run))}
+    print(f"compiled kernels reached: {len(kernels) - len(unreached)}/{len(kernels)}{never['kernels']}; "
+          f"registry ops run: {len(REGISTRY) - len(never_run)}/{len(REGISTRY)}{never['ops']}")
     for c in total["crashes"][:3]:
         print(c["error"], file=sys.stderr)
     save(a.name, {"iterations": a.iterations, "seed": a.seed, "workers": a.workers, "convert_share": a.convert_share,
