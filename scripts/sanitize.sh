@@ -40,6 +40,7 @@ mkdir -p "$work/reports"
 # A copy, so the sanitized extension never replaces the one the working tree imports.
 cp -r dcm tests benchmarks setup.py pyproject.toml "$work/"
 rm -f "$work"/dcm/runtime/cpu/_native*.so
+rm -rf "$work/benchmarks/results"  # earlier runs' outputs: only this run's may come back
 find "$work" -name __pycache__ -prune -exec rm -rf {} +
 
 # The normal install's flags (sysconfig CFLAGS, setup.py's -O3) plus the sanitizers. -fno-wrapv:
