@@ -96,6 +96,11 @@ def _sparsity(values: list[tuple[str | None, float]] | None):
     """The --sparsity arguments as ConvertOptions wants them: one fraction, or {name or kind: fraction}."""
     if not values:
         return None
+    seen: dict[str | None, float] = {}
+    for name, s in values:
+        if seen.setdefault(name, s) != s:
+            raise CliError(f"--sparsity given twice for {repr(name) if name else 'every layer'}: "
+                           f"{seen[name]:g} and {s:g}")
     glob = next((s for name, s in reversed(values) if name is None), None)
     per = {name: s for name, s in values if name is not None}
     if not per:

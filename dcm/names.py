@@ -76,13 +76,17 @@ def _shortest(aliases: set[str]) -> str:
 def by_layer(setting, layers: Mapping[str, set[str]], option: str, error: type[DcmError],
              reserved: Iterable[str] = ()):
     """A per-name setting ({name: value}) re-keyed by the layers' keys; ``reserved`` keys (layer
-    kinds such as "conv"/"fc") kept as they are; anything but a dict returned unchanged. A name
-    given twice through different aliases keeps the value given last."""
+    kinds such as "conv"/"fc") kept as they are; anything but a dict returned unchanged. One layer
+    named through two aliases with different values is an error: which one was meant?"""
     if not isinstance(setting, Mapping):
         return setting
     hits = resolve(setting, layers, option, error, reserved)
     out = {k: v for k, v in setting.items() if k in set(reserved)}
+    given_as: dict[str, str] = {}
     for key, value in setting.items():
         for layer in hits[key]:
-            out[layer] = value
+            if layer in given_as and out[layer] != value:
+                raise error(f"{option}: {given_as[layer]!r} and {key!r} name the same layer with different "
+                            f"values ({out[layer]!r}, {value!r})")
+            out[layer], given_as[layer] = value, key
     return out

@@ -229,3 +229,12 @@ def test_long_names_and_metadata_are_cut_visibly(tmp_path, capsys):
     assert all(r.endswith(("weight_a", "weight_b")) for r in rows)
     (kernel,) = [x for x in lines if node_name in x]
     assert kernel.split()[:2] == [node_name, "Gemm"]  # the name does not run into the op column
+
+
+def test_sparsity_given_twice_for_one_name_is_an_error(lenet_onnx, tmp_path, capsys):
+    out = tmp_path / "m.dcm"
+    assert main(["convert", str(lenet_onnx), "-o", str(out), "--sparsity", "0.5", "--sparsity", "0.8"]) == 2
+    assert "--sparsity given twice for every layer" in capsys.readouterr().err
+    assert main(["convert", str(lenet_onnx), "-o", str(out), "--sparsity", "fc1=0.5", "--sparsity", "fc1=0.6"]) == 2
+    assert "given twice for 'fc1'" in capsys.readouterr().err
+    assert not out.exists()

@@ -96,3 +96,10 @@ def test_session_kernels_unknown_name_is_an_error(onnx_bytes):
     model = from_onnx(onnx_bytes, ConvertOptions(exact=True))
     with pytest.raises(UnknownLayerError, match=r"no layer named 'fc9'.*fc1"):
         InferenceSession(model, kernels={"fc9": "dense"})
+
+
+def test_one_layer_named_twice_with_different_values_is_an_error(onnx_bytes):
+    with pytest.raises(ConversionError, match="name the same layer"):
+        from_onnx(onnx_bytes, ConvertOptions(sparsity={"fc1": 0.5, "fc1.weight": 0.7}))
+    with pytest.warns(UserWarning):  # the same value twice, or a kind plus one layer, is no conflict
+        from_onnx(onnx_bytes, ConvertOptions(sparsity={"fc": 0.5, "fc1": 0.5, "fc1.weight": 0.5}))
