@@ -203,7 +203,11 @@ def render(out: Path) -> str:
                         f"{x['ratio']:.1f}x | {x['seconds']:.0f} |" for x in r["runs"]),
                       "", f"Recipe: `{json.dumps(r['recipe'], sort_keys=True)}`; machine: {r['machine']}.", ""]
     path = out / "compression_ablation.json"
-    if path.exists():
+    if not path.exists():
+        lines += ["The controlled per-technique ablation, every technique added one at a time over three seeds, is",
+                  "`python benchmarks/compression.py --ablation --seeds 0 1 2 --jobs 3`; its results are not in",
+                  "`docs/data/` yet, so this page shows the single-seed exploration runs below instead.", ""]
+    else:
         data = json.loads(path.read_text())
         lines += ["## What each technique buys (LeNet-300-100)", "",
                   f"Each row adds one change to the row above; seeds {', '.join(map(str, data['seeds']))}.", "",
@@ -213,6 +217,18 @@ def render(out: Path) -> str:
             lines.append(f"| {row['step']} | {row['error_dense_mean']:.2%} | {row['error_file_mean']:.2%} / "
                          f"{row['error_file_worst']:.2%} | {row['bytes_mean']:,.0f} | {row['ratio_mean']:.1f}x / "
                          f"{row['ratio_worst']:.1f}x |")
+        lines.append("")
+    path = out / "compression_exploration.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        lines += ["## Exploration runs (LeNet-300-100, one seed)", "", data["note"], "",
+                  f"Each row: `{data['command']}`.", "",
+                  "| change | dense error | pruned error | file error | file bytes | ratio | overrides |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in data["rows"]:
+            lines.append(f"| {row['label']} | {row['error_dense']:.2%} | {row['error_pruned']:.2%} | "
+                         f"{row['error_file']:.2%} | {row['dcm_bytes']:,} | {row['ratio']:.1f}x | "
+                         f"`{json.dumps(row['overrides']) if isinstance(row['overrides'], dict) else row['overrides']}` |")
         lines.append("")
     return "\n".join(lines)
 
