@@ -117,13 +117,22 @@ class Kernel:
     """Base class: ``weight_inputs`` are input positions the kernel consumes at load time."""
 
     weight_inputs: tuple[int, ...] = ()
-    fuses_relu = False  # the kernel can apply a following Relu to its own output (``relu`` set by the session)
+    # The kernel can apply a following activation to its own output: a Relu (``relu`` set by the
+    # session) or any other (``epilogue``, a fusion.Epilogue it calls on its fresh output).
+    fuses_relu = False
+    # It adds a residual input to its output before the activation (a fused Add: ``residual_add``
+    # set by the session, the Add's kernel, for shapes or types it cannot add in place); the
+    # session passes that value as argument ``residual_arg``.
+    fuses_residual = False
+    residual_arg = 0
+    residual_add = None
     uses_scratch = False  # it takes work arrays from windows.scratch_arrays (the session releases them)
     # No numpy floating-point warnings on any input, Inf and NaN included: a session whose kernels are
     # all quiet skips np.errstate, 0.9 us per run (LeNet-300-100 runs in 17 us). Set only where the
     # work is compiled or cannot warn; tests/runtime/test_session.py runs them with warnings as errors.
     quiet = False
     relu = False
+    epilogue = None
 
     def __init__(self, node: Node, ctx: LoadContext):
         self.node = node

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -20,6 +19,7 @@ from dcm.progress import LARGE_FILE_BYTES, bar
 from dcm.runtime.checks import check_node
 from dcm.runtime.cpu import blas
 from dcm.runtime.cpu.windows import release_scratch
+from dcm.runtime.fusion import fuse_activations
 from dcm.runtime.kernel import Kernel, LoadContext
 from dcm.runtime.optimize import optimize as optimize_graph
 
@@ -112,7 +112,10 @@ class InferenceSession:
             if o.name in self.model.tensors and o.name not in self._consts:
                 self._consts[o.name] = self._to_array(self._ctx.const(o.name))
         self._ctx._dense.clear()
-        self._fused = self._fuse_relus()
+        # Activations and residual Adds folded into the Conv/Gemm that feeds them (fusion.py):
+        # {absorbed index: producer}
+        self._fusions = fuse_activations(self._nodes, self._kernels, self._consts, {o.name for o in self.model.outputs})
+        self._fused = {i: f.producer for f in self._fusions for i in f.absorbed}
         self._steps = self._plan_steps()
         self._inputs = {v.name: v for v in self.model.inputs}
         self._checks = self._feed_checks()
@@ -120,51 +123,36 @@ class InferenceSession:
         self._scratch = not self._torch and any(k.uses_scratch for k in self._kernels)
         self._quiet = not self._torch and all(kernel.quiet for _, _, kernel, _, _, _ in self._steps)
 
-    def _fuse_relus(self) -> dict[int, int]:
-        """Fold each Relu into the kernel that feeds it where that kernel says it can (``fuses_relu``:
-        the CPU's Conv and Gemm): {Relu index: producer index}.
-
-        The producer then clamps its own fresh output while it is in cache, which saves a pass over
-        memory and an allocation per Relu (VGG-16's first Relus see 3.2M values each).
-        """
-        nodes = self._nodes
-        producer = {o: i for i, n in enumerate(nodes) for o in n.outputs}
-        uses = Counter(x for n in nodes for x in n.inputs)
-        outputs = {o.name for o in self.model.outputs}
-        fused = {}
-        for i, n in enumerate(nodes):
-            x = n.inputs[0] if n.op == "Relu" and len(n.inputs) == 1 else None
-            j = producer.get(x) if x else None
-            if j is None or uses[x] != 1 or x in outputs or len(nodes[j].outputs) != 1:
-                continue
-            k = self._kernels[j]
-            if k.fuses_relu and not k.relu:
-                k.relu = True
-                fused[i] = j
-        return fused
-
     def _plan_steps(self) -> list[tuple[int, Node, Kernel, list[str | None], list[str], list[str]]]:
         """Per node that runs: (node index, node, kernel, the names of its runtime arguments (None:
         absent or consumed at load), of its results, and the values that die after it).
-        Precomputed because small models spend as much time in this bookkeeping as in their kernels."""
+        Precomputed because small models spend as much time in this bookkeeping as in their kernels.
+        A node absorbed by a fusion runs with its producer, so its reads count at the producer's step."""
         last: dict[str, int] = {}
         for i, n in enumerate(self._nodes):
+            step = self._fused.get(i, i)
             for x in n.inputs:
-                last[x] = i
+                last[x] = max(last.get(x, -1), step)
         keep = {o.name for o in self.model.outputs}
         stored = {o for n in self._nodes for o in n.outputs} | {v.name for v in self.model.inputs}
+        stored -= {x for f in self._fusions for x in f.hidden(self._nodes)}
         frees: list[list[str]] = [[] for _ in self._nodes]
         for name, i in last.items():
             if name not in keep and name in stored:  # not "" (an absent optional input) nor a constant
                 frees[i].append(name)
         results = [list(n.outputs) for n in self._nodes]
-        for relu, producer in self._fused.items():  # the producer writes the Relu's output itself
-            results[producer] = list(self._nodes[relu].outputs)
+        residuals: dict[int, str] = {}
+        for f in self._fusions:  # the producer writes the activation's output itself
+            results[f.producer] = f.outputs
+            if f.residual is not None:
+                residuals[f.producer] = f.residual
         steps = []
         for i, (node, kernel) in enumerate(zip(self._nodes, self._kernels)):
             if i in self._fused:
-                continue  # its only input was never stored: nothing to free either
+                continue  # run by its producer
             args = [x if x and j not in kernel.weight_inputs else None for j, x in enumerate(node.inputs)]
+            if i in residuals:
+                args += [None] * (kernel.residual_arg - len(args)) + [residuals[i]]
             while args and args[-1] is None:
                 args.pop()
             steps.append((i, node, kernel, args, results[i], frees[i]))
@@ -186,13 +174,15 @@ class InferenceSession:
 
     def describe(self) -> list[dict[str, Any]]:
         """Per node that runs: op, name and the kernel chosen (sparse/dense, density) where one applies;
-        a Relu folded into its producer says ``fused_into`` (the producer: ``fused: "Relu"``). Then one
+        an activation or residual Add folded into its producer says ``fused_into`` (the producer:
+        ``fused: "Relu"``, ``"Clip"``, ``"Sigmoid*Mul"``, ``"Add+Relu"``...). Then one
         entry per node a graph pass removed, with ``folded_into``."""
         nodes = self._nodes
         out = [{"op": n.op, "name": n.name, **k.describe()} for n, k in zip(nodes, self._kernels)]
-        for relu, producer in self._fused.items():
-            out[relu]["fused_into"] = nodes[producer].name or nodes[producer].outputs[0]
-            out[producer]["fused"] = "Relu"
+        for f in self._fusions:
+            for i in f.absorbed:
+                out[i]["fused_into"] = nodes[f.producer].name or nodes[f.producer].outputs[0]
+            out[f.producer]["fused"] = f.op
         ops = {n.name or n.outputs[0]: n.op for n in self.model.nodes}
         return out + [{"op": ops[name], "name": name, "folded_into": into} for name, into in self._graph.folded.items()]
 

@@ -37,6 +37,9 @@ def _weight(shape, density, seed=0):
     ((64, 64, 3, 3), 0.5, [1, 1], "winograd"),
     ((64, 64, 3, 3), 0.1, [1, 2], "sparse"),  # horizontal stride: im2col, then the native sparse product
     ((64, 64, 3, 3), 0.4, [1, 2], "dense"),
+    ((64, 64, 1, 1), 0.03, [1, 1], "direct"),  # 1x1: direct only when very sparse ...
+    ((64, 64, 1, 1), 0.2, [1, 1], "dense"),  # ... else one GEMM on NCHW, however few its weights
+    ((64, 64, 1, 1), 1.0, [1, 1], "dense"),
 ])
 def test_kernel_choice(shape, density, strides, expected):
     model = from_onnx(_model(_weight(shape, density), [1, shape[1], 12, 12], {"strides": strides}),

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from dcm.errors import UnsupportedOpError
 from dcm.runtime.cpu import native
 from dcm.runtime.cpu.activation import relu
+from dcm.runtime.cpu.depthwise import depthwise, is_depthwise
 from dcm.runtime.cpu.matmul import WeightMatmul, even_ranges, thread_pool
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.cpu.winograd import conv3x3, eligible, transform_weight
@@ -19,12 +20,15 @@ from dcm.runtime.cpu.windows import (axis_ints, im2col, ints2, output_size, pads
                                       spatial_2d, windows)
 from dcm.runtime.kernel import LARGE_BATCH, Kernel
 
-# Direct sparse convolution against im2col + BLAS and Winograd, one layer at batch 1 on this
-# project's 2-core AMD EPYC (README "Runtime (CPU)"): at 10% density it took 0.33-0.67x of the dense
-# kernel's time (Winograd, 3x3 layers of 64-512 channels) and 0.64-0.84x (1x1), at 20% 0.55-1.18x,
-# at 30% 0.88-1.73x; it wins below about 15%. Layers with few weights (LeNet-5's) lose most of their
-# time to im2col and dispatch and win at any density (conv1 at 66%: 37 -> 12 us).
+# Direct sparse convolution against Winograd and im2col + BLAS, one layer at batch 1, one thread
+# (benchmarks/conv_choice.py, docs/kernel-choice.md): on 3x3 layers of 64-256 channels it wins up
+# to 10-20% density (0.92 against 1.88 ms at 10%, 64 channels at 56x56). Layers with few weights
+# (LeNet-5's, 3x3 at 32 channels) lose most of their dense time to im2col and win at any density
+# (conv1 at 66%: 37 -> 12 us). A 1x1 layer's dense form is one GEMM on NCHW with no copy, which
+# direct beats only at about 5% (64 channels at 56x56: 0.20 against 0.23 ms at 5%, 0.25 against
+# 0.23 at 10%, 1.05 against 0.23 dense), however few its weights.
 DIRECT_MAX_DENSITY = 0.15
+DIRECT_MAX_DENSITY_POINTWISE = 0.07
 DIRECT_SMALL_WEIGHTS = 32_768
 DIRECT_SPLIT_MIN_WORK = 2_000_000  # multiply-adds past which a run is split over the thread pool
 
@@ -35,6 +39,8 @@ class Conv(Kernel):
     allow_winograd = True
     allow_direct = True
     fuses_relu = True
+    fuses_residual = True
+    residual_arg = 3  # after x, W and B
     uses_scratch = True  # the session drops a large per-thread work buffer after each run
 
     def __init__(self, node, ctx):
@@ -42,7 +48,7 @@ class Conv(Kernel):
         name = node.inputs[1]
         self.group = int(self.attrs.get("group", 1))
         self.threads = ctx.threads
-        self.direct = self.winograd = None
+        self.direct = self.winograd = self.depthwise_weight = None
         self.index_cache: dict = {}  # im2col's gather index per small input shape
         if not ctx.is_const(name):  # dense, on the general path, the weight read on every run
             self.weight_inputs, self.mode, self.density, self.general, self.mms = (), "dense", None, True, []
@@ -71,11 +77,20 @@ class Conv(Kernel):
             raise UnsupportedOpError(f"Conv {node.name!r}: bias of {b.size} values for {self.out_channels} outputs")
         self.bias = None if b is None else b.astype(np.float32).reshape(1, -1, 1, 1)
         requested = ctx.requested_mode(node, name)
+        self.pointwise = self.kernel == (1, 1) and self.group == 1
+        # allow_direct: the compiled CPU kernels, direct sparse and depthwise (not on the GPU backend).
+        if (self.allow_direct and native.depthwise2d is not None and is_depthwise(self.group, shape)
+                and requested != "sparse"):
+            dense = w.to_scipy().toarray() if self.mode == "sparse" else w
+            self.mode, self.depthwise_weight = "dense", np.ascontiguousarray(dense.reshape(shape[0], *self.kernel),
+                                                                             dtype=np.float32)
+            self.bias_vector = None if b is None else np.ascontiguousarray(self.bias.reshape(-1))
+            return
         self.direct = self._direct_weight(requested, w, shape)
         wide_3x3 = self.allow_winograd and eligible(self.kernel, self.strides, self.dilations, self.group, shape[1],
                                                      shape[0])
-        if self.direct is None and requested is None and self.mode == "sparse" and wide_3x3:
-            self.mode, w = "dense", w.to_scipy().toarray()  # too dense for the direct kernel: Winograd wins
+        if self.direct is None and requested is None and self.mode == "sparse" and (wide_3x3 or self.pointwise):
+            self.mode, w = "dense", w.to_scipy().toarray()  # too dense for the direct kernel: Winograd or GEMM wins
         if self.direct is not None:
             self.mode = "sparse"
             self.quiet = True  # compiled; Inf/NaN counted in C, and _poison_direct adds 0/1 counts only
@@ -89,8 +104,11 @@ class Conv(Kernel):
 
     def _direct_weight(self, requested: str | None, w, shape):
         """The weight for the direct sparse convolution, where it is the faster kernel (see
-        DIRECT_MAX_DENSITY): horizontal stride 1, and sparse asked for or a pruned or small layer."""
+        DIRECT_MAX_DENSITY): horizontal stride 1, and sparse asked for, or a pruned layer, or a small
+        layer that is not 1x1."""
         if native.SparseConv is None or not self.allow_direct or self.strides[1] != 1 or requested == "dense":
+            return None
+        if requested is None and self.pointwise and self.density > DIRECT_MAX_DENSITY_POINTWISE:
             return None
         if requested is None and self.density > DIRECT_MAX_DENSITY and int(np.prod(shape)) > DIRECT_SMALL_WEIGHTS:
             return None
@@ -159,9 +177,31 @@ class Conv(Kernel):
             relu(y, out=y)
         return y.astype(x.dtype, copy=False) if x.dtype in (np.float16, np.float64) else y  # float32 work
 
-    def __call__(self, x, w=None, b=None):
-        if self.general:
-            return (self._general(x, w, b),)
+    def __call__(self, x, w=None, b=None, residual=None):
+        e = self.epilogue
+        if self.depthwise_weight is not None:  # the compiled kernel clamps a fused Relu or Clip itself
+            clip = None if residual is not None else (0.0, np.inf) if self.relu else None if e is None else e.clip
+            y = self._depthwise(x, clip)
+            e = None if clip is not None else e
+        else:
+            y = self._general(x, w, b) if self.general else self._conv(x)
+        if residual is not None:  # a fused Add: the residual connection, before the activation
+            if residual.shape == y.shape and residual.dtype == y.dtype:
+                np.add(y, residual, out=y)
+            else:
+                y = self.residual_add(y, residual)[0]
+        return (y if e is None else e(y),)
+
+    def _depthwise(self, x: np.ndarray, clip: tuple[float, float] | None) -> np.ndarray:
+        x, was_1d = spatial_2d(x)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"Conv {self.node.name!r}: input has {x.shape[1]} channels, weight expects {self.in_channels}")
+        begin, end = resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations)
+        y = depthwise(x, self.depthwise_weight, self.strides, self.dilations, begin, end, self.bias_vector, clip,
+                      self.threads)
+        return y[:, :, 0, :] if was_1d else y
+
+    def _conv(self, x: np.ndarray) -> np.ndarray:
         x, was_1d = spatial_2d(x)
         n, c = x.shape[:2]
         kh, kw = self.kernel
@@ -170,13 +210,13 @@ class Conv(Kernel):
         begin, end = resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations)
         if self.direct is not None:
             out = self._run_direct(x, begin, end)
-            return (out[:, :, 0, :] if was_1d else out,)
+            return out[:, :, 0, :] if was_1d else out
         if self.winograd is not None:
-            return (conv3x3(x, self.winograd, begin, end, self.bias, self.relu, self.threads),)
+            return conv3x3(x, self.winograd, begin, end, self.bias, self.relu, self.threads)
         pointwise = self.kernel == (1, 1) and self.group == 1 and not any(begin) and not any(end)
         if pointwise and (n == 1 or self.mode == "dense"):
             out = self._pointwise(x)
-            return (out[:, :, 0, :] if was_1d else out,)
+            return out[:, :, 0, :] if was_1d else out
         cg = c // self.group
         cols, oh, ow, row = im2col(x, self.group, self.kernel, self.strides, self.dilations, begin, end,
                                    self.index_cache)
@@ -193,7 +233,7 @@ class Conv(Kernel):
                 np.copyto(out, src)
             if self.relu:
                 relu(out, out=out)
-        return (out[:, :, 0, :] if was_1d else out,)
+        return out[:, :, 0, :] if was_1d else out
 
     def _run_direct(self, x: np.ndarray, begin: list[int], end: list[int]) -> np.ndarray:
         """Direct sparse convolution, split over the thread pool by samples (or else by output
@@ -253,6 +293,7 @@ class Conv(Kernel):
         return self._finish(y.reshape(n, -1, oh, ow))
 
     def describe(self) -> dict:
-        kernel = "direct" if self.direct is not None else "winograd" if self.winograd is not None else self.mode
+        kernel = ("direct" if self.direct is not None else "winograd" if self.winograd is not None
+                  else "depthwise" if self.depthwise_weight is not None else self.mode)
         known = {"density": self.density} if self.density is not None else {}  # None: a weight fed at run time
         return {"kernel": kernel, **known, "groups": self.group}

@@ -72,7 +72,8 @@ class Gemm(_FullyConnected):
     def __call__(self, a, _b=None, c=None):
         a = a.T if self.trans_a else a
         if self.fused_ok and a.dtype == np.float32:
-            return (self.mm.fused_right(a, self.bias, self.relu),)
+            y = self.mm.fused_right(a, self.bias, self.relu)
+            return (y if self.epilogue is None else self.epilogue(y),)
         y = self.mm.right(a)
         if self.alpha != 1.0:
             y *= np.float32(self.alpha)
@@ -82,7 +83,7 @@ class Gemm(_FullyConnected):
             y = y + np.float32(self.beta) * c
         if self.relu:
             relu(y, out=y)
-        return (y,)
+        return (y if self.epilogue is None else self.epilogue(y),)
 
 
 class RuntimeGemm(Gemm):

@@ -4,16 +4,17 @@ them to None to exercise the numpy/scipy fallbacks."""
 from __future__ import annotations
 
 try:
-    from dcm.runtime.cpu._native import SparseConv, SparseMatrix, pool2d, set_simd, winograd_input, winograd_output
+    from dcm.runtime.cpu._native import (SparseConv, SparseMatrix, depthwise2d, pool2d, set_simd, winograd_input,
+                                         winograd_output)
 except ImportError:  # pragma: no cover - a build without a compiler; tests/runtime/test_native.py says so
-    SparseConv = SparseMatrix = pool2d = set_simd = winograd_input = winograd_output = None
+    SparseConv = SparseMatrix = depthwise2d = pool2d = set_simd = winograd_input = winograd_output = None
 
 # With the native batched product (SparseMatrix.matmat) a pruned layer beats BLAS on its dense form
 # up to about 30% density at batch 8 and 35% at batch 64 (README "Runtime (CPU)"), where scipy's
 # product lost above 6% at batch 16+.
 SPARSE_MAX_DENSITY = 0.30
 
-NAMES = ("SparseConv", "SparseMatrix", "pool2d", "winograd_input", "winograd_output")
+NAMES = ("SparseConv", "SparseMatrix", "depthwise2d", "pool2d", "winograd_input", "winograd_output")
 
 
 def available() -> bool:

@@ -1,0 +1,125 @@
+"""Break-even densities of Conv's kernels: direct sparse against Winograd and against im2col + BLAS,
+per layer shape, at batch 1 on one thread.
+
+    python -m benchmarks.conv_choice [--quick] [--docs]
+
+Each layer (channels, kernel, input size) is pruned by magnitude to each density and timed with
+every kernel forced: ``direct`` (kernels="sparse"), ``winograd`` (kernels="dense", 3x3 stride 1)
+and ``gemm`` (im2col + BLAS, Winograd off), with onnxruntime on the same dense ONNX for scale.
+The break-even density is the highest density at which direct is still the faster kernel.
+Writes benchmarks/results/conv_choice.json; ``--docs`` also writes docs/kernel-choice.md's table.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from benchmarks.common import save, timeit
+from dcm.converters import ConvertOptions
+from dcm.converters.onnx_in import from_onnx
+from dcm.runtime import InferenceSession
+from dcm.runtime.cpu import conv
+
+DOCS = Path(__file__).parent.parent / "docs" / "kernel-choice.md"
+TABLE_START, TABLE_END = "<!-- conv_choice table -->", "<!-- end conv_choice table -->"
+
+# (in = out channels, kernel, input height = width): ResNet/MobileNet-like layers.
+LAYERS = [(32, 3, 56), (64, 3, 56), (128, 3, 28), (256, 3, 14), (64, 1, 56), (256, 1, 14), (32, 1, 112)]
+DENSITIES = [0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
+
+
+def _onnx(c: int, k: int, h: int, density: float) -> bytes:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((c, c, k, k)).astype(np.float32)
+    w[np.abs(w) < np.quantile(np.abs(w), 1 - density)] = 0  # magnitude pruning
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[k // 2] * 4)], "layer",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, h])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
+def _time_kernel(model, x: np.ndarray, kernels: str | None, winograd: bool) -> tuple[float, str]:
+    conv.Conv.allow_winograd = winograd
+    try:
+        sess = InferenceSession(model, kernels=kernels, threads=1)
+    finally:
+        conv.Conv.allow_winograd = True
+    return timeit(lambda: sess.run(None, {"x": x}), min_time=0.3) * 1e3, sess.describe()[0]["kernel"]
+
+
+def measure(layers, densities) -> list[dict]:
+    import onnxruntime as ort
+
+    rows = []
+    for c, k, h in layers:
+        x = np.random.default_rng(1).standard_normal((1, c, h, h)).astype(np.float32)
+        for density in densities:
+            data = _onnx(c, k, h, density)
+            model = from_onnx(data, ConvertOptions(exact=True))
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = 1
+            o = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+            row = {"channels": c, "kernel": k, "size": h, "density": density,
+                   "onnxruntime_ms": timeit(lambda: o.run(None, {"x": x}), min_time=0.3) * 1e3}
+            with threadpool_limits(1):
+                for name, kernels, winograd in (("direct", "sparse", True), ("gemm", "dense", False),
+                                                ("winograd", "dense", True), ("auto", None, True)):
+                    if name == "winograd" and k != 3:
+                        continue
+                    ms, chosen = _time_kernel(model, x, kernels, winograd)
+                    row[f"{name}_ms"] = ms
+                    if name == "auto":
+                        row["auto_kernel"] = chosen
+            print(row, flush=True)
+            rows.append(row)
+    return rows
+
+
+def break_even(rows: list[dict]) -> list[dict]:
+    """Per layer: the highest density where direct beats the best dense kernel."""
+    out = []
+    for key in sorted({(r["channels"], r["kernel"], r["size"]) for r in rows}):
+        mine = [r for r in rows if (r["channels"], r["kernel"], r["size"]) == key]
+        wins = [r["density"] for r in mine if r["direct_ms"] < min(r["gemm_ms"], r.get("winograd_ms", np.inf))]
+        out.append({"channels": key[0], "kernel": key[1], "size": key[2], "direct_wins_up_to": max(wins, default=0.0)})
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| layer (C, k, H) | density | direct ms | gemm ms | winograd ms | chosen | its ms | onnxruntime ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        wino = f"{r['winograd_ms']:.2f}" if "winograd_ms" in r else "-"
+        lines.append(f"| {r['channels']}, {r['kernel']}x{r['kernel']}, {r['size']} | {r['density']:.2f} | "
+                     f"{r['direct_ms']:.2f} | {r['gemm_ms']:.2f} | {wino} | {r['auto_kernel']} | {r['auto_ms']:.2f} | "
+                     f"{r['onnxruntime_ms']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="three layers, three densities")
+    ap.add_argument("--docs", action="store_true", help="rewrite the table in docs/kernel-choice.md")
+    args = ap.parse_args()
+    layers = LAYERS[::3] if args.quick else LAYERS
+    densities = [0.1, 0.3, 1.0] if args.quick else DENSITIES
+    rows = measure(layers, densities)
+    path = save("conv_choice", {"batch": 1, "threads": 1, "rows": rows, "break_even": break_even(rows)})
+    print(table(rows))
+    print(f"wrote {path}")
+    if args.docs:
+        text = DOCS.read_text()
+        start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+        DOCS.write_text(text[:start] + "\n" + table(rows) + "\n" + text[end:])
+
+
+if __name__ == "__main__":
+    main()

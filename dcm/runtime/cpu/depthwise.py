@@ -1,0 +1,41 @@
+"""Depthwise convolution (one input channel per group: MobileNet's and EfficientNet's 3x3 and 5x5
+layers) through the compiled ``depthwise2d``: per output row, k*k shifted input rows times one
+weight each, the bias first and a Relu/Clip clamp last while the row is in cache.
+
+As a grouped GEMM it was one tiny product per channel (960 of them in MobileNetV2's last block)
+after an im2col copy of the input; the direct sparse kernel takes horizontal stride 1 only."""
+from __future__ import annotations
+
+import numpy as np
+
+from dcm.runtime.cpu import native
+from dcm.runtime.cpu.matmul import even_ranges, thread_pool
+from dcm.runtime.cpu.windows import output_size
+
+SPLIT_MIN_WORK = 2_000_000  # multiply-adds past which a run is split over the thread pool by planes
+
+
+def is_depthwise(group: int, weight_shape: tuple[int, ...]) -> bool:
+    """A 1-D or 2-D grouped convolution with one input channel per group (any channel multiplier)."""
+    return group > 1 and len(weight_shape) in (3, 4) and weight_shape[1] == 1 and weight_shape[0] % group == 0
+
+
+def depthwise(x: np.ndarray, weight: np.ndarray, strides: tuple[int, int], dilations: tuple[int, int],
+              begin: list[int], end: list[int], bias: np.ndarray | None, clip: tuple[float, float] | None,
+              threads: int) -> np.ndarray:
+    """y[n, o] = clip(sum over taps of weight[o, i, j] * padded x[n, o // m] shifted + bias[o]); m is
+    the channel multiplier (weight.shape[0] / channels, usually 1). weight: float32 [C*m, kh, kw]
+    contiguous. A new float32 [N, C*m, OH, OW] array."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, c, h, w = x.shape
+    out_channels, kh, kw = weight.shape
+    oh, ow = output_size((h, w), (kh, kw), strides, dilations, begin, end)
+    y = np.empty((n, out_channels, oh, ow), dtype=np.float32)
+    args = (x, y, weight, (n, c, h, w), (kh, kw), strides, dilations, (begin[0], begin[1], end[0], end[1]),
+            out_channels // c, bias, clip)
+    planes = n * out_channels
+    if threads < 2 or y.size * kh * kw < SPLIT_MIN_WORK or planes < 2:
+        native.depthwise2d(*args)
+    else:
+        list(thread_pool(threads).map(lambda r: native.depthwise2d(*args, *r), even_ranges(planes, threads)))
+    return y

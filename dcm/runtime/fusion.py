@@ -1,0 +1,190 @@
+"""Activations and residual Adds fused into the kernel that produces their input (the CPU's Conv
+and Gemm).
+
+A session folds a Relu, Clip, HardSigmoid, HardSwish, Sigmoid, Tanh, LeakyRelu or Gelu, and SiLU
+written as Sigmoid then Mul, into the convolution or fully connected layer that feeds it, when that
+value has no other use. The producer applies it to its own fresh output while it is in cache: no
+step, no allocation of its own (MobileNetV2 has 35 ReLU6 Clips, EfficientNet 49 SiLUs), and the
+compiled kernels clamp inside their loops (Relu, and Clip for depthwise convolutions). A Conv whose
+output only feeds an Add (ResNet's residual connections) adds the other input in place, then applies
+the activation after that Add, if any.
+
+The fused nodes run the same arithmetic (the activation's own kernel, an in-place Add or Clip), so
+the results are the ones the unfused graph gives. The model is not changed: ``dcm export`` writes
+the nodes as stored.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from dcm.format.model import Node
+from dcm.runtime.kernel import Kernel
+
+# One-input activations whose kernel is called as the epilogue (its result replaces the output).
+ACTIVATIONS = ("HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "LeakyRelu", "Gelu")
+
+
+@dataclass
+class Epilogue:
+    """What a producer applies to its output: ``apply(y)`` returns the activation of y (in place
+    where it can). ``clip``: the (lo, hi) bounds when the activation is a clamp, for kernels that
+    clamp in their own loops. ``op``: what ``describe()`` shows (``Sigmoid*Mul`` for SiLU)."""
+
+    op: str
+    apply: Callable[[np.ndarray], np.ndarray]
+    clip: tuple[float, float] | None = None
+
+    def __call__(self, y: np.ndarray) -> np.ndarray:
+        return self.apply(y)
+
+
+@dataclass
+class Fusion:
+    """One fused chain: the producer's node index, the indices of the nodes it absorbed, the values
+    the producer now writes (the last absorbed node's outputs), and the residual it adds (the other
+    input of a fused Add; None without one)."""
+
+    producer: int
+    absorbed: list[int]
+    outputs: list[str]
+    op: str
+    residual: str | None = None
+
+    def hidden(self, nodes: list[Node]) -> set[str]:
+        """The values the fusion never stores (the producer's own output and those in the chain)."""
+        inner = {o for i in [self.producer, *self.absorbed] for o in nodes[i].outputs}
+        return inner - set(self.outputs)
+
+
+def _clip_bounds(node: Node, consts: dict[str, Any]) -> tuple[float, float] | None:
+    """A Clip's bounds when they are attributes or constants (None: one is computed at run time)."""
+    bounds = []
+    for i, attr, default in ((1, "min", -np.inf), (2, "max", np.inf)):
+        name = node.inputs[i] if i < len(node.inputs) else ""
+        if name:
+            if name not in consts:
+                return None
+            v = np.asarray(consts[name])
+            if v.size != 1:
+                return None
+            bounds.append(float(v.reshape(())))
+        else:
+            bounds.append(float(node.attrs.get(attr, default)))
+    return bounds[0], bounds[1]
+
+
+def _clip_epilogue(bounds: tuple[float, float], kernel: Kernel, node: Node, consts: dict[str, Any]) -> Epilogue:
+    args = [consts.get(x) if x else None for x in node.inputs[1:]]
+
+    def apply(y: np.ndarray) -> np.ndarray:
+        if y.dtype == np.float32:  # what Clip's kernel computes, in place
+            return np.clip(y, np.float32(bounds[0]), np.float32(bounds[1]), out=y)
+        return kernel(y, *args)[0]
+
+    return Epilogue("Clip", apply, bounds)
+
+
+def _unary_epilogue(op: str, kernel: Kernel) -> Epilogue:
+    return Epilogue(op, lambda y: kernel(y)[0])
+
+
+def _silu_epilogue(sigmoid: Kernel) -> Epilogue:
+    """x * Sigmoid(x): the Mul's product written over x (the same values as a new array)."""
+    return Epilogue("Sigmoid*Mul", lambda y: np.multiply(y, sigmoid(y)[0], out=y))
+
+
+def fuse_activations(nodes: list[Node], kernels: list[Kernel], consts: dict[str, Any],
+                     outputs: set[str]) -> list[Fusion]:
+    """Set ``relu`` or ``epilogue`` on each producer (a kernel with ``fuses_relu``) whose single-use
+    output feeds an activation, and ``residual_add`` where it feeds an Add (a residual connection,
+    then maybe an activation) that a kernel with ``fuses_residual`` takes; the chains found, for the
+    session to skip the absorbed nodes."""
+    producer = {o: i for i, n in enumerate(nodes) for o in n.outputs}
+    users: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for x in set(n.inputs):
+            users.setdefault(x, []).append(i)
+    uses = Counter(x for n in nodes for x in n.inputs)
+    fused = []
+    for j, (node, k) in enumerate(zip(nodes, kernels)):
+        if not k.fuses_relu or len(node.outputs) != 1:
+            continue
+        y = node.outputs[0]
+        if y in outputs or len(users.get(y, [])) == 0:
+            continue
+        residual = _residual(nodes, consts, outputs, users, uses, producer, j, y) if k.fuses_residual else None
+        if residual is not None:
+            add, r = residual
+            k.residual_add = kernels[add]
+            z = nodes[add].outputs[0]
+            found = _match(nodes, kernels, consts, outputs, users, uses, z) if z not in outputs and uses[z] else None
+            absorbed, epilogue = found if found is not None else ([], None)
+            if absorbed and epilogue is None:  # Relu comes after the Add here, so as an epilogue too
+                epilogue = _unary_epilogue("Relu", kernels[absorbed[0]])
+            k.epilogue = epilogue
+            k.quiet = k.quiet and all(kernels[i].quiet for i in [add, *absorbed])
+            op = "Add" + ("" if epilogue is None else "+" + epilogue.op)
+            fused.append(Fusion(j, [add, *absorbed], list(nodes[([add, *absorbed])[-1]].outputs), op, r))
+            continue
+        found = _match(nodes, kernels, consts, outputs, users, uses, y)
+        if found is None:
+            continue
+        absorbed, epilogue = found
+        if epilogue is None:
+            k.relu = True
+        else:
+            k.epilogue = epilogue
+            k.quiet = k.quiet and all(kernels[i].quiet for i in absorbed)  # Sigmoid's exp may warn
+        fused.append(Fusion(j, absorbed, list(nodes[absorbed[-1]].outputs), "Relu" if epilogue is None else epilogue.op))
+    return fused
+
+
+def _match(nodes: list[Node], kernels: list[Kernel], consts: dict[str, Any], outputs: set[str],
+           users: dict[str, list[int]], uses: Counter, y: str) -> tuple[list[int], Epilogue | None] | None:
+    """The activation nodes that read only ``y`` (and constants): ([indices], its epilogue; None
+    for Relu, which the kernels take as their ``relu`` flag)."""
+    readers = users[y]
+    if len(readers) == 1 and uses[y] == 1:
+        i = readers[0]
+        n = nodes[i]
+        if n.inputs[0] != y or len(n.outputs) != 1:
+            return None
+        if n.op == "Relu" and len(n.inputs) == 1:
+            return [i], None
+        if n.op in ACTIVATIONS and len(n.inputs) == 1:
+            return [i], _unary_epilogue(n.op, kernels[i])
+        if n.op == "Clip" and all(x == "" or x in consts for x in n.inputs[1:]):
+            bounds = _clip_bounds(n, consts)
+            return None if bounds is None else ([i], _clip_epilogue(bounds, kernels[i], n, consts))
+        return None
+    # SiLU: s = Sigmoid(y); Mul(y, s) or Mul(s, y), y read by nothing else, s by the Mul only.
+    if len(readers) != 2 or uses[y] != 2:
+        return None
+    a, b = sorted(readers, key=lambda i: nodes[i].op != "Sigmoid")
+    sig, mul = nodes[a], nodes[b]
+    if sig.op != "Sigmoid" or mul.op != "Mul" or len(sig.outputs) != 1 or sig.inputs != [y]:
+        return None
+    s = sig.outputs[0]
+    if s in outputs or uses[s] != 1 or sorted(mul.inputs) != sorted([y, s]) or b < a:
+        return None
+    return [a, b], _silu_epilogue(kernels[a])
+
+
+def _residual(nodes: list[Node], consts: dict[str, Any], outputs: set[str], users: dict[str, list[int]],
+              uses: Counter, producer: dict[str, int], j: int, y: str) -> tuple[int, str] | None:
+    """(the Add's index, its other input) where ``y`` feeds only an Add whose other input is a run-time
+    value computed before node j (the producer reads it when it runs)."""
+    readers = users[y]
+    if len(readers) != 1 or uses[y] != 1 or nodes[readers[0]].op != "Add":
+        return None
+    add = nodes[readers[0]]
+    if len(add.inputs) != 2 or len(add.outputs) != 1 or add.inputs[0] == add.inputs[1]:
+        return None
+    r = add.inputs[1] if add.inputs[0] == y else add.inputs[0]
+    if not r or r in consts or producer.get(r, -1) >= j:
+        return None
+    return readers[0], r

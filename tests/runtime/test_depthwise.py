@@ -1,0 +1,104 @@
+"""Depthwise convolutions take the compiled depthwise2d kernel and match onnxruntime: strides,
+dilations, asymmetric pads, channel multipliers, 1-D, batches, thread splits, fused ReLU6; and the
+kernel refuses bad sizes and buffers with a ValueError, never a read past a buffer."""
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
+from dcm.runtime import InferenceSession  # noqa: E402
+from dcm.runtime.cpu import depthwise, native  # noqa: E402
+
+pytestmark = pytest.mark.skipif(native.depthwise2d is None, reason="built without the native kernels")
+
+
+def _model(c, multiplier, kernel, x_shape, attrs, act=None, bias=True):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((c * multiplier, 1, *kernel)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w")]
+    inputs = ["x", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(c * multiplier).astype(np.float32), "b"))
+        inputs.append("b")
+    nodes = [helper.make_node("Conv", inputs, ["c" if act else "y"], group=c, **attrs)]
+    if act == "Clip":
+        inits += [numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(6), "hi")]
+        nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["y"]))
+    elif act:
+        nodes.append(helper.make_node(act, ["c"], ["y"]))
+    g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def _check(m, x, threads=1):
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)), threads=threads)
+    assert sess.describe()[0]["kernel"] == "depthwise"
+    got = sess.run(None, {"x": x})[0]
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    return sess
+
+
+@pytest.mark.parametrize("c, multiplier, kernel, attrs", [
+    (8, 1, (3, 3), {"pads": [1, 1, 1, 1]}),
+    (8, 1, (3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    (6, 1, (5, 5), {"pads": [2, 2, 2, 2], "strides": [2, 2]}),
+    (5, 2, (3, 3), {"pads": [0, 1, 2, 0]}),  # multiplier 2, asymmetric pads
+    (4, 1, (3, 3), {"pads": [2, 2, 2, 2], "dilations": [2, 2]}),
+    (4, 3, (3, 5), {"strides": [3, 2], "pads": [1, 2, 1, 2]}),
+    (3, 1, (3, 3), {"pads": [4, 4, 4, 4]}),  # pads wider than the kernel
+    (4, 1, (3, 3), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+])
+def test_matches_onnxruntime(c, multiplier, kernel, attrs):
+    x = np.random.default_rng(1).standard_normal((2, c, 11, 13)).astype(np.float32)
+    _check(_model(c, multiplier, kernel, [2, c, 11, 13], attrs), x)
+
+
+def test_one_dimensional_without_bias():
+    x = np.random.default_rng(1).standard_normal((2, 6, 17)).astype(np.float32)
+    _check(_model(6, 1, (5,), [2, 6, 17], {"pads": [2, 1], "strides": [2]}, bias=False), x)
+
+
+@pytest.mark.parametrize("act, fused", [("Clip", "Clip"), ("Relu", "Relu"), ("HardSwish", "HardSwish")])
+def test_fused_activation(act, fused):
+    x = (np.random.default_rng(1).standard_normal((1, 8, 9, 9)) * 4).astype(np.float32)
+    x[0, 2, 4, 4] = np.nan
+    m = _model(8, 1, (3, 3), [1, 8, 9, 9], {"pads": [1, 1, 1, 1]}, act)
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)))
+    assert sess.describe()[0]["fused"] == fused
+    got = sess.run(None, {"x": x})[0]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_thread_split(monkeypatch):
+    monkeypatch.setattr(depthwise, "SPLIT_MIN_WORK", 0)
+    x = np.random.default_rng(1).standard_normal((3, 7, 10, 10)).astype(np.float32)
+    _check(_model(7, 1, (3, 3), [3, 7, 10, 10], {"pads": [1, 1, 1, 1], "strides": [2, 2]}, "Clip"), x, threads=2)
+
+
+def test_native_refuses_bad_arguments():
+    x, y, w = np.zeros((1, 2, 4, 4), np.float32), np.zeros((1, 2, 4, 4), np.float32), np.zeros((2, 3, 3), np.float32)
+    native.depthwise2d(x, y, w, (1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
+    with pytest.raises(ValueError, match="must have"):  # output too small for the geometry
+        native.depthwise2d(x, np.zeros((1, 2, 3, 4), np.float32), w, (1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
+    with pytest.raises(ValueError, match="must have"):  # weight for fewer channels than the shape says
+        native.depthwise2d(x, y, w[:1], (1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
+    with pytest.raises(ValueError, match="out of bounds"):
+        native.depthwise2d(x, y, w, (1, 2, 4, 4), (3, 3), (0, 1), (1, 1), (1, 1, 1, 1))
+    with pytest.raises(ValueError, match="out of bounds"):
+        native.depthwise2d(x, y, w, (1 << 40, 1 << 40, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        native.depthwise2d(x, y, w, (1, 2, 4, 4), (3, 3), (1, 1), (3, 3), (0, 0, 0, 0))
+    with pytest.raises(ValueError, match="must have"):  # bias of 3 values for 2 channels
+        native.depthwise2d(x, y, w, (1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="out of bounds"):  # a plane range past the end
+        native.depthwise2d(x, y, w, (1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, None, None, 0, 3)
