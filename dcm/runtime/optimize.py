@@ -297,11 +297,74 @@ def fuse_matmul_add(graph: Graph) -> None:
     graph.nodes = [n for n in graph.nodes if id(n) not in removed]
 
 
+ATTENTION = "dcm.Attention"  # softmax(scale(q @ k) + mask) @ v: inputs q, k, v, mask, scale; attr scale_op
+
+
+def _scores(expr: _Expr, name: str, taken: list[Node]) -> tuple[Node, str, str] | None:
+    """(the q @ k MatMul, the scale's input, "Mul"/"Div"/"") when private value ``name`` is that
+    product, possibly multiplied or divided by a second value; the nodes passed go to ``taken``."""
+    mm = expr.private(name, "MatMul")
+    if mm is not None and len(mm.inputs) == 2:
+        taken.append(mm)
+        return mm, "", ""
+    node = expr.private(name, "Mul") or expr.private(name, "Div")
+    if node is None or len(node.inputs) != 2 or node.inputs[0] == node.inputs[1]:
+        return None
+    sides = [node.inputs] if node.op == "Div" else [node.inputs, node.inputs[::-1]]
+    for product, scale in sides:
+        mm = expr.private(product, "MatMul")
+        if mm is not None and len(mm.inputs) == 2:
+            taken += [node, mm]
+            return mm, scale, node.op
+    return None
+
+
+def fuse_attention(graph: Graph) -> None:
+    """MatMul(q, k), optionally scaled (Mul or Div), plus an optional mask (Add), Softmax over the last
+    axis, MatMul by v: one ``dcm.Attention`` node, whose kernel updates the scores in place and
+    computes them one head at a time when all heads' scores at once would be large (long sequences).
+    The intermediates must be read by nothing else."""
+    if ATTENTION not in graph.internal:
+        return
+    expr = _Expr(graph)
+    consumers = graph.consumers()
+    legacy = graph.model.opset < 13
+    removed: set[int] = set()
+    for i, pv in enumerate(graph.nodes):
+        sm = expr.private(pv.inputs[0], "Softmax") if pv.op == "MatMul" and len(pv.inputs) == 2 else None
+        if sm is None or pv.inputs[1] == pv.inputs[0] or len(consumers.get(sm.outputs[0], [])) != 1:
+            continue
+        if sm.attrs.get("axis", 1 if legacy else -1) != -1 or len(sm.inputs) != 1:
+            continue
+        taken: list[Node] = [sm]
+        found, mask = _scores(expr, sm.inputs[0], taken), ""
+        add = expr.private(sm.inputs[0], "Add") if found is None else None
+        if add is not None and len(add.inputs) == 2 and add.inputs[0] != add.inputs[1]:
+            for scores, other in (add.inputs, add.inputs[::-1]):
+                trial = [sm, add]
+                found = _scores(expr, scores, trial)
+                if found is not None:
+                    taken, mask = trial, other
+                    break
+        if found is None or any(id(n) in removed for n in taken):
+            continue
+        mm, scale, scale_op = found
+        inputs = [mm.inputs[0], mm.inputs[1], pv.inputs[1], mask, scale]
+        while not inputs[-1]:
+            inputs.pop()
+        graph.nodes[i] = Node(ATTENTION, inputs, list(pv.outputs), {"scale_op": scale_op}, _name(pv))
+        removed.update(id(n) for n in taken)
+        for n in taken:
+            graph.folded[_name(n)] = _name(pv)
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+
+
 PASSES: dict[str, Callable[[Graph], None]] = {
     "fold_pads": fold_pads,
     "merge_transposes": merge_transposes,
     "fuse_gelu": fuse_gelu,
     "fuse_matmul_add": fuse_matmul_add,
+    "fuse_attention": fuse_attention,
 }
 
 

@@ -14,7 +14,7 @@ from dcm.errors import UnsupportedOpError  # noqa: E402
 from dcm.format.model import Node  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
 from dcm.runtime.cpu.matmul import WeightMatmul, prefers_dense  # noqa: E402
-from dcm.runtime.optimize import MATMUL_ADD, optimize  # noqa: E402
+from dcm.runtime.optimize import ATTENTION, MATMUL_ADD, optimize  # noqa: E402
 
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((16, 8)).astype(np.float32)
@@ -137,3 +137,70 @@ def test_requested_sparse_kernel_stays_sparse():
     assert forced.describe()[0]["kernel"] == "sparse" and "dense_rows" not in forced.describe()[0]
     x = np.random.default_rng(5).standard_normal((2, 5, 16)).astype(np.float32)
     np.testing.assert_allclose(chosen.run(None, {"x": x})[0], forced.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def _attention_model(scale_op="Div", mask="add", axis=-1, extra_reader=False):
+    """x [2, 5, 16] as q, k and v of 2 heads of 8: softmax(scale(q @ k^T) + mask) @ v."""
+    nodes = [helper.make_node("Reshape", ["x", "heads"], ["h"], name="split"),
+             helper.make_node("Transpose", ["h"], ["q"], name="tq", perm=[0, 2, 1, 3]),
+             helper.make_node("Transpose", ["h"], ["kt"], name="tk", perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"], name="qk")]
+    inits = {"heads": np.array([2, 5, 2, 8], np.int64), "c": np.array(8 ** -0.5 if scale_op == "Mul" else 8 ** 0.5,
+                                                                       np.float32),
+             "mask": np.where(np.arange(5) < 4, 0, -1e9).astype(np.float32).reshape(1, 1, 1, 5)}
+    last = "s"
+    if scale_op:
+        nodes.append(helper.make_node(scale_op, ["s", "c"], ["s2"], name="scale"))
+        last = "s2"
+    if mask:
+        nodes.append(helper.make_node("Add", ["mask", last] if mask == "add_first" else [last, "mask"], ["s3"],
+                                      name="mask"))
+        last = "s3"
+    nodes += [helper.make_node("Softmax", [last], ["p"], name="softmax", axis=axis),
+              helper.make_node("MatMul", ["p", "q"], ["y"], name="pv")]
+    outputs = ("y",)
+    if extra_reader:
+        nodes.append(helper.make_node("Relu", ["s"], ["z"], name="relu"))
+        outputs = ("y", "z")
+    return _model(nodes, inits, outputs)
+
+
+@pytest.mark.parametrize("scale_op, mask", [("Div", "add"), ("Mul", "add_first"), ("", ""), ("Mul", "")])
+def test_attention_fuses_into_one_node(scale_op, mask):
+    model = _attention_model(scale_op, mask)
+    graph = optimize(model, ["fuse_attention"], internal=frozenset({ATTENTION}))
+    fused = [n for n in graph.nodes if n.op == ATTENTION]
+    assert len(fused) == 1 and fused[0].attrs == {"scale_op": scale_op} and fused[0].outputs == ["y"]
+    assert fused[0].inputs[:3] == ["q", "kt", "q"]
+    assert set(graph.folded) == {"qk", "softmax"} | ({"scale"} if scale_op else set()) | ({"mask"} if mask else set())
+    assert [n.op for n in graph.nodes if n.op in ("Softmax", "MatMul")] == []
+    _runs_alike(model)
+
+
+@pytest.mark.parametrize("case", ["softmax_axis_2", "scores_read_twice"])
+def test_attention_leaves_other_graphs(case):
+    model = _attention_model(axis=2) if case == "softmax_axis_2" else _attention_model(extra_reader=True)
+    graph = optimize(model, ["fuse_attention"], internal=frozenset({ATTENTION}))
+    assert ATTENTION not in [n.op for n in graph.nodes] and graph.folded == {}
+    assert [n.op for n in optimize(_attention_model()).nodes].count(ATTENTION) == 0  # not offered: not written
+
+
+def test_attention_one_head_at_a_time_matches_all_heads(monkeypatch):
+    from dcm.runtime.cpu import attention
+
+    rng = np.random.default_rng(6)
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((2, 3, 6, 4), (2, 3, 4, 7), (1, 3, 7, 5)))
+    mask = np.where(rng.random((2, 1, 1, 7)) < 0.3, -1e9, 0).astype(np.float32)
+    scale = np.float32(0.5)
+    node = Node(ATTENTION, ["q", "k", "v", "m", "c"], ["y"], {"scale_op": "Mul"}, "att")
+    kernel = attention.Attention(node, None)
+    s = q @ k * scale + mask
+    p = np.exp(s - s.max(-1, keepdims=True))
+    want = (p / p.sum(-1, keepdims=True)) @ v
+    np.testing.assert_allclose(kernel(q, k, v, mask, scale)[0], want, rtol=1e-5, atol=1e-6)
+    calls = []
+    monkeypatch.setattr(attention, "SCORES_MAX_BYTES", 6 * 7 * 4)  # one head's scores
+    original = attention._softmax_last
+    monkeypatch.setattr(attention, "_softmax_last", lambda s: calls.append(s.shape) or original(s))
+    np.testing.assert_allclose(kernel(q, k, v, mask, scale)[0], want, rtol=1e-5, atol=1e-6)
+    assert calls == [(6, 7)] * 6  # six heads, one [queries, keys] matrix each

@@ -40,3 +40,6 @@ class MatMulAdd(MatMul):
             y = self.mm.right(x)
             y += self.bias
         return (y.reshape(*lead, y.shape[-1]),)
+
+
+from dcm.runtime.cpu import attention  # noqa: E402,F401  (registers dcm.Attention, which needs INTERNAL above)
