@@ -243,8 +243,17 @@ def _fold_constants(g: _Graph) -> list:
 def _to_nodes(onnx_nodes: list) -> list[Node]:
     out = []
     for i, n in enumerate(onnx_nodes):
-        out.append(Node(n.op_type, list(n.input), list(n.output), _attrs(n), n.name or f"{n.op_type}_{i}"))
+        name = n.name or f"{n.op_type}_{i}"
+        out.append(Node(n.op_type, list(n.input), _output_names(list(n.output), name), _attrs(n), name))
     return out
+
+
+def _output_names(outputs: list[str], node: str) -> list[str]:
+    """ONNX leaves an optional output it does not want unnamed (an LSTM's ``["", "Y_h"]``); spec 4
+    requires node output names: trailing unnamed outputs are dropped, the others get a name of their own."""
+    while outputs and not outputs[-1]:
+        outputs.pop()
+    return [o or f"{node}/unused_output_{i}" for i, o in enumerate(outputs)]
 
 
 def _drop_identities(nodes: list[Node], outputs: list[ValueInfo]) -> list[Node]:
