@@ -265,6 +265,84 @@ def _root_product(expr: _Expr, root: Node, taken: list[Node]) -> tuple[float, li
     return ca * cb, fa + fb
 
 
+def _last_axis_mean(graph: Graph, node: Node | None) -> bool:
+    """``node`` is a ReduceMean over the last axis only, keeping it (axes as attribute or input)."""
+    if node is None or node.op != "ReduceMean" or not node.inputs or node.attrs.get("keepdims", 1) != 1:
+        return False
+    return _ints(graph, node, 1, "axes") == [-1]
+
+
+def fuse_layer_norm(graph: Graph) -> None:
+    """LayerNormalization written out (exports before opset 17, hand-written modules): x - mean over
+    the last axis, its square's mean plus a constant epsilon, Sqrt, Div, times a constant [D] scale,
+    plus an optional constant [D] bias, becomes one LayerNormalization node: nine passes over the
+    activation, each with its own array, become one kernel."""
+    expr = _Expr(graph)
+    consumers = graph.consumers()
+    removed: set[int] = set()
+    for div in list(graph.nodes):
+        if div.op != "Div" or len(div.inputs) != 2 or id(div) in removed:
+            continue
+        centred, taken = div.inputs[0], [div]
+        sub, sqrt = expr.producer.get(centred), expr.private(div.inputs[1], "Sqrt")
+        if sub is None or sub.op != "Sub" or len(sub.inputs) != 2 or centred in expr.protected or sqrt is None:
+            continue
+        x, mean = sub.inputs
+        if not _last_axis_mean(graph, expr.private(mean, "ReduceMean")) or expr.producer[mean].inputs[0] != x:
+            continue
+        add_eps = expr.private(sqrt.inputs[0], "Add") if len(sqrt.inputs) == 1 else None
+        if add_eps is None or len(add_eps.inputs) != 2:
+            continue
+        eps = [(v, expr.scalar(e)) for v, e in (add_eps.inputs, add_eps.inputs[::-1]) if expr.scalar(e) is not None]
+        var = expr.private(eps[0][0], "ReduceMean") if eps else None
+        if not _last_axis_mean(graph, var):
+            continue
+        square = expr.private(var.inputs[0], "Pow") or expr.private(var.inputs[0], "Mul")
+        if square is None or len(square.inputs) != 2:
+            continue
+        squares = (square.inputs == [centred, centred] if square.op == "Mul"
+                   else square.inputs[0] == centred and expr.scalar(square.inputs[1]) == 2.0)
+        if not squares or expr.uses[centred] != 1 + square.inputs.count(centred):  # read by the pattern alone
+            continue
+        taken += [sub, expr.producer[mean], sqrt, add_eps, var, square]
+        affine = _affine(graph, consumers, div.outputs[0], taken)
+        if affine is None or any(id(n) in removed for n in taken):
+            continue
+        scale, bias, out = affine
+        last = expr.producer[out]
+        node = Node("LayerNormalization", [x, scale, *([bias] if bias else [])], [out],
+                    {"axis": -1, "epsilon": eps[0][1]}, _name(last))
+        graph.nodes[graph.nodes.index(last)] = node
+        removed.update(id(n) for n in taken if n is not last)
+        for n in taken:
+            if n is not last:
+                graph.folded[_name(n)] = _name(last)
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+
+
+def _affine(graph: Graph, consumers: dict[str, list[Node]], name: str, taken: list[Node]) -> tuple[str, str, str] | None:
+    """(scale, bias or "", the output) when ``name``, read by nothing else, is multiplied by a constant
+    [D] vector and then, optionally, a constant [D] vector is added; the Mul (and Add) go to ``taken``."""
+    def only_reader(value: str, op: str) -> Node | None:
+        users = consumers.get(value, [])
+        ok = len(users) == 1 and users[0].op == op and len(users[0].inputs) == 2 and value not in graph.protected()
+        return users[0] if ok and users[0].inputs[0] != users[0].inputs[1] else None
+
+    mul = only_reader(name, "Mul")
+    scale = None if mul is None else mul.inputs[1] if mul.inputs[0] == name else mul.inputs[0]
+    rec = graph.model.tensors.get(scale) if scale else None
+    if rec is None or len(rec.shape) != 1:
+        return None
+    taken.append(mul)
+    add = only_reader(mul.outputs[0], "Add")
+    bias = None if add is None else add.inputs[1] if add.inputs[0] == mul.outputs[0] else add.inputs[0]
+    b = graph.model.tensors.get(bias) if bias else None
+    if b is not None and tuple(b.shape) == tuple(rec.shape):
+        taken.append(add)
+        return scale, bias, add.outputs[0]
+    return scale, "", mul.outputs[0]
+
+
 MATMUL_ADD = "dcm.MatMulAdd"  # MatMul(x, W) + b: inputs x, W [in, out], b [out]
 
 
@@ -363,6 +441,7 @@ PASSES: dict[str, Callable[[Graph], None]] = {
     "fold_pads": fold_pads,
     "merge_transposes": merge_transposes,
     "fuse_gelu": fuse_gelu,
+    "fuse_layer_norm": fuse_layer_norm,
     "fuse_matmul_add": fuse_matmul_add,
     "fuse_attention": fuse_attention,
 }

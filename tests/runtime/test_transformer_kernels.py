@@ -204,3 +204,51 @@ def test_attention_one_head_at_a_time_matches_all_heads(monkeypatch):
     monkeypatch.setattr(attention, "_softmax_last", lambda s: calls.append(s.shape) or original(s))
     np.testing.assert_allclose(kernel(q, k, v, mask, scale)[0], want, rtol=1e-5, atol=1e-6)
     assert calls == [(6, 7)] * 6  # six heads, one [queries, keys] matrix each
+
+
+def _layer_norm_model(square="Pow", bias=True, opset=17, axes=(-1,), extra_reader=False):
+    """LayerNormalization over x's last axis written out as torch exports it before opset 17."""
+    ax = {"axes": list(axes)} if opset < 18 else {}
+    ax_in = [] if opset < 18 else ["axes"]
+    nodes = [helper.make_node("ReduceMean", ["x", *ax_in], ["mean"], name="mean", **ax),
+             helper.make_node("Sub", ["x", "mean"], ["d"], name="sub"),
+             helper.make_node("Pow", ["d", "two"], ["sq"], name="sq") if square == "Pow"
+             else helper.make_node("Mul", ["d", "d"], ["sq"], name="sq"),
+             helper.make_node("ReduceMean", ["sq", *ax_in], ["var"], name="var", **ax),
+             helper.make_node("Add", ["var", "eps"], ["ve"], name="eps"),
+             helper.make_node("Sqrt", ["ve"], ["std"], name="sqrt"),
+             helper.make_node("Div", ["d", "std"], ["n"], name="div"),
+             helper.make_node("Mul", ["gamma", "n"], ["y" if not bias else "g"], name="gamma")]
+    if bias:
+        nodes.append(helper.make_node("Add", ["g", "beta"], ["y"], name="beta"))
+    outputs = ("y",)
+    if extra_reader:
+        nodes.append(helper.make_node("Relu", ["d"], ["z"], name="relu"))
+        outputs = ("y", "z")
+    inits = {"two": np.array(2.0, np.float32), "eps": np.array(1e-5, np.float32),
+             "gamma": RNG.standard_normal(16).astype(np.float32), "beta": RNG.standard_normal(16).astype(np.float32),
+             "axes": np.array(axes, np.int64)}
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 16])],
+                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)]), ConvertOptions(exact=True))
+
+
+@pytest.mark.parametrize("square, bias, opset", [("Pow", True, 17), ("Mul", True, 13), ("Pow", False, 18)])
+def test_layer_norm_written_out_becomes_one_node(square, bias, opset):
+    model = _layer_norm_model(square, bias, opset)
+    graph = optimize(model, ["fuse_layer_norm"])
+    assert [n.op for n in graph.nodes] == ["LayerNormalization"]
+    node = graph.nodes[0]
+    assert node.inputs == ["x", "gamma", *(["beta"] if bias else [])] and node.outputs == ["y"]
+    assert node.attrs["axis"] == -1 and node.attrs["epsilon"] == pytest.approx(1e-5)
+    assert len(graph.folded) == (8 if bias else 7)
+    _runs_alike(model)
+
+
+@pytest.mark.parametrize("case", ["axis_1", "centred_read_twice"])
+def test_layer_norm_leaves_other_graphs(case):
+    model = _layer_norm_model(axes=(1,)) if case == "axis_1" else _layer_norm_model(extra_reader=True)
+    graph = optimize(model, ["fuse_layer_norm"])
+    assert "LayerNormalization" not in [n.op for n in graph.nodes] and graph.folded == {}
+    _runs_alike(model)
