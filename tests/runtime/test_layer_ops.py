@@ -233,11 +233,12 @@ def test_mismatched_recurrent_weights_fail_at_load(w, r):
     ("Conv", {}, {"w": np.ones((3, 2, 2, 2, 2), np.float32)}),
     ("MaxPool", {"kernel_shape": [2, 2, 2]}, {}),
 ])
-def test_gpu_backend_refuses_3d_windows_by_name(op, attrs, consts):
+def test_gpu_backend_runs_3d_windows(op, attrs, consts):
     pytest.importorskip("torch")
-    model = from_onnx(one_node(op, {"x": np.zeros((1, 2, 4, 4, 4), np.float32)}, attrs, opset=17, consts=consts))
-    with pytest.raises(DcmError, match="GPU backend runs 1-D and 2-D"):
-        InferenceSession(model, device="torch-cpu")
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 4, 4)).astype(np.float32)
+    model = from_onnx(one_node(op, {"x": x}, attrs, opset=17, consts=consts))
+    want = InferenceSession(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(InferenceSession(model, device="torch-cpu").run(None, {"x": x})[0], want, rtol=1e-5)
 
 
 @pytest.mark.parametrize("op, attrs, weights, match", [

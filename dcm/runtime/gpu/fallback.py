@@ -30,6 +30,15 @@ def to_host(x: Any) -> Any:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
 
 
+def on_host(fn, device: str | torch.device, *inputs: Any) -> tuple:
+    """``fn`` (a CPU kernel's ``__call__``) on numpy copies of ``inputs``; its results on ``device``.
+    Also what a torch kernel does with the rare input it has no exact torch form for (an empty
+    reduction, an integer mean)."""
+    with np.errstate(all="ignore"):  # IEEE results, silently, as the CPU session runs them
+        results = fn(*map(to_host, inputs))
+    return tuple(torch.as_tensor(np.array(y, copy=True), device=device) for y in results)
+
+
 class CpuFallback(Kernel):
     """Runs ``cpu_kernel`` (set by ``on_cpu``) on host copies; results go back to the session's device."""
 
@@ -42,9 +51,7 @@ class CpuFallback(Kernel):
         self.device = ctx.device
 
     def run_on_cpu(self, inputs: tuple) -> tuple:
-        with np.errstate(all="ignore"):  # IEEE results, silently, as the CPU session runs them
-            results = self.inner(*map(to_host, inputs))
-        return tuple(torch.as_tensor(np.array(y, copy=True), device=self.device) for y in results)
+        return on_host(self.inner, self.device, *inputs)
 
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "backend": "cpu-fallback"}

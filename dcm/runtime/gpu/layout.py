@@ -6,8 +6,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dcm.errors import UnsupportedOpError
 from dcm.runtime.cpu import shape as cpu
+from dcm.runtime.gpu.fallback import Native, on_host
 from dcm.runtime.gpu.registry import register
 
 register("Identity", "Dropout")(cpu.Identity)
@@ -17,7 +17,10 @@ register("Reshape")(cpu.Reshape)
 @register("Flatten")
 class Flatten(cpu.Flatten):
     def __call__(self, x):
-        axis = int(self.attrs.get("axis", 1)) % (x.dim() + 1) if x.dim() else 0
+        axis = int(self.attrs.get("axis", 1))
+        axis = axis + x.dim() if axis < 0 else axis  # ONNX's negative axis counts from the rank, -1: the last axis
+        if not 0 <= axis <= x.dim():
+            raise ValueError(f"axis {self.attrs.get('axis')} is out of range for an input of rank {x.dim()}")
         return (x.reshape(math.prod(x.shape[:axis]), -1),)
 
 
@@ -54,8 +57,18 @@ class Unsqueeze(cpu.Unsqueeze):
 
 
 @register("Pad")
-class Pad(cpu.Pad):
+class Pad(Native, cpu.Pad):
+    """constant, reflect and edge padding; wrap padding, and reflect or edge padding of more than
+    3 axes (F.pad's limit), use the CPU kernel."""
+
+    cpu_kernel = cpu.Pad
+
+    @classmethod
+    def native(cls, node, ctx) -> bool:
+        return node.attrs.get("mode", "constant") != "wrap"
+
     def __call__(self, x, pads=None, value=None, axes=None):
+        given = (pads, value, axes)
         pads = self.pads if pads is None else cpu.ints(pads)  # run-time pads, fill value and axes inputs
         axes = self.axes if axes is None else cpu.ints(axes)
         fill = self.value if value is None or value.numel() == 0 else value.reshape(-1)[0].item()
@@ -72,7 +85,7 @@ class Pad(cpu.Pad):
         if n == 0:
             return (x,)
         if n > 3:
-            raise UnsupportedOpError(f"Pad {self.node.name!r}: {self.mode} padding on the GPU pads at most 3 axes")
+            return on_host(super().__call__, x.device, x, *given)
         lead = x.shape[:first]
         y = F.pad(x.reshape(1, -1, *x.shape[first:]), flat[: 2 * n],
                   mode="reflect" if self.mode == "reflect" else "replicate")
@@ -92,7 +105,7 @@ class Gather(cpu.Gather):
         axis = int(self.attrs.get("axis", 0)) % x.dim()
         idx = idx.long() % x.shape[axis]
         out = x.index_select(axis, idx.reshape(-1))
-        return (out.reshape(*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :]),)
+        return (out.reshape((*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :])),)
 
 
 _CAST = {1: torch.float32, 6: torch.int32, 7: torch.int64, 10: torch.float16, 11: torch.float64, 9: torch.bool}

@@ -23,6 +23,13 @@ def to_torch(mm: WeightMatmul, device: str) -> TorchWeight:
 class Gemm(cpu.Gemm):
     fuses_relu = False  # the CPU kernel's fused Relu is numpy; this one has none
 
+    def __new__(cls, node, ctx):
+        if cls is Gemm and not ctx.is_const(node.inputs[1]):
+            kernel = object.__new__(RuntimeGemm)
+            kernel.__init__(node, ctx)  # not a Gemm instance: Python would skip it
+            return kernel
+        return object.__new__(cls)
+
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.mm = to_torch(self.mm, ctx.device)
@@ -38,6 +45,23 @@ class Gemm(cpu.Gemm):
         elif self.c_is_input:
             y = y + self.beta * c
         return (y,)
+
+
+class RuntimeGemm(cpu.RuntimeGemm):
+    """Gemm whose B is computed at run time (attention scores): one torch.matmul."""
+
+    def __call__(self, a, b, c=None):
+        if a.dim() != 2 or b.dim() != 2:
+            raise ValueError(f"Gemm takes matrices, got ranks {a.dim()} and {b.dim()}")
+        y = (a.T if self.trans_a else a) @ (b.T if self.trans_b else b)
+        if self.alpha != 1.0:
+            y = y * self.alpha
+        if c is not None and self.beta != 0.0:
+            y = y + (c if self.beta == 1.0 else c * self.beta)
+        return (y,)
+
+    def describe(self) -> dict:
+        return {"kernel": "torch"}
 
 
 @register("MatMul")

@@ -1,4 +1,4 @@
-"""Activations, softmax, arithmetic, BatchNormalization, LRN and reductions on torch."""
+"""Relu-family activations, softmax, BatchNormalization and LRN on torch."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import torch
 
 from dcm.runtime.cpu import activation as cpu_act
 from dcm.runtime.cpu import norm as cpu_norm
-from dcm.runtime.cpu import reduce as cpu_reduce
+from dcm.runtime.gpu.fallback import Native
 from dcm.runtime.gpu.registry import register
 from dcm.runtime.kernel import Kernel
 
@@ -43,8 +43,8 @@ class LeakyRelu(Kernel):
 @register("Clip")
 class Clip(Kernel):
     def __call__(self, x, lo=None, hi=None):
-        lo = self.attrs.get("min") if lo is None else float(lo)
-        hi = self.attrs.get("max") if hi is None else float(hi)
+        lo = self.attrs.get("min") if lo is None else lo.reshape(()).item()  # .item(): an int for int bounds,
+        hi = self.attrs.get("max") if hi is None else hi.reshape(()).item()  # so clamp keeps an int type
         return (x.clone() if lo is None and hi is None else torch.clamp(x, lo, hi),)  # clamp needs a bound
 
 
@@ -55,8 +55,9 @@ class _Softmax(cpu_act._SoftmaxBase):
         shape, axis = x.shape, self.axis % max(x.dim(), 1)
         if self.legacy:
             x, axis = x.reshape(math.prod(shape[:axis]), -1), 1
-        y = torch.log_softmax(x, axis) if self.log else torch.softmax(x, axis)
-        return (y.reshape(shape),)
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32  # float16 in float32, as the CPU kernel
+        y = torch.log_softmax(x, axis, dtype=work) if self.log else torch.softmax(x, axis, dtype=work)
+        return (y.reshape(shape).to(x.dtype),)
 
 
 @register("Softmax")
@@ -69,38 +70,17 @@ class LogSoftmax(_Softmax):
     log = True
 
 
-class _Binary(Kernel):
-    fn = staticmethod(torch.add)
-
-    def __call__(self, a, b):
-        return (self.fn(a, b),)
-
-
-@register("Add")
-class Add(_Binary):
-    fn = staticmethod(torch.add)
-
-
-@register("Sub")
-class Sub(_Binary):
-    fn = staticmethod(torch.sub)
-
-
-@register("Mul")
-class Mul(_Binary):
-    fn = staticmethod(torch.mul)
-
-
-@register("Div")
-class Div(Kernel):
-    def __call__(self, a, b):
-        if not a.is_floating_point() and not b.is_floating_point():
-            return (torch.div(a, b, rounding_mode="trunc"),)
-        return (a / b,)
-
-
 @register("BatchNormalization")
-class BatchNormalization(cpu_norm.BatchNormalization):
+class BatchNormalization(Native, cpu_norm.BatchNormalization):
+    """Statistics that are constants (an exported network's) are folded at load; computed ones use
+    the CPU kernel."""
+
+    cpu_kernel = cpu_norm.BatchNormalization
+
+    @classmethod
+    def native(cls, node, ctx) -> bool:
+        return all(ctx.is_const(name) for name in node.inputs[1:])
+
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.a, self.b = (torch.as_tensor(v, device=ctx.device) for v in (self.a, self.b))
@@ -117,29 +97,3 @@ class LRN(Kernel):
         c = torch.cat([torch.zeros_like(sq[:, :1]), sq.cumsum(1)], 1)
         window = c[:, size:] - c[:, : c.shape[1] - size]
         return ((x / (bias + alpha / size * window) ** beta).float(),)
-
-
-class _Reduce(cpu_reduce._Reduce):
-    method = "mean"  # the torch.Tensor method, called as method(dims, keepdim=...)
-
-    def __call__(self, x, axes=None):
-        axes = self.axes if self.axes is not None else axes.tolist()  # None: given at run time
-        if not axes and self.noop_empty:
-            return (x,)
-        dims = tuple(axes) if axes else tuple(range(x.dim()))
-        return (getattr(x, self.method)(dims, keepdim=self.keep),)
-
-
-@register("ReduceMean")
-class ReduceMean(_Reduce):
-    method = "mean"
-
-
-@register("ReduceSum")
-class ReduceSum(_Reduce):
-    method = "sum"
-
-
-@register("ReduceMax")
-class ReduceMax(_Reduce):
-    method = "amax"

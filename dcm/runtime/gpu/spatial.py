@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dcm.errors import UnsupportedOpError
 from dcm.runtime.cpu import conv as cpu_conv
 from dcm.runtime.cpu import pool as cpu_pool
 from dcm.runtime.cpu.windows import resolve_pads
+from dcm.runtime.gpu.fallback import Native, on_host
 from dcm.runtime.gpu.linear import to_torch
 from dcm.runtime.gpu.registry import register
 
@@ -18,12 +18,8 @@ def _lift(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return (x.unsqueeze(2), True) if x.dim() == 3 else (x, False)
 
 
-def _only_2d(kernel) -> None:
-    """The GPU kernels take 1-D and 2-D windows with constant weights; 3-D, weights fed at run time
-    and MaxPool's Indices output run on the CPU only."""
-    if getattr(kernel, "general", False) or kernel.nd > 2 or getattr(kernel, "indices", False):
-        raise UnsupportedOpError(f"{kernel.node.op} {kernel.node.name!r}: the GPU backend runs 1-D and 2-D windows "
-                                 "with constant weights (and no MaxPool Indices); use device='cpu'")
+def _window_rank(node) -> int:
+    return len(node.attrs.get("kernel_shape", []))
 
 
 def _pad(x: torch.Tensor, begin: list[int], end: list[int], fill: float = 0.0) -> torch.Tensor:
@@ -37,14 +33,21 @@ def _out_size(size: int, k: int, s: int, d: int) -> int:
 
 
 @register("Conv")
-class Conv(cpu_conv.Conv):
+class Conv(Native, cpu_conv.Conv):
+    """1-D and 2-D windows with a constant weight; 3-D and weights fed at run time use the CPU kernel."""
+
+    cpu_kernel = cpu_conv.Conv
+
+    @classmethod
+    def native(cls, node, ctx) -> bool:
+        w = node.inputs[1] if len(node.inputs) > 1 else ""
+        return ctx.is_const(w) and len(ctx.model.tensors[w].shape) <= 4
     allow_winograd = False  # cuDNN chooses its own algorithm for dense convolutions
     allow_direct = False  # the CPU's compiled direct sparse convolution
     fuses_relu = False  # the CPU kernel's fused Relu is numpy; this one has none
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        _only_2d(self)
         self.mms = [to_torch(mm, ctx.device) for mm in self.mms]
         if self.mode == "dense":  # one cuDNN call for all groups
             w = torch.cat([mm.w for mm in self.mms])
@@ -74,23 +77,34 @@ class Conv(cpu_conv.Conv):
 
 
 @register("MaxPool")
-class MaxPool(cpu_pool.MaxPool):
-    def __init__(self, node, ctx):
-        super().__init__(node, ctx)
-        _only_2d(self)
+class MaxPool(Native, cpu_pool.MaxPool):
+    """1-D and 2-D windows; 3-D ones and the Indices output use the CPU kernel."""
+
+    cpu_kernel = cpu_pool.MaxPool
+
+    @classmethod
+    def native(cls, node, ctx) -> bool:
+        return _window_rank(node) <= 2 and not (len(node.outputs) > 1 and node.outputs[1])
 
     def __call__(self, x):
         x, was_1d = _lift(x)
         begin, end = self._pads(x)
-        y = F.max_pool2d(_pad(x, begin, end, float("-inf")), self.kernel, self.strides, 0, self.dilations)
+        if not x.is_floating_point():  # torch max-pools floats only
+            return on_host(super().__call__, x.device, x)
+        low = float("-inf")
+        y = F.max_pool2d(_pad(x, begin, end, low), self.kernel, self.strides, 0, self.dilations)
         return (y[:, :, 0, :] if was_1d else y,)
 
 
 @register("AveragePool")
-class AveragePool(cpu_pool.AveragePool):
-    def __init__(self, node, ctx):
-        super().__init__(node, ctx)
-        _only_2d(self)
+class AveragePool(Native, cpu_pool.AveragePool):
+    """1-D and 2-D windows; 3-D ones use the CPU kernel."""
+
+    cpu_kernel = cpu_pool.AveragePool
+
+    @classmethod
+    def native(cls, node, ctx) -> bool:
+        return _window_rank(node) <= 2
 
     def __call__(self, x):
         x, was_1d = _lift(x)
