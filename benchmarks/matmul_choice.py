@@ -5,11 +5,11 @@
 A transformer's or an LSTM's linear layer multiplies a [rows, in] activation (rows = batch x
 sequence, or time steps x batch for the input projections) by a constant W [out, in]. The compiled
 sparse kernel's cost grows with rows x nnz, BLAS's with rows x out x in at a much better rate per
-multiply-add, so the break-even row count falls as density rises. Times ``WeightMatmul.right`` in
-both modes (one thread) over densities and row counts, records for each density the largest row
-count at which sparse still wins, and writes benchmarks/results/matmul_choice.json (``--docs``:
-the table in docs/transformers.md). ``dcm.runtime.cpu.matmul.SPARSE_MAX_ROWS`` holds the rule the
-kernels use; this benchmark is what it was read from.
+multiply-add, so the density up to which sparse wins depends on the row count. Times
+``WeightMatmul.right`` in both modes (one thread) over densities and row counts, summarizes the
+median sparse/dense ratio per density and row band, and writes benchmarks/results/matmul_choice.json
+(``--docs`` prints the tables of docs/transformers.md). ``prefers_dense`` in
+dcm/runtime/cpu/matmul.py holds the rule the kernels use; this benchmark is what it was read from.
 """
 from __future__ import annotations
 
@@ -55,27 +55,27 @@ def measure(quick: bool) -> list[dict]:
     return out
 
 
-def break_even(rows: list[dict]) -> dict[str, int]:
-    """Per density: the largest row count at which sparse was faster on every shape (0: never)."""
-    result = {}
+BANDS = {"1 row": (1, 1), "2-7 rows": (2, 7), "8+ rows": (8, 1 << 30)}
+
+
+def by_band(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Median sparse/dense time ratio per density and row band, over shapes and row counts: the
+    figures ``SPARSE_MAX_DENSITY_FEW_ROWS`` / ``_MANY_ROWS`` in dcm/runtime/cpu/matmul.py are read from
+    (sparse is kept where the median is below 1)."""
+    out: dict[str, dict[str, float]] = {}
     for density in sorted({r["density"] for r in rows}):
-        wins = [r for r in rows if r["density"] == density]
-        limit = 0
-        for n in sorted({r["rows"] for r in wins}):
-            if all(r["sparse_over_dense"] < 1.0 for r in wins if r["rows"] == n):
-                limit = n
-            else:
-                break
-        result[str(density)] = limit
-    return result
+        out[str(density)] = {band: float(np.median([r["sparse_over_dense"] for r in rows if r["density"] == density
+                                                    and lo <= r["rows"] <= hi]))
+                             for band, (lo, hi) in BANDS.items()}
+    return out
 
 
-def table(rows: list[dict], limits: dict[str, int]) -> str:
-    lines = ["| shape [out, in] | density | rows | sparse us | dense us | sparse / dense |", "|---|---|---|---|---|---|"]
+def table(rows: list[dict], bands: dict[str, dict[str, float]]) -> str:
+    lines = ["| density | " + " | ".join(f"sparse / dense, {b}" for b in BANDS) + " |", "|---" * (len(BANDS) + 1) + "|"]
+    lines += [f"| {d} | " + " | ".join(f"{v[b]:.2f}" for b in BANDS) + " |" for d, v in bands.items()]
+    lines += ["", "| shape [out, in] | density | rows | sparse us | dense us | sparse / dense |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['shape']} | {r['density']} | {r['rows']} | {r['sparse_us']} | {r['dense_us']} | "
               f"{r['sparse_over_dense']} |" for r in rows]
-    lines += ["", "| density | largest row count where sparse won on every shape |", "|---|---|"]
-    lines += [f"| {d} | {n} |" for d, n in limits.items()]
     return "\n".join(lines)
 
 
@@ -85,11 +85,11 @@ def main() -> None:
     ap.add_argument("--docs", action="store_true", help="print the markdown table")
     args = ap.parse_args()
     rows = measure(args.quick)
-    limits = break_even(rows)
-    path = save("matmul_choice", {"rows": rows, "break_even_rows": limits})
-    print(path, limits)
+    bands = by_band(rows)
+    path = save("matmul_choice", {"rows": rows, "median_sparse_over_dense": bands})
+    print(path, bands)
     if args.docs:
-        print(table(rows, limits))
+        print(table(rows, bands))
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def test_matmul_add_on_every_kernel(kernels):
 
 def test_prefers_dense_by_rows_and_density():
     assert not prefers_dense(0.9, 1)  # one row keeps the load-time choice
-    assert prefers_dense(0.1, 4) and not prefers_dense(0.03, 4)
+    assert prefers_dense(0.05, 4) and not prefers_dense(0.01, 4)
     assert prefers_dense(0.25, 128) and not prefers_dense(0.1, 128)
 
 

@@ -23,10 +23,11 @@ except ImportError:  # pragma: no cover - a future scipy; the public operator st
 
 PARALLEL_MIN_NNZ = 200_000
 # The compiled sparse kernel against BLAS by row count (one thread, the zoo's 256-wide transformer
-# layers; benchmarks/matmul_choice.py, docs/transformers.md): from 8 rows on it wins up to about
-# 15-20% density; at 2 to 7 rows, fewer than its 8-wide vector blocks take, only below about 5%.
-SPARSE_MAX_DENSITY_FEW_ROWS = 0.05
-SPARSE_MAX_DENSITY_MANY_ROWS = 0.15
+# layers; benchmarks/matmul_choice.py, docs/transformers.md): from 8 rows on the median ratio stays
+# below 1 up to 20% density; at 2 to 7 rows, fewer than its 8-wide vector blocks take, it lost at every
+# density measured (median 1.26x at 5%), so only layers sparser than that keep it there.
+SPARSE_MAX_DENSITY_FEW_ROWS = 0.02
+SPARSE_MAX_DENSITY_MANY_ROWS = 0.20
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
