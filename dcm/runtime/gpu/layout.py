@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from dcm.runtime.cpu import shape as cpu
 from dcm.runtime.gpu.fallback import Native, on_host
+from dcm.runtime.gpu.indexing import torch_dtype
 from dcm.runtime.gpu.registry import register
 
 register("Identity", "Dropout")(cpu.Identity)
@@ -77,6 +78,7 @@ class Pad(Native, cpu.Pad):
         widths = [(0, 0)] * x.dim()
         for j, a in enumerate(axes):
             widths[a] = (pads[j], pads[j + k])
+        cpu.check_elements([d + b + e for d, (b, e) in zip(x.shape, widths)], "Pad")
         flat = [w for pair in reversed(widths) for w in pair]  # F.pad wants last axis first
         if self.mode == "constant":
             return (F.pad(x, flat, value=fill),)
@@ -108,10 +110,11 @@ class Gather(cpu.Gather):
         return (out.reshape((*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :])),)
 
 
-_CAST = {1: torch.float32, 6: torch.int32, 7: torch.int64, 10: torch.float16, 11: torch.float64, 9: torch.bool}
-
-
 @register("Cast")
 class Cast(cpu.Cast):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.to = torch_dtype(self.to)
+
     def __call__(self, x):
-        return (x.to(_CAST[int(self.attrs["to"])]),)
+        return (x.to(self.to),)
