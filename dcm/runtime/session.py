@@ -92,6 +92,8 @@ class InferenceSession:
             names = sorted({m.op for m in missing})
             raise UnsupportedOpError(f"unsupported op {n.op} in node {n.name or n.outputs[0]!r}"
                                      f" (all unsupported: {', '.join(names)})")
+        for node in self.model.nodes:  # the graph passes read inputs and attributes: check them first
+            check_node(node, registry[node.op])
         self._graph = optimize_graph(self.model, None if optimize else [], internal=frozenset(internal))
         self._nodes = self._graph.nodes
         registry = {**internal, **registry}  # the file's ops were checked against the registry alone
