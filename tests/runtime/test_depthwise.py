@@ -56,21 +56,24 @@ def _check(m, x, threads=1):
     (3, 1, (3, 3), {"pads": [4, 4, 4, 4]}),  # pads wider than the kernel
     (4, 1, (3, 3), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
 ])
-def test_matches_onnxruntime(c, multiplier, kernel, attrs):
-    x = np.random.default_rng(1).standard_normal((2, c, 11, 13)).astype(np.float32)
-    _check(_model(c, multiplier, kernel, [2, c, 11, 13], attrs), x)
+@pytest.mark.parametrize("width", [13, 70])  # outputs under 32 wide take 8 channels side by side, wider by rows
+def test_matches_onnxruntime(c, multiplier, kernel, attrs, width):
+    x = np.random.default_rng(1).standard_normal((2, c, 11, width)).astype(np.float32)
+    _check(_model(c, multiplier, kernel, [2, c, 11, width], attrs), x)
 
 
-def test_one_dimensional_without_bias():
-    x = np.random.default_rng(1).standard_normal((2, 6, 17)).astype(np.float32)
-    _check(_model(6, 1, (5,), [2, 6, 17], {"pads": [2, 1], "strides": [2]}, bias=False), x)
+@pytest.mark.parametrize("width", [17, 90])
+def test_one_dimensional_without_bias(width):
+    x = np.random.default_rng(1).standard_normal((2, 6, width)).astype(np.float32)
+    _check(_model(6, 1, (5,), [2, 6, width], {"pads": [2, 1], "strides": [2]}, bias=False), x)
 
 
 @pytest.mark.parametrize("act, fused", [("Clip", "Clip"), ("Relu", "Relu"), ("HardSwish", "HardSwish")])
-def test_fused_activation(act, fused):
-    x = (np.random.default_rng(1).standard_normal((1, 8, 9, 9)) * 4).astype(np.float32)
+@pytest.mark.parametrize("width", [9, 40])
+def test_fused_activation(act, fused, width):
+    x = (np.random.default_rng(1).standard_normal((1, 8, 9, width)) * 4).astype(np.float32)
     x[0, 2, 4, 4] = np.nan
-    m = _model(8, 1, (3, 3), [1, 8, 9, 9], {"pads": [1, 1, 1, 1]}, act)
+    m = _model(8, 1, (3, 3), [1, 8, 9, width], {"pads": [1, 1, 1, 1]}, act)
     ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)))
     assert sess.describe()[0]["fused"] == fused
@@ -102,3 +105,19 @@ def test_native_refuses_bad_arguments():
         native.depthwise2d(x, y, w, (1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, np.zeros(3, np.float32))
     with pytest.raises(ValueError, match="out of bounds"):  # a plane range past the end
         native.depthwise2d(x, y, w, (1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, None, None, 0, 3)
+
+
+@pytest.mark.parametrize("width, strides", [(9, (1, 1)), (40, (1, 1)), (70, (2, 2))])  # lanes, flat, rows
+def test_portable_paths_match_simd(width, strides):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 5, 9, width)).astype(np.float32)
+    w = rng.standard_normal((10, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(10).astype(np.float32)
+    args = (x, w, strides, (1, 1), [1, 1], [1, 1], b, (0.0, 6.0), 1)
+    fast = depthwise.depthwise(*args)
+    previous = native.set_simd(False)
+    try:
+        portable = depthwise.depthwise(*args)
+    finally:
+        native.set_simd(previous)
+    np.testing.assert_allclose(portable, fast, rtol=1e-5, atol=1e-5)

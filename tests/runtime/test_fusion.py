@@ -161,3 +161,14 @@ def test_residual_computed_after_the_conv_is_not_fused():
     m.graph.node[1].CopyFrom(neg)
     d = _run(m, {"x": _residual_x()})
     assert "fused" not in next(e for e in d if e["op"] == "Conv")  # the Add and its Relu run as their own steps
+
+
+def test_large_outputs_run_the_epilogue_in_chunks(monkeypatch):
+    from dcm.runtime import fusion
+
+    monkeypatch.setattr(fusion, "CHUNK", 50)  # 2*6*7*7 = 588 values: 12 chunks, the last one short
+    x = _x("Conv")
+    d = _run(_graph("Conv", ACTS[9][1], list(x.shape)), {"x": x})  # SiLU: a new array per chunk
+    assert d[0]["fused"] == "Sigmoid*Mul"
+    d = _run(_graph("Conv", ACTS[8][1], list(x.shape)), {"x": x})  # Gelu
+    assert d[0]["fused"] == "Gelu"

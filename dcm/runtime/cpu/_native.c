@@ -1286,9 +1286,15 @@ typedef struct {
     Py_ssize_t c, h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, multiplier;
 } DepthwiseGeometry;
 
+#define DEPTHWISE_LANES_MAX_WIDTH 32 /* narrower outputs take 8 channels side by side */
+
 #define DEPTHWISE_ARGS const DepthwiseGeometry *g, const float *x, const float *wt, const float *bias, \
                        float *y, int clamp, float lo, float hi, const Py_ssize_t *cols, float *flat, Py_ssize_t p0,      \
                        Py_ssize_t p1
+
+#define DEPTHWISE_LANES_ARGS const DepthwiseGeometry *g, const float *x, const float *wt, const float *bias, \
+                             float *y, int clamp, float lo, float hi, float *tile, float *lane_w, Py_ssize_t p0, \
+                             Py_ssize_t p1
 
 /* Output planes [p0, p1) (plane = sample * C * multiplier + output channel). cols[2j], cols[2j+1]:
  * the output columns [c0, c1) whose tap j falls inside the input row (computed once per call, so
@@ -1301,16 +1307,11 @@ typedef struct {
         const float *plane = x + (sample * g->c + o / g->multiplier) * h * w;                          \
         const float *wo = wt + o * kh * kw;                                                            \
         float b = bias ? bias[o] : 0.f;                                                                \
-        if (flat) { /* stride 1: a zero-padded copy, then each tap is one shift of the whole plane */  \
+        if (flat) { /* stride 1: a zero-padded copy (the caller zeroed the borders, which no plane  \
+                       writes), then each tap is one shift of the whole plane */                       \
             const Py_ssize_t wp = w + g->pl + g->pr, span = oh * wp;                                   \
-            for (Py_ssize_t r = 0; r < g->pt; r++) memset(flat + r * wp, 0, wp * sizeof(float));       \
-            for (Py_ssize_t r = 0; r < h; r++) {                                                       \
-                float *fr = flat + (g->pt + r) * wp;                                                   \
-                memset(fr, 0, g->pl * sizeof(float));                                                  \
-                memcpy(fr + g->pl, plane + r * w, w * sizeof(float));                                  \
-                memset(fr + g->pl + w, 0, g->pr * sizeof(float));                                      \
-            }                                                                                          \
-            memset(flat + (g->pt + h) * wp, 0, (g->pb + 1) * wp * sizeof(float));                      \
+            for (Py_ssize_t r = 0; r < h; r++)                                                         \
+                memcpy(flat + (g->pt + r) * wp + g->pl, plane + r * w, w * sizeof(float));              \
             float *restrict acc = flat + (h + g->pt + g->pb + 1) * wp;                                 \
             for (Py_ssize_t q = 0; q < span; q++) acc[q] = b;                                          \
             for (Py_ssize_t i = 0; i < kh; i++)                                                        \
@@ -1349,6 +1350,81 @@ typedef struct {
                 for (Py_ssize_t c = 0; c < ow; c++) yr[c] = yr[c] < lo ? lo : yr[c] > hi ? hi : yr[c]; \
         }                                                                                              \
     }
+
+/* Narrow planes (7x7, 14x14): rows too short for vectors, so 8 channels go side by side instead.
+ * Planes [p0, p1) in groups of 8 are copied into tile [hp][wp][8] (zero borders, set by the caller
+ * and never written), each output pixel is then kh*kw 8-wide multiply-adds, and the 8 sums go back
+ * to their planes. lane_w [kh*kw][8] holds the group's weights side by side, b8 their biases. */
+static void lanes_load(const DepthwiseGeometry *g, const float *x, const float *wt, const float *bias, float *tile,
+                       float *lane_w, float *b8, Py_ssize_t p, int lanes)
+{
+    const Py_ssize_t channels = g->c * g->multiplier, h = g->h, w = g->w, wp = w + g->pl + g->pr;
+    const Py_ssize_t taps = g->kh * g->kw;
+    for (int k = 0; k < 8; k++) b8[k] = 0.f;
+    for (int k = 0; k < lanes; k++) {
+        Py_ssize_t o = (p + k) % channels, sample = (p + k) / channels;
+        const float *plane = x + (sample * g->c + o / g->multiplier) * h * w;
+        for (Py_ssize_t r = 0; r < h; r++) {
+            float *tr = tile + ((g->pt + r) * wp + g->pl) * 8 + k;
+            for (Py_ssize_t c = 0; c < w; c++) tr[c * 8] = plane[r * w + c];
+        }
+        for (Py_ssize_t t = 0; t < taps; t++) lane_w[t * 8 + k] = wt[o * taps + t];
+        if (bias) b8[k] = bias[o];
+    }
+}
+
+static void depthwise_lanes_generic(DEPTHWISE_LANES_ARGS)
+{
+    const Py_ssize_t oh = g->oh, ow = g->ow, wp = g->w + g->pl + g->pr;
+    for (Py_ssize_t p = p0; p < p1; p += 8) {
+        int lanes = p1 - p < 8 ? (int)(p1 - p) : 8;
+        float b8[8], acc[8];
+        lanes_load(g, x, wt, bias, tile, lane_w, b8, p, lanes);
+        for (Py_ssize_t r = 0; r < oh; r++)
+            for (Py_ssize_t c = 0; c < ow; c++) {
+                for (int k = 0; k < 8; k++) acc[k] = b8[k];
+                for (Py_ssize_t i = 0; i < g->kh; i++)
+                    for (Py_ssize_t j = 0; j < g->kw; j++) {
+                        const float *t8 = tile + ((r * g->sh + i * g->dh) * wp + c * g->sw + j * g->dw) * 8;
+                        const float *w8 = lane_w + (i * g->kw + j) * 8;
+                        for (int k = 0; k < 8; k++) acc[k] += w8[k] * t8[k];
+                    }
+                if (clamp)
+                    for (int k = 0; k < 8; k++) acc[k] = acc[k] < lo ? lo : acc[k] > hi ? hi : acc[k];
+                for (int k = 0; k < lanes; k++) y[((p + k) * oh + r) * ow + c] = acc[k];
+            }
+    }
+}
+
+#ifdef HAVE_AVX2_PATH
+__attribute__((target("avx2,fma")))
+static void depthwise_lanes_avx2(DEPTHWISE_LANES_ARGS)
+{
+    const Py_ssize_t oh = g->oh, ow = g->ow, wp = g->w + g->pl + g->pr;
+    const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    for (Py_ssize_t p = p0; p < p1; p += 8) {
+        int lanes = p1 - p < 8 ? (int)(p1 - p) : 8;
+        float b8[8], acc[8];
+        lanes_load(g, x, wt, bias, tile, lane_w, b8, p, lanes);
+        const __m256 vb = _mm256_loadu_ps(b8);
+        for (Py_ssize_t r = 0; r < oh; r++)
+            for (Py_ssize_t c = 0; c < ow; c++) {
+                __m256 v = vb;
+                for (Py_ssize_t i = 0; i < g->kh; i++) {
+                    const float *t8 = tile + ((r * g->sh + i * g->dh) * wp + c * g->sw) * 8;
+                    const float *w8 = lane_w + i * g->kw * 8;
+                    for (Py_ssize_t j = 0; j < g->kw; j++)
+                        v = _mm256_fmadd_ps(_mm256_loadu_ps(w8 + j * 8), _mm256_loadu_ps(t8 + j * g->dw * 8), v);
+                }
+                if (clamp) /* NaN compares false both ways and stays */
+                    v = _mm256_blendv_ps(_mm256_blendv_ps(v, vlo, _mm256_cmp_ps(v, vlo, _CMP_LT_OQ)), vhi,
+                                         _mm256_cmp_ps(v, vhi, _CMP_GT_OQ));
+                _mm256_storeu_ps(acc, v);
+                for (int k = 0; k < lanes; k++) y[((p + k) * oh + r) * ow + c] = acc[k];
+            }
+    }
+}
+#endif
 
 static void depthwise_generic(DEPTHWISE_ARGS) { DEPTHWISE_BODY }
 
@@ -1401,7 +1477,7 @@ static PyObject *depthwise2d(PyObject *self, PyObject *args, PyObject *kwds)
     if (get_in_out(xo, &xb, "x", yo, &yb, "y", 1) < 0) return NULL;
     PyObject *result = NULL;
     Py_ssize_t *cols = NULL;
-    float *flat = NULL;
+    float *flat = NULL, *lane_w = NULL;
     if (get_array_of_rank(wo, &wb, 'f', 4, 0, 1, "weight") < 0) goto done;
     if (bo != Py_None && get_array_of_rank(bo, &bb, 'f', 4, 0, 1, "bias") < 0) goto done;
     Py_ssize_t x_count = SIZE_PRODUCT(n, g.c, g.h, g.w), y_count = SIZE_PRODUCT(planes, g.oh, g.ow),
@@ -1425,9 +1501,23 @@ static PyObject *depthwise2d(PyObject *self, PyObject *args, PyObject *kwds)
         cols[2 * j] = off >= 0 ? 0 : (-off + g.sw - 1) / g.sw;
         cols[2 * j + 1] = c1 > g.ow ? g.ow : c1;
     }
+    if (g.ow < DEPTHWISE_LANES_MAX_WIDTH) { /* 8 channels side by side */
+        Py_ssize_t size = SIZE_PRODUCT(g.h + g.pt + g.pb, g.w + g.pl + g.pr, 8), wsize = SIZE_PRODUCT(g.kh, g.kw, 8);
+        flat = size < 0 ? NULL : PyMem_RawCalloc(size, sizeof(float));
+        lane_w = wsize < 0 ? NULL : PyMem_RawMalloc(wsize * sizeof(float));
+        if (!flat || !lane_w) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        DISPATCH(depthwise_lanes, &g, xb.buf, wb.buf, bb.buf, yb.buf, clamp, lo, hi, flat, lane_w, p0, p1);
+        Py_END_ALLOW_THREADS
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
     if (g.sh == 1 && g.sw == 1) { /* the padded plane, a spare row (the last taps' overrun) and the sums */
         Py_ssize_t wp = g.w + g.pl + g.pr, size = SIZE_PRODUCT(wp, g.h + g.pt + g.pb + 1 + g.oh);
-        flat = size < 0 ? NULL : PyMem_RawMalloc(size * sizeof(float));
+        flat = size < 0 ? NULL : PyMem_RawCalloc(size, sizeof(float));
         if (!flat) {
             PyErr_NoMemory();
             goto done;
@@ -1440,6 +1530,7 @@ static PyObject *depthwise2d(PyObject *self, PyObject *args, PyObject *kwds)
 done:
     PyMem_RawFree(cols);
     PyMem_RawFree(flat);
+    PyMem_RawFree(lane_w);
     PyBuffer_Release(&xb);
     PyBuffer_Release(&yb);
     if (wb.buf) PyBuffer_Release(&wb);
