@@ -61,6 +61,12 @@ def _native_max_density() -> float | None:
     return native.SPARSE_MAX_DENSITY if native.available() else None
 
 
+def _check_result_count(names: list[str], results: tuple) -> None:
+    """A node may declare outputs its op does not make (a hostile file's Softplus with two)."""
+    if len(results) < len(names):
+        raise ValueError(f"the node declares {len(names)} outputs, the op makes {len(results)}")
+
+
 class InferenceSession:
     """Run a .dcm model directly from its compressed form.
 
@@ -283,6 +289,7 @@ class InferenceSession:
                 if len(results_to) == 1:
                     env[results_to[0]] = results[0]
                 else:
+                    _check_result_count(results_to, results)
                     for name, value in zip(results_to, results):
                         env[name] = value
             except KERNEL_FAILURES as exc:
@@ -296,6 +303,7 @@ class InferenceSession:
             start = time.perf_counter()
             try:
                 results = kernel(*map(env.__getitem__, names))
+                _check_result_count(results_to, results)
             except KERNEL_FAILURES as exc:
                 raise self._failure(node, exc) from None
             if self._sync is not None:

@@ -172,3 +172,14 @@ def test_huge_one_hot_depth_is_refused_before_allocating():
     with pytest.raises(ExecutionError, match=BOUND):
         s.run(None, {"i": i64(1, 7), "depth": i64(HUGE), "values": np.array([0, 1], np.float32)})
 
+
+
+def test_node_declaring_more_outputs_than_its_op_makes():
+    from dcm.format.model import Model, Node, ValueInfo
+
+    model = Model([ValueInfo("x", "float32", [2])], [ValueInfo("z", "float32", [2])],
+                  [Node("Softplus", ["x"], ["y", "z"], {}, "soft")], {})
+    for timed in (False, True):
+        sess = InferenceSession(model)
+        with pytest.raises(ExecutionError, match="'soft'.*declares 2 outputs, the op makes 1"):
+            sess.profile({"x": np.ones(2, np.float32)}, runs=1) if timed else sess.run(None, {"x": np.ones(2, np.float32)})
