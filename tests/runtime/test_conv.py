@@ -36,6 +36,7 @@ def _weight(shape, density, seed=0):
     ((64, 64, 3, 3), 0.2, [1, 1], "winograd"),  # wide and too dense for the direct kernel: Winograd
     ((64, 64, 3, 3), 0.5, [1, 1], "winograd"),
     ((64, 64, 3, 3), 0.1, [1, 2], "sparse"),  # horizontal stride: im2col, then the native sparse product
+    ((64, 64, 3, 3), 0.25, [1, 2], "dense"),  # ... up to 15%; BLAS above
     ((64, 64, 3, 3), 0.4, [1, 2], "dense"),
     ((64, 64, 1, 1), 0.03, [1, 1], "direct"),  # 1x1: direct only when very sparse ...
     ((64, 64, 1, 1), 0.2, [1, 1], "dense"),  # ... else one GEMM on NCHW, however few its weights

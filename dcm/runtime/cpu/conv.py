@@ -29,6 +29,10 @@ from dcm.runtime.kernel import LARGE_BATCH, Kernel
 # 0.23 at 10%, 1.05 against 0.23 dense), however few its weights.
 DIRECT_MAX_DENSITY = 0.15
 DIRECT_MAX_DENSITY_POINTWISE = 0.07
+# Layers the direct kernel cannot take (horizontal stride 2: ResNet's 7x7 stem, its strided 3x3s)
+# go through im2col, whose many columns suit BLAS: the stem at 30% density took 10.3 ms dense
+# against 16.2 ms with the sparse product; 128 channels 3x3 stride 2 at 10%, 2.08 ms either way.
+IM2COL_SPARSE_MAX_DENSITY = 0.15
 DIRECT_SMALL_WEIGHTS = 32_768
 DIRECT_SPLIT_MIN_WORK = 2_000_000  # multiply-adds past which a run is split over the thread pool
 
@@ -89,8 +93,9 @@ class Conv(Kernel):
         self.direct = self._direct_weight(requested, w, shape)
         wide_3x3 = self.allow_winograd and eligible(self.kernel, self.strides, self.dilations, self.group, shape[1],
                                                      shape[0])
-        if self.direct is None and requested is None and self.mode == "sparse" and (wide_3x3 or self.pointwise):
-            self.mode, w = "dense", w.to_scipy().toarray()  # too dense for the direct kernel: Winograd or GEMM wins
+        if (self.direct is None and requested is None and self.mode == "sparse"
+                and (wide_3x3 or self.pointwise or self.density > IM2COL_SPARSE_MAX_DENSITY)):
+            self.mode, w = "dense", w.to_scipy().toarray()  # too dense for the sparse kernels: Winograd or BLAS wins
         if self.direct is not None:
             self.mode = "sparse"
             self.quiet = True  # compiled; Inf/NaN counted in C, and _poison_direct adds 0/1 counts only
