@@ -3,12 +3,15 @@ max pooling use cuDNN. Padding (explicit, asymmetric, auto_pad, ceil_mode) is re
 the CPU and applied with F.pad, so both backends agree on every attribute combination."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dcm.runtime.cpu import conv as cpu_conv
 from dcm.runtime.cpu import pool as cpu_pool
-from dcm.runtime.cpu.windows import resolve_pads
+from dcm.encoder.codec import check_decoded_size
+from dcm.runtime.cpu.shape import check_elements
+from dcm.runtime.cpu.windows import axis_ints, output_size, resolve_pads
 from dcm.runtime.gpu.fallback import Native, on_host
 from dcm.runtime.gpu.linear import to_torch
 from dcm.runtime.gpu.registry import register
@@ -23,8 +26,9 @@ def _window_rank(node) -> int:
 
 
 def _pad(x: torch.Tensor, begin: list[int], end: list[int], fill: float = 0.0) -> torch.Tensor:
+    """Pad the spatial axes (F.pad takes the last axis first)."""
     if any(begin) or any(end):
-        return F.pad(x, (begin[1], end[1], begin[0], end[0]), value=fill)
+        return F.pad(x, [p for b, e in zip(reversed(begin), reversed(end)) for p in (b, e)], value=fill)
     return x
 
 
@@ -33,15 +37,17 @@ def _out_size(size: int, k: int, s: int, d: int) -> int:
 
 
 @register("Conv")
-class Conv(Native, cpu_conv.Conv):
-    """1-D and 2-D windows with a constant weight; 3-D and weights fed at run time use the CPU kernel."""
+class Conv(cpu_conv.Conv):
+    """1-D and 2-D windows with a constant weight, sparse or dense; 3-D windows and weights fed at
+    run time are a ``GeneralConv``."""
 
-    cpu_kernel = cpu_conv.Conv
-
-    @classmethod
-    def native(cls, node, ctx) -> bool:
+    def __new__(cls, node, ctx):
         w = node.inputs[1] if len(node.inputs) > 1 else ""
-        return ctx.is_const(w) and len(ctx.model.tensors[w].shape) <= 4
+        if cls is Conv and not (ctx.is_const(w) and len(ctx.model.tensors[w].shape) <= 4):
+            kernel = object.__new__(GeneralConv)
+            kernel.__init__(node, ctx)  # not a Conv instance: Python would skip it
+            return kernel
+        return object.__new__(cls)
     allow_winograd = False  # cuDNN chooses its own algorithm for dense convolutions
     allow_direct = False  # the CPU's compiled direct sparse convolution
     fuses_relu = False  # the CPU kernel's fused Relu is numpy; this one has none
@@ -76,15 +82,54 @@ class Conv(Native, cpu_conv.Conv):
         return (y[:, :, 0, :] if was_1d else y,)
 
 
+class GeneralConv(cpu_conv.Conv):
+    """Any number of spatial axes, the weight constant (decoded dense once: torch has no sparse 3-D
+    convolution) or fed at run time: one F.conv1d/2d/3d call, in float32 as the CPU kernel computes."""
+
+    fuses_relu = False
+
+    def _load_general(self, ctx, node, name, shape) -> None:
+        self.mode, w, self.density = ctx.weight(node, name)
+        if self.mode == "sparse":
+            check_decoded_size(ctx.model.tensors[name], 4 * ctx.model.tensors[name].numel, "dense")
+            w = w.to_scipy().toarray()
+        self.mode, self.weight_shape = "dense", tuple(shape)
+        self.weight = torch.tensor(np.asarray(w, dtype=np.float32).reshape(shape), device=ctx.device)  # a copy: w may be read-only
+
+    def __call__(self, x, w=None, b=None):
+        w = self.weight if w is None else w.float()
+        nd = w.dim() - 2
+        if nd < 1 or nd > 3 or x.dim() != nd + 2:
+            raise ValueError(f"input of rank {x.dim()} for a weight of rank {w.dim()} (1 to 3 spatial axes)")
+        if x.shape[1] != w.shape[1] * self.group or w.shape[0] % self.group:
+            raise ValueError(f"input has {x.shape[1]} channels, the weight {list(w.shape)} in {self.group} groups")
+        kernel = tuple(w.shape[2:])
+        given = self.attrs.get("kernel_shape")
+        if given is not None and list(given) != list(kernel):
+            raise ValueError(f"kernel_shape {given} does not match the weight {list(w.shape)}")
+        strides = tuple(axis_ints(self.attrs, "strides", nd, 1))
+        dilations = tuple(axis_ints(self.attrs, "dilations", nd, 1))
+        begin, end = resolve_pads(self.attrs, tuple(x.shape[2:]), kernel, strides, dilations)
+        out = output_size(tuple(x.shape[2:]), kernel, strides, dilations, begin, end)
+        check_elements([x.shape[0], w.shape[0], *out], "Conv output")
+        xp = _pad(x.float(), begin, end)
+        bias = None if b is None else b.float().reshape(-1)
+        y = getattr(F, f"conv{nd}d")(xp, w, bias, strides, 0, dilations, self.group)
+        return (y.to(x.dtype),)
+
+    def describe(self) -> dict:
+        return {"kernel": "dense", **({"density": self.density} if self.density is not None else {})}
+
+
 @register("MaxPool")
 class MaxPool(Native, cpu_pool.MaxPool):
-    """1-D and 2-D windows; 3-D ones and the Indices output use the CPU kernel."""
+    """1-D to 3-D windows; the Indices output uses the CPU kernel."""
 
     cpu_kernel = cpu_pool.MaxPool
 
     @classmethod
     def native(cls, node, ctx) -> bool:
-        return _window_rank(node) <= 2 and not (len(node.outputs) > 1 and node.outputs[1])
+        return _window_rank(node) <= 3 and not (len(node.outputs) > 1 and node.outputs[1])
 
     def __call__(self, x):
         x, was_1d = _lift(x)
@@ -92,7 +137,8 @@ class MaxPool(Native, cpu_pool.MaxPool):
         if not x.is_floating_point():  # torch max-pools floats only
             return on_host(super().__call__, x.device, x)
         low = float("-inf")
-        y = F.max_pool2d(_pad(x, begin, end, low), self.kernel, self.strides, 0, self.dilations)
+        pool = F.max_pool3d if x.dim() == 5 else F.max_pool2d
+        y = pool(_pad(x, begin, end, low), self.kernel, self.strides, 0, self.dilations)
         return (y[:, :, 0, :] if was_1d else y,)
 
 
