@@ -10,6 +10,8 @@ from dcm.encoder.codec import CsrParts
 
 
 class TorchWeight:
+    by_rows = False  # (the CPU WeightMatmul's per-row-count dense copy; describe() reads it)
+
     def __init__(self, mode: str, weight: CsrParts | np.ndarray, device: str):
         self.mode = mode
         if mode == "sparse":
