@@ -309,8 +309,8 @@ def _json_value(rng: random.Random, old):
     if pick < 5:
         return rng.choice([None, True, "", "x" * rng.choice([1, 5000]), [], {}, 1.5, float("nan"), float("inf"), -0.0])
     if pick < 7 and isinstance(old, str):
-        return rng.choice(["batch", "x", "y", "w1", "Gemm", "Conv", "float64", "int64", "sparse-codebook-huffman",
-                           "raw", old + "_", old[:-1], "\u00e9\u6f22"])
+        return rng.choice(["batch", "x", "y", "w1", "Gemm", "Conv", "float64", "int64", *C.ENCODINGS,
+                           old + "_", old[:-1], "\u00e9\u6f22"])
     if pick < 8 and isinstance(old, list):
         out = list(old)
         if out and rng.random() < 0.5:
