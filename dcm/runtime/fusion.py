@@ -151,7 +151,8 @@ def fuse_activations(nodes: list[Node], kernels: list[Kernel], consts: dict[str,
         else:
             k.epilogue = epilogue
             k.quiet = k.quiet and all(kernels[i].quiet for i in absorbed)  # Sigmoid's exp may warn
-        fused.append(Fusion(j, absorbed, list(nodes[absorbed[-1]].outputs), "Relu" if epilogue is None else epilogue.op))
+        op = "Relu" if epilogue is None else epilogue.op
+        fused.append(Fusion(j, absorbed, list(nodes[absorbed[-1]].outputs), op))
     return fused
 
 

@@ -1289,8 +1289,8 @@ typedef struct {
 #define DEPTHWISE_LANES_MAX_WIDTH 32 /* narrower outputs take 8 channels side by side */
 
 #define DEPTHWISE_ARGS const DepthwiseGeometry *g, const float *x, const float *wt, const float *bias, \
-                       float *y, int clamp, float lo, float hi, const Py_ssize_t *cols, float *flat, Py_ssize_t p0,      \
-                       Py_ssize_t p1
+                       float *y, int clamp, float lo, float hi, const Py_ssize_t *cols, float *flat,                 \
+                       Py_ssize_t p0, Py_ssize_t p1
 
 #define DEPTHWISE_LANES_ARGS const DepthwiseGeometry *g, const float *x, const float *wt, const float *bias, \
                              float *y, int clamp, float lo, float hi, float *tile, float *lane_w, Py_ssize_t p0, \
@@ -1461,8 +1461,8 @@ static PyObject *depthwise2d(PyObject *self, PyObject *args, PyObject *kwds)
     if (p1 < 0) p1 = planes;
     if (channels < 0 || planes < 0 || n < 0 || g.c < 1 || g.multiplier < 1 || g.h < 1 || g.w < 1 || g.h > big ||
         g.w > big || g.kh < 1 || g.kw < 1 || g.kh > big || g.kw > big || g.sh < 1 || g.sw < 1 || g.sh > big ||
-        g.sw > big || g.dh < 1 || g.dw < 1 || g.dh > big || g.dw > big || g.pt < 0 || g.pl < 0 || g.pb < 0 || g.pr < 0 ||
-        g.pt + g.pb > big || g.pl + g.pr > big || p0 < 0 || p0 > p1 || p1 > planes) {
+        g.sw > big || g.dh < 1 || g.dw < 1 || g.dh > big || g.dw > big || g.pt < 0 || g.pl < 0 || g.pb < 0 ||
+        g.pr < 0 || g.pt + g.pb > big || g.pl + g.pr > big || p0 < 0 || p0 > p1 || p1 > planes) {
         PyErr_SetString(PyExc_ValueError, "depthwise2d: a size, stride, dilation, pad or range is out of bounds");
         return NULL;
     }

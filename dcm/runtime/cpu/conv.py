@@ -200,7 +200,8 @@ class Conv(Kernel):
     def _depthwise(self, x: np.ndarray, clip: tuple[float, float] | None) -> np.ndarray:
         x, was_1d = spatial_2d(x)
         if x.shape[1] != self.in_channels:
-            raise ValueError(f"Conv {self.node.name!r}: input has {x.shape[1]} channels, weight expects {self.in_channels}")
+            raise ValueError(f"Conv {self.node.name!r}: input has {x.shape[1]} channels, weight expects "
+                             f"{self.in_channels}")
         begin, end = resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations)
         y = depthwise(x, self.depthwise_weight, self.strides, self.dilations, begin, end, self.bias_vector, clip,
                       self.threads)
