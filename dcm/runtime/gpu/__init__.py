@@ -17,7 +17,7 @@ def open_backend(device: str) -> tuple[str, dict]:
     from dcm.runtime.cpu import REGISTRY as CPU_REGISTRY
     from dcm.runtime.gpu.registry import REGISTRY
     from dcm.runtime.gpu import (activation, conv_transpose, elementwise, indexing, layout, linear,  # noqa: F401
-                                 norm, pointwise, recurrent, reduce, spatial)  # (they register their kernels)
+                                 norm, pointwise, recurrent, reduce, resize, spatial)  # (they register their kernels)
     from dcm.runtime.gpu.fallback import fill_from
 
     fill_from(CPU_REGISTRY, REGISTRY)  # the ops without a torch kernel run on the CPU (fallback.py)
