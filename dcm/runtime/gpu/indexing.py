@@ -1,8 +1,8 @@
 """Slicing, splitting, broadcasting and index ops on torch: Slice, Split, Expand, Tile, Trilu,
-GatherElements, Constant, ConstantOfShape, Range, CastLike. The CPU kernels parse attributes and
-load-time inputs (subclassed); indices are range-checked as on the CPU (an IndexError names the node),
-and output sizes are bounded before allocating. Index ops that scatter (ScatterND, ScatterElements)
-and GatherND run through the CPU fallback (fallback.py)."""
+GatherElements, GatherND, ScatterElements, ScatterND, DepthToSpace, SpaceToDepth, Constant,
+ConstantOfShape, Range, CastLike. The CPU kernels parse attributes and load-time inputs (subclassed);
+indices are range-checked as on the CPU (an IndexError names the node), and output sizes are bounded
+before allocating."""
 from __future__ import annotations
 
 import math
@@ -140,3 +140,109 @@ class Range(cpu_gen.Range):
 class CastLike(cpu.CastLike):
     def __call__(self, x, like):
         return (x.to(like.dtype),)
+
+
+# ONNX scatter reduction -> torch.scatter_reduce's name (the CPU kernel's ufunc.at, applied in turn)
+_SCATTER = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
+
+
+def _in_range(idx: torch.Tensor, n, what: str) -> torch.Tensor:
+    """``idx`` as int64 with negative entries moved up by ``n`` (an int or a tensor of sizes
+    broadcasting against idx); an entry outside [-n, n) is an IndexError, as cpu_index.in_range."""
+    idx = idx.long()
+    if idx.numel():
+        bad = (idx < -n) | (idx >= n)
+        if bool(bad.any()):
+            raise IndexError(f"{what} index {int(idx[bad].reshape(-1)[0])} is out of range")
+    return torch.where(idx < 0, idx + n, idx)
+
+
+@register("ScatterElements", "Scatter")
+class ScatterElements(cpu_index.ScatterElements):
+    def __call__(self, x, indices, updates):
+        axis = normal_axis(int(self.attrs.get("axis", 0)), x.dim())
+        if indices.shape != updates.shape or indices.dim() != x.dim():
+            raise ValueError(f"indices {list(indices.shape)} and updates {list(updates.shape)} must match, "
+                             f"with the data's rank {x.dim()}")
+        if any(i > d for a, (i, d) in enumerate(zip(indices.shape, x.shape)) if a != axis):
+            raise ValueError(f"indices shape {list(indices.shape)} exceeds data shape {list(x.shape)}")
+        idx = _in_range(indices, x.shape[axis], "ScatterElements")
+        updates = updates.to(x.dtype)
+        reduction = self.attrs.get("reduction", "none")
+        if reduction == "none":
+            return (x.scatter(axis, idx, updates),)
+        return (x.scatter_reduce(axis, idx, updates, _SCATTER[reduction], include_self=True),)
+
+
+def _nd_positions(x: torch.Tensor, indices: torch.Tensor, batch_dims: int) -> tuple[torch.Tensor, int]:
+    """For GatherND/ScatterND: (each index tuple's position in x viewed as [batches * prod(the k
+    indexed axes), rest...], k), range-checked as the CPU kernel's ``_nd_index``."""
+    b = batch_dims
+    k = indices.shape[-1] if indices.dim() else 0
+    if indices.dim() < 1 or not 0 <= b < min(x.dim(), indices.dim()) or b + k > x.dim():
+        raise ValueError(f"indices of shape {list(indices.shape)} do not index data of rank {x.dim()} "
+                         f"with batch_dims {b}")
+    if x.shape[:b] != indices.shape[:b]:
+        raise ValueError(f"batch dims differ: data {list(x.shape[:b])}, indices {list(indices.shape[:b])}")
+    sizes = torch.tensor(x.shape[b:b + k], dtype=torch.int64, device=x.device)
+    idx = _in_range(indices, sizes, "ND")
+    strides = [math.prod(x.shape[b + j + 1:b + k]) for j in range(k)]  # row-major over the k axes
+    flat = (idx * torch.tensor(strides, dtype=torch.int64, device=x.device)).sum(-1)
+    batches = math.prod(x.shape[:b])
+    per_batch = math.prod(x.shape[b:b + k])
+    lead = torch.arange(batches, device=x.device).reshape(-1, *([1] * (flat.dim() - b))) * per_batch
+    return (flat.reshape(batches, -1) + lead.reshape(batches, 1)).reshape(flat.shape), k
+
+
+@register("GatherND")
+class GatherND(cpu_index.GatherND):
+    def __call__(self, x, indices):
+        b = int(self.attrs.get("batch_dims", 0))
+        pos, k = _nd_positions(x, indices, b)
+        rest = x.shape[b + k:]
+        out = x.reshape(-1, *rest)[pos.reshape(-1)]
+        return (out.reshape(*indices.shape[:-1], *rest),)
+
+
+@register("ScatterND")
+class ScatterND(cpu_index.ScatterND):
+    def __call__(self, x, indices, updates):
+        pos, k = _nd_positions(x, indices, 0)
+        want = (*indices.shape[:-1], *x.shape[k:])
+        if tuple(updates.shape) != want:
+            raise ValueError(f"updates have shape {list(updates.shape)}, indices and data need {list(want)}")
+        rest = math.prod(x.shape[k:])
+        out = x.reshape(-1, rest).clone()
+        values = updates.to(x.dtype).reshape(-1, rest)
+        pos = pos.reshape(-1)
+        reduction = self.attrs.get("reduction", "none")
+        if reduction == "none":
+            out[pos] = values
+        else:
+            out = out.scatter_reduce(0, pos[:, None].expand(-1, rest), values, _SCATTER[reduction], include_self=True)
+        return (out.reshape(x.shape),)
+
+
+@register("DepthToSpace")
+class DepthToSpace(cpu.DepthToSpace):
+    def __call__(self, x):
+        b = int(self.attrs.get("blocksize", 0))
+        n, c, h, w = x.shape
+        if b < 1 or c % (b * b):
+            raise ValueError(f"blocksize {b} does not divide {c} channels into b^2 groups")
+        if self.attrs.get("mode", "DCR") == "CRD":
+            y = x.reshape(n, c // (b * b), b, b, h, w).permute(0, 1, 4, 2, 5, 3)
+        else:
+            y = x.reshape(n, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2)
+        return (y.reshape(n, c // (b * b), h * b, w * b),)
+
+
+@register("SpaceToDepth")
+class SpaceToDepth(cpu.SpaceToDepth):
+    def __call__(self, x):
+        b = int(self.attrs.get("blocksize", 0))
+        n, c, h, w = x.shape
+        if b < 1 or h % b or w % b:
+            raise ValueError(f"blocksize {b} does not divide the spatial size {h}x{w}")
+        perm = (0, 1, 3, 5, 2, 4) if self.attrs.get("mode", "DCR") == "CRD" else (0, 3, 5, 1, 2, 4)
+        return (x.reshape(n, c, h // b, b, w // b, b).permute(perm).reshape(n, c * b * b, h // b, w // b),)
