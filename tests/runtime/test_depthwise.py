@@ -121,3 +121,17 @@ def test_portable_paths_match_simd(width, strides):
     finally:
         native.set_simd(previous)
     np.testing.assert_allclose(portable, fast, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attrs, x_shape", [  # (negative pads are refused at load, by checks.py)
+    ({"pads": [1, 1, 1, 1]}, [1, 3, 9, 9]),  # fewer channels than the weight's groups
+    ({"dilations": [9, 9]}, [1, 4, 9, 9]),  # the window is larger than the input
+])
+def test_bad_geometry_is_a_dcm_error(attrs, x_shape):
+    from dcm.errors import DcmError
+
+    m = _model(4, 1, (3, 3), x_shape, attrs)
+    sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)))
+    assert sess.describe()[0]["kernel"] == "depthwise"
+    with pytest.raises(DcmError):
+        sess.run(None, {"x": np.ones(x_shape, np.float32)})
