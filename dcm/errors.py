@@ -14,6 +14,7 @@ class FormatError(DcmError):
     """A .dcm file (or byte string) breaks a rule of spec.md."""
 
     def __init__(self, message: str, offset: int | None = None, rule: str | None = None):
+        self.message = message  # without the rule and offset, for an error that wraps this one
         self.offset = offset
         self.rule = rule
         parts = []

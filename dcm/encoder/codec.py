@@ -168,7 +168,7 @@ def decode_parts(record: TensorRecord) -> CsrParts:
         try:
             pos = relindex.decode_positions(sym, p.index_bits, record.numel, p.nnz)
         except FormatError as exc:
-            raise FormatError(f"tensor {record.name!r}: {exc}", rule="5.2") from None
+            raise FormatError(f"tensor {record.name!r}: {exc.message}", exc.offset, exc.rule or "5.2") from None
     else:
         pos = np.arange(record.numel, dtype=np.int64)
     r, c = np.divmod(pos, max(cols, 1))
