@@ -60,6 +60,7 @@ def test_torch_kernels_say_no_fallback():
 
 @pytest.mark.parametrize("op, inputs, attrs, consts, opset", [
     ("GatherElements", {"x": np.ones((2, 3), np.float32), "i": np.array([[0, 3]], np.int64)}, {"axis": 1}, {}, 13),
+    ("Gather", {"x": np.ones((2, 3), np.float32), "i": np.array([[0, -3]], np.int64)}, {"axis": 0}, {}, 13),
     ("GatherND", {"x": np.ones((2, 3), np.float32), "i": np.array([[2, 0]], np.int64)}, {}, {}, 13),
     ("ScatterElements", {"x": np.ones((2, 3), np.float32), "i": np.array([[-4]], np.int64),
                          "u": np.ones((1, 1), np.float32)}, {"axis": 1}, {}, 16),

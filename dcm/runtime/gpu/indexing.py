@@ -98,11 +98,7 @@ class GatherElements(cpu_index.GatherElements):
             raise ValueError(f"indices have rank {indices.dim()}, data rank {x.dim()}")
         if any(i > d for a, (i, d) in enumerate(zip(indices.shape, x.shape)) if a != axis):
             raise ValueError(f"indices shape {list(indices.shape)} exceeds data shape {list(x.shape)}")
-        n = x.shape[axis]
-        indices = indices.long()
-        if indices.numel() and bool(((indices < -n) | (indices >= n)).any()):
-            raise IndexError(f"GatherElements index out of range [-{n}, {n})")
-        return (torch.gather(x, axis, torch.where(indices < 0, indices + n, indices)),)
+        return (torch.gather(x, axis, in_range(indices, x.shape[axis], "GatherElements")),)
 
 
 @register("Constant")
@@ -146,7 +142,7 @@ class CastLike(cpu.CastLike):
 _SCATTER = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
 
 
-def _in_range(idx: torch.Tensor, n, what: str) -> torch.Tensor:
+def in_range(idx: torch.Tensor, n, what: str) -> torch.Tensor:
     """``idx`` as int64 with negative entries moved up by ``n`` (an int or a tensor of sizes
     broadcasting against idx); an entry outside [-n, n) is an IndexError, as cpu_index.in_range."""
     idx = idx.long()
@@ -166,7 +162,7 @@ class ScatterElements(cpu_index.ScatterElements):
                              f"with the data's rank {x.dim()}")
         if any(i > d for a, (i, d) in enumerate(zip(indices.shape, x.shape)) if a != axis):
             raise ValueError(f"indices shape {list(indices.shape)} exceeds data shape {list(x.shape)}")
-        idx = _in_range(indices, x.shape[axis], "ScatterElements")
+        idx = in_range(indices, x.shape[axis], "ScatterElements")
         updates = updates.to(x.dtype)
         reduction = self.attrs.get("reduction", "none")
         if reduction == "none":
@@ -185,7 +181,7 @@ def _nd_positions(x: torch.Tensor, indices: torch.Tensor, batch_dims: int) -> tu
     if x.shape[:b] != indices.shape[:b]:
         raise ValueError(f"batch dims differ: data {list(x.shape[:b])}, indices {list(indices.shape[:b])}")
     sizes = torch.tensor(x.shape[b:b + k], dtype=torch.int64, device=x.device)
-    idx = _in_range(indices, sizes, "ND")
+    idx = in_range(indices, sizes, "ND")
     strides = [math.prod(x.shape[b + j + 1:b + k]) for j in range(k)]  # row-major over the k axes
     flat = (idx * torch.tensor(strides, dtype=torch.int64, device=x.device)).sum(-1)
     batches = math.prod(x.shape[:b])

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from dcm.runtime.cpu import shape as cpu
 from dcm.runtime.gpu.fallback import Native, on_host
-from dcm.runtime.gpu.indexing import torch_dtype
+from dcm.runtime.gpu.indexing import in_range, torch_dtype
 from dcm.runtime.gpu.registry import register
 
 register("Identity", "Dropout")(cpu.Identity)
@@ -105,7 +105,7 @@ class Shape(cpu.Shape):
 class Gather(cpu.Gather):
     def __call__(self, x, idx):
         axis = int(self.attrs.get("axis", 0)) % x.dim()
-        idx = idx.long() % x.shape[axis]
+        idx = in_range(idx, x.shape[axis], "Gather")  # negative counts from the end; out of range is an error
         out = x.index_select(axis, idx.reshape(-1))
         return (out.reshape((*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :])),)
 
