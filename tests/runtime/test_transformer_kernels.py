@@ -252,3 +252,18 @@ def test_layer_norm_leaves_other_graphs(case):
     graph = optimize(model, ["fuse_layer_norm"])
     assert "LayerNormalization" not in [n.op for n in graph.nodes] and graph.folded == {}
     _runs_alike(model)
+
+
+@pytest.mark.parametrize("act", ["Relu", "Gelu"])
+@pytest.mark.parametrize("kernels", ["sparse", "dense"])
+def test_matmul_add_takes_the_following_activation(act, kernels):
+    w = (W * (RNG.random(W.shape) < 0.3)).astype(np.float32)
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+                    helper.make_node("Add", ["m", "b"], ["a"], name="add"),
+                    helper.make_node(act, ["a"], ["y"], name="act")], {"w": w, "b": B})
+    sess = InferenceSession(model, kernels=kernels)
+    described = {d["name"]: d for d in sess.describe()}
+    assert described["act"].get("fused_into") == "mm" and described["mm"]["op"] == MATMUL_ADD
+    x = np.random.default_rng(7).standard_normal((2, 5, 16)).astype(np.float32)
+    want = InferenceSession(model, kernels=kernels, optimize=False).run(None, {"x": x})[0]
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-6)

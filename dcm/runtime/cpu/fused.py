@@ -19,9 +19,11 @@ register_internal = registrar(INTERNAL)
 @register_internal(MATMUL_ADD)
 class MatMulAdd(MatMul):
     """x [..., in] @ W [in, out] + b [out] with W and b constants: the compiled sparse kernel adds the
-    bias as it writes each row; otherwise it is added in place into the product's fresh array."""
+    bias as it writes each row; otherwise it is added in place into the product's fresh array. A
+    following activation (a transformer's Gelu) is folded in as Gemm's is (``dcm.runtime.fusion``)."""
 
     weight_inputs = (1, 2)
+    fuses_relu = True
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
@@ -35,10 +37,14 @@ class MatMulAdd(MatMul):
         lead = a.shape[:-1]
         x = a.reshape(-1, a.shape[-1])
         if getattr(self.mm, "native", None) is not None and x.dtype == np.float32:
-            y = self.mm.fused_right(x, self.bias)
+            y = self.mm.fused_right(x, self.bias, self.relu)
         else:
             y = self.mm.right(x)
             y += self.bias
+            if self.relu:
+                np.maximum(y, 0, out=y)
+        if self.epilogue is not None:
+            y = self.epilogue(y)
         return (y.reshape(*lead, y.shape[-1]),)
 
 
