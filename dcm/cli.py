@@ -214,10 +214,15 @@ def cmd_inspect(args) -> int:
     print(format_table(stats))
     if args.kernels:
         print("\nkernels (batch hint %d):" % args.batch)
-        layers = [k for k in stats["kernels"] if "kernel" in k]
+        layers = [k for k in stats["kernels"] if "kernel" in k or "folded_into" in k]
         w = max([len(k["name"]) for k in layers] + [4]) + 2
+        wo = max([len(k["op"]) for k in layers] + [6]) + 2
         for k in layers:
-            print(f"  {k['name']:<{w}}{k['op']:<8}{k['kernel']:<10}density {k.get('density', 1):.1%}")
+            if "kernel" not in k:  # removed by a load-time graph rewrite
+                print(f"  {k['name']:<{w}}{k['op']:<{wo}}folded into {k['folded_into']}")
+                continue
+            density = f"density {k['density']:.1%}" if "density" in k else ""
+            print(f"  {k['name']:<{w}}{k['op']:<{wo}}{k['kernel']:<10}{density}".rstrip())
     return EXIT_OK
 
 

@@ -267,3 +267,16 @@ def test_matmul_add_takes_the_following_activation(act, kernels):
     x = np.random.default_rng(7).standard_normal((2, 5, 16)).astype(np.float32)
     want = InferenceSession(model, kernels=kernels, optimize=False).run(None, {"x": x})[0]
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_inspect_kernels_lists_fused_and_folded_nodes(tmp_path, capsys):
+    from dcm.cli import main
+    from dcm.format.writer import write
+
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+                    helper.make_node("Add", ["m", "b"], ["y"], name="add")], {"w": W, "b": B})
+    write(tmp_path / "m.dcm", model)
+    assert main(["inspect", str(tmp_path / "m.dcm"), "--kernels"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split()[:3] == ["mm", MATMUL_ADD, "dense"] for line in lines)
+    assert any(line.split() == ["add", "Add", "folded", "into", "mm"] for line in lines)
