@@ -280,3 +280,13 @@ def test_inspect_kernels_lists_fused_and_folded_nodes(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert any(line.split()[:3] == ["mm", MATMUL_ADD, "dense"] for line in lines)
     assert any(line.split() == ["add", "Add", "folded", "into", "mm"] for line in lines)
+
+
+def test_torch_backend_gets_no_internal_ops():
+    pytest.importorskip("torch")
+    model = _attention_model()
+    sess = InferenceSession(model, device="torch-cpu")
+    assert not [d for d in sess.describe() if d["op"].startswith("dcm.")]
+    x = np.random.default_rng(8).standard_normal((2, 5, 16)).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], InferenceSession(model).run(None, {"x": x})[0],
+                               rtol=1e-4, atol=1e-5)
