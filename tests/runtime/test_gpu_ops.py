@@ -1,6 +1,7 @@
 """The GPU backend (torch kernels, run on the CPU under device="torch-cpu") against onnx's backend
 node cases: every case the CPU backend passes must pass on it too. The cases, skip rules and the
 comparison are ``benchmarks/onnx_node_suite.py``'s; only the session's device differs."""
+import numpy as np
 import pytest
 
 pytest.importorskip("onnx")
@@ -8,7 +9,9 @@ pytest.importorskip("torch")
 
 import dcm.runtime  # noqa: E402
 from benchmarks.onnx_node_suite import all_cases, main_op, run_case, skip_reason  # noqa: E402
+from dcm.converters.onnx_in import ConvertOptions, from_onnx  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
+from tests.runtime.opcheck import one_node  # noqa: E402
 
 CASES = {case.name: case for case in all_cases()}
 
@@ -35,3 +38,21 @@ def test_backend_node_case_on_gpu_backend(name: str, monkeypatch) -> None:
     except Exception as cpu_failure:  # noqa: BLE001
         pytest.skip(f"the CPU backend fails this case too: {str(cpu_failure).splitlines()[0][:120]}")
     raise failure
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+@pytest.mark.parametrize("op", ["Conv", "Gemm", "MatMul", "BatchNormalization"])
+def test_weight_layers_keep_the_input_type(op: str, dtype) -> None:
+    """The weights are float32 on the device; a float16 or float64 input is computed in float32 and
+    its result has the input's type, as ONNX types these ops."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 2, 5, 5) if op in ("Conv", "BatchNormalization") else (2, 6)).astype(dtype)
+    consts = {"Conv": {"w": rng.standard_normal((3, 2, 3, 3))}, "Gemm": {"w": rng.standard_normal((6, 4))},
+              "MatMul": {"w": rng.standard_normal((6, 4))},
+              "BatchNormalization": {"s": rng.random(2), "b": np.ones(2), "m": np.zeros(2), "v": np.ones(2)}}[op]
+    model = from_onnx(one_node(op, {"x": x}, opset=17, consts={k: v.astype(dtype) for k, v in consts.items()}),
+                      ConvertOptions(exact=True))
+    got = InferenceSession(model, device="torch-cpu").run(None, {"x": x})[0]
+    want = InferenceSession(model).run(None, {"x": x})[0]
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=2e-3, atol=2e-3)

@@ -36,6 +36,8 @@ class Gemm(cpu.Gemm):
         self.c = None if self.c is None else torch.as_tensor(self.c, device=ctx.device)
 
     def __call__(self, a, _b=None, c=None):
+        given = a.dtype  # the weight is float32: float16 and float64 inputs are computed in it
+        a = a.float()
         a = a.T if self.trans_a else a
         y = self.mm.right(a)
         if self.alpha != 1.0:
@@ -44,7 +46,7 @@ class Gemm(cpu.Gemm):
             y = y + self.c
         elif self.c_is_input:
             y = y + self.beta * c
-        return (y,)
+        return (y.to(given),)
 
 
 class RuntimeGemm(cpu.RuntimeGemm):
@@ -76,5 +78,5 @@ class MatMul(cpu.MatMul):
     def __call__(self, a, b=None):
         if not self.const_b:
             return (torch.matmul(a, self.b if self.b is not None else b),)
-        y = self.mm.right(a.reshape(-1, a.shape[-1]))
-        return (y.reshape(*a.shape[:-1], y.shape[-1]),)
+        y = self.mm.right(a.float().reshape(-1, a.shape[-1]))  # float32, as the weight
+        return (y.reshape(*a.shape[:-1], y.shape[-1]).to(a.dtype),)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from dcm.runtime.cpu import activation as cpu_act
@@ -83,7 +84,15 @@ class BatchNormalization(Native, cpu_norm.BatchNormalization):
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.a, self.b = (torch.as_tensor(v, device=ctx.device) for v in (self.a, self.b))
+        a, b = self.folded  # float64
+        shape = (1, -1) if a.ndim == 1 else (1, *a.shape)
+        self.a, self.b = (torch.as_tensor(v.astype(np.float32).reshape(shape), device=ctx.device) for v in (a, b))
+        self.a64, self.b64 = (torch.as_tensor(v.reshape(shape), device=ctx.device) for v in (a, b))
+
+    def __call__(self, x, *_stats):
+        a, b = (self.a64, self.b64) if x.dtype == torch.float64 else (self.a, self.b)
+        extra = (1,) * (x.dim() - a.dim())  # per channel: over the spatial axes too
+        return ((x.to(a.dtype) * a.reshape(*a.shape, *extra) + b.reshape(*b.shape, *extra)).to(x.dtype),)
 
 
 @register("LRN")

@@ -61,7 +61,8 @@ class Conv(cpu_conv.Conv):
         self.bias = None if self.bias is None else torch.as_tensor(self.bias.reshape(-1), device=ctx.device)
 
     def __call__(self, x, _w=None, _b=None):
-        x, was_1d = _lift(x)
+        given = x.dtype  # the weight is float32: float16 and float64 inputs are computed in it
+        x, was_1d = _lift(x.float())
         begin, end = resolve_pads(self.pad_attrs, tuple(x.shape[2:]), self.kernel, self.strides, self.dilations)
         x = _pad(x, begin, end)
         if self.mode == "dense":
@@ -79,7 +80,7 @@ class Conv(cpu_conv.Conv):
             y = torch.cat(outs).permute(1, 0, 2, 3).contiguous()
             if self.bias is not None:
                 y = y + self.bias.reshape(1, -1, 1, 1)
-        return (y[:, :, 0, :] if was_1d else y,)
+        return ((y[:, :, 0, :] if was_1d else y).to(given),)
 
 
 class GeneralConv(cpu_conv.Conv):

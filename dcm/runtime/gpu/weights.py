@@ -24,7 +24,7 @@ class TorchWeight:
                     check_invariants=False)  # the decoder already guarantees sorted, in-range indices
         else:
             self.shape = weight.shape
-            self.w = torch.as_tensor(np.ascontiguousarray(weight), dtype=torch.float32, device=device)
+            self.w = torch.tensor(np.asarray(weight, dtype=np.float32), device=device)  # a copy: it may be read-only
 
     def left(self, x: torch.Tensor) -> torch.Tensor:
         """W [out, in] @ x [in, n] -> [out, n]."""
