@@ -1293,8 +1293,8 @@ typedef struct {
                        Py_ssize_t p0, Py_ssize_t p1
 
 #define DEPTHWISE_LANES_ARGS const DepthwiseGeometry *g, const float *x, const float *wt, const float *bias, \
-                             float *y, int clamp, float lo, float hi, float *tile, float *lane_w, Py_ssize_t p0, \
-                             Py_ssize_t p1
+                             float *y, int clamp, float lo, float hi, float *tile, float *lane_w, float *work,   \
+                             Py_ssize_t p0, Py_ssize_t p1
 
 /* Output planes [p0, p1) (plane = sample * C * multiplier + output channel). cols[2j], cols[2j+1]:
  * the output columns [c0, c1) whose tap j falls inside the input row (computed once per call, so
@@ -1397,32 +1397,83 @@ static void depthwise_lanes_generic(DEPTHWISE_LANES_ARGS)
 }
 
 #ifdef HAVE_AVX2_PATH
+/* r[0..7] = the 8x8 block's columns (in place). */
+__attribute__((target("avx2,fma")))
+static inline void transpose8(__m256 *r)
+{
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+/* The lanes kernel with full groups of 8 planes transposed 8 values at a time: the planes go, flat,
+ * into work [h*w][8] and then row by row into the padded tile; the sums go into work [oh*ow][8]
+ * and, transposed back, to their 8 planes. A last group of fewer planes takes the portable path. */
 __attribute__((target("avx2,fma")))
 static void depthwise_lanes_avx2(DEPTHWISE_LANES_ARGS)
 {
-    const Py_ssize_t oh = g->oh, ow = g->ow, wp = g->w + g->pl + g->pr;
+    const Py_ssize_t channels = g->c * g->multiplier, h = g->h, w = g->w, oh = g->oh, ow = g->ow;
+    const Py_ssize_t wp = w + g->pl + g->pr, hw = h * w, ohw = oh * ow, taps = g->kh * g->kw;
     const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
-    for (Py_ssize_t p = p0; p < p1; p += 8) {
-        int lanes = p1 - p < 8 ? (int)(p1 - p) : 8;
-        float b8[8], acc[8];
-        lanes_load(g, x, wt, bias, tile, lane_w, b8, p, lanes);
+    Py_ssize_t p = p0;
+    for (; p + 8 <= p1; p += 8) {
+        const float *src[8];
+        float b8[8];
+        for (int k = 0; k < 8; k++) {
+            Py_ssize_t o = (p + k) % channels, sample = (p + k) / channels;
+            src[k] = x + (sample * g->c + o / g->multiplier) * hw;
+            for (Py_ssize_t t = 0; t < taps; t++) lane_w[t * 8 + k] = wt[o * taps + t];
+            b8[k] = bias ? bias[o] : 0.f;
+        }
+        Py_ssize_t q = 0;
+        __m256 v[8];
+        for (; q + 8 <= hw; q += 8) {
+            for (int k = 0; k < 8; k++) v[k] = _mm256_loadu_ps(src[k] + q);
+            transpose8(v);
+            for (int k = 0; k < 8; k++) _mm256_storeu_ps(work + (q + k) * 8, v[k]);
+        }
+        for (; q < hw; q++)
+            for (int k = 0; k < 8; k++) work[q * 8 + k] = src[k][q];
+        for (Py_ssize_t r = 0; r < h; r++)
+            memcpy(tile + ((g->pt + r) * wp + g->pl) * 8, work + r * w * 8, w * 8 * sizeof(float));
         const __m256 vb = _mm256_loadu_ps(b8);
         for (Py_ssize_t r = 0; r < oh; r++)
             for (Py_ssize_t c = 0; c < ow; c++) {
-                __m256 v = vb;
+                __m256 a = vb;
                 for (Py_ssize_t i = 0; i < g->kh; i++) {
                     const float *t8 = tile + ((r * g->sh + i * g->dh) * wp + c * g->sw) * 8;
                     const float *w8 = lane_w + i * g->kw * 8;
                     for (Py_ssize_t j = 0; j < g->kw; j++)
-                        v = _mm256_fmadd_ps(_mm256_loadu_ps(w8 + j * 8), _mm256_loadu_ps(t8 + j * g->dw * 8), v);
+                        a = _mm256_fmadd_ps(_mm256_loadu_ps(w8 + j * 8), _mm256_loadu_ps(t8 + j * g->dw * 8), a);
                 }
                 if (clamp) /* NaN compares false both ways and stays */
-                    v = _mm256_blendv_ps(_mm256_blendv_ps(v, vlo, _mm256_cmp_ps(v, vlo, _CMP_LT_OQ)), vhi,
-                                         _mm256_cmp_ps(v, vhi, _CMP_GT_OQ));
-                _mm256_storeu_ps(acc, v);
-                for (int k = 0; k < lanes; k++) y[((p + k) * oh + r) * ow + c] = acc[k];
+                    a = _mm256_blendv_ps(_mm256_blendv_ps(a, vlo, _mm256_cmp_ps(a, vlo, _CMP_LT_OQ)), vhi,
+                                         _mm256_cmp_ps(a, vhi, _CMP_GT_OQ));
+                _mm256_storeu_ps(work + (r * ow + c) * 8, a);
             }
+        float *dst = y + p * ohw;
+        for (q = 0; q + 8 <= ohw; q += 8) {
+            for (int k = 0; k < 8; k++) v[k] = _mm256_loadu_ps(work + (q + k) * 8);
+            transpose8(v);
+            for (int k = 0; k < 8; k++) _mm256_storeu_ps(dst + k * ohw + q, v[k]);
+        }
+        for (; q < ohw; q++)
+            for (int k = 0; k < 8; k++) dst[k * ohw + q] = work[q * 8 + k];
     }
+    if (p < p1) depthwise_lanes_generic(g, x, wt, bias, y, clamp, lo, hi, tile, lane_w, work, p, p1);
 }
 #endif
 
@@ -1477,7 +1528,7 @@ static PyObject *depthwise2d(PyObject *self, PyObject *args, PyObject *kwds)
     if (get_in_out(xo, &xb, "x", yo, &yb, "y", 1) < 0) return NULL;
     PyObject *result = NULL;
     Py_ssize_t *cols = NULL;
-    float *flat = NULL, *lane_w = NULL;
+    float *flat = NULL, *lane_w = NULL, *work = NULL;
     if (get_array_of_rank(wo, &wb, 'f', 4, 0, 1, "weight") < 0) goto done;
     if (bo != Py_None && get_array_of_rank(bo, &bb, 'f', 4, 0, 1, "bias") < 0) goto done;
     Py_ssize_t x_count = SIZE_PRODUCT(n, g.c, g.h, g.w), y_count = SIZE_PRODUCT(planes, g.oh, g.ow),
@@ -1503,14 +1554,16 @@ static PyObject *depthwise2d(PyObject *self, PyObject *args, PyObject *kwds)
     }
     if (g.ow < DEPTHWISE_LANES_MAX_WIDTH) { /* 8 channels side by side */
         Py_ssize_t size = SIZE_PRODUCT(g.h + g.pt + g.pb, g.w + g.pl + g.pr, 8), wsize = SIZE_PRODUCT(g.kh, g.kw, 8);
+        Py_ssize_t work_size = SIZE_PRODUCT(g.h * g.w > g.oh * g.ow ? g.h * g.w : g.oh * g.ow, 8);
         flat = size < 0 ? NULL : PyMem_RawCalloc(size, sizeof(float));
         lane_w = wsize < 0 ? NULL : PyMem_RawMalloc(wsize * sizeof(float));
-        if (!flat || !lane_w) {
+        work = work_size < 0 ? NULL : PyMem_RawMalloc(work_size * sizeof(float));
+        if (!flat || !lane_w || !work) {
             PyErr_NoMemory();
             goto done;
         }
         Py_BEGIN_ALLOW_THREADS
-        DISPATCH(depthwise_lanes, &g, xb.buf, wb.buf, bb.buf, yb.buf, clamp, lo, hi, flat, lane_w, p0, p1);
+        DISPATCH(depthwise_lanes, &g, xb.buf, wb.buf, bb.buf, yb.buf, clamp, lo, hi, flat, lane_w, work, p0, p1);
         Py_END_ALLOW_THREADS
         result = Py_NewRef(Py_None);
         goto done;
@@ -1531,6 +1584,7 @@ done:
     PyMem_RawFree(cols);
     PyMem_RawFree(flat);
     PyMem_RawFree(lane_w);
+    PyMem_RawFree(work);
     PyBuffer_Release(&xb);
     PyBuffer_Release(&yb);
     if (wb.buf) PyBuffer_Release(&wb);
