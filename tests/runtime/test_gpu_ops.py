@@ -56,3 +56,22 @@ def test_weight_layers_keep_the_input_type(op: str, dtype) -> None:
     want = InferenceSession(model).run(None, {"x": x})[0]
     assert got.dtype == dtype
     np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("op, attrs, consts", [
+    ("Conv", {"pads": [1, 0, 1, 1, 0, 1], "strides": [2, 1, 1]}, {"w": (3, 2, 2, 3, 2)}),
+    ("ConvTranspose", {"strides": [2, 1, 2], "output_padding": [1, 0, 0]}, {"w": (2, 3, 2, 2, 3)}),
+    ("MaxPool", {"kernel_shape": [2, 2, 3], "strides": [2, 1, 2], "pads": [1, 0, 0, 0, 1, 1]}, {}),
+    ("AveragePool", {"kernel_shape": [2, 3, 3], "strides": [2, 1, 2], "pads": [1, 0, 1, 0, 1, 1],
+                     "count_include_pad": 1}, {}),
+    ("AveragePool", {"kernel_shape": [3, 3, 3], "strides": [2, 2, 2], "ceil_mode": 1}, {}),
+])
+def test_3d_windows_run_as_torch_kernels(op: str, attrs: dict, consts: dict) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 2, 5, 6, 7)).astype(np.float32)
+    model = from_onnx(one_node(op, {"x": x}, attrs, opset=19,
+                               consts={k: rng.standard_normal(s).astype(np.float32) for k, s in consts.items()}))
+    gpu = InferenceSession(model, device="torch-cpu")
+    assert "backend" not in gpu.describe()[0]
+    want = InferenceSession(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(gpu.run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-5)

@@ -55,8 +55,8 @@ class GroupNormalization(cpu.GroupNormalization):
             raise ValueError(f"input of shape {list(x.shape)} cannot be split into {self.groups} channel groups")
         want = c if self.per_channel else self.groups
         if scale.numel() != want or bias.numel() != want:
-            raise ValueError(f"scale and bias must have {want} values ({'channels' if self.per_channel else 'groups'}), "
-                             f"got {scale.numel()} and {bias.numel()}")
+            what = "channels" if self.per_channel else "groups"
+            raise ValueError(f"scale and bias must have {want} values ({what}), got {scale.numel()} and {bias.numel()}")
         y, _, _ = _standardize(x.to(_TORCH[self.stash]).reshape(n * self.groups, -1), self.eps)
         y = y.reshape(n, want, -1).to(x.dtype) * scale.reshape(-1, 1) + bias.reshape(-1, 1)
         return (y.reshape(x.shape),)

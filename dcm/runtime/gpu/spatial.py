@@ -95,7 +95,8 @@ class GeneralConv(cpu_conv.Conv):
             check_decoded_size(ctx.model.tensors[name], 4 * ctx.model.tensors[name].numel, "dense")
             w = w.to_scipy().toarray()
         self.mode, self.weight_shape = "dense", tuple(shape)
-        self.weight = torch.tensor(np.asarray(w, dtype=np.float32).reshape(shape), device=ctx.device)  # a copy: w may be read-only
+        w = np.asarray(w, dtype=np.float32).reshape(shape)
+        self.weight = torch.tensor(w, device=ctx.device)  # a copy: w may be read-only
 
     def __call__(self, x, w=None, b=None):
         w = self.weight if w is None else w.float()
@@ -145,22 +146,28 @@ class MaxPool(Native, cpu_pool.MaxPool):
 
 @register("AveragePool")
 class AveragePool(Native, cpu_pool.AveragePool):
-    """1-D and 2-D windows; 3-D ones use the CPU kernel."""
+    """1-D and 2-D windows, and 3-D ones without dilation (F.avg_pool3d has none); dilated 3-D
+    windows use the CPU kernel. The divisor per output (pads counted or not) is the CPU kernel's."""
 
     cpu_kernel = cpu_pool.AveragePool
 
     @classmethod
     def native(cls, node, ctx) -> bool:
-        return _window_rank(node) <= 2
+        rank = _window_rank(node)
+        return rank <= 2 or (rank == 3 and all(d == 1 for d in node.attrs.get("dilations", [1])))
 
     def __call__(self, x):
         x, was_1d = _lift(x)
         begin, end = self._pads(x)
         xp = _pad(x, begin, end)
         n, c = x.shape[:2]
-        cols = F.unfold(xp.reshape(n * c, 1, *xp.shape[2:]), self.kernel, self.dilations, 0, self.strides)
         divisor = torch.as_tensor(self.divisor(tuple(x.shape[2:]), begin, end), device=x.device)
-        y = cols.sum(1).reshape(n, c, *divisor.shape[2:]) / divisor
+        if x.dim() == 5:
+            sums = F.avg_pool3d(xp, self.kernel, self.strides, 0, divisor_override=1)
+        else:
+            cols = F.unfold(xp.reshape(n * c, 1, *xp.shape[2:]), self.kernel, self.dilations, 0, self.strides)
+            sums = cols.sum(1).reshape(n, c, *divisor.shape[2:])
+        y = sums / divisor
         return (y[:, :, 0, :] if was_1d else y,)
 
 
