@@ -43,7 +43,7 @@ def test_every_path_matches_direct_convolution(n, c, h, w, k, s, d, pads, big):
     wt = rng.standard_normal((3, c, *k)).astype(np.float32)
     ref = _direct(x, wt, s, d, begin, end)
     limits = windows.RUN_MIN_ELEMENTS, windows.RUN_MIN_USED
-    if big:  # every stride-1 input takes the contiguous-run path
+    if big:  # every input takes the contiguous-run path (strided ones through stride phases)
         windows.RUN_MIN_ELEMENTS, windows.RUN_MIN_USED = 1, 0.0
     try:
         for cache in (None, {}):

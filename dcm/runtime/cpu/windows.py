@@ -104,10 +104,10 @@ def im2col(x: np.ndarray, groups: int, kernel: tuple[int, int], strides: tuple[i
            index_cache: dict | None = None) -> tuple[np.ndarray, int, int, int]:
     """x [N, C, H, W] -> (columns [G, C/G, kh, kw, N, OH * row], OH, OW, row) for W_g @ columns[g].
 
-    Large stride-1 inputs: each kernel offset is one contiguous run of the flattened padded image,
-    ``row`` = padded width, and the outputs past OW in every row are garbage for the caller to
-    crop; copying whole runs is about twice as fast as gathering windows, unless the garbage
-    columns are many (LeNet-5's conv2, 8 of 12: 6.2 ms against 4.8 ms at batch 64 on one thread).
+    Large inputs: each kernel offset is one contiguous run of the flattened padded image (of one
+    stride phase of it, ``_runs``), ``row`` = its width, and the outputs past OW in every row are
+    garbage for the caller to crop; copying whole runs is about twice as fast as gathering windows,
+    unless the garbage columns are many (LeNet-5's conv2, 8 of 12: 6.2 ms against 4.8 ms at batch 64 on one thread).
     Otherwise one gather of the window view (``row`` = OW), which costs less than a loop over
     offsets on small inputs; for small inputs (batch 1 LeNet) one ``np.take`` through a flat index
     kept in ``index_cache`` per input shape, which also skips the padding copy (LeNet-5's conv2:
@@ -115,22 +115,12 @@ def im2col(x: np.ndarray, groups: int, kernel: tuple[int, int], strides: tuple[i
     """
     n, c = x.shape[:2]
     cg = c // groups
+    sh, sw = strides
     width = x.shape[3] + begin[1] + end[1]
-    used = (width - (kernel[1] - 1) * dilations[1]) / width
-    if strides == (1, 1) and n * c * x.shape[2] * x.shape[3] >= RUN_MIN_ELEMENTS and used >= RUN_MIN_USED:
-        xp = np.pad(x, ((0, 0), (0, 0), (begin[0], end[0] + 1), (begin[1], end[1])))  # +1 row: last run's tail
-        hp, row = xp.shape[2] - 1, xp.shape[3]
-        oh, ow = hp - (kernel[0] - 1) * dilations[0], row - (kernel[1] - 1) * dilations[1]
-        if oh < 1 or ow < 1:
-            raise ValueError(f"input {x.shape[2:]} (padded) is smaller than the kernel window")
-        flat = xp.reshape(n, groups, cg, -1)
-        length = oh * row
-        (cols,) = scratch_arrays((groups, cg, kernel[0], kernel[1], n, length))
-        for i in range(kernel[0]):
-            for j in range(kernel[1]):
-                off = i * dilations[0] * row + j * dilations[1]
-                cols[:, :, i, j] = flat[..., off : off + length].transpose(1, 2, 0, 3)
-        return cols, oh, ow, row
+    ow = (width - (kernel[1] - 1) * dilations[1] - 1) // sw + 1
+    row = ow + (kernel[1] - 1) * dilations[1] // sw
+    if n * c * x.shape[2] * x.shape[3] >= RUN_MIN_ELEMENTS and ow > 0 and ow / row >= RUN_MIN_USED:
+        return _runs(x, groups, kernel, strides, dilations, begin, end)
     if index_cache is not None and (
             0 < _column_count(x.shape, kernel, strides, dilations, begin, end) <= INDEX_MAX_ELEMENTS):
         key = (x.shape, groups, kernel, strides, dilations, tuple(begin), tuple(end))
@@ -149,6 +139,39 @@ def im2col(x: np.ndarray, groups: int, kernel: tuple[int, int], strides: tuple[i
     (cols,) = scratch_arrays((groups, cg, kernel[0], kernel[1], n, oh, ow))
     cols[...] = v.reshape(n, groups, cg, oh, ow, kernel[0], kernel[1]).transpose(1, 2, 5, 6, 0, 3, 4)
     return cols.reshape(groups, cg, kernel[0], kernel[1], n, oh * ow), oh, ow, ow
+
+
+def _runs(x: np.ndarray, groups: int, kernel: tuple[int, int], strides: tuple[int, int],
+          dilations: tuple[int, int], begin: list[int], end: list[int]) -> tuple[np.ndarray, int, int, int]:
+    """im2col's contiguous runs. The zero-padded input is split by stride phase: phase (a, b) holds
+    padded x[a + u * sh, b + v * sw] at [u, v], ``row`` columns wide and one row longer than the
+    last run needs. A kernel offset (r, q) is then the run of phase (r % sh, q % sw) starting at
+    row r // sh, column q // sw; with stride 1 the one phase is the padded input itself."""
+    n, c, h, w = x.shape
+    cg = c // groups
+    (sh, sw), (dh, dw) = strides, dilations
+    oh, ow = output_size((h, w), kernel, strides, dilations, begin, end)
+    taps = [(i * dh, j * dw) for i in range(kernel[0]) for j in range(kernel[1])]
+    row = ow + (kernel[1] - 1) * dw // sw
+    rows = oh + (kernel[0] - 1) * dh // sh + 1
+    phases = {}
+    for a, b in sorted({(r % sh, q % sw) for r, q in taps}):
+        img = np.zeros((n, c, rows, row), dtype=np.float32)
+        u0, v0 = max(0, -(-(begin[0] - a) // sh)), max(0, -(-(begin[1] - b) // sw))  # first inside x
+        u1 = min(rows, max(0, (h - 1 + begin[0] - a) // sh + 1))
+        v1 = min(row, max(0, (w - 1 + begin[1] - b) // sw + 1))
+        if u1 > u0 and v1 > v0:
+            img[:, :, u0:u1, v0:v1] = x[:, :, a + u0 * sh - begin[0] : a + (u1 - 1) * sh - begin[0] + 1 : sh,
+                                        b + v0 * sw - begin[1] : b + (v1 - 1) * sw - begin[1] + 1 : sw]
+        phases[a, b] = img.reshape(n, groups, cg, -1)
+    length = oh * row
+    (cols,) = scratch_arrays((groups, cg, kernel[0], kernel[1], n, length))
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            r, q = i * dh, j * dw
+            off = (r // sh) * row + q // sw
+            cols[:, :, i, j] = phases[r % sh, q % sw][..., off : off + length].transpose(1, 2, 0, 3)
+    return cols, oh, ow, row
 
 
 def _column_count(shape: tuple[int, ...], kernel: tuple[int, int], strides: tuple[int, int],
