@@ -99,8 +99,9 @@ def test_matmul_add_on_every_kernel(kernels):
 
 def test_prefers_dense_by_rows_and_density():
     assert not prefers_dense(0.9, 1)  # one row keeps the load-time choice
-    assert prefers_dense(0.05, 4) and not prefers_dense(0.01, 4)
-    assert prefers_dense(0.25, 128) and not prefers_dense(0.1, 128)
+    assert prefers_dense(0.05, 4, 1000) and not prefers_dense(0.01, 4, 1000)
+    assert not prefers_dense(0.05, 4, 37_748_736)  # AlexNet's fc6 at a few rows: bound by memory traffic
+    assert prefers_dense(0.25, 128, 37_748_736) and not prefers_dense(0.1, 128, 1000)
 
 
 def _sparse(density, shape=(64, 48)):

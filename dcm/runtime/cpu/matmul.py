@@ -26,8 +26,11 @@ PARALLEL_MIN_NNZ = 200_000
 # layers; benchmarks/matmul_choice.py, docs/transformers.md): from 8 rows on the median ratio stays
 # below 1 up to 20% density; at 2 to 7 rows, fewer than its 8-wide vector blocks take, it lost at every
 # density measured (median 1.26x at 5%), so only layers sparser than that keep it there.
+# Layers larger than those measured (262k weights) keep sparse at few rows: there the product is
+# bound by memory traffic, where the sparse form's fewer bytes count (AlexNet's fc6 at batch 1-7).
 SPARSE_MAX_DENSITY_FEW_ROWS = 0.02
 SPARSE_MAX_DENSITY_MANY_ROWS = 0.20
+FEW_ROWS_MAX_WEIGHTS = 1 << 18
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
@@ -62,7 +65,8 @@ class WeightMatmul:
             m.sort_indices()
             self.shape = m.shape
             self.nnz = m.nnz
-            self.density = m.nnz / max(m.shape[0] * m.shape[1], 1)
+            self.size = m.shape[0] * m.shape[1]
+            self.density = m.nnz / max(self.size, 1)
             self.blocks = [m]
             self.threads = threads
             split = threads > 1 and m.nnz >= PARALLEL_MIN_NNZ
@@ -132,7 +136,7 @@ class WeightMatmul:
         """x [n, in] @ W.T -> [n, out], computed as (W @ x.T).T."""
         if self.mode == "dense":
             return x @ self.wt
-        if self.by_rows and prefers_dense(self.density, x.shape[0]):
+        if self.by_rows and prefers_dense(self.density, x.shape[0], self.size):
             return x @ self.dense_wt()
         if self.native is not None and x.dtype == np.float32:
             return self.fused_right(x)
@@ -146,7 +150,7 @@ class WeightMatmul:
         [out, n] output, which the next fully connected layer reads as it is, without a copy."""
         if x.shape[0] == 1:
             return self._fused_vector(x, bias, relu)
-        if self.by_rows and prefers_dense(self.density, x.shape[0]):
+        if self.by_rows and prefers_dense(self.density, x.shape[0], self.size):
             y = x @ self.dense_wt()
             if bias is not None:
                 y += bias
@@ -204,12 +208,15 @@ class WeightMatmul:
         return y
 
 
-def prefers_dense(density: float, rows: int) -> bool:
-    """Whether BLAS beats the compiled sparse kernel on an x of ``rows`` rows at this density. One row
-    keeps the load-time choice: the matvec kernels there also skip zero inputs."""
+def prefers_dense(density: float, rows: int, weights: int = 0) -> bool:
+    """Whether BLAS beats the compiled sparse kernel on an x of ``rows`` rows at this density, for a
+    layer of ``weights`` weights. One row keeps the load-time choice: the matvec kernels there also
+    skip zero inputs."""
     if rows <= 1:
         return False
-    return density > (SPARSE_MAX_DENSITY_FEW_ROWS if rows < 8 else SPARSE_MAX_DENSITY_MANY_ROWS)
+    if rows < 8:
+        return weights <= FEW_ROWS_MAX_WEIGHTS and density > SPARSE_MAX_DENSITY_FEW_ROWS
+    return density > SPARSE_MAX_DENSITY_MANY_ROWS
 
 
 def _cuts(indptr: np.ndarray, parts: int) -> list[int]:
