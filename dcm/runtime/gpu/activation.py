@@ -106,3 +106,25 @@ class Mish(Kernel):
     def __call__(self, x):
         return (x * torch.tanh(softplus(x)),)
 
+
+
+@register("Shrink")
+class Shrink(Kernel):
+    """x - bias above lambd, x + bias below -lambd, 0 between."""
+
+    def __call__(self, x):
+        lambd, bias = _attr(self, "lambd", 0.5), _attr(self, "bias", 0.0)
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        return (torch.where(x < -lambd, x + bias, torch.where(x > lambd, x - bias, zero)).to(x.dtype),)
+
+
+@register("Hardmax")
+class Hardmax(cpu.Hardmax):
+    """1 at the first maximum along the axis (torch.argmax, like numpy's, takes the first)."""
+
+    def __call__(self, x):
+        v, axis = self._view(x)
+        if v.numel() == 0:
+            return (x.clone(),)
+        y = torch.zeros_like(v).scatter_(axis, v.argmax(axis, keepdim=True), 1)
+        return (y.reshape(x.shape),)

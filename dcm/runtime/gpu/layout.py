@@ -101,6 +101,14 @@ class Shape(cpu.Shape):
         return (torch.tensor(list(x.shape)[start:end], dtype=torch.int64, device=x.device),)
 
 
+@register("Size")
+class Size(cpu.Size):
+    """Counted on the device: the CPU fallback would copy the whole tensor to the host to count it."""
+
+    def __call__(self, x):
+        return (torch.tensor(x.numel(), dtype=torch.int64, device=x.device),)
+
+
 @register("Gather")
 class Gather(cpu.Gather):
     def __call__(self, x, idx):

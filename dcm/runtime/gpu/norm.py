@@ -1,10 +1,12 @@
-"""LayerNormalization, GroupNormalization and InstanceNormalization on torch: statistics in the CPU
+"""LayerNormalization, GroupNormalization, InstanceNormalization, LpNormalization and
+MeanVarianceNormalization on torch: statistics in the CPU
 kernels' precision (``stash_type``, float32 by default; float16 inputs in float32), the result in
 the input's type. Attributes are parsed by the CPU kernels (subclassed)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
+from numpy.lib.array_utils import normalize_axis_index, normalize_axis_tuple
 
 from dcm.runtime.cpu import norm as cpu
 from dcm.runtime.gpu.registry import register
@@ -60,3 +62,19 @@ class GroupNormalization(cpu.GroupNormalization):
         y, _, _ = _standardize(x.to(_TORCH[self.stash]).reshape(n * self.groups, -1), self.eps)
         y = y.reshape(n, want, -1).to(x.dtype) * scale.reshape(-1, 1) + bias.reshape(-1, 1)
         return (y.reshape(x.shape),)
+
+
+@register("LpNormalization")
+class LpNormalization(cpu.LpNormalization):
+    def __call__(self, x):
+        axis = normalize_axis_index(self.axis, x.dim())
+        norm = x.abs().sum(axis, keepdim=True) if self.p == 1 else x.square().sum(axis, keepdim=True).sqrt()
+        return (torch.where(norm == 0, torch.zeros((), dtype=x.dtype, device=x.device), x / norm).to(x.dtype),)
+
+
+@register("MeanVarianceNormalization")
+class MeanVarianceNormalization(cpu.MeanVarianceNormalization):
+    def __call__(self, x):
+        axes = normalize_axis_tuple(self.axes, x.dim())
+        d = x - x.mean(axes, keepdim=True)
+        return (d / (d.square().mean(axes, keepdim=True).sqrt() + 1e-9),)
