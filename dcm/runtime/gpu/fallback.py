@@ -1,16 +1,16 @@
 """The GPU backend's fallback: a CPU kernel run on host copies of a node's inputs.
 
-Shape arithmetic on tiny int64 tensors (Shape -> Gather -> Concat -> Reshape chains), generators
-such as OneHot and ops rarely seen in a network gain nothing from the device: a kernel launch costs
-more than the work. onnxruntime's CUDA provider runs them on the CPU too. So every op of the CPU
-registry without a torch kernel is registered here through one wrapper, ``on_cpu``: the CPU kernel
+Ops rarely seen in a network (OneHot on a few indices, BitShift, LpPool, MaxUnpool) gain little
+from a torch kernel of their own, as small shape computations gain nothing from the device
+(onnxruntime's CUDA provider runs those on the CPU). So every op of the CPU registry without a
+torch kernel is registered here through one wrapper, ``on_cpu``: the CPU kernel
 is built exactly as on the CPU backend (it parses the same attributes and reads the same load-time
 constants, so its ``weight_inputs`` are the wrapper's), it gets numpy copies of the run-time inputs,
 and its results are moved back to the session's device. ``describe()`` says ``"backend":
 "cpu-fallback"`` for such a node.
 
-A torch kernel that cannot run some attribute combination exactly (a Resize mode F.interpolate does
-not have, say) subclasses ``Native`` and names its CPU kernel: the node is then built as ``on_cpu``
+A torch kernel that cannot run some attribute combination exactly (Pad's wrap mode, MaxPool's
+Indices output) subclasses ``Native`` and names its CPU kernel: the node is then built as ``on_cpu``
 at load, decided per node by ``native(node, ctx)``.
 """
 from __future__ import annotations
