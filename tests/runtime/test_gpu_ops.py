@@ -75,3 +75,15 @@ def test_3d_windows_run_as_torch_kernels(op: str, attrs: dict, consts: dict) -> 
     assert "backend" not in gpu.describe()[0]
     want = InferenceSession(model).run(None, {"x": x})[0]
     np.testing.assert_allclose(gpu.run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["MatMul", "Gemm"])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_integer_products_of_run_time_values(op: str, dtype) -> None:
+    """CUDA has no integer matmul: these run on the host, exactly (int64 past 2^53 included)."""
+    a = np.array([[1 << 40, 3], [-2, 5]], dtype) if dtype == np.int64 else np.array([[7, 3], [-2, 5]], dtype)
+    b = np.array([[3, 1], [2, -4]], dtype)
+    model = from_onnx(one_node(op, {"a": a, "b": b}, opset=13), ConvertOptions(exact=True))
+    want = InferenceSession(model).run(None, {"a": a, "b": b})[0]
+    got = InferenceSession(model, device="torch-cpu").run(None, {"a": a, "b": b})[0]
+    assert got.dtype == dtype and np.array_equal(got, want) and np.array_equal(got, a @ b)

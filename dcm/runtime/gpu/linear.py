@@ -1,11 +1,14 @@
-"""Gemm and MatMul with a constant weight on torch: sparse CSR @ activations, or dense."""
+"""Gemm and MatMul on torch: a constant weight as sparse CSR @ activations, or dense; a weight
+computed at run time through torch.matmul."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from dcm.encoder.codec import CsrParts
 from dcm.runtime.cpu import linear as cpu
 from dcm.runtime.cpu.matmul import WeightMatmul
+from dcm.runtime.gpu.fallback import on_host
 from dcm.runtime.gpu.registry import register
 from dcm.runtime.gpu.weights import TorchWeight
 
@@ -53,6 +56,8 @@ class RuntimeGemm(cpu.RuntimeGemm):
     """Gemm whose B is computed at run time (attention scores): one torch.matmul."""
 
     def __call__(self, a, b, c=None):
+        if not a.is_floating_point():  # CUDA has no integer matmul: int32/int64 Gemm runs on the host
+            return on_host(super().__call__, a.device, a, b, c)
         if a.dim() != 2 or b.dim() != 2:
             raise ValueError(f"Gemm takes matrices, got ranks {a.dim()} and {b.dim()}")
         y = (a.T if self.trans_a else a) @ (b.T if self.trans_b else b)
@@ -77,6 +82,9 @@ class MatMul(cpu.MatMul):
 
     def __call__(self, a, b=None):
         if not self.const_b:
-            return (torch.matmul(a, self.b if self.b is not None else b),)
+            b = self.b if self.b is not None else b
+            if not a.is_floating_point():  # CUDA has no integer matmul: int32/int64 MatMul runs on the host
+                return on_host(lambda p, q: (np.matmul(p, q),), a.device, a, b)
+            return (torch.matmul(a, b),)
         y = self.mm.right(a.float().reshape(-1, a.shape[-1]))  # float32, as the weight
         return (y.reshape(*a.shape[:-1], y.shape[-1]).to(a.dtype),)
