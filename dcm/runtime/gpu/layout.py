@@ -86,7 +86,7 @@ class Pad(Native, cpu.Pad):
         n = x.dim() - first  # F.pad's reflect/replicate pad at most the last 3 axes of [N, C, ...]
         if n == 0:
             return (x,)
-        if n > 3:
+        if n > 3 or not x.is_floating_point():  # (torch reflects and replicates floats only)
             return on_host(super().__call__, x.device, x, *given)
         lead = x.shape[:first]
         y = F.pad(x.reshape(1, -1, *x.shape[first:]), flat[: 2 * n],
