@@ -130,6 +130,9 @@ class _TorchRecurrent:
             y, hs, cs = y.permute(2, 0, 1, 3), hs.transpose(0, 1), cs.transpose(0, 1)
         return y.contiguous().to(given), hs.contiguous().to(given), cs.contiguous().to(given)
 
+    def describe(self) -> dict:
+        return {**super().describe(), "kernel": "dense", "recurrent_kernel": "dense"}  # decoded dense at load
+
     @staticmethod
     def _keep(valid, t, new, old):
         return new if valid is None else torch.where(valid[t][:, None], new, old)
