@@ -15,7 +15,6 @@ torch = pytest.importorskip("torch")
 from dcm import demo, mnist  # noqa: E402
 from dcm.compress.layers import per_layer, weight_layers  # noqa: E402
 from dcm.encoder.codec import decode_tensor  # noqa: E402
-from dcm.format import constants as C  # noqa: E402
 from dcm.format.reader import read  # noqa: E402
 from dcm.format.stats import tensor_stats  # noqa: E402
 
@@ -39,6 +38,8 @@ def test_reduced_demo(name, tmp_path):
         seen[stage] = {n: ref.weight.detach().clone() for n, ref in refs.items()}
         seen["sparsity"], seen["bits"] = per_layer(recipe.sparsity, refs), per_layer(recipe.bits, refs)
         seen["nonzero"] = sum(int((p != 0).sum()) for p in model.parameters())
+        weights = {id(ref.weight) for ref in refs.values()}
+        seen["other_values"] = max(len(torch.unique(p[p != 0])) for p in model.parameters() if id(p) not in weights)
 
     r = demo.run(recipe, tmp_path, quiet=True, log=lambda line: None, on_stage=on_stage)
     path = tmp_path / f"{name}.dcm"
@@ -55,16 +56,19 @@ def test_reduced_demo(name, tmp_path):
         assert torch.all(quantized[n][w == 0] == 0), n
     for n, w in quantized.items():
         assert len(torch.unique(w[w != 0])) <= 1 << seen["bits"][n], n
+    if recipe.other_bits is not None:  # biases, norm scales, positions: shared too
+        assert seen["other_values"] <= 1 << recipe.other_bits
 
     # The file holds exactly the torch model's non-zeros (conversion splits, transposes and
-    # concatenates parameters, and adds scalar constants, but never fills a zero), and each coded
-    # tensor at most 2^bits values.
+    # concatenates parameters, and adds scalar constants, but never fills a zero), and each pruned
+    # weight at most 2^bits values (a dense-coded tensor may join several shared parameters: the
+    # LSTM's two bias vectors become one).
     model = read(path)
     in_file = sum(int(np.count_nonzero(decode_tensor(t))) for t in model.tensors.values()
                   if t.dtype == "float32" and t.numel > 1)
     assert in_file == seen["nonzero"]
-    coded = [tensor_stats(t) for t in model.tensors.values() if t.encoding != C.ENC_RAW]
-    assert all(t["codebook_bytes"] // 4 <= 1 << max([*seen["bits"].values(), recipe.other_bits or 0]) for t in coded)
+    sparse_coded = [tensor_stats(t) for t in model.tensors.values() if t.encoding.startswith("sparse-codebook")]
+    assert sparse_coded and all(t["codebook_bytes"] // 4 <= 1 << max(seen["bits"].values()) for t in sparse_coded)
     assert r["layers"] and "Table 1" in demo.format_tables(r)  # the per-layer table, read from the file
 
 
