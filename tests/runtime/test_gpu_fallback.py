@@ -3,6 +3,8 @@ kernel runs its CPU kernel on host copies, constants read at load included, and 
 describe(); bad inputs are DcmErrors naming the node, on torch kernels and fallback alike."""
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,8 @@ pytest.importorskip("onnx")
 from dcm.converters.onnx_in import ConvertOptions, from_onnx  # noqa: E402
 from dcm.errors import DcmError  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
+from tests.runtime import test_hostile_shapes as hostile  # noqa: E402
+from tests.runtime import test_malformed_runs as malformed  # noqa: E402
 from tests.runtime.opcheck import one_node  # noqa: E402
 
 
@@ -84,3 +88,27 @@ def test_load_time_errors_name_the_node():
     model.nodes[0].attrs["approximate"] = "cubic"
     with pytest.raises(DcmError, match="Gelu_0"):
         InferenceSession(model, device="torch-cpu")
+
+
+def _torch_session(model, *args, **kwargs):
+    return InferenceSession(model, *args, device="torch-cpu", **kwargs)
+
+
+@pytest.mark.parametrize("message, call", hostile.REFUSED.values(), ids=hostile.REFUSED.keys())
+def test_hostile_runs_are_refused_on_the_gpu_backend(message, call, monkeypatch):
+    """tests/runtime/test_hostile_shapes.py's cases, their sessions on the GPU backend."""
+    monkeypatch.setattr(hostile, "InferenceSession", _torch_session)
+    with pytest.raises(DcmError, match=message):
+        call()
+
+
+MALFORMED = [f for name, f in vars(malformed).items()
+             if name.startswith("test_") and callable(f) and not inspect.signature(f).parameters]
+
+
+@pytest.mark.parametrize("check", MALFORMED, ids=[f.__name__ for f in MALFORMED])
+def test_malformed_runs_on_the_gpu_backend(check, monkeypatch):
+    """tests/runtime/test_malformed_runs.py's checks (those without parameters), their sessions on
+    the GPU backend."""
+    monkeypatch.setattr(malformed, "InferenceSession", _torch_session)
+    check()

@@ -29,6 +29,8 @@ class Flatten(cpu.Flatten):
 class Transpose(cpu.Transpose):
     def __call__(self, x):
         perm = self.attrs.get("perm") or list(range(x.dim()))[::-1]
+        if sorted(perm) != list(range(x.dim())):
+            raise ValueError(f"perm {perm} is not a permutation of the input's {x.dim()} axes")
         return (x.permute(*perm).contiguous(),)
 
 

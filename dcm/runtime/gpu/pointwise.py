@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import torch
+from numpy.lib.array_utils import normalize_axis_index
 
 from dcm.runtime.cpu import activation as cpu_act
 from dcm.runtime.cpu import norm as cpu_norm
@@ -53,7 +54,7 @@ class _Softmax(cpu_act._SoftmaxBase):
     log = False
 
     def __call__(self, x):
-        shape, axis = x.shape, self.axis % max(x.dim(), 1)
+        shape, axis = x.shape, normalize_axis_index(self.axis, max(x.dim(), 1))
         if self.legacy:
             x, axis = x.reshape(math.prod(shape[:axis]), -1), 1
         work = torch.float64 if x.dtype == torch.float64 else torch.float32  # float16 in float32, as the CPU kernel

@@ -136,6 +136,7 @@ class MaxPool(Native, cpu_pool.MaxPool):
     def __call__(self, x):
         x, was_1d = _lift(x)
         begin, end = self._pads(x)
+        output_size(tuple(x.shape[2:]), self.kernel, self.strides, self.dilations, begin, end)  # checks the window fits
         if not x.is_floating_point():  # torch max-pools floats only
             return on_host(super().__call__, x.device, x)
         low = float("-inf")
@@ -159,6 +160,7 @@ class AveragePool(Native, cpu_pool.AveragePool):
     def __call__(self, x):
         x, was_1d = _lift(x)
         begin, end = self._pads(x)
+        output_size(tuple(x.shape[2:]), self.kernel, self.strides, self.dilations, begin, end)  # checks the window fits
         xp = _pad(x, begin, end)
         n, c = x.shape[:2]
         divisor = torch.as_tensor(self.divisor(tuple(x.shape[2:]), begin, end), device=x.device)
