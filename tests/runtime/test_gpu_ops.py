@@ -87,3 +87,18 @@ def test_integer_products_of_run_time_values(op: str, dtype) -> None:
     want = InferenceSession(model).run(None, {"a": a, "b": b})[0]
     got = InferenceSession(model, device="torch-cpu").run(None, {"a": a, "b": b})[0]
     assert got.dtype == dtype and np.array_equal(got, want) and np.array_equal(got, a @ b)
+
+
+@pytest.mark.parametrize("axes", [None, [], [1]], ids=["no-axes-input", "empty-axes", "axis-1"])
+@pytest.mark.parametrize("op", ["ReduceLogSum", "ReduceL2", "ReduceSumSquare", "ReduceL1", "ReduceLogSumExp"])
+def test_reductions_with_noop_with_empty_axes(op: str, axes) -> None:
+    """noop_with_empty_axes and no axes: no reduction, but the per-value step still applies (log x,
+    |x|, x^2), as the CPU kernel (and onnx's reference) computes it."""
+    x = np.random.default_rng(0).random((2, 3)).astype(np.float32) + 0.5
+    consts = {} if axes is None else {"axes": np.array(axes, np.int64)}
+    model = from_onnx(one_node(op, {"x": x}, {"noop_with_empty_axes": 1}, opset=18, consts=consts),
+                      ConvertOptions(exact=True))
+    want = InferenceSession(model).run(None, {"x": x})[0]
+    got = InferenceSession(model, device="torch-cpu").run(None, {"x": x})[0]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-6)

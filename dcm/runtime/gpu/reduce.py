@@ -20,30 +20,30 @@ def _axis(axis: int, rank: int) -> int:
 
 
 class _Reduce:
-    """Mixed into a CPU reduction kernel: ``torch_reduce(x, dims)`` is the torch form (dims None: no axis)."""
+    """Mixed into a CPU reduction kernel: ``torch_reduce(x, dims)`` is the torch form (dims: at
+    least one axis; a reduction over none, noop_with_empty_axes, and a 0-d input take the host path)."""
 
     def __call__(self, x, axes=None):
-        if not x.is_floating_point() or x.numel() == 0:
+        if not x.is_floating_point() or x.numel() == 0 or x.dim() == 0:
             return on_host(super().__call__, x.device, x, axes)
+        given = axes  # a run-time axes input, or None
         axes = self.axes if self.axes is not None else cpu._ints(to_host(axes), "axes")
-        if not axes and self.noop_empty:
-            return (self.torch_reduce(x, None),)
+        if not axes and self.noop_empty:  # still |x|, x^2, log x... per value: the CPU kernel's rule
+            return on_host(super().__call__, x.device, x, given)
         dims = tuple(_axis(a, x.dim()) for a in axes) if axes else tuple(range(x.dim()))
         if len(set(dims)) != len(dims):
             raise ValueError(f"repeated axis in {axes}")
-        return (self.torch_reduce(x, dims) if dims else self.torch_reduce(x, None),)
+        return (self.torch_reduce(x, dims),)
 
-    def torch_reduce(self, x: torch.Tensor, dims: tuple[int, ...] | None) -> torch.Tensor:
+    def torch_reduce(self, x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
         """(Named apart from the CPU kernel's ``reduce``, which its ``__call__`` still runs on host copies.)"""
         raise NotImplementedError
 
 
 def _torch_reduction(op: str, per_value, total):
-    """A kernel: ``total(per_value(x), dims, keepdim)``; dims None (noop_with_empty_axes and no
-    axes) keeps every value, after ``per_value``."""
+    """A kernel: ``total(per_value(x), dims, keepdim)``."""
     def torch_reduce(self, x, dims):
-        v = per_value(x)
-        return v if dims is None else total(v, dims, self.keep)
+        return total(per_value(x), dims, self.keep)
 
     return register(op)(type(op, (_Reduce, getattr(cpu, op)), {"torch_reduce": torch_reduce}))
 
