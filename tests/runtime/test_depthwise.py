@@ -55,6 +55,10 @@ def _check(m, x, threads=1):
     (4, 3, (3, 5), {"strides": [3, 2], "pads": [1, 2, 1, 2]}),
     (3, 1, (3, 3), {"pads": [4, 4, 4, 4]}),  # pads wider than the kernel
     (4, 1, (3, 3), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+    (4, 1, (5, 7), {"pads": [2, 3, 2, 3]}),  # stride 1 with 1, 2, 3 and 4 kernel columns per pass
+    (3, 1, (4, 6), {"pads": [1, 2, 2, 3], "dilations": [1, 2]}),
+    (4, 2, (2, 2), {}),
+    (4, 1, (3, 1), {"pads": [1, 0, 1, 0]}),
 ])
 @pytest.mark.parametrize("width", [13, 70])  # outputs under 32 wide take 8 channels side by side, wider by rows
 def test_matches_onnxruntime(c, multiplier, kernel, attrs, width):

@@ -1314,11 +1314,26 @@ typedef struct {
                 memcpy(flat + (g->pt + r) * wp + g->pl, plane + r * w, w * sizeof(float));              \
             float *restrict acc = flat + (h + g->pt + g->pb + 1) * wp;                                 \
             for (Py_ssize_t q = 0; q < span; q++) acc[q] = b;                                          \
-            for (Py_ssize_t i = 0; i < kh; i++)                                                        \
-                for (Py_ssize_t j = 0; j < kw; j++) {                                                  \
-                    const float wv = wo[i * kw + j];                                                   \
-                    const float *restrict src = flat + i * dh * wp + j * dw;                           \
-                    for (Py_ssize_t q = 0; q < span; q++) acc[q] += wv * src[q];                       \
+            for (Py_ssize_t i = 0; i < kh; i++) /* a kernel row per pass: kw products per load of acc */ \
+                for (Py_ssize_t j0 = 0; j0 < kw; j0 += 4) {                                            \
+                    const float *restrict src = flat + i * dh * wp + j0 * dw;                          \
+                    const float *wr = wo + i * kw + j0;                                                \
+                    if (kw - j0 >= 4) {                                                                \
+                        const float w0 = wr[0], w1 = wr[1], w2 = wr[2], w3 = wr[3];                    \
+                        const float *s1 = src + dw, *s2 = src + 2 * dw, *s3 = src + 3 * dw;             \
+                        for (Py_ssize_t q = 0; q < span; q++)                                          \
+                            acc[q] += w0 * src[q] + w1 * s1[q] + w2 * s2[q] + w3 * s3[q];              \
+                    } else if (kw - j0 == 3) {                                                         \
+                        const float w0 = wr[0], w1 = wr[1], w2 = wr[2];                                \
+                        const float *s1 = src + dw, *s2 = src + 2 * dw;                                \
+                        for (Py_ssize_t q = 0; q < span; q++) acc[q] += w0 * src[q] + w1 * s1[q] + w2 * s2[q]; \
+                    } else if (kw - j0 == 2) {                                                         \
+                        const float w0 = wr[0], w1 = wr[1], *s1 = src + dw;                            \
+                        for (Py_ssize_t q = 0; q < span; q++) acc[q] += w0 * src[q] + w1 * s1[q];      \
+                    } else {                                                                           \
+                        const float w0 = wr[0];                                                        \
+                        for (Py_ssize_t q = 0; q < span; q++) acc[q] += w0 * src[q];                   \
+                    }                                                                                  \
                 }                                                                                      \
             for (Py_ssize_t r = 0; r < oh; r++) {                                                      \
                 float *restrict yr = y + (p * oh + r) * ow;                                            \
