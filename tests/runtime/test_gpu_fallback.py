@@ -102,13 +102,13 @@ def test_hostile_runs_are_refused_on_the_gpu_backend(message, call, monkeypatch)
         call()
 
 
-MALFORMED = [f for name, f in vars(malformed).items()
-             if name.startswith("test_") and callable(f) and not inspect.signature(f).parameters]
+CHECKS = [(module, f) for module in (malformed, hostile) for name, f in vars(module).items()
+          if name.startswith("test_") and callable(f) and not inspect.signature(f).parameters]
 
 
-@pytest.mark.parametrize("check", MALFORMED, ids=[f.__name__ for f in MALFORMED])
-def test_malformed_runs_on_the_gpu_backend(check, monkeypatch):
-    """tests/runtime/test_malformed_runs.py's checks (those without parameters), their sessions on
-    the GPU backend."""
-    monkeypatch.setattr(malformed, "InferenceSession", _torch_session)
+@pytest.mark.parametrize("module, check", CHECKS, ids=[f.__name__ for _, f in CHECKS])
+def test_malformed_runs_on_the_gpu_backend(module, check, monkeypatch):
+    """The checks of tests/runtime/test_malformed_runs.py and test_hostile_shapes.py that take no
+    parameters, their sessions on the GPU backend."""
+    monkeypatch.setattr(module, "InferenceSession", _torch_session)
     check()

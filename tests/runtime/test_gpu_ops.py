@@ -102,3 +102,30 @@ def test_reductions_with_noop_with_empty_axes(op: str, axes) -> None:
     got = InferenceSession(model, device="torch-cpu").run(None, {"x": x})[0]
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+EXTREMES = np.array([-1e30, -100, -1, -0.0, 0, 0.5, 1, 100, 1e30, np.inf, -np.inf, np.nan], np.float32)
+
+
+@pytest.mark.parametrize("op, attrs, opset", [
+    ("Gelu", {}, 20), ("Gelu", {"approximate": "tanh"}, 20), ("Softplus", {}, 17), ("Mish", {}, 18),
+    ("Elu", {}, 17), ("Selu", {}, 17), ("Celu", {}, 17), ("Swish", {}, 24), ("HardSwish", {}, 17),
+    ("HardSigmoid", {}, 17), ("Softsign", {}, 17), ("Sqrt", {}, 17), ("Erf", {}, 17)])
+def test_activations_on_extremes_match_the_cpu(op: str, attrs: dict, opset: int) -> None:
+    """Infinities, NaN and huge values give what the CPU kernels give (no NaN from a discarded branch)."""
+    model = from_onnx(one_node(op, {"x": EXTREMES}, attrs, opset=opset), ConvertOptions(exact=True))
+    want = InferenceSession(model).run(None, {"x": EXTREMES})[0]
+    got = InferenceSession(model, device="torch-cpu").run(None, {"x": EXTREMES})[0]
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7, equal_nan=True)
+
+
+@pytest.mark.parametrize("exponent", [0.5, 2.0, 3.0, 1.5])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_pow_on_extremes_matches_the_cpu(exponent: float, dtype) -> None:
+    a = np.resize(EXTREMES.astype(dtype), (3, 12))
+    b = np.full((1, 1, 1), exponent, dtype)  # the result grows a dimension
+    model = from_onnx(one_node("Pow", {"a": a, "b": b}, opset=15), ConvertOptions(exact=True))
+    want = InferenceSession(model).run(None, {"a": a, "b": b})[0]
+    got = InferenceSession(model, device="torch-cpu").run(None, {"a": a, "b": b})[0]
+    assert got.shape == want.shape == (1, 3, 12)
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=2e-3, equal_nan=True)

@@ -2,9 +2,10 @@
 CPU kernels' exact formulas: attributes are read as float32 as ONNX stores them (``cpu._attr``)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dcm.runtime.cpu import activation as cpu
 from dcm.runtime.gpu.registry import register
@@ -89,10 +90,14 @@ class HardSwish(Kernel):
 
 @register("Gelu")
 class Gelu(cpu.Gelu):
-    """torch's Gelu is ONNX's in both forms: x/2 (1 + erf(x / sqrt 2)), and the tanh approximation."""
+    """x/2 (1 + erf(x / sqrt 2)), or x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): the formulas
+    written out (F.gelu gives NaN for x = +inf)."""
 
     def __call__(self, x):
-        return (F.gelu(x, approximate="tanh" if self.tanh else "none"),)
+        if self.tanh:
+            inner = x * (1 + 0.044715 * x * x) * math.sqrt(2 / math.pi)
+            return (0.5 * x * (1 + torch.tanh(inner)),)
+        return (0.5 * x * (1 + torch.erf(x * math.sqrt(0.5))),)
 
 
 @register("Swish")

@@ -80,7 +80,11 @@ class Pow(Kernel):
     def __call__(self, a, b):
         check_broadcast(a, b)
         if a.is_floating_point():
-            return (torch.pow(a, b.to(a.dtype)),)
+            y = torch.pow(a, b.to(a.dtype))
+            if a.dtype == torch.float16:  # numpy's float16 power follows C's pow, as torch does
+                return (y,)
+            # numpy's float32/float64 power (the CPU kernel's) gives NaN for (-inf) ** 0.5, C's pow +inf
+            return (torch.where((b == 0.5) & (a == float("-inf")), torch.full_like(y, float("nan")), y),)
         if b.is_floating_point() or bool((b < 0).any()):  # torch refuses integers to negative integer powers
             return (torch.pow(a.double(), b.double()).to(a.dtype),)
         return (torch.pow(a, b.to(a.dtype)),)

@@ -44,17 +44,25 @@ class Concat(cpu.Concat):
 class Squeeze(cpu.Squeeze):
     def __call__(self, x, axes=None):
         axes = self.axes if axes is None else cpu.ints(axes)  # a run-time axes input
-        axes = axes if axes is not None else [i for i, d in enumerate(x.shape) if d == 1]
-        shape = [d for i, d in enumerate(x.shape) if i not in {a % x.dim() for a in axes}]
-        return (x.reshape(shape),)
+        if axes is None:
+            return (x.reshape([d for d in x.shape if d != 1]),)
+        axes = {cpu.normal_axis(a, x.dim()) for a in axes}
+        if any(x.shape[a] != 1 for a in axes):
+            raise ValueError(f"cannot squeeze axes {sorted(axes)} of shape {list(x.shape)}: size is not 1")
+        return (x.reshape([d for i, d in enumerate(x.shape) if i not in axes]),)
 
 
 @register("Unsqueeze")
 class Unsqueeze(cpu.Unsqueeze):
     def __call__(self, x, axes=None):
         axes = self.axes if axes is None else cpu.ints(axes)  # a run-time axes input
+        if axes is None:
+            raise ValueError("no axes")
         rank = x.dim() + len(axes)
-        for a in sorted(a % rank for a in axes):
+        axes = [cpu.normal_axis(a, rank) for a in axes]
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"repeated axis in {axes}")
+        for a in sorted(axes):
             x = x.unsqueeze(a)
         return (x,)
 

@@ -45,9 +45,16 @@ class LeakyRelu(Kernel):
 @register("Clip")
 class Clip(Kernel):
     def __call__(self, x, lo=None, hi=None):
-        lo = self.attrs.get("min") if lo is None else lo.reshape(()).item()  # .item(): an int for int bounds,
-        hi = self.attrs.get("max") if hi is None else hi.reshape(()).item()  # so clamp keeps an int type
+        lo = self.attrs.get("min") if lo is None else _bound(lo)
+        hi = self.attrs.get("max") if hi is None else _bound(hi)
         return (x.clone() if lo is None and hi is None else torch.clamp(x, lo, hi),)  # clamp needs a bound
+
+
+def _bound(v: torch.Tensor) -> float | int:
+    """A Clip bound input as a Python number (an int for an integer bound, so clamp keeps x's type)."""
+    if v.numel() != 1:
+        raise ValueError(f"Clip bounds must be scalars, got shape {list(v.shape)}")
+    return v.reshape(()).item()
 
 
 class _Softmax(cpu_act._SoftmaxBase):

@@ -76,7 +76,7 @@ class Conv(cpu_conv.Conv):
             for g, mm in enumerate(self.mms):
                 cols = F.unfold(x[:, g * cg : (g + 1) * cg], self.kernel, self.dilations, 0, self.strides)
                 cols = cols.permute(1, 0, 2).reshape(cols.shape[1], n * oh * ow)  # [Cg*kh*kw, N*OH*OW]
-                outs.append(mm.left(cols).reshape(-1, n, oh, ow))
+                outs.append(mm.left(cols).reshape(mm.shape[0], n, oh, ow))  # (-1 is ambiguous at batch 0)
             y = torch.cat(outs).permute(1, 0, 2, 3).contiguous()
             if self.bias is not None:
                 y = y + self.bias.reshape(1, -1, 1, 1)
