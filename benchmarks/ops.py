@@ -4,8 +4,8 @@
 
 Every non-weight op of the runtime's registry that a CNN uses, on a [2, 64, 56, 56] float32 input
 (ResNet's second stage), best of 5 repeats, 1 thread by default (dcm's BLAS limited with
-threadpoolctl). Whole-model profiles hide a slow op behind the convolutions; this table is how
-session 3 found LeakyRelu at 22x and Clip at 7x of onnxruntime (LRN showed in AlexNet's profile).
+threadpoolctl). Whole-model profiles hide a slow op behind the convolutions; this table shows
+one op at a time (a LeakyRelu at 22x or a Clip at 7x of onnxruntime stands out here).
 Prints a table, writes benchmarks/results/ops.json. Ratios < 1 mean dcm is faster.
 """
 from __future__ import annotations
