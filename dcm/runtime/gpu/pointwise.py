@@ -64,7 +64,12 @@ class _Softmax(cpu_act._SoftmaxBase):
         shape, axis = x.shape, normalize_axis_index(self.axis, max(x.dim(), 1))
         if self.legacy:
             x, axis = x.reshape(math.prod(shape[:axis]), -1), 1
-        work = torch.float64 if x.dtype == torch.float64 else torch.float32  # float16 in float32, as the CPU kernel
+        if x.dtype == torch.float16 and not self.log and x.numel():
+            # Each step rounded to float16, as the CPU kernel and ONNX's reference compute it (the
+            # backend cases expect those values: 2 ulp from float32 rounded once).
+            y = torch.exp(x - x.amax(axis, keepdim=True))
+            return ((y / y.sum(axis, keepdim=True)).reshape(shape),)
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32  # float16 LogSoftmax in float32
         y = torch.log_softmax(x, axis, dtype=work) if self.log else torch.softmax(x, axis, dtype=work)
         return (y.reshape(shape).to(x.dtype),)
 
