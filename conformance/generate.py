@@ -26,6 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
+from benchmarks.fuzz import join, split  # noqa: E402  (a file's framing: header and sections)
 from dcm.encoder import decode_tensor, encode_raw, encode_tensor  # noqa: E402
 from dcm.encoder.huffman import encode_stream, table_from_lengths  # noqa: E402
 from dcm.format import Model, Node, ValueInfo, read, to_bytes  # noqa: E402
@@ -46,21 +47,6 @@ def section(kind: bytes, payload: bytes, reserved: int = 0) -> bytes:
 def file_header(major: int = C.VERSION_MAJOR, minor: int = C.VERSION_MINOR) -> bytes:
     head = C.SIGNATURE + struct.pack("<HH", major, minor)
     return head + struct.pack("<I", zlib.crc32(head))
-
-
-def split(data: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """A well-formed file's header and its (type, payload) sections."""
-    pos, out = C.FILE_HEADER_SIZE, []
-    while pos < len(data):
-        kind = data[pos : pos + 4]
-        (length,) = struct.unpack_from("<Q", data, pos + 8)
-        out.append((kind, data[pos + 16 : pos + 16 + length]))
-        pos += 16 + length + 4
-    return data[: C.FILE_HEADER_SIZE], out
-
-
-def join(header: bytes, sections: list[tuple[bytes, bytes]]) -> bytes:
-    return header + b"".join(section(k, p) for k, p in sections)
 
 
 def graph_text(doc: Any, before_data: int = 0) -> bytes:
