@@ -59,7 +59,8 @@ def test_weight_layers_keep_the_input_type(op: str, dtype) -> None:
 
 
 @pytest.mark.parametrize("op, attrs, consts", [
-    ("Conv", {"pads": [1, 0, 1, 1, 0, 1], "strides": [2, 1, 1]}, {"w": (3, 2, 2, 3, 2)}),
+    ("Conv", {"pads": [1, 0, 1, 1, 0, 1], "strides": [2, 1, 1]}, {"w": (3, 2, 2, 3, 2), "b": (3,)}),
+    ("Conv", {"group": 2, "dilations": [1, 2, 1]}, {"w": (4, 1, 2, 2, 2)}),
     ("ConvTranspose", {"strides": [2, 1, 2], "output_padding": [1, 0, 0]}, {"w": (2, 3, 2, 2, 3)}),
     ("MaxPool", {"kernel_shape": [2, 2, 3], "strides": [2, 1, 2], "pads": [1, 0, 0, 0, 1, 1]}, {}),
     ("AveragePool", {"kernel_shape": [2, 3, 3], "strides": [2, 1, 2], "pads": [1, 0, 1, 0, 1, 1],
@@ -129,3 +130,15 @@ def test_pow_on_extremes_matches_the_cpu(exponent: float, dtype) -> None:
     got = InferenceSession(model, device="torch-cpu").run(None, {"a": a, "b": b})[0]
     assert got.shape == want.shape == (1, 3, 12)
     np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=2e-3, equal_nan=True)
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 3), (3, 2, 3, 3), (4, 1, 2, 2, 2)], ids=["1d", "2d", "3d-grouped"])
+def test_conv_with_a_weight_fed_at_run_time(shape) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 2, *[6] * (len(shape) - 2))).astype(np.float32)
+    w, b = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape[0]).astype(np.float32)
+    feeds = {"x": x, "w": w, "b": b}
+    model = from_onnx(one_node("Conv", feeds, {"group": 2 // shape[1], "pads": [1] * 2 * (len(shape) - 2)}, opset=17),
+                      ConvertOptions(exact=True))
+    want = InferenceSession(model).run(None, feeds)[0]
+    np.testing.assert_allclose(InferenceSession(model, device="torch-cpu").run(None, feeds)[0], want, rtol=1e-5, atol=1e-5)
