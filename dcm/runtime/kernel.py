@@ -16,7 +16,7 @@ from dcm.format.model import Model, Node
 from dcm.encoder.codec import CsrParts, check_decoded_size, decode_parts, decode_tensor, matrix_shape
 from dcm.names import by_layer, layer_aliases
 
-# Sparse wins only at low density and small batch (DEVELOPERS.md facts; benchmarks/runtime.py).
+# Sparse wins only at low density and small batch (benchmarks/runtime.py, docs/runtime.md).
 SPARSE_MAX_DENSITY_SMALL_BATCH = 0.30
 SPARSE_MAX_DENSITY_LARGE_BATCH = 0.06
 LARGE_BATCH = 16

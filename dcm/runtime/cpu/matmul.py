@@ -1,7 +1,7 @@
 """Y = W @ X for a decoded weight W [out, in] and activations X [in, n], sparse or dense.
 
 scipy's CSR kernels release the GIL, so a large sparse W is split into row blocks that run on a
-thread pool (DEVELOPERS.md: fc6 3.3 ms -> 1.9 ms on 2 threads). Where the compiled kernels were
+thread pool (AlexNet's fc6: 3.3 ms -> 1.9 ms on 2 threads). Where the compiled kernels were
 built (``native``), a sparse W runs on them instead: product, bias and ReLU in one call; at batch 1
 skipping the zero inputs a ReLU leaves, at batch n on activations held transposed [features, n].
 """
