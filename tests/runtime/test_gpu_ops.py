@@ -141,4 +141,5 @@ def test_conv_with_a_weight_fed_at_run_time(shape) -> None:
     model = from_onnx(one_node("Conv", feeds, {"group": 2 // shape[1], "pads": [1] * 2 * (len(shape) - 2)}, opset=17),
                       ConvertOptions(exact=True))
     want = InferenceSession(model).run(None, feeds)[0]
-    np.testing.assert_allclose(InferenceSession(model, device="torch-cpu").run(None, feeds)[0], want, rtol=1e-5, atol=1e-5)
+    got = InferenceSession(model, device="torch-cpu").run(None, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
