@@ -183,3 +183,15 @@ def test_node_declaring_more_outputs_than_its_op_makes():
         sess = InferenceSession(model)
         with pytest.raises(ExecutionError, match="'soft'.*declares 2 outputs, the op makes 1"):
             sess.profile({"x": np.ones(2, np.float32)}, runs=1) if timed else sess.run(None, {"x": np.ones(2, np.float32)})
+
+
+def test_node_with_too_few_inputs_is_refused_before_the_graph_passes_read_it():
+    """A one-input Mul reached fuse_gelu, which read its second input (an IndexError the fuzzer
+    found): every node is checked before the passes run."""
+    from dcm.format.model import Model, Node, ValueInfo
+    from dcm.errors import UnsupportedOpError
+
+    model = Model([ValueInfo("x", "float32", [2])], [ValueInfo("y", "float32", [2])],
+                  [Node("Mul", ["x"], ["y"], {}, "mul")], {})
+    with pytest.raises(UnsupportedOpError, match="'mul' \\(Mul\\): takes 2 inputs, the graph gives 1"):
+        InferenceSession(model)
