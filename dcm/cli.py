@@ -555,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     s.add_argument("--kernels", default="auto", choices=["auto", "sparse", "dense"],
                    help="force every weight layer's kernel (default: chosen per layer from density and batch)")
-    s.add_argument("--threads", type=count, default=None, help="threads for the sparse kernels")
+    s.add_argument("--threads", type=count, default=None, help="threads for dcm's kernels and numpy's BLAS pool")
     s.add_argument("--inputs", metavar="DATA.npz", help="time these inputs (arrays named like the model's "
                    "inputs, or one array) instead of random ones")
     s.add_argument("--onnxruntime", action="store_true",
