@@ -55,11 +55,12 @@ class _Binary(Kernel):
         return (self.fn(a, b),)
 
 
-_COMPARE = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Equal": torch.eq, "Less": torch.lt,
-            "LessOrEqual": torch.le, "Greater": torch.gt, "GreaterOrEqual": torch.ge, "And": torch.logical_and,
-            "Or": torch.logical_or, "Xor": torch.logical_xor, "BitwiseAnd": torch.bitwise_and,
-            "BitwiseOr": torch.bitwise_or, "BitwiseXor": torch.bitwise_xor}
-for _op, _fn in _COMPARE.items():
+_BINARY = {  # arithmetic, comparisons (bool results), logic and bitwise ops of two inputs
+    "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Equal": torch.eq, "Less": torch.lt,
+    "LessOrEqual": torch.le, "Greater": torch.gt, "GreaterOrEqual": torch.ge, "And": torch.logical_and,
+    "Or": torch.logical_or, "Xor": torch.logical_xor, "BitwiseAnd": torch.bitwise_and,
+    "BitwiseOr": torch.bitwise_or, "BitwiseXor": torch.bitwise_xor}
+for _op, _fn in _BINARY.items():
     register(_op)(type(_op, (_Binary,), {"fn": staticmethod(_fn), "__doc__": f"torch.{_fn.__name__}"}))
 
 
