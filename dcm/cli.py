@@ -14,6 +14,7 @@ import json
 import math
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -459,8 +460,8 @@ def cmd_demo(args) -> int:
     except OSError as exc:
         raise CliError(f"cannot create the output folder {args.out}: {exc.strerror}") from None
     recipe = demo.RECIPES[args.model]
-    if args.fast:
-        recipe.dense_epochs, recipe.prune_epochs, recipe.prune_steps, recipe.quant_epochs = 2, 3, 2, 1
+    if args.fast:  # a copy: the shared recipe stays as it is for later runs in this process
+        recipe = replace(recipe, dense_epochs=2, prune_epochs=3, prune_steps=2, quant_epochs=1)
     log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr if args.json else sys.stdout))
     result = demo.run(recipe, Path(args.out), quiet=args.quiet or not sys.stderr.isatty(), log=log)
     print(json.dumps(result, indent=2) if args.json else "\n" + demo.format_tables(result))
