@@ -25,14 +25,12 @@ def _sessions(model):
 
 
 def test_fallback_of_an_op_without_torch_kernel():
-    idx = np.array([[0, 2], [1, -1]], np.int64)
-    model = one_node("OneHot", {"i": idx, "depth": np.array(3, np.int64), "values": np.array([0.5, 2.0], np.float32)},
-                     {"axis": -1}, opset=11)
+    x, y = np.array([[1, 200], [7, 255]], np.uint8), np.array([1, 3], np.uint8)
+    model = one_node("BitShift", {"x": x, "y": y}, {"direction": "LEFT"}, opset=11)
     cpu, gpu = _sessions(model)
     assert gpu.describe()[0]["backend"] == "cpu-fallback"
-    feeds = {"i": idx, "depth": np.array(3, np.int64), "values": np.array([0.5, 2.0], np.float32)}
-    want, got = cpu.run(None, feeds)[0], gpu.run(None, feeds)[0]
-    assert got.dtype == want.dtype and np.array_equal(got, want)
+    want, got = cpu.run(None, {"x": x, "y": y})[0], gpu.run(None, {"x": x, "y": y})[0]
+    assert got.dtype == want.dtype == np.uint8 and np.array_equal(got, want)
 
 
 def test_fallback_kernel_reads_its_load_time_constants(monkeypatch):
@@ -73,8 +71,9 @@ def test_torch_kernels_say_no_fallback():
     ("Tile", {"x": np.ones((4, 4), np.float32), "r": np.array([1 << 20, 1 << 20], np.int64)}, {}, {}, 13),
     ("Expand", {"x": np.ones((1, 1), np.float32), "s": np.array([1 << 20, 1 << 20], np.int64)}, {}, {}, 13),
     ("Div", {"a": np.ones(3, np.int32), "b": np.array([1, 0, 2], np.int32)}, {}, {}, 13),
+    ("LpPool", {"x": np.ones((1, 1, 2, 2), np.float32)}, {"kernel_shape": [3, 3]}, {}, 18),  # a fallback op
     ("OneHot", {"i": np.array([0, 1], np.int64), "d": np.array(-2, np.int64), "v": np.array([0, 1], np.float32)},
-     {}, {}, 11),  # a fallback op
+     {}, {}, 11),
 ])
 def test_run_time_errors_name_the_node(op, inputs, attrs, consts, opset):
     _, gpu = _sessions(one_node(op, inputs, attrs, opset=opset, consts=consts))

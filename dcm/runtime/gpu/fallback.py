@@ -1,6 +1,6 @@
 """The GPU backend's fallback: a CPU kernel run on host copies of a node's inputs.
 
-Ops rarely seen in a network (OneHot on a few indices, BitShift, LpPool, MaxUnpool) gain little
+Ops rarely seen in a network (BitShift, LpPool, MaxUnpool) gain little
 from a torch kernel of their own, as small shape computations gain nothing from the device
 (onnxruntime's CUDA provider runs those on the CPU). So every op of the CPU registry without a
 torch kernel is registered here through one wrapper, ``on_cpu``: the CPU kernel

@@ -1,5 +1,5 @@
 """Slicing, splitting, broadcasting and index ops on torch: Slice, Split, Expand, Tile, Trilu,
-GatherElements, GatherND, ScatterElements, ScatterND, DepthToSpace, SpaceToDepth, Constant,
+GatherElements, GatherND, ScatterElements, ScatterND, OneHot, DepthToSpace, SpaceToDepth, Constant,
 ConstantOfShape, Range, CastLike. The CPU kernels parse attributes and load-time inputs (subclassed);
 indices are range-checked as on the CPU (an IndexError names the node), and output sizes are bounded
 before allocating."""
@@ -217,6 +217,23 @@ class ScatterND(cpu_index.ScatterND):
         else:
             out = out.scatter_reduce(0, pos[:, None].expand(-1, rest), values, _SCATTER[reduction], include_self=True)
         return (out.reshape(x.shape),)
+
+
+@register("OneHot")
+class OneHot(cpu_index.OneHot):
+    """An index outside [-depth, depth) gives a row of off values (no error), as ONNX specifies."""
+
+    def __call__(self, indices, depth, values):
+        d = int(depth.reshape(-1)[0])
+        if d < 1:
+            raise ValueError(f"depth {d} must be positive")
+        axis = normal_axis(int(self.attrs.get("axis", -1)), indices.dim() + 1)
+        check_elements([*indices.shape, d], "OneHot")
+        idx = indices.long()
+        idx = torch.where(idx < 0, idx + d, idx).unsqueeze(axis)
+        positions = torch.arange(d, device=idx.device).reshape([-1 if a == axis else 1 for a in range(idx.dim())])
+        off, on = values.reshape(-1)[:2]
+        return (torch.where(idx == positions, on, off),)
 
 
 @register("DepthToSpace")
