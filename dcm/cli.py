@@ -22,10 +22,10 @@ import numpy as np
 from dcm.errors import DcmError
 from dcm.format import constants as C
 from dcm.format.writer import atomic_write_bytes
+from dcm.names import KINDS
 from dcm.progress import bar
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141
-KINDS = ("conv", "fc")
 
 
 class CliError(Exception):

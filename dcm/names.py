@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dcm.errors import DcmError
 
 WEIGHT_SUFFIXES = (".weight", "_bnfolded")
+KINDS = ("conv", "fc")  # setting keys that mean every layer of a kind, not one layer
 
 
 def module_path(node_name: str) -> str | None:

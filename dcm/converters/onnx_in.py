@@ -17,10 +17,9 @@ from dcm.format.model import Model, Node, ValueInfo
 from dcm.encoder.codec import encode_raw
 from dcm.encoder.prune import mask_by_sparsity
 from dcm.encoder.smallest import encode_smallest, largest_change
-from dcm.names import by_layer, layer_aliases
+from dcm.names import KINDS, by_layer, layer_aliases
 
 MIN_OPSET = 7
-KINDS = ("conv", "fc")  # setting keys that mean every layer of a kind, not one layer
 # op -> positions of its weight inputs (Gather: an embedding table; recurrent layers: W and R)
 WEIGHT_OPS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (1,), "MatMul": (1,), "Gather": (0,),
               "LSTM": (1, 2), "GRU": (1, 2), "RNN": (1, 2)}
