@@ -178,7 +178,11 @@ class _Expr:
             c, factors = self.product(node.inputs[0], taken)
             return c / d, factors
         taken.append(node)
-        (ca, fa), (cb, fb) = self.product(node.inputs[0], taken), self.product(node.inputs[1], taken)
+        return self.mul_product(node, taken)
+
+    def mul_product(self, mul: Node, taken: list[Node]) -> tuple[float, list[str]]:
+        """The product a Mul node computes, its inputs flattened (its own output may be read by anyone)."""
+        (ca, fa), (cb, fb) = self.product(mul.inputs[0], taken), self.product(mul.inputs[1], taken)
         return ca * cb, fa + fb
 
     def one_plus(self, name: str, taken: list[Node]) -> str | None:
@@ -232,7 +236,7 @@ def fuse_gelu(graph: Graph) -> None:
         if root.op != "Mul" or id(root) in removed:
             continue
         taken = [root]
-        c, factors = _root_product(expr, root, taken)
+        c, factors = expr.mul_product(root, taken)
         if len(factors) != 2 or not _close(c, 0.5):
             continue
         match = None
@@ -258,11 +262,6 @@ def fuse_gelu(graph: Graph) -> None:
                 graph.folded[_name(n)] = _name(root)
     graph.nodes = [n for n in graph.nodes if id(n) not in removed]
 
-
-def _root_product(expr: _Expr, root: Node, taken: list[Node]) -> tuple[float, list[str]]:
-    """The product a Mul node computes, flattened (its own output may be read by anyone)."""
-    (ca, fa), (cb, fb) = expr.product(root.inputs[0], taken), expr.product(root.inputs[1], taken)
-    return ca * cb, fa + fb
 
 
 def _last_axis_mean(graph: Graph, node: Node | None) -> bool:
