@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from dcm.names import KINDS
+
 _RNN_WEIGHT = re.compile(r"weight_(ih|hh|hr)_l\d+(_reverse)?$")
 
 
@@ -94,7 +96,7 @@ def per_layer(setting, layers: dict[str, WeightRef]) -> dict[str, object]:
             if key in setting:
                 out[n] = setting[key]
                 break
-    unknown = [k for k in setting if k not in ("conv", "fc") and not _select(k, layers)]
+    unknown = [k for k in setting if k not in KINDS and not _select(k, layers)]
     if unknown:
         raise KeyError(f"no compressible weight named {sorted(unknown)[0]!r}; weights are {sorted(layers)}")
     return out
