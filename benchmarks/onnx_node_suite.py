@@ -164,13 +164,14 @@ def _array(x: Any) -> np.ndarray:
     return numpy_helper.to_array(x) if hasattr(x, "data_type") else np.asarray(x)
 
 
-def run_case(case) -> None:
-    """Convert (exact) and run every data set; raise AssertionError (or dcm's error) on a mismatch."""
+def run_case(case, device: str = "cpu") -> None:
+    """Convert (exact) and run every data set on ``device`` ("torch-cpu": the GPU backend's kernels
+    on the CPU); raise AssertionError (or dcm's error) on a mismatch."""
     from dcm.converters.onnx_in import ConvertOptions, from_onnx
     from dcm.runtime import InferenceSession
 
     g = case.model.graph
-    session = InferenceSession(from_onnx(case.model, ConvertOptions(exact=True)))
+    session = InferenceSession(from_onnx(case.model, ConvertOptions(exact=True)), device=device)
     weights = {t.name for t in g.initializer}
     in_names = [v.name for v in g.input if v.name not in weights]
     out_names = [v.name for v in g.output]
@@ -207,7 +208,7 @@ def one_line(exc: BaseException) -> str:
     return text
 
 
-def run_all(cases=None) -> list[dict[str, Any]]:
+def run_all(cases=None, device: str = "cpu") -> list[dict[str, Any]]:
     """One row per case: name, op, status ("pass", "fail", "skip") and reason or error."""
     import warnings
 
@@ -220,7 +221,7 @@ def run_all(cases=None) -> list[dict[str, Any]]:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    run_case(case)
+                    run_case(case, device)
                 row.update(status="pass", reason=None)
             except Exception as exc:  # noqa: BLE001  every failure is recorded, none stops the run
                 row.update(status="fail", reason=one_line(exc))
@@ -247,14 +248,17 @@ def _skips(counter: Counter) -> str:
     return ", ".join(f"{reason}: {n}" for reason, n in sorted(counter.items()))
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def markdown(rows: list[dict[str, Any]], gpu_rows: list[dict[str, Any]] | None = None) -> str:
+    """The page; ``gpu_rows`` (the same cases on the GPU backend, device="torch-cpu") add a column."""
     import onnx
 
     from dcm.runtime.cpu import REGISTRY
 
     per = summarize(rows)
+    gpu = summarize(gpu_rows) if gpu_rows is not None else {}
     run = [r for r in rows if r["status"] != "skip"]
     passed = sum(r["status"] == "pass" for r in run)
+    gpu_passed = sum(r["status"] == "pass" for r in gpu_rows or [])
     lines = [
         "# ONNX backend node tests",
         "",
@@ -275,17 +279,23 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         "than 7 (`opset`). Multi-node cases are onnx's `*_expanded` ones (an op's function body); they count "
         "for the op they expand and run when every op of the body is in the registry.",
         "",
+        *([f"The GPU backend (`docs/gpu.md`) runs the same cases with its torch kernels on the CPU "
+           f"(`device=\"torch-cpu\"`): **{gpu_passed} of {len(run)} pass** (column *GPU backend*; "
+           "`tests/runtime/test_gpu_ops.py` requires every case the CPU passes to pass there).", ""]
+          if gpu_rows is not None else []),
         "## Ops in the CPU registry",
         "",
-        "| op | passed / run | cases | skipped (reason: count) |",
-        "|---|---|---|---|",
+        "| op | passed / run | GPU backend | cases | skipped (reason: count) |",
+        "|---|---|---|---|---|",
     ]
     for op in sorted(REGISTRY):
         p = per.get(op)
         if p is None:
-            lines.append(f"| {op} | - | 0 | no backend test case |")
+            lines.append(f"| {op} | - | - | 0 | no backend test case |")
             continue
-        lines.append(f"| {op} | {p['passed']} / {p['run']} | {p['total']} | {_skips(p['skipped'])} |")
+        g = gpu.get(op)
+        on_gpu = f"{g['passed']} / {g['run']}" if g is not None else "-"
+        lines.append(f"| {op} | {p['passed']} / {p['run']} | {on_gpu} | {p['total']} | {_skips(p['skipped'])} |")
     missing = [op for op in ISSUE_OPS if op not in REGISTRY]
     lines += ["", "## Ops of issue 16 not in the CPU registry", ""]
     if missing:
@@ -328,20 +338,34 @@ def main() -> None:
     start = time.perf_counter()
     rows = run_all()
     seconds = time.perf_counter() - start
+    gpu_rows = None
+    try:
+        import torch  # noqa: F401  (the GPU backend's column needs it)
+    except ImportError:
+        print("torch is not installed: no GPU backend column")
+    else:
+        gpu_rows = run_all(device="torch-cpu")
     per = summarize(rows)
     run = [r for r in rows if r["status"] != "skip"]
     passed = sum(r["status"] == "pass" for r in run)
     print(f"{passed} of {len(run)} runnable cases pass, {len(rows) - len(run)} skipped ({seconds:.1f} s)")
+    if gpu_rows is not None:
+        print(f"GPU backend (torch-cpu): {sum(r['status'] == 'pass' for r in gpu_rows)} pass")
+        for r in gpu_rows:
+            if r["status"] == "fail":
+                print(f"FAIL on the GPU backend {r['case']} ({r['op']}): {r['reason']}")
     for r in rows:
         if r["status"] == "fail":
             print(f"FAIL {r['case']} ({r['op']}): {r['reason']}")
     payload = {"cases": len(rows), "run": len(run), "passed": passed, "seconds": seconds,
                "per_op": {op: {**p, "skipped": dict(p["skipped"])} for op, p in sorted(per.items())},
-               "rows": rows}
+               "rows": rows,
+               **({"gpu_passed": sum(r["status"] == "pass" for r in gpu_rows), "gpu_rows": gpu_rows}
+                  if gpu_rows is not None else {})}
     print(f"wrote {save('onnx_node_suite', payload)}")
     if not args.no_docs:
         DOCS.parent.mkdir(exist_ok=True)
-        DOCS.write_text(markdown(rows))
+        DOCS.write_text(markdown(rows, gpu_rows))
         print(f"wrote {DOCS}")
     if args.failures:
         args.failures.write_text(failures_text(rows))
