@@ -53,6 +53,10 @@ def torch_to_onnx_bytes(module, example_inputs: Any, input_names=("input",), out
                 contextlib.redirect_stderr(io.StringIO()), torch.enable_grad():
             warnings.simplefilter("ignore")
             if exporter == "dynamo":
+                # torch.export specializes every dimension whose example size is 1, dynamic_axes or
+                # not: an example batch of 1 would bake batch 1 into reshapes (attention's heads).
+                args = tuple(torch.cat([a, a]) if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == 1 else a
+                             for a in args)
                 program = torch.onnx.export(module, args, input_names=list(input_names),
                                             output_names=list(output_names), dynamic_axes=axes, dynamo=True)
                 return program.model_proto.SerializeToString()

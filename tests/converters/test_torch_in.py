@@ -108,3 +108,30 @@ def test_export_restores_training_mode(net):
         assert net.training
     finally:
         net.eval()
+
+
+def test_dynamo_export_from_a_batch_of_one_keeps_the_batch_symbolic():
+    """torch.export bakes in dimensions whose example size is 1; attention's head reshape then
+    fixed the batch at 1 (a ViT demo evaluated at batch 1000 failed in Reshape)."""
+    import numpy as np
+    import torch
+
+    from dcm.converters import ConvertOptions, from_torch
+    from dcm.runtime import InferenceSession
+
+    class Attend(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Linear(8, 16)
+            self.attn = torch.nn.MultiheadAttention(16, 2)
+
+        def forward(self, x):
+            h = self.embed(x).transpose(0, 1)
+            return self.attn(h, h, h)[0].transpose(0, 1)
+
+    torch.manual_seed(0)
+    module = Attend().eval()
+    model = from_torch(module, torch.randn(1, 5, 8), options=ConvertOptions(exact=True), exporter="dynamo")
+    x = torch.randn(4, 5, 8)
+    np.testing.assert_allclose(InferenceSession(model).run(None, {"input": x.numpy()})[0],
+                               module(x).detach().numpy(), rtol=1e-4, atol=1e-5)
