@@ -17,6 +17,7 @@ import argparse
 import io
 import math
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -145,9 +146,11 @@ def main() -> None:
     print(f"wrote {save('zoo', {'rows': rows})}")
     if args.docs:
         DOCS.parent.mkdir(exist_ok=True)
-        DOCS.write_text("# Runtime on the architectures users bring\n\nMade by `python -m benchmarks.zoo --docs` "
-                        "(random weights, seed 0; times are medians on the machine that ran it, noisy on a busy "
-                        "one). Ratios < 1: dcm is faster than onnxruntime on the same weights.\n\n" + text + "\n")
+        command = " ".join(["python -m benchmarks.zoo", *sys.argv[1:]])
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        DOCS.write_text(f"# Runtime on the architectures users bring\n\nMade by `{command}` (random weights, "
+                        f"seed 0; medians on {os.cpu_count()} cores at load average {load:.1f}). Ratios < 1: dcm "
+                        "is faster than onnxruntime on the same weights.\n\n" + text + "\n")
 
 
 if __name__ == "__main__":
