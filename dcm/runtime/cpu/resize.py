@@ -130,33 +130,41 @@ class Resize(Kernel):
         self.scales_attr = self.attrs.get("scales")  # Upsample-7
 
     def __call__(self, x, a=None, b=None, c=None):
+        x = np.asarray(x)
+        work = x.astype(np.float32 if x.dtype in (np.float16, np.float32) else np.float64, copy=False)
+        for axis, scale, out, span in self._plan(x.shape, a, b, c):
+            work = self._axis(work, axis, scale, out, span)
+        if np.issubdtype(x.dtype, np.integer):
+            info = np.iinfo(x.dtype)
+            return (np.clip(np.round(work), info.min, info.max).astype(x.dtype),)
+        return (work.astype(x.dtype, copy=False),)
+
+    def _plan(self, shape: tuple[int, ...], a, b, c) -> list[tuple[int, float, int, tuple[float, float] | None]]:
+        """The axes to resize, each as (axis, scale, output size, roi span), from the run-time inputs
+        (roi, scales, sizes; Upsample: scales); axes that stay as they are are left out. Shared by
+        the GPU backend, which runs the same plan on torch tensors."""
         roi, scales, sizes = (None, a, None) if self.legacy else (a, b, c)
         if self.scales_attr is not None:
             scales = np.asarray(self.scales_attr, dtype=np.float64)
-        x = np.asarray(x)
-        rank = x.ndim
+        rank = len(shape)
         axes = list(range(rank)) if self.axes is None else [int(v) + rank if v < 0 else int(v) for v in self.axes]
         if len(set(axes)) != len(axes) or any(not 0 <= v < rank for v in axes):
             raise ValueError(f"axes {self.axes} do not fit an input of rank {rank}")
-        scale, out = self._targets(x.shape, axes, scales, sizes)
+        scale, out = self._targets(shape, axes, scales, sizes)
         roi = None if roi is None or np.size(roi) == 0 else np.asarray(roi, dtype=np.float64).reshape(-1)
         if roi is not None and roi.size not in (2 * len(axes), 2 * rank):
             raise ValueError(f"roi has {roi.size} values for {len(axes)} axes")
         check_elements(out, "Resize output")
-        work = x.astype(np.float32 if x.dtype in (np.float16, np.float32) else np.float64, copy=False)
+        steps = []
         for k, axis in enumerate(axes):
             span = None
             if roi is not None:
                 i, n = (k, len(axes)) if roi.size == 2 * len(axes) else (axis, rank)
                 span = (float(roi[i]), float(roi[i + n]))
             trivial = span is None or self.transform != "tf_crop_and_resize" or span == (0.0, 1.0)
-            if math.isclose(scale[axis], 1.0) and out[axis] == work.shape[axis] and trivial:
-                continue
-            work = self._axis(work, axis, scale[axis], out[axis], span)
-        if np.issubdtype(x.dtype, np.integer):
-            info = np.iinfo(x.dtype)
-            return (np.clip(np.round(work), info.min, info.max).astype(x.dtype),)
-        return (work.astype(x.dtype, copy=False),)
+            if not (math.isclose(scale[axis], 1.0) and out[axis] == shape[axis] and trivial):
+                steps.append((axis, scale[axis], out[axis], span))
+        return steps
 
     def _targets(self, shape: tuple[int, ...], axes: list[int], scales, sizes) -> tuple[list[float], list[int]]:
         """(scale per axis, output size per axis) from the scales or the sizes input."""

@@ -5,8 +5,6 @@ the device. F.interpolate is not used: its coordinate rules match only some of O
 (coordinate_transformation_mode x nearest_mode x cubic_coeff_a x exclude_outside)."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -20,28 +18,9 @@ from dcm.runtime.gpu.registry import register
 class Resize(cpu.Resize):
     def __call__(self, x, a=None, b=None, c=None):
         a, b, c = (to_host(v) for v in (a, b, c))  # roi, scales, sizes: a few values
-        roi, scales, sizes = (None, a, None) if self.legacy else (a, b, c)
-        if self.scales_attr is not None:
-            scales = np.asarray(self.scales_attr, dtype=np.float64)
-        rank = x.dim()
-        axes = list(range(rank)) if self.axes is None else [int(v) + rank if v < 0 else int(v) for v in self.axes]
-        if len(set(axes)) != len(axes) or any(not 0 <= v < rank for v in axes):
-            raise ValueError(f"axes {self.axes} do not fit an input of rank {rank}")
-        scale, out = self._targets(tuple(x.shape), axes, scales, sizes)
-        roi = None if roi is None or np.size(roi) == 0 else np.asarray(roi, dtype=np.float64).reshape(-1)
-        if roi is not None and roi.size not in (2 * len(axes), 2 * rank):
-            raise ValueError(f"roi has {roi.size} values for {len(axes)} axes")
-        check_elements(out, "Resize output")
         work = x.to(torch.float32 if x.dtype in (torch.float16, torch.float32) else torch.float64)
-        for k, axis in enumerate(axes):
-            span = None
-            if roi is not None:
-                i, n = (k, len(axes)) if roi.size == 2 * len(axes) else (axis, rank)
-                span = (float(roi[i]), float(roi[i + n]))
-            trivial = span is None or self.transform != "tf_crop_and_resize" or span == (0.0, 1.0)
-            if math.isclose(scale[axis], 1.0) and out[axis] == work.shape[axis] and trivial:
-                continue
-            work = self._torch_axis(work, axis, scale[axis], out[axis], span)
+        for axis, scale, out, span in self._plan(tuple(x.shape), a, b, c):
+            work = self._torch_axis(work, axis, scale, out, span)
         if not x.is_floating_point():
             info = torch.iinfo(x.dtype)
             return (torch.clamp(torch.round(work), info.min, info.max).to(x.dtype),)
