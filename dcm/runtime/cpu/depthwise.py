@@ -1,6 +1,8 @@
 """Depthwise convolution (one input channel per group: MobileNet's and EfficientNet's 3x3 and 5x5
-layers) through the compiled ``depthwise2d``: per output row, k*k shifted input rows times one
-weight each, the bias first and a Relu/Clip clamp last while the row is in cache.
+layers, ConvNeXt's 7x7) through the compiled ``depthwise2d``, the bias first and a Relu/Clip clamp
+last while the output is in cache. Outputs under 32 wide and strided layers put 8 channels side by
+side in AVX2 registers and compute up to 8 output pixels at once (independent multiply-add chains);
+wide stride-1 layers shift the whole zero-padded plane, up to 4 taps of a kernel row per pass.
 
 As a grouped GEMM it was one tiny product per channel (960 of them in MobileNetV2's last block)
 after an im2col copy of the input; the direct sparse kernel takes horizontal stride 1 only."""
@@ -13,6 +15,7 @@ from dcm.runtime.cpu.matmul import even_ranges, thread_pool
 from dcm.runtime.cpu.windows import output_size
 
 SPLIT_MIN_WORK = 2_000_000  # multiply-adds past which a run is split over the thread pool by planes
+LANES = 8  # planes the kernel computes side by side: thread ranges are multiples of it
 
 
 def is_depthwise(group: int, weight_shape: tuple[int, ...]) -> bool:
@@ -37,5 +40,6 @@ def depthwise(x: np.ndarray, weight: np.ndarray, strides: tuple[int, int], dilat
     if threads < 2 or y.size * kh * kw < SPLIT_MIN_WORK or planes < 2:
         native.depthwise2d(*args)
     else:
-        list(thread_pool(threads).map(lambda r: native.depthwise2d(*args, *r), even_ranges(planes, threads)))
+        ranges = [(a * LANES, min(b * LANES, planes)) for a, b in even_ranges(-(-planes // LANES), threads)]
+        list(thread_pool(threads).map(lambda r: native.depthwise2d(*args, *r), ranges))
     return y
