@@ -403,6 +403,10 @@ HUGE_CALLS = {
                                                        (1, 1), (0, 0, 0, 0)),
     "depthwise2d multiplier": lambda: native.depthwise2d(_ones(4), _ones(4), _ones(1), (1, 1, 2, 2), (1, 1), (1, 1),
                                                          (1, 1), (0, 0, 0, 0), HUGE),
+    "recurrent_scan": lambda: native.recurrent_scan("RNN", np.ones((1, 1, 1), np.float32),
+                                                    np.ones((1, 1, 1, 1), np.float32), np.ones((1, 1), np.float32),
+                                                    None, np.array([HUGE], np.int64), 0, False,
+                                                    rt=np.ones((1, 1), np.float32)),
     "SparseMatrix": lambda: SparseMatrix(HUGE, 1, np.zeros(2, np.int64), np.zeros(0, np.int32), _ones(0)),
     "SparseConv": lambda: SparseConv(1, HUGE, 1, 1, 1, np.array([0, 1], np.int64), np.array([0], np.int32), _ones(1)),
 }

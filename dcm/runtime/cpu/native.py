@@ -8,13 +8,17 @@ try:
                                          winograd_output)
 except ImportError:  # pragma: no cover - a build without a compiler; tests/runtime/test_native.py says so
     SparseConv = SparseMatrix = depthwise2d = pool2d = set_simd = winograd_input = winograd_output = None
+try:  # _recurrent.c: the time-step loop of LSTM, GRU and RNN
+    from dcm.runtime.cpu._recurrent import recurrent_scan, set_simd as set_recurrent_simd
+except ImportError:  # pragma: no cover - as above
+    recurrent_scan = set_recurrent_simd = None
 
 # With the native batched product (SparseMatrix.matmat) a pruned layer beats BLAS on its dense form
 # up to about 30% density at batch 8 and 35% at batch 64 (README "Runtime (CPU)"), where scipy's
 # product lost above 6% at batch 16+.
 SPARSE_MAX_DENSITY = 0.30
 
-NAMES = ("SparseConv", "SparseMatrix", "depthwise2d", "pool2d", "winograd_input", "winograd_output")
+NAMES = ("SparseConv", "SparseMatrix", "depthwise2d", "pool2d", "winograd_input", "winograd_output", "recurrent_scan")
 
 
 def available() -> bool:

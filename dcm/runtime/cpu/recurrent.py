@@ -7,6 +7,12 @@ each direction gets its own product. ``sequence_lens`` freezes a sequence's stat
 zeroes its outputs there; a reverse direction reads each sequence backwards from its own end. Where
 ONNX leaves details open (clip, activation_alpha/beta order, empty sequences) onnxruntime's
 behaviour is followed.
+
+The loop over the steps runs compiled (``native.recurrent_scan``, _recurrent.c) where the build has
+it and the node keeps its op's default activations: R is then held only in the form that loop takes,
+dense transposed or CSR, per direction, and each sequence's reverse order is read in place. Other
+activations, or a build without a C compiler, run the numpy loop below, one product and a dozen
+array operations per step.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from scipy.special import expit
 
 from dcm.encoder.codec import CsrParts
 from dcm.errors import UnsupportedOpError
+from dcm.runtime.cpu import native
 from dcm.runtime.cpu.shape import check_elements
 from dcm.runtime.cpu.matmul import WeightMatmul
 from dcm.runtime.cpu.registry import register
@@ -71,6 +78,8 @@ def _split_directions(w: CsrParts | np.ndarray, shape: tuple[int, ...]) -> list:
 
 class _Recurrent(Kernel):
     gates = 1
+    input_forget = False  # LSTM's and GRU's attributes, read by the shared compiled call
+    linear_before_reset = 0
     default_activations: tuple[str, ...] = ("Tanh",)
     weight_inputs = (1, 2)
 
@@ -90,6 +99,10 @@ class _Recurrent(Kernel):
         clip = self.attrs.get("clip")
         self.clip = None if clip is None else np.float32(clip)
         self.acts = _activations(self.attrs, self.default_activations, self.directions, self.where)
+        defaults = [a.lower() for a in self.default_activations] * self.directions
+        self.custom_activations = [str(a).lower() for a in self.attrs.get("activations", defaults)] != defaults
+        self.compiled = (native.recurrent_scan is not None and not self.custom_activations
+                         and (self.clip is None or self.clip >= 0))
         self.threads = ctx.threads
         self.by_rows = ctx.requested_mode(node, node.inputs[1]) is None  # W's many-row product may go dense
         self.modes, self.densities, self.shapes, self.products = {}, {}, {}, {}
@@ -119,7 +132,10 @@ class _Recurrent(Kernel):
                                      f"[{self.directions}, {shape[1]}, {hidden}]")
 
     def _products(self, i: int, mode: str, mats: list) -> list:
-        """Per direction, the WeightMatmul(s) of input i: W's one, R's (subclasses split R)."""
+        """Per direction, the WeightMatmul(s) of input i: W's one, R's (subclasses split R); for the
+        compiled loop, R's form for it instead."""
+        if i == 2 and self.compiled:
+            return [_scan_form(m) for m in mats]
         return [[WeightMatmul(mode, m, self.threads, prefer="right", by_rows=i == 1 and self.by_rows)] for m in mats]
 
     def _weights(self, w, r) -> tuple[list, list, int, int]:
@@ -161,6 +177,15 @@ class _Recurrent(Kernel):
         hs, cs = np.empty_like(h), np.empty_like(c)
         for d in range(dirs):
             backwards = self.reverse or d == 1
+            if self.compiled:
+                xw = np.ascontiguousarray(wp[d][0].right(x.reshape(steps * batch, size_in))).reshape(steps, batch, gh)
+                recurrent_bias = self._fold_bias(xw, bias[d])
+                hs[d], cs[d] = h[d], c[d]  # initial states in, final ones out
+                native.recurrent_scan(self.node.op, xw, y, hs[d], cs[d] if self.gates == 4 else None, lens, d,
+                                      backwards, **rp[d], peephole=None if peep is None else peep[d],
+                                      recurrent_bias=recurrent_bias, clip=self.clip, input_forget=self.input_forget,
+                                      linear_before_reset=bool(self.linear_before_reset))
+                continue
             order = None
             xs = x
             if backwards:  # each sequence read from its own last step
@@ -168,6 +193,7 @@ class _Recurrent(Kernel):
                 order = np.where(t < lens[None, :], lens[None, :] - 1 - t, t)  # [T, N], its own inverse
                 xs = np.take_along_axis(x, order[:, :, None], axis=0)
             xw = wp[d][0].right(xs.reshape(steps * batch, size_in)).reshape(steps, batch, gh)
+            self._fold_bias(xw, bias[d])
             ys, hs[d], cs[d] = self._scan(d, xw, rp[d], bias[d], None if peep is None else peep[d], h[d], c[d], valid)
             y[:, d] = ys if order is None else np.take_along_axis(ys, order[:, :, None], axis=0)
         empty = lens == 0
@@ -198,6 +224,12 @@ class _Recurrent(Kernel):
             raise ValueError(f"{what} has shape {list(v.shape)}, expected {list(shape)} (directions, batch, hidden)")
         return v
 
+    def _fold_bias(self, xw: np.ndarray, bias: np.ndarray) -> np.ndarray | None:
+        """Adds the biases W_b + R_b [2 * gates * hidden] into the input projections xw in place;
+        returns the part that cannot be folded (GRU's R_h bias under linear_before_reset), else None."""
+        xw += bias[: xw.shape[2]] + bias[xw.shape[2] :]
+        return None
+
     def _clip(self, v: np.ndarray) -> np.ndarray:
         return v if self.clip is None else np.clip(v, -self.clip, self.clip)
 
@@ -210,14 +242,31 @@ class _Recurrent(Kernel):
         return new if valid is None else np.where(valid[t][:, None], new, old)
 
     def describe(self) -> dict:
-        """W's kernel and density, R's as recurrent_*; no density for a weight fed at run time."""
+        """W's kernel and density, R's as recurrent_*; no density for a weight fed at run time; where
+        the step loop runs (compiled, or numpy and why)."""
         out = {"kernel": self.modes.get(1, "dense")}
         if 1 in self.densities:
             out["density"] = self.densities[1]
         out["recurrent_kernel"] = self.modes.get(2, "dense")
         if 2 in self.densities:
             out["recurrent_density"] = self.densities[2]
+        if self.compiled:
+            out["step_loop"] = "compiled"
+        elif native.recurrent_scan is None:
+            out["step_loop"] = "numpy (built without the compiled loop)"
+        else:
+            out["step_loop"] = "numpy (activations other than the defaults)" if self.custom_activations else \
+                "numpy (negative clip)"
         return out
+
+
+def _scan_form(m) -> dict[str, np.ndarray]:
+    """R [gates * hidden, hidden] as native.recurrent_scan takes it: CSR arrays if pruned, else R^T."""
+    if sp.issparse(m):
+        m = sp.csr_array(m)
+        return {"indptr": m.indptr.astype(np.int64), "indices": m.indices.astype(np.int32),
+                "values": m.data.astype(np.float32)}
+    return {"rt": np.ascontiguousarray(np.asarray(m, dtype=np.float32).T)}
 
 
 @register("RNN")
@@ -231,7 +280,6 @@ class RNN(_Recurrent):
 
     def _scan(self, d, xw, rp, bias, peep, h, c, valid):
         (f,) = self.acts[d]
-        xw += bias[: xw.shape[2]] + bias[xw.shape[2] :]
         ys = np.zeros((xw.shape[0],) + h.shape, dtype=np.float32)
         for t in range(xw.shape[0]):
             new = f(self._clip(xw[t] + rp[0].right(h)))
@@ -253,7 +301,7 @@ class GRU(_Recurrent):
         super().__init__(node, ctx)
 
     def _products(self, i, mode, mats):
-        if i == 1 or self.linear_before_reset:
+        if i == 1 or self.linear_before_reset or self.compiled:
             return super()._products(i, mode, mats)
         hidden = mats[0].shape[0] // 3
         return [[WeightMatmul(mode, m[: 2 * hidden], self.threads, prefer="right"),
@@ -263,15 +311,20 @@ class GRU(_Recurrent):
         y, h, _ = self._run(x, w, r, b, sequence_lens, initial_h)
         return y, h
 
-    def _scan(self, d, xw, rp, bias, peep, h, c, valid):
-        f, g = self.acts[d]
-        hidden = h.shape[1]
+    def _fold_bias(self, xw, bias):
+        hidden = xw.shape[2] // 3
         wb, rb = bias[: 3 * hidden], bias[3 * hidden :]
         xw += wb
         if self.linear_before_reset:
             xw[..., : 2 * hidden] += rb[: 2 * hidden]
-        else:
-            xw += rb  # R_h's bias is outside the reset product: it folds into the input projection
+            return np.ascontiguousarray(rb[2 * hidden :])
+        xw += rb  # R_h's bias is outside the reset product: it folds into the input projection
+        return None
+
+    def _scan(self, d, xw, rp, bias, peep, h, c, valid):
+        f, g = self.acts[d]
+        hidden = h.shape[1]
+        rb = bias[3 * hidden :]
         ys = np.zeros((xw.shape[0],) + h.shape, dtype=np.float32)
         for t in range(xw.shape[0]):
             x_t = xw[t]
@@ -305,7 +358,6 @@ class LSTM(_Recurrent):
     def _scan(self, d, xw, rp, bias, peep, h, c, valid):
         f, g, act_h = self.acts[d]
         hidden = h.shape[1]
-        xw += bias[: 4 * hidden] + bias[4 * hidden :]
         ys = np.zeros((xw.shape[0],) + h.shape, dtype=np.float32)
         for t in range(xw.shape[0]):
             gates = xw[t] + rp[0].right(h)

@@ -1,0 +1,205 @@
+"""The compiled LSTM/GRU/RNN step loop (_recurrent.c, native.recurrent_scan) against the numpy loop of
+recurrent.py on random models: every direction, batch 1 and 3, sequences of different lengths,
+initial states, peepholes, clip, input_forget, GRU's linear_before_reset both ways, dense and pruned
+R, the AVX2 and the portable paths; Inf and NaN inputs propagate as in the dense math; malformed
+calls are refused."""
+import contextlib
+
+import numpy as np
+import pytest
+
+from dcm.converters import ConvertOptions, from_onnx
+from dcm.runtime import InferenceSession
+from dcm.runtime.cpu import native
+from tests.runtime.opcheck import one_node
+
+pytestmark = pytest.mark.skipif(native.recurrent_scan is None, reason="built without _recurrent.c")
+
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+@contextlib.contextmanager
+def _numpy_loop():
+    """Sessions loaded inside run the numpy step loop (kernels read native at load time)."""
+    saved = native.recurrent_scan
+    native.recurrent_scan = None
+    try:
+        yield
+    finally:
+        native.recurrent_scan = saved
+
+
+@contextlib.contextmanager
+def _simd(allowed: bool):
+    previous = native.set_recurrent_simd(allowed)
+    try:
+        yield
+    finally:
+        native.set_recurrent_simd(previous)
+
+
+def _model(op, direction, batch, seed, lens=False, states=False, peephole=False, density=1.0, hidden=20, steps=6,
+           **attrs):
+    rng = np.random.default_rng(seed)
+    gates, size, dirs = GATES[op], 7, 2 if direction == "bidirectional" else 1
+    r = rng.standard_normal((dirs, gates * hidden, hidden)).astype(np.float32) * 0.4
+    if density < 1:
+        r *= rng.random(r.shape) < density
+    consts = {"W": rng.standard_normal((dirs, gates * hidden, size)).astype(np.float32) * 0.4, "R": r,
+              "B": rng.standard_normal((dirs, 2 * gates * hidden)).astype(np.float32) * 0.3}
+    feeds = {"x": rng.standard_normal((steps, batch, size)).astype(np.float32)}
+    order = ["x", "W", "R", "B", "", ""]
+    if lens:
+        consts["seq"] = rng.integers(0, steps + 1, batch).astype(np.int32)
+        consts["seq"][0] = steps
+        order[4] = "seq"
+    if states:
+        feeds["h0"] = rng.standard_normal((dirs, batch, hidden)).astype(np.float32)
+        order[5] = "h0"
+    if op == "LSTM":
+        order += ["", ""]
+        if states:
+            feeds["c0"] = rng.standard_normal((dirs, batch, hidden)).astype(np.float32)
+            order[6] = "c0"
+        if peephole:
+            consts["P"] = rng.standard_normal((dirs, 3 * hidden)).astype(np.float32) * 0.5
+            order[7] = "P"
+    model = one_node(op, {k: feeds[k] for k in feeds}, {"hidden_size": hidden, "direction": direction, **attrs},
+                     opset=14, consts=consts, n_out=3 if op == "LSTM" else 2, order=[o for o in order])
+    return from_onnx(model, ConvertOptions(exact=True)), feeds
+
+
+def _both(model, feeds, **session):
+    compiled = InferenceSession(model, **session)
+    with _numpy_loop():
+        reference = InferenceSession(model, **session)
+    assert compiled.describe()[0]["step_loop"] == "compiled"
+    assert reference.describe()[0]["step_loop"].startswith("numpy")
+    return compiled.run(None, feeds), reference.run(None, feeds), compiled
+
+
+CASES = [
+    ("LSTM", {}),
+    ("LSTM", {"peephole": True}),
+    ("LSTM", {"peephole": True, "clip": 0.6}),
+    ("LSTM", {"input_forget": 1, "clip": 1.5}),
+    ("LSTM", {"peephole": True, "input_forget": 1}),
+    ("GRU", {}),
+    ("GRU", {"linear_before_reset": 1}),
+    ("GRU", {"clip": 0.5}),
+    ("GRU", {"linear_before_reset": 1, "clip": 0.5}),
+    ("RNN", {}),
+    ("RNN", {"clip": 0.3}),
+]
+
+
+@pytest.mark.parametrize("simd", [True, False], ids=["avx2", "portable"])
+@pytest.mark.parametrize("density", [1.0, 0.15], ids=["dense", "pruned"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("op, attrs", CASES, ids=[f"{op}-{'-'.join(a) or 'plain'}" for op, a in CASES])
+def test_compiled_loop_matches_numpy(op, attrs, batch, direction, density, simd):
+    seed = hash((op, tuple(attrs), batch, direction)) % 1000
+    model, feeds = _model(op, direction, batch, seed, lens=batch > 1, states=True, density=density, **attrs)
+    kernels = "sparse" if density < 1 else "dense"
+    with _simd(simd):
+        got, want, sess = _both(model, feeds, kernels=kernels)
+    assert sess.describe()[0]["recurrent_kernel"] == kernels
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("op", GATES)
+@pytest.mark.parametrize("hidden", [8, 64, 100])
+def test_wide_layers_and_defaults(op, hidden):
+    """Widths that fill the 64- and 32-column tiles and leave 8-wide and scalar tails; no states."""
+    model, feeds = _model(op, "forward", 2, hidden, hidden=hidden, steps=5)
+    got, want, _ = _both(model, feeds)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("density", [1.0, 0.2], ids=["dense", "pruned"])
+@pytest.mark.parametrize("op", GATES)
+def test_inf_and_nan_propagate_like_the_dense_math(op, density):
+    model, feeds = _model(op, "bidirectional", 3, 7, density=density, states=True)
+    feeds["x"][2, 0, 1] = np.inf
+    feeds["x"][1, 1, 3] = np.nan
+    feeds["h0"][0, 2, 0] = -np.inf
+    kernels = "sparse" if density < 1 else "dense"
+    got, want, _ = _both(model, feeds, kernels=kernels)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w))
+        ok = np.isfinite(w)
+        np.testing.assert_allclose(g[ok], w[ok], rtol=2e-5, atol=2e-6)
+    assert np.isnan(got[0]).any()
+
+
+def test_other_activations_run_the_numpy_loop_and_say_so():
+    model, feeds = _model("GRU", "forward", 1, 0, activations=["HardSigmoid", "Tanh"])
+    sess = InferenceSession(model)
+    assert sess.describe()[0]["step_loop"] == "numpy (activations other than the defaults)"
+    sess.run(None, feeds)
+
+
+def _args(**change):
+    n, hid, gates, steps = 2, 3, 4, 5
+    args = {"cell": "LSTM", "xw": np.zeros((steps, n, gates * hid), np.float32),
+            "y": np.zeros((steps, 1, n, hid), np.float32), "h": np.zeros((n, hid), np.float32),
+            "c": np.zeros((n, hid), np.float32), "lens": np.full(n, steps, np.int64), "direction": 0,
+            "backwards": False, "rt": np.zeros((hid, gates * hid), np.float32)}
+    args.update(change)
+    return args
+
+
+def _csr(indptr, indices):
+    return {"rt": None, "indptr": np.asarray(indptr, np.int64), "indices": np.asarray(indices, np.int32),
+            "values": np.ones(len(indices), np.float32)}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"cell": "LSTMX"}, "cell must be"),
+    ({"xw": np.zeros((5, 2, 13), np.float32)}, "multiple of 4 gates"),
+    ({"y": np.zeros((5, 1, 2, 4), np.float32)}, "y must be"),
+    ({"h": np.zeros((3, 3), np.float32)}, "h \\[n, hidden\\]"),
+    ({"c": np.zeros((2, 4), np.float32)}, "c must be"),
+    ({"lens": np.array([5, 6], np.int64)}, "outside 0..5"),
+    ({"lens": np.array([5, -1], np.int64)}, "outside 0..5"),
+    ({"lens": np.array([5], np.int64)}, "lens must have 2"),
+    ({"direction": 1}, "direction 1 is outside"),
+    ({"rt": np.zeros((12, 3), np.float32)}, "rt must be \\[3, 12\\]"),
+    ({"rt": None}, "give R as"),
+    ({"peephole": np.zeros(8, np.float32)}, "peephole must have 9"),
+    ({"clip": -1.0}, "clip must be"),
+    ({"clip": float("nan")}, "clip must be"),
+    (_csr([0] * 12, []), "indptr must have 13"),
+    (_csr([0] * 12 + [2], [0]), "indptr must run from 0 to the 1"),
+    (_csr([1] * 13, [0]), "indptr must run"),
+    (_csr([0] * 6 + [2] + [1] * 6, [0]), "indptr decreases at 6"),
+    (_csr([0] * 12 + [1], [3]), "index 3 at entry 0 is outside 0..2"),
+    (_csr([0] * 12 + [1], [-1]), "index -1 at entry 0 is outside"),
+    ({"cell": "GRU", "xw": np.zeros((5, 2, 9), np.float32), "rt": np.zeros((3, 9), np.float32)}, "c and peephole"),
+    ({"cell": "RNN", "c": None, "xw": np.zeros((5, 2, 3), np.float32), "rt": np.zeros((3, 3), np.float32),
+      "recurrent_bias": np.zeros(3, np.float32)}, "recurrent_bias is for a GRU"),
+])
+def test_malformed_calls_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        native.recurrent_scan(**_args(**change))
+
+
+def test_wrong_array_types_are_refused():
+    with pytest.raises(TypeError, match="xw"):
+        native.recurrent_scan(**_args(xw=np.zeros((5, 2, 12), np.float64)))
+    with pytest.raises(TypeError, match="lens"):
+        native.recurrent_scan(**_args(lens=np.full(2, 5, np.int32)))
+    with pytest.raises((TypeError, ValueError), match="y"):
+        native.recurrent_scan(**_args(y=np.zeros((5, 1, 2, 3), np.float32)[:, :, ::-1]))
+
+
+def test_empty_sizes_write_nothing():
+    native.recurrent_scan(**_args(xw=np.zeros((0, 2, 12), np.float32), y=np.zeros((0, 1, 2, 3), np.float32),
+                                  lens=np.zeros(2, np.int64)))
+    native.recurrent_scan(**_args(xw=np.zeros((5, 0, 12), np.float32), y=np.zeros((5, 1, 0, 3), np.float32),
+                                  h=np.zeros((0, 3), np.float32), c=np.zeros((0, 3), np.float32),
+                                  lens=np.zeros(0, np.int64)))
