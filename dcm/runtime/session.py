@@ -22,11 +22,16 @@ from dcm.runtime.cpu.windows import release_scratch
 from dcm.runtime.fusion import fuse_activations
 from dcm.runtime.kernel import Kernel, LoadContext
 from dcm.runtime.optimize import optimize as optimize_graph
+from dcm.runtime.shape_cache import (ShapeCache, ShapeGuard, ShapeSubgraph, StaleShapes, find_shape_subgraph, nbytes,
+                                     owner, owners)
 
 # What a kernel raises when a (hostile or broken) model asks the impossible of it; they become a
 # DcmError naming the node. MemoryError included: a model may ask for a huge intermediate.
 KERNEL_FAILURES = (ArithmeticError, AttributeError, IndexError, KeyError, MemoryError, RuntimeError,
                    TypeError, ValueError)
+# A node computed from constants alone is folded at load unless one of its results is larger than this
+# (a ConstantOfShape of a constant shape would otherwise hold its memory for the session's lifetime).
+FOLD_MAX_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,10 @@ class NodeArg:
     name: str
     shape: list[int | str]
     type: str
+
+
+# A planned step: (node index, node, kernel, argument names, result names, values freed after it).
+Step = tuple[int, Node, Any, list[Any], list[str], list[str]]
 
 
 def _backend(device: str) -> tuple[str, dict, dict]:
@@ -74,12 +83,15 @@ class InferenceSession:
     by default each layer is chosen from its density and ``batch_hint``. ``progress``: a bar while
     decoding (None: for files over 16 MiB when stderr is a terminal; needs tqdm). ``threads``: the
     kernels' own pool and numpy's BLAS pool (default: every core). ``optimize``: run the graph
-    passes of ``dcm.runtime.optimize`` at load (``describe()`` lists what they folded).
+    passes of ``dcm.runtime.optimize`` at load (``describe()`` lists what they folded). ``tune``: a
+    layer whose kernels are close times them on its first run and keeps the fastest, a decision kept
+    for the process (``dcm.runtime.cpu.tune``; ``describe()`` shows ``tuned``); without it the measured
+    break-even points decide.
     """
 
     def __init__(self, model: str | os.PathLike | bytes | Model, device: str = "cpu", *,
                  kernels: str | dict[str, str] | None = None, batch_hint: int = 1, threads: int | None = None,
-                 progress: bool | None = None, optimize: bool = True):
+                 progress: bool | None = None, optimize: bool = True, tune: bool = False):
         self.model = model if isinstance(model, Model) else read(model)
         self.device = device
         torch_device, registry, internal = _backend(device)
@@ -91,7 +103,7 @@ class InferenceSession:
             self._sync = torch.cuda.synchronize
         self._ctx = LoadContext(self.model, batch_hint=batch_hint, modes=kernels, device=torch_device,
                                 threads=1 if self._torch else (threads if threads is not None else (os.cpu_count() or 1)),
-                                native_max_density=None if self._torch else _native_max_density())
+                                native_max_density=None if self._torch else _native_max_density(), tune=tune)
         missing = [n for n in self.model.nodes if n.op not in registry]
         if missing:
             n = missing[0]
@@ -120,28 +132,81 @@ class InferenceSession:
             if o.name in self.model.tensors and o.name not in self._consts:
                 self._consts[o.name] = self._to_array(self._ctx.const(o.name))
         self._ctx._dense.clear()
+        outputs = {o.name for o in self.model.outputs}
+        self._constant_nodes = self._fold_constants(outputs) if optimize else []
         # Activations and residual Adds folded into the Conv/Gemm that feeds them (fusion.py):
         # {absorbed index: producer}
-        self._fusions = fuse_activations(self._nodes, self._kernels, self._consts, {o.name for o in self.model.outputs})
+        self._fusions = fuse_activations(self._nodes, self._kernels, self._consts, outputs)
         self._fused = {i: f.producer for f in self._fusions for i in f.absorbed}
-        self._steps = self._plan_steps()
         self._inputs = {v.name: v for v in self.model.inputs}
+        self._shapes = None
+        if optimize:
+            fused = set(self._fused) | {f.producer for f in self._fusions}
+            self._shapes = find_shape_subgraph(self._nodes, {*self.model.tensors, *self._consts}, set(self._inputs),
+                                               outputs, fused)
+        self._cache = ShapeCache() if self._shapes is not None and self._shapes.nodes else None
+        if self._cache is None:
+            self._steps = self._plan_steps(outputs)
+        else:  # an uncached run keeps the values it will cache, a cached one skips the shape subgraph
+            guards = {o for i in self._shapes.guarded for o in self._nodes[i].outputs}
+            self._steps = self._plan_steps(outputs | self._shapes.boundary | guards)
+            self._cached_steps = self._plan_steps(outputs, self._shapes)
         self._checks = self._feed_checks()
         self._output_names = [o.name for o in self.model.outputs]
         self._scratch = not self._torch and any(k.uses_scratch for k in self._kernels)
         self._quiet = not self._torch and all(kernel.quiet for _, _, kernel, _, _, _ in self._steps)
+        # Buffers of constants: an output that is one (or a view of one) is copied for the caller.
+        self._const_owners = owners(self._consts.values())
 
-    def _plan_steps(self) -> list[tuple[int, Node, Kernel, list[str | None], list[str], list[str]]]:
+    def _args(self, node: Node, kernel: Kernel) -> list[str | None]:
+        """The names of a node's runtime arguments (None: absent, or consumed by its kernel at load)."""
+        return [x if x and j not in kernel.weight_inputs else None for j, x in enumerate(node.inputs)]
+
+    def _fold_constants(self, outputs: set[str]) -> list[dict[str, str]]:
+        """Run once, now, every node computed from constants alone (shape arithmetic on fixed sizes,
+        a Range of constant bounds), keep its results as constants and drop the node; ``describe()``
+        entries for the nodes dropped. A node that fails or makes a large result is left to run (and
+        fail, naming itself) as it would have."""
+        env = {None: None, **self._consts}
+        known = set(self.model.tensors)
+        dropped: set[int] = set()
+        for i, (node, kernel) in enumerate(zip(self._nodes, self._kernels)):
+            if not all(x in known or not x for x in node.inputs):
+                continue
+            try:
+                results = kernel(*map(env.__getitem__, self._args(node, kernel)))
+                _check_result_count(node.outputs, results)
+            except KERNEL_FAILURES:
+                continue
+            if any(nbytes(v) > FOLD_MAX_BYTES for v in results[:len(node.outputs)]):
+                continue
+            env.update(zip(node.outputs, results))
+            known.update(node.outputs)
+            dropped.add(i)
+        if not dropped:
+            return []
+        entries = [{"op": n.op, "name": n.name or n.outputs[0], "folded_into": "(constant)"}
+                   for i, n in enumerate(self._nodes) if i in dropped]
+        self._nodes = [n for i, n in enumerate(self._nodes) if i not in dropped]
+        self._kernels = [k for i, k in enumerate(self._kernels) if i not in dropped]
+        read = {x for n, k in zip(self._nodes, self._kernels) for x in self._args(n, k)} | outputs
+        self._consts = {x: v for x, v in env.items() if x in read and x is not None}
+        return entries
+
+    def _plan_steps(self, keep: set[str], shapes: ShapeSubgraph | None = None) -> list[Step]:
         """Per node that runs: (node index, node, kernel, the names of its runtime arguments (None:
-        absent or consumed at load), of its results, and the values that die after it).
-        Precomputed because small models spend as much time in this bookkeeping as in their kernels.
-        A node absorbed by a fusion runs with its producer, so its reads count at the producer's step."""
+        absent or consumed at load), of its results, and the values that die after it); the values in
+        ``keep`` are never freed. Precomputed because small models spend as much time in this
+        bookkeeping as in their kernels. A node absorbed by a fusion runs with its producer, so its
+        reads count at the producer's step. With ``shapes`` (a run whose shape-subgraph values come
+        from the cache) that subgraph's nodes do not run, except its guards."""
+        skipped = shapes.nodes.difference(shapes.guarded) if shapes is not None else frozenset()
         last: dict[str, int] = {}
         for i, n in enumerate(self._nodes):
-            step = self._fused.get(i, i)
-            for x in n.inputs:
-                last[x] = max(last.get(x, -1), step)
-        keep = {o.name for o in self.model.outputs}
+            if i not in skipped:
+                step = self._fused.get(i, i)
+                for x in n.inputs:
+                    last[x] = max(last.get(x, -1), step)
         stored = {o for n in self._nodes for o in n.outputs} | {v.name for v in self.model.inputs}
         stored -= {x for f in self._fusions for x in f.hidden(self._nodes)}
         frees: list[list[str]] = [[] for _ in self._nodes]
@@ -156,9 +221,12 @@ class InferenceSession:
                 residuals[f.producer] = f.residual
         steps = []
         for i, (node, kernel) in enumerate(zip(self._nodes, self._kernels)):
-            if i in self._fused:
-                continue  # run by its producer
-            args = [x if x and j not in kernel.weight_inputs else None for j, x in enumerate(node.inputs)]
+            if i in self._fused or i in skipped:
+                continue  # run by its producer, or cached
+            if shapes is not None and i in shapes.guarded:
+                steps.append((i, node, ShapeGuard(node), [shapes.guarded[i], shapes.guard_key(i)], [], frees[i]))
+                continue
+            args = self._args(node, kernel)
             if i in residuals:
                 args += [None] * (kernel.residual_arg - len(args)) + [residuals[i]]
             while args and args[-1] is None:
@@ -184,19 +252,25 @@ class InferenceSession:
         """Per node that runs: op, name and the kernel chosen (sparse/dense, density) where one applies;
         an activation or residual Add folded into its producer says ``fused_into`` (the producer:
         ``fused: "Relu"``, ``"Clip"``, ``"Sigmoid*Mul"``, ``"Add+Relu"``...). Then one
-        entry per node a graph pass removed, with ``folded_into``."""
+        entry per node a graph pass removed, with ``folded_into``, and per node computed from
+        constants at load (``folded_into: "(constant)"``). A node of the shape subgraph, run once per
+        input-shape signature (``shape_cache.py``), says ``shape_subgraph: True``."""
         nodes = self._nodes
         out = [{"op": n.op, "name": n.name, **k.describe()} for n, k in zip(nodes, self._kernels)]
         for f in self._fusions:
             for i in f.absorbed:
                 out[i]["fused_into"] = nodes[f.producer].name or nodes[f.producer].outputs[0]
             out[f.producer]["fused"] = f.op
+        for i in self._shapes.nodes if self._shapes is not None else ():
+            out[i]["shape_subgraph"] = True
         ops = {n.name or n.outputs[0]: n.op for n in self.model.nodes}
-        return out + [{"op": ops[name], "name": name, "folded_into": into} for name, into in self._graph.folded.items()]
+        return (out + [{"op": ops[name], "name": name, "folded_into": into} for name, into in self._graph.folded.items()]
+                + self._constant_nodes)
 
-    def _check_feeds(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        """The run's starting values: the feeds (checked against the declared inputs) and the constants.
-        Kept lean: on small models it is a fair part of the whole run."""
+    def _check_feeds(self, feeds: dict[str, Any]) -> tuple[dict[str, Any], tuple]:
+        """The run's starting values: the feeds (checked against the declared inputs) and the constants;
+        and the input shapes, the key of the shape cache. Kept lean: on small models it is a fair part
+        of the whole run."""
         if not isinstance(feeds, dict):
             raise InputError("feeds must be a dict {input name: array}")
         declared = self._inputs
@@ -208,6 +282,7 @@ class InferenceSession:
             raise InputError(f"missing input {v.name!r} (dtype {v.dtype}, shape {v.shape})")
         env = self._consts.copy()
         env[None] = None  # the argument of an absent optional input
+        shapes = []
         for name, dtype, dtype_name, rank, fixed in self._checks:
             x = feeds[name]
             if type(x) is not np.ndarray:
@@ -223,7 +298,8 @@ class InferenceSession:
                     raise InputError(f"input {name!r} has size {shape[axis]} on axis {axis}, the model expects "
                                      f"{want} (shape {declared[name].shape})")
             env[name] = self._to_array(x) if self._torch else x
-        return env
+            shapes.append(shape)
+        return env, tuple(shapes)
 
     def _to_array(self, x: Any) -> Any:
         if self._torch:
@@ -240,13 +316,16 @@ class InferenceSession:
             for n in names:
                 if n not in self._output_names:
                     raise InputError(f"unknown output {n!r}; the model's outputs are {sorted(self._output_names)}")
-        env = self._check_feeds(feeds)
-        self._run(env)
-        if self._torch:
-            return [env[n].detach().cpu().numpy() if hasattr(env[n], "detach") else np.asarray(env[n]) for n in names]
+        env, shared = self._run(feeds)
+        if self._torch:  # .numpy() of a tensor on the CPU shares its memory: a cached one is copied
+            ys = [env[n].detach().cpu().numpy() if hasattr(env[n], "detach") else np.asarray(env[n]) for n in names]
+            return [y.copy() if n in shared else y for n, y in zip(names, ys)]
         # A fully connected layer's output may be a .T view, Expand's a broadcast one; ascontiguousarray
-        # alone would turn a 0-d result (Size, a scalar MatMul) into shape (1,).
-        return [y if y.flags.c_contiguous else np.ascontiguousarray(y) for y in map(np.asarray, map(env.__getitem__, names))]
+        # alone would turn a 0-d result (Size, a scalar MatMul) into shape (1,). A constant or cached
+        # value (or a view of one) is copied: the caller may write to what it gets.
+        shared = self._const_owners | shared
+        return [y.copy() if owner(y) in shared else y if y.flags.c_contiguous else np.ascontiguousarray(y)
+                for y in map(np.asarray, map(env.__getitem__, names))]
 
     def profile(self, feeds: dict[str, Any], runs: int = 10) -> list[dict[str, Any]]:
         """``describe()`` plus each node's mean ``seconds`` over ``runs`` runs of ``feeds``.
@@ -258,32 +337,55 @@ class InferenceSession:
             raise ValueError(f"runs must be at least 1, got {runs}")
         seconds = [0.0] * len(self._nodes)
         for _ in range(runs):
-            self._run(self._check_feeds(feeds), seconds)
-        seconds += [0.0] * len(self._graph.folded)  # folded nodes take no time of their own
+            self._run(feeds, seconds)
+        seconds += [0.0] * (len(self._graph.folded) + len(self._constant_nodes))  # folded: no time of their own
         return [{**d, "seconds": t / runs} for d, t in zip(self.describe(), seconds)]
 
-    def _run(self, env: dict[str, Any], seconds: list[float] | None = None) -> None:
+    def _run(self, feeds: dict[str, Any], seconds: list[float] | None = None) -> tuple[dict[str, Any], frozenset]:
+        """Run the graph on ``feeds``: (the values, the buffers of cached values among them; on the GPU
+        backend, their names). A shape signature seen before skips the shape subgraph."""
+        env, key = self._check_feeds(feeds)
         if not self._torch:
             blas.limit(self._ctx.threads)
         try:
-            if self._quiet and seconds is None:
-                self._execute(env)
-            else:
-                with np.errstate(all="ignore"):  # Inf/NaN arithmetic follows IEEE, as in onnxruntime, silently
-                    if seconds is None:
-                        self._execute(env)
-                    else:
-                        self._execute_timed(env, seconds)
+            cached = self._cache.get(key) if self._cache is not None else None
+            if cached is not None:
+                values, held = cached
+                env.update(values)
+                try:
+                    self._execute_steps(env, self._cached_steps, seconds)
+                    return env, (frozenset(values) if self._torch else held)
+                except StaleShapes:  # shapes here depend on data: stop caching, run in full
+                    self._cache = None
+                    env, key = self._check_feeds(feeds)
+            self._execute_steps(env, self._steps, seconds)
+            if self._cache is None:
+                return env, frozenset()
+            values = {name: env[name] for name in self._shapes.boundary}
+            for i in self._shapes.guarded:
+                values[self._shapes.guard_key(i)] = ShapeGuard(self._nodes[i]).expected(env[self._nodes[i].outputs[0]])
+            held = self._cache.put(key, values)
+            return env, (frozenset(values) if self._torch else held)
         finally:
             if self._scratch:
                 release_scratch()
 
-    def _execute(self, env: dict[str, Any]) -> None:
+    def _execute_steps(self, env: dict[str, Any], steps: list[Step], seconds: list[float] | None) -> None:
+        if self._quiet and seconds is None:
+            self._execute(env, steps)
+        else:
+            with np.errstate(all="ignore"):  # Inf/NaN arithmetic follows IEEE, as in onnxruntime, silently
+                if seconds is None:
+                    self._execute(env, steps)
+                else:
+                    self._execute_timed(env, steps, seconds)
+
+    def _execute(self, env: dict[str, Any], steps: list[Step]) -> None:
         """Run every node in order, freeing intermediates after their last use. (``map`` over
         ``env.__getitem__`` and the one-result case save 0.2 us per step against a comprehension
         and ``zip``; small models run a step in about 1 us.)"""
         get = env.__getitem__
-        for _, node, kernel, names, results_to, frees in self._steps:
+        for _, node, kernel, names, results_to, frees in steps:
             try:
                 results = kernel(*map(get, names))
                 if len(results_to) == 1:
@@ -297,9 +399,9 @@ class InferenceSession:
             for name in frees:
                 del env[name]
 
-    def _execute_timed(self, env: dict[str, Any], seconds: list[float]) -> None:
+    def _execute_timed(self, env: dict[str, Any], steps: list[Step], seconds: list[float]) -> None:
         """``_execute`` that adds each node's time to ``seconds`` (after waiting for the GPU)."""
-        for k, node, kernel, names, results_to, frees in self._steps:
+        for k, node, kernel, names, results_to, frees in steps:
             start = time.perf_counter()
             try:
                 results = kernel(*map(env.__getitem__, names))
