@@ -162,10 +162,22 @@ def _logic() -> Model:
                  {})
 
 
+def _layer_norm() -> Model:
+    """LayerNormalization, Gelu and LogSoftmax over the last axis: the compiled pointwise kernels
+    (layer_norm, activate, softmax)."""
+    rng = np.random.default_rng(7)
+    tensors = {n: encode_raw(rng.normal(size=16).astype(np.float32), n) for n in ("s", "b")}
+    nodes = [Node("LayerNormalization", ["x", "s", "b"], ["n"], {"axis": -1}, "ln"), Node("Gelu", ["n"], ["g"], {}, "gelu"),
+             Node("LogSoftmax", ["g"], ["y"], {"axis": -1}, "logsoftmax")]
+    return Model([ValueInfo("x", "float32", ["batch", 3, 16])], [ValueInfo("y", "float32", ["batch", 3, 16])], nodes,
+                 tensors, {}, opset=20)
+
+
 @lru_cache(maxsize=None)
 def seeds() -> tuple[bytes, ...]:
     """The hand-made .dcm seeds: between them they reach every compiled kernel (``kernel_names``)."""
-    return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _sparse_batch8, _wide3x3, _logic))
+    return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _sparse_batch8, _wide3x3, _logic,
+                                         _layer_norm))
 
 
 @lru_cache(maxsize=None)

@@ -407,6 +407,9 @@ HUGE_CALLS = {
                                                     np.ones((1, 1, 1, 1), np.float32), np.ones((1, 1), np.float32),
                                                     None, np.array([HUGE], np.int64), 0, False,
                                                     rt=np.ones((1, 1), np.float32)),
+    "activate": lambda: native.activate(_ones(4), _ones(4), "relu", bias=_ones(4), plane=HUGE),
+    "layer_norm": lambda: native.layer_norm(_ones(4), _ones(4), HUGE, _ones(4)),
+    "softmax": lambda: native.softmax(_ones(4), _ones(4), HUGE),
     "SparseMatrix": lambda: SparseMatrix(HUGE, 1, np.zeros(2, np.int64), np.zeros(0, np.int32), _ones(0)),
     "SparseConv": lambda: SparseConv(1, HUGE, 1, 1, 1, np.array([0, 1], np.int64), np.array([0], np.int32), _ones(1)),
 }

@@ -12,7 +12,9 @@ import math
 
 import numpy as np
 
+from dcm.runtime.cpu import native
 from dcm.runtime.cpu.fused import register_internal
+from dcm.runtime.cpu.pointwise import compiled
 from dcm.runtime.kernel import Kernel
 from dcm.runtime.optimize import ATTENTION
 
@@ -20,8 +22,12 @@ SCORES_MAX_BYTES = 8 << 20
 
 
 def _softmax_last(s: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, in place for float32 and float64 (other types compute in float32
-    and return in their own type, as the Softmax kernel does)."""
+    """Softmax over the last axis, in place for float32 (the compiled kernel: one read of each row
+    for its maximum and sum, one write) and float64 (other types compute in float32 and return in
+    their own type, as the Softmax kernel does)."""
+    if s.size and compiled(s):
+        native.softmax(s, s, s.shape[-1])
+        return s
     t = s if s.dtype in (np.float32, np.float64) else s.astype(np.float32)
     t -= t.max(axis=-1, keepdims=True)
     np.exp(t, out=t)

@@ -18,6 +18,7 @@ from dcm.runtime.cpu.winograd import conv3x3, eligible, transform_weight
 from dcm.runtime.cpu.shape import check_elements
 from dcm.runtime.cpu.windows import (axis_ints, im2col, ints2, output_size, pads2, reduce_windows, resolve_pads,
                                       spatial_2d, windows)
+from dcm.runtime.fusion import add_and_activate
 from dcm.runtime.kernel import LARGE_BATCH, Kernel
 
 # Direct sparse convolution against Winograd and im2col + BLAS, one layer at batch 1, one thread
@@ -191,6 +192,8 @@ class Conv(Kernel):
         else:
             y = self._general(x, w, b) if self.general else self._conv(x)
         if residual is not None:  # a fused Add: the residual connection, before the activation
+            if add_and_activate(y, None, False, e, residual=residual):  # both in one compiled pass
+                return (y,)
             if residual.shape == y.shape and residual.dtype == y.dtype:
                 np.add(y, residual, out=y)
             else:
@@ -278,7 +281,10 @@ class Conv(Kernel):
         y[hits < np.repeat(total, self.out_channels // self.group, axis=1)] = np.nan
 
     def _finish(self, out: np.ndarray) -> np.ndarray:
-        """Bias and the fused Relu, in place on a new [N, C_out, OH, OW] array."""
+        """Bias and the fused Relu, in place on a new [N, C_out, OH, OW] array (one compiled pass)."""
+        bias = None if self.bias is None else self.bias.reshape(-1)
+        if add_and_activate(out, bias, self.relu, None, plane=out.shape[2] * out.shape[3]):
+            return out
         if self.bias is not None:
             out += self.bias
         if self.relu:

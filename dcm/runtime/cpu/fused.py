@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from dcm.runtime.cpu.linear import MatMul
+from dcm.runtime.fusion import add_and_activate
 from dcm.runtime.kernel import Registry, registrar
 from dcm.runtime.optimize import MATMUL_ADD
 
@@ -19,8 +20,8 @@ register_internal = registrar(INTERNAL)
 @register_internal(MATMUL_ADD)
 class MatMulAdd(MatMul):
     """x [..., in] @ W [in, out] + b [out] with W and b constants: the compiled sparse kernel adds the
-    bias as it writes each row; otherwise it is added in place into the product's fresh array. A
-    following activation (a transformer's Gelu) is folded in as Gemm's is (``dcm.runtime.fusion``)."""
+    bias as it writes each row; otherwise it is added in place into the product's fresh array,
+    together with a following activation (a transformer's Gelu) on float32 (``dcm.runtime.fusion``)."""
 
     weight_inputs = (1, 2)
     fuses_relu = True
@@ -40,6 +41,8 @@ class MatMulAdd(MatMul):
             y = self.mm.fused_right(x, self.bias, self.relu)
         else:
             y = self.mm.right(x)
+            if add_and_activate(y, self.bias, self.relu, self.epilogue):  # bias and activation, one pass
+                return (y.reshape(*lead, y.shape[-1]),)
             y += self.bias
             if self.relu:
                 np.maximum(y, 0, out=y)

@@ -9,6 +9,7 @@ from dcm.errors import UnsupportedOpError
 from dcm.runtime.cpu.activation import relu
 from dcm.runtime.cpu.matmul import WeightMatmul
 from dcm.runtime.cpu.registry import register
+from dcm.runtime.fusion import add_and_activate
 from dcm.runtime.kernel import LARGE_BATCH, Kernel, LoadContext
 
 
@@ -75,6 +76,8 @@ class Gemm(_FullyConnected):
             y = self.mm.fused_right(a, self.bias, self.relu)
             return (y if self.epilogue is None else self.epilogue(y),)
         y = self.mm.right(a)
+        if self.alpha == 1.0 and not self.c_is_input and add_and_activate(y, self.bias, self.relu, self.epilogue):
+            return (y,)  # bias and activation in one compiled pass
         if self.alpha != 1.0:
             y *= np.float32(self.alpha)
         if self.c is not None:

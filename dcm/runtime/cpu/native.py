@@ -1,6 +1,6 @@
-"""The compiled kernels of ``_native.c``, or None for each where dcm was built without a C compiler
-(setup.py builds them as optional). Kernels read the attributes at load time, so a test can set
-them to None to exercise the numpy/scipy fallbacks."""
+"""The compiled kernels of ``_native.c`` and its sibling modules, or None for each where dcm was
+built without a C compiler (setup.py builds them as optional). Kernels read the attributes at load
+time, so a test can set them to None to exercise the numpy/scipy fallbacks."""
 from __future__ import annotations
 
 try:
@@ -8,6 +8,10 @@ try:
                                          winograd_output)
 except ImportError:  # pragma: no cover - a build without a compiler; tests/runtime/test_native.py says so
     SparseConv = SparseMatrix = depthwise2d = pool2d = set_simd = winograd_input = winograd_output = None
+try:  # _pointwise.c: activations with a fused bias, LayerNorm and Softmax over the last axis
+    from dcm.runtime.cpu._pointwise import activate, layer_norm, set_simd as set_pointwise_simd, softmax
+except ImportError:  # pragma: no cover - as above
+    activate = layer_norm = set_pointwise_simd = softmax = None
 try:  # _recurrent.c: the time-step loop of LSTM, GRU and RNN
     from dcm.runtime.cpu._recurrent import recurrent_scan, set_simd as set_recurrent_simd
 except ImportError:  # pragma: no cover - as above
@@ -18,7 +22,8 @@ except ImportError:  # pragma: no cover - as above
 # product lost above 6% at batch 16+.
 SPARSE_MAX_DENSITY = 0.30
 
-NAMES = ("SparseConv", "SparseMatrix", "depthwise2d", "pool2d", "winograd_input", "winograd_output", "recurrent_scan")
+NAMES = ("SparseConv", "SparseMatrix", "depthwise2d", "pool2d", "winograd_input", "winograd_output", "activate",
+         "layer_norm", "softmax", "recurrent_scan")
 
 
 def available() -> bool:

@@ -8,7 +8,9 @@ import numpy as np
 from numpy.lib.array_utils import normalize_axis_index, normalize_axis_tuple
 
 from dcm.errors import UnsupportedOpError
+from dcm.runtime.cpu import native
 from dcm.runtime.cpu.elementwise import check_broadcast
+from dcm.runtime.cpu.pointwise import compiled
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.kernel import Kernel
 
@@ -94,7 +96,12 @@ class BatchNormalization(Kernel):
 class LayerNormalization(Kernel):
     """Standardize over the axes from ``axis`` on, in ``stash_type`` precision (float32 by default,
     whatever the input's type), then y = normalized * scale + bias in the input's type. The optional
-    Mean and InvStdDev outputs are in the stash type, with the reduced axes kept as size 1."""
+    Mean and InvStdDev outputs are in the stash type, with the reduced axes kept as size 1.
+
+    float32 with float32 statistics takes the compiled kernel (``_pointwise.c``): each row's three
+    passes stay in cache, where numpy's eight whole-array steps each made a new array (BERT's 9
+    LayerNorms of 128 x 256: 0.8 ms against onnxruntime's 0.2). The graph pass ``fuse_layer_norm``
+    writes this op for LayerNorms exported as separate steps."""
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
@@ -105,13 +112,26 @@ class LayerNormalization(Kernel):
     def __call__(self, x, scale, bias=None):
         axis = normalize_axis_index(self.axis, x.ndim)
         rows = math.prod(x.shape[:axis])
+        stats = x.shape[:axis] + (1,) * (x.ndim - axis)
+        if self.stash is np.float32 and x.size and compiled(x) and all(
+                v is None or self._flat(v, x, axis) for v in (scale, bias)):
+            y, mean, inv = np.empty_like(x), np.empty(stats, np.float32), np.empty(stats, np.float32)
+            native.layer_norm(x, y, x.size // rows, np.ascontiguousarray(scale),
+                              None if bias is None else np.ascontiguousarray(bias), self.eps, mean, inv)
+            return y, mean, inv
         y, mean, inv = _standardize_rows(x.astype(self.stash, copy=False).reshape(rows, -1), self.eps)
         y = y.reshape(x.shape).astype(x.dtype, copy=False)
         y *= scale
         if bias is not None:
             y += bias
-        stats = x.shape[:axis] + (1,) * (x.ndim - axis)
         return y, mean.reshape(stats), inv.reshape(stats)
+
+    @staticmethod
+    def _flat(v: np.ndarray, x: np.ndarray, axis: int) -> bool:
+        """v (scale or bias) holds one float32 value per normalized position, in x's order: it
+        broadcasts to x's shape and has as many values as the axes from ``axis`` on."""
+        return (v.dtype == np.float32 and v.size == math.prod(x.shape[axis:])
+                and np.broadcast_shapes(v.shape, x.shape) == x.shape)
 
 
 @register("InstanceNormalization")

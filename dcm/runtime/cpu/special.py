@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dcm.runtime.cpu.pointwise import activate, compiled
+
 # erf(x) = x P(x^2) / Q(x^2) on [-4, 4] (erf is +-1 in float32 outside): the odd/even monomial
 # coefficients of Eigen's generic_fast_erf_float (also XLA's), within 5e-7 of erf everywhere.
 _P = tuple(np.float32(c) for c in (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
@@ -19,7 +21,10 @@ _Q = tuple(np.float32(c) for c in (-1.45660718464996e-05, -2.13374055278905e-04,
 
 
 def erf32(x: np.ndarray) -> np.ndarray:
-    """erf of a float32 array (a new array; NaN stays NaN), by Horner steps done in place."""
+    """erf of a float32 array (a new array; NaN stays NaN): the compiled kernel's one pass
+    (``_pointwise.c``, the same rational function), else Horner steps done in place."""
+    if compiled(x):
+        return activate(x, ("erf", 0.0, 0.0))
     x = np.clip(x, np.float32(-4), np.float32(4))
     x2 = x * x
     p = x2 * _P[0]

@@ -1,0 +1,558 @@
+/* dcm.runtime.cpu._pointwise: compiled pointwise kernels on float32.
+ *
+ * activate: y = act(x [+ residual] [+ bias]), the bias per column of a row-major [rows, cols] matrix
+ *   (Gemm, MatMul) or per channel of NCHW planes (Conv); act one of none, relu, clip, hardsigmoid,
+ *   hardswish, leakyrelu, sigmoid, silu, gelu, gelu_tanh, erf.
+ * layer_norm: LayerNormalization over the last axis, with scale, optional bias and statistics.
+ * softmax: Softmax or LogSoftmax over the last axis (the row's maximum subtracted first).
+ *
+ * Why C: numpy makes a pass over the whole array for every arithmetic step, and these functions
+ * are many steps (a GELU with its rational erf is about 20): at a BERT layer's 128 x 1024 values the
+ * passes cost three times the matrix product before them. Here each value is read once, carried
+ * through every step in registers, and written once.
+ *
+ * exp and erf are polynomial and rational approximations evaluated with the same operations on
+ * the AVX2 path (8 values at a time, FMA) and the portable one, so both agree to an ulp or two.
+ * exp is only ever taken of values <= 0 (sigmoid as exp(-|x|), softmax after the maximum), so it
+ * never overflows; below -87.3 (exp under FLT_MIN) it returns 0.
+ *
+ * Every size is bounded with size_product before a length check (_kernel_common.h): a product that
+ * wrapped past 2^64 could match a tiny buffer and let a loop run far past it.
+ */
+#include "_kernel_common.h"
+#include <math.h>
+#include <string.h>
+
+#define RELEASE_GIL_MIN 32768 /* values below which the GIL round trip costs more than it frees */
+#define BLOCK 1024            /* values the AVX2 paths sum in float before the sum joins a double */
+
+/* A C-contiguous float32 array of any rank; None gives an empty view (buf NULL) where optional. */
+static int get_floats(PyObject *obj, Py_buffer *view, int writable, int optional, const char *what)
+{
+    memset(view, 0, sizeof(*view));
+    if ((optional && obj == Py_None) || get_array_of_rank(obj, view, 'f', 4, writable, 1, what) == 0) return 0;
+    view->buf = NULL;
+    return -1;
+}
+
+static void release(Py_buffer *views, int count)
+{
+    for (int i = 0; i < count; i++)
+        if (views[i].buf) PyBuffer_Release(&views[i]);
+}
+
+/* ---- activations ------------------------------------------------------------------------------ */
+
+enum { ACT_NONE, ACT_RELU, ACT_CLIP, ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_LEAKYRELU, ACT_SIGMOID, ACT_SILU,
+       ACT_GELU, ACT_GELU_TANH, ACT_ERF, ACT_COUNT };
+static const char *const ACT_NAMES[ACT_COUNT] = {"none", "relu", "clip", "hardsigmoid", "hardswish", "leakyrelu",
+                                                 "sigmoid", "silu", "gelu", "gelu_tanh", "erf"};
+
+typedef struct {
+    int kind;
+    float a, b; /* clip: min, max; hardsigmoid: alpha, beta; leakyrelu: alpha; silu: alpha (x sigmoid(alpha x)) */
+} Act;
+
+/* exp(x) = 2^n exp(r), r = x - n ln 2 in [-ln2/2, ln2/2]: Cephes' expf polynomial. */
+#define EXP_LO -87.33654475f /* exp below this is under FLT_MIN: 0 */
+#define LOG2E 1.44269504088896341f
+#define LN2_HI 0.693359375f
+#define LN2_LO -2.12194440e-4f
+static const float EXP_P[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f,
+                               1.6666665459e-1f, 5.0000001201e-1f};
+/* erf(x) = x P(x^2) / Q(x^2) on [-4, 4]: Eigen's generic_fast_erf_float (as special.py). */
+static const float ERF_P[7] = {-2.72614225801306e-10f, 2.77068142495902e-08f, -2.10102402082508e-06f,
+                               -5.69250639462346e-05f, -7.34990630326855e-04f, -2.95459980854025e-03f,
+                               -1.60960333262415e-02f};
+static const float ERF_Q[5] = {-1.45660718464996e-05f, -2.13374055278905e-04f, -1.68282697438203e-03f,
+                               -7.37332916720468e-03f, -1.42647390514189e-02f};
+#define SQRT_HALF 0.70710678118654752f
+#define GELU_TANH_K 1.59576912160573071f /* 2 sqrt(2 / pi): 1 + tanh(u) = 2 sigmoid(2u) */
+#define GELU_TANH_C 0.044715f
+
+static inline float clampf(float x, float lo, float hi) { return x < lo ? lo : x > hi ? hi : x; } /* NaN kept */
+
+/* exp(x) for x <= 0 (NaN kept). */
+static inline float exp_neg(float x)
+{
+    if (!(x >= EXP_LO)) return x < EXP_LO ? 0.0f : x; /* NaN kept (and never converted to an int) */
+    float n = nearbyintf(x * LOG2E);
+    float r = x - n * LN2_HI - n * LN2_LO;
+    float y = EXP_P[0];
+    for (int i = 1; i < 6; i++) y = y * r + EXP_P[i];
+    y = y * (r * r) + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23; /* n in [-126, 0] */
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return y * scale;
+}
+
+/* 1 / (1 + exp(-x)) from exp(-|x|), which cannot overflow. */
+static inline float sigmoid1(float x)
+{
+    float e = exp_neg(-fabsf(x)), s = 1.0f / (1.0f + e);
+    return x >= 0.0f ? s : e * s;
+}
+
+static inline float erf1(float x)
+{
+    x = clampf(x, -4.0f, 4.0f);
+    float x2 = x * x, p = ERF_P[0], q = ERF_Q[0];
+    for (int i = 1; i < 7; i++) p = p * x2 + ERF_P[i];
+    for (int i = 1; i < 5; i++) q = q * x2 + ERF_Q[i];
+    return clampf(x * p / q, -1.0f, 1.0f); /* the fit overshoots 1 by an ulp near +-4 */
+}
+
+/* Every activation, for the switches that give each its own loop: with the kind a constant there,
+ * the per-value switch folds away and the loop body is that activation's arithmetic alone. */
+#define EACH_ACT(X) X(ACT_NONE) X(ACT_RELU) X(ACT_CLIP) X(ACT_HARDSIGMOID) X(ACT_HARDSWISH) X(ACT_LEAKYRELU) \
+    X(ACT_SIGMOID) X(ACT_SILU) X(ACT_GELU) X(ACT_GELU_TANH) X(ACT_ERF)
+#define INLINE inline __attribute__((always_inline))
+
+static INLINE float act1(float v, int kind, const Act *a)
+{
+    switch (kind) {
+    case ACT_RELU: return v < 0.0f ? 0.0f : v;
+    case ACT_CLIP: return clampf(v, a->a, a->b);
+    case ACT_HARDSIGMOID: return clampf(a->a * v + a->b, 0.0f, 1.0f);
+    case ACT_HARDSWISH: return v * clampf(v * (1.0f / 6.0f) + 0.5f, 0.0f, 1.0f);
+    case ACT_LEAKYRELU: return v >= 0.0f ? v : v * a->a;
+    case ACT_SIGMOID: return sigmoid1(v);
+    case ACT_SILU: return v * sigmoid1(a->a * v);
+    case ACT_GELU: return 0.5f * v * (1.0f + erf1(v * SQRT_HALF));
+    case ACT_GELU_TANH: return v * sigmoid1(GELU_TANH_K * v * (1.0f + GELU_TANH_C * v * v));
+    case ACT_ERF: return erf1(v);
+    default: return v;
+    }
+}
+
+/* n values: out = act(x + residual + bias), bias either a vector (bvec, n values) or one value. */
+static INLINE void activate_loop(float *out, const float *x, const float *res, const float *bvec, const float *bone,
+                                 Py_ssize_t n, int kind, const Act *a)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        float v = x[i];
+        if (res) v += res[i];
+        if (bvec) v += bvec[i];
+        else if (bone) v += *bone;
+        out[i] = act1(v, kind, a);
+    }
+}
+
+static void activate_generic(float *out, const float *x, const float *res, const float *bvec, const float *bone,
+                             Py_ssize_t n, const Act *a)
+{
+    switch (a->kind) {
+#define LOOP(kind) case kind: activate_loop(out, x, res, bvec, bone, n, kind, a); break;
+        EACH_ACT(LOOP)
+#undef LOOP
+    }
+}
+
+#ifdef HAVE_AVX2_PATH
+#define AVX2 __attribute__((target("avx2,fma")))
+
+AVX2 static inline __m256 clamp8(__m256 x, __m256 lo, __m256 hi)
+{
+    return _mm256_min_ps(hi, _mm256_max_ps(lo, x)); /* NaN in x: each takes its second operand, x */
+}
+
+AVX2 static inline __m256 exp_neg8(__m256 x)
+{
+    __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_LO), _CMP_LT_OQ);
+    x = _mm256_max_ps(_mm256_set1_ps(EXP_LO), x);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    __m256 y = _mm256_set1_ps(EXP_P[0]);
+    for (int i = 1; i < 6; i++) y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P[i]));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+    __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+    return _mm256_andnot_ps(under, _mm256_blendv_ps(y, x, nan));
+}
+
+AVX2 static inline __m256 sigmoid8(__m256 x)
+{
+    __m256 minus_abs = _mm256_or_ps(x, _mm256_set1_ps(-0.0f));
+    __m256 e = exp_neg8(minus_abs), s = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+    __m256 negative = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+    return _mm256_blendv_ps(s, _mm256_mul_ps(e, s), negative);
+}
+
+AVX2 static inline __m256 erf8(__m256 x)
+{
+    x = clamp8(x, _mm256_set1_ps(-4.0f), _mm256_set1_ps(4.0f));
+    __m256 x2 = _mm256_mul_ps(x, x), p = _mm256_set1_ps(ERF_P[0]), q = _mm256_set1_ps(ERF_Q[0]);
+    for (int i = 1; i < 7; i++) p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(ERF_P[i]));
+    for (int i = 1; i < 5; i++) q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(ERF_Q[i]));
+    return clamp8(_mm256_div_ps(_mm256_mul_ps(x, p), q), _mm256_set1_ps(-1.0f), _mm256_set1_ps(1.0f));
+}
+
+AVX2 static INLINE __m256 act8(__m256 v, int kind, const Act *a)
+{
+    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f), half = _mm256_set1_ps(0.5f);
+    switch (kind) {
+    case ACT_RELU: return _mm256_max_ps(zero, v);
+    case ACT_CLIP: return clamp8(v, _mm256_set1_ps(a->a), _mm256_set1_ps(a->b));
+    case ACT_HARDSIGMOID:
+        return clamp8(_mm256_fmadd_ps(_mm256_set1_ps(a->a), v, _mm256_set1_ps(a->b)), zero, one);
+    case ACT_HARDSWISH:
+        return _mm256_mul_ps(v, clamp8(_mm256_fmadd_ps(v, _mm256_set1_ps(1.0f / 6.0f), half), zero, one));
+    case ACT_LEAKYRELU:
+        return _mm256_blendv_ps(_mm256_mul_ps(v, _mm256_set1_ps(a->a)), v, _mm256_cmp_ps(v, zero, _CMP_GE_OQ));
+    case ACT_SIGMOID: return sigmoid8(v);
+    case ACT_SILU: return _mm256_mul_ps(v, sigmoid8(_mm256_mul_ps(_mm256_set1_ps(a->a), v)));
+    case ACT_GELU:
+        return _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, erf8(_mm256_mul_ps(v, _mm256_set1_ps(SQRT_HALF)))));
+    case ACT_GELU_TANH: {
+        __m256 u = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(GELU_TANH_C), v), v, one);
+        return _mm256_mul_ps(v, sigmoid8(_mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(GELU_TANH_K), v), u)));
+    }
+    case ACT_ERF: return erf8(v);
+    default: return v;
+    }
+}
+
+/* Lanes below k set: the mask of a last, partial vector. */
+AVX2 static inline __m256i tail_mask(Py_ssize_t k)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* activate_loop's 8 values at a time: whole vectors, then a masked last one. */
+AVX2 static INLINE void activate_loop8(float *out, const float *x, const float *res, const float *bvec,
+                                       const float *bone, Py_ssize_t n, int kind, const Act *a)
+{
+    __m256 b1 = _mm256_set1_ps(bone ? *bone : 0.0f);
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res + i));
+        if (bvec) v = _mm256_add_ps(v, _mm256_loadu_ps(bvec + i));
+        else if (bone) v = _mm256_add_ps(v, b1);
+        _mm256_storeu_ps(out + i, act8(v, kind, a));
+    }
+    if (i < n) {
+        __m256i m = tail_mask(n - i);
+        __m256 v = _mm256_maskload_ps(x + i, m);
+        if (res) v = _mm256_add_ps(v, _mm256_maskload_ps(res + i, m));
+        if (bvec) v = _mm256_add_ps(v, _mm256_maskload_ps(bvec + i, m));
+        else if (bone) v = _mm256_add_ps(v, b1);
+        _mm256_maskstore_ps(out + i, m, act8(v, kind, a));
+    }
+}
+
+AVX2 static void activate_avx2(float *out, const float *x, const float *res, const float *bvec, const float *bone,
+                               Py_ssize_t n, const Act *a)
+{
+    switch (a->kind) {
+#define LOOP(kind) case kind: activate_loop8(out, x, res, bvec, bone, n, kind, a); break;
+        EACH_ACT(LOOP)
+#undef LOOP
+    }
+}
+#endif
+
+/* Over x's n values: whole rows of the [n / period, period] view, bias[(i / plane) % count] for value i. */
+static void activate_all(float *out, const float *x, const float *res, const float *bias, Py_ssize_t count,
+                         Py_ssize_t plane, Py_ssize_t n, const Act *a)
+{
+    if (!bias) {
+        DISPATCH(activate, out, x, res, NULL, NULL, n, a);
+    } else if (plane == 1) { /* a bias per column: rows of count values */
+        for (Py_ssize_t i = 0; i < n; i += count)
+            DISPATCH(activate, out + i, x + i, res ? res + i : NULL, bias, NULL, count, a);
+    } else { /* a bias per channel: planes of plane values */
+        for (Py_ssize_t i = 0, c = 0; i < n; i += plane, c = c + 1 == count ? 0 : c + 1)
+            DISPATCH(activate, out + i, x + i, res ? res + i : NULL, NULL, bias + c, plane, a);
+    }
+}
+
+PyDoc_STRVAR(activate_doc,
+"activate(x, out, act, alpha=0.0, beta=0.0, bias=None, plane=1, residual=None)\n\n"
+"out = act(x + residual + bias) over float32 C-contiguous arrays of equal size (out may be x).\n"
+"act: none, relu, clip (alpha, beta: min, max), hardsigmoid (alpha x + beta, clamped to [0, 1]),\n"
+"hardswish, leakyrelu (alpha), sigmoid, silu (x sigmoid(alpha x)), gelu, gelu_tanh or erf.\n"
+"bias: value i gets bias[(i // plane) % len(bias)]: plane=1 is a bias per column of a [rows, len(bias)]\n"
+"matrix, plane=H*W a bias per channel of NCHW planes; the size must be a multiple of len(bias) * plane.");
+
+static PyObject *activate(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"x", "out", "act", "alpha", "beta", "bias", "plane", "residual", NULL};
+    PyObject *xo, *oo, *bo = Py_None, *ro = Py_None;
+    const char *name;
+    Act a = {ACT_NONE, 0.0f, 0.0f};
+    Py_ssize_t plane = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOs|ffOnO", kwlist, &xo, &oo, &name, &a.a, &a.b, &bo, &plane, &ro))
+        return NULL;
+    for (a.kind = 0; a.kind < ACT_COUNT && strcmp(name, ACT_NAMES[a.kind]); a.kind++) {}
+    if (a.kind == ACT_COUNT) {
+        PyErr_Format(PyExc_ValueError, "activate: unknown activation '%s'", name);
+        return NULL;
+    }
+    Py_buffer v[4];
+    memset(v, 0, sizeof(v));
+    if (get_floats(xo, &v[0], 0, 0, "x") < 0 || get_floats(oo, &v[1], 1, 0, "out") < 0 ||
+        get_floats(bo, &v[2], 0, 1, "bias") < 0 ||
+        get_floats(ro, &v[3], 0, 1, "residual") < 0) {
+        release(v, 4);
+        return NULL;
+    }
+    Py_ssize_t n = v[0].len / 4, count = v[2].len / 4;
+    Py_ssize_t period = SIZE_PRODUCT(count, plane);
+    PyObject *result = NULL;
+    if (plane < 1 || period < 0) {
+        PyErr_Format(PyExc_ValueError, "activate: plane %zd times %zd bias values overflows or is not positive", plane,
+                     count);
+    } else if (v[1].len / 4 != n || (v[3].buf && v[3].len / 4 != n)) {
+        PyErr_Format(PyExc_ValueError, "activate: out and residual must have x's %zd values", n);
+    } else if (v[2].buf && (count == 0 ? n != 0 : n % period != 0)) {
+        PyErr_Format(PyExc_ValueError, "activate: %zd values are not whole periods of %zd bias values times plane %zd",
+                     n, count, plane);
+    } else {
+        if (n >= RELEASE_GIL_MIN) {
+            Py_BEGIN_ALLOW_THREADS
+            activate_all(v[1].buf, v[0].buf, v[3].buf, v[2].buf, count, plane, n, &a);
+            Py_END_ALLOW_THREADS
+        } else {
+            activate_all(v[1].buf, v[0].buf, v[3].buf, v[2].buf, count, plane, n, &a);
+        }
+        result = Py_NewRef(Py_None);
+    }
+    release(v, 4);
+    return result;
+}
+
+/* ---- row reductions: LayerNormalization and Softmax ------------------------------------------- */
+
+/* The sum of row[i] - shift (squared when square), in double. */
+static double row_sum_generic(const float *row, Py_ssize_t n, float shift, int square)
+{
+    double total = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        float d = row[i] - shift;
+        total += square ? (double)d * d : d;
+    }
+    return total;
+}
+
+static void layer_norm_row_generic(float *out, const float *x, const float *scale, const float *bias, Py_ssize_t n,
+                                   float eps, float *mean_out, float *inv_out)
+{
+    float mean = (float)(row_sum_generic(x, n, 0.0f, 0) / (double)n);
+    float var = (float)(row_sum_generic(x, n, mean, 1) / (double)n);
+    float inv = 1.0f / sqrtf(var + eps);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        float y = (x[i] - mean) * inv * scale[i];
+        out[i] = bias ? y + bias[i] : y;
+    }
+    *mean_out = mean;
+    *inv_out = inv;
+}
+
+static float row_max_generic(const float *x, Py_ssize_t n)
+{
+    float m = x[0];
+    for (Py_ssize_t i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+static void softmax_row_generic(float *out, const float *x, Py_ssize_t n, int take_log)
+{
+    float m = row_max_generic(x, n);
+    double total = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        float e = exp_neg(x[i] - m);
+        if (!take_log) out[i] = e;
+        total += e;
+    }
+    if (take_log) {
+        float shift = (float)log(total);
+        for (Py_ssize_t i = 0; i < n; i++) out[i] = (x[i] - m) - shift;
+    } else {
+        float sum = (float)total;
+        for (Py_ssize_t i = 0; i < n; i++) out[i] /= sum;
+    }
+}
+
+#ifdef HAVE_AVX2_PATH
+AVX2 static inline float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* row_sum_generic's sum, in float over blocks of BLOCK values summed in double: float rounding then
+ * grows with BLOCK, not with the row's length. */
+AVX2 static double row_sum_avx2(const float *row, Py_ssize_t n, float shift, int square)
+{
+    double total = 0.0;
+    __m256 sh = _mm256_set1_ps(shift);
+    for (Py_ssize_t start = 0; start < n; start += BLOCK) {
+        Py_ssize_t end = n - start < BLOCK ? n : start + BLOCK;
+        __m256 s = _mm256_setzero_ps();
+        for (Py_ssize_t i = start; i < end; i += 8) {
+            __m256i m = tail_mask(end - i < 8 ? end - i : 8);
+            __m256 d = _mm256_and_ps(_mm256_sub_ps(_mm256_maskload_ps(row + i, m), sh), _mm256_castsi256_ps(m));
+            s = square ? _mm256_fmadd_ps(d, d, s) : _mm256_add_ps(s, d);
+        }
+        total += hsum8(s);
+    }
+    return total;
+}
+
+AVX2 static void layer_norm_row_avx2(float *out, const float *x, const float *scale, const float *bias, Py_ssize_t n,
+                                     float eps, float *mean_out, float *inv_out)
+{
+    float mean = (float)(row_sum_avx2(x, n, 0.0f, 0) / (double)n);
+    float var = (float)(row_sum_avx2(x, n, mean, 1) / (double)n);
+    float inv = 1.0f / sqrtf(var + eps);
+    __m256 mv = _mm256_set1_ps(mean), iv = _mm256_set1_ps(inv);
+    for (Py_ssize_t i = 0; i < n; i += 8) {
+        __m256i m = tail_mask(n - i < 8 ? n - i : 8);
+        __m256 y = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), mv), iv),
+                                 _mm256_maskload_ps(scale + i, m));
+        if (bias) y = _mm256_add_ps(y, _mm256_maskload_ps(bias + i, m));
+        _mm256_maskstore_ps(out + i, m, y);
+    }
+    *mean_out = mean;
+    *inv_out = inv;
+}
+
+AVX2 static void softmax_row_avx2(float *out, const float *x, Py_ssize_t n, int take_log)
+{
+    __m256 mx = _mm256_set1_ps(x[0]);
+    for (Py_ssize_t i = 0; i < n; i += 8) {
+        __m256i m = tail_mask(n - i < 8 ? n - i : 8);
+        mx = _mm256_blendv_ps(mx, _mm256_max_ps(mx, _mm256_maskload_ps(x + i, m)), _mm256_castsi256_ps(m));
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    __m256 mv = _mm256_set1_ps(_mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h))));
+    double total = 0.0;
+    for (Py_ssize_t start = 0; start < n; start += BLOCK) {
+        Py_ssize_t end = n - start < BLOCK ? n : start + BLOCK;
+        __m256 s = _mm256_setzero_ps();
+        for (Py_ssize_t i = start; i < end; i += 8) {
+            __m256i m = tail_mask(end - i < 8 ? end - i : 8);
+            __m256 e = _mm256_and_ps(exp_neg8(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), mv)), _mm256_castsi256_ps(m));
+            if (!take_log) _mm256_maskstore_ps(out + i, m, e);
+            s = _mm256_add_ps(s, e);
+        }
+        total += hsum8(s);
+    }
+    __m256 t = _mm256_set1_ps(take_log ? (float)log(total) : (float)total);
+    for (Py_ssize_t i = 0; i < n; i += 8) {
+        __m256i m = tail_mask(n - i < 8 ? n - i : 8);
+        __m256 y = take_log ? _mm256_sub_ps(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), mv), t)
+                       : _mm256_div_ps(_mm256_maskload_ps(out + i, m), t);
+        _mm256_maskstore_ps(out + i, m, y);
+    }
+}
+#endif
+
+/* The number of rows of cols values that x and out hold; -1 with the error set where they hold no whole rows. */
+static int rows_of(Py_buffer *x, Py_buffer *out, Py_ssize_t cols, Py_ssize_t *rows, const char *what)
+{
+    Py_ssize_t n = x->len / 4;
+    if (cols < 1 || n % cols != 0 || out->len / 4 != n) {
+        PyErr_Format(PyExc_ValueError, "%s: x and out must be whole rows of %zd values (x has %zd, out %zd)", what,
+                     cols, n, out->len / 4);
+        return -1;
+    }
+    *rows = n / cols;
+    return 0;
+}
+
+PyDoc_STRVAR(layer_norm_doc,
+"layer_norm(x, out, cols, scale, bias=None, epsilon=1e-5, mean=None, inv_std=None)\n\n"
+"Each row of cols values: out = (x - mean) / sqrt(var + epsilon) * scale + bias, float32 C-contiguous\n"
+"(out may be x). scale and bias have cols values; mean and inv_std, when given, receive a value per row.");
+
+static PyObject *layer_norm(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"x", "out", "cols", "scale", "bias", "epsilon", "mean", "inv_std", NULL};
+    PyObject *xo, *oo, *so, *bo = Py_None, *mo = Py_None, *io = Py_None;
+    Py_ssize_t cols, rows;
+    float eps = 1e-5f;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOnO|OfOO", kwlist, &xo, &oo, &cols, &so, &bo, &eps, &mo, &io))
+        return NULL;
+    Py_buffer v[6];
+    memset(v, 0, sizeof(v));
+    if (get_floats(xo, &v[0], 0, 0, "x") < 0 || get_floats(oo, &v[1], 1, 0, "out") < 0 ||
+        get_floats(so, &v[2], 0, 0, "scale") < 0 || get_floats(bo, &v[3], 0, 1, "bias") < 0 ||
+        get_floats(mo, &v[4], 1, 1, "mean") < 0 || get_floats(io, &v[5], 1, 1, "inv_std") < 0) {
+        release(v, 6);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (rows_of(&v[0], &v[1], cols, &rows, "layer_norm") < 0) goto done;
+    if (v[2].len / 4 != cols || (v[3].buf && v[3].len / 4 != cols) || (v[4].buf && v[4].len / 4 != rows) ||
+        (v[5].buf && v[5].len / 4 != rows)) {
+        PyErr_Format(PyExc_ValueError, "layer_norm: scale and bias must have %zd values, mean and inv_std %zd", cols,
+                     rows);
+        goto done;
+    }
+    const float *x = v[0].buf, *scale = v[2].buf, *bias = v[3].buf;
+    float *out = v[1].buf, *mean = v[4].buf, *inv = v[5].buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        float m, s;
+        DISPATCH(layer_norm_row, out + r * cols, x + r * cols, scale, bias, cols, eps, &m, &s);
+        if (mean) mean[r] = m;
+        if (inv) inv[r] = s;
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    release(v, 6);
+    return result;
+}
+
+PyDoc_STRVAR(softmax_doc,
+"softmax(x, out, cols, log=False)\n\n"
+"Softmax (or LogSoftmax) of each row of cols values, float32 C-contiguous (out may be x): the row's\n"
+"maximum is subtracted first, so no exp overflows.");
+
+static PyObject *softmax(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"x", "out", "cols", "log", NULL};
+    PyObject *xo, *oo;
+    Py_ssize_t cols, rows;
+    int take_log = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOn|p", kwlist, &xo, &oo, &cols, &take_log)) return NULL;
+    Py_buffer v[2];
+    memset(v, 0, sizeof(v));
+    if (get_floats(xo, &v[0], 0, 0, "x") < 0 || get_floats(oo, &v[1], 1, 0, "out") < 0) {
+        release(v, 2);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (rows_of(&v[0], &v[1], cols, &rows, "softmax") == 0) {
+        const float *x = v[0].buf;
+        float *out = v[1].buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t r = 0; r < rows; r++) DISPATCH(softmax_row, out + r * cols, x + r * cols, cols, take_log);
+        Py_END_ALLOW_THREADS
+        result = Py_NewRef(Py_None);
+    }
+    release(v, 2);
+    return result;
+}
+
+static PyMethodDef module_methods[] = {
+    {"set_simd", set_simd, METH_O, set_simd_doc},
+    {"activate", (PyCFunction)(void (*)(void))activate, METH_VARARGS | METH_KEYWORDS, activate_doc},
+    {"layer_norm", (PyCFunction)(void (*)(void))layer_norm, METH_VARARGS | METH_KEYWORDS, layer_norm_doc},
+    {"softmax", (PyCFunction)(void (*)(void))softmax, METH_VARARGS | METH_KEYWORDS, softmax_doc},
+    {NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_pointwise", "dcm's compiled pointwise kernels (see _pointwise.c).", -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__pointwise(void) { return PyModule_Create(&module); }

@@ -1,0 +1,204 @@
+"""The compiled pointwise kernels (dcm/runtime/cpu/_pointwise.c) against float64 references, on the
+AVX2 paths and the portable C ones, and the kernels that call them against their numpy paths."""
+import contextlib
+import math
+import os
+
+import numpy as np
+import pytest
+import scipy.special
+
+from dcm.runtime.cpu import native
+
+if native.activate is None:
+    if os.environ.get("DCM_ALLOW_NO_NATIVE") == "1":
+        pytest.skip("built without the compiled kernels (DCM_ALLOW_NO_NATIVE=1)", allow_module_level=True)
+    pytest.fail("dcm.runtime.cpu._pointwise was not built (no C compiler at install?)", pytrace=False)
+
+
+@pytest.fixture(params=[True, False], ids=["avx2", "portable"])
+def simd(request):
+    """The AVX2 paths (where the CPU has them) or the portable C ones other CPUs run."""
+    previous = native.set_pointwise_simd(request.param)
+    yield request.param
+    native.set_pointwise_simd(previous)
+
+
+def _values(n=20011, scale=4.0, seed=0):
+    """Normal values, a few far out, and the special ones (an odd count: the last vector is partial)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(n) * scale).astype(np.float32)
+    x[:9] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-30, 200.0, -200.0]
+    return x
+
+
+def _sigmoid(x):
+    return scipy.special.expit(x)
+
+
+# name, (alpha, beta), float64 reference, max absolute error, max relative error where |ref| > 1e-3.
+# Gelu's relative error grows where 1 + erf(x / sqrt 2) cancels (x < -3): its absolute error stays under 2e-6.
+CASES = {
+    "none": ((0, 0), lambda x: x, 0, 0),
+    "relu": ((0, 0), lambda x: np.maximum(x, 0), 0, 0),
+    "clip": ((-1.5, 6), lambda x: np.clip(x, -1.5, 6), 0, 0),
+    "hardsigmoid": ((0.2, 0.5), lambda x: np.clip(np.float32(0.2) * x + np.float32(0.5), 0, 1), 1e-7, 1e-4),
+    "hardswish": ((0, 0), lambda x: x * np.clip(x / 6 + 0.5, 0, 1), 1e-6, 1e-4),
+    "leakyrelu": ((0.01, 0), lambda x: np.where(x >= 0, x, np.float32(0.01) * x), 1e-7, 1e-6),
+    "sigmoid": ((0, 0), _sigmoid, 2e-7, 4e-7),
+    "silu": ((1, 0), lambda x: x * _sigmoid(x), 3e-6, 5e-7),
+    "gelu": ((0, 0), lambda x: 0.5 * x * scipy.special.erfc(-x / math.sqrt(2)), 2e-6, 1e-3),
+    "gelu_tanh": ((0, 0), lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
+                  2e-6, 3e-6),
+    "erf": ((0, 0), scipy.special.erf, 6e-7, 6e-7),
+}
+
+
+@pytest.mark.parametrize("act", CASES)
+def test_activation_matches_float64(simd, act):
+    (alpha, beta), ref, max_abs, max_rel = CASES[act]
+    x = _values()
+    y = np.empty_like(x)
+    native.activate(x, y, act, alpha, beta)
+    with np.errstate(all="ignore"):
+        want = ref(x.astype(np.float64))
+    assert np.array_equal(np.isnan(y), np.isnan(want)), "NaN where the reference has none, or the reverse"
+    finite = np.isfinite(want)
+    assert np.array_equal(y[~finite & ~np.isnan(want)], want[~finite & ~np.isnan(want)])  # +-inf kept
+    err = np.abs(y[finite] - want[finite])
+    assert err.max() <= max_abs
+    big = np.abs(want[finite]) > 1e-3
+    assert (err[big] / np.abs(want[finite][big])).max() <= max(max_rel, 1e-7)
+
+
+def test_portable_and_avx2_paths_agree():
+    x = _values()
+    out = {}
+    for allowed in (True, False):
+        previous = native.set_pointwise_simd(allowed)
+        try:
+            out[allowed] = {}
+            for act, ((alpha, beta), *_) in CASES.items():
+                y = np.empty_like(x)
+                native.activate(x, y, act, alpha, beta)
+                out[allowed][act] = y
+        finally:
+            native.set_pointwise_simd(previous)
+    for act, (_, _, max_abs, _) in CASES.items():  # the same polynomials (FMA rounds once where C rounds twice)
+        np.testing.assert_allclose(out[True][act], out[False][act], rtol=3e-6, atol=max_abs, err_msg=act)
+
+
+@pytest.mark.parametrize("act", ["none", "relu", "gelu", "silu"])
+@pytest.mark.parametrize("layout", ["columns", "channels"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_bias_and_residual(simd, act, layout, residual):
+    """y = act(x + residual + bias): the bias per column of [rows, cols], or per channel of NCHW planes."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 5, 7, 11)).astype(np.float32)
+    r = rng.standard_normal(x.shape).astype(np.float32) if residual else None
+    if layout == "columns":
+        bias, plane, b = rng.standard_normal(11).astype(np.float32), 1, None
+        b = bias
+    else:
+        bias, plane = rng.standard_normal(5).astype(np.float32), 77
+        b = bias.reshape(1, 5, 1, 1)
+    (alpha, beta), ref, max_abs, _ = CASES[act]
+    want = ref(x.astype(np.float64) + (0 if r is None else r) + b)
+    y = x.copy()
+    native.activate(y, y, act, alpha, beta, bias=bias, plane=plane, residual=r)  # in place, as producers call it
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=max_abs + 1e-6)
+
+
+@pytest.mark.parametrize("cols", [1, 7, 8, 192, 256, 1000, 10000])
+def test_layer_norm_matches_float64(simd, cols):
+    rng = np.random.default_rng(cols)
+    x = (rng.standard_normal((13, cols)) * 3 + 5).astype(np.float32)
+    scale, bias = (rng.standard_normal(cols).astype(np.float32) for _ in range(2))
+    xd = x.astype(np.float64)
+    mean, var = xd.mean(axis=1), xd.var(axis=1)
+    inv = 1 / np.sqrt(var + 1e-5)
+    want = (xd - mean[:, None]) * inv[:, None] * scale + bias
+    y, m, s = np.empty_like(x), np.empty(13, np.float32), np.empty(13, np.float32)
+    native.layer_norm(x, y, cols, scale, bias, 1e-5, m, s)
+    # float32 statistics: the mean of values around 5 to 1e-6 relative, hence (x - mean) to a few 1e-6
+    assert np.abs(y - want).max() <= 1e-5 * np.abs(scale).max() * max(1, np.abs((xd - mean[:, None]) * inv[:, None]).max())
+    np.testing.assert_allclose(m, mean, rtol=2e-6)
+    np.testing.assert_allclose(s, inv, rtol=2e-6)
+    native.layer_norm(x, x, cols, scale)  # in place, no bias or statistics
+    np.testing.assert_allclose(x, want - bias, rtol=1e-5, atol=1e-5 * np.abs(scale).max() * 4)
+
+
+@pytest.mark.parametrize("cols", [1, 5, 128, 1001])
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_matches_float64(simd, cols, log):
+    rng = np.random.default_rng(cols)
+    x = (rng.standard_normal((9, cols)) * 10).astype(np.float32)
+    x[0] += 1e4  # large values: the row's maximum is subtracted first, so nothing overflows
+    x[1, 0] = -np.inf
+    # float64 from the differences x - max rounded to float32, as the kernel (and numpy's float32
+    # path) rounds them: that rounding alone is up to 4e-6 relative at x - max = -65
+    with np.errstate(invalid="ignore"):
+        d = (x - x.max(axis=1, keepdims=True)).astype(np.float64)
+    want = scipy.special.log_softmax(d, axis=1) if log else scipy.special.softmax(d, axis=1)
+    y = np.empty_like(x)
+    native.softmax(x, y, cols, log)
+    ok = np.isfinite(want)
+    assert np.array_equal(y[~ok], want[~ok], equal_nan=True)  # a row of one -inf is NaN, as in numpy
+    if log:
+        np.testing.assert_allclose(y[ok], want[ok], rtol=2e-6, atol=2e-6)
+    else:
+        assert np.abs(y[ok] - want[ok]).max() <= 2e-7
+        big = ok & (want > 1e-30)
+        assert (np.abs(y - want)[big] / want[big]).max() <= 2e-6
+    native.softmax(x, x, cols, log)
+    np.testing.assert_array_equal(x, y)  # in place: the same values
+
+
+def test_softmax_row_with_nan_is_nan(simd):
+    x = np.array([[1, np.nan, 2], [1, 2, 3]], np.float32)
+    native.softmax(x, x, 3)
+    assert np.isnan(x[0]).all() and np.isfinite(x[1]).all()
+
+
+def test_empty_arrays():
+    e = np.empty((0, 4), np.float32)
+    native.activate(e, e, "gelu", bias=np.ones(4, np.float32))
+    native.layer_norm(e, e, 4, np.ones(4, np.float32))
+    native.softmax(e, e, 4)
+
+
+BAD_CALLS = {
+    "unknown activation": (lambda x: native.activate(x, x, "swishy"), ValueError, "unknown activation"),
+    "float64": (lambda x: native.activate(x.astype(np.float64), x, "relu"), TypeError, "float32"),
+    "read-only out": (lambda x: native.activate(x, np.broadcast_to(x, x.shape), "relu"), (TypeError, ValueError),
+                      "writable|read-only|contiguous"),
+    "strided": (lambda x: native.activate(x[:, ::2], np.empty((4, 3), np.float32), "relu"), (TypeError, ValueError),
+                "contiguous"),
+    "out size": (lambda x: native.activate(x, np.empty(5, np.float32), "relu"), ValueError, "out and residual"),
+    "residual size": (lambda x: native.activate(x, x, "relu", residual=np.ones(3, np.float32)), ValueError,
+                      "out and residual"),
+    "bias period": (lambda x: native.activate(x, x, "relu", bias=np.ones(5, np.float32)), ValueError, "whole periods"),
+    "empty bias": (lambda x: native.activate(x, x, "relu", bias=np.ones(0, np.float32)), ValueError, "whole periods"),
+    "plane": (lambda x: native.activate(x, x, "relu", bias=np.ones(2, np.float32), plane=0), ValueError, "positive"),
+    "layer_norm cols": (lambda x: native.layer_norm(x, x, 5, np.ones(5, np.float32)), ValueError, "whole rows"),
+    "layer_norm zero cols": (lambda x: native.layer_norm(x, x, 0, np.ones(0, np.float32)), ValueError, "whole rows"),
+    "layer_norm scale": (lambda x: native.layer_norm(x, x, 6, np.ones(5, np.float32)), ValueError, "scale and bias"),
+    "layer_norm stats": (lambda x: native.layer_norm(x, x, 6, np.ones(6, np.float32), None, 1e-5,
+                                                     np.ones(3, np.float32)), ValueError, "mean and inv_std"),
+    "softmax cols": (lambda x: native.softmax(x, x, -3), ValueError, "whole rows"),
+    "softmax out": (lambda x: native.softmax(x, np.empty(4, np.float32), 6), ValueError, "whole rows"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_CALLS)
+def test_bad_calls_are_refused(name):
+    call, error, message = BAD_CALLS[name]
+    x = np.ones((4, 6), np.float32)
+    with pytest.raises(error, match=message):
+        call(x)
+    assert (x == 1).all()  # nothing written
+
+
+def test_set_simd_returns_the_previous_setting():
+    assert native.set_pointwise_simd(False) is True
+    assert native.set_pointwise_simd(True) is False
