@@ -133,12 +133,21 @@ def _mlp_batch1() -> Model:
 
 
 def _sparse_batch8() -> Model:
-    """A 3%-dense layer at a fixed batch of 8: the batched product (matmat), which the runtime takes
-    over BLAS only for very sparse weights at small batches."""
+    """A 3%-dense layer at a fixed batch of 8: the batched product on activation rows (matmat_rows)."""
     rng = np.random.default_rng(6)
     tensors = {"w": encode_tensor(_pruned(rng, (48, 64), 0.03), code_bits=4, index_bits=5, name="w")}
     nodes = [Node("Gemm", ["x", "w"], ["h"], {"transB": 1}, "fc"), Node("Relu", ["h"], ["y"], {}, "relu")]
     return Model([ValueInfo("x", "float32", [8, 64])], [ValueInfo("y", "float32", [8, 48])], nodes, tensors, {})
+
+
+def _sparse_strided() -> Model:
+    """A 10%-dense 3x3 convolution of stride 2, which the direct kernel cannot take: im2col, then the
+    batched product on columns (matmat)."""
+    rng = np.random.default_rng(8)
+    tensors = {"k": encode_tensor(_pruned(rng, (16, 8, 3, 3), 0.1), code_bits=4, index_bits=5, name="k")}
+    nodes = [Node("Conv", ["x", "k"], ["y"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2]}, "c")]
+    return Model([ValueInfo("x", "float32", ["batch", 8, 9, 9])], [ValueInfo("y", "float32", ["batch", 16, 5, 5])],
+                 nodes, tensors, {})
 
 
 def _wide3x3() -> Model:
@@ -176,8 +185,8 @@ def _layer_norm() -> Model:
 @lru_cache(maxsize=None)
 def seeds() -> tuple[bytes, ...]:
     """The hand-made .dcm seeds: between them they reach every compiled kernel (``kernel_names``)."""
-    return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _sparse_batch8, _wide3x3, _logic,
-                                         _layer_norm))
+    return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _sparse_batch8, _sparse_strided,
+                                         _wide3x3, _logic, _layer_norm))
 
 
 @lru_cache(maxsize=None)

@@ -42,6 +42,7 @@ class LoadContext:
     threads: int = 1
     device: str = "cpu"  # torch device of the GPU backend's kernels
     native_max_density: float | None = None  # set when the CPU's compiled sparse kernels are in use
+    tune: bool = False  # time close kernel choices on the first run (dcm.runtime.cpu.tune)
     _dense: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

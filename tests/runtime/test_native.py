@@ -131,6 +131,61 @@ def test_matmat_refuses_bad_calls():
         only_csc.matmat(xt, yt)
 
 
+@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.3, 0.9, 1.0])
+@pytest.mark.parametrize("n", [1, 7, 9, 128, 197])  # panels of 8 (n <= 8) or 32 vectors, and their tails
+def test_matmat_rows_matches_dense(density, n, simd):
+    """x [n, cols] @ W.T on the packed panels, against numpy on the dense W: odd sizes, both index
+    widths, bias and ReLU, disjoint column ranges (the thread split), NaN carried by stored weights."""
+    rng = np.random.default_rng(n)
+    for wide, (rows, cols) in ((False, (37, 53)), (True, (300, 21))):
+        w = sp.random_array((rows, cols), density=density, format="csr", dtype=np.float32, rng=rng)
+        w.sort_indices()
+        m = SparseMatrix(rows, cols, w.indptr.astype(np.int64), w.indices.astype(np.int32 if wide else np.uint16),
+                         w.data)
+        dense = w.toarray()
+        x = rng.standard_normal((n, cols)).astype(np.float32)
+        bias = rng.standard_normal(rows).astype(np.float32)
+        with _simd(simd):
+            y = np.full((n, rows), np.nan, np.float32)
+            assert m.matmat_rows(x, y, bias, True) == 0
+            np.testing.assert_allclose(y, np.maximum(x @ dense.T + bias, 0), rtol=1e-5, atol=1e-5)
+            split = np.full_like(y, np.nan)
+            m.matmat_rows(x, split, None, False, 0, 13)
+            m.matmat_rows(x, split, None, False, 13)
+            np.testing.assert_allclose(split, x @ dense.T, rtol=1e-5, atol=1e-5)
+            x[n - 1, 3] = np.inf
+            assert m.matmat_rows(x, y, bias, False) == 1
+        stored = dense[:, 3] != 0  # inf * w: +-inf at stored weights, the rest of the row untouched
+        assert np.array_equal(~np.isfinite(y[n - 1]), stored)
+        x[n - 1, 3] = 0
+        np.testing.assert_allclose(y[n - 1, ~stored], (x[n - 1] @ dense.T + bias)[~stored], rtol=1e-5, atol=1e-5)
+
+
+def test_matmat_rows_unsorted_indices_and_bad_calls():
+    w, (rp, ri, rv, cp, ci, cv) = _parts()
+    shuffled = ri.copy()
+    for r in range(w.shape[0]):  # each row's entries reversed: the kernel must not assume order
+        shuffled[rp[r]:rp[r + 1]] = ri[rp[r]:rp[r + 1]][::-1]
+    values = rv.copy()
+    for r in range(w.shape[0]):
+        values[rp[r]:rp[r + 1]] = rv[rp[r]:rp[r + 1]][::-1]
+    x = np.random.default_rng(2).standard_normal((40, 53)).astype(np.float32)
+    y = np.empty((40, 37), np.float32)
+    SparseMatrix(*w.shape, rp, shuffled, values).matmat_rows(x, y)
+    np.testing.assert_allclose(y, x @ w.toarray().T, rtol=1e-5, atol=1e-5)
+    m = SparseMatrix(*w.shape, rp, ri, rv)
+    for bad_x, bad_y in [(x[:, :-1].copy(), y), (x, y[:-1]), (x.T.copy(), y), (x.reshape(-1), y)]:
+        with pytest.raises(ValueError, match=r"x must be \[n, 53\], y \[n, 37\]"):
+            m.matmat_rows(bad_x, bad_y)
+    with pytest.raises(ValueError, match="outside"):
+        m.matmat_rows(x, y, None, False, 30, 40)
+    with pytest.raises((TypeError, ValueError), match="contiguous"):
+        m.matmat_rows(np.ones((53, 40), np.float32).T, y)
+    with pytest.raises(ValueError, match="no CSR form"):
+        SparseMatrix(*w.shape, csc_indptr=cp, csc_indices=ci, csc_values=cv).matmat_rows(x, y)
+
+
 def _bad(arrays, i, value):
     arrays = list(arrays)
     arrays[i] = value
@@ -397,6 +452,8 @@ HUGE_CALLS = {
     "SparseMatrix.matvec": lambda: _matrix().matvec(_ones(53), _ones(37), None, False, "csr", 0, HUGE),
     "SparseMatrix.matmat": lambda: _matrix().matmat(np.ones((53, 4), np.float32), np.ones((37, 4), np.float32), None,
                                                     False, 0, HUGE),
+    "SparseMatrix.matmat_rows": lambda: _matrix().matmat_rows(np.ones((4, 53), np.float32), np.ones((4, 37), np.float32),
+                                                              None, False, 0, HUGE),
     "depthwise2d": lambda: native.depthwise2d(_ones(4), _ones(4), _ones(1), (HUGE, 1, 2, 2), (1, 1), (1, 1), (1, 1),
                                               (0, 0, 0, 0)),
     "depthwise2d channels": lambda: native.depthwise2d(_ones(4), _ones(4), _ones(1), (1, HUGE, 2, 2), (1, 1), (1, 1),

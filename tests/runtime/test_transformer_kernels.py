@@ -99,9 +99,11 @@ def test_matmul_add_on_every_kernel(kernels):
 
 def test_prefers_dense_by_rows_and_density():
     assert not prefers_dense(0.9, 1)  # one row keeps the load-time choice
-    assert prefers_dense(0.05, 4, 1000) and not prefers_dense(0.01, 4, 1000)
-    assert not prefers_dense(0.05, 4, 37_748_736)  # AlexNet's fc6 at a few rows: bound by memory traffic
-    assert prefers_dense(0.25, 128, 37_748_736) and not prefers_dense(0.1, 128, 1000)
+    assert prefers_dense(0.1, 4, 1000) and not prefers_dense(0.03, 4, 1000)
+    assert not prefers_dense(0.1, 4, 37_748_736)  # AlexNet's fc6 at a few rows: bound by memory traffic
+    assert not prefers_dense(0.1, 128, 1000) and prefers_dense(0.4, 128, 1000)
+    # at 8+ rows the break-even density falls where a 32-row panel of the inputs outgrows L1
+    assert prefers_dense(0.25, 128, 262_144, 1024) and not prefers_dense(0.25, 128, 262_144, 256)
 
 
 def _sparse(density, shape=(64, 48)):
@@ -120,7 +122,7 @@ def test_sparse_weight_by_rows_matches_dense(rows):
     want = np.maximum(x @ w.T + bias, 0)
     if mm.native is not None:  # the compiled kernels' bias and ReLU epilogue
         np.testing.assert_allclose(mm.fused_right(x, bias, True), want, rtol=1e-5, atol=1e-5)
-    assert (mm._dense_wt is not None) == prefers_dense(mm.density, rows)  # the copy exists only when used
+    assert (mm._dense_wt is not None) == prefers_dense(mm.density, rows, 64 * 48, 48)  # made only when used
 
 
 def test_sparse_weight_without_by_rows_never_copies():

@@ -12,7 +12,7 @@ from dcm.errors import UnsupportedOpError
 from dcm.runtime.cpu import native
 from dcm.runtime.cpu.activation import relu
 from dcm.runtime.cpu.depthwise import depthwise, is_depthwise
-from dcm.runtime.cpu.matmul import WeightMatmul, even_ranges, thread_pool
+from dcm.runtime.cpu.matmul import SPLIT_MIN_WORK, WeightMatmul, even_ranges, thread_pool
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.cpu.winograd import conv3x3, eligible, transform_weight
 from dcm.runtime.cpu.shape import check_elements
@@ -35,7 +35,6 @@ DIRECT_MAX_DENSITY_POINTWISE = 0.07
 # against 16.2 ms with the sparse product; 128 channels 3x3 stride 2 at 10%, 2.08 ms either way.
 IM2COL_SPARSE_MAX_DENSITY = 0.15
 DIRECT_SMALL_WEIGHTS = 32_768
-DIRECT_SPLIT_MIN_WORK = 2_000_000  # multiply-adds past which a run is split over the thread pool
 
 
 @register("Conv")
@@ -254,7 +253,7 @@ class Conv(Kernel):
         args = (x, y, x.shape, self.strides, self.dilations, (begin[0], begin[1], end[0], end[1]), self.bias_vector,
                 self.relu)
         work = n * oh * ow * self.direct_weights
-        if self.threads < 2 or work < DIRECT_SPLIT_MIN_WORK:
+        if self.threads < 2 or work < SPLIT_MIN_WORK:
             bad = self.direct.run(*args)
         else:
             if n >= self.threads:

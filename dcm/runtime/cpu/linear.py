@@ -30,11 +30,13 @@ class _FullyConnected(Kernel):
         # transformer's [batch * sequence, hidden] activation is many rows even at batch 1.
         by_rows = ctx.requested_mode(node, name) is None
         self.mm = WeightMatmul(self.mode, w, ctx.threads, prefer="right", vectors=ctx.batch_hint < LARGE_BATCH,
-                               by_rows=by_rows)
+                               by_rows=by_rows, tune=ctx.tune)
 
     def describe(self) -> dict:
         info = {"kernel": self.mode, "density": self.density, "weight_shape": list(self.mm.shape)}
-        if self.mm.by_rows:
+        if self.mm.tune:  # row count -> the kernel timing chose (filled in by the runs)
+            info["tuned"] = {str(rows): kernel for rows, kernel in sorted(self.mm.tuned.items())}
+        elif self.mm.by_rows:
             info["dense_rows"] = "by row count"
         return info
 

@@ -3,18 +3,22 @@
 scipy's CSR kernels release the GIL, so a large sparse W is split into row blocks that run on a
 thread pool (AlexNet's fc6: 3.3 ms -> 1.9 ms on 2 threads). Where the compiled kernels were
 built (``native``), a sparse W runs on them instead: product, bias and ReLU in one call; at batch 1
-skipping the zero inputs a ReLU leaves, at batch n on activations held transposed [features, n].
+skipping the zero inputs a ReLU leaves, at batch n on packed panels of 32 activation rows read from,
+and written back to, the activations' own [n, features] layout. Which of sparse and BLAS on a dense
+copy multiplies a given row count is ``prefers_dense`` (measured break-even densities) or, with
+``tune``, a timing of both (``tune.py``).
 """
 from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
 
 from dcm.encoder.codec import CsrParts
-from dcm.runtime.cpu import native
+from dcm.runtime.cpu import native, tune
 
 try:  # scipy's own CSR x vector kernel, without the checks and conversions of ``A @ x``
     from scipy.sparse._sparsetools import csr_matvec as _csr_matvec  # private, unchanged since scipy 0.14
@@ -22,14 +26,19 @@ except ImportError:  # pragma: no cover - a future scipy; the public operator st
     _csr_matvec = None
 
 PARALLEL_MIN_NNZ = 200_000
-# The compiled sparse kernel against BLAS by row count (one thread, the zoo's 256-wide transformer
-# layers; benchmarks/matmul_choice.py, docs/transformers.md): from 8 rows on the median ratio stays
-# below 1 up to 20% density; at 2 to 7 rows, fewer than its 8-wide vector blocks take, it lost at every
-# density measured (median 1.26x at 5%), so only layers sparser than that keep it there.
+SPLIT_MIN_WORK = 2_000_000  # multiply-adds past which a batched product is split over the thread pool
+# The compiled sparse kernel against BLAS on the dense form by row count (one thread, the zoo's
+# transformer layers [256, 1024], [1024, 256], [768, 256], [256, 256]; benchmarks/matmul_choice.py,
+# docs/kernel-choice.md). From 8 rows the batched kernel (packed panels of 32 rows) wins up to a
+# break-even density of 0.34-0.47 on layers of 256 inputs at 128-256 rows, but only 0.21-0.25 on
+# 1024 inputs, whose panel no longer fits in L1 (the rule: 0.35 up to 512 inputs, 0.22 above). From
+# 2 to 7 rows sparse lost from 5-20% density on these layers (256x256 at 4 rows: 1.04x at 5%).
 # Layers larger than those measured (262k weights) keep sparse at few rows: there the product is
 # bound by memory traffic, where the sparse form's fewer bytes count (AlexNet's fc6 at batch 1-7).
-SPARSE_MAX_DENSITY_FEW_ROWS = 0.02
-SPARSE_MAX_DENSITY_MANY_ROWS = 0.20
+SPARSE_MAX_DENSITY_FEW_ROWS = 0.05
+SPARSE_MAX_DENSITY_MANY_ROWS = 0.35
+SPARSE_MAX_DENSITY_WIDE = 0.22
+WIDE_INPUTS = 512  # inputs past which a 32-row panel (128 bytes per input) outgrows L1
 FEW_ROWS_MAX_WEIGHTS = 1 << 18
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
@@ -50,15 +59,19 @@ class WeightMatmul:
     """A weight held in its runtime form; ``left(X)`` computes W @ X."""
 
     def __init__(self, mode: str, weight: CsrParts | np.ndarray, threads: int = 1, prefer: str = "left",
-                 vectors: bool = False, by_rows: bool = False):
+                 vectors: bool = False, by_rows: bool = False, tune: bool = False):
         """``prefer="right"``: the kernel calls ``right`` (fully connected layers), so a dense weight is
         stored transposed: x @ W.T on a contiguous W.T is about 12% faster in OpenBLAS (AlexNet fc6).
         ``vectors``: the layer mostly runs at batch 1, so the native kernel also keeps a CSC copy
         (6 bytes per stored weight) with which a matvec skips zero inputs.
         ``by_rows``: a sparse W multiplies an x of a row count where BLAS wins at its density
-        (``prefers_dense``) with BLAS instead, on a dense copy made at the first such call and kept."""
+        (``prefers_dense``) with BLAS instead, on a dense copy made at the first such call and kept.
+        ``tune`` (with ``by_rows``): which of the two multiplies a row count is decided by timing both
+        on the first such call instead (``dcm.runtime.cpu.tune``); ``tuned`` records the choices."""
         self.mode = mode
         self.by_rows = by_rows and mode == "sparse"
+        self.tune = tune and self.by_rows
+        self.tuned: dict[int, str] = {}
         self._dense_wt: np.ndarray | None = None
         if mode == "sparse":
             m = weight.to_scipy() if isinstance(weight, CsrParts) else sp.csr_array(weight)
@@ -70,11 +83,12 @@ class WeightMatmul:
             self.blocks = [m]
             self.threads = threads
             split = threads > 1 and m.nnz >= PARALLEL_MIN_NNZ
+            # Row blocks per thread for the batched products, which split by work (nnz x vectors).
+            self.row_cuts = _cuts(m.indptr, threads) if threads > 1 else [0, m.shape[0]]
             ok = native.SparseMatrix is not None and m.data.dtype == np.float32
             csc = _csc(m) if ok and vectors else None
             self.native = _native_matrix(m, csc) if ok else None
             self.vector_ok = self.native is None and _csr_matvec is not None and m.data.dtype == np.float32
-            self.row_cuts = _cuts(m.indptr, threads) if split else [0, m.shape[0]]
             self.column_cuts = _cuts(csc.indptr, threads) if split and csc is not None else [0, m.shape[1]]
             # How a batch-1 product uses the threads: None (one call), "columns" (CSC) or "rows" (CSR).
             self.vector_split = None if not split else "columns" if csc is not None else "rows"
@@ -107,18 +121,32 @@ class WeightMatmul:
         return y
 
     def _native_left(self, x: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
-        """relu(W @ x [in, n] + bias [out, 1]) on the native kernel, row blocks over the thread pool."""
+        """relu(W @ x [in, n] + bias [out, 1]) on the native kernel."""
         xt = np.ascontiguousarray(x)
         y = np.empty((self.shape[0], xt.shape[1]), dtype=np.float32)
-        if len(self.row_cuts) == 2:
-            bad = self.native.matmat(xt, y, bias, relu)
-        else:
-            cuts = self.row_cuts
-            bad = sum(thread_pool(self.threads).map(lambda r: self.native.matmat(xt, y, bias, relu, r[0], r[1]),
-                                                    zip(cuts[:-1], cuts[1:])))
-        if bad:  # counted by the kernel: a numpy sum here could warn (inf - inf), see Kernel.quiet
+        if self._batched(self.native.matmat, xt, y, bias, relu):
             self._poison(xt, y)
         return y
+
+    def _native_rows(self, x: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
+        """relu(x [n, in] @ W.T + bias [out]) -> [n, out] on the native kernel, which reads and writes
+        the activations' own row layout (no transposed copy on either side)."""
+        x = np.ascontiguousarray(x)
+        y = np.empty((x.shape[0], self.shape[0]), dtype=np.float32)
+        if self._batched(self.native.matmat_rows, x, y, bias, relu):
+            self._poison(x.T, y.T)
+        return y
+
+    def _batched(self, product, x: np.ndarray, y: np.ndarray, bias: np.ndarray | None, relu: bool) -> int:
+        """One native batched product (matmat or matmat_rows), split into blocks of W's rows over the
+        thread pool when the multiply-adds pay for the hand-off. Returns the kernel's Inf/NaN count
+        (a numpy sum here could warn on inf - inf, see Kernel.quiet)."""
+        vectors = x.size // max(self.shape[1], 1)
+        cuts = self.row_cuts if self.nnz * vectors >= SPLIT_MIN_WORK else [0, self.shape[0]]
+        if len(cuts) == 2:
+            return product(x, y, bias, relu)
+        return sum(thread_pool(self.threads).map(lambda r: product(x, y, bias, relu, r[0], r[1]),
+                                                 zip(cuts[:-1], cuts[1:])))
 
     def _poison(self, x: np.ndarray, y: np.ndarray) -> None:
         """Give y the NaNs a dense product would have: 0 * Inf and 0 * NaN are NaN.
@@ -136,26 +164,43 @@ class WeightMatmul:
         """x [n, in] @ W.T -> [n, out], computed as (W @ x.T).T."""
         if self.mode == "dense":
             return x @ self.wt
-        if self.by_rows and prefers_dense(self.density, x.shape[0], self.size):
-            return x @ self.dense_wt()
         if self.native is not None and x.dtype == np.float32:
             return self.fused_right(x)
+        if self.by_rows and self._dense_wins(x, lambda: self.left(x.T), lambda: x @ self.dense_wt()):
+            return x @ self.dense_wt()
         if x.shape[0] == 1 and self.vector_ok and x.dtype == np.float32:
             return self._vector(x)
         return np.ascontiguousarray(self.left(x.T).T)
 
     def fused_right(self, x: np.ndarray, bias: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
         """relu(x [n, in] @ W.T + bias [out]) -> [n, out] float32 on the native kernel (a sparse W with
-        ``native`` set, float32 x). For n > 1 the result is a transposed view of the kernel's
-        [out, n] output, which the next fully connected layer reads as it is, without a copy."""
+        ``native`` set, float32 x)."""
         if x.shape[0] == 1:
             return self._fused_vector(x, bias, relu)
-        if self.by_rows and prefers_dense(self.density, x.shape[0], self.size):
-            y = x @ self.dense_wt()
-            if bias is not None:
-                y += bias
-            return np.maximum(y, 0, out=y) if relu else y
-        return self._native_left(x.T, bias, relu).T
+        if self.by_rows and self._dense_wins(x, lambda: self._native_rows(x, bias, relu),
+                                             lambda: self._dense_right(x, bias, relu)):
+            return self._dense_right(x, bias, relu)
+        return self._native_rows(x, bias, relu)
+
+    def _dense_right(self, x: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
+        y = x @ self.dense_wt()
+        if bias is not None:
+            y += bias
+        return np.maximum(y, 0, out=y) if relu else y
+
+    def _dense_wins(self, x: np.ndarray, sparse: Callable[[], np.ndarray], dense: Callable[[], np.ndarray]) -> bool:
+        """Whether this x [rows, in] goes to BLAS on the dense copy: by the measured break-even points
+        (``prefers_dense``), or with ``tune`` by timing both products on this x, once per layer shape,
+        density, row count and thread count in the process."""
+        rows = x.shape[0]
+        if not self.tune or rows <= 1:
+            return prefers_dense(self.density, rows, self.size, self.shape[1])
+        key = ("matmul", self.shape, self.nnz, rows, self.threads)
+        had_copy = self._dense_wt is not None
+        self.tuned[rows] = tune.choose(key, {"sparse": sparse, "dense": dense})
+        if self.tuned[rows] == "sparse" and not had_copy:  # made for the race only
+            self._dense_wt = None
+        return self.tuned[rows] == "dense"
 
     def dense_wt(self) -> np.ndarray:
         """W.T as a contiguous dense array, made once: the form BLAS takes for many rows. It costs 4
@@ -208,15 +253,15 @@ class WeightMatmul:
         return y
 
 
-def prefers_dense(density: float, rows: int, weights: int = 0) -> bool:
+def prefers_dense(density: float, rows: int, weights: int = 0, inputs: int = 0) -> bool:
     """Whether BLAS beats the compiled sparse kernel on an x of ``rows`` rows at this density, for a
-    layer of ``weights`` weights. One row keeps the load-time choice: the matvec kernels there also
-    skip zero inputs."""
+    layer of ``weights`` weights and ``inputs`` inputs. One row keeps the load-time choice: the
+    matvec kernels there also skip zero inputs."""
     if rows <= 1:
         return False
     if rows < 8:
         return weights <= FEW_ROWS_MAX_WEIGHTS and density > SPARSE_MAX_DENSITY_FEW_ROWS
-    return density > SPARSE_MAX_DENSITY_MANY_ROWS
+    return density > (SPARSE_MAX_DENSITY_WIDE if inputs > WIDE_INPUTS else SPARSE_MAX_DENSITY_MANY_ROWS)
 
 
 def _cuts(indptr: np.ndarray, parts: int) -> list[int]:
