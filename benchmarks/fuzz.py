@@ -182,11 +182,26 @@ def _layer_norm() -> Model:
                  tensors, {}, opset=20)
 
 
+def _lstm_upsample() -> Model:
+    """A pruned LSTM (the compiled step loop on a CSR R, biases and peepholes) whose output [steps, 1,
+    batch, hidden] is upsampled bilinearly: the compiled recurrent_scan and resize2d."""
+    rng = np.random.default_rng(9)
+    tensors = {"w": encode_tensor(_pruned(rng, (1, 32, 6), 0.5), code_bits=4, name="w"),
+               "r": encode_tensor(_pruned(rng, (1, 32, 8), 0.15), code_bits=4, index_bits=4, name="r"),
+               "b": encode_raw(rng.normal(size=(1, 64)).astype(np.float32), "b"),
+               "p": encode_raw(rng.normal(size=(1, 24)).astype(np.float32), "p"),
+               "scales": encode_raw(np.array([1, 1, 2, 2], np.float32), "scales")}
+    nodes = [Node("LSTM", ["x", "w", "r", "b", "", "", "", "p"], ["h"], {"hidden_size": 8}, "lstm"),
+             Node("Resize", ["h", "", "scales"], ["y"], {"mode": "linear"}, "up")]
+    return Model([ValueInfo("x", "float32", [5, "batch", 6])], [ValueInfo("y", "float32", [5, 1, "twice_batch", 16])],
+                 nodes, tensors, {}, opset=17)
+
+
 @lru_cache(maxsize=None)
 def seeds() -> tuple[bytes, ...]:
     """The hand-made .dcm seeds: between them they reach every compiled kernel (``kernel_names``)."""
     return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _sparse_batch8, _sparse_strided,
-                                         _wide3x3, _logic, _layer_norm))
+                                         _wide3x3, _logic, _layer_norm, _lstm_upsample))
 
 
 @lru_cache(maxsize=None)

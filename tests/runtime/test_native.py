@@ -467,6 +467,10 @@ HUGE_CALLS = {
     "activate": lambda: native.activate(_ones(4), _ones(4), "relu", bias=_ones(4), plane=HUGE),
     "layer_norm": lambda: native.layer_norm(_ones(4), _ones(4), HUGE, _ones(4)),
     "softmax": lambda: native.softmax(_ones(4), _ones(4), HUGE),
+    # resize2d takes no sizes, only arrays (whose shapes numpy bounds): its largest index is refused
+    "resize2d": lambda: native.resize2d(np.ones((1, 1, 1), np.float32), np.ones((1, 1, 1), np.float32),
+                                        np.array([[2**31 - 1]], np.int32), np.ones((1, 1), np.float32),
+                                        np.zeros((1, 1), np.int32), np.ones((1, 1), np.float32)),
     "SparseMatrix": lambda: SparseMatrix(HUGE, 1, np.zeros(2, np.int64), np.zeros(0, np.int32), _ones(0)),
     "SparseConv": lambda: SparseConv(1, HUGE, 1, 1, 1, np.array([0, 1], np.int64), np.array([0], np.int32), _ones(1)),
 }

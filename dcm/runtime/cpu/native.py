@@ -16,6 +16,10 @@ try:  # _recurrent.c: the time-step loop of LSTM, GRU and RNN
     from dcm.runtime.cpu._recurrent import recurrent_scan, set_simd as set_recurrent_simd
 except ImportError:  # pragma: no cover - as above
     recurrent_scan = set_recurrent_simd = None
+try:  # _resize.c: separable interpolation of the last two axes
+    from dcm.runtime.cpu._resize import resize2d, set_simd as set_resize_simd
+except ImportError:  # pragma: no cover - as above
+    resize2d = set_resize_simd = None
 
 # With the native batched product (SparseMatrix.matmat) a pruned layer beats BLAS on its dense form
 # up to about 30% density at batch 8 and 35% at batch 64 (README "Runtime (CPU)"), where scipy's
@@ -23,7 +27,7 @@ except ImportError:  # pragma: no cover - as above
 SPARSE_MAX_DENSITY = 0.30
 
 NAMES = ("SparseConv", "SparseMatrix", "depthwise2d", "pool2d", "winograd_input", "winograd_output", "activate",
-         "layer_norm", "softmax", "recurrent_scan")
+         "layer_norm", "softmax", "recurrent_scan", "resize2d")
 
 
 def available() -> bool:

@@ -4,6 +4,11 @@ their weighted sum (a loop over the taps, a handful, never over pixels).
 
 Coordinates, neighbour choice and coefficients follow onnx's reference implementation
 (``onnx/reference/ops/op_resize.py``), vectorized over the output positions of an axis.
+
+On float32, the last two axes (an image's height and width) run compiled where the build has it
+(``native.resize2d``, _resize.c): each output row is one weighted sum of whole input rows, then a
+gather per output value, from taps and weights computed here once per input shape. Other axes, other
+types and tf_crop_and_resize's extrapolated positions take the numpy passes.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import math
 import numpy as np
 
 from dcm.errors import UnsupportedOpError
+from dcm.runtime.cpu import native
 from dcm.runtime.cpu.shape import check_elements
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.kernel import Kernel
@@ -128,12 +134,19 @@ class Resize(Kernel):
             raise UnsupportedOpError(f"{where}: keep_aspect_ratio_policy {self.policy!r} is not supported")
         self.axes = self.attrs.get("axes")
         self.scales_attr = self.attrs.get("scales")  # Upsample-7
+        self.compiled = native.resize2d is not None
+        self._taps_cache: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
 
     def __call__(self, x, a=None, b=None, c=None):
         x = np.asarray(x)
         work = x.astype(np.float32 if x.dtype in (np.float16, np.float32) else np.float64, copy=False)
-        for axis, scale, out, span in self._plan(x.shape, a, b, c):
-            work = self._axis(work, axis, scale, out, span)
+        steps = self._plan(x.shape, a, b, c)
+        last_two = self._compiled_steps(work, steps)
+        for axis, scale, out, span in steps:
+            if axis not in last_two:
+                work = self._axis(work, axis, scale, out, span)
+        if last_two:
+            work = self._last_two(work, last_two)
         if np.issubdtype(x.dtype, np.integer):
             info = np.iinfo(x.dtype)
             return (np.clip(np.round(work), info.min, info.max).astype(x.dtype),)
@@ -194,6 +207,65 @@ class Resize(Kernel):
             scale[axis], out[axis] = r, v
         return scale, out
 
+    def _taps(self, size: int, out: int, scale: float, roi) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(source index [out, taps] of each output position along an axis of ``size``, the taps'
+        weights [out, taps], the positions tf_crop_and_resize extrapolates or None); nearest is one
+        tap of weight 1. Kept per axis geometry: a model resizes the same shapes on every run."""
+        key = (size, out, scale, roi)
+        if key in self._taps_cache:
+            return self._taps_cache[key]
+        x, outside = source_coordinates(self.transform, out, scale, size, roi)
+        if self.mode == "nearest":
+            idx, w = nearest_index(x, self.rounding)[:, None], np.ones((out, 1))
+        else:
+            low = np.floor(x)
+            ratio = np.where(x == low, 1.0, x - low)
+            w = coefficients(self.mode, ratio, scale, self.cubic_a, self.antialias)
+            check_elements([out, w.shape[1]], "Resize coefficients")
+            idx = _neighbours(x, w.shape[1])
+            if self.exclude_outside:
+                w = np.where((idx < 0) | (idx >= size), 0.0, w)
+                total = w.sum(axis=1, keepdims=True)
+                w = w / np.where(total == 0, 1.0, total)
+        if len(self._taps_cache) >= 16:
+            self._taps_cache.clear()
+        self._taps_cache[key] = entry = (np.clip(idx, 0, size - 1), w, outside)
+        return entry
+
+    def _compiled_steps(self, data: np.ndarray, steps: list) -> dict[int, tuple]:
+        """The steps on the last two axes that the compiled kernel takes, by axis: float32 data and
+        non-empty axes, no position to extrapolate."""
+        if not self.compiled or data.dtype != np.float32 or data.ndim < 2:
+            return {}
+        last_two = {s[0]: s for s in steps if s[0] >= data.ndim - 2}
+        for axis, scale, out, span in last_two.values():
+            if out == 0 or data.shape[axis] == 0:
+                return {}
+            check_elements([out], "Resize output axis")
+            outside = self._taps(data.shape[axis], out, scale, span)[2]
+            if outside is not None and outside.any():
+                return {}
+        return last_two
+
+    def _last_two(self, data: np.ndarray, steps: dict[int, tuple]) -> np.ndarray:
+        """Both last axes in one compiled pass; an axis not resized is one tap of weight 1."""
+        taps = []
+        for axis in (data.ndim - 2, data.ndim - 1):
+            size = data.shape[axis]
+            if axis in steps:
+                _, scale, out, span = steps[axis]
+                idx, w, _ = self._taps(size, out, scale, span)
+                taps += [idx.astype(np.int32), w.astype(np.float32)]
+            else:
+                taps += [np.arange(size, dtype=np.int32)[:, None], np.ones((size, 1), np.float32)]
+        shape = (*data.shape[:-2], len(taps[0]), len(taps[2]))
+        check_elements(shape, "Resize output")
+        y = np.empty(shape, dtype=np.float32)
+        planes = math.prod(data.shape[:-2])
+        native.resize2d(np.ascontiguousarray(data).reshape(planes, *data.shape[-2:]), y.reshape(planes, *shape[-2:]),
+                        *taps)
+        return y
+
     def _axis(self, data: np.ndarray, axis: int, scale: float, out: int, roi) -> np.ndarray:
         size = data.shape[axis]
         shape = list(data.shape)
@@ -203,23 +275,13 @@ class Resize(Kernel):
             if out and not size:
                 raise ValueError("cannot resize an empty axis to a non-empty one")
             return np.zeros(shape, dtype=data.dtype)
-        x, outside = source_coordinates(self.transform, out, scale, size, roi)
+        idx, w, outside = self._taps(size, out, scale, roi)
         lead = (1,) * axis
         tail = (1,) * (data.ndim - axis - 1)
         if self.mode == "nearest":
-            result = np.take(data, np.clip(nearest_index(x, self.rounding), 0, size - 1), axis=axis)
+            result = np.take(data, idx[:, 0], axis=axis)
         else:
-            low = np.floor(x)
-            ratio = np.where(x == low, 1.0, x - low)
-            w = coefficients(self.mode, ratio, scale, self.cubic_a, self.antialias)
             taps = w.shape[1]
-            check_elements([out, taps], "Resize coefficients")
-            idx = _neighbours(x, taps)
-            if self.exclude_outside:
-                w = np.where((idx < 0) | (idx >= size), 0.0, w)
-                total = w.sum(axis=1, keepdims=True)
-                w = w / np.where(total == 0, 1.0, total)
-            idx = np.clip(idx, 0, size - 1)
             w = w.astype(data.dtype)
             result = np.take(data, idx[:, 0], axis=axis)
             result *= w[:, 0].reshape(lead + (out,) + tail)

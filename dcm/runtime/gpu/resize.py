@@ -1,11 +1,10 @@
 """Resize and Upsample on torch, every mode and coordinate transform the CPU kernel takes: the
-per-axis source positions and tap weights come from the CPU kernel's own functions (small arrays of
+per-axis source positions and tap weights come from the CPU kernel's own ``_taps`` (small arrays of
 one axis's output positions, computed on the host), the gather and weighted sum of the tensor runs on
 the device. F.interpolate is not used: its coordinate rules match only some of ONNX's
 (coordinate_transformation_mode x nearest_mode x cubic_coeff_a x exclude_outside)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from dcm.runtime.cpu import resize as cpu
@@ -36,24 +35,15 @@ class Resize(cpu.Resize):
             if out and not size:
                 raise ValueError("cannot resize an empty axis to a non-empty one")
             return data.new_zeros(shape)
-        x, outside = cpu.source_coordinates(self.transform, out, scale, size, roi)
+        idx, w, outside = self._taps(size, out, scale, roi)
         view = [1] * data.dim()
         view[axis] = out
         dev = data.device
+        idx = torch.as_tensor(idx, device=dev)
         if self.mode == "nearest":
-            idx = np.clip(cpu.nearest_index(x, self.rounding), 0, size - 1)
-            result = data.index_select(axis, torch.as_tensor(idx, device=dev))
+            result = data.index_select(axis, idx[:, 0])
         else:
-            low = np.floor(x)
-            w = cpu.coefficients(self.mode, np.where(x == low, 1.0, x - low), scale, self.cubic_a, self.antialias)
             taps = w.shape[1]
-            check_elements([out, taps], "Resize coefficients")
-            idx = cpu._neighbours(x, taps)
-            if self.exclude_outside:
-                w = np.where((idx < 0) | (idx >= size), 0.0, w)
-                total = w.sum(axis=1, keepdims=True)
-                w = w / np.where(total == 0, 1.0, total)
-            idx = torch.as_tensor(np.clip(idx, 0, size - 1), device=dev)
             w = torch.as_tensor(w, dtype=data.dtype, device=dev)
             result = data.index_select(axis, idx[:, 0]) * w[:, 0].reshape(view)
             for k in range(1, taps):
