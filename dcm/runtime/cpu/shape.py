@@ -81,7 +81,10 @@ class Flatten(Kernel):
 
 @register("Reshape")
 class Reshape(Kernel):
-    """Target shape from a constant, the ``shape`` attribute (opset < 5), or a run-time input."""
+    """Target shape from a constant, the ``shape`` attribute (opset < 5), or a run-time input.
+
+    A constant target is checked once at load; a run-time one is checked once per distinct array:
+    the session hands a cached shape (``shape_cache.py``) as the same array run after run."""
 
     quiet = True
 
@@ -89,13 +92,30 @@ class Reshape(Kernel):
         super().__init__(node, ctx)
         self.shape = load_ints(self, ctx, 1, "shape")
         self.allowzero = bool(self.attrs.get("allowzero", 0))
+        self.target = None if self.shape is None else self._checked(self.shape, strict=False)
+        self._last: tuple = (None, None)  # (the last run-time shape array, its checked target)
+
+    def _checked(self, target: list[int], strict: bool = True) -> list[int] | None:
+        """``target`` when it is a valid ONNX shape; else a ValueError (``strict``) or None (at load:
+        the error is raised by the run that uses it, naming the node, as for a run-time shape)."""
+        if any(d < -1 for d in target) or target.count(-1) > 1:
+            if strict:
+                raise ValueError(f"shape {target}: sizes are >= 0, with at most one -1")
+            return None
+        return target
 
     def __call__(self, x, shape=None):
-        target = self.shape if shape is None else ints(shape)
-        if target is None:
-            raise ValueError("no target shape")
-        if any(d < -1 for d in target) or target.count(-1) > 1:
-            raise ValueError(f"shape {target}: sizes are >= 0, with at most one -1")
+        if shape is None:
+            target = self.target
+            if target is None:
+                if self.shape is None:
+                    raise ValueError("no target shape")
+                target = self._checked(self.shape)
+        else:
+            last, target = self._last  # one read: another thread may replace the pair
+            if shape is not last:
+                target = self._checked(ints(shape))
+                self._last = (shape, target)
         if not self.allowzero and 0 in target:
             if len(target) > x.ndim and 0 in target[x.ndim:]:
                 raise ValueError(f"shape {target} copies a dimension the input (rank {x.ndim}) lacks")
@@ -105,10 +125,18 @@ class Reshape(Kernel):
 
 @register("Transpose")
 class Transpose(Kernel):
-    def __call__(self, x):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
         perm = self.attrs.get("perm")
-        if perm is not None and sorted(perm) != list(range(x.ndim)):
-            raise ValueError(f"perm {perm} is not a permutation of the input's {x.ndim} axes")
+        # checked once here when it is a permutation; np.transpose still refuses the wrong rank
+        self.perm = tuple(perm) if perm is not None and sorted(perm) == list(range(len(perm))) else None
+
+    def __call__(self, x):
+        perm = self.perm
+        if perm is None:
+            perm = self.attrs.get("perm")
+            if perm is not None and sorted(perm) != list(range(x.ndim)):
+                raise ValueError(f"perm {perm} is not a permutation of the input's {x.ndim} axes")
         return (np.ascontiguousarray(np.transpose(x, perm)),)
 
 
@@ -118,6 +146,17 @@ class Concat(Kernel):
         return (np.concatenate(xs, axis=int(self.attrs["axis"])),)
 
 
+def _axes_index(rank: int, axes: list[int], fill) -> tuple:
+    """The basic index that puts ``fill`` at ``axes`` of ``rank`` (None: a new axis of size 1, for
+    Unsqueeze; 0: drop that axis of size 1, for Squeeze) and keeps every other axis. The trailing
+    Ellipsis keeps a 0-d result an array, never a numpy scalar. Indexing by a cached tuple is a view,
+    about ten times cheaper than np.expand_dims or np.squeeze with their axis checks on every run."""
+    axes = [normal_axis(a, rank) for a in axes]
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"repeated axis in {axes}")
+    return (*(fill if a in axes else slice(None) for a in range(rank)), Ellipsis)
+
+
 @register("Squeeze")
 class Squeeze(Kernel):
     """Axes: attribute before opset 13, input from 13; none given: every axis of size 1."""
@@ -125,15 +164,26 @@ class Squeeze(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.axes = load_ints(self, ctx, 1, "axes")
+        self._by_rank: dict[int, tuple[tuple, tuple[int, ...]]] = {}  # rank -> (index, axes dropped)
 
     def __call__(self, x, axes=None):
-        axes = self.axes if axes is None else ints(axes)
-        if axes is None:
-            return (np.squeeze(x),)
-        axes = tuple(normal_axis(a, x.ndim) for a in axes)
-        if any(x.shape[a] != 1 for a in axes):
-            raise ValueError(f"cannot squeeze axes {list(axes)} of shape {list(x.shape)}: size is not 1")
-        return (np.squeeze(x, axis=axes),)
+        if axes is None and self.axes is not None:
+            plan = self._by_rank.get(x.ndim)
+            if plan is None:
+                index = _axes_index(x.ndim, self.axes, 0)
+                plan = self._by_rank[x.ndim] = index, tuple(a for a, i in enumerate(index[:-1]) if i == 0)
+            index, dropped = plan
+        else:
+            axes = self.axes if axes is None else ints(axes)
+            if axes is None:
+                return (np.squeeze(x),)
+            index = _axes_index(x.ndim, axes, 0)
+            dropped = tuple(a for a, i in enumerate(index[:-1]) if i == 0)
+        shape = x.shape
+        for a in dropped:
+            if shape[a] != 1:
+                raise ValueError(f"cannot squeeze axes {list(dropped)} of shape {list(shape)}: size is not 1")
+        return (x[index],)
 
 
 @register("Unsqueeze")
@@ -143,16 +193,18 @@ class Unsqueeze(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.axes = load_ints(self, ctx, 1, "axes")
+        self._by_rank: dict[int, tuple] = {}  # input rank -> index
 
     def __call__(self, x, axes=None):
+        if axes is None and self.axes is not None:
+            index = self._by_rank.get(x.ndim)
+            if index is None:
+                index = self._by_rank[x.ndim] = _axes_index(x.ndim + len(self.axes), self.axes, None)
+            return (x[index],)
         axes = self.axes if axes is None else ints(axes)
         if axes is None:
             raise ValueError("no axes")
-        rank = x.ndim + len(axes)
-        axes = [normal_axis(a, rank) for a in axes]
-        if len(set(axes)) != len(axes):
-            raise ValueError(f"repeated axis in {axes}")
-        return (np.expand_dims(x, tuple(axes)),)
+        return (x[_axes_index(x.ndim + len(axes), axes, None)],)
 
 
 @register("Slice")
