@@ -357,8 +357,9 @@ class InferenceSession:
         env, key = self._check_feeds(feeds)
         if not self._torch:
             blas.limit(self._ctx.threads)
+        cache = self._cache  # read once: a run in another thread may turn caching off
         try:
-            cached = self._cache.get(key) if self._cache is not None else None
+            cached = cache.get(key) if cache is not None else None
             if cached is not None:
                 values, held = cached
                 env.update(values)
@@ -366,15 +367,15 @@ class InferenceSession:
                     self._execute_steps(env, self._cached_steps, seconds)
                     return env, (frozenset(values) if self._torch else held)
                 except StaleShapes:  # shapes here depend on data: stop caching, run in full
-                    self._cache = None
+                    self._cache = cache = None
                     env, key = self._check_feeds(feeds)
             self._execute_steps(env, self._steps, seconds)
-            if self._cache is None:
+            if cache is None:
                 return env, frozenset()
             values = {name: env[name] for name in self._shapes.boundary}
             for i in self._shapes.guarded:
                 values[self._shapes.guard_key(i)] = ShapeGuard(self._nodes[i]).expected(env[self._nodes[i].outputs[0]])
-            held = self._cache.put(key, values)
+            held = cache.put(key, values)
             return env, (frozenset(values) if self._torch else held)
         finally:
             if self._scratch:

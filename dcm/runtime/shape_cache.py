@@ -15,6 +15,7 @@ caching for good.
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -119,22 +120,25 @@ class ShapeCache:
         self.entries = entries
         self.max_bytes = max_bytes
         self._data: OrderedDict[tuple, tuple[dict, frozenset[int]]] = OrderedDict()
+        self._lock = threading.Lock()  # threads may share a session
 
     def get(self, key: tuple) -> tuple[dict, frozenset[int]] | None:
         """(values, the buffers they own) for ``key``, None when not cached."""
-        hit = self._data.get(key)
-        if hit is not None:
-            self._data.move_to_end(key)
-        return hit
+        with self._lock:
+            hit = self._data.get(key)
+            if hit is not None:
+                self._data.move_to_end(key)
+            return hit
 
     def put(self, key: tuple, values: dict) -> frozenset[int]:
         """Remember ``values`` for ``key`` unless they are too large; the buffers they own."""
         held = owners(values.values())
         if sum(map(nbytes, values.values())) <= self.max_bytes:
-            self._data[key] = values, held
-            self._data.move_to_end(key)
-            while len(self._data) > self.entries:
-                self._data.popitem(last=False)
+            with self._lock:
+                self._data[key] = values, held
+                self._data.move_to_end(key)
+                while len(self._data) > self.entries:
+                    self._data.popitem(last=False)
         return held
 
     def __len__(self) -> int:

@@ -83,8 +83,8 @@ class Flatten(Kernel):
 class Reshape(Kernel):
     """Target shape from a constant, the ``shape`` attribute (opset < 5), or a run-time input.
 
-    A constant target is checked once at load; a run-time one is checked once per distinct array:
-    the session hands a cached shape (``shape_cache.py``) as the same array run after run."""
+    A constant target is checked once at load; a run-time one only when its values differ from the
+    last run's (the shape subgraph gives the same shape run after run)."""
 
     quiet = True
 
@@ -93,7 +93,7 @@ class Reshape(Kernel):
         self.shape = load_ints(self, ctx, 1, "shape")
         self.allowzero = bool(self.attrs.get("allowzero", 0))
         self.target = None if self.shape is None else self._checked(self.shape, strict=False)
-        self._last: tuple = (None, None)  # (the last run-time shape array, its checked target)
+        self._last: tuple = (None, None)  # (the last run-time shape's values, its checked target)
 
     def _checked(self, target: list[int], strict: bool = True) -> list[int] | None:
         """``target`` when it is a valid ONNX shape; else a ValueError (``strict``) or None (at load:
@@ -113,9 +113,10 @@ class Reshape(Kernel):
                 target = self._checked(self.shape)
         else:
             last, target = self._last  # one read: another thread may replace the pair
-            if shape is not last:
+            values = shape.tolist()  # compared by value: a caller may refill the array it feeds
+            if values != last:
                 target = self._checked(ints(shape))
-                self._last = (shape, target)
+                self._last = (values, target)
         if not self.allowzero and 0 in target:
             if len(target) > x.ndim and 0 in target[x.ndim:]:
                 raise ValueError(f"shape {target} copies a dimension the input (rank {x.ndim}) lacks")

@@ -1,0 +1,74 @@
+"""Reshape, Unsqueeze, Squeeze and Transpose check what they can once (at load, per input rank, per
+distinct run-time shape): the results and the errors stay those of the plain definitions."""
+import numpy as np
+import pytest
+
+from dcm.encoder.codec import encode_raw
+from dcm.errors import ExecutionError
+from dcm.format.model import Model, Node, ValueInfo
+from dcm.runtime import InferenceSession
+
+
+def _session(op, inputs, consts=None, attrs=None):
+    nodes = [Node(op, [n for n, _, _ in inputs] + list(consts or {}), ["y"], attrs or {}, "n")]
+    return InferenceSession(Model([ValueInfo(n, t, s) for n, t, s in inputs], [ValueInfo("y", "float32", [])], nodes,
+                                  {k: encode_raw(np.asarray(v), k) for k, v in (consts or {}).items()}))
+
+
+def test_reshape_run_time_shape_refilled_in_place():
+    """The caller refills the shape array it feeds: the new values are used, not the last target."""
+    sess = _session("Reshape", [("x", "float32", [6]), ("s", "int64", [2])])
+    x = np.arange(6, dtype=np.float32)
+    shape = np.array([2, 3], np.int64)
+    assert sess.run(None, {"x": x, "s": shape})[0].shape == (2, 3)
+    shape[:] = [3, 2]
+    assert sess.run(None, {"x": x, "s": shape})[0].shape == (3, 2)
+    shape[:] = [-2, 3]
+    with pytest.raises(ExecutionError, match="'n' \\(Reshape\\).*sizes are >= 0"):
+        sess.run(None, {"x": x, "s": shape})
+
+
+def test_reshape_bad_constant_target_fails_at_run_naming_the_node():
+    sess = _session("Reshape", [("x", "float32", [6])], {"s": np.array([-1, -1], np.int64)})
+    with pytest.raises(ExecutionError, match="'n' \\(Reshape\\).*at most one -1"):
+        sess.run(None, {"x": np.zeros(6, np.float32)})
+
+
+@pytest.mark.parametrize("shape, axes", [((), [0]), ((3,), [-1]), ((2, 3), [0, 3]), ((2, 3), [-1, 1])])
+def test_unsqueeze_matches_expand_dims_at_every_rank(shape, axes):
+    sess = _session("Unsqueeze", [("x", "float32", list(shape))], {"a": np.array(axes, np.int64)})
+    x = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    rank = len(shape) + len(axes)
+    want = np.expand_dims(x, tuple(a % rank for a in axes))
+    for _ in range(2):  # the second run takes the index cached for this rank
+        got = sess.run(None, {"x": x})[0]
+        assert got.shape == want.shape and isinstance(got, np.ndarray)
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("shape, axes", [((1,), [0]), ((2, 1, 3, 1), [1, -1]), ((1, 1), [-2])])
+def test_squeeze_matches_numpy(shape, axes):
+    sess = _session("Squeeze", [("x", "float32", ["a"] * len(shape))], {"a": np.array(axes, np.int64)})
+    x = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    want = np.squeeze(x, tuple(axes))
+    for _ in range(2):
+        got = sess.run(None, {"x": x})[0]
+        assert got.shape == want.shape and isinstance(got, np.ndarray)
+        np.testing.assert_array_equal(got, want)
+    bad = np.zeros([2 if d == 1 else d for d in shape], np.float32)  # same rank, the squeezed axes not 1
+    with pytest.raises(ExecutionError, match="'n' \\(Squeeze\\).*size is not 1"):
+        sess.run(None, {"x": bad})
+
+
+@pytest.mark.parametrize("op, axes", [("Squeeze", [0, 0]), ("Unsqueeze", [1, 1]), ("Unsqueeze", [5])])
+def test_bad_axes_fail_naming_the_node(op, axes):
+    sess = _session(op, [("x", "float32", [1, 1])], {"a": np.array(axes, np.int64)})
+    with pytest.raises(ExecutionError, match=f"'n' \\({op}\\)"):
+        sess.run(None, {"x": np.zeros((1, 1), np.float32)})
+
+
+@pytest.mark.parametrize("perm", [[0, 0, 1], [0, 1]])
+def test_transpose_perm_that_does_not_fit_fails_naming_the_node(perm):
+    sess = _session("Transpose", [("x", "float32", [1, 2, 3])], attrs={"perm": perm})
+    with pytest.raises(ExecutionError, match="'n' \\(Transpose\\)"):
+        sess.run(None, {"x": np.zeros((1, 2, 3), np.float32)})
