@@ -274,7 +274,8 @@ def cmd_convert(args) -> int:
     defaults = ConvertOptions()
     opts = ConvertOptions(exact=args.exact, sparsity=_sparsity(args.sparsity),
                           code_bits={**defaults.code_bits, **(args.code_bits or {})},
-                          index_bits={**defaults.index_bits, **(args.index_bits or {})})
+                          index_bits={**defaults.index_bits, **(args.index_bits or {})},
+                          compact_graph=args.compact_graph)
     progress = None if args.quiet else (lambda names: bar(names, "encode"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -528,6 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"codebook width in bits ({C.MIN_BITS}..{C.MAX_BITS}; default 8)")
     s.add_argument("--index-bits", type=_bits_arg(True), metavar="N|auto|conv=N,fc=M",
                    help=f"relative-index width in bits ({C.MIN_BITS}..{C.MAX_BITS}, or auto; default conv 8, fc 5)")
+    s.add_argument("--compact-graph", action="store_true",
+                   help="a smaller graph: short names for intermediate values, no node names, no attributes at "
+                        "their ONNX default (inputs, outputs and weights keep their names)")
     s.add_argument("--check", metavar="DATA.npz", help="report output drift against the source model")
     s.set_defaults(fn=cmd_convert)
 

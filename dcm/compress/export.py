@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dcm.converters.compact import compact_names  # noqa: F401  (the demo's graph pass, re-exported)
 from dcm.encoder.codec import decode_tensor, encode_tensor
 from dcm.format import constants as C
 from dcm.format.model import Model
@@ -32,30 +33,3 @@ def code_shared_tensors(model: Model) -> list[str]:
             model.tensors[name] = coded
             changed.append(name)
     return changed
-
-
-def compact_names(model: Model) -> int:
-    """Give every intermediate value a short name and drop node names; returns the bytes saved in
-    the graph's names (about 40% of a transformer's GRPH section).
-
-    Exporters name activations after source code paths ("/blocks/blocks.0/attn/MatMul_output_0"),
-    which the graph document stores twice per value: as good as free for a 100 MB model, but a
-    third of a 10 KB LeNet file. Model inputs, outputs and tensors keep their names, so feeds,
-    results and per-layer statistics read the same; error messages then name nodes by op.
-    """
-    keep = {v.name for v in model.inputs} | {v.name for v in model.outputs} | set(model.tensors)
-    rename: dict[str, str] = {}
-    counter = 0
-    before = sum(len(n.name) + sum(map(len, n.inputs + n.outputs)) for n in model.nodes)
-    for node in model.nodes:
-        for out in node.outputs:
-            if out and out not in keep and out not in rename:
-                while np.base_repr(counter, 36) in keep:
-                    counter += 1
-                rename[out] = np.base_repr(counter, 36)
-                counter += 1
-    for node in model.nodes:
-        node.name = ""
-        node.inputs = [rename.get(x, x) for x in node.inputs]
-        node.outputs = [rename.get(x, x) for x in node.outputs]
-    return before - sum(len(n.name) + sum(map(len, n.inputs + n.outputs)) for n in model.nodes)

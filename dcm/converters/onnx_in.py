@@ -12,6 +12,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
+from dcm.converters.compact import compact_names, drop_default_attrs
 from dcm.errors import ConversionError
 from dcm.format.model import Model, Node, ValueInfo
 from dcm.encoder.codec import encode_raw
@@ -39,6 +40,7 @@ class ConvertOptions:
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # explicit kept positions per weight
     min_coded_elements: int = 64  # smaller weights stay raw: coding them would cost more than it saves
     metadata: dict[str, str] = field(default_factory=dict)
+    compact_graph: bool = False  # short value names, no node names or default-valued attributes (.compact)
 
 
 def _onnx():
@@ -380,7 +382,11 @@ def from_onnx(source, options: ConvertOptions | None = None,
                       f"{change[0]:.2%} of a tensor's largest |weight|, in {change[1]!r}; --exact "
                       "(ConvertOptions(exact=True)) keeps them; check the accuracy with --check DATA.npz",
                       LossyConversionWarning, stacklevel=2)
-    return Model(g.inputs, g.outputs, nodes, tensors, metadata, g.opset)
+    out = Model(g.inputs, g.outputs, nodes, tensors, metadata, g.opset)
+    if opts.compact_graph:
+        drop_default_attrs(out)
+        compact_names(out)
+    return out
 
 
 class LossyConversionWarning(UserWarning):
