@@ -1,13 +1,20 @@
 """Break-even densities of Conv's kernels: direct sparse against Winograd and against im2col + BLAS,
-per layer shape, at batch 1 on one thread.
+per layer shape, at batch 1 on one thread; and (``--lanes``) where the compiled kernel for few
+input channels (``conv_lanes2d``) beats im2col + BLAS on dense layers.
 
-    python -m benchmarks.conv_choice [--quick] [--docs]
+    python -m benchmarks.conv_choice [--quick] [--lanes] [--docs]
 
 Each layer (channels, kernel, input size) is pruned by magnitude to each density and timed with
 every kernel forced: ``direct`` (kernels="sparse"), ``winograd`` (kernels="dense", 3x3 stride 1)
 and ``gemm`` (im2col + BLAS, Winograd off), with onnxruntime on the same dense ONNX for scale.
 The break-even density is the highest density at which direct is still the faster kernel.
 Writes benchmarks/results/conv_choice.json; ``--docs`` also writes docs/kernel-choice.md's table.
+
+``--lanes`` times dense layers of the stems and narrow 3x3 layers of the zoo's CNNs with
+``conv_lanes2d`` forced on and off (``lanes.MAX_TAPS``), onnxruntime alongside, each call of the three
+interleaved and timed by the thread's CPU clock, so that other processes on a shared machine move
+all three alike. Writes benchmarks/results/conv_lanes.json and the table between the
+``conv_lanes table`` markers.
 """
 from __future__ import annotations
 
@@ -17,27 +24,36 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+import time
+
 from benchmarks.common import save, timeit
 from dcm.converters import ConvertOptions
 from dcm.converters.onnx_in import from_onnx
 from dcm.runtime import InferenceSession
-from dcm.runtime.cpu import conv
+from dcm.runtime.cpu import conv, lanes
 
 DOCS = Path(__file__).parent.parent / "docs" / "kernel-choice.md"
 TABLE_START, TABLE_END = "<!-- conv_choice table -->", "<!-- end conv_choice table -->"
+LANES_START, LANES_END = "<!-- conv_lanes table -->", "<!-- end conv_lanes table -->"
 
 # (in = out channels, kernel, input height = width): ResNet/MobileNet-like layers.
 LAYERS = [(32, 3, 56), (64, 3, 56), (128, 3, 28), (256, 3, 14), (64, 1, 56), (256, 1, 14), (32, 1, 112)]
 DENSITIES = [0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
+# (in channels, out channels, kernel, stride, input size): stems of MobileNetV2/EfficientNet, ResNet,
+# ConvNeXt, U-Net, then narrow 3x3 layers and ConvNeXt's first 2x2 downsampling, by taps per output.
+LANE_LAYERS = [(3, 32, 3, 2, 224), (3, 40, 4, 4, 224), (3, 32, 3, 1, 128), (3, 64, 7, 2, 224), (8, 16, 3, 1, 112),
+               (16, 16, 3, 1, 112), (16, 32, 3, 2, 112), (40, 80, 2, 2, 56), (24, 24, 3, 1, 56), (32, 32, 3, 1, 56),
+               (32, 32, 3, 1, 128)]
 
 
-def _onnx(c: int, k: int, h: int, density: float) -> bytes:
+def _onnx(c: int, k: int, h: int, density: float, out: int | None = None, stride: int = 1) -> bytes:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((c, c, k, k)).astype(np.float32)
+    w = rng.standard_normal((out or c, c, k, k)).astype(np.float32)
     w[np.abs(w) < np.quantile(np.abs(w), 1 - density)] = 0  # magnitude pruning
-    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[k // 2] * 4)], "layer",
+    pads = [(k - stride + 1) // 2] * 4  # "same" for odd kernels, none for patchify layers (k = stride)
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=pads, strides=[stride] * 2)], "layer",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, h])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                           [numpy_helper.from_array(w, "w")])
@@ -83,6 +99,56 @@ def measure(layers, densities) -> list[dict]:
     return rows
 
 
+def measure_lanes(layers, reps: int = 40) -> list[dict]:
+    """Per dense layer: conv_lanes2d, im2col + BLAS and onnxruntime, ms by the thread's CPU clock."""
+    import onnxruntime as ort
+
+    rows = []
+    for c, k_out, k, stride, h in layers:
+        x = np.random.default_rng(1).standard_normal((1, c, h, h)).astype(np.float32)
+        data = _onnx(c, k, h, 1.0, out=k_out, stride=stride)
+        model = from_onnx(data, ConvertOptions(exact=True))
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        runs = {"onnxruntime": ort.InferenceSession(data, so, providers=["CPUExecutionProvider"]),
+                "auto": InferenceSession(model, threads=1)}
+        for name, taps in (("lanes", 1 << 30), ("gemm", 0)):
+            lanes.MAX_TAPS, previous = taps, lanes.MAX_TAPS
+            try:
+                runs[name] = InferenceSession(model, kernels="dense", threads=1)
+            finally:
+                lanes.MAX_TAPS = previous
+        times = {name: [] for name in runs}
+        with threadpool_limits(1):
+            for _ in range(reps):
+                for name, sess in runs.items():
+                    start = time.thread_time()
+                    sess.run(None, {"x": x})
+                    times[name].append(time.thread_time() - start)
+        row = {"in": c, "out": k_out, "kernel": k, "stride": stride, "size": h, "taps": c * k * k,
+               **{f"{name}_ms": float(np.median(t)) * 1e3 for name, t in times.items()},
+               "chosen": runs["auto"].describe()[0]["kernel"]}
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
+def lanes_table(rows: list[dict]) -> str:
+    lines = ["| layer (C_in->C_out, k, stride, H) | taps | lanes ms | im2col + gemm ms | chosen | its ms | onnxruntime ms |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['in']}->{r['out']}, {r['kernel']}x{r['kernel']}, /{r['stride']}, {r['size']} | {r['taps']} | "
+                     f"{r['lanes_ms']:.3f} | {r['gemm_ms']:.3f} | {r['chosen']} | {r['auto_ms']:.3f} | "
+                     f"{r['onnxruntime_ms']:.3f} |")
+    return "\n".join(lines)
+
+
+def _write_docs(start_marker: str, end_marker: str, text: str) -> None:
+    doc = DOCS.read_text()
+    start, end = doc.index(start_marker) + len(start_marker), doc.index(end_marker)
+    DOCS.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])
+
+
 def break_even(rows: list[dict]) -> list[dict]:
     """Per layer: the highest density where direct beats the best dense kernel."""
     out = []
@@ -107,8 +173,17 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="three layers, three densities")
+    ap.add_argument("--lanes", action="store_true", help="few-input-channel dense layers: conv_lanes2d against gemm")
     ap.add_argument("--docs", action="store_true", help="rewrite the table in docs/kernel-choice.md")
     args = ap.parse_args()
+    if args.lanes:
+        rows = measure_lanes(LANE_LAYERS[::2] if args.quick else LANE_LAYERS)
+        path = save("conv_lanes", {"batch": 1, "threads": 1, "max_taps": lanes.MAX_TAPS, "rows": rows})
+        print(lanes_table(rows))
+        print(f"wrote {path}")
+        if args.docs:
+            _write_docs(LANES_START, LANES_END, lanes_table(rows))
+        return
     layers = LAYERS[::3] if args.quick else LAYERS
     densities = [0.1, 0.3, 1.0] if args.quick else DENSITIES
     rows = measure(layers, densities)
@@ -116,9 +191,7 @@ def main() -> None:
     print(table(rows))
     print(f"wrote {path}")
     if args.docs:
-        text = DOCS.read_text()
-        start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
-        DOCS.write_text(text[:start] + "\n" + table(rows) + "\n" + text[end:])
+        _write_docs(TABLE_START, TABLE_END, table(rows))
 
 
 if __name__ == "__main__":

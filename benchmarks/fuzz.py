@@ -161,6 +161,20 @@ def _wide3x3() -> Model:
                  nodes, tensors, {})
 
 
+def _stem() -> Model:
+    """A dense RGB stem (3 -> 12 channels, 3x3, stride 2) with a fused ReLU6: conv_lanes2d, a full and
+    a partial group of 8 output channels."""
+    rng = np.random.default_rng(10)
+    tensors = {"k": encode_tensor(rng.normal(size=(12, 3, 3, 3)).astype(np.float32), code_bits=5, name="k"),
+               "kb": encode_raw(rng.normal(size=12).astype(np.float32), "kb"),
+               "lo": encode_raw(np.array(0, np.float32), "lo"), "hi": encode_raw(np.array(6, np.float32), "hi")}
+    nodes = [Node("Conv", ["x", "k", "kb"], ["c"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2]},
+                  "stem"),
+             Node("Clip", ["c", "lo", "hi"], ["y"], {}, "relu6")]
+    return Model([ValueInfo("x", "float32", ["batch", 3, 11, 11])], [ValueInfo("y", "float32", ["batch", 12, 6, 6])],
+                 nodes, tensors, {})
+
+
 def _logic() -> Model:
     """A Constant node (the converter folds them, so no converted model has one) and boolean logic."""
     nodes = [Node("Constant", [], ["c"], {"value_float": 0.5}, "half"), Node("Mul", ["x", "s"], ["m"], {}, "scale"),
@@ -201,7 +215,7 @@ def _lstm_upsample() -> Model:
 def seeds() -> tuple[bytes, ...]:
     """The hand-made .dcm seeds: between them they reach every compiled kernel (``kernel_names``)."""
     return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _sparse_batch8, _sparse_strided,
-                                         _wide3x3, _logic, _layer_norm, _lstm_upsample))
+                                         _wide3x3, _stem, _logic, _layer_norm, _lstm_upsample))
 
 
 @lru_cache(maxsize=None)

@@ -1,4 +1,4 @@
-"""Conv's kernel choice (direct sparse, Winograd, im2col) and the direct kernel's thread split."""
+"""Conv's kernel choice (direct sparse, Winograd, lanes, im2col) and the direct kernel's thread split."""
 import numpy as np
 import pytest
 
@@ -41,6 +41,11 @@ def _weight(shape, density, seed=0):
     ((64, 64, 1, 1), 0.03, [1, 1], "direct"),  # 1x1: direct only when very sparse ...
     ((64, 64, 1, 1), 0.2, [1, 1], "dense"),  # ... else one GEMM on NCHW, however few its weights
     ((64, 64, 1, 1), 1.0, [1, 1], "dense"),
+    ((32, 3, 3, 3), 1.0, [2, 2], "lanes"),  # few input channels (a stem), dense: 8 outputs to a register
+    ((32, 3, 3, 3), 1.0, [1, 1], "lanes"),  # ... also where direct could take it
+    ((32, 3, 3, 3), 0.5, [1, 1], "direct"),  # ... unless pruned
+    ((16, 16, 3, 3), 1.0, [2, 2], "lanes"),  # 144 taps per output
+    ((16, 32, 3, 3), 1.0, [2, 2], "dense"),  # 288: BLAS
 ])
 def test_kernel_choice(shape, density, strides, expected):
     model = from_onnx(_model(_weight(shape, density), [1, shape[1], 12, 12], {"strides": strides}),
@@ -48,7 +53,7 @@ def test_kernel_choice(shape, density, strides, expected):
     sess = InferenceSession(model)
     assert sess.describe()[0]["kernel"] == expected
     assert sess.describe()[0]["fused"] == "Relu"
-    assert InferenceSession(model, kernels="dense").describe()[0]["kernel"] in ("dense", "winograd")
+    assert InferenceSession(model, kernels="dense").describe()[0]["kernel"] in ("dense", "winograd", "lanes")
 
 
 @pytest.mark.parametrize("batch", [1, 3])  # 1: split by output channels, 3: by samples

@@ -5,6 +5,7 @@
  * winograd_input / winograd_output: the tile transforms of dense 3x3 convolutions (winograd.py).
  * pool2d: MaxPool and AveragePool, separably, without a padded copy of the input.
  * depthwise2d: depthwise convolution (one input channel per group), bias and clamp fused.
+ * conv_lanes2d: dense convolution of few input channels (stems), 8 output channels per register.
  *
  * Why C: a batch-1 product of a pruned layer is a few thousand multiply-adds, and scipy spends as
  * long in checks and conversions as in the product, then numpy adds the bias and clamps in two
@@ -1350,18 +1351,19 @@ done:
  * it was one tiny product per channel; the sparse direct kernel takes horizontal stride 1 only.
  * ------------------------------------------------------------------------------------------------ */
 
+/* The geometry of a 2-D window: input c x h x w, output oh x ow, kernel, strides, dilations, pads
+ * (top, left, bottom, right); multiplier: output channels per input channel (depthwise2d only). */
 typedef struct {
     Py_ssize_t c, h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, multiplier;
-} DepthwiseGeometry;
+} Window2d;
 
 #define DEPTHWISE_LANES_MAX_WIDTH 32 /* narrower outputs, and strided ones, take 8 channels side by side */
 
-#define DEPTHWISE_ARGS const DepthwiseGeometry *g, const float *x, const float *wt, const float *bias, \
-                       float *y, int clamp, float lo, float hi, const Py_ssize_t *cols, float *flat,                 \
-                       Py_ssize_t p0, Py_ssize_t p1
+#define DEPTHWISE_ARGS const Window2d *g, const float *x, const float *wt, const float *bias, float *y, int clamp, \
+                       float lo, float hi, const Py_ssize_t *cols, float *flat, Py_ssize_t p0, Py_ssize_t p1
 
-#define DEPTHWISE_LANES_ARGS const DepthwiseGeometry *g, const float *x, const float *wt, const float *bias, \
-                             float *y, int clamp, float lo, float hi, float *tile, float *lane_w, float *work,   \
+#define DEPTHWISE_LANES_ARGS const Window2d *g, const float *x, const float *wt, const float *bias, float *y, \
+                             int clamp, float lo, float hi, float *tile, float *lane_w, float *work,        \
                              Py_ssize_t p0, Py_ssize_t p1
 
 /* Output planes [p0, p1) (plane = sample * C * multiplier + output channel). cols[2j], cols[2j+1]:
@@ -1439,7 +1441,7 @@ typedef struct {
  * Planes [p0, p1) in groups of 8 are copied into tile [hp][wp][8] (zero borders, set by the caller
  * and never written), each output pixel is then kh*kw 8-wide multiply-adds, and the 8 sums go back
  * to their planes. lane_w [kh*kw][8] holds the group's weights side by side, b8 their biases. */
-static void lanes_load(const DepthwiseGeometry *g, const float *x, const float *wt, const float *bias, float *tile,
+static void lanes_load(const Window2d *g, const float *x, const float *wt, const float *bias, float *tile,
                        float *lane_w, float *b8, Py_ssize_t p, int lanes)
 {
     const Py_ssize_t channels = g->c * g->multiplier, h = g->h, w = g->w, wp = w + g->pl + g->pr;
@@ -1503,12 +1505,20 @@ static inline void transpose8(__m256 *r)
     r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
+/* a clamped to [lo, hi]; NaN compares false both ways and stays, as in np.clip. */
+__attribute__((target("avx2,fma"), always_inline))
+static inline __m256 clamp_avx2(__m256 a, __m256 vlo, __m256 vhi)
+{
+    return _mm256_blendv_ps(_mm256_blendv_ps(a, vlo, _mm256_cmp_ps(a, vlo, _CMP_LT_OQ)), vhi,
+                            _mm256_cmp_ps(a, vhi, _CMP_GT_OQ));
+}
+
 /* Output columns [c, c + count) of one output row (count = 1, 2, 4 or 8, a constant where inlined):
  * one accumulator per column, so that the kh*kw multiply-adds of each are independent chains (one
  * chain per pixel waited out the FMA latency at every tap), and each weight load serves them all.
  * t8: the tile at the row's first input row; out: the row in work [ow][8]. */
 __attribute__((target("avx2,fma"), always_inline))
-static inline void lanes_block_avx2(const DepthwiseGeometry *g, const float *t8, const float *lane_w, __m256 vb,
+static inline void lanes_block_avx2(const Window2d *g, const float *t8, const float *lane_w, __m256 vb,
                                     int clamp, __m256 vlo, __m256 vhi, float *out, Py_ssize_t c, int count)
 {
     const Py_ssize_t wp = g->w + g->pl + g->pr, step = g->sw * 8;
@@ -1523,12 +1533,7 @@ static inline void lanes_block_avx2(const DepthwiseGeometry *g, const float *t8,
             for (int u = 0; u < count; u++) a[u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(src + u * step), a[u]);
         }
     }
-    for (int u = 0; u < count; u++) {
-        if (clamp) /* NaN compares false both ways and stays */
-            a[u] = _mm256_blendv_ps(_mm256_blendv_ps(a[u], vlo, _mm256_cmp_ps(a[u], vlo, _CMP_LT_OQ)), vhi,
-                                    _mm256_cmp_ps(a[u], vhi, _CMP_GT_OQ));
-        _mm256_storeu_ps(out + (c + u) * 8, a[u]);
-    }
+    for (int u = 0; u < count; u++) _mm256_storeu_ps(out + (c + u) * 8, clamp ? clamp_avx2(a[u], vlo, vhi) : a[u]);
 }
 
 /* The lanes kernel with full groups of 8 planes transposed 8 values at a time: the planes go, flat,
@@ -1606,6 +1611,28 @@ __attribute__((target("avx2,fma")))
 static void depthwise_avx2(DEPTHWISE_ARGS) { DEPTHWISE_BODY }
 #endif
 
+/* Bounds every size of g (each at most 2^20, the pads of an axis together too) and sets its output
+ * size; else a ValueError that names the kernel, and -1. */
+static int window_output(Window2d *g, const char *kernel)
+{
+    const Py_ssize_t big = (Py_ssize_t)1 << 20;
+    if (g->c < 1 || g->h < 1 || g->w < 1 || g->c > big || g->h > big || g->w > big || g->kh < 1 || g->kw < 1 ||
+        g->kh > big || g->kw > big || g->sh < 1 || g->sw < 1 || g->sh > big || g->sw > big || g->dh < 1 ||
+        g->dw < 1 || g->dh > big || g->dw > big || g->pt < 0 || g->pl < 0 || g->pb < 0 || g->pr < 0 ||
+        g->pt + g->pb > big || g->pl + g->pr > big) {
+        PyErr_Format(PyExc_ValueError, "%s: a size, stride, dilation, pad or range is out of bounds", kernel);
+        return -1;
+    }
+    Py_ssize_t span_h = (g->kh - 1) * g->dh + 1, span_w = (g->kw - 1) * g->dw + 1;
+    if (g->h + g->pt + g->pb < span_h || g->w + g->pl + g->pr < span_w) {
+        PyErr_Format(PyExc_ValueError, "%s: the input (padded) is smaller than the kernel window", kernel);
+        return -1;
+    }
+    g->oh = (g->h + g->pt + g->pb - span_h) / g->sh + 1;
+    g->ow = (g->w + g->pl + g->pr - span_w) / g->sw + 1;
+    return 0;
+}
+
 PyDoc_STRVAR(depthwise_doc,
 "depthwise2d(x, y, weight, shape, kernel, strides, dilations, pads, multiplier=1, bias=None,\n"
 "            clip=None, begin=0, end=-1)\n\n"
@@ -1620,7 +1647,7 @@ static PyObject *depthwise2d(PyObject *self, PyObject *args, PyObject *kwds)
                              "bias", "clip", "begin", "end", NULL};
     PyObject *xo, *yo, *wo, *bo = Py_None, *clipo = Py_None;
     Py_ssize_t n, p0 = 0, p1 = -1;
-    DepthwiseGeometry g = {.multiplier = 1};
+    Window2d g = {.multiplier = 1};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO(nnnn)(nn)(nn)(nn)(nnnn)|nOOnn", kwlist, &xo, &yo, &wo, &n,
                                      &g.c, &g.h, &g.w, &g.kh, &g.kw, &g.sh, &g.sw, &g.dh, &g.dw, &g.pt, &g.pl, &g.pb,
                                      &g.pr, &g.multiplier, &bo, &clipo, &p0, &p1))
@@ -1628,23 +1655,13 @@ static PyObject *depthwise2d(PyObject *self, PyObject *args, PyObject *kwds)
     float lo = 0.f, hi = 0.f;
     int clamp = clipo != Py_None;
     if (clamp && !PyArg_ParseTuple(clipo, "ff", &lo, &hi)) return NULL;
-    const Py_ssize_t big = (Py_ssize_t)1 << 20;
     Py_ssize_t channels = SIZE_PRODUCT(g.c, g.multiplier), planes = SIZE_PRODUCT(n, g.c, g.multiplier);
     if (p1 < 0) p1 = planes;
-    if (channels < 0 || planes < 0 || n < 0 || g.c < 1 || g.multiplier < 1 || g.h < 1 || g.w < 1 || g.h > big ||
-        g.w > big || g.kh < 1 || g.kw < 1 || g.kh > big || g.kw > big || g.sh < 1 || g.sw < 1 || g.sh > big ||
-        g.sw > big || g.dh < 1 || g.dw < 1 || g.dh > big || g.dw > big || g.pt < 0 || g.pl < 0 || g.pb < 0 ||
-        g.pr < 0 || g.pt + g.pb > big || g.pl + g.pr > big || p0 < 0 || p0 > p1 || p1 > planes) {
+    if (channels < 0 || planes < 0 || n < 0 || g.multiplier < 1 || p0 < 0 || p0 > p1 || p1 > planes) {
         PyErr_SetString(PyExc_ValueError, "depthwise2d: a size, stride, dilation, pad or range is out of bounds");
         return NULL;
     }
-    Py_ssize_t span_h = (g.kh - 1) * g.dh + 1, span_w = (g.kw - 1) * g.dw + 1;
-    if (g.h + g.pt + g.pb < span_h || g.w + g.pl + g.pr < span_w) {
-        PyErr_SetString(PyExc_ValueError, "depthwise2d: the input (padded) is smaller than the kernel window");
-        return NULL;
-    }
-    g.oh = (g.h + g.pt + g.pb - span_h) / g.sh + 1;
-    g.ow = (g.w + g.pl + g.pr - span_w) / g.sw + 1;
+    if (window_output(&g, "depthwise2d") < 0) return NULL;
     Py_buffer xb, yb, wb = {0}, bb = {0};
     if (get_in_out(xo, &xb, "x", yo, &yb, "y", 1) < 0) return NULL;
     PyObject *result = NULL;
@@ -1713,10 +1730,203 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * conv_lanes2d: a dense convolution (group 1) with 8 output channels side by side in a register:
+ * each input value of a window is broadcast and multiplied by the 8 channels' weights of its tap,
+ * 8 output pixels at a time (independent chains), and the 8x8 block is transposed into the 8 output
+ * planes. For layers with few input channels (the RGB stems: 3 channels, 27 to 147 taps per output),
+ * whose im2col product is too short (K = 27) for BLAS to reach its speed and whose column matrix and
+ * cropped, transposed output cost more passes over memory than the arithmetic. Bias and clamp are
+ * fused. Each sample is zero-padded once into a scratch copy, so the loops have no bounds tests.
+ * ------------------------------------------------------------------------------------------------ */
+
+#define CONV_LANES_ARGS const Window2d *g, Py_ssize_t k_out, const float *x, const float *wt, const float *bias, \
+                        float *y, int clamp, float lo, float hi, float *xp, float *lane_w, Py_ssize_t *offs,      \
+                        Py_ssize_t u0, Py_ssize_t u1
+
+/* xp [c][h + pt + pb][w + pl + pr] = sample x (the borders stay as the caller zeroed them). */
+static void pad_sample(const Window2d *g, const float *x, float *xp)
+{
+    const Py_ssize_t hp = g->h + g->pt + g->pb, wp = g->w + g->pl + g->pr;
+    for (Py_ssize_t ci = 0; ci < g->c; ci++)
+        for (Py_ssize_t r = 0; r < g->h; r++)
+            memcpy(xp + (ci * hp + g->pt + r) * wp + g->pl, x + (ci * g->h + r) * g->w, g->w * sizeof(float));
+}
+
+/* Work units [u0, u1): unit u is sample u / groups, output channels [u % groups * 8, + 8). */
+static void conv_lanes_generic(CONV_LANES_ARGS)
+{
+    const Py_ssize_t groups = (k_out + 7) / 8, hp = g->h + g->pt + g->pb, wp = g->w + g->pl + g->pr;
+    const Py_ssize_t taps = g->c * g->kh * g->kw, ohw = g->oh * g->ow;
+    Py_ssize_t padded = -1;
+    (void)lane_w, (void)offs;
+    for (Py_ssize_t u = u0; u < u1; u++) {
+        Py_ssize_t s = u / groups, o0 = u % groups * 8;
+        if (s != padded) pad_sample(g, x + s * g->c * g->h * g->w, xp), padded = s;
+        for (Py_ssize_t o = o0; o < o0 + 8 && o < k_out; o++)
+            for (Py_ssize_t r = 0; r < g->oh; r++)
+                for (Py_ssize_t c = 0; c < g->ow; c++) {
+                    const float *wo = wt + o * taps, *base = xp + r * g->sh * wp + c * g->sw;
+                    float acc = bias ? bias[o] : 0.f;
+                    for (Py_ssize_t ci = 0; ci < g->c; ci++)
+                        for (Py_ssize_t i = 0; i < g->kh; i++)
+                            for (Py_ssize_t j = 0; j < g->kw; j++)
+                                acc += *wo++ * base[(ci * hp + i * g->dh) * wp + j * g->dw];
+                    if (clamp) acc = acc < lo ? lo : acc > hi ? hi : acc; /* NaN stays */
+                    y[(s * k_out + o) * ohw + r * g->ow + c] = acc;
+                }
+    }
+}
+
+#ifdef HAVE_AVX2_PATH
+/* a[u] = the 8 channels' sums at the output pixel whose window starts at padded input base + u * sw
+ * (count = 8, or fewer at a row's end): offs[t] is tap t's offset in the window; each tap's weights are
+ * loaded once for all the pixels. sw and count are constants where inlined. */
+__attribute__((target("avx2,fma"), always_inline))
+static inline void conv_lanes_block_avx2(const float *base, const Py_ssize_t *offs, Py_ssize_t taps, Py_ssize_t sw,
+                                         const float *lane_w, __m256 vb, __m256 *a, int count)
+{
+    for (int u = 0; u < count; u++) a[u] = vb;
+    for (Py_ssize_t t = 0; t < taps; t++) {
+        const __m256 wv = _mm256_loadu_ps(lane_w + t * 8);
+        const float *src = base + offs[t];
+        for (int u = 0; u < count; u++) a[u] = _mm256_fmadd_ps(wv, _mm256_broadcast_ss(src + u * sw), a[u]);
+    }
+}
+
+/* Output row r of channels [o0, o0 + lanes): blocks of 8 pixels transposed into the planes, then the
+ * row's last pixels one lane at a time. */
+__attribute__((target("avx2,fma"), always_inline))
+static inline void conv_lanes_row_avx2(const Window2d *g, const float *xp, const Py_ssize_t *offs, Py_ssize_t sw,
+                                       const float *lane_w, __m256 vb, int clamp, __m256 vlo, __m256 vhi,
+                                       float *planes, int lanes, Py_ssize_t r)
+{
+    const Py_ssize_t taps = g->c * g->kh * g->kw, ohw = g->oh * g->ow, ow = g->ow;
+    const float *base = xp + r * g->sh * (g->w + g->pl + g->pr);
+    __m256 a[8];
+    Py_ssize_t c = 0;
+    for (; c + 8 <= ow; c += 8) {
+        conv_lanes_block_avx2(base + c * sw, offs, taps, sw, lane_w, vb, a, 8);
+        for (int k = 0; k < 8; k++) a[k] = clamp ? clamp_avx2(a[k], vlo, vhi) : a[k];
+        transpose8(a); /* a[k]: channel o0 + k at the 8 pixels */
+        for (int k = 0; k < lanes; k++) _mm256_storeu_ps(planes + k * ohw + r * ow + c, a[k]);
+    }
+    if (c < ow) {
+        int count = (int)(ow - c);
+        float sums[8][8];
+        conv_lanes_block_avx2(base + c * sw, offs, taps, sw, lane_w, vb, a, count);
+        for (int q = 0; q < count; q++) _mm256_storeu_ps(sums[q], clamp ? clamp_avx2(a[q], vlo, vhi) : a[q]);
+        for (int k = 0; k < lanes; k++)
+            for (int q = 0; q < count; q++) planes[k * ohw + r * ow + c + q] = sums[q][k];
+    }
+}
+
+__attribute__((target("avx2,fma")))
+static void conv_lanes_avx2(CONV_LANES_ARGS)
+{
+    const Py_ssize_t groups = (k_out + 7) / 8, hp = g->h + g->pt + g->pb, wp = g->w + g->pl + g->pr;
+    const Py_ssize_t taps = g->c * g->kh * g->kw, ohw = g->oh * g->ow;
+    const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    for (Py_ssize_t ci = 0, t = 0; ci < g->c; ci++)
+        for (Py_ssize_t i = 0; i < g->kh; i++)
+            for (Py_ssize_t j = 0; j < g->kw; j++) offs[t++] = (ci * hp + i * g->dh) * wp + j * g->dw;
+    Py_ssize_t padded = -1;
+    for (Py_ssize_t u = u0; u < u1; u++) {
+        Py_ssize_t s = u / groups, o0 = u % groups * 8;
+        int lanes = k_out - o0 < 8 ? (int)(k_out - o0) : 8;
+        if (s != padded) pad_sample(g, x + s * g->c * g->h * g->w, xp), padded = s;
+        float b8[8] = {0};
+        for (int k = 0; k < lanes; k++) {
+            for (Py_ssize_t t = 0; t < taps; t++) lane_w[t * 8 + k] = wt[(o0 + k) * taps + t];
+            if (bias) b8[k] = bias[o0 + k];
+        }
+        for (int k = lanes; k < 8; k++)
+            for (Py_ssize_t t = 0; t < taps; t++) lane_w[t * 8 + k] = 0.f;
+        const __m256 vb = _mm256_loadu_ps(b8);
+        float *planes = y + (s * k_out + o0) * ohw;
+        for (Py_ssize_t r = 0; r < g->oh; r++) /* the common strides as constants: plain addressing */
+            if (g->sw == 1) conv_lanes_row_avx2(g, xp, offs, 1, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
+            else if (g->sw == 2) conv_lanes_row_avx2(g, xp, offs, 2, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
+            else conv_lanes_row_avx2(g, xp, offs, g->sw, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
+    }
+}
+#endif
+
+PyDoc_STRVAR(conv_lanes_doc,
+"conv_lanes2d(x, y, weight, shape, kernel, strides, dilations, pads, out_channels, bias=None, clip=None,\n"
+"             begin=0, end=-1)\n\n"
+"Dense convolution (group 1) of x float32 [N, C, H, W] (shape) into y float32 [N, out_channels, OH, OW]\n"
+"through weight float32 [out_channels, C, kh, kw]; kernel, strides, dilations = (h, w), pads = (top,\n"
+"left, bottom, right). bias float32 [out_channels] is added, then clip = (lo, hi) clamps (NaN kept).\n"
+"Work units [begin, end): unit u is sample u // G and output channels [u % G * 8, + 8), G = ceil(out / 8).");
+
+static PyObject *conv_lanes2d(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"x", "y", "weight", "shape", "kernel", "strides", "dilations", "pads", "out_channels",
+                             "bias", "clip", "begin", "end", NULL};
+    PyObject *xo, *yo, *wo, *bo = Py_None, *clipo = Py_None;
+    Py_ssize_t n, k_out, u0 = 0, u1 = -1;
+    Window2d g = {.multiplier = 1};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO(nnnn)(nn)(nn)(nn)(nnnn)n|OOnn", kwlist, &xo, &yo, &wo, &n,
+                                     &g.c, &g.h, &g.w, &g.kh, &g.kw, &g.sh, &g.sw, &g.dh, &g.dw, &g.pt, &g.pl, &g.pb,
+                                     &g.pr, &k_out, &bo, &clipo, &u0, &u1))
+        return NULL;
+    float lo = 0.f, hi = 0.f;
+    int clamp = clipo != Py_None;
+    if (clamp && !PyArg_ParseTuple(clipo, "ff", &lo, &hi)) return NULL;
+    Py_ssize_t units = SIZE_PRODUCT(n, (k_out + 7) / 8);
+    if (u1 < 0) u1 = units;
+    if (n < 0 || k_out < 1 || k_out > ((Py_ssize_t)1 << 20) || units < 0 || u0 < 0 || u0 > u1 || u1 > units) {
+        PyErr_SetString(PyExc_ValueError, "conv_lanes2d: a size, stride, dilation, pad or range is out of bounds");
+        return NULL;
+    }
+    if (window_output(&g, "conv_lanes2d") < 0) return NULL;
+    Py_buffer xb, yb, wb = {0}, bb = {0};
+    if (get_in_out(xo, &xb, "x", yo, &yb, "y", 1) < 0) return NULL;
+    PyObject *result = NULL;
+    float *xp = NULL, *lane_w = NULL;
+    Py_ssize_t *offs = NULL;
+    if (get_array_of_rank(wo, &wb, 'f', 4, 0, 1, "weight") < 0) goto done;
+    if (bo != Py_None && get_array_of_rank(bo, &bb, 'f', 4, 0, 1, "bias") < 0) goto done;
+    Py_ssize_t x_count = SIZE_PRODUCT(n, g.c, g.h, g.w), y_count = SIZE_PRODUCT(n, k_out, g.oh, g.ow),
+               w_count = SIZE_PRODUCT(k_out, g.c, g.kh, g.kw), taps = SIZE_PRODUCT(g.c, g.kh, g.kw, 8),
+               padded = SIZE_PRODUCT(g.c, g.h + g.pt + g.pb, g.w + g.pl + g.pr);
+    if (x_count < 0 || y_count < 0 || w_count < 0 || taps < 0 || padded < 0) {
+        PyErr_SetString(PyExc_ValueError, "conv_lanes2d: the input, output or weight size overflows");
+        goto done;
+    }
+    if (xb.len / 4 != x_count || yb.len / 4 != y_count || wb.len / 4 != w_count || (bb.buf && bb.len / 4 != k_out)) {
+        PyErr_Format(PyExc_ValueError, "conv_lanes2d: x must have %zd values, y %zd, weight %zd, bias %zd", x_count,
+                     y_count, w_count, k_out);
+        goto done;
+    }
+    xp = PyMem_RawCalloc(padded, sizeof(float));
+    lane_w = PyMem_RawMalloc(taps * sizeof(float));
+    offs = PyMem_RawMalloc(taps / 8 * sizeof(Py_ssize_t));
+    if (!xp || !lane_w || !offs) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    DISPATCH(conv_lanes, &g, k_out, xb.buf, wb.buf, bb.buf, yb.buf, clamp, lo, hi, xp, lane_w, offs, u0, u1);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_RawFree(xp);
+    PyMem_RawFree(lane_w);
+    PyMem_RawFree(offs);
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&yb);
+    if (wb.buf) PyBuffer_Release(&wb);
+    if (bb.buf) PyBuffer_Release(&bb);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
     {"set_simd", set_simd, METH_O, set_simd_doc},
     {"pool2d", (PyCFunction)(void (*)(void))pool2d, METH_VARARGS | METH_KEYWORDS, pool_doc},
     {"depthwise2d", (PyCFunction)(void (*)(void))depthwise2d, METH_VARARGS | METH_KEYWORDS, depthwise_doc},
+    {"conv_lanes2d", (PyCFunction)(void (*)(void))conv_lanes2d, METH_VARARGS | METH_KEYWORDS, conv_lanes_doc},
     {"winograd_input", (PyCFunction)(void (*)(void))winograd_input, METH_VARARGS | METH_KEYWORDS, wino_in_doc},
     {"winograd_output", (PyCFunction)(void (*)(void))winograd_output, METH_VARARGS | METH_KEYWORDS, wino_out_doc},
     {NULL},

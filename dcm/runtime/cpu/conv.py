@@ -1,6 +1,8 @@
 """Conv: im2col through a strided window view, then the weight [C_out/g, C_in/g*kh*kw] @ columns;
-wide dense 3x3 stride-1 convolutions use Winograd F(2x2, 3x3) instead (winograd.py), and pruned or
-small ones the compiled direct sparse convolution (``_native.c``: no column matrix at all).
+wide dense 3x3 stride-1 convolutions use Winograd F(2x2, 3x3) instead (winograd.py), pruned or
+small ones the compiled direct sparse convolution (``_native.c``: no column matrix at all),
+depthwise ones ``depthwise2d`` (depthwise.py) and dense ones with few input channels, the stems,
+``conv_lanes2d`` (lanes.py).
 3-D convolutions, and weights fed at run time, take the general path: one copy of the window view
 of any number of spatial axes as columns, then the same products."""
 from __future__ import annotations
@@ -9,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from dcm.errors import UnsupportedOpError
-from dcm.runtime.cpu import native
+from dcm.runtime.cpu import lanes, native
 from dcm.runtime.cpu.activation import relu
 from dcm.runtime.cpu.depthwise import depthwise, is_depthwise
 from dcm.runtime.cpu.matmul import SPLIT_MIN_WORK, WeightMatmul, even_ranges, thread_pool
@@ -52,7 +54,7 @@ class Conv(Kernel):
         name = node.inputs[1]
         self.group = int(self.attrs.get("group", 1))
         self.threads = ctx.threads
-        self.direct = self.winograd = self.depthwise_weight = None
+        self.direct = self.winograd = self.depthwise_weight = self.lanes_weight = None
         self.index_cache: dict = {}  # im2col's gather index per small input shape
         if not ctx.is_const(name):  # dense, on the general path, the weight read on every run
             self.weight_inputs, self.mode, self.density, self.general, self.mms = (), "dense", None, True, []
@@ -82,17 +84,22 @@ class Conv(Kernel):
         self.bias = None if b is None else b.astype(np.float32).reshape(1, -1, 1, 1)
         requested = ctx.requested_mode(node, name)
         self.pointwise = self.kernel == (1, 1) and self.group == 1
-        # allow_direct: the compiled CPU kernels, direct sparse and depthwise (not on the GPU backend).
-        if (self.allow_direct and native.depthwise2d is not None and is_depthwise(self.group, shape)
-                and requested != "sparse"):
-            dense = w.to_scipy().toarray() if self.mode == "sparse" else w
-            self.mode, self.depthwise_weight = "dense", np.ascontiguousarray(dense.reshape(shape[0], *self.kernel),
-                                                                             dtype=np.float32)
-            self.bias_vector = None if b is None else np.ascontiguousarray(self.bias.reshape(-1))
-            return
-        self.direct = self._direct_weight(requested, w, shape)
+        # allow_direct: the compiled CPU kernels, direct sparse, depthwise and lanes (not on the GPU backend).
         wide_3x3 = self.allow_winograd and eligible(self.kernel, self.strides, self.dilations, self.group, shape[1],
                                                      shape[0])
+        depthwise_layer = native.depthwise2d is not None and is_depthwise(self.group, shape)
+        few_inputs = (lanes.eligible(self.group, shape, self.pointwise) and not wide_3x3
+                      and (requested == "dense" or self.density >= lanes.MIN_DENSITY))
+        if self.allow_direct and requested != "sparse" and (depthwise_layer or few_inputs):
+            dense = w.to_scipy().toarray() if self.mode == "sparse" else w
+            weight = np.ascontiguousarray(dense.reshape(shape[0], shape[1], *self.kernel), dtype=np.float32)
+            if depthwise_layer:
+                self.depthwise_weight = weight[:, 0]  # [C * multiplier, kh, kw], still contiguous
+            else:
+                self.lanes_weight = weight
+            self.mode, self.bias_vector = "dense", None if b is None else np.ascontiguousarray(self.bias.reshape(-1))
+            return
+        self.direct = self._direct_weight(requested, w, shape)
         if (self.direct is None and requested is None and self.mode == "sparse"
                 and (wide_3x3 or self.pointwise or self.density > IM2COL_SPARSE_MAX_DENSITY)):
             self.mode, w = "dense", w.to_scipy().toarray()  # too dense for the sparse kernels: Winograd or BLAS wins
@@ -184,9 +191,9 @@ class Conv(Kernel):
 
     def __call__(self, x, w=None, b=None, residual=None):
         e = self.epilogue
-        if self.depthwise_weight is not None:  # the compiled kernel clamps a fused Relu or Clip itself
+        if self.depthwise_weight is not None or self.lanes_weight is not None:  # they clamp a Relu or Clip
             clip = None if residual is not None else (0.0, np.inf) if self.relu else None if e is None else e.clip
-            y = self._depthwise(x, clip)
+            y = self._lanes(x, clip)
             e = None if clip is not None else e
         else:
             y = self._general(x, w, b) if self.general else self._conv(x)
@@ -199,14 +206,16 @@ class Conv(Kernel):
                 y = self.residual_add(y, residual)[0]
         return (y if e is None else e(y),)
 
-    def _depthwise(self, x: np.ndarray, clip: tuple[float, float] | None) -> np.ndarray:
+    def _lanes(self, x: np.ndarray, clip: tuple[float, float] | None) -> np.ndarray:
+        """The compiled kernels with 8 channels to a register: depthwise, or few input channels."""
         x, was_1d = spatial_2d(x)
         if x.shape[1] != self.in_channels:
             raise ValueError(f"Conv {self.node.name!r}: input has {x.shape[1]} channels, weight expects "
                              f"{self.in_channels}")
         begin, end = resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations)
-        y = depthwise(x, self.depthwise_weight, self.strides, self.dilations, begin, end, self.bias_vector, clip,
-                      self.threads)
+        run = depthwise if self.depthwise_weight is not None else lanes.conv_lanes
+        weight = self.depthwise_weight if self.depthwise_weight is not None else self.lanes_weight
+        y = run(x, weight, self.strides, self.dilations, begin, end, self.bias_vector, clip, self.threads)
         return y[:, :, 0, :] if was_1d else y
 
     def _conv(self, x: np.ndarray) -> np.ndarray:
@@ -305,6 +314,7 @@ class Conv(Kernel):
 
     def describe(self) -> dict:
         kernel = ("direct" if self.direct is not None else "winograd" if self.winograd is not None
-                  else "depthwise" if self.depthwise_weight is not None else self.mode)
+                  else "depthwise" if self.depthwise_weight is not None else "lanes" if self.lanes_weight is not None
+                  else self.mode)
         known = {"density": self.density} if self.density is not None else {}  # None: a weight fed at run time
         return {"kernel": kernel, **known, "groups": self.group}

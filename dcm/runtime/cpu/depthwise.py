@@ -36,10 +36,15 @@ def depthwise(x: np.ndarray, weight: np.ndarray, strides: tuple[int, int], dilat
     y = np.empty((n, out_channels, oh, ow), dtype=np.float32)
     args = (x, y, weight, (n, c, h, w), (kh, kw), strides, dilations, (begin[0], begin[1], end[0], end[1]),
             out_channels // c, bias, clip)
-    planes = n * out_channels
-    if threads < 2 or y.size * kh * kw < SPLIT_MIN_WORK or planes < 2:
-        native.depthwise2d(*args)
-    else:
-        ranges = [(a * LANES, min(b * LANES, planes)) for a, b in even_ranges(-(-planes // LANES), threads)]
-        list(thread_pool(threads).map(lambda r: native.depthwise2d(*args, *r), ranges))
+    run_split(native.depthwise2d, args, n * out_channels, y.size * kh * kw, threads, LANES)
     return y
+
+
+def run_split(kernel, args: tuple, units: int, work: int, threads: int, align: int = 1) -> None:
+    """kernel(*args, begin, end) over units [0, units): one call, or one per thread, in runs of whole
+    multiples of ``align`` units, where the work (multiply-adds) pays for the hand-off."""
+    if threads < 2 or work < SPLIT_MIN_WORK or units < 2:
+        kernel(*args)
+        return
+    ranges = [(a * align, min(b * align, units)) for a, b in even_ranges(-(-units // align), threads)]
+    list(thread_pool(threads).map(lambda r: kernel(*args, *r), ranges))

@@ -1,0 +1,45 @@
+"""Dense convolutions of few input channels (the RGB stems: 3 channels, 27 to 147 multiply-adds per
+output) through the compiled ``conv_lanes2d``: 8 output channels side by side in a register, each
+input value of a window broadcast against their 8 weights, bias and a Relu/Clip clamp fused.
+
+Through im2col these layers were a GEMM with K = 27 (too short for BLAS to reach speed) plus the
+column matrix, the crop and transpose of the product into NCHW, and the activation: four passes over
+memory for little arithmetic (MobileNetV2's 3->32 stride-2 stem: 1.5 ms against onnxruntime's 0.46)."""
+from __future__ import annotations
+
+import numpy as np
+
+from dcm.runtime.cpu import native
+from dcm.runtime.cpu.depthwise import run_split
+from dcm.runtime.cpu.windows import output_size
+
+# Input channels x kernel taps per output up to which conv_lanes2d beats im2col + BLAS (one layer,
+# batch 1, one thread; benchmarks/conv_choice.py --lanes, docs/kernel-choice.md).
+MAX_TAPS = 150
+# Weight density from which it also beats the direct sparse kernel, whose time falls with the density
+# where this one's does not (one layer, batch 1, one thread: 3->32 3x3 at 128x128 0.54 against 0.52
+# ms at 50%, 0.55 against 0.64 at 70%; 16->16 at 112x112 1.02 against 1.12 at 70%; LeNet-5's conv1,
+# 1->20 5x5 at 28x28, 0.041 against 0.037 at 70%).
+MIN_DENSITY = 0.75
+
+
+def eligible(group: int, weight_shape: tuple[int, ...], pointwise: bool) -> bool:
+    """A 2-D (or lifted 1-D) dense convolution with few multiply-adds per output; 1x1 layers are one GEMM."""
+    taps = int(np.prod(weight_shape[1:]))
+    return native.conv_lanes2d is not None and group == 1 and not pointwise and taps <= MAX_TAPS
+
+
+def conv_lanes(x: np.ndarray, weight: np.ndarray, strides: tuple[int, int], dilations: tuple[int, int],
+               begin: list[int], end: list[int], bias: np.ndarray | None, clip: tuple[float, float] | None,
+               threads: int) -> np.ndarray:
+    """clip(conv(x, weight) + bias): weight float32 [C_out, C, kh, kw] contiguous, bias float32
+    [C_out] or None. A new float32 [N, C_out, OH, OW] array."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, c, h, w = x.shape
+    out_channels, _, kh, kw = weight.shape
+    oh, ow = output_size((h, w), (kh, kw), strides, dilations, begin, end)
+    y = np.empty((n, out_channels, oh, ow), dtype=np.float32)
+    args = (x, y, weight, (n, c, h, w), (kh, kw), strides, dilations, (begin[0], begin[1], end[0], end[1]),
+            out_channels, bias, clip)
+    run_split(native.conv_lanes2d, args, n * -(-out_channels // 8), y.size * c * kh * kw, threads)
+    return y

@@ -1,0 +1,143 @@
+"""Dense convolutions of few input channels take the compiled conv_lanes2d kernel (8 output channels
+to a register) and match onnxruntime: strides, dilations, asymmetric pads, odd sizes, output channels
+not a multiple of 8, 1-D, batches, thread splits, fused activations, the portable path; and the
+kernel refuses bad sizes and buffers with a ValueError, never a read past a buffer."""
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
+from dcm.runtime import InferenceSession  # noqa: E402
+from dcm.runtime.cpu import depthwise, lanes, native  # noqa: E402
+
+pytestmark = pytest.mark.skipif(native.conv_lanes2d is None, reason="built without the native kernels")
+
+
+def _model(c, k_out, kernel, x_shape, attrs, act=None, bias=True):
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((k_out, c, *kernel)).astype(np.float32), "w")]
+    inputs = ["x", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(k_out).astype(np.float32), "b"))
+        inputs.append("b")
+    nodes = [helper.make_node("Conv", inputs, ["c" if act else "y"], **attrs)]
+    if act == "Clip":
+        inits += [numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(6), "hi")]
+        nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["y"]))
+    elif act:
+        nodes.append(helper.make_node(act, ["c"], ["y"]))
+    g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def _check(m, x, threads=1, kernel="lanes"):
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)), threads=threads)
+    assert sess.describe()[0]["kernel"] == kernel
+    got = sess.run(None, {"x": x})[0]
+    assert got.shape == ref.shape
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("c, k_out, kernel, attrs", [
+    (3, 32, (3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),  # MobileNetV2's stem
+    (3, 13, (7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}),  # ResNet's, 13 outputs: a partial group of 8
+    (3, 8, (4, 4), {"strides": [4, 4]}),  # ConvNeXt's patchify stem
+    (1, 5, (5, 5), {}),  # LeNet-like
+    (4, 9, (3, 3), {"pads": [0, 1, 2, 0]}),  # asymmetric pads
+    (2, 16, (3, 3), {"pads": [2, 2, 2, 2], "dilations": [2, 2]}),
+    (3, 6, (3, 5), {"strides": [3, 2], "pads": [1, 2, 1, 2]}),
+    (2, 7, (2, 4), {"strides": [1, 3], "dilations": [2, 1], "pads": [3, 0, 0, 3]}),  # pads wider than the kernel
+    (3, 10, (3, 3), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+])
+@pytest.mark.parametrize("width", [13, 37])  # rows of 8-pixel blocks with and without a tail
+def test_matches_onnxruntime(c, k_out, kernel, attrs, width):
+    x = np.random.default_rng(1).standard_normal((2, c, 11, width)).astype(np.float32)
+    _check(_model(c, k_out, kernel, [2, c, 11, width], attrs), x)
+
+
+def test_one_dimensional_without_bias():
+    x = np.random.default_rng(1).standard_normal((2, 3, 41)).astype(np.float32)
+    _check(_model(3, 12, (5,), [2, 3, 41], {"pads": [2, 1], "strides": [2]}, bias=False), x)
+
+
+@pytest.mark.parametrize("act, fused", [("Clip", "Clip"), ("Relu", "Relu"), ("HardSwish", "HardSwish")])
+def test_fused_activation(act, fused):
+    x = (np.random.default_rng(1).standard_normal((1, 3, 9, 20)) * 4).astype(np.float32)
+    x[0, 2, 4, 4] = np.nan
+    m = _model(3, 11, (3, 3), [1, 3, 9, 20], {"pads": [1, 1, 1, 1]}, act)
+    assert InferenceSession(from_onnx(m, ConvertOptions(exact=True))).describe()[0]["fused"] == fused
+    _check(m, x)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_thread_split(monkeypatch, batch):
+    monkeypatch.setattr(depthwise, "SPLIT_MIN_WORK", 0)
+    x = np.random.default_rng(1).standard_normal((batch, 3, 10, 19)).astype(np.float32)
+    _check(_model(3, 21, (3, 3), [batch, 3, 10, 19], {"pads": [1, 1, 1, 1], "strides": [2, 1]}, "Clip"), x,
+           threads=2)
+
+
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2), (1, 3)])  # the AVX2 path's constant strides and another
+def test_portable_path_matches_simd(strides):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 9, 30)).astype(np.float32)
+    w = rng.standard_normal((10, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(10).astype(np.float32)
+    args = (x, w, strides, (1, 1), [1, 1], [1, 1], b, (0.0, 6.0), 1)
+    fast = lanes.conv_lanes(*args)
+    previous = native.set_simd(False)
+    try:
+        portable = lanes.conv_lanes(*args)
+    finally:
+        native.set_simd(previous)
+    np.testing.assert_allclose(portable, fast, rtol=1e-5, atol=1e-5)
+
+
+def test_without_the_native_kernel_im2col_takes_it(monkeypatch):
+    monkeypatch.setattr(native, "conv_lanes2d", None)
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    _check(_model(3, 8, (3, 3), [1, 3, 16, 16], {"pads": [1, 1, 1, 1], "strides": [2, 2]}), x, kernel="dense")
+
+
+def test_native_refuses_bad_arguments():
+    x, y, w = np.zeros((1, 2, 4, 4), np.float32), np.zeros((1, 3, 4, 4), np.float32), np.zeros((3, 2, 3, 3), np.float32)
+    call = native.conv_lanes2d
+    call(x, y, w, (1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 3)
+    with pytest.raises(ValueError, match="must have"):  # output too small for the geometry
+        call(x, np.zeros((1, 3, 3, 4), np.float32), w, (1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 3)
+    with pytest.raises(ValueError, match="must have"):  # weight for fewer output channels than asked
+        call(x, y, w[:2], (1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 3)
+    with pytest.raises(ValueError, match="must have"):  # bias of 2 values for 3 outputs
+        call(x, y, w, (1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 3, np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="out of bounds"):
+        call(x, y, w, (1, 2, 4, 4), (3, 3), (0, 1), (1, 1), (1, 1, 1, 1), 3)
+    with pytest.raises(ValueError, match="out of bounds"):
+        call(x, y, w, (1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (-1, 1, 1, 1), 3)
+    with pytest.raises(ValueError, match="out of bounds"):
+        call(x, y, w, (1 << 40, 1 << 40, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 3)
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        call(x, y, w, (1, 2, 4, 4), (3, 3), (1, 1), (3, 3), (0, 0, 0, 0), 3)
+    with pytest.raises(ValueError, match="out of bounds"):  # a unit range past the end (1 sample, 1 group of 8)
+        call(x, y, w, (1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 3, None, None, 0, 2)
+    with pytest.raises(TypeError):  # float64 buffers are refused, not reinterpreted
+        call(x.astype(np.float64), y, w, (1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 3)
+
+
+def test_bad_geometry_is_a_dcm_error():
+    from dcm.errors import DcmError
+
+    m = _model(3, 8, (3, 3), [1, 3, 9, 9], {"dilations": [9, 9]})
+    sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)))
+    assert sess.describe()[0]["kernel"] == "lanes"
+    with pytest.raises(DcmError):
+        sess.run(None, {"x": np.ones((1, 3, 9, 9), np.float32)})
+    with pytest.raises(DcmError):  # fewer input channels than the weight's
+        sess.run(None, {"x": np.ones((1, 2, 9, 9), np.float32)})
