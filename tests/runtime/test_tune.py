@@ -95,3 +95,53 @@ def test_race_calls_candidates_in_turn():
     times = tune.race({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, min_time=0.0)
     assert set(times) == {"a", "b"} and calls[:2] == ["a", "b"]  # warm-up, then rounds of a, b
     assert calls[2:] == ["a", "b"] * ((len(calls) - 2) // 2) and len(calls) >= 8
+
+
+def _conv_model(channels: int, density: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    w = _pruned(rng, (channels, channels, 3, 3), density)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 10, 10])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w, "w"),
+                           numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "b")])
+    return from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), ConvertOptions(exact=True))
+
+
+@pytest.mark.parametrize("channels, density, default", [(16, 0.3, "direct"), (64, 0.4, "winograd")])
+@pytest.mark.parametrize("winner", ["direct", "dense"])
+def test_conv_times_direct_against_its_dense_form(monkeypatch, channels, density, default, winner):
+    """A pruned conv with tune holds the direct kernel and the dense form (Winograd or im2col + BLAS)
+    until its first run, which keeps the winner: same outputs either way."""
+    if native.SparseConv is None:
+        pytest.skip("built without the compiled kernels")
+    model = _conv_model(channels, density)
+    x = np.random.default_rng(3).standard_normal((1, channels, 10, 10)).astype(np.float32)
+    plain = InferenceSession(model, threads=1)
+    assert plain.describe()[0]["kernel"] == default and "tuned" not in plain.describe()[0]
+    want = plain.run(None, {"x": x})[0]
+    monkeypatch.setattr(tune, "race", lambda candidates: {k: 0.0 if k == winner else 1.0 for k in candidates})
+    sess = InferenceSession(model, threads=1, tune=True)
+    assert sess.describe()[0]["tuned"] == "pending"
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-4)
+    info = sess.describe()[0]
+    assert info["tuned"] == winner and (info["kernel"] == "direct") == (winner == "direct")
+    conv = sess._kernels[0]
+    assert (conv.winograd is None and conv.mms == []) if winner == "direct" else conv.direct is None  # loser dropped
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-4)
+    races = tune.RACES[0]
+    again = InferenceSession(model, threads=1, tune=True)
+    np.testing.assert_allclose(again.run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-4)
+    assert tune.RACES[0] == races and again.describe()[0]["tuned"] == winner  # the process's decision
+
+
+def test_conv_override_and_dense_layers_are_not_tuned():
+    model = _conv_model(16, 0.3)
+    x = np.random.default_rng(4).standard_normal((1, 16, 10, 10)).astype(np.float32)
+    want = InferenceSession(model, threads=1).run(None, {"x": x})[0]
+    timed = InferenceSession(model, threads=1, tune=True)  # a real race
+    np.testing.assert_allclose(timed.run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-4)
+    assert timed.describe()[0]["tuned"] in ("direct", "dense")
+    assert "tuned" not in InferenceSession(model, threads=1, tune=True, kernels="dense").describe()[0]
+    assert "tuned" not in InferenceSession(_conv_model(16, 0.9), threads=1, tune=True).describe()[0]

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from dcm.errors import UnsupportedOpError
-from dcm.runtime.cpu import lanes, native
+from dcm.runtime.cpu import lanes, native, tune
 from dcm.runtime.cpu.activation import relu
 from dcm.runtime.cpu.depthwise import depthwise, is_depthwise
 from dcm.runtime.cpu.matmul import SPLIT_MIN_WORK, WeightMatmul, even_ranges, thread_pool
@@ -36,6 +36,9 @@ DIRECT_MAX_DENSITY_POINTWISE = 0.07
 # go through im2col, whose many columns suit BLAS: the stem at 30% density took 10.3 ms dense
 # against 16.2 ms with the sparse product; 128 channels 3x3 stride 2 at 10%, 2.08 ms either way.
 IM2COL_SPARSE_MAX_DENSITY = 0.15
+# With tune=True, layers up to this density that the direct kernel can take time it against the dense
+# form at their first run; denser ones are left to the dense kernels.
+TUNE_MAX_DENSITY = 0.6
 DIRECT_SMALL_WEIGHTS = 32_768
 
 
@@ -55,6 +58,7 @@ class Conv(Kernel):
         self.group = int(self.attrs.get("group", 1))
         self.threads = ctx.threads
         self.direct = self.winograd = self.depthwise_weight = self.lanes_weight = None
+        self.tuning, self.tuned = False, None  # tune=True: both forms held until the first run picks one
         self.index_cache: dict = {}  # im2col's gather index per small input shape
         if not ctx.is_const(name):  # dense, on the general path, the weight read on every run
             self.weight_inputs, self.mode, self.density, self.general, self.mms = (), "dense", None, True, []
@@ -113,6 +117,48 @@ class Conv(Kernel):
             m = w.to_scipy() if self.mode == "sparse" else w
             per = self.out_channels // self.group
             self.mms = [WeightMatmul(self.mode, m[g * per : (g + 1) * per], ctx.threads) for g in range(self.group)]
+        if ctx.tune and requested is None and self.density <= TUNE_MAX_DENSITY:
+            self.tuning = self._both_forms(w, shape, wide_3x3, b)
+
+    def _both_forms(self, w, shape, wide_3x3: bool, b) -> bool:
+        """For ``tune``: give a layer that the direct sparse kernel can take both it and the dense form
+        (Winograd, or BLAS on im2col columns or the 1x1 layer's pixels) it does not have yet."""
+        if self.direct is None:
+            self.direct = self._direct_weight("sparse", w, shape)
+            if self.direct is None:
+                return False
+            self.bias_vector = None if b is None else np.ascontiguousarray(self.bias.reshape(-1))
+            return True
+        dense = np.asarray(w.to_scipy().toarray() if self.mode == "sparse" else w, dtype=np.float32)
+        if wide_3x3:
+            self.winograd = transform_weight(dense.reshape(shape))
+        else:
+            per = self.out_channels // self.group
+            self.mms = [WeightMatmul("dense", dense[g * per : (g + 1) * per], self.threads) for g in range(self.group)]
+        self.quiet = False  # the dense form's numpy products may warn on Inf/NaN inputs
+        return True
+
+    def _direct_wins(self, x: np.ndarray, begin: list[int], end: list[int]) -> bool:
+        """``tune``: time the direct kernel against the dense form on this input (or reuse the process's
+        decision for this layer shape, density and input), then drop the form that lost."""
+        direct = self.direct
+        key = ("conv", self.in_channels, self.out_channels, self.kernel, self.group, self.direct_weights, self.strides,
+               self.dilations, tuple(begin), tuple(end), x.shape, self.threads)
+
+        def dense() -> np.ndarray:
+            self.direct = None
+            try:
+                return self._conv(x)
+            finally:
+                self.direct = direct
+
+        self.tuned = tune.choose(key, {"direct": lambda: self._run_direct(x, begin, end), "dense": dense})
+        self.tuning = False
+        if self.tuned == "direct":
+            self.winograd, self.mms, self.mode, self.quiet = None, [], "sparse", True
+        else:
+            self.direct, self.mode = None, "dense"
+        return self.tuned == "direct"
 
     def _direct_weight(self, requested: str | None, w, shape):
         """The weight for the direct sparse convolution, where it is the faster kernel (see
@@ -225,7 +271,7 @@ class Conv(Kernel):
         if c != self.in_channels:
             raise ValueError(f"Conv {self.node.name!r}: input has {c} channels, weight expects {self.in_channels}")
         begin, end = resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations)
-        if self.direct is not None:
+        if self.direct is not None and (not self.tuning or self._direct_wins(x, begin, end)):
             out = self._run_direct(x, begin, end)
             return out[:, :, 0, :] if was_1d else out
         if self.winograd is not None:
@@ -317,4 +363,6 @@ class Conv(Kernel):
                   else "depthwise" if self.depthwise_weight is not None else "lanes" if self.lanes_weight is not None
                   else self.mode)
         known = {"density": self.density} if self.density is not None else {}  # None: a weight fed at run time
+        if self.tuning or self.tuned:  # chosen by timing: "pending" until the first run
+            known["tuned"] = self.tuned or "pending"
         return {"kernel": kernel, **known, "groups": self.group}
