@@ -17,6 +17,6 @@ setup(ext_modules=[Extension("dcm.runtime.cpu._native", ["dcm/runtime/cpu/_nativ
                    Extension("dcm.runtime.cpu._recurrent", ["dcm/runtime/cpu/_recurrent.c"], optional=True,
                              depends=["dcm/runtime/cpu/_kernel_common.h"],
                              extra_compile_args=[] if sys.platform == "win32" else ["-O3"]),
-                   Extension("dcm.runtime.cpu._resize", ["dcm/runtime/cpu/_resize.c"], optional=True,
+                   Extension("dcm.runtime.cpu._upsample", ["dcm/runtime/cpu/_upsample.c"], optional=True,
                              depends=["dcm/runtime/cpu/_kernel_common.h"],
                              extra_compile_args=[] if sys.platform == "win32" else ["-O3"])])

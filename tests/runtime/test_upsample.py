@@ -1,6 +1,8 @@
-"""The compiled interpolation of the last two axes (_resize.c, native.resize2d) against Resize's numpy
-passes: every mode and coordinate transform on up- and downscales, a leading axis resized too,
-the AVX2 and the portable paths, Inf and NaN; malformed calls are refused."""
+"""The compiled kernels of _upsample.c against the numpy code they replace: Resize's interpolation of
+the last two axes (native.resize2d) in every mode and coordinate transform, up- and downscaled, a
+leading axis resized too; ConvTranspose's col2im (native.col2im2d) over strides, dilations, pads,
+output_padding, output_shape, groups and batch; the AVX2 and the portable paths, Inf and NaN;
+malformed calls are refused."""
 import contextlib
 
 import numpy as np
@@ -11,16 +13,16 @@ from dcm.runtime import InferenceSession
 from dcm.runtime.cpu import native
 from tests.runtime.opcheck import one_node
 
-pytestmark = pytest.mark.skipif(native.resize2d is None, reason="built without _resize.c")
+pytestmark = pytest.mark.skipif(native.resize2d is None, reason="built without _upsample.c")
 
 
 @contextlib.contextmanager
 def _simd(allowed: bool):
-    previous = native.set_resize_simd(allowed)
+    previous = native.set_upsample_simd(allowed)
     try:
         yield
     finally:
-        native.set_resize_simd(previous)
+        native.set_upsample_simd(previous)
 
 
 def _sessions(attrs, x_shape, scales):
@@ -111,3 +113,74 @@ def test_wrong_types_are_refused():
                         ci, cw)
     with pytest.raises(TypeError, match="y"):
         native.resize2d(np.zeros((1, 3, 4), np.float32), np.zeros((1, 4, 5), np.float64), ri, rw, ci, cw)
+
+
+CONV_T = [({"strides": [2, 2]}, (2, 4, 5, 6), (4, 3, 2, 2)),
+          ({"strides": [2, 3], "output_padding": [1, 2], "dilations": [2, 1], "pads": [1, 0, 2, 1], "group": 2},
+           (2, 4, 5, 6), (4, 3, 3, 2)),
+          ({"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]}, (1, 3, 7, 7), (3, 5, 3, 3)),
+          ({"strides": [1, 1]}, (1, 2, 4, 5), (2, 3, 3, 3)),
+          ({"strides": [2, 2], "auto_pad": "SAME_UPPER"}, (1, 2, 5, 4), (2, 2, 3, 3)),
+          ({"strides": [2, 2], "auto_pad": "SAME_LOWER"}, (1, 2, 5, 4), (2, 2, 3, 3)),
+          ({"strides": [3, 2], "output_shape": [12, 13]}, (1, 2, 3, 4), (2, 2, 2, 3)),  # zeros past the full output
+          ({"strides": [2, 2], "pads": [3, 2, 3, 2]}, (1, 2, 6, 6), (2, 2, 4, 4))]
+
+
+@pytest.mark.parametrize("simd", [True, False], ids=["avx2", "portable"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("attrs, x_shape, w_shape", CONV_T)
+def test_col2im_matches_numpy(attrs, x_shape, w_shape, bias, simd):
+    rng = np.random.default_rng(2)
+    consts = {"w": rng.standard_normal(w_shape).astype(np.float32)}
+    if bias:
+        consts["b"] = rng.standard_normal(w_shape[1] * attrs.get("group", 1)).astype(np.float32)
+    model = from_onnx(one_node("ConvTranspose", {"x": np.zeros(x_shape, np.float32)}, attrs, opset=17,
+                               consts=consts), ConvertOptions(exact=True))
+    sess = InferenceSession(model)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    x[0, 0, 1, 1] = np.inf
+    with _simd(simd):
+        got = sess.run(None, {"x": x})[0]
+    saved = native.col2im2d
+    native.col2im2d = None  # read at each call: the numpy col2im
+    try:
+        want = sess.run(None, {"x": x})[0]
+    finally:
+        native.col2im2d = saved
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def _col2im_args(**change):
+    args = {"cols": np.ones((2, 2, 2, 1, 3, 3), np.float32), "y": np.zeros((1, 2, 6, 6), np.float32),
+            "strides": (2, 2), "dilations": (1, 1), "begin": (0, 0), "bias": None}
+    args.update(change)
+    return args
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"cols": np.ones((2, 2, 2, 3, 3), np.float32)}, "cols must be"),
+    ({"y": np.zeros((2, 2, 6, 6), np.float32)}, "cols must be"),
+    ({"y": np.zeros((1, 3, 6, 6), np.float32)}, "cols must be"),
+    ({"strides": (0, 2)}, "strides must be two values in 1..2"),
+    ({"strides": (2, 2**31)}, "strides must be"),
+    ({"dilations": (1, -1)}, "dilations must be"),
+    ({"begin": (-1, 0)}, "begin must be two values in 0..2"),
+    ({"bias": np.ones(3, np.float32)}, "bias must have 2 values"),
+])
+def test_col2im_refuses_malformed_calls(change, message):
+    with pytest.raises(ValueError, match=message):
+        native.col2im2d(**_col2im_args(**change))
+
+
+def test_col2im_places_every_tap():
+    """Taps of a 2x2/2 transposed convolution tile the output; a crop shifts them."""
+    cols = np.arange(1, 17, dtype=np.float32).reshape(1, 2, 2, 1, 2, 2)
+    y = np.empty((1, 1, 4, 4), np.float32)
+    native.col2im2d(cols, y, (2, 2), (1, 1), (0, 0), np.array([0.5], np.float32))
+    want = cols[0, :, :, 0].transpose(2, 0, 3, 1).reshape(4, 4) + 0.5
+    np.testing.assert_array_equal(y[0, 0], want)
+    cropped = np.empty((1, 1, 3, 3), np.float32)
+    native.col2im2d(cols, cropped, (2, 2), (1, 1), (1, 1))
+    np.testing.assert_array_equal(cropped[0, 0], want[1:, 1:] - 0.5)

@@ -93,4 +93,14 @@ static inline int get_array_of_rank(PyObject *obj, Py_buffer *view, char kind, P
     return 0;
 }
 
+/* Releases the buffers of a call that were got (obj set), for the one exit of its error paths. */
+static inline void release_buffers(Py_buffer *const *views, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        if (views[i]->obj) PyBuffer_Release(views[i]);
+}
+
+#define RELEASE_BUFFERS(...) \
+    release_buffers((Py_buffer *const[]){__VA_ARGS__}, sizeof((Py_buffer *[]){__VA_ARGS__}) / sizeof(Py_buffer *))
+
 #endif

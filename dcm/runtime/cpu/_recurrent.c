@@ -553,9 +553,7 @@ done:
     PyMem_RawFree(acc);
     PyMem_RawFree(tmp);
     PyMem_RawFree(tmp2);
-    Py_buffer *views[] = {&xb, &yb, &hb, &cb, &lb, &rtb, &pb, &ib, &vb, &peb, &rbb};
-    for (size_t i = 0; i < sizeof(views) / sizeof(views[0]); i++)
-        if (views[i]->obj) PyBuffer_Release(views[i]);
+    RELEASE_BUFFERS(&xb, &yb, &hb, &cb, &lb, &rtb, &pb, &ib, &vb, &peb, &rbb);
     return result;
 }
 

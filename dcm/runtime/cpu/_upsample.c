@@ -1,6 +1,6 @@
-/* dcm.runtime.cpu._resize: separable interpolation of the last two axes (Resize, Upsample; resize.py).
+/* dcm.runtime.cpu._upsample: the compiled parts of the decoder layers that grow an image.
  *
- * resize2d: y[p, i, j] = sum_s col_w[j, s] * (sum_t row_w[i, t] * x[p, row_idx[i, t], col_idx[j, s]]),
+ * resize2d (Resize, Upsample; resize.py): separable interpolation of the last two axes, y[p, i, j] = sum_s col_w[j, s] * (sum_t row_w[i, t] * x[p, row_idx[i, t], col_idx[j, s]]),
  * every plane p of x [planes, h, w] to y [planes, out_h, out_w], from the source taps and weights of
  * each output row and column, which resize.py computes once per shape for any coordinate mode,
  * nearest (one tap of weight 1), linear (2), cubic (4) or antialiased (more).
@@ -10,8 +10,14 @@
  * weighted sum of whole input rows (contiguous, 8 floats per AVX2 register) into a row buffer, then
  * a gather from that buffer (which stays in L1) per output value: each output is written once.
  *
+ * col2im2d (ConvTranspose; conv_transpose.py): the output of a 2-D transposed convolution from the
+ * product W^T @ X, cols [c_out, kh, kw, n, h, w]: every tap's value added at its strided output
+ * position, the crop of pads or output_shape, the bias and the layout [n, c_out, out_h, out_w] in one
+ * pass over the output, where numpy made one pass per tap plus the bias and the layout copies.
+ *
  * Every index is checked against the axis it reads before any value is read; sizes come from the
- * arrays' own shapes, their products made with size_product.
+ * arrays' own shapes, their products made with size_product; strides, dilations and crops are
+ * bounded to 2^31 - 1, so that no position product can overflow.
  */
 #include "_kernel_common.h"
 #include <string.h>
@@ -186,21 +192,126 @@ done:
     PyMem_RawFree(row);
     PyMem_RawFree(idx_t);
     PyMem_RawFree(w_t);
-    Py_buffer *views[] = {&xb, &yb, &rib, &rwb, &cib, &cwb};
-    for (size_t i = 0; i < sizeof(views) / sizeof(views[0]); i++)
-        if (views[i]->obj) PyBuffer_Release(views[i]);
+    RELEASE_BUFFERS(&xb, &yb, &rib, &rwb, &cib, &cwb);
+    return result;
+}
+
+typedef struct {
+    Py_ssize_t c_out, kh, kw, n, h, w, out_h, out_w;
+    Py_ssize_t stride[2], dilation[2], begin[2];
+} Col2im;
+
+/* The first j in [0, size) whose position j * stride + offset is >= 0, and the end of those < limit. */
+static void tap_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size, Py_ssize_t limit, Py_ssize_t *first,
+                      Py_ssize_t *end)
+{
+    *first = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+    *end = limit - offset <= 0 ? 0 : (limit - offset - 1) / stride + 1;
+    if (*end > size) *end = size;
+    if (*first > *end) *first = *end;
+}
+
+static void col2im_planes(const Col2im *g, const float *cols, const float *bias, float *y)
+{
+    for (Py_ssize_t s = 0; s < g->n; s++) {
+        for (Py_ssize_t c = 0; c < g->c_out; c++) {
+            float *plane = y + (s * g->c_out + c) * g->out_h * g->out_w;
+            const float fill = bias ? bias[c] : 0.f;
+            for (Py_ssize_t k = 0; k < g->out_h * g->out_w; k++) plane[k] = fill;
+            for (Py_ssize_t a = 0; a < g->kh; a++) {
+                Py_ssize_t i0, i1, j0, j1;
+                const Py_ssize_t row_off = a * g->dilation[0] - g->begin[0];
+                tap_range(row_off, g->stride[0], g->h, g->out_h, &i0, &i1);
+                for (Py_ssize_t b = 0; b < g->kw; b++) {
+                    const Py_ssize_t col_off = b * g->dilation[1] - g->begin[1];
+                    tap_range(col_off, g->stride[1], g->w, g->out_w, &j0, &j1);
+                    const float *src = cols + (((c * g->kh + a) * g->kw + b) * g->n + s) * g->h * g->w;
+                    for (Py_ssize_t i = i0; i < i1; i++) {
+                        float *row = plane + (i * g->stride[0] + row_off) * g->out_w + col_off;
+                        const float *in = src + i * g->w;
+                        for (Py_ssize_t j = j0; j < j1; j++) row[j * g->stride[1]] += in[j];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Two values of a tuple, each in [low, 2^31 - 1]. */
+static int two_ints(PyObject *seq, Py_ssize_t *out, Py_ssize_t low, const char *what)
+{
+    if (!PyArg_ParseTuple(seq, "nn", &out[0], &out[1])) return -1;
+    if (out[0] < low || out[1] < low || out[0] > INT32_MAX || out[1] > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s must be two values in %zd..2^31-1", what, low);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(col2im2d_doc,
+"col2im2d(cols, y, strides, dilations, begin, bias=None) -> None\n\n"
+"The output y [n, c_out, out_h, out_w] of a 2-D ConvTranspose from cols [c_out, kh, kw, n, h, w]\n"
+"(W^T @ X; both float32, C-contiguous): y = bias[c] (or 0) plus, for every tap (a, b) and input\n"
+"position (i, j), cols[c, a, b, s, i, j] at (i * stride_h + a * dilation_h - begin_h, j * stride_w +\n"
+"b * dilation_w - begin_w) where that falls inside y. strides, dilations: two values >= 1; begin:\n"
+"the crop of the full output's start, two values >= 0. Releases the GIL for large calls.");
+
+static PyObject *col2im2d(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"cols", "y", "strides", "dilations", "begin", "bias", NULL};
+    PyObject *co, *yo, *so, *dlo, *bgo, *bo = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!O!O!|O", kwlist, &co, &yo, &PyTuple_Type, &so, &PyTuple_Type,
+                                     &dlo, &PyTuple_Type, &bgo, &bo))
+        return NULL;
+    Col2im g;
+    if (two_ints(so, g.stride, 1, "strides") < 0 || two_ints(dlo, g.dilation, 1, "dilations") < 0 ||
+        two_ints(bgo, g.begin, 0, "begin") < 0)
+        return NULL;
+    Py_buffer cb = {0}, yb = {0}, bb = {0};
+    PyObject *result = NULL;
+    if (get_array_of_rank(co, &cb, 'f', 4, 0, 1, "cols") < 0 || get_array_of_rank(yo, &yb, 'f', 4, 1, 1, "y") < 0)
+        goto done;
+    if (cb.ndim != 6 || yb.ndim != 4 || yb.shape[0] != cb.shape[3] || yb.shape[1] != cb.shape[0]) {
+        PyErr_SetString(PyExc_ValueError, "cols must be [c_out, kh, kw, n, h, w] and y [n, c_out, out_h, out_w]");
+        goto done;
+    }
+    g.c_out = cb.shape[0], g.kh = cb.shape[1], g.kw = cb.shape[2], g.n = cb.shape[3], g.h = cb.shape[4];
+    g.w = cb.shape[5], g.out_h = yb.shape[2], g.out_w = yb.shape[3];
+    if (bo != Py_None) {
+        if (get_array_of_rank(bo, &bb, 'f', 4, 0, 0, "bias") < 0) goto done;
+        if (bb.len / 4 != g.c_out) {
+            PyErr_Format(PyExc_ValueError, "bias must have %zd values", g.c_out);
+            goto done;
+        }
+    }
+    const Py_ssize_t total = SIZE_PRODUCT(g.n, g.c_out, g.out_h, g.out_w);
+    if (total < 0 || SIZE_PRODUCT(g.c_out, g.kh, g.kw, g.n, g.h, g.w) < 0) {
+        PyErr_SetString(PyExc_ValueError, "sizes overflow");
+        goto done;
+    }
+    if (total >= RELEASE_GIL_MIN) {
+        Py_BEGIN_ALLOW_THREADS
+        col2im_planes(&g, cb.buf, bb.buf, yb.buf);
+        Py_END_ALLOW_THREADS
+    } else {
+        col2im_planes(&g, cb.buf, bb.buf, yb.buf);
+    }
+    result = Py_NewRef(Py_None);
+done:
+    RELEASE_BUFFERS(&cb, &yb, &bb);
     return result;
 }
 
 static PyMethodDef module_methods[] = {
     {"set_simd", set_simd, METH_O, set_simd_doc},
     {"resize2d", (PyCFunction)(void (*)(void))resize2d, METH_VARARGS | METH_KEYWORDS, resize2d_doc},
+    {"col2im2d", (PyCFunction)(void (*)(void))col2im2d, METH_VARARGS | METH_KEYWORDS, col2im2d_doc},
     {NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_resize", "Separable interpolation of the last two axes (see _resize.c).", -1,
+    PyModuleDef_HEAD_INIT, "_upsample", "Resize's interpolation and ConvTranspose's col2im (see _upsample.c).", -1,
     module_methods,
 };
 
-PyMODINIT_FUNC PyInit__resize(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__upsample(void) { return PyModule_Create(&module); }

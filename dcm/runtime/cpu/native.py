@@ -17,10 +17,10 @@ try:  # _recurrent.c: the time-step loop of LSTM, GRU and RNN
     from dcm.runtime.cpu._recurrent import recurrent_scan, set_simd as set_recurrent_simd
 except ImportError:  # pragma: no cover - as above
     recurrent_scan = set_recurrent_simd = None
-try:  # _resize.c: separable interpolation of the last two axes
-    from dcm.runtime.cpu._resize import resize2d, set_simd as set_resize_simd
+try:  # _upsample.c: Resize's interpolation of the last two axes, ConvTranspose's col2im
+    from dcm.runtime.cpu._upsample import col2im2d, resize2d, set_simd as set_upsample_simd
 except ImportError:  # pragma: no cover - as above
-    resize2d = set_resize_simd = None
+    col2im2d = resize2d = set_upsample_simd = None
 
 # With the native batched product (SparseMatrix.matmat) a pruned layer beats BLAS on its dense form
 # up to about 30% density at batch 8 and 35% at batch 64 (README "Runtime (CPU)"), where scipy's
@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - as above
 SPARSE_MAX_DENSITY = 0.30
 
 NAMES = ("SparseConv", "SparseMatrix", "depthwise2d", "conv_lanes2d", "pool2d", "winograd_input", "winograd_output",
-         "activate", "layer_norm", "softmax", "recurrent_scan", "resize2d")
+         "activate", "layer_norm", "softmax", "recurrent_scan", "resize2d", "col2im2d")
 
 
 def available() -> bool:
