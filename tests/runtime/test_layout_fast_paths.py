@@ -72,3 +72,14 @@ def test_transpose_perm_that_does_not_fit_fails_naming_the_node(perm):
     sess = _session("Transpose", [("x", "float32", [1, 2, 3])], attrs={"perm": perm})
     with pytest.raises(ExecutionError, match="'n' \\(Transpose\\)"):
         sess.run(None, {"x": np.zeros((1, 2, 3), np.float32)})
+
+
+@pytest.mark.parametrize("shape, perm", [((1, 5, 4), (1, 0, 2)), ((5, 1, 4), (1, 0, 2)), ((2, 1, 2), (2, 1, 0)),
+                                         ((3, 1, 1, 2), (2, 0, 3, 1)), ((2, 2), (1, 0))])
+def test_transpose_that_moves_only_unit_axes_is_a_view_and_right(shape, perm):
+    """Axes of size 1 moved alone need no copy; axes of equal size swapped ((2, 2)) still do."""
+    sess = _session("Transpose", [("x", "float32", list(shape))], attrs={"perm": list(perm)})
+    x = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    got = sess.run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, np.transpose(x, perm))
+    assert got.flags.c_contiguous

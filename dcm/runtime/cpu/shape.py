@@ -126,6 +126,9 @@ class Reshape(Kernel):
 
 @register("Transpose")
 class Transpose(Kernel):
+    """A contiguous result, as the kernels after it expect. A permutation that keeps the order of the
+    axes larger than 1 (attention's [S, 1, E] <-> [1, S, E] at batch 1) moves no data: a view."""
+
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         perm = self.attrs.get("perm")
@@ -138,6 +141,11 @@ class Transpose(Kernel):
             perm = self.attrs.get("perm")
             if perm is not None and sorted(perm) != list(range(x.ndim)):
                 raise ValueError(f"perm {perm} is not a permutation of the input's {x.ndim} axes")
+        elif len(perm) == x.ndim and x.flags.c_contiguous:
+            shape = x.shape
+            moved = [p for p in perm if shape[p] != 1]
+            if moved == sorted(moved):
+                return (x.reshape([shape[p] for p in perm]),)
         return (np.ascontiguousarray(np.transpose(x, perm)),)
 
 
