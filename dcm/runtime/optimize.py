@@ -143,6 +143,35 @@ def merge_transposes(graph: Graph) -> None:
                    else n for n in kept]
 
 
+VIEWS = ("Reshape", "Flatten", "Unsqueeze", "Identity")  # ops that only relabel the shape (Squeeze also checks sizes)
+
+
+def collapse_reshapes(graph: Graph) -> None:
+    """A Reshape to a fixed target (a constant with no 0 that would copy a dimension of its input, or
+    ``allowzero``) of a chain of views (Reshape, Flatten, Unsqueeze, Identity) that nothing else reads
+    reshapes the chain's input directly: the result depends only on the element order, which views
+    keep, so each view in the chain is one step less per run."""
+    uses = Counter(x for n in graph.nodes for x in n.inputs)
+    protected = graph.protected()
+    producer = {o: n for n in graph.nodes for o in n.outputs}
+    removed: set[int] = set()
+    for i, node in enumerate(graph.nodes):
+        target = _ints(graph, node, 1, "shape") if node.op == "Reshape" and node.inputs else None
+        if target is None or (0 in target and node.attrs.get("allowzero", 0) != 1):
+            continue
+        source = node.inputs[0]
+        view = producer.get(source)
+        while (view is not None and view.op in VIEWS and len(view.outputs) == 1 and view.inputs
+               and uses[source] == 1 and source not in protected and id(view) not in removed):
+            removed.add(id(view))
+            graph.folded[_name(view)] = _name(node)
+            source = view.inputs[0]
+            view = producer.get(source)
+        if source != node.inputs[0]:
+            graph.nodes[i] = replace(node, inputs=[source, *node.inputs[1:]])
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+
+
 class _Expr:
     """Reads a pointwise subgraph backwards from a value, through intermediates nobody else reads,
     collecting the nodes it passes (the ones a fusion removes)."""
@@ -374,7 +403,7 @@ def fuse_matmul_add(graph: Graph) -> None:
     graph.nodes = [n for n in graph.nodes if id(n) not in removed]
 
 
-ATTENTION = "dcm.Attention"  # softmax(scale(q @ k) + mask) @ v: inputs q, k, v, mask, scale; attr scale_op
+ATTENTION = "dcm.Attention"  # softmax(scale(q @ k) + mask) @ v: inputs q, k, v, mask, scale; attrs scale_op, nan_to
 
 
 def _scores(expr: _Expr, name: str, taken: list[Node]) -> tuple[Node, str, str] | None:
@@ -396,6 +425,29 @@ def _scores(expr: _Expr, name: str, taken: list[Node]) -> tuple[Node, str, str] 
     return None
 
 
+def _probabilities(expr: _Expr, name: str, taken: list[Node]) -> tuple[Node, float | None] | None:
+    """(the Softmax, the NaN fill) when private value ``name`` is a Softmax, or Where(IsNaN(p), c, p)
+    of one with c a constant: scaled_dot_product_attention's boolean mask exports as the latter (a
+    row masked everywhere is all NaN after the Softmax and becomes c). The nodes go to ``taken``."""
+    sm = expr.private(name, "Softmax")
+    if sm is not None:
+        taken.append(sm)
+        return sm, None
+    where = expr.private(name, "Where")
+    if where is None or len(where.inputs) != 3:
+        return None
+    nan = expr.private(where.inputs[0], "IsNaN")
+    fill = expr.scalar(where.inputs[1])
+    p = where.inputs[2]
+    sm = expr.producer.get(p)
+    if nan is None or fill is None or nan.inputs != [p] or sm is None or sm.op != "Softmax":
+        return None
+    if expr.uses[p] != 2 or p in expr.protected:  # read by the IsNaN and the Where only
+        return None
+    taken += [sm, nan, where]
+    return sm, fill
+
+
 def fuse_attention(graph: Graph) -> None:
     """MatMul(q, k), optionally scaled (Mul or Div), plus an optional mask (Add), Softmax over the last
     axis, MatMul by v: one ``dcm.Attention`` node, whose kernel updates the scores in place and
@@ -404,21 +456,24 @@ def fuse_attention(graph: Graph) -> None:
     if ATTENTION not in graph.internal:
         return
     expr = _Expr(graph)
-    consumers = graph.consumers()
     legacy = graph.model.opset < 13
     removed: set[int] = set()
     for i, pv in enumerate(graph.nodes):
-        sm = expr.private(pv.inputs[0], "Softmax") if pv.op == "MatMul" and len(pv.inputs) == 2 else None
-        if sm is None or pv.inputs[1] == pv.inputs[0] or len(consumers.get(sm.outputs[0], [])) != 1:
+        if pv.op != "MatMul" or len(pv.inputs) != 2 or pv.inputs[1] == pv.inputs[0]:
             continue
+        probabilities: list[Node] = []
+        head = _probabilities(expr, pv.inputs[0], probabilities)
+        if head is None:
+            continue
+        sm, nan_to = head
         if sm.attrs.get("axis", 1 if legacy else -1) != -1 or len(sm.inputs) != 1:
             continue
-        taken: list[Node] = [sm]
+        taken = list(probabilities)
         found, mask = _scores(expr, sm.inputs[0], taken), ""
         add = expr.private(sm.inputs[0], "Add") if found is None else None
         if add is not None and len(add.inputs) == 2 and add.inputs[0] != add.inputs[1]:
             for scores, other in (add.inputs, add.inputs[::-1]):
-                trial = [sm, add]
+                trial = [*probabilities, add]
                 found = _scores(expr, scores, trial)
                 if found is not None:
                     taken, mask = trial, other
@@ -429,7 +484,8 @@ def fuse_attention(graph: Graph) -> None:
         inputs = [mm.inputs[0], mm.inputs[1], pv.inputs[1], mask, scale]
         while not inputs[-1]:
             inputs.pop()
-        graph.nodes[i] = Node(ATTENTION, inputs, list(pv.outputs), {"scale_op": scale_op}, _name(pv))
+        attrs = {"scale_op": scale_op} if nan_to is None else {"scale_op": scale_op, "nan_to": nan_to}
+        graph.nodes[i] = Node(ATTENTION, inputs, list(pv.outputs), attrs, _name(pv))
         removed.update(id(n) for n in taken)
         for n in taken:
             graph.folded[_name(n)] = _name(pv)
@@ -439,6 +495,7 @@ def fuse_attention(graph: Graph) -> None:
 PASSES: dict[str, Callable[[Graph], None]] = {
     "fold_pads": fold_pads,
     "merge_transposes": merge_transposes,
+    "collapse_reshapes": collapse_reshapes,
     "fuse_gelu": fuse_gelu,
     "fuse_layer_norm": fuse_layer_norm,
     "fuse_matmul_add": fuse_matmul_add,

@@ -38,13 +38,22 @@ def _softmax_last(s: np.ndarray) -> np.ndarray:
 @register_internal(ATTENTION)
 class Attention(Kernel):
     """softmax(scale_op(q @ k, scale) + mask) @ v, the arithmetic of the nodes it replaces, in their
-    order; every input broadcasts as ONNX's MatMul, Mul/Div and Add do."""
+    order; every input broadcasts as ONNX's MatMul, Mul/Div and Add do. With ``nan_to`` the rows a
+    boolean mask hid everywhere (all NaN after the softmax) become that value, as the exported
+    Where(IsNaN(p), nan_to, p) does."""
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.scale_op = self.attrs.get("scale_op", "")
         if self.scale_op not in ("", "Mul", "Div"):
             raise ValueError(f"scale_op must be '', 'Mul' or 'Div', got {self.scale_op!r}")
+        self.nan_to = self.attrs.get("nan_to")  # Where(IsNaN(p), nan_to, p) after the Softmax
+
+    def _probabilities(self, s: np.ndarray) -> np.ndarray:
+        p = _softmax_last(s)
+        if self.nan_to is not None:
+            np.copyto(p, self.nan_to, where=np.isnan(p))
+        return p
 
     def _scores(self, q, k, mask, scale) -> np.ndarray:
         s = np.matmul(q, k)
@@ -66,7 +75,7 @@ class Attention(Kernel):
             inside = all(np.broadcast_shapes(shape, np.shape(x)[-2:]) == shape for x in both)
             if inside and math.prod(lead) > 1 and math.prod(lead + shape) * 4 > SCORES_MAX_BYTES:
                 return (self._per_head(q, k, v, mask, scale, lead, shape),)
-        return (np.matmul(_softmax_last(self._scores(q, k, mask, scale)), v),)
+        return (np.matmul(self._probabilities(self._scores(q, k, mask, scale)), v),)
 
     def _per_head(self, q, k, v, mask, scale, lead, shape) -> np.ndarray:
         """One head's scores at a time; the inputs are broadcast as views, never copied whole."""
@@ -75,7 +84,7 @@ class Attention(Kernel):
         out = None
         for idx in np.ndindex(*lead):
             head = [x[idx] if np.ndim(x) > 2 else x for x in (mask, scale)]
-            y = np.matmul(_softmax_last(self._scores(q[idx], k[idx], *head)), v[idx])
+            y = np.matmul(self._probabilities(self._scores(q[idx], k[idx], *head)), v[idx])
             if out is None:
                 out = np.empty(lead + y.shape, y.dtype)
             out[idx] = y

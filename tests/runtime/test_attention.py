@@ -1,0 +1,163 @@
+"""The attention pass and kernel on the graphs torch exports: nn.MultiheadAttention and
+F.scaled_dot_product_attention through both exporters, float, causal and boolean masks, several
+sequence lengths. Each fused session must match the same model run node by node (``optimize=False``)
+and torch itself."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+from dcm.converters import ConvertOptions  # noqa: E402
+from dcm.converters.onnx_in import from_onnx  # noqa: E402
+from dcm.converters.torch_in import from_torch  # noqa: E402
+from dcm.format.model import Node  # noqa: E402
+from dcm.runtime import InferenceSession  # noqa: E402
+from dcm.runtime.cpu import attention  # noqa: E402
+from dcm.runtime.optimize import ATTENTION  # noqa: E402
+
+DIM, HEADS = 32, 4
+
+
+class _Mha(nn.Module):
+    def __init__(self, causal: bool):
+        super().__init__()
+        self.attn, self.causal = nn.MultiheadAttention(DIM, HEADS, batch_first=True), causal
+
+    def forward(self, x):
+        n = x.shape[1]
+        mask = torch.triu(torch.full((n, n), float("-inf")), 1) if self.causal else None
+        return self.attn(x, x, x, attn_mask=mask, need_weights=False)[0]
+
+
+class _Sdpa(nn.Module):
+    """q, k, v from one projection; ``mask``: "causal", a boolean [queries, keys] array, or None."""
+
+    def __init__(self, mask: str | np.ndarray | None):
+        super().__init__()
+        self.qkv, self.causal = nn.Linear(DIM, 3 * DIM), isinstance(mask, str)
+        self.register_buffer("keep", None if mask is None or self.causal else torch.from_numpy(mask))
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, HEADS, DIM // HEADS).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.keep, is_causal=self.causal)
+        return y.transpose(1, 2).reshape(b, n, DIM)
+
+
+def _sessions(model):
+    fused, plain = InferenceSession(model, threads=1), InferenceSession(model, threads=1, optimize=False)
+    assert [d["op"] for d in fused.describe()].count(ATTENTION) == 1
+    return fused, plain
+
+
+def _check(fused, plain, module, feeds):
+    got, want = fused.run(None, feeds)[0], plain.run(None, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        ref = module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+    np.testing.assert_allclose(got, np.nan_to_num(ref), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+@pytest.mark.parametrize("make", [lambda: _Mha(False), lambda: _Mha(True), lambda: _Sdpa(None), lambda: _Sdpa("causal")],
+                         ids=["mha", "mha_causal", "sdpa", "sdpa_causal"])
+def test_exported_attention_fuses_and_matches(exporter, make):
+    torch.manual_seed(0)
+    module = make().eval()
+    model = from_torch(module, (torch.randn(2, 9, DIM),), exporter=exporter, options=ConvertOptions(exact=True))
+    fused, plain = _sessions(model)
+    x = np.random.default_rng(1).standard_normal((3, 9, DIM)).astype(np.float32)
+    _check(fused, plain, module, {"input": x})
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_boolean_mask_rows_masked_everywhere_become_zero(exporter):
+    """SDPA's boolean mask exports as Softmax, IsNaN, Where(nan, 0, p): a query that may see no key
+    gets an all-NaN row, which the graph (and so the fused kernel) turns into zeros."""
+    torch.manual_seed(0)
+    keep = np.tril(np.ones((9, 9), bool))
+    keep[4] = False  # query 4 sees nothing
+    module = _Sdpa(keep).eval()
+    model = from_torch(module, (torch.randn(2, 9, DIM),), exporter=exporter, options=ConvertOptions(exact=True))
+    fused, plain = _sessions(model)
+    node = next(n for n in fused._nodes if n.op == ATTENTION)
+    assert node.attrs["nan_to"] == 0.0
+    feeds = {"input": np.random.default_rng(2).standard_normal((2, 9, DIM)).astype(np.float32)}
+    got = fused.run(None, feeds)[0]
+    np.testing.assert_allclose(got, plain.run(None, feeds)[0], rtol=1e-5, atol=1e-6)
+    assert np.isfinite(got).all()
+
+
+def _torchscript(module, x, names, axes):
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, x, buf, input_names=names, output_names=["output"], dynamic_axes=axes,
+                          opset_version=17, dynamo=False)
+    return from_onnx(buf.getvalue(), ConvertOptions(exact=True))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_any_sequence_length_and_one_head_at_a_time(causal, monkeypatch):
+    """A graph with a symbolic sequence, run at several lengths; then again with the scores made one
+    head at a time (the memory bound set to one head's [queries, keys] matrix)."""
+    torch.manual_seed(0)
+    module = _Sdpa("causal" if causal else None).eval()
+    model = _torchscript(module, (torch.randn(2, 8, DIM),), ["input"], {"input": {0: "b", 1: "n"}, "output": {0: "b", 1: "n"}})
+    fused, plain = _sessions(model)
+    rng = np.random.default_rng(3)
+    for n in (1, 7, 33):
+        _check(fused, plain, module, {"input": rng.standard_normal((2, n, DIM)).astype(np.float32)})
+    heads = []
+    original = attention._softmax_last
+    monkeypatch.setattr(attention, "SCORES_MAX_BYTES", 33 * 33 * 4)
+    monkeypatch.setattr(attention, "_softmax_last", lambda s: heads.append(s.shape) or original(s))
+    _check(fused, plain, module, {"input": rng.standard_normal((2, 33, DIM)).astype(np.float32)})
+    assert heads == [(33, 33)] * (2 * HEADS)
+
+
+def test_padding_mask_of_a_text_encoder():
+    """BERT-style (the zoo's bert_4x256): a [batch, keys] padding mask input, made a -inf float mask
+    in the graph."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(DIM, HEADS, 2 * DIM, dropout=0.0, batch_first=True)
+
+    class Text(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+
+        def forward(self, x, mask):
+            return self.encoder(x, src_key_padding_mask=mask == 0)
+
+    module = Text().eval()
+    axes = {"x": {0: "b", 1: "n"}, "mask": {0: "b", 1: "n"}, "output": {0: "b", 1: "n"}}
+    model = _torchscript(module, (torch.randn(2, 8, DIM), torch.ones(2, 8, dtype=torch.int64)), ["x", "mask"], axes)
+    fused, plain = _sessions(model)
+    rng = np.random.default_rng(4)
+    mask = np.ones((3, 8), np.int64)  # torch's export of MultiheadAttention fixes the sequence length
+    mask[1, 5:] = 0
+    _check(fused, plain, module, {"x": rng.standard_normal((3, 8, DIM)).astype(np.float32), "mask": mask})
+
+
+def test_nan_fill_kernel_alone():
+    rng = np.random.default_rng(5)
+    q, k, v = rng.standard_normal((1, 2, 3, 4)), rng.standard_normal((1, 2, 4, 3)), rng.standard_normal((1, 2, 3, 4))
+    mask = np.zeros((3, 3))
+    mask[1] = -np.inf
+    kernel = attention.Attention(Node(ATTENTION, ["q", "k", "v", "m"], ["y"], {"scale_op": "", "nan_to": 0.0}, "a"), None)
+    s = q @ k + mask
+    with np.errstate(invalid="ignore"):  # the masked row: -inf - -inf (a session runs under this too)
+        y = kernel(q, k, v, mask)[0]
+        p = np.exp(s - s.max(-1, keepdims=True))
+        want = np.nan_to_num(p / p.sum(-1, keepdims=True)) @ v
+    np.testing.assert_allclose(y, want, rtol=1e-12)
+    assert (y[:, :, 1] == 0).all()
