@@ -11,6 +11,7 @@ from dcm.encoder.codec import CsrParts
 
 class TorchWeight:
     by_rows = False  # (the CPU WeightMatmul's per-row-count dense copy; describe() reads it)
+    tune = False  # (nor does it time kernels: the CPU WeightMatmul's tune)
 
     def __init__(self, mode: str, weight: CsrParts | np.ndarray, device: str):
         self.mode = mode
