@@ -46,6 +46,8 @@ def _weight(shape, density, seed=0):
     ((32, 3, 3, 3), 0.5, [1, 1], "direct"),  # ... unless pruned
     ((16, 16, 3, 3), 1.0, [2, 2], "lanes"),  # 144 taps per output
     ((16, 32, 3, 3), 1.0, [2, 2], "dense"),  # 288: BLAS
+    ((32, 32, 3, 3), 1.0, [1, 1], "winograd"),  # few weights, but 32 channels: Winograd when dense ...
+    ((32, 32, 3, 3), 0.3, [1, 1], "direct"),  # ... direct when pruned
 ])
 def test_kernel_choice(shape, density, strides, expected):
     model = from_onnx(_model(_weight(shape, density), [1, shape[1], 12, 12], {"strides": strides}),

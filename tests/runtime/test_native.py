@@ -464,6 +464,7 @@ HUGE_CALLS = {
                                                 (0, 0, 0, 0), 1),
     "conv_lanes2d outputs": lambda: native.conv_lanes2d(_ones(4), _ones(4), _ones(1), (1, 1, 2, 2), (1, 1), (1, 1),
                                                         (1, 1), (0, 0, 0, 0), HUGE),
+    "im2col2d": lambda: native.im2col2d(_ones(4), _ones(4), (HUGE, 1, 2, 2), (1, 1), (1, 1), (1, 1), (0, 0, 0, 0)),
     "recurrent_scan": lambda: native.recurrent_scan("RNN", np.ones((1, 1, 1), np.float32),
                                                     np.ones((1, 1, 1, 1), np.float32), np.ones((1, 1), np.float32),
                                                     None, np.array([HUGE], np.int64), 0, False,

@@ -1,10 +1,10 @@
-"""im2col's three ways of building columns (contiguous runs, window gather, cached flat index) agree
-with a direct float64 convolution, and the index cache stays bounded."""
+"""im2col's four ways of building columns (the compiled im2col2d; without it contiguous runs, window
+gather, cached flat index) agree with a direct float64 convolution, and the index cache stays bounded."""
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dcm.runtime.cpu import windows
+from dcm.runtime.cpu import native, windows
 
 
 def _direct(x, w, strides, dilations, begin, end):
@@ -42,18 +42,21 @@ def test_every_path_matches_direct_convolution(n, c, h, w, k, s, d, pads, big):
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     wt = rng.standard_normal((3, c, *k)).astype(np.float32)
     ref = _direct(x, wt, s, d, begin, end)
-    limits = windows.RUN_MIN_ELEMENTS, windows.RUN_MIN_USED
+    limits = windows.RUN_MIN_ELEMENTS, windows.RUN_MIN_USED, native.im2col2d
     if big:  # every input takes the contiguous-run path (strided ones through stride phases)
         windows.RUN_MIN_ELEMENTS, windows.RUN_MIN_USED = 1, 0.0
     try:
-        for cache in (None, {}):
-            got = _conv(x, wt, s, d, begin, end, cache)
-            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(ref).max())))
+        for compiled in (limits[2], None):  # the compiled columns, then numpy's
+            native.im2col2d = compiled
+            for cache in (None, {}):
+                got = _conv(x, wt, s, d, begin, end, cache)
+                np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(ref).max())))
     finally:
-        windows.RUN_MIN_ELEMENTS, windows.RUN_MIN_USED = limits
+        windows.RUN_MIN_ELEMENTS, windows.RUN_MIN_USED, native.im2col2d = limits
 
 
-def test_index_cache_is_bounded_and_reused():
+def test_index_cache_is_bounded_and_reused(monkeypatch):
+    monkeypatch.setattr(native, "im2col2d", None)  # the numpy paths
     cache = {}
     x = np.ones((1, 2, 6, 6), np.float32)
     windows.im2col(x, 1, (3, 3), (1, 1), (1, 1), [0, 0], [0, 0], cache)
@@ -65,7 +68,8 @@ def test_index_cache_is_bounded_and_reused():
         assert len(cache) <= windows.INDEX_CACHE_SHAPES
 
 
-def test_large_inputs_are_not_indexed():
+def test_large_inputs_are_not_indexed(monkeypatch):
+    monkeypatch.setattr(native, "im2col2d", None)
     cache = {}
     x = np.zeros((1, 64, 66, 66), np.float32)  # 64 * 9 * 64 * 64 column entries: over the index limit
     windows.im2col(x, 1, (3, 3), (2, 2), (1, 1), [0, 0], [0, 0], cache)

@@ -103,7 +103,7 @@ def test_chosen_only_for_wide_dense_3x3_stride_1():
     ok = dict(kernel=(3, 3), strides=(1, 1), dilations=(1, 1), group=1, channels_in=128, channels_out=256)
     assert winograd.eligible(**ok)
     for change in [dict(kernel=(5, 5)), dict(strides=(2, 2)), dict(dilations=(2, 2)), dict(group=2),
-                   dict(channels_in=32)]:
+                   dict(channels_in=16), dict(channels_out=24)]:
         assert not winograd.eligible(**{**ok, **change}), change
 
 

@@ -6,6 +6,7 @@
  * pool2d: MaxPool and AveragePool, separably, without a padded copy of the input.
  * depthwise2d: depthwise convolution (one input channel per group), bias and clamp fused.
  * conv_lanes2d: dense convolution of few input channels (stems), 8 output channels per register.
+ * im2col2d: the column matrix of a 2-D convolution, padding included, for the BLAS product.
  *
  * Why C: a batch-1 product of a pruned layer is a few thousand multiply-adds, and scipy spends as
  * long in checks and conversions as in the product, then numpy adds the bias and clamps in two
@@ -1922,11 +1923,90 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * im2col2d: the column matrix of a 2-D convolution, cols [C * kh * kw, N * OH * OW], written once,
+ * zeros for the padding, no padded copy of the input and no garbage columns, so that the product
+ * W [C_out, C * kh * kw] @ cols is already the NCHW output of a sample (numpy's strided copies made
+ * a padded copy per stride phase, columns past OW in every row, then a crop of the product).
+ * ------------------------------------------------------------------------------------------------ */
+
+PyDoc_STRVAR(im2col_doc,
+"im2col2d(x, cols, shape, kernel, strides, dilations, pads)\n\n"
+"cols float32 [C * kh * kw, N * OH * OW] of x float32 [N, C, H, W] (shape): row (c, i, j), column\n"
+"(n, r, q) holds x[n, c, r * sh + i * dh - top, q * sw + j * dw - left], 0 outside; kernel, strides,\n"
+"dilations = (h, w), pads = (top, left, bottom, right).");
+
+static PyObject *im2col2d(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"x", "cols", "shape", "kernel", "strides", "dilations", "pads", NULL};
+    PyObject *xo, *co;
+    Py_ssize_t n;
+    Window2d g = {.multiplier = 1};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO(nnnn)(nn)(nn)(nn)(nnnn)", kwlist, &xo, &co, &n, &g.c, &g.h, &g.w,
+                                     &g.kh, &g.kw, &g.sh, &g.sw, &g.dh, &g.dw, &g.pt, &g.pl, &g.pb, &g.pr))
+        return NULL;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "im2col2d: a size, stride, dilation, pad or range is out of bounds");
+        return NULL;
+    }
+    if (window_output(&g, "im2col2d") < 0) return NULL;
+    Py_buffer xb, cb;
+    if (get_in_out(xo, &xb, "x", co, &cb, "cols", 1) < 0) return NULL;
+    PyObject *result = NULL;
+    const Py_ssize_t x_count = SIZE_PRODUCT(n, g.c, g.h, g.w), rows = SIZE_PRODUCT(g.c, g.kh, g.kw),
+                     columns = SIZE_PRODUCT(n, g.oh, g.ow), c_count = SIZE_PRODUCT(n, g.c, g.kh, g.kw, g.oh, g.ow);
+    if (x_count < 0 || rows < 0 || columns < 0 || c_count < 0) {
+        PyErr_SetString(PyExc_ValueError, "im2col2d: the input or column matrix size overflows");
+        goto done;
+    }
+    if (xb.len / 4 != x_count || cb.len / 4 != c_count) {
+        PyErr_Format(PyExc_ValueError, "im2col2d: x must have %zd values, cols %zd", x_count, c_count);
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    const float *x = xb.buf;
+    float *cols = cb.buf;
+    const Py_ssize_t oh = g.oh, ow = g.ow, hw = g.h * g.w;
+    for (Py_ssize_t c = 0; c < g.c; c++)
+        for (Py_ssize_t i = 0; i < g.kh; i++)
+            for (Py_ssize_t j = 0; j < g.kw; j++) {
+                /* output columns [q0, q1) read inside the input row; the others are padding */
+                const Py_ssize_t off = j * g.dw - g.pl;
+                Py_ssize_t q0 = off >= 0 ? 0 : (-off + g.sw - 1) / g.sw;
+                Py_ssize_t q1 = g.w - 1 - off < 0 ? 0 : (g.w - 1 - off) / g.sw + 1;
+                q0 = q0 > ow ? ow : q0;
+                q1 = q1 > ow ? ow : q1 < q0 ? q0 : q1;
+                float *dst = cols + ((c * g.kh + i) * g.kw + j) * columns;
+                for (Py_ssize_t s = 0; s < n; s++)
+                    for (Py_ssize_t r = 0; r < oh; r++, dst += ow) {
+                        const Py_ssize_t row = r * g.sh + i * g.dh - g.pt;
+                        if (row < 0 || row >= g.h) {
+                            memset(dst, 0, ow * sizeof(float));
+                            continue;
+                        }
+                        const float *src = x + (s * g.c + c) * hw + row * g.w;
+                        for (Py_ssize_t q = 0; q < q0; q++) dst[q] = 0.f;
+                        if (g.sw == 1)
+                            memcpy(dst + q0, src + q0 + off, (q1 - q0) * sizeof(float));
+                        else
+                            for (Py_ssize_t q = q0; q < q1; q++) dst[q] = src[q * g.sw + off];
+                        for (Py_ssize_t q = q1; q < ow; q++) dst[q] = 0.f;
+                    }
+            }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&cb);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
     {"set_simd", set_simd, METH_O, set_simd_doc},
     {"pool2d", (PyCFunction)(void (*)(void))pool2d, METH_VARARGS | METH_KEYWORDS, pool_doc},
     {"depthwise2d", (PyCFunction)(void (*)(void))depthwise2d, METH_VARARGS | METH_KEYWORDS, depthwise_doc},
     {"conv_lanes2d", (PyCFunction)(void (*)(void))conv_lanes2d, METH_VARARGS | METH_KEYWORDS, conv_lanes_doc},
+    {"im2col2d", (PyCFunction)(void (*)(void))im2col2d, METH_VARARGS | METH_KEYWORDS, im2col_doc},
     {"winograd_input", (PyCFunction)(void (*)(void))winograd_input, METH_VARARGS | METH_KEYWORDS, wino_in_doc},
     {"winograd_output", (PyCFunction)(void (*)(void))winograd_output, METH_VARARGS | METH_KEYWORDS, wino_out_doc},
     {NULL},

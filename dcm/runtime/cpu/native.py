@@ -4,10 +4,10 @@ time, so a test can set them to None to exercise the numpy/scipy fallbacks."""
 from __future__ import annotations
 
 try:
-    from dcm.runtime.cpu._native import (SparseConv, SparseMatrix, conv_lanes2d, depthwise2d, pool2d, set_simd,
-                                         winograd_input, winograd_output)
+    from dcm.runtime.cpu._native import (SparseConv, SparseMatrix, conv_lanes2d, depthwise2d, im2col2d, pool2d,
+                                         set_simd, winograd_input, winograd_output)
 except ImportError:  # pragma: no cover - a build without a compiler; tests/runtime/test_native.py says so
-    SparseConv = SparseMatrix = conv_lanes2d = depthwise2d = pool2d = set_simd = winograd_input = None
+    SparseConv = SparseMatrix = conv_lanes2d = depthwise2d = im2col2d = pool2d = set_simd = winograd_input = None
     winograd_output = None
 try:  # _pointwise.c: activations with a fused bias, LayerNorm and Softmax over the last axis
     from dcm.runtime.cpu._pointwise import activate, layer_norm, set_simd as set_pointwise_simd, softmax
@@ -27,8 +27,8 @@ except ImportError:  # pragma: no cover - as above
 # product lost above 6% at batch 16+.
 SPARSE_MAX_DENSITY = 0.30
 
-NAMES = ("SparseConv", "SparseMatrix", "depthwise2d", "conv_lanes2d", "pool2d", "winograd_input", "winograd_output",
-         "activate", "layer_norm", "softmax", "recurrent_scan", "resize2d", "col2im2d")
+NAMES = ("SparseConv", "SparseMatrix", "depthwise2d", "conv_lanes2d", "im2col2d", "pool2d", "winograd_input",
+         "winograd_output", "activate", "layer_norm", "softmax", "recurrent_scan", "resize2d", "col2im2d")
 
 
 def available() -> bool:

@@ -12,6 +12,8 @@ import threading
 import numpy as np
 
 from dcm.errors import UnsupportedOpError
+from dcm.runtime.cpu import native
+from dcm.runtime.cpu.shape import check_elements
 
 
 def resolve_pads(attrs: dict, spatial: tuple[int, ...], kernel: tuple[int, ...], strides: tuple[int, ...],
@@ -113,6 +115,8 @@ def im2col(x: np.ndarray, groups: int, kernel: tuple[int, int], strides: tuple[i
     kept in ``index_cache`` per input shape, which also skips the padding copy (LeNet-5's conv2:
     35 -> 26 us).
     """
+    if native.im2col2d is not None and x.dtype == np.float32:
+        return _compiled(x, groups, kernel, strides, dilations, begin, end)
     n, c = x.shape[:2]
     cg = c // groups
     sh, sw = strides
@@ -139,6 +143,19 @@ def im2col(x: np.ndarray, groups: int, kernel: tuple[int, int], strides: tuple[i
     (cols,) = scratch_arrays((groups, cg, kernel[0], kernel[1], n, oh, ow))
     cols[...] = v.reshape(n, groups, cg, oh, ow, kernel[0], kernel[1]).transpose(1, 2, 5, 6, 0, 3, 4)
     return cols.reshape(groups, cg, kernel[0], kernel[1], n, oh * ow), oh, ow, ow
+
+
+def _compiled(x: np.ndarray, groups: int, kernel: tuple[int, int], strides: tuple[int, int],
+              dilations: tuple[int, int], begin: list[int], end: list[int]) -> tuple[np.ndarray, int, int, int]:
+    """im2col's columns from the compiled ``im2col2d``: written once, padding included, ``row`` = OW
+    (ResNet-18's 64->128 stride-2 3x3 layer: 1.86 -> 1.2 ms with its product, onnxruntime 1.09)."""
+    n, c = x.shape[:2]
+    oh, ow = output_size(x.shape[2:], kernel, strides, dilations, begin, end)
+    check_elements([n, c, *kernel, oh, ow], "Conv column matrix")
+    (cols,) = scratch_arrays((groups, c // groups, kernel[0], kernel[1], n, oh * ow))
+    native.im2col2d(np.ascontiguousarray(x), cols, x.shape, kernel, strides, dilations,
+                    (begin[0], begin[1], end[0], end[1]))
+    return cols, oh, ow, ow
 
 
 def _runs(x: np.ndarray, groups: int, kernel: tuple[int, int], strides: tuple[int, int],
