@@ -27,6 +27,7 @@ from threadpoolctl import threadpool_limits
 
 from benchmarks.common import save
 from dcm.encoder.codec import CsrParts
+from dcm.runtime.cpu import native
 from dcm.runtime.cpu.matmul import WeightMatmul, prefers_dense
 from dcm.runtime.cpu.tune import race
 
@@ -97,8 +98,10 @@ def break_even(rows: list[dict]) -> list[dict]:
 
 
 def _rule_limit(shape: tuple[int, int], rows: int) -> float:
-    """The highest measured density the rule keeps sparse (0 where it keeps none)."""
-    kept = [d for d in DENSITIES if not prefers_dense(d, rows, shape[0] * shape[1], shape[1])]
+    """The highest measured density the runtime keeps sparse (0 where it keeps none): a layer is sparse
+    at load up to ``native.SPARSE_MAX_DENSITY``, then ``prefers_dense`` decides per row count."""
+    kept = [d for d in DENSITIES if d <= native.SPARSE_MAX_DENSITY
+            and not prefers_dense(d, rows, shape[0] * shape[1], shape[1])]
     return max(kept, default=0.0)
 
 

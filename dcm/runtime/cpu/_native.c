@@ -336,9 +336,9 @@ done:
  * rows, a convolution's im2col columns). Each stored weight scales a run of vectors, so the vectors
  * go, PANEL at a time, into a packed panel [cols][PANEL] that stays in L1/L2 while every row of W
  * walks it. (Read in place, one feature's values sit n floats apart: at 128 vectors that stride
- * maps a 256-feature panel onto a quarter of L1's sets, and the kernel ran from L2 at a third of
- * the speed.) Row r's sums over a panel are bias[r] + sum_k v[k] * panel[idx[k]][:], held in AVX2
- * registers, two chains per register for the FMA latency. They go through a tile of PANEL_ROWS rows
+ * maps a 256-feature panel onto a quarter of L1's sets, and the kernel took 1.3-1.6x the time.)
+ * Row r's sums over a panel are bias[r] + sum_k v[k] * panel[idx[k]][:], held in AVX2 registers,
+ * two chains per register for the FMA latency. They go through a tile of PANEL_ROWS rows
  * to y: copied where y is [rows, n], transposed where y is [n, rows] (the activations' own layout,
  * so neither side needs a transposed copy). */
 #define PANEL 32     /* vectors per panel: 4 AVX2 registers of sums per row */
