@@ -118,26 +118,38 @@ def op_profile(sess: InferenceSession, onnx_bytes: bytes, feeds: dict, seconds_p
             if dcm_ms[op] or ort_ms[op]}
 
 
-def measure(name: str, pruned: bool, batches: tuple[int, ...], thread_counts: tuple[int, ...]) -> list[dict]:
-    import onnxruntime as ort
-
+def exported(name: str, pruned: bool) -> tuple[torch.nn.Module, list[str], bytes]:
+    """A zoo model with its seed-0 weights (magnitude-pruned to its family's kept fraction when
+    ``pruned``) in eval mode, its input names, and its ONNX export."""
     build, kept = MODELS[name]
     torch.manual_seed(0)
-    module, inputs, names, axes = build(batches[0])
+    module, inputs, names, axes = build(1)
     module.eval()
     if pruned:
         prune_all(module, kept)
+    return module, names, export(module, inputs, names, axes)
+
+
+def example(name: str, batch: int, names: list[str]) -> tuple[tuple, dict[str, np.ndarray]]:
+    """A zoo model's example inputs at ``batch`` (seed 1): as torch tensors and as feeds."""
+    torch.manual_seed(1)
+    inputs = MODELS[name][0](batch)[1]
+    return inputs, {n: t.numpy() for n, t in zip(names, inputs)}
+
+
+def measure(name: str, pruned: bool, batches: tuple[int, ...], thread_counts: tuple[int, ...]) -> list[dict]:
+    import onnxruntime as ort
+
+    kept = MODELS[name][1]
     base = {"model": name, "weights": f"pruned {kept:.0%} kept" if pruned else "dense"}
-    onnx_bytes = export(module, inputs, names, axes)
+    module, names, onnx_bytes = exported(name, pruned)
     try:
         model = from_onnx(onnx_bytes, ConvertOptions(exact=True))
     except Exception as exc:  # the table reports what does not convert
         return [{**base, "error": f"convert: {type(exc).__name__}: {exc}"[:300]}]
     rows = []
     for batch in batches:
-        torch.manual_seed(1)
-        _, inputs, _, _ = build(batch)
-        feeds = {n: t.numpy() for n, t in zip(names, inputs)}
+        inputs, feeds = example(name, batch, names)
         for threads in thread_counts:
             row = {**base, "batch": batch, "threads": threads}
             try:
