@@ -31,6 +31,7 @@ enum { CELL_RNN, CELL_GRU, CELL_LSTM };
 
 typedef struct {
     const float *rt;                 /* dense R^T [hidden, rows], or NULL */
+    const float *panels;             /* rt repacked as [rows / 8][hidden][8] for the AVX2 tiles, or NULL */
     const int64_t *indptr;           /* CSR R [rows, hidden] */
     const int32_t *indices;
     const float *values;
@@ -144,7 +145,9 @@ static void csr_generic(const Weight *w, const float *h, Py_ssize_t n, float *ou
 }
 
 #ifdef HAVE_AVX2_PATH
-/* Columns [j, j + 8 * U) of up to NB (<= 3) sequences: each load of R serves all of them. */
+/* Columns [j, j + 8 * U) of up to NB (<= 3) sequences: each load of R serves all of them. From the
+ * panels where there are: each tile then reads U sequential streams, where R^T's rows, a few KB
+ * apart, fell on the same few L1 sets. */
 #define DENSE_TILE(U, NB)                                                                          \
     __attribute__((target("avx2,fma"))) static inline void dense_tile_##U##_##NB(                  \
         const Weight *w, const float *h, float *out, Py_ssize_t ld, Py_ssize_t j)                  \
@@ -152,10 +155,11 @@ static void csr_generic(const Weight *w, const float *h, Py_ssize_t n, float *ou
         __m256 acc[NB][U];                                                                         \
         for (int b = 0; b < NB; b++)                                                               \
             for (int u = 0; u < U; u++) acc[b][u] = _mm256_setzero_ps();                           \
-        const float *col = w->rt + j;                                                              \
-        for (Py_ssize_t k = 0; k < w->hidden; k++, col += w->rows) {                               \
+        const float *col = w->panels ? w->panels + j * w->hidden : w->rt + j;                      \
+        const Py_ssize_t step_k = w->panels ? 8 : w->rows, step_u = w->panels ? 8 * w->hidden : 8; \
+        for (Py_ssize_t k = 0; k < w->hidden; k++, col += step_k) {                                \
             __m256 r[U];                                                                           \
-            for (int u = 0; u < U; u++) r[u] = _mm256_loadu_ps(col + 8 * u);                       \
+            for (int u = 0; u < U; u++) r[u] = _mm256_loadu_ps(col + u * step_u);                  \
             for (int b = 0; b < NB; b++) {                                                         \
                 __m256 hk = _mm256_broadcast_ss(h + b * w->hidden + k);                            \
                 for (int u = 0; u < U; u++) acc[b][u] = _mm256_fmadd_ps(hk, r[u], acc[b][u]);      \
@@ -436,6 +440,7 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
               rbb = {0};
     PyObject *result = NULL;
     float *acc = NULL, *tmp = NULL, *tmp2 = NULL;
+    Weight w = {0};
     if (get_array_of_rank(xo, &xb, 'f', 4, 0, 1, "xw") < 0 || get_array_of_rank(yo, &yb, 'f', 4, 1, 1, "y") < 0 ||
         get_array_of_rank(ho, &hb, 'f', 4, 1, 1, "h") < 0 || get_array_of_rank(lo, &lb, 'i', 8, 0, 0, "lens") < 0)
         goto done;
@@ -487,7 +492,8 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
         goto done;
     gs.peephole = peb.buf;
     gs.recurrent_bias = rbb.buf;
-    Weight w = {.rows = gh, .hidden = hid};
+    w.rows = gh;
+    w.hidden = hid;
     if ((rto == Py_None) == (po == Py_None) || (po != Py_None && (io == Py_None || vo == Py_None))) {
         PyErr_SetString(PyExc_ValueError, "give R as rt or as the CSR arrays indptr, indices and values");
         goto done;
@@ -533,6 +539,18 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
         result = Py_NewRef(Py_None);
         goto done;
     }
+    /* The panels: whole ones in every product's row range (multiples of 8), on the AVX2 path. */
+    const int split_reset = gs.cell == CELL_GRU && !lbr;
+    if (w.rt && use_avx2() && gh % 8 == 0 && (!split_reset || (2 * hid) % 8 == 0)) {
+        float *panels = PyMem_RawMalloc((size_t)(gh * hid) * sizeof(float));
+        if (!panels) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        for (Py_ssize_t k = 0; k < hid; k++)
+            for (Py_ssize_t j = 0; j < gh; j++) panels[((j / 8) * hid + k) * 8 + j % 8] = w.rt[k * gh + j];
+        w.panels = panels;
+    }
     acc = PyMem_RawMalloc((size_t)(n * gh) * sizeof(float));
     tmp = PyMem_RawCalloc((size_t)(n * hid), sizeof(float));
     tmp2 = PyMem_RawMalloc((size_t)(n * hid) * sizeof(float));
@@ -550,6 +568,7 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
     }
     result = Py_NewRef(Py_None);
 done:
+    PyMem_RawFree((void *)w.panels);
     PyMem_RawFree(acc);
     PyMem_RawFree(tmp);
     PyMem_RawFree(tmp2);
