@@ -198,16 +198,19 @@ def _layer_norm() -> Model:
 
 def _lstm_upsample() -> Model:
     """A pruned LSTM (the compiled step loop on a CSR R, biases and peepholes) whose output [steps, 1,
-    batch, hidden] is upsampled bilinearly: the compiled recurrent_scan and resize2d."""
+    batch, hidden] is upsampled bilinearly, then by a 2x2/2 ConvTranspose: the compiled
+    recurrent_scan, resize2d and col2im2d."""
     rng = np.random.default_rng(9)
     tensors = {"w": encode_tensor(_pruned(rng, (1, 32, 6), 0.5), code_bits=4, name="w"),
                "r": encode_tensor(_pruned(rng, (1, 32, 8), 0.15), code_bits=4, index_bits=4, name="r"),
                "b": encode_raw(rng.normal(size=(1, 64)).astype(np.float32), "b"),
                "p": encode_raw(rng.normal(size=(1, 24)).astype(np.float32), "p"),
-               "scales": encode_raw(np.array([1, 1, 2, 2], np.float32), "scales")}
+               "scales": encode_raw(np.array([1, 1, 2, 2], np.float32), "scales"),
+               "k": encode_tensor(rng.normal(size=(1, 2, 2, 2)).astype(np.float32), code_bits=4, name="k")}
     nodes = [Node("LSTM", ["x", "w", "r", "b", "", "", "", "p"], ["h"], {"hidden_size": 8}, "lstm"),
-             Node("Resize", ["h", "", "scales"], ["y"], {"mode": "linear"}, "up")]
-    return Model([ValueInfo("x", "float32", [5, "batch", 6])], [ValueInfo("y", "float32", [5, 1, "twice_batch", 16])],
+             Node("Resize", ["h", "", "scales"], ["u"], {"mode": "linear"}, "up"),
+             Node("ConvTranspose", ["u", "k"], ["y"], {"strides": [2, 2]}, "upconv")]
+    return Model([ValueInfo("x", "float32", [5, "batch", 6])], [ValueInfo("y", "float32", [5, 2, "rows", 32])],
                  nodes, tensors, {}, opset=17)
 
 
