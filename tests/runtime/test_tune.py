@@ -71,7 +71,7 @@ def test_each_decision_is_the_faster_candidate_and_dense_copy_is_dropped(monkeyp
     x = np.ones((40, 64), np.float32)
     for winner in ("sparse", "dense"):
         monkeypatch.setattr(tune, "DECISIONS", {})
-        monkeypatch.setattr(tune, "race", lambda candidates, w=winner: {k: 0.0 if k == w else 1.0 for k in candidates})
+        monkeypatch.setattr(tune, "race", lambda candidates, w=winner, **_: {k: 0.0 if k == w else 1.0 for k in candidates})
         sess = InferenceSession(model, threads=1, tune=True)
         sess.run(None, {"x": x})
         assert [d["tuned"] for d in _layers(sess)] == [{"40": winner}] * 2
@@ -95,6 +95,20 @@ def test_race_calls_candidates_in_turn():
     times = tune.race({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, min_time=0.0)
     assert set(times) == {"a", "b"} and calls[:2] == ["a", "b"]  # warm-up, then rounds of a, b
     assert calls[2:] == ["a", "b"] * ((len(calls) - 2) // 2) and len(calls) >= 8
+
+
+def test_a_decision_goes_by_the_fastest_call():
+    """A call another process delayed must not decide: a's calls take 1, 80, 80 ms (after its warm-up),
+    b's 30 each, so the medians favour b and the fastest calls a, which ``choose`` keeps."""
+    import time
+
+    def sleeper(ms):
+        steps = iter(ms)
+        return lambda: time.sleep(next(steps) / 1e3)
+
+    times = tune.race({"a": sleeper([0, 1, 80, 80]), "b": sleeper([0, 30, 30, 30])}, min_time=0.0)
+    assert times["b"] < times["a"]  # medians
+    assert tune.choose("test", {"a": sleeper([0, 1, 80, 80]), "b": sleeper([0, 30, 30, 30])}) == "a"
 
 
 def _conv_model(channels: int, density: float, seed: int = 0):
@@ -121,7 +135,7 @@ def test_conv_times_direct_against_its_dense_form(monkeypatch, channels, density
     plain = InferenceSession(model, threads=1)
     assert plain.describe()[0]["kernel"] == default and "tuned" not in plain.describe()[0]
     want = plain.run(None, {"x": x})[0]
-    monkeypatch.setattr(tune, "race", lambda candidates: {k: 0.0 if k == winner else 1.0 for k in candidates})
+    monkeypatch.setattr(tune, "race", lambda candidates, **_: {k: 0.0 if k == winner else 1.0 for k in candidates})
     sess = InferenceSession(model, threads=1, tune=True)
     assert sess.describe()[0]["tuned"] == "pending"
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-4)
