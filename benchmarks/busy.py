@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from benchmarks.common import save
-from benchmarks.zoo import MODELS, example, exported
+from benchmarks.zoo import MODELS, add_output_options, example, exported, model_names, thread_counts
 from dcm.converters import ConvertOptions
 from dcm.converters.onnx_in import from_onnx
 from dcm.runtime import InferenceSession
@@ -108,19 +108,14 @@ def main() -> None:
     ap.add_argument("--models", default="resnet18,bert_4x256", help="comma-separated zoo models: " + ", ".join(MODELS))
     ap.add_argument("--busy", type=int, default=1, help="background processes, one busy core each (default 1)")
     ap.add_argument("--seconds", type=float, default=20.0, help="seconds of calls per configuration (default 20)")
-    ap.add_argument("--docs", action="store_true", help=f"also write {DOCS.relative_to(DOCS.parent.parent)}")
-    ap.add_argument("--docs-path", type=Path, default=DOCS, help="where --docs writes the page")
+    add_output_options(ap, DOCS)
     args = ap.parse_args()
-    names = [n for n in args.models.split(",") if n]
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        ap.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
-    thread_counts = tuple(sorted({1, min(2, os.cpu_count() or 1)}))
+    names = model_names(ap, args.models)
     procs = start_busy(args.busy)
     try:
         time.sleep(1.0)  # the background loops are running before the first timed call
         load = os.getloadavg()[0]
-        rows = [r for name in names for r in measure(name, thread_counts, args.seconds)]
+        rows = [r for name in names for r in measure(name, thread_counts(), args.seconds)]
     finally:
         stop(procs)
     text = table(rows)

@@ -226,18 +226,34 @@ def gaps(rows: list[dict]) -> str:
             "counted under that op; its own fused nodes under the ONNX op they replace.\n\n" + "\n".join(lines))
 
 
+def add_output_options(ap: argparse.ArgumentParser, docs: Path) -> None:
+    """--docs and --docs-path, which this benchmark and benchmarks.busy both take."""
+    ap.add_argument("--docs", action="store_true", help=f"also write {docs.relative_to(docs.parent.parent)}")
+    ap.add_argument("--docs-path", type=Path, default=docs, help="where --docs writes the page")
+
+
+def model_names(ap: argparse.ArgumentParser, value: str) -> list[str]:
+    """The zoo models a comma-separated --models names (an unknown one ends the program with usage)."""
+    names = [n for n in value.split(",") if n]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        ap.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
+    return names
+
+
+def thread_counts() -> tuple[int, ...]:
+    """1 and 2 threads (1 alone on a one-core machine)."""
+    return tuple(sorted({1, min(2, os.cpu_count() or 1)}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of: " + ", ".join(MODELS))
     ap.add_argument("--quick", action="store_true", help="batch 1 and 1 thread only")
-    ap.add_argument("--docs", action="store_true", help=f"also write {DOCS.relative_to(DOCS.parent.parent)}")
-    ap.add_argument("--docs-path", type=Path, default=DOCS, help="where --docs writes the page")
+    add_output_options(ap, DOCS)
     args = ap.parse_args()
-    names = [n for n in args.models.split(",") if n]
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        ap.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
-    batches, threads = ((1,), (1,)) if args.quick else ((1, 8), tuple(sorted({1, min(2, os.cpu_count() or 1)})))
+    names = model_names(ap, args.models)
+    batches, threads = ((1,), (1,)) if args.quick else ((1, 8), thread_counts())
     rows = []
     for name in names:
         for pruned in (False, True):
