@@ -55,7 +55,7 @@ RECIPES = {
     "vit": Recipe(model="vit", model_args={"dim": 96, "hidden": 192}, exporter="dynamo",
                   optimizer="adamw", weight_decay=0.05, batch=128, augment=1,
                   dense_epochs=12, dense_lr=2e-3, prune_epochs=8, prune_steps=4, prune_lr=1e-3,
-                  quant_epochs=2, quant_lr=1e-4, sparsity={"fc": 0.9, "embed": 0.5}, bits={"fc": 4},
+                  quant_epochs=2, quant_lr=1e-4, sparsity={"fc": 0.9, "embed": 0.5}, bits={"fc": 4, "conv": 5},
                   other_bits=5),
     "lstm": Recipe(model="lstm", optimizer="adamw", weight_decay=0.0, batch=128, augment=1,
                    dense_epochs=15, dense_lr=3e-3, prune_epochs=40, prune_steps=10, prune_lr=1e-3,
@@ -140,7 +140,7 @@ def run(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[str], Non
 
     from dcm import compress, zoo
     from dcm.converters import ConvertOptions, from_torch
-    from dcm.compress.export import code_shared_tensors, compact_names
+    from dcm.compress.export import code_shared_tensors
     from dcm.format.reader import read
     from dcm.format.stats import model_stats
     from dcm.format.writer import write
@@ -196,10 +196,10 @@ def run(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[str], Non
 
     path = out / f"{recipe.model}.dcm"
     example = torch.from_numpy(test[0][:1])
-    opts = ConvertOptions(index_bits=recipe.index_bits if recipe.index_bits == "auto" else {"conv": int(recipe.index_bits), "fc": int(recipe.index_bits)})
+    opts = ConvertOptions(index_bits=recipe.index_bits if recipe.index_bits == "auto" else {"conv": int(recipe.index_bits), "fc": int(recipe.index_bits)},
+                          compact_graph=True)
     dcm_model = from_torch(model, example, options=opts, code_bits=quant.code_bits(), exporter=recipe.exporter)
     code_shared_tensors(dcm_model)
-    compact_names(dcm_model)
     write(path, dcm_model)
     err_file = file_error(path, test)
     size = path.stat().st_size
