@@ -98,6 +98,35 @@ def test_merge_transposes_composes_and_cancels():
     _same_outputs(model, graph, [2, 3, 4, 5])
 
 
+def test_collapse_reshapes_skips_the_views_before_a_fixed_reshape():
+    chain = [helper.make_node("Flatten", ["x"], ["f"], name="flat", axis=2),
+             helper.make_node("Unsqueeze", ["f", "ax"], ["u"], name="unsq"),
+             helper.make_node("Reshape", ["u", "s1"], ["r"], name="r1"),
+             helper.make_node("Reshape", ["r", "s2"], ["y"], name="r2")]
+    inits = {"ax": np.array([0], np.int64), "s1": np.array([0, 6, 4], np.int64), "s2": np.array([4, -1], np.int64)}
+    model = _model(chain, inits, [2, 3, 4])
+    graph = optimize(model, ["collapse_reshapes"])
+    assert [n.name for n in graph.nodes] == ["r2"] and graph.nodes[0].inputs[0] == "x"
+    assert graph.folded == {"flat": "r2", "unsq": "r2", "r1": "r2"}
+    _same_outputs(model, graph, [2, 3, 4])
+
+
+@pytest.mark.parametrize("case", ["zero copies a dimension", "view read twice", "squeeze checks sizes"])
+def test_collapse_reshapes_leaves_what_it_must(case):
+    """A 0 in the target copies a dimension of the view's output (not of the chain's input); a view
+    read by another node must stay; Squeeze is not a view here (it refuses an axis not of size 1)."""
+    first = helper.make_node("Squeeze" if case == "squeeze checks sizes" else "Reshape", ["x", "s1"], ["r"], name="r1")
+    last = helper.make_node("Reshape", ["r", "s2"], ["t"], name="r2")
+    tail = (helper.make_node("Add", ["t", "r"], ["y"]) if case == "view read twice"
+            else helper.make_node("Identity", ["t"], ["y"]))
+    s1 = [1] if case == "squeeze checks sizes" else [4, 6]
+    s2 = [0, -1] if case == "zero copies a dimension" else [4, 6]
+    model = _model([first, last, tail], {"s1": np.array(s1, np.int64), "s2": np.array(s2, np.int64)},
+                   [4, 1, 6] if case == "squeeze checks sizes" else [2, 3, 4])
+    graph = optimize(model, ["collapse_reshapes"])
+    assert "r1" in [n.name for n in graph.nodes] and not graph.folded
+
+
 def test_unknown_pass_is_an_error():
     model = _model([helper.make_node("Relu", ["x"], ["y"])], {}, [1])
     with pytest.raises(ValueError, match="unknown graph pass 'nope'"):
