@@ -224,6 +224,9 @@ def cmd_inspect(args) -> int:
                 continue
             density = f"density {k['density']:.1%}" if "density" in k else ""
             print(f"  {k['name']:<{w}}{k['op']:<{wo}}{k['kernel']:<10}{density}".rstrip())
+        shape_nodes = sum(1 for k in stats["kernels"] if k.get("shape_subgraph"))
+        if shape_nodes:
+            print(f"  {shape_nodes} nodes of shape arithmetic run once per input shape (the shape subgraph)")
     return EXIT_OK
 
 

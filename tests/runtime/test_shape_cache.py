@@ -175,3 +175,12 @@ def test_large_constant_is_not_folded():
     assert folded["fill"] is None and folded["fail"] is None and folded["shape"] is None
     with pytest.raises(ExecutionError, match="fail.*ConstantOfShape"):
         sess.run(None, {})
+
+
+def test_inspect_kernels_counts_the_shape_subgraph(tmp_path, capsys):
+    from dcm.cli import main
+    from dcm.format.writer import write
+
+    write(tmp_path / "m.dcm", from_onnx(_head_split(), ConvertOptions(exact=True)))
+    assert main(["inspect", str(tmp_path / "m.dcm"), "--kernels"]) == 0
+    assert "  5 nodes of shape arithmetic run once per input shape" in capsys.readouterr().out
