@@ -83,3 +83,20 @@ def test_transpose_that_moves_only_unit_axes_is_a_view_and_right(shape, perm):
     got = sess.run(None, {"x": x})[0]
     np.testing.assert_array_equal(got, np.transpose(x, perm))
     assert got.flags.c_contiguous
+
+
+@pytest.mark.parametrize("shape, axis, index", [((3, 4, 5), 0, 1), ((3, 4, 5), -1, -2), ((3, 4, 5), 1, 3), ((4,), 0, -4)])
+def test_gather_of_one_index_is_a_view_and_right(shape, axis, index):
+    sess = _session("Gather", [("x", "float32", list(shape))], {"i": np.array(index, np.int64)}, {"axis": axis})
+    x = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    got = sess.run(None, {"x": x})[0]
+    want = np.take(x, np.array(index), axis=axis)
+    assert isinstance(got, np.ndarray) and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("index", [3, -4])
+def test_gather_of_one_index_out_of_range_names_the_node(index):
+    sess = _session("Gather", [("x", "float32", [3, 2])], {"i": np.array(index, np.int64)})
+    with pytest.raises(ExecutionError, match="'n' \\(Gather\\).*out of"):
+        sess.run(None, {"x": np.zeros((3, 2), np.float32)})

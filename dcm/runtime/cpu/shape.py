@@ -382,6 +382,11 @@ class Gather(Kernel):
 
     def __call__(self, x, idx):
         if self.table is None:
+            if idx.ndim == 0 and idx.dtype.kind in "iu":
+                # one slab of x (torch's packed q, k, v split three ways): a view, not np.take's
+                # copy; Python's indexing counts a negative index from the end and refuses one out
+                # of range, as ONNX says
+                return (x[(slice(None),) * normal_axis(self.axis, x.ndim) + (int(idx), Ellipsis)],)
             return (np.take(x, idx, axis=self.axis),)
         kind, table, shape = self.table
         n = shape[0]
