@@ -169,6 +169,7 @@ def _csr(indptr, indices):
     ({"lens": np.array([5], np.int64)}, "lens must have 2"),
     ({"direction": 1}, "direction 1 is outside"),
     ({"rt": np.zeros((12, 3), np.float32)}, "rt must be \\[3, 12\\]"),
+    ({"rt": np.zeros((2, 3, 8), np.float32)}, "rt must be \\[3, 12\\] \\(R transposed\\)$"),  # 12 rows: no panels
     ({"rt": None}, "give R as"),
     ({"peephole": np.zeros(8, np.float32)}, "peephole must have 9"),
     ({"clip": -1.0}, "clip must be"),
@@ -186,6 +187,14 @@ def _csr(indptr, indices):
 def test_malformed_calls_are_refused(change, message):
     with pytest.raises(ValueError, match=message):
         native.recurrent_scan(**_args(**change))
+
+
+def test_panels_of_the_wrong_shape_are_refused():
+    args = _args(xw=np.zeros((5, 2, 16), np.float32), y=np.zeros((5, 1, 2, 4), np.float32),
+                 h=np.zeros((2, 4), np.float32), c=np.zeros((2, 4), np.float32))
+    native.recurrent_scan(**{**args, "rt": np.zeros((2, 4, 8), np.float32)})
+    with pytest.raises(ValueError, match="or its panels \\[rows / 8, hidden, 8\\]"):
+        native.recurrent_scan(**{**args, "rt": np.zeros((2, 8, 4), np.float32)})
 
 
 def test_wrong_array_types_are_refused():

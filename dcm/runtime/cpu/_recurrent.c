@@ -31,7 +31,7 @@ enum { CELL_RNN, CELL_GRU, CELL_LSTM };
 
 typedef struct {
     const float *rt;                 /* dense R^T [hidden, rows], or NULL */
-    const float *panels;             /* rt repacked as [rows / 8][hidden][8] for the AVX2 tiles, or NULL */
+    const float *panels;             /* R^T as [rows / 8][hidden][8] (given, or packed from rt), or NULL */
     const int64_t *indptr;           /* CSR R [rows, hidden] */
     const int32_t *indices;
     const float *values;
@@ -125,8 +125,13 @@ static void dense_generic(const Weight *w, const float *h, Py_ssize_t n, float *
         float *o = out + b * ld;
         memset(o, 0, (size_t)(r1 - r0) * sizeof(float));
         for (Py_ssize_t k = 0; k < w->hidden; k++) {
-            const float hk = h[b * w->hidden + k], *row = w->rt + k * w->rows + r0;
-            for (Py_ssize_t j = 0; j < r1 - r0; j++) o[j] += hk * row[j];
+            const float hk = h[b * w->hidden + k];
+            if (w->rt) {
+                const float *row = w->rt + k * w->rows + r0;
+                for (Py_ssize_t j = 0; j < r1 - r0; j++) o[j] += hk * row[j];
+            } else { /* panels only: ranges are whole panels */
+                for (Py_ssize_t j = r0; j < r1; j++) o[j - r0] += hk * w->panels[((j / 8) * w->hidden + k) * 8 + j % 8];
+            }
         }
     }
 }
@@ -241,7 +246,7 @@ static void csr_poison(const Weight *w, const float *h, Py_ssize_t n, float *out
 static void product(const Weight *w, const float *h, Py_ssize_t n, float *out, Py_ssize_t ld, Py_ssize_t r0,
                     Py_ssize_t r1)
 {
-    if (w->rt) {
+    if (w->rt || w->panels) {
         DISPATCH(dense, w, h, n, out, ld, r0, r1);
     } else {
         DISPATCH(csr, w, h, n, out, ld, r0, r1);
@@ -384,7 +389,9 @@ PyDoc_STRVAR(scan_doc,
 "recurrent_bias [hidden]). y float32 [steps, directions, n, hidden]: slot `direction` is written,\n"
 "zero past each sequence's end. h (and c, LSTM only) float32 [n, hidden]: the initial states,\n"
 "overwritten with the final ones. lens int64 [n]: each sequence's length (<= steps); backwards\n"
-"reads each from its own last step. R: dense as rt [hidden, gates * hidden] (R transposed), or CSR\n"
+"reads each from its own last step. R: dense as rt [hidden, gates * hidden] (R transposed) or, where\n"
+"gates * hidden is a multiple of 8, as its panels [gates * hidden / 8, hidden, 8] (rt's columns in\n"
+"blocks of 8, the form the AVX2 tiles read; rt is packed so on every call), or CSR\n"
 "[gates * hidden, hidden] as indptr int64, indices int32, values float32. peephole [3 * hidden]\n"
 "(LSTM: i, o, f). clip: bound of every gate's input, None for none. Arrays C-contiguous; the GIL\n"
 "is released for large calls.");
@@ -439,7 +446,7 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
     Py_buffer xb = {0}, yb = {0}, hb = {0}, cb = {0}, lb = {0}, rtb = {0}, pb = {0}, ib = {0}, vb = {0}, peb = {0},
               rbb = {0};
     PyObject *result = NULL;
-    float *acc = NULL, *tmp = NULL, *tmp2 = NULL;
+    float *acc = NULL, *tmp = NULL, *tmp2 = NULL, *packed = NULL;
     Weight w = {0};
     if (get_array_of_rank(xo, &xb, 'f', 4, 0, 1, "xw") < 0 || get_array_of_rank(yo, &yb, 'f', 4, 1, 1, "y") < 0 ||
         get_array_of_rank(ho, &hb, 'f', 4, 1, 1, "h") < 0 || get_array_of_rank(lo, &lb, 'i', 8, 0, 0, "lens") < 0)
@@ -498,13 +505,20 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "give R as rt or as the CSR arrays indptr, indices and values");
         goto done;
     }
+    /* Panels must be whole in every product's row range: all of R, and a GRU's R_zr [2 * hidden]
+     * (3 * hidden a multiple of 8 makes hidden one too). */
+    const int panels_fit = gh % 8 == 0;
     if (rto != Py_None) {
         if (get_array_of_rank(rto, &rtb, 'f', 4, 0, 1, "rt") < 0) goto done;
-        if (rtb.ndim != 2 || rtb.shape[0] != hid || rtb.shape[1] != gh) {
-            PyErr_Format(PyExc_ValueError, "rt must be [%zd, %zd] (R transposed)", hid, gh);
+        if (rtb.ndim == 3 && panels_fit && rtb.shape[0] == gh / 8 && rtb.shape[1] == hid && rtb.shape[2] == 8) {
+            w.panels = rtb.buf;
+        } else if (rtb.ndim == 2 && rtb.shape[0] == hid && rtb.shape[1] == gh) {
+            w.rt = rtb.buf;
+        } else {
+            PyErr_Format(PyExc_ValueError, "rt must be [%zd, %zd] (R transposed)%s", hid, gh,
+                         panels_fit ? " or its panels [rows / 8, hidden, 8]" : "");
             goto done;
         }
-        w.rt = rtb.buf;
     } else {
         if (optional_array(po, &pb, 'i', 8, gh + 1, "indptr") < 0 ||
             optional_array(io, &ib, 'i', 4, -1, "indices") < 0 ||
@@ -539,17 +553,15 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
         result = Py_NewRef(Py_None);
         goto done;
     }
-    /* The panels: whole ones in every product's row range (multiples of 8), on the AVX2 path. */
-    const int split_reset = gs.cell == CELL_GRU && !lbr;
-    if (w.rt && use_avx2() && gh % 8 == 0 && (!split_reset || (2 * hid) % 8 == 0)) {
-        float *panels = PyMem_RawMalloc((size_t)(gh * hid) * sizeof(float));
-        if (!panels) {
+    if (w.rt && use_avx2() && panels_fit) { /* R^T given: packed for this call */
+        packed = PyMem_RawMalloc((size_t)(gh * hid) * sizeof(float));
+        if (!packed) {
             PyErr_NoMemory();
             goto done;
         }
         for (Py_ssize_t k = 0; k < hid; k++)
-            for (Py_ssize_t j = 0; j < gh; j++) panels[((j / 8) * hid + k) * 8 + j % 8] = w.rt[k * gh + j];
-        w.panels = panels;
+            for (Py_ssize_t j = 0; j < gh; j++) packed[((j / 8) * hid + k) * 8 + j % 8] = w.rt[k * gh + j];
+        w.panels = packed;
     }
     acc = PyMem_RawMalloc((size_t)(n * gh) * sizeof(float));
     tmp = PyMem_RawCalloc((size_t)(n * hid), sizeof(float));
@@ -568,7 +580,7 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
     }
     result = Py_NewRef(Py_None);
 done:
-    PyMem_RawFree((void *)w.panels);
+    PyMem_RawFree(packed);
     PyMem_RawFree(acc);
     PyMem_RawFree(tmp);
     PyMem_RawFree(tmp2);

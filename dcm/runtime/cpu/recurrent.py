@@ -261,12 +261,16 @@ class _Recurrent(Kernel):
 
 
 def _scan_form(m) -> dict[str, np.ndarray]:
-    """R [gates * hidden, hidden] as native.recurrent_scan takes it: CSR arrays if pruned, else R^T."""
+    """R [gates * hidden, hidden] as native.recurrent_scan takes it: CSR arrays if pruned, else R^T,
+    as 8-column panels [rows / 8, hidden, 8] where the rows allow (packed once here, not per call)."""
     if sp.issparse(m):
         m = sp.csr_array(m)
         return {"indptr": m.indptr.astype(np.int64), "indices": m.indices.astype(np.int32),
                 "values": m.data.astype(np.float32)}
-    return {"rt": np.ascontiguousarray(np.asarray(m, dtype=np.float32).T)}
+    rows, hidden = m.shape
+    if rows % 8:
+        return {"rt": np.ascontiguousarray(np.asarray(m, dtype=np.float32).T)}
+    return {"rt": np.ascontiguousarray(np.asarray(m, dtype=np.float32).reshape(rows // 8, 8, hidden).transpose(0, 2, 1))}
 
 
 @register("RNN")
