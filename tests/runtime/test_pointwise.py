@@ -1,13 +1,14 @@
 """The compiled pointwise kernels (dcm/runtime/cpu/_pointwise.c) against float64 references, on the
 AVX2 paths and the portable C ones, and the kernels that call them against their numpy paths."""
-import contextlib
 import math
 import os
+from unittest import mock
 
 import numpy as np
 import pytest
 import scipy.special
 
+from dcm.runtime import InferenceSession
 from dcm.runtime.cpu import native
 
 if native.activate is None:
@@ -202,3 +203,83 @@ def test_bad_calls_are_refused(name):
 def test_set_simd_returns_the_previous_setting():
     assert native.set_pointwise_simd(False) is True
     assert native.set_pointwise_simd(True) is False
+
+
+# --- the kernels that call them: the same results as their numpy paths ----------------------------
+
+def _session_model(nodes, x_shape, inits, outputs=("y",), opset=20, x_type=None):
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    from dcm.converters import ConvertOptions, from_onnx
+
+    elem = x_type or onnx.TensorProto.FLOAT
+    g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", elem, x_shape)],
+                          [helper.make_tensor_value_info(o, elem, None) for o in outputs],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 9
+    return from_onnx(m, ConvertOptions(exact=True))
+
+
+def _rand(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _node(op, inputs, outputs, **attrs):
+    from onnx import helper
+
+    return helper.make_node(op, inputs, outputs, **attrs)
+
+
+def _float16_gelu():
+    onnx = pytest.importorskip("onnx")
+    return (_session_model([_node("Gelu", ["x"], ["y"])], [5, 9], {}, x_type=onnx.TensorProto.FLOAT16),
+            _rand(5, 9).astype(np.float16))
+
+
+# name: a (model, input) maker; each runs compiled code through a different kernel or fused path.
+GRAPHS = {
+    "MatMul + bias + Gelu (MatMulAdd, one pass)": lambda: (_session_model(
+        [_node("MatMul", ["x", "w"], ["m"]), _node("Add", ["m", "b"], ["a"]), _node("Gelu", ["a"], ["y"])],
+        [6, 16], {"w": _rand(16, 24, seed=1), "b": _rand(24, seed=2)}), _rand(6, 16)),
+    "Gemm + bias + HardSigmoid": lambda: (_session_model(
+        [_node("Gemm", ["x", "w", "b"], ["m"], transB=1), _node("HardSigmoid", ["m"], ["y"], alpha=0.3, beta=0.4)],
+        [6, 16], {"w": _rand(24, 16, seed=1), "b": _rand(24, seed=2)}), _rand(6, 16)),
+    "Conv + bias + residual Add + Relu": lambda: (_session_model(
+        [_node("Conv", ["x", "w", "b"], ["c"]), _node("Add", ["c", "x"], ["a"]), _node("Relu", ["a"], ["y"])],
+        [1, 8, 5, 7], {"w": _rand(8, 8, 1, 1, seed=1), "b": _rand(8, seed=2)}), _rand(1, 8, 5, 7)),
+    "Conv + bias + SiLU": lambda: (_session_model(
+        [_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), _node("Sigmoid", ["c"], ["s"]),
+         _node("Mul", ["c", "s"], ["y"])],
+        [2, 3, 6, 6], {"w": _rand(16, 3, 3, 3, seed=1), "b": _rand(16, seed=2)}), _rand(2, 3, 6, 6)),
+    "LayerNormalization with Mean and InvStdDev": lambda: (_session_model(
+        [_node("LayerNormalization", ["x", "s", "b"], ["y", "mean", "inv"], axis=-2)], [3, 4, 5],
+        {"s": _rand(4, 5, seed=1), "b": _rand(1, 4, 5, seed=2)}, outputs=("y", "mean", "inv")),
+        _rand(3, 4, 5) * 3 + 1),
+    "LogSoftmax before opset 13 (2-D view)": lambda: (_session_model(
+        [_node("LogSoftmax", ["x"], ["y"], axis=1)], [2, 3, 4], {}, opset=11), _rand(2, 3, 4) * 5),
+    "Swish alpha 0.5 (opset 24)": lambda: (_session_model([_node("Swish", ["x"], ["y"], alpha=0.5)], [5, 9], {},
+                                                          opset=24), _rand(5, 9) * 4),
+    "float16 Gelu (numpy path)": _float16_gelu,
+}
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+def test_kernels_match_their_numpy_paths(name):
+    model, x = GRAPHS[name]()
+    calls = []
+    wrapped = {n: (lambda *a, _f=getattr(native, n), _n=n, **k: (calls.append(_n), _f(*a, **k))[1])
+               for n in ("activate", "layer_norm", "softmax")}
+    with mock.patch.multiple(native, **wrapped):
+        compiled = InferenceSession(model, threads=1).run(None, {"x": x})
+    with mock.patch.multiple(native, activate=None, layer_norm=None, softmax=None):
+        plain = InferenceSession(model, threads=1).run(None, {"x": x})
+    if x.dtype == np.float16:
+        assert not calls  # float16 keeps its numpy path: the same values
+        np.testing.assert_array_equal(compiled[0], plain[0])
+        return
+    assert calls, "the compiled kernels were not reached"
+    for got, want in zip(compiled, plain):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
