@@ -18,6 +18,7 @@ from dcm.format.reader import read
 from dcm.progress import LARGE_FILE_BYTES, bar
 from dcm.runtime.checks import check_node
 from dcm.runtime.cpu import blas
+from dcm.runtime.cpu.shape import view_transposes
 from dcm.runtime.cpu.windows import release_scratch
 from dcm.runtime.fusion import fuse_activations
 from dcm.runtime.kernel import Kernel, LoadContext
@@ -142,6 +143,8 @@ class InferenceSession:
         # {absorbed index: producer}
         self._fusions = fuse_activations(self._nodes, self._kernels, self._consts, outputs)
         self._fused = {i: f.producer for f in self._fusions for i in f.absorbed}
+        if optimize and not self._torch:
+            view_transposes(self._nodes, self._kernels, outputs, set(self._fused))
         self._inputs = {v.name: v for v in self.model.inputs}
         self._shapes = None
         if optimize:
@@ -352,7 +355,7 @@ class InferenceSession:
         backend, their names). A shape signature seen before skips the shape subgraph."""
         env, key = self._check_feeds(feeds)
         if not self._torch:
-            blas.limit(self._ctx.threads)
+            blas.limit(1)  # the kernels spread large products over the session's threads (blas.py)
         cache = self._cache  # read once: a run in another thread may turn caching off
         try:
             cached = cache.get(key) if cache is not None else None

@@ -100,3 +100,43 @@ def test_gather_of_one_index_out_of_range_names_the_node(index):
     sess = _session("Gather", [("x", "float32", [3, 2])], {"i": np.array(index, np.int64)})
     with pytest.raises(ExecutionError, match="'n' \\(Gather\\).*out of"):
         sess.run(None, {"x": np.zeros((3, 2), np.float32)})
+
+
+def _packed_qkv(sink_perm, tail="Transpose"):
+    """torch's split of a packed [S, 1, 3 E] projection: Unsqueeze, Transpose, Squeeze, one Gather
+    per part, each reshaped into heads and permuted (``tail``: what reads the heads instead)."""
+    nodes = [Node("Unsqueeze", ["x", "zero"], ["u"], {}, "unsqueeze"),
+             Node("Transpose", ["u"], ["t"], {"perm": [3, 1, 2, 0, 4]}, "split"),
+             Node("Squeeze", ["t", "three"], ["s"], {}, "squeeze")]
+    for i in range(3):
+        nodes += [Node("Gather", ["s", f"i{i}"], [f"g{i}"], {"axis": 0}, f"gather{i}"),
+                  Node("Reshape", [f"g{i}", "heads"], [f"h{i}"], {}, f"heads{i}"),
+                  Node(tail, [f"h{i}"] + (["two"] if tail == "Mul" else []), [f"y{i}"],
+                       {"perm": sink_perm} if tail == "Transpose" else {}, f"out{i}")]
+    consts = {"zero": np.array([0], np.int64), "three": np.array([3], np.int64), "heads": np.array([4, 2, 3], np.int64),
+              "two": np.array(2, np.float32), **{f"i{i}": np.array(i, np.int64) for i in range(3)}}
+    return Model([ValueInfo("x", "float32", [4, 1, 3, 6])], [ValueInfo(f"y{i}", "float32", []) for i in range(3)],
+                 nodes, {k: encode_raw(v, k) for k, v in consts.items()})
+
+
+def _packed_qkv_reference(x, sink_perm, tail):
+    t = np.transpose(x[None], (3, 1, 2, 0, 4))[:, :, :, 0]
+    heads = [t[i].reshape(4, 2, 3) for i in range(3)]
+    return [np.transpose(h, sink_perm) if tail == "Transpose" else h * 2 for h in heads]
+
+
+@pytest.mark.parametrize("sink_perm, tail, view", [([1, 0, 2], "Transpose", True), ([0, 2, 1], "Transpose", False),
+                                                   (None, "Mul", False)])
+def test_transpose_read_only_through_views_by_row_keeping_transposes_is_a_view(sink_perm, tail, view):
+    """The split's Transpose copies nothing when only views lead to Transposes that keep rows whole;
+    a Transpose moving the last axis, or a Mul, after it keeps the copy."""
+    model = _packed_qkv(sink_perm, tail)
+    x = np.arange(72, dtype=np.float32).reshape(4, 1, 3, 6)
+    want = _packed_qkv_reference(x, sink_perm, tail)
+    for optimize in (True, False):
+        sess = InferenceSession(model, optimize=optimize)
+        split = next(d for d in sess.describe() if d["name"] == "split")
+        assert (split.get("kernel") == "view") == (view and optimize)
+        for got, w in zip(sess.run(None, {"x": x}), want):
+            np.testing.assert_array_equal(got, w)
+            assert got.flags.c_contiguous

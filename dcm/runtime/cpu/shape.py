@@ -127,13 +127,19 @@ class Reshape(Kernel):
 @register("Transpose")
 class Transpose(Kernel):
     """A contiguous result, as the kernels after it expect. A permutation that keeps the order of the
-    axes larger than 1 (attention's [S, 1, E] <-> [1, S, E] at batch 1) moves no data: a view."""
+    axes larger than 1 (attention's [S, 1, E] <-> [1, S, E] at batch 1) moves no data: a view. So
+    is every result when ``copy`` is off (``view_transposes``: only views and Transposes read it)."""
+
+    copy = True
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         perm = self.attrs.get("perm")
         # checked once here when it is a permutation; np.transpose still refuses the wrong rank
         self.perm = tuple(perm) if perm is not None and sorted(perm) == list(range(len(perm))) else None
+
+    def describe(self) -> dict:
+        return {} if self.copy else {"kernel": "view"}
 
     def __call__(self, x):
         perm = self.perm
@@ -146,7 +152,56 @@ class Transpose(Kernel):
             moved = [p for p in perm if shape[p] != 1]
             if moved == sorted(moved):
                 return (x.reshape([shape[p] for p in perm]),)
-        return (np.ascontiguousarray(np.transpose(x, perm)),)
+        y = np.transpose(x, perm)
+        return (np.ascontiguousarray(y) if self.copy else y,)
+
+
+# Kernels that take an input of any memory layout and make views of it where they can (numpy's
+# reshape and basic indexing; Gather's np.take copies), so a strided input costs them nothing.
+LAYOUT_FREE = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Gather")
+
+
+def view_transposes(nodes: list, kernels: list[Kernel], protected: set[str], skip: set[int]) -> None:
+    """Turn off the copy of each Transpose whose result reaches, through the ``LAYOUT_FREE`` ops
+    only, nothing but other Transposes (which copy it, or pass it on the same way), Shape or Size,
+    and no model output, where these Transposes all keep the last axis last. torch's packed q, k, v projection is split that way (Transpose, Squeeze, Gather, Reshape,
+    Transpose): its first copy of the whole projection is wasted. Where a product or an elementwise
+    op would read the strided result it stays a copy: numpy's matmul of strided heads was measured
+    slower than the copy that avoids it (docs/transformers.md). ``skip``: nodes fused into others."""
+    readers: dict[str, list[int]] = {}
+    for j, n in enumerate(nodes):
+        for x in n.inputs:
+            readers.setdefault(x, []).append(j)
+
+    def only_views_then_transposes(value: str) -> bool:
+        stack, seen = [value], {value}
+        while stack:
+            for j in readers.get(stack.pop(), []):
+                if j in skip:
+                    return False
+                if type(kernels[j]) in (Shape, Size) or type(kernels[j]) is Transpose and _keeps_last_axis(kernels[j]):
+                    continue  # reads the shape only, or copies what it reads (or passes it on, checked itself)
+                if nodes[j].op not in LAYOUT_FREE or type(kernels[j]).__module__ != __name__:
+                    return False
+                for o in nodes[j].outputs:
+                    if o in protected:
+                        return False
+                    if o not in seen:
+                        seen.add(o)
+                        stack.append(o)
+        return True
+
+    for i, (n, k) in enumerate(zip(nodes, kernels)):
+        if (type(k) is Transpose and _keeps_last_axis(k) and i not in skip and n.outputs[0] not in protected
+                and readers.get(n.outputs[0])):
+            k.copy = not only_views_then_transposes(n.outputs[0])
+
+
+def _keeps_last_axis(k: Transpose) -> bool:
+    """Rows stay contiguous through the permutation: a copy of the strided view is then row copies.
+    (A Transpose that moves the last axis, k -> k^T, reading another one's strided view was measured
+    2.6 times slower than the two copies it would save.)"""
+    return k.perm is not None and k.perm[-1] == len(k.perm) - 1
 
 
 @register("Concat")
