@@ -14,13 +14,16 @@ compression_ablation.json; --docs renders docs/compression.md from those files (
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
+
+import numpy as np
 
 from dcm import demo
 
@@ -34,23 +37,76 @@ TARGETS = {
 }
 PAPER = {"lenet300": "40x (Deep Compression), 64x (soft weight-sharing)", "lenet5": "39x (Deep Compression), 162x (soft weight-sharing)"}
 
-# Cumulative steps on LeNet-300-100: each row adds one technique to the row above.
+# Cumulative steps on LeNet-300-100, from the Deep Compression paper's own settings for it (its
+# Table 2: 8/9/26% of the weights kept, 6-bit codebooks) to RECIPES["lenet300"]: each row adds one
+# technique to the row above (main() checks that the last row is the demo's recipe).
 ABLATION = [
-    ("paper recipe (5-bit fc, 96/93/75% pruned, float32 biases)",
-     dict(augment=0, sparsity={"fc1": 0.96, "fc2": 0.93, "fc3": 0.75}, bits={"fc": 5}, size_penalty=0.0, other_bits=None)),
+    ("Deep Compression's settings (92/91/74% pruned, 6-bit fc codebooks, float32 biases)",
+     dict(augment=0, sparsity={"fc1": 0.92, "fc2": 0.91, "fc3": 0.74}, bits={"fc": 6}, size_penalty=0.0, other_bits=None)),
     ("+ stronger dense recipe (random 2-pixel shifts in every stage)", dict(augment=2)),
-    ("+ harder per-layer pruning (98/95/80%)", dict(sparsity={"fc1": 0.98, "fc2": 0.95, "fc3": 0.8})),
-    ("+ shared 3-bit biases, coded", dict(other_bits=3)),
+    ("+ harder per-layer pruning, hand-picked (98/95/80%)", dict(sparsity={"fc1": 0.98, "fc2": 0.95, "fc3": 0.8})),
     ("+ 4-bit fc codebooks", dict(bits={"fc": 4})),
-    ("+ entropy-constrained weight sharing", dict(size_penalty=0.03)),
+    ("+ entropy-constrained weight sharing (size penalty 0.03)", dict(size_penalty=0.03)),
+    ("+ shared 3-bit biases, coded", dict(other_bits=3)),
+]
+# Rows that change one choice of the last row instead of adding to it.
+VARIANTS = [
+    ("last row, per-layer sparsity from a sensitivity scan instead (at most 2 pp one-shot error rise per layer)",
+     dict(sparsity="sensitivity", sensitivity_threshold=0.02)),
 ]
 
 
 BRIEF = ("error_dense", "error_pruned", "error_quantized_torch", "error_file", "dcm_bytes", "ratio", "seconds")
 
 
-def run_recipe(recipe: demo.Recipe, out: Path, dense_cache: Path | None = None) -> dict:
-    return demo.run(recipe, out, quiet=True, log=lambda line: None, dense_cache=dense_cache)
+def run_recipe(recipe: demo.Recipe, out: Path, cache: Path | None = None, reuse: bool = False) -> dict:
+    """``demo.run`` into ``out``; with ``reuse``, the result already there when it came from this
+    very recipe (an interrupted sweep resumes where it stopped; delete the folder after changing
+    the pipeline's code)."""
+    done = finished(recipe, out) if reuse else None
+    return done or demo.run(recipe, out, quiet=True, log=lambda line: None, cache=cache)
+
+
+def finished(recipe: demo.Recipe, out: Path) -> dict | None:
+    """The result in ``out`` if a run of exactly this recipe wrote it, else None."""
+    done = out / f"{recipe.model}.json"
+    if done.exists():
+        result = json.loads(done.read_text())
+        if result["recipe"] == json.loads(json.dumps(asdict(recipe))):
+            return result
+    return None
+
+
+def recipe_key(recipe: demo.Recipe) -> str:
+    """A folder name for one recipe's run: the same recipe always lands in the same folder."""
+    return f"{recipe.model}-{hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode()).hexdigest()[:16]}"
+
+
+def with_listed_tables(model):
+    """``model`` (a dcm.format Model, changed in place and returned) with its Huffman tables in
+    format 1.0's listed form (every symbol's length) instead of the compact form of spec 6.2, the
+    weights unchanged: its size against the file's is what the compact tables save, without
+    training anything again."""
+    from dcm.encoder.codec import decode_tensor, encode_tensor, parse
+    from dcm.format import constants as C
+
+    for name, rec in model.tensors.items():
+        if rec.encoding not in C.COMPACT_TABLE_ENCODINGS:
+            continue
+        p, w = parse(rec), decode_tensor(rec)
+        model.tensors[name] = encode_tensor(
+            w, mask=None if rec.encoding in C.SPARSE_ENCODINGS else np.ones(w.shape, bool), code_bits=p.code_bits or 1,
+            index_bits="auto", codebook=p.codebook, quantize=p.codebook is not None, name=name,
+            block_log2=p.block_log2, compact_tables=False)
+    return model
+
+
+def listed_tables_bytes(path: Path) -> int:
+    """The size of the .dcm file at ``path`` rewritten by :func:`with_listed_tables`."""
+    from dcm.format.reader import read
+    from dcm.format.writer import to_bytes
+
+    return len(to_bytes(with_listed_tables(read(path))))
 
 
 def _one_thread() -> None:
@@ -60,12 +116,13 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def run_all(recipes: list[demo.Recipe], outs: list[Path], jobs: int, dense_cache: Path | None = None) -> list[dict]:
+def run_all(recipes: list[demo.Recipe], outs: list[Path], jobs: int, cache: Path | None = None,
+            reuse: bool = False) -> list[dict]:
     """Run independent recipes, ``jobs`` at a time (each run is deterministic, so order does not matter)."""
     if jobs <= 1:
-        return [run_recipe(r, o, dense_cache) for r, o in zip(recipes, outs)]
+        return [run_recipe(r, o, cache, reuse) for r, o in zip(recipes, outs)]
     with ProcessPoolExecutor(jobs, initializer=_one_thread) as pool:
-        return list(pool.map(run_recipe, recipes, outs, [dense_cache] * len(recipes)))
+        return list(pool.map(run_recipe, recipes, outs, [cache] * len(recipes), [reuse] * len(recipes)))
 
 
 def summarize(model: str, runs: list[dict]) -> dict:
@@ -102,6 +159,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
     ap.add_argument("--ablation", action="store_true", help="LeNet-300-100, adding one technique per row")
+    ap.add_argument("--collect", action="store_true", help="with --ablation: run nothing, summarize the runs done")
     ap.add_argument("--docs", metavar="PATH", help="only render the markdown page from the saved JSON")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
@@ -111,36 +169,64 @@ def main() -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     if args.ablation:
-        steps, recipe = [], demo.RECIPES["lenet300"]
-        for label, change in ABLATION:
-            recipe = replace(recipe, **change)
-            steps += [(label, change, replace(recipe, seed=s)) for s in args.seeds]
-        # Rows that keep the dense recipe reuse its model (when run one at a time): only the later stages differ.
-        results = run_all([r for _, _, r in steps], [out / f"ablation-{i}" for i in range(len(steps))], args.jobs,
-                          out / "dense-cache")
-        rows = []
-        for label, change in ABLATION:
-            runs = [r for (step, _, _), r in zip(steps, results) if step == label]
-            rows.append({"step": label, "change": change, **summarize("lenet300", runs),
-                         "bytes_mean": sum(r["dcm_bytes"] for r in runs) / len(runs)})
-            print(f"{label:<66}{rows[-1]['error_file_mean']:>8.2%}{rows[-1]['error_file_worst']:>8.2%}"
-                  f"{rows[-1]['ratio_mean']:>8.1f}x")
-        (out / "compression_ablation.json").write_text(json.dumps({"machine": _machine(), "seeds": args.seeds,
-                                                                    "rows": rows}, indent=2))
+        ablation(args.seeds, args.jobs, out, args.collect)
         return
     path = out / "compression.json"
-    saved = {r["model"]: r for r in json.loads(path.read_text())} if path.exists() else {}
     for name in args.models:
         recipes = [replace(demo.RECIPES[name], seed=seed) for seed in args.seeds]
         runs = run_all(recipes, [out / f"{name}-seed{r.seed}" for r in recipes], args.jobs)
         for r in runs:
             print(demo.format_tables(r))
         s = summarize(name, runs)
+        # read just before writing: rows of other models written meanwhile (another run) are kept
+        saved = {r["model"]: r for r in json.loads(path.read_text())} if path.exists() else {}
         saved[name] = {**runs[0], **s, "machine": _machine(),
                        "runs": [{k: r[k] for k in BRIEF} | {"seed": r["recipe"]["seed"]} for r in runs]}
         print(f"\n{name}: file error mean {s['error_file_mean']:.2%} worst {s['error_file_worst']:.2%}; "
               f"ratio mean {s['ratio_mean']:.1f}x worst {s['ratio_worst']:.1f}x; target met: {s['meets_target']}")
         path.write_text(json.dumps(list(saved.values()), indent=2))
+
+
+def ablation_rows() -> list[tuple[str, dict, demo.Recipe]]:
+    """(label, change, recipe) of every ablation row: ABLATION's chain, then VARIANTS of its last row."""
+    rows, recipe = [], demo.RECIPES["lenet300"]
+    for label, change in ABLATION:
+        recipe = replace(recipe, **change)
+        rows.append((label, change, recipe))
+    if recipe != demo.RECIPES["lenet300"]:
+        raise ValueError("ABLATION's last row differs from RECIPES['lenet300']: the table would not end at the demo")
+    return rows + [(label, change, replace(recipe, **change)) for label, change in VARIANTS]
+
+
+def ablation(seeds: list[int], jobs: int, out: Path, collect: bool = False) -> None:
+    """Run ABLATION's chain and VARIANTS over ``seeds`` (runs already in OUT/ablation are reused;
+    ``collect``: run nothing, summarize the runs finished so far) and write
+    OUT/compression_ablation.json."""
+    chain = ablation_rows()
+    steps = [replace(r, seed=s) for s in seeds for _, _, r in chain]
+    if not collect:
+        # Seed by seed (a run stopped early leaves whole tables of fewer seeds); within a seed, rows
+        # that train their own dense model first, then those that train their own pruned model, then
+        # those that only change a later stage: these find the models they start from in OUT/cache
+        # (two runs in parallel may still train one twice).
+        dense, pruned = ([json.dumps([getattr(r, f) for f in fields]) for r in steps]
+                         for fields in (demo.DENSE_FIELDS, demo.PRUNE_FIELDS))
+        steps = [steps[i] for i in sorted(range(len(steps)), key=lambda i: (
+            seeds.index(steps[i].seed), pruned[i] in pruned[:i], dense[i] in dense[:i]))]
+        run_all(steps, [out / "ablation" / recipe_key(r) for r in steps], jobs, out / "cache", reuse=True)
+    rows = []
+    for label, change, recipe in chain:
+        runs = [r for s in seeds if (r := finished(replace(recipe, seed=s), out / "ablation" / recipe_key(replace(recipe, seed=s))))]
+        if not runs:
+            continue
+        rows.append({"step": label, "change": change, "variant": label in dict(VARIANTS),
+                     **summarize("lenet300", runs), "bytes_mean": float(np.mean([r["dcm_bytes"] for r in runs])),
+                     "listed_tables_bytes_mean": float(np.mean([listed_tables_bytes(Path(r["file"])) for r in runs])),
+                     "sparsity": [r["sparsity"] for r in runs]})
+        print(f"{label:<66}{rows[-1]['error_file_mean']:>8.2%}{rows[-1]['error_file_worst']:>8.2%}"
+              f"{rows[-1]['ratio_mean']:>8.1f}x  seeds {rows[-1]['seeds']}")
+    (out / "compression_ablation.json").write_text(json.dumps({"machine": _machine(), "seeds": seeds,
+                                                                "rows": rows}, indent=2))
 
 
 def render(out: Path) -> str:
@@ -161,7 +247,11 @@ def render(out: Path) -> str:
         "  to 2 pixels (`dcm.demo.shift`, `Recipe.augment`). The bundled split has 10,000 training images,",
         "  which LeNet-300-100 overfits; the shifts lower its dense error and leave room to prune harder.",
         "- **Per-layer sparsity** (`Recipe.sparsity`, `dcm.compress.Pruner`): the first layer, which holds",
-        "  most weights, is pruned hardest; `dcm.compress.sensitivity` shows which layers tolerate it.",
+        "  most weights, is pruned hardest. The recipes' values are hand-picked; `Recipe(sparsity=\"sensitivity\")`",
+        "  derives them instead (`dcm.compress.sensitivity.sparsity_from_scan`): each layer alone is pruned",
+        "  one-shot to each sparsity of a grid, and gets the largest whose error rise on held-out *training*",
+        "  images (`sensitivity_images` of them, drawn by the seed and kept out of every training stage)",
+        "  stays within `sensitivity_threshold`.",
         "- **Per-layer bit widths** (`Recipe.bits`, per kind or per layer name, `dcm.compress.share_weights`).",
         "- **Entropy-constrained weight sharing** (`share_weights(size_penalty=...)`,",
         "  `dcm.encoder.kmeans.entropy_constrained`): k-means that minimizes distortion + lambda x",
@@ -170,8 +260,9 @@ def render(out: Path) -> str:
         "- **Coded biases** (`share_weights(other_bits=...)`, `dcm.compress.export.code_shared_tensors`):",
         "  biases (and LayerNorm scales, position embeddings) are shared over 2^b values and stored as",
         "  codebook + Huffman codes, exactly, instead of float32.",
-        "- **Short graph names** (`dcm.compress.export.compact_names`): intermediate values get short",
-        "  names; model inputs, outputs and tensors keep theirs.",
+        "- **Short graph names** (`ConvertOptions(compact_graph=True)`, `dcm.converters.compact`):",
+        "  intermediate values get short names and default-valued attributes are dropped; model inputs,",
+        "  outputs and tensors keep their names.",
         "- **Compact Huffman tables** (format 1.1, `dcm/encoder`), used by every file written.",
         "",
         "`dcm.compress.Pruner` and `share_weights` find every compressible weight",
@@ -206,19 +297,30 @@ def render(out: Path) -> str:
     path = out / "compression_ablation.json"
     if not path.exists():
         lines += ["The controlled per-technique ablation, every technique added one at a time over three seeds, is",
-                  "`python benchmarks/compression.py --ablation --seeds 0 1 2 --jobs 3`; its results are not in",
+                  "`python benchmarks/compression.py --ablation --seeds 0 1 2 --jobs 2`; its results are not in",
                   "`docs/data/` yet, so this page shows the single-seed exploration runs below instead.", ""]
     else:
         data = json.loads(path.read_text())
         lines += ["## What each technique buys (LeNet-300-100)", "",
-                  f"Each row adds one change to the row above; seeds {', '.join(map(str, data['seeds']))}.", "",
-                  "| step | dense error (mean) | file error (mean / worst) | file bytes (mean) | ratio (mean / worst) |",
-                  "|---|---|---|---|---|"]
+                  "From `python benchmarks/compression.py --ablation --seeds 0 1 2 --jobs 2`. Each row of the chain",
+                  "adds one change to the row above, from the Deep Compression paper's own settings for",
+                  "LeNet-300-100 (its Table 2) to `RECIPES[\"lenet300\"]`, the demo's recipe (the chain's last row);",
+                  "a *variant* row changes one choice of that last row instead. Every row chooses each layer's",
+                  "index width by coded size and writes compact Huffman tables; the last column is the mean size",
+                  "of the same files with format 1.0's listed tables (`with_listed_tables`), what the compact",
+                  f"tables buy at each step. Seeds asked: {', '.join(map(str, data['seeds']))}; machine: {data['machine']}.", "",
+                  "| step | seeds | dense error (mean) | file error (mean / worst) | file bytes (mean) | ratio (mean / worst) | bytes, listed tables (mean) |",
+                  "|---|---|---|---|---|---|---|"]
         for row in data["rows"]:
-            lines.append(f"| {row['step']} | {row['error_dense_mean']:.2%} | {row['error_file_mean']:.2%} / "
-                         f"{row['error_file_worst']:.2%} | {row['bytes_mean']:,.0f} | {row['ratio_mean']:.1f}x / "
-                         f"{row['ratio_worst']:.1f}x |")
+            lines.append(f"| {'*variant*: ' if row['variant'] else ''}{row['step']} | {', '.join(map(str, row['seeds']))} | "
+                         f"{row['error_dense_mean']:.2%} | {row['error_file_mean']:.2%} / {row['error_file_worst']:.2%} | "
+                         f"{row['bytes_mean']:,.0f} | {row['ratio_mean']:.1f}x / {row['ratio_worst']:.1f}x | "
+                         f"{row['listed_tables_bytes_mean']:,.0f} |")
         lines.append("")
+        for row in data["rows"]:
+            if row["change"].get("sparsity") == "sensitivity":
+                lines += [f"Sparsity the scan chose ({row['step']}), per seed:", "",
+                          *(f"- seed {seed}: {json.dumps(sp)}" for seed, sp in zip(row["seeds"], row["sparsity"])), ""]
     path = out / "compression_exploration.json"
     if path.exists():
         data = json.loads(path.read_text())

@@ -33,7 +33,13 @@ class Recipe:
     prune_epochs: int = 30  # the first `prune_steps` of them raise sparsity, the rest retrain
     prune_steps: int = 10
     prune_lr: float = 0.02
-    sparsity: dict[str, float] = field(default_factory=dict)
+    # per layer (names or kinds, as dcm.compress.Pruner takes them), or "sensitivity": each layer's
+    # from a scan of the dense model (dcm.compress.sensitivity.sparsity_from_scan) on
+    # `sensitivity_images` random training images, held out of every training stage, allowing each layer
+    # a one-shot error rise of at most `sensitivity_threshold`
+    sparsity: dict[str, float] | str = field(default_factory=dict)
+    sensitivity_threshold: float = 0.01
+    sensitivity_images: int = 1000
     bits: dict[str, int] = field(default_factory=lambda: {"conv": 8, "fc": 5})
     quant_epochs: int = 8
     quant_lr: float = 0.002
@@ -125,22 +131,61 @@ def file_error(path: Path, data, batch: int = 1000) -> float:
     return wrong / len(data[0])
 
 
+def _hold_out(train, recipe: Recipe):
+    """(training images, scan images): with ``sparsity="sensitivity"``, ``sensitivity_images``
+    training images drawn at random (by the recipe's seed; the split is sorted by class, so a
+    slice off one end would be a single digit) score the scan and no training stage sees them:
+    sparsity is chosen without the test split and without images the model has fit. Else (train, None)."""
+    if isinstance(recipe.sparsity, str) and recipe.sparsity != "sensitivity":
+        raise ValueError(f"Recipe.sparsity must be per-layer values or 'sensitivity', got {recipe.sparsity!r}")
+    if recipe.sparsity != "sensitivity":
+        return train, None
+    n = recipe.sensitivity_images
+    if not 0 < n < len(train[0]):
+        raise ValueError(f"sensitivity_images must be in 1..{len(train[0]) - 1} (the training images), got {n}")
+    held = np.zeros(len(train[0]), bool)
+    held[np.random.default_rng(recipe.seed).choice(len(held), n, replace=False)] = True
+    return (train[0][~held], train[1][~held]), (train[0][held], train[1][held])
+
+
 DENSE_FIELDS = ("model", "model_args", "train_images", "seed", "batch", "dense_epochs", "dense_lr", "augment",
                 "optimizer", "weight_decay")
+PRUNE_FIELDS = DENSE_FIELDS + ("sparsity", "sensitivity_threshold", "sensitivity_images", "prune_epochs",
+                               "prune_steps", "prune_lr")
+
+
+def _cache_file(cache: Path | None, stage: str, recipe: Recipe, fields: tuple[str, ...], images: int) -> Path | None:
+    """Where ``cache`` keeps the model after ``stage``, named by the recipe fields that decide it."""
+    if cache is None:
+        return None
+    key = json.dumps({"images": images, **{k: getattr(recipe, k) for k in fields}}, sort_keys=True)
+    return Path(cache) / f"{stage}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+
+
+def _save(obj, path: Path | None) -> None:
+    """Written whole, then renamed: a parallel run never reads half a file."""
+    import torch
+
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f"{path.name}.{os.getpid()}")
+        torch.save(obj, part)
+        os.replace(part, path)
 
 
 def run(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[str], None] = print,
-        on_stage: Callable[[str, object], None] | None = None, dense_cache: Path | None = None) -> dict:
+        on_stage: Callable[[str, object], None] | None = None, cache: Path | None = None) -> dict:
     """Run the whole pipeline; ``on_stage(name, torch_model)`` sees the model after "pruned" and
-    "quantized" (tests check the masks and codebooks there). ``dense_cache``: a folder where dense
-    models are kept by the recipe fields that decide them, so that sweeps over the later stages
-    (``benchmarks/compression.py --ablation``) train each dense model once. Returns the result
+    "quantized" (tests check the masks and codebooks there). ``cache``: a folder where dense and
+    pruned models are kept by the recipe fields that decide them, so that sweeps over the later
+    stages (``benchmarks/compression.py --ablation``) train each of them once. Returns the result
     dict (also written as OUT/MODEL.json)."""
     import torch
 
     from dcm import compress, zoo
     from dcm.converters import ConvertOptions, from_torch
     from dcm.compress.export import code_shared_tensors
+    from dcm.compress.sensitivity import sparsity_from_scan
     from dcm.format.reader import read
     from dcm.format.stats import model_stats
     from dcm.format.writer import write
@@ -153,31 +198,38 @@ def run(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[str], Non
     train, test = mnist.load()
     if recipe.train_images is not None:
         train = (train[0][: recipe.train_images], train[1][: recipe.train_images])
+    train, scan = _hold_out(train, recipe)
     model = zoo.MODELS[recipe.model](**recipe.model_args)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"[1/4] dense baseline: {recipe.model}, {n_params:,} parameters, {len(train[0]):,} train / {len(test[0]):,} test images")
-    cached = None
-    if dense_cache is not None:
-        key = json.dumps({k: getattr(recipe, k) for k in DENSE_FIELDS}, sort_keys=True)
-        cached = Path(dense_cache) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    cached = _cache_file(cache, "dense", recipe, DENSE_FIELDS, len(train[0]))
     if cached is not None and cached.exists():
         model.load_state_dict(torch.load(cached))
         model.eval()
     else:
         _train(model, train, recipe.dense_epochs, recipe.dense_lr, recipe.seed, "dense", recipe, quiet)
-        if cached is not None:  # written whole, then renamed: a parallel run never reads half a file
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            part = cached.with_name(f"{cached.name}.{os.getpid()}")
-            torch.save(model.state_dict(), part)
-            os.replace(part, cached)
+        _save(model.state_dict(), cached)
     err_dense = _torch_error(model, test)
     log(f"      test error {err_dense:.2%}")
 
-    log(f"[2/4] pruning with retraining to {recipe.sparsity} (gradual, {recipe.prune_steps} steps)")
-    pruner = compress.Pruner(model, sparsity=recipe.sparsity, schedule=compress.Gradual(steps=recipe.prune_steps))
-    _train(model, train, recipe.prune_epochs, recipe.prune_lr, recipe.seed + 1, "prune", recipe, quiet,
-           on_epoch=lambda e: pruner.step() if e < recipe.prune_steps else None)
-    pruner.finalize()
+    sparsity = recipe.sparsity
+    cached = _cache_file(cache, "pruned", recipe, PRUNE_FIELDS, len(train[0]))
+    if cached is not None and cached.exists():
+        saved = torch.load(cached)
+        model.load_state_dict(saved["weights"])
+        sparsity = saved["sparsity"]
+        log(f"[2/4] pruned to {sparsity}: the model from {cached}")
+    else:
+        if scan is not None:
+            sparsity, _ = sparsity_from_scan(model, lambda m: _torch_error(m, scan), recipe.sensitivity_threshold)
+            log(f"      sensitivity scan on {len(scan[0]):,} held-out training images, at most "
+                f"{recipe.sensitivity_threshold:.1%} more error per layer")
+        log(f"[2/4] pruning with retraining to {sparsity} (gradual, {recipe.prune_steps} steps)")
+        pruner = compress.Pruner(model, sparsity=sparsity, schedule=compress.Gradual(steps=recipe.prune_steps))
+        _train(model, train, recipe.prune_epochs, recipe.prune_lr, recipe.seed + 1, "prune", recipe, quiet,
+               on_epoch=lambda e: pruner.step() if e < recipe.prune_steps else None)
+        pruner.finalize()
+        _save({"weights": model.state_dict(), "sparsity": sparsity}, cached)
     if on_stage:
         on_stage("pruned", model)
     err_pruned = _torch_error(model, test)
@@ -209,7 +261,7 @@ def run(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[str], Non
         "model": recipe.model, "parameters": n_params, "float32_bytes": 4 * n_params, "dcm_bytes": size,
         "ratio": 4 * n_params / size, "error_dense": err_dense, "error_pruned": err_pruned,
         "error_quantized_torch": err_quant, "error_file": err_file, "seconds": time.perf_counter() - t0,
-        "cpu_seconds": time.process_time() - cpu0,
+        "cpu_seconds": time.process_time() - cpu0, "sparsity": sparsity,
         "layers": layer_rows(dcm_model, stats), "recipe": asdict(recipe), "file": str(path),
     }
     (out / f"{recipe.model}.json").write_text(json.dumps(result, indent=2))

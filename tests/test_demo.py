@@ -87,3 +87,30 @@ def _moved(img, dy, dx):
     h, w = img.shape
     out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = img[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
     return out
+
+
+def test_listed_tables_keep_every_weight_and_cost_more(tmp_path):
+    """The ablation's "compact Huffman tables" column: the same file with format 1.0 tables."""
+    from benchmarks.compression import listed_tables_bytes, with_listed_tables
+
+    recipe, _ = CASES["lenet300"]
+    r = demo.run(replace(recipe, prune_epochs=1, prune_steps=1), tmp_path, quiet=True, log=lambda line: None)
+    path = tmp_path / "lenet300.dcm"
+    listed = with_listed_tables(read(path))
+    compact = read(path)
+    assert any(t.encoding.endswith("-compact") for t in compact.tensors.values())
+    assert not any(t.encoding.endswith("-compact") for t in listed.tensors.values())
+    for name, t in compact.tensors.items():
+        assert np.array_equal(decode_tensor(listed.tensors[name]), decode_tensor(t)), name
+    assert listed_tables_bytes(path) > r["dcm_bytes"]
+
+
+def test_ablation_rows_add_one_technique_each_and_end_at_the_demo_recipe():
+    from benchmarks.compression import ABLATION, VARIANTS, ablation_rows
+
+    rows = ablation_rows()  # raises unless the chain ends at RECIPES["lenet300"]
+    assert rows[len(ABLATION) - 1][2] == demo.RECIPES["lenet300"]
+    assert all(len(change) == 1 for _, change in ABLATION[1:])  # one technique per row
+    assert len(rows) == len(ABLATION) + len(VARIANTS)
+    for _, change, recipe in rows[len(ABLATION):]:  # a variant changes only the last row
+        assert recipe == replace(demo.RECIPES["lenet300"], **change)
