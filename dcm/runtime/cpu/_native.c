@@ -1,6 +1,7 @@
 /* dcm.runtime.cpu._native: compiled kernels for pruned weights.
  *
- * SparseMatrix: the batch-1 sparse fully connected kernel, y = relu(W @ x + b).
+ * SparseMatrix: the sparse fully connected kernels, y = relu(W @ x + b), at batch 1 (matvec) and
+ *   for many vectors at once on packed panels (matmat, matmat_rows).
  * SparseConv: direct sparse convolution, y = relu(conv(x, W) + b), with no im2col.
  * winograd_input / winograd_output: the tile transforms of dense 3x3 convolutions (winograd.py).
  * pool2d: MaxPool and AveragePool, separably, without a padded copy of the input.
