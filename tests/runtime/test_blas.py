@@ -1,4 +1,8 @@
-"""InferenceSession(threads=N) bounds numpy's BLAS pool too (dcm/runtime/cpu/blas.py)."""
+"""dcm/runtime/cpu/blas.py: a session keeps numpy's BLAS pool at one thread and splits large products
+over its own threads."""
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -17,15 +21,51 @@ def _dense_fc() -> Model:
                  [Node("Gemm", ["x", "w"], ["y"], {"transB": 1}, "fc")], {"w": encode_raw(w, "w")})
 
 
-def test_threads_set_the_blas_pool_for_each_run():
+def test_each_run_keeps_the_blas_pool_at_one_thread():
+    """The session's threads split large products themselves (blas.matmul); BLAS's own pool stays at
+    one thread, even after code outside the session changed it."""
     if not blas.current():
         pytest.skip("no BLAS library found by threadpoolctl")
     x = np.ones((8, 64), np.float32)
-    one, two = InferenceSession(_dense_fc(), threads=1), InferenceSession(_dense_fc(), threads=2)
-    one.run(None, {"x": x})
-    assert set(blas.current()) == {1}
-    two.run(None, {"x": x})
-    assert set(blas.current()) == {2}
-    with threadpool_limits(3):  # a change from outside is overridden by the next run
-        one.run(None, {"x": x})
+    two = InferenceSession(_dense_fc(), threads=2)
+    with threadpool_limits(3):
+        two.run(None, {"x": x})
         assert set(blas.current()) == {1}
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [((300, 64), (64, 90)), ((70, 100), (100, 2000)), ((40, 50), (50, 60)),
+                                              ((1, 500), (500, 900)), ((3, 1, 40, 50), (4, 50, 60)),
+                                              ((1, 1, 200, 8), (8, 30))])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_split_matmul_matches_numpy(a_shape, b_shape, threads, monkeypatch):
+    """Rows cut, columns cut, too small to cut, a broadcast stack of products, a stack of one."""
+    monkeypatch.setattr(blas, "SPLIT_MIN_MACS", 1)  # split even the small ones
+    rng = np.random.default_rng(len(a_shape))
+    a = rng.standard_normal(a_shape).astype(np.float32)
+    b = np.swapaxes(rng.standard_normal(b_shape[:-2] + b_shape[:-3:-1]).astype(np.float32), -1, -2)  # strided
+    want = np.matmul(a, b)
+    np.testing.assert_allclose(blas.matmul(a, b, threads), want, rtol=1e-5, atol=1e-4)
+    out = np.empty_like(want)
+    assert blas.matmul(a, b, threads, out=out) is out
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
+    v = a.reshape(-1, a.shape[-1])[0]
+    np.testing.assert_array_equal(blas.matmul(v, b, threads), np.matmul(v, b))  # a vector: numpy's own call
+
+
+def test_split_matmul_does_not_wait_for_a_thread_that_never_starts(monkeypatch):
+    """Every pool thread held elsewhere (as when the scheduler keeps them off the cores): the calling
+    thread does every chunk and withdraws the work it handed out, instead of waiting."""
+    from dcm.runtime.cpu.matmul import thread_pool
+
+    monkeypatch.setattr(blas, "SPLIT_MIN_MACS", 1)
+    release = threading.Event()
+    held = [thread_pool(2).submit(release.wait) for _ in range(2)]
+    try:
+        a, b = np.ones((256, 64), np.float32), np.ones((64, 128), np.float32)
+        start = time.perf_counter()
+        np.testing.assert_array_equal(blas.matmul(a, b, 2), a @ b)
+        assert time.perf_counter() - start < 5
+    finally:
+        release.set()
+        for f in held:
+            f.result()

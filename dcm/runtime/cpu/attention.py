@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from dcm.runtime.cpu import native
+from dcm.runtime.cpu import blas, native
 from dcm.runtime.cpu.fused import register_internal
 from dcm.runtime.cpu.pointwise import compiled
 from dcm.runtime.kernel import Kernel
@@ -48,6 +48,7 @@ class Attention(Kernel):
         if self.scale_op not in ("", "Mul", "Div"):
             raise ValueError(f"scale_op must be '', 'Mul' or 'Div', got {self.scale_op!r}")
         self.nan_to = self.attrs.get("nan_to")  # Where(IsNaN(p), nan_to, p) after the Softmax
+        self.threads = ctx.threads if ctx is not None else 1
 
     def _probabilities(self, s: np.ndarray) -> np.ndarray:
         p = _softmax_last(s)
@@ -56,7 +57,7 @@ class Attention(Kernel):
         return p
 
     def _scores(self, q, k, mask, scale) -> np.ndarray:
-        s = np.matmul(q, k)
+        s = blas.matmul(q, k, self.threads)
         for value, op in ((scale, self.scale_op), (mask, "Add")):
             if value is None:
                 continue
@@ -75,7 +76,7 @@ class Attention(Kernel):
             inside = all(np.broadcast_shapes(shape, np.shape(x)[-2:]) == shape for x in both)
             if inside and math.prod(lead) > 1 and math.prod(lead + shape) * 4 > SCORES_MAX_BYTES:
                 return (self._per_head(q, k, v, mask, scale, lead, shape),)
-        return (np.matmul(self._probabilities(self._scores(q, k, mask, scale)), v),)
+        return (blas.matmul(self._probabilities(self._scores(q, k, mask, scale)), v, self.threads),)
 
     def _per_head(self, q, k, v, mask, scale, lead, shape) -> np.ndarray:
         """One head's scores at a time; the inputs are broadcast as views, never copied whole."""

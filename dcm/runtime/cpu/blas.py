@@ -1,16 +1,37 @@
-"""The BLAS thread pool under a session's ``threads``.
+"""The BLAS thread pool under a session's ``threads``, and dense products split across them.
 
 Dense layers run on numpy's BLAS (OpenBLAS in the numpy wheel), whose pool ignores the session's
 own thread count. Its workers spin while they wait: with another process busy on a 2-core machine,
 a 70%-pruned ResNet-18 with ``threads=1`` took 100 ms against 47 ms with ``OPENBLAS_NUM_THREADS=1``.
-So a session sets the pool of every BLAS library loaded in the process to its own count before each
-run: one C call per library, about 2 us. (Skipping the call when the count looks unchanged would go
-wrong after code outside the session, threadpoolctl's context managers included, changes it.) The
-count stays set after the run: numpy code outside the session sees it too.
+And OpenBLAS splits each product into one fixed share per thread, then waits for all of them: when
+the machine is busy and one of its threads is off the core, every product waits for the scheduler
+to bring it back. At load average 18 on 2 cores a 128x256 @ 256x1024 product took 0.46 ms on one
+OpenBLAS thread and 32-60 ms on two (onnxruntime, whose threads take work as they come free: 0.40).
+
+So a session keeps every BLAS library at one thread (one C call per library before each run, about
+2 us; skipping it when the count looks unchanged would go wrong after code outside the session,
+threadpoolctl's context managers included, changes it), and the kernels' large products go through
+``matmul``, which spreads them over the session's threads itself: chunks (whole products of a
+stack, else rows or columns) that each thread, the caller included, takes as it comes free; a chunk
+no pool thread has started by the time the caller runs out of chunks is withdrawn. A thread off the
+core then costs at most the one chunk it holds. The count stays set after the run: numpy code
+outside the session sees it too.
 """
 from __future__ import annotations
 
+import itertools
+import math
+from concurrent.futures import Executor
 from functools import cache
+from typing import Callable
+
+import numpy as np
+
+# Below this many multiply-adds (about 0.1 ms on one core) handing chunks to a pool thread costs
+# more than it saves.
+SPLIT_MIN_MACS = 1 << 21
+CHUNK_MIN = 32  # the fewest rows or columns in a chunk: narrower products run below BLAS's best speed
+CHUNKS_PER_THREAD = 4  # how finely the rows are cut: a late thread leaves little undone
 
 
 @cache
@@ -26,8 +47,8 @@ def _controllers() -> tuple:
     return tuple(c for c in ThreadpoolController().lib_controllers if c.user_api == "blas")
 
 
-def limit(threads: int) -> None:
-    """Give every loaded BLAS library a pool of ``threads``."""
+def limit(threads: int = 1) -> None:
+    """Give every loaded BLAS library a pool of ``threads`` (a session: 1, see above)."""
     for c in _controllers():
         c.set_num_threads(threads)
 
@@ -35,3 +56,61 @@ def limit(threads: int) -> None:
 def current() -> list[int]:
     """The pool size of each loaded BLAS library (tests, ``dcm bench``)."""
     return [c.get_num_threads() for c in _controllers()]
+
+
+def matmul(a: np.ndarray, b: np.ndarray, threads: int, out: np.ndarray | None = None) -> np.ndarray:
+    """``np.matmul(a, b, out=out)`` on up to ``threads`` threads (see the module's docstring). A stack
+    of products is cut into groups of whole products; one product along the longer of its rows and
+    columns (each chunk's BLAS call packs the whole of the operand that is not cut, so the smaller
+    one is the one read again). One plain call when the work is small."""
+    if threads < 2 or a.ndim < 2 or b.ndim < 2:
+        return np.matmul(a, b, out=out)
+    lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    (m, k), n = a.shape[-2:], b.shape[-1]
+    count = math.prod(lead)
+    if count * m * k * n < SPLIT_MIN_MACS:
+        return np.matmul(a, b, out=out)
+    from dcm.runtime.cpu.matmul import even_ranges, thread_pool  # matmul.py imports this module
+
+    if out is None:
+        out = np.empty(lead + (m, n), np.result_type(a, b))
+    if count > 1:
+        a, b = np.broadcast_to(a, lead + a.shape[-2:]), np.broadcast_to(b, lead + b.shape[-2:])
+        items = list(np.ndindex(*lead))
+        cuts = even_ranges(count, min(threads * CHUNKS_PER_THREAD, count))
+
+        def product(lo: int, hi: int) -> None:
+            for i in items[lo:hi]:
+                np.matmul(a[i], b[i], out=out[i])
+    elif m > n and m >= 2 * CHUNK_MIN:
+        cuts = even_ranges(m, min(threads * CHUNKS_PER_THREAD, m // CHUNK_MIN))
+
+        def product(lo: int, hi: int) -> None:
+            np.matmul(a[..., lo:hi, :], b, out=out[..., lo:hi, :])
+    elif n >= 2 * CHUNK_MIN:
+        cuts = even_ranges(n, min(threads * CHUNKS_PER_THREAD, n // CHUNK_MIN))
+
+        def product(lo: int, hi: int) -> None:
+            np.matmul(a, b[..., lo:hi], out=out[..., lo:hi])
+    else:
+        return np.matmul(a, b, out=out)
+    _share(product, cuts, thread_pool(threads), threads)
+    return out
+
+
+def _share(product: Callable[[int, int], None], cuts: list[tuple[int, int]], pool: Executor, threads: int) -> None:
+    """Run ``product`` on every [lo, hi) of ``cuts``: each thread, the caller included, takes the next
+    one as it comes free; what no pool thread has started when the caller runs out is withdrawn."""
+    taken = itertools.count()  # next() on it is atomic: each cut goes to one thread
+
+    def work() -> None:
+        for i in taken:
+            if i >= len(cuts):
+                return
+            product(*cuts[i])
+
+    helpers = [pool.submit(work) for _ in range(threads - 1)]
+    work()
+    for h in helpers:
+        if not h.cancel():
+            h.result()

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from dcm.encoder.codec import CsrParts
-from dcm.runtime.cpu import native, tune
+from dcm.runtime.cpu import blas, native, tune
 
 try:  # scipy's own CSR x vector kernel, without the checks and conversions of ``A @ x``
     from scipy.sparse._sparsetools import csr_matvec as _csr_matvec  # private, unchanged since scipy 0.14
@@ -73,6 +73,7 @@ class WeightMatmul:
         self.tune = tune and self.by_rows
         self.tuned: dict[int, str] = {}
         self._dense_wt: np.ndarray | None = None
+        self.threads = threads
         if mode == "sparse":
             m = weight.to_scipy() if isinstance(weight, CsrParts) else sp.csr_array(weight)
             m.sort_indices()
@@ -81,7 +82,6 @@ class WeightMatmul:
             self.size = m.shape[0] * m.shape[1]
             self.density = m.nnz / max(self.size, 1)
             self.blocks = [m]
-            self.threads = threads
             split = threads > 1 and m.nnz >= PARALLEL_MIN_NNZ
             # Row blocks per thread for the batched products, which split by work (nnz x vectors).
             self.row_cuts = _cuts(m.indptr, threads) if threads > 1 else [0, m.shape[0]]
@@ -108,7 +108,7 @@ class WeightMatmul:
     def left(self, x: np.ndarray) -> np.ndarray:
         """W [out, in] @ x [in, n] -> [out, n] float32."""
         if self.mode == "dense":
-            return self.w @ x
+            return blas.matmul(self.w, x, self.threads)
         if self.native is not None and x.dtype == np.float32:
             return self._native_left(x, None, False)
         if len(self.blocks) == 1:
@@ -163,7 +163,7 @@ class WeightMatmul:
     def right(self, x: np.ndarray) -> np.ndarray:
         """x [n, in] @ W.T -> [n, out], computed as (W @ x.T).T."""
         if self.mode == "dense":
-            return x @ self.wt
+            return blas.matmul(x, self.wt, self.threads)
         if self.native is not None and x.dtype == np.float32:
             return self.fused_right(x)
         if self.by_rows and self._dense_wins(x, lambda: self.left(x.T), lambda: x @ self.dense_wt()):
@@ -183,7 +183,7 @@ class WeightMatmul:
         return self._native_rows(x, bias, relu)
 
     def _dense_right(self, x: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
-        y = x @ self.dense_wt()
+        y = blas.matmul(x, self.dense_wt(), self.threads)
         if bias is not None:
             y += bias
         return np.maximum(y, 0, out=y) if relu else y

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dcm.runtime.cpu import activation, native
+from dcm.runtime.cpu import activation, blas, native
 from dcm.runtime.cpu.matmul import even_ranges, thread_pool
 from dcm.runtime.cpu.windows import scratch_arrays
 
@@ -77,7 +77,7 @@ def conv3x3(x: np.ndarray, u: np.ndarray, begin: list[int], end: list[int], bias
     for t0 in range(0, th, band):
         t1 = min(t0 + band, th)
         v = _transform_in(x, begin, t0, t1, tw, c)
-        m = np.matmul(v.reshape(16, -1, c), u)  # [16, tiles, C_in] @ [16, C_in, C_out]
+        m = blas.matmul(v.reshape(16, -1, c), u, threads)  # [16, tiles, C_in] @ [16, C_in, C_out]
         _transform_out(m, out, t0, t1, tw, bias)
         if relu:
             done = out[:, :, 2 * t0 : 2 * t1]
@@ -103,7 +103,7 @@ def _conv3x3_native(x: np.ndarray, u: np.ndarray, begin: list[int], out: np.ndar
             v, m = scratch_arrays((16, c, count), (16, k, count))
             _split(threads, c, count, lambda a, b: native.winograd_input(x, v, x.shape, (begin[0], begin[1]), band,
                                                                          a, b))
-            np.matmul(ut, v, out=m)
+            blas.matmul(ut, v, threads, out=m)
             _split(threads, k, count, lambda a, b: native.winograd_output(m, out, out.shape, band, bias, relu, a, b))
     return out
 
