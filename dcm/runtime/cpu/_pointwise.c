@@ -107,7 +107,11 @@ static inline float erf1(float x)
  * the per-value switch folds away and the loop body is that activation's arithmetic alone. */
 #define EACH_ACT(X) X(ACT_NONE) X(ACT_RELU) X(ACT_CLIP) X(ACT_HARDSIGMOID) X(ACT_HARDSWISH) X(ACT_LEAKYRELU) \
     X(ACT_SIGMOID) X(ACT_SILU) X(ACT_GELU) X(ACT_GELU_TANH) X(ACT_ERF)
+#if defined(__GNUC__)
 #define INLINE inline __attribute__((always_inline))
+#else
+#define INLINE inline
+#endif
 
 static INLINE float act1(float v, int kind, const Act *a)
 {
