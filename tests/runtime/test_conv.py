@@ -70,3 +70,48 @@ def test_thread_split_matches_onnxruntime(monkeypatch, batch):
     got = sess.run(None, {"x": x})[0]
     np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def _residual_model(w, stride, act, residual):
+    """Conv(x) + bias [+ r, a second input] -> act: a fused Add and activation."""
+    c_out = w.shape[0]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=[stride] * 2, pads=[w.shape[2] // 2] * 4)]
+    bias = np.linspace(-1, 1, c_out).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 40, 10, 12])]
+    last = "c"
+    if residual:
+        inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, c_out, 10 // stride, 12 // stride]))
+        nodes.append(helper.make_node("Add", ["c", "r"], ["a"]))
+        last = "a"
+    if act == "Clip":
+        inits += [numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(6), "hi")]
+        nodes.append(helper.make_node("Clip", [last, "lo", "hi"], ["y"]))
+    elif act == "SiLU":
+        nodes += [helper.make_node("Sigmoid", [last], ["s"]), helper.make_node("Mul", [last, "s"], ["y"])]
+    else:
+        nodes.append(helper.make_node(act, [last], ["y"]))
+    g = helper.make_graph(nodes, "t", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("act", ["Clip", "Relu", "SiLU", "HardSwish"])
+@pytest.mark.parametrize("shape, stride", [((24, 40, 1, 1), 1), ((24, 40, 3, 3), 2)])  # the 1x1 GEMM, im2col
+def test_bias_residual_and_activation_in_one_pass_match_onnxruntime(shape, stride, act, residual):
+    m = _residual_model(_weight(shape, 1.0), stride, act, residual)
+    rng = np.random.default_rng(1)
+    feeds = {"x": rng.standard_normal((1, 40, 10, 12)).astype(np.float32)}
+    feeds["x"][0, 3, 4, 5] = np.nan
+    if residual:
+        feeds["r"] = rng.standard_normal((1, 24, 10 // stride, 12 // stride)).astype(np.float32)
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)))
+    conv_row = sess.describe()[0]
+    fused = "Add" if residual else {"SiLU": "Sigmoid*Mul"}.get(act, act)
+    assert conv_row["kernel"] == "dense" and conv_row["fused"].startswith(fused)
+    got = sess.run(None, feeds)[0]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)  # sums of up to 360 products

@@ -152,7 +152,7 @@ class Conv(Kernel):
         def dense() -> np.ndarray:
             self.direct = None
             try:
-                return self._conv(x)
+                return self._conv(x)[0]
             finally:
                 self.direct = direct
 
@@ -249,7 +249,9 @@ class Conv(Kernel):
             y = self._lanes(x, clip)
             e = None if clip is not None else e
         else:
-            y = self._general(x, w, b) if self.general else self._conv(x)
+            y, done = (self._general(x, w, b), False) if self.general else self._conv(x, residual, e)
+            if done:  # bias, residual and activation already in the product's one compiled pass
+                return (y,)
         if residual is not None:  # a fused Add: the residual connection, before the activation
             if add_and_activate(y, None, False, e, residual=residual):  # both in one compiled pass
                 return (y,)
@@ -271,7 +273,9 @@ class Conv(Kernel):
         y = run(x, weight, self.strides, self.dilations, begin, end, self.bias_vector, clip, self.threads)
         return y[:, :, 0, :] if was_1d else y
 
-    def _conv(self, x: np.ndarray) -> np.ndarray:
+    def _conv(self, x: np.ndarray, residual: np.ndarray | None = None,
+              epilogue=None) -> tuple[np.ndarray, bool]:
+        """(y, done): done when the residual and the epilogue are applied too (see ``_finish``)."""
         x, was_1d = spatial_2d(x)
         n, c = x.shape[:2]
         kh, kw = self.kernel
@@ -280,20 +284,21 @@ class Conv(Kernel):
         begin, end = resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations)
         if self.direct is not None and (not self.tuning or self._direct_wins(x, begin, end)):
             out = self._run_direct(x, begin, end)
-            return out[:, :, 0, :] if was_1d else out
+            return (out[:, :, 0, :] if was_1d else out), False
         if self.winograd is not None:
-            return conv3x3(x, self.winograd, begin, end, self.bias, self.relu, self.threads)
+            return conv3x3(x, self.winograd, begin, end, self.bias, self.relu, self.threads), False
         pointwise = self.kernel == (1, 1) and self.group == 1 and not any(begin) and not any(end)
         if pointwise and (n == 1 or self.mode == "dense"):
-            out = self._pointwise(x)
-            return out[:, :, 0, :] if was_1d else out
+            out, done = self._pointwise(x, None if was_1d else residual, epilogue)
+            return (out[:, :, 0, :] if was_1d else out), done
         cg = c // self.group
         cols, oh, ow, row = im2col(x, self.group, self.kernel, self.strides, self.dilations, begin, end,
                                    self.index_cache)
         outs = [mm.left(cols[g].reshape(cg * kh * kw, -1)).reshape(-1, n, oh, row) for g, mm in enumerate(self.mms)]
         y = np.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]  # [C_out, N, OH, row], a new array
+        done = False
         if n == 1 and row == ow:  # already [1, C_out, OH, OW]: no copy (batch 1 at LeNet size)
-            out = self._finish(y.reshape(1, -1, oh, ow))
+            out, done = self._finish(y.reshape(1, -1, oh, ow), None if was_1d else residual, epilogue)
         else:
             src = y[..., :ow].transpose(1, 0, 2, 3)  # [N, C_out, OH, OW] view: crop, transpose ...
             out = np.empty(src.shape, dtype=np.float32)
@@ -303,7 +308,7 @@ class Conv(Kernel):
                 np.copyto(out, src)
             if self.relu:
                 relu(out, out=out)
-        return out[:, :, 0, :] if was_1d else out
+        return (out[:, :, 0, :] if was_1d else out), done
 
     def _run_direct(self, x: np.ndarray, begin: list[int], end: list[int]) -> np.ndarray:
         """Direct sparse convolution, split over the thread pool by samples (or else by output
@@ -341,18 +346,25 @@ class Conv(Kernel):
         total = reduce_windows(per_group, self.kernel, self.strides, self.dilations, begin, end, np.add)
         y[hits < np.repeat(total, self.out_channels // self.group, axis=1)] = np.nan
 
-    def _finish(self, out: np.ndarray) -> np.ndarray:
-        """Bias and the fused Relu, in place on a new [N, C_out, OH, OW] array (one compiled pass)."""
+    def _finish(self, out: np.ndarray, residual: np.ndarray | None = None,
+                epilogue=None) -> tuple[np.ndarray, bool]:
+        """Bias and the fused Relu in place on a new [N, C_out, OH, OW] array; with the residual and
+        the epilogue too, in the same compiled pass, where it can take them (then True): over a 1x1
+        layer's 96 x 112 x 112 outputs each pass more cost a quarter of the product."""
         bias = None if self.bias is None else self.bias.reshape(-1)
-        if add_and_activate(out, bias, self.relu, None, plane=out.shape[2] * out.shape[3]):
-            return out
+        plane = out.shape[2] * out.shape[3]
+        if ((residual is not None or epilogue is not None) and not self.relu
+                and add_and_activate(out, bias, False, epilogue, plane=plane, residual=residual)):
+            return out, True
+        if add_and_activate(out, bias, self.relu, None, plane=plane):
+            return out, False
         if self.bias is not None:
             out += self.bias
         if self.relu:
             relu(out, out=out)
-        return out
+        return out, False
 
-    def _pointwise(self, x: np.ndarray) -> np.ndarray:
+    def _pointwise(self, x: np.ndarray, residual: np.ndarray | None, epilogue) -> tuple[np.ndarray, bool]:
         """1x1 convolution without padding: W [C_out, C_in] @ x [C_in, pixels] per sample needs no
         im2col, and its result is already NCHW (ResNet-50's 1x1 layers skip two copies each)."""
         if self.strides != (1, 1):
@@ -363,7 +375,7 @@ class Conv(Kernel):
             y = np.matmul(mm.w, x.reshape(n, c, oh * ow))  # [N, C_out, pixels]
         else:  # batch 1
             y = mm.left(x.reshape(c, oh * ow))
-        return self._finish(y.reshape(n, -1, oh, ow))
+        return self._finish(y.reshape(n, -1, oh, ow), residual, epilogue)
 
     def describe(self) -> dict:
         kernel = ("direct" if self.direct is not None else "winograd" if self.winograd is not None
