@@ -36,6 +36,20 @@ SPIN = ("import os; os.environ['OPENBLAS_NUM_THREADS'] = '1'; import numpy as np
         "while True:\n    a @ a\n")
 
 
+WHY = """## How dcm's threads behave when the cores are taken
+
+A session keeps numpy's BLAS (OpenBLAS) at one thread. OpenBLAS gives each of its threads a fixed
+share of a product and waits for all of them, so when another process holds a core, every product
+waits until the scheduler brings the missing thread back: a 128x256 @ 256x1024 product that takes
+about 0.5 ms on one thread took tens of milliseconds on two. Instead, dcm's kernels cut a large
+product into chunks (whole products of a stack, else rows or columns) that the session's threads,
+the calling one included, take as each comes free, and the caller withdraws what no pool thread has
+started by the time it runs out (`dcm/runtime/cpu/blas.py`). A thread kept off the core then costs
+at most the chunk it holds. dcm's other split kernels (direct and depthwise convolutions, the
+sparse products) still hand each thread a fixed share.
+"""
+
+
 def start_busy(count: int) -> list[subprocess.Popen]:
     """``count`` background processes, each keeping one core busy until stopped."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -129,7 +143,7 @@ def main() -> None:
             f"Made by `{command}`: {args.busy} background process(es) each keeping one core busy with a "
             f"single-threaded matrix-product loop, on {os.cpu_count()} cores (load average {load:.1f} when the "
             "timing began). dcm and onnxruntime take turns call by call on the same dense zoo models at batch 1. "
-            f"Issue 17's bound: median/min at most {BOUND}.\n\n" + text + "\n")
+            f"Issue 17's bound: median/min at most {BOUND}.\n\n" + text + "\n\n" + WHY)
 
 
 if __name__ == "__main__":
