@@ -1,6 +1,7 @@
 /* dcm.runtime.cpu._upsample: the compiled parts of the decoder layers that grow an image.
  *
- * resize2d (Resize, Upsample; resize.py): separable interpolation of the last two axes, y[p, i, j] = sum_s col_w[j, s] * (sum_t row_w[i, t] * x[p, row_idx[i, t], col_idx[j, s]]),
+ * resize2d (Resize, Upsample; resize.py): separable interpolation of the last two axes,
+ * y[p, i, j] = sum_s col_w[j, s] * (sum_t row_w[i, t] * x[p, row_idx[i, t], col_idx[j, s]]),
  * every plane p of x [planes, h, w] to y [planes, out_h, out_w], from the source taps and weights of
  * each output row and column, which resize.py computes once per shape for any coordinate mode,
  * nearest (one tap of weight 1), linear (2), cubic (4) or antialiased (more).
@@ -124,7 +125,8 @@ static int load_taps(PyObject *idx, PyObject *wts, Py_buffer *ib, Py_buffer *wb,
     t->taps = ib->shape[1];
     for (Py_ssize_t k = 0; k < out * t->taps; k++) {
         if (t->idx[k] < 0 || t->idx[k] >= limit) {
-            PyErr_Format(PyExc_ValueError, "%s: index %d at entry %zd is outside 0..%zd", what, t->idx[k], k, limit - 1);
+            PyErr_Format(PyExc_ValueError, "%s: index %d at entry %zd is outside 0..%zd", what, t->idx[k], k,
+                         limit - 1);
             return -1;
         }
     }

@@ -270,7 +270,8 @@ def _scan_form(m) -> dict[str, np.ndarray]:
     rows, hidden = m.shape
     if rows % 8:
         return {"rt": np.ascontiguousarray(np.asarray(m, dtype=np.float32).T)}
-    return {"rt": np.ascontiguousarray(np.asarray(m, dtype=np.float32).reshape(rows // 8, 8, hidden).transpose(0, 2, 1))}
+    panels = np.asarray(m, dtype=np.float32).reshape(rows // 8, 8, hidden).transpose(0, 2, 1)
+    return {"rt": np.ascontiguousarray(panels)}
 
 
 @register("RNN")
