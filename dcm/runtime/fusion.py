@@ -68,7 +68,7 @@ class Epilogue:
 
 def add_and_activate(y: np.ndarray, bias: np.ndarray | None, relu: bool, epilogue: Epilogue | None,
                      plane: int = 1, residual: np.ndarray | None = None) -> bool:
-    """y = act(y + residual + bias) in place on a producer's fresh float32 output, in one compiled
+    """y = act(y + bias + residual) in place on a producer's fresh float32 output, in one compiled
     pass: act is the Relu (``relu``) or the epilogue's activation; bias (float32, contiguous) is per
     column (plane 1) or per channel of planes of ``plane`` values. False, y untouched, where the
     compiled kernel cannot take it (another type, no build, an epilogue it has no form of, a residual

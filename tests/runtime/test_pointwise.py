@@ -93,7 +93,7 @@ def test_portable_and_avx2_paths_agree():
 @pytest.mark.parametrize("layout", ["columns", "channels"])
 @pytest.mark.parametrize("residual", [False, True])
 def test_bias_and_residual(simd, act, layout, residual):
-    """y = act(x + residual + bias): the bias per column of [rows, cols], or per channel of NCHW planes."""
+    """y = act(x + bias + residual): the bias per column of [rows, cols], or per channel of NCHW planes."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 5, 7, 11)).astype(np.float32)
     r = rng.standard_normal(x.shape).astype(np.float32) if residual else None
@@ -108,6 +108,8 @@ def test_bias_and_residual(simd, act, layout, residual):
     y = x.copy()
     native.activate(y, y, act, alpha, beta, bias=bias, plane=plane, residual=r)  # in place, as producers call it
     np.testing.assert_allclose(y, want, rtol=1e-6, atol=max_abs + 1e-6)
+    if act == "none":  # the bias first, then the residual: the unfused graph's float32 sums exactly
+        np.testing.assert_array_equal(y, x + b + (0 if r is None else r))
 
 
 @pytest.mark.parametrize("cols", [1, 7, 8, 192, 256, 1000, 10000])

@@ -1,6 +1,6 @@
 /* dcm.runtime.cpu._pointwise: compiled pointwise kernels on float32.
  *
- * activate: y = act(x [+ residual] [+ bias]), the bias per column of a row-major [rows, cols] matrix
+ * activate: y = act(x [+ bias] [+ residual]), the bias per column of a row-major [rows, cols] matrix
  *   (Gemm, MatMul) or per channel of NCHW planes (Conv); act one of none, relu, clip, hardsigmoid,
  *   hardswish, leakyrelu, sigmoid, silu, gelu, gelu_tanh, erf.
  * layer_norm: LayerNormalization over the last axis, with scale, optional bias and statistics.
@@ -130,15 +130,16 @@ static INLINE float act1(float v, int kind, const Act *a)
     }
 }
 
-/* n values: out = act(x + residual + bias), bias either a vector (bvec, n values) or one value. */
+/* n values: out = act(x + bias + residual), in the order a Conv's bias then its fused residual Add are
+ * added; bias either a vector (bvec, n values) or one value. */
 static INLINE void activate_loop(float *out, const float *x, const float *res, const float *bvec, const float *bone,
                                  Py_ssize_t n, int kind, const Act *a)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
         float v = x[i];
-        if (res) v += res[i];
         if (bvec) v += bvec[i];
         else if (bone) v += *bone;
+        if (res) v += res[i];
         out[i] = act1(v, kind, a);
     }
 }
@@ -250,9 +251,9 @@ AVX2 static INLINE void activate_loop8(float *out, const float *x, const float *
     for (Py_ssize_t i = 0; i < n; i += 8) {
         Py_ssize_t k = n - i;
         __m256 v = load_part(x + i, k);
-        if (res) v = _mm256_add_ps(v, load_part(res + i, k));
         if (bvec) v = _mm256_add_ps(v, load_part(bvec + i, k));
         else if (bone) v = _mm256_add_ps(v, b1);
+        if (res) v = _mm256_add_ps(v, load_part(res + i, k));
         store_part(out + i, k, act8(v, kind, a));
     }
 }
@@ -285,7 +286,7 @@ static void activate_all(float *out, const float *x, const float *res, const flo
 
 PyDoc_STRVAR(activate_doc,
 "activate(x, out, act, alpha=0.0, beta=0.0, bias=None, plane=1, residual=None)\n\n"
-"out = act(x + residual + bias) over float32 C-contiguous arrays of equal size (out may be x).\n"
+"out = act(x + bias + residual) over float32 C-contiguous arrays of equal size (out may be x).\n"
 "act: none, relu, clip (alpha, beta: min, max), hardsigmoid (alpha x + beta, clamped to [0, 1]),\n"
 "hardswish, leakyrelu (alpha), sigmoid, silu (x sigmoid(alpha x)), gelu, gelu_tanh or erf.\n"
 "bias: value i gets bias[(i // plane) % len(bias)]: plane=1 is a bias per column of a [rows, len(bias)]\n"
