@@ -51,9 +51,10 @@ class ShapeSubgraph:
 
 def find_shape_subgraph(nodes: list[Node], consts: set[str], inputs: set[str], outputs: set[str],
                         excluded: set[int]) -> ShapeSubgraph:
-    """The shape subgraph of ``nodes`` (constant-only nodes already folded away). ``excluded``: nodes
-    that must run every time (fused into, or fusing, a node that reads data)."""
-    known = set(consts)  # values the subgraph can compute: constants, then its own outputs
+    """The shape subgraph of ``nodes``. ``excluded``: nodes that must run every time (fused into, or
+    fusing, a node that reads data). A node of constants alone is not part of it: the session folds
+    those at load, and one it left (too large, or failing) would otherwise be held once per signature."""
+    derived: set[str] = set()  # values the subgraph computes
     members: set[int] = set()
     guarded: dict[int, str] = {}
     for i, n in enumerate(nodes):
@@ -61,12 +62,12 @@ def find_shape_subgraph(nodes: list[Node], consts: set[str], inputs: set[str], o
             continue
         args = [x for x in n.inputs if x]
         if n.op in SHAPE_OPS and len(args) == 1:
-            if args[0] not in inputs and args[0] not in known:
+            if args[0] not in inputs and args[0] not in derived and args[0] not in consts:
                 guarded[i] = args[0]
-        elif not args or not all(x in known for x in args):
+        elif not any(x in derived for x in args) or not all(x in derived or x in consts for x in args):
             continue
         members.add(i)
-        known.update(n.outputs)
+        derived.update(n.outputs)
     produced = {o for i in members for o in nodes[i].outputs}
     read_outside = {x for i, n in enumerate(nodes) if i not in members for x in n.inputs}
     boundary = produced & (read_outside | outputs)
