@@ -161,3 +161,20 @@ def test_nan_fill_kernel_alone():
         want = np.nan_to_num(p / p.sum(-1, keepdims=True)) @ v
     np.testing.assert_allclose(y, want, rtol=1e-12)
     assert (y[:, :, 1] == 0).all()
+
+
+@pytest.mark.parametrize("zero", [0.0, -0.0])
+def test_a_mask_of_zeros_changes_nothing(zero):
+    """The kernel skips adding a mask that is all zeros (BERT's mask with no padding): the result is
+    the unmasked one, as adding the zeros would give."""
+    rng = np.random.default_rng(6)
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((2, 3, 5, 4), (2, 3, 4, 5), (2, 3, 5, 4)))
+    kernel = attention.Attention(Node(ATTENTION, ["q", "k", "v", "m"], ["y"], {"scale_op": ""}, "a"), None)
+    plain = attention.Attention(Node(ATTENTION, ["q", "k", "v"], ["y"], {"scale_op": ""}, "a"), None)
+    mask = np.full((2, 1, 1, 5), zero, np.float32)
+    np.testing.assert_array_equal(kernel(q, k, v, mask)[0], plain(q, k, v)[0])
+    s = q @ k + mask
+    p = np.exp(s - s.max(-1, keepdims=True))
+    np.testing.assert_allclose(kernel(q, k, v, mask)[0], (p / p.sum(-1, keepdims=True)) @ v, rtol=1e-5, atol=1e-6)
+    half = mask.astype(np.float64)  # another type: numpy's promotion, as the unfused Add would give
+    assert kernel(q, k, v, half)[0].dtype == np.float64

@@ -63,6 +63,8 @@ class Attention(Kernel):
                 continue
             fn = np.add if op == "Add" else np.multiply if op == "Mul" else np.divide
             if np.broadcast_shapes(s.shape, np.shape(value)) == s.shape and np.result_type(s, value) == s.dtype:
+                if op == "Add" and not np.any(value):
+                    continue  # a mask of zeros (a text model's mask with no padding): s + 0 is s to the softmax
                 fn(s, value, out=s)
             else:
                 s = fn(s, value)
