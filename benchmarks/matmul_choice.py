@@ -123,7 +123,8 @@ def main() -> None:
     args = ap.parse_args()
     rows = measure(args.quick)
     even = break_even(rows)
-    path = save("matmul_choice", {"load_average": os.getloadavg(), "rows": rows, "break_even": even})
+    path = save("matmul_choice", {"load_average": os.getloadavg(), "batched_simd": native.batched_simd(), "rows": rows,
+                                  "break_even": even})
     print(path)
     for e in even:
         print(e)

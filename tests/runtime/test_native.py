@@ -131,10 +131,21 @@ def test_matmat_refuses_bad_calls():
         only_csc.matmat(xt, yt)
 
 
-@pytest.mark.parametrize("simd", [True, False])
+@contextlib.contextmanager
+def _paths(path: str):
+    """The batched products' AVX-512 path (where the CPU has it), their AVX2 one, or portable C."""
+    previous = native.set_avx512(path == "avx512")
+    try:
+        with _simd(path != "generic"):
+            yield
+    finally:
+        native.set_avx512(previous)
+
+
+@pytest.mark.parametrize("path", ["avx512", "avx2", "generic"])
 @pytest.mark.parametrize("density", [0.0, 0.01, 0.3, 0.9, 1.0])
 @pytest.mark.parametrize("n", [1, 7, 9, 128, 197])  # panels of 8 (n <= 8) or 32 vectors, and their tails
-def test_matmat_rows_matches_dense(density, n, simd):
+def test_matmat_rows_matches_dense(density, n, path):
     """x [n, cols] @ W.T on the packed panels, against numpy on the dense W: odd sizes, both index
     widths, bias and ReLU, disjoint column ranges (the thread split), NaN carried by stored weights."""
     rng = np.random.default_rng(n)
@@ -146,7 +157,9 @@ def test_matmat_rows_matches_dense(density, n, simd):
         dense = w.toarray()
         x = rng.standard_normal((n, cols)).astype(np.float32)
         bias = rng.standard_normal(rows).astype(np.float32)
-        with _simd(simd):
+        with _paths(path):
+            assert native.batched_simd() in {"avx512": ("avx512", "avx2", "portable"), "avx2": ("avx2", "portable"),
+                                             "generic": ("portable",)}[path]  # as far as the CPU goes
             y = np.full((n, rows), np.nan, np.float32)
             assert m.matmat_rows(x, y, bias, True) == 0
             np.testing.assert_allclose(y, np.maximum(x @ dense.T + bias, 0), rtol=1e-5, atol=1e-5)

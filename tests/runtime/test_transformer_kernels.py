@@ -13,6 +13,7 @@ from dcm.encoder.codec import CsrParts  # noqa: E402
 from dcm.errors import UnsupportedOpError  # noqa: E402
 from dcm.format.model import Node  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
+from dcm.runtime.cpu import native  # noqa: E402
 from dcm.runtime.cpu.matmul import WeightMatmul, prefers_dense  # noqa: E402
 from dcm.runtime.optimize import ATTENTION, MATMUL_ADD, optimize  # noqa: E402
 
@@ -102,8 +103,17 @@ def test_prefers_dense_by_rows_and_density():
     assert prefers_dense(0.1, 4, 1000) and not prefers_dense(0.03, 4, 1000)
     assert not prefers_dense(0.1, 4, 37_748_736)  # AlexNet's fc6 at a few rows: bound by memory traffic
     assert not prefers_dense(0.1, 128, 1000) and prefers_dense(0.4, 128, 1000)
-    # at 8+ rows the break-even density falls where a 32-row panel of the inputs outgrows L1
-    assert prefers_dense(0.25, 128, 262_144, 1024) and not prefers_dense(0.25, 128, 262_144, 256)
+    # at 8+ rows the break-even density falls where a 32-row panel of the inputs outgrows L1, less on
+    # the kernel's AVX-512 path
+    assert not prefers_dense(0.25, 128, 262_144, 256) and prefers_dense(0.33, 128, 262_144, 1024)
+    if native.set_avx512 is not None:
+        previous = native.set_avx512(False)
+        try:
+            assert prefers_dense(0.25, 128, 262_144, 1024)
+        finally:
+            native.set_avx512(previous)
+        if native.batched_simd() == "avx512":
+            assert not prefers_dense(0.25, 128, 262_144, 1024)
 
 
 def _sparse(density, shape=(64, 48)):

@@ -29,15 +29,17 @@ PARALLEL_MIN_NNZ = 200_000
 SPLIT_MIN_WORK = 2_000_000  # multiply-adds past which a batched product is split over the thread pool
 # The compiled sparse kernel against BLAS on the dense form by row count (one thread, the zoo's
 # transformer layers [256, 1024], [1024, 256], [768, 256], [256, 256]; benchmarks/matmul_choice.py,
-# docs/kernel-choice.md). From 8 rows the batched kernel (packed panels of 32 rows) wins up to a
-# break-even density of 0.34-0.47 on layers of 256 inputs at 128-256 rows, but only 0.21-0.25 on
-# 1024 inputs, whose panel no longer fits in L1 (the rule: 0.35 up to 512 inputs, 0.22 above). From
-# 2 to 7 rows sparse lost from 5-20% density on these layers (256x256 at 4 rows: 1.04x at 5%).
+# docs/kernel-choice.md). From 8 rows the batched kernel (packed panels of 32 rows) on its AVX2 path
+# wins up to a break-even density of 0.34-0.47 on layers of 256 inputs at 128-256 rows, but only
+# 0.21-0.25 on 1024 inputs, whose panel no longer fits in L1 (the rule: 0.35 up to 512 inputs, 0.22
+# above); on its AVX-512 path above 0.5 and 0.30-0.38 (0.30 above 512 inputs). From 2 to 7 rows
+# sparse lost from 5-20% density on these layers (256x256 at 4 rows: 1.04x at 5%).
 # Layers larger than those measured (262k weights) keep sparse at few rows: there the product is
 # bound by memory traffic, where the sparse form's fewer bytes count (AlexNet's fc6 at batch 1-7).
 SPARSE_MAX_DENSITY_FEW_ROWS = 0.05
 SPARSE_MAX_DENSITY_MANY_ROWS = 0.35
 SPARSE_MAX_DENSITY_WIDE = 0.22
+SPARSE_MAX_DENSITY_WIDE_AVX512 = 0.30
 WIDE_INPUTS = 512  # inputs past which a 32-row panel (128 bytes per input) outgrows L1
 FEW_ROWS_MAX_WEIGHTS = 1 << 18
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -261,7 +263,10 @@ def prefers_dense(density: float, rows: int, weights: int = 0, inputs: int = 0) 
         return False
     if rows < 8:
         return weights <= FEW_ROWS_MAX_WEIGHTS and density > SPARSE_MAX_DENSITY_FEW_ROWS
-    return density > (SPARSE_MAX_DENSITY_WIDE if inputs > WIDE_INPUTS else SPARSE_MAX_DENSITY_MANY_ROWS)
+    if inputs <= WIDE_INPUTS:
+        return density > SPARSE_MAX_DENSITY_MANY_ROWS
+    avx512 = native.batched_simd is not None and native.batched_simd() == "avx512"
+    return density > (SPARSE_MAX_DENSITY_WIDE_AVX512 if avx512 else SPARSE_MAX_DENSITY_WIDE)
 
 
 def _cuts(indptr: np.ndarray, parts: int) -> list[int]:

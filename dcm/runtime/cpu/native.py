@@ -4,11 +4,11 @@ time, so a test can set them to None to exercise the numpy/scipy fallbacks."""
 from __future__ import annotations
 
 try:
-    from dcm.runtime.cpu._native import (SparseConv, SparseMatrix, conv_lanes2d, depthwise2d, im2col2d, pool2d,
-                                         set_simd, winograd_input, winograd_output)
+    from dcm.runtime.cpu._native import (SparseConv, SparseMatrix, batched_simd, conv_lanes2d, depthwise2d,
+                                         im2col2d, pool2d, set_avx512, set_simd, winograd_input, winograd_output)
 except ImportError:  # pragma: no cover - a build without a compiler; tests/runtime/test_native.py says so
     SparseConv = SparseMatrix = conv_lanes2d = depthwise2d = im2col2d = pool2d = set_simd = winograd_input = None
-    winograd_output = None
+    batched_simd = set_avx512 = winograd_output = None
 try:  # _pointwise.c: activations with a fused bias, LayerNorm and Softmax over the last axis
     from dcm.runtime.cpu._pointwise import activate, layer_norm, set_simd as set_pointwise_simd, softmax
 except ImportError:  # pragma: no cover - as above
