@@ -128,10 +128,14 @@ class LayerNormalization(Kernel):
 
     @staticmethod
     def _flat(v: np.ndarray, x: np.ndarray, axis: int) -> bool:
-        """v (scale or bias) holds one float32 value per normalized position, in x's order: it
-        broadcasts to x's shape and has as many values as the axes from ``axis`` on."""
-        return (v.dtype == np.float32 and v.size == math.prod(x.shape[axis:])
-                and np.broadcast_shapes(v.shape, x.shape) == x.shape)
+        """v (scale or bias) holds one float32 value per normalized position, in x's order: as many
+        values as the axes from ``axis`` on, its shape (leading 1s aside) x's last axes. Shapes
+        compared as tuples: np.broadcast_shapes took 2.6 us, a tenth of a 128 x 256 LayerNorm."""
+        shape = v.shape
+        while shape and shape[0] == 1:
+            shape = shape[1:]
+        return (v.dtype == np.float32 and v.ndim <= x.ndim and v.size == math.prod(x.shape[axis:])
+                and shape == x.shape[x.ndim - len(shape):])
 
 
 @register("InstanceNormalization")
