@@ -134,12 +134,12 @@ def measure_lanes(layers, reps: int = 40) -> list[dict]:
 
 
 def lanes_table(rows: list[dict]) -> str:
-    lines = ["| layer (C_in->C_out, k, stride, H) | taps | lanes ms | im2col + gemm ms | chosen | its ms | onnxruntime ms |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| layer (C_in->C_out, k, stride, H) | taps | lanes ms | im2col + gemm ms | chosen | its ms "
+             "| onnxruntime ms |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['in']}->{r['out']}, {r['kernel']}x{r['kernel']}, /{r['stride']}, {r['size']} | {r['taps']} | "
-                     f"{r['lanes_ms']:.3f} | {r['gemm_ms']:.3f} | {r['chosen']} | {r['auto_ms']:.3f} | "
-                     f"{r['onnxruntime_ms']:.3f} |")
+        layer = f"{r['in']}->{r['out']}, {r['kernel']}x{r['kernel']}, /{r['stride']}, {r['size']}"
+        lines.append(f"| {layer} | {r['taps']} | {r['lanes_ms']:.3f} | {r['gemm_ms']:.3f} | {r['chosen']} | "
+                     f"{r['auto_ms']:.3f} | {r['onnxruntime_ms']:.3f} |")
     return "\n".join(lines)
 
 

@@ -44,6 +44,8 @@ def _weight(shape, density, seed=0):
     ((32, 3, 3, 3), 1.0, [2, 2], "lanes"),  # few input channels (a stem), dense: 8 outputs to a register
     ((32, 3, 3, 3), 1.0, [1, 1], "lanes"),  # ... also where direct could take it
     ((32, 3, 3, 3), 0.5, [1, 1], "direct"),  # ... unless pruned
+    ((32, 3, 3, 3), 0.5, [2, 2], "lanes"),  # ... where direct cannot run, against im2col ...
+    ((32, 3, 3, 3), 0.1, [2, 2], "sparse"),  # ... unless very sparse
     ((16, 16, 3, 3), 1.0, [2, 2], "lanes"),  # 144 taps per output
     ((16, 32, 3, 3), 1.0, [2, 2], "dense"),  # 288: BLAS
     ((32, 32, 3, 3), 1.0, [1, 1], "winograd"),  # few weights, but 32 channels: Winograd when dense ...

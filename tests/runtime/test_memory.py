@@ -26,24 +26,24 @@ def _fc(rows: int = 300, cols: int = 784) -> Model:
 
 
 def test_large_column_buffer_is_released_after_run():
-    sess = InferenceSession(_conv(16), kernels="dense")  # im2col (the direct kernel needs no columns)
-    (y,) = sess.run(None, {"x": np.ones((1, 16, 256, 256), np.float32)})  # columns: ~38 MB
-    assert y.shape == (1, 16, 256, 256)
+    sess = InferenceSession(_conv(24), kernels="dense")  # im2col (direct and lanes need no columns)
+    (y,) = sess.run(None, {"x": np.ones((1, 24, 256, 256), np.float32)})  # columns: ~57 MB
+    assert y.shape == (1, 24, 256, 256)
     buf = getattr(windows._SCRATCH, "buf", None)
     assert buf is None or buf.nbytes <= windows.KEEP_SCRATCH_BYTES
 
 
 def test_small_column_buffer_is_kept_for_the_next_run():
-    sess = InferenceSession(_conv(8), kernels="dense")
-    sess.run(None, {"x": np.ones((1, 8, 64, 64), np.float32)})  # columns: ~1.2 MB
+    sess = InferenceSession(_conv(24), kernels="dense")  # 216 taps per output: im2col, not lanes
+    sess.run(None, {"x": np.ones((1, 24, 64, 64), np.float32)})  # columns: ~3.5 MB
     buf = windows._SCRATCH.buf
-    assert buf is not None and buf.nbytes >= 8 * 9 * 64 * 64 * 4
-    sess.run(None, {"x": np.ones((1, 8, 64, 64), np.float32)})
+    assert buf is not None and buf.nbytes >= 24 * 9 * 64 * 64 * 4
+    sess.run(None, {"x": np.ones((1, 24, 64, 64), np.float32)})
     assert windows._SCRATCH.buf is buf
 
 
 @pytest.mark.parametrize("model, shape, kernels", [
-    ("conv", (1, 8, 96, 96), "dense"),  # im2col + BLAS
+    ("conv", (1, 8, 96, 96), "dense"),  # the compiled lanes kernel (72 taps per output)
     ("conv", (1, 8, 96, 96), None),  # the direct sparse convolution
     ("conv", (2, 8, 40, 40), None),
     ("fc", (1, 784), None),  # the batch-1 sparse matvec

@@ -96,8 +96,11 @@ class Conv(Kernel):
         wide_3x3 = self.allow_winograd and eligible(self.kernel, self.strides, self.dilations, self.group, shape[1],
                                                      shape[0])
         depthwise_layer = native.depthwise2d is not None and is_depthwise(self.group, shape)
+        # lanes against direct, which skips pruned weights; where direct cannot run (horizontal stride 2:
+        # the stems), against im2col, which only a very sparse weight makes faster
         few_inputs = (lanes.eligible(self.group, shape, self.pointwise) and not wide_3x3
-                      and (requested == "dense" or self.density >= lanes.MIN_DENSITY))
+                      and (requested == "dense" or self.density >= lanes.MIN_DENSITY
+                           or (self.strides[1] != 1 and self.density > IM2COL_SPARSE_MAX_DENSITY)))
         if self.allow_direct and requested != "sparse" and (depthwise_layer or few_inputs):
             dense = w.to_scipy().toarray() if self.mode == "sparse" else w
             weight = np.ascontiguousarray(dense.reshape(shape[0], shape[1], *self.kernel), dtype=np.float32)
