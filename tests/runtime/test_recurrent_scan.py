@@ -212,3 +212,23 @@ def test_empty_sizes_write_nothing():
     native.recurrent_scan(**_args(xw=np.zeros((5, 0, 12), np.float32), y=np.zeros((5, 1, 0, 3), np.float32),
                                   h=np.zeros((0, 3), np.float32), c=np.zeros((0, 3), np.float32),
                                   lens=np.zeros(0, np.int64)))
+
+
+@pytest.mark.parametrize("op", GATES)
+def test_batch_first_layout_and_strided_initial_states(op):
+    """layout=1 swaps the states' axes: the compiled loop gets C-ordered copies of any layout."""
+    rng = np.random.default_rng(5)
+    gates, hidden, size = GATES[op], 8, 5
+    consts = {"W": rng.standard_normal((1, gates * hidden, size)).astype(np.float32),
+              "R": rng.standard_normal((1, gates * hidden, hidden)).astype(np.float32)}
+    feeds = {"x": rng.standard_normal((3, 4, size)).astype(np.float32),  # [batch, steps, input]
+             "h0": np.asfortranarray(rng.standard_normal((3, 1, hidden)).astype(np.float32))}
+    order = ["x", "W", "R", "", "", "h0"]
+    if op == "LSTM":
+        feeds["c0"] = np.asfortranarray(rng.standard_normal((3, 1, hidden)).astype(np.float32))
+        order.append("c0")
+    model = one_node(op, feeds, {"hidden_size": hidden, "layout": 1}, opset=14, consts=consts,
+                     n_out=3 if op == "LSTM" else 2, order=order)
+    got, want, _ = _both(from_onnx(model, ConvertOptions(exact=True)), feeds)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)

@@ -175,7 +175,7 @@ class _Recurrent(Kernel):
             raise ValueError(f"sequence_lens {lens.tolist()[:8]} does not fit batch {batch} and {steps} steps")
         valid = None if (lens == steps).all() else np.arange(steps)[:, None] < lens[None, :]  # [T, N]
         y = np.zeros((steps, dirs, batch, hidden), dtype=np.float32)
-        hs, cs = np.empty_like(h), np.empty_like(c)
+        hs, cs = np.empty(h.shape, np.float32), np.empty(c.shape, np.float32)  # C order, whatever h0 and c0 had
         for d in range(dirs):
             backwards = self.reverse or d == 1
             if self.compiled:
