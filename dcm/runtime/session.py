@@ -333,9 +333,9 @@ class InferenceSession:
         # A fully connected layer's output may be a .T view, Expand's a broadcast one; ascontiguousarray
         # alone would turn a 0-d result (Size, a scalar MatMul) into shape (1,). A constant or cached
         # value (or a view of one) is copied: the caller may write to what it gets.
-        shared = self._const_owners | shared
-        return [y.copy() if owner(y) in shared else y if y.flags.c_contiguous else np.ascontiguousarray(y)
-                for y in map(np.asarray, map(env.__getitem__, names))]
+        consts = self._const_owners
+        return [y.copy() if (o := owner(y)) in shared or o in consts else y if y.flags.c_contiguous
+                else np.ascontiguousarray(y) for y in map(np.asarray, map(env.__getitem__, names))]
 
     def profile(self, feeds: dict[str, Any], runs: int = 10) -> list[dict[str, Any]]:
         """``describe()`` plus each node's mean ``seconds`` over ``runs`` runs of ``feeds``.
