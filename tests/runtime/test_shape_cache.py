@@ -186,3 +186,22 @@ def test_inspect_kernels_counts_the_shape_subgraph(tmp_path, capsys):
     write(tmp_path / "m.dcm", from_onnx(_head_split(), ConvertOptions(exact=True)))
     assert main(["inspect", str(tmp_path / "m.dcm"), "--kernels"]) == 0
     assert "  5 nodes of shape arithmetic run once per input shape" in capsys.readouterr().out
+
+
+def test_threads_sharing_a_session_with_different_shapes():
+    from concurrent.futures import ThreadPoolExecutor
+
+    m, sess = _head_split_session()
+    xs = [np.arange(6 * n, dtype=np.float32).reshape(n, 6) for n in (1, 2, 3, 4)]
+    wants = [_expected(m, {"x": x}) for x in xs]
+
+    def runs(k: int) -> bool:
+        for i in range(40):
+            j = (i + k) % len(xs)
+            got = sess.run(None, {"x": xs[j]})
+            if not all(np.array_equal(g, w) for g, w in zip(got, wants[j])):
+                return False
+        return True
+
+    with ThreadPoolExecutor(3) as pool:
+        assert all(pool.map(runs, range(3)))
