@@ -45,8 +45,9 @@ about 0.5 ms on one thread took tens of milliseconds on two. Instead, dcm's kern
 product into chunks (whole products of a stack, else rows or columns) that the session's threads,
 the calling one included, take as each comes free, and the caller withdraws what no pool thread has
 started by the time it runs out (`dcm/runtime/cpu/blas.py`). A thread kept off the core then costs
-at most the chunk it holds. dcm's other split kernels (direct and depthwise convolutions, the
-sparse products) still hand each thread a fixed share.
+at most the chunk it holds. The compiled depthwise and lane convolutions, Winograd's transforms and
+pooling split their work the same way; the direct sparse convolution and the sparse products still
+hand each thread a fixed share.
 """
 
 

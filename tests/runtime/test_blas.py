@@ -69,3 +69,19 @@ def test_split_matmul_does_not_wait_for_a_thread_that_never_starts(monkeypatch):
         release.set()
         for f in held:
             f.result()
+
+
+@pytest.mark.parametrize("count, threads, most, align", [(100, 2, None, 1), (100, 3, 5, 8), (7, 2, None, 8),
+                                                         (1, 4, None, 1), (33, 1, None, 1)])
+def test_share_covers_every_unit_once_in_aligned_ranges(count, threads, most, align):
+    seen = np.zeros(count, int)
+    ranges = []
+
+    def product(lo, hi):
+        ranges.append((lo, hi))
+        seen[lo:hi] += 1
+
+    blas.share(product, count, threads, most, align)
+    assert (seen == 1).all()
+    assert all(lo % align == 0 for lo, _ in ranges)
+    assert len(ranges) <= (most or count) and (threads > 1 or len(ranges) == 1)

@@ -14,14 +14,14 @@ threadpoolctl's context managers included, changes it), and the kernels' large p
 ``matmul``, which spreads them over the session's threads itself: chunks (whole products of a
 stack, else rows or columns) that each thread, the caller included, takes as it comes free; a chunk
 no pool thread has started by the time the caller runs out of chunks is withdrawn. A thread off the
-core then costs at most the one chunk it holds. The count stays set after the run: numpy code
-outside the session sees it too.
+core then costs at most the one chunk it holds. ``share`` does the same for the compiled kernels'
+splits (depthwise and lane convolutions, Winograd's transforms, pooling). The BLAS count stays set
+after the run: numpy code outside the session sees it too.
 """
 from __future__ import annotations
 
 import itertools
 import math
-from concurrent.futures import Executor
 from functools import cache
 from typing import Callable
 
@@ -68,40 +68,41 @@ def matmul(a: np.ndarray, b: np.ndarray, threads: int, out: np.ndarray | None = 
     lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     (m, k), n = a.shape[-2:], b.shape[-1]
     count = math.prod(lead)
-    if count * m * k * n < SPLIT_MIN_MACS:
+    if count * m * k * n < SPLIT_MIN_MACS or (count == 1 and max(m, n) < 2 * CHUNK_MIN):
         return np.matmul(a, b, out=out)
-    from dcm.runtime.cpu.matmul import even_ranges, thread_pool  # matmul.py imports this module
-
     if out is None:
         out = np.empty(lead + (m, n), np.result_type(a, b))
     if count > 1:
         a, b = np.broadcast_to(a, lead + a.shape[-2:]), np.broadcast_to(b, lead + b.shape[-2:])
         items = list(np.ndindex(*lead))
-        cuts = even_ranges(count, min(threads * CHUNKS_PER_THREAD, count))
 
         def product(lo: int, hi: int) -> None:
             for i in items[lo:hi]:
                 np.matmul(a[i], b[i], out=out[i])
-    elif m > n and m >= 2 * CHUNK_MIN:
-        cuts = even_ranges(m, min(threads * CHUNKS_PER_THREAD, m // CHUNK_MIN))
 
-        def product(lo: int, hi: int) -> None:
-            np.matmul(a[..., lo:hi, :], b, out=out[..., lo:hi, :])
-    elif n >= 2 * CHUNK_MIN:
-        cuts = even_ranges(n, min(threads * CHUNKS_PER_THREAD, n // CHUNK_MIN))
-
-        def product(lo: int, hi: int) -> None:
-            np.matmul(a, b[..., lo:hi], out=out[..., lo:hi])
+        share(product, count, threads)
+    elif m > n:
+        share(lambda lo, hi: np.matmul(a[..., lo:hi, :], b, out=out[..., lo:hi, :]), m, threads, m // CHUNK_MIN)
     else:
-        return np.matmul(a, b, out=out)
-    _share(product, cuts, thread_pool(threads), threads)
+        share(lambda lo, hi: np.matmul(a, b[..., lo:hi], out=out[..., lo:hi]), n, threads, n // CHUNK_MIN)
     return out
 
 
-def _share(product: Callable[[int, int], None], cuts: list[tuple[int, int]], pool: Executor, threads: int) -> None:
-    """Run ``product`` on every [lo, hi) of ``cuts``: each thread, the caller included, takes the next
-    one as it comes free; what no pool thread has started when the caller runs out is withdrawn."""
-    taken = itertools.count()  # next() on it is atomic: each cut goes to one thread
+def share(product: Callable[[int, int], object], count: int, threads: int, most: int | None = None,
+          align: int = 1) -> None:
+    """Run product(lo, hi) over [0, count) in ranges (whole multiples of ``align``, at most ``most``
+    of them; by default ``CHUNKS_PER_THREAD`` per thread) that each of ``threads`` threads, the caller
+    included, takes as it comes free; ranges no pool thread has started when the caller runs out are
+    withdrawn, so a thread the scheduler keeps off the core delays the call by one range at most."""
+    from dcm.runtime.cpu.matmul import even_ranges, thread_pool  # matmul.py imports this module
+
+    units = -(-count // align)
+    parts = max(1, min(units, threads * CHUNKS_PER_THREAD, most if most is not None else units))
+    if threads < 2 or parts < 2:
+        product(0, count)
+        return
+    cuts = [(lo * align, min(hi * align, count)) for lo, hi in even_ranges(units, parts)]
+    taken = itertools.count()  # next() on it is atomic: each range goes to one thread
 
     def work() -> None:
         for i in taken:
@@ -109,7 +110,7 @@ def _share(product: Callable[[int, int], None], cuts: list[tuple[int, int]], poo
                 return
             product(*cuts[i])
 
-    helpers = [pool.submit(work) for _ in range(threads - 1)]
+    helpers = [thread_pool(threads).submit(work) for _ in range(threads - 1)]
     work()
     for h in helpers:
         if not h.cancel():

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dcm.runtime.cpu import native
-from dcm.runtime.cpu.matmul import even_ranges, thread_pool
+from dcm.runtime.cpu import blas, native
 from dcm.runtime.cpu.windows import output_size
 
 SPLIT_MIN_WORK = 2_000_000  # multiply-adds past which a run is split over the thread pool by planes
@@ -46,5 +45,4 @@ def run_split(kernel, args: tuple, units: int, work: int, threads: int, align: i
     if threads < 2 or work < SPLIT_MIN_WORK or units < 2:
         kernel(*args)
         return
-    ranges = [(a * align, min(b * align, units)) for a, b in even_ranges(-(-units // align), threads)]
-    list(thread_pool(threads).map(lambda r: kernel(*args, *r), ranges))
+    blas.share(lambda a, b: kernel(*args, a, b), units, threads, align=align)

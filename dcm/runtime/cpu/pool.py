@@ -7,8 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from dcm.errors import UnsupportedOpError
-from dcm.runtime.cpu import native
-from dcm.runtime.cpu.matmul import even_ranges, thread_pool
+from dcm.runtime.cpu import blas, native
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.cpu.shape import check_elements
 from dcm.runtime.cpu.windows import (axis_ints, ints2, output_size, pads2, reduce_windows, resolve_pads, spatial_2d,
@@ -62,7 +61,7 @@ class _Pool(Kernel):
         if self.threads < 2 or x.size < SPLIT_MIN_VALUES or planes < self.threads:
             native.pool2d(*args)
         else:
-            list(thread_pool(self.threads).map(lambda r: native.pool2d(*args, *r), even_ranges(planes, self.threads)))
+            blas.share(lambda a, b: native.pool2d(*args, a, b), planes, self.threads)
         return y
 
 

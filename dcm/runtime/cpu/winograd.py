@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 
 from dcm.runtime.cpu import activation, blas, native
-from dcm.runtime.cpu.matmul import even_ranges, thread_pool
 from dcm.runtime.cpu.windows import scratch_arrays
 
 MIN_CHANNELS = 32  # input and output channels; narrower layers run faster with conv_lanes2d or im2col + GEMM
@@ -113,7 +112,7 @@ def _split(threads: int, channels: int, tiles: int, run) -> None:
     if threads < 2 or channels * tiles < SPLIT_MIN_VALUES or channels < threads:
         run(0, channels)
         return
-    list(thread_pool(threads).map(lambda r: run(*r), even_ranges(channels, threads)))
+    blas.share(run, channels, threads)
 
 
 def _transform_in(x: np.ndarray, begin: list[int], t0: int, t1: int, tw: int, c: int) -> np.ndarray:
