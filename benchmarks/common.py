@@ -13,9 +13,11 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results"
 
 
-def timeit(fn: Callable[[], object], min_time: float = 0.5, max_reps: int = 200) -> float:
-    """Median seconds per call after one warm-up call, over at least 3 calls or ``min_time``."""
-    fn()
+def timeit(fn: Callable[[], object], min_time: float = 0.5, max_reps: int = 200, warm: bool = False) -> float:
+    """Median seconds per call after one warm-up call (none when the caller has ``warm``ed it up
+    already), over at least 3 calls or ``min_time``."""
+    if not warm:
+        fn()
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):

@@ -6,7 +6,7 @@ Each model of ``benchmarks/zoo_models.py`` is built with random weights (seed 0)
 pruned (magnitude pruning of every weight to the kept fraction typical for its family), exported
 with torch.onnx.export (TorchScript exporter, symbolic batch and sequence) and converted with
 ``--exact``, so dcm, onnxruntime (the same dense ONNX file) and torch eager all hold the same
-weights. Batch 1 and 8, 1 and 2 threads (dcm's BLAS limited with threadpoolctl, onnxruntime's
+weights. Batch 1 and 8, 1 and 2 threads (dcm's ``threads``, onnxruntime's
 intra-op pool, torch.set_num_threads). A model dcm cannot convert or run gets its error in the JSON
 instead of times. At batch 1 and 1 thread each model is also profiled node by node on both runtimes
 (``InferenceSession.profile``, onnxruntime's ``enable_profiling``) and the time summed per op type,
@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
 
 from benchmarks.common import save, timeit
 from benchmarks.zoo_models import MODELS
@@ -87,8 +86,7 @@ def op_profile(sess: InferenceSession, onnx_bytes: bytes, feeds: dict, seconds_p
     import onnxruntime as ort
 
     runs = max(3, min(50, int(PROFILE_SECONDS / max(seconds_per_run, 1e-6))))
-    with threadpool_limits(1):
-        profile = sess.profile(feeds, runs=runs)
+    profile = sess.profile(feeds, runs=runs)
     dcm_ms: Counter = Counter()
     for p in profile:
         dcm_ms[p["op"]] += 1e3 * p["seconds"] if "folded_into" not in p and "fused_into" not in p else 0.0
@@ -154,9 +152,8 @@ def measure(name: str, pruned: bool, batches: tuple[int, ...], thread_counts: tu
             row = {**base, "batch": batch, "threads": threads}
             try:
                 sess = InferenceSession(model, threads=threads, batch_hint=batch)
-                with threadpool_limits(threads):
-                    got = sess.run(None, feeds)[0]
-                    t_dcm = timeit(lambda: sess.run(None, feeds))
+                got = sess.run(None, feeds)[0]
+                t_dcm = timeit(lambda: sess.run(None, feeds), warm=True)  # got: the warm-up
             except Exception as exc:
                 rows.append({**row, "error": f"run: {type(exc).__name__}: {exc}"[:300]})
                 continue
@@ -164,7 +161,7 @@ def measure(name: str, pruned: bool, batches: tuple[int, ...], thread_counts: tu
             so.intra_op_num_threads = threads
             ort_sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
             want = ort_sess.run(None, feeds)[0]
-            t_ort = timeit(lambda: ort_sess.run(None, feeds))
+            t_ort = timeit(lambda: ort_sess.run(None, feeds), warm=True)
             ort_sess = None  # its spinning pool goes before torch is timed
             torch.set_num_threads(threads)
             with torch.no_grad():
