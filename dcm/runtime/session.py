@@ -87,7 +87,8 @@ class InferenceSession:
     ``kernels``: "sparse" or "dense" for every weight layer, or a dict {node or weight name: mode};
     by default each layer is chosen from its density and ``batch_hint``. ``progress``: a bar while
     decoding (None: for files over 16 MiB when stderr is a terminal; needs tqdm). ``threads``: the
-    kernels' own pool and numpy's BLAS pool (default: every core). ``optimize``: run the graph
+    kernels' own pool, which also splits the large BLAS products (default: every core the process
+    may run on). ``optimize``: run the graph
     passes of ``dcm.runtime.optimize`` at load (``describe()`` lists what they folded). ``tune``: a
     layer whose kernels are close times them on its first run and keeps the fastest, a decision kept
     for the process (``dcm.runtime.cpu.tune``; ``describe()`` shows ``tuned``); without it the measured
@@ -107,7 +108,7 @@ class InferenceSession:
 
             self._sync = torch.cuda.synchronize
         self._ctx = LoadContext(self.model, batch_hint=batch_hint, modes=kernels, device=torch_device,
-                                threads=1 if self._torch else (threads if threads is not None else (os.cpu_count() or 1)),
+                                threads=1 if self._torch else (threads if threads is not None else blas.cores()),
                                 native_max_density=None if self._torch else _native_max_density(), tune=tune)
         missing = [n for n in self.model.nodes if n.op not in registry]
         if missing:

@@ -1,5 +1,6 @@
 """dcm/runtime/cpu/blas.py: a session keeps numpy's BLAS pool at one thread and splits large products
 over its own threads."""
+import os
 import threading
 import time
 
@@ -85,3 +86,14 @@ def test_share_covers_every_unit_once_in_aligned_ranges(count, threads, most, al
     assert (seen == 1).all()
     assert all(lo % align == 0 for lo, _ in ranges)
     assert len(ranges) <= (most or count) and (threads > 1 or len(ranges) == 1)
+
+
+def test_default_threads_are_the_cores_the_process_may_use(monkeypatch):
+    if hasattr(os, "sched_getaffinity"):
+        assert blas.cores() == len(os.sched_getaffinity(0))
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # as under taskset -c 0
+    else:
+        monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert blas.cores() == 1
+    assert InferenceSession(_dense_fc())._ctx.threads == 1
+    assert InferenceSession(_dense_fc(), threads=3)._ctx.threads == 3

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from functools import cache
 from typing import Callable
 
@@ -45,6 +46,16 @@ def _controllers() -> tuple:
     import scipy.linalg  # noqa: F401  (scipy's own BLAS, loaded now so that it is found too)
 
     return tuple(c for c in ThreadpoolController().lib_controllers if c.user_api == "blas")
+
+
+def cores() -> int:
+    """The cores this process may run on: a session's default ``threads``. Its CPU affinity where
+    the system has one (a container or ``taskset`` may allow fewer than the machine has; a pool
+    larger than that only makes threads wait for each other), else every core."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def limit(threads: int = 1) -> None:
