@@ -85,20 +85,23 @@ def test_thread_split(monkeypatch, batch):
            threads=2)
 
 
-@pytest.mark.parametrize("strides", [(1, 1), (2, 2), (1, 3)])  # the AVX2 path's constant strides and another
-def test_portable_path_matches_simd(strides):
+@pytest.mark.parametrize("out_channels", [10, 29])  # AVX-512: one pair of groups of 8, then pairs and a single
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2), (1, 3)])  # the SIMD paths' constant strides and another
+def test_portable_and_avx2_paths_match_the_fastest(strides, out_channels):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 3, 9, 30)).astype(np.float32)
-    w = rng.standard_normal((10, 3, 3, 3)).astype(np.float32)
-    b = rng.standard_normal(10).astype(np.float32)
+    w = rng.standard_normal((out_channels, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(out_channels).astype(np.float32)
     args = (x, w, strides, (1, 1), [1, 1], [1, 1], b, (0.0, 6.0), 1)
     fast = lanes.conv_lanes(*args)
-    previous = native.set_simd(False)
-    try:
-        portable = lanes.conv_lanes(*args)
-    finally:
-        native.set_simd(previous)
-    np.testing.assert_allclose(portable, fast, rtol=1e-5, atol=1e-5)
+    for simd, avx512 in ((True, False), (False, False)):
+        previous = native.set_simd(simd), native.set_avx512(avx512)
+        try:
+            other = lanes.conv_lanes(*args)
+        finally:
+            native.set_simd(previous[0])
+            native.set_avx512(previous[1])
+        np.testing.assert_allclose(other, fast, rtol=1e-5, atol=1e-5)
 
 
 def test_without_the_native_kernel_im2col_takes_it(monkeypatch):

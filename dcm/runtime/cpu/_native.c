@@ -885,12 +885,21 @@ static void conv_channels_avx2(const SparseConv *self, const ConvPlan *g, const 
             store_segment(yc + g->seg_out[t + 2], a2, g->seg_len[t + 2], relu);
             store_segment(yc + g->seg_out[t + 3], a3, g->seg_len[t + 3], relu);
         }
-        for (; t < g->segs; t++) {
-            __m256 a0 = b;
-            const float *x0 = xg + g->seg_in[t];
-            for (int64_t k = k0; k < k1; k++)
-                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(v + k), _mm256_loadu_ps(x0 + offs[k]), a0);
+        if (t < g->segs) { /* the last 1-3 segments in one pass (7x7 planes: 3 of 7), a missing one repeating
+                              the last (its sums are not stored): one FMA chain each, not one in all */
+            Py_ssize_t last = g->segs - 1, t1 = t + 1 < last ? t + 1 : last, t2 = t + 2 < last ? t + 2 : last;
+            __m256 a0 = b, a1 = b, a2 = b;
+            const float *x0 = xg + g->seg_in[t], *x1 = xg + g->seg_in[t1], *x2 = xg + g->seg_in[t2];
+            for (int64_t k = k0; k < k1; k++) {
+                __m256 w = _mm256_broadcast_ss(v + k);
+                Py_ssize_t o = offs[k];
+                a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + o), a0);
+                a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x1 + o), a1);
+                a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x2 + o), a2);
+            }
             store_segment(yc + g->seg_out[t], a0, g->seg_len[t], relu);
+            if (t + 1 <= last) store_segment(yc + g->seg_out[t + 1], a1, g->seg_len[t + 1], relu);
+            if (t + 2 <= last) store_segment(yc + g->seg_out[t + 2], a2, g->seg_len[t + 2], relu);
         }
     }
 }
@@ -1914,33 +1923,136 @@ static inline void conv_lanes_row_avx2(const Window2d *g, const float *xp, const
     }
 }
 
-__attribute__((target("avx2,fma")))
-static void conv_lanes_avx2(CONV_LANES_ARGS)
+/* offs[t]: tap t's offset in a window of the padded sample, taps in weight order (c, i, j). */
+static void lanes_offsets(const Window2d *g, Py_ssize_t *offs)
 {
-    const Py_ssize_t groups = (k_out + 7) / 8, hp = g->h + g->pt + g->pb, wp = g->w + g->pl + g->pr;
-    const Py_ssize_t taps = g->c * g->kh * g->kw, ohw = g->oh * g->ow;
-    const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    const Py_ssize_t hp = g->h + g->pt + g->pb, wp = g->w + g->pl + g->pr;
     for (Py_ssize_t ci = 0, t = 0; ci < g->c; ci++)
         for (Py_ssize_t i = 0; i < g->kh; i++)
             for (Py_ssize_t j = 0; j < g->kw; j++) offs[t++] = (ci * hp + i * g->dh) * wp + j * g->dw;
+}
+
+/* lane_w [taps][width]: output channels [o0, o0 + lanes) side by side, zeros past them; b [width]
+ * their biases. */
+static void lanes_weights(const float *wt, const float *bias, Py_ssize_t taps, Py_ssize_t o0, int lanes, int width,
+                          float *lane_w, float *b)
+{
+    for (Py_ssize_t t = 0; t < taps; t++)
+        for (int k = 0; k < width; k++) lane_w[t * width + k] = k < lanes ? wt[(o0 + k) * taps + t] : 0.f;
+    for (int k = 0; k < width; k++) b[k] = bias && k < lanes ? bias[o0 + k] : 0.f;
+}
+
+/* Output channels [o0, o0 + 8) of sample s (its padded copy in xp). */
+__attribute__((target("avx2,fma")))
+static void conv_lanes_unit_avx2(const Window2d *g, Py_ssize_t k_out, const float *wt, const float *bias, float *y,
+                                 int clamp, float lo, float hi, const float *xp, float *lane_w, const Py_ssize_t *offs,
+                                 Py_ssize_t s, Py_ssize_t o0)
+{
+    const Py_ssize_t ohw = g->oh * g->ow;
+    const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    int lanes = k_out - o0 < 8 ? (int)(k_out - o0) : 8;
+    float b8[8];
+    lanes_weights(wt, bias, g->c * g->kh * g->kw, o0, lanes, 8, lane_w, b8);
+    const __m256 vb = _mm256_loadu_ps(b8);
+    float *planes = y + (s * k_out + o0) * ohw;
+    for (Py_ssize_t r = 0; r < g->oh; r++) /* the common strides as constants: plain addressing */
+        if (g->sw == 1) conv_lanes_row_avx2(g, xp, offs, 1, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
+        else if (g->sw == 2) conv_lanes_row_avx2(g, xp, offs, 2, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
+        else conv_lanes_row_avx2(g, xp, offs, g->sw, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
+}
+
+__attribute__((target("avx2,fma")))
+static void conv_lanes_avx2(CONV_LANES_ARGS)
+{
+    const Py_ssize_t groups = (k_out + 7) / 8;
+    lanes_offsets(g, offs);
     Py_ssize_t padded = -1;
     for (Py_ssize_t u = u0; u < u1; u++) {
-        Py_ssize_t s = u / groups, o0 = u % groups * 8;
-        int lanes = k_out - o0 < 8 ? (int)(k_out - o0) : 8;
+        Py_ssize_t s = u / groups;
         if (s != padded) pad_sample(g, x + s * g->c * g->h * g->w, xp), padded = s;
-        float b8[8] = {0};
-        for (int k = 0; k < lanes; k++) {
-            for (Py_ssize_t t = 0; t < taps; t++) lane_w[t * 8 + k] = wt[(o0 + k) * taps + t];
-            if (bias) b8[k] = bias[o0 + k];
+        conv_lanes_unit_avx2(g, k_out, wt, bias, y, clamp, lo, hi, xp, lane_w, offs, s, u % groups * 8);
+    }
+}
+
+/* AVX-512: 16 output channels to a register, so each broadcast input value feeds twice the
+ * multiply-adds (the AVX2 kernel is bound by its loads, one broadcast per FMA). */
+__attribute__((target("avx512f,avx2,fma"), always_inline))
+static inline __m512 clamp_avx512(__m512 a, __m512 vlo, __m512 vhi)
+{
+    a = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, vlo, _CMP_LT_OQ), a, vlo); /* NaN compares false: kept */
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, vhi, _CMP_GT_OQ), a, vhi);
+}
+
+__attribute__((target("avx512f,avx2,fma"), always_inline))
+static inline void conv_lanes16_block(const float *base, const Py_ssize_t *offs, Py_ssize_t taps, Py_ssize_t sw,
+                                      const float *lane_w, __m512 vb, __m512 *a, int count)
+{
+    for (int u = 0; u < count; u++) a[u] = vb;
+    for (Py_ssize_t t = 0; t < taps; t++) {
+        const __m512 wv = _mm512_loadu_ps(lane_w + t * 16);
+        const float *src = base + offs[t];
+        for (int u = 0; u < count; u++) a[u] = _mm512_fmadd_ps(wv, _mm512_set1_ps(src[u * sw]), a[u]);
+    }
+}
+
+/* conv_lanes_row_avx2 with 16 channels: each 8-pixel block's two halves transposed 8x8 apart. */
+__attribute__((target("avx512f,avx2,fma"), always_inline))
+static inline void conv_lanes16_row(const Window2d *g, const float *xp, const Py_ssize_t *offs, Py_ssize_t sw,
+                                    const float *lane_w, __m512 vb, int clamp, __m512 vlo, __m512 vhi, float *planes,
+                                    int lanes, Py_ssize_t r)
+{
+    const Py_ssize_t taps = g->c * g->kh * g->kw, ohw = g->oh * g->ow, ow = g->ow;
+    const float *base = xp + r * g->sh * (g->w + g->pl + g->pr);
+    __m512 a[8];
+    Py_ssize_t c = 0;
+    for (; c + 8 <= ow; c += 8) {
+        conv_lanes16_block(base + c * sw, offs, taps, sw, lane_w, vb, a, 8);
+        __m256 half[2][8];
+        for (int u = 0; u < 8; u++) {
+            const __m512 v = clamp ? clamp_avx512(a[u], vlo, vhi) : a[u];
+            half[0][u] = _mm512_castps512_ps256(v);
+            half[1][u] = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
         }
-        for (int k = lanes; k < 8; k++)
-            for (Py_ssize_t t = 0; t < taps; t++) lane_w[t * 8 + k] = 0.f;
-        const __m256 vb = _mm256_loadu_ps(b8);
+        transpose8(half[0]); /* half[k / 8][k % 8]: channel o0 + k at the 8 pixels */
+        transpose8(half[1]);
+        for (int k = 0; k < lanes; k++) _mm256_storeu_ps(planes + k * ohw + r * ow + c, half[k / 8][k % 8]);
+    }
+    if (c < ow) { /* the row's last pixels, fewer than 8 */
+        int count = (int)(ow - c);
+        float sums[8][16];
+        conv_lanes16_block(base + c * sw, offs, taps, sw, lane_w, vb, a, count);
+        for (int q = 0; q < count; q++) _mm512_storeu_ps(sums[q], clamp ? clamp_avx512(a[q], vlo, vhi) : a[q]);
+        for (int k = 0; k < lanes; k++)
+            for (int q = 0; q < count; q++) planes[k * ohw + r * ow + c + q] = sums[q][k];
+    }
+}
+
+/* Pairs of units of one sample go 16 channels at a time; a unit left alone takes the AVX2 path. */
+__attribute__((target("avx512f,avx2,fma")))
+static void conv_lanes_avx512(CONV_LANES_ARGS)
+{
+    const Py_ssize_t groups = (k_out + 7) / 8, ohw = g->oh * g->ow;
+    const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+    lanes_offsets(g, offs);
+    Py_ssize_t padded = -1;
+    for (Py_ssize_t u = u0; u < u1;) {
+        Py_ssize_t s = u / groups, o0 = u % groups * 8;
+        if (s != padded) pad_sample(g, x + s * g->c * g->h * g->w, xp), padded = s;
+        if (u + 1 >= u1 || u % groups + 1 >= groups) {
+            conv_lanes_unit_avx2(g, k_out, wt, bias, y, clamp, lo, hi, xp, lane_w, offs, s, o0);
+            u++;
+            continue;
+        }
+        int lanes = k_out - o0 < 16 ? (int)(k_out - o0) : 16;
+        float b16[16];
+        lanes_weights(wt, bias, g->c * g->kh * g->kw, o0, lanes, 16, lane_w, b16);
+        const __m512 vb = _mm512_loadu_ps(b16);
         float *planes = y + (s * k_out + o0) * ohw;
-        for (Py_ssize_t r = 0; r < g->oh; r++) /* the common strides as constants: plain addressing */
-            if (g->sw == 1) conv_lanes_row_avx2(g, xp, offs, 1, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
-            else if (g->sw == 2) conv_lanes_row_avx2(g, xp, offs, 2, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
-            else conv_lanes_row_avx2(g, xp, offs, g->sw, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
+        for (Py_ssize_t r = 0; r < g->oh; r++)
+            if (g->sw == 1) conv_lanes16_row(g, xp, offs, 1, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
+            else if (g->sw == 2) conv_lanes16_row(g, xp, offs, 2, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
+            else conv_lanes16_row(g, xp, offs, g->sw, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
+        u += 2;
     }
 }
 #endif
@@ -1982,7 +2094,7 @@ static PyObject *conv_lanes2d(PyObject *self, PyObject *args, PyObject *kwds)
     if (get_array_of_rank(wo, &wb, 'f', 4, 0, 1, "weight") < 0) goto done;
     if (bo != Py_None && get_array_of_rank(bo, &bb, 'f', 4, 0, 1, "bias") < 0) goto done;
     Py_ssize_t x_count = SIZE_PRODUCT(n, g.c, g.h, g.w), y_count = SIZE_PRODUCT(n, k_out, g.oh, g.ow),
-               w_count = SIZE_PRODUCT(k_out, g.c, g.kh, g.kw), taps = SIZE_PRODUCT(g.c, g.kh, g.kw, 8),
+               w_count = SIZE_PRODUCT(k_out, g.c, g.kh, g.kw), taps = SIZE_PRODUCT(g.c, g.kh, g.kw, 16),
                padded = SIZE_PRODUCT(g.c, g.h + g.pt + g.pb, g.w + g.pl + g.pr);
     if (x_count < 0 || y_count < 0 || w_count < 0 || taps < 0 || padded < 0) {
         PyErr_SetString(PyExc_ValueError, "conv_lanes2d: the input, output or weight size overflows");
@@ -1995,13 +2107,18 @@ static PyObject *conv_lanes2d(PyObject *self, PyObject *args, PyObject *kwds)
     }
     xp = PyMem_RawCalloc(padded, sizeof(float));
     lane_w = PyMem_RawMalloc(taps * sizeof(float));
-    offs = PyMem_RawMalloc(taps / 8 * sizeof(Py_ssize_t));
+    offs = PyMem_RawMalloc(taps / 16 * sizeof(Py_ssize_t)); /* lane_w: [taps][16] for AVX-512 */
     if (!xp || !lane_w || !offs) {
         PyErr_NoMemory();
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    DISPATCH(conv_lanes, &g, k_out, xb.buf, wb.buf, bb.buf, yb.buf, clamp, lo, hi, xp, lane_w, offs, u0, u1);
+#ifdef HAVE_AVX2_PATH
+    if (use_avx512())
+        conv_lanes_avx512(&g, k_out, xb.buf, wb.buf, bb.buf, yb.buf, clamp, lo, hi, xp, lane_w, offs, u0, u1);
+    else
+#endif
+        DISPATCH(conv_lanes, &g, k_out, xb.buf, wb.buf, bb.buf, yb.buf, clamp, lo, hi, xp, lane_w, offs, u0, u1);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:

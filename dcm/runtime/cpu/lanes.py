@@ -1,6 +1,7 @@
 """Dense convolutions of few input channels (the RGB stems: 3 channels, 27 to 147 multiply-adds per
-output) through the compiled ``conv_lanes2d``: 8 output channels side by side in a register, each
-input value of a window broadcast against their 8 weights, bias and a Relu/Clip clamp fused.
+output) through the compiled ``conv_lanes2d``: 8 output channels side by side in a register (16
+with AVX-512), each input value of a window broadcast against their weights, bias and a Relu/Clip
+clamp fused.
 
 Through im2col these layers were a GEMM with K = 27 (too short for BLAS to reach speed) plus the
 column matrix, the crop and transpose of the product into NCHW, and the activation: four passes over
