@@ -885,12 +885,21 @@ static void conv_channels_avx2(const SparseConv *self, const ConvPlan *g, const 
             store_segment(yc + g->seg_out[t + 2], a2, g->seg_len[t + 2], relu);
             store_segment(yc + g->seg_out[t + 3], a3, g->seg_len[t + 3], relu);
         }
-        for (; t < g->segs; t++) {
-            __m256 a0 = b;
-            const float *x0 = xg + g->seg_in[t];
-            for (int64_t k = k0; k < k1; k++)
-                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(v + k), _mm256_loadu_ps(x0 + offs[k]), a0);
+        if (t < g->segs) { /* the last 1-3 segments in one pass (7x7 planes: 3 of 7), a missing one repeating
+                              the last (its sums are not stored): one FMA chain each, not one in all */
+            Py_ssize_t last = g->segs - 1, t1 = t + 1 < last ? t + 1 : last, t2 = t + 2 < last ? t + 2 : last;
+            __m256 a0 = b, a1 = b, a2 = b;
+            const float *x0 = xg + g->seg_in[t], *x1 = xg + g->seg_in[t1], *x2 = xg + g->seg_in[t2];
+            for (int64_t k = k0; k < k1; k++) {
+                __m256 w = _mm256_broadcast_ss(v + k);
+                Py_ssize_t o = offs[k];
+                a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + o), a0);
+                a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x1 + o), a1);
+                a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x2 + o), a2);
+            }
             store_segment(yc + g->seg_out[t], a0, g->seg_len[t], relu);
+            if (t + 1 <= last) store_segment(yc + g->seg_out[t + 1], a1, g->seg_len[t + 1], relu);
+            if (t + 2 <= last) store_segment(yc + g->seg_out[t + 2], a2, g->seg_len[t + 2], relu);
         }
     }
 }
