@@ -53,33 +53,35 @@ ABLATION = [
 VARIANTS = [
     ("last row, per-layer sparsity from a sensitivity scan instead (at most 2 pp one-shot error rise per layer)",
      dict(sparsity="sensitivity", sensitivity_threshold=0.02)),
+    ("last row, per-layer sparsity from a sensitivity scan instead, at the hand-picked overall sparsity (97.6%)",
+     dict(sparsity="sensitivity", sensitivity_overall=0.976)),
 ]
 
 
 BRIEF = ("error_dense", "error_pruned", "error_quantized_torch", "error_file", "dcm_bytes", "ratio", "seconds")
 
 
-def run_recipe(recipe: demo.Recipe, out: Path, cache: Path | None = None, reuse: bool = False) -> dict:
-    """``demo.run`` into ``out``; with ``reuse``, the result already there when it came from this
-    very recipe (an interrupted sweep resumes where it stopped; delete the folder after changing
-    the pipeline's code)."""
-    done = finished(recipe, out) if reuse else None
-    return done or demo.run(recipe, out, quiet=True, log=lambda line: None, cache=cache)
+def run_recipe(recipe: demo.Recipe, out: Path, cache: Path | None = None) -> dict:
+    return demo.run(recipe, out, quiet=True, log=lambda line: None, cache=cache)
 
 
-def finished(recipe: demo.Recipe, out: Path) -> dict | None:
-    """The result in ``out`` if a run of exactly this recipe wrote it, else None."""
-    done = out / f"{recipe.model}.json"
-    if done.exists():
-        result = json.loads(done.read_text())
-        if result["recipe"] == json.loads(json.dumps(asdict(recipe))):
-            return result
-    return None
+def settings(recipe: demo.Recipe | dict) -> str:
+    """A recipe's identity: its fields that differ from ``Recipe()``'s, as JSON. A field added to
+    Recipe later, at its default, leaves the identity of earlier runs as it was."""
+    norm = lambda r: json.loads(json.dumps(asdict(r) if isinstance(r, demo.Recipe) else r))  # noqa: E731
+    defaults = norm(demo.Recipe())
+    return json.dumps({k: v for k, v in norm(recipe).items() if k not in defaults or defaults[k] != v}, sort_keys=True)
 
 
 def recipe_key(recipe: demo.Recipe) -> str:
     """A folder name for one recipe's run: the same recipe always lands in the same folder."""
-    return f"{recipe.model}-{hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode()).hexdigest()[:16]}"
+    return f"{recipe.model}-{hashlib.sha256(settings(recipe).encode()).hexdigest()[:16]}"
+
+
+def finished_runs(folder: Path) -> dict[str, dict]:
+    """Every result below ``folder`` (one run per subfolder), by :func:`settings` of its recipe."""
+    runs = (json.loads(p.read_text()) for p in sorted(folder.glob("*/*.json")))
+    return {settings(r["recipe"]): r for r in runs}
 
 
 def with_listed_tables(model):
@@ -116,13 +118,12 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def run_all(recipes: list[demo.Recipe], outs: list[Path], jobs: int, cache: Path | None = None,
-            reuse: bool = False) -> list[dict]:
+def run_all(recipes: list[demo.Recipe], outs: list[Path], jobs: int, cache: Path | None = None) -> list[dict]:
     """Run independent recipes, ``jobs`` at a time (each run is deterministic, so order does not matter)."""
     if jobs <= 1:
-        return [run_recipe(r, o, cache, reuse) for r, o in zip(recipes, outs)]
+        return [run_recipe(r, o, cache) for r, o in zip(recipes, outs)]
     with ProcessPoolExecutor(jobs, initializer=_one_thread) as pool:
-        return list(pool.map(run_recipe, recipes, outs, [cache] * len(recipes), [reuse] * len(recipes)))
+        return list(pool.map(run_recipe, recipes, outs, [cache] * len(recipes)))
 
 
 def summarize(model: str, runs: list[dict]) -> dict:
@@ -199,12 +200,15 @@ def ablation_rows() -> list[tuple[str, dict, demo.Recipe]]:
 
 
 def ablation(seeds: list[int], jobs: int, out: Path, collect: bool = False) -> None:
-    """Run ABLATION's chain and VARIANTS over ``seeds`` (runs already in OUT/ablation are reused;
+    """Run ABLATION's chain and VARIANTS over ``seeds`` (runs already in OUT/ablation are reused,
+    so an interrupted sweep resumes; delete that folder after changing the pipeline's code;
     ``collect``: run nothing, summarize the runs finished so far) and write
     OUT/compression_ablation.json."""
     chain = ablation_rows()
-    steps = [replace(r, seed=s) for s in seeds for _, _, r in chain]
-    if not collect:
+    folder = out / "ablation"
+    done = finished_runs(folder)
+    steps = [replace(r, seed=s) for s in seeds for _, _, r in chain if settings(replace(r, seed=s)) not in done]
+    if steps and not collect:
         # Seed by seed (a run stopped early leaves whole tables of fewer seeds); within a seed, rows
         # that train their own dense model first, then those that train their own pruned model, then
         # those that only change a later stage: these find the models they start from in OUT/cache
@@ -213,10 +217,11 @@ def ablation(seeds: list[int], jobs: int, out: Path, collect: bool = False) -> N
                          for fields in (demo.DENSE_FIELDS, demo.PRUNE_FIELDS))
         steps = [steps[i] for i in sorted(range(len(steps)), key=lambda i: (
             seeds.index(steps[i].seed), pruned[i] in pruned[:i], dense[i] in dense[:i]))]
-        run_all(steps, [out / "ablation" / recipe_key(r) for r in steps], jobs, out / "cache", reuse=True)
+        run_all(steps, [folder / recipe_key(r) for r in steps], jobs, out / "cache")
+        done = finished_runs(folder)
     rows = []
     for label, change, recipe in chain:
-        runs = [r for s in seeds if (r := finished(replace(recipe, seed=s), out / "ablation" / recipe_key(replace(recipe, seed=s))))]
+        runs = [done[k] for s in seeds if (k := settings(replace(recipe, seed=s))) in done]
         if not runs:
             continue
         rows.append({"step": label, "change": change, "variant": label in dict(VARIANTS),
@@ -251,7 +256,8 @@ def render(out: Path) -> str:
         "  derives them instead (`dcm.compress.sensitivity.sparsity_from_scan`): each layer alone is pruned",
         "  one-shot to each sparsity of a grid, and gets the largest whose error rise on held-out *training*",
         "  images (`sensitivity_images` of them, drawn by the seed and kept out of every training stage)",
-        "  stays within `sensitivity_threshold`.",
+        "  stays within `sensitivity_threshold`; or, with `sensitivity_overall`, within the one threshold",
+        "  that prunes that share of all the weights (a budget spent where the scan says it hurts least).",
         "- **Per-layer bit widths** (`Recipe.bits`, per kind or per layer name, `dcm.compress.share_weights`).",
         "- **Entropy-constrained weight sharing** (`share_weights(size_penalty=...)`,",
         "  `dcm.encoder.kmeans.entropy_constrained`): k-means that minimizes distortion + lambda x",

@@ -36,9 +36,11 @@ class Recipe:
     # per layer (names or kinds, as dcm.compress.Pruner takes them), or "sensitivity": each layer's
     # from a scan of the dense model (dcm.compress.sensitivity.sparsity_from_scan) on
     # `sensitivity_images` random training images, held out of every training stage, allowing each layer
-    # a one-shot error rise of at most `sensitivity_threshold`
+    # a one-shot error rise of at most `sensitivity_threshold`, or, if `sensitivity_overall` is set, the
+    # rise that prunes that share of all the weights
     sparsity: dict[str, float] | str = field(default_factory=dict)
     sensitivity_threshold: float = 0.01
+    sensitivity_overall: float | None = None
     sensitivity_images: int = 1000
     bits: dict[str, int] = field(default_factory=lambda: {"conv": 8, "fc": 5})
     quant_epochs: int = 8
@@ -150,8 +152,8 @@ def _hold_out(train, recipe: Recipe):
 
 DENSE_FIELDS = ("model", "model_args", "train_images", "seed", "batch", "dense_epochs", "dense_lr", "augment",
                 "optimizer", "weight_decay")
-PRUNE_FIELDS = DENSE_FIELDS + ("sparsity", "sensitivity_threshold", "sensitivity_images", "prune_epochs",
-                               "prune_steps", "prune_lr")
+PRUNE_FIELDS = DENSE_FIELDS + ("sparsity", "sensitivity_threshold", "sensitivity_overall", "sensitivity_images",
+                               "prune_epochs", "prune_steps", "prune_lr")
 
 
 def _cache_file(cache: Path | None, stage: str, recipe: Recipe, fields: tuple[str, ...], images: int) -> Path | None:
@@ -221,9 +223,12 @@ def run(recipe: Recipe, out: Path, quiet: bool = False, log: Callable[[str], Non
         log(f"[2/4] pruned to {sparsity}: the model from {cached}")
     else:
         if scan is not None:
-            sparsity, _ = sparsity_from_scan(model, lambda m: _torch_error(m, scan), recipe.sensitivity_threshold)
-            log(f"      sensitivity scan on {len(scan[0]):,} held-out training images, at most "
-                f"{recipe.sensitivity_threshold:.1%} more error per layer")
+            overall = recipe.sensitivity_overall
+            sparsity, _ = sparsity_from_scan(model, lambda m: _torch_error(m, scan),
+                                             None if overall else recipe.sensitivity_threshold, overall)
+            log(f"      sensitivity scan on {len(scan[0]):,} held-out training images: "
+                + (f"{overall:.1%} of all weights pruned" if overall else
+                   f"at most {recipe.sensitivity_threshold:.1%} more error per layer"))
         log(f"[2/4] pruning with retraining to {sparsity} (gradual, {recipe.prune_steps} steps)")
         pruner = compress.Pruner(model, sparsity=sparsity, schedule=compress.Gradual(steps=recipe.prune_steps))
         _train(model, train, recipe.prune_epochs, recipe.prune_lr, recipe.seed + 1, "prune", recipe, quiet,

@@ -50,16 +50,37 @@ def sparsity_within(table: dict[str, dict[float, float]], reference: float, thre
     return out
 
 
-def sparsity_from_scan(model: nn.Module, error_fn: Callable[[nn.Module], float], threshold: float,
-                       sparsities: Sequence[float] = GRID) -> tuple[dict[str, float], dict[str, dict[float, float]]]:
+def threshold_for(table: dict[str, dict[float, float]], reference: float, sizes: dict[str, int],
+                  overall: float) -> float:
+    """The smallest error-rise threshold at which :func:`sparsity_within` prunes at least ``overall``
+    of all the weights (``sizes``: weights per layer). One bar for every layer: a budget of
+    weights to remove goes to the layers that tolerate it best, instead of the same share of each."""
+    total = sum(sizes.values())
+    for t in sorted({max(row[s] - reference, 0.0) for row in table.values() for s in row}):
+        chosen = sparsity_within(table, reference, t)
+        if sum(sizes[n] * chosen[n] for n in sizes) >= overall * total:
+            return t
+    raise ValueError(f"no threshold prunes {overall:.2%} of the weights: the scan stops at {max(GRID):.1%} per layer")
+
+
+def sparsity_from_scan(model: nn.Module, error_fn: Callable[[nn.Module], float], threshold: float | None = None,
+                       overall: float | None = None, sparsities: Sequence[float] = GRID
+                       ) -> tuple[dict[str, float], dict[str, dict[float, float]]]:
     """Per-layer sparsity for :class:`dcm.compress.Pruner` chosen by a one-layer-at-a-time scan of
     a trained model: each layer gets the largest sparsity whose one-shot pruning (no retraining)
-    raises ``error_fn`` by at most ``threshold``. Layers that tolerate pruning are pruned hard,
-    sensitive ones lightly, without hand-picking. ``error_fn`` should score held-out training
-    images: choosing sparsity on the test set would make the reported test error optimistic.
-    Returns (sparsity per layer, the scan's table)."""
+    raises ``error_fn`` by at most ``threshold``, or, given ``overall`` instead, by at most the
+    threshold that prunes that share of all the weights (:func:`threshold_for`). Layers that
+    tolerate pruning are pruned hard, sensitive ones lightly, without hand-picking. ``error_fn``
+    should score held-out training images: choosing sparsity on the test set would make the
+    reported test error optimistic. Returns (sparsity per layer, the scan's table)."""
+    if (threshold is None) == (overall is None):
+        raise ValueError("give exactly one of threshold= or overall=")
     table = sensitivity(model, error_fn, sparsities)
-    return sparsity_within(table, float(error_fn(model)), threshold), table
+    reference = float(error_fn(model))
+    if overall is not None:
+        sizes = {name: ref.weight.numel() for name, ref in weight_layers(model, list(table)).items()}
+        threshold = threshold_for(table, reference, sizes, overall)
+    return sparsity_within(table, reference, threshold), table
 
 
 def format_table(table: dict[str, dict[float, float]]) -> str:

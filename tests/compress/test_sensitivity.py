@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from dcm import demo, mnist, zoo  # noqa: E402
 from dcm.compress.layers import weight_layers  # noqa: E402
-from dcm.compress.sensitivity import GRID, sparsity_from_scan, sparsity_within  # noqa: E402
+from dcm.compress.sensitivity import GRID, sparsity_from_scan, sparsity_within, threshold_for  # noqa: E402
 from dcm.encoder.prune import mask_by_sparsity  # noqa: E402
 
 
@@ -18,6 +18,18 @@ def test_sparsity_within_takes_the_last_sparsity_before_the_first_failure():
              "b": {0.5: 0.12, 0.9: 0.5},  # fails at once
              "c": {0.5: 0.10, 0.9: 0.11}}  # passes everywhere scanned (exactly at the threshold)
     assert sparsity_within(table, reference=0.10, threshold=0.01) == {"a": 0.9, "b": 0.0, "c": 0.9}
+
+
+def test_threshold_for_spends_an_overall_budget_where_it_hurts_least():
+    table = {"big": {0.5: 0.10, 0.9: 0.11, 0.99: 0.14},  # tolerant
+             "small": {0.5: 0.12, 0.9: 0.30, 0.99: 0.60}}  # sensitive
+    sizes = {"big": 900, "small": 100}
+    t = threshold_for(table, 0.10, sizes, overall=0.85)  # 0.9 * 900 + 0.5 * 100 = 860 of 1000 weights
+    assert t == pytest.approx(0.02) and sparsity_within(table, 0.10, t) == {"big": 0.9, "small": 0.5}
+    t = threshold_for(table, 0.10, sizes, overall=0.9)  # needs "big" at 99%: a rise of 0.04
+    assert t == pytest.approx(0.04) and sparsity_within(table, 0.10, t) == {"big": 0.99, "small": 0.5}
+    with pytest.raises(ValueError, match="no threshold"):
+        threshold_for(table, 0.10, sizes, overall=0.999)
 
 
 def _error_on(x, y):
@@ -39,6 +51,9 @@ def test_scan_sparsity_respects_the_threshold_and_is_deterministic():
     threshold = 0.02
     chosen, table = sparsity_from_scan(net, error, threshold)
     assert (chosen, table) == sparsity_from_scan(net, error, threshold)  # same model, same answer
+    budget, _ = sparsity_from_scan(net, error, overall=0.9)
+    sizes = {name: ref.weight.numel() for name, ref in weight_layers(net).items()}
+    assert sum(sizes[n] * budget[n] for n in sizes) >= 0.9 * sum(sizes.values())
     assert set(chosen) == set(weight_layers(net)) and set(table["fc1"]) == set(GRID)
     reference = error(net)
     assert len(set(chosen.values())) > 1  # the layers differ in how much they tolerate
