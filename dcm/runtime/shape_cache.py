@@ -57,13 +57,16 @@ def find_shape_subgraph(nodes: list[Node], consts: set[str], inputs: set[str], o
     derived: set[str] = set()  # values the subgraph computes
     members: set[int] = set()
     guarded: dict[int, str] = {}
+    checks: set[tuple] = set()  # one guard per distinct check (exporters take a value's shape 4 times)
     for i, n in enumerate(nodes):
         if i in excluded:
             continue
         args = [x for x in n.inputs if x]
         if n.op in SHAPE_OPS and len(args) == 1:
-            if args[0] not in inputs and args[0] not in derived and args[0] not in consts:
+            check = (args[0], n.op, n.attrs.get("start", 0), n.attrs.get("end"))
+            if args[0] not in inputs and args[0] not in derived and args[0] not in consts and check not in checks:
                 guarded[i] = args[0]
+                checks.add(check)
         elif not any(x in derived for x in args) or not all(x in derived or x in consts for x in args):
             continue
         members.add(i)

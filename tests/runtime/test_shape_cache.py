@@ -136,12 +136,14 @@ def test_shape_that_depends_on_data_is_caught_by_its_guard():
     nodes = [helper.make_node("Range", ["zero", "limit", "one"], ["r"], name="range"),
              helper.make_node("Shape", ["r"], ["s"], name="shape"),
              helper.make_node("Mul", ["s", "two"], ["s2"], name="double"),
-             helper.make_node("ConstantOfShape", ["s2"], ["y"], name="fill")]
-    m = _model(nodes, [("limit", TensorProto.INT64, [])], ["y", "s2"],
+             helper.make_node("ConstantOfShape", ["s2"], ["y"], name="fill"),
+             helper.make_node("Shape", ["r"], ["again"], name="shape_again")]  # same check: no second guard
+    m = _model(nodes, [("limit", TensorProto.INT64, [])], ["y", "s2", "again"],
                [("zero", np.array(0, np.int64)), ("one", np.array(1, np.int64)), ("two", np.array([2], np.int64))])
     sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)))
     described = {d["name"]: d for d in sess.describe()}
     assert described["double"].get("shape_subgraph") and not described["range"].get("shape_subgraph")
+    assert len(sess._shapes.guarded) == 1
     for limit in (3, 3, 5, 3, 5):
         feeds = {"limit": np.array(limit, np.int64)}
         _same(sess.run(None, feeds), _expected(m, feeds))
