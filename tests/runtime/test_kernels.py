@@ -9,7 +9,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
-from dcm.errors import InputError, UnsupportedOpError  # noqa: E402
+from dcm.errors import DcmError, InputError, UnsupportedOpError  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
 from dcm.runtime.cpu import native  # noqa: E402
 
@@ -87,6 +87,26 @@ def test_gemm(batch, trans_a, trans_b, alpha, beta):
     m, x = _model("Gemm", x_shape, [w, np.arange(7, dtype=np.float32)],
                   {"transA": trans_a, "transB": trans_b, "alpha": alpha, "beta": beta})
     _compare(m, x)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("c_shape", [(5, 7), (5, 1), (1, 7), (7,), (1,), ()])
+def test_gemm_c_broadcast(batch, c_shape):
+    """C broadcasts onto Y [rows, out] one way (ONNX Gemm): rows of C are added by numpy, a single
+    row or value goes to the bias path; a C whose rows do not match the batch is a DcmError."""
+    c = np.linspace(-1, 1, int(np.prod(c_shape))).astype(np.float32).reshape(c_shape)
+    m, x = _model("Gemm", [batch, 9], [_sparse((7, 9)), c], {"transB": 1, "beta": 0.5})
+    if c_shape[:1] == (5,) and batch != 5:
+        with pytest.raises(DcmError, match="Gemm"):
+            InferenceSession(from_onnx(m, ConvertOptions(exact=True))).run(None, {"x": x})
+        return
+    _compare(m, x)
+
+
+def test_gemm_c_wrong_width():
+    m, _ = _model("Gemm", [2, 9], [_sparse((7, 9)), np.zeros((2, 3), np.float32)], {"transB": 1})
+    with pytest.raises(DcmError, match="does not broadcast"):
+        InferenceSession(from_onnx(m, ConvertOptions(exact=True)))
 
 
 def test_matmul_nd():

@@ -5,7 +5,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from dcm.encoder.codec import CsrParts
-from dcm.errors import UnsupportedOpError
+from dcm.errors import InputError, UnsupportedOpError
 from dcm.runtime.cpu.activation import relu
 from dcm.runtime.cpu.matmul import WeightMatmul
 from dcm.runtime.cpu.registry import register
@@ -65,11 +65,16 @@ class Gemm(_FullyConnected):
         c_name = node.inputs[2] if len(node.inputs) > 2 else ""
         self.c_is_input = bool(c_name) and not ctx.is_const(c_name)
         self.c = (self.beta * ctx.const(c_name)).astype(np.float32) if c_name and not self.c_is_input else None
-        # The native kernel takes C as a bias vector and does the ReLU itself.
+        # A C of one value per output column (the usual [out] bias, or a scalar) is a bias vector the
+        # native kernel and the compiled epilogue add themselves; one with rows ([n, out], [n, 1])
+        # broadcasts onto Y per the ONNX spec and is added by numpy.
         out = self.mm.shape[0]
-        self.fused_ok = (getattr(self.mm, "native", None) is not None and self.alpha == 1.0 and not self.c_is_input
-                         and (self.c is None or np.broadcast_shapes(self.c.shape, (1, out)) == (1, out)))
-        self.bias = None if self.c is None else np.ascontiguousarray(np.broadcast_to(self.c, (1, out)).reshape(-1))
+        if self.c is not None and (self.c.ndim > 2 or self.c.shape[-1:] not in ((), (1,), (out,))):
+            raise InputError(f"Gemm {node.name!r}: C of shape {list(self.c.shape)} does not broadcast to [rows, {out}]")
+        self.bias_only = not self.c_is_input and (self.c is None or self.c.ndim < 2 or self.c.shape[0] == 1)
+        self.fused_ok = getattr(self.mm, "native", None) is not None and self.alpha == 1.0 and self.bias_only
+        self.bias = (np.ascontiguousarray(np.broadcast_to(self.c, (1, out)).reshape(-1))
+                     if self.bias_only and self.c is not None else None)
         self.quiet = self.fused_ok  # all compiled, Inf/NaN counted in C
 
     def __call__(self, a, _b=None, c=None):
@@ -78,7 +83,7 @@ class Gemm(_FullyConnected):
             y = self.mm.fused_right(a, self.bias, self.relu)
             return (y if self.epilogue is None else self.epilogue(y),)
         y = self.mm.right(a)
-        if self.alpha == 1.0 and not self.c_is_input and add_and_activate(y, self.bias, self.relu, self.epilogue):
+        if self.alpha == 1.0 and self.bias_only and add_and_activate(y, self.bias, self.relu, self.epilogue):
             return (y,)  # bias and activation in one compiled pass
         if self.alpha != 1.0:
             y *= np.float32(self.alpha)
