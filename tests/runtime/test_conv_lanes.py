@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
 from dcm.runtime.cpu import depthwise, lanes, native  # noqa: E402
+from tests.runtime.switches import switched  # noqa: E402
 
 pytestmark = pytest.mark.skipif(native.conv_lanes2d is None, reason="built without the native kernels")
 
@@ -95,12 +96,8 @@ def test_portable_and_avx2_paths_match_the_fastest(strides, out_channels):
     args = (x, w, strides, (1, 1), [1, 1], [1, 1], b, (0.0, 6.0), 1)
     fast = lanes.conv_lanes(*args)
     for simd, avx512 in ((True, False), (False, False)):
-        previous = native.set_simd(simd), native.set_avx512(avx512)
-        try:
+        with switched(native.set_simd, simd), switched(native.set_avx512, avx512):
             other = lanes.conv_lanes(*args)
-        finally:
-            native.set_simd(previous[0])
-            native.set_avx512(previous[1])
         np.testing.assert_allclose(other, fast, rtol=1e-5, atol=1e-5)
 
 

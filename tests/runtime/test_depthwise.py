@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
 from dcm.runtime.cpu import depthwise, native  # noqa: E402
+from tests.runtime.switches import switched  # noqa: E402
 
 pytestmark = pytest.mark.skipif(native.depthwise2d is None, reason="built without the native kernels")
 
@@ -120,11 +121,8 @@ def test_portable_paths_match_simd(width, strides):
     b = rng.standard_normal(10).astype(np.float32)
     args = (x, w, strides, (1, 1), [1, 1], [1, 1], b, (0.0, 6.0), 1)
     fast = depthwise.depthwise(*args)
-    previous = native.set_simd(False)
-    try:
+    with switched(native.set_simd, False):
         portable = depthwise.depthwise(*args)
-    finally:
-        native.set_simd(previous)
     np.testing.assert_allclose(portable, fast, rtol=1e-5, atol=1e-5)
 
 

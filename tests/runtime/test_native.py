@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dcm.runtime.cpu import native
+from tests.runtime.switches import switched
 
 if native.SparseMatrix is None:
     if os.environ.get("DCM_ALLOW_NO_NATIVE") == "1":
@@ -19,16 +20,6 @@ if native.SparseMatrix is None:
                 "or set DCM_ALLOW_NO_NATIVE=1 to test the scipy fallback alone", pytrace=False)
 
 SparseMatrix, SparseConv = native.SparseMatrix, native.SparseConv
-
-
-@contextlib.contextmanager
-def _simd(allowed: bool):
-    """The AVX2 paths (where the CPU has them) or the portable C ones other CPUs run."""
-    previous = native.set_simd(allowed)
-    try:
-        yield
-    finally:
-        native.set_simd(previous)
 
 
 def _parts(rows=37, cols=53, density=0.2, seed=0, wide=False):
@@ -92,7 +83,7 @@ def test_one_form_alone_and_non_finite_count():
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("n", [2, 7, 8, 64, 70, 131])  # 64-column blocks, 8-column vectors, a scalar tail
 def test_matmat_matches_scipy(wide, n, simd):
-    with _simd(simd):
+    with switched(native.set_simd, simd):
         _check_matmat(wide, n)
 
 
@@ -134,12 +125,8 @@ def test_matmat_refuses_bad_calls():
 @contextlib.contextmanager
 def _paths(path: str):
     """The batched products' AVX-512 path (where the CPU has it), their AVX2 one, or portable C."""
-    previous = native.set_avx512(path == "avx512")
-    try:
-        with _simd(path != "generic"):
-            yield
-    finally:
-        native.set_avx512(previous)
+    with switched(native.set_avx512, path == "avx512"), switched(native.set_simd, path != "generic"):
+        yield
 
 
 @pytest.mark.parametrize("path", ["avx512", "avx2", "generic"])
@@ -296,7 +283,7 @@ def test_conv_matches_reference(data):
     ref = _conv_reference(x, w, bias, strides, dilations, pads, groups)
     ref = np.maximum(ref, 0) if relu else ref
     y = np.full(ref.shape, np.nan, np.float32)
-    with _simd(d(st.booleans())):
+    with switched(native.set_simd, d(st.booleans())):
         assert _sparse_conv(w, groups).run(x, y, x.shape, strides, dilations, pads, bias, relu) == 0
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
 
@@ -401,7 +388,7 @@ def test_pool_matches_numpy(data):
     begin, end = pads[:2], pads[2:]
     ref = reduce_windows(x, kernel, strides, dilations, begin, end, np.maximum, -np.inf)
     y = np.full(ref.shape, 7, np.float32)
-    with _simd(d(st.booleans())):
+    with switched(native.set_simd, d(st.booleans())):
         native.pool2d(x, y, x.shape, kernel, strides, dilations, (*begin, *end))
         np.testing.assert_array_equal(y, ref)
         divisor = rng.integers(1, 9, ref.shape[2:]).astype(np.float32)
@@ -501,7 +488,8 @@ HUGE_CALLS = {
 def test_huge_sizes_are_refused_before_any_read(name, call, simd):
     if getattr(native, name.split()[0].split(".")[0], None) is None:
         pytest.skip(f"this build has no {name.split()[0]}")
-    with _simd(simd), pytest.raises((ValueError, OverflowError), match="overflow|out of bounds|outside|must be"):
+    with switched(native.set_simd, simd), \
+            pytest.raises((ValueError, OverflowError), match="overflow|out of bounds|outside|must be"):
         call()
 
 

@@ -10,6 +10,7 @@ import scipy.special
 
 from dcm.runtime import InferenceSession
 from dcm.runtime.cpu import native
+from tests.runtime.switches import switched
 
 if native.activate is None:
     if os.environ.get("DCM_ALLOW_NO_NATIVE") == "1":
@@ -20,9 +21,8 @@ if native.activate is None:
 @pytest.fixture(params=[True, False], ids=["avx2", "portable"])
 def simd(request):
     """The AVX2 paths (where the CPU has them) or the portable C ones other CPUs run."""
-    previous = native.set_pointwise_simd(request.param)
-    yield request.param
-    native.set_pointwise_simd(previous)
+    with switched(native.set_pointwise_simd, request.param):
+        yield request.param
 
 
 def _values(n=20011, scale=4.0, seed=0):
@@ -76,15 +76,12 @@ def test_portable_and_avx2_paths_agree():
     x = _values()
     out = {}
     for allowed in (True, False):
-        previous = native.set_pointwise_simd(allowed)
-        try:
+        with switched(native.set_pointwise_simd, allowed):
             out[allowed] = {}
             for act, ((alpha, beta), *_) in CASES.items():
                 y = np.empty_like(x)
                 native.activate(x, y, act, alpha, beta)
                 out[allowed][act] = y
-        finally:
-            native.set_pointwise_simd(previous)
     for act, (_, _, max_abs, _) in CASES.items():  # the same polynomials (FMA rounds once where C rounds twice)
         np.testing.assert_allclose(out[True][act], out[False][act], rtol=3e-6, atol=max_abs, err_msg=act)
 

@@ -12,6 +12,7 @@ from dcm.converters import ConvertOptions, from_onnx
 from dcm.runtime import InferenceSession
 from dcm.runtime.cpu import native
 from tests.runtime.opcheck import one_node
+from tests.runtime.switches import switched
 
 pytestmark = pytest.mark.skipif(native.recurrent_scan is None, reason="built without _recurrent.c")
 
@@ -27,15 +28,6 @@ def _numpy_loop():
         yield
     finally:
         native.recurrent_scan = saved
-
-
-@contextlib.contextmanager
-def _simd(allowed: bool):
-    previous = native.set_recurrent_simd(allowed)
-    try:
-        yield
-    finally:
-        native.set_recurrent_simd(previous)
 
 
 def _model(op, direction, batch, seed, lens=False, states=False, peephole=False, density=1.0, hidden=20, steps=6,
@@ -102,7 +94,7 @@ def test_compiled_loop_matches_numpy(op, attrs, batch, direction, density, simd)
     seed = hash((op, tuple(attrs), batch, direction)) % 1000
     model, feeds = _model(op, direction, batch, seed, lens=batch > 1, states=True, density=density, **attrs)
     kernels = "sparse" if density < 1 else "dense"
-    with _simd(simd):
+    with switched(native.set_recurrent_simd, simd):
         got, want, sess = _both(model, feeds, kernels=kernels)
     assert sess.describe()[0]["recurrent_kernel"] == kernels
     for g, w in zip(got, want):

@@ -3,8 +3,6 @@ the last two axes (native.resize2d) in every mode and coordinate transform, up- 
 leading axis resized too; ConvTranspose's col2im (native.col2im2d) over strides, dilations, pads,
 output_padding, output_shape, groups and batch; the AVX2 and the portable paths, Inf and NaN;
 malformed calls are refused."""
-import contextlib
-
 import numpy as np
 import pytest
 
@@ -12,17 +10,9 @@ from dcm.converters import ConvertOptions, from_onnx
 from dcm.runtime import InferenceSession
 from dcm.runtime.cpu import native
 from tests.runtime.opcheck import one_node
+from tests.runtime.switches import switched
 
 pytestmark = pytest.mark.skipif(native.resize2d is None, reason="built without _upsample.c")
-
-
-@contextlib.contextmanager
-def _simd(allowed: bool):
-    previous = native.set_upsample_simd(allowed)
-    try:
-        yield
-    finally:
-        native.set_upsample_simd(previous)
 
 
 def _sessions(attrs, x_shape, scales):
@@ -56,7 +46,7 @@ MODES += [({"mode": "cubic"}, 1e-5), ({"mode": "cubic", "exclude_outside": 1, "c
 def test_compiled_matches_numpy(attrs, tol, x_shape, scales, simd):
     compiled, reference = _sessions(attrs, x_shape, scales)
     x = np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)
-    with _simd(simd):
+    with switched(native.set_upsample_simd, simd):
         got = compiled.run(None, {"x": x})[0]
     want = reference.run(None, {"x": x})[0]
     assert got.shape == want.shape
@@ -139,7 +129,7 @@ def test_col2im_matches_numpy(attrs, x_shape, w_shape, bias, simd):
     sess = InferenceSession(model)
     x = rng.standard_normal(x_shape).astype(np.float32)
     x[0, 0, 1, 1] = np.inf
-    with _simd(simd):
+    with switched(native.set_upsample_simd, simd):
         got = sess.run(None, {"x": x})[0]
     saved = native.col2im2d
     native.col2im2d = None  # read at each call: the numpy col2im
