@@ -6,11 +6,11 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
 from dcm.runtime.cpu import depthwise, native  # noqa: E402
+from tests.runtime.conv_models import conv_model  # noqa: E402
 from tests.runtime.switches import switched  # noqa: E402
 
 pytestmark = pytest.mark.skipif(native.depthwise2d is None, reason="built without the native kernels")
@@ -19,22 +19,8 @@ pytestmark = pytest.mark.skipif(native.depthwise2d is None, reason="built withou
 def _model(c, multiplier, kernel, x_shape, attrs, act=None, bias=True):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((c * multiplier, 1, *kernel)).astype(np.float32)
-    inits = [numpy_helper.from_array(w, "w")]
-    inputs = ["x", "w"]
-    if bias:
-        inits.append(numpy_helper.from_array(rng.standard_normal(c * multiplier).astype(np.float32), "b"))
-        inputs.append("b")
-    nodes = [helper.make_node("Conv", inputs, ["c" if act else "y"], group=c, **attrs)]
-    if act == "Clip":
-        inits += [numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(6), "hi")]
-        nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["y"]))
-    elif act:
-        nodes.append(helper.make_node(act, ["c"], ["y"]))
-    g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    return m
+    b = rng.standard_normal(c * multiplier).astype(np.float32) if bias else None
+    return conv_model(w, b, x_shape, {"group": c, **attrs}, act)
 
 
 def _check(m, x, threads=1):
