@@ -3,7 +3,7 @@ output) through the compiled ``conv_lanes2d``: 8 output channels side by side in
 with AVX-512), each input value of a window broadcast against their weights, bias and a Relu/Clip
 clamp fused.
 
-Through im2col these layers were a GEMM with K = 27 (too short for BLAS to reach speed) plus the
+Through im2col these layers would be a GEMM with K = 27 (too short for BLAS to reach speed) plus the
 column matrix, the crop and transpose of the product into NCHW, and the activation: four passes over
 memory for little arithmetic (MobileNetV2's 3->32 stride-2 stem: 1.5 ms against onnxruntime's 0.46)."""
 from __future__ import annotations
