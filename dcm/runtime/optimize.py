@@ -20,6 +20,7 @@ import numpy as np
 
 from dcm.encoder.codec import decode_tensor
 from dcm.format.model import Model, Node
+from dcm.runtime.channel_scale import fuse_channel_scale
 
 
 @dataclass
@@ -500,6 +501,7 @@ PASSES: dict[str, Callable[[Graph], None]] = {
     "fuse_layer_norm": fuse_layer_norm,
     "fuse_matmul_add": fuse_matmul_add,
     "fuse_attention": fuse_attention,
+    "fuse_channel_scale": fuse_channel_scale,
 }
 
 
