@@ -1,4 +1,7 @@
-"""The compiled kernels (dcm/runtime/cpu/_native.c, _pointwise.c for activations, LayerNorm and Softmax, _recurrent.c for the LSTM/GRU/RNN step loop). Everything else is in pyproject.toml.
+"""The compiled kernels of dcm.runtime.cpu, one C module each: _native.c (sparse products, the
+convolutions, pooling), _pointwise.c (activations, LayerNorm, Softmax), _recurrent.c (the
+LSTM/GRU/RNN step loop) and _upsample.c (Resize, ConvTranspose's col2im), all including
+_kernel_common.h. Everything else is in pyproject.toml.
 
 optional=True: without a C compiler the install still succeeds and the runtime falls back to
 scipy's kernels (slower at batch 1); tests/runtime/test_native.py fails loudly in that case unless
@@ -8,15 +11,9 @@ import sys
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("dcm.runtime.cpu._native", ["dcm/runtime/cpu/_native.c"], optional=True,
+MODULES = ("_native", "_pointwise", "_recurrent", "_upsample")
+
+setup(ext_modules=[Extension(f"dcm.runtime.cpu.{name}", [f"dcm/runtime/cpu/{name}.c"], optional=True,
                              depends=["dcm/runtime/cpu/_kernel_common.h"],
-                             extra_compile_args=[] if sys.platform == "win32" else ["-O3"]),
-                   Extension("dcm.runtime.cpu._pointwise", ["dcm/runtime/cpu/_pointwise.c"], optional=True,
-                             depends=["dcm/runtime/cpu/_kernel_common.h"],
-                             extra_compile_args=[] if sys.platform == "win32" else ["-O3"]),
-                   Extension("dcm.runtime.cpu._recurrent", ["dcm/runtime/cpu/_recurrent.c"], optional=True,
-                             depends=["dcm/runtime/cpu/_kernel_common.h"],
-                             extra_compile_args=[] if sys.platform == "win32" else ["-O3"]),
-                   Extension("dcm.runtime.cpu._upsample", ["dcm/runtime/cpu/_upsample.c"], optional=True,
-                             depends=["dcm/runtime/cpu/_kernel_common.h"],
-                             extra_compile_args=[] if sys.platform == "win32" else ["-O3"])])
+                             extra_compile_args=[] if sys.platform == "win32" else ["-O3"])
+                   for name in MODULES])
