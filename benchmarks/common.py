@@ -6,7 +6,8 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
+from unittest import mock
 
 import numpy as np
 
@@ -25,6 +26,27 @@ def timeit(fn: Callable[[], object], min_time: float = 0.5, max_reps: int = 200,
         fn()
         times.append(time.perf_counter() - t)
     return float(np.median(times))
+
+
+def onnxruntime_session(model: bytes | str, threads: int = 1, optimize: bool = True):
+    """onnxruntime on the CPU with ``threads`` intra-op threads, the reference each benchmark times dcm
+    against on the same thread budget; ``optimize=False`` turns its graph optimizations off."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def compiled_off(names: Iterable[str]):
+    """A context in which the named compiled kernels of ``dcm.runtime.cpu.native`` are None: sessions
+    made and run inside take the numpy paths (kernels read them at load or at each call), the paths a
+    build without a C compiler runs."""
+    from dcm.runtime.cpu import native
+
+    return mock.patch.multiple(native, **dict.fromkeys(names))
 
 
 def prune_module(module, density: dict[str, float], seed: int = 0) -> None:

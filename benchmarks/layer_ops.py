@@ -20,14 +20,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from threadpoolctl import threadpool_limits
 
+from benchmarks.common import compiled_off, onnxruntime_session
 from benchmarks.zoo import MODELS, export, prune_all
 from dcm.converters import ConvertOptions, from_onnx
 from dcm.runtime import InferenceSession
-from dcm.runtime.cpu import native
 from tests.runtime.opcheck import one_node
 
 COMPILED = ("recurrent_scan", "resize2d", "col2im2d")
@@ -89,25 +88,12 @@ def upsample_cases():
         yield f"Resize x2 {mode} {transform} 1x64x64x64", typed(model), {"x": r(1, 64, 64, 64)}
 
 
-def without_compiled(fn):
-    """fn() with the compiled kernels set to None (kernels read them at load or at each call)."""
-    saved = {name: getattr(native, name) for name in COMPILED}
-    for name in COMPILED:
-        setattr(native, name, None)
-    try:
-        return fn()
-    finally:
-        for name, value in saved.items():
-            setattr(native, name, value)
-
-
 def measure(label: str, onnx_bytes: bytes, feeds: dict, clock, rounds: int = 7) -> dict:
     model = from_onnx(onnx_bytes, ConvertOptions(exact=True))
     compiled = InferenceSession(model, threads=1)
-    numpy_path = without_compiled(lambda: InferenceSession(model, threads=1))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    reference = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    with compiled_off(COMPILED):
+        numpy_path = InferenceSession(model, threads=1)
+    reference = onnxruntime_session(onnx_bytes)
     want = reference.run(None, feeds)[0]
     error = float(np.abs(compiled.run(None, feeds)[0] - want).max() / (np.abs(want).max() or 1.0))
 
@@ -123,7 +109,8 @@ def measure(label: str, onnx_bytes: bytes, feeds: dict, clock, rounds: int = 7) 
     for _ in range(rounds):
         ort_t.append(best(lambda: reference.run(None, feeds), 5))
         dcm_t.append(best(lambda: compiled.run(None, feeds), 5))
-        numpy_t.append(best(lambda: without_compiled(lambda: numpy_path.run(None, feeds)), 3))
+        with compiled_off(COMPILED):
+            numpy_t.append(best(lambda: numpy_path.run(None, feeds), 3))
     ort_t, dcm_t, numpy_t = (np.array(v) for v in (ort_t, dcm_t, numpy_t))
     return {"case": label, "onnxruntime_ms": float(np.median(ort_t) * 1e3), "dcm_ms": float(np.median(dcm_t) * 1e3),
             "numpy_path_ms": float(np.median(numpy_t) * 1e3), "dcm_ratio": float(np.median(dcm_t / ort_t)),

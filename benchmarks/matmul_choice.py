@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from onnx import TensorProto, helper, numpy_helper
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import save
+from benchmarks.common import onnxruntime_session, save
 from dcm.encoder.codec import CsrParts
 from dcm.runtime.cpu import native
 from dcm.runtime.cpu.matmul import WeightMatmul, prefers_dense
@@ -49,9 +49,7 @@ def _onnxruntime(w_t: np.ndarray, rows: int) -> ort.InferenceSession:
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul", [x], [y],
                               [numpy_helper.from_array(w_t, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return onnxruntime_session(model.SerializeToString())
 
 
 def measure(quick: bool) -> list[dict]:

@@ -22,12 +22,11 @@ import time
 from collections import Counter
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import save
+from benchmarks.common import onnxruntime_session, save
 from benchmarks.zoo import export
 from benchmarks.zoo_models import MODELS
 from dcm.converters import ConvertOptions
@@ -119,12 +118,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(1)
         for kind in ("abs", "unsqueeze_squeeze"):
             m = chain(kind)
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = 1
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             model = to_bytes(from_onnx(m, ConvertOptions(exact=True)))  # bytes: each copy reads them itself
             runs = {k: c(model, threads=1).run for k, c in classes.items()}
-            runs["onnxruntime"] = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run
+            runs["onnxruntime"] = onnxruntime_session(m.SerializeToString(), optimize=False).run
             best = dict.fromkeys(runs, 1e9)
             for _ in range(40):
                 for k, f in runs.items():

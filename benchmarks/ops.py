@@ -14,11 +14,10 @@ import argparse
 import timeit
 
 import numpy as np
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import save
+from benchmarks.common import onnxruntime_session, save
 from dcm.converters import ConvertOptions, from_onnx
 from dcm.runtime import InferenceSession
 
@@ -75,9 +74,7 @@ def run(threads: int) -> dict:
         sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)), threads=threads)
         with threadpool_limits(threads):
             t_dcm = best_ms(lambda: sess.run(None, {"x": x}))
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        ort_sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        ort_sess = onnxruntime_session(m.SerializeToString(), threads)
         t_ort = best_ms(lambda: ort_sess.run(None, {"x": x}))
         label = op + "".join(f" {k}={v}" for k, v in attrs.items() if k in ("kernel_shape", "pads"))
         label += " (x, x)" if "x" in [v for v in extra if isinstance(v, str)] else ""

@@ -16,16 +16,14 @@ import argparse
 import os
 import time
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import save
+from benchmarks.common import compiled_off, onnxruntime_session, save
 from dcm.converters import ConvertOptions
 from dcm.converters.onnx_in import from_onnx
 from dcm.runtime import InferenceSession
-from dcm.runtime.cpu import native
 
 DOCS = Path(__file__).parent.parent / "docs" / "pointwise-kernels.md"
 TABLE_START, TABLE_END = "<!-- pointwise table -->", "<!-- end pointwise table -->"
@@ -75,22 +73,13 @@ def cases() -> list[tuple[str, bytes, list[int]]]:
     ]
 
 
-def numpy_paths():
-    """Sessions made and run inside take the numpy paths (the compiled pointwise kernels off)."""
-    return mock.patch.multiple(native, **dict.fromkeys(COMPILED))
-
-
 def compare(name: str, data: bytes, feeds: dict[str, np.ndarray], reps: int) -> dict:
     """One model run the three ways, interleaved: median ms of each, their ratios, and how far dcm's
     first output is from onnxruntime's."""
-    import onnxruntime as ort
-
     model = from_onnx(data, ConvertOptions(exact=True))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    o = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    o = onnxruntime_session(data)
     compiled = InferenceSession(model, threads=1)
-    with numpy_paths():
+    with compiled_off(COMPILED):
         plain = InferenceSession(model, threads=1)
     err = float(np.abs(compiled.run(None, feeds)[0] - o.run(None, feeds)[0]).max())
     times: dict[str, list[float]] = {"compiled": [], "numpy": [], "onnxruntime": []}
@@ -98,7 +87,7 @@ def compare(name: str, data: bytes, feeds: dict[str, np.ndarray], reps: int) -> 
         for way in times:
             t = time.perf_counter()
             if way == "numpy":
-                with numpy_paths():
+                with compiled_off(COMPILED):
                     plain.run(None, feeds)
             else:
                 (compiled if way == "compiled" else o).run(None, feeds)

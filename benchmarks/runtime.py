@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import prune_module, save, timeit
+from benchmarks.common import onnxruntime_session, prune_module, save, timeit
 from dcm import mnist, zoo
 from dcm.converters import ConvertOptions, from_torch, to_onnx
 from dcm.encoder.codec import decode_tensor
@@ -90,8 +90,6 @@ def kernel_floor(model, sess: InferenceSession) -> float | None:
 
 
 def run(quick: bool) -> dict:
-    import onnxruntime as ort
-
     rows = []
     cores = os.cpu_count() or 1
     test_images = mnist.load()[1][0]
@@ -104,14 +102,12 @@ def run(quick: bool) -> dict:
             x = (test_images[:batch] if source == "mnist"
                  else np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32))
             for threads in sorted({1, cores}):
-                so = ort.SessionOptions()
-                so.intra_op_num_threads = threads
                 # dcm first, while no onnxruntime pool exists: onnxruntime's idle workers spin and, on
                 # 2 cores, made dcm's 2-thread runs 1x-2.3x slower from one run to the next.
                 dcm_sess = InferenceSession(model, threads=threads, batch_hint=batch)
                 with threadpool_limits(threads):  # dcm's dense kernels run on numpy's BLAS pool
                     t_dcm = timeit(lambda: dcm_sess.run(None, {"input": x}))
-                ort_sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+                ort_sess = onnxruntime_session(onnx_bytes, threads)
                 t_ort = timeit(lambda: ort_sess.run(None, {"input": x}))
                 ort_sess = None  # its thread pool goes with it
                 torch.set_num_threads(threads)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import save
+from benchmarks.common import onnxruntime_session, save
 from benchmarks.zoo import export, prune_all
 from benchmarks.zoo_models import MODELS
 from dcm.converters import ConvertOptions
@@ -51,8 +51,6 @@ def _without_new(model) -> InferenceSession:
 
 
 def measure(name: str, pruned: bool, rounds: int) -> dict:
-    import onnxruntime as ort
-
     build, kept = MODELS[name]
     torch.manual_seed(0)
     module, inputs, names, axes = build(1)
@@ -62,9 +60,7 @@ def measure(name: str, pruned: bool, rounds: int) -> dict:
     onnx_bytes = export(module, inputs, names, axes)
     model = from_onnx(onnx_bytes, ConvertOptions(exact=True))
     feeds = {n: t.numpy() for n, t in zip(names, inputs)}
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    ort_sess = ort.InferenceSession(onnx_bytes, options)
+    ort_sess = onnxruntime_session(onnx_bytes)
     new, old = InferenceSession(model, threads=1), _without_new(model)
     runners = {"dcm": lambda: new.run(None, feeds), "dcm_before": lambda: old.run(None, feeds),
                "onnxruntime": lambda: ort_sess.run(None, feeds)}
