@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: timing, pruned reference models, result files."""
+"""Helpers shared by the benchmarks: timing, pruned reference models, the onnxruntime reference, the
+numpy paths, result files."""
 from __future__ import annotations
 
 import json

@@ -3,7 +3,7 @@ recurrent.py on random models: every direction, batch 1 and 3, sequences of diff
 initial states, peepholes, clip, input_forget, GRU's linear_before_reset both ways, dense and pruned
 R, the AVX2 and the portable paths; Inf and NaN inputs propagate as in the dense math; malformed
 calls are refused."""
-import contextlib
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -17,17 +17,6 @@ from tests.runtime.switches import switched
 pytestmark = pytest.mark.skipif(native.recurrent_scan is None, reason="built without _recurrent.c")
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-
-
-@contextlib.contextmanager
-def _numpy_loop():
-    """Sessions loaded inside run the numpy step loop (kernels read native at load time)."""
-    saved = native.recurrent_scan
-    native.recurrent_scan = None
-    try:
-        yield
-    finally:
-        native.recurrent_scan = saved
 
 
 def _model(op, direction, batch, seed, lens=False, states=False, peephole=False, density=1.0, hidden=20, steps=6,
@@ -63,7 +52,7 @@ def _model(op, direction, batch, seed, lens=False, states=False, peephole=False,
 
 def _both(model, feeds, **session):
     compiled = InferenceSession(model, **session)
-    with _numpy_loop():
+    with mock.patch.object(native, "recurrent_scan", None):  # read at load: the numpy step loop
         reference = InferenceSession(model, **session)
     assert compiled.describe()[0]["step_loop"] == "compiled"
     assert reference.describe()[0]["step_loop"].startswith("numpy")

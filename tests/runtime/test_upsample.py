@@ -3,6 +3,8 @@ the last two axes (native.resize2d) in every mode and coordinate transform, up- 
 leading axis resized too; ConvTranspose's col2im (native.col2im2d) over strides, dilations, pads,
 output_padding, output_shape, groups and batch; the AVX2 and the portable paths, Inf and NaN;
 malformed calls are refused."""
+from unittest import mock
+
 import numpy as np
 import pytest
 
@@ -21,12 +23,8 @@ def _sessions(attrs, x_shape, scales):
                      order=["x", "roi", "scales"])
     model = from_onnx(model, ConvertOptions(exact=True))
     compiled = InferenceSession(model)
-    saved = native.resize2d
-    native.resize2d = None  # kernels read it at load: this session runs the numpy passes
-    try:
+    with mock.patch.object(native, "resize2d", None):  # kernels read it at load: the numpy passes
         reference = InferenceSession(model)
-    finally:
-        native.resize2d = saved
     return compiled, reference
 
 
@@ -131,12 +129,8 @@ def test_col2im_matches_numpy(attrs, x_shape, w_shape, bias, simd):
     x[0, 0, 1, 1] = np.inf
     with switched(native.set_upsample_simd, simd):
         got = sess.run(None, {"x": x})[0]
-    saved = native.col2im2d
-    native.col2im2d = None  # read at each call: the numpy col2im
-    try:
+    with mock.patch.object(native, "col2im2d", None):  # read at each call: the numpy col2im
         want = sess.run(None, {"x": x})[0]
-    finally:
-        native.col2im2d = saved
     assert got.shape == want.shape
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
