@@ -11,9 +11,8 @@ behaviour is followed.
 The loop over the steps runs compiled (``native.recurrent_scan``, _recurrent.c) where the build has
 it and the node keeps its op's default activations: R is then held only in the form that loop takes,
 per direction: dense as R^T in 8-column panels (R^T itself where the rows are not a multiple of 8)
-or CSR, and each sequence's reverse order is read in place. Other
-activations, or a build without a C compiler, run the numpy loop below, one product and a dozen
-array operations per step.
+or CSR, and each sequence's reverse order is read in place. Other activations, or a build without a
+C compiler, run the numpy loop below, one product and a dozen array operations per step.
 """
 from __future__ import annotations
 
