@@ -10,8 +10,10 @@
 # --quick (CI): of tests/runtime, only the files that reach the compiled kernels (QUICK_TESTS); the
 # thousands of numpy-only op cases take most of the time under ASan and reach no C code.
 #
-# Run it before every change to dcm/runtime/cpu/_native.c. The campaign's figures go to
-# benchmarks/results/fuzz_sanitized.json. Also runs test_native.py on the portable -DDCM_NO_SIMD build.
+# Run it before every change to a compiled module (dcm/runtime/cpu/_*.c, _kernel_common.h). The
+# campaign's figures go to benchmarks/results/fuzz_sanitized.json. Also runs the compiled modules'
+# tests (test_native, test_pointwise, test_recurrent_scan, test_upsample) on the portable
+# -DDCM_NO_SIMD build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests=(tests/runtime)
