@@ -22,9 +22,9 @@ try:  # _upsample.c: Resize's interpolation of the last two axes, ConvTranspose'
 except ImportError:  # pragma: no cover - as above
     col2im2d = resize2d = set_upsample_simd = None
 
-# With the native batched product (SparseMatrix.matmat) a pruned layer beats BLAS on its dense form
-# up to about 30% density at batch 8 and 35% at batch 64 (README "Runtime (CPU)"), where scipy's
-# product lost above 6% at batch 16+.
+# The load-time limit: a pruned layer denser than this is held dense. Below it the batched product
+# (SparseMatrix.matmat_rows) beats BLAS on the dense form up to 30-35% density from 8 rows, and
+# matmul.prefers_dense decides per call's row count (docs/kernel-choice.md, benchmarks/matmul_choice.py).
 SPARSE_MAX_DENSITY = 0.30
 
 NAMES = ("SparseConv", "SparseMatrix", "depthwise2d", "conv_lanes2d", "im2col2d", "pool2d", "winograd_input",
