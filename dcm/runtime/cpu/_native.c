@@ -674,9 +674,9 @@ static PyObject *SparseMatrix_matmat_rows(SparseMatrix *self, PyObject *args, Py
 
 PyDoc_STRVAR(set_avx512_doc,
 "set_avx512(allowed) -> bool\n\n"
-"Whether the batched sparse products (matmat, matmat_rows) may take their AVX-512 path (default\n"
-"True; the CPU must have AVX-512F, and set_simd must allow SIMD). False runs their AVX2 path: for\n"
-"tests. Returns the previous value.");
+"Whether the batched sparse products (matmat, matmat_rows) and SparseConv may take their AVX-512\n"
+"path (default True; the CPU must have AVX-512F, and set_simd must allow SIMD). False runs their\n"
+"AVX2 path: for tests. Returns the previous value.");
 
 static PyObject *set_avx512(PyObject *self, PyObject *arg)
 {
@@ -786,6 +786,17 @@ static int SparseConv_init(SparseConv *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "SparseConv: indices must be int32");
         form_release(&w);
         return -1;
+    }
+    const int64_t *p = w.ptr.buf;
+    const int32_t *idx = w.idx.buf;
+    for (Py_ssize_t co = 0; co < c_out; co++) { /* the kernels cut each row into input-channel blocks */
+        for (int64_t k = p[co] + 1; k < p[co + 1]; k++) {
+            if (idx[k] < idx[k - 1]) {
+                PyErr_Format(PyExc_ValueError, "SparseConv: indices of row %zd are not sorted", co);
+                form_release(&w);
+                return -1;
+            }
+        }
     }
     if (self->w.ptr.buf) {
         form_release(&w);
@@ -903,6 +914,78 @@ static void conv_channels_avx2(const SparseConv *self, const ConvPlan *g, const 
         }
     }
 }
+
+/* AVX-512: segments of WIDE_SEG pixels, up to WIDE_TILE of them in registers while stored weights
+ * pass over them, so each weight costs one broadcast and WIDE_TILE multiply-adds that read their
+ * input straight from memory: enough independent sums to keep both FMA units busy, where 4 AVX2 sums
+ * left them waiting on the FMA latency. The input channels are cut into blocks whose rows under one
+ * tile fit in L1 (WIDE_BLOCK_BYTES), and every output channel takes one block's weights over the tile
+ * before the next block: without the cut a 64-channel 56x56 layer read each tile's input from L2
+ * once per output channel, and the loads, not the multiply-adds, set its time. The sums go to y
+ * between blocks (loaded back by the next), in the same order as one pass, so the result is the
+ * same. Tiles of 4 and 8 segments take a plane's last ones. */
+#define WIDE_SEG 16
+#define WIDE_TILE 12
+#define WIDE_BLOCK_BYTES 65536
+
+__attribute__((target("avx512f,avx2,fma"), always_inline))
+static inline void conv_tile_avx512(const ConvPlan *g, const float *xg, float *yc, const Py_ssize_t *offs,
+                                    const float *v, int64_t k0, int64_t k1, float bias, int first, int relu,
+                                    Py_ssize_t t, const int count)
+{
+    __m512 a[WIDE_TILE];
+    const float *xt[WIDE_TILE];
+    float *yt[WIDE_TILE];
+    __mmask16 m[WIDE_TILE];
+    Py_ssize_t last = g->segs - 1;
+#pragma GCC unroll 12
+    for (int i = 0; i < count; i++) {
+        Py_ssize_t s = t + i <= last ? t + i : last; /* past the plane: repeat the last, never stored */
+        xt[i] = xg + g->seg_in[s];
+        yt[i] = yc + g->seg_out[s];
+        m[i] = t + i <= last ? (__mmask16)((1u << g->seg_len[s]) - 1) : 0;
+        a[i] = first ? _mm512_set1_ps(bias) : _mm512_maskz_loadu_ps(m[i], yt[i]);
+    }
+    for (int64_t k = k0; k < k1; k++) {
+        __m512 w = _mm512_set1_ps(v[k]);
+        Py_ssize_t o = offs[k];
+#pragma GCC unroll 12
+        for (int i = 0; i < count; i++) a[i] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xt[i] + o), a[i]);
+    }
+#pragma GCC unroll 12
+    for (int i = 0; i < count; i++) /* NaN stays NaN through the ReLU, as in AVX2 */
+        _mm512_mask_storeu_ps(yt[i], m[i], relu ? _mm512_max_ps(_mm512_setzero_ps(), a[i]) : a[i]);
+}
+
+/* Unit horizontal stride with AVX-512, output channels [c0, c1): blocks holds, per output channel,
+ * the nb + 1 bounds of its stored weights in each block of input channels. */
+__attribute__((target("avx512f,avx2,fma")))
+static void conv_channels_avx512(const SparseConv *self, const ConvPlan *g, const float *xs, float *ys,
+                                 const Py_ssize_t *offs, const int64_t *blocks, Py_ssize_t nb, const float *bias,
+                                 int relu, Py_ssize_t c0, Py_ssize_t c1)
+{
+    const float *v = self->w.val.buf;
+    Py_ssize_t per_group = self->c_out / self->groups, pixels = g->oh * g->ow;
+    for (Py_ssize_t t = 0; t < g->segs; t += WIDE_TILE) {
+        Py_ssize_t left = g->segs - t;
+        for (Py_ssize_t b = 0; b < nb; b++) {
+            for (Py_ssize_t co = c0; co < c1; co++) {
+                const int64_t *kb = blocks + co * (nb + 1);
+                int first = b == 0, final = b == nb - 1;
+                if (kb[b] == kb[b + 1] && !first && !(final && relu)) continue; /* nothing to add */
+                const float *xg = xs + (co / per_group) * self->c_in_g * g->plane;
+                float *yc = ys + co * pixels, bc = bias ? bias[co] : 0.f;
+                int r = final && relu;
+                if (left > 8)
+                    conv_tile_avx512(g, xg, yc, offs, v, kb[b], kb[b + 1], bc, first, r, t, WIDE_TILE);
+                else if (left > 4)
+                    conv_tile_avx512(g, xg, yc, offs, v, kb[b], kb[b + 1], bc, first, r, t, 8);
+                else
+                    conv_tile_avx512(g, xg, yc, offs, v, kb[b], kb[b + 1], bc, first, r, t, 4);
+            }
+        }
+    }
+}
 #endif
 
 PyDoc_STRVAR(conv_doc,
@@ -949,8 +1032,23 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     }
     g.oh = (g.hp - span_h) / sh + 1;
     g.ow = (g.wp - span_w) / sw + 1;
+#ifdef HAVE_AVX2_PATH
+    int wide = sw == 1 && use_avx512(), fast = sw == 1 && use_avx2();
+#else
+    int wide = 0, fast = 0;
+#endif
+    /* AVX-512: rows padded to whole segments, and one copy of the input per column shift (kj * dw) % 16,
+     * shifted back by it, so that every load of a segment is one aligned cache line */
+    int copies = 1, slot[WIDE_SEG] = {0};
+    if (wide) {
+        g.wp = (g.wp + WIDE_SEG - 1) / WIDE_SEG * WIDE_SEG;
+        copies = 0;
+        for (int i = 0; i < WIDE_SEG; i++) slot[i] = -1;
+        for (Py_ssize_t kj = 0; kj < self->kw; kj++)
+            if (slot[kj * dw % WIDE_SEG] < 0) slot[kj * dw % WIDE_SEG] = copies++;
+    }
     g.plane = g.hp * g.wp + SLACK * sw;
-    if (g.plane > PY_SSIZE_T_MAX / 4 / c || g.oh > PY_SSIZE_T_MAX / 32 / (g.ow + SEG)) {
+    if (g.plane > PY_SSIZE_T_MAX / 4 / WIDE_SEG / c || g.oh > PY_SSIZE_T_MAX / 32 / (g.ow + SEG)) {
         PyErr_SetString(PyExc_ValueError, "SparseConv.run: the padded input is too large for a work buffer");
         return NULL;
     }
@@ -964,18 +1062,22 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     if (get_in_out(xo, &xb, "x", yo, &yb, "y", 1) < 0) return NULL;
     PyObject *result = NULL;
     Py_ssize_t *offs = NULL;
-    float *work = NULL;
+    int64_t *blocks = NULL;
+    float *raw = NULL;
     if (bo != Py_None && get_array(bo, &bb, 'f', 4, 0, "bias") < 0) goto done;
     if (xb.len / 4 != in_count || yb.len / 4 != out_count || (bb.buf && bb.len / 4 != self->c_out)) {
         PyErr_Format(PyExc_ValueError, "SparseConv.run: x must have %zd values, y %zd, bias %zd", in_count,
                      out_count, self->c_out);
         goto done;
     }
-    Py_ssize_t nnz = self->w.val.len / 4, kk = self->kh * self->kw, per_row = (g.ow + SEG - 1) / SEG;
+    int seg = wide ? WIDE_SEG : SEG; /* pixels per segment */
+    Py_ssize_t nnz = self->w.val.len / 4, kk = self->kh * self->kw, per_row = (g.ow + seg - 1) / seg;
     g.segs = g.oh * per_row;
     offs = PyMem_RawMalloc((nnz + 3 * g.segs + 1) * sizeof(Py_ssize_t));
-    work = PyMem_RawCalloc((size_t)c * g.plane, sizeof(float));
-    if (!offs || !work) {
+    Py_ssize_t total = c * g.plane; /* one copy */
+    raw = PyMem_RawCalloc((size_t)(copies * total + WIDE_SEG), sizeof(float));
+    float *work = (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
+    if (!offs || !raw) {
         PyErr_NoMemory();
         goto done;
     }
@@ -983,20 +1085,43 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     g.seg_out = g.seg_in + g.segs;
     g.seg_len = (int *)(g.seg_out + g.segs);
     for (Py_ssize_t r = 0, t = 0; r < g.oh; r++) {
-        for (Py_ssize_t j = 0; j < g.ow; j += SEG, t++) {
+        for (Py_ssize_t j = 0; j < g.ow; j += seg, t++) {
             g.seg_in[t] = r * sh * g.wp + j * sw;
             g.seg_out[t] = r * g.ow + j;
-            g.seg_len[t] = (int)(g.ow - j < SEG ? g.ow - j : SEG);
+            g.seg_len[t] = (int)(g.ow - j < seg ? g.ow - j : seg);
         }
     }
     const int32_t *idx = self->w.idx.buf;
-    for (Py_ssize_t k = 0; k < nnz; k++) {
-        Py_ssize_t ci = idx[k] / kk, ki = idx[k] % kk / self->kw, kj = idx[k] % self->kw;
-        offs[k] = ci * g.plane + ki * dh * g.wp + kj * dw;
+    Py_ssize_t nb = 1; /* blocks of input channels (AVX-512 path) */
+    if (wide) {
+        Py_ssize_t tile_rows = (WIDE_TILE * seg + g.ow - 1) / g.ow + 1; /* output rows one tile can touch */
+        Py_ssize_t in_rows = (tile_rows - 1) * sh + span_h, per_block = WIDE_BLOCK_BYTES / 4 / (copies * in_rows * g.wp + 1);
+        per_block = per_block < 1 ? 1 : per_block;
+        nb = (self->c_in_g + per_block - 1) / per_block;
+        Py_ssize_t bounds = SIZE_PRODUCT(self->c_out, nb + 1);
+        blocks = bounds < 0 ? NULL : PyMem_RawMalloc((size_t)bounds * sizeof(int64_t));
+        if (!blocks) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        const int64_t *p = self->w.ptr.buf;
+        for (Py_ssize_t co = 0; co < self->c_out; co++) { /* indices ascend within a row (checked at init) */
+            int64_t k = p[co];
+            for (Py_ssize_t b = 0; b < nb; b++) {
+                blocks[co * (nb + 1) + b] = k;
+                while (k < p[co + 1] && idx[k] < (b + 1) * per_block * kk) k++;
+            }
+            blocks[co * (nb + 1) + nb] = p[co + 1];
+        }
+    }
+    for (Py_ssize_t k = 0; k < nnz; k++) { /* 32-bit divisions: a 512-channel layer has 700k weights */
+        uint32_t q = (uint32_t)idx[k], ci = q / (uint32_t)kk, tap = q - ci * (uint32_t)kk;
+        uint32_t ki = tap / (uint32_t)self->kw, kj = tap - ki * (uint32_t)self->kw;
+        Py_ssize_t shift = wide ? kj * dw % WIDE_SEG : 0;
+        offs[k] = slot[shift] * total + ci * g.plane + ki * dh * g.wp + kj * dw - shift;
     }
     const float *x = xb.buf, *bias = bb.buf;
     float *y = yb.buf;
-    int fast = sw == 1 && use_avx2();
     Py_ssize_t bad = 0;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t s = begin; s < end; s++) {
@@ -1005,7 +1130,13 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
         for (Py_ssize_t ch = 0; ch < c; ch++)
             for (Py_ssize_t r = 0; r < h; r++)
                 memcpy(work + ch * g.plane + (r + pt) * g.wp + pl, xs + (ch * h + r) * w, w * sizeof(float));
+        for (int i = 1; i < WIDE_SEG; i++) /* the shifted copies; their last i values stay 0 */
+            if (slot[i] > 0) memcpy(work + slot[i] * total, work + i, (size_t)(total - i) * sizeof(float));
 #ifdef HAVE_AVX2_PATH
+        if (wide) {
+            conv_channels_avx512(self, &g, work, y + s * out_size, offs, blocks, nb, bias, relu, c0, c1);
+            continue;
+        }
         if (fast) {
             conv_channels_avx2(self, &g, work, y + s * out_size, offs, bias, relu, c0, c1);
             continue;
@@ -1015,10 +1146,12 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     }
     Py_END_ALLOW_THREADS
     (void)fast;
+    (void)wide;
     result = PyLong_FromSsize_t(bad);
 done:
     PyMem_RawFree(offs);
-    PyMem_RawFree(work);
+    PyMem_RawFree(blocks);
+    PyMem_RawFree(raw);
     release_all(&xb, &yb, &bb);
     return result;
 }
