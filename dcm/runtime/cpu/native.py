@@ -23,8 +23,9 @@ except ImportError:  # pragma: no cover - as above
     col2im2d = resize2d = set_upsample_simd = None
 
 # The load-time limit: a pruned layer denser than this is held dense. Below it the batched product
-# (SparseMatrix.matmat_rows) beats BLAS on the dense form up to 30-35% density from 8 rows, and
-# matmul.prefers_dense decides per call's row count (docs/kernel-choice.md, benchmarks/matmul_choice.py).
+# (SparseMatrix.matmat_rows) beats BLAS on the dense form up to 22-35% density from 8 rows (by layer
+# width and instruction set), and matmul.prefers_dense decides per call's row count
+# (docs/kernel-choice.md, benchmarks/matmul_choice.py).
 SPARSE_MAX_DENSITY = 0.30
 
 NAMES = ("SparseConv", "SparseMatrix", "depthwise2d", "conv_lanes2d", "im2col2d", "pool2d", "winograd_input",
