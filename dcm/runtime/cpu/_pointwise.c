@@ -56,6 +56,7 @@ typedef struct {
 /* exp(x) = 2^n exp(r), r = x - n ln 2 in [-ln2/2, ln2/2]: Cephes' expf polynomial. */
 #define EXP_LO -87.33654475f /* exp below this is under FLT_MIN: 0 */
 #define LOG2E 1.44269504088896341f
+#define ROUND_MAGIC 12582912.0f /* 1.5 * 2^23: adding it rounds a float under 2^22 to an integer */
 #define LN2_HI 0.693359375f
 #define LN2_LO -2.12194440e-4f
 static const float EXP_P[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f,
@@ -166,23 +167,25 @@ AVX2 static inline __m256 exp_neg8(__m256 x)
 {
     __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_LO), _CMP_LT_OQ);
     x = _mm256_max_ps(_mm256_set1_ps(EXP_LO), x);
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    /* n = x log2(e) rounded to the nearest integer, in the low mantissa bits of 1.5 * 2^23 + n: one
+     * FMA for round and convert; those bits plus 127, shifted, are 2^n. */
+    __m256 big = _mm256_fmadd_ps(x, _mm256_set1_ps(LOG2E), _mm256_set1_ps(ROUND_MAGIC));
+    __m256 n = _mm256_sub_ps(big, _mm256_set1_ps(ROUND_MAGIC));
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
     __m256 y = _mm256_set1_ps(EXP_P[0]);
     for (int i = 1; i < 6; i++) y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P[i]));
     y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(big), _mm256_set1_epi32(127)), 23);
     y = _mm256_mul_ps(y, _mm256_castsi256_ps(e)); /* NaN: y is NaN already, whatever the scale's bits */
     return _mm256_andnot_ps(under, y);
 }
 
 AVX2 static inline __m256 sigmoid8(__m256 x)
 {
-    __m256 minus_abs = _mm256_or_ps(x, _mm256_set1_ps(-0.0f));
-    __m256 e = exp_neg8(minus_abs), s = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
-    __m256 negative = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
-    return _mm256_blendv_ps(s, _mm256_mul_ps(e, s), negative);
+    __m256 minus_abs = _mm256_or_ps(x, _mm256_set1_ps(-0.0f)), one = _mm256_set1_ps(1.0f);
+    __m256 e = exp_neg8(minus_abs), s = _mm256_div_ps(one, _mm256_add_ps(one, e));
+    return _mm256_mul_ps(_mm256_blendv_ps(one, e, x), s); /* x's sign bit picks e / (1 + e) */
 }
 
 AVX2 static inline __m256 erf8(__m256 x)
@@ -243,19 +246,29 @@ AVX2 static inline __m256 keep_part(__m256 v, Py_ssize_t k)
     return k >= 8 ? v : _mm256_and_ps(v, _mm256_castsi256_ps(tail_mask(k)));
 }
 
-/* activate_loop's 8 values at a time. */
+/* x + bias + residual at value i (of k left). */
+AVX2 static INLINE __m256 input8(const float *x, const float *res, const float *bvec, const float *bone, __m256 b1,
+                                 Py_ssize_t i, Py_ssize_t k)
+{
+    __m256 v = load_part(x + i, k);
+    if (bvec) v = _mm256_add_ps(v, load_part(bvec + i, k));
+    else if (bone) v = _mm256_add_ps(v, b1);
+    return res ? _mm256_add_ps(v, load_part(res + i, k)) : v;
+}
+
+/* activate_loop's 8 values at a time, two vectors to an iteration where there are 16: the two
+ * activations' long dependency chains (exp's polynomial) overlap. */
 AVX2 static INLINE void activate_loop8(float *out, const float *x, const float *res, const float *bvec,
                                        const float *bone, Py_ssize_t n, int kind, const Act *a)
 {
     __m256 b1 = _mm256_set1_ps(bone ? *bone : 0.0f);
-    for (Py_ssize_t i = 0; i < n; i += 8) {
-        Py_ssize_t k = n - i;
-        __m256 v = load_part(x + i, k);
-        if (bvec) v = _mm256_add_ps(v, load_part(bvec + i, k));
-        else if (bone) v = _mm256_add_ps(v, b1);
-        if (res) v = _mm256_add_ps(v, load_part(res + i, k));
-        store_part(out + i, k, act8(v, kind, a));
+    Py_ssize_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 v0 = input8(x, res, bvec, bone, b1, i, 8), v1 = input8(x, res, bvec, bone, b1, i + 8, 8);
+        _mm256_storeu_ps(out + i, act8(v0, kind, a));
+        _mm256_storeu_ps(out + i + 8, act8(v1, kind, a));
     }
+    for (; i < n; i += 8) store_part(out + i, n - i, act8(input8(x, res, bvec, bone, b1, i, n - i), kind, a));
 }
 
 AVX2 static void activate_avx2(float *out, const float *x, const float *res, const float *bvec, const float *bone,
