@@ -1,11 +1,14 @@
-"""A Conv node, optionally followed by the activation the runtime fuses into it, as an ONNX model:
-the models the compiled convolution kernels' tests run through dcm and onnxruntime."""
+"""A Conv node, optionally followed by the activation the runtime fuses into it, as an ONNX model,
+and its check against onnxruntime: the compiled convolution kernels' tests."""
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
+
+from dcm.converters import ConvertOptions, from_onnx
+from dcm.runtime import InferenceSession
 
 
 def conv_model(w: np.ndarray, b: np.ndarray | None, x_shape: tuple[int, ...], attrs: dict[str, Any],
@@ -27,3 +30,17 @@ def conv_model(w: np.ndarray, b: np.ndarray | None, x_shape: tuple[int, ...], at
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m
+
+
+def check_kernel(m: ModelProto, x: np.ndarray, kernel: str, threads: int = 1, tol: float = 1e-5) -> InferenceSession:
+    """dcm's session of ``m`` takes ``kernel`` for its Conv and gives onnxruntime's output (NaN where it
+    has NaN) within ``tol``; the session, for further checks."""
+    import onnxruntime as ort
+
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)), threads=threads)
+    assert sess.describe()[0]["kernel"] == kernel
+    got = sess.run(None, {"x": x})[0]
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+    return sess

@@ -11,7 +11,7 @@ ort = pytest.importorskip("onnxruntime")
 from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
 from dcm.runtime.cpu import depthwise, lanes, native  # noqa: E402
-from tests.runtime.conv_models import conv_model  # noqa: E402
+from tests.runtime.conv_models import check_kernel, conv_model  # noqa: E402
 from tests.runtime.switches import switched  # noqa: E402
 
 pytestmark = pytest.mark.skipif(native.conv_lanes2d is None, reason="built without the native kernels")
@@ -25,13 +25,7 @@ def _model(c, k_out, kernel, x_shape, attrs, act=None, bias=True):
 
 
 def _check(m, x, threads=1, kernel="lanes"):
-    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)), threads=threads)
-    assert sess.describe()[0]["kernel"] == kernel
-    got = sess.run(None, {"x": x})[0]
-    assert got.shape == ref.shape
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    check_kernel(m, x, kernel, threads, tol=1e-4)
 
 
 @pytest.mark.parametrize("c, k_out, kernel, attrs", [

@@ -10,7 +10,7 @@ ort = pytest.importorskip("onnxruntime")
 from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
 from dcm.runtime.cpu import depthwise, native  # noqa: E402
-from tests.runtime.conv_models import conv_model  # noqa: E402
+from tests.runtime.conv_models import check_kernel, conv_model  # noqa: E402
 from tests.runtime.switches import switched  # noqa: E402
 
 pytestmark = pytest.mark.skipif(native.depthwise2d is None, reason="built without the native kernels")
@@ -24,13 +24,7 @@ def _model(c, multiplier, kernel, x_shape, attrs, act=None, bias=True):
 
 
 def _check(m, x, threads=1):
-    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)), threads=threads)
-    assert sess.describe()[0]["kernel"] == "depthwise"
-    got = sess.run(None, {"x": x})[0]
-    assert got.shape == ref.shape
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
-    return sess
+    return check_kernel(m, x, "depthwise", threads)
 
 
 @pytest.mark.parametrize("c, multiplier, kernel, attrs", [
