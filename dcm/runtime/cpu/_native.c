@@ -823,6 +823,7 @@ typedef struct {
     Py_ssize_t *seg_in;                        /* per segment: its first input offset within a plane */
     Py_ssize_t *seg_out;                       /* per segment: its first output offset */
     int *seg_len;                              /* per segment: pixels, 1..SEG */
+    int contiguous;                            /* segment t reads from t * WIDE_SEG (AVX-512) */
 } ConvPlan;
 
 /* Output channels [c0, c1) of one sample, any stride: sums in a small array. */
@@ -931,7 +932,7 @@ static void conv_channels_avx2(const SparseConv *self, const ConvPlan *g, const 
 __attribute__((target("avx512f,avx2,fma"), always_inline))
 static inline void conv_tile_avx512(const ConvPlan *g, const float *xg, float *yc, const Py_ssize_t *offs,
                                     const float *v, int64_t k0, int64_t k1, float bias, int first, int relu,
-                                    Py_ssize_t t, const int count)
+                                    Py_ssize_t t, const int count, const int contiguous)
 {
     __m512 a[WIDE_TILE];
     const float *xt[WIDE_TILE];
@@ -950,7 +951,8 @@ static inline void conv_tile_avx512(const ConvPlan *g, const float *xg, float *y
         __m512 w = _mm512_set1_ps(v[k]);
         Py_ssize_t o = offs[k];
 #pragma GCC unroll 12
-        for (int i = 0; i < count; i++) a[i] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xt[i] + o), a[i]);
+        for (int i = 0; i < count; i++) /* contiguous: one base register for all, not one each */
+            a[i] = _mm512_fmadd_ps(w, _mm512_loadu_ps(contiguous ? xt[0] + o + i * WIDE_SEG : xt[i] + o), a[i]);
     }
 #pragma GCC unroll 12
     for (int i = 0; i < count; i++) /* NaN stays NaN through the ReLU, as in AVX2 */
@@ -975,13 +977,15 @@ static void conv_channels_avx512(const SparseConv *self, const ConvPlan *g, cons
                 if (kb[b] == kb[b + 1] && !first && !(final && relu)) continue; /* nothing to add */
                 const float *xg = xs + (co / per_group) * self->c_in_g * g->plane;
                 float *yc = ys + co * pixels, bc = bias ? bias[co] : 0.f;
-                int r = final && relu;
-                if (left > 8)
-                    conv_tile_avx512(g, xg, yc, offs, v, kb[b], kb[b + 1], bc, first, r, t, WIDE_TILE);
-                else if (left > 4)
-                    conv_tile_avx512(g, xg, yc, offs, v, kb[b], kb[b + 1], bc, first, r, t, 8);
-                else
-                    conv_tile_avx512(g, xg, yc, offs, v, kb[b], kb[b + 1], bc, first, r, t, 4);
+                int r = final && relu, size = left > 8 ? WIDE_TILE : left > 4 ? 8 : 4;
+#define CONV_TILE(count, contiguous) \
+    conv_tile_avx512(g, xg, yc, offs, v, kb[b], kb[b + 1], bc, first, r, t, count, contiguous)
+                if (g->contiguous) {
+                    if (size == WIDE_TILE) CONV_TILE(WIDE_TILE, 1); else if (size == 8) CONV_TILE(8, 1); else CONV_TILE(4, 1);
+                } else {
+                    if (size == WIDE_TILE) CONV_TILE(WIDE_TILE, 0); else if (size == 8) CONV_TILE(8, 0); else CONV_TILE(4, 0);
+                }
+#undef CONV_TILE
             }
         }
     }
@@ -995,6 +999,19 @@ PyDoc_STRVAR(conv_doc,
 "(N, C_in, H, W), strides and dilations = (h, w), pads = (top, left, bottom, right), bias float32\n"
 "[C_out] or None. Releases the GIL: threads may run disjoint ranges at once. Returns the number\n"
 "of Inf/NaN values in the samples read, for the caller to give y the NaNs that pruned weights hide.");
+
+/* One input plane [h, w] into its zero-padded work plane [hp, wp] (then zeros to plane). */
+static void pad_plane(float *dst, const float *src, Py_ssize_t h, Py_ssize_t w, Py_ssize_t pt, Py_ssize_t pl,
+                      Py_ssize_t wp, Py_ssize_t plane)
+{
+    memset(dst, 0, (size_t)(pt * wp + pl) * sizeof(float));
+    for (Py_ssize_t r = 0; r < h; r++) {
+        float *row = dst + (r + pt) * wp + pl;
+        memcpy(row, src + r * w, (size_t)w * sizeof(float));
+        /* the rest of this row and the left padding of the next */
+        memset(row + w, 0, (size_t)(r + 1 < h ? wp - w : plane - (r + pt) * wp - pl - w) * sizeof(float));
+    }
+}
 
 static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds)
 {
@@ -1072,15 +1089,20 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     }
     int seg = wide ? WIDE_SEG : SEG; /* pixels per segment */
     Py_ssize_t nnz = self->w.val.len / 4, kk = self->kh * self->kw, per_row = (g.ow + seg - 1) / seg;
+    /* AVX-512 at unit vertical stride where a row's segments fill the padded row: one run of segments */
+    g.contiguous = wide && sh == 1 && per_row * seg == g.wp;
     g.segs = g.oh * per_row;
     offs = PyMem_RawMalloc((nnz + 3 * g.segs + 1) * sizeof(Py_ssize_t));
     Py_ssize_t total = c * g.plane; /* one copy */
-    raw = PyMem_RawCalloc((size_t)(copies * total + WIDE_SEG), sizeof(float));
+    /* + a tile: a contiguous tile's repeated segments read past the last plane (never stored) */
+    Py_ssize_t spare = (WIDE_TILE + 1) * WIDE_SEG;
+    raw = PyMem_RawMalloc((size_t)(copies * total + spare) * sizeof(float));
     float *work = (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
     if (!offs || !raw) {
         PyErr_NoMemory();
         goto done;
     }
+    memset(work + copies * total, 0, (size_t)(spare - WIDE_SEG) * sizeof(float));
     g.seg_in = offs + nnz;
     g.seg_out = g.seg_in + g.segs;
     g.seg_len = (int *)(g.seg_out + g.segs);
@@ -1127,11 +1149,13 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     for (Py_ssize_t s = begin; s < end; s++) {
         const float *xs = x + s * in_size;
         bad += count_nonfinite_fast(xs, in_size);
-        for (Py_ssize_t ch = 0; ch < c; ch++)
-            for (Py_ssize_t r = 0; r < h; r++)
-                memcpy(work + ch * g.plane + (r + pt) * g.wp + pl, xs + (ch * h + r) * w, w * sizeof(float));
-        for (int i = 1; i < WIDE_SEG; i++) /* the shifted copies; their last i values stay 0 */
-            if (slot[i] > 0) memcpy(work + slot[i] * total, work + i, (size_t)(total - i) * sizeof(float));
+        for (Py_ssize_t ch = 0; ch < c; ch++) /* every value written, the padding as zeros: no calloc */
+            pad_plane(work + ch * g.plane, xs + ch * h * w, h, w, pt, pl, g.wp, g.plane);
+        for (int i = 1; i < WIDE_SEG; i++) { /* the shifted copies */
+            if (slot[i] <= 0) continue;
+            memcpy(work + slot[i] * total, work + i, (size_t)(total - i) * sizeof(float));
+            memset(work + slot[i] * total + total - i, 0, (size_t)i * sizeof(float));
+        }
 #ifdef HAVE_AVX2_PATH
         if (wide) {
             conv_channels_avx512(self, &g, work, y + s * out_size, offs, blocks, nb, bias, relu, c0, c1);
