@@ -759,10 +759,14 @@ static PyTypeObject SparseMatrixType = {
 #define TILE 4  /* segments per tile: the sums that stay in registers */
 #define SLACK (SEG * 4)
 
+#define PLAN_KEY 7 /* what a weight plan depends on: AVX-512, copy size, plane, row, dilations, block */
+
 typedef struct {
     PyObject_HEAD
     Py_ssize_t c_out, c_in_g, kh, kw, groups;
     Form w; /* CSR of W [c_out, c_in_g * kh * kw], indices int32 */
+    PyObject *plan; /* bytes: the last input geometry's weight plan (see conv_weight_plan), or NULL */
+    Py_ssize_t plan_key[PLAN_KEY];
 } SparseConv;
 
 static int SparseConv_init(SparseConv *self, PyObject *args, PyObject *kwds)
@@ -813,6 +817,7 @@ static int SparseConv_init(SparseConv *self, PyObject *args, PyObject *kwds)
 
 static void SparseConv_dealloc(SparseConv *self)
 {
+    Py_XDECREF(self->plan);
     form_release(&self->w);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -926,7 +931,7 @@ static void conv_channels_avx2(const SparseConv *self, const ConvPlan *g, const 
  * between blocks (loaded back by the next), in the same order as one pass, so the result is the
  * same. Tiles of 4 and 8 segments take a plane's last ones. */
 #define WIDE_SEG 16
-#define WIDE_TILE 12
+#define WIDE_TILE 16
 #define WIDE_BLOCK_BYTES 65536
 
 __attribute__((target("avx512f,avx2,fma"), always_inline))
@@ -939,7 +944,7 @@ static inline void conv_tile_avx512(const ConvPlan *g, const float *xg, float *y
     float *yt[WIDE_TILE];
     __mmask16 m[WIDE_TILE];
     Py_ssize_t last = g->segs - 1;
-#pragma GCC unroll 12
+#pragma GCC unroll 16
     for (int i = 0; i < count; i++) {
         Py_ssize_t s = t + i <= last ? t + i : last; /* past the plane: repeat the last, never stored */
         xt[i] = xg + g->seg_in[s];
@@ -950,11 +955,11 @@ static inline void conv_tile_avx512(const ConvPlan *g, const float *xg, float *y
     for (int64_t k = k0; k < k1; k++) {
         __m512 w = _mm512_set1_ps(v[k]);
         Py_ssize_t o = offs[k];
-#pragma GCC unroll 12
+#pragma GCC unroll 16
         for (int i = 0; i < count; i++) /* contiguous: one base register for all, not one each */
             a[i] = _mm512_fmadd_ps(w, _mm512_loadu_ps(contiguous ? xt[0] + o + i * WIDE_SEG : xt[i] + o), a[i]);
     }
-#pragma GCC unroll 12
+#pragma GCC unroll 16
     for (int i = 0; i < count; i++) /* NaN stays NaN through the ReLU, as in AVX2 */
         _mm512_mask_storeu_ps(yt[i], m[i], relu ? _mm512_max_ps(_mm512_setzero_ps(), a[i]) : a[i]);
 }
@@ -999,6 +1004,53 @@ PyDoc_STRVAR(conv_doc,
 "(N, C_in, H, W), strides and dilations = (h, w), pads = (top, left, bottom, right), bias float32\n"
 "[C_out] or None. Releases the GIL: threads may run disjoint ranges at once. Returns the number\n"
 "of Inf/NaN values in the samples read, for the caller to give y the NaNs that pruned weights hide.");
+
+/* The weights' places in the work buffer for one input geometry (key: see PLAN_KEY), as bytes: per
+ * stored weight its offset from a segment's first input value, then (AVX-512) per output channel the
+ * nb + 1 bounds of its weights in each block of input channels. O(weights) with divisions: kept for
+ * the next call with the same geometry (every call of a layer in a session), so that a 512-channel
+ * layer's 700k weights are not placed again on each run. Called with the GIL held; a call that
+ * replaces the kept plan while another thread's call reads the old one is safe, as each call holds
+ * its own reference. Returns a new reference, or NULL with an exception set. */
+static PyObject *conv_weight_plan(SparseConv *self, const Py_ssize_t *key, const int *slot, Py_ssize_t nb)
+{
+    if (self->plan && !memcmp(key, self->plan_key, sizeof(self->plan_key))) {
+        Py_INCREF(self->plan);
+        return self->plan;
+    }
+    Py_ssize_t wide = key[0], total = key[1], plane = key[2], wp = key[3], dh = key[4], dw = key[5];
+    Py_ssize_t per_block = key[6], nnz = self->w.val.len / 4, kk = self->kh * self->kw;
+    Py_ssize_t bounds = wide ? SIZE_PRODUCT(self->c_out, nb + 1) : 0;
+    if (bounds < 0 || SIZE_PRODUCT(nnz + bounds, 8) < 0) {
+        PyErr_SetString(PyExc_ValueError, "SparseConv.run: too many input channel blocks");
+        return NULL;
+    }
+    PyObject *plan = PyBytes_FromStringAndSize(NULL, (nnz + bounds) * 8);
+    if (!plan) return NULL;
+    Py_ssize_t *offs = (Py_ssize_t *)PyBytes_AS_STRING(plan);
+    int64_t *blocks = (int64_t *)(offs + nnz);
+    const int32_t *idx = self->w.idx.buf;
+    for (Py_ssize_t k = 0; k < nnz; k++) {
+        uint32_t q = (uint32_t)idx[k], ci = q / (uint32_t)kk, tap = q - ci * (uint32_t)kk;
+        uint32_t ki = tap / (uint32_t)self->kw, kj = tap - ki * (uint32_t)self->kw;
+        Py_ssize_t shift = wide ? kj * dw % WIDE_SEG : 0;
+        offs[k] = slot[shift] * total + ci * plane + ki * dh * wp + kj * dw - shift;
+    }
+    const int64_t *p = self->w.ptr.buf;
+    for (Py_ssize_t co = 0; wide && co < self->c_out; co++) { /* indices ascend within a row (checked at init) */
+        int64_t k = p[co];
+        for (Py_ssize_t b = 0; b < nb; b++) {
+            blocks[co * (nb + 1) + b] = k;
+            while (k < p[co + 1] && idx[k] < (b + 1) * per_block * kk) k++;
+        }
+        blocks[co * (nb + 1) + nb] = p[co + 1];
+    }
+    Py_XDECREF(self->plan);
+    self->plan = plan;
+    memcpy(self->plan_key, key, sizeof(self->plan_key));
+    Py_INCREF(plan);
+    return plan;
+}
 
 /* One input plane [h, w] into its zero-padded work plane [hp, wp] (then zeros to plane). */
 static void pad_plane(float *dst, const float *src, Py_ssize_t h, Py_ssize_t w, Py_ssize_t pt, Py_ssize_t pl,
@@ -1078,8 +1130,10 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     Py_buffer xb, yb, bb = {0};
     if (get_in_out(xo, &xb, "x", yo, &yb, "y", 1) < 0) return NULL;
     PyObject *result = NULL;
-    Py_ssize_t *offs = NULL;
-    int64_t *blocks = NULL;
+    PyObject *plan = NULL;
+    const Py_ssize_t *offs = NULL;
+    const int64_t *blocks = NULL;
+    Py_ssize_t *segs = NULL;
     float *raw = NULL;
     if (bo != Py_None && get_array(bo, &bb, 'f', 4, 0, "bias") < 0) goto done;
     if (xb.len / 4 != in_count || yb.len / 4 != out_count || (bb.buf && bb.len / 4 != self->c_out)) {
@@ -1088,22 +1142,22 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
         goto done;
     }
     int seg = wide ? WIDE_SEG : SEG; /* pixels per segment */
-    Py_ssize_t nnz = self->w.val.len / 4, kk = self->kh * self->kw, per_row = (g.ow + seg - 1) / seg;
+    Py_ssize_t nnz = self->w.val.len / 4, per_row = (g.ow + seg - 1) / seg;
     /* AVX-512 at unit vertical stride where a row's segments fill the padded row: one run of segments */
     g.contiguous = wide && sh == 1 && per_row * seg == g.wp;
     g.segs = g.oh * per_row;
-    offs = PyMem_RawMalloc((nnz + 3 * g.segs + 1) * sizeof(Py_ssize_t));
+    segs = PyMem_RawMalloc((3 * g.segs + 1) * sizeof(Py_ssize_t));
     Py_ssize_t total = c * g.plane; /* one copy */
     /* + a tile: a contiguous tile's repeated segments read past the last plane (never stored) */
     Py_ssize_t spare = (WIDE_TILE + 1) * WIDE_SEG;
     raw = PyMem_RawMalloc((size_t)(copies * total + spare) * sizeof(float));
     float *work = (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
-    if (!offs || !raw) {
+    if (!segs || !raw) {
         PyErr_NoMemory();
         goto done;
     }
     memset(work + copies * total, 0, (size_t)(spare - WIDE_SEG) * sizeof(float));
-    g.seg_in = offs + nnz;
+    g.seg_in = segs;
     g.seg_out = g.seg_in + g.segs;
     g.seg_len = (int *)(g.seg_out + g.segs);
     for (Py_ssize_t r = 0, t = 0; r < g.oh; r++) {
@@ -1113,35 +1167,19 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
             g.seg_len[t] = (int)(g.ow - j < seg ? g.ow - j : seg);
         }
     }
-    const int32_t *idx = self->w.idx.buf;
-    Py_ssize_t nb = 1; /* blocks of input channels (AVX-512 path) */
+    Py_ssize_t per_block = 0, nb = 1; /* blocks of input channels (AVX-512 path) */
     if (wide) {
         Py_ssize_t tile_rows = (WIDE_TILE * seg + g.ow - 1) / g.ow + 1; /* output rows one tile can touch */
-        Py_ssize_t in_rows = (tile_rows - 1) * sh + span_h, per_block = WIDE_BLOCK_BYTES / 4 / (copies * in_rows * g.wp + 1);
+        Py_ssize_t in_rows = (tile_rows - 1) * sh + span_h;
+        per_block = WIDE_BLOCK_BYTES / 4 / (copies * in_rows * g.wp + 1);
         per_block = per_block < 1 ? 1 : per_block;
         nb = (self->c_in_g + per_block - 1) / per_block;
-        Py_ssize_t bounds = SIZE_PRODUCT(self->c_out, nb + 1);
-        blocks = bounds < 0 ? NULL : PyMem_RawMalloc((size_t)bounds * sizeof(int64_t));
-        if (!blocks) {
-            PyErr_NoMemory();
-            goto done;
-        }
-        const int64_t *p = self->w.ptr.buf;
-        for (Py_ssize_t co = 0; co < self->c_out; co++) { /* indices ascend within a row (checked at init) */
-            int64_t k = p[co];
-            for (Py_ssize_t b = 0; b < nb; b++) {
-                blocks[co * (nb + 1) + b] = k;
-                while (k < p[co + 1] && idx[k] < (b + 1) * per_block * kk) k++;
-            }
-            blocks[co * (nb + 1) + nb] = p[co + 1];
-        }
     }
-    for (Py_ssize_t k = 0; k < nnz; k++) { /* 32-bit divisions: a 512-channel layer has 700k weights */
-        uint32_t q = (uint32_t)idx[k], ci = q / (uint32_t)kk, tap = q - ci * (uint32_t)kk;
-        uint32_t ki = tap / (uint32_t)self->kw, kj = tap - ki * (uint32_t)self->kw;
-        Py_ssize_t shift = wide ? kj * dw % WIDE_SEG : 0;
-        offs[k] = slot[shift] * total + ci * g.plane + ki * dh * g.wp + kj * dw - shift;
-    }
+    Py_ssize_t key[PLAN_KEY] = {wide, total, g.plane, g.wp, dh, dw, per_block};
+    plan = conv_weight_plan(self, key, slot, nb);
+    if (!plan) goto done;
+    offs = (Py_ssize_t *)PyBytes_AS_STRING(plan);
+    blocks = (const int64_t *)(offs + nnz);
     const float *x = xb.buf, *bias = bb.buf;
     float *y = yb.buf;
     Py_ssize_t bad = 0;
@@ -1173,8 +1211,8 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     (void)wide;
     result = PyLong_FromSsize_t(bad);
 done:
-    PyMem_RawFree(offs);
-    PyMem_RawFree(blocks);
+    Py_XDECREF(plan);
+    PyMem_RawFree(segs);
     PyMem_RawFree(raw);
     release_all(&xb, &yb, &bb);
     return result;
