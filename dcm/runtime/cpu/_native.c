@@ -1168,7 +1168,7 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
         }
     }
     Py_ssize_t per_block = 0, nb = 1; /* blocks of input channels (AVX-512 path) */
-    if (wide) {
+    if (wide && g.segs > WIDE_TILE) { /* one tile: each channel's weights in one sequential run instead */
         Py_ssize_t tile_rows = (WIDE_TILE * seg + g.ow - 1) / g.ow + 1; /* output rows one tile can touch */
         Py_ssize_t in_rows = (tile_rows - 1) * sh + span_h;
         per_block = WIDE_BLOCK_BYTES / 4 / (copies * in_rows * g.wp + 1);
