@@ -32,6 +32,13 @@ from dcm.runtime.kernel import LARGE_BATCH, Kernel
 # 0.23 at 10%, 1.05 against 0.23 dense), however few its weights.
 DIRECT_MAX_DENSITY = 0.15
 DIRECT_MAX_DENSITY_POINTWISE = 0.07
+# Where the CPU has AVX-512 the direct kernel takes 16 pixels to a register, 16 registers of sums per
+# weight, input channels in L1-sized blocks: on ResNet-18's 3x3 stride-1 layers at 30% density it beats
+# Winograd at every width and onnxruntime's dense time on three of four (1 thread, batch 1, interleaved:
+# 64ch 56x56 1.29 against Winograd 1.70 and onnxruntime 1.51 ms; 128ch 28x28 1.36 / 1.57 / 1.50;
+# 256ch 14x14 1.41 / 1.64 / 1.64; 512ch 7x7 3.04 / 3.83 / 2.18), and loses to Winograd from about 40%
+# (128ch: 1.71 against 1.60 ms at 40%).
+DIRECT_MAX_DENSITY_AVX512 = 0.35
 # Layers the direct kernel cannot take (horizontal stride 2: ResNet's 7x7 stem, its strided 3x3s)
 # go through im2col, whose many columns suit BLAS: the stem at 30% density took 10.3 ms dense
 # against 16.2 ms with the sparse product; 128 channels 3x3 stride 2 at 10%, 2.08 ms either way.
@@ -175,7 +182,9 @@ class Conv(Kernel):
             return None
         if requested is None and self.pointwise and self.density > DIRECT_MAX_DENSITY_POINTWISE:
             return None
-        if requested is None and self.density > DIRECT_MAX_DENSITY and int(np.prod(shape)) > DIRECT_SMALL_WEIGHTS:
+        wide = not self.pointwise and native.batched_simd is not None and native.batched_simd() == "avx512"
+        limit = DIRECT_MAX_DENSITY_AVX512 if wide else DIRECT_MAX_DENSITY
+        if requested is None and self.density > limit and int(np.prod(shape)) > DIRECT_SMALL_WEIGHTS:
             return None
         if (requested is None and self.density > DIRECT_MAX_DENSITY_WINOGRAD and self.allow_winograd
                 and eligible(self.kernel, self.strides, self.dilations, self.group, shape[1], shape[0])):

@@ -1,0 +1,93 @@
+"""The direct sparse convolution (SparseConv) on the paths the CPU may take (AVX-512, AVX2, portable
+C): equal to onnxruntime's dense convolution from empty to full weights, on the shapes that reach its
+tiles, input-channel blocks and kept weight plans, with the NaNs that pruned weights hide."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
+from dcm.runtime import InferenceSession  # noqa: E402
+from dcm.runtime.cpu import conv, native  # noqa: E402
+from tests.runtime.switches import switched  # noqa: E402
+from tests.runtime.test_conv import _model, _weight  # noqa: E402
+
+pytestmark = pytest.mark.skipif(native.SparseConv is None, reason="built without the native kernels")
+PATHS = ["avx512", "avx2", "portable"]
+
+
+def _run_on(path, fn):
+    with switched(native.set_simd, path != "portable"), switched(native.set_avx512, path == "avx512"):
+        return fn()
+
+
+# (out, in, kernel, input H x W, strides, pads, batch): ResNet-like planes (several tiles and input-channel
+# blocks at 40x40; one tile at 7x7), odd widths and asymmetric pads, a padded row wider than its
+# segments (16 outputs in a row of 32) and vertical stride 2 (segments not one run), a 5x5 kernel.
+SHAPES = [
+    (24, 40, 3, (40, 40), [1, 1], [1, 1, 1, 1], 1),
+    (16, 64, 3, (7, 7), [1, 1], [1, 1, 1, 1], 3),
+    (12, 20, 3, (17, 23), [1, 1], [0, 2, 1, 0], 1),
+    (12, 20, 3, (17, 16), [1, 1], [0, 1, 1, 1], 1),
+    (10, 18, 3, (21, 19), [2, 1], [1, 1, 1, 1], 3),
+    (8, 12, 5, (15, 33), [1, 1], [2, 2, 2, 2], 1),
+]
+
+
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 0.6, 1.0])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}k{s[2]}-{s[3][0]}x{s[3][1]}-s{s[4][0]}-n{s[6]}")
+def test_matches_onnxruntime_on_every_path(shape, density):
+    out, cin, k, (h, w), strides, pads, n = shape
+    m = _model(_weight((out, cin, k, k), density), [n, cin, h, w], {"strides": strides, "pads": pads})
+    x = np.random.default_rng(1).standard_normal((n, cin, h, w)).astype(np.float32)
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    model = from_onnx(m, ConvertOptions(exact=True))
+    outs = {}
+    for path in PATHS:
+        sess = InferenceSession(model, kernels="sparse", threads=1)
+        assert sess.describe()[0]["kernel"] == "direct"
+        outs[path] = _run_on(path, lambda: sess.run(None, {"x": x})[0])
+        np.testing.assert_allclose(outs[path], ref, rtol=1e-4, atol=1e-4, err_msg=path)
+    np.testing.assert_array_equal(outs["avx512"], outs["avx2"])  # same sums in the same order
+
+
+@pytest.mark.parametrize("batch", [1, 3])  # 1: threads split output channels, 3: samples
+@pytest.mark.parametrize("path", PATHS)
+def test_two_threads_and_hidden_nans(monkeypatch, batch, path):
+    monkeypatch.setattr(conv, "SPLIT_MIN_WORK", 0)
+    m = _model(_weight((20, 32, 3, 3), 0.3), [batch, 32, 30, 30], {"pads": [1, 1, 1, 1]})
+    x = np.random.default_rng(2).standard_normal((batch, 32, 30, 30)).astype(np.float32)
+    x[0, 5, 10, 11] = np.nan
+    x[-1, 30, 29, 0] = np.inf
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)), kernels="sparse", threads=2)
+    got = _run_on(path, lambda: sess.run(None, {"x": x})[0])
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def _sparse_conv(w):
+    m = sp.csr_array(w.reshape(w.shape[0], -1))
+    return native.SparseConv(*w.shape, 1, m.indptr.astype(np.int64), m.indices.astype(np.int32), m.data)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_kept_plan_follows_the_input_geometry(path):
+    """One object, inputs of three sizes in turn (and back): the weight plan kept from one size must not
+    serve another."""
+    w = _weight((6, 16, 3, 3), 0.5)
+    conv_ = _sparse_conv(w)
+    for h, wd in [(9, 33), (30, 14), (9, 33), (5, 5)]:
+        x = np.random.default_rng(h).standard_normal((1, 16, h, wd)).astype(np.float32)
+        y, again = np.empty((1, 6, h, wd), np.float32), np.empty((1, 6, h, wd), np.float32)
+        args = (x.shape, (1, 1), (1, 1), (1, 1, 1, 1))
+        _run_on(path, lambda: conv_.run(x, y, *args))
+        _run_on(path, lambda: _sparse_conv(w).run(x, again, *args))  # a new object: no kept plan
+        np.testing.assert_array_equal(y, again)
+
+
+def test_refuses_unsorted_indices():
+    ptr, idx = np.array([0, 2], np.int64), np.array([3, 1], np.int32)
+    with pytest.raises(ValueError, match="not sorted"):
+        native.SparseConv(1, 1, 3, 3, 1, ptr, idx, np.ones(2, np.float32))
