@@ -63,7 +63,7 @@ RECIPES = {
     "vit": Recipe(model="vit", model_args={"dim": 96, "hidden": 192}, exporter="dynamo",
                   optimizer="adamw", weight_decay=0.05, batch=128, augment=1,
                   dense_epochs=12, dense_lr=2e-3, prune_epochs=24, prune_steps=8, prune_lr=1e-3,
-                  quant_epochs=6, quant_lr=2e-4, sparsity={"fc": 0.9, "embed": 0.5}, bits={"fc": 4, "conv": 5},
+                  quant_epochs=6, quant_lr=2e-4, sparsity={"fc": 0.92, "embed": 0.5}, bits={"fc": 4, "conv": 5},
                   other_bits=4),
     "lstm": Recipe(model="lstm", optimizer="adamw", weight_decay=0.0, batch=128, augment=1,
                    dense_epochs=15, dense_lr=3e-3, prune_epochs=40, prune_steps=10, prune_lr=1e-3,
