@@ -833,7 +833,7 @@ typedef struct {
 
 /* Output channels [c0, c1) of one sample, any stride: sums in a small array. */
 static void conv_channels_generic(const SparseConv *self, const ConvPlan *g, const float *xs, float *ys,
-                                  const Py_ssize_t *offs, const float *bias, int relu, Py_ssize_t c0, Py_ssize_t c1)
+                                  const int32_t *offs, const float *bias, int relu, Py_ssize_t c0, Py_ssize_t c1)
 {
     const int64_t *p = self->w.ptr.buf;
     const float *v = self->w.val.buf;
@@ -874,7 +874,7 @@ static inline void store_segment(float *yt, __m256 acc, int len, int relu)
 /* Unit horizontal stride, AVX2 + FMA: TILE segments in registers at a time. */
 __attribute__((target("avx2,fma")))
 static void conv_channels_avx2(const SparseConv *self, const ConvPlan *g, const float *xs, float *ys,
-                               const Py_ssize_t *offs, const float *bias, int relu, Py_ssize_t c0, Py_ssize_t c1)
+                               const int32_t *offs, const float *bias, int relu, Py_ssize_t c0, Py_ssize_t c1)
 {
     const int64_t *p = self->w.ptr.buf;
     const float *v = self->w.val.buf;
@@ -935,7 +935,7 @@ static void conv_channels_avx2(const SparseConv *self, const ConvPlan *g, const 
 #define WIDE_BLOCK_BYTES 65536
 
 __attribute__((target("avx512f,avx2,fma"), always_inline))
-static inline void conv_tile_avx512(const ConvPlan *g, const float *xg, float *yc, const Py_ssize_t *offs,
+static inline void conv_tile_avx512(const ConvPlan *g, const float *xg, float *yc, const int32_t *offs,
                                     const float *v, int64_t k0, int64_t k1, float bias, int first, int relu,
                                     Py_ssize_t t, const int count, const int contiguous)
 {
@@ -968,7 +968,7 @@ static inline void conv_tile_avx512(const ConvPlan *g, const float *xg, float *y
  * the nb + 1 bounds of its stored weights in each block of input channels. */
 __attribute__((target("avx512f,avx2,fma")))
 static void conv_channels_avx512(const SparseConv *self, const ConvPlan *g, const float *xs, float *ys,
-                                 const Py_ssize_t *offs, const int64_t *blocks, Py_ssize_t nb, const float *bias,
+                                 const int32_t *offs, const int64_t *blocks, Py_ssize_t nb, const float *bias,
                                  int relu, Py_ssize_t c0, Py_ssize_t c1)
 {
     const float *v = self->w.val.buf;
@@ -1021,20 +1021,20 @@ static PyObject *conv_weight_plan(SparseConv *self, const Py_ssize_t *key, const
     Py_ssize_t wide = key[0], total = key[1], plane = key[2], wp = key[3], dh = key[4], dw = key[5];
     Py_ssize_t per_block = key[6], nnz = self->w.val.len / 4, kk = self->kh * self->kw;
     Py_ssize_t bounds = wide ? SIZE_PRODUCT(self->c_out, nb + 1) : 0;
-    if (bounds < 0 || SIZE_PRODUCT(nnz + bounds, 8) < 0) {
+    if (bounds < 0 || SIZE_PRODUCT(bounds + nnz, 8) < 0) {
         PyErr_SetString(PyExc_ValueError, "SparseConv.run: too many input channel blocks");
         return NULL;
     }
-    PyObject *plan = PyBytes_FromStringAndSize(NULL, (nnz + bounds) * 8);
+    PyObject *plan = PyBytes_FromStringAndSize(NULL, bounds * 8 + nnz * 4);
     if (!plan) return NULL;
-    Py_ssize_t *offs = (Py_ssize_t *)PyBytes_AS_STRING(plan);
-    int64_t *blocks = (int64_t *)(offs + nnz);
+    int64_t *blocks = (int64_t *)PyBytes_AS_STRING(plan);
+    int32_t *offs = (int32_t *)(blocks + bounds); /* below 2^31: run bounds the work buffer */
     const int32_t *idx = self->w.idx.buf;
     for (Py_ssize_t k = 0; k < nnz; k++) {
         uint32_t q = (uint32_t)idx[k], ci = q / (uint32_t)kk, tap = q - ci * (uint32_t)kk;
         uint32_t ki = tap / (uint32_t)self->kw, kj = tap - ki * (uint32_t)self->kw;
         Py_ssize_t shift = wide ? kj * dw % WIDE_SEG : 0;
-        offs[k] = slot[shift] * total + ci * plane + ki * dh * wp + kj * dw - shift;
+        offs[k] = (int32_t)(slot[shift] * total + ci * plane + ki * dh * wp + kj * dw - shift);
     }
     const int64_t *p = self->w.ptr.buf;
     for (Py_ssize_t co = 0; wide && co < self->c_out; co++) { /* indices ascend within a row (checked at init) */
@@ -1117,7 +1117,9 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
             if (slot[kj * dw % WIDE_SEG] < 0) slot[kj * dw % WIDE_SEG] = copies++;
     }
     g.plane = g.hp * g.wp + SLACK * sw;
-    if (g.plane > PY_SSIZE_T_MAX / 4 / WIDE_SEG / c || g.oh > PY_SSIZE_T_MAX / 32 / (g.ow + SEG)) {
+    /* the weight offsets are int32: a sample's work buffer (all copies) holds fewer than 2^31 values */
+    if (g.plane > PY_SSIZE_T_MAX / 4 / WIDE_SEG / c || g.oh > PY_SSIZE_T_MAX / 32 / (g.ow + SEG) ||
+        copies * c * g.plane > INT32_MAX - (WIDE_TILE + 1) * WIDE_SEG) {
         PyErr_SetString(PyExc_ValueError, "SparseConv.run: the padded input is too large for a work buffer");
         return NULL;
     }
@@ -1131,7 +1133,7 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     if (get_in_out(xo, &xb, "x", yo, &yb, "y", 1) < 0) return NULL;
     PyObject *result = NULL;
     PyObject *plan = NULL;
-    const Py_ssize_t *offs = NULL;
+    const int32_t *offs = NULL;
     const int64_t *blocks = NULL;
     Py_ssize_t *segs = NULL;
     float *raw = NULL;
@@ -1142,7 +1144,7 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
         goto done;
     }
     int seg = wide ? WIDE_SEG : SEG; /* pixels per segment */
-    Py_ssize_t nnz = self->w.val.len / 4, per_row = (g.ow + seg - 1) / seg;
+    Py_ssize_t per_row = (g.ow + seg - 1) / seg;
     /* AVX-512 at unit vertical stride where a row's segments fill the padded row: one run of segments */
     g.contiguous = wide && sh == 1 && per_row * seg == g.wp;
     g.segs = g.oh * per_row;
@@ -1178,8 +1180,8 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     Py_ssize_t key[PLAN_KEY] = {wide, total, g.plane, g.wp, dh, dw, per_block};
     plan = conv_weight_plan(self, key, slot, nb);
     if (!plan) goto done;
-    offs = (Py_ssize_t *)PyBytes_AS_STRING(plan);
-    blocks = (const int64_t *)(offs + nnz);
+    blocks = (const int64_t *)PyBytes_AS_STRING(plan);
+    offs = (const int32_t *)(blocks + (wide ? self->c_out * (nb + 1) : 0));
     const float *x = xb.buf, *bias = bb.buf;
     float *y = yb.buf;
     Py_ssize_t bad = 0;
