@@ -2,7 +2,7 @@
 per layer shape, at batch 1 on one thread; and (``--lanes``) where the compiled kernel for few
 input channels (``conv_lanes2d``) beats im2col + BLAS on dense layers.
 
-    python -m benchmarks.conv_choice [--quick] [--lanes] [--docs]
+    python -m benchmarks.conv_choice [--quick] [--lanes | --pruned] [--docs]
 
 Each layer (channels, kernel, input size) is pruned by magnitude to each density and timed with
 every kernel forced: ``direct`` (kernels="sparse"), ``winograd`` (kernels="dense", 3x3 stride 1)
@@ -15,6 +15,12 @@ Writes benchmarks/results/conv_choice.json; ``--docs`` also writes docs/kernel-c
 interleaved and timed by the thread's CPU clock, so that other processes on a shared machine move
 all three alike. Writes benchmarks/results/conv_lanes.json and the table between the
 ``conv_lanes table`` markers.
+
+``--pruned`` times ResNet-18's 3x3 stride-1 layers pruned to 20-50% density (the zoo prunes ResNets to
+30%) at batch 1 and 8, on 1 and 2 threads: the direct sparse kernel, Winograd on the densified
+weight, the kernel the static rule picks, and onnxruntime on the dense layer, each call of the four
+interleaved, minimum of the calls. Writes benchmarks/results/conv_pruned.json and the table between
+the ``conv_pruned table`` markers.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from threadpoolctl import threadpool_limits
 
 import time
 
-from benchmarks.common import save, timeit
+from benchmarks.common import onnxruntime_session, save, timeit
 from dcm.converters import ConvertOptions
 from dcm.converters.onnx_in import from_onnx
 from dcm.runtime import InferenceSession
@@ -35,6 +41,7 @@ from dcm.runtime.cpu import conv, lanes
 DOCS = Path(__file__).parent.parent / "docs" / "kernel-choice.md"
 TABLE_START, TABLE_END = "<!-- conv_choice table -->", "<!-- end conv_choice table -->"
 LANES_START, LANES_END = "<!-- conv_lanes table -->", "<!-- end conv_lanes table -->"
+PRUNED_START, PRUNED_END = "<!-- conv_pruned table -->", "<!-- end conv_pruned table -->"
 
 # (in = out channels, kernel, input height = width): ResNet/MobileNet-like layers.
 LAYERS = [(32, 3, 56), (64, 3, 56), (128, 3, 28), (256, 3, 14), (64, 1, 56), (256, 1, 14), (32, 1, 112)]
@@ -46,7 +53,13 @@ LANE_LAYERS = [(3, 32, 3, 2, 224), (3, 40, 4, 4, 224), (3, 32, 3, 1, 128), (3, 6
                (32, 32, 3, 1, 128)]
 
 
-def _onnx(c: int, k: int, h: int, density: float, out: int | None = None, stride: int = 1) -> bytes:
+# (channels, input size): ResNet-18's 3x3 stride-1 layers, one per stage.
+PRUNED_LAYERS = [(64, 56), (128, 28), (256, 14), (512, 7)]
+PRUNED_DENSITIES = [0.2, 0.3, 0.4, 0.5]
+
+
+def _onnx(c: int, k: int, h: int, density: float, out: int | None = None, stride: int = 1,
+          batch: int = 1) -> bytes:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -54,7 +67,7 @@ def _onnx(c: int, k: int, h: int, density: float, out: int | None = None, stride
     w[np.abs(w) < np.quantile(np.abs(w), 1 - density)] = 0  # magnitude pruning
     pads = [(k - stride + 1) // 2] * 4  # "same" for odd kernels, none for patchify layers (k = stride)
     g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=pads, strides=[stride] * 2)], "layer",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, h])],
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, c, h, h])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                           [numpy_helper.from_array(w, "w")])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
@@ -133,6 +146,47 @@ def measure_lanes(layers, reps: int = 40) -> list[dict]:
     return rows
 
 
+def measure_pruned(layers, densities, batches=(1, 8), threads=(1, 2), reps: int = 15) -> list[dict]:
+    """Per pruned layer, batch and thread count: direct, Winograd, the static choice and onnxruntime,
+    minimum ms over ``reps`` interleaved rounds."""
+    rows = []
+    for c, h in layers:
+        for density in densities:
+            for batch in batches:
+                data = _onnx(c, 3, h, density, batch=batch)
+                model = from_onnx(data, ConvertOptions(exact=True))
+                x = np.random.default_rng(1).standard_normal((batch, c, h, h)).astype(np.float32)
+                for t in threads:
+                    runs = {"onnxruntime": onnxruntime_session(data, t)}
+                    for name, kernels in (("direct", "sparse"), ("winograd", "dense"), ("auto", None)):
+                        runs[name] = InferenceSession(model, kernels=kernels, threads=t)
+                    times = {name: [] for name in runs}
+                    with threadpool_limits(t):
+                        for sess in runs.values():
+                            sess.run(None, {"x": x})
+                        for _ in range(reps):
+                            for name, sess in runs.items():
+                                start = time.perf_counter()
+                                sess.run(None, {"x": x})
+                                times[name].append(time.perf_counter() - start)
+                    row = {"channels": c, "size": h, "density": density, "batch": batch, "threads": t,
+                           **{f"{name}_ms": min(ts) * 1e3 for name, ts in times.items()},
+                           "chosen": runs["auto"].describe()[0]["kernel"]}
+                    print(row, flush=True)
+                    rows.append(row)
+    return rows
+
+
+def pruned_table(rows: list[dict]) -> str:
+    lines = ["| layer (C, H) | density | batch | threads | direct ms | winograd ms | chosen | its ms | onnxruntime ms "
+             "| chosen / onnxruntime |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['channels']}, {r['size']} | {r['density']:.2f} | {r['batch']} | {r['threads']} | "
+                     f"{r['direct_ms']:.2f} | {r['winograd_ms']:.2f} | {r['chosen']} | {r['auto_ms']:.2f} | "
+                     f"{r['onnxruntime_ms']:.2f} | {r['auto_ms'] / r['onnxruntime_ms']:.2f} |")
+    return "\n".join(lines)
+
+
 def lanes_table(rows: list[dict]) -> str:
     lines = ["| layer (C_in->C_out, k, stride, H) | taps | lanes ms | im2col + gemm ms | chosen | its ms "
              "| onnxruntime ms |", "|---|---|---|---|---|---|---|"]
@@ -174,8 +228,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="three layers, three densities")
     ap.add_argument("--lanes", action="store_true", help="few-input-channel dense layers: conv_lanes2d against gemm")
+    ap.add_argument("--pruned", action="store_true", help="ResNet-18's pruned 3x3 layers: direct against Winograd")
     ap.add_argument("--docs", action="store_true", help="rewrite the table in docs/kernel-choice.md")
     args = ap.parse_args()
+    if args.pruned:
+        rows = (measure_pruned(PRUNED_LAYERS, [0.3], batches=(1,), threads=(1,)) if args.quick
+                else measure_pruned(PRUNED_LAYERS, PRUNED_DENSITIES))
+        path = save("conv_pruned", {"rows": rows})
+        print(pruned_table(rows))
+        print(f"wrote {path}")
+        if args.docs:
+            _write_docs(PRUNED_START, PRUNED_END, pruned_table(rows))
+        return
     if args.lanes:
         rows = measure_lanes(LANE_LAYERS[::2] if args.quick else LANE_LAYERS)
         path = save("conv_lanes", {"batch": 1, "threads": 1, "max_taps": lanes.MAX_TAPS, "rows": rows})

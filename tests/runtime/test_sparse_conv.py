@@ -91,3 +91,13 @@ def test_refuses_unsorted_indices():
     ptr, idx = np.array([0, 2], np.int64), np.array([3, 1], np.int32)
     with pytest.raises(ValueError, match="not sorted"):
         native.SparseConv(1, 1, 3, 3, 1, ptr, idx, np.ones(2, np.float32))
+
+
+def test_refuses_a_work_buffer_past_int32_offsets():
+    """One value padded to 2^20 x 2^20: the work plane would need offsets past int32, refused before any
+    allocation."""
+    one = native.SparseConv(1, 1, 1, 1, 1, np.array([0, 1], np.int64), np.array([0], np.int32),
+                            np.ones(1, np.float32))
+    x = np.ones((1, 1, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="too large for a work buffer"):
+        one.run(x, np.zeros(1, np.float32), x.shape, (1, 1), (1, 1), (1 << 19,) * 4)
