@@ -64,6 +64,9 @@ def cases() -> list[tuple[str, bytes, list[int]]]:
         ("LayerNorm 197x192", _graph([node("LayerNormalization", ["x", "s", "b"], "y", axis=-1)], [197, 192],
                                      {"s": rand(192), "b": rand(192)}), [197, 192]),
         ("Softmax 4x128x128", _graph([node("Softmax", ["x"], "y", axis=-1)], [4, 128, 128], {}), [4, 128, 128]),
+        ("Softmax 4x128x128 after a causal mask (-inf lanes)", _graph(
+            [node("Add", ["x", "m"], "a"), node("Softmax", ["a"], "y", axis=-1)], [4, 128, 128],
+            {"m": np.triu(np.full((128, 128), -np.inf, np.float32), 1)}), [4, 128, 128]),
         ("Conv 1x1 16->96 at 112x112 + bias, Clip 0..6 (96x12544)", _graph(
             [node("Conv", ["x", "w", "b"], "c"), node("Clip", ["c", "lo", "hi"], "y")], [1, 16, 112, 112],
             {"w": rand(96, 16, 1, 1) * 0.3, "b": rand(96), "lo": np.float32(0), "hi": np.float32(6)}), [1, 16, 112, 112]),
