@@ -101,3 +101,17 @@ def test_refuses_a_work_buffer_past_int32_offsets():
     x = np.ones((1, 1, 1, 1), np.float32)
     with pytest.raises(ValueError, match="too large for a work buffer"):
         one.run(x, np.zeros(1, np.float32), x.shape, (1, 1), (1, 1), (1 << 19,) * 4)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_small_plane_at_batch_1(path):
+    """A 7x7 plane at batch 1: with AVX-512 the direct layer runs im2col and the batched sparse product
+    (conv.SMALL_PLANE_OUTPUTS), elsewhere the direct kernel; both as onnxruntime, hidden NaNs included."""
+    m = _model(_weight((48, 96, 3, 3), 0.3), [1, 96, 7, 7], {"pads": [1, 1, 1, 1]})
+    x = np.random.default_rng(4).standard_normal((1, 96, 7, 7)).astype(np.float32)
+    x[0, 7, 3, 3] = np.nan
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)), kernels="sparse", threads=1)
+    got = _run_on(path, lambda: sess.run(None, {"x": x})[0])
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)

@@ -39,6 +39,11 @@ DIRECT_MAX_DENSITY_POINTWISE = 0.07
 # 256ch 14x14 1.41 / 1.64 / 1.64; 512ch 7x7 3.04 / 3.83 / 2.18), and loses to Winograd from about 40%
 # (128ch: 1.71 against 1.60 ms at 40%).
 DIRECT_MAX_DENSITY_AVX512 = 0.35
+# ... except on planes of few outputs at batch 1, where each stored weight has too few pixels to
+# work on and the weights' own traffic sets the time: there im2col and the batched sparse product
+# (SparseMatrix.matmat, 32-column panels) take the layer (ResNet-18's 512ch 7x7 at 30%: 2.36 against
+# 2.91 ms direct, onnxruntime 2.06; 256ch 14x14: 2.09 against 1.37, so direct keeps 196 outputs).
+SMALL_PLANE_OUTPUTS = 64
 # Layers the direct kernel cannot take (horizontal stride 2: ResNet's 7x7 stem, its strided 3x3s)
 # go through im2col, whose many columns suit BLAS: the stem at 30% density took 10.3 ms dense
 # against 16.2 ms with the sparse product; 128 channels 3x3 stride 2 at 10%, 2.08 ms either way.
@@ -191,6 +196,7 @@ class Conv(Kernel):
             return None  # few weights, but Winograd's layer (32+ channels): it wins on the denser ones
         m = w.to_scipy() if self.mode == "sparse" else sp.csr_array(w)
         m.sort_indices()
+        self.direct_csr, self.plane_mms = m, None  # the small-plane product, made at its first use
         self.direct_pattern = (m.indptr.astype(np.int64), m.indices.astype(np.int32))
         self.direct_weights = m.nnz  # multiply-adds per output pixel, over all channels
         return native.SparseConv(self.out_channels, shape[1], *self.kernel, self.group, *self.direct_pattern,
@@ -294,10 +300,13 @@ class Conv(Kernel):
         if c != self.in_channels:
             raise ValueError(f"Conv {self.node.name!r}: input has {c} channels, weight expects {self.in_channels}")
         begin, end = resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations)
+        mms = self.mms
         if self.direct is not None and (not self.tuning or self._direct_wins(x, begin, end)):
-            out = self._run_direct(x, begin, end)
-            return (out[:, :, 0, :] if was_1d else out), False
-        if self.winograd is not None:
+            if not self._small_plane(x.shape, begin, end):
+                out = self._run_direct(x, begin, end)
+                return (out[:, :, 0, :] if was_1d else out), False
+            mms = self._plane_products()
+        elif self.winograd is not None:
             return conv3x3(x, self.winograd, begin, end, self.bias, self.relu, self.threads), False
         pointwise = self.kernel == (1, 1) and self.group == 1 and not any(begin) and not any(end)
         if pointwise and (n == 1 or self.mode == "dense"):
@@ -306,7 +315,7 @@ class Conv(Kernel):
         cg = c // self.group
         cols, oh, ow, row = im2col(x, self.group, self.kernel, self.strides, self.dilations, begin, end,
                                    self.index_cache)
-        outs = [mm.left(cols[g].reshape(cg * kh * kw, -1)).reshape(-1, n, oh, row) for g, mm in enumerate(self.mms)]
+        outs = [mm.left(cols[g].reshape(cg * kh * kw, -1)).reshape(-1, n, oh, row) for g, mm in enumerate(mms)]
         y = np.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]  # [C_out, N, OH, row], a new array
         done = False
         if n == 1 and row == ow:  # already [1, C_out, OH, OW]: no copy (batch 1 at LeNet size)
@@ -321,6 +330,20 @@ class Conv(Kernel):
             if self.relu:
                 relu(out, out=out)
         return (out[:, :, 0, :] if was_1d else out), done
+
+    def _small_plane(self, shape: tuple[int, ...], begin: list[int], end: list[int]) -> bool:
+        """Whether this call of a direct layer goes to im2col and the batched sparse product instead
+        (SMALL_PLANE_OUTPUTS): one sample of few outputs, one group, not 1x1, on SparseConv's AVX-512 path."""
+        if shape[0] != 1 or self.group != 1 or self.pointwise or native.batched_simd is None:
+            return False
+        oh, ow = output_size(shape[2:], self.kernel, self.strides, self.dilations, begin, end)
+        return oh * ow <= SMALL_PLANE_OUTPUTS and native.batched_simd() == "avx512"
+
+    def _plane_products(self) -> list[WeightMatmul]:
+        """The direct layer's weight as a batched sparse product, made at the first small-plane call."""
+        if self.plane_mms is None:
+            self.plane_mms = [WeightMatmul("sparse", self.direct_csr, self.threads)]
+        return self.plane_mms
 
     def _run_direct(self, x: np.ndarray, begin: list[int], end: list[int]) -> np.ndarray:
         """Direct sparse convolution, split over the thread pool by samples (or else by output
