@@ -115,3 +115,14 @@ def test_small_plane_at_batch_1(path):
     got = _run_on(path, lambda: sess.run(None, {"x": x})[0])
     np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_tune_races_a_layer_held_dense():
+    """32% dense: over the load-time sparse limit (held dense), under the direct kernel's AVX-512 limit,
+    so tune=True races direct (from the dense array) against Winograd; the winner matches onnxruntime."""
+    m = _model(_weight((64, 64, 3, 3), 0.32), [1, 64, 14, 14], {"pads": [1, 1, 1, 1]})
+    x = np.random.default_rng(5).standard_normal((1, 64, 14, 14)).astype(np.float32)
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)), tune=True, threads=1)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref, rtol=1e-4, atol=1e-4)
+    assert sess.describe()[0]["tuned"] in ("direct", "dense")

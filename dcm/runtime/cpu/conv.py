@@ -148,7 +148,8 @@ class Conv(Kernel):
                 return False
             self.bias_vector = None if b is None else np.ascontiguousarray(self.bias.reshape(-1))
             return True
-        dense = np.asarray(w.to_scipy().toarray() if self.mode == "sparse" else w, dtype=np.float32)
+        # w as loaded: held dense where over native.SPARSE_MAX_DENSITY, even when direct took the layer
+        dense = np.asarray(w if isinstance(w, np.ndarray) else w.to_scipy().toarray(), dtype=np.float32)
         if wide_3x3:
             self.winograd = transform_weight(dense.reshape(shape))
         else:
@@ -171,8 +172,8 @@ class Conv(Kernel):
             finally:
                 self.direct = direct
 
-        self.tuned = tune.choose(key, {"direct": lambda: self._run_direct(x, begin, end), "dense": dense})
-        self.tuning = False
+        self.tuning = False  # the direct candidate runs _conv's own dispatch (a small plane's im2col too)
+        self.tuned = tune.choose(key, {"direct": lambda: self._conv(x)[0], "dense": dense})
         if self.tuned == "direct":
             self.winograd, self.mms, self.mode, self.quiet = None, [], "sparse", True
         else:
