@@ -49,7 +49,8 @@ def test_matches_onnxruntime_on_every_path(shape, density):
         assert sess.describe()[0]["kernel"] == "direct"
         outs[path] = _run_on(path, lambda: sess.run(None, {"x": x})[0])
         np.testing.assert_allclose(outs[path], ref, rtol=1e-4, atol=1e-4, err_msg=path)
-    np.testing.assert_array_equal(outs["avx512"], outs["avx2"])  # same sums in the same order
+    if outs["avx512"].shape[2] * outs["avx512"].shape[3] > conv.SMALL_PLANE_OUTPUTS:  # else im2col on AVX-512
+        np.testing.assert_array_equal(outs["avx512"], outs["avx2"])  # same sums in the same order
 
 
 @pytest.mark.parametrize("batch", [1, 3])  # 1: threads split output channels, 3: samples
@@ -104,8 +105,8 @@ def test_refuses_a_work_buffer_past_int32_offsets():
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_small_plane_at_batch_1(path):
-    """A 7x7 plane at batch 1: with AVX-512 the direct layer runs im2col and the batched sparse product
+def test_small_plane(path):
+    """A 7x7 plane: with AVX-512 the direct layer runs im2col and the batched sparse product
     (conv.SMALL_PLANE_OUTPUTS), elsewhere the direct kernel; both as onnxruntime, hidden NaNs included."""
     m = _model(_weight((48, 96, 3, 3), 0.3), [1, 96, 7, 7], {"pads": [1, 1, 1, 1]})
     x = np.random.default_rng(4).standard_normal((1, 96, 7, 7)).astype(np.float32)

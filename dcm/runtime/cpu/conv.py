@@ -39,10 +39,11 @@ DIRECT_MAX_DENSITY_POINTWISE = 0.07
 # 256ch 14x14 1.41 / 1.64 / 1.64; 512ch 7x7 3.04 / 3.83 / 2.18), and loses to Winograd from about 40%
 # (128ch: 1.71 against 1.60 ms at 40%).
 DIRECT_MAX_DENSITY_AVX512 = 0.35
-# ... except on planes of few outputs at batch 1, where each stored weight has too few pixels to
-# work on and the weights' own traffic sets the time: there im2col and the batched sparse product
-# (SparseMatrix.matmat, 32-column panels) take the layer (ResNet-18's 512ch 7x7 at 30%: 2.36 against
-# 2.91 ms direct, onnxruntime 2.06; 256ch 14x14: 2.09 against 1.37, so direct keeps 196 outputs).
+# ... except on planes of few outputs, where each stored weight has too few pixels to work on and the
+# weights' own traffic sets the time: there im2col and the batched sparse product (SparseMatrix.matmat,
+# 32-column panels) take the layer (ResNet-18's 512ch 7x7 at 30%: 2.36 against 2.91 ms direct at batch
+# 1, onnxruntime 2.06; 16.2 against 22.0 at batch 8, onnxruntime 14.1; 256ch 14x14: 2.09 against 1.37
+# at batch 1, so direct keeps 196 outputs).
 SMALL_PLANE_OUTPUTS = 64
 # Layers the direct kernel cannot take (horizontal stride 2: ResNet's 7x7 stem, its strided 3x3s)
 # go through im2col, whose many columns suit BLAS: the stem at 30% density took 10.3 ms dense
@@ -334,8 +335,8 @@ class Conv(Kernel):
 
     def _small_plane(self, shape: tuple[int, ...], begin: list[int], end: list[int]) -> bool:
         """Whether this call of a direct layer goes to im2col and the batched sparse product instead
-        (SMALL_PLANE_OUTPUTS): one sample of few outputs, one group, not 1x1, on SparseConv's AVX-512 path."""
-        if shape[0] != 1 or self.group != 1 or self.pointwise or native.batched_simd is None:
+        (SMALL_PLANE_OUTPUTS): few outputs, one group, not 1x1, on SparseConv's AVX-512 path."""
+        if self.group != 1 or self.pointwise or native.batched_simd is None:
             return False
         oh, ow = output_size(shape[2:], self.kernel, self.strides, self.dilations, begin, end)
         return oh * ow <= SMALL_PLANE_OUTPUTS and native.batched_simd() == "avx512"
