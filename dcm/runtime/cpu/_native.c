@@ -925,11 +925,13 @@ static void conv_channels_avx2(const SparseConv *self, const ConvPlan *g, const 
  * pass over them, so each weight costs one broadcast and WIDE_TILE multiply-adds that read their
  * input straight from memory: enough independent sums to keep both FMA units busy, where 4 AVX2 sums
  * left them waiting on the FMA latency. The input channels are cut into blocks whose rows under one
- * tile fit in L1 (WIDE_BLOCK_BYTES), and every output channel takes one block's weights over the tile
- * before the next block: without the cut a 64-channel 56x56 layer read each tile's input from L2
- * once per output channel, and the loads, not the multiply-adds, set its time. The sums go to y
- * between blocks (loaded back by the next), in the same order as one pass, so the result is the
- * same. Tiles of 4 and 8 segments take a plane's last ones. */
+ * tile (all copies) take about WIDE_BLOCK_BYTES, and every output channel takes one block's weights
+ * over the tile before the next block: without the cut a 64-channel 56x56 layer read each tile's
+ * input from L2 once per output channel, and the loads, not the multiply-adds, set its time. Smaller
+ * blocks (8-32 KiB, within L1) lost more to the partial sums' loads and stores than they saved (64ch
+ * 56x56 and 128ch 28x28 at 30%: 64 KiB fastest of 8-128). The sums go to y between blocks (loaded
+ * back by the next), in the same order as one pass, so the result is the same. Tiles of 4 and 8
+ * segments take a plane's last ones. */
 #define WIDE_SEG 16
 #define WIDE_TILE 16
 #define WIDE_BLOCK_BYTES 65536
