@@ -336,7 +336,7 @@ class Conv(Kernel):
     def _small_plane(self, shape: tuple[int, ...], begin: list[int], end: list[int]) -> bool:
         """Whether this call of a direct layer goes to im2col and the batched sparse product instead
         (SMALL_PLANE_OUTPUTS): few outputs, one group, not 1x1, on SparseConv's AVX-512 path."""
-        if self.group != 1 or self.pointwise or native.batched_simd is None:
+        if not shape[0] or self.group != 1 or self.pointwise or native.batched_simd is None:  # 0 samples: direct
             return False
         oh, ow = output_size(shape[2:], self.kernel, self.strides, self.dilations, begin, end)
         return oh * ow <= SMALL_PLANE_OUTPUTS and native.batched_simd() == "avx512"
