@@ -67,7 +67,7 @@ RECIPES = {
                   other_bits=4),
     "lstm": Recipe(model="lstm", optimizer="adamw", weight_decay=0.0, batch=128, augment=1,
                    dense_epochs=15, dense_lr=3e-3, prune_epochs=40, prune_steps=10, prune_lr=1e-3,
-                   quant_epochs=12, quant_lr=1e-4, sparsity={"fc": 0.87, "lstm.weight_ih_l0": 0.6}, bits={"fc": 5},
+                   quant_epochs=20, quant_lr=1e-4, sparsity={"fc": 0.87, "lstm.weight_ih_l0": 0.6}, bits={"fc": 5},
                    size_penalty=0.03, other_bits=5),
 }
 
