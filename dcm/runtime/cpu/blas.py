@@ -28,11 +28,14 @@ from typing import Callable
 
 import numpy as np
 
-# Below this many multiply-adds (about 0.1 ms on one core) handing chunks to a pool thread costs
-# more than it saves.
-SPLIT_MIN_MACS = 1 << 21
+# Below this many multiply-adds (about 0.5 ms on one core) handing chunks to a pool thread costs
+# more than it saves: on a quiet 2-core machine a 128x256 @ 256x256 product took 0.12 ms on one
+# thread and 0.22 split in two, Winograd's [16, 32, 32] @ [16, 32, 128] band 0.03 and 0.14 (which
+# made a 32-channel 3x3 layer at 128x128 three times slower with threads=2); from about 32M
+# multiply-adds the split gains (128x256 @ 256x1024: 0.87 of one thread's time, 512^3: 0.66).
+SPLIT_MIN_MACS = 1 << 25
 CHUNK_MIN = 32  # the fewest rows or columns in a chunk: narrower products run below BLAS's best speed
-CHUNKS_PER_THREAD = 4  # how finely the rows are cut: a late thread leaves little undone
+CHUNKS_PER_THREAD = 2  # how finely the rows are cut: a late thread leaves little undone
 
 
 @cache

@@ -95,15 +95,25 @@ def _conv3x3_native(x: np.ndarray, u: np.ndarray, begin: list[int], out: np.ndar
     tiles = max(tw, NATIVE_BAND_TILES)  # per band
     rows = min(th, max(1, tiles // tw))  # tile rows per band, then samples per band
     samples = max(1, tiles // (rows * tw)) if rows == th else 1
-    for n0 in range(0, n, samples):
-        for t0 in range(0, th, rows):
-            band = (n0, min(n0 + samples, n), t0, min(t0 + rows, th), tw)
-            count = (band[1] - n0) * (band[3] - t0) * tw
-            v, m = scratch_arrays((16, c, count), (16, k, count))
-            _split(threads, c, count, lambda a, b: native.winograd_input(x, v, x.shape, (begin[0], begin[1]), band,
-                                                                         a, b))
-            blas.matmul(ut, v, threads, out=m)
-            _split(threads, k, count, lambda a, b: native.winograd_output(m, out, out.shape, band, bias, relu, a, b))
+    bands = [(n0, min(n0 + samples, n), t0, min(t0 + rows, th), tw)
+             for n0 in range(0, n, samples) for t0 in range(0, th, rows)]
+
+    def run(band: tuple[int, ...], threads: int) -> None:
+        count = (band[1] - band[0]) * (band[3] - band[2]) * tw
+        v, m = scratch_arrays((16, c, count), (16, k, count))  # this thread's own buffer
+        _split(threads, c, count, lambda a, b: native.winograd_input(x, v, x.shape, (begin[0], begin[1]), band,
+                                                                     a, b))
+        blas.matmul(ut, v, threads, out=m)
+        _split(threads, k, count, lambda a, b: native.winograd_output(m, out, out.shape, band, bias, relu, a, b))
+
+    # Several bands: each thread takes whole bands (their outputs are disjoint), the one split that
+    # pays off at every size; a band's own products are too small to split (blas.SPLIT_MIN_MACS).
+    # One band (few large tiles, many channels): its transforms and products split instead.
+    if threads > 1 and len(bands) > 1:
+        blas.share(lambda lo, hi: [run(b, 1) for b in bands[lo:hi]], len(bands), threads)
+    else:
+        for band in bands:
+            run(band, threads)
     return out
 
 
