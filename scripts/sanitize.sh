@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 tests=(tests/runtime)
 if [ "${1:-}" = --quick ]; then
   shift
-  tests=(tests/runtime/test_{native,pointwise,recurrent_scan,upsample,conv,depthwise,fusion,winograd,matmul,windows,kernels,session,numerics,memory,quiet_ops,malformed_runs,hostile_shapes}.py)
+  tests=(tests/runtime/test_{native,pointwise,recurrent_scan,upsample,conv,conv_lanes,sparse_conv,depthwise,fusion,winograd,matmul,windows,kernels,session,numerics,memory,quiet_ops,malformed_runs,hostile_shapes}.py)
 fi
 iterations=${1:-20000}
 workers=${2:-2}
