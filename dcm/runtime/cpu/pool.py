@@ -4,10 +4,13 @@ over pixels). MaxPool's optional Indices output gathers through the window view;
 values back to those indices."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from dcm.errors import UnsupportedOpError
 from dcm.runtime.cpu import blas, native
+from dcm.runtime.cpu.reduce import sum_trailing
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.cpu.shape import check_elements
 from dcm.runtime.cpu.windows import (axis_ints, ints2, output_size, pads2, reduce_windows, resolve_pads, spatial_2d,
@@ -198,7 +201,11 @@ class MaxUnpool(Kernel):
 @register("GlobalAveragePool")
 class GlobalAveragePool(Kernel):
     def __call__(self, x):
-        return (x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=np.float32),)
+        axes = tuple(range(2, x.ndim))
+        fast = sum_trailing(x, axes, True)
+        if fast is not None:
+            return (fast / math.prod(x.shape[2:]),)
+        return (x.mean(axis=axes, keepdims=True, dtype=np.float32),)
 
 
 @register("GlobalMaxPool")

@@ -8,6 +8,7 @@ products, -inf for a max, ...).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -77,10 +78,37 @@ class _Reduce(Kernel):
         raise NotImplementedError
 
 
+BLAS_SUM_MIN, BLAS_SUM_MAX = 16, 1 << 16  # values per row that sum_trailing takes to BLAS
+
+
+@functools.cache
+def _ones(n: int) -> np.ndarray:
+    ones = np.ones(n, np.float32)
+    ones.flags.writeable = False
+    return ones
+
+
+def sum_trailing(x: np.ndarray, axes: Axes, keep: bool) -> np.ndarray | None:
+    """The sum of a float32 C-contiguous x over its last axes as one BLAS matrix-vector product with
+    ones, or None where that does not apply. numpy's strided sum over a [1, 96, 56, 56] tensor's
+    planes took 64-69 us, the product 17 (onnxruntime's ReduceMean 34): the squeeze of every
+    squeeze-and-excitation block and GlobalAveragePool. Rows up to 2^16 values, where the product's
+    float32 sums stay as accurate as numpy's pairwise ones for any test here (error ~1e-7 relative)."""
+    if x.dtype != np.float32 or not x.flags.c_contiguous or not axes or x.size == 0:
+        return None
+    lead = x.ndim - len(axes)
+    n = math.prod(x.shape[lead:])
+    if tuple(axes) != tuple(range(lead, x.ndim)) or not BLAS_SUM_MIN <= n <= BLAS_SUM_MAX:
+        return None
+    y = x.reshape(-1, n) @ _ones(n)  # [rows, n] @ [n]
+    return y.reshape(x.shape[:lead] + (1,) * len(axes) if keep else x.shape[:lead])
+
+
 @register("ReduceSum")
 class ReduceSum(_Reduce):
     def reduce(self, x, axes):
-        return np.sum(x, axis=axes, keepdims=self.keep, dtype=x.dtype)
+        fast = sum_trailing(x, axes, self.keep)
+        return fast if fast is not None else np.sum(x, axis=axes, keepdims=self.keep, dtype=x.dtype)
 
 
 @register("ReduceMean")
@@ -89,6 +117,9 @@ class ReduceMean(_Reduce):
         # The sum over the count, not np.mean: the mean of an empty set is then a quiet NaN (0 / 0
         # under the session's errstate) instead of np.mean's Python warning. float16 sums in float32.
         count = x.size if axes is None else math.prod(x.shape[a] for a in axes)
+        fast = sum_trailing(x, axes, self.keep)
+        if fast is not None:
+            return fast / count
         return np.sum(x, axis=axes, keepdims=self.keep, dtype=np.float32 if x.dtype == np.float16 else None) / count
 
 
