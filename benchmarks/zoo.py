@@ -104,10 +104,16 @@ def op_profile(sess: InferenceSession, onnx_bytes: bytes, feeds: dict, seconds_p
         events = json.loads(Path(ort_sess.end_profiling()).read_text())
     ort_ms: Counter = Counter()
     warm = {}
+    # onnxruntime's NCHWc layout pass renames the convolutions it moves into its blocked layout after
+    # their output ("<output>_nchwc"): map those back to the node of the file that writes that output.
+    import onnx
+
+    writer = {out: n.name for n in onnx.load_from_string(onnx_bytes).graph.node for out in n.output}
     for e in events:
         if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
             continue
         node = e["name"][: -len("_kernel_time")]
+        node = writer.get(node.removesuffix("_nchwc"), node) if node.endswith("_nchwc") else node
         warm[node] = warm.get(node, 0) + 1
         if warm[node] > 1:  # the first event of each node is the warm-up run's
             op = e["args"].get("op_name", "?")
