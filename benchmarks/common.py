@@ -73,3 +73,11 @@ def save(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+def replace_between(path: Path, start_marker: str, end_marker: str, text: str) -> None:
+    """Rewrite the part of a docs page between two marker lines with ``text`` (the markers stay), so
+    a benchmark refreshes its own table and leaves the prose around it alone."""
+    doc = path.read_text()
+    start, end = doc.index(start_marker) + len(start_marker), doc.index(end_marker)
+    path.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])

@@ -32,7 +32,7 @@ from threadpoolctl import threadpool_limits
 
 import time
 
-from benchmarks.common import onnxruntime_session, save, timeit
+from benchmarks.common import onnxruntime_session, replace_between, save, timeit
 from dcm.converters import ConvertOptions
 from dcm.converters.onnx_in import from_onnx
 from dcm.runtime import InferenceSession
@@ -197,12 +197,6 @@ def lanes_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write_docs(start_marker: str, end_marker: str, text: str) -> None:
-    doc = DOCS.read_text()
-    start, end = doc.index(start_marker) + len(start_marker), doc.index(end_marker)
-    DOCS.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])
-
-
 def break_even(rows: list[dict]) -> list[dict]:
     """Per layer: the highest density where direct beats the best dense kernel."""
     out = []
@@ -238,7 +232,7 @@ def main() -> None:
         print(pruned_table(rows))
         print(f"wrote {path}")
         if args.docs:
-            _write_docs(PRUNED_START, PRUNED_END, pruned_table(rows))
+            replace_between(DOCS, PRUNED_START, PRUNED_END, pruned_table(rows))
         return
     if args.lanes:
         rows = measure_lanes(LANE_LAYERS[::2] if args.quick else LANE_LAYERS)
@@ -246,7 +240,7 @@ def main() -> None:
         print(lanes_table(rows))
         print(f"wrote {path}")
         if args.docs:
-            _write_docs(LANES_START, LANES_END, lanes_table(rows))
+            replace_between(DOCS, LANES_START, LANES_END, lanes_table(rows))
         return
     layers = LAYERS[::3] if args.quick else LAYERS
     densities = [0.1, 0.3, 1.0] if args.quick else DENSITIES
@@ -255,7 +249,7 @@ def main() -> None:
     print(table(rows))
     print(f"wrote {path}")
     if args.docs:
-        _write_docs(TABLE_START, TABLE_END, table(rows))
+        replace_between(DOCS, TABLE_START, TABLE_END, table(rows))
 
 
 if __name__ == "__main__":

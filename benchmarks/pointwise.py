@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import compiled_off, onnxruntime_session, save
+from benchmarks.common import compiled_off, onnxruntime_session, replace_between, save
 from dcm.converters import ConvertOptions
 from dcm.converters.onnx_in import from_onnx
 from dcm.runtime import InferenceSession
@@ -150,10 +150,8 @@ def main() -> None:
     print(text)
     print(f"wrote {path} (load average {load:.1f} at the start)")
     if args.docs:
-        doc = DOCS.read_text()
-        start, end = doc.index(TABLE_START) + len(TABLE_START), doc.index(TABLE_END)
-        note = f"\n`python -m benchmarks.pointwise --docs`, load average {load:.1f} at the start:\n\n"
-        DOCS.write_text(doc[:start] + note + text + "\n" + doc[end:])
+        note = f"`python -m benchmarks.pointwise --docs`, load average {load:.1f} at the start:\n\n"
+        replace_between(DOCS, TABLE_START, TABLE_END, note + text)
 
 
 if __name__ == "__main__":

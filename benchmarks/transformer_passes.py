@@ -17,11 +17,10 @@ import time
 from collections import defaultdict
 
 import numpy as np
-import torch
 from threadpoolctl import threadpool_limits
 
 from benchmarks.common import onnxruntime_session, save
-from benchmarks.zoo import export, prune_all
+from benchmarks.zoo import example, exported
 from benchmarks.zoo_models import MODELS
 from dcm.converters import ConvertOptions
 from dcm.converters.onnx_in import from_onnx
@@ -51,15 +50,10 @@ def _without_new(model) -> InferenceSession:
 
 
 def measure(name: str, pruned: bool, rounds: int) -> dict:
-    build, kept = MODELS[name]
-    torch.manual_seed(0)
-    module, inputs, names, axes = build(1)
-    module.eval()
-    if pruned:
-        prune_all(module, kept)
-    onnx_bytes = export(module, inputs, names, axes)
+    kept = MODELS[name][1]
+    _, names, onnx_bytes = exported(name, pruned)
     model = from_onnx(onnx_bytes, ConvertOptions(exact=True))
-    feeds = {n: t.numpy() for n, t in zip(names, inputs)}
+    feeds = example(name, 1, names)[1]
     ort_sess = onnxruntime_session(onnx_bytes)
     new, old = InferenceSession(model, threads=1), _without_new(model)
     runners = {"dcm": lambda: new.run(None, feeds), "dcm_before": lambda: old.run(None, feeds),
