@@ -1,7 +1,8 @@
 """The compiled kernels of dcm.runtime.cpu, one C module each: _native.c (sparse products, the
 convolutions, pooling), _pointwise.c (activations, LayerNorm, Softmax), _recurrent.c (the
-LSTM/GRU/RNN step loop) and _upsample.c (Resize, ConvTranspose's col2im), all including
-_kernel_common.h. Everything else is in pyproject.toml.
+LSTM/GRU/RNN step loop), _upsample.c (Resize, ConvTranspose's col2im) and _pool.c (the native
+thread pool the others split their work on), all including _kernel_common.h. Everything else is in
+pyproject.toml.
 
 optional=True: without a C compiler the install still succeeds and the runtime falls back to
 scipy's kernels (slower at batch 1); tests/runtime/test_native.py fails loudly in that case unless
@@ -11,9 +12,18 @@ import sys
 
 from setuptools import Extension, setup
 
-MODULES = ("_native", "_pointwise", "_recurrent", "_upsample")
+MODULES = ("_native", "_pointwise", "_recurrent", "_upsample", "_pool", "_gemm")
+
+
+def flags(name: str) -> list[str]:
+    """-O3 for every module; _pool (the native thread pool) also needs pthreads."""
+    if sys.platform == "win32":
+        return []
+    return ["-O3", "-pthread"] if name == "_pool" else ["-O3"]
+
 
 setup(ext_modules=[Extension(f"dcm.runtime.cpu.{name}", [f"dcm/runtime/cpu/{name}.c"], optional=True,
                              depends=["dcm/runtime/cpu/_kernel_common.h"],
-                             extra_compile_args=[] if sys.platform == "win32" else ["-O3"])
+                             extra_compile_args=flags(name),
+                             extra_link_args=flags(name)[1:])
                    for name in MODULES])

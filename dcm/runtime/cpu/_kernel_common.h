@@ -103,4 +103,42 @@ static inline void release_buffers(Py_buffer *const *views, size_t count)
 #define RELEASE_BUFFERS(...) \
     release_buffers((Py_buffer *const[]){__VA_ARGS__}, sizeof((Py_buffer *[]){__VA_ARGS__}) / sizeof(Py_buffer *))
 
+/* The native thread pool (_pool.c): parallel_for(fn, ctx, count, grain, threads) runs fn(ctx, lo, hi)
+ * over [0, count) in ranges of whole multiples of grain (the last one may be shorter), about
+ * POOL_PARTS_PER_THREAD of them per thread, on up to `threads` threads, the caller included. Each
+ * thread takes the next range as it comes free; ranges no pool thread has taken by the time the caller
+ * runs out are run by the caller, so a thread the scheduler keeps off the core delays the call by one
+ * range at most. Call it without the GIL (inside Py_BEGIN_ALLOW_THREADS); fn must not touch Python.
+ * Runs serially where the pool is missing (a build without pthreads), threads < 2, there is one
+ * range only, or another call holds the pool (a nested call, another Python thread's session).
+ * Each module calls import_pool() once in its PyInit. */
+typedef void (*dcm_range_fn)(void *ctx, Py_ssize_t lo, Py_ssize_t hi);
+typedef struct {
+    unsigned version;
+    void (*run)(dcm_range_fn fn, void *ctx, Py_ssize_t count, Py_ssize_t grain, int threads);
+} dcm_pool_api;
+#define DCM_POOL_API_VERSION 1u
+#define DCM_POOL_CAPSULE "dcm.runtime.cpu._pool._api"
+
+static const dcm_pool_api *pool_api; /* NULL: serial */
+
+/* Finds the pool; without it every parallel_for runs serially (no error: the kernels still work). */
+static inline void import_pool(void)
+{
+    const dcm_pool_api *api = (const dcm_pool_api *)PyCapsule_Import(DCM_POOL_CAPSULE, 0);
+    if (!api || api->version != DCM_POOL_API_VERSION) {
+        PyErr_Clear();
+        api = NULL;
+    }
+    pool_api = api;
+}
+
+static inline void parallel_for(dcm_range_fn fn, void *ctx, Py_ssize_t count, Py_ssize_t grain, int threads)
+{
+    if (count <= 0) return;
+    if (grain < 1) grain = 1;
+    if (pool_api && threads > 1 && count > grain) pool_api->run(fn, ctx, count, grain, threads);
+    else fn(ctx, 0, count);
+}
+
 #endif

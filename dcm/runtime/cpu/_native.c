@@ -1067,15 +1067,80 @@ static void pad_plane(float *dst, const float *src, Py_ssize_t h, Py_ssize_t w, 
     }
 }
 
+/* The least work worth handing to another thread of the pool (a hand-off costs 1-5 us): multiply-adds
+ * of a range of output channels or rows, values of a range of copied planes. */
+#define RANGE_MIN_MACS 65536
+#define RANGE_MIN_VALUES 16384
+
+/* One sample of SparseConv.run, shared by the pool's threads: each phase's ranges are disjoint
+ * (input channels for the work planes, output channels for the sums). */
+typedef struct {
+    const SparseConv *self;
+    const ConvPlan *g;
+    const float *xs, *bias;
+    float *work, *ys;
+    const int32_t *offs;
+    const int64_t *blocks;
+    const int *slot;
+    Py_ssize_t nb, c, h, w, pt, pl, total, c0;
+    int relu, wide, fast;
+    Py_ssize_t bad; /* Inf/NaN inputs read, added atomically */
+} ConvJob;
+
+/* Input channels [lo, hi): their zero-padded work planes, and their Inf/NaN count. */
+static void conv_pad_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    ConvJob *j = ctx;
+    Py_ssize_t hw = j->h * j->w, plane = j->g->plane;
+    Py_ssize_t bad = count_nonfinite_fast(j->xs + lo * hw, (hi - lo) * hw);
+    for (Py_ssize_t ch = lo; ch < hi; ch++) /* every value written, the padding as zeros: no calloc */
+        pad_plane(j->work + ch * plane, j->xs + ch * hw, j->h, j->w, j->pt, j->pl, j->g->wp, plane);
+    __atomic_fetch_add(&j->bad, bad, __ATOMIC_RELAXED);
+}
+
+/* Input channels [lo, hi) of the shifted copies (AVX-512): copy slot[i] holds the work planes moved
+ * i values left, zeros past the last plane. Reads the next channel's plane: after every pad range. */
+static void conv_copy_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    ConvJob *j = ctx;
+    Py_ssize_t plane = j->g->plane, tail = hi == j->c;
+    for (int i = 1; i < WIDE_SEG; i++) {
+        if (j->slot[i] <= 0) continue;
+        float *dst = j->work + j->slot[i] * j->total + lo * plane;
+        Py_ssize_t len = (hi - lo) * plane - (tail ? i : 0);
+        memcpy(dst, j->work + lo * plane + i, (size_t)len * sizeof(float));
+        if (tail) memset(dst + len, 0, (size_t)i * sizeof(float));
+    }
+}
+
+/* Output channels c0 + [lo, hi). */
+static void conv_sum_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    ConvJob *j = ctx;
+    Py_ssize_t c0 = j->c0 + lo, c1 = j->c0 + hi;
+#ifdef HAVE_AVX2_PATH
+    if (j->wide) {
+        conv_channels_avx512(j->self, j->g, j->work, j->ys, j->offs, j->blocks, j->nb, j->bias, j->relu, c0, c1);
+        return;
+    }
+    if (j->fast) {
+        conv_channels_avx2(j->self, j->g, j->work, j->ys, j->offs, j->bias, j->relu, c0, c1);
+        return;
+    }
+#endif
+    conv_channels_generic(j->self, j->g, j->work, j->ys, j->offs, j->bias, j->relu, c0, c1);
+}
+
 static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"x", "y", "shape", "strides", "dilations", "pads", "bias", "relu", "begin", "end",
-                             "c_begin", "c_end", NULL};
+                             "c_begin", "c_end", "threads", NULL};
     PyObject *xo, *yo, *bo = Py_None;
     Py_ssize_t n, c, h, w, sh, sw, dh, dw, pt, pl, pb, pr, begin = 0, end = -1, c0 = 0, c1 = -1;
-    int relu = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO(nnnn)(nn)(nn)(nnnn)|Opnnnn", kwlist, &xo, &yo, &n, &c, &h, &w,
-                                     &sh, &sw, &dh, &dw, &pt, &pl, &pb, &pr, &bo, &relu, &begin, &end, &c0, &c1))
+    int relu = 0, threads = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO(nnnn)(nn)(nn)(nnnn)|Opnnnni", kwlist, &xo, &yo, &n, &c, &h, &w,
+                                     &sh, &sw, &dh, &dw, &pt, &pl, &pb, &pr, &bo, &relu, &begin, &end, &c0, &c1,
+                                     &threads))
         return NULL;
     if (!self->w.ptr.buf) {
         PyErr_SetString(PyExc_ValueError, "SparseConv.run: the object was never initialized");
@@ -1184,36 +1249,20 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     if (!plan) goto done;
     blocks = (const int64_t *)PyBytes_AS_STRING(plan);
     offs = (const int32_t *)(blocks + (wide ? self->c_out * (nb + 1) : 0));
-    const float *x = xb.buf, *bias = bb.buf;
-    float *y = yb.buf;
-    Py_ssize_t bad = 0;
+    ConvJob job = {self, &g, NULL, bb.buf, work, NULL, offs, blocks, slot, nb, c, h, w, pt, pl, total, c0,
+                   relu, wide, fast, 0};
+    Py_ssize_t per_channel = self->w.val.len / 4 / self->c_out * g.oh * g.ow + 1; /* multiply-adds */
+    Py_ssize_t pad_grain = RANGE_MIN_VALUES / g.plane + 1, sum_grain = RANGE_MIN_MACS / per_channel + 1;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t s = begin; s < end; s++) {
-        const float *xs = x + s * in_size;
-        bad += count_nonfinite_fast(xs, in_size);
-        for (Py_ssize_t ch = 0; ch < c; ch++) /* every value written, the padding as zeros: no calloc */
-            pad_plane(work + ch * g.plane, xs + ch * h * w, h, w, pt, pl, g.wp, g.plane);
-        for (int i = 1; i < WIDE_SEG; i++) { /* the shifted copies */
-            if (slot[i] <= 0) continue;
-            memcpy(work + slot[i] * total, work + i, (size_t)(total - i) * sizeof(float));
-            memset(work + slot[i] * total + total - i, 0, (size_t)i * sizeof(float));
-        }
-#ifdef HAVE_AVX2_PATH
-        if (wide) {
-            conv_channels_avx512(self, &g, work, y + s * out_size, offs, blocks, nb, bias, relu, c0, c1);
-            continue;
-        }
-        if (fast) {
-            conv_channels_avx2(self, &g, work, y + s * out_size, offs, bias, relu, c0, c1);
-            continue;
-        }
-#endif
-        conv_channels_generic(self, &g, work, y + s * out_size, offs, bias, relu, c0, c1);
+    for (Py_ssize_t s = begin; s < end; s++) { /* each phase ends before the next reads what it wrote */
+        job.xs = (const float *)xb.buf + s * in_size;
+        job.ys = (float *)yb.buf + s * out_size;
+        parallel_for(conv_pad_range, &job, c, pad_grain, threads);
+        if (copies > 1) parallel_for(conv_copy_range, &job, c, pad_grain, threads);
+        parallel_for(conv_sum_range, &job, c1 - c0, sum_grain, threads);
     }
     Py_END_ALLOW_THREADS
-    (void)fast;
-    (void)wide;
-    result = PyLong_FromSsize_t(bad);
+    result = PyLong_FromSsize_t(job.bad);
 done:
     Py_XDECREF(plan);
     PyMem_RawFree(segs);
@@ -2428,6 +2477,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__native(void)
 {
+    import_pool();
     if (PyType_Ready(&SparseMatrixType) < 0 || PyType_Ready(&SparseConvType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;

@@ -583,4 +583,8 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_pointwise", "dcm's compiled pointwise kernels (see _pointwise.c).", -1, module_methods,
 };
 
-PyMODINIT_FUNC PyInit__pointwise(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__pointwise(void)
+{
+    import_pool();
+    return PyModule_Create(&module);
+}

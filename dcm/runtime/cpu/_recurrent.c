@@ -599,4 +599,8 @@ static struct PyModuleDef module = {
     module_methods,
 };
 
-PyMODINIT_FUNC PyInit__recurrent(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__recurrent(void)
+{
+    import_pool();
+    return PyModule_Create(&module);
+}

@@ -316,4 +316,8 @@ static struct PyModuleDef module = {
     module_methods,
 };
 
-PyMODINIT_FUNC PyInit__upsample(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__upsample(void)
+{
+    import_pool();
+    return PyModule_Create(&module);
+}

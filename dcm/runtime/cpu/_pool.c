@@ -1,0 +1,276 @@
+/* The native thread pool behind parallel_for (_kernel_common.h), shared by every compiled kernel module
+ * through the capsule dcm.runtime.cpu._pool._api.
+ *
+ * Why not Python threads: handing a range to a Python thread costs 15-100 us (the GIL, a future, a
+ * wake-up), so only products of tens of millions of multiply-adds were worth splitting, and a
+ * MobileNetV2 ran no faster on two threads than on one. Here a hand-off is an atomic increment: an
+ * idle worker watches for the next job for SPIN_NS before it sleeps, so the kernels of one run, a few
+ * microseconds apart, find it awake.
+ *
+ * Why not OpenMP: its parallel loops end at a barrier that waits for every thread of the team,
+ * started or not. On a machine another process keeps busy, a worker the scheduler keeps off the core
+ * then holds up every kernel until it is scheduled (the BLAS pools' problem, see blas.py). Here the
+ * caller takes ranges too, and once every range is taken it waits only for the ranges that were taken
+ * by threads that are running; a worker that wakes late finds nothing left (onnxruntime's pool works
+ * the same way).
+ *
+ * One job at a time: a call that finds the pool busy (a nested call from inside a range, another
+ * Python thread's session) runs its ranges itself.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "_kernel_common.h"
+
+#if !defined(_WIN32)
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <time.h>
+
+#define MAX_WORKERS 63          /* threads - 1; a larger request runs on this many workers + the caller */
+#define PARTS_PER_THREAD 4      /* ranges per thread: a late thread leaves little undone */
+#define SPIN_NS 200000L         /* how long an idle worker watches for the next job before it sleeps */
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static long long now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static pthread_mutex_t submit_lock = PTHREAD_MUTEX_INITIALIZER; /* held by the one job's caller */
+static pthread_mutex_t sleep_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+static int started; /* workers running (under submit_lock) */
+static atomic_int sleepers;
+
+/* A job is published by storing its epoch; claim = epoch << 32 | the next range's index, so that a
+ * worker still holding an older epoch can never take a range of a newer job. The fields are written
+ * before the epoch is published and not rewritten until every range of the job is done. */
+static atomic_uint epoch;
+static atomic_ullong claim;
+static atomic_llong done; /* ranges of the current job finished */
+static struct {
+    _Atomic(dcm_range_fn) fn;
+    _Atomic(void *) ctx;
+    atomic_llong count, grain, units, parts;
+    atomic_int workers; /* how many workers take part (threads - 1) */
+} job;
+
+static void run_ranges(unsigned e)
+{
+    dcm_range_fn fn = atomic_load_explicit(&job.fn, memory_order_relaxed);
+    void *ctx = atomic_load_explicit(&job.ctx, memory_order_relaxed);
+    long long count = atomic_load_explicit(&job.count, memory_order_relaxed);
+    long long grain = atomic_load_explicit(&job.grain, memory_order_relaxed);
+    long long units = atomic_load_explicit(&job.units, memory_order_relaxed);
+    long long parts = atomic_load_explicit(&job.parts, memory_order_relaxed);
+    unsigned long long s = atomic_load_explicit(&claim, memory_order_acquire);
+    for (;;) {
+        if ((unsigned)(s >> 32) != e || (long long)(s & 0xffffffffULL) >= parts) return;
+        if (!atomic_compare_exchange_weak_explicit(&claim, &s, s + 1, memory_order_acq_rel, memory_order_acquire))
+            continue; /* s now holds the current value */
+        long long i = (long long)(s & 0xffffffffULL);
+        long long lo = units * i / parts * grain, hi = units * (i + 1) / parts * grain;
+        fn(ctx, (Py_ssize_t)lo, (Py_ssize_t)(hi < count ? hi : count));
+        atomic_fetch_add_explicit(&done, 1, memory_order_release);
+        s = atomic_load_explicit(&claim, memory_order_acquire);
+    }
+}
+
+/* Returns once the epoch differs from seen: after spinning up to SPIN_NS, asleep on the condition. */
+static unsigned next_job(unsigned seen)
+{
+    long long until = now_ns() + SPIN_NS;
+    for (unsigned n = 1;; n++) {
+        unsigned e = atomic_load_explicit(&epoch, memory_order_acquire);
+        if (e != seen) return e;
+        cpu_relax();
+        if (n % 64 == 0 && now_ns() > until) break;
+    }
+    pthread_mutex_lock(&sleep_lock);
+    atomic_fetch_add(&sleepers, 1); /* seq_cst, against the caller's store of the epoch then load of this */
+    unsigned e;
+    while ((e = atomic_load(&epoch)) == seen) pthread_cond_wait(&wake, &sleep_lock);
+    atomic_fetch_sub(&sleepers, 1);
+    pthread_mutex_unlock(&sleep_lock);
+    return e;
+}
+
+static void *worker(void *arg)
+{
+    int id = (int)(intptr_t)arg;
+    unsigned seen = atomic_load(&epoch);
+    for (;;) {
+        seen = next_job(seen);
+        if (id < atomic_load_explicit(&job.workers, memory_order_relaxed)) run_ranges(seen);
+    }
+    return NULL;
+}
+
+/* Starts workers up to `wanted` (under submit_lock), with every signal blocked: Python's handlers run
+ * on the main thread. Returns how many are running. */
+static int start_workers(int wanted)
+{
+    if (started >= wanted) return started;
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &previous);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    while (started < wanted) {
+        pthread_t t;
+        if (pthread_create(&t, &attr, worker, (void *)(intptr_t)started) != 0) break;
+        started++;
+    }
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    return started;
+}
+
+static void pool_run(dcm_range_fn fn, void *ctx, Py_ssize_t count, Py_ssize_t grain, int threads)
+{
+    long long units = (count + grain - 1) / grain;
+    long long parts = (long long)threads * PARTS_PER_THREAD;
+    if (parts > units) parts = units;
+    if (threads < 2 || parts < 2 || pthread_mutex_trylock(&submit_lock) != 0) {
+        fn(ctx, 0, count);
+        return;
+    }
+    int workers = start_workers(threads - 1 < MAX_WORKERS ? threads - 1 : MAX_WORKERS);
+    if (workers == 0) {
+        pthread_mutex_unlock(&submit_lock);
+        fn(ctx, 0, count);
+        return;
+    }
+    unsigned e = atomic_load(&epoch) + 1;
+    atomic_store_explicit(&job.fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&job.ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&job.count, count, memory_order_relaxed);
+    atomic_store_explicit(&job.grain, grain, memory_order_relaxed);
+    atomic_store_explicit(&job.units, units, memory_order_relaxed);
+    atomic_store_explicit(&job.parts, parts, memory_order_relaxed);
+    atomic_store_explicit(&job.workers, threads - 1, memory_order_relaxed);
+    atomic_store_explicit(&done, 0, memory_order_relaxed);
+    atomic_store_explicit(&claim, (unsigned long long)e << 32, memory_order_release);
+    atomic_store(&epoch, e); /* seq_cst: published before sleepers is read */
+    if (atomic_load(&sleepers) > 0) {
+        pthread_mutex_lock(&sleep_lock);
+        pthread_cond_broadcast(&wake);
+        pthread_mutex_unlock(&sleep_lock);
+    }
+    run_ranges(e);
+    /* Every range is taken: wait for those still running on other threads. */
+    for (unsigned n = 1; atomic_load_explicit(&done, memory_order_acquire) < parts; n++) {
+        cpu_relax();
+        if (n % 1024 == 0) sched_yield(); /* the thread holding a range may be off the core */
+    }
+    pthread_mutex_unlock(&submit_lock);
+}
+
+/* A child of fork() has none of the workers: it starts its own on its first job. */
+static void after_fork_in_child(void)
+{
+    pthread_mutex_init(&submit_lock, NULL);
+    pthread_mutex_init(&sleep_lock, NULL);
+    pthread_cond_init(&wake, NULL);
+    started = 0;
+    atomic_store(&sleepers, 0);
+}
+
+static const dcm_pool_api api = {DCM_POOL_API_VERSION, pool_run};
+#define HAVE_POOL 1
+#endif /* !_WIN32 */
+
+/* --- Python functions, for tests --- */
+
+typedef struct {
+    unsigned char *hits;
+    atomic_int ranges;
+} coverage_ctx;
+
+static void cover(void *arg, Py_ssize_t lo, Py_ssize_t hi)
+{
+    coverage_ctx *c = (coverage_ctx *)arg;
+    for (Py_ssize_t i = lo; i < hi; i++) c->hits[i]++;
+    atomic_fetch_add(&c->ranges, 1);
+}
+
+PyDoc_STRVAR(coverage_doc,
+"coverage(count, grain, threads) -> (bytes, ranges)\n\n"
+"Runs parallel_for over [0, count) with a range function that counts how often each index is visited\n"
+"(bytes of count values, each 1 when the pool is right) and how many ranges ran: for tests.");
+
+static PyObject *coverage(PyObject *self, PyObject *args)
+{
+    Py_ssize_t count, grain;
+    int threads;
+    if (!PyArg_ParseTuple(args, "nni:coverage", &count, &grain, &threads)) return NULL;
+    if (count < 0 || count > (1 << 24) || grain < 1 || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "coverage: need 0 <= count <= 2**24, grain >= 1, threads >= 1");
+        return NULL;
+    }
+    PyObject *hits = PyBytes_FromStringAndSize(NULL, count);
+    if (!hits) return NULL;
+    coverage_ctx c = {(unsigned char *)PyBytes_AS_STRING(hits), 0};
+    memset(c.hits, 0, (size_t)count);
+    Py_BEGIN_ALLOW_THREADS
+    parallel_for(cover, &c, count, grain, threads);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("Ni", hits, atomic_load(&c.ranges));
+}
+
+PyDoc_STRVAR(workers_doc, "workers() -> int\n\nThe pool's worker threads started so far (0 without a pool).");
+
+static PyObject *workers(PyObject *self, PyObject *unused)
+{
+#ifdef HAVE_POOL
+    return PyLong_FromLong(started);
+#else
+    return PyLong_FromLong(0);
+#endif
+}
+
+static PyMethodDef module_methods[] = {
+    {"coverage", coverage, METH_VARARGS, coverage_doc},
+    {"workers", workers, METH_NOARGS, workers_doc},
+    {NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_pool", "The native thread pool of dcm's compiled kernels (see _pool.c).", -1,
+    module_methods,
+};
+
+PyMODINIT_FUNC PyInit__pool(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+#ifdef HAVE_POOL
+    static int forked_handler;
+    if (!forked_handler) {
+        pthread_atfork(NULL, NULL, after_fork_in_child);
+        forked_handler = 1;
+    }
+    pool_api = &api; /* this module's own parallel_for (coverage) */
+    PyObject *capsule = PyCapsule_New((void *)&api, DCM_POOL_CAPSULE, NULL);
+    int failed = !capsule || PyModule_AddObjectRef(m, "_api", capsule) < 0;
+    Py_XDECREF(capsule);
+    if (failed) {
+        Py_DECREF(m);
+        return NULL;
+    }
+#endif
+    return m;
+}
