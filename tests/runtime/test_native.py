@@ -162,6 +162,43 @@ def test_matmat_rows_matches_dense(density, n, path):
         np.testing.assert_allclose(y[n - 1, ~stored], (x[n - 1] @ dense.T + bias)[~stored], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("path", ["avx512", "avx2", "generic"])
+def test_threads_give_the_same_sums(path):
+    """threads=2 and 3 on the native pool: every output written once, with the sums of one thread (each
+    range adds in the same order), and the Inf/NaN count added once per input. Sizes past the least
+    work per range (RANGE_MIN_MACS), so that the ranges go to the pool's threads."""
+    rng = np.random.default_rng(11)
+    w = sp.random_array((300, 256), density=0.3, format="csr", dtype=np.float32, rng=rng)
+    w.sort_indices()
+    m = SparseMatrix(300, 256, w.indptr.astype(np.int64), w.indices.astype(np.int32), w.data)
+    x = rng.standard_normal((197, 256)).astype(np.float32)
+    x[5, 7] = np.nan
+    bias = rng.standard_normal(300).astype(np.float32)
+    cw = (rng.standard_normal((20, 32, 3, 3)) * (rng.random((20, 32, 3, 3)) < 0.3)).astype(np.float32)
+    conv = _sparse_conv(cw, 1)
+    cx = rng.standard_normal((2, 32, 30, 30)).astype(np.float32)
+    cx[1, 4, 6, 7] = np.inf
+    args = (cx.shape, (1, 1), (1, 1), (1, 1, 1, 1), bias[:20], True)
+    with _paths(path):
+        want_rows, want_cols = np.empty((197, 300), np.float32), np.empty((300, 197), np.float32)
+        want_conv = np.empty((2, 20, 30, 30), np.float32)
+        assert m.matmat_rows(x, want_rows, bias, True) == 1
+        assert m.matmat(np.ascontiguousarray(x.T), want_cols, bias, True) == 1
+        assert conv.run(cx, want_conv, *args) == 1
+        for threads in (2, 3):
+            y = np.full_like(want_rows, np.nan)
+            assert m.matmat_rows(x, y, bias, True, threads=threads) == 1
+            np.testing.assert_array_equal(y, want_rows)
+            y = np.full_like(want_cols, np.nan)
+            assert m.matmat(np.ascontiguousarray(x.T), y, bias, True, 0, 150, threads=threads) == 1
+            assert m.matmat(np.ascontiguousarray(x.T), y, bias, True, 150, threads=threads) == 0
+            np.testing.assert_array_equal(y, want_cols)
+            y = np.full_like(want_conv, np.nan)
+            assert conv.run(cx, y, *args, c_end=7, threads=threads) == 1
+            assert conv.run(cx, y, *args, c_begin=7, threads=threads) == 1
+            np.testing.assert_array_equal(y, want_conv)
+
+
 def test_matmat_rows_unsorted_indices_and_bad_calls():
     w, (rp, ri, rv, cp, ci, cv) = _parts()
     shuffled = ri.copy()

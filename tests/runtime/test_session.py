@@ -107,8 +107,6 @@ def test_quiet_sessions_skip_errstate_and_stay_silent_on_inf_and_nan(monkeypatch
 
     if native.SparseMatrix is None:
         pytest.skip("built without the native kernels")
-    monkeypatch.setattr(conv, "SPLIT_MIN_WORK", 0)  # thread splits too
-    monkeypatch.setattr(matmul, "SPLIT_MIN_WORK", 0)
     monkeypatch.setattr(matmul, "PARALLEL_MIN_NNZ", 0)
     x = np.random.default_rng(5).standard_normal((2, 3, 6, 6)).astype(np.float32)
     x[0, 0, 1, 1], x[0, 1, 2, 3], x[1, 2, 4, 4] = np.inf, -np.inf, np.nan

@@ -333,6 +333,11 @@ done:
 }
 
 
+/* The least work worth handing to another thread of the pool (a hand-off costs 1-5 us): multiply-adds
+ * of a range of output channels or rows, values of a range of copied planes. */
+#define RANGE_MIN_MACS 65536
+#define RANGE_MIN_VALUES 16384
+
 /* Batched products: y = W @ x for many activation vectors at once (a transformer's [tokens, hidden]
  * rows, a convolution's im2col columns). Each stored weight scales a run of vectors, so the vectors
  * go, PANEL at a time, into a packed panel [cols][PANEL] that stays in L1/L2 while every row of W
@@ -553,44 +558,80 @@ static void pack_rows_avx2(const float *x, Py_ssize_t cols, Py_ssize_t jw, Py_ss
 }
 #endif
 
-/* Rows [begin, end) of y = W @ x (+ bias, ReLU) for n vectors: x [cols, n] and y [rows, n], or with
- * by_rows x [n, cols] and y [n, rows]. Returns -1 where the panel could not be allocated. */
-static int panel_product(const SparseMatrix *m, const float *x, float *y, Py_ssize_t n, int by_rows,
-                         const float *bias, int relu, Py_ssize_t begin, Py_ssize_t end)
+/* One batched product, shared by the pool's threads: the panels (each PANEL vectors, or 8 where n <= 8)
+ * are packed first, by ranges of panels; then the units, PANEL_ROWS rows of W over one panel each
+ * (panel-major, so that a thread's run of units keeps its panel in cache while W's rows stream by),
+ * write disjoint blocks of y. */
+typedef struct {
+    const SparseMatrix *m;
+    const float *x, *bias;
+    float *y, *panels;
+    Py_ssize_t n, stride, begin, end, row_blocks;
+    int by_rows, relu;
+} PanelJob;
+
+/* Panels [lo, hi): vectors [p * PANEL, + PANEL) as panel p [cols][stride], zeros past n. */
+static void pack_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
-    Py_ssize_t cols = m->cols, rows = m->rows, stride = n <= 8 ? 8 : PANEL;
-    /* At most PANEL floats per feature: 32 times the input vectors' own size at worst. */
-    float *raw = PyMem_RawMalloc((size_t)(cols * stride + 16) * sizeof(float));
-    if (!raw) return -1;
-    /* 64-byte aligned: an AVX-512 load across two cache lines took 1.2-1.3x the time of the kernel */
-    float *panel = (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
-    float tile[PANEL_ROWS * PANEL] __attribute__((aligned(64)));
-    for (Py_ssize_t j0 = 0; j0 < n; j0 += PANEL) {
-        Py_ssize_t jw = n - j0 < PANEL ? n - j0 : PANEL, width = jw <= 8 ? 8 : PANEL;
-        if (by_rows) {
-            DISPATCH(pack_rows, x + j0 * cols, cols, jw, width, panel, stride);
+    const PanelJob *j = ctx;
+    Py_ssize_t cols = j->m->cols, stride = j->stride;
+    for (Py_ssize_t p = lo; p < hi; p++) {
+        Py_ssize_t j0 = p * PANEL, jw = j->n - j0 < PANEL ? j->n - j0 : PANEL, width = jw <= 8 ? 8 : PANEL;
+        float *panel = j->panels + p * cols * stride;
+        if (j->by_rows) {
+            DISPATCH(pack_rows, j->x + j0 * cols, cols, jw, width, panel, stride);
         } else {
             for (Py_ssize_t c = 0; c < cols; c++) {
-                memcpy(panel + c * stride, x + c * n + j0, (size_t)jw * sizeof(float));
+                memcpy(panel + c * stride, j->x + c * j->n + j0, (size_t)jw * sizeof(float));
                 memset(panel + c * stride + jw, 0, (size_t)(width - jw) * sizeof(float));
             }
         }
-        for (Py_ssize_t r0 = begin; r0 < end; r0 += PANEL_ROWS) {
-            Py_ssize_t r1 = end - r0 < PANEL_ROWS ? end : r0 + PANEL_ROWS;
+    }
+}
+
+/* Units [lo, hi): unit u is rows begin + (u % row_blocks) * PANEL_ROWS of W over panel u / row_blocks. */
+static void panel_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const PanelJob *j = ctx;
+    const SparseMatrix *m = j->m;
+    Py_ssize_t rows = m->rows, stride = j->stride;
+    float tile[PANEL_ROWS * PANEL] __attribute__((aligned(64)));
+    for (Py_ssize_t u = lo; u < hi; u++) {
+        Py_ssize_t p = u / j->row_blocks, r0 = j->begin + u % j->row_blocks * PANEL_ROWS;
+        Py_ssize_t r1 = j->end - r0 < PANEL_ROWS ? j->end : r0 + PANEL_ROWS;
+        Py_ssize_t j0 = p * PANEL, jw = j->n - j0 < PANEL ? j->n - j0 : PANEL, width = jw <= 8 ? 8 : PANEL;
+        const float *panel = j->panels + p * m->cols * stride;
 #ifdef HAVE_AVX2_PATH
-            if (width == PANEL && use_avx512())
-                panel_rows_avx512(&m->csr, panel, stride, bias, relu, r0, r1, tile);
-            else
+        if (width == PANEL && use_avx512())
+            panel_rows_avx512(&m->csr, panel, stride, j->bias, j->relu, r0, r1, tile);
+        else
 #endif
-                DISPATCH(panel_rows, &m->csr, panel, stride, width, bias, relu, r0, r1, tile);
-            if (by_rows) {
-                DISPATCH(tile_to_rows, tile, y + j0 * rows + r0, rows, jw, r1 - r0);
-            } else {
-                for (Py_ssize_t r = r0; r < r1; r++)
-                    memcpy(y + r * n + j0, tile + (r - r0) * PANEL, (size_t)jw * sizeof(float));
-            }
+            DISPATCH(panel_rows, &m->csr, panel, stride, width, j->bias, j->relu, r0, r1, tile);
+        if (j->by_rows) {
+            DISPATCH(tile_to_rows, tile, j->y + j0 * rows + r0, rows, jw, r1 - r0);
+        } else {
+            for (Py_ssize_t r = r0; r < r1; r++)
+                memcpy(j->y + r * j->n + j0, tile + (r - r0) * PANEL, (size_t)jw * sizeof(float));
         }
     }
+}
+
+/* Rows [begin, end) of y = W @ x (+ bias, ReLU) for n vectors: x [cols, n] and y [rows, n], or with
+ * by_rows x [n, cols] and y [n, rows], on up to threads threads. Returns -1 where the panels could not
+ * be allocated. */
+static int panel_product(const SparseMatrix *m, const float *x, float *y, Py_ssize_t n, int by_rows,
+                         const float *bias, int relu, Py_ssize_t begin, Py_ssize_t end, int threads)
+{
+    Py_ssize_t cols = m->cols, stride = n <= 8 ? 8 : PANEL, count = (n + PANEL - 1) / PANEL;
+    /* At most PANEL - 1 vectors of zeros past x's own: the caller bounds (cols + 8) * PANEL */
+    float *raw = PyMem_RawMalloc((size_t)(count * cols * stride + 16) * sizeof(float));
+    if (!raw) return -1;
+    /* 64-byte aligned: an AVX-512 load across two cache lines took 1.2-1.3x the time of the kernel */
+    PanelJob job = {m, x, bias, y, (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63), n, stride, begin, end,
+                    (end - begin + PANEL_ROWS - 1) / PANEL_ROWS, by_rows, relu};
+    Py_ssize_t per_unit = (m->csr.val.len / 4 / (m->rows + 1) + 1) * PANEL_ROWS * PANEL; /* multiply-adds */
+    parallel_for(pack_range, &job, count, RANGE_MIN_VALUES / (cols * stride + 1) + 1, threads);
+    parallel_for(panel_range, &job, count * job.row_blocks, RANGE_MIN_MACS / per_unit + 1, threads);
     PyMem_RawFree(raw);
     return 0;
 }
@@ -598,14 +639,14 @@ static int panel_product(const SparseMatrix *m, const float *x, float *y, Py_ssi
 /* matmat and matmat_rows: by_rows says the layout. */
 static PyObject *batched_product(SparseMatrix *self, PyObject *args, PyObject *kwds, int by_rows)
 {
-    static char *rows_kwlist[] = {"x", "y", "bias", "relu", "begin", "end", NULL};
-    static char *kwlist[] = {"xt", "yt", "bias", "relu", "begin", "end", NULL};
+    static char *rows_kwlist[] = {"x", "y", "bias", "relu", "begin", "end", "threads", NULL};
+    static char *kwlist[] = {"xt", "yt", "bias", "relu", "begin", "end", "threads", NULL};
     const char *name = by_rows ? "matmat_rows" : "matmat";
     PyObject *xo, *yo, *bo = Py_None;
-    int relu = 0;
+    int relu = 0, threads = 1;
     Py_ssize_t begin = 0, end = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|Opnn", by_rows ? rows_kwlist : kwlist, &xo, &yo, &bo, &relu,
-                                     &begin, &end))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|Opnni", by_rows ? rows_kwlist : kwlist, &xo, &yo, &bo, &relu,
+                                     &begin, &end, &threads))
         return NULL;
     if (!self->csr.ptr.buf) {
         PyErr_Format(PyExc_ValueError, "%s: this matrix holds no CSR form", name);
@@ -633,14 +674,14 @@ static PyObject *batched_product(SparseMatrix *self, PyObject *args, PyObject *k
         PyErr_Format(PyExc_ValueError, "%s: range [%zd, %zd) is outside 0..%zd", name, begin, end, self->rows);
         goto done;
     }
-    if (SIZE_PRODUCT(self->cols + 8, PANEL) < 0) {
-        PyErr_Format(PyExc_ValueError, "%s: %zd features are too many", name, self->cols);
+    if (SIZE_PRODUCT(self->cols + 8, n + PANEL) < 0) { /* the panels: x's values, rounded up to whole panels */
+        PyErr_Format(PyExc_ValueError, "%s: %zd features of %zd vectors are too many", name, self->cols, n);
         goto done;
     }
     Py_ssize_t bad = 0;
     int failed = 0;
     Py_BEGIN_ALLOW_THREADS
-    if (n > 0 && begin < end) failed = panel_product(self, xb.buf, yb.buf, n, by_rows, bb.buf, relu, begin, end);
+    if (n > 0 && begin < end) failed = panel_product(self, xb.buf, yb.buf, n, by_rows, bb.buf, relu, begin, end, threads);
     if (begin == 0) bad = count_nonfinite_fast(xb.buf, self->cols * n); /* once per product */
     Py_END_ALLOW_THREADS
     result = failed ? PyErr_NoMemory() : PyLong_FromSsize_t(bad);
@@ -650,10 +691,11 @@ done:
 }
 
 PyDoc_STRVAR(matmat_doc,
-"matmat(xt, yt, bias=None, relu=False, begin=0, end=-1) -> int\n\n"
+"matmat(xt, yt, bias=None, relu=False, begin=0, end=-1, threads=1) -> int\n\n"
 "yt = W @ xt (+ bias per row) (then ReLU) for rows [begin, end) of yt: xt float32 [cols, n] and yt\n"
 "float32 [rows, n], both C-contiguous (one row per feature: a convolution's im2col columns). Needs\n"
-"the CSR form. Releases the GIL: threads may run disjoint row ranges at once. Returns the number of\n"
+"the CSR form. Splits the product over up to `threads` threads of the native pool. Releases the GIL:\n"
+"Python threads may also run disjoint row ranges at once. Returns the number of\n"
 "Inf/NaN values in xt when begin is 0 (else 0), for the caller to give yt the NaNs pruned weights hide.");
 
 static PyObject *SparseMatrix_matmat(SparseMatrix *self, PyObject *args, PyObject *kwds)
@@ -662,7 +704,7 @@ static PyObject *SparseMatrix_matmat(SparseMatrix *self, PyObject *args, PyObjec
 }
 
 PyDoc_STRVAR(matmat_rows_doc,
-"matmat_rows(x, y, bias=None, relu=False, begin=0, end=-1) -> int\n\n"
+"matmat_rows(x, y, bias=None, relu=False, begin=0, end=-1, threads=1) -> int\n\n"
 "y = x @ W.T (+ bias) (then ReLU) for columns [begin, end) of y: x float32 [n, cols] and y float32\n"
 "[n, rows], both C-contiguous (one row per vector: a fully connected layer's activations). Otherwise\n"
 "as matmat.");
@@ -1000,11 +1042,14 @@ static void conv_channels_avx512(const SparseConv *self, const ConvPlan *g, cons
 #endif
 
 PyDoc_STRVAR(conv_doc,
-"run(x, y, shape, strides, dilations, pads, bias=None, relu=False, begin=0, end=-1, c_begin=0, c_end=-1)\n\n"
+"run(x, y, shape, strides, dilations, pads, bias=None, relu=False, begin=0, end=-1, c_begin=0, c_end=-1,\n"
+"    threads=1)\n\n"
 "y = relu(conv(x, W) + bias) for samples [begin, end) and output channels [c_begin, c_end).\n"
 "x float32 [N, C_in, H, W] and y float32 [N, C_out, OH, OW], both C-contiguous; shape =\n"
 "(N, C_in, H, W), strides and dilations = (h, w), pads = (top, left, bottom, right), bias float32\n"
-"[C_out] or None. Releases the GIL: threads may run disjoint ranges at once. Returns the number\n"
+"[C_out] or None. Each sample's work is split over up to `threads` threads of the native pool (by\n"
+"input channels, then output channels). Releases the GIL: Python threads may also run disjoint\n"
+"ranges at once. Returns the number\n"
 "of Inf/NaN values in the samples read, for the caller to give y the NaNs that pruned weights hide.");
 
 /* The weights' places in the work buffer for one input geometry (key: see PLAN_KEY), as bytes: per
@@ -1066,11 +1111,6 @@ static void pad_plane(float *dst, const float *src, Py_ssize_t h, Py_ssize_t w, 
         memset(row + w, 0, (size_t)(r + 1 < h ? wp - w : plane - (r + pt) * wp - pl - w) * sizeof(float));
     }
 }
-
-/* The least work worth handing to another thread of the pool (a hand-off costs 1-5 us): multiply-adds
- * of a range of output channels or rows, values of a range of copied planes. */
-#define RANGE_MIN_MACS 65536
-#define RANGE_MIN_VALUES 16384
 
 /* One sample of SparseConv.run, shared by the pool's threads: each phase's ranges are disjoint
  * (input channels for the work planes, output channels for the sums). */

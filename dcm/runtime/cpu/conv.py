@@ -14,7 +14,7 @@ from dcm.errors import UnsupportedOpError
 from dcm.runtime.cpu import lanes, native, tune
 from dcm.runtime.cpu.activation import relu
 from dcm.runtime.cpu.depthwise import depthwise, is_depthwise
-from dcm.runtime.cpu.matmul import SPLIT_MIN_WORK, WeightMatmul, even_ranges, thread_pool
+from dcm.runtime.cpu.matmul import WeightMatmul
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.cpu.winograd import conv3x3, eligible, transform_weight
 from dcm.runtime.cpu.shape import check_elements
@@ -348,24 +348,13 @@ class Conv(Kernel):
         return self.plane_mms
 
     def _run_direct(self, x: np.ndarray, begin: list[int], end: list[int]) -> np.ndarray:
-        """Direct sparse convolution, split over the thread pool by samples (or else by output
-        channels) when the work is large enough to pay for the hand-off."""
+        """Direct sparse convolution, each sample split over the native pool's threads in the kernel
+        (by input channels for its work planes, then by output channels)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        n = x.shape[0]
         oh, ow = output_size(x.shape[2:], self.kernel, self.strides, self.dilations, begin, end)
-        y = np.empty((n, self.out_channels, oh, ow), dtype=np.float32)
-        args = (x, y, x.shape, self.strides, self.dilations, (begin[0], begin[1], end[0], end[1]), self.bias_vector,
-                self.relu)
-        work = n * oh * ow * self.direct_weights
-        if self.threads < 2 or work < SPLIT_MIN_WORK:
-            bad = self.direct.run(*args)
-        else:
-            if n >= self.threads:
-                ranges = [{"begin": a, "end": b} for a, b in even_ranges(n, self.threads)]
-            else:
-                ranges = [{"c_begin": a, "c_end": b} for a, b in even_ranges(self.out_channels, self.threads)]
-            bad = sum(thread_pool(self.threads).map(lambda r: self.direct.run(*args, **r), ranges))
-        if bad:
+        y = np.empty((x.shape[0], self.out_channels, oh, ow), dtype=np.float32)
+        if self.direct.run(x, y, x.shape, self.strides, self.dilations, (begin[0], begin[1], end[0], end[1]),
+                           self.bias_vector, self.relu, threads=self.threads):
             self._poison_direct(x, y, begin, end)
         return y
 

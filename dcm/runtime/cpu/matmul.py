@@ -26,7 +26,6 @@ except ImportError:  # pragma: no cover - a future scipy; the public operator st
     _csr_matvec = None
 
 PARALLEL_MIN_NNZ = 200_000
-SPLIT_MIN_WORK = 2_000_000  # multiply-adds past which a batched product is split over the thread pool
 # The compiled sparse kernel against BLAS on the dense form by row count (one thread, the zoo's
 # transformer layers [256, 1024], [1024, 256], [768, 256], [256, 256]; benchmarks/matmul_choice.py,
 # docs/kernel-choice.md). From 8 rows the batched kernel (packed panels of 32 rows) on its AVX2 path
@@ -140,15 +139,10 @@ class WeightMatmul:
         return y
 
     def _batched(self, product, x: np.ndarray, y: np.ndarray, bias: np.ndarray | None, relu: bool) -> int:
-        """One native batched product (matmat or matmat_rows), split into blocks of W's rows over the
-        thread pool when the multiply-adds pay for the hand-off. Returns the kernel's Inf/NaN count
-        (a numpy sum here could warn on inf - inf, see Kernel.quiet)."""
-        vectors = x.size // max(self.shape[1], 1)
-        cuts = self.row_cuts if self.nnz * vectors >= SPLIT_MIN_WORK else [0, self.shape[0]]
-        if len(cuts) == 2:
-            return product(x, y, bias, relu)
-        return sum(thread_pool(self.threads).map(lambda r: product(x, y, bias, relu, r[0], r[1]),
-                                                 zip(cuts[:-1], cuts[1:])))
+        """One native batched product (matmat or matmat_rows), which splits itself over the native
+        pool's threads. Returns the kernel's Inf/NaN count (a numpy sum here could warn on inf - inf,
+        see Kernel.quiet)."""
+        return product(x, y, bias, relu, threads=self.threads)
 
     def _poison(self, x: np.ndarray, y: np.ndarray) -> None:
         """Give y the NaNs a dense product would have: 0 * Inf and 0 * NaN are NaN.
