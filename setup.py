@@ -12,7 +12,7 @@ import sys
 
 from setuptools import Extension, setup
 
-MODULES = ("_native", "_pointwise", "_recurrent", "_upsample", "_pool", "_gemm")
+MODULES = ("_native", "_pointwise", "_recurrent", "_upsample", "_pool", "_gemm", "_pointconv")
 
 
 def flags(name: str) -> list[str]:

@@ -175,6 +175,22 @@ def _stem() -> Model:
                  nodes, tensors, {})
 
 
+def _pointwise_conv() -> Model:
+    """Dense 1x1 layers (pointwise_conv): 10 -> 12 channels with a fused ReLU6 (a full and a partial
+    block of 8 outputs, a 35-pixel plane of partial vectors), then 12 -> 12 with a fused residual Add."""
+    rng = np.random.default_rng(11)
+    tensors = {"p1": encode_tensor(rng.normal(size=(12, 10, 1, 1)).astype(np.float32), code_bits=5, name="p1"),
+               "p2": encode_tensor(rng.normal(size=(12, 12, 1, 1)).astype(np.float32), code_bits=5, name="p2"),
+               "pb": encode_raw(rng.normal(size=12).astype(np.float32), "pb"),
+               "lo": encode_raw(np.array(0, np.float32), "lo"), "hi": encode_raw(np.array(6, np.float32), "hi")}
+    nodes = [Node("Conv", ["x", "p1", "pb"], ["c"], {"kernel_shape": [1, 1]}, "expand"),
+             Node("Clip", ["c", "lo", "hi"], ["a"], {}, "relu6"),
+             Node("Conv", ["a", "p2"], ["d"], {"kernel_shape": [1, 1]}, "project"),
+             Node("Add", ["d", "a"], ["y"], {}, "residual")]
+    return Model([ValueInfo("x", "float32", ["batch", 10, 5, 7])], [ValueInfo("y", "float32", ["batch", 12, 5, 7])],
+                 nodes, tensors, {})
+
+
 def _logic() -> Model:
     """A Constant node (the converter folds them, so no converted model has one) and boolean logic."""
     nodes = [Node("Constant", [], ["c"], {"value_float": 0.5}, "half"), Node("Mul", ["x", "s"], ["m"], {}, "scale"),
@@ -218,7 +234,7 @@ def _lstm_upsample() -> Model:
 def seeds() -> tuple[bytes, ...]:
     """The hand-made .dcm seeds: between them they reach every compiled kernel (``kernel_names``)."""
     return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _sparse_batch8, _sparse_strided,
-                                         _wide3x3, _stem, _logic, _layer_norm, _lstm_upsample))
+                                         _wide3x3, _stem, _pointwise_conv, _logic, _layer_norm, _lstm_upsample))
 
 
 @lru_cache(maxsize=None)

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from dcm.errors import UnsupportedOpError
-from dcm.runtime.cpu import lanes, native, tune
+from dcm.runtime.cpu import lanes, native, pointconv, tune
 from dcm.runtime.cpu.activation import relu
 from dcm.runtime.cpu.depthwise import depthwise, is_depthwise
 from dcm.runtime.cpu.matmul import WeightMatmul
@@ -74,7 +74,7 @@ class Conv(Kernel):
         name = node.inputs[1]
         self.group = int(self.attrs.get("group", 1))
         self.threads = ctx.threads
-        self.direct = self.winograd = self.depthwise_weight = self.lanes_weight = None
+        self.direct = self.winograd = self.depthwise_weight = self.lanes_weight = self.packed = None
         self.tuning, self.tuned = False, None  # tune=True: both forms held until the first run picks one
         self.index_cache: dict = {}  # im2col's gather index per small input shape
         if not ctx.is_const(name):  # dense, on the general path, the weight read on every run
@@ -137,6 +137,8 @@ class Conv(Kernel):
             m = w.to_scipy() if self.mode == "sparse" else w
             per = self.out_channels // self.group
             self.mms = [WeightMatmul(self.mode, m[g * per : (g + 1) * per], ctx.threads) for g in range(self.group)]
+            if self.pointwise and self.mode == "dense" and pointconv.available():
+                self.packed = pointconv.pack(np.asarray(w, dtype=np.float32).reshape(self.out_channels, -1))
         if ctx.tune and requested is None and self.density <= TUNE_MAX_DENSITY:
             self.tuning = self._both_forms(w, shape, wide_3x3, b)
 
@@ -393,6 +395,8 @@ class Conv(Kernel):
     def _pointwise(self, x: np.ndarray, residual: np.ndarray | None, epilogue) -> tuple[np.ndarray, bool]:
         """1x1 convolution without padding: W [C_out, C_in] @ x [C_in, pixels] per sample needs no
         im2col, and its result is already NCHW (ResNet-50's 1x1 layers skip two copies each)."""
+        if self.packed is not None and self.strides == (1, 1) and x.dtype == np.float32:
+            return self._packed_conv(x, residual, epilogue)
         if self.strides != (1, 1):
             x = x[:, :, :: self.strides[0], :: self.strides[1]]
         n, c, oh, ow = x.shape
@@ -403,6 +407,27 @@ class Conv(Kernel):
             y = mm.left(x.reshape(c, oh * ow))
         return self._finish(y.reshape(n, -1, oh, ow), residual, epilogue)
 
+    def _packed_conv(self, x: np.ndarray, residual: np.ndarray | None, epilogue,
+                     scale: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+        """The compiled 1x1 kernel (pointconv.py): bias, residual and a Relu/Clip in its one store, any
+        other activation in place right after; (y, done) as ``_finish``. A residual it cannot take, or
+        one that comes after a fused Relu, is left to the caller (done False)."""
+        n, _, h, w = x.shape
+        bias = None if self.bias is None else self.bias.reshape(-1)
+        run = lambda clip, res: pointconv.pointwise_conv(x, self.packed, self.out_channels, bias, clip, res, scale,
+                                                         self.threads)
+        if residual is not None and (self.relu or residual.shape != (n, self.out_channels, h, w)
+                                     or residual.dtype != np.float32):
+            return run((0.0, np.inf) if self.relu else None, None), False
+        act = None if epilogue is None else epilogue.act
+        clamp = act is not None and act[0] in ("relu", "clip")
+        clip = ((0.0, np.inf) if self.relu or (clamp and act[0] == "relu") else (act[1], act[2]) if clamp
+                else None)
+        y = run(clip, None if residual is None else np.ascontiguousarray(residual))
+        if epilogue is not None and (self.relu or not clamp):
+            y = epilogue(y)
+        return y, True
+
     def describe(self) -> dict:
         kernel = ("direct" if self.direct is not None else "winograd" if self.winograd is not None
                   else "depthwise" if self.depthwise_weight is not None else "lanes" if self.lanes_weight is not None
@@ -410,4 +435,6 @@ class Conv(Kernel):
         known = {"density": self.density} if self.density is not None else {}  # None: a weight fed at run time
         if self.tuning or self.tuned:  # chosen by timing: "pending" until the first run
             known["tuned"] = self.tuned or "pending"
+        if self.packed is not None:  # dense, through the compiled 1x1 kernel rather than BLAS
+            known["product"] = "pointwise_conv"
         return {"kernel": kernel, **known, "groups": self.group}

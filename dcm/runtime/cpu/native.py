@@ -22,6 +22,11 @@ try:  # _upsample.c: Resize's interpolation of the last two axes, ConvTranspose'
 except ImportError:  # pragma: no cover - as above
     col2im2d = resize2d = set_upsample_simd = None
 
+try:  # _pointconv.c: the dense 1x1 convolution
+    from dcm.runtime.cpu._pointconv import pointwise_conv, set_simd as set_pointconv_simd, simd as pointconv_simd
+except ImportError:  # pragma: no cover - as above
+    pointwise_conv = set_pointconv_simd = pointconv_simd = None
+
 # The load-time limit: a pruned layer denser than this is held dense. Below it the batched product
 # (SparseMatrix.matmat_rows) beats BLAS on the dense form up to 22-35% density from 8 rows (by layer
 # width and instruction set), and matmul.prefers_dense decides per call's row count
@@ -29,7 +34,8 @@ except ImportError:  # pragma: no cover - as above
 SPARSE_MAX_DENSITY = 0.30
 
 NAMES = ("SparseConv", "SparseMatrix", "depthwise2d", "conv_lanes2d", "im2col2d", "pool2d", "winograd_input",
-         "winograd_output", "activate", "layer_norm", "softmax", "recurrent_scan", "resize2d", "col2im2d")
+         "winograd_output", "activate", "layer_norm", "softmax", "recurrent_scan", "resize2d", "col2im2d",
+         "pointwise_conv")
 
 
 def available() -> bool:
