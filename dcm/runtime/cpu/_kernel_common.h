@@ -125,7 +125,14 @@ static const dcm_pool_api *pool_api; /* NULL: serial */
 /* Finds the pool; without it every parallel_for runs serially (no error: the kernels still work). */
 static inline void import_pool(void)
 {
-    const dcm_pool_api *api = (const dcm_pool_api *)PyCapsule_Import(DCM_POOL_CAPSULE, 0);
+    /* The capsule is read from the module object: PyCapsule_Import walks attributes from the top-level
+     * package, and dcm.runtime.cpu is not yet an attribute of dcm.runtime while its __init__ imports
+     * the kernel modules (the pool was then never found). */
+    PyObject *module = PyImport_ImportModule("dcm.runtime.cpu._pool");
+    PyObject *capsule = module ? PyObject_GetAttrString(module, "_api") : NULL;
+    const dcm_pool_api *api = capsule ? (const dcm_pool_api *)PyCapsule_GetPointer(capsule, DCM_POOL_CAPSULE) : NULL;
+    Py_XDECREF(capsule); /* the module keeps the capsule, and the pool is static in _pool.so, never unloaded */
+    Py_XDECREF(module);
     if (!api || api->version != DCM_POOL_API_VERSION) {
         PyErr_Clear();
         api = NULL;
