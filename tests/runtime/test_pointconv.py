@@ -19,7 +19,7 @@ from tests.runtime.switches import switched  # noqa: E402
 pytestmark = pytest.mark.skipif(native.pointwise_conv is None, reason="built without the compiled 1x1 kernel")
 
 
-def _reference(x, w, bias=None, clip=None, residual=None, scale=None):
+def _reference(x, w, bias=None, act=None, residual=None, scale=None):
     n, c = x.shape[:2]
     xs = x if scale is None else x * scale.reshape(-1, c, 1, 1)
     y = np.einsum("oc,nchw->nohw", w.astype(np.float64), xs.astype(np.float64))
@@ -27,7 +27,11 @@ def _reference(x, w, bias=None, clip=None, residual=None, scale=None):
         y += bias.reshape(1, -1, 1, 1)
     if residual is not None:
         y += residual
-    return (y if clip is None else np.clip(y, *clip)).astype(np.float32)
+    if act is not None:
+        kind, a, b = act
+        y = {"relu": lambda: np.maximum(y, 0), "clip": lambda: np.clip(y, a, b), "sigmoid": lambda: 1 / (1 + np.exp(-y)),
+             "silu": lambda: y / (1 + np.exp(-a * y)), "hardswish": lambda: y * np.clip(y / 6 + 0.5, 0, 1)}[kind]()
+    return y.astype(np.float32)
 
 
 @pytest.mark.parametrize("simd", [True, False])
@@ -41,19 +45,28 @@ def test_matches_numpy(simd, n, c, out, hw):
     scale = rng.standard_normal((n, c)).astype(np.float32)
     packed = pointconv.pack(w)
     with switched(native.set_pointconv_simd, simd):
-        for args in [(None, None, None, None), (b, (0.0, 6.0), None, None), (b, None, res, None),
-                     (None, (-1.0, np.inf), res, scale), (b, None, None, scale[:1])]:
+        for args in [(None, None, None, None), (b, ("clip", 0.0, 6.0), None, None), (b, None, res, None),
+                     (None, ("clip", -1.0, np.inf), res, scale), (b, ("relu", 0, 0), None, scale[:1]),
+                     (b, ("silu", 1.0, 0.0), res, None), (None, ("silu", 1.702, 0.0), None, None),
+                     (b, ("sigmoid", 0, 0), None, scale), (b, ("hardswish", 0, 0), res, None)]:
             got = pointconv.pointwise_conv(x, packed, out, *args, threads=2)
-            np.testing.assert_allclose(got, _reference(x, w, *args), rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(got, _reference(x, w, *args), rtol=1e-4, atol=1e-4, err_msg=str(args[1]))
 
 
-def test_clamp_keeps_nan_and_inf_propagates():
+@pytest.mark.parametrize("simd", [True, False])
+def test_nan_kept_inf_and_extremes(simd):
     x = np.ones((1, 4, 5, 5), np.float32)
-    x[0, 1, 2, 3], x[0, 2, 0, 0] = np.nan, np.inf
-    y = pointconv.pointwise_conv(x, pointconv.pack(np.ones((9, 4), np.float32)), 9, None, (0.0, 6.0), None, None, 1)
-    assert np.isnan(y[0, :, 2, 3]).all() and np.isnan(y[0, :, 0, 0]).all() is np.False_
-    assert (y[0, :, 0, 0] == 6).all()  # inf clamped to the bound
-    assert (y[0, :, 1, 1] == 4).all()
+    x[0, 1, 2, 3], x[0, 2, 0, 0], x[0, 3, 1, 0], x[0, 3, 1, 1] = np.nan, np.inf, -200.0, 200.0
+    packed = pointconv.pack(np.ones((9, 4), np.float32))
+    with switched(native.set_pointconv_simd, simd):
+        clip = pointconv.pointwise_conv(x, packed, 9, None, ("clip", 0.0, 6.0), None, None, 1)
+        silu = pointconv.pointwise_conv(x, packed, 9, None, ("silu", 1.0, 0.0), None, None, 1)
+        sigmoid = pointconv.pointwise_conv(x, packed, 9, None, ("sigmoid", 0.0, 0.0), None, None, 1)
+    assert np.isnan(clip[0, :, 2, 3]).all() and np.isnan(silu[0, :, 2, 3]).all() and np.isnan(sigmoid[0, :, 2, 3]).all()
+    assert (clip[0, :, 0, 0] == 6).all() and (clip[0, :, 2, 2] == 4).all()  # inf clamped to the bound
+    assert (silu[0, :, 0, 0] == np.inf).all() and (sigmoid[0, :, 0, 0] == 1).all()
+    assert (sigmoid[0, :, 1, 0] == 0).all() and (silu[0, :, 1, 0] == 0).all()  # exp(-197) underflows to 0
+    assert (sigmoid[0, :, 1, 1] == 1).all() and (silu[0, :, 1, 1] == 203).all()
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -115,5 +128,7 @@ def test_refuses_bad_buffers():
         native.pointwise_conv(x, y, w, (1, 4, 8, 5), bias=np.ones(7, np.float32))
     with pytest.raises(ValueError, match="scale"):
         native.pointwise_conv(x, y, w, (1, 4, 8, 5), scale=np.ones(5, np.float32))
+    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
+        native.pointwise_conv(x, y, w, (1, 4, 8, 5), act=("gelu", 0.0, 0.0))
     with pytest.raises(TypeError, match="float32"):
         native.pointwise_conv(x.astype(np.float64), y, w, (1, 4, 8, 5))

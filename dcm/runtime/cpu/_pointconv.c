@@ -1,12 +1,13 @@
-/* dcm.runtime.cpu._pointconv: the dense 1x1 convolution on NCHW, y[n] = W @ (x[n] * scale[n]) + bias
- * (+ residual), clamped.
+/* dcm.runtime.cpu._pointconv: the dense 1x1 convolution on NCHW, y[n] = act(W @ (x[n] * scale[n]) +
+ * bias (+ residual)), act a clamp (Relu, ReLU6), SiLU, Sigmoid or HardSwish.
  *
  * Why not BLAS: MobileNet's and EfficientNet's 1x1 layers have few input channels (K = 16..960) and
  * many pixels, so BLAS spends much of its time packing both operands, then a second pass over the
  * output adds the bias, the residual and the ReLU6. Here a block of 8 output channels x up to 48
  * pixels is held in 24 AVX-512 registers through all the input channels (each input vector loaded
- * once per block, each weight broadcast from memory), and the bias, residual and clamp are applied
- * in registers before the one store. The weight is packed once at load, [ceil(C_out / 8)][C_in][8],
+ * once per block, each weight broadcast from memory), and the bias, residual and activation are
+ * applied in registers before the one store (a separate pass over a 96 x 112 x 112 output cost a
+ * quarter of the product). The weight is packed once at load, [ceil(C_out / 8)][C_in][8],
  * so that a block's 8 weights of one input channel are adjacent. The blocks are independent: the
  * native pool (parallel_for) shares them between threads, pixel tiles outermost so that the tile
  * stays in cache across its channel blocks.
@@ -15,6 +16,7 @@
  * input vector as it is loaded, so that neither a scaled copy of x nor of W is made.
  */
 #include "_kernel_common.h"
+#include <math.h>
 #include <string.h>
 
 #define ROWS 8        /* output channels per block: the packed weight's inner size */
@@ -26,9 +28,26 @@ typedef struct {
     const float *x, *w, *bias, *res, *scale;
     float *y;
     Py_ssize_t cin, cout, pixels, blocks, tiles, scale_stride;
-    int clamp;
-    float lo, hi;
+    int act;
+    float lo, hi, alpha; /* CLAMP: the bounds; SILU: x sigmoid(alpha x) */
 } Plan;
+
+enum { ACT_NONE, ACT_CLAMP, ACT_SIGMOID, ACT_SILU, ACT_HARDSWISH };
+
+/* The activation of one value: the formulas of _pointwise.c's activate (NaN kept by the clamps). */
+static inline float act1(const Plan *p, float v)
+{
+    switch (p->act) {
+    case ACT_CLAMP: return v < p->lo ? p->lo : v > p->hi ? p->hi : v;
+    case ACT_SIGMOID: return 1.f / (1.f + expf(-v));
+    case ACT_SILU: return v / (1.f + expf(-p->alpha * v));
+    case ACT_HARDSWISH: {
+        float t = v * (1.f / 6.f) + .5f;
+        return v * (t < 0.f ? 0.f : t > 1.f ? 1.f : t);
+    }
+    default: return v;
+    }
+}
 
 static int avx512_here(void)
 {
@@ -58,8 +77,6 @@ static inline void unit_place(const Plan *p, Py_ssize_t u, Py_ssize_t *sample, P
     *count = end - *p0;
 }
 
-static inline float clamp1(float v, float lo, float hi) { return v < lo ? lo : v > hi ? hi : v; } /* NaN kept */
-
 static void range_generic(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     const Plan *p = ctx;
@@ -83,7 +100,7 @@ static void range_generic(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
             for (Py_ssize_t q = 0; q < count; q++) {
                 float v = acc[r][q] + bias;
                 if (p->res) v += p->res[at + q];
-                p->y[at + q] = p->clamp ? clamp1(v, p->lo, p->hi) : v;
+                p->y[at + q] = act1(p, v);
             }
         }
     }
@@ -92,6 +109,50 @@ static void range_generic(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 #ifdef HAVE_AVX2_PATH
 #define AVX512 __attribute__((target("avx512f,avx2,fma")))
 #define UNROLL _Pragma("GCC unroll 8") /* every register-block loop unrolled: the sums stay in registers */
+
+/* exp(x) for x <= 0 (NaN kept, 0 below -87.3): _pointwise.c's exp_neg8 (Cephes' expf polynomial, the
+ * round-and-convert in one FMA) on 16 lanes. */
+AVX512 static inline __m512 exp_neg16(__m512 x)
+{
+    const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33654475f), _CMP_NLT_UQ);
+    x = _mm512_maskz_mov_ps(keep, x); /* lanes under: exp(0) meanwhile (no subnormal), zeroed below */
+    const __m512 magic = _mm512_set1_ps(12582912.0f); /* 1.5 * 2^23 */
+    __m512 big = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic), n = _mm512_sub_ps(big, magic);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    static const float P[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f,
+                               1.6666665459e-1f, 5.0000001201e-1f};
+    __m512 y = _mm512_set1_ps(P[0]);
+    for (int i = 1; i < 6; i++) y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(P[i]));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_castps_si512(big), _mm512_set1_epi32(127)), 23);
+    return _mm512_maskz_mov_ps(keep, _mm512_mul_ps(y, _mm512_castsi512_ps(e)));
+}
+
+/* 1 / (1 + exp(-x)) from exp(-|x|), which cannot overflow. */
+AVX512 static inline __m512 sigmoid16(__m512 x)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 minus_abs = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN)));
+    __m512 e = exp_neg16(minus_abs), s = _mm512_div_ps(one, _mm512_add_ps(one, e));
+    return _mm512_mask_mul_ps(s, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), e, s);
+}
+
+AVX512 static inline __m512 act16(const Plan *p, __m512 v)
+{
+    const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
+    switch (p->act) {
+    case ACT_CLAMP: /* NaN in v: max and min each return their second operand, v */
+        return _mm512_min_ps(_mm512_set1_ps(p->hi), _mm512_max_ps(_mm512_set1_ps(p->lo), v));
+    case ACT_SIGMOID: return sigmoid16(v);
+    case ACT_SILU: return _mm512_mul_ps(v, sigmoid16(_mm512_mul_ps(_mm512_set1_ps(p->alpha), v)));
+    case ACT_HARDSWISH: {
+        __m512 t = _mm512_fmadd_ps(v, _mm512_set1_ps(1.0f / 6.0f), _mm512_set1_ps(0.5f));
+        return _mm512_mul_ps(v, _mm512_min_ps(one, _mm512_max_ps(zero, t)));
+    }
+    default: return v;
+    }
+}
 
 /* One block of V vectors (a constant where inlined): the last one masked to the tile's pixels. */
 AVX512 static inline __attribute__((always_inline)) void block_avx512(const Plan *p, Py_ssize_t s, Py_ssize_t p0,
@@ -116,7 +177,6 @@ AVX512 static inline __attribute__((always_inline)) void block_avx512(const Plan
             UNROLL for (int v = 0; v < V; v++) acc[r][v] = _mm512_fmadd_ps(wv, xv[v], acc[r][v]);
         }
     }
-    const __m512 vlo = _mm512_set1_ps(p->lo), vhi = _mm512_set1_ps(p->hi);
     UNROLL for (int r = 0; r < ROWS; r++) {
         const Py_ssize_t co = b * ROWS + r, at = (s * p->cout + co) * p->pixels + p0;
         if (co >= p->cout) break;
@@ -125,8 +185,7 @@ AVX512 static inline __attribute__((always_inline)) void block_avx512(const Plan
             const __mmask16 m = v == V - 1 ? last : 0xFFFF;
             __m512 a = _mm512_add_ps(acc[r][v], bias);
             if (p->res) a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, p->res + at + 16 * v));
-            if (p->clamp) a = _mm512_min_ps(vhi, _mm512_max_ps(vlo, a)); /* NaN in a: each returns a */
-            _mm512_mask_storeu_ps(p->y + at + 16 * v, m, a);
+            _mm512_mask_storeu_ps(p->y + at + 16 * v, m, act16(p, a));
         }
     }
 }
@@ -145,25 +204,38 @@ AVX512 static void range_avx512(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 #endif
 
 PyDoc_STRVAR(pointwise_conv_doc,
-"pointwise_conv(x, y, weight, shape, bias=None, clip=None, residual=None, scale=None, threads=1)\n\n"
+"pointwise_conv(x, y, weight, shape, bias=None, act=None, residual=None, scale=None, threads=1)\n\n"
 "The 1x1 convolution of x float32 [N, C_in, P] into y float32 [N, C_out, P] (shape = (N, C_in, C_out,\n"
-"P), P pixels): y[n, o, p] = clip(sum_i weight[o, i] scale[n, i] x[n, i, p] + bias[o] + residual[n, o,\n"
+"P), P pixels): y[n, o, p] = act(sum_i weight[o, i] scale[n, i] x[n, i, p] + bias[o] + residual[n, o,\n"
 "p]). weight: float32 [ceil(C_out / 8), C_in, 8], the [C_out, C_in] matrix packed 8 rows at a time\n"
-"(zero rows past C_out). bias float32 [C_out]; clip (lo, hi), NaN kept; residual like y; scale\n"
-"float32 [N, C_in] or [1, C_in]. Runs on up to `threads` threads of the native pool.");
+"(zero rows past C_out). bias float32 [C_out]; act (name, a, b): ('relu', _, _), ('clip', lo, hi)\n"
+"(NaN kept), ('sigmoid', _, _), ('silu', alpha, _): x sigmoid(alpha x), ('hardswish', _, _); residual\n"
+"like y; scale"
+" float32 [N, C_in] or [1, C_in]. Runs on up to `threads` threads of the native pool.");
 
 static PyObject *pointwise_conv(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"x", "y", "weight", "shape", "bias", "clip", "residual", "scale", "threads", NULL};
-    PyObject *xo, *yo, *wo, *bo = Py_None, *clipo = Py_None, *ro = Py_None, *so = Py_None;
+    static char *kwlist[] = {"x", "y", "weight", "shape", "bias", "act", "residual", "scale", "threads", NULL};
+    PyObject *xo, *yo, *wo, *bo = Py_None, *acto = Py_None, *ro = Py_None, *so = Py_None;
     Py_ssize_t n;
     int threads = 1;
     Plan p = {0};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO(nnnn)|OOOOi", kwlist, &xo, &yo, &wo, &n, &p.cin, &p.cout,
-                                     &p.pixels, &bo, &clipo, &ro, &so, &threads))
+                                     &p.pixels, &bo, &acto, &ro, &so, &threads))
         return NULL;
-    p.clamp = clipo != Py_None;
-    if (p.clamp && !PyArg_ParseTuple(clipo, "ff", &p.lo, &p.hi)) return NULL;
+    if (acto != Py_None) {
+        const char *name;
+        float a, b;
+        if (!PyArg_ParseTuple(acto, "sff", &name, &a, &b)) return NULL;
+        static const char *const names[] = {"none", "clip", "sigmoid", "silu", "hardswish", "relu"};
+        for (p.act = 0; p.act < 6 && strcmp(name, names[p.act]); p.act++) {}
+        if (p.act == 6) {
+            PyErr_Format(PyExc_ValueError, "pointwise_conv: unknown activation '%s'", name);
+            return NULL;
+        }
+        if (p.act == 5) p.act = ACT_CLAMP, a = 0.f, b = INFINITY; /* relu: a clamp at 0 */
+        p.lo = a, p.hi = b, p.alpha = a;
+    }
     const Py_ssize_t big = (Py_ssize_t)1 << 30;
     if (n < 0 || p.cin < 1 || p.cout < 1 || p.pixels < 1 || n > big || p.cin > big || p.cout > big || p.pixels > big) {
         PyErr_SetString(PyExc_ValueError, "pointwise_conv: a size is out of bounds");

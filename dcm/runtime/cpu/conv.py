@@ -409,22 +409,21 @@ class Conv(Kernel):
 
     def _packed_conv(self, x: np.ndarray, residual: np.ndarray | None, epilogue,
                      scale: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
-        """The compiled 1x1 kernel (pointconv.py): bias, residual and a Relu/Clip in its one store, any
-        other activation in place right after; (y, done) as ``_finish``. A residual it cannot take, or
-        one that comes after a fused Relu, is left to the caller (done False)."""
+        """The compiled 1x1 kernel (pointconv.py): bias, residual and the activation in its one store
+        (another activation in place right after); (y, done) as ``_finish``. A residual it cannot
+        take, or one that comes after a fused Relu, is left to the caller (done False)."""
         n, _, h, w = x.shape
         bias = None if self.bias is None else self.bias.reshape(-1)
-        run = lambda clip, res: pointconv.pointwise_conv(x, self.packed, self.out_channels, bias, clip, res, scale,
-                                                         self.threads)
+        relu = ("relu", 0.0, 0.0) if self.relu else None
+        run = lambda act, res: pointconv.pointwise_conv(x, self.packed, self.out_channels, bias, act, res, scale,
+                                                        self.threads)
         if residual is not None and (self.relu or residual.shape != (n, self.out_channels, h, w)
                                      or residual.dtype != np.float32):
-            return run((0.0, np.inf) if self.relu else None, None), False
+            return run(relu, None), False
         act = None if epilogue is None else epilogue.act
-        clamp = act is not None and act[0] in ("relu", "clip")
-        clip = ((0.0, np.inf) if self.relu or (clamp and act[0] == "relu") else (act[1], act[2]) if clamp
-                else None)
-        y = run(clip, None if residual is None else np.ascontiguousarray(residual))
-        if epilogue is not None and (self.relu or not clamp):
+        fused = relu or (act if act is not None and act[0] in pointconv.ACTS else None)
+        y = run(fused, None if residual is None else np.ascontiguousarray(residual))
+        if epilogue is not None and fused is not act:
             y = epilogue(y)
         return y, True
 

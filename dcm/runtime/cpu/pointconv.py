@@ -1,6 +1,7 @@
 """Dense 1x1 convolutions through the compiled ``pointwise_conv`` (``_pointconv.c``): a block of 8
 output channels x up to 48 pixels in AVX-512 registers through all input channels, the bias, a
-residual and a Relu/Clip clamp added before the one store, the blocks shared over the native pool.
+residual and the activation (Relu, Clip, Sigmoid, SiLU, HardSwish) applied before the one store, the
+blocks shared over the native pool.
 
 The layers of MobileNet and EfficientNet have few input channels (K = 16..960) and many pixels,
 where BLAS's packing of both operands and the separate pass of the bias and activation cost as much
@@ -15,6 +16,7 @@ import numpy as np
 from dcm.runtime.cpu import native
 
 ROWS = 8  # output channels per register block: the packed weight's inner size
+ACTS = ("relu", "clip", "sigmoid", "silu", "hardswish")  # the activations (Epilogue.act names) it applies itself
 
 
 def available() -> bool:
@@ -32,12 +34,13 @@ def pack(weight: np.ndarray) -> np.ndarray:
 
 
 def pointwise_conv(x: np.ndarray, packed: np.ndarray, out_channels: int, bias: np.ndarray | None,
-                   clip: tuple[float, float] | None, residual: np.ndarray | None, scale: np.ndarray | None,
+                   act: tuple[str, float, float] | None, residual: np.ndarray | None, scale: np.ndarray | None,
                    threads: int) -> np.ndarray:
-    """clip(W @ (x[n] * scale[n]) + bias + residual) for x float32 [N, C_in, H, W]: a new float32
-    [N, C_out, H, W] array. scale float32 [N or 1, C_in] (or None), residual float32 [N, C_out, H, W]."""
+    """act(W @ (x[n] * scale[n]) + bias + residual) for x float32 [N, C_in, H, W]: a new float32
+    [N, C_out, H, W] array. act: an ``Epilogue.act`` of a kind in ACTS, or None; scale float32
+    [N or 1, C_in] (or None), residual float32 [N, C_out, H, W]."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, c, h, w = x.shape
     y = np.empty((n, out_channels, h, w), dtype=np.float32)
-    native.pointwise_conv(x, y, packed, (n, c, out_channels, h * w), bias, clip, residual, scale, threads)
+    native.pointwise_conv(x, y, packed, (n, c, out_channels, h * w), bias, act, residual, scale, threads)
     return y

@@ -1,10 +1,12 @@
 """``dcm.ScaledConv``: a 1x1 convolution of a product ``a * b`` (``dcm.runtime.channel_scale``).
 
 Where one factor is a per-channel scale s [N or 1, C, 1, 1] of the other, x [N, C, H, W], and the
-convolution is a dense BLAS product, the scale goes into the weight, ``(W * s) @ x``: C_out * C_in
-multiplies instead of C_in * H * W, and no scaled copy of x. Where the weight is the larger of the
-two (EfficientNet's last blocks: 1152 -> 320 channels at 7x7), or for any other operands or
-convolution form, the product is computed as the Mul would, then convolved.
+convolution is a dense 1x1 product, no scaled copy of x is made: the compiled 1x1 kernel
+(pointconv.py) multiplies each input vector by its channel's factor as it loads it, or, on BLAS, the
+scale goes into the weight, ``(W * s) @ x``: C_out * C_in multiplies instead of C_in * H * W. On BLAS
+where the weight is the larger of the two (EfficientNet's last blocks: 1152 -> 320 channels at 7x7),
+or for any other operands or convolution form, the product is computed as the Mul would, then
+convolved.
 """
 from __future__ import annotations
 
@@ -48,21 +50,25 @@ class ScaledConv(Conv):
         return super().__call__(np.multiply(a, c).astype(np.result_type(a, c), copy=False), w, b, residual)
 
     def _weight_wins(self, x: np.ndarray, s: np.ndarray) -> bool:
-        """s is a float32 per-channel scale of the float32 x [N, C, H, W], and W [C_out, C_in] is
-        smaller than one plane set of x (C_out < H * W)."""
+        """s is a float32 per-channel scale of the float32 x [N, C, H, W], and the compiled kernel takes
+        it, or W [C_out, C_in] is smaller than one plane set of x (C_out < H * W)."""
         if not self.into_weight or x.ndim != 4 or x.dtype != np.float32 or s.dtype != np.float32:
             return False
         n, c, h, w = x.shape
-        return s.shape in ((n, c, 1, 1), (1, c, 1, 1)) and c == self.in_channels and self.out_channels < h * w
+        return (s.shape in ((n, c, 1, 1), (1, c, 1, 1)) and c == self.in_channels
+                and (self.packed is not None or self.out_channels < h * w))
 
     def _conv(self, x, residual=None, epilogue=None):
         if not isinstance(x, _Scaled):
             return super()._conv(x, residual, epilogue)
         x, s = x
         n, c, h, w = x.shape
+        if self.packed is not None:
+            return self._packed_conv(x, residual, epilogue, np.ascontiguousarray(s.reshape(s.shape[0], c)))
         weights = np.multiply(self.mms[0].w, s.reshape(s.shape[0], 1, c))  # [N or 1, C_out, C_in]
         y = np.matmul(weights, x.reshape(n, c, h * w))
         return self._finish(y.reshape(n, -1, h, w), residual, epilogue)
 
     def describe(self) -> dict:
-        return {**super().describe(), "scale": "into the weight" if self.into_weight else "on the input"}
+        scale = "in the kernel" if self.packed is not None else "into the weight"
+        return {**super().describe(), "scale": scale if self.into_weight else "on the input"}
