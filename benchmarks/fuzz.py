@@ -191,6 +191,15 @@ def _pointwise_conv() -> Model:
                  nodes, tensors, {})
 
 
+def _dense_fc() -> Model:
+    """A dense fully connected layer large enough (64 x 256 @ 256 x 128, 2M multiply-adds) for
+    blas.matmul to split it over the session's two threads: the compiled gemm."""
+    rng = np.random.default_rng(12)
+    tensors = {"w": encode_tensor(rng.normal(size=(128, 256)).astype(np.float32), code_bits=5, name="w")}
+    return Model([ValueInfo("x", "float32", [64, 256])], [ValueInfo("y", "float32", [64, 128])],
+                 [Node("Gemm", ["x", "w"], ["y"], {"transB": 1}, "fc")], tensors, {})
+
+
 def _logic() -> Model:
     """A Constant node (the converter folds them, so no converted model has one) and boolean logic."""
     nodes = [Node("Constant", [], ["c"], {"value_float": 0.5}, "half"), Node("Mul", ["x", "s"], ["m"], {}, "scale"),
@@ -234,7 +243,8 @@ def _lstm_upsample() -> Model:
 def seeds() -> tuple[bytes, ...]:
     """The hand-made .dcm seeds: between them they reach every compiled kernel (``kernel_names``)."""
     return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _sparse_batch8, _sparse_strided,
-                                         _wide3x3, _stem, _pointwise_conv, _logic, _layer_norm, _lstm_upsample))
+                                         _wide3x3, _stem, _pointwise_conv, _dense_fc, _logic, _layer_norm,
+                                         _lstm_upsample))
 
 
 @lru_cache(maxsize=None)
@@ -584,7 +594,7 @@ def check(data: bytes, feeds: dict | None = None, ran: Counter | None = None) ->
     problems = validate(data)
     try:
         model = read(data)
-        sess = InferenceSession(model, threads=1)
+        sess = InferenceSession(model, threads=2)  # a session's default on 2 cores: the kernels' splits run
         inputs = {}
         for v in model.inputs:
             x = feeds.get(v.name) if feeds else None

@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 tests=(tests/runtime)
 if [ "${1:-}" = --quick ]; then
   shift
-  tests=(tests/runtime/test_{native,pool,pointwise,pointconv,recurrent_scan,upsample,conv,conv_lanes,sparse_conv,depthwise,fusion,winograd,matmul,windows,kernels,session,numerics,memory,quiet_ops,malformed_runs,hostile_shapes}.py)
+  tests=(tests/runtime/test_{native,pool,gemm,blas,pointwise,pointconv,recurrent_scan,upsample,conv,conv_lanes,sparse_conv,depthwise,fusion,winograd,matmul,windows,kernels,session,numerics,memory,quiet_ops,malformed_runs,hostile_shapes}.py)
 fi
 iterations=${1:-20000}
 workers=${2:-2}
@@ -52,7 +52,7 @@ sanitizers="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fra
 build() { # extra CFLAGS
   (cd "$work" && rm -rf build && CFLAGS="$sanitizers -fno-wrapv $1" LDFLAGS="-fsanitize=address,undefined" \
     "$python" setup.py -q build_ext --inplace >"$work/build.log" 2>&1) || { cat "$work/build.log" >&2; exit 1; }
-  ls "$work"/dcm/runtime/cpu/_{native,pointwise,recurrent,upsample,pool,pointconv}*.so >/dev/null
+  ls "$work"/dcm/runtime/cpu/_{native,pointwise,recurrent,upsample,pool,pointconv,gemm}*.so >/dev/null
 }
 
 failed=0

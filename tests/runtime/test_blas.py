@@ -1,5 +1,5 @@
 """dcm/runtime/cpu/blas.py: a session keeps numpy's BLAS pool at one thread and splits large products
-over its own threads."""
+over its own threads (the native gemm, _gemm.c; tests/runtime/test_gemm.py tests it directly)."""
 import os
 import threading
 import time
@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from dcm.format.model import Model, Node, ValueInfo  # noqa: E402
 from dcm.encoder.codec import encode_raw  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
-from dcm.runtime.cpu import blas  # noqa: E402
+from dcm.runtime.cpu import blas, native  # noqa: E402
 
 
 def _dense_fc() -> Model:
@@ -39,8 +39,10 @@ def test_each_run_keeps_the_blas_pool_at_one_thread():
                                               ((1, 1, 200, 8), (8, 30))])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_split_matmul_matches_numpy(a_shape, b_shape, threads, monkeypatch):
-    """Rows cut, columns cut, too small to cut, a broadcast stack of products, a stack of one."""
+    """Rows cut, columns cut, too small to cut, a broadcast stack of products, a stack of one; the
+    native gemm takes every one of them from two threads."""
     monkeypatch.setattr(blas, "SPLIT_MIN_MACS", 1)  # split even the small ones
+    calls = _count_gemm_calls(monkeypatch)
     rng = np.random.default_rng(len(a_shape))
     a = rng.standard_normal(a_shape).astype(np.float32)
     b = np.swapaxes(rng.standard_normal(b_shape[:-2] + b_shape[:-3:-1]).astype(np.float32), -1, -2)  # strided
@@ -49,23 +51,49 @@ def test_split_matmul_matches_numpy(a_shape, b_shape, threads, monkeypatch):
     out = np.empty_like(want)
     assert blas.matmul(a, b, threads, out=out) is out
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
+    assert len(calls) == (2 if threads > 1 and native.gemm is not None else 0)
     v = a.reshape(-1, a.shape[-1])[0]
     np.testing.assert_array_equal(blas.matmul(v, b, threads), np.matmul(v, b))  # a vector: numpy's own call
 
 
-def test_split_matmul_does_not_wait_for_a_thread_that_never_starts(monkeypatch):
+def _count_gemm_calls(monkeypatch) -> list:
+    calls = []
+    if native.gemm is not None:
+        gemm = native.gemm
+        monkeypatch.setattr(native, "gemm", lambda *args: calls.append(args) or gemm(*args))
+    return calls
+
+
+def test_matmul_leaves_to_numpy_what_the_native_gemm_does_not_take(monkeypatch):
+    """Small products, float64, and layouts sgemm cannot read (reversed rows, out overlapping an
+    input) all get numpy's result; shapes that do not match get numpy's error."""
+    monkeypatch.setattr(blas, "SPLIT_MIN_MACS", 1 << 12)
+    calls = _count_gemm_calls(monkeypatch)
+    a, b = np.ones((8, 8), np.float32), np.ones((8, 8), np.float32)
+    np.testing.assert_array_equal(blas.matmul(a, b, 2), a @ b)
+    assert not calls  # 512 multiply-adds: one numpy call
+    big = np.arange(64 * 64, dtype=np.float32).reshape(64, 64) / 4096
+    np.testing.assert_allclose(blas.matmul(big.astype(np.float64), big, 2), big.astype(np.float64) @ big)
+    np.testing.assert_allclose(blas.matmul(big[::-1], big, 2), big[::-1] @ big, rtol=1e-6)
+    shared = np.concatenate([big, big], axis=1)
+    want = shared[:, :64] @ big
+    np.testing.assert_allclose(blas.matmul(shared[:, :64], big, 2, out=shared[:, 32:96]), want, rtol=1e-6)
+    with pytest.raises(ValueError, match="matmul"):
+        blas.matmul(big, big[:5], 2)
+
+
+def test_share_does_not_wait_for_a_thread_that_never_starts():
     """Every pool thread held elsewhere (as when the scheduler keeps them off the cores): the calling
-    thread does every chunk and withdraws the work it handed out, instead of waiting."""
+    thread does every range and withdraws the work it handed out, instead of waiting."""
     from dcm.runtime.cpu.matmul import thread_pool
 
-    monkeypatch.setattr(blas, "SPLIT_MIN_MACS", 1)
     release = threading.Event()
     held = [thread_pool(2).submit(release.wait) for _ in range(2)]
     try:
-        a, b = np.ones((256, 64), np.float32), np.ones((64, 128), np.float32)
+        seen = np.zeros(100, int)
         start = time.perf_counter()
-        np.testing.assert_array_equal(blas.matmul(a, b, 2), a @ b)
-        assert time.perf_counter() - start < 5
+        blas.share(lambda lo, hi: seen.__setitem__(slice(lo, hi), seen[lo:hi] + 1), 100, 2)
+        assert (seen == 1).all() and time.perf_counter() - start < 5
     finally:
         release.set()
         for f in held:

@@ -10,13 +10,14 @@ OpenBLAS thread and 32-60 ms on two (onnxruntime, whose threads take work as the
 
 So a session keeps every BLAS library at one thread (one C call per library before each run, about
 2 us; skipping it when the count looks unchanged would go wrong after code outside the session,
-threadpoolctl's context managers included, changes it), and the kernels' large products go through
-``matmul``, which spreads them over the session's threads itself: chunks (whole products of a
-stack, else rows or columns) that each thread, the caller included, takes as it comes free; a chunk
-no pool thread has started by the time the caller runs out of chunks is withdrawn. A thread off the
-core then costs at most the one chunk it holds. ``share`` does the same for the compiled kernels'
-splits (depthwise and lane convolutions, Winograd's transforms, pooling). The BLAS count stays set
-after the run: numpy code outside the session sees it too.
+threadpoolctl's context managers included, changes it), and the kernels' products go through
+``matmul``, which spreads the large float32 ones over the session's threads with the compiled
+``gemm`` (_gemm.c): chunks (whole products of a stack, else rows or columns) of single-threaded
+sgemm calls that the native pool's threads, the caller included, take as they come free. A thread
+off the core then costs at most the one chunk it holds, and a hand-off costs microseconds where a
+Python thread's cost 15-100 us. ``share`` splits work over Python threads for the kernels that still
+do (the GIL-free numpy and scipy calls). The BLAS count stays set after the run: numpy code outside
+the session sees it too.
 """
 from __future__ import annotations
 
@@ -28,14 +29,14 @@ from typing import Callable
 
 import numpy as np
 
-# Below this many multiply-adds (about 0.5 ms on one core) handing chunks to a pool thread costs
-# more than it saves: on a quiet 2-core machine a 128x256 @ 256x256 product took 0.12 ms on one
-# thread and 0.22 split in two, Winograd's [16, 32, 32] @ [16, 32, 128] band 0.03 and 0.14 (which
-# made a 32-channel 3x3 layer at 128x128 three times slower with threads=2); from about 32M
-# multiply-adds the split gains (128x256 @ 256x1024: 0.87 of one thread's time, 512^3: 0.66).
-SPLIT_MIN_MACS = 1 << 25
-CHUNK_MIN = 32  # the fewest rows or columns in a chunk: narrower products run below BLAS's best speed
-CHUNKS_PER_THREAD = 2  # how finely the rows are cut: a late thread leaves little undone
+from dcm.runtime.cpu import native
+
+# Below this many multiply-adds (about 20 us on one core) a product runs as one numpy call: the
+# native hand-off and the narrower chunks cost more than a second thread saves (benchmarks/gemm.py,
+# docs/gemm.md). numpy's own call also stays for one thread: its OpenBLAS (0.3.31 in numpy's wheel)
+# ran the zoo's shapes up to 10% faster than scipy's (0.3.30), whose sgemm the native gemm calls.
+SPLIT_MIN_MACS = 1 << 20
+CHUNKS_PER_THREAD = 2  # how finely ``share`` cuts its work: a late thread leaves little undone
 
 
 @cache
@@ -73,32 +74,22 @@ def current() -> list[int]:
 
 
 def matmul(a: np.ndarray, b: np.ndarray, threads: int, out: np.ndarray | None = None) -> np.ndarray:
-    """``np.matmul(a, b, out=out)`` on up to ``threads`` threads (see the module's docstring). A stack
-    of products is cut into groups of whole products; one product along the longer of its rows and
-    columns (each chunk's BLAS call packs the whole of the operand that is not cut, so the smaller
-    one is the one read again). One plain call when the work is small."""
-    if threads < 2 or a.ndim < 2 or b.ndim < 2:
+    """``np.matmul(a, b, out=out)`` on up to ``threads`` threads (see the module's docstring): a float32
+    product of at least ``SPLIT_MIN_MACS`` multiply-adds on the native gemm, anything else (one thread,
+    other types, vectors, small products) as one numpy call."""
+    if (threads < 2 or native.gemm is None or a.ndim < 2 or b.ndim < 2 or a.dtype != np.float32
+            or b.dtype != np.float32 or (out is not None and out.dtype != np.float32)):
         return np.matmul(a, b, out=out)
-    lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    lead = a.shape[:-2] if a.shape[:-2] == b.shape[:-2] else np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     (m, k), n = a.shape[-2:], b.shape[-1]
-    count = math.prod(lead)
-    if count * m * k * n < SPLIT_MIN_MACS or (count == 1 and max(m, n) < 2 * CHUNK_MIN):
+    if math.prod(lead) * m * k * n < SPLIT_MIN_MACS:
         return np.matmul(a, b, out=out)
     if out is None:
-        out = np.empty(lead + (m, n), np.result_type(a, b))
-    if count > 1:
-        a, b = np.broadcast_to(a, lead + a.shape[-2:]), np.broadcast_to(b, lead + b.shape[-2:])
-        items = list(np.ndindex(*lead))
-
-        def product(lo: int, hi: int) -> None:
-            for i in items[lo:hi]:
-                np.matmul(a[i], b[i], out=out[i])
-
-        share(product, count, threads)
-    elif m > n:
-        share(lambda lo, hi: np.matmul(a[..., lo:hi, :], b, out=out[..., lo:hi, :]), m, threads, m // CHUNK_MIN)
-    else:
-        share(lambda lo, hi: np.matmul(a, b[..., lo:hi], out=out[..., lo:hi]), n, threads, n // CHUNK_MIN)
+        out = np.empty(lead + (m, n), np.float32)
+    try:
+        native.gemm(np.broadcast_to(a, lead + a.shape[-2:]), np.broadcast_to(b, lead + b.shape[-2:]), out, threads)
+    except ValueError:  # strides sgemm cannot read, out overlapping an input, or shapes numpy reports
+        np.matmul(a, b, out=out)
     return out
 
 

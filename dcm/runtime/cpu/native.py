@@ -26,6 +26,10 @@ try:  # _pointconv.c: the dense 1x1 convolution
     from dcm.runtime.cpu._pointconv import pointwise_conv, set_simd as set_pointconv_simd, simd as pointconv_simd
 except ImportError:  # pragma: no cover - as above
     pointwise_conv = set_pointconv_simd = pointconv_simd = None
+try:  # _gemm.c: dense float32 products split over the native thread pool
+    from dcm.runtime.cpu._gemm import gemm
+except ImportError:  # pragma: no cover - as above
+    gemm = None
 
 # The load-time limit: a pruned layer denser than this is held dense. Below it the batched product
 # (SparseMatrix.matmat_rows) beats BLAS on the dense form up to 22-35% density from 8 rows (by layer
@@ -35,7 +39,7 @@ SPARSE_MAX_DENSITY = 0.30
 
 NAMES = ("SparseConv", "SparseMatrix", "depthwise2d", "conv_lanes2d", "im2col2d", "pool2d", "winograd_input",
          "winograd_output", "activate", "layer_norm", "softmax", "recurrent_scan", "resize2d", "col2im2d",
-         "pointwise_conv")
+         "pointwise_conv", "gemm")
 
 
 def available() -> bool:

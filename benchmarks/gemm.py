@@ -1,0 +1,95 @@
+"""Dense products on the zoo's shapes: numpy's matmul, the native gemm on 1 and 2 threads, onnxruntime.
+
+    python -m benchmarks.gemm [--quick] [--seconds S]
+
+Every float32 product a zoo model sends through ``blas.matmul`` at batch 1 (the convolutions'
+im2col products, Winograd's 16 batched products, the transformers' linear layers and attention),
+timed as numpy's ``np.matmul`` on one OpenBLAS thread, ``_gemm.gemm`` on 1 and 2 threads of the
+native pool, and onnxruntime's MatMul (B constant, as a weight is, so MLAS packs it at load) on 1
+and 2 intra-op threads. The candidates take turns call by call (``tune.race``, median), so that load
+from other processes hits all of them alike; the load average is printed with the table. Writes
+benchmarks/results/gemm.json. This is where ``blas.SPLIT_MIN_MACS`` was read from (docs/gemm.md).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+from threadpoolctl import threadpool_limits
+
+from benchmarks.common import onnxruntime_session, save
+from dcm.runtime.cpu import native
+from dcm.runtime.cpu.tune import race
+
+# (model, stack, m, k, n): a [*stack, m, k] @ b [*stack, k, n]
+SHAPES = [
+    ("resnet18 winograd 64ch", (16,), 64, 64, 112), ("resnet18 winograd 128ch", (16,), 128, 128, 126),
+    ("resnet18 winograd 256ch", (16,), 256, 256, 49), ("resnet18 stride-2 conv", (), 128, 576, 784),
+    ("resnet18 stride-2 conv", (), 512, 2304, 49), ("unet winograd", (16,), 32, 32, 128),
+    ("unet winograd", (16,), 64, 64, 128), ("unet winograd", (16,), 128, 128, 128),
+    ("unet up-conv", (), 128, 64, 4096), ("vit qkv", (), 197, 192, 576), ("vit mlp", (), 197, 192, 768),
+    ("vit mlp", (), 197, 768, 192), ("vit attention", (3,), 197, 64, 197), ("vit patches", (), 192, 768, 196),
+    ("bert/gpt qkv", (), 128, 256, 768), ("bert/gpt mlp", (), 128, 256, 1024), ("bert/gpt mlp", (), 128, 1024, 256),
+    ("bert/gpt proj", (), 128, 256, 256), ("bert/gpt attention", (4,), 128, 64, 128),
+    ("gpt2 lm head", (), 128, 256, 50257), ("convnext mlp", (), 196, 160, 640), ("convnext mlp", (), 196, 640, 160),
+    ("convnext stage 1", (), 3136, 40, 160), ("convnext stage 1", (), 3136, 160, 40),
+]
+QUICK = {"resnet18 winograd 64ch", "unet winograd", "vit qkv", "bert/gpt mlp", "convnext stage 1"}
+
+
+def _onnxruntime(b: np.ndarray, a_shape: tuple, threads: int):
+    """onnxruntime's MatMul of a run-time a by the constant b."""
+    x = helper.make_tensor_value_info("a", TensorProto.FLOAT, list(a_shape))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "matmul", [x], [y],
+                              [numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onnxruntime_session(model.SerializeToString(), threads)
+
+
+def measure(quick: bool, seconds: float) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    with threadpool_limits(1):
+        for model, stack, m, k, n in SHAPES:
+            if quick and model not in QUICK:
+                continue
+            a = rng.standard_normal((*stack, m, k), dtype=np.float32)
+            b = rng.standard_normal((*stack, k, n), dtype=np.float32)
+            out = np.empty((*stack, m, n), np.float32)
+            ort1, ort2 = (_onnxruntime(b, a.shape, t) for t in (1, 2))
+            t = race({"numpy": lambda: np.matmul(a, b, out=out),
+                      "gemm1": lambda: native.gemm(a, b, out, 1), "gemm2": lambda: native.gemm(a, b, out, 2),
+                      "ort1": lambda: ort1.run(None, {"a": a}), "ort2": lambda: ort2.run(None, {"a": a})},
+                     min_time=seconds, max_rounds=400)
+            rows.append({"model": model, "stack": list(stack), "m": m, "k": k, "n": n,
+                         "macs": math.prod(stack) * m * k * n, **{f"{c}_us": round(v * 1e6, 1) for c, v in t.items()},
+                         "gemm1_over_numpy": round(t["gemm1"] / t["numpy"], 2),
+                         "gemm2_over_gemm1": round(t["gemm2"] / t["gemm1"], 2),
+                         "numpy_over_ort1": round(t["numpy"] / t["ort1"], 2),
+                         "gemm2_over_ort2": round(t["gemm2"] / t["ort2"], 2)})
+            r = rows[-1]
+            print(f"{model:24s} {str(stack):6s} {m:5d} {k:5d} {n:6d} {r['macs'] / 1e6:8.1f}M  numpy {r['numpy_us']:8.1f} us"
+                  f"  gemm1/numpy {r['gemm1_over_numpy']:.2f}  gemm2/gemm1 {r['gemm2_over_gemm1']:.2f}"
+                  f"  numpy/ort1 {r['numpy_over_ort1']:.2f}  gemm2/ort2 {r['gemm2_over_ort2']:.2f}", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a few shapes only")
+    ap.add_argument("--seconds", type=float, default=0.5, help="time per shape (default 0.5)")
+    args = ap.parse_args()
+    if native.gemm is None:
+        raise SystemExit("this build has no compiled gemm (dcm.runtime.cpu._gemm)")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    rows = measure(args.quick, args.seconds)
+    print(f"load average {os.getloadavg()[0]:.1f} when done")
+    save("gemm", {"load_average": os.getloadavg()[0], "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""dcm/runtime/cpu/_gemm.c: dense float32 products on the native pool, against numpy in float64, for
+every layout the kernels pass (transposed views, strided rows, broadcast stacks) and every split (whole
+products, rows, columns), and the layouts it must refuse before reading anything."""
+import numpy as np
+import pytest
+
+from dcm.runtime.cpu import native
+
+pytestmark = pytest.mark.skipif(native.gemm is None, reason="this build has no compiled gemm")
+
+
+def _random(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _check(a, b, threads):
+    lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    out = np.full(lead + (a.shape[-2], b.shape[-1]), np.nan, np.float32)  # every value must be written
+    native.gemm(np.broadcast_to(a, lead + a.shape[-2:]), np.broadcast_to(b, lead + b.shape[-2:]), out, threads)
+    want = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4 * max(1, a.shape[-1]) ** 0.5)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 1000])
+@pytest.mark.parametrize("a_shape, b_shape", [
+    ((300, 64), (64, 90)),  # rows cut
+    ((70, 100), (100, 2000)),  # columns cut
+    ((5, 7), (7, 3)),  # too small to cut
+    ((16, 64, 32), (16, 32, 112)),  # a stack: whole products
+    ((3, 1, 40, 50), (4, 50, 60)),  # broadcast stacks, fewer products than 2 per thread: rows or columns
+    ((1, 1, 200, 8), (8, 30)),
+    ((1, 500), (500, 900)), ((37, 1), (1, 41)), ((1, 1), (1, 1)),
+])
+def test_products_match_numpy(a_shape, b_shape, threads):
+    _check(_random(a_shape, 1), _random(b_shape, 2), threads)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_transposed_and_strided_operands_need_no_copy(threads):
+    """Column-major views (W.T of a contiguous W, attention's K^T) and rows of a wider buffer."""
+    a, b = _random((300, 64), 3), _random((90, 64), 4)
+    _check(a, b.T, threads)
+    _check(_random((64, 300), 5).T, b.T, threads)
+    wide = _random((300, 100), 6)
+    _check(wide[:, 10:74], _random((64, 200), 7)[:, 5:95], threads)
+    _check(np.swapaxes(_random((4, 50, 40), 8), -1, -2), _random((4, 50, 60), 9), threads)
+    _check(_random((3, 40, 50), 10)[::2], _random((50, 60), 11), threads)  # a stride between products
+
+
+def test_out_may_be_rows_of_a_wider_buffer():
+    a, b = _random((40, 30)), _random((30, 20), 1)
+    buffer = np.full((40, 50), 7, np.float32)
+    native.gemm(a, b, buffer[:, 10:30], 2)
+    np.testing.assert_allclose(buffer[:, 10:30], a @ b, rtol=1e-5, atol=1e-5)
+    assert (buffer[:, :10] == 7).all() and (buffer[:, 30:] == 7).all()  # nothing written outside
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [((5, 0), (0, 3)), ((0, 4), (4, 5)), ((4, 3), (3, 0)), ((2, 0, 3), (2, 3, 4))])
+def test_empty_products(a_shape, b_shape):
+    """No inner axis: zeros (not the old contents of out); no rows, columns or products: nothing to do."""
+    out = np.full(np.broadcast_shapes(a_shape[:-2], b_shape[:-2]) + (a_shape[-2], b_shape[-1]), np.nan, np.float32)
+    native.gemm(np.ones(a_shape, np.float32), np.ones(b_shape, np.float32), out, 2)
+    assert (out == 0).all()
+
+
+def test_inf_and_nan_propagate_as_in_numpy():
+    a, b = _random((40, 30)), _random((30, 50), 1)
+    a[3, 4], b[7, 9] = np.inf, np.nan
+    out = np.empty((40, 50), np.float32)
+    native.gemm(a, b, out, 2)
+    with np.errstate(invalid="ignore"):
+        want = a @ b
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(out), np.isinf(want))
+
+
+def _bad_calls():
+    a, b, out = _random((8, 8)), _random((8, 8), 1), np.empty((8, 8), np.float32)
+    shared = _random((8, 16))
+    window = np.lib.stride_tricks.as_strided(_random(15), (8, 8), (4, 4))  # rows overlapping each other
+    return {
+        "a reversed": (lambda: native.gemm(a[::-1], b, out), ValueError, "non-negative strides"),
+        "a rows overlap": (lambda: native.gemm(window, b, out), ValueError, "row-major or column-major"),
+        "out column-major": (lambda: native.gemm(a, b, np.empty((8, 8), np.float32).T), ValueError, "row-major"),
+        "out overlaps a": (lambda: native.gemm(shared[:, :8], b, shared[:, 8:]), ValueError, "overlaps"),
+        "out is b": (lambda: native.gemm(a, b, b), ValueError, "overlaps|read-only"),
+        "out aliased": (lambda: native.gemm(np.ones((2, 8, 8), np.float32), np.ones((2, 8, 8), np.float32),
+                                            np.lib.stride_tricks.as_strided(out, (2, 8, 8), (0, 32, 4))),
+                        ValueError, "two elements at one address"),
+        "out read-only": (lambda: native.gemm(a, b, np.broadcast_to(out, (8, 8))), (ValueError, BufferError),
+                          "read-only"),
+        "float64": (lambda: native.gemm(a.astype(np.float64), b, out), TypeError, "float32"),
+        "vector": (lambda: native.gemm(a[0], b, out[0]), TypeError, "2 to 16 dims"),
+        "inner sizes": (lambda: native.gemm(a[:, :5], b, out), ValueError, "shapes must be"),
+        "out shape": (lambda: native.gemm(a, b, out[:, :5]), ValueError, "shapes must be"),
+        "ranks": (lambda: native.gemm(a[None], b, out), ValueError, "same number of axes"),
+        "stacks": (lambda: native.gemm(np.ones((2, 8, 8), np.float32), np.ones((3, 8, 8), np.float32),
+                                       np.empty((2, 8, 8), np.float32)), ValueError, "same leading axes"),
+    }
+
+
+@pytest.mark.parametrize("name", _bad_calls().keys())
+def test_bad_layouts_are_refused_with_a_message(name):
+    call, error, match = _bad_calls()[name]
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_rows_too_far_apart_for_sgemm_are_refused():
+    """A leading dimension past 2^31 - 1 elements (a broadcast view, no memory behind it)."""
+    a = np.lib.stride_tricks.as_strided(np.ones(1, np.float32), (2, 1), (4 * 2**31, 4))
+    with pytest.raises(ValueError, match="32-bit"):
+        native.gemm(a, np.ones((1, 1), np.float32), np.empty((2, 1), np.float32))
