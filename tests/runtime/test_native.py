@@ -382,26 +382,24 @@ def test_conv_refuses_bad_weights_and_calls():
         wide.run(x, np.zeros(1, np.float32), x.shape, (1, 1), (1, 1), (1 << 19,) * 4)
 
 
-def test_winograd_transforms_refuse_bad_calls():
-    x, v = np.ones((2, 3, 6, 6), np.float32), np.zeros((16, 3, 2 * 1 * 3), np.float32)
-    native.winograd_input(x, v, x.shape, (1, 1), (0, 2, 0, 1, 3))  # 2 samples x 1 tile row x 3 tiles
-    for shape, pads, band, message in [
-        (x.shape, (1, 1), (0, 3, 0, 1, 3), "out of bounds"),  # samples past N
-        (x.shape, (-1, 1), (0, 2, 0, 1, 3), "out of bounds"),
-        (x.shape, (1, 1), (0, 2, 1, 1, 3), "out of bounds"),  # empty band
-        ((2, 3, 6, 5), (1, 1), (0, 2, 0, 1, 3), "x must have"),
-        (x.shape, (1, 1), (0, 2, 0, 2, 3), "v 576"),
+def test_winograd_conv_refuses_bad_calls():
+    x, u, out = np.ones((2, 3, 6, 6), np.float32), np.ones((16, 3, 4), np.float32), np.zeros((2, 4, 6, 6), np.float32)
+    shape = (2, 3, 6, 6, 4, 6, 6)
+    native.winograd_conv(x, u, out, shape, (1, 1), 128)
+    for bad, pads, band_tiles, message in [
+        ((2, 3, 6, 5, 4, 6, 6), (1, 1), 128, "x must have"),
+        ((2, 3, 6, 6, 5, 6, 6), (1, 1), 128, "u 240"),
+        ((2, 3, 6, 6, 4, 6, 7), (1, 1), 128, "out 336"),
+        (shape, (-1, 1), 128, "out of bounds"),
+        (shape, (1, 1), 0, "out of bounds"),
+        ((0, 3, 6, 6, 4, 6, 6), (1, 1), 128, "out of bounds"),
     ]:
         with pytest.raises(ValueError, match=message):
-            native.winograd_input(x, v, shape, pads, band)
-    m, out = np.zeros((16, 4, 6), np.float32), np.zeros((2, 4, 6, 6), np.float32)
-    native.winograd_output(m, out, out.shape, (0, 2, 0, 1, 3))
-    for band, message in [((0, 2, 3, 4, 3), "out of bounds"), ((0, 2, 0, 1, 2), "out of bounds"),
-                          ((0, 1, 0, 1, 3), "m must have")]:
-        with pytest.raises(ValueError, match=message):
-            native.winograd_output(m, out, out.shape, band)
+            native.winograd_conv(x, u, out, bad, pads, band_tiles)
     with pytest.raises(ValueError, match="bias 4"):
-        native.winograd_output(m, out, out.shape, (0, 2, 0, 1, 3), np.zeros(3, np.float32))
+        native.winograd_conv(x, u, out, shape, (1, 1), 128, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="thread count"):
+        native.winograd_conv(x, u, out, shape, (1, 1), 128, None, False, 0)
 
 
 @settings(max_examples=60, deadline=None)
@@ -480,12 +478,9 @@ HUGE_CALLS = {
     "pool2d": lambda: native.pool2d(_ones(4), _ones(4), (HUGE, 1, 2, 2), (1, 1), (1, 1), (1, 1), (0, 0, 0, 0)),
     "pool2d channels": lambda: native.pool2d(_ones(4), _ones(4), (4, HUGE, 1, 1), (1, 1), (1, 1), (1, 1),
                                              (0, 0, 0, 0)),
-    "winograd_input": lambda: native.winograd_input(_ones(4), _ones(16), (HUGE, 1, 2, 2), (0, 0), (0, HUGE, 0, 1, 1)),
-    "winograd_input channels": lambda: native.winograd_input(_ones(4), _ones(16), (1, HUGE, 2, 2), (0, 0),
-                                                             (0, 1, 0, 1, 1)),
-    "winograd_output": lambda: native.winograd_output(_ones(16), _ones(4), (HUGE, 1, 2, 2), (0, HUGE, 0, 1, 1)),
-    "winograd_output channels": lambda: native.winograd_output(_ones(16), _ones(4), (1, HUGE, 2, 2),
-                                                               (0, 1, 0, 1, 1)),
+    "winograd_conv": lambda: native.winograd_conv(_ones(4), _ones(16), _ones(4), (HUGE, 1, 2, 2, 1, 2, 2), (0, 0), 1),
+    "winograd_conv channels": lambda: native.winograd_conv(_ones(4), _ones(16), _ones(4), (1, HUGE, 2, 2, 1, 2, 2),
+                                                           (0, 0), 1),
     "SparseMatrix.matvec": lambda: _matrix().matvec(_ones(53), _ones(37), None, False, "csr", 0, HUGE),
     "SparseMatrix.matmat": lambda: _matrix().matmat(np.ones((53, 4), np.float32), np.ones((37, 4), np.float32), None,
                                                     False, 0, HUGE),

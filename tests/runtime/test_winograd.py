@@ -68,7 +68,7 @@ def test_without_bias(any_width):
 def test_any_shape_matches_direct_convolution(n, c, k, h, w, pads, band_tiles, compiled, threads, relu):
     """Every size, padding and band split against a float64 sum over the nine kernel offsets, with the
     compiled transforms (AVX2 or portable C, split over 2 threads or not) and with numpy's."""
-    if compiled and native.winograd_input is None:
+    if compiled and native.winograd_conv is None:
         return
     begin, end = pads[:2], pads[2:]
     if h + begin[0] + end[0] < 3 or w + begin[1] + end[1] < 3:
@@ -84,18 +84,18 @@ def test_any_shape_matches_direct_convolution(n, c, k, h, w, pads, band_tiles, c
     ref = ref + bias
     ref = np.maximum(ref, 0) if relu else ref
     u = winograd.transform_weight(wt)
-    saved = winograd.BAND_TILES, winograd.NATIVE_BAND_TILES, winograd.SPLIT_MIN_VALUES, native.winograd_input
-    winograd.BAND_TILES, winograd.SPLIT_MIN_VALUES = band_tiles, 0  # bands of one tile row, some all padding
-    winograd.NATIVE_BAND_TILES = band_tiles  # bands of samples x tile rows
+    saved = winograd.BAND_TILES, winograd.NATIVE_BAND_TILES, native.winograd_conv
+    winograd.BAND_TILES = band_tiles  # bands of one tile row, some all padding
+    winograd.NATIVE_BAND_TILES = band_tiles  # bands of samples x tile rows (one band: split phases)
     if not compiled:
-        native.winograd_input = None
+        native.winograd_conv = None
     simd = native.set_simd(compiled != "portable") if compiled else None
     try:
         got = winograd.conv3x3(x, u, begin, end, bias, relu, threads)
     finally:
         if compiled:
             native.set_simd(simd)
-        winograd.BAND_TILES, winograd.NATIVE_BAND_TILES, winograd.SPLIT_MIN_VALUES, native.winograd_input = saved
+        winograd.BAND_TILES, winograd.NATIVE_BAND_TILES, native.winograd_conv = saved
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
 
 

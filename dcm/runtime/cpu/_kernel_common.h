@@ -148,4 +148,26 @@ static inline void parallel_for(dcm_range_fn fn, void *ctx, Py_ssize_t count, Py
     else fn(ctx, 0, count);
 }
 
+/* scipy's Fortran sgemm (the entry in scipy.linalg.cython_blas's C API: column-major, int32 sizes,
+ * scipy's OpenBLAS, which a session holds at one thread), for kernels whose products run on the pool's
+ * threads without the GIL. Found on the first call that needs it (with the GIL held); NULL and an
+ * exception set where scipy is missing. */
+typedef void (*dcm_sgemm_fn)(const char *transa, const char *transb, const int *m, const int *n, const int *k,
+                             const float *alpha, const float *a, const int *lda, const float *b, const int *ldb,
+                             const float *beta, float *c, const int *ldc);
+
+static inline dcm_sgemm_fn import_sgemm(void)
+{
+    static dcm_sgemm_fn found;
+    if (found) return found;
+    PyObject *module = PyImport_ImportModule("scipy.linalg.cython_blas");
+    PyObject *api = module ? PyObject_GetAttrString(module, "__pyx_capi__") : NULL;
+    PyObject *capsule = api ? PyMapping_GetItemString(api, "sgemm") : NULL;
+    if (capsule) found = (dcm_sgemm_fn)PyCapsule_GetPointer(capsule, PyCapsule_GetName(capsule));
+    Py_XDECREF(capsule);
+    Py_XDECREF(api);
+    Py_XDECREF(module);
+    return found;
+}
+
 #endif

@@ -3,7 +3,7 @@
  * SparseMatrix: the sparse fully connected kernels, y = relu(W @ x + b), at batch 1 (matvec) and
  *   for many vectors at once on packed panels (matmat, matmat_rows).
  * SparseConv: direct sparse convolution, y = relu(conv(x, W) + b), with no im2col.
- * winograd_input / winograd_output: the tile transforms of dense 3x3 convolutions (winograd.py).
+ * winograd_conv: dense 3x3 stride-1 convolutions by Winograd F(2x2, 3x3) (winograd.py).
  * pool2d: MaxPool and AveragePool, separably, without a padded copy of the input.
  * depthwise2d: depthwise convolution (one input channel per group), bias and clamp fused.
  * conv_lanes2d: dense convolution of few input channels (stems), 8 output channels per register.
@@ -1331,12 +1331,12 @@ static PyTypeObject SparseConvType = {
 
 
 /* ------------------------------------------------------------------------------------------------
- * Winograd F(2x2, 3x3) tile transforms (dense 3x3 stride-1 convolutions; winograd.py does the
- * products). Layouts keep the tiles innermost, so both transforms are plain loops over a row of
- * tiles, which the compiler vectorizes: V [16, C, tiles] and M [16, K, tiles], tiles ordered
- * (sample, tile row within the band, tile column). The products are then M[i] = U[i] @ V[i] with
- * U [16, K, C]. numpy did these transforms in about ten whole-array passes with temporaries, on one
- * thread; here each is one pass, and threads can take disjoint channel ranges.
+ * Winograd F(2x2, 3x3) convolution (dense 3x3 stride-1 layers; winograd.py chooses it). Layouts keep
+ * the tiles innermost, so both transforms are plain loops over a row of tiles, which the compiler
+ * vectorizes: V [16, C, tiles] and M [16, K, tiles], tiles ordered (sample, tile row within the band,
+ * tile column). The products are M[i] = U[i]^T V[i] with U^T [16, K, C], through scipy's sgemm. numpy
+ * did these transforms in about ten whole-array passes with temporaries, and Python threads took
+ * whole bands at 15-100 us a hand-off; here a band is one thread's work from input to output.
  * ------------------------------------------------------------------------------------------------ */
 
 typedef struct {
@@ -1445,130 +1445,182 @@ static void wino_output_avx2(const WinoGeometry *g, const float *m, float *out, 
 }
 #endif
 
-/* Parses (N, C, H, W), (pad top, pad left), (n0, n1, t0, t1, tw) and bounds them. */
-static int wino_geometry(PyObject *shape, PyObject *pads, PyObject *band, WinoGeometry *g)
+/* winograd_conv: the whole convolution in bands of samples x tile rows, each band's transforms and
+ * its 16 products (M[i] = U[i]^T V[i], sgemm) done by one thread while its V and M are in cache;
+ * the pool's threads take whole bands. A convolution of one band (a small plane: 512 channels at 7x7
+ * is 16 tiles) splits each phase instead: the input transform by channels, the products by i, the
+ * output transform by channels. */
+typedef struct {
+    WinoGeometry g; /* the band fields unused: set per band */
+    const float *x, *u, *bias;
+    float *out, *v, *m; /* v, m: the one band's buffers (single-band phases only) */
+    Py_ssize_t k, oh, ow, th, rows, samples, row_bands, max_tiles;
+    int relu;
+    dcm_sgemm_fn sgemm;
+    int failed; /* a range could not allocate its buffers */
+} WinoConv;
+
+static void wino_band(const WinoConv *w, Py_ssize_t b, WinoGeometry *g)
 {
-    if (!PyArg_ParseTuple(shape, "nnnn", &g->n, &g->c, &g->h, &g->w) ||
-        !PyArg_ParseTuple(pads, "nn", &g->pt, &g->pl) ||
-        !PyArg_ParseTuple(band, "nnnnn", &g->n0, &g->n1, &g->t0, &g->t1, &g->tw))
-        return -1;
-    const Py_ssize_t big = (Py_ssize_t)1 << 20;
-    if (g->n < 0 || g->c < 1 || g->h < 1 || g->w < 1 || g->h > big || g->w > big || g->pt < 0 || g->pl < 0 ||
-        g->pt > big || g->pl > big || g->tw < 1 || g->tw > big || g->t0 < 0 || g->t1 <= g->t0 || g->t1 > big ||
-        g->n0 < 0 || g->n1 <= g->n0 || g->n1 > g->n) {
-        PyErr_SetString(PyExc_ValueError, "winograd: a size, pad or band is out of bounds");
-        return -1;
-    }
-    return 0;
+    *g = w->g;
+    g->n0 = b / w->row_bands * w->samples;
+    g->n1 = g->n0 + w->samples < w->g.n ? g->n0 + w->samples : w->g.n;
+    g->t0 = b % w->row_bands * w->rows;
+    g->t1 = g->t0 + w->rows < w->th ? g->t0 + w->rows : w->th;
 }
 
-PyDoc_STRVAR(wino_in_doc,
-"winograd_input(x, v, shape, pads, band, c_begin=0, c_end=-1)\n\n"
-"V = B^T d B for every 4x4 tile of the band = (n0, n1, t0, t1, tiles per row): samples [n0, n1),\n"
-"tile rows [t0, t1). x float32 [N, C, H, W] (shape), pads = (top, left) (the tiles read zeros\n"
-"outside x), v float32 [16, C, (n1 - n0) * (t1 - t0) * tiles per row], written for channels\n"
-"[c_begin, c_end).");
-
-static PyObject *winograd_input(PyObject *self, PyObject *args, PyObject *kwds)
+/* M[i] = U[i]^T V[i] for i in [i0, i1): U^T [16, K, C], V [16, C, tiles], M [16, K, tiles], row-major;
+ * column-major that is M^T (tiles x K) = V^T (tiles x C) @ U (C x K), every operand untransposed. */
+static void wino_products(const WinoConv *w, const float *v, float *m, int tiles, int i0, int i1)
 {
-    static char *kwlist[] = {"x", "v", "shape", "pads", "band", "c_begin", "c_end", NULL};
-    PyObject *xo, *vo, *so, *po, *bo;
-    Py_ssize_t c0 = 0, c1 = -1;
+    const int c = (int)w->g.c, k = (int)w->k;
+    const float one = 1.f, zero = 0.f;
+    for (int i = i0; i < i1; i++)
+        w->sgemm("N", "N", &tiles, &k, &c, &one, v + (Py_ssize_t)i * c * tiles, &tiles, w->u + (Py_ssize_t)i * c * k,
+                 &c, &zero, m + (Py_ssize_t)i * k * tiles, &tiles);
+}
+
+static void wino_bands_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    WinoConv *w = ctx;
+    Py_ssize_t tw = w->g.tw;
+    float *v = malloc((size_t)(16 * (w->g.c + w->k) * w->max_tiles + 8 * (2 * tw + 2)) * sizeof(float));
+    if (!v) {
+        __atomic_store_n(&w->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    float *m = v + 16 * w->g.c * w->max_tiles, *rows = m + 16 * w->k * w->max_tiles;
+    for (Py_ssize_t b = lo; b < hi; b++) {
+        WinoGeometry g;
+        wino_band(w, b, &g);
+        int tiles = (int)((g.n1 - g.n0) * (g.t1 - g.t0) * tw);
+        DISPATCH(wino_input, &g, w->x, v, rows, 0, g.c);
+        wino_products(w, v, m, tiles, 0, 16);
+        DISPATCH(wino_output, &g, m, w->out, w->k, w->oh, w->ow, w->bias, w->relu, rows, 0, w->k);
+    }
+    free(v);
+}
+
+static void wino_input_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    WinoConv *w = ctx;
     WinoGeometry g;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|nn", kwlist, &xo, &vo, &so, &po, &bo, &c0, &c1) ||
-        wino_geometry(so, po, bo, &g) < 0)
-        return NULL;
-    if (c1 < 0) c1 = g.c;
-    if (c0 < 0 || c0 > c1 || c1 > g.c) {
-        PyErr_SetString(PyExc_ValueError, "winograd_input: channel range out of bounds");
-        return NULL;
-    }
-    Py_buffer xb, vb;
-    if (get_in_out(xo, &xb, "x", vo, &vb, "v", 1) < 0) return NULL;
-    PyObject *result = NULL;
-    float *rows = NULL;
-    Py_ssize_t tiles = SIZE_PRODUCT(g.n1 - g.n0, g.t1 - g.t0, g.tw);
-    Py_ssize_t x_count = SIZE_PRODUCT(g.n, g.c, g.h, g.w), v_count = SIZE_PRODUCT(16, g.c, tiles);
-    if (tiles < 0 || x_count < 0 || v_count < 0) {
-        PyErr_SetString(PyExc_ValueError, "winograd_input: the input or tile size overflows");
-        goto done;
-    }
-    if (xb.len / 4 != x_count || vb.len / 4 != v_count) {
-        PyErr_Format(PyExc_ValueError, "winograd_input: x must have %zd values and v %zd", x_count, v_count);
-        goto done;
-    }
-    rows = PyMem_RawMalloc(8 * (2 * g.tw + 2) * sizeof(float));
+    wino_band(w, 0, &g);
+    float *rows = malloc((size_t)(8 * (2 * g.tw + 2)) * sizeof(float));
     if (!rows) {
-        PyErr_NoMemory();
-        goto done;
+        __atomic_store_n(&w->failed, 1, __ATOMIC_RELAXED);
+        return;
     }
-    Py_BEGIN_ALLOW_THREADS
-    DISPATCH(wino_input, &g, xb.buf, vb.buf, rows, c0, c1);
-    Py_END_ALLOW_THREADS
-    result = Py_NewRef(Py_None);
-done:
-    PyMem_RawFree(rows);
-    PyBuffer_Release(&xb);
-    PyBuffer_Release(&vb);
-    return result;
+    DISPATCH(wino_input, &g, w->x, w->v, rows, lo, hi);
+    free(rows);
 }
 
-PyDoc_STRVAR(wino_out_doc,
-"winograd_output(m, out, shape, band, bias=None, relu=False, k_begin=0, k_end=-1)\n\n"
-"Y = A^T M A for the band's tiles (n0, n1, t0, t1, tiles per row) into out float32 [N, K, OH, OW]\n"
-"(shape), rows [2 t0, 2 t1) cropped to OH x OW; m float32 [16, K, (n1 - n0) * (t1 - t0) * tiles per\n"
-"row]; then bias float32 [K] and the ReLU. Channels [k_begin, k_end).");
-
-static PyObject *winograd_output(PyObject *self, PyObject *args, PyObject *kwds)
+static void wino_products_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
-    static char *kwlist[] = {"m", "out", "shape", "band", "bias", "relu", "k_begin", "k_end", NULL};
-    PyObject *mo, *oo, *so, *bo, *biaso = Py_None;
-    int relu = 0;
-    Py_ssize_t k0 = 0, k1 = -1, kk, oh, ow;
-    WinoGeometry g = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|Opnn", kwlist, &mo, &oo, &so, &bo, &biaso, &relu, &k0, &k1))
+    WinoConv *w = ctx;
+    wino_products(w, w->v, w->m, (int)w->max_tiles, (int)lo, (int)hi);
+}
+
+static void wino_output_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    WinoConv *w = ctx;
+    WinoGeometry g;
+    wino_band(w, 0, &g);
+    float *rows = malloc((size_t)(4 * g.tw) * sizeof(float));
+    if (!rows) {
+        __atomic_store_n(&w->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    DISPATCH(wino_output, &g, w->m, w->out, w->k, w->oh, w->ow, w->bias, w->relu, rows, lo, hi);
+    free(rows);
+}
+
+PyDoc_STRVAR(wino_conv_doc,
+"winograd_conv(x, u, out, shape, pads, band_tiles, bias=None, relu=False, threads=1)\n\n"
+"A dense 3x3 stride-1 convolution by Winograd F(2x2, 3x3): x float32 [N, C, H, W] (shape), pads =\n"
+"(top, left) (zeros outside x; the output size says how far the bottom/right padding goes), u float32\n"
+"[16, K, C] (winograd.transform_weight), out float32 [N, K, OH, OW], then bias float32 [K] and the\n"
+"ReLU. Bands of about band_tiles tiles (whole tile rows, then whole samples), taken by up to threads\n"
+"threads of the native pool.");
+
+static PyObject *winograd_conv(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"x", "u", "out", "shape", "pads", "band_tiles", "bias", "relu", "threads", NULL};
+    PyObject *xo, *uo, *oo, *so, *po, *biaso = Py_None;
+    Py_ssize_t band_tiles, k, oh, ow;
+    int relu = 0, threads = 1;
+    WinoConv w = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOn|Opi", kwlist, &xo, &uo, &oo, &so, &po, &band_tiles, &biaso,
+                                     &relu, &threads))
         return NULL;
-    if (!PyArg_ParseTuple(so, "nnnn", &g.n, &kk, &oh, &ow) ||
-        !PyArg_ParseTuple(bo, "nnnnn", &g.n0, &g.n1, &g.t0, &g.t1, &g.tw))
+    WinoGeometry *g = &w.g;
+    if (!PyArg_ParseTuple(so, "nnnnnnn", &g->n, &g->c, &g->h, &g->w, &k, &oh, &ow) ||
+        !PyArg_ParseTuple(po, "nn", &g->pt, &g->pl))
         return NULL;
     const Py_ssize_t big = (Py_ssize_t)1 << 20;
-    if (k1 < 0) k1 = kk;
-    if (g.n < 0 || kk < 1 || oh < 1 || ow < 1 || oh > big || ow > big || g.tw < (ow + 1) / 2 || g.tw > big ||
-        g.t0 < 0 || g.t1 <= g.t0 || 2 * g.t0 >= oh || g.t1 > (oh + 1) / 2 || k0 < 0 || k0 > k1 || k1 > kk ||
-        g.n0 < 0 || g.n1 <= g.n0 || g.n1 > g.n) {
-        PyErr_SetString(PyExc_ValueError, "winograd_output: a size, band or channel range is out of bounds");
+    if (g->n < 1 || g->c < 1 || g->h < 1 || g->w < 1 || k < 1 || oh < 1 || ow < 1 || g->h > big || g->w > big ||
+        oh > big || ow > big || g->c > big || k > big || g->pt < 0 || g->pl < 0 || g->pt > big || g->pl > big ||
+        band_tiles < 1 || band_tiles > big || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "winograd_conv: a size, pad, band or thread count is out of bounds");
         return NULL;
     }
-    Py_buffer mb, ob, bb = {0};
-    if (get_in_out(mo, &mb, "m", oo, &ob, "out", 1) < 0) return NULL;
+    w.k = k, w.oh = oh, w.ow = ow, w.relu = relu;
+    w.th = (oh + 1) / 2, g->tw = (ow + 1) / 2;
+    Py_ssize_t tiles = g->tw > band_tiles ? g->tw : band_tiles; /* per band: whole tile rows */
+    w.rows = tiles / g->tw < w.th ? tiles / g->tw : w.th;
+    w.samples = w.rows == w.th ? (tiles / (w.rows * g->tw) < g->n ? tiles / (w.rows * g->tw) : g->n) : 1;
+    w.row_bands = (w.th + w.rows - 1) / w.rows;
+    Py_ssize_t bands = (g->n + w.samples - 1) / w.samples * w.row_bands;
+    w.max_tiles = w.samples * w.rows * g->tw;
+    Py_ssize_t x_count = SIZE_PRODUCT(g->n, g->c, g->h, g->w), u_count = SIZE_PRODUCT(16, g->c, k),
+               out_count = SIZE_PRODUCT(g->n, k, oh, ow), buffers = SIZE_PRODUCT(16, g->c + k, w.max_tiles);
+    if (x_count < 0 || u_count < 0 || out_count < 0 || buffers < 0 || w.max_tiles > INT32_MAX / 16 ||
+        SIZE_PRODUCT(g->c, k) > INT32_MAX || SIZE_PRODUCT(g->c, w.max_tiles) > INT32_MAX ||
+        SIZE_PRODUCT(k, w.max_tiles) > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "winograd_conv: the sizes overflow");
+        return NULL;
+    }
+    if (!(w.sgemm = import_sgemm())) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ImportError, "winograd_conv: scipy's sgemm was not found");
+        return NULL;
+    }
+    Py_buffer xb, ob, ub = {0}, bb = {0};
+    if (get_in_out(xo, &xb, "x", oo, &ob, "out", 1) < 0) return NULL;
     PyObject *result = NULL;
-    float *rows = NULL;
-    if (biaso != Py_None && get_array(biaso, &bb, 'f', 4, 0, "bias") < 0) goto done;
-    Py_ssize_t tiles = SIZE_PRODUCT(g.n1 - g.n0, g.t1 - g.t0, g.tw);
-    Py_ssize_t m_count = SIZE_PRODUCT(16, kk, tiles), out_count = SIZE_PRODUCT(g.n, kk, oh, ow);
-    if (tiles < 0 || m_count < 0 || out_count < 0) {
-        PyErr_SetString(PyExc_ValueError, "winograd_output: the output or tile size overflows");
+    if (get_array_of_rank(uo, &ub, 'f', 4, 0, 1, "u") < 0 ||
+        (biaso != Py_None && get_array(biaso, &bb, 'f', 4, 0, "bias") < 0))
+        goto done;
+    if (xb.len / 4 != x_count || ub.len / 4 != u_count || ob.len / 4 != out_count || (bb.buf && bb.len / 4 != k)) {
+        PyErr_Format(PyExc_ValueError, "winograd_conv: x must have %zd values, u %zd, out %zd, bias %zd", x_count,
+                     u_count, out_count, k);
         goto done;
     }
-    if (mb.len / 4 != m_count || ob.len / 4 != out_count || (bb.buf && bb.len / 4 != kk)) {
-        PyErr_Format(PyExc_ValueError, "winograd_output: m must have %zd values, out %zd, bias %zd", m_count,
-                     out_count, kk);
-        goto done;
+    w.x = xb.buf, w.u = ub.buf, w.out = ob.buf, w.bias = bb.buf;
+    if (bands > 1 || threads < 2) {
+        Py_BEGIN_ALLOW_THREADS
+        parallel_for(wino_bands_range, &w, bands, 1, threads);
+        Py_END_ALLOW_THREADS
+    } else {
+        w.v = PyMem_RawMalloc((size_t)buffers * sizeof(float));
+        if (!w.v) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        w.m = w.v + 16 * g->c * w.max_tiles;
+        Py_BEGIN_ALLOW_THREADS
+        parallel_for(wino_input_range, &w, g->c, 1, threads);
+        parallel_for(wino_products_range, &w, 16, 1, threads);
+        parallel_for(wino_output_range, &w, k, 1, threads);
+        Py_END_ALLOW_THREADS
+        PyMem_RawFree(w.v);
     }
-    rows = PyMem_RawMalloc(4 * g.tw * sizeof(float));
-    if (!rows) {
+    if (w.failed) {
         PyErr_NoMemory();
         goto done;
     }
-    const float *m = mb.buf, *bias = bb.buf;
-    float *out = ob.buf;
-    Py_BEGIN_ALLOW_THREADS
-    DISPATCH(wino_output, &g, m, out, kk, oh, ow, bias, relu, rows, k0, k1);
-    Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
-    PyMem_RawFree(rows);
-    release_all(&mb, &ob, &bb);
+    RELEASE_BUFFERS(&xb, &ob, &ub, &bb);
     return result;
 }
 
@@ -2506,8 +2558,7 @@ static PyMethodDef module_methods[] = {
     {"depthwise2d", (PyCFunction)(void (*)(void))depthwise2d, METH_VARARGS | METH_KEYWORDS, depthwise_doc},
     {"conv_lanes2d", (PyCFunction)(void (*)(void))conv_lanes2d, METH_VARARGS | METH_KEYWORDS, conv_lanes_doc},
     {"im2col2d", (PyCFunction)(void (*)(void))im2col2d, METH_VARARGS | METH_KEYWORDS, im2col_doc},
-    {"winograd_input", (PyCFunction)(void (*)(void))winograd_input, METH_VARARGS | METH_KEYWORDS, wino_in_doc},
-    {"winograd_output", (PyCFunction)(void (*)(void))winograd_output, METH_VARARGS | METH_KEYWORDS, wino_out_doc},
+    {"winograd_conv", (PyCFunction)(void (*)(void))winograd_conv, METH_VARARGS | METH_KEYWORDS, wino_conv_doc},
     {NULL},
 };
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 try:
     from dcm.runtime.cpu._native import (SparseConv, SparseMatrix, batched_simd, conv_lanes2d, depthwise2d,
-                                         im2col2d, pool2d, set_avx512, set_simd, winograd_input, winograd_output)
+                                         im2col2d, pool2d, set_avx512, set_simd, winograd_conv)
 except ImportError:  # pragma: no cover - a build without a compiler; tests/runtime/test_native.py says so
-    SparseConv = SparseMatrix = conv_lanes2d = depthwise2d = im2col2d = pool2d = set_simd = winograd_input = None
-    batched_simd = set_avx512 = winograd_output = None
+    SparseConv = SparseMatrix = conv_lanes2d = depthwise2d = im2col2d = pool2d = set_simd = winograd_conv = None
+    batched_simd = set_avx512 = None
 try:  # _pointwise.c: activations with a fused bias, LayerNorm and Softmax over the last axis
     from dcm.runtime.cpu._pointwise import activate, layer_norm, set_simd as set_pointwise_simd, softmax
 except ImportError:  # pragma: no cover - as above
@@ -37,9 +37,8 @@ except ImportError:  # pragma: no cover - as above
 # (docs/kernel-choice.md, benchmarks/matmul_choice.py).
 SPARSE_MAX_DENSITY = 0.30
 
-NAMES = ("SparseConv", "SparseMatrix", "depthwise2d", "conv_lanes2d", "im2col2d", "pool2d", "winograd_input",
-         "winograd_output", "activate", "layer_norm", "softmax", "recurrent_scan", "resize2d", "col2im2d",
-         "pointwise_conv", "gemm")
+NAMES = ("SparseConv", "SparseMatrix", "depthwise2d", "conv_lanes2d", "im2col2d", "pool2d", "winograd_conv",
+         "activate", "layer_norm", "softmax", "recurrent_scan", "resize2d", "col2im2d", "pointwise_conv", "gemm")
 
 
 def available() -> bool:

@@ -32,10 +32,12 @@ def eligible(kernel: tuple[int, int], strides: tuple[int, int], dilations: tuple
 
 
 def transform_weight(w: np.ndarray) -> np.ndarray:
-    """w [C_out, C_in, 3, 3] -> U [16, C_in, C_out] = G w G^T per channel pair (in float64, then float32)."""
+    """w [C_out, C_in, 3, 3] -> U^T [16, C_out, C_in], U = G w G^T per channel pair (in float64, then
+    float32). Output channels before input channels: the compiled products read it untransposed
+    (512 channels at 7x7: 116 against 158 us per product read transposed)."""
     c_out, c_in = w.shape[:2]
-    u = np.einsum("ai,kcij,bj->abck", _G, w.astype(np.float64), _G)  # [4, 4, C_in, C_out]
-    return np.ascontiguousarray(u.reshape(16, c_in, c_out), dtype=np.float32)
+    u = np.einsum("ai,kcij,bj->abkc", _G, w.astype(np.float64), _G)  # [4, 4, C_out, C_in]
+    return np.ascontiguousarray(u.reshape(16, c_out, c_in), dtype=np.float32)
 
 
 def _input_transform(d0: np.ndarray, d1: np.ndarray, d2: np.ndarray, d3: np.ndarray, out: np.ndarray) -> None:
@@ -50,12 +52,11 @@ BAND_TILES = 512  # tiles per band: the band's buffers stay in cache and the GEM
 # Tiles per band of the compiled path (at least one tile row). Measured on 64-512 channel layers,
 # 1 and 2 threads: 128 was best or within noise of it; a band's V and M then take 0.5-4 MB.
 NATIVE_BAND_TILES = 128
-SPLIT_MIN_VALUES = 1 << 16  # transform work (channels x tiles) past which a band's transforms use the thread pool
 
 
 def conv3x3(x: np.ndarray, u: np.ndarray, begin: list[int], end: list[int], bias: np.ndarray | None,
             relu: bool = False, threads: int = 1) -> np.ndarray:
-    """x [N, C_in, H, W], U from ``transform_weight`` -> [N, C_out, OH, OW] float32 (then max(0, .)
+    """x [N, C_in, H, W], U^T from ``transform_weight`` -> [N, C_out, OH, OW] float32 (then max(0, .)
     with ``relu``, band by band while it is in cache).
 
     Works in bands of tile rows, so the work buffers are a few MB even for VGG-16's 224x224 layers.
@@ -68,15 +69,16 @@ def conv3x3(x: np.ndarray, u: np.ndarray, begin: list[int], end: list[int], bias
     if oh < 1 or ow < 1:
         raise ValueError(f"input {x.shape[2:]} (padded) is smaller than the 3x3 kernel")
     th, tw = -(-oh // 2), -(-ow // 2)  # tiles; the last may hang over the bottom/right edge (zeros)
-    out = np.empty((n, u.shape[2], oh, ow), dtype=np.float32)
+    out = np.empty((n, u.shape[1], oh, ow), dtype=np.float32)
     band = max(1, BAND_TILES // (n * tw))
-    if native.winograd_input is not None:
-        return _conv3x3_native(np.ascontiguousarray(x, dtype=np.float32), u, begin, out, th, tw,
+    if native.winograd_conv is not None:
+        return _conv3x3_native(np.ascontiguousarray(x, dtype=np.float32), u, begin, out,
                                None if bias is None else np.ascontiguousarray(bias.reshape(-1)), relu, threads)
     for t0 in range(0, th, band):
         t1 = min(t0 + band, th)
         v = _transform_in(x, begin, t0, t1, tw, c)
-        m = blas.matmul(v.reshape(16, -1, c), u, threads)  # [16, tiles, C_in] @ [16, C_in, C_out]
+        # [16, tiles, C_in] @ [16, C_in, C_out]
+        m = blas.matmul(v.reshape(16, -1, c), u.transpose(0, 2, 1), threads)
         _transform_out(m, out, t0, t1, tw, bias)
         if relu:
             done = out[:, :, 2 * t0 : 2 * t1]
@@ -84,45 +86,17 @@ def conv3x3(x: np.ndarray, u: np.ndarray, begin: list[int], end: list[int], bias
     return out
 
 
-def _conv3x3_native(x: np.ndarray, u: np.ndarray, begin: list[int], out: np.ndarray, th: int, tw: int,
-                    bias: np.ndarray | None, relu: bool, threads: int) -> np.ndarray:
-    """The compiled transforms, with tiles innermost: V [16, C_in, tiles], M = U^T V [16, C_out, tiles]
-    (U read transposed, no copy), in bands of samples x tile rows (``NATIVE_BAND_TILES``), small enough
-    for V and M to stay in cache. Large bands split their transforms by channels over the pool."""
-    n, c = x.shape[:2]
-    k = u.shape[2]
-    ut = u.transpose(0, 2, 1)  # [16, C_out, C_in]
-    tiles = max(tw, NATIVE_BAND_TILES)  # per band
-    rows = min(th, max(1, tiles // tw))  # tile rows per band, then samples per band
-    samples = max(1, tiles // (rows * tw)) if rows == th else 1
-    bands = [(n0, min(n0 + samples, n), t0, min(t0 + rows, th), tw)
-             for n0 in range(0, n, samples) for t0 in range(0, th, rows)]
-
-    def run(band: tuple[int, ...], threads: int) -> None:
-        count = (band[1] - band[0]) * (band[3] - band[2]) * tw
-        v, m = scratch_arrays((16, c, count), (16, k, count))  # this thread's own buffer
-        _split(threads, c, count, lambda a, b: native.winograd_input(x, v, x.shape, (begin[0], begin[1]), band,
-                                                                     a, b))
-        blas.matmul(ut, v, threads, out=m)
-        _split(threads, k, count, lambda a, b: native.winograd_output(m, out, out.shape, band, bias, relu, a, b))
-
-    # Several bands: each thread takes whole bands (their outputs are disjoint), the one split that
-    # pays off at every size; a band's own products are too small to split (blas.SPLIT_MIN_MACS).
-    # One band (few large tiles, many channels): its transforms and products split instead.
-    if threads > 1 and len(bands) > 1:
-        blas.share(lambda lo, hi: [run(b, 1) for b in bands[lo:hi]], len(bands), threads)
-    else:
-        for band in bands:
-            run(band, threads)
+def _conv3x3_native(x: np.ndarray, u: np.ndarray, begin: list[int], out: np.ndarray, bias: np.ndarray | None,
+                    relu: bool, threads: int) -> np.ndarray:
+    """The compiled convolution (``winograd_conv``): tiles innermost, V [16, C_in, tiles] and
+    M = U^T V [16, C_out, tiles] per band of samples x tile rows (``NATIVE_BAND_TILES``), small enough
+    for V and M to stay in cache; the native pool's threads take whole bands, and a single band splits
+    its transforms and products instead."""
+    n, c, h, w = x.shape
+    k, oh, ow = out.shape[1:]
+    native.winograd_conv(x, u, out, (n, c, h, w, k, oh, ow), (begin[0], begin[1]),
+                         NATIVE_BAND_TILES, bias, relu, threads)
     return out
-
-
-def _split(threads: int, channels: int, tiles: int, run) -> None:
-    """run(begin, end) over channel ranges: one call, or one per thread for large transforms."""
-    if threads < 2 or channels * tiles < SPLIT_MIN_VALUES or channels < threads:
-        run(0, channels)
-        return
-    blas.share(run, channels, threads)
 
 
 def _transform_in(x: np.ndarray, begin: list[int], t0: int, t1: int, tw: int, c: int) -> np.ndarray:
