@@ -1,8 +1,11 @@
 """The compiled LSTM/GRU/RNN step loop (_recurrent.c, native.recurrent_scan) against the numpy loop of
-recurrent.py on random models: every direction, batch 1 and 3, sequences of different lengths,
-initial states, peepholes, clip, input_forget, GRU's linear_before_reset both ways, dense and pruned
-R, the AVX2 and the portable paths; Inf and NaN inputs propagate as in the dense math; malformed
-calls are refused."""
+recurrent.py on random models: every direction, batch 1, 3 and 9 (a pruned R's one-sequence and
+transposed-batch products, the dense tiles of 8 sequences and their remainders), hidden sizes that
+take R^T and the panels, sequences of different lengths, initial states, peepholes, clip,
+input_forget, GRU's linear_before_reset both ways, dense and pruned R, the AVX-512, AVX2 and portable
+paths; two threads give the bits one gives; Inf and NaN inputs propagate as in the dense math;
+malformed calls are refused."""
+import contextlib
 from unittest import mock
 
 import numpy as np
@@ -11,6 +14,7 @@ import pytest
 from dcm.converters import ConvertOptions, from_onnx
 from dcm.runtime import InferenceSession
 from dcm.runtime.cpu import native
+from dcm.runtime.cpu import _pool, _recurrent
 from tests.runtime.opcheck import one_node
 from tests.runtime.switches import switched
 
@@ -20,10 +24,10 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
 def _model(op, direction, batch, seed, lens=False, states=False, peephole=False, density=1.0, hidden=20, steps=6,
-           **attrs):
+           r_scale=0.4, **attrs):
     rng = np.random.default_rng(seed)
     gates, size, dirs = GATES[op], 7, 2 if direction == "bidirectional" else 1
-    r = rng.standard_normal((dirs, gates * hidden, hidden)).astype(np.float32) * 0.4
+    r = rng.standard_normal((dirs, gates * hidden, hidden)).astype(np.float32) * r_scale
     if density < 1:
         r *= rng.random(r.shape) < density
     consts = {"W": rng.standard_normal((dirs, gates * hidden, size)).astype(np.float32) * 0.4, "R": r,
@@ -74,16 +78,24 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("simd", [True, False], ids=["avx2", "portable"])
+@contextlib.contextmanager
+def path(name: str):
+    """The instruction path of the compiled loop: 'avx512', 'avx2' or 'portable'."""
+    with switched(native.set_recurrent_simd, name != "portable"), switched(_recurrent.set_avx512, name == "avx512"):
+        yield
+
+
+@pytest.mark.parametrize("simd", ["avx512", "avx2", "portable"])
 @pytest.mark.parametrize("density", [1.0, 0.15], ids=["dense", "pruned"])
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch, hidden", [(1, 20), (3, 32), (9, 16)])  # R^T, then panels
 @pytest.mark.parametrize("op, attrs", CASES, ids=[f"{op}-{'-'.join(a) or 'plain'}" for op, a in CASES])
-def test_compiled_loop_matches_numpy(op, attrs, batch, direction, density, simd):
+def test_compiled_loop_matches_numpy(op, attrs, batch, hidden, direction, density, simd):
     seed = hash((op, tuple(attrs), batch, direction)) % 1000
-    model, feeds = _model(op, direction, batch, seed, lens=batch > 1, states=True, density=density, **attrs)
+    model, feeds = _model(op, direction, batch, seed, lens=batch > 1, states=True, density=density, hidden=hidden,
+                          **attrs)
     kernels = "sparse" if density < 1 else "dense"
-    with switched(native.set_recurrent_simd, simd):
+    with path(simd):
         got, want, sess = _both(model, feeds, kernels=kernels)
     assert sess.describe()[0]["recurrent_kernel"] == kernels
     for g, w in zip(got, want):
@@ -94,11 +106,35 @@ def test_compiled_loop_matches_numpy(op, attrs, batch, direction, density, simd)
 @pytest.mark.parametrize("op", GATES)
 @pytest.mark.parametrize("hidden", [8, 64, 100])
 def test_wide_layers_and_defaults(op, hidden):
-    """Widths that fill the 64- and 32-column tiles and leave 8-wide and scalar tails; no states."""
+    """Widths that fill the multi-panel tiles and leave single-panel and scalar tails; no states."""
     model, feeds = _model(op, "forward", 2, hidden, hidden=hidden, steps=5)
     got, want, _ = _both(model, feeds)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
+
+
+THREADED = [("LSTM", {"peephole": True}), ("GRU", {}), ("GRU", {"linear_before_reset": 1}), ("RNN", {})]
+
+
+@pytest.mark.parametrize("density", [1.0, 0.15], ids=["dense", "pruned"])
+@pytest.mark.parametrize("batch", [2, 8])
+@pytest.mark.parametrize("op, attrs", THREADED, ids=[f"{op}-{'-'.join(a) or 'plain'}" for op, a in THREADED])
+def test_two_threads_give_the_bits_of_one(op, attrs, batch, density):
+    """Each step's units are split across the native pool (in whole panels): the same sums in the
+    same order, so the same bits; sequences of different lengths, as the ranges copy ended states.
+    RNN at batch 2 is below the size worth splitting: one thread."""
+    model, feeds = _model(op, "bidirectional", batch, 3, lens=True, states=True, density=density, hidden=128,
+                          steps=7, r_scale=0.1, **attrs)  # 0.1: gates off saturation at 128 units
+    kernels = "sparse" if density < 1 else "dense"
+    one = InferenceSession(model, kernels=kernels, threads=1).run(None, feeds)
+    two = InferenceSession(model, kernels=kernels, threads=2).run(None, feeds)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+    assert _pool.workers() >= 1  # the steps were handed to the pool's thread
+    with mock.patch.object(native, "recurrent_scan", None):
+        want = InferenceSession(model, kernels=kernels).run(None, feeds)
+    for a, w in zip(two, want):
+        np.testing.assert_allclose(a, w, rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize("density", [1.0, 0.2], ids=["dense", "pruned"])
@@ -171,11 +207,11 @@ def test_malformed_calls_are_refused(change, message):
 
 
 def test_panels_of_the_wrong_shape_are_refused():
-    args = _args(xw=np.zeros((5, 2, 16), np.float32), y=np.zeros((5, 1, 2, 4), np.float32),
-                 h=np.zeros((2, 4), np.float32), c=np.zeros((2, 4), np.float32))
-    native.recurrent_scan(**{**args, "rt": np.zeros((2, 4, 8), np.float32)})
-    with pytest.raises(ValueError, match="or its panels \\[rows / 8, hidden, 8\\]"):
-        native.recurrent_scan(**{**args, "rt": np.zeros((2, 8, 4), np.float32)})
+    args = _args(xw=np.zeros((5, 2, 64), np.float32), y=np.zeros((5, 1, 2, 16), np.float32),
+                 h=np.zeros((2, 16), np.float32), c=np.zeros((2, 16), np.float32))
+    native.recurrent_scan(**{**args, "rt": np.zeros((4, 16, 16), np.float32)})
+    with pytest.raises(ValueError, match="or its panels \\[rows / 16, hidden, 16\\]"):
+        native.recurrent_scan(**{**args, "rt": np.zeros((8, 16, 8), np.float32)})
 
 
 def test_wrong_array_types_are_refused():

@@ -3,9 +3,17 @@
  * recurrent_scan runs one direction of one layer: for each step, the recurrent product h @ R^T of
  * every sequence in the batch, added to that step's input projection (X @ W^T for all steps at once,
  * one BLAS or sparse product made by the caller, biases folded in), then the gates. R comes dense,
- * transposed [hidden, gates * hidden] (a step is then a sum of R's rows scaled by h, 8 outputs per
- * AVX2 register, up to three sequences sharing each load of R), or pruned, as CSR [gates * hidden,
- * hidden] (a dot product per row, AVX2 gathers of h).
+ * as R^T in unit-major panels of 16 columns (a step is a sum of R's rows scaled by h; a tile of up
+ * to 8 sequences shares each load of R, so batch 8 reads R once a step; one AVX-512 or two AVX2
+ * registers a panel), or pruned, as CSR [gates * hidden, hidden]: one sequence takes a dot product
+ * per row (AVX2 gathers of h), more take h^T [hidden, 8 sequences a vector] so that each stored
+ * weight is applied to 8 sequences by one multiply-add.
+ *
+ * Threads: a step's units are split, in whole panels, across the native pool (parallel_for); all
+ * of a unit's gates are in one range, so each thread runs its units' gates after its own products,
+ * and h is double-buffered, as every range reads all of the old h. A GRU without
+ * linear_before_reset needs r * h of every unit before R_h's product: two hand-offs a step. Each
+ * unit's sums are made in the same order whatever the split: any thread count gives the same bits.
  *
  * Why C: a step of a 256-wide LSTM is about a quarter of a million multiply-adds and a thousand
  * sigmoids; numpy spends as long again dispatching the dozen small array operations of the gates,
@@ -26,16 +34,18 @@
 #include <string.h>
 
 #define RELEASE_GIL_MIN 32768 /* multiply-adds per call below which the GIL round trip costs more */
+#define PANEL_W 16             /* units per panel of a dense R, and per range handed to a thread */
+#define PARALLEL_MIN 65536     /* multiply-adds per step below which a step runs on one thread */
 
 enum { CELL_RNN, CELL_GRU, CELL_LSTM };
 
 typedef struct {
-    const float *rt;                 /* dense R^T [hidden, rows], or NULL */
-    const float *panels;             /* R^T as [rows / 8][hidden][8] (given, or packed from rt), or NULL */
-    const int64_t *indptr;           /* CSR R [rows, hidden] */
+    const float *rt;       /* dense R^T [hidden, rows], or NULL */
+    const float *panels;   /* dense R^T as unit-major panels (see half_panel), or NULL */
+    const int64_t *indptr; /* CSR R [rows, hidden] */
     const int32_t *indices;
     const float *values;
-    Py_ssize_t rows, hidden;
+    Py_ssize_t rows, hidden, gates; /* rows = gates * hidden */
 } Weight;
 
 /* ---- activations, in place ---- */
@@ -116,145 +126,276 @@ static void tanh_avx2(float *v, Py_ssize_t n)
 }
 #endif
 
-/* ---- the recurrent product: out[b, j - r0] = h[b] . R[j] for rows j in [r0, r1) ---- */
+/* ---- the recurrent product: acc[b, g * hidden + u] = h[b] . R[g * hidden + u] ----
+ *
+ * Each call covers the units [u0, u1) of gates [g0, g1), so that a thread can take a range of units
+ * and run their gates without waiting for the others' (all of a unit's gates are in its range). */
 
-static void dense_generic(const Weight *w, const float *h, Py_ssize_t n, float *out, Py_ssize_t ld, Py_ssize_t r0,
-                          Py_ssize_t r1)
+/* Dense panels: R^T in unit-major order, panel p = (u / PANEL_W) * gates + g holding the columns
+ * g * hidden + (u / PANEL_W) * PANEL_W .. + PANEL_W, as [panels][hidden][PANEL_W]. A range of units,
+ * all gates, is then one run of panels, each read as a sequential stream. Vectors are 8 floats, half
+ * a panel; v's panel and the column of acc it is summed into: */
+static inline const float *half_panel(const Weight *w, Py_ssize_t v, Py_ssize_t *col)
 {
-    for (Py_ssize_t b = 0; b < n; b++) {
-        float *o = out + b * ld;
-        memset(o, 0, (size_t)(r1 - r0) * sizeof(float));
-        for (Py_ssize_t k = 0; k < w->hidden; k++) {
-            const float hk = h[b * w->hidden + k];
-            if (w->rt) {
-                const float *row = w->rt + k * w->rows + r0;
-                for (Py_ssize_t j = 0; j < r1 - r0; j++) o[j] += hk * row[j];
-            } else { /* panels only: ranges are whole panels */
-                for (Py_ssize_t j = r0; j < r1; j++) o[j - r0] += hk * w->panels[((j / 8) * w->hidden + k) * 8 + j % 8];
-            }
-        }
-    }
+    const Py_ssize_t p = v / 2;
+    *col = (p % w->gates) * w->hidden + (p / w->gates) * PANEL_W + (v % 2) * 8;
+    return w->panels + p * w->hidden * PANEL_W + (v % 2) * 8;
 }
 
-static void csr_generic(const Weight *w, const float *h, Py_ssize_t n, float *out, Py_ssize_t ld, Py_ssize_t r0,
-                        Py_ssize_t r1)
+static void panels_generic(const Weight *w, const float *h, Py_ssize_t n, float *acc, Py_ssize_t v0, Py_ssize_t v1)
 {
-    for (Py_ssize_t j = r0; j < r1; j++) {
+    for (Py_ssize_t v = v0; v < v1; v++) {
+        Py_ssize_t col;
+        const float *r = half_panel(w, v, &col);
         for (Py_ssize_t b = 0; b < n; b++) {
-            const float *hb = h + b * w->hidden;
-            float s = 0.f;
-            for (int64_t k = w->indptr[j]; k < w->indptr[j + 1]; k++) s += w->values[k] * hb[w->indices[k]];
-            out[b * ld + j - r0] = s;
+            float s[8] = {0};
+            for (Py_ssize_t k = 0; k < w->hidden; k++)
+                for (int i = 0; i < 8; i++) s[i] += h[b * w->hidden + k] * r[k * PANEL_W + i];
+            memcpy(acc + b * w->rows + col, s, sizeof s);
         }
     }
 }
 
 #ifdef HAVE_AVX2_PATH
-/* Columns [j, j + 8 * U) of up to NB (<= 3) sequences: each load of R serves all of them. From the
- * panels where there are: each tile then reads U sequential streams, where R^T's rows, a few KB
- * apart, fell on the same few L1 sets. */
-#define DENSE_TILE(U, NB)                                                                          \
-    __attribute__((target("avx2,fma"))) static inline void dense_tile_##U##_##NB(                  \
-        const Weight *w, const float *h, float *out, Py_ssize_t ld, Py_ssize_t j)                  \
-    {                                                                                              \
-        __m256 acc[NB][U];                                                                         \
-        for (int b = 0; b < NB; b++)                                                               \
-            for (int u = 0; u < U; u++) acc[b][u] = _mm256_setzero_ps();                           \
-        const float *col = w->panels ? w->panels + j * w->hidden : w->rt + j;                      \
-        const Py_ssize_t step_k = w->panels ? 8 : w->rows, step_u = w->panels ? 8 * w->hidden : 8; \
-        for (Py_ssize_t k = 0; k < w->hidden; k++, col += step_k) {                                \
-            __m256 r[U];                                                                           \
-            for (int u = 0; u < U; u++) r[u] = _mm256_loadu_ps(col + u * step_u);                  \
-            for (int b = 0; b < NB; b++) {                                                         \
-                __m256 hk = _mm256_broadcast_ss(h + b * w->hidden + k);                            \
-                for (int u = 0; u < U; u++) acc[b][u] = _mm256_fmadd_ps(hk, r[u], acc[b][u]);      \
-            }                                                                                      \
-        }                                                                                          \
-        for (int b = 0; b < NB; b++)                                                               \
-            for (int u = 0; u < U; u++) _mm256_storeu_ps(out + b * ld + 8 * u, acc[b][u]);         \
-    }
-DENSE_TILE(8, 1)
-DENSE_TILE(4, 1)
-DENSE_TILE(4, 2)
-DENSE_TILE(4, 3)
-DENSE_TILE(1, 1)
-DENSE_TILE(1, 3)
+/* AVX-512 where the CPU has it: a panel is one register, twice the multiply-adds per instruction
+ * (set_avx512(False): the AVX2 tiles, for tests). */
+static int avx512_allowed = 1;
 
-__attribute__((target("avx2,fma")))
-static void dense_avx2(const Weight *w, const float *h, Py_ssize_t n, float *out, Py_ssize_t ld, Py_ssize_t r0,
-                       Py_ssize_t r1)
+static int use_avx512(void)
 {
-    Py_ssize_t j = r0;
-    if (n == 1) /* eight accumulators: two FMA units of four cycles' latency kept busy */
-        for (; j + 64 <= r1; j += 64) dense_tile_8_1(w, h, out + j - r0, ld, j);
-    for (; j + 32 <= r1; j += 32) {
-        Py_ssize_t b = 0;
-        for (; b + 3 <= n; b += 3) dense_tile_4_3(w, h + b * w->hidden, out + b * ld + j - r0, ld, j);
-        if (n - b == 2) dense_tile_4_2(w, h + b * w->hidden, out + b * ld + j - r0, ld, j);
-        if (n - b == 1) dense_tile_4_1(w, h + b * w->hidden, out + b * ld + j - r0, ld, j);
+    static int cached = -1;
+    if (cached < 0) cached = __builtin_cpu_supports("avx512f");
+    return cached && avx512_allowed && use_avx2();
+}
+
+/* Per instruction set: the target, the register type, the intrinsics' prefix and the half panels
+ * a register holds. */
+#define TARGET_avx2 __attribute__((target("avx2,fma")))
+#define VEC_avx2 __m256
+#define MM_avx2(op) _mm256_##op
+#define SPAN_avx2 1
+#define TARGET_avx512 __attribute__((target("avx512f,avx2,fma")))
+#define VEC_avx512 __m512
+#define MM_avx512(op) _mm512_##op
+#define SPAN_avx512 2
+
+/* Unrolled before GCC's scalar replacement, so that a tile's sums stay in registers (without it
+ * each was stored to the stack on every k). */
+#define UNROLLED _Pragma("GCC unroll 16")
+
+/* NB sequences times U registers from register v (in units of SPAN half panels): each load of R
+ * serves all NB sequences (NB = 8: batch 8 reads R once a step), each broadcast of h all U. */
+#define PANEL_TILE(ISA, NB, U)                                                                         \
+    TARGET_##ISA static inline void tile_##ISA##_##NB##_##U(const Weight *w, const float *h, float *acc, \
+                                                           Py_ssize_t v)                               \
+    {                                                                                                  \
+        const float *r[U];                                                                             \
+        Py_ssize_t col[U];                                                                             \
+        VEC_##ISA a[NB][U];                                                                            \
+        UNROLLED for (int u = 0; u < U; u++) {                                                         \
+            r[u] = half_panel(w, SPAN_##ISA * (v + u), &col[u]);                                       \
+            UNROLLED for (int b = 0; b < NB; b++) a[b][u] = MM_##ISA(setzero_ps)();                    \
+        }                                                                                              \
+        const Py_ssize_t hid = w->hidden; /* a local: the loop keeps a[][] in registers */             \
+        for (Py_ssize_t k = 0; k < hid; k++) {                                                         \
+            UNROLLED for (int b = 0; b < NB; b++) { /* R's loads are shared by the rows (CSE) */        \
+                VEC_##ISA hk = MM_##ISA(set1_ps)(h[b * hid + k]);                                      \
+                UNROLLED for (int u = 0; u < U; u++)                                                   \
+                    a[b][u] = MM_##ISA(fmadd_ps)(hk, MM_##ISA(loadu_ps)(r[u] + k * PANEL_W), a[b][u]); \
+            }                                                                                          \
+        }                                                                                              \
+        UNROLLED for (int b = 0; b < NB; b++)                                                          \
+            UNROLLED for (int u = 0; u < U; u++) MM_##ISA(storeu_ps)(acc + b * w->rows + col[u], a[b][u]); \
     }
-    for (; j + 8 <= r1; j += 8) {
-        Py_ssize_t b = 0;
-        for (; b + 3 <= n; b += 3) dense_tile_1_3(w, h + b * w->hidden, out + b * ld + j - r0, ld, j);
-        for (; b < n; b++) dense_tile_1_1(w, h + b * w->hidden, out + b * ld + j - r0, ld, j);
+/* Registers [v0, v1): U at a time, the rest one at a time. */
+#define PANEL_RUN(ISA, NB, U)                                                                          \
+    TARGET_##ISA static void run_##ISA##_##NB##_##U(const Weight *w, const float *h, float *acc,        \
+                                                    Py_ssize_t v0, Py_ssize_t v1)                      \
+    {                                                                                                  \
+        Py_ssize_t v = v0;                                                                             \
+        for (; v + U <= v1; v += U) tile_##ISA##_##NB##_##U(w, h, acc, v);                             \
+        for (; v < v1; v++) tile_##ISA##_##NB##_1(w, h, acc, v);                                       \
     }
-    if (j < r1) dense_generic(w, h, n, out + j - r0, ld, j, r1);
+
+/* Registers [v0, v1) of 8 sequences at a time, then the rest in the widest tile that fits. */
+#define PANELS(ISA, U8, U4, U3, U2, U1)                                                                \
+    TARGET_##ISA static void panels_##ISA(const Weight *w, const float *h, Py_ssize_t n, float *acc,   \
+                                          Py_ssize_t v0, Py_ssize_t v1)                                \
+    {                                                                                                  \
+        for (Py_ssize_t b = 0; b < n;) {                                                               \
+            const Py_ssize_t left = n - b;                                                             \
+            const float *hb = h + b * w->hidden;                                                       \
+            float *ab = acc + b * w->rows;                                                             \
+            if (left >= 8) run_##ISA##_8_##U8(w, hb, ab, v0, v1), b += 8;                              \
+            else if (left >= 4) run_##ISA##_4_##U4(w, hb, ab, v0, v1), b += 4;                         \
+            else if (left == 3) run_##ISA##_3_##U3(w, hb, ab, v0, v1), b += 3;                         \
+            else if (left == 2) run_##ISA##_2_##U2(w, hb, ab, v0, v1), b += 2;                         \
+            else run_##ISA##_1_##U1(w, hb, ab, v0, v1), b += 1;                                        \
+        }                                                                                              \
+    }
+
+/* AVX2 (16 registers): NB * U sums and U loads of R fit. */
+PANEL_TILE(avx2, 1, 1)
+PANEL_TILE(avx2, 2, 1)
+PANEL_TILE(avx2, 3, 1)
+PANEL_TILE(avx2, 4, 1)
+PANEL_TILE(avx2, 8, 1)
+PANEL_TILE(avx2, 1, 8)
+PANEL_TILE(avx2, 2, 4)
+PANEL_TILE(avx2, 3, 4)
+PANEL_TILE(avx2, 4, 3)
+PANEL_RUN(avx2, 1, 8)
+PANEL_RUN(avx2, 2, 4)
+PANEL_RUN(avx2, 3, 4)
+PANEL_RUN(avx2, 4, 3)
+PANEL_RUN(avx2, 8, 1)
+PANELS(avx2, 1, 3, 4, 4, 8)
+/* AVX-512 (32 registers) */
+PANEL_TILE(avx512, 1, 1)
+PANEL_TILE(avx512, 2, 1)
+PANEL_TILE(avx512, 3, 1)
+PANEL_TILE(avx512, 4, 1)
+PANEL_TILE(avx512, 8, 1)
+PANEL_TILE(avx512, 1, 8)
+PANEL_TILE(avx512, 2, 8)
+PANEL_TILE(avx512, 3, 6)
+PANEL_TILE(avx512, 4, 5)
+PANEL_TILE(avx512, 8, 3)
+PANEL_RUN(avx512, 1, 8)
+PANEL_RUN(avx512, 2, 8)
+PANEL_RUN(avx512, 3, 6)
+PANEL_RUN(avx512, 4, 5)
+PANEL_RUN(avx512, 8, 3)
+PANELS(avx512, 3, 5, 6, 8, 8)
+#endif
+
+/* Dense R^T in row order [hidden, rows] (hidden not a multiple of PANEL_W): rows [r0, r1). */
+static void rt_rows(const Weight *w, const float *h, Py_ssize_t n, float *acc, Py_ssize_t r0, Py_ssize_t r1)
+{
+    for (Py_ssize_t b = 0; b < n; b++) {
+        float *o = acc + b * w->rows;
+        memset(o + r0, 0, (size_t)(r1 - r0) * sizeof(float));
+        for (Py_ssize_t k = 0; k < w->hidden; k++) {
+            const float hk = h[b * w->hidden + k], *row = w->rt + k * w->rows;
+            for (Py_ssize_t j = r0; j < r1; j++) o[j] += hk * row[j];
+        }
+    }
+}
+
+/* CSR rows [r0, r1). One sequence: a dot product per row. More: h^T [hidden, lanes] (lanes: n
+ * rounded up to 8, the rest zero), so that each stored weight is applied to 8 sequences at once. */
+static void csr_generic(const Weight *w, const float *h, const float *ht, Py_ssize_t lanes, Py_ssize_t n,
+                        float *acc, Py_ssize_t r0, Py_ssize_t r1)
+{
+    for (Py_ssize_t j = r0; j < r1; j++) {
+        for (Py_ssize_t b = 0; b < n; b++) {
+            float s = 0.f;
+            for (int64_t k = w->indptr[j]; k < w->indptr[j + 1]; k++)
+                s += w->values[k] * (n == 1 ? h[w->indices[k]] : ht[w->indices[k] * lanes + b]);
+            acc[b * w->rows + j] = s;
+        }
+    }
+}
+
+#ifdef HAVE_AVX2_PATH
+__attribute__((target("avx2,fma")))
+static inline float hsum8(__m256 v)
+{
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s4, _mm_movehdup_ps(s4)));
 }
 
 __attribute__((target("avx2,fma")))
-static void csr_avx2(const Weight *w, const float *h, Py_ssize_t n, float *out, Py_ssize_t ld, Py_ssize_t r0,
-                     Py_ssize_t r1)
+static void csr_avx2(const Weight *w, const float *h, const float *ht, Py_ssize_t lanes, Py_ssize_t n,
+                     float *acc, Py_ssize_t r0, Py_ssize_t r1)
 {
     for (Py_ssize_t j = r0; j < r1; j++) {
         const int64_t begin = w->indptr[j], end = w->indptr[j + 1];
-        for (Py_ssize_t b = 0; b < n; b++) {
-            const float *hb = h + b * w->hidden;
-            __m256 acc = _mm256_setzero_ps();
+        if (n == 1) { /* AVX2 gathers of h */
+            __m256 a = _mm256_setzero_ps();
             int64_t k = begin;
             for (; k + 8 <= end; k += 8) {
                 __m256i idx = _mm256_loadu_si256((const __m256i *)(w->indices + k));
-                acc = _mm256_fmadd_ps(_mm256_i32gather_ps(hb, idx, 4), _mm256_loadu_ps(w->values + k), acc);
+                a = _mm256_fmadd_ps(_mm256_i32gather_ps(h, idx, 4), _mm256_loadu_ps(w->values + k), a);
             }
-            __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-            s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-            float s = _mm_cvtss_f32(_mm_add_ss(s4, _mm_movehdup_ps(s4)));
-            for (; k < end; k++) s += w->values[k] * hb[w->indices[k]];
-            out[b * ld + j - r0] = s;
+            float s = hsum8(a);
+            for (; k < end; k++) s += w->values[k] * h[w->indices[k]];
+            acc[j] = s;
+            continue;
+        }
+        for (Py_ssize_t b0 = 0; b0 < n; b0 += 8) { /* two chains for the FMA latency */
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            const float *hl = ht + b0;
+            int64_t k = begin;
+            for (; k + 2 <= end; k += 2) {
+                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w->values + k), _mm256_loadu_ps(hl + w->indices[k] * lanes), a0);
+                a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w->values + k + 1),
+                                     _mm256_loadu_ps(hl + w->indices[k + 1] * lanes), a1);
+            }
+            if (k < end)
+                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w->values + k), _mm256_loadu_ps(hl + w->indices[k] * lanes), a0);
+            float s[8];
+            _mm256_storeu_ps(s, _mm256_add_ps(a0, a1));
+            for (Py_ssize_t b = b0; b < n && b < b0 + 8; b++) acc[b * w->rows + j] = s[b - b0];
         }
     }
 }
 #endif
 
 /* A pruned R skips the weights a dense product would multiply by an Inf or NaN of h (0 * Inf is
- * NaN): the rows that do not store a weight at every such position get NaN. */
-static void csr_poison(const Weight *w, const float *h, Py_ssize_t n, float *out, Py_ssize_t ld, Py_ssize_t r0,
-                       Py_ssize_t r1)
+ * NaN): the rows that do not store a weight at every such position get NaN. bad[b]: how many of
+ * h[b] are not finite. */
+static void csr_poison(const Weight *w, const float *h, const Py_ssize_t *bad, Py_ssize_t n, float *acc,
+                       Py_ssize_t r0, Py_ssize_t r1)
 {
     for (Py_ssize_t b = 0; b < n; b++) {
+        if (!bad[b]) continue;
         const float *hb = h + b * w->hidden;
-        Py_ssize_t bad = 0;
-        for (Py_ssize_t k = 0; k < w->hidden; k++) bad += !isfinite(hb[k]);
-        if (!bad) continue;
         for (Py_ssize_t j = r0; j < r1; j++) {
             Py_ssize_t hits = 0;
             for (int64_t k = w->indptr[j]; k < w->indptr[j + 1]; k++) hits += !isfinite(hb[w->indices[k]]);
-            if (hits < bad) out[b * ld + j - r0] = NAN;
+            if (hits < bad[b]) acc[b * w->rows + j] = NAN;
         }
     }
 }
 
-static void product(const Weight *w, const float *h, Py_ssize_t n, float *out, Py_ssize_t ld, Py_ssize_t r0,
-                    Py_ssize_t r1)
+/* The product's input: h [n, hidden], and for a pruned R at n > 1 h^T and the non-finite counts. */
+typedef struct {
+    const float *h, *ht;
+    const Py_ssize_t *bad;
+} Input;
+
+static void product(const Weight *w, const Input *in, Py_ssize_t n, Py_ssize_t lanes, float *acc, Py_ssize_t u0,
+                    Py_ssize_t u1, Py_ssize_t g0, Py_ssize_t g1)
 {
-    if (w->rt || w->panels) {
-        DISPATCH(dense, w, h, n, out, ld, r0, r1);
-    } else {
-        DISPATCH(csr, w, h, n, out, ld, r0, r1);
-        csr_poison(w, h, n, out, ld, r0, r1);
+    if (w->panels) { /* u0, u1: whole panels */
+        const Py_ssize_t b0 = u0 / PANEL_W, b1 = u1 / PANEL_W, gates = w->gates;
+        const int all = g0 == 0 && g1 == gates; /* then one run of panels */
+        for (Py_ssize_t blk = b0; blk < (all ? b0 + 1 : b1); blk++) {
+            const Py_ssize_t p0 = blk * gates + g0, p1 = all ? b1 * gates : blk * gates + g1;
+#ifdef HAVE_AVX2_PATH
+            if (use_avx512()) {
+                panels_avx512(w, in->h, n, acc, p0, p1);
+                continue;
+            }
+#endif
+            DISPATCH(panels, w, in->h, n, acc, 2 * p0, 2 * p1);
+        }
+        return;
+    }
+    for (Py_ssize_t g = g0; g < g1; g++) {
+        const Py_ssize_t r0 = g * w->hidden + u0, r1 = g * w->hidden + u1;
+        if (w->rt) {
+            rt_rows(w, in->h, n, acc, r0, r1);
+        } else {
+            DISPATCH(csr, w, in->h, in->ht, lanes, n, acc, r0, r1);
+            csr_poison(w, in->h, in->bad, n, acc, r0, r1);
+        }
     }
 }
 
-/* ---- the gates ---- */
+/* ---- the gates, over units [u0, u0 + m) of one sequence ---- */
 
 typedef struct {
     int cell, input_forget, linear_before_reset;
@@ -273,106 +414,198 @@ static inline void clip_range(const Gates *g, float *v, Py_ssize_t n)
 static inline void sigmoid(float *v, Py_ssize_t n) { DISPATCH(sigmoid, v, n); }
 static inline void tanh_(float *v, Py_ssize_t n) { DISPATCH(tanh, v, n); }
 
-/* LSTM, gates i, o, f, c in g (input projection and recurrent product summed); c updated in place,
- * the new h written to h_out. tmp: [hidden]. */
-static void lstm_gates(const Gates *gs, float *g, float *c, float *h_out, float *tmp, Py_ssize_t hid)
+/* LSTM, gates i, o, f, c at g + 0, hid, 2 hid, 3 hid (input projection and recurrent product
+ * summed); c updated in place, the new h written to h_out. p: the peepholes [i, o, f] from u0, or
+ * NULL. tmp: [m]. */
+static void lstm_gates(const Gates *gs, const float *p, float *g, Py_ssize_t hid, float *c, float *h_out, float *tmp,
+                       Py_ssize_t m)
 {
     float *gi = g, *go = g + hid, *gf = g + 2 * hid, *gc = g + 3 * hid;
-    const float *p = gs->peephole;
     if (p) {
-        for (Py_ssize_t j = 0; j < hid; j++) {
+        for (Py_ssize_t j = 0; j < m; j++) {
             gi[j] += p[j] * c[j];
             gf[j] += p[2 * hid + j] * c[j];
         }
-        clip_range(gs, gi, hid);
-        clip_range(gs, gf, 2 * hid);
-        sigmoid(gi, hid);
-        if (!gs->input_forget) sigmoid(gf, hid);
     } else {
-        clip_range(gs, g, 4 * hid);
-        sigmoid(g, gs->input_forget ? 2 * hid : 3 * hid);
+        clip_range(gs, go, m);
+        sigmoid(go, m);
     }
-    tanh_(gc, hid);
-    for (Py_ssize_t j = 0; j < hid; j++) c[j] = (gs->input_forget ? 1.f - gi[j] : gf[j]) * c[j] + gi[j] * gc[j];
+    clip_range(gs, gi, m);
+    clip_range(gs, gf, m);
+    clip_range(gs, gc, m);
+    sigmoid(gi, m);
+    if (!gs->input_forget) sigmoid(gf, m);
+    tanh_(gc, m);
+    for (Py_ssize_t j = 0; j < m; j++) c[j] = (gs->input_forget ? 1.f - gi[j] : gf[j]) * c[j] + gi[j] * gc[j];
     if (p) {
-        for (Py_ssize_t j = 0; j < hid; j++) go[j] += p[hid + j] * c[j];
-        clip_range(gs, go, hid);
-        sigmoid(go, hid);
+        for (Py_ssize_t j = 0; j < m; j++) go[j] += p[hid + j] * c[j];
+        clip_range(gs, go, m);
+        sigmoid(go, m);
     }
-    memcpy(tmp, c, (size_t)hid * sizeof(float));
-    tanh_(tmp, hid);
-    for (Py_ssize_t j = 0; j < hid; j++) h_out[j] = go[j] * tmp[j];
+    memcpy(tmp, c, (size_t)m * sizeof(float));
+    tanh_(tmp, m);
+    for (Py_ssize_t j = 0; j < m; j++) h_out[j] = go[j] * tmp[j];
 }
 
-/* GRU's last part: candidate (pre-activation in cand) and h = (1 - z) * cand + z * h. */
-static void gru_finish(const Gates *gs, const float *z, float *cand, float *h, Py_ssize_t hid)
+/* GRU's last part: candidate (pre-activation in cand), h_out = (1 - z) * cand + z * h. */
+static void gru_finish(const Gates *gs, const float *z, float *cand, const float *h, float *h_out, Py_ssize_t m)
 {
-    clip_range(gs, cand, hid);
-    tanh_(cand, hid);
-    for (Py_ssize_t j = 0; j < hid; j++) h[j] = (1.f - z[j]) * cand[j] + z[j] * h[j];
+    clip_range(gs, cand, m);
+    tanh_(cand, m);
+    for (Py_ssize_t j = 0; j < m; j++) h_out[j] = (1.f - z[j]) * cand[j] + z[j] * h[j];
 }
+
+/* ---- the loop over time steps ---- */
 
 typedef struct {
+    const Weight *w;
+    const Gates *gs;
     const float *xw;     /* [steps, n, gates * hidden], biases folded in */
     float *y;            /* [steps, directions, n, hidden] */
-    float *h, *c;        /* [n, hidden] */
+    float *c;            /* [n, hidden], updated in place */
     const int64_t *lens; /* [n] */
-    Py_ssize_t steps, n, hidden, directions, direction;
+    Py_ssize_t steps, n, hidden, directions, direction, lanes;
     int backwards;
+    /* this step's */
+    Py_ssize_t t;
+    Input in, reset_in; /* h, and a GRU's r * h (tmp) */
+    float *h_out, *ht_out, *acc, *tmp, *tmpt;
 } Scan;
 
-static void scan(const Scan *s, const Weight *w, const Gates *gs, float *acc, float *tmp, float *tmp2)
+/* The new state's transposed copy, for the next step's pruned product. */
+static void write_ht(const Scan *s, const float *h, float *ht, Py_ssize_t u0, Py_ssize_t u1)
 {
-    const Py_ssize_t hid = s->hidden, gh = w->rows, n = s->n;
+    if (!ht) return;
+    for (Py_ssize_t u = u0; u < u1; u++)
+        for (Py_ssize_t b = 0; b < s->n; b++) ht[u * s->lanes + b] = h[b * s->hidden + u];
+}
+
+static inline Py_ssize_t step_at(const Scan *s, Py_ssize_t b) { return s->backwards ? s->lens[b] - 1 - s->t : s->t; }
+
+static inline float *y_at(const Scan *s, Py_ssize_t b, Py_ssize_t u0)
+{
+    return s->y + ((step_at(s, b) * s->directions + s->direction) * s->n + b) * s->hidden + u0;
+}
+
+/* One step of units [u0, u1): their gates' products, then their gates; a GRU without
+ * linear_before_reset stops at r * h, which step_reset_units takes on once every unit has it. */
+static void step_units(void *ctx, Py_ssize_t u0, Py_ssize_t u1)
+{
+    const Scan *s = ctx;
+    const Gates *gs = s->gs;
+    const Py_ssize_t hid = s->hidden, gh = s->w->rows, m = u1 - u0;
+    const int split_reset = gs->cell == CELL_GRU && !gs->linear_before_reset;
+    product(s->w, &s->in, s->n, s->lanes, s->acc, u0, u1, 0, split_reset ? 2 : s->w->gates);
+    for (Py_ssize_t b = 0; b < s->n; b++) {
+        const float *h = s->in.h + b * hid + u0;
+        float *h_out = s->h_out + b * hid + u0;
+        if (s->lens[b] <= s->t) { /* ended: its state stays */
+            memcpy(h_out, h, (size_t)m * sizeof(float));
+            continue;
+        }
+        const float *x = s->xw + (step_at(s, b) * s->n + b) * gh + u0;
+        float *g = s->acc + b * gh + u0;
+        /* a GRU's candidate takes its input projection after the reset gate */
+        for (Py_ssize_t q = 0; q < (gs->cell == CELL_GRU ? 2 : s->w->gates); q++)
+            for (Py_ssize_t j = 0; j < m; j++) g[q * hid + j] += x[q * hid + j];
+        if (gs->cell == CELL_RNN) {
+            clip_range(gs, g, m);
+            tanh_(g, m);
+            memcpy(h_out, g, (size_t)m * sizeof(float));
+        } else if (gs->cell == CELL_LSTM) {
+            lstm_gates(gs, gs->peephole ? gs->peephole + u0 : NULL, g, hid, s->c + b * hid + u0, h_out,
+                       s->tmp + b * hid + u0, m);
+        } else {
+            clip_range(gs, g, m);
+            clip_range(gs, g + hid, m);
+            sigmoid(g, m); /* z */
+            sigmoid(g + hid, m); /* r */
+            if (split_reset) {
+                for (Py_ssize_t j = 0; j < m; j++) s->tmp[b * hid + u0 + j] = g[hid + j] * h[j];
+                continue;
+            }
+            const float *rb = gs->recurrent_bias ? gs->recurrent_bias + u0 : NULL;
+            for (Py_ssize_t j = 0; j < m; j++)
+                g[2 * hid + j] = x[2 * hid + j] + g[hid + j] * (g[2 * hid + j] + (rb ? rb[j] : 0.f));
+            gru_finish(gs, g, g + 2 * hid, h, h_out, m);
+        }
+        memcpy(y_at(s, b, u0), h_out, (size_t)m * sizeof(float));
+    }
+    if (split_reset) write_ht(s, s->tmp, s->tmpt, u0, u1);
+    else write_ht(s, s->h_out, s->ht_out, u0, u1);
+}
+
+/* A GRU without linear_before_reset: R_h's product with r * h, the candidate and the new state. */
+static void step_reset_units(void *ctx, Py_ssize_t u0, Py_ssize_t u1)
+{
+    const Scan *s = ctx;
+    const Py_ssize_t hid = s->hidden, gh = s->w->rows, m = u1 - u0;
+    product(s->w, &s->reset_in, s->n, s->lanes, s->acc, u0, u1, 2, 3);
+    for (Py_ssize_t b = 0; b < s->n; b++) {
+        const float *h = s->in.h + b * hid + u0;
+        float *h_out = s->h_out + b * hid + u0;
+        if (s->lens[b] <= s->t) {
+            memcpy(h_out, h, (size_t)m * sizeof(float));
+            continue;
+        }
+        const float *x = s->xw + (step_at(s, b) * s->n + b) * gh + 2 * hid + u0;
+        float *g = s->acc + b * gh + u0, *cand = g + 2 * hid;
+        for (Py_ssize_t j = 0; j < m; j++) cand[j] += x[j];
+        gru_finish(s->gs, g, cand, h, h_out, m);
+        memcpy(y_at(s, b, u0), h_out, (size_t)m * sizeof(float));
+    }
+    write_ht(s, s->h_out, s->ht_out, u0, u1);
+}
+
+/* How many values of each sequence's h are not finite (for csr_poison). */
+static void count_bad(const float *h, Py_ssize_t n, Py_ssize_t hid, Py_ssize_t *bad)
+{
+    for (Py_ssize_t b = 0; b < n; b++) {
+        bad[b] = 0;
+        for (Py_ssize_t k = 0; k < hid; k++) bad[b] += !isfinite(h[b * hid + k]);
+    }
+}
+
+/* Scratch of scan: h's second buffer, and for a pruned R at n > 1 the transposed states. */
+typedef struct {
+    float *h2, *ht[2], *acc, *tmp, *tmpt;
+    Py_ssize_t *bad, *reset_bad;
+} Buffers;
+
+/* The steps, h double-buffered (a step reads every unit of h while its ranges write theirs). Units
+ * go to the pool in whole panels; `threads` < 2 runs them in one range. */
+static void scan(Scan *s, Buffers *buf, float *h, int threads, Py_ssize_t grain)
+{
+    const Py_ssize_t hid = s->hidden, n = s->n;
     /* y is zero past each sequence's end, in either direction */
     for (Py_ssize_t b = 0; b < n; b++)
         for (Py_ssize_t t = s->lens[b]; t < s->steps; t++)
             memset(s->y + ((t * s->directions + s->direction) * n + b) * hid, 0, (size_t)hid * sizeof(float));
-    const int split_reset = gs->cell == CELL_GRU && !gs->linear_before_reset; /* R_h waits for r * h */
+    const int split_reset = s->gs->cell == CELL_GRU && !s->gs->linear_before_reset;
+    float *hs[2] = {h, buf->h2};
+    s->acc = buf->acc;
+    s->tmp = buf->tmp;
+    s->tmpt = buf->tmpt;
+    s->reset_in = (Input){buf->tmp, buf->tmpt, buf->reset_bad};
+    write_ht(s, h, buf->ht[0], 0, hid);
+    Py_ssize_t cur = 0;
     for (Py_ssize_t t = 0; t < s->steps; t++) {
         int active = 0;
         for (Py_ssize_t b = 0; b < n; b++) active |= s->lens[b] > t;
         if (!active) break;
-        product(w, s->h, n, acc, gh, 0, split_reset ? 2 * hid : gh);
-        for (Py_ssize_t b = 0; b < n; b++) {
-            if (s->lens[b] <= t) continue; /* ended: its state stays */
-            const Py_ssize_t at = s->backwards ? s->lens[b] - 1 - t : t;
-            const float *x = s->xw + (at * n + b) * gh;
-            float *g = acc + b * gh, *hb = s->h + b * hid;
-            /* a GRU's candidate takes its input projection after the reset gate */
-            for (Py_ssize_t j = 0; j < (gs->cell == CELL_GRU ? 2 * hid : gh); j++) g[j] += x[j];
-            if (gs->cell == CELL_RNN) {
-                clip_range(gs, g, hid);
-                tanh_(g, hid);
-                memcpy(hb, g, (size_t)hid * sizeof(float));
-            } else if (gs->cell == CELL_LSTM) {
-                lstm_gates(gs, g, s->c + b * hid, hb, tmp, hid);
-            } else {
-                clip_range(gs, g, 2 * hid);
-                sigmoid(g, 2 * hid); /* z and r */
-                if (split_reset) {
-                    for (Py_ssize_t j = 0; j < hid; j++) tmp[b * hid + j] = g[hid + j] * hb[j];
-                    continue; /* finished after R_h's product below */
-                }
-                const float *rb = gs->recurrent_bias;
-                for (Py_ssize_t j = 0; j < hid; j++)
-                    g[2 * hid + j] = x[2 * hid + j] + g[hid + j] * (g[2 * hid + j] + (rb ? rb[j] : 0.f));
-                gru_finish(gs, g, g + 2 * hid, hb, hid);
-            }
-            memcpy(s->y + ((at * s->directions + s->direction) * n + b) * hid, hb, (size_t)hid * sizeof(float));
+        s->t = t;
+        s->in = (Input){hs[cur], buf->ht[cur], buf->bad};
+        s->h_out = hs[1 - cur];
+        s->ht_out = buf->ht[1 - cur];
+        if (buf->bad) count_bad(hs[cur], n, hid, buf->bad);
+        parallel_for(step_units, s, hid, grain, threads);
+        if (split_reset) {
+            if (buf->reset_bad) count_bad(buf->tmp, n, hid, buf->reset_bad);
+            parallel_for(step_reset_units, s, hid, grain, threads);
         }
-        if (!split_reset) continue;
-        product(w, tmp, n, tmp2, hid, 2 * hid, 3 * hid);
-        for (Py_ssize_t b = 0; b < n; b++) {
-            if (s->lens[b] <= t) continue;
-            const Py_ssize_t at = s->backwards ? s->lens[b] - 1 - t : t;
-            const float *x = s->xw + (at * n + b) * gh + 2 * hid;
-            float *cand = tmp2 + b * hid, *hb = s->h + b * hid;
-            for (Py_ssize_t j = 0; j < hid; j++) cand[j] += x[j];
-            gru_finish(gs, acc + b * gh, cand, hb, hid);
-            memcpy(s->y + ((at * s->directions + s->direction) * n + b) * hid, hb, (size_t)hid * sizeof(float));
-        }
+        cur = 1 - cur;
     }
+    if (cur) memcpy(h, hs[1], (size_t)(n * hid) * sizeof(float));
 }
 
 /* ---- the Python call ---- */
@@ -382,7 +615,7 @@ static void scan(const Scan *s, const Weight *w, const Gates *gs, float *acc, fl
 PyDoc_STRVAR(scan_doc,
 "recurrent_scan(cell, xw, y, h, c, lens, direction, backwards, rt=None, indptr=None, indices=None,\n"
 "               values=None, peephole=None, recurrent_bias=None, clip=None, input_forget=False,\n"
-"               linear_before_reset=False) -> None\n\n"
+"               linear_before_reset=False, threads=1) -> None\n\n"
 "One direction of an ONNX LSTM, GRU or RNN (cell 'LSTM', 'GRU', 'RNN') with its default\n"
 "activations. xw float32 [steps, n, gates * hidden]: the input projection of every step with both\n"
 "biases folded in (GRU: R_h's bias too unless linear_before_reset, which takes it as\n"
@@ -390,11 +623,12 @@ PyDoc_STRVAR(scan_doc,
 "zero past each sequence's end. h (and c, LSTM only) float32 [n, hidden]: the initial states,\n"
 "overwritten with the final ones. lens int64 [n]: each sequence's length (<= steps); backwards\n"
 "reads each from its own last step. R: dense as rt [hidden, gates * hidden] (R transposed) or, where\n"
-"gates * hidden is a multiple of 8, as its panels [gates * hidden / 8, hidden, 8] (rt's columns in\n"
-"blocks of 8, the form the AVX2 tiles read; rt is packed so on every call), or CSR\n"
-"[gates * hidden, hidden] as indptr int64, indices int32, values float32. peephole [3 * hidden]\n"
-"(LSTM: i, o, f). clip: bound of every gate's input, None for none. Arrays C-contiguous; the GIL\n"
-"is released for large calls.");
+"hidden is a multiple of 16, as its unit-major panels [gates * hidden / 16, hidden, 16]: panel\n"
+"(u // 16) * gates + g holds rt's columns g * hidden + (u // 16) * 16 + 0..15, the form the tiles\n"
+"read (rt is packed so on every call); or CSR [gates * hidden, hidden] as indptr int64, indices\n"
+"int32, values float32. peephole [3 * hidden] (LSTM: i, o, f). clip: bound of every gate's input,\n"
+"None for none. threads: how many threads of the native pool share each step's units (large calls\n"
+"only). Arrays C-contiguous; the GIL is released for large calls.");
 
 static int optional_array(PyObject *obj, Py_buffer *view, char kind, Py_ssize_t itemsize, Py_ssize_t count,
                           const char *what)
@@ -412,15 +646,15 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"cell", "xw", "y", "h", "c", "lens", "direction", "backwards", "rt", "indptr", "indices",
                              "values", "peephole", "recurrent_bias", "clip", "input_forget", "linear_before_reset",
-                             NULL};
+                             "threads", NULL};
     const char *cell_name;
     PyObject *xo, *yo, *ho, *co, *lo, *rto = Py_None, *po = Py_None, *io = Py_None, *vo = Py_None, *peo = Py_None,
              *rbo = Py_None, *clo = Py_None;
     Py_ssize_t direction;
-    int backwards, input_forget = 0, lbr = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "sOOOOOnp|OOOOOOOpp", kwlist, &cell_name, &xo, &yo, &ho, &co, &lo,
+    int backwards, input_forget = 0, lbr = 0, threads = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "sOOOOOnp|OOOOOOOppi", kwlist, &cell_name, &xo, &yo, &ho, &co, &lo,
                                      &direction, &backwards, &rto, &po, &io, &vo, &peo, &rbo, &clo, &input_forget,
-                                     &lbr))
+                                     &lbr, &threads))
         return NULL;
     Gates gs = {0};
     int gates;
@@ -446,7 +680,8 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
     Py_buffer xb = {0}, yb = {0}, hb = {0}, cb = {0}, lb = {0}, rtb = {0}, pb = {0}, ib = {0}, vb = {0}, peb = {0},
               rbb = {0};
     PyObject *result = NULL;
-    float *acc = NULL, *tmp = NULL, *tmp2 = NULL, *packed = NULL;
+    float *packed = NULL;
+    Buffers buf = {0};
     Weight w = {0};
     if (get_array_of_rank(xo, &xb, 'f', 4, 0, 1, "xw") < 0 || get_array_of_rank(yo, &yb, 'f', 4, 1, 1, "y") < 0 ||
         get_array_of_rank(ho, &hb, 'f', 4, 1, 1, "h") < 0 || get_array_of_rank(lo, &lb, 'i', 8, 0, 0, "lens") < 0)
@@ -501,22 +736,23 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
     gs.recurrent_bias = rbb.buf;
     w.rows = gh;
     w.hidden = hid;
+    w.gates = gates;
     if ((rto == Py_None) == (po == Py_None) || (po != Py_None && (io == Py_None || vo == Py_None))) {
         PyErr_SetString(PyExc_ValueError, "give R as rt or as the CSR arrays indptr, indices and values");
         goto done;
     }
-    /* Panels must be whole in every product's row range: all of R, and a GRU's R_zr [2 * hidden]
-     * (3 * hidden a multiple of 8 makes hidden one too). */
-    const int panels_fit = gh % 8 == 0;
+    /* Panels are whole units of every gate: hidden a multiple of their width. */
+    const int panels_fit = hid % PANEL_W == 0;
     if (rto != Py_None) {
         if (get_array_of_rank(rto, &rtb, 'f', 4, 0, 1, "rt") < 0) goto done;
-        if (rtb.ndim == 3 && panels_fit && rtb.shape[0] == gh / 8 && rtb.shape[1] == hid && rtb.shape[2] == 8) {
+        if (rtb.ndim == 3 && panels_fit && rtb.shape[0] == gh / PANEL_W && rtb.shape[1] == hid &&
+            rtb.shape[2] == PANEL_W) {
             w.panels = rtb.buf;
         } else if (rtb.ndim == 2 && rtb.shape[0] == hid && rtb.shape[1] == gh) {
             w.rt = rtb.buf;
         } else {
             PyErr_Format(PyExc_ValueError, "rt must be [%zd, %zd] (R transposed)%s", hid, gh,
-                         panels_fit ? " or its panels [rows / 8, hidden, 8]" : "");
+                         panels_fit ? " or its panels [rows / 16, hidden, 16]" : "");
             goto done;
         }
     } else {
@@ -553,43 +789,81 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
         result = Py_NewRef(Py_None);
         goto done;
     }
-    if (w.rt && use_avx2() && panels_fit) { /* R^T given: packed for this call */
+    if (w.rt && panels_fit) { /* R^T given: packed for this call */
         packed = PyMem_RawMalloc((size_t)(gh * hid) * sizeof(float));
         if (!packed) {
             PyErr_NoMemory();
             goto done;
         }
         for (Py_ssize_t k = 0; k < hid; k++)
-            for (Py_ssize_t j = 0; j < gh; j++) packed[((j / 8) * hid + k) * 8 + j % 8] = w.rt[k * gh + j];
+            for (Py_ssize_t j = 0; j < gh; j++) {
+                const Py_ssize_t g = j / hid, u = j % hid, p = (u / PANEL_W) * gates + g;
+                packed[(p * hid + k) * PANEL_W + u % PANEL_W] = w.rt[k * gh + j];
+            }
         w.panels = packed;
+        w.rt = NULL;
     }
-    acc = PyMem_RawMalloc((size_t)(n * gh) * sizeof(float));
-    tmp = PyMem_RawCalloc((size_t)(n * hid), sizeof(float));
-    tmp2 = PyMem_RawMalloc((size_t)(n * hid) * sizeof(float));
-    if (!acc || !tmp || !tmp2) {
+    /* a pruned R at n > 1 reads h^T, 8 sequences a vector */
+    const Py_ssize_t lanes = (n + 7) / 8 * 8, transposed = w.indptr && n > 1 ? hid * lanes : 0;
+    const int split_reset = gs.cell == CELL_GRU && !lbr;
+    buf.acc = PyMem_RawMalloc((size_t)(n * gh) * sizeof(float));
+    buf.tmp = PyMem_RawCalloc((size_t)(n * hid), sizeof(float));
+    buf.h2 = PyMem_RawMalloc((size_t)(n * hid) * sizeof(float));
+    int failed = !buf.acc || !buf.tmp || !buf.h2;
+    if (w.indptr) {
+        failed |= !(buf.bad = PyMem_RawMalloc((size_t)n * sizeof(Py_ssize_t)));
+        if (split_reset) failed |= !(buf.reset_bad = PyMem_RawMalloc((size_t)n * sizeof(Py_ssize_t)));
+    }
+    if (transposed) {
+        for (int i = 0; i < 2; i++) failed |= !(buf.ht[i] = PyMem_RawCalloc((size_t)transposed, sizeof(float)));
+        if (split_reset) failed |= !(buf.tmpt = PyMem_RawCalloc((size_t)transposed, sizeof(float)));
+    }
+    if (failed) {
         PyErr_NoMemory();
         goto done;
     }
-    Scan s = {xb.buf, yb.buf, hb.buf, cb.buf, lens, steps, n, hid, directions, direction, backwards};
+    Scan s = {.w = &w, .gs = &gs, .xw = xb.buf, .y = yb.buf, .c = cb.buf, .lens = lens, .steps = steps, .n = n,
+              .hidden = hid, .directions = directions, .direction = direction, .lanes = lanes,
+              .backwards = backwards};
+    const Py_ssize_t grain = PANEL_W;
     if (work >= RELEASE_GIL_MIN) {
+        if (SIZE_PRODUCT(n, gh, hid) < PARALLEL_MIN) threads = 1;
         Py_BEGIN_ALLOW_THREADS
-        scan(&s, &w, &gs, acc, tmp, tmp2);
+        scan(&s, &buf, hb.buf, threads, grain);
         Py_END_ALLOW_THREADS
     } else {
-        scan(&s, &w, &gs, acc, tmp, tmp2);
+        scan(&s, &buf, hb.buf, 1, grain);
     }
     result = Py_NewRef(Py_None);
 done:
     PyMem_RawFree(packed);
-    PyMem_RawFree(acc);
-    PyMem_RawFree(tmp);
-    PyMem_RawFree(tmp2);
+    void *scratch[] = {buf.h2, buf.ht[0], buf.ht[1], buf.acc, buf.tmp, buf.tmpt, buf.bad, buf.reset_bad};
+    for (size_t i = 0; i < sizeof scratch / sizeof *scratch; i++) PyMem_RawFree(scratch[i]);
     RELEASE_BUFFERS(&xb, &yb, &hb, &cb, &lb, &rtb, &pb, &ib, &vb, &peb, &rbb);
     return result;
 }
 
+PyDoc_STRVAR(set_avx512_doc,
+"set_avx512(allowed) -> bool\n\n"
+"Whether the dense recurrent product may take its AVX-512 path where the CPU has it (default True);\n"
+"False runs the AVX2 one: for tests. Returns the previous value.");
+
+static PyObject *set_avx512(PyObject *self, PyObject *arg)
+{
+    int allowed = PyObject_IsTrue(arg);
+    if (allowed < 0) return NULL;
+#ifdef HAVE_AVX2_PATH
+    int previous = avx512_allowed;
+    avx512_allowed = allowed;
+    return PyBool_FromLong(previous);
+#else
+    return PyBool_FromLong(0);
+#endif
+}
+
 static PyMethodDef module_methods[] = {
     {"set_simd", set_simd, METH_O, set_simd_doc},
+    {"set_avx512", set_avx512, METH_O, set_avx512_doc},
     {"recurrent_scan", (PyCFunction)(void (*)(void))recurrent_scan, METH_VARARGS | METH_KEYWORDS, scan_doc},
     {NULL},
 };

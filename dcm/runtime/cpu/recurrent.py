@@ -10,9 +10,10 @@ behaviour is followed.
 
 The loop over the steps runs compiled (``native.recurrent_scan``, _recurrent.c) where the build has
 it and the node keeps its op's default activations: R is then held only in the form that loop takes,
-per direction: dense as R^T in 8-column panels (R^T itself where the rows are not a multiple of 8)
-or CSR, and each sequence's reverse order is read in place. Other activations, or a build without a
-C compiler, run the numpy loop below, one product and a dozen array operations per step.
+per direction: dense as R^T in unit-major 16-column panels (R^T itself where the hidden size is not
+a multiple of 16) or CSR, and each sequence's reverse order is read in place. The session's threads
+share each step's units through the native pool. Other activations, or a build without a C
+compiler, run the numpy loop below, one product and a dozen array operations per step.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from dcm.runtime.cpu.shape import check_elements
 from dcm.runtime.cpu.matmul import WeightMatmul
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.kernel import LARGE_BATCH, Kernel
+
+PANEL = 16  # units per panel of a dense R in the compiled loop (_recurrent.c's PANEL_W)
 
 # name -> (function of (x, alpha, beta), default alpha, default beta); alpha/beta None: not used.
 ACTIVATIONS = {
@@ -135,7 +138,7 @@ class _Recurrent(Kernel):
         """Per direction, the WeightMatmul(s) of input i: W's one, R's (subclasses split R); for the
         compiled loop, R's form for it instead."""
         if i == 2 and self.compiled:
-            return [_scan_form(m) for m in mats]
+            return [_scan_form(m, self.gates) for m in mats]
         return [[WeightMatmul(mode, m, self.threads, prefer="right", by_rows=i == 1 and self.by_rows)] for m in mats]
 
     def _weights(self, w, r) -> tuple[list, list, int, int]:
@@ -184,7 +187,7 @@ class _Recurrent(Kernel):
                 native.recurrent_scan(self.node.op, xw, y, hs[d], cs[d] if self.gates == 4 else None, lens, d,
                                       backwards, **rp[d], peephole=None if peep is None else peep[d],
                                       recurrent_bias=recurrent_bias, clip=self.clip, input_forget=self.input_forget,
-                                      linear_before_reset=bool(self.linear_before_reset))
+                                      linear_before_reset=bool(self.linear_before_reset), threads=self.threads)
                 continue
             order = None
             xs = x
@@ -260,18 +263,20 @@ class _Recurrent(Kernel):
         return out
 
 
-def _scan_form(m) -> dict[str, np.ndarray]:
+def _scan_form(m, gates: int) -> dict[str, np.ndarray]:
     """R [gates * hidden, hidden] as native.recurrent_scan takes it: CSR arrays if pruned, else R^T,
-    as 8-column panels [rows / 8, hidden, 8] where the rows allow (packed once here, not per call)."""
+    packed once here (not per call) as unit-major panels of 16 columns where the hidden size allows:
+    panel (u // 16) * gates + g holds gate g's units u // 16 * 16 ... + 15, so that a range of units
+    (all their gates) is one run of panels."""
     if sp.issparse(m):
         m = sp.csr_array(m)
         return {"indptr": m.indptr.astype(np.int64), "indices": m.indices.astype(np.int32),
                 "values": m.data.astype(np.float32)}
     rows, hidden = m.shape
-    if rows % 8:
+    if hidden % PANEL:
         return {"rt": np.ascontiguousarray(np.asarray(m, dtype=np.float32).T)}
-    panels = np.asarray(m, dtype=np.float32).reshape(rows // 8, 8, hidden).transpose(0, 2, 1)
-    return {"rt": np.ascontiguousarray(panels)}
+    panels = np.asarray(m, dtype=np.float32).reshape(gates, hidden // PANEL, PANEL, hidden).transpose(1, 0, 3, 2)
+    return {"rt": np.ascontiguousarray(panels).reshape(rows // PANEL, hidden, PANEL)}
 
 
 @register("RNN")
