@@ -67,10 +67,32 @@ def test_fused_activation(act, fused, width):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_thread_split(monkeypatch):
-    monkeypatch.setattr(depthwise, "SPLIT_MIN_WORK", 0)
-    x = np.random.default_rng(1).standard_normal((3, 7, 10, 10)).astype(np.float32)
-    _check(_model(7, 1, (3, 3), [3, 7, 10, 10], {"pads": [1, 1, 1, 1], "strides": [2, 2]}, "Clip"), x, threads=2)
+@pytest.mark.parametrize("width, strides", [(64, (2, 2)), (64, (1, 1)), (64, (2, 1)), (20, (1, 1))])
+def test_threads_give_the_sums_of_one(width, strides):
+    """Lanes, flat and row paths split over 2 and 3 threads of the native pool (ranges of whole
+    groups of 8 planes, at least 65k multiply-adds each: several here), bit for bit."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 28, 40, width)).astype(np.float32)
+    w, b = rng.standard_normal((28, 3, 3)).astype(np.float32), rng.standard_normal(28).astype(np.float32)
+    one = depthwise.depthwise(x, w, strides, (1, 1), [1, 1], [1, 1], b, (0.0, 6.0), 1)
+    for threads in (2, 3):
+        got = depthwise.depthwise(x, w, strides, (1, 1), [1, 1], [1, 1], b, (0.0, 6.0), threads)
+        np.testing.assert_array_equal(got, one)
+
+
+def test_thread_split_matches_onnxruntime():
+    x = np.random.default_rng(1).standard_normal((3, 16, 30, 30)).astype(np.float32)
+    _check(_model(16, 1, (3, 3), [3, 16, 30, 30], {"pads": [1, 1, 1, 1], "strides": [2, 2]}, "Clip"), x, threads=2)
+
+
+@pytest.mark.parametrize("width", [13, 70])  # the lanes tile and the flat plane
+def test_reused_scratch_borders_are_zero(width):
+    """Each thread keeps its scratch between calls: a layer with less padding than the last one must
+    still read zeros around its planes, not the last call's values (NaN here)."""
+    nan = np.full((1, 8, 11, width + 4), np.nan, np.float32)
+    depthwise.depthwise(nan, np.ones((8, 5, 5), np.float32), (1, 1), (1, 1), [2, 2], [2, 2], None, None, 1)
+    x = np.random.default_rng(5).standard_normal((1, 8, 11, width)).astype(np.float32)
+    _check(_model(8, 1, (3, 3), [1, 8, 11, width], {"pads": [1, 1, 1, 1]}), x)
 
 
 def test_native_refuses_bad_arguments():

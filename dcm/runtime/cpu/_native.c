@@ -30,6 +30,7 @@
 #include <structmember.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -1800,6 +1801,7 @@ typedef struct {
 } Window2d;
 
 #define DEPTHWISE_LANES_MAX_WIDTH 32 /* narrower outputs, and strided ones, take 8 channels side by side */
+#define DEPTHWISE_GRAIN_WORK 65536    /* multiply-adds a thread's range holds at least (a hand-off is ~3 us) */
 
 #define DEPTHWISE_ARGS const Window2d *g, const float *x, const float *wt, const float *bias, float *y, int clamp, \
                        float lo, float hi, const Py_ssize_t *cols, float *flat, Py_ssize_t p0, Py_ssize_t p1
@@ -2081,18 +2083,82 @@ PyDoc_STRVAR(depthwise_doc,
 "Depthwise convolution of x float32 [N, C, H, W] (shape) into y float32 [N, C * multiplier, OH, OW]:\n"
 "output channel o reads input channel o // multiplier through weight float32 [C * multiplier, kh,\n"
 "kw]; kernel, strides, dilations = (h, w), pads = (top, left, bottom, right). bias float32\n"
-"[C * multiplier] is added, then clip = (lo, hi) clamps (NaN kept). Output planes [begin, end).");
+"[C * multiplier] is added, then clip = (lo, hi) clamps (NaN kept). Output planes [begin, end), on up\n"
+"to `threads` threads of the native pool.");
+
+/* One depthwise2d call, as the pool's ranges of output planes see it. */
+typedef struct {
+    Window2d g;
+    const float *x, *wt, *bias;
+    float *y;
+    const Py_ssize_t *cols;
+    int clamp, lanes, flat; /* lanes: 8 channels side by side; flat: stride 1 on the zero-padded plane */
+    float lo, hi;
+    Py_ssize_t p0, tile, lane_w, work; /* the first plane; the parts of a range's scratch, in floats */
+    _Atomic int failed;                /* a range found no memory for its scratch */
+} DepthwiseJob;
+
+/* This thread's scratch of at least count floats, kept between calls: a fresh calloc of a 112 x 112
+ * lanes tile (416 KiB, past malloc's mmap threshold) faulted its pages in again on every call. NULL
+ * where it cannot grow. Each thread's one buffer is the largest any layer asked of it. */
+static float *thread_scratch(Py_ssize_t count)
+{
+    static _Thread_local float *buf;
+    static _Thread_local Py_ssize_t cap;
+    if (count > cap) {
+        free(buf);
+        buf = malloc((size_t)count * sizeof(float));
+        cap = buf ? count : 0;
+    }
+    return buf;
+}
+
+/* Zeros all of a [rows][wp][lanes] array but its rows [top, top + h) x columns [left, left + w): the
+ * padding around the planes copied in, which no plane writes (reused scratch holds the last call's). */
+static void zero_borders(float *t, Py_ssize_t rows, Py_ssize_t wp, Py_ssize_t lanes, Py_ssize_t top, Py_ssize_t h,
+                         Py_ssize_t left, Py_ssize_t w)
+{
+    const Py_ssize_t row = wp * lanes;
+    memset(t, 0, top * row * sizeof(float));
+    memset(t + (top + h) * row, 0, (rows - top - h) * row * sizeof(float));
+    for (Py_ssize_t r = top; r < top + h; r++) {
+        memset(t + r * row, 0, left * lanes * sizeof(float));
+        memset(t + r * row + (left + w) * lanes, 0, (wp - left - w) * lanes * sizeof(float));
+    }
+}
+
+static void depthwise_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    DepthwiseJob *j = ctx;
+    const Window2d *g = &j->g;
+    const Py_ssize_t wp = g->w + g->pl + g->pr, hp = g->h + g->pt + g->pb;
+    float *s = NULL;
+    if (j->lanes || j->flat) {
+        s = thread_scratch(j->tile + j->lane_w + j->work);
+        if (!s) {
+            j->failed = 1;
+            return;
+        }
+        zero_borders(s, j->lanes ? hp : hp + 1, wp, j->lanes ? 8 : 1, g->pt, g->h, g->pl, g->w);
+    }
+    if (j->lanes)
+        DISPATCH(depthwise_lanes, g, j->x, j->wt, j->bias, j->y, j->clamp, j->lo, j->hi, s, s + j->tile,
+                 s + j->tile + j->lane_w, j->p0 + lo, j->p0 + hi);
+    else
+        DISPATCH(depthwise, g, j->x, j->wt, j->bias, j->y, j->clamp, j->lo, j->hi, j->cols, s, j->p0 + lo, j->p0 + hi);
+}
 
 static PyObject *depthwise2d(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"x", "y", "weight", "shape", "kernel", "strides", "dilations", "pads", "multiplier",
-                             "bias", "clip", "begin", "end", NULL};
+                             "bias", "clip", "begin", "end", "threads", NULL};
     PyObject *xo, *yo, *wo, *bo = Py_None, *clipo = Py_None;
     Py_ssize_t n, p0 = 0, p1 = -1;
+    int threads = 1;
     Window2d g = {.multiplier = 1};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO(nnnn)(nn)(nn)(nn)(nnnn)|nOOnn", kwlist, &xo, &yo, &wo, &n,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO(nnnn)(nn)(nn)(nn)(nnnn)|nOOnni", kwlist, &xo, &yo, &wo, &n,
                                      &g.c, &g.h, &g.w, &g.kh, &g.kw, &g.sh, &g.sw, &g.dh, &g.dw, &g.pt, &g.pl, &g.pb,
-                                     &g.pr, &g.multiplier, &bo, &clipo, &p0, &p1))
+                                     &g.pr, &g.multiplier, &bo, &clipo, &p0, &p1, &threads))
         return NULL;
     float lo = 0.f, hi = 0.f;
     int clamp = clipo != Py_None;
@@ -2108,7 +2174,6 @@ static PyObject *depthwise2d(PyObject *self, PyObject *args, PyObject *kwds)
     if (get_in_out(xo, &xb, "x", yo, &yb, "y", 1) < 0) return NULL;
     PyObject *result = NULL;
     Py_ssize_t *cols = NULL;
-    float *flat = NULL, *lane_w = NULL, *work = NULL;
     if (get_array_of_rank(wo, &wb, 'f', 4, 0, 1, "weight") < 0) goto done;
     if (bo != Py_None && get_array_of_rank(bo, &bb, 'f', 4, 0, 1, "bias") < 0) goto done;
     Py_ssize_t x_count = SIZE_PRODUCT(n, g.c, g.h, g.w), y_count = SIZE_PRODUCT(planes, g.oh, g.ow),
@@ -2132,39 +2197,35 @@ static PyObject *depthwise2d(PyObject *self, PyObject *args, PyObject *kwds)
         cols[2 * j] = off >= 0 ? 0 : (-off + g.sw - 1) / g.sw;
         cols[2 * j + 1] = c1 > g.ow ? g.ow : c1;
     }
-    if (g.ow < DEPTHWISE_LANES_MAX_WIDTH || g.sw > 1) { /* 8 channels side by side */
-        Py_ssize_t size = SIZE_PRODUCT(g.h + g.pt + g.pb, g.w + g.pl + g.pr, 8), wsize = SIZE_PRODUCT(g.kh, g.kw, 8);
-        Py_ssize_t work_size = SIZE_PRODUCT(g.h * g.w > g.oh * g.ow ? g.h * g.w : g.oh * g.ow, 8);
-        flat = size < 0 ? NULL : PyMem_RawCalloc(size, sizeof(float));
-        lane_w = wsize < 0 ? NULL : PyMem_RawMalloc(wsize * sizeof(float));
-        work = work_size < 0 ? NULL : PyMem_RawMalloc(work_size * sizeof(float));
-        if (!flat || !lane_w || !work) {
-            PyErr_NoMemory();
-            goto done;
-        }
-        Py_BEGIN_ALLOW_THREADS
-        DISPATCH(depthwise_lanes, &g, xb.buf, wb.buf, bb.buf, yb.buf, clamp, lo, hi, flat, lane_w, work, p0, p1);
-        Py_END_ALLOW_THREADS
-        result = Py_NewRef(Py_None);
+    DepthwiseJob job = {.g = g, .x = xb.buf, .wt = wb.buf, .bias = bb.buf, .y = yb.buf, .cols = cols, .clamp = clamp,
+                        .lo = lo, .hi = hi, .p0 = p0};
+    const Py_ssize_t wp = g.w + g.pl + g.pr, hp = g.h + g.pt + g.pb;
+    job.lanes = g.ow < DEPTHWISE_LANES_MAX_WIDTH || g.sw > 1; /* 8 channels side by side */
+    job.flat = !job.lanes && g.sh == 1;                        /* stride 1: shifts of the zero-padded plane */
+    if (job.lanes) { /* the tile [hp][wp][8], the group's weights, a transposed plane or its sums */
+        job.tile = SIZE_PRODUCT(hp, wp, 8), job.lane_w = SIZE_PRODUCT(g.kh, g.kw, 8);
+        job.work = SIZE_PRODUCT(g.h * g.w > g.oh * g.ow ? g.h * g.w : g.oh * g.ow, 8);
+    } else if (job.flat) { /* the padded plane, a spare row (the last taps' overrun) and the sums */
+        job.tile = SIZE_PRODUCT(wp, hp + 1 + g.oh);
+    }
+    if (job.tile < 0 || job.lane_w < 0 || job.work < 0 || SIZE_PRODUCT(job.tile + job.lane_w + job.work, 4) < 0) {
+        PyErr_SetString(PyExc_ValueError, "depthwise2d: the scratch size overflows");
         goto done;
     }
-    if (g.sh == 1 && g.sw == 1) { /* the padded plane, a spare row (the last taps' overrun) and the sums */
-        Py_ssize_t wp = g.w + g.pl + g.pr, size = SIZE_PRODUCT(wp, g.h + g.pt + g.pb + 1 + g.oh);
-        flat = size < 0 ? NULL : PyMem_RawCalloc(size, sizeof(float));
-        if (!flat) {
-            PyErr_NoMemory();
-            goto done;
-        }
-    }
+    /* ranges of at least DEPTHWISE_GRAIN_WORK multiply-adds, whole groups of 8 planes on the lanes path */
+    Py_ssize_t per_plane = SIZE_PRODUCT(g.oh, g.ow, g.kh, g.kw);
+    Py_ssize_t grain = per_plane < 0 ? 1 : (DEPTHWISE_GRAIN_WORK + per_plane - 1) / per_plane;
+    if (job.lanes) grain = (grain + 7) / 8 * 8;
     Py_BEGIN_ALLOW_THREADS
-    DISPATCH(depthwise, &g, xb.buf, wb.buf, bb.buf, yb.buf, clamp, lo, hi, cols, flat, p0, p1);
+    parallel_for(depthwise_range, &job, p1 - p0, grain, threads);
     Py_END_ALLOW_THREADS
+    if (job.failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
     result = Py_NewRef(Py_None);
 done:
     PyMem_RawFree(cols);
-    PyMem_RawFree(flat);
-    PyMem_RawFree(lane_w);
-    PyMem_RawFree(work);
     PyBuffer_Release(&xb);
     PyBuffer_Release(&yb);
     if (wb.buf) PyBuffer_Release(&wb);

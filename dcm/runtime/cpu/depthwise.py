@@ -2,7 +2,9 @@
 layers, ConvNeXt's 7x7) through the compiled ``depthwise2d``, the bias first and a Relu/Clip clamp
 last while the output is in cache. Outputs under 32 wide and strided layers put 8 channels side by
 side in AVX2 registers and compute up to 8 output pixels at once (independent multiply-add chains);
-wide stride-1 layers shift the whole zero-padded plane, up to 4 taps of a kernel row per pass.
+wide stride-1 layers shift the whole zero-padded plane, up to 4 taps of a kernel row per pass. The
+kernel shares its output planes over the native pool itself (ranges of at least 65k multiply-adds,
+whole groups of 8 planes), each thread with its own scratch kept between calls.
 
 As a grouped GEMM it was one tiny product per channel (960 of them in MobileNetV2's last block)
 after an im2col copy of the input; the direct sparse kernel takes horizontal stride 1 only."""
@@ -13,8 +15,7 @@ import numpy as np
 from dcm.runtime.cpu import blas, native
 from dcm.runtime.cpu.windows import output_size
 
-SPLIT_MIN_WORK = 2_000_000  # multiply-adds past which a run is split over the thread pool by planes
-LANES = 8  # planes the kernel computes side by side: thread ranges are multiples of it
+SPLIT_MIN_WORK = 2_000_000  # multiply-adds past which run_split hands a run to the Python thread pool
 
 
 def is_depthwise(group: int, weight_shape: tuple[int, ...]) -> bool:
@@ -35,7 +36,7 @@ def depthwise(x: np.ndarray, weight: np.ndarray, strides: tuple[int, int], dilat
     y = np.empty((n, out_channels, oh, ow), dtype=np.float32)
     args = (x, y, weight, (n, c, h, w), (kh, kw), strides, dilations, (begin[0], begin[1], end[0], end[1]),
             out_channels // c, bias, clip)
-    run_split(native.depthwise2d, args, n * out_channels, y.size * kh * kw, threads, LANES)
+    native.depthwise2d(*args, threads=threads)
     return y
 
 
