@@ -199,6 +199,35 @@ def test_threads_give_the_same_sums(path):
             np.testing.assert_array_equal(y, want_conv)
 
 
+@pytest.mark.parametrize("path", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("rows, cols, density", [(37, 600, 0.01), (37, 600, 0.3), (19, 513, 1.0), (300, 1500, 0.3)])
+def test_wide_weights_go_by_column_blocks(rows, cols, density, path):
+    """More than 256 inputs: each row's weights go one block of 256 columns at a time, the sums kept
+    between blocks (empty blocks, a short last block, both index widths); 300 x 1500 at 30% (1 MB of
+    weights) takes the units group by group. Unsorted rows fall back to one block. Against numpy."""
+    rng = np.random.default_rng(cols)
+    w = sp.random_array((rows, cols), density=density, format="csr", dtype=np.float32, rng=rng)
+    w.sort_indices()
+    dense = w.toarray()
+    bias = rng.standard_normal(rows).astype(np.float32)
+    narrow = SparseMatrix(rows, cols, w.indptr.astype(np.int64), w.indices.astype(np.uint16), w.data)
+    wide = SparseMatrix(rows, cols, w.indptr.astype(np.int64), w.indices.astype(np.int32), w.data)
+    order = np.concatenate([rng.permutation(np.arange(a, b)) for a, b in zip(w.indptr[:-1], w.indptr[1:])])
+    unsorted = SparseMatrix(rows, cols, w.indptr.astype(np.int64), w.indices[order].astype(np.int32), w.data[order])
+    with _paths(path):
+        for n in (5, 40, 197):
+            x = rng.standard_normal((n, cols)).astype(np.float32)
+            want = np.maximum(x @ dense.T + bias, 0)
+            for m, threads in ((narrow, 1), (wide, 2), (unsorted, 1)):
+                y = np.full((n, rows), np.nan, np.float32)
+                m.matmat_rows(x, y, bias, True, threads=threads)
+                np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+                yt = np.full((rows, n), np.nan, np.float32)
+                m.matmat(np.ascontiguousarray(x.T), yt, bias, True, 0, rows // 2, threads=threads)
+                m.matmat(np.ascontiguousarray(x.T), yt, bias, True, rows // 2, threads=threads)
+                np.testing.assert_allclose(yt, want.T, rtol=1e-4, atol=1e-4)
+
+
 def test_matmat_rows_unsorted_indices_and_bad_calls():
     w, (rp, ri, rv, cp, ci, cv) = _parts()
     shuffled = ri.copy()

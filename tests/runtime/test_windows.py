@@ -74,3 +74,14 @@ def test_large_inputs_are_not_indexed(monkeypatch):
     x = np.zeros((1, 64, 66, 66), np.float32)  # 64 * 9 * 64 * 64 column entries: over the index limit
     windows.im2col(x, 1, (3, 3), (2, 2), (1, 1), [0, 0], [0, 0], cache)
     assert not cache
+
+
+def test_compiled_columns_on_threads_match_one_thread():
+    """im2col2d's rows split over the native pool: the same column matrix as one thread."""
+    if native.im2col2d is None:
+        return
+    x = np.random.default_rng(4).standard_normal((2, 37, 29, 31)).astype(np.float32)
+    one = windows.im2col(x, 1, (3, 3), (2, 1), (1, 1), [1, 0], [1, 2], None, 1)[0].copy()
+    for threads in (2, 3):
+        np.testing.assert_array_equal(windows.im2col(x, 1, (3, 3), (2, 1), (1, 1), [1, 0], [1, 2], None, threads)[0],
+                                      one)

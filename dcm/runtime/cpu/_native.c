@@ -53,6 +53,7 @@ typedef struct {
     PyObject_HEAD
     Py_ssize_t rows, cols;
     Form csr, csc;
+    int32_t *column_blocks; /* per CSR row, the COLUMN_BLOCK bounds of its stored weights, or NULL */
 } SparseMatrix;
 
 static void form_release(Form *f)
@@ -137,6 +138,44 @@ static int refuse_reinit(const char *type)
     return -1;
 }
 
+/* The batched products walk a wide W (more than COLUMN_BLOCK inputs) one block of COLUMN_BLOCK
+ * columns at a time, so that the block's slice of the packed panel (32 KiB of a 32-vector panel)
+ * stays in L1 while every row of W adds its weights in the block; a whole panel of 4608 inputs
+ * (512 channels x 3 x 3) is 576 KiB, which each stored weight read from L2. *bounds: per row r,
+ * COLUMN_BLOCKS(cols) + 1 offsets from p[r] of the first stored weight of each block, then the row's
+ * count; NULL (one block) where W is narrow or a row's indices are not ascending. */
+#define COLUMN_BLOCK 256
+#define COLUMN_BLOCKS(cols) (((cols) + COLUMN_BLOCK - 1) / COLUMN_BLOCK)
+
+static int column_blocks(const Form *f, Py_ssize_t rows, Py_ssize_t cols, int32_t **bounds)
+{
+    *bounds = NULL;
+    const int64_t *p = f->ptr.buf;
+    const int32_t *i32 = f->idx.buf;
+    const uint16_t *u16 = f->idx.buf;
+    Py_ssize_t nb = COLUMN_BLOCKS(cols), size = SIZE_PRODUCT(rows, nb + 1);
+    if (nb < 2) return 0;
+    for (Py_ssize_t r = 0; r < rows; r++) /* ascending indices, and fewer than 2^31 in a row */
+        for (int64_t k = p[r] + 1; k < p[r + 1]; k++)
+            if ((f->wide ? i32[k] <= i32[k - 1] : u16[k] <= u16[k - 1]) || p[r + 1] - p[r] > INT32_MAX) return 0;
+    int32_t *b = size < 0 ? NULL : PyMem_Malloc((size_t)size * sizeof(int32_t));
+    if (!b) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        int64_t k = p[r];
+        int32_t *row = b + r * (nb + 1);
+        for (Py_ssize_t blk = 0; blk < nb; blk++) {
+            row[blk] = (int32_t)(k - p[r]);
+            while (k < p[r + 1] && (f->wide ? i32[k] : u16[k]) < (blk + 1) * COLUMN_BLOCK) k++;
+        }
+        row[nb] = (int32_t)(p[r + 1] - p[r]);
+    }
+    *bounds = b;
+    return 0;
+}
+
 static int SparseMatrix_init(SparseMatrix *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"rows", "cols", "csr_indptr", "csr_indices", "csr_values",
@@ -168,15 +207,23 @@ static int SparseMatrix_init(SparseMatrix *self, PyObject *args, PyObject *kwds)
         form_release(&csc);
         return refuse_reinit("SparseMatrix");
     }
+    int32_t *blocks = NULL;
+    if (csr.ptr.buf && column_blocks(&csr, rows, cols, &blocks) < 0) {
+        form_release(&csr);
+        form_release(&csc);
+        return -1;
+    }
     self->rows = rows;
     self->cols = cols;
     self->csr = csr;
     self->csc = csc;
+    self->column_blocks = blocks;
     return 0;
 }
 
 static void SparseMatrix_dealloc(SparseMatrix *self)
 {
+    PyMem_Free(self->column_blocks);
     form_release(&self->csr);
     form_release(&self->csc);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -355,8 +402,8 @@ static int avx512_allowed = 1; /* set_avx512(False): the AVX2 path, so that test
 #define PANEL_ROWS_GENERIC(IDX)                                                                \
     for (Py_ssize_t r = r0; r < r1; r++) {                                                     \
         float *t = tile + (r - r0) * PANEL, b = bias ? bias[r] : 0.f;                          \
-        for (Py_ssize_t j = 0; j < width; j++) t[j] = b;                                       \
-        for (int64_t k = p[r]; k < p[r + 1]; k++) {                                            \
+        for (Py_ssize_t j = 0; first && j < width; j++) t[j] = b;                              \
+        for (int64_t k = kb[r - r0]; k < ke[r - r0]; k++) {                                    \
             const float *xr = panel + ((Py_ssize_t)IDX[k] << shift);                             \
             float w = v[k];                                                                    \
             for (Py_ssize_t j = 0; j < width; j++) t[j] += w * xr[j];                          \
@@ -366,11 +413,12 @@ static int avx512_allowed = 1; /* set_avx512(False): the AVX2 path, so that test
     }
 
 /* Rows [r0, r1) of W over a panel of width (8 or PANEL) vectors, rows stride floats apart: into
- * tile [r - r0][0, width). */
-static void panel_rows_generic(const Form *f, const float *panel, Py_ssize_t stride, Py_ssize_t width,
-                               const float *bias, int relu, Py_ssize_t r0, Py_ssize_t r1, float *tile)
+ * tile [r - r0][0, width), the stored weights [kb[r - r0], ke[r - r0]) of each row (one block of
+ * columns), added to the tile's sums, or to the bias where first. */
+static void panel_rows_generic(const Form *f, const int64_t *kb, const int64_t *ke, int first, const float *panel,
+                               Py_ssize_t stride, Py_ssize_t width, const float *bias, int relu, Py_ssize_t r0,
+                               Py_ssize_t r1, float *tile)
 {
-    const int64_t *p = f->ptr.buf;
     const float *v = f->val.buf;
     const int32_t *i32 = f->idx.buf;
     const uint16_t *u16 = f->idx.buf;
@@ -383,10 +431,13 @@ static void panel_rows_generic(const Form *f, const float *panel, Py_ssize_t str
 #define PANEL_ROWS_AVX2(IDX)                                                                   \
     for (Py_ssize_t r = r0; r < r1; r++) {                                                     \
         float *t = tile + (r - r0) * PANEL;                                                    \
-        __m256 zero = _mm256_setzero_ps(), a0 = _mm256_set1_ps(bias ? bias[r] : 0.f);          \
-        int64_t k = p[r], e = p[r + 1];                                                        \
+        __m256 zero = _mm256_setzero_ps(), b = _mm256_set1_ps(bias ? bias[r] : 0.f);           \
+        __m256 a0 = first ? b : _mm256_load_ps(t);                                             \
+        int64_t k = kb[r - r0], e = ke[r - r0];                                                \
         if (width > 8) {                                                                       \
-            __m256 a1 = a0, a2 = a0, a3 = a0, b0 = zero, b1 = zero, b2 = zero, b3 = zero;      \
+            __m256 a1 = first ? b : _mm256_load_ps(t + 8), a2 = first ? b : _mm256_load_ps(t + 16); \
+            __m256 a3 = first ? b : _mm256_load_ps(t + 24);                                    \
+            __m256 b0 = zero, b1 = zero, b2 = zero, b3 = zero;                                 \
             for (; k + 2 <= e; k += 2) {                                                       \
                 const float *x0 = panel + ((Py_ssize_t)IDX[k] << shift);                         \
                 const float *x1 = panel + ((Py_ssize_t)IDX[k + 1] << shift);                     \
@@ -442,8 +493,9 @@ static int use_avx512(void)
 #define PANEL_ROWS_AVX512(IDX)                                                                 \
     for (Py_ssize_t r = r0; r < r1; r++) {                                                     \
         float *t = tile + (r - r0) * PANEL;                                                    \
-        int64_t k = p[r], e = p[r + 1];                                                        \
+        int64_t k = kb[r - r0], e = ke[r - r0];                                                \
         __m512 z = _mm512_setzero_ps(), a0 = _mm512_set1_ps(bias ? bias[r] : 0.f), a1 = a0;    \
+        if (!first) { a0 = _mm512_load_ps(t); a1 = _mm512_load_ps(t + 16); }                   \
         __m512 b0 = z, b1 = z, c0 = z, c1 = z, d0 = z, d1 = z;                                 \
         for (; k + 4 <= e; k += 4) {                                                           \
             const float *x0 = PANEL_AT(IDX, k), *x1 = PANEL_AT(IDX, k + 1);                    \
@@ -469,10 +521,10 @@ static int use_avx512(void)
 
 /* As panel_rows_avx2 for a full panel (width PANEL). */
 __attribute__((target("avx512f,avx2,fma")))
-static void panel_rows_avx512(const Form *f, const float *panel, Py_ssize_t stride, const float *bias, int relu,
-                              Py_ssize_t r0, Py_ssize_t r1, float *tile)
+static void panel_rows_avx512(const Form *f, const int64_t *kb, const int64_t *ke, int first, const float *panel,
+                              Py_ssize_t stride, const float *bias, int relu, Py_ssize_t r0, Py_ssize_t r1,
+                              float *tile)
 {
-    const int64_t *p = f->ptr.buf;
     const float *v = f->val.buf;
     const int32_t *i32 = f->idx.buf;
     const uint16_t *u16 = f->idx.buf;
@@ -481,10 +533,10 @@ static void panel_rows_avx512(const Form *f, const float *panel, Py_ssize_t stri
 }
 
 __attribute__((target("avx2,fma")))
-static void panel_rows_avx2(const Form *f, const float *panel, Py_ssize_t stride, Py_ssize_t width,
-                            const float *bias, int relu, Py_ssize_t r0, Py_ssize_t r1, float *tile)
+static void panel_rows_avx2(const Form *f, const int64_t *kb, const int64_t *ke, int first, const float *panel,
+                            Py_ssize_t stride, Py_ssize_t width, const float *bias, int relu, Py_ssize_t r0,
+                            Py_ssize_t r1, float *tile)
 {
-    const int64_t *p = f->ptr.buf;
     const float *v = f->val.buf;
     const int32_t *i32 = f->idx.buf;
     const uint16_t *u16 = f->idx.buf;
@@ -560,15 +612,14 @@ static void pack_rows_avx2(const float *x, Py_ssize_t cols, Py_ssize_t jw, Py_ss
 #endif
 
 /* One batched product, shared by the pool's threads: the panels (each PANEL vectors, or 8 where n <= 8)
- * are packed first, by ranges of panels; then the units, PANEL_ROWS rows of W over one panel each
- * (panel-major, so that a thread's run of units keeps its panel in cache while W's rows stream by),
+ * are packed first, by ranges of panels; then the units, ROW_GROUP rows of W over one panel each,
  * write disjoint blocks of y. */
 typedef struct {
     const SparseMatrix *m;
     const float *x, *bias;
     float *y, *panels;
-    Py_ssize_t n, stride, begin, end, row_blocks;
-    int by_rows, relu;
+    Py_ssize_t n, stride, begin, end, row_groups, panels_count;
+    int by_rows, relu, by_group;
 } PanelJob;
 
 /* Panels [lo, hi): vectors [p * PANEL, + PANEL) as panel p [cols][stride], zeros past n. */
@@ -590,29 +641,48 @@ static void pack_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
     }
 }
 
-/* Units [lo, hi): unit u is rows begin + (u % row_blocks) * PANEL_ROWS of W over panel u / row_blocks. */
+/* Units [lo, hi): unit u is one group of ROW_GROUP rows of W over one panel, in the order by_group says
+ * (see panel_product), one block of columns at a time (see column_blocks), the group's sums kept in a
+ * tile between blocks. */
+#define ROW_GROUP 16 /* rows per unit: their sums (2 KiB) stay in L1 beside the panel's block */
+#define GROUP_MAJOR_MIN_BYTES (1 << 20)
 static void panel_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     const PanelJob *j = ctx;
     const SparseMatrix *m = j->m;
-    Py_ssize_t rows = m->rows, stride = j->stride;
-    float tile[PANEL_ROWS * PANEL] __attribute__((aligned(64)));
+    const int64_t *p = m->csr.ptr.buf;
+    const int32_t *cb = m->column_blocks;
+    Py_ssize_t rows = m->rows, stride = j->stride, nb = cb ? COLUMN_BLOCKS(m->cols) : 1;
+    float tile[ROW_GROUP * PANEL] __attribute__((aligned(64)));
+    int64_t kb[ROW_GROUP], ke[ROW_GROUP];
     for (Py_ssize_t u = lo; u < hi; u++) {
-        Py_ssize_t p = u / j->row_blocks, r0 = j->begin + u % j->row_blocks * PANEL_ROWS;
-        Py_ssize_t r1 = j->end - r0 < PANEL_ROWS ? j->end : r0 + PANEL_ROWS;
-        Py_ssize_t j0 = p * PANEL, jw = j->n - j0 < PANEL ? j->n - j0 : PANEL, width = jw <= 8 ? 8 : PANEL;
-        const float *panel = j->panels + p * m->cols * stride;
+        Py_ssize_t g = j->by_group ? u / j->panels_count : u % j->row_groups;
+        Py_ssize_t p0 = j->by_group ? u % j->panels_count : u / j->row_groups, r0 = j->begin + g * ROW_GROUP;
+        Py_ssize_t r1 = j->end - r0 < ROW_GROUP ? j->end : r0 + ROW_GROUP;
+        Py_ssize_t j0 = p0 * PANEL, jw = j->n - j0 < PANEL ? j->n - j0 : PANEL, width = jw <= 8 ? 8 : PANEL;
+        const float *panel = j->panels + p0 * m->cols * stride;
+        for (Py_ssize_t blk = 0; blk < nb; blk++) {
+            for (Py_ssize_t r = r0; r < r1; r++) {
+                kb[r - r0] = cb ? p[r] + cb[r * (nb + 1) + blk] : p[r];
+                ke[r - r0] = cb ? p[r] + cb[r * (nb + 1) + blk + 1] : p[r + 1];
+            }
+            int first = blk == 0, relu = j->relu && blk == nb - 1;
 #ifdef HAVE_AVX2_PATH
-        if (width == PANEL && use_avx512())
-            panel_rows_avx512(&m->csr, panel, stride, j->bias, j->relu, r0, r1, tile);
-        else
+            if (width == PANEL && use_avx512())
+                panel_rows_avx512(&m->csr, kb, ke, first, panel, stride, j->bias, relu, r0, r1, tile);
+            else
 #endif
-            DISPATCH(panel_rows, &m->csr, panel, stride, width, j->bias, j->relu, r0, r1, tile);
-        if (j->by_rows) {
-            DISPATCH(tile_to_rows, tile, j->y + j0 * rows + r0, rows, jw, r1 - r0);
-        } else {
-            for (Py_ssize_t r = r0; r < r1; r++)
-                memcpy(j->y + r * j->n + j0, tile + (r - r0) * PANEL, (size_t)jw * sizeof(float));
+                DISPATCH(panel_rows, &m->csr, kb, ke, first, panel, stride, width, j->bias, relu, r0, r1, tile);
+        }
+        for (Py_ssize_t t0 = r0; t0 < r1; t0 += PANEL_ROWS) {
+            Py_ssize_t t1 = r1 - t0 < PANEL_ROWS ? r1 : t0 + PANEL_ROWS;
+            const float *t = tile + (t0 - r0) * PANEL;
+            if (j->by_rows) {
+                DISPATCH(tile_to_rows, t, j->y + j0 * rows + t0, rows, jw, t1 - t0);
+            } else {
+                for (Py_ssize_t r = t0; r < t1; r++)
+                    memcpy(j->y + r * j->n + j0, t + (r - t0) * PANEL, (size_t)jw * sizeof(float));
+            }
         }
     }
 }
@@ -629,10 +699,15 @@ static int panel_product(const SparseMatrix *m, const float *x, float *y, Py_ssi
     if (!raw) return -1;
     /* 64-byte aligned: an AVX-512 load across two cache lines took 1.2-1.3x the time of the kernel */
     PanelJob job = {m, x, bias, y, (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63), n, stride, begin, end,
-                    (end - begin + PANEL_ROWS - 1) / PANEL_ROWS, by_rows, relu};
-    Py_ssize_t per_unit = (m->csr.val.len / 4 / (m->rows + 1) + 1) * PANEL_ROWS * PANEL; /* multiply-adds */
+                    (end - begin + ROW_GROUP - 1) / ROW_GROUP, count, by_rows, relu, 0};
+    /* Units panel-major (a panel stays in L1 while W's rows stream from L2), or where W's weights are
+     * past L2 and outweigh the panels, group-major (a group's weights stay in L2 while the panels pass:
+     * 512 x 4608 at 30%, 5.7 MB, at 49 vectors) */
+    Py_ssize_t weight_bytes = m->csr.val.len * 2; /* value and index */
+    job.by_group = weight_bytes > GROUP_MAJOR_MIN_BYTES && weight_bytes > count * cols * stride * 4;
+    Py_ssize_t per_unit = (m->csr.val.len / 4 / (m->rows + 1) + 1) * ROW_GROUP * PANEL; /* multiply-adds */
     parallel_for(pack_range, &job, count, RANGE_MIN_VALUES / (cols * stride + 1) + 1, threads);
-    parallel_for(panel_range, &job, count * job.row_blocks, RANGE_MIN_MACS / per_unit + 1, threads);
+    parallel_for(panel_range, &job, count * job.row_groups, RANGE_MIN_MACS / per_unit + 1, threads);
     PyMem_RawFree(raw);
     return 0;
 }
@@ -2240,12 +2315,15 @@ done:
  * planes. For layers with few input channels (the RGB stems: 3 channels, 27 to 147 taps per output),
  * whose im2col product is too short (K = 27) for BLAS to reach its speed and whose column matrix and
  * cropped, transposed output cost more passes over memory than the arithmetic. Bias and clamp are
- * fused. Each sample is zero-padded once into a scratch copy, so the loops have no bounds tests.
+ * fused. Every sample is zero-padded once into a scratch copy, so the loops have no bounds tests; the
+ * pool's threads then take units of (sample, 16 output channels).
  * ------------------------------------------------------------------------------------------------ */
 
-#define CONV_LANES_ARGS const Window2d *g, Py_ssize_t k_out, const float *x, const float *wt, const float *bias, \
-                        float *y, int clamp, float lo, float hi, float *xp, float *lane_w, Py_ssize_t *offs,      \
-                        Py_ssize_t u0, Py_ssize_t u1
+/* xp: every sample's padded copy, `padded` floats apart; offs: each tap's offset in a window (shared);
+ * lane_w: the calling thread's own buffer of a unit's weights. */
+#define CONV_LANES_ARGS const Window2d *g, Py_ssize_t k_out, const float *wt, const float *bias, float *y, int clamp, \
+                        float lo, float hi, const float *xp, Py_ssize_t padded, float *lane_w,                      \
+                        const Py_ssize_t *offs, Py_ssize_t u0, Py_ssize_t u1
 
 /* xp [c][h + pt + pb][w + pl + pr] = sample x (the borders stay as the caller zeroed them). */
 static void pad_sample(const Window2d *g, const float *x, float *xp)
@@ -2256,20 +2334,28 @@ static void pad_sample(const Window2d *g, const float *x, float *xp)
             memcpy(xp + (ci * hp + g->pt + r) * wp + g->pl, x + (ci * g->h + r) * g->w, g->w * sizeof(float));
 }
 
+/* offs[t]: tap t's offset in a window of the padded sample, taps in weight order (c, i, j). */
+static void lanes_offsets(const Window2d *g, Py_ssize_t *offs)
+{
+    const Py_ssize_t hp = g->h + g->pt + g->pb, wp = g->w + g->pl + g->pr;
+    for (Py_ssize_t ci = 0, t = 0; ci < g->c; ci++)
+        for (Py_ssize_t i = 0; i < g->kh; i++)
+            for (Py_ssize_t j = 0; j < g->kw; j++) offs[t++] = (ci * hp + i * g->dh) * wp + j * g->dw;
+}
+
 /* Work units [u0, u1): unit u is sample u / groups, output channels [u % groups * 8, + 8). */
 static void conv_lanes_generic(CONV_LANES_ARGS)
 {
     const Py_ssize_t groups = (k_out + 7) / 8, hp = g->h + g->pt + g->pb, wp = g->w + g->pl + g->pr;
     const Py_ssize_t taps = g->c * g->kh * g->kw, ohw = g->oh * g->ow;
-    Py_ssize_t padded = -1;
     (void)lane_w, (void)offs;
     for (Py_ssize_t u = u0; u < u1; u++) {
         Py_ssize_t s = u / groups, o0 = u % groups * 8;
-        if (s != padded) pad_sample(g, x + s * g->c * g->h * g->w, xp), padded = s;
+        const float *xs = xp + s * padded;
         for (Py_ssize_t o = o0; o < o0 + 8 && o < k_out; o++)
             for (Py_ssize_t r = 0; r < g->oh; r++)
                 for (Py_ssize_t c = 0; c < g->ow; c++) {
-                    const float *wo = wt + o * taps, *base = xp + r * g->sh * wp + c * g->sw;
+                    const float *wo = wt + o * taps, *base = xs + r * g->sh * wp + c * g->sw;
                     float acc = bias ? bias[o] : 0.f;
                     for (Py_ssize_t ci = 0; ci < g->c; ci++)
                         for (Py_ssize_t i = 0; i < g->kh; i++)
@@ -2324,15 +2410,6 @@ static inline void conv_lanes_row_avx2(const Window2d *g, const float *xp, const
     }
 }
 
-/* offs[t]: tap t's offset in a window of the padded sample, taps in weight order (c, i, j). */
-static void lanes_offsets(const Window2d *g, Py_ssize_t *offs)
-{
-    const Py_ssize_t hp = g->h + g->pt + g->pb, wp = g->w + g->pl + g->pr;
-    for (Py_ssize_t ci = 0, t = 0; ci < g->c; ci++)
-        for (Py_ssize_t i = 0; i < g->kh; i++)
-            for (Py_ssize_t j = 0; j < g->kw; j++) offs[t++] = (ci * hp + i * g->dh) * wp + j * g->dw;
-}
-
 /* lane_w [taps][width]: output channels [o0, o0 + lanes) side by side, zeros past them; b [width]
  * their biases. */
 static void lanes_weights(const float *wt, const float *bias, Py_ssize_t taps, Py_ssize_t o0, int lanes, int width,
@@ -2366,12 +2443,9 @@ __attribute__((target("avx2,fma")))
 static void conv_lanes_avx2(CONV_LANES_ARGS)
 {
     const Py_ssize_t groups = (k_out + 7) / 8;
-    lanes_offsets(g, offs);
-    Py_ssize_t padded = -1;
     for (Py_ssize_t u = u0; u < u1; u++) {
         Py_ssize_t s = u / groups;
-        if (s != padded) pad_sample(g, x + s * g->c * g->h * g->w, xp), padded = s;
-        conv_lanes_unit_avx2(g, k_out, wt, bias, y, clamp, lo, hi, xp, lane_w, offs, s, u % groups * 8);
+        conv_lanes_unit_avx2(g, k_out, wt, bias, y, clamp, lo, hi, xp + s * padded, lane_w, offs, s, u % groups * 8);
     }
 }
 
@@ -2434,13 +2508,11 @@ static void conv_lanes_avx512(CONV_LANES_ARGS)
 {
     const Py_ssize_t groups = (k_out + 7) / 8, ohw = g->oh * g->ow;
     const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
-    lanes_offsets(g, offs);
-    Py_ssize_t padded = -1;
     for (Py_ssize_t u = u0; u < u1;) {
         Py_ssize_t s = u / groups, o0 = u % groups * 8;
-        if (s != padded) pad_sample(g, x + s * g->c * g->h * g->w, xp), padded = s;
+        const float *xs = xp + s * padded;
         if (u + 1 >= u1 || u % groups + 1 >= groups) {
-            conv_lanes_unit_avx2(g, k_out, wt, bias, y, clamp, lo, hi, xp, lane_w, offs, s, o0);
+            conv_lanes_unit_avx2(g, k_out, wt, bias, y, clamp, lo, hi, xs, lane_w, offs, s, o0);
             u++;
             continue;
         }
@@ -2450,54 +2522,83 @@ static void conv_lanes_avx512(CONV_LANES_ARGS)
         const __m512 vb = _mm512_loadu_ps(b16);
         float *planes = y + (s * k_out + o0) * ohw;
         for (Py_ssize_t r = 0; r < g->oh; r++)
-            if (g->sw == 1) conv_lanes16_row(g, xp, offs, 1, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
-            else if (g->sw == 2) conv_lanes16_row(g, xp, offs, 2, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
-            else conv_lanes16_row(g, xp, offs, g->sw, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
+            if (g->sw == 1) conv_lanes16_row(g, xs, offs, 1, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
+            else if (g->sw == 2) conv_lanes16_row(g, xs, offs, 2, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
+            else conv_lanes16_row(g, xs, offs, g->sw, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
         u += 2;
     }
 }
 #endif
 
+/* One call's units, shared by the pool's threads; each range gets its own lane_w. */
+typedef struct {
+    const Window2d *g;
+    Py_ssize_t k_out, padded, taps;
+    const float *wt, *bias, *xp;
+    float *y, lo, hi;
+    int clamp, failed;
+    const Py_ssize_t *offs;
+} LanesJob;
+
+static void lanes_range(void *ctx, Py_ssize_t u0, Py_ssize_t u1)
+{
+    LanesJob *j = ctx;
+    float *lane_w = malloc((size_t)j->taps * 16 * sizeof(float)); /* [taps][16] for AVX-512 */
+    if (!lane_w) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+#ifdef HAVE_AVX2_PATH
+    if (use_avx512())
+        conv_lanes_avx512(j->g, j->k_out, j->wt, j->bias, j->y, j->clamp, j->lo, j->hi, j->xp, j->padded, lane_w,
+                          j->offs, u0, u1);
+    else
+#endif
+        DISPATCH(conv_lanes, j->g, j->k_out, j->wt, j->bias, j->y, j->clamp, j->lo, j->hi, j->xp, j->padded, lane_w,
+                 j->offs, u0, u1);
+    free(lane_w);
+}
+
 PyDoc_STRVAR(conv_lanes_doc,
 "conv_lanes2d(x, y, weight, shape, kernel, strides, dilations, pads, out_channels, bias=None, clip=None,\n"
-"             begin=0, end=-1)\n\n"
+"             threads=1)\n\n"
 "Dense convolution (group 1) of x float32 [N, C, H, W] (shape) into y float32 [N, out_channels, OH, OW]\n"
 "through weight float32 [out_channels, C, kh, kw]; kernel, strides, dilations = (h, w), pads = (top,\n"
 "left, bottom, right). bias float32 [out_channels] is added, then clip = (lo, hi) clamps (NaN kept).\n"
-"Work units [begin, end): unit u is sample u // G and output channels [u % G * 8, + 8), G = ceil(out / 8).");
+"Units of one sample and 16 output channels, taken by up to threads threads of the native pool.");
 
 static PyObject *conv_lanes2d(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"x", "y", "weight", "shape", "kernel", "strides", "dilations", "pads", "out_channels",
-                             "bias", "clip", "begin", "end", NULL};
+                             "bias", "clip", "threads", NULL};
     PyObject *xo, *yo, *wo, *bo = Py_None, *clipo = Py_None;
-    Py_ssize_t n, k_out, u0 = 0, u1 = -1;
+    Py_ssize_t n, k_out;
+    int threads = 1;
     Window2d g = {.multiplier = 1};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO(nnnn)(nn)(nn)(nn)(nnnn)n|OOnn", kwlist, &xo, &yo, &wo, &n,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO(nnnn)(nn)(nn)(nn)(nnnn)n|OOi", kwlist, &xo, &yo, &wo, &n,
                                      &g.c, &g.h, &g.w, &g.kh, &g.kw, &g.sh, &g.sw, &g.dh, &g.dw, &g.pt, &g.pl, &g.pb,
-                                     &g.pr, &k_out, &bo, &clipo, &u0, &u1))
+                                     &g.pr, &k_out, &bo, &clipo, &threads))
         return NULL;
-    float lo = 0.f, hi = 0.f;
-    int clamp = clipo != Py_None;
-    if (clamp && !PyArg_ParseTuple(clipo, "ff", &lo, &hi)) return NULL;
+    LanesJob job = {.g = &g, .k_out = k_out, .clamp = clipo != Py_None};
+    if (job.clamp && !PyArg_ParseTuple(clipo, "ff", &job.lo, &job.hi)) return NULL;
     Py_ssize_t units = SIZE_PRODUCT(n, (k_out + 7) / 8);
-    if (u1 < 0) u1 = units;
-    if (n < 0 || k_out < 1 || k_out > ((Py_ssize_t)1 << 20) || units < 0 || u0 < 0 || u0 > u1 || u1 > units) {
-        PyErr_SetString(PyExc_ValueError, "conv_lanes2d: a size, stride, dilation, pad or range is out of bounds");
+    if (n < 0 || k_out < 1 || k_out > ((Py_ssize_t)1 << 20) || units < 0 || threads < 1) {
+        PyErr_SetString(PyExc_ValueError,
+                        "conv_lanes2d: a size, stride, dilation, pad or thread count is out of bounds");
         return NULL;
     }
     if (window_output(&g, "conv_lanes2d") < 0) return NULL;
     Py_buffer xb, yb, wb = {0}, bb = {0};
     if (get_in_out(xo, &xb, "x", yo, &yb, "y", 1) < 0) return NULL;
     PyObject *result = NULL;
-    float *xp = NULL, *lane_w = NULL;
+    float *xp = NULL;
     Py_ssize_t *offs = NULL;
     if (get_array_of_rank(wo, &wb, 'f', 4, 0, 1, "weight") < 0) goto done;
     if (bo != Py_None && get_array_of_rank(bo, &bb, 'f', 4, 0, 1, "bias") < 0) goto done;
     Py_ssize_t x_count = SIZE_PRODUCT(n, g.c, g.h, g.w), y_count = SIZE_PRODUCT(n, k_out, g.oh, g.ow),
                w_count = SIZE_PRODUCT(k_out, g.c, g.kh, g.kw), taps = SIZE_PRODUCT(g.c, g.kh, g.kw, 16),
-               padded = SIZE_PRODUCT(g.c, g.h + g.pt + g.pb, g.w + g.pl + g.pr);
-    if (x_count < 0 || y_count < 0 || w_count < 0 || taps < 0 || padded < 0) {
+               padded = SIZE_PRODUCT(g.c, g.h + g.pt + g.pb, g.w + g.pl + g.pr), all = SIZE_PRODUCT(n, padded);
+    if (x_count < 0 || y_count < 0 || w_count < 0 || taps < 0 || padded < 0 || all < 0) {
         PyErr_SetString(PyExc_ValueError, "conv_lanes2d: the input, output or weight size overflows");
         goto done;
     }
@@ -2506,30 +2607,28 @@ static PyObject *conv_lanes2d(PyObject *self, PyObject *args, PyObject *kwds)
                      y_count, w_count, k_out);
         goto done;
     }
-    xp = PyMem_RawCalloc(padded, sizeof(float));
-    lane_w = PyMem_RawMalloc(taps * sizeof(float));
-    offs = PyMem_RawMalloc(taps / 16 * sizeof(Py_ssize_t)); /* lane_w: [taps][16] for AVX-512 */
-    if (!xp || !lane_w || !offs) {
+    xp = PyMem_RawCalloc(all > 0 ? all : 1, sizeof(float));
+    offs = PyMem_RawMalloc(taps / 16 * sizeof(Py_ssize_t));
+    if (!xp || !offs) {
         PyErr_NoMemory();
         goto done;
     }
+    job.wt = wb.buf, job.bias = bb.buf, job.y = yb.buf, job.xp = xp, job.padded = padded, job.taps = taps / 16;
+    job.offs = offs;
     Py_BEGIN_ALLOW_THREADS
-#ifdef HAVE_AVX2_PATH
-    if (use_avx512())
-        conv_lanes_avx512(&g, k_out, xb.buf, wb.buf, bb.buf, yb.buf, clamp, lo, hi, xp, lane_w, offs, u0, u1);
-    else
-#endif
-        DISPATCH(conv_lanes, &g, k_out, xb.buf, wb.buf, bb.buf, yb.buf, clamp, lo, hi, xp, lane_w, offs, u0, u1);
+    lanes_offsets(&g, offs);
+    for (Py_ssize_t s = 0; s < n; s++) pad_sample(&g, (const float *)xb.buf + s * g.c * g.h * g.w, xp + s * padded);
+    parallel_for(lanes_range, &job, units, 2, threads); /* pairs of 8-channel units: AVX-512's 16 lanes */
     Py_END_ALLOW_THREADS
+    if (job.failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
     result = Py_NewRef(Py_None);
 done:
     PyMem_RawFree(xp);
-    PyMem_RawFree(lane_w);
     PyMem_RawFree(offs);
-    PyBuffer_Release(&xb);
-    PyBuffer_Release(&yb);
-    if (wb.buf) PyBuffer_Release(&wb);
-    if (bb.buf) PyBuffer_Release(&bb);
+    RELEASE_BUFFERS(&xb, &yb, &wb, &bb);
     return result;
 }
 
@@ -2540,23 +2639,66 @@ done:
  * a padded copy per stride phase, columns past OW in every row, then a crop of the product).
  * ------------------------------------------------------------------------------------------------ */
 
+/* One call's geometry, shared by the pool's threads: each takes column-matrix rows (c, i, j). */
+typedef struct {
+    const Window2d *g;
+    const float *x;
+    float *cols;
+    Py_ssize_t n, columns;
+} Im2colJob;
+
+static void im2col_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const Im2colJob *job = ctx;
+    const Window2d *g = job->g;
+    const Py_ssize_t oh = g->oh, ow = g->ow, hw = g->h * g->w;
+    for (Py_ssize_t t = lo; t < hi; t++) {
+        const Py_ssize_t c = t / (g->kh * g->kw), i = t / g->kw % g->kh, j = t % g->kw;
+        /* output columns [q0, q1) read inside the input row; the others are padding */
+        const Py_ssize_t off = j * g->dw - g->pl;
+        Py_ssize_t q0 = off >= 0 ? 0 : (-off + g->sw - 1) / g->sw;
+        Py_ssize_t q1 = g->w - 1 - off < 0 ? 0 : (g->w - 1 - off) / g->sw + 1;
+        q0 = q0 > ow ? ow : q0;
+        q1 = q1 > ow ? ow : q1 < q0 ? q0 : q1;
+        float *dst = job->cols + t * job->columns;
+        for (Py_ssize_t s = 0; s < job->n; s++)
+            for (Py_ssize_t r = 0; r < oh; r++, dst += ow) {
+                const Py_ssize_t row = r * g->sh + i * g->dh - g->pt;
+                if (row < 0 || row >= g->h) {
+                    memset(dst, 0, ow * sizeof(float));
+                    continue;
+                }
+                const float *src = job->x + (s * g->c + c) * hw + row * g->w;
+                for (Py_ssize_t q = 0; q < q0; q++) dst[q] = 0.f;
+                if (g->sw == 1)
+                    memcpy(dst + q0, src + q0 + off, (q1 - q0) * sizeof(float));
+                else
+                    for (Py_ssize_t q = q0; q < q1; q++) dst[q] = src[q * g->sw + off];
+                for (Py_ssize_t q = q1; q < ow; q++) dst[q] = 0.f;
+            }
+    }
+}
+
 PyDoc_STRVAR(im2col_doc,
-"im2col2d(x, cols, shape, kernel, strides, dilations, pads)\n\n"
+"im2col2d(x, cols, shape, kernel, strides, dilations, pads, threads=1)\n\n"
 "cols float32 [C * kh * kw, N * OH * OW] of x float32 [N, C, H, W] (shape): row (c, i, j), column\n"
 "(n, r, q) holds x[n, c, r * sh + i * dh - top, q * sw + j * dw - left], 0 outside; kernel, strides,\n"
-"dilations = (h, w), pads = (top, left, bottom, right).");
+"dilations = (h, w), pads = (top, left, bottom, right). Rows taken by up to threads threads.");
 
 static PyObject *im2col2d(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"x", "cols", "shape", "kernel", "strides", "dilations", "pads", NULL};
+    static char *kwlist[] = {"x", "cols", "shape", "kernel", "strides", "dilations", "pads", "threads", NULL};
     PyObject *xo, *co;
     Py_ssize_t n;
+    int threads = 1;
     Window2d g = {.multiplier = 1};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO(nnnn)(nn)(nn)(nn)(nnnn)", kwlist, &xo, &co, &n, &g.c, &g.h, &g.w,
-                                     &g.kh, &g.kw, &g.sh, &g.sw, &g.dh, &g.dw, &g.pt, &g.pl, &g.pb, &g.pr))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO(nnnn)(nn)(nn)(nn)(nnnn)|i", kwlist, &xo, &co, &n, &g.c, &g.h,
+                                     &g.w, &g.kh, &g.kw, &g.sh, &g.sw, &g.dh, &g.dw, &g.pt, &g.pl, &g.pb, &g.pr,
+                                     &threads))
         return NULL;
-    if (n < 0) {
-        PyErr_SetString(PyExc_ValueError, "im2col2d: a size, stride, dilation, pad or range is out of bounds");
+    if (n < 0 || threads < 1) {
+        PyErr_SetString(PyExc_ValueError,
+                        "im2col2d: a size, stride, dilation, pad or thread count is out of bounds");
         return NULL;
     }
     if (window_output(&g, "im2col2d") < 0) return NULL;
@@ -2573,36 +2715,9 @@ static PyObject *im2col2d(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError, "im2col2d: x must have %zd values, cols %zd", x_count, c_count);
         goto done;
     }
+    Im2colJob job = {&g, xb.buf, cb.buf, n, columns};
     Py_BEGIN_ALLOW_THREADS
-    const float *x = xb.buf;
-    float *cols = cb.buf;
-    const Py_ssize_t oh = g.oh, ow = g.ow, hw = g.h * g.w;
-    for (Py_ssize_t c = 0; c < g.c; c++)
-        for (Py_ssize_t i = 0; i < g.kh; i++)
-            for (Py_ssize_t j = 0; j < g.kw; j++) {
-                /* output columns [q0, q1) read inside the input row; the others are padding */
-                const Py_ssize_t off = j * g.dw - g.pl;
-                Py_ssize_t q0 = off >= 0 ? 0 : (-off + g.sw - 1) / g.sw;
-                Py_ssize_t q1 = g.w - 1 - off < 0 ? 0 : (g.w - 1 - off) / g.sw + 1;
-                q0 = q0 > ow ? ow : q0;
-                q1 = q1 > ow ? ow : q1 < q0 ? q0 : q1;
-                float *dst = cols + ((c * g.kh + i) * g.kw + j) * columns;
-                for (Py_ssize_t s = 0; s < n; s++)
-                    for (Py_ssize_t r = 0; r < oh; r++, dst += ow) {
-                        const Py_ssize_t row = r * g.sh + i * g.dh - g.pt;
-                        if (row < 0 || row >= g.h) {
-                            memset(dst, 0, ow * sizeof(float));
-                            continue;
-                        }
-                        const float *src = x + (s * g.c + c) * hw + row * g.w;
-                        for (Py_ssize_t q = 0; q < q0; q++) dst[q] = 0.f;
-                        if (g.sw == 1)
-                            memcpy(dst + q0, src + q0 + off, (q1 - q0) * sizeof(float));
-                        else
-                            for (Py_ssize_t q = q0; q < q1; q++) dst[q] = src[q * g.sw + off];
-                        for (Py_ssize_t q = q1; q < ow; q++) dst[q] = 0.f;
-                    }
-            }
+    parallel_for(im2col_range, &job, rows, 1 + RANGE_MIN_VALUES / (columns + 1), threads);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:

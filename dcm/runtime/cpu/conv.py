@@ -318,7 +318,7 @@ class Conv(Kernel):
             return (out[:, :, 0, :] if was_1d else out), done
         cg = c // self.group
         cols, oh, ow, row = im2col(x, self.group, self.kernel, self.strides, self.dilations, begin, end,
-                                   self.index_cache)
+                                   self.index_cache, self.threads)
         outs = [mm.left(cols[g].reshape(cg * kh * kw, -1)).reshape(-1, n, oh, row) for g, mm in enumerate(mms)]
         y = np.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]  # [C_out, N, OH, row], a new array
         done = False

@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from dcm.runtime.cpu import native
-from dcm.runtime.cpu.depthwise import run_split
 from dcm.runtime.cpu.windows import output_size
 
 # Input channels x kernel taps per output up to which conv_lanes2d beats im2col + BLAS (one layer,
@@ -42,7 +41,6 @@ def conv_lanes(x: np.ndarray, weight: np.ndarray, strides: tuple[int, int], dila
     out_channels, _, kh, kw = weight.shape
     oh, ow = output_size((h, w), (kh, kw), strides, dilations, begin, end)
     y = np.empty((n, out_channels, oh, ow), dtype=np.float32)
-    args = (x, y, weight, (n, c, h, w), (kh, kw), strides, dilations, (begin[0], begin[1], end[0], end[1]),
-            out_channels, bias, clip)
-    run_split(native.conv_lanes2d, args, n * -(-out_channels // 8), y.size * c * kh * kw, threads)
+    native.conv_lanes2d(x, y, weight, (n, c, h, w), (kh, kw), strides, dilations,
+                        (begin[0], begin[1], end[0], end[1]), out_channels, bias, clip, threads)
     return y

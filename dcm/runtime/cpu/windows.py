@@ -103,7 +103,7 @@ INDEX_CACHE_SHAPES = 4  # input shapes whose index one caller keeps
 
 def im2col(x: np.ndarray, groups: int, kernel: tuple[int, int], strides: tuple[int, int],
            dilations: tuple[int, int], begin: list[int], end: list[int],
-           index_cache: dict | None = None) -> tuple[np.ndarray, int, int, int]:
+           index_cache: dict | None = None, threads: int = 1) -> tuple[np.ndarray, int, int, int]:
     """x [N, C, H, W] -> (columns [G, C/G, kh, kw, N, OH * row], OH, OW, row) for W_g @ columns[g].
 
     Large inputs: each kernel offset is one contiguous run of the flattened padded image (of one
@@ -116,7 +116,7 @@ def im2col(x: np.ndarray, groups: int, kernel: tuple[int, int], strides: tuple[i
     35 -> 26 us).
     """
     if native.im2col2d is not None and x.dtype == np.float32:
-        return _compiled(x, groups, kernel, strides, dilations, begin, end)
+        return _compiled(x, groups, kernel, strides, dilations, begin, end, threads)
     n, c = x.shape[:2]
     cg = c // groups
     sh, sw = strides
@@ -146,16 +146,17 @@ def im2col(x: np.ndarray, groups: int, kernel: tuple[int, int], strides: tuple[i
 
 
 def _compiled(x: np.ndarray, groups: int, kernel: tuple[int, int], strides: tuple[int, int],
-              dilations: tuple[int, int], begin: list[int], end: list[int]) -> tuple[np.ndarray, int, int, int]:
+              dilations: tuple[int, int], begin: list[int], end: list[int],
+              threads: int) -> tuple[np.ndarray, int, int, int]:
     """im2col's columns from the compiled ``im2col2d``: written once, padding included, ``row`` = OW
     (ResNet-18's 64->128 stride-2 3x3 layer: 1.2 ms with its product against 1.86 with the numpy
-    columns of ``_runs``; onnxruntime 1.09)."""
+    columns of ``_runs``; onnxruntime 1.09), rows split over the native pool's ``threads``."""
     n, c = x.shape[:2]
     oh, ow = output_size(x.shape[2:], kernel, strides, dilations, begin, end)
     check_elements([n, c, *kernel, oh, ow], "Conv column matrix")
     (cols,) = scratch_arrays((groups, c // groups, kernel[0], kernel[1], n, oh * ow))
     native.im2col2d(np.ascontiguousarray(x), cols, x.shape, kernel, strides, dilations,
-                    (begin[0], begin[1], end[0], end[1]))
+                    (begin[0], begin[1], end[0], end[1]), threads)
     return cols, oh, ow, ow
 
 
