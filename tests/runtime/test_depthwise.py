@@ -114,17 +114,20 @@ def test_native_refuses_bad_arguments():
         native.depthwise2d(x, y, w, (1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, None, None, 0, 3)
 
 
-# lanes (narrow; strided), flat (wide stride 1), rows (wide, vertical stride only)
-@pytest.mark.parametrize("width, strides", [(9, (1, 1)), (70, (2, 2)), (40, (1, 1)), (70, (2, 1))])
+# lanes (narrow; strided), flat or AVX-512 rows (wide stride 1), rows (wide, vertical stride only)
+@pytest.mark.parametrize("width, strides", [(9, (1, 1)), (70, (2, 2)), (40, (1, 1)), (70, (2, 1)), (90, (1, 1))])
 def test_portable_paths_match_simd(width, strides):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 5, 9, width)).astype(np.float32)
     w = rng.standard_normal((10, 3, 3)).astype(np.float32)
     b = rng.standard_normal(10).astype(np.float32)
     args = (x, w, strides, (1, 1), [1, 1], [1, 1], b, (0.0, 6.0), 1)
-    fast = depthwise.depthwise(*args)
+    fast = depthwise.depthwise(*args)  # wide stride-1 layers: the AVX-512 rows where the CPU has them
+    with switched(native.set_avx512, False):
+        avx2 = depthwise.depthwise(*args)
     with switched(native.set_simd, False):
         portable = depthwise.depthwise(*args)
+    np.testing.assert_allclose(avx2, fast, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(portable, fast, rtol=1e-5, atol=1e-5)
 
 

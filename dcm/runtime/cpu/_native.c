@@ -2120,6 +2120,64 @@ static void depthwise_lanes_avx2(DEPTHWISE_LANES_ARGS)
     }
     if (p < p1) depthwise_lanes_generic(g, x, wt, bias, y, clamp, lo, hi, tile, lane_w, work, p, p1);
 }
+
+/* AVX-512 (where the CPU has it): wide stride-1 layers row by row, 16 output columns to a register
+ * and up to 4 registers at a time, each tap one broadcast weight times one unaligned load of the
+ * zero-padded plane, the bias first and the clamp at the one store: no passes over a sum buffer
+ * (MobileNetV2's 32 channels 3x3 at 112x112: 0.37 -> 0.27 ms, onnxruntime 0.45; 144 at 56x56: 0.44
+ * -> 0.34, onnxruntime 0.54; one thread). Narrow and strided layers keep the lanes path, which wins
+ * there (8 channels side by side: no per-row overhead on 7x7 planes, no gathers). tile: the padded
+ * plane [hp][wp] and 16 spare values for the last block's masked-off lanes. */
+#define DEPTHWISE_ROWS_SPARE 16
+
+/* Output columns [c, c + 16 V) of one output row (V a constant where inlined), the last register
+ * masked to the row's end. base: the tile at the row's first input row. */
+__attribute__((target("avx512f,avx2,fma"), always_inline))
+static inline void rows_block_avx512(const Window2d *g, const float *base, const Py_ssize_t *taps,
+                                     const float *wo, float b, int clamp, float lo, float hi, float *yr, Py_ssize_t c,
+                                     const int V)
+{
+    const __mmask16 last = (__mmask16)(g->ow - c - 16 * (V - 1) >= 16 ? 0xFFFF : (1u << (g->ow - c - 16 * (V - 1))) - 1);
+    __m512 a[4];
+    _Pragma("GCC unroll 4") for (int v = 0; v < V; v++) a[v] = _mm512_set1_ps(b);
+    for (Py_ssize_t t = 0, count = g->kh * g->kw; t < count; t++) {
+        const float *src = base + taps[t] + c;
+        const __m512 wv = _mm512_set1_ps(wo[t]);
+        _Pragma("GCC unroll 4") for (int v = 0; v < V; v++) a[v] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(src + 16 * v), a[v]);
+    }
+    const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+    _Pragma("GCC unroll 4") for (int v = 0; v < V; v++) {
+        __m512 r = clamp ? _mm512_min_ps(vhi, _mm512_max_ps(vlo, a[v])) : a[v]; /* NaN: each returns a[v] */
+        _mm512_mask_storeu_ps(yr + c + 16 * v, v == V - 1 ? last : 0xFFFF, r);
+    }
+}
+
+/* Planes [p0, p1) of a layer with horizontal stride 1; tile: (hp * wp + DEPTHWISE_ROWS_SPARE) values, its
+ * padding zeroed by the caller and never written; taps[i * kw + j] = i * dh * wp + j * dw: where tap
+ * (i, j) reads in the tile, from an output row's first input value. */
+__attribute__((target("avx512f,avx2,fma")))
+static void depthwise_rows_avx512(const Window2d *g, const float *x, const float *wt, const float *bias, float *y,
+                                  int clamp, float lo, float hi, float *tile, const Py_ssize_t *taps, Py_ssize_t p0,
+                                  Py_ssize_t p1)
+{
+    const Py_ssize_t channels = g->c * g->multiplier, wp = g->w + g->pl + g->pr;
+    for (Py_ssize_t p = p0; p < p1; p++) {
+        Py_ssize_t o = p % channels, sample = p / channels;
+        const float *plane = x + (sample * g->c + o / g->multiplier) * g->h * g->w, *wo = wt + o * g->kh * g->kw;
+        for (Py_ssize_t r = 0; r < g->h; r++) memcpy(tile + (g->pt + r) * wp + g->pl, plane + r * g->w, g->w * sizeof(float));
+        const float b = bias ? bias[o] : 0.f;
+        for (Py_ssize_t r = 0; r < g->oh; r++) {
+            const float *base = tile + r * g->sh * wp;
+            float *yr = y + (p * g->oh + r) * g->ow;
+            Py_ssize_t c = 0;
+            for (; c + 64 <= g->ow; c += 64) rows_block_avx512(g, base, taps, wo, b, clamp, lo, hi, yr, c, 4);
+            Py_ssize_t left = g->ow - c;
+            if (left > 32) rows_block_avx512(g, base, taps, wo, b, clamp, lo, hi, yr, c, left > 48 ? 4 : 3);
+            else if (left > 16) rows_block_avx512(g, base, taps, wo, b, clamp, lo, hi, yr, c, 2);
+            else if (left > 0) rows_block_avx512(g, base, taps, wo, b, clamp, lo, hi, yr, c, 1);
+        }
+    }
+}
 #endif
 
 static void depthwise_generic(DEPTHWISE_ARGS) { DEPTHWISE_BODY }
@@ -2166,8 +2224,9 @@ typedef struct {
     Window2d g;
     const float *x, *wt, *bias;
     float *y;
-    const Py_ssize_t *cols;
-    int clamp, lanes, flat; /* lanes: 8 channels side by side; flat: stride 1 on the zero-padded plane */
+    const Py_ssize_t *cols, *taps; /* taps: the rows path's read offsets (depthwise_rows_avx512) */
+    int clamp, rows, lanes, flat; /* rows: AVX-512 row blocks; lanes: 8 channels side by side; flat: stride 1
+                                     on the zero-padded plane */
     float lo, hi;
     Py_ssize_t p0, tile, lane_w, work; /* the first plane; the parts of a range's scratch, in floats */
     _Atomic int failed;                /* a range found no memory for its scratch */
@@ -2208,14 +2267,23 @@ static void depthwise_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
     const Window2d *g = &j->g;
     const Py_ssize_t wp = g->w + g->pl + g->pr, hp = g->h + g->pt + g->pb;
     float *s = NULL;
-    if (j->lanes || j->flat) {
+    if (j->rows || j->lanes || j->flat) {
         s = thread_scratch(j->tile + j->lane_w + j->work);
         if (!s) {
             j->failed = 1;
             return;
         }
-        zero_borders(s, j->lanes ? hp : hp + 1, wp, j->lanes ? 8 : 1, g->pt, g->h, g->pl, g->w);
     }
+#ifdef HAVE_AVX2_PATH
+    if (j->rows) {
+        zero_borders(s, hp, wp, 1, g->pt, g->h, g->pl, g->w);
+        memset(s + j->tile - DEPTHWISE_ROWS_SPARE, 0, DEPTHWISE_ROWS_SPARE * sizeof(float));
+        depthwise_rows_avx512(g, j->x, j->wt, j->bias, j->y, j->clamp, j->lo, j->hi, s, j->taps, j->p0 + lo,
+                              j->p0 + hi);
+        return;
+    }
+#endif
+    if (j->lanes || j->flat) zero_borders(s, j->lanes ? hp : hp + 1, wp, j->lanes ? 8 : 1, g->pt, g->h, g->pl, g->w);
     if (j->lanes)
         DISPATCH(depthwise_lanes, g, j->x, j->wt, j->bias, j->y, j->clamp, j->lo, j->hi, s, s + j->tile,
                  s + j->tile + j->lane_w, j->p0 + lo, j->p0 + hi);
@@ -2262,7 +2330,7 @@ static PyObject *depthwise2d(PyObject *self, PyObject *args, PyObject *kwds)
                      y_count, w_count, channels);
         goto done;
     }
-    cols = PyMem_RawMalloc(2 * g.kw * sizeof(Py_ssize_t));
+    cols = PyMem_RawMalloc((2 * g.kw + g.kh * g.kw) * sizeof(Py_ssize_t)); /* and the taps' offsets */
     if (!cols) {
         PyErr_NoMemory();
         goto done;
@@ -2272,12 +2340,20 @@ static PyObject *depthwise2d(PyObject *self, PyObject *args, PyObject *kwds)
         cols[2 * j] = off >= 0 ? 0 : (-off + g.sw - 1) / g.sw;
         cols[2 * j + 1] = c1 > g.ow ? g.ow : c1;
     }
-    DepthwiseJob job = {.g = g, .x = xb.buf, .wt = wb.buf, .bias = bb.buf, .y = yb.buf, .cols = cols, .clamp = clamp,
-                        .lo = lo, .hi = hi, .p0 = p0};
+    DepthwiseJob job = {.g = g, .x = xb.buf, .wt = wb.buf, .bias = bb.buf, .y = yb.buf, .cols = cols,
+                        .taps = cols + 2 * g.kw, .clamp = clamp, .lo = lo, .hi = hi, .p0 = p0};
     const Py_ssize_t wp = g.w + g.pl + g.pr, hp = g.h + g.pt + g.pb;
+    for (Py_ssize_t i = 0; i < g.kh; i++)
+        for (Py_ssize_t j = 0; j < g.kw; j++) cols[2 * g.kw + i * g.kw + j] = i * g.dh * wp + j * g.dw;
     job.lanes = g.ow < DEPTHWISE_LANES_MAX_WIDTH || g.sw > 1; /* 8 channels side by side */
-    job.flat = !job.lanes && g.sh == 1;                        /* stride 1: shifts of the zero-padded plane */
-    if (job.lanes) { /* the tile [hp][wp][8], the group's weights, a transposed plane or its sums */
+#ifdef HAVE_AVX2_PATH
+    job.rows = !job.lanes && use_avx512();
+#endif
+    job.flat = !job.rows && !job.lanes && g.sh == 1; /* stride 1: shifts of the zero-padded plane */
+    if (job.rows) { /* the padded plane and the spare values */
+        job.tile = SIZE_PRODUCT(hp, wp);
+        job.tile = job.tile < 0 ? -1 : job.tile + DEPTHWISE_ROWS_SPARE;
+    } else if (job.lanes) { /* the tile [hp][wp][8], the group's weights, a transposed plane or its sums */
         job.tile = SIZE_PRODUCT(hp, wp, 8), job.lane_w = SIZE_PRODUCT(g.kh, g.kw, 8);
         job.work = SIZE_PRODUCT(g.h * g.w > g.oh * g.ow ? g.h * g.w : g.oh * g.ow, 8);
     } else if (job.flat) { /* the padded plane, a spare row (the last taps' overrun) and the sums */
