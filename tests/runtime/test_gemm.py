@@ -111,3 +111,98 @@ def test_rows_too_far_apart_for_sgemm_are_refused():
     a = np.lib.stride_tricks.as_strided(np.ones(1, np.float32), (2, 1), (4 * 2**31, 4))
     with pytest.raises(ValueError, match="32-bit"):
         native.gemm(a, np.ones((1, 1), np.float32), np.empty((2, 1), np.float32))
+
+
+# --- gemm_packed: products by a weight packed once (AVX-512) ------------------------------------
+
+packed_only = pytest.mark.skipif(native.packed_simd is None or native.packed_simd() is None,
+                                 reason="the packed kernel needs AVX-512")
+
+
+def _packed(w):
+    return np.frombuffer(native.pack_weight(w), np.float32)
+
+
+@packed_only
+@pytest.mark.parametrize("threads", [1, 2, 5])
+@pytest.mark.parametrize("m, k, n", [
+    (1, 7, 1), (5, 33, 15), (12, 64, 16), (13, 64, 17), (30, 50, 31), (24, 8, 32), (25, 9, 33),  # row and panel tails
+    (40, 300, 2000),  # panels in more than one block (2^18 floats)
+    (3, 0, 20),  # no inner axis: the bias alone
+])
+def test_packed_products_match_numpy(m, k, n, threads):
+    x, w = _random((m, k), m), _random((k, n), n)
+    bias = _random(n, 7)
+    for b, relu in [(None, False), (bias, False), (bias, True), (None, True)]:
+        out = np.full((m, n), np.nan, np.float32)
+        native.gemm_packed(x, _packed(w), out, threads, b, relu)
+        want = x.astype(np.float64) @ w + (0 if b is None else b)
+        np.testing.assert_allclose(out, np.maximum(want, 0) if relu else want, rtol=1e-4, atol=1e-4 * max(1, k) ** 0.5)
+
+
+@packed_only
+def test_packed_weight_any_layout_and_strided_rows():
+    w = _random((40, 70), 1)
+    assert np.array_equal(_packed(w), _packed(np.asfortranarray(w)))  # the same panels from any layout
+    assert np.array_equal(_packed(w[:, :35]), _packed(np.ascontiguousarray(w[:, :35])))
+    wide_x, wide_out = _random((20, 100), 2), np.full((20, 90), 7, np.float32)
+    native.gemm_packed(wide_x[:, 10:50], _packed(w[:, :35]), wide_out[:, 5:40], 2)
+    np.testing.assert_allclose(wide_out[:, 5:40], wide_x[:, 10:50] @ w[:, :35], rtol=1e-5, atol=1e-4)
+    assert (wide_out[:, :5] == 7).all() and (wide_out[:, 40:] == 7).all()
+
+
+@packed_only
+def test_packed_products_give_the_same_bits_on_any_thread_count():
+    x, w = _random((100, 200), 3), _random((200, 300), 4)
+    outs = []
+    for threads in (1, 2, 3):
+        outs.append(np.empty((100, 300), np.float32))
+        native.gemm_packed(x, _packed(w), outs[-1], threads)
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+
+
+def _bad_packed_calls():
+    x, w, out = _random((8, 8)), _random((8, 8), 1), np.empty((8, 8), np.float32)
+    p = _packed(w) if native.pack_weight is not None else None
+    return {
+        "packed length": (lambda: native.gemm_packed(x, p[:-1], out), ValueError, "weight packs to 256"),
+        "bias length": (lambda: native.gemm_packed(x, p, out, 1, np.ones(7, np.float32)), ValueError, "bias must have 8"),
+        "x transposed": (lambda: native.gemm_packed(x.T, p, out), ValueError, "row-major"),
+        "rows": (lambda: native.gemm_packed(x[:4], p, out), ValueError, "x must be"),
+        "out overlaps x": (lambda: native.gemm_packed(x, p, x), ValueError, "overlaps"),
+        "out overlaps packed": (lambda: native.gemm_packed(x, p, p[:64].reshape(8, 8)), ValueError, "overlaps"),
+        "weight reversed": (lambda: native.pack_weight(w[::-1]), ValueError, "non-negative strides"),
+        "weight rank": (lambda: native.pack_weight(np.ones((2, 2, 2), np.float32)), ValueError, "matrix"),
+        "weight float64": (lambda: native.pack_weight(w.astype(np.float64)), TypeError, "float32"),
+    }
+
+
+@packed_only
+@pytest.mark.parametrize("name", _bad_packed_calls().keys())
+def test_bad_packed_calls_are_refused_with_a_message(name):
+    call, error, match = _bad_packed_calls()[name]
+    with pytest.raises(error, match=match):
+        call()
+
+
+@packed_only
+def test_without_simd_the_packed_kernel_says_so():
+    """set_simd(False) stands for a CPU without AVX-512: packed_simd() is None (the layers keep BLAS,
+    tests/runtime/test_matmul.py) and a call is refused rather than run on the wrong instructions."""
+    previous = native.set_gemm_simd(False)
+    try:
+        assert native.packed_simd() is None
+        w = _random((8, 8))
+        with pytest.raises(RuntimeError, match="AVX-512"):
+            native.gemm_packed(w, _packed(w), np.empty((8, 8), np.float32))
+    finally:
+        native.set_gemm_simd(previous)
+
+
+@packed_only
+def test_packed_relu_keeps_nan_as_numpy_does():
+    x, w = _random((3, 4)), _random((4, 5), 1)
+    x[1, 2] = np.nan
+    out = np.empty((3, 5), np.float32)
+    native.gemm_packed(x, _packed(w), out, 1, None, True)
+    assert np.isnan(out[1]).all() and not np.isnan(out[[0, 2]]).any()

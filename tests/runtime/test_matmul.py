@@ -117,3 +117,24 @@ def test_native_products_stay_silent_on_inf_minus_inf(batch):
         warnings.simplefilter("error")
         y = mm.fused_right(x)
     assert np.isnan(y[:, 5]).all()
+
+
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("rows", [1, 5, 40])
+def test_dense_weight_on_the_packed_kernel_or_blas(monkeypatch, packed, rows):
+    """A dense fully connected weight runs on the packed kernel where the CPU has AVX-512 (its bias
+    and ReLU fused: ``fuses_bias``), else on BLAS; both give the dense product."""
+    if not packed:
+        monkeypatch.setattr(native, "packed_simd", lambda: None)  # as on a CPU without AVX-512
+    elif native.packed_simd is None or native.packed_simd() is None:
+        pytest.skip("the packed kernel needs AVX-512")
+    rng = np.random.default_rng(rows)
+    w = rng.standard_normal((70, 50)).astype(np.float32)
+    mm = WeightMatmul("dense", w, threads=2, prefer="right")
+    assert (mm.packed is not None) == packed and mm.fuses_bias == packed
+    x, bias = rng.standard_normal((rows, 50)).astype(np.float32), rng.standard_normal(70).astype(np.float32)
+    np.testing.assert_allclose(mm.right(x), x @ w.T, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(mm.right(np.asfortranarray(x)), x @ w.T, rtol=1e-5, atol=1e-4)
+    if packed:
+        np.testing.assert_allclose(mm.fused_right(x, bias, True), np.maximum(x @ w.T + bias, 0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(mm.left(x.T), w @ x.T, rtol=1e-5, atol=1e-4)  # W @ X: BLAS on the kept copy

@@ -37,7 +37,7 @@ class MatMulAdd(MatMul):
     def __call__(self, a, _w=None, _b=None):
         lead = a.shape[:-1]
         x = a.reshape(-1, a.shape[-1])
-        if getattr(self.mm, "native", None) is not None and x.dtype == np.float32:
+        if self.mm.fuses_bias and x.dtype == np.float32:
             y = self.mm.fused_right(x, self.bias, self.relu)
         else:
             y = self.mm.right(x)

@@ -72,7 +72,7 @@ class Gemm(_FullyConnected):
         if self.c is not None and (self.c.ndim > 2 or self.c.shape[-1:] not in ((), (1,), (out,))):
             raise InputError(f"Gemm {node.name!r}: C of shape {list(self.c.shape)} does not broadcast to [rows, {out}]")
         self.bias_only = not self.c_is_input and (self.c is None or self.c.ndim < 2 or self.c.shape[0] == 1)
-        self.fused_ok = getattr(self.mm, "native", None) is not None and self.alpha == 1.0 and self.bias_only
+        self.fused_ok = self.mm.fuses_bias and self.alpha == 1.0 and self.bias_only
         self.bias = (np.ascontiguousarray(np.broadcast_to(self.c, (1, out)).reshape(-1))
                      if self.bias_only and self.c is not None else None)
         self.quiet = self.fused_ok  # all compiled, Inf/NaN counted in C

@@ -75,6 +75,8 @@ class WeightMatmul:
         self.tuned: dict[int, str] = {}
         self._dense_wt: np.ndarray | None = None
         self.threads = threads
+        self.native = None  # the compiled sparse kernel's form of a sparse W
+        self.packed: np.ndarray | None = None  # W.T in the compiled dense kernel's panels (_gemm.c)
         if mode == "sparse":
             m = weight.to_scipy() if isinstance(weight, CsrParts) else sp.csr_array(weight)
             m.sort_indices()
@@ -100,6 +102,7 @@ class WeightMatmul:
             if prefer == "right":
                 self.wt = np.ascontiguousarray(np.asarray(weight, dtype=np.float32).T)
                 self.w = self.wt.T
+                self.packed = _packed(self.wt)
             else:
                 self.w = np.ascontiguousarray(weight, dtype=np.float32)
                 self.wt = self.w.T
@@ -156,8 +159,16 @@ class WeightMatmul:
         hits = np.asarray(pattern @ bad.astype(np.float32))  # [out, n]: stored weights at bad inputs
         y[hits < bad.sum(axis=0, keepdims=True)] = np.nan
 
+    @property
+    def fuses_bias(self) -> bool:
+        """Whether ``fused_right`` adds a bias and applies a ReLU as the product stores its output:
+        the compiled sparse kernel, or the packed dense one."""
+        return self.native is not None or self.packed is not None
+
     def right(self, x: np.ndarray) -> np.ndarray:
         """x [n, in] @ W.T -> [n, out], computed as (W @ x.T).T."""
+        if self.packed is not None and x.dtype == np.float32:
+            return self._packed_right(x, None, False)
         if self.mode == "dense":
             return blas.matmul(x, self.wt, self.threads)
         if self.native is not None and x.dtype == np.float32:
@@ -170,13 +181,24 @@ class WeightMatmul:
 
     def fused_right(self, x: np.ndarray, bias: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
         """relu(x [n, in] @ W.T + bias [out]) -> [n, out] float32 on the native kernel (a sparse W with
-        ``native`` set, float32 x)."""
+        ``native`` set, float32 x; or a dense one with ``packed`` set)."""
+        if self.packed is not None:
+            return self._packed_right(x, bias, relu)
         if x.shape[0] == 1:
             return self._fused_vector(x, bias, relu)
         if self.by_rows and self._dense_wins(x, lambda: self._native_rows(x, bias, relu),
                                              lambda: self._dense_right(x, bias, relu)):
             return self._dense_right(x, bias, relu)
         return self._native_rows(x, bias, relu)
+
+    def _packed_right(self, x: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
+        """relu(x [n, in] @ W.T + bias [out]) on the packed dense kernel, split over the threads when the
+        product is as large as blas.matmul splits."""
+        x = np.ascontiguousarray(x)
+        y = np.empty((x.shape[0], self.shape[0]), np.float32)
+        split = x.shape[0] * x.shape[1] * y.shape[1] >= blas.SPLIT_MIN_MACS
+        native.gemm_packed(x, self.packed, y, self.threads if split else 1, bias, relu)
+        return y
 
     def _dense_right(self, x: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
         y = blas.matmul(x, self.dense_wt(), self.threads)
@@ -261,6 +283,15 @@ def prefers_dense(density: float, rows: int, weights: int = 0, inputs: int = 0) 
         return density > SPARSE_MAX_DENSITY_MANY_ROWS
     avx512 = native.batched_simd is not None and native.batched_simd() == "avx512"
     return density > (SPARSE_MAX_DENSITY_WIDE_AVX512 if avx512 else SPARSE_MAX_DENSITY_WIDE)
+
+
+def _packed(wt: np.ndarray) -> np.ndarray | None:
+    """W.T [in, out] packed for the compiled dense kernel, where this CPU runs it (AVX-512): 4 bytes
+    per weight besides ``wt``. It ran the zoo's transformer layers in 0.72-0.87 of OpenBLAS's time
+    (onnxruntime's MLAS: 0.82-0.90), OpenBLAS repacking the weight on every call (benchmarks/gemm.py)."""
+    if native.gemm_packed is None or native.packed_simd() is None or wt.dtype != np.float32:
+        return None
+    return np.frombuffer(native.pack_weight(wt), np.float32)
 
 
 def _cuts(indptr: np.ndarray, parts: int) -> list[int]:
