@@ -1,8 +1,8 @@
 """The compiled kernels of dcm.runtime.cpu, one C module each: _native.c (sparse products, the
 convolutions, pooling), _pointwise.c (activations, LayerNorm, Softmax), _recurrent.c (the
-LSTM/GRU/RNN step loop), _upsample.c (Resize, ConvTranspose's col2im) and _pool.c (the native
-thread pool the others split their work on), all including _kernel_common.h. Everything else is in
-pyproject.toml.
+LSTM/GRU/RNN step loop), _upsample.c (Resize, ConvTranspose's col2im), _layout.c (Transpose) and
+_pool.c (the native thread pool the others split their work on), all including _kernel_common.h.
+Everything else is in pyproject.toml.
 
 optional=True: without a C compiler the install still succeeds and the runtime falls back to
 scipy's kernels (slower at batch 1); tests/runtime/test_native.py fails loudly in that case unless
@@ -12,7 +12,7 @@ import sys
 
 from setuptools import Extension, setup
 
-MODULES = ("_native", "_pointwise", "_recurrent", "_upsample", "_pool", "_gemm", "_pointconv")
+MODULES = ("_native", "_pointwise", "_recurrent", "_upsample", "_pool", "_gemm", "_pointconv", "_layout")
 
 
 def flags(name: str) -> list[str]:

@@ -1703,64 +1703,56 @@ done:
 
 /* ------------------------------------------------------------------------------------------------
  * pool2d: MaxPool / AveragePool over [N, C, H, W] planes, separably: for each output row, the kh
- * input rows of its windows are reduced into one padded row (max: padding is -inf; average: 0),
- * then the kw columns of each window are reduced from that row. kh + kw operations per output
- * instead of kh * kw, all on contiguous (or stride-2) runs; the average is then divided by the
- * caller's divisor per output pixel, which knows count_include_pad and ceil_mode.
+ * input rows of its windows are reduced in one pass into one padded row (max: padding is -inf;
+ * average: 0), then the kw columns of each window are reduced from that row. kh + kw operations per
+ * output instead of kh * kw, all on contiguous runs; stride 2 takes each pair of window columns from
+ * one even/odd split of two loads. The average is then divided by the caller's divisor per output
+ * pixel, which knows count_include_pad and ceil_mode. Output rows are independent: the thread pool
+ * splits them (over planes and within a plane), each range with its own padded row.
  * ------------------------------------------------------------------------------------------------ */
 
 typedef struct {
     Py_ssize_t h, w, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, wp; /* wp: padded width */
 } PoolGeometry;
 
-#define POOL_SLACK 16 /* spare values after a padded row: a stride-2 vector load reads 16 */
+typedef struct {
+    PoolGeometry g;
+    const float *x, *divisor; /* divisor NULL: max */
+    float *y;
+    int failed; /* a range could not get its padded row */
+} PoolJob;
+
+#define POOL_SLACK 16      /* spare values after a padded row: a stride-2 vector load reads 16 */
+#define POOL_FOLD 4        /* input rows reduced per pass over the padded row */
+#define POOL_RANGE_READS 32768 /* input values a thread's range reads at least: ~10 us of work */
 
 /* acc = op(acc, v): max with NaN winning (as np.maximum), or sum. */
 #define POOL_OP(acc, v) ((average) ? (acc) + (v) : (((v) > (acc) || (v) != (v)) ? (v) : (acc)))
 
-#define POOL_ARGS const PoolGeometry *g, const float *x, float *y, const float *divisor, int average, \
-                  float *tmp, Py_ssize_t p0, Py_ssize_t p1
+#define POOL_FOLD_ARGS float *t, const float *const *rows, int count, int first, Py_ssize_t w, int average
+#define POOL_ROW_ARGS const PoolGeometry *g, const float *tmp, float *yr, const float *divisor, int average
 
-/* The padded row of output row r: op over its window's input rows, into tmp[0, wp). */
-#define POOL_ROWS(VECTOR_LOOP)                                                                     \
-    float fill = average ? 0.f : -INFINITY;                                                        \
-    for (Py_ssize_t j = 0; j < g->wp + POOL_SLACK; j++) tmp[j] = fill;                             \
-    for (Py_ssize_t i = 0; i < g->kh; i++) {                                                       \
-        Py_ssize_t row = r * g->sh + i * g->dh - g->pt;                                            \
-        if (row < 0 || row >= g->h) continue;                                                      \
-        const float *xr = plane + row * g->w;                                                      \
-        float *t = tmp + g->pl;                                                                    \
-        Py_ssize_t c = 0;                                                                          \
-        VECTOR_LOOP                                                                                \
-        for (; c < g->w; c++) t[c] = POOL_OP(t[c], xr[c]);                                         \
-    }
-
-static void pool_generic(POOL_ARGS)
+/* t[0, w) = op over the count rows (and over t itself unless first). */
+static void pool_fold_generic(POOL_FOLD_ARGS)
 {
-    for (Py_ssize_t p = p0; p < p1; p++) {
-        const float *plane = x + p * g->h * g->w;
-        for (Py_ssize_t r = 0; r < g->oh; r++) {
-            POOL_ROWS()
-            float *yr = y + (p * g->oh + r) * g->ow;
-            for (Py_ssize_t c = 0; c < g->ow; c++) {
-                float acc = tmp[c * g->sw];
-                for (Py_ssize_t j = 1; j < g->kw; j++) acc = POOL_OP(acc, tmp[c * g->sw + j * g->dw]);
-                yr[c] = average ? acc / divisor[r * g->ow + c] : acc;
-            }
-        }
+    for (Py_ssize_t c = 0; c < w; c++) {
+        float acc = first ? rows[0][c] : POOL_OP(t[c], rows[0][c]);
+        for (int i = 1; i < count; i++) acc = POOL_OP(acc, rows[i][c]);
+        t[c] = acc;
+    }
+}
+
+/* One output row from its padded row: op over the kw taps of each window, then the divisor. */
+static void pool_row_generic(POOL_ROW_ARGS)
+{
+    for (Py_ssize_t c = 0; c < g->ow; c++) {
+        float acc = tmp[c * g->sw];
+        for (Py_ssize_t j = 1; j < g->kw; j++) acc = POOL_OP(acc, tmp[c * g->sw + j * g->dw]);
+        yr[c] = average ? acc / divisor[c] : acc;
     }
 }
 
 #ifdef HAVE_AVX2_PATH
-/* 8 values at p, p + s, ..., p + 7 s for s = 1 or 2 (s = 2 reads 16 values). */
-__attribute__((target("avx2,fma")))
-static inline __m256 load_stride(const float *p, Py_ssize_t s)
-{
-    if (s == 1) return _mm256_loadu_ps(p);
-    __m256 even = _mm256_shuffle_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8), _MM_SHUFFLE(2, 0, 2, 0));
-    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), _MM_SHUFFLE(3, 1, 2, 0)));
-}
-
 __attribute__((target("avx2,fma")))
 static inline __m256 pool_op8(__m256 acc, __m256 v, int average)
 {
@@ -1768,96 +1760,165 @@ static inline __m256 pool_op8(__m256 acc, __m256 v, int average)
     return _mm256_blendv_ps(_mm256_max_ps(v, acc), v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q)); /* NaN in v wins */
 }
 
+/* The first n (< 8) lanes, for the masked loads and stores of a row's last values. */
 __attribute__((target("avx2,fma")))
-static void pool_avx2(POOL_ARGS)
+static inline __m256i pool_tail_mask(Py_ssize_t n)
 {
-    Py_ssize_t sw = g->sw <= 2 ? g->sw : 0; /* vector loads for strides 1 and 2 */
-    for (Py_ssize_t p = p0; p < p1; p++) {
-        const float *plane = x + p * g->h * g->w;
-        for (Py_ssize_t r = 0; r < g->oh; r++) {
-            POOL_ROWS(for (; c + 8 <= g->w; c += 8) _mm256_storeu_ps(
-                          t + c, pool_op8(_mm256_loadu_ps(t + c), _mm256_loadu_ps(xr + c), average));)
-            float *yr = y + (p * g->oh + r) * g->ow;
-            Py_ssize_t c = 0;
-            if (sw) /* tmp has POOL_SLACK spare values, so the last vectors may read past wp */
-                for (; c + 8 <= g->ow; c += 8) {
-                    __m256 acc = load_stride(tmp + c * sw, sw);
-                    for (Py_ssize_t j = 1; j < g->kw; j++) acc = pool_op8(acc, load_stride(tmp + c * sw + j * g->dw, sw), average);
-                    if (average) acc = _mm256_div_ps(acc, _mm256_loadu_ps(divisor + r * g->ow + c));
-                    _mm256_storeu_ps(yr + c, acc);
-                }
-            for (; c < g->ow; c++) {
-                float acc = tmp[c * g->sw];
-                for (Py_ssize_t j = 1; j < g->kw; j++) acc = POOL_OP(acc, tmp[c * g->sw + j * g->dw]);
-                yr[c] = average ? acc / divisor[r * g->ow + c] : acc;
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* Whole vectors but the last of a row, which has its lanes past the end masked off. */
+#define POOL_LOAD(p, full, mask) ((full) ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask))
+#define POOL_STORE(p, full, mask, v) ((full) ? _mm256_storeu_ps(p, v) : _mm256_maskstore_ps(p, mask, v))
+
+__attribute__((target("avx2,fma")))
+static void pool_fold_avx2(POOL_FOLD_ARGS)
+{
+    for (Py_ssize_t c = 0; c < w; c += 8) {
+        int full = w - c >= 8;
+        __m256i mask = pool_tail_mask(w - c);
+        __m256 acc = POOL_LOAD(rows[0] + c, full, mask);
+        if (!first) acc = pool_op8(POOL_LOAD(t + c, full, mask), acc, average);
+        for (int i = 1; i < count; i++) acc = pool_op8(acc, POOL_LOAD(rows[i] + c, full, mask), average);
+        POOL_STORE(t + c, full, mask, acc);
+    }
+}
+
+/* The even-indexed values of a[0, 16) (a shuffle of its two halves) in the order 0 2 8 10 4 6 12 14:
+ * the lanes stay crossed until pool_uncross, once per output vector. */
+#define POOL_EVENS(a, b) _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))
+#define POOL_ODDS(a, b) _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))
+
+__attribute__((target("avx2,fma")))
+static inline __m256 pool_uncross(__m256 v)
+{
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+/* Strides 1 and 2 on vectors (tmp has POOL_SLACK spare values, so the last vectors may read past
+ * wp); other strides on the portable path. */
+__attribute__((target("avx2,fma")))
+static void pool_row_avx2(POOL_ROW_ARGS)
+{
+    if (g->sw > 2) {
+        pool_row_generic(g, tmp, yr, divisor, average);
+        return;
+    }
+    for (Py_ssize_t c = 0; c < g->ow; c += 8) {
+        int full = g->ow - c >= 8;
+        __m256i mask = pool_tail_mask(g->ow - c);
+        __m256 acc = _mm256_setzero_ps();
+        if (g->sw == 1) {
+            acc = _mm256_loadu_ps(tmp + c);
+            for (Py_ssize_t j = 1; j < g->kw; j++) acc = pool_op8(acc, _mm256_loadu_ps(tmp + c + j * g->dw), average);
+        } else {
+            for (Py_ssize_t j = 0; j < g->kw;) {
+                const float *s = tmp + 2 * c + j * g->dw;
+                __m256 lo = _mm256_loadu_ps(s), hi = _mm256_loadu_ps(s + 8), v = POOL_EVENS(lo, hi);
+                acc = j++ ? pool_op8(acc, v, average) : v;
+                if (g->dw == 1 && j < g->kw) /* the next tap: the odd values of the same loads */
+                    acc = pool_op8(acc, POOL_ODDS(lo, hi), average), j++;
             }
+            acc = pool_uncross(acc);
         }
+        if (average) acc = _mm256_div_ps(acc, POOL_LOAD(divisor + c, full, mask));
+        POOL_STORE(yr + c, full, mask, acc);
     }
 }
 #endif
 
+/* Output rows [lo, hi) of all planes (row u: plane u / oh, row u % oh), with a padded row of its own. */
+static void pool_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    PoolJob *job = ctx;
+    const PoolGeometry *g = &job->g;
+    int average = job->divisor != NULL;
+    float fill = average ? 0.f : -INFINITY;
+    float *tmp = PyMem_RawMalloc((g->wp + POOL_SLACK) * sizeof(float));
+    if (!tmp) {
+        job->failed = 1;
+        return;
+    }
+    for (Py_ssize_t j = 0; j < g->wp + POOL_SLACK; j++) tmp[j] = fill; /* the pads stay as they are */
+    for (Py_ssize_t u = lo; u < hi; u++) {
+        Py_ssize_t p = u / g->oh, r = u % g->oh;
+        const float *plane = job->x + p * g->h * g->w, *rows[POOL_FOLD];
+        int count = 0, first = 1;
+        for (Py_ssize_t i = 0; i < g->kh; i++) {
+            Py_ssize_t row = r * g->sh + i * g->dh - g->pt;
+            if (row >= 0 && row < g->h) rows[count++] = plane + row * g->w;
+            if (count && (count == POOL_FOLD || i + 1 == g->kh)) {
+                DISPATCH(pool_fold, tmp + g->pl, rows, count, first, g->w, average);
+                count = first = 0;
+            }
+        }
+        if (first) /* a window in the padding only */
+            for (Py_ssize_t c = 0; c < g->w; c++) tmp[g->pl + c] = fill;
+        const float *divisor = average ? job->divisor + r * g->ow : NULL;
+        DISPATCH(pool_row, g, tmp, job->y + u * g->ow, divisor, average);
+    }
+    PyMem_RawFree(tmp);
+}
+
 PyDoc_STRVAR(pool_doc,
-"pool2d(x, y, shape, kernel, strides, dilations, pads, divisor=None, begin=0, end=-1)\n\n"
-"Max (divisor None) or average pooling of planes [begin, end) of x float32 [N, C, H, W] (shape)\n"
-"into y float32 [N, C, OH, OW]; kernel, strides, dilations = (h, w), pads = (top, left, bottom,\n"
-"right). divisor float32 [OH * OW]: the count each average is divided by.");
+"pool2d(x, y, shape, kernel, strides, dilations, pads, divisor=None, threads=1)\n\n"
+"Max (divisor None) or average pooling of x float32 [N, C, H, W] (shape) into y float32\n"
+"[N, C, OH, OW]; kernel, strides, dilations = (h, w), pads = (top, left, bottom, right). divisor\n"
+"float32 [OH * OW]: the count each average is divided by. Output rows are split over up to\n"
+"`threads` threads of the native pool.");
 
 static PyObject *pool2d(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"x", "y", "shape", "kernel", "strides", "dilations", "pads", "divisor", "begin", "end",
-                             NULL};
+    static char *kwlist[] = {"x", "y", "shape", "kernel", "strides", "dilations", "pads", "divisor", "threads", NULL};
     PyObject *xo, *yo, *dvo = Py_None;
-    Py_ssize_t n, c, pb, pr, p0 = 0, p1 = -1;
-    PoolGeometry g;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO(nnnn)(nn)(nn)(nn)(nnnn)|Onn", kwlist, &xo, &yo, &n, &c, &g.h,
-                                     &g.w, &g.kh, &g.kw, &g.sh, &g.sw, &g.dh, &g.dw, &g.pt, &g.pl, &pb, &pr, &dvo,
-                                     &p0, &p1))
+    Py_ssize_t n, c, pb, pr;
+    int threads = 1;
+    PoolJob job = {0};
+    PoolGeometry *g = &job.g;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO(nnnn)(nn)(nn)(nn)(nnnn)|Oi", kwlist, &xo, &yo, &n, &c, &g->h,
+                                     &g->w, &g->kh, &g->kw, &g->sh, &g->sw, &g->dh, &g->dw, &g->pt, &g->pl, &pb, &pr,
+                                     &dvo, &threads))
         return NULL;
     const Py_ssize_t big = (Py_ssize_t)1 << 20;
     Py_ssize_t planes = SIZE_PRODUCT(n, c); /* -1 (refused below) where it overflows */
-    if (p1 < 0) p1 = planes;
-    if (planes < 0 || n < 0 || c < 1 || g.h < 1 || g.w < 1 || g.h > big || g.w > big || g.kh < 1 || g.kw < 1 || g.kh > big ||
-        g.kw > big || g.sh < 1 || g.sw < 1 || g.sh > big || g.sw > big || g.dh < 1 || g.dw < 1 || g.dh > big ||
-        g.dw > big || g.pt < 0 || g.pl < 0 || pb < 0 || pr < 0 || g.pt + pb > big || g.pl + pr > big || p0 < 0 ||
-        p0 > p1 || p1 > planes) {
-        PyErr_SetString(PyExc_ValueError, "pool2d: a size, stride, dilation, pad or range is out of bounds");
+    if (planes < 0 || n < 0 || c < 1 || g->h < 1 || g->w < 1 || g->h > big || g->w > big || g->kh < 1 ||
+        g->kw < 1 || g->kh > big || g->kw > big || g->sh < 1 || g->sw < 1 || g->sh > big || g->sw > big ||
+        g->dh < 1 || g->dw < 1 || g->dh > big || g->dw > big || g->pt < 0 || g->pl < 0 || pb < 0 || pr < 0 ||
+        g->pt + pb > big || g->pl + pr > big) {
+        PyErr_SetString(PyExc_ValueError, "pool2d: a size, stride, dilation or pad is out of bounds");
         return NULL;
     }
-    Py_ssize_t span_h = (g.kh - 1) * g.dh + 1, span_w = (g.kw - 1) * g.dw + 1;
-    if (g.h + g.pt + pb < span_h || g.w + g.pl + pr < span_w) {
+    Py_ssize_t span_h = (g->kh - 1) * g->dh + 1, span_w = (g->kw - 1) * g->dw + 1;
+    if (g->h + g->pt + pb < span_h || g->w + g->pl + pr < span_w) {
         PyErr_SetString(PyExc_ValueError, "pool2d: the input (padded) is smaller than the kernel window");
         return NULL;
     }
-    g.oh = (g.h + g.pt + pb - span_h) / g.sh + 1;
-    g.ow = (g.w + g.pl + pr - span_w) / g.sw + 1;
+    g->oh = (g->h + g->pt + pb - span_h) / g->sh + 1;
+    g->ow = (g->w + g->pl + pr - span_w) / g->sw + 1;
+    g->wp = g->w + g->pl + pr;
     Py_buffer xb, yb, db = {0};
     if (get_in_out(xo, &xb, "x", yo, &yb, "y", 1) < 0) return NULL;
     PyObject *result = NULL;
-    float *tmp = NULL;
     if (dvo != Py_None && get_array_of_rank(dvo, &db, 'f', 4, 0, 1, "divisor") < 0) goto done;
-    Py_ssize_t x_count = SIZE_PRODUCT(planes, g.h, g.w), y_count = SIZE_PRODUCT(planes, g.oh, g.ow);
+    Py_ssize_t x_count = SIZE_PRODUCT(planes, g->h, g->w), y_count = SIZE_PRODUCT(planes, g->oh, g->ow);
     if (x_count < 0 || y_count < 0) {
         PyErr_SetString(PyExc_ValueError, "pool2d: the input or output size overflows");
         goto done;
     }
-    if (xb.len / 4 != x_count || yb.len / 4 != y_count || (db.buf && db.len / 4 != g.oh * g.ow)) {
+    if (xb.len / 4 != x_count || yb.len / 4 != y_count || (db.buf && db.len / 4 != g->oh * g->ow)) {
         PyErr_Format(PyExc_ValueError, "pool2d: x must have %zd values, y %zd, divisor %zd", x_count, y_count,
-                     g.oh * g.ow);
+                     g->oh * g->ow);
         goto done;
     }
-    int average = db.buf != NULL;
-    g.wp = g.w + g.pl + pr;
-    tmp = PyMem_RawMalloc((g.wp + POOL_SLACK) * sizeof(float));
-    if (!tmp) {
-        PyErr_NoMemory();
-        goto done;
-    }
+    job.x = xb.buf;
+    job.y = yb.buf;
+    job.divisor = db.buf;
     Py_BEGIN_ALLOW_THREADS
-    DISPATCH(pool, &g, xb.buf, yb.buf, db.buf, average, tmp, p0, p1);
+    parallel_for(pool_range, &job, planes * g->oh, 1 + POOL_RANGE_READS / (g->w * g->kh), threads);
     Py_END_ALLOW_THREADS
-    result = Py_NewRef(Py_None);
+    if (job.failed) PyErr_NoMemory();
+    else result = Py_NewRef(Py_None);
 done:
-    PyMem_RawFree(tmp);
     release_all(&xb, &yb, &db);
     return result;
 }

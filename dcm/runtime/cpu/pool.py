@@ -9,15 +9,13 @@ import math
 import numpy as np
 
 from dcm.errors import UnsupportedOpError
-from dcm.runtime.cpu import blas, native
+from dcm.runtime.cpu import native
 from dcm.runtime.cpu.reduce import sum_trailing
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.cpu.shape import check_elements
 from dcm.runtime.cpu.windows import (axis_ints, ints2, output_size, pads2, reduce_windows, resolve_pads, spatial_2d,
                                       windows)
 from dcm.runtime.kernel import Kernel
-
-SPLIT_MIN_VALUES = 1 << 18  # input values past which the compiled pool splits its planes over the thread pool
 
 
 class _Pool(Kernel):
@@ -52,19 +50,14 @@ class _Pool(Kernel):
         return resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations, self.ceil)
 
     def _native(self, x: np.ndarray, begin: list[int], end: list[int], divisor: np.ndarray | None) -> np.ndarray:
-        """The compiled pool (max, or average with ``divisor`` [OH * OW]); planes split over the thread
-        pool for large inputs."""
+        """The compiled pool (max, or average with ``divisor`` [OH * OW]); it splits its output rows
+        over the native thread pool where they are enough work."""
         x = np.ascontiguousarray(x)
         n, c = x.shape[:2]
         oh, ow = output_size(x.shape[2:], self.kernel, self.strides, self.dilations, begin, end)
         y = np.empty((n, c, oh, ow), dtype=np.float32)
-        args = (x, y, x.shape, self.kernel, self.strides, self.dilations, (begin[0], begin[1], end[0], end[1]),
-                divisor)
-        planes = n * c
-        if self.threads < 2 or x.size < SPLIT_MIN_VALUES or planes < self.threads:
-            native.pool2d(*args)
-        else:
-            blas.share(lambda a, b: native.pool2d(*args, a, b), planes, self.threads)
+        native.pool2d(x, y, x.shape, self.kernel, self.strides, self.dilations, (begin[0], begin[1], end[0], end[1]),
+                      divisor, self.threads)
         return y
 
 

@@ -1,0 +1,144 @@
+/* dcm.runtime.cpu._layout: the data movement of layout ops.
+ *
+ * transpose2d (Transpose; shape.py): y[b, j, i] = x[b, i, j] for a float32 stack x [batch, rows,
+ * cols]. Every permutation that, once the axes moving together are merged, swaps two blocks of axes
+ * is one: NCHW <-> NHWC (ConvNeXt's channels-last LayerNorm and MLP), a [S, E] matrix, attention's
+ * keys [B, H, S, d] -> [B, H, d, S].
+ *
+ * Why C: numpy copies a transposed view one value at a time along the output's rows, reading one
+ * value per cache line of the input: [40, 3136] -> [3136, 40] took 3.4x as long as a plain copy of
+ * the same bytes (43 against 13 us), the way back 5.3x. Here 8x8 tiles go through AVX registers
+ * (eight loads, an in-register transpose, eight stores), over a block of input rows whose cache
+ * lines stay in L1 while the tiles of one column strip after another use them. Strips of 8 output
+ * rows are independent: the thread pool splits them.
+ *
+ * Sizes come from the caller and are checked against the arrays' lengths through size_product.
+ */
+#include "_kernel_common.h"
+
+#define TRANSPOSE_BLOCK_ROWS 256 /* input rows per pass over the column strips: a line each, 16 KiB of L1 */
+#define TRANSPOSE_RANGE_VALUES 16384 /* values a thread's range moves at least: a few microseconds */
+
+typedef struct {
+    const float *x;
+    float *y;
+    Py_ssize_t rows, cols, strips; /* strips: column strips of 8 per matrix */
+} Transpose;
+
+/* y[j, i] = x[i, j] for i in [i0, i1), j in [j0, j1) of one matrix (x row stride cols, y rows). */
+static void transpose_tile_generic(const Transpose *t, const float *x, float *y, Py_ssize_t i0, Py_ssize_t i1,
+                                   Py_ssize_t j0, Py_ssize_t j1)
+{
+    for (Py_ssize_t j = j0; j < j1; j++)
+        for (Py_ssize_t i = i0; i < i1; i++) y[j * t->rows + i] = x[i * t->cols + j];
+}
+
+#define TRANSPOSE_STRIP_ARGS const Transpose *t, const float *x, float *y, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0
+
+/* Rows [i0, i1) of the strip of columns [j0, j0 + 8), its last columns cut at cols. */
+static void transpose_strip_generic(TRANSPOSE_STRIP_ARGS)
+{
+    transpose_tile_generic(t, x, y, i0, i1, j0, j0 + 8 < t->cols ? j0 + 8 : t->cols);
+}
+
+#ifdef HAVE_AVX2_PATH
+__attribute__((target("avx2,fma")))
+static void transpose_strip_avx2(TRANSPOSE_STRIP_ARGS)
+{
+    if (j0 + 8 > t->cols) {
+        transpose_tile_generic(t, x, y, i0, i1, j0, t->cols);
+        return;
+    }
+    Py_ssize_t i = i0;
+    for (; i + 8 <= i1; i += 8) {
+        const float *s = x + i * t->cols + j0;
+        __m256 r[8], u[8];
+        for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(s + k * t->cols);
+        for (int k = 0; k < 8; k += 2) { /* pairs of rows interleaved, then pairs of pairs */
+            u[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+            u[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+        }
+        for (int k = 0; k < 8; k += 4) {
+            r[k] = _mm256_shuffle_ps(u[k], u[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+            r[k + 1] = _mm256_shuffle_ps(u[k], u[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+            r[k + 2] = _mm256_shuffle_ps(u[k + 1], u[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+            r[k + 3] = _mm256_shuffle_ps(u[k + 1], u[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+        }
+        float *d = y + j0 * t->rows + i;
+        for (int k = 0; k < 4; k++) { /* the low halves of rows 0-3 and 4-7 are columns 0-3, the high 4-7 */
+            _mm256_storeu_ps(d + k * t->rows, _mm256_permute2f128_ps(r[k], r[k + 4], 0x20));
+            _mm256_storeu_ps(d + (k + 4) * t->rows, _mm256_permute2f128_ps(r[k], r[k + 4], 0x31));
+        }
+    }
+    transpose_tile_generic(t, x, y, i, i1, j0, j0 + 8);
+}
+#endif
+
+/* Strips [lo, hi) of all matrices (strip u: matrix u / strips, columns 8 (u % strips) on), a block
+ * of input rows at a time. */
+static void transpose_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const Transpose *t = ctx;
+    for (Py_ssize_t i0 = 0; i0 < t->rows; i0 += TRANSPOSE_BLOCK_ROWS) {
+        Py_ssize_t i1 = t->rows - i0 < TRANSPOSE_BLOCK_ROWS ? t->rows : i0 + TRANSPOSE_BLOCK_ROWS;
+        for (Py_ssize_t u = lo; u < hi; u++) {
+            Py_ssize_t b = u / t->strips, matrix = t->rows * t->cols;
+            DISPATCH(transpose_strip, t, t->x + b * matrix, t->y + b * matrix, i0, i1, 8 * (u % t->strips));
+        }
+    }
+}
+
+PyDoc_STRVAR(transpose_doc,
+"transpose2d(x, y, shape, threads=1)\n\n"
+"y[b, j, i] = x[b, i, j]: x float32 C-contiguous [batch, rows, cols] (shape), y float32 C-contiguous\n"
+"[batch, cols, rows], on up to `threads` threads of the native pool.");
+
+static PyObject *transpose2d(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"x", "y", "shape", "threads", NULL};
+    PyObject *xo, *yo;
+    Py_ssize_t batch, rows, cols;
+    int threads = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO(nnn)|i", kwlist, &xo, &yo, &batch, &rows, &cols, &threads))
+        return NULL;
+    Py_ssize_t count = SIZE_PRODUCT(batch, rows, cols);
+    if (count < 0) {
+        PyErr_SetString(PyExc_ValueError, "transpose2d: a size is negative or the size overflows");
+        return NULL;
+    }
+    Py_buffer xb, yb = {0};
+    if (get_array_of_rank(xo, &xb, 'f', 4, 0, 1, "x") < 0) return NULL;
+    PyObject *result = NULL;
+    if (get_array_of_rank(yo, &yb, 'f', 4, 1, 1, "y") < 0) goto done;
+    if (xb.len / 4 != count || yb.len / 4 != count) {
+        PyErr_Format(PyExc_ValueError, "transpose2d: x and y must have %zd values, have %zd and %zd", count,
+                     xb.len / 4, yb.len / 4);
+        goto done;
+    }
+    if (count) {
+        Transpose t = {xb.buf, yb.buf, rows, cols, (cols + 7) / 8};
+        Py_BEGIN_ALLOW_THREADS
+        parallel_for(transpose_range, &t, batch * t.strips, 1 + TRANSPOSE_RANGE_VALUES / (8 * rows), threads);
+        Py_END_ALLOW_THREADS
+    }
+    result = Py_NewRef(Py_None);
+done:
+    RELEASE_BUFFERS(&xb, &yb);
+    return result;
+}
+
+static PyMethodDef module_methods[] = {
+    {"transpose2d", (PyCFunction)(void (*)(void))transpose2d, METH_VARARGS | METH_KEYWORDS, transpose_doc},
+    {"set_simd", set_simd, METH_O, set_simd_doc},
+    {NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_layout", "dcm's compiled layout kernels (see _layout.c).", -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__layout(void)
+{
+    import_pool();
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,82 @@
+"""The compiled transpose (_layout.c) and the Transpose kernel that runs it."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from dcm.runtime.cpu import native
+from dcm.runtime.cpu.shape import Transpose, batched_2d
+from tests.runtime.switches import switched
+
+pytestmark = pytest.mark.skipif(native.transpose2d is None, reason="this build has no _layout")
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 40), st.booleans(), st.sampled_from([1, 2]))
+def test_transpose2d_matches_numpy(batch, rows, cols, simd, threads):
+    """Every tile edge (sizes not multiples of 8, under 8), both paths, split or not."""
+    x = np.random.default_rng(rows * 41 + cols).standard_normal((batch, rows, cols)).astype(np.float32)
+    y = np.full((batch, cols, rows), np.nan, np.float32)
+    with switched(native.set_layout_simd, simd):
+        native.transpose2d(x, y, x.shape, threads)
+    np.testing.assert_array_equal(y, x.transpose(0, 2, 1))
+
+
+def test_transpose2d_threads_split_large_inputs():
+    x = np.arange(3 * 300 * 520, dtype=np.float32).reshape(3, 300, 520)  # rows past one block of 256
+    y = np.empty((3, 520, 300), np.float32)
+    native.transpose2d(x, y, x.shape, 2)
+    np.testing.assert_array_equal(y, x.transpose(0, 2, 1))
+
+
+def test_transpose2d_refuses_bad_calls():
+    x, y = np.ones((2, 3, 4), np.float32), np.ones((2, 4, 3), np.float32)
+    native.transpose2d(x, y, x.shape)
+    native.transpose2d(x[:0], y[:0], (0, 3, 4))  # nothing to move
+    for shape, message in [((2, 3, 5), "must have 30 values"), ((-1, 3, 4), "negative")]:
+        with pytest.raises(ValueError, match=message):
+            native.transpose2d(x, y, shape)
+    with pytest.raises(TypeError, match="float"):
+        native.transpose2d(x.astype(np.float64), y, x.shape)
+    with pytest.raises(ValueError, match="contiguous"):
+        native.transpose2d(x, y.transpose(0, 2, 1), x.shape)
+
+
+@pytest.mark.parametrize("shape, perm, plan", [
+    ((1, 40, 56, 56), (0, 2, 3, 1), (1, 40, 3136)),   # NCHW -> NHWC
+    ((1, 56, 56, 40), (0, 3, 1, 2), (1, 3136, 40)),   # and back
+    ((2, 3, 197, 64), (0, 1, 3, 2), (6, 197, 64)),    # attention's keys
+    ((5, 7), (1, 0), (1, 5, 7)),
+    ((2, 5, 7), (2, 0, 1), (1, 10, 7)),
+    ((2, 5, 1, 7), (0, 3, 2, 1), (2, 5, 7)),          # a size-1 axis anywhere
+    ((2, 3, 4, 5), (0, 2, 1, 3), None),               # a trailing block that stays: numpy
+    ((2, 3, 4), (2, 1, 0), None),                     # three blocks reversed
+])
+def test_batched_2d_plans(shape, perm, plan):
+    assert batched_2d(shape, perm) == plan
+    if plan is not None:
+        x = np.arange(np.prod(shape)).reshape(shape)
+        b, r, c = plan
+        np.testing.assert_array_equal(x.reshape(b, r, c).transpose(0, 2, 1).reshape(x.transpose(perm).shape),
+                                      x.transpose(perm))
+
+
+class _Node:
+    def __init__(self, perm):
+        self.name, self.op, self.inputs, self.outputs, self.attrs = "t", "Transpose", ["x"], ["y"], {"perm": perm}
+
+
+class _Ctx:
+    threads = 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32, np.float64, np.uint8])
+@pytest.mark.parametrize("shape, perm", [((1, 12, 9, 11), (0, 2, 3, 1)), ((3, 4, 13, 17), (0, 1, 3, 2)),
+                                         ((2, 3, 4, 5), (0, 2, 1, 3)), ((6, 5), (1, 0))])
+def test_transpose_kernel_gives_numpy_result(dtype, shape, perm):
+    """The compiled path for 4-byte values (float32 and int32 bits alike), numpy for the others."""
+    x = (np.random.default_rng(0).standard_normal(shape) * 100).astype(dtype)
+    (y,) = Transpose(_Node(list(perm)), _Ctx())(x)
+    assert y.flags.c_contiguous and y.dtype == dtype
+    np.testing.assert_array_equal(y, x.transpose(perm))
+    (again,) = Transpose(_Node(list(perm)), _Ctx())(x + 1)  # a second run at the same shape
+    np.testing.assert_array_equal(again, (x + 1).transpose(perm))
