@@ -191,13 +191,19 @@ def _pointwise_conv() -> Model:
                  nodes, tensors, {})
 
 
-def _dense_fc() -> Model:
-    """A dense fully connected layer large enough (64 x 256 @ 256 x 128, 2M multiply-adds) for
-    blas.matmul to split it over the session's two threads: the compiled gemm."""
+def _dense_layers() -> Model:
+    """A dense 3x3/2 convolution (32 -> 64 channels, 288 taps: im2col) whose product is large enough
+    (2.2M multiply-adds a sample) for blas.matmul to split it over the session's two threads (the compiled
+    gemm), then a dense fully connected layer on the packed weight (gemm_packed)."""
     rng = np.random.default_rng(12)
-    tensors = {"w": encode_tensor(rng.normal(size=(128, 256)).astype(np.float32), code_bits=5, name="w")}
-    return Model([ValueInfo("x", "float32", [64, 256])], [ValueInfo("y", "float32", [64, 128])],
-                 [Node("Gemm", ["x", "w"], ["y"], {"transB": 1}, "fc")], tensors, {})
+    tensors = {"k": encode_tensor(rng.normal(size=(64, 32, 3, 3)).astype(np.float32), code_bits=5, name="k"),
+               "w": encode_tensor(rng.normal(size=(10, 64)).astype(np.float32), code_bits=5, name="w"),
+               "wb": encode_raw(rng.normal(size=10).astype(np.float32), "wb")}
+    nodes = [Node("Conv", ["x", "k"], ["c"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2]}, "conv"),
+             Node("GlobalAveragePool", ["c"], ["p"], {}, "pool"), Node("Flatten", ["p"], ["f"], {}, "flatten"),
+             Node("Gemm", ["f", "w", "wb"], ["y"], {"transB": 1}, "fc")]
+    return Model([ValueInfo("x", "float32", ["batch", 32, 21, 21])], [ValueInfo("y", "float32", ["batch", 10])],
+                 nodes, tensors, {})
 
 
 def _logic() -> Model:
@@ -244,7 +250,7 @@ def _lstm_upsample() -> Model:
 def seeds() -> tuple[bytes, ...]:
     """The hand-made .dcm seeds: between them they reach every compiled kernel (``kernel_names``)."""
     return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _sparse_batch8, _sparse_strided,
-                                         _wide3x3, _stem, _pointwise_conv, _dense_fc, _logic, _layer_norm,
+                                         _wide3x3, _stem, _pointwise_conv, _dense_layers, _logic, _layer_norm,
                                          _lstm_upsample))
 
 
