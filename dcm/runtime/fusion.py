@@ -46,6 +46,7 @@ class Epilogue:
     apply: Callable[[np.ndarray], np.ndarray]
     clip: tuple[float, float] | None = None
     act: Act | None = None
+    threads: int = 1  # the session's: the compiled activation splits large outputs over them
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
         """The compiled activation in place; else large outputs go through in chunks that stay in
@@ -53,7 +54,7 @@ class Epilogue:
         MobileNet's 1.2M-value layers)."""
         flat = y if y.flags.c_contiguous else y.T  # fused_right's products are transposed views
         if self.act is not None and compiled(flat):
-            native.activate(flat, flat, *self.act)
+            native.activate(flat, flat, *self.act, threads=self.threads)
             return y
         if y.size <= CHUNK or not y.flags.c_contiguous:
             return self.apply(y)
@@ -67,17 +68,17 @@ class Epilogue:
 
 
 def add_and_activate(y: np.ndarray, bias: np.ndarray | None, relu: bool, epilogue: Epilogue | None,
-                     plane: int = 1, residual: np.ndarray | None = None) -> bool:
+                     plane: int = 1, residual: np.ndarray | None = None, threads: int = 1) -> bool:
     """y = act(y + bias + residual) in place on a producer's fresh float32 output, in one compiled
     pass: act is the Relu (``relu``) or the epilogue's activation; bias (float32, contiguous) is per
     column (plane 1) or per channel of planes of ``plane`` values. False, y untouched, where the
     compiled kernel cannot take it (another type, no build, an epilogue it has no form of, a residual
-    of another shape): the caller then runs its own steps."""
+    of another shape): the caller then runs its own steps. Large outputs split over ``threads``."""
     act = ("relu", 0.0, 0.0) if relu else ("none", 0.0, 0.0) if epilogue is None else epilogue.act
     if act is None or not y.size or not compiled(y) or (
             residual is not None and (residual.shape != y.shape or not compiled(residual))):
         return False
-    native.activate(y, y, *act, bias=bias, plane=plane, residual=residual)
+    native.activate(y, y, *act, bias=bias, plane=plane, residual=residual, threads=threads)
     return True
 
 
@@ -124,17 +125,18 @@ def _clip_epilogue(bounds: tuple[float, float], kernel: Kernel, node: Node, cons
             return np.clip(y, np.float32(bounds[0]), np.float32(bounds[1]), out=y)
         return kernel(y, *args)[0]
 
-    return Epilogue("Clip", apply, bounds, ("clip", *bounds))
+    return Epilogue("Clip", apply, bounds, ("clip", *bounds), kernel.threads)
 
 
 def _unary_epilogue(op: str, kernel: Kernel) -> Epilogue:
     act = ("relu", 0.0, 0.0) if op == "Relu" else getattr(kernel, "act", None)
-    return Epilogue(op, lambda y: kernel(y)[0], act=act)
+    return Epilogue(op, lambda y: kernel(y)[0], act=act, threads=kernel.threads)
 
 
 def _silu_epilogue(sigmoid: Kernel) -> Epilogue:
     """x * Sigmoid(x): the Mul's product written over x (the same values as a new array)."""
-    return Epilogue("Sigmoid*Mul", lambda y: np.multiply(y, sigmoid(y)[0], out=y), act=("silu", 1.0, 0.0))
+    return Epilogue("Sigmoid*Mul", lambda y: np.multiply(y, sigmoid(y)[0], out=y), act=("silu", 1.0, 0.0),
+                    threads=sigmoid.threads)
 
 
 def fuse_activations(nodes: list[Node], kernels: list[Kernel], consts: dict[str, Any],

@@ -138,6 +138,7 @@ class Kernel:
     def __init__(self, node: Node, ctx: LoadContext):
         self.node = node
         self.attrs = node.attrs
+        self.threads = ctx.threads  # the session's: compiled kernels split large work over this many
 
     def __call__(self, *inputs: Any) -> tuple:
         raise NotImplementedError

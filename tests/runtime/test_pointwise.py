@@ -245,9 +245,10 @@ GRAPHS = {
     "Gemm + bias + HardSigmoid": lambda: (_session_model(
         [_node("Gemm", ["x", "w", "b"], ["m"], transB=1), _node("HardSigmoid", ["m"], ["y"], alpha=0.3, beta=0.4)],
         [6, 16], {"w": _rand(24, 16, seed=1), "b": _rand(24, seed=2)}), _rand(6, 16)),
-    "Conv + bias + residual Add + Relu": lambda: (_session_model(
-        [_node("Conv", ["x", "w", "b"], ["c"]), _node("Add", ["c", "x"], ["a"]), _node("Relu", ["a"], ["y"])],
-        [1, 8, 5, 7], {"w": _rand(8, 8, 1, 1, seed=1), "b": _rand(8, seed=2)}), _rand(1, 8, 5, 7)),
+    "Conv + bias + residual Add + Relu": lambda: (_session_model(  # 3x3: a 1x1 layer's kernel adds them itself
+        [_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), _node("Add", ["c", "x"], ["a"]),
+         _node("Relu", ["a"], ["y"])],
+        [1, 8, 5, 7], {"w": _rand(8, 8, 3, 3, seed=1), "b": _rand(8, seed=2)}), _rand(1, 8, 5, 7)),
     "Conv + bias + SiLU": lambda: (_session_model(
         [_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), _node("Sigmoid", ["c"], ["s"]),
          _node("Mul", ["c", "s"], ["y"])],
@@ -282,3 +283,29 @@ def test_kernels_match_their_numpy_paths(name):
     for got, want in zip(compiled, plain):
         assert got.dtype == want.dtype and got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_give_the_one_thread_result(threads):
+    """activate, layer_norm and softmax split large arrays over the native pool: bit for bit the
+    one-thread values (a bias per column and per channel, a residual)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((7, 48, 33, 29)).astype(np.float32)
+    res = rng.standard_normal(x.shape).astype(np.float32)
+    for kwargs in ({}, {"bias": rng.standard_normal(29).astype(np.float32)},
+                   {"bias": rng.standard_normal(48).astype(np.float32), "plane": 33 * 29, "residual": res}):
+        one, many = np.empty_like(x), np.empty_like(x)
+        native.activate(x, one, "gelu", **kwargs)
+        native.activate(x, many, "gelu", **kwargs, threads=threads)
+        np.testing.assert_array_equal(many, one)
+    rows = x.reshape(-1, 29)
+    scale, bias = rng.standard_normal(29).astype(np.float32), rng.standard_normal(29).astype(np.float32)
+    outs = []
+    for t in (1, threads):
+        y, mean, inv = np.empty_like(rows), np.empty(len(rows), np.float32), np.empty(len(rows), np.float32)
+        native.layer_norm(rows, y, 29, scale, bias, 1e-5, mean, inv, t)
+        s = np.empty_like(rows)
+        native.softmax(rows, s, 29, False, t)
+        outs.append((y, mean, inv, s))
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)

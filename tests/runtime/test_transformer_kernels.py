@@ -11,8 +11,9 @@ from dcm.converters import ConvertOptions  # noqa: E402
 from dcm.converters.onnx_in import from_onnx  # noqa: E402
 from dcm.encoder.codec import CsrParts  # noqa: E402
 from dcm.errors import UnsupportedOpError  # noqa: E402
-from dcm.format.model import Node  # noqa: E402
+from dcm.format.model import Model, Node  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
+from dcm.runtime.kernel import LoadContext  # noqa: E402
 from dcm.runtime.cpu import native  # noqa: E402
 from dcm.runtime.cpu.matmul import WeightMatmul, prefers_dense  # noqa: E402
 from dcm.runtime.optimize import ATTENTION, MATMUL_ADD, optimize  # noqa: E402
@@ -206,7 +207,7 @@ def test_attention_one_head_at_a_time_matches_all_heads(monkeypatch):
     mask = np.where(rng.random((2, 1, 1, 7)) < 0.3, -1e9, 0).astype(np.float32)
     scale = np.float32(0.5)
     node = Node(ATTENTION, ["q", "k", "v", "m", "c"], ["y"], {"scale_op": "Mul"}, "att")
-    kernel = attention.Attention(node, None)
+    kernel = attention.Attention(node, LoadContext(Model([], [], [], {})))
     s = q @ k * scale + mask
     p = np.exp(s - s.max(-1, keepdims=True))
     want = (p / p.sum(-1, keepdims=True)) @ v

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #define RELEASE_GIL_MIN 32768 /* values below which the GIL round trip costs more than it frees */
+#define RANGE_MIN 16384       /* values of a range handed to another thread of the pool (1-5 us a hand-off) */
 #define BLOCK 1024            /* values the AVX2 paths sum in float before the sum joins a double */
 
 /* A C-contiguous float32 array of any rank; None gives an empty view (buf NULL) where optional. */
@@ -285,37 +286,59 @@ AVX2 static void activate_avx2(float *out, const float *x, const float *res, con
 }
 #endif
 
-/* Over x's n values: whole rows of the [n / period, period] view, bias[(i / plane) % count] for value i. */
-static void activate_all(float *out, const float *x, const float *res, const float *bias, Py_ssize_t count,
-                         Py_ssize_t plane, Py_ssize_t n, const Act *a)
+/* One activate call, shared by the pool's threads. Units: values (no bias), rows of count values (a
+ * bias per column) or planes of plane values (a bias per channel). */
+typedef struct {
+    float *out;
+    const float *x, *res, *bias;
+    Py_ssize_t count, plane, n;
+    const Act *a;
+} ActivateJob;
+
+/* Units [lo, hi): value i gets bias[(i / plane) % count]. */
+static void activate_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
-    if (!bias) {
-        DISPATCH(activate, out, x, res, NULL, NULL, n, a);
-    } else if (plane == 1) { /* a bias per column: rows of count values */
-        for (Py_ssize_t i = 0; i < n; i += count)
-            DISPATCH(activate, out + i, x + i, res ? res + i : NULL, bias, NULL, count, a);
+    const ActivateJob *j = ctx;
+    const float *res = j->res;
+    if (!j->bias) {
+        DISPATCH(activate, j->out + lo, j->x + lo, res ? res + lo : NULL, NULL, NULL, hi - lo, j->a);
+    } else if (j->plane == 1) { /* a bias per column: rows of count values */
+        for (Py_ssize_t i = lo * j->count; i < hi * j->count; i += j->count)
+            DISPATCH(activate, j->out + i, j->x + i, res ? res + i : NULL, j->bias, NULL, j->count, j->a);
     } else { /* a bias per channel: planes of plane values */
-        for (Py_ssize_t i = 0, c = 0; i < n; i += plane, c = c + 1 == count ? 0 : c + 1)
-            DISPATCH(activate, out + i, x + i, res ? res + i : NULL, NULL, bias + c, plane, a);
+        for (Py_ssize_t u = lo; u < hi; u++) {
+            Py_ssize_t i = u * j->plane;
+            DISPATCH(activate, j->out + i, j->x + i, res ? res + i : NULL, NULL, j->bias + u % j->count, j->plane,
+                     j->a);
+        }
     }
 }
 
+static void activate_all(const ActivateJob *j, int threads)
+{
+    Py_ssize_t unit = !j->bias ? 1 : j->plane == 1 ? j->count : j->plane, units = unit ? j->n / unit : 0;
+    parallel_for(activate_range, (void *)j, units, 1 + RANGE_MIN / (unit + 1), threads);
+}
+
 PyDoc_STRVAR(activate_doc,
-"activate(x, out, act, alpha=0.0, beta=0.0, bias=None, plane=1, residual=None)\n\n"
+"activate(x, out, act, alpha=0.0, beta=0.0, bias=None, plane=1, residual=None, threads=1)\n\n"
 "out = act(x + bias + residual) over float32 C-contiguous arrays of equal size (out may be x).\n"
 "act: none, relu, clip (alpha, beta: min, max), hardsigmoid (alpha x + beta, clamped to [0, 1]),\n"
 "hardswish, leakyrelu (alpha), sigmoid, silu (x sigmoid(alpha x)), gelu, gelu_tanh or erf.\n"
 "bias: value i gets bias[(i // plane) % len(bias)]: plane=1 is a bias per column of a [rows, len(bias)]\n"
-"matrix, plane=H*W a bias per channel of NCHW planes; the size must be a multiple of len(bias) * plane.");
+"matrix, plane=H*W a bias per channel of NCHW planes; the size must be a multiple of len(bias) * plane.\n"
+"Large arrays are split over up to threads threads of the native pool.");
 
 static PyObject *activate(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"x", "out", "act", "alpha", "beta", "bias", "plane", "residual", NULL};
+    static char *kwlist[] = {"x", "out", "act", "alpha", "beta", "bias", "plane", "residual", "threads", NULL};
     PyObject *xo, *oo, *bo = Py_None, *ro = Py_None;
     const char *name;
     Act a = {ACT_NONE, 0.0f, 0.0f};
     Py_ssize_t plane = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOs|ffOnO", kwlist, &xo, &oo, &name, &a.a, &a.b, &bo, &plane, &ro))
+    int threads = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOs|ffOnOi", kwlist, &xo, &oo, &name, &a.a, &a.b, &bo, &plane, &ro,
+                                     &threads))
         return NULL;
     for (a.kind = 0; a.kind < ACT_COUNT && strcmp(name, ACT_NAMES[a.kind]); a.kind++) {}
     if (a.kind == ACT_COUNT) {
@@ -342,12 +365,13 @@ static PyObject *activate(PyObject *self, PyObject *args, PyObject *kwargs)
         PyErr_Format(PyExc_ValueError, "activate: %zd values are not whole periods of %zd bias values times plane %zd",
                      n, count, plane);
     } else {
+        ActivateJob job = {v[1].buf, v[0].buf, v[3].buf, v[2].buf, count, plane, n, &a};
         if (n >= RELEASE_GIL_MIN) {
             Py_BEGIN_ALLOW_THREADS
-            activate_all(v[1].buf, v[0].buf, v[3].buf, v[2].buf, count, plane, n, &a);
+            activate_all(&job, threads);
             Py_END_ALLOW_THREADS
         } else {
-            activate_all(v[1].buf, v[0].buf, v[3].buf, v[2].buf, count, plane, n, &a);
+            activate_all(&job, 1);
         }
         result = Py_NewRef(Py_None);
     }
@@ -496,17 +520,47 @@ static int rows_of(Py_buffer *x, Py_buffer *out, Py_ssize_t cols, Py_ssize_t *ro
 }
 
 PyDoc_STRVAR(layer_norm_doc,
-"layer_norm(x, out, cols, scale, bias=None, epsilon=1e-5, mean=None, inv_std=None)\n\n"
+"layer_norm(x, out, cols, scale, bias=None, epsilon=1e-5, mean=None, inv_std=None, threads=1)\n\n"
 "Each row of cols values: out = (x - mean) / sqrt(var + epsilon) * scale + bias, float32 C-contiguous\n"
-"(out may be x). scale and bias have cols values; mean and inv_std, when given, receive a value per row.");
+"(out may be x). scale and bias have cols values; mean and inv_std, when given, receive a value per row.\n"
+"Rows split over up to threads threads of the native pool.");
+
+/* One layer_norm or softmax call, shared by the pool's threads, which take ranges of rows. */
+typedef struct {
+    float *out, *mean, *inv;
+    const float *x, *scale, *bias;
+    Py_ssize_t cols;
+    float eps;
+    int take_log;
+} RowsJob;
+
+static void layer_norm_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const RowsJob *j = ctx;
+    for (Py_ssize_t r = lo; r < hi; r++) {
+        float m, s;
+        DISPATCH(layer_norm_row, j->out + r * j->cols, j->x + r * j->cols, j->scale, j->bias, j->cols, j->eps, &m, &s);
+        if (j->mean) j->mean[r] = m;
+        if (j->inv) j->inv[r] = s;
+    }
+}
+
+static void softmax_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const RowsJob *j = ctx;
+    for (Py_ssize_t r = lo; r < hi; r++) DISPATCH(softmax_row, j->out + r * j->cols, j->x + r * j->cols, j->cols,
+                                                  j->take_log);
+}
 
 static PyObject *layer_norm(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"x", "out", "cols", "scale", "bias", "epsilon", "mean", "inv_std", NULL};
+    static char *kwlist[] = {"x", "out", "cols", "scale", "bias", "epsilon", "mean", "inv_std", "threads", NULL};
     PyObject *xo, *oo, *so, *bo = Py_None, *mo = Py_None, *io = Py_None;
     Py_ssize_t cols, rows;
     float eps = 1e-5f;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOnO|OfOO", kwlist, &xo, &oo, &cols, &so, &bo, &eps, &mo, &io))
+    int threads = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOnO|OfOOi", kwlist, &xo, &oo, &cols, &so, &bo, &eps, &mo, &io,
+                                     &threads))
         return NULL;
     Py_buffer v[6];
     memset(v, 0, sizeof(v));
@@ -524,15 +578,10 @@ static PyObject *layer_norm(PyObject *self, PyObject *args, PyObject *kwargs)
                      rows);
         goto done;
     }
-    const float *x = v[0].buf, *scale = v[2].buf, *bias = v[3].buf;
-    float *out = v[1].buf, *mean = v[4].buf, *inv = v[5].buf;
+    RowsJob job = {.out = v[1].buf, .mean = v[4].buf, .inv = v[5].buf, .x = v[0].buf, .scale = v[2].buf,
+                   .bias = v[3].buf, .cols = cols, .eps = eps};
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t r = 0; r < rows; r++) {
-        float m, s;
-        DISPATCH(layer_norm_row, out + r * cols, x + r * cols, scale, bias, cols, eps, &m, &s);
-        if (mean) mean[r] = m;
-        if (inv) inv[r] = s;
-    }
+    parallel_for(layer_norm_range, &job, rows, 1 + RANGE_MIN / (cols + 1), threads);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
@@ -541,17 +590,18 @@ done:
 }
 
 PyDoc_STRVAR(softmax_doc,
-"softmax(x, out, cols, log=False)\n\n"
+"softmax(x, out, cols, log=False, threads=1)\n\n"
 "Softmax (or LogSoftmax) of each row of cols values, float32 C-contiguous (out may be x): the row's\n"
-"maximum is subtracted first, so no exp overflows.");
+"maximum is subtracted first, so no exp overflows. Rows split over up to threads threads of the pool.");
 
 static PyObject *softmax(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"x", "out", "cols", "log", NULL};
+    static char *kwlist[] = {"x", "out", "cols", "log", "threads", NULL};
     PyObject *xo, *oo;
     Py_ssize_t cols, rows;
-    int take_log = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOn|p", kwlist, &xo, &oo, &cols, &take_log)) return NULL;
+    int take_log = 0, threads = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOn|pi", kwlist, &xo, &oo, &cols, &take_log, &threads))
+        return NULL;
     Py_buffer v[2];
     memset(v, 0, sizeof(v));
     if (get_floats(xo, &v[0], 0, 0, "x") < 0 || get_floats(oo, &v[1], 1, 0, "out") < 0) {
@@ -560,10 +610,9 @@ static PyObject *softmax(PyObject *self, PyObject *args, PyObject *kwargs)
     }
     PyObject *result = NULL;
     if (rows_of(&v[0], &v[1], cols, &rows, "softmax") == 0) {
-        const float *x = v[0].buf;
-        float *out = v[1].buf;
+        RowsJob job = {.out = v[1].buf, .x = v[0].buf, .cols = cols, .take_log = take_log};
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t r = 0; r < rows; r++) DISPATCH(softmax_row, out + r * cols, x + r * cols, cols, take_log);
+        parallel_for(softmax_range, &job, rows, 1 + RANGE_MIN / (cols + 1), threads);
         Py_END_ALLOW_THREADS
         result = Py_NewRef(Py_None);
     }

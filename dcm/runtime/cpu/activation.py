@@ -59,7 +59,7 @@ class LeakyRelu(Kernel):
 
     def __call__(self, x):
         if compiled(x):
-            return (activate(x, self.act),)
+            return (activate(x, self.act, self.threads),)
         alpha = x.dtype.type(self.act[1])
         if 0 <= alpha <= 1:  # max(x, alpha x): two passes instead of np.where's four (22x -> 3x onnxruntime)
             y = x * alpha
@@ -73,7 +73,7 @@ class Sigmoid(Kernel):
 
     def __call__(self, x):
         if compiled(x):
-            return (activate(x, self.act),)
+            return (activate(x, self.act, self.threads),)
         y = np.negative(x)  # the only new array (see _SoftmaxBase)
         with np.errstate(over="ignore"):
             np.exp(y, out=y)
@@ -131,7 +131,7 @@ class _SoftmaxBase(Kernel):
         x, axis = self._view(x)
         if axis == x.ndim - 1 and x.size and compiled(x):  # the last axis: rows, compiled
             y = np.empty(shape, np.float32)
-            native.softmax(x, y, x.shape[-1], log)
+            native.softmax(x, y, x.shape[-1], log, self.threads)
             return (y,)
         # One array, updated in place: several fresh temporaries of this size were each page-faulted
         # in again on every call (glibc trims its heap top), 3.3 ms instead of 0.5 for 400k values.
@@ -265,7 +265,7 @@ class HardSigmoid(Kernel):
 
     def __call__(self, x):
         if compiled(x):
-            return (activate(x, self.act),)
+            return (activate(x, self.act, self.threads),)
         y = x * self.act[1]
         y += self.act[2]
         return (np.clip(y, 0, 1, out=y),)
@@ -279,7 +279,7 @@ class HardSwish(Kernel):
 
     def __call__(self, x):
         if compiled(x):
-            return (activate(x, self.act),)
+            return (activate(x, self.act, self.threads),)
         y = x * float(np.float32(1 / 6))
         y += 0.5
         np.clip(y, 0, 1, out=y)
@@ -302,7 +302,7 @@ class Gelu(Kernel):
 
     def __call__(self, x):
         if compiled(x):
-            return (activate(x, self.act),)
+            return (activate(x, self.act, self.threads),)
         if not self.tanh and x.dtype == np.float32:
             y = erf32(x * np.float32(math.sqrt(0.5)))  # x/2 (1 + erf(x / sqrt 2)), 5x faster than ndtr
             y += 1
@@ -334,7 +334,7 @@ class Swish(Kernel):
 
     def __call__(self, x):
         if compiled(x):
-            return (activate(x, self.act),)
+            return (activate(x, self.act, self.threads),)
         y = np.multiply(x, -self.act[1])
         np.exp(y, out=y)  # overflows to inf for very negative x: x / inf is the right -0
         y += 1

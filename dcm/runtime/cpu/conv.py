@@ -275,7 +275,7 @@ class Conv(Kernel):
             if done:  # bias, residual and activation already in the product's one compiled pass
                 return (y,)
         if residual is not None:  # a fused Add: the residual connection, before the activation
-            if add_and_activate(y, None, False, e, residual=residual):  # both in one compiled pass
+            if add_and_activate(y, None, False, e, residual=residual, threads=self.threads):  # one compiled pass
                 return (y,)
             if residual.shape == y.shape and residual.dtype == y.dtype:
                 np.add(y, residual, out=y)
@@ -382,9 +382,10 @@ class Conv(Kernel):
         bias = None if self.bias is None else self.bias.reshape(-1)
         plane = out.shape[2] * out.shape[3]
         if ((residual is not None or epilogue is not None) and not self.relu
-                and add_and_activate(out, bias, False, epilogue, plane=plane, residual=residual)):
+                and add_and_activate(out, bias, False, epilogue, plane=plane, residual=residual,
+                                     threads=self.threads)):
             return out, True
-        if add_and_activate(out, bias, self.relu, None, plane=plane):
+        if add_and_activate(out, bias, self.relu, None, plane=plane, threads=self.threads):
             return out, False
         if self.bias is not None:
             out += self.bias

@@ -41,7 +41,7 @@ class MatMulAdd(MatMul):
             y = self.mm.fused_right(x, self.bias, self.relu)
         else:
             y = self.mm.right(x)
-            if add_and_activate(y, self.bias, self.relu, self.epilogue):  # bias and activation, one pass
+            if add_and_activate(y, self.bias, self.relu, self.epilogue, threads=self.threads):  # one pass
                 return (y.reshape(*lead, y.shape[-1]),)
             y += self.bias
             if self.relu:

@@ -83,7 +83,8 @@ class Gemm(_FullyConnected):
             y = self.mm.fused_right(a, self.bias, self.relu)
             return (y if self.epilogue is None else self.epilogue(y),)
         y = self.mm.right(a)
-        if self.alpha == 1.0 and self.bias_only and add_and_activate(y, self.bias, self.relu, self.epilogue):
+        if self.alpha == 1.0 and self.bias_only and add_and_activate(y, self.bias, self.relu, self.epilogue,
+                                                                     threads=self.threads):
             return (y,)  # bias and activation in one compiled pass
         if self.alpha != 1.0:
             y *= np.float32(self.alpha)

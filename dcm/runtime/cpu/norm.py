@@ -117,7 +117,8 @@ class LayerNormalization(Kernel):
                 v is None or self._flat(v, x, axis) for v in (scale, bias)):
             y, mean, inv = np.empty_like(x), np.empty(stats, np.float32), np.empty(stats, np.float32)
             native.layer_norm(x, y, x.size // rows, np.ascontiguousarray(scale),
-                              None if bias is None else np.ascontiguousarray(bias), self.eps, mean, inv)
+                              None if bias is None else np.ascontiguousarray(bias), self.eps, mean, inv,
+                              self.threads)
             return y, mean, inv
         y, mean, inv = _standardize_rows(x.astype(self.stash, copy=False).reshape(rows, -1), self.eps)
         y = y.reshape(x.shape).astype(x.dtype, copy=False)

@@ -20,8 +20,9 @@ def compiled(x: np.ndarray) -> bool:
     return native.activate is not None and x.dtype == np.float32 and x.flags.c_contiguous
 
 
-def activate(x: np.ndarray, act: Act) -> np.ndarray:
-    """The compiled activation ``act`` of x (an array ``compiled`` accepts), as a new array."""
+def activate(x: np.ndarray, act: Act, threads: int = 1) -> np.ndarray:
+    """The compiled activation ``act`` of x (an array ``compiled`` accepts), as a new array; large
+    arrays split over ``threads`` threads of the native pool."""
     y = np.empty_like(x)
-    native.activate(x, y, *act)
+    native.activate(x, y, *act, threads=threads)
     return y
