@@ -24,6 +24,8 @@
 
 #if !defined(_WIN32)
 #include <pthread.h>
+#include <sched.h>
+#include <unistd.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <time.h>
@@ -49,6 +51,7 @@ static long long now_ns(void)
 }
 
 static pthread_mutex_t submit_lock = PTHREAD_MUTEX_INITIALIZER; /* held by the one job's caller */
+static atomic_llong spin_ns = SPIN_NS; /* 0 while more threads are asked for than the process has cores */
 static pthread_mutex_t sleep_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 static int started; /* workers running (under submit_lock) */
@@ -91,7 +94,7 @@ static void run_ranges(unsigned e)
 /* Returns once the epoch differs from seen: after spinning up to SPIN_NS, asleep on the condition. */
 static unsigned next_job(unsigned seen)
 {
-    long long until = now_ns() + SPIN_NS;
+    long long until = now_ns() + atomic_load_explicit(&spin_ns, memory_order_relaxed);
     for (unsigned n = 1;; n++) {
         unsigned e = atomic_load_explicit(&epoch, memory_order_acquire);
         if (e != seen) return e;
@@ -139,6 +142,17 @@ static int start_workers(int wanted)
     return started;
 }
 
+/* The cores this process may run on (its CPU affinity where the system has one). */
+static int cores(void)
+{
+#ifdef CPU_COUNT
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+#endif
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
 static void pool_run(dcm_range_fn fn, void *ctx, Py_ssize_t count, Py_ssize_t grain, int threads)
 {
     long long units = (count + grain - 1) / grain;
@@ -154,6 +168,10 @@ static void pool_run(dcm_range_fn fn, void *ctx, Py_ssize_t count, Py_ssize_t gr
         fn(ctx, 0, count);
         return;
     }
+    static int available;
+    if (!available) available = cores();
+    /* More threads than cores: a spinning worker would only take time from the ones with work. */
+    atomic_store_explicit(&spin_ns, threads > available ? 0 : SPIN_NS, memory_order_relaxed);
     unsigned e = atomic_load(&epoch) + 1;
     atomic_store_explicit(&job.fn, fn, memory_order_relaxed);
     atomic_store_explicit(&job.ctx, ctx, memory_order_relaxed);
