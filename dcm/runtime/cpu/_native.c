@@ -877,7 +877,8 @@ static PyTypeObject SparseMatrixType = {
 #define TILE 4  /* segments per tile: the sums that stay in registers */
 #define SLACK (SEG * 4)
 
-#define PLAN_KEY 7 /* what a weight plan depends on: AVX-512, copy size, plane, row, dilations, block */
+#define PLAN_KEY 8 /* what a weight plan depends on: AVX-512, copy size, plane, row, dilations, block, phases */
+#define MAX_PHASES 4 /* the AVX-512 path's largest horizontal stride (see SparseConv_run) */
 
 typedef struct {
     PyObject_HEAD
@@ -1142,7 +1143,7 @@ static PyObject *conv_weight_plan(SparseConv *self, const Py_ssize_t *key, const
         return self->plan;
     }
     Py_ssize_t wide = key[0], total = key[1], plane = key[2], wp = key[3], dh = key[4], dw = key[5];
-    Py_ssize_t per_block = key[6], nnz = self->w.val.len / 4, kk = self->kh * self->kw;
+    Py_ssize_t per_block = key[6], phases = key[7], nnz = self->w.val.len / 4, kk = self->kh * self->kw;
     Py_ssize_t bounds = wide ? SIZE_PRODUCT(self->c_out, nb + 1) : 0;
     if (bounds < 0 || SIZE_PRODUCT(bounds + nnz, 8) < 0) {
         PyErr_SetString(PyExc_ValueError, "SparseConv.run: too many input channel blocks");
@@ -1156,8 +1157,8 @@ static PyObject *conv_weight_plan(SparseConv *self, const Py_ssize_t *key, const
     for (Py_ssize_t k = 0; k < nnz; k++) {
         uint32_t q = (uint32_t)idx[k], ci = q / (uint32_t)kk, tap = q - ci * (uint32_t)kk;
         uint32_t ki = tap / (uint32_t)self->kw, kj = tap - ki * (uint32_t)self->kw;
-        Py_ssize_t shift = wide ? kj * dw % WIDE_SEG : 0;
-        offs[k] = (int32_t)(slot[shift] * total + ci * plane + ki * dh * wp + kj * dw - shift);
+        Py_ssize_t phase = kj * dw % phases, col = kj * dw / phases, shift = wide ? col % WIDE_SEG : 0;
+        offs[k] = (int32_t)(slot[phase * WIDE_SEG + shift] * total + ci * plane + ki * dh * wp + col - shift);
     }
     const int64_t *p = self->w.ptr.buf;
     for (Py_ssize_t co = 0; wide && co < self->c_out; co++) { /* indices ascend within a row (checked at init) */
@@ -1188,6 +1189,31 @@ static void pad_plane(float *dst, const float *src, Py_ssize_t h, Py_ssize_t w, 
     }
 }
 
+/* Phase `phase` of one input plane [h, w] for a horizontal stride of `phases`: row r of the zero-padded
+ * plane [hp, phases * wp], its columns phase, phase + phases, ..., as a row of wp values (then zeros
+ * to plane). */
+static void phase_plane(float *dst, const float *src, Py_ssize_t h, Py_ssize_t w, Py_ssize_t pt, Py_ssize_t pl,
+                        Py_ssize_t phases, Py_ssize_t phase, Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t plane)
+{
+    /* columns [i0, i1) of a phase row read inside the input row */
+    Py_ssize_t i0 = pl > phase ? (pl - phase + phases - 1) / phases : 0;
+    Py_ssize_t i1 = (w + pl - phase + phases - 1) / phases;
+    i0 = i0 > wp ? wp : i0;
+    i1 = i1 > wp ? wp : i1 < i0 ? i0 : i1;
+    for (Py_ssize_t r = 0; r < hp; r++) {
+        float *row = dst + r * wp;
+        if (r < pt || r >= pt + h) {
+            memset(row, 0, (size_t)wp * sizeof(float));
+            continue;
+        }
+        const float *in = src + (r - pt) * w + phase - pl;
+        memset(row, 0, (size_t)i0 * sizeof(float));
+        for (Py_ssize_t i = i0; i < i1; i++) row[i] = in[i * phases];
+        memset(row + i1, 0, (size_t)(wp - i1) * sizeof(float));
+    }
+    memset(dst + hp * wp, 0, (size_t)(plane - hp * wp) * sizeof(float));
+}
+
 /* One sample of SparseConv.run, shared by the pool's threads: each phase's ranges are disjoint
  * (input channels for the work planes, output channels for the sums). */
 typedef struct {
@@ -1198,7 +1224,7 @@ typedef struct {
     const int32_t *offs;
     const int64_t *blocks;
     const int *slot;
-    Py_ssize_t nb, c, h, w, pt, pl, total, c0;
+    Py_ssize_t nb, c, h, w, pt, pl, total, c0, phases;
     int relu, wide, fast;
     Py_ssize_t bad; /* Inf/NaN inputs read, added atomically */
 } ConvJob;
@@ -1209,23 +1235,36 @@ static void conv_pad_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
     ConvJob *j = ctx;
     Py_ssize_t hw = j->h * j->w, plane = j->g->plane;
     Py_ssize_t bad = count_nonfinite_fast(j->xs + lo * hw, (hi - lo) * hw);
-    for (Py_ssize_t ch = lo; ch < hi; ch++) /* every value written, the padding as zeros: no calloc */
-        pad_plane(j->work + ch * plane, j->xs + ch * hw, j->h, j->w, j->pt, j->pl, j->g->wp, plane);
+    for (Py_ssize_t ch = lo; ch < hi; ch++) { /* every value written, the padding as zeros: no calloc */
+        if (j->phases == 1) {
+            pad_plane(j->work + ch * plane, j->xs + ch * hw, j->h, j->w, j->pt, j->pl, j->g->wp, plane);
+            continue;
+        }
+        for (Py_ssize_t ph = 0; ph < j->phases; ph++) /* each phase's unshifted copy */
+            if (j->slot[ph * WIDE_SEG] >= 0) /* a phase no tap reads (1 x 1, stride 2) has none */
+                phase_plane(j->work + j->slot[ph * WIDE_SEG] * j->total + ch * plane, j->xs + ch * hw, j->h, j->w,
+                            j->pt, j->pl, j->phases, ph, j->g->hp, j->g->wp, plane);
+    }
     __atomic_fetch_add(&j->bad, bad, __ATOMIC_RELAXED);
 }
 
-/* Input channels [lo, hi) of the shifted copies (AVX-512): copy slot[i] holds the work planes moved
- * i values left, zeros past the last plane. Reads the next channel's plane: after every pad range. */
+/* Input channels [lo, hi) of the shifted copies (AVX-512): copy slot[phase * WIDE_SEG + i] holds the
+ * phase's work planes moved i values left, zeros past the last plane. Reads the next channel's plane:
+ * after every pad range. */
 static void conv_copy_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     ConvJob *j = ctx;
     Py_ssize_t plane = j->g->plane, tail = hi == j->c;
-    for (int i = 1; i < WIDE_SEG; i++) {
-        if (j->slot[i] <= 0) continue;
-        float *dst = j->work + j->slot[i] * j->total + lo * plane;
-        Py_ssize_t len = (hi - lo) * plane - (tail ? i : 0);
-        memcpy(dst, j->work + lo * plane + i, (size_t)len * sizeof(float));
-        if (tail) memset(dst + len, 0, (size_t)i * sizeof(float));
+    for (Py_ssize_t ph = 0; ph < j->phases; ph++) {
+        if (j->slot[ph * WIDE_SEG] < 0) continue;
+        const float *src = j->work + j->slot[ph * WIDE_SEG] * j->total + lo * plane;
+        for (int i = 1; i < WIDE_SEG; i++) {
+            if (j->slot[ph * WIDE_SEG + i] < 0) continue;
+            float *dst = j->work + j->slot[ph * WIDE_SEG + i] * j->total + lo * plane;
+            Py_ssize_t len = (hi - lo) * plane - (tail ? i : 0);
+            memcpy(dst, src + i, (size_t)len * sizeof(float));
+            if (tail) memset(dst + len, 0, (size_t)i * sizeof(float));
+        }
     }
 }
 
@@ -1285,19 +1324,28 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     g.oh = (g.hp - span_h) / sh + 1;
     g.ow = (g.wp - span_w) / sw + 1;
 #ifdef HAVE_AVX2_PATH
-    int wide = sw == 1 && use_avx512(), fast = sw == 1 && use_avx2();
+    int wide = sw <= MAX_PHASES && use_avx512(), fast = sw == 1 && use_avx2();
 #else
     int wide = 0, fast = 0;
 #endif
-    /* AVX-512: rows padded to whole segments, and one copy of the input per column shift (kj * dw) % 16,
-     * shifted back by it, so that every load of a segment is one aligned cache line */
-    int copies = 1, slot[WIDE_SEG] = {0};
+    /* AVX-512: a horizontal stride s reads every s-th column, so the input goes in s phases (phase p:
+     * the padded columns p, p + s, ...), in which a segment's 16 outputs read 16 adjacent values. Rows
+     * padded to whole segments, and one copy of each phase per column shift (its column for tap kj,
+     * kj * dw / s, mod 16), shifted back by it, so that every load of a segment is one aligned cache
+     * line. slot[phase * WIDE_SEG + shift]: the copy, -1 where unused; a phase's shift 0 is the copy
+     * the others are made from. */
+    int copies = 1, slot[MAX_PHASES * WIDE_SEG];
+    Py_ssize_t phases = wide ? sw : 1;
+    for (int i = 0; i < MAX_PHASES * WIDE_SEG; i++) slot[i] = i ? -1 : 0;
     if (wide) {
-        g.wp = (g.wp + WIDE_SEG - 1) / WIDE_SEG * WIDE_SEG;
+        g.wp = ((g.wp + sw - 1) / sw + WIDE_SEG - 1) / WIDE_SEG * WIDE_SEG;
         copies = 0;
-        for (int i = 0; i < WIDE_SEG; i++) slot[i] = -1;
-        for (Py_ssize_t kj = 0; kj < self->kw; kj++)
-            if (slot[kj * dw % WIDE_SEG] < 0) slot[kj * dw % WIDE_SEG] = copies++;
+        slot[0] = -1;
+        for (Py_ssize_t kj = 0; kj < self->kw; kj++) {
+            Py_ssize_t phase = kj * dw % sw, shift = kj * dw / sw % WIDE_SEG;
+            if (slot[phase * WIDE_SEG] < 0) slot[phase * WIDE_SEG] = copies++;
+            if (slot[phase * WIDE_SEG + shift] < 0) slot[phase * WIDE_SEG + shift] = copies++;
+        }
     }
     g.plane = g.hp * g.wp + SLACK * sw;
     /* the weight offsets are int32: a sample's work buffer (all copies) holds fewer than 2^31 values */
@@ -1347,7 +1395,7 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     g.seg_len = (int *)(g.seg_out + g.segs);
     for (Py_ssize_t r = 0, t = 0; r < g.oh; r++) {
         for (Py_ssize_t j = 0; j < g.ow; j += seg, t++) {
-            g.seg_in[t] = r * sh * g.wp + j * sw;
+            g.seg_in[t] = r * sh * g.wp + j * (sw / phases); /* a phase's columns are adjacent */
             g.seg_out[t] = r * g.ow + j;
             g.seg_len[t] = (int)(g.ow - j < seg ? g.ow - j : seg);
         }
@@ -1360,13 +1408,13 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
         per_block = per_block < 1 ? 1 : per_block;
         nb = (self->c_in_g + per_block - 1) / per_block;
     }
-    Py_ssize_t key[PLAN_KEY] = {wide, total, g.plane, g.wp, dh, dw, per_block};
+    Py_ssize_t key[PLAN_KEY] = {wide, total, g.plane, g.wp, dh, dw, per_block, phases};
     plan = conv_weight_plan(self, key, slot, nb);
     if (!plan) goto done;
     blocks = (const int64_t *)PyBytes_AS_STRING(plan);
     offs = (const int32_t *)(blocks + (wide ? self->c_out * (nb + 1) : 0));
     ConvJob job = {self, &g, NULL, bb.buf, work, NULL, offs, blocks, slot, nb, c, h, w, pt, pl, total, c0,
-                   relu, wide, fast, 0};
+                   phases, relu, wide, fast, 0};
     Py_ssize_t per_channel = self->w.val.len / 4 / self->c_out * g.oh * g.ow + 1; /* multiply-adds */
     Py_ssize_t pad_grain = RANGE_MIN_VALUES / g.plane + 1, sum_grain = RANGE_MIN_MACS / per_channel + 1;
     Py_BEGIN_ALLOW_THREADS

@@ -45,10 +45,13 @@ DIRECT_MAX_DENSITY_AVX512 = 0.35
 # 1, onnxruntime 2.06; 16.2 against 22.0 at batch 8, onnxruntime 14.1; 256ch 14x14: 2.09 against 1.37
 # at batch 1, so direct keeps 196 outputs).
 SMALL_PLANE_OUTPUTS = 64
-# Layers the direct kernel cannot take (horizontal stride 2: ResNet's 7x7 stem, its strided 3x3s)
+# Layers the direct kernel cannot take (horizontal stride 2 without AVX-512: ResNet's strided 3x3s)
 # go through im2col, whose many columns suit BLAS: the stem at 30% density took 10.3 ms dense
 # against 16.2 ms with the sparse product; 128 channels 3x3 stride 2 at 10%, 2.08 ms either way.
 IM2COL_SPARSE_MAX_DENSITY = 0.15
+# SparseConv's AVX-512 path takes a horizontal stride s as s phases of the input's columns (each a
+# copy in which a stride-s row's outputs read adjacent values), up to this stride.
+DIRECT_MAX_STRIDE_AVX512 = 4
 # A dense 3x3 stride-1 layer of 32-63 channels has few weights, yet Winograd beats direct on it
 # (U-Net's 32->32 at 128x128: 4.4 against 8.5 ms; 32->32 at 28x28: 0.32 against 0.57): from about
 # 40% density, as direct's time falls with the density.
@@ -185,16 +188,19 @@ class Conv(Kernel):
 
     def _direct_weight(self, requested: str | None, w, shape):
         """The weight for the direct sparse convolution, where it is the faster kernel (see
-        DIRECT_MAX_DENSITY): horizontal stride 1, and sparse asked for, or a pruned layer, or a small
-        layer that is not 1x1."""
-        if native.SparseConv is None or not self.allow_direct or self.strides[1] != 1 or requested == "dense":
+        DIRECT_MAX_DENSITY): horizontal stride 1 (up to DIRECT_MAX_STRIDE_AVX512 on AVX-512), and sparse
+        asked for, or a pruned layer, or a small layer that is not 1x1."""
+        avx512 = native.batched_simd is not None and native.batched_simd() == "avx512"
+        if (native.SparseConv is None or not self.allow_direct or requested == "dense"
+                or self.strides[1] > (DIRECT_MAX_STRIDE_AVX512 if avx512 else 1)):
             return None
         if requested is None and self.pointwise and self.density > DIRECT_MAX_DENSITY_POINTWISE:
             return None
-        wide = not self.pointwise and native.batched_simd is not None and native.batched_simd() == "avx512"
+        wide = not self.pointwise and avx512
         limit = DIRECT_MAX_DENSITY_AVX512 if wide else DIRECT_MAX_DENSITY
-        if requested is None and self.density > limit and int(np.prod(shape)) > DIRECT_SMALL_WEIGHTS:
-            return None
+        if (requested is None and self.density > limit
+                and (int(np.prod(shape)) > DIRECT_SMALL_WEIGHTS or self.strides[1] > 1)):
+            return None  # (few weights win at any density, measured at stride 1 only)
         if (requested is None and self.density > DIRECT_MAX_DENSITY_WINOGRAD and self.allow_winograd
                 and eligible(self.kernel, self.strides, self.dilations, self.group, shape[1], shape[0])):
             return None  # few weights, but Winograd's layer (32+ channels): it wins on the denser ones
