@@ -61,69 +61,107 @@ static void tanh_generic(float *v, Py_ssize_t n)
 }
 
 #ifdef HAVE_AVX2_PATH
+/* AVX-512 where the CPU has it (F and DQ): twice the values per instruction, in the gates and in
+ * the dense product (set_avx512(False): the AVX2 paths, for tests). */
+static int avx512_allowed = 1;
+
+static int use_avx512(void)
+{
+    static int cached = -1;
+    if (cached < 0) cached = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+    return cached && avx512_allowed && use_avx2();
+}
+
+/* Per instruction set: the target, the register types, the intrinsics' prefix, and the few
+ * operations whose intrinsics differ by more than the prefix. */
+#define TARGET_avx2 __attribute__((target("avx2,fma")))
+#define VEC_avx2 __m256
+#define IVEC_avx2 __m256i
+#define MM_avx2(op) _mm256_##op
+#define FLOOR_avx2(x) _mm256_floor_ps(x)
+#define AS_FLOAT_avx2(i) _mm256_castsi256_ps(i)
+#define SELECT_GE_avx2(a, t, lo, hi) _mm256_blendv_ps(lo, hi, _mm256_cmp_ps(a, t, _CMP_GE_OQ))
+#define SPAN_avx2 1 /* half panels a register holds */
+#define TARGET_avx512 __attribute__((target("avx512f,avx512dq,avx2,fma")))
+#define VEC_avx512 __m512
+#define IVEC_avx512 __m512i
+#define MM_avx512(op) _mm512_##op
+#define FLOOR_avx512(x) _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC)
+#define AS_FLOAT_avx512(i) _mm512_castsi512_ps(i)
+#define SELECT_GE_avx512(a, t, lo, hi) _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, t, _CMP_GE_OQ), lo, hi)
+#define SPAN_avx512 2
+
 /* Cephes' expf: exp(x) = 2^n * exp(r), |r| <= ln2 / 2, exp(r) a degree-7 polynomial. Above ln(FLT_MAX)
- * n is 128, whose bits make 2^n +Inf, as exp(Inf) is: sigmoid(-Inf) is then exactly 0, as numpy's. */
-__attribute__((target("avx2,fma")))
-static inline __m256 exp8(__m256 x)
-{
-    x = _mm256_min_ps(_mm256_set1_ps(88.8f), x); /* x second: a NaN x is kept */
-    x = _mm256_max_ps(_mm256_set1_ps(-88.3762626647949f), x);
-    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-    __m256 y = _mm256_set1_ps(1.9875691500E-4f);
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.f)));
-    __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(n));
-}
+ * n is 128, whose bits make 2^n +Inf, as exp(Inf) is: sigmoid(-Inf) is then exactly 0, as numpy's.
+ * sigmoid is 1 / (1 + exp(-x)); tanh Cephes' odd polynomial below |x| 0.625, else
+ * 1 - 2 / (exp(2|x|) + 1) with x's sign. Both instruction sets make the same operations in the same
+ * order: the same bits. */
+#define ACTIVATIONS(ISA)                                                                                 \
+    TARGET_##ISA static inline VEC_##ISA exp_##ISA(VEC_##ISA x)                                          \
+    {                                                                                                    \
+        x = MM_##ISA(min_ps)(MM_##ISA(set1_ps)(88.8f), x); /* x second: a NaN x is kept */                \
+        x = MM_##ISA(max_ps)(MM_##ISA(set1_ps)(-88.3762626647949f), x);                                  \
+        VEC_##ISA fx = FLOOR_##ISA(MM_##ISA(fmadd_ps)(x, MM_##ISA(set1_ps)(1.44269504088896341f),          \
+                                                      MM_##ISA(set1_ps)(0.5f)));                         \
+        x = MM_##ISA(fnmadd_ps)(fx, MM_##ISA(set1_ps)(0.693359375f), x);                                 \
+        x = MM_##ISA(fnmadd_ps)(fx, MM_##ISA(set1_ps)(-2.12194440e-4f), x);                              \
+        VEC_##ISA y = MM_##ISA(set1_ps)(1.9875691500E-4f);                                               \
+        y = MM_##ISA(fmadd_ps)(y, x, MM_##ISA(set1_ps)(1.3981999507E-3f));                               \
+        y = MM_##ISA(fmadd_ps)(y, x, MM_##ISA(set1_ps)(8.3334519073E-3f));                               \
+        y = MM_##ISA(fmadd_ps)(y, x, MM_##ISA(set1_ps)(4.1665795894E-2f));                               \
+        y = MM_##ISA(fmadd_ps)(y, x, MM_##ISA(set1_ps)(1.6666665459E-1f));                               \
+        y = MM_##ISA(fmadd_ps)(y, x, MM_##ISA(set1_ps)(5.0000001201E-1f));                               \
+        y = MM_##ISA(fmadd_ps)(y, MM_##ISA(mul_ps)(x, x), MM_##ISA(add_ps)(x, MM_##ISA(set1_ps)(1.f)));  \
+        IVEC_##ISA n = MM_##ISA(slli_epi32)(                                                             \
+            MM_##ISA(add_epi32)(MM_##ISA(cvttps_epi32)(fx), MM_##ISA(set1_epi32)(127)), 23);             \
+        return MM_##ISA(mul_ps)(y, AS_FLOAT_##ISA(n));                                                   \
+    }                                                                                                    \
+    TARGET_##ISA static inline VEC_##ISA sigmoid_v_##ISA(VEC_##ISA x)                                    \
+    {                                                                                                    \
+        VEC_##ISA one = MM_##ISA(set1_ps)(1.f);                                                          \
+        return MM_##ISA(div_ps)(one, MM_##ISA(add_ps)(one, exp_##ISA(MM_##ISA(sub_ps)(MM_##ISA(setzero_ps)(), x)))); \
+    }                                                                                                    \
+    TARGET_##ISA static inline VEC_##ISA tanh_v_##ISA(VEC_##ISA x)                                       \
+    {                                                                                                    \
+        VEC_##ISA sign = MM_##ISA(and_ps)(x, MM_##ISA(set1_ps)(-0.f));                                   \
+        VEC_##ISA a = MM_##ISA(andnot_ps)(MM_##ISA(set1_ps)(-0.f), x);                                   \
+        VEC_##ISA z = MM_##ISA(mul_ps)(x, x);                                                            \
+        VEC_##ISA p = MM_##ISA(set1_ps)(-5.70498872745E-3f);                                             \
+        p = MM_##ISA(fmadd_ps)(p, z, MM_##ISA(set1_ps)(2.06390887954E-2f));                              \
+        p = MM_##ISA(fmadd_ps)(p, z, MM_##ISA(set1_ps)(-5.37397155531E-2f));                             \
+        p = MM_##ISA(fmadd_ps)(p, z, MM_##ISA(set1_ps)(1.33314422036E-1f));                              \
+        p = MM_##ISA(fmadd_ps)(p, z, MM_##ISA(set1_ps)(-3.33332819422E-1f));                             \
+        VEC_##ISA small = MM_##ISA(fmadd_ps)(MM_##ISA(mul_ps)(p, z), x, x);                              \
+        VEC_##ISA two = MM_##ISA(set1_ps)(2.f);                                                          \
+        VEC_##ISA large = MM_##ISA(sub_ps)(MM_##ISA(set1_ps)(1.f),                                       \
+            MM_##ISA(div_ps)(two, MM_##ISA(add_ps)(exp_##ISA(MM_##ISA(mul_ps)(two, a)), MM_##ISA(set1_ps)(1.f)))); \
+        large = MM_##ISA(or_ps)(large, sign);                                                            \
+        /* NaN compares false: it takes the polynomial branch, which keeps it */                        \
+        return SELECT_GE_##ISA(a, MM_##ISA(set1_ps)(0.625f), small, large);                              \
+    }
+ACTIVATIONS(avx2)
+ACTIVATIONS(avx512)
 
-__attribute__((target("avx2,fma")))
-static inline __m256 sigmoid8(__m256 x)
-{
-    __m256 one = _mm256_set1_ps(1.f);
-    return _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))));
-}
-
-__attribute__((target("avx2,fma")))
-static inline __m256 tanh8(__m256 x)
-{
-    __m256 sign = _mm256_and_ps(x, _mm256_set1_ps(-0.f));
-    __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.f), x);
-    __m256 z = _mm256_mul_ps(x, x);
-    __m256 p = _mm256_set1_ps(-5.70498872745E-3f);
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(2.06390887954E-2f));
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-5.37397155531E-2f));
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(1.33314422036E-1f));
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-3.33332819422E-1f));
-    __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), x, x);
-    __m256 two = _mm256_set1_ps(2.f);
-    __m256 large = _mm256_sub_ps(_mm256_set1_ps(1.f),
-                                 _mm256_div_ps(two, _mm256_add_ps(exp8(_mm256_mul_ps(two, a)), _mm256_set1_ps(1.f))));
-    large = _mm256_or_ps(large, sign);
-    /* NaN compares false: it takes the polynomial branch, which keeps it */
-    return _mm256_blendv_ps(small, large, _mm256_cmp_ps(a, _mm256_set1_ps(0.625f), _CMP_GE_OQ));
-}
-
-__attribute__((target("avx2,fma")))
-static void sigmoid_avx2(float *v, Py_ssize_t n)
-{
-    Py_ssize_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(v + i, sigmoid8(_mm256_loadu_ps(v + i)));
-    sigmoid_generic(v + i, n - i);
-}
-
-__attribute__((target("avx2,fma")))
-static void tanh_avx2(float *v, Py_ssize_t n)
-{
-    Py_ssize_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(v + i, tanh8(_mm256_loadu_ps(v + i)));
-    tanh_generic(v + i, n - i);
-}
+/* In place over v[0, n): whole registers, then the rest (AVX2: the portable loop; AVX-512: one
+ * masked register, so that every value takes the same polynomial whatever n). */
+#define ACTIVATION_LOOPS(NAME)                                                                           \
+    TARGET_avx2 static void NAME##_avx2(float *v, Py_ssize_t n)                                         \
+    {                                                                                                    \
+        Py_ssize_t i = 0;                                                                                \
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(v + i, NAME##_v_avx2(_mm256_loadu_ps(v + i)));        \
+        NAME##_generic(v + i, n - i);                                                                    \
+    }                                                                                                    \
+    TARGET_avx512 static void NAME##_avx512(float *v, Py_ssize_t n)                                     \
+    {                                                                                                    \
+        Py_ssize_t i = 0;                                                                                \
+        for (; i + 16 <= n; i += 16) _mm512_storeu_ps(v + i, NAME##_v_avx512(_mm512_loadu_ps(v + i)));    \
+        if (i < n) {                                                                                     \
+            const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);                                        \
+            _mm512_mask_storeu_ps(v + i, m, NAME##_v_avx512(_mm512_maskz_loadu_ps(m, v + i)));            \
+        }                                                                                                \
+    }
+ACTIVATION_LOOPS(sigmoid)
+ACTIVATION_LOOPS(tanh)
 #endif
 
 /* ---- the recurrent product: acc[b, g * hidden + u] = h[b] . R[g * hidden + u] ----
@@ -157,28 +195,6 @@ static void panels_generic(const Weight *w, const float *h, Py_ssize_t n, float 
 }
 
 #ifdef HAVE_AVX2_PATH
-/* AVX-512 where the CPU has it: a panel is one register, twice the multiply-adds per instruction
- * (set_avx512(False): the AVX2 tiles, for tests). */
-static int avx512_allowed = 1;
-
-static int use_avx512(void)
-{
-    static int cached = -1;
-    if (cached < 0) cached = __builtin_cpu_supports("avx512f");
-    return cached && avx512_allowed && use_avx2();
-}
-
-/* Per instruction set: the target, the register type, the intrinsics' prefix and the half panels
- * a register holds. */
-#define TARGET_avx2 __attribute__((target("avx2,fma")))
-#define VEC_avx2 __m256
-#define MM_avx2(op) _mm256_##op
-#define SPAN_avx2 1
-#define TARGET_avx512 __attribute__((target("avx512f,avx2,fma")))
-#define VEC_avx512 __m512
-#define MM_avx512(op) _mm512_##op
-#define SPAN_avx512 2
-
 /* Unrolled before GCC's scalar replacement, so that a tile's sums stay in registers (without it
  * each was stored to the stack on every k). */
 #define UNROLLED _Pragma("GCC unroll 16")
@@ -324,17 +340,21 @@ static void csr_avx2(const Weight *w, const float *h, const float *ht, Py_ssize_
             acc[j] = s;
             continue;
         }
-        for (Py_ssize_t b0 = 0; b0 < n; b0 += 8) { /* two chains for the FMA latency */
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (Py_ssize_t b0 = 0; b0 < n; b0 += 8) { /* four chains for the FMA latency */
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+                   a3 = _mm256_setzero_ps();
             const float *hl = ht + b0;
+#define CSR_FMA(k, a) a = _mm256_fmadd_ps(_mm256_broadcast_ss(w->values + (k)), _mm256_loadu_ps(hl + w->indices[k] * lanes), a)
             int64_t k = begin;
-            for (; k + 2 <= end; k += 2) {
-                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w->values + k), _mm256_loadu_ps(hl + w->indices[k] * lanes), a0);
-                a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w->values + k + 1),
-                                     _mm256_loadu_ps(hl + w->indices[k + 1] * lanes), a1);
+            for (; k + 4 <= end; k += 4) {
+                CSR_FMA(k, a0);
+                CSR_FMA(k + 1, a1);
+                CSR_FMA(k + 2, a2);
+                CSR_FMA(k + 3, a3);
             }
-            if (k < end)
-                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w->values + k), _mm256_loadu_ps(hl + w->indices[k] * lanes), a0);
+            for (; k < end; k++) CSR_FMA(k, a0);
+            a0 = _mm256_add_ps(a0, a2);
+            a1 = _mm256_add_ps(a1, a3);
             float s[8];
             _mm256_storeu_ps(s, _mm256_add_ps(a0, a1));
             for (Py_ssize_t b = b0; b < n && b < b0 + 8; b++) acc[b * w->rows + j] = s[b - b0];
@@ -411,8 +431,13 @@ static inline void clip_range(const Gates *g, float *v, Py_ssize_t n)
     for (Py_ssize_t i = 0; i < n; i++) v[i] = v[i] < -c ? -c : v[i] > c ? c : v[i];
 }
 
-static inline void sigmoid(float *v, Py_ssize_t n) { DISPATCH(sigmoid, v, n); }
-static inline void tanh_(float *v, Py_ssize_t n) { DISPATCH(tanh, v, n); }
+#ifdef HAVE_AVX2_PATH
+#define ACTIVATE(name, v, n) (use_avx512() ? name##_avx512(v, n) : DISPATCH(name, v, n))
+#else
+#define ACTIVATE(name, v, n) DISPATCH(name, v, n)
+#endif
+static inline void sigmoid(float *v, Py_ssize_t n) { ACTIVATE(sigmoid, v, n); }
+static inline void tanh_(float *v, Py_ssize_t n) { ACTIVATE(tanh, v, n); }
 
 /* LSTM, gates i, o, f, c at g + 0, hid, 2 hid, 3 hid (input projection and recurrent product
  * summed); c updated in place, the new h written to h_out. p: the peepholes [i, o, f] from u0, or
@@ -845,8 +870,8 @@ done:
 
 PyDoc_STRVAR(set_avx512_doc,
 "set_avx512(allowed) -> bool\n\n"
-"Whether the dense recurrent product may take its AVX-512 path where the CPU has it (default True);\n"
-"False runs the AVX2 one: for tests. Returns the previous value.");
+"Whether the gates and the dense recurrent product may take their AVX-512 paths where the CPU has\n"
+"them (default True); False runs the AVX2 ones: for tests. Returns the previous value.");
 
 static PyObject *set_avx512(PyObject *self, PyObject *arg)
 {
