@@ -111,7 +111,9 @@ CONV_T = [({"strides": [2, 2]}, (2, 4, 5, 6), (4, 3, 2, 2)),
           ({"strides": [2, 2], "auto_pad": "SAME_UPPER"}, (1, 2, 5, 4), (2, 2, 3, 3)),
           ({"strides": [2, 2], "auto_pad": "SAME_LOWER"}, (1, 2, 5, 4), (2, 2, 3, 3)),
           ({"strides": [3, 2], "output_shape": [12, 13]}, (1, 2, 3, 4), (2, 2, 2, 3)),  # zeros past the full output
-          ({"strides": [2, 2], "pads": [3, 2, 3, 2]}, (1, 2, 6, 6), (2, 2, 4, 4))]
+          ({"strides": [2, 2], "pads": [3, 2, 3, 2]}, (1, 2, 6, 6), (2, 2, 4, 4)),
+          ({"strides": [2, 2]}, (2, 3, 4, 19), (3, 2, 2, 2)),  # stride = kernel: vectors and a tail
+          ({"strides": [3, 3]}, (1, 2, 5, 9), (2, 2, 3, 3))]
 
 
 @pytest.mark.parametrize("simd", [True, False], ids=["avx2", "portable"])
@@ -134,6 +136,20 @@ def test_col2im_matches_numpy(attrs, x_shape, w_shape, bias, simd):
     assert got.shape == want.shape
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("strides, kernel", [((2, 2), (2, 2)), ((1, 1), (3, 3))], ids=["disjoint", "overlapping"])
+def test_col2im_threads_give_the_serial_result(strides, kernel):
+    """Output planes split over the native pool (past the size that releases the GIL) give one
+    thread's values bit for bit."""
+    h, w = 40, 43
+    cols = np.random.default_rng(3).standard_normal((6, *kernel, 2, h, w)).astype(np.float32)
+    out = [(d - 1) * s + k for d, s, k in zip((h, w), strides, kernel)]
+    serial, split = np.empty((2, 6, *out), np.float32), np.empty((2, 6, *out), np.float32)
+    bias = np.arange(6, dtype=np.float32)
+    native.col2im2d(cols, serial, strides, (1, 1), (0, 0), bias, 1)
+    native.col2im2d(cols, split, strides, (1, 1), (0, 0), bias, 2)
+    np.testing.assert_array_equal(split, serial)
 
 
 def _col2im_args(**change):

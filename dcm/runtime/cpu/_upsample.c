@@ -14,7 +14,9 @@
  * col2im2d (ConvTranspose; conv_transpose.py): the output of a 2-D transposed convolution from the
  * product W^T @ X, cols [c_out, kh, kw, n, h, w]: every tap's value added at its strided output
  * position, the crop of pads or output_shape, the bias and the layout [n, c_out, out_h, out_w] in one
- * pass over the output, where numpy made one pass per tap plus the bias and the layout copies.
+ * pass over the output, where numpy made one pass per tap plus the bias and the layout copies. Where
+ * stride = kernel (U-Net's 2x2/2 layers) every output takes one tap: each output row is written once,
+ * two column taps interleaved in registers. Output planes are split over the native thread pool.
  *
  * Every index is checked against the axis it reads before any value is read; sizes come from the
  * arrays' own shapes, their products made with size_product; strides, dilations and crops are
@@ -213,28 +215,97 @@ static void tap_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size, Py_
     if (*first > *end) *first = *end;
 }
 
-static void col2im_planes(const Col2im *g, const float *cols, const float *bias, float *y)
+#define COL2IM_RANGE_VALUES 16384 /* output values a thread's range writes at least: a few microseconds */
+
+typedef struct {
+    const Col2im *g;
+    const float *cols, *bias;
+    float *y;
+} Col2imJob;
+
+/* Output plane (s, c): the bias (or 0), plus every tap's value added at its strided position. */
+static void col2im_plane(const Col2im *g, const float *cols, float fill, float *plane, Py_ssize_t s, Py_ssize_t c)
 {
-    for (Py_ssize_t s = 0; s < g->n; s++) {
-        for (Py_ssize_t c = 0; c < g->c_out; c++) {
-            float *plane = y + (s * g->c_out + c) * g->out_h * g->out_w;
-            const float fill = bias ? bias[c] : 0.f;
-            for (Py_ssize_t k = 0; k < g->out_h * g->out_w; k++) plane[k] = fill;
-            for (Py_ssize_t a = 0; a < g->kh; a++) {
-                Py_ssize_t i0, i1, j0, j1;
-                const Py_ssize_t row_off = a * g->dilation[0] - g->begin[0];
-                tap_range(row_off, g->stride[0], g->h, g->out_h, &i0, &i1);
-                for (Py_ssize_t b = 0; b < g->kw; b++) {
-                    const Py_ssize_t col_off = b * g->dilation[1] - g->begin[1];
-                    tap_range(col_off, g->stride[1], g->w, g->out_w, &j0, &j1);
-                    const float *src = cols + (((c * g->kh + a) * g->kw + b) * g->n + s) * g->h * g->w;
-                    for (Py_ssize_t i = i0; i < i1; i++) {
-                        float *row = plane + (i * g->stride[0] + row_off) * g->out_w + col_off;
-                        const float *in = src + i * g->w;
-                        for (Py_ssize_t j = j0; j < j1; j++) row[j * g->stride[1]] += in[j];
-                    }
-                }
+    for (Py_ssize_t k = 0; k < g->out_h * g->out_w; k++) plane[k] = fill;
+    for (Py_ssize_t a = 0; a < g->kh; a++) {
+        Py_ssize_t i0, i1, j0, j1;
+        const Py_ssize_t row_off = a * g->dilation[0] - g->begin[0];
+        tap_range(row_off, g->stride[0], g->h, g->out_h, &i0, &i1);
+        for (Py_ssize_t b = 0; b < g->kw; b++) {
+            const Py_ssize_t col_off = b * g->dilation[1] - g->begin[1];
+            tap_range(col_off, g->stride[1], g->w, g->out_w, &j0, &j1);
+            const float *src = cols + (((c * g->kh + a) * g->kw + b) * g->n + s) * g->h * g->w;
+            for (Py_ssize_t i = i0; i < i1; i++) {
+                float *row = plane + (i * g->stride[0] + row_off) * g->out_w + col_off;
+                const float *in = src + i * g->w;
+                for (Py_ssize_t j = j0; j < j1; j++) row[j * g->stride[1]] += in[j];
             }
+        }
+    }
+}
+
+/* Whether every output takes exactly one tap: stride = kernel, no dilation, nothing cropped or
+ * padded (U-Net's 2x2/2 up-convolutions). Each output row is then written once, bias included. */
+static int col2im_disjoint(const Col2im *g)
+{
+    return g->stride[0] == g->kh && g->stride[1] == g->kw && g->dilation[0] == 1 && g->dilation[1] == 1 &&
+           g->begin[0] == 0 && g->begin[1] == 0 && g->out_h == g->h * g->kh && g->out_w == g->w * g->kw;
+}
+
+#define COL2IM_ROW_ARGS const Col2im *g, const float *src, float fill, float *row
+
+/* Output row i * kh + a of a disjoint plane: row[j * kw + b] = fill + tap (a, b)'s value j. src: tap
+ * (a, 0)'s input row i; tap (a, b)'s is b * n * h * w values further. */
+static void col2im_row_generic(COL2IM_ROW_ARGS)
+{
+    const Py_ssize_t tap = g->n * g->h * g->w;
+    for (Py_ssize_t b = 0; b < g->kw; b++)
+        for (Py_ssize_t j = 0; j < g->w; j++) row[j * g->kw + b] = fill + src[b * tap + j];
+}
+
+#ifdef HAVE_AVX2_PATH
+/* Two column taps (kw = 2) interleaved in registers: 8 values of each make 16 outputs. */
+__attribute__((target("avx2,fma")))
+static void col2im_row_avx2(COL2IM_ROW_ARGS)
+{
+    if (g->kw != 2) {
+        col2im_row_generic(g, src, fill, row);
+        return;
+    }
+    const float *src1 = src + g->n * g->h * g->w;
+    const __m256 f = _mm256_set1_ps(fill);
+    Py_ssize_t j = 0;
+    for (; j + 8 <= g->w; j += 8) {
+        __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(src + j), f), v1 = _mm256_add_ps(_mm256_loadu_ps(src1 + j), f);
+        __m256 lo = _mm256_unpacklo_ps(v0, v1), hi = _mm256_unpackhi_ps(v0, v1); /* pairs 0 1 4 5, 2 3 6 7 */
+        _mm256_storeu_ps(row + 2 * j, _mm256_permute2f128_ps(lo, hi, 0x20));
+        _mm256_storeu_ps(row + 2 * j + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    }
+    for (; j < g->w; j++) {
+        row[2 * j] = fill + src[j];
+        row[2 * j + 1] = fill + src1[j];
+    }
+}
+#endif
+
+/* Output planes [lo, hi) (plane p: sample p / c_out, channel p % c_out). */
+static void col2im_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const Col2imJob *job = ctx;
+    const Col2im *g = job->g;
+    const int disjoint = col2im_disjoint(g);
+    for (Py_ssize_t p = lo; p < hi; p++) {
+        Py_ssize_t s = p / g->c_out, c = p % g->c_out;
+        float *plane = job->y + p * g->out_h * g->out_w;
+        const float fill = job->bias ? job->bias[c] : 0.f;
+        if (!disjoint) {
+            col2im_plane(g, job->cols, fill, plane, s, c);
+            continue;
+        }
+        for (Py_ssize_t a = 0; a < g->kh; a++) {
+            const float *src = job->cols + ((c * g->kh + a) * g->kw * g->n + s) * g->h * g->w;
+            for (Py_ssize_t i = 0; i < g->h; i++)
+                DISPATCH(col2im_row, g, src + i * g->w, fill, plane + (i * g->kh + a) * g->out_w);
         }
     }
 }
@@ -251,19 +322,21 @@ static int two_ints(PyObject *seq, Py_ssize_t *out, Py_ssize_t low, const char *
 }
 
 PyDoc_STRVAR(col2im2d_doc,
-"col2im2d(cols, y, strides, dilations, begin, bias=None) -> None\n\n"
+"col2im2d(cols, y, strides, dilations, begin, bias=None, threads=1) -> None\n\n"
 "The output y [n, c_out, out_h, out_w] of a 2-D ConvTranspose from cols [c_out, kh, kw, n, h, w]\n"
 "(W^T @ X; both float32, C-contiguous): y = bias[c] (or 0) plus, for every tap (a, b) and input\n"
 "position (i, j), cols[c, a, b, s, i, j] at (i * stride_h + a * dilation_h - begin_h, j * stride_w +\n"
 "b * dilation_w - begin_w) where that falls inside y. strides, dilations: two values >= 1; begin:\n"
-"the crop of the full output's start, two values >= 0. Releases the GIL for large calls.");
+"the crop of the full output's start, two values >= 0. Releases the GIL for large calls and splits\n"
+"their output planes over up to `threads` threads of the native pool.");
 
 static PyObject *col2im2d(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"cols", "y", "strides", "dilations", "begin", "bias", NULL};
+    static char *kwlist[] = {"cols", "y", "strides", "dilations", "begin", "bias", "threads", NULL};
     PyObject *co, *yo, *so, *dlo, *bgo, *bo = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!O!O!|O", kwlist, &co, &yo, &PyTuple_Type, &so, &PyTuple_Type,
-                                     &dlo, &PyTuple_Type, &bgo, &bo))
+    int threads = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!O!O!|Oi", kwlist, &co, &yo, &PyTuple_Type, &so, &PyTuple_Type,
+                                     &dlo, &PyTuple_Type, &bgo, &bo, &threads))
         return NULL;
     Col2im g;
     if (two_ints(so, g.stride, 1, "strides") < 0 || two_ints(dlo, g.dilation, 1, "dilations") < 0 ||
@@ -291,12 +364,14 @@ static PyObject *col2im2d(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "sizes overflow");
         goto done;
     }
+    Col2imJob job = {&g, cb.buf, bb.buf, yb.buf};
+    const Py_ssize_t planes = g.n * g.c_out, plane = g.out_h * g.out_w;
     if (total >= RELEASE_GIL_MIN) {
         Py_BEGIN_ALLOW_THREADS
-        col2im_planes(&g, cb.buf, bb.buf, yb.buf);
+        parallel_for(col2im_range, &job, planes, 1 + COL2IM_RANGE_VALUES / plane, threads);
         Py_END_ALLOW_THREADS
     } else {
-        col2im_planes(&g, cb.buf, bb.buf, yb.buf);
+        col2im_range(&job, 0, planes);
     }
     result = Py_NewRef(Py_None);
 done:

@@ -101,7 +101,8 @@ class ConvTranspose(Kernel):
         if nd == 2 and native.col2im2d is not None:
             check_elements([n, c_out, *out], "ConvTranspose output")
             result = np.empty((n, c_out, *out), dtype=np.float32)
-            native.col2im2d(np.ascontiguousarray(cols), result, tuple(strides), tuple(dilations), tuple(begin), b)
+            native.col2im2d(np.ascontiguousarray(cols), result, tuple(strides), tuple(dilations), tuple(begin), b,
+                            self.threads)
             return (result.astype(x.dtype) if x.dtype in (np.float16, np.float64) else result,)
         lead = (slice(None), slice(None))
         # Stride = kernel (U-Net's 2x2/2 up-convolutions): every output takes exactly one tap, so the
