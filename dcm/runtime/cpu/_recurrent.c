@@ -597,6 +597,29 @@ typedef struct {
     Py_ssize_t *bad, *reset_bad;
 } Buffers;
 
+/* Whether a step runs faster on one thread or on `threads` is measured as the loop runs: a probe
+ * runs PROBE_STEPS steps on one thread, then PROBE_STEPS on all, each timed, and the steps up to the
+ * next probe take the faster (best step of each). The next probe comes PROBE_FIRST steps later,
+ * twice as many (up to PROBE_LAST) while the choice stays the same. A step is tens of microseconds,
+ * so a pool thread that another process keeps off its core costs more than the split saves; on a
+ * quiet machine the split wins. The choice cannot change the result: every thread count gives the
+ * same bits. */
+#define PROBE_STEPS 2
+#define PROBE_FIRST 16
+#define PROBE_LAST 64
+
+#if defined(_WIN32)
+static double seconds(void) { return 0.0; } /* no pool there: every step runs on one thread */
+#else
+#include <time.h>
+static double seconds(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+#endif
+
 /* The steps, h double-buffered (a step reads every unit of h while its ranges write theirs). Units
  * go to the pool in whole panels; `threads` < 2 runs them in one range. */
 static void scan(Scan *s, Buffers *buf, float *h, int threads, Py_ssize_t grain)
@@ -614,19 +637,36 @@ static void scan(Scan *s, Buffers *buf, float *h, int threads, Py_ssize_t grain)
     s->reset_in = (Input){buf->tmp, buf->tmpt, buf->reset_bad};
     write_ht(s, h, buf->ht[0], 0, hid);
     Py_ssize_t cur = 0;
+    int faster = threads; /* the probes' choice */
+    double best[2] = {0, 0}; /* the probe's best step on one thread, on all */
+    Py_ssize_t probe_at = 0, interval = PROBE_FIRST;
     for (Py_ssize_t t = 0; t < s->steps; t++) {
         int active = 0;
         for (Py_ssize_t b = 0; b < n; b++) active |= s->lens[b] > t;
         if (!active) break;
+        const Py_ssize_t phase = t - probe_at;
+        const int probe = threads > 1 && phase < 2 * PROBE_STEPS, all = phase >= PROBE_STEPS;
+        const int use = probe ? (all ? threads : 1) : faster;
+        const double start = probe ? seconds() : 0;
         s->t = t;
         s->in = (Input){hs[cur], buf->ht[cur], buf->bad};
         s->h_out = hs[1 - cur];
         s->ht_out = buf->ht[1 - cur];
         if (buf->bad) count_bad(hs[cur], n, hid, buf->bad);
-        parallel_for(step_units, s, hid, grain, threads);
+        parallel_for(step_units, s, hid, grain, use);
         if (split_reset) {
             if (buf->reset_bad) count_bad(buf->tmp, n, hid, buf->reset_bad);
-            parallel_for(step_reset_units, s, hid, grain, threads);
+            parallel_for(step_reset_units, s, hid, grain, use);
+        }
+        if (probe) {
+            const double took = seconds() - start;
+            if (phase % PROBE_STEPS == 0 || took < best[all]) best[all] = took;
+            if (phase == 2 * PROBE_STEPS - 1) {
+                const int choice = best[1] < best[0] ? threads : 1;
+                interval = choice == faster && interval < PROBE_LAST ? 2 * interval : PROBE_FIRST;
+                faster = choice;
+                probe_at += interval;
+            }
         }
         cur = 1 - cur;
     }
