@@ -53,7 +53,8 @@ def test_one_dimensional_without_bias(width):
     _check(_model(6, 1, (5,), [2, 6, width], {"pads": [2, 1], "strides": [2]}, bias=False), x)
 
 
-@pytest.mark.parametrize("act, fused", [("Clip", "Clip"), ("Relu", "Relu"), ("HardSwish", "HardSwish")])
+@pytest.mark.parametrize("act, fused", [("Clip", "Clip"), ("Relu", "Relu"), ("HardSwish", "HardSwish"),
+                                        ("Sigmoid", "Sigmoid")])
 @pytest.mark.parametrize("width", [9, 40])
 def test_fused_activation(act, fused, width):
     x = (np.random.default_rng(1).standard_normal((1, 8, 9, width)) * 4).astype(np.float32)
@@ -74,9 +75,9 @@ def test_threads_give_the_sums_of_one(width, strides):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, 28, 40, width)).astype(np.float32)
     w, b = rng.standard_normal((28, 3, 3)).astype(np.float32), rng.standard_normal(28).astype(np.float32)
-    one = depthwise.depthwise(x, w, strides, (1, 1), [1, 1], [1, 1], b, (0.0, 6.0), 1)
+    one = depthwise.depthwise(x, w, strides, (1, 1), [1, 1], [1, 1], b, ("clip", 0.0, 6.0), 1)
     for threads in (2, 3):
-        got = depthwise.depthwise(x, w, strides, (1, 1), [1, 1], [1, 1], b, (0.0, 6.0), threads)
+        got = depthwise.depthwise(x, w, strides, (1, 1), [1, 1], [1, 1], b, ("clip", 0.0, 6.0), threads)
         np.testing.assert_array_equal(got, one)
 
 
@@ -121,7 +122,7 @@ def test_portable_paths_match_simd(width, strides):
     x = rng.standard_normal((2, 5, 9, width)).astype(np.float32)
     w = rng.standard_normal((10, 3, 3)).astype(np.float32)
     b = rng.standard_normal(10).astype(np.float32)
-    args = (x, w, strides, (1, 1), [1, 1], [1, 1], b, (0.0, 6.0), 1)
+    args = (x, w, strides, (1, 1), [1, 1], [1, 1], b, ("clip", 0.0, 6.0), 1)
     fast = depthwise.depthwise(*args)  # wide stride-1 layers: the AVX-512 rows where the CPU has them
     with switched(native.set_avx512, False):
         avx2 = depthwise.depthwise(*args)
@@ -129,6 +130,27 @@ def test_portable_paths_match_simd(width, strides):
         portable = depthwise.depthwise(*args)
     np.testing.assert_allclose(avx2, fast, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(portable, fast, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("width, strides", [(9, (2, 2)), (70, (1, 1)), (70, (2, 1))])
+@pytest.mark.parametrize("act", [("silu", 1.0, 0.0), ("sigmoid", 0.0, 0.0), ("hardswish", 0.0, 0.0),
+                                 ("relu", 0.0, 0.0)])
+def test_activations_after_each_range(act, width, strides, simd):
+    """SiLU, Sigmoid and HardSwish are applied to each thread's range of planes after it (a clamp as
+    each value is stored): the unfused kernel's output through the same formulas, on every path."""
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((2, 40, 30, width)) * 3).astype(np.float32)
+    x[0, 3, 4, 5] = np.nan
+    w, b = rng.standard_normal((40, 3, 3)).astype(np.float32), rng.standard_normal(40).astype(np.float32)
+    with switched(native.set_simd, simd):
+        raw = depthwise.depthwise(x, w, strides, (1, 1), [1, 1], [1, 1], b, None, 1).astype(np.float64)
+        got = depthwise.depthwise(x, w, strides, (1, 1), [1, 1], [1, 1], b, act, 2)
+    kind, alpha, _ = act
+    want = {"silu": lambda: raw / (1 + np.exp(-alpha * raw)), "sigmoid": lambda: 1 / (1 + np.exp(-raw)),
+            "hardswish": lambda: raw * np.clip(raw / 6 + 0.5, 0, 1), "relu": lambda: np.maximum(raw, 0)}[kind]()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("attrs, x_shape", [  # (negative pads are refused at load, by checks.py)

@@ -7,7 +7,9 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(DCM_NO_SIMD) /* -DDCM_NO_SIMD: portable C only */
 #include <immintrin.h>
@@ -147,6 +149,113 @@ static inline void parallel_for(dcm_range_fn fn, void *ctx, Py_ssize_t count, Py
     if (pool_api && threads > 1 && count > grain) pool_api->run(fn, ctx, count, grain, threads);
     else fn(ctx, 0, count);
 }
+
+/* The activations the convolution kernels apply to their own output (_pointconv.c's 1x1 kernel,
+ * _native.c's depthwise2d): a clamp (Relu, Clip), Sigmoid, SiLU or HardSwish, with the formulas of
+ * _pointwise.c's activate; NaN kept by the clamp. conv_act16 is its AVX-512 form: exp is Cephes'
+ * expf polynomial as in _pointwise.c's exp_neg8, on 16 lanes. */
+typedef struct {
+    int kind;
+    float lo, hi, alpha; /* CONV_ACT_CLAMP: the bounds; CONV_ACT_SILU: x sigmoid(alpha x) */
+} ConvAct;
+enum { CONV_ACT_NONE, CONV_ACT_CLAMP, CONV_ACT_SIGMOID, CONV_ACT_SILU, CONV_ACT_HARDSWISH };
+
+/* None, or (name, a, b) as dcm.runtime.fusion.Epilogue.act: relu, clip (a, b: the bounds), sigmoid,
+ * silu (a: alpha), hardswish. -1 and a ValueError naming the kernel for another name. */
+static inline int parse_conv_act(PyObject *obj, ConvAct *act, const char *kernel)
+{
+    static const char *const names[] = {"none", "clip", "sigmoid", "silu", "hardswish", "relu"};
+    const char *name;
+    float a, b;
+    *act = (ConvAct){CONV_ACT_NONE, 0.f, 0.f, 0.f};
+    if (obj == Py_None) return 0;
+    if (!PyArg_ParseTuple(obj, "sff", &name, &a, &b)) return -1;
+    for (act->kind = 0; act->kind < 6 && strcmp(name, names[act->kind]); act->kind++) {}
+    if (act->kind == 6) {
+        PyErr_Format(PyExc_ValueError, "%s: unknown activation '%s'", kernel, name);
+        return -1;
+    }
+    if (act->kind == 5) act->kind = CONV_ACT_CLAMP, a = 0.f, b = INFINITY; /* relu: a clamp at 0 */
+    act->lo = a, act->hi = b, act->alpha = a;
+    return 0;
+}
+
+static inline float conv_act1(const ConvAct *a, float v)
+{
+    switch (a->kind) {
+    case CONV_ACT_CLAMP: return v < a->lo ? a->lo : v > a->hi ? a->hi : v;
+    case CONV_ACT_SIGMOID: return 1.f / (1.f + expf(-v));
+    case CONV_ACT_SILU: return v / (1.f + expf(-a->alpha * v));
+    case CONV_ACT_HARDSWISH: {
+        float t = v * (1.f / 6.f) + .5f;
+        return v * (t < 0.f ? 0.f : t > 1.f ? 1.f : t);
+    }
+    default: return v;
+    }
+}
+
+#ifdef HAVE_AVX2_PATH
+/* exp(x) for x <= 0 (NaN kept, 0 below -87.3). */
+__attribute__((target("avx512f,avx2,fma"))) static inline __m512 exp_neg16(__m512 x)
+{
+    const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33654475f), _CMP_NLT_UQ);
+    x = _mm512_maskz_mov_ps(keep, x); /* lanes under: exp(0) meanwhile (no subnormal), zeroed below */
+    const __m512 magic = _mm512_set1_ps(12582912.0f); /* 1.5 * 2^23: n = round(x log2 e) in its low bits */
+    __m512 big = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic), n = _mm512_sub_ps(big, magic);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    static const float P[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f,
+                               1.6666665459e-1f, 5.0000001201e-1f};
+    __m512 y = _mm512_set1_ps(P[0]);
+    for (int i = 1; i < 6; i++) y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(P[i]));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_castps_si512(big), _mm512_set1_epi32(127)), 23);
+    return _mm512_maskz_mov_ps(keep, _mm512_mul_ps(y, _mm512_castsi512_ps(e)));
+}
+
+/* 1 / (1 + exp(-x)) from exp(-|x|), which cannot overflow. */
+__attribute__((target("avx512f,avx2,fma"))) static inline __m512 sigmoid16(__m512 x)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 minus_abs = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN)));
+    __m512 e = exp_neg16(minus_abs), s = _mm512_div_ps(one, _mm512_add_ps(one, e));
+    return _mm512_mask_mul_ps(s, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), e, s);
+}
+
+__attribute__((target("avx512f,avx2,fma"))) static inline __m512 conv_act16(const ConvAct *a, __m512 v)
+{
+    switch (a->kind) {
+    case CONV_ACT_CLAMP: /* NaN in v: max and min each return their second operand, v */
+        return _mm512_min_ps(_mm512_set1_ps(a->hi), _mm512_max_ps(_mm512_set1_ps(a->lo), v));
+    case CONV_ACT_SIGMOID: return sigmoid16(v);
+    case CONV_ACT_SILU: return _mm512_mul_ps(v, sigmoid16(_mm512_mul_ps(_mm512_set1_ps(a->alpha), v)));
+    case CONV_ACT_HARDSWISH: {
+        __m512 t = _mm512_fmadd_ps(v, _mm512_set1_ps(1.0f / 6.0f), _mm512_set1_ps(0.5f));
+        return _mm512_mul_ps(v, _mm512_min_ps(_mm512_set1_ps(1.0f), _mm512_max_ps(_mm512_setzero_ps(), t)));
+    }
+    default: return v;
+    }
+}
+#endif
+
+/* y[0, n) = act(y) in place: the AVX-512 form where the caller found the CPU has it. */
+static inline void conv_act_span_generic(const ConvAct *a, float *y, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) y[i] = conv_act1(a, y[i]);
+}
+
+#ifdef HAVE_AVX2_PATH
+__attribute__((target("avx512f,avx2,fma"))) static inline void conv_act_span_avx512(const ConvAct *a, float *y,
+                                                                                     Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, conv_act16(a, _mm512_loadu_ps(y + i)));
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(y + i, m, conv_act16(a, _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+#endif
 
 /* scipy's Fortran sgemm (the entry in scipy.linalg.cython_blas's C API: column-major, int32 sizes,
  * scipy's OpenBLAS, which a session holds at one thread), for kernels whose products run on the pool's

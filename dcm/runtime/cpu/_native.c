@@ -2321,12 +2321,13 @@ static int window_output(Window2d *g, const char *kernel)
 
 PyDoc_STRVAR(depthwise_doc,
 "depthwise2d(x, y, weight, shape, kernel, strides, dilations, pads, multiplier=1, bias=None,\n"
-"            clip=None, begin=0, end=-1)\n\n"
+"            act=None, begin=0, end=-1, threads=1)\n\n"
 "Depthwise convolution of x float32 [N, C, H, W] (shape) into y float32 [N, C * multiplier, OH, OW]:\n"
 "output channel o reads input channel o // multiplier through weight float32 [C * multiplier, kh,\n"
 "kw]; kernel, strides, dilations = (h, w), pads = (top, left, bottom, right). bias float32\n"
-"[C * multiplier] is added, then clip = (lo, hi) clamps (NaN kept). Output planes [begin, end), on up\n"
-"to `threads` threads of the native pool.");
+"[C * multiplier] is added, then the activation act = (name, a, b): ('relu', _, _), ('clip', lo, hi)\n"
+"(NaN kept), ('sigmoid', _, _), ('silu', alpha, _): x sigmoid(alpha x), ('hardswish', _, _). Output\n"
+"planes [begin, end), on up to `threads` threads of the native pool.");
 
 /* One depthwise2d call, as the pool's ranges of output planes see it. */
 typedef struct {
@@ -2337,6 +2338,7 @@ typedef struct {
     int clamp, rows, lanes, flat; /* rows: AVX-512 row blocks; lanes: 8 channels side by side; flat: stride 1
                                      on the zero-padded plane */
     float lo, hi;
+    ConvAct act; /* a clamp (clamp, lo, hi) the kernels apply as they store; another kind after each range */
     Py_ssize_t p0, tile, lane_w, work; /* the first plane; the parts of a range's scratch, in floats */
     _Atomic int failed;                /* a range found no memory for its scratch */
 } DepthwiseJob;
@@ -2389,32 +2391,43 @@ static void depthwise_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
         memset(s + j->tile - DEPTHWISE_ROWS_SPARE, 0, DEPTHWISE_ROWS_SPARE * sizeof(float));
         depthwise_rows_avx512(g, j->x, j->wt, j->bias, j->y, j->clamp, j->lo, j->hi, s, j->taps, j->p0 + lo,
                               j->p0 + hi);
-        return;
     }
 #endif
     if (j->lanes || j->flat) zero_borders(s, j->lanes ? hp : hp + 1, wp, j->lanes ? 8 : 1, g->pt, g->h, g->pl, g->w);
     if (j->lanes)
         DISPATCH(depthwise_lanes, g, j->x, j->wt, j->bias, j->y, j->clamp, j->lo, j->hi, s, s + j->tile,
                  s + j->tile + j->lane_w, j->p0 + lo, j->p0 + hi);
-    else
+    else if (!j->rows)
         DISPATCH(depthwise, g, j->x, j->wt, j->bias, j->y, j->clamp, j->lo, j->hi, j->cols, s, j->p0 + lo, j->p0 + hi);
+    if (j->act.kind != CONV_ACT_NONE && !j->clamp) { /* the range's planes, still in cache */
+        float *y = j->y + (j->p0 + lo) * g->oh * g->ow;
+        const Py_ssize_t n = (hi - lo) * g->oh * g->ow;
+#ifdef HAVE_AVX2_PATH
+        if (use_avx512()) {
+            conv_act_span_avx512(&j->act, y, n);
+            return;
+        }
+#endif
+        conv_act_span_generic(&j->act, y, n);
+    }
 }
 
 static PyObject *depthwise2d(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"x", "y", "weight", "shape", "kernel", "strides", "dilations", "pads", "multiplier",
-                             "bias", "clip", "begin", "end", "threads", NULL};
-    PyObject *xo, *yo, *wo, *bo = Py_None, *clipo = Py_None;
+                             "bias", "act", "begin", "end", "threads", NULL};
+    PyObject *xo, *yo, *wo, *bo = Py_None, *acto = Py_None;
     Py_ssize_t n, p0 = 0, p1 = -1;
     int threads = 1;
     Window2d g = {.multiplier = 1};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO(nnnn)(nn)(nn)(nn)(nnnn)|nOOnni", kwlist, &xo, &yo, &wo, &n,
                                      &g.c, &g.h, &g.w, &g.kh, &g.kw, &g.sh, &g.sw, &g.dh, &g.dw, &g.pt, &g.pl, &g.pb,
-                                     &g.pr, &g.multiplier, &bo, &clipo, &p0, &p1, &threads))
+                                     &g.pr, &g.multiplier, &bo, &acto, &p0, &p1, &threads))
         return NULL;
-    float lo = 0.f, hi = 0.f;
-    int clamp = clipo != Py_None;
-    if (clamp && !PyArg_ParseTuple(clipo, "ff", &lo, &hi)) return NULL;
+    ConvAct act;
+    if (parse_conv_act(acto, &act, "depthwise2d") < 0) return NULL;
+    const int clamp = act.kind == CONV_ACT_CLAMP;
+    const float lo = act.lo, hi = act.hi;
     Py_ssize_t channels = SIZE_PRODUCT(g.c, g.multiplier), planes = SIZE_PRODUCT(n, g.c, g.multiplier);
     if (p1 < 0) p1 = planes;
     if (channels < 0 || planes < 0 || n < 0 || g.multiplier < 1 || p0 < 0 || p0 > p1 || p1 > planes) {
@@ -2450,7 +2463,7 @@ static PyObject *depthwise2d(PyObject *self, PyObject *args, PyObject *kwds)
         cols[2 * j + 1] = c1 > g.ow ? g.ow : c1;
     }
     DepthwiseJob job = {.g = g, .x = xb.buf, .wt = wb.buf, .bias = bb.buf, .y = yb.buf, .cols = cols,
-                        .taps = cols + 2 * g.kw, .clamp = clamp, .lo = lo, .hi = hi, .p0 = p0};
+                        .taps = cols + 2 * g.kw, .clamp = clamp, .lo = lo, .hi = hi, .act = act, .p0 = p0};
     const Py_ssize_t wp = g.w + g.pl + g.pr, hp = g.h + g.pt + g.pb;
     for (Py_ssize_t i = 0; i < g.kh; i++)
         for (Py_ssize_t j = 0; j < g.kw; j++) cols[2 * g.kw + i * g.kw + j] = i * g.dh * wp + j * g.dw;

@@ -16,8 +16,6 @@
  * input vector as it is loaded, so that neither a scaled copy of x nor of W is made.
  */
 #include "_kernel_common.h"
-#include <math.h>
-#include <string.h>
 
 #define ROWS 8        /* output channels per block: the packed weight's inner size */
 #define VECTORS 3     /* 16-pixel vectors per block at most: 8 x 3 accumulators + 3 inputs + a weight */
@@ -28,26 +26,8 @@ typedef struct {
     const float *x, *w, *bias, *res, *scale;
     float *y;
     Py_ssize_t cin, cout, pixels, blocks, tiles, scale_stride;
-    int act;
-    float lo, hi, alpha; /* CLAMP: the bounds; SILU: x sigmoid(alpha x) */
+    ConvAct act;
 } Plan;
-
-enum { ACT_NONE, ACT_CLAMP, ACT_SIGMOID, ACT_SILU, ACT_HARDSWISH };
-
-/* The activation of one value: the formulas of _pointwise.c's activate (NaN kept by the clamps). */
-static inline float act1(const Plan *p, float v)
-{
-    switch (p->act) {
-    case ACT_CLAMP: return v < p->lo ? p->lo : v > p->hi ? p->hi : v;
-    case ACT_SIGMOID: return 1.f / (1.f + expf(-v));
-    case ACT_SILU: return v / (1.f + expf(-p->alpha * v));
-    case ACT_HARDSWISH: {
-        float t = v * (1.f / 6.f) + .5f;
-        return v * (t < 0.f ? 0.f : t > 1.f ? 1.f : t);
-    }
-    default: return v;
-    }
-}
 
 static int avx512_here(void)
 {
@@ -100,7 +80,7 @@ static void range_generic(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
             for (Py_ssize_t q = 0; q < count; q++) {
                 float v = acc[r][q] + bias;
                 if (p->res) v += p->res[at + q];
-                p->y[at + q] = act1(p, v);
+                p->y[at + q] = conv_act1(&p->act, v);
             }
         }
     }
@@ -109,50 +89,6 @@ static void range_generic(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 #ifdef HAVE_AVX2_PATH
 #define AVX512 __attribute__((target("avx512f,avx2,fma")))
 #define UNROLL _Pragma("GCC unroll 8") /* every register-block loop unrolled: the sums stay in registers */
-
-/* exp(x) for x <= 0 (NaN kept, 0 below -87.3): _pointwise.c's exp_neg8 (Cephes' expf polynomial, the
- * round-and-convert in one FMA) on 16 lanes. */
-AVX512 static inline __m512 exp_neg16(__m512 x)
-{
-    const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33654475f), _CMP_NLT_UQ);
-    x = _mm512_maskz_mov_ps(keep, x); /* lanes under: exp(0) meanwhile (no subnormal), zeroed below */
-    const __m512 magic = _mm512_set1_ps(12582912.0f); /* 1.5 * 2^23 */
-    __m512 big = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic), n = _mm512_sub_ps(big, magic);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    static const float P[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f,
-                               1.6666665459e-1f, 5.0000001201e-1f};
-    __m512 y = _mm512_set1_ps(P[0]);
-    for (int i = 1; i < 6; i++) y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(P[i]));
-    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_castps_si512(big), _mm512_set1_epi32(127)), 23);
-    return _mm512_maskz_mov_ps(keep, _mm512_mul_ps(y, _mm512_castsi512_ps(e)));
-}
-
-/* 1 / (1 + exp(-x)) from exp(-|x|), which cannot overflow. */
-AVX512 static inline __m512 sigmoid16(__m512 x)
-{
-    const __m512 one = _mm512_set1_ps(1.0f);
-    __m512 minus_abs = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN)));
-    __m512 e = exp_neg16(minus_abs), s = _mm512_div_ps(one, _mm512_add_ps(one, e));
-    return _mm512_mask_mul_ps(s, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), e, s);
-}
-
-AVX512 static inline __m512 act16(const Plan *p, __m512 v)
-{
-    const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
-    switch (p->act) {
-    case ACT_CLAMP: /* NaN in v: max and min each return their second operand, v */
-        return _mm512_min_ps(_mm512_set1_ps(p->hi), _mm512_max_ps(_mm512_set1_ps(p->lo), v));
-    case ACT_SIGMOID: return sigmoid16(v);
-    case ACT_SILU: return _mm512_mul_ps(v, sigmoid16(_mm512_mul_ps(_mm512_set1_ps(p->alpha), v)));
-    case ACT_HARDSWISH: {
-        __m512 t = _mm512_fmadd_ps(v, _mm512_set1_ps(1.0f / 6.0f), _mm512_set1_ps(0.5f));
-        return _mm512_mul_ps(v, _mm512_min_ps(one, _mm512_max_ps(zero, t)));
-    }
-    default: return v;
-    }
-}
 
 /* One block of V vectors (a constant where inlined): the last one masked to the tile's pixels. */
 AVX512 static inline __attribute__((always_inline)) void block_avx512(const Plan *p, Py_ssize_t s, Py_ssize_t p0,
@@ -185,7 +121,7 @@ AVX512 static inline __attribute__((always_inline)) void block_avx512(const Plan
             const __mmask16 m = v == V - 1 ? last : 0xFFFF;
             __m512 a = _mm512_add_ps(acc[r][v], bias);
             if (p->res) a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, p->res + at + 16 * v));
-            _mm512_mask_storeu_ps(p->y + at + 16 * v, m, act16(p, a));
+            _mm512_mask_storeu_ps(p->y + at + 16 * v, m, conv_act16(&p->act, a));
         }
     }
 }
@@ -223,19 +159,7 @@ static PyObject *pointwise_conv(PyObject *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO(nnnn)|OOOOi", kwlist, &xo, &yo, &wo, &n, &p.cin, &p.cout,
                                      &p.pixels, &bo, &acto, &ro, &so, &threads))
         return NULL;
-    if (acto != Py_None) {
-        const char *name;
-        float a, b;
-        if (!PyArg_ParseTuple(acto, "sff", &name, &a, &b)) return NULL;
-        static const char *const names[] = {"none", "clip", "sigmoid", "silu", "hardswish", "relu"};
-        for (p.act = 0; p.act < 6 && strcmp(name, names[p.act]); p.act++) {}
-        if (p.act == 6) {
-            PyErr_Format(PyExc_ValueError, "pointwise_conv: unknown activation '%s'", name);
-            return NULL;
-        }
-        if (p.act == 5) p.act = ACT_CLAMP, a = 0.f, b = INFINITY; /* relu: a clamp at 0 */
-        p.lo = a, p.hi = b, p.alpha = a;
-    }
+    if (parse_conv_act(acto, &p.act, "pointwise_conv") < 0) return NULL;
     const Py_ssize_t big = (Py_ssize_t)1 << 30;
     if (n < 0 || p.cin < 1 || p.cout < 1 || p.pixels < 1 || n > big || p.cin > big || p.cout > big || p.pixels > big) {
         PyErr_SetString(PyExc_ValueError, "pointwise_conv: a size is out of bounds");

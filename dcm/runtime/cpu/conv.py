@@ -272,10 +272,10 @@ class Conv(Kernel):
 
     def __call__(self, x, w=None, b=None, residual=None):
         e = self.epilogue
-        if self.depthwise_weight is not None or self.lanes_weight is not None:  # they clamp a Relu or Clip
-            clip = None if residual is not None else (0.0, np.inf) if self.relu else None if e is None else e.clip
-            y = self._lanes(x, clip)
-            e = None if clip is not None else e
+        if self.depthwise_weight is not None or self.lanes_weight is not None:  # they apply the activation
+            act = self._own_act(residual, e)
+            y = self._lanes(x, act)
+            e = None if act is not None else e
         else:
             y, done = (self._general(x, w, b), False) if self.general else self._conv(x, residual, e)
             if done:  # bias, residual and activation already in the product's one compiled pass
@@ -289,16 +289,32 @@ class Conv(Kernel):
                 y = self.residual_add(y, residual)[0]
         return (y if e is None else e(y),)
 
-    def _lanes(self, x: np.ndarray, clip: tuple[float, float] | None) -> np.ndarray:
+    def _own_act(self, residual: np.ndarray | None, epilogue) -> tuple[str, float, float] | None:
+        """The activation (an ``Epilogue.act``) the depthwise or lanes kernel applies itself: depthwise2d
+        any of pointconv.ACTS, conv_lanes2d a Relu or Clip; None where the caller applies it (after a
+        residual, which these kernels do not add)."""
+        if residual is not None:
+            return None
+        if self.relu:
+            return ("relu", 0.0, 0.0)
+        act = None if epilogue is None else epilogue.act
+        kinds = pointconv.ACTS if self.depthwise_weight is not None else ("relu", "clip")
+        return act if act is not None and act[0] in kinds else None
+
+    def _lanes(self, x: np.ndarray, act: tuple[str, float, float] | None) -> np.ndarray:
         """The compiled kernels with 8 channels to a register: depthwise, or few input channels."""
         x, was_1d = spatial_2d(x)
         if x.shape[1] != self.in_channels:
             raise ValueError(f"Conv {self.node.name!r}: input has {x.shape[1]} channels, weight expects "
                              f"{self.in_channels}")
         begin, end = resolve_pads(self.pad_attrs, x.shape[2:], self.kernel, self.strides, self.dilations)
-        run = depthwise if self.depthwise_weight is not None else lanes.conv_lanes
-        weight = self.depthwise_weight if self.depthwise_weight is not None else self.lanes_weight
-        y = run(x, weight, self.strides, self.dilations, begin, end, self.bias_vector, clip, self.threads)
+        if self.depthwise_weight is not None:
+            y = depthwise(x, self.depthwise_weight, self.strides, self.dilations, begin, end, self.bias_vector, act,
+                          self.threads)
+        else:
+            clip = None if act is None else (0.0, np.inf) if act[0] == "relu" else (act[1], act[2])
+            y = lanes.conv_lanes(x, self.lanes_weight, self.strides, self.dilations, begin, end, self.bias_vector,
+                                 clip, self.threads)
         return y[:, :, 0, :] if was_1d else y
 
     def _conv(self, x: np.ndarray, residual: np.ndarray | None = None,
