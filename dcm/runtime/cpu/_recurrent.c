@@ -322,6 +322,9 @@ static inline float hsum8(__m256 v)
     return _mm_cvtss_f32(_mm_add_ss(s4, _mm_movehdup_ps(s4)));
 }
 
+/* a += R[k] * h^T[index k, 8 sequences from hl] */
+#define CSR_FMA(k, a) a = _mm256_fmadd_ps(_mm256_broadcast_ss(w->values + (k)), _mm256_loadu_ps(hl + w->indices[k] * lanes), a)
+
 __attribute__((target("avx2,fma")))
 static void csr_avx2(const Weight *w, const float *h, const float *ht, Py_ssize_t lanes, Py_ssize_t n,
                      float *acc, Py_ssize_t r0, Py_ssize_t r1)
@@ -340,24 +343,23 @@ static void csr_avx2(const Weight *w, const float *h, const float *ht, Py_ssize_
             acc[j] = s;
             continue;
         }
-        for (Py_ssize_t b0 = 0; b0 < n; b0 += 8) { /* four chains for the FMA latency */
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
-                   a3 = _mm256_setzero_ps();
+        for (Py_ssize_t b0 = 0; b0 < n; b0 += 8) { /* two chains for the FMA latency */
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
             const float *hl = ht + b0;
-#define CSR_FMA(k, a) a = _mm256_fmadd_ps(_mm256_broadcast_ss(w->values + (k)), _mm256_loadu_ps(hl + w->indices[k] * lanes), a)
             int64_t k = begin;
-            for (; k + 4 <= end; k += 4) {
+            for (; k + 2 <= end; k += 2) {
                 CSR_FMA(k, a0);
                 CSR_FMA(k + 1, a1);
-                CSR_FMA(k + 2, a2);
-                CSR_FMA(k + 3, a3);
             }
-            for (; k < end; k++) CSR_FMA(k, a0);
-            a0 = _mm256_add_ps(a0, a2);
-            a1 = _mm256_add_ps(a1, a3);
+            if (k < end) CSR_FMA(k, a0);
             float s[8];
             _mm256_storeu_ps(s, _mm256_add_ps(a0, a1));
-            for (Py_ssize_t b = b0; b < n && b < b0 + 8; b++) acc[b * w->rows + j] = s[b - b0];
+            float *out = acc + b0 * w->rows + j;
+            if (b0 + 8 <= n) { /* a whole register of sequences: no test per value */
+                UNROLLED for (int b = 0; b < 8; b++) out[b * w->rows] = s[b];
+            } else {
+                for (Py_ssize_t b = 0; b < n - b0; b++) out[b * w->rows] = s[b];
+            }
         }
     }
 }
