@@ -1,14 +1,17 @@
-"""Dense products on the zoo's shapes: numpy's matmul, the native gemm on 1 and 2 threads, onnxruntime.
+"""Dense products on the zoo's shapes: numpy, the native gemm and the packed-weight kernel, onnxruntime.
 
     python -m benchmarks.gemm [--quick] [--seconds S]
 
-Every float32 product a zoo model sends through ``blas.matmul`` at batch 1 (the convolutions'
-im2col products, Winograd's 16 batched products, the transformers' linear layers and attention),
-timed as numpy's ``np.matmul`` on one OpenBLAS thread, ``_gemm.gemm`` on 1 and 2 threads of the
-native pool, and onnxruntime's MatMul (B constant, as a weight is, so MLAS packs it at load) on 1
-and 2 intra-op threads. The candidates take turns call by call (``tune.race``, median), so that load
-from other processes hits all of them alike; the load average is printed with the table. Writes
-benchmarks/results/gemm.json. This is where ``blas.SPLIT_MIN_MACS`` was read from (docs/gemm.md).
+Every float32 product a zoo model sends through ``blas.matmul`` or ``WeightMatmul`` at batch 1 (the
+convolutions' im2col products, Winograd's 16 batched products, the transformers' linear layers and
+attention), plus a few small ones around ``blas.SPLIT_MIN_MACS``, timed as numpy's ``np.matmul`` on
+one OpenBLAS thread, ``_gemm.gemm`` on 2 threads of the native pool, the packed-weight kernel
+``gemm_packed`` on 1 and 2 threads (single products; where the CPU has AVX-512), and onnxruntime's
+MatMul (B constant, as a weight is, so that MLAS packs it at load) on 1 and 2 intra-op threads. The
+candidates take turns call by call (``tune.race``, fastest call: other processes only ever lengthen
+one), and the load average is printed with the table. Writes benchmarks/results/gemm.json. This is
+where ``blas.SPLIT_MIN_MACS`` and the packed kernel's use (``matmul._packed``) were read from
+(docs/gemm.md).
 """
 from __future__ import annotations
 
@@ -36,8 +39,9 @@ SHAPES = [
     ("bert/gpt proj", (), 128, 256, 256), ("bert/gpt attention", (4,), 128, 64, 128),
     ("gpt2 lm head", (), 128, 256, 50257), ("convnext mlp", (), 196, 160, 640), ("convnext mlp", (), 196, 640, 160),
     ("convnext stage 1", (), 3136, 40, 160), ("convnext stage 1", (), 3136, 160, 40),
+    ("small", (), 16, 64, 256), ("small", (), 32, 128, 256), ("small", (), 64, 128, 256),
 ]
-QUICK = {"resnet18 winograd 64ch", "unet winograd", "vit qkv", "bert/gpt mlp", "convnext stage 1"}
+QUICK = {"resnet18 winograd 64ch", "unet winograd", "vit qkv", "bert/gpt mlp", "convnext stage 1", "small"}
 
 
 def _onnxruntime(b: np.ndarray, a_shape: tuple, threads: int):
@@ -61,20 +65,26 @@ def measure(quick: bool, seconds: float) -> list[dict]:
             b = rng.standard_normal((*stack, k, n), dtype=np.float32)
             out = np.empty((*stack, m, n), np.float32)
             ort1, ort2 = (_onnxruntime(b, a.shape, t) for t in (1, 2))
-            t = race({"numpy": lambda: np.matmul(a, b, out=out),
-                      "gemm1": lambda: native.gemm(a, b, out, 1), "gemm2": lambda: native.gemm(a, b, out, 2),
-                      "ort1": lambda: ort1.run(None, {"a": a}), "ort2": lambda: ort2.run(None, {"a": a})},
-                     min_time=seconds, max_rounds=400)
+            candidates = {"numpy": lambda: np.matmul(a, b, out=out), "gemm2": lambda: native.gemm(a, b, out, 2),
+                          "ort1": lambda: ort1.run(None, {"a": a}), "ort2": lambda: ort2.run(None, {"a": a})}
+            if not stack and native.packed_simd() is not None:
+                packed = np.frombuffer(native.pack_weight(b), np.float32)
+                candidates["packed1"] = lambda: native.gemm_packed(a, packed, out, 1)
+                candidates["packed2"] = lambda: native.gemm_packed(a, packed, out, 2)
+            t = race(candidates, min_time=seconds, max_rounds=1000, summary=min)
+            ratios = {"numpy_over_ort1": t["numpy"] / t["ort1"], "gemm2_over_numpy": t["gemm2"] / t["numpy"],
+                      "gemm2_over_ort2": t["gemm2"] / t["ort2"]}
+            if "packed1" in t:
+                ratios.update({"packed1_over_numpy": t["packed1"] / t["numpy"],
+                               "packed1_over_ort1": t["packed1"] / t["ort1"],
+                               "packed2_over_packed1": t["packed2"] / t["packed1"],
+                               "packed2_over_ort2": t["packed2"] / t["ort2"]})
             rows.append({"model": model, "stack": list(stack), "m": m, "k": k, "n": n,
                          "macs": math.prod(stack) * m * k * n, **{f"{c}_us": round(v * 1e6, 1) for c, v in t.items()},
-                         "gemm1_over_numpy": round(t["gemm1"] / t["numpy"], 2),
-                         "gemm2_over_gemm1": round(t["gemm2"] / t["gemm1"], 2),
-                         "numpy_over_ort1": round(t["numpy"] / t["ort1"], 2),
-                         "gemm2_over_ort2": round(t["gemm2"] / t["ort2"], 2)})
-            r = rows[-1]
-            print(f"{model:24s} {str(stack):6s} {m:5d} {k:5d} {n:6d} {r['macs'] / 1e6:8.1f}M  numpy {r['numpy_us']:8.1f} us"
-                  f"  gemm1/numpy {r['gemm1_over_numpy']:.2f}  gemm2/gemm1 {r['gemm2_over_gemm1']:.2f}"
-                  f"  numpy/ort1 {r['numpy_over_ort1']:.2f}  gemm2/ort2 {r['gemm2_over_ort2']:.2f}", flush=True)
+                         **{name: round(v, 2) for name, v in ratios.items()}})
+            print(f"{model:24s} {str(stack):6s} {m:5d} {k:5d} {n:6d} {rows[-1]['macs'] / 1e6:8.1f}M  numpy "
+                  f"{t['numpy'] * 1e6:8.1f} us  " + "  ".join(f"{name} {v:.2f}" for name, v in ratios.items()),
+                  flush=True)
     return rows
 
 
