@@ -1113,8 +1113,8 @@ static void conv_channels_avx512(const SparseConv *self, const ConvPlan *g, cons
                 if (g->contiguous) {
                     if (size == WIDE_TILE) CONV_TILE(WIDE_TILE, 1, 0); else if (size == 8) CONV_TILE(8, 1, 0); else CONV_TILE(4, 1, 0);
                 } else if (left >= WIDE_TILE && g->per_row <= WIDE_TILE && WIDE_TILE % g->per_row == 0) {
-                    /* whole rows of segments: one pointer per row (padded rows wider than their segments,
-                       as at 2^k widths: 16 pointers spilled, 1.15-1.2x the time) */
+                    /* whole rows of segments: one pointer per row, not one per segment, where padded rows
+                       are wider than their segments (2^k widths; 64->32 at 128x128: 0.91x the time) */
                     switch (g->per_row) {
                     case 1: CONV_TILE(WIDE_TILE, 0, 1); break;
                     case 2: CONV_TILE(WIDE_TILE, 0, 2); break;
