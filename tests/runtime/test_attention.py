@@ -18,10 +18,13 @@ from torch.nn import functional as F  # noqa: E402
 from dcm.converters import ConvertOptions  # noqa: E402
 from dcm.converters.onnx_in import from_onnx  # noqa: E402
 from dcm.converters.torch_in import from_torch  # noqa: E402
-from dcm.format.model import Node  # noqa: E402
+from dcm.format.model import Model, Node  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
 from dcm.runtime.cpu import attention  # noqa: E402
+from dcm.runtime.kernel import LoadContext  # noqa: E402
 from dcm.runtime.optimize import ATTENTION  # noqa: E402
+
+_CTX = LoadContext(Model([], [], [], {}))  # kernels built alone: one thread
 
 DIM, HEADS = 32, 4
 
@@ -119,7 +122,7 @@ def test_any_sequence_length_and_one_head_at_a_time(causal, monkeypatch):
     heads = []
     original = attention._softmax_last
     monkeypatch.setattr(attention, "SCORES_MAX_BYTES", 33 * 33 * 4)
-    monkeypatch.setattr(attention, "_softmax_last", lambda s: heads.append(s.shape) or original(s))
+    monkeypatch.setattr(attention, "_softmax_last", lambda s, *a: heads.append(s.shape) or original(s, *a))
     _check(fused, plain, module, {"input": rng.standard_normal((2, 33, DIM)).astype(np.float32)})
     assert heads == [(33, 33)] * (2 * HEADS)
 
@@ -153,7 +156,7 @@ def test_nan_fill_kernel_alone():
     q, k, v = rng.standard_normal((1, 2, 3, 4)), rng.standard_normal((1, 2, 4, 3)), rng.standard_normal((1, 2, 3, 4))
     mask = np.zeros((3, 3))
     mask[1] = -np.inf
-    kernel = attention.Attention(Node(ATTENTION, ["q", "k", "v", "m"], ["y"], {"scale_op": "", "nan_to": 0.0}, "a"), None)
+    kernel = attention.Attention(Node(ATTENTION, ["q", "k", "v", "m"], ["y"], {"scale_op": "", "nan_to": 0.0}, "a"), _CTX)
     s = q @ k + mask
     with np.errstate(invalid="ignore"):  # the masked row: -inf - -inf (a session runs under this too)
         y = kernel(q, k, v, mask)[0]
@@ -169,8 +172,8 @@ def test_a_mask_of_zeros_changes_nothing(zero):
     the unmasked one, as adding the zeros would give."""
     rng = np.random.default_rng(6)
     q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((2, 3, 5, 4), (2, 3, 4, 5), (2, 3, 5, 4)))
-    kernel = attention.Attention(Node(ATTENTION, ["q", "k", "v", "m"], ["y"], {"scale_op": ""}, "a"), None)
-    plain = attention.Attention(Node(ATTENTION, ["q", "k", "v"], ["y"], {"scale_op": ""}, "a"), None)
+    kernel = attention.Attention(Node(ATTENTION, ["q", "k", "v", "m"], ["y"], {"scale_op": ""}, "a"), _CTX)
+    plain = attention.Attention(Node(ATTENTION, ["q", "k", "v"], ["y"], {"scale_op": ""}, "a"), _CTX)
     mask = np.full((2, 1, 1, 5), zero, np.float32)
     np.testing.assert_array_equal(kernel(q, k, v, mask)[0], plain(q, k, v)[0])
     s = q @ k + mask

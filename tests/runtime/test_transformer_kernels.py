@@ -215,7 +215,7 @@ def test_attention_one_head_at_a_time_matches_all_heads(monkeypatch):
     calls = []
     monkeypatch.setattr(attention, "SCORES_MAX_BYTES", 6 * 7 * 4)  # one head's scores
     original = attention._softmax_last
-    monkeypatch.setattr(attention, "_softmax_last", lambda s: calls.append(s.shape) or original(s))
+    monkeypatch.setattr(attention, "_softmax_last", lambda s, *a: calls.append(s.shape) or original(s, *a))
     np.testing.assert_allclose(kernel(q, k, v, mask, scale)[0], want, rtol=1e-5, atol=1e-6)
     assert calls == [(6, 7)] * 6  # six heads, one [queries, keys] matrix each
 

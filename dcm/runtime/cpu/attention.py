@@ -21,12 +21,12 @@ from dcm.runtime.optimize import ATTENTION
 SCORES_MAX_BYTES = 8 << 20
 
 
-def _softmax_last(s: np.ndarray) -> np.ndarray:
+def _softmax_last(s: np.ndarray, threads: int = 1) -> np.ndarray:
     """Softmax over the last axis, in place for float32 (the compiled kernel: one read of each row
-    for its maximum and sum, one write) and float64 (other types compute in float32 and return in
-    their own type, as the Softmax kernel does)."""
+    for its maximum and sum, one write, rows split over ``threads``) and float64 (other types compute
+    in float32 and return in their own type, as the Softmax kernel does)."""
     if s.size and compiled(s):
-        native.softmax(s, s, s.shape[-1])
+        native.softmax(s, s, s.shape[-1], False, threads)
         return s
     t = s if s.dtype in (np.float32, np.float64) else s.astype(np.float32)
     t -= t.max(axis=-1, keepdims=True)
@@ -48,10 +48,9 @@ class Attention(Kernel):
         if self.scale_op not in ("", "Mul", "Div"):
             raise ValueError(f"scale_op must be '', 'Mul' or 'Div', got {self.scale_op!r}")
         self.nan_to = self.attrs.get("nan_to")  # Where(IsNaN(p), nan_to, p) after the Softmax
-        self.threads = ctx.threads if ctx is not None else 1
 
     def _probabilities(self, s: np.ndarray) -> np.ndarray:
-        p = _softmax_last(s)
+        p = _softmax_last(s, self.threads)
         if self.nan_to is not None:
             np.copyto(p, self.nan_to, where=np.isnan(p))
         return p

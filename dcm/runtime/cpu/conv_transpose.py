@@ -33,7 +33,6 @@ class ConvTranspose(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.group = int(self.attrs.get("group", 1))
-        self.threads = ctx.threads
         name = node.inputs[1]
         self.mms: list[WeightMatmul] | None = None
         self.mode, self.density, self.weight_shape = "dense", None, None

@@ -34,7 +34,6 @@ class _Pool(Kernel):
             self.dilations = ints2(self.attrs, "dilations", self.nd, 1)
             self.pad_attrs = pads2(self.attrs, self.nd)
         self.ceil = bool(self.attrs.get("ceil_mode", 0))
-        self.threads = ctx.threads
         self.compiled = native.pool2d is not None and self.nd <= 2
         self.quiet = self.compiled  # compiled (the numpy average can warn on inf - inf)
 

@@ -163,7 +163,6 @@ class Transpose(Kernel):
         perm = self.attrs.get("perm")
         # checked once here when it is a permutation; np.transpose still refuses the wrong rank
         self.perm = tuple(perm) if perm is not None and sorted(perm) == list(range(len(perm))) else None
-        self.threads = ctx.threads
         self._plan: dict = {}  # input shape -> batched_2d of it, for the last shape seen
 
     def describe(self) -> dict:
