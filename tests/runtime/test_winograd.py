@@ -64,11 +64,13 @@ def test_without_bias(any_width):
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 3), c=st.integers(1, 6), k=st.integers(1, 6), h=st.integers(1, 30), w=st.integers(1, 9),
        pads=st.lists(st.integers(0, 12), min_size=4, max_size=4), band_tiles=st.sampled_from([1, 5, 40, 512]),
-       compiled=st.sampled_from(["avx2", "portable", None]), threads=st.sampled_from([1, 2]), relu=st.booleans())
-def test_any_shape_matches_direct_convolution(n, c, k, h, w, pads, band_tiles, compiled, threads, relu):
+       compiled=st.sampled_from(["avx2", "portable", None]), threads=st.sampled_from([1, 2]), relu=st.booleans(),
+       tile=st.sampled_from([2, 4]))
+def test_any_shape_matches_direct_convolution(n, c, k, h, w, pads, band_tiles, compiled, threads, relu, tile):
     """Every size, padding and band split against a float64 sum over the nine kernel offsets, with the
-    compiled transforms (AVX2 or portable C, split over 2 threads or not) and with numpy's."""
-    if compiled and native.winograd_conv is None:
+    compiled kernel (F(2x2, 3x3) or F(4x4, 3x3), AVX2 or portable C, split over 2 threads or not) and
+    with numpy's (F(2x2) only)."""
+    if compiled and native.winograd_conv is None or tile == 4 and not compiled:
         return
     begin, end = pads[:2], pads[2:]
     if h + begin[0] + end[0] < 3 or w + begin[1] + end[1] < 3:
@@ -83,7 +85,7 @@ def test_any_shape_matches_direct_convolution(n, c, k, h, w, pads, band_tiles, c
               for i in range(3) for j in range(3))
     ref = ref + bias
     ref = np.maximum(ref, 0) if relu else ref
-    u = winograd.transform_weight(wt)
+    u = winograd.transform_weight(wt, tile)
     saved = winograd.BAND_TILES, winograd.NATIVE_BAND_TILES, native.winograd_conv
     winograd.BAND_TILES = band_tiles  # bands of one tile row, some all padding
     winograd.NATIVE_BAND_TILES = band_tiles  # bands of samples x tile rows (one band: split phases)
@@ -91,12 +93,32 @@ def test_any_shape_matches_direct_convolution(n, c, k, h, w, pads, band_tiles, c
         native.winograd_conv = None
     simd = native.set_simd(compiled != "portable") if compiled else None
     try:
-        got = winograd.conv3x3(x, u, begin, end, bias, relu, threads)
+        got = winograd.conv3x3(x, u, begin, end, bias, relu, threads, tile)
     finally:
         if compiled:
             native.set_simd(simd)
         winograd.BAND_TILES, winograd.NATIVE_BAND_TILES, native.winograd_conv = saved
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
+    # F(4x4)'s transforms multiply by up to 8 and its G holds 1/24: a few times F(2x2)'s rounding
+    np.testing.assert_allclose(got, ref, rtol=1e-5 * tile, atol=1e-5 * tile * float(np.abs(ref).max()))
+
+
+def test_weight_takes_f4_where_the_planes_have_enough_tiles():
+    """WinogradWeight: F(2x2)'s U on small planes; F(4x4)'s, recovered from it, once a call has
+    F4_MIN_TILES tiles; both give the direct convolution's values."""
+    if native.winograd_conv is None:
+        return
+    rng = np.random.default_rng(7)
+    wt = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+    weight = winograd.WinogradWeight(wt)
+    for size, f4 in ((7, False), (30, True)):
+        x = rng.standard_normal((1, 5, size, size)).astype(np.float32)
+        xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+        ref = sum(np.einsum("nchw,kc->nkhw", xp[:, :, i : i + size, j : j + size], wt[:, :, i, j])
+                  for i in range(3) for j in range(3))
+        got = weight.conv(x, [1, 1], [1, 1], None, False, 1)
+        assert (weight.u4 is not None) == f4
+        np.testing.assert_allclose(got, ref, rtol=4e-5, atol=4e-5 * float(np.abs(ref).max()))
+    np.testing.assert_allclose(weight.u4, winograd.transform_weight(wt, 4), rtol=1e-5, atol=1e-6)
 
 
 def test_chosen_only_for_wide_dense_3x3_stride_1():

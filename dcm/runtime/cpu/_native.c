@@ -2245,6 +2245,94 @@ static void depthwise_lanes_avx2(DEPTHWISE_LANES_ARGS)
     if (p < p1) depthwise_lanes_generic(g, x, wt, bias, y, clamp, lo, hi, tile, lane_w, work, p, p1);
 }
 
+/* AVX-512: 16 planes side by side, each output pixel kh*kw 16-wide multiply-adds (half the AVX2
+ * path's instructions), the planes transposed in and out as two groups of 8 by transpose8. The
+ * caller runs a last group of fewer than 16 planes on the AVX2 path. tile [hp][wp][16], lane_w
+ * [kh*kw][16], work [max(h*w, oh*ow)][16]; otherwise as depthwise_lanes_avx2. */
+__attribute__((target("avx512f,avx2,fma"), always_inline))
+static inline void lanes16_block_avx512(const Window2d *g, const float *t16, const float *lane_w, __m512 vb,
+                                        int clamp, __m512 vlo, __m512 vhi, float *out, Py_ssize_t c, int count)
+{
+    const Py_ssize_t wp = g->w + g->pl + g->pr, step = g->sw * 16;
+    __m512 a[8];
+    for (int u = 0; u < count; u++) a[u] = vb;
+    for (Py_ssize_t i = 0; i < g->kh; i++) {
+        const float *row = t16 + (i * g->dh * wp + c * g->sw) * 16;
+        const float *w16 = lane_w + i * g->kw * 16;
+        for (Py_ssize_t j = 0; j < g->kw; j++) {
+            const __m512 wv = _mm512_loadu_ps(w16 + j * 16);
+            const float *src = row + j * g->dw * 16;
+            for (int u = 0; u < count; u++) a[u] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(src + u * step), a[u]);
+        }
+    }
+    for (int u = 0; u < count; u++) /* NaN: max and min each return their second operand, a[u] */
+        _mm512_storeu_ps(out + (c + u) * 16, clamp ? _mm512_min_ps(vhi, _mm512_max_ps(vlo, a[u])) : a[u]);
+}
+
+__attribute__((target("avx512f,avx2,fma")))
+static void depthwise_lanes_avx512(DEPTHWISE_LANES_ARGS)
+{
+    const Py_ssize_t channels = g->c * g->multiplier, h = g->h, w = g->w, oh = g->oh, ow = g->ow;
+    const Py_ssize_t wp = w + g->pl + g->pr, hw = h * w, ohw = oh * ow, taps = g->kh * g->kw;
+    const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+    for (Py_ssize_t p = p0; p + 16 <= p1; p += 16) {
+        const float *src[16];
+        float b16[16];
+        for (int k = 0; k < 16; k++) {
+            Py_ssize_t o = (p + k) % channels, sample = (p + k) / channels;
+            src[k] = x + (sample * g->c + o / g->multiplier) * hw;
+            for (Py_ssize_t t = 0; t < taps; t++) lane_w[t * 16 + k] = wt[o * taps + t];
+            b16[k] = bias ? bias[o] : 0.f;
+        }
+        Py_ssize_t q = 0;
+        __m256 v[8];
+        if (w >= 8) /* row by row straight into the tile */
+            for (Py_ssize_t r = 0; r < h; r++) {
+                float *dst = tile + ((g->pt + r) * wp + g->pl) * 16;
+                Py_ssize_t c = 0;
+                for (; c + 8 <= w; c += 8)
+                    for (int half = 0; half < 2; half++) {
+                        for (int k = 0; k < 8; k++) v[k] = _mm256_loadu_ps(src[half * 8 + k] + r * w + c);
+                        transpose8(v);
+                        for (int k = 0; k < 8; k++) _mm256_storeu_ps(dst + (c + k) * 16 + half * 8, v[k]);
+                    }
+                for (; c < w; c++)
+                    for (int k = 0; k < 16; k++) dst[c * 16 + k] = src[k][r * w + c];
+            }
+        else { /* rows shorter than a vector: the planes flat into work, then row by row into the tile */
+            for (; q + 8 <= hw; q += 8)
+                for (int half = 0; half < 2; half++) {
+                    for (int k = 0; k < 8; k++) v[k] = _mm256_loadu_ps(src[half * 8 + k] + q);
+                    transpose8(v);
+                    for (int k = 0; k < 8; k++) _mm256_storeu_ps(work + (q + k) * 16 + half * 8, v[k]);
+                }
+            for (; q < hw; q++)
+                for (int k = 0; k < 16; k++) work[q * 16 + k] = src[k][q];
+            for (Py_ssize_t r = 0; r < h; r++)
+                memcpy(tile + ((g->pt + r) * wp + g->pl) * 16, work + r * w * 16, w * 16 * sizeof(float));
+        }
+        const __m512 vb = _mm512_loadu_ps(b16);
+        for (Py_ssize_t r = 0; r < oh; r++) {
+            const float *t16 = tile + r * g->sh * wp * 16;
+            float *out = work + r * ow * 16;
+            Py_ssize_t c = 0;
+            for (; c + 8 <= ow; c += 8) lanes16_block_avx512(g, t16, lane_w, vb, clamp, vlo, vhi, out, c, 8);
+            if (c + 4 <= ow) lanes16_block_avx512(g, t16, lane_w, vb, clamp, vlo, vhi, out, c, 4), c += 4;
+            if (c + 2 <= ow) lanes16_block_avx512(g, t16, lane_w, vb, clamp, vlo, vhi, out, c, 2), c += 2;
+            if (c < ow) lanes16_block_avx512(g, t16, lane_w, vb, clamp, vlo, vhi, out, c, 1);
+        }
+        float *dst = y + p * ohw;
+        for (q = 0; q + 8 <= ohw; q += 8)
+            for (int half = 0; half < 2; half++) {
+                for (int k = 0; k < 8; k++) v[k] = _mm256_loadu_ps(work + (q + k) * 16 + half * 8);
+                transpose8(v);
+                for (int k = 0; k < 8; k++) _mm256_storeu_ps(dst + (half * 8 + k) * ohw + q, v[k]);
+            }
+        for (; q < ohw; q++)
+            for (int k = 0; k < 16; k++) dst[k * ohw + q] = work[q * 16 + k];
+    }
+}
+
 /* AVX-512 (where the CPU has it): wide stride-1 layers row by row, 16 output columns to a register
  * and up to 4 registers at a time, each tap one broadcast weight times one unaligned load of the
  * zero-padded plane, the bias first and the clamp at the one store: no passes over a sum buffer
@@ -2408,11 +2496,21 @@ static void depthwise_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
                               j->p0 + hi);
     }
 #endif
-    if (j->lanes || j->flat) zero_borders(s, j->lanes ? hp : hp + 1, wp, j->lanes ? 8 : 1, g->pt, g->h, g->pl, g->w);
-    if (j->lanes)
+    Py_ssize_t from = lo; /* the planes left to the paths below */
+#ifdef HAVE_AVX2_PATH
+    if (j->lanes && use_avx512()) { /* whole groups of 16 planes; a last smaller group on the AVX2 path */
+        zero_borders(s, hp, wp, 16, g->pt, g->h, g->pl, g->w);
+        from = lo + (hi - lo) / 16 * 16;
+        depthwise_lanes_avx512(g, j->x, j->wt, j->bias, j->y, j->clamp, j->lo, j->hi, s, s + j->tile,
+                               s + j->tile + j->lane_w, j->p0 + lo, j->p0 + from);
+    }
+#endif
+    if ((j->lanes && from < hi) || j->flat)
+        zero_borders(s, j->lanes ? hp : hp + 1, wp, j->lanes ? 8 : 1, g->pt, g->h, g->pl, g->w);
+    if (j->lanes && from < hi)
         DISPATCH(depthwise_lanes, g, j->x, j->wt, j->bias, j->y, j->clamp, j->lo, j->hi, s, s + j->tile,
-                 s + j->tile + j->lane_w, j->p0 + lo, j->p0 + hi);
-    else if (!j->rows)
+                 s + j->tile + j->lane_w, j->p0 + from, j->p0 + hi);
+    else if (!j->rows && !j->lanes)
         DISPATCH(depthwise, g, j->x, j->wt, j->bias, j->y, j->clamp, j->lo, j->hi, j->cols, s, j->p0 + lo, j->p0 + hi);
     if (j->act.kind != CONV_ACT_NONE && !j->clamp) { /* the range's planes, still in cache */
         float *y = j->y + (j->p0 + lo) * g->oh * g->ow;
@@ -2490,9 +2588,10 @@ static PyObject *depthwise2d(PyObject *self, PyObject *args, PyObject *kwds)
     if (job.rows) { /* the padded plane and the spare values */
         job.tile = SIZE_PRODUCT(hp, wp);
         job.tile = job.tile < 0 ? -1 : job.tile + DEPTHWISE_ROWS_SPARE;
-    } else if (job.lanes) { /* the tile [hp][wp][8], the group's weights, a transposed plane or its sums */
-        job.tile = SIZE_PRODUCT(hp, wp, 8), job.lane_w = SIZE_PRODUCT(g.kh, g.kw, 8);
-        job.work = SIZE_PRODUCT(g.h * g.w > g.oh * g.ow ? g.h * g.w : g.oh * g.ow, 8);
+    } else if (job.lanes) { /* the tile [hp][wp][16], the group's weights, a transposed plane or its sums
+                               (AVX-512's 16 lanes, or the first 8 of each) */
+        job.tile = SIZE_PRODUCT(hp, wp, 16), job.lane_w = SIZE_PRODUCT(g.kh, g.kw, 16);
+        job.work = SIZE_PRODUCT(g.h * g.w > g.oh * g.ow ? g.h * g.w : g.oh * g.ow, 16);
     } else if (job.flat) { /* the padded plane, a spare row (the last taps' overrun) and the sums */
         job.tile = SIZE_PRODUCT(wp, hp + 1 + g.oh);
     }
@@ -2500,10 +2599,10 @@ static PyObject *depthwise2d(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "depthwise2d: the scratch size overflows");
         goto done;
     }
-    /* ranges of at least DEPTHWISE_GRAIN_WORK multiply-adds, whole groups of 8 planes on the lanes path */
+    /* ranges of at least DEPTHWISE_GRAIN_WORK multiply-adds, whole groups of 16 planes on the lanes path */
     Py_ssize_t per_plane = SIZE_PRODUCT(g.oh, g.ow, g.kh, g.kw);
     Py_ssize_t grain = per_plane < 0 ? 1 : (DEPTHWISE_GRAIN_WORK + per_plane - 1) / per_plane;
-    if (job.lanes) grain = (grain + 7) / 8 * 8;
+    if (job.lanes) grain = (grain + 15) / 16 * 16;
     Py_BEGIN_ALLOW_THREADS
     parallel_for(depthwise_range, &job, p1 - p0, grain, threads);
     Py_END_ALLOW_THREADS

@@ -16,7 +16,7 @@ from dcm.runtime.cpu.activation import relu
 from dcm.runtime.cpu.depthwise import depthwise, is_depthwise
 from dcm.runtime.cpu.matmul import WeightMatmul
 from dcm.runtime.cpu.registry import register
-from dcm.runtime.cpu.winograd import conv3x3, eligible, transform_weight
+from dcm.runtime.cpu.winograd import WinogradWeight, eligible
 from dcm.runtime.cpu.shape import check_elements
 from dcm.runtime.cpu.windows import (axis_ints, im2col, ints2, output_size, pads2, reduce_windows, resolve_pads,
                                       spatial_2d, windows)
@@ -135,7 +135,7 @@ class Conv(Kernel):
             self.quiet = True  # compiled; Inf/NaN counted in C, and _poison_direct adds 0/1 counts only
             self.bias_vector = None if b is None else np.ascontiguousarray(self.bias.reshape(-1))
         elif wide_3x3 and self.mode == "dense":
-            self.winograd = transform_weight(w.reshape(shape))
+            self.winograd = WinogradWeight(w.reshape(shape))
         else:
             m = w.to_scipy() if self.mode == "sparse" else w
             per = self.out_channels // self.group
@@ -157,7 +157,7 @@ class Conv(Kernel):
         # w as loaded: held dense where over native.SPARSE_MAX_DENSITY, even when direct took the layer
         dense = np.asarray(w if isinstance(w, np.ndarray) else w.to_scipy().toarray(), dtype=np.float32)
         if wide_3x3:
-            self.winograd = transform_weight(dense.reshape(shape))
+            self.winograd = WinogradWeight(dense.reshape(shape))
         else:
             per = self.out_channels // self.group
             self.mms = [WeightMatmul("dense", dense[g * per : (g + 1) * per], self.threads) for g in range(self.group)]
@@ -333,7 +333,7 @@ class Conv(Kernel):
                 return (out[:, :, 0, :] if was_1d else out), False
             mms = self._plane_products()
         elif self.winograd is not None:
-            return conv3x3(x, self.winograd, begin, end, self.bias, self.relu, self.threads), False
+            return self.winograd.conv(x, begin, end, self.bias, self.relu, self.threads), False
         pointwise = self.kernel == (1, 1) and self.group == 1 and not any(begin) and not any(end)
         if pointwise and (n == 1 or self.mode == "dense"):
             out, done = self._pointwise(x, None if was_1d else residual, epilogue)

@@ -20,9 +20,11 @@ from dcm.runtime.cpu.windows import scratch_arrays
 
 MIN_CHANNELS = 32  # input and output channels; narrower layers run faster with conv_lanes2d or im2col + GEMM
 
-# Filter transform G (4x3); the input transform B^T and output transform A^T are hard-coded
-# below as the additions they amount to.
-_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+# Filter transforms G of F(2x2, 3x3) (4x3) and F(4x4, 3x3) (6x3); the input and output transforms
+# B^T and A^T are hard-coded (here and in _native.c) as the additions they amount to.
+_G = {2: np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]]),
+      4: np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                   [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])}
 
 
 def eligible(kernel: tuple[int, int], strides: tuple[int, int], dilations: tuple[int, int], group: int,
@@ -31,13 +33,46 @@ def eligible(kernel: tuple[int, int], strides: tuple[int, int], dilations: tuple
             and min(channels_in, channels_out) >= MIN_CHANNELS)
 
 
-def transform_weight(w: np.ndarray) -> np.ndarray:
-    """w [C_out, C_in, 3, 3] -> U^T [16, C_out, C_in], U = G w G^T per channel pair (in float64, then
-    float32). Output channels before input channels: the compiled products read it untransposed
-    (512 channels at 7x7: 116 against 158 us per product read transposed)."""
+def transform_weight(w: np.ndarray, tile: int = 2) -> np.ndarray:
+    """w [C_out, C_in, 3, 3] -> U^T [(tile + 2)^2, C_out, C_in], U = G w G^T per channel pair for
+    F(tile x tile, 3x3) (in float64, then float32). Output channels before input channels: the compiled
+    products read it untransposed (512 channels at 7x7: 116 against 158 us per product read transposed)."""
     c_out, c_in = w.shape[:2]
-    u = np.einsum("ai,kcij,bj->abkc", _G, w.astype(np.float64), _G)  # [4, 4, C_out, C_in]
-    return np.ascontiguousarray(u.reshape(16, c_out, c_in), dtype=np.float32)
+    g = _G[tile]
+    u = np.einsum("ai,kcij,bj->abkc", g, w.astype(np.float64), g)  # [t, t, C_out, C_in], t = tile + 2
+    return np.ascontiguousarray(u.reshape(len(g) ** 2, c_out, c_in), dtype=np.float32)
+
+
+# F(4x4, 3x3) tiles in one call from which their U, 2.25 times F(2x2)'s, pays for its reads: one layer,
+# batch 1, one thread, against F(2x2) (min of 25 interleaved runs, onnxruntime's direct convolution in
+# brackets, ms): 64 channels at 56x56 (196 tiles) 1.27 against 1.46 (1.55), 128 at 28x28 (49) 0.93
+# against 1.48 (1.48), 32 at 128x128 2.93 against 3.46 (2.47); 256 at 14x14 (16) 1.98 against 1.72
+# (1.64) and 512 at 7x7 (4) 11.5 against 3.4 (2.2), where the products only stream U.
+F4_MIN_TILES = 48
+
+
+class WinogradWeight:
+    """A dense 3x3 layer's transformed weight: F(2x2, 3x3)'s U from the start, F(4x4, 3x3)'s (4x the
+    weight, against F(2x2)'s 1.78x; 36 products of a quarter of the pixels each) made the first time a
+    call has ``F4_MIN_TILES`` tiles, from F(2x2)'s U (G has a left inverse), so that layers whose
+    planes stay small (ResNet's 7x7 ones) never hold it."""
+
+    def __init__(self, w: np.ndarray):
+        self.u = transform_weight(w)
+        self.u4: np.ndarray | None = None
+
+    def conv(self, x: np.ndarray, begin: list[int], end: list[int], bias: np.ndarray | None, relu: bool,
+             threads: int) -> np.ndarray:
+        """conv3x3 with the tile size that suits x's planes (``F4_MIN_TILES``)."""
+        oh, ow = x.shape[2] + begin[0] + end[0] - 2, x.shape[3] + begin[1] + end[1] - 2
+        if native.winograd_conv is None or x.shape[0] * -(-oh // 4) * -(-ow // 4) < F4_MIN_TILES:
+            return conv3x3(x, self.u, begin, end, bias, relu, threads)
+        if self.u4 is None:
+            g = np.linalg.pinv(_G[2])  # [3, 4]: G^+ G = I, so w = G^+ U G^+^T
+            k, c = self.u.shape[1:]
+            w = np.einsum("ai,ijkc,bj->kcab", g, self.u.reshape(4, 4, k, c).astype(np.float64), g)
+            self.u4 = transform_weight(w, 4)
+        return conv3x3(x, self.u4, begin, end, bias, relu, threads, 4)
 
 
 def _input_transform(d0: np.ndarray, d1: np.ndarray, d2: np.ndarray, d3: np.ndarray, out: np.ndarray) -> None:
@@ -55,9 +90,10 @@ NATIVE_BAND_TILES = 128
 
 
 def conv3x3(x: np.ndarray, u: np.ndarray, begin: list[int], end: list[int], bias: np.ndarray | None,
-            relu: bool = False, threads: int = 1) -> np.ndarray:
-    """x [N, C_in, H, W], U^T from ``transform_weight`` -> [N, C_out, OH, OW] float32 (then max(0, .)
-    with ``relu``, band by band while it is in cache).
+            relu: bool = False, threads: int = 1, tile: int = 2) -> np.ndarray:
+    """x [N, C_in, H, W], U^T from ``transform_weight`` for F(tile x tile, 3x3) -> [N, C_out, OH, OW]
+    float32 (then max(0, .) with ``relu``, band by band while it is in cache). tile 4 needs the
+    compiled kernel.
 
     Works in bands of tile rows, so the work buffers are a few MB even for VGG-16's 224x224 layers.
     The tile transforms run on the compiled kernels where they were built (``_conv3x3_native``),
@@ -73,7 +109,9 @@ def conv3x3(x: np.ndarray, u: np.ndarray, begin: list[int], end: list[int], bias
     band = max(1, BAND_TILES // (n * tw))
     if native.winograd_conv is not None:
         return _conv3x3_native(np.ascontiguousarray(x, dtype=np.float32), u, begin, out,
-                               None if bias is None else np.ascontiguousarray(bias.reshape(-1)), relu, threads)
+                               None if bias is None else np.ascontiguousarray(bias.reshape(-1)), relu, threads, tile)
+    if tile != 2:
+        raise ValueError("F(4x4, 3x3) needs the compiled winograd_conv")
     for t0 in range(0, th, band):
         t1 = min(t0 + band, th)
         v = _transform_in(x, begin, t0, t1, tw, c)
@@ -87,15 +125,15 @@ def conv3x3(x: np.ndarray, u: np.ndarray, begin: list[int], end: list[int], bias
 
 
 def _conv3x3_native(x: np.ndarray, u: np.ndarray, begin: list[int], out: np.ndarray, bias: np.ndarray | None,
-                    relu: bool, threads: int) -> np.ndarray:
-    """The compiled convolution (``winograd_conv``): tiles innermost, V [16, C_in, tiles] and
-    M = U^T V [16, C_out, tiles] per band of samples x tile rows (``NATIVE_BAND_TILES``), small enough
-    for V and M to stay in cache; the native pool's threads take whole bands, and a single band splits
-    its transforms and products instead."""
+                    relu: bool, threads: int, tile: int) -> np.ndarray:
+    """The compiled convolution (``winograd_conv``): tiles innermost, V [(tile + 2)^2, C_in, tiles] and
+    M = U^T V [(tile + 2)^2, C_out, tiles] per band of samples x tile rows (``NATIVE_BAND_TILES``), small
+    enough for V and M to stay in cache; the native pool's threads take whole bands, and a single band
+    splits its transforms and products instead."""
     n, c, h, w = x.shape
     k, oh, ow = out.shape[1:]
     native.winograd_conv(x, u, out, (n, c, h, w, k, oh, ow), (begin[0], begin[1]),
-                         NATIVE_BAND_TILES, bias, relu, threads)
+                         NATIVE_BAND_TILES, bias, relu, threads, tile)
     return out
 
 
