@@ -141,12 +141,15 @@ def _sparse_batch8() -> Model:
 
 
 def _sparse_strided() -> Model:
-    """A 10%-dense 3x3 convolution of stride 2, which the direct kernel cannot take: im2col, then the
-    batched product on columns (matmat)."""
+    """Two 10%-dense 3x3 convolutions of stride 2: the first (9x9 outputs) on the direct kernel's
+    strided AVX-512 path (its phases), or elsewhere im2col and the batched product on columns
+    (matmat); the second (5x5 outputs, a small plane) im2col and matmat everywhere."""
     rng = np.random.default_rng(8)
-    tensors = {"k": encode_tensor(_pruned(rng, (16, 8, 3, 3), 0.1), code_bits=4, index_bits=5, name="k")}
-    nodes = [Node("Conv", ["x", "k"], ["y"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2]}, "c")]
-    return Model([ValueInfo("x", "float32", ["batch", 8, 9, 9])], [ValueInfo("y", "float32", ["batch", 16, 5, 5])],
+    tensors = {"k": encode_tensor(_pruned(rng, (16, 8, 3, 3), 0.1), code_bits=4, index_bits=5, name="k"),
+               "k2": encode_tensor(_pruned(rng, (16, 16, 3, 3), 0.1), code_bits=4, index_bits=5, name="k2")}
+    conv = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2]}
+    nodes = [Node("Conv", ["x", "k"], ["c"], conv, "c"), Node("Conv", ["c", "k2"], ["y"], conv, "c2")]
+    return Model([ValueInfo("x", "float32", ["batch", 8, 17, 17])], [ValueInfo("y", "float32", ["batch", 16, 5, 5])],
                  nodes, tensors, {})
 
 
