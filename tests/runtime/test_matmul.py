@@ -138,3 +138,24 @@ def test_dense_weight_on_the_packed_kernel_or_blas(monkeypatch, packed, rows):
     if packed:
         np.testing.assert_allclose(mm.fused_right(x, bias, True), np.maximum(x @ w.T + bias, 0), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(mm.left(x.T), w @ x.T, rtol=1e-5, atol=1e-4)  # W @ X: BLAS on the kept copy
+
+
+def test_large_weights_and_single_rows_stay_on_blas(monkeypatch):
+    """Where OpenBLAS measured faster: weights past PACK_MAX_FLOATS are not packed, and one row of x
+    (a matrix-vector product) goes to BLAS even for a packed weight, its bias and ReLU added after."""
+    if native.packed_simd is None or native.packed_simd() is None:
+        pytest.skip("the packed kernel needs AVX-512")
+    calls = []
+    packed = native.gemm_packed
+    monkeypatch.setattr(native, "gemm_packed", lambda *a: calls.append(a) or packed(*a))
+    rng = np.random.default_rng(0)
+    w, bias = rng.standard_normal((70, 50)).astype(np.float32), rng.standard_normal(70).astype(np.float32)
+    x = rng.standard_normal((1, 50)).astype(np.float32)
+    mm = WeightMatmul("dense", w, prefer="right")
+    np.testing.assert_allclose(mm.fused_right(x, bias, True), np.maximum(x @ w.T + bias, 0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(mm.right(x), x @ w.T, rtol=1e-5, atol=1e-4)
+    assert mm.packed is not None and not calls
+    mm.right(np.vstack([x, x]))
+    assert len(calls) == 1
+    monkeypatch.setattr(matmul, "PACK_MAX_FLOATS", w.size - 1)
+    assert WeightMatmul("dense", w, prefer="right").packed is None

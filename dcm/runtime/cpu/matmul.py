@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from dcm.encoder.codec import CsrParts
 from dcm.runtime.cpu import blas, native, tune
+from dcm.runtime.fusion import add_and_activate
 
 try:  # scipy's own CSR x vector kernel, without the checks and conversions of ``A @ x``
     from scipy.sparse._sparsetools import csr_matvec as _csr_matvec  # private, unchanged since scipy 0.14
@@ -41,6 +42,12 @@ SPARSE_MAX_DENSITY_WIDE = 0.22
 SPARSE_MAX_DENSITY_WIDE_AVX512 = 0.30
 WIDE_INPUTS = 512  # inputs past which a 32-row panel (128 bytes per input) outgrows L1
 FEW_ROWS_MAX_WEIGHTS = 1 << 18
+# The packed dense kernel (_gemm.c gemm_packed) against OpenBLAS, one thread, each weight used once in
+# turn as in a run (benchmarks/gemm.py, docs/gemm.md): the zoo's transformer and ConvNeXt layers (at
+# most 4 MB) 0.72-0.90 of OpenBLAS's time from 2 rows (4 rows of 1024x1024: 0.60); OpenBLAS repacks
+# the weight on every call. It lost past 8 MB (16 MB: 1.05-1.06, GPT-2's 51 MB output layer: 1.07),
+# where both stream the weight from memory, and on one row (OpenBLAS's matrix-vector kernel: 1.06-1.33).
+PACK_MAX_FLOATS = 1 << 21
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
@@ -167,7 +174,7 @@ class WeightMatmul:
 
     def right(self, x: np.ndarray) -> np.ndarray:
         """x [n, in] @ W.T -> [n, out], computed as (W @ x.T).T."""
-        if self.packed is not None and x.dtype == np.float32:
+        if self.packed is not None and x.dtype == np.float32 and x.shape[0] > 1:
             return self._packed_right(x, None, False)
         if self.mode == "dense":
             return blas.matmul(x, self.wt, self.threads)
@@ -183,7 +190,7 @@ class WeightMatmul:
         """relu(x [n, in] @ W.T + bias [out]) -> [n, out] float32 on the native kernel (a sparse W with
         ``native`` set, float32 x; or a dense one with ``packed`` set)."""
         if self.packed is not None:
-            return self._packed_right(x, bias, relu)
+            return self._packed_right(x, bias, relu) if x.shape[0] > 1 else self._dense_right(x, bias, relu)
         if x.shape[0] == 1:
             return self._fused_vector(x, bias, relu)
         if self.by_rows and self._dense_wins(x, lambda: self._native_rows(x, bias, relu),
@@ -202,9 +209,12 @@ class WeightMatmul:
 
     def _dense_right(self, x: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
         y = blas.matmul(x, self.dense_wt(), self.threads)
-        if bias is not None:
-            y += bias
-        return np.maximum(y, 0, out=y) if relu else y
+        if (bias is not None or relu) and not add_and_activate(y, bias, relu, None):
+            if bias is not None:
+                y += bias
+            if relu:
+                np.maximum(y, 0, out=y)
+        return y
 
     def _dense_wins(self, x: np.ndarray, sparse: Callable[[], np.ndarray], dense: Callable[[], np.ndarray]) -> bool:
         """Whether this x [rows, in] goes to BLAS on the dense copy: by the measured break-even points
@@ -222,7 +232,10 @@ class WeightMatmul:
 
     def dense_wt(self) -> np.ndarray:
         """W.T as a contiguous dense array, made once: the form BLAS takes for many rows. It costs 4
-        bytes per weight besides the sparse form, held only by layers that see such calls."""
+        bytes per weight besides the sparse form, held only by layers that see such calls. A dense W's
+        own ``wt``."""
+        if self.mode == "dense":
+            return self.wt
         if self._dense_wt is None:
             w = self.blocks[0] if len(self.blocks) == 1 else sp.vstack(self.blocks, format="csr")
             self._dense_wt = np.ascontiguousarray(w.toarray().T, dtype=np.float32)
@@ -286,10 +299,10 @@ def prefers_dense(density: float, rows: int, weights: int = 0, inputs: int = 0) 
 
 
 def _packed(wt: np.ndarray) -> np.ndarray | None:
-    """W.T [in, out] packed for the compiled dense kernel, where this CPU runs it (AVX-512): 4 bytes
-    per weight besides ``wt``. It ran the zoo's transformer layers in 0.72-0.87 of OpenBLAS's time
-    (onnxruntime's MLAS: 0.82-0.90), OpenBLAS repacking the weight on every call (benchmarks/gemm.py)."""
-    if native.gemm_packed is None or native.packed_simd() is None or wt.dtype != np.float32:
+    """W.T [in, out] packed for the compiled dense kernel, where this CPU runs it (AVX-512) and the
+    weight is at most PACK_MAX_FLOATS: 4 bytes per weight besides ``wt``, used from 2 rows of x."""
+    if (native.gemm_packed is None or native.packed_simd() is None or wt.dtype != np.float32
+            or wt.size > PACK_MAX_FLOATS):
         return None
     return np.frombuffer(native.pack_weight(wt), np.float32)
 
