@@ -231,6 +231,15 @@ def _layer_norm() -> Model:
                  tensors, {}, opset=20)
 
 
+def _skip_concat() -> Model:
+    """A U-Net skip connection's channel concat, large enough (2 x 64k values; batch 1, the largest
+    feed the fuzzer makes) for the session's two threads to copy it through the compiled concat."""
+    tensors = {"s": encode_raw(np.array(0.5, np.float32), "s")}
+    nodes = [Node("Mul", ["x", "s"], ["r"], {}, "scale"), Node("Concat", ["r", "x"], ["y"], {"axis": 1}, "skip")]
+    return Model([ValueInfo("x", "float32", [1, 16, 64, 64])], [ValueInfo("y", "float32", [1, 32, 64, 64])], nodes,
+                 tensors, {})
+
+
 def _lstm_upsample() -> Model:
     """A pruned LSTM (the compiled step loop on a CSR R, biases and peepholes) whose output [steps, 1,
     batch, hidden] is upsampled bilinearly, then by a 2x2/2 ConvTranspose: the compiled
@@ -254,7 +263,7 @@ def seeds() -> tuple[bytes, ...]:
     """The hand-made .dcm seeds: between them they reach every compiled kernel (``kernel_names``)."""
     return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _sparse_batch8, _sparse_strided,
                                          _wide3x3, _stem, _pointwise_conv, _dense_layers, _logic, _layer_norm,
-                                         _lstm_upsample))
+                                         _lstm_upsample, _skip_concat))
 
 
 @lru_cache(maxsize=None)

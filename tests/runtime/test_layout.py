@@ -80,3 +80,60 @@ def test_transpose_kernel_gives_numpy_result(dtype, shape, perm):
     np.testing.assert_array_equal(y, x.transpose(perm))
     (again,) = Transpose(_Node(list(perm)), _Ctx())(x + 1)  # a second run at the same shape
     np.testing.assert_array_equal(again, (x + 1).transpose(perm))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shapes, axis", [
+    ([(1, 32, 64, 64), (1, 16, 64, 64)], 1),  # a batch-1 channel concat: two blocks, cut into runs
+    ([(3, 5, 7), (3, 0, 7), (3, 9, 7)], 1),  # an empty input
+    ([(2, 3, 300), (2, 3, 1)], 2),  # many rows, blocks of unequal sizes
+    ([(4, 5), (2, 5)], 0),
+])
+def test_concat_matches_numpy(shapes, axis, threads):
+    rng = np.random.default_rng(len(shapes))
+    xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    want = np.concatenate(xs, axis)
+    y = np.full(want.shape, np.nan, np.float32)
+    native.concat(xs, y, int(np.prod(shapes[0][:axis])), threads)
+    np.testing.assert_array_equal(y, want)
+
+
+def test_concat_refuses_bad_calls():
+    x, y = np.ones((2, 3), np.float32), np.ones((2, 5), np.float32)
+    with pytest.raises(ValueError, match="y must have 12 values"):
+        native.concat([x, x], y, 2)
+    with pytest.raises(ValueError, match="input 1 must be 4-byte items"):
+        native.concat([x, np.ones(4, np.float64)], y, 2)
+    with pytest.raises(ValueError, match="whole rows of outer 4"):
+        native.concat([x, np.ones(2, np.float32)], y, 4)
+    with pytest.raises(ValueError, match="outer must be"):
+        native.concat([], y, 1)
+    with pytest.raises(TypeError, match="4- or 8-byte"):
+        native.concat([x], np.ones(6, np.int16), 1)
+
+
+class _ConcatNode:
+    def __init__(self, axis):
+        self.name, self.op, self.inputs, self.outputs, self.attrs = "c", "Concat", ["a", "b"], ["y"], {"axis": axis}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int64, np.float16])
+@pytest.mark.parametrize("shapes, axis", [([(1, 64, 32, 32), (1, 32, 32, 32)], 1),
+                                          ([(1, 64, 32, 32), (1, 64, 32, 32)], -1),
+                                          ([(2, 3), (2, 4)], 1)])  # small: numpy
+def test_concat_kernel_gives_numpy_result(dtype, shapes, axis):
+    """On two threads: the compiled copy for large 4- and 8-byte arrays, numpy for the rest."""
+    xs = [(np.random.default_rng(1).standard_normal(s) * 50).astype(dtype) for s in shapes]
+    from dcm.runtime.cpu.shape import Concat
+
+    (y,) = Concat(_ConcatNode(axis), _Ctx())(*xs)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y, np.concatenate(xs, axis))
+
+
+def test_concat_kernel_refuses_mismatched_shapes_as_numpy_does():
+    from dcm.runtime.cpu.shape import Concat
+
+    a, b = np.ones((1, 64, 32, 32), np.float32), np.ones((1, 64, 32, 33), np.float32)
+    with pytest.raises(ValueError):
+        Concat(_ConcatNode(1), _Ctx())(a, b)

@@ -553,6 +553,7 @@ HUGE_CALLS = {
     "pointwise_conv": lambda: native.pointwise_conv(_ones(4), _ones(4), _ones(8), (HUGE, 1, 1, 1)),
     "transpose2d": lambda: native.transpose2d(_ones(4), _ones(4), (HUGE, 2, 2)),
     "transpose2d cols": lambda: native.transpose2d(_ones(4), _ones(4), (1, 2, HUGE)),
+    "concat": lambda: native.concat([_ones(4)], _ones(4), HUGE),
     # gemm takes only arrays: a broadcast one (no memory behind it) with more columns than sgemm's int32
     "gemm": lambda: native.gemm(np.broadcast_to(np.float32(1), (1, 2**31)), np.broadcast_to(np.float32(1), (2**31, 1)),
                                 np.ones((1, 1), np.float32)),

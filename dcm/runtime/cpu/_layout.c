@@ -1,4 +1,4 @@
-/* dcm.runtime.cpu._layout: the data movement of layout ops.
+/* dcm.runtime.cpu._layout: the data movement of layout ops (Transpose, Concat).
  *
  * transpose2d (Transpose; shape.py): y[b, j, i] = x[b, i, j] for a float32 stack x [batch, rows,
  * cols]. Every permutation that, once the axes moving together are merged, swaps two blocks of axes
@@ -12,9 +12,13 @@
  * lines stay in L1 while the tiles of one column strip after another use them. Strips of 8 output
  * rows are independent: the thread pool splits them.
  *
+ * concat (Concat; shape.py): the inputs' blocks copied into one output, its runs of values split over
+ * the thread pool (numpy's concatenate is one thread's memcpy).
+ *
  * Sizes come from the caller and are checked against the arrays' lengths through size_product.
  */
 #include "_kernel_common.h"
+#include <string.h>
 
 #define TRANSPOSE_BLOCK_ROWS 256 /* input rows per pass over the column strips: a line each, 16 KiB of L1 */
 #define TRANSPOSE_RANGE_VALUES 16384 /* values a thread's range moves at least: a few microseconds */
@@ -127,8 +131,109 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * concat: y [outer, sum of inner_i] from inputs x_i [outer, inner_i] (Concat on any axis: outer is
+ * the product of the axes before it). The output is cut into equal runs of values, each copied by
+ * one thread of the pool from the inputs it spans: one memcpy per input row it crosses. A batch-1
+ * channel concat (outer 1, two blocks of megabytes) is then split as evenly as a wide one.
+ * ------------------------------------------------------------------------------------------------ */
+
+#define CONCAT_RUN 16384 /* values per range: 64 KiB, a few microseconds of copying */
+
+typedef struct {
+    const char *const *src; /* per input */
+    const Py_ssize_t *inner; /* per input: values per outer index */
+    Py_ssize_t count, row, total, itemsize; /* inputs, values per output row, values */
+    char *y;
+} Concat;
+
+/* Output values [lo, hi) * CONCAT_RUN (the last range cut at the end). */
+static void concat_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const Concat *t = ctx;
+    Py_ssize_t pos = lo * CONCAT_RUN, end = hi * CONCAT_RUN < t->total ? hi * CONCAT_RUN : t->total;
+    while (pos < end) {
+        Py_ssize_t o = pos / t->row, r = pos % t->row, i = 0, start = 0;
+        while (r >= start + t->inner[i]) start += t->inner[i++]; /* the input whose block holds r */
+        Py_ssize_t take = t->inner[i] - (r - start);
+        if (take > end - pos) take = end - pos;
+        memcpy(t->y + pos * t->itemsize, t->src[i] + (o * t->inner[i] + r - start) * t->itemsize,
+               take * t->itemsize);
+        pos += take;
+    }
+}
+
+PyDoc_STRVAR(concat_doc,
+"concat(xs, y, outer, threads=1)\n\n"
+"y = the concatenation of each x in xs seen as [outer, x.size / outer] along its second axis: y\n"
+"[outer, sum of those]. All C-contiguous with the same item size (4 or 8 bytes); y must not overlap\n"
+"an x. On up to `threads` threads of the native pool.");
+
+static PyObject *concat(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"xs", "y", "outer", "threads", NULL};
+    PyObject *xso, *yo;
+    Py_ssize_t outer;
+    int threads = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!On|i", kwlist, &PyList_Type, &xso, &yo, &outer, &threads))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(xso);
+    if (outer < 1 || count < 1 || count > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "concat: outer must be >= 1 and xs hold 1 to 2^20 arrays");
+        return NULL;
+    }
+    Py_buffer yb = {0}, *views = PyMem_Calloc(count, sizeof(Py_buffer));
+    const char **src = PyMem_Calloc(count, sizeof(char *));
+    Py_ssize_t *inner = PyMem_Calloc(count, sizeof(Py_ssize_t));
+    PyObject *result = NULL;
+    if (!views || !src || !inner) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (PyObject_GetBuffer(yo, &yb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto done;
+    Py_ssize_t itemsize = yb.itemsize, row = 0;
+    if (itemsize != 4 && itemsize != 8) {
+        PyErr_SetString(PyExc_TypeError, "concat: y must have 4- or 8-byte items");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (PyObject_GetBuffer(PyList_GET_ITEM(xso, i), &views[i], PyBUF_C_CONTIGUOUS) < 0) goto done;
+        Py_ssize_t values = views[i].len / itemsize;
+        if (views[i].itemsize != itemsize || values % outer) {
+            PyErr_Format(PyExc_ValueError, "concat: input %zd must be %zd-byte items in whole rows of outer %zd", i,
+                         itemsize, outer);
+            goto done;
+        }
+        src[i] = views[i].buf;
+        inner[i] = values / outer;
+        row += inner[i];
+    }
+    Py_ssize_t total = SIZE_PRODUCT(outer, row);
+    if (total < 0 || yb.len / itemsize != total) {
+        PyErr_Format(PyExc_ValueError, "concat: y must have %zd values (outer %zd x %zd), has %zd", total, outer, row,
+                     yb.len / itemsize);
+        goto done;
+    }
+    if (total) {
+        Concat t = {src, inner, count, row, total, itemsize, yb.buf};
+        Py_BEGIN_ALLOW_THREADS
+        parallel_for(concat_range, &t, (total + CONCAT_RUN - 1) / CONCAT_RUN, 1, threads);
+        Py_END_ALLOW_THREADS
+    }
+    result = Py_NewRef(Py_None);
+done:
+    for (Py_ssize_t i = 0; views && i < count; i++)
+        if (views[i].obj) PyBuffer_Release(&views[i]);
+    if (yb.obj) PyBuffer_Release(&yb);
+    PyMem_Free(views);
+    PyMem_Free(src);
+    PyMem_Free(inner);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
     {"transpose2d", (PyCFunction)(void (*)(void))transpose2d, METH_VARARGS | METH_KEYWORDS, transpose_doc},
+    {"concat", (PyCFunction)(void (*)(void))concat, METH_VARARGS | METH_KEYWORDS, concat_doc},
     {"set_simd", set_simd, METH_O, set_simd_doc},
     {NULL},
 };

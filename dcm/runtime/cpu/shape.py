@@ -238,10 +238,31 @@ def _keeps_last_axis(k: Transpose) -> bool:
     return k.perm is not None and k.perm[-1] == len(k.perm) - 1
 
 
+# Output values from which a Concat on two or more threads copies through the native pool: below,
+# numpy's single memcpy of each block is as fast as a hand-off.
+CONCAT_SPLIT_MIN = 1 << 16
+
+
 @register("Concat")
 class Concat(Kernel):
+    """numpy's concatenate; on two or more threads a large one of 4- or 8-byte values (U-Net's skip
+    connections: megabytes at batch 1) is copied by the compiled ``concat`` over the native pool."""
+
     def __call__(self, *xs):
-        return (np.concatenate(xs, axis=int(self.attrs["axis"])),)
+        axis = int(self.attrs["axis"])
+        first = xs[0] if xs else None
+        if (self.threads > 1 and native.concat is not None and isinstance(first, np.ndarray) and first.ndim
+                and first.dtype.itemsize in (4, 8)):
+            axis = normal_axis(axis, first.ndim)
+            rest = first.shape[:axis], first.shape[axis + 1 :]
+            if all(type(x) is np.ndarray and x.dtype == first.dtype and x.flags.c_contiguous and x.ndim == first.ndim
+                   and (x.shape[:axis], x.shape[axis + 1 :]) == rest for x in xs):
+                shape = (*rest[0], sum(x.shape[axis] for x in xs), *rest[1])
+                if math.prod(shape) >= CONCAT_SPLIT_MIN:
+                    y = np.empty(shape, first.dtype)
+                    native.concat(list(xs), y, math.prod(rest[0]), self.threads)
+                    return (y,)
+        return (np.concatenate(xs, axis=axis),)
 
 
 def _axes_index(rank: int, axes: list[int], fill) -> tuple:
