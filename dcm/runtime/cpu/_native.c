@@ -1556,6 +1556,93 @@ typedef struct {
             }                                                                                      \
         }
 
+/* F(4x4, 3x3): 6x6 input tiles 4 apart, V [36, C, tiles], 4x4 output tiles (Lavin & Gray's B^T and
+ * A^T, points 0, +-1, +-2 and infinity). rows: 6 scratch rows of wp = 4 tw + 2 floats, 6 more for the
+ * row sums. */
+#define WINO4_INPUT_BODY                                                                           \
+    Py_ssize_t wp = 4 * g->tw + 2, bt = g->t1 - g->t0, tiles = (g->n1 - g->n0) * bt * g->tw;      \
+    float *r[6], *d[6];                                                                            \
+    for (int i = 0; i < 6; i++) r[i] = rows + i * wp, d[i] = rows + (6 + i) * wp;                  \
+    for (Py_ssize_t n = g->n0; n < g->n1; n++)                                                     \
+        for (Py_ssize_t c = c0; c < c1; c++) {                                                     \
+            const float *plane = x + (n * g->c + c) * g->h * g->w;                                 \
+            for (Py_ssize_t tr = g->t0; tr < g->t1; tr++) {                                       \
+                for (int i = 0; i < 6; i++) {                                                      \
+                    Py_ssize_t src = 4 * tr + i - g->pt;                                           \
+                    memset(r[i], 0, wp * sizeof(float));                                           \
+                    if (src >= 0 && src < g->h) {                                                  \
+                        Py_ssize_t lo = g->pl, len = g->w < wp - lo ? g->w : wp - lo;              \
+                        if (len > 0) memcpy(r[i] + lo, plane + src * g->w, len * sizeof(float));   \
+                    }                                                                              \
+                }                                                                                  \
+                for (Py_ssize_t j = 0; j < wp; j++) { /* B^T along the rows */                     \
+                    float r0 = r[0][j], r1 = r[1][j], r2 = r[2][j], r3 = r[3][j], r4 = r[4][j];    \
+                    d[0][j] = 4.f * r0 - 5.f * r2 + r4;                                            \
+                    d[1][j] = r3 + r4 - 4.f * (r1 + r2);                                           \
+                    d[2][j] = r4 - r3 + 4.f * (r1 - r2);                                           \
+                    d[3][j] = r4 - r2 + 2.f * (r3 - r1);                                           \
+                    d[4][j] = r4 - r2 + 2.f * (r1 - r3);                                           \
+                    d[5][j] = 4.f * r1 - 5.f * r3 + r[5][j];                                       \
+                }                                                                                  \
+                Py_ssize_t base = ((n - g->n0) * bt + tr - g->t0) * g->tw;                         \
+                for (int a = 0; a < 6; a++) { /* ... and along the columns of every tile */        \
+                    const float *e = d[a];                                                         \
+                    float *vv[6];                                                                  \
+                    for (int b = 0; b < 6; b++) vv[b] = v + ((6 * a + b) * g->c + c) * tiles + base; \
+                    for (Py_ssize_t t = 0; t < g->tw; t++) {                                       \
+                        const float *f = e + 4 * t;                                                \
+                        vv[0][t] = 4.f * f[0] - 5.f * f[2] + f[4];                                 \
+                        vv[1][t] = f[3] + f[4] - 4.f * (f[1] + f[2]);                              \
+                        vv[2][t] = f[4] - f[3] + 4.f * (f[1] - f[2]);                              \
+                        vv[3][t] = f[4] - f[2] + 2.f * (f[3] - f[1]);                              \
+                        vv[4][t] = f[4] - f[2] + 2.f * (f[1] - f[3]);                              \
+                        vv[5][t] = 4.f * f[1] - 5.f * f[3] + f[5];                                 \
+                    }                                                                              \
+                }                                                                                  \
+            }                                                                                      \
+        }
+
+/* out rows [4 t0, 4 t1) of channels [k0, k1): A^T M A, bias, ReLU, cropped to oh x ow. rows: 4 rows of
+ * 4 tw floats. */
+#define WINO4_OUTPUT_BODY                                                                          \
+    Py_ssize_t bt = g->t1 - g->t0, tiles = (g->n1 - g->n0) * bt * g->tw, yw = 4 * g->tw;           \
+    for (Py_ssize_t n = g->n0; n < g->n1; n++)                                                     \
+        for (Py_ssize_t k = k0; k < k1; k++) {                                                     \
+            float b = bias ? bias[k] : 0.f;                                                        \
+            float *plane = out + (n * kk + k) * oh * ow;                                           \
+            for (Py_ssize_t tr = g->t0; tr < g->t1; tr++) {                                       \
+                Py_ssize_t base = ((n - g->n0) * bt + tr - g->t0) * g->tw;                         \
+                const float *q[36];                                                                \
+                for (int i = 0; i < 36; i++) q[i] = m + (i * kk + k) * tiles + base;               \
+                for (Py_ssize_t t = 0; t < g->tw; t++) {                                           \
+                    float p[4][6];                                                                 \
+                    for (int j = 0; j < 6; j++) { /* A^T along the rows */                         \
+                        float m0 = q[j][t], m1 = q[6 + j][t], m2 = q[12 + j][t], m3 = q[18 + j][t]; \
+                        float m4 = q[24 + j][t], m5 = q[30 + j][t];                                \
+                        p[0][j] = m0 + m1 + m2 + m3 + m4;                                          \
+                        p[1][j] = m1 - m2 + 2.f * (m3 - m4);                                       \
+                        p[2][j] = m1 + m2 + 4.f * (m3 + m4);                                       \
+                        p[3][j] = m1 - m2 + 8.f * (m3 - m4) + m5;                                  \
+                    }                                                                              \
+                    for (int a = 0; a < 4; a++) { /* ... and along the columns */                  \
+                        const float *f = p[a];                                                     \
+                        float y0 = b + f[0] + f[1] + f[2] + f[3] + f[4];                           \
+                        float y1 = b + f[1] - f[2] + 2.f * (f[3] - f[4]);                          \
+                        float y2 = b + f[1] + f[2] + 4.f * (f[3] + f[4]);                          \
+                        float y3 = b + f[1] - f[2] + 8.f * (f[3] - f[4]) + f[5];                   \
+                        if (relu) {                                                                \
+                            y0 = y0 < 0.f ? 0.f : y0; y1 = y1 < 0.f ? 0.f : y1;                    \
+                            y2 = y2 < 0.f ? 0.f : y2; y3 = y3 < 0.f ? 0.f : y3;                    \
+                        }                                                                          \
+                        float *yr = rows + a * yw + 4 * t;                                         \
+                        yr[0] = y0; yr[1] = y1; yr[2] = y2; yr[3] = y3;                            \
+                    }                                                                              \
+                }                                                                                  \
+                for (int a = 0; a < 4; a++)                                                        \
+                    if (4 * tr + a < oh) memcpy(plane + (4 * tr + a) * ow, rows + a * yw, ow * sizeof(float)); \
+            }                                                                                      \
+        }
+
 static void wino_input_generic(const WinoGeometry *g, const float *x, float *v, float *rows, Py_ssize_t c0,
                                Py_ssize_t c1)
 {
@@ -1568,7 +1655,33 @@ static void wino_output_generic(const WinoGeometry *g, const float *m, float *ou
     WINO_OUTPUT_BODY
 }
 
+static void wino4_input_generic(const WinoGeometry *g, const float *x, float *v, float *rows, Py_ssize_t c0,
+                                Py_ssize_t c1)
+{
+    WINO4_INPUT_BODY
+}
+
+static void wino4_output_generic(const WinoGeometry *g, const float *m, float *out, Py_ssize_t kk, Py_ssize_t oh,
+                                 Py_ssize_t ow, const float *bias, int relu, float *rows, Py_ssize_t k0, Py_ssize_t k1)
+{
+    WINO4_OUTPUT_BODY
+}
+
 #ifdef HAVE_AVX2_PATH
+__attribute__((target("avx2,fma")))
+static void wino4_input_avx2(const WinoGeometry *g, const float *x, float *v, float *rows, Py_ssize_t c0,
+                             Py_ssize_t c1)
+{
+    WINO4_INPUT_BODY
+}
+
+__attribute__((target("avx2,fma")))
+static void wino4_output_avx2(const WinoGeometry *g, const float *m, float *out, Py_ssize_t kk, Py_ssize_t oh,
+                              Py_ssize_t ow, const float *bias, int relu, float *rows, Py_ssize_t k0, Py_ssize_t k1)
+{
+    WINO4_OUTPUT_BODY
+}
+
 __attribute__((target("avx2,fma")))
 static void wino_input_avx2(const WinoGeometry *g, const float *x, float *v, float *rows, Py_ssize_t c0,
                             Py_ssize_t c1)
@@ -1585,19 +1698,32 @@ static void wino_output_avx2(const WinoGeometry *g, const float *m, float *out, 
 #endif
 
 /* winograd_conv: the whole convolution in bands of samples x tile rows, each band's transforms and
- * its 16 products (M[i] = U[i]^T V[i], sgemm) done by one thread while its V and M are in cache;
- * the pool's threads take whole bands. A convolution of one band (a small plane: 512 channels at 7x7
- * is 16 tiles) splits each phase instead: the input transform by channels, the products by i, the
- * output transform by channels. */
+ * its products (M[i] = U[i]^T V[i], sgemm: 16 for F(2x2, 3x3), 36 for F(4x4, 3x3)) done by one thread
+ * while its V and M are in cache; the pool's threads take whole bands. A convolution of one band (a
+ * small plane: 512 channels at 7x7 is 16 tiles) splits each phase instead: the input transform by
+ * channels, the products by i, the output transform by channels. */
 typedef struct {
     WinoGeometry g; /* the band fields unused: set per band */
     const float *x, *u, *bias;
     float *out, *v, *m; /* v, m: the one band's buffers (single-band phases only) */
-    Py_ssize_t k, oh, ow, th, rows, samples, row_bands, max_tiles;
-    int relu;
+    Py_ssize_t k, oh, ow, th, rows, samples, row_bands, max_tiles, scratch;
+    int relu, f4, mats; /* f4: F(4x4, 3x3); mats: 16 or 36 products */
     dcm_sgemm_fn sgemm;
     int failed; /* a range could not allocate its buffers */
 } WinoConv;
+
+static void wino_in(const WinoConv *w, const WinoGeometry *g, float *v, float *rows, Py_ssize_t c0, Py_ssize_t c1)
+{
+    if (w->f4) DISPATCH(wino4_input, g, w->x, v, rows, c0, c1);
+    else DISPATCH(wino_input, g, w->x, v, rows, c0, c1);
+}
+
+static void wino_out(const WinoConv *w, const WinoGeometry *g, const float *m, float *rows, Py_ssize_t k0,
+                     Py_ssize_t k1)
+{
+    if (w->f4) DISPATCH(wino4_output, g, m, w->out, w->k, w->oh, w->ow, w->bias, w->relu, rows, k0, k1);
+    else DISPATCH(wino_output, g, m, w->out, w->k, w->oh, w->ow, w->bias, w->relu, rows, k0, k1);
+}
 
 static void wino_band(const WinoConv *w, Py_ssize_t b, WinoGeometry *g)
 {
@@ -1608,7 +1734,7 @@ static void wino_band(const WinoConv *w, Py_ssize_t b, WinoGeometry *g)
     g->t1 = g->t0 + w->rows < w->th ? g->t0 + w->rows : w->th;
 }
 
-/* M[i] = U[i]^T V[i] for i in [i0, i1): U^T [16, K, C], V [16, C, tiles], M [16, K, tiles], row-major;
+/* M[i] = U[i]^T V[i] for i in [i0, i1): U^T [mats, K, C], V [mats, C, tiles], M [mats, K, tiles], row-major;
  * column-major that is M^T (tiles x K) = V^T (tiles x C) @ U (C x K), every operand untransposed. */
 static void wino_products(const WinoConv *w, const float *v, float *m, int tiles, int i0, int i1)
 {
@@ -1623,19 +1749,19 @@ static void wino_bands_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     WinoConv *w = ctx;
     Py_ssize_t tw = w->g.tw;
-    float *v = malloc((size_t)(16 * (w->g.c + w->k) * w->max_tiles + 8 * (2 * tw + 2)) * sizeof(float));
+    float *v = malloc((size_t)(w->mats * (w->g.c + w->k) * w->max_tiles + w->scratch) * sizeof(float));
     if (!v) {
         __atomic_store_n(&w->failed, 1, __ATOMIC_RELAXED);
         return;
     }
-    float *m = v + 16 * w->g.c * w->max_tiles, *rows = m + 16 * w->k * w->max_tiles;
+    float *m = v + w->mats * w->g.c * w->max_tiles, *rows = m + w->mats * w->k * w->max_tiles;
     for (Py_ssize_t b = lo; b < hi; b++) {
         WinoGeometry g;
         wino_band(w, b, &g);
         int tiles = (int)((g.n1 - g.n0) * (g.t1 - g.t0) * tw);
-        DISPATCH(wino_input, &g, w->x, v, rows, 0, g.c);
-        wino_products(w, v, m, tiles, 0, 16);
-        DISPATCH(wino_output, &g, m, w->out, w->k, w->oh, w->ow, w->bias, w->relu, rows, 0, w->k);
+        wino_in(w, &g, v, rows, 0, g.c);
+        wino_products(w, v, m, tiles, 0, w->mats);
+        wino_out(w, &g, m, rows, 0, w->k);
     }
     free(v);
 }
@@ -1645,12 +1771,12 @@ static void wino_input_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
     WinoConv *w = ctx;
     WinoGeometry g;
     wino_band(w, 0, &g);
-    float *rows = malloc((size_t)(8 * (2 * g.tw + 2)) * sizeof(float));
+    float *rows = malloc((size_t)w->scratch * sizeof(float));
     if (!rows) {
         __atomic_store_n(&w->failed, 1, __ATOMIC_RELAXED);
         return;
     }
-    DISPATCH(wino_input, &g, w->x, w->v, rows, lo, hi);
+    wino_in(w, &g, w->v, rows, lo, hi);
     free(rows);
 }
 
@@ -1665,32 +1791,33 @@ static void wino_output_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
     WinoConv *w = ctx;
     WinoGeometry g;
     wino_band(w, 0, &g);
-    float *rows = malloc((size_t)(4 * g.tw) * sizeof(float));
+    float *rows = malloc((size_t)w->scratch * sizeof(float));
     if (!rows) {
         __atomic_store_n(&w->failed, 1, __ATOMIC_RELAXED);
         return;
     }
-    DISPATCH(wino_output, &g, w->m, w->out, w->k, w->oh, w->ow, w->bias, w->relu, rows, lo, hi);
+    wino_out(w, &g, w->m, rows, lo, hi);
     free(rows);
 }
 
 PyDoc_STRVAR(wino_conv_doc,
-"winograd_conv(x, u, out, shape, pads, band_tiles, bias=None, relu=False, threads=1)\n\n"
-"A dense 3x3 stride-1 convolution by Winograd F(2x2, 3x3): x float32 [N, C, H, W] (shape), pads =\n"
-"(top, left) (zeros outside x; the output size says how far the bottom/right padding goes), u float32\n"
-"[16, K, C] (winograd.transform_weight), out float32 [N, K, OH, OW], then bias float32 [K] and the\n"
-"ReLU. Bands of about band_tiles tiles (whole tile rows, then whole samples), taken by up to threads\n"
-"threads of the native pool.");
+"winograd_conv(x, u, out, shape, pads, band_tiles, bias=None, relu=False, threads=1, tile=2)\n\n"
+"A dense 3x3 stride-1 convolution by Winograd F(tile x tile, 3x3), tile 2 or 4: x float32 [N, C, H, W]\n"
+"(shape), pads = (top, left) (zeros outside x; the output size says how far the bottom/right padding\n"
+"goes), u float32 [(tile + 2)^2, K, C] (winograd.transform_weight), out float32 [N, K, OH, OW], then\n"
+"bias float32 [K] and the ReLU. Bands of about band_tiles tiles (whole tile rows, then whole samples),\n"
+"taken by up to threads threads of the native pool.");
 
 static PyObject *winograd_conv(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"x", "u", "out", "shape", "pads", "band_tiles", "bias", "relu", "threads", NULL};
+    static char *kwlist[] = {"x", "u", "out", "shape", "pads", "band_tiles", "bias", "relu", "threads", "tile",
+                             NULL};
     PyObject *xo, *uo, *oo, *so, *po, *biaso = Py_None;
     Py_ssize_t band_tiles, k, oh, ow;
-    int relu = 0, threads = 1;
+    int relu = 0, threads = 1, tile = 2;
     WinoConv w = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOn|Opi", kwlist, &xo, &uo, &oo, &so, &po, &band_tiles, &biaso,
-                                     &relu, &threads))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOn|Opii", kwlist, &xo, &uo, &oo, &so, &po, &band_tiles, &biaso,
+                                     &relu, &threads, &tile))
         return NULL;
     WinoGeometry *g = &w.g;
     if (!PyArg_ParseTuple(so, "nnnnnnn", &g->n, &g->c, &g->h, &g->w, &k, &oh, &ow) ||
@@ -1699,21 +1826,25 @@ static PyObject *winograd_conv(PyObject *self, PyObject *args, PyObject *kwds)
     const Py_ssize_t big = (Py_ssize_t)1 << 20;
     if (g->n < 1 || g->c < 1 || g->h < 1 || g->w < 1 || k < 1 || oh < 1 || ow < 1 || g->h > big || g->w > big ||
         oh > big || ow > big || g->c > big || k > big || g->pt < 0 || g->pl < 0 || g->pt > big || g->pl > big ||
-        band_tiles < 1 || band_tiles > big || threads < 1) {
-        PyErr_SetString(PyExc_ValueError, "winograd_conv: a size, pad, band or thread count is out of bounds");
+        band_tiles < 1 || band_tiles > big || threads < 1 || (tile != 2 && tile != 4)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "winograd_conv: a size, pad, band, thread count or tile size is out of bounds");
         return NULL;
     }
-    w.k = k, w.oh = oh, w.ow = ow, w.relu = relu;
-    w.th = (oh + 1) / 2, g->tw = (ow + 1) / 2;
+    w.k = k, w.oh = oh, w.ow = ow, w.relu = relu, w.f4 = tile == 4, w.mats = (tile + 2) * (tile + 2);
+    w.th = (oh + tile - 1) / tile, g->tw = (ow + tile - 1) / tile;
+    /* a range's scratch rows: the input transform's (2 (tile + 2) rows of tile tw + 2), which hold the
+     * output transform's (tile rows of tile tw) too */
+    w.scratch = 2 * (tile + 2) * (tile * g->tw + 2);
     Py_ssize_t tiles = g->tw > band_tiles ? g->tw : band_tiles; /* per band: whole tile rows */
     w.rows = tiles / g->tw < w.th ? tiles / g->tw : w.th;
     w.samples = w.rows == w.th ? (tiles / (w.rows * g->tw) < g->n ? tiles / (w.rows * g->tw) : g->n) : 1;
     w.row_bands = (w.th + w.rows - 1) / w.rows;
     Py_ssize_t bands = (g->n + w.samples - 1) / w.samples * w.row_bands;
     w.max_tiles = w.samples * w.rows * g->tw;
-    Py_ssize_t x_count = SIZE_PRODUCT(g->n, g->c, g->h, g->w), u_count = SIZE_PRODUCT(16, g->c, k),
-               out_count = SIZE_PRODUCT(g->n, k, oh, ow), buffers = SIZE_PRODUCT(16, g->c + k, w.max_tiles);
-    if (x_count < 0 || u_count < 0 || out_count < 0 || buffers < 0 || w.max_tiles > INT32_MAX / 16 ||
+    Py_ssize_t x_count = SIZE_PRODUCT(g->n, g->c, g->h, g->w), u_count = SIZE_PRODUCT(w.mats, g->c, k),
+               out_count = SIZE_PRODUCT(g->n, k, oh, ow), buffers = SIZE_PRODUCT(w.mats, g->c + k, w.max_tiles);
+    if (x_count < 0 || u_count < 0 || out_count < 0 || buffers < 0 || w.max_tiles > INT32_MAX / 36 ||
         SIZE_PRODUCT(g->c, k) > INT32_MAX || SIZE_PRODUCT(g->c, w.max_tiles) > INT32_MAX ||
         SIZE_PRODUCT(k, w.max_tiles) > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "winograd_conv: the sizes overflow");
@@ -1745,10 +1876,10 @@ static PyObject *winograd_conv(PyObject *self, PyObject *args, PyObject *kwds)
             PyErr_NoMemory();
             goto done;
         }
-        w.m = w.v + 16 * g->c * w.max_tiles;
+        w.m = w.v + w.mats * g->c * w.max_tiles;
         Py_BEGIN_ALLOW_THREADS
         parallel_for(wino_input_range, &w, g->c, 1, threads);
-        parallel_for(wino_products_range, &w, 16, 1, threads);
+        parallel_for(wino_products_range, &w, w.mats, 1, threads);
         parallel_for(wino_output_range, &w, k, 1, threads);
         Py_END_ALLOW_THREADS
         PyMem_RawFree(w.v);
@@ -1762,7 +1893,6 @@ done:
     RELEASE_BUFFERS(&xb, &ob, &ub, &bb);
     return result;
 }
-
 
 /* ------------------------------------------------------------------------------------------------
  * pool2d: MaxPool / AveragePool over [N, C, H, W] planes, separably: for each output row, the kh
