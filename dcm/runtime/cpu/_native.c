@@ -2131,6 +2131,11 @@ typedef struct {
 
 #define DEPTHWISE_LANES_MAX_WIDTH 32 /* narrower outputs, and strided ones, take 8 channels side by side */
 #define DEPTHWISE_GRAIN_WORK 65536    /* multiply-adds a thread's range holds at least (a hand-off is ~3 us) */
+/* Strided layers take 16 lanes (AVX-512) only on input planes up to this many values: their transposes
+ * cost as much as at stride 1 for a quarter of the sums, and 16 lanes lost from 28x28 up (one thread,
+ * 16 lanes against 8: 3x3/2 at 14x14 0.88x, 28x28 1.08x, 56x56 1.14x, 112x112 1.22x; at stride 1,
+ * 0.82x at 7x7, 0.91x at 14x14 and 28x28). */
+#define DEPTHWISE_LANES16_MAX_STRIDED 256
 
 #define DEPTHWISE_ARGS const Window2d *g, const float *x, const float *wt, const float *bias, float *y, int clamp, \
                        float lo, float hi, const Py_ssize_t *cols, float *flat, Py_ssize_t p0, Py_ssize_t p1
@@ -2628,7 +2633,8 @@ static void depthwise_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 #endif
     Py_ssize_t from = lo; /* the planes left to the paths below */
 #ifdef HAVE_AVX2_PATH
-    if (j->lanes && use_avx512()) { /* whole groups of 16 planes; a last smaller group on the AVX2 path */
+    if (j->lanes && use_avx512() && (g->sw == 1 || g->h * g->w <= DEPTHWISE_LANES16_MAX_STRIDED)) {
+        /* whole groups of 16 planes; a last smaller group on the AVX2 path */
         zero_borders(s, hp, wp, 16, g->pt, g->h, g->pl, g->w);
         from = lo + (hi - lo) / 16 * 16;
         depthwise_lanes_avx512(g, j->x, j->wt, j->bias, j->y, j->clamp, j->lo, j->hi, s, s + j->tile,

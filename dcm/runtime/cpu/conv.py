@@ -298,7 +298,10 @@ class Conv(Kernel):
         if self.relu:
             return ("relu", 0.0, 0.0)
         act = None if epilogue is None else epilogue.act
-        kinds = pointconv.ACTS if self.depthwise_weight is not None else ("relu", "clip")
+        # depthwise2d's Sigmoid, SiLU and HardSwish are vectorized on AVX-512 only (elsewhere _pointwise.c's
+        # AVX2 pass after the kernel is the faster one)
+        wide = self.depthwise_weight is not None and native.batched_simd() == "avx512"
+        kinds = pointconv.ACTS if wide else ("relu", "clip")
         return act if act is not None and act[0] in kinds else None
 
     def _lanes(self, x: np.ndarray, act: tuple[str, float, float] | None) -> np.ndarray:

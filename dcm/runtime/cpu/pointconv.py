@@ -5,9 +5,10 @@ blocks shared over the native pool.
 
 The layers of MobileNet and EfficientNet have few input channels (K = 16..960) and many pixels,
 where BLAS's packing of both operands and the separate pass of the bias and activation cost as much
-as the product (MobileNetV2's 19 layer shapes at batch 1, one thread: 3.00 ms against 3.67 for
-``np.matmul`` + the compiled activation and 4.24 for onnxruntime's Conv + Clip; benchmarks/
-pointwise_conv.py). Taken only where the CPU has AVX-512 (``simd() == "avx512"``): the portable
+as the product (``python -m benchmarks.mobile_convs``: MobileNetV2's 19 1x1 layer shapes at batch 1,
+one thread, 3.00 ms against 3.67 for ``np.matmul`` + the compiled activation and 4.24 for
+onnxruntime's Conv + Clip; the 7x7 layers, whose weights outweigh their pixels, still lose to
+onnxruntime by 1.1-1.3x). Taken only where the CPU has AVX-512 (``simd() == "avx512"``): the portable
 path exists for other CPUs' correctness, not their speed, and there BLAS stays."""
 from __future__ import annotations
 
