@@ -31,6 +31,7 @@
  */
 #include "_kernel_common.h"
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #define RELEASE_GIL_MIN 32768 /* multiply-adds per call below which the GIL round trip costs more */
@@ -497,6 +498,10 @@ typedef struct {
     Py_ssize_t t;
     Input in, reset_in; /* h, and a GRU's r * h (tmp) */
     float *h_out, *ht_out, *acc, *tmp, *tmpt;
+    /* the threads' shares of the units (see by_share) */
+    Py_ssize_t shares, blocks;
+    atomic_int *taken;
+    void (*part)(void *, Py_ssize_t, Py_ssize_t); /* step_units or step_reset_units */
 } Scan;
 
 /* The new state's transposed copy, for the next step's pruned product. */
@@ -584,6 +589,44 @@ static void step_reset_units(void *ctx, Py_ssize_t u0, Py_ssize_t u1)
     write_ht(s, s->h_out, s->ht_out, u0, u1);
 }
 
+/* A step's units go to the threads as `shares` equal parts (in whole panels), each thread taking
+ * the same part every step where it can: the caller part 0, a pool thread the part its first call
+ * gave it. So each thread's part of R stays in its own core's cache; handed out in the pool's order
+ * instead, half of R moved between the cores every step, and 2 threads took longer than one. A
+ * part already taken (a thread came late, or the pool ran the call serially) sends the thread on to
+ * the next free one: every part is done once, by one of the pool's calls. */
+static _Thread_local int scanning;         /* set on the thread that runs scan */
+static _Thread_local int own_share = -1;   /* a pool thread's part, once it has one */
+static atomic_int shares_given;
+
+static void by_share(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const Scan *s = ctx;
+    for (Py_ssize_t call = lo; call < hi; call++) {
+        if (!scanning && own_share < 0) own_share = 1 + atomic_fetch_add(&shares_given, 1) % 63;
+        const Py_ssize_t first = scanning ? 0 : own_share % s->shares;
+        for (Py_ssize_t i = 0; i < s->shares; i++) {
+            const Py_ssize_t q = (first + i) % s->shares;
+            if (atomic_exchange(&s->taken[q], 1)) continue;
+            const Py_ssize_t u0 = q * s->blocks / s->shares * PANEL_W, u1 = (q + 1) * s->blocks / s->shares * PANEL_W;
+            s->part((void *)s, u0, u1 < s->hidden ? u1 : s->hidden);
+            break;
+        }
+    }
+}
+
+/* One part of a step (step_units or step_reset_units) over all units, on up to `threads` threads. */
+static void run_step(Scan *s, void (*part)(void *, Py_ssize_t, Py_ssize_t), int threads)
+{
+    if (threads < 2 || s->shares < 2) {
+        part(s, 0, s->hidden);
+        return;
+    }
+    s->part = part;
+    for (Py_ssize_t q = 0; q < s->shares; q++) atomic_store(&s->taken[q], 0);
+    parallel_for(by_share, s, s->shares, 1, threads);
+}
+
 /* How many values of each sequence's h are not finite (for csr_poison). */
 static void count_bad(const float *h, Py_ssize_t n, Py_ssize_t hid, Py_ssize_t *bad)
 {
@@ -597,6 +640,7 @@ static void count_bad(const float *h, Py_ssize_t n, Py_ssize_t hid, Py_ssize_t *
 typedef struct {
     float *h2, *ht[2], *acc, *tmp, *tmpt;
     Py_ssize_t *bad, *reset_bad;
+    atomic_int *taken; /* [shares] */
 } Buffers;
 
 /* Whether a step runs faster on one thread or on `threads` is measured as the loop runs: a probe
@@ -624,7 +668,7 @@ static double seconds(void)
 
 /* The steps, h double-buffered (a step reads every unit of h while its ranges write theirs). Units
  * go to the pool in whole panels; `threads` < 2 runs them in one range. */
-static void scan(Scan *s, Buffers *buf, float *h, int threads, Py_ssize_t grain)
+static void scan(Scan *s, Buffers *buf, float *h, int threads)
 {
     const Py_ssize_t hid = s->hidden, n = s->n;
     /* y is zero past each sequence's end, in either direction */
@@ -638,6 +682,8 @@ static void scan(Scan *s, Buffers *buf, float *h, int threads, Py_ssize_t grain)
     s->tmpt = buf->tmpt;
     s->reset_in = (Input){buf->tmp, buf->tmpt, buf->reset_bad};
     write_ht(s, h, buf->ht[0], 0, hid);
+    s->taken = buf->taken;
+    scanning = 1;
     Py_ssize_t cur = 0;
     int faster = threads; /* the probes' choice */
     double best[2] = {0, 0}; /* the probe's best step on one thread, on all */
@@ -655,10 +701,10 @@ static void scan(Scan *s, Buffers *buf, float *h, int threads, Py_ssize_t grain)
         s->h_out = hs[1 - cur];
         s->ht_out = buf->ht[1 - cur];
         if (buf->bad) count_bad(hs[cur], n, hid, buf->bad);
-        parallel_for(step_units, s, hid, grain, use);
+        run_step(s, step_units, use);
         if (split_reset) {
             if (buf->reset_bad) count_bad(buf->tmp, n, hid, buf->reset_bad);
-            parallel_for(step_reset_units, s, hid, grain, use);
+            run_step(s, step_reset_units, use);
         }
         if (probe) {
             const double took = seconds() - start;
@@ -672,6 +718,7 @@ static void scan(Scan *s, Buffers *buf, float *h, int threads, Py_ssize_t grain)
         }
         cur = 1 - cur;
     }
+    scanning = 0;
     if (cur) memcpy(h, hs[1], (size_t)(n * hid) * sizeof(float));
 }
 
@@ -876,7 +923,11 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
     buf.acc = PyMem_RawMalloc((size_t)(n * gh) * sizeof(float));
     buf.tmp = PyMem_RawCalloc((size_t)(n * hid), sizeof(float));
     buf.h2 = PyMem_RawMalloc((size_t)(n * hid) * sizeof(float));
-    int failed = !buf.acc || !buf.tmp || !buf.h2;
+    /* a step worth splitting goes to up to `threads` threads, a part of whole panels each */
+    if (work < RELEASE_GIL_MIN || SIZE_PRODUCT(n, gh, hid) < PARALLEL_MIN) threads = 1;
+    const Py_ssize_t blocks = (hid + PANEL_W - 1) / PANEL_W, shares = threads < blocks ? (threads > 1 ? threads : 1) : blocks;
+    buf.taken = PyMem_RawCalloc((size_t)shares, sizeof(atomic_int));
+    int failed = !buf.acc || !buf.tmp || !buf.h2 || !buf.taken;
     if (w.indptr) {
         failed |= !(buf.bad = PyMem_RawMalloc((size_t)n * sizeof(Py_ssize_t)));
         if (split_reset) failed |= !(buf.reset_bad = PyMem_RawMalloc((size_t)n * sizeof(Py_ssize_t)));
@@ -891,20 +942,19 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
     }
     Scan s = {.w = &w, .gs = &gs, .xw = xb.buf, .y = yb.buf, .c = cb.buf, .lens = lens, .steps = steps, .n = n,
               .hidden = hid, .directions = directions, .direction = direction, .lanes = lanes,
-              .backwards = backwards};
-    const Py_ssize_t grain = PANEL_W;
+              .backwards = backwards, .shares = shares, .blocks = blocks};
     if (work >= RELEASE_GIL_MIN) {
-        if (SIZE_PRODUCT(n, gh, hid) < PARALLEL_MIN) threads = 1;
         Py_BEGIN_ALLOW_THREADS
-        scan(&s, &buf, hb.buf, threads, grain);
+        scan(&s, &buf, hb.buf, threads);
         Py_END_ALLOW_THREADS
     } else {
-        scan(&s, &buf, hb.buf, 1, grain);
+        scan(&s, &buf, hb.buf, 1);
     }
     result = Py_NewRef(Py_None);
 done:
     PyMem_RawFree(packed);
-    void *scratch[] = {buf.h2, buf.ht[0], buf.ht[1], buf.acc, buf.tmp, buf.tmpt, buf.bad, buf.reset_bad};
+    void *scratch[] = {buf.h2, buf.ht[0], buf.ht[1], buf.acc, buf.tmp, buf.tmpt, buf.bad, buf.reset_bad,
+                       (void *)buf.taken};
     for (size_t i = 0; i < sizeof scratch / sizeof *scratch; i++) PyMem_RawFree(scratch[i]);
     RELEASE_BUFFERS(&xb, &yb, &hb, &cb, &lb, &rtb, &pb, &ib, &vb, &peb, &rbb);
     return result;
