@@ -1,7 +1,7 @@
 """The compiled LSTM/GRU/RNN step loop (_recurrent.c, native.recurrent_scan) against the numpy loop of
 recurrent.py on random models: every direction, batch 1, 3 and 9 (a pruned R's one-sequence and
 transposed-batch products, the dense tiles of 8 sequences and their remainders), hidden sizes that
-take R^T and the panels, sequences of different lengths, initial states, peepholes, clip,
+fill their last panel and that do not, sequences of different lengths, initial states, peepholes, clip,
 input_forget, GRU's linear_before_reset both ways, dense and pruned R, the AVX-512, AVX2 and portable
 paths; two threads give the bits one gives; Inf and NaN inputs propagate as in the dense math;
 malformed calls are refused."""
@@ -15,6 +15,7 @@ from dcm.converters import ConvertOptions, from_onnx
 from dcm.runtime import InferenceSession
 from dcm.runtime.cpu import native
 from dcm.runtime.cpu import _pool, _recurrent
+from dcm.runtime.cpu.recurrent import _scan_form
 from tests.runtime.opcheck import one_node
 from tests.runtime.switches import switched
 
@@ -88,7 +89,7 @@ def path(name: str):
 @pytest.mark.parametrize("simd", ["avx512", "avx2", "portable"])
 @pytest.mark.parametrize("density", [1.0, 0.15], ids=["dense", "pruned"])
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
-@pytest.mark.parametrize("batch, hidden", [(1, 20), (3, 32), (9, 16)])  # R^T, then panels
+@pytest.mark.parametrize("batch, hidden", [(1, 20), (3, 32), (9, 16)])  # 20: zeros in the last panels
 @pytest.mark.parametrize("op, attrs", CASES, ids=[f"{op}-{'-'.join(a) or 'plain'}" for op, a in CASES])
 def test_compiled_loop_matches_numpy(op, attrs, batch, hidden, direction, density, simd):
     seed = hash((op, tuple(attrs), batch, direction)) % 1000
@@ -117,7 +118,7 @@ THREADED = [("LSTM", {"peephole": True}), ("GRU", {}), ("GRU", {"linear_before_r
 
 
 @pytest.mark.parametrize("density", [1.0, 0.15], ids=["dense", "pruned"])
-@pytest.mark.parametrize("batch, hidden", [(2, 128), (8, 128), (8, 120)])  # 120: R^T, not panels
+@pytest.mark.parametrize("batch, hidden", [(2, 128), (8, 128), (8, 120)])  # 120: a part-filled last panel
 @pytest.mark.parametrize("op, attrs", THREADED, ids=[f"{op}-{'-'.join(a) or 'plain'}" for op, a in THREADED])
 def test_two_threads_give_the_bits_of_one(op, attrs, batch, hidden, density):
     """Each step's units are split across the native pool (in whole panels): the same sums in the
@@ -186,7 +187,7 @@ def _csr(indptr, indices):
     ({"lens": np.array([5], np.int64)}, "lens must have 2"),
     ({"direction": 1}, "direction 1 is outside"),
     ({"rt": np.zeros((12, 3), np.float32)}, "rt must be \\[3, 12\\]"),
-    ({"rt": np.zeros((2, 3, 8), np.float32)}, "rt must be \\[3, 12\\] \\(R transposed\\)$"),  # 12 rows: no panels
+    ({"rt": np.zeros((4, 3, 8), np.float32)}, "rt must be \\[3, 12\\] \\(R transposed\\) or its panels \\[4, 3, 16\\]"),
     ({"rt": None}, "give R as"),
     ({"peephole": np.zeros(8, np.float32)}, "peephole must have 9"),
     ({"clip": -1.0}, "clip must be"),
@@ -206,12 +207,31 @@ def test_malformed_calls_are_refused(change, message):
         native.recurrent_scan(**_args(**change))
 
 
+@pytest.mark.parametrize("op", GATES)
+def test_r_transposed_is_packed_like_the_loaded_panels(op):
+    """A caller's R^T is packed per call into the panels recurrent._scan_form makes at load."""
+    rng = np.random.default_rng(2)
+    gates, hidden, n = GATES[op], 20, 3
+    r = rng.standard_normal((gates * hidden, hidden)).astype(np.float32)
+    args = {"cell": op, "xw": rng.standard_normal((4, n, gates * hidden)).astype(np.float32),
+            "lens": np.full(n, 4, np.int64), "direction": 0, "backwards": False}
+    outs = []
+    for form in ({"rt": np.ascontiguousarray(r.T)}, _scan_form(r, gates)):
+        y, h = np.zeros((4, 1, n, hidden), np.float32), np.ones((n, hidden), np.float32)
+        c = np.ones((n, hidden), np.float32) if op == "LSTM" else None
+        native.recurrent_scan(**args, y=y, h=h, c=c, **form)
+        outs.append(y)
+    np.testing.assert_array_equal(*outs)
+    assert np.abs(outs[0]).max() > 0
+
+
 def test_panels_of_the_wrong_shape_are_refused():
-    args = _args(xw=np.zeros((5, 2, 64), np.float32), y=np.zeros((5, 1, 2, 16), np.float32),
-                 h=np.zeros((2, 16), np.float32), c=np.zeros((2, 16), np.float32))
-    native.recurrent_scan(**{**args, "rt": np.zeros((4, 16, 16), np.float32)})
-    with pytest.raises(ValueError, match="or its panels \\[rows / 16, hidden, 16\\]"):
-        native.recurrent_scan(**{**args, "rt": np.zeros((8, 16, 8), np.float32)})
+    """hidden 20: 32 units a gate in the panels, the last 12 zero."""
+    args = _args(xw=np.zeros((5, 2, 80), np.float32), y=np.zeros((5, 1, 2, 20), np.float32),
+                 h=np.zeros((2, 20), np.float32), c=np.zeros((2, 20), np.float32))
+    native.recurrent_scan(**{**args, "rt": np.zeros((8, 20, 16), np.float32)})
+    with pytest.raises(ValueError, match="or its panels \\[8, 20, 16\\]"):
+        native.recurrent_scan(**{**args, "rt": np.zeros((5, 20, 16), np.float32)})
 
 
 def test_wrong_array_types_are_refused():

@@ -41,12 +41,12 @@
 enum { CELL_RNN, CELL_GRU, CELL_LSTM };
 
 typedef struct {
-    const float *rt;       /* dense R^T [hidden, rows], or NULL */
     const float *panels;   /* dense R^T as unit-major panels (see half_panel), or NULL */
-    const int64_t *indptr; /* CSR R [rows, hidden] */
+    const int64_t *indptr; /* CSR R [gates * hidden, hidden] */
     const int32_t *indices;
     const float *values;
-    Py_ssize_t rows, hidden, gates; /* rows = gates * hidden */
+    Py_ssize_t hidden, gates;
+    Py_ssize_t units; /* hidden rounded up to PANEL_W: a gate's columns in the panels and in acc */
 } Weight;
 
 /* ---- activations, in place ---- */
@@ -165,19 +165,20 @@ ACTIVATION_LOOPS(sigmoid)
 ACTIVATION_LOOPS(tanh)
 #endif
 
-/* ---- the recurrent product: acc[b, g * hidden + u] = h[b] . R[g * hidden + u] ----
+/* ---- the recurrent product: acc[b, g * units + u] = h[b] . R[g * hidden + u] ----
  *
  * Each call covers the units [u0, u1) of gates [g0, g1), so that a thread can take a range of units
  * and run their gates without waiting for the others' (all of a unit's gates are in its range). */
 
-/* Dense panels: R^T in unit-major order, panel p = (u / PANEL_W) * gates + g holding the columns
- * g * hidden + (u / PANEL_W) * PANEL_W .. + PANEL_W, as [panels][hidden][PANEL_W]. A range of units,
- * all gates, is then one run of panels, each read as a sequential stream. Vectors are 8 floats, half
- * a panel; v's panel and the column of acc it is summed into: */
+/* Dense panels: R^T in unit-major order, panel p = (u / PANEL_W) * gates + g holding gate g's
+ * units (u / PANEL_W) * PANEL_W .. + PANEL_W (zeros past hidden), as [panels][hidden][PANEL_W]. A
+ * range of units, all gates, is then one run of panels, each read as a sequential stream. acc rows
+ * are [gates][units], so that the zero units past hidden have columns of their own. Vectors are 8
+ * floats, half a panel; v's panel and the column of acc it is summed into: */
 static inline const float *half_panel(const Weight *w, Py_ssize_t v, Py_ssize_t *col)
 {
     const Py_ssize_t p = v / 2;
-    *col = (p % w->gates) * w->hidden + (p / w->gates) * PANEL_W + (v % 2) * 8;
+    *col = (p % w->gates) * w->units + (p / w->gates) * PANEL_W + (v % 2) * 8;
     return w->panels + p * w->hidden * PANEL_W + (v % 2) * 8;
 }
 
@@ -190,7 +191,7 @@ static void panels_generic(const Weight *w, const float *h, Py_ssize_t n, float 
             float s[8] = {0};
             for (Py_ssize_t k = 0; k < w->hidden; k++)
                 for (int i = 0; i < 8; i++) s[i] += h[b * w->hidden + k] * r[k * PANEL_W + i];
-            memcpy(acc + b * w->rows + col, s, sizeof s);
+            memcpy(acc + b * w->gates * w->units + col, s, sizeof s);
         }
     }
 }
@@ -213,7 +214,7 @@ static void panels_generic(const Weight *w, const float *h, Py_ssize_t n, float 
             r[u] = half_panel(w, SPAN_##ISA * (v + u), &col[u]);                                       \
             UNROLLED for (int b = 0; b < NB; b++) a[b][u] = MM_##ISA(setzero_ps)();                    \
         }                                                                                              \
-        const Py_ssize_t hid = w->hidden; /* a local: the loop keeps a[][] in registers */             \
+        const Py_ssize_t hid = w->hidden, ld = w->gates * w->units; /* locals: a[][] stays in registers */ \
         for (Py_ssize_t k = 0; k < hid; k++) {                                                         \
             UNROLLED for (int b = 0; b < NB; b++) { /* R's loads are shared by the rows (CSE) */        \
                 VEC_##ISA hk = MM_##ISA(set1_ps)(h[b * hid + k]);                                      \
@@ -222,7 +223,7 @@ static void panels_generic(const Weight *w, const float *h, Py_ssize_t n, float 
             }                                                                                          \
         }                                                                                              \
         UNROLLED for (int b = 0; b < NB; b++)                                                          \
-            UNROLLED for (int u = 0; u < U; u++) MM_##ISA(storeu_ps)(acc + b * w->rows + col[u], a[b][u]); \
+            UNROLLED for (int u = 0; u < U; u++) MM_##ISA(storeu_ps)(acc + b * ld + col[u], a[b][u]);  \
     }
 /* Registers [v0, v1): U at a time, the rest one at a time. */
 #define PANEL_RUN(ISA, NB, U)                                                                          \
@@ -242,7 +243,7 @@ static void panels_generic(const Weight *w, const float *h, Py_ssize_t n, float 
         for (Py_ssize_t b = 0; b < n;) {                                                               \
             const Py_ssize_t left = n - b;                                                             \
             const float *hb = h + b * w->hidden;                                                       \
-            float *ab = acc + b * w->rows;                                                             \
+            float *ab = acc + b * w->gates * w->units;                                                 \
             if (left >= 8) run_##ISA##_8_##U8(w, hb, ab, v0, v1), b += 8;                              \
             else if (left >= 4) run_##ISA##_4_##U4(w, hb, ab, v0, v1), b += 4;                         \
             else if (left == 3) run_##ISA##_3_##U3(w, hb, ab, v0, v1), b += 3;                         \
@@ -286,30 +287,18 @@ PANEL_RUN(avx512, 8, 3)
 PANELS(avx512, 3, 5, 6, 8, 8)
 #endif
 
-/* Dense R^T in row order [hidden, rows] (hidden not a multiple of PANEL_W): rows [r0, r1). */
-static void rt_rows(const Weight *w, const float *h, Py_ssize_t n, float *acc, Py_ssize_t r0, Py_ssize_t r1)
-{
-    for (Py_ssize_t b = 0; b < n; b++) {
-        float *o = acc + b * w->rows;
-        memset(o + r0, 0, (size_t)(r1 - r0) * sizeof(float));
-        for (Py_ssize_t k = 0; k < w->hidden; k++) {
-            const float hk = h[b * w->hidden + k], *row = w->rt + k * w->rows;
-            for (Py_ssize_t j = r0; j < r1; j++) o[j] += hk * row[j];
-        }
-    }
-}
-
-/* CSR rows [r0, r1). One sequence: a dot product per row. More: h^T [hidden, lanes] (lanes: n
- * rounded up to 8, the rest zero), so that each stored weight is applied to 8 sequences at once. */
+/* CSR rows [r0, r1) into out[b * ld + j - r0]. One sequence: a dot product per row. More: h^T
+ * [hidden, lanes] (lanes: n rounded up to 8, the rest zero), so that each stored weight is applied
+ * to 8 sequences at once. */
 static void csr_generic(const Weight *w, const float *h, const float *ht, Py_ssize_t lanes, Py_ssize_t n,
-                        float *acc, Py_ssize_t r0, Py_ssize_t r1)
+                        float *out, Py_ssize_t ld, Py_ssize_t r0, Py_ssize_t r1)
 {
     for (Py_ssize_t j = r0; j < r1; j++) {
         for (Py_ssize_t b = 0; b < n; b++) {
             float s = 0.f;
             for (int64_t k = w->indptr[j]; k < w->indptr[j + 1]; k++)
                 s += w->values[k] * (n == 1 ? h[w->indices[k]] : ht[w->indices[k] * lanes + b]);
-            acc[b * w->rows + j] = s;
+            out[b * ld + j - r0] = s;
         }
     }
 }
@@ -328,7 +317,7 @@ static inline float hsum8(__m256 v)
 
 __attribute__((target("avx2,fma")))
 static void csr_avx2(const Weight *w, const float *h, const float *ht, Py_ssize_t lanes, Py_ssize_t n,
-                     float *acc, Py_ssize_t r0, Py_ssize_t r1)
+                     float *out, Py_ssize_t ld, Py_ssize_t r0, Py_ssize_t r1)
 {
     for (Py_ssize_t j = r0; j < r1; j++) {
         const int64_t begin = w->indptr[j], end = w->indptr[j + 1];
@@ -341,7 +330,7 @@ static void csr_avx2(const Weight *w, const float *h, const float *ht, Py_ssize_
             }
             float s = hsum8(a);
             for (; k < end; k++) s += w->values[k] * h[w->indices[k]];
-            acc[j] = s;
+            out[j - r0] = s;
             continue;
         }
         for (Py_ssize_t b0 = 0; b0 < n; b0 += 8) { /* two chains for the FMA latency */
@@ -355,11 +344,11 @@ static void csr_avx2(const Weight *w, const float *h, const float *ht, Py_ssize_
             if (k < end) CSR_FMA(k, a0);
             float s[8];
             _mm256_storeu_ps(s, _mm256_add_ps(a0, a1));
-            float *out = acc + b0 * w->rows + j;
+            float *o = out + b0 * ld + j - r0;
             if (b0 + 8 <= n) { /* a whole register of sequences: no test per value */
-                UNROLLED for (int b = 0; b < 8; b++) out[b * w->rows] = s[b];
+                UNROLLED for (int b = 0; b < 8; b++) o[b * ld] = s[b];
             } else {
-                for (Py_ssize_t b = 0; b < n - b0; b++) out[b * w->rows] = s[b];
+                for (Py_ssize_t b = 0; b < n - b0; b++) o[b * ld] = s[b];
             }
         }
     }
@@ -369,8 +358,8 @@ static void csr_avx2(const Weight *w, const float *h, const float *ht, Py_ssize_
 /* A pruned R skips the weights a dense product would multiply by an Inf or NaN of h (0 * Inf is
  * NaN): the rows that do not store a weight at every such position get NaN. bad[b]: how many of
  * h[b] are not finite. */
-static void csr_poison(const Weight *w, const float *h, const Py_ssize_t *bad, Py_ssize_t n, float *acc,
-                       Py_ssize_t r0, Py_ssize_t r1)
+static void csr_poison(const Weight *w, const float *h, const Py_ssize_t *bad, Py_ssize_t n, float *out,
+                       Py_ssize_t ld, Py_ssize_t r0, Py_ssize_t r1)
 {
     for (Py_ssize_t b = 0; b < n; b++) {
         if (!bad[b]) continue;
@@ -378,7 +367,7 @@ static void csr_poison(const Weight *w, const float *h, const Py_ssize_t *bad, P
         for (Py_ssize_t j = r0; j < r1; j++) {
             Py_ssize_t hits = 0;
             for (int64_t k = w->indptr[j]; k < w->indptr[j + 1]; k++) hits += !isfinite(hb[w->indices[k]]);
-            if (hits < bad[b]) acc[b * w->rows + j] = NAN;
+            if (hits < bad[b]) out[b * ld + j - r0] = NAN;
         }
     }
 }
@@ -392,8 +381,8 @@ typedef struct {
 static void product(const Weight *w, const Input *in, Py_ssize_t n, Py_ssize_t lanes, float *acc, Py_ssize_t u0,
                     Py_ssize_t u1, Py_ssize_t g0, Py_ssize_t g1)
 {
-    if (w->panels) { /* u0, u1: whole panels */
-        const Py_ssize_t b0 = u0 / PANEL_W, b1 = u1 / PANEL_W, gates = w->gates;
+    if (w->panels) { /* u0: a panel's first unit; u1 may end within one */
+        const Py_ssize_t b0 = u0 / PANEL_W, b1 = (u1 + PANEL_W - 1) / PANEL_W, gates = w->gates;
         const int all = g0 == 0 && g1 == gates; /* then one run of panels */
         for (Py_ssize_t blk = b0; blk < (all ? b0 + 1 : b1); blk++) {
             const Py_ssize_t p0 = blk * gates + g0, p1 = all ? b1 * gates : blk * gates + g1;
@@ -407,14 +396,12 @@ static void product(const Weight *w, const Input *in, Py_ssize_t n, Py_ssize_t l
         }
         return;
     }
+    const Py_ssize_t ld = w->gates * w->units;
     for (Py_ssize_t g = g0; g < g1; g++) {
         const Py_ssize_t r0 = g * w->hidden + u0, r1 = g * w->hidden + u1;
-        if (w->rt) {
-            rt_rows(w, in->h, n, acc, r0, r1);
-        } else {
-            DISPATCH(csr, w, in->h, in->ht, lanes, n, acc, r0, r1);
-            csr_poison(w, in->h, in->bad, n, acc, r0, r1);
-        }
+        float *out = acc + g * w->units + u0;
+        DISPATCH(csr, w, in->h, in->ht, lanes, n, out, ld, r0, r1);
+        csr_poison(w, in->h, in->bad, n, out, ld, r0, r1);
     }
 }
 
@@ -442,13 +429,13 @@ static inline void clip_range(const Gates *g, float *v, Py_ssize_t n)
 static inline void sigmoid(float *v, Py_ssize_t n) { ACTIVATE(sigmoid, v, n); }
 static inline void tanh_(float *v, Py_ssize_t n) { ACTIVATE(tanh, v, n); }
 
-/* LSTM, gates i, o, f, c at g + 0, hid, 2 hid, 3 hid (input projection and recurrent product
- * summed); c updated in place, the new h written to h_out. p: the peepholes [i, o, f] from u0, or
- * NULL. tmp: [m]. */
-static void lstm_gates(const Gates *gs, const float *p, float *g, Py_ssize_t hid, float *c, float *h_out, float *tmp,
-                       Py_ssize_t m)
+/* LSTM, gates i, o, f, c at g + 0, stride, 2 stride, 3 stride (input projection and recurrent
+ * product summed); c updated in place, the new h written to h_out. p: the peepholes [i, o, f] (each
+ * hid long) from u0, or NULL. tmp: [m]. */
+static void lstm_gates(const Gates *gs, const float *p, Py_ssize_t hid, float *g, Py_ssize_t stride, float *c,
+                       float *h_out, float *tmp, Py_ssize_t m)
 {
-    float *gi = g, *go = g + hid, *gf = g + 2 * hid, *gc = g + 3 * hid;
+    float *gi = g, *go = g + stride, *gf = g + 2 * stride, *gc = g + 3 * stride;
     if (p) {
         for (Py_ssize_t j = 0; j < m; j++) {
             gi[j] += p[j] * c[j];
@@ -525,7 +512,7 @@ static void step_units(void *ctx, Py_ssize_t u0, Py_ssize_t u1)
 {
     const Scan *s = ctx;
     const Gates *gs = s->gs;
-    const Py_ssize_t hid = s->hidden, gh = s->w->rows, m = u1 - u0;
+    const Py_ssize_t hid = s->hidden, gh = s->w->gates * hid, st = s->w->units, m = u1 - u0;
     const int split_reset = gs->cell == CELL_GRU && !gs->linear_before_reset;
     product(s->w, &s->in, s->n, s->lanes, s->acc, u0, u1, 0, split_reset ? 2 : s->w->gates);
     for (Py_ssize_t b = 0; b < s->n; b++) {
@@ -536,30 +523,30 @@ static void step_units(void *ctx, Py_ssize_t u0, Py_ssize_t u1)
             continue;
         }
         const float *x = s->xw + (step_at(s, b) * s->n + b) * gh + u0;
-        float *g = s->acc + b * gh + u0;
+        float *g = s->acc + b * s->w->gates * st + u0; /* gate q at g + q * st */
         /* a GRU's candidate takes its input projection after the reset gate */
         for (Py_ssize_t q = 0; q < (gs->cell == CELL_GRU ? 2 : s->w->gates); q++)
-            for (Py_ssize_t j = 0; j < m; j++) g[q * hid + j] += x[q * hid + j];
+            for (Py_ssize_t j = 0; j < m; j++) g[q * st + j] += x[q * hid + j];
         if (gs->cell == CELL_RNN) {
             clip_range(gs, g, m);
             tanh_(g, m);
             memcpy(h_out, g, (size_t)m * sizeof(float));
         } else if (gs->cell == CELL_LSTM) {
-            lstm_gates(gs, gs->peephole ? gs->peephole + u0 : NULL, g, hid, s->c + b * hid + u0, h_out,
+            lstm_gates(gs, gs->peephole ? gs->peephole + u0 : NULL, hid, g, st, s->c + b * hid + u0, h_out,
                        s->tmp + b * hid + u0, m);
         } else {
             clip_range(gs, g, m);
-            clip_range(gs, g + hid, m);
+            clip_range(gs, g + st, m);
             sigmoid(g, m); /* z */
-            sigmoid(g + hid, m); /* r */
+            sigmoid(g + st, m); /* r */
             if (split_reset) {
-                for (Py_ssize_t j = 0; j < m; j++) s->tmp[b * hid + u0 + j] = g[hid + j] * h[j];
+                for (Py_ssize_t j = 0; j < m; j++) s->tmp[b * hid + u0 + j] = g[st + j] * h[j];
                 continue;
             }
             const float *rb = gs->recurrent_bias ? gs->recurrent_bias + u0 : NULL;
             for (Py_ssize_t j = 0; j < m; j++)
-                g[2 * hid + j] = x[2 * hid + j] + g[hid + j] * (g[2 * hid + j] + (rb ? rb[j] : 0.f));
-            gru_finish(gs, g, g + 2 * hid, h, h_out, m);
+                g[2 * st + j] = x[2 * hid + j] + g[st + j] * (g[2 * st + j] + (rb ? rb[j] : 0.f));
+            gru_finish(gs, g, g + 2 * st, h, h_out, m);
         }
         memcpy(y_at(s, b, u0), h_out, (size_t)m * sizeof(float));
     }
@@ -571,7 +558,7 @@ static void step_units(void *ctx, Py_ssize_t u0, Py_ssize_t u1)
 static void step_reset_units(void *ctx, Py_ssize_t u0, Py_ssize_t u1)
 {
     const Scan *s = ctx;
-    const Py_ssize_t hid = s->hidden, gh = s->w->rows, m = u1 - u0;
+    const Py_ssize_t hid = s->hidden, gh = s->w->gates * hid, st = s->w->units, m = u1 - u0;
     product(s->w, &s->reset_in, s->n, s->lanes, s->acc, u0, u1, 2, 3);
     for (Py_ssize_t b = 0; b < s->n; b++) {
         const float *h = s->in.h + b * hid + u0;
@@ -581,7 +568,7 @@ static void step_reset_units(void *ctx, Py_ssize_t u0, Py_ssize_t u1)
             continue;
         }
         const float *x = s->xw + (step_at(s, b) * s->n + b) * gh + 2 * hid + u0;
-        float *g = s->acc + b * gh + u0, *cand = g + 2 * hid;
+        float *g = s->acc + b * s->w->gates * st + u0, *cand = g + 2 * st;
         for (Py_ssize_t j = 0; j < m; j++) cand[j] += x[j];
         gru_finish(s->gs, g, cand, h, h_out, m);
         memcpy(y_at(s, b, u0), h_out, (size_t)m * sizeof(float));
@@ -736,13 +723,14 @@ PyDoc_STRVAR(scan_doc,
 "recurrent_bias [hidden]). y float32 [steps, directions, n, hidden]: slot `direction` is written,\n"
 "zero past each sequence's end. h (and c, LSTM only) float32 [n, hidden]: the initial states,\n"
 "overwritten with the final ones. lens int64 [n]: each sequence's length (<= steps); backwards\n"
-"reads each from its own last step. R: dense as rt [hidden, gates * hidden] (R transposed) or, where\n"
-"hidden is a multiple of 16, as its unit-major panels [gates * hidden / 16, hidden, 16]: panel\n"
-"(u // 16) * gates + g holds rt's columns g * hidden + (u // 16) * 16 + 0..15, the form the tiles\n"
-"read (rt is packed so on every call); or CSR [gates * hidden, hidden] as indptr int64, indices\n"
-"int32, values float32. peephole [3 * hidden] (LSTM: i, o, f). clip: bound of every gate's input,\n"
-"None for none. threads: how many threads of the native pool share each step's units (large calls\n"
-"only). Arrays C-contiguous; the GIL is released for large calls.");
+"reads each from its own last step. R: dense as rt [hidden, gates * hidden] (R transposed) or as\n"
+"its unit-major panels [gates * units / 16, hidden, 16] (units: hidden rounded up to 16): panel\n"
+"(u // 16) * gates + g holds rt's columns g * hidden + (u // 16) * 16 + 0..15, zeros past hidden,\n"
+"the form the tiles read (rt is packed so on every call); or CSR [gates * hidden, hidden] as\n"
+"indptr int64, indices int32, values float32. peephole [3 * hidden] (LSTM: i, o, f). clip: bound\n"
+"of every gate's input, None for none. threads: how many threads of the native pool may share each\n"
+"step's units (large calls only; each call times both and keeps the faster). Arrays C-contiguous;\n"
+"the GIL is released for large calls.");
 
 static int optional_array(PyObject *obj, Py_buffer *view, char kind, Py_ssize_t itemsize, Py_ssize_t count,
                           const char *what)
@@ -848,25 +836,24 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
         goto done;
     gs.peephole = peb.buf;
     gs.recurrent_bias = rbb.buf;
-    w.rows = gh;
     w.hidden = hid;
     w.gates = gates;
+    w.units = (hid + PANEL_W - 1) / PANEL_W * PANEL_W;
+    const Py_ssize_t panel_count = gates * (w.units / PANEL_W);
+    const float *rt = NULL; /* R^T [hidden, gates * hidden] as given, to pack */
     if ((rto == Py_None) == (po == Py_None) || (po != Py_None && (io == Py_None || vo == Py_None))) {
         PyErr_SetString(PyExc_ValueError, "give R as rt or as the CSR arrays indptr, indices and values");
         goto done;
     }
-    /* Panels are whole units of every gate: hidden a multiple of their width. */
-    const int panels_fit = hid % PANEL_W == 0;
     if (rto != Py_None) {
         if (get_array_of_rank(rto, &rtb, 'f', 4, 0, 1, "rt") < 0) goto done;
-        if (rtb.ndim == 3 && panels_fit && rtb.shape[0] == gh / PANEL_W && rtb.shape[1] == hid &&
-            rtb.shape[2] == PANEL_W) {
+        if (rtb.ndim == 3 && rtb.shape[0] == panel_count && rtb.shape[1] == hid && rtb.shape[2] == PANEL_W) {
             w.panels = rtb.buf;
         } else if (rtb.ndim == 2 && rtb.shape[0] == hid && rtb.shape[1] == gh) {
-            w.rt = rtb.buf;
+            rt = rtb.buf;
         } else {
-            PyErr_Format(PyExc_ValueError, "rt must be [%zd, %zd] (R transposed)%s", hid, gh,
-                         panels_fit ? " or its panels [rows / 16, hidden, 16]" : "");
+            PyErr_Format(PyExc_ValueError, "rt must be [%zd, %zd] (R transposed) or its panels [%zd, %zd, %d]", hid,
+                         gh, panel_count, hid, PANEL_W);
             goto done;
         }
     } else {
@@ -895,7 +882,7 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
         }
     }
     Py_ssize_t work = SIZE_PRODUCT(steps, n, gh, hid);
-    if (SIZE_PRODUCT(n, gh) < 0 || work < 0) {
+    if (SIZE_PRODUCT(n, gates, w.units) < 0 || SIZE_PRODUCT(panel_count, hid, PANEL_W) < 0 || work < 0) {
         PyErr_SetString(PyExc_ValueError, "sizes overflow");
         goto done;
     }
@@ -903,8 +890,8 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
         result = Py_NewRef(Py_None);
         goto done;
     }
-    if (w.rt && panels_fit) { /* R^T given: packed for this call */
-        packed = PyMem_RawMalloc((size_t)(gh * hid) * sizeof(float));
+    if (rt) { /* R^T given: packed for this call, zeros past hidden */
+        packed = PyMem_RawCalloc((size_t)(panel_count * hid * PANEL_W), sizeof(float));
         if (!packed) {
             PyErr_NoMemory();
             goto done;
@@ -912,15 +899,14 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
         for (Py_ssize_t k = 0; k < hid; k++)
             for (Py_ssize_t j = 0; j < gh; j++) {
                 const Py_ssize_t g = j / hid, u = j % hid, p = (u / PANEL_W) * gates + g;
-                packed[(p * hid + k) * PANEL_W + u % PANEL_W] = w.rt[k * gh + j];
+                packed[(p * hid + k) * PANEL_W + u % PANEL_W] = rt[k * gh + j];
             }
         w.panels = packed;
-        w.rt = NULL;
     }
     /* a pruned R at n > 1 reads h^T, 8 sequences a vector */
     const Py_ssize_t lanes = (n + 7) / 8 * 8, transposed = w.indptr && n > 1 ? hid * lanes : 0;
     const int split_reset = gs.cell == CELL_GRU && !lbr;
-    buf.acc = PyMem_RawMalloc((size_t)(n * gh) * sizeof(float));
+    buf.acc = PyMem_RawMalloc((size_t)(n * gates * w.units) * sizeof(float));
     buf.tmp = PyMem_RawCalloc((size_t)(n * hid), sizeof(float));
     buf.h2 = PyMem_RawMalloc((size_t)(n * hid) * sizeof(float));
     /* a step worth splitting goes to up to `threads` threads, a part of whole panels each */

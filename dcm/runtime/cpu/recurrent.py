@@ -10,8 +10,8 @@ behaviour is followed.
 
 The loop over the steps runs compiled (``native.recurrent_scan``, _recurrent.c) where the build has
 it and the node keeps its op's default activations: R is then held only in the form that loop takes,
-per direction: dense as R^T in unit-major 16-column panels (R^T itself where the hidden size is not
-a multiple of 16) or CSR, and each sequence's reverse order is read in place. The session's threads
+per direction: dense as R^T in unit-major 16-column panels or CSR, and each sequence's reverse order
+is read in place. The session's threads
 share each step's units through the native pool. Other activations, or a build without a C
 compiler, run the numpy loop below, one product and a dozen array operations per step.
 """
@@ -264,19 +264,20 @@ class _Recurrent(Kernel):
 
 
 def _scan_form(m, gates: int) -> dict[str, np.ndarray]:
-    """R [gates * hidden, hidden] as native.recurrent_scan takes it: CSR arrays if pruned, else R^T,
-    packed once here (not per call) as unit-major panels of 16 columns where the hidden size allows:
-    panel (u // 16) * gates + g holds gate g's units u // 16 * 16 ... + 15, so that a range of units
-    (all their gates) is one run of panels."""
+    """R [gates * hidden, hidden] as native.recurrent_scan takes it: CSR arrays if pruned, else R^T
+    packed once here (not per call) as unit-major panels of 16 columns: panel (u // 16) * gates + g
+    holds gate g's units u // 16 * 16 ... + 15 (zeros past hidden), so that a range of units (all
+    their gates) is one run of panels."""
     if sp.issparse(m):
         m = sp.csr_array(m)
         return {"indptr": m.indptr.astype(np.int64), "indices": m.indices.astype(np.int32),
                 "values": m.data.astype(np.float32)}
-    rows, hidden = m.shape
-    if hidden % PANEL:
-        return {"rt": np.ascontiguousarray(np.asarray(m, dtype=np.float32).T)}
-    panels = np.asarray(m, dtype=np.float32).reshape(gates, hidden // PANEL, PANEL, hidden).transpose(1, 0, 3, 2)
-    return {"rt": np.ascontiguousarray(panels).reshape(rows // PANEL, hidden, PANEL)}
+    hidden = m.shape[1]
+    units = -(-hidden // PANEL) * PANEL
+    padded = np.zeros((gates, units, hidden), dtype=np.float32)
+    padded[:, :hidden] = np.asarray(m, dtype=np.float32).reshape(gates, hidden, hidden)
+    panels = padded.reshape(gates, units // PANEL, PANEL, hidden).transpose(1, 0, 3, 2)
+    return {"rt": np.ascontiguousarray(panels).reshape(gates * units // PANEL, hidden, PANEL)}
 
 
 @register("RNN")
