@@ -630,16 +630,28 @@ typedef struct {
     atomic_int *taken; /* [shares] */
 } Buffers;
 
-/* Whether a step runs faster on one thread or on `threads` is measured as the loop runs: a probe
- * runs PROBE_STEPS steps on one thread, then PROBE_STEPS on all, each timed, and the steps up to the
- * next probe take the faster (best step of each). The next probe comes PROBE_FIRST steps later,
- * twice as many (up to PROBE_LAST) while the choice stays the same. A step is tens of microseconds,
- * so a pool thread that another process keeps off its core costs more than the split saves; on a
+/* Whether a step runs faster on one thread or split across `threads` is measured as the loops run:
+ * a probe runs PROBE_STEPS steps on one thread, then PROBE_STEPS split, each timed, and the steps up
+ * to the next probe take the faster (best step of each). The next probe comes PROBE_FIRST steps
+ * later, twice as many (up to PROBE_LAST) each time the choice stays the same. The state carries
+ * over from call to call on the calling thread (a model's layers and runs), so that a choice that
+ * holds is probed rarely: on a loaded machine a split probe step can wait milliseconds for a pool
+ * thread that another process keeps off its core, where a step takes tens of microseconds; on a
  * quiet machine the split wins. The choice cannot change the result: every thread count gives the
  * same bits. */
 #define PROBE_STEPS 2
 #define PROBE_FIRST 16
-#define PROBE_LAST 64
+#define PROBE_LAST 1024
+
+typedef struct {
+    int split;             /* the last probe's choice */
+    int phase;             /* the step within a probe, -1 between probes */
+    Py_ssize_t interval, countdown;
+    double best[2];        /* the probe's best step on one thread, split */
+} Probe;
+
+static _Thread_local Probe probe_state = {1, 0, PROBE_FIRST, 0, {0, 0}};
+static int always_split; /* set_always_split(True): every step split, no probes (tests) */
 
 #if defined(_WIN32)
 static double seconds(void) { return 0.0; } /* no pool there: every step runs on one thread */
@@ -672,16 +684,15 @@ static void scan(Scan *s, Buffers *buf, float *h, int threads)
     s->taken = buf->taken;
     scanning = 1;
     Py_ssize_t cur = 0;
-    int faster = threads; /* the probes' choice */
-    double best[2] = {0, 0}; /* the probe's best step on one thread, on all */
-    Py_ssize_t probe_at = 0, interval = PROBE_FIRST;
+    Probe *pr = &probe_state;
     for (Py_ssize_t t = 0; t < s->steps; t++) {
         int active = 0;
         for (Py_ssize_t b = 0; b < n; b++) active |= s->lens[b] > t;
         if (!active) break;
-        const Py_ssize_t phase = t - probe_at;
-        const int probe = threads > 1 && phase < 2 * PROBE_STEPS, all = phase >= PROBE_STEPS;
-        const int use = probe ? (all ? threads : 1) : faster;
+        if (threads > 1 && !always_split && pr->phase < 0 && --pr->countdown <= 0) pr->phase = 0;
+        const int probe = threads > 1 && !always_split && pr->phase >= 0;
+        const int split = always_split || (probe ? pr->phase >= PROBE_STEPS : pr->split);
+        const int use = split ? threads : 1;
         const double start = probe ? seconds() : 0;
         s->t = t;
         s->in = (Input){hs[cur], buf->ht[cur], buf->bad};
@@ -695,12 +706,13 @@ static void scan(Scan *s, Buffers *buf, float *h, int threads)
         }
         if (probe) {
             const double took = seconds() - start;
-            if (phase % PROBE_STEPS == 0 || took < best[all]) best[all] = took;
-            if (phase == 2 * PROBE_STEPS - 1) {
-                const int choice = best[1] < best[0] ? threads : 1;
-                interval = choice == faster && interval < PROBE_LAST ? 2 * interval : PROBE_FIRST;
-                faster = choice;
-                probe_at += interval;
+            if (pr->phase % PROBE_STEPS == 0 || took < pr->best[split]) pr->best[split] = took;
+            if (++pr->phase == 2 * PROBE_STEPS) {
+                const int choice = pr->best[1] < pr->best[0];
+                pr->interval = choice == pr->split && pr->interval < PROBE_LAST ? 2 * pr->interval : PROBE_FIRST;
+                pr->split = choice;
+                pr->countdown = pr->interval;
+                pr->phase = -1;
             }
         }
         cur = 1 - cur;
@@ -964,9 +976,25 @@ static PyObject *set_avx512(PyObject *self, PyObject *arg)
 #endif
 }
 
+PyDoc_STRVAR(set_always_split_doc,
+"set_always_split(always) -> bool\n\n"
+"True: every step of a call with threads > 1 is split across the pool, without the timed probes\n"
+"that otherwise choose between one thread and all (default False): for tests, which must reach the\n"
+"split steps whatever the machine's load. Returns the previous value.");
+
+static PyObject *set_always_split(PyObject *self, PyObject *arg)
+{
+    int always = PyObject_IsTrue(arg);
+    if (always < 0) return NULL;
+    int previous = always_split;
+    always_split = always;
+    return PyBool_FromLong(previous);
+}
+
 static PyMethodDef module_methods[] = {
     {"set_simd", set_simd, METH_O, set_simd_doc},
     {"set_avx512", set_avx512, METH_O, set_avx512_doc},
+    {"set_always_split", set_always_split, METH_O, set_always_split_doc},
     {"recurrent_scan", (PyCFunction)(void (*)(void))recurrent_scan, METH_VARARGS | METH_KEYWORDS, scan_doc},
     {NULL},
 };
