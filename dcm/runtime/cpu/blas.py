@@ -35,8 +35,8 @@ from dcm.runtime.cpu import native
 # hand-off costs about as much as a second thread saves. Measured on 2 cores (min of interleaved
 # calls, load average 5 from other processes): 2 threads took 0.78 of one thread's time at 0.26M
 # multiply-adds (16x64 @ 64x256 on the packed kernel, 4.5 us), 0.66 at 2M, 0.59-0.73 at 8-34M
-# (benchmarks/gemm.py). numpy's own call stays for one thread: its OpenBLAS (0.3.31 in numpy's wheel)
-# ran the zoo's shapes up to 10% faster than scipy's (0.3.30), whose sgemm the native gemm calls.
+# (benchmarks/gemm.py). One thread keeps numpy's own call (its OpenBLAS is 0.3.31 in numpy's wheel,
+# scipy's 0.3.30): the native gemm on one thread took 0.91-1.20 of its time on the zoo's shapes.
 SPLIT_MIN_MACS = 1 << 18
 CHUNKS_PER_THREAD = 2  # how finely ``share`` cuts its work: a late thread leaves little undone
 

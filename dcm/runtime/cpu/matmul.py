@@ -44,9 +44,10 @@ WIDE_INPUTS = 512  # inputs past which a 32-row panel (128 bytes per input) outg
 FEW_ROWS_MAX_WEIGHTS = 1 << 18
 # The packed dense kernel (_gemm.c gemm_packed) against OpenBLAS, one thread, each weight used once in
 # turn as in a run (benchmarks/gemm.py, docs/gemm.md): the zoo's transformer and ConvNeXt layers (at
-# most 4 MB) 0.72-0.90 of OpenBLAS's time from 2 rows (4 rows of 1024x1024: 0.60); OpenBLAS repacks
-# the weight on every call. It lost past 8 MB (16 MB: 1.05-1.06, GPT-2's 51 MB output layer: 1.07),
-# where both stream the weight from memory, and on one row (OpenBLAS's matrix-vector kernel: 1.06-1.33).
+# most 4 MB) took 0.83-0.93 of OpenBLAS's time and 0.82-0.95 of onnxruntime's (MLAS, which packs at
+# load too), 2 rows of 1024x1024 0.51 of OpenBLAS's; OpenBLAS repacks the weight on every call. It lost past 8 MB at 128 rows (16 MB:
+# 1.05-1.06, GPT-2's 51 MB output layer: 1.02-1.07), where both stream the weight from memory, and
+# on one row (OpenBLAS's matrix-vector kernel: 1.06-1.33).
 PACK_MAX_FLOATS = 1 << 21
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
