@@ -61,11 +61,11 @@ static void tanh_generic(float *v, Py_ssize_t n)
     for (Py_ssize_t i = 0; i < n; i++) v[i] = tanhf(v[i]);
 }
 
-#ifdef HAVE_AVX2_PATH
 /* AVX-512 where the CPU has it (F and DQ): twice the values per instruction, in the gates and in
  * the dense product (set_avx512(False): the AVX2 paths, for tests). */
 static int avx512_allowed = 1;
 
+#ifdef HAVE_AVX2_PATH
 static int use_avx512(void)
 {
     static int cached = -1;
@@ -963,18 +963,17 @@ PyDoc_STRVAR(set_avx512_doc,
 "Whether the gates and the dense recurrent product may take their AVX-512 paths where the CPU has\n"
 "them (default True); False runs the AVX2 ones: for tests. Returns the previous value.");
 
-static PyObject *set_avx512(PyObject *self, PyObject *arg)
+/* *flag = the truth of arg; returns the previous value, for the test switches below. */
+static PyObject *switch_flag(int *flag, PyObject *arg)
 {
-    int allowed = PyObject_IsTrue(arg);
-    if (allowed < 0) return NULL;
-#ifdef HAVE_AVX2_PATH
-    int previous = avx512_allowed;
-    avx512_allowed = allowed;
+    int value = PyObject_IsTrue(arg);
+    if (value < 0) return NULL;
+    int previous = *flag;
+    *flag = value;
     return PyBool_FromLong(previous);
-#else
-    return PyBool_FromLong(0);
-#endif
 }
+
+static PyObject *set_avx512(PyObject *self, PyObject *arg) { return switch_flag(&avx512_allowed, arg); }
 
 PyDoc_STRVAR(set_always_split_doc,
 "set_always_split(always) -> bool\n\n"
@@ -982,14 +981,7 @@ PyDoc_STRVAR(set_always_split_doc,
 "that otherwise choose between one thread and all (default False): for tests, which must reach the\n"
 "split steps whatever the machine's load. Returns the previous value.");
 
-static PyObject *set_always_split(PyObject *self, PyObject *arg)
-{
-    int always = PyObject_IsTrue(arg);
-    if (always < 0) return NULL;
-    int previous = always_split;
-    always_split = always;
-    return PyBool_FromLong(previous);
-}
+static PyObject *set_always_split(PyObject *self, PyObject *arg) { return switch_flag(&always_split, arg); }
 
 static PyMethodDef module_methods[] = {
     {"set_simd", set_simd, METH_O, set_simd_doc},
