@@ -21,7 +21,11 @@
 #include <string.h>
 
 #define TRANSPOSE_BLOCK_ROWS 256 /* input rows per pass over the column strips: a line each, 16 KiB of L1 */
-#define TRANSPOSE_RANGE_VALUES 16384 /* values a thread's range moves at least: a few microseconds */
+/* Values a thread's range moves at least (512 KiB, ~25 us): a transpose smaller than this one thread
+ * does alone. On 2 cores with 6 busy processes, ConvNeXt's [40, 3136] transposes split in 64 KiB
+ * ranges took 3.4x their one-thread time (a worker descheduled while it held a range), for a gain of
+ * ~7 us each on an idle machine. */
+#define TRANSPOSE_RANGE_VALUES (1 << 17)
 
 typedef struct {
     const float *x;
@@ -138,7 +142,7 @@ done:
  * channel concat (outer 1, two blocks of megabytes) is then split as evenly as a wide one.
  * ------------------------------------------------------------------------------------------------ */
 
-#define CONCAT_RUN 16384 /* values per range: 64 KiB, a few microseconds of copying */
+#define CONCAT_RUN (1 << 17) /* values per range: 512 KiB (4-byte values), as transpose2d's ranges */
 
 typedef struct {
     const char *const *src; /* per input */

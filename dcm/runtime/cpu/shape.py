@@ -238,9 +238,9 @@ def _keeps_last_axis(k: Transpose) -> bool:
     return k.perm is not None and k.perm[-1] == len(k.perm) - 1
 
 
-# Output values from which a Concat on two or more threads copies through the native pool: below,
-# numpy's single memcpy of each block is as fast as a hand-off.
-CONCAT_SPLIT_MIN = 1 << 16
+# Output values from which a Concat on two or more threads takes the compiled copy, which splits the
+# output over the native pool in runs of 2^17 values (_layout.c's CONCAT_RUN); below, numpy's copy.
+CONCAT_SPLIT_MIN = 1 << 17
 
 
 @register("Concat")
