@@ -9,21 +9,24 @@
  * per row (AVX2 gathers of h), more take h^T [hidden, 8 sequences a vector] so that each stored
  * weight is applied to 8 sequences by one multiply-add.
  *
- * Threads: a step's units are split, in whole panels, across the native pool (parallel_for); all
- * of a unit's gates are in one range, so each thread runs its units' gates after its own products,
- * and h is double-buffered, as every range reads all of the old h. A GRU without
- * linear_before_reset needs r * h of every unit before R_h's product: two hand-offs a step. Each
- * unit's sums are made in the same order whatever the split: any thread count gives the same bits.
+ * Threads: a step's units are split, in shares of whole panels, across the native pool
+ * (parallel_for), each thread keeping its share (its part of R) from step to step; all of a unit's
+ * gates are in one share, so each thread runs its units' gates after its own products, and h is
+ * double-buffered, as every share reads all of the old h. A GRU without linear_before_reset needs
+ * r * h of every unit before R_h's product: two hand-offs a step. Timed probes choose between one
+ * thread and the split as the steps run (see Probe). Each unit's sums are made in the same order
+ * whatever the split: any thread count gives the same bits.
  *
  * Why C: a step of a 256-wide LSTM is about a quarter of a million multiply-adds and a thousand
  * sigmoids; numpy spends as long again dispatching the dozen small array operations of the gates,
  * a hundred steps a layer. Here a step is one product and one pass over the gates, no allocation.
  *
- * exp is a polynomial (Cephes' expf) on the AVX2 path and libm on the portable one; sigmoid is
- * 1 / (1 + exp(-x)), tanh Cephes' odd polynomial below |x| 0.625 and 1 - 2 / (exp(2|x|) + 1) above,
- * so that both paths agree with numpy to a few ulp. Inputs are clamped to exp's range with the
- * operand order that keeps NaN, so NaN and Inf propagate as in the dense math; a pruned R's product
- * gives NaN wherever a dense one would (0 * Inf, 0 * NaN) although it skips the pruned weights.
+ * exp is a polynomial (Cephes' expf) on the AVX2 and AVX-512 paths and libm on the portable one;
+ * sigmoid is 1 / (1 + exp(-x)), tanh Cephes' odd polynomial below |x| 0.625 and
+ * 1 - 2 / (exp(2|x|) + 1) above, so that the paths agree with numpy to a few ulp. Inputs are
+ * clamped to exp's range with the operand order that keeps NaN, so NaN and Inf propagate as in the
+ * dense math; a pruned R's product gives NaN wherever a dense one would (0 * Inf, 0 * NaN)
+ * although it skips the pruned weights.
  *
  * Every array's length is checked against the sizes read from the others, products of sizes made
  * with size_product, and a CSR weight is checked entry by entry (indptr monotone, indices in range)
@@ -35,7 +38,7 @@
 #include <string.h>
 
 #define RELEASE_GIL_MIN 32768 /* multiply-adds per call below which the GIL round trip costs more */
-#define PANEL_W 16             /* units per panel of a dense R, and per range handed to a thread */
+#define PANEL_W 16             /* units per panel of a dense R, and per part of a thread's share */
 #define PARALLEL_MIN 65536     /* multiply-adds per step below which a step runs on one thread */
 
 enum { CELL_RNN, CELL_GRU, CELL_LSTM };
@@ -313,7 +316,8 @@ static inline float hsum8(__m256 v)
 }
 
 /* a += R[k] * h^T[index k, 8 sequences from hl] */
-#define CSR_FMA(k, a) a = _mm256_fmadd_ps(_mm256_broadcast_ss(w->values + (k)), _mm256_loadu_ps(hl + w->indices[k] * lanes), a)
+#define CSR_FMA(k, a) \
+    a = _mm256_fmadd_ps(_mm256_broadcast_ss(w->values + (k)), _mm256_loadu_ps(hl + w->indices[k] * lanes), a)
 
 __attribute__((target("avx2,fma")))
 static void csr_avx2(const Weight *w, const float *h, const float *ht, Py_ssize_t lanes, Py_ssize_t n,
@@ -923,7 +927,8 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
     buf.h2 = PyMem_RawMalloc((size_t)(n * hid) * sizeof(float));
     /* a step worth splitting goes to up to `threads` threads, a part of whole panels each */
     if (work < RELEASE_GIL_MIN || SIZE_PRODUCT(n, gh, hid) < PARALLEL_MIN) threads = 1;
-    const Py_ssize_t blocks = (hid + PANEL_W - 1) / PANEL_W, shares = threads < blocks ? (threads > 1 ? threads : 1) : blocks;
+    const Py_ssize_t blocks = (hid + PANEL_W - 1) / PANEL_W;
+    const Py_ssize_t shares = threads < 2 ? 1 : threads < blocks ? threads : blocks;
     buf.taken = PyMem_RawCalloc((size_t)shares, sizeof(atomic_int));
     int failed = !buf.acc || !buf.tmp || !buf.h2 || !buf.taken;
     if (w.indptr) {
