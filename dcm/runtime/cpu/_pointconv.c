@@ -10,7 +10,9 @@
  * quarter of the product). The weight is packed once at load, [ceil(C_out / 8)][C_in][8],
  * so that a block's 8 weights of one input channel are adjacent. The blocks are independent: the
  * native pool (parallel_for) shares them between threads, pixel tiles outermost so that the tile
- * stays in cache across its channel blocks.
+ * stays in cache across its channel blocks; each tile prefetches the next one's inputs (in its first
+ * block) and outputs, whose rows lie a plane apart, too many streams for the hardware prefetcher (the
+ * model's 1x1 layers in sequence, caches cold as in a run: 6.6-6.9 -> 5.4-5.7 ms, one thread).
  *
  * scale: dcm.ScaledConv's per-input-channel factor (a squeeze-and-excitation gate), applied to each
  * input vector as it is loaded, so that neither a scaled copy of x nor of W is made.
@@ -102,6 +104,8 @@ AVX512 static inline __attribute__((always_inline)) void block_avx512(const Plan
         UNROLL for (int v = 0; v < V; v++) acc[r][v] = _mm512_setzero_ps();
     for (Py_ssize_t ci = 0; ci < p->cin; ci++) {
         const float *xr = x + ci * p->pixels;
+        if (b == 0) /* the next tile's inputs, while this tile's first block runs: a row per channel */
+            for (int l = 0; l < VECTORS; l++) _mm_prefetch((const char *)(xr + TILE + 16 * l), _MM_HINT_T0);
         UNROLL for (int v = 0; v < V; v++) xv[v] = _mm512_maskz_loadu_ps(v == V - 1 ? last : 0xFFFF, xr + 16 * v);
         if (scale) {
             const __m512 f = _mm512_set1_ps(scale[ci]);
@@ -117,6 +121,8 @@ AVX512 static inline __attribute__((always_inline)) void block_avx512(const Plan
         const Py_ssize_t co = b * ROWS + r, at = (s * p->cout + co) * p->pixels + p0;
         if (co >= p->cout) break;
         const __m512 bias = _mm512_set1_ps(p->bias ? p->bias[co] : 0.f);
+        for (int l = 0; l < VECTORS; l++) /* the next tile's outputs of this row, written a tile from now */
+            _mm_prefetch((const char *)(p->y + at + TILE + 16 * l), _MM_HINT_T0);
         UNROLL for (int v = 0; v < V; v++) {
             const __mmask16 m = v == V - 1 ? last : 0xFFFF;
             __m512 a = _mm512_add_ps(acc[r][v], bias);
