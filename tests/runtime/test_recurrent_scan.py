@@ -193,6 +193,7 @@ def _csr(indptr, indices):
     ({"rt": np.zeros((4, 3, 8), np.float32)}, "rt must be \\[3, 12\\] \\(R transposed\\) or its panels \\[4, 3, 16\\]"),
     ({"rt": None}, "give R as"),
     ({"peephole": np.zeros(8, np.float32)}, "peephole must have 9"),
+    ({"input_bias": np.zeros(11, np.float32)}, "input_bias must have 12"),
     ({"clip": -1.0}, "clip must be"),
     ({"clip": float("nan")}, "clip must be"),
     (_csr([0] * 12, []), "indptr must have 13"),

@@ -2,7 +2,7 @@
  *
  * recurrent_scan runs one direction of one layer: for each step, the recurrent product h @ R^T of
  * every sequence in the batch, added to that step's input projection (X @ W^T for all steps at once,
- * one BLAS or sparse product made by the caller, biases folded in), then the gates. R comes dense,
+ * one BLAS or sparse product made by the caller) and the biases, then the gates. R comes dense,
  * as R^T in unit-major panels of 16 columns (a step is a sum of R's rows scaled by h; a tile of up
  * to 8 sequences shares each load of R, so batch 8 reads R once a step; one AVX-512 or two AVX2
  * registers a panel), or pruned, as CSR [gates * hidden, hidden]: one sequence takes a dot product
@@ -479,7 +479,8 @@ static void gru_finish(const Gates *gs, const float *z, float *cand, const float
 typedef struct {
     const Weight *w;
     const Gates *gs;
-    const float *xw;     /* [steps, n, gates * hidden], biases folded in */
+    const float *xw;     /* [steps, n, gates * hidden] */
+    const float *bias;   /* [gates * hidden], added to every step's xw */
     float *y;            /* [steps, directions, n, hidden] */
     float *c;            /* [n, hidden], updated in place */
     const int64_t *lens; /* [n] */
@@ -526,11 +527,11 @@ static void step_units(void *ctx, Py_ssize_t u0, Py_ssize_t u1)
             memcpy(h_out, h, (size_t)m * sizeof(float));
             continue;
         }
-        const float *x = s->xw + (step_at(s, b) * s->n + b) * gh + u0;
+        const float *x = s->xw + (step_at(s, b) * s->n + b) * gh + u0, *bias = s->bias + u0;
         float *g = s->acc + b * s->w->gates * st + u0; /* gate q at g + q * st */
         /* a GRU's candidate takes its input projection after the reset gate */
         for (Py_ssize_t q = 0; q < (gs->cell == CELL_GRU ? 2 : s->w->gates); q++)
-            for (Py_ssize_t j = 0; j < m; j++) g[q * st + j] += x[q * hid + j];
+            for (Py_ssize_t j = 0; j < m; j++) g[q * st + j] += x[q * hid + j] + bias[q * hid + j];
         if (gs->cell == CELL_RNN) {
             clip_range(gs, g, m);
             tanh_(g, m);
@@ -549,7 +550,7 @@ static void step_units(void *ctx, Py_ssize_t u0, Py_ssize_t u1)
             }
             const float *rb = gs->recurrent_bias ? gs->recurrent_bias + u0 : NULL;
             for (Py_ssize_t j = 0; j < m; j++)
-                g[2 * st + j] = x[2 * hid + j] + g[st + j] * (g[2 * st + j] + (rb ? rb[j] : 0.f));
+                g[2 * st + j] = x[2 * hid + j] + bias[2 * hid + j] + g[st + j] * (g[2 * st + j] + (rb ? rb[j] : 0.f));
             gru_finish(gs, g, g + 2 * st, h, h_out, m);
         }
         memcpy(y_at(s, b, u0), h_out, (size_t)m * sizeof(float));
@@ -571,9 +572,9 @@ static void step_reset_units(void *ctx, Py_ssize_t u0, Py_ssize_t u1)
             memcpy(h_out, h, (size_t)m * sizeof(float));
             continue;
         }
-        const float *x = s->xw + (step_at(s, b) * s->n + b) * gh + 2 * hid + u0;
+        const float *x = s->xw + (step_at(s, b) * s->n + b) * gh + 2 * hid + u0, *bias = s->bias + 2 * hid + u0;
         float *g = s->acc + b * s->w->gates * st + u0, *cand = g + 2 * st;
-        for (Py_ssize_t j = 0; j < m; j++) cand[j] += x[j];
+        for (Py_ssize_t j = 0; j < m; j++) cand[j] += x[j] + bias[j];
         gru_finish(s->gs, g, cand, h, h_out, m);
         memcpy(y_at(s, b, u0), h_out, (size_t)m * sizeof(float));
     }
@@ -629,7 +630,7 @@ static void count_bad(const float *h, Py_ssize_t n, Py_ssize_t hid, Py_ssize_t *
 
 /* Scratch of scan: h's second buffer, and for a pruned R at n > 1 the transposed states. */
 typedef struct {
-    float *h2, *ht[2], *acc, *tmp, *tmpt;
+    float *h2, *ht[2], *acc, *tmp, *tmpt, *zero_bias;
     Py_ssize_t *bad, *reset_bad;
     atomic_int *taken; /* [shares] */
 } Buffers;
@@ -732,12 +733,13 @@ static void scan(Scan *s, Buffers *buf, float *h, int threads)
 PyDoc_STRVAR(scan_doc,
 "recurrent_scan(cell, xw, y, h, c, lens, direction, backwards, rt=None, indptr=None, indices=None,\n"
 "               values=None, peephole=None, recurrent_bias=None, clip=None, input_forget=False,\n"
-"               linear_before_reset=False, threads=1) -> None\n\n"
+"               linear_before_reset=False, threads=1, input_bias=None) -> None\n\n"
 "One direction of an ONNX LSTM, GRU or RNN (cell 'LSTM', 'GRU', 'RNN') with its default\n"
-"activations. xw float32 [steps, n, gates * hidden]: the input projection of every step with both\n"
-"biases folded in (GRU: R_h's bias too unless linear_before_reset, which takes it as\n"
-"recurrent_bias [hidden]). y float32 [steps, directions, n, hidden]: slot `direction` is written,\n"
-"zero past each sequence's end. h (and c, LSTM only) float32 [n, hidden]: the initial states,\n"
+"activations. xw float32 [steps, n, gates * hidden]: the input projection of every step;\n"
+"input_bias float32 [gates * hidden], added to each step's: both biases, W_b + R_b (a GRU with\n"
+"linear_before_reset takes R_h's bias as recurrent_bias [hidden] instead). y float32\n"
+"[steps, directions, n, hidden]: slot `direction` is written, zero past each sequence's end.\n"
+"h (and c, LSTM only) float32 [n, hidden]: the initial states,\n"
 "overwritten with the final ones. lens int64 [n]: each sequence's length (<= steps); backwards\n"
 "reads each from its own last step. R: dense as rt [hidden, gates * hidden] (R transposed) or as\n"
 "its unit-major panels [gates * units / 16, hidden, 16] (units: hidden rounded up to 16): panel\n"
@@ -764,15 +766,15 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"cell", "xw", "y", "h", "c", "lens", "direction", "backwards", "rt", "indptr", "indices",
                              "values", "peephole", "recurrent_bias", "clip", "input_forget", "linear_before_reset",
-                             "threads", NULL};
+                             "threads", "input_bias", NULL};
     const char *cell_name;
     PyObject *xo, *yo, *ho, *co, *lo, *rto = Py_None, *po = Py_None, *io = Py_None, *vo = Py_None, *peo = Py_None,
-             *rbo = Py_None, *clo = Py_None;
+             *rbo = Py_None, *clo = Py_None, *ibo = Py_None;
     Py_ssize_t direction;
     int backwards, input_forget = 0, lbr = 0, threads = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "sOOOOOnp|OOOOOOOppi", kwlist, &cell_name, &xo, &yo, &ho, &co, &lo,
-                                     &direction, &backwards, &rto, &po, &io, &vo, &peo, &rbo, &clo, &input_forget,
-                                     &lbr, &threads))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "sOOOOOnp|OOOOOOOppiO", kwlist, &cell_name, &xo, &yo, &ho, &co,
+                                     &lo, &direction, &backwards, &rto, &po, &io, &vo, &peo, &rbo, &clo, &input_forget,
+                                     &lbr, &threads, &ibo))
         return NULL;
     Gates gs = {0};
     int gates;
@@ -796,7 +798,7 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
         gs.clip = (float)v;
     }
     Py_buffer xb = {0}, yb = {0}, hb = {0}, cb = {0}, lb = {0}, rtb = {0}, pb = {0}, ib = {0}, vb = {0}, peb = {0},
-              rbb = {0};
+              rbb = {0}, ibb = {0};
     PyObject *result = NULL;
     float *packed = NULL;
     Buffers buf = {0};
@@ -848,7 +850,8 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
         goto done;
     }
     if (optional_array(peo, &peb, 'f', 4, 3 * hid, "peephole") < 0 ||
-        optional_array(rbo, &rbb, 'f', 4, hid, "recurrent_bias") < 0)
+        optional_array(rbo, &rbb, 'f', 4, hid, "recurrent_bias") < 0 ||
+        optional_array(ibo, &ibb, 'f', 4, gh, "input_bias") < 0)
         goto done;
     gs.peephole = peb.buf;
     gs.recurrent_bias = rbb.buf;
@@ -931,6 +934,7 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
     const Py_ssize_t shares = threads < 2 ? 1 : threads < blocks ? threads : blocks;
     buf.taken = PyMem_RawCalloc((size_t)shares, sizeof(atomic_int));
     int failed = !buf.acc || !buf.tmp || !buf.h2 || !buf.taken;
+    if (!ibb.buf) failed |= !(buf.zero_bias = PyMem_RawCalloc((size_t)gh, sizeof(float)));
     if (w.indptr) {
         failed |= !(buf.bad = PyMem_RawMalloc((size_t)n * sizeof(Py_ssize_t)));
         if (split_reset) failed |= !(buf.reset_bad = PyMem_RawMalloc((size_t)n * sizeof(Py_ssize_t)));
@@ -943,7 +947,7 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_NoMemory();
         goto done;
     }
-    Scan s = {.w = &w, .gs = &gs, .xw = xb.buf, .y = yb.buf, .c = cb.buf, .lens = lens, .steps = steps, .n = n,
+    Scan s = {.w = &w, .gs = &gs, .xw = xb.buf, .bias = ibb.buf ? ibb.buf : buf.zero_bias, .y = yb.buf, .c = cb.buf, .lens = lens, .steps = steps, .n = n,
               .hidden = hid, .directions = directions, .direction = direction, .lanes = lanes,
               .backwards = backwards, .shares = shares, .blocks = blocks};
     if (work >= RELEASE_GIL_MIN) {
@@ -956,10 +960,10 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
     result = Py_NewRef(Py_None);
 done:
     PyMem_RawFree(packed);
-    void *scratch[] = {buf.h2, buf.ht[0], buf.ht[1], buf.acc, buf.tmp, buf.tmpt, buf.bad, buf.reset_bad,
-                       (void *)buf.taken};
+    void *scratch[] = {buf.h2, buf.ht[0], buf.ht[1], buf.acc, buf.tmp, buf.tmpt, buf.zero_bias, buf.bad,
+                       buf.reset_bad, (void *)buf.taken};
     for (size_t i = 0; i < sizeof scratch / sizeof *scratch; i++) PyMem_RawFree(scratch[i]);
-    RELEASE_BUFFERS(&xb, &yb, &hb, &cb, &lb, &rtb, &pb, &ib, &vb, &peb, &rbb);
+    RELEASE_BUFFERS(&xb, &yb, &hb, &cb, &lb, &rtb, &pb, &ib, &vb, &peb, &rbb, &ibb);
     return result;
 }
 

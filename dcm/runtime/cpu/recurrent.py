@@ -182,12 +182,13 @@ class _Recurrent(Kernel):
             backwards = self.reverse or d == 1
             if self.compiled:
                 xw = np.ascontiguousarray(wp[d][0].right(x.reshape(steps * batch, size_in))).reshape(steps, batch, gh)
-                recurrent_bias = self._fold_bias(xw, bias[d])
+                input_bias, recurrent_bias = self._split_bias(bias[d])  # added in the loop, not in a pass over xw
                 hs[d], cs[d] = h[d], c[d]  # initial states in, final ones out
                 native.recurrent_scan(self.node.op, xw, y, hs[d], cs[d] if self.gates == 4 else None, lens, d,
                                       backwards, **rp[d], peephole=None if peep is None else peep[d],
                                       recurrent_bias=recurrent_bias, clip=self.clip, input_forget=self.input_forget,
-                                      linear_before_reset=bool(self.linear_before_reset), threads=self.threads)
+                                      linear_before_reset=bool(self.linear_before_reset), threads=self.threads,
+                                      input_bias=input_bias)
                 continue
             order = None
             xs = x
@@ -196,7 +197,7 @@ class _Recurrent(Kernel):
                 order = np.where(t < lens[None, :], lens[None, :] - 1 - t, t)  # [T, N], its own inverse
                 xs = np.take_along_axis(x, order[:, :, None], axis=0)
             xw = wp[d][0].right(xs.reshape(steps * batch, size_in)).reshape(steps, batch, gh)
-            self._fold_bias(xw, bias[d])
+            xw += self._split_bias(bias[d])[0]
             ys, hs[d], cs[d] = self._scan(d, xw, rp[d], bias[d], None if peep is None else peep[d], h[d], c[d], valid)
             y[:, d] = ys if order is None else np.take_along_axis(ys, order[:, :, None], axis=0)
         empty = lens == 0
@@ -227,11 +228,11 @@ class _Recurrent(Kernel):
             raise ValueError(f"{what} has shape {list(v.shape)}, expected {list(shape)} (directions, batch, hidden)")
         return v
 
-    def _fold_bias(self, xw: np.ndarray, bias: np.ndarray) -> np.ndarray | None:
-        """Adds the biases W_b + R_b [2 * gates * hidden] into the input projections xw in place;
-        returns the part that cannot be folded (GRU's R_h bias under linear_before_reset), else None."""
-        xw += bias[: xw.shape[2]] + bias[xw.shape[2] :]
-        return None
+    def _split_bias(self, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The biases W_b + R_b [2 * gates * hidden] as what adds to every step's input projection
+        [gates * hidden], and the part that cannot (GRU's R_h bias under linear_before_reset), else None."""
+        gh = bias.shape[0] // 2
+        return bias[:gh] + bias[gh:], None
 
     def _clip(self, v: np.ndarray) -> np.ndarray:
         return v if self.clip is None else np.clip(v, -self.clip, self.clip)
@@ -322,15 +323,12 @@ class GRU(_Recurrent):
         y, h, _ = self._run(x, w, r, b, sequence_lens, initial_h)
         return y, h
 
-    def _fold_bias(self, xw, bias):
-        hidden = xw.shape[2] // 3
+    def _split_bias(self, bias):
+        hidden = bias.shape[0] // 6
         wb, rb = bias[: 3 * hidden], bias[3 * hidden :]
-        xw += wb
         if self.linear_before_reset:
-            xw[..., : 2 * hidden] += rb[: 2 * hidden]
-            return np.ascontiguousarray(rb[2 * hidden :])
-        xw += rb  # R_h's bias is outside the reset product: it folds into the input projection
-        return None
+            return np.concatenate([wb[: 2 * hidden] + rb[: 2 * hidden], wb[2 * hidden :]]), rb[2 * hidden :].copy()
+        return wb + rb, None  # R_h's bias is outside the reset product: it adds to the input projection
 
     def _scan(self, d, xw, rp, bias, peep, h, c, valid):
         f, g = self.acts[d]
