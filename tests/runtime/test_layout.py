@@ -110,6 +110,11 @@ def test_concat_refuses_bad_calls():
         native.concat([], y, 1)
     with pytest.raises(TypeError, match="4- or 8-byte"):
         native.concat([x], np.ones(6, np.int16), 1)
+    objects = np.array(["a", "b"], dtype=object)  # pointers copied as bytes would hold no reference
+    with pytest.raises(TypeError, match="not objects"):
+        native.concat([objects], np.empty(2, object), 1)
+    with pytest.raises(ValueError, match="input 0 must be"):
+        native.concat([objects], np.empty(2, np.int64), 1)
 
 
 class _ConcatNode:
@@ -129,6 +134,15 @@ def test_concat_kernel_gives_numpy_result(dtype, shapes, axis):
     (y,) = Concat(_ConcatNode(axis), _Ctx())(*xs)
     assert y.dtype == dtype
     np.testing.assert_array_equal(y, np.concatenate(xs, axis))
+
+
+def test_concat_kernel_leaves_object_arrays_to_numpy():
+    """8-byte items that are object pointers are never copied as bytes (their references count)."""
+    from dcm.runtime.cpu.shape import Concat
+
+    xs = [np.array([[str(i)] * 300] * 300, dtype=object) for i in range(2)]
+    (y,) = Concat(_ConcatNode(0), _Ctx())(*xs)
+    assert y.dtype == object and y[299, 0] == "0" and y[300, 0] == "1"
 
 
 def test_concat_kernel_refuses_mismatched_shapes_as_numpy_does():

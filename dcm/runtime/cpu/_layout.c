@@ -167,11 +167,18 @@ static void concat_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
     }
 }
 
+/* Whether a buffer's items are Python objects, whose pointers must never be copied as bytes (the
+ * copies would hold no reference). */
+static int holds_objects(const Py_buffer *view)
+{
+    return view->format && strchr(view->format, 'O') != NULL;
+}
+
 PyDoc_STRVAR(concat_doc,
 "concat(xs, y, outer, threads=1)\n\n"
 "y = the concatenation of each x in xs seen as [outer, x.size / outer] along its second axis: y\n"
-"[outer, sum of those]. All C-contiguous with the same item size (4 or 8 bytes); y must not overlap\n"
-"an x. On up to `threads` threads of the native pool.");
+"[outer, sum of those]. All C-contiguous with the same item size (4 or 8 bytes, not objects); y must\n"
+"not overlap an x. On up to `threads` threads of the native pool.");
 
 static PyObject *concat(PyObject *self, PyObject *args, PyObject *kwds)
 {
@@ -194,16 +201,16 @@ static PyObject *concat(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_NoMemory();
         goto done;
     }
-    if (PyObject_GetBuffer(yo, &yb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) goto done;
+    if (PyObject_GetBuffer(yo, &yb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) goto done;
     Py_ssize_t itemsize = yb.itemsize, row = 0;
-    if (itemsize != 4 && itemsize != 8) {
-        PyErr_SetString(PyExc_TypeError, "concat: y must have 4- or 8-byte items");
+    if ((itemsize != 4 && itemsize != 8) || holds_objects(&yb)) {
+        PyErr_SetString(PyExc_TypeError, "concat: y must have 4- or 8-byte items that are not objects");
         goto done;
     }
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (PyObject_GetBuffer(PyList_GET_ITEM(xso, i), &views[i], PyBUF_C_CONTIGUOUS) < 0) goto done;
+        if (PyObject_GetBuffer(PyList_GET_ITEM(xso, i), &views[i], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) goto done;
         Py_ssize_t values = views[i].len / itemsize;
-        if (views[i].itemsize != itemsize || values % outer) {
+        if (views[i].itemsize != itemsize || holds_objects(&views[i]) || values % outer) {
             PyErr_Format(PyExc_ValueError, "concat: input %zd must be %zd-byte items in whole rows of outer %zd", i,
                          itemsize, outer);
             goto done;

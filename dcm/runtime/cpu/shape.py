@@ -252,7 +252,7 @@ class Concat(Kernel):
         axis = int(self.attrs["axis"])
         first = xs[0] if xs else None
         if (self.threads > 1 and native.concat is not None and isinstance(first, np.ndarray) and first.ndim
-                and first.dtype.itemsize in (4, 8)):
+                and first.dtype.itemsize in (4, 8) and first.dtype.kind in "biufc"):  # numbers: no object pointers
             axis = normal_axis(axis, first.ndim)
             rest = first.shape[:axis], first.shape[axis + 1 :]
             if all(type(x) is np.ndarray and x.dtype == first.dtype and x.flags.c_contiguous and x.ndim == first.ndim
