@@ -101,7 +101,6 @@ def main(argv: list[str] | None = None) -> None:
                     if args.only not in label:
                         continue
                     onnx_bytes = onnx_bytes or exported(cell, pruned)
-                    torch.set_num_threads(threads)
                     row = {"cell": cell, "weights": weights, "batch": batch, "threads": threads,
                            **measure(onnx_bytes, batch, threads, args.rounds), "load": os.getloadavg()[0]}
                     rows.append(row)
