@@ -1041,6 +1041,8 @@ static void conv_channels_avx2(const SparseConv *self, const ConvPlan *g, const 
     }
 }
 
+#endif /* HAVE_AVX2_PATH: the sizes below are used by the portable paths too */
+
 /* AVX-512: segments of WIDE_SEG pixels, up to WIDE_TILE of them in registers while stored weights
  * pass over them, so each weight costs one broadcast and WIDE_TILE multiply-adds that read their
  * input straight from memory: enough independent sums to keep both FMA units busy, where 4 AVX2 sums
@@ -1055,6 +1057,8 @@ static void conv_channels_avx2(const SparseConv *self, const ConvPlan *g, const 
 #define WIDE_SEG 16
 #define WIDE_TILE 16
 #define WIDE_BLOCK_BYTES 65536
+
+#ifdef HAVE_AVX2_PATH
 
 __attribute__((target("avx512f,avx2,fma"), always_inline))
 static inline void conv_tile_avx512(const ConvPlan *g, const float *xg, float *yc, const int32_t *offs,
@@ -2468,6 +2472,8 @@ static void depthwise_lanes_avx512(DEPTHWISE_LANES_ARGS)
     }
 }
 
+#endif /* HAVE_AVX2_PATH: the sizes below are used by the portable paths too */
+
 /* AVX-512 (where the CPU has it): wide stride-1 layers row by row, 16 output columns to a register
  * and up to 4 registers at a time, each tap one broadcast weight times one unaligned load of the
  * zero-padded plane, the bias first and the clamp at the one store: no passes over a sum buffer
@@ -2476,6 +2482,8 @@ static void depthwise_lanes_avx512(DEPTHWISE_LANES_ARGS)
  * there (8 channels side by side: no per-row overhead on 7x7 planes, no gathers). tile: the padded
  * plane [hp][wp] and 16 spare values for the last block's masked-off lanes. */
 #define DEPTHWISE_ROWS_SPARE 16
+
+#ifdef HAVE_AVX2_PATH
 
 /* Output columns [c, c + 16 V) of one output row (V a constant where inlined), the last register
  * masked to the row's end. base: the tile at the row's first input row. */
