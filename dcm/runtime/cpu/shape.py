@@ -154,7 +154,7 @@ class Transpose(Kernel):
     axes larger than 1 (attention's [S, 1, E] <-> [1, S, E] at batch 1) moves no data: a view. So
     is every result when ``copy`` is off (``view_transposes``: only views and Transposes read it).
     One that swaps two blocks of axes (``batched_2d``) of 4-byte values runs the compiled
-    ``transpose2d`` (8x8 tiles in registers, 1.4-3.5x faster than numpy's strided copy)."""
+    ``transpose2d`` (8x8 tiles in registers, 1.3-3.5x faster than numpy's strided copy)."""
 
     copy = True
 
