@@ -34,8 +34,27 @@
  */
 #include "_kernel_common.h"
 #include <math.h>
-#include <stdatomic.h>
 #include <string.h>
+
+#if defined(_WIN32) /* no native pool there (_pool.c is POSIX): every step runs on the calling thread */
+typedef int share_flag;
+static inline int take_share(share_flag *flag) { return (*flag)++; }
+static inline int next_pool_share(void) { return 1; }
+static double seconds(void) { return 0.0; }
+#else
+#include <stdatomic.h>
+#include <time.h>
+typedef atomic_int share_flag;
+static atomic_int shares_given;
+static inline int take_share(share_flag *flag) { return atomic_exchange(flag, 1); }
+static inline int next_pool_share(void) { return 1 + atomic_fetch_add(&shares_given, 1) % 63; }
+static double seconds(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+#endif
 
 #define RELEASE_GIL_MIN 32768 /* multiply-adds per call below which the GIL round trip costs more */
 #define PANEL_W 16             /* units per panel of a dense R, and per part of a thread's share */
@@ -492,7 +511,7 @@ typedef struct {
     float *h_out, *ht_out, *acc, *tmp, *tmpt;
     /* the threads' shares of the units (see by_share) */
     Py_ssize_t shares, blocks;
-    atomic_int *taken;
+    share_flag *taken;
     void (*part)(void *, Py_ssize_t, Py_ssize_t); /* step_units or step_reset_units */
 } Scan;
 
@@ -587,19 +606,18 @@ static void step_reset_units(void *ctx, Py_ssize_t u0, Py_ssize_t u1)
  * instead, half of R moved between the cores every step, and 2 threads took longer than one. A
  * part already taken (a thread came late, or the pool ran the call serially) sends the thread on to
  * the next free one: every part is done once, by one of the pool's calls. */
-static _Thread_local int scanning;         /* set on the thread that runs scan */
-static _Thread_local int own_share = -1;   /* a pool thread's part, once it has one */
-static atomic_int shares_given;
+static _Thread_local int scanning;       /* set on the thread that runs scan */
+static _Thread_local int own_share = -1; /* a pool thread's part, once it has one */
 
 static void by_share(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     const Scan *s = ctx;
     for (Py_ssize_t call = lo; call < hi; call++) {
-        if (!scanning && own_share < 0) own_share = 1 + atomic_fetch_add(&shares_given, 1) % 63;
+        if (!scanning && own_share < 0) own_share = next_pool_share();
         const Py_ssize_t first = scanning ? 0 : own_share % s->shares;
         for (Py_ssize_t i = 0; i < s->shares; i++) {
             const Py_ssize_t q = (first + i) % s->shares;
-            if (atomic_exchange(&s->taken[q], 1)) continue;
+            if (take_share(&s->taken[q])) continue;
             const Py_ssize_t u0 = q * s->blocks / s->shares * PANEL_W, u1 = (q + 1) * s->blocks / s->shares * PANEL_W;
             s->part((void *)s, u0, u1 < s->hidden ? u1 : s->hidden);
             break;
@@ -615,7 +633,7 @@ static void run_step(Scan *s, void (*part)(void *, Py_ssize_t, Py_ssize_t), int 
         return;
     }
     s->part = part;
-    for (Py_ssize_t q = 0; q < s->shares; q++) atomic_store(&s->taken[q], 0);
+    for (Py_ssize_t q = 0; q < s->shares; q++) s->taken[q] = 0;
     parallel_for(by_share, s, s->shares, 1, threads);
 }
 
@@ -632,7 +650,7 @@ static void count_bad(const float *h, Py_ssize_t n, Py_ssize_t hid, Py_ssize_t *
 typedef struct {
     float *h2, *ht[2], *acc, *tmp, *tmpt, *zero_bias;
     Py_ssize_t *bad, *reset_bad;
-    atomic_int *taken; /* [shares] */
+    share_flag *taken; /* [shares] */
 } Buffers;
 
 /* Whether a step runs faster on one thread or split across `threads` is measured as the loops run:
@@ -657,18 +675,6 @@ typedef struct {
 
 static _Thread_local Probe probe_state = {1, 0, PROBE_FIRST, 0, {0, 0}};
 static int always_split; /* set_always_split(True): every step split, no probes (tests) */
-
-#if defined(_WIN32)
-static double seconds(void) { return 0.0; } /* no pool there: every step runs on one thread */
-#else
-#include <time.h>
-static double seconds(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-#endif
 
 /* The steps, h double-buffered (a step reads every unit of h while its ranges write theirs). Units
  * go to the pool in whole panels; `threads` < 2 runs them in one range. */
@@ -932,7 +938,7 @@ static PyObject *recurrent_scan(PyObject *self, PyObject *args, PyObject *kwds)
     if (work < RELEASE_GIL_MIN || SIZE_PRODUCT(n, gh, hid) < PARALLEL_MIN) threads = 1;
     const Py_ssize_t blocks = (hid + PANEL_W - 1) / PANEL_W;
     const Py_ssize_t shares = threads < 2 ? 1 : threads < blocks ? threads : blocks;
-    buf.taken = PyMem_RawCalloc((size_t)shares, sizeof(atomic_int));
+    buf.taken = PyMem_RawCalloc((size_t)shares, sizeof(share_flag));
     int failed = !buf.acc || !buf.tmp || !buf.h2 || !buf.taken;
     if (!ibb.buf) failed |= !(buf.zero_bias = PyMem_RawCalloc((size_t)gh, sizeof(float)));
     if (w.indptr) {
