@@ -206,3 +206,11 @@ def test_packed_relu_keeps_nan_as_numpy_does():
     out = np.empty((3, 5), np.float32)
     native.gemm_packed(x, _packed(w), out, 1, None, True)
     assert np.isnan(out[1]).all() and not np.isnan(out[[0, 2]]).any()
+
+
+def test_strides_whose_extent_overflows_are_refused():
+    """A view no array could have (numpy's as_strided allows it): refused before any offset is formed."""
+    x = np.ones(4, np.float32)
+    a = np.lib.stride_tricks.as_strided(x, (3, 2, 2), (2**62, 8, 4))
+    with pytest.raises(ValueError, match="overflow"):
+        native.gemm(a, np.ones((3, 2, 2), np.float32), np.empty((3, 2, 2), np.float32))

@@ -88,6 +88,11 @@ static int read_operand(const Py_buffer *v, Operand *o, int allow_transposed, co
             PyErr_Format(PyExc_ValueError, "%s must have non-negative strides that are whole floats", what);
             return -1;
         }
+        /* each axis's extent, so that no offset or extent computed from them can overflow */
+        if (v->shape[d] > 1 && SIZE_PRODUCT(v->shape[d] - 1, v->strides[d]) < 0) {
+            PyErr_Format(PyExc_ValueError, "%s: strides overflow", what);
+            return -1;
+        }
     }
     o->base = v->buf;
     for (int d = 0; d < nd - 2; d++) o->lead_strides[d] = v->strides[d];
