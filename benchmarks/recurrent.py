@@ -70,9 +70,10 @@ def measure(onnx_bytes: bytes, batch: int, threads: int, rounds: int) -> dict:
         dcm_t.append(best(lambda: sess.run(None, feeds)))
         ort_t.append(best(lambda: reference.run(None, feeds)))
     dcm_t, ort_t = np.array(dcm_t), np.array(ort_t)
+    node = sess.describe()[0]
     return {"dcm_ms": float(np.median(dcm_t) * 1e3), "onnxruntime_ms": float(np.median(ort_t) * 1e3),
             "dcm_vs_onnxruntime": float(np.median(dcm_t / ort_t)), "max_relative_error": error,
-            "step_loop": sess.describe()[0].get("step_loop"), "recurrent_kernel": sess.describe()[0].get("recurrent_kernel")}
+            "step_loop": node.get("step_loop"), "recurrent_kernel": node.get("recurrent_kernel")}
 
 
 def table(rows: list[dict]) -> str:

@@ -6,6 +6,7 @@ input_forget, GRU's linear_before_reset both ways, dense and pruned R, the AVX-5
 paths; two threads give the bits one gives; Inf and NaN inputs propagate as in the dense math;
 malformed calls are refused."""
 import contextlib
+import zlib
 from unittest import mock
 
 import numpy as np
@@ -92,7 +93,7 @@ def path(name: str):
 @pytest.mark.parametrize("batch, hidden", [(1, 20), (3, 32), (9, 16)])  # 20: zeros in the last panels
 @pytest.mark.parametrize("op, attrs", CASES, ids=[f"{op}-{'-'.join(a) or 'plain'}" for op, a in CASES])
 def test_compiled_loop_matches_numpy(op, attrs, batch, hidden, direction, density, simd):
-    seed = hash((op, tuple(attrs), batch, direction)) % 1000
+    seed = zlib.crc32(repr((op, sorted(attrs), batch, direction)).encode()) % 1000  # not hash(): salted per process
     model, feeds = _model(op, direction, batch, seed, lens=batch > 1, states=True, density=density, hidden=hidden,
                           **attrs)
     kernels = "sparse" if density < 1 else "dense"
