@@ -11,9 +11,9 @@ behaviour is followed.
 The loop over the steps runs compiled (``native.recurrent_scan``, _recurrent.c) where the build has
 it and the node keeps its op's default activations: R is then held only in the form that loop takes,
 per direction: dense as R^T in unit-major 16-column panels or CSR, and each sequence's reverse order
-is read in place. The session's threads
-share each step's units through the native pool. Other activations, or a build without a C
-compiler, run the numpy loop below, one product and a dozen array operations per step.
+is read in place. The session's threads share each step's units through the native pool
+(docs/recurrent.md). Other activations, or a build without a C compiler, run the numpy loop below,
+one product and a dozen array operations per step.
 """
 from __future__ import annotations
 
