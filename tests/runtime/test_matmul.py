@@ -159,3 +159,15 @@ def test_large_weights_and_single_rows_stay_on_blas(monkeypatch):
     assert len(calls) == 1
     monkeypatch.setattr(matmul, "PACK_MAX_FLOATS", w.size - 1)
     assert WeightMatmul("dense", w, prefer="right").packed is None
+
+
+def test_describe_says_a_layer_runs_on_the_packed_kernel():
+    from dcm.format.model import Model, Node, ValueInfo
+    from dcm.encoder.codec import encode_raw
+    from dcm.runtime import InferenceSession
+
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    model = Model([ValueInfo("x", "float32", ["batch", 64])], [ValueInfo("y", "float32", ["batch", 64])],
+                  [Node("Gemm", ["x", "w"], ["y"], {"transB": 1}, "fc")], {"w": encode_raw(w, "w")})
+    (info,) = InferenceSession(model).describe()
+    assert info.get("packed") == (native.packed_simd() if native.packed_simd is not None else None)

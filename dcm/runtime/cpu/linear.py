@@ -6,6 +6,7 @@ import scipy.sparse as sp
 
 from dcm.encoder.codec import CsrParts
 from dcm.errors import InputError, UnsupportedOpError
+from dcm.runtime.cpu import native
 from dcm.runtime.cpu.activation import relu
 from dcm.runtime.cpu.matmul import WeightMatmul
 from dcm.runtime.cpu.registry import register
@@ -38,6 +39,8 @@ class _FullyConnected(Kernel):
             info["tuned"] = {str(rows): kernel for rows, kernel in sorted(self.mm.tuned.items())}
         elif self.mm.by_rows:
             info["dense_rows"] = "by row count"
+        if getattr(self.mm, "packed", None) is not None:  # the packed dense kernel from 2 rows (docs/gemm.md)
+            info["packed"] = native.packed_simd()
         return info
 
 
