@@ -105,12 +105,15 @@ def test_compiled_loop_matches_numpy(op, attrs, batch, hidden, direction, densit
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("simd", ["avx512", "avx2"])
+@pytest.mark.parametrize("batch", [2, 7])  # 7: the tiles of 4 sequences, then of 3
 @pytest.mark.parametrize("op", GATES)
 @pytest.mark.parametrize("hidden", [8, 64, 100])
-def test_wide_layers_and_defaults(op, hidden):
-    """Widths that fill the multi-panel tiles and leave single-panel and scalar tails; no states."""
-    model, feeds = _model(op, "forward", 2, hidden, hidden=hidden, steps=5)
-    got, want, _ = _both(model, feeds)
+def test_wide_layers_and_defaults(op, hidden, batch, simd):
+    """Widths that fill the multi-panel tiles and leave single-panel tails; no states."""
+    model, feeds = _model(op, "forward", batch, hidden, hidden=hidden, steps=5)
+    with path(simd):
+        got, want, _ = _both(model, feeds)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
 
