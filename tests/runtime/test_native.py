@@ -203,8 +203,8 @@ def test_threads_give_the_same_sums(path):
 @pytest.mark.parametrize("rows, cols, density", [(37, 600, 0.01), (37, 600, 0.3), (19, 513, 1.0), (300, 1500, 0.3)])
 def test_wide_weights_go_by_column_blocks(rows, cols, density, path):
     """More than 256 inputs: each row's weights go one block of 256 columns at a time, the sums kept
-    between blocks (empty blocks, a short last block, both index widths); 300 x 1500 at 30% (1 MB of
-    weights) takes the units group by group. Unsorted rows fall back to one block. Against numpy."""
+    between blocks (empty blocks, a short last block, both index widths, row groups and a short last
+    group). Unsorted rows fall back to one block. Against numpy."""
     rng = np.random.default_rng(cols)
     w = sp.random_array((rows, cols), density=density, format="csr", dtype=np.float32, rng=rng)
     w.sort_indices()
