@@ -81,6 +81,25 @@ def test_session_takes_it_and_matches_onnxruntime(act, threads):
     assert sess.describe()[0]["product"] == "pointwise_conv"
 
 
+def test_one_pixel_planes_stay_on_blas():
+    """Squeeze-and-excitation convolutions (a 1x1 plane) run BLAS's matrix-vector product instead."""
+    if not pointconv.available():
+        pytest.skip("this CPU has no AVX-512: 1x1 layers stay on BLAS")
+    rng = np.random.default_rng(1)
+    w, b = rng.standard_normal((20, 12, 1, 1)).astype(np.float32), rng.standard_normal(20).astype(np.float32)
+    sess = check_kernel(conv_model(w, b, [2, 12, "h", "w"], {}, "Sigmoid"), rng.standard_normal((2, 12, 1, 1)).astype(
+        np.float32), "dense")
+    calls = []
+    real = native.pointwise_conv
+    try:
+        native.pointwise_conv = lambda *a, **k: calls.append(a) or real(*a, **k)
+        sess.run(None, {"x": rng.standard_normal((2, 12, 1, 1)).astype(np.float32)})
+        sess.run(None, {"x": rng.standard_normal((2, 12, 2, 2)).astype(np.float32)})
+    finally:
+        native.pointwise_conv = real
+    assert len(calls) == 1 and calls[0][0].shape == (2, 12, 2, 2)
+
+
 def _residual_model(relu_first: bool) -> onnx.ModelProto:
     """y = act(Conv1x1(x) + x) (MobileNetV2's projection, then a ReLU6), or Relu(Conv1x1(x)) + x."""
     rng = np.random.default_rng(2)

@@ -421,7 +421,7 @@ class Conv(Kernel):
     def _pointwise(self, x: np.ndarray, residual: np.ndarray | None, epilogue) -> tuple[np.ndarray, bool]:
         """1x1 convolution without padding: W [C_out, C_in] @ x [C_in, pixels] per sample needs no
         im2col, and its result is already NCHW (ResNet-50's 1x1 layers skip two copies each)."""
-        if self.packed is not None and self.strides == (1, 1) and x.dtype == np.float32:
+        if self.packed is not None and self.strides == (1, 1) and pointconv.takes(x):
             return self._packed_conv(x, residual, epilogue)
         if self.strides != (1, 1):
             x = x[:, :, :: self.strides[0], :: self.strides[1]]

@@ -18,6 +18,16 @@ from dcm.runtime.cpu import native
 
 ROWS = 8  # output channels per register block: the packed weight's inner size
 ACTS = ("relu", "clip", "sigmoid", "silu", "hardswish")  # the activations (Epilogue.act names) it applies itself
+# Pixels per sample from which it beats BLAS: a plane of one pixel (squeeze-and-excitation convolutions)
+# fills one lane of 16 and pays a whole vector's activation per channel, where BLAS runs a
+# matrix-vector product (one thread, with SiLU: 1152->48 at 1 pixel 15 us against 6, 48->1152 26
+# against 7; 320->1280 at 4 pixels 116 against 184).
+MIN_PIXELS = 4
+
+
+def takes(x: np.ndarray) -> bool:
+    """Whether the kernel takes the float32 input x [N, C, H, W] of a layer it holds a packed weight for."""
+    return x.dtype == np.float32 and x.shape[2] * x.shape[3] >= MIN_PIXELS
 
 
 def available() -> bool:

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from dcm.runtime.channel_scale import SCALED_CONV
+from dcm.runtime.cpu import pointconv
 from dcm.runtime.cpu.conv import Conv
 from dcm.runtime.cpu.elementwise import check_broadcast
 from dcm.runtime.cpu.fused import register_internal
@@ -56,14 +57,14 @@ class ScaledConv(Conv):
             return False
         n, c, h, w = x.shape
         return (s.shape in ((n, c, 1, 1), (1, c, 1, 1)) and c == self.in_channels
-                and (self.packed is not None or self.out_channels < h * w))
+                and (self.packed is not None and pointconv.takes(x) or self.out_channels < h * w))
 
     def _conv(self, x, residual=None, epilogue=None):
         if not isinstance(x, _Scaled):
             return super()._conv(x, residual, epilogue)
         x, s = x
         n, c, h, w = x.shape
-        if self.packed is not None:
+        if self.packed is not None and pointconv.takes(x):
             return self._packed_conv(x, residual, epilogue, np.ascontiguousarray(s.reshape(s.shape[0], c)))
         weights = np.multiply(self.mms[0].w, s.reshape(s.shape[0], 1, c))  # [N or 1, C_out, C_in]
         y = np.matmul(weights, x.reshape(n, c, h * w))
