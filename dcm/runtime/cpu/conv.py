@@ -140,7 +140,7 @@ class Conv(Kernel):
             m = w.to_scipy() if self.mode == "sparse" else w
             per = self.out_channels // self.group
             self.mms = [WeightMatmul(self.mode, m[g * per : (g + 1) * per], ctx.threads) for g in range(self.group)]
-            if self.pointwise and self.mode == "dense" and pointconv.available():
+            if self.pointwise and self.mode == "dense" and self.strides == (1, 1) and pointconv.available():
                 self.packed = pointconv.pack(np.asarray(w, dtype=np.float32).reshape(self.out_channels, -1))
         if ctx.tune and requested is None and self.density <= TUNE_MAX_DENSITY:
             self.tuning = self._both_forms(w, shape, wide_3x3, b)
