@@ -82,6 +82,10 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"| {r['cell']} 2x256 | {r['weights']} | {r['batch']} | {r['threads']} | {r['dcm_ms']:.2f} | "
                      f"{r['onnxruntime_ms']:.2f} | {r['dcm_vs_onnxruntime']:.2f} | {r['load']:.1f} |")
+    loads = [r["load"] for r in rows]
+    lines.append(f"\nLoad average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores during this run: a load "
+                 "above the core count\nslows both runtimes by whatever the scheduler gives the other processes, "
+                 "and moves the ratios\nmost at 2 threads.")
     return "\n".join(lines)
 
 
