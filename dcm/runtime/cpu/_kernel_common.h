@@ -55,6 +55,22 @@ static inline int use_avx2(void)
 #endif
 }
 
+/* Whether the CPU has AVX-512F and this module's SIMD paths are allowed (set_simd): for kernels with an
+ * AVX-512 path of their own. */
+static inline int has_avx512(void)
+{
+#ifdef HAVE_AVX2_PATH
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx512f");
+    }
+    return cached && use_avx2();
+#else
+    return 0;
+#endif
+}
+
 PyDoc_STRVAR(set_simd_doc,
 "set_simd(allowed) -> bool\n\n"
 "Whether this module's kernels may take their AVX2 paths (default True; they still need a CPU with\n"

@@ -31,20 +31,6 @@ typedef struct {
     ConvAct act;
 } Plan;
 
-static int avx512_here(void)
-{
-#ifdef HAVE_AVX2_PATH
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx512f");
-    }
-    return cached && use_avx2();
-#else
-    return 0;
-#endif
-}
-
 /* Unit u: sample, pixel tile, channel block (fastest). Tiles split the plane's vectors evenly into
  * runs of at most VECTORS, so a 49-pixel plane is 2 + 2 vectors, not 3 + 1. */
 static inline void unit_place(const Plan *p, Py_ssize_t u, Py_ssize_t *sample, Py_ssize_t *p0, Py_ssize_t *count,
@@ -205,7 +191,7 @@ static PyObject *pointwise_conv(PyObject *self, PyObject *args, PyObject *kwds)
     Py_ssize_t grain = per_unit >= GRAIN_WORK ? 1 : GRAIN_WORK / per_unit;
     dcm_range_fn run = range_generic;
 #ifdef HAVE_AVX2_PATH
-    if (avx512_here()) run = range_avx512;
+    if (has_avx512()) run = range_avx512;
 #endif
     Py_BEGIN_ALLOW_THREADS
     parallel_for(run, &p, units, grain, threads);
@@ -220,7 +206,7 @@ PyDoc_STRVAR(simd_doc, "simd() -> str\n\nThe path pointwise_conv takes here: 'av
 
 static PyObject *simd(PyObject *self, PyObject *unused)
 {
-    return PyUnicode_FromString(avx512_here() ? "avx512" : "portable");
+    return PyUnicode_FromString(has_avx512() ? "avx512" : "portable");
 }
 
 static PyMethodDef module_methods[] = {
