@@ -258,12 +258,24 @@ def _lstm_upsample() -> Model:
                  nodes, tensors, {}, opset=17)
 
 
+def _gru_dense() -> Model:
+    """A GRU with a dense R (linear_before_reset=0: two products a step) of 120 units, not a multiple
+    of the 16-unit panels, at the fuzzer's batch of 2: recurrent_scan's dense tiles, large enough
+    for its steps to be split across the pool."""
+    rng = np.random.default_rng(10)
+    tensors = {"w": encode_tensor(rng.normal(size=(1, 360, 6)).astype(np.float32), code_bits=4, name="w"),
+               "r": encode_tensor(rng.normal(size=(1, 360, 120)).astype(np.float32) * 0.1, code_bits=4, name="r")}
+    nodes = [Node("GRU", ["x", "w", "r"], ["y"], {"hidden_size": 120}, "gru")]
+    return Model([ValueInfo("x", "float32", [4, "batch", 6])], [ValueInfo("y", "float32", [4, 1, "batch", 120])],
+                 nodes, tensors, {}, opset=17)
+
+
 @lru_cache(maxsize=None)
 def seeds() -> tuple[bytes, ...]:
     """The hand-made .dcm seeds: between them they reach every compiled kernel (``kernel_names``)."""
     return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _sparse_batch8, _sparse_strided,
                                          _wide3x3, _stem, _pointwise_conv, _dense_layers, _logic, _layer_norm,
-                                         _lstm_upsample, _skip_concat))
+                                         _lstm_upsample, _gru_dense, _skip_concat))
 
 
 @lru_cache(maxsize=None)
