@@ -465,10 +465,10 @@ def test_pool_matches_numpy(data):
 def test_pool_threads_give_the_serial_result(average):
     """Output rows split over the native pool (many ranges, a plane cut between two of them) give
     the serial result bit for bit."""
-    x = np.random.default_rng(0).standard_normal((2, 5, 61, 67)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((2, 8, 201, 203)).astype(np.float32)  # ~7 ranges of rows
     args = (x.shape, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1))
-    divisor = np.full(31 * 34, 9, np.float32) if average else None
-    serial, split = np.empty((2, 5, 31, 34), np.float32), np.empty((2, 5, 31, 34), np.float32)
+    divisor = np.full(101 * 102, 9, np.float32) if average else None
+    serial, split = np.empty((2, 8, 101, 102), np.float32), np.empty((2, 8, 101, 102), np.float32)
     native.pool2d(x, serial, *args, divisor, 1)
     native.pool2d(x, split, *args, divisor, 2)
     np.testing.assert_array_equal(split, serial)

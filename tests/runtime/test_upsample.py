@@ -142,11 +142,11 @@ def test_col2im_matches_numpy(attrs, x_shape, w_shape, bias, simd):
 def test_col2im_threads_give_the_serial_result(strides, kernel):
     """Output planes split over the native pool (past the size that releases the GIL) give one
     thread's values bit for bit."""
-    h, w = 40, 43
-    cols = np.random.default_rng(3).standard_normal((6, *kernel, 2, h, w)).astype(np.float32)
+    h, w = 64, 67  # 48 planes of 4-17k values: several ranges of 2^17 values
+    cols = np.random.default_rng(3).standard_normal((24, *kernel, 2, h, w)).astype(np.float32)
     out = [(d - 1) * s + k for d, s, k in zip((h, w), strides, kernel)]
-    serial, split = np.empty((2, 6, *out), np.float32), np.empty((2, 6, *out), np.float32)
-    bias = np.arange(6, dtype=np.float32)
+    serial, split = np.empty((2, 24, *out), np.float32), np.empty((2, 24, *out), np.float32)
+    bias = np.arange(24, dtype=np.float32)
     native.col2im2d(cols, serial, strides, (1, 1), (0, 0), bias, 1)
     native.col2im2d(cols, split, strides, (1, 1), (0, 0), bias, 2)
     np.testing.assert_array_equal(split, serial)

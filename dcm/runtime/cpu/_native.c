@@ -1916,7 +1916,9 @@ typedef struct {
 
 #define POOL_SLACK 16      /* spare values after a padded row: a stride-2 vector load reads 16 */
 #define POOL_FOLD 4        /* input rows reduced per pass over the padded row */
-#define POOL_RANGE_READS 32768 /* input values a thread's range reads at least: ~10 us of work */
+/* Input values a thread's range reads at least (~25 us of work), as _layout.c's ranges: a worker the
+ * scheduler takes off the core while it holds a range delays the call by that range. */
+#define POOL_RANGE_READS (1 << 17)
 
 /* acc = op(acc, v): max with NaN winning (as np.maximum), or sum. */
 #define POOL_OP(acc, v) ((average) ? (acc) + (v) : (((v) > (acc) || (v) != (v)) ? (v) : (acc)))
