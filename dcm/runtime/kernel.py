@@ -135,10 +135,12 @@ class Kernel:
     relu = False
     epilogue = None
 
-    def __init__(self, node: Node, ctx: LoadContext):
+    def __init__(self, node: Node, ctx: LoadContext | None):
         self.node = node
         self.attrs = node.attrs
-        self.threads = ctx.threads  # the session's: compiled kernels split large work over this many
+        # the session's: compiled kernels split large work over this many (one where the converter
+        # folds constants, which builds kernels without a session: ctx None)
+        self.threads = ctx.threads if ctx is not None else 1
 
     def __call__(self, *inputs: Any) -> tuple:
         raise NotImplementedError

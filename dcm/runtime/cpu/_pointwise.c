@@ -24,7 +24,10 @@
 #include <string.h>
 
 #define RELEASE_GIL_MIN 32768 /* values below which the GIL round trip costs more than it frees */
-#define RANGE_MIN 16384       /* values of a range handed to another thread of the pool (1-5 us a hand-off) */
+/* Values of a range handed to another thread of the pool: ~25 us of work or more, as a worker the
+ * scheduler takes off the core while it holds a range stalls the whole call (16k-value ranges made
+ * BERT's attention softmax slower on 2 threads than on 1 on a loaded machine). */
+#define RANGE_MIN 131072
 #define BLOCK 1024            /* values the AVX2 paths sum in float before the sum joins a double */
 
 /* A C-contiguous float32 array of any rank; None gives an empty view (buf NULL) where optional. */
