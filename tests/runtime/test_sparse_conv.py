@@ -23,8 +23,8 @@ def _run_on(path, fn):
 
 
 # (out, in, kernel, input H x W, strides, pads, batch): ResNet-like planes (several tiles and input-channel
-# blocks at 40x40; one tile at 7x7), odd widths and asymmetric pads, a padded row wider than its
-# segments (16 outputs in a row of 32) and vertical stride 2 (segments not one run), a 5x5 kernel;
+# blocks at 40x40; one tile at 7x7), odd widths and asymmetric pads, one segment a row in unpadded
+# rows (16 outputs in rows of 18, unaligned loads) and vertical stride 2 (segments not one run), a 5x5 kernel;
 # horizontal strides 2 and 3 (the AVX-512 path's phases: ResNet's strided 3x3, ConvNeXt's 2x2
 # downsampling, an odd stride with uneven pads).
 SHAPES = [
