@@ -114,8 +114,8 @@ def test_wide_layers_and_defaults(op, hidden, batch, simd):
     model, feeds = _model(op, "forward", batch, hidden, hidden=hidden, steps=5)
     with path(simd):
         got, want, _ = _both(model, feeds)
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
+    for g, w in zip(got, want):  # 1e-5: the portable build's scalar sums of 100 units round in another order
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=1e-5)
 
 
 THREADED = [("LSTM", {"peephole": True}), ("GRU", {}), ("GRU", {"linear_before_reset": 1}), ("RNN", {})]
