@@ -1,8 +1,6 @@
 """dcm/runtime/cpu/blas.py: a session keeps numpy's BLAS pool at one thread and splits large products
 over its own threads (the native gemm, _gemm.c; tests/runtime/test_gemm.py tests it directly)."""
 import os
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -80,40 +78,6 @@ def test_matmul_leaves_to_numpy_what_the_native_gemm_does_not_take(monkeypatch):
     np.testing.assert_allclose(blas.matmul(shared[:, :64], big, 2, out=shared[:, 32:96]), want, rtol=1e-6)
     with pytest.raises(ValueError, match="matmul"):
         blas.matmul(big, big[:5], 2)
-
-
-def test_share_does_not_wait_for_a_thread_that_never_starts():
-    """Every pool thread held elsewhere (as when the scheduler keeps them off the cores): the calling
-    thread does every range and withdraws the work it handed out, instead of waiting."""
-    from dcm.runtime.cpu.matmul import thread_pool
-
-    release = threading.Event()
-    held = [thread_pool(2).submit(release.wait) for _ in range(2)]
-    try:
-        seen = np.zeros(100, int)
-        start = time.perf_counter()
-        blas.share(lambda lo, hi: seen.__setitem__(slice(lo, hi), seen[lo:hi] + 1), 100, 2)
-        assert (seen == 1).all() and time.perf_counter() - start < 5
-    finally:
-        release.set()
-        for f in held:
-            f.result()
-
-
-@pytest.mark.parametrize("count, threads, most, align", [(100, 2, None, 1), (100, 3, 5, 8), (7, 2, None, 8),
-                                                         (1, 4, None, 1), (33, 1, None, 1)])
-def test_share_covers_every_unit_once_in_aligned_ranges(count, threads, most, align):
-    seen = np.zeros(count, int)
-    ranges = []
-
-    def product(lo, hi):
-        ranges.append((lo, hi))
-        seen[lo:hi] += 1
-
-    blas.share(product, count, threads, most, align)
-    assert (seen == 1).all()
-    assert all(lo % align == 0 for lo, _ in ranges)
-    assert len(ranges) <= (most or count) and (threads > 1 or len(ranges) == 1)
 
 
 def test_default_threads_are_the_cores_the_process_may_use(monkeypatch):

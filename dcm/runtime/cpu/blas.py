@@ -15,17 +15,14 @@ threadpoolctl's context managers included, changes it), and the kernels' product
 ``gemm`` (_gemm.c): chunks (whole products of a stack, else rows or columns) of single-threaded
 sgemm calls that the native pool's threads, the caller included, take as they come free. A thread
 off the core then costs at most the one chunk it holds, and a hand-off costs microseconds where a
-Python thread's cost 15-100 us. ``share`` splits work over Python threads for the kernels that still
-do (the GIL-free numpy and scipy calls). The BLAS count stays set after the run: numpy code outside
-the session sees it too.
+Python thread's cost 15-100 us. The BLAS count stays set after the run: numpy code outside the
+session sees it too.
 """
 from __future__ import annotations
 
-import itertools
 import math
 import os
 from functools import cache
-from typing import Callable
 
 import numpy as np
 
@@ -38,7 +35,6 @@ from dcm.runtime.cpu import native
 # (benchmarks/gemm.py). One thread keeps numpy's own call (its OpenBLAS is 0.3.31 in numpy's wheel,
 # scipy's 0.3.30): the native gemm on one thread took 0.91-1.20 of its time on the zoo's shapes.
 SPLIT_MIN_MACS = 1 << 18
-CHUNKS_PER_THREAD = 2  # how finely ``share`` cuts its work: a late thread leaves little undone
 
 
 @cache
@@ -93,32 +89,3 @@ def matmul(a: np.ndarray, b: np.ndarray, threads: int, out: np.ndarray | None = 
     except ValueError:  # strides sgemm cannot read, out overlapping an input, or shapes numpy reports
         np.matmul(a, b, out=out)
     return out
-
-
-def share(product: Callable[[int, int], object], count: int, threads: int, most: int | None = None,
-          align: int = 1) -> None:
-    """Run product(lo, hi) over [0, count) in ranges (whole multiples of ``align``, at most ``most``
-    of them; by default ``CHUNKS_PER_THREAD`` per thread) that each of ``threads`` threads, the caller
-    included, takes as it comes free; ranges no pool thread has started when the caller runs out are
-    withdrawn, so a thread the scheduler keeps off the core delays the call by one range at most."""
-    from dcm.runtime.cpu.matmul import even_ranges, thread_pool  # matmul.py imports this module
-
-    units = -(-count // align)
-    parts = max(1, min(units, threads * CHUNKS_PER_THREAD, most if most is not None else units))
-    if threads < 2 or parts < 2:
-        product(0, count)
-        return
-    cuts = [(lo * align, min(hi * align, count)) for lo, hi in even_ranges(units, parts)]
-    taken = itertools.count()  # next() on it is atomic: each range goes to one thread
-
-    def work() -> None:
-        for i in taken:
-            if i >= len(cuts):
-                return
-            product(*cuts[i])
-
-    helpers = [thread_pool(threads).submit(work) for _ in range(threads - 1)]
-    work()
-    for h in helpers:
-        if not h.cancel():
-            h.result()

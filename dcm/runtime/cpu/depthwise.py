@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dcm.runtime.cpu import blas, native
+from dcm.runtime.cpu import native
 from dcm.runtime.cpu.windows import output_size
 
-SPLIT_MIN_WORK = 2_000_000  # multiply-adds past which run_split hands a run to the Python thread pool
 
 
 def is_depthwise(group: int, weight_shape: tuple[int, ...]) -> bool:
@@ -40,12 +39,3 @@ def depthwise(x: np.ndarray, weight: np.ndarray, strides: tuple[int, int], dilat
             out_channels // c, bias, act)
     native.depthwise2d(*args, threads=threads)
     return y
-
-
-def run_split(kernel, args: tuple, units: int, work: int, threads: int, align: int = 1) -> None:
-    """kernel(*args, begin, end) over units [0, units): one call, or one per thread, in runs of whole
-    multiples of ``align`` units, where the work (multiply-adds) pays for the hand-off."""
-    if threads < 2 or work < SPLIT_MIN_WORK or units < 2:
-        kernel(*args)
-        return
-    blas.share(lambda a, b: kernel(*args, a, b), units, threads, align=align)
