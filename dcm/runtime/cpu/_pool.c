@@ -35,11 +35,14 @@
 #define SPIN_NS 200000L         /* how long an idle worker watches for the next job before it sleeps */
 /* A job whose caller waited, after its own last range, more than twice its mean range time plus
  * STALL_SLACK_NS waited on a worker the scheduler took off the core (another process wants the core):
- * jobs then run on the caller alone for BACKOFF_NS before the pool is tried again. On a 2-core machine
- * with one core kept busy, such stalls (a time slice, milliseconds) made BERT's median on 2 threads
- * 2.1x its best run and 1.35x its median on one thread. */
+ * jobs then run on the caller alone for a while before the pool is tried again, BACKOFF_NS after the
+ * first stall, twice as long after each further stall, up to BACKOFF_MAX_NS, until a second passes
+ * without one. On a 2-core machine with one core kept busy, such stalls (a time
+ * slice, milliseconds) made BERT's median on 2 threads 2.1x its best run and 1.35x its median on one
+ * thread. */
 #define STALL_SLACK_NS 50000LL
 #define BACKOFF_NS 20000000LL
+#define BACKOFF_MAX_NS 1280000000LL
 
 static inline void cpu_relax(void)
 {
@@ -60,7 +63,8 @@ static long long now_ns(void)
 static pthread_mutex_t submit_lock = PTHREAD_MUTEX_INITIALIZER; /* held by the one job's caller */
 static atomic_llong spin_ns = SPIN_NS; /* 0 while more threads are asked for than the process has cores */
 static atomic_llong alone_until; /* CLOCK_MONOTONIC ns: jobs before it run on the caller alone */
-static atomic_llong stalls;      /* jobs that waited on a descheduled worker, for stats() */
+static atomic_llong stalls;      /* jobs that waited on a descheduled worker, for stalls() */
+static long long backoff_ns = BACKOFF_NS, last_stall; /* the next back-off, the last stall (submit_lock) */
 static pthread_mutex_t sleep_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 static int started; /* workers running (under submit_lock) */
@@ -209,8 +213,11 @@ static void pool_run(dcm_range_fn fn, void *ctx, Py_ssize_t count, Py_ssize_t gr
     }
     long long waited = now_ns() - finished;
     if (own > 0 && waited > 2 * (finished - start) / own + STALL_SLACK_NS) { /* not an imbalance: a stall */
-        atomic_store_explicit(&alone_until, finished + waited + BACKOFF_NS, memory_order_relaxed);
+        if (finished - last_stall > 1000000000LL) backoff_ns = BACKOFF_NS;
+        last_stall = finished;
+        atomic_store_explicit(&alone_until, finished + waited + backoff_ns, memory_order_relaxed);
         atomic_fetch_add_explicit(&stalls, 1, memory_order_relaxed);
+        backoff_ns = backoff_ns * 2 < BACKOFF_MAX_NS ? backoff_ns * 2 : BACKOFF_MAX_NS;
     }
     pthread_mutex_unlock(&submit_lock);
 }
@@ -279,7 +286,7 @@ static PyObject *workers(PyObject *self, PyObject *unused)
 }
 
 PyDoc_STRVAR(stalls_doc, "stalls() -> int\n\nJobs so far whose caller waited on a worker the scheduler took off the core\n"
-"(each sends the next 20 ms of jobs to the caller alone).");
+"(each sends the jobs of the next 20 ms, or longer after repeated stalls, to the caller alone).");
 
 static PyObject *stalls_count(PyObject *self, PyObject *unused)
 {
