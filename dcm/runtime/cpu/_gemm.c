@@ -266,20 +266,6 @@ done:
 #define ROWS 12
 #define BLOCK_FLOATS (1 << 18) /* 1 MB: half the L2 of the AVX-512 server cores */
 
-static int avx512_here(void)
-{
-#ifdef HAVE_AVX2_PATH
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx512f");
-    }
-    return cached && use_avx2();
-#else
-    return 0;
-#endif
-}
-
 typedef struct {
     const float *x, *packed, *bias;
     float *out;
@@ -429,7 +415,7 @@ static PyObject *gemm_packed(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "out overlaps an input");
         goto done;
     }
-    if (!avx512_here()) {
+    if (!use_avx512()) {
         PyErr_SetString(PyExc_RuntimeError, "gemm_packed needs AVX-512 (see packed_simd())");
         goto done;
     }
@@ -454,7 +440,7 @@ PyDoc_STRVAR(packed_simd_doc,
 
 static PyObject *packed_simd(PyObject *self, PyObject *unused)
 {
-    return avx512_here() ? PyUnicode_FromString("avx512") : Py_NewRef(Py_None);
+    return use_avx512() ? PyUnicode_FromString("avx512") : Py_NewRef(Py_None);
 }
 
 static PyMethodDef module_methods[] = {

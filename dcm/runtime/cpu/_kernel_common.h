@@ -55,36 +55,48 @@ static inline int use_avx2(void)
 #endif
 }
 
-/* Whether the CPU has AVX-512F and this module's SIMD paths are allowed (set_simd): for kernels with an
- * AVX-512 path of their own. */
-static inline int has_avx512(void)
-{
-#ifdef HAVE_AVX2_PATH
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx512f");
-    }
-    return cached && use_avx2();
-#else
-    return 0;
-#endif
-}
-
 PyDoc_STRVAR(set_simd_doc,
 "set_simd(allowed) -> bool\n\n"
 "Whether this module's kernels may take their AVX2 paths (default True; they still need a CPU with\n"
 "AVX2 and FMA). False runs the portable C paths, as on other CPUs: for tests. Returns the previous\n"
 "value.");
 
-static inline PyObject *set_simd(PyObject *self, PyObject *arg)
+/* *flag = the truth of arg; returns the previous value: the test switches (set_simd, set_avx512, ...). */
+static inline PyObject *switch_flag(int *flag, PyObject *arg)
 {
-    int allowed = PyObject_IsTrue(arg);
-    if (allowed < 0) return NULL;
-    int previous = simd_allowed;
-    simd_allowed = allowed;
+    int value = PyObject_IsTrue(arg);
+    if (value < 0) return NULL;
+    int previous = *flag;
+    *flag = value;
     return PyBool_FromLong(previous);
 }
+
+static inline PyObject *set_simd(PyObject *self, PyObject *arg) { return switch_flag(&simd_allowed, arg); }
+
+static int avx512_allowed = 1; /* set_avx512(False): the AVX2 paths, so that tests reach them */
+
+/* Whether the CPU has AVX-512 F and DQ and this module's AVX-512 paths are allowed (set_simd and
+ * set_avx512): for kernels with an AVX-512 path of their own. */
+static inline int use_avx512(void)
+{
+#ifdef HAVE_AVX2_PATH
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+    }
+    return cached && avx512_allowed && use_avx2();
+#else
+    return 0;
+#endif
+}
+
+PyDoc_STRVAR(set_avx512_doc,
+"set_avx512(allowed) -> bool\n\n"
+"Whether this module's kernels may take their AVX-512 paths where the CPU has them (default True;\n"
+"set_simd must allow SIMD too). False runs their AVX2 paths: for tests. Returns the previous value.");
+
+static inline PyObject *set_avx512(PyObject *self, PyObject *arg) { return switch_flag(&avx512_allowed, arg); }
 
 /* One C-contiguous array of the given kind ('i' signed, 'u' unsigned, 'f' float) and item size,
  * 1-D unless any_rank. */

@@ -396,7 +396,6 @@ done:
  * to y: copied where y is [rows, n], transposed where y is [n, rows] (the activations' own layout,
  * so neither side needs a transposed copy). */
 #define PANEL 32     /* vectors per panel: 4 AVX2 registers of sums per row */
-static int avx512_allowed = 1; /* set_avx512(False): the AVX2 path, so that tests reach it */
 #define PANEL_ROWS 8 /* rows of W per tile: one 8 x 8 transpose per 8 of its columns */
 
 #define PANEL_ROWS_GENERIC(IDX)                                                                \
@@ -478,15 +477,6 @@ static void panel_rows_generic(const Form *f, const int64_t *kb, const int64_t *
 
 /* AVX-512 where the CPU has it: a panel row is 2 registers, and 4 entries go at once (8 chains):
  * 0.76-0.8x the AVX2 path's time on the zoo's transformer layers at 128 rows, 20-30% dense. */
-static int use_avx512(void)
-{
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx512f");
-    }
-    return cached && avx512_allowed && use_avx2();
-}
 
 #define PANEL_AT(IDX, k) (panel + ((Py_ssize_t)IDX[k] << shift))
 #define FMA16(w, x, a) _mm512_fmadd_ps(w, _mm512_load_ps(x), a)
@@ -783,21 +773,6 @@ PyDoc_STRVAR(matmat_rows_doc,
 static PyObject *SparseMatrix_matmat_rows(SparseMatrix *self, PyObject *args, PyObject *kwds)
 {
     return batched_product(self, args, kwds, 1);
-}
-
-PyDoc_STRVAR(set_avx512_doc,
-"set_avx512(allowed) -> bool\n\n"
-"Whether the batched sparse products (matmat, matmat_rows) and SparseConv may take their AVX-512\n"
-"path (default True; the CPU must have AVX-512F, and set_simd must allow SIMD). False runs their\n"
-"AVX2 path: for tests. Returns the previous value.");
-
-static PyObject *set_avx512(PyObject *self, PyObject *arg)
-{
-    int allowed = PyObject_IsTrue(arg);
-    if (allowed < 0) return NULL;
-    int previous = avx512_allowed;
-    avx512_allowed = allowed;
-    return PyBool_FromLong(previous);
 }
 
 PyDoc_STRVAR(batched_simd_doc,

@@ -191,7 +191,7 @@ static PyObject *pointwise_conv(PyObject *self, PyObject *args, PyObject *kwds)
     Py_ssize_t grain = per_unit >= GRAIN_WORK ? 1 : GRAIN_WORK / per_unit;
     dcm_range_fn run = range_generic;
 #ifdef HAVE_AVX2_PATH
-    if (has_avx512()) run = range_avx512;
+    if (use_avx512()) run = range_avx512;
 #endif
     Py_BEGIN_ALLOW_THREADS
     parallel_for(run, &p, units, grain, threads);
@@ -206,7 +206,7 @@ PyDoc_STRVAR(simd_doc, "simd() -> str\n\nThe path pointwise_conv takes here: 'av
 
 static PyObject *simd(PyObject *self, PyObject *unused)
 {
-    return PyUnicode_FromString(has_avx512() ? "avx512" : "portable");
+    return PyUnicode_FromString(use_avx512() ? "avx512" : "portable");
 }
 
 static PyMethodDef module_methods[] = {

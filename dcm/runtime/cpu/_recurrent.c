@@ -83,17 +83,9 @@ static void tanh_generic(float *v, Py_ssize_t n)
     for (Py_ssize_t i = 0; i < n; i++) v[i] = tanhf(v[i]);
 }
 
-/* AVX-512 where the CPU has it (F and DQ): twice the values per instruction, in the gates and in
- * the dense product (set_avx512(False): the AVX2 paths, for tests). */
-static int avx512_allowed = 1;
-
+/* AVX-512 where the CPU has it (use_avx512, _kernel_common.h): twice the values per instruction, in
+ * the gates and in the dense product. */
 #ifdef HAVE_AVX2_PATH
-static int use_avx512(void)
-{
-    static int cached = -1;
-    if (cached < 0) cached = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-    return cached && avx512_allowed && use_avx2();
-}
 
 /* Per instruction set: the target, the register types, the intrinsics' prefix, and the few
  * operations whose intrinsics differ by more than the prefix. */
@@ -972,23 +964,6 @@ done:
     RELEASE_BUFFERS(&xb, &yb, &hb, &cb, &lb, &rtb, &pb, &ib, &vb, &peb, &rbb, &ibb);
     return result;
 }
-
-PyDoc_STRVAR(set_avx512_doc,
-"set_avx512(allowed) -> bool\n\n"
-"Whether the gates and the dense recurrent product may take their AVX-512 paths where the CPU has\n"
-"them (default True); False runs the AVX2 ones: for tests. Returns the previous value.");
-
-/* *flag = the truth of arg; returns the previous value, for the test switches below. */
-static PyObject *switch_flag(int *flag, PyObject *arg)
-{
-    int value = PyObject_IsTrue(arg);
-    if (value < 0) return NULL;
-    int previous = *flag;
-    *flag = value;
-    return PyBool_FromLong(previous);
-}
-
-static PyObject *set_avx512(PyObject *self, PyObject *arg) { return switch_flag(&avx512_allowed, arg); }
 
 PyDoc_STRVAR(set_always_split_doc,
 "set_always_split(always) -> bool\n\n"
