@@ -24,10 +24,19 @@ def test_stats_and_the_rows_over_the_bound():
 
 def test_interleaved_calls_every_configuration_in_turn():
     order = []
-    times = busy.interleaved({"a": lambda: order.append("a"), "b": lambda: (order.append("b"), time.sleep(0.002))},
-                             seconds=0.01)
+    runs = {"a": lambda: order.append("a"), "b": lambda: (order.append("b"), time.sleep(0.002))}
+    times = busy.interleaved(runs, seconds=0.01, block=0)
     assert len(times["a"]) >= 10 and sum(times["b"]) >= 0.01
-    assert order[:6] == ["a", "b"] * 3  # warm-up calls, then turns
+    assert order[:6] == ["a", "b"] * 3  # warm-up calls, then turns of one call
+
+
+def test_interleaved_turns_are_blocks_of_calls():
+    order = []
+    runs = {"a": lambda: (order.append("a"), time.sleep(0.001)), "b": lambda: (order.append("b"), time.sleep(0.001))}
+    times = busy.interleaved(runs, seconds=0.04, block=0.01)
+    assert sum(times["a"]) >= 0.04 and sum(times["b"]) >= 0.04
+    turns = [k for i, k in enumerate(order[2:]) if i == 0 or order[2 + i - 1] != k]  # after the warm-ups
+    assert turns[:3] == ["a", "b", "a"] and len(order) - 2 > 2 * len(turns)  # several calls a turn
 
 
 def test_background_processes_start_and_stop():
