@@ -76,7 +76,6 @@ class Conv(Kernel):
         super().__init__(node, ctx)
         name = node.inputs[1]
         self.group = int(self.attrs.get("group", 1))
-        self.threads = ctx.threads
         self.direct = self.winograd = self.depthwise_weight = self.lanes_weight = self.packed = None
         self.tuning, self.tuned = False, None  # tune=True: both forms held until the first run picks one
         self.index_cache: dict = {}  # im2col's gather index per small input shape

@@ -106,7 +106,6 @@ class _Recurrent(Kernel):
         self.custom_activations = [str(a).lower() for a in self.attrs.get("activations", defaults)] != defaults
         self.compiled = (native.recurrent_scan is not None and not self.custom_activations
                          and (self.clip is None or self.clip >= 0))
-        self.threads = ctx.threads
         self.by_rows = ctx.requested_mode(node, node.inputs[1]) is None  # W's many-row product may go dense
         self.modes, self.densities, self.shapes, self.products = {}, {}, {}, {}
         for i, columns in ((1, LARGE_BATCH), (2, 1)):  # W multiplies every step at once, R one step's batch
