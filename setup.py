@@ -12,7 +12,7 @@ import sys
 
 from setuptools import Extension, setup
 
-MODULES = ("_native", "_pointwise", "_recurrent", "_upsample", "_pool", "_gemm", "_pointconv", "_layout")
+MODULES = ("_native", "_pointwise", "_recurrent", "_upsample", "_pool", "_gemm", "_pointconv", "_layout", "_nhwc")
 
 
 def flags(name: str) -> list[str]:

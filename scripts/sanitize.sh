@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 tests=(tests/runtime)
 if [ "${1:-}" = --quick ]; then
   shift
-  tests=(tests/runtime/test_{native,pool,gemm,blas,pointwise,pointconv,recurrent_scan,upsample,layout,conv,conv_lanes,sparse_conv,depthwise,fusion,winograd,matmul,windows,kernels,session,numerics,memory,quiet_ops,malformed_runs,hostile_shapes}.py)
+  tests=(tests/runtime/test_{native,pool,gemm,blas,pointwise,pointconv,recurrent_scan,upsample,layout,nhwc_kernels,conv,conv_lanes,sparse_conv,depthwise,fusion,winograd,matmul,windows,kernels,session,numerics,memory,quiet_ops,malformed_runs,hostile_shapes}.py)
 fi
 iterations=${1:-20000}
 workers=${2:-2}
@@ -52,7 +52,7 @@ sanitizers="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fra
 build() { # extra CFLAGS
   (cd "$work" && rm -rf build && CFLAGS="$sanitizers -fno-wrapv $1" LDFLAGS="-fsanitize=address,undefined" \
     "$python" setup.py -q build_ext --inplace >"$work/build.log" 2>&1) || { cat "$work/build.log" >&2; exit 1; }
-  ls "$work"/dcm/runtime/cpu/_{native,pointwise,recurrent,upsample,pool,pointconv,gemm,layout}*.so >/dev/null
+  ls "$work"/dcm/runtime/cpu/_{native,pointwise,recurrent,upsample,pool,pointconv,gemm,layout,nhwc}*.so >/dev/null
 }
 
 failed=0
@@ -141,7 +141,8 @@ echo "fuzz: $iterations inputs done ($((SECONDS - start)) s)"
 # 3. The portable build (-DDCM_NO_SIMD): the C paths other CPUs run.
 build "-DDCM_NO_SIMD"
 run_sanitized "$python" -m pytest -q -p no:cacheprovider tests/runtime/test_native.py tests/runtime/test_pointwise.py \
-  tests/runtime/test_recurrent_scan.py tests/runtime/test_upsample.py tests/runtime/test_pointconv.py tests/runtime/test_layout.py
+  tests/runtime/test_recurrent_scan.py tests/runtime/test_upsample.py tests/runtime/test_pointconv.py tests/runtime/test_layout.py \
+  tests/runtime/test_nhwc_kernels.py
 echo "portable build: test_native.py, test_pointwise.py, test_recurrent_scan.py, test_upsample.py done ($((SECONDS - start)) s)"
 if [ "$failed" -ne 0 ]; then
   echo "sanitize.sh: FAILED (see above) after $((SECONDS - start)) s" >&2

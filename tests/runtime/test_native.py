@@ -554,6 +554,12 @@ HUGE_CALLS = {
     "transpose2d": lambda: native.transpose2d(_ones(4), _ones(4), (HUGE, 2, 2)),
     "transpose2d cols": lambda: native.transpose2d(_ones(4), _ones(4), (1, 2, HUGE)),
     "concat": lambda: native.concat([_ones(4)], _ones(4), HUGE),
+    "depthwise_nhwc": lambda: native.depthwise_nhwc(_ones(4), _ones(4), _ones(1), (HUGE, 2, 2, 1), (1, 1), (1, 1),
+                                                    (1, 1), (0, 0, 0, 0)),
+    "depthwise_nhwc product": lambda: native.depthwise_nhwc(_ones(4), _ones(4), _ones(1), (2**40, 2**20, 2**20, 4),
+                                                            (1, 1), (1, 1), (1, 1), (0, 0, 0, 0)),
+    "global_average_nhwc": lambda: native.global_average_nhwc(_ones(4), _ones(4), (HUGE, 1, 4)),
+    "global_average_nhwc product": lambda: native.global_average_nhwc(_ones(4), _ones(4), (2**40, 2**22, 1)),
     # gemm takes only arrays: a broadcast one (no memory behind it) with more columns than sgemm's int32
     "gemm": lambda: native.gemm(np.broadcast_to(np.float32(1), (1, 2**31)), np.broadcast_to(np.float32(1), (2**31, 1)),
                                 np.ones((1, 1), np.float32)),

@@ -1,0 +1,185 @@
+"""The compiled channels-last kernels (_nhwc.c): depthwise_nhwc matches a float64 numpy depthwise
+convolution over taps for kernels 1x1 to 7x7, strides 1-3, dilations 1-2, pads from none to past the
+kernel's reach, channel counts off the 16-lane vector, tiny planes, batches, every activation and
+bias or none, on the AVX-512 and the portable paths, 1 and 2 threads giving the same bytes;
+global_average_nhwc matches numpy's mean; bad sizes, lengths, overlapping buffers and activations get a
+ValueError before any read."""
+import numpy as np
+import pytest
+
+from dcm.runtime.cpu import native
+from tests.runtime.switches import switched
+
+pytestmark = pytest.mark.skipif(native.depthwise_nhwc is None, reason="built without the channels-last kernels")
+
+ACTS = [None, ("relu", 0.0, 0.0), ("clip", 0.0, 6.0), ("sigmoid", 0.0, 0.0), ("silu", 1.0, 0.0),
+        ("hardswish", 0.0, 0.0)]
+
+
+def _activate(y, act):
+    if act is None:
+        return y
+    kind, a, b = act
+    return {"relu": lambda: np.maximum(y, 0), "clip": lambda: np.clip(y, a, b), "sigmoid": lambda: 1 / (1 + np.exp(-y)),
+            "silu": lambda: y / (1 + np.exp(-a * y)), "hardswish": lambda: y * np.clip(y / 6 + 0.5, 0, 1)}[kind]()
+
+
+def _reference(x, w, strides, dilations, pads, bias=None, act=None):
+    """A sum over the kernel's taps of strided views of the zero-padded input, in float64."""
+    n, h, wd, c = x.shape
+    kh, kw, _ = w.shape
+    (sh, sw), (dh, dw), (top, left, bottom, right) = strides, dilations, pads
+    padded = np.zeros((n, h + top + bottom, wd + left + right, c))
+    padded[:, top:top + h, left:left + wd] = x
+    oh = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
+    ow = (wd + left + right - (kw - 1) * dw - 1) // sw + 1
+    y = np.zeros((n, oh, ow, c)) if bias is None else np.broadcast_to(bias.astype(np.float64), (n, oh, ow, c)).copy()
+    for i in range(kh):
+        for j in range(kw):
+            view = padded[:, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
+            y += view * w[i, j].astype(np.float64)
+    return _activate(y, act).astype(np.float32)
+
+
+def _run(x, w, strides, dilations, pads, bias=None, act=None, threads=1):
+    n, h, wd, c = x.shape
+    kh, kw, _ = w.shape
+    oh = (h + pads[0] + pads[2] - (kh - 1) * dilations[0] - 1) // strides[0] + 1
+    ow = (wd + pads[1] + pads[3] - (kw - 1) * dilations[1] - 1) // strides[1] + 1
+    y = np.full((n, oh, ow, c), np.nan, np.float32)
+    native.depthwise_nhwc(x, y, w, x.shape, (kh, kw), strides, dilations, pads, bias, act, threads)
+    return y
+
+
+def _cases():
+    """Random layer geometries (fixed seed): every kernel size, stride, dilation and C of the brief, and
+    pads from 0 to past the kernel's reach."""
+    rng = np.random.default_rng(5)
+    cases = []
+    for c in (1, 8, 16, 17, 24, 40, 96):
+        for k in (1, 3, 5, 7):
+            n = int(rng.choice([1, 3]))
+            s, d = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+            h, w = int(rng.integers(1, 24)), int(rng.integers(1, 24))
+            pads = tuple(int(v) for v in rng.integers(0, k + 2, 4))
+            span = (k - 1) * d + 1
+            if h + pads[0] + pads[2] < span:
+                pads = (pads[0] + span, *pads[1:])
+            if w + pads[1] + pads[3] < span:
+                pads = (pads[0], pads[1] + span, *pads[2:])
+            cases.append((n, h, w, c, (k, k), (s, s), (d, d), pads))
+    cases += [(1, 1, 1, 17, (1, 1), (1, 1), (1, 1), (0, 0, 0, 0)), (1, 1, 1, 24, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
+              (3, 2, 3, 40, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1)), (1, 2, 3, 8, (5, 5), (1, 2), (2, 1), (4, 2, 5, 3)),
+              (1, 28, 28, 96, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)), (1, 14, 14, 40, (5, 5), (2, 2), (1, 1), (1, 2, 2, 1)),
+              (2, 9, 37, 17, (3, 5), (1, 3), (2, 1), (0, 3, 2, 0))]
+    return cases
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "n{}h{}w{}c{}-k{}s{}d{}-p{}".format(*c[:4], *(c[4:7]), c[7]))
+def test_depthwise_matches_numpy(case, simd):
+    n, h, w, c, kernel, strides, dilations, pads = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    wt = rng.standard_normal((*kernel, c)).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    with switched(native.set_nhwc_simd, simd):
+        for i, act in enumerate(ACTS):
+            b = bias if i % 2 else None
+            got = _run(x, wt, strides, dilations, pads, b, act)
+            np.testing.assert_allclose(got, _reference(x, wt, strides, dilations, pads, b, act), rtol=1e-5, atol=1e-5,
+                                       err_msg=str(act))
+            np.testing.assert_array_equal(_run(x, wt, strides, dilations, pads, b, act, threads=2), got)
+
+
+@pytest.mark.parametrize("simd", [True, False])
+def test_depthwise_threads_split_a_large_layer_identically(simd):
+    """A layer of many 64k-multiply-add ranges, so that two threads really share it."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 56, 56, 144)).astype(np.float32)
+    wt = rng.standard_normal((3, 3, 144)).astype(np.float32)
+    with switched(native.set_nhwc_simd, simd):
+        one = _run(x, wt, (2, 2), (1, 1), (0, 0, 1, 1), None, ("clip", 0.0, 6.0))
+        np.testing.assert_array_equal(_run(x, wt, (2, 2), (1, 1), (0, 0, 1, 1), None, ("clip", 0.0, 6.0), 2), one)
+    np.testing.assert_allclose(one, _reference(x, wt, (2, 2), (1, 1), (0, 0, 1, 1), None, ("clip", 0.0, 6.0)),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("simd", [True, False])
+def test_depthwise_nan_kept_and_infinities(simd):
+    x = np.ones((1, 5, 5, 3), np.float32)
+    x[0, 2, 2, 0], x[0, 0, 0, 1], x[0, 4, 4, 2] = np.nan, np.inf, -np.inf
+    wt = np.ones((3, 3, 3), np.float32)
+    with switched(native.set_nhwc_simd, simd):
+        for act in [None, ("clip", 0.0, 6.0), ("relu", 0.0, 0.0)]:
+            got = _run(x, wt, (1, 1), (1, 1), (1, 1, 1, 1), None, act)
+            want = _reference(x, wt, (1, 1), (1, 1), (1, 1, 1, 1), None, act)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("n, p, c", [(1, 1, 1), (1, 49, 1280), (3, 1, 17), (2, 196, 17), (1, 3136, 96), (4, 7, 33)])
+def test_global_average_matches_numpy(n, p, c, simd):
+    rng = np.random.default_rng(n * p + c)
+    x = (rng.standard_normal((n, p, c)) + 3).astype(np.float32)
+    y = np.full((n, c), np.nan, np.float32)
+    with switched(native.set_nhwc_simd, simd):
+        native.global_average_nhwc(x, y, x.shape)
+        y2 = np.full((n, c), np.nan, np.float32)
+        native.global_average_nhwc(x, y2, x.shape, threads=2)
+    np.testing.assert_allclose(y, x.astype(np.float64).mean(axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(y2, y)
+
+
+def _ones(*shape):
+    return np.ones(shape, np.float32)
+
+
+GEOMETRY = ((3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("call, message", [
+    (lambda: native.depthwise_nhwc(_ones(1, 4, 4, 8), _ones(1, 4, 4, 7), _ones(3, 3, 8), (1, 4, 4, 8), *GEOMETRY),
+     "y 128"),
+    (lambda: native.depthwise_nhwc(_ones(1, 4, 4, 8), _ones(1, 4, 4, 8), _ones(3, 3, 7), (1, 4, 4, 8), *GEOMETRY),
+     "weight 72"),
+    (lambda: native.depthwise_nhwc(_ones(1, 4, 4, 8), _ones(1, 4, 4, 8), _ones(3, 3, 8), (1, 4, 4, 8), *GEOMETRY,
+                                   bias=_ones(7)), "bias 8"),
+    (lambda: native.depthwise_nhwc(_ones(1, 4, 4, 8), _ones(1, 4, 4, 8), _ones(3, 3, 8), (1, 4, 5, 8), *GEOMETRY),
+     "x must have 160"),
+    (lambda: native.depthwise_nhwc(_ones(1, 4, 4, 8), _ones(1, 4, 4, 8), _ones(3, 3, 8), (1, 4, 4, 8), (3, 3), (0, 1),
+                                   (1, 1), (1, 1, 1, 1)), "out of bounds"),
+    (lambda: native.depthwise_nhwc(_ones(1, 4, 4, 8), _ones(1, 4, 4, 8), _ones(3, 3, 8), (1, 4, 4, 8), (3, 3), (1, 1),
+                                   (1, 1), (1, -1, 1, 1)), "out of bounds"),
+    (lambda: native.depthwise_nhwc(_ones(1, 4, 4, 8), _ones(1, 4, 4, 8), _ones(9, 3, 8), (1, 4, 4, 8), (9, 3), (1, 1),
+                                   (1, 1), (1, 1, 1, 1)), "smaller than the kernel"),
+    (lambda: native.depthwise_nhwc(_ones(1, 4, 4, 8), _ones(1, 4, 4, 8), _ones(3, 3, 8), (1, 4, 4, 8), *GEOMETRY,
+                                   act=("gelu", 0.0, 0.0)), "unknown activation 'gelu'"),
+    (lambda: native.depthwise_nhwc(_ones(1, 4, 4, 8), _ones(1, 4, 4, 8), _ones(3, 3, 8), (2**62 + 1, 4, 4, 8),
+                                   *GEOMETRY), "out of bounds"),
+    (lambda: native.depthwise_nhwc(_ones(4), _ones(4), _ones(1), (2**20, 2**20, 2**20, 2**20), (1, 1), (1, 1), (1, 1),
+                                   (0, 0, 0, 0)), "overflows"),
+    (lambda: native.global_average_nhwc(_ones(2, 3, 4), _ones(2, 3), (2, 3, 4)), "y 8"),
+    (lambda: native.global_average_nhwc(_ones(2, 3, 4), _ones(2, 4), (2, 0, 4)), "out of bounds"),
+    (lambda: native.global_average_nhwc(_ones(4), _ones(4), (2**20, 2**20, 2**20)), "overflows"),
+], ids=["y", "weight", "bias", "shape", "stride 0", "negative pad", "kernel past the input", "activation", "huge batch",
+        "huge product", "average y", "average zero pixels", "average huge"])
+def test_bad_calls_are_refused(call, message, simd):
+    with switched(native.set_nhwc_simd, simd), pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_overlapping_output_is_refused():
+    buf = np.ones(2 * 4 * 4 * 8, np.float32)
+    x, y = buf[:128], buf[64:192]
+    with pytest.raises(ValueError, match="must not overlap"):
+        native.depthwise_nhwc(x, y, _ones(3, 3, 8), (1, 4, 4, 8), *GEOMETRY)
+    with pytest.raises(ValueError, match="must not overlap"):
+        native.global_average_nhwc(buf[:24], buf[20:28], (2, 3, 4))
+    with pytest.raises(TypeError, match="expected a contiguous"):
+        native.depthwise_nhwc(np.ones((1, 4, 4, 8)), _ones(1, 4, 4, 8), _ones(3, 3, 8), (1, 4, 4, 8), *GEOMETRY)
