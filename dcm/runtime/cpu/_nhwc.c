@@ -70,17 +70,36 @@ static void depthwise_generic(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 
 #ifdef HAVE_AVX2_PATH
 #define AVX512 __attribute__((target("avx512f,avx512dq,avx2,fma"))) /* use_avx512 checks both */
-#define UNROLL _Pragma("GCC unroll 8") /* the register-block loops unrolled: the sums stay in registers */
+#define UNROLL _Pragma("GCC unroll 32") /* the register-block loops unrolled: the sums stay in registers */
 
-/* Output pixels [ox, ox + count) of row oy, sample s, channels [k, k + 16) (mask m), kernel rows
- * [i0, i1): count accumulators (a constant where inlined) in registers. checked: the columns may have
- * taps outside the row (border columns; count 1 then), skipped one by one. */
+/* Loads channels [k, k + 16) at a: whole (a constant where inlined) or the mask m's lanes. */
+#define LOAD16(whole, m, a) ((whole) ? _mm512_loadu_ps(a) : _mm512_maskz_loadu_ps(m, a))
+#define KERNEL_MAX 5 /* the widest kernel pixels_fixed_avx512 is instantiated for */
+
+/* The activation of count accumulators (a constant where inlined), stored at output pixels [ox, ox +
+ * count) of row oy, channels [k, k + 16). */
+AVX512 static inline __attribute__((always_inline)) void
+store_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t k, __mmask16 m,
+             const __m512 *acc, const int count, const int whole)
+{
+    float *yp = p->y + ((s * p->oh + oy) * p->ow + ox) * p->c + k;
+    UNROLL for (int q = 0; q < count; q++) {
+        const __m512 v = conv_act16(&p->act, acc[q]);
+        if (whole) _mm512_storeu_ps(yp + q * p->c, v);
+        else _mm512_mask_storeu_ps(yp + q * p->c, m, v);
+    }
+}
+
+/* Output pixels [ox, ox + count) of row oy, sample s, channels [k, k + 16) (mask m unless whole),
+ * kernel rows [i0, i1): count accumulators in registers, each tap's weight vector loaded once for all
+ * of them. checked: the columns may have taps outside the row (border columns; count 1 then), skipped
+ * one by one. count, checked and whole are constants where inlined. */
 AVX512 static inline __attribute__((always_inline)) void
 pixels_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t k, __mmask16 m,
-              Py_ssize_t i0, Py_ssize_t i1, const int count, const int checked)
+              Py_ssize_t i0, Py_ssize_t i1, const int count, const int checked, const int whole)
 {
     const Py_ssize_t c = p->c, step = p->sw * c;
-    const __m512 b = p->bias ? _mm512_maskz_loadu_ps(m, p->bias + k) : _mm512_setzero_ps();
+    const __m512 b = p->bias ? LOAD16(whole, m, p->bias + k) : _mm512_setzero_ps();
     __m512 acc[BLOCK];
     UNROLL for (int q = 0; q < count; q++) acc[q] = b;
     for (Py_ssize_t i = i0; i < i1; i++) {
@@ -89,14 +108,70 @@ pixels_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py
         for (Py_ssize_t j = 0; j < p->kw; j++) {
             const Py_ssize_t ix = ox * p->sw - p->pl + j * p->dw;
             if (checked && (ix < 0 || ix >= p->w_)) continue;
-            const __m512 wv = _mm512_maskz_loadu_ps(m, wr + j * c);
+            const __m512 wv = LOAD16(whole, m, wr + j * c);
             const float *xp = xr + ix * c;
             UNROLL for (int q = 0; q < count; q++)
-                acc[q] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, xp + q * step), acc[q]);
+                acc[q] = _mm512_fmadd_ps(wv, LOAD16(whole, m, xp + q * step), acc[q]);
         }
     }
-    float *yp = p->y + ((s * p->oh + oy) * p->ow + ox) * c + k;
-    UNROLL for (int q = 0; q < count; q++) _mm512_mask_storeu_ps(yp + q * c, m, conv_act16(&p->act, acc[q]));
+    store_avx512(p, s, oy, ox, k, m, acc, count, whole);
+}
+
+/* pixels_avx512 for interior columns of a kernel KW wide, horizontal stride SW and dilation 1 (all
+ * constants where inlined): each input pixel of a kernel row is loaded once for all the taps that read
+ * it (3x3/1: 10 input loads for 24 multiply-adds, not 24), since the loads, not the multiply-adds,
+ * bound this loop. */
+AVX512 static inline __attribute__((always_inline)) void
+pixels_fixed_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t k, __mmask16 m,
+                    Py_ssize_t i0, Py_ssize_t i1, const int count, const int whole, const int KW, const int SW)
+{
+    const Py_ssize_t c = p->c;
+    const __m512 b = p->bias ? LOAD16(whole, m, p->bias + k) : _mm512_setzero_ps();
+    __m512 acc[BLOCK], wv[KERNEL_MAX];
+    UNROLL for (int q = 0; q < count; q++) acc[q] = b;
+    for (Py_ssize_t i = i0; i < i1; i++) {
+        const Py_ssize_t iy = oy * p->sh - p->pt + i * p->dh;
+        const float *xp = p->x + ((s * p->h + iy) * p->w_ + ox * SW - p->pl) * c + k, *wr = p->w + i * KW * c + k;
+        UNROLL for (int j = 0; j < KW; j++) wv[j] = LOAD16(whole, m, wr + j * c);
+        UNROLL for (int t = 0; t < (count - 1) * SW + KW; t++) { /* input pixel t of the run */
+            const __m512 xv = LOAD16(whole, m, xp + t * c);
+            UNROLL for (int j = 0; j < KW; j++) /* output q = (t - j) / SW reads it through tap j */
+                if (t >= j && (t - j) % SW == 0 && (t - j) / SW < count)
+                    acc[(t - j) / SW] = _mm512_fmadd_ps(wv[j], xv, acc[(t - j) / SW]);
+        }
+    }
+    store_avx512(p, s, oy, ox, k, m, acc, count, whole);
+}
+
+/* The interior columns [ox, p->inner1) of one 16-channel vector, BLOCK at a time, then 4, then 1. */
+AVX512 static inline __attribute__((always_inline)) void
+interior_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t k, __mmask16 m,
+                Py_ssize_t i0, Py_ssize_t i1, const int whole, const int KW, const int SW)
+{
+#define RUN(count) (KW ? pixels_fixed_avx512(p, s, oy, ox, k, m, i0, i1, count, whole, KW, SW) \
+                   : pixels_avx512(p, s, oy, ox, k, m, i0, i1, count, 0, whole))
+    for (; ox + BLOCK <= p->inner1; ox += BLOCK) RUN(BLOCK);
+    if (p->inner1 - ox >= 4) {
+        RUN(4);
+        ox += 4;
+    }
+    for (; ox < p->inner1; ox++) RUN(1);
+#undef RUN
+}
+
+/* interior_avx512 for MobileNet's and EfficientNet's kernels (3x3 and 5x5, stride 1 or 2) with their
+ * width and stride as constants, any other with p's. */
+AVX512 static void interiors_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t k,
+                                    __mmask16 m, Py_ssize_t i0, Py_ssize_t i1, const int whole)
+{
+    const int fixed = p->dw == 1 ? (int)(p->kw * 4 + p->sw) : 0; /* 4 kw + sw */
+    switch (fixed) {
+    case 3 * 4 + 1: interior_avx512(p, s, oy, ox, k, m, i0, i1, whole, 3, 1); break;
+    case 3 * 4 + 2: interior_avx512(p, s, oy, ox, k, m, i0, i1, whole, 3, 2); break;
+    case 5 * 4 + 1: interior_avx512(p, s, oy, ox, k, m, i0, i1, whole, 5, 1); break;
+    case 5 * 4 + 2: interior_avx512(p, s, oy, ox, k, m, i0, i1, whole, 5, 2); break;
+    default: interior_avx512(p, s, oy, ox, k, m, i0, i1, whole, 0, 0);
+    }
 }
 
 AVX512 static void depthwise_avx512(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
@@ -108,15 +183,10 @@ AVX512 static void depthwise_avx512(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
         valid_rows(p, oy, &i0, &i1);
         for (Py_ssize_t k = 0; k < p->c; k += 16) {
             const __mmask16 m = p->c - k >= 16 ? 0xFFFF : (__mmask16)((1u << (p->c - k)) - 1);
-            Py_ssize_t ox = 0;
-            for (; ox < p->inner0; ox++) pixels_avx512(p, s, oy, ox, k, m, i0, i1, 1, 1);
-            for (; ox + BLOCK <= p->inner1; ox += BLOCK) pixels_avx512(p, s, oy, ox, k, m, i0, i1, BLOCK, 0);
-            if (p->inner1 - ox >= 4) {
-                pixels_avx512(p, s, oy, ox, k, m, i0, i1, 4, 0);
-                ox += 4;
-            }
-            for (; ox < p->inner1; ox++) pixels_avx512(p, s, oy, ox, k, m, i0, i1, 1, 0);
-            for (; ox < p->ow; ox++) pixels_avx512(p, s, oy, ox, k, m, i0, i1, 1, 1);
+            for (Py_ssize_t ox = 0; ox < p->inner0; ox++) pixels_avx512(p, s, oy, ox, k, m, i0, i1, 1, 1, 0);
+            if (m == 0xFFFF) interiors_avx512(p, s, oy, p->inner0, k, m, i0, i1, 1);
+            else interiors_avx512(p, s, oy, p->inner0, k, m, i0, i1, 0);
+            for (Py_ssize_t ox = p->inner1; ox < p->ow; ox++) pixels_avx512(p, s, oy, ox, k, m, i0, i1, 1, 1, 0);
         }
     }
 }
