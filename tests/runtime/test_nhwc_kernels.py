@@ -73,9 +73,9 @@ def _cases():
               (1, 28, 28, 96, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)), (1, 14, 14, 40, (5, 5), (2, 2), (1, 1), (1, 2, 2, 1)),
               (2, 9, 37, 17, (3, 5), (1, 3), (2, 1), (0, 3, 2, 0))]
     # MobileNet's and EfficientNet's kernels (compiled with the width and stride as constants): rows whose
-    # interior is runs of 8, 4 and 1 output pixels, C whole vectors and not
+    # interior is runs of 8, 4 and 1 output pixels, C whole vectors and not, single pixels 4 vectors at a time
     cases += [(1, 7, w, c, (k, k), (s, s), (1, 1), (k // 2,) * 4)
-              for k in (3, 5) for s in (1, 2) for w, c in ((30, 32), (47, 24), (48, 16))]
+              for k in (3, 5) for s in (1, 2) for w, c in ((30, 32), (47, 24), (48, 16), (9, 72))]
     return cases
 
 

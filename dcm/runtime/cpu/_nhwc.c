@@ -76,45 +76,52 @@ static void depthwise_generic(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 #define LOAD16(whole, m, a) ((whole) ? _mm512_loadu_ps(a) : _mm512_maskz_loadu_ps(m, a))
 #define KERNEL_MAX 5 /* the widest kernel pixels_fixed_avx512 is instantiated for */
 
-/* The activation of count accumulators (a constant where inlined), stored at output pixels [ox, ox +
- * count) of row oy, channels [k, k + 16). */
+/* The activation of count x V accumulators (constants where inlined; acc[q * V + v]: pixel q,
+ * vector v), stored at output pixels [ox, ox + count) of row oy, channels [k, k + 16 V). */
 AVX512 static inline __attribute__((always_inline)) void
 store_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t k, __mmask16 m,
-             const __m512 *acc, const int count, const int whole)
+             const __m512 *acc, const int count, const int V, const int whole)
 {
     float *yp = p->y + ((s * p->oh + oy) * p->ow + ox) * p->c + k;
-    UNROLL for (int q = 0; q < count; q++) {
-        const __m512 v = conv_act16(&p->act, acc[q]);
-        if (whole) _mm512_storeu_ps(yp + q * p->c, v);
-        else _mm512_mask_storeu_ps(yp + q * p->c, m, v);
-    }
+    UNROLL for (int q = 0; q < count; q++)
+        UNROLL for (int v = 0; v < V; v++) {
+            const __m512 r = conv_act16(&p->act, acc[q * V + v]);
+            if (whole) _mm512_storeu_ps(yp + q * p->c + 16 * v, r);
+            else _mm512_mask_storeu_ps(yp + q * p->c + 16 * v, m, r);
+        }
 }
 
-/* Output pixels [ox, ox + count) of row oy, sample s, channels [k, k + 16) (mask m unless whole),
- * kernel rows [i0, i1): count accumulators in registers, each tap's weight vector loaded once for all
- * of them. checked: the columns may have taps outside the row (border columns; count 1 then), skipped
- * one by one. count, checked and whole are constants where inlined. */
+/* Output pixels [ox, ox + count) of row oy, sample s, channels [k, k + 16 V) (V vectors, whole, or
+ * one with the mask m), kernel rows [i0, i1): count x V <= BLOCK accumulators in registers, each tap's
+ * weight vector loaded once for the count pixels. Single pixels take V = 4 where they can: 4
+ * independent chains of multiply-adds, not one waiting on each. checked: the columns may have taps
+ * outside the row (border columns), skipped one by one. count, V, checked and whole are constants
+ * where inlined. */
 AVX512 static inline __attribute__((always_inline)) void
 pixels_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t k, __mmask16 m,
-              Py_ssize_t i0, Py_ssize_t i1, const int count, const int checked, const int whole)
+              Py_ssize_t i0, Py_ssize_t i1, const int count, const int V, const int checked, const int whole)
 {
     const Py_ssize_t c = p->c, step = p->sw * c;
-    const __m512 b = p->bias ? LOAD16(whole, m, p->bias + k) : _mm512_setzero_ps();
     __m512 acc[BLOCK];
-    UNROLL for (int q = 0; q < count; q++) acc[q] = b;
+    UNROLL for (int v = 0; v < V; v++) {
+        const __m512 b = p->bias ? LOAD16(whole, m, p->bias + k + 16 * v) : _mm512_setzero_ps();
+        UNROLL for (int q = 0; q < count; q++) acc[q * V + v] = b;
+    }
     for (Py_ssize_t i = i0; i < i1; i++) {
         const Py_ssize_t iy = oy * p->sh - p->pt + i * p->dh;
         const float *xr = p->x + (s * p->h + iy) * p->w_ * c + k, *wr = p->w + i * p->kw * c + k;
         for (Py_ssize_t j = 0; j < p->kw; j++) {
             const Py_ssize_t ix = ox * p->sw - p->pl + j * p->dw;
             if (checked && (ix < 0 || ix >= p->w_)) continue;
-            const __m512 wv = LOAD16(whole, m, wr + j * c);
             const float *xp = xr + ix * c;
-            UNROLL for (int q = 0; q < count; q++)
-                acc[q] = _mm512_fmadd_ps(wv, LOAD16(whole, m, xp + q * step), acc[q]);
+            UNROLL for (int v = 0; v < V; v++) {
+                const __m512 wv = LOAD16(whole, m, wr + j * c + 16 * v);
+                UNROLL for (int q = 0; q < count; q++)
+                    acc[q * V + v] = _mm512_fmadd_ps(wv, LOAD16(whole, m, xp + q * step + 16 * v), acc[q * V + v]);
+            }
         }
     }
-    store_avx512(p, s, oy, ox, k, m, acc, count, whole);
+    store_avx512(p, s, oy, ox, k, m, acc, count, V, whole);
 }
 
 /* pixels_avx512 for interior columns of a kernel KW wide, horizontal stride SW and dilation 1 (all
@@ -134,59 +141,75 @@ pixels_fixed_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t 
         const float *xp = p->x + ((s * p->h + iy) * p->w_ + ox * SW - p->pl) * c + k, *wr = p->w + i * KW * c + k;
         UNROLL for (int j = 0; j < KW; j++) wv[j] = LOAD16(whole, m, wr + j * c);
         UNROLL for (int t = 0; t < (count - 1) * SW + KW; t++) { /* input pixel t of the run */
-            const __m512 xv = LOAD16(whole, m, xp + t * c);
+            __m512 xv = LOAD16(whole, m, xp + t * c);
+            __asm__("" : "+v"(xv)); /* one load in a register: GCC would fold it into each multiply-add */
             UNROLL for (int j = 0; j < KW; j++) /* output q = (t - j) / SW reads it through tap j */
                 if (t >= j && (t - j) % SW == 0 && (t - j) / SW < count)
                     acc[(t - j) / SW] = _mm512_fmadd_ps(wv[j], xv, acc[(t - j) / SW]);
         }
     }
-    store_avx512(p, s, oy, ox, k, m, acc, count, whole);
+    store_avx512(p, s, oy, ox, k, m, acc, count, 1, whole);
 }
 
-/* The interior columns [ox, p->inner1) of one 16-channel vector, BLOCK at a time, then 4, then 1. */
+/* Output pixels [ox, ox + count) of row oy, every channel vector in turn (the last one masked), so
+ * that the loads walk along the pixels' channels. count, KW, SW: constants where inlined. */
 AVX512 static inline __attribute__((always_inline)) void
-interior_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t k, __mmask16 m,
-                Py_ssize_t i0, Py_ssize_t i1, const int whole, const int KW, const int SW)
+run_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t i0, Py_ssize_t i1,
+           const int count, const int KW, const int SW)
 {
-#define RUN(count) (KW ? pixels_fixed_avx512(p, s, oy, ox, k, m, i0, i1, count, whole, KW, SW) \
-                   : pixels_avx512(p, s, oy, ox, k, m, i0, i1, count, 0, whole))
-    for (; ox + BLOCK <= p->inner1; ox += BLOCK) RUN(BLOCK);
+    Py_ssize_t k = 0;
+    for (; k + 16 <= p->c; k += 16)
+        if (KW) pixels_fixed_avx512(p, s, oy, ox, k, 0xFFFF, i0, i1, count, 1, KW, SW);
+        else pixels_avx512(p, s, oy, ox, k, 0xFFFF, i0, i1, count, 1, 0, 1);
+    if (k < p->c) {
+        const __mmask16 m = (__mmask16)((1u << (p->c - k)) - 1);
+        if (KW) pixels_fixed_avx512(p, s, oy, ox, k, m, i0, i1, count, 0, KW, SW);
+        else pixels_avx512(p, s, oy, ox, k, m, i0, i1, count, 1, 0, 0);
+    }
+}
+
+/* One output pixel, all its channels: 4 vectors at a time, then 1 (the last one masked). */
+AVX512 static inline __attribute__((always_inline)) void
+single_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t i0, Py_ssize_t i1,
+              const int checked)
+{
+    Py_ssize_t k = 0;
+    for (; k + 64 <= p->c; k += 64) pixels_avx512(p, s, oy, ox, k, 0xFFFF, i0, i1, 1, 4, checked, 1);
+    for (; k + 16 <= p->c; k += 16) pixels_avx512(p, s, oy, ox, k, 0xFFFF, i0, i1, 1, 1, checked, 1);
+    if (k < p->c) pixels_avx512(p, s, oy, ox, k, (__mmask16)((1u << (p->c - k)) - 1), i0, i1, 1, 1, checked, 0);
+}
+
+/* One output row: the interior in runs of BLOCK and 4 pixels, then single pixels, and the border
+ * columns tap by tap. */
+AVX512 static inline __attribute__((always_inline)) void
+row_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, const int KW, const int SW)
+{
+    Py_ssize_t i0, i1, ox = p->inner0;
+    valid_rows(p, oy, &i0, &i1);
+    for (; ox + BLOCK <= p->inner1; ox += BLOCK) run_avx512(p, s, oy, ox, i0, i1, BLOCK, KW, SW);
     if (p->inner1 - ox >= 4) {
-        RUN(4);
+        run_avx512(p, s, oy, ox, i0, i1, 4, KW, SW);
         ox += 4;
     }
-    for (; ox < p->inner1; ox++) RUN(1);
-#undef RUN
+    for (; ox < p->inner1; ox++) single_avx512(p, s, oy, ox, i0, i1, 0);
+    for (ox = 0; ox < p->inner0; ox++) single_avx512(p, s, oy, ox, i0, i1, 1);
+    for (ox = p->inner1; ox < p->ow; ox++) single_avx512(p, s, oy, ox, i0, i1, 1);
 }
 
-/* interior_avx512 for MobileNet's and EfficientNet's kernels (3x3 and 5x5, stride 1 or 2) with their
- * width and stride as constants, any other with p's. */
-AVX512 static void interiors_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t k,
-                                    __mmask16 m, Py_ssize_t i0, Py_ssize_t i1, const int whole)
-{
-    const int fixed = p->dw == 1 ? (int)(p->kw * 4 + p->sw) : 0; /* 4 kw + sw */
-    switch (fixed) {
-    case 3 * 4 + 1: interior_avx512(p, s, oy, ox, k, m, i0, i1, whole, 3, 1); break;
-    case 3 * 4 + 2: interior_avx512(p, s, oy, ox, k, m, i0, i1, whole, 3, 2); break;
-    case 5 * 4 + 1: interior_avx512(p, s, oy, ox, k, m, i0, i1, whole, 5, 1); break;
-    case 5 * 4 + 2: interior_avx512(p, s, oy, ox, k, m, i0, i1, whole, 5, 2); break;
-    default: interior_avx512(p, s, oy, ox, k, m, i0, i1, whole, 0, 0);
-    }
-}
-
+/* Units u = sample * OH + output row. MobileNet's and EfficientNet's kernels (3x3 and 5x5, stride 1
+ * or 2, dilation 1) with their width and stride as constants, any other with p's. */
 AVX512 static void depthwise_avx512(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     const Depthwise *p = ctx;
+    const int fixed = p->dw == 1 ? (int)(p->kw * 4 + p->sw) : 0; /* 4 kw + sw */
     for (Py_ssize_t u = lo; u < hi; u++) {
         const Py_ssize_t s = u / p->oh, oy = u % p->oh;
-        Py_ssize_t i0, i1;
-        valid_rows(p, oy, &i0, &i1);
-        for (Py_ssize_t k = 0; k < p->c; k += 16) {
-            const __mmask16 m = p->c - k >= 16 ? 0xFFFF : (__mmask16)((1u << (p->c - k)) - 1);
-            for (Py_ssize_t ox = 0; ox < p->inner0; ox++) pixels_avx512(p, s, oy, ox, k, m, i0, i1, 1, 1, 0);
-            if (m == 0xFFFF) interiors_avx512(p, s, oy, p->inner0, k, m, i0, i1, 1);
-            else interiors_avx512(p, s, oy, p->inner0, k, m, i0, i1, 0);
-            for (Py_ssize_t ox = p->inner1; ox < p->ow; ox++) pixels_avx512(p, s, oy, ox, k, m, i0, i1, 1, 1, 0);
+        switch (fixed) {
+        case 3 * 4 + 1: row_avx512(p, s, oy, 3, 1); break;
+        case 3 * 4 + 2: row_avx512(p, s, oy, 3, 2); break;
+        case 5 * 4 + 1: row_avx512(p, s, oy, 5, 1); break;
+        case 5 * 4 + 2: row_avx512(p, s, oy, 5, 2); break;
+        default: row_avx512(p, s, oy, 0, 0);
         }
     }
 }
