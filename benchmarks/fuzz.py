@@ -270,12 +270,33 @@ def _gru_dense() -> Model:
                  nodes, tensors, {}, opset=17)
 
 
+def _inverted_residual() -> Model:
+    """MobileNetV2's block: a 1x1 expansion with ReLU6, a 3x3/2 depthwise layer with ReLU6 and a 1x1
+    projection, then the global average pool: a chain the session runs channels-last
+    (depthwise_nhwc, global_average_nhwc). 40 channels: two whole vectors of 16 and a part."""
+    rng = np.random.default_rng(13)
+    tensors = {"e": encode_tensor(rng.normal(size=(40, 16, 1, 1)).astype(np.float32), code_bits=5, name="e"),
+               "d": encode_tensor(rng.normal(size=(40, 1, 3, 3)).astype(np.float32), code_bits=5, name="d"),
+               "db": encode_raw(rng.normal(size=40).astype(np.float32), "db"),
+               "p": encode_tensor(rng.normal(size=(24, 40, 1, 1)).astype(np.float32), code_bits=5, name="p"),
+               "lo": encode_raw(np.array(0, np.float32), "lo"), "hi": encode_raw(np.array(6, np.float32), "hi")}
+    nodes = [Node("Conv", ["x", "e"], ["a"], {"kernel_shape": [1, 1]}, "expand"),
+             Node("Clip", ["a", "lo", "hi"], ["b"], {}, "relu6_1"),
+             Node("Conv", ["b", "d", "db"], ["c"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2],
+                                                  "group": 40}, "dw"),
+             Node("Clip", ["c", "lo", "hi"], ["f"], {}, "relu6_2"),
+             Node("Conv", ["f", "p"], ["g"], {"kernel_shape": [1, 1]}, "project"),
+             Node("GlobalAveragePool", ["g"], ["y"], {}, "pool")]
+    return Model([ValueInfo("x", "float32", ["batch", 16, 11, 11])], [ValueInfo("y", "float32", ["batch", 24, 1, 1])],
+                 nodes, tensors, {})
+
+
 @lru_cache(maxsize=None)
 def seeds() -> tuple[bytes, ...]:
     """The hand-made .dcm seeds: between them they reach every compiled kernel (``kernel_names``)."""
     return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _sparse_batch8, _sparse_strided,
                                          _wide3x3, _stem, _pointwise_conv, _dense_layers, _logic, _layer_norm,
-                                         _lstm_upsample, _gru_dense, _skip_concat))
+                                         _lstm_upsample, _gru_dense, _skip_concat, _inverted_residual))
 
 
 @lru_cache(maxsize=None)
