@@ -112,6 +112,24 @@ def test_depthwise_threads_split_a_large_layer_identically(simd):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel, stride", [((3, 3), 1), ((5, 5), 2), ((1, 2), 1)])
+@pytest.mark.parametrize("c", [64, 80, 96])
+def test_depthwise_any_placement_of_x_in_its_lines(c, kernel, stride):
+    """x and y at each float of a 64-byte line: a layer whose channels are a multiple of 16 starts with
+    a partial vector up to x's next line boundary."""
+    rng = np.random.default_rng(c)
+    wt = rng.standard_normal((*kernel, c)).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    geometry = ((stride, stride), (1, 1), (1, 1, 2, 0))
+    for offset in range(16):
+        x = np.empty(5 * 9 * c + 16, np.float32)[offset:offset + 5 * 9 * c].reshape(1, 5, 9, c)
+        x[:] = rng.standard_normal(x.shape)
+        want = _reference(x, wt, *geometry, bias, ("relu", 0, 0))
+        y = np.full(want.size + 16, np.nan, np.float32)[15 - offset:15 - offset + want.size].reshape(want.shape)
+        native.depthwise_nhwc(x, y, wt, x.shape, kernel, *geometry, bias, ("relu", 0, 0))
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5, err_msg=f"x {offset} floats into a line")
+
+
 @pytest.mark.parametrize("simd", [True, False])
 def test_depthwise_nan_kept_and_infinities(simd):
     x = np.ones((1, 5, 5, 3), np.float32)
