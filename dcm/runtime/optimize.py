@@ -21,6 +21,7 @@ import numpy as np
 from dcm.encoder.codec import decode_tensor
 from dcm.format.model import Model, Node
 from dcm.runtime.channel_scale import fuse_channel_scale
+from dcm.runtime.channels_last import channels_last
 
 
 @dataclass
@@ -502,6 +503,7 @@ PASSES: dict[str, Callable[[Graph], None]] = {
     "fuse_matmul_add": fuse_matmul_add,
     "fuse_attention": fuse_attention,
     "fuse_channel_scale": fuse_channel_scale,
+    "channels_last": channels_last,
 }
 
 

@@ -22,6 +22,7 @@ from dcm.runtime.cpu.shape import view_transposes
 from dcm.runtime.cpu.windows import release_scratch
 from dcm.runtime.fusion import fuse_activations
 from dcm.runtime.kernel import Kernel, LoadContext
+from dcm.runtime.channels_last import CHANNELS_LAST_OPS
 from dcm.runtime.optimize import optimize as optimize_graph
 from dcm.runtime.shape_cache import (ShapeCache, ShapeGuard, ShapeSubgraph, StaleShapes, find_shape_subgraph, nbytes,
                                      owner, owners)
@@ -59,7 +60,8 @@ def _backend(device: str) -> tuple[str, dict, dict]:
         from dcm.runtime.cpu import REGISTRY
         from dcm.runtime.cpu.fused import INTERNAL
 
-        return "cpu", REGISTRY, INTERNAL
+        # an internal op whose compiled kernels this machine lacks is never written (channels-last)
+        return "cpu", REGISTRY, {op: k for op, k in INTERNAL.items() if getattr(k, "available", lambda: True)()}
     if device == "gpu":
         device = "cuda"
     if device == "torch-cpu" or device == "cuda" or device.startswith("cuda:"):
@@ -118,6 +120,8 @@ class InferenceSession:
                                      f" (all unsupported: {', '.join(names)})")
         for node in self.model.nodes:  # the graph passes read inputs and attributes: check them first
             check_node(node, registry[node.op])
+        if kernels == "sparse" or isinstance(kernels, dict) and "sparse" in kernels.values():
+            internal = {op: k for op, k in internal.items() if op not in CHANNELS_LAST_OPS}  # they run dense
         self._graph = optimize_graph(self.model, None if optimize else [], internal=frozenset(internal))
         self._nodes = self._graph.nodes
         registry = {**internal, **registry}  # the file's ops were checked against the registry alone

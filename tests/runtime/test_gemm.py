@@ -141,6 +141,23 @@ def test_packed_products_match_numpy(m, k, n, threads):
 
 
 @packed_only
+@pytest.mark.parametrize("act", [("clip", -0.5, 0.5), ("sigmoid", 0.0, 0.0), ("silu", 1.5, 0.0), ("hardswish", 0.0, 0.0)])
+def test_packed_products_add_a_residual_then_activate(act):
+    """The channels-last 1x1 convolution's epilogue: act(x @ w + bias + residual) before the one store."""
+    x, w, bias, residual = _random((29, 40), 8), _random((40, 37), 9), _random(37, 10), _random((29, 37), 11)
+    z = x.astype(np.float64) @ w + bias
+    for res in (residual, None):
+        out = np.empty((29, 37), np.float32)
+        native.gemm_packed(x, _packed(w), out, 2, bias, act=act, residual=res)
+        np.testing.assert_allclose(out, _activation(act, z if res is None else z + res), rtol=1e-4, atol=1e-4)
+
+
+def _activation(act, z):
+    return {"clip": np.clip(z, -0.5, 0.5), "sigmoid": 1 / (1 + np.exp(-z)), "silu": z / (1 + np.exp(-1.5 * z)),
+            "hardswish": z * np.clip(z / 6 + 0.5, 0, 1)}[act[0]]
+
+
+@packed_only
 def test_packed_weight_any_layout_and_strided_rows():
     w = _random((40, 70), 1)
     assert np.array_equal(_packed(w), _packed(np.asfortranarray(w)))  # the same panels from any layout
@@ -170,6 +187,10 @@ def _bad_packed_calls():
         "x transposed": (lambda: native.gemm_packed(x.T, p, out), ValueError, "row-major"),
         "rows": (lambda: native.gemm_packed(x[:4], p, out), ValueError, "x must be"),
         "out overlaps x": (lambda: native.gemm_packed(x, p, x), ValueError, "overlaps"),
+        "residual length": (lambda: native.gemm_packed(x, p, out, residual=x[:4]), ValueError, "residual must"),
+        "residual is out": (lambda: native.gemm_packed(x, p, out, residual=out), ValueError, "overlaps"),
+        "relu and act": (lambda: native.gemm_packed(x, p, out, 1, None, True, ("clip", 0, 1)), ValueError, "both"),
+        "act name": (lambda: native.gemm_packed(x, p, out, act=("tanh", 0, 0)), ValueError, "unknown activation"),
         "out overlaps packed": (lambda: native.gemm_packed(x, p, p[:64].reshape(8, 8)), ValueError, "overlaps"),
         "weight reversed": (lambda: native.pack_weight(w[::-1]), ValueError, "non-negative strides"),
         "weight rank": (lambda: native.pack_weight(np.ones((2, 2, 2), np.float32)), ValueError, "matrix"),

@@ -260,18 +260,19 @@ done:
  * BLOCK_FLOATS packed floats (all of a transformer layer's weight), row block by row block within a
  * block and panel by panel within a row block, so a block of x stays in L1 while the block of panels
  * stays in L2 (GPT-2's 50257-word output layer, 51 MB packed, streamed from memory once per row
- * block without it: 3.5x numpy's time). The bias starts the accumulators and the ReLU comes before
- * the one store: no second pass over the output. */
+ * block without it: 3.5x numpy's time). The bias starts the accumulators; a residual (same layout as
+ * the output) and the activation (ConvAct: Relu, Clip, Sigmoid, SiLU, HardSwish) come before the one
+ * store: no second pass over the output. */
 #define PANEL 32
 #define ROWS 12
 #define BLOCK_FLOATS (1 << 18) /* 1 MB: half the L2 of the AVX-512 server cores */
 
 typedef struct {
-    const float *x, *packed, *bias;
+    const float *x, *packed, *bias, *residual;
     float *out;
     Py_ssize_t m, k, n, ldx, ldo, panels;
     Py_ssize_t row_blocks, block; /* blocks of ROWS rows; panels per block of panels */
-    int relu;
+    ConvAct act;
 } Packed;
 
 #ifdef HAVE_AVX2_PATH
@@ -298,11 +299,15 @@ AVX512 static inline __attribute__((always_inline)) void tile_avx512(const Packe
             if (wide) acc1[r] = _mm512_fmadd_ps(v, w1, acc1[r]);
         }
     }
-    const __m512 zero = _mm512_setzero_ps(); /* max(0, v) is v where v is NaN (vmaxps returns its second operand) */
     for (int r = 0; r < rows; r++) {
         float *o = p->out + (r0 + r) * p->ldo + c0;
-        _mm512_mask_storeu_ps(o, m0, p->relu ? _mm512_max_ps(zero, acc0[r]) : acc0[r]);
-        if (wide) _mm512_mask_storeu_ps(o + 16, m1, p->relu ? _mm512_max_ps(zero, acc1[r]) : acc1[r]);
+        if (p->residual) {
+            const float *res = p->residual + (r0 + r) * p->n + c0;
+            acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(m0, res));
+            if (wide) acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(m1, res + 16));
+        }
+        _mm512_mask_storeu_ps(o, m0, conv_act16(&p->act, acc0[r]));
+        if (wide) _mm512_mask_storeu_ps(o + 16, m1, conv_act16(&p->act, acc1[r]));
     }
 }
 
@@ -369,19 +374,32 @@ done:
 }
 
 PyDoc_STRVAR(gemm_packed_doc,
-"gemm_packed(x, packed, out, threads=1, bias=None, relu=False) -> None\n\n"
-"out = x @ w (+ bias [n]) (then max(., 0) with relu) for float32 x [m, k] and out [m, n], both\n"
-"row-major with unit stride along a row, and w [k, n] as pack_weight packed it (its length must be\n"
-"that of a [k, n] weight). On up to `threads` threads of the native pool; releases the GIL. Needs\n"
-"AVX-512 (packed_simd() says whether this CPU and the set_simd switch allow it).");
+"gemm_packed(x, packed, out, threads=1, bias=None, relu=False, act=None, residual=None) -> None\n\n"
+"out = act(x @ w + bias [n] + residual) for float32 x [m, k] and out [m, n], both row-major\n"
+"with unit stride along a row, and w [k, n] as pack_weight packed it (its length must be that of a\n"
+"[k, n] weight). act: None or (name, a, b) as pointwise_conv takes it (relu, clip, sigmoid, silu,\n"
+"hardswish); relu=True is act ('relu', 0, 0). residual: float32 contiguous [m, n]. On up to\n"
+"`threads` threads of the native pool; releases the GIL. Needs AVX-512 (packed_simd() says whether\n"
+"this CPU and the set_simd switch allow it).");
 
 static PyObject *gemm_packed(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"x", "packed", "out", "threads", "bias", "relu", NULL};
-    PyObject *xo, *po, *oo, *bo = Py_None;
+    static char *kwlist[] = {"x", "packed", "out", "threads", "bias", "relu", "act", "residual", NULL};
+    PyObject *xo, *po, *oo, *bo = Py_None, *acto = Py_None, *ro = Py_None;
     int threads = 1, relu = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|iOp", kwlist, &xo, &po, &oo, &threads, &bo, &relu)) return NULL;
-    Py_buffer xv = {0}, pv = {0}, ov = {0}, bv = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|iOpOO", kwlist, &xo, &po, &oo, &threads, &bo, &relu, &acto,
+                                     &ro))
+        return NULL;
+    ConvAct act;
+    if (parse_conv_act(acto, &act, "gemm_packed") < 0) return NULL;
+    if (relu) {
+        if (act.kind != CONV_ACT_NONE) {
+            PyErr_SetString(PyExc_ValueError, "gemm_packed: relu=True and act both given");
+            return NULL;
+        }
+        act = (ConvAct){CONV_ACT_CLAMP, 0.f, INFINITY, 0.f};
+    }
+    Py_buffer xv = {0}, pv = {0}, ov = {0}, bv = {0}, rv = {0};
     PyObject *result = NULL;
     Operand xa, oa;
     if (get_float_view(xo, &xv, 0, "x") < 0 || get_float_view(oo, &ov, 1, "out") < 0 ||
@@ -391,7 +409,7 @@ static PyObject *gemm_packed(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "x must be [m, k] and out [m, n]");
         goto done;
     }
-    Packed p = {.m = xv.shape[0], .k = xv.shape[1], .n = ov.shape[1], .relu = relu};
+    Packed p = {.m = xv.shape[0], .k = xv.shape[1], .n = ov.shape[1], .act = act};
     const Py_ssize_t size = packed_size(p.k, p.n);
     if (size < 0) {
         PyErr_SetString(PyExc_ValueError, "sizes overflow");
@@ -409,9 +427,17 @@ static PyObject *gemm_packed(PyObject *self, PyObject *args, PyObject *kwds)
             goto done;
         }
     }
+    if (ro != Py_None) {
+        if (get_array_of_rank(ro, &rv, 'f', 4, 0, 1, "residual") < 0) goto done;
+        if (rv.len / 4 != SIZE_PRODUCT(p.m, p.n)) {
+            PyErr_Format(PyExc_ValueError, "residual must have %zd x %zd values", p.m, p.n);
+            goto done;
+        }
+    }
     if (read_operand(&xv, &xa, 0, "x") < 0 || read_operand(&ov, &oa, 0, "out") < 0 || !distinct_elements(&ov))
         goto done;
-    if ((xv.len && overlaps(&xv, &ov)) || (pv.len && overlaps(&pv, &ov)) || (bv.len && overlaps(&bv, &ov))) {
+    if ((xv.len && overlaps(&xv, &ov)) || (pv.len && overlaps(&pv, &ov)) || (bv.len && overlaps(&bv, &ov)) ||
+        (rv.len && overlaps(&rv, &ov))) {
         PyErr_SetString(PyExc_ValueError, "out overlaps an input");
         goto done;
     }
@@ -420,6 +446,7 @@ static PyObject *gemm_packed(PyObject *self, PyObject *args, PyObject *kwds)
         goto done;
     }
     p.x = xv.buf, p.packed = pv.buf, p.bias = bv.buf, p.out = ov.buf, p.ldx = xa.row, p.ldo = oa.row;
+    p.residual = rv.buf;
     p.panels = (p.n + PANEL - 1) / PANEL, p.row_blocks = (p.m + ROWS - 1) / ROWS;
     p.block = BLOCK_FLOATS / (PANEL * (p.k > 0 ? p.k : 1));
     if (p.block < 1) p.block = 1;
@@ -430,7 +457,7 @@ static PyObject *gemm_packed(PyObject *self, PyObject *args, PyObject *kwds)
 #endif
     result = Py_NewRef(Py_None);
 done:
-    RELEASE_BUFFERS(&xv, &pv, &ov, &bv);
+    RELEASE_BUFFERS(&xv, &pv, &ov, &bv, &rv);
     return result;
 }
 

@@ -53,3 +53,4 @@ class MatMulAdd(MatMul):
 
 from dcm.runtime.cpu import attention  # noqa: E402,F401  (registers dcm.Attention, which needs INTERNAL above)
 from dcm.runtime.cpu import scaled_conv  # noqa: E402,F401  (registers dcm.ScaledConv)
+from dcm.runtime.cpu import nhwc  # noqa: E402,F401  (registers the channels-last ops)

@@ -1,0 +1,276 @@
+"""Graph pass: chains of depthwise and 1x1 convolutions run channels-last (NHWC).
+
+A depthwise convolution on NCHW planes works on rows of one channel: narrow planes (14x14, 7x7) fill
+a fraction of a vector and strided ones need gathers, so the compiled NCHW kernel transposes groups
+of 16 planes in and out around each layer (MobileNetV2's depthwise layers took 2-3x onnxruntime's
+time in the model, whose kernels run channels-blocked). Channels-last, each output pixel is kh*kw
+multiply-adds of whole channel vectors, at any stride or plane size, and a 1x1 convolution is a
+row-major product [pixels, C_in] @ [C_in, C_out], which the packed GEMM (``_gemm.c``) splits over
+threads by rows (0.7-0.8x of the NCHW 1x1 kernel's time on the 7x7 and 14x14 layers).
+
+The pass finds regions: each depthwise convolution, then, in graph order, every 1x1 convolution (and
+``dcm.ScaledConv``) whose input is in a region, every elementwise op whose run-time inputs all are
+(with scalar constants), and backwards the 1x1 convolutions (with the activations after them) read
+only by a region. A region with more Transposes in and out than convolutions is left NCHW. Their
+values hold NHWC arrays under new names; a ``Transpose`` enters a region (the input of its first convolutions)
+and one leaves it wherever a value is read outside or is a model output. A global average pool
+(GlobalAveragePool, or ReduceMean over the two spatial axes keeping them) of a region value reads it
+as it is: its [N, C, 1, 1] result is the same array in either layout. Elementwise ops need no change:
+both layouts are one axis permutation of every operand, and broadcasting between 4-D operands
+commutes with it.
+
+Taken only where the CPU backend runs the channels-last kernels (their ops in ``Graph.internal``).
+The model is not changed: ``dcm export`` writes the graph as stored.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from dcm.format.model import Node
+
+if TYPE_CHECKING:
+    from dcm.runtime.optimize import Graph
+
+NHWC_CONV = "dcm.NhwcConv"  # Conv on NHWC x and y: inputs x, W, B; the Conv's attributes
+NHWC_SCALED_CONV = "dcm.NhwcScaledConv"  # dcm.ScaledConv with x (input 0) NHWC, the scale (input 3) NCHW
+NHWC_MEAN = "dcm.NhwcGlobalAveragePool"  # the mean over H, W of NHWC x: y [N, C, 1, 1]
+CHANNELS_LAST_OPS = (NHWC_CONV, NHWC_SCALED_CONV, NHWC_MEAN)
+TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
+SUFFIX = "/nhwc"
+
+# Ops that compute each output element from the same element of their inputs.
+UNARY = ("Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu", "Gelu", "Elu", "Selu",
+         "Softplus", "Identity", "Erf", "Abs", "Neg", "Exp", "Sqrt", "Mish")
+BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min")
+# A 1x1 layer this sparse keeps the NCHW direct sparse kernel (dcm.runtime.cpu.conv's
+# DIRECT_MAX_DENSITY_POINTWISE); the channels-last product is dense.
+SPARSE_POINTWISE = 0.07
+
+
+def _weight_shape(graph: Graph, node: Node) -> tuple[int, ...] | None:
+    rec = graph.model.tensors.get(node.inputs[1]) if len(node.inputs) > 1 else None
+    return None if rec is None else tuple(rec.shape)
+
+
+def _depthwise(graph: Graph, node: Node) -> bool:
+    """A 2-D Conv with one input channel per output channel (multiplier 1) and a constant weight."""
+    shape = _weight_shape(graph, node)
+    return (node.op == "Conv" and shape is not None and len(shape) == 4 and shape[1] == 1
+            and int(node.attrs.get("group", 1)) == shape[0] and _const_bias(graph, node))
+
+
+def _const_bias(graph: Graph, node: Node) -> bool:
+    return len(node.inputs) < 3 or not node.inputs[2] or node.inputs[2] in graph.model.tensors
+
+
+def _pointwise(graph: Graph, node: Node) -> bool:
+    """A dense enough 2-D 1x1 Conv (or dcm.ScaledConv) of one group, unit strides and no padding."""
+    from dcm.runtime.channel_scale import SCALED_CONV
+
+    shape = _weight_shape(graph, node)
+    if (node.op not in ("Conv", SCALED_CONV) or shape is None or len(shape) != 4 or shape[2:] != (1, 1)
+            or int(node.attrs.get("group", 1)) != 1 or any(s != 1 for s in node.attrs.get("strides", [1, 1]))
+            or any(node.attrs.get("pads", [0])) or not _const_bias(graph, node)):
+        return False
+    w = graph.const(node.inputs[1])
+    return w is not None and np.count_nonzero(w) > SPARSE_POINTWISE * w.size
+
+
+def _spatial_mean(graph: Graph, node: Node) -> bool:
+    """GlobalAveragePool, or ReduceMean over axes 2 and 3 (of 4) keeping them."""
+    if node.op == "GlobalAveragePool":
+        return True
+    if node.op != "ReduceMean" or int(node.attrs.get("keepdims", 1)) != 1:
+        return False
+    if len(node.inputs) > 1 and node.inputs[1]:
+        axes = graph.const(node.inputs[1])
+        axes = None if axes is None else [int(a) for a in np.asarray(axes).ravel()]
+    else:
+        axes = node.attrs.get("axes")
+    return axes is not None and sorted(a % 4 for a in axes) == [2, 3] and all(-4 <= a < 4 for a in axes)
+
+
+def _scalar(graph: Graph, name: str) -> bool:
+    rec = graph.model.tensors.get(name)
+    return rec is not None and int(np.prod(rec.shape)) == 1
+
+
+class _Regions:
+    """The nodes that run channels-last: ``nodes`` (indices), ``x_index`` (a convolution's NHWC input:
+    ScaledConv's either factor), ``held`` (values held NHWC: the outputs of region nodes but the
+    means') and ``entering`` (NCHW values a region convolution reads: entered once, NHWC after that)."""
+
+    def __init__(self, graph: Graph):
+        self.graph, self.nodes = graph, graph.nodes
+        self.protected = graph.protected()
+        self.region: set[int] = set()
+        self.x_index: dict[int, int] = {}
+        self.held: set[str] = set()
+        self.entering: set[str] = set()
+        self.readers: dict[str, list[int]] = {}
+        for i, n in enumerate(self.nodes):
+            for x in n.inputs:
+                self.readers.setdefault(x, []).append(i)
+        while self._forward() | self._backward():
+            pass
+        self.entering -= self.held  # a value whose producer joined later is NHWC already
+        self._drop_costly()
+
+    def _drop_costly(self) -> None:
+        """Give back each connected region with more Transposes in and out than convolutions (a lone
+        depthwise layer: its NCHW kernel transposes itself, and only where it needs to). A way out into
+        the model's own NCHW -> NHWC Transpose costs nothing: the two cancel."""
+        producer = {o: i for i in self.region for o in self.nodes[i].outputs}
+        parent = {i: i for i in self.region}
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for i in self.region:
+            for x in self.nodes[i].inputs:
+                if x in self.held and x in producer:
+                    parent[root(i)] = root(producer[x])
+        cost: dict[int, int] = {}
+        for i in self.region:
+            node, r = self.nodes[i], root(i)
+            cost[r] = cost.get(r, 0) - (i in self.x_index)
+            for y in node.outputs:
+                outside = [j for j in self.readers.get(y, []) if j not in self.region]
+                if y in self.held and (y in self.protected or any(self.nodes[j].op != "Transpose"
+                                                                  or self.nodes[j].attrs.get("perm") != TO_NHWC
+                                                                  for j in outside)):
+                    cost[r] += 1
+        for x in self.entering:
+            for r in {root(j) for j in self.readers.get(x, []) if j in self.region}:
+                cost[r] += 1
+        dropped = {i for i in self.region if cost[root(i)] > 0}
+        self.region -= dropped
+        for i in dropped:
+            self.x_index.pop(i, None)
+            self.held.difference_update(self.nodes[i].outputs)
+        self.entering = {x for x in self.entering if any(j in self.region for j in self.readers.get(x, []))}
+
+    def _join(self, i: int, x_index: int | None = None) -> None:
+        node = self.nodes[i]
+        self.region.add(i)
+        if x_index is not None:
+            self.x_index[i] = x_index
+            if node.inputs[x_index] not in self.held:
+                self.entering.add(node.inputs[x_index])
+        if not _spatial_mean(self.graph, node):
+            self.held.update(node.outputs)
+
+    def _forward(self) -> bool:
+        """In graph order: depthwise convolutions, and what reads only region values."""
+        from dcm.runtime.channel_scale import SCALED_CONV
+
+        graph, held, joined = self.graph, self.held, False
+        for i, node in enumerate(self.nodes):
+            if i in self.region:
+                continue
+            if _depthwise(graph, node):
+                self._join(i, 0)
+            elif node.op in UNARY or node.op in BINARY:
+                live = [x for x in node.inputs[: 1 if node.op in UNARY else 2] if x]
+                rest = node.inputs[1:] if node.op in UNARY else node.inputs[2:]
+                if (not live or any(x not in held and x not in self.entering for x in live)
+                        or not all(not x or _scalar(graph, x) for x in rest)):
+                    continue
+                self._join(i)
+            elif _spatial_mean(graph, node) and node.inputs[0] in held:
+                self._join(i)
+            elif node.inputs and _pointwise(graph, node):
+                inside = [j for j in ([0, 3] if node.op == SCALED_CONV else [0]) if node.inputs[j] in held]
+                if len(inside) != 1:
+                    continue
+                self._join(i, inside[0])
+            else:
+                continue
+            joined = True
+        return joined
+
+    def _backward(self) -> bool:
+        """1x1 convolutions, with the activations after them, whose every reader runs channels-last
+        (MobileNet's expansion right after a stem)."""
+        nodes, joined = self.nodes, False
+
+        def unary(j: int) -> bool:
+            n = nodes[j]
+            return (n.op in UNARY and len(n.outputs) == 1 and j not in self.region
+                    and all(not x or _scalar(self.graph, x) for x in n.inputs[1:]))
+
+        def reads_nhwc(r: int, y: str) -> bool:  # not a ScaledConv's NCHW scale
+            return r in self.region and (r not in self.x_index or nodes[r].inputs[self.x_index[r]] == y
+                                         or nodes[r].op == "Conv")
+
+        for i in range(len(nodes) - 1, -1, -1):
+            if i in self.region or nodes[i].op != "Conv" or not _pointwise(self.graph, nodes[i]):
+                continue
+            chain, y = [i], nodes[i].outputs[0]
+            while y not in self.protected and len(self.readers.get(y, [])) == 1 and unary(self.readers[y][0]):
+                chain.append(self.readers[y][0])
+                y = nodes[chain[-1]].outputs[0]
+            if y in self.protected or not self.readers.get(y) or not all(reads_nhwc(r, y) for r in self.readers[y]):
+                continue
+            self._join(i, 0)
+            for j in chain[1:]:
+                self._join(j)
+            joined = True
+        return joined
+
+
+def channels_last(graph: Graph) -> None:
+    """Rewrite the regions (see the module docstring) to the channels-last internal ops."""
+    if NHWC_CONV not in graph.internal:
+        return
+    from dcm.runtime.optimize import merge_transposes
+
+    found = _Regions(graph)
+    nodes, protected, region, x_index = graph.nodes, found.protected, found.region, found.x_index
+    held, readers = found.held, found.readers
+    if not region:
+        return
+    names = {x for n in nodes for x in (*n.inputs, *n.outputs)} | {v.name for v in graph.model.inputs}
+
+    def fresh(base: str) -> str:
+        name, k = base + SUFFIX, 1
+        while name in names:
+            name, k = f"{base}{SUFFIX}{k}", k + 1
+        names.add(name)
+        return name
+
+    nhwc = {v: fresh(v) for v in sorted(held)}
+    entered: dict[str, str] = {}
+    out: list[Node] = []
+    for i, node in enumerate(nodes):
+        if i not in region:
+            out.append(node)
+            continue
+        for x in node.inputs:  # an NCHW value enters the region before its first reader there
+            if x in found.entering and x not in entered:
+                entered[x] = fresh(x)
+                out.append(Node("Transpose", [x], [entered[x]], {"perm": TO_NHWC}, f"{x}{SUFFIX}/enter"))
+        inputs = [nhwc.get(x, entered.get(x, x)) for x in node.inputs]
+        if i in x_index:  # a convolution
+            j = x_index[i]
+            if j == 3:  # ScaledConv: the NHWC factor first, the scale last
+                inputs[0], inputs[3] = inputs[3], inputs[0]
+            op = NHWC_CONV if node.op == "Conv" else NHWC_SCALED_CONV
+            out.append(Node(op, inputs, [nhwc[y] for y in node.outputs], dict(node.attrs), node.name))
+        elif _spatial_mean(graph, node):
+            out.append(Node(NHWC_MEAN, inputs[:1], list(node.outputs), {}, node.name))
+        else:
+            out.append(Node(node.op, inputs, [nhwc[y] for y in node.outputs], dict(node.attrs), node.name))
+        for y in node.outputs:  # the region leaves here for readers outside it and model outputs
+            if y in nhwc and (y in protected or any(r not in region for r in readers.get(y, []))):
+                out.append(Node("Transpose", [nhwc[y]], [y], {"perm": TO_NCHW}, f"{y}{SUFFIX}/leave"))
+    graph.nodes = out
+    made = {n.name for n in out if n.name.endswith((f"{SUFFIX}/enter", f"{SUFFIX}/leave"))}
+    merge_transposes(graph)  # a region's exit straight into the model's own NCHW -> NHWC Transpose
+    for name in made & set(graph.folded):  # describe() lists the model's nodes only
+        del graph.folded[name]

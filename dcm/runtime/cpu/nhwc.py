@@ -1,0 +1,164 @@
+"""Kernels of the channels-last ops that ``dcm.runtime.channels_last`` writes: depthwise and 1x1
+convolutions and the spatial mean on NHWC arrays.
+
+A depthwise layer runs the compiled ``depthwise_nhwc`` (``_nhwc.c``): per output pixel, kh*kw
+multiply-adds of 16-channel vectors, the bias and the activation in registers. A 1x1 layer is the
+product x [N*H*W, C_in] @ W.T on the packed GEMM (``_gemm.c``'s ``gemm_packed``, the weight packed
+once here), which adds the bias, a fused residual and the activation before its one store, and
+takes a squeeze-and-excitation scale (``dcm.ScaledConv``) into a copy of the packed weight per
+sample: no scaled copy of x. The session fuses activations and residual Adds into these as into ``Conv``
+(``dcm.runtime.fusion``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dcm.runtime.channels_last import NHWC_CONV, NHWC_MEAN, NHWC_SCALED_CONV
+from dcm.runtime.cpu import native, pointconv
+from dcm.runtime.cpu.fused import register_internal
+from dcm.runtime.cpu.windows import ints2, output_size, resolve_pads
+from dcm.runtime.fusion import add_and_activate
+from dcm.runtime.kernel import Kernel
+
+PANEL = 32  # columns of the packed weight's panels (_gemm.c)
+
+
+def available() -> bool:
+    """The compiled channels-last kernels are built and the packed GEMM runs here (AVX-512)."""
+    return (native.depthwise_nhwc is not None and native.global_average_nhwc is not None
+            and native.gemm_packed is not None and native.packed_simd() == "avx512")
+
+
+def _nhwc_input(x: np.ndarray, channels: int, name: str) -> np.ndarray:
+    if x.ndim != 4 or x.shape[3] != channels:
+        raise ValueError(f"{name}: channels-last input of shape {list(x.shape)}, expected [N, H, W, {channels}]")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+@register_internal(NHWC_CONV)
+class NhwcConv(Kernel):
+    """Conv of an NHWC input into an NHWC output: depthwise (multiplier 1) or 1x1 at unit strides."""
+
+    weight_inputs = (1, 2)
+    fuses_relu = True
+    fuses_residual = True
+    residual_arg = 3  # after x, W and B
+    available = staticmethod(available)
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        w = np.asarray(ctx.const(node.inputs[1]), dtype=np.float32)
+        b = ctx.opt_const(node, 2)
+        self.out_channels, per_group = w.shape[0], w.shape[1]
+        if b is not None and b.size != self.out_channels:
+            raise ValueError(f"bias of {b.size} values for {self.out_channels} outputs")
+        self.bias = None if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
+        self.kernel = (w.shape[2], w.shape[3])
+        self.strides = ints2(self.attrs, "strides", 2, 1)
+        self.dilations = ints2(self.attrs, "dilations", 2, 1)
+        self.depthwise = per_group == 1 and int(self.attrs.get("group", 1)) == self.out_channels
+        if self.depthwise:
+            self.in_channels = self.out_channels
+            self.weight = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))  # [kh, kw, C]: a vector per tap
+        else:
+            if self.kernel != (1, 1) or self.strides != (1, 1) or int(self.attrs.get("group", 1)) != 1:
+                raise ValueError("a channels-last Conv is depthwise or 1x1 at unit strides")
+            self.in_channels = per_group
+            self.wt = np.ascontiguousarray(w.reshape(self.out_channels, per_group).T)  # [C_in, C_out]
+            self.packed = np.frombuffer(native.pack_weight(self.wt), np.float32)
+
+    def _act(self, epilogue) -> tuple[str, float, float] | None:
+        """The activation the compiled kernels apply themselves (None: none, or the caller's)."""
+        if self.relu:
+            return ("relu", 0.0, 0.0)
+        act = None if epilogue is None else epilogue.act
+        return act if act is not None and act[0] in pointconv.ACTS else None
+
+    def __call__(self, x, w=None, b=None, residual=None, scale=None):
+        x = _nhwc_input(x, self.in_channels, self.node.name)
+        e = self.epilogue
+        act = self._act(e)
+        if self.depthwise:
+            y = self._depthwise(x, None if residual is not None else act)
+            if residual is not None:  # a fused Add after a depthwise layer (rare): one compiled pass
+                if not add_and_activate(y, None, False, e, residual=np.ascontiguousarray(residual, np.float32),
+                                        threads=self.threads):
+                    np.add(y, residual, out=y)
+                    y = y if e is None else e(y)
+                return (y,)
+        else:
+            y = self._pointwise(x, act, residual, scale)
+        return (y if e is None or act is not None else e(y),)
+
+    def _depthwise(self, x: np.ndarray, act) -> np.ndarray:
+        n, h, w, c = x.shape
+        begin, end = resolve_pads(self.attrs, (h, w), self.kernel, self.strides, self.dilations)
+        oh, ow = output_size((h, w), self.kernel, self.strides, self.dilations, begin, end)
+        y = np.empty((n, oh, ow, c), dtype=np.float32)
+        native.depthwise_nhwc(x, y, self.weight, (n, h, w, c), self.kernel, self.strides, self.dilations,
+                              (begin[0], begin[1], end[0], end[1]), self.bias, act, threads=self.threads)
+        return y
+
+    def _pointwise(self, x: np.ndarray, act, residual: np.ndarray | None, scale: np.ndarray | None) -> np.ndarray:
+        """act((x * scale) @ W.T + bias + residual) on the packed GEMM. The scale [N or 1, C_in] (a
+        squeeze-and-excitation gate) goes into a copy of whichever is smaller, x or the packed weight
+        (per sample): in the kernel's inner loop it halved the product's speed. numpy where the CPU
+        lost the kernel (``set_simd(False)`` after load)."""
+        n, h, w, c = x.shape
+        y = np.empty((n, h, w, self.out_channels), dtype=np.float32)
+        if residual is not None:
+            residual = np.ascontiguousarray(residual, dtype=np.float32).reshape(y.shape)
+        if scale is not None and (native.packed_simd() != "avx512" or h * w * len(scale) < self.packed.size // c):
+            x, scale = x * scale.reshape(-1, 1, 1, c), None  # x is the smaller one to scale (7x7 planes)
+        if native.packed_simd() != "avx512":
+            out = np.matmul(x.reshape(-1, c), self.wt, out=y.reshape(-1, self.out_channels))
+            native.activate(out, out, *(act or ("none", 0.0, 0.0)), bias=self.bias,
+                            residual=None if residual is None else residual.reshape(out.shape), threads=self.threads)
+            return y
+        if scale is None:
+            parts = [(slice(None), self.packed)]
+        else:
+            panels = self.packed.reshape(-1, c, PANEL)
+            parts = [(slice(None) if scale.shape[0] == 1 else slice(i, i + 1), (panels * f[:, None]).reshape(-1))
+                     for i, f in enumerate(scale)]
+        for rows, packed in parts:
+            res = None if residual is None else residual[rows].reshape(-1, self.out_channels)
+            native.gemm_packed(x[rows].reshape(-1, c), packed, y[rows].reshape(-1, self.out_channels), self.threads,
+                               self.bias, act=act, residual=res)
+        return y
+
+    def describe(self) -> dict:
+        return {"kernel": "depthwise" if self.depthwise else "dense", "layout": "nhwc",
+                **({} if self.depthwise else {"product": "gemm_packed"})}
+
+
+@register_internal(NHWC_SCALED_CONV)
+class NhwcScaledConv(NhwcConv):
+    """``dcm.ScaledConv`` channels-last: x (NHWC) times a per-channel scale s [N or 1, C, 1, 1], convolved
+    1x1; any other factor is broadcast against x as the Mul would be (moved to NHWC axes)."""
+
+    residual_arg = 4  # after x, W, B and s
+
+    def __call__(self, x, w=None, b=None, s=None, residual=None):
+        x = _nhwc_input(x, self.in_channels, self.node.name)
+        n, _, _, c = x.shape
+        if s.dtype == np.float32 and s.ndim == 4 and s.shape[1:] == (c, 1, 1) and s.shape[0] in (1, n):
+            return super().__call__(x, residual=residual, scale=np.ascontiguousarray(s.reshape(-1, c)))
+        s = np.asarray(s).reshape((1,) * (4 - np.ndim(s)) + np.shape(s)).transpose(0, 2, 3, 1)
+        return super().__call__(np.multiply(x, s, dtype=np.float32), residual=residual)
+
+
+@register_internal(NHWC_MEAN)
+class NhwcGlobalAveragePool(Kernel):
+    """The mean over H and W of NHWC x: [N, C, 1, 1], the same array in either layout."""
+
+    available = staticmethod(available)
+
+    def __call__(self, x):
+        if x.ndim != 4:
+            raise ValueError(f"channels-last input of rank {x.ndim}, expected 4")
+        n, h, w, c = x.shape
+        y = np.empty((n, c), dtype=np.float32)
+        native.global_average_nhwc(np.ascontiguousarray(x, dtype=np.float32).reshape(n, h * w, c), y, (n, h * w, c),
+                                   threads=self.threads)
+        return (y.reshape(n, c, 1, 1).astype(x.dtype, copy=False),)

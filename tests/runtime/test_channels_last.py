@@ -1,0 +1,196 @@
+"""Depthwise / 1x1 convolution chains run channels-last (dcm/runtime/channels_last.py,
+dcm/runtime/cpu/nhwc.py): the pass puts the right nodes in a region, enters and leaves it with one
+Transpose per value, and every path gives onnxruntime's results."""
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
+from dcm.runtime import InferenceSession  # noqa: E402
+from dcm.runtime.channels_last import CHANNELS_LAST_OPS, NHWC_CONV, NHWC_MEAN, NHWC_SCALED_CONV  # noqa: E402
+from dcm.runtime.cpu import native, nhwc  # noqa: E402
+from dcm.runtime.optimize import optimize  # noqa: E402
+from tests.runtime.switches import switched  # noqa: E402
+
+needs_kernels = pytest.mark.skipif(not nhwc.available(), reason="the channels-last kernels need AVX-512 and a build")
+
+
+class _Graph:
+    """A small ONNX graph under construction: conv layers with random weights, named values."""
+
+    def __init__(self, channels: int):
+        self.rng = np.random.default_rng(0)
+        self.nodes, self.inits, self.count = [], [], 0
+        self.channels = channels
+
+    def conv(self, x: str, c_in: int, c_out: int, k: int = 1, group: int = 1, density: float = 1.0, **attrs) -> str:
+        self.count += 1
+        w = self.rng.standard_normal((c_out, c_in // group, k, k)).astype(np.float32) * 0.3
+        w *= self.rng.random(w.shape) < density
+        name = f"conv{self.count}"
+        self.inits += [numpy_helper.from_array(w, f"{name}.w"),
+                       numpy_helper.from_array(self.rng.standard_normal(c_out).astype(np.float32), f"{name}.b")]
+        if k > 1 and "pads" not in attrs and "auto_pad" not in attrs:
+            attrs["pads"] = [k // 2] * 4
+        self.nodes.append(helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [name], name=name, group=group,
+                                           **attrs))
+        return name
+
+    def op(self, op: str, inputs: list[str], **attrs) -> str:
+        self.count += 1
+        name = f"{op.lower()}{self.count}"
+        self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    def const(self, value) -> str:
+        self.count += 1
+        name = f"const{self.count}"
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
+        return name
+
+    def silu(self, x: str) -> str:
+        return self.op("Mul", [x, self.op("Sigmoid", [x])])
+
+    def relu6(self, x: str) -> str:
+        return self.op("Clip", [x, self.const(0.0), self.const(6.0)])
+
+    def model(self, outputs: list[str]):
+        g = helper.make_graph(self.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                              [None, self.channels, None, None])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], self.inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        m.ir_version = 8
+        return m
+
+
+def _inverted_residual(g: _Graph, x: str, c: int, expand: int, k: int = 3, stride: int = 1, se: bool = False) -> str:
+    """MobileNetV2's block (EfficientNet's with se): 1x1 expansion, depthwise, [squeeze-excite], 1x1
+    projection, the input added back at stride 1."""
+    h = g.relu6(g.conv(x, c, c * expand))
+    h = g.conv(h, c * expand, c * expand, k=k, group=c * expand, strides=[stride, stride])
+    h = g.silu(h) if se else g.relu6(h)
+    if se:
+        s = g.op("ReduceMean", [h], axes=[2, 3], keepdims=1)
+        s = g.op("Sigmoid", [g.conv(g.silu(g.conv(s, c * expand, 4)), 4, c * expand)])
+        h = g.op("Mul", [h, s])
+    y = g.conv(h, c * expand, c)
+    return g.op("Add", [y, x]) if stride == 1 else y
+
+
+def _mobile(se: bool = False, c: int = 8):
+    g = _Graph(3)
+    x = g.relu6(g.conv("x", 3, c, k=3, strides=[2, 2]))  # the stem stays NCHW
+    x = _inverted_residual(g, x, c, 4, se=se)
+    x = _inverted_residual(g, x, c, 6, k=5, stride=2, se=se)
+    x = _inverted_residual(g, x, c, 6, se=se)
+    x = g.op("GlobalAveragePool", [g.conv(x, c, 32)])
+    return g.model([g.op("Flatten", [x])])
+
+
+def _run(m, x, threads=1, **options):
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)), threads=threads, **options)
+    for got, want in zip(sess.run(None, {"x": x}), ref):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+    return sess
+
+
+def _ops(sess) -> list[str]:
+    return [d["op"] for d in sess.describe() if "folded_into" not in d and "fused_into" not in d]
+
+
+@needs_kernels
+@pytest.mark.parametrize("se", [False, True])
+@pytest.mark.parametrize("batch,threads", [(1, 1), (3, 2)])
+def test_mobile_blocks_run_channels_last(se, batch, threads):
+    x = np.random.default_rng(1).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    ops = _ops(_run(_mobile(se), x, threads))
+    # every block's three convolutions and the last 1x1 (SE: the projections are ScaledConvs)
+    assert ops.count(NHWC_CONV) == (7 if se else 10) and ops.count(NHWC_SCALED_CONV) == (3 if se else 0)
+    assert ops.count("Conv") == (1 + 6 if se else 1)  # the stem and the squeeze-excite convolutions stay NCHW
+    assert ops.count("Transpose") == 1  # into the region after the stem; the means leave it with no copy
+    assert ops.count(NHWC_MEAN) == (4 if se else 1)
+
+
+@needs_kernels
+@pytest.mark.parametrize("size", [4, 40])  # 4x4: the scale goes into x; 40x40: into the packed weight
+def test_squeeze_excite_scale_either_way(size):
+    x = np.random.default_rng(2).standard_normal((2, 3, size * 2, size * 2)).astype(np.float32)
+    _run(_mobile(se=True, c=16), x)
+
+
+def test_pass_needs_the_backend_ops():
+    model = from_onnx(_mobile(), ConvertOptions(exact=True))
+    assert not any(n.op in CHANNELS_LAST_OPS for n in optimize(model).nodes)
+    ops = [n.op for n in optimize(model, internal=frozenset(CHANNELS_LAST_OPS)).nodes]
+    assert ops.count(NHWC_CONV) == 10 and ops.count("Transpose") == 1
+
+
+@needs_kernels
+def test_sparse_requests_and_sparse_1x1_layers_stay_nchw():
+    g = _Graph(8)
+    h = g.conv(g.conv("x", 8, 8, k=3, group=8), 8, 8)
+    y = g.conv(h, 8, 16, density=0.03)  # 1x1 at 3%: the direct sparse kernel keeps it
+    x = np.random.default_rng(3).standard_normal((1, 8, 9, 9)).astype(np.float32)
+    ops = _ops(_run(g.model([y]), x))
+    assert ops == ["Transpose", NHWC_CONV, NHWC_CONV, "Transpose", "Conv"]
+    assert NHWC_CONV not in _ops(_run(_mobile(), np.ones((1, 3, 16, 16), np.float32), kernels="sparse"))
+
+
+@needs_kernels
+def test_values_read_outside_leave_the_region_once():
+    """A region value that is a model output and also read by MaxPool: one Transpose back, shared."""
+    g = _Graph(8)
+    h = g.relu6(g.conv("x", 8, 8, k=3, group=8, strides=[2, 2], dilations=[2, 2], pads=[2, 1, 0, 2]))
+    p = g.op("MaxPool", [h], kernel_shape=[2, 2])
+    y = g.op("Mul", [g.conv(g.conv(h, 8, 8), 8, 8), g.const(0.5)])  # a scalar constant keeps it in the region
+    x = np.random.default_rng(4).standard_normal((2, 8, 11, 12)).astype(np.float32)
+    ops = _ops(_run(g.model([h, p, y]), x))
+    assert ops.count("Transpose") == 3  # in; out for h (output and MaxPool); out for y (output)
+    assert ops.count(NHWC_CONV) == 3 and "Mul" in ops
+
+
+def test_a_lone_depthwise_layer_stays_nchw():
+    """In and out would cost two Transposes for one convolution."""
+    g = _Graph(8)
+    y = g.conv("x", 8, 8, k=3, group=8)
+    model = from_onnx(g.model([y]), ConvertOptions(exact=True))
+    assert [n.op for n in optimize(model, internal=frozenset(CHANNELS_LAST_OPS)).nodes] == ["Conv"]
+
+
+@needs_kernels
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+def test_depthwise_auto_pad(auto_pad):
+    g = _Graph(16)
+    y = g.conv(g.conv("x", 16, 16, k=3, group=16, strides=[2, 2], auto_pad=auto_pad), 16, 8)
+    x = np.random.default_rng(5).standard_normal((1, 16, 10, 7)).astype(np.float32)
+    assert _ops(_run(g.model([y]), x)).count(NHWC_CONV) == 2
+
+
+@needs_kernels
+def test_exit_cancels_a_models_own_transpose():
+    """ConvNeXt: depthwise, then the model's NCHW -> NHWC Transpose: the region's exit and it cancel."""
+    g = _Graph(16)
+    h = g.conv("x", 16, 16, k=7, group=16)
+    t = g.op("Transpose", [h], perm=[0, 2, 3, 1])
+    y = g.op("Transpose", [g.op("Relu", [t])], perm=[0, 3, 1, 2])
+    x = np.random.default_rng(6).standard_normal((2, 16, 9, 9)).astype(np.float32)
+    info = _run(g.model([y]), x).describe()
+    assert [d["op"] for d in info if "folded_into" not in d and "fused_into" not in d] == [
+        "Transpose", NHWC_CONV, "Transpose"]  # in, the convolution (with the Relu), the model's way back
+    assert {"op": "Transpose", "name": t, "folded_into": "(cancelled)"} in info
+
+
+@needs_kernels
+def test_portable_product_after_load():
+    """The packed GEMM switched off after the session was made: numpy's product, same results."""
+    x = np.random.default_rng(7).standard_normal((2, 3, 24, 24)).astype(np.float32)
+    m = _mobile(se=True, c=16)
+    sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)), threads=1)
+    want = sess.run(None, {"x": x})[0]
+    with switched(native.set_gemm_simd, False):
+        got = sess.run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
