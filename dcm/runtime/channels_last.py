@@ -12,8 +12,8 @@ The pass finds regions: each depthwise convolution, then, in graph order, every 
 ``dcm.ScaledConv``) whose input is in a region, every elementwise op whose run-time inputs all are
 (with scalar constants), and backwards the 1x1 convolutions (with the activations after them) read
 only by a region. A region with more Transposes in and out than convolutions is left NCHW. Their
-values hold NHWC arrays under new names; a ``Transpose`` enters a region (the input of its first convolutions)
-and one leaves it wherever a value is read outside or is a model output. A global average pool
+values hold NHWC arrays under new names; a ``Transpose`` enters a region (the input of its first convolutions;
+none where the model's own Transpose made that value NCHW from an NHWC one) and one leaves it wherever a value is read outside or is a model output. A global average pool
 (GlobalAveragePool, or ReduceMean over the two spatial axes keeping them) of a region value reads it
 as it is: its [N, C, 1, 1] result is the same array in either layout. Elementwise ops need no change:
 both layouts are one axis permutation of every operand, and broadcasting between 4-D operands
@@ -113,6 +113,9 @@ class _Regions:
         for i, n in enumerate(self.nodes):
             for x in n.inputs:
                 self.readers.setdefault(x, []).append(i)
+        # values a Transpose made NCHW from NHWC (ConvNeXt's blocks end so): {value: its NHWC input}
+        self.made_nchw = {n.outputs[0]: n.inputs[0] for n in self.nodes
+                          if n.op == "Transpose" and n.attrs.get("perm") == TO_NCHW and n.inputs}
         while self._forward() | self._backward():
             pass
         self.entering -= self.held  # a value whose producer joined later is NHWC already
@@ -145,7 +148,7 @@ class _Regions:
                                                                   or self.nodes[j].attrs.get("perm") != TO_NHWC
                                                                   for j in outside)):
                     cost[r] += 1
-        for x in self.entering:
+        for x in self.entering - set(self.made_nchw):
             for r in {root(j) for j in self.readers.get(x, []) if j in self.region}:
                 cost[r] += 1
         dropped = {i for i in self.region if cost[root(i)] > 0}
@@ -253,6 +256,9 @@ def channels_last(graph: Graph) -> None:
             continue
         for x in node.inputs:  # an NCHW value enters the region before its first reader there
             if x in found.entering and x not in entered:
+                if x in found.made_nchw:  # the model's own NHWC -> NCHW Transpose: its input is the value
+                    entered[x] = found.made_nchw[x]
+                    continue
                 entered[x] = fresh(x)
                 out.append(Node("Transpose", [x], [entered[x]], {"perm": TO_NHWC}, f"{x}{SUFFIX}/enter"))
         inputs = [nhwc.get(x, entered.get(x, x)) for x in node.inputs]
