@@ -301,6 +301,8 @@ AVX512 static inline __attribute__((always_inline)) void tile_avx512(const Packe
     }
     for (int r = 0; r < rows; r++) {
         float *o = p->out + (r0 + r) * p->ldo + c0;
+        _mm_prefetch((const char *)(o + rows * p->ldo), _MM_HINT_T0); /* the next row block's lines of this panel */
+        if (wide) _mm_prefetch((const char *)(o + rows * p->ldo + 16), _MM_HINT_T0);
         if (p->residual) {
             const float *res = p->residual + (r0 + r) * p->n + c0;
             acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(m0, res));
@@ -329,8 +331,11 @@ static void packed_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
     for (Py_ssize_t t = lo; t < hi; t++) {
         const Py_ssize_t first = t / (p->row_blocks * p->block) * p->block, tile = t % (p->row_blocks * p->block);
         const Py_ssize_t width = p->panels - first < p->block ? p->panels - first : p->block;
-        const Py_ssize_t r0 = tile / width * ROWS, q = first + tile % width;
-        const int rows = (int)(p->m - r0 < ROWS ? p->m - r0 : ROWS);
+        /* the rows shared evenly between the row blocks: 49 rows are 10 + 10 + 10 + 10 + 9, not 4 x 12 + 1,
+           whose one-row tile reads the panel for a twelfth of the work (the weight's loads set its time) */
+        const Py_ssize_t b = tile / width, q = first + tile % width;
+        const Py_ssize_t r0 = p->m * b / p->row_blocks;
+        const int rows = (int)(p->m * (b + 1) / p->row_blocks - r0);
         tiles[rows](p, r0, q, p->n - q * PANEL > 16);
     }
 }
