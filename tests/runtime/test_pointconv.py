@@ -81,6 +81,20 @@ def test_session_takes_it_and_matches_onnxruntime(act, threads):
     assert sess.describe()[0]["product"] == "pointwise_conv"
 
 
+@pytest.mark.parametrize("n, hw, strides", [(1, (56, 56), [2, 2]), (2, (15, 13), [2, 2]), (3, (9, 20), [3, 2]),
+                                             (1, (7, 7), [1, 3])])
+def test_strided_layers_take_it_and_match_onnxruntime(n, hw, strides):
+    """ResNet's downsample convolutions (1x1, stride 2): the kernel runs on the subsampled input, odd
+    planes leaving partial vectors and output channels past a block of 8."""
+    if not pointconv.available():
+        pytest.skip("this CPU has no AVX-512: 1x1 layers stay on BLAS")
+    rng = np.random.default_rng(2)
+    w, b = rng.standard_normal((20, 12, 1, 1)).astype(np.float32), rng.standard_normal(20).astype(np.float32)
+    x = rng.standard_normal((n, 12, *hw)).astype(np.float32)
+    sess = check_kernel(conv_model(w, b, [n, 12, *hw], {"strides": strides}, "Relu"), x, "dense", 2, tol=1e-4)
+    assert sess.describe()[0]["product"] == "pointwise_conv"
+
+
 def test_one_pixel_planes_stay_on_blas():
     """Squeeze-and-excitation convolutions (a 1x1 plane) run BLAS's matrix-vector product instead."""
     if not pointconv.available():

@@ -139,7 +139,7 @@ class Conv(Kernel):
             m = w.to_scipy() if self.mode == "sparse" else w
             per = self.out_channels // self.group
             self.mms = [WeightMatmul(self.mode, m[g * per : (g + 1) * per], ctx.threads) for g in range(self.group)]
-            if self.pointwise and self.mode == "dense" and self.strides == (1, 1) and pointconv.available():
+            if self.pointwise and self.mode == "dense" and pointconv.available():
                 self.packed = pointconv.pack(np.asarray(w, dtype=np.float32).reshape(self.out_channels, -1))
         if ctx.tune and requested is None and self.density <= TUNE_MAX_DENSITY:
             self.tuning = self._both_forms(w, shape, wide_3x3, b)
@@ -420,10 +420,10 @@ class Conv(Kernel):
     def _pointwise(self, x: np.ndarray, residual: np.ndarray | None, epilogue) -> tuple[np.ndarray, bool]:
         """1x1 convolution without padding: W [C_out, C_in] @ x [C_in, pixels] per sample needs no
         im2col, and its result is already NCHW (ResNet-50's 1x1 layers skip two copies each)."""
-        if self.packed is not None and self.strides == (1, 1) and pointconv.takes(x):
+        if self.strides != (1, 1):  # the packed kernel copies this view: still faster than BLAS on it
+            x = x[:, :, :: self.strides[0], :: self.strides[1]]  # (ResNet's downsample layers, kernel-choice.md)
+        if self.packed is not None and pointconv.takes(x):
             return self._packed_conv(x, residual, epilogue)
-        if self.strides != (1, 1):
-            x = x[:, :, :: self.strides[0], :: self.strides[1]]
         n, c, oh, ow = x.shape
         mm = self.mms[0]
         if mm.mode == "dense":
