@@ -126,13 +126,15 @@ pixels_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py
     store_avx512(p, s, oy, ox, k, m, acc, count, V, whole);
 }
 
-/* pixels_avx512 for interior columns of a kernel KW wide, horizontal stride SW and dilation 1 (all
- * constants where inlined): each input pixel of a kernel row is loaded once for all the taps that read
- * it (3x3/1: 10 input loads for 24 multiply-adds, not 24), since the loads, not the multiply-adds,
- * bound this loop. */
+/* pixels_avx512 for a kernel KW wide, horizontal stride SW and dilation 1 (all constants where
+ * inlined): each input pixel of a kernel row is loaded once for all the taps that read it (3x3/1: 10
+ * input loads for 24 multiply-adds, not 24), since the loads, not the multiply-adds, bound this loop.
+ * checked: some of the run's input pixels may lie in the padding, and are skipped with all their
+ * taps, so that border columns take the same register blocks. */
 AVX512 static inline __attribute__((always_inline)) void
 pixels_fixed_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t k, __mmask16 m,
-                    Py_ssize_t i0, Py_ssize_t i1, const int count, const int whole, const int KW, const int SW)
+                    Py_ssize_t i0, Py_ssize_t i1, const int count, const int checked, const int whole, const int KW,
+                    const int SW)
 {
     const Py_ssize_t c = p->c;
     const __m512 b = p->bias ? LOAD16(whole, m, p->bias + k) : _mm512_setzero_ps();
@@ -140,10 +142,12 @@ pixels_fixed_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t 
     UNROLL for (int q = 0; q < count; q++) acc[q] = b;
     for (Py_ssize_t i = i0; i < i1; i++) {
         const Py_ssize_t iy = oy * p->sh - p->pt + i * p->dh;
-        const float *xp = p->x + ((s * p->h + iy) * p->w_ + ox * SW - p->pl) * c + k, *wr = p->w + i * KW * c + k;
+        const Py_ssize_t ix0 = ox * SW - p->pl;
+        const float *xr = p->x + (s * p->h + iy) * p->w_ * c + k, *wr = p->w + i * KW * c + k;
         UNROLL for (int j = 0; j < KW; j++) wv[j] = LOAD16(whole, m, wr + j * c);
         UNROLL for (int t = 0; t < (count - 1) * SW + KW; t++) { /* input pixel t of the run */
-            __m512 xv = LOAD16(whole, m, xp + t * c);
+            if (checked && (ix0 + t < 0 || ix0 + t >= p->w_)) continue;
+            __m512 xv = LOAD16(whole, m, xr + (ix0 + t) * c);
             __asm__("" : "+v"(xv)); /* one load in a register: GCC would fold it into each multiply-add */
             UNROLL for (int j = 0; j < KW; j++) /* output q = (t - j) / SW reads it through tap j */
                 if (t >= j && (t - j) % SW == 0 && (t - j) / SW < count)
@@ -153,26 +157,29 @@ pixels_fixed_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t 
     store_avx512(p, s, oy, ox, k, m, acc, count, 1, whole);
 }
 
-/* Output pixels [ox, ox + count) of row oy, every channel vector in turn (the last one masked), so
- * that the loads walk along the pixels' channels. count, KW, SW: constants where inlined. */
+/* Output pixels [ox, ox + count) of row oy, every channel vector in turn (the first and last ones
+ * may be partial), so that the loads walk along the pixels' channels. count, checked, KW, SW:
+ * constants where inlined; checked only with KW. */
 AVX512 static inline __attribute__((always_inline)) void
 run_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t i0, Py_ssize_t i1,
-           const int count, const int KW, const int SW)
+           const int count, const int checked, const int KW, const int SW)
 {
+#define PIXELS(k, m, whole) (KW ? pixels_fixed_avx512(p, s, oy, ox, k, m, i0, i1, count, checked, whole, KW, SW) \
+                             : pixels_avx512(p, s, oy, ox, k, m, i0, i1, count, 1, 0, whole))
     Py_ssize_t k = p->head;
-    if (k) {
-        const __mmask16 m = (__mmask16)((1u << k) - 1);
-        if (KW) pixels_fixed_avx512(p, s, oy, ox, 0, m, i0, i1, count, 0, KW, SW);
-        else pixels_avx512(p, s, oy, ox, 0, m, i0, i1, count, 1, 0, 0);
-    }
-    for (; k + 16 <= p->c; k += 16)
-        if (KW) pixels_fixed_avx512(p, s, oy, ox, k, 0xFFFF, i0, i1, count, 1, KW, SW);
-        else pixels_avx512(p, s, oy, ox, k, 0xFFFF, i0, i1, count, 1, 0, 1);
-    if (k < p->c) {
-        const __mmask16 m = (__mmask16)((1u << (p->c - k)) - 1);
-        if (KW) pixels_fixed_avx512(p, s, oy, ox, k, m, i0, i1, count, 0, KW, SW);
-        else pixels_avx512(p, s, oy, ox, k, m, i0, i1, count, 1, 0, 0);
-    }
+    if (k) PIXELS(0, (__mmask16)((1u << k) - 1), 0);
+    for (; k + 16 <= p->c; k += 16) PIXELS(k, 0xFFFF, 1);
+    if (k < p->c) PIXELS(k, (__mmask16)((1u << (p->c - k)) - 1), 0);
+#undef PIXELS
+}
+
+/* run_avx512 of a run that may reach into the padding (checked) or not. */
+AVX512 static inline __attribute__((always_inline)) void
+fixed_run_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t i0, Py_ssize_t i1,
+                 const int count, const int KW, const int SW)
+{
+    if (ox < p->inner0 || ox + count > p->inner1) run_avx512(p, s, oy, ox, i0, i1, count, 1, KW, SW);
+    else run_avx512(p, s, oy, ox, i0, i1, count, 0, KW, SW);
 }
 
 /* One output pixel, all its channels: 4 vectors at a time, then 1 (the last one masked). */
@@ -187,16 +194,25 @@ single_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py
     if (k < p->c) pixels_avx512(p, s, oy, ox, k, (__mmask16)((1u << (p->c - k)) - 1), i0, i1, 1, 1, checked, 0);
 }
 
-/* One output row: the interior in runs of BLOCK and 4 pixels, then single pixels, and the border
- * columns tap by tap. */
+/* One output row in runs of BLOCK and 4 pixels, then single pixels. KW (and SW) fixed: the runs
+ * cover the border columns too; otherwise the border columns are single pixels tap by tap. */
 AVX512 static inline __attribute__((always_inline)) void
 row_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, const int KW, const int SW)
 {
-    Py_ssize_t i0, i1, ox = p->inner0;
+    Py_ssize_t i0, i1, ox;
     valid_rows(p, oy, &i0, &i1);
-    for (; ox + BLOCK <= p->inner1; ox += BLOCK) run_avx512(p, s, oy, ox, i0, i1, BLOCK, KW, SW);
+    if (KW) {
+        for (ox = 0; ox + BLOCK <= p->ow; ox += BLOCK) fixed_run_avx512(p, s, oy, ox, i0, i1, BLOCK, KW, SW);
+        if (p->ow - ox >= 4) {
+            fixed_run_avx512(p, s, oy, ox, i0, i1, 4, KW, SW);
+            ox += 4;
+        }
+        for (; ox < p->ow; ox++) single_avx512(p, s, oy, ox, i0, i1, ox < p->inner0 || ox >= p->inner1);
+        return;
+    }
+    for (ox = p->inner0; ox + BLOCK <= p->inner1; ox += BLOCK) run_avx512(p, s, oy, ox, i0, i1, BLOCK, 0, 0, 0);
     if (p->inner1 - ox >= 4) {
-        run_avx512(p, s, oy, ox, i0, i1, 4, KW, SW);
+        run_avx512(p, s, oy, ox, i0, i1, 4, 0, 0, 0);
         ox += 4;
     }
     for (; ox < p->inner1; ox++) single_avx512(p, s, oy, ox, i0, i1, 0);
