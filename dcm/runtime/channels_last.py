@@ -15,7 +15,9 @@ only by a region. A region with more Transposes in and out than convolutions is 
 values hold NHWC arrays under new names; a ``Transpose`` enters a region (the input of its first convolutions;
 none where the model's own Transpose made that value NCHW from an NHWC one) and one leaves it wherever a value is read outside or is a model output. A global average pool
 (GlobalAveragePool, or ReduceMean over the two spatial axes keeping them) of a region value reads it
-as it is: its [N, C, 1, 1] result is the same array in either layout. Elementwise ops need no change:
+as it is: its [N, C, 1, 1] result is the same array in either layout, and so are the values region
+nodes compute from such values alone (a squeeze-and-excitation branch's 1x1 convolutions, which then
+run on the packed GEMM with their activation fused, and its elementwise ops). Elementwise ops need no change:
 both layouts are one axis permutation of every operand, and broadcasting between 4-D operands
 commutes with it.
 
@@ -100,7 +102,9 @@ def _scalar(graph: Graph, name: str) -> bool:
 class _Regions:
     """The nodes that run channels-last: ``nodes`` (indices), ``x_index`` (a convolution's NHWC input:
     ScaledConv's either factor), ``held`` (values held NHWC: the outputs of region nodes but the
-    means') and ``entering`` (NCHW values a region convolution reads: entered once, NHWC after that)."""
+    means'), ``neutral`` ([N, C, 1, 1] values, the same array in either layout: the means' outputs and
+    what region nodes compute from them alone, a squeeze-and-excitation branch) and ``entering``
+    (NCHW values a region convolution reads: entered once, NHWC after that)."""
 
     def __init__(self, graph: Graph):
         self.graph, self.nodes = graph, graph.nodes
@@ -108,6 +112,7 @@ class _Regions:
         self.region: set[int] = set()
         self.x_index: dict[int, int] = {}
         self.held: set[str] = set()
+        self.neutral: set[str] = set()
         self.entering: set[str] = set()
         self.readers: dict[str, list[int]] = {}
         for i, n in enumerate(self.nodes):
@@ -136,7 +141,7 @@ class _Regions:
 
         for i in self.region:
             for x in self.nodes[i].inputs:
-                if x in self.held and x in producer:
+                if (x in self.held or x in self.neutral) and x in producer:
                     parent[root(i)] = root(producer[x])
         cost: dict[int, int] = {}
         for i in self.region:
@@ -156,17 +161,17 @@ class _Regions:
         for i in dropped:
             self.x_index.pop(i, None)
             self.held.difference_update(self.nodes[i].outputs)
+            self.neutral.difference_update(self.nodes[i].outputs)
         self.entering = {x for x in self.entering if any(j in self.region for j in self.readers.get(x, []))}
 
-    def _join(self, i: int, x_index: int | None = None) -> None:
+    def _join(self, i: int, x_index: int | None = None, neutral: bool = False) -> None:
         node = self.nodes[i]
         self.region.add(i)
         if x_index is not None:
             self.x_index[i] = x_index
-            if node.inputs[x_index] not in self.held:
+            if node.inputs[x_index] not in self.held and not neutral:
                 self.entering.add(node.inputs[x_index])
-        if not _spatial_mean(self.graph, node):
-            self.held.update(node.outputs)
+        (self.neutral if neutral or _spatial_mean(self.graph, node) else self.held).update(node.outputs)
 
     def _forward(self) -> bool:
         """In graph order: depthwise convolutions, and what reads only region values."""
@@ -181,17 +186,24 @@ class _Regions:
             elif node.op in UNARY or node.op in BINARY:
                 live = [x for x in node.inputs[: 1 if node.op in UNARY else 2] if x]
                 rest = node.inputs[1:] if node.op in UNARY else node.inputs[2:]
-                if (not live or any(x not in held and x not in self.entering for x in live)
-                        or not all(not x or _scalar(graph, x) for x in rest)):
+                if not live or not all(not x or _scalar(graph, x) for x in rest):
                     continue
-                self._join(i)
+                if all(x in self.neutral for x in live):
+                    self._join(i, neutral=True)
+                elif all(x in held or x in self.entering for x in live):
+                    self._join(i)
+                else:
+                    continue
             elif _spatial_mean(graph, node) and node.inputs[0] in held:
                 self._join(i)
             elif node.inputs and _pointwise(graph, node):
                 inside = [j for j in ([0, 3] if node.op == SCALED_CONV else [0]) if node.inputs[j] in held]
-                if len(inside) != 1:
+                if node.op == "Conv" and node.inputs[0] in self.neutral:  # a squeeze-and-excitation layer
+                    self._join(i, 0, neutral=True)
+                elif len(inside) == 1:
+                    self._join(i, inside[0])
+                else:
                     continue
-                self._join(i, inside[0])
             else:
                 continue
             joined = True
@@ -267,11 +279,11 @@ def channels_last(graph: Graph) -> None:
             if j == 3:  # ScaledConv: the NHWC factor first, the scale last
                 inputs[0], inputs[3] = inputs[3], inputs[0]
             op = NHWC_CONV if node.op == "Conv" else NHWC_SCALED_CONV
-            out.append(Node(op, inputs, [nhwc[y] for y in node.outputs], dict(node.attrs), node.name))
+            out.append(Node(op, inputs, [nhwc.get(y, y) for y in node.outputs], dict(node.attrs), node.name))
         elif _spatial_mean(graph, node):
             out.append(Node(NHWC_MEAN, inputs[:1], list(node.outputs), {}, node.name))
         else:
-            out.append(Node(node.op, inputs, [nhwc[y] for y in node.outputs], dict(node.attrs), node.name))
+            out.append(Node(node.op, inputs, [nhwc.get(y, y) for y in node.outputs], dict(node.attrs), node.name))
         for y in node.outputs:  # the region leaves here for readers outside it and model outputs
             if y in nhwc and (y in protected or any(r not in region for r in readers.get(y, []))):
                 out.append(Node("Transpose", [nhwc[y]], [y], {"perm": TO_NCHW}, f"{y}{SUFFIX}/leave"))

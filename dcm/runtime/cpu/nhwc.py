@@ -75,6 +75,9 @@ class NhwcConv(Kernel):
         return act if act is not None and act[0] in pointconv.ACTS else None
 
     def __call__(self, x, w=None, b=None, residual=None, scale=None):
+        if not self.depthwise and x.ndim == 4 and x.shape[1:] == (self.in_channels, 1, 1):
+            # a [N, C, 1, 1] value (a squeeze-and-excitation branch): the same array in either layout
+            return (self(x.reshape(-1, 1, 1, self.in_channels), residual=residual)[0].reshape(-1, self.out_channels, 1, 1),)
         x = _nhwc_input(x, self.in_channels, self.node.name)
         e = self.epilogue
         act = self._act(e)
