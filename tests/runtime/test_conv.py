@@ -122,3 +122,33 @@ def test_bias_residual_and_activation_in_one_pass_match_onnxruntime(shape, strid
     got = sess.run(None, feeds)[0]
     np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)  # sums of up to 360 products
+
+
+@pytest.mark.parametrize("shape, hw, attrs, batch", [
+    ((48, 40, 3, 3), (7, 7), {"pads": [1, 1, 1, 1]}, 1),  # ResNet's 7x7 planes (Winograd's layer otherwise)
+    ((40, 24, 3, 3), (14, 13), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 1),  # strided (im2col's otherwise)
+    ((33, 192, 3, 2), (5, 6), {"pads": [2, 0, 1, 1], "dilations": [2, 1]}, 2),  # uneven pads, 33 = 32 + 1 columns
+    ((48, 40, 3, 3), (7, 7), {"pads": [1, 1, 1, 1]}, 3),  # 147 output pixels: Winograd
+])
+def test_few_output_pixels_take_the_packed_gemm_and_match_onnxruntime(shape, hw, attrs, batch):
+    """Dense layers of few output pixels in a call (PIXEL_GEMM_MAX_OUTPUTS) run pixel_gemm, with its
+    bias and Relu; more pixels keep the kernel chosen at load."""
+    from dcm.runtime.cpu import pixel_gemm
+
+    if not pixel_gemm.available():
+        pytest.skip("no AVX-512 packed GEMM on this CPU")
+    w = _weight(shape, 1.0)
+    x = np.random.default_rng(3).standard_normal((batch, shape[1], *hw)).astype(np.float32)
+    m = _model(w, list(x.shape), attrs)
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)), threads=2)
+    assert sess.describe()[0]["few_pixels"] == "gemm_packed"
+    calls, real = [], native.gemm_packed
+    try:
+        native.gemm_packed = lambda *a, **k: calls.append(a[0].shape) or real(*a, **k)
+        got = sess.run(None, {"x": x})[0]
+    finally:
+        native.gemm_packed = real
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    taken = ref.shape[0] * ref.shape[2] * ref.shape[3] <= conv.PIXEL_GEMM_MAX_OUTPUTS
+    assert calls == ([(got.shape[0] * got.shape[2] * got.shape[3], shape[1] * shape[2] * shape[3])] if taken else [])

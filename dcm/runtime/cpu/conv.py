@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from dcm.errors import UnsupportedOpError
-from dcm.runtime.cpu import lanes, native, pointconv, tune
+from dcm.runtime.cpu import lanes, native, pixel_gemm, pointconv, tune
 from dcm.runtime.cpu.activation import relu
 from dcm.runtime.cpu.depthwise import depthwise, is_depthwise
 from dcm.runtime.cpu.matmul import WeightMatmul
@@ -45,6 +45,15 @@ DIRECT_MAX_DENSITY_AVX512 = 0.35
 # 1, onnxruntime 2.06; 16.2 against 22.0 at batch 8, onnxruntime 14.1; 256ch 14x14: 2.09 against 1.37
 # at batch 1, so direct keeps 196 outputs).
 SMALL_PLANE_OUTPUTS = 64
+# Dense layers (group 1, not 1x1) whose call has up to this many output pixels, all samples together,
+# take the packed AVX-512 GEMM with the pixels as rows (pixel_gemm.py) in place of Winograd or im2col +
+# BLAS (dense ResNet-18, batch 1, one thread, in the model: each 512-channel 7x7 layer 3.2 -> 2.65 ms,
+# onnxruntime 1.87; alone, interleaved: 2.07 against Winograd's 2.29, the stride-2 256->512 at 14x14
+# 1.00 against im2col's 1.24). More pixels keep the old kernels: 196 (256ch 14x14, 1.82 against
+# Winograd's 1.51), 784 (128->256 stride 2, 1.06 either way), 392 (the 7x7 layer at batch 8, 13.7
+# against 11.8). Pruned layers keep the sparse kernels: at 30% density the batched sparse product
+# beats this dense one on the 7x7 planes too (2.36 against 2.77 ms in the model).
+PIXEL_GEMM_MAX_OUTPUTS = 64
 # Layers the direct kernel cannot take (horizontal stride 2 without AVX-512: ResNet's strided 3x3s)
 # go through im2col, whose many columns suit BLAS: the stem at 30% density took 10.3 ms dense
 # against 16.2 ms with the sparse product; 128 channels 3x3 stride 2 at 10%, 2.08 ms either way.
@@ -77,6 +86,7 @@ class Conv(Kernel):
         name = node.inputs[1]
         self.group = int(self.attrs.get("group", 1))
         self.direct = self.winograd = self.depthwise_weight = self.lanes_weight = self.packed = None
+        self.dense_weight = self.plane_gemm = None  # pixel_gemm's weight, packed at its first use
         self.tuning, self.tuned = False, None  # tune=True: both forms held until the first run picks one
         self.index_cache: dict = {}  # im2col's gather index per small input shape
         if not ctx.is_const(name):  # dense, on the general path, the weight read on every run
@@ -143,6 +153,9 @@ class Conv(Kernel):
                 self.packed = pointconv.pack(np.asarray(w, dtype=np.float32).reshape(self.out_channels, -1))
         if ctx.tune and requested is None and self.density <= TUNE_MAX_DENSITY:
             self.tuning = self._both_forms(w, shape, wide_3x3, b)
+        if (self.direct is None and self.mode == "dense" and not self.tuning and self.group == 1
+                and not self.pointwise and pixel_gemm.available()):
+            self.dense_weight = np.asarray(w).reshape(shape)
 
     def _both_forms(self, w, shape, wide_3x3: bool, b) -> bool:
         """For ``tune``: give a layer that the direct sparse kernel can take both it and the dense form
@@ -334,6 +347,9 @@ class Conv(Kernel):
                 out = self._run_direct(x, begin, end)
                 return (out[:, :, 0, :] if was_1d else out), False
             mms = self._plane_products()
+        elif self.dense_weight is not None and self._few_outputs(x.shape, begin, end):
+            out = self._pixel_gemm().conv(x, self.strides, self.dilations, begin, end, self.relu, self.threads)
+            return (out[:, :, 0, :] if was_1d else out), False
         elif self.winograd is not None:
             return self.winograd.conv(x, begin, end, self.bias, self.relu, self.threads), False
         pointwise = self.kernel == (1, 1) and self.group == 1 and not any(begin) and not any(end)
@@ -366,6 +382,18 @@ class Conv(Kernel):
             return False
         oh, ow = output_size(shape[2:], self.kernel, self.strides, self.dilations, begin, end)
         return oh * ow <= SMALL_PLANE_OUTPUTS and native.batched_simd() == "avx512"
+
+    def _few_outputs(self, shape: tuple[int, ...], begin: list[int], end: list[int]) -> bool:
+        """Whether this call of a dense layer goes to pixel_gemm: few output pixels in all its samples
+        (PIXEL_GEMM_MAX_OUTPUTS)."""
+        oh, ow = output_size(shape[2:], self.kernel, self.strides, self.dilations, begin, end)
+        return 0 < shape[0] * oh * ow <= PIXEL_GEMM_MAX_OUTPUTS
+
+    def _pixel_gemm(self) -> pixel_gemm.PixelGemm:
+        """The dense weight packed for pixel_gemm, at its first use."""
+        if self.plane_gemm is None:
+            self.plane_gemm = pixel_gemm.PixelGemm(self.dense_weight, self.bias)
+        return self.plane_gemm
 
     def _plane_products(self) -> list[WeightMatmul]:
         """The direct layer's weight as a batched sparse product, made at the first small-plane call."""
@@ -461,4 +489,6 @@ class Conv(Kernel):
             known["tuned"] = self.tuned or "pending"
         if self.packed is not None:  # dense, through the compiled 1x1 kernel rather than BLAS
             known["product"] = "pointwise_conv"
+        if self.dense_weight is not None:  # calls of few output pixels: the packed GEMM (pixel_gemm.py)
+            known["few_pixels"] = "gemm_packed"
         return {"kernel": kernel, **known, "groups": self.group}

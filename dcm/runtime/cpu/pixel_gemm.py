@@ -1,0 +1,53 @@
+"""A convolution of few output pixels as one dense GEMM on the packed AVX-512 kernel (``_gemm.c``'s
+``gemm_packed``), the rows the output pixels: columns [N * OH * OW, kh * kw * C_in] @ W^T
+[kh * kw * C_in, C_out], bias and Relu applied in the kernel's store, then one small transpose to NCHW.
+
+Why: on a plane of 49 outputs (ResNet-18's 512-channel 7x7 layers) Winograd F(2x2) pads the plane
+to 8x8 and streams a transformed weight 1.78x the dense one for only 16 tiles, and im2col + BLAS packs
+both operands on every call; this product streams the weight, packed once, in 32-column panels that
+stay in L2 while every row block passes over them (measured in conv.py, ``PIXEL_GEMM_MAX_OUTPUTS``).
+The columns are gathered from a channels-last copy of the padded input, so that each window tap is
+one contiguous run of C_in values."""
+from __future__ import annotations
+
+import numpy as np
+
+from dcm.runtime.cpu import native
+from dcm.runtime.cpu.shape import check_elements
+
+
+def available() -> bool:
+    """The packed GEMM is built and runs its AVX-512 path on this CPU."""
+    return native.gemm_packed is not None and native.packed_simd() == "avx512"
+
+
+class PixelGemm:
+    """A constant weight [C_out, C_in, kh, kw] (group 1), packed once for ``gemm_packed``."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray | None):
+        self.out_channels, self.in_channels, kh, kw = weight.shape
+        self.kernel = (kh, kw)
+        wt = np.ascontiguousarray(weight.transpose(2, 3, 1, 0), dtype=np.float32).reshape(-1, self.out_channels)
+        self.packed = np.frombuffer(native.pack_weight(wt), np.float32)
+        self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+
+    def conv(self, x: np.ndarray, strides: tuple[int, int], dilations: tuple[int, int], begin: list[int],
+             end: list[int], relu: bool, threads: int) -> np.ndarray:
+        """relu(conv(x) + bias) for x float32 [N, C_in, H, W]: a new float32 [N, C_out, OH, OW] array."""
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, strides, dilations
+        hp, wp = h + begin[0] + end[0], w + begin[1] + end[1]
+        oh, ow = (hp - (kh - 1) * dh - 1) // sh + 1, (wp - (kw - 1) * dw - 1) // sw + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"input {(h, w)} (padded) is smaller than the kernel window")
+        check_elements([n, hp, wp, c], "Conv padded input")  # pads and strides can be large, the output small
+        check_elements([n, oh, ow, kh, kw, c], "Conv column matrix")
+        padded = np.zeros((n, hp, wp, c), dtype=np.float32)  # channels last: a tap's C_in values adjacent
+        padded[:, begin[0] : begin[0] + h, begin[1] : begin[1] + w] = x.transpose(0, 2, 3, 1)
+        view = np.lib.stride_tricks.sliding_window_view(padded, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(1, 2))
+        view = view[:, ::sh, ::sw, :, ::dh, ::dw]  # [N, OH, OW, C, kh, kw]
+        cols = np.ascontiguousarray(view.transpose(0, 1, 2, 4, 5, 3)).reshape(n * oh * ow, kh * kw * c)
+        out = np.empty((n * oh * ow, self.out_channels), dtype=np.float32)
+        native.gemm_packed(cols, self.packed, out, threads, bias=self.bias, relu=relu)
+        return np.ascontiguousarray(out.reshape(n, oh * ow, self.out_channels).transpose(0, 2, 1)).reshape(
+            n, self.out_channels, oh, ow)
