@@ -3,9 +3,11 @@ batch 1 and 8 on 1 and 2 threads: dcm against onnxruntime on the same ONNX file 
 
     python -m benchmarks.recurrent [--only TEXT] [--rounds N] [--docs]
 
-Each configuration runs dcm and onnxruntime interleaved in one process: a round takes the best of 3
-calls of each, and the table shows the median over the rounds of each time and of the per-round
-ratio. Wall-clock time (a second thread's work does not show in the calling thread's CPU time), so
+Each configuration runs dcm and onnxruntime interleaved in one process: a round takes the best call
+of a block of at least BLOCK_SECONDS of each (so that a block's later calls do not run beside the
+other runtime's threads, which spin for a while after its calls; dcm's step loop probes its thread
+split again every 1024 steps), and the table shows the median over the rounds of each time and of
+the per-round ratio. Wall-clock time (a second thread's work does not show in the calling thread's CPU time), so
 the load average is printed and saved with the figures: on a machine shared with other work the
 ratios at 2 threads move most. Writes benchmarks/results/recurrent.json; ``--docs`` also rewrites
 the table of docs/recurrent.md.
@@ -27,6 +29,7 @@ from dcm.runtime import InferenceSession
 
 DOC = Path(__file__).parent.parent / "docs" / "recurrent.md"
 CELLS = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}
+BLOCK_SECONDS = 0.25  # per runtime and round
 
 
 class Stack(torch.nn.Module):
@@ -58,11 +61,11 @@ def measure(onnx_bytes: bytes, batch: int, threads: int, rounds: int) -> dict:
     error = float(np.abs(sess.run(None, feeds)[0] - want).max() / (np.abs(want).max() or 1.0))
 
     def best(fn) -> float:
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
+        times, start = [], time.perf_counter()
+        while len(times) < 3 or time.perf_counter() - start < BLOCK_SECONDS:
+            t = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - start)
+            times.append(time.perf_counter() - t)
         return min(times)
 
     dcm_t, ort_t = [], []
