@@ -45,15 +45,18 @@ DIRECT_MAX_DENSITY_AVX512 = 0.35
 # 1, onnxruntime 2.06; 16.2 against 22.0 at batch 8, onnxruntime 14.1; 256ch 14x14: 2.09 against 1.37
 # at batch 1, so direct keeps 196 outputs).
 SMALL_PLANE_OUTPUTS = 64
-# Dense layers (group 1, not 1x1) whose call has up to this many output pixels, all samples together,
-# take the packed AVX-512 GEMM with the pixels as rows (pixel_gemm.py) in place of Winograd or im2col +
-# BLAS (dense ResNet-18, batch 1, one thread, in the model: each 512-channel 7x7 layer 3.2 -> 2.65 ms,
-# onnxruntime 1.87; alone, interleaved: 2.07 against Winograd's 2.29, the stride-2 256->512 at 14x14
-# 1.00 against im2col's 1.24). More pixels keep the old kernels: 196 (256ch 14x14, 1.82 against
-# Winograd's 1.51), 784 (128->256 stride 2, 1.06 either way), 392 (the 7x7 layer at batch 8, 13.7
-# against 11.8). Pruned layers keep the sparse kernels: at 30% density the batched sparse product
-# beats this dense one on the 7x7 planes too (2.36 against 2.77 ms in the model).
-PIXEL_GEMM_MAX_OUTPUTS = 64
+# Dense layers (group 1, not 1x1) whose call has few output pixels, all samples together, take the
+# packed AVX-512 GEMM with the pixels as rows (pixel_gemm.py) in place of Winograd (up to 64 pixels) or
+# im2col + BLAS (up to 2048). Batch 1, one thread, dense ResNet-18 in the model: each 512-channel 7x7
+# layer 3.2 -> 2.65 ms (onnxruntime 1.87), the stride-2 64->128 at 56x56 (784 pixels) 1.45 -> 1.28
+# (0.69), 128->256 at 28x28 (196) 1.30 -> 1.04 (0.78). One layer alone, interleaved: the 7x7 layer 2.07
+# against Winograd's 2.29, 64->64 5x5 at 28x28 1.44 against im2col's 1.74, 64->192 5x5 at 27x27 3.51
+# against 3.71; even or worse beyond: 32->64 stride 2 at 112x112 (3136 pixels) 1.67 against 1.61,
+# AlexNet's conv1 (3025) 2.63 either way, 196 pixels of a Winograd layer (256ch 14x14) 1.82 against
+# 1.51, the 7x7 layer at batch 8 (392) 13.7 against 11.8. Pruned layers keep the sparse kernels: at 30%
+# the batched sparse product beats this dense one on the 7x7 planes too (2.36 against 2.77 ms).
+PIXEL_GEMM_MAX_OUTPUTS_WINOGRAD = 64
+PIXEL_GEMM_MAX_OUTPUTS = 2048
 # Layers the direct kernel cannot take (horizontal stride 2 without AVX-512: ResNet's strided 3x3s)
 # go through im2col, whose many columns suit BLAS: the stem at 30% density took 10.3 ms dense
 # against 16.2 ms with the sparse product; 128 channels 3x3 stride 2 at 10%, 2.08 ms either way.
@@ -385,9 +388,10 @@ class Conv(Kernel):
 
     def _few_outputs(self, shape: tuple[int, ...], begin: list[int], end: list[int]) -> bool:
         """Whether this call of a dense layer goes to pixel_gemm: few output pixels in all its samples
-        (PIXEL_GEMM_MAX_OUTPUTS)."""
+        (PIXEL_GEMM_MAX_OUTPUTS, fewer for a Winograd layer)."""
         oh, ow = output_size(shape[2:], self.kernel, self.strides, self.dilations, begin, end)
-        return 0 < shape[0] * oh * ow <= PIXEL_GEMM_MAX_OUTPUTS
+        limit = PIXEL_GEMM_MAX_OUTPUTS if self.winograd is None else PIXEL_GEMM_MAX_OUTPUTS_WINOGRAD
+        return 0 < shape[0] * oh * ow <= limit
 
     def _pixel_gemm(self) -> pixel_gemm.PixelGemm:
         """The dense weight packed for pixel_gemm, at its first use."""
