@@ -156,8 +156,8 @@ class Conv(Kernel):
                 self.packed = pointconv.pack(np.asarray(w, dtype=np.float32).reshape(self.out_channels, -1))
         if ctx.tune and requested is None and self.density <= TUNE_MAX_DENSITY:
             self.tuning = self._both_forms(w, shape, wide_3x3, b)
-        if (self.direct is None and self.mode == "dense" and not self.tuning and self.group == 1
-                and not self.pointwise and pixel_gemm.available()):
+        if (self.allow_direct and self.direct is None and self.mode == "dense" and not self.tuning
+                and self.group == 1 and not self.pointwise and pixel_gemm.available()):
             self.dense_weight = np.asarray(w).reshape(shape)
 
     def _both_forms(self, w, shape, wide_3x3: bool, b) -> bool:
