@@ -166,15 +166,18 @@ def _wide3x3() -> Model:
 
 def _stem() -> Model:
     """A dense RGB stem (3 -> 12 channels, 3x3, stride 2) with a fused ReLU6: conv_lanes2d, a full and
-    a partial group of 8 output channels."""
+    a partial group of 8 output channels; then ResNet's MaxPool (3x3, stride 2, pads 1: pool2d's
+    AVX-512 path that reads the input rows directly)."""
     rng = np.random.default_rng(10)
     tensors = {"k": encode_tensor(rng.normal(size=(12, 3, 3, 3)).astype(np.float32), code_bits=5, name="k"),
                "kb": encode_raw(rng.normal(size=12).astype(np.float32), "kb"),
                "lo": encode_raw(np.array(0, np.float32), "lo"), "hi": encode_raw(np.array(6, np.float32), "hi")}
     nodes = [Node("Conv", ["x", "k", "kb"], ["c"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2]},
                   "stem"),
-             Node("Clip", ["c", "lo", "hi"], ["y"], {}, "relu6")]
-    return Model([ValueInfo("x", "float32", ["batch", 3, 11, 11])], [ValueInfo("y", "float32", ["batch", 12, 6, 6])],
+             Node("Clip", ["c", "lo", "hi"], ["y"], {}, "relu6"),
+             Node("MaxPool", ["y"], ["p"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2]}, "pool")]
+    return Model([ValueInfo("x", "float32", ["batch", 3, 11, 11])],
+                 [ValueInfo("y", "float32", ["batch", 12, 6, 6]), ValueInfo("p", "float32", ["batch", 12, 3, 3])],
                  nodes, tensors, {})
 
 
@@ -195,14 +198,16 @@ def _pointwise_conv() -> Model:
 
 
 def _dense_layers() -> Model:
-    """A dense 3x3/2 convolution (32 -> 64 channels, 288 taps: im2col) whose product is large enough
-    (2.2M multiply-adds a sample) for blas.matmul to split it over the session's two threads (the compiled
-    gemm), then a dense fully connected layer on the packed weight (gemm_packed)."""
+    """A dense grouped 3x3/2 convolution (32 -> 64 channels in 2 groups, 144 taps: im2col, as pixel_gemm
+    takes group 1 only) whose products are large enough (0.56M multiply-adds a group and sample) for
+    blas.matmul to split them over the session's two threads (the compiled gemm), then a dense fully
+    connected layer on the packed weight (gemm_packed)."""
     rng = np.random.default_rng(12)
-    tensors = {"k": encode_tensor(rng.normal(size=(64, 32, 3, 3)).astype(np.float32), code_bits=5, name="k"),
+    tensors = {"k": encode_tensor(rng.normal(size=(64, 16, 3, 3)).astype(np.float32), code_bits=5, name="k"),
                "w": encode_tensor(rng.normal(size=(10, 64)).astype(np.float32), code_bits=5, name="w"),
                "wb": encode_raw(rng.normal(size=10).astype(np.float32), "wb")}
-    nodes = [Node("Conv", ["x", "k"], ["c"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2]}, "conv"),
+    nodes = [Node("Conv", ["x", "k"], ["c"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2],
+                                              "group": 2}, "conv"),
              Node("GlobalAveragePool", ["c"], ["p"], {}, "pool"), Node("Flatten", ["p"], ["f"], {}, "flatten"),
              Node("Gemm", ["f", "w", "wb"], ["y"], {"transB": 1}, "fc")]
     return Model([ValueInfo("x", "float32", ["batch", 32, 21, 21])], [ValueInfo("y", "float32", ["batch", 10])],
