@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 NHWC_CONV = "dcm.NhwcConv"  # Conv on NHWC x and y: inputs x, W, B; the Conv's attributes
 NHWC_SCALED_CONV = "dcm.NhwcScaledConv"  # dcm.ScaledConv with x (input 0) NHWC, the scale (input 3) NCHW
 NHWC_MEAN = "dcm.NhwcGlobalAveragePool"  # the mean over H, W of NHWC x: y [N, C, 1, 1]
-CHANNELS_LAST_OPS = (NHWC_CONV, NHWC_SCALED_CONV, NHWC_MEAN)
+NHWC_STEM = "dcm.NhwcStemConv"  # Conv of an NCHW x (few channels) into an NHWC y: inputs x, W, B
+CHANNELS_LAST_OPS = (NHWC_CONV, NHWC_SCALED_CONV, NHWC_MEAN, NHWC_STEM)
+STEM_MAX_INPUTS = 8  # input channels of a stem, which reads NCHW and writes into a region
 TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 SUFFIX = "/nhwc"
 
@@ -47,8 +49,10 @@ UNARY = ("Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRe
          "Softplus", "Identity", "Erf", "Abs", "Neg", "Exp", "Sqrt", "Mish")
 BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min")
 # A 1x1 layer this sparse keeps the NCHW direct sparse kernel (dcm.runtime.cpu.conv's
-# DIRECT_MAX_DENSITY_POINTWISE); the channels-last product is dense.
+# DIRECT_MAX_DENSITY_POINTWISE); the channels-last product is dense. A stem this sparse keeps the NCHW
+# kernels' choice (dcm.runtime.cpu.lanes.MIN_DENSITY).
 SPARSE_POINTWISE = 0.07
+SPARSE_STEM = 0.5
 
 
 def _weight_shape(graph: Graph, node: Node) -> tuple[int, ...] | None:
@@ -78,6 +82,16 @@ def _pointwise(graph: Graph, node: Node) -> bool:
         return False
     w = graph.const(node.inputs[1])
     return w is not None and np.count_nonzero(w) > SPARSE_POINTWISE * w.size
+
+
+def _stem(graph: Graph, node: Node) -> bool:
+    """A dense 2-D Conv of one group with few input channels (a network's first layer)."""
+    shape = _weight_shape(graph, node)
+    if (NHWC_STEM not in graph.internal or node.op != "Conv" or shape is None or len(shape) != 4
+            or shape[1] > STEM_MAX_INPUTS or int(node.attrs.get("group", 1)) != 1 or not _const_bias(graph, node)):
+        return False
+    w = graph.const(node.inputs[1])
+    return w is not None and np.count_nonzero(w) > SPARSE_STEM * w.size
 
 
 def _spatial_mean(graph: Graph, node: Node) -> bool:
@@ -114,6 +128,7 @@ class _Regions:
         self.held: set[str] = set()
         self.neutral: set[str] = set()
         self.entering: set[str] = set()
+        self.stems: set[int] = set()  # convolutions that read NCHW and write NHWC
         self.readers: dict[str, list[int]] = {}
         for i, n in enumerate(self.nodes):
             for x in n.inputs:
@@ -146,7 +161,7 @@ class _Regions:
         cost: dict[int, int] = {}
         for i in self.region:
             node, r = self.nodes[i], root(i)
-            cost[r] = cost.get(r, 0) - (i in self.x_index)
+            cost[r] = cost.get(r, 0) - (i in self.x_index or i in self.stems)
             for y in node.outputs:
                 outside = [j for j in self.readers.get(y, []) if j not in self.region]
                 if y in self.held and (y in self.protected or any(self.nodes[j].op != "Transpose"
@@ -158,6 +173,7 @@ class _Regions:
                 cost[r] += 1
         dropped = {i for i in self.region if cost[root(i)] > 0}
         self.region -= dropped
+        self.stems -= dropped
         for i in dropped:
             self.x_index.pop(i, None)
             self.held.difference_update(self.nodes[i].outputs)
@@ -210,8 +226,8 @@ class _Regions:
         return joined
 
     def _backward(self) -> bool:
-        """1x1 convolutions, with the activations after them, whose every reader runs channels-last
-        (MobileNet's expansion right after a stem)."""
+        """1x1 convolutions and stems, with the activations after them, whose every reader runs
+        channels-last (MobileNet's expansion right after its stem, then the stem)."""
         nodes, joined = self.nodes, False
 
         def unary(j: int) -> bool:
@@ -219,12 +235,16 @@ class _Regions:
             return (n.op in UNARY and len(n.outputs) == 1 and j not in self.region
                     and all(not x or _scalar(self.graph, x) for x in n.inputs[1:]))
 
-        def reads_nhwc(r: int, y: str) -> bool:  # not a ScaledConv's NCHW scale
-            return r in self.region and (r not in self.x_index or nodes[r].inputs[self.x_index[r]] == y
-                                         or nodes[r].op == "Conv")
+        def reads_nhwc(r: int, y: str) -> bool:  # not a ScaledConv's NCHW scale, nor a stem's input
+            return r in self.region and r not in self.stems and (
+                r not in self.x_index or nodes[r].inputs[self.x_index[r]] == y or nodes[r].op == "Conv")
 
         for i in range(len(nodes) - 1, -1, -1):
-            if i in self.region or nodes[i].op != "Conv" or not _pointwise(self.graph, nodes[i]):
+            if i in self.region or nodes[i].op != "Conv":
+                continue
+            pointwise = _pointwise(self.graph, nodes[i])
+            stem = not pointwise and _stem(self.graph, nodes[i])
+            if not (pointwise or stem):
                 continue
             chain, y = [i], nodes[i].outputs[0]
             while y not in self.protected and len(self.readers.get(y, [])) == 1 and unary(self.readers[y][0]):
@@ -232,7 +252,11 @@ class _Regions:
                 y = nodes[chain[-1]].outputs[0]
             if y in self.protected or not self.readers.get(y) or not all(reads_nhwc(r, y) for r in self.readers[y]):
                 continue
-            self._join(i, 0)
+            if stem:  # reads its NCHW input as it is
+                self._join(i)
+                self.stems.add(i)
+            else:
+                self._join(i, 0)
             for j in chain[1:]:
                 self._join(j)
             joined = True
@@ -282,6 +306,8 @@ def channels_last(graph: Graph) -> None:
             out.append(Node(op, inputs, [nhwc.get(y, y) for y in node.outputs], dict(node.attrs), node.name))
         elif _spatial_mean(graph, node):
             out.append(Node(NHWC_MEAN, inputs[:1], list(node.outputs), {}, node.name))
+        elif i in found.stems:
+            out.append(Node(NHWC_STEM, inputs, [nhwc[y] for y in node.outputs], dict(node.attrs), node.name))
         else:
             out.append(Node(node.op, inputs, [nhwc.get(y, y) for y in node.outputs], dict(node.attrs), node.name))
         for y in node.outputs:  # the region leaves here for readers outside it and model outputs

@@ -10,7 +10,8 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
-from dcm.runtime.channels_last import CHANNELS_LAST_OPS, NHWC_CONV, NHWC_MEAN, NHWC_SCALED_CONV  # noqa: E402
+from dcm.runtime.channels_last import (CHANNELS_LAST_OPS, NHWC_CONV, NHWC_MEAN, NHWC_SCALED_CONV,  # noqa: E402
+                                       NHWC_STEM)
 from dcm.runtime.cpu import native, nhwc  # noqa: E402
 from dcm.runtime.optimize import optimize  # noqa: E402
 from tests.runtime.switches import switched  # noqa: E402
@@ -126,8 +127,10 @@ def test_squeeze_excite_scale_either_way(size):
 def test_pass_needs_the_backend_ops():
     model = from_onnx(_mobile(), ConvertOptions(exact=True))
     assert not any(n.op in CHANNELS_LAST_OPS for n in optimize(model).nodes)
-    ops = [n.op for n in optimize(model, internal=frozenset(CHANNELS_LAST_OPS)).nodes]
+    ops = [n.op for n in optimize(model, internal=frozenset(CHANNELS_LAST_OPS) - {NHWC_STEM}).nodes]
     assert ops.count(NHWC_CONV) == 10 and ops.count("Transpose") == 1
+    ops = [n.op for n in optimize(model, internal=frozenset(CHANNELS_LAST_OPS)).nodes]
+    assert ops[0] == NHWC_STEM and ops.count(NHWC_CONV) == 10 and "Transpose" not in ops  # NCHW in, NHWC out
 
 
 @needs_kernels

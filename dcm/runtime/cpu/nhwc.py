@@ -1,7 +1,9 @@
 """Kernels of the channels-last ops that ``dcm.runtime.channels_last`` writes: depthwise and 1x1
 convolutions and the spatial mean on NHWC arrays.
 
-A depthwise layer runs the compiled ``depthwise_nhwc`` (``_nhwc.c``): per output pixel, kh*kw
+A network's stem (few input channels) runs ``conv_nhwc_out`` (``_nhwc.c``), which reads the NCHW input
+as it is and writes NHWC: no Transpose into the region. A depthwise layer runs the compiled
+``depthwise_nhwc``: per output pixel, kh*kw
 multiply-adds of 16-channel vectors, the bias and the activation in registers. A 1x1 layer is the
 product x [N*H*W, C_in] @ W.T on the packed GEMM (``_gemm.c``'s ``gemm_packed``, the weight packed
 once here), which adds the bias, a fused residual and the activation before its one store, and
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dcm.runtime.channels_last import NHWC_CONV, NHWC_MEAN, NHWC_SCALED_CONV
+from dcm.runtime.channels_last import NHWC_CONV, NHWC_MEAN, NHWC_SCALED_CONV, NHWC_STEM
 from dcm.runtime.cpu import native, pointconv
 from dcm.runtime.cpu.fused import register_internal
 from dcm.runtime.cpu.windows import ints2, output_size, resolve_pads
@@ -35,27 +37,52 @@ def _nhwc_input(x: np.ndarray, channels: int, name: str) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-@register_internal(NHWC_CONV)
-class NhwcConv(Kernel):
-    """Conv of an NHWC input into an NHWC output: depthwise (multiplier 1) or 1x1 at unit strides."""
+class _Conv(Kernel):
+    """What the channels-last convolutions share: the constant weight and bias, the window geometry,
+    and the activation their compiled kernels apply before they store."""
 
     weight_inputs = (1, 2)
     fuses_relu = True
-    fuses_residual = True
-    residual_arg = 3  # after x, W and B
-    available = staticmethod(available)
 
-    def __init__(self, node, ctx):
-        super().__init__(node, ctx)
+    def _load(self, node, ctx) -> np.ndarray:
+        """The weight [C_out, C_in / group, kh, kw] as float32; sets the bias and the geometry."""
         w = np.asarray(ctx.const(node.inputs[1]), dtype=np.float32)
         b = ctx.opt_const(node, 2)
-        self.out_channels, per_group = w.shape[0], w.shape[1]
+        self.out_channels = w.shape[0]
         if b is not None and b.size != self.out_channels:
             raise ValueError(f"bias of {b.size} values for {self.out_channels} outputs")
         self.bias = None if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
         self.kernel = (w.shape[2], w.shape[3])
         self.strides = ints2(self.attrs, "strides", 2, 1)
         self.dilations = ints2(self.attrs, "dilations", 2, 1)
+        return w
+
+    def _window(self, h: int, w: int) -> tuple[tuple[int, int, int, int], int, int]:
+        """(pads as top, left, bottom, right; OH; OW) for an H x W input."""
+        begin, end = resolve_pads(self.attrs, (h, w), self.kernel, self.strides, self.dilations)
+        oh, ow = output_size((h, w), self.kernel, self.strides, self.dilations, begin, end)
+        return (begin[0], begin[1], end[0], end[1]), oh, ow
+
+    def _act(self, epilogue) -> tuple[str, float, float] | None:
+        """The activation the compiled kernels apply themselves (None: none, or the caller's)."""
+        if self.relu:
+            return ("relu", 0.0, 0.0)
+        act = None if epilogue is None else epilogue.act
+        return act if act is not None and act[0] in pointconv.ACTS else None
+
+
+@register_internal(NHWC_CONV)
+class NhwcConv(_Conv):
+    """Conv of an NHWC input into an NHWC output: depthwise (multiplier 1) or 1x1 at unit strides."""
+
+    fuses_residual = True
+    residual_arg = 3  # after x, W and B
+    available = staticmethod(available)
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        w = self._load(node, ctx)
+        per_group = w.shape[1]
         self.depthwise = per_group == 1 and int(self.attrs.get("group", 1)) == self.out_channels
         if self.depthwise:
             self.in_channels = self.out_channels
@@ -66,13 +93,6 @@ class NhwcConv(Kernel):
             self.in_channels = per_group
             self.wt = np.ascontiguousarray(w.reshape(self.out_channels, per_group).T)  # [C_in, C_out]
             self.packed = np.frombuffer(native.pack_weight(self.wt), np.float32)
-
-    def _act(self, epilogue) -> tuple[str, float, float] | None:
-        """The activation the compiled kernels apply themselves (None: none, or the caller's)."""
-        if self.relu:
-            return ("relu", 0.0, 0.0)
-        act = None if epilogue is None else epilogue.act
-        return act if act is not None and act[0] in pointconv.ACTS else None
 
     def __call__(self, x, w=None, b=None, residual=None, scale=None):
         if not self.depthwise and x.ndim == 4 and x.shape[1:] == (self.in_channels, 1, 1):
@@ -95,11 +115,10 @@ class NhwcConv(Kernel):
 
     def _depthwise(self, x: np.ndarray, act) -> np.ndarray:
         n, h, w, c = x.shape
-        begin, end = resolve_pads(self.attrs, (h, w), self.kernel, self.strides, self.dilations)
-        oh, ow = output_size((h, w), self.kernel, self.strides, self.dilations, begin, end)
+        pads, oh, ow = self._window(h, w)
         y = np.empty((n, oh, ow, c), dtype=np.float32)
-        native.depthwise_nhwc(x, y, self.weight, (n, h, w, c), self.kernel, self.strides, self.dilations,
-                              (begin[0], begin[1], end[0], end[1]), self.bias, act, threads=self.threads)
+        native.depthwise_nhwc(x, y, self.weight, (n, h, w, c), self.kernel, self.strides, self.dilations, pads,
+                              self.bias, act, threads=self.threads)
         return y
 
     def _pointwise(self, x: np.ndarray, act, residual: np.ndarray | None, scale: np.ndarray | None) -> np.ndarray:
@@ -165,3 +184,35 @@ class NhwcGlobalAveragePool(Kernel):
         native.global_average_nhwc(np.ascontiguousarray(x, dtype=np.float32).reshape(n, h * w, c), y, (n, h * w, c),
                                    threads=self.threads)
         return (y.reshape(n, c, 1, 1).astype(x.dtype, copy=False),)
+
+
+@register_internal(NHWC_STEM)
+class NhwcStemConv(_Conv):
+    """Conv of an NCHW input with few channels (a network's first layer) into an NHWC output."""
+
+    @staticmethod
+    def available() -> bool:
+        return available() and getattr(native, "conv_nhwc_out", None) is not None
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        w = self._load(node, ctx)  # [C_out, C_in, kh, kw]
+        self.in_channels = w.shape[1]
+        padded = np.zeros((*self.kernel, self.in_channels, -(-self.out_channels // 16) * 16), np.float32)
+        padded[..., : self.out_channels] = w.transpose(2, 3, 1, 0)
+        self.weight = padded  # [kh, kw, C_in, C_out rounded up to 16]: a row of output vectors per tap
+
+    def __call__(self, x, w=None, b=None):
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{self.node.name}: input of shape {list(x.shape)}, expected [N, {self.in_channels}, H, W]")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n, c, h, w_ = x.shape
+        pads, oh, ow = self._window(h, w_)
+        act = self._act(self.epilogue)
+        y = np.empty((n, oh, ow, self.out_channels), dtype=np.float32)
+        native.conv_nhwc_out(x, y, self.weight, (n, c, h, w_, self.out_channels), self.kernel, self.strides,
+                             self.dilations, pads, self.bias, act, threads=self.threads)
+        return (y if self.epilogue is None or act is not None else self.epilogue(y),)
+
+    def describe(self) -> dict:
+        return {"kernel": "direct", "layout": "nchw -> nhwc"}
