@@ -13,8 +13,6 @@ sample: no scaled copy of x. The session fuses activations and residual Adds int
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from dcm.runtime.channels_last import NHWC_CONV, NHWC_MEAN, NHWC_SCALED_CONV, NHWC_STEM
@@ -31,15 +29,6 @@ def available() -> bool:
     """The compiled channels-last kernels are built and the packed GEMM runs here (AVX-512)."""
     return (native.depthwise_nhwc is not None and native.global_average_nhwc is not None
             and native.gemm_packed is not None and native.packed_simd() == "avx512")
-
-
-def _empty(shape: tuple[int, ...]) -> np.ndarray:
-    """A new float32 array that starts on a 64-byte line: numpy's start 16 bytes into one, and the
-    kernels' vector loads across two lines cost 1.4-1.7x (docs/nhwc-kernels.md)."""
-    count = math.prod(shape)
-    buf = np.empty(count + 16, dtype=np.float32)
-    start = (-buf.ctypes.data // 4) % 16
-    return buf[start : start + count].reshape(shape)
 
 
 def _nhwc_input(x: np.ndarray, channels: int, name: str) -> np.ndarray:
@@ -127,7 +116,7 @@ class NhwcConv(_Conv):
     def _depthwise(self, x: np.ndarray, act) -> np.ndarray:
         n, h, w, c = x.shape
         pads, oh, ow = self._window(h, w)
-        y = _empty((n, oh, ow, c))
+        y = np.empty((n, oh, ow, c), dtype=np.float32)
         native.depthwise_nhwc(x, y, self.weight, (n, h, w, c), self.kernel, self.strides, self.dilations, pads,
                               self.bias, act, threads=self.threads)
         return y
@@ -138,7 +127,7 @@ class NhwcConv(_Conv):
         (per sample): in the kernel's inner loop it halved the product's speed. numpy where the CPU
         lost the kernel (``set_simd(False)`` after load)."""
         n, h, w, c = x.shape
-        y = _empty((n, h, w, self.out_channels))
+        y = np.empty((n, h, w, self.out_channels), dtype=np.float32)
         if residual is not None:
             residual = np.ascontiguousarray(residual, dtype=np.float32).reshape(y.shape)
         if scale is not None and (native.packed_simd() != "avx512" or h * w * len(scale) < self.packed.size // c):
@@ -220,7 +209,7 @@ class NhwcStemConv(_Conv):
         n, c, h, w_ = x.shape
         pads, oh, ow = self._window(h, w_)
         act = self._act(self.epilogue)
-        y = _empty((n, oh, ow, self.out_channels))
+        y = np.empty((n, oh, ow, self.out_channels), dtype=np.float32)
         native.conv_nhwc_out(x, y, self.weight, (n, c, h, w_, self.out_channels), self.kernel, self.strides,
                              self.dilations, pads, self.bias, act, threads=self.threads)
         return (y if self.epilogue is None or act is not None else self.epilogue(y),)
