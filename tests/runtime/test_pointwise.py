@@ -18,11 +18,12 @@ if native.activate is None:
     pytest.fail("dcm.runtime.cpu._pointwise was not built (no C compiler at install?)", pytrace=False)
 
 
-@pytest.fixture(params=[True, False], ids=["avx2", "portable"])
+@pytest.fixture(params=["avx512", "avx2", "portable"])
 def simd(request):
-    """The AVX2 paths (where the CPU has them) or the portable C ones other CPUs run."""
-    with switched(native.set_pointwise_simd, request.param):
-        yield request.param
+    """The AVX-512 paths (softmax), the AVX2 ones (where the CPU has them) or the portable C ones."""
+    with switched(native.set_pointwise_simd, request.param != "portable"):
+        with switched(native.set_pointwise_avx512, request.param == "avx512"):
+            yield request.param != "portable"
 
 
 def _values(n=20011, scale=4.0, seed=0):

@@ -10,9 +10,10 @@ except ImportError:  # pragma: no cover - a build without a compiler; tests/runt
     SparseConv = SparseMatrix = conv_lanes2d = depthwise2d = im2col2d = pool2d = set_simd = winograd_conv = None
     batched_simd = set_avx512 = None
 try:  # _pointwise.c: activations with a fused bias, LayerNorm and Softmax over the last axis
-    from dcm.runtime.cpu._pointwise import activate, layer_norm, set_simd as set_pointwise_simd, softmax
+    from dcm.runtime.cpu._pointwise import (activate, layer_norm, set_avx512 as set_pointwise_avx512,
+                                            set_simd as set_pointwise_simd, softmax)
 except ImportError:  # pragma: no cover - as above
-    activate = layer_norm = set_pointwise_simd = softmax = None
+    activate = layer_norm = set_pointwise_avx512 = set_pointwise_simd = softmax = None
 try:  # _recurrent.c: the time-step loop of LSTM, GRU and RNN
     from dcm.runtime.cpu._recurrent import recurrent_scan, set_simd as set_recurrent_simd
 except ImportError:  # pragma: no cover - as above
