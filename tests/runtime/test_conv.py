@@ -125,16 +125,18 @@ def test_bias_residual_and_activation_in_one_pass_match_onnxruntime(shape, strid
 
 
 @pytest.mark.parametrize("shape, hw, attrs, batch", [
-    ((48, 40, 3, 3), (7, 7), {"pads": [1, 1, 1, 1]}, 1),  # ResNet's 7x7 planes (Winograd's layer otherwise)
-    ((40, 24, 3, 3), (14, 13), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 1),  # strided (im2col's otherwise)
+    ((48, 64, 3, 3), (7, 7), {"pads": [1, 1, 1, 1]}, 1),  # ResNet's 7x7 planes (Winograd's layer otherwise)
+    ((40, 64, 3, 3), (14, 13), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 1),  # strided (im2col's otherwise)
     ((33, 192, 3, 2), (5, 6), {"pads": [2, 0, 1, 1], "dilations": [2, 1]}, 2),  # uneven pads, 33 = 32 + 1 columns
-    ((48, 40, 3, 3), (7, 7), {"pads": [1, 1, 1, 1]}, 3),  # 147 output pixels: Winograd
-    ((40, 24, 3, 3), (46, 45), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 2),  # 1058 pixels: im2col's layer
-    ((40, 24, 3, 3), (92, 90), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 1),  # 2070: im2col
+    ((48, 64, 3, 3), (7, 7), {"pads": [1, 1, 1, 1]}, 3),  # 147 output pixels: Winograd
+    ((40, 64, 3, 3), (46, 45), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 2),  # 1058 pixels: im2col's layer
+    ((40, 64, 3, 3), (92, 90), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 1),  # 2070: im2col
+    ((40, 56, 3, 3), (14, 13), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 1),  # 504 deep: im2col at any size
 ])
 def test_few_output_pixels_take_the_packed_gemm_and_match_onnxruntime(shape, hw, attrs, batch):
-    """Dense layers of few output pixels in a call (PIXEL_GEMM_MAX_OUTPUTS) run pixel_gemm, with its
-    bias and Relu; more pixels keep the kernel chosen at load."""
+    """Dense layers of few output pixels in a call (PIXEL_GEMM_MAX_OUTPUTS) and at least
+    PIXEL_GEMM_MIN_DEPTH multiply-adds per output run pixel_gemm, with its bias and Relu; others keep
+    the kernel chosen at load."""
     from dcm.runtime.cpu import pixel_gemm
 
     if not pixel_gemm.available():
@@ -144,7 +146,8 @@ def test_few_output_pixels_take_the_packed_gemm_and_match_onnxruntime(shape, hw,
     m = _model(w, list(x.shape), attrs)
     ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)), threads=2)
-    assert sess.describe()[0]["few_pixels"] == "gemm_packed"
+    deep = shape[1] * shape[2] * shape[3] >= conv.PIXEL_GEMM_MIN_DEPTH
+    assert sess.describe()[0].get("few_pixels") == ("gemm_packed" if deep else None)
     calls, real = [], native.gemm_packed
     try:
         native.gemm_packed = lambda *a, **k: calls.append(a[0].shape) or real(*a, **k)
@@ -154,5 +157,5 @@ def test_few_output_pixels_take_the_packed_gemm_and_match_onnxruntime(shape, hw,
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
     winograd = sess.describe()[0]["kernel"] == "winograd"
     limit = conv.PIXEL_GEMM_MAX_OUTPUTS_WINOGRAD if winograd else conv.PIXEL_GEMM_MAX_OUTPUTS
-    taken = ref.shape[0] * ref.shape[2] * ref.shape[3] <= limit
+    taken = deep and ref.shape[0] * ref.shape[2] * ref.shape[3] <= limit
     assert calls == ([(got.shape[0] * got.shape[2] * got.shape[3], shape[1] * shape[2] * shape[3])] if taken else [])

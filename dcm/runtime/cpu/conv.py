@@ -57,6 +57,11 @@ SMALL_PLANE_OUTPUTS = 64
 # the batched sparse product beats this dense one on the 7x7 planes too (2.36 against 2.77 ms).
 PIXEL_GEMM_MAX_OUTPUTS_WINOGRAD = 64
 PIXEL_GEMM_MAX_OUTPUTS = 2048
+# ... and only layers of at least this many multiply-adds per output (kh * kw * C_in): on shallower ones
+# the column gather (numpy, one thread) outweighs the product's gain (ConvNeXt's 2x2 stride-2
+# downsample layers: 40->80 at 56x56 0.35 against im2col's 0.29 ms, 80->160 at 28x28 0.27 / 0.25, but
+# 160->320 at 14x14 0.26 / 0.28; 32->64 3x3 stride 2 at 112x112, 288 deep, 1.67 / 1.61).
+PIXEL_GEMM_MIN_DEPTH = 512
 # Layers the direct kernel cannot take (horizontal stride 2 without AVX-512: ResNet's strided 3x3s)
 # go through im2col, whose many columns suit BLAS: the stem at 30% density took 10.3 ms dense
 # against 16.2 ms with the sparse product; 128 channels 3x3 stride 2 at 10%, 2.08 ms either way.
@@ -157,7 +162,8 @@ class Conv(Kernel):
         if ctx.tune and requested is None and self.density <= TUNE_MAX_DENSITY:
             self.tuning = self._both_forms(w, shape, wide_3x3, b)
         if (self.allow_direct and self.direct is None and self.mode == "dense" and not self.tuning
-                and self.group == 1 and not self.pointwise and pixel_gemm.available()):
+                and self.group == 1 and not self.pointwise and int(np.prod(shape[1:])) >= PIXEL_GEMM_MIN_DEPTH
+                and pixel_gemm.available()):
             self.dense_weight = np.asarray(w).reshape(shape)
 
     def _both_forms(self, w, shape, wide_3x3: bool, b) -> bool:
