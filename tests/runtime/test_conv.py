@@ -132,11 +132,12 @@ def test_bias_residual_and_activation_in_one_pass_match_onnxruntime(shape, strid
     ((40, 64, 3, 3), (46, 45), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 2),  # 1058 pixels: im2col's layer
     ((40, 64, 3, 3), (92, 90), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 1),  # 2070: im2col
     ((40, 56, 3, 3), (14, 13), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 1),  # 504 deep: im2col at any size
+    ((40, 3, 16, 16), (64, 48), {"strides": [16, 16]}, 1),  # ViT's patches, 3 channels: im2col
 ])
 def test_few_output_pixels_take_the_packed_gemm_and_match_onnxruntime(shape, hw, attrs, batch):
-    """Dense layers of few output pixels in a call (PIXEL_GEMM_MAX_OUTPUTS) and at least
-    PIXEL_GEMM_MIN_DEPTH multiply-adds per output run pixel_gemm, with its bias and Relu; others keep
-    the kernel chosen at load."""
+    """Dense layers of few output pixels in a call (PIXEL_GEMM_MAX_OUTPUTS), at least
+    PIXEL_GEMM_MIN_DEPTH multiply-adds per output and PIXEL_GEMM_MIN_CHANNELS input channels run
+    pixel_gemm, with its bias and Relu; others keep the kernel chosen at load."""
     from dcm.runtime.cpu import pixel_gemm
 
     if not pixel_gemm.available():
@@ -146,7 +147,8 @@ def test_few_output_pixels_take_the_packed_gemm_and_match_onnxruntime(shape, hw,
     m = _model(w, list(x.shape), attrs)
     ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)), threads=2)
-    deep = shape[1] * shape[2] * shape[3] >= conv.PIXEL_GEMM_MIN_DEPTH
+    deep = (shape[1] * shape[2] * shape[3] >= conv.PIXEL_GEMM_MIN_DEPTH
+            and shape[1] >= conv.PIXEL_GEMM_MIN_CHANNELS)
     assert sess.describe()[0].get("few_pixels") == ("gemm_packed" if deep else None)
     calls, real = [], native.gemm_packed
     try:

@@ -62,6 +62,9 @@ PIXEL_GEMM_MAX_OUTPUTS = 2048
 # downsample layers: 40->80 at 56x56 0.35 against im2col's 0.29 ms, 80->160 at 28x28 0.27 / 0.25, but
 # 160->320 at 14x14 0.26 / 0.28; 32->64 3x3 stride 2 at 112x112, 288 deep, 1.67 / 1.61).
 PIXEL_GEMM_MIN_DEPTH = 512
+# ... and of at least this many input channels: the gather copies runs of C_in values (ViT-Tiny's 16x16
+# stride-16 patch layer, 3 channels, 768 deep, in the model: 0.93 against im2col's 0.75 ms).
+PIXEL_GEMM_MIN_CHANNELS = 32
 # Layers the direct kernel cannot take (horizontal stride 2 without AVX-512: ResNet's strided 3x3s)
 # go through im2col, whose many columns suit BLAS: the stem at 30% density took 10.3 ms dense
 # against 16.2 ms with the sparse product; 128 channels 3x3 stride 2 at 10%, 2.08 ms either way.
@@ -163,7 +166,7 @@ class Conv(Kernel):
             self.tuning = self._both_forms(w, shape, wide_3x3, b)
         if (self.allow_direct and self.direct is None and self.mode == "dense" and not self.tuning
                 and self.group == 1 and not self.pointwise and int(np.prod(shape[1:])) >= PIXEL_GEMM_MIN_DEPTH
-                and pixel_gemm.available()):
+                and shape[1] >= PIXEL_GEMM_MIN_CHANNELS and pixel_gemm.available()):
             self.dense_weight = np.asarray(w).reshape(shape)
 
     def _both_forms(self, w, shape, wide_3x3: bool, b) -> bool:
