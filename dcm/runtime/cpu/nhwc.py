@@ -127,17 +127,23 @@ class NhwcConv(_Conv):
         (per sample): in the kernel's inner loop it halved the product's speed. numpy where the CPU
         lost the kernel (``set_simd(False)`` after load)."""
         n, h, w, c = x.shape
-        y = np.empty((n, h, w, self.out_channels), dtype=np.float32)
+        m, co = n * h * w, self.out_channels
+        y = np.empty((n, h, w, co), dtype=np.float32)
         if residual is not None:
             residual = np.ascontiguousarray(residual, dtype=np.float32).reshape(y.shape)
-        if scale is not None and (native.packed_simd() != "avx512" or h * w * len(scale) < self.packed.size // c):
+        fast = native.packed_simd() == "avx512"
+        if fast and scale is None:  # the common case, with the least Python per call
+            native.gemm_packed(x.reshape(m, c), self.packed, y.reshape(m, co), self.threads, self.bias, act=act,
+                               residual=None if residual is None else residual.reshape(m, co))
+            return y
+        if scale is not None and (not fast or h * w * len(scale) < self.packed.size // c):
             x, scale = x * scale.reshape(-1, 1, 1, c), None  # x is the smaller one to scale (7x7 planes)
-        if native.packed_simd() != "avx512":
+        if not fast:
             out = np.matmul(x.reshape(-1, c), self.wt, out=y.reshape(-1, self.out_channels))
             native.activate(out, out, *(act or ("none", 0.0, 0.0)), bias=self.bias,
                             residual=None if residual is None else residual.reshape(out.shape), threads=self.threads)
             return y
-        if scale is None:
+        if scale is None:  # x took the scale
             parts = [(slice(None), self.packed)]
         else:
             panels = self.packed.reshape(-1, c, PANEL)
