@@ -276,23 +276,29 @@ def _gru_dense() -> Model:
 
 
 def _inverted_residual() -> Model:
-    """MobileNetV2's block: a 1x1 expansion with ReLU6, a 3x3/2 depthwise layer with ReLU6 and a 1x1
-    projection, then the global average pool: a chain the session runs channels-last
-    (depthwise_nhwc, global_average_nhwc). 40 channels: two whole vectors of 16 and a part."""
+    """MobileNetV2's stem (3 -> 16, 3x3/2, ReLU6) and block: a 1x1 expansion with ReLU6, a 3x3/2
+    depthwise layer with ReLU6 and a 1x1 projection, then the global average pool: a chain the session
+    runs channels-last, entered by the stem reading NCHW and writing NHWC (conv_nhwc_out,
+    depthwise_nhwc, global_average_nhwc). 40 channels: two whole vectors of 16 and a part."""
     rng = np.random.default_rng(13)
-    tensors = {"e": encode_tensor(rng.normal(size=(40, 16, 1, 1)).astype(np.float32), code_bits=5, name="e"),
+    tensors = {"s": encode_tensor(rng.normal(size=(16, 3, 3, 3)).astype(np.float32), code_bits=5, name="s"),
+               "sb": encode_raw(rng.normal(size=16).astype(np.float32), "sb"),
+               "e": encode_tensor(rng.normal(size=(40, 16, 1, 1)).astype(np.float32), code_bits=5, name="e"),
                "d": encode_tensor(rng.normal(size=(40, 1, 3, 3)).astype(np.float32), code_bits=5, name="d"),
                "db": encode_raw(rng.normal(size=40).astype(np.float32), "db"),
                "p": encode_tensor(rng.normal(size=(24, 40, 1, 1)).astype(np.float32), code_bits=5, name="p"),
                "lo": encode_raw(np.array(0, np.float32), "lo"), "hi": encode_raw(np.array(6, np.float32), "hi")}
-    nodes = [Node("Conv", ["x", "e"], ["a"], {"kernel_shape": [1, 1]}, "expand"),
+    nodes = [Node("Conv", ["x", "s", "sb"], ["t"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2]},
+                  "stem"),
+             Node("Clip", ["t", "lo", "hi"], ["u"], {}, "relu6_0"),
+             Node("Conv", ["u", "e"], ["a"], {"kernel_shape": [1, 1]}, "expand"),
              Node("Clip", ["a", "lo", "hi"], ["b"], {}, "relu6_1"),
              Node("Conv", ["b", "d", "db"], ["c"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2],
                                                   "group": 40}, "dw"),
              Node("Clip", ["c", "lo", "hi"], ["f"], {}, "relu6_2"),
              Node("Conv", ["f", "p"], ["g"], {"kernel_shape": [1, 1]}, "project"),
              Node("GlobalAveragePool", ["g"], ["y"], {}, "pool")]
-    return Model([ValueInfo("x", "float32", ["batch", 16, 11, 11])], [ValueInfo("y", "float32", ["batch", 24, 1, 1])],
+    return Model([ValueInfo("x", "float32", ["batch", 3, 22, 22])], [ValueInfo("y", "float32", ["batch", 24, 1, 1])],
                  nodes, tensors, {})
 
 

@@ -228,6 +228,32 @@ def test_wide_weights_go_by_column_blocks(rows, cols, density, path):
                 np.testing.assert_allclose(yt, want.T, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("path", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("n", [16, 17, 49, 64, 65, 392])
+def test_conv_columns_on_wide_panels(n, path):
+    """im2col's columns of a 512-channel 3x3 layer (4608 inputs) at the vector counts of 7x7 planes: on
+    AVX-512 one panel of 49 vectors (4 registers a row, the last holding 1 vector), 392 as six panels
+    of 64 and one of 8, and the edges of a register (16, 17, 64, 65); 128-column blocks, a short last
+    row group, both index widths, the thread split. Against numpy on the dense W."""
+    rng = np.random.default_rng(n)
+    rows, cols = 40, 4608
+    w = sp.random_array((rows, cols), density=0.3, format="csr", dtype=np.float32, rng=rng)
+    w.sort_indices()
+    dense = w.toarray()
+    xt = rng.standard_normal((cols, n)).astype(np.float32)
+    bias = rng.standard_normal(rows).astype(np.float32)
+    want = np.maximum(dense @ xt + bias[:, None], 0)
+    with _paths(path):
+        for index, threads in ((np.uint16, 1), (np.int32, 2)):
+            m = SparseMatrix(rows, cols, w.indptr.astype(np.int64), w.indices.astype(index), w.data)
+            yt = np.full((rows, n), np.nan, np.float32)
+            assert m.matmat(xt, yt, bias, True, threads=threads) == 0
+            np.testing.assert_allclose(yt, want, rtol=1e-4, atol=1e-4)
+            y = np.full((n, rows), np.nan, np.float32)
+            m.matmat_rows(np.ascontiguousarray(xt.T), y, bias, True, threads=threads)
+            np.testing.assert_allclose(y, want.T, rtol=1e-4, atol=1e-4)
+
+
 def test_matmat_rows_unsorted_indices_and_bad_calls():
     w, (rp, ri, rv, cp, ci, cv) = _parts()
     shuffled = ri.copy()
@@ -560,6 +586,10 @@ HUGE_CALLS = {
                                                             (1, 1), (1, 1), (1, 1), (0, 0, 0, 0)),
     "global_average_nhwc": lambda: native.global_average_nhwc(_ones(4), _ones(4), (HUGE, 1, 4)),
     "global_average_nhwc product": lambda: native.global_average_nhwc(_ones(4), _ones(4), (2**40, 2**22, 1)),
+    "conv_nhwc_out": lambda: native.conv_nhwc_out(_ones(4), _ones(4), _ones(16), (HUGE, 1, 2, 2, 1), (1, 1), (1, 1),
+                                                  (1, 1), (0, 0, 0, 0)),
+    "conv_nhwc_out product": lambda: native.conv_nhwc_out(_ones(4), _ones(4), _ones(16), (2**40, 2**20, 2**20, 4, 1),
+                                                          (1, 1), (1, 1), (1, 1), (0, 0, 0, 0)),
     # gemm takes only arrays: a broadcast one (no memory behind it) with more columns than sgemm's int32
     "gemm": lambda: native.gemm(np.broadcast_to(np.float32(1), (1, 2**31)), np.broadcast_to(np.float32(1), (2**31, 1)),
                                 np.ones((1, 1), np.float32)),

@@ -24,6 +24,12 @@ def _activate(y, act):
             "silu": lambda: y / (1 + np.exp(-a * y)), "hardswish": lambda: y * np.clip(y / 6 + 0.5, 0, 1)}[kind]()
 
 
+def _out_size(h, w, kernel, strides, dilations, pads):
+    """ONNX Conv's output plane (floor)."""
+    return ((h + pads[0] + pads[2] - (kernel[0] - 1) * dilations[0] - 1) // strides[0] + 1,
+            (w + pads[1] + pads[3] - (kernel[1] - 1) * dilations[1] - 1) // strides[1] + 1)
+
+
 def _reference(x, w, strides, dilations, pads, bias=None, act=None):
     """A sum over the kernel's taps of strided views of the zero-padded input, in float64."""
     n, h, wd, c = x.shape
@@ -31,8 +37,7 @@ def _reference(x, w, strides, dilations, pads, bias=None, act=None):
     (sh, sw), (dh, dw), (top, left, bottom, right) = strides, dilations, pads
     padded = np.zeros((n, h + top + bottom, wd + left + right, c))
     padded[:, top:top + h, left:left + wd] = x
-    oh = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
-    ow = (wd + left + right - (kw - 1) * dw - 1) // sw + 1
+    oh, ow = _out_size(h, wd, (kh, kw), strides, dilations, pads)
     y = np.zeros((n, oh, ow, c)) if bias is None else np.broadcast_to(bias.astype(np.float64), (n, oh, ow, c)).copy()
     for i in range(kh):
         for j in range(kw):
@@ -44,11 +49,24 @@ def _reference(x, w, strides, dilations, pads, bias=None, act=None):
 def _run(x, w, strides, dilations, pads, bias=None, act=None, threads=1):
     n, h, wd, c = x.shape
     kh, kw, _ = w.shape
-    oh = (h + pads[0] + pads[2] - (kh - 1) * dilations[0] - 1) // strides[0] + 1
-    ow = (wd + pads[1] + pads[3] - (kw - 1) * dilations[1] - 1) // strides[1] + 1
-    y = np.full((n, oh, ow, c), np.nan, np.float32)
+    y = np.full((n, *_out_size(h, wd, (kh, kw), strides, dilations, pads), c), np.nan, np.float32)
     native.depthwise_nhwc(x, y, w, x.shape, (kh, kw), strides, dilations, pads, bias, act, threads)
     return y
+
+
+def _random_window(rng, k, max_h, max_w):
+    """(N, H, W, stride, dilation, pads) of a random layer with a k x k kernel: N 1 or 3, strides 1-3,
+    dilations 1-2, pads from 0 to past the kernel's reach, the padded input at least the kernel's span."""
+    n = int(rng.choice([1, 3]))
+    s, d = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+    h, w = int(rng.integers(1, max_h)), int(rng.integers(1, max_w))
+    pads = tuple(int(v) for v in rng.integers(0, k + 2, 4))
+    span = (k - 1) * d + 1
+    if h + pads[0] + pads[2] < span:
+        pads = (pads[0] + span, *pads[1:])
+    if w + pads[1] + pads[3] < span:
+        pads = (pads[0], pads[1] + span, *pads[2:])
+    return n, h, w, s, d, pads
 
 
 def _cases():
@@ -58,15 +76,7 @@ def _cases():
     cases = []
     for c in (1, 8, 16, 17, 24, 40, 96):
         for k in (1, 3, 5, 7):
-            n = int(rng.choice([1, 3]))
-            s, d = int(rng.integers(1, 4)), int(rng.integers(1, 3))
-            h, w = int(rng.integers(1, 24)), int(rng.integers(1, 24))
-            pads = tuple(int(v) for v in rng.integers(0, k + 2, 4))
-            span = (k - 1) * d + 1
-            if h + pads[0] + pads[2] < span:
-                pads = (pads[0] + span, *pads[1:])
-            if w + pads[1] + pads[3] < span:
-                pads = (pads[0], pads[1] + span, *pads[2:])
+            n, h, w, s, d, pads = _random_window(rng, k, 24, 24)
             cases.append((n, h, w, c, (k, k), (s, s), (d, d), pads))
     cases += [(1, 1, 1, 17, (1, 1), (1, 1), (1, 1), (0, 0, 0, 0)), (1, 1, 1, 24, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
               (3, 2, 3, 40, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1)), (1, 2, 3, 8, (5, 5), (1, 2), (2, 1), (4, 2, 5, 3)),
@@ -131,14 +141,20 @@ def test_depthwise_any_placement_of_x_in_its_lines(c, kernel, stride):
 
 
 @pytest.mark.parametrize("simd", [True, False])
-def test_depthwise_nan_kept_and_infinities(simd):
-    x = np.ones((1, 5, 5, 3), np.float32)
-    x[0, 2, 2, 0], x[0, 0, 0, 1], x[0, 4, 4, 2] = np.nan, np.inf, -np.inf
-    wt = np.ones((3, 3, 3), np.float32)
+@pytest.mark.parametrize("kernel", ["depthwise_nhwc", "conv_nhwc_out"])
+def test_nan_kept_and_infinities(kernel, simd):
+    """A NaN and both infinities, at a border and inside, through the sums and the clamps."""
+    if kernel == "depthwise_nhwc":
+        x, wt, run, reference = np.ones((1, 5, 5, 3), np.float32), np.ones((3, 3, 3), np.float32), _run, _reference
+        x[0, 2, 2, 0], x[0, 0, 0, 1], x[0, 4, 4, 2] = np.nan, np.inf, -np.inf
+    else:
+        x, wt = np.ones((1, 3, 6, 6), np.float32), np.ones((16, 3, 3, 3), np.float32)
+        run, reference = _stem_run, _stem_reference
+        x[0, 0, 2, 2], x[0, 1, 0, 0], x[0, 2, 5, 5] = np.nan, np.inf, -np.inf
     with switched(native.set_nhwc_simd, simd):
         for act in [None, ("clip", 0.0, 6.0), ("relu", 0.0, 0.0)]:
-            got = _run(x, wt, (1, 1), (1, 1), (1, 1, 1, 1), None, act)
-            want = _reference(x, wt, (1, 1), (1, 1), (1, 1, 1, 1), None, act)
+            got = run(x, wt, (1, 1), (1, 1), (1, 1, 1, 1), None, act)
+            want = reference(x, wt, (1, 1), (1, 1), (1, 1, 1, 1), None, act)
             np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
             np.testing.assert_allclose(got, want, rtol=1e-6)
 
@@ -205,3 +221,136 @@ def test_overlapping_output_is_refused():
         native.global_average_nhwc(buf[:24], buf[20:28], (2, 3, 4))
     with pytest.raises(TypeError, match="expected a contiguous"):
         native.depthwise_nhwc(np.ones((1, 4, 4, 8)), _ones(1, 4, 4, 8), _ones(3, 3, 8), (1, 4, 4, 8), *GEOMETRY)
+
+
+# --- conv_nhwc_out: NCHW in, NHWC out (stems) ---------------------------------------------------
+
+def _padded_weight(w):
+    """[C_out, C_in, kh, kw] (ONNX's) as conv_nhwc_out takes it: [kh, kw, C_in, C_out rounded up to 16]."""
+    co = w.shape[0]
+    out = np.zeros((*w.shape[2:], w.shape[1], -(-co // 16) * 16), np.float32)
+    out[..., :co] = w.transpose(2, 3, 1, 0)
+    return out
+
+
+def _stem_reference(x, w, strides, dilations, pads, bias=None, act=None):
+    """A sum over the kernel's taps of each tap's strided view of the zero-padded NCHW input times its
+    [C_in, C_out] weights, in float64, laid out NHWC."""
+    n, c, h, wd = x.shape
+    co, _, kh, kw = w.shape
+    (sh, sw), (dh, dw), (top, left, bottom, right) = strides, dilations, pads
+    padded = np.zeros((n, c, h + top + bottom, wd + left + right))
+    padded[:, :, top:top + h, left:left + wd] = x
+    oh, ow = _out_size(h, wd, (kh, kw), strides, dilations, pads)
+    y = np.zeros((n, oh, ow, co)) if bias is None else np.broadcast_to(bias.astype(np.float64), (n, oh, ow, co)).copy()
+    for i in range(kh):
+        for j in range(kw):
+            view = padded[:, :, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
+            y += np.einsum("ncyx,kc->nyxk", view, w[:, :, i, j].astype(np.float64))
+    return _activate(y, act).astype(np.float32)
+
+
+def _stem_run(x, w, strides, dilations, pads, bias=None, act=None, threads=1):
+    n, c, h, wd = x.shape
+    co, _, kh, kw = w.shape
+    y = np.full((n, *_out_size(h, wd, (kh, kw), strides, dilations, pads), co), np.nan, np.float32)
+    native.conv_nhwc_out(x, y, _padded_weight(w), (n, c, h, wd, co), (kh, kw), strides, dilations, pads, bias, act,
+                         threads)
+    return y
+
+
+def _stem_cases():
+    """Random geometries (fixed seed) for every C_in and C_out of the brief, output rows of every length
+    the register runs split differently; then the stems of MobileNetV2 / EfficientNet and ResNet at a
+    smaller plane, and C_out over 64 (two groups of output-channel vectors)."""
+    rng = np.random.default_rng(11)
+    cases = []
+    for c in (1, 3, 4, 17):
+        for co in (8, 16, 24, 32, 40, 64):
+            k = int(rng.choice([1, 3, 5, 7]))
+            n, h, w, s, d, pads = _random_window(rng, k, 20, 40)
+            cases.append((n, c, h, w, co, (k, k), (s, s), (d, d), pads))
+    cases += [(1, 3, 9, 2 * w, co, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1))
+              for co in (16, 24, 32, 40, 64) for w in (1, 2, 3, 6, 13, 16, 29)]
+    cases += [(1, 3, 8, 30, 64, (7, 7), (2, 2), (1, 1), (3, 3, 3, 3)), (2, 3, 7, 23, 96, (3, 3), (2, 1), (1, 2), (0, 2, 1, 3)),
+              (1, 4, 7, 19, 80, (5, 3), (1, 3), (2, 1), (2, 0, 0, 1)), (1, 1, 1, 1, 8, (1, 1), (1, 1), (1, 1), (0, 0, 0, 0)),
+              (1, 3, 5, 11, 32, (3, 3), (1, 1), (1, 1), (0, 0, 0, 0))]
+    return cases
+
+
+@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("case", _stem_cases(), ids=lambda c: "n{}c{}h{}w{}co{}-k{}s{}d{}-p{}".format(*c))
+def test_conv_nhwc_out_matches_numpy(case, simd):
+    n, c, h, w, co, kernel, strides, dilations, pads = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((co, c, *kernel)) / np.sqrt(c * kernel[0] * kernel[1])).astype(np.float32)
+    bias = rng.standard_normal(co).astype(np.float32)
+    with switched(native.set_nhwc_simd, simd):
+        for i, act in enumerate(ACTS):
+            b = bias if i % 2 else None
+            got = _stem_run(x, wt, strides, dilations, pads, b, act)
+            np.testing.assert_allclose(got, _stem_reference(x, wt, strides, dilations, pads, b, act), rtol=1e-5,
+                                       atol=1e-5, err_msg=str(act))
+            np.testing.assert_array_equal(_stem_run(x, wt, strides, dilations, pads, b, act, threads=2), got)
+
+
+@pytest.mark.parametrize("simd", [True, False])
+def test_conv_nhwc_out_is_conv_lanes2d_transposed(simd):
+    """MobileNetV2's stem (3 -> 32, 3x3/2, ReLU6) at 2 x 64 x 64, on two threads sharing many rows:
+    the NCHW kernel's output, transposed."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 64, 64)).astype(np.float32)
+    wt = rng.standard_normal((32, 3, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(32).astype(np.float32)
+    geometry = ((3, 3), (2, 2), (1, 1), (0, 0, 1, 1))
+    nchw = np.empty((2, 32, 32, 32), np.float32)
+    native.conv_lanes2d(x, nchw, wt, x.shape, *geometry, 32, bias, (0.0, 6.0))
+    with switched(native.set_nhwc_simd, simd):
+        y = _stem_run(x, wt, *geometry[1:], bias, ("clip", 0.0, 6.0))
+        np.testing.assert_array_equal(_stem_run(x, wt, *geometry[1:], bias, ("clip", 0.0, 6.0), threads=2), y)
+    np.testing.assert_allclose(y, nchw.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+
+
+STEM = ((3, 3), (2, 2), (1, 1), (1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("call, message", [
+    (lambda: native.conv_nhwc_out(_ones(1, 3, 8, 8), _ones(1, 4, 4, 7), _ones(3, 3, 3, 16), (1, 3, 8, 8, 8), *STEM),
+     "y 128"),
+    (lambda: native.conv_nhwc_out(_ones(1, 3, 8, 8), _ones(1, 4, 4, 8), _ones(3, 3, 3, 8), (1, 3, 8, 8, 8), *STEM),
+     "weight 432"),
+    (lambda: native.conv_nhwc_out(_ones(1, 3, 8, 8), _ones(1, 4, 4, 8), _ones(3, 3, 3, 16), (1, 3, 8, 8, 8), *STEM,
+                                  bias=_ones(16)), "bias 8"),
+    (lambda: native.conv_nhwc_out(_ones(1, 3, 8, 8), _ones(1, 4, 4, 8), _ones(3, 3, 3, 16), (1, 4, 8, 8, 8), *STEM),
+     "x must have 256"),
+    (lambda: native.conv_nhwc_out(_ones(1, 3, 8, 8), _ones(1, 4, 4, 8), _ones(3, 3, 3, 16), (1, 3, 8, 8, 0), *STEM),
+     "out of bounds"),
+    (lambda: native.conv_nhwc_out(_ones(1, 3, 8, 8), _ones(1, 4, 4, 8), _ones(3, 3, 3, 16), (1, 3, 8, 8, 8), (3, 3),
+                                  (2, 2), (0, 1), (1, 1, 1, 1)), "out of bounds"),
+    (lambda: native.conv_nhwc_out(_ones(1, 3, 8, 8), _ones(1, 4, 4, 8), _ones(3, 3, 3, 16), (1, 3, 8, 8, 8), (3, 3),
+                                  (2, 2), (1, 1), (1, 1, -1, 1)), "out of bounds"),
+    (lambda: native.conv_nhwc_out(_ones(1, 3, 8, 8), _ones(1, 4, 4, 8), _ones(11, 3, 3, 16), (1, 3, 8, 8, 8), (11, 3),
+                                  (2, 2), (1, 1), (1, 1, 1, 1)), "smaller than the kernel"),
+    (lambda: native.conv_nhwc_out(_ones(1, 3, 8, 8), _ones(1, 4, 4, 8), _ones(3, 3, 3, 16), (1, 3, 8, 8, 8), *STEM,
+                                  act=("gelu", 0.0, 0.0)), "unknown activation 'gelu'"),
+    (lambda: native.conv_nhwc_out(_ones(1, 3, 8, 8), _ones(1, 4, 4, 8), _ones(3, 3, 3, 16), (2**62 + 1, 3, 8, 8, 8),
+                                  *STEM), "out of bounds"),
+    (lambda: native.conv_nhwc_out(_ones(4), _ones(4), _ones(16), (2**20, 2**20, 2**20, 2**20, 1), (1, 1), (1, 1),
+                                  (1, 1), (0, 0, 0, 0)), "overflows"),
+], ids=["y", "weight not padded to 16", "bias", "shape", "no output channels", "dilation 0", "negative pad",
+        "kernel past the input", "activation", "huge batch", "huge product"])
+def test_conv_nhwc_out_bad_calls_are_refused(call, message, simd):
+    with switched(native.set_nhwc_simd, simd), pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_conv_nhwc_out_refuses_overlap_and_other_dtypes():
+    buf = np.ones(3 * 8 * 8 + 128, np.float32)
+    with pytest.raises(ValueError, match="must not overlap"):
+        native.conv_nhwc_out(buf[:192], buf[150:278], _ones(3, 3, 3, 16), (1, 3, 8, 8, 8), *STEM)
+    with pytest.raises(TypeError, match="expected a contiguous"):
+        native.conv_nhwc_out(np.ones((1, 3, 8, 8)), _ones(1, 4, 4, 8), _ones(3, 3, 3, 16), (1, 3, 8, 8, 8), *STEM)
+    with pytest.raises(TypeError, match="bytes-like"):
+        native.conv_nhwc_out(_ones(1, 3, 8, 8), None, _ones(3, 3, 3, 16), (1, 3, 8, 8, 8), *STEM)

@@ -1,5 +1,6 @@
 /* dcm.runtime.cpu._nhwc: channels-last (NHWC) kernels for the chains of depthwise and 1x1
- * convolutions the runtime keeps channels-last: the depthwise convolution and the global average pool.
+ * convolutions the runtime keeps channels-last: the depthwise convolution, the global average pool,
+ * and conv_nhwc_out, the stem convolution that enters such a chain (NCHW in, NHWC out; see there).
  *
  * Why channels-last: on NCHW planes a depthwise layer's 16 channels sit a plane apart, so a narrow or
  * strided plane had to be transposed in and out around each layer (_native.c's depthwise2d, lanes
@@ -23,6 +24,49 @@
 #define POOL_VECTORS 4            /* 16-channel vectors per global_average_nhwc unit */
 #define HEAD_MIN_CHANNELS 64      /* the fewest channels for which an aligning partial vector pays */
 
+/* A convolution call's window as its arguments give it: batch, input plane, kernel, strides,
+ * dilations and pads (top, left, bottom, right). */
+typedef struct {
+    Py_ssize_t n, h, w, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr;
+} Window;
+
+/* Bounds every size of g and the channel counts c0, c1 (so that no later product overflows
+ * unnoticed), then sets the output plane *oh x *ow as ONNX Conv computes it (floor). -1 and a
+ * ValueError naming the kernel where a size, stride, dilation or pad is out of bounds or the kernel's
+ * span is larger than the padded input. */
+static int window_output(const char *kernel, const Window *g, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t *oh,
+                         Py_ssize_t *ow)
+{
+    const Py_ssize_t sizes[] = {g->h, g->w, c0, c1, g->kh, g->kw, g->sh, g->sw, g->dh, g->dw};
+    int ok = g->n >= 0 && g->n <= BIG * BIG && g->pt >= 0 && g->pl >= 0 && g->pb >= 0 && g->pr >= 0 &&
+             g->pt + g->pb <= BIG && g->pl + g->pr <= BIG;
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) ok = ok && sizes[i] >= 1 && sizes[i] <= BIG;
+    if (!ok) {
+        PyErr_Format(PyExc_ValueError, "%s: a size, stride, dilation or pad is out of bounds", kernel);
+        return -1;
+    }
+    const Py_ssize_t span_h = (g->kh - 1) * g->dh + 1, span_w = (g->kw - 1) * g->dw + 1;
+    if (g->h + g->pt + g->pb < span_h || g->w + g->pl + g->pr < span_w) {
+        PyErr_Format(PyExc_ValueError, "%s: the input (padded) is smaller than the kernel window", kernel);
+        return -1;
+    }
+    *oh = (g->h + g->pt + g->pb - span_h) / g->sh + 1;
+    *ow = (g->w + g->pl + g->pr - span_w) / g->sw + 1;
+    return 0;
+}
+
+/* The output columns [*a, *b) of an output row ow wide whose taps all fall inside the input row:
+ * ox * sw >= pl and ox * sw - pl + (kw - 1) * dw <= W - 1 (none: *a == *b). */
+static void interior_columns(const Window *g, Py_ssize_t ow, Py_ssize_t *a, Py_ssize_t *b)
+{
+    const Py_ssize_t last = g->w - 1 + g->pl - (g->kw - 1) * g->dw;
+    *a = (g->pl + g->sw - 1) / g->sw;
+    *b = last < 0 ? 0 : last / g->sw + 1;
+    if (*a > ow) *a = ow;
+    if (*b > ow) *b = ow;
+    if (*b < *a) *b = *a;
+}
+
 /* One depthwise_nhwc call, as the pool's ranges of output rows see it. */
 typedef struct {
     const float *x, *w, *bias;
@@ -33,14 +77,21 @@ typedef struct {
     ConvAct act;
 } Depthwise;
 
+/* The taps [*a, *b) of a kernel k taps wide, dilation d, whose first tap reads position start, that fall
+ * inside [0, size) (none: *a == *b): an output row's valid kernel rows. */
+static inline void valid_taps(Py_ssize_t start, Py_ssize_t k, Py_ssize_t d, Py_ssize_t size, Py_ssize_t *a,
+                              Py_ssize_t *b)
+{
+    Py_ssize_t i = 0, e = k;
+    while (i < e && start + i * d < 0) i++;
+    while (e > i && start + (e - 1) * d >= size) e--;
+    *a = i, *b = e;
+}
+
 /* The kernel rows [*i0, *i1) of output row oy that fall inside the input (none: *i0 == *i1). */
 static inline void valid_rows(const Depthwise *p, Py_ssize_t oy, Py_ssize_t *i0, Py_ssize_t *i1)
 {
-    const Py_ssize_t top = oy * p->sh - p->pt;
-    Py_ssize_t a = 0, b = p->kh;
-    while (a < b && top + a * p->dh < 0) a++;
-    while (b > a && top + (b - 1) * p->dh >= p->h) b--;
-    *i0 = a, *i1 = b;
+    valid_taps(oy * p->sh - p->pt, p->kh, p->dh, p->h, i0, i1);
 }
 
 /* Unit u = sample * OH + output row: every channel of the row's output pixels. */
@@ -246,6 +297,38 @@ static inline int overlap(const Py_buffer *a, const Py_buffer *b)
     return a->len > 0 && b->len > 0 && a0 < b0 + b->len && b0 < a0 + a->len;
 }
 
+/* The buffers x, y, weight and bias (Py_None: none) of a convolution call, objs and views in that
+ * order: C-contiguous float32 of exactly counts[i] values each, y writable and not overlapping x (a
+ * store would change inputs later pixels still read). -1 and an exception naming the kernel otherwise;
+ * the views got so far are left for the caller's RELEASE_BUFFERS. */
+static int conv_buffers(const char *kernel, PyObject *const *objs, Py_buffer *const *views, const Py_ssize_t *counts)
+{
+    static const char *const names[] = {"x", "y", "weight", "bias"};
+    for (int i = 0; i < 4; i++)
+        if ((i < 3 || objs[i] != Py_None) && get_array_of_rank(objs[i], views[i], 'f', 4, i == 1, 1, names[i]) < 0) return -1;
+    for (int i = 0; i < 4; i++)
+        if (views[i]->obj && views[i]->len / 4 != counts[i]) {
+            PyErr_Format(PyExc_ValueError, "%s: x must have %zd values, y %zd, weight %zd, bias %zd", kernel,
+                         counts[0], counts[1], counts[2], counts[3]);
+            return -1;
+        }
+    if (overlap(views[0], views[1])) {
+        PyErr_Format(PyExc_ValueError, "%s: y must not overlap x", kernel);
+        return -1;
+    }
+    return 0;
+}
+
+/* run(ctx, lo, hi) over units [0, count) of `work` multiply-adds (or reads) each, without the GIL, on
+ * up to `threads` threads of the native pool in ranges of at least GRAIN_WORK (a hand-off costs ~1-5 us). */
+static void run_units(dcm_range_fn run, void *ctx, Py_ssize_t count, Py_ssize_t work, int threads)
+{
+    const Py_ssize_t grain = work >= GRAIN_WORK ? 1 : GRAIN_WORK / (work ? work : 1);
+    Py_BEGIN_ALLOW_THREADS
+    parallel_for(run, ctx, count, grain, threads);
+    Py_END_ALLOW_THREADS
+}
+
 PyDoc_STRVAR(depthwise_nhwc_doc,
 "depthwise_nhwc(x, y, weight, shape, kernel, strides, dilations, pads, bias=None, act=None, threads=1)\n\n"
 "Depthwise convolution (one channel per group, channel multiplier 1) of x float32 [N, H, W, C]\n"
@@ -260,29 +343,18 @@ static PyObject *depthwise_nhwc(PyObject *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"x", "y", "weight", "shape", "kernel", "strides", "dilations", "pads", "bias", "act",
                              "threads", NULL};
     PyObject *xo, *yo, *wo, *bo = Py_None, *acto = Py_None;
-    Py_ssize_t pb, pr;
     int threads = 1;
+    Window g;
     Depthwise p = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO(nnnn)(nn)(nn)(nn)(nnnn)|OOi", kwlist, &xo, &yo, &wo, &p.n, &p.h,
-                                     &p.w_, &p.c, &p.kh, &p.kw, &p.sh, &p.sw, &p.dh, &p.dw, &p.pt, &p.pl, &pb, &pr,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO(nnnn)(nn)(nn)(nn)(nnnn)|OOi", kwlist, &xo, &yo, &wo, &g.n, &g.h,
+                                     &g.w, &p.c, &g.kh, &g.kw, &g.sh, &g.sw, &g.dh, &g.dw, &g.pt, &g.pl, &g.pb, &g.pr,
                                      &bo, &acto, &threads))
         return NULL;
-    if (parse_conv_act(acto, &p.act, "depthwise_nhwc") < 0) return NULL;
-    const Py_ssize_t sizes[] = {p.h, p.w_, p.c, p.kh, p.kw, p.sh, p.sw, p.dh, p.dw};
-    int ok = p.n >= 0 && p.n <= BIG * BIG && p.pt >= 0 && p.pl >= 0 && pb >= 0 && pr >= 0 && p.pt + pb <= BIG &&
-             p.pl + pr <= BIG;
-    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) ok = ok && sizes[i] >= 1 && sizes[i] <= BIG;
-    if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "depthwise_nhwc: a size, stride, dilation or pad is out of bounds");
+    if (parse_conv_act(acto, &p.act, "depthwise_nhwc") < 0 ||
+        window_output("depthwise_nhwc", &g, p.c, p.c, &p.oh, &p.ow) < 0)
         return NULL;
-    }
-    const Py_ssize_t span_h = (p.kh - 1) * p.dh + 1, span_w = (p.kw - 1) * p.dw + 1;
-    if (p.h + p.pt + pb < span_h || p.w_ + p.pl + pr < span_w) {
-        PyErr_SetString(PyExc_ValueError, "depthwise_nhwc: the input (padded) is smaller than the kernel window");
-        return NULL;
-    }
-    p.oh = (p.h + p.pt + pb - span_h) / p.sh + 1;
-    p.ow = (p.w_ + p.pl + pr - span_w) / p.sw + 1;
+    p.n = g.n, p.h = g.h, p.w_ = g.w, p.kh = g.kh, p.kw = g.kw, p.sh = g.sh, p.sw = g.sw, p.dh = g.dh, p.dw = g.dw;
+    p.pt = g.pt, p.pl = g.pl;
     const Py_ssize_t x_count = SIZE_PRODUCT(p.n, p.h, p.w_, p.c), y_count = SIZE_PRODUCT(p.n, p.oh, p.ow, p.c),
                      w_count = SIZE_PRODUCT(p.kh, p.kw, p.c), per_row = SIZE_PRODUCT(p.ow, p.c, p.kh, p.kw);
     if (x_count < 0 || y_count < 0 || w_count < 0 || per_row < 0) {
@@ -291,27 +363,11 @@ static PyObject *depthwise_nhwc(PyObject *self, PyObject *args, PyObject *kwds)
     }
     Py_buffer xb = {0}, yb = {0}, wb = {0}, bb = {0};
     PyObject *result = NULL;
-    if (get_array_of_rank(xo, &xb, 'f', 4, 0, 1, "x") < 0 || get_array_of_rank(yo, &yb, 'f', 4, 1, 1, "y") < 0 ||
-        get_array_of_rank(wo, &wb, 'f', 4, 0, 1, "weight") < 0 ||
-        (bo != Py_None && get_array_of_rank(bo, &bb, 'f', 4, 0, 1, "bias") < 0))
+    if (conv_buffers("depthwise_nhwc", (PyObject *[]){xo, yo, wo, bo}, (Py_buffer *[]){&xb, &yb, &wb, &bb},
+                     (Py_ssize_t[]){x_count, y_count, w_count, p.c}) < 0)
         goto done;
-    if (xb.len / 4 != x_count || yb.len / 4 != y_count || wb.len / 4 != w_count || (bb.obj && bb.len / 4 != p.c)) {
-        PyErr_Format(PyExc_ValueError, "depthwise_nhwc: x must have %zd values, y %zd, weight %zd, bias %zd", x_count,
-                     y_count, w_count, p.c);
-        goto done;
-    }
-    if (overlap(&xb, &yb)) { /* a store would change inputs later pixels still read */
-        PyErr_SetString(PyExc_ValueError, "depthwise_nhwc: y must not overlap x");
-        goto done;
-    }
     p.x = xb.buf, p.y = yb.buf, p.w = wb.buf, p.bias = bb.obj ? bb.buf : NULL;
-    /* interior columns: ox * sw >= pl and ox * sw - pl + (kw - 1) * dw <= W - 1 */
-    const Py_ssize_t last = p.w_ - 1 + p.pl - (p.kw - 1) * p.dw;
-    p.inner0 = (p.pl + p.sw - 1) / p.sw;
-    p.inner1 = last < 0 ? 0 : last / p.sw + 1;
-    if (p.inner0 > p.ow) p.inner0 = p.ow;
-    if (p.inner1 > p.ow) p.inner1 = p.ow;
-    if (p.inner1 < p.inner0) p.inner1 = p.inner0;
+    interior_columns(&g, p.ow, &p.inner0, &p.inner1);
     /* Where every pixel's channels start equally placed in a 64-byte line (C a multiple of 16) but x is
      * not 64-byte aligned (numpy's arrays are 16 bytes into a line), a first partial vector of the
      * channels before the next line boundary makes the other loads of x aligned: a load across two
@@ -319,14 +375,11 @@ static PyObject *depthwise_nhwc(PyObject *self, PyObject *args, PyObject *kwds)
      * vector than they gain. */
     const uintptr_t misaligned = (uintptr_t)xb.buf % 64;
     p.head = p.c % 16 == 0 && p.c >= HEAD_MIN_CHANNELS && misaligned % 4 == 0 ? (64 - misaligned) % 64 / 4 : 0;
-    const Py_ssize_t grain = per_row >= GRAIN_WORK ? 1 : GRAIN_WORK / (per_row ? per_row : 1);
     dcm_range_fn run = depthwise_generic;
 #ifdef HAVE_AVX2_PATH
     if (use_avx512()) run = depthwise_avx512;
 #endif
-    Py_BEGIN_ALLOW_THREADS
-    parallel_for(run, &p, p.n * p.oh, grain, threads);
-    Py_END_ALLOW_THREADS
+    run_units(run, &p, p.n * p.oh, per_row, threads);
     result = Py_NewRef(Py_None);
 done:
     RELEASE_BUFFERS(&xb, &yb, &wb, &bb);
@@ -428,18 +481,213 @@ static PyObject *global_average_nhwc(PyObject *self, PyObject *args, PyObject *k
     }
     p.x = xb.buf, p.y = yb.buf;
     p.blocks = (p.c + 16 * POOL_VECTORS - 1) / (16 * POOL_VECTORS);
-    const Py_ssize_t per_unit = p.pixels * 16 * POOL_VECTORS;
-    const Py_ssize_t grain = per_unit >= GRAIN_WORK ? 1 : GRAIN_WORK / per_unit;
     dcm_range_fn run = average_generic;
 #ifdef HAVE_AVX2_PATH
     if (use_avx512()) run = average_avx512;
 #endif
-    Py_BEGIN_ALLOW_THREADS
-    parallel_for(run, &p, n * p.blocks, grain, threads);
-    Py_END_ALLOW_THREADS
+    run_units(run, &p, n * p.blocks, p.pixels * 16 * POOL_VECTORS, threads); /* values read a unit */
     result = Py_NewRef(Py_None);
 done:
     RELEASE_BUFFERS(&xb, &yb);
+    return result;
+}
+
+/* conv_nhwc_out: a dense convolution (group 1) of few input channels that reads NCHW and writes NHWC,
+ * for the stem in front of a channels-last region, whose NCHW output would otherwise be transposed.
+ * An output pixel's channels are a sum over (tap, input channel) of one input value, broadcast, times
+ * a vector of output channels' weights; the weight is [kh, kw, C_in, C_out rounded up to 16], so that
+ * each (tap, input channel) is a row of whole vectors (zeros past C_out). */
+#define OUT_VECTORS_MAX 4  /* output-channel vectors a register block holds */
+#define OUT_ACC_MAX 24     /* accumulators a register block holds (of 32 registers: the rest weights, input) */
+
+/* One conv_nhwc_out call, as the pool's ranges of (sample, output row) see it. */
+typedef struct {
+    const float *x, *w, *bias;
+    float *y;
+    Window g;
+    Py_ssize_t c, co, cp;      /* input channels, output channels, co rounded up to 16 (a weight row) */
+    Py_ssize_t oh, ow;
+    Py_ssize_t inner0, inner1; /* the output columns [inner0, inner1) whose taps all fall inside the row */
+    ConvAct act;
+} ConvOut;
+
+/* Unit u = sample * OH + output row: every channel of the row's output pixels. */
+static void conv_out_generic(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const ConvOut *p = ctx;
+    const Window *g = &p->g;
+    const Py_ssize_t plane = g->h * g->w;
+    for (Py_ssize_t u = lo; u < hi; u++) {
+        const Py_ssize_t s = u / p->oh, oy = u % p->oh;
+        Py_ssize_t i0, i1;
+        valid_taps(oy * g->sh - g->pt, g->kh, g->dh, g->h, &i0, &i1);
+        for (Py_ssize_t ox = 0; ox < p->ow; ox++) {
+            float *restrict yp = p->y + (u * p->ow + ox) * p->co;
+            for (Py_ssize_t k = 0; k < p->co; k++) yp[k] = p->bias ? p->bias[k] : 0.f;
+            for (Py_ssize_t i = i0; i < i1; i++) {
+                const Py_ssize_t iy = oy * g->sh - g->pt + i * g->dh;
+                for (Py_ssize_t j = 0; j < g->kw; j++) {
+                    const Py_ssize_t ix = ox * g->sw - g->pl + j * g->dw;
+                    if (ix < 0 || ix >= g->w) continue;
+                    const float *xp = p->x + s * p->c * plane + iy * g->w + ix;
+                    const float *restrict wp = p->w + (i * g->kw + j) * p->c * p->cp;
+                    for (Py_ssize_t c = 0; c < p->c; c++, wp += p->cp) {
+                        const float xv = xp[c * plane];
+                        for (Py_ssize_t k = 0; k < p->co; k++) yp[k] += wp[k] * xv;
+                    }
+                }
+            }
+            for (Py_ssize_t k = 0; k < p->co; k++) yp[k] = conv_act1(&p->act, yp[k]);
+        }
+    }
+}
+
+#ifdef HAVE_AVX2_PATH
+/* Output pixels [ox, ox + count) of row oy, sample s, channels [k, k + 16 V), kernel rows [i0, i1):
+ * count x V accumulators in registers through every (tap, input channel), each weight vector loaded
+ * once for the count pixels and each input value broadcast once for the V vectors. Stores masked by
+ * m[v] (a last vector of C_out not a multiple of 16). SW: the horizontal stride as a constant (0: p's).
+ * checked: some of the pixels' taps may fall outside the row, skipped one by one. count, V, SW and
+ * checked are constants where inlined. */
+AVX512 static inline __attribute__((always_inline)) void
+out_pixels_avx512(const ConvOut *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t k, const __mmask16 *m,
+                  Py_ssize_t i0, Py_ssize_t i1, const int count, const int V, const int SW, const int checked)
+{
+    const Window *g = &p->g;
+    const Py_ssize_t sw = SW ? SW : g->sw, plane = g->h * g->w, cp = p->cp;
+    __m512 acc[OUT_ACC_MAX];
+    UNROLL for (int v = 0; v < V; v++) {
+        const __m512 b = p->bias ? _mm512_maskz_loadu_ps(m[v], p->bias + k + 16 * v) : _mm512_setzero_ps();
+        UNROLL for (int q = 0; q < count; q++) acc[q * V + v] = b;
+    }
+    for (Py_ssize_t i = i0; i < i1; i++) {
+        /* x index of pixel ox's tap (i, 0), input channel 0: negative where that tap is in the padding */
+        const Py_ssize_t row = s * p->c * plane + (oy * g->sh - g->pt + i * g->dh) * g->w + ox * sw - g->pl;
+        const float *wp = p->w + i * g->kw * p->c * cp + k;
+        for (Py_ssize_t j = 0; j < g->kw; j++) {
+            const Py_ssize_t ix = ox * sw - g->pl + j * g->dw; /* pixel ox's input column */
+            for (Py_ssize_t c = 0, at = row + j * g->dw; c < p->c; c++, at += plane, wp += cp) {
+                __m512 wv[OUT_VECTORS_MAX];
+                UNROLL for (int v = 0; v < V; v++) wv[v] = _mm512_loadu_ps(wp + 16 * v);
+                UNROLL for (int q = 0; q < count; q++) {
+                    if (checked && (ix + q * sw < 0 || ix + q * sw >= g->w)) continue;
+                    const __m512 xv = _mm512_set1_ps(p->x[at + q * sw]);
+                    UNROLL for (int v = 0; v < V; v++) acc[q * V + v] = _mm512_fmadd_ps(wv[v], xv, acc[q * V + v]);
+                }
+            }
+        }
+    }
+    float *yp = p->y + ((s * p->oh + oy) * p->ow + ox) * p->co + k;
+    UNROLL for (int q = 0; q < count; q++)
+        UNROLL for (int v = 0; v < V; v++)
+            _mm512_mask_storeu_ps(yp + q * p->co + 16 * v, m[v], conv_act16(&p->act, acc[q * V + v]));
+}
+
+/* Channels [k, k + 16 V) of one output row. The interior columns in runs of as many pixels as
+ * OUT_ACC_MAX accumulators hold (at most 12), then of 4, the last 1-3 as the run of 4 that ends the
+ * interior (recomputing up to 3 pixels to the same bits) rather than single pixels, whose V chains of
+ * multiply-adds each wait on the last; the border columns (1-3 a side in a stem) one by one with
+ * their valid taps, since a checked run costs a test per pixel and tap (3x3/2 at 224: 10% of the
+ * time). V and SW are constants where inlined. */
+AVX512 static inline __attribute__((always_inline)) void
+out_row_avx512(const ConvOut *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t k, const __mmask16 *m, Py_ssize_t i0,
+               Py_ssize_t i1, const int V, const int SW)
+{
+    const int run = OUT_ACC_MAX / V < 12 ? OUT_ACC_MAX / V : 12;
+    Py_ssize_t ox = p->inner0;
+    for (; ox + run <= p->inner1; ox += run) out_pixels_avx512(p, s, oy, ox, k, m, i0, i1, run, V, SW, 0);
+    for (; ox + 4 <= p->inner1; ox += 4) out_pixels_avx512(p, s, oy, ox, k, m, i0, i1, 4, V, SW, 0);
+    if (ox < p->inner1 && p->inner1 - p->inner0 >= 4)
+        out_pixels_avx512(p, s, oy, p->inner1 - 4, k, m, i0, i1, 4, V, SW, 0);
+    else
+        for (; ox < p->inner1; ox++) out_pixels_avx512(p, s, oy, ox, k, m, i0, i1, 1, V, SW, 0);
+    for (ox = 0; ox < p->inner0; ox++) out_pixels_avx512(p, s, oy, ox, k, m, i0, i1, 1, V, SW, 1);
+    for (ox = p->inner1; ox < p->ow; ox++) out_pixels_avx512(p, s, oy, ox, k, m, i0, i1, 1, V, SW, 1);
+}
+
+/* Units u = sample * OH + output row, in groups of up to 4 vectors of output channels; strides 1 and
+ * 2 (the stems') as constants. */
+AVX512 static void conv_out_avx512(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const ConvOut *p = ctx;
+    const int stride = p->g.sw == 1 || p->g.sw == 2 ? (int)p->g.sw : 0;
+    for (Py_ssize_t u = lo; u < hi; u++) {
+        const Py_ssize_t s = u / p->oh, oy = u % p->oh;
+        Py_ssize_t i0, i1;
+        valid_taps(oy * p->g.sh - p->g.pt, p->g.kh, p->g.dh, p->g.h, &i0, &i1);
+        for (Py_ssize_t k = 0; k < p->co; k += 16 * OUT_VECTORS_MAX) {
+            __mmask16 m[OUT_VECTORS_MAX] = {0};
+            int V = 0;
+            for (; V < OUT_VECTORS_MAX && k + 16 * V < p->co; V++) {
+                const Py_ssize_t left = p->co - k - 16 * V;
+                m[V] = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+            }
+#define ROW(V, SW) out_row_avx512(p, s, oy, k, m, i0, i1, V, SW)
+            switch (V * 4 + stride) {
+            case 1 * 4 + 1: ROW(1, 1); break;
+            case 1 * 4 + 2: ROW(1, 2); break;
+            case 1 * 4 + 0: ROW(1, 0); break;
+            case 2 * 4 + 1: ROW(2, 1); break;
+            case 2 * 4 + 2: ROW(2, 2); break;
+            case 2 * 4 + 0: ROW(2, 0); break;
+            case 3 * 4 + 1: ROW(3, 1); break;
+            case 3 * 4 + 2: ROW(3, 2); break;
+            case 3 * 4 + 0: ROW(3, 0); break;
+            case 4 * 4 + 1: ROW(4, 1); break;
+            case 4 * 4 + 2: ROW(4, 2); break;
+            default: ROW(4, 0);
+            }
+#undef ROW
+        }
+    }
+}
+#endif
+
+PyDoc_STRVAR(conv_nhwc_out_doc,
+"conv_nhwc_out(x, y, weight, shape, kernel, strides, dilations, pads, bias=None, act=None, threads=1)\n\n"
+"Dense convolution (group 1) of x float32 [N, C_in, H, W] (NCHW; shape = (N, C_in, H, W, C_out))\n"
+"into y float32 [N, OH, OW, C_out] (NHWC), OH and OW as ONNX Conv (floor); y must not overlap x.\n"
+"weight float32 [kh, kw, C_in, C_out rounded up to 16] (zeros past C_out); kernel, strides,\n"
+"dilations = (h, w); pads = (top, left, bottom, right). bias float32 [C_out] is added, then act as\n"
+"depthwise_nhwc's. Made for few input channels (stems: 1, 3, 4); correct for any. Output rows on up\n"
+"to `threads` threads of the native pool.");
+
+static PyObject *conv_nhwc_out(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"x", "y", "weight", "shape", "kernel", "strides", "dilations", "pads", "bias", "act",
+                             "threads", NULL};
+    PyObject *xo, *yo, *wo, *bo = Py_None, *acto = Py_None;
+    int threads = 1;
+    ConvOut p = {0};
+    Window *g = &p.g;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO(nnnnn)(nn)(nn)(nn)(nnnn)|OOi", kwlist, &xo, &yo, &wo, &g->n,
+                                     &p.c, &g->h, &g->w, &p.co, &g->kh, &g->kw, &g->sh, &g->sw, &g->dh, &g->dw, &g->pt,
+                                     &g->pl, &g->pb, &g->pr, &bo, &acto, &threads))
+        return NULL;
+    if (parse_conv_act(acto, &p.act, "conv_nhwc_out") < 0 || window_output("conv_nhwc_out", g, p.c, p.co, &p.oh, &p.ow) < 0)
+        return NULL;
+    p.cp = (p.co + 15) / 16 * 16;
+    const Py_ssize_t x_count = SIZE_PRODUCT(g->n, p.c, g->h, g->w), y_count = SIZE_PRODUCT(g->n, p.oh, p.ow, p.co),
+                     w_count = SIZE_PRODUCT(g->kh, g->kw, p.c, p.cp), per_row = SIZE_PRODUCT(p.ow, p.cp, g->kh, g->kw, p.c);
+    if (x_count < 0 || y_count < 0 || w_count < 0 || per_row < 0) {
+        PyErr_SetString(PyExc_ValueError, "conv_nhwc_out: the input, output or weight size overflows");
+        return NULL;
+    }
+    Py_buffer xb = {0}, yb = {0}, wb = {0}, bb = {0};
+    PyObject *result = NULL;
+    if (conv_buffers("conv_nhwc_out", (PyObject *[]){xo, yo, wo, bo}, (Py_buffer *[]){&xb, &yb, &wb, &bb},
+                     (Py_ssize_t[]){x_count, y_count, w_count, p.co}) < 0)
+        goto done;
+    p.x = xb.buf, p.y = yb.buf, p.w = wb.buf, p.bias = bb.obj ? bb.buf : NULL;
+    interior_columns(g, p.ow, &p.inner0, &p.inner1);
+    dcm_range_fn run = conv_out_generic;
+#ifdef HAVE_AVX2_PATH
+    if (use_avx512()) run = conv_out_avx512;
+#endif
+    run_units(run, &p, g->n * p.oh, per_row, threads);
+    result = Py_NewRef(Py_None);
+done:
+    RELEASE_BUFFERS(&xb, &yb, &wb, &bb);
     return result;
 }
 
@@ -448,6 +696,7 @@ static PyMethodDef module_methods[] = {
     {"depthwise_nhwc", (PyCFunction)(void (*)(void))depthwise_nhwc, METH_VARARGS | METH_KEYWORDS, depthwise_nhwc_doc},
     {"global_average_nhwc", (PyCFunction)(void (*)(void))global_average_nhwc, METH_VARARGS | METH_KEYWORDS,
      global_average_nhwc_doc},
+    {"conv_nhwc_out", (PyCFunction)(void (*)(void))conv_nhwc_out, METH_VARARGS | METH_KEYWORDS, conv_nhwc_out_doc},
     {NULL},
 };
 

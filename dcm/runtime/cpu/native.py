@@ -35,10 +35,10 @@ try:  # _gemm.c: dense float32 products split over the native thread pool
     from dcm.runtime.cpu._gemm import gemm, gemm_packed, pack_weight, packed_simd, set_simd as set_gemm_simd
 except ImportError:  # pragma: no cover - as above
     gemm = gemm_packed = pack_weight = packed_simd = set_gemm_simd = None
-try:  # _nhwc.c: channels-last depthwise convolution and global average pool
-    from dcm.runtime.cpu._nhwc import depthwise_nhwc, global_average_nhwc, set_simd as set_nhwc_simd
+try:  # _nhwc.c: channels-last depthwise convolution and global average pool, the NCHW-in NHWC-out stem
+    from dcm.runtime.cpu._nhwc import conv_nhwc_out, depthwise_nhwc, global_average_nhwc, set_simd as set_nhwc_simd
 except ImportError:  # pragma: no cover - as above
-    depthwise_nhwc = global_average_nhwc = set_nhwc_simd = None
+    conv_nhwc_out = depthwise_nhwc = global_average_nhwc = set_nhwc_simd = None
 
 # The load-time limit: a pruned layer denser than this is held dense. Below it the batched product
 # (SparseMatrix.matmat_rows) beats BLAS on the dense form up to 22-35% density from 8 rows (by layer
@@ -48,7 +48,7 @@ SPARSE_MAX_DENSITY = 0.30
 
 NAMES = ("SparseConv", "SparseMatrix", "depthwise2d", "conv_lanes2d", "im2col2d", "pool2d", "winograd_conv",
          "activate", "layer_norm", "softmax", "recurrent_scan", "resize2d", "col2im2d", "pointwise_conv", "gemm",
-         "gemm_packed", "transpose2d", "concat", "depthwise_nhwc", "global_average_nhwc")
+         "gemm_packed", "transpose2d", "concat", "depthwise_nhwc", "global_average_nhwc", "conv_nhwc_out")
 
 
 def available() -> bool:
