@@ -305,7 +305,8 @@ static int conv_buffers(const char *kernel, PyObject *const *objs, Py_buffer *co
 {
     static const char *const names[] = {"x", "y", "weight", "bias"};
     for (int i = 0; i < 4; i++)
-        if ((i < 3 || objs[i] != Py_None) && get_array_of_rank(objs[i], views[i], 'f', 4, i == 1, 1, names[i]) < 0) return -1;
+        if ((i < 3 || objs[i] != Py_None) && get_array_of_rank(objs[i], views[i], 'f', 4, i == 1, 1, names[i]) < 0)
+            return -1;
     for (int i = 0; i < 4; i++)
         if (views[i]->obj && views[i]->len / 4 != counts[i]) {
             PyErr_Format(PyExc_ValueError, "%s: x must have %zd values, y %zd, weight %zd, bias %zd", kernel,
@@ -664,11 +665,13 @@ static PyObject *conv_nhwc_out(PyObject *self, PyObject *args, PyObject *kwds)
                                      &p.c, &g->h, &g->w, &p.co, &g->kh, &g->kw, &g->sh, &g->sw, &g->dh, &g->dw, &g->pt,
                                      &g->pl, &g->pb, &g->pr, &bo, &acto, &threads))
         return NULL;
-    if (parse_conv_act(acto, &p.act, "conv_nhwc_out") < 0 || window_output("conv_nhwc_out", g, p.c, p.co, &p.oh, &p.ow) < 0)
+    if (parse_conv_act(acto, &p.act, "conv_nhwc_out") < 0 ||
+        window_output("conv_nhwc_out", g, p.c, p.co, &p.oh, &p.ow) < 0)
         return NULL;
     p.cp = (p.co + 15) / 16 * 16;
     const Py_ssize_t x_count = SIZE_PRODUCT(g->n, p.c, g->h, g->w), y_count = SIZE_PRODUCT(g->n, p.oh, p.ow, p.co),
-                     w_count = SIZE_PRODUCT(g->kh, g->kw, p.c, p.cp), per_row = SIZE_PRODUCT(p.ow, p.cp, g->kh, g->kw, p.c);
+                     w_count = SIZE_PRODUCT(g->kh, g->kw, p.c, p.cp),
+                     per_row = SIZE_PRODUCT(p.ow, p.cp, g->kh, g->kw, p.c);
     if (x_count < 0 || y_count < 0 || w_count < 0 || per_row < 0) {
         PyErr_SetString(PyExc_ValueError, "conv_nhwc_out: the input, output or weight size overflows");
         return NULL;
