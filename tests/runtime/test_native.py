@@ -229,11 +229,11 @@ def test_wide_weights_go_by_column_blocks(rows, cols, density, path):
 
 
 @pytest.mark.parametrize("path", ["avx512", "avx2", "generic"])
-@pytest.mark.parametrize("n", [16, 17, 49, 64, 65, 392])
+@pytest.mark.parametrize("n", [16, 17, 40, 49, 64, 65, 392])
 def test_conv_columns_on_wide_panels(n, path):
     """im2col's columns of a 512-channel 3x3 layer (4608 inputs) at the vector counts of 7x7 planes: on
     AVX-512 one panel of 49 vectors (4 registers a row, the last holding 1 vector), 392 as six panels
-    of 64 and one of 8, and the edges of a register (16, 17, 64, 65); 128-column blocks, a short last
+    of 64 and one of 8, rows of 1 to 4 registers (16, 17, 40, 64, 65); 128-column blocks, a short last
     row group, both index widths, the thread split. Against numpy on the dense W."""
     rng = np.random.default_rng(n)
     rows, cols = 40, 4608

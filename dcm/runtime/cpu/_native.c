@@ -138,13 +138,13 @@ static int refuse_reinit(const char *type)
     return -1;
 }
 
-/* The batched products walk a wide W (more than COLUMN_BLOCK inputs) one block of COLUMN_BLOCK
- * columns at a time, so that the block's slice of the packed panel (32 KiB of a 32-vector panel)
- * stays in L1 while every row of W adds its weights in the block; a whole panel of 4608 inputs
- * (512 channels x 3 x 3) is 576 KiB, which each stored weight read from L2. *bounds: per row r,
- * COLUMN_BLOCKS(cols) + 1 offsets from p[r] of the first stored weight of each block, then the row's
- * count; NULL (one block) where W is narrow or a row's indices are not ascending. */
-#define COLUMN_BLOCK 256
+/* The batched products walk a wide W one block of columns at a time, so that the block's slice of
+ * the packed panel (32 KiB: 128 columns of a 64-vector panel, 256 of a 32-vector one) stays in L1
+ * while every row of W adds its weights in the block; a whole panel of 4608 inputs (512 channels x
+ * 3 x 3) is 576 KiB at 32 vectors, which each stored weight read from L2. *bounds: per row r,
+ * COLUMN_BLOCKS(cols) + 1 offsets from p[r] of the first stored weight of each COLUMN_BLOCK columns,
+ * then the row's count; NULL (one block) where W is narrow or a row's indices are not ascending. */
+#define COLUMN_BLOCK 128
 #define COLUMN_BLOCKS(cols) (((cols) + COLUMN_BLOCK - 1) / COLUMN_BLOCK)
 
 static int column_blocks(const Form *f, Py_ssize_t rows, Py_ssize_t cols, int32_t **bounds)
@@ -396,11 +396,13 @@ done:
  * to y: copied where y is [rows, n], transposed where y is [n, rows] (the activations' own layout,
  * so neither side needs a transposed copy). */
 #define PANEL 32     /* vectors per panel: 4 AVX2 registers of sums per row */
+#define WIDE_PANEL 64 /* AVX-512, past 32 vectors: 4 registers of sums per row (see panel_rows_avx512) */
+#define TILE_PITCH WIDE_PANEL /* floats between a tile's rows */
 #define PANEL_ROWS 8 /* rows of W per tile: one 8 x 8 transpose per 8 of its columns */
 
 #define PANEL_ROWS_GENERIC(IDX)                                                                \
     for (Py_ssize_t r = r0; r < r1; r++) {                                                     \
-        float *t = tile + (r - r0) * PANEL, b = bias ? bias[r] : 0.f;                          \
+        float *t = tile + (r - r0) * TILE_PITCH, b = bias ? bias[r] : 0.f;                     \
         for (Py_ssize_t j = 0; first && j < width; j++) t[j] = b;                              \
         for (int64_t k = kb[r - r0]; k < ke[r - r0]; k++) {                                    \
             const float *xr = panel + ((Py_ssize_t)IDX[k] << shift);                             \
@@ -429,7 +431,7 @@ static void panel_rows_generic(const Form *f, const int64_t *kb, const int64_t *
 #define FMA_AT(w, x, a) _mm256_fmadd_ps(w, _mm256_load_ps(x), a)
 #define PANEL_ROWS_AVX2(IDX)                                                                   \
     for (Py_ssize_t r = r0; r < r1; r++) {                                                     \
-        float *t = tile + (r - r0) * PANEL;                                                    \
+        float *t = tile + (r - r0) * TILE_PITCH;                                               \
         __m256 zero = _mm256_setzero_ps(), b = _mm256_set1_ps(bias ? bias[r] : 0.f);           \
         __m256 a0 = first ? b : _mm256_load_ps(t);                                             \
         int64_t k = kb[r - r0], e = ke[r - r0];                                                \
@@ -475,51 +477,69 @@ static void panel_rows_generic(const Form *f, const int64_t *kb, const int64_t *
         }                                                                                      \
     }
 
-/* AVX-512 where the CPU has it: a panel row is 2 registers, and 4 entries go at once (8 chains):
- * 0.76-0.8x the AVX2 path's time on the zoo's transformer layers at 128 rows, 20-30% dense. */
-
-#define PANEL_AT(IDX, k) (panel + ((Py_ssize_t)IDX[k] << shift))
-#define FMA16(w, x, a) _mm512_fmadd_ps(w, _mm512_load_ps(x), a)
-#define PANEL_ROWS_AVX512(IDX)                                                                 \
-    for (Py_ssize_t r = r0; r < r1; r++) {                                                     \
-        float *t = tile + (r - r0) * PANEL;                                                    \
-        int64_t k = kb[r - r0], e = ke[r - r0];                                                \
-        __m512 z = _mm512_setzero_ps(), a0 = _mm512_set1_ps(bias ? bias[r] : 0.f), a1 = a0;    \
-        if (!first) { a0 = _mm512_load_ps(t); a1 = _mm512_load_ps(t + 16); }                   \
-        __m512 b0 = z, b1 = z, c0 = z, c1 = z, d0 = z, d1 = z;                                 \
-        for (; k + 4 <= e; k += 4) {                                                           \
-            const float *x0 = PANEL_AT(IDX, k), *x1 = PANEL_AT(IDX, k + 1);                    \
-            const float *x2 = PANEL_AT(IDX, k + 2), *x3 = PANEL_AT(IDX, k + 3);                \
-            __m512 w0 = _mm512_set1_ps(v[k]), w1 = _mm512_set1_ps(v[k + 1]);                   \
-            __m512 w2 = _mm512_set1_ps(v[k + 2]), w3 = _mm512_set1_ps(v[k + 3]);               \
-            a0 = FMA16(w0, x0, a0); a1 = FMA16(w0, x0 + 16, a1);                               \
-            b0 = FMA16(w1, x1, b0); b1 = FMA16(w1, x1 + 16, b1);                               \
-            c0 = FMA16(w2, x2, c0); c1 = FMA16(w2, x2 + 16, c1);                               \
-            d0 = FMA16(w3, x3, d0); d1 = FMA16(w3, x3 + 16, d1);                               \
-        }                                                                                      \
-        for (; k < e; k++) {                                                                   \
-            const float *x0 = PANEL_AT(IDX, k);                                                \
-            __m512 w0 = _mm512_set1_ps(v[k]);                                                  \
-            a0 = FMA16(w0, x0, a0); a1 = FMA16(w0, x0 + 16, a1);                               \
-        }                                                                                      \
-        a0 = _mm512_add_ps(_mm512_add_ps(a0, b0), _mm512_add_ps(c0, d0));                      \
-        a1 = _mm512_add_ps(_mm512_add_ps(a1, b1), _mm512_add_ps(c1, d1));                      \
-        if (relu) { a0 = _mm512_max_ps(z, a0); a1 = _mm512_max_ps(z, a1); }                    \
-        _mm512_store_ps(t, a0);                                                                \
-        _mm512_store_ps(t + 16, a1);                                                           \
-    }
-
-/* As panel_rows_avx2 for a full panel (width PANEL). */
-__attribute__((target("avx512f,avx2,fma")))
-static void panel_rows_avx512(const Form *f, const int64_t *kb, const int64_t *ke, int first, const float *panel,
-                              Py_ssize_t stride, const float *bias, int relu, Py_ssize_t r0, Py_ssize_t r1,
-                              float *tile)
+/* AVX-512 where the CPU has it: panels of up to WIDE_PANEL vectors, whose row is nreg registers (the
+ * panel's vectors rounded up to 16), each register as `chains` independent sums for the FMA latency.
+ * A plane of 49 outputs (ResNet-18's 7x7 layers, im2col's columns) is one panel of 4 registers, so each
+ * stored weight's index and value are read once, not once per 32-vector panel, and its multiply-adds
+ * fill 49 of 64 lanes; a panel at 32 vectors read the weights twice, the second pass for 17 vectors. */
+__attribute__((target("avx512f,avx2,fma,bmi2"), always_inline)) /* bmi2: shlx, one uop, for the index shift */
+static inline void wide_rows(const Form *f, const int64_t *kb, const int64_t *ke, int first, const float *panel,
+                             int shift, const float *bias, int relu, Py_ssize_t r0, Py_ssize_t r1, float *tile,
+                             const int nreg, const int wide_index)
 {
+    const int chains = nreg <= 2 ? 4 : 2;
     const float *v = f->val.buf;
     const int32_t *i32 = f->idx.buf;
     const uint16_t *u16 = f->idx.buf;
-    const int shift = stride == 8 ? 3 : 5;
-    if (f->wide) { PANEL_ROWS_AVX512(i32) } else { PANEL_ROWS_AVX512(u16) }
+    const __m512 zero = _mm512_setzero_ps();
+    for (Py_ssize_t r = r0; r < r1; r++) {
+        float *t = tile + (r - r0) * TILE_PITCH;
+        int64_t k = kb[r - r0], e = ke[r - r0];
+        __m512 a[4][4], b = _mm512_set1_ps(bias ? bias[r] : 0.f);
+#pragma GCC unroll 4
+        for (int c = 0; c < chains; c++)
+#pragma GCC unroll 4
+            for (int i = 0; i < nreg; i++) a[c][i] = c ? zero : first ? b : _mm512_load_ps(t + 16 * i);
+        for (; k + chains <= e; k += chains)
+#pragma GCC unroll 4
+            for (int c = 0; c < chains; c++) {
+                const float *x = panel + ((Py_ssize_t)(wide_index ? i32[k + c] : u16[k + c]) << shift);
+                __m512 w = _mm512_set1_ps(v[k + c]);
+#pragma GCC unroll 4
+                for (int i = 0; i < nreg; i++) a[c][i] = _mm512_fmadd_ps(w, _mm512_load_ps(x + 16 * i), a[c][i]);
+            }
+        for (; k < e; k++) {
+            const float *x = panel + ((Py_ssize_t)(wide_index ? i32[k] : u16[k]) << shift);
+            __m512 w = _mm512_set1_ps(v[k]);
+#pragma GCC unroll 4
+            for (int i = 0; i < nreg; i++) a[0][i] = _mm512_fmadd_ps(w, _mm512_load_ps(x + 16 * i), a[0][i]);
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < nreg; i++) {
+            __m512 sum = chains == 4 ? _mm512_add_ps(_mm512_add_ps(a[0][i], a[1][i]), _mm512_add_ps(a[2][i], a[3][i]))
+                                     : _mm512_add_ps(a[0][i], a[1][i]);
+            _mm512_store_ps(t + 16 * i, relu ? _mm512_max_ps(zero, sum) : sum); /* NaN stays NaN */
+        }
+    }
+}
+
+/* Rows [r0, r1) of W over a panel whose rows are 1 << shift floats apart, its first nreg * 16
+ * vectors: as panel_rows_avx2. */
+__attribute__((target("avx512f,avx2,fma,bmi2")))
+static void panel_rows_avx512(const Form *f, const int64_t *kb, const int64_t *ke, int first, const float *panel,
+                              int shift, int nreg, const float *bias, int relu, Py_ssize_t r0, Py_ssize_t r1,
+                              float *tile)
+{
+#define WIDE_ROWS(nreg) \
+    f->wide ? wide_rows(f, kb, ke, first, panel, shift, bias, relu, r0, r1, tile, nreg, 1) \
+            : wide_rows(f, kb, ke, first, panel, shift, bias, relu, r0, r1, tile, nreg, 0)
+    switch (nreg) {
+    case 1: WIDE_ROWS(1); break;
+    case 2: WIDE_ROWS(2); break;
+    case 3: WIDE_ROWS(3); break;
+    default: WIDE_ROWS(4);
+    }
+#undef WIDE_ROWS
 }
 
 __attribute__((target("avx2,fma")))
@@ -539,7 +559,7 @@ static void panel_rows_avx2(const Form *f, const int64_t *kb, const int64_t *ke,
 static void tile_to_rows_generic(const float *tile, float *y, Py_ssize_t ldy, Py_ssize_t jw, Py_ssize_t nr)
 {
     for (Py_ssize_t j = 0; j < jw; j++)
-        for (Py_ssize_t r = 0; r < nr; r++) y[j * ldy + r] = tile[r * PANEL + j];
+        for (Py_ssize_t r = 0; r < nr; r++) y[j * ldy + r] = tile[r * TILE_PITCH + j];
 }
 
 #ifdef HAVE_AVX2_PATH
@@ -553,7 +573,7 @@ static void tile_to_rows_avx2(const float *tile, float *y, Py_ssize_t ldy, Py_ss
     if (nr == 8)
         for (; j + 8 <= jw; j += 8) {
             __m256 b[8];
-            for (int r = 0; r < 8; r++) b[r] = _mm256_load_ps(tile + r * PANEL + j);
+            for (int r = 0; r < 8; r++) b[r] = _mm256_load_ps(tile + r * TILE_PITCH + j);
             transpose8(b);
             for (int i = 0; i < 8; i++) _mm256_storeu_ps(y + (j + i) * ldy, b[i]);
         }
@@ -601,24 +621,34 @@ static void pack_rows_avx2(const float *x, Py_ssize_t cols, Py_ssize_t jw, Py_ss
 }
 #endif
 
-/* One batched product, shared by the pool's threads: the panels (each PANEL vectors, or 8 where n <= 8)
- * are packed first, by ranges of panels; then the units, ROW_GROUP rows of W over one panel each,
- * write disjoint blocks of y. */
+/* One batched product, shared by the pool's threads: the panels (each span vectors, PANEL or on the
+ * AVX-512 path WIDE_PANEL, stride floats a row: 8 where n <= 8) are packed first, by ranges of panels;
+ * then the units, ROW_GROUP rows of W over one panel each, write disjoint blocks of y. */
 typedef struct {
     const SparseMatrix *m;
     const float *x, *bias;
     float *y, *panels;
-    Py_ssize_t n, stride, begin, end, row_groups;
-    int by_rows, relu;
+    Py_ssize_t n, stride, span, begin, end, row_groups;
+    int by_rows, relu, wide;
 } PanelJob;
 
-/* Panels [lo, hi): vectors [p * PANEL, + PANEL) as panel p [cols][stride], zeros past n. */
+/* Panel p's vectors (jw) and the values its kernel reads a row: 8, PANEL, or on the AVX-512 path
+ * whole registers of 16. */
+static void panel_extent(const PanelJob *j, Py_ssize_t p, Py_ssize_t *jw, Py_ssize_t *width)
+{
+    Py_ssize_t j0 = p * j->span;
+    *jw = j->n - j0 < j->span ? j->n - j0 : j->span;
+    *width = j->wide ? (*jw + 15) / 16 * 16 : *jw <= 8 ? 8 : PANEL;
+}
+
+/* Panels [lo, hi): vectors [p * span, + span) as panel p [cols][stride], zeros past n. */
 static void pack_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     const PanelJob *j = ctx;
     Py_ssize_t cols = j->m->cols, stride = j->stride;
     for (Py_ssize_t p = lo; p < hi; p++) {
-        Py_ssize_t j0 = p * PANEL, jw = j->n - j0 < PANEL ? j->n - j0 : PANEL, width = jw <= 8 ? 8 : PANEL;
+        Py_ssize_t j0 = p * j->span, jw, width;
+        panel_extent(j, p, &jw, &width);
         float *panel = j->panels + p * cols * stride;
         if (j->by_rows) {
             DISPATCH(pack_rows, j->x + j0 * cols, cols, jw, width, panel, stride);
@@ -633,7 +663,8 @@ static void pack_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 
 /* Units [lo, hi): unit u is rows begin + (u % row_groups) * ROW_GROUP of W over panel u / row_groups
  * (panel-major: a panel stays in cache while W's rows stream by), one block of columns at a time (see
- * column_blocks), the group's sums kept in a tile between blocks. Group-major order (each group's
+ * column_blocks: 32 KiB of the panel, so two COLUMN_BLOCKs where it is narrower than WIDE_PANEL), the
+ * group's sums kept in a tile between blocks. Group-major order (each group's
  * weights over every panel in turn) wrote y in 4 x 32 row streams at once: GPT-2's [50257, 256]
  * output layer at 25% on 128 rows took 42 ms against 17. */
 #define ROW_GROUP 16 /* rows per unit: their sums (2 KiB) stay in L1 beside the panel's block */
@@ -644,34 +675,38 @@ static void panel_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
     const int64_t *p = m->csr.ptr.buf;
     const int32_t *cb = m->column_blocks;
     Py_ssize_t rows = m->rows, stride = j->stride, nb = cb ? COLUMN_BLOCKS(m->cols) : 1;
-    float tile[ROW_GROUP * PANEL] __attribute__((aligned(64)));
+    Py_ssize_t step = cb && stride < WIDE_PANEL ? 2 : 1; /* COLUMN_BLOCKs per block */
+    float tile[ROW_GROUP * TILE_PITCH] __attribute__((aligned(64)));
     int64_t kb[ROW_GROUP], ke[ROW_GROUP];
     for (Py_ssize_t u = lo; u < hi; u++) {
         Py_ssize_t p0 = u / j->row_groups, r0 = j->begin + u % j->row_groups * ROW_GROUP;
         Py_ssize_t r1 = j->end - r0 < ROW_GROUP ? j->end : r0 + ROW_GROUP;
-        Py_ssize_t j0 = p0 * PANEL, jw = j->n - j0 < PANEL ? j->n - j0 : PANEL, width = jw <= 8 ? 8 : PANEL;
+        Py_ssize_t j0 = p0 * j->span, jw, width;
+        panel_extent(j, p0, &jw, &width);
         const float *panel = j->panels + p0 * m->cols * stride;
-        for (Py_ssize_t blk = 0; blk < nb; blk++) {
+        for (Py_ssize_t blk = 0; blk < nb; blk += step) {
+            Py_ssize_t next = blk + step < nb ? blk + step : nb;
             for (Py_ssize_t r = r0; r < r1; r++) {
                 kb[r - r0] = cb ? p[r] + cb[r * (nb + 1) + blk] : p[r];
-                ke[r - r0] = cb ? p[r] + cb[r * (nb + 1) + blk + 1] : p[r + 1];
+                ke[r - r0] = cb ? p[r] + cb[r * (nb + 1) + next] : p[r + 1];
             }
-            int first = blk == 0, relu = j->relu && blk == nb - 1;
+            int first = blk == 0, relu = j->relu && next == nb;
 #ifdef HAVE_AVX2_PATH
-            if (width == PANEL && use_avx512())
-                panel_rows_avx512(&m->csr, kb, ke, first, panel, stride, j->bias, relu, r0, r1, tile);
+            if (j->wide)
+                panel_rows_avx512(&m->csr, kb, ke, first, panel, stride == WIDE_PANEL ? 6 : 5, (int)(width / 16),
+                                  j->bias, relu, r0, r1, tile);
             else
 #endif
                 DISPATCH(panel_rows, &m->csr, kb, ke, first, panel, stride, width, j->bias, relu, r0, r1, tile);
         }
         for (Py_ssize_t t0 = r0; t0 < r1; t0 += PANEL_ROWS) {
             Py_ssize_t t1 = r1 - t0 < PANEL_ROWS ? r1 : t0 + PANEL_ROWS;
-            const float *t = tile + (t0 - r0) * PANEL;
+            const float *t = tile + (t0 - r0) * TILE_PITCH;
             if (j->by_rows) {
                 DISPATCH(tile_to_rows, t, j->y + j0 * rows + t0, rows, jw, t1 - t0);
             } else {
                 for (Py_ssize_t r = t0; r < t1; r++)
-                    memcpy(j->y + r * j->n + j0, t + (r - t0) * PANEL, (size_t)jw * sizeof(float));
+                    memcpy(j->y + r * j->n + j0, t + (r - t0) * TILE_PITCH, (size_t)jw * sizeof(float));
             }
         }
     }
@@ -683,14 +718,23 @@ static void panel_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 static int panel_product(const SparseMatrix *m, const float *x, float *y, Py_ssize_t n, int by_rows,
                          const float *bias, int relu, Py_ssize_t begin, Py_ssize_t end, int threads)
 {
-    Py_ssize_t cols = m->cols, stride = n <= 8 ? 8 : PANEL, count = (n + PANEL - 1) / PANEL;
-    /* At most PANEL - 1 vectors of zeros past x's own: the caller bounds (cols + 8) * PANEL */
+#ifdef HAVE_AVX2_PATH
+    int wide = n > 8 && use_avx512();
+#else
+    int wide = 0;
+#endif
+    /* WIDE_PANEL where it is the only panel, or where W is wide enough for PANEL's panels to go by
+     * column blocks too: on 256 inputs at 128-197 vectors, whole 32-vector panels (32 KiB) took
+     * 0.85-0.9x the time of 64-vector ones in two blocks, whose tiles go through memory between blocks */
+    Py_ssize_t span = wide && n > PANEL && (n <= WIDE_PANEL || m->cols > 2 * COLUMN_BLOCK) ? WIDE_PANEL : PANEL;
+    Py_ssize_t cols = m->cols, stride = n <= 8 ? 8 : span, count = (n + span - 1) / span;
+    /* At most span - 1 vectors of zeros past x's own: the caller bounds (cols + 8) * (n + WIDE_PANEL) */
     float *raw = PyMem_RawMalloc((size_t)(count * cols * stride + 16) * sizeof(float));
     if (!raw) return -1;
     /* 64-byte aligned: an AVX-512 load across two cache lines took 1.2-1.3x the time of the kernel */
-    PanelJob job = {m, x, bias, y, (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63), n, stride, begin, end,
-                    (end - begin + ROW_GROUP - 1) / ROW_GROUP, by_rows, relu};
-    Py_ssize_t per_unit = (m->csr.val.len / 4 / (m->rows + 1) + 1) * ROW_GROUP * PANEL; /* multiply-adds */
+    PanelJob job = {m, x, bias, y, (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63), n, stride, span, begin, end,
+                    (end - begin + ROW_GROUP - 1) / ROW_GROUP, by_rows, relu, wide};
+    Py_ssize_t per_unit = (m->csr.val.len / 4 / (m->rows + 1) + 1) * ROW_GROUP * span; /* multiply-adds */
     parallel_for(pack_range, &job, count, RANGE_MIN_VALUES / (cols * stride + 1) + 1, threads);
     parallel_for(panel_range, &job, count * job.row_groups, RANGE_MIN_MACS / per_unit + 1, threads);
     PyMem_RawFree(raw);
@@ -735,7 +779,7 @@ static PyObject *batched_product(SparseMatrix *self, PyObject *args, PyObject *k
         PyErr_Format(PyExc_ValueError, "%s: range [%zd, %zd) is outside 0..%zd", name, begin, end, self->rows);
         goto done;
     }
-    if (SIZE_PRODUCT(self->cols + 8, n + PANEL) < 0) { /* the panels: x's values, rounded up to whole panels */
+    if (SIZE_PRODUCT(self->cols + 8, n + WIDE_PANEL) < 0) { /* the panels: x's values, rounded up to whole panels */
         PyErr_Format(PyExc_ValueError, "%s: %zd features of %zd vectors are too many", name, self->cols, n);
         goto done;
     }

@@ -41,9 +41,10 @@ DIRECT_MAX_DENSITY_POINTWISE = 0.07
 DIRECT_MAX_DENSITY_AVX512 = 0.35
 # ... except on planes of few outputs, where each stored weight has too few pixels to work on and the
 # weights' own traffic sets the time: there im2col and the batched sparse product (SparseMatrix.matmat,
-# 32-column panels) take the layer (ResNet-18's 512ch 7x7 at 30%: 2.36 against 2.91 ms direct at batch
-# 1, onnxruntime 2.06; 16.2 against 22.0 at batch 8, onnxruntime 14.1; 256ch 14x14: 2.09 against 1.37
-# at batch 1, so direct keeps 196 outputs).
+# all 49 columns of a 7x7 plane in one AVX-512 panel) take the layer (ResNet-18's 512ch 7x7 at 30%: 2.36
+# against 2.91 ms direct at batch 1, onnxruntime 2.06; 16.2 against 22.0 at batch 8, onnxruntime 14.1;
+# 256ch 14x14: 2.09 against 1.37 at batch 1, so direct keeps 196 outputs; with one 64-vector panel in
+# place of two of 32 the product alone went 1.60 -> 1.32 ms, onnxruntime's layer 1.53).
 SMALL_PLANE_OUTPUTS = 64
 # Dense layers (group 1, not 1x1) whose call has few output pixels, all samples together, take the
 # packed AVX-512 GEMM with the pixels as rows (pixel_gemm.py) in place of Winograd (up to 64 pixels) or
