@@ -514,6 +514,31 @@ def test_pool_refuses_bad_calls():
         native.pool2d(x, y, x.shape, *args, np.ones(8, np.float32))
 
 
+@pytest.mark.parametrize("path", ["avx512", "avx2"])
+@pytest.mark.parametrize("h, w, kernel, strides, dilations, pads", [
+    (7, 7, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),  # ResNet-18's last stage: 7 runs of 7 per row
+    (14, 14, (3, 3), (2, 1), (1, 1), (1, 1, 1, 1)),  # vertical stride 2: 7 rows of 14
+    (5, 16, (3, 3), (1, 1), (1, 2), (0, 2, 3, 2)),  # 16 outputs a row: a whole register, dilation 2
+    (6, 15, (2, 3), (1, 1), (2, 1), (2, 0, 1, 2)),  # 15 outputs, right padding only
+    (3, 2, (1, 5), (1, 1), (1, 1), (0, 4, 0, 0)),  # 2 outputs; taps 0-1 only read padding (empty masks)
+    (4, 17, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),  # 17 outputs: past one register, the plain copies
+])
+def test_im2col_short_rows(h, w, kernel, strides, dilations, pads, path):
+    """im2col2d against numpy's padded windows, where rows of at most 16 outputs at unit horizontal
+    stride go by one masked load and store each on AVX-512 (the small-plane sparse layers' columns)."""
+    rng = np.random.default_rng(h * w)
+    x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = kernel, strides, dilations, pads
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    oh, ow = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1, (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    want = np.stack([xp[:, c, i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw]
+                     for c in range(3) for i in range(kh) for j in range(kw)]).reshape(3 * kh * kw, -1)
+    cols = np.full((3 * kh * kw, 2 * oh * ow), np.nan, np.float32)
+    with switched(native.set_avx512, path == "avx512"):
+        native.im2col2d(x, cols, x.shape, kernel, strides, dilations, pads, threads=2)
+    np.testing.assert_array_equal(cols, want)
+
+
 def test_set_simd_returns_the_previous_setting():
     assert native.set_simd(False) is True
     assert native.set_simd(True) is False
