@@ -199,6 +199,31 @@ def test_threads_give_the_same_sums(path):
             np.testing.assert_array_equal(y, want_conv)
 
 
+@pytest.mark.parametrize("shape, strides, groups", [((40, 40), (1, 1), 1), ((45, 70), (1, 2), 1), ((40, 40), (1, 1), 2)])
+def test_conv_threads_by_tiles(shape, strides, groups):
+    """SparseConv on AVX-512 splits a plane of at least 2 tiles a thread by tiles, every channel each
+    (40x40: 8 tiles of 16 segments, the last of 8; 45x70 at horizontal stride 2 in two phases): the same
+    sums as one thread, every output written once (y starts as NaN), over output channel sub-ranges,
+    with input channel blocks, groups, a bias and the ReLU; 2-4 threads. Against numpy too."""
+    rng = np.random.default_rng(shape[1])
+    w = (rng.standard_normal((24, 48 // groups, 3, 3)) * (rng.random((24, 48 // groups, 3, 3)) < 0.3)).astype(np.float32)
+    conv = _sparse_conv(w, groups)
+    x = rng.standard_normal((2, 48, *shape)).astype(np.float32)
+    bias = rng.standard_normal(24).astype(np.float32)
+    oh, ow = shape[0], (shape[1] + 2 - 3) // strides[1] + 1
+    args = (x.shape, strides, (1, 1), (1, 1, 1, 1), bias, True)
+    with _paths("avx512"):
+        want = np.full((2, 24, oh, ow), np.nan, np.float32)
+        conv.run(x, want, *args)
+        ref = _conv_reference(x, w, bias, strides, (1, 1), (1, 1, 1, 1), groups)
+        np.testing.assert_allclose(want, np.maximum(ref, 0), rtol=1e-4, atol=1e-4)
+        for threads in (2, 3, 4):
+            y = np.full_like(want, np.nan)
+            conv.run(x, y, *args, c_end=10, threads=threads)
+            conv.run(x, y, *args, c_begin=10, threads=threads)
+            np.testing.assert_array_equal(y, want)
+
+
 @pytest.mark.parametrize("path", ["avx512", "avx2", "generic"])
 @pytest.mark.parametrize("rows, cols, density", [(37, 600, 0.01), (37, 600, 0.3), (19, 513, 1.0), (300, 1500, 0.3)])
 def test_wide_weights_go_by_column_blocks(rows, cols, density, path):
