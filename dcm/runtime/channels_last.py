@@ -50,9 +50,10 @@ UNARY = ("Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRe
 BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min")
 # A 1x1 layer this sparse keeps the NCHW direct sparse kernel (dcm.runtime.cpu.conv's
 # DIRECT_MAX_DENSITY_POINTWISE); the channels-last product is dense. A stem this sparse keeps the NCHW
-# kernels' choice (dcm.runtime.cpu.lanes.MIN_DENSITY).
+# kernels: at 50% the direct sparse kernel only matched conv_lanes2d (dcm.runtime.cpu.lanes.MIN_DENSITY),
+# which conv_nhwc_out beats 1.3-2.4x on the stems (docs/nhwc-kernels.md).
 SPARSE_POINTWISE = 0.07
-SPARSE_STEM = 0.5
+SPARSE_STEM = 0.3
 
 
 def _weight_shape(graph: Graph, node: Node) -> tuple[int, ...] | None:
