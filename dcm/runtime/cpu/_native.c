@@ -1469,7 +1469,7 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     ConvJob job = {self, &g, NULL, bb.buf, work, NULL, offs, blocks, slot, nb, c, h, w, pt, pl, total, c0, c1,
                    phases, relu, wide, fast, by_tiles, 0};
     Py_ssize_t per_channel = self->w.val.len / 4 / self->c_out * g.oh * g.ow + 1; /* multiply-adds */
-    Py_ssize_t per_tile = (self->w.val.len / 4 * (c1 - c0) / self->c_out + 1) * WIDE_TILE * WIDE_SEG;
+    double per_tile = (double)(self->w.val.len / 4) * (double)(c1 - c0) / (double)self->c_out * WIDE_TILE * WIDE_SEG;
     Py_ssize_t pad_grain = RANGE_MIN_VALUES / g.plane + 1, sum_grain = RANGE_MIN_MACS / per_channel + 1;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t s = begin; s < end; s++) { /* each phase ends before the next reads what it wrote */
@@ -1478,7 +1478,7 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
         parallel_for(conv_pad_range, &job, c, pad_grain, threads);
         if (copies > 1) parallel_for(conv_copy_range, &job, c, pad_grain, threads);
         if (by_tiles)
-            parallel_for(conv_sum_range, &job, tiles, RANGE_MIN_MACS / per_tile + 1, threads);
+            parallel_for(conv_sum_range, &job, tiles, (Py_ssize_t)(RANGE_MIN_MACS / (per_tile + 1.0)) + 1, threads);
         else
             parallel_for(conv_sum_range, &job, c1 - c0, sum_grain, threads);
     }
