@@ -547,10 +547,15 @@ def test_pool_refuses_bad_calls():
     (6, 15, (2, 3), (1, 1), (2, 1), (2, 0, 1, 2)),  # 15 outputs, right padding only
     (3, 2, (1, 5), (1, 1), (1, 1), (0, 4, 0, 0)),  # 2 outputs; taps 0-1 only read padding (empty masks)
     (4, 17, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),  # 17 outputs: past one register, the plain copies
+    (14, 14, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1)),  # ResNet-18's stride-2 256->512: 7 of every other value
+    (9, 31, (3, 3), (1, 2), (1, 1), (1, 1, 1, 1)),  # stride 2, 16 outputs spanning 31 values: both loads
+    (6, 30, (2, 3), (1, 3), (1, 1), (0, 2, 0, 1)),  # stride 3, 11 outputs
+    (5, 35, (1, 3), (1, 3), (1, 1), (0, 1, 0, 1)),  # stride 3, 12 outputs spanning 34 values: the plain copies
 ])
 def test_im2col_short_rows(h, w, kernel, strides, dilations, pads, path):
-    """im2col2d against numpy's padded windows, where rows of at most 16 outputs at unit horizontal
-    stride go by one masked load and store each on AVX-512 (the small-plane sparse layers' columns)."""
+    """im2col2d against numpy's padded windows, where rows of at most 16 outputs whose inputs span at
+    most 32 values go by masked loads (and a permute at stride 2 or more) and one store each on AVX-512
+    (the small-plane sparse layers' columns)."""
     rng = np.random.default_rng(h * w)
     x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
     (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = kernel, strides, dilations, pads
