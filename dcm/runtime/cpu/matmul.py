@@ -41,6 +41,14 @@ SPARSE_MAX_DENSITY_MANY_ROWS = 0.35
 SPARSE_MAX_DENSITY_WIDE = 0.22
 SPARSE_MAX_DENSITY_WIDE_AVX512 = 0.30
 WIDE_INPUTS = 512  # inputs past which a 32-row panel (128 bytes per input) outgrows L1
+# The batched kernel transposes every input row into its panels before a weight touches it; a W of few
+# outputs then does few multiply-adds per packed value (outputs x density), and BLAS on the dense copy
+# wins at any row count from 8 (one thread, interleaved; ConvNeXt's MLP down-projections at 30% and
+# 20%: [40, 160] at 3136 rows 0.48 against 0.40 ms and 0.45 / 0.39, 12 and 8 per value; [64, 256]
+# 0.87 / 0.81 at 20%, 13 per value; but [80, 320] at 784 rows 0.25 / 0.30 at 20%, 16 per value, and
+# [96, 384] 0.35 / 0.41, 19, while [64, 256] at 30%, also 19, took 0.94 / 0.81: the limit is where
+# every layer measured below it lost on the sparse kernel).
+SPARSE_MIN_OUTPUT_WEIGHTS = 14
 FEW_ROWS_MAX_WEIGHTS = 1 << 18
 # The packed dense kernel (_gemm.c gemm_packed) against OpenBLAS, one thread, each weight used once in
 # turn as in a run (benchmarks/gemm.py, docs/gemm.md): the zoo's transformer and ConvNeXt layers (at
@@ -223,7 +231,7 @@ class WeightMatmul:
         density, row count and thread count in the process."""
         rows = x.shape[0]
         if not self.tune or rows <= 1:
-            return prefers_dense(self.density, rows, self.size, self.shape[1])
+            return prefers_dense(self.density, rows, self.size, self.shape[1], self.shape[0])
         key = ("matmul", self.shape, self.nnz, rows, self.threads)
         had_copy = self._dense_wt is not None
         self.tuned[rows] = tune.choose(key, {"sparse": sparse, "dense": dense})
@@ -285,14 +293,16 @@ class WeightMatmul:
         return y
 
 
-def prefers_dense(density: float, rows: int, weights: int = 0, inputs: int = 0) -> bool:
+def prefers_dense(density: float, rows: int, weights: int = 0, inputs: int = 0, outputs: int = 0) -> bool:
     """Whether BLAS beats the compiled sparse kernel on an x of ``rows`` rows at this density, for a
-    layer of ``weights`` weights and ``inputs`` inputs. One row keeps the load-time choice: the
-    matvec kernels there also skip zero inputs."""
+    layer of ``weights`` weights, ``inputs`` inputs and ``outputs`` outputs (0: not known). One row
+    keeps the load-time choice: the matvec kernels there also skip zero inputs."""
     if rows <= 1:
         return False
     if rows < 8:
         return weights <= FEW_ROWS_MAX_WEIGHTS and density > SPARSE_MAX_DENSITY_FEW_ROWS
+    if outputs and outputs * density < SPARSE_MIN_OUTPUT_WEIGHTS:
+        return True
     if inputs <= WIDE_INPUTS:
         return density > SPARSE_MAX_DENSITY_MANY_ROWS
     avx512 = native.batched_simd is not None and native.batched_simd() == "avx512"
