@@ -409,10 +409,12 @@ def cmd_bench(args) -> int:
     if args.onnxruntime:
         print(f"onnxruntime (the same weights, dense): median {report['onnxruntime_median_ms']:.3f} ms; "
               f"dcm/onnxruntime {report['dcm_vs_onnxruntime']:.2f}")
-    print(f"{'node':<32}{'op':<20}{'kernel':<10}{'density':>8}{'ms':>10}{'share':>8}")
+    op_width = max([20, *(len(n["op"]) + 1 for n in report["nodes"])])  # dcm.NhwcGlobalAveragePool is 25
+    print(f"{'node':<32}{'op':<{op_width}}{'kernel':<10}{'density':>8}{'ms':>10}{'share':>8}")
     for n in report["nodes"]:
         density = f"{n['density']:.1%}" if "density" in n else "-"
-        print(f"{shorten(n['name'], 31):<32}{n['op']:<20}{n.get('kernel', 'fused' if 'fused_into' in n else '-'):<10}{density:>8}{n['ms']:>10.3f}"
+        kernel = n.get("kernel", "fused" if "fused_into" in n else "-")
+        print(f"{shorten(n['name'], 31):<32}{n['op']:<{op_width}}{kernel:<10}{density:>8}{n['ms']:>10.3f}"
               f"{n['ms'] / 1e3 / total:>8.1%}")
     return EXIT_OK
 
