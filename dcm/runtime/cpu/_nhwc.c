@@ -22,6 +22,7 @@
 #define GRAIN_WORK 65536          /* multiply-adds a thread's range should hold at least (a hand-off is ~1-5 us) */
 #define BLOCK 8                   /* output pixels whose accumulators stay in registers */
 #define POOL_VECTORS 4            /* 16-channel vectors per global_average_nhwc unit */
+#define POOL_RUN 16               /* pixels global_average_nhwc sums in float before the sum joins a double */
 #define HEAD_MIN_CHANNELS 64      /* the fewest channels for which an aligning partial vector pays */
 
 /* A convolution call's window as its arguments give it: batch, input plane, kernel, strides,
@@ -412,33 +413,52 @@ static void average_generic(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 }
 
 #ifdef HAVE_AVX2_PATH
+/* V vectors (a constant where inlined) of one unit: runs of POOL_RUN pixels summed in float vectors
+ * (one add per vector and pixel), each run's sums then added in double. */
+AVX512 static inline __attribute__((always_inline)) void average_unit(const Average *p, Py_ssize_t s, Py_ssize_t k0,
+                                                                      Py_ssize_t count, const int V)
+{
+    const __m512d scale = _mm512_set1_pd(1.0 / (double)p->pixels);
+    __mmask16 m[POOL_VECTORS];
+    __m512d lo_sum[POOL_VECTORS], hi_sum[POOL_VECTORS];
+    UNROLL for (int v = 0; v < V; v++) {
+        const Py_ssize_t left = count - 16 * v;
+        m[v] = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+        lo_sum[v] = hi_sum[v] = _mm512_setzero_pd();
+    }
+    const float *x = p->x + s * p->pixels * p->c + k0;
+    for (Py_ssize_t q0 = 0; q0 < p->pixels; q0 += POOL_RUN) {
+        const Py_ssize_t q1 = p->pixels - q0 < POOL_RUN ? p->pixels : q0 + POOL_RUN;
+        __m512 run[POOL_VECTORS];
+        UNROLL for (int v = 0; v < V; v++) run[v] = _mm512_setzero_ps();
+        for (Py_ssize_t q = q0; q < q1; q++)
+            UNROLL for (int v = 0; v < V; v++)
+                run[v] = _mm512_add_ps(run[v], _mm512_maskz_loadu_ps(m[v], x + q * p->c + 16 * v));
+        UNROLL for (int v = 0; v < V; v++) {
+            lo_sum[v] = _mm512_add_pd(lo_sum[v], _mm512_cvtps_pd(_mm512_castps512_ps256(run[v])));
+            hi_sum[v] = _mm512_add_pd(hi_sum[v], _mm512_cvtps_pd(_mm512_extractf32x8_ps(run[v], 1)));
+        }
+    }
+    float *y = p->y + s * p->c + k0;
+    UNROLL for (int v = 0; v < V; v++) {
+        const __m256 a = _mm512_cvtpd_ps(_mm512_mul_pd(lo_sum[v], scale));
+        const __m256 b = _mm512_cvtpd_ps(_mm512_mul_pd(hi_sum[v], scale));
+        _mm512_mask_storeu_ps(y + 16 * v, m[v], _mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1));
+    }
+}
+
 AVX512 static void average_avx512(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     const Average *p = ctx;
     const Py_ssize_t width = 16 * POOL_VECTORS;
-    const __m512d scale = _mm512_set1_pd(1.0 / (double)p->pixels);
     for (Py_ssize_t u = lo; u < hi; u++) {
         const Py_ssize_t s = u / p->blocks, k0 = u % p->blocks * width;
         const Py_ssize_t count = p->c - k0 < width ? p->c - k0 : width;
-        __mmask16 m[POOL_VECTORS];
-        __m512d lo_sum[POOL_VECTORS], hi_sum[POOL_VECTORS];
-        UNROLL for (int v = 0; v < POOL_VECTORS; v++) {
-            const Py_ssize_t left = count - 16 * v;
-            m[v] = left >= 16 ? 0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
-            lo_sum[v] = hi_sum[v] = _mm512_setzero_pd();
-        }
-        const float *x = p->x + s * p->pixels * p->c + k0;
-        for (Py_ssize_t q = 0; q < p->pixels; q++, x += p->c)
-            UNROLL for (int v = 0; v < POOL_VECTORS; v++) {
-                const __m512 xv = _mm512_maskz_loadu_ps(m[v], x + 16 * v);
-                lo_sum[v] = _mm512_add_pd(lo_sum[v], _mm512_cvtps_pd(_mm512_castps512_ps256(xv)));
-                hi_sum[v] = _mm512_add_pd(hi_sum[v], _mm512_cvtps_pd(_mm512_extractf32x8_ps(xv, 1)));
-            }
-        float *y = p->y + s * p->c + k0;
-        UNROLL for (int v = 0; v < POOL_VECTORS; v++) {
-            const __m256 a = _mm512_cvtpd_ps(_mm512_mul_pd(lo_sum[v], scale));
-            const __m256 b = _mm512_cvtpd_ps(_mm512_mul_pd(hi_sum[v], scale));
-            _mm512_mask_storeu_ps(y + 16 * v, m[v], _mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1));
+        switch ((count + 15) / 16) { /* only the unit's vectors, none masked off whole (32 channels: 2, not 4) */
+        case 1: average_unit(p, s, k0, count, 1); break;
+        case 2: average_unit(p, s, k0, count, 2); break;
+        case 3: average_unit(p, s, k0, count, 3); break;
+        default: average_unit(p, s, k0, count, 4); break;
         }
     }
 }
