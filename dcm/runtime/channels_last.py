@@ -226,6 +226,21 @@ class _Regions:
             joined = True
         return joined
 
+    def _activation(self, y: str, unary) -> list[int] | None:
+        """The nodes of the activation that alone reads y: one unary op, or SiLU's Sigmoid and Mul."""
+        readers = self.readers.get(y, [])
+        if len(readers) == 1 and unary(readers[0]):
+            return readers
+        if len(readers) != 2:
+            return None
+        sig, mul = sorted(readers, key=lambda j: self.nodes[j].op != "Sigmoid")
+        s = self.nodes[sig].outputs[0]
+        if (self.nodes[sig].op != "Sigmoid" or not unary(sig) or self.nodes[mul].op != "Mul" or sig in self.region
+                or mul in self.region or sorted(self.nodes[mul].inputs) != sorted([y, s]) or s in self.protected
+                or self.readers.get(s) != [mul]):
+            return None
+        return [sig, mul]
+
     def _backward(self) -> bool:
         """1x1 convolutions and stems, with the activations after them, whose every reader runs
         channels-last (MobileNet's expansion right after its stem, then the stem)."""
@@ -248,9 +263,12 @@ class _Regions:
             if not (pointwise or stem):
                 continue
             chain, y = [i], nodes[i].outputs[0]
-            while y not in self.protected and len(self.readers.get(y, [])) == 1 and unary(self.readers[y][0]):
-                chain.append(self.readers[y][0])
-                y = nodes[chain[-1]].outputs[0]
+            while y not in self.protected:
+                step = self._activation(y, unary)
+                if step is None:
+                    break
+                chain += step
+                y = nodes[step[-1]].outputs[0]
             if y in self.protected or not self.readers.get(y) or not all(reads_nhwc(r, y) for r in self.readers[y]):
                 continue
             if stem:  # reads its NCHW input as it is

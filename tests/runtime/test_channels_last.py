@@ -83,7 +83,8 @@ def _inverted_residual(g: _Graph, x: str, c: int, expand: int, k: int = 3, strid
 
 def _mobile(se: bool = False, c: int = 8):
     g = _Graph(3)
-    x = g.relu6(g.conv("x", 3, c, k=3, strides=[2, 2]))  # the stem stays NCHW
+    stem = g.conv("x", 3, c, k=3, strides=[2, 2])
+    x = g.silu(stem) if se else g.relu6(stem)  # EfficientNet's SiLU: a Sigmoid and a Mul read the stem
     x = _inverted_residual(g, x, c, 4, se=se)
     x = _inverted_residual(g, x, c, 6, k=5, stride=2, se=se)
     x = _inverted_residual(g, x, c, 6, se=se)
