@@ -201,14 +201,15 @@ def test_threads_give_the_same_sums(path):
 
 @pytest.mark.parametrize("shape, strides, groups", [((40, 40), (1, 1), 1), ((45, 70), (1, 2), 1), ((40, 40), (1, 1), 2)])
 def test_conv_threads_by_tiles(shape, strides, groups):
-    """SparseConv on AVX-512 splits a plane of at least 2 tiles a thread by tiles, every channel each
-    (40x40: 8 tiles of 16 segments, the last of 8; 45x70 at horizontal stride 2 in two phases): the same
-    sums as one thread, every output written once (y starts as NaN), over output channel sub-ranges,
-    with input channel blocks, groups, a bias and the ReLU; 2-4 threads. Against numpy too."""
+    """SparseConv on AVX-512 splits a plane of at least 2 tiles a thread whose work buffer is past 2 MiB
+    (160 channels, 3 copies) by tiles, every channel each (40x40: 8 tiles of 16 segments, the last of 8;
+    45x70 at horizontal stride 2 in two phases): the same sums as one thread, every output written once
+    (y starts as NaN), over output channel sub-ranges, with input channel blocks, groups, a bias and the
+    ReLU; 2-4 threads. Against numpy too."""
     rng = np.random.default_rng(shape[1])
-    w = (rng.standard_normal((24, 48 // groups, 3, 3)) * (rng.random((24, 48 // groups, 3, 3)) < 0.3)).astype(np.float32)
+    w = (rng.standard_normal((24, 160 // groups, 3, 3)) * (rng.random((24, 160 // groups, 3, 3)) < 0.3)).astype(np.float32)
     conv = _sparse_conv(w, groups)
-    x = rng.standard_normal((2, 48, *shape)).astype(np.float32)
+    x = rng.standard_normal((2, 160, *shape)).astype(np.float32)
     bias = rng.standard_normal(24).astype(np.float32)
     oh, ow = shape[0], (shape[1] + 2 - 3) // strides[1] + 1
     args = (x.shape, strides, (1, 1), (1, 1, 1, 1), bias, True)

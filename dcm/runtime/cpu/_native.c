@@ -1072,6 +1072,7 @@ static void conv_channels_avx2(const SparseConv *self, const ConvPlan *g, const 
 #define WIDE_SEG 16
 #define WIDE_TILE 16
 #define WIDE_BLOCK_BYTES 65536
+#define TILE_SPLIT_MIN_BYTES (2 << 20) /* a work buffer past this goes to threads by tiles (SparseConv_run) */
 
 #ifdef HAVE_AVX2_PATH
 
@@ -1460,12 +1461,15 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     if (!plan) goto done;
     blocks = (const int64_t *)PyBytes_AS_STRING(plan);
     offs = (const int32_t *)(blocks + (wide ? self->c_out * (nb + 1) : 0));
-    /* AVX-512 planes of at least 2 tiles a thread go by tiles, all channels each: by channels, every
-     * range read the whole work buffer (its tiles' rows, for each block) for a quarter of a thread's
-     * channels (the pool's ranges), and U-Net's 32->32 layer at 128x128 took 1.05 ms to sum on one
-     * thread but 1.36 on two. */
+    /* AVX-512 planes of at least 2 tiles a thread whose work buffer outgrows a core's L2 go by tiles,
+     * all channels each: by channels, every range read the whole buffer (its tiles' rows, for each
+     * block) for a quarter of a thread's channels (the pool's ranges), and U-Net's 32->32 layer at
+     * 128x128 (7 MB) took 1.05 ms to sum on one thread but 1.36 on two; 64->64 at 56x56 (2.8 MB)
+     * 0.86 ms on two by channels, 0.79 by tiles. A buffer L2 holds reads cheaply again, and its
+     * channels split evenly where its few tiles do not (128->128 at 28x28, 1.5 MB in 4 tiles: 0.70
+     * by channels, 0.75 by tiles). */
     Py_ssize_t tiles = (g.segs + WIDE_TILE - 1) / WIDE_TILE;
-    int by_tiles = wide && threads > 1 && tiles >= 2 * threads;
+    int by_tiles = wide && threads > 1 && tiles >= 2 * threads && copies * total > TILE_SPLIT_MIN_BYTES / 4;
     ConvJob job = {self, &g, NULL, bb.buf, work, NULL, offs, blocks, slot, nb, c, h, w, pt, pl, total, c0, c1,
                    phases, relu, wide, fast, by_tiles, 0};
     Py_ssize_t per_channel = self->w.val.len / 4 / self->c_out * g.oh * g.ow + 1; /* multiply-adds */
