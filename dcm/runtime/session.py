@@ -59,6 +59,9 @@ def _backend(device: str) -> tuple[str, dict, dict]:
     if device == "cpu":
         from dcm.runtime.cpu import REGISTRY
         from dcm.runtime.cpu.fused import INTERNAL
+        from dcm.runtime.cpu.memory import keep_freed_buffers
+
+        keep_freed_buffers()  # large activations reused, not faulted in again on every run
 
         # an internal op whose compiled kernels this machine lacks is never written (channels-last)
         return "cpu", REGISTRY, {op: k for op, k in INTERNAL.items() if getattr(k, "available", lambda: True)()}
