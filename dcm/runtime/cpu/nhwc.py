@@ -1,15 +1,14 @@
-"""Kernels of the channels-last ops that ``dcm.runtime.channels_last`` writes: depthwise and 1x1
+"""Kernels of the channels-last ops that ``dcm.runtime.channels_last`` writes: stem, depthwise and 1x1
 convolutions and the spatial mean on NHWC arrays.
 
-A network's stem (few input channels) runs ``conv_nhwc_out`` (``_nhwc.c``), which reads the NCHW input
-as it is and writes NHWC: no Transpose into the region. A depthwise layer runs the compiled
-``depthwise_nhwc``: per output pixel, kh*kw
-multiply-adds of 16-channel vectors, the bias and the activation in registers. A 1x1 layer is the
-product x [N*H*W, C_in] @ W.T on the packed GEMM (``_gemm.c``'s ``gemm_packed``, the weight packed
-once here), which adds the bias, a fused residual and the activation before its one store, and
-takes a squeeze-and-excitation scale (``dcm.ScaledConv``) into a copy of the packed weight per
-sample: no scaled copy of x. The session fuses activations and residual Adds into these as into ``Conv``
-(``dcm.runtime.fusion``).
+A network's stem (few input channels) runs ``conv_nhwc_out`` (``_nhwc.c``), which reads the NCHW
+input as it is and writes NHWC: no Transpose into the region. A depthwise layer runs the compiled
+``depthwise_nhwc``: per output pixel, kh*kw multiply-adds of 16-channel vectors, the bias and the
+activation in registers. A 1x1 layer is the product x [N*H*W, C_in] @ W.T on the packed GEMM
+(``_gemm.c``'s ``gemm_packed``, the weight packed once here), which adds the bias, a fused residual
+and the activation before its one store; a squeeze-and-excitation scale (``dcm.ScaledConv``) goes
+into a copy of x or of the packed weight, whichever is smaller. The session fuses activations and
+residual Adds into these as into ``Conv`` (``dcm.runtime.fusion``).
 """
 from __future__ import annotations
 
