@@ -95,17 +95,24 @@ def _stem(graph: Graph, node: Node) -> bool:
     return w is not None and np.count_nonzero(w) > SPARSE_STEM * w.size
 
 
+def _conv_kind(graph: Graph, node: Node) -> str | None:
+    """"depthwise", "pointwise" or "stem" for a convolution the regions can take, else None."""
+    if _depthwise(graph, node):
+        return "depthwise"
+    if node.inputs and _pointwise(graph, node):
+        return "pointwise"
+    return "stem" if _stem(graph, node) else None
+
+
 def _spatial_mean(graph: Graph, node: Node) -> bool:
     """GlobalAveragePool, or ReduceMean over axes 2 and 3 (of 4) keeping them."""
     if node.op == "GlobalAveragePool":
         return True
     if node.op != "ReduceMean" or int(node.attrs.get("keepdims", 1)) != 1:
         return False
-    if len(node.inputs) > 1 and node.inputs[1]:
-        axes = graph.const(node.inputs[1])
-        axes = None if axes is None else [int(a) for a in np.asarray(axes).ravel()]
-    else:
-        axes = node.attrs.get("axes")
+    from dcm.runtime.optimize import _ints
+
+    axes = _ints(graph, node, 1, "axes")  # input 1 from opset 18, the attribute before
     return axes is not None and sorted(a % 4 for a in axes) == [2, 3] and all(-4 <= a < 4 for a in axes)
 
 
@@ -115,7 +122,7 @@ def _scalar(graph: Graph, name: str) -> bool:
 
 
 class _Regions:
-    """The nodes that run channels-last: ``nodes`` (indices), ``x_index`` (a convolution's NHWC input:
+    """The nodes that run channels-last: ``region`` (indices), ``x_index`` (a convolution's NHWC input:
     ScaledConv's either factor), ``held`` (values held NHWC: the outputs of region nodes but the
     means'), ``neutral`` ([N, C, 1, 1] values, the same array in either layout: the means' outputs and
     what region nodes compute from them alone, a squeeze-and-excitation branch) and ``entering``
@@ -130,6 +137,8 @@ class _Regions:
         self.neutral: set[str] = set()
         self.entering: set[str] = set()
         self.stems: set[int] = set()  # convolutions that read NCHW and write NHWC
+        # each convolution's form, judged once (the 1x1 and stem tests decode the weight)
+        self.kind = {i: kind for i, n in enumerate(self.nodes) if (kind := _conv_kind(graph, n)) is not None}
         self.readers: dict[str, list[int]] = {}
         for i, n in enumerate(self.nodes):
             for x in n.inputs:
@@ -198,7 +207,8 @@ class _Regions:
         for i, node in enumerate(self.nodes):
             if i in self.region:
                 continue
-            if _depthwise(graph, node):
+            kind = self.kind.get(i)
+            if kind == "depthwise":
                 self._join(i, 0)
             elif node.op in UNARY or node.op in BINARY:
                 live = [x for x in node.inputs[: 1 if node.op in UNARY else 2] if x]
@@ -213,7 +223,7 @@ class _Regions:
                     continue
             elif _spatial_mean(graph, node) and node.inputs[0] in held:
                 self._join(i)
-            elif node.inputs and _pointwise(graph, node):
+            elif kind == "pointwise":
                 inside = [j for j in ([0, 3] if node.op == SCALED_CONV else [0]) if node.inputs[j] in held]
                 if node.op == "Conv" and node.inputs[0] in self.neutral:  # a squeeze-and-excitation layer
                     self._join(i, 0, neutral=True)
@@ -256,12 +266,10 @@ class _Regions:
                 r not in self.x_index or nodes[r].inputs[self.x_index[r]] == y or nodes[r].op == "Conv")
 
         for i in range(len(nodes) - 1, -1, -1):
-            if i in self.region or nodes[i].op != "Conv":
+            kind = self.kind.get(i)
+            if i in self.region or nodes[i].op != "Conv" or kind not in ("pointwise", "stem"):
                 continue
-            pointwise = _pointwise(self.graph, nodes[i])
-            stem = not pointwise and _stem(self.graph, nodes[i])
-            if not (pointwise or stem):
-                continue
+            stem = kind == "stem"
             chain, y = [i], nodes[i].outputs[0]
             while y not in self.protected:
                 step = self._activation(y, unary)

@@ -395,7 +395,8 @@ typedef struct {
     Py_ssize_t pixels, c, blocks;
 } Average;
 
-/* Sums in double: a 56 x 56 plane's 3136 float32 additions would lose ~1e-5 of the mean. */
+/* Sums in double: a 56 x 56 plane's 3136 float32 additions would lose ~1e-5 of the mean (the AVX-512
+ * path sums runs of POOL_RUN pixels in float first). */
 static void average_generic(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     const Average *p = ctx;
@@ -467,7 +468,8 @@ AVX512 static void average_avx512(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 PyDoc_STRVAR(global_average_nhwc_doc,
 "global_average_nhwc(x, y, shape, threads=1)\n\n"
 "GlobalAveragePool of channels-last x float32 [N, P, C] (shape = (N, P, C), P >= 1 pixels) into y\n"
-"float32 [N, C]: y[n, c] = the mean over p of x[n, p, c], summed in double. y must not overlap x.\n"
+"float32 [N, C]: y[n, c] = the mean over p of x[n, p, c] (runs of 16 pixels summed in float, the\n"
+"runs' sums in double). y must not overlap x.\n"
 "On up to `threads` threads of the native pool.");
 
 static PyObject *global_average_nhwc(PyObject *self, PyObject *args, PyObject *kwds)
