@@ -61,8 +61,24 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+def _finished(out_dir) -> bool:
+    """Every rank wrote its whole report, the digest last."""
+    for r in range(WORLD):
+        path = out_dir / f"rank{r}.txt"
+        lines = path.read_text().splitlines() if path.exists() else []
+        if not lines or len(lines[-1]) != 64:  # a sha256 hex digest
+            return False
+    return True
+
+
 def test_prune_and_share_under_ddp(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    try:
+        mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    except mp.ProcessExitedException as exc:
+        # torch sometimes aborts a rank as it exits, after its work and its report ("terminate called
+        # without an active exception", SIGABRT; about 1 run in 20 here): the reports are what is checked
+        if exc.signal_name != "SIGABRT" or not _finished(tmp_path):
+            raise
     results = [(tmp_path / f"rank{r}.txt").read_text().splitlines() for r in range(WORLD)]
     for lines in results:
         for line in lines[:-1]:
