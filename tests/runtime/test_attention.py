@@ -20,7 +20,7 @@ from dcm.converters.onnx_in import from_onnx  # noqa: E402
 from dcm.converters.torch_in import from_torch  # noqa: E402
 from dcm.format.model import Model, Node  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
-from dcm.runtime.cpu import attention  # noqa: E402
+from dcm.runtime.cpu import attention, native  # noqa: E402
 from dcm.runtime.kernel import LoadContext  # noqa: E402
 from dcm.runtime.optimize import ATTENTION  # noqa: E402
 
@@ -121,6 +121,7 @@ def test_any_sequence_length_and_one_head_at_a_time(causal, monkeypatch):
         _check(fused, plain, module, {"input": rng.standard_normal((2, n, DIM)).astype(np.float32)})
     heads = []
     original = attention._softmax_last
+    monkeypatch.setattr(native, "attention", None)  # numpy's path: the compiled one works in row blocks
     monkeypatch.setattr(attention, "SCORES_MAX_BYTES", 33 * 33 * 4)
     monkeypatch.setattr(attention, "_softmax_last", lambda s, *a: heads.append(s.shape) or original(s, *a))
     _check(fused, plain, module, {"input": rng.standard_normal((2, 33, DIM)).astype(np.float32)})
@@ -181,3 +182,92 @@ def test_a_mask_of_zeros_changes_nothing(zero):
     np.testing.assert_allclose(kernel(q, k, v, mask)[0], (p / p.sum(-1, keepdims=True)) @ v, rtol=1e-5, atol=1e-6)
     half = mask.astype(np.float64)  # another type: numpy's promotion, as the unfused Add would give
     assert kernel(q, k, v, half)[0].dtype == np.float64
+
+
+def _kernel(inputs: list[str], attrs: dict, threads: int = 1) -> attention.Attention:
+    ctx = LoadContext(Model([], [], [], {}))
+    ctx.threads = threads
+    return attention.Attention(Node(ATTENTION, inputs, ["y"], attrs, "a"), ctx)
+
+
+# (q, k, v, mask, scale): shapes; the mask and scale broadcast as the unfused Add and Mul/Div would
+COMPILED_CASES = {
+    "vit": ((1, 3, 197, 64), (1, 3, 64, 197), (1, 3, 197, 64), None, None),
+    "bert_padding_mask": ((2, 4, 16, 8), (2, 4, 8, 16), (2, 4, 16, 8), (2, 1, 1, 16), ()),
+    "causal_mask_2d": ((1, 2, 9, 8), (1, 2, 8, 9), (1, 2, 9, 8), (9, 9), (1, 1, 1, 1)),
+    "shared_v_heads": ((2, 3, 6, 4), (2, 3, 4, 7), (1, 3, 7, 5), (7,), None),
+    "k_of_lower_rank": ((2, 3, 6, 4), (4, 7), (3, 7, 5), (1, 6, 1), ()),
+    "mask_widens_batch": ((3, 5, 4), (3, 4, 6), (3, 6, 2), (2, 1, 5, 6), None),
+    "no_heads": ((5, 4), (4, 6), (6, 3), (5, 1), ()),
+    "one_query": ((4, 1, 16), (4, 16, 300), (4, 300, 16), None, ()),
+    "long_keys": ((1, 2, 40, 8), (1, 2, 8, 5000), (1, 2, 5000, 8), (1, 5000), None),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("scale_op", ["Mul", "Div"])
+@pytest.mark.parametrize("case", COMPILED_CASES.values(), ids=COMPILED_CASES.keys())
+def test_compiled_kernel_matches_numpy(case, scale_op, threads, monkeypatch):
+    """The compiled kernel (one head's block of query rows per task) against numpy's path on the same
+    inputs: broadcast heads, masks of every rank, blocks that split a head, more keys than one block."""
+    rng = np.random.default_rng(7)
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in case[:3])
+    mask = None if case[3] is None else np.where(rng.random(case[3]) < 0.3, -1e4, 0.1).astype(np.float32)
+    scale = None if case[4] is None else np.full(case[4], 0.125, np.float32)
+    inputs = ["q", "k", "v"] + (["m"] if mask is not None else [""] if scale is not None else [])
+    inputs += ["c"] if scale is not None else []
+    args = [x for x in (q, k, v) + ((mask,) if mask is not None else (None,) if scale is not None else ()) + (
+        (scale,) if scale is not None else ())]
+    kernel = _kernel(inputs, {"scale_op": scale_op if scale is not None else ""}, threads)
+    calls = []
+    original = native.attention
+    monkeypatch.setattr(native, "attention", lambda *a: calls.append(1) or original(*a))
+    got = kernel(*args)[0]
+    assert calls == [1]
+    monkeypatch.setattr(native, "attention", None)
+    want = kernel(*args)[0]
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)  # two float32 sgemm, unscaled scores up to ~40
+
+
+def test_compiled_kernel_reads_transposed_views_without_copies():
+    """k as the transposed view an exported graph hands over, q as a view of a wider projection."""
+    rng = np.random.default_rng(8)
+    qkv = rng.standard_normal((2, 10, 3, 4, 8)).astype(np.float32)  # [batch, seq, q/k/v, heads, dim]
+    q = qkv[:, :, 0].transpose(0, 2, 1, 3)  # [2, 4, 10, 8], no axis of unit stride but the last
+    k = qkv[:, :, 1].transpose(0, 2, 3, 1)  # [2, 4, 8, 10], column-major
+    v = qkv[:, :, 2].transpose(0, 2, 1, 3)
+    got = _kernel(["q", "k", "v"], {}, 2)(q, k, v)[0]
+    s = np.ascontiguousarray(q) @ np.ascontiguousarray(k)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    np.testing.assert_allclose(got, (p / p.sum(-1, keepdims=True)) @ v, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_kernel_fills_rows_masked_everywhere():
+    rng = np.random.default_rng(9)
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((2, 5, 4), (2, 4, 5), (2, 5, 3)))
+    mask = np.zeros((5, 5), np.float32)
+    mask[2] = -np.inf
+    with np.errstate(invalid="ignore"):
+        got = _kernel(["q", "k", "v", "m"], {"nan_to": 0.0})(q, k, v, mask)[0]
+    assert (got[:, 2] == 0).all() and np.isfinite(got).all()
+    keep = [0, 1, 3, 4]
+    want = _kernel(["q", "k", "v"], {})(q[:, keep], k, v)[0]
+    np.testing.assert_allclose(got[:, keep], want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda q, k, v, out: (q, k[:, :3], v, out), "shapes must be"),
+    (lambda q, k, v, out: (q, k, v, out[:, :, :2]), "shapes must be"),
+    (lambda q, k, v, out: (q, k, v, np.empty((2, 5, 8), np.float32)[..., ::2]), "row-major"),
+    (lambda q, k, v, out: (q, k, v, q), "overlaps"),
+    (lambda q, k, v, out: (q[None], k, v, out), "no more axes than out"),
+    (lambda q, k, v, out: (q, k, v, np.empty((3, 5, 4), np.float32)), "does not broadcast"),
+    (lambda q, k, v, out: (q, k, v, out, np.zeros((5, 3), np.float32)), "mask \\[lq or 1, lk or 1\\]"),
+])
+def test_compiled_kernel_refuses_inconsistent_arrays(bad, message):
+    rng = np.random.default_rng(10)
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((2, 5, 4), (2, 4, 5), (2, 5, 4)))
+    out = np.empty((2, 5, 4), np.float32)
+    with pytest.raises(ValueError, match=message):
+        native.attention(*bad(q, k, v, out))

@@ -649,6 +649,9 @@ HUGE_CALLS = {
     # gemm takes only arrays: a broadcast one (no memory behind it) with more columns than sgemm's int32
     "gemm": lambda: native.gemm(np.broadcast_to(np.float32(1), (1, 2**31)), np.broadcast_to(np.float32(1), (2**31, 1)),
                                 np.ones((1, 1), np.float32)),
+    "attention": lambda: native.attention(np.broadcast_to(np.float32(1), (1, 2**31)),
+                                          np.broadcast_to(np.float32(1), (2**31, 1)), np.ones((1, 1), np.float32),
+                                          np.ones((1, 1), np.float32)),
     "gemm_packed": lambda: native.gemm_packed(np.broadcast_to(np.float32(1), (1, 2**60)), _ones(32),
                                               np.ones((1, 1), np.float32)),
     "SparseMatrix": lambda: SparseMatrix(HUGE, 1, np.zeros(2, np.int64), np.zeros(0, np.int32), _ones(0)),

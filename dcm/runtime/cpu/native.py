@@ -9,11 +9,11 @@ try:
 except ImportError:  # pragma: no cover - a build without a compiler; tests/runtime/test_native.py says so
     SparseConv = SparseMatrix = conv_lanes2d = depthwise2d = im2col2d = pool2d = set_simd = winograd_conv = None
     batched_simd = set_avx512 = None
-try:  # _pointwise.c: activations with a fused bias, LayerNorm and Softmax over the last axis
-    from dcm.runtime.cpu._pointwise import (activate, layer_norm, set_avx512 as set_pointwise_avx512,
+try:  # _pointwise.c: activations with a fused bias, LayerNorm and Softmax over the last axis, attention
+    from dcm.runtime.cpu._pointwise import (activate, attention, layer_norm, set_avx512 as set_pointwise_avx512,
                                             set_simd as set_pointwise_simd, softmax)
 except ImportError:  # pragma: no cover - as above
-    activate = layer_norm = set_pointwise_avx512 = set_pointwise_simd = softmax = None
+    activate = attention = layer_norm = set_pointwise_avx512 = set_pointwise_simd = softmax = None
 try:  # _recurrent.c: the time-step loop of LSTM, GRU and RNN
     from dcm.runtime.cpu._recurrent import recurrent_scan, set_simd as set_recurrent_simd
 except ImportError:  # pragma: no cover - as above
@@ -47,7 +47,7 @@ except ImportError:  # pragma: no cover - as above
 SPARSE_MAX_DENSITY = 0.30
 
 NAMES = ("SparseConv", "SparseMatrix", "depthwise2d", "conv_lanes2d", "im2col2d", "pool2d", "winograd_conv",
-         "activate", "layer_norm", "softmax", "recurrent_scan", "resize2d", "col2im2d", "pointwise_conv", "gemm",
+         "activate", "layer_norm", "softmax", "attention", "recurrent_scan", "resize2d", "col2im2d", "pointwise_conv", "gemm",
          "gemm_packed", "transpose2d", "concat", "depthwise_nhwc", "global_average_nhwc", "conv_nhwc_out")
 
 
