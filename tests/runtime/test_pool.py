@@ -75,3 +75,20 @@ def test_bad_arguments_are_errors():
         _pool.coverage(-1, 1, 2)
     with pytest.raises(ValueError):
         _pool.coverage(10, 0, 2)
+
+
+def test_stall_policy_ignores_noise_and_backs_off_on_a_busy_core():
+    """A stall is noise when its wait is under a tenth of the time since the last stall or back-off (a
+    quiet machine's daemons): the pool keeps its threads. Stalls that come sooner send the next jobs to
+    the caller alone, 20 ms, then twice as long each time, up to 1.28 s; noise starts that over."""
+    ms = 1_000_000
+    quiet = [(1000 * ms, 1 * ms), (1300 * ms, 1 * ms), (1600 * ms, 2 * ms)]
+    assert _pool.stall_policy(quiet) == [0, 0, 0]
+    busy = [(1000 * ms, 3 * ms), (1005 * ms, 3 * ms), (1030 * ms, 3 * ms), (1075 * ms, 3 * ms)]
+    assert _pool.stall_policy(busy) == [0, 1028 * ms, 1073 * ms, 1158 * ms]
+    # stalls one after another: each back-off twice the last, up to 1.28 s
+    again = [(1000 * ms, 3 * ms)] + [(1000 * ms + i, 3 * ms) for i in range(1, 10)]
+    lengths = [end - finished - 3 * ms for end, (finished, _) in zip(_pool.stall_policy(again)[1:], again[1:])]
+    assert lengths == [20 * ms * 2**i for i in range(7)] + [1280 * ms, 1280 * ms]
+    # a stall long after the last back-off is noise again, and the next back-off starts from 20 ms
+    assert _pool.stall_policy(busy[:3] + [(5000 * ms, 3 * ms), (5004 * ms, 3 * ms)])[3:] == [0, 5027 * ms]

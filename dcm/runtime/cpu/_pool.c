@@ -34,13 +34,17 @@
 #define PARTS_PER_THREAD 4      /* ranges per thread: a late thread leaves little undone */
 #define SPIN_NS 200000L         /* how long an idle worker watches for the next job before it sleeps */
 /* A job whose caller waited, after its own last range, more than twice its mean range time plus
- * STALL_SLACK_NS waited on a worker the scheduler took off the core (another process wants the core):
- * jobs then run on the caller alone for a while before the pool is tried again, BACKOFF_NS after the
- * first stall, twice as long after each further stall, up to BACKOFF_MAX_NS, until a second passes
- * without one. On a 2-core machine with one core kept busy, such stalls (a time
- * slice, milliseconds) made BERT's median on 2 threads 2.1x its best run and 1.35x its median on one
- * thread. */
+ * STALL_SLACK_NS waited on a worker the scheduler took off the core (another process wants the core).
+ * A stall whose wait is under 1 / NOISE_RATIO of the time since the last stall or back-off is noise (a
+ * quiet machine's daemons: about 2 a second here) and changes nothing. Otherwise jobs run on the caller
+ * alone for a while before the pool is tried again: BACKOFF_NS, twice as long after each further stall
+ * that is not noise, up to BACKOFF_MAX_NS. On a 2-core machine with one core kept busy, such stalls (a
+ * time slice, milliseconds) made BERT's median on 2 threads 2.1x its best run and 1.35x its median on
+ * one thread. Backing off at every stall, doubling until a second passed without one, kept a quiet
+ * machine's pool on one thread for much of the time: pruned ViT-Tiny's mean run on 2 threads was 1.17x
+ * its best. */
 #define STALL_SLACK_NS 50000LL
+#define NOISE_RATIO 10
 #define BACKOFF_NS 20000000LL
 #define BACKOFF_MAX_NS 1280000000LL
 
@@ -64,7 +68,25 @@ static pthread_mutex_t submit_lock = PTHREAD_MUTEX_INITIALIZER; /* held by the o
 static atomic_llong spin_ns = SPIN_NS; /* 0 while more threads are asked for than the process has cores */
 static atomic_llong alone_until; /* CLOCK_MONOTONIC ns: jobs before it run on the caller alone */
 static atomic_llong stalls;      /* jobs that waited on a descheduled worker, for stalls() */
-static long long backoff_ns = BACKOFF_NS, last_stall; /* the next back-off, the last stall (submit_lock) */
+/* The stall policy's state: the next back-off, and when the last stall or back-off ended. */
+typedef struct {
+    long long backoff_ns, last_event;
+} StallPolicy;
+
+/* A stall at `finished` whose caller waited `waited` ns: 0 where it is noise, else the time until which
+ * jobs run on the caller alone. Pure, so that tests can replay a sequence of stalls (stall_policy). */
+static long long on_stall(StallPolicy *p, long long finished, long long waited)
+{
+    if (waited * NOISE_RATIO < finished - p->last_event) {
+        p->backoff_ns = BACKOFF_NS;
+        p->last_event = finished;
+        return 0;
+    }
+    p->last_event = finished + waited + p->backoff_ns;
+    p->backoff_ns = p->backoff_ns * 2 < BACKOFF_MAX_NS ? p->backoff_ns * 2 : BACKOFF_MAX_NS;
+    return p->last_event;
+}
+
 static pthread_mutex_t sleep_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 static int started; /* workers running (under submit_lock) */
@@ -213,11 +235,10 @@ static void pool_run(dcm_range_fn fn, void *ctx, Py_ssize_t count, Py_ssize_t gr
     }
     long long waited = now_ns() - finished;
     if (own > 0 && waited > 2 * (finished - start) / own + STALL_SLACK_NS) { /* not an imbalance: a stall */
-        if (finished - last_stall > 1000000000LL) backoff_ns = BACKOFF_NS;
-        last_stall = finished;
-        atomic_store_explicit(&alone_until, finished + waited + backoff_ns, memory_order_relaxed);
+        static StallPolicy policy = {BACKOFF_NS, 0}; /* under submit_lock */
         atomic_fetch_add_explicit(&stalls, 1, memory_order_relaxed);
-        backoff_ns = backoff_ns * 2 < BACKOFF_MAX_NS ? backoff_ns * 2 : BACKOFF_MAX_NS;
+        const long long until = on_stall(&policy, finished, waited);
+        if (until) atomic_store_explicit(&alone_until, until, memory_order_relaxed);
     }
     pthread_mutex_unlock(&submit_lock);
 }
@@ -286,7 +307,8 @@ static PyObject *workers(PyObject *self, PyObject *unused)
 }
 
 PyDoc_STRVAR(stalls_doc, "stalls() -> int\n\nJobs so far whose caller waited on a worker the scheduler took off the core\n"
-"(each sends the jobs of the next 20 ms, or longer after repeated stalls, to the caller alone).");
+"(each one that is not noise sends the jobs of the next 20 ms, or longer after repeated stalls, to the\n"
+"caller alone: see stall_policy).");
 
 static PyObject *stalls_count(PyObject *self, PyObject *unused)
 {
@@ -297,7 +319,39 @@ static PyObject *stalls_count(PyObject *self, PyObject *unused)
 #endif
 }
 
+PyDoc_STRVAR(stall_policy_doc,
+"stall_policy(stalls) -> list\n\n"
+"Replays the pool's stall policy from a fresh state over (finished_ns, waited_ns) pairs: for each, 0\n"
+"where the stall is noise, else the time until which jobs would run on the caller alone. For tests.");
+
+static PyObject *stall_policy(PyObject *self, PyObject *arg)
+{
+#ifdef HAVE_POOL
+    PyObject *seq = PySequence_Fast(arg, "stall_policy: expected a sequence of (finished_ns, waited_ns)");
+    if (!seq) return NULL;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *out = PyList_New(n);
+    StallPolicy p = {BACKOFF_NS, 0};
+    for (Py_ssize_t i = 0; out && i < n; i++) {
+        long long finished, waited;
+        PyObject *v;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "LL", &finished, &waited) ||
+            !(v = PyLong_FromLongLong(on_stall(&p, finished, waited)))) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+    Py_DECREF(seq);
+    return out;
+#else
+    PyErr_SetString(PyExc_NotImplementedError, "stall_policy: this build has no pool");
+    return NULL;
+#endif
+}
+
 static PyMethodDef module_methods[] = {
+    {"stall_policy", stall_policy, METH_O, stall_policy_doc},
     {"coverage", coverage, METH_VARARGS, coverage_doc},
     {"workers", workers, METH_NOARGS, workers_doc},
     {"stalls", stalls_count, METH_NOARGS, stalls_doc},
