@@ -133,7 +133,7 @@ def test_sparse_weight_by_rows_matches_dense(rows):
     want = np.maximum(x @ w.T + bias, 0)
     if mm.native is not None:  # the compiled kernels' bias and ReLU epilogue
         np.testing.assert_allclose(mm.fused_right(x, bias, True), want, rtol=1e-5, atol=1e-5)
-    assert (mm._dense_wt is not None) == prefers_dense(mm.density, rows, 64 * 48, 48)  # made only when used
+    assert mm.holds_dense_form == prefers_dense(mm.density, rows, 64 * 48, 48)  # made only when used
 
 
 def test_sparse_weight_without_by_rows_never_copies():
@@ -141,7 +141,7 @@ def test_sparse_weight_without_by_rows_never_copies():
     mm = WeightMatmul("sparse", parts, prefer="right")
     x = np.ones((100, 48), np.float32)
     np.testing.assert_allclose(mm.right(x), x @ w.T, rtol=1e-5, atol=1e-4)
-    assert mm._dense_wt is None
+    assert not mm.holds_dense_form
 
 
 def test_requested_sparse_kernel_stays_sparse():

@@ -76,7 +76,7 @@ def test_each_decision_is_the_faster_candidate_and_dense_copy_is_dropped(monkeyp
         sess.run(None, {"x": x})
         assert [d["tuned"] for d in _layers(sess)] == [{"40": winner}] * 2
         products = [k.mm for k in sess._kernels if getattr(k, "mm", None) is not None]
-        assert [p._dense_wt is not None for p in products] == [winner == "dense"] * 2  # kept only when used
+        assert [p.holds_dense_form for p in products] == [winner == "dense"] * 2  # kept only when used
 
 
 def test_a_requested_kernel_is_not_tuned():

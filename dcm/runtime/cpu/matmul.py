@@ -41,14 +41,20 @@ SPARSE_MAX_DENSITY_MANY_ROWS = 0.35
 SPARSE_MAX_DENSITY_WIDE = 0.22
 SPARSE_MAX_DENSITY_WIDE_AVX512 = 0.30
 WIDE_INPUTS = 512  # inputs past which a 32-row panel (128 bytes per input) outgrows L1
-# The batched kernel transposes every input row into its panels before a weight touches it; a W of few
-# outputs then does few multiply-adds per packed value (outputs x density), and BLAS on the dense copy
-# wins at any row count from 8 (one thread, interleaved; ConvNeXt's MLP down-projections at 30% and
-# 20%: [40, 160] at 3136 rows 0.48 against 0.40 ms and 0.45 / 0.39, 12 and 8 per value; [64, 256]
-# 0.87 / 0.81 at 20%, 13 per value; but [80, 320] at 784 rows 0.25 / 0.30 at 20%, 16 per value, and
-# [96, 384] 0.35 / 0.41, 19, while [64, 256] at 30%, also 19, took 0.94 / 0.81: the limit is where
-# every layer measured below it lost on the sparse kernel).
-SPARSE_MIN_OUTPUT_WEIGHTS = 14
+# The batched kernel transposes every input row into its panels before a weight touches it, and every
+# output value out of its tiles: a W of few outputs does few multiply-adds per packed input value
+# (outputs x density), and a W of few inputs has panels too short to pay for that work; the dense form
+# on the packed kernel (_dense_right) then wins at any row count from 8. Measured against the packed
+# kernel (`python -m benchmarks.narrow_matmul`: one layer, the two forms in turn, 1 / 2 threads):
+# [80, 320] at 784 rows 0.22 / 0.18 ms sparse against 0.27 / 0.14 dense at 20% (16 per input), 0.26 /
+# 0.19 against 0.27 / 0.15 at 30% (24); [40, 160] at 3136 rows lost at 20-30% (8-12 per input); [96, 32]
+# at 12544 rows 0.77-1.12 / 0.45-0.63 against 0.66-0.69 / 0.37-0.39 at 20-30%; [160, 40] and [128, 64]
+# at 3136 rows came out either way run to run, within about 10% (sparse 0.30-0.47 ms on one thread
+# against dense 0.33-0.37), and go dense: its time is the steadier. The sparse kernel gains less from a
+# second thread than the packed one, so the per-input limit is higher there.
+SPARSE_MIN_OUTPUT_WEIGHTS = 16
+SPARSE_MIN_OUTPUT_WEIGHTS_THREADS = 28
+SPARSE_MIN_INPUTS = 65
 FEW_ROWS_MAX_WEIGHTS = 1 << 18
 # The packed dense kernel (_gemm.c gemm_packed) against OpenBLAS, one thread, each weight used once in
 # turn as in a run (benchmarks/gemm.py, docs/gemm.md): the zoo's transformer and ConvNeXt layers (at
@@ -90,6 +96,7 @@ class WeightMatmul:
         self.tune = tune and self.by_rows
         self.tuned: dict[int, str] = {}
         self._dense_wt: np.ndarray | None = None
+        self._dense_packed: np.ndarray | None | bool = False  # False: not made yet (None: cannot be)
         self.threads = threads
         self.native = None  # the compiled sparse kernel's form of a sparse W
         self.packed: np.ndarray | None = None  # W.T in the compiled dense kernel's panels (_gemm.c)
@@ -207,16 +214,27 @@ class WeightMatmul:
             return self._dense_right(x, bias, relu)
         return self._native_rows(x, bias, relu)
 
-    def _packed_right(self, x: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
-        """relu(x [n, in] @ W.T + bias [out]) on the packed dense kernel, split over the threads when the
-        product is as large as blas.matmul splits."""
+    def _packed_right(self, x: np.ndarray, bias: np.ndarray | None, relu: bool,
+                      packed: np.ndarray | None = None) -> np.ndarray:
+        """relu(x [n, in] @ W.T + bias [out]) on the packed dense kernel (this dense layer's panels, or
+        ``packed``), split over the threads when the product is as large as blas.matmul splits."""
         x = np.ascontiguousarray(x)
         y = np.empty((x.shape[0], self.shape[0]), np.float32)
         split = x.shape[0] * x.shape[1] * y.shape[1] >= blas.SPLIT_MIN_MACS
-        native.gemm_packed(x, self.packed, y, self.threads if split else 1, bias, relu)
+        native.gemm_packed(x, self.packed if packed is None else packed, y, self.threads if split else 1, bias, relu)
         return y
 
     def _dense_right(self, x: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
+        """relu(x @ W.T + bias) on the dense form: a sparse layer whose row count goes to dense runs the
+        packed kernel on a packed copy where this CPU has it (ConvNeXt's MLP layers at 30%, 1 / 2
+        threads: [320, 80] at 784 rows 0.25 / 0.20 ms through BLAS, 0.20 / 0.13 packed)."""
+        if self.mode == "sparse" and x.shape[0] > 1 and x.dtype == np.float32:
+            if self._dense_packed is False:
+                self._dense_packed = _packed(self.dense_wt())
+                if self._dense_packed is not None:
+                    self._dense_wt = None  # the packed copy replaces it (BLAS takes it again for other types)
+            if self._dense_packed is not None:
+                return self._packed_right(x, bias, relu, self._dense_packed)
         y = blas.matmul(x, self.dense_wt(), self.threads)
         if (bias is not None or relu) and not add_and_activate(y, bias, relu, None):
             if bias is not None:
@@ -231,13 +249,19 @@ class WeightMatmul:
         density, row count and thread count in the process."""
         rows = x.shape[0]
         if not self.tune or rows <= 1:
-            return prefers_dense(self.density, rows, self.size, self.shape[1], self.shape[0])
+            return prefers_dense(self.density, rows, self.size, self.shape[1], self.shape[0], self.threads)
         key = ("matmul", self.shape, self.nnz, rows, self.threads)
-        had_copy = self._dense_wt is not None
+        had_copy = self.holds_dense_form
         self.tuned[rows] = tune.choose(key, {"sparse": sparse, "dense": dense})
         if self.tuned[rows] == "sparse" and not had_copy:  # made for the race only
-            self._dense_wt = None
+            self._dense_wt, self._dense_packed = None, False
         return self.tuned[rows] == "dense"
+
+    @property
+    def holds_dense_form(self) -> bool:
+        """Whether a sparse layer holds a dense copy of its weight (plain or packed), made at its first
+        call that went to the dense form."""
+        return self._dense_wt is not None or self._dense_packed is not False
 
     def dense_wt(self) -> np.ndarray:
         """W.T as a contiguous dense array, made once: the form BLAS takes for many rows. It costs 4
@@ -293,15 +317,18 @@ class WeightMatmul:
         return y
 
 
-def prefers_dense(density: float, rows: int, weights: int = 0, inputs: int = 0, outputs: int = 0) -> bool:
-    """Whether BLAS beats the compiled sparse kernel on an x of ``rows`` rows at this density, for a
-    layer of ``weights`` weights, ``inputs`` inputs and ``outputs`` outputs (0: not known). One row
-    keeps the load-time choice: the matvec kernels there also skip zero inputs."""
+def prefers_dense(density: float, rows: int, weights: int = 0, inputs: int = 0, outputs: int = 0,
+                  threads: int = 1) -> bool:
+    """Whether the dense form beats the compiled sparse kernel on an x of ``rows`` rows at this
+    density, for a layer of ``weights`` weights, ``inputs`` inputs and ``outputs`` outputs (0: not
+    known) on ``threads`` threads. One row keeps the load-time choice: the matvec kernels there also
+    skip zero inputs."""
     if rows <= 1:
         return False
     if rows < 8:
         return weights <= FEW_ROWS_MAX_WEIGHTS and density > SPARSE_MAX_DENSITY_FEW_ROWS
-    if outputs and outputs * density < SPARSE_MIN_OUTPUT_WEIGHTS:
+    per_input = SPARSE_MIN_OUTPUT_WEIGHTS if threads < 2 else SPARSE_MIN_OUTPUT_WEIGHTS_THREADS
+    if (outputs and outputs * density < per_input) or 0 < inputs < SPARSE_MIN_INPUTS:
         return True
     if inputs <= WIDE_INPUTS:
         return density > SPARSE_MAX_DENSITY_MANY_ROWS
