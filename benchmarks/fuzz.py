@@ -304,12 +304,26 @@ def _inverted_residual() -> Model:
                  nodes, tensors, {})
 
 
+def _attention() -> Model:
+    """Scaled dot-product attention over a run-time input (q = v = x, k its transpose), scaled and
+    masked: the session fuses it into one dcm.Attention node, the compiled attention kernel."""
+    rng = np.random.default_rng(14)
+    tensors = {"c": encode_raw(np.array(0.5, np.float32), "c"),
+               "m": encode_raw(np.where(rng.random(5) < 0.3, -1e4, 0).astype(np.float32), "m")}
+    nodes = [Node("Transpose", ["x"], ["k"], {"perm": [0, 1, 3, 2]}, "keys"),
+             Node("MatMul", ["x", "k"], ["s"], {}, "scores"), Node("Mul", ["s", "c"], ["sc"], {}, "scale"),
+             Node("Add", ["sc", "m"], ["sm"], {}, "mask"), Node("Softmax", ["sm"], ["p"], {"axis": -1}, "softmax"),
+             Node("MatMul", ["p", "x"], ["y"], {}, "mix")]
+    return Model([ValueInfo("x", "float32", ["batch", 2, 5, 4])], [ValueInfo("y", "float32", ["batch", 2, 5, 4])],
+                 nodes, tensors, {}, opset=17)
+
+
 @lru_cache(maxsize=None)
 def seeds() -> tuple[bytes, ...]:
     """The hand-made .dcm seeds: between them they reach every compiled kernel (``kernel_names``)."""
     return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _sparse_batch8, _sparse_strided,
                                          _wide3x3, _stem, _pointwise_conv, _dense_layers, _logic, _layer_norm,
-                                         _lstm_upsample, _gru_dense, _skip_concat, _inverted_residual))
+                                         _lstm_upsample, _gru_dense, _skip_concat, _inverted_residual, _attention))
 
 
 @lru_cache(maxsize=None)
