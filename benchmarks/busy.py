@@ -44,9 +44,12 @@ product waits until the scheduler brings the missing thread back: a 128x256 @ 25
 takes about 0.5 ms on one thread took tens of milliseconds on two. Instead, every compiled kernel
 splits its own work on dcm's native pool (`dcm/runtime/cpu/_pool.c`): it cuts the work into about
 four ranges per thread (rows or columns of a product, each one a single-threaded sgemm call; bands
-of Winograd tiles; output rows or planes of a convolution), which the session's threads, the calling
-one included, take as each comes free. Once every range is taken the caller waits only for ranges
-that running threads hold; a worker the scheduler wakes late finds nothing left. A thread kept off
+of Winograd tiles; output rows or planes of a convolution). Each of the session's threads, the calling
+one included, owns a contiguous segment of them and takes its ranges in order, so that consecutive
+kernels split the same rows the same way and each thread reads what it wrote itself (MobileNetV2 on
+2 threads: 4.6 -> 3.9 ms against handing out every other range); a thread out of work takes the
+last ranges of the others' segments. Once every range is taken the caller waits only for ranges that
+running threads hold; a worker the scheduler wakes late finds nothing left. A thread kept off
 the core then costs at most the range it holds. Idle workers watch for the next job for 0.2 ms,
 then sleep; a hand-off costs 2-5 us, against 15-100 us through Python threads, so ranges of a few
 tens of thousands of multiply-adds are worth splitting.

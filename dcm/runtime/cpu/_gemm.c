@@ -2,8 +2,8 @@
  *
  * gemm(a, b, out, threads) computes out = a @ b for stacks of row-major or column-major operands with
  * the single-threaded sgemm of scipy's OpenBLAS (import_sgemm, _kernel_common.h), cutting the work
- * into chunks that the threads of parallel_for (_pool.c) take as they come free: whole products of a
- * stack, else rows or columns of one product.
+ * into chunks that the threads of parallel_for (_pool.c) share: whole products of a stack, else rows or
+ * columns of one product.
  *
  * Why: numpy's matmul runs on its own OpenBLAS, which the session holds at one thread (blas.py: its
  * pool waits for every thread, so a busy machine stalls every product), and splitting a product over

@@ -11,8 +11,8 @@
  * started or not. On a machine another process keeps busy, a worker the scheduler keeps off the core
  * then holds up every kernel until it is scheduled (the BLAS pools' problem, see blas.py). Here the
  * caller takes ranges too, and once every range is taken it waits only for the ranges that were taken
- * by threads that are running; a worker that wakes late finds nothing left (onnxruntime's pool works
- * the same way).
+ * by threads that are running; a worker that wakes late finds its segment taken by the others
+ * (onnxruntime's pool works the same way).
  *
  * One job at a time: a call that finds the pool busy (a nested call from inside a range, another
  * Python thread's session) runs its ranges itself.
@@ -92,11 +92,19 @@ static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 static int started; /* workers running (under submit_lock) */
 static atomic_int sleepers;
 
-/* A job is published by storing its epoch; claim = epoch << 32 | the next range's index, so that a
- * worker still holding an older epoch can never take a range of a newer job. The fields are written
- * before the epoch is published and not rewritten until every range of the job is done. */
+/* A job is published by storing its epoch. Its ranges are cut into one contiguous segment per thread
+ * (the caller's first), each an atomic epoch << 32 | front << 16 | back, so that a worker still holding
+ * an older epoch can never take a range of a newer job. A thread takes its own segment's ranges from
+ * the front, in order, then other segments' from the back: each thread works on one contiguous part of
+ * the output, which the next kernel reads again in the same split (a 1x1 layer's rows, then the
+ * depthwise layer's), while a late thread's ranges still go to whoever is free. Handed out from one
+ * shared counter, the threads took every other range, so about half of each kernel's input sat in the
+ * other core's cache: MobileNetV2 took 4.6 ms on 2 threads against 3.9, pruned ViT-Tiny 17.1 against
+ * 15.4, EfficientNet-B0 8.2 against 7.6 (medians, the two builds in turn). The fields are written before the epoch is published and not rewritten until
+ * every range of the job is done. */
+#define MAX_THREADS (MAX_WORKERS + 1)
 static atomic_uint epoch;
-static atomic_ullong claim;
+static atomic_ullong segments[MAX_THREADS];
 static atomic_llong done; /* ranges of the current job finished */
 static struct {
     _Atomic(dcm_range_fn) fn;
@@ -105,8 +113,22 @@ static struct {
     atomic_int workers; /* how many workers take part (threads - 1) */
 } job;
 
-/* Runs ranges of job e until none is left; returns how many this thread ran. */
-static long long run_ranges(unsigned e)
+/* Takes a range of job e from segment t: its front one (own), else its back one. -1 where none is left. */
+static long long take(unsigned e, int t, int own)
+{
+    unsigned long long s = atomic_load_explicit(&segments[t], memory_order_acquire);
+    for (;;) {
+        const unsigned front = (unsigned)(s >> 16) & 0xffffu, back = (unsigned)s & 0xffffu;
+        if ((unsigned)(s >> 32) != e || front >= back) return -1;
+        const unsigned long long next = own ? s + (1ULL << 16) : s - 1;
+        if (atomic_compare_exchange_weak_explicit(&segments[t], &s, next, memory_order_acq_rel, memory_order_acquire))
+            return own ? front : back - 1;
+    }
+}
+
+/* Runs ranges of job e as thread `self` until none is left (its own segment, then the others'); returns
+ * how many this thread ran. */
+static long long run_ranges(unsigned e, int self)
 {
     long long ran = 0;
     dcm_range_fn fn = atomic_load_explicit(&job.fn, memory_order_relaxed);
@@ -115,18 +137,16 @@ static long long run_ranges(unsigned e)
     long long grain = atomic_load_explicit(&job.grain, memory_order_relaxed);
     long long units = atomic_load_explicit(&job.units, memory_order_relaxed);
     long long parts = atomic_load_explicit(&job.parts, memory_order_relaxed);
-    unsigned long long s = atomic_load_explicit(&claim, memory_order_acquire);
-    for (;;) {
-        if ((unsigned)(s >> 32) != e || (long long)(s & 0xffffffffULL) >= parts) return ran;
-        if (!atomic_compare_exchange_weak_explicit(&claim, &s, s + 1, memory_order_acq_rel, memory_order_acquire))
-            continue; /* s now holds the current value */
-        long long i = (long long)(s & 0xffffffffULL);
-        long long lo = units * i / parts * grain, hi = units * (i + 1) / parts * grain;
-        fn(ctx, (Py_ssize_t)lo, (Py_ssize_t)(hi < count ? hi : count));
-        atomic_fetch_add_explicit(&done, 1, memory_order_release);
-        ran++;
-        s = atomic_load_explicit(&claim, memory_order_acquire);
+    const int threads = atomic_load_explicit(&job.workers, memory_order_relaxed) + 1;
+    for (int k = 0; k < threads; k++) {
+        const int t = (self + k) % threads;
+        for (long long i; (i = take(e, t, k == 0)) >= 0; ran++) {
+            long long lo = units * i / parts * grain, hi = units * (i + 1) / parts * grain;
+            fn(ctx, (Py_ssize_t)lo, (Py_ssize_t)(hi < count ? hi : count));
+            atomic_fetch_add_explicit(&done, 1, memory_order_release);
+        }
     }
+    return ran;
 }
 
 /* Returns once the epoch differs from seen: after spinning up to SPIN_NS, asleep on the condition. */
@@ -154,7 +174,7 @@ static void *worker(void *arg)
     unsigned seen = atomic_load(&epoch);
     for (;;) {
         seen = next_job(seen);
-        if (id < atomic_load_explicit(&job.workers, memory_order_relaxed)) run_ranges(seen);
+        if (id < atomic_load_explicit(&job.workers, memory_order_relaxed)) run_ranges(seen, id + 1);
     }
     return NULL;
 }
@@ -194,9 +214,7 @@ static int cores(void)
 static void pool_run(dcm_range_fn fn, void *ctx, Py_ssize_t count, Py_ssize_t grain, int threads)
 {
     long long units = (count + grain - 1) / grain;
-    long long parts = (long long)threads * PARTS_PER_THREAD;
-    if (parts > units) parts = units;
-    if (threads < 2 || parts < 2 || now_ns() < atomic_load_explicit(&alone_until, memory_order_relaxed) ||
+    if (threads < 2 || units < 2 || now_ns() < atomic_load_explicit(&alone_until, memory_order_relaxed) ||
         pthread_mutex_trylock(&submit_lock) != 0) {
         fn(ctx, 0, count);
         return;
@@ -207,6 +225,9 @@ static void pool_run(dcm_range_fn fn, void *ctx, Py_ssize_t count, Py_ssize_t gr
         fn(ctx, 0, count);
         return;
     }
+    const int team = threads - 1 < workers ? threads : workers + 1; /* the caller and the workers that take part */
+    long long parts = (long long)team * PARTS_PER_THREAD;
+    if (parts > units) parts = units;
     static int available;
     if (!available) available = cores();
     /* More threads than cores: a spinning worker would only take time from the ones with work. */
@@ -218,16 +239,19 @@ static void pool_run(dcm_range_fn fn, void *ctx, Py_ssize_t count, Py_ssize_t gr
     atomic_store_explicit(&job.grain, grain, memory_order_relaxed);
     atomic_store_explicit(&job.units, units, memory_order_relaxed);
     atomic_store_explicit(&job.parts, parts, memory_order_relaxed);
-    atomic_store_explicit(&job.workers, threads - 1, memory_order_relaxed);
+    atomic_store_explicit(&job.workers, team - 1, memory_order_relaxed);
     atomic_store_explicit(&done, 0, memory_order_relaxed);
-    atomic_store_explicit(&claim, (unsigned long long)e << 32, memory_order_release);
+    for (int t = 0; t < team; t++) /* thread t's segment: ranges [t parts / team, (t + 1) parts / team) */
+        atomic_store_explicit(&segments[t], (unsigned long long)e << 32 | (unsigned long long)(parts * t / team) << 16 |
+                                                (unsigned long long)(parts * (t + 1) / team),
+                              memory_order_release);
     atomic_store(&epoch, e); /* seq_cst: published before sleepers is read */
     if (atomic_load(&sleepers) > 0) {
         pthread_mutex_lock(&sleep_lock);
         pthread_cond_broadcast(&wake);
         pthread_mutex_unlock(&sleep_lock);
     }
-    long long start = now_ns(), own = run_ranges(e), finished = now_ns();
+    long long start = now_ns(), own = run_ranges(e, 0), finished = now_ns();
     /* Every range is taken: wait for those still running on other threads. */
     for (unsigned n = 1; atomic_load_explicit(&done, memory_order_acquire) < parts; n++) {
         cpu_relax();

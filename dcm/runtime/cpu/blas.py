@@ -13,7 +13,7 @@ So a session keeps every BLAS library at one thread (one C call per library befo
 threadpoolctl's context managers included, changes it), and the kernels' products go through
 ``matmul``, which spreads the large float32 ones over the session's threads with the compiled
 ``gemm`` (_gemm.c): chunks (whole products of a stack, else rows or columns) of single-threaded
-sgemm calls that the native pool's threads, the caller included, take as they come free. A thread
+sgemm calls that the native pool's threads, the caller included, share out as they come free. A thread
 off the core then costs at most the one chunk it holds, and a hand-off costs microseconds where a
 Python thread's cost 15-100 us. The BLAS count stays set after the run: numpy code outside the
 session sees it too.
