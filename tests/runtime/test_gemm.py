@@ -235,3 +235,42 @@ def test_strides_whose_extent_overflows_are_refused():
     a = np.lib.stride_tricks.as_strided(x, (3, 2, 2), (2**62, 8, 4))
     with pytest.raises(ValueError, match="overflow"):
         native.gemm(a, np.ones((3, 2, 2), np.float32), np.empty((3, 2, 2), np.float32))
+
+
+def test_numpy_sgemm_is_found_in_numpy_wheel():
+    """numpy's wheel bundles an OpenBLAS; the kernels call its sgemm (sgemm_source.py) where it is there."""
+    import glob
+    import os
+
+    from dcm.runtime.cpu import sgemm_source
+
+    bundled = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas64*"))
+    if not bundled:
+        pytest.skip("this numpy does not bundle OpenBLAS")
+    assert sgemm_source.numpy_sgemm() != 0
+    assert sgemm_source.ILP64_SGEMM == (0 if os.environ.get("DCM_SCIPY_SGEMM") == "1" else sgemm_source.numpy_sgemm())
+
+
+@pytest.mark.parametrize("scipy_sgemm", ["0", "1"])
+def test_both_sgemm_sources_give_the_product(scipy_sgemm):
+    """With DCM_SCIPY_SGEMM=1 the kernels take scipy's sgemm instead (a fresh process: each module finds
+    its sgemm once); both give the product, in a row cut, a column cut and a stack."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from dcm.runtime.cpu import native, sgemm_source\n"
+        "rng = np.random.default_rng(0)\n"
+        "for a, b in (((300, 64), (64, 90)), ((70, 100), (100, 2000)), ((16, 64, 32), (16, 32, 112))):\n"
+        "    a, b = rng.standard_normal(a).astype(np.float32), rng.standard_normal(b).astype(np.float32)\n"
+        "    out = np.empty(a.shape[:-1] + b.shape[-1:], np.float32)\n"
+        "    native.gemm(a, b, out, 2)\n"
+        "    np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)\n"
+        "print(sgemm_source.ILP64_SGEMM != 0)\n")
+    env = {**os.environ, "DCM_SCIPY_SGEMM": scipy_sgemm}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    if scipy_sgemm == "1":
+        assert run.stdout.strip() == "False"
