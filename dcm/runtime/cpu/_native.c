@@ -1888,6 +1888,14 @@ static PyObject *winograd_conv(PyObject *self, PyObject *args, PyObject *kwds)
     w.rows = tiles / g->tw < w.th ? tiles / g->tw : w.th;
     w.samples = w.rows == w.th ? (tiles / (w.rows * g->tw) < g->n ? tiles / (w.rows * g->tw) : g->n) : 1;
     w.row_bands = (w.th + w.rows - 1) / w.rows;
+    if (threads > 1 && w.row_bands > 1 && g->n * w.row_bands < 4 * (Py_ssize_t)threads) {
+        /* Few bands: as many as a multiple of the threads, of equal rows. A plane of 14 tile rows in
+         * bands of 9 and 5 left one of 2 threads idle for a third of the layer. */
+        const Py_ssize_t total = (g->n * w.row_bands + threads - 1) / threads * threads;
+        const Py_ssize_t per_sample = (total + g->n - 1) / g->n;
+        w.rows = (w.th + per_sample - 1) / per_sample;
+        w.row_bands = (w.th + w.rows - 1) / w.rows;
+    }
     Py_ssize_t bands = (g->n + w.samples - 1) / w.samples * w.row_bands;
     w.max_tiles = w.samples * w.rows * g->tw;
     Py_ssize_t x_count = SIZE_PRODUCT(g->n, g->c, g->h, g->w), u_count = SIZE_PRODUCT(w.mats, g->c, k),
