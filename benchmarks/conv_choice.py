@@ -11,7 +11,7 @@ The break-even density is the highest density at which direct is still the faste
 Writes benchmarks/results/conv_choice.json; ``--docs`` also writes docs/kernel-choice.md's table.
 
 ``--lanes`` times dense layers of the stems and narrow 3x3 layers of the zoo's CNNs with
-``conv_lanes2d`` forced on and off (``lanes.MAX_TAPS``), onnxruntime alongside, each call of the three
+``conv_lanes2d`` forced on and off (``lanes.MAX_TAPS``, ``lanes.MAX_TAPS_3X3``), onnxruntime alongside, each call of the three
 interleaved and timed by the thread's CPU clock, so that other processes on a shared machine move
 all three alike. Writes benchmarks/results/conv_lanes.json and the table between the
 ``conv_lanes table`` markers.
@@ -50,7 +50,8 @@ DENSITIES = [0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
 # ConvNeXt, U-Net, then narrow 3x3 layers and ConvNeXt's first 2x2 downsampling, by taps per output.
 LANE_LAYERS = [(3, 32, 3, 2, 224), (3, 40, 4, 4, 224), (3, 32, 3, 1, 128), (3, 64, 7, 2, 224), (8, 16, 3, 1, 112),
                (16, 16, 3, 1, 112), (16, 32, 3, 2, 112), (40, 80, 2, 2, 56), (24, 24, 3, 1, 56), (32, 32, 3, 1, 56),
-               (32, 32, 3, 1, 128)]
+               (32, 32, 3, 1, 128), (24, 24, 3, 1, 128), (20, 32, 3, 1, 128), (32, 64, 3, 2, 112), (32, 64, 3, 1, 128),
+               (32, 128, 3, 1, 56)]
 
 
 # (channels, input size): ResNet-18's 3x3 stride-1 layers, one per stage.
@@ -126,11 +127,12 @@ def measure_lanes(layers, reps: int = 40) -> list[dict]:
         runs = {"onnxruntime": ort.InferenceSession(data, so, providers=["CPUExecutionProvider"]),
                 "auto": InferenceSession(model, threads=1)}
         for name, taps in (("lanes", 1 << 30), ("gemm", 0)):
-            lanes.MAX_TAPS, previous = taps, lanes.MAX_TAPS
+            previous = lanes.MAX_TAPS, lanes.MAX_TAPS_3X3
+            lanes.MAX_TAPS = lanes.MAX_TAPS_3X3 = taps
             try:
                 runs[name] = InferenceSession(model, kernels="dense", threads=1)
             finally:
-                lanes.MAX_TAPS = previous
+                lanes.MAX_TAPS, lanes.MAX_TAPS_3X3 = previous
         times = {name: [] for name in runs}
         with threadpool_limits(1):
             for _ in range(reps):

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dcm.runtime.cpu import native, winograd
+from dcm.runtime.cpu import lanes, native, winograd
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -40,8 +40,10 @@ def _check(x_shape, c_out, attrs, bias=True, seed=0):
 
 @pytest.fixture
 def any_width(monkeypatch):
-    """Let narrow test layers take the Winograd path (normally only 64+ channels do)."""
+    """Let narrow test layers take the Winograd path (normally only 64+ channels do, and conv_lanes2d
+    takes 3x3 layers of few channels and outputs)."""
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(lanes, "MAX_OUTPUTS_OVER_WINOGRAD", 0)
 
 
 @pytest.mark.parametrize("x_shape,attrs", [

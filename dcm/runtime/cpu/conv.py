@@ -135,7 +135,7 @@ class Conv(Kernel):
         depthwise_layer = native.depthwise2d is not None and is_depthwise(self.group, shape)
         # lanes against direct, which skips pruned weights; where direct cannot run (horizontal stride 2:
         # the stems), against im2col, which only a very sparse weight makes faster
-        few_inputs = (lanes.eligible(self.group, shape, self.pointwise) and not wide_3x3
+        few_inputs = (lanes.eligible(self.group, shape, self.pointwise, wide_3x3)
                       and (requested == "dense" or self.density >= lanes.MIN_DENSITY
                            or (self.strides[1] != 1 and self.density > IM2COL_SPARSE_MAX_DENSITY)))
         if self.allow_direct and requested != "sparse" and (depthwise_layer or few_inputs):
