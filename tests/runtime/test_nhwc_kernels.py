@@ -160,7 +160,8 @@ def test_nan_kept_and_infinities(kernel, simd):
 
 
 @pytest.mark.parametrize("simd", [True, False])
-@pytest.mark.parametrize("n, p, c", [(1, 1, 1), (1, 49, 1280), (3, 1, 17), (2, 196, 17), (1, 3136, 96), (4, 7, 33)])
+@pytest.mark.parametrize("n, p, c", [(1, 1, 1), (1, 49, 1280), (3, 1, 17), (2, 196, 17), (1, 3136, 96), (4, 7, 33),
+                                     (1, 12544, 32), (1, 1100, 20)])  # few units: chunks of the plane on 2 threads
 def test_global_average_matches_numpy(n, p, c, simd):
     rng = np.random.default_rng(n * p + c)
     x = (rng.standard_normal((n, p, c)) + 3).astype(np.float32)

@@ -23,6 +23,7 @@
 #define BLOCK 8                   /* output pixels whose accumulators stay in registers */
 #define POOL_VECTORS 4            /* 16-channel vectors per global_average_nhwc unit */
 #define POOL_RUN 16               /* pixels global_average_nhwc sums in float before the sum joins a double */
+#define CHUNK_MIN_PIXELS 512      /* pixels a chunk of global_average_nhwc's plane holds at least */
 #define HEAD_MIN_CHANNELS 64      /* the fewest channels for which an aligning partial vector pays */
 
 /* A convolution call's window as its arguments give it: batch, input plane, kernel, strides,
@@ -388,12 +389,26 @@ done:
     return result;
 }
 
-/* One global_average_nhwc call: units (sample, block of POOL_VECTORS x 16 channels). */
+/* One global_average_nhwc call: units (sample, block of POOL_VECTORS x 16 channels, chunk of pixels).
+ * With one chunk a unit writes its means to y; with more (a plane of few channels on several threads:
+ * EfficientNet's first squeeze-and-excitation, 32 channels at 112x112, was one unit) each writes its
+ * sums to partial, which the call adds up in chunk order afterwards. */
 typedef struct {
     const float *x;
     float *y;
-    Py_ssize_t pixels, c, blocks;
+    double *partial; /* [units][16 POOL_VECTORS] where chunks > 1 */
+    Py_ssize_t pixels, c, blocks, chunks, chunk; /* chunk: pixels per chunk, a multiple of POOL_RUN */
+    int reciprocal; /* the AVX-512 path's mean: sum times 1 / pixels (the generic path divides) */
 } Average;
+
+/* Unit u's sample, first channel and pixels [*q0, *q1). */
+static void average_unit_place(const Average *p, Py_ssize_t u, Py_ssize_t *s, Py_ssize_t *k0, Py_ssize_t *q0,
+                               Py_ssize_t *q1)
+{
+    const Py_ssize_t part = u % p->chunks;
+    *s = u / p->chunks / p->blocks, *k0 = u / p->chunks % p->blocks * 16 * POOL_VECTORS;
+    *q0 = part * p->chunk, *q1 = part == p->chunks - 1 ? p->pixels : *q0 + p->chunk;
+}
 
 /* Sums in double: a 56 x 56 plane's 3136 float32 additions would lose ~1e-5 of the mean (the AVX-512
  * path sums runs of POOL_RUN pixels in float first). */
@@ -403,21 +418,26 @@ static void average_generic(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
     const Py_ssize_t width = 16 * POOL_VECTORS;
     double sum[16 * POOL_VECTORS];
     for (Py_ssize_t u = lo; u < hi; u++) {
-        const Py_ssize_t s = u / p->blocks, k0 = u % p->blocks * width;
+        Py_ssize_t s, k0, q0, q1;
+        average_unit_place(p, u, &s, &k0, &q0, &q1);
         const Py_ssize_t count = p->c - k0 < width ? p->c - k0 : width;
         const float *x = p->x + s * p->pixels * p->c + k0;
         for (Py_ssize_t k = 0; k < count; k++) sum[k] = 0.0;
-        for (Py_ssize_t q = 0; q < p->pixels; q++)
+        for (Py_ssize_t q = q0; q < q1; q++)
             for (Py_ssize_t k = 0; k < count; k++) sum[k] += x[q * p->c + k];
-        for (Py_ssize_t k = 0; k < count; k++) p->y[s * p->c + k0 + k] = (float)(sum[k] / (double)p->pixels);
+        if (p->chunks > 1)
+            for (Py_ssize_t k = 0; k < count; k++) p->partial[u * width + k] = sum[k];
+        else
+            for (Py_ssize_t k = 0; k < count; k++) p->y[s * p->c + k0 + k] = (float)(sum[k] / (double)p->pixels);
     }
 }
 
 #ifdef HAVE_AVX2_PATH
 /* V vectors (a constant where inlined) of one unit: runs of POOL_RUN pixels summed in float vectors
  * (one add per vector and pixel), each run's sums then added in double. */
-AVX512 static inline __attribute__((always_inline)) void average_unit(const Average *p, Py_ssize_t s, Py_ssize_t k0,
-                                                                      Py_ssize_t count, const int V)
+AVX512 static inline __attribute__((always_inline)) void average_unit(const Average *p, Py_ssize_t u, Py_ssize_t s,
+                                                                      Py_ssize_t k0, Py_ssize_t count, Py_ssize_t first,
+                                                                      Py_ssize_t end, const int V)
 {
     const __m512d scale = _mm512_set1_pd(1.0 / (double)p->pixels);
     __mmask16 m[POOL_VECTORS];
@@ -428,8 +448,8 @@ AVX512 static inline __attribute__((always_inline)) void average_unit(const Aver
         lo_sum[v] = hi_sum[v] = _mm512_setzero_pd();
     }
     const float *x = p->x + s * p->pixels * p->c + k0;
-    for (Py_ssize_t q0 = 0; q0 < p->pixels; q0 += POOL_RUN) {
-        const Py_ssize_t q1 = p->pixels - q0 < POOL_RUN ? p->pixels : q0 + POOL_RUN;
+    for (Py_ssize_t q0 = first; q0 < end; q0 += POOL_RUN) {
+        const Py_ssize_t q1 = end - q0 < POOL_RUN ? end : q0 + POOL_RUN;
         __m512 run[POOL_VECTORS];
         UNROLL for (int v = 0; v < V; v++) run[v] = _mm512_setzero_ps();
         for (Py_ssize_t q = q0; q < q1; q++)
@@ -439,6 +459,13 @@ AVX512 static inline __attribute__((always_inline)) void average_unit(const Aver
             lo_sum[v] = _mm512_add_pd(lo_sum[v], _mm512_cvtps_pd(_mm512_castps512_ps256(run[v])));
             hi_sum[v] = _mm512_add_pd(hi_sum[v], _mm512_cvtps_pd(_mm512_extractf32x8_ps(run[v], 1)));
         }
+    }
+    if (p->chunks > 1) { /* the sums, for the call to add up (all 16 lanes: the masked ones hold 0) */
+        UNROLL for (int v = 0; v < V; v++) {
+            _mm512_storeu_pd(p->partial + u * 16 * POOL_VECTORS + 16 * v, lo_sum[v]);
+            _mm512_storeu_pd(p->partial + u * 16 * POOL_VECTORS + 16 * v + 8, hi_sum[v]);
+        }
+        return;
     }
     float *y = p->y + s * p->c + k0;
     UNROLL for (int v = 0; v < V; v++) {
@@ -453,13 +480,14 @@ AVX512 static void average_avx512(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
     const Average *p = ctx;
     const Py_ssize_t width = 16 * POOL_VECTORS;
     for (Py_ssize_t u = lo; u < hi; u++) {
-        const Py_ssize_t s = u / p->blocks, k0 = u % p->blocks * width;
+        Py_ssize_t s, k0, q0, q1;
+        average_unit_place(p, u, &s, &k0, &q0, &q1);
         const Py_ssize_t count = p->c - k0 < width ? p->c - k0 : width;
         switch ((count + 15) / 16) { /* only the unit's vectors, none masked off whole (32 channels: 2, not 4) */
-        case 1: average_unit(p, s, k0, count, 1); break;
-        case 2: average_unit(p, s, k0, count, 2); break;
-        case 3: average_unit(p, s, k0, count, 3); break;
-        default: average_unit(p, s, k0, count, 4); break;
+        case 1: average_unit(p, u, s, k0, count, q0, q1, 1); break;
+        case 2: average_unit(p, u, s, k0, count, q0, q1, 2); break;
+        case 3: average_unit(p, u, s, k0, count, q0, q1, 3); break;
+        default: average_unit(p, u, s, k0, count, q0, q1, 4); break;
         }
     }
 }
@@ -504,11 +532,38 @@ static PyObject *global_average_nhwc(PyObject *self, PyObject *args, PyObject *k
     }
     p.x = xb.buf, p.y = yb.buf;
     p.blocks = (p.c + 16 * POOL_VECTORS - 1) / (16 * POOL_VECTORS);
+    /* Fewer units than two per thread: each (sample, block) in chunks of at least CHUNK_MIN_PIXELS */
+    p.chunks = 1, p.chunk = p.pixels;
+    if (threads > 1 && n * p.blocks < 2 * (Py_ssize_t)threads && p.pixels >= 2 * CHUNK_MIN_PIXELS) {
+        const Py_ssize_t wanted = (2 * (Py_ssize_t)threads + n * p.blocks - 1) / (n * p.blocks);
+        const Py_ssize_t most = p.pixels / CHUNK_MIN_PIXELS;
+        p.chunks = wanted < most ? wanted : most;
+        p.chunk = (p.pixels / p.chunks + POOL_RUN - 1) / POOL_RUN * POOL_RUN;
+        p.chunks = (p.pixels + p.chunk - 1) / p.chunk;
+    }
+    const Py_ssize_t units = n * p.blocks * p.chunks;
+    if (p.chunks > 1 && !(p.partial = PyMem_RawCalloc((size_t)units * 16 * POOL_VECTORS, sizeof(double)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
     dcm_range_fn run = average_generic;
 #ifdef HAVE_AVX2_PATH
-    if (use_avx512()) run = average_avx512;
+    if (use_avx512()) run = average_avx512, p.reciprocal = 1;
 #endif
-    run_units(run, &p, n * p.blocks, p.pixels * 16 * POOL_VECTORS, threads); /* values read a unit */
+    run_units(run, &p, units, p.chunk * 16 * POOL_VECTORS, threads); /* values read a unit */
+    if (p.chunks > 1) { /* each (sample, block): its chunks' sums in order */
+        for (Py_ssize_t b = 0; b < n * p.blocks; b++) {
+            const Py_ssize_t s = b / p.blocks, k0 = b % p.blocks * 16 * POOL_VECTORS;
+            const Py_ssize_t count = p.c - k0 < 16 * POOL_VECTORS ? p.c - k0 : 16 * POOL_VECTORS;
+            for (Py_ssize_t k = 0; k < count; k++) {
+                double total = 0.0;
+                for (Py_ssize_t part = 0; part < p.chunks; part++)
+                    total += p.partial[(b * p.chunks + part) * 16 * POOL_VECTORS + k];
+                p.y[s * p.c + k0 + k] = (float)(p.reciprocal ? total * (1.0 / (double)p.pixels) : total / (double)p.pixels);
+            }
+        }
+        PyMem_RawFree(p.partial);
+    }
     result = Py_NewRef(Py_None);
 done:
     RELEASE_BUFFERS(&xb, &yb);
