@@ -151,3 +151,41 @@ def test_concat_kernel_refuses_mismatched_shapes_as_numpy_does():
     a, b = np.ones((1, 64, 32, 32), np.float32), np.ones((1, 64, 32, 33), np.float32)
     with pytest.raises(ValueError):
         Concat(_ConcatNode(1), _Ctx())(a, b)
+
+
+def _windows_numpy(x, kernel, strides, dilations, pads):
+    """window_rows' reference: the numpy gather pixel_gemm used, from a zero-padded channels-last copy."""
+    n, h, w, c = x.shape
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = kernel, strides, dilations, pads
+    padded = np.zeros((n, h + pt + pb, w + pl + pr, c), np.float32)
+    padded[:, pt : pt + h, pl : pl + w] = x
+    view = np.lib.stride_tricks.sliding_window_view(padded, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(1, 2))
+    view = view[:, ::sh, ::sw, :, ::dh, ::dw]  # [N, OH, OW, C, kh, kw]
+    return np.ascontiguousarray(view.transpose(0, 1, 2, 4, 5, 3)).reshape(-1, kh * kw * c)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape, kernel, strides, dilations, pads", [
+    ((1, 56, 56, 64), (3, 3), (2, 2), (1, 1), (1, 1, 1, 1)),  # ResNet's stride-2 layer
+    ((2, 7, 7, 5), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),  # two samples, a 7x7 plane
+    ((1, 9, 6, 3), (2, 4), (1, 3), (2, 1), (3, 0, 0, 3)),  # pads wider than the kernel, dilation
+    ((1, 5, 5, 2), (5, 5), (1, 1), (1, 1), (0, 0, 0, 0)),  # one output pixel
+])
+def test_window_rows_matches_numpy_gather(shape, kernel, strides, dilations, pads, threads):
+    x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+    want = _windows_numpy(x, kernel, strides, dilations, pads)
+    got = np.full(want.shape, np.nan, np.float32)  # every value must be written, the zeros too
+    native.window_rows(x, got, shape, kernel, strides, dilations, pads, threads)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("args, message", [
+    (((1, 4, 4, 2), (5, 5), (1, 1), (1, 1), (0, 0, 0, 0)), "smaller than the kernel"),
+    (((1, 4, 4, 2), (3, 3), (0, 1), (1, 1), (0, 0, 0, 0)), "out of bounds"),
+    (((1, 4, 4, 2), (3, 3), (1, 1), (1, 1), (-1, 0, 0, 0)), "out of bounds"),
+    (((1, 4, 4, 3), (3, 3), (1, 1), (1, 1), (0, 0, 0, 0)), "x must have 48"),
+])
+def test_window_rows_refuses_bad_calls(args, message):
+    x, y = np.ones((1, 4, 4, 2), np.float32), np.ones((4, 18), np.float32)
+    with pytest.raises(ValueError, match=message):
+        native.window_rows(x, y, *args)

@@ -15,6 +15,10 @@
  * concat (Concat; shape.py): the inputs' blocks copied into one output, its runs of values split over
  * the thread pool (numpy's concatenate is one thread's memcpy).
  *
+ * window_rows (pixel_gemm.py): a convolution's windows of a channels-last input as the rows of a
+ * GEMM, one row per output pixel, each tap's C values one copy, zeros where a tap falls in the
+ * padding; output rows split over the thread pool (numpy's strided gather ran on one thread).
+ *
  * Sizes come from the caller and are checked against the arrays' lengths through size_product.
  */
 #include "_kernel_common.h"
@@ -242,7 +246,100 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * window_rows: y [N * OH * OW, kh * kw * C] from x [N, H, W, C]; row (s, oy, ox), tap (i, j) holds the
+ * C values of x[s, oy sh - pt + i dh, ox sw - pl + j dw], zeros outside the input.
+ * ------------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    const float *x;
+    float *y;
+    Py_ssize_t h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow;
+} Windows;
+
+/* Output rows [lo, hi) of the stack of samples: unit u is sample u / OH, output row u % OH. */
+static void window_rows_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const Windows *g = ctx;
+    const size_t run = (size_t)g->c * sizeof(float);
+    for (Py_ssize_t u = lo; u < hi; u++) {
+        const Py_ssize_t s = u / g->oh, oy = u % g->oh;
+        float *row = g->y + u * g->ow * g->kh * g->kw * g->c;
+        for (Py_ssize_t ox = 0; ox < g->ow; ox++)
+            for (Py_ssize_t i = 0; i < g->kh; i++) {
+                const Py_ssize_t iy = oy * g->sh - g->pt + i * g->dh;
+                for (Py_ssize_t j = 0; j < g->kw; j++, row += g->c) {
+                    const Py_ssize_t ix = ox * g->sw - g->pl + j * g->dw;
+                    if (iy >= 0 && iy < g->h && ix >= 0 && ix < g->w)
+                        memcpy(row, g->x + ((s * g->h + iy) * g->w + ix) * g->c, run);
+                    else
+                        memset(row, 0, run);
+                }
+            }
+    }
+}
+
+PyDoc_STRVAR(window_rows_doc,
+"window_rows(x, y, shape, kernel, strides, dilations, pads, threads=1)\n\n"
+"A convolution's windows as GEMM rows: x float32 [N, H, W, C] channels-last (shape = (N, H, W, C)), y\n"
+"float32 [N * OH * OW, kh * kw * C] with OH, OW as ONNX Conv's (floor), each row one output pixel's\n"
+"taps in (kh, kw) order, C values each, zeros in the padding. kernel, strides, dilations = (h, w);\n"
+"pads = (top, left, bottom, right). Output rows on up to `threads` threads of the native pool.");
+
+static PyObject *window_rows(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"x", "y", "shape", "kernel", "strides", "dilations", "pads", "threads", NULL};
+    PyObject *xo, *yo;
+    Py_ssize_t n, pb, pr;
+    int threads = 1;
+    Windows g = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO(nnnn)(nn)(nn)(nn)(nnnn)|i", kwlist, &xo, &yo, &n, &g.h, &g.w, &g.c,
+                                     &g.kh, &g.kw, &g.sh, &g.sw, &g.dh, &g.dw, &g.pt, &g.pl, &pb, &pr, &threads))
+        return NULL;
+    const Py_ssize_t big = (Py_ssize_t)1 << 20; /* every size, stride, dilation and pad */
+    const Py_ssize_t sizes[] = {g.h, g.w, g.c, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw};
+    int ok = n >= 0 && n <= big * big && g.pt >= 0 && g.pl >= 0 && pb >= 0 && pr >= 0 && g.pt + pb <= big &&
+             g.pl + pr <= big;
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) ok = ok && sizes[i] >= 1 && sizes[i] <= big;
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "window_rows: a size, stride, dilation or pad is out of bounds");
+        return NULL;
+    }
+    const Py_ssize_t span_h = (g.kh - 1) * g.dh + 1, span_w = (g.kw - 1) * g.dw + 1;
+    if (g.h + g.pt + pb < span_h || g.w + g.pl + pr < span_w) {
+        PyErr_SetString(PyExc_ValueError, "window_rows: the (padded) input is smaller than the kernel window");
+        return NULL;
+    }
+    g.oh = (g.h + g.pt + pb - span_h) / g.sh + 1, g.ow = (g.w + g.pl + pr - span_w) / g.sw + 1;
+    const Py_ssize_t x_count = SIZE_PRODUCT(n, g.h, g.w, g.c), y_count = SIZE_PRODUCT(n, g.oh, g.ow, g.kh, g.kw, g.c);
+    if (x_count < 0 || y_count < 0) {
+        PyErr_SetString(PyExc_ValueError, "window_rows: the input or output size overflows");
+        return NULL;
+    }
+    Py_buffer xb, yb = {0};
+    if (get_array_of_rank(xo, &xb, 'f', 4, 0, 1, "x") < 0) return NULL;
+    PyObject *result = NULL;
+    if (get_array_of_rank(yo, &yb, 'f', 4, 1, 1, "y") < 0) goto done;
+    if (xb.len / 4 != x_count || yb.len / 4 != y_count) {
+        PyErr_Format(PyExc_ValueError, "window_rows: x must have %zd values, y %zd", x_count, y_count);
+        goto done;
+    }
+    if ((const char *)xb.buf < (const char *)yb.buf + yb.len && (const char *)yb.buf < (const char *)xb.buf + xb.len) {
+        PyErr_SetString(PyExc_ValueError, "window_rows: y must not overlap x");
+        goto done;
+    }
+    g.x = xb.buf, g.y = yb.buf;
+    Py_BEGIN_ALLOW_THREADS
+    parallel_for(window_rows_range, &g, n * g.oh, 1 + TRANSPOSE_RANGE_VALUES / (g.ow * g.kh * g.kw * g.c + 1), threads);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    RELEASE_BUFFERS(&xb, &yb);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
+    {"window_rows", (PyCFunction)(void (*)(void))window_rows, METH_VARARGS | METH_KEYWORDS, window_rows_doc},
     {"transpose2d", (PyCFunction)(void (*)(void))transpose2d, METH_VARARGS | METH_KEYWORDS, transpose_doc},
     {"concat", (PyCFunction)(void (*)(void))concat, METH_VARARGS | METH_KEYWORDS, concat_doc},
     {"set_simd", set_simd, METH_O, set_simd_doc},

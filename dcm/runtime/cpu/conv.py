@@ -59,7 +59,7 @@ SMALL_PLANE_OUTPUTS = 64
 PIXEL_GEMM_MAX_OUTPUTS_WINOGRAD = 64
 PIXEL_GEMM_MAX_OUTPUTS = 2048
 # ... and only layers of at least this many multiply-adds per output (kh * kw * C_in): on shallower ones
-# the column gather (numpy, one thread) outweighs the product's gain (ConvNeXt's 2x2 stride-2
+# the column gather (measured when it was numpy's, on one thread) outweighs the product's gain (ConvNeXt's 2x2 stride-2
 # downsample layers: 40->80 at 56x56 0.35 against im2col's 0.29 ms, 80->160 at 28x28 0.27 / 0.25, but
 # 160->320 at 14x14 0.26 / 0.28; 32->64 3x3 stride 2 at 112x112, 288 deep, 1.67 / 1.61).
 PIXEL_GEMM_MIN_DEPTH = 512

@@ -22,10 +22,10 @@ try:  # _upsample.c: Resize's interpolation of the last two axes, ConvTranspose'
     from dcm.runtime.cpu._upsample import col2im2d, resize2d, set_simd as set_upsample_simd
 except ImportError:  # pragma: no cover - as above
     col2im2d = resize2d = set_upsample_simd = None
-try:  # _layout.c: Transpose's swap of two blocks of axes, Concat's copies on several threads
-    from dcm.runtime.cpu._layout import concat, set_simd as set_layout_simd, transpose2d
+try:  # _layout.c: Transpose's swap of two blocks of axes, Concat's copies, a convolution's windows as rows
+    from dcm.runtime.cpu._layout import concat, set_simd as set_layout_simd, transpose2d, window_rows
 except ImportError:  # pragma: no cover - as above
-    concat = set_layout_simd = transpose2d = None
+    concat = set_layout_simd = transpose2d = window_rows = None
 
 try:  # _pointconv.c: the dense 1x1 convolution
     from dcm.runtime.cpu._pointconv import pointwise_conv, set_simd as set_pointconv_simd, simd as pointconv_simd
@@ -48,7 +48,8 @@ SPARSE_MAX_DENSITY = 0.30
 
 NAMES = ("SparseConv", "SparseMatrix", "depthwise2d", "conv_lanes2d", "im2col2d", "pool2d", "winograd_conv",
          "activate", "layer_norm", "softmax", "attention", "recurrent_scan", "resize2d", "col2im2d", "pointwise_conv", "gemm",
-         "gemm_packed", "transpose2d", "concat", "depthwise_nhwc", "global_average_nhwc", "conv_nhwc_out")
+         "gemm_packed", "transpose2d", "concat", "depthwise_nhwc", "global_average_nhwc", "conv_nhwc_out",
+         "window_rows")
 
 
 def available() -> bool:
