@@ -216,6 +216,19 @@ def _dense_layers() -> Model:
                  nodes, tensors, {})
 
 
+def _pixel_conv() -> Model:
+    """A dense 3x3/2 convolution of 64 channels (576 deep) on a 6x6 plane: few output pixels, so the
+    packed GEMM takes it with the pixels as rows, its columns from the compiled transpose and
+    window_rows (pixel_gemm.py)."""
+    rng = np.random.default_rng(15)
+    tensors = {"k": encode_tensor(rng.normal(size=(16, 64, 3, 3)).astype(np.float32), code_bits=5, name="k"),
+               "kb": encode_raw(rng.normal(size=16).astype(np.float32), "kb")}
+    nodes = [Node("Conv", ["x", "k", "kb"], ["y"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2]},
+                  "conv")]
+    return Model([ValueInfo("x", "float32", ["batch", 64, 6, 6])], [ValueInfo("y", "float32", ["batch", 16, 3, 3])],
+                 nodes, tensors, {})
+
+
 def _logic() -> Model:
     """A Constant node (the converter folds them, so no converted model has one) and boolean logic."""
     nodes = [Node("Constant", [], ["c"], {"value_float": 0.5}, "half"), Node("Mul", ["x", "s"], ["m"], {}, "scale"),
@@ -323,7 +336,8 @@ def seeds() -> tuple[bytes, ...]:
     """The hand-made .dcm seeds: between them they reach every compiled kernel (``kernel_names``)."""
     return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _sparse_batch8, _sparse_strided,
                                          _wide3x3, _stem, _pointwise_conv, _dense_layers, _logic, _layer_norm,
-                                         _lstm_upsample, _gru_dense, _skip_concat, _inverted_residual, _attention))
+                                         _lstm_upsample, _gru_dense, _skip_concat, _inverted_residual, _attention,
+                                         _pixel_conv))
 
 
 @lru_cache(maxsize=None)
