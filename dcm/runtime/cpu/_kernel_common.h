@@ -138,7 +138,8 @@ static inline void release_buffers(Py_buffer *const *views, size_t count)
  * POOL_PARTS_PER_THREAD of them per thread, on up to `threads` threads, the caller included. Each
  * thread takes the ranges of its own contiguous segment in order, then, as it comes free, the last
  * ranges of the others'; ranges no pool thread has taken by the time the caller runs out are run by the
- * caller, so a thread the scheduler keeps off the core delays the call by one range at most. Call it without the GIL (inside Py_BEGIN_ALLOW_THREADS); fn must not touch Python.
+ * caller, so a thread the scheduler keeps off the core delays the call by one range at most. Call it
+ * without the GIL (inside Py_BEGIN_ALLOW_THREADS); fn must not touch Python.
  * Runs serially where the pool is missing (a build without pthreads), threads < 2, there is one
  * range only, or another call holds the pool (a nested call, another Python thread's session).
  * Each module calls import_pool() once in its PyInit. */

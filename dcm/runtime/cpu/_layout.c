@@ -22,6 +22,7 @@
  * Sizes come from the caller and are checked against the arrays' lengths through size_product.
  */
 #include "_kernel_common.h"
+#include "_operand.h"
 #include <string.h>
 
 #define TRANSPOSE_BLOCK_ROWS 256 /* input rows per pass over the column strips: a line each, 16 KiB of L1 */
@@ -324,7 +325,7 @@ static PyObject *window_rows(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError, "window_rows: x must have %zd values, y %zd", x_count, y_count);
         goto done;
     }
-    if ((const char *)xb.buf < (const char *)yb.buf + yb.len && (const char *)yb.buf < (const char *)xb.buf + xb.len) {
+    if (overlaps(&xb, &yb)) {
         PyErr_SetString(PyExc_ValueError, "window_rows: y must not overlap x");
         goto done;
     }

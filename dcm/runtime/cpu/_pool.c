@@ -100,8 +100,8 @@ static atomic_int sleepers;
  * depthwise layer's), while a late thread's ranges still go to whoever is free. Handed out from one
  * shared counter, the threads took every other range, so about half of each kernel's input sat in the
  * other core's cache: MobileNetV2 took 4.6 ms on 2 threads against 3.9, pruned ViT-Tiny 17.1 against
- * 15.4, EfficientNet-B0 8.2 against 7.6 (medians, the two builds in turn). The fields are written before the epoch is published and not rewritten until
- * every range of the job is done. */
+ * 15.4, EfficientNet-B0 8.2 against 7.6 (medians, the two builds in turn). The fields are written
+ * before the epoch is published and not rewritten until every range of the job is done. */
 #define MAX_THREADS (MAX_WORKERS + 1)
 static atomic_uint epoch;
 static atomic_ullong segments[MAX_THREADS];
@@ -110,7 +110,7 @@ static struct {
     _Atomic(dcm_range_fn) fn;
     _Atomic(void *) ctx;
     atomic_llong count, grain, units, parts;
-    atomic_int workers; /* how many workers take part (threads - 1) */
+    atomic_int workers; /* how many workers take part (the team less the caller) */
 } job;
 
 /* Takes a range of job e from segment t: its front one (own), else its back one. -1 where none is left. */

@@ -136,10 +136,10 @@ class NhwcConv(_Conv):
                                residual=None if residual is None else residual.reshape(m, co))
             return y
         if scale is not None and (not fast or h * w < self.packed.size // c):
-            # a sample's x is smaller than the weight (7x7 planes): scale x, one product for all samples
-            # (weighing all samples' x against one weight copy sent batch 8's to 8 weight copies and 8
-            # products of 49 rows: EfficientNet-B0's projections after a squeeze-and-excitation gate at batch 8,
-            # 31.2 -> 23.1 ms on 1 thread, 24 -> 16 ms on 2)
+            # a sample's x is smaller than the weight (7x7 planes): scale x, one product for all samples.
+            # Comparing all samples' x with one weight copy gave batch 8 eight weight copies and eight
+            # products of 49 rows (EfficientNet-B0's gated projections at batch 8: 31.2 -> 23.1 ms on
+            # 1 thread, 24 -> 16 ms on 2)
             x, scale = x * scale.reshape(-1, 1, 1, c), None
         if not fast:
             out = np.matmul(x.reshape(-1, c), self.wt, out=y.reshape(-1, self.out_channels))
