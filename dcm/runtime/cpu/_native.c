@@ -958,6 +958,13 @@ static void SparseConv_dealloc(SparseConv *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* A stored weight in the AVX-512 plan: its offset in the work buffer and its value, side by side so that
+ * a tile's pass reads one stream. */
+typedef struct {
+    int32_t off;
+    float val;
+} WeightSlot;
+
 typedef struct {
     Py_ssize_t hp, wp, oh, ow, sh, sw, plane; /* padded input plane (plus SLACK), output plane */
     Py_ssize_t segs;                           /* segments per output plane */
@@ -1066,39 +1073,40 @@ static void conv_channels_avx2(const SparseConv *self, const ConvPlan *g, const 
  * left them waiting on the FMA latency. The input channels are cut into blocks whose rows under one
  * tile (all copies) take about WIDE_BLOCK_BYTES, and every output channel takes one block's weights
  * over the tile before the next block: without the cut a 64-channel 56x56 layer read each tile's
- * input from L2 once per output channel, and the loads, not the multiply-adds, set its time. Smaller
- * blocks (8-32 KiB, within L1) lost more to the partial sums' loads and stores than they saved (64ch
- * 56x56 and 128ch 28x28 at 30%: 64 KiB fastest of 8-128). The sums go to y between blocks (loaded
- * back by the next), in the same order as one pass, so the result is the same. Tiles of 4 and 8
- * segments take a plane's last ones. */
+ * input from L2 once per output channel, and the loads, not the multiply-adds, set its time. A plane
+ * of one tile is cut too (256 channels at 14x14, 30%: 1.22 -> 0.78 ms). Between blocks a channel's
+ * sums wait in the thread's aligned scratch (one tile of each of its channels), in the same order as
+ * one pass, so the result is the same; only the last block reads the row ends and masks to store
+ * into y. With that scratch, blocks of 24-48 KiB (L1 is 48 KiB here) beat 64 KiB by 5-15% on 64ch
+ * 56x56, 128ch 28x28 and 32ch 128x128 at 30%, where with partial sums in y (masked loads and stores
+ * each block) 64 KiB had been fastest. Tiles of 4 and 8 segments take a plane's last ones. The
+ * weights of each (block, output channel) are stored block-major with their offsets beside them, so
+ * a block's pass over all channels reads one sequential stream. */
 #define WIDE_SEG 16
 #define WIDE_TILE 16
-#define WIDE_BLOCK_BYTES 65536
+#define WIDE_BLOCK_BYTES 49152
 #define TILE_SPLIT_MIN_BYTES (2 << 20) /* a work buffer past this goes to threads by tiles (SparseConv_run) */
 
 #ifdef HAVE_AVX2_PATH
 
 __attribute__((target("avx512f,avx2,fma"), always_inline))
-static inline void conv_tile_avx512(const ConvPlan *g, const float *xg, float *yc, const int32_t *offs,
-                                    const float *v, int64_t k0, int64_t k1, float bias, int first, int relu,
+static inline void conv_tile_avx512(const ConvPlan *g, const float *xg, float *yc, float *part, const WeightSlot *ws,
+                                    int64_t k0, int64_t k1, float bias, int first, int final, int relu,
                                     Py_ssize_t t, const int count, const int contiguous, const int per_row)
 {
     __m512 a[WIDE_TILE];
     const float *xt[WIDE_TILE];
-    float *yt[WIDE_TILE];
-    __mmask16 m[WIDE_TILE];
     Py_ssize_t last = g->segs - 1;
 #pragma GCC unroll 16
     for (int i = 0; i < count; i++) {
-        Py_ssize_t s = t + i <= last ? t + i : last; /* past the plane: repeat the last, never stored */
-        xt[i] = xg + g->seg_in[s];
-        yt[i] = yc + g->seg_out[s];
-        m[i] = t + i <= last ? (__mmask16)((1u << g->seg_len[s]) - 1) : 0;
-        a[i] = first ? _mm512_set1_ps(bias) : _mm512_maskz_loadu_ps(m[i], yt[i]);
+        if (!contiguous && (!per_row || i % per_row == 0))
+            xt[i] = xg + g->seg_in[t + i <= last ? t + i : last]; /* past the plane: repeat the last, never stored */
+        a[i] = first ? _mm512_set1_ps(bias) : _mm512_load_ps(part + i * WIDE_SEG);
     }
+    if (contiguous) xt[0] = xg + g->seg_in[t];
     for (int64_t k = k0; k < k1; k++) {
-        __m512 w = _mm512_set1_ps(v[k]);
-        Py_ssize_t o = offs[k];
+        __m512 w = _mm512_set1_ps(ws[k].val);
+        Py_ssize_t o = ws[k].off;
 #pragma GCC unroll 16
         for (int i = 0; i < count; i++) /* contiguous: one base register for all, not one each; per_row:
                                            one per output row of the tile */
@@ -1106,33 +1114,43 @@ static inline void conv_tile_avx512(const ConvPlan *g, const float *xg, float *y
                                                        : per_row ? xt[i / per_row * per_row] + i % per_row * WIDE_SEG
                                                        : xt[i]) + o), a[i]);
     }
+    if (!final) { /* the partial sums wait in the thread's aligned scratch, not in y: no masks, no row ends */
 #pragma GCC unroll 16
-    for (int i = 0; i < count; i++) /* NaN stays NaN through the ReLU, as in AVX2 */
-        _mm512_mask_storeu_ps(yt[i], m[i], relu ? _mm512_max_ps(_mm512_setzero_ps(), a[i]) : a[i]);
+        for (int i = 0; i < count; i++) _mm512_store_ps(part + i * WIDE_SEG, a[i]);
+        return;
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < count; i++) { /* NaN stays NaN through the ReLU, as in AVX2 */
+        if (t + i > last) break;
+        __mmask16 m = (__mmask16)((1u << g->seg_len[t + i]) - 1);
+        _mm512_mask_storeu_ps(yc + g->seg_out[t + i], m, relu ? _mm512_max_ps(_mm512_setzero_ps(), a[i]) : a[i]);
+    }
 }
 
 /* Unit horizontal stride with AVX-512, output channels [c0, c1) over the tiles [tile0, tile1): blocks
- * holds, per output channel, the nb + 1 bounds of its stored weights in each block of input channels. */
+ * holds, block-major, the bounds of each (block, output channel)'s stored weights in ws. part: scratch
+ * for (c1 - c0) channels' partial sums over one tile, 64-byte aligned. */
 __attribute__((target("avx512f,avx2,fma")))
 static void conv_channels_avx512(const SparseConv *self, const ConvPlan *g, const float *xs, float *ys,
-                                 const int32_t *offs, const int64_t *blocks, Py_ssize_t nb, const float *bias,
-                                 int relu, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t tile0, Py_ssize_t tile1)
+                                 const WeightSlot *ws, const int64_t *blocks, Py_ssize_t nb, const float *bias,
+                                 int relu, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t tile0, Py_ssize_t tile1,
+                                 float *part)
 {
-    const float *v = self->w.val.buf;
     Py_ssize_t per_group = self->c_out / self->groups, pixels = g->oh * g->ow;
     Py_ssize_t end = tile1 * WIDE_TILE < g->segs ? tile1 * WIDE_TILE : g->segs;
     for (Py_ssize_t t = tile0 * WIDE_TILE; t < end; t += WIDE_TILE) {
         Py_ssize_t left = g->segs - t;
         for (Py_ssize_t b = 0; b < nb; b++) {
             for (Py_ssize_t co = c0; co < c1; co++) {
-                const int64_t *kb = blocks + co * (nb + 1);
+                const int64_t *kb = blocks + b * self->c_out + co; /* block-major: [kb[0], kb[1]) */
                 int first = b == 0, final = b == nb - 1;
-                if (kb[b] == kb[b + 1] && !first && !(final && relu)) continue; /* nothing to add */
+                if (kb[0] == kb[1] && !first && !final) continue; /* nothing to add */
                 const float *xg = xs + (co / per_group) * self->c_in_g * g->plane;
-                float *yc = ys + co * pixels, bc = bias ? bias[co] : 0.f;
-                int r = final && relu, size = left > 8 ? WIDE_TILE : left > 4 ? 8 : 4;
+                float *yc = ys + co * pixels, *pc = part + (co - c0) * WIDE_TILE * WIDE_SEG;
+                float bc = bias ? bias[co] : 0.f;
+                int size = left > 8 ? WIDE_TILE : left > 4 ? 8 : 4;
 #define CONV_TILE(count, contiguous, per_row) \
-    conv_tile_avx512(g, xg, yc, offs, v, kb[b], kb[b + 1], bc, first, r, t, count, contiguous, per_row)
+    conv_tile_avx512(g, xg, yc, pc, ws, kb[0], kb[1], bc, first, final, relu, t, count, contiguous, per_row)
                 if (g->contiguous) {
                     if (size == WIDE_TILE) CONV_TILE(WIDE_TILE, 1, 0); else if (size == 8) CONV_TILE(8, 1, 0); else CONV_TILE(4, 1, 0);
                 } else if (left >= WIDE_TILE && g->per_row <= WIDE_TILE && WIDE_TILE % g->per_row == 0) {
@@ -1166,9 +1184,10 @@ PyDoc_STRVAR(conv_doc,
 "ranges at once. Returns the number\n"
 "of Inf/NaN values in the samples read, for the caller to give y the NaNs that pruned weights hide.");
 
-/* The weights' places in the work buffer for one input geometry (key: see PLAN_KEY), as bytes: per
- * stored weight its offset from a segment's first input value, then (AVX-512) per output channel the
- * nb + 1 bounds of its weights in each block of input channels. O(weights) with divisions: kept for
+/* The weights' places in the work buffer for one input geometry (key: see PLAN_KEY), as bytes. Portable
+ * and AVX2 paths: per stored weight (CSR order) its offset from a segment's first input value, int32.
+ * AVX-512: nb * c_out + 1 bounds, then the weights as WeightSlots ordered by (block of input channels,
+ * output channel), the weights of block b and channel co at [bounds[b * c_out + co], + 1). O(weights) with divisions: kept for
  * the next call with the same geometry (every call of a layer in a session), so that a 512-channel
  * layer's 700k weights are not placed again on each run. Called with the GIL held; a call that
  * replaces the kept plan while another thread's call reads the old one is safe, as each call holds
@@ -1182,30 +1201,44 @@ static PyObject *conv_weight_plan(SparseConv *self, const Py_ssize_t *key, const
     Py_ssize_t wide = key[0], total = key[1], plane = key[2], wp = key[3], dh = key[4], dw = key[5];
     Py_ssize_t per_block = key[6], phases = key[7], aligned = key[8], nnz = self->w.val.len / 4;
     Py_ssize_t kk = self->kh * self->kw;
-    Py_ssize_t bounds = wide ? SIZE_PRODUCT(self->c_out, nb + 1) : 0;
+    Py_ssize_t bounds = wide ? SIZE_PRODUCT(self->c_out, nb) : 0;
+    bounds = bounds < 0 || bounds == PY_SSIZE_T_MAX ? -1 : bounds + wide; /* + 1: the last end */
     if (bounds < 0 || SIZE_PRODUCT(bounds + nnz, 8) < 0) {
         PyErr_SetString(PyExc_ValueError, "SparseConv.run: too many input channel blocks");
         return NULL;
     }
-    PyObject *plan = PyBytes_FromStringAndSize(NULL, bounds * 8 + nnz * 4);
+    PyObject *plan = PyBytes_FromStringAndSize(NULL, bounds * 8 + nnz * (wide ? sizeof(WeightSlot) : 4));
     if (!plan) return NULL;
     int64_t *blocks = (int64_t *)PyBytes_AS_STRING(plan);
     int32_t *offs = (int32_t *)(blocks + bounds); /* below 2^31: run bounds the work buffer */
+    WeightSlot *ws = (WeightSlot *)(blocks + bounds);
     const int32_t *idx = self->w.idx.buf;
-    for (Py_ssize_t k = 0; k < nnz; k++) {
-        uint32_t q = (uint32_t)idx[k], ci = q / (uint32_t)kk, tap = q - ci * (uint32_t)kk;
-        uint32_t ki = tap / (uint32_t)self->kw, kj = tap - ki * (uint32_t)self->kw;
-        Py_ssize_t phase = kj * dw % phases, col = kj * dw / phases, shift = aligned ? col % WIDE_SEG : 0;
-        offs[k] = (int32_t)(slot[phase * WIDE_SEG + shift] * total + ci * plane + ki * dh * wp + col - shift);
-    }
     const int64_t *p = self->w.ptr.buf;
-    for (Py_ssize_t co = 0; wide && co < self->c_out; co++) { /* indices ascend within a row (checked at init) */
-        int64_t k = p[co];
-        for (Py_ssize_t b = 0; b < nb; b++) {
-            blocks[co * (nb + 1) + b] = k;
-            while (k < p[co + 1] && idx[k] < (b + 1) * per_block * kk) k++;
+    const float *v = self->w.val.buf;
+    if (wide) { /* block-major: the weights of (block b, channel co) at [blocks[b * c_out + co], + 1) */
+        memset(blocks, 0, (size_t)bounds * 8);
+        for (Py_ssize_t co = 0; co < self->c_out; co++)
+            for (int64_t k = p[co]; k < p[co + 1]; k++) blocks[idx[k] / kk / per_block * self->c_out + co + 1]++;
+        for (Py_ssize_t i = 1; i < bounds; i++) blocks[i] += blocks[i - 1];
+    }
+    for (Py_ssize_t co = 0; co < self->c_out; co++) {
+        int64_t at = 0, block = -1;
+        for (int64_t k = p[co]; k < p[co + 1]; k++) {
+            uint32_t q = (uint32_t)idx[k], ci = q / (uint32_t)kk, tap = q - ci * (uint32_t)kk;
+            uint32_t ki = tap / (uint32_t)self->kw, kj = tap - ki * (uint32_t)self->kw;
+            Py_ssize_t phase = kj * dw % phases, col = kj * dw / phases, shift = aligned ? col % WIDE_SEG : 0;
+            int32_t off = (int32_t)(slot[phase * WIDE_SEG + shift] * total + ci * plane + ki * dh * wp + col - shift);
+            if (!wide) {
+                offs[k] = off;
+                continue;
+            }
+            if ((int64_t)(ci / per_block) != block) { /* indices ascend within a row (checked at init) */
+                block = ci / per_block;
+                at = blocks[block * self->c_out + co];
+            }
+            ws[at].off = off;
+            ws[at++].val = v[k];
         }
-        blocks[co * (nb + 1) + nb] = p[co + 1];
     }
     Py_XDECREF(self->plan);
     self->plan = plan;
@@ -1260,12 +1293,14 @@ typedef struct {
     const float *xs, *bias;
     float *work, *ys;
     const int32_t *offs;
+    const WeightSlot *ws;
     const int64_t *blocks;
     const int *slot;
     Py_ssize_t nb, c, h, w, pt, pl, total, c0, c1, phases;
     int relu, wide, fast;
     int by_tiles; /* AVX-512: the sums' ranges are tiles of every channel in [c0, c1), not channels */
     Py_ssize_t bad; /* Inf/NaN inputs read, added atomically */
+    int failed;     /* a range could not allocate its scratch */
 } ConvJob;
 
 /* Input channels [lo, hi): their zero-padded work planes, and their Inf/NaN count. */
@@ -1313,14 +1348,17 @@ static void conv_sum_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
     ConvJob *j = ctx;
     Py_ssize_t c0 = j->c0 + lo, c1 = j->c0 + hi;
 #ifdef HAVE_AVX2_PATH
-    if (j->by_tiles) {
-        conv_channels_avx512(j->self, j->g, j->work, j->ys, j->offs, j->blocks, j->nb, j->bias, j->relu, j->c0, j->c1,
-                             lo, hi);
-        return;
-    }
-    if (j->wide) {
-        conv_channels_avx512(j->self, j->g, j->work, j->ys, j->offs, j->blocks, j->nb, j->bias, j->relu, c0, c1, 0,
-                             (j->g->segs + WIDE_TILE - 1) / WIDE_TILE);
+    if (j->wide) { /* by_tiles: tiles [lo, hi) of every channel; else channels c0 + [lo, hi) of every tile */
+        Py_ssize_t t0 = j->by_tiles ? lo : 0, t1 = j->by_tiles ? hi : (j->g->segs + WIDE_TILE - 1) / WIDE_TILE;
+        if (j->by_tiles) c0 = j->c0, c1 = j->c1;
+        float *part = NULL;
+        if (j->nb > 1 && !(part = aligned_alloc(64, (size_t)(c1 - c0) * WIDE_TILE * WIDE_SEG * sizeof(float)))) {
+            __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+            return;
+        }
+        conv_channels_avx512(j->self, j->g, j->work, j->ys, j->ws, j->blocks, j->nb, j->bias, j->relu, c0, c1, t0, t1,
+                             part);
+        free(part);
         return;
     }
     if (j->fast) {
@@ -1451,9 +1489,10 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
         }
     }
     Py_ssize_t per_block = 0, nb = 1; /* blocks of input channels (AVX-512 path) */
-    if (wide && g.segs > WIDE_TILE) { /* one tile: each channel's weights in one sequential run instead */
-        Py_ssize_t tile_rows = (WIDE_TILE * seg + g.ow - 1) / g.ow + 1; /* output rows one tile can touch */
+    if (wide) { /* the output rows one tile can touch: exact where a tile is whole rows */
+        Py_ssize_t tile_rows = WIDE_TILE % per_row ? (WIDE_TILE * seg + g.ow - 1) / g.ow + 1 : WIDE_TILE / per_row;
         Py_ssize_t in_rows = (tile_rows - 1) * sh + span_h;
+        in_rows = in_rows < g.hp ? in_rows : g.hp;
         per_block = WIDE_BLOCK_BYTES / 4 / (copies * in_rows * g.wp + 1);
         per_block = per_block < 1 ? 1 : per_block;
         nb = (self->c_in_g + per_block - 1) / per_block;
@@ -1462,7 +1501,7 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     plan = conv_weight_plan(self, key, slot, nb);
     if (!plan) goto done;
     blocks = (const int64_t *)PyBytes_AS_STRING(plan);
-    offs = (const int32_t *)(blocks + (wide ? self->c_out * (nb + 1) : 0));
+    offs = (const int32_t *)(blocks + (wide ? self->c_out * nb + 1 : 0));
     /* AVX-512 planes of at least 2 tiles a thread whose work buffer outgrows a core's L2 go by tiles,
      * all channels each: by channels, every range read the whole buffer (its tiles' rows, for each
      * block) for a quarter of a thread's channels (the pool's ranges), and U-Net's 32->32 layer at
@@ -1472,8 +1511,8 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
      * by channels, 0.75 by tiles). */
     Py_ssize_t tiles = (g.segs + WIDE_TILE - 1) / WIDE_TILE;
     int by_tiles = wide && threads > 1 && tiles >= 2 * threads && copies * total > TILE_SPLIT_MIN_BYTES / 4;
-    ConvJob job = {self, &g, NULL, bb.buf, work, NULL, offs, blocks, slot, nb, c, h, w, pt, pl, total, c0, c1,
-                   phases, relu, wide, fast, by_tiles, 0};
+    ConvJob job = {self, &g, NULL, bb.buf, work, NULL, offs, (const WeightSlot *)offs, blocks, slot, nb, c, h, w, pt,
+                   pl, total, c0, c1, phases, relu, wide, fast, by_tiles, 0, 0};
     Py_ssize_t per_channel = self->w.val.len / 4 / self->c_out * g.oh * g.ow + 1; /* multiply-adds */
     double per_tile = (double)(self->w.val.len / 4) * (double)(c1 - c0) / (double)self->c_out * WIDE_TILE * WIDE_SEG;
     Py_ssize_t pad_grain = RANGE_MIN_VALUES / g.plane + 1, sum_grain = RANGE_MIN_MACS / per_channel + 1;
@@ -1489,6 +1528,10 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
             parallel_for(conv_sum_range, &job, c1 - c0, sum_grain, threads);
     }
     Py_END_ALLOW_THREADS
+    if (job.failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
     result = PyLong_FromSsize_t(job.bad);
 done:
     Py_XDECREF(plan);
