@@ -74,6 +74,30 @@ def test_two_threads_and_hidden_nans(batch, path):
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("case", ["groups", "tiles"])
+def test_tiled_copies_on_one_and_two_threads(case):
+    """One thread (and, past 2 MiB of copies, each thread of a split by tiles) copies each tile's input rows
+    block by block: grouped weights (each group's own channels in the block) and a 128x128 plane (64 tiles)
+    give onnxruntime's result, the same bits on one thread and two, with the NaN a pruned weight hides."""
+    if case == "groups":
+        w, x_shape, attrs = _weight((12, 8, 3, 3), 0.4), [2, 24, 20, 20], {"pads": [1, 1, 1, 1], "group": 3}
+    else:
+        w, x_shape, attrs = _weight((16, 32, 3, 3), 0.3), [1, 32, 128, 128], {"pads": [1, 1, 1, 1]}
+    m = _model(w, x_shape, attrs)
+    x = np.random.default_rng(6).standard_normal(x_shape).astype(np.float32)
+    x[0, 9, 64 % x_shape[2], 5] = np.nan
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    model = from_onnx(m, ConvertOptions(exact=True))
+    outs = {}
+    for threads in (1, 2):
+        sess = InferenceSession(model, kernels="sparse", threads=threads)
+        assert sess.describe()[0]["kernel"] == "direct"
+        outs[threads] = _run_on("avx512", lambda: sess.run(None, {"x": x})[0])
+        np.testing.assert_array_equal(np.isnan(outs[threads]), np.isnan(ref))
+        np.testing.assert_allclose(outs[threads], ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(outs[1], outs[2])
+
+
 def _sparse_conv(w):
     m = sp.csr_array(w.reshape(w.shape[0], -1))
     return native.SparseConv(*w.shape, 1, m.indptr.astype(np.int64), m.indices.astype(np.int32), m.data)

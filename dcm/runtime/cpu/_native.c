@@ -893,8 +893,8 @@ static PyTypeObject SparseMatrixType = {
 #define TILE 4  /* segments per tile: the sums that stay in registers */
 #define SLACK (SEG * 4)
 
-#define PLAN_KEY 9 /* what a weight plan depends on: AVX-512, copy size, plane, row, dilations, block, phases,
-                      aligned copies */
+#define PLAN_KEY 10 /* what a weight plan depends on: AVX-512, copy size, plane, row, dilations, block, phases,
+                       aligned copies, copies per tile */
 #define MAX_PHASES 4 /* the AVX-512 path's largest horizontal stride (see SparseConv_run) */
 
 typedef struct {
@@ -974,6 +974,28 @@ typedef struct {
     int contiguous;                            /* segment t reads from t * WIDE_SEG (AVX-512) */
     Py_ssize_t per_row;                        /* segments per output row */
 } ConvPlan;
+
+/* One sample of SparseConv.run, shared by the pool's threads: each phase's ranges are disjoint
+ * (input channels for the work planes, output channels for the sums). */
+typedef struct {
+    const SparseConv *self;
+    const ConvPlan *g;
+    const float *xs, *bias;
+    float *work, *ys;
+    const int32_t *offs;
+    const WeightSlot *ws;
+    const int64_t *blocks;
+    const int *slot;
+    Py_ssize_t nb, c, h, w, pt, pl, total, c0, c1, phases;
+    /* AVX-512: each (tile, block of input channels) copies its input rows into a buffer of the thread's:
+     * per copy, per_block channels of in_rows rows of wp values (ch_floats a channel, copy_floats a copy) */
+    Py_ssize_t per_block, in_rows, ch_floats, copy_floats, buf_floats;
+    int copies, tiled; /* tiled: copies per (tile, block) in a thread's buffer; else in work, for all */
+    int relu, wide, fast;
+    int by_tiles; /* AVX-512: the sums' ranges are tiles of every channel in [c0, c1), not channels */
+    Py_ssize_t bad; /* Inf/NaN inputs read, added atomically */
+    int failed;     /* a range could not allocate its scratch */
+} ConvJob;
 
 /* Output channels [c0, c1) of one sample, any stride: sums in a small array. */
 static void conv_channels_generic(const SparseConv *self, const ConvPlan *g, const float *xs, float *ys,
@@ -1090,9 +1112,9 @@ static void conv_channels_avx2(const SparseConv *self, const ConvPlan *g, const 
 #ifdef HAVE_AVX2_PATH
 
 __attribute__((target("avx512f,avx2,fma"), always_inline))
-static inline void conv_tile_avx512(const ConvPlan *g, const float *xg, float *yc, float *part, const WeightSlot *ws,
-                                    int64_t k0, int64_t k1, float bias, int first, int final, int relu,
-                                    Py_ssize_t t, const int count, const int contiguous, const int per_row)
+static inline void conv_tile_avx512(const ConvPlan *g, const float *xg, Py_ssize_t base, float *yc, float *part,
+                                    const WeightSlot *ws, int64_t k0, int64_t k1, float bias, int first, int final,
+                                    int relu, Py_ssize_t t, const int count, const int contiguous, const int per_row)
 {
     __m512 a[WIDE_TILE];
     const float *xt[WIDE_TILE];
@@ -1100,10 +1122,10 @@ static inline void conv_tile_avx512(const ConvPlan *g, const float *xg, float *y
 #pragma GCC unroll 16
     for (int i = 0; i < count; i++) {
         if (!contiguous && (!per_row || i % per_row == 0))
-            xt[i] = xg + g->seg_in[t + i <= last ? t + i : last]; /* past the plane: repeat the last, never stored */
+            xt[i] = xg + (g->seg_in[t + i <= last ? t + i : last] - base); /* past the plane: repeat the last */
         a[i] = first ? _mm512_set1_ps(bias) : _mm512_load_ps(part + i * WIDE_SEG);
     }
-    if (contiguous) xt[0] = xg + g->seg_in[t];
+    if (contiguous) xt[0] = xg + (g->seg_in[t] - base);
     for (int64_t k = k0; k < k1; k++) {
         __m512 w = _mm512_set1_ps(ws[k].val);
         Py_ssize_t o = ws[k].off;
@@ -1127,46 +1149,111 @@ static inline void conv_tile_avx512(const ConvPlan *g, const float *xg, float *y
     }
 }
 
-/* Unit horizontal stride with AVX-512, output channels [c0, c1) over the tiles [tile0, tile1): blocks
- * holds, block-major, the bounds of each (block, output channel)'s stored weights in ws. part: scratch
- * for (c1 - c0) channels' partial sums over one tile, 64-byte aligned. */
-__attribute__((target("avx512f,avx2,fma")))
-static void conv_channels_avx512(const SparseConv *self, const ConvPlan *g, const float *xs, float *ys,
-                                 const WeightSlot *ws, const int64_t *blocks, Py_ssize_t nb, const float *bias,
-                                 int relu, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t tile0, Py_ssize_t tile1,
-                                 float *part)
+/* Row R of the zero-padded plane of input channel xc [h, w] (unit horizontal stride), moved s values left:
+ * dst[i] = padded[R][i + s] for i in [0, wp), one row of the copy for shift s (see SparseConv_run). */
+__attribute__((target("avx512f,avx2,fma"), always_inline))
+static inline void fill_row(float *dst, const float *xc, Py_ssize_t R, const ConvJob *j, Py_ssize_t wp, Py_ssize_t s)
 {
-    Py_ssize_t per_group = self->c_out / self->groups, pixels = g->oh * g->ow;
+    Py_ssize_t r = R - j->pt, lo = j->pl - s, hi = j->w + j->pl - s; /* x's row at [lo, hi) */
+    if (r < 0 || r >= j->h) {
+        memset(dst, 0, (size_t)wp * sizeof(float));
+        return;
+    }
+    const float *xr = xc + r * j->w;
+    if (wp % WIDE_SEG) { /* unaligned rows (one copy, s = 0) */
+        Py_ssize_t i0 = lo > 0 ? lo : 0, i1 = hi < wp ? hi : wp;
+        memset(dst, 0, (size_t)i0 * sizeof(float));
+        memcpy(dst + i0, xr + i0 - lo, (size_t)(i1 - i0) * sizeof(float));
+        memset(dst + i1, 0, (size_t)(wp - i1) * sizeof(float));
+        return;
+    }
+    const float *src = (const float *)((uintptr_t)xr - (uintptr_t)(lo * 4)); /* src[i] = x[i - lo]: may lie before x */
+    for (Py_ssize_t i = 0; i < wp; i += WIDE_SEG) {
+        __m512 v;
+        if (i >= lo && i + WIDE_SEG <= hi) {
+            v = _mm512_loadu_ps(src + i);
+        } else { /* the row's ends: the masked-off lanes are not read */
+            Py_ssize_t a = lo - i < 0 ? 0 : lo - i > WIDE_SEG ? WIDE_SEG : lo - i;
+            Py_ssize_t b = hi - i < a ? a : hi - i > WIDE_SEG ? WIDE_SEG : hi - i;
+            v = _mm512_maskz_loadu_ps((__mmask16)(((1u << b) - 1) & ~((1u << a) - 1)), src + i);
+        }
+        _mm512_store_ps(dst + i, v);
+    }
+}
+
+/* Input channels [ci0, ci1) of the sample under one tile, padded rows [R0, R0 + in_rows), into buf: every
+ * copy the weights read (slot), per_block channels each; zeros where a block has fewer channels. */
+__attribute__((target("avx512f,avx2,fma")))
+static void fill_block(const ConvJob *j, float *buf, Py_ssize_t R0, Py_ssize_t ci0, Py_ssize_t ci1)
+{
+    Py_ssize_t wp = j->g->wp, hw = j->h * j->w;
+    for (Py_ssize_t q = 0; q < WIDE_SEG; q++) { /* unit horizontal stride: one phase */
+        if (j->slot[q] < 0) continue;
+        float *dst = buf + j->slot[q] * j->copy_floats;
+        for (Py_ssize_t ci = ci0; ci < ci1; ci++)
+            for (Py_ssize_t i = 0; i < j->in_rows; i++)
+                fill_row(dst + (ci - ci0) * j->ch_floats + i * wp, j->xs + ci * hw, R0 + i, j, wp, q);
+        if (ci1 - ci0 < j->per_block)
+            memset(dst + (ci1 - ci0) * j->ch_floats, 0, (size_t)((j->per_block - (ci1 - ci0)) * j->ch_floats) * 4);
+    }
+}
+
+/* Unit horizontal stride with AVX-512 (or its phases), output channels [c0, c1) over the tiles [tile0,
+ * tile1): for each tile, each group and block of input channels, that block's rows under the tile are
+ * copied into buf (fill_block: in L1 when the channels' weights read them), then every output channel of
+ * the group adds the block's weights. blocks holds, block-major, the bounds of each (block, output
+ * channel)'s stored weights in ws. part: scratch for (c1 - c0) channels' partial sums over one tile,
+ * 64-byte aligned. */
+__attribute__((target("avx512f,avx2,fma")))
+static void conv_channels_avx512(const ConvJob *j, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t tile0, Py_ssize_t tile1,
+                                 float *part, float *buf)
+{
+    const SparseConv *self = j->self;
+    const ConvPlan *g = j->g;
+    const WeightSlot *ws = j->ws;
+    Py_ssize_t nb = j->nb, per_group = self->c_out / self->groups, pixels = g->oh * g->ow;
     Py_ssize_t end = tile1 * WIDE_TILE < g->segs ? tile1 * WIDE_TILE : g->segs;
     for (Py_ssize_t t = tile0 * WIDE_TILE; t < end; t += WIDE_TILE) {
         Py_ssize_t left = g->segs - t;
-        for (Py_ssize_t b = 0; b < nb; b++) {
-            for (Py_ssize_t co = c0; co < c1; co++) {
-                const int64_t *kb = blocks + b * self->c_out + co; /* block-major: [kb[0], kb[1]) */
-                int first = b == 0, final = b == nb - 1;
-                if (kb[0] == kb[1] && !first && !final) continue; /* nothing to add */
-                const float *xg = xs + (co / per_group) * self->c_in_g * g->plane;
-                float *yc = ys + co * pixels, *pc = part + (co - c0) * WIDE_TILE * WIDE_SEG;
-                float bc = bias ? bias[co] : 0.f;
-                int size = left > 8 ? WIDE_TILE : left > 4 ? 8 : 4;
+        Py_ssize_t R0 = t / g->per_row * g->sh, base = j->tiled ? R0 * g->wp : 0; /* tiled: its first padded row */
+        for (Py_ssize_t grp = c0 / per_group; grp * per_group < c1; grp++) {
+            Py_ssize_t g0 = grp * per_group > c0 ? grp * per_group : c0;
+            Py_ssize_t g1 = (grp + 1) * per_group < c1 ? (grp + 1) * per_group : c1;
+            for (Py_ssize_t b = 0; b < nb; b++) {
+                Py_ssize_t ci0 = grp * self->c_in_g + b * j->per_block;
+                Py_ssize_t ci1 = ci0 + j->per_block < (grp + 1) * self->c_in_g ? ci0 + j->per_block
+                                                                               : (grp + 1) * self->c_in_g;
+                const float *xg = buf;
+                if (j->tiled)
+                    fill_block(j, buf, R0, ci0, ci1);
+                else
+                    xg = j->work + grp * self->c_in_g * g->plane;
+                for (Py_ssize_t co = g0; co < g1; co++) {
+                    const int64_t *kb = j->blocks + b * self->c_out + co; /* block-major: [kb[0], kb[1]) */
+                    int first = b == 0, final = b == nb - 1;
+                    if (kb[0] == kb[1] && !first && !final) continue; /* nothing to add */
+                    float *yc = j->ys + co * pixels, *pc = part + (co - c0) * WIDE_TILE * WIDE_SEG;
+                    float bc = j->bias ? j->bias[co] : 0.f;
+                    int size = left > 8 ? WIDE_TILE : left > 4 ? 8 : 4;
 #define CONV_TILE(count, contiguous, per_row) \
-    conv_tile_avx512(g, xg, yc, pc, ws, kb[0], kb[1], bc, first, final, relu, t, count, contiguous, per_row)
-                if (g->contiguous) {
-                    if (size == WIDE_TILE) CONV_TILE(WIDE_TILE, 1, 0); else if (size == 8) CONV_TILE(8, 1, 0); else CONV_TILE(4, 1, 0);
-                } else if (left >= WIDE_TILE && g->per_row <= WIDE_TILE && WIDE_TILE % g->per_row == 0) {
-                    /* whole rows of segments: one pointer per row, not one per segment, where padded rows
-                       are wider than their segments (2^k widths; 64->32 at 128x128: 0.91x the time) */
-                    switch (g->per_row) {
-                    case 1: CONV_TILE(WIDE_TILE, 0, 1); break;
-                    case 2: CONV_TILE(WIDE_TILE, 0, 2); break;
-                    case 4: CONV_TILE(WIDE_TILE, 0, 4); break;
-                    case 8: CONV_TILE(WIDE_TILE, 0, 8); break;
-                    default: CONV_TILE(WIDE_TILE, 0, 16);
+    conv_tile_avx512(g, xg, base, yc, pc, ws, kb[0], kb[1], bc, first, final, j->relu, t, count, contiguous, per_row)
+                    if (g->contiguous) {
+                        if (size == WIDE_TILE) CONV_TILE(WIDE_TILE, 1, 0); else if (size == 8) CONV_TILE(8, 1, 0); else CONV_TILE(4, 1, 0);
+                    } else if (left >= WIDE_TILE && g->per_row <= WIDE_TILE && WIDE_TILE % g->per_row == 0) {
+                        /* whole rows of segments: one pointer per row, not one per segment, where padded rows
+                           are wider than their segments (2^k widths; 64->32 at 128x128: 0.91x the time) */
+                        switch (g->per_row) {
+                        case 1: CONV_TILE(WIDE_TILE, 0, 1); break;
+                        case 2: CONV_TILE(WIDE_TILE, 0, 2); break;
+                        case 4: CONV_TILE(WIDE_TILE, 0, 4); break;
+                        case 8: CONV_TILE(WIDE_TILE, 0, 8); break;
+                        default: CONV_TILE(WIDE_TILE, 0, 16);
+                        }
+                    } else {
+                        if (size == WIDE_TILE) CONV_TILE(WIDE_TILE, 0, 0); else if (size == 8) CONV_TILE(8, 0, 0); else CONV_TILE(4, 0, 0);
                     }
-                } else {
-                    if (size == WIDE_TILE) CONV_TILE(WIDE_TILE, 0, 0); else if (size == 8) CONV_TILE(8, 0, 0); else CONV_TILE(4, 0, 0);
-                }
 #undef CONV_TILE
+                }
             }
         }
     }
@@ -1199,7 +1286,7 @@ static PyObject *conv_weight_plan(SparseConv *self, const Py_ssize_t *key, const
         return self->plan;
     }
     Py_ssize_t wide = key[0], total = key[1], plane = key[2], wp = key[3], dh = key[4], dw = key[5];
-    Py_ssize_t per_block = key[6], phases = key[7], aligned = key[8], nnz = self->w.val.len / 4;
+    Py_ssize_t per_block = key[6], phases = key[7], aligned = key[8], tiled = key[9], nnz = self->w.val.len / 4;
     Py_ssize_t kk = self->kh * self->kw;
     Py_ssize_t bounds = wide ? SIZE_PRODUCT(self->c_out, nb) : 0;
     bounds = bounds < 0 || bounds == PY_SSIZE_T_MAX ? -1 : bounds + wide; /* + 1: the last end */
@@ -1227,7 +1314,8 @@ static PyObject *conv_weight_plan(SparseConv *self, const Py_ssize_t *key, const
             uint32_t q = (uint32_t)idx[k], ci = q / (uint32_t)kk, tap = q - ci * (uint32_t)kk;
             uint32_t ki = tap / (uint32_t)self->kw, kj = tap - ki * (uint32_t)self->kw;
             Py_ssize_t phase = kj * dw % phases, col = kj * dw / phases, shift = aligned ? col % WIDE_SEG : 0;
-            int32_t off = (int32_t)(slot[phase * WIDE_SEG + shift] * total + ci * plane + ki * dh * wp + col - shift);
+            Py_ssize_t at_ci = tiled ? ci % per_block : ci; /* within its block's copy of the tile's rows */
+            int32_t off = (int32_t)(slot[phase * WIDE_SEG + shift] * total + at_ci * plane + ki * dh * wp + col - shift);
             if (!wide) {
                 offs[k] = off;
                 continue;
@@ -1285,24 +1373,6 @@ static void phase_plane(float *dst, const float *src, Py_ssize_t h, Py_ssize_t w
     memset(dst + hp * wp, 0, (size_t)(plane - hp * wp) * sizeof(float));
 }
 
-/* One sample of SparseConv.run, shared by the pool's threads: each phase's ranges are disjoint
- * (input channels for the work planes, output channels for the sums). */
-typedef struct {
-    const SparseConv *self;
-    const ConvPlan *g;
-    const float *xs, *bias;
-    float *work, *ys;
-    const int32_t *offs;
-    const WeightSlot *ws;
-    const int64_t *blocks;
-    const int *slot;
-    Py_ssize_t nb, c, h, w, pt, pl, total, c0, c1, phases;
-    int relu, wide, fast;
-    int by_tiles; /* AVX-512: the sums' ranges are tiles of every channel in [c0, c1), not channels */
-    Py_ssize_t bad; /* Inf/NaN inputs read, added atomically */
-    int failed;     /* a range could not allocate its scratch */
-} ConvJob;
-
 /* Input channels [lo, hi): their zero-padded work planes, and their Inf/NaN count. */
 static void conv_pad_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
@@ -1320,6 +1390,14 @@ static void conv_pad_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
                             j->pt, j->pl, j->phases, ph, j->g->hp, j->g->wp, plane);
     }
     __atomic_fetch_add(&j->bad, bad, __ATOMIC_RELAXED);
+}
+
+/* Input channels [lo, hi): their Inf/NaN count (where the copies are made per tile). */
+static void conv_count_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    ConvJob *j = ctx;
+    Py_ssize_t hw = j->h * j->w;
+    __atomic_fetch_add(&j->bad, count_nonfinite_fast(j->xs + lo * hw, (hi - lo) * hw), __ATOMIC_RELAXED);
 }
 
 /* Input channels [lo, hi) of the shifted copies (AVX-512): copy slot[phase * WIDE_SEG + i] holds the
@@ -1351,13 +1429,16 @@ static void conv_sum_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
     if (j->wide) { /* by_tiles: tiles [lo, hi) of every channel; else channels c0 + [lo, hi) of every tile */
         Py_ssize_t t0 = j->by_tiles ? lo : 0, t1 = j->by_tiles ? hi : (j->g->segs + WIDE_TILE - 1) / WIDE_TILE;
         if (j->by_tiles) c0 = j->c0, c1 = j->c1;
-        float *part = NULL;
-        if (j->nb > 1 && !(part = aligned_alloc(64, (size_t)(c1 - c0) * WIDE_TILE * WIDE_SEG * sizeof(float)))) {
+        size_t part_floats = (size_t)(c1 - c0) * WIDE_TILE * WIDE_SEG;
+        size_t buf_floats = j->tiled ? (size_t)(j->buf_floats + 15) / 16 * 16 : 0;
+        float *part = aligned_alloc(64, (part_floats + buf_floats) * sizeof(float));
+        if (!part) {
             __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
             return;
         }
-        conv_channels_avx512(j->self, j->g, j->work, j->ys, j->ws, j->blocks, j->nb, j->bias, j->relu, c0, c1, t0, t1,
-                             part);
+        float *buf = part + part_floats;
+        memset(buf, 0, buf_floats * sizeof(float)); /* the slack past the copies stays zero */
+        conv_channels_avx512(j, c0, c1, t0, t1, part, buf);
         free(part);
         return;
     }
@@ -1416,7 +1497,7 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
      * padded to whole segments, and one copy of each phase per column shift (its column for tap kj,
      * kj * dw / s, mod 16), shifted back by it, so that every load of a segment is one aligned cache
      * line. slot[phase * WIDE_SEG + shift]: the copy, -1 where unused; a phase's shift 0 is the copy
-     * the others are made from. */
+     * the others are made from (each from x where the copies are made per tile, below). */
     int copies = 1, slot[MAX_PHASES * WIDE_SEG];
     Py_ssize_t phases = wide ? sw : 1;
     /* ... except planes of one segment a row whose padded rows would double (16x16 outputs: 18 values
@@ -1469,15 +1550,30 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     g.per_row = per_row;
     segs = PyMem_RawMalloc((3 * g.segs + 1) * sizeof(Py_ssize_t));
     Py_ssize_t total = c * g.plane; /* one copy */
-    /* + a tile: a contiguous tile's repeated segments read past the last plane (never stored) */
+    Py_ssize_t tiles = (g.segs + WIDE_TILE - 1) / WIDE_TILE;
+    /* AVX-512 planes of at least 2 tiles a thread whose copies outgrow a core's L2 go by tiles, all
+     * channels each: by channels, every range read the whole buffer (its tiles' rows, for each block)
+     * for a quarter of a thread's channels (the pool's ranges), and U-Net's 32->32 layer at 128x128 (7
+     * MB) took 1.05 ms to sum on one thread but 1.36 on two; 64->64 at 56x56 (2.8 MB) 0.86 ms on two by
+     * channels, 0.79 by tiles. Copies that L2 holds read cheaply again, and their channels split evenly
+     * where their few tiles do not (128->128 at 28x28, 1.5 MB in 4 tiles: 0.70 by channels, 0.75 by
+     * tiles). */
+    int by_tiles = wide && threads > 1 && tiles >= 2 * threads && copies * total > TILE_SPLIT_MIN_BYTES / 4;
+    /* One thread, or a split by tiles, at unit horizontal stride: each (tile, block of input channels)
+     * copies its rows into a buffer of the thread's just before the block's weights read them, so that
+     * they come from L1, not from a copy of the whole input in L2 or beyond; by channels each thread
+     * would copy every tile. */
+    int tiled = wide && phases == 1 && (threads == 1 || by_tiles);
+    /* the zero-padded planes (and AVX-512's copies), all of them, where not tiled; + a tile: a contiguous
+     * tile's repeated segments read past the last plane (never stored) */
     Py_ssize_t spare = (WIDE_TILE + 1) * WIDE_SEG;
-    raw = PyMem_RawMalloc((size_t)(copies * total + spare) * sizeof(float));
+    raw = tiled ? NULL : PyMem_RawMalloc((size_t)(copies * total + spare) * sizeof(float) + 64);
     float *work = (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
-    if (!segs || !raw) {
+    if (!segs || (!tiled && !raw)) {
         PyErr_NoMemory();
         goto done;
     }
-    memset(work + copies * total, 0, (size_t)(spare - WIDE_SEG) * sizeof(float));
+    if (!tiled) memset(work + copies * total, 0, (size_t)(spare - WIDE_SEG) * sizeof(float));
     g.seg_in = segs;
     g.seg_out = g.seg_in + g.segs;
     g.seg_len = (int *)(g.seg_out + g.segs);
@@ -1488,31 +1584,28 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
             g.seg_len[t] = (int)(g.ow - j < seg ? g.ow - j : seg);
         }
     }
-    Py_ssize_t per_block = 0, nb = 1; /* blocks of input channels (AVX-512 path) */
+    Py_ssize_t per_block = 0, nb = 1, in_rows = 0; /* blocks of input channels (AVX-512 path) */
     if (wide) { /* the output rows one tile can touch: exact where a tile is whole rows */
         Py_ssize_t tile_rows = WIDE_TILE % per_row ? (WIDE_TILE * seg + g.ow - 1) / g.ow + 1 : WIDE_TILE / per_row;
-        Py_ssize_t in_rows = (tile_rows - 1) * sh + span_h;
+        in_rows = (tile_rows - 1) * sh + span_h;
         in_rows = in_rows < g.hp ? in_rows : g.hp;
         per_block = WIDE_BLOCK_BYTES / 4 / (copies * in_rows * g.wp + 1);
-        per_block = per_block < 1 ? 1 : per_block;
+        per_block = per_block < 1 ? 1 : per_block < self->c_in_g ? per_block : self->c_in_g;
         nb = (self->c_in_g + per_block - 1) / per_block;
     }
-    Py_ssize_t key[PLAN_KEY] = {wide, total, g.plane, g.wp, dh, dw, per_block, phases, aligned};
+    /* AVX-512: a block's copy holds per_block channels of in_rows rows (the weights' offsets are within it) */
+    Py_ssize_t ch_floats = in_rows * g.wp, copy_floats = per_block * ch_floats;
+    Py_ssize_t key[PLAN_KEY] = {wide, tiled ? copy_floats : total, tiled ? ch_floats : g.plane, g.wp, dh, dw, per_block,
+                                phases, aligned, tiled};
     plan = conv_weight_plan(self, key, slot, nb);
     if (!plan) goto done;
     blocks = (const int64_t *)PyBytes_AS_STRING(plan);
     offs = (const int32_t *)(blocks + (wide ? self->c_out * nb + 1 : 0));
-    /* AVX-512 planes of at least 2 tiles a thread whose work buffer outgrows a core's L2 go by tiles,
-     * all channels each: by channels, every range read the whole buffer (its tiles' rows, for each
-     * block) for a quarter of a thread's channels (the pool's ranges), and U-Net's 32->32 layer at
-     * 128x128 (7 MB) took 1.05 ms to sum on one thread but 1.36 on two; 64->64 at 56x56 (2.8 MB)
-     * 0.86 ms on two by channels, 0.79 by tiles. A buffer L2 holds reads cheaply again, and its
-     * channels split evenly where its few tiles do not (128->128 at 28x28, 1.5 MB in 4 tiles: 0.70
-     * by channels, 0.75 by tiles). */
-    Py_ssize_t tiles = (g.segs + WIDE_TILE - 1) / WIDE_TILE;
-    int by_tiles = wide && threads > 1 && tiles >= 2 * threads && copies * total > TILE_SPLIT_MIN_BYTES / 4;
+    /* + a tile and a row: a contiguous tile's repeated segments read past the last copy (never stored) */
     ConvJob job = {self, &g, NULL, bb.buf, work, NULL, offs, (const WeightSlot *)offs, blocks, slot, nb, c, h, w, pt,
-                   pl, total, c0, c1, phases, relu, wide, fast, by_tiles, 0, 0};
+                   pl, total, c0, c1, phases, per_block, in_rows, ch_floats, copy_floats,
+                   copies * copy_floats + g.wp + (WIDE_TILE + 1) * WIDE_SEG, copies, tiled, relu, wide, fast, by_tiles,
+                   0, 0};
     Py_ssize_t per_channel = self->w.val.len / 4 / self->c_out * g.oh * g.ow + 1; /* multiply-adds */
     double per_tile = (double)(self->w.val.len / 4) * (double)(c1 - c0) / (double)self->c_out * WIDE_TILE * WIDE_SEG;
     Py_ssize_t pad_grain = RANGE_MIN_VALUES / g.plane + 1, sum_grain = RANGE_MIN_MACS / per_channel + 1;
@@ -1520,8 +1613,8 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     for (Py_ssize_t s = begin; s < end; s++) { /* each phase ends before the next reads what it wrote */
         job.xs = (const float *)xb.buf + s * in_size;
         job.ys = (float *)yb.buf + s * out_size;
-        parallel_for(conv_pad_range, &job, c, pad_grain, threads);
-        if (copies > 1) parallel_for(conv_copy_range, &job, c, pad_grain, threads);
+        parallel_for(tiled ? conv_count_range : conv_pad_range, &job, c, pad_grain, threads);
+        if (!tiled && copies > 1) parallel_for(conv_copy_range, &job, c, pad_grain, threads);
         if (by_tiles)
             parallel_for(conv_sum_range, &job, tiles, (Py_ssize_t)(RANGE_MIN_MACS / (per_tile + 1.0)) + 1, threads);
         else
