@@ -182,6 +182,8 @@ class _Graph:
         self.consts = {t.name: _array(t, f"initializer {t.name!r}") for t in g.initializer}
         self.inputs = [_value_info(v) for v in g.input if v.name not in self.consts]
         try:
+            if not _int32_attributes(g):
+                raise ValueError("an integer attribute past int32")
             inferred = onnx.shape_inference.infer_shapes(_without_weights(model)).graph
         except Exception:
             inferred = g
@@ -197,6 +199,19 @@ class _Graph:
     def static_shape(self, name: str) -> list[int] | None:
         s = self.shapes.get(name)
         return s if s is not None and all(isinstance(d, int) for d in s) else None
+
+
+def _int32_attributes(graph) -> bool:
+    """Whether every integer attribute of the graph's nodes (subgraphs included) fits int32. onnx's
+    shape inference narrows them, and a LayerNormalization axis of 2**31 made it crash the process
+    (onnx 1.23: a segfault, not an exception); such a graph is converted without its inference."""
+    for node in graph.node:
+        for a in node.attribute:
+            if any(not -2**31 <= v < 2**31 for v in [a.i, *a.ints]):
+                return False
+            if not all(_int32_attributes(sub) for sub in [*([a.g] if a.HasField("g") else []), *a.graphs]):
+                return False
+    return True
 
 
 def _copy(message):

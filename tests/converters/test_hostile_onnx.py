@@ -58,3 +58,23 @@ def test_malformed_protobuf_is_a_conversion_error(build, message):
     model = build()
     with pytest.raises(ConversionError, match=message):
         from_onnx(model if isinstance(model, bytes) else model.SerializeToString())
+
+
+@pytest.mark.parametrize("axis", [2**31, 2**53 - 1, -2**31 - 1])
+def test_attribute_past_int32_skips_onnx_shape_inference(axis, tmp_path):
+    """onnx's shape inference narrows integer attributes to int32 and crashed the process (a segfault) on
+    a LayerNormalization axis of 2**31: the converter leaves such a graph to its own checks, and the
+    runtime names the attribute. Converted in a child process, so that a crash fails this test alone."""
+    import subprocess
+    import sys
+
+    node = helper.make_node("LayerNormalization", ["x", "s", "b"], ["y", "mean", "inv_std"], axis=axis)
+    model = _model(node, [numpy_helper.from_array(np.ones(3, np.float32), n) for n in ("s", "b")])
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    code = ("import sys; from dcm.converters import from_onnx; from dcm.runtime import InferenceSession\n"
+            f"m = from_onnx(open({str(path)!r}, 'rb').read())\n"
+            "try:\n    InferenceSession(m)\nexcept Exception as e:\n    print(type(e).__name__, e)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "UnsupportedOpError" in run.stdout and "'axis'" in run.stdout, run.stdout
