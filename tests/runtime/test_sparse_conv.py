@@ -76,9 +76,10 @@ def test_two_threads_and_hidden_nans(batch, path):
 
 @pytest.mark.parametrize("case", ["groups", "tiles"])
 def test_tiled_copies_on_one_and_two_threads(case):
-    """One thread (and, past 2 MiB of copies, each thread of a split by tiles) copies each tile's input rows
-    block by block: grouped weights (each group's own channels in the block) and a 128x128 plane (64 tiles)
-    give onnxruntime's result, the same bits on one thread and two, with the NaN a pruned weight hides."""
+    """At unit stride each tile's input rows are copied block by block, on one thread and on two (split by
+    channels, one range a thread, or past 2 MiB of copies by tiles): grouped weights (each group's own
+    channels in the block) and a 128x128 plane (64 tiles) give onnxruntime's result, the same bits on one
+    thread and two, with the NaN a pruned weight hides."""
     if case == "groups":
         w, x_shape, attrs = _weight((12, 8, 3, 3), 0.4), [2, 24, 20, 20], {"pads": [1, 1, 1, 1], "group": 3}
     else:
