@@ -74,16 +74,18 @@ def test_two_threads_and_hidden_nans(batch, path):
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["groups", "tiles"])
+@pytest.mark.parametrize("case", ["groups", "tiles", "stride 2"])
 def test_tiled_copies_on_one_and_two_threads(case):
-    """At unit stride each tile's input rows are copied block by block, on one thread and on two (split by
-    channels, one range a thread, or past 2 MiB of copies by tiles): grouped weights (each group's own
-    channels in the block) and a 128x128 plane (64 tiles) give onnxruntime's result, the same bits on one
-    thread and two, with the NaN a pruned weight hides."""
+    """At horizontal strides 1 and 2 each tile's input rows are copied block by block, on one thread and on
+    two (split by channels, one range a thread, or past 2 MiB of copies by tiles): grouped weights (each
+    group's own channels in the block), a 128x128 plane (64 tiles) and a stride-2 layer of odd sizes give
+    onnxruntime's result, the same bits on one thread and two, with the NaN a pruned weight hides."""
     if case == "groups":
         w, x_shape, attrs = _weight((12, 8, 3, 3), 0.4), [2, 24, 20, 20], {"pads": [1, 1, 1, 1], "group": 3}
-    else:
+    elif case == "tiles":
         w, x_shape, attrs = _weight((16, 32, 3, 3), 0.3), [1, 32, 128, 128], {"pads": [1, 1, 1, 1]}
+    else:
+        w, x_shape, attrs = _weight((16, 24, 3, 3), 0.3), [2, 24, 37, 41], {"pads": [1, 1, 1, 1], "strides": [2, 2]}
     m = _model(w, x_shape, attrs)
     x = np.random.default_rng(6).standard_normal(x_shape).astype(np.float32)
     x[0, 9, 64 % x_shape[2], 5] = np.nan

@@ -1149,36 +1149,55 @@ static inline void conv_tile_avx512(const ConvPlan *g, const float *xg, Py_ssize
     }
 }
 
-/* Row R of the zero-padded plane of input channel xc [h, w] (unit horizontal stride), moved s values left:
- * dst[i] = padded[R][i + s] for i in [0, wp), one row of the copy for shift s (see SparseConv_run). */
+/* Row R of the zero-padded plane of input channel xc [h, w], its columns p + (i + s) * sw for i in [0, wp):
+ * one row of the copy for phase p and shift s (see SparseConv_run). */
 __attribute__((target("avx512f,avx2,fma"), always_inline))
-static inline void fill_row(float *dst, const float *xc, Py_ssize_t R, const ConvJob *j, Py_ssize_t wp, Py_ssize_t s)
+static inline void fill_row(float *dst, const float *xc, Py_ssize_t R, const ConvJob *j, Py_ssize_t wp, Py_ssize_t p,
+                            Py_ssize_t s)
 {
-    Py_ssize_t r = R - j->pt, lo = j->pl - s, hi = j->w + j->pl - s; /* x's row at [lo, hi) */
+    Py_ssize_t sw = j->phases, r = R - j->pt;
     if (r < 0 || r >= j->h) {
         memset(dst, 0, (size_t)wp * sizeof(float));
         return;
     }
     const float *xr = xc + r * j->w;
-    if (wp % WIDE_SEG) { /* unaligned rows (one copy, s = 0) */
-        Py_ssize_t i0 = lo > 0 ? lo : 0, i1 = hi < wp ? hi : wp;
-        memset(dst, 0, (size_t)i0 * sizeof(float));
-        memcpy(dst + i0, xr + i0 - lo, (size_t)(i1 - i0) * sizeof(float));
-        memset(dst + i1, 0, (size_t)(wp - i1) * sizeof(float));
+    Py_ssize_t first = p + s * sw - j->pl; /* x's column for i = 0 */
+    /* src[k] = x[first + k], masked to [0, w): the address may lie outside x, the masked-off lanes are not read */
+    const float *src = (const float *)((uintptr_t)xr + (uintptr_t)(first * 4));
+    if (wp % WIDE_SEG == 0 && sw == 1) { /* src[i], i in [lo, hi), zeros around */
+        Py_ssize_t lo = -first, hi = j->w - first;
+        for (Py_ssize_t i = 0; i < wp; i += WIDE_SEG) {
+            __m512 v;
+            if (i >= lo && i + WIDE_SEG <= hi) {
+                v = _mm512_loadu_ps(src + i);
+            } else { /* the row's ends */
+                Py_ssize_t a = lo - i < 0 ? 0 : lo - i > WIDE_SEG ? WIDE_SEG : lo - i;
+                Py_ssize_t b = hi - i < a ? a : hi - i > WIDE_SEG ? WIDE_SEG : hi - i;
+                v = _mm512_maskz_loadu_ps((__mmask16)(((1u << b) - 1) & ~((1u << a) - 1)), src + i);
+            }
+            _mm512_store_ps(dst + i, v);
+        }
         return;
     }
-    const float *src = (const float *)((uintptr_t)xr - (uintptr_t)(lo * 4)); /* src[i] = x[i - lo]: may lie before x */
-    for (Py_ssize_t i = 0; i < wp; i += WIDE_SEG) {
-        __m512 v;
-        if (i >= lo && i + WIDE_SEG <= hi) {
-            v = _mm512_loadu_ps(src + i);
-        } else { /* the row's ends: the masked-off lanes are not read */
-            Py_ssize_t a = lo - i < 0 ? 0 : lo - i > WIDE_SEG ? WIDE_SEG : lo - i;
-            Py_ssize_t b = hi - i < a ? a : hi - i > WIDE_SEG ? WIDE_SEG : hi - i;
-            v = _mm512_maskz_loadu_ps((__mmask16)(((1u << b) - 1) & ~((1u << a) - 1)), src + i);
+    if (wp % WIDE_SEG == 0 && sw == 2) { /* src[2 i]: 32 columns a run of 16, every other one */
+        const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        for (Py_ssize_t i = 0; i < wp; i += WIDE_SEG) {
+            Py_ssize_t c = first + 2 * i, a = -c < 0 ? 0 : -c > 32 ? 32 : -c;
+            Py_ssize_t b = j->w - c < a ? a : j->w - c > 32 ? 32 : j->w - c;
+            uint32_t m = (uint32_t)((b == 32 ? ~0ull : (1ull << b) - 1) & ~((1ull << a) - 1));
+            __m512 lo = _mm512_maskz_loadu_ps((__mmask16)m, src + 2 * i);
+            __m512 hi = _mm512_maskz_loadu_ps((__mmask16)(m >> 16), src + 2 * i + WIDE_SEG);
+            _mm512_store_ps(dst + i, _mm512_permutex2var_ps(lo, even, hi));
         }
-        _mm512_store_ps(dst + i, v);
+        return;
     }
+    /* column first + i * sw of x lies in [0, w) for i in [i0, i1) */
+    Py_ssize_t i0 = first >= 0 ? 0 : (-first + sw - 1) / sw, i1 = j->w - first > 0 ? (j->w - first + sw - 1) / sw : 0;
+    i0 = i0 > wp ? wp : i0;
+    i1 = i1 > wp ? wp : i1 < i0 ? i0 : i1;
+    memset(dst, 0, (size_t)i0 * sizeof(float));
+    for (Py_ssize_t i = i0; i < i1; i++) dst[i] = xr[first + i * sw];
+    memset(dst + i1, 0, (size_t)(wp - i1) * sizeof(float));
 }
 
 /* Input channels [ci0, ci1) of the sample under one tile, padded rows [R0, R0 + in_rows), into buf: every
@@ -1187,12 +1206,13 @@ __attribute__((target("avx512f,avx2,fma")))
 static void fill_block(const ConvJob *j, float *buf, Py_ssize_t R0, Py_ssize_t ci0, Py_ssize_t ci1)
 {
     Py_ssize_t wp = j->g->wp, hw = j->h * j->w;
-    for (Py_ssize_t q = 0; q < WIDE_SEG; q++) { /* unit horizontal stride: one phase */
+    for (Py_ssize_t q = 0; q < j->phases * WIDE_SEG; q++) { /* q: phase * WIDE_SEG + shift */
         if (j->slot[q] < 0) continue;
         float *dst = buf + j->slot[q] * j->copy_floats;
         for (Py_ssize_t ci = ci0; ci < ci1; ci++)
             for (Py_ssize_t i = 0; i < j->in_rows; i++)
-                fill_row(dst + (ci - ci0) * j->ch_floats + i * wp, j->xs + ci * hw, R0 + i, j, wp, q);
+                fill_row(dst + (ci - ci0) * j->ch_floats + i * wp, j->xs + ci * hw, R0 + i, j, wp, q / WIDE_SEG,
+                         q % WIDE_SEG);
         if (ci1 - ci0 < j->per_block)
             memset(dst + (ci1 - ci0) * j->ch_floats, 0, (size_t)((j->per_block - (ci1 - ci0)) * j->ch_floats) * 4);
     }
@@ -1559,12 +1579,14 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
      * where their few tiles do not (128->128 at 28x28, 1.5 MB in 4 tiles: 0.70 by channels, 0.75 by
      * tiles). */
     int by_tiles = wide && threads > 1 && tiles >= 2 * threads && copies * total > TILE_SPLIT_MIN_BYTES / 4;
-    /* At unit horizontal stride each (tile, block of input channels) copies its rows into a buffer of
-     * the thread's just before the block's weights read them, so that they come from L1, not from a copy
-     * of the whole input in L2 or beyond. Split by channels, every range copies every tile again, so
-     * there the split is one range a thread (30%, 2 threads: 128ch 28x28 0.66 -> 0.46 ms, 256ch 14x14
-     * 0.50 -> 0.46; two ranges a thread: 0.57 and 0.54). */
-    int tiled = wide && phases == 1;
+    /* At horizontal strides 1 and 2 each (tile, block of input channels) copies its rows into a buffer
+     * of the thread's just before the block's weights read them, so that they come from L1, not from a
+     * copy of the whole input in L2 or beyond (64->128 3x3/2 at 56x56, 30%: 0.61 -> 0.55 ms; strides 3
+     * and 4, whose columns fill_row gathers one by one, measured the same either way and keep the
+     * whole copies). Split by channels, every range copies every tile again, so there the split is one
+     * range a thread (30%, 2 threads: 128ch 28x28 0.66 -> 0.46 ms, 256ch 14x14 0.50 -> 0.46; two ranges
+     * a thread: 0.57 and 0.54). */
+    int tiled = wide && phases <= 2;
     /* the zero-padded planes (and AVX-512's copies), all of them, where not tiled; + a tile: a contiguous
      * tile's repeated segments read past the last plane (never stored) */
     Py_ssize_t spare = (WIDE_TILE + 1) * WIDE_SEG;
