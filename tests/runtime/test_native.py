@@ -101,8 +101,12 @@ def _check_matmat(wide, n):
     m.matmat(xt, split, None, False, 20)
     np.testing.assert_allclose(split, w @ xt, rtol=1e-5, atol=1e-5)
     xt[3, 1] = np.nan  # stored weights carry NaN through the ReLU
-    m.matmat(xt, yt, bias, True)
+    xt[-1, 0] = np.inf
+    assert m.matmat(xt, yt, bias, True, threads=2) == 2  # counted while each panel is packed
     assert np.array_equal(np.isnan(yt[:, 1]), (w[:, [3]] != 0).toarray()[:, 0])
+    assert m.matmat(xt, split, None, False, 20, threads=2) == 0  # once per product: the range from row 0
+    rows = np.empty((n, w.shape[0]), np.float32)
+    assert m.matmat_rows(np.ascontiguousarray(xt.T), rows, threads=2) == 2
 
 
 def test_matmat_refuses_bad_calls():
