@@ -18,9 +18,9 @@ all three alike. Writes benchmarks/results/conv_lanes.json and the table between
 
 ``--pruned`` times ResNet-18's 3x3 stride-1 layers pruned to 20-50% density (the zoo prunes ResNets to
 30%) at batch 1 and 8, on 1 and 2 threads: the direct sparse kernel, Winograd on the densified
-weight, the kernel the static rule picks, and onnxruntime on the dense layer, each call of the four
-interleaved, minimum of the calls. Writes benchmarks/results/conv_pruned.json and the table between
-the ``conv_pruned table`` markers.
+weight, the kernel the static rule picks (dcm's three interleaved call by call), then onnxruntime on
+the dense layer on its own, minimum of the calls. Writes benchmarks/results/conv_pruned.json and the
+table between the ``conv_pruned table`` markers.
 """
 from __future__ import annotations
 
@@ -150,7 +150,10 @@ def measure_lanes(layers, reps: int = 40) -> list[dict]:
 
 def measure_pruned(layers, densities, batches=(1, 8), threads=(1, 2), reps: int = 15) -> list[dict]:
     """Per pruned layer, batch and thread count: direct, Winograd, the static choice and onnxruntime,
-    minimum ms over ``reps`` interleaved rounds."""
+    minimum ms over ``reps`` calls. dcm's three are interleaved call by call; onnxruntime is timed after
+    them, on its own: interleaved with it, dcm's pool ran beside onnxruntime's threads still spinning
+    from its last call, took that for a busy machine and backed off to one thread, and its 2-thread
+    times came out at up to twice those of the layer run alone."""
     rows = []
     for c, h in layers:
         for density in densities:
@@ -166,11 +169,12 @@ def measure_pruned(layers, densities, batches=(1, 8), threads=(1, 2), reps: int 
                     with threadpool_limits(t):
                         for sess in runs.values():
                             sess.run(None, {"x": x})
-                        for _ in range(reps):
-                            for name, sess in runs.items():
-                                start = time.perf_counter()
-                                sess.run(None, {"x": x})
-                                times[name].append(time.perf_counter() - start)
+                        for names in ([n for n in runs if n != "onnxruntime"], ["onnxruntime"]):
+                            for _ in range(reps):
+                                for name in names:
+                                    start = time.perf_counter()
+                                    runs[name].run(None, {"x": x})
+                                    times[name].append(time.perf_counter() - start)
                     row = {"channels": c, "size": h, "density": density, "batch": batch, "threads": t,
                            **{f"{name}_ms": min(ts) * 1e3 for name, ts in times.items()},
                            "chosen": runs["auto"].describe()[0]["kernel"]}
