@@ -202,11 +202,12 @@ class _Graph:
 
 
 def _int32_attributes(graph) -> bool:
-    """Whether every integer attribute of the graph's nodes (subgraphs included) fits int32. onnx's
-    shape inference narrows them, and a LayerNormalization axis of 2**31 made it crash the process
-    (onnx 1.23: a segfault, not an exception); such a graph is converted without its inference."""
+    """Whether every integer attribute of the graph's nodes (subgraphs included; a Constant's values
+    are data, not read as sizes) fits int32. onnx's shape inference narrows them, and a
+    LayerNormalization axis of 2**31 made it crash the process (onnx 1.23: a segfault, not an
+    exception); such a graph is converted without its inference."""
     for node in graph.node:
-        for a in node.attribute:
+        for a in node.attribute if node.op_type != "Constant" else ():
             if any(not -2**31 <= v < 2**31 for v in [a.i, *a.ints]):
                 return False
             if not all(_int32_attributes(sub) for sub in [*([a.g] if a.HasField("g") else []), *a.graphs]):
