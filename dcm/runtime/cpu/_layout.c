@@ -23,6 +23,7 @@
  */
 #include "_kernel_common.h"
 #include "_operand.h"
+#include "_window.h"
 #include <string.h>
 
 #define TRANSPOSE_BLOCK_ROWS 256 /* input rows per pass over the column strips: a line each, 16 KiB of L1 */
@@ -255,24 +256,27 @@ done:
 typedef struct {
     const float *x;
     float *y;
-    Py_ssize_t h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow;
+    Window g;
+    Py_ssize_t c, oh, ow;
 } Windows;
 
 /* Output rows [lo, hi) of the stack of samples: unit u is sample u / OH, output row u % OH. */
 static void window_rows_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
-    const Windows *g = ctx;
-    const size_t run = (size_t)g->c * sizeof(float);
+    const Windows *job = ctx;
+    const Window *g = &job->g;
+    const Py_ssize_t c = job->c;
+    const size_t run = (size_t)c * sizeof(float);
     for (Py_ssize_t u = lo; u < hi; u++) {
-        const Py_ssize_t s = u / g->oh, oy = u % g->oh;
-        float *row = g->y + u * g->ow * g->kh * g->kw * g->c;
-        for (Py_ssize_t ox = 0; ox < g->ow; ox++)
+        const Py_ssize_t s = u / job->oh, oy = u % job->oh;
+        float *row = job->y + u * job->ow * g->kh * g->kw * c;
+        for (Py_ssize_t ox = 0; ox < job->ow; ox++)
             for (Py_ssize_t i = 0; i < g->kh; i++) {
                 const Py_ssize_t iy = oy * g->sh - g->pt + i * g->dh;
-                for (Py_ssize_t j = 0; j < g->kw; j++, row += g->c) {
+                for (Py_ssize_t j = 0; j < g->kw; j++, row += c) {
                     const Py_ssize_t ix = ox * g->sw - g->pl + j * g->dw;
                     if (iy >= 0 && iy < g->h && ix >= 0 && ix < g->w)
-                        memcpy(row, g->x + ((s * g->h + iy) * g->w + ix) * g->c, run);
+                        memcpy(row, job->x + ((s * g->h + iy) * g->w + ix) * c, run);
                     else
                         memset(row, 0, run);
                 }
@@ -291,28 +295,16 @@ static PyObject *window_rows(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"x", "y", "shape", "kernel", "strides", "dilations", "pads", "threads", NULL};
     PyObject *xo, *yo;
-    Py_ssize_t n, pb, pr;
     int threads = 1;
-    Windows g = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO(nnnn)(nn)(nn)(nn)(nnnn)|i", kwlist, &xo, &yo, &n, &g.h, &g.w, &g.c,
-                                     &g.kh, &g.kw, &g.sh, &g.sw, &g.dh, &g.dw, &g.pt, &g.pl, &pb, &pr, &threads))
+    Windows job = {0};
+    Window *g = &job.g;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO(nnnn)(nn)(nn)(nn)(nnnn)|i", kwlist, &xo, &yo, &g->n, &g->h, &g->w,
+                                     &job.c, &g->kh, &g->kw, &g->sh, &g->sw, &g->dh, &g->dw, &g->pt, &g->pl, &g->pb,
+                                     &g->pr, &threads))
         return NULL;
-    const Py_ssize_t big = (Py_ssize_t)1 << 20; /* every size, stride, dilation and pad */
-    const Py_ssize_t sizes[] = {g.h, g.w, g.c, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw};
-    int ok = n >= 0 && n <= big * big && g.pt >= 0 && g.pl >= 0 && pb >= 0 && pr >= 0 && g.pt + pb <= big &&
-             g.pl + pr <= big;
-    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) ok = ok && sizes[i] >= 1 && sizes[i] <= big;
-    if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "window_rows: a size, stride, dilation or pad is out of bounds");
-        return NULL;
-    }
-    const Py_ssize_t span_h = (g.kh - 1) * g.dh + 1, span_w = (g.kw - 1) * g.dw + 1;
-    if (g.h + g.pt + pb < span_h || g.w + g.pl + pr < span_w) {
-        PyErr_SetString(PyExc_ValueError, "window_rows: the (padded) input is smaller than the kernel window");
-        return NULL;
-    }
-    g.oh = (g.h + g.pt + pb - span_h) / g.sh + 1, g.ow = (g.w + g.pl + pr - span_w) / g.sw + 1;
-    const Py_ssize_t x_count = SIZE_PRODUCT(n, g.h, g.w, g.c), y_count = SIZE_PRODUCT(n, g.oh, g.ow, g.kh, g.kw, g.c);
+    if (window_output("window_rows", g, job.c, job.c, &job.oh, &job.ow) < 0) return NULL;
+    const Py_ssize_t n = g->n, x_count = SIZE_PRODUCT(n, g->h, g->w, job.c);
+    const Py_ssize_t y_count = SIZE_PRODUCT(n, job.oh, job.ow, g->kh, g->kw, job.c);
     if (x_count < 0 || y_count < 0) {
         PyErr_SetString(PyExc_ValueError, "window_rows: the input or output size overflows");
         return NULL;
@@ -329,9 +321,10 @@ static PyObject *window_rows(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "window_rows: y must not overlap x");
         goto done;
     }
-    g.x = xb.buf, g.y = yb.buf;
+    job.x = xb.buf, job.y = yb.buf;
     Py_BEGIN_ALLOW_THREADS
-    parallel_for(window_rows_range, &g, n * g.oh, 1 + TRANSPOSE_RANGE_VALUES / (g.ow * g.kh * g.kw * g.c + 1), threads);
+    parallel_for(window_rows_range, &job, n * job.oh, 1 + TRANSPOSE_RANGE_VALUES / (job.ow * g->kh * g->kw * job.c + 1),
+                 threads);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:

@@ -990,7 +990,7 @@ typedef struct {
     /* AVX-512: each (tile, block of input channels) copies its input rows into a buffer of the thread's:
      * per copy, per_block channels of in_rows rows of wp values (ch_floats a channel, copy_floats a copy) */
     Py_ssize_t per_block, in_rows, ch_floats, copy_floats, buf_floats;
-    int copies, tiled; /* tiled: copies per (tile, block) in a thread's buffer; else in work, for all */
+    int tiled; /* copies per (tile, block) in a thread's buffer; else in work, for all */
     int relu, wide, fast;
     int by_tiles; /* AVX-512: the sums' ranges are tiles of every channel in [c0, c1), not channels */
     Py_ssize_t bad; /* Inf/NaN inputs read, added atomically */
@@ -1627,8 +1627,7 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     /* + a tile and a row: a contiguous tile's repeated segments read past the last copy (never stored) */
     ConvJob job = {self, &g, NULL, bb.buf, work, NULL, offs, (const WeightSlot *)offs, blocks, slot, nb, c, h, w, pt,
                    pl, total, c0, c1, phases, per_block, in_rows, ch_floats, copy_floats,
-                   copies * copy_floats + g.wp + (WIDE_TILE + 1) * WIDE_SEG, copies, tiled, relu, wide, fast, by_tiles,
-                   0, 0};
+                   copies * copy_floats + g.wp + (WIDE_TILE + 1) * WIDE_SEG, tiled, relu, wide, fast, by_tiles, 0, 0};
     Py_ssize_t per_channel = self->w.val.len / 4 / self->c_out * g.oh * g.ow + 1; /* multiply-adds */
     double per_tile = (double)(self->w.val.len / 4) * (double)(c1 - c0) / (double)self->c_out * WIDE_TILE * WIDE_SEG;
     Py_ssize_t pad_grain = RANGE_MIN_VALUES / g.plane + 1, sum_grain = RANGE_MIN_MACS / per_channel + 1;

@@ -17,45 +17,14 @@
  * the accumulators' start, the activation is applied in registers before the one store.
  */
 #include "_kernel_common.h"
+#include "_window.h"
 
-#define BIG ((Py_ssize_t)1 << 20) /* bound on every size, stride, dilation and pad (as depthwise2d's) */
 #define GRAIN_WORK 65536          /* multiply-adds a thread's range should hold at least (a hand-off is ~1-5 us) */
 #define BLOCK 8                   /* output pixels whose accumulators stay in registers */
 #define POOL_VECTORS 4            /* 16-channel vectors per global_average_nhwc unit */
 #define POOL_RUN 16               /* pixels global_average_nhwc sums in float before the sum joins a double */
 #define CHUNK_MIN_PIXELS 512      /* pixels a chunk of global_average_nhwc's plane holds at least */
 #define HEAD_MIN_CHANNELS 64      /* the fewest channels for which an aligning partial vector pays */
-
-/* A convolution call's window as its arguments give it: batch, input plane, kernel, strides,
- * dilations and pads (top, left, bottom, right). */
-typedef struct {
-    Py_ssize_t n, h, w, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr;
-} Window;
-
-/* Bounds every size of g and the channel counts c0, c1 (so that no later product overflows
- * unnoticed), then sets the output plane *oh x *ow as ONNX Conv computes it (floor). -1 and a
- * ValueError naming the kernel where a size, stride, dilation or pad is out of bounds or the kernel's
- * span is larger than the padded input. */
-static int window_output(const char *kernel, const Window *g, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t *oh,
-                         Py_ssize_t *ow)
-{
-    const Py_ssize_t sizes[] = {g->h, g->w, c0, c1, g->kh, g->kw, g->sh, g->sw, g->dh, g->dw};
-    int ok = g->n >= 0 && g->n <= BIG * BIG && g->pt >= 0 && g->pl >= 0 && g->pb >= 0 && g->pr >= 0 &&
-             g->pt + g->pb <= BIG && g->pl + g->pr <= BIG;
-    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) ok = ok && sizes[i] >= 1 && sizes[i] <= BIG;
-    if (!ok) {
-        PyErr_Format(PyExc_ValueError, "%s: a size, stride, dilation or pad is out of bounds", kernel);
-        return -1;
-    }
-    const Py_ssize_t span_h = (g->kh - 1) * g->dh + 1, span_w = (g->kw - 1) * g->dw + 1;
-    if (g->h + g->pt + g->pb < span_h || g->w + g->pl + g->pr < span_w) {
-        PyErr_Format(PyExc_ValueError, "%s: the input (padded) is smaller than the kernel window", kernel);
-        return -1;
-    }
-    *oh = (g->h + g->pt + g->pb - span_h) / g->sh + 1;
-    *ow = (g->w + g->pl + g->pr - span_w) / g->sw + 1;
-    return 0;
-}
 
 /* The output columns [*a, *b) of an output row ow wide whose taps all fall inside the input row:
  * ox * sw >= pl and ox * sw - pl + (kw - 1) * dw <= W - 1 (none: *a == *b). */
