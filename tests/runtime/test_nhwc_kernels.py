@@ -82,10 +82,12 @@ def _cases():
               (3, 2, 3, 40, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1)), (1, 2, 3, 8, (5, 5), (1, 2), (2, 1), (4, 2, 5, 3)),
               (1, 28, 28, 96, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)), (1, 14, 14, 40, (5, 5), (2, 2), (1, 1), (1, 2, 2, 1)),
               (2, 9, 37, 17, (3, 5), (1, 3), (2, 1), (0, 3, 2, 0))]
-    # MobileNet's and EfficientNet's kernels (compiled with the width and stride as constants): rows whose
-    # interior is runs of 8, 4 and 1 output pixels, C whole vectors and not, single pixels 4 vectors at a time
+    # MobileNet's, EfficientNet's and ConvNeXt's kernels (compiled with the width and stride as constants):
+    # rows of runs of 8 output pixels, then of 4, 3 and 2 and a single pixel (7-wide rows: 4 + 3; 14: 8 + 4 +
+    # 2; 13: 8 + 4 + 1), C whole vectors and not, single pixels 4 vectors at a time
     cases += [(1, 7, w, c, (k, k), (s, s), (1, 1), (k // 2,) * 4)
-              for k in (3, 5) for s in (1, 2) for w, c in ((30, 32), (47, 24), (48, 16), (9, 72))]
+              for k, s in ((3, 1), (3, 2), (5, 1), (5, 2), (7, 1))
+              for w, c in ((30, 32), (47, 24), (48, 16), (9, 72), (7, 40), (13, 24), (14, 16))]
     return cases
 
 
