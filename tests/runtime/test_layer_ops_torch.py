@@ -115,6 +115,50 @@ def test_volumetric_layers_match_torch():
     _check(sess, model, (torch.randn(2, 2, 7, 9, 8),), ["x"])
 
 
+class _Temporal(nn.Module):
+    """A speech / TCN stack of 1-D layers: strided, dilated (a residual), depthwise with SiLU, grouped,
+    pooled, 1x1 and transposed."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv1d(48, 64, 11, stride=2, padding=5), nn.BatchNorm1d(64), nn.ReLU())
+        self.dilated = nn.Conv1d(64, 64, 3, padding=4, dilation=4)
+        self.depthwise = nn.Conv1d(64, 64, 5, padding=2, groups=64)
+        self.grouped = nn.Conv1d(64, 64, 3, padding=1, groups=4)
+        self.pool, self.avg = nn.MaxPool1d(3, 2, 1), nn.AvgPool1d(2)
+        self.pointwise = nn.Conv1d(64, 32, 1)
+        self.up = nn.ConvTranspose1d(32, 16, 4, stride=2, padding=1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(self.dilated(x)) + x
+        x = self.grouped(F.silu(self.depthwise(x)))
+        return self.up(torch.relu(self.pointwise(self.avg(self.pool(x)))))
+
+
+@pytest.mark.parametrize("kept", [1.0, 0.3])
+def test_temporal_convolutions_match_torch(kept):
+    """Dense (the stem: the packed GEMM over output pixels, 48 x 11 deep) and pruned (the
+    direct sparse kernel), at two lengths and batch sizes."""
+    torch.manual_seed(0)
+    model = _Temporal().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 3:
+                p.mul_(torch.rand_like(p) < kept)
+    x = torch.randn(1, 48, 200)
+    sess = InferenceSession(from_onnx(_export(model, (x,), ["x"], {"x": {0: "batch", 2: "time"}}),
+                                      ConvertOptions(exact=True)))
+    convs = [d for d in sess.describe() if d["op"] == "Conv"]
+    assert len(convs) == 5
+    if kept < 1:
+        assert any(d["kernel"] == "direct" for d in convs)
+    else:
+        assert any("few_pixels" in d for d in convs)
+    _check(sess, model, (x,), ["x"])
+    _check(sess, model, (torch.randn(3, 48, 77),), ["x"])
+
+
 class _Recurrent(nn.Module):
     """A recurrent layer, returning the output sequence and the final states."""
 

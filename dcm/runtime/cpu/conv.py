@@ -168,7 +168,7 @@ class Conv(Kernel):
         if (self.allow_direct and self.direct is None and self.mode == "dense" and not self.tuning
                 and self.group == 1 and not self.pointwise and int(np.prod(shape[1:])) >= PIXEL_GEMM_MIN_DEPTH
                 and shape[1] >= PIXEL_GEMM_MIN_CHANNELS and pixel_gemm.available()):
-            self.dense_weight = np.asarray(w).reshape(shape)
+            self.dense_weight = np.asarray(w).reshape(shape[0], shape[1], *self.kernel)  # a 1-D layer's as 1 x k
 
     def _both_forms(self, w, shape, wide_3x3: bool, b) -> bool:
         """For ``tune``: give a layer that the direct sparse kernel can take both it and the dense form
