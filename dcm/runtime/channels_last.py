@@ -1,4 +1,4 @@
-"""Graph pass: chains of depthwise and 1x1 convolutions run channels-last (NHWC).
+"""Graph pass: chains of depthwise, grouped and 1x1 convolutions run channels-last (NHWC).
 
 A depthwise convolution on NCHW planes works on rows of one channel: narrow planes (14x14, 7x7) fill
 a fraction of a vector and strided ones need gathers, so the compiled NCHW kernel transposes groups
@@ -6,9 +6,12 @@ of 16 planes in and out around each layer (MobileNetV2's depthwise layers took 2
 time in the model, whose kernels run channels-blocked). Channels-last, each output pixel is kh*kw
 multiply-adds of whole channel vectors, at any stride or plane size, and a 1x1 convolution is a
 row-major product [pixels, C_in] @ [C_in, C_out], which the packed GEMM (``_gemm.c``) splits over
-threads by rows (0.7-0.8x of the NCHW 1x1 kernel's time on the 7x7 and 14x14 layers).
+threads by rows (0.7-0.8x of the NCHW 1x1 kernel's time on the 7x7 and 14x14 layers). A grouped
+convolution of a few channels a group (ResNeXt's, RegNet's) is, per output pixel and group, a sum of
+input values times vectors of the group's output weights, each weight vector serving a run of pixels;
+on NCHW it took im2col and one small product per group (1.5-3x onnxruntime's time).
 
-The pass finds regions: each depthwise convolution, then, in graph order, every 1x1 convolution (and
+The pass finds regions: each depthwise or grouped convolution, then, in graph order, every 1x1 convolution (and
 ``dcm.ScaledConv``) whose input is in a region, every elementwise op whose run-time inputs all are
 (with scalar constants), and backwards the 1x1 convolutions (with the activations after them) read
 only by a region. A region with more Transposes in and out than convolutions is left NCHW. Their
@@ -54,6 +57,7 @@ BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min")
 # which conv_nhwc_out beats 1.3-2.4x on the stems (docs/nhwc-kernels.md).
 SPARSE_POINTWISE = 0.07
 SPARSE_STEM = 0.3
+SPARSE_GROUPED = 0.3
 
 
 def _weight_shape(graph: Graph, node: Node) -> tuple[int, ...] | None:
@@ -70,6 +74,16 @@ def _depthwise(graph: Graph, node: Node) -> bool:
 
 def _const_bias(graph: Graph, node: Node) -> bool:
     return len(node.inputs) < 3 or not node.inputs[2] or node.inputs[2] in graph.model.tensors
+
+
+def _grouped(graph: Graph, node: Node) -> bool:
+    """A dense enough 2-D Conv of several groups of more than one input channel, with a constant weight."""
+    shape = _weight_shape(graph, node)
+    if (node.op != "Conv" or shape is None or len(shape) != 4 or shape[1] < 2 or int(node.attrs.get("group", 1)) < 2
+            or not _const_bias(graph, node)):
+        return False
+    w = graph.const(node.inputs[1])
+    return w is not None and np.count_nonzero(w) > SPARSE_GROUPED * w.size
 
 
 def _pointwise(graph: Graph, node: Node) -> bool:
@@ -96,9 +110,11 @@ def _stem(graph: Graph, node: Node) -> bool:
 
 
 def _conv_kind(graph: Graph, node: Node) -> str | None:
-    """"depthwise", "pointwise" or "stem" for a convolution the regions can take, else None."""
+    """"depthwise", "grouped", "pointwise" or "stem" for a convolution the regions can take, else None."""
     if _depthwise(graph, node):
         return "depthwise"
+    if _grouped(graph, node):
+        return "grouped"
     if node.inputs and _pointwise(graph, node):
         return "pointwise"
     return "stem" if _stem(graph, node) else None
@@ -200,7 +216,7 @@ class _Regions:
         (self.neutral if neutral or _spatial_mean(self.graph, node) else self.held).update(node.outputs)
 
     def _forward(self) -> bool:
-        """In graph order: depthwise convolutions, and what reads only region values."""
+        """In graph order: depthwise and grouped convolutions, and what reads only region values."""
         from dcm.runtime.channel_scale import SCALED_CONV
 
         graph, held, joined = self.graph, self.held, False
@@ -208,7 +224,7 @@ class _Regions:
             if i in self.region:
                 continue
             kind = self.kind.get(i)
-            if kind == "depthwise":
+            if kind in ("depthwise", "grouped"):
                 self._join(i, 0)
             elif node.op in UNARY or node.op in BINARY:
                 live = [x for x in node.inputs[: 1 if node.op in UNARY else 2] if x]

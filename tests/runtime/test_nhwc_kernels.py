@@ -228,11 +228,13 @@ def test_overlapping_output_is_refused():
 
 # --- conv_nhwc_out: NCHW in, NHWC out (stems) ---------------------------------------------------
 
-def _padded_weight(w):
-    """[C_out, C_in, kh, kw] (ONNX's) as conv_nhwc_out takes it: [kh, kw, C_in, C_out rounded up to 16]."""
-    co = w.shape[0]
-    out = np.zeros((*w.shape[2:], w.shape[1], -(-co // 16) * 16), np.float32)
-    out[..., :co] = w.transpose(2, 3, 1, 0)
+def _padded_weight(w, groups=1):
+    """[C_out, C_in / groups, kh, kw] (ONNX's) as conv_nhwc_out takes it: [groups, kh, kw, C_in / groups,
+    C_out / groups rounded up to 16]."""
+    per = w.shape[0] // groups
+    out = np.zeros((groups, *w.shape[2:], w.shape[1], -(-per // 16) * 16), np.float32)
+    for g in range(groups):
+        out[g, ..., :per] = w[g * per:(g + 1) * per].transpose(2, 3, 1, 0)
     return out
 
 
@@ -317,6 +319,50 @@ def test_conv_nhwc_out_is_conv_lanes2d_transposed(simd):
     np.testing.assert_allclose(y, nchw.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
 
 
+def _grouped_cases():
+    """Random geometries (fixed seed) of grouped layers: 1-16 input channels a group, 2-40 outputs a group
+    (vectors whole, partial, more than one), strides 1-3 (1 and 2 compiled as constants), dilations 1-2."""
+    rng = np.random.default_rng(13)
+    cases = []
+    for groups, per_in, per_out in ((2, 3, 5), (4, 4, 8), (8, 2, 16), (3, 8, 24), (2, 16, 40), (32, 16, 16),
+                                    (4, 1, 2), (2, 5, 70)):
+        k = int(rng.choice([1, 3, 5]))
+        n, h, w, s, d, pads = _random_window(rng, k, 16, 30)
+        cases.append((n, h, w, groups, per_in, per_out, (k, k), (s, s), (d, d), pads))
+    cases += [(1, 14, 14, 16, 16, 16, (3, 3), (s, s), (1, 1), (1, 1, 1, 1)) for s in (1, 2)]
+    return cases
+
+
+@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("case", _grouped_cases(), ids=lambda c: "n{}h{}w{}g{}i{}o{}-k{}s{}d{}-p{}".format(*c))
+def test_grouped_conv_nhwc_matches_numpy(case, simd):
+    """conv_nhwc_out on channels-last input with groups: each group's slice of channels convolved as a
+    stem's NCHW input would be."""
+    n, h, w, groups, per_in, per_out, kernel, strides, dilations, pads = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    x = rng.standard_normal((n, h, w, groups * per_in)).astype(np.float32)
+    wt = (rng.standard_normal((groups * per_out, per_in, *kernel)) / np.sqrt(per_in * kernel[0] * kernel[1]))
+    wt = wt.astype(np.float32)
+    bias = rng.standard_normal(groups * per_out).astype(np.float32)
+    y = np.empty((n, *_out_size(h, w, kernel, strides, dilations, pads), groups * per_out), np.float32)
+    with switched(native.set_nhwc_simd, simd):
+        for i, act in enumerate(ACTS):
+            b = bias if i % 2 else None
+            want = np.concatenate([_stem_reference(x[..., g * per_in:(g + 1) * per_in].transpose(0, 3, 1, 2),
+                                                   wt[g * per_out:(g + 1) * per_out], strides, dilations, pads,
+                                                   None if b is None else b[g * per_out:(g + 1) * per_out], act)
+                                   for g in range(groups)], axis=3)
+            got = []
+            for threads in (1, 2):
+                y.fill(np.nan)
+                native.conv_nhwc_out(x, y, _padded_weight(wt, groups), (n, groups * per_in, h, w, groups * per_out),
+                                     kernel, strides, dilations, pads, b, act, threads, groups=groups,
+                                     channels_last=True)
+                got.append(y.copy())
+            np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-5, err_msg=str(act))
+            np.testing.assert_array_equal(got[1], got[0])
+
+
 STEM = ((3, 3), (2, 2), (1, 1), (1, 1, 1, 1))
 
 
@@ -344,8 +390,15 @@ STEM = ((3, 3), (2, 2), (1, 1), (1, 1, 1, 1))
                                   *STEM), "out of bounds"),
     (lambda: native.conv_nhwc_out(_ones(4), _ones(4), _ones(16), (2**20, 2**20, 2**20, 2**20, 1), (1, 1), (1, 1),
                                   (1, 1), (0, 0, 0, 0)), "overflows"),
+    (lambda: native.conv_nhwc_out(_ones(1, 3, 8, 8), _ones(1, 4, 4, 8), _ones(3, 3, 3, 16), (1, 3, 8, 8, 8), *STEM,
+                                  groups=2), "groups=2 must divide C_in=3"),
+    (lambda: native.conv_nhwc_out(_ones(1, 4, 8, 8), _ones(1, 4, 4, 6), _ones(4, 3, 3, 1, 16), (1, 4, 8, 8, 6), *STEM,
+                                  groups=4), "groups=4 must divide C_in=4 and C_out=6"),
+    (lambda: native.conv_nhwc_out(_ones(1, 4, 8, 8), _ones(1, 4, 4, 8), _ones(3, 3, 4, 16), (1, 4, 8, 8, 8), *STEM,
+                                  groups=0), "groups=0"),
 ], ids=["y", "weight not padded to 16", "bias", "shape", "no output channels", "dilation 0", "negative pad",
-        "kernel past the input", "activation", "huge batch", "huge product"])
+        "kernel past the input", "activation", "huge batch", "huge product", "groups of C_in", "groups of C_out",
+        "no groups"])
 def test_conv_nhwc_out_bad_calls_are_refused(call, message, simd):
     with switched(native.set_nhwc_simd, simd), pytest.raises(ValueError, match=message):
         call()

@@ -544,11 +544,14 @@ done:
     return result;
 }
 
-/* conv_nhwc_out: a dense convolution (group 1) of few input channels that reads NCHW and writes NHWC,
- * for the stem in front of a channels-last region, whose NCHW output would otherwise be transposed.
- * An output pixel's channels are a sum over (tap, input channel) of one input value, broadcast, times
- * a vector of output channels' weights; the weight is [kh, kw, C_in, C_out rounded up to 16], so that
- * each (tap, input channel) is a row of whole vectors (zeros past C_out). */
+/* conv_nhwc_out: a dense convolution that writes NHWC, reading NCHW (the stem in front of a channels-
+ * last region, whose NCHW output would otherwise be transposed: few input channels) or NHWC (a grouped
+ * layer inside a region: ResNeXt's and RegNet's 3x3 layers of 8-64 channels a group, which took 1.5-3x
+ * onnxruntime's time on NCHW through im2col and a product per group). An output pixel's channels of
+ * one group are a sum over (tap, input channel of the group) of one input value, broadcast, times a
+ * vector of the group's output weights; the weight is [groups, kh, kw, C_in / groups, C_out / groups
+ * rounded up to 16], so that each (tap, input channel) is a row of whole vectors (zeros past the
+ * group's outputs). The input's layout is its strides: per channel, column, row and sample. */
 #define OUT_VECTORS_MAX 4  /* output-channel vectors a register block holds */
 #define OUT_ACC_MAX 24     /* accumulators a register block holds (of 32 registers: the rest weights, input) */
 
@@ -557,7 +560,10 @@ typedef struct {
     const float *x, *w, *bias;
     float *y;
     Window g;
-    Py_ssize_t c, co, cp;      /* input channels, output channels, co rounded up to 16 (a weight row) */
+    Py_ssize_t c, co;          /* input and output channels, per group */
+    Py_ssize_t cp;             /* co rounded up to 16: a weight row */
+    Py_ssize_t groups, co_all; /* groups; output channels in all (an output pixel's stride in y) */
+    Py_ssize_t xc, xcol, xrow, xs; /* x's strides in floats: channel, column, row, sample */
     Py_ssize_t oh, ow;
     Py_ssize_t inner0, inner1; /* the output columns [inner0, inner1) whose taps all fall inside the row */
     ConvAct act;
@@ -568,97 +574,102 @@ static void conv_out_generic(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     const ConvOut *p = ctx;
     const Window *g = &p->g;
-    const Py_ssize_t plane = g->h * g->w;
     for (Py_ssize_t u = lo; u < hi; u++) {
         const Py_ssize_t s = u / p->oh, oy = u % p->oh;
         Py_ssize_t i0, i1;
         valid_taps(oy * g->sh - g->pt, g->kh, g->dh, g->h, &i0, &i1);
-        for (Py_ssize_t ox = 0; ox < p->ow; ox++) {
-            float *restrict yp = p->y + (u * p->ow + ox) * p->co;
-            for (Py_ssize_t k = 0; k < p->co; k++) yp[k] = p->bias ? p->bias[k] : 0.f;
-            for (Py_ssize_t i = i0; i < i1; i++) {
-                const Py_ssize_t iy = oy * g->sh - g->pt + i * g->dh;
-                for (Py_ssize_t j = 0; j < g->kw; j++) {
-                    const Py_ssize_t ix = ox * g->sw - g->pl + j * g->dw;
-                    if (ix < 0 || ix >= g->w) continue;
-                    const float *xp = p->x + s * p->c * plane + iy * g->w + ix;
-                    const float *restrict wp = p->w + (i * g->kw + j) * p->c * p->cp;
-                    for (Py_ssize_t c = 0; c < p->c; c++, wp += p->cp) {
-                        const float xv = xp[c * plane];
-                        for (Py_ssize_t k = 0; k < p->co; k++) yp[k] += wp[k] * xv;
+        for (Py_ssize_t ox = 0; ox < p->ow; ox++)
+            for (Py_ssize_t gi = 0; gi < p->groups; gi++) {
+                float *restrict yp = p->y + (u * p->ow + ox) * p->co_all + gi * p->co;
+                const float *bias = p->bias ? p->bias + gi * p->co : NULL;
+                for (Py_ssize_t k = 0; k < p->co; k++) yp[k] = bias ? bias[k] : 0.f;
+                for (Py_ssize_t i = i0; i < i1; i++) {
+                    const Py_ssize_t iy = oy * g->sh - g->pt + i * g->dh;
+                    for (Py_ssize_t j = 0; j < g->kw; j++) {
+                        const Py_ssize_t ix = ox * g->sw - g->pl + j * g->dw;
+                        if (ix < 0 || ix >= g->w) continue;
+                        const float *xp = p->x + s * p->xs + iy * p->xrow + ix * p->xcol + gi * p->c * p->xc;
+                        const float *restrict wp = p->w + ((gi * g->kh + i) * g->kw + j) * p->c * p->cp;
+                        for (Py_ssize_t c = 0; c < p->c; c++, wp += p->cp) {
+                            const float xv = xp[c * p->xc];
+                            for (Py_ssize_t k = 0; k < p->co; k++) yp[k] += wp[k] * xv;
+                        }
                     }
                 }
+                for (Py_ssize_t k = 0; k < p->co; k++) yp[k] = conv_act1(&p->act, yp[k]);
             }
-            for (Py_ssize_t k = 0; k < p->co; k++) yp[k] = conv_act1(&p->act, yp[k]);
-        }
     }
 }
 
 #ifdef HAVE_AVX2_PATH
-/* Output pixels [ox, ox + count) of row oy, sample s, channels [k, k + 16 V), kernel rows [i0, i1):
+/* Output pixels [ox, ox + count) of row oy, sample s, group gi's channels [k, k + 16 V), kernel rows [i0, i1):
  * count x V accumulators in registers through every (tap, input channel), each weight vector loaded
  * once for the count pixels and each input value broadcast once for the V vectors. Stores masked by
  * m[v] (a last vector of C_out not a multiple of 16). SW: the horizontal stride as a constant (0: p's).
  * checked: some of the pixels' taps may fall outside the row, skipped one by one. count, V, SW and
  * checked are constants where inlined. */
 AVX512 static inline __attribute__((always_inline)) void
-out_pixels_avx512(const ConvOut *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t k, const __mmask16 *m,
-                  Py_ssize_t i0, Py_ssize_t i1, const int count, const int V, const int SW, const int checked)
+out_pixels_avx512(const ConvOut *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t gi, Py_ssize_t k,
+                  const __mmask16 *m, Py_ssize_t i0, Py_ssize_t i1, const int count, const int V, const int SW,
+                  const int checked)
 {
     const Window *g = &p->g;
-    const Py_ssize_t sw = SW ? SW : g->sw, plane = g->h * g->w, cp = p->cp;
+    const Py_ssize_t sw = SW ? SW : g->sw, cp = p->cp, step = sw * p->xcol; /* step: the next pixel's input */
+    const float *bias = p->bias ? p->bias + gi * p->co + k : NULL;
     __m512 acc[OUT_ACC_MAX];
     UNROLL for (int v = 0; v < V; v++) {
-        const __m512 b = p->bias ? _mm512_maskz_loadu_ps(m[v], p->bias + k + 16 * v) : _mm512_setzero_ps();
+        const __m512 b = bias ? _mm512_maskz_loadu_ps(m[v], bias + 16 * v) : _mm512_setzero_ps();
         UNROLL for (int q = 0; q < count; q++) acc[q * V + v] = b;
     }
     for (Py_ssize_t i = i0; i < i1; i++) {
-        /* x index of pixel ox's tap (i, 0), input channel 0: negative where that tap is in the padding */
-        const Py_ssize_t row = s * p->c * plane + (oy * g->sh - g->pt + i * g->dh) * g->w + ox * sw - g->pl;
-        const float *wp = p->w + i * g->kw * p->c * cp + k;
+        /* x index of pixel ox's tap (i, 0), the group's input channel 0: before the row where that tap is
+           in the padding (never read then) */
+        const Py_ssize_t row = s * p->xs + (oy * g->sh - g->pt + i * g->dh) * p->xrow + (ox * sw - g->pl) * p->xcol
+                               + gi * p->c * p->xc;
+        const float *wp = p->w + (gi * g->kh + i) * g->kw * p->c * cp + k;
         for (Py_ssize_t j = 0; j < g->kw; j++) {
             const Py_ssize_t ix = ox * sw - g->pl + j * g->dw; /* pixel ox's input column */
-            for (Py_ssize_t c = 0, at = row + j * g->dw; c < p->c; c++, at += plane, wp += cp) {
+            for (Py_ssize_t c = 0, at = row + j * g->dw * p->xcol; c < p->c; c++, at += p->xc, wp += cp) {
                 __m512 wv[OUT_VECTORS_MAX];
                 UNROLL for (int v = 0; v < V; v++) wv[v] = _mm512_loadu_ps(wp + 16 * v);
                 UNROLL for (int q = 0; q < count; q++) {
                     if (checked && (ix + q * sw < 0 || ix + q * sw >= g->w)) continue;
-                    const __m512 xv = _mm512_set1_ps(p->x[at + q * sw]);
+                    const __m512 xv = _mm512_set1_ps(p->x[at + q * step]);
                     UNROLL for (int v = 0; v < V; v++) acc[q * V + v] = _mm512_fmadd_ps(wv[v], xv, acc[q * V + v]);
                 }
             }
         }
     }
-    float *yp = p->y + ((s * p->oh + oy) * p->ow + ox) * p->co + k;
+    float *yp = p->y + ((s * p->oh + oy) * p->ow + ox) * p->co_all + gi * p->co + k;
     UNROLL for (int q = 0; q < count; q++)
         UNROLL for (int v = 0; v < V; v++)
-            _mm512_mask_storeu_ps(yp + q * p->co + 16 * v, m[v], conv_act16(&p->act, acc[q * V + v]));
+            _mm512_mask_storeu_ps(yp + q * p->co_all + 16 * v, m[v], conv_act16(&p->act, acc[q * V + v]));
 }
 
-/* Channels [k, k + 16 V) of one output row. The interior columns in runs of as many pixels as
+/* Group gi's channels [k, k + 16 V) of one output row. The interior columns in runs of as many pixels as
  * OUT_ACC_MAX accumulators hold (at most 12), then of 4, the last 1-3 as the run of 4 that ends the
  * interior (recomputing up to 3 pixels to the same bits) rather than single pixels, whose V chains of
  * multiply-adds each wait on the last; the border columns (1-3 a side in a stem) one by one with
  * their valid taps, since a checked run costs a test per pixel and tap (3x3/2 at 224: 10% of the
  * time). V and SW are constants where inlined. */
 AVX512 static inline __attribute__((always_inline)) void
-out_row_avx512(const ConvOut *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t k, const __mmask16 *m, Py_ssize_t i0,
-               Py_ssize_t i1, const int V, const int SW)
+out_row_avx512(const ConvOut *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t gi, Py_ssize_t k, const __mmask16 *m,
+               Py_ssize_t i0, Py_ssize_t i1, const int V, const int SW)
 {
     const int run = OUT_ACC_MAX / V < 12 ? OUT_ACC_MAX / V : 12;
     Py_ssize_t ox = p->inner0;
-    for (; ox + run <= p->inner1; ox += run) out_pixels_avx512(p, s, oy, ox, k, m, i0, i1, run, V, SW, 0);
-    for (; ox + 4 <= p->inner1; ox += 4) out_pixels_avx512(p, s, oy, ox, k, m, i0, i1, 4, V, SW, 0);
+    for (; ox + run <= p->inner1; ox += run) out_pixels_avx512(p, s, oy, ox, gi, k, m, i0, i1, run, V, SW, 0);
+    for (; ox + 4 <= p->inner1; ox += 4) out_pixels_avx512(p, s, oy, ox, gi, k, m, i0, i1, 4, V, SW, 0);
     if (ox < p->inner1 && p->inner1 - p->inner0 >= 4)
-        out_pixels_avx512(p, s, oy, p->inner1 - 4, k, m, i0, i1, 4, V, SW, 0);
+        out_pixels_avx512(p, s, oy, p->inner1 - 4, gi, k, m, i0, i1, 4, V, SW, 0);
     else
-        for (; ox < p->inner1; ox++) out_pixels_avx512(p, s, oy, ox, k, m, i0, i1, 1, V, SW, 0);
-    for (ox = 0; ox < p->inner0; ox++) out_pixels_avx512(p, s, oy, ox, k, m, i0, i1, 1, V, SW, 1);
-    for (ox = p->inner1; ox < p->ow; ox++) out_pixels_avx512(p, s, oy, ox, k, m, i0, i1, 1, V, SW, 1);
+        for (; ox < p->inner1; ox++) out_pixels_avx512(p, s, oy, ox, gi, k, m, i0, i1, 1, V, SW, 0);
+    for (ox = 0; ox < p->inner0; ox++) out_pixels_avx512(p, s, oy, ox, gi, k, m, i0, i1, 1, V, SW, 1);
+    for (ox = p->inner1; ox < p->ow; ox++) out_pixels_avx512(p, s, oy, ox, gi, k, m, i0, i1, 1, V, SW, 1);
 }
 
-/* Units u = sample * OH + output row, in groups of up to 4 vectors of output channels; strides 1 and
- * 2 (the stems') as constants. */
+/* Units u = sample * OH + output row, group by group, in blocks of up to 4 vectors of a group's output
+ * channels; strides 1 and 2 as constants. */
 AVX512 static void conv_out_avx512(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     const ConvOut *p = ctx;
@@ -667,6 +678,7 @@ AVX512 static void conv_out_avx512(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
         const Py_ssize_t s = u / p->oh, oy = u % p->oh;
         Py_ssize_t i0, i1;
         valid_taps(oy * p->g.sh - p->g.pt, p->g.kh, p->g.dh, p->g.h, &i0, &i1);
+        for (Py_ssize_t gi = 0; gi < p->groups; gi++)
         for (Py_ssize_t k = 0; k < p->co; k += 16 * OUT_VECTORS_MAX) {
             __mmask16 m[OUT_VECTORS_MAX] = {0};
             int V = 0;
@@ -674,7 +686,7 @@ AVX512 static void conv_out_avx512(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
                 const Py_ssize_t left = p->co - k - 16 * V;
                 m[V] = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
             }
-#define ROW(V, SW) out_row_avx512(p, s, oy, k, m, i0, i1, V, SW)
+#define ROW(V, SW) out_row_avx512(p, s, oy, gi, k, m, i0, i1, V, SW)
             switch (V * 4 + stride) {
             case 1 * 4 + 1: ROW(1, 1); break;
             case 1 * 4 + 2: ROW(1, 2); break;
@@ -696,33 +708,43 @@ AVX512 static void conv_out_avx512(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 #endif
 
 PyDoc_STRVAR(conv_nhwc_out_doc,
-"conv_nhwc_out(x, y, weight, shape, kernel, strides, dilations, pads, bias=None, act=None, threads=1)\n\n"
-"Dense convolution (group 1) of x float32 [N, C_in, H, W] (NCHW; shape = (N, C_in, H, W, C_out))\n"
-"into y float32 [N, OH, OW, C_out] (NHWC), OH and OW as ONNX Conv (floor); y must not overlap x.\n"
-"weight float32 [kh, kw, C_in, C_out rounded up to 16] (zeros past C_out); kernel, strides,\n"
-"dilations = (h, w); pads = (top, left, bottom, right). bias float32 [C_out] is added, then act as\n"
-"depthwise_nhwc's. Made for few input channels (stems: 1, 3, 4); correct for any. Output rows on up\n"
-"to `threads` threads of the native pool.");
+"conv_nhwc_out(x, y, weight, shape, kernel, strides, dilations, pads, bias=None, act=None, threads=1,\n"
+"              groups=1, channels_last=False)\n\n"
+"Dense convolution of x float32 [N, C_in, H, W] (NCHW; with channels_last [N, H, W, C_in]; shape =\n"
+"(N, C_in, H, W, C_out)) into y float32 [N, OH, OW, C_out] (NHWC), OH and OW as ONNX Conv (floor);\n"
+"y must not overlap x. groups divides C_in and C_out. weight float32 [groups, kh, kw, C_in / groups,\n"
+"C_out / groups rounded up to 16] (zeros past a group's outputs); kernel, strides, dilations = (h, w);\n"
+"pads = (top, left, bottom, right). bias float32 [C_out] is added, then act as depthwise_nhwc's. Made\n"
+"for few input channels a group (stems: 1, 3, 4; grouped layers: 8-64); correct for any. Output rows\n"
+"on up to `threads` threads of the native pool.");
 
 static PyObject *conv_nhwc_out(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"x", "y", "weight", "shape", "kernel", "strides", "dilations", "pads", "bias", "act",
-                             "threads", NULL};
+                             "threads", "groups", "channels_last", NULL};
     PyObject *xo, *yo, *wo, *bo = Py_None, *acto = Py_None;
-    int threads = 1;
-    ConvOut p = {0};
+    int threads = 1, channels_last = 0;
+    Py_ssize_t c_in, c_out;
+    ConvOut p = {.groups = 1};
     Window *g = &p.g;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO(nnnnn)(nn)(nn)(nn)(nnnn)|OOi", kwlist, &xo, &yo, &wo, &g->n,
-                                     &p.c, &g->h, &g->w, &p.co, &g->kh, &g->kw, &g->sh, &g->sw, &g->dh, &g->dw, &g->pt,
-                                     &g->pl, &g->pb, &g->pr, &bo, &acto, &threads))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO(nnnnn)(nn)(nn)(nn)(nnnn)|OOinp", kwlist, &xo, &yo, &wo, &g->n,
+                                     &c_in, &g->h, &g->w, &c_out, &g->kh, &g->kw, &g->sh, &g->sw, &g->dh, &g->dw,
+                                     &g->pt, &g->pl, &g->pb, &g->pr, &bo, &acto, &threads, &p.groups, &channels_last))
         return NULL;
     if (parse_conv_act(acto, &p.act, "conv_nhwc_out") < 0 ||
-        window_output("conv_nhwc_out", g, p.c, p.co, &p.oh, &p.ow) < 0)
+        window_output("conv_nhwc_out", g, c_in, c_out, &p.oh, &p.ow) < 0)
         return NULL;
-    p.cp = (p.co + 15) / 16 * 16;
-    const Py_ssize_t x_count = SIZE_PRODUCT(g->n, p.c, g->h, g->w), y_count = SIZE_PRODUCT(g->n, p.oh, p.ow, p.co),
-                     w_count = SIZE_PRODUCT(g->kh, g->kw, p.c, p.cp),
-                     per_row = SIZE_PRODUCT(p.ow, p.cp, g->kh, g->kw, p.c);
+    if (p.groups < 1 || c_in % p.groups || c_out % p.groups) {
+        PyErr_Format(PyExc_ValueError, "conv_nhwc_out: groups=%zd must divide C_in=%zd and C_out=%zd", p.groups, c_in,
+                     c_out);
+        return NULL;
+    }
+    p.c = c_in / p.groups, p.co = c_out / p.groups, p.co_all = c_out, p.cp = (p.co + 15) / 16 * 16;
+    if (channels_last) p.xc = 1, p.xcol = c_in, p.xrow = g->w * c_in, p.xs = g->h * g->w * c_in;
+    else p.xc = g->h * g->w, p.xcol = 1, p.xrow = g->w, p.xs = c_in * g->h * g->w;
+    const Py_ssize_t x_count = SIZE_PRODUCT(g->n, c_in, g->h, g->w), y_count = SIZE_PRODUCT(g->n, p.oh, p.ow, c_out),
+                     w_count = SIZE_PRODUCT(p.groups, g->kh, g->kw, p.c, p.cp),
+                     per_row = SIZE_PRODUCT(p.ow, p.groups, p.cp, g->kh, g->kw, p.c);
     if (x_count < 0 || y_count < 0 || w_count < 0 || per_row < 0) {
         PyErr_SetString(PyExc_ValueError, "conv_nhwc_out: the input, output or weight size overflows");
         return NULL;
@@ -730,7 +752,7 @@ static PyObject *conv_nhwc_out(PyObject *self, PyObject *args, PyObject *kwds)
     Py_buffer xb = {0}, yb = {0}, wb = {0}, bb = {0};
     PyObject *result = NULL;
     if (conv_buffers("conv_nhwc_out", (PyObject *[]){xo, yo, wo, bo}, (Py_buffer *[]){&xb, &yb, &wb, &bb},
-                     (Py_ssize_t[]){x_count, y_count, w_count, p.co}) < 0)
+                     (Py_ssize_t[]){x_count, y_count, w_count, c_out}) < 0)
         goto done;
     p.x = xb.buf, p.y = yb.buf, p.w = wb.buf, p.bias = bb.obj ? bb.buf : NULL;
     interior_columns(g, p.ow, &p.inner0, &p.inner1);

@@ -1,8 +1,9 @@
-"""Kernels of the channels-last ops that ``dcm.runtime.channels_last`` writes: stem, depthwise and 1x1
-convolutions and the spatial mean on NHWC arrays.
+"""Kernels of the channels-last ops that ``dcm.runtime.channels_last`` writes: stem, depthwise, grouped
+and 1x1 convolutions and the spatial mean on NHWC arrays.
 
 A network's stem (few input channels) runs ``conv_nhwc_out`` (``_nhwc.c``), which reads the NCHW
-input as it is and writes NHWC: no Transpose into the region. A depthwise layer runs the compiled
+input as it is and writes NHWC: no Transpose into the region. A grouped layer (ResNeXt's, RegNet's)
+runs the same kernel on its NHWC input, group by group. A depthwise layer runs the compiled
 ``depthwise_nhwc``: per output pixel, kh*kw multiply-adds of 16-channel vectors, the bias and the
 activation in registers. A 1x1 layer is the product x [N*H*W, C_in] @ W.T on the packed GEMM
 (``_gemm.c``'s ``gemm_packed``, the weight packed once here), which adds the bias, a fused residual
@@ -28,6 +29,17 @@ def available() -> bool:
     """The compiled channels-last kernels are built and the packed GEMM runs here (AVX-512)."""
     return (native.depthwise_nhwc is not None and native.global_average_nhwc is not None
             and native.gemm_packed is not None and native.packed_simd() == "avx512")
+
+
+def _window_weight(w: np.ndarray, groups: int) -> np.ndarray:
+    """A weight [C_out, C_in / groups, kh, kw] as conv_nhwc_out reads it: [groups, kh, kw, C_in / groups,
+    C_out / groups rounded up to 16], each (tap, input channel) a row of whole vectors of a group's
+    output weights (zeros past them)."""
+    c_out, per_group, kh, kw = w.shape
+    outs = c_out // groups
+    packed = np.zeros((groups, kh, kw, per_group, -(-outs // 16) * 16), np.float32)
+    packed[..., :outs] = w.reshape(groups, outs, per_group, kh, kw).transpose(0, 3, 4, 2, 1)
+    return packed
 
 
 def _nhwc_input(x: np.ndarray, channels: int, name: str) -> np.ndarray:
@@ -72,7 +84,8 @@ class _Conv(Kernel):
 
 @register_internal(NHWC_CONV)
 class NhwcConv(_Conv):
-    """Conv of an NHWC input into an NHWC output: depthwise (multiplier 1) or 1x1 at unit strides."""
+    """Conv of an NHWC input into an NHWC output: depthwise (multiplier 1), grouped, or 1x1 at unit
+    strides."""
 
     fuses_residual = True
     residual_arg = 3  # after x, W and B
@@ -81,11 +94,17 @@ class NhwcConv(_Conv):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         w = self._load(node, ctx)
-        per_group = w.shape[1]
-        self.depthwise = per_group == 1 and int(self.attrs.get("group", 1)) == self.out_channels
+        per_group, self.groups = w.shape[1], int(self.attrs.get("group", 1))
+        self.depthwise = per_group == 1 and self.groups == self.out_channels
+        self.grouped = self.groups > 1 and not self.depthwise
         if self.depthwise:
             self.in_channels = self.out_channels
             self.weight = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))  # [kh, kw, C]: a vector per tap
+        elif self.grouped:
+            if self.out_channels % self.groups:
+                raise ValueError(f"{self.out_channels} outputs not divisible by group {self.groups}")
+            self.in_channels = per_group * self.groups
+            self.weight = _window_weight(w, self.groups)
         else:
             if self.kernel != (1, 1) or self.strides != (1, 1) or int(self.attrs.get("group", 1)) != 1:
                 raise ValueError("a channels-last Conv is depthwise or 1x1 at unit strides")
@@ -94,15 +113,15 @@ class NhwcConv(_Conv):
             self.packed = np.frombuffer(native.pack_weight(self.wt), np.float32)
 
     def __call__(self, x, w=None, b=None, residual=None, scale=None):
-        if not self.depthwise and x.ndim == 4 and x.shape[1:] == (self.in_channels, 1, 1):
+        if not (self.depthwise or self.grouped) and x.ndim == 4 and x.shape[1:] == (self.in_channels, 1, 1):
             # a [N, C, 1, 1] value (a squeeze-and-excitation branch): the same array in either layout
             return (self(x.reshape(-1, 1, 1, self.in_channels), residual=residual)[0].reshape(-1, self.out_channels, 1, 1),)
         x = _nhwc_input(x, self.in_channels, self.node.name)
         e = self.epilogue
         act = self._act(e)
-        if self.depthwise:
-            y = self._depthwise(x, None if residual is not None else act)
-            if residual is not None:  # a fused Add after a depthwise layer (rare): one compiled pass
+        if self.depthwise or self.grouped:
+            y = self._windows(x, None if residual is not None else act)
+            if residual is not None:  # a fused Add after a depthwise or grouped layer: one compiled pass
                 if not add_and_activate(y, None, False, e, residual=np.ascontiguousarray(residual, np.float32),
                                         threads=self.threads):
                     np.add(y, residual, out=y)
@@ -112,12 +131,18 @@ class NhwcConv(_Conv):
             y = self._pointwise(x, act, residual, scale)
         return (y if e is None or act is not None else e(y),)
 
-    def _depthwise(self, x: np.ndarray, act) -> np.ndarray:
+    def _windows(self, x: np.ndarray, act) -> np.ndarray:
+        """A depthwise or grouped layer's output, its activation applied."""
         n, h, w, c = x.shape
         pads, oh, ow = self._window(h, w)
-        y = np.empty((n, oh, ow, c), dtype=np.float32)
-        native.depthwise_nhwc(x, y, self.weight, (n, h, w, c), self.kernel, self.strides, self.dilations, pads,
-                              self.bias, act, threads=self.threads)
+        y = np.empty((n, oh, ow, self.out_channels), dtype=np.float32)
+        if self.depthwise:
+            native.depthwise_nhwc(x, y, self.weight, (n, h, w, c), self.kernel, self.strides, self.dilations, pads,
+                                  self.bias, act, threads=self.threads)
+        else:
+            native.conv_nhwc_out(x, y, self.weight, (n, c, h, w, self.out_channels), self.kernel, self.strides,
+                                 self.dilations, pads, self.bias, act, threads=self.threads, groups=self.groups,
+                                 channels_last=True)
         return y
 
     def _pointwise(self, x: np.ndarray, act, residual: np.ndarray | None, scale: np.ndarray | None) -> np.ndarray:
@@ -159,8 +184,11 @@ class NhwcConv(_Conv):
         return y
 
     def describe(self) -> dict:
-        return {"kernel": "depthwise" if self.depthwise else "dense", "layout": "nhwc",
-                **({} if self.depthwise else {"product": "gemm_packed"})}
+        if self.depthwise:
+            return {"kernel": "depthwise", "layout": "nhwc"}
+        if self.grouped:
+            return {"kernel": "grouped", "layout": "nhwc", "groups": self.groups}
+        return {"kernel": "dense", "layout": "nhwc", "product": "gemm_packed"}
 
 
 @register_internal(NHWC_SCALED_CONV)
@@ -207,9 +235,7 @@ class NhwcStemConv(_Conv):
         super().__init__(node, ctx)
         w = self._load(node, ctx)  # [C_out, C_in, kh, kw]
         self.in_channels = w.shape[1]
-        padded = np.zeros((*self.kernel, self.in_channels, -(-self.out_channels // 16) * 16), np.float32)
-        padded[..., : self.out_channels] = w.transpose(2, 3, 1, 0)
-        self.weight = padded  # [kh, kw, C_in, C_out rounded up to 16]: a row of output vectors per tap
+        self.weight = _window_weight(w, 1)
 
     def __call__(self, x, w=None, b=None):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
