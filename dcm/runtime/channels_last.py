@@ -87,13 +87,12 @@ def _grouped(graph: Graph, node: Node) -> bool:
 
 
 def _pointwise(graph: Graph, node: Node) -> bool:
-    """A dense enough 2-D 1x1 Conv (or dcm.ScaledConv) of one group, unit strides and no padding."""
+    """A dense enough 2-D 1x1 Conv (or dcm.ScaledConv) of one group and no padding (any strides)."""
     from dcm.runtime.channel_scale import SCALED_CONV
 
     shape = _weight_shape(graph, node)
     if (node.op not in ("Conv", SCALED_CONV) or shape is None or len(shape) != 4 or shape[2:] != (1, 1)
-            or int(node.attrs.get("group", 1)) != 1 or any(s != 1 for s in node.attrs.get("strides", [1, 1]))
-            or any(node.attrs.get("pads", [0])) or not _const_bias(graph, node)):
+            or int(node.attrs.get("group", 1)) != 1 or any(node.attrs.get("pads", [0])) or not _const_bias(graph, node)):
         return False
     w = graph.const(node.inputs[1])
     return w is not None and np.count_nonzero(w) > SPARSE_POINTWISE * w.size

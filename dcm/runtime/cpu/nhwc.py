@@ -84,8 +84,8 @@ class _Conv(Kernel):
 
 @register_internal(NHWC_CONV)
 class NhwcConv(_Conv):
-    """Conv of an NHWC input into an NHWC output: depthwise (multiplier 1), grouped, or 1x1 at unit
-    strides."""
+    """Conv of an NHWC input into an NHWC output: depthwise (multiplier 1), grouped, or 1x1 without
+    padding (a strided one, ResNet's shortcuts, on the pixels it reads, copied)."""
 
     fuses_residual = True
     residual_arg = 3  # after x, W and B
@@ -106,8 +106,8 @@ class NhwcConv(_Conv):
             self.in_channels = per_group * self.groups
             self.weight = _window_weight(w, self.groups)
         else:
-            if self.kernel != (1, 1) or self.strides != (1, 1) or int(self.attrs.get("group", 1)) != 1:
-                raise ValueError("a channels-last Conv is depthwise or 1x1 at unit strides")
+            if self.kernel != (1, 1) or int(self.attrs.get("group", 1)) != 1:
+                raise ValueError("a channels-last Conv is depthwise, grouped or 1x1")
             self.in_channels = per_group
             self.wt = np.ascontiguousarray(w.reshape(self.out_channels, per_group).T)  # [C_in, C_out]
             self.packed = np.frombuffer(native.pack_weight(self.wt), np.float32)
@@ -150,6 +150,8 @@ class NhwcConv(_Conv):
         squeeze-and-excitation gate) goes into a copy of whichever is smaller, x or the packed weight
         (per sample): in the kernel's inner loop it halved the product's speed. numpy where the CPU
         lost the kernel (``set_simd(False)`` after load)."""
+        if self.strides != (1, 1):  # the pixels a strided 1x1 layer reads: a quarter of x at stride 2
+            x = np.ascontiguousarray(x[:, :: self.strides[0], :: self.strides[1]])
         n, h, w, c = x.shape
         m, co = n * h * w, self.out_channels
         y = np.empty((n, h, w, co), dtype=np.float32)
