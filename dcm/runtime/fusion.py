@@ -1,9 +1,9 @@
 """Activations and residual Adds fused into the kernel that produces their input (the CPU's Conv
-and Gemm).
+and Gemm, and BatchNormalization).
 
 A session folds a Relu, Clip, HardSigmoid, HardSwish, Sigmoid, Tanh, LeakyRelu or Gelu, and SiLU
-written as Sigmoid then Mul, into the convolution or fully connected layer that feeds it, when that
-value has no other use. The producer applies it to its own fresh output while it is in cache: no
+written as Sigmoid then Mul, into the convolution, fully connected layer or batch normalization that
+feeds it, when that value has no other use. The producer applies it to its own fresh output while it is in cache: no
 step, no allocation of its own (MobileNetV2 has 35 ReLU6 Clips, EfficientNet 49 SiLUs), and the
 compiled kernels clamp inside their loops (Relu, and Clip for depthwise convolutions). A Conv whose
 output only feeds an Add (ResNet's residual connections) adds the other input in place, then applies

@@ -76,6 +76,27 @@ def test_fused_matches_onnxruntime(layer, name, nodes, inits, fused):
     assert all(e.get("fused_into") == d[0]["name"] for e in d[1:])
 
 
+NORM_ACTS = [a for a in ACTS if a[0] in ("Relu", "Clip", "SiLU", "Tanh", "LeakyRelu")]
+
+
+@pytest.mark.parametrize("name, nodes, inits, fused", NORM_ACTS, ids=[a[0] for a in NORM_ACTS])
+def test_batch_norm_takes_the_activation_after_it(name, nodes, inits, fused):
+    """A BatchNormalization after an Add (no Conv to fold it into: DenseNet's and pre-activation
+    ResNets') applies the activation in its own pass."""
+    stats = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in
+             (("bn_s", RNG.standard_normal(6)), ("bn_t", RNG.standard_normal(6)), ("bn_m", RNG.standard_normal(6)),
+              ("bn_v", RNG.random(6) + 0.5))]
+    bn = [helper.make_node("Add", ["c", "c"], ["d"]),
+          helper.make_node("BatchNormalization", ["d", "bn_s", "bn_t", "bn_m", "bn_v"], ["e"])]
+    acts = [helper.make_node(n.op_type, ["e" if i == "c" else i for i in n.input], list(n.output), name=n.name,
+                             **{a.name: helper.get_attribute_value(a) for a in n.attribute}) for n in nodes]
+    x = _x("Conv")
+    d = _run(_graph("Conv", bn + acts, list(x.shape), [*inits, *stats]), {"x": x})
+    norm = next(e for e in d if e["op"] == "BatchNormalization")
+    assert norm["fused"] == fused
+    assert all(e.get("fused_into") == norm["name"] for e in d if e["op"] in (fused.split("*") + ["Mul"]))
+
+
 def test_second_reader_keeps_the_activation_separate():
     nodes = [helper.make_node("Clip", ["c", "lo", "hi"], ["y"]), helper.make_node("Neg", ["c"], ["z"])]
     x = _x("Conv")

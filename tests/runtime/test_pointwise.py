@@ -110,6 +110,24 @@ def test_bias_and_residual(simd, act, layout, residual):
         np.testing.assert_array_equal(y, x + b + (0 if r is None else r))
 
 
+@pytest.mark.parametrize("act", ["none", "relu", "silu"])
+@pytest.mark.parametrize("layout", ["columns", "channels"])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_scale_bias_and_residual(simd, act, layout, with_bias):
+    """y = act(x * scale + bias + residual) (BatchNormalization's form), scale and bias per column or per
+    channel of NCHW planes, with or without a bias."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 5, 7, 11)).astype(np.float32)
+    r = rng.standard_normal(x.shape).astype(np.float32)
+    count, plane, shape = (11, 1, (11,)) if layout == "columns" else (5, 77, (1, 5, 1, 1))
+    scale, bias = (rng.standard_normal(count).astype(np.float32) for _ in range(2))
+    (alpha, beta), ref, max_abs, _ = CASES[act]
+    want = ref(x.astype(np.float64) * scale.reshape(shape) + (bias.reshape(shape) if with_bias else 0) + r)
+    y = np.empty_like(x)
+    native.activate(x, y, act, alpha, beta, bias=bias if with_bias else None, plane=plane, residual=r, scale=scale)
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=max_abs + 1e-6)
+
+
 @pytest.mark.parametrize("cols", [1, 7, 8, 192, 256, 1000, 10000])
 def test_layer_norm_matches_float64(simd, cols):
     rng = np.random.default_rng(cols)
@@ -181,6 +199,9 @@ BAD_CALLS = {
     "bias period": (lambda x: native.activate(x, x, "relu", bias=np.ones(5, np.float32)), ValueError, "whole periods"),
     "empty bias": (lambda x: native.activate(x, x, "relu", bias=np.ones(0, np.float32)), ValueError, "whole periods"),
     "plane": (lambda x: native.activate(x, x, "relu", bias=np.ones(2, np.float32), plane=0), ValueError, "positive"),
+    "scale length": (lambda x: native.activate(x, x, "relu", bias=np.ones(2, np.float32), scale=np.ones(3, np.float32)),
+                     ValueError, "3 scale values for 2 bias"),
+    "scale period": (lambda x: native.activate(x, x, "relu", scale=np.ones(5, np.float32)), ValueError, "whole periods"),
     "layer_norm cols": (lambda x: native.layer_norm(x, x, 5, np.ones(5, np.float32)), ValueError, "whole rows"),
     "layer_norm zero cols": (lambda x: native.layer_norm(x, x, 0, np.ones(0, np.float32)), ValueError, "whole rows"),
     "layer_norm scale": (lambda x: native.layer_norm(x, x, 6, np.ones(5, np.float32)), ValueError, "scale and bias"),

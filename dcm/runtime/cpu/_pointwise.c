@@ -1,8 +1,8 @@
 /* dcm.runtime.cpu._pointwise: compiled pointwise kernels on float32.
  *
- * activate: y = act(x [+ bias] [+ residual]), the bias per column of a row-major [rows, cols] matrix
- *   (Gemm, MatMul) or per channel of NCHW planes (Conv); act one of none, relu, clip, hardsigmoid,
- *   hardswish, leakyrelu, sigmoid, silu, gelu, gelu_tanh, erf.
+ * activate: y = act(x [* scale] [+ bias] [+ residual]), the scale and bias per column of a row-major
+ *   [rows, cols] matrix (Gemm, MatMul) or per channel of NCHW planes (Conv; BatchNormalization's scale);
+ *   act one of none, relu, clip, hardsigmoid, hardswish, leakyrelu, sigmoid, silu, gelu, gelu_tanh, erf.
  * layer_norm: LayerNormalization over the last axis, with scale, optional bias and statistics.
  * softmax: Softmax or LogSoftmax over the last axis (the row's maximum subtracted first).
  * attention: softmax(scale(q @ k) + mask) @ v, one head's block of query rows per task (sgemm for the
@@ -139,13 +139,21 @@ static INLINE float act1(float v, int kind, const Act *a)
     }
 }
 
-/* n values: out = act(x + bias + residual), in the order a Conv's bias then its fused residual Add are
- * added; bias either a vector (bvec, n values) or one value. */
-static INLINE void activate_loop(float *out, const float *x, const float *res, const float *bvec, const float *bone,
-                                 Py_ssize_t n, int kind, const Act *a)
+/* The scale and bias of one activate_loop: each either a vector (n values) or one value (NULL: none). */
+typedef struct {
+    const float *svec, *sone, *bvec, *bone;
+} Affine;
+
+/* n values: out = act(x * scale + bias + residual), in the order a Conv's bias then its fused residual Add
+ * are added (the product rounded before the bias is added, as numpy's two steps). */
+static INLINE void activate_loop(float *out, const float *x, const float *res, const Affine *f, Py_ssize_t n, int kind,
+                                 const Act *a)
 {
+    const float *bvec = f->bvec, *bone = f->bone, *svec = f->svec, *sone = f->sone;
     for (Py_ssize_t i = 0; i < n; i++) {
         float v = x[i];
+        if (svec) v *= svec[i];
+        else if (sone) v *= *sone;
         if (bvec) v += bvec[i];
         else if (bone) v += *bone;
         if (res) v += res[i];
@@ -153,11 +161,11 @@ static INLINE void activate_loop(float *out, const float *x, const float *res, c
     }
 }
 
-static void activate_generic(float *out, const float *x, const float *res, const float *bvec, const float *bone,
-                             Py_ssize_t n, const Act *a)
+static void activate_generic(float *out, const float *x, const float *res, const Affine *f, Py_ssize_t n,
+                             const Act *a)
 {
     switch (a->kind) {
-#define LOOP(kind) case kind: activate_loop(out, x, res, bvec, bone, n, kind, a); break;
+#define LOOP(kind) case kind: activate_loop(out, x, res, f, n, kind, a); break;
         EACH_ACT(LOOP)
 #undef LOOP
     }
@@ -257,110 +265,115 @@ AVX2 static inline __m256 keep_part(__m256 v, Py_ssize_t k)
     return k >= 8 ? v : _mm256_and_ps(v, _mm256_castsi256_ps(tail_mask(k)));
 }
 
-/* x + bias + residual at value i (of k left). */
-AVX2 static INLINE __m256 input8(const float *x, const float *res, const float *bvec, const float *bone, __m256 b1,
-                                 Py_ssize_t i, Py_ssize_t k)
+/* x * scale + bias + residual at value i (of k left); s1, b1: the single scale and bias, broadcast. */
+AVX2 static INLINE __m256 input8(const float *x, const float *res, const Affine *f, __m256 s1, __m256 b1, Py_ssize_t i,
+                                 Py_ssize_t k)
 {
     __m256 v = load_part(x + i, k);
-    if (bvec) v = _mm256_add_ps(v, load_part(bvec + i, k));
-    else if (bone) v = _mm256_add_ps(v, b1);
+    if (f->svec) v = _mm256_mul_ps(v, load_part(f->svec + i, k));
+    else if (f->sone) v = _mm256_mul_ps(v, s1);
+    if (f->bvec) v = _mm256_add_ps(v, load_part(f->bvec + i, k));
+    else if (f->bone) v = _mm256_add_ps(v, b1);
     return res ? _mm256_add_ps(v, load_part(res + i, k)) : v;
 }
 
 /* activate_loop's 8 values at a time, two vectors to an iteration where there are 16: the two
  * activations' long dependency chains (exp's polynomial) overlap. */
-AVX2 static INLINE void activate_loop8(float *out, const float *x, const float *res, const float *bvec,
-                                       const float *bone, Py_ssize_t n, int kind, const Act *a)
+AVX2 static INLINE void activate_loop8(float *out, const float *x, const float *res, const Affine *f, Py_ssize_t n,
+                                       int kind, const Act *a)
 {
-    __m256 b1 = _mm256_set1_ps(bone ? *bone : 0.0f);
+    const __m256 s1 = _mm256_set1_ps(f->sone ? *f->sone : 1.0f), b1 = _mm256_set1_ps(f->bone ? *f->bone : 0.0f);
     Py_ssize_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        __m256 v0 = input8(x, res, bvec, bone, b1, i, 8), v1 = input8(x, res, bvec, bone, b1, i + 8, 8);
+        __m256 v0 = input8(x, res, f, s1, b1, i, 8), v1 = input8(x, res, f, s1, b1, i + 8, 8);
         _mm256_storeu_ps(out + i, act8(v0, kind, a));
         _mm256_storeu_ps(out + i + 8, act8(v1, kind, a));
     }
-    for (; i < n; i += 8) store_part(out + i, n - i, act8(input8(x, res, bvec, bone, b1, i, n - i), kind, a));
+    for (; i < n; i += 8) store_part(out + i, n - i, act8(input8(x, res, f, s1, b1, i, n - i), kind, a));
 }
 
-AVX2 static void activate_avx2(float *out, const float *x, const float *res, const float *bvec, const float *bone,
-                               Py_ssize_t n, const Act *a)
+AVX2 static void activate_avx2(float *out, const float *x, const float *res, const Affine *f, Py_ssize_t n,
+                               const Act *a)
 {
     switch (a->kind) {
-#define LOOP(kind) case kind: activate_loop8(out, x, res, bvec, bone, n, kind, a); break;
+#define LOOP(kind) case kind: activate_loop8(out, x, res, f, n, kind, a); break;
         EACH_ACT(LOOP)
 #undef LOOP
     }
 }
 #endif
 
-/* One activate call, shared by the pool's threads. Units: values (no bias), rows of count values (a
- * bias per column) or planes of plane values (a bias per channel). */
+/* One activate call, shared by the pool's threads. Units: values (no bias or scale), rows of count values
+ * (a bias and scale per column) or planes of plane values (per channel). */
 typedef struct {
     float *out;
-    const float *x, *res, *bias;
+    const float *x, *res, *bias, *scale;
     Py_ssize_t count, plane, n;
     const Act *a;
 } ActivateJob;
 
-/* Units [lo, hi): value i gets bias[(i / plane) % count]. */
+/* Units [lo, hi): value i gets bias[(i / plane) % count] and scale[(i / plane) % count]. */
 static void activate_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     const ActivateJob *j = ctx;
     const float *res = j->res;
-    if (!j->bias) {
-        DISPATCH(activate, j->out + lo, j->x + lo, res ? res + lo : NULL, NULL, NULL, hi - lo, j->a);
-    } else if (j->plane == 1) { /* a bias per column: rows of count values */
+    if (!j->bias && !j->scale) {
+        const Affine none = {NULL, NULL, NULL, NULL};
+        DISPATCH(activate, j->out + lo, j->x + lo, res ? res + lo : NULL, &none, hi - lo, j->a);
+    } else if (j->plane == 1) { /* per column: rows of count values */
+        const Affine f = {j->scale, NULL, j->bias, NULL};
         for (Py_ssize_t i = lo * j->count; i < hi * j->count; i += j->count)
-            DISPATCH(activate, j->out + i, j->x + i, res ? res + i : NULL, j->bias, NULL, j->count, j->a);
-    } else { /* a bias per channel: planes of plane values */
+            DISPATCH(activate, j->out + i, j->x + i, res ? res + i : NULL, &f, j->count, j->a);
+    } else { /* per channel: planes of plane values */
         for (Py_ssize_t u = lo; u < hi; u++) {
-            Py_ssize_t i = u * j->plane;
-            DISPATCH(activate, j->out + i, j->x + i, res ? res + i : NULL, NULL, j->bias + u % j->count, j->plane,
-                     j->a);
+            Py_ssize_t i = u * j->plane, c = u % j->count;
+            const Affine f = {NULL, j->scale ? j->scale + c : NULL, NULL, j->bias ? j->bias + c : NULL};
+            DISPATCH(activate, j->out + i, j->x + i, res ? res + i : NULL, &f, j->plane, j->a);
         }
     }
 }
 
 static void activate_all(const ActivateJob *j, int threads)
 {
-    Py_ssize_t unit = !j->bias ? 1 : j->plane == 1 ? j->count : j->plane, units = unit ? j->n / unit : 0;
+    Py_ssize_t unit = !j->bias && !j->scale ? 1 : j->plane == 1 ? j->count : j->plane, units = unit ? j->n / unit : 0;
     parallel_for(activate_range, (void *)j, units, 1 + RANGE_MIN / (unit + 1), threads);
 }
 
 PyDoc_STRVAR(activate_doc,
-"activate(x, out, act, alpha=0.0, beta=0.0, bias=None, plane=1, residual=None, threads=1)\n\n"
-"out = act(x + bias + residual) over float32 C-contiguous arrays of equal size (out may be x).\n"
+"activate(x, out, act, alpha=0.0, beta=0.0, bias=None, plane=1, residual=None, threads=1, scale=None)\n\n"
+"out = act(x * scale + bias + residual) over float32 C-contiguous arrays of equal size (out may be x).\n"
 "act: none, relu, clip (alpha, beta: min, max), hardsigmoid (alpha x + beta, clamped to [0, 1]),\n"
 "hardswish, leakyrelu (alpha), sigmoid, silu (x sigmoid(alpha x)), gelu, gelu_tanh or erf.\n"
 "bias: value i gets bias[(i // plane) % len(bias)]: plane=1 is a bias per column of a [rows, len(bias)]\n"
 "matrix, plane=H*W a bias per channel of NCHW planes; the size must be a multiple of len(bias) * plane.\n"
+"scale: as bias (the same length where both are given).\n"
 "Large arrays are split over up to threads threads of the native pool.");
 
 static PyObject *activate(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"x", "out", "act", "alpha", "beta", "bias", "plane", "residual", "threads", NULL};
-    PyObject *xo, *oo, *bo = Py_None, *ro = Py_None;
+    static char *kwlist[] = {"x", "out", "act", "alpha", "beta", "bias", "plane", "residual", "threads", "scale", NULL};
+    PyObject *xo, *oo, *bo = Py_None, *ro = Py_None, *so = Py_None;
     const char *name;
     Act a = {ACT_NONE, 0.0f, 0.0f};
     Py_ssize_t plane = 1;
     int threads = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOs|ffOnOi", kwlist, &xo, &oo, &name, &a.a, &a.b, &bo, &plane, &ro,
-                                     &threads))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOs|ffOnOiO", kwlist, &xo, &oo, &name, &a.a, &a.b, &bo, &plane, &ro,
+                                     &threads, &so))
         return NULL;
     for (a.kind = 0; a.kind < ACT_COUNT && strcmp(name, ACT_NAMES[a.kind]); a.kind++) {}
     if (a.kind == ACT_COUNT) {
         PyErr_Format(PyExc_ValueError, "activate: unknown activation '%s'", name);
         return NULL;
     }
-    Py_buffer v[4];
+    Py_buffer v[5];
     memset(v, 0, sizeof(v));
     if (get_floats(xo, &v[0], 0, 0, "x") < 0 || get_floats(oo, &v[1], 1, 0, "out") < 0 ||
-        get_floats(bo, &v[2], 0, 1, "bias") < 0 ||
-        get_floats(ro, &v[3], 0, 1, "residual") < 0) {
-        release(v, 4);
+        get_floats(bo, &v[2], 0, 1, "bias") < 0 || get_floats(ro, &v[3], 0, 1, "residual") < 0 ||
+        get_floats(so, &v[4], 0, 1, "scale") < 0) {
+        release(v, 5);
         return NULL;
     }
-    Py_ssize_t n = v[0].len / 4, count = v[2].len / 4;
+    Py_ssize_t n = v[0].len / 4, count = v[2].buf ? v[2].len / 4 : v[4].len / 4;
     Py_ssize_t period = SIZE_PRODUCT(count, plane);
     PyObject *result = NULL;
     if (plane < 1 || period < 0) {
@@ -368,11 +381,13 @@ static PyObject *activate(PyObject *self, PyObject *args, PyObject *kwargs)
                      count);
     } else if (v[1].len / 4 != n || (v[3].buf && v[3].len / 4 != n)) {
         PyErr_Format(PyExc_ValueError, "activate: out and residual must have x's %zd values", n);
-    } else if (v[2].buf && (count == 0 ? n != 0 : n % period != 0)) {
+    } else if (v[2].buf && v[4].buf && v[4].len != v[2].len) {
+        PyErr_Format(PyExc_ValueError, "activate: %zd scale values for %zd bias values", v[4].len / 4, count);
+    } else if ((v[2].buf || v[4].buf) && (count == 0 ? n != 0 : n % period != 0)) {
         PyErr_Format(PyExc_ValueError, "activate: %zd values are not whole periods of %zd bias values times plane %zd",
                      n, count, plane);
     } else {
-        ActivateJob job = {v[1].buf, v[0].buf, v[3].buf, v[2].buf, count, plane, n, &a};
+        ActivateJob job = {v[1].buf, v[0].buf, v[3].buf, v[2].buf, v[4].buf, count, plane, n, &a};
         if (n >= RELEASE_GIL_MIN) {
             Py_BEGIN_ALLOW_THREADS
             activate_all(&job, threads);
@@ -382,7 +397,7 @@ static PyObject *activate(PyObject *self, PyObject *args, PyObject *kwargs)
         }
         result = Py_NewRef(Py_None);
     }
-    release(v, 4);
+    release(v, 5);
     return result;
 }
 

@@ -58,7 +58,15 @@ class BatchNormalization(Kernel):
 
     Inference only: the training form (running statistics as extra outputs) is refused at load.
     Statistics of rank > 1 (opset 7's ``spatial=0``) hold one value per activation instead of per channel.
+
+    A BatchNormalization that no Conv before it absorbed (DenseNet's and pre-activation ResNets' come
+    after a Concat or an Add) takes the Relu or other activation after it (``dcm.runtime.fusion``):
+    scale, shift and activation in one compiled pass over float32 (``_pointwise.c``'s activate), where
+    numpy took three (DenseNet-121-style, 224x224, batch 1: 8.2 ms of 49 in BatchNormalization and Relu
+    steps; onnxruntime runs them as a depthwise 1x1 convolution with the activation fused).
     """
+
+    fuses_relu = True
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
@@ -86,10 +94,18 @@ class BatchNormalization(Kernel):
         else:
             a, b = (v.astype(x.dtype) for v in (self.folded or self._fold(scale, bias, mean, var)))
             check_broadcast(x, a)  # statistics fed at run time may have any shape
+        act = ("relu", 0.0, 0.0) if self.relu else ("none", 0.0, 0.0) if self.epilogue is None else self.epilogue.act
+        if (act is not None and a.ndim == 1 and x.ndim >= 2 and x.shape[1] == a.size and compiled(x)
+                and a.dtype == np.float32):
+            y = np.empty_like(x)
+            native.activate(x, y, *act, bias=b, scale=a, plane=math.prod(x.shape[2:]), threads=self.threads)
+            return (y,)
         shape = (1, -1) + (1,) * (x.ndim - 2) if a.ndim == 1 else (1,) + tuple(a.shape)
         y = x * a.reshape(shape)
         y += b.reshape(shape)  # in place: one temporary fewer
-        return (y,)
+        if self.relu:
+            np.maximum(y, 0, out=y)
+        return (y if self.epilogue is None else self.epilogue(y),)
 
 
 @register("LayerNormalization")
