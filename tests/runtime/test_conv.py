@@ -135,11 +135,16 @@ def test_bias_residual_and_activation_in_one_pass_match_onnxruntime(shape, strid
     ((40, 64, 3, 3), (92, 90), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 1),  # 2070: im2col
     ((40, 56, 3, 3), (14, 13), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, 1),  # 504 deep: im2col at any size
     ((40, 3, 16, 16), (64, 48), {"strides": [16, 16]}, 1),  # ViT's patches, 3 channels: im2col
+    ((40, 512, 1, 1), (7, 7), {}, 1),  # 1x1 on ResNet-50's 7x7 planes
+    ((33, 512, 1, 1), (14, 13), {"strides": [2, 2]}, 3),  # its strided shortcut, 3 samples of 7x7
+    ((40, 512, 1, 1), (9, 8), {}, 1),  # a 72-pixel plane: the NCHW 1x1 kernel
+    ((40, 256, 1, 1), (7, 7), {}, 1),  # 256 deep: the NCHW 1x1 kernel
 ])
 def test_few_output_pixels_take_the_packed_gemm_and_match_onnxruntime(shape, hw, attrs, batch):
     """Dense layers of few output pixels in a call (PIXEL_GEMM_MAX_OUTPUTS), at least
     PIXEL_GEMM_MIN_DEPTH multiply-adds per output and PIXEL_GEMM_MIN_CHANNELS input channels run
-    pixel_gemm, with its bias and Relu; others keep the kernel chosen at load."""
+    pixel_gemm, with its bias and Relu (1x1 layers on planes of at most PIXEL_GEMM_MAX_PLANE_POINTWISE
+    pixels); others keep the kernel chosen at load."""
     from dcm.runtime.cpu import pixel_gemm
 
     if not pixel_gemm.available():
@@ -161,5 +166,6 @@ def test_few_output_pixels_take_the_packed_gemm_and_match_onnxruntime(shape, hw,
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
     winograd = sess.describe()[0]["kernel"] == "winograd"
     limit = conv.PIXEL_GEMM_MAX_OUTPUTS_WINOGRAD if winograd else conv.PIXEL_GEMM_MAX_OUTPUTS
-    taken = deep and ref.shape[0] * ref.shape[2] * ref.shape[3] <= limit
+    small = shape[2:] != (1, 1) or ref.shape[2] * ref.shape[3] <= conv.PIXEL_GEMM_MAX_PLANE_POINTWISE
+    taken = deep and small and ref.shape[0] * ref.shape[2] * ref.shape[3] <= limit
     assert calls == ([(got.shape[0] * got.shape[2] * got.shape[3], shape[1] * shape[2] * shape[3])] if taken else [])

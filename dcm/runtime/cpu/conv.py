@@ -46,9 +46,9 @@ DIRECT_MAX_DENSITY_AVX512 = 0.35
 # 256ch 14x14: 2.09 against 1.37 at batch 1, so direct keeps 196 outputs; with one 64-vector panel in
 # place of two of 32 the product alone went 1.60 -> 1.32 ms, onnxruntime's layer 1.53).
 SMALL_PLANE_OUTPUTS = 64
-# Dense layers (group 1, not 1x1) whose call has few output pixels, all samples together, take the
-# packed AVX-512 GEMM with the pixels as rows (pixel_gemm.py) in place of Winograd (up to 64 pixels) or
-# im2col + BLAS (up to 2048). Batch 1, one thread, dense ResNet-18 in the model: each 512-channel 7x7
+# Dense layers (group 1; 1x1 ones on small planes, below) whose call has few output pixels, all samples
+# together, take the packed AVX-512 GEMM with the pixels as rows (pixel_gemm.py) in place of Winograd (up
+# to 64 pixels) or im2col + BLAS (up to 2048). Batch 1, one thread, dense ResNet-18 in the model: each 512-channel 7x7
 # layer 3.2 -> 2.65 ms (onnxruntime 1.87), the stride-2 64->128 at 56x56 (784 pixels) 1.45 -> 1.28
 # (0.69), 128->256 at 28x28 (196) 1.30 -> 1.04 (0.78). One layer alone, interleaved: the 7x7 layer 2.07
 # against Winograd's 2.29, 64->64 5x5 at 28x28 1.44 against im2col's 1.74, 64->192 5x5 at 27x27 3.51
@@ -58,6 +58,12 @@ SMALL_PLANE_OUTPUTS = 64
 # the batched sparse product beats this dense one on the 7x7 planes too (2.36 against 2.77 ms).
 PIXEL_GEMM_MAX_OUTPUTS_WINOGRAD = 64
 PIXEL_GEMM_MAX_OUTPUTS = 2048
+# 1x1 layers take it where each sample's plane has at most this many pixels: on ResNet-50's 7x7 stage
+# (one layer alone, one thread, against the NCHW pointwise kernel) 2048->512 0.94 -> 0.75 ms, 512->2048
+# 0.93 -> 0.78, the strided 1024->2048 shortcut 1.87 -> 1.53 (onnxruntime 0.67-0.69 and 1.52); at batch
+# 8: 7.5 -> 5.4, 7.5 -> 4.9, 15.6 -> 11.1 (onnxruntime 5.0, 5.5, 13.2); but 14x14 planes lost (1024->256:
+# 0.73 -> 0.79, 512->128 at 28x28: 0.67 -> 0.93).
+PIXEL_GEMM_MAX_PLANE_POINTWISE = 64
 # ... and only layers of at least this many multiply-adds per output (kh * kw * C_in): on shallower ones
 # the column gather (measured when it was numpy's, on one thread) outweighs the product's gain (ConvNeXt's 2x2 stride-2
 # downsample layers: 40->80 at 56x56 0.35 against im2col's 0.29 ms, 80->160 at 28x28 0.27 / 0.25, but
@@ -166,7 +172,7 @@ class Conv(Kernel):
         if ctx.tune and requested is None and self.density <= TUNE_MAX_DENSITY:
             self.tuning = self._both_forms(w, shape, wide_3x3, b)
         if (self.allow_direct and self.direct is None and self.mode == "dense" and not self.tuning
-                and self.group == 1 and not self.pointwise and int(np.prod(shape[1:])) >= PIXEL_GEMM_MIN_DEPTH
+                and self.group == 1 and int(np.prod(shape[1:])) >= PIXEL_GEMM_MIN_DEPTH
                 and shape[1] >= PIXEL_GEMM_MIN_CHANNELS and pixel_gemm.available()):
             self.dense_weight = np.asarray(w).reshape(shape[0], shape[1], *self.kernel)  # a 1-D layer's as 1 x k
 
@@ -398,9 +404,11 @@ class Conv(Kernel):
 
     def _few_outputs(self, shape: tuple[int, ...], begin: list[int], end: list[int]) -> bool:
         """Whether this call of a dense layer goes to pixel_gemm: few output pixels in all its samples
-        (PIXEL_GEMM_MAX_OUTPUTS, fewer for a Winograd layer)."""
+        (PIXEL_GEMM_MAX_OUTPUTS, fewer for a Winograd layer), and for a 1x1 layer small planes."""
         oh, ow = output_size(shape[2:], self.kernel, self.strides, self.dilations, begin, end)
         limit = PIXEL_GEMM_MAX_OUTPUTS if self.winograd is None else PIXEL_GEMM_MAX_OUTPUTS_WINOGRAD
+        if self.pointwise and oh * ow > PIXEL_GEMM_MAX_PLANE_POINTWISE:
+            return False
         return 0 < shape[0] * oh * ow <= limit
 
     def _pixel_gemm(self) -> pixel_gemm.PixelGemm:
