@@ -373,7 +373,38 @@ def _affine(graph: Graph, consumers: dict[str, list[Node]], name: str, taken: li
     return scale, "", mul.outputs[0]
 
 
-MATMUL_ADD = "dcm.MatMulAdd"  # MatMul(x, W) + b: inputs x, W [in, out], b [out]
+MATMUL_ADD = "dcm.MatMulAdd"  # (MatMul(x, W) + b) [* s]: inputs x, W [in, out], b [out], optionally s [out]
+
+
+def _absorb_constant(graph: Graph, producer: Callable[[Node], bool], op: str,
+                     accept: Callable[[Node, tuple[int, ...]], bool], make: Callable[[Node, str, Node], Node]) -> None:
+    """Each node ``producer`` takes whose output only one ``op`` node reads, the other input of that
+    node a float32 constant of a shape ``accept`` takes (given the producer and the constant's shape),
+    becomes ``make(producer node, constant's name, reader)`` in the producer's place; the reader goes."""
+    tensors = graph.model.tensors
+    consumers = graph.consumers()
+    protected = graph.protected()
+    removed: set[int] = set()
+    for i, node in enumerate(graph.nodes):
+        if not producer(node) or node.outputs[0] in protected:
+            continue
+        users = consumers.get(node.outputs[0], [])
+        reader = users[0] if len(users) == 1 else None
+        if reader is None or reader.op != op or len(reader.inputs) != 2 or reader.inputs[0] == reader.inputs[1]:
+            continue
+        const = reader.inputs[1] if reader.inputs[0] == node.outputs[0] else reader.inputs[0]
+        rec = tensors.get(const)
+        if rec is None or rec.dtype != "float32" or not accept(node, tuple(rec.shape)):
+            continue
+        graph.nodes[i] = make(node, const, reader)
+        removed.add(id(reader))
+        graph.folded[_name(reader)] = _name(node)
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+
+
+def _outputs(graph: Graph, node: Node) -> int:
+    """The outputs of a MatMul's (or dcm.MatMulAdd's) constant [in, out] weight."""
+    return graph.model.tensors[node.inputs[1]].shape[1]
 
 
 def fuse_matmul_add(graph: Graph) -> None:
@@ -384,25 +415,28 @@ def fuse_matmul_add(graph: Graph) -> None:
     if MATMUL_ADD not in graph.internal:
         return
     tensors = graph.model.tensors
-    consumers = graph.consumers()
-    protected = graph.protected()
-    removed: set[int] = set()
-    for i, mm in enumerate(graph.nodes):
+
+    def matmul(mm: Node) -> bool:
         w = tensors.get(mm.inputs[1]) if mm.op == "MatMul" and len(mm.inputs) == 2 else None
-        if w is None or len(w.shape) != 2 or w.dtype != "float32" or mm.outputs[0] in protected:
-            continue
-        users = consumers.get(mm.outputs[0], [])
-        add = users[0] if len(users) == 1 else None
-        if add is None or add.op != "Add" or len(add.inputs) != 2 or add.inputs[0] == add.inputs[1]:
-            continue
-        bias = add.inputs[1] if add.inputs[0] == mm.outputs[0] else add.inputs[0]
-        b = tensors.get(bias)
-        if b is None or tuple(b.shape) != (w.shape[1],) or b.dtype != "float32":
-            continue
-        graph.nodes[i] = Node(MATMUL_ADD, [mm.inputs[0], mm.inputs[1], bias], list(add.outputs), {}, mm.name)
-        removed.add(id(add))
-        graph.folded[_name(add)] = _name(mm)
-    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+        return w is not None and len(w.shape) == 2 and w.dtype == "float32"
+
+    _absorb_constant(graph, matmul, "Add", lambda mm, shape: shape == (_outputs(graph, mm),),
+                     lambda mm, bias, add: Node(MATMUL_ADD, [*mm.inputs, bias], list(add.outputs), {}, mm.name))
+
+
+def fuse_matmul_scale(graph: Graph) -> None:
+    """A ``dcm.MatMulAdd`` whose product only a Mul by a constant of one value per output reads
+    (ConvNeXt's and CaiT's layer scale, ``gamma * x``) takes that constant as a fourth input: its kernel
+    scales the weight's columns and the bias once at load, (x @ W + b) * s = x @ (W * s) + b * s, and
+    the Mul's pass over the activation is gone (ConvNeXt-atto's first stage: 70-80 us a block)."""
+    if MATMUL_ADD not in graph.internal:
+        return
+
+    def per_output(mm: Node, shape: tuple[int, ...]) -> bool:
+        return bool(shape) and shape[-1] == _outputs(graph, mm) and all(d == 1 for d in shape[:-1])
+
+    _absorb_constant(graph, lambda mm: mm.op == MATMUL_ADD and len(mm.inputs) == 3, "Mul", per_output,
+                     lambda mm, scale, mul: Node(MATMUL_ADD, [*mm.inputs, scale], list(mul.outputs), {}, mm.name))
 
 
 ATTENTION = "dcm.Attention"  # softmax(scale(q @ k) + mask) @ v: inputs q, k, v, mask, scale; attrs scale_op, nan_to
@@ -501,6 +535,7 @@ PASSES: dict[str, Callable[[Graph], None]] = {
     "fuse_gelu": fuse_gelu,
     "fuse_layer_norm": fuse_layer_norm,
     "fuse_matmul_add": fuse_matmul_add,
+    "fuse_matmul_scale": fuse_matmul_scale,
     "fuse_attention": fuse_attention,
     "fuse_channel_scale": fuse_channel_scale,
     "channels_last": channels_last,

@@ -75,6 +75,43 @@ def test_matmul_add_leaves_other_graphs(case):
     _runs_alike(model)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("scale_shape", [(8,), (1, 1, 8)])
+def test_layer_scale_goes_into_the_weight(sparse, scale_shape):
+    """MatMul + bias, then a Mul by a constant per output (ConvNeXt's gamma): one node whose kernel
+    scales W and b at load, dense or sparse."""
+    w = W * (RNG.random(W.shape) < 0.2) if sparse else W
+    gamma = RNG.standard_normal(scale_shape).astype(np.float32)
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+                    helper.make_node("Add", ["m", "b"], ["a"], name="add"),
+                    helper.make_node("Mul", ["g", "a"], ["y"], name="scale")], {"w": w, "b": B, "g": gamma})
+    graph = optimize(model, ["fuse_matmul_add", "fuse_matmul_scale"], internal=frozenset({MATMUL_ADD}))
+    assert [(n.op, n.inputs, n.outputs) for n in graph.nodes] == [(MATMUL_ADD, ["x", "w", "b", "g"], ["y"])]
+    assert graph.folded == {"add": "mm", "scale": "mm"}
+    sess = _runs_alike(model)
+    assert sess.describe()[0]["kernel"] == ("sparse" if sparse else "dense")
+
+
+@pytest.mark.parametrize("case", ["per_row", "product_read_twice", "runtime_scale"])
+def test_layer_scale_leaves_other_graphs(case):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+             helper.make_node("Add", ["m", "b"], ["a"], name="add"),
+             helper.make_node("Mul", ["a", "g"], ["y"], name="scale")]
+    inits, outputs, fed = {"w": W, "b": B, "g": RNG.standard_normal(8).astype(np.float32)}, ("y",), None
+    if case == "per_row":  # [5, 1]: a factor per token, not per output
+        inits["g"] = RNG.standard_normal((5, 1)).astype(np.float32)
+    elif case == "product_read_twice":
+        nodes.append(helper.make_node("Relu", ["a"], ["z"], name="relu"))
+        outputs = ("y", "z")
+    else:
+        del inits["g"]
+        fed = {"g": [8]}
+    model = _model(nodes, inits, outputs, fed)
+    graph = optimize(model, ["fuse_matmul_add", "fuse_matmul_scale"], internal=frozenset({MATMUL_ADD}))
+    assert [n.op for n in graph.nodes][:2] == [MATMUL_ADD, "Mul"] and "scale" not in graph.folded
+    _runs_alike(model)
+
+
 def test_matmul_add_waits_for_a_backend_that_runs_it():
     model = _model([helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
                     helper.make_node("Add", ["m", "b"], ["y"], name="add")], {"w": W, "b": B})

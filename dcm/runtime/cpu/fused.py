@@ -21,9 +21,10 @@ register_internal = registrar(INTERNAL)
 class MatMulAdd(MatMul):
     """x [..., in] @ W [in, out] + b [out] with W and b constants: the compiled sparse kernel adds the
     bias as it writes each row; otherwise it is added in place into the product's fresh array,
-    together with a following activation (a transformer's Gelu) on float32 (``dcm.runtime.fusion``)."""
+    together with a following activation (a transformer's Gelu) on float32 (``dcm.runtime.fusion``).
+    A fourth input s [out] (a layer scale, ``fuse_matmul_scale``) is taken into W and b at load."""
 
-    weight_inputs = (1, 2)
+    weight_inputs = (1, 2, 3)
     fuses_relu = True
 
     def __init__(self, node, ctx):
@@ -33,8 +34,20 @@ class MatMulAdd(MatMul):
         self.bias = np.ascontiguousarray(ctx.const(node.inputs[2]), dtype=np.float32).reshape(-1)
         if self.bias.shape != (self.mm.shape[0],):
             raise ValueError(f"bias has shape {list(self.bias.shape)}, the weight {self.mm.shape[0]} outputs")
+        scale = self._out_scale(node, ctx)
+        if scale is not None:
+            self.bias = self.bias * scale
 
-    def __call__(self, a, _w=None, _b=None):
+    def _out_scale(self, node, ctx) -> np.ndarray | None:
+        if len(node.inputs) < 4:
+            return None
+        scale = np.asarray(ctx.const(node.inputs[3]), dtype=np.float32).reshape(-1)
+        outputs = ctx.model.tensors[node.inputs[1]].shape[1]
+        if scale.shape != (outputs,):
+            raise ValueError(f"scale has {scale.size} values for a weight of {outputs} outputs")
+        return scale
+
+    def __call__(self, a, _w=None, _b=None, _s=None):
         lead = a.shape[:-1]
         x = a.reshape(-1, a.shape[-1])
         if self.mm.fuses_bias and x.dtype == np.float32:

@@ -21,12 +21,23 @@ def _transposed(weight: CsrParts | np.ndarray) -> CsrParts | np.ndarray:
     return CsrParts(t.shape, t.data, None, None, t.indices, t.indptr)
 
 
+def _scale_rows(w: CsrParts | np.ndarray, scale: np.ndarray) -> CsrParts | np.ndarray:
+    """W [out, in] with row j multiplied by scale[j] (its codebook, if any, given up for the values)."""
+    if isinstance(w, np.ndarray):
+        return (w * scale[:, None]).astype(np.float32)
+    values = (w.values * np.repeat(scale, np.diff(w.indptr))).astype(np.float32)
+    return CsrParts(w.shape2d, values, None, None, w.indices, w.indptr)
+
+
 class _FullyConnected(Kernel):
-    def _load(self, node, ctx: LoadContext, name: str, out_in: bool) -> None:
-        """out_in: the stored tensor is already [out, in] (Gemm transB=1)."""
+    def _load(self, node, ctx: LoadContext, name: str, out_in: bool, out_scale: np.ndarray | None = None) -> None:
+        """out_in: the stored tensor is already [out, in] (Gemm transB=1). out_scale: a factor per output
+        (dcm.MatMulAdd's layer scale) taken into the weight."""
         self.mode, w, self.density = ctx.weight(node, name)
         if not out_in:
             w = _transposed(w)
+        if out_scale is not None:
+            w = _scale_rows(w, out_scale)
         # A chosen (not requested) sparse kernel hands row counts where BLAS wins to a dense copy: a
         # transformer's [batch * sequence, hidden] activation is many rows even at batch 1.
         by_rows = ctx.requested_mode(node, name) is None
@@ -136,10 +147,14 @@ class MatMul(_FullyConnected):
         super().__init__(node, ctx)
         self.const_b = ctx.is_const(node.inputs[1]) and len(ctx.model.tensors[node.inputs[1]].shape) == 2
         if self.const_b:
-            self._load(node, ctx, node.inputs[1], out_in=False)
+            self._load(node, ctx, node.inputs[1], out_in=False, out_scale=self._out_scale(node, ctx))
         else:
             self.weight_inputs = ()
             self.b = ctx.const(node.inputs[1]) if ctx.is_const(node.inputs[1]) else None
+
+    def _out_scale(self, node, ctx) -> np.ndarray | None:
+        """A factor per output to take into the weight (none for a plain MatMul)."""
+        return None
 
     def __call__(self, a, b=None):
         if not self.const_b:
