@@ -201,16 +201,18 @@ def _pointwise_conv() -> Model:
 
 def _dense_layers() -> Model:
     """A dense grouped 3x3/2 convolution (32 -> 64 channels in 2 groups, 144 taps: im2col, as pixel_gemm
-    takes group 1 only) whose products are large enough (0.56M multiply-adds a group and sample) for
-    blas.matmul to split them over the session's two threads (the compiled gemm), then a dense fully
-    connected layer on the packed weight (gemm_packed)."""
+    takes group 1 only, and read by a MaxPool, no channels-last region takes it alone) whose products are
+    large enough (0.56M multiply-adds a group and sample) for blas.matmul to split them over the
+    session's two threads (the compiled gemm), then a dense fully connected layer on the packed weight
+    (gemm_packed)."""
     rng = np.random.default_rng(12)
     tensors = {"k": encode_tensor(rng.normal(size=(64, 16, 3, 3)).astype(np.float32), code_bits=5, name="k"),
                "w": encode_tensor(rng.normal(size=(10, 64)).astype(np.float32), code_bits=5, name="w"),
                "wb": encode_raw(rng.normal(size=10).astype(np.float32), "wb")}
     nodes = [Node("Conv", ["x", "k"], ["c"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2],
                                               "group": 2}, "conv"),
-             Node("GlobalAveragePool", ["c"], ["p"], {}, "pool"), Node("Flatten", ["p"], ["f"], {}, "flatten"),
+             Node("MaxPool", ["c"], ["m"], {"kernel_shape": [2, 2]}, "max"),
+             Node("GlobalAveragePool", ["m"], ["p"], {}, "pool"), Node("Flatten", ["p"], ["f"], {}, "flatten"),
              Node("Gemm", ["f", "w", "wb"], ["y"], {"transB": 1}, "fc")]
     return Model([ValueInfo("x", "float32", ["batch", 32, 21, 21])], [ValueInfo("y", "float32", ["batch", 10])],
                  nodes, tensors, {})
@@ -317,6 +319,29 @@ def _inverted_residual() -> Model:
                  nodes, tensors, {})
 
 
+def _grouped_block() -> Model:
+    """A ResNeXt-like block: 1x1, then a 3x3/2 layer of 4 groups (6 channels in, 10 out a group) and a
+    1x1 layer, added to a strided 1x1 shortcut, Relu'd: the grouped and the last 1x1 layers run
+    channels-last (conv_nhwc_out on NHWC input, gemm_packed)."""
+    rng = np.random.default_rng(16)
+    tensors = {"a": encode_tensor(rng.normal(size=(24, 16, 1, 1)).astype(np.float32), code_bits=5, name="a"),
+               "g": encode_tensor(rng.normal(size=(40, 6, 3, 3)).astype(np.float32), code_bits=5, name="g"),
+               "gb": encode_raw(rng.normal(size=40).astype(np.float32), "gb"),
+               "p": encode_tensor(rng.normal(size=(32, 40, 1, 1)).astype(np.float32), code_bits=5, name="p"),
+               "s": encode_tensor(rng.normal(size=(32, 24, 1, 1)).astype(np.float32), code_bits=5, name="s")}
+    nodes = [Node("Conv", ["x", "a"], ["b"], {"kernel_shape": [1, 1]}, "reduce"),
+             Node("Relu", ["b"], ["c"], {}, "relu_0"),
+             Node("Conv", ["c", "g", "gb"], ["d"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2],
+                                                  "group": 4}, "grouped"),
+             Node("Relu", ["d"], ["e"], {}, "relu_1"),
+             Node("Conv", ["e", "p"], ["f"], {"kernel_shape": [1, 1]}, "expand"),
+             Node("Conv", ["c", "s"], ["h"], {"kernel_shape": [1, 1], "strides": [2, 2]}, "shortcut"),
+             Node("Add", ["f", "h"], ["i"], {}, "add"),
+             Node("Relu", ["i"], ["y"], {}, "relu_2")]
+    return Model([ValueInfo("x", "float32", ["batch", 16, 11, 10])], [ValueInfo("y", "float32", ["batch", 32, 6, 5])],
+                 nodes, tensors, {})
+
+
 def _attention() -> Model:
     """Scaled dot-product attention over a run-time input (q = v = x, k its transpose), scaled and
     masked: the session fuses it into one dcm.Attention node, the compiled attention kernel."""
@@ -336,8 +361,8 @@ def seeds() -> tuple[bytes, ...]:
     """The hand-made .dcm seeds: between them they reach every compiled kernel (``kernel_names``)."""
     return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _sparse_batch8, _sparse_strided,
                                          _wide3x3, _stem, _pointwise_conv, _dense_layers, _logic, _layer_norm,
-                                         _lstm_upsample, _gru_dense, _skip_concat, _inverted_residual, _attention,
-                                         _pixel_conv))
+                                         _lstm_upsample, _gru_dense, _skip_concat, _inverted_residual, _grouped_block,
+                                         _attention, _pixel_conv))
 
 
 @lru_cache(maxsize=None)
