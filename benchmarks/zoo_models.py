@@ -91,6 +91,35 @@ class MobileNetV2(nn.Module):
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
+# RegNetX-400MF (Radosavovic et al. 2020, torchvision's regnet_x_400mf): X blocks (1x1, 3x3 of groups
+# 16 channels wide, 1x1, bottleneck ratio 1), widths 32-64-160-400, depths 1-2-7-12.
+class _XBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, group_width: int = 16):
+        super().__init__()
+        self.body = nn.Sequential(_conv_bn(cin, cout, 1, 1, act=nn.ReLU),
+                                  _conv_bn(cout, cout, 3, stride, groups=cout // group_width, act=nn.ReLU),
+                                  _conv_bn(cout, cout, 1, 1, act=None))
+        self.down = _conv_bn(cin, cout, 1, stride, act=None) if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x):
+        return F.relu(self.body(x) + self.down(x))
+
+
+class RegNetX400MF(nn.Module):
+    def __init__(self, classes: int = 1000):
+        super().__init__()
+        layers, cin = [_conv_bn(3, 32, 3, 2, act=nn.ReLU)], 32
+        for width, depth in ((32, 1), (64, 2), (160, 7), (400, 12)):
+            for i in range(depth):
+                layers.append(_XBlock(cin, width, 2 if i == 0 else 1))
+                cin = width
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
 # EfficientNet-B0 (Tan & Le 2019): MBConv with SiLU and squeeze-excitation.
 class _SqueezeExcite(nn.Module):
     def __init__(self, channels: int, squeezed: int):
@@ -293,6 +322,7 @@ def _text(module: nn.Module, batch: int, seq: int, vocab: int, mask: bool) -> Bu
 # name: (builder(batch), kept fraction of each weight when pruned, as typical for the family)
 MODELS: dict[str, tuple[Callable[[int], Built], float]] = {
     "resnet18": (lambda b: _image(ResNet18(), b), 0.30),
+    "regnetx_400mf": (lambda b: _image(RegNetX400MF(), b), 0.30),
     "mobilenet_v2": (lambda b: _image(MobileNetV2(), b), 0.50),
     "efficientnet_b0": (lambda b: _image(EfficientNetB0(), b), 0.50),
     "convnext_atto": (lambda b: _image(ConvNeXtAtto(), b), 0.30),
