@@ -173,6 +173,11 @@ done:
 #define PANEL 32
 #define ROWS 12
 #define BLOCK_FLOATS (1 << 18) /* 1 MB: half the L2 of the AVX-512 server cores */
+/* Rows of the panel prefetched ahead of the one multiplied (4 KiB): a layer's weight comes from L3 on
+ * each run of a model larger than L2, and the hardware prefetcher alone left a tile waiting on it.
+ * One layer alone, its weight among 16 MB of others, 1 thread: 49x400 @ 400x400 184 -> 143 us (in L2:
+ * 101), 49x2048 @ 2048x512 1106 -> 888 (in L2: 685); 8 rows ahead: 158 and 983. */
+#define AHEAD 32
 
 typedef struct {
     const float *x, *packed, *bias, *residual;
@@ -198,6 +203,8 @@ AVX512 static inline __attribute__((always_inline)) void tile_avx512(const Packe
     __m512 acc0[ROWS], acc1[ROWS];
     for (int r = 0; r < ROWS; r++) acc0[r] = b0, acc1[r] = b1;
     for (Py_ssize_t i = 0; i < p->k; i++) {
+        _mm_prefetch((const char *)(w + (i + AHEAD) * PANEL), _MM_HINT_T0); /* (past the end: never faults) */
+        if (wide) _mm_prefetch((const char *)(w + (i + AHEAD) * PANEL + 16), _MM_HINT_T0);
         const __m512 w0 = _mm512_loadu_ps(w + i * PANEL), w1 = wide ? _mm512_loadu_ps(w + i * PANEL + 16) : w0;
         for (int r = 0; r < ROWS; r++) {
             if (r >= rows) break;
