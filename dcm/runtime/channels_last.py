@@ -242,8 +242,9 @@ class _Regions:
                     continue
             elif _spatial_mean(graph, node) and node.inputs[0] in held:
                 self._join(i)
-            elif kind == "pointwise":
-                inside = [j for j in ([0, 3] if node.op == SCALED_CONV else [0]) if node.inputs[j] in held]
+            elif kind == "pointwise":  # reading a region value, or an NCHW value a region node enters anyway
+                inside = [j for j in ([0, 3] if node.op == SCALED_CONV else [0])
+                          if node.inputs[j] in held or node.inputs[j] in self.entering]
                 if node.op == "Conv" and node.inputs[0] in self.neutral:  # a squeeze-and-excitation layer
                     self._join(i, 0, neutral=True)
                 elif len(inside) == 1:

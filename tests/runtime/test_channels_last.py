@@ -186,6 +186,23 @@ def test_grouped_blocks_run_channels_last(batch, threads):
 
 
 @needs_kernels
+def test_a_shortcut_on_an_entered_value_joins_the_region():
+    """RegNet's first block: its 1x1 layer and its strided 1x1 shortcut both read the stem's output. The
+    shortcut reads the value the region enters anyway, so it joins, the block's Add with it, and then
+    the stem writes into the region: no Transpose at all."""
+    g = _Graph(3)
+    x = g.op("Relu", [g.conv("x", 3, 16, k=3, strides=[2, 2])])
+    h = g.op("Relu", [g.conv(x, 16, 32)])
+    h = g.op("Relu", [g.conv(h, 32, 32, k=3, group=4, strides=[2, 2])])
+    y = g.op("Relu", [g.op("Add", [g.conv(h, 32, 32), g.conv(x, 16, 32, strides=[2, 2])])])
+    x = np.random.default_rng(7).standard_normal((2, 3, 20, 18)).astype(np.float32)
+    ops = _ops(_run(g.model([g.op("GlobalAveragePool", [y])]), x))
+    assert "Transpose" not in ops and "Conv" not in ops
+    if nhwc.NhwcStemConv.available():
+        assert ops[0] == NHWC_STEM
+
+
+@needs_kernels
 def test_pruned_grouped_layers_stay_nchw():
     """At 10% the grouped layers keep the NCHW direct sparse kernel."""
     x = np.random.default_rng(6).standard_normal((1, 32, 18, 17)).astype(np.float32)
