@@ -59,10 +59,13 @@ FEW_ROWS_MAX_WEIGHTS = 1 << 18
 # The packed dense kernel (_gemm.c gemm_packed) against OpenBLAS, one thread, each weight used once in
 # turn as in a run (benchmarks/gemm.py, docs/gemm.md): the zoo's transformer and ConvNeXt layers (at
 # most 4 MB) took 0.83-0.93 of OpenBLAS's time and 0.82-0.95 of onnxruntime's (MLAS, which packs at
-# load too), 2 rows of 1024x1024 0.51 of OpenBLAS's; OpenBLAS repacks the weight on every call. It lost past 8 MB at 128 rows (16 MB:
-# 1.05-1.06, GPT-2's 51 MB output layer: 1.02-1.07), where both stream the weight from memory, and
-# on one row (OpenBLAS's matrix-vector kernel: 1.06-1.33).
-PACK_MAX_FLOATS = 1 << 21
+# load too), 2 rows of 1024x1024 0.51 of OpenBLAS's; OpenBLAS repacks the weight on every call. Since
+# it prefetches its panels ahead, it also wins on weights streamed from memory: a LLaMA-style 32000-word
+# output layer (33 MB) at 64 rows 8.1 against 10.1 ms, GPT-2's (51 MB) at 128 rows 24.7 against 27.6,
+# and in the model GPT-2 dense went 36.3 -> 31.0 ms at batch 1, 233 -> 223 at batch 8 (1 thread). It
+# loses on one row (OpenBLAS's matrix-vector kernel: 1.06-1.33), which keeps the unpacked copy. The
+# packed copy costs 4 bytes a weight: up to 64 MB weights have one.
+PACK_MAX_FLOATS = 1 << 24
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
