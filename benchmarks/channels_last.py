@@ -1,7 +1,7 @@
-"""What the channels-last regions buy: the zoo's depthwise models with the ``channels_last`` pass and
+"""What the channels-last regions buy: the zoo's depthwise and grouped models with the ``channels_last`` pass and
 without it (its kernels switched off, so the session keeps every convolution NCHW), against onnxruntime.
 
-    python -m benchmarks.channels_last [--models mobilenet_v2,efficientnet_b0,convnext_atto] [--docs]
+    python -m benchmarks.channels_last [--models mobilenet_v2,efficientnet_b0,convnext_atto,regnetx_400mf] [--docs]
 
 Each model dense (seed 0, as ``benchmarks.zoo`` builds it), batch 1 and 8, 1 and 2 threads; the three
 runtimes take turns in blocks of calls (``timeit``'s median), so none runs beside another's spinning
@@ -20,7 +20,7 @@ from dcm.converters.onnx_in import from_onnx
 from dcm.runtime import InferenceSession
 
 DOCS = Path(__file__).parent.parent / "docs" / "channels-last.md"
-MODELS = ("mobilenet_v2", "efficientnet_b0", "convnext_atto")
+MODELS = ("mobilenet_v2", "efficientnet_b0", "convnext_atto", "regnetx_400mf")
 START, END = "<!-- channels-last table: start -->", "<!-- channels-last table: end -->"
 ROUNDS = 3
 
