@@ -320,19 +320,19 @@ def _inverted_residual() -> Model:
 
 
 def _grouped_block() -> Model:
-    """A ResNeXt-like block: 1x1, then a 3x3/2 layer of 4 groups (6 channels in, 10 out a group) and a
+    """A ResNeXt-like block: 1x1, then a 3x3/2 layer of 2 groups (16 channels in, 20 out a group) and a
     1x1 layer, added to a strided 1x1 shortcut, Relu'd: the grouped and the last 1x1 layers run
     channels-last (conv_nhwc_out on NHWC input, gemm_packed)."""
     rng = np.random.default_rng(16)
-    tensors = {"a": encode_tensor(rng.normal(size=(24, 16, 1, 1)).astype(np.float32), code_bits=5, name="a"),
-               "g": encode_tensor(rng.normal(size=(40, 6, 3, 3)).astype(np.float32), code_bits=5, name="g"),
+    tensors = {"a": encode_tensor(rng.normal(size=(32, 16, 1, 1)).astype(np.float32), code_bits=5, name="a"),
+               "g": encode_tensor(rng.normal(size=(40, 16, 3, 3)).astype(np.float32), code_bits=5, name="g"),
                "gb": encode_raw(rng.normal(size=40).astype(np.float32), "gb"),
                "p": encode_tensor(rng.normal(size=(32, 40, 1, 1)).astype(np.float32), code_bits=5, name="p"),
-               "s": encode_tensor(rng.normal(size=(32, 24, 1, 1)).astype(np.float32), code_bits=5, name="s")}
+               "s": encode_tensor(rng.normal(size=(32, 32, 1, 1)).astype(np.float32), code_bits=5, name="s")}
     nodes = [Node("Conv", ["x", "a"], ["b"], {"kernel_shape": [1, 1]}, "reduce"),
              Node("Relu", ["b"], ["c"], {}, "relu_0"),
              Node("Conv", ["c", "g", "gb"], ["d"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2],
-                                                  "group": 4}, "grouped"),
+                                                  "group": 2}, "grouped"),
              Node("Relu", ["d"], ["e"], {}, "relu_1"),
              Node("Conv", ["e", "p"], ["f"], {"kernel_shape": [1, 1]}, "expand"),
              Node("Conv", ["c", "s"], ["h"], {"kernel_shape": [1, 1], "strides": [2, 2]}, "shortcut"),

@@ -330,6 +330,11 @@ def _grouped_cases():
         n, h, w, s, d, pads = _random_window(rng, k, 16, 30)
         cases.append((n, h, w, groups, per_in, per_out, (k, k), (s, s), (d, d), pads))
     cases += [(1, 14, 14, 16, 16, 16, (3, 3), (s, s), (1, 1), (1, 1, 1, 1)) for s in (1, 2)]
+    # 16+ input channels a group take runs of 8 pixels that read zeros for taps in the padding: rows of
+    # 7, 13 and 9 pixels, 1-3 output vectors, strides 1 and 2 (constants) and 3
+    cases += [(2, 7, 7, 3, 16, 24, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
+              (1, 13, 13, 2, 17, 40, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1)),
+              (1, 9, 27, 2, 16, 16, (5, 5), (3, 3), (1, 2), (2, 4, 2, 4))]
     return cases
 
 
