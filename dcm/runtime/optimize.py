@@ -302,6 +302,35 @@ def _last_axis_mean(graph: Graph, node: Node | None) -> bool:
     return _ints(graph, node, 1, "axes") == [-1]
 
 
+def _root_mean_square(graph: Graph, expr: _Expr, sqrt: Node, value: str) -> tuple[float, list[Node]] | None:
+    """(epsilon, the nodes passed) when the Sqrt node reads mean(value^2 over the last axis) + a constant
+    epsilon through private intermediates (the square a Pow by 2 or a Mul of value by itself)."""
+    add_eps = expr.private(sqrt.inputs[0], "Add") if len(sqrt.inputs) == 1 else None
+    if add_eps is None or len(add_eps.inputs) != 2:
+        return None
+    eps = [(v, expr.scalar(e)) for v, e in (add_eps.inputs, add_eps.inputs[::-1]) if expr.scalar(e) is not None]
+    mean = expr.private(eps[0][0], "ReduceMean") if eps else None
+    if not _last_axis_mean(graph, mean):
+        return None
+    square = expr.private(mean.inputs[0], "Pow") or expr.private(mean.inputs[0], "Mul")
+    if square is None or len(square.inputs) != 2 or not (
+            square.inputs == [value, value] if square.op == "Mul"
+            else square.inputs[0] == value and expr.scalar(square.inputs[1]) == 2.0):
+        return None
+    return eps[0][1], [add_eps, mean, square]
+
+
+def _replace_pattern(graph: Graph, expr: _Expr, taken: list[Node], out: str, op: str, inputs: list[str],
+                     attrs: dict, removed: set[int]) -> None:
+    """The node that makes ``out`` becomes one ``op`` node (keeping its name); the other nodes taken go."""
+    last = expr.producer[out]
+    graph.nodes[graph.nodes.index(last)] = Node(op, inputs, [out], attrs, _name(last))
+    removed.update(id(n) for n in taken if n is not last)
+    for n in taken:
+        if n is not last:
+            graph.folded[_name(n)] = _name(last)
+
+
 def fuse_layer_norm(graph: Graph) -> None:
     """LayerNormalization written out (exports before opset 17, hand-written modules): x - mean over
     the last axis, its square's mean plus a constant epsilon, Sqrt, Div, times a constant [D] scale,
@@ -320,33 +349,63 @@ def fuse_layer_norm(graph: Graph) -> None:
         x, mean = sub.inputs
         if not _last_axis_mean(graph, expr.private(mean, "ReduceMean")) or expr.producer[mean].inputs[0] != x:
             continue
-        add_eps = expr.private(sqrt.inputs[0], "Add") if len(sqrt.inputs) == 1 else None
-        if add_eps is None or len(add_eps.inputs) != 2:
+        found = _root_mean_square(graph, expr, sqrt, centred)
+        if found is None or expr.uses[centred] != 1 + found[1][-1].inputs.count(centred):  # read by these alone
             continue
-        eps = [(v, expr.scalar(e)) for v, e in (add_eps.inputs, add_eps.inputs[::-1]) if expr.scalar(e) is not None]
-        var = expr.private(eps[0][0], "ReduceMean") if eps else None
-        if not _last_axis_mean(graph, var):
-            continue
-        square = expr.private(var.inputs[0], "Pow") or expr.private(var.inputs[0], "Mul")
-        if square is None or len(square.inputs) != 2:
-            continue
-        squares = (square.inputs == [centred, centred] if square.op == "Mul"
-                   else square.inputs[0] == centred and expr.scalar(square.inputs[1]) == 2.0)
-        if not squares or expr.uses[centred] != 1 + square.inputs.count(centred):  # read by the pattern alone
-            continue
-        taken += [sub, expr.producer[mean], sqrt, add_eps, var, square]
+        eps, nodes = found
+        taken += [sub, expr.producer[mean], sqrt, *nodes]
         affine = _affine(graph, consumers, div.outputs[0], taken)
         if affine is None or any(id(n) in removed for n in taken):
             continue
         scale, bias, out = affine
-        last = expr.producer[out]
-        node = Node("LayerNormalization", [x, scale, *([bias] if bias else [])], [out],
-                    {"axis": -1, "epsilon": eps[0][1]}, _name(last))
-        graph.nodes[graph.nodes.index(last)] = node
-        removed.update(id(n) for n in taken if n is not last)
-        for n in taken:
-            if n is not last:
-                graph.folded[_name(n)] = _name(last)
+        _replace_pattern(graph, expr, taken, out, "LayerNormalization", [x, scale, *([bias] if bias else [])],
+                         {"axis": -1, "epsilon": eps}, removed)
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+
+
+def _inverse_sqrt(expr: _Expr, node: Node, taken: list[Node]) -> tuple[str, Node] | None:
+    """(x, the Sqrt) when ``node`` is x / Sqrt(s), or x times Reciprocal(Sqrt(s)) or Div(1, Sqrt(s)) (the
+    forms torch's two exporters give ``torch.rsqrt``); the nodes passed go to ``taken``."""
+    if node.op == "Div":
+        sqrt = expr.private(node.inputs[1], "Sqrt")
+        return None if sqrt is None else (node.inputs[0], sqrt)
+    for x, inv_name in (node.inputs, node.inputs[::-1]):
+        inv = expr.private(inv_name, "Reciprocal")
+        root = inv.inputs[0] if inv is not None and len(inv.inputs) == 1 else None
+        if inv is None:
+            inv = expr.private(inv_name, "Div")
+            one = inv is not None and len(inv.inputs) == 2 and expr.scalar(inv.inputs[0]) == 1.0
+            root = inv.inputs[1] if one else None
+        sqrt = expr.private(root, "Sqrt") if root else None
+        if sqrt is not None:
+            taken.append(inv)
+            return x, sqrt
+    return None
+
+
+def fuse_rms_norm(graph: Graph) -> None:
+    """RMSNormalization written out (LLaMA's, Mistral's, T5's; ONNX has the op from opset 23): x times
+    1 / Sqrt(mean of x^2 over the last axis + a constant epsilon), then times a constant [D] scale,
+    becomes one RMSNormalization node: Pow, ReduceMean, Add, Sqrt, Reciprocal and two Muls, each a pass
+    over the activation with its own array, become one kernel."""
+    expr = _Expr(graph)
+    consumers = graph.consumers()
+    removed: set[int] = set()
+    for node in list(graph.nodes):
+        if node.op not in ("Mul", "Div") or len(node.inputs) != 2 or id(node) in removed:
+            continue
+        taken = [node]
+        inverse = _inverse_sqrt(expr, node, taken)
+        found = None if inverse is None else _root_mean_square(graph, expr, inverse[1], inverse[0])
+        if found is None:
+            continue
+        (x, sqrt), (eps, nodes) = inverse, found
+        taken += [sqrt, *nodes]
+        affine = _affine(graph, consumers, node.outputs[0], taken)
+        if affine is None or affine[1] or any(id(n) in removed for n in taken):  # a bias: not this op
+            continue
+        _replace_pattern(graph, expr, taken, affine[2], "RMSNormalization", [x, affine[0]],
+                         {"axis": -1, "epsilon": eps}, removed)
     graph.nodes = [n for n in graph.nodes if id(n) not in removed]
 
 
@@ -534,6 +593,7 @@ PASSES: dict[str, Callable[[Graph], None]] = {
     "collapse_reshapes": collapse_reshapes,
     "fuse_gelu": fuse_gelu,
     "fuse_layer_norm": fuse_layer_norm,
+    "fuse_rms_norm": fuse_rms_norm,
     "fuse_matmul_add": fuse_matmul_add,
     "fuse_matmul_scale": fuse_matmul_scale,
     "fuse_attention": fuse_attention,

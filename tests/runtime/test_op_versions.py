@@ -22,6 +22,7 @@ LOGIC = ["And", "Or", "Xor", "BitwiseAnd", "BitwiseOr", "BitwiseXor"]
 REDUCE = ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
           "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"]
 OTHERS = ["Not", "Where", "IsNaN", "IsInf", "Mod", "PRelu", "Clip", "Softmax", "LogSoftmax", "LayerNormalization",
+          "RMSNormalization",
           "GroupNormalization", "InstanceNormalization", "BatchNormalization", "ArgMax", "ArgMin", "CumSum", "TopK",
           "Hardmax", "LpNormalization", "MeanVarianceNormalization", "BitwiseNot", "BitShift"]
 NEWEST = onnx.defs.onnx_opset_version()
@@ -66,6 +67,7 @@ def _case(op: str, v: int) -> dict:
         "Softmax": {"inputs": {"x": x}, "attrs": {"axis": 1}, "oracle": "onnxruntime" if v < 13 else "reference"},
         "LogSoftmax": {"inputs": {"x": x}, "attrs": {"axis": 1}, "oracle": "onnxruntime" if v < 13 else "reference"},
         "LayerNormalization": {"inputs": {"x": x}, "consts": {"s": rand((4,), seed=2)}, "attrs": {"axis": -1}},
+        "RMSNormalization": {"inputs": {"x": x}, "consts": {"s": rand((3, 4), seed=2)}, "attrs": {"axis": 1}},
         "GroupNormalization": {"inputs": {"x": rand((2, 4, 3), seed=1)}, "attrs": {"num_groups": 2},
                                "consts": {"s": rand((2 if v < 21 else 4,), seed=2),
                                           "b": rand((2 if v < 21 else 4,), seed=3)}},

@@ -128,6 +128,20 @@ def test_scale_bias_and_residual(simd, act, layout, with_bias):
     np.testing.assert_allclose(y, want, rtol=1e-6, atol=max_abs + 1e-6)
 
 
+@pytest.mark.parametrize("cols", [1, 7, 8, 256, 1000])
+def test_rms_norm_matches_float64(simd, cols):
+    """rms=True: no mean subtracted, the mean of the squares as the variance (RMSNormalization)."""
+    rng = np.random.default_rng(cols)
+    x = (rng.standard_normal((13, cols)) * 3 + 1).astype(np.float32)
+    scale = rng.standard_normal(cols).astype(np.float32)
+    xd = x.astype(np.float64)
+    want = xd / np.sqrt((xd * xd).mean(axis=1, keepdims=True) + 1e-6) * scale
+    y, inv = np.empty_like(x), np.empty(13, np.float32)
+    native.layer_norm(x, y, cols, scale, None, 1e-6, None, inv, rms=True)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(scale).max())
+    np.testing.assert_allclose(inv, 1 / np.sqrt((xd * xd).mean(axis=1) + 1e-6), rtol=1e-6)
+
+
 @pytest.mark.parametrize("cols", [1, 7, 8, 192, 256, 1000, 10000])
 def test_layer_norm_matches_float64(simd, cols):
     rng = np.random.default_rng(cols)

@@ -261,6 +261,24 @@ def test_attention_one_head_at_a_time_matches_all_heads(monkeypatch):
     assert calls == [(6, 7)] * 6  # six heads, one [queries, keys] matrix each
 
 
+def _tail(nodes: list, bias: bool, second_reader: str | None) -> tuple[str, ...]:
+    """The graph's outputs after appending the bias Add ("g" + "beta" -> "y") and a Relu of
+    ``second_reader`` (another reader of an intermediate, which keeps a fusion from taking it)."""
+    if bias:
+        nodes.append(helper.make_node("Add", ["g", "beta"], ["y"], name="beta"))
+    if second_reader:
+        nodes.append(helper.make_node("Relu", [second_reader], ["z"], name="relu"))
+    return ("y", "z") if second_reader else ("y",)
+
+
+def _converted(nodes, inits: dict, outputs, opset: int):
+    """The graph of ``nodes`` on x [2, 5, 16], converted with --exact."""
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 16])],
+                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)]), ConvertOptions(exact=True))
+
+
 def _layer_norm_model(square="Pow", bias=True, opset=17, axes=(-1,), extra_reader=False):
     """LayerNormalization over x's last axis written out as torch exports it before opset 17."""
     ax = {"axes": list(axes)} if opset < 18 else {}
@@ -274,19 +292,11 @@ def _layer_norm_model(square="Pow", bias=True, opset=17, axes=(-1,), extra_reade
              helper.make_node("Sqrt", ["ve"], ["std"], name="sqrt"),
              helper.make_node("Div", ["d", "std"], ["n"], name="div"),
              helper.make_node("Mul", ["gamma", "n"], ["y" if not bias else "g"], name="gamma")]
-    if bias:
-        nodes.append(helper.make_node("Add", ["g", "beta"], ["y"], name="beta"))
-    outputs = ("y",)
-    if extra_reader:
-        nodes.append(helper.make_node("Relu", ["d"], ["z"], name="relu"))
-        outputs = ("y", "z")
+    outputs = _tail(nodes, bias, "d" if extra_reader else None)
     inits = {"two": np.array(2.0, np.float32), "eps": np.array(1e-5, np.float32),
              "gamma": RNG.standard_normal(16).astype(np.float32), "beta": RNG.standard_normal(16).astype(np.float32),
              "axes": np.array(axes, np.int64)}
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 16])],
-                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
-                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    return from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)]), ConvertOptions(exact=True))
+    return _converted(nodes, inits, outputs, opset)
 
 
 @pytest.mark.parametrize("square, bias, opset", [("Pow", True, 17), ("Mul", True, 13), ("Pow", False, 18)])
@@ -306,6 +316,51 @@ def test_layer_norm_leaves_other_graphs(case):
     model = _layer_norm_model(axes=(1,)) if case == "axis_1" else _layer_norm_model(extra_reader=True)
     graph = optimize(model, ["fuse_layer_norm"])
     assert "LayerNormalization" not in [n.op for n in graph.nodes] and graph.folded == {}
+    _runs_alike(model)
+
+
+def _rms_norm_model(inverse="Reciprocal", square="Pow", bias=False, axes=(-1,), extra_reader=False):
+    """RMSNormalization over x's last axis written out: x * rsqrt(mean(x^2) + eps) * w, the rsqrt as the
+    dynamo exporter writes it (Reciprocal of Sqrt), as the TorchScript one does (Div of 1 by the Sqrt),
+    or x divided by the Sqrt."""
+    nodes = [helper.make_node("Pow", ["x", "two"], ["sq"], name="sq") if square == "Pow"
+             else helper.make_node("Mul", ["x", "x"], ["sq"], name="sq"),
+             helper.make_node("ReduceMean", ["sq"], ["ms"], name="mean", axes=list(axes)),
+             helper.make_node("Add", ["ms", "eps"], ["me"], name="eps"),
+             helper.make_node("Sqrt", ["me"], ["rms"], name="sqrt")]
+    if inverse == "Reciprocal":
+        nodes += [helper.make_node("Reciprocal", ["rms"], ["inv"], name="inv"),
+                  helper.make_node("Mul", ["x", "inv"], ["n"], name="norm")]
+    elif inverse == "Div1":
+        nodes += [helper.make_node("Div", ["one", "rms"], ["inv"], name="inv"),
+                  helper.make_node("Mul", ["inv", "x"], ["n"], name="norm")]
+    else:
+        nodes.append(helper.make_node("Div", ["x", "rms"], ["n"], name="norm"))
+    nodes.append(helper.make_node("Mul", ["n", "w"], ["g" if bias else "y"], name="weight"))
+    outputs = _tail(nodes, bias, "sq" if extra_reader else None)
+    inits = {"two": np.array(2.0, np.float32), "one": np.array(1.0, np.float32), "eps": np.array(1e-6, np.float32),
+             "w": RNG.standard_normal(16).astype(np.float32), "beta": RNG.standard_normal(16).astype(np.float32)}
+    return _converted(nodes, inits, outputs, 17)
+
+
+@pytest.mark.parametrize("inverse, square", [("Reciprocal", "Pow"), ("Div1", "Mul"), ("Div", "Pow")])
+def test_rms_norm_written_out_becomes_one_node(inverse, square):
+    model = _rms_norm_model(inverse, square)
+    graph = optimize(model, ["fuse_rms_norm"])
+    assert [n.op for n in graph.nodes] == ["RMSNormalization"]
+    node = graph.nodes[0]
+    assert node.inputs == ["x", "w"] and node.outputs == ["y"]
+    assert node.attrs["axis"] == -1 and node.attrs["epsilon"] == pytest.approx(1e-6)
+    assert len(graph.folded) == (5 if inverse == "Div" else 6)  # all but the last Mul, which became the node
+    _runs_alike(model)
+
+
+@pytest.mark.parametrize("case", ["axis_1", "square_read_twice", "bias"])
+def test_rms_norm_leaves_other_graphs(case):
+    model = _rms_norm_model(axes=(1,) if case == "axis_1" else (-1,), extra_reader=case == "square_read_twice",
+                            bias=case == "bias")
+    graph = optimize(model, ["fuse_rms_norm"])
+    assert "RMSNormalization" not in [n.op for n in graph.nodes] and graph.folded == {}
     _runs_alike(model)
 
 

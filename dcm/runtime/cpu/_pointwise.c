@@ -3,7 +3,8 @@
  * activate: y = act(x [* scale] [+ bias] [+ residual]), the scale and bias per column of a row-major
  *   [rows, cols] matrix (Gemm, MatMul) or per channel of NCHW planes (Conv; BatchNormalization's scale);
  *   act one of none, relu, clip, hardsigmoid, hardswish, leakyrelu, sigmoid, silu, gelu, gelu_tanh, erf.
- * layer_norm: LayerNormalization over the last axis, with scale, optional bias and statistics.
+ * layer_norm: LayerNormalization over the last axis, with scale, optional bias and statistics; with rms,
+ *   RMSNormalization (no mean subtracted).
  * softmax: Softmax or LogSoftmax over the last axis (the row's maximum subtracted first).
  * attention: softmax(scale(q @ k) + mask) @ v, one head's block of query rows per task (sgemm for the
  *   two products, this file's softmax between them), so a second thread has work at batch 1 and the
@@ -415,9 +416,9 @@ static double row_sum_generic(const float *row, Py_ssize_t n, float shift, int s
 }
 
 static void layer_norm_row_generic(float *out, const float *x, const float *scale, const float *bias, Py_ssize_t n,
-                                   float eps, float *mean_out, float *inv_out)
+                                   float eps, int rms, float *mean_out, float *inv_out)
 {
-    float mean = (float)(row_sum_generic(x, n, 0.0f, 0) / (double)n);
+    float mean = rms ? 0.0f : (float)(row_sum_generic(x, n, 0.0f, 0) / (double)n);
     float var = (float)(row_sum_generic(x, n, mean, 1) / (double)n);
     float inv = 1.0f / sqrtf(var + eps);
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -480,9 +481,9 @@ AVX2 static double row_sum_avx2(const float *row, Py_ssize_t n, float shift, int
 }
 
 AVX2 static void layer_norm_row_avx2(float *out, const float *x, const float *scale, const float *bias, Py_ssize_t n,
-                                     float eps, float *mean_out, float *inv_out)
+                                     float eps, int rms, float *mean_out, float *inv_out)
 {
-    float mean = (float)(row_sum_avx2(x, n, 0.0f, 0) / (double)n);
+    float mean = rms ? 0.0f : (float)(row_sum_avx2(x, n, 0.0f, 0) / (double)n);
     float var = (float)(row_sum_avx2(x, n, mean, 1) / (double)n);
     float inv = 1.0f / sqrtf(var + eps);
     __m256 mv = _mm256_set1_ps(mean), iv = _mm256_set1_ps(inv);
@@ -591,9 +592,10 @@ static int rows_of(Py_buffer *x, Py_buffer *out, Py_ssize_t cols, Py_ssize_t *ro
 }
 
 PyDoc_STRVAR(layer_norm_doc,
-"layer_norm(x, out, cols, scale, bias=None, epsilon=1e-5, mean=None, inv_std=None, threads=1)\n\n"
+"layer_norm(x, out, cols, scale, bias=None, epsilon=1e-5, mean=None, inv_std=None, threads=1, rms=False)\n\n"
 "Each row of cols values: out = (x - mean) / sqrt(var + epsilon) * scale + bias, float32 C-contiguous\n"
 "(out may be x). scale and bias have cols values; mean and inv_std, when given, receive a value per row.\n"
+"rms: RMSNormalization, mean taken as 0 (var is then the mean of the squares).\n"
 "Rows split over up to threads threads of the native pool.");
 
 /* One layer_norm or softmax call, shared by the pool's threads, which take ranges of rows. */
@@ -602,7 +604,7 @@ typedef struct {
     const float *x, *scale, *bias;
     Py_ssize_t cols;
     float eps;
-    int take_log;
+    int take_log, rms;
 } RowsJob;
 
 static void layer_norm_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
@@ -610,7 +612,8 @@ static void layer_norm_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
     const RowsJob *j = ctx;
     for (Py_ssize_t r = lo; r < hi; r++) {
         float m, s;
-        DISPATCH(layer_norm_row, j->out + r * j->cols, j->x + r * j->cols, j->scale, j->bias, j->cols, j->eps, &m, &s);
+        DISPATCH(layer_norm_row, j->out + r * j->cols, j->x + r * j->cols, j->scale, j->bias, j->cols, j->eps, j->rms,
+                 &m, &s);
         if (j->mean) j->mean[r] = m;
         if (j->inv) j->inv[r] = s;
     }
@@ -636,13 +639,13 @@ static void softmax_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 
 static PyObject *layer_norm(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"x", "out", "cols", "scale", "bias", "epsilon", "mean", "inv_std", "threads", NULL};
+    static char *kwlist[] = {"x", "out", "cols", "scale", "bias", "epsilon", "mean", "inv_std", "threads", "rms", NULL};
     PyObject *xo, *oo, *so, *bo = Py_None, *mo = Py_None, *io = Py_None;
     Py_ssize_t cols, rows;
     float eps = 1e-5f;
-    int threads = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOnO|OfOOi", kwlist, &xo, &oo, &cols, &so, &bo, &eps, &mo, &io,
-                                     &threads))
+    int threads = 1, rms = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOnO|OfOOip", kwlist, &xo, &oo, &cols, &so, &bo, &eps, &mo, &io,
+                                     &threads, &rms))
         return NULL;
     Py_buffer v[6];
     memset(v, 0, sizeof(v));
@@ -661,7 +664,7 @@ static PyObject *layer_norm(PyObject *self, PyObject *args, PyObject *kwargs)
         goto done;
     }
     RowsJob job = {.out = v[1].buf, .mean = v[4].buf, .inv = v[5].buf, .x = v[0].buf, .scale = v[2].buf,
-                   .bias = v[3].buf, .cols = cols, .eps = eps};
+                   .bias = v[3].buf, .cols = cols, .eps = eps, .rms = rms};
     Py_BEGIN_ALLOW_THREADS
     parallel_for(layer_norm_range, &job, rows, 1 + RANGE_MIN / (cols + 1), threads);
     Py_END_ALLOW_THREADS

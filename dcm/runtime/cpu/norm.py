@@ -1,5 +1,5 @@
-"""Normalizations: BatchNormalization (inference), LayerNormalization, InstanceNormalization,
-GroupNormalization, LpNormalization, MeanVarianceNormalization and LRN."""
+"""Normalizations: BatchNormalization (inference), LayerNormalization, RMSNormalization,
+InstanceNormalization, GroupNormalization, LpNormalization, MeanVarianceNormalization and LRN."""
 from __future__ import annotations
 
 import math
@@ -153,6 +153,26 @@ class LayerNormalization(Kernel):
             shape = shape[1:]
         return (v.dtype == np.float32 and v.ndim <= x.ndim and v.size == math.prod(x.shape[axis:])
                 and shape == x.shape[x.ndim - len(shape):])
+
+
+@register("RMSNormalization")
+class RMSNormalization(LayerNormalization):
+    """ONNX's RMSNormalization (opset 23): y = x / sqrt(mean of x^2 over the axes from ``axis`` on +
+    epsilon) * scale, the statistic in ``stash_type`` precision, y in the input's type. LLaMA's and T5's
+    norm; the graph pass ``fuse_rms_norm`` writes it for the steps torch exports. float32 with float32
+    statistics takes the compiled LayerNormalization kernel without its mean (``rms=True``)."""
+
+    def __call__(self, x, scale):
+        axis = normalize_axis_index(self.axis, x.ndim)
+        rows, cols = math.prod(x.shape[:axis]), math.prod(x.shape[axis:])
+        if self.stash is np.float32 and x.size and compiled(x) and self._flat(scale, x, axis):
+            y = np.empty_like(x)
+            native.layer_norm(x, y, cols, np.ascontiguousarray(scale), None, self.eps, threads=self.threads,
+                              rms=True)
+            return (y,)
+        r = x.astype(self.stash, copy=False).reshape(rows, cols)
+        inv = 1 / np.sqrt(np.square(r).sum(axis=1, keepdims=True) / max(cols, 1) + self.eps)
+        return ((r * inv).reshape(x.shape).astype(x.dtype, copy=False) * scale,)
 
 
 @register("InstanceNormalization")

@@ -1,4 +1,4 @@
-"""LayerNormalization, GroupNormalization, InstanceNormalization, LpNormalization and
+"""LayerNormalization, RMSNormalization, GroupNormalization, InstanceNormalization, LpNormalization and
 MeanVarianceNormalization on torch: statistics in the CPU
 kernels' precision (``stash_type``, float32 by default; float16 inputs in float32), the result in
 the input's type. Attributes are parsed by the CPU kernels (subclassed)."""
@@ -35,6 +35,17 @@ class LayerNormalization(cpu.LayerNormalization):
             y = y + bias
         stats = (*lead, *(1,) * (x.dim() - axis))
         return y, mean.reshape(stats), inv.reshape(stats)
+
+
+@register("RMSNormalization")
+class RMSNormalization(cpu.RMSNormalization):
+    def __call__(self, x, scale):
+        axis = self.axis % x.dim() if -x.dim() <= self.axis < x.dim() else None
+        if axis is None:
+            raise ValueError(f"axis {self.axis} is out of range for an input of rank {x.dim()}")
+        rows = x.to(_TORCH[self.stash]).reshape(int(np.prod(x.shape[:axis])), -1)
+        y = rows * torch.rsqrt(rows.square().mean(1, keepdim=True) + self.eps)
+        return (y.reshape(x.shape).to(x.dtype) * scale,)
 
 
 @register("InstanceNormalization")
