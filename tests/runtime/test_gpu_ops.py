@@ -31,6 +31,26 @@ def test_backend_node_case_on_gpu_backend(name: str) -> None:
         raise failure
 
 
+def test_batch_norm_leaves_the_activation_after_it_to_its_own_kernel() -> None:
+    """The CPU BatchNormalization applies a Relu after it itself; the torch one does not, so the Relu
+    stays a step of its own there (it was dropped when the torch kernel inherited the CPU's fusion)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    values = {"s": rng.random(4), "t": rng.standard_normal(4), "m": rng.standard_normal(4), "v": rng.random(4) + 0.5}
+    stats = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in values.items()]
+    nodes = [helper.make_node("Add", ["x", "x"], ["d"]),
+             helper.make_node("BatchNormalization", ["d", *values], ["e"]), helper.make_node("Relu", ["e"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], stats)
+    model = from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), ConvertOptions(exact=True))
+    x = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+    want = InferenceSession(model).run(None, {"x": x})[0]
+    assert want.min() == 0.0  # the Relu ran on the CPU
+    np.testing.assert_allclose(InferenceSession(model, device="torch-cpu").run(None, {"x": x})[0], want, rtol=1e-6,
+                               atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float64])
 @pytest.mark.parametrize("op", ["Conv", "Gemm", "MatMul", "BatchNormalization"])
 def test_weight_layers_keep_the_input_type(op: str, dtype) -> None:

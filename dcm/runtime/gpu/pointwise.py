@@ -90,6 +90,7 @@ class BatchNormalization(Native, cpu_norm.BatchNormalization):
     the CPU kernel."""
 
     cpu_kernel = cpu_norm.BatchNormalization
+    fuses_relu = False  # the CPU kernel applies the activation after it in its compiled pass; this one has none
 
     @classmethod
     def native(cls, node, ctx) -> bool:
