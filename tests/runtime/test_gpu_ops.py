@@ -31,6 +31,19 @@ def test_backend_node_case_on_gpu_backend(name: str) -> None:
         raise failure
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rms_normalization_matches_the_cpu(dtype) -> None:
+    """RMSNormalization (opset 23) on torch, over the last two axes, against the CPU kernel."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 4)).astype(dtype)
+    model = from_onnx(one_node("RMSNormalization", {"x": x}, {"axis": 1}, opset=23,
+                               consts={"s": rng.standard_normal((3, 4)).astype(dtype)}), ConvertOptions(exact=True))
+    want = InferenceSession(model).run(None, {"x": x})[0]
+    got = InferenceSession(model, device="torch-cpu").run(None, {"x": x})[0]
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_batch_norm_leaves_the_activation_after_it_to_its_own_kernel() -> None:
     """The CPU BatchNormalization applies a Relu after it itself; the torch one does not, so the Relu
     stays a step of its own there (it was dropped when the torch kernel inherited the CPU's fusion)."""
