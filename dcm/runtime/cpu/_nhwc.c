@@ -737,40 +737,34 @@ AVX512 static void conv_out_avx512(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
                 const Py_ssize_t left = p->co - k - 16 * V;
                 m[V] = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
             }
+/* The (V, SW) instances up to 3 vectors, SW 1, 2 or 0 (p's), for a switch on V * 4 + stride */
+#define UP_TO_3_VECTORS(F)                                                                                   \
+    case 1 * 4 + 1: F(1, 1); break;                                                                          \
+    case 1 * 4 + 2: F(1, 2); break;                                                                          \
+    case 1 * 4 + 0: F(1, 0); break;                                                                          \
+    case 2 * 4 + 1: F(2, 1); break;                                                                          \
+    case 2 * 4 + 2: F(2, 2); break;                                                                          \
+    case 2 * 4 + 0: F(2, 0); break;                                                                          \
+    case 3 * 4 + 1: F(3, 1); break;                                                                          \
+    case 3 * 4 + 2: F(3, 2); break;                                                                          \
+    case 3 * 4 + 0: F(3, 0); break;
 #define RUNS(V, SW)                                                                                          \
     for (Py_ssize_t ox = 0; ox < p->ow; ox += NHWC_RUN)                                                      \
         nhwc_run_avx512(p, s, oy, ox, p->ow - ox < NHWC_RUN ? p->ow - ox : NHWC_RUN, gi, k, m, i0, i1, V, SW)
+#define ROW(V, SW) out_row_avx512(p, s, oy, gi, k, m, i0, i1, V, SW)
             if (p->zeros && V <= NHWC_RUN_VECTORS && p->c >= NHWC_RUN_MIN_INPUTS) {
-                switch (V * 4 + stride) {
-                case 1 * 4 + 1: RUNS(1, 1); break;
-                case 1 * 4 + 2: RUNS(1, 2); break;
-                case 1 * 4 + 0: RUNS(1, 0); break;
-                case 2 * 4 + 1: RUNS(2, 1); break;
-                case 2 * 4 + 2: RUNS(2, 2); break;
-                case 2 * 4 + 0: RUNS(2, 0); break;
-                case 3 * 4 + 1: RUNS(3, 1); break;
-                case 3 * 4 + 2: RUNS(3, 2); break;
-                default: RUNS(3, 0);
-                }
+                switch (V * 4 + stride) { UP_TO_3_VECTORS(RUNS) }
                 continue;
             }
-#undef RUNS
-#define ROW(V, SW) out_row_avx512(p, s, oy, gi, k, m, i0, i1, V, SW)
             switch (V * 4 + stride) {
-            case 1 * 4 + 1: ROW(1, 1); break;
-            case 1 * 4 + 2: ROW(1, 2); break;
-            case 1 * 4 + 0: ROW(1, 0); break;
-            case 2 * 4 + 1: ROW(2, 1); break;
-            case 2 * 4 + 2: ROW(2, 2); break;
-            case 2 * 4 + 0: ROW(2, 0); break;
-            case 3 * 4 + 1: ROW(3, 1); break;
-            case 3 * 4 + 2: ROW(3, 2); break;
-            case 3 * 4 + 0: ROW(3, 0); break;
+            UP_TO_3_VECTORS(ROW)
             case 4 * 4 + 1: ROW(4, 1); break;
             case 4 * 4 + 2: ROW(4, 2); break;
             default: ROW(4, 0);
             }
 #undef ROW
+#undef RUNS
+#undef UP_TO_3_VECTORS
         }
     }
 }

@@ -34,9 +34,8 @@ class MatMulAdd(MatMul):
         self.bias = np.ascontiguousarray(ctx.const(node.inputs[2]), dtype=np.float32).reshape(-1)
         if self.bias.shape != (self.mm.shape[0],):
             raise ValueError(f"bias has shape {list(self.bias.shape)}, the weight {self.mm.shape[0]} outputs")
-        scale = self._out_scale(node, ctx)
-        if scale is not None:
-            self.bias = self.bias * scale
+        if self.out_scale is not None:
+            self.bias = self.bias * self.out_scale
 
     def _out_scale(self, node, ctx) -> np.ndarray | None:
         if len(node.inputs) < 4:

@@ -146,8 +146,9 @@ class MatMul(_FullyConnected):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.const_b = ctx.is_const(node.inputs[1]) and len(ctx.model.tensors[node.inputs[1]].shape) == 2
+        self.out_scale = self._out_scale(node, ctx) if self.const_b else None
         if self.const_b:
-            self._load(node, ctx, node.inputs[1], out_in=False, out_scale=self._out_scale(node, ctx))
+            self._load(node, ctx, node.inputs[1], out_in=False, out_scale=self.out_scale)
         else:
             self.weight_inputs = ()
             self.b = ctx.const(node.inputs[1]) if ctx.is_const(node.inputs[1]) else None

@@ -106,7 +106,7 @@ class NhwcConv(_Conv):
             self.in_channels = per_group * self.groups
             self.weight = _window_weight(w, self.groups)
         else:
-            if self.kernel != (1, 1) or int(self.attrs.get("group", 1)) != 1:
+            if self.kernel != (1, 1) or self.groups != 1:
                 raise ValueError("a channels-last Conv is depthwise, grouped or 1x1")
             self.in_channels = per_group
             self.wt = np.ascontiguousarray(w.reshape(self.out_channels, per_group).T)  # [C_in, C_out]

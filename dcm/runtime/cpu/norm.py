@@ -95,8 +95,7 @@ class BatchNormalization(Kernel):
             a, b = (v.astype(x.dtype) for v in (self.folded or self._fold(scale, bias, mean, var)))
             check_broadcast(x, a)  # statistics fed at run time may have any shape
         act = ("relu", 0.0, 0.0) if self.relu else ("none", 0.0, 0.0) if self.epilogue is None else self.epilogue.act
-        if (act is not None and a.ndim == 1 and x.ndim >= 2 and x.shape[1] == a.size and compiled(x)
-                and a.dtype == np.float32):
+        if act is not None and a.ndim == 1 and x.ndim >= 2 and x.shape[1] == a.size and compiled(x):
             y = np.empty_like(x)
             native.activate(x, y, *act, bias=b, scale=a, plane=math.prod(x.shape[2:]), threads=self.threads)
             return (y,)
