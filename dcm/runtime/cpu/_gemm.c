@@ -202,13 +202,18 @@ AVX512 static inline __attribute__((always_inline)) void tile_avx512(const Packe
     const __m512 b1 = p->bias && wide ? _mm512_maskz_loadu_ps(m1, p->bias + c0 + 16) : _mm512_setzero_ps();
     __m512 acc0[ROWS], acc1[ROWS];
     for (int r = 0; r < ROWS; r++) acc0[r] = b0, acc1[r] = b1;
-    for (Py_ssize_t i = 0; i < p->k; i++) {
+    /* x's rows through three pointers stepped along k (rows 0, 4, 8) and byte offsets 0, L, 2L, 3L: each row
+       one addressing mode, no per-row address arithmetic in the loop (N = 16: 44 -> 59 GMAC/s; 48: 64 -> 77) */
+    const Py_ssize_t L = p->ldx * 4, offset[4] = {0, L, 2 * L, 3 * L};
+    const char *row[3] = {(const char *)x, (const char *)x + 4 * L, (const char *)x + 8 * L};
+    for (Py_ssize_t i = 0; i < p->k; i++, row[0] += 4, row[1] += 4, row[2] += 4) {
         _mm_prefetch((const char *)(w + (i + AHEAD) * PANEL), _MM_HINT_T0); /* (past the end: never faults) */
         if (wide) _mm_prefetch((const char *)(w + (i + AHEAD) * PANEL + 16), _MM_HINT_T0);
         const __m512 w0 = _mm512_loadu_ps(w + i * PANEL), w1 = wide ? _mm512_loadu_ps(w + i * PANEL + 16) : w0;
+#pragma GCC unroll 12
         for (int r = 0; r < ROWS; r++) {
             if (r >= rows) break;
-            const __m512 v = _mm512_set1_ps(x[r * p->ldx + i]);
+            const __m512 v = _mm512_set1_ps(*(const float *)(row[r / 4] + offset[r % 4]));
             acc0[r] = _mm512_fmadd_ps(v, w0, acc0[r]);
             if (wide) acc1[r] = _mm512_fmadd_ps(v, w1, acc1[r]);
         }
