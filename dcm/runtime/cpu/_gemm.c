@@ -254,15 +254,21 @@ static void (*const tiles[ROWS + 1])(const Packed *, Py_ssize_t, Py_ssize_t, int
 static void packed_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     const Packed *p = ctx;
-    for (Py_ssize_t t = lo; t < hi; t++) {
-        const Py_ssize_t first = t / (p->row_blocks * p->block) * p->block, tile = t % (p->row_blocks * p->block);
+    const Py_ssize_t per_block = p->row_blocks * p->block;
+    for (Py_ssize_t t = lo; t < hi;) {
+        /* where t falls, found by division once per block of panels; then tile after tile by counting,
+           one division per row block (a tile of K = 32 is ~400 cycles: five divisions a tile cost 28%) */
+        const Py_ssize_t first = t / per_block * p->block, tile = t % per_block;
         const Py_ssize_t width = p->panels - first < p->block ? p->panels - first : p->block;
+        const Py_ssize_t stop = t - tile + p->row_blocks * width < hi ? t - tile + p->row_blocks * width : hi;
         /* the rows shared evenly between the row blocks: 49 rows are 10 + 10 + 10 + 10 + 9, not 4 x 12 + 1,
            whose one-row tile reads the panel for a twelfth of the work (the weight's loads set its time) */
-        const Py_ssize_t b = tile / width, q = first + tile % width;
-        const Py_ssize_t r0 = p->m * b / p->row_blocks;
-        const int rows = (int)(p->m * (b + 1) / p->row_blocks - r0);
-        tiles[rows](p, r0, q, p->n - q * PANEL > 16, q == first + width - 1 && b + 1 < p->row_blocks);
+        Py_ssize_t b = tile / width, q = first + tile % width;
+        Py_ssize_t r0 = p->m * b / p->row_blocks, r1 = p->m * (b + 1) / p->row_blocks;
+        for (; t < stop; t++) {
+            tiles[r1 - r0](p, r0, q, p->n - q * PANEL > 16, q == first + width - 1 && b + 1 < p->row_blocks);
+            if (++q == first + width) q = first, b++, r0 = r1, r1 = p->m * (b + 1) / p->row_blocks;
+        }
     }
 }
 #endif
