@@ -100,11 +100,11 @@ def _lenet5() -> Model:
 
 def _convnet() -> Model:
     """Padding, strides, groups, BN-free residual add, pooling variants, concat. The stem keeps a
-    quarter of its weights, too sparse for the channels-last stem (channels_last.SPARSE_STEM), so that
+    tenth of its weights, too sparse for the channels-last stem (channels_last.SPARSE_STEM), so that
     the depthwise layer after it stays NCHW (depthwise2d)."""
     rng = np.random.default_rng(3)
     tensors = {
-        "k1": encode_tensor(_pruned(rng, (8, 3, 3, 3), 0.25), code_bits=4, index_bits=3, name="k1"),
+        "k1": encode_tensor(_pruned(rng, (8, 3, 3, 3), 0.1), code_bits=4, index_bits=3, name="k1"),
         "k2": encode_tensor(_pruned(rng, (8, 1, 3, 3), 0.9), code_bits=2, name="k2"),
         "k3": encode_tensor(_pruned(rng, (4, 16), 0.4), quantize=False, index_bits=4, name="k3"),
     }

@@ -53,10 +53,12 @@ UNARY = ("Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRe
 BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min")
 # A 1x1 layer this sparse keeps the NCHW direct sparse kernel (dcm.runtime.cpu.conv's
 # DIRECT_MAX_DENSITY_POINTWISE); the channels-last product is dense. A stem this sparse keeps the NCHW
-# kernels: at 50% the direct sparse kernel only matched conv_lanes2d (dcm.runtime.cpu.lanes.MIN_DENSITY),
-# which conv_nhwc_out beats 1.3-2.4x on the stems (docs/nhwc-kernels.md).
+# kernels (the direct sparse kernel, then a Transpose into the region): a stem, a depthwise and a 1x1 layer
+# after it, batch 1, one thread, stem taken against NCHW: 3->32 3x3/2 at 224 1.25-1.34 against 1.48-1.66 ms
+# at every density from 5% to 50% kept; 3->64 7x7/2 3.5-3.6 against 2.9-3.1 at 5-10%, 3.4-3.5 against
+# 3.8-3.9 at 20-50%.
 SPARSE_POINTWISE = 0.07
-SPARSE_STEM = 0.3
+SPARSE_STEM = 0.15
 # A grouped layer this sparse keeps the NCHW direct sparse kernel: RegNetX-400MF pruned, batch 1, one thread,
 # its grouped layers NCHW direct against channels-last dense: 9.5 against 10.4 ms at 10% kept, 9.8 against
 # 9.4 at 20%, 10.4 against 9.7 at 30% (onnxruntime 6.5-6.8).
