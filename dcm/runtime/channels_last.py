@@ -16,7 +16,9 @@ The pass finds regions: each depthwise or grouped convolution, then, in graph or
 (with scalar constants), and backwards the 1x1 convolutions (with the activations after them) read
 only by a region. A region with more Transposes in and out than convolutions is left NCHW. Their
 values hold NHWC arrays under new names; a ``Transpose`` enters a region (the input of its first convolutions;
-none where the model's own Transpose made that value NCHW from an NHWC one) and one leaves it wherever a value is read outside or is a model output. A global average pool
+none where the model's own Transpose made that value NCHW from an NHWC one: the region reads the NHWC
+one, and that Transpose, read by nothing else, goes. ConvNeXt's blocks end so, in a residual Add that
+joins the region with it) and one leaves it wherever a value is read outside or is a model output. A global average pool
 (GlobalAveragePool, or ReduceMean over the two spatial axes keeping them) of a region value reads it
 as it is: its [N, C, 1, 1] result is the same array in either layout, and so are the values region
 nodes compute from such values alone (a squeeze-and-excitation branch's 1x1 convolutions, which then
@@ -189,6 +191,10 @@ class _Regions:
             for x in self.nodes[i].inputs:
                 if (x in self.held or x in self.neutral) and x in producer:
                     parent[root(i)] = root(producer[x])
+        for x in self.entering:  # one Transpose enters x for all its region readers: they share its cost
+            inside = [j for j in self.readers.get(x, []) if j in self.region]
+            for j in inside[1:]:
+                parent[root(j)] = root(inside[0])
         cost: dict[int, int] = {}
         for i in self.region:
             node, r = self.nodes[i], root(i)
@@ -238,8 +244,9 @@ class _Regions:
                     continue
                 if all(x in self.neutral for x in live):
                     self._join(i, neutral=True)
-                elif all(x in held or x in self.entering for x in live):
-                    self._join(i)
+                elif all(x in held or x in self.entering or x in self.made_nchw for x in live):
+                    self._join(i)  # ConvNeXt's residual Add: the block input and its branch made NCHW
+                    self.entering.update(x for x in live if x in self.made_nchw and x not in held)
                 else:
                     continue
             elif _spatial_mean(graph, node) and node.inputs[0] in held:
@@ -316,7 +323,7 @@ def channels_last(graph: Graph) -> None:
     """Rewrite the regions (see the module docstring) to the channels-last internal ops."""
     if NHWC_CONV not in graph.internal:
         return
-    from dcm.runtime.optimize import merge_transposes
+    from dcm.runtime.optimize import _name, merge_transposes
 
     found = _Regions(graph)
     nodes, protected, region, x_index = graph.nodes, found.protected, found.region, found.x_index
@@ -362,8 +369,14 @@ def channels_last(graph: Graph) -> None:
         for y in node.outputs:  # the region leaves here for readers outside it and model outputs
             if y in nhwc and (y in protected or any(r not in region for r in readers.get(y, []))):
                 out.append(Node("Transpose", [nhwc[y]], [y], {"perm": TO_NCHW}, f"{y}{SUFFIX}/leave"))
-    graph.nodes = out
-    made = {n.name for n in out if n.name.endswith((f"{SUFFIX}/enter", f"{SUFFIX}/leave"))}
+    # the model's NHWC -> NCHW Transposes whose every reader now reads their NHWC input: no step of their own
+    read = {x for n in out for x in n.inputs}
+    unread = {i for i, n in enumerate(out) if n.op == "Transpose" and n.outputs[0] in found.made_nchw
+              and n.outputs[0] not in read and n.outputs[0] not in protected}
+    for i in unread:
+        graph.folded[_name(out[i])] = "(channels-last)"
+    graph.nodes = [n for i, n in enumerate(out) if i not in unread]
+    made = {n.name for n in graph.nodes if n.name.endswith((f"{SUFFIX}/enter", f"{SUFFIX}/leave"))}
     merge_transposes(graph)  # a region's exit straight into the model's own NCHW -> NHWC Transpose
     for name in made & set(graph.folded):  # describe() lists the model's nodes only
         del graph.folded[name]

@@ -242,6 +242,25 @@ def test_exit_cancels_a_models_own_transpose():
 
 
 @needs_kernels
+def test_convnext_blocks_add_their_residual_channels_last():
+    """ConvNeXt: depthwise 7x7, the model's Transpose to NHWC, a channel MLP, its Transpose back to NCHW,
+    the block input added back. The Add joins the region and reads the MLP's NHWC output as it is: the
+    model's Transposes back go, and two blocks run with one Transpose in and one out."""
+    g = _Graph(16)
+    x = "x"
+    for _ in range(2):
+        t = g.op("Transpose", [g.conv(x, 16, 16, k=7, group=16)], perm=[0, 2, 3, 1])
+        w = g.const(np.random.default_rng(8).standard_normal((16, 16)) * 0.2)
+        back = g.op("Transpose", [g.op("Relu", [g.op("MatMul", [t, w])])], perm=[0, 3, 1, 2])
+        x = g.op("Add", [x, back])
+    x_in = np.random.default_rng(9).standard_normal((2, 16, 9, 8)).astype(np.float32)
+    info = _run(g.model([x]), x_in).describe()
+    ops = [d["op"] for d in info if "folded_into" not in d and "fused_into" not in d]
+    assert ops.count(NHWC_CONV) == 2 and ops.count("Add") == 2 and ops.count("Transpose") == 2
+    assert sum(d.get("folded_into") == "(channels-last)" for d in info) == 2
+
+
+@needs_kernels
 def test_portable_product_after_load():
     """The packed GEMM switched off after the session was made: numpy's product, same results."""
     x = np.random.default_rng(7).standard_normal((2, 3, 24, 24)).astype(np.float32)
