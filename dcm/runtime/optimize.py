@@ -498,7 +498,9 @@ def fuse_matmul_scale(graph: Graph) -> None:
                      lambda mm, scale, mul: Node(MATMUL_ADD, [*mm.inputs, scale], list(mul.outputs), {}, mm.name))
 
 
-ATTENTION = "dcm.Attention"  # softmax(scale(q @ k) + mask) @ v: inputs q, k, v, mask, scale; attrs scale_op, nan_to
+# softmax(scale(q @ k) + mask) @ v: inputs q, k, v, mask, scale; attrs scale_op, nan_to. With scaled_qk, no
+# scale but (q * q_factor) @ (k * k_factor): inputs 0 and 5 are q's Mul's operands, 1 and 6 k's
+ATTENTION = "dcm.Attention"
 
 
 def _scores(expr: _Expr, name: str, taken: list[Node]) -> tuple[Node, str, str] | None:
@@ -547,6 +549,9 @@ def fuse_attention(graph: Graph) -> None:
     """MatMul(q, k), optionally scaled (Mul or Div), plus an optional mask (Add), Softmax over the last
     axis, MatMul by v: one ``dcm.Attention`` node, whose kernel updates the scores in place and
     computes them one head at a time when all heads' scores at once would be large (long sequences).
+    An unscaled product of q and k that are each a Mul (torch's nn.MultiheadAttention multiplies both
+    by the square root of the scale) takes the two Muls' operands (``scaled_qk``): the kernel applies
+    them as one scale of the scores when they are single values, saving two passes over q and k.
     The intermediates must be read by nothing else."""
     if ATTENTION not in graph.internal:
         return
@@ -577,9 +582,17 @@ def fuse_attention(graph: Graph) -> None:
             continue
         mm, scale, scale_op = found
         inputs = [mm.inputs[0], mm.inputs[1], pv.inputs[1], mask, scale]
+        attrs = {"scale_op": scale_op} if nan_to is None else {"scale_op": scale_op, "nan_to": nan_to}
+        if not scale_op:  # q and k each scaled by a Mul instead (torch's export of its attention)
+            sides = [expr.private(x, "Mul") for x in mm.inputs]
+            sides = [n if n is not None and len(n.inputs) == 2 and id(n) not in removed else None for n in sides]
+            if any(sides):
+                taken += [n for n in sides if n is not None]
+                inputs[:2] = [mm.inputs[a] if n is None else n.inputs[0] for a, n in enumerate(sides)]
+                inputs += ["" if n is None else n.inputs[1] for n in sides]
+                attrs.update(scale_op="Mul", scaled_qk=1)
         while not inputs[-1]:
             inputs.pop()
-        attrs = {"scale_op": scale_op} if nan_to is None else {"scale_op": scale_op, "nan_to": nan_to}
         graph.nodes[i] = Node(ATTENTION, inputs, list(pv.outputs), attrs, _name(pv))
         removed.update(id(n) for n in taken)
         for n in taken:

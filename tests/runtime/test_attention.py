@@ -18,11 +18,13 @@ from torch.nn import functional as F  # noqa: E402
 from dcm.converters import ConvertOptions  # noqa: E402
 from dcm.converters.onnx_in import from_onnx  # noqa: E402
 from dcm.converters.torch_in import from_torch  # noqa: E402
-from dcm.format.model import Model, Node  # noqa: E402
+from dcm.encoder import encode_tensor  # noqa: E402
+from dcm.format.model import Model, Node, ValueInfo  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
 from dcm.runtime.cpu import attention, native  # noqa: E402
 from dcm.runtime.kernel import LoadContext  # noqa: E402
 from dcm.runtime.optimize import ATTENTION  # noqa: E402
+from tests.runtime.switches import switched  # noqa: E402
 
 _CTX = LoadContext(Model([], [], [], {}))  # kernels built alone: one thread
 
@@ -79,6 +81,53 @@ def test_exported_attention_fuses_and_matches(exporter, make):
     fused, plain = _sessions(model)
     x = np.random.default_rng(1).standard_normal((3, 9, DIM)).astype(np.float32)
     _check(fused, plain, module, {"input": x})
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_multihead_attention_heads_reach_the_kernel_as_views(exporter):
+    """nn.MultiheadAttention scales q and k by a Mul each and permutes the heads out of [sequence, batch x
+    heads, features]: the kernel takes the Muls' operands (scaled_qk) and the permuted heads as views.
+    Of the Transposes before it only the batch-first input's is a copy (it feeds the projection)."""
+    torch.manual_seed(0)
+    module = _Mha(False).eval()
+    model = from_torch(module, (torch.randn(2, 9, DIM),), exporter=exporter, options=ConvertOptions(exact=True))
+    fused, plain = _sessions(model)
+    assert next(n for n in fused._nodes if n.op == ATTENTION).attrs == {"scale_op": "Mul", "scaled_qk": 1}
+    steps = [d for d in fused.describe() if "folded_into" not in d and "fused_into" not in d]
+    before = steps[:[d["op"] for d in steps].index(ATTENTION)]
+    assert "Mul" not in [d["op"] for d in before[-6:]]  # q's and k's scales: in the kernel
+    assert [d.get("kernel", "copy") for d in before if d["op"] == "Transpose"].count("copy") == 1
+    feeds = {"input": np.random.default_rng(1).standard_normal((3, 9, DIM)).astype(np.float32)}
+    _check(fused, plain, module, feeds)
+
+
+def _scaled_qk_graph(q_factor: np.ndarray, k_factor: np.ndarray) -> Model:
+    """(q * q_factor) @ (k * k_factor) -> Softmax -> @ v, the factors constants of any shape."""
+    tensors = {"fq": encode_tensor(q_factor, quantize=False, name="fq"),
+               "fk": encode_tensor(k_factor, quantize=False, name="fk")}
+    nodes = [Node("Mul", ["q", "fq"], ["qs"], {}, "mq"), Node("Mul", ["fk", "k"], ["ks"], {}, "mk"),
+             Node("MatMul", ["qs", "ks"], ["s"], {}, "qk"), Node("Softmax", ["s"], ["p"], {"axis": -1}, "sm"),
+             Node("MatMul", ["p", "v"], ["y"], {}, "pv")]
+    inputs = [ValueInfo("q", "float32", [2, 5, 8]), ValueInfo("k", "float32", [2, 8, 6]),
+              ValueInfo("v", "float32", [2, 6, 3])]
+    return Model(inputs, [ValueInfo("y", "float32", [2, 5, 3])], nodes, tensors, {})
+
+
+@pytest.mark.parametrize("q_factor, k_factor", [
+    (np.float32(0.5), np.array([0.25], np.float32)),  # single values: one scale of the scores
+    (np.linspace(0.5, 1.5, 8).astype(np.float32), np.float32(0.3)),  # q's a vector: multiplied first
+    (np.ones((1, 1, 1, 1), np.float32), np.float32(2.0)),  # a single value that widens q: multiplied first
+], ids=["scalars", "vector", "wider"])
+def test_scaled_qk_matches_the_graph(q_factor, k_factor):
+    model = _scaled_qk_graph(np.asarray(q_factor), np.asarray(k_factor))
+    fused, plain = _sessions(model)
+    assert next(n for n in fused._nodes if n.op == ATTENTION).attrs.get("scaled_qk") == 1
+    rng = np.random.default_rng(12)
+    feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in (("q", (2, 5, 8)), ("k", (2, 8, 6)),
+                                                                        ("v", (2, 6, 3)))}
+    got, want = fused.run(None, feeds)[0], plain.run(None, feeds)[0]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
@@ -241,6 +290,28 @@ def test_compiled_kernel_reads_transposed_views_without_copies():
     s = np.ascontiguousarray(q) @ np.ascontiguousarray(k)
     p = np.exp(s - s.max(-1, keepdims=True))
     np.testing.assert_allclose(got, (p / p.sum(-1, keepdims=True)) @ v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(native.packed_simd is None or native.packed_simd() != "avx512", reason="needs AVX-512")
+@pytest.mark.parametrize("scale_op", [1, 2])
+@pytest.mark.parametrize("case", ["vit", "bert_padding_mask", "long_keys"])
+def test_packed_products_match_sgemm(case, scale_op):
+    """On AVX-512 the two products run on the packed GEMM (a head's k and v packed once, the scale in k);
+    with the SIMD paths off, and for a q whose rows are not unit-stride, on sgemm: the same results."""
+    rng = np.random.default_rng(11)
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in COMPILED_CASES[case][:3])
+    shape = COMPILED_CASES[case][3]
+    mask = None if shape is None else np.where(rng.random(shape) < 0.3, -1e4, 0.1).astype(np.float32)
+    out = {}
+    for path in ("packed", "sgemm", "q_transposed"):
+        y = np.empty(q.shape[:-1] + v.shape[-1:], np.float32)
+        # q_transposed: each matrix column-major, its rows not of unit stride
+        qq = np.ascontiguousarray(q.swapaxes(-1, -2)).swapaxes(-1, -2) if path == "q_transposed" else q
+        with switched(native.set_pointwise_simd, path == "packed"):
+            native.attention(qq, k, v, y, mask, scale_op, 0.125, None, 2)
+        out[path] = y
+    np.testing.assert_allclose(out["packed"], out["sgemm"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["q_transposed"], out["sgemm"], rtol=1e-4, atol=1e-5)
 
 
 def test_compiled_kernel_fills_rows_masked_everywhere():

@@ -61,6 +61,18 @@ def _out_shape(q, k, v, mask, scale) -> tuple[int, ...] | bool:
     return lead + (lq, dv)
 
 
+def _factor_out(x: np.ndarray, factor: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """The Mul x * factor (operands in either order) as (a tensor, a number the scores take): the
+    number where one operand is a single value that does not widen the other's shape or type, else
+    the product itself and 1."""
+    if factor is None:
+        return x, 1.0
+    for t, f in ((x, factor), (factor, x)):
+        if f.size == 1 and f.ndim <= t.ndim and f.dtype == t.dtype and t.dtype.kind == "f":
+            return t, f.item()
+    return np.multiply(x, factor), 1.0
+
+
 PLANS_MAX = 64  # shape signatures an Attention kernel keeps (a sequence length each, at most)
 
 
@@ -78,6 +90,9 @@ class Attention(Kernel):
             raise ValueError(f"scale_op must be '', 'Mul' or 'Div', got {self.scale_op!r}")
         self.nan_to = self.attrs.get("nan_to")  # Where(IsNaN(p), nan_to, p) after the Softmax
         self.scale_code = {"": 0, "Mul": 1, "Div": 2}[self.scale_op]  # native.attention's scale_op
+        self.scaled_qk = bool(self.attrs.get("scaled_qk", 0))  # (q * q_factor) @ (k * k_factor), no scale
+        if self.scaled_qk and self.scale_op != "Mul":
+            raise ValueError(f"scaled_qk needs scale_op 'Mul', got {self.scale_op!r}")
         self.plans: dict[tuple, tuple[int, ...] | bool] = {}  # input shapes -> out's shape, False: numpy's path
 
     def _probabilities(self, s: np.ndarray) -> np.ndarray:
@@ -100,7 +115,10 @@ class Attention(Kernel):
                 s = fn(s, value)
         return s
 
-    def __call__(self, q, k, v, mask=None, scale=None):
+    def __call__(self, q, k, v, mask=None, scale=None, q_factor=None, k_factor=None):
+        if self.scaled_qk:
+            (q, fq), (k, fk) = _factor_out(q, q_factor), _factor_out(k, k_factor)
+            scale = np.asarray(fq * fk, q.dtype) if fq * fk != 1.0 else None
         out = self._compiled(q, k, v, mask, scale)
         if out is not None:
             return (out,)

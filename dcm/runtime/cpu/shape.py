@@ -19,6 +19,7 @@ from dcm.format import constants as C
 from dcm.runtime.cpu import native
 from dcm.runtime.cpu.registry import register
 from dcm.runtime.kernel import Kernel, LoadContext
+from dcm.runtime.optimize import ATTENTION
 
 # An embedding table at least this large is gathered from its compressed (CSR) rows; a smaller one is
 # decoded to a dense array once, which costs little memory and gathers faster.
@@ -190,6 +191,8 @@ class Transpose(Kernel):
         return (np.ascontiguousarray(y) if self.copy else y,)
 
 
+ELEMENTWISE_MODULE = "dcm.runtime.cpu.elementwise"  # numpy's ufuncs: a strided input's order kept, compact
+
 # Kernels that take an input of any memory layout and make views of it where they can (numpy's
 # reshape and basic indexing; Gather's np.take copies), so a strided input costs them nothing.
 LAYOUT_FREE = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Gather")
@@ -201,34 +204,59 @@ def view_transposes(nodes: list, kernels: list[Kernel], protected: set[str], ski
     and no model output, where these Transposes all keep the last axis last. torch's packed q, k, v projection is split that way (Transpose, Squeeze, Gather, Reshape,
     Transpose): its first copy of the whole projection is wasted. Where a product or an elementwise
     op would read the strided result it stays a copy: numpy's matmul of strided heads was measured
-    slower than the copy that avoids it (docs/transformers.md). ``skip``: nodes fused into others."""
+    slower than the copy that avoids it (docs/transformers.md). ``skip``: nodes fused into others.
+
+    The fused attention (``dcm.Attention``) reads strided q, k and v itself (any leading strides, each
+    matrix row- or column-major), so a Transpose that reaches it, directly or through a Mul or Div (a
+    scale on q or k, whose numpy result keeps the view's order in a compact array), needs no copy,
+    k's transposition included: torch's nn.MultiheadAttention permutes q, k and v in and out of
+    [sequence, batch x heads, features], four copies a layer (ViT-Tiny: 0.6 ms of 23)."""
     readers: dict[str, list[int]] = {}
     for j, n in enumerate(nodes):
         for x in n.inputs:
             readers.setdefault(x, []).append(j)
 
-    def only_views_then_transposes(value: str) -> bool:
-        stack, seen = [value], {value}
+    def attention_reads(j: int, value: str) -> bool:  # as its q, k or v
+        return nodes[j].op == ATTENTION and j not in skip and value in nodes[j].inputs[:3]
+
+    def scale_into_attention(j: int) -> bool:  # a Mul or Div read by attentions' q, k or v alone
+        y = nodes[j].outputs[0] if nodes[j].op in ("Mul", "Div") and j not in skip else None
+        return (y is not None and y not in protected and type(kernels[j]).__module__ == ELEMENTWISE_MODULE
+                and bool(readers.get(y)) and all(attention_reads(r, y) for r in readers[y]))
+
+    def only_views_then_copies(value: str, last_axis_kept: bool) -> bool:
+        """Whether every path from value ends in a reader that takes the view; last_axis_kept: rows
+        stay contiguous along the way (a Transpose that moves the last axis passes a view on only to
+        the attention)."""
+        stack, seen = [(value, last_axis_kept)], {value}
         while stack:
-            for j in readers.get(stack.pop(), []):
+            x, kept = stack.pop()
+            for j in readers.get(x, []):
                 if j in skip:
                     return False
-                if type(kernels[j]) in (Shape, Size) or type(kernels[j]) is Transpose and _keeps_last_axis(kernels[j]):
+                if attention_reads(j, x) or scale_into_attention(j):
+                    continue  # reads any strides
+                if type(kernels[j]) in (Shape, Size) or (kept and type(kernels[j]) is Transpose
+                                                         and _keeps_last_axis(kernels[j])):
                     continue  # reads the shape only, or copies what it reads (or passes it on, checked itself)
-                if nodes[j].op not in LAYOUT_FREE or type(kernels[j]).__module__ != __name__:
+                if type(kernels[j]) is Transpose and kernels[j].perm is not None:
+                    passed_on = False  # moves the last axis: on as a view, to the attention alone
+                elif nodes[j].op in LAYOUT_FREE and type(kernels[j]).__module__ == __name__:
+                    passed_on = kept
+                else:
                     return False
                 for o in nodes[j].outputs:
                     if o in protected:
                         return False
                     if o not in seen:
                         seen.add(o)
-                        stack.append(o)
+                        stack.append((o, passed_on))
         return True
 
     for i, (n, k) in enumerate(zip(nodes, kernels)):
-        if (type(k) is Transpose and _keeps_last_axis(k) and i not in skip and n.outputs[0] not in protected
+        if (type(k) is Transpose and k.perm is not None and i not in skip and n.outputs[0] not in protected
                 and readers.get(n.outputs[0])):
-            k.copy = not only_views_then_transposes(n.outputs[0])
+            k.copy = not only_views_then_copies(n.outputs[0], _keeps_last_axis(k))
 
 
 def _keeps_last_axis(k: Transpose) -> bool:

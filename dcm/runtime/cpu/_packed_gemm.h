@@ -1,0 +1,147 @@
+/* The product by a packed weight that _gemm.c (gemm_packed: a layer's constant weight, packed once at
+ * load) and _pointwise.c (attention: a head's keys and values, packed per head) run on AVX-512. */
+#ifndef DCM_PACKED_GEMM_H
+#define DCM_PACKED_GEMM_H
+#include "_kernel_common.h"
+
+/* x [m, k] @ W [k, n] (+ bias, ReLU) where W is a layer's constant weight, packed once at load into
+ * panels of PANEL columns, each panel's k rows of PANEL floats one after another: the layout the
+ * micro-kernel reads, so no call packs it again (OpenBLAS packs both operands on every call; the
+ * zoo's transformer and ConvNeXt layers took 0.83-0.93 of numpy's time with each weight used once in
+ * turn, as in a run, and 0.82-0.95 of onnxruntime's MLAS: benchmarks/gemm.py).
+ * A tile is ROWS rows of x by one panel: 24 AVX-512 accumulators, each step of k one load of the
+ * panel row (2 vectors) and ROWS broadcasts of x. The panels are taken in blocks of at most
+ * BLOCK_FLOATS packed floats (all of a transformer layer's weight), row block by row block within a
+ * block and panel by panel within a row block, so a block of x stays in L1 while the block of panels
+ * stays in L2 (GPT-2's 50257-word output layer, 51 MB packed, streamed from memory once per row
+ * block without it: 3.5x numpy's time). The bias starts the accumulators; a residual (same layout as
+ * the output) and the activation (ConvAct: Relu, Clip, Sigmoid, SiLU, HardSwish) come before the one
+ * store: no second pass over the output. */
+#define PANEL 32
+#define ROWS 12
+#define BLOCK_FLOATS (1 << 18) /* 1 MB: half the L2 of the AVX-512 server cores */
+/* Rows of the panel prefetched ahead of the one multiplied (4 KiB): a layer's weight comes from L3 on
+ * each run of a model larger than L2, and the hardware prefetcher alone left a tile waiting on it.
+ * One layer alone, its weight among 16 MB of others, 1 thread: 49x400 @ 400x400 184 -> 143 us (in L2:
+ * 101), 49x2048 @ 2048x512 1106 -> 888 (in L2: 685); 8 rows ahead: 158 and 983. */
+#define AHEAD 32
+
+typedef struct {
+    const float *x, *packed, *bias, *residual;
+    float *out;
+    Py_ssize_t m, k, n, ldx, ldo, panels;
+    Py_ssize_t row_blocks, block; /* blocks of ROWS rows; panels per block of panels */
+    ConvAct act;
+} Packed;
+
+#ifdef HAVE_AVX2_PATH
+#define PACKED_AVX512 __attribute__((target("avx512f,avx2,fma")))
+
+/* rows (<= ROWS) rows of x by the panel's first `cols` columns; wide: two vectors (cols > 16). */
+PACKED_AVX512 static inline __attribute__((always_inline)) void tile_avx512(const Packed *p, Py_ssize_t r0, Py_ssize_t q,
+                                                                     int rows, int wide, int ahead)
+{
+    const Py_ssize_t c0 = q * PANEL, cols = p->n - c0 < PANEL ? p->n - c0 : PANEL;
+    const float *x = p->x + r0 * p->ldx, *w = p->packed + q * PANEL * p->k;
+    const __mmask16 m0 = cols >= 16 ? 0xffff : (__mmask16)((1u << cols) - 1);
+    const __mmask16 m1 = cols >= 32 ? 0xffff : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
+    const __m512 b0 = p->bias ? _mm512_maskz_loadu_ps(m0, p->bias + c0) : _mm512_setzero_ps();
+    const __m512 b1 = p->bias && wide ? _mm512_maskz_loadu_ps(m1, p->bias + c0 + 16) : _mm512_setzero_ps();
+    __m512 acc0[ROWS], acc1[ROWS];
+    for (int r = 0; r < ROWS; r++) acc0[r] = b0, acc1[r] = b1;
+    /* x's rows through three pointers stepped along k (rows 0, 4, 8) and byte offsets 0, L, 2L, 3L: each row
+       one addressing mode, no per-row address arithmetic in the loop (N = 16: 44 -> 59 GMAC/s; 48: 64 -> 77) */
+    const Py_ssize_t L = p->ldx * 4, offset[4] = {0, L, 2 * L, 3 * L};
+    /* ahead (the block's last panel, a row block after this one): the next row block's x, swept over the
+       k steps; a producer's output comes from L2 or L3, and the hardware prefetcher alone left a tile
+       waiting on it (3136 x 96 @ 96 x 24 after a pass that evicted x: 145 -> 132 us; in cache 127 -> 124).
+       Otherwise the first line of this tile's x, again: one prefetch that hits L1. */
+    const char *next = (const char *)(ahead ? x + rows * p->ldx : x);
+    const Py_ssize_t step = ahead && p->k ? rows * p->ldx * 4 / p->k : 0;
+    const char *row[3] = {(const char *)x, (const char *)x + 4 * L, (const char *)x + 8 * L};
+    for (Py_ssize_t i = 0; i < p->k; i++, row[0] += 4, row[1] += 4, row[2] += 4) {
+        _mm_prefetch((const char *)(w + (i + AHEAD) * PANEL), _MM_HINT_T0); /* (past the end: never faults) */
+        if (wide) _mm_prefetch((const char *)(w + (i + AHEAD) * PANEL + 16), _MM_HINT_T0);
+        _mm_prefetch(next + i * step, _MM_HINT_T0);
+        const __m512 w0 = _mm512_loadu_ps(w + i * PANEL), w1 = wide ? _mm512_loadu_ps(w + i * PANEL + 16) : w0;
+#pragma GCC unroll 12
+        for (int r = 0; r < ROWS; r++) {
+            if (r >= rows) break;
+            const __m512 v = _mm512_set1_ps(*(const float *)(row[r / 4] + offset[r % 4]));
+            acc0[r] = _mm512_fmadd_ps(v, w0, acc0[r]);
+            if (wide) acc1[r] = _mm512_fmadd_ps(v, w1, acc1[r]);
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        float *o = p->out + (r0 + r) * p->ldo + c0;
+        _mm_prefetch((const char *)(o + rows * p->ldo), _MM_HINT_T0); /* the next row block's lines of this panel */
+        if (wide) _mm_prefetch((const char *)(o + rows * p->ldo + 16), _MM_HINT_T0);
+        if (p->residual) {
+            const float *res = p->residual + (r0 + r) * p->n + c0;
+            acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(m0, res));
+            if (wide) acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(m1, res + 16));
+        }
+        _mm512_mask_storeu_ps(o, m0, conv_act16(&p->act, acc0[r]));
+        if (wide) _mm512_mask_storeu_ps(o + 16, m1, conv_act16(&p->act, acc1[r]));
+    }
+}
+
+/* One instance per row count, so that each keeps its accumulators in registers. */
+#define TILE(R)                                                                                               \
+    PACKED_AVX512 static void tile##R(const Packed *p, Py_ssize_t r0, Py_ssize_t q, int wide, int ahead)             \
+    {                                                                                                        \
+        if (wide) tile_avx512(p, r0, q, R, 1, ahead);                                                        \
+        else tile_avx512(p, r0, q, R, 0, ahead);                                                             \
+    }
+TILE(1) TILE(2) TILE(3) TILE(4) TILE(5) TILE(6) TILE(7) TILE(8) TILE(9) TILE(10) TILE(11) TILE(12)
+static void (*const tiles[ROWS + 1])(const Packed *, Py_ssize_t, Py_ssize_t, int, int) = {
+    NULL, tile1, tile2, tile3, tile4, tile5, tile6, tile7, tile8, tile9, tile10, tile11, tile12};
+
+/* parallel_for's range function over the tiles: block of panels, then row block, then panel. */
+static void packed_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const Packed *p = ctx;
+    const Py_ssize_t per_block = p->row_blocks * p->block;
+    for (Py_ssize_t t = lo; t < hi;) {
+        /* where t falls, found by division once per block of panels; then tile after tile by counting,
+           one division per row block (a tile of K = 32 is ~400 cycles: five divisions a tile cost 28%) */
+        const Py_ssize_t first = t / per_block * p->block, tile = t % per_block;
+        const Py_ssize_t width = p->panels - first < p->block ? p->panels - first : p->block;
+        const Py_ssize_t stop = t - tile + p->row_blocks * width < hi ? t - tile + p->row_blocks * width : hi;
+        /* the rows shared evenly between the row blocks: 49 rows are 10 + 10 + 10 + 10 + 9, not 4 x 12 + 1,
+           whose one-row tile reads the panel for a twelfth of the work (the weight's loads set its time) */
+        Py_ssize_t b = tile / width, q = first + tile % width;
+        Py_ssize_t r0 = p->m * b / p->row_blocks, r1 = p->m * (b + 1) / p->row_blocks;
+        for (; t < stop; t++) {
+            tiles[r1 - r0](p, r0, q, p->n - q * PANEL > 16, q == first + width - 1 && b + 1 < p->row_blocks);
+            if (++q == first + width) q = first, b++, r0 = r1, r1 = p->m * (b + 1) / p->row_blocks;
+        }
+    }
+}
+#endif
+
+/* The floats of w [k, n] packed: whole panels of PANEL columns (the last one padded with zeros). */
+static Py_ssize_t packed_size(Py_ssize_t k, Py_ssize_t n)
+{
+    return SIZE_PRODUCT((n + PANEL - 1) / PANEL, PANEL, k);
+}
+
+/* w [k, n] (float32 at byte strides row and col) into packed: whole panels of PANEL columns, each panel's
+ * k rows of PANEL floats one after another, zeros past n. packed holds packed_size(k, n) floats. */
+static void pack_panels(const char *w, Py_ssize_t k, Py_ssize_t n, Py_ssize_t row, Py_ssize_t col, float *packed)
+{
+    for (Py_ssize_t c0 = 0; c0 < n; c0 += PANEL)
+        for (Py_ssize_t i = 0; i < k; i++)
+            for (Py_ssize_t j = 0; j < PANEL; j++)
+                *packed++ = c0 + j < n ? *(const float *)(w + i * row + (c0 + j) * col) : 0.f;
+}
+
+/* p's panels, row blocks and panels per block, from its m, k and n: the units packed_range takes are
+ * [0, p->row_blocks * p->panels). */
+static void packed_plan(Packed *p)
+{
+    p->panels = (p->n + PANEL - 1) / PANEL, p->row_blocks = (p->m + ROWS - 1) / ROWS;
+    p->block = BLOCK_FLOATS / (PANEL * (p->k > 0 ? p->k : 1));
+    if (p->block < 1) p->block = 1;
+}
+#endif
