@@ -158,6 +158,24 @@ def _activation(act, z):
 
 
 @packed_only
+@pytest.mark.parametrize("m, k, n, groups", [
+    (6, 40, 37, 1), (6, 40, 37, 3),  # a group's x (2 x 40) smaller than the weight (40 x 64): x scaled
+    (60, 20, 17, 2), (60, 20, 17, 1),  # x (30 x 20) larger than the weight (20 x 32): the weight scaled
+    (0, 8, 5, 1),  # no rows
+])
+def test_packed_products_scale_each_groups_columns(m, k, n, groups):
+    """scale [groups, k]: a squeeze-and-excitation gate per sample, on x's columns before the product,
+    with the bias, a residual and the activation after it as without one."""
+    x, w, bias, residual = _random((m, k), 12), _random((k, n), 13), _random(n, 14), _random((m, n), 15)
+    scale = _random((groups, k), 16)
+    out = np.empty((m, n), np.float32)
+    act = ("silu", 1.5, 0.0)
+    native.gemm_packed(x, _packed(w), out, 2, bias, act=act, residual=residual, scale=scale)
+    scaled = (x.reshape(groups, -1, k) * scale[:, None, :]).reshape(m, k).astype(np.float64)
+    np.testing.assert_allclose(out, _activation(act, scaled @ w + bias + residual), rtol=1e-4, atol=1e-4)
+
+
+@packed_only
 def test_packed_weight_any_layout_and_strided_rows():
     w = _random((40, 70), 1)
     assert np.array_equal(_packed(w), _packed(np.asfortranarray(w)))  # the same panels from any layout
@@ -192,6 +210,11 @@ def _bad_packed_calls():
         "relu and act": (lambda: native.gemm_packed(x, p, out, 1, None, True, ("clip", 0, 1)), ValueError, "both"),
         "act name": (lambda: native.gemm_packed(x, p, out, act=("tanh", 0, 0)), ValueError, "unknown activation"),
         "out overlaps packed": (lambda: native.gemm_packed(x, p, p[:64].reshape(8, 8)), ValueError, "overlaps"),
+        "scale columns": (lambda: native.gemm_packed(x, p, out, scale=np.ones((1, 7), np.float32)), ValueError,
+                          "scale must be"),
+        "scale groups": (lambda: native.gemm_packed(x, p, out, scale=np.ones((3, 8), np.float32)), ValueError,
+                         "scale must be"),
+        "scale is out": (lambda: native.gemm_packed(x, p, out, scale=out), ValueError, "overlaps"),
         "weight reversed": (lambda: native.pack_weight(w[::-1]), ValueError, "non-negative strides"),
         "weight rank": (lambda: native.pack_weight(np.ones((2, 2, 2), np.float32)), ValueError, "matrix"),
         "weight float64": (lambda: native.pack_weight(w.astype(np.float64)), TypeError, "float32"),

@@ -183,21 +183,80 @@ done:
 }
 
 PyDoc_STRVAR(gemm_packed_doc,
-"gemm_packed(x, packed, out, threads=1, bias=None, relu=False, act=None, residual=None) -> None\n\n"
-"out = act(x @ w + bias [n] + residual) for float32 x [m, k] and out [m, n], both row-major\n"
+"gemm_packed(x, packed, out, threads=1, bias=None, relu=False, act=None, residual=None, scale=None) -> None\n\n"
+"out = act((x * scale) @ w + bias [n] + residual) for float32 x [m, k] and out [m, n], both row-major\n"
 "with unit stride along a row, and w [k, n] as pack_weight packed it (its length must be that of a\n"
 "[k, n] weight). act: None or (name, a, b) as pointwise_conv takes it (relu, clip, sigmoid, silu,\n"
-"hardswish); relu=True is act ('relu', 0, 0). residual: float32 contiguous [m, n]. On up to\n"
-"`threads` threads of the native pool; releases the GIL. Needs AVX-512 (packed_simd() says whether\n"
-"this CPU and the set_simd switch allow it).");
+"hardswish); relu=True is act ('relu', 0, 0). residual: float32 contiguous [m, n]. scale: float32\n"
+"contiguous [g, k], a factor per column of x for each of g equal groups of its rows (a squeeze-and-\n"
+"excitation gate per sample); it goes into a copy of x or of the packed weight, whichever is smaller.\n"
+"On up to `threads` threads of the native pool; releases the GIL. Needs AVX-512 (packed_simd() says\n"
+"whether this CPU and the set_simd switch allow it).");
+
+#ifdef HAVE_AVX2_PATH
+/* out [rows, k] = x [rows, k] (row stride ldx) times f [k] per column. */
+PACKED_AVX512 static void scale_columns(const float *x, Py_ssize_t ldx, Py_ssize_t rows, Py_ssize_t k, const float *f,
+                                        float *out)
+{
+    for (Py_ssize_t r = 0; r < rows; r++)
+        for (Py_ssize_t i = 0; i < k; i += 16) {
+            const __mmask16 m = k - i >= 16 ? 0xffff : (__mmask16)((1u << (k - i)) - 1);
+            _mm512_mask_storeu_ps(out + r * k + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + r * ldx + i),
+                                                                   _mm512_maskz_loadu_ps(m, f + i)));
+        }
+}
+
+/* out = packed (panels of k rows of PANEL floats) with row i times f[i]: the weight of (x * f) @ w. */
+PACKED_AVX512 static void scale_panel_rows(const float *packed, Py_ssize_t panels, Py_ssize_t k, const float *f,
+                                           float *out)
+{
+    for (Py_ssize_t q = 0; q < panels; q++)
+        for (Py_ssize_t i = 0; i < k; i++, packed += PANEL, out += PANEL) {
+            const __m512 v = _mm512_set1_ps(f[i]);
+            _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_loadu_ps(packed), v));
+            _mm512_storeu_ps(out + 16, _mm512_mul_ps(_mm512_loadu_ps(packed + 16), v));
+        }
+}
+
+/* The product with a scale [groups, k] (see gemm_packed): a sample's x smaller than the weight (7x7
+ * planes) is scaled for all groups at once, then one product; else each group gets the weight scaled
+ * and its own product. In numpy the two copies took 20-230 us on EfficientNet-B0's projections, on one
+ * thread, a quarter of the product's time. 0, or -1 where the scratch could not be allocated. */
+static int scaled_product(const Packed *p, const float *scale, Py_ssize_t groups, Py_ssize_t size, int threads)
+{
+    const Py_ssize_t rows = p->m / groups;
+    const int scale_x = rows * p->k < size;
+    const size_t count = (size_t)(scale_x ? p->m * p->k : size);
+    float *tmp = malloc((count ? count : 1) * sizeof(float));
+    if (!tmp) return -1;
+    if (scale_x) {
+        for (Py_ssize_t g = 0; g < groups; g++)
+            scale_columns(p->x + g * rows * p->ldx, p->ldx, rows, p->k, scale + g * p->k, tmp + g * rows * p->k);
+        Packed q = *p;
+        q.x = tmp, q.ldx = p->k;
+        parallel_for(packed_range, &q, q.row_blocks * q.panels, 1, threads);
+    } else {
+        for (Py_ssize_t g = 0; g < groups; g++) {
+            scale_panel_rows(p->packed, p->panels, p->k, scale + g * p->k, tmp);
+            Packed q = *p;
+            q.packed = tmp, q.m = rows, q.x = p->x + g * rows * p->ldx, q.out = p->out + g * rows * p->ldo;
+            q.residual = p->residual ? p->residual + g * rows * p->n : NULL;
+            packed_plan(&q);
+            parallel_for(packed_range, &q, q.row_blocks * q.panels, 1, threads);
+        }
+    }
+    free(tmp);
+    return 0;
+}
+#endif
 
 static PyObject *gemm_packed(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"x", "packed", "out", "threads", "bias", "relu", "act", "residual", NULL};
-    PyObject *xo, *po, *oo, *bo = Py_None, *acto = Py_None, *ro = Py_None;
+    static char *kwlist[] = {"x", "packed", "out", "threads", "bias", "relu", "act", "residual", "scale", NULL};
+    PyObject *xo, *po, *oo, *bo = Py_None, *acto = Py_None, *ro = Py_None, *so = Py_None;
     int threads = 1, relu = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|iOpOO", kwlist, &xo, &po, &oo, &threads, &bo, &relu, &acto,
-                                     &ro))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|iOpOOO", kwlist, &xo, &po, &oo, &threads, &bo, &relu, &acto,
+                                     &ro, &so))
         return NULL;
     ConvAct act;
     if (parse_conv_act(acto, &act, "gemm_packed") < 0) return NULL;
@@ -208,9 +267,10 @@ static PyObject *gemm_packed(PyObject *self, PyObject *args, PyObject *kwds)
         }
         act = (ConvAct){CONV_ACT_CLAMP, 0.f, INFINITY, 0.f};
     }
-    Py_buffer xv = {0}, pv = {0}, ov = {0}, bv = {0}, rv = {0};
+    Py_buffer xv = {0}, pv = {0}, ov = {0}, bv = {0}, rv = {0}, sv = {0};
     PyObject *result = NULL;
     Operand xa, oa;
+    Py_ssize_t groups = 0;
     if (get_float_view(xo, &xv, 0, "x") < 0 || get_float_view(oo, &ov, 1, "out") < 0 ||
         get_array_of_rank(po, &pv, 'f', 4, 0, 0, "packed") < 0)
         goto done;
@@ -243,10 +303,19 @@ static PyObject *gemm_packed(PyObject *self, PyObject *args, PyObject *kwds)
             goto done;
         }
     }
+    if (so != Py_None) {
+        if (get_array_of_rank(so, &sv, 'f', 4, 0, 1, "scale") < 0) goto done;
+        groups = p.k > 0 ? sv.len / 4 / p.k : 0;
+        if (groups < 1 || sv.len / 4 != SIZE_PRODUCT(groups, p.k) || p.m % groups) {
+            PyErr_Format(PyExc_ValueError, "scale must be [g, %zd] for g groups of x's %zd rows, got %zd values", p.k,
+                         p.m, sv.len / 4);
+            goto done;
+        }
+    }
     if (read_operand(&xv, &xa, 0, "x") < 0 || read_operand(&ov, &oa, 0, "out") < 0 || !distinct_elements(&ov))
         goto done;
     if ((xv.len && overlaps(&xv, &ov)) || (pv.len && overlaps(&pv, &ov)) || (bv.len && overlaps(&bv, &ov)) ||
-        (rv.len && overlaps(&rv, &ov))) {
+        (rv.len && overlaps(&rv, &ov)) || (sv.len && overlaps(&sv, &ov))) {
         PyErr_SetString(PyExc_ValueError, "out overlaps an input");
         goto done;
     }
@@ -258,13 +327,21 @@ static PyObject *gemm_packed(PyObject *self, PyObject *args, PyObject *kwds)
     p.residual = rv.buf;
     packed_plan(&p);
 #ifdef HAVE_AVX2_PATH
+    int failed = 0;
     Py_BEGIN_ALLOW_THREADS
-    parallel_for(packed_range, &p, p.row_blocks * p.panels, 1, threads);
+    if (groups)
+        failed = scaled_product(&p, sv.buf, groups, size, threads);
+    else
+        parallel_for(packed_range, &p, p.row_blocks * p.panels, 1, threads);
     Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
 #endif
     result = Py_NewRef(Py_None);
 done:
-    RELEASE_BUFFERS(&xv, &pv, &ov, &bv, &rv);
+    RELEASE_BUFFERS(&xv, &pv, &ov, &bv, &rv, &sv);
     return result;
 }
 

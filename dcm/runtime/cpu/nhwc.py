@@ -8,7 +8,7 @@ runs the same kernel on its NHWC input, group by group. A depthwise layer runs t
 activation in registers. A 1x1 layer is the product x [N*H*W, C_in] @ W.T on the packed GEMM
 (``_gemm.c``'s ``gemm_packed``, the weight packed once here), which adds the bias, a fused residual
 and the activation before its one store; a squeeze-and-excitation scale (``dcm.ScaledConv``) goes
-into a copy of x or of the packed weight, whichever is smaller. The session fuses activations and
+into a copy of x or of the packed weight, whichever is smaller (in the kernel). The session fuses activations and
 residual Adds into these as into ``Conv`` (``dcm.runtime.fusion``).
 """
 from __future__ import annotations
@@ -21,8 +21,6 @@ from dcm.runtime.cpu.fused import register_internal
 from dcm.runtime.cpu.windows import ints2, output_size, resolve_pads
 from dcm.runtime.fusion import add_and_activate
 from dcm.runtime.kernel import Kernel
-
-PANEL = 32  # columns of the packed weight's panels (_gemm.c)
 
 
 def available() -> bool:
@@ -147,42 +145,25 @@ class NhwcConv(_Conv):
 
     def _pointwise(self, x: np.ndarray, act, residual: np.ndarray | None, scale: np.ndarray | None) -> np.ndarray:
         """act((x * scale) @ W.T + bias + residual) on the packed GEMM. The scale [N or 1, C_in] (a
-        squeeze-and-excitation gate) goes into a copy of whichever is smaller, x or the packed weight
-        (per sample): in the kernel's inner loop it halved the product's speed. numpy where the CPU
-        lost the kernel (``set_simd(False)`` after load)."""
+        squeeze-and-excitation gate) goes, in the kernel, into a copy of whichever is smaller, x or the
+        packed weight (per sample): in the product's inner loop it halved its speed. numpy where the
+        CPU lost the kernel (``set_simd(False)`` after load)."""
         if self.strides != (1, 1):  # the pixels a strided 1x1 layer reads: a quarter of x at stride 2
             x = np.ascontiguousarray(x[:, :: self.strides[0], :: self.strides[1]])
         n, h, w, c = x.shape
         m, co = n * h * w, self.out_channels
         y = np.empty((n, h, w, co), dtype=np.float32)
         if residual is not None:
-            residual = np.ascontiguousarray(residual, dtype=np.float32).reshape(y.shape)
-        fast = native.packed_simd() == "avx512"
-        if fast and scale is None:  # the common case, with the least Python per call
+            residual = np.ascontiguousarray(residual, dtype=np.float32).reshape(m, co)
+        if native.packed_simd() == "avx512":
             native.gemm_packed(x.reshape(m, c), self.packed, y.reshape(m, co), self.threads, self.bias, act=act,
-                               residual=None if residual is None else residual.reshape(m, co))
+                               residual=residual, scale=scale)
             return y
-        if scale is not None and (not fast or h * w < self.packed.size // c):
-            # a sample's x is smaller than the weight (7x7 planes): scale x, one product for all samples.
-            # Comparing all samples' x with one weight copy gave batch 8 eight weight copies and eight
-            # products of 49 rows (EfficientNet-B0's gated projections at batch 8: 31.2 -> 23.1 ms on
-            # 1 thread, 24 -> 16 ms on 2)
-            x, scale = x * scale.reshape(-1, 1, 1, c), None
-        if not fast:
-            out = np.matmul(x.reshape(-1, c), self.wt, out=y.reshape(-1, self.out_channels))
-            native.activate(out, out, *(act or ("none", 0.0, 0.0)), bias=self.bias,
-                            residual=None if residual is None else residual.reshape(out.shape), threads=self.threads)
-            return y
-        if scale is None:  # x took the scale
-            parts = [(slice(None), self.packed)]
-        else:
-            panels = self.packed.reshape(-1, c, PANEL)
-            parts = [(slice(None) if scale.shape[0] == 1 else slice(i, i + 1), (panels * f[:, None]).reshape(-1))
-                     for i, f in enumerate(scale)]
-        for rows, packed in parts:
-            res = None if residual is None else residual[rows].reshape(-1, self.out_channels)
-            native.gemm_packed(x[rows].reshape(-1, c), packed, y[rows].reshape(-1, self.out_channels), self.threads,
-                               self.bias, act=act, residual=res)
+        if scale is not None:
+            x = x * scale.reshape(-1, 1, 1, c)
+        out = np.matmul(x.reshape(m, c), self.wt, out=y.reshape(m, co))
+        native.activate(out, out, *(act or ("none", 0.0, 0.0)), bias=self.bias, residual=residual,
+                        threads=self.threads)
         return y
 
     def describe(self) -> dict:
