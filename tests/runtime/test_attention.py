@@ -97,6 +97,10 @@ def test_multihead_attention_heads_reach_the_kernel_as_views(exporter):
     before = steps[:[d["op"] for d in steps].index(ATTENTION)]
     assert "Mul" not in [d["op"] for d in before[-6:]]  # q's and k's scales: in the kernel
     assert [d.get("kernel", "copy") for d in before if d["op"] == "Transpose"].count("copy") == 1
+    # the heads merged back: the attention writes in the order of the Transpose that reads it
+    i = next(i for i, n in enumerate(fused._nodes) if n.op == ATTENTION)
+    after = next(j for j, n in enumerate(fused._nodes) if fused._nodes[i].outputs[0] in n.inputs)
+    assert fused._kernels[i].out_perm == fused._kernels[after].perm
     feeds = {"input": np.random.default_rng(1).standard_normal((3, 9, DIM)).astype(np.float32)}
     _check(fused, plain, module, feeds)
 
@@ -312,6 +316,22 @@ def test_packed_products_match_sgemm(case, scale_op):
         out[path] = y
     np.testing.assert_allclose(out["packed"], out["sgemm"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(out["q_transposed"], out["sgemm"], rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_kernel_writes_an_output_in_any_axis_order():
+    """out may be a transposed view (the order of the Transpose after the attention) whose rows are
+    whole; an out whose axes make two elements share an address is refused."""
+    rng = np.random.default_rng(13)
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((1, 4, 16, 8), (1, 4, 8, 16), (1, 4, 16, 8)))
+    want = np.empty((1, 4, 16, 8), np.float32)
+    native.attention(q, k, v, want, None, 1, 0.125, None, 2)
+    for perm in ((2, 0, 1, 3), (0, 2, 1, 3), (1, 2, 0, 3)):
+        out = np.full([want.shape[a] for a in perm], np.nan, np.float32).transpose(np.argsort(perm))
+        native.attention(q, k, v, out, None, 1, 0.125, None, 2)
+        np.testing.assert_array_equal(out, want)
+    shared = np.lib.stride_tricks.as_strided(np.empty(16 * 8 * 4, np.float32), (1, 4, 16, 8), (0, 64, 32, 4))
+    with pytest.raises(ValueError, match="two elements at one address"):
+        native.attention(q, k, v, shared, None, 1, 0.125, None, 1)
 
 
 def test_compiled_kernel_fills_rows_masked_everywhere():

@@ -104,15 +104,23 @@ static inline int overlaps(const Py_buffer *x, const Py_buffer *y)
     return x0 < y1 && y0 < x1;
 }
 
-/* out's axes, innermost first, each step at least the extent of the axes inside it: no two elements share
- * an address, so that the threads never write the same float. */
+/* out's axes of more than one element, sorted by stride (in any order in the array: an attention's output
+ * written in the order of the Transpose after it), each stride at least the extent of the axes inside it:
+ * no two elements share an address, so that the threads never write the same float. */
 static inline int distinct_elements(const Py_buffer *v)
 {
-    Py_ssize_t inner = 4;
-    for (int d = v->ndim - 1; d >= 0; d--) {
+    Py_ssize_t stride[MAX_DIMS], shape[MAX_DIMS];
+    int n = 0;
+    for (int d = 0; d < v->ndim; d++) {
         if (v->shape[d] <= 1) continue;
-        if (v->strides[d] < inner) return 0;
-        inner = v->strides[d] * v->shape[d];
+        int at = n++;
+        for (; at > 0 && stride[at - 1] > v->strides[d]; at--) stride[at] = stride[at - 1], shape[at] = shape[at - 1];
+        stride[at] = v->strides[d], shape[at] = v->shape[d];
+    }
+    Py_ssize_t inner = 4;
+    for (int a = 0; a < n; a++) {
+        if (stride[a] < inner) return 0;
+        inner = stride[a] * shape[a];
     }
     return 1;
 }

@@ -94,6 +94,8 @@ class Attention(Kernel):
         if self.scaled_qk and self.scale_op != "Mul":
             raise ValueError(f"scaled_qk needs scale_op 'Mul', got {self.scale_op!r}")
         self.plans: dict[tuple, tuple[int, ...] | bool] = {}  # input shapes -> out's shape, False: numpy's path
+        # the axis order the one Transpose reading the output wants (view_transposes), else None
+        self.out_perm: tuple[int, ...] | None = None
 
     def _probabilities(self, s: np.ndarray) -> np.ndarray:
         p = _softmax_last(s, self.threads)
@@ -151,7 +153,11 @@ class Attention(Kernel):
             return None
         if mask is not None and mask.ndim < 2:
             mask = mask.reshape((1,) * (2 - mask.ndim) + mask.shape)
-        out = np.empty(shape, np.float32)
+        perm = self.out_perm
+        if perm is not None and len(perm) == len(shape):  # rows stay whole: the Transpose keeps the last axis
+            out = np.empty([shape[a] for a in perm], np.float32).transpose(np.argsort(perm))
+        else:
+            out = np.empty(shape, np.float32)
         try:
             native.attention(q, k, v, out, mask, self.scale_code if scale is not None else 0,
                              scale.item() if scale is not None else 1.0, self.nan_to, self.threads)

@@ -210,7 +210,9 @@ def view_transposes(nodes: list, kernels: list[Kernel], protected: set[str], ski
     matrix row- or column-major), so a Transpose that reaches it, directly or through a Mul or Div (a
     scale on q or k, whose numpy result keeps the view's order in a compact array), needs no copy,
     k's transposition included: torch's nn.MultiheadAttention permutes q, k and v in and out of
-    [sequence, batch x heads, features], four copies a layer (ViT-Tiny: 0.6 ms of 23)."""
+    [sequence, batch x heads, features], four copies a layer (ViT-Tiny: 0.6 ms of 23). An attention
+    whose one reader is a Transpose that keeps the last axis writes its result in that Transpose's
+    order (``Attention.out_perm``), so that the Transpose's copy finds it contiguous already."""
     readers: dict[str, list[int]] = {}
     for j, n in enumerate(nodes):
         for x in n.inputs:
@@ -257,6 +259,13 @@ def view_transposes(nodes: list, kernels: list[Kernel], protected: set[str], ski
         if (type(k) is Transpose and k.perm is not None and i not in skip and n.outputs[0] not in protected
                 and readers.get(n.outputs[0])):
             k.copy = not only_views_then_copies(n.outputs[0], _keeps_last_axis(k))
+        # an attention read only by a Transpose that keeps the last axis (the heads merged back: BERT's
+        # [B, H, L, d] -> [B, L, H, d]) writes its output in that order: the Transpose then copies nothing
+        y = n.outputs[0] if n.op == ATTENTION and i not in skip and n.outputs else None
+        if y is not None and y not in protected and len(readers.get(y, [])) == 1 and hasattr(k, "out_perm"):
+            t = readers[y][0]
+            if t not in skip and type(kernels[t]) is Transpose and _keeps_last_axis(kernels[t]):
+                k.out_perm = kernels[t].perm
 
 
 def _keeps_last_axis(k: Transpose) -> bool:
