@@ -64,13 +64,21 @@ class _Conv(Kernel):
         self.kernel = (w.shape[2], w.shape[3])
         self.strides = ints2(self.attrs, "strides", 2, 1)
         self.dilations = ints2(self.attrs, "dilations", 2, 1)
+        self._sizes: dict[tuple[int, int], tuple[tuple[int, int, int, int], int, int]] = {}  # _window's
         return w
 
     def _window(self, h: int, w: int) -> tuple[tuple[int, int, int, int], int, int]:
-        """(pads as top, left, bottom, right; OH; OW) for an H x W input."""
-        begin, end = resolve_pads(self.attrs, (h, w), self.kernel, self.strides, self.dilations)
-        oh, ow = output_size((h, w), self.kernel, self.strides, self.dilations, begin, end)
-        return (begin[0], begin[1], end[0], end[1]), oh, ow
+        """(pads as top, left, bottom, right; OH; OW) for an H x W input, kept per size: a model's layer
+        meets one or two, and working them out took a third of the Python a call costs."""
+        found = self._sizes.get((h, w))
+        if found is None:
+            begin, end = resolve_pads(self.attrs, (h, w), self.kernel, self.strides, self.dilations)
+            oh, ow = output_size((h, w), self.kernel, self.strides, self.dilations, begin, end)
+            found = (begin[0], begin[1], end[0], end[1]), oh, ow
+            if len(self._sizes) >= 16:
+                self._sizes.clear()
+            self._sizes[(h, w)] = found
+        return found
 
     def _act(self, epilogue) -> tuple[str, float, float] | None:
         """The activation the compiled kernels apply themselves (None: none, or the caller's)."""
