@@ -20,7 +20,7 @@ if native.activate is None:
 
 @pytest.fixture(params=["avx512", "avx2", "portable"])
 def simd(request):
-    """The AVX-512 paths (softmax), the AVX2 ones (where the CPU has them) or the portable C ones."""
+    """The AVX-512 paths (softmax, layer_norm), the AVX2 ones (where the CPU has them) or the portable C ones."""
     with switched(native.set_pointwise_simd, request.param != "portable"):
         with switched(native.set_pointwise_avx512, request.param == "avx512"):
             yield request.param != "portable"
