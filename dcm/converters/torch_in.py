@@ -29,7 +29,8 @@ TORCHSCRIPT_OPSET = 17  # the newest opset the TorchScript exporter supports ful
 
 def torch_to_onnx_bytes(module, example_inputs: Any, input_names=("input",), output_names=("output",), *,
                         exporter: Literal["dynamo", "torchscript"] = "dynamo") -> bytes:
-    """The module as ONNX bytes, with axis 0 of every named input and output symbolic ("batch").
+    """The module as ONNX bytes, with axis 0 of every input and named output symbolic ("batch"); the
+    inputs past ``input_names`` are named input_1, input_2, ... after their position.
 
     The module is exported in eval mode (its own mode is restored) and with grad mode on: under
     ``no_grad`` torch runs eval-mode TransformerEncoderLayer and MultiheadAttention through fused
@@ -40,6 +41,9 @@ def torch_to_onnx_bytes(module, example_inputs: Any, input_names=("input",), out
     if exporter not in ("dynamo", "torchscript"):
         raise ConversionError(f"unknown exporter {exporter!r}: use 'dynamo' or 'torchscript'")
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    # a name for every tensor argument: the dynamo exporter cannot turn dynamic_axes into its
+    # dynamic_shapes when some inputs have none (a decoder's memory, attention's k and v)
+    input_names = [*input_names, *(f"input_{i}" for i in range(len(input_names), len(args)))]
     axes = {n: {0: "batch"} for n in (*input_names, *output_names)}
     was_training = module.training
     module.eval()

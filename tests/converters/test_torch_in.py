@@ -135,3 +135,29 @@ def test_dynamo_export_from_a_batch_of_one_keeps_the_batch_symbolic():
     x = torch.randn(4, 5, 8)
     np.testing.assert_allclose(InferenceSession(model).run(None, {"input": x.numpy()})[0],
                                module(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+class _Decoder(nn.Module):
+    """Two inputs (the target and the encoder's memory), only the first named by the caller."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.TransformerDecoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
+
+    def forward(self, x, memory):
+        return self.layer(x, memory)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_inputs_past_the_named_ones_get_names_and_a_symbolic_batch(exporter):
+    """The dynamo exporter refused dynamic_axes that named only some of the inputs ("Failed to convert
+    'dynamic_axes' to 'dynamic_shapes'"): the others are now input_1, input_2, ..."""
+    torch.manual_seed(0)
+    module = _Decoder().eval()
+    model = from_torch(module, (torch.randn(2, 5, 16), torch.randn(2, 7, 16)), exporter=exporter,
+                       options=ConvertOptions(exact=True))
+    assert [v.name for v in model.inputs] == ["input", "input_1"]
+    x, memory = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
+    (y,) = InferenceSession(model).run(None, {"input": x.numpy(), "input_1": memory.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(y, module(x, memory).numpy(), rtol=1e-4, atol=1e-5)
