@@ -200,7 +200,7 @@ PACKED_AVX512 static void scale_columns(const float *x, Py_ssize_t ldx, Py_ssize
 {
     for (Py_ssize_t r = 0; r < rows; r++)
         for (Py_ssize_t i = 0; i < k; i += 16) {
-            const __mmask16 m = k - i >= 16 ? 0xffff : (__mmask16)((1u << (k - i)) - 1);
+            const __mmask16 m = part16(k - i);
             _mm512_mask_storeu_ps(out + r * k + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + r * ldx + i),
                                                                    _mm512_maskz_loadu_ps(m, f + i)));
         }

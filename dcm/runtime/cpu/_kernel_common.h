@@ -224,6 +224,12 @@ static inline float conv_act1(const ConvAct *a, float v)
 }
 
 #ifdef HAVE_AVX2_PATH
+/* The lanes of a 16-value vector that hold the first `left` values (all where left >= 16). */
+static inline __mmask16 part16(Py_ssize_t left)
+{
+    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+}
+
 /* exp(x) with x clamped to [-87.3, 88.8] (NaN kept): the smallest normal float below, +inf above. The
  * exponent goes in with vscalefps, which needs no overflow masks (a third fewer instructions than
  * building 2^n from its bits, and SiLU epilogues are bound by their instruction count). */

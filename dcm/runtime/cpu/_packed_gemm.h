@@ -43,8 +43,7 @@ PACKED_AVX512 static inline __attribute__((always_inline)) void tile_avx512(cons
 {
     const Py_ssize_t c0 = q * PANEL, cols = p->n - c0 < PANEL ? p->n - c0 : PANEL;
     const float *x = p->x + r0 * p->ldx, *w = p->packed + q * PANEL * p->k;
-    const __mmask16 m0 = cols >= 16 ? 0xffff : (__mmask16)((1u << cols) - 1);
-    const __mmask16 m1 = cols >= 32 ? 0xffff : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
+    const __mmask16 m0 = part16(cols), m1 = cols <= 16 ? 0 : part16(cols - 16);
     const __m512 b0 = p->bias ? _mm512_maskz_loadu_ps(m0, p->bias + c0) : _mm512_setzero_ps();
     const __m512 b1 = p->bias && wide ? _mm512_maskz_loadu_ps(m1, p->bias + c0 + 16) : _mm512_setzero_ps();
     __m512 acc0[ROWS], acc1[ROWS];

@@ -532,12 +532,6 @@ AVX2 static void softmax_row_avx2(float *out, const float *x, Py_ssize_t n, int 
 
 #define AVX512 __attribute__((target("avx512f,avx2,fma")))
 
-/* The lanes of a 16-value vector that hold the first `left` values (all where left >= 16). */
-static inline __mmask16 part16(Py_ssize_t left)
-{
-    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-}
-
 /* AVX-512: 16 lanes, masked tails (591 rows of 197, ViT-Tiny's attention: 79 -> 56 us, one thread). */
 AVX512 static void softmax_row_avx512(float *out, const float *x, Py_ssize_t n, int take_log)
 {
@@ -839,6 +833,7 @@ static void attention_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
     }
     float *kp = s + (size_t)j->rows * (size_t)j->lk, *vp = kp + kp_size;
     Py_ssize_t packed_head = -1;
+    const int scale_op = j->packed ? 0 : j->scale_op; /* packed: k took the scale */
     for (Py_ssize_t u = lo; u < hi; u++) {
         const Py_ssize_t p = u / j->blocks;
         const int r0 = (int)(u % j->blocks) * j->rows, m = j->lq - r0 < j->rows ? j->lq - r0 : j->rows;
@@ -848,7 +843,8 @@ static void attention_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
         float *o = (float *)(j->out.base + lead_offset(j->lead, j->nlead, j->out.lead_strides, p)) + r0 * j->out.row;
         if (j->packed && p != packed_head) { /* the scale goes into k: no pass over the scores for it */
             pack_panels((const char *)k, j->d, j->lk, j->k.row * 4, j->k.col * 4, kp);
-            for (size_t i = 0; j->scale_op && i < kp_size; i++) kp[i] = j->scale_op == 1 ? kp[i] * j->scale : kp[i] / j->scale;
+            if (j->scale_op)
+                for (size_t i = 0; i < kp_size; i++) kp[i] = j->scale_op == 1 ? kp[i] * j->scale : kp[i] / j->scale;
             pack_panels((const char *)v, j->lk, j->dv, j->v.row * 4, j->v.col * 4, vp);
             packed_head = p;
         }
@@ -861,7 +857,6 @@ static void attention_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
         for (int r = 0; r < m; r++) {
             float *row = s + (Py_ssize_t)r * j->lk;
             const float *mrow = mask ? (const float *)mask + (Py_ssize_t)(r0 + r) * j->mask_row : NULL;
-            const int scale_op = j->packed ? 0 : j->scale_op;
             if (scale_op || mrow) scale_mask_row(row, j->lk, scale_op, j->scale, mrow, j->mask_col);
             softmax_row(row, row, j->lk, 0);
             if (j->fill)

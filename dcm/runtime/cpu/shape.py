@@ -262,7 +262,7 @@ def view_transposes(nodes: list, kernels: list[Kernel], protected: set[str], ski
         # an attention read only by a Transpose that keeps the last axis (the heads merged back: BERT's
         # [B, H, L, d] -> [B, L, H, d]) writes its output in that order: the Transpose then copies nothing
         y = n.outputs[0] if n.op == ATTENTION and i not in skip and n.outputs else None
-        if y is not None and y not in protected and len(readers.get(y, [])) == 1 and hasattr(k, "out_perm"):
+        if y is not None and y not in protected and len(readers.get(y, [])) == 1:
             t = readers[y][0]
             if t not in skip and type(kernels[t]) is Transpose and _keeps_last_axis(kernels[t]):
                 k.out_perm = kernels[t].perm
