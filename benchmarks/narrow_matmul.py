@@ -8,7 +8,7 @@ its time there: the MLP layers of ConvNeXt-style nets and the 1x1
 expansions of MobileNet-style ones. Times ``WeightMatmul.fused_right`` (bias and ReLU fused) on the
 sparse form and on the dense one (the packed kernel where the CPU has it), the two taking turns call
 by call, at 1 and 2 threads, and prints which one ``prefers_dense`` picks. The limits
-``SPARSE_MIN_OUTPUT_WEIGHTS``, ``SPARSE_MIN_OUTPUT_WEIGHTS_THREADS`` and ``SPARSE_MIN_INPUTS`` in
+``SPARSE_MIN_OUTPUT_WEIGHTS`` and ``SPARSE_MIN_INPUTS`` in
 dcm/runtime/cpu/matmul.py were read from this table. Writes benchmarks/results/narrow_matmul.json.
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ def measure() -> list[dict]:
                 rows.append({"rows": n, "inputs": inputs, "outputs": outputs, "density": round(kept, 3),
                              "threads": threads, "sparse_ms": 1e3 * t_sparse, "dense_ms": 1e3 * t_dense,
                              "per_input": outputs * kept, "per_output": inputs * kept,
-                             "rule": "dense" if prefers_dense(kept, n, w.size, inputs, outputs, threads) else "sparse"})
+                             "rule": "dense" if prefers_dense(kept, n, w.size, inputs, outputs) else "sparse"})
                 r = rows[-1]
                 print(f"[{outputs}, {inputs}] x {n} rows, {kept:.0%}, {threads} thread(s): sparse {r['sparse_ms']:.3f} "
                       f"dense {r['dense_ms']:.3f} ms ({r['per_input']:.1f} per input, {r['per_output']:.1f} per output)"

@@ -174,26 +174,24 @@ def test_describe_says_a_layer_runs_on_the_packed_kernel():
 
 
 def test_few_outputs_go_to_blas_from_8_rows():
-    """A sparse W of few outputs (outputs x density under SPARSE_MIN_OUTPUT_WEIGHTS: ConvNeXt's MLP
-    down-projections) or few inputs multiplies 8 or more rows on a dense copy, whose sums and bias match;
-    more outputs at the same density, or fewer rows, stay on the sparse kernel (no dense copy)."""
-    assert matmul.prefers_dense(0.3, 8, 6400, 160, 40) and matmul.prefers_dense(0.2, 3136, 16384, 256, 64)
+    """A sparse W of few outputs (outputs x density under SPARSE_MIN_OUTPUT_WEIGHTS) or few inputs
+    (MobileNet's 32 -> 96) multiplies 8 or more rows on a dense copy, whose sums and bias match; more
+    outputs at the same density, or fewer rows, stay on the sparse kernel (no dense copy)."""
+    assert matmul.prefers_dense(0.3, 8, 4800, 160, 24) and matmul.prefers_dense(0.1, 3136, 16384, 256, 64)
     assert not matmul.prefers_dense(0.3, 3136, 25600, 160, 160)  # 48 per input: the sparse kernel
-    assert not matmul.prefers_dense(0.2, 784, 25600, 320, 80)  # 16 per input
-    assert not matmul.prefers_dense(0.3, 1, 6400, 160, 40)  # one row: the load-time choice
-    assert matmul.prefers_dense(0.2, 784, 25600, 320, 80, threads=2)  # 16 per input: dense from two threads
-    assert not matmul.prefers_dense(0.3, 784, 25600, 80, 320, threads=2)  # 96 per input, 24 per output
+    assert not matmul.prefers_dense(0.3, 3136, 6400, 160, 40)  # 12 per input: ConvNeXt's down-projection
+    assert not matmul.prefers_dense(0.3, 1, 4800, 160, 24)  # one row: the load-time choice
     assert matmul.prefers_dense(0.3, 12544, 3072, 32, 96)  # 32 inputs: MobileNet's 32 -> 96
-    assert matmul.prefers_dense(0.3, 3136, 8192, 64, 128)  # 64 inputs: ConvNeXt's first MLP layer's width
+    assert not matmul.prefers_dense(0.3, 3136, 6400, 40, 160)  # 40 inputs: ConvNeXt's first MLP layer
     assert not matmul.prefers_dense(0.2, 784, 25600, 80, 320)  # 80 inputs, 64 per input
     rng = np.random.default_rng(5)
     x, bias = rng.standard_normal((64, 160)).astype(np.float32), rng.standard_normal(40).astype(np.float32)
-    for outputs, dense in ((40, True), (160, False)):
+    for outputs, dense in ((24, True), (160, False)):
         w = _weight((outputs, 160), 0.3, seed=outputs)
         mm = WeightMatmul("sparse", sp.csr_array(w), prefer="right", by_rows=True)
         if mm.native is None:
             pytest.skip("the compiled sparse kernel is not built")
-        b = bias[:outputs] if outputs == 40 else rng.standard_normal(outputs).astype(np.float32)
+        b = bias[:outputs] if outputs <= 40 else rng.standard_normal(outputs).astype(np.float32)
         _close(mm.fused_right(x, b, True), x, w, b, relu=True)
         assert mm.holds_dense_form == dense
         _close(mm.fused_right(x[:4], b, False), x[:4], w, b)  # 4 rows: few-row rule, dense copy already made

@@ -284,6 +284,30 @@ def test_conv_columns_on_wide_panels(n, path):
             np.testing.assert_allclose(y, want.T, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("path", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("n", [40, 300])
+def test_matmat_rows_counts_inf_and_nan_wherever_they_sit(n, path):
+    """Packing x by rows notes an Inf or NaN as it goes (8 x 8 blocks and their scalar edges), and the
+    product returns the count of them: on shared panels (40 rows), and on panels each thread packs as
+    it uses them (300 rows: 5 panels of 64, streamed on one thread but not on two)."""
+    rng = np.random.default_rng(n)
+    w = sp.random_array((24, 67), density=0.3, format="csr", dtype=np.float32, rng=rng)
+    w.sort_indices()
+    m = SparseMatrix(24, 67, w.indptr.astype(np.int64), w.indices.astype(np.int32), w.data)
+    x = rng.standard_normal((n, 67)).astype(np.float32)
+    y = np.empty((n, 24), np.float32)
+    with _paths(path):
+        for threads in (1, 2):
+            assert m.matmat_rows(x, y, threads=threads) == 0
+            np.testing.assert_allclose(y, x @ w.toarray().T, rtol=1e-4, atol=1e-4)
+            for spots in ([(3, 5)], [(n - 1, 66)], [(n - 1, 2), (8, 64), (17, 30)]):  # a block, both edges
+                bad = x.copy()
+                for i, (r, c) in enumerate(spots):
+                    bad[r, c] = np.nan if i % 2 else -np.inf
+                assert m.matmat_rows(bad, y, threads=threads) == len(spots)
+                assert m.matmat_rows(bad, y, None, False, 8, 24, threads=threads) == 0  # counted once: begin 0
+
+
 def test_matmat_rows_unsorted_indices_and_bad_calls():
     w, (rp, ri, rv, cp, ci, cv) = _parts()
     shuffled = ri.copy()

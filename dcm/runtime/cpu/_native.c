@@ -583,20 +583,33 @@ static void tile_to_rows_avx2(const float *tile, float *y, Py_ssize_t ldy, Py_ss
 
 /* panel[c][j] = x[j][c] for the vectors j in [j_begin, jw) (x's rows cols floats apart), zeros for
  * j in [jw, width). */
-static void pack_rows_from(const float *x, Py_ssize_t cols, Py_ssize_t j_begin, Py_ssize_t jw, Py_ssize_t width,
-                           float *panel, Py_ssize_t stride)
+/* The exponent bits of a float32: all set for Inf and NaN only. */
+#define EXPONENT_BITS 0x7f800000u
+
+/* panel[c][j] = x[j][c] for the vectors j in [j_begin, jw) (x's rows cols floats apart), zeros for
+ * j in [jw, width). Returns whether a value it copied is Inf or NaN. */
+static int pack_rows_from(const float *x, Py_ssize_t cols, Py_ssize_t j_begin, Py_ssize_t jw, Py_ssize_t width,
+                          float *panel, Py_ssize_t stride)
 {
+    uint32_t bits = 0;
     for (Py_ssize_t c = 0; c < cols; c++) {
         float *dst = panel + c * stride;
-        for (Py_ssize_t j = j_begin; j < jw; j++) dst[j] = x[j * cols + c];
+        for (Py_ssize_t j = j_begin; j < jw; j++) {
+            float v = x[j * cols + c];
+            uint32_t u;
+            memcpy(&u, &v, 4);
+            bits |= (u & EXPONENT_BITS) == EXPONENT_BITS;
+            dst[j] = v;
+        }
         for (Py_ssize_t j = jw > j_begin ? jw : j_begin; j < width; j++) dst[j] = 0.f;
     }
+    return bits != 0;
 }
 
-static void pack_rows_generic(const float *x, Py_ssize_t cols, Py_ssize_t jw, Py_ssize_t width, float *panel,
-                              Py_ssize_t stride)
+static int pack_rows_generic(const float *x, Py_ssize_t cols, Py_ssize_t jw, Py_ssize_t width, float *panel,
+                             Py_ssize_t stride)
 {
-    pack_rows_from(x, cols, 0, jw, width, panel, stride);
+    return pack_rows_from(x, cols, 0, jw, width, panel, stride);
 }
 
 #ifdef HAVE_AVX2_PATH
@@ -606,32 +619,46 @@ static void pack_rows_generic(const float *x, Py_ssize_t cols, Py_ssize_t jw, Py
  * block. Vector blocks outermost wrote every panel line in two halves a sweep apart, each sweep
  * (all features) larger than L1: 64 vectors of 768 features took 52 us against 19. */
 __attribute__((target("avx2,fma")))
-static void pack_rows_avx2(const float *x, Py_ssize_t cols, Py_ssize_t jw, Py_ssize_t width, float *panel,
-                           Py_ssize_t stride)
+static int pack_rows_avx2(const float *x, Py_ssize_t cols, Py_ssize_t jw, Py_ssize_t width, float *panel,
+                          Py_ssize_t stride)
 {
     const Py_ssize_t j8 = jw - jw % 8, c8 = cols - cols % 8;
+    const __m256i exponent = _mm256_set1_epi32((int)EXPONENT_BITS);
+    __m256i most = _mm256_setzero_si256(); /* the largest exponent field seen: all ones for Inf or NaN */
     for (Py_ssize_t c = 0; c < c8; c += 8)
         for (Py_ssize_t j = 0; j < j8; j += 8) {
             __m256 b[8];
-            for (int i = 0; i < 8; i++) b[i] = _mm256_loadu_ps(x + (j + i) * cols + c);
+            for (int i = 0; i < 8; i++) {
+                b[i] = _mm256_loadu_ps(x + (j + i) * cols + c);
+                most = _mm256_max_epu32(most, _mm256_and_si256(_mm256_castps_si256(b[i]), exponent));
+            }
             transpose8(b);
             for (int i = 0; i < 8; i++) _mm256_store_ps(panel + (c + i) * stride + j, b[i]);
         }
+    int bad = !_mm256_testz_si256(_mm256_cmpeq_epi32(most, exponent), _mm256_cmpeq_epi32(most, exponent));
     for (Py_ssize_t c = c8; c < cols; c++)
-        for (Py_ssize_t j = 0; j < j8; j++) panel[c * stride + j] = x[j * cols + c];
-    pack_rows_from(x, cols, j8, jw, width, panel, stride);
+        for (Py_ssize_t j = 0; j < j8; j++) {
+            float v = x[j * cols + c];
+            bad |= !isfinite(v);
+            panel[c * stride + j] = v;
+        }
+    return pack_rows_from(x, cols, j8, jw, width, panel, stride) | bad;
 }
 #endif
 
-/* One batched product, shared by the pool's threads: the panels (each span vectors, PANEL or on the
- * AVX-512 path WIDE_PANEL, stride floats a row: 8 where n <= 8) are packed first, by ranges of panels;
- * then the units, ROW_GROUP rows of W over one panel each, write disjoint blocks of y. */
+/* One batched product, shared by the pool's threads. Where there are panels enough for every thread
+ * (streamed), a thread packs one panel at a time into its own buffer and runs every row of W over it
+ * while it is in L1/L2: x is read once, and the panels never go through memory. Otherwise (a few
+ * panels, as a transformer's 128-197 tokens make) the panels are packed first, by ranges of panels, and
+ * the units, ROW_GROUP rows of W over one panel each, split the threads by rows of W. Panels hold span
+ * vectors (PANEL, or on the AVX-512 path WIDE_PANEL), stride floats a row (8 where n <= 8). */
 typedef struct {
     const SparseMatrix *m;
     const float *x, *bias;
     float *y, *panels;
     Py_ssize_t n, stride, span, begin, end, row_groups;
     int by_rows, relu, wide;
+    int nonfinite, failed; /* set by the threads: an Inf/NaN packed (by_rows); a buffer not allocated */
 } PanelJob;
 
 /* Panel p's vectors (jw) and the values its kernel reads a row: 8, PANEL, or on the AVX-512 path
@@ -643,80 +670,110 @@ static void panel_extent(const PanelJob *j, Py_ssize_t p, Py_ssize_t *jw, Py_ssi
     *width = j->wide ? (*jw + 15) / 16 * 16 : *jw <= 8 ? 8 : PANEL;
 }
 
-/* Panels [lo, hi): vectors [p * span, + span) as panel p [cols][stride], zeros past n. */
-static void pack_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+/* Vectors [p * span, + span) as panel [cols][stride], zeros past n; notes an Inf/NaN among them. */
+static void pack_panel(PanelJob *j, Py_ssize_t p, float *panel)
 {
-    const PanelJob *j = ctx;
-    Py_ssize_t cols = j->m->cols, stride = j->stride;
-    for (Py_ssize_t p = lo; p < hi; p++) {
-        Py_ssize_t j0 = p * j->span, jw, width;
-        panel_extent(j, p, &jw, &width);
-        float *panel = j->panels + p * cols * stride;
-        if (j->by_rows) {
-            DISPATCH(pack_rows, j->x + j0 * cols, cols, jw, width, panel, stride);
-        } else {
-            for (Py_ssize_t c = 0; c < cols; c++) {
-                memcpy(panel + c * stride, j->x + c * j->n + j0, (size_t)jw * sizeof(float));
-                memset(panel + c * stride + jw, 0, (size_t)(width - jw) * sizeof(float));
-            }
+    Py_ssize_t cols = j->m->cols, stride = j->stride, j0 = p * j->span, jw, width;
+    panel_extent(j, p, &jw, &width);
+    if (j->by_rows) {
+        if (DISPATCH(pack_rows, j->x + j0 * cols, cols, jw, width, panel, stride))
+            __atomic_store_n(&j->nonfinite, 1, __ATOMIC_RELAXED);
+    } else {
+        for (Py_ssize_t c = 0; c < cols; c++) {
+            memcpy(panel + c * stride, j->x + c * j->n + j0, (size_t)jw * sizeof(float));
+            memset(panel + c * stride + jw, 0, (size_t)(width - jw) * sizeof(float));
         }
     }
 }
 
-/* Units [lo, hi): unit u is rows begin + (u % row_groups) * ROW_GROUP of W over panel u / row_groups
- * (panel-major: a panel stays in cache while W's rows stream by), one block of columns at a time (see
- * column_blocks: 32 KiB of the panel, so two COLUMN_BLOCKs where it is narrower than WIDE_PANEL), the
- * group's sums kept in a tile between blocks. Group-major order (each group's
- * weights over every panel in turn) wrote y in 4 x 32 row streams at once: GPT-2's [50257, 256]
- * output layer at 25% on 128 rows took 42 ms against 17. */
-#define ROW_GROUP 16 /* rows per unit: their sums (2 KiB) stay in L1 beside the panel's block */
-static void panel_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+/* Panels [lo, hi) into the shared panels. */
+static void pack_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
-    const PanelJob *j = ctx;
+    PanelJob *j = ctx;
+    for (Py_ssize_t p = lo; p < hi; p++) pack_panel(j, p, j->panels + p * j->m->cols * j->stride);
+}
+
+/* Rows group * ROW_GROUP + begin of W (ROW_GROUP of them, or to end) over panel p0, one block of
+ * columns at a time (see column_blocks: 32 KiB of the panel, so two COLUMN_BLOCKs where it is narrower
+ * than WIDE_PANEL), the group's sums kept in tile between blocks, then written to y. */
+#define ROW_GROUP 16 /* rows per unit: their sums (2 KiB) stay in L1 beside the panel's block */
+static void panel_unit(const PanelJob *j, const float *panel, Py_ssize_t p0, Py_ssize_t group, float *tile)
+{
     const SparseMatrix *m = j->m;
     const int64_t *p = m->csr.ptr.buf;
     const int32_t *cb = m->column_blocks;
     Py_ssize_t rows = m->rows, stride = j->stride, nb = cb ? COLUMN_BLOCKS(m->cols) : 1;
     Py_ssize_t step = cb && stride < WIDE_PANEL ? 2 : 1; /* COLUMN_BLOCKs per block */
-    float tile[ROW_GROUP * TILE_PITCH] __attribute__((aligned(64)));
     int64_t kb[ROW_GROUP], ke[ROW_GROUP];
-    for (Py_ssize_t u = lo; u < hi; u++) {
-        Py_ssize_t p0 = u / j->row_groups, r0 = j->begin + u % j->row_groups * ROW_GROUP;
-        Py_ssize_t r1 = j->end - r0 < ROW_GROUP ? j->end : r0 + ROW_GROUP;
-        Py_ssize_t j0 = p0 * j->span, jw, width;
-        panel_extent(j, p0, &jw, &width);
-        const float *panel = j->panels + p0 * m->cols * stride;
-        for (Py_ssize_t blk = 0; blk < nb; blk += step) {
-            Py_ssize_t next = blk + step < nb ? blk + step : nb;
-            for (Py_ssize_t r = r0; r < r1; r++) {
-                kb[r - r0] = cb ? p[r] + cb[r * (nb + 1) + blk] : p[r];
-                ke[r - r0] = cb ? p[r] + cb[r * (nb + 1) + next] : p[r + 1];
-            }
-            int first = blk == 0, relu = j->relu && next == nb;
-#ifdef HAVE_AVX2_PATH
-            if (j->wide)
-                panel_rows_avx512(&m->csr, kb, ke, first, panel, stride == WIDE_PANEL ? 6 : 5, (int)(width / 16),
-                                  j->bias, relu, r0, r1, tile);
-            else
-#endif
-                DISPATCH(panel_rows, &m->csr, kb, ke, first, panel, stride, width, j->bias, relu, r0, r1, tile);
+    Py_ssize_t r0 = j->begin + group * ROW_GROUP, r1 = j->end - r0 < ROW_GROUP ? j->end : r0 + ROW_GROUP;
+    Py_ssize_t j0 = p0 * j->span, jw, width;
+    panel_extent(j, p0, &jw, &width);
+    for (Py_ssize_t blk = 0; blk < nb; blk += step) {
+        Py_ssize_t next = blk + step < nb ? blk + step : nb;
+        for (Py_ssize_t r = r0; r < r1; r++) {
+            kb[r - r0] = cb ? p[r] + cb[r * (nb + 1) + blk] : p[r];
+            ke[r - r0] = cb ? p[r] + cb[r * (nb + 1) + next] : p[r + 1];
         }
-        for (Py_ssize_t t0 = r0; t0 < r1; t0 += PANEL_ROWS) {
-            Py_ssize_t t1 = r1 - t0 < PANEL_ROWS ? r1 : t0 + PANEL_ROWS;
-            const float *t = tile + (t0 - r0) * TILE_PITCH;
-            if (j->by_rows) {
-                DISPATCH(tile_to_rows, t, j->y + j0 * rows + t0, rows, jw, t1 - t0);
-            } else {
-                for (Py_ssize_t r = t0; r < t1; r++)
-                    memcpy(j->y + r * j->n + j0, t + (r - t0) * TILE_PITCH, (size_t)jw * sizeof(float));
-            }
+        int first = blk == 0, relu = j->relu && next == nb;
+#ifdef HAVE_AVX2_PATH
+        if (j->wide)
+            panel_rows_avx512(&m->csr, kb, ke, first, panel, stride == WIDE_PANEL ? 6 : 5, (int)(width / 16),
+                              j->bias, relu, r0, r1, tile);
+        else
+#endif
+            DISPATCH(panel_rows, &m->csr, kb, ke, first, panel, stride, width, j->bias, relu, r0, r1, tile);
+    }
+    for (Py_ssize_t t0 = r0; t0 < r1; t0 += PANEL_ROWS) {
+        Py_ssize_t t1 = r1 - t0 < PANEL_ROWS ? r1 : t0 + PANEL_ROWS;
+        const float *t = tile + (t0 - r0) * TILE_PITCH;
+        if (j->by_rows) {
+            DISPATCH(tile_to_rows, t, j->y + j0 * rows + t0, rows, jw, t1 - t0);
+        } else {
+            for (Py_ssize_t r = t0; r < t1; r++)
+                memcpy(j->y + r * j->n + j0, t + (r - t0) * TILE_PITCH, (size_t)jw * sizeof(float));
         }
     }
 }
 
+/* Units [lo, hi) of the shared panels: unit u is row group u % row_groups over panel u / row_groups
+ * (panel-major: a panel stays in cache while W's rows stream by). Group-major order (each group's
+ * weights over every panel in turn) wrote y in 4 x 32 row streams at once: GPT-2's [50257, 256]
+ * output layer at 25% on 128 rows took 42 ms against 17. */
+static void panel_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const PanelJob *j = ctx;
+    float tile[ROW_GROUP * TILE_PITCH] __attribute__((aligned(64)));
+    for (Py_ssize_t u = lo; u < hi; u++) {
+        Py_ssize_t p0 = u / j->row_groups;
+        panel_unit(j, j->panels + p0 * j->m->cols * j->stride, p0, u % j->row_groups, tile);
+    }
+}
+
+/* Panels [lo, hi), streamed: each packed into this range's own buffer, then every row group over it. */
+static void stream_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    PanelJob *j = ctx;
+    float tile[ROW_GROUP * TILE_PITCH] __attribute__((aligned(64)));
+    float *raw = PyMem_RawMalloc((size_t)(j->m->cols * j->stride + 16) * sizeof(float));
+    if (!raw) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    float *panel = (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
+    for (Py_ssize_t p = lo; p < hi; p++) {
+        pack_panel(j, p, panel);
+        for (Py_ssize_t g = 0; g < j->row_groups; g++) panel_unit(j, panel, p, g, tile);
+    }
+    PyMem_RawFree(raw);
+}
+
+/* Panels per thread from which a product streams them: at fewer, splitting by rows of W keeps the
+ * threads evenly loaded (the last panel may hold a few vectors). */
+#define STREAM_PANELS 4
+
 /* Rows [begin, end) of y = W @ x (+ bias, ReLU) for n vectors: x [cols, n] and y [rows, n], or with
  * by_rows x [n, cols] and y [n, rows], on up to threads threads. Returns -1 where the panels could not
- * be allocated. */
+ * be allocated, else whether by_rows x holds an Inf or NaN (0 otherwise). */
 static int panel_product(const SparseMatrix *m, const float *x, float *y, Py_ssize_t n, int by_rows,
                          const float *bias, int relu, Py_ssize_t begin, Py_ssize_t end, int threads)
 {
@@ -730,17 +787,22 @@ static int panel_product(const SparseMatrix *m, const float *x, float *y, Py_ssi
      * 0.85-0.9x the time of 64-vector ones in two blocks, whose tiles go through memory between blocks */
     Py_ssize_t span = wide && n > PANEL && (n <= WIDE_PANEL || m->cols > 2 * COLUMN_BLOCK) ? WIDE_PANEL : PANEL;
     Py_ssize_t cols = m->cols, stride = n <= 8 ? 8 : span, count = (n + span - 1) / span;
+    PanelJob job = {m, x, bias, y, NULL, n, stride, span, begin, end, (end - begin + ROW_GROUP - 1) / ROW_GROUP,
+                    by_rows, relu, wide, 0, 0};
+    if (count >= STREAM_PANELS * threads) {
+        parallel_for(stream_range, &job, count, 1, threads);
+        return job.failed ? -1 : job.nonfinite;
+    }
     /* At most span - 1 vectors of zeros past x's own: the caller bounds (cols + 8) * (n + WIDE_PANEL) */
     float *raw = PyMem_RawMalloc((size_t)(count * cols * stride + 16) * sizeof(float));
     if (!raw) return -1;
     /* 64-byte aligned: an AVX-512 load across two cache lines took 1.2-1.3x the time of the kernel */
-    PanelJob job = {m, x, bias, y, (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63), n, stride, span, begin, end,
-                    (end - begin + ROW_GROUP - 1) / ROW_GROUP, by_rows, relu, wide};
+    job.panels = (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
     Py_ssize_t per_unit = (m->csr.val.len / 4 / (m->rows + 1) + 1) * ROW_GROUP * span; /* multiply-adds */
     parallel_for(pack_range, &job, count, RANGE_MIN_VALUES / (cols * stride + 1) + 1, threads);
     parallel_for(panel_range, &job, count * job.row_groups, RANGE_MIN_MACS / per_unit + 1, threads);
     PyMem_RawFree(raw);
-    return 0;
+    return job.nonfinite;
 }
 
 /* matmat and matmat_rows: by_rows says the layout. */
@@ -786,12 +848,13 @@ static PyObject *batched_product(SparseMatrix *self, PyObject *args, PyObject *k
         goto done;
     }
     Py_ssize_t bad = 0;
-    int failed = 0;
+    int status = -2; /* no product ran */
     Py_BEGIN_ALLOW_THREADS
-    if (n > 0 && begin < end) failed = panel_product(self, xb.buf, yb.buf, n, by_rows, bb.buf, relu, begin, end, threads);
-    if (begin == 0) bad = count_nonfinite_fast(xb.buf, self->cols * n); /* once per product */
+    if (n > 0 && begin < end) status = panel_product(self, xb.buf, yb.buf, n, by_rows, bb.buf, relu, begin, end, threads);
+    /* Once per product. Packing x by rows notes any Inf/NaN as it goes: then x is counted only if it has one. */
+    if (begin == 0 && (status == -2 || !by_rows || status == 1)) bad = count_nonfinite_fast(xb.buf, self->cols * n);
     Py_END_ALLOW_THREADS
-    result = failed ? PyErr_NoMemory() : PyLong_FromSsize_t(bad);
+    result = status == -1 ? PyErr_NoMemory() : PyLong_FromSsize_t(bad);
 done:
     release_all(&xb, &yb, &bb);
     return result;

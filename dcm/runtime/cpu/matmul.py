@@ -45,16 +45,14 @@ WIDE_INPUTS = 512  # inputs past which a 32-row panel (128 bytes per input) outg
 # output value out of its tiles: a W of few outputs does few multiply-adds per packed input value
 # (outputs x density), and a W of few inputs has panels too short to pay for that work; the dense form
 # on the packed kernel (_dense_right) then wins at any row count from 8. Measured against the packed
-# kernel (`python -m benchmarks.narrow_matmul`: one layer, the two forms in turn, 1 / 2 threads):
-# [80, 320] at 784 rows 0.22 / 0.18 ms sparse against 0.27 / 0.14 dense at 20% (16 per input), 0.26 /
-# 0.19 against 0.27 / 0.15 at 30% (24); [40, 160] at 3136 rows lost at 20-30% (8-12 per input); [96, 32]
-# at 12544 rows 0.77-1.12 / 0.45-0.63 against 0.66-0.69 / 0.37-0.39 at 20-30%; [160, 40] and [128, 64]
-# at 3136 rows came out either way run to run, within about 10% (sparse 0.30-0.47 ms on one thread
-# against dense 0.33-0.37), and go dense: its time is the steadier. The sparse kernel gains less from a
-# second thread than the packed one, so the per-input limit is higher there.
-SPARSE_MIN_OUTPUT_WEIGHTS = 16
-SPARSE_MIN_OUTPUT_WEIGHTS_THREADS = 28
-SPARSE_MIN_INPUTS = 65
+# kernel (`python -m benchmarks.narrow_matmul`: one layer, the two forms in turn, 1 / 2 threads), with
+# panels packed as they are used (the product streams them where there are 4 a thread): ConvNeXt's
+# [160, 40] at 3136 rows 0.26 / 0.10 ms sparse against 0.28 / 0.13 dense at 30% (48 per input), [40,
+# 160] 0.19-0.22 / 0.08-0.10 against 0.27-0.29 / 0.13-0.14 at 20-30% (8-12 per input), [128, 64] 0.26-0.27
+# / 0.11-0.12 against 0.30-0.34 / 0.15-0.17; MobileNet's [96, 32] at 12544 rows lost at 20-30%
+# (0.52-0.60 / 0.30-0.31 against 0.49-0.50 / 0.26).
+SPARSE_MIN_OUTPUT_WEIGHTS = 8
+SPARSE_MIN_INPUTS = 40
 FEW_ROWS_MAX_WEIGHTS = 1 << 18
 # The packed dense kernel (_gemm.c gemm_packed) against OpenBLAS, one thread, each weight used once in
 # turn as in a run (benchmarks/gemm.py, docs/gemm.md): the zoo's transformer and ConvNeXt layers (at
@@ -252,7 +250,7 @@ class WeightMatmul:
         density, row count and thread count in the process."""
         rows = x.shape[0]
         if not self.tune or rows <= 1:
-            return prefers_dense(self.density, rows, self.size, self.shape[1], self.shape[0], self.threads)
+            return prefers_dense(self.density, rows, self.size, self.shape[1], self.shape[0])
         key = ("matmul", self.shape, self.nnz, rows, self.threads)
         had_copy = self.holds_dense_form
         self.tuned[rows] = tune.choose(key, {"sparse": sparse, "dense": dense})
@@ -320,18 +318,16 @@ class WeightMatmul:
         return y
 
 
-def prefers_dense(density: float, rows: int, weights: int = 0, inputs: int = 0, outputs: int = 0,
-                  threads: int = 1) -> bool:
+def prefers_dense(density: float, rows: int, weights: int = 0, inputs: int = 0, outputs: int = 0) -> bool:
     """Whether the dense form beats the compiled sparse kernel on an x of ``rows`` rows at this
     density, for a layer of ``weights`` weights, ``inputs`` inputs and ``outputs`` outputs (0: not
-    known) on ``threads`` threads. One row keeps the load-time choice: the matvec kernels there also
+    known), on any thread count (the measured break-even points held at 1 and 2). One row keeps the load-time choice: the matvec kernels there also
     skip zero inputs."""
     if rows <= 1:
         return False
     if rows < 8:
         return weights <= FEW_ROWS_MAX_WEIGHTS and density > SPARSE_MAX_DENSITY_FEW_ROWS
-    per_input = SPARSE_MIN_OUTPUT_WEIGHTS if threads < 2 else SPARSE_MIN_OUTPUT_WEIGHTS_THREADS
-    if (outputs and outputs * density < per_input) or 0 < inputs < SPARSE_MIN_INPUTS:
+    if (outputs and outputs * density < SPARSE_MIN_OUTPUT_WEIGHTS) or 0 < inputs < SPARSE_MIN_INPUTS:
         return True
     if inputs <= WIDE_INPUTS:
         return density > SPARSE_MAX_DENSITY_MANY_ROWS
