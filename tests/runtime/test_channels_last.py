@@ -185,6 +185,35 @@ def test_grouped_blocks_run_channels_last(batch, threads):
     assert "Conv" not in ops and ops.count(NHWC_CONV) == 7 and ops.count("Transpose") == 2
 
 
+def _pruned_pointwise_block(density: float):
+    """A pruned RegNet-style block at 64 channels: 1x1 -> Relu, a 3x3 layer of 8 groups -> Clip, 1x1 + the
+    input -> Relu."""
+    g = _Graph(64)
+    h = g.op("Relu", [g.conv("x", 64, 96, density=density)])
+    h = g.relu6(g.conv(h, 96, 80, k=3, group=8))
+    return g.model([g.op("Relu", [g.op("Add", [g.conv(h, 80, 64, density=density), "x"])])])
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pruned_1x1_layers_run_the_sparse_kernel_channels_last(threads):
+    """1x1 layers at 25% kept multiply their pixels on the compiled sparse kernel (ReLU in it; the
+    residual then ReLU one pass after), and match onnxruntime, Inf and all; a dense request, or
+    few pixels where the dense form wins, keeps the packed GEMM."""
+    from dcm.runtime.cpu.nhwc import NhwcConv
+
+    x = np.random.default_rng(8).standard_normal((2, 64, 24, 20)).astype(np.float32)
+    x[0, 3, 2, 2] = np.inf  # a pruned weight must not hide it: NaN where a dense product has one
+    sess = _run(_pruned_pointwise_block(0.25), x, threads)
+    layers = [d for d in sess.describe() if d["op"] == NHWC_CONV and d["kernel"] != "grouped"]
+    assert len(layers) == 2 and all(d["kernel"] == "sparse" and d["density"] < 0.3 for d in layers)
+    convs = [k for k in sess._kernels if isinstance(k, NhwcConv) and not k.grouped]
+    assert all(k._takes_sparse(960, None) and not k._takes_sparse(200, None) for k in convs)  # 960: x's pixels
+    dense = _run(_pruned_pointwise_block(0.25), x, threads, kernels="dense")
+    assert sum(d.get("kernel") == "dense" for d in dense.describe() if d["op"] == NHWC_CONV) == 2
+    assert not any(d.get("kernel") == "sparse" for d in _run(_pruned_pointwise_block(0.6), x, threads).describe())
+
+
 @needs_kernels
 def test_a_shortcut_on_an_entered_value_joins_the_region():
     """RegNet's first block: its 1x1 layer and its strided 1x1 shortcut both read the stem's output. The

@@ -14,13 +14,23 @@ residual Adds into these as into ``Conv`` (``dcm.runtime.fusion``).
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 from dcm.runtime.channels_last import NHWC_CONV, NHWC_MEAN, NHWC_SCALED_CONV, NHWC_STEM
-from dcm.runtime.cpu import native, pointconv
+from dcm.runtime.cpu import matmul, native, pointconv
 from dcm.runtime.cpu.fused import register_internal
 from dcm.runtime.cpu.windows import ints2, output_size, resolve_pads
 from dcm.runtime.fusion import add_and_activate
 from dcm.runtime.kernel import Kernel
+
+
+# Pixels per thread from which a pruned 1x1 layer takes the sparse kernel: 4 panels of 64, where the
+# kernel packs each panel as it uses it. Fewer, it splits W's rows over the threads and lost to the
+# packed GEMM on RegNetX-400MF's layers at 30% kept on 2 threads (one layer, the two forms in turn):
+# 49 pixels x 400 -> 400 1.23x the packed GEMM's time, 196 x 160 -> 160 0.99x, 784 x 64 -> 64 1.07x;
+# from it on they won at batch 8: 392 x 400 -> 400 0.86x, 1568 x 160 -> 160 0.78x, 6272 x 64 -> 64 0.89x
+# (one thread 0.75x, 0.72x, 1.00x).
+SPARSE_MIN_PIXELS = 256
 
 
 def available() -> bool:
@@ -115,8 +125,14 @@ class NhwcConv(_Conv):
             if self.kernel != (1, 1) or self.groups != 1:
                 raise ValueError("a channels-last Conv is depthwise, grouped or 1x1")
             self.in_channels = per_group
-            self.wt = np.ascontiguousarray(w.reshape(self.out_channels, per_group).T)  # [C_in, C_out]
+            w2 = w.reshape(self.out_channels, per_group)
+            self.wt = np.ascontiguousarray(w2.T)  # [C_in, C_out]
             self.packed = np.frombuffer(native.pack_weight(self.wt), np.float32)
+            self.density = np.count_nonzero(w2) / max(w2.size, 1)
+            self.sparse = None  # a pruned layer's CSR form on the compiled sparse kernel
+            if (native.SparseMatrix is not None and self.density <= matmul.SPARSE_MAX_DENSITY_MANY_ROWS
+                    and ctx.requested_mode(node, node.inputs[1]) != "dense"):
+                self.sparse = matmul.WeightMatmul("sparse", sp.csr_array(w2), ctx.threads, prefer="right")
 
     def __call__(self, x, w=None, b=None, residual=None, scale=None):
         if not (self.depthwise or self.grouped) and x.ndim == 4 and x.shape[1:] == (self.in_channels, 1, 1):
@@ -160,9 +176,11 @@ class NhwcConv(_Conv):
             x = np.ascontiguousarray(x[:, :: self.strides[0], :: self.strides[1]])
         n, h, w, c = x.shape
         m, co = n * h * w, self.out_channels
-        y = np.empty((n, h, w, co), dtype=np.float32)
         if residual is not None:
             residual = np.ascontiguousarray(residual, dtype=np.float32).reshape(m, co)
+        if self._takes_sparse(m, scale):
+            return self._sparse_product(x.reshape(m, c), act, residual).reshape(n, h, w, co)
+        y = np.empty((n, h, w, co), dtype=np.float32)
         if native.packed_simd() == "avx512":
             native.gemm_packed(x.reshape(m, c), self.packed, y.reshape(m, co), self.threads, self.bias, act=act,
                                residual=residual, scale=scale)
@@ -174,11 +192,32 @@ class NhwcConv(_Conv):
                         threads=self.threads)
         return y
 
+    def _takes_sparse(self, pixels: int, scale: np.ndarray | None) -> bool:
+        """Whether a pruned 1x1 layer multiplies this many pixels on its sparse form: where the sparse
+        kernel streams its panels (SPARSE_MIN_PIXELS a thread) and by the fully connected layers'
+        break-even points (``matmul.prefers_dense``: density, inputs, outputs x density). A
+        squeeze-and-excitation scale goes to the packed GEMM, which takes it."""
+        return (self.sparse is not None and scale is None and pixels >= SPARSE_MIN_PIXELS * self.threads
+                and not matmul.prefers_dense(self.density, pixels, self.wt.size, self.in_channels, self.out_channels))
+
+    def _sparse_product(self, x: np.ndarray, act, residual: np.ndarray | None) -> np.ndarray:
+        """act(x [pixels, C_in] @ W.T + bias + residual) on the compiled sparse kernel, which adds the
+        bias and applies a ReLU as it writes each row; a residual or another activation is one compiled
+        pass after it."""
+        in_kernel = act is not None and act[0] == "relu" and residual is None
+        y = self.sparse.fused_right(x, self.bias, in_kernel)
+        if residual is not None or (act is not None and not in_kernel):
+            native.activate(y, y, *(act or ("none", 0.0, 0.0)), residual=residual, threads=self.threads)
+        return y
+
     def describe(self) -> dict:
         if self.depthwise:
             return {"kernel": "depthwise", "layout": "nhwc"}
         if self.grouped:
             return {"kernel": "grouped", "layout": "nhwc", "groups": self.groups}
+        if self.sparse is not None:  # which form a call takes depends on its pixel count
+            return {"kernel": "sparse", "layout": "nhwc", "density": self.density,
+                    "product": "matmat_rows, gemm_packed by pixel count"}
         return {"kernel": "dense", "layout": "nhwc", "product": "gemm_packed"}
 
 
