@@ -11,6 +11,7 @@ from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
 from dcm.runtime.cpu import depthwise, native  # noqa: E402
 from tests.runtime.conv_models import check_kernel, conv_model  # noqa: E402
+from tests.runtime.activations import activation  # noqa: E402
 from tests.runtime.switches import switched  # noqa: E402
 
 pytestmark = pytest.mark.skipif(native.depthwise2d is None, reason="built without the native kernels")
@@ -135,7 +136,7 @@ def test_portable_paths_match_simd(width, strides):
 @pytest.mark.parametrize("simd", [True, False])
 @pytest.mark.parametrize("width, strides", [(9, (2, 2)), (70, (1, 1)), (70, (2, 1))])
 @pytest.mark.parametrize("act", [("silu", 1.0, 0.0), ("sigmoid", 0.0, 0.0), ("hardswish", 0.0, 0.0),
-                                 ("relu", 0.0, 0.0)])
+                                 ("relu", 0.0, 0.0), ("gelu", 0.0, 0.0), ("gelu_tanh", 0.0, 0.0)])
 def test_activations_after_each_range(act, width, strides, simd):
     """SiLU, Sigmoid and HardSwish are applied to each thread's range of planes after it (a clamp as
     each value is stored): the unfused kernel's output through the same formulas, on every path."""
@@ -146,9 +147,7 @@ def test_activations_after_each_range(act, width, strides, simd):
     with switched(native.set_simd, simd):
         raw = depthwise.depthwise(x, w, strides, (1, 1), [1, 1], [1, 1], b, None, 1).astype(np.float64)
         got = depthwise.depthwise(x, w, strides, (1, 1), [1, 1], [1, 1], b, act, 2)
-    kind, alpha, _ = act
-    want = {"silu": lambda: raw / (1 + np.exp(-alpha * raw)), "sigmoid": lambda: 1 / (1 + np.exp(-raw)),
-            "hardswish": lambda: raw * np.clip(raw / 6 + 0.5, 0, 1), "relu": lambda: np.maximum(raw, 0)}[kind]()
+    want = activation(act, raw)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from dcm.runtime.cpu import native
+from tests.runtime.activations import activation
 
 pytestmark = pytest.mark.skipif(native.gemm is None, reason="this build has no compiled gemm")
 
@@ -141,7 +142,8 @@ def test_packed_products_match_numpy(m, k, n, threads):
 
 
 @packed_only
-@pytest.mark.parametrize("act", [("clip", -0.5, 0.5), ("sigmoid", 0.0, 0.0), ("silu", 1.5, 0.0), ("hardswish", 0.0, 0.0)])
+@pytest.mark.parametrize("act", [("clip", -0.5, 0.5), ("sigmoid", 0.0, 0.0), ("silu", 1.5, 0.0), ("hardswish", 0.0, 0.0),
+                                 ("gelu", 0.0, 0.0), ("gelu_tanh", 0.0, 0.0)])
 def test_packed_products_add_a_residual_then_activate(act):
     """The channels-last 1x1 convolution's epilogue: act(x @ w + bias + residual) before the one store."""
     x, w, bias, residual = _random((29, 40), 8), _random((40, 37), 9), _random(37, 10), _random((29, 37), 11)
@@ -149,12 +151,7 @@ def test_packed_products_add_a_residual_then_activate(act):
     for res in (residual, None):
         out = np.empty((29, 37), np.float32)
         native.gemm_packed(x, _packed(w), out, 2, bias, act=act, residual=res)
-        np.testing.assert_allclose(out, _activation(act, z if res is None else z + res), rtol=1e-4, atol=1e-4)
-
-
-def _activation(act, z):
-    return {"clip": np.clip(z, -0.5, 0.5), "sigmoid": 1 / (1 + np.exp(-z)), "silu": z / (1 + np.exp(-1.5 * z)),
-            "hardswish": z * np.clip(z / 6 + 0.5, 0, 1)}[act[0]]
+        np.testing.assert_allclose(out, activation(act, z if res is None else z + res), rtol=1e-4, atol=1e-4)
 
 
 @packed_only
@@ -172,7 +169,7 @@ def test_packed_products_scale_each_groups_columns(m, k, n, groups):
     act = ("silu", 1.5, 0.0)
     native.gemm_packed(x, _packed(w), out, 2, bias, act=act, residual=residual, scale=scale)
     scaled = (x.reshape(groups, -1, k) * scale[:, None, :]).reshape(m, k).astype(np.float64)
-    np.testing.assert_allclose(out, _activation(act, scaled @ w + bias + residual), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out, activation(act, scaled @ w + bias + residual), rtol=1e-4, atol=1e-4)
 
 
 @packed_only

@@ -147,7 +147,7 @@ def test_large_weights_and_single_rows_stay_on_blas(monkeypatch):
         pytest.skip("the packed kernel needs AVX-512")
     calls = []
     packed = native.gemm_packed
-    monkeypatch.setattr(native, "gemm_packed", lambda *a: calls.append(a) or packed(*a))
+    monkeypatch.setattr(native, "gemm_packed", lambda *a, **k: calls.append(a) or packed(*a, **k))
     rng = np.random.default_rng(0)
     w, bias = rng.standard_normal((70, 50)).astype(np.float32), rng.standard_normal(70).astype(np.float32)
     x = rng.standard_normal((1, 50)).astype(np.float32)
@@ -195,3 +195,34 @@ def test_few_outputs_go_to_blas_from_8_rows():
         _close(mm.fused_right(x, b, True), x, w, b, relu=True)
         assert mm.holds_dense_form == dense
         _close(mm.fused_right(x[:4], b, False), x[:4], w, b)  # 4 rows: few-row rule, dense copy already made
+
+
+@pytest.mark.parametrize("act", [("gelu", 0.0, 0.0), ("gelu_tanh", 0.0, 0.0), ("clip", -0.5, 0.5), ("erf", 0.0, 0.0)])
+def test_fused_right_applies_an_activation_on_every_path(monkeypatch, act):
+    """fused_right(..., act): the packed kernel applies the activations it knows in its store (no
+    separate pass), the sparse kernel, one row and BLAS in one compiled pass after; every path gives
+    act(x @ W.T + bias)."""
+    from tests.runtime.activations import activation
+
+    if native.activate is None:
+        pytest.skip("built without the compiled activations")
+    rng = np.random.default_rng(3)
+    bias = rng.standard_normal(48).astype(np.float32)
+    passes = []
+    compiled = native.activate
+    monkeypatch.setattr(native, "activate", lambda *a, **k: passes.append(a[2]) or compiled(*a, **k))
+    reference = {"erf": lambda z: __import__("scipy.special").special.erf(z)}
+    for mode, density in (("dense", 1.0), ("sparse", 0.2)):
+        w = _weight((48, 64), density, seed=4)
+        mm = WeightMatmul(mode, w if mode == "dense" else sp.csr_array(w), prefer="right")
+        if not mm.fuses_bias:
+            pytest.skip("the compiled kernels are not built")
+        for rows in (1, 9):
+            x = rng.standard_normal((rows, 64)).astype(np.float32)
+            passes.clear()
+            got = mm.fused_right(x, bias, False, act)
+            z = x.astype(np.float64) @ w.T.astype(np.float64) + bias
+            want = reference[act[0]](z) if act[0] in reference else activation(act, z)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+            in_store = mm.packed is not None and rows > 1 and act[0] != "erf"
+            assert passes == ([] if in_store else [act[0]])

@@ -8,20 +8,12 @@ import numpy as np
 import pytest
 
 from dcm.runtime.cpu import native
+from tests.runtime.activations import ALL, activation
 from tests.runtime.switches import switched
 
 pytestmark = pytest.mark.skipif(native.depthwise_nhwc is None, reason="built without the channels-last kernels")
 
-ACTS = [None, ("relu", 0.0, 0.0), ("clip", 0.0, 6.0), ("sigmoid", 0.0, 0.0), ("silu", 1.0, 0.0),
-        ("hardswish", 0.0, 0.0)]
-
-
-def _activate(y, act):
-    if act is None:
-        return y
-    kind, a, b = act
-    return {"relu": lambda: np.maximum(y, 0), "clip": lambda: np.clip(y, a, b), "sigmoid": lambda: 1 / (1 + np.exp(-y)),
-            "silu": lambda: y / (1 + np.exp(-a * y)), "hardswish": lambda: y * np.clip(y / 6 + 0.5, 0, 1)}[kind]()
+ACTS = [None, *ALL]
 
 
 def _out_size(h, w, kernel, strides, dilations, pads):
@@ -43,7 +35,7 @@ def _reference(x, w, strides, dilations, pads, bias=None, act=None):
         for j in range(kw):
             view = padded[:, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
             y += view * w[i, j].astype(np.float64)
-    return _activate(y, act).astype(np.float32)
+    return activation(act, y).astype(np.float32)
 
 
 def _run(x, w, strides, dilations, pads, bias=None, act=None, threads=1):
@@ -200,7 +192,7 @@ GEOMETRY = ((3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
     (lambda: native.depthwise_nhwc(_ones(1, 4, 4, 8), _ones(1, 4, 4, 8), _ones(9, 3, 8), (1, 4, 4, 8), (9, 3), (1, 1),
                                    (1, 1), (1, 1, 1, 1)), "smaller than the kernel"),
     (lambda: native.depthwise_nhwc(_ones(1, 4, 4, 8), _ones(1, 4, 4, 8), _ones(3, 3, 8), (1, 4, 4, 8), *GEOMETRY,
-                                   act=("gelu", 0.0, 0.0)), "unknown activation 'gelu'"),
+                                   act=("mish", 0.0, 0.0)), "unknown activation 'mish'"),
     (lambda: native.depthwise_nhwc(_ones(1, 4, 4, 8), _ones(1, 4, 4, 8), _ones(3, 3, 8), (2**62 + 1, 4, 4, 8),
                                    *GEOMETRY), "out of bounds"),
     (lambda: native.depthwise_nhwc(_ones(4), _ones(4), _ones(1), (2**20, 2**20, 2**20, 2**20), (1, 1), (1, 1), (1, 1),
@@ -252,7 +244,7 @@ def _stem_reference(x, w, strides, dilations, pads, bias=None, act=None):
         for j in range(kw):
             view = padded[:, :, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
             y += np.einsum("ncyx,kc->nyxk", view, w[:, :, i, j].astype(np.float64))
-    return _activate(y, act).astype(np.float32)
+    return activation(act, y).astype(np.float32)
 
 
 def _stem_run(x, w, strides, dilations, pads, bias=None, act=None, threads=1):
@@ -390,7 +382,7 @@ STEM = ((3, 3), (2, 2), (1, 1), (1, 1, 1, 1))
     (lambda: native.conv_nhwc_out(_ones(1, 3, 8, 8), _ones(1, 4, 4, 8), _ones(11, 3, 3, 16), (1, 3, 8, 8, 8), (11, 3),
                                   (2, 2), (1, 1), (1, 1, 1, 1)), "smaller than the kernel"),
     (lambda: native.conv_nhwc_out(_ones(1, 3, 8, 8), _ones(1, 4, 4, 8), _ones(3, 3, 3, 16), (1, 3, 8, 8, 8), *STEM,
-                                  act=("gelu", 0.0, 0.0)), "unknown activation 'gelu'"),
+                                  act=("mish", 0.0, 0.0)), "unknown activation 'mish'"),
     (lambda: native.conv_nhwc_out(_ones(1, 3, 8, 8), _ones(1, 4, 4, 8), _ones(3, 3, 3, 16), (2**62 + 1, 3, 8, 8, 8),
                                   *STEM), "out of bounds"),
     (lambda: native.conv_nhwc_out(_ones(4), _ones(4), _ones(16), (2**20, 2**20, 2**20, 2**20, 1), (1, 1), (1, 1),

@@ -14,6 +14,7 @@ from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
 from dcm.runtime.cpu import native, pointconv  # noqa: E402
 from tests.runtime.conv_models import check_kernel, conv_model  # noqa: E402
+from tests.runtime.activations import activation  # noqa: E402
 from tests.runtime.switches import switched  # noqa: E402
 
 pytestmark = pytest.mark.skipif(native.pointwise_conv is None, reason="built without the compiled 1x1 kernel")
@@ -27,11 +28,7 @@ def _reference(x, w, bias=None, act=None, residual=None, scale=None):
         y += bias.reshape(1, -1, 1, 1)
     if residual is not None:
         y += residual
-    if act is not None:
-        kind, a, b = act
-        y = {"relu": lambda: np.maximum(y, 0), "clip": lambda: np.clip(y, a, b), "sigmoid": lambda: 1 / (1 + np.exp(-y)),
-             "silu": lambda: y / (1 + np.exp(-a * y)), "hardswish": lambda: y * np.clip(y / 6 + 0.5, 0, 1)}[kind]()
-    return y.astype(np.float32)
+    return activation(act, y).astype(np.float32)
 
 
 @pytest.mark.parametrize("simd", [True, False])
@@ -48,7 +45,8 @@ def test_matches_numpy(simd, n, c, out, hw):
         for args in [(None, None, None, None), (b, ("clip", 0.0, 6.0), None, None), (b, None, res, None),
                      (None, ("clip", -1.0, np.inf), res, scale), (b, ("relu", 0, 0), None, scale[:1]),
                      (b, ("silu", 1.0, 0.0), res, None), (None, ("silu", 1.702, 0.0), None, None),
-                     (b, ("sigmoid", 0, 0), None, scale), (b, ("hardswish", 0, 0), res, None)]:
+                     (b, ("sigmoid", 0, 0), None, scale), (b, ("hardswish", 0, 0), res, None),
+                     (b, ("gelu", 0, 0), res, None), (None, ("gelu_tanh", 0, 0), None, scale)]:
             got = pointconv.pointwise_conv(x, packed, out, *args, threads=2)
             np.testing.assert_allclose(got, _reference(x, w, *args), rtol=1e-4, atol=1e-4, err_msg=str(args[1]))
 
@@ -161,7 +159,7 @@ def test_refuses_bad_buffers():
         native.pointwise_conv(x, y, w, (1, 4, 8, 5), bias=np.ones(7, np.float32))
     with pytest.raises(ValueError, match="scale"):
         native.pointwise_conv(x, y, w, (1, 4, 8, 5), scale=np.ones(5, np.float32))
-    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
-        native.pointwise_conv(x, y, w, (1, 4, 8, 5), act=("gelu", 0.0, 0.0))
+    with pytest.raises(ValueError, match="unknown activation 'mish'"):
+        native.pointwise_conv(x, y, w, (1, 4, 8, 5), act=("mish", 0.0, 0.0))
     with pytest.raises(TypeError, match="float32"):
         native.pointwise_conv(x.astype(np.float64), y, w, (1, 4, 8, 5))

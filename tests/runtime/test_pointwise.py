@@ -306,10 +306,10 @@ def test_kernels_match_their_numpy_paths(name):
     model, x = GRAPHS[name]()
     calls = []
     wrapped = {n: (lambda *a, _f=getattr(native, n), _n=n, **k: (calls.append(_n), _f(*a, **k))[1])
-               for n in ("activate", "layer_norm", "softmax")}
+               for n in ("activate", "layer_norm", "softmax", "gemm_packed")}  # gemm_packed: a fused Gelu
     with mock.patch.multiple(native, **wrapped):
         compiled = InferenceSession(model, threads=1).run(None, {"x": x})
-    with mock.patch.multiple(native, activate=None, layer_norm=None, softmax=None):
+    with mock.patch.multiple(native, activate=None, layer_norm=None, softmax=None, gemm_packed=None):
         plain = InferenceSession(model, threads=1).run(None, {"x": x})
     if x.dtype == np.float16:
         assert not calls  # float16 keeps its numpy path: the same values

@@ -179,32 +179,43 @@ static inline void parallel_for(dcm_range_fn fn, void *ctx, Py_ssize_t count, Py
     else fn(ctx, 0, count);
 }
 
-/* The activations the convolution kernels apply to their own output (_pointconv.c's 1x1 kernel,
- * _native.c's depthwise2d): a clamp (Relu, Clip), Sigmoid, SiLU or HardSwish, with the formulas of
- * _pointwise.c's activate; NaN kept by the clamp. conv_act16 is its AVX-512 form: exp is Cephes'
- * expf polynomial as in _pointwise.c's exp_neg8, on 16 lanes. */
+/* The activations the convolution kernels and the packed GEMM apply to their own output (_pointconv.c's
+ * 1x1 kernel, _native.c's depthwise2d, _gemm.c): a clamp (Relu, Clip), Sigmoid, SiLU, HardSwish, GELU
+ * (erf) or GELU (tanh), with the formulas of _pointwise.c's activate; NaN kept by the clamp.
+ * conv_act16 is its AVX-512 form: exp is Cephes' expf polynomial as in _pointwise.c's exp_neg8, erf
+ * its rational fit (erf16), on 16 lanes. */
 typedef struct {
     int kind;
     float lo, hi, alpha; /* CONV_ACT_CLAMP: the bounds; CONV_ACT_SILU: x sigmoid(alpha x) */
 } ConvAct;
-enum { CONV_ACT_NONE, CONV_ACT_CLAMP, CONV_ACT_SIGMOID, CONV_ACT_SILU, CONV_ACT_HARDSWISH };
+enum { CONV_ACT_NONE, CONV_ACT_CLAMP, CONV_ACT_SIGMOID, CONV_ACT_SILU, CONV_ACT_HARDSWISH, CONV_ACT_GELU,
+       CONV_ACT_GELU_TANH, CONV_ACT_KINDS };
+#define GELU_TANH_K 1.59576912160573071f /* 2 sqrt(2 / pi): 1 + tanh(u) = 2 sigmoid(2u) */
+#define GELU_TANH_C 0.044715f
+#define SQRT_HALF 0.70710678118654752f
+/* erf(x) = x P(x^2) / Q(x^2) on [-4, 4]: Eigen's generic_fast_erf_float (as special.py). */
+static const float ERF_P[7] = {-2.72614225801306e-10f, 2.77068142495902e-08f, -2.10102402082508e-06f,
+                               -5.69250639462346e-05f, -7.34990630326855e-04f, -2.95459980854025e-03f,
+                               -1.60960333262415e-02f};
+static const float ERF_Q[5] = {-1.45660718464996e-05f, -2.13374055278905e-04f, -1.68282697438203e-03f,
+                               -7.37332916720468e-03f, -1.42647390514189e-02f};
 
 /* None, or (name, a, b) as dcm.runtime.fusion.Epilogue.act: relu, clip (a, b: the bounds), sigmoid,
- * silu (a: alpha), hardswish. -1 and a ValueError naming the kernel for another name. */
+ * silu (a: alpha), hardswish, gelu, gelu_tanh. -1 and a ValueError naming the kernel for another name. */
 static inline int parse_conv_act(PyObject *obj, ConvAct *act, const char *kernel)
 {
-    static const char *const names[] = {"none", "clip", "sigmoid", "silu", "hardswish", "relu"};
+    static const char *const names[] = {"none", "clip", "sigmoid", "silu", "hardswish", "gelu", "gelu_tanh", "relu"};
     const char *name;
     float a, b;
     *act = (ConvAct){CONV_ACT_NONE, 0.f, 0.f, 0.f};
     if (obj == Py_None) return 0;
     if (!PyArg_ParseTuple(obj, "sff", &name, &a, &b)) return -1;
-    for (act->kind = 0; act->kind < 6 && strcmp(name, names[act->kind]); act->kind++) {}
-    if (act->kind == 6) {
+    for (act->kind = 0; act->kind <= CONV_ACT_KINDS && strcmp(name, names[act->kind]); act->kind++) {}
+    if (act->kind > CONV_ACT_KINDS) {
         PyErr_Format(PyExc_ValueError, "%s: unknown activation '%s'", kernel, name);
         return -1;
     }
-    if (act->kind == 5) act->kind = CONV_ACT_CLAMP, a = 0.f, b = INFINITY; /* relu: a clamp at 0 */
+    if (act->kind == CONV_ACT_KINDS) act->kind = CONV_ACT_CLAMP, a = 0.f, b = INFINITY; /* relu: a clamp at 0 */
     act->lo = a, act->hi = b, act->alpha = a;
     return 0;
 }
@@ -219,6 +230,8 @@ static inline float conv_act1(const ConvAct *a, float v)
         float t = v * (1.f / 6.f) + .5f;
         return v * (t < 0.f ? 0.f : t > 1.f ? 1.f : t);
     }
+    case CONV_ACT_GELU: return 0.5f * v * (1.f + erff(v * SQRT_HALF));
+    case CONV_ACT_GELU_TANH: return v / (1.f + expf(-GELU_TANH_K * v * (1.f + GELU_TANH_C * v * v)));
     default: return v;
     }
 }
@@ -261,6 +274,18 @@ __attribute__((target("avx512f,avx2,fma"))) static inline __m512 over_one_plus_e
     return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
 }
 
+/* erf(x) on [-4, 4] by ERF_P / ERF_Q (the fit _pointwise.c's erf8 evaluates on 8 lanes), clamped to
+ * [-1, 1]; NaN kept. */
+__attribute__((target("avx512f,avx2,fma"))) static inline __m512 erf16(__m512 x)
+{
+    x = _mm512_min_ps(_mm512_set1_ps(4.0f), _mm512_max_ps(_mm512_set1_ps(-4.0f), x)); /* NaN: x */
+    __m512 x2 = _mm512_mul_ps(x, x), p = _mm512_set1_ps(ERF_P[0]), q = _mm512_set1_ps(ERF_Q[0]);
+    for (int i = 1; i < 7; i++) p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(ERF_P[i]));
+    for (int i = 1; i < 5; i++) q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(ERF_Q[i]));
+    __m512 e = _mm512_div_ps(_mm512_mul_ps(x, p), q);
+    return _mm512_min_ps(_mm512_set1_ps(1.0f), _mm512_max_ps(_mm512_set1_ps(-1.0f), e)); /* the fit overshoots by an ulp */
+}
+
 __attribute__((target("avx512f,avx2,fma"))) static inline __m512 conv_act16(const ConvAct *a, __m512 v)
 {
     switch (a->kind) {
@@ -271,6 +296,14 @@ __attribute__((target("avx512f,avx2,fma"))) static inline __m512 conv_act16(cons
     case CONV_ACT_HARDSWISH: {
         __m512 t = _mm512_fmadd_ps(v, _mm512_set1_ps(1.0f / 6.0f), _mm512_set1_ps(0.5f));
         return _mm512_mul_ps(v, _mm512_min_ps(_mm512_set1_ps(1.0f), _mm512_max_ps(_mm512_setzero_ps(), t)));
+    }
+    case CONV_ACT_GELU: {
+        const __m512 half_v = _mm512_mul_ps(_mm512_set1_ps(0.5f), v);
+        return _mm512_fmadd_ps(half_v, erf16(_mm512_mul_ps(v, _mm512_set1_ps(SQRT_HALF))), half_v);
+    }
+    case CONV_ACT_GELU_TANH: { /* v sigmoid(K v (1 + C v^2)) */
+        const __m512 u = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(GELU_TANH_C), v), v, _mm512_set1_ps(1.0f));
+        return over_one_plus_exp_neg16(v, _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(GELU_TANH_K), v), u));
     }
     default: return v;
     }

@@ -19,9 +19,10 @@ register_internal = registrar(INTERNAL)
 
 @register_internal(MATMUL_ADD)
 class MatMulAdd(MatMul):
-    """x [..., in] @ W [in, out] + b [out] with W and b constants: the compiled sparse kernel adds the
-    bias as it writes each row; otherwise it is added in place into the product's fresh array,
-    together with a following activation (a transformer's Gelu) on float32 (``dcm.runtime.fusion``).
+    """x [..., in] @ W [in, out] + b [out] with W and b constants: the compiled kernels add the bias as
+    they write each row, and the packed dense one a following activation too (a transformer's Gelu;
+    after the sparse one, a compiled pass); otherwise the bias is added in place into the product's
+    fresh array, together with the activation, on float32 (``dcm.runtime.fusion``).
     A fourth input s [out] (a layer scale, ``fuse_matmul_scale``) is taken into W and b at load."""
 
     weight_inputs = (1, 2, 3)
@@ -50,7 +51,10 @@ class MatMulAdd(MatMul):
         lead = a.shape[:-1]
         x = a.reshape(-1, a.shape[-1])
         if self.mm.fuses_bias and x.dtype == np.float32:
-            y = self.mm.fused_right(x, self.bias, self.relu)
+            act = None if self.epilogue is None else self.epilogue.act
+            y = self.mm.fused_right(x, self.bias, self.relu, act)
+            if act is not None:
+                return (y.reshape(*lead, y.shape[-1]),)
         else:
             y = self.mm.right(x)
             if add_and_activate(y, self.bias, self.relu, self.epilogue, threads=self.threads):  # one pass

@@ -94,8 +94,9 @@ class Gemm(_FullyConnected):
     def __call__(self, a, _b=None, c=None):
         a = a.T if self.trans_a else a
         if self.fused_ok and a.dtype == np.float32:
-            y = self.mm.fused_right(a, self.bias, self.relu)
-            return (y if self.epilogue is None else self.epilogue(y),)
+            act = None if self.epilogue is None else self.epilogue.act
+            y = self.mm.fused_right(a, self.bias, self.relu, act)
+            return (y if self.epilogue is None or act is not None else self.epilogue(y),)
         y = self.mm.right(a)
         if self.alpha == 1.0 and self.bias_only and add_and_activate(y, self.bias, self.relu, self.epilogue,
                                                                      threads=self.threads):

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from dcm.encoder.codec import CsrParts
-from dcm.runtime.cpu import blas, native, tune
+from dcm.runtime.cpu import blas, native, pointconv, tune
 from dcm.runtime.fusion import add_and_activate
 
 try:  # scipy's own CSR x vector kernel, without the checks and conversions of ``A @ x``
@@ -203,31 +203,39 @@ class WeightMatmul:
             return self._vector(x)
         return np.ascontiguousarray(self.left(x.T).T)
 
-    def fused_right(self, x: np.ndarray, bias: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
+    def fused_right(self, x: np.ndarray, bias: np.ndarray | None = None, relu: bool = False,
+                    act: tuple[str, float, float] | None = None) -> np.ndarray:
         """relu(x [n, in] @ W.T + bias [out]) -> [n, out] float32 on the native kernel (a sparse W with
-        ``native`` set, float32 x; or a dense one with ``packed`` set)."""
+        ``native`` set, float32 x; or a dense one with ``packed`` set). ``act``: a compiled activation
+        (``Epilogue.act``) after the bias, in place of relu: the packed kernel applies the ones it knows
+        (``pointconv.ACTS``: a transformer's GELU) in its store, the other paths in one compiled pass."""
         if self.packed is not None:
-            return self._packed_right(x, bias, relu) if x.shape[0] > 1 else self._dense_right(x, bias, relu)
+            if x.shape[0] > 1:
+                return self._packed_right(x, bias, relu, act=act)
+            return self._dense_right(x, bias, relu, act)
         if x.shape[0] == 1:
-            return self._fused_vector(x, bias, relu)
+            return _activated(self._fused_vector(x, bias, relu), act, self.threads)
         if self.by_rows and self._dense_wins(x, lambda: self._native_rows(x, bias, relu),
                                              lambda: self._dense_right(x, bias, relu)):
-            return self._dense_right(x, bias, relu)
-        return self._native_rows(x, bias, relu)
+            return self._dense_right(x, bias, relu, act)
+        return _activated(self._native_rows(x, bias, relu), act, self.threads)
 
     def _packed_right(self, x: np.ndarray, bias: np.ndarray | None, relu: bool,
-                      packed: np.ndarray | None = None) -> np.ndarray:
-        """relu(x [n, in] @ W.T + bias [out]) on the packed dense kernel (this dense layer's panels, or
-        ``packed``), split over the threads when the product is as large as blas.matmul splits."""
+                      packed: np.ndarray | None = None, act: tuple[str, float, float] | None = None) -> np.ndarray:
+        """act(relu(x [n, in] @ W.T + bias [out])) on the packed dense kernel (this dense layer's panels,
+        or ``packed``), split over the threads when the product is as large as blas.matmul splits."""
         x = np.ascontiguousarray(x)
         y = np.empty((x.shape[0], self.shape[0]), np.float32)
         split = x.shape[0] * x.shape[1] * y.shape[1] >= blas.SPLIT_MIN_MACS
-        native.gemm_packed(x, self.packed if packed is None else packed, y, self.threads if split else 1, bias, relu)
-        return y
+        in_store = act if act is not None and not relu and act[0] in pointconv.ACTS else None
+        native.gemm_packed(x, self.packed if packed is None else packed, y, self.threads if split else 1, bias, relu,
+                           act=in_store)
+        return y if in_store is not None else _activated(y, act, self.threads)
 
-    def _dense_right(self, x: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
-        """relu(x @ W.T + bias) on the dense form: a sparse layer whose row count goes to dense runs the
-        packed kernel on a packed copy where this CPU has it (ConvNeXt's [80, 320] at 784 rows, 30%
+    def _dense_right(self, x: np.ndarray, bias: np.ndarray | None, relu: bool,
+                     act: tuple[str, float, float] | None = None) -> np.ndarray:
+        """act(relu(x @ W.T + bias)) on the dense form: a sparse layer whose row count goes to dense runs
+        the packed kernel on a packed copy where this CPU has it (ConvNeXt's [80, 320] at 784 rows, 30%
         kept, 1 / 2 threads: 0.30 / 0.18 ms through BLAS and its bias pass, 0.27 / 0.13 packed)."""
         if self.mode == "sparse" and x.shape[0] > 1 and x.dtype == np.float32:
             if self._dense_packed is False:
@@ -235,14 +243,17 @@ class WeightMatmul:
                 if self._dense_packed is not None:
                     self._dense_wt = None  # the packed copy replaces it (BLAS takes it again for other types)
             if self._dense_packed is not None:
-                return self._packed_right(x, bias, relu, self._dense_packed)
+                return self._packed_right(x, bias, relu, self._dense_packed, act)
         y = blas.matmul(x, self.dense_wt(), self.threads)
+        if act is not None and not relu:  # bias and activation in one compiled pass
+            native.activate(y, y, *act, bias=bias, threads=self.threads)
+            return y
         if (bias is not None or relu) and not add_and_activate(y, bias, relu, None):
             if bias is not None:
                 y += bias
             if relu:
                 np.maximum(y, 0, out=y)
-        return y
+        return _activated(y, act, self.threads)
 
     def _dense_wins(self, x: np.ndarray, sparse: Callable[[], np.ndarray], dense: Callable[[], np.ndarray]) -> bool:
         """Whether this x [rows, in] goes to BLAS on the dense copy: by the measured break-even points
@@ -333,6 +344,13 @@ def prefers_dense(density: float, rows: int, weights: int = 0, inputs: int = 0, 
         return density > SPARSE_MAX_DENSITY_MANY_ROWS
     avx512 = native.batched_simd is not None and native.batched_simd() == "avx512"
     return density > (SPARSE_MAX_DENSITY_WIDE_AVX512 if avx512 else SPARSE_MAX_DENSITY_WIDE)
+
+
+def _activated(y: np.ndarray, act: tuple[str, float, float] | None, threads: int) -> np.ndarray:
+    """y with the compiled activation ``act`` applied in place (None: y as it is)."""
+    if act is not None:
+        native.activate(y, y, *act, threads=threads)
+    return y
 
 
 def _packed(wt: np.ndarray) -> np.ndarray | None:

@@ -17,7 +17,7 @@ import numpy as np
 from dcm.runtime.cpu import native
 
 ROWS = 8  # output channels per register block: the packed weight's inner size
-ACTS = ("relu", "clip", "sigmoid", "silu", "hardswish")  # the activations (Epilogue.act names) it applies itself
+ACTS = ("relu", "clip", "sigmoid", "silu", "hardswish", "gelu", "gelu_tanh")  # the activations (Epilogue.act names) it applies itself
 # Pixels per sample from which it beats BLAS: a plane of one pixel (squeeze-and-excitation convolutions)
 # fills one lane of 16 and pays a whole vector's activation per channel, where BLAS runs a
 # matrix-vector product (one thread, with SiLU: 1152->48 at 1 pixel 15 us against 6, 48->1152 26
