@@ -186,23 +186,23 @@ def test_grouped_blocks_run_channels_last(batch, threads):
 
 
 def _pruned_pointwise_block(density: float):
-    """A pruned RegNet-style block at 64 channels: 1x1 -> Relu, a 3x3 layer of 8 groups -> Clip, 1x1 + the
+    """A pruned RegNet-style block at 128 channels: 1x1 -> Relu, a 3x3 layer of 8 groups -> Clip, 1x1 + the
     input -> Relu."""
-    g = _Graph(64)
-    h = g.op("Relu", [g.conv("x", 64, 96, density=density)])
-    h = g.relu6(g.conv(h, 96, 80, k=3, group=8))
-    return g.model([g.op("Relu", [g.op("Add", [g.conv(h, 80, 64, density=density), "x"])])])
+    g = _Graph(128)
+    h = g.op("Relu", [g.conv("x", 128, 144, density=density)])
+    h = g.relu6(g.conv(h, 144, 128, k=3, group=8))
+    return g.model([g.op("Relu", [g.op("Add", [g.conv(h, 128, 128, density=density), "x"])])])
 
 
 @needs_kernels
 @pytest.mark.parametrize("threads", [1, 2])
 def test_pruned_1x1_layers_run_the_sparse_kernel_channels_last(threads):
-    """1x1 layers at 25% kept multiply their pixels on the compiled sparse kernel (ReLU in it; the
-    residual then ReLU one pass after), and match onnxruntime, Inf and all; a dense request, or
+    """1x1 layers of 128 inputs at 25% kept multiply their pixels on the compiled sparse kernel (ReLU in
+    it; the residual then ReLU one pass after), and match onnxruntime, Inf and all; a dense request, or
     few pixels where the dense form wins, keeps the packed GEMM."""
     from dcm.runtime.cpu.nhwc import NhwcConv
 
-    x = np.random.default_rng(8).standard_normal((2, 64, 24, 20)).astype(np.float32)
+    x = np.random.default_rng(8).standard_normal((2, 128, 24, 20)).astype(np.float32)
     x[0, 3, 2, 2] = np.inf  # a pruned weight must not hide it: NaN where a dense product has one
     sess = _run(_pruned_pointwise_block(0.25), x, threads)
     layers = [d for d in sess.describe() if d["op"] == NHWC_CONV and d["kernel"] != "grouped"]

@@ -24,13 +24,15 @@ from dcm.runtime.fusion import add_and_activate
 from dcm.runtime.kernel import Kernel
 
 
-# Pixels per thread from which a pruned 1x1 layer takes the sparse kernel: 4 panels of 64, where the
-# kernel packs each panel as it uses it. Fewer, it splits W's rows over the threads and lost to the
-# packed GEMM on RegNetX-400MF's layers at 30% kept on 2 threads (one layer, the two forms in turn):
-# 49 pixels x 400 -> 400 1.23x the packed GEMM's time, 196 x 160 -> 160 0.99x, 784 x 64 -> 64 1.07x;
-# from it on they won at batch 8: 392 x 400 -> 400 0.86x, 1568 x 160 -> 160 0.78x, 6272 x 64 -> 64 0.89x
-# (one thread 0.75x, 0.72x, 1.00x).
+# Where a pruned 1x1 layer takes the sparse kernel: from 4 panels of 64 pixels a thread (where the kernel
+# packs each panel as it uses it) and 128 input channels. One layer at 30% kept, the two forms in turn,
+# time against the packed GEMM's, 1 / 2 threads: 392 pixels x 400 -> 400 0.75 / 0.86, 1568 x 160 -> 160
+# 0.72 / 0.78, 6272 x 160 -> 160 0.77 / 0.73, 3136 x 256 -> 64 1.01 / 0.94; at fewer pixels, where the
+# threads split W's rows, it lost on 2 threads (49 x 400 -> 400 1.23, 196 x 160 -> 160 0.99); at 64
+# inputs it came out either way (784 x 64 -> 160 0.70 / 0.82, 784 x 64 -> 64 1.09 / 1.07, 6272 x 64 -> 160
+# 1.25 / 1.26).
 SPARSE_MIN_PIXELS = 256
+SPARSE_MIN_INPUTS = 128
 
 
 def available() -> bool:
@@ -194,10 +196,11 @@ class NhwcConv(_Conv):
 
     def _takes_sparse(self, pixels: int, scale: np.ndarray | None) -> bool:
         """Whether a pruned 1x1 layer multiplies this many pixels on its sparse form: where the sparse
-        kernel streams its panels (SPARSE_MIN_PIXELS a thread) and by the fully connected layers'
-        break-even points (``matmul.prefers_dense``: density, inputs, outputs x density). A
+        kernel streams its panels (SPARSE_MIN_PIXELS a thread), from SPARSE_MIN_INPUTS input channels, and
+        by the fully connected layers' break-even points (``matmul.prefers_dense``: density, inputs, outputs x density). A
         squeeze-and-excitation scale goes to the packed GEMM, which takes it."""
         return (self.sparse is not None and scale is None and pixels >= SPARSE_MIN_PIXELS * self.threads
+                and self.in_channels >= SPARSE_MIN_INPUTS
                 and not matmul.prefers_dense(self.density, pixels, self.wt.size, self.in_channels, self.out_channels))
 
     def _sparse_product(self, x: np.ndarray, act, residual: np.ndarray | None) -> np.ndarray:
