@@ -29,6 +29,25 @@ def timeit(fn: Callable[[], object], min_time: float = 0.5, max_reps: int = 200,
     return float(np.median(times))
 
 
+def timeit_in_turns(fns: list[Callable[[], object]], rounds: int = 3, min_time: float = 0.6,
+                    pause: float = 0.2) -> list[float]:
+    """Median seconds per call of each (warmed-up) function, timed in turns: ``rounds`` blocks of
+    ``min_time / rounds`` seconds each, a pause before each block so that a thread pool that spins
+    after its runs (onnxruntime's) is idle again. A drift of the machine's load falls on every
+    function alike, where back-to-back windows gave one of them the quiet moment: MobileNetV2 at
+    batch 8 read onnxruntime at 38.6 ms in one run of the zoo and 49.8 in another."""
+    times: list[list[float]] = [[] for _ in fns]
+    for done in range(1, rounds + 1):
+        for fn, own in zip(fns, times):
+            time.sleep(pause)
+            start = time.perf_counter()
+            while len(own) < 3 * done or time.perf_counter() - start < min_time / rounds:
+                t = time.perf_counter()
+                fn()
+                own.append(time.perf_counter() - t)
+    return [float(np.median(t)) for t in times]
+
+
 def onnxruntime_session(model: bytes | str, threads: int = 1, optimize: bool = True):
     """onnxruntime on the CPU with ``threads`` intra-op threads, the reference each benchmark times dcm
     against on the same thread budget; ``optimize=False`` turns its graph optimizations off."""

@@ -7,7 +7,8 @@ pruned (magnitude pruning of every weight to the kept fraction typical for its f
 with torch.onnx.export (TorchScript exporter, symbolic batch and sequence) and converted with
 ``--exact``, so dcm, onnxruntime (the same dense ONNX file) and torch eager all hold the same
 weights. Batch 1 and 8, 1 and 2 threads (dcm's ``threads``, onnxruntime's
-intra-op pool, torch.set_num_threads). A model dcm cannot convert or run gets its error in the JSON
+intra-op pool, torch.set_num_threads). dcm and onnxruntime are timed in turns (``timeit_in_turns``:
+three blocks each, medians), so that a change in the machine's load falls on both. A model dcm cannot convert or run gets its error in the JSON
 instead of times. At batch 1 and 1 thread each model is also profiled node by node on both runtimes
 (``InferenceSession.profile``, onnxruntime's ``enable_profiling``) and the time summed per op type,
 so that the page can say where dcm loses. Writes benchmarks/results/zoo.json; ``--docs`` also
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import save, timeit
+from benchmarks.common import save, timeit, timeit_in_turns
 from benchmarks.zoo_models import MODELS
 from dcm.converters import ConvertOptions
 from dcm.converters.onnx_in import from_onnx
@@ -158,8 +159,7 @@ def measure(name: str, pruned: bool, batches: tuple[int, ...], thread_counts: tu
             row = {**base, "batch": batch, "threads": threads}
             try:
                 sess = InferenceSession(model, threads=threads, batch_hint=batch)
-                got = sess.run(None, feeds)[0]
-                t_dcm = timeit(lambda: sess.run(None, feeds), warm=True)  # got: the warm-up
+                got = sess.run(None, feeds)[0]  # the warm-up
             except Exception as exc:
                 rows.append({**row, "error": f"run: {type(exc).__name__}: {exc}"[:300]})
                 continue
@@ -167,7 +167,7 @@ def measure(name: str, pruned: bool, batches: tuple[int, ...], thread_counts: tu
             so.intra_op_num_threads = threads
             ort_sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
             want = ort_sess.run(None, feeds)[0]
-            t_ort = timeit(lambda: ort_sess.run(None, feeds), warm=True)
+            t_dcm, t_ort = timeit_in_turns([lambda: sess.run(None, feeds), lambda: ort_sess.run(None, feeds)])
             ort_sess = None  # its spinning pool goes before torch is timed
             torch.set_num_threads(threads)
             with torch.no_grad():
@@ -272,8 +272,8 @@ def main() -> None:
         command = " ".join(["python -m benchmarks.zoo", *sys.argv[1:]])
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         args.docs_path.write_text(
-            f"# Runtime on the architectures users bring\n\nMade by `{command}` (random weights, seed 0; medians on "
-            f"{os.cpu_count()} cores at load average {load:.1f}). Ratios < 1: dcm is faster than onnxruntime on the "
+            f"# Runtime on the architectures users bring\n\nMade by `{command}` (random weights, seed 0; medians, dcm "
+            f"and onnxruntime timed in turns, on {os.cpu_count()} cores at load average {load:.1f}). Ratios < 1: dcm is faster than onnxruntime on the "
             "same weights.\n\n" + text + "\n" + (f"\n{where}\n" if where else ""))
 
 
