@@ -376,11 +376,15 @@ def _csc(m: sp.csr_array) -> sp.csc_array:
 
 
 def _native_matrix(m: sp.csr_array, c: sp.csc_array | None):
-    """The native kernel's form of a CSR weight: scipy's own CSR arrays (shared, not copied) and, given
-    one, a CSC copy with 16-bit row indices where they fit (6 bytes per weight, against CSR's 8)."""
-    csr = (m.indptr.astype(np.int64), m.indices.astype(np.int32, copy=False), m.data)
+    """The native kernel's form of a CSR weight and, given one, of a CSC copy: 16-bit indices where they
+    fit (6 bytes per weight, against 8), else scipy's own arrays. The batched products stream the CSR
+    form once per panel: 16-bit column indices took 0.94-0.97 of the time on ViT's and BERT's layers at
+    25-30% kept (both forms in one process, calls in turn)."""
+    def narrow(indices: np.ndarray, extent: int) -> np.ndarray:
+        return indices.astype(np.uint16 if extent <= np.iinfo(np.uint16).max + 1 else np.int32, copy=False)
+
+    csr = (m.indptr.astype(np.int64), narrow(m.indices, m.shape[1]), m.data)
     if c is None:
         return native.SparseMatrix(m.shape[0], m.shape[1], *csr)
-    narrow = m.shape[0] <= np.iinfo(np.uint16).max + 1
-    return native.SparseMatrix(m.shape[0], m.shape[1], *csr, c.indptr.astype(np.int64),
-                               c.indices.astype(np.uint16 if narrow else np.int32), c.data)
+    return native.SparseMatrix(m.shape[0], m.shape[1], *csr, c.indptr.astype(np.int64), narrow(c.indices, m.shape[0]),
+                               c.data)
