@@ -332,8 +332,8 @@ class WeightMatmul:
 def prefers_dense(density: float, rows: int, weights: int = 0, inputs: int = 0, outputs: int = 0) -> bool:
     """Whether the dense form beats the compiled sparse kernel on an x of ``rows`` rows at this
     density, for a layer of ``weights`` weights, ``inputs`` inputs and ``outputs`` outputs (0: not
-    known), on any thread count (the measured break-even points held at 1 and 2). One row keeps the load-time choice: the matvec kernels there also
-    skip zero inputs."""
+    known), on any thread count (the measured break-even points held at 1 and 2). One row keeps the
+    load-time choice: the matvec kernels there also skip zero inputs."""
     if rows <= 1:
         return False
     if rows < 8:

@@ -133,7 +133,7 @@ class NhwcConv(_Conv):
             self.density = np.count_nonzero(w2) / max(w2.size, 1)
             self.sparse = None  # a pruned layer's CSR form on the compiled sparse kernel
             if (native.SparseMatrix is not None and self.density <= matmul.SPARSE_MAX_DENSITY_MANY_ROWS
-                    and ctx.requested_mode(node, node.inputs[1]) != "dense"):
+                    and per_group >= SPARSE_MIN_INPUTS and ctx.requested_mode(node, node.inputs[1]) != "dense"):
                 self.sparse = matmul.WeightMatmul("sparse", sp.csr_array(w2), ctx.threads, prefer="right")
 
     def __call__(self, x, w=None, b=None, residual=None, scale=None):
@@ -195,12 +195,12 @@ class NhwcConv(_Conv):
         return y
 
     def _takes_sparse(self, pixels: int, scale: np.ndarray | None) -> bool:
-        """Whether a pruned 1x1 layer multiplies this many pixels on its sparse form: where the sparse
-        kernel streams its panels (SPARSE_MIN_PIXELS a thread), from SPARSE_MIN_INPUTS input channels, and
-        by the fully connected layers' break-even points (``matmul.prefers_dense``: density, inputs, outputs x density). A
-        squeeze-and-excitation scale goes to the packed GEMM, which takes it."""
+        """Whether a pruned 1x1 layer (of SPARSE_MIN_INPUTS input channels or more) multiplies this many
+        pixels on its sparse form: where the sparse kernel streams its panels (SPARSE_MIN_PIXELS a
+        thread) and the fully connected layers' break-even points allow (``matmul.prefers_dense``:
+        density, inputs, outputs x density). A squeeze-and-excitation scale goes to the packed GEMM,
+        which takes it."""
         return (self.sparse is not None and scale is None and pixels >= SPARSE_MIN_PIXELS * self.threads
-                and self.in_channels >= SPARSE_MIN_INPUTS
                 and not matmul.prefers_dense(self.density, pixels, self.wt.size, self.in_channels, self.out_channels))
 
     def _sparse_product(self, x: np.ndarray, act, residual: np.ndarray | None) -> np.ndarray:
