@@ -300,22 +300,24 @@ def test_compiled_kernel_reads_transposed_views_without_copies():
 @pytest.mark.parametrize("scale_op", [1, 2])
 @pytest.mark.parametrize("case", ["vit", "bert_padding_mask", "long_keys"])
 def test_packed_products_match_sgemm(case, scale_op):
-    """On AVX-512 the two products run on the packed GEMM (a head's k and v packed once, the scale in k);
-    with the SIMD paths off, and for a q whose rows are not unit-stride, on sgemm: the same results."""
+    """On AVX-512 the two products run on the packed GEMM (a head's k and v packed once, the scale in k;
+    a k whose keys are contiguous, as the exported graphs hand it over, packed 16 x 16 at a time); with
+    the SIMD paths off, and for a q whose rows are not unit-stride, on sgemm: the same results."""
     rng = np.random.default_rng(11)
     q, k, v = (rng.standard_normal(s).astype(np.float32) for s in COMPILED_CASES[case][:3])
     shape = COMPILED_CASES[case][3]
     mask = None if shape is None else np.where(rng.random(shape) < 0.3, -1e4, 0.1).astype(np.float32)
     out = {}
-    for path in ("packed", "sgemm", "q_transposed"):
+    for path in ("packed", "sgemm", "q_transposed", "k_columns"):
         y = np.empty(q.shape[:-1] + v.shape[-1:], np.float32)
-        # q_transposed: each matrix column-major, its rows not of unit stride
+        # q_transposed / k_columns: the matrix column-major, its rows not of unit stride / its columns
         qq = np.ascontiguousarray(q.swapaxes(-1, -2)).swapaxes(-1, -2) if path == "q_transposed" else q
-        with switched(native.set_pointwise_simd, path == "packed"):
-            native.attention(qq, k, v, y, mask, scale_op, 0.125, None, 2)
+        kk = np.ascontiguousarray(k.swapaxes(-1, -2)).swapaxes(-1, -2) if path == "k_columns" else k
+        with switched(native.set_pointwise_simd, path != "sgemm"):
+            native.attention(qq, kk, v, y, mask, scale_op, 0.125, None, 2)
         out[path] = y
-    np.testing.assert_allclose(out["packed"], out["sgemm"], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(out["q_transposed"], out["sgemm"], rtol=1e-4, atol=1e-5)
+    for path in ("packed", "q_transposed", "k_columns"):
+        np.testing.assert_allclose(out[path], out["sgemm"], rtol=1e-4, atol=1e-5, err_msg=path)
 
 
 def test_compiled_kernel_writes_an_output_in_any_axis_order():

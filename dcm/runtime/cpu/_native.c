@@ -580,33 +580,6 @@ static void tile_to_rows_avx2(const float *tile, float *y, Py_ssize_t ldy, Py_ss
     tile_to_rows_generic(tile + j, y + j * ldy, ldy, jw - j, nr);
 }
 
-/* r[i] = column i of the 16 x 16 block in r (rows in, columns out): four rounds of 16 shuffles. */
-__attribute__((target("avx512f,avx2,fma"))) static inline void transpose16(__m512 *r)
-{
-    __m512 t[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++) {
-        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
-        const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
-        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-    }
-    for (int i = 0; i < 2; i++)
-        for (int k = 0; k < 4; k++) {
-            t[8 * i + k] = _mm512_shuffle_f32x4(r[8 * i + k], r[8 * i + 4 + k], 0x88);
-            t[8 * i + 4 + k] = _mm512_shuffle_f32x4(r[8 * i + k], r[8 * i + 4 + k], 0xdd);
-        }
-    for (int k = 0; k < 8; k++) {
-        r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
-        r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xdd);
-    }
-}
-
 /* A whole row group's tile (ROW_GROUP = 16 rows) into y by 16 x 16 transposes: each vector y[j][r0, +16)
  * one store, where the 8 x 8 ones wrote each line in two halves a tile apart. ConvNeXt's [3136, 40] @
  * [40, 160] at 30%: the transposes took 16% of the product. */

@@ -875,7 +875,9 @@ static void packed_product(const float *x, Py_ssize_t ldx, const float *packed, 
  * scaled, masked and normalized there, then times v into its rows of out. On the packed GEMM, the
  * head's k and v are packed when a task starts a head: ViT-Tiny's 3 heads of 197 x 64, one thread,
  * 311 -> 270 us against sgemm (which packs both operands of each product on every call) and a pass
- * that scaled the scores; 2 heads of 1024 x 64: 5.2 -> 3.6 ms. */
+ * that scaled the scores; 2 heads of 1024 x 64: 5.2 -> 3.6 ms. The packing (pack_panels) copies v's
+ * rows a panel at a time and transposes the exported graphs' k (each key's features adjacent) 16 x 16
+ * at a time: ViT-Tiny's heads 0.94, BERT's (4 of 128 x 64) 0.92 of the time of packing value by value. */
 static void attention_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     AttentionJob *j = ctx;
