@@ -140,3 +140,12 @@ def test_transpose_read_only_through_views_by_row_keeping_transposes_is_a_view(s
         for got, w in zip(sess.run(None, {"x": x}), want):
             np.testing.assert_array_equal(got, w)
             assert got.flags.c_contiguous
+
+
+def test_a_transpose_of_a_scalar_loads_and_runs():
+    """A Transpose of a 0-d value (perm []) read by an elementwise op: the view pass once indexed the
+    empty permutation's last axis, an IndexError at load (the fuzzer found it)."""
+    nodes = [Node("Transpose", ["x"], ["t"], {"perm": []}, "transpose"), Node("Neg", ["t"], ["y"], {}, "neg")]
+    sess = InferenceSession(Model([ValueInfo("x", "float32", [])], [ValueInfo("y", "float32", [])], nodes, {}))
+    (y,) = sess.run(None, {"x": np.array(2.5, np.float32)})
+    assert y.shape == () and y == -2.5

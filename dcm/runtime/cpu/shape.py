@@ -271,8 +271,8 @@ def view_transposes(nodes: list, kernels: list[Kernel], protected: set[str], ski
 def _keeps_last_axis(k: Transpose) -> bool:
     """Rows stay contiguous through the permutation: a copy of the strided view is then row copies.
     (A Transpose that moves the last axis, k -> k^T, reading another one's strided view was measured
-    2.6 times slower than the two copies it would save.)"""
-    return k.perm is not None and k.perm[-1] == len(k.perm) - 1
+    2.6 times slower than the two copies it would save.) A scalar's empty permutation moves nothing."""
+    return k.perm is not None and (not k.perm or k.perm[-1] == len(k.perm) - 1)
 
 
 # Output values from which a Concat on two or more threads takes the compiled copy, which splits the
