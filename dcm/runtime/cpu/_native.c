@@ -282,6 +282,9 @@ static Py_ssize_t count_nonfinite(const float *x, Py_ssize_t begin, Py_ssize_t e
     return bad;
 }
 
+/* The exponent bits of a float32: all set for Inf and NaN only. */
+#define EXPONENT_BITS 0x7f800000u
+
 /* Inf/NaN count by exponent bits, in a form the vectorizer takes. */
 static Py_ssize_t count_nonfinite_fast(const float *x, Py_ssize_t n)
 {
@@ -290,7 +293,7 @@ static Py_ssize_t count_nonfinite_fast(const float *x, Py_ssize_t n)
     for (Py_ssize_t start = 0; start < n; start += 1 << 20) { /* a plain inner loop: vectorized */
         Py_ssize_t end = n - start < (1 << 20) ? n : start + (1 << 20);
         uint32_t bad = 0;
-        for (Py_ssize_t i = start; i < end; i++) bad += (u[i] & 0x7f800000u) == 0x7f800000u;
+        for (Py_ssize_t i = start; i < end; i++) bad += (u[i] & EXPONENT_BITS) == EXPONENT_BITS;
         total += bad;
     }
     return total;
@@ -596,27 +599,21 @@ static void group_to_rows_avx512(const float *tile, float *y, Py_ssize_t ldy, Py
 }
 #endif
 
-/* The exponent bits of a float32: all set for Inf and NaN only. */
-#define EXPONENT_BITS 0x7f800000u
-
 /* panel[c][j] = x[j][c] for the vectors j in [j_begin, jw) (x's rows cols floats apart), zeros for
  * j in [jw, width). Returns whether a value it copied is Inf or NaN. */
 static int pack_rows_from(const float *x, Py_ssize_t cols, Py_ssize_t j_begin, Py_ssize_t jw, Py_ssize_t width,
                           float *panel, Py_ssize_t stride)
 {
-    uint32_t bits = 0;
+    int bad = 0;
     for (Py_ssize_t c = 0; c < cols; c++) {
         float *dst = panel + c * stride;
         for (Py_ssize_t j = j_begin; j < jw; j++) {
-            float v = x[j * cols + c];
-            uint32_t u;
-            memcpy(&u, &v, 4);
-            bits |= (u & EXPONENT_BITS) == EXPONENT_BITS;
-            dst[j] = v;
+            dst[j] = x[j * cols + c];
+            bad |= !isfinite(dst[j]);
         }
         for (Py_ssize_t j = jw > j_begin ? jw : j_begin; j < width; j++) dst[j] = 0.f;
     }
-    return bits != 0;
+    return bad;
 }
 
 static int pack_rows_generic(const float *x, Py_ssize_t cols, Py_ssize_t jw, Py_ssize_t width, float *panel,
@@ -651,9 +648,8 @@ static int pack_rows_avx2(const float *x, Py_ssize_t cols, Py_ssize_t jw, Py_ssi
     int bad = !_mm256_testz_si256(_mm256_cmpeq_epi32(most, exponent), _mm256_cmpeq_epi32(most, exponent));
     for (Py_ssize_t c = c8; c < cols; c++)
         for (Py_ssize_t j = 0; j < j8; j++) {
-            float v = x[j * cols + c];
-            bad |= !isfinite(v);
-            panel[c * stride + j] = v;
+            panel[c * stride + j] = x[j * cols + c];
+            bad |= !isfinite(panel[c * stride + j]);
         }
     return pack_rows_from(x, cols, j8, jw, width, panel, stride) | bad;
 }
@@ -870,8 +866,8 @@ static PyObject *batched_product(SparseMatrix *self, PyObject *args, PyObject *k
     int status = -2; /* no product ran */
     Py_BEGIN_ALLOW_THREADS
     if (n > 0 && begin < end) status = panel_product(self, xb.buf, yb.buf, n, by_rows, bb.buf, relu, begin, end, threads);
-    /* Once per product. Packing x by rows notes any Inf/NaN as it goes: then x is counted only if it has one. */
-    if (begin == 0 && (status == -2 || !by_rows || status == 1)) bad = count_nonfinite_fast(xb.buf, self->cols * n);
+    /* Once per product (begin 0); not where packing x by rows saw every value and found no Inf/NaN. */
+    if (begin == 0 && !(by_rows && status == 0)) bad = count_nonfinite_fast(xb.buf, self->cols * n);
     Py_END_ALLOW_THREADS
     result = status == -1 ? PyErr_NoMemory() : PyLong_FromSsize_t(bad);
 done:

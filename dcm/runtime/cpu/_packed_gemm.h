@@ -137,8 +137,9 @@ PACKED_AVX512 static void pack_columns_avx512(const char *w, Py_ssize_t k, Py_ss
             const __mmask16 m = part16(rows);
             for (int h = 0; h < PANEL; h += 16) {
                 __m512 b[16];
-                for (int t = 0; t < 16; t++)
-                    b[t] = c0 + h + t < n ? _mm512_maskz_loadu_ps(m, w + (c0 + h + t) * col + i0 * 4) : _mm512_setzero_ps();
+                for (int t = 0; t < 16; t++) /* column c0 + h + t's rows i0 .. i0 + rows, zeros past n */
+                    b[t] = c0 + h + t < n ? _mm512_maskz_loadu_ps(m, w + (c0 + h + t) * col + i0 * 4)
+                                          : _mm512_setzero_ps();
                 transpose16(b); /* b[f]: row i0 + f over the 16 columns */
                 for (int f = 0; f < rows; f++) _mm512_storeu_ps(packed + (i0 + f) * PANEL + h, b[f]);
             }

@@ -168,6 +168,7 @@ static void activate_generic(float *out, const float *x, const float *res, const
 
 #ifdef HAVE_AVX2_PATH
 #define AVX2 __attribute__((target("avx2,fma")))
+#define AVX512 __attribute__((target("avx512f,avx2,fma")))
 
 AVX2 static inline __m256 clamp8(__m256 x, __m256 lo, __m256 hi)
 {
@@ -301,7 +302,6 @@ AVX2 static void activate_avx2(float *out, const float *x, const float *res, con
  * and the packed GEMM apply in their stores. One thread, in place: ViT-Tiny's 197 x 768 values 134 -> 56
  * us for GELU, 144 -> 66 for its tanh form; ConvNeXt's 3136 x 160 429 -> 187 (then bound by memory).
  * Sigmoid and SiLU keep the AVX2 loop: their 16-lane division made them no faster (88 against 95 us). */
-#define AVX512 __attribute__((target("avx512f,avx2,fma")))
 AVX512 static INLINE __m512 input16(const float *x, const float *res, const Affine *f, __m512 s1, __m512 b1,
                                     Py_ssize_t i, __mmask16 m)
 {
@@ -313,7 +313,10 @@ AVX512 static INLINE __m512 input16(const float *x, const float *res, const Affi
     return res ? _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res + i)) : v;
 }
 
-AVX512 static INLINE __m512 act16(__m512 v, const ConvAct *c) { return c->kind == CONV_ACT_NONE ? erf16(v) : conv_act16(c, v); }
+AVX512 static INLINE __m512 act16(__m512 v, const ConvAct *c)
+{
+    return c->kind == CONV_ACT_NONE ? erf16(v) : conv_act16(c, v);
+}
 
 /* act's kind as conv_act16 computes it (CONV_ACT_NONE standing for erf), or -1 where it keeps the AVX2 loop. */
 static int on_16_lanes(const Act *a, ConvAct *c)
@@ -586,8 +589,6 @@ AVX2 static void softmax_row_avx2(float *out, const float *x, Py_ssize_t n, int 
         store_part(out + i, n - i, y);
     }
 }
-
-#define AVX512 __attribute__((target("avx512f,avx2,fma")))
 
 /* AVX-512: 16 lanes, masked tails (591 rows of 197, ViT-Tiny's attention: 79 -> 56 us, one thread). */
 AVX512 static void softmax_row_avx512(float *out, const float *x, Py_ssize_t n, int take_log)
