@@ -797,10 +797,14 @@ static int panel_product(const SparseMatrix *m, const float *x, float *y, Py_ssi
 #else
     int wide = 0;
 #endif
-    /* WIDE_PANEL where it is the only panel, or where W is wide enough for PANEL's panels to go by
-     * column blocks too: on 256 inputs at 128-197 vectors, whole 32-vector panels (32 KiB) took
-     * 0.85-0.9x the time of 64-vector ones in two blocks, whose tiles go through memory between blocks */
-    Py_ssize_t span = wide && n > PANEL && (n <= WIDE_PANEL || m->cols > 2 * COLUMN_BLOCK) ? WIDE_PANEL : PANEL;
+    /* WIDE_PANEL where it is the only panel, where W is wide enough for PANEL's panels to go by column
+     * blocks too, or where x is [cols, n] (a convolution's pixels: panels are row copies, nothing to
+     * transpose, and each stored weight's index and value serve 4 registers, not 2: 0.82-0.85x the
+     * time on 64-96 channels at 196-3136 pixels, 0.97-1.0 elsewhere). By rows, on 256 inputs at 128-197
+     * vectors, whole 32-vector panels (32 KiB) took 0.85-0.9x the time of 64-vector ones in two blocks,
+     * whose tiles go through memory between blocks. */
+    Py_ssize_t span = wide && n > PANEL && (n <= WIDE_PANEL || m->cols > 2 * COLUMN_BLOCK || !by_rows)
+                          ? WIDE_PANEL : PANEL;
     Py_ssize_t cols = m->cols, stride = n <= 8 ? 8 : span, count = (n + span - 1) / span;
     PanelJob job = {m, x, bias, y, NULL, n, stride, span, begin, end, (end - begin + ROW_GROUP - 1) / ROW_GROUP,
                     by_rows, relu, wide, 0, 0};
