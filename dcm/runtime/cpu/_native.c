@@ -566,7 +566,6 @@ static void tile_to_rows_generic(const float *tile, float *y, Py_ssize_t ldy, Py
 }
 
 #ifdef HAVE_AVX2_PATH
-__attribute__((target("avx2,fma"))) static inline void transpose8(__m256 *r); /* with depthwise2d */
 
 /* A full tile of PANEL_ROWS rows goes 8 x 8 blocks at a time. */
 __attribute__((target("avx2,fma")))
@@ -2629,28 +2628,6 @@ static void depthwise_lanes_generic(DEPTHWISE_LANES_ARGS)
 }
 
 #ifdef HAVE_AVX2_PATH
-/* r[0..7] = the 8x8 block's columns (in place). */
-__attribute__((target("avx2,fma")))
-static inline void transpose8(__m256 *r)
-{
-    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-}
-
 /* a clamped to [lo, hi]; NaN compares false both ways and stays, as in np.clip. */
 __attribute__((target("avx2,fma"), always_inline))
 static inline __m256 clamp_avx2(__m256 a, __m256 vlo, __m256 vhi)
