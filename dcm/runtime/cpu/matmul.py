@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from dcm.encoder.codec import CsrParts
-from dcm.runtime.cpu import blas, native, pointconv, tune
+from dcm.runtime.cpu import blas, memory, native, pointconv, tune
 from dcm.runtime.fusion import add_and_activate
 
 try:  # scipy's own CSR x vector kernel, without the checks and conversions of ``A @ x``
@@ -359,7 +359,7 @@ def _packed(wt: np.ndarray) -> np.ndarray | None:
     if (native.gemm_packed is None or native.packed_simd() is None or wt.dtype != np.float32
             or wt.size > PACK_MAX_FLOATS):
         return None
-    return np.frombuffer(native.pack_weight(wt), np.float32)
+    return memory.aligned(np.frombuffer(native.pack_weight(wt), np.float32))
 
 
 def _cuts(indptr: np.ndarray, parts: int) -> list[int]:

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from dcm.runtime.channels_last import NHWC_CONV, NHWC_MEAN, NHWC_SCALED_CONV, NHWC_STEM
-from dcm.runtime.cpu import matmul, native, pointconv
+from dcm.runtime.cpu import matmul, memory, native, pointconv
 from dcm.runtime.cpu.fused import register_internal
 from dcm.runtime.cpu.windows import ints2, output_size, resolve_pads
 from dcm.runtime.fusion import add_and_activate
@@ -49,7 +49,7 @@ def _window_weight(w: np.ndarray, groups: int) -> np.ndarray:
     outs = c_out // groups
     packed = np.zeros((groups, kh, kw, per_group, -(-outs // 16) * 16), np.float32)
     packed[..., :outs] = w.reshape(groups, outs, per_group, kh, kw).transpose(0, 3, 4, 2, 1)
-    return packed
+    return memory.aligned(packed)
 
 
 def _nhwc_input(x: np.ndarray, channels: int, name: str) -> np.ndarray:
@@ -117,7 +117,7 @@ class NhwcConv(_Conv):
         self.grouped = self.groups > 1 and not self.depthwise
         if self.depthwise:
             self.in_channels = self.out_channels
-            self.weight = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))  # [kh, kw, C]: a vector per tap
+            self.weight = memory.aligned(w[:, 0].transpose(1, 2, 0))  # [kh, kw, C]: a vector per tap
         elif self.grouped:
             if self.out_channels % self.groups:
                 raise ValueError(f"{self.out_channels} outputs not divisible by group {self.groups}")
@@ -129,7 +129,7 @@ class NhwcConv(_Conv):
             self.in_channels = per_group
             w2 = w.reshape(self.out_channels, per_group)
             self.wt = np.ascontiguousarray(w2.T)  # [C_in, C_out]
-            self.packed = np.frombuffer(native.pack_weight(self.wt), np.float32)
+            self.packed = memory.aligned(np.frombuffer(native.pack_weight(self.wt), np.float32))
             self.density = np.count_nonzero(w2) / max(w2.size, 1)
             self.sparse = None  # a pruned layer's CSR form on the compiled sparse kernel
             if (native.SparseMatrix is not None and self.density <= matmul.SPARSE_MAX_DENSITY_MANY_ROWS

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dcm.runtime.cpu import native
+from dcm.runtime.cpu import memory, native
 
 ROWS = 8  # output channels per register block: the packed weight's inner size
 ACTS = ("relu", "clip", "sigmoid", "silu", "hardswish", "gelu", "gelu_tanh")  # the activations (Epilogue.act names) it applies itself
@@ -41,7 +41,7 @@ def pack(weight: np.ndarray) -> np.ndarray:
     blocks = -(-out_channels // ROWS)
     padded = np.zeros((blocks * ROWS, in_channels), dtype=np.float32)
     padded[:out_channels] = weight
-    return np.ascontiguousarray(padded.reshape(blocks, ROWS, in_channels).transpose(0, 2, 1))
+    return memory.aligned(padded.reshape(blocks, ROWS, in_channels).transpose(0, 2, 1))
 
 
 def pointwise_conv(x: np.ndarray, packed: np.ndarray, out_channels: int, bias: np.ndarray | None,

@@ -23,7 +23,7 @@ from scipy.special import expit
 
 from dcm.encoder.codec import CsrParts
 from dcm.errors import UnsupportedOpError
-from dcm.runtime.cpu import native
+from dcm.runtime.cpu import memory, native
 from dcm.runtime.cpu.shape import check_elements
 from dcm.runtime.cpu.matmul import WeightMatmul
 from dcm.runtime.cpu.registry import register
@@ -277,7 +277,7 @@ def _scan_form(m, gates: int) -> dict[str, np.ndarray]:
     padded = np.zeros((gates, units, hidden), dtype=np.float32)
     padded[:, :hidden] = np.asarray(m, dtype=np.float32).reshape(gates, hidden, hidden)
     panels = padded.reshape(gates, units // PANEL, PANEL, hidden).transpose(1, 0, 3, 2)
-    return {"rt": np.ascontiguousarray(panels).reshape(gates * units // PANEL, hidden, PANEL)}
+    return {"rt": memory.aligned(panels.reshape(gates * units // PANEL, hidden, PANEL))}
 
 
 @register("RNN")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dcm.runtime.cpu import activation, blas, native
+from dcm.runtime.cpu import activation, blas, memory, native
 from dcm.runtime.cpu.windows import scratch_arrays
 
 MIN_CHANNELS = 32  # input and output channels; narrower layers run faster with conv_lanes2d or im2col + GEMM
@@ -40,7 +40,7 @@ def transform_weight(w: np.ndarray, tile: int = 2) -> np.ndarray:
     c_out, c_in = w.shape[:2]
     g = _G[tile]
     u = np.einsum("ai,kcij,bj->abkc", g, w.astype(np.float64), g)  # [t, t, C_out, C_in], t = tile + 2
-    return np.ascontiguousarray(u.reshape(len(g) ** 2, c_out, c_in), dtype=np.float32)
+    return memory.aligned(u.reshape(len(g) ** 2, c_out, c_in).astype(np.float32))
 
 
 # F(4x4, 3x3) tiles in one call from which their U, 2.25 times F(2x2)'s, pays for its reads: one layer,
