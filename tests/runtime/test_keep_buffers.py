@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dcm.runtime.cpu import matmul, memory, native, nhwc, pointconv, winograd
-from dcm.runtime.cpu.recurrent import _scan_form
+from dcm.runtime.cpu.recurrent import _panels
 
 # A child process: the setting is once per process.
 CHILD = """
@@ -76,7 +76,7 @@ def test_aligned_copies_only_what_is_off_a_line(offset, dtype):
 
 
 WEIGHTS = {
-    "recurrent panels": lambda w: _scan_form(w[:80, :20], 4)["rt"],
+    "recurrent panels": lambda w: _panels(w[:80, :20], 4)["rt"],
     "pointconv": lambda w: pointconv.pack(w[:20, :9]),
     "channels-last window": lambda w: nhwc._window_weight(w[:24, :18].reshape(24, 2, 3, 3), 2),
     "winograd": lambda w: winograd.transform_weight(w[:8, :18].reshape(8, 2, 3, 3)),

@@ -11,12 +11,13 @@ from unittest import mock
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from dcm.converters import ConvertOptions, from_onnx
 from dcm.runtime import InferenceSession
 from dcm.runtime.cpu import native
-from dcm.runtime.cpu import _pool, _recurrent
-from dcm.runtime.cpu.recurrent import _scan_form
+from dcm.runtime.cpu import _pool, _recurrent, recurrent
+from dcm.runtime.cpu.recurrent import ScanWeight, _panels
 from tests.runtime.opcheck import one_node
 from tests.runtime.switches import switched
 
@@ -116,6 +117,41 @@ def test_wide_layers_and_defaults(op, hidden, batch, simd):
         got, want, _ = _both(model, feeds)
     for g, w in zip(got, want):  # 1e-5: the portable build's scalar sums of 100 units round in another order
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", GATES)
+def test_a_chosen_sparse_r_runs_both_forms_by_batch(op):
+    """A pruned R whose panels are small keeps them beside its CSR where the mode was chosen, not asked
+    for: batch 1 takes the panels past CSR_MAX_DENSITY_FEW, batch 9 CSR below CSR_MAX_DENSITY_MANY;
+    both match the numpy loop."""
+    density = (recurrent.CSR_MAX_DENSITY_FEW + recurrent.CSR_MAX_DENSITY_MANY) / 2
+    for batch in (1, 9):
+        model, feeds = _model(op, "bidirectional", batch, 5, lens=batch > 1, states=True, density=density, hidden=64)
+        got, want, sess = _both(model, feeds)
+        assert sess.describe()[0]["recurrent_kernel"] == "sparse+dense"
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
+        asked = InferenceSession(model, kernels="sparse").describe()[0]
+        assert asked["recurrent_kernel"] == "sparse"  # asked for: CSR only
+
+
+def test_scan_weight_keeps_the_panels_only_where_they_can_win():
+    rng = np.random.default_rng(0)
+
+    def pruned(hidden: int, density: float) -> sp.csr_array:
+        r = rng.standard_normal((4 * hidden, hidden)).astype(np.float32)
+        return sp.csr_array(r * (rng.random(r.shape) < density))
+
+    both = ScanWeight.of(pruned(64, 0.1), 4, both=True)
+    assert both.kind == "sparse+dense"
+    assert both.arrays(1) is both.panels and both.arrays(7) is both.panels  # 10% > CSR_MAX_DENSITY_FEW
+    assert both.arrays(8) is both.csr and both.arrays(64) is both.csr  # < CSR_MAX_DENSITY_MANY
+    assert ScanWeight.of(pruned(64, 0.2), 4, both=True).arrays(8)["rt"] is not None  # past both limits
+    assert ScanWeight.of(pruned(64, 0.05), 4, both=True).kind == "sparse"  # CSR wins at any batch
+    assert ScanWeight.of(pruned(300, 0.2), 4, both=True).kind == "sparse"  # panels of 1.4 MB: past L2
+    assert ScanWeight.of(pruned(64, 0.2), 4).kind == "sparse"  # not chosen: what was asked for
+    dense = ScanWeight.of(rng.standard_normal((256, 64)).astype(np.float32), 4)
+    assert dense.kind == "dense" and dense.arrays(1) is dense.panels
 
 
 THREADED = [("LSTM", {"peephole": True}), ("GRU", {}), ("GRU", {"linear_before_reset": 1}), ("RNN", {})]
@@ -218,14 +254,14 @@ def test_malformed_calls_are_refused(change, message):
 
 @pytest.mark.parametrize("op", GATES)
 def test_r_transposed_is_packed_like_the_loaded_panels(op):
-    """A caller's R^T is packed per call into the panels recurrent._scan_form makes at load."""
+    """A caller's R^T is packed per call into the panels recurrent._panels makes at load."""
     rng = np.random.default_rng(2)
     gates, hidden, n = GATES[op], 20, 3
     r = rng.standard_normal((gates * hidden, hidden)).astype(np.float32)
     args = {"cell": op, "xw": rng.standard_normal((4, n, gates * hidden)).astype(np.float32),
             "lens": np.full(n, 4, np.int64), "direction": 0, "backwards": False}
     outs = []
-    for form in ({"rt": np.ascontiguousarray(r.T)}, _scan_form(r, gates)):
+    for form in ({"rt": np.ascontiguousarray(r.T)}, _panels(r, gates)):
         y, h = np.zeros((4, 1, n, hidden), np.float32), np.ones((n, hidden), np.float32)
         c = np.ones((n, hidden), np.float32) if op == "LSTM" else None
         native.recurrent_scan(**args, y=y, h=h, c=c, **form)

@@ -9,13 +9,16 @@ ONNX leaves details open (clip, activation_alpha/beta order, empty sequences) on
 behaviour is followed.
 
 The loop over the steps runs compiled (``native.recurrent_scan``, _recurrent.c) where the build has
-it and the node keeps its op's default activations: R is then held only in the form that loop takes,
-per direction: dense as R^T in unit-major 16-column panels or CSR, and each sequence's reverse order
-is read in place. The session's threads share each step's units through the native pool
+it and the node keeps its op's default activations: R is then held only in the forms that loop takes,
+per direction: dense as R^T in unit-major 16-column panels, CSR, or (a pruned R whose panels are small)
+both, each call taking the faster for its batch (``ScanWeight``); each sequence's reverse order is
+read in place. The session's threads share each step's units through the native pool
 (docs/recurrent.md). Other activations, or a build without a C compiler, run the numpy loop below,
 one product and a dozen array operations per step.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -30,6 +33,17 @@ from dcm.runtime.cpu.registry import register
 from dcm.runtime.kernel import LARGE_BATCH, Kernel
 
 PANEL = 16  # units per panel of a dense R in the compiled loop (_recurrent.c's PANEL_W)
+
+# A pruned R's steps on CSR against the dense panels' (one 256-unit LSTM layer, native.recurrent_scan
+# on both forms of the same R in turns, 1 and 2 threads): at batch 1 CSR took 0.71-0.88x the panels'
+# time at 5% kept, 1.09-1.16x at 10% (a 128-unit layer 1.29x), 1.6-1.8x at 20%; at batch 8
+# 0.52-0.72x at 5%, 0.74-0.89x at 10%, 1.05-1.08x at 15%, 1.17-1.30x at 20%. Panels larger than this
+# CPU's L2 lose at all of these (512 units, 4 MB read from L3 each step: CSR 0.24x at 10%, batch 1).
+# So a pruned R whose panels take at most PANELS_MAX_BYTES keeps both forms, and a call takes the
+# panels where R's density is past CSR_MAX_DENSITY_FEW (batch < 8) or CSR_MAX_DENSITY_MANY.
+PANELS_MAX_BYTES = 1 << 20
+CSR_MAX_DENSITY_FEW = 0.08
+CSR_MAX_DENSITY_MANY = 0.13
 
 # name -> (function of (x, alpha, beta), default alpha, default beta); alpha/beta None: not used.
 ACTIVATIONS = {
@@ -107,6 +121,7 @@ class _Recurrent(Kernel):
         self.compiled = (native.recurrent_scan is not None and not self.custom_activations
                          and (self.clip is None or self.clip >= 0))
         self.by_rows = ctx.requested_mode(node, node.inputs[1]) is None  # W's many-row product may go dense
+        self.r_requested = ctx.requested_mode(node, node.inputs[2])
         self.modes, self.densities, self.shapes, self.products = {}, {}, {}, {}
         for i, columns in ((1, LARGE_BATCH), (2, 1)):  # W multiplies every step at once, R one step's batch
             name = node.inputs[i]
@@ -135,9 +150,10 @@ class _Recurrent(Kernel):
 
     def _products(self, i: int, mode: str, mats: list) -> list:
         """Per direction, the WeightMatmul(s) of input i: W's one, R's (subclasses split R); for the
-        compiled loop, R's form for it instead."""
+        compiled loop, R's forms for it instead (a chosen sparse mode may keep the panels too; a
+        requested one keeps what was asked for)."""
         if i == 2 and self.compiled:
-            return [_scan_form(m, self.gates) for m in mats]
+            return [ScanWeight.of(m, self.gates, both=self.r_requested is None) for m in mats]
         return [[WeightMatmul(mode, m, self.threads, prefer="right", by_rows=i == 1 and self.by_rows)] for m in mats]
 
     def _weights(self, w, r) -> tuple[list, list, int, int]:
@@ -184,7 +200,7 @@ class _Recurrent(Kernel):
                 input_bias, recurrent_bias = self._split_bias(bias[d])  # added in the loop, not in a pass over xw
                 hs[d], cs[d] = h[d], c[d]  # initial states in, final ones out
                 native.recurrent_scan(self.node.op, xw, y, hs[d], cs[d] if self.gates == 4 else None, lens, d,
-                                      backwards, **rp[d], peephole=None if peep is None else peep[d],
+                                      backwards, **rp[d].arrays(batch), peephole=None if peep is None else peep[d],
                                       recurrent_bias=recurrent_bias, clip=self.clip, input_forget=self.input_forget,
                                       linear_before_reset=bool(self.linear_before_reset), threads=self.threads,
                                       input_bias=input_bias)
@@ -250,7 +266,9 @@ class _Recurrent(Kernel):
         out = {"kernel": self.modes.get(1, "dense")}
         if 1 in self.densities:
             out["density"] = self.densities[1]
-        out["recurrent_kernel"] = self.modes.get(2, "dense")
+        forms = self.products.get(2)  # the compiled loop's ScanWeights (another backend's own products)
+        out["recurrent_kernel"] = forms[0].kind if forms and isinstance(forms[0], ScanWeight) else \
+            self.modes.get(2, "dense")
         if 2 in self.densities:
             out["recurrent_density"] = self.densities[2]
         if self.compiled:
@@ -263,21 +281,52 @@ class _Recurrent(Kernel):
         return out
 
 
-def _scan_form(m, gates: int) -> dict[str, np.ndarray]:
-    """R [gates * hidden, hidden] as native.recurrent_scan takes it: CSR arrays if pruned, else R^T
-    packed once here (not per call) as unit-major panels of 16 columns: panel (u // 16) * gates + g
-    holds gate g's units u // 16 * 16 ... + 15 (zeros past hidden), so that a range of units (all
-    their gates) is one run of panels."""
-    if sp.issparse(m):
-        m = sp.csr_array(m)
-        return {"indptr": m.indptr.astype(np.int64), "indices": m.indices.astype(np.int32),
-                "values": m.data.astype(np.float32)}
+def _panels(m, gates: int) -> dict[str, np.ndarray]:
+    """R [gates * hidden, hidden] (dense) as R^T packed once here (not per call) in unit-major panels of
+    16 columns: panel (u // 16) * gates + g holds gate g's units u // 16 * 16 ... + 15 (zeros past
+    hidden), so that a range of units (all their gates) is one run of panels."""
     hidden = m.shape[1]
     units = -(-hidden // PANEL) * PANEL
     padded = np.zeros((gates, units, hidden), dtype=np.float32)
     padded[:, :hidden] = np.asarray(m, dtype=np.float32).reshape(gates, hidden, hidden)
     panels = padded.reshape(gates, units // PANEL, PANEL, hidden).transpose(1, 0, 3, 2)
     return {"rt": memory.aligned(panels.reshape(gates * units // PANEL, hidden, PANEL))}
+
+
+@dataclass
+class ScanWeight:
+    """One direction's R as native.recurrent_scan takes it: CSR arrays (pruned), the dense panels, or
+    both, where each call takes the faster for its batch (see PANELS_MAX_BYTES)."""
+
+    csr: dict[str, np.ndarray] | None
+    panels: dict[str, np.ndarray] | None
+    density: float
+
+    @classmethod
+    def of(cls, m, gates: int, both: bool = False) -> "ScanWeight":
+        """m: R dense or scipy sparse; ``both``: a sparse m also keeps its panels where they are small."""
+        if not sp.issparse(m):
+            return cls(None, _panels(m, gates), 1.0)
+        m = sp.csr_array(m)
+        csr = {"indptr": m.indptr.astype(np.int64), "indices": m.indices.astype(np.int32),
+               "values": m.data.astype(np.float32)}
+        density = m.nnz / max(m.shape[0] * m.shape[1], 1)
+        hidden = m.shape[1]
+        small = gates * -(-hidden // PANEL) * PANEL * hidden * 4 <= PANELS_MAX_BYTES
+        keep = both and small and density > CSR_MAX_DENSITY_FEW
+        return cls(csr, _panels(m.toarray(), gates) if keep else None, density)
+
+    @property
+    def kind(self) -> str:
+        """What describe() reports: "sparse", "dense", or "sparse+dense" (chosen per call)."""
+        return "sparse+dense" if self.csr and self.panels else "sparse" if self.csr else "dense"
+
+    def arrays(self, batch: int) -> dict[str, np.ndarray]:
+        """The keyword arrays of native.recurrent_scan for a call on ``batch`` sequences."""
+        if self.csr is None or self.panels is None:
+            return self.csr or self.panels
+        limit = CSR_MAX_DENSITY_MANY if batch >= 8 else CSR_MAX_DENSITY_FEW
+        return self.panels if self.density > limit else self.csr
 
 
 @register("RNN")
