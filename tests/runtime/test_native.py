@@ -434,6 +434,34 @@ def test_conv_matches_reference(data):
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("n", [33, 49, 64])
+def test_one_panel_by_columns_gives_every_thread_count_the_same_bits(n):
+    """On AVX-512 one panel of 33-64 vectors and a W of 4+ column blocks goes in two parts by columns,
+    whose sums are added in order (KSPLIT_PARTS), whatever the thread count: 1-3 threads and row
+    ranges give the same bits; against numpy, a ReLU, a NaN row kept, bias only once."""
+    rng = np.random.default_rng(n)
+    rows, cols = 70, 1000  # 8 column blocks of 128, the last part-filled
+    w = sp.random_array((rows, cols), density=0.3, format="csr", dtype=np.float32, rng=rng)
+    w.sort_indices()
+    xt = rng.standard_normal((cols, n)).astype(np.float32)
+    xt[5, 3] = np.nan  # the rows that store a weight at input 5 get NaN in column 3, ReLU or not
+    bias = rng.standard_normal(rows).astype(np.float32)
+    m = SparseMatrix(rows, cols, w.indptr.astype(np.int64), w.indices.astype(np.uint16), w.data)
+    with _paths("avx512"):
+        one = np.full((rows, n), np.inf, np.float32)
+        assert m.matmat(xt, one, bias, True) == 1
+        for threads in (2, 3):
+            y = np.full_like(one, np.inf)
+            m.matmat(xt, y, bias, True, 0, 33, threads=threads)
+            m.matmat(xt, y, bias, True, 33, threads=threads)
+            np.testing.assert_array_equal(y, one)
+    with np.errstate(invalid="ignore"):
+        want = np.maximum(w.toarray() @ np.nan_to_num(xt, nan=0.0) + bias[:, None], 0)
+    stored = w.toarray()[:, 5] != 0
+    want[stored, 3] = np.nan
+    np.testing.assert_allclose(one, want, rtol=1e-4, atol=1e-4)
+
+
 def test_conv_ranges_split_samples_and_channels():
     rng = np.random.default_rng(3)
     w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)

@@ -678,6 +678,16 @@ static void panel_extent(const PanelJob *j, Py_ssize_t p, Py_ssize_t *jw, Py_ssi
     *width = j->wide ? (*jw + 15) / 16 * 16 : *jw <= 8 ? 8 : PANEL;
 }
 
+/* Rows [c0, c1) of a panel of x [cols, n]: vectors [j0, j0 + jw), zeros to width. */
+static void copy_columns(const PanelJob *j, Py_ssize_t j0, Py_ssize_t jw, Py_ssize_t width, Py_ssize_t c0,
+                         Py_ssize_t c1, float *panel)
+{
+    for (Py_ssize_t c = c0; c < c1; c++) {
+        memcpy(panel + c * j->stride, j->x + c * j->n + j0, (size_t)jw * sizeof(float));
+        memset(panel + c * j->stride + jw, 0, (size_t)(width - jw) * sizeof(float));
+    }
+}
+
 /* Vectors [p * span, + span) as panel [cols][stride], zeros past n; notes an Inf/NaN among them. */
 static void pack_panel(PanelJob *j, Py_ssize_t p, float *panel)
 {
@@ -687,10 +697,7 @@ static void pack_panel(PanelJob *j, Py_ssize_t p, float *panel)
         if (DISPATCH(pack_rows, j->x + j0 * cols, cols, jw, width, panel, stride))
             __atomic_store_n(&j->nonfinite, 1, __ATOMIC_RELAXED);
     } else {
-        for (Py_ssize_t c = 0; c < cols; c++) {
-            memcpy(panel + c * stride, j->x + c * j->n + j0, (size_t)jw * sizeof(float));
-            memset(panel + c * stride + jw, 0, (size_t)(width - jw) * sizeof(float));
-        }
+        copy_columns(j, j0, jw, width, 0, cols, panel);
     }
 }
 
@@ -703,34 +710,45 @@ static void pack_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 
 /* Rows group * ROW_GROUP + begin of W (ROW_GROUP of them, or to end) over panel p0, one block of
  * columns at a time (see column_blocks: 32 KiB of the panel, so two COLUMN_BLOCKs where it is narrower
- * than WIDE_PANEL), the group's sums kept in tile between blocks, then written to y. */
+ * than WIDE_PANEL), the group's sums kept in tile between blocks: column blocks [blk0, blk1) (all: 0 and
+ * COLUMN_BLOCKS(cols), or 1 where W has no blocks), the sums started from bias (NULL: zero), ReLU
+ * after the last block where relu. */
 #define ROW_GROUP 16 /* rows per unit: their sums (2 KiB) stay in L1 beside the panel's block */
-static void panel_unit(const PanelJob *j, const float *panel, Py_ssize_t p0, Py_ssize_t group, float *tile)
+static void unit_sums(const PanelJob *j, const float *panel, Py_ssize_t p0, Py_ssize_t group, float *tile,
+                      Py_ssize_t blk0, Py_ssize_t blk1, const float *bias, int relu)
 {
     const SparseMatrix *m = j->m;
     const int64_t *p = m->csr.ptr.buf;
     const int32_t *cb = m->column_blocks;
-    Py_ssize_t rows = m->rows, stride = j->stride, nb = cb ? COLUMN_BLOCKS(m->cols) : 1;
+    Py_ssize_t stride = j->stride, nb = cb ? COLUMN_BLOCKS(m->cols) : 1;
     Py_ssize_t step = cb && stride < WIDE_PANEL ? 2 : 1; /* COLUMN_BLOCKs per block */
     int64_t kb[ROW_GROUP], ke[ROW_GROUP];
     Py_ssize_t r0 = j->begin + group * ROW_GROUP, r1 = j->end - r0 < ROW_GROUP ? j->end : r0 + ROW_GROUP;
-    Py_ssize_t j0 = p0 * j->span, jw, width;
+    Py_ssize_t jw, width;
     panel_extent(j, p0, &jw, &width);
-    for (Py_ssize_t blk = 0; blk < nb; blk += step) {
-        Py_ssize_t next = blk + step < nb ? blk + step : nb;
+    for (Py_ssize_t blk = blk0; blk < blk1; blk += step) {
+        Py_ssize_t next = blk + step < blk1 ? blk + step : blk1;
         for (Py_ssize_t r = r0; r < r1; r++) {
             kb[r - r0] = cb ? p[r] + cb[r * (nb + 1) + blk] : p[r];
             ke[r - r0] = cb ? p[r] + cb[r * (nb + 1) + next] : p[r + 1];
         }
-        int first = blk == 0, relu = j->relu && next == nb;
+        int first = blk == blk0, last_relu = relu && next == blk1;
 #ifdef HAVE_AVX2_PATH
         if (j->wide)
             panel_rows_avx512(&m->csr, kb, ke, first, panel, stride == WIDE_PANEL ? 6 : 5, (int)(width / 16),
-                              j->bias, relu, r0, r1, tile);
+                              bias, last_relu, r0, r1, tile);
         else
 #endif
-            DISPATCH(panel_rows, &m->csr, kb, ke, first, panel, stride, width, j->bias, relu, r0, r1, tile);
+            DISPATCH(panel_rows, &m->csr, kb, ke, first, panel, stride, width, bias, last_relu, r0, r1, tile);
     }
+}
+
+/* A unit's finished tile (its rows' sums over panel p0) into y, in y's layout. */
+static void unit_store(const PanelJob *j, Py_ssize_t p0, Py_ssize_t group, const float *tile)
+{
+    Py_ssize_t rows = j->m->rows, r0 = j->begin + group * ROW_GROUP, r1 = j->end - r0 < ROW_GROUP ? j->end : r0 + ROW_GROUP;
+    Py_ssize_t j0 = p0 * j->span, jw, width;
+    panel_extent(j, p0, &jw, &width);
 #ifdef HAVE_AVX2_PATH
     if (j->by_rows && j->wide && r1 - r0 == ROW_GROUP) {
         group_to_rows_avx512(tile, j->y + j0 * rows + r0, rows, jw);
@@ -747,6 +765,14 @@ static void panel_unit(const PanelJob *j, const float *panel, Py_ssize_t p0, Py_
                 memcpy(j->y + r * j->n + j0, t + (r - t0) * TILE_PITCH, (size_t)jw * sizeof(float));
         }
     }
+}
+
+/* A unit: a row group over all of panel p0's columns, into y. */
+static void panel_unit(const PanelJob *j, const float *panel, Py_ssize_t p0, Py_ssize_t group, float *tile)
+{
+    const Py_ssize_t nb = j->m->column_blocks ? COLUMN_BLOCKS(j->m->cols) : 1;
+    unit_sums(j, panel, p0, group, tile, 0, nb, j->bias, j->relu);
+    unit_store(j, p0, group, tile);
 }
 
 /* Units [lo, hi) of the shared panels: unit u is row group u % row_groups over panel u / row_groups
@@ -781,6 +807,91 @@ static void stream_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
     PyMem_RawFree(raw);
 }
 
+/* One panel of x [cols, n] (33-64 vectors: a 7x7 plane's im2col columns, 4608 x 49 in ResNet-18's last
+ * stage) and a W of KSPLIT_PARTS * 2 column blocks or more go in KSPLIT_PARTS parts by columns: each
+ * part packs its columns of the panel and makes its partial sums for every row of W (part 0's from the
+ * bias), then the parts' sums are added in order, the ReLU applied, and the rows written to y. Split
+ * so whatever the thread count: any count gives the same bits. Shared by rows of W, every thread read
+ * all of the one packed panel, half of it (0.6 MB there) from the other core's cache, and one thread
+ * packed it while the other waited. */
+#define KSPLIT_PARTS 2
+
+typedef struct {
+    PanelJob *job;
+    Py_ssize_t blocks; /* COLUMN_BLOCKS(cols) */
+    float *partial;    /* [KSPLIT_PARTS][row_groups][ROW_GROUP * TILE_PITCH] */
+} SplitJob;
+
+static inline void part_blocks(const SplitJob *s, Py_ssize_t part, Py_ssize_t *b0, Py_ssize_t *b1)
+{
+    *b0 = part * s->blocks / KSPLIT_PARTS;
+    *b1 = (part + 1) * s->blocks / KSPLIT_PARTS;
+}
+
+/* Parts [lo, hi): their columns of the panel. */
+static void split_pack(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const SplitJob *s = ctx;
+    const PanelJob *j = s->job;
+    Py_ssize_t jw, width, b0, b1;
+    panel_extent(j, 0, &jw, &width);
+    for (Py_ssize_t part = lo; part < hi; part++) {
+        part_blocks(s, part, &b0, &b1);
+        const Py_ssize_t c1 = b1 * COLUMN_BLOCK < j->m->cols ? b1 * COLUMN_BLOCK : j->m->cols;
+        copy_columns(j, 0, jw, width, b0 * COLUMN_BLOCK, c1, j->panels);
+    }
+}
+
+/* Units [lo, hi): unit u is row group u % row_groups over part u / row_groups's columns, its partial
+ * sums kept (part-major: a thread's range is its own part's columns, which it packed). */
+static void split_units(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const SplitJob *s = ctx;
+    const PanelJob *j = s->job;
+    Py_ssize_t b0, b1;
+    for (Py_ssize_t u = lo; u < hi; u++) {
+        const Py_ssize_t part = u / j->row_groups;
+        part_blocks(s, part, &b0, &b1);
+        unit_sums(j, j->panels, 0, u % j->row_groups, s->partial + u * ROW_GROUP * TILE_PITCH, b0, b1,
+                  part == 0 ? j->bias : NULL, 0);
+    }
+}
+
+/* Row groups [lo, hi): the parts' sums added in order (then the ReLU, which keeps NaN), into y. */
+static void split_finish(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const SplitJob *s = ctx;
+    const PanelJob *j = s->job;
+    float tile[ROW_GROUP * TILE_PITCH] __attribute__((aligned(64)));
+    for (Py_ssize_t g = lo; g < hi; g++) {
+        const float *first = s->partial + g * ROW_GROUP * TILE_PITCH;
+        for (Py_ssize_t i = 0; i < ROW_GROUP * TILE_PITCH; i++) {
+            float v = first[i];
+            for (Py_ssize_t part = 1; part < KSPLIT_PARTS; part++)
+                v += first[(part * j->row_groups) * ROW_GROUP * TILE_PITCH + i];
+            tile[i] = j->relu && v < 0.f ? 0.f : v;
+        }
+        unit_store(j, 0, g, tile);
+    }
+}
+
+/* The split product (see KSPLIT_PARTS); -1 where its buffer could not be allocated. */
+static int split_product(PanelJob *job, int threads)
+{
+    const Py_ssize_t tile_floats = ROW_GROUP * TILE_PITCH, groups = job->row_groups;
+    float *raw = PyMem_RawMalloc((size_t)(job->m->cols * job->stride + KSPLIT_PARTS * groups * tile_floats + 32) *
+                                 sizeof(float));
+    if (!raw) return -1;
+    job->panels = (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
+    SplitJob s = {job, COLUMN_BLOCKS(job->m->cols), job->panels + (job->m->cols * job->stride + 15) / 16 * 16};
+    Py_ssize_t per_unit = (job->m->csr.val.len / 4 / (job->m->rows + 1) + 1) * ROW_GROUP * WIDE_PANEL / KSPLIT_PARTS;
+    parallel_for(split_pack, &s, KSPLIT_PARTS, 1, threads);
+    parallel_for(split_units, &s, KSPLIT_PARTS * groups, RANGE_MIN_MACS / per_unit + 1, threads);
+    parallel_for(split_finish, &s, groups, 1 + 4096 / (tile_floats + 1), threads);
+    PyMem_RawFree(raw);
+    return 0;
+}
+
 /* Panels per thread from which a product streams them: at fewer, splitting by rows of W keeps the
  * threads evenly loaded (the last panel may hold a few vectors). */
 #define STREAM_PANELS 4
@@ -811,6 +922,9 @@ static int panel_product(const SparseMatrix *m, const float *x, float *y, Py_ssi
         parallel_for(stream_range, &job, count, 1, threads);
         return job.failed ? -1 : job.nonfinite;
     }
+    if (count == 1 && !by_rows && stride == WIDE_PANEL && m->column_blocks &&
+        COLUMN_BLOCKS(cols) >= 2 * KSPLIT_PARTS)
+        return split_product(&job, threads); /* by columns, see KSPLIT_PARTS (x counted by the caller) */
     /* At most span - 1 vectors of zeros past x's own: the caller bounds (cols + 8) * (n + WIDE_PANEL) */
     float *raw = PyMem_RawMalloc((size_t)(count * cols * stride + 16) * sizeof(float));
     if (!raw) return -1;
