@@ -51,6 +51,22 @@ def test_compiled_matches_numpy(attrs, tol, x_shape, scales, simd):
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("attrs", [{"mode": "nearest"}, {"mode": "linear"}], ids=["nearest", "linear"])
+def test_threads_and_repeated_rows(attrs):
+    """A large call splits its planes over the native pool; nearest's repeated output rows are copies of
+    the row before and its columns are gathered from the input rows themselves: 1-3 threads, the same
+    bits, and the numpy passes' result."""
+    compiled, reference = _sessions(attrs, (2, 24, 30, 30), (1, 1, 2, 2))  # 172,800 outputs: past the GIL limit
+    x = np.random.default_rng(2).standard_normal((2, 24, 30, 30)).astype(np.float32)
+    x[1, 3, 4, 5] = np.nan
+    want = reference.run(None, {"x": x})[0]
+    one = compiled.run(None, {"x": x})[0]
+    np.testing.assert_allclose(one, want, rtol=1e-6, atol=1e-6)
+    for threads in (2, 3):
+        split = InferenceSession(compiled.model, threads=threads)
+        np.testing.assert_array_equal(split.run(None, {"x": x})[0], one)
+
+
 def test_inf_and_nan_propagate_like_the_numpy_passes():
     compiled, reference = _sessions({"mode": "linear"}, (1, 1, 6, 7), (1, 1, 2, 2))
     x = np.random.default_rng(1).standard_normal((1, 1, 6, 7)).astype(np.float32)

@@ -9,7 +9,12 @@
  * Why C: numpy resizes an axis as a gather per tap, a multiply and an add, each a pass over the
  * whole output, and a gather along the last axis is an index per value. Here an output row is one
  * weighted sum of whole input rows (contiguous, 8 floats per AVX2 register) into a row buffer, then
- * a gather from that buffer (which stays in L1) per output value: each output is written once.
+ * a gather from that buffer (which stays in L1) per output value: each output is written once. An
+ * output row with the same row taps as the one before (nearest upsampling: every other row at 2x) is
+ * a copy of it, and where every row is one tap of weight 1 (nearest) the columns are gathered from
+ * the input row itself; planes are split over the native pool. Nearest 2x, one thread, both builds in
+ * turns: [256, 10, 10] 90 -> 46 us, [64, 56, 56] 293 -> 189 (2 threads: 126); linear 8x on [21, 40,
+ * 40] 1130 -> 1133 (2 threads: 630); linear 2x on [64, 28, 28] 149 -> 153-157 us on one thread.
  *
  * col2im2d (ConvTranspose; conv_transpose.py): the output of a 2-D transposed convolution from the
  * product W^T @ X, cols [c_out, kh, kw, n, h, w]: every tap's value added at its strided output
@@ -26,6 +31,7 @@
 #include <string.h>
 
 #define RELEASE_GIL_MIN 32768 /* output values below which the GIL round trip costs more than it frees */
+#define RANGE_VALUES (1 << 17)  /* output values a thread's range writes at least: ~25 us, as _layout.c's */
 
 typedef struct {
     const int32_t *idx; /* [out, taps] */
@@ -90,24 +96,64 @@ static void columns_avx2(const float *row, const Taps *c, const int32_t *idx_t, 
 }
 #endif
 
-static void resize_planes(const float *x, float *y, Py_ssize_t planes, Py_ssize_t h, Py_ssize_t w, const Taps *r,
-                          const Taps *c, const int32_t *idx_t, const float *w_t, float *row, int avx2)
+/* Whether output row i takes the same source rows with the same weights as row i - 1 (nearest
+ * upsampling: every other row at 2x), so that it is a copy of that row. */
+static int same_row_taps(const Taps *r, Py_ssize_t i)
 {
-    for (Py_ssize_t p = 0; p < planes; p++) {
-        const float *xp = x + p * h * w;
+    return i > 0 && !memcmp(r->idx + i * r->taps, r->idx + (i - 1) * r->taps, (size_t)r->taps * sizeof(int32_t)) &&
+           !memcmp(r->w + i * r->taps, r->w + (i - 1) * r->taps, (size_t)r->taps * sizeof(float));
+}
+
+typedef struct {
+    const float *x;
+    float *y;
+    Py_ssize_t h, w;
+    const Taps *r, *c;
+    const int32_t *idx_t;
+    const float *w_t;
+    const unsigned char *repeats; /* [out_h]: output row i is a copy of row i - 1 (same_row_taps) */
+    int avx2, direct; /* direct: every row one tap of weight 1, gathered from x's row itself */
+    int failed;       /* a range's row buffer could not be allocated */
+} ResizeJob;
+
+/* Planes [lo, hi). An output row whose row taps repeat the previous row's is copied from it; with
+ * direct, the columns are gathered from the source row, not from a weighted copy of it. */
+static void resize_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    ResizeJob *j = ctx;
+    const Taps *r = j->r, *c = j->c;
+    const Py_ssize_t h = j->h, w = j->w;
+    const int direct = j->direct;
+#ifdef HAVE_AVX2_PATH
+    const int avx2 = j->avx2;
+#endif
+    float *row = direct ? NULL : PyMem_RawMalloc((size_t)w * sizeof(float));
+    if (!direct && !row) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    for (Py_ssize_t p = lo; p < hi; p++) {
+        const float *xp = j->x + p * h * w;
+        float *yp = j->y + p * r->out * c->out;
         for (Py_ssize_t i = 0; i < r->out; i++) {
-            float *yi = y + (p * r->out + i) * c->out;
+            float *yi = yp + i * c->out;
+            if (j->repeats[i]) {
+                memcpy(yi, yi - c->out, (size_t)c->out * sizeof(float));
+                continue;
+            }
+            const float *src = direct ? xp + (Py_ssize_t)r->idx[i] * w : row;
 #ifdef HAVE_AVX2_PATH
             if (avx2) {
-                rows_avx2(xp, w, r->idx + i * r->taps, r->w + i * r->taps, r->taps, row);
-                columns_avx2(row, c, idx_t, w_t, yi);
+                if (!direct) rows_avx2(xp, w, r->idx + i * r->taps, r->w + i * r->taps, r->taps, row);
+                columns_avx2(src, c, j->idx_t, j->w_t, yi);
                 continue;
             }
 #endif
-            rows_generic(xp, w, r->idx + i * r->taps, r->w + i * r->taps, r->taps, row, 0);
-            columns_generic(row, c, yi, 0);
+            if (!direct) rows_generic(xp, w, r->idx + i * r->taps, r->w + i * r->taps, r->taps, row, 0);
+            columns_generic(src, c, yi, 0);
         }
     }
+    PyMem_RawFree(row);
 }
 
 /* Loads taps [out, taps] (int32 indices < limit, float32 weights of the same shape). */
@@ -136,20 +182,24 @@ static int load_taps(PyObject *idx, PyObject *wts, Py_buffer *ib, Py_buffer *wb,
 }
 
 PyDoc_STRVAR(resize2d_doc,
-"resize2d(x, y, row_indices, row_weights, col_indices, col_weights) -> None\n\n"
+"resize2d(x, y, row_indices, row_weights, col_indices, col_weights, threads=1) -> None\n\n"
 "y [planes, out_h, out_w] = the separable interpolation of x [planes, h, w] (both float32,\n"
 "C-contiguous): output row i takes the input rows row_indices[i, :] (int32 [out_h, taps]) with\n"
 "row_weights[i, :] (float32, same shape), output column j the columns col_indices[j, :] with\n"
-"col_weights[j, :] ([out_w, taps']). Releases the GIL for large calls.");
+"col_weights[j, :] ([out_w, taps']). Releases the GIL for large calls, whose planes it splits over\n"
+"up to `threads` threads of the native pool.");
 
 static PyObject *resize2d(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"x", "y", "row_indices", "row_weights", "col_indices", "col_weights", NULL};
+    static char *kwlist[] = {"x", "y", "row_indices", "row_weights", "col_indices", "col_weights", "threads", NULL};
     PyObject *xo, *yo, *rio, *rwo, *cio, *cwo;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO", kwlist, &xo, &yo, &rio, &rwo, &cio, &cwo)) return NULL;
+    int threads = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO|i", kwlist, &xo, &yo, &rio, &rwo, &cio, &cwo, &threads))
+        return NULL;
     Py_buffer xb = {0}, yb = {0}, rib = {0}, rwb = {0}, cib = {0}, cwb = {0};
     PyObject *result = NULL;
-    float *row = NULL, *w_t = NULL;
+    float *w_t = NULL;
+    unsigned char *repeats = NULL;
     int32_t *idx_t = NULL;
     if (get_array_of_rank(xo, &xb, 'f', 4, 0, 1, "x") < 0 || get_array_of_rank(yo, &yb, 'f', 4, 1, 1, "y") < 0)
         goto done;
@@ -171,10 +221,10 @@ static PyObject *resize2d(PyObject *self, PyObject *args, PyObject *kwds)
         result = Py_NewRef(Py_None);
         goto done;
     }
-    row = PyMem_RawMalloc((size_t)w * sizeof(float));
     idx_t = PyMem_RawMalloc((size_t)(c.out * c.taps) * sizeof(int32_t));
     w_t = PyMem_RawMalloc((size_t)(c.out * c.taps) * sizeof(float));
-    if (!row || !idx_t || !w_t) {
+    repeats = PyMem_RawMalloc((size_t)r.out);
+    if (!idx_t || !w_t || !repeats) {
         PyErr_NoMemory();
         goto done;
     }
@@ -183,18 +233,23 @@ static PyObject *resize2d(PyObject *self, PyObject *args, PyObject *kwds)
             idx_t[s * c.out + j] = c.idx[j * c.taps + s];
             w_t[s * c.out + j] = c.w[j * c.taps + s];
         }
-    const int avx2 = use_avx2();
+    int direct = r.taps == 1;
+    for (Py_ssize_t i = 0; i < r.out; i++) {
+        repeats[i] = (unsigned char)same_row_taps(&r, i);
+        direct &= r.taps == 1 && r.w[i] == 1.0f;
+    }
+    ResizeJob job = {xb.buf, yb.buf, h, w, &r, &c, idx_t, w_t, repeats, use_avx2(), direct, 0};
     if (total >= RELEASE_GIL_MIN) {
         Py_BEGIN_ALLOW_THREADS
-        resize_planes(xb.buf, yb.buf, planes, h, w, &r, &c, idx_t, w_t, row, avx2);
+        parallel_for(resize_range, &job, planes, 1 + RANGE_VALUES / (r.out * c.out + 1), threads);
         Py_END_ALLOW_THREADS
     } else {
-        resize_planes(xb.buf, yb.buf, planes, h, w, &r, &c, idx_t, w_t, row, avx2);
+        resize_range(&job, 0, planes);
     }
-    result = Py_NewRef(Py_None);
+    result = job.failed ? PyErr_NoMemory() : Py_NewRef(Py_None);
 done:
-    PyMem_RawFree(row);
     PyMem_RawFree(idx_t);
+    PyMem_RawFree(repeats);
     PyMem_RawFree(w_t);
     RELEASE_BUFFERS(&xb, &yb, &rib, &rwb, &cib, &cwb);
     return result;
@@ -215,7 +270,6 @@ static void tap_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size, Py_
     if (*first > *end) *first = *end;
 }
 
-#define COL2IM_RANGE_VALUES (1 << 17) /* output values a thread's range writes at least: ~25 us, as _layout.c's */
 
 typedef struct {
     const Col2im *g;
@@ -368,7 +422,7 @@ static PyObject *col2im2d(PyObject *self, PyObject *args, PyObject *kwds)
     const Py_ssize_t planes = g.n * g.c_out, plane = g.out_h * g.out_w;
     if (total >= RELEASE_GIL_MIN) {
         Py_BEGIN_ALLOW_THREADS
-        parallel_for(col2im_range, &job, planes, 1 + COL2IM_RANGE_VALUES / plane, threads);
+        parallel_for(col2im_range, &job, planes, 1 + RANGE_VALUES / plane, threads);
         Py_END_ALLOW_THREADS
     } else {
         col2im_range(&job, 0, planes);

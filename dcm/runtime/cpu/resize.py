@@ -263,7 +263,7 @@ class Resize(Kernel):
         y = np.empty(shape, dtype=np.float32)
         planes = math.prod(data.shape[:-2])
         native.resize2d(np.ascontiguousarray(data).reshape(planes, *data.shape[-2:]), y.reshape(planes, *shape[-2:]),
-                        *taps)
+                        *taps, threads=self.threads)
         return y
 
     def _axis(self, data: np.ndarray, axis: int, scale: float, out: int, roi) -> np.ndarray:
