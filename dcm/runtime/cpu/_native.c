@@ -566,7 +566,6 @@ static void tile_to_rows_generic(const float *tile, float *y, Py_ssize_t ldy, Py
 }
 
 #ifdef HAVE_AVX2_PATH
-
 /* A full tile of PANEL_ROWS rows goes 8 x 8 blocks at a time. */
 __attribute__((target("avx2,fma")))
 static void tile_to_rows_avx2(const float *tile, float *y, Py_ssize_t ldy, Py_ssize_t jw, Py_ssize_t nr)
@@ -714,6 +713,14 @@ static void pack_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
  * COLUMN_BLOCKS(cols), or 1 where W has no blocks), the sums started from bias (NULL: zero), ReLU
  * after the last block where relu. */
 #define ROW_GROUP 16 /* rows per unit: their sums (2 KiB) stay in L1 beside the panel's block */
+
+/* Rows [r0, r1) of W in row group `group` of the job's range. */
+static inline void group_rows(const PanelJob *j, Py_ssize_t group, Py_ssize_t *r0, Py_ssize_t *r1)
+{
+    *r0 = j->begin + group * ROW_GROUP;
+    *r1 = j->end - *r0 < ROW_GROUP ? j->end : *r0 + ROW_GROUP;
+}
+
 static void unit_sums(const PanelJob *j, const float *panel, Py_ssize_t p0, Py_ssize_t group, float *tile,
                       Py_ssize_t blk0, Py_ssize_t blk1, const float *bias, int relu)
 {
@@ -723,8 +730,8 @@ static void unit_sums(const PanelJob *j, const float *panel, Py_ssize_t p0, Py_s
     Py_ssize_t stride = j->stride, nb = cb ? COLUMN_BLOCKS(m->cols) : 1;
     Py_ssize_t step = cb && stride < WIDE_PANEL ? 2 : 1; /* COLUMN_BLOCKs per block */
     int64_t kb[ROW_GROUP], ke[ROW_GROUP];
-    Py_ssize_t r0 = j->begin + group * ROW_GROUP, r1 = j->end - r0 < ROW_GROUP ? j->end : r0 + ROW_GROUP;
-    Py_ssize_t jw, width;
+    Py_ssize_t r0, r1, jw, width;
+    group_rows(j, group, &r0, &r1);
     panel_extent(j, p0, &jw, &width);
     for (Py_ssize_t blk = blk0; blk < blk1; blk += step) {
         Py_ssize_t next = blk + step < blk1 ? blk + step : blk1;
@@ -746,8 +753,8 @@ static void unit_sums(const PanelJob *j, const float *panel, Py_ssize_t p0, Py_s
 /* A unit's finished tile (its rows' sums over panel p0) into y, in y's layout. */
 static void unit_store(const PanelJob *j, Py_ssize_t p0, Py_ssize_t group, const float *tile)
 {
-    Py_ssize_t rows = j->m->rows, r0 = j->begin + group * ROW_GROUP, r1 = j->end - r0 < ROW_GROUP ? j->end : r0 + ROW_GROUP;
-    Py_ssize_t j0 = p0 * j->span, jw, width;
+    Py_ssize_t rows = j->m->rows, j0 = p0 * j->span, r0, r1, jw, width;
+    group_rows(j, group, &r0, &r1);
     panel_extent(j, p0, &jw, &width);
 #ifdef HAVE_AVX2_PATH
     if (j->by_rows && j->wide && r1 - r0 == ROW_GROUP) {

@@ -233,10 +233,10 @@ static PyObject *resize2d(PyObject *self, PyObject *args, PyObject *kwds)
             idx_t[s * c.out + j] = c.idx[j * c.taps + s];
             w_t[s * c.out + j] = c.w[j * c.taps + s];
         }
-    int direct = r.taps == 1;
+    int direct = r.taps == 1; /* and every weight 1 (r.w is then one value a row) */
     for (Py_ssize_t i = 0; i < r.out; i++) {
         repeats[i] = (unsigned char)same_row_taps(&r, i);
-        direct &= r.taps == 1 && r.w[i] == 1.0f;
+        if (direct) direct = r.w[i] == 1.0f;
     }
     ResizeJob job = {xb.buf, yb.buf, h, w, &r, &c, idx_t, w_t, repeats, use_avx2(), direct, 0};
     if (total >= RELEASE_GIL_MIN) {
@@ -269,7 +269,6 @@ static void tap_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size, Py_
     if (*end > size) *end = size;
     if (*first > *end) *first = *end;
 }
-
 
 typedef struct {
     const Col2im *g;

@@ -359,6 +359,12 @@ def _packed(wt: np.ndarray) -> np.ndarray | None:
     if (native.gemm_packed is None or native.packed_simd() is None or wt.dtype != np.float32
             or wt.size > PACK_MAX_FLOATS):
         return None
+    return packed_weight(wt)
+
+
+def packed_weight(wt: np.ndarray) -> np.ndarray:
+    """W.T [in, out] in the packed GEMM's panels (native.pack_weight), starting on a cache line
+    (memory.aligned)."""
     return memory.aligned(np.frombuffer(native.pack_weight(wt), np.float32))
 
 

@@ -129,7 +129,7 @@ class NhwcConv(_Conv):
             self.in_channels = per_group
             w2 = w.reshape(self.out_channels, per_group)
             self.wt = np.ascontiguousarray(w2.T)  # [C_in, C_out]
-            self.packed = memory.aligned(np.frombuffer(native.pack_weight(self.wt), np.float32))
+            self.packed = matmul.packed_weight(self.wt)
             self.density = np.count_nonzero(w2) / max(w2.size, 1)
             self.sparse = None  # a pruned layer's CSR form on the compiled sparse kernel
             if (native.SparseMatrix is not None and self.density <= matmul.SPARSE_MAX_DENSITY_MANY_ROWS

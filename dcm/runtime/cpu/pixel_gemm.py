@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dcm.runtime.cpu import memory, native
+from dcm.runtime.cpu import native
+from dcm.runtime.cpu.matmul import packed_weight
 from dcm.runtime.cpu.shape import check_elements
 
 
@@ -31,7 +32,7 @@ class PixelGemm:
         self.out_channels, self.in_channels, kh, kw = weight.shape
         self.kernel = (kh, kw)
         wt = np.ascontiguousarray(weight.transpose(2, 3, 1, 0), dtype=np.float32).reshape(-1, self.out_channels)
-        self.packed = memory.aligned(np.frombuffer(native.pack_weight(wt), np.float32))
+        self.packed = packed_weight(wt)
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
 
     def conv(self, x: np.ndarray, strides: tuple[int, int], dilations: tuple[int, int], begin: list[int],

@@ -8,8 +8,8 @@ Coordinates, neighbour choice and coefficients follow onnx's reference implement
 On float32, the last two axes (an image's height and width) run compiled where the build has it
 (``native.resize2d``, _upsample.c): each output row is one weighted sum of whole input rows, then a
 gather per output value, from taps and weights computed here once per input shape, the planes split
-over the session's threads. Other axes, other
-types and tf_crop_and_resize's extrapolated positions take the numpy passes.
+over the session's threads. Other axes, other types and tf_crop_and_resize's extrapolated positions
+take the numpy passes.
 """
 from __future__ import annotations
 
