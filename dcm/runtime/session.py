@@ -18,6 +18,7 @@ from dcm.format.reader import read
 from dcm.progress import LARGE_FILE_BYTES, bar
 from dcm.runtime.checks import check_node
 from dcm.runtime.cpu import blas
+from dcm.runtime.cpu.memory import buffer_arena
 from dcm.runtime.cpu.shape import view_transposes
 from dcm.runtime.cpu.windows import release_scratch
 from dcm.runtime.fusion import fuse_activations
@@ -59,9 +60,6 @@ def _backend(device: str) -> tuple[str, dict, dict]:
     if device == "cpu":
         from dcm.runtime.cpu import REGISTRY
         from dcm.runtime.cpu.fused import INTERNAL
-        from dcm.runtime.cpu.memory import keep_freed_buffers
-
-        keep_freed_buffers()  # large activations reused, not faulted in again on every run
 
         # an internal op whose compiled kernels this machine lacks is never written (channels-last)
         return "cpu", REGISTRY, {op: k for op, k in INTERNAL.items() if getattr(k, "available", lambda: True)()}
@@ -107,6 +105,8 @@ class InferenceSession:
         self.device = device
         torch_device, registry, internal = _backend(device)
         self._torch = device != "cpu"
+        # large activations reused, not faulted in again on every run, the most recently freed first
+        self._arena = None if self._torch else buffer_arena()
         self._sync = None  # waits for the device; only profile() needs it
         if self._torch and torch_device.startswith("cuda"):
             import torch
@@ -366,6 +366,7 @@ class InferenceSession:
         if not self._torch:
             blas.limit(1)  # the kernels spread large products over the session's threads (blas.py)
         cache = self._cache  # read once: a run in another thread may turn caching off
+        allocator = self._arena.use() if self._arena is not None else None
         try:
             cached = cache.get(key) if cache is not None else None
             if cached is not None:
@@ -386,6 +387,8 @@ class InferenceSession:
             held = cache.put(key, values)
             return env, (frozenset(values) if self._torch else held)
         finally:
+            if allocator is not None:
+                self._arena.restore(allocator)
             if self._scratch:
                 release_scratch()
 

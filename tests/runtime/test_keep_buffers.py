@@ -1,6 +1,7 @@
 """dcm/runtime/cpu/memory.py: freed large buffers stay in the process (glibc), an unknown setting of
-DCM_KEEP_BUFFERS is refused, and a process with it off keeps glibc's policy; the kernels' load-time
-weights start on a cache line (``aligned``)."""
+DCM_KEEP_BUFFERS is refused, and a process with it off keeps glibc's policy; while a session runs numpy
+allocates from the arena (_arena.c: the most recently freed large buffer first, on a cache line); the
+kernels' load-time weights start on a cache line (``aligned``)."""
 import os
 import subprocess
 import sys
@@ -92,3 +93,61 @@ def test_load_time_weights_start_on_a_line(make):
         assert native.gemm_packed is None or native.packed_simd() != "avx512"
         return
     assert packed.ctypes.data % 64 == 0
+
+
+arena = memory.buffer_arena()
+needs_arena = pytest.mark.skipif(arena is None, reason="built without _arena.c or DCM_KEEP_BUFFERS=0")
+
+
+@needs_arena
+def test_the_arena_serves_a_run_and_hands_numpy_back():
+    from dcm.runtime import InferenceSession
+    from tests.runtime.test_memory import _conv
+
+    sess = InferenceSession(_conv(8), kernels="dense")
+    x = np.ones((1, 8, 96, 96), np.float32)  # 288 KiB activations: over LARGE_BYTES
+    sess.run(None, {"x": x})
+    before = arena.stats()
+    (y,) = sess.run(None, {"x": x})
+    after = arena.stats()
+    assert np.core.multiarray.get_handler_name(y) == "dcm_arena" and y.ctypes.data % 64 == 0
+    assert after["reused"] > before["reused"]  # the last run's buffers, not new ones
+    assert np.core.multiarray.get_handler_name() != "dcm_arena"  # numpy's own allocator outside runs
+    np.testing.assert_allclose(y, InferenceSession(_conv(8), kernels="dense").run(None, {"x": x})[0])
+
+
+@needs_arena
+def test_arena_blocks_are_zeroed_resized_and_freed_as_numpy_expects():
+    previous = arena.use()
+    try:
+        a = np.empty(1 << 18, np.float32)
+        a[...] = 7  # a dirty block, freed into its class's list...
+        del a
+        z = np.zeros(1 << 18, np.float32)  # ...and served again: calloc must clear it
+        assert not z.any() and z.ctypes.data % 64 == 0
+        r = np.arange(1 << 17, dtype=np.float32)
+        r.resize(3 << 17, refcheck=False)  # realloc past the block's class: moved, contents kept, rest zeroed
+        np.testing.assert_array_equal(r[: 1 << 17], np.arange(1 << 17, dtype=np.float32))
+        assert not r[1 << 17 :].any()
+        r.resize(100, refcheck=False)  # shrunk below LARGE_BYTES: a small block
+        np.testing.assert_array_equal(r, np.arange(100, dtype=np.float32))
+        small = np.arange(10, dtype=np.int64)
+        assert small.sum() == 45
+    finally:
+        arena.restore(previous)
+    stats = arena.stats()
+    assert stats["cached_bytes"] <= arena.CACHE_LIMIT
+    kept = stats["cached_bytes"]
+    assert arena.trim() == kept and arena.stats()["cached_bytes"] == 0
+
+
+@needs_arena
+def test_restore_takes_only_a_handler():
+    with pytest.raises(TypeError, match="use\\(\\) returned"):
+        arena.restore(object())
+
+
+def test_the_arena_is_off_with_keep_buffers_off(monkeypatch):
+    monkeypatch.setattr(memory, "_done", None)
+    monkeypatch.setenv(memory.ENV, "0")
+    assert memory.buffer_arena() is None

@@ -1,5 +1,6 @@
-"""Keep freed activation buffers in the process instead of returning them to the OS; give the
-compiled kernels' packed weights a cache line to start on (``aligned``).
+"""Keep freed activation buffers in the process instead of returning them to the OS; reuse the most
+recently freed ones first while a session runs (``buffer_arena``); give the compiled kernels' packed
+weights a cache line to start on (``aligned``).
 
 glibc serves every allocation over its mmap threshold (at most 32 MiB) with a fresh mmap and unmaps
 it on free, so an activation that large (EfficientNet-B0's 96 x 112 x 112 layers at batch 8: 38.5
@@ -13,6 +14,12 @@ arena does: the process's resident size stays at its peak instead of shrinking a
 It changes the process's allocator (glibc's ``mallopt``), so ``InferenceSession`` calls it only for
 the CPU backend, once per process, unless ``DCM_KEEP_BUFFERS=0`` is set; elsewhere (no glibc) it does
 nothing.
+
+glibc still serves a large request from the best-fitting free chunk anywhere in its heap, so a fresh
+output is often memory last touched a run earlier and gone from the caches. While a CPU session runs,
+numpy allocates through ``_arena.c`` instead (``buffer_arena``): large buffers by size class, the most
+recently freed first, each on a 64-byte line (the module's comment has the measurements).
+``DCM_KEEP_BUFFERS=0`` turns it off as well.
 """
 from __future__ import annotations
 
@@ -47,6 +54,19 @@ def keep_freed_buffers() -> bool:
         if mallopt is not None:
             _done = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_BYTES))
     return _done
+
+
+def buffer_arena():
+    """The compiled arena (``_arena``: ``use()`` before a run, ``restore(previous)`` after), or None
+    where it was not built or ``DCM_KEEP_BUFFERS=0`` says to keep the allocator as it is."""
+    keep_freed_buffers()  # checks DCM_KEEP_BUFFERS
+    if os.environ.get(ENV, "1") == "0":
+        return None
+    try:
+        from dcm.runtime.cpu import _arena
+    except ImportError:  # built without numpy's headers or a C compiler: numpy's own allocator
+        return None
+    return _arena
 
 
 LINE = 64  # bytes: a cache line, and one AVX-512 register
