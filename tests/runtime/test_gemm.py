@@ -36,6 +36,23 @@ def test_products_match_numpy(a_shape, b_shape, threads):
     _check(_random(a_shape, 1), _random(b_shape, 2), threads)
 
 
+@pytest.mark.parametrize("k, n", [(1280, 1000), (257, 17), (1027, 130), (3, 5), (512, 16)])
+def test_one_row_products_give_the_same_bits_on_any_thread_count(k, n):
+    """A one-row product (a classifier at batch 1) is cut into parts of b's rows whose partial sums are
+    added in a fixed order; a row read with a stride (a column of a wider matrix) as well."""
+    b = _random((k, n), 12)
+    for a in (_random((1, k), 13), _random((k, 3), 14)[:, 1:2].T):
+        got = []
+        for threads in (1, 2, 3, 8):
+            out = np.full((1, n), np.nan, np.float32)
+            native.gemm(a, b, out, threads)
+            got.append(out)
+        np.testing.assert_allclose(got[0], a.astype(np.float64) @ b.astype(np.float64), rtol=1e-4,
+                                   atol=1e-4 * k ** 0.5)
+        for other in got[1:]:
+            np.testing.assert_array_equal(other, got[0])
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_transposed_and_strided_operands_need_no_copy(threads):
     """Column-major views (W.T of a contiguous W, attention's K^T) and rows of a wider buffer."""
