@@ -93,7 +93,7 @@ static void depthwise_generic(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 }
 
 #ifdef HAVE_AVX2_PATH
-#define AVX512 __attribute__((target("avx512f,avx512dq,avx2,fma"))) /* use_avx512 checks both */
+#define AVX512 __attribute__((target("avx512f,avx512dq,avx2,fma,prfchw"))) /* use_avx512 checks both */
 #define UNROLL _Pragma("GCC unroll 32") /* the register-block loops unrolled: the sums stay in registers */
 
 /* Loads channels [k, k + 16) at a: whole (a constant where inlined) or the mask m's lanes. */
@@ -216,6 +216,39 @@ single_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py
     if (k < p->c) pixels_avx512(p, s, oy, ox, k, (__mmask16)((1u << (p->c - k)) - 1), i0, i1, 1, 1, checked, 0);
 }
 
+/* Prefetches the input pixels [x0, x1) (clamped to the row) of the input rows that output row oy + 1
+ * reads and row oy does not, so that they arrive while row oy is computed. A layer's input was written
+ * by the layer before and is often no longer in L2; the hardware prefetcher does not follow this loop's
+ * walk (kernel rows, then channel vectors, pixels a C-wide stride apart). MobileNetV2 at batch 1 (2-core
+ * Zen 5, 1 MiB of L2): its 96-channel 112x112 stride-2 layer 264 -> 185 us with these and the output's. */
+AVX512 static inline __attribute__((always_inline)) void
+prefetch_next_rows(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t x0, Py_ssize_t x1)
+{
+    if (oy + 1 >= p->oh) return;
+    if (x0 < 0) x0 = 0;
+    if (x1 > p->w_) x1 = p->w_;
+    if (x1 <= x0) return;
+    const Py_ssize_t last = oy * p->sh - p->pt + (p->kh - 1) * p->dh; /* row oy's last input row */
+    for (Py_ssize_t i = 0; i < p->kh; i++) {
+        const Py_ssize_t iy = (oy + 1) * p->sh - p->pt + i * p->dh;
+        if (iy <= last || iy < 0 || iy >= p->h) continue;
+        const char *a = (const char *)(p->x + ((s * p->h + iy) * p->w_ + x0) * p->c);
+        const char *b = (const char *)(p->x + ((s * p->h + iy) * p->w_ + x1) * p->c);
+        for (a = (const char *)((uintptr_t)a & ~(uintptr_t)63); a < b; a += 64) _mm_prefetch(a, _MM_HINT_T0);
+    }
+}
+
+/* Prefetches, for writing, the output pixels [x0, x1) of output row oy + 1: a store to a line that is not
+ * in cache waits for it to be read first, and these stores too walk channel vectors a row apart. */
+AVX512 static inline __attribute__((always_inline)) void
+prefetch_next_out(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t x0, Py_ssize_t x1)
+{
+    if (oy + 1 >= p->oh) return;
+    const char *a = (const char *)(p->y + ((s * p->oh + oy + 1) * p->ow + x0) * p->c);
+    const char *b = (const char *)(p->y + ((s * p->oh + oy + 1) * p->ow + x1) * p->c);
+    for (a = (const char *)((uintptr_t)a & ~(uintptr_t)63); a < b; a += 64) __builtin_prefetch(a, 1, 3);
+}
+
 /* One output row in runs of BLOCK pixels. KW (and SW) fixed: then runs of 4, 3 and 2 and at most one
  * single pixel (a 7x7 plane's rows took 0.6x the time as 4 + 3 than as 4 + 1 + 1 + 1), the runs covering
  * the border columns too; otherwise runs of 4, then single pixels, the border columns tap by tap. */
@@ -225,7 +258,16 @@ row_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, const int KW, const 
     Py_ssize_t i0, i1, ox;
     valid_rows(p, oy, &i0, &i1);
     if (KW) {
-        for (ox = 0; ox + BLOCK <= p->ow; ox += BLOCK) fixed_run_avx512(p, s, oy, ox, i0, i1, BLOCK, KW, SW);
+        for (ox = 0; ox + BLOCK <= p->ow; ox += BLOCK) {
+            const int last = ox + 2 * BLOCK > p->ow; /* the last whole run takes the row's rest */
+            prefetch_next_rows(p, s, oy, ox * SW - p->pl, last ? p->w_ : (ox + BLOCK) * SW - p->pl);
+            prefetch_next_out(p, s, oy, ox, last ? p->ow : ox + BLOCK);
+            fixed_run_avx512(p, s, oy, ox, i0, i1, BLOCK, KW, SW);
+        }
+        if (ox == 0) { /* a row narrower than a run */
+            prefetch_next_rows(p, s, oy, 0, p->w_);
+            prefetch_next_out(p, s, oy, 0, p->ow);
+        }
         if (p->ow - ox >= 4) {
             fixed_run_avx512(p, s, oy, ox, i0, i1, 4, KW, SW);
             ox += 4;
