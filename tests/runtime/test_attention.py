@@ -316,8 +316,11 @@ def test_packed_products_match_sgemm(case, scale_op):
         with switched(native.set_pointwise_simd, path != "sgemm"):
             native.attention(qq, kk, v, y, mask, scale_op, 0.125, None, 2)
         out[path] = y
+    # atol: sgemm sums the scores in its own order, which depends on the CPU OpenBLAS picked a kernel
+    # for (on Zen 5, ViT's 64-wide scores: outputs near 0.005 off by 2e-5), and the softmax scales a
+    # score's rounding by its exponential
     for path in ("packed", "q_transposed", "k_columns"):
-        np.testing.assert_allclose(out[path], out["sgemm"], rtol=1e-4, atol=1e-5, err_msg=path)
+        np.testing.assert_allclose(out[path], out["sgemm"], rtol=1e-4, atol=1e-4, err_msg=path)
 
 
 def test_compiled_kernel_writes_an_output_in_any_axis_order():

@@ -10,9 +10,9 @@ from dcm.runtime import InferenceSession
 from dcm.runtime.cpu import windows
 
 
-def _conv(channels: int) -> Model:
-    w = np.random.default_rng(0).normal(size=(channels, channels, 3, 3)).astype(np.float32)
-    node = Node("Conv", ["x", "w"], ["y"], {"pads": [1, 1, 1, 1]}, "conv")
+def _conv(channels: int, kernel: int = 3) -> Model:
+    w = np.random.default_rng(0).normal(size=(channels, channels, kernel, kernel)).astype(np.float32)
+    node = Node("Conv", ["x", "w"], ["y"], {"pads": [kernel // 2] * 4}, "conv")
     return Model([ValueInfo("x", "float32", ["n", channels, "h", "w"])], [ValueInfo("y", "float32", ["n", channels, "h", "w"])],
                  [node], {"w": encode_raw(w, "w")}, {})
 
@@ -26,18 +26,19 @@ def _fc(rows: int = 300, cols: int = 784) -> Model:
 
 
 def test_large_column_buffer_is_released_after_run():
-    sess = InferenceSession(_conv(24), kernels="dense")  # im2col (direct and lanes need no columns)
-    (y,) = sess.run(None, {"x": np.ones((1, 24, 256, 256), np.float32)})  # columns: ~57 MB
+    # 5x5: im2col (direct, lanes and Winograd need no columns; lanes takes 3x3 layers of 24 channels)
+    sess = InferenceSession(_conv(24, 5), kernels="dense")
+    (y,) = sess.run(None, {"x": np.ones((1, 24, 256, 256), np.float32)})  # columns: ~157 MB
     assert y.shape == (1, 24, 256, 256)
     buf = getattr(windows._SCRATCH, "buf", None)
     assert buf is None or buf.nbytes <= windows.KEEP_SCRATCH_BYTES
 
 
 def test_small_column_buffer_is_kept_for_the_next_run():
-    sess = InferenceSession(_conv(24), kernels="dense")  # 216 taps per output: im2col, not lanes
-    sess.run(None, {"x": np.ones((1, 24, 64, 64), np.float32)})  # columns: ~3.5 MB
+    sess = InferenceSession(_conv(24, 5), kernels="dense")  # 600 taps per output: im2col, not lanes
+    sess.run(None, {"x": np.ones((1, 24, 64, 64), np.float32)})  # columns: ~9.8 MB
     buf = windows._SCRATCH.buf
-    assert buf is not None and buf.nbytes >= 24 * 9 * 64 * 64 * 4
+    assert buf is not None and buf.nbytes >= 24 * 25 * 64 * 64 * 4
     sess.run(None, {"x": np.ones((1, 24, 64, 64), np.float32)})
     assert windows._SCRATCH.buf is buf
 
