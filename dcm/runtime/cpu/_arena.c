@@ -8,8 +8,8 @@
  * that no longer fits the caches either. onnxruntime plans its buffers into one reused block. Here
  * each large request (LARGE_BYTES or more) is rounded up to a size class (8 per power of two: at most
  * 12.5% over) and served from that class's free list, the most recently freed buffer first, which is
- * still in cache. MobileNetV2 at batch 1 on 2 threads: 1.57 -> 1.20x onnxruntime's time, RegNetX-400MF
- * 1.33 -> 1.17, EfficientNet-B0 1.30 -> 1.15 (2-core Zen 5; docs/runtime-memory.md).
+ * still in cache. Pruned MobileNetV2 at batch 1 on 2 threads: 1.18 -> 0.91x onnxruntime's time,
+ * RegNetX-400MF 1.37 -> 1.18, EfficientNet-B0 1.29 -> 1.17 (2-core Zen 5; docs/runtime.md).
  *
  * Every block starts on a 64-byte line (kernels' vector loads then never span two lines) and carries a
  * Head just before its data: the base pointer to free, the free-list link, its capacity and class.
