@@ -66,12 +66,12 @@ def test_without_bias(any_width):
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 3), c=st.integers(1, 6), k=st.integers(1, 6), h=st.integers(1, 30), w=st.integers(1, 9),
        pads=st.lists(st.integers(0, 12), min_size=4, max_size=4), band_tiles=st.sampled_from([1, 5, 40, 512]),
-       compiled=st.sampled_from(["avx2", "portable", None]), threads=st.sampled_from([1, 2]), relu=st.booleans(),
+       compiled=st.sampled_from(["avx512", "avx2", "portable", None]), threads=st.sampled_from([1, 2]), relu=st.booleans(),
        tile=st.sampled_from([2, 4]))
 def test_any_shape_matches_direct_convolution(n, c, k, h, w, pads, band_tiles, compiled, threads, relu, tile):
     """Every size, padding and band split against a float64 sum over the nine kernel offsets, with the
-    compiled kernel (F(2x2, 3x3) or F(4x4, 3x3), AVX2 or portable C, split over 2 threads or not) and
-    with numpy's (F(2x2) only)."""
+    compiled kernel (F(2x2, 3x3) or F(4x4, 3x3); AVX-512, whose products run on the packed GEMM, AVX2
+    or portable C, both on sgemm; split over 2 threads or not) and with numpy's (F(2x2) only)."""
     if compiled and native.winograd_conv is None or tile == 4 and not compiled:
         return
     begin, end = pads[:2], pads[2:]
@@ -94,11 +94,13 @@ def test_any_shape_matches_direct_convolution(n, c, k, h, w, pads, band_tiles, c
     if not compiled:
         native.winograd_conv = None
     simd = native.set_simd(compiled != "portable") if compiled else None
+    wide = native.set_avx512(compiled == "avx512") if compiled else None
     try:
         got = winograd.conv3x3(x, u, begin, end, bias, relu, threads, tile)
     finally:
         if compiled:
             native.set_simd(simd)
+            native.set_avx512(wide)
         winograd.BAND_TILES, winograd.NATIVE_BAND_TILES, native.winograd_conv = saved
     # F(4x4)'s transforms multiply by up to 8 and its G holds 1/24: a few times F(2x2)'s rounding
     np.testing.assert_allclose(got, ref, rtol=1e-5 * tile, atol=1e-5 * tile * float(np.abs(ref).max()))
@@ -140,3 +142,27 @@ def test_wide_layer_runs_winograd_dense_and_direct_or_im2col_sparse(monkeypatch)
         assert [k["kernel"] for k in InferenceSession(model, kernels="sparse").describe()] == ["direct"]
     monkeypatch.setattr(native, "SparseConv", None)
     assert [k["kernel"] for k in InferenceSession(model, kernels="sparse").describe()] == ["sparse"]
+
+
+@pytest.mark.skipif(native.winograd_conv is None, reason="this build has no compiled Winograd")
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("threads, band_tiles", [(1, 512), (2, 100000)])  # bands, and one band's split phases
+def test_packed_products_match_sgemms(tile, threads, band_tiles):
+    """On AVX-512 the products run on the packed GEMM, V packed per product: against sgemm's on a layer
+    of several panels and row blocks, none of them whole (70 channels in, 40 out, 37 x 45 outputs)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 70, 37, 45)).astype(np.float32)
+    u = winograd.transform_weight(rng.standard_normal((40, 70, 3, 3)).astype(np.float32), tile)
+    saved = winograd.NATIVE_BAND_TILES
+    winograd.NATIVE_BAND_TILES = band_tiles
+    try:
+        got = {}
+        for wide in (True, False):
+            previous = native.set_avx512(wide)
+            try:
+                got[wide] = winograd.conv3x3(x, u, [1, 1], [1, 1], None, False, threads, tile)
+            finally:
+                native.set_avx512(previous)
+    finally:
+        winograd.NATIVE_BAND_TILES = saved
+    np.testing.assert_allclose(got[True], got[False], rtol=1e-4, atol=1e-4 * float(np.abs(got[False]).max()))

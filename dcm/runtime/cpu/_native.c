@@ -40,6 +40,7 @@
 #endif
 
 #include "_kernel_common.h" /* AVX2 dispatch and set_simd, size_product, get_array_of_rank */
+#include "_packed_gemm.h"   /* Winograd's products on AVX-512 */
 
 #define RELEASE_GIL_MIN_NNZ 32768 /* below this the GIL round trip costs more than it frees */
 #define CSC_ALWAYS_NNZ 262144     /* past L2, CSC's 6 bytes per weight beat CSR's 8 even on dense x */
@@ -391,14 +392,14 @@ done:
 
 /* Batched products: y = W @ x for many activation vectors at once (a transformer's [tokens, hidden]
  * rows, a convolution's im2col columns). Each stored weight scales a run of vectors, so the vectors
- * go, PANEL at a time, into a packed panel [cols][PANEL] that stays in L1/L2 while every row of W
+ * go, SPARSE_PANEL at a time, into a packed panel [cols][SPARSE_PANEL] that stays in L1/L2 while every row of W
  * walks it. (Read in place, one feature's values sit n floats apart: at 128 vectors that stride
  * maps a 256-feature panel onto a quarter of L1's sets, and the kernel took 1.3-1.6x the time.)
  * Row r's sums over a panel are bias[r] + sum_k v[k] * panel[idx[k]][:], held in AVX2 registers,
  * two chains per register for the FMA latency. They go through a tile of PANEL_ROWS rows
  * to y: copied where y is [rows, n], transposed where y is [n, rows] (the activations' own layout,
  * so neither side needs a transposed copy). */
-#define PANEL 32     /* vectors per panel: 4 AVX2 registers of sums per row */
+#define SPARSE_PANEL 32     /* vectors per panel: 4 AVX2 registers of sums per row */
 #define WIDE_PANEL 64 /* AVX-512, past 32 vectors: 4 registers of sums per row (see panel_rows_avx512) */
 #define TILE_PITCH WIDE_PANEL /* floats between a tile's rows */
 #define PANEL_ROWS 8 /* rows of W per tile: one 8 x 8 transpose per 8 of its columns */
@@ -416,7 +417,7 @@ done:
             for (Py_ssize_t j = 0; j < width; j++) t[j] = t[j] < 0.f ? 0.f : t[j];             \
     }
 
-/* Rows [r0, r1) of W over a panel of width (8 or PANEL) vectors, rows stride floats apart: into
+/* Rows [r0, r1) of W over a panel of width (8 or SPARSE_PANEL) vectors, rows stride floats apart: into
  * tile [r - r0][0, width), the stored weights [kb[r - r0], ke[r - r0]) of each row (one block of
  * columns), added to the tile's sums, or to the bias where first. */
 static void panel_rows_generic(const Form *f, const int64_t *kb, const int64_t *ke, int first, const float *panel,
@@ -658,7 +659,7 @@ static int pack_rows_avx2(const float *x, Py_ssize_t cols, Py_ssize_t jw, Py_ssi
  * while it is in L1/L2: x is read once, and the panels never go through memory. Otherwise (a few
  * panels, as a transformer's 128-197 tokens make) the panels are packed first, by ranges of panels, and
  * the units, ROW_GROUP rows of W over one panel each, split the threads by rows of W. Panels hold span
- * vectors (PANEL, or on the AVX-512 path WIDE_PANEL), stride floats a row (8 where n <= 8). */
+ * vectors (SPARSE_PANEL, or on the AVX-512 path WIDE_PANEL), stride floats a row (8 where n <= 8). */
 typedef struct {
     const SparseMatrix *m;
     const float *x, *bias;
@@ -668,13 +669,13 @@ typedef struct {
     int nonfinite, failed; /* set by the threads: an Inf/NaN packed (by_rows); a buffer not allocated */
 } PanelJob;
 
-/* Panel p's vectors (jw) and the values its kernel reads a row: 8, PANEL, or on the AVX-512 path
+/* Panel p's vectors (jw) and the values its kernel reads a row: 8, SPARSE_PANEL, or on the AVX-512 path
  * whole registers of 16. */
 static void panel_extent(const PanelJob *j, Py_ssize_t p, Py_ssize_t *jw, Py_ssize_t *width)
 {
     Py_ssize_t j0 = p * j->span;
     *jw = j->n - j0 < j->span ? j->n - j0 : j->span;
-    *width = j->wide ? (*jw + 15) / 16 * 16 : *jw <= 8 ? 8 : PANEL;
+    *width = j->wide ? (*jw + 15) / 16 * 16 : *jw <= 8 ? 8 : SPARSE_PANEL;
 }
 
 /* Rows [c0, c1) of a panel of x [cols, n]: vectors [j0, j0 + jw), zeros to width. */
@@ -914,14 +915,14 @@ static int panel_product(const SparseMatrix *m, const float *x, float *y, Py_ssi
 #else
     int wide = 0;
 #endif
-    /* WIDE_PANEL where it is the only panel, where W is wide enough for PANEL's panels to go by column
+    /* WIDE_PANEL where it is the only panel, where W is wide enough for SPARSE_PANEL's panels to go by column
      * blocks too, or where x is [cols, n] (a convolution's pixels: panels are row copies, nothing to
      * transpose, and each stored weight's index and value serve 4 registers, not 2: 0.82-0.85x the
      * time on 64-96 channels at 196-3136 pixels, 0.97-1.0 elsewhere). By rows, on 256 inputs at 128-197
      * vectors, whole 32-vector panels (32 KiB) took 0.85-0.9x the time of 64-vector ones in two blocks,
      * whose tiles go through memory between blocks. */
-    Py_ssize_t span = wide && n > PANEL && (n <= WIDE_PANEL || m->cols > 2 * COLUMN_BLOCK || !by_rows)
-                          ? WIDE_PANEL : PANEL;
+    Py_ssize_t span = wide && n > SPARSE_PANEL && (n <= WIDE_PANEL || m->cols > 2 * COLUMN_BLOCK || !by_rows)
+                          ? WIDE_PANEL : SPARSE_PANEL;
     Py_ssize_t cols = m->cols, stride = n <= 8 ? 8 : span, count = (n + span - 1) / span;
     PanelJob job = {m, x, bias, y, NULL, n, stride, span, begin, end, (end - begin + ROW_GROUP - 1) / ROW_GROUP,
                     by_rows, relu, wide, 0, 0};
@@ -1083,16 +1084,16 @@ static PyTypeObject SparseMatrixType = {
  * Each stored weight w at (input channel ci, ki, kj) adds w * (a shifted window of input plane ci)
  * to its output plane. The work is the stored weights times the output pixels, with no column
  * matrix: a pruned layer does only its kept fraction of the dense work, and small layers skip
- * im2col's copies and BLAS's dispatch. The output plane is cut into tiles of TILE segments of 8
+ * im2col's copies and BLAS's dispatch. The output plane is cut into tiles of TILE_SEGMENTS segments of 8
  * pixels (a segment lies in one output row); a tile's sums stay in registers while every stored
- * weight of the channel passes over it, so each weight costs one broadcast, TILE loads and TILE
+ * weight of the channel passes over it, so each weight costs one broadcast, TILE_SEGMENTS loads and TILE_SEGMENTS
  * multiply-adds, and the output is stored once. The input is copied into a zero-padded work plane
  * with SLACK spare values at its end, so that a segment may read past its row's end (those lanes are
  * never stored) without a masked load.
  * ------------------------------------------------------------------------------------------------ */
 
 #define SEG 8   /* pixels per segment: one AVX2 register */
-#define TILE 4  /* segments per tile: the sums that stay in registers */
+#define TILE_SEGMENTS 4  /* segments per tile: the sums that stay in registers */
 #define SLACK (SEG * 4)
 
 #define PLAN_KEY 10 /* what a weight plan depends on: AVX-512, copy size, plane, row, dilations, block, phases,
@@ -1239,7 +1240,7 @@ static inline void store_segment(float *yt, __m256 acc, int len, int relu)
     }
 }
 
-/* Unit horizontal stride, AVX2 + FMA: TILE segments in registers at a time. */
+/* Unit horizontal stride, AVX2 + FMA: TILE_SEGMENTS segments in registers at a time. */
 __attribute__((target("avx2,fma")))
 static void conv_channels_avx2(const SparseConv *self, const ConvPlan *g, const float *xs, float *ys,
                                const int32_t *offs, const float *bias, int relu, Py_ssize_t c0, Py_ssize_t c1)
@@ -1253,7 +1254,7 @@ static void conv_channels_avx2(const SparseConv *self, const ConvPlan *g, const 
         __m256 b = _mm256_set1_ps(bias ? bias[co] : 0.f);
         int64_t k0 = p[co], k1 = p[co + 1];
         Py_ssize_t t = 0;
-        for (; t + TILE <= g->segs; t += TILE) {
+        for (; t + TILE_SEGMENTS <= g->segs; t += TILE_SEGMENTS) {
             __m256 a0 = b, a1 = b, a2 = b, a3 = b;
             const float *x0 = xg + g->seg_in[t], *x1 = xg + g->seg_in[t + 1];
             const float *x2 = xg + g->seg_in[t + 2], *x3 = xg + g->seg_in[t + 3];
@@ -2115,6 +2116,7 @@ typedef struct {
     const float *x, *u, *bias;
     float *out, *v, *m; /* v, m: the one band's buffers (single-band phases only) */
     Py_ssize_t k, oh, ow, th, rows, samples, row_bands, max_tiles, scratch;
+    Py_ssize_t panels; /* floats of a range's packed V[i] (AVX-512), else 0: the products on sgemm */
     int relu, f4, mats; /* f4: F(4x4, 3x3); mats: 16 or 36 products */
     dcm_sgemm_fn sgemm;
     int failed; /* a range could not allocate its buffers */
@@ -2142,12 +2144,25 @@ static void wino_band(const WinoConv *w, Py_ssize_t b, WinoGeometry *g)
     g->t1 = g->t0 + w->rows < w->th ? g->t0 + w->rows : w->th;
 }
 
-/* M[i] = U[i]^T V[i] for i in [i0, i1): U^T [mats, K, C], V [mats, C, tiles], M [mats, K, tiles], row-major;
- * column-major that is M^T (tiles x K) = V^T (tiles x C) @ U (C x K), every operand untransposed. */
-static void wino_products(const WinoConv *w, const float *v, float *m, int tiles, int i0, int i1)
+/* M[i] = U[i]^T V[i] for i in [i0, i1): U^T [mats, K, C], V [mats, C, tiles], M [mats, K, tiles], row-major.
+ * On AVX-512 the packed GEMM with V[i] packed into `panels` (packed_size(C, tiles) floats): OpenBLAS
+ * runs the kernels of the CPU it recognizes, and on one it does not (Zen 5) its AVX2 ones at half the
+ * speed (dense U-Net at batch 1, one thread: 1.52 -> 1.25x onnxruntime's time with these; ResNet-18
+ * 1.22 -> 0.95). Otherwise sgemm, column-major: M^T (tiles x K) = V^T (tiles x C) @ U (C x K), every
+ * operand untransposed. */
+static void wino_products(const WinoConv *w, const float *v, float *m, int tiles, int i0, int i1, float *panels)
 {
     const int c = (int)w->g.c, k = (int)w->k;
     const float one = 1.f, zero = 0.f;
+#ifdef HAVE_AVX2_PATH
+    if (panels) {
+        for (int i = i0; i < i1; i++) {
+            pack_panels((const char *)(v + (Py_ssize_t)i * c * tiles), c, tiles, (Py_ssize_t)tiles * 4, 4, panels);
+            packed_product(w->u + (Py_ssize_t)i * c * k, c, panels, m + (Py_ssize_t)i * k * tiles, tiles, k, c, tiles);
+        }
+        return;
+    }
+#endif
     for (int i = i0; i < i1; i++)
         w->sgemm("N", "N", &tiles, &k, &c, &one, v + (Py_ssize_t)i * c * tiles, &tiles, w->u + (Py_ssize_t)i * c * k,
                  &c, &zero, m + (Py_ssize_t)i * k * tiles, &tiles);
@@ -2157,18 +2172,19 @@ static void wino_bands_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     WinoConv *w = ctx;
     Py_ssize_t tw = w->g.tw;
-    float *v = malloc((size_t)(w->mats * (w->g.c + w->k) * w->max_tiles + w->scratch) * sizeof(float));
+    float *v = malloc((size_t)(w->mats * (w->g.c + w->k) * w->max_tiles + w->scratch + w->panels) * sizeof(float));
     if (!v) {
         __atomic_store_n(&w->failed, 1, __ATOMIC_RELAXED);
         return;
     }
     float *m = v + w->mats * w->g.c * w->max_tiles, *rows = m + w->mats * w->k * w->max_tiles;
+    float *panels = w->panels ? rows + w->scratch : NULL;
     for (Py_ssize_t b = lo; b < hi; b++) {
         WinoGeometry g;
         wino_band(w, b, &g);
         int tiles = (int)((g.n1 - g.n0) * (g.t1 - g.t0) * tw);
         wino_in(w, &g, v, rows, 0, g.c);
-        wino_products(w, v, m, tiles, 0, w->mats);
+        wino_products(w, v, m, tiles, 0, w->mats, panels);
         wino_out(w, &g, m, rows, 0, w->k);
     }
     free(v);
@@ -2191,7 +2207,13 @@ static void wino_input_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 static void wino_products_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     WinoConv *w = ctx;
-    wino_products(w, w->v, w->m, (int)w->max_tiles, (int)lo, (int)hi);
+    float *panels = w->panels ? malloc((size_t)w->panels * sizeof(float)) : NULL;
+    if (w->panels && !panels) {
+        __atomic_store_n(&w->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    wino_products(w, w->v, w->m, (int)w->max_tiles, (int)lo, (int)hi, panels);
+    free(panels);
 }
 
 static void wino_output_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
@@ -2266,6 +2288,12 @@ static PyObject *winograd_conv(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "winograd_conv: the sizes overflow");
         return NULL;
     }
+#ifdef HAVE_AVX2_PATH
+    if (use_avx512() && (w.panels = packed_size(g->c, w.max_tiles)) < 0) {
+        PyErr_SetString(PyExc_ValueError, "winograd_conv: the sizes overflow");
+        return NULL;
+    }
+#endif
     if (!(w.sgemm = import_sgemm())) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ImportError, "winograd_conv: scipy's sgemm was not found");
         return NULL;

@@ -184,4 +184,15 @@ static void packed_plan(Packed *p)
     p->block = BLOCK_FLOATS / (PANEL * (p->k > 0 ? p->k : 1));
     if (p->block < 1) p->block = 1;
 }
+
+/* out [m, n] (row stride ldo) = x [m, k] (row stride ldx) @ w, w packed (pack_panels), on this thread
+ * (AVX-512 only: callers check use_avx512). */
+static void packed_product(const float *x, Py_ssize_t ldx, const float *packed, float *out, Py_ssize_t ldo,
+                           Py_ssize_t m, Py_ssize_t k, Py_ssize_t n)
+{
+    Packed p = {.x = x, .packed = packed, .out = out, .m = m, .k = k, .n = n, .ldx = ldx, .ldo = ldo,
+                .act = {CONV_ACT_NONE, 0.f, 0.f, 0.f}};
+    packed_plan(&p);
+    packed_range(&p, 0, p.row_blocks * p.panels);
+}
 #endif

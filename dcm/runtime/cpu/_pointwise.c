@@ -874,18 +874,6 @@ static void scale_mask_row(float *row, int n, int scale_op, float scale, const f
     }
 }
 
-/* out [m, n] (row stride ldo) = x [m, k] (row stride ldx) @ w, w packed (pack_panels), on this thread. */
-static void packed_product(const float *x, Py_ssize_t ldx, const float *packed, float *out, Py_ssize_t ldo,
-                           Py_ssize_t m, Py_ssize_t k, Py_ssize_t n)
-{
-#ifdef HAVE_AVX2_PATH
-    Packed p = {.x = x, .packed = packed, .out = out, .m = m, .k = k, .n = n, .ldx = ldx, .ldo = ldo,
-                .act = {CONV_ACT_NONE, 0.f, 0.f, 0.f}};
-    packed_plan(&p);
-    packed_range(&p, 0, p.row_blocks * p.panels);
-#endif
-}
-
 /* Tasks [lo, hi): each one head's block of query rows, end to end: its scores into a scratch block,
  * scaled, masked and normalized there, then times v into its rows of out. On the packed GEMM, the
  * head's k and v are packed when a task starts a head: ViT-Tiny's 3 heads of 197 x 64, one thread,
