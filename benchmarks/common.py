@@ -84,9 +84,22 @@ def prune_module(module, density: dict[str, float], seed: int = 0) -> None:
             w.mul_(torch.from_numpy(keep).to(w.dtype))
 
 
+def cpu_model() -> str:
+    """The CPU's name as Linux reports it ("model name" in /proc/cpuinfo), else platform's guess: the
+    ratios to onnxruntime move with it (OpenBLAS, for one, runs its AVX2 kernels on CPUs it does not
+    recognize, onnxruntime's MLAS its AVX-512 ones)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def save(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+    payload = {"machine": {"cpu": cpu_model(), "python": platform.python_version(),
                            "cores": os.cpu_count(), "load_average": round(os.getloadavg()[0], 1)},
                **payload}
     path = RESULTS / f"{name}.json"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import onnxruntime_session, save, timeit
+from benchmarks.common import cpu_model, onnxruntime_session, save, timeit
 from benchmarks.family_models import MODELS
 from dcm.converters import ConvertOptions
 from dcm.converters.onnx_in import from_onnx
@@ -106,7 +106,8 @@ def main() -> None:
             "# Architectures beyond the zoo\n\n"
             "Made by `python -m benchmarks.families --dynamo --docs`: one small instance of each family in "
             "`benchmarks/family_models.py`, random weights (seed 0), converted with `--exact`, batch 1, one thread, "
-            "medians of dcm and onnxruntime in turns on the same ONNX file. The error is the largest difference "
+            f"medians of dcm and onnxruntime in turns on the same ONNX file, on an {cpu_model()}. The error is the "
+            "largest difference "
             "from torch's output over torch's largest output value. Ratios < 1: dcm is faster.\n\n" + text + "\n")
     print(f"wrote {path}")
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import save, timeit, timeit_in_turns
+from benchmarks.common import cpu_model, save, timeit, timeit_in_turns
 from benchmarks.zoo_models import MODELS
 from dcm.converters import ConvertOptions
 from dcm.converters.onnx_in import from_onnx
@@ -273,7 +273,8 @@ def main() -> None:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         args.docs_path.write_text(
             f"# Runtime on the architectures users bring\n\nMade by `{command}` (random weights, seed 0; medians, dcm "
-            f"and onnxruntime timed in turns, on {os.cpu_count()} cores at load average {load:.1f}). Ratios < 1: dcm is faster than onnxruntime on the "
+            f"and onnxruntime timed in turns, on {os.cpu_count()} cores of an {cpu_model()} at load average {load:.1f}). "
+            "Ratios < 1: dcm is faster than onnxruntime on the "
             "same weights.\n\n" + text + "\n" + (f"\n{where}\n" if where else ""))
 
 
