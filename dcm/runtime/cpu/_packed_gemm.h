@@ -186,13 +186,17 @@ static void packed_plan(Packed *p)
 }
 
 /* out [m, n] (row stride ldo) = x [m, k] (row stride ldx) @ w, w packed (pack_panels), on this thread
- * (AVX-512 only: callers check use_avx512). */
+ * (AVX-512 only: callers check use_avx512; a build without the SIMD paths never calls it). */
 static void packed_product(const float *x, Py_ssize_t ldx, const float *packed, float *out, Py_ssize_t ldo,
                            Py_ssize_t m, Py_ssize_t k, Py_ssize_t n)
 {
+#ifdef HAVE_AVX2_PATH
     Packed p = {.x = x, .packed = packed, .out = out, .m = m, .k = k, .n = n, .ldx = ldx, .ldo = ldo,
                 .act = {CONV_ACT_NONE, 0.f, 0.f, 0.f}};
     packed_plan(&p);
     packed_range(&p, 0, p.row_blocks * p.panels);
+#else
+    (void)x, (void)ldx, (void)packed, (void)out, (void)ldo, (void)m, (void)k, (void)n;
+#endif
 }
 #endif
