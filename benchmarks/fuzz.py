@@ -134,6 +134,16 @@ def _mlp_batch1() -> Model:
     return Model([ValueInfo("x", "float32", [1, 24])], [ValueInfo("y", "float32", [1, 6])], nodes, tensors, {})
 
 
+def _wide_fc_batch1() -> Model:
+    """A dense 512 -> 512 layer at a fixed batch of 1: a one-row product large enough (SPLIT_MIN_MACS)
+    for blas.matmul to hand it to the compiled gemm on the session's two threads (its one-row parts),
+    whichever BLAS the machine has."""
+    rng = np.random.default_rng(16)
+    tensors = {"w": encode_tensor(rng.normal(size=(512, 512)).astype(np.float32), code_bits=5, name="w")}
+    nodes = [Node("Gemm", ["x", "w"], ["y"], {"transB": 1}, "fc")]
+    return Model([ValueInfo("x", "float32", [1, 512])], [ValueInfo("y", "float32", [1, 512])], nodes, tensors, {})
+
+
 def _sparse_batch8() -> Model:
     """A 3%-dense layer at a fixed batch of 8: the batched product on activation rows (matmat_rows)."""
     rng = np.random.default_rng(6)
@@ -203,7 +213,8 @@ def _dense_layers() -> Model:
     """A dense grouped 3x3/2 convolution (32 -> 64 channels in 2 groups, 144 taps: im2col, as pixel_gemm
     takes group 1 only, and read by a MaxPool, no channels-last region takes it alone) whose products are
     large enough (0.56M multiply-adds a group and sample) for blas.matmul to split them over the
-    session's two threads (the compiled gemm), then a dense fully connected layer on the packed weight
+    session's two threads (the compiled gemm; the packed GEMM where OpenBLAS runs AVX2 kernels only on
+    an AVX-512 CPU, blas.runs_avx2_only), then a dense fully connected layer on the packed weight
     (gemm_packed)."""
     rng = np.random.default_rng(12)
     tensors = {"k": encode_tensor(rng.normal(size=(64, 16, 3, 3)).astype(np.float32), code_bits=5, name="k"),
@@ -359,8 +370,9 @@ def _attention() -> Model:
 @lru_cache(maxsize=None)
 def seeds() -> tuple[bytes, ...]:
     """The hand-made .dcm seeds: between them they reach every compiled kernel (``kernel_names``)."""
-    return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _sparse_batch8, _sparse_strided,
-                                         _wide3x3, _stem, _pointwise_conv, _dense_layers, _logic, _layer_norm,
+    return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _wide_fc_batch1, _sparse_batch8,
+                                         _sparse_strided, _wide3x3, _stem, _pointwise_conv, _dense_layers, _logic,
+                                         _layer_norm,
                                          _lstm_upsample, _gru_dense, _skip_concat, _inverted_residual, _grouped_block,
                                          _attention, _pixel_conv))
 

@@ -226,3 +226,21 @@ def test_fused_right_applies_an_activation_on_every_path(monkeypatch, act):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
             in_store = mm.packed is not None and rows > 1 and act[0] != "erf"
             assert passes == ([] if in_store else [act[0]])
+
+
+@pytest.mark.skipif(native.packed_simd is None or native.packed_simd() != "avx512", reason="needs AVX-512")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("out, inp, n", [(40, 576, 70), (7, 3, 1), (300, 64, 1025)])
+def test_dense_left_on_the_packed_gemm_matches_numpy(monkeypatch, out, inp, n, threads):
+    """Where OpenBLAS runs AVX2 kernels only (blas.runs_avx2_only), a dense W @ x (im2col's product,
+    ConvTranspose's) runs on the packed GEMM with x packed: the same product as numpy's."""
+    from dcm.runtime.cpu import blas
+
+    monkeypatch.setattr(blas, "runs_avx2_only", lambda: True)
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((out, inp)).astype(np.float32)
+    x = rng.standard_normal((inp, n)).astype(np.float32)
+    got = WeightMatmul("dense", w, threads).left(x)
+    np.testing.assert_allclose(got, w.astype(np.float64) @ x, rtol=1e-4, atol=1e-4 * inp ** 0.5)
+    strided = WeightMatmul("dense", w, threads).left(np.asfortranarray(x))  # any layout of x: packed anyway
+    np.testing.assert_array_equal(strided, got)

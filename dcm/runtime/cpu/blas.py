@@ -66,6 +66,22 @@ def limit(threads: int = 1) -> None:
         c.set_num_threads(threads)
 
 
+# OpenBLAS's names (threadpoolctl's "architecture") of the cores whose kernels use AVX-512.
+AVX512_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+
+
+@cache
+def runs_avx2_only() -> bool:
+    """Whether every loaded OpenBLAS runs kernels without AVX-512 on a CPU where dcm's packed GEMM runs
+    its AVX-512 path. OpenBLAS picks its kernels by the CPUs it knows and takes a newer one for an older
+    core: a 2-core Zen 5 ran numpy's and scipy's OpenBLAS as a Haswell (AVX2), at about half the speed
+    of the packed GEMM, so ``matmul.WeightMatmul.left`` then takes the packed GEMM."""
+    if native.packed_simd is None or native.packed_simd() != "avx512":
+        return False
+    cores = [str(getattr(c, "architecture", "") or "").lower() for c in _controllers()]
+    return bool(cores) and not any(core in AVX512_CORES for core in cores)
+
+
 def current() -> list[int]:
     """The pool size of each loaded BLAS library (tests, ``dcm bench``)."""
     return [c.get_num_threads() for c in _controllers()]

@@ -136,6 +136,8 @@ class WeightMatmul:
     def left(self, x: np.ndarray) -> np.ndarray:
         """W [out, in] @ x [in, n] -> [out, n] float32."""
         if self.mode == "dense":
+            if blas.runs_avx2_only() and x.dtype == np.float32 and x.ndim == 2 and self.w.dtype == np.float32:
+                return self._packed_left(x)
             return blas.matmul(self.w, x, self.threads)
         if self.native is not None and x.dtype == np.float32:
             return self._native_left(x, None, False)
@@ -146,6 +148,18 @@ class WeightMatmul:
             y = np.asarray(np.concatenate(parts, axis=0), dtype=np.float32)
         if not math.isfinite(x.sum()):  # cheap test; an overflowing sum only costs the exact check
             self._poison(x, y)
+        return y
+
+    def _packed_left(self, x: np.ndarray) -> np.ndarray:
+        """W @ x on the packed GEMM with x, not W, packed (once per call): W's rows are the GEMM's rows,
+        x's columns its panels. Where OpenBLAS runs AVX2 kernels only (``blas.runs_avx2_only``): dense
+        U-Net's three up-convolutions at batch 1, one thread, 682 / 762 / 663 -> 338 / 459 / 361 us
+        (onnxruntime 307-401) on a Zen 5."""
+        n = x.shape[1]
+        y = np.empty((self.shape[0], n), np.float32)
+        packed = np.frombuffer(native.pack_weight(x), np.float32)
+        split = self.shape[0] * self.shape[1] * n >= blas.SPLIT_MIN_MACS
+        native.gemm_packed(np.ascontiguousarray(self.w), packed, y, self.threads if split else 1)
         return y
 
     def _native_left(self, x: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
