@@ -27,6 +27,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from types import ModuleType
 
 import numpy as np
 
@@ -56,7 +57,7 @@ def keep_freed_buffers() -> bool:
     return _done
 
 
-def buffer_arena():
+def buffer_arena() -> ModuleType | None:
     """The compiled arena (``_arena``: ``use()`` before a run, ``restore(previous)`` after), or None
     where it was not built or ``DCM_KEEP_BUFFERS=0`` says to keep the allocator as it is."""
     keep_freed_buffers()  # checks DCM_KEEP_BUFFERS
