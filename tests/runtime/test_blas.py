@@ -93,9 +93,5 @@ def test_default_threads_are_the_cores_the_process_may_use(monkeypatch):
 
 def test_runs_avx2_only_needs_the_packed_gemm_on_avx512(monkeypatch):
     """The packed GEMM replaces OpenBLAS only where it runs its AVX-512 path; with it off, never."""
-    blas.runs_avx2_only.cache_clear()
-    try:
-        monkeypatch.setattr(native, "packed_simd", lambda: None)
-        assert not blas.runs_avx2_only()
-    finally:
-        blas.runs_avx2_only.cache_clear()
+    monkeypatch.setattr(native, "packed_simd", lambda: None)
+    assert not blas.runs_avx2_only()

@@ -70,14 +70,18 @@ def limit(threads: int = 1) -> None:
 AVX512_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 
 
-@cache
 def runs_avx2_only() -> bool:
-    """Whether every loaded OpenBLAS runs kernels without AVX-512 on a CPU where dcm's packed GEMM runs
-    its AVX-512 path. OpenBLAS picks its kernels by the CPUs it knows and takes a newer one for an older
+    """Whether every loaded OpenBLAS runs kernels without AVX-512 while dcm's packed GEMM runs its
+    AVX-512 path. OpenBLAS picks its kernels by the CPUs it knows and takes a newer one for an older
     core: a 2-core Zen 5 ran numpy's and scipy's OpenBLAS as a Haswell (AVX2), at about half the speed
-    of the packed GEMM, so ``matmul.WeightMatmul.left`` then takes the packed GEMM."""
-    if native.packed_simd is None or native.packed_simd() != "avx512":
-        return False
+    of the packed GEMM, so ``matmul.WeightMatmul.left`` then takes the packed GEMM. The packed GEMM's
+    path is asked on every call (``set_simd`` may switch it off after load)."""
+    return native.packed_simd is not None and native.packed_simd() == "avx512" and _blas_avx2_only()
+
+
+@cache
+def _blas_avx2_only() -> bool:
+    """Whether threadpoolctl found OpenBLAS loaded and none of it on AVX-512 kernels (once per process)."""
     cores = [str(getattr(c, "architecture", "") or "").lower() for c in _controllers()]
     return bool(cores) and not any(core in AVX512_CORES for core in cores)
 
