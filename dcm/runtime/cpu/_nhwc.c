@@ -216,6 +216,15 @@ single_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py
     if (k < p->c) pixels_avx512(p, s, oy, ox, k, (__mmask16)((1u << (p->c - k)) - 1), i0, i1, 1, 1, checked, 0);
 }
 
+/* Prefetches the lines of bytes [a, b): for writing (prefetchw) or reading. */
+AVX512 static inline __attribute__((always_inline)) void prefetch_lines(const char *a, const char *b, const int write)
+{
+    for (a = (const char *)((uintptr_t)a & ~(uintptr_t)63); a < b; a += 64) {
+        if (write) __builtin_prefetch(a, 1, 3);
+        else _mm_prefetch(a, _MM_HINT_T0);
+    }
+}
+
 /* Prefetches the input pixels [x0, x1) (clamped to the row) of the input rows that output row oy + 1
  * reads and row oy does not, so that they arrive while row oy is computed. A layer's input was written
  * by the layer before and is often no longer in L2; the hardware prefetcher does not follow this loop's
@@ -232,9 +241,8 @@ prefetch_next_rows(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t x
     for (Py_ssize_t i = 0; i < p->kh; i++) {
         const Py_ssize_t iy = (oy + 1) * p->sh - p->pt + i * p->dh;
         if (iy <= last || iy < 0 || iy >= p->h) continue;
-        const char *a = (const char *)(p->x + ((s * p->h + iy) * p->w_ + x0) * p->c);
-        const char *b = (const char *)(p->x + ((s * p->h + iy) * p->w_ + x1) * p->c);
-        for (a = (const char *)((uintptr_t)a & ~(uintptr_t)63); a < b; a += 64) _mm_prefetch(a, _MM_HINT_T0);
+        const float *row = p->x + (s * p->h + iy) * p->w_ * p->c;
+        prefetch_lines((const char *)(row + x0 * p->c), (const char *)(row + x1 * p->c), 0);
     }
 }
 
@@ -244,9 +252,8 @@ AVX512 static inline __attribute__((always_inline)) void
 prefetch_next_out(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t x0, Py_ssize_t x1)
 {
     if (oy + 1 >= p->oh) return;
-    const char *a = (const char *)(p->y + ((s * p->oh + oy + 1) * p->ow + x0) * p->c);
-    const char *b = (const char *)(p->y + ((s * p->oh + oy + 1) * p->ow + x1) * p->c);
-    for (a = (const char *)((uintptr_t)a & ~(uintptr_t)63); a < b; a += 64) __builtin_prefetch(a, 1, 3);
+    const float *row = p->y + (s * p->oh + oy + 1) * p->ow * p->c;
+    prefetch_lines((const char *)(row + x0 * p->c), (const char *)(row + x1 * p->c), 1);
 }
 
 /* One output row in runs of BLOCK pixels. KW (and SW) fixed: then runs of 4, 3 and 2 and at most one
