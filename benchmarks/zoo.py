@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -79,6 +80,18 @@ def _runs_of(node_ops: dict[str, str], profile: list[dict]) -> dict[str, str]:
     return out
 
 
+def ort_node(name: str, writer: dict[str, str]) -> str:
+    """The node of the file that an onnxruntime profile node ``name`` does the work of. Its NCHWc layout
+    pass renames the convolutions it moves into its blocked layout after their output
+    ("<output>_nchwc"): the node that writes that output. A fusion names its node after the last node it
+    replaces ("<node>/QuickGeluFusion/", EfficientNet's Sigmoid * Mul): that node, so that the time goes
+    to the dcm op that fused the same nodes (the convolution before the SiLU), not to a separate op."""
+    if name.endswith("_nchwc"):
+        return writer.get(name.removesuffix("_nchwc"), name)
+    fused = re.fullmatch(r"(.+)/[A-Za-z]+Fusion/", name)
+    return fused.group(1) if fused else name
+
+
 def op_profile(sess: InferenceSession, onnx_bytes: bytes, feeds: dict, seconds_per_run: float) -> dict[str, dict]:
     """{op type: {"dcm_ms", "onnxruntime_ms"}}: each runtime's time per run summed over the nodes of
     that op type (1 thread). An onnxruntime node keeping the file's node name is charged to the op
@@ -105,16 +118,13 @@ def op_profile(sess: InferenceSession, onnx_bytes: bytes, feeds: dict, seconds_p
         events = json.loads(Path(ort_sess.end_profiling()).read_text())
     ort_ms: Counter = Counter()
     warm = {}
-    # onnxruntime's NCHWc layout pass renames the convolutions it moves into its blocked layout after
-    # their output ("<output>_nchwc"): map those back to the node of the file that writes that output.
     import onnx
 
     writer = {out: n.name for n in onnx.load_from_string(onnx_bytes).graph.node for out in n.output}
     for e in events:
         if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
             continue
-        node = e["name"][: -len("_kernel_time")]
-        node = writer.get(node.removesuffix("_nchwc"), node) if node.endswith("_nchwc") else node
+        node = ort_node(e["name"][: -len("_kernel_time")], writer)
         warm[node] = warm.get(node, 0) + 1
         if warm[node] > 1:  # the first event of each node is the warm-up run's
             op = e["args"].get("op_name", "?")

@@ -44,6 +44,14 @@ def test_profile_charges_onnxruntime_nodes_to_the_dcm_op_that_does_their_work(ti
     assert "Add" not in ops
 
 
+def test_onnxruntime_node_names_map_back_to_the_file_s_nodes():
+    writer = {"conv_out": "/stem/Conv"}
+    assert zoo.ort_node("conv_out_nchwc", writer) == "/stem/Conv"  # the NCHWc pass names a conv after its output
+    assert zoo.ort_node("/blocks/b0/act/Mul/QuickGeluFusion/", writer) == "/blocks/b0/act/Mul"  # a fusion
+    assert zoo.ort_node("/fc/Gemm", writer) == "/fc/Gemm"
+    assert zoo.ort_node("ReorderInput_token_3", writer) == "ReorderInput_token_3"  # its own node: by op type
+
+
 def test_gaps_lists_the_largest_losses_first_and_skips_wins():
     ops = {"Conv": {"dcm_ms": 5.0, "onnxruntime_ms": 2.0}, "Relu": {"dcm_ms": 1.5, "onnxruntime_ms": 0.5},
            "Gemm": {"dcm_ms": 0.1, "onnxruntime_ms": 0.4}}
