@@ -66,6 +66,29 @@ def test_ranges_split_rows_and_columns():
         np.testing.assert_allclose(y, w @ x, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("zeros", [0.0, 0.9])  # CSR by rows; CSC (mostly zero x) in parts of columns
+def test_whole_matvec_on_threads_gives_the_same_bits(zeros):
+    """A whole batch-1 product splits itself over the native pool: CSR by rows, CSC (here 3 parts of 64k
+    stored weights) with partial sums added in order, so 1, 2 or 5 threads give the same bits."""
+    w, arrays = _parts(500, 600, density=0.7)  # 210k stored weights
+    m = SparseMatrix(*w.shape, *arrays)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(600).astype(np.float32)
+    x[rng.random(600) < zeros] = 0
+    x[7] = np.inf  # counted once whatever the split
+    bias = rng.standard_normal(500).astype(np.float32)
+    ys = []
+    for threads in (1, 2, 5):
+        y = np.full(500, 99, np.float32)
+        assert m.matvec(x, y, bias, True, threads=threads) == 1
+        ys.append(y)
+    x[7] = 0
+    y = np.full(500, 99, np.float32)
+    m.matvec(x, y, bias, True, threads=2)
+    np.testing.assert_allclose(y, np.maximum(w @ x + bias, 0), rtol=1e-4, atol=1e-4)
+    assert all(np.array_equal(y, ys[0], equal_nan=True) for y in ys[1:])
+
+
 def test_one_form_alone_and_non_finite_count():
     w, (rp, ri, rv, cp, ci, cv) = _parts()
     only_csr, only_csc = SparseMatrix(*w.shape, rp, ri, rv), SparseMatrix(*w.shape, csc_indptr=cp, csc_indices=ci,

@@ -43,7 +43,10 @@
 #include "_packed_gemm.h"   /* Winograd's products on AVX-512 */
 
 #define RELEASE_GIL_MIN_NNZ 32768 /* below this the GIL round trip costs more than it frees */
-#define CSC_ALWAYS_NNZ 262144     /* past L2, CSC's 6 bytes per weight beat CSR's 8 even on dense x */
+#define CSC_ALWAYS_NNZ 262144     /* past L2, CSC's 6 bytes per weight beat a wide CSR's 8 even on dense x */
+#define SPLIT_MIN_NNZ 32768       /* a batch-1 product of this many stored weights goes to the pool's threads */
+#define CSC_PART_NNZ 65536        /* stored weights per part of a CSC product, each part its own partial sums */
+#define CSC_MAX_PARTS 8
 
 typedef struct {
     Py_buffer ptr, idx, val; /* ptr.buf == NULL: this form is absent */
@@ -308,23 +311,93 @@ static Py_ssize_t count_zeros(const float *x, Py_ssize_t n)
 }
 
 PyDoc_STRVAR(matvec_doc,
-"matvec(x, y, bias=None, relu=False, form='auto', begin=0, end=-1) -> int\n\n"
+"matvec(x, y, bias=None, relu=False, form='auto', begin=0, end=-1, threads=1) -> int\n\n"
 "y = W @ x (+ bias) (then ReLU), x float32 [cols], y float32 [rows] (C-contiguous, any shape with\n"
 "that many values, e.g. one row [1, cols]), bias float32 [rows] or None.\n"
 "form 'csr': rows [begin, end) of y are written. form 'csc': columns [begin, end) of W are added\n"
 "into y, which starts from bias when one is given (else from its own contents); the ReLU then\n"
 "applies to all of y. form 'auto': the whole product (y's contents are ignored) by whichever stored\n"
-"form is cheaper for this x (CSC skips zero inputs). Returns the number of Inf/NaN inputs read,\n"
-"for the caller to give y the NaNs that the pruned weights hide.");
+"form is cheaper for this x (CSC skips zero inputs), split over up to `threads` threads of the\n"
+"native pool: CSR by rows, CSC in parts of columns whose partial sums are added in order (the parts\n"
+"depend on W alone: any thread count gives the same bits). Returns the number of Inf/NaN inputs\n"
+"read, for the caller to give y the NaNs that the pruned weights hide.");
+
+/* A whole batch-1 product (form 'auto') on the pool: its parts, cut where the stored weights before
+ * them reach an equal share (bounds of rows for CSR, of columns for CSC). */
+typedef struct {
+    const Form *f;
+    const float *x, *bias;
+    float *y, *partial; /* CSC: parts 1.. add into partial [parts - 1][rows]; part 0 into y */
+    Py_ssize_t rows, cuts[CSC_MAX_PARTS * 8 + 1];
+    int relu;
+} MatvecJob;
+
+/* cuts[0..parts] over the major axis of a form whose indptr is p: equal shares of its stored weights
+ * (fewer parts where shares would be empty). Returns the parts. */
+static Py_ssize_t nnz_cuts(const int64_t *p, Py_ssize_t major, Py_ssize_t parts, Py_ssize_t *cuts)
+{
+    Py_ssize_t n = 0, at = 0;
+    cuts[n++] = 0;
+    for (Py_ssize_t i = 1; i < parts; i++) {
+        const int64_t target = p[major] / parts * i + p[major] % parts * i / parts;
+        while (at < major && p[at] < target) at++;
+        if (at > cuts[n - 1] && at < major) cuts[n++] = at;
+    }
+    cuts[n] = major;
+    return n;
+}
+
+static void csr_parts(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const MatvecJob *j = ctx;
+    for (Py_ssize_t u = lo; u < hi; u++) csr_rows(j->f, j->x, j->bias, j->y, j->relu, j->cuts[u], j->cuts[u + 1]);
+}
+
+static void csc_parts(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const MatvecJob *j = ctx;
+    for (Py_ssize_t u = lo; u < hi; u++)
+        csc_columns(j->f, j->x, u ? j->partial + (u - 1) * j->rows : j->y, j->cuts[u], j->cuts[u + 1]);
+}
+
+/* y = W @ x (+ bias) (ReLU) by the form f, in parts on up to threads threads; -1 where the partial sums
+ * could not be allocated. Called without the GIL. */
+static int matvec_parts(const SparseMatrix *self, const Form *f, int csc, const float *x, const float *bias, float *y,
+                        int relu, int threads)
+{
+    const int64_t *p = f->ptr.buf;
+    const Py_ssize_t major = csc ? self->cols : self->rows, nnz = (Py_ssize_t)p[major];
+    MatvecJob j = {f, x, bias, y, NULL, self->rows, {0}, relu};
+    if (!csc) { /* each row summed alone: the split never changes its bits */
+        const Py_ssize_t want = threads > CSC_MAX_PARTS * 2 ? CSC_MAX_PARTS * 8 : 4 * (Py_ssize_t)threads;
+        const Py_ssize_t parts = threads > 1 && nnz >= SPLIT_MIN_NNZ ? nnz_cuts(p, major, want, j.cuts) : 0;
+        if (parts > 1) parallel_for(csr_parts, &j, parts, 1, threads);
+        else csr_rows(f, x, bias, y, relu, 0, major);
+        return 0;
+    }
+    Py_ssize_t parts = nnz / CSC_PART_NNZ < 1 ? 1 : nnz / CSC_PART_NNZ > CSC_MAX_PARTS ? CSC_MAX_PARTS : nnz / CSC_PART_NNZ;
+    parts = nnz_cuts(p, major, parts, j.cuts);
+    if (bias) memcpy(y, bias, self->rows * sizeof(float));
+    else memset(y, 0, self->rows * sizeof(float));
+    if (parts > 1 && !(j.partial = calloc((size_t)((parts - 1) * self->rows), sizeof(float)))) return -1;
+    parallel_for(csc_parts, &j, parts, 1, threads);
+    for (Py_ssize_t u = 1; u < parts; u++) /* in part order, whichever thread made them */
+        for (Py_ssize_t r = 0; r < self->rows; r++) y[r] += j.partial[(u - 1) * self->rows + r];
+    free(j.partial);
+    if (relu)
+        for (Py_ssize_t r = 0; r < self->rows; r++) y[r] = y[r] < 0.f ? 0.f : y[r];
+    return 0;
+}
 
 static PyObject *SparseMatrix_matvec(SparseMatrix *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"x", "y", "bias", "relu", "form", "begin", "end", NULL};
+    static char *kwlist[] = {"x", "y", "bias", "relu", "form", "begin", "end", "threads", NULL};
     PyObject *xo, *yo, *bo = Py_None;
-    int relu = 0;
+    int relu = 0, threads = 1;
     const char *form = "auto";
     Py_ssize_t begin = 0, end = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|Opsnn", kwlist, &xo, &yo, &bo, &relu, &form, &begin, &end))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|Opsnni", kwlist, &xo, &yo, &bo, &relu, &form, &begin, &end,
+                                     &threads))
         return NULL;
     Py_buffer xb, yb, bb = {0};
     if (get_in_out(xo, &xb, "x", yo, &yb, "y", 1) < 0) return NULL; /* any shape: [1, n] rows too */
@@ -340,11 +413,16 @@ static PyObject *SparseMatrix_matvec(SparseMatrix *self, PyObject *args, PyObjec
     if (strcmp(form, "csr") == 0) csc = 0;
     else if (strcmp(form, "csc") == 0) csc = 1;
     else if (strcmp(form, "auto") == 0) {
-        /* CSC scatters (about 1.6x the time per weight of CSR's gather for a layer in cache), but it
-         * only touches the columns of nonzero inputs: it wins once 40% of x is zero. */
+        /* CSC scatters (1.7-1.8x the time per weight of CSR's gather on a dense x, in cache or not: 400 x
+         * 1000 at 30% 62 against 34 us, 1280 x 1000 at 50% 328 against 183), but it only touches the
+         * columns of nonzero inputs. With the weights in memory, as a batch-1 run finds them, it won from
+         * 75% zeros (2048 x 1000 at 30%: 209 against 185 us at 75%, 104 against 186 at 90%; 9216 x 4096
+         * at 9% from 60%); in cache from 60%. So: CSC from two thirds zeros, or where only CSC has 16-bit
+         * indices and the layer is past L2. */
         Py_ssize_t nnz = self->csc.ptr.buf ? self->csc.val.len / 4 : 0;
         csc = !self->csr.ptr.buf ||
-              (nnz && (nnz >= CSC_ALWAYS_NNZ || 5 * count_zeros(x, self->cols) > 2 * self->cols));
+              (nnz && ((nnz >= CSC_ALWAYS_NNZ && self->csr.wide && !self->csc.wide) ||
+                       3 * count_zeros(x, self->cols) > 2 * self->cols));
         begin = 0;
         end = -1;
         whole = 1;
@@ -366,6 +444,17 @@ static PyObject *SparseMatrix_matvec(SparseMatrix *self, PyObject *args, PyObjec
     const int64_t *p = f->ptr.buf;
     Py_ssize_t bad;
     PyThreadState *ts = p[end] - p[begin] >= RELEASE_GIL_MIN_NNZ ? PyEval_SaveThread() : NULL;
+    if (whole) {
+        const int failed = matvec_parts(self, f, csc, x, bias, y, relu, threads);
+        bad = failed ? 0 : count_nonfinite(x, 0, self->cols);
+        if (ts) PyEval_RestoreThread(ts);
+        if (failed) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        result = PyLong_FromSsize_t(bad);
+        goto done;
+    }
     if (!csc) {
         csr_rows(f, x, bias, y, relu, begin, end);
         bad = count_nonfinite(x, 0, self->cols);

@@ -26,7 +26,7 @@ try:  # scipy's own CSR x vector kernel, without the checks and conversions of `
 except ImportError:  # pragma: no cover - a future scipy; the public operator still works
     _csr_matvec = None
 
-PARALLEL_MIN_NNZ = 200_000
+PARALLEL_MIN_NNZ = 200_000  # stored weights from which the scipy fallback splits W into row blocks
 # The compiled sparse kernel against BLAS on the dense form by row count (one thread, the zoo's
 # transformer layers [256, 1024], [1024, 256], [768, 256], [256, 256]; benchmarks/matmul_choice.py,
 # docs/kernel-choice.md). From 8 rows the batched kernel (packed panels of 32 rows) on its AVX2 path
@@ -109,18 +109,13 @@ class WeightMatmul:
             self.size = m.shape[0] * m.shape[1]
             self.density = m.nnz / max(self.size, 1)
             self.blocks = [m]
-            split = threads > 1 and m.nnz >= PARALLEL_MIN_NNZ
-            # Row blocks per thread for the batched products, which split by work (nnz x vectors).
-            self.row_cuts = _cuts(m.indptr, threads) if threads > 1 else [0, m.shape[0]]
             ok = native.SparseMatrix is not None and m.data.dtype == np.float32
             csc = _csc(m) if ok and vectors else None
-            self.native = _native_matrix(m, csc) if ok else None
+            self.native = _native_matrix(m, csc) if ok else None  # splits its own batch-1 products
             self.vector_ok = self.native is None and _csr_matvec is not None and m.data.dtype == np.float32
-            self.column_cuts = _cuts(csc.indptr, threads) if split and csc is not None else [0, m.shape[1]]
-            # How a batch-1 product uses the threads: None (one call), "columns" (CSC) or "rows" (CSR).
-            self.vector_split = None if not split else "columns" if csc is not None else "rows"
-            if split and self.native is None:  # scipy: one row block per thread
-                self.blocks = [m[a:b] for a, b in zip(self.row_cuts[:-1], self.row_cuts[1:])]
+            if threads > 1 and m.nnz >= PARALLEL_MIN_NNZ and self.native is None:  # scipy: a row block a thread
+                cuts = _cuts(m.indptr, threads)
+                self.blocks = [m[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
                 self.vector_ok = False
         else:
             if prefer == "right":
@@ -301,32 +296,15 @@ class WeightMatmul:
         return self._dense_wt
 
     def _fused_vector(self, x: np.ndarray, bias: np.ndarray | None, relu: bool) -> np.ndarray:
-        """Batch 1: one matvec (CSR, or CSC skipping zero inputs), or column blocks over the thread
-        pool, each adding into its own partial sum."""
+        """Batch 1: one compiled matvec (CSR, or CSC skipping zero inputs), which splits itself over the
+        native pool: a Python thread pool's hand-off cost more than half of a classifier's product (ResNet-
+        18's 512 x 1000 at 30% kept: 44 us on one thread), so layers under 200k stored weights had run on
+        one thread."""
         y = np.empty((1, self.shape[0]), dtype=np.float32)
-        if self.vector_split is None:
-            try:
-                bad = self.native.matvec(x, y, bias, relu)  # any shape with the right count
-            except ValueError:  # not contiguous (or a real error, which the retry raises again)
-                bad = self.native.matvec(np.ascontiguousarray(x), y, bias, relu)
-        elif self.vector_split == "rows":  # no CSC copy: CSR row blocks
-            v, out, cuts = x.reshape(-1), y.reshape(-1), self.row_cuts
-            bad = max(thread_pool(self.threads).map(lambda r: self.native.matvec(v, out, bias, relu, "csr", *r),
-                                                    zip(cuts[:-1], cuts[1:])))
-        else:
-            v, out = x.reshape(-1), y.reshape(-1)
-            if bias is None:
-                out.fill(0)
-            partials = [out, *(np.zeros_like(out) for _ in self.column_cuts[2:])]
-            jobs = [(p, bias if i == 0 else None, a, b)
-                    for i, (p, a, b) in enumerate(zip(partials, self.column_cuts[:-1], self.column_cuts[1:]))]
-            bad = sum(thread_pool(self.threads).map(lambda j: self.native.matvec(v, j[0], j[1], False, "csc", j[2], j[3]),
-                                                    jobs))
-            with np.errstate(all="ignore"):  # inf - inf across partial sums: NaN, silently (Kernel.quiet)
-                for p in partials[1:]:
-                    out += p
-            if relu:
-                np.maximum(out, 0, out=out)
+        try:
+            bad = self.native.matvec(x, y, bias, relu, threads=self.threads)  # any shape with the right count
+        except ValueError:  # not contiguous (or a real error, which the retry raises again)
+            bad = self.native.matvec(np.ascontiguousarray(x), y, bias, relu, threads=self.threads)
         if bad:
             self._poison(x.reshape(-1, 1), y.T)
         return y
