@@ -142,6 +142,26 @@ def test_arena_blocks_are_zeroed_resized_and_freed_as_numpy_expects():
 
 
 @needs_arena
+def test_a_request_takes_the_last_freed_block_of_up_to_8x_its_size():
+    """Layers of different sizes take turns in one block (the most recently freed, in cache) rather than
+    each size class keeping blocks of its own."""
+    assert arena.REACH == 24  # classes: 3 octaves of 8
+    previous = arena.use()
+    try:
+        big = np.empty(1 << 18, np.float32)  # 1 MiB
+        address = big.ctypes.data
+        del big
+        quarter = np.empty(1 << 16, np.float32)  # 256 KiB: the 1 MiB block, 4x its size
+        assert quarter.ctypes.data == address
+        del quarter
+        sixteenth = np.empty(arena.LARGE_BYTES // 4, np.float32)  # 64 KiB: 16x, past the reach
+        assert sixteenth.ctypes.data != address
+        del sixteenth
+    finally:
+        arena.restore(previous)
+
+
+@needs_arena
 def test_restore_takes_only_a_handler():
     with pytest.raises(TypeError, match="use\\(\\) returned"):
         arena.restore(object())
