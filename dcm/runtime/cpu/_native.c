@@ -43,7 +43,7 @@
 #include "_packed_gemm.h"   /* Winograd's products on AVX-512 */
 
 #define RELEASE_GIL_MIN_NNZ 32768 /* below this the GIL round trip costs more than it frees */
-#define CSC_ALWAYS_NNZ 262144     /* past L2, CSC's 6 bytes per weight beat a wide CSR's 8 even on dense x */
+#define CSC_ALWAYS_NNZ (1 << 21)  /* from here (12 MiB and more in memory) CSC won on any x (see matvec) */
 #define SPLIT_MIN_NNZ 32768       /* a batch-1 product of this many stored weights goes to the pool's threads */
 #define CSC_PART_NNZ 65536        /* stored weights per part of a CSC product, each part its own partial sums */
 #define CSC_MAX_PARTS 8
@@ -413,16 +413,15 @@ static PyObject *SparseMatrix_matvec(SparseMatrix *self, PyObject *args, PyObjec
     if (strcmp(form, "csr") == 0) csc = 0;
     else if (strcmp(form, "csc") == 0) csc = 1;
     else if (strcmp(form, "auto") == 0) {
-        /* CSC scatters (1.7-1.8x the time per weight of CSR's gather on a dense x, in cache or not: 400 x
-         * 1000 at 30% 62 against 34 us, 1280 x 1000 at 50% 328 against 183), but it only touches the
-         * columns of nonzero inputs. With the weights in memory, as a batch-1 run finds them, it won from
-         * 75% zeros (2048 x 1000 at 30%: 209 against 185 us at 75%, 104 against 186 at 90%; 9216 x 4096
-         * at 9% from 60%); in cache from 60%. So: CSC from two thirds zeros, or where only CSC has 16-bit
-         * indices and the layer is past L2. */
+        /* CSC scatters, CSR gathers, but CSC only touches the columns of nonzero inputs. With the weights
+         * out of cache, as a batch-1 run finds them, CSC won from 75% zero inputs on layers of up to 1.5M
+         * weights (2048 x 1000 at 30%: 191 against 186 us at 75%, 117 against 187 at 90%; on a dense x
+         * 230 against 186) and on any x from 2.3M (AlexNet's fc6, 9216 x 4096 at 9%: 1282 against 2095
+         * us; 6144 x 4096: 895 against 1104): python -m benchmarks.matvec_form. So: CSC from two
+         * thirds zeros, or from CSC_ALWAYS_NNZ weights. */
         Py_ssize_t nnz = self->csc.ptr.buf ? self->csc.val.len / 4 : 0;
         csc = !self->csr.ptr.buf ||
-              (nnz && ((nnz >= CSC_ALWAYS_NNZ && self->csr.wide && !self->csc.wide) ||
-                       3 * count_zeros(x, self->cols) > 2 * self->cols));
+              (nnz && (nnz >= CSC_ALWAYS_NNZ || 3 * count_zeros(x, self->cols) > 2 * self->cols));
         begin = 0;
         end = -1;
         whole = 1;
