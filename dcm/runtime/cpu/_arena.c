@@ -12,8 +12,8 @@
  * RegNetX-400MF 1.37 -> 1.18, EfficientNet-B0 1.29 -> 1.17 (2-core Zen 5; docs/runtime.md).
  * A request takes the most recently freed block among its class and the REACH - 1 classes above it
  * (up to 8x its size; the tail it does not touch costs no cache), so that a run's layers of different
- * sizes take turns in fewer blocks: pruned MobileNetV2 at batch 1 kept 18.7 -> 13.1 MiB of blocks and
- * ran in 0.95x the time, EfficientNet-B0 20.6 -> 10.9 MiB and 0.94x, ResNet-18 0.96x, RegNetX 0.98x
+ * sizes take turns in fewer blocks: pruned MobileNetV2 at batch 1 kept 18.7 -> 13.1 MB of blocks and
+ * ran in 0.95x the time, EfficientNet-B0 20.6 -> 10.9 MB and 0.94x, ResNet-18 0.96x, RegNetX 0.98x
  * (one thread, sessions of both in one process in turn); batch 8 and the transformers within 3%.
  *
  * Every block starts on a 64-byte line (kernels' vector loads then never span two lines) and carries a

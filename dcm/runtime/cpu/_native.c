@@ -47,6 +47,7 @@
 #define SPLIT_MIN_NNZ 32768       /* a batch-1 product of this many stored weights goes to the pool's threads */
 #define CSC_PART_NNZ 65536        /* stored weights per part of a CSC product, each part its own partial sums */
 #define CSC_MAX_PARTS 8
+#define CSR_MAX_PARTS 64          /* a split CSR product's parts: 4 a thread, up to this many */
 
 typedef struct {
     Py_buffer ptr, idx, val; /* ptr.buf == NULL: this form is absent */
@@ -328,7 +329,7 @@ typedef struct {
     const Form *f;
     const float *x, *bias;
     float *y, *partial; /* CSC: parts 1.. add into partial [parts - 1][rows]; part 0 into y */
-    Py_ssize_t rows, cuts[CSC_MAX_PARTS * 8 + 1];
+    Py_ssize_t rows, cuts[CSR_MAX_PARTS + 1];
     int relu;
 } MatvecJob;
 
@@ -361,7 +362,7 @@ static void csc_parts(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 }
 
 /* y = W @ x (+ bias) (ReLU) by the form f, in parts on up to threads threads; -1 where the partial sums
- * could not be allocated. Called without the GIL. */
+ * could not be allocated. Called without the GIL wherever it has parts to hand out. */
 static int matvec_parts(const SparseMatrix *self, const Form *f, int csc, const float *x, const float *bias, float *y,
                         int relu, int threads)
 {
@@ -369,7 +370,7 @@ static int matvec_parts(const SparseMatrix *self, const Form *f, int csc, const 
     const Py_ssize_t major = csc ? self->cols : self->rows, nnz = (Py_ssize_t)p[major];
     MatvecJob j = {f, x, bias, y, NULL, self->rows, {0}, relu};
     if (!csc) { /* each row summed alone: the split never changes its bits */
-        const Py_ssize_t want = threads > CSC_MAX_PARTS * 2 ? CSC_MAX_PARTS * 8 : 4 * (Py_ssize_t)threads;
+        const Py_ssize_t want = 4 * (Py_ssize_t)threads < CSR_MAX_PARTS ? 4 * (Py_ssize_t)threads : CSR_MAX_PARTS;
         const Py_ssize_t parts = threads > 1 && nnz >= SPLIT_MIN_NNZ ? nnz_cuts(p, major, want, j.cuts) : 0;
         if (parts > 1) parallel_for(csr_parts, &j, parts, 1, threads);
         else csr_rows(f, x, bias, y, relu, 0, major);
