@@ -85,16 +85,21 @@ def prune_module(module, density: dict[str, float], seed: int = 0) -> None:
 
 
 def cpu_model() -> str:
-    """The CPU's name as Linux reports it ("model name" in /proc/cpuinfo), else platform's guess: the
-    ratios to onnxruntime move with it (OpenBLAS, for one, runs its AVX2 kernels on CPUs it does not
-    recognize, onnxruntime's MLAS its AVX-512 ones)."""
+    """The CPU's name as Linux reports it ("model name" in /proc/cpuinfo), with the widest vector
+    extension it has of those dcm's kernels use (AVX-512, AVX2), else platform's guess: the ratios to
+    onnxruntime move with both (dcm's products, channels-last regions and strided direct kernels run
+    only with AVX-512; OpenBLAS runs its AVX2 kernels on CPUs it does not recognize, onnxruntime's MLAS
+    its AVX-512 ones)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+    if not names:
+        return platform.processor() or platform.machine()
+    simd = "AVX-512" if "avx512f" in flags else "AVX2, no AVX-512" if "avx2" in flags else "no AVX2"
+    return f"{names[0]} ({simd})"
 
 
 def save(name: str, payload: dict) -> Path:

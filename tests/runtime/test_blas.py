@@ -12,6 +12,7 @@ from dcm.format.model import Model, Node, ValueInfo  # noqa: E402
 from dcm.encoder.codec import encode_raw  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
 from dcm.runtime.cpu import blas, native  # noqa: E402
+from tests.runtime.switches import switched  # noqa: E402
 
 
 def _dense_fc() -> Model:
@@ -95,3 +96,34 @@ def test_runs_avx2_only_needs_the_packed_gemm_on_avx512(monkeypatch):
     """The packed GEMM replaces OpenBLAS only where it runs its AVX-512 path; with it off, never."""
     monkeypatch.setattr(native, "packed_simd", lambda: None)
     assert not blas.runs_avx2_only()
+
+
+def _layer(node: Node, inputs: list[ValueInfo], tensors: dict) -> Model:
+    return Model(inputs, [ValueInfo("y", "float32", None)], [node], tensors)
+
+
+def test_nchw_1x1_layers_and_products_of_run_time_inputs_use_the_session_threads(monkeypatch):
+    """With BLAS held at one thread, the products a session runs through numpy are its own threads'
+    work: a 1x1 layer's NCHW product (where the compiled 1x1 kernel does not run, as MobileNetV2's on a
+    CPU without AVX-512), Gemm and MatMul of two run-time inputs. Each goes to the native gemm on 2
+    threads and gives numpy's result."""
+    if native.gemm is None:
+        pytest.skip("built without the compiled kernels")
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((64, 64, 1, 1)).astype(np.float32)
+    conv = _layer(Node("Conv", ["x", "w"], ["y"], {}, "pointwise"), [ValueInfo("x", "float32", [1, 64, 32, 32])],
+                  {"w": encode_raw(w, "w")})
+    a_info, b_info = ValueInfo("a", "float32", [2, 128, 96]), ValueInfo("b", "float32", [2, 96, 128])
+    matmul = _layer(Node("MatMul", ["a", "b"], ["y"], {}, "mm"), [a_info, b_info], {})
+    gemm = _layer(Node("Gemm", ["a", "b"], ["y"], {"transB": 1}, "gemm"),
+                  [ValueInfo("a", "float32", [128, 96]), ValueInfo("b", "float32", [128, 96])], {})
+    x = rng.standard_normal((1, 64, 32, 32)).astype(np.float32)
+    a, b = rng.standard_normal((2, 128, 96)).astype(np.float32), rng.standard_normal((2, 96, 128)).astype(np.float32)
+    with switched(native.set_pointconv_simd, False):  # the 1x1 layer's NCHW product, as on such a CPU
+        conv_sess = InferenceSession(conv, threads=2)
+    for sess, feeds, want in [(conv_sess, {"x": x}, np.einsum("oc,nchw->nohw", w[:, :, 0, 0], x)),
+                              (InferenceSession(matmul, threads=2), {"a": a, "b": b}, a @ b),
+                              (InferenceSession(gemm, threads=2), {"a": a[0], "b": b[0].T.copy()}, a[0] @ b[0])]:
+        calls = _count_gemm_calls(monkeypatch)
+        np.testing.assert_allclose(sess.run(None, feeds)[0], want, rtol=1e-4, atol=1e-4)
+        assert calls, sess.describe()

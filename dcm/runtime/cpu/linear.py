@@ -6,7 +6,7 @@ import scipy.sparse as sp
 
 from dcm.encoder.codec import CsrParts
 from dcm.errors import InputError, UnsupportedOpError
-from dcm.runtime.cpu import native
+from dcm.runtime.cpu import blas, native
 from dcm.runtime.cpu.activation import relu
 from dcm.runtime.cpu.matmul import WeightMatmul
 from dcm.runtime.cpu.registry import register
@@ -127,7 +127,7 @@ class RuntimeGemm(Gemm):
     def __call__(self, a, b, c=None):
         if a.ndim != 2 or b.ndim != 2:
             raise ValueError(f"Gemm takes matrices, got ranks {a.ndim} and {b.ndim}")
-        y = (a.T if self.trans_a else a) @ (b.T if self.trans_b else b)
+        y = blas.matmul(a.T if self.trans_a else a, b.T if self.trans_b else b, self.threads)
         if self.alpha != 1.0:
             y = y * y.dtype.type(self.alpha)
         if c is not None and self.beta != 0.0:
@@ -160,7 +160,7 @@ class MatMul(_FullyConnected):
 
     def __call__(self, a, b=None):
         if not self.const_b:
-            return (np.matmul(a, self.b if self.b is not None else b),)
+            return (blas.matmul(a, self.b if self.b is not None else b, self.threads),)
         lead = a.shape[:-1]
         y = self.mm.right(a.reshape(-1, a.shape[-1]))
         return (y.reshape(*lead, y.shape[-1]),)

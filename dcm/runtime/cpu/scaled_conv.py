@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from dcm.runtime.channel_scale import SCALED_CONV
-from dcm.runtime.cpu import pointconv
+from dcm.runtime.cpu import blas, pointconv
 from dcm.runtime.cpu.conv import Conv
 from dcm.runtime.cpu.elementwise import check_broadcast
 from dcm.runtime.cpu.fused import register_internal
@@ -67,7 +67,7 @@ class ScaledConv(Conv):
         if self.packed is not None and pointconv.takes(x):
             return self._packed_conv(x, residual, epilogue, np.ascontiguousarray(s.reshape(s.shape[0], c)))
         weights = np.multiply(self.mms[0].w, s.reshape(s.shape[0], 1, c))  # [N or 1, C_out, C_in]
-        y = np.matmul(weights, x.reshape(n, c, h * w))
+        y = blas.matmul(weights, x.reshape(n, c, h * w), self.threads)
         return self._finish(y.reshape(n, -1, h, w), residual, epilogue)
 
     def describe(self) -> dict:
