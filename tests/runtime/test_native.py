@@ -619,7 +619,7 @@ def test_pool_refuses_bad_calls():
         native.pool2d(x, y, x.shape, *args, np.ones(8, np.float32))
 
 
-@pytest.mark.parametrize("path", ["avx512", "avx2"])
+@pytest.mark.parametrize("path", ["avx512", "avx2", "portable"])
 @pytest.mark.parametrize("h, w, kernel, strides, dilations, pads", [
     (7, 7, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),  # ResNet-18's last stage: 7 runs of 7 per row
     (14, 14, (3, 3), (2, 1), (1, 1), (1, 1, 1, 1)),  # vertical stride 2: 7 rows of 14
@@ -631,11 +631,15 @@ def test_pool_refuses_bad_calls():
     (9, 31, (3, 3), (1, 2), (1, 1), (1, 1, 1, 1)),  # stride 2, 16 outputs spanning 31 values: both loads
     (6, 30, (2, 3), (1, 3), (1, 1), (0, 2, 0, 1)),  # stride 3, 11 outputs
     (5, 35, (1, 3), (1, 3), (1, 1), (0, 1, 0, 1)),  # stride 3, 12 outputs spanning 34 values: the plain copies
+    # longer rows at stride 2: 8 outputs from two loads on AVX2, the last ones (and the padding) one by one
+    (5, 57, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1)),  # 29 outputs, the last tap's reads end on the row's last value
+    (4, 50, (3, 3), (1, 2), (1, 1), (0, 0, 0, 0)),  # 24 outputs: three whole vectors' worth, no padding
+    (3, 41, (2, 5), (1, 2), (1, 2), (0, 3, 1, 2)),  # dilation 2, padding on both sides
 ])
-def test_im2col_short_rows(h, w, kernel, strides, dilations, pads, path):
-    """im2col2d against numpy's padded windows, where rows of at most 16 outputs whose inputs span at
-    most 32 values go by masked loads (and a permute at stride 2 or more) and one store each on AVX-512
-    (the small-plane sparse layers' columns)."""
+def test_im2col_rows(h, w, kernel, strides, dilations, pads, path):
+    """im2col2d against numpy's padded windows, on every path: rows of at most 16 outputs whose inputs span
+    at most 32 values go by masked loads (and a permute at stride 2 or more) and one store each on AVX-512
+    (the small-plane sparse layers' columns); longer stride-2 rows by the AVX2 shuffles."""
     rng = np.random.default_rng(h * w)
     x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
     (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = kernel, strides, dilations, pads
@@ -644,7 +648,7 @@ def test_im2col_short_rows(h, w, kernel, strides, dilations, pads, path):
     want = np.stack([xp[:, c, i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw]
                      for c in range(3) for i in range(kh) for j in range(kw)]).reshape(3 * kh * kw, -1)
     cols = np.full((3 * kh * kw, 2 * oh * ow), np.nan, np.float32)
-    with switched(native.set_avx512, path == "avx512"):
+    with switched(native.set_avx512, path == "avx512"), switched(native.set_simd, path != "portable"):
         native.im2col2d(x, cols, x.shape, kernel, strides, dilations, pads, threads=2)
     np.testing.assert_array_equal(cols, want)
 
