@@ -140,7 +140,8 @@ class RuntimeGemm(Gemm):
 
 @register("MatMul")
 class MatMul(_FullyConnected):
-    """A [..., in] @ B [in, out] with B a constant weight (a runtime B uses numpy matmul)."""
+    """A [..., in] @ B [in, out] with B a constant weight (a run-time B: blas.matmul, split over the
+    session's threads)."""
 
     weight_inputs = (1,)
 
