@@ -2535,12 +2535,12 @@ static void pool_fold_avx2(POOL_FOLD_ARGS)
 }
 
 /* The even-indexed values of a[0, 16) (a shuffle of its two halves) in the order 0 2 8 10 4 6 12 14:
- * the lanes stay crossed until pool_uncross, once per output vector. */
-#define POOL_EVENS(a, b) _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))
-#define POOL_ODDS(a, b) _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))
+ * the lanes stay crossed until uncross8, once per output vector (pool2d's stride-2 rows, im2col2d's). */
+#define EVENS8(a, b) _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))
+#define ODDS8(a, b) _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))
 
 __attribute__((target("avx2,fma")))
-static inline __m256 pool_uncross(__m256 v)
+static inline __m256 uncross8(__m256 v)
 {
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), _MM_SHUFFLE(3, 1, 2, 0)));
 }
@@ -2564,12 +2564,12 @@ static void pool_row_avx2(POOL_ROW_ARGS)
         } else {
             for (Py_ssize_t j = 0; j < g->kw;) {
                 const float *s = tmp + 2 * c + j * g->dw;
-                __m256 lo = _mm256_loadu_ps(s), hi = _mm256_loadu_ps(s + 8), v = POOL_EVENS(lo, hi);
+                __m256 lo = _mm256_loadu_ps(s), hi = _mm256_loadu_ps(s + 8), v = EVENS8(lo, hi);
                 acc = j++ ? pool_op8(acc, v, average) : v;
                 if (g->dw == 1 && j < g->kw) /* the next tap: the odd values of the same loads */
-                    acc = pool_op8(acc, POOL_ODDS(lo, hi), average), j++;
+                    acc = pool_op8(acc, ODDS8(lo, hi), average), j++;
             }
-            acc = pool_uncross(acc);
+            acc = uncross8(acc);
         }
         if (average) acc = _mm256_div_ps(acc, POOL_LOAD(divisor + c, full, mask));
         POOL_STORE(yr + c, full, mask, acc);
@@ -3774,20 +3774,17 @@ static void im2col_short_rows_avx512(const Window2d *g, const float *x, Py_ssize
             }
     }
 }
-/* dst[q] = src[2 q] for q in [0, n): 8 outputs from two loads of 16 inputs, the even ones picked by one
- * shuffle and one permute (lane order a0 a2 b0 b2 | a4 a6 b4 b6, then its 64-bit pairs 0 2 1 3), the
- * last few (and any whose loads would pass src[2 n - 2]) one at a time. The scalar strided copy took
- * half of a stride-2 grouped layer's im2col + product (RegNetX's 32-channel 3x3 of 2 groups at 112x112,
- * a Zen 3 without AVX-512). */
+
+/* dst[q] = src[2 q] for q in [0, n): 8 outputs from two loads of 16 inputs, the even ones picked as
+ * pool2d's (EVENS8, uncross8), the last few (and any whose loads would pass src[2 n - 2]) one at a
+ * time. The scalar strided copy took half of a stride-2 grouped layer's im2col + product (RegNetX's
+ * 32-channel 3x3 of 2 groups at 112x112, a Zen 3 without AVX-512). */
 __attribute__((target("avx2,fma")))
 static void copy_stride2_avx2(float *dst, const float *src, Py_ssize_t n)
 {
     Py_ssize_t q = 0;
-    for (; q + 8 < n; q += 8) { /* reads src[2 q .. 2 q + 15], all at most 2 (n - 1) */
-        const __m256 t = _mm256_shuffle_ps(_mm256_loadu_ps(src + 2 * q), _mm256_loadu_ps(src + 2 * q + 8),
-                                           _MM_SHUFFLE(2, 0, 2, 0));
-        _mm256_storeu_ps(dst + q, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(t), _MM_SHUFFLE(3, 1, 2, 0))));
-    }
+    for (; q + 8 < n; q += 8) /* reads src[2 q .. 2 q + 15], all at most 2 (n - 1) */
+        _mm256_storeu_ps(dst + q, uncross8(EVENS8(_mm256_loadu_ps(src + 2 * q), _mm256_loadu_ps(src + 2 * q + 8))));
     for (; q < n; q++) dst[q] = src[2 * q];
 }
 #endif
