@@ -252,6 +252,39 @@ def test_conv_threads_by_tiles(shape, strides, groups):
             np.testing.assert_array_equal(y, want)
 
 
+@pytest.mark.skipif(not (native.batched_simd and native.batched_simd() == "avx512"),
+                    reason="the flat layout is SparseConv's AVX-512 path")
+@pytest.mark.parametrize("shape, kernel, dilations, pads, channels", [
+    ((7, 7), (3, 3), (1, 1), (1, 1, 1, 1), 400),  # ResNet's last stage: 4 segments, 3 blocks of input channels
+    ((5, 5), (3, 3), (1, 1), (1, 1, 1, 1), 16),  # 3 segments, the last of 1 output
+    ((20, 20), (3, 3), (1, 1), (1, 1, 1, 1), 24),  # 2 tiles, the second from mid-row
+    ((9, 6), (1, 5), (1, 2), (0, 3, 2, 4), 8),  # uneven pads, a dilation, wider padding than outputs
+    ((8, 8), (3, 3), (2, 2), (2, 2, 2, 2), 40),
+])
+def test_narrow_planes_run_flat(shape, kernel, dilations, pads, channels):
+    """On AVX-512, planes much narrower than a 16-lane segment run flat: segments across the padded
+    rows, each packed into y without its padding columns' lanes. Every output is written once (y
+    starts as NaN), against the float64 reference with a bias and the ReLU, and 2-3 threads over
+    output channel ranges give the same bits as one."""
+    rng = np.random.default_rng(channels)
+    size = (12, channels, *kernel)
+    w = (rng.standard_normal(size) * (rng.random(size) < 0.3)).astype(np.float32)
+    conv = _sparse_conv(w, 1)
+    x = rng.standard_normal((2, channels, *shape)).astype(np.float32)
+    bias = rng.standard_normal(12).astype(np.float32)
+    ref = np.maximum(_conv_reference(x, w, bias, (1, 1), dilations, pads, 1), 0)
+    args = (x.shape, (1, 1), dilations, pads, bias, True)
+    with _paths("avx512"):
+        one = np.full(ref.shape, np.nan, np.float32)
+        assert conv.run(x, one, *args) == 0
+        np.testing.assert_allclose(one, ref, rtol=1e-4, atol=1e-4)
+        for threads in (2, 3):
+            y = np.full_like(one, np.nan)
+            conv.run(x, y, *args, c_end=5, threads=threads)
+            conv.run(x, y, *args, c_begin=5, threads=threads)
+            np.testing.assert_array_equal(y, one)
+
+
 @pytest.mark.parametrize("path", ["avx512", "avx2", "generic"])
 @pytest.mark.parametrize("rows, cols, density", [(37, 600, 0.01), (37, 600, 0.3), (19, 513, 1.0), (300, 1500, 0.3)])
 def test_wide_weights_go_by_column_blocks(rows, cols, density, path):
@@ -810,7 +843,7 @@ def test_reinit_racing_a_product_is_refused():
     worker = threading.Thread(target=products)
     worker.start()
     try:
-        while len(done) < 10:  # re-initializations all through ten rounds of products
+        while len(done) < 10 or attempts <= 20:  # re-initializations all through ten rounds of products
             for obj, args in ((m, other), (conv, conv_args)):
                 with pytest.raises(TypeError, match="immutable"):
                     obj.__init__(*args)

@@ -1208,7 +1208,10 @@ static PyTypeObject SparseMatrixType = {
 #define SLACK (SEG * 4)
 
 #define PLAN_KEY 10 /* what a weight plan depends on: AVX-512, copy size, plane, row, dilations, block, phases,
-                       aligned copies, copies per tile */
+                       how the copies are shifted (SHIFT_*), copies per tile */
+#define SHIFT_NONE 0    /* one copy, unaligned loads */
+#define SHIFT_COLUMNS 1 /* a copy per column shift of the taps, mod 16 */
+#define SHIFT_FLAT 2    /* a copy per offset of the taps in the flat plane, mod 16 */
 #define MAX_PHASES 4 /* the AVX-512 path's largest horizontal stride (see SparseConv_run) */
 
 typedef struct {
@@ -1285,7 +1288,9 @@ typedef struct {
     Py_ssize_t *seg_in;                        /* per segment: its first input offset within a plane */
     Py_ssize_t *seg_out;                       /* per segment: its first output offset */
     int *seg_len;                              /* per segment: pixels, 1..SEG */
+    uint32_t *seg_mask;                        /* AVX-512: per segment, the lanes it stores */
     int contiguous;                            /* segment t reads from t * WIDE_SEG (AVX-512) */
+    int flat;                                  /* AVX-512: segments run across rows (see SparseConv_run) */
     Py_ssize_t per_row;                        /* segments per output row */
 } ConvPlan;
 
@@ -1440,16 +1445,35 @@ static inline void conv_tile_avx512(const ConvPlan *g, const float *xg, Py_ssize
         a[i] = first ? _mm512_set1_ps(bias) : _mm512_load_ps(part + i * WIDE_SEG);
     }
     if (contiguous) xt[0] = xg + (g->seg_in[t] - base);
-    for (int64_t k = k0; k < k1; k++) {
+/* segment i's input for the weight at offset o. contiguous: one base register for all, not one each;
+   per_row: one per output row of the tile */
+#define TILE_INPUT(i, o) \
+    _mm512_loadu_ps((contiguous ? xt[0] + (i) * WIDE_SEG \
+                     : per_row ? xt[(i) / per_row * per_row] + (i) % per_row * WIDE_SEG : xt[i]) + (o))
+    int64_t k = k0;
+    if (count <= 4) { /* 4 sums wait on the multiply-add's latency: 2 weights at a time into 8 (7x7 planes) */
+        __m512 b[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < count; i++) b[i] = _mm512_setzero_ps();
+        for (; k + 1 < k1; k += 2) {
+            __m512 w0 = _mm512_set1_ps(ws[k].val), w1 = _mm512_set1_ps(ws[k + 1].val);
+            Py_ssize_t o0 = ws[k].off, o1 = ws[k + 1].off;
+#pragma GCC unroll 4
+            for (int i = 0; i < count; i++) {
+                a[i] = _mm512_fmadd_ps(w0, TILE_INPUT(i, o0), a[i]);
+                b[i] = _mm512_fmadd_ps(w1, TILE_INPUT(i, o1), b[i]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < count; i++) a[i] = _mm512_add_ps(a[i], b[i]);
+    }
+    for (; k < k1; k++) {
         __m512 w = _mm512_set1_ps(ws[k].val);
         Py_ssize_t o = ws[k].off;
 #pragma GCC unroll 16
-        for (int i = 0; i < count; i++) /* contiguous: one base register for all, not one each; per_row:
-                                           one per output row of the tile */
-            a[i] = _mm512_fmadd_ps(w, _mm512_loadu_ps((contiguous ? xt[0] + i * WIDE_SEG
-                                                       : per_row ? xt[i / per_row * per_row] + i % per_row * WIDE_SEG
-                                                       : xt[i]) + o), a[i]);
+        for (int i = 0; i < count; i++) a[i] = _mm512_fmadd_ps(w, TILE_INPUT(i, o), a[i]);
     }
+#undef TILE_INPUT
     if (!final) { /* the partial sums wait in the thread's aligned scratch, not in y: no masks, no row ends */
 #pragma GCC unroll 16
         for (int i = 0; i < count; i++) _mm512_store_ps(part + i * WIDE_SEG, a[i]);
@@ -1458,8 +1482,13 @@ static inline void conv_tile_avx512(const ConvPlan *g, const float *xg, Py_ssize
 #pragma GCC unroll 16
     for (int i = 0; i < count; i++) { /* NaN stays NaN through the ReLU, as in AVX2 */
         if (t + i > last) break;
-        __mmask16 m = (__mmask16)((1u << g->seg_len[t + i]) - 1);
-        _mm512_mask_storeu_ps(yc + g->seg_out[t + i], m, relu ? _mm512_max_ps(_mm512_setzero_ps(), a[i]) : a[i]);
+        __mmask16 m = (__mmask16)g->seg_mask[t + i];
+        __m512 v = relu ? _mm512_max_ps(_mm512_setzero_ps(), a[i]) : a[i];
+        if (g->flat) { /* the lanes of whole output columns, packed: they are adjacent in y */
+            v = _mm512_maskz_compress_ps(m, v);
+            m = (__mmask16)((1u << __builtin_popcount(m)) - 1);
+        }
+        _mm512_mask_storeu_ps(yc + g->seg_out[t + i], m, v);
     }
 }
 
@@ -1515,11 +1544,24 @@ static inline void fill_row(float *dst, const float *xc, Py_ssize_t R, const Con
 }
 
 /* Input channels [ci0, ci1) of the sample under one tile, padded rows [R0, R0 + in_rows), into buf: every
- * copy the weights read (slot), per_block channels each; zeros where a block has fewer channels. */
+ * copy the weights read (slot), per_block channels each; zeros where a block has fewer channels. Flat
+ * (unit strides), the rows of each channel from `lead` on in copy 0, and copy slot[s] is copy 0 moved s
+ * values left, across the channels' rows. */
 __attribute__((target("avx512f,avx2,fma")))
-static void fill_block(const ConvJob *j, float *buf, Py_ssize_t R0, Py_ssize_t ci0, Py_ssize_t ci1)
+static void fill_block(const ConvJob *j, float *buf, Py_ssize_t R0, Py_ssize_t lead, Py_ssize_t ci0, Py_ssize_t ci1)
 {
     Py_ssize_t wp = j->g->wp, hw = j->h * j->w;
+    if (j->g->flat) {
+        for (Py_ssize_t ci = ci0; ci < ci1; ci++)
+            for (Py_ssize_t i = 0; i < j->in_rows; i++)
+                fill_row(buf + (ci - ci0) * j->ch_floats + lead + i * wp, j->xs + ci * hw, R0 + i, j, wp, 0, 0);
+        if (ci1 - ci0 < j->per_block)
+            memset(buf + (ci1 - ci0) * j->ch_floats, 0, (size_t)((j->per_block - (ci1 - ci0)) * j->ch_floats) * 4);
+        for (int s = 1; s < WIDE_SEG; s++)
+            if (j->slot[s] > 0)
+                memcpy(buf + j->slot[s] * j->copy_floats, buf + s, (size_t)(j->copy_floats - s) * sizeof(float));
+        return;
+    }
     for (Py_ssize_t q = 0; q < j->phases * WIDE_SEG; q++) { /* q: phase * WIDE_SEG + shift */
         if (j->slot[q] < 0) continue;
         float *dst = buf + j->slot[q] * j->copy_floats;
@@ -1549,7 +1591,9 @@ static void conv_channels_avx512(const ConvJob *j, Py_ssize_t c0, Py_ssize_t c1,
     Py_ssize_t end = tile1 * WIDE_TILE < g->segs ? tile1 * WIDE_TILE : g->segs;
     for (Py_ssize_t t = tile0 * WIDE_TILE; t < end; t += WIDE_TILE) {
         Py_ssize_t left = g->segs - t;
-        Py_ssize_t R0 = t / g->per_row * g->sh, base = j->tiled ? R0 * g->wp : 0; /* tiled: its first padded row */
+        Py_ssize_t R0 = (g->flat ? t * WIDE_SEG / g->wp : t / g->per_row) * g->sh;
+        Py_ssize_t lead = g->flat ? R0 * g->wp % WIDE_SEG : 0; /* flat: where row R0 starts in a channel's copy */
+        Py_ssize_t base = j->tiled ? R0 * g->wp - lead : 0;  /* tiled: its first padded row, less the lead */
         for (Py_ssize_t grp = c0 / per_group; grp * per_group < c1; grp++) {
             Py_ssize_t g0 = grp * per_group > c0 ? grp * per_group : c0;
             Py_ssize_t g1 = (grp + 1) * per_group < c1 ? (grp + 1) * per_group : c1;
@@ -1559,7 +1603,7 @@ static void conv_channels_avx512(const ConvJob *j, Py_ssize_t c0, Py_ssize_t c1,
                                                                                : (grp + 1) * self->c_in_g;
                 const float *xg = buf;
                 if (j->tiled)
-                    fill_block(j, buf, R0, ci0, ci1);
+                    fill_block(j, buf, R0, lead, ci0, ci1);
                 else
                     xg = j->work + grp * self->c_in_g * g->plane;
                 for (Py_ssize_t co = g0; co < g1; co++) {
@@ -1620,7 +1664,7 @@ static PyObject *conv_weight_plan(SparseConv *self, const Py_ssize_t *key, const
         return self->plan;
     }
     Py_ssize_t wide = key[0], total = key[1], plane = key[2], wp = key[3], dh = key[4], dw = key[5];
-    Py_ssize_t per_block = key[6], phases = key[7], aligned = key[8], tiled = key[9], nnz = self->w.val.len / 4;
+    Py_ssize_t per_block = key[6], phases = key[7], shifts = key[8], tiled = key[9], nnz = self->w.val.len / 4;
     Py_ssize_t kk = self->kh * self->kw;
     Py_ssize_t bounds = wide ? SIZE_PRODUCT(self->c_out, nb) : 0;
     bounds = bounds < 0 || bounds == PY_SSIZE_T_MAX ? -1 : bounds + wide; /* + 1: the last end */
@@ -1647,7 +1691,9 @@ static PyObject *conv_weight_plan(SparseConv *self, const Py_ssize_t *key, const
         for (int64_t k = p[co]; k < p[co + 1]; k++) {
             uint32_t q = (uint32_t)idx[k], ci = q / (uint32_t)kk, tap = q - ci * (uint32_t)kk;
             uint32_t ki = tap / (uint32_t)self->kw, kj = tap - ki * (uint32_t)self->kw;
-            Py_ssize_t phase = kj * dw % phases, col = kj * dw / phases, shift = aligned ? col % WIDE_SEG : 0;
+            Py_ssize_t phase = kj * dw % phases, col = kj * dw / phases;
+            Py_ssize_t shift = shifts == SHIFT_COLUMNS ? col % WIDE_SEG
+                               : shifts == SHIFT_FLAT  ? (ki * dh * wp + col) % WIDE_SEG : 0;
             Py_ssize_t at_ci = tiled ? ci % per_block : ci; /* within its block's copy of the tile's rows */
             int32_t off = (int32_t)(slot[phase * WIDE_SEG + shift] * total + at_ci * plane + ki * dh * wp + col - shift);
             if (!wide) {
@@ -1813,7 +1859,7 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
                      self->c_in_g * self->groups);
         return NULL;
     }
-    ConvPlan g = {h + pt + pb, w + pl + pr, 0, 0, sh, sw, 0, 0, NULL, NULL, NULL};
+    ConvPlan g = {.hp = h + pt + pb, .wp = w + pl + pr, .sh = sh, .sw = sw};
     Py_ssize_t span_h = (self->kh - 1) * dh + 1, span_w = (self->kw - 1) * dw + 1;
     if (g.hp < span_h || g.wp < span_w) {
         PyErr_SetString(PyExc_ValueError, "SparseConv.run: the input (padded) is smaller than the kernel window");
@@ -1838,6 +1884,18 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
      * padded to 32): their rows unpadded and one unshifted copy (unaligned loads), so that 256 channels'
      * planes stay in L2 (1.9 MB in three aligned copies) */
     int aligned = wide && !(sw == 1 && g.ow <= WIDE_SEG && g.wp > WIDE_SEG);
+    /* ... and planes much narrower than a segment, which would fill few lanes of each row's registers
+     * (7x7 outputs, ResNet's last stage: 7 of 16), run flat at unit strides: segments of 16 adjacent
+     * values of the unpadded-width plane, across its rows, output q at row q / wp and column q % wp,
+     * the lanes of the padding columns never stored; where that takes at most 3/4 of the lanes (7x7:
+     * 4 registers for 49 outputs, not 7). A vertical stride would put unread rows between them. */
+    int flat = 0;
+    if (wide && sw == 1 && sh == 1) {
+        Py_ssize_t by_rows = g.oh * ((g.ow + WIDE_SEG - 1) / WIDE_SEG * WIDE_SEG);
+        Py_ssize_t by_run = ((g.oh - 1) * g.wp + g.ow + WIDE_SEG - 1) / WIDE_SEG * WIDE_SEG;
+        flat = 4 * by_run <= 3 * by_rows;
+        aligned = aligned && !flat;
+    }
     for (int i = 0; i < MAX_PHASES * WIDE_SEG; i++) slot[i] = i ? -1 : 0;
     if (aligned) {
         g.wp = ((g.wp + sw - 1) / sw + WIDE_SEG - 1) / WIDE_SEG * WIDE_SEG;
@@ -1848,6 +1906,14 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
             if (slot[phase * WIDE_SEG] < 0) slot[phase * WIDE_SEG] = copies++;
             if (slot[phase * WIDE_SEG + shift] < 0) slot[phase * WIDE_SEG + shift] = copies++;
         }
+    }
+    if (flat) { /* a copy per tap offset mod 16 (7x7 planes, 3x3 kernel: 8), so that every load of a segment is
+                   one aligned cache line (unaligned: 1.45x the time); tap (0, 0) first, shift 0 in copy 0 */
+        copies = 0;
+        slot[0] = -1;
+        for (Py_ssize_t ki = 0; ki < self->kh; ki++)
+            for (Py_ssize_t kj = 0; kj < self->kw; kj++)
+                if (slot[(ki * dh * g.wp + kj * dw) % WIDE_SEG] < 0) slot[(ki * dh * g.wp + kj * dw) % WIDE_SEG] = copies++;
     }
     g.plane = g.hp * g.wp + SLACK * sw;
     /* the weight offsets are int32: a sample's work buffer (all copies) holds fewer than 2^31 values */
@@ -1879,10 +1945,11 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     int seg = wide ? WIDE_SEG : SEG; /* pixels per segment */
     Py_ssize_t per_row = (g.ow + seg - 1) / seg;
     /* AVX-512 at unit vertical stride where a row's segments fill the padded row: one run of segments */
-    g.contiguous = wide && sh == 1 && per_row * seg == g.wp;
-    g.segs = g.oh * per_row;
+    g.contiguous = wide && sh == 1 && (flat || per_row * seg == g.wp);
+    g.flat = flat;
+    g.segs = flat ? ((g.oh - 1) * g.wp + g.ow + WIDE_SEG - 1) / WIDE_SEG : g.oh * per_row;
     g.per_row = per_row;
-    segs = PyMem_RawMalloc((3 * g.segs + 1) * sizeof(Py_ssize_t));
+    segs = PyMem_RawMalloc((3 * g.segs + 1) * sizeof(Py_ssize_t)); /* seg_in, seg_out, seg_len and seg_mask */
     Py_ssize_t total = c * g.plane; /* one copy */
     Py_ssize_t tiles = (g.segs + WIDE_TILE - 1) / WIDE_TILE;
     /* AVX-512 planes of at least 2 tiles a thread whose copies outgrow a core's L2 go by tiles, all
@@ -1914,26 +1981,40 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     g.seg_in = segs;
     g.seg_out = g.seg_in + g.segs;
     g.seg_len = (int *)(g.seg_out + g.segs);
-    for (Py_ssize_t r = 0, t = 0; r < g.oh; r++) {
+    g.seg_mask = (uint32_t *)(g.seg_len + g.segs);
+    for (Py_ssize_t r = 0, t = 0; !flat && r < g.oh; r++) {
         for (Py_ssize_t j = 0; j < g.ow; j += seg, t++) {
             g.seg_in[t] = r * sh * g.wp + j * (sw / phases); /* a phase's columns are adjacent */
             g.seg_out[t] = r * g.ow + j;
             g.seg_len[t] = (int)(g.ow - j < seg ? g.ow - j : seg);
+            g.seg_mask[t] = (1u << g.seg_len[t]) - 1;
         }
     }
-    Py_ssize_t per_block = 0, nb = 1, in_rows = 0; /* blocks of input channels (AVX-512 path) */
+    for (Py_ssize_t t = 0; flat && t < g.segs; t++) { /* lane i: output (q + i) / wp, (q + i) % wp */
+        Py_ssize_t q = t * WIDE_SEG, col = q % g.wp;
+        g.seg_in[t] = q;
+        g.seg_out[t] = q / g.wp * g.ow + (col < g.ow ? col : g.ow); /* the outputs before lane 0 */
+        g.seg_mask[t] = 0;
+        for (Py_ssize_t i = 0; i < WIDE_SEG; i++)
+            if ((q + i) % g.wp < g.ow && (q + i) / g.wp < g.oh) g.seg_mask[t] |= 1u << i;
+        g.seg_len[t] = __builtin_popcount(g.seg_mask[t]);
+    }
+    /* AVX-512: a block's copy holds per_block channels of in_rows rows (the weights' offsets are within it);
+     * flat, each channel's rows start up to 15 values in (fill_block), in whole cache lines */
+    Py_ssize_t per_block = 0, nb = 1, in_rows = 0, ch_floats = 0;
     if (wide) { /* the output rows one tile can touch: exact where a tile is whole rows */
-        Py_ssize_t tile_rows = WIDE_TILE % per_row ? (WIDE_TILE * seg + g.ow - 1) / g.ow + 1 : WIDE_TILE / per_row;
+        Py_ssize_t tile_rows = flat ? (WIDE_TILE * WIDE_SEG + g.wp - 2) / g.wp + 1
+                               : WIDE_TILE % per_row ? (WIDE_TILE * seg + g.ow - 1) / g.ow + 1 : WIDE_TILE / per_row;
         in_rows = (tile_rows - 1) * sh + span_h;
         in_rows = in_rows < g.hp ? in_rows : g.hp;
-        per_block = WIDE_BLOCK_BYTES / 4 / (copies * in_rows * g.wp + 1);
+        ch_floats = flat ? (in_rows * g.wp + 2 * WIDE_SEG - 2) / WIDE_SEG * WIDE_SEG : in_rows * g.wp;
+        per_block = WIDE_BLOCK_BYTES / 4 / (copies * ch_floats + 1);
         per_block = per_block < 1 ? 1 : per_block < self->c_in_g ? per_block : self->c_in_g;
         nb = (self->c_in_g + per_block - 1) / per_block;
     }
-    /* AVX-512: a block's copy holds per_block channels of in_rows rows (the weights' offsets are within it) */
-    Py_ssize_t ch_floats = in_rows * g.wp, copy_floats = per_block * ch_floats;
+    Py_ssize_t copy_floats = per_block * ch_floats;
     Py_ssize_t key[PLAN_KEY] = {wide, tiled ? copy_floats : total, tiled ? ch_floats : g.plane, g.wp, dh, dw, per_block,
-                                phases, aligned, tiled};
+                                phases, flat ? SHIFT_FLAT : aligned ? SHIFT_COLUMNS : SHIFT_NONE, tiled};
     plan = conv_weight_plan(self, key, slot, nb);
     if (!plan) goto done;
     blocks = (const int64_t *)PyBytes_AS_STRING(plan);

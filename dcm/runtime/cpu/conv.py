@@ -39,12 +39,13 @@ DIRECT_MAX_DENSITY_POINTWISE = 0.07
 # 256ch 14x14 1.41 / 1.64 / 1.64; 512ch 7x7 3.04 / 3.83 / 2.18), and loses to Winograd from about 40%
 # (128ch: 1.71 against 1.60 ms at 40%).
 DIRECT_MAX_DENSITY_AVX512 = 0.35
-# ... except on planes of few outputs, where each stored weight has too few pixels to work on and the
-# weights' own traffic sets the time: there im2col and the batched sparse product (SparseMatrix.matmat,
-# all 49 columns of a 7x7 plane in one AVX-512 panel) take the layer (ResNet-18's 512ch 7x7 at 30%: 2.36
-# against 2.91 ms direct at batch 1, onnxruntime 2.06; 16.2 against 22.0 at batch 8, onnxruntime 14.1;
-# 256ch 14x14: 2.09 against 1.37 at batch 1, so direct keeps 196 outputs; with one 64-vector panel in
-# place of two of 32 the product alone went 1.60 -> 1.32 ms, onnxruntime's layer 1.53).
+# ... except strided layers on planes of few outputs, where each stored weight has too few pixels to work
+# on: there im2col and the batched sparse product (SparseMatrix.matmat, all 49 columns of a 7x7 plane in
+# one AVX-512 panel) take the layer (ResNet-18's 256->512 3x3/2 at 14x14, 30%, one thread: 0.65 against
+# 0.89 ms direct at batch 1, onnxruntime 0.58; 4.6 against 6.9 at batch 8, onnxruntime 5.3). Stride-1
+# layers there run the direct kernel's flat layout, segments across the plane's rows (512ch 7x7 at 30%:
+# 1.18 against 1.60 ms im2col's at batch 1, onnxruntime 1.21; 8.2 against 13.1 at batch 8, onnxruntime
+# 10.0; on two threads 0.60 / 0.76 / 0.57 and 5.1 / 7.1 / 5.2).
 SMALL_PLANE_OUTPUTS = 64
 # Dense layers (group 1; 1x1 ones on small planes, below) whose call has few output pixels, all samples
 # together, take the packed AVX-512 GEMM with the pixels as rows (pixel_gemm.py) in place of Winograd (up
@@ -399,8 +400,9 @@ class Conv(Kernel):
 
     def _small_plane(self, shape: tuple[int, ...], begin: list[int], end: list[int]) -> bool:
         """Whether this call of a direct layer goes to im2col and the batched sparse product instead
-        (SMALL_PLANE_OUTPUTS): few outputs, one group, not 1x1, on SparseConv's AVX-512 path."""
-        if not shape[0] or self.group != 1 or self.pointwise or native.batched_simd is None:  # 0 samples: direct
+        (SMALL_PLANE_OUTPUTS): few outputs, strided, one group, not 1x1, on SparseConv's AVX-512 path."""
+        if (not shape[0] or self.group != 1 or self.pointwise or all(s == 1 for s in self.strides)
+                or native.batched_simd is None):  # 0 samples: direct
             return False
         oh, ow = output_size(shape[2:], self.kernel, self.strides, self.dilations, begin, end)
         return oh * ow <= SMALL_PLANE_OUTPUTS and native.batched_simd() == "avx512"
