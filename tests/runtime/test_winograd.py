@@ -63,6 +63,15 @@ def test_without_bias(any_width):
     _check([2, 3, 6, 6], 4, {"pads": [1, 1, 1, 1]}, bias=False)
 
 
+def _direct(x, wt, bias, begin, end, relu):
+    """float64 conv3x3 as a sum over the nine kernel offsets, plus bias, then the ReLU if asked."""
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (begin[0], end[0]), (begin[1], end[1])))
+    oh, ow = xp.shape[2] - 2, xp.shape[3] - 2
+    ref = sum(np.einsum("nchw,kc->nkhw", xp[:, :, i : i + oh, j : j + ow], wt[:, :, i, j])
+              for i in range(3) for j in range(3)) + bias
+    return np.maximum(ref, 0) if relu else ref
+
+
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 3), c=st.integers(1, 6), k=st.integers(1, 6), h=st.integers(1, 30), w=st.integers(1, 9),
        pads=st.lists(st.integers(0, 12), min_size=4, max_size=4), band_tiles=st.sampled_from([1, 5, 40, 512]),
@@ -81,12 +90,7 @@ def test_any_shape_matches_direct_convolution(n, c, k, h, w, pads, band_tiles, c
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     wt = rng.standard_normal((k, c, 3, 3)).astype(np.float32)
     bias = rng.standard_normal((1, k, 1, 1)).astype(np.float32)
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (begin[0], end[0]), (begin[1], end[1])))
-    oh, ow = xp.shape[2] - 2, xp.shape[3] - 2
-    ref = sum(np.einsum("nchw,kc->nkhw", xp[:, :, i : i + oh, j : j + ow], wt[:, :, i, j])
-              for i in range(3) for j in range(3))
-    ref = ref + bias
-    ref = np.maximum(ref, 0) if relu else ref
+    ref = _direct(x, wt, bias, begin, end, relu)
     u = winograd.transform_weight(wt, tile)
     saved = winograd.BAND_TILES, winograd.NATIVE_BAND_TILES, native.winograd_conv
     winograd.BAND_TILES = band_tiles  # bands of one tile row, some all padding
@@ -166,3 +170,31 @@ def test_packed_products_match_sgemms(tile, threads, band_tiles):
     finally:
         winograd.NATIVE_BAND_TILES = saved
     np.testing.assert_allclose(got[True], got[False], rtol=1e-4, atol=1e-4 * float(np.abs(got[False]).max()))
+
+
+@pytest.mark.skipif(native.winograd_conv is None, reason="built without the native kernels")
+@pytest.mark.parametrize("width", [61, 64, 66, 130])  # 16 tiles a row (the last part-filled), 16, 17 and 33
+@pytest.mark.parametrize("relu", [False, True])
+def test_f4_transforms_in_runs_of_16_tiles(width, relu):
+    """F(4x4, 3x3)'s transforms on AVX-512 take a row of tiles 16 at a time, the last run masked:
+    against the float64 sum and the AVX2 path's, a NaN input spreading to the outputs whose tiles read
+    it, as on AVX2."""
+    rng = np.random.default_rng(width)
+    x = rng.standard_normal((2, 8, 9, width)).astype(np.float32)
+    x[1, 3, 4, width - 2] = np.nan
+    wt = rng.standard_normal((6, 8, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal((1, 6, 1, 1)).astype(np.float32)
+    u = winograd.transform_weight(wt, 4)
+    got = {}
+    for wide in (True, False):
+        previous = native.set_avx512(wide)
+        try:
+            got[wide] = winograd.conv3x3(x, u, [1, 1], [1, 1], bias, relu, 1, 4)
+        finally:
+            native.set_avx512(previous)
+    np.testing.assert_array_equal(np.isnan(got[True]), np.isnan(got[False]))
+    assert np.isnan(got[True][1]).any() and not np.isnan(got[True][0]).any()
+    with np.errstate(invalid="ignore"):
+        ref = _direct(x, wt, bias, [1, 1], [1, 1], relu)
+    finite = ~np.isnan(got[False])
+    np.testing.assert_allclose(got[True][finite], ref[finite], rtol=4e-5, atol=4e-5 * float(np.abs(ref[finite]).max()))

@@ -2159,8 +2159,8 @@ typedef struct {
 
 /* F(4x4, 3x3): 6x6 input tiles 4 apart, V [36, C, tiles], 4x4 output tiles (Lavin & Gray's B^T and
  * A^T, points 0, +-1, +-2 and infinity). rows: 6 scratch rows of wp = 4 tw + 2 floats, 6 more for the
- * row sums. */
-#define WINO4_INPUT_BODY                                                                           \
+ * row sums. COLUMNS(e, vv, tw): B^T along the columns of every tile of row sums e into vv[0..5]. */
+#define WINO4_INPUT_BODY(COLUMNS)                                                                  \
     Py_ssize_t wp = 4 * g->tw + 2, bt = g->t1 - g->t0, tiles = (g->n1 - g->n0) * bt * g->tw;      \
     float *r[6], *d[6];                                                                            \
     for (int i = 0; i < 6; i++) r[i] = rows + i * wp, d[i] = rows + (6 + i) * wp;                  \
@@ -2187,25 +2187,27 @@ typedef struct {
                 }                                                                                  \
                 Py_ssize_t base = ((n - g->n0) * bt + tr - g->t0) * g->tw;                         \
                 for (int a = 0; a < 6; a++) { /* ... and along the columns of every tile */        \
-                    const float *e = d[a];                                                         \
                     float *vv[6];                                                                  \
                     for (int b = 0; b < 6; b++) vv[b] = v + ((6 * a + b) * g->c + c) * tiles + base; \
-                    for (Py_ssize_t t = 0; t < g->tw; t++) {                                       \
-                        const float *f = e + 4 * t;                                                \
-                        vv[0][t] = 4.f * f[0] - 5.f * f[2] + f[4];                                 \
-                        vv[1][t] = f[3] + f[4] - 4.f * (f[1] + f[2]);                              \
-                        vv[2][t] = f[4] - f[3] + 4.f * (f[1] - f[2]);                              \
-                        vv[3][t] = f[4] - f[2] + 2.f * (f[3] - f[1]);                              \
-                        vv[4][t] = f[4] - f[2] + 2.f * (f[1] - f[3]);                              \
-                        vv[5][t] = 4.f * f[1] - 5.f * f[3] + f[5];                                 \
-                    }                                                                              \
+                    COLUMNS(d[a], vv, g->tw);                                                      \
                 }                                                                                  \
             }                                                                                      \
         }
 
+#define WINO4_COLUMNS(e, vv, tw)                                                                   \
+    for (Py_ssize_t t = 0; t < (tw); t++) {                                                        \
+        const float *f = (e) + 4 * t;                                                              \
+        (vv)[0][t] = 4.f * f[0] - 5.f * f[2] + f[4];                                               \
+        (vv)[1][t] = f[3] + f[4] - 4.f * (f[1] + f[2]);                                            \
+        (vv)[2][t] = f[4] - f[3] + 4.f * (f[1] - f[2]);                                            \
+        (vv)[3][t] = f[4] - f[2] + 2.f * (f[3] - f[1]);                                            \
+        (vv)[4][t] = f[4] - f[2] + 2.f * (f[1] - f[3]);                                            \
+        (vv)[5][t] = 4.f * f[1] - 5.f * f[3] + f[5];                                               \
+    }
+
 /* out rows [4 t0, 4 t1) of channels [k0, k1): A^T M A, bias, ReLU, cropped to oh x ow. rows: 4 rows of
- * 4 tw floats. */
-#define WINO4_OUTPUT_BODY                                                                          \
+ * 4 tw floats. TILES(q, b, relu, rows, yw, tw): one row of tiles from the 36 rows q of M into rows. */
+#define WINO4_OUTPUT_BODY(TILES)                                                                   \
     Py_ssize_t bt = g->t1 - g->t0, tiles = (g->n1 - g->n0) * bt * g->tw, yw = 4 * g->tw;           \
     for (Py_ssize_t n = g->n0; n < g->n1; n++)                                                     \
         for (Py_ssize_t k = k0; k < k1; k++) {                                                     \
@@ -2215,30 +2217,7 @@ typedef struct {
                 Py_ssize_t base = ((n - g->n0) * bt + tr - g->t0) * g->tw;                         \
                 const float *q[36];                                                                \
                 for (int i = 0; i < 36; i++) q[i] = m + (i * kk + k) * tiles + base;               \
-                for (Py_ssize_t t = 0; t < g->tw; t++) {                                           \
-                    float p[4][6];                                                                 \
-                    for (int j = 0; j < 6; j++) { /* A^T along the rows */                         \
-                        float m0 = q[j][t], m1 = q[6 + j][t], m2 = q[12 + j][t], m3 = q[18 + j][t]; \
-                        float m4 = q[24 + j][t], m5 = q[30 + j][t];                                \
-                        p[0][j] = m0 + m1 + m2 + m3 + m4;                                          \
-                        p[1][j] = m1 - m2 + 2.f * (m3 - m4);                                       \
-                        p[2][j] = m1 + m2 + 4.f * (m3 + m4);                                       \
-                        p[3][j] = m1 - m2 + 8.f * (m3 - m4) + m5;                                  \
-                    }                                                                              \
-                    for (int a = 0; a < 4; a++) { /* ... and along the columns */                  \
-                        const float *f = p[a];                                                     \
-                        float y0 = b + f[0] + f[1] + f[2] + f[3] + f[4];                           \
-                        float y1 = b + f[1] - f[2] + 2.f * (f[3] - f[4]);                          \
-                        float y2 = b + f[1] + f[2] + 4.f * (f[3] + f[4]);                          \
-                        float y3 = b + f[1] - f[2] + 8.f * (f[3] - f[4]) + f[5];                   \
-                        if (relu) {                                                                \
-                            y0 = y0 < 0.f ? 0.f : y0; y1 = y1 < 0.f ? 0.f : y1;                    \
-                            y2 = y2 < 0.f ? 0.f : y2; y3 = y3 < 0.f ? 0.f : y3;                    \
-                        }                                                                          \
-                        float *yr = rows + a * yw + 4 * t;                                         \
-                        yr[0] = y0; yr[1] = y1; yr[2] = y2; yr[3] = y3;                            \
-                    }                                                                              \
-                }                                                                                  \
+                TILES(q, b, relu, rows, yw, g->tw);                                                \
                 for (int a = 0; a < 4; a++)                                                        \
                     if (4 * tr + a < oh) memcpy(plane + (4 * tr + a) * ow, rows + a * yw, ow * sizeof(float)); \
             }                                                                                      \
@@ -2256,16 +2235,42 @@ static void wino_output_generic(const WinoGeometry *g, const float *m, float *ou
     WINO_OUTPUT_BODY
 }
 
+#define WINO4_TILES(q, b, relu, rows, yw, tw)                                                      \
+    for (Py_ssize_t t = 0; t < (tw); t++) {                                                        \
+        float p[4][6];                                                                             \
+        for (int j = 0; j < 6; j++) { /* A^T along the rows */                                     \
+            float m0 = (q)[j][t], m1 = (q)[6 + j][t], m2 = (q)[12 + j][t], m3 = (q)[18 + j][t];    \
+            float m4 = (q)[24 + j][t], m5 = (q)[30 + j][t];                                        \
+            p[0][j] = m0 + m1 + m2 + m3 + m4;                                                      \
+            p[1][j] = m1 - m2 + 2.f * (m3 - m4);                                                   \
+            p[2][j] = m1 + m2 + 4.f * (m3 + m4);                                                   \
+            p[3][j] = m1 - m2 + 8.f * (m3 - m4) + m5;                                              \
+        }                                                                                          \
+        for (int a = 0; a < 4; a++) { /* ... and along the columns */                              \
+            const float *f = p[a];                                                                 \
+            float y0 = (b) + f[0] + f[1] + f[2] + f[3] + f[4];                                     \
+            float y1 = (b) + f[1] - f[2] + 2.f * (f[3] - f[4]);                                    \
+            float y2 = (b) + f[1] + f[2] + 4.f * (f[3] + f[4]);                                    \
+            float y3 = (b) + f[1] - f[2] + 8.f * (f[3] - f[4]) + f[5];                             \
+            if (relu) {                                                                            \
+                y0 = y0 < 0.f ? 0.f : y0; y1 = y1 < 0.f ? 0.f : y1;                                \
+                y2 = y2 < 0.f ? 0.f : y2; y3 = y3 < 0.f ? 0.f : y3;                                \
+            }                                                                                      \
+            float *yr = (rows) + a * (yw) + 4 * t;                                                 \
+            yr[0] = y0; yr[1] = y1; yr[2] = y2; yr[3] = y3;                                        \
+        }                                                                                          \
+    }
+
 static void wino4_input_generic(const WinoGeometry *g, const float *x, float *v, float *rows, Py_ssize_t c0,
                                 Py_ssize_t c1)
 {
-    WINO4_INPUT_BODY
+    WINO4_INPUT_BODY(WINO4_COLUMNS)
 }
 
 static void wino4_output_generic(const WinoGeometry *g, const float *m, float *out, Py_ssize_t kk, Py_ssize_t oh,
                                  Py_ssize_t ow, const float *bias, int relu, float *rows, Py_ssize_t k0, Py_ssize_t k1)
 {
-    WINO4_OUTPUT_BODY
+    WINO4_OUTPUT_BODY(WINO4_TILES)
 }
 
 #ifdef HAVE_AVX2_PATH
@@ -2273,14 +2278,14 @@ __attribute__((target("avx2,fma")))
 static void wino4_input_avx2(const WinoGeometry *g, const float *x, float *v, float *rows, Py_ssize_t c0,
                              Py_ssize_t c1)
 {
-    WINO4_INPUT_BODY
+    WINO4_INPUT_BODY(WINO4_COLUMNS)
 }
 
 __attribute__((target("avx2,fma")))
 static void wino4_output_avx2(const WinoGeometry *g, const float *m, float *out, Py_ssize_t kk, Py_ssize_t oh,
                               Py_ssize_t ow, const float *bias, int relu, float *rows, Py_ssize_t k0, Py_ssize_t k1)
 {
-    WINO4_OUTPUT_BODY
+    WINO4_OUTPUT_BODY(WINO4_TILES)
 }
 
 __attribute__((target("avx2,fma")))
@@ -2295,6 +2300,119 @@ static void wino_output_avx2(const WinoGeometry *g, const float *m, float *out, 
                              Py_ssize_t ow, const float *bias, int relu, float *rows, Py_ssize_t k0, Py_ssize_t k1)
 {
     WINO_OUTPUT_BODY
+}
+
+/* F(4x4, 3x3)'s transforms on AVX-512, 16 tiles to a register: the compiler left the loops above over
+ * tiles, whose values lie 4 apart, scalar, and they took 3x the products' time (64 channels at 64x64,
+ * one thread). A row of tiles goes in runs of 16, the last masked; each run's values are gathered 4
+ * apart into registers (deinterleave4) or scattered back (interleave4) by shuffles. */
+
+/* The first `lanes` of 64 values e[0..64) (masked loads: none past them) as f[i][t] = e[4 t + i]. */
+__attribute__((target("avx512f,avx2,fma"), always_inline))
+static inline void deinterleave4_avx512(const float *e, int lanes, __m512 f[4])
+{
+    const __m512i even = _mm512_set_epi32(29, 25, 21, 17, 13, 9, 5, 1, 28, 24, 20, 16, 12, 8, 4, 0);
+    const __m512i odd = _mm512_set_epi32(31, 27, 23, 19, 15, 11, 7, 3, 30, 26, 22, 18, 14, 10, 6, 2);
+    __m512 r[4];
+    for (int i = 0; i < 4; i++) {
+        int left = lanes - 16 * i;
+        r[i] = _mm512_maskz_loadu_ps((__mmask16)(left >= 16 ? 0xFFFF : left > 0 ? (1u << left) - 1 : 0), e + 16 * i);
+    }
+    __m512 ab = _mm512_permutex2var_ps(r[0], even, r[1]), cd = _mm512_permutex2var_ps(r[2], even, r[3]);
+    f[0] = _mm512_shuffle_f32x4(ab, cd, 0x44); /* the low halves: values 4 t */
+    f[1] = _mm512_shuffle_f32x4(ab, cd, 0xEE); /* the high halves: 4 t + 1 */
+    ab = _mm512_permutex2var_ps(r[0], odd, r[1]), cd = _mm512_permutex2var_ps(r[2], odd, r[3]);
+    f[2] = _mm512_shuffle_f32x4(ab, cd, 0x44);
+    f[3] = _mm512_shuffle_f32x4(ab, cd, 0xEE);
+}
+
+/* out[4 t + i] = y[i][t] for the first `count` of 16 tiles. */
+__attribute__((target("avx512f,avx2,fma"), always_inline))
+static inline void interleave4_avx512(const __m512 y[4], float *out, int count)
+{
+    __m512 t0 = _mm512_unpacklo_ps(y[0], y[1]), t1 = _mm512_unpackhi_ps(y[0], y[1]);
+    __m512 t2 = _mm512_unpacklo_ps(y[2], y[3]), t3 = _mm512_unpackhi_ps(y[2], y[3]);
+    /* u_i, 128-bit lane l: the 4 values of tile 4 l + i */
+    __m512 u0 = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t2)));
+    __m512 u1 = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t2)));
+    __m512 u2 = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t1), _mm512_castps_pd(t3)));
+    __m512 u3 = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t1), _mm512_castps_pd(t3)));
+    __m512 v0 = _mm512_shuffle_f32x4(u0, u1, 0x44), v1 = _mm512_shuffle_f32x4(u2, u3, 0x44);
+    __m512 v2 = _mm512_shuffle_f32x4(u0, u1, 0xEE), v3 = _mm512_shuffle_f32x4(u2, u3, 0xEE);
+    __m512 o[4] = {_mm512_shuffle_f32x4(v0, v1, 0x88), _mm512_shuffle_f32x4(v0, v1, 0xDD),
+                   _mm512_shuffle_f32x4(v2, v3, 0x88), _mm512_shuffle_f32x4(v2, v3, 0xDD)};
+    for (int i = 0; i < 4; i++) {
+        int left = 4 * count - 16 * i;
+        if (left >= 16)
+            _mm512_storeu_ps(out + 16 * i, o[i]);
+        else if (left > 0)
+            _mm512_mask_storeu_ps(out + 16 * i, (__mmask16)((1u << left) - 1), o[i]);
+    }
+}
+
+/* WINO4_COLUMNS, 16 tiles at a time: f4, f5 are the next tile's f0, f1 (read from e + 4, of which
+ * only those two of every 4 values: the row ends 2 values after the last tile's f3). */
+#define WINO4_COLUMNS_AVX512(e, vv, tw)                                                            \
+    for (Py_ssize_t t = 0; t < (tw); t += 16) {                                                    \
+        int count = (tw) - t < 16 ? (int)((tw) - t) : 16;                                          \
+        __mmask16 mk = (__mmask16)((1u << count) - 1);                                             \
+        __m512 f[4], g2[4];                                                                        \
+        deinterleave4_avx512((e) + 4 * t, 4 * count, f);                                           \
+        deinterleave4_avx512((e) + 4 * t + 4, 4 * count - 2, g2);                                  \
+        __m512 f4 = g2[0], f5 = g2[1], four = _mm512_set1_ps(4.f), five = _mm512_set1_ps(5.f);      \
+        __m512 two = _mm512_set1_ps(2.f);                                                          \
+        _mm512_mask_storeu_ps((vv)[0] + t, mk, _mm512_add_ps(_mm512_fmsub_ps(four, f[0], _mm512_mul_ps(five, f[2])), f4)); \
+        _mm512_mask_storeu_ps((vv)[1] + t, mk, _mm512_fnmadd_ps(four, _mm512_add_ps(f[1], f[2]), _mm512_add_ps(f[3], f4))); \
+        _mm512_mask_storeu_ps((vv)[2] + t, mk, _mm512_fmadd_ps(four, _mm512_sub_ps(f[1], f[2]), _mm512_sub_ps(f4, f[3]))); \
+        _mm512_mask_storeu_ps((vv)[3] + t, mk, _mm512_fmadd_ps(two, _mm512_sub_ps(f[3], f[1]), _mm512_sub_ps(f4, f[2]))); \
+        _mm512_mask_storeu_ps((vv)[4] + t, mk, _mm512_fmadd_ps(two, _mm512_sub_ps(f[1], f[3]), _mm512_sub_ps(f4, f[2]))); \
+        _mm512_mask_storeu_ps((vv)[5] + t, mk, _mm512_add_ps(_mm512_fmsub_ps(four, f[1], _mm512_mul_ps(five, f[3])), f5)); \
+    }
+
+/* WINO4_TILES, 16 tiles at a time (the ReLU as max(0, y): NaN stays NaN, as in the scalar code) */
+#define WINO4_TILES_AVX512(q, b, relu, rows, yw, tw)                                               \
+    for (Py_ssize_t t = 0; t < (tw); t += 16) {                                                    \
+        int count = (tw) - t < 16 ? (int)((tw) - t) : 16;                                          \
+        __mmask16 mk = (__mmask16)((1u << count) - 1);                                             \
+        __m512 p[4][6], vb = _mm512_set1_ps(b), zero = _mm512_setzero_ps();                        \
+        __m512 two = _mm512_set1_ps(2.f), four = _mm512_set1_ps(4.f), eight = _mm512_set1_ps(8.f); \
+        for (int j = 0; j < 6; j++) { /* A^T along the rows */                                     \
+            __m512 m0 = _mm512_maskz_loadu_ps(mk, (q)[j] + t), m1 = _mm512_maskz_loadu_ps(mk, (q)[6 + j] + t); \
+            __m512 m2 = _mm512_maskz_loadu_ps(mk, (q)[12 + j] + t), m3 = _mm512_maskz_loadu_ps(mk, (q)[18 + j] + t); \
+            __m512 m4 = _mm512_maskz_loadu_ps(mk, (q)[24 + j] + t), m5 = _mm512_maskz_loadu_ps(mk, (q)[30 + j] + t); \
+            __m512 s12 = _mm512_add_ps(m1, m2), d12 = _mm512_sub_ps(m1, m2);                       \
+            __m512 s34 = _mm512_add_ps(m3, m4), d34 = _mm512_sub_ps(m3, m4);                       \
+            p[0][j] = _mm512_add_ps(_mm512_add_ps(m0, s12), s34);                                  \
+            p[1][j] = _mm512_fmadd_ps(two, d34, d12);                                              \
+            p[2][j] = _mm512_fmadd_ps(four, s34, s12);                                             \
+            p[3][j] = _mm512_add_ps(_mm512_fmadd_ps(eight, d34, d12), m5);                         \
+        }                                                                                          \
+        for (int a = 0; a < 4; a++) { /* ... and along the columns */                              \
+            const __m512 *f = p[a];                                                                \
+            __m512 s12 = _mm512_add_ps(f[1], f[2]), d12 = _mm512_sub_ps(f[1], f[2]);               \
+            __m512 s34 = _mm512_add_ps(f[3], f[4]), d34 = _mm512_sub_ps(f[3], f[4]);               \
+            __m512 y[4] = {_mm512_add_ps(vb, _mm512_add_ps(_mm512_add_ps(f[0], s12), s34)),        \
+                           _mm512_add_ps(vb, _mm512_fmadd_ps(two, d34, d12)),                      \
+                           _mm512_add_ps(vb, _mm512_fmadd_ps(four, s34, s12)),                     \
+                           _mm512_add_ps(vb, _mm512_add_ps(_mm512_fmadd_ps(eight, d34, d12), f[5]))}; \
+            if (relu)                                                                              \
+                for (int i = 0; i < 4; i++) y[i] = _mm512_max_ps(zero, y[i]);                      \
+            interleave4_avx512(y, (rows) + a * (yw) + 4 * t, count);                               \
+        }                                                                                          \
+    }
+
+__attribute__((target("avx512f,avx2,fma")))
+static void wino4_input_avx512(const WinoGeometry *g, const float *x, float *v, float *rows, Py_ssize_t c0,
+                               Py_ssize_t c1)
+{
+    WINO4_INPUT_BODY(WINO4_COLUMNS_AVX512)
+}
+
+__attribute__((target("avx512f,avx2,fma")))
+static void wino4_output_avx512(const WinoGeometry *g, const float *m, float *out, Py_ssize_t kk, Py_ssize_t oh,
+                                Py_ssize_t ow, const float *bias, int relu, float *rows, Py_ssize_t k0, Py_ssize_t k1)
+{
+    WINO4_OUTPUT_BODY(WINO4_TILES_AVX512)
 }
 #endif
 
@@ -2316,6 +2434,12 @@ typedef struct {
 
 static void wino_in(const WinoConv *w, const WinoGeometry *g, float *v, float *rows, Py_ssize_t c0, Py_ssize_t c1)
 {
+#ifdef HAVE_AVX2_PATH
+    if (w->f4 && use_avx512()) {
+        wino4_input_avx512(g, w->x, v, rows, c0, c1);
+        return;
+    }
+#endif
     if (w->f4) DISPATCH(wino4_input, g, w->x, v, rows, c0, c1);
     else DISPATCH(wino_input, g, w->x, v, rows, c0, c1);
 }
@@ -2323,6 +2447,12 @@ static void wino_in(const WinoConv *w, const WinoGeometry *g, float *v, float *r
 static void wino_out(const WinoConv *w, const WinoGeometry *g, const float *m, float *rows, Py_ssize_t k0,
                      Py_ssize_t k1)
 {
+#ifdef HAVE_AVX2_PATH
+    if (w->f4 && use_avx512()) {
+        wino4_output_avx512(g, m, w->out, w->k, w->oh, w->ow, w->bias, w->relu, rows, k0, k1);
+        return;
+    }
+#endif
     if (w->f4) DISPATCH(wino4_output, g, m, w->out, w->k, w->oh, w->ow, w->bias, w->relu, rows, k0, k1);
     else DISPATCH(wino_output, g, m, w->out, w->k, w->oh, w->ow, w->bias, w->relu, rows, k0, k1);
 }
