@@ -126,13 +126,15 @@ def measure_lanes(layers, reps: int = 40) -> list[dict]:
         so.intra_op_num_threads = 1
         runs = {"onnxruntime": ort.InferenceSession(data, so, providers=["CPUExecutionProvider"]),
                 "auto": InferenceSession(model, threads=1)}
-        for name, taps in (("lanes", 1 << 30), ("gemm", 0)):
+        for name, taps in (("lanes", 1 << 30), ("gemm", 0)):  # Winograd off: lanes and im2col as named
             previous = lanes.MAX_TAPS, lanes.MAX_TAPS_3X3
             lanes.MAX_TAPS = lanes.MAX_TAPS_3X3 = taps
+            conv.Conv.allow_winograd = False
             try:
                 runs[name] = InferenceSession(model, kernels="dense", threads=1)
             finally:
                 lanes.MAX_TAPS, lanes.MAX_TAPS_3X3 = previous
+                conv.Conv.allow_winograd = True
         times = {name: [] for name in runs}
         with threadpool_limits(1):
             for _ in range(reps):

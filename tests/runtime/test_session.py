@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from dcm.converters import ConvertOptions, from_onnx  # noqa: E402
 from dcm.runtime import InferenceSession  # noqa: E402
-from dcm.runtime.cpu import lanes, winograd  # noqa: E402
+from dcm.runtime.cpu import winograd  # noqa: E402
 
 
 def _graph(nodes, inits, outputs=("y",), x_shape=(2, 3, 6, 6)):
@@ -62,7 +62,6 @@ def test_relu_folds_into_conv_and_gemm(kernels, batch):
 @pytest.mark.parametrize("band_tiles", [512, 3])
 def test_relu_folds_into_winograd(monkeypatch, band_tiles):
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
-    monkeypatch.setattr(lanes, "MAX_OUTPUTS_OVER_WINOGRAD", 0)  # a narrow layer: conv_lanes2d's otherwise
     monkeypatch.setattr(winograd, "BAND_TILES", band_tiles)  # one band, or one tile row per band
     x = np.random.default_rng(5).standard_normal((2, 3, 9, 5)).astype(np.float32)
     m = _graph([helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),

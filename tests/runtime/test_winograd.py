@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dcm.runtime.cpu import lanes, native, winograd
+from dcm.runtime.cpu import native, winograd
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -40,10 +40,8 @@ def _check(x_shape, c_out, attrs, bias=True, seed=0):
 
 @pytest.fixture
 def any_width(monkeypatch):
-    """Let narrow test layers take the Winograd path (normally only 64+ channels do, and conv_lanes2d
-    takes 3x3 layers of few channels and outputs)."""
+    """Let narrow test layers take the Winograd path (normally only 32+ channels do)."""
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
-    monkeypatch.setattr(lanes, "MAX_OUTPUTS_OVER_WINOGRAD", 0)
 
 
 @pytest.mark.parametrize("x_shape,attrs", [
@@ -173,12 +171,12 @@ def test_packed_products_match_sgemms(tile, threads, band_tiles):
 
 
 @pytest.mark.skipif(native.winograd_conv is None, reason="built without the native kernels")
-@pytest.mark.parametrize("width", [61, 64, 66, 130])  # 16 tiles a row (the last part-filled), 16, 17 and 33
+@pytest.mark.parametrize("width", [45, 61, 64, 66, 130])  # 12 tiles a row, 16 (the last part-filled), 16, 17, 33
 @pytest.mark.parametrize("relu", [False, True])
-def test_f4_transforms_in_runs_of_16_tiles(width, relu):
-    """F(4x4, 3x3)'s transforms on AVX-512 take a row of tiles 16 at a time, the last run masked:
-    against the float64 sum and the AVX2 path's, a NaN input spreading to the outputs whose tiles read
-    it, as on AVX2."""
+def test_f4_transforms_in_runs_of_tiles(width, relu):
+    """F(4x4, 3x3)'s transforms take a row of tiles 16 at a time on AVX-512, 8 on AVX2, the last run
+    masked: both against the float64 sum, a NaN input spreading to the same outputs, those of the
+    tiles that read it."""
     rng = np.random.default_rng(width)
     x = rng.standard_normal((2, 8, 9, width)).astype(np.float32)
     x[1, 3, 4, width - 2] = np.nan

@@ -2275,20 +2275,6 @@ static void wino4_output_generic(const WinoGeometry *g, const float *m, float *o
 
 #ifdef HAVE_AVX2_PATH
 __attribute__((target("avx2,fma")))
-static void wino4_input_avx2(const WinoGeometry *g, const float *x, float *v, float *rows, Py_ssize_t c0,
-                             Py_ssize_t c1)
-{
-    WINO4_INPUT_BODY(WINO4_COLUMNS)
-}
-
-__attribute__((target("avx2,fma")))
-static void wino4_output_avx2(const WinoGeometry *g, const float *m, float *out, Py_ssize_t kk, Py_ssize_t oh,
-                              Py_ssize_t ow, const float *bias, int relu, float *rows, Py_ssize_t k0, Py_ssize_t k1)
-{
-    WINO4_OUTPUT_BODY(WINO4_TILES)
-}
-
-__attribute__((target("avx2,fma")))
 static void wino_input_avx2(const WinoGeometry *g, const float *x, float *v, float *rows, Py_ssize_t c0,
                             Py_ssize_t c1)
 {
@@ -2302,10 +2288,12 @@ static void wino_output_avx2(const WinoGeometry *g, const float *m, float *out, 
     WINO_OUTPUT_BODY
 }
 
-/* F(4x4, 3x3)'s transforms on AVX-512, 16 tiles to a register: the compiler left the loops above over
- * tiles, whose values lie 4 apart, scalar, and they took 3x the products' time (64 channels at 64x64,
- * one thread). A row of tiles goes in runs of 16, the last masked; each run's values are gathered 4
- * apart into registers (deinterleave4) or scattered back (interleave4) by shuffles. */
+/* F(4x4, 3x3)'s transforms on vectors of tiles, 16 to an AVX-512 register, 8 to an AVX2 one: the
+ * compiler left the loops above over tiles, whose values lie 4 apart, scalar, and they took 3x the
+ * products' time (64 channels at 64x64, one thread, AVX-512). A row of tiles goes in runs of a
+ * register's width, the last masked; each run's values are gathered 4 apart into registers
+ * (deinterleave4) or scattered back (interleave4) by shuffles. WINO4_COLUMNS_VEC and WINO4_TILES_VEC
+ * are written once over the V* operations, defined for each instruction set below. */
 
 /* The first `lanes` of 64 values e[0..64) (masked loads: none past them) as f[i][t] = e[4 t + i]. */
 __attribute__((target("avx512f,avx2,fma"), always_inline))
@@ -2350,70 +2338,182 @@ static inline void interleave4_avx512(const __m512 y[4], float *out, int count)
     }
 }
 
-/* WINO4_COLUMNS, 16 tiles at a time: f4, f5 are the next tile's f0, f1 (read from e + 4, of which
+/* AVX2: the first n lanes of 8 */
+__attribute__((target("avx2,fma"), always_inline))
+static inline __m256i lanes8(int n)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* deinterleave4_avx512 for 8 tiles, from 32 values */
+__attribute__((target("avx2,fma"), always_inline))
+static inline void deinterleave4_avx2(const float *e, int lanes, __m256 f[4])
+{
+    __m256 r[4];
+    for (int i = 0; i < 4; i++) r[i] = _mm256_maskload_ps(e + 8 * i, lanes8(lanes - 8 * i));
+    /* a_i: tile i in the low 128 bits, tile i + 4 in the high ones */
+    __m256 a0 = _mm256_permute2f128_ps(r[0], r[2], 0x20), a1 = _mm256_permute2f128_ps(r[0], r[2], 0x31);
+    __m256 a2 = _mm256_permute2f128_ps(r[1], r[3], 0x20), a3 = _mm256_permute2f128_ps(r[1], r[3], 0x31);
+    __m256 b0 = _mm256_unpacklo_ps(a0, a1), b1 = _mm256_unpackhi_ps(a0, a1);
+    __m256 b2 = _mm256_unpacklo_ps(a2, a3), b3 = _mm256_unpackhi_ps(a2, a3);
+    f[0] = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(b0), _mm256_castps_pd(b2)));
+    f[1] = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(b0), _mm256_castps_pd(b2)));
+    f[2] = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(b1), _mm256_castps_pd(b3)));
+    f[3] = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(b1), _mm256_castps_pd(b3)));
+}
+
+/* interleave4_avx512 for 8 tiles */
+__attribute__((target("avx2,fma"), always_inline))
+static inline void interleave4_avx2(const __m256 y[4], float *out, int count)
+{
+    __m256 t0 = _mm256_unpacklo_ps(y[0], y[1]), t1 = _mm256_unpackhi_ps(y[0], y[1]);
+    __m256 t2 = _mm256_unpacklo_ps(y[2], y[3]), t3 = _mm256_unpackhi_ps(y[2], y[3]);
+    /* u_i: tile i in the low 128 bits, tile i + 4 in the high ones */
+    __m256 u0 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
+    __m256 u1 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
+    __m256 u2 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
+    __m256 u3 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
+    __m256 o[4] = {_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u2, u3, 0x20),
+                   _mm256_permute2f128_ps(u0, u1, 0x31), _mm256_permute2f128_ps(u2, u3, 0x31)};
+    for (int i = 0; i < 4; i++) {
+        int left = 4 * count - 8 * i;
+        if (left >= 8)
+            _mm256_storeu_ps(out + 8 * i, o[i]);
+        else if (left > 0)
+            _mm256_maskstore_ps(out + 8 * i, lanes8(left), o[i]);
+    }
+}
+
+/* WINO4_COLUMNS on vectors of VW tiles: f4, f5 are the next tile's f0, f1 (read from e + 4, of which
  * only those two of every 4 values: the row ends 2 values after the last tile's f3). */
-#define WINO4_COLUMNS_AVX512(e, vv, tw)                                                            \
-    for (Py_ssize_t t = 0; t < (tw); t += 16) {                                                    \
-        int count = (tw) - t < 16 ? (int)((tw) - t) : 16;                                          \
-        __mmask16 mk = (__mmask16)((1u << count) - 1);                                             \
-        __m512 f[4], g2[4];                                                                        \
-        deinterleave4_avx512((e) + 4 * t, 4 * count, f);                                           \
-        deinterleave4_avx512((e) + 4 * t + 4, 4 * count - 2, g2);                                  \
-        __m512 f4 = g2[0], f5 = g2[1], four = _mm512_set1_ps(4.f), five = _mm512_set1_ps(5.f);      \
-        __m512 two = _mm512_set1_ps(2.f);                                                          \
-        _mm512_mask_storeu_ps((vv)[0] + t, mk, _mm512_add_ps(_mm512_fmsub_ps(four, f[0], _mm512_mul_ps(five, f[2])), f4)); \
-        _mm512_mask_storeu_ps((vv)[1] + t, mk, _mm512_fnmadd_ps(four, _mm512_add_ps(f[1], f[2]), _mm512_add_ps(f[3], f4))); \
-        _mm512_mask_storeu_ps((vv)[2] + t, mk, _mm512_fmadd_ps(four, _mm512_sub_ps(f[1], f[2]), _mm512_sub_ps(f4, f[3]))); \
-        _mm512_mask_storeu_ps((vv)[3] + t, mk, _mm512_fmadd_ps(two, _mm512_sub_ps(f[3], f[1]), _mm512_sub_ps(f4, f[2]))); \
-        _mm512_mask_storeu_ps((vv)[4] + t, mk, _mm512_fmadd_ps(two, _mm512_sub_ps(f[1], f[3]), _mm512_sub_ps(f4, f[2]))); \
-        _mm512_mask_storeu_ps((vv)[5] + t, mk, _mm512_add_ps(_mm512_fmsub_ps(four, f[1], _mm512_mul_ps(five, f[3])), f5)); \
+#define WINO4_COLUMNS_VEC(e, vv, tw)                                                               \
+    for (Py_ssize_t t = 0; t < (tw); t += VW) {                                                    \
+        int count = (tw) - t < VW ? (int)((tw) - t) : VW;                                          \
+        VEC f[4], g2[4], two = VSET1(2.f), four = VSET1(4.f), five = VSET1(5.f);                   \
+        VDEINTERLEAVE4((e) + 4 * t, 4 * count, f);                                                 \
+        VDEINTERLEAVE4((e) + 4 * t + 4, 4 * count - 2, g2);                                        \
+        VEC f4 = g2[0], f5 = g2[1];                                                                \
+        VSTORE((vv)[0] + t, count, VADD(VFMSUB(four, f[0], VMUL(five, f[2])), f4));                \
+        VSTORE((vv)[1] + t, count, VFNMADD(four, VADD(f[1], f[2]), VADD(f[3], f4)));               \
+        VSTORE((vv)[2] + t, count, VFMADD(four, VSUB(f[1], f[2]), VSUB(f4, f[3])));                \
+        VSTORE((vv)[3] + t, count, VFMADD(two, VSUB(f[3], f[1]), VSUB(f4, f[2])));                 \
+        VSTORE((vv)[4] + t, count, VFMADD(two, VSUB(f[1], f[3]), VSUB(f4, f[2])));                 \
+        VSTORE((vv)[5] + t, count, VADD(VFMSUB(four, f[1], VMUL(five, f[3])), f5));                \
     }
 
-/* WINO4_TILES, 16 tiles at a time (the ReLU as max(0, y): NaN stays NaN, as in the scalar code) */
-#define WINO4_TILES_AVX512(q, b, relu, rows, yw, tw)                                               \
-    for (Py_ssize_t t = 0; t < (tw); t += 16) {                                                    \
-        int count = (tw) - t < 16 ? (int)((tw) - t) : 16;                                          \
-        __mmask16 mk = (__mmask16)((1u << count) - 1);                                             \
-        __m512 p[4][6], vb = _mm512_set1_ps(b), zero = _mm512_setzero_ps();                        \
-        __m512 two = _mm512_set1_ps(2.f), four = _mm512_set1_ps(4.f), eight = _mm512_set1_ps(8.f); \
+/* WINO4_TILES on vectors of VW tiles (the ReLU as max(0, y): NaN stays NaN, as in the scalar code) */
+#define WINO4_TILES_VEC(q, b, relu, rows, yw, tw)                                                  \
+    for (Py_ssize_t t = 0; t < (tw); t += VW) {                                                    \
+        int count = (tw) - t < VW ? (int)((tw) - t) : VW;                                          \
+        VEC p[4][6], vb = VSET1(b), zero = VSET1(0.f);                                             \
+        VEC two = VSET1(2.f), four = VSET1(4.f), eight = VSET1(8.f);                               \
         for (int j = 0; j < 6; j++) { /* A^T along the rows */                                     \
-            __m512 m0 = _mm512_maskz_loadu_ps(mk, (q)[j] + t), m1 = _mm512_maskz_loadu_ps(mk, (q)[6 + j] + t); \
-            __m512 m2 = _mm512_maskz_loadu_ps(mk, (q)[12 + j] + t), m3 = _mm512_maskz_loadu_ps(mk, (q)[18 + j] + t); \
-            __m512 m4 = _mm512_maskz_loadu_ps(mk, (q)[24 + j] + t), m5 = _mm512_maskz_loadu_ps(mk, (q)[30 + j] + t); \
-            __m512 s12 = _mm512_add_ps(m1, m2), d12 = _mm512_sub_ps(m1, m2);                       \
-            __m512 s34 = _mm512_add_ps(m3, m4), d34 = _mm512_sub_ps(m3, m4);                       \
-            p[0][j] = _mm512_add_ps(_mm512_add_ps(m0, s12), s34);                                  \
-            p[1][j] = _mm512_fmadd_ps(two, d34, d12);                                              \
-            p[2][j] = _mm512_fmadd_ps(four, s34, s12);                                             \
-            p[3][j] = _mm512_add_ps(_mm512_fmadd_ps(eight, d34, d12), m5);                         \
+            VEC m0 = VLOAD((q)[j] + t, count), m1 = VLOAD((q)[6 + j] + t, count);                  \
+            VEC m2 = VLOAD((q)[12 + j] + t, count), m3 = VLOAD((q)[18 + j] + t, count);            \
+            VEC m4 = VLOAD((q)[24 + j] + t, count), m5 = VLOAD((q)[30 + j] + t, count);            \
+            VEC s12 = VADD(m1, m2), d12 = VSUB(m1, m2), s34 = VADD(m3, m4), d34 = VSUB(m3, m4);    \
+            p[0][j] = VADD(VADD(m0, s12), s34);                                                    \
+            p[1][j] = VFMADD(two, d34, d12);                                                       \
+            p[2][j] = VFMADD(four, s34, s12);                                                      \
+            p[3][j] = VADD(VFMADD(eight, d34, d12), m5);                                           \
         }                                                                                          \
         for (int a = 0; a < 4; a++) { /* ... and along the columns */                              \
-            const __m512 *f = p[a];                                                                \
-            __m512 s12 = _mm512_add_ps(f[1], f[2]), d12 = _mm512_sub_ps(f[1], f[2]);               \
-            __m512 s34 = _mm512_add_ps(f[3], f[4]), d34 = _mm512_sub_ps(f[3], f[4]);               \
-            __m512 y[4] = {_mm512_add_ps(vb, _mm512_add_ps(_mm512_add_ps(f[0], s12), s34)),        \
-                           _mm512_add_ps(vb, _mm512_fmadd_ps(two, d34, d12)),                      \
-                           _mm512_add_ps(vb, _mm512_fmadd_ps(four, s34, s12)),                     \
-                           _mm512_add_ps(vb, _mm512_add_ps(_mm512_fmadd_ps(eight, d34, d12), f[5]))}; \
+            const VEC *f = p[a];                                                                   \
+            VEC s12 = VADD(f[1], f[2]), d12 = VSUB(f[1], f[2]), s34 = VADD(f[3], f[4]), d34 = VSUB(f[3], f[4]); \
+            VEC y[4] = {VADD(vb, VADD(VADD(f[0], s12), s34)), VADD(vb, VFMADD(two, d34, d12)),     \
+                        VADD(vb, VFMADD(four, s34, s12)), VADD(vb, VADD(VFMADD(eight, d34, d12), f[5]))}; \
             if (relu)                                                                              \
-                for (int i = 0; i < 4; i++) y[i] = _mm512_max_ps(zero, y[i]);                      \
-            interleave4_avx512(y, (rows) + a * (yw) + 4 * t, count);                               \
+                for (int i = 0; i < 4; i++) y[i] = VMAX(zero, y[i]);                               \
+            VINTERLEAVE4(y, (rows) + a * (yw) + 4 * t, count);                                     \
         }                                                                                          \
     }
+
+#define VEC __m512
+#define VW 16
+#define VSET1 _mm512_set1_ps
+#define VADD _mm512_add_ps
+#define VSUB _mm512_sub_ps
+#define VMUL _mm512_mul_ps
+#define VMAX _mm512_max_ps
+#define VFMADD _mm512_fmadd_ps
+#define VFMSUB _mm512_fmsub_ps
+#define VFNMADD _mm512_fnmadd_ps
+#define VLOAD(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), p)
+#define VSTORE(p, n, v) _mm512_mask_storeu_ps(p, (__mmask16)((1u << (n)) - 1), v)
+#define VDEINTERLEAVE4 deinterleave4_avx512
+#define VINTERLEAVE4 interleave4_avx512
 
 __attribute__((target("avx512f,avx2,fma")))
 static void wino4_input_avx512(const WinoGeometry *g, const float *x, float *v, float *rows, Py_ssize_t c0,
                                Py_ssize_t c1)
 {
-    WINO4_INPUT_BODY(WINO4_COLUMNS_AVX512)
+    WINO4_INPUT_BODY(WINO4_COLUMNS_VEC)
 }
 
 __attribute__((target("avx512f,avx2,fma")))
 static void wino4_output_avx512(const WinoGeometry *g, const float *m, float *out, Py_ssize_t kk, Py_ssize_t oh,
                                 Py_ssize_t ow, const float *bias, int relu, float *rows, Py_ssize_t k0, Py_ssize_t k1)
 {
-    WINO4_OUTPUT_BODY(WINO4_TILES_AVX512)
+    WINO4_OUTPUT_BODY(WINO4_TILES_VEC)
 }
+
+#undef VEC
+#undef VW
+#undef VSET1
+#undef VADD
+#undef VSUB
+#undef VMUL
+#undef VMAX
+#undef VFMADD
+#undef VFMSUB
+#undef VFNMADD
+#undef VLOAD
+#undef VSTORE
+#undef VDEINTERLEAVE4
+#undef VINTERLEAVE4
+#define VEC __m256
+#define VW 8
+#define VSET1 _mm256_set1_ps
+#define VADD _mm256_add_ps
+#define VSUB _mm256_sub_ps
+#define VMUL _mm256_mul_ps
+#define VMAX _mm256_max_ps
+#define VFMADD _mm256_fmadd_ps
+#define VFMSUB _mm256_fmsub_ps
+#define VFNMADD _mm256_fnmadd_ps
+#define VLOAD(p, n) _mm256_maskload_ps(p, lanes8(n))
+#define VSTORE(p, n, v) _mm256_maskstore_ps(p, lanes8(n), v)
+#define VDEINTERLEAVE4 deinterleave4_avx2
+#define VINTERLEAVE4 interleave4_avx2
+
+__attribute__((target("avx2,fma")))
+static void wino4_input_avx2(const WinoGeometry *g, const float *x, float *v, float *rows, Py_ssize_t c0,
+                             Py_ssize_t c1)
+{
+    WINO4_INPUT_BODY(WINO4_COLUMNS_VEC)
+}
+
+__attribute__((target("avx2,fma")))
+static void wino4_output_avx2(const WinoGeometry *g, const float *m, float *out, Py_ssize_t kk, Py_ssize_t oh,
+                              Py_ssize_t ow, const float *bias, int relu, float *rows, Py_ssize_t k0, Py_ssize_t k1)
+{
+    WINO4_OUTPUT_BODY(WINO4_TILES_VEC)
+}
+
+#undef VEC
+#undef VW
+#undef VSET1
+#undef VADD
+#undef VSUB
+#undef VMUL
+#undef VMAX
+#undef VFMADD
+#undef VFMSUB
+#undef VFNMADD
+#undef VLOAD
+#undef VSTORE
+#undef VDEINTERLEAVE4
+#undef VINTERLEAVE4
 #endif
 
 /* winograd_conv: the whole convolution in bands of samples x tile rows, each band's transforms and

@@ -17,16 +17,12 @@ from dcm.runtime.cpu.windows import output_size
 # batch 1, one thread; benchmarks/conv_choice.py --lanes, docs/kernel-choice.md).
 MAX_TAPS = 150
 # 3x3 layers of up to 32 input channels: lanes beats the direct kernel's dense time where Winograd cannot
-# run (fewer than its 32 channels, stride 2) and Winograd itself where the layer has at most
-# MAX_OUTPUTS_OVER_WINOGRAD outputs (Winograd's products grow more efficient with the outputs: 32->64
-# at 128x128 was even, 32->128 at 56x56 1.86 against 1.22 ms). One layer, 1 / 2 threads: 24->24 at
-# 128x128 1.78 / 0.92 ms against direct's 2.19 / 1.08; 32->64 stride 2 at 112x112 1.06 / 0.59
-# against im2col's 1.46 / 0.85; 32->32 at 128x128 2.50 / 1.30 against Winograd's 2.71 / 1.40.
+# run (fewer than its 32 channels, stride 2). One layer, 1 / 2 threads: 24->24 at 128x128 1.78 / 0.92 ms
+# against direct's 2.19 / 1.08; 32->64 stride 2 at 112x112 1.06 / 0.59 against im2col's 1.46 / 0.85.
+# Where Winograd can run it wins, F(4x4, 3x3)'s transforms on vectors of tiles (batch 1, one thread,
+# AVX-512 / AVX2 paths of one Zen 5: 32->32 at 128x128 1.53 / 1.64 ms against 1.74 / 4.20, at 56x56
+# 0.26 / 0.41 against 0.35 / 1.11; onnxruntime 1.60 and 0.29).
 MAX_TAPS_3X3 = 288
-# Where the CPU has AVX-512, F(4x4, 3x3)'s transforms run 16 tiles to a register and Winograd takes these
-# layers too (one thread, batch 1: 32->32 at 128x128 1.53 against 1.74 ms, at 56x56 0.26 against 0.35, at
-# 28x28 0.086 against 0.115; onnxruntime 1.60, 0.29, 0.077; on two threads 0.97 against 1.27 at 128x128).
-MAX_OUTPUTS_OVER_WINOGRAD = 32
 # Weight density from which it also beats the direct sparse kernel, whose time falls with the density
 # where this one's does not (one layer, batch 1, one thread: 3->32 3x3 at 128x128 0.54 against 0.52
 # ms at 50%, 0.55 against 0.64 at 70%; 16->16 at 112x112 1.02 against 1.12 at 70%; LeNet-5's conv1,
@@ -39,12 +35,9 @@ MIN_DENSITY = 0.75
 def eligible(group: int, weight_shape: tuple[int, ...], pointwise: bool, winograd: bool = False) -> bool:
     """A 2-D (or lifted 1-D) dense convolution with few multiply-adds per output; 1x1 layers are one GEMM.
     ``winograd``: Winograd could take the layer (3x3, stride 1, enough channels)."""
-    if native.conv_lanes2d is None or group != 1 or pointwise:
+    if native.conv_lanes2d is None or group != 1 or pointwise or winograd:
         return False
-    taps = int(np.prod(weight_shape[1:]))
-    if tuple(weight_shape[2:]) == (3, 3) and taps <= MAX_TAPS_3X3:
-        return not winograd or (weight_shape[0] <= MAX_OUTPUTS_OVER_WINOGRAD and native.batched_simd() != "avx512")
-    return taps <= MAX_TAPS and not winograd
+    return int(np.prod(weight_shape[1:])) <= (MAX_TAPS_3X3 if tuple(weight_shape[2:]) == (3, 3) else MAX_TAPS)
 
 
 def conv_lanes(x: np.ndarray, weight: np.ndarray, strides: tuple[int, int], dilations: tuple[int, int],
