@@ -109,8 +109,8 @@ def test_any_shape_matches_direct_convolution(n, c, k, h, w, pads, band_tiles, c
 
 
 def test_weight_takes_f4_where_the_planes_have_enough_tiles():
-    """WinogradWeight: F(2x2)'s U on small planes; F(4x4)'s, recovered from it, once a call has
-    F4_MIN_TILES tiles; both give the direct convolution's values."""
+    """WinogradWeight: F(2x2)'s U on small planes; F(4x4)'s, recovered from it, once a call takes it
+    (uses_f4); both give the direct convolution's values."""
     if native.winograd_conv is None:
         return
     rng = np.random.default_rng(7)
@@ -125,6 +125,15 @@ def test_weight_takes_f4_where_the_planes_have_enough_tiles():
         assert (weight.u4 is not None) == f4
         np.testing.assert_allclose(got, ref, rtol=4e-5, atol=4e-5 * float(np.abs(ref).max()))
     np.testing.assert_allclose(weight.u4, winograd.transform_weight(wt, 4), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n, size, f4", [
+    (1, 7, False), (1, 14, False),  # 4 tiles; 16 tiles covering 16x16 outputs for 14x14
+    (1, 16, True), (1, 20, True), (4, 7, True),  # 16-25 tiles, as many outputs as F(2x2)'s cover
+    (1, 30, True), (8, 7, True), (3, 14, True),  # 48+ tiles: whatever their waste
+])
+def test_f4_where_its_tiles_pay(n, size, f4):
+    assert winograd.uses_f4(n, size, size) is f4
 
 
 def test_chosen_only_for_wide_dense_3x3_stride_1():

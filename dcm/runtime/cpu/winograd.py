@@ -47,15 +47,30 @@ def transform_weight(w: np.ndarray, tile: int = 2) -> np.ndarray:
 # batch 1, one thread, against F(2x2) (min of 25 interleaved runs, onnxruntime's direct convolution in
 # brackets, ms): 64 channels at 56x56 (196 tiles) 1.27 against 1.46 (1.55), 128 at 28x28 (49) 0.93
 # against 1.48 (1.48), 32 at 128x128 2.93 against 3.46 (2.47); 256 at 14x14 (16) 1.98 against 1.72
-# (1.64) and 512 at 7x7 (4) 11.5 against 3.4 (2.2), where the products only stream U.
-F4_MIN_TILES = 48
+# (1.64) and 512 at 7x7 (4) 11.5 against 3.4 (2.2), where the products only stream U. Since its
+# transforms take vectors of tiles, F(4x4) also wins from 16 tiles where they cover the plane with little
+# more waste than F(2x2)'s (F4_MAX_WASTE; batch 1, one thread, AVX-512 / AVX2 paths of one Zen 5, F(4x4)
+# against F(2x2), ms): 256 channels at 16x16 0.79 / 1.53 against 0.97 / 2.06, 128 at 20x20 0.33 / 0.44
+# against 0.47 / 0.68, 64 at 24x24 0.16 / 0.18 against 0.23 / 0.29; not at 14x14, whose 16 tiles cover
+# 16x16 (1.31x its outputs, F(2x2)'s 1.0x): 256 channels 0.80 / 2.02 against 0.82 / 1.78.
+F4_ANY_TILES = 48
+F4_MIN_TILES = 16
+F4_MAX_WASTE = 1.15
+
+
+def uses_f4(n: int, oh: int, ow: int) -> bool:
+    """Whether F(4x4, 3x3) takes a call of n samples of oh x ow outputs: F4_ANY_TILES tiles, or
+    F4_MIN_TILES whose 4x4 tiles cover at most F4_MAX_WASTE times the outputs F(2x2)'s 2x2 ones cover."""
+    tiles = n * -(-oh // 4) * -(-ow // 4)
+    waste = (-(-oh // 4) * -(-ow // 4) * 16) / (-(-oh // 2) * -(-ow // 2) * 4)
+    return tiles >= F4_ANY_TILES or (tiles >= F4_MIN_TILES and waste <= F4_MAX_WASTE)
 
 
 class WinogradWeight:
     """A dense 3x3 layer's transformed weight: F(2x2, 3x3)'s U from the start, F(4x4, 3x3)'s (4x the
     weight, against F(2x2)'s 1.78x; 36 products of a quarter of the pixels each) made the first time a
-    call has ``F4_MIN_TILES`` tiles, from F(2x2)'s U (G has a left inverse), so that layers whose
-    planes stay small (ResNet's 7x7 ones) never hold it."""
+    call takes it (``uses_f4``), from F(2x2)'s U (G has a left inverse), so that layers whose planes
+    stay small (ResNet's 7x7 ones) never hold it."""
 
     def __init__(self, w: np.ndarray):
         self.u = transform_weight(w)
@@ -63,9 +78,9 @@ class WinogradWeight:
 
     def conv(self, x: np.ndarray, begin: list[int], end: list[int], bias: np.ndarray | None, relu: bool,
              threads: int) -> np.ndarray:
-        """conv3x3 with the tile size that suits x's planes (``F4_MIN_TILES``)."""
+        """conv3x3 with the tile size that suits x's planes (``uses_f4``)."""
         oh, ow = x.shape[2] + begin[0] + end[0] - 2, x.shape[3] + begin[1] + end[1] - 2
-        if native.winograd_conv is None or x.shape[0] * -(-oh // 4) * -(-ow // 4) < F4_MIN_TILES:
+        if native.winograd_conv is None or not uses_f4(x.shape[0], oh, ow):
             return conv3x3(x, self.u, begin, end, bias, relu, threads)
         if self.u4 is None:
             g = np.linalg.pinv(_G[2])  # [3, 4]: G^+ G = I, so w = G^+ U G^+^T
