@@ -243,6 +243,14 @@ static inline __mmask16 part16(Py_ssize_t left)
     return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
 }
 
+/* The lanes of an 8-value vector below n (none where n <= 0, all where n >= 8): the mask of a last,
+ * partial vector for maskload/maskstore. */
+__attribute__((target("avx2,fma")))
+static inline __m256i part8(Py_ssize_t n)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 /* r[0..7] = the 8x8 block's columns (in place). */
 __attribute__((target("avx2,fma")))
 static inline void transpose8(__m256 *r)

@@ -2304,7 +2304,7 @@ static inline void deinterleave4_avx512(const float *e, int lanes, __m512 f[4])
     __m512 r[4];
     for (int i = 0; i < 4; i++) {
         int left = lanes - 16 * i;
-        r[i] = _mm512_maskz_loadu_ps((__mmask16)(left >= 16 ? 0xFFFF : left > 0 ? (1u << left) - 1 : 0), e + 16 * i);
+        r[i] = _mm512_maskz_loadu_ps(left > 0 ? part16(left) : 0, e + 16 * i);
     }
     __m512 ab = _mm512_permutex2var_ps(r[0], even, r[1]), cd = _mm512_permutex2var_ps(r[2], even, r[3]);
     f[0] = _mm512_shuffle_f32x4(ab, cd, 0x44); /* the low halves: values 4 t */
@@ -2331,18 +2331,8 @@ static inline void interleave4_avx512(const __m512 y[4], float *out, int count)
                    _mm512_shuffle_f32x4(v2, v3, 0x88), _mm512_shuffle_f32x4(v2, v3, 0xDD)};
     for (int i = 0; i < 4; i++) {
         int left = 4 * count - 16 * i;
-        if (left >= 16)
-            _mm512_storeu_ps(out + 16 * i, o[i]);
-        else if (left > 0)
-            _mm512_mask_storeu_ps(out + 16 * i, (__mmask16)((1u << left) - 1), o[i]);
+        if (left > 0) _mm512_mask_storeu_ps(out + 16 * i, part16(left), o[i]);
     }
-}
-
-/* AVX2: the first n lanes of 8 */
-__attribute__((target("avx2,fma"), always_inline))
-static inline __m256i lanes8(int n)
-{
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 /* deinterleave4_avx512 for 8 tiles, from 32 values */
@@ -2350,7 +2340,7 @@ __attribute__((target("avx2,fma"), always_inline))
 static inline void deinterleave4_avx2(const float *e, int lanes, __m256 f[4])
 {
     __m256 r[4];
-    for (int i = 0; i < 4; i++) r[i] = _mm256_maskload_ps(e + 8 * i, lanes8(lanes - 8 * i));
+    for (int i = 0; i < 4; i++) r[i] = _mm256_maskload_ps(e + 8 * i, part8(lanes - 8 * i));
     /* a_i: tile i in the low 128 bits, tile i + 4 in the high ones */
     __m256 a0 = _mm256_permute2f128_ps(r[0], r[2], 0x20), a1 = _mm256_permute2f128_ps(r[0], r[2], 0x31);
     __m256 a2 = _mm256_permute2f128_ps(r[1], r[3], 0x20), a3 = _mm256_permute2f128_ps(r[1], r[3], 0x31);
@@ -2377,10 +2367,10 @@ static inline void interleave4_avx2(const __m256 y[4], float *out, int count)
                    _mm256_permute2f128_ps(u0, u1, 0x31), _mm256_permute2f128_ps(u2, u3, 0x31)};
     for (int i = 0; i < 4; i++) {
         int left = 4 * count - 8 * i;
-        if (left >= 8)
+        if (left >= 8) /* a plain store where whole: AMD's masked stores are slow */
             _mm256_storeu_ps(out + 8 * i, o[i]);
         else if (left > 0)
-            _mm256_maskstore_ps(out + 8 * i, lanes8(left), o[i]);
+            _mm256_maskstore_ps(out + 8 * i, part8(left), o[i]);
     }
 }
 
@@ -2396,8 +2386,8 @@ static inline void interleave4_avx2(const __m256 y[4], float *out, int count)
 #define VFMADD _mm512_fmadd_ps
 #define VFMSUB _mm512_fmsub_ps
 #define VFNMADD _mm512_fnmadd_ps
-#define VLOAD(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), p)
-#define VSTORE(p, n, v) _mm512_mask_storeu_ps(p, (__mmask16)((1u << (n)) - 1), v)
+#define VLOAD(p, n) _mm512_maskz_loadu_ps(part16(n), p)
+#define VSTORE(p, n, v) _mm512_mask_storeu_ps(p, part16(n), v)
 #define VDEINTERLEAVE4 deinterleave4_avx512
 #define VINTERLEAVE4 interleave4_avx512
 #include "_wino4_vec.h"
@@ -2414,8 +2404,8 @@ static inline void interleave4_avx2(const __m256 y[4], float *out, int count)
 #define VFMADD _mm256_fmadd_ps
 #define VFMSUB _mm256_fmsub_ps
 #define VFNMADD _mm256_fnmadd_ps
-#define VLOAD(p, n) _mm256_maskload_ps(p, lanes8(n))
-#define VSTORE(p, n, v) _mm256_maskstore_ps(p, lanes8(n), v)
+#define VLOAD(p, n) _mm256_maskload_ps(p, part8(n))
+#define VSTORE(p, n, v) _mm256_maskstore_ps(p, part8(n), v)
 #define VDEINTERLEAVE4 deinterleave4_avx2
 #define VINTERLEAVE4 interleave4_avx2
 #include "_wino4_vec.h"
@@ -2726,13 +2716,6 @@ static inline __m256 pool_op8(__m256 acc, __m256 v, int average)
     return _mm256_blendv_ps(_mm256_max_ps(v, acc), v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q)); /* NaN in v wins */
 }
 
-/* The first n (< 8) lanes, for the masked loads and stores of a row's last values. */
-__attribute__((target("avx2,fma")))
-static inline __m256i pool_tail_mask(Py_ssize_t n)
-{
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 /* Whole vectors but the last of a row, which has its lanes past the end masked off. */
 #define POOL_LOAD(p, full, mask) ((full) ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask))
 #define POOL_STORE(p, full, mask, v) ((full) ? _mm256_storeu_ps(p, v) : _mm256_maskstore_ps(p, mask, v))
@@ -2742,7 +2725,7 @@ static void pool_fold_avx2(POOL_FOLD_ARGS)
 {
     for (Py_ssize_t c = 0; c < w; c += 8) {
         int full = w - c >= 8;
-        __m256i mask = pool_tail_mask(w - c);
+        __m256i mask = part8(w - c);
         __m256 acc = POOL_LOAD(rows[0] + c, full, mask);
         if (!first) acc = pool_op8(POOL_LOAD(t + c, full, mask), acc, average);
         for (int i = 1; i < count; i++) acc = pool_op8(acc, POOL_LOAD(rows[i] + c, full, mask), average);
@@ -2772,7 +2755,7 @@ static void pool_row_avx2(POOL_ROW_ARGS)
     }
     for (Py_ssize_t c = 0; c < g->ow; c += 8) {
         int full = g->ow - c >= 8;
-        __m256i mask = pool_tail_mask(g->ow - c);
+        __m256i mask = part8(g->ow - c);
         __m256 acc = _mm256_setzero_ps();
         if (g->sw == 1) {
             acc = _mm256_loadu_ps(tmp + c);

@@ -237,28 +237,22 @@ AVX2 static INLINE __m256 act8(__m256 v, int kind, const Act *a)
     }
 }
 
-/* Lanes below k set: the mask of a last, partial vector. */
-AVX2 static inline __m256i tail_mask(Py_ssize_t k)
-{
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 /* The k values at p: 8 where k >= 8, else the first k (the other lanes read as 0, nothing past p + k). */
 AVX2 static inline __m256 load_part(const float *p, Py_ssize_t k)
 {
-    return k >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, tail_mask(k));
+    return k >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, part8(k));
 }
 
 AVX2 static inline void store_part(float *p, Py_ssize_t k, __m256 v)
 {
     if (k >= 8) _mm256_storeu_ps(p, v);
-    else _mm256_maskstore_ps(p, tail_mask(k), v);
+    else _mm256_maskstore_ps(p, part8(k), v);
 }
 
 /* v with the lanes from k on set to 0 (for sums over a partial vector). */
 AVX2 static inline __m256 keep_part(__m256 v, Py_ssize_t k)
 {
-    return k >= 8 ? v : _mm256_and_ps(v, _mm256_castsi256_ps(tail_mask(k)));
+    return k >= 8 ? v : _mm256_and_ps(v, _mm256_castsi256_ps(part8(k)));
 }
 
 /* x * scale + bias + residual at value i (of k left); s1, b1: the single scale and bias, broadcast. */
@@ -578,7 +572,7 @@ AVX2 static void softmax_row_avx2(float *out, const float *x, Py_ssize_t n, int 
     __m256 first = _mm256_set1_ps(x[0]), mx = first; /* x[0] fills a partial vector's other lanes */
     for (Py_ssize_t i = 0; i < n; i += 8) {
         __m256 v = load_part(x + i, n - i);
-        if (n - i < 8) v = _mm256_blendv_ps(first, v, _mm256_castsi256_ps(tail_mask(n - i)));
+        if (n - i < 8) v = _mm256_blendv_ps(first, v, _mm256_castsi256_ps(part8(n - i)));
         mx = _mm256_max_ps(mx, v);
     }
     __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));

@@ -61,9 +61,9 @@ F4_MAX_WASTE = 1.15
 def uses_f4(n: int, oh: int, ow: int) -> bool:
     """Whether F(4x4, 3x3) takes a call of n samples of oh x ow outputs: F4_ANY_TILES tiles, or
     F4_MIN_TILES whose 4x4 tiles cover at most F4_MAX_WASTE times the outputs F(2x2)'s 2x2 ones cover."""
-    tiles = n * -(-oh // 4) * -(-ow // 4)
-    waste = (-(-oh // 4) * -(-ow // 4) * 16) / (-(-oh // 2) * -(-ow // 2) * 4)
-    return tiles >= F4_ANY_TILES or (tiles >= F4_MIN_TILES and waste <= F4_MAX_WASTE)
+    cells4, cells2 = -(-oh // 4) * -(-ow // 4), -(-oh // 2) * -(-ow // 2)  # 4x4 and 2x2 tiles a sample
+    tiles = n * cells4
+    return tiles >= F4_ANY_TILES or (tiles >= F4_MIN_TILES and 16 * cells4 <= F4_MAX_WASTE * 4 * cells2)
 
 
 class WinogradWeight:
