@@ -243,6 +243,22 @@ static inline __mmask16 part16(Py_ssize_t left)
     return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
 }
 
+/* load16 and store16: a masked load (zeros in the lanes off m, which are not read) and a masked store,
+ * as plain ones where m holds every lane. A masked access whose line is not in the caches is slow on
+ * AMD's Zen 5: streaming 64 MiB on one core, loads 37 -> 15-21 GB/s and stores 42 -> 21 GB/s masked
+ * with every lane set (equal in L1-L3). The kernels that stream activations through memory use these
+ * wherever their masks are mostly whole (MaxPool 3x3/2 over 8 x 64 x 112 x 112: 7.0 -> 1.3 ms). */
+__attribute__((target("avx512f"), always_inline)) static inline __m512 load16(__mmask16 m, const float *p)
+{
+    return m == (__mmask16)0xFFFF ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p);
+}
+
+__attribute__((target("avx512f"), always_inline)) static inline void store16(float *p, __mmask16 m, __m512 v)
+{
+    if (m == (__mmask16)0xFFFF) _mm512_storeu_ps(p, v);
+    else _mm512_mask_storeu_ps(p, m, v);
+}
+
 /* The lanes of an 8-value vector below n (none where n <= 0, all where n >= 8): the mask of a last,
  * partial vector for maskload/maskstore. */
 __attribute__((target("avx2,fma")))

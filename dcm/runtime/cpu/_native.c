@@ -1556,8 +1556,7 @@ static inline void fill_row(float *dst, const float *xc, Py_ssize_t R, const Con
             Py_ssize_t c = first + 2 * i, a = -c < 0 ? 0 : -c > 32 ? 32 : -c;
             Py_ssize_t b = j->w - c < a ? a : j->w - c > 32 ? 32 : j->w - c;
             uint32_t m = (uint32_t)((b == 32 ? ~0ull : (1ull << b) - 1) & ~((1ull << a) - 1));
-            __m512 lo = _mm512_maskz_loadu_ps((__mmask16)m, src + 2 * i);
-            __m512 hi = _mm512_maskz_loadu_ps((__mmask16)(m >> 16), src + 2 * i + WIDE_SEG);
+            __m512 lo = load16((__mmask16)m, src + 2 * i), hi = load16((__mmask16)(m >> 16), src + 2 * i + WIDE_SEG);
             _mm512_store_ps(dst + i, _mm512_permutex2var_ps(lo, even, hi));
         }
         return;
@@ -2332,7 +2331,7 @@ static inline void deinterleave4_avx512(const float *e, int lanes, __m512 f[4])
     __m512 r[4];
     for (int i = 0; i < 4; i++) {
         int left = lanes - 16 * i;
-        r[i] = _mm512_maskz_loadu_ps(left > 0 ? part16(left) : 0, e + 16 * i);
+        r[i] = load16(left > 0 ? part16(left) : 0, e + 16 * i);
     }
     __m512 ab = _mm512_permutex2var_ps(r[0], even, r[1]), cd = _mm512_permutex2var_ps(r[2], even, r[3]);
     f[0] = _mm512_shuffle_f32x4(ab, cd, 0x44); /* the low halves: values 4 t */
@@ -2359,7 +2358,7 @@ static inline void interleave4_avx512(const __m512 y[4], float *out, int count)
                    _mm512_shuffle_f32x4(v2, v3, 0x88), _mm512_shuffle_f32x4(v2, v3, 0xDD)};
     for (int i = 0; i < 4; i++) {
         int left = 4 * count - 16 * i;
-        if (left > 0) _mm512_mask_storeu_ps(out + 16 * i, part16(left), o[i]);
+        if (left > 0) store16(out + 16 * i, part16(left), o[i]);
     }
 }
 
@@ -2414,8 +2413,8 @@ static inline void interleave4_avx2(const __m256 y[4], float *out, int count)
 #define VFMADD _mm512_fmadd_ps
 #define VFMSUB _mm512_fmsub_ps
 #define VFNMADD _mm512_fnmadd_ps
-#define VLOAD(p, n) _mm512_maskz_loadu_ps(part16(n), p)
-#define VSTORE(p, n, v) _mm512_mask_storeu_ps(p, part16(n), v)
+#define VLOAD(p, n) load16(part16(n), p)
+#define VSTORE(p, n, v) store16(p, part16(n), v)
 #define VDEINTERLEAVE4 deinterleave4_avx512
 #define VINTERLEAVE4 interleave4_avx512
 #include "_wino4_vec.h"
@@ -2817,6 +2816,11 @@ __attribute__((target("avx512f,avx2,fma"), always_inline))
 static inline __m512 pool_column_max16(const float *const *rows, int count, Py_ssize_t b, Py_ssize_t w)
 {
     const Py_ssize_t lo = b < 0 ? -b : 0, hi = w - b < 16 ? w - b : 16;
+    if (lo == 0 && hi == 16) {
+        __m512 acc = _mm512_loadu_ps(rows[0] + b);
+        for (int i = 1; i < count; i++) acc = pool_max16(acc, _mm512_loadu_ps(rows[i] + b));
+        return acc;
+    }
     const __mmask16 m = hi <= lo ? 0 : (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
     const __m512 fill = _mm512_set1_ps(-INFINITY);
     __m512 acc = _mm512_mask_loadu_ps(fill, m, rows[0] + b); /* masked lanes are not read */
@@ -2844,7 +2848,7 @@ static void pool_max3s2_avx512(const PoolGeometry *g, const float *const *rows, 
         acc = pool_max16(acc, _mm512_permutex2var_ps(v0, odds, v1));
         acc = pool_max16(acc, _mm512_permutex2var_ps(s0, evens, s1));
         const __mmask16 m = g->ow - c >= 16 ? 0xFFFF : (__mmask16)((1u << (g->ow - c)) - 1);
-        _mm512_mask_storeu_ps(yr + c, m, acc);
+        store16(yr + c, m, acc);
         v0 = v2;
     }
 }
@@ -3331,7 +3335,7 @@ static inline void rows_block_avx512(const Window2d *g, const float *base, const
     const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
     _Pragma("GCC unroll 4") for (int v = 0; v < V; v++) {
         __m512 r = clamp ? _mm512_min_ps(vhi, _mm512_max_ps(vlo, a[v])) : a[v]; /* NaN: each returns a[v] */
-        _mm512_mask_storeu_ps(yr + c + 16 * v, v == V - 1 ? last : 0xFFFF, r);
+        store16(yr + c + 16 * v, v == V - 1 ? last : 0xFFFF, r);
     }
 }
 

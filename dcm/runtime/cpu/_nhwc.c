@@ -477,7 +477,7 @@ AVX512 static inline __attribute__((always_inline)) void average_unit(const Aver
         UNROLL for (int v = 0; v < V; v++) run[v] = _mm512_setzero_ps();
         for (Py_ssize_t q = q0; q < q1; q++)
             UNROLL for (int v = 0; v < V; v++)
-                run[v] = _mm512_add_ps(run[v], _mm512_maskz_loadu_ps(m[v], x + q * p->c + 16 * v));
+                run[v] = _mm512_add_ps(run[v], load16(m[v], x + q * p->c + 16 * v));
         UNROLL for (int v = 0; v < V; v++) {
             lo_sum[v] = _mm512_add_pd(lo_sum[v], _mm512_cvtps_pd(_mm512_castps512_ps256(run[v])));
             hi_sum[v] = _mm512_add_pd(hi_sum[v], _mm512_cvtps_pd(_mm512_extractf32x8_ps(run[v], 1)));
@@ -693,7 +693,7 @@ out_pixels_avx512(const ConvOut *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, 
     float *yp = p->y + ((s * p->oh + oy) * p->ow + ox) * p->co_all + gi * p->co + k;
     UNROLL for (int q = 0; q < count; q++)
         UNROLL for (int v = 0; v < V; v++)
-            _mm512_mask_storeu_ps(yp + q * p->co_all + 16 * v, m[v], conv_act16(&p->act, acc[q * V + v]));
+            store16(yp + q * p->co_all + 16 * v, m[v], conv_act16(&p->act, acc[q * V + v]));
 }
 
 /* Group gi's channels [k, k + 16 V) of one output row. The interior columns in runs of as many pixels as
@@ -768,7 +768,7 @@ nhwc_run_avx512(const ConvOut *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py
     UNROLL for (int q = 0; q < NHWC_RUN; q++)
         if (q < count)
             UNROLL for (int v = 0; v < V; v++)
-                _mm512_mask_storeu_ps(yp + q * p->co_all + 16 * v, m[v], conv_act16(&p->act, acc[q * V + v]));
+                store16(yp + q * p->co_all + 16 * v, m[v], conv_act16(&p->act, acc[q * V + v]));
 }
 
 /* Units u = sample * OH + output row, group by group, in blocks of up to 4 vectors of a group's output

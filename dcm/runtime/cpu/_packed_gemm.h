@@ -77,11 +77,11 @@ PACKED_AVX512 static inline __attribute__((always_inline)) void tile_avx512(cons
         if (wide) _mm_prefetch((const char *)(o + rows * p->ldo + 16), _MM_HINT_T0);
         if (p->residual) {
             const float *res = p->residual + (r0 + r) * p->n + c0;
-            acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(m0, res));
-            if (wide) acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(m1, res + 16));
+            acc0[r] = _mm512_add_ps(acc0[r], load16(m0, res));
+            if (wide) acc1[r] = _mm512_add_ps(acc1[r], load16(m1, res + 16));
         }
-        _mm512_mask_storeu_ps(o, m0, conv_act16(&p->act, acc0[r]));
-        if (wide) _mm512_mask_storeu_ps(o + 16, m1, conv_act16(&p->act, acc1[r]));
+        store16(o, m0, conv_act16(&p->act, acc0[r]));
+        if (wide) store16(o + 16, m1, conv_act16(&p->act, acc1[r]));
     }
 }
 

@@ -92,7 +92,7 @@ AVX512 static inline __attribute__((always_inline)) void block_avx512(const Plan
         const float *xr = x + ci * p->pixels;
         if (b == 0) /* the next tile's inputs, while this tile's first block runs: a row per channel */
             for (int l = 0; l < VECTORS; l++) _mm_prefetch((const char *)(xr + TILE + 16 * l), _MM_HINT_T0);
-        UNROLL for (int v = 0; v < V; v++) xv[v] = _mm512_maskz_loadu_ps(v == V - 1 ? last : 0xFFFF, xr + 16 * v);
+        UNROLL for (int v = 0; v < V; v++) xv[v] = load16(v == V - 1 ? last : 0xFFFF, xr + 16 * v);
         if (scale) {
             const __m512 f = _mm512_set1_ps(scale[ci]);
             UNROLL for (int v = 0; v < V; v++) xv[v] = _mm512_mul_ps(xv[v], f);
@@ -112,8 +112,8 @@ AVX512 static inline __attribute__((always_inline)) void block_avx512(const Plan
         UNROLL for (int v = 0; v < V; v++) {
             const __mmask16 m = v == V - 1 ? last : 0xFFFF;
             __m512 a = _mm512_add_ps(acc[r][v], bias);
-            if (p->res) a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, p->res + at + 16 * v));
-            _mm512_mask_storeu_ps(p->y + at + 16 * v, m, conv_act16(&p->act, a));
+            if (p->res) a = _mm512_add_ps(a, load16(m, p->res + at + 16 * v));
+            store16(p->y + at + 16 * v, m, conv_act16(&p->act, a));
         }
     }
 }

@@ -299,12 +299,12 @@ AVX2 static void activate_avx2(float *out, const float *x, const float *res, con
 AVX512 static INLINE __m512 input16(const float *x, const float *res, const Affine *f, __m512 s1, __m512 b1,
                                     Py_ssize_t i, __mmask16 m)
 {
-    __m512 v = _mm512_maskz_loadu_ps(m, x + i);
-    if (f->svec) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, f->svec + i));
+    __m512 v = load16(m, x + i);
+    if (f->svec) v = _mm512_mul_ps(v, load16(m, f->svec + i));
     else if (f->sone) v = _mm512_mul_ps(v, s1);
-    if (f->bvec) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, f->bvec + i));
+    if (f->bvec) v = _mm512_add_ps(v, load16(m, f->bvec + i));
     else if (f->bone) v = _mm512_add_ps(v, b1);
-    return res ? _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res + i)) : v;
+    return res ? _mm512_add_ps(v, load16(m, res + i)) : v;
 }
 
 AVX512 static INLINE __m512 act16(__m512 v, const ConvAct *c)
@@ -611,7 +611,7 @@ AVX512 static void softmax_row_avx512(float *out, const float *x, Py_ssize_t n, 
         for (Py_ssize_t i = start; i < end; i += 16) {
             const __mmask16 m = part16(end - i);
             __m512 e = _mm512_maskz_mov_ps(m, exp_neg16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mv)));
-            if (!take_log) _mm512_mask_storeu_ps(out + i, m, e);
+            if (!take_log) store16(out + i, m, e);
             s = _mm512_add_ps(s, e);
         }
         total += _mm512_reduce_add_ps(s);
@@ -622,7 +622,7 @@ AVX512 static void softmax_row_avx512(float *out, const float *x, Py_ssize_t n, 
         const __mmask16 m = part16(n - i);
         __m512 y = take_log ? _mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mv), t)
                             : _mm512_mul_ps(_mm512_maskz_loadu_ps(m, out + i), t);
-        _mm512_mask_storeu_ps(out + i, m, y);
+        store16(out + i, m, y);
     }
 }
 
@@ -664,7 +664,7 @@ AVX512 static void layer_norm_row_avx512(float *out, const float *x, const float
         __m512 y = _mm512_mul_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mv), iv),
                                  _mm512_maskz_loadu_ps(m, scale + i));
         if (bias) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, bias + i));
-        _mm512_mask_storeu_ps(out + i, m, y);
+        store16(out + i, m, y);
     }
     *mean_out = mean;
     *inv_out = inv;
@@ -675,11 +675,11 @@ AVX512 static void scale_mask_row_avx512(float *row, int n, int scale_op, float 
     const __m512 sv = _mm512_set1_ps(scale);
     for (int i = 0; i < n; i += 16) {
         const __mmask16 m = part16(n - i);
-        __m512 x = _mm512_maskz_loadu_ps(m, row + i);
+        __m512 x = load16(m, row + i);
         if (scale_op == 1) x = _mm512_mul_ps(x, sv);
         else if (scale_op == 2) x = _mm512_div_ps(x, sv);
-        if (mask_row) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, mask_row + i));
-        _mm512_mask_storeu_ps(row + i, m, x);
+        if (mask_row) x = _mm512_add_ps(x, load16(m, mask_row + i));
+        store16(row + i, m, x);
     }
 }
 #endif
