@@ -2331,7 +2331,7 @@ static inline void deinterleave4_avx512(const float *e, int lanes, __m512 f[4])
     __m512 r[4];
     for (int i = 0; i < 4; i++) {
         int left = lanes - 16 * i;
-        r[i] = load16(left > 0 ? part16(left) : 0, e + 16 * i);
+        r[i] = _mm512_maskz_loadu_ps(left > 0 ? part16(left) : 0, e + 16 * i);
     }
     __m512 ab = _mm512_permutex2var_ps(r[0], even, r[1]), cd = _mm512_permutex2var_ps(r[2], even, r[3]);
     f[0] = _mm512_shuffle_f32x4(ab, cd, 0x44); /* the low halves: values 4 t */
@@ -2358,7 +2358,7 @@ static inline void interleave4_avx512(const __m512 y[4], float *out, int count)
                    _mm512_shuffle_f32x4(v2, v3, 0x88), _mm512_shuffle_f32x4(v2, v3, 0xDD)};
     for (int i = 0; i < 4; i++) {
         int left = 4 * count - 16 * i;
-        if (left > 0) store16(out + 16 * i, part16(left), o[i]);
+        if (left > 0) _mm512_mask_storeu_ps(out + 16 * i, part16(left), o[i]);
     }
 }
 
@@ -2413,8 +2413,8 @@ static inline void interleave4_avx2(const __m256 y[4], float *out, int count)
 #define VFMADD _mm512_fmadd_ps
 #define VFMSUB _mm512_fmsub_ps
 #define VFNMADD _mm512_fnmadd_ps
-#define VLOAD(p, n) load16(part16(n), p)
-#define VSTORE(p, n, v) store16(p, part16(n), v)
+#define VLOAD(p, n) _mm512_maskz_loadu_ps(part16(n), p)
+#define VSTORE(p, n, v) _mm512_mask_storeu_ps(p, part16(n), v)
 #define VDEINTERLEAVE4 deinterleave4_avx512
 #define VINTERLEAVE4 interleave4_avx512
 #include "_wino4_vec.h"
