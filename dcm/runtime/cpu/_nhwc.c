@@ -727,17 +727,20 @@ out_row_avx512(const ConvOut *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t gi, Py_
  * 256 in 16 at 14x14 0.159 -> 0.132). Runs of 12 for one vector were slower (7x7: 0.108 ms), and so were
  * these runs on 4 or 8 input channels a group (0.29 -> 0.38 ms, 0.29 -> 0.36). V, SW and CIN (the input
  * channels a group, 0: p's) are constants where inlined; CIN = 16 (RegNet's groups), the channel loop
- * straight-line code: 42-54 -> 50-62 GMAC/s on RegNetX-400MF's grouped layers. */
+ * straight-line code: 42-54 -> 50-62 GMAC/s on RegNetX-400MF's grouped layers. CP (the weight's row,
+ * 0: p's) is 16 with it: the 16 weight rows are then constant offsets, where with p's their offsets
+ * were spilled and reloaded per row (RegNetX-400MF's grouped layers at batch 1, one thread, the sum
+ * of their profile: 1.83-1.86 -> 1.69-1.79 ms). */
 #define NHWC_RUN 8
 #define NHWC_RUN_VECTORS 3
 #define NHWC_RUN_MIN_INPUTS 16 /* fewer input channels a group: too few multiply-adds a tap for the pointers */
 AVX512 static inline __attribute__((always_inline)) void
 nhwc_run_avx512(const ConvOut *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t count, Py_ssize_t gi,
                 Py_ssize_t k, const __mmask16 *m, Py_ssize_t i0, Py_ssize_t i1, const int V, const int SW,
-                const int CIN)
+                const int CIN, const int CP)
 {
     const Window *g = &p->g;
-    const Py_ssize_t sw = SW ? SW : g->sw, cp = p->cp, cin = CIN ? CIN : p->c;
+    const Py_ssize_t sw = SW ? SW : g->sw, cp = CP ? CP : p->cp, cin = CIN ? CIN : p->c;
     const float *bias = p->bias ? p->bias + gi * p->co + k : NULL;
     __m512 acc[NHWC_RUN * NHWC_RUN_VECTORS];
     UNROLL for (int v = 0; v < V; v++) {
@@ -803,8 +806,8 @@ AVX512 static void conv_out_avx512(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 #define RUNS(V, SW)                                                                                          \
     for (Py_ssize_t ox = 0; ox < p->ow; ox += NHWC_RUN) {                                                    \
         const Py_ssize_t count = p->ow - ox < NHWC_RUN ? p->ow - ox : NHWC_RUN;                               \
-        if (V == 1 && p->c == 16) nhwc_run_avx512(p, s, oy, ox, count, gi, k, m, i0, i1, V, SW, 16);           \
-        else nhwc_run_avx512(p, s, oy, ox, count, gi, k, m, i0, i1, V, SW, 0);                                \
+        if (V == 1 && p->c == 16 && p->cp == 16) nhwc_run_avx512(p, s, oy, ox, count, gi, k, m, i0, i1, V, SW, 16, 16); \
+        else nhwc_run_avx512(p, s, oy, ox, count, gi, k, m, i0, i1, V, SW, 0, 0);                             \
     }
 #define ROW(V, SW) out_row_avx512(p, s, oy, gi, k, m, i0, i1, V, SW)
             if (p->zeros && V <= NHWC_RUN_VECTORS && p->c >= NHWC_RUN_MIN_INPUTS) {
