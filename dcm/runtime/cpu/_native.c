@@ -855,6 +855,12 @@ static void prefetch_blocks(const SparseMatrix *m, Py_ssize_t r0, Py_ssize_t r1,
     }
 }
 
+/* The end of the block of step COLUMN_BLOCKs that starts at blk, within [.., blk1). */
+static inline Py_ssize_t block_end(Py_ssize_t blk, Py_ssize_t step, Py_ssize_t blk1)
+{
+    return blk + step < blk1 ? blk + step : blk1;
+}
+
 static void unit_sums(const PanelJob *j, const float *panel, Py_ssize_t p0, Py_ssize_t group, float *tile,
                       Py_ssize_t blk0, Py_ssize_t blk1, const float *bias, int relu)
 {
@@ -868,17 +874,20 @@ static void unit_sums(const PanelJob *j, const float *panel, Py_ssize_t p0, Py_s
     group_rows(j, group, &r0, &r1);
     panel_extent(j, p0, &jw, &width);
     for (Py_ssize_t blk = blk0; blk < blk1; blk += step) {
-        Py_ssize_t next = blk + step < blk1 ? blk + step : blk1;
+        Py_ssize_t next = block_end(blk, step, blk1);
         for (Py_ssize_t r = r0; r < r1; r++) {
             kb[r - r0] = cb ? p[r] + cb[r * (nb + 1) + blk] : p[r];
             ke[r - r0] = cb ? p[r] + cb[r * (nb + 1) + next] : p[r + 1];
         }
         int first = blk == blk0, last_relu = relu && next == blk1;
         if (cb) { /* the next block's weights, or past the last the next row group's first block */
-            if (next < blk1) prefetch_blocks(m, r0, r1, next, next + step < blk1 ? next + step : blk1);
-            else if (r1 < j->end)
-                prefetch_blocks(m, r1, j->end - r1 < ROW_GROUP ? j->end : r1 + ROW_GROUP, blk0,
-                                blk0 + step < blk1 ? blk0 + step : blk1);
+            Py_ssize_t g0, g1;
+            if (next < blk1) {
+                prefetch_blocks(m, r0, r1, next, block_end(next, step, blk1));
+            } else if (r1 < j->end) {
+                group_rows(j, group + 1, &g0, &g1);
+                prefetch_blocks(m, g0, g1, blk0, block_end(blk0, step, blk1));
+            }
         }
 #ifdef HAVE_AVX2_PATH
         if (j->wide)
@@ -2816,7 +2825,7 @@ __attribute__((target("avx512f,avx2,fma"), always_inline))
 static inline __m512 pool_column_max16(const float *const *rows, int count, Py_ssize_t b, Py_ssize_t w)
 {
     const Py_ssize_t lo = b < 0 ? -b : 0, hi = w - b < 16 ? w - b : 16;
-    if (lo == 0 && hi == 16) {
+    if (lo == 0 && hi == 16) { /* plain loads where whole, as load16's (the masked lanes here need -inf) */
         __m512 acc = _mm512_loadu_ps(rows[0] + b);
         for (int i = 1; i < count; i++) acc = pool_max16(acc, _mm512_loadu_ps(rows[i] + b));
         return acc;
@@ -2847,8 +2856,7 @@ static void pool_max3s2_avx512(const PoolGeometry *g, const float *const *rows, 
         __m512 acc = _mm512_permutex2var_ps(v0, evens, v1);
         acc = pool_max16(acc, _mm512_permutex2var_ps(v0, odds, v1));
         acc = pool_max16(acc, _mm512_permutex2var_ps(s0, evens, s1));
-        const __mmask16 m = g->ow - c >= 16 ? 0xFFFF : (__mmask16)((1u << (g->ow - c)) - 1);
-        store16(yr + c, m, acc);
+        store16(yr + c, part16(g->ow - c), acc);
         v0 = v2;
     }
 }

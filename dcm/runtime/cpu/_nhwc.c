@@ -806,8 +806,10 @@ AVX512 static void conv_out_avx512(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 #define RUNS(V, SW)                                                                                          \
     for (Py_ssize_t ox = 0; ox < p->ow; ox += NHWC_RUN) {                                                    \
         const Py_ssize_t count = p->ow - ox < NHWC_RUN ? p->ow - ox : NHWC_RUN;                               \
-        if (V == 1 && p->c == 16 && p->cp == 16) nhwc_run_avx512(p, s, oy, ox, count, gi, k, m, i0, i1, V, SW, 16, 16); \
-        else nhwc_run_avx512(p, s, oy, ox, count, gi, k, m, i0, i1, V, SW, 0, 0);                             \
+        if (V == 1 && p->c == 16 && p->cp == 16)                                                              \
+            nhwc_run_avx512(p, s, oy, ox, count, gi, k, m, i0, i1, V, SW, 16, 16);                            \
+        else                                                                                                 \
+            nhwc_run_avx512(p, s, oy, ox, count, gi, k, m, i0, i1, V, SW, 0, 0);                              \
     }
 #define ROW(V, SW) out_row_avx512(p, s, oy, gi, k, m, i0, i1, V, SW)
             if (p->zeros && V <= NHWC_RUN_VECTORS && p->c >= NHWC_RUN_MIN_INPUTS) {
