@@ -1,7 +1,8 @@
 """Dense convolutions of few input channels take the compiled conv_lanes2d kernel (8 output channels
 to a register) and match onnxruntime: strides, dilations, asymmetric pads, odd sizes, output channels
-not a multiple of 8, 1-D, batches, thread splits, fused activations, the portable path; and the
-kernel refuses bad sizes and buffers with a ValueError, never a read past a buffer."""
+not a multiple of 8, 1-D, batches, thread splits, fused activations, the portable path; grouped
+layers (RegNet's) on the AVX2 path, every path giving onnxruntime's sums; and the kernel refuses bad
+sizes, groups and buffers with a ValueError, never a read past a buffer."""
 import numpy as np
 import pytest
 
@@ -91,6 +92,52 @@ def test_portable_and_avx2_paths_match_the_fastest(strides, out_channels):
         np.testing.assert_allclose(other, fast, rtol=1e-5, atol=1e-5)
 
 
+def _ort(m, x):
+    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("c, k_out, groups, strides, width", [
+    (32, 32, 2, (1, 1), 14),  # RegNet's 16 channels a group: one block of 16
+    (48, 48, 3, (2, 2), 15),  # stride 2, an odd plane
+    (40, 40, 2, (1, 1), 7),  # 20 outputs a group: a block of 16, then 4 in the 8-channel block
+    (24, 36, 2, (1, 1), 9),  # 18 a group from 12 inputs; runs of 5 + 4 pixels
+    (16, 24, 2, (1, 2), 23),  # 12 a group: a partial block of 16, strides (1, 2)
+    (18, 27, 3, (2, 1), 6),  # 9 a group: 16-channel block of 9
+])
+@pytest.mark.parametrize("path", ["avx512", "avx2", "portable"])
+def test_grouped_matches_onnxruntime_on_every_path(c, k_out, groups, strides, width, path):
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((k_out, c // groups, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(k_out).astype(np.float32)
+    x = rng.standard_normal((2, c, 10, width)).astype(np.float32)
+    attrs = {"pads": [1, 1, 1, 1], "strides": list(strides), "group": groups}
+    want = _ort(conv_model(w, b, list(x.shape), attrs, "Clip"), x)
+    if path == "avx512" and native.batched_simd() != "avx512":
+        pytest.skip("this CPU has no AVX-512")
+    if path == "avx2" and native.batched_simd() == "portable":
+        pytest.skip("this CPU has no AVX2")
+    with switched(native.set_simd, path != "portable"), switched(native.set_avx512, path == "avx512"):
+        got = lanes.conv_lanes(x, w, strides, (1, 1), [1, 1], [1, 1], b, (0.0, 6.0), 2, groups)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("groups, outputs_a_group, taken", [(10, 16, True), (4, 32, True), (8, 4, False)])
+def test_grouped_layers_take_it_on_the_avx2_path(groups, outputs_a_group, taken):
+    """RegNet-style groups (8 or more outputs a group) take conv_lanes2d where the CPU runs the AVX2 path
+    (switched to it on an AVX-512 CPU); ResNeXt-style groups of 4 outputs stay on the direct kernel."""
+    if native.batched_simd() == "portable":
+        pytest.skip("this CPU has no AVX2")
+    rng = np.random.default_rng(5)
+    c = 16 * groups
+    w = rng.standard_normal((groups * outputs_a_group, 16, 3, 3)).astype(np.float32)
+    x = rng.standard_normal((1, c, 14, 14)).astype(np.float32)
+    m = conv_model(w, None, [1, c, 14, 14], {"pads": [1, 1, 1, 1], "group": groups}, "Relu")
+    with switched(native.set_avx512, False):
+        sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)), threads=2)
+        assert (sess.describe()[0]["kernel"] == "lanes") == taken
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], _ort(m, x), rtol=1e-4, atol=1e-4)
+
+
 def test_without_the_native_kernel_im2col_takes_it(monkeypatch):
     monkeypatch.setattr(native, "conv_lanes2d", None)
     x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
@@ -117,6 +164,13 @@ def test_native_refuses_bad_arguments():
         call(x, y, w, (1, 2, 4, 4), (3, 3), (1, 1), (3, 3), (0, 0, 0, 0), 3)
     with pytest.raises(ValueError, match="thread count"):
         call(x, y, w, (1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 3, None, None, 0)
+    with pytest.raises(ValueError, match="groups=2 must divide"):  # 3 outputs in 2 groups
+        call(x, y, w[:, :1], (1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 3, None, None, 1, 2)
+    with pytest.raises(ValueError, match="groups=0 must divide"):
+        call(x, y, w, (1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 3, None, None, 1, 0)
+    with pytest.raises(ValueError, match="must have"):  # a grouped weight holds C / groups input channels
+        call(x, np.zeros((1, 4, 4, 4), np.float32), np.zeros((4, 2, 3, 3), np.float32), (1, 2, 4, 4), (3, 3),
+             (1, 1), (1, 1), (1, 1, 1, 1), 4, None, None, 1, 2)
     with pytest.raises(TypeError):  # float64 buffers are refused, not reinterpreted
         call(x.astype(np.float64), y, w, (1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 3)
 

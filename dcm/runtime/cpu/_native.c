@@ -3615,11 +3615,13 @@ done:
  * pool's threads then take units of (sample, 16 output channels).
  * ------------------------------------------------------------------------------------------------ */
 
-/* Output rows [r0, r1) of sample s, every channel: xs is the sample's padded copy, offs each tap's
- * offset in a window (shared), lane_w the calling thread's own buffer of a channel block's weights. */
-#define CONV_LANES_ARGS const Window2d *g, Py_ssize_t k_out, const float *wt, const float *bias, float *y, int clamp, \
-                        float lo, float hi, const float *xs, float *lane_w, const Py_ssize_t *offs, Py_ssize_t s,   \
-                        Py_ssize_t r0, Py_ssize_t r1
+/* Output rows [r0, r1) of sample s, the k_out channels of one group (g->c its input channels): xs is
+ * the group's first plane in the sample's padded copy, wt, bias and y start at the group's first
+ * output channel, k_all is y's channels a sample, offs each tap's offset in a window (shared), lane_w
+ * the calling thread's own buffer of a channel block's weights. */
+#define CONV_LANES_ARGS const Window2d *g, Py_ssize_t k_out, Py_ssize_t k_all, const float *wt, const float *bias, \
+                        float *y, int clamp, float lo, float hi, const float *xs, float *lane_w,                  \
+                        const Py_ssize_t *offs, Py_ssize_t s, Py_ssize_t r0, Py_ssize_t r1
 
 /* xp [c][h + pt + pb][w + pl + pr] = sample x (the borders stay as the caller zeroed them). */
 /* Planes [lo, hi) (sample * channels + channel) of x copied into the padded buffer xp, the pads written as
@@ -3674,7 +3676,7 @@ static void conv_lanes_generic(CONV_LANES_ARGS)
                             for (Py_ssize_t j = 0; j < g->kw; j++)
                                 acc += *wo++ * base[(ci * hp + i * g->dh) * wp + j * g->dw];
                     if (clamp) acc = acc < lo ? lo : acc > hi ? hi : acc; /* NaN stays */
-                    y[(s * k_out + o) * ohw + r * g->ow + c] = acc;
+                    y[(s * k_all + o) * ohw + r * g->ow + c] = acc;
                 }
     }
 }
@@ -3722,6 +3724,62 @@ static inline void conv_lanes_row_avx2(const Window2d *g, const float *xp, const
     }
 }
 
+/* a[u][v] = the sums of channels [8 v, 8 v + 8) of a 16-channel block at the output pixel whose window
+ * starts at padded input base + u * sw (count <= LANES16_RUN, a constant where inlined): each tap's two
+ * weight vectors loaded once for the pixels, each input value broadcast once for two multiply-adds
+ * (with one vector per broadcast the kernel is bound by its loads: RegNet's grouped 3x3 layers, 16
+ * channels a group, ran at half the speed of the direct kernel). */
+#define LANES16_RUN 6 /* pixels a 16-channel block holds: 12 accumulators, 2 weights and the broadcast */
+__attribute__((target("avx2,fma"), always_inline))
+static inline void conv_lanes16_block_avx2(const float *base, const Py_ssize_t *offs, Py_ssize_t taps,
+                                           Py_ssize_t sw, const float *lane_w, const __m256 *vb, __m256 (*a)[2],
+                                           int count)
+{
+    __m256 acc[LANES16_RUN][2]; /* local: written to a only at the end (through a, gcc stored every sum every tap) */
+    for (int u = 0; u < count; u++) acc[u][0] = vb[0], acc[u][1] = vb[1];
+    for (Py_ssize_t t = 0; t < taps; t++) {
+        const __m256 w0 = _mm256_loadu_ps(lane_w + t * 16), w1 = _mm256_loadu_ps(lane_w + t * 16 + 8);
+        const float *src = base + offs[t];
+        for (int u = 0; u < count; u++) {
+            const __m256 xv = _mm256_broadcast_ss(src + u * sw);
+            acc[u][0] = _mm256_fmadd_ps(w0, xv, acc[u][0]);
+            acc[u][1] = _mm256_fmadd_ps(w1, xv, acc[u][1]);
+        }
+    }
+    for (int u = 0; u < count; u++) a[u][0] = acc[u][0], a[u][1] = acc[u][1];
+}
+
+/* Output row r of a 16-channel block: the row in as few runs of at most LANES16_RUN pixels as cover it,
+ * evenly (a 7-wide row: 4 + 3, not 6 + 1), each run's sums scattered into the planes. */
+__attribute__((target("avx2,fma"), always_inline))
+static inline void conv_lanes16_row_avx2(const Window2d *g, const float *xp, const Py_ssize_t *offs, Py_ssize_t sw,
+                                         const float *lane_w, const __m256 *vb, int clamp, __m256 vlo, __m256 vhi,
+                                         float *planes, int lanes, Py_ssize_t r)
+{
+    const Py_ssize_t taps = g->c * g->kh * g->kw, ohw = g->oh * g->ow, ow = g->ow;
+    const Py_ssize_t runs = (ow + LANES16_RUN - 1) / LANES16_RUN;
+    const float *base = xp + r * g->sh * (g->w + g->pl + g->pr);
+    __m256 a[LANES16_RUN][2];
+    float sums[LANES16_RUN][16];
+    for (Py_ssize_t k = 0; k < runs; k++) {
+        const Py_ssize_t c = ow * k / runs;
+        const int count = (int)(ow * (k + 1) / runs - c);
+        switch (count) { /* each count a constant: the accumulators stay in registers */
+        case 6: conv_lanes16_block_avx2(base + c * sw, offs, taps, sw, lane_w, vb, a, 6); break;
+        case 5: conv_lanes16_block_avx2(base + c * sw, offs, taps, sw, lane_w, vb, a, 5); break;
+        case 4: conv_lanes16_block_avx2(base + c * sw, offs, taps, sw, lane_w, vb, a, 4); break;
+        case 3: conv_lanes16_block_avx2(base + c * sw, offs, taps, sw, lane_w, vb, a, 3); break;
+        case 2: conv_lanes16_block_avx2(base + c * sw, offs, taps, sw, lane_w, vb, a, 2); break;
+        default: conv_lanes16_block_avx2(base + c * sw, offs, taps, sw, lane_w, vb, a, 1);
+        }
+        for (int q = 0; q < count; q++)
+            for (int v = 0; v < 2; v++)
+                _mm256_storeu_ps(sums[q] + 8 * v, clamp ? clamp_avx2(a[q][v], vlo, vhi) : a[q][v]);
+        for (int o = 0; o < lanes; o++)
+            for (int q = 0; q < count; q++) planes[o * ohw + r * ow + c + q] = sums[q][o];
+    }
+}
+
 /* lane_w [taps][width]: output channels [o0, o0 + lanes) side by side, zeros past them; b [width]
  * their biases. */
 static void lanes_weights(const float *wt, const float *bias, Py_ssize_t taps, Py_ssize_t o0, int lanes, int width,
@@ -3732,18 +3790,37 @@ static void lanes_weights(const float *wt, const float *bias, Py_ssize_t taps, P
     for (int k = 0; k < width; k++) b[k] = bias && k < lanes ? bias[o0 + k] : 0.f;
 }
 
-/* Blocks of 8 channels, each over the rows. */
+/* Taps a window from which the 16-channel blocks run: with fewer, scattering each run's sums into the
+ * planes costs more than the second multiply-add per broadcast saves (one thread, the 3->32 3x3/2
+ * stem at 224x224: 0.48-0.52 ms against 0.45-0.46 in 8-channel blocks; the 3->64 7x7/2 stem, 147 taps:
+ * 3.2-3.6 against 4.1-4.4; RegNet's grouped layers have 144). */
+#define LANES16_MIN_TAPS 64
+
+/* Blocks of 16 channels while more than 8 are left (windows of LANES16_MIN_TAPS taps or more), then of
+ * 8, each over the rows. */
 __attribute__((target("avx2,fma")))
 static void conv_lanes_avx2(CONV_LANES_ARGS)
 {
     const Py_ssize_t ohw = g->oh * g->ow;
     const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
-    for (Py_ssize_t o0 = 0; o0 < k_out; o0 += 8) {
+    Py_ssize_t o0 = 0;
+    for (; k_out - o0 > 8 && g->c * g->kh * g->kw >= LANES16_MIN_TAPS; o0 += 16) {
+        const int lanes = k_out - o0 < 16 ? (int)(k_out - o0) : 16;
+        float b16[16];
+        lanes_weights(wt, bias, g->c * g->kh * g->kw, o0, lanes, 16, lane_w, b16);
+        const __m256 vb[2] = {_mm256_loadu_ps(b16), _mm256_loadu_ps(b16 + 8)};
+        float *planes = y + (s * k_all + o0) * ohw;
+        for (Py_ssize_t r = r0; r < r1; r++)
+            if (g->sw == 1) conv_lanes16_row_avx2(g, xs, offs, 1, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
+            else if (g->sw == 2) conv_lanes16_row_avx2(g, xs, offs, 2, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
+            else conv_lanes16_row_avx2(g, xs, offs, g->sw, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
+    }
+    for (; o0 < k_out; o0 += 8) {
         int lanes = k_out - o0 < 8 ? (int)(k_out - o0) : 8;
         float b8[8];
         lanes_weights(wt, bias, g->c * g->kh * g->kw, o0, lanes, 8, lane_w, b8);
         const __m256 vb = _mm256_loadu_ps(b8);
-        float *planes = y + (s * k_out + o0) * ohw;
+        float *planes = y + (s * k_all + o0) * ohw;
         for (Py_ssize_t r = r0; r < r1; r++) /* the common strides as constants: plain addressing */
             if (g->sw == 1) conv_lanes_row_avx2(g, xs, offs, 1, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
             else if (g->sw == 2) conv_lanes_row_avx2(g, xs, offs, 2, lane_w, vb, clamp, vlo, vhi, planes, lanes, r);
@@ -3818,16 +3895,16 @@ static inline void conv_lanes512_row(const Window2d *g, const float *xp, const P
 
 /* Rows [r0, r1) of channels [o0, o0 + 16 nb), the strides 1 and 2 as constants. */
 __attribute__((target("avx512f,avx2,fma"), always_inline))
-static inline void conv_lanes512_rows(const Window2d *g, Py_ssize_t k_out, const float *wt, const float *bias,
-                                      float *y, int clamp, __m512 vlo, __m512 vhi, const float *xs, float *lane_w,
-                                      const Py_ssize_t *offs, Py_ssize_t s, Py_ssize_t r0, Py_ssize_t r1,
-                                      Py_ssize_t o0, int nb)
+static inline void conv_lanes512_rows(const Window2d *g, Py_ssize_t k_out, Py_ssize_t k_all, const float *wt,
+                                      const float *bias, float *y, int clamp, __m512 vlo, __m512 vhi, const float *xs,
+                                      float *lane_w, const Py_ssize_t *offs, Py_ssize_t s, Py_ssize_t r0,
+                                      Py_ssize_t r1, Py_ssize_t o0, int nb)
 {
     const int width = 16 * nb, lanes = k_out - o0 < width ? (int)(k_out - o0) : width;
     float b[32];
     lanes_weights(wt, bias, g->c * g->kh * g->kw, o0, lanes, width, lane_w, b);
     const __m512 vb[2] = {_mm512_loadu_ps(b), _mm512_loadu_ps(b + 16)};
-    float *planes = y + (s * k_out + o0) * g->oh * g->ow;
+    float *planes = y + (s * k_all + o0) * g->oh * g->ow;
     for (Py_ssize_t r = r0; r < r1; r++)
         if (g->sw == 1) conv_lanes512_row(g, xs, offs, 1, lane_w, vb, clamp, vlo, vhi, planes, lanes, r, nb);
         else if (g->sw == 2) conv_lanes512_row(g, xs, offs, 2, lane_w, vb, clamp, vlo, vhi, planes, lanes, r, nb);
@@ -3841,22 +3918,24 @@ static void conv_lanes_avx512(CONV_LANES_ARGS)
     const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
     Py_ssize_t o0 = 0;
     for (; k_out - o0 > 16; o0 += 32)
-        conv_lanes512_rows(g, k_out, wt, bias, y, clamp, vlo, vhi, xs, lane_w, offs, s, r0, r1, o0, 2);
-    if (o0 < k_out) conv_lanes512_rows(g, k_out, wt, bias, y, clamp, vlo, vhi, xs, lane_w, offs, s, r0, r1, o0, 1);
+        conv_lanes512_rows(g, k_out, k_all, wt, bias, y, clamp, vlo, vhi, xs, lane_w, offs, s, r0, r1, o0, 2);
+    if (o0 < k_out)
+        conv_lanes512_rows(g, k_out, k_all, wt, bias, y, clamp, vlo, vhi, xs, lane_w, offs, s, r0, r1, o0, 1);
 }
 #endif
 
-/* One call's units, shared by the pool's threads; each range gets its own lane_w. */
+/* One call's units, shared by the pool's threads; each range gets its own lane_w. g: one group's window
+ * (g->c its input channels); k_out: a group's output channels. */
 typedef struct {
     const Window2d *g;
-    Py_ssize_t k_out, padded, taps;
+    Py_ssize_t k_out, groups, padded, taps;
     const float *wt, *bias, *xp;
     float *y, lo, hi;
     int clamp, failed;
     const Py_ssize_t *offs;
 } LanesJob;
 
-/* Units [u0, u1): unit u is output row u % OH of sample u / OH, every channel. */
+/* Units [u0, u1): unit u is output row u % OH of sample u / OH / groups, group u / OH % groups. */
 static void lanes_range(void *ctx, Py_ssize_t u0, Py_ssize_t u1)
 {
     LanesJob *j = ctx;
@@ -3865,18 +3944,21 @@ static void lanes_range(void *ctx, Py_ssize_t u0, Py_ssize_t u1)
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
         return;
     }
-    const Py_ssize_t oh = j->g->oh;
-    for (Py_ssize_t u = u0; u < u1;) { /* the range's rows of each sample */
-        const Py_ssize_t s = u / oh, r0 = u % oh, r1 = r0 + (u1 - u) < oh ? r0 + (u1 - u) : oh;
-        const float *xs = j->xp + s * j->padded;
+    const Window2d *g = j->g;
+    const Py_ssize_t oh = g->oh, k_all = j->k_out * j->groups, plane = (g->h + g->pt + g->pb) * (g->w + g->pl + g->pr);
+    for (Py_ssize_t u = u0; u < u1;) { /* the range's rows of each sample and group */
+        const Py_ssize_t s = u / oh / j->groups, gi = u / oh % j->groups, r0 = u % oh;
+        const Py_ssize_t r1 = r0 + (u1 - u) < oh ? r0 + (u1 - u) : oh;
+        const float *xs = j->xp + s * j->padded + gi * g->c * plane, *wt = j->wt + gi * j->k_out * j->taps;
+        const float *bias = j->bias ? j->bias + gi * j->k_out : NULL;
+        float *y = j->y + gi * j->k_out * g->oh * g->ow;
 #ifdef HAVE_AVX2_PATH
         if (use_avx512())
-            conv_lanes_avx512(j->g, j->k_out, j->wt, j->bias, j->y, j->clamp, j->lo, j->hi, xs, lane_w, j->offs, s, r0,
-                              r1);
+            conv_lanes_avx512(g, j->k_out, k_all, wt, bias, y, j->clamp, j->lo, j->hi, xs, lane_w, j->offs, s, r0, r1);
         else
 #endif
-            DISPATCH(conv_lanes, j->g, j->k_out, j->wt, j->bias, j->y, j->clamp, j->lo, j->hi, xs, lane_w, j->offs, s,
-                     r0, r1);
+            DISPATCH(conv_lanes, g, j->k_out, k_all, wt, bias, y, j->clamp, j->lo, j->hi, xs, lane_w, j->offs, s, r0,
+                     r1);
         u += r1 - r0;
     }
     free(lane_w);
@@ -3884,32 +3966,40 @@ static void lanes_range(void *ctx, Py_ssize_t u0, Py_ssize_t u1)
 
 PyDoc_STRVAR(conv_lanes_doc,
 "conv_lanes2d(x, y, weight, shape, kernel, strides, dilations, pads, out_channels, bias=None, clip=None,\n"
-"             threads=1)\n\n"
-"Dense convolution (group 1) of x float32 [N, C, H, W] (shape) into y float32 [N, out_channels, OH, OW]\n"
-"through weight float32 [out_channels, C, kh, kw]; kernel, strides, dilations = (h, w), pads = (top,\n"
-"left, bottom, right). bias float32 [out_channels] is added, then clip = (lo, hi) clamps (NaN kept).\n"
-"Output rows (every channel) taken by up to threads threads of the native pool.");
+"             threads=1, groups=1)\n\n"
+"Dense convolution of x float32 [N, C, H, W] (shape) into y float32 [N, out_channels, OH, OW] through\n"
+"weight float32 [out_channels, C / groups, kh, kw] (ONNX's layout: groups divides C and out_channels);\n"
+"kernel, strides, dilations = (h, w), pads = (top, left, bottom, right). bias float32 [out_channels]\n"
+"is added, then clip = (lo, hi) clamps (NaN kept). Output rows of each group (every channel of it)\n"
+"taken by up to threads threads of the native pool.");
 
 static PyObject *conv_lanes2d(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"x", "y", "weight", "shape", "kernel", "strides", "dilations", "pads", "out_channels",
-                             "bias", "clip", "threads", NULL};
+                             "bias", "clip", "threads", "groups", NULL};
     PyObject *xo, *yo, *wo, *bo = Py_None, *clipo = Py_None;
-    Py_ssize_t n, k_out;
+    Py_ssize_t n, k_out, groups = 1;
     int threads = 1;
     Window2d g = {.multiplier = 1};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO(nnnn)(nn)(nn)(nn)(nnnn)n|OOi", kwlist, &xo, &yo, &wo, &n,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO(nnnn)(nn)(nn)(nn)(nnnn)n|OOin", kwlist, &xo, &yo, &wo, &n,
                                      &g.c, &g.h, &g.w, &g.kh, &g.kw, &g.sh, &g.sw, &g.dh, &g.dw, &g.pt, &g.pl, &g.pb,
-                                     &g.pr, &k_out, &bo, &clipo, &threads))
+                                     &g.pr, &k_out, &bo, &clipo, &threads, &groups))
         return NULL;
-    LanesJob job = {.g = &g, .k_out = k_out, .clamp = clipo != Py_None};
+    Window2d group = g; /* one group's window: its input channels */
+    LanesJob job = {.g = &group, .groups = groups, .clamp = clipo != Py_None};
     if (job.clamp && !PyArg_ParseTuple(clipo, "ff", &job.lo, &job.hi)) return NULL;
     if (n < 0 || k_out < 1 || k_out > ((Py_ssize_t)1 << 20) || threads < 1) {
         PyErr_SetString(PyExc_ValueError,
                         "conv_lanes2d: a size, stride, dilation, pad or thread count is out of bounds");
         return NULL;
     }
+    if (groups < 1 || g.c % groups || k_out % groups) {
+        PyErr_Format(PyExc_ValueError, "conv_lanes2d: groups=%zd must divide the %zd input and %zd output channels",
+                     groups, g.c, k_out);
+        return NULL;
+    }
     if (window_output(&g, "conv_lanes2d") < 0) return NULL;
+    group.c = g.c / groups, group.oh = g.oh, group.ow = g.ow, job.k_out = k_out / groups;
     Py_buffer xb, yb, wb = {0}, bb = {0};
     if (get_in_out(xo, &xb, "x", yo, &yb, "y", 1) < 0) return NULL;
     PyObject *result = NULL;
@@ -3918,9 +4008,9 @@ static PyObject *conv_lanes2d(PyObject *self, PyObject *args, PyObject *kwds)
     if (get_array_of_rank(wo, &wb, 'f', 4, 0, 1, "weight") < 0) goto done;
     if (bo != Py_None && get_array_of_rank(bo, &bb, 'f', 4, 0, 1, "bias") < 0) goto done;
     Py_ssize_t x_count = SIZE_PRODUCT(n, g.c, g.h, g.w), y_count = SIZE_PRODUCT(n, k_out, g.oh, g.ow),
-               w_count = SIZE_PRODUCT(k_out, g.c, g.kh, g.kw), taps = SIZE_PRODUCT(g.c, g.kh, g.kw, 16),
+               w_count = SIZE_PRODUCT(k_out, group.c, g.kh, g.kw), taps = SIZE_PRODUCT(group.c, g.kh, g.kw, 16),
                padded = SIZE_PRODUCT(g.c, g.h + g.pt + g.pb, g.w + g.pl + g.pr), all = SIZE_PRODUCT(n, padded);
-    Py_ssize_t units = SIZE_PRODUCT(n, g.oh), row_work = SIZE_PRODUCT(g.ow, k_out, taps);
+    Py_ssize_t units = SIZE_PRODUCT(n, groups, g.oh), row_work = SIZE_PRODUCT(g.ow, job.k_out, taps);
     if (x_count < 0 || y_count < 0 || w_count < 0 || taps < 0 || padded < 0 || all < 0 || units < 0 ||
         row_work < 0) {
         PyErr_SetString(PyExc_ValueError, "conv_lanes2d: the input, output or weight size overflows");
@@ -3944,7 +4034,7 @@ static PyObject *conv_lanes2d(PyObject *self, PyObject *args, PyObject *kwds)
     job.taps = taps / 16, job.offs = offs;
     PadJob pad = {&g, xb.buf, xp};
     Py_BEGIN_ALLOW_THREADS
-    lanes_offsets(&g, offs);
+    lanes_offsets(&group, offs);
     if (!padless) parallel_for(pad_planes, &pad, n * g.c, 1 + RANGE_MIN_VALUES / (padded / (g.c > 0 ? g.c : 1) + 1), threads);
     parallel_for(lanes_range, &job, units, 1 + RANGE_MIN_MACS * 16 / (row_work + 1), threads);
     Py_END_ALLOW_THREADS

@@ -352,7 +352,7 @@ class Conv(Kernel):
         else:
             clip = None if act is None else (0.0, np.inf) if act[0] == "relu" else (act[1], act[2])
             y = lanes.conv_lanes(x, self.lanes_weight, self.strides, self.dilations, begin, end, self.bias_vector,
-                                 clip, self.threads)
+                                 clip, self.threads, self.group)
         return y[:, :, 0, :] if was_1d else y
 
     def _conv(self, x: np.ndarray, residual: np.ndarray | None = None,
