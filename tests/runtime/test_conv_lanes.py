@@ -69,7 +69,7 @@ def test_thread_split(batch):
 
 @pytest.mark.parametrize("threads", [2, 3])
 def test_threads_give_the_one_thread_result(threads):
-    """The pool's threads take units of (sample, 16 channels): the same sums as one thread, bit for bit."""
+    """The pool's threads take units of (sample, group, output row): the same sums as one thread, bit for bit."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 3, 17, 23)).astype(np.float32)
     w = rng.standard_normal((45, 3, 3, 3)).astype(np.float32)

@@ -6,7 +6,7 @@
  * winograd_conv: dense 3x3 stride-1 convolutions by Winograd F(2x2, 3x3) (winograd.py).
  * pool2d: MaxPool and AveragePool, separably, without a padded copy of the input.
  * depthwise2d: depthwise convolution (one input channel per group), bias and clamp fused.
- * conv_lanes2d: dense convolution of few input channels (stems), 8 output channels per register.
+ * conv_lanes2d: dense convolution of few input channels (a group), 8 or 16 output channels per register.
  * im2col2d: the column matrix of a 2-D convolution, padding included, for the BLAS product.
  *
  * Why C: a batch-1 product of a pruned layer is a few thousand multiply-adds, and scipy spends as
@@ -3605,14 +3605,15 @@ done:
 }
 
 /* ------------------------------------------------------------------------------------------------
- * conv_lanes2d: a dense convolution (group 1) with 8 output channels side by side in a register:
- * each input value of a window is broadcast and multiplied by the 8 channels' weights of its tap,
- * 8 output pixels at a time (independent chains), and the 8x8 block is transposed into the 8 output
- * planes. For layers with few input channels (the RGB stems: 3 channels, 27 to 147 taps per output),
- * whose im2col product is too short (K = 27) for BLAS to reach its speed and whose column matrix and
- * cropped, transposed output cost more passes over memory than the arithmetic. Bias and clamp are
+ * conv_lanes2d: a dense convolution with 8 output channels side by side in a register: each input
+ * value of a window is broadcast and multiplied by the 8 channels' weights of its tap, 8 output
+ * pixels at a time (independent chains), and the 8x8 block is transposed into the 8 output planes.
+ * For layers with few input channels (the RGB stems: 3 channels, 27 to 147 taps per output), whose
+ * im2col product is too short (K = 27) for BLAS to reach its speed and whose column matrix and
+ * cropped, transposed output cost more passes over memory than the arithmetic, and for grouped
+ * layers with few input channels a group (RegNet's 16), one group at a time. Bias and clamp are
  * fused. Every sample is zero-padded once into a scratch copy, so the loops have no bounds tests; the
- * pool's threads then take units of (sample, 16 output channels).
+ * pool's threads then take units of (sample, group, output row).
  * ------------------------------------------------------------------------------------------------ */
 
 /* Output rows [r0, r1) of sample s, the k_out channels of one group (g->c its input channels): xs is
