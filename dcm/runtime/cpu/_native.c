@@ -3802,13 +3802,13 @@ static void lanes_weights(const float *wt, const float *bias, Py_ssize_t taps, P
 __attribute__((target("avx2,fma")))
 static void conv_lanes_avx2(CONV_LANES_ARGS)
 {
-    const Py_ssize_t ohw = g->oh * g->ow;
+    const Py_ssize_t ohw = g->oh * g->ow, taps = g->c * g->kh * g->kw;
     const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
     Py_ssize_t o0 = 0;
-    for (; k_out - o0 > 8 && g->c * g->kh * g->kw >= LANES16_MIN_TAPS; o0 += 16) {
+    for (; k_out - o0 > 8 && taps >= LANES16_MIN_TAPS; o0 += 16) {
         const int lanes = k_out - o0 < 16 ? (int)(k_out - o0) : 16;
         float b16[16];
-        lanes_weights(wt, bias, g->c * g->kh * g->kw, o0, lanes, 16, lane_w, b16);
+        lanes_weights(wt, bias, taps, o0, lanes, 16, lane_w, b16);
         const __m256 vb[2] = {_mm256_loadu_ps(b16), _mm256_loadu_ps(b16 + 8)};
         float *planes = y + (s * k_all + o0) * ohw;
         for (Py_ssize_t r = r0; r < r1; r++)
@@ -3819,7 +3819,7 @@ static void conv_lanes_avx2(CONV_LANES_ARGS)
     for (; o0 < k_out; o0 += 8) {
         int lanes = k_out - o0 < 8 ? (int)(k_out - o0) : 8;
         float b8[8];
-        lanes_weights(wt, bias, g->c * g->kh * g->kw, o0, lanes, 8, lane_w, b8);
+        lanes_weights(wt, bias, taps, o0, lanes, 8, lane_w, b8);
         const __m256 vb = _mm256_loadu_ps(b8);
         float *planes = y + (s * k_all + o0) * ohw;
         for (Py_ssize_t r = r0; r < r1; r++) /* the common strides as constants: plain addressing */

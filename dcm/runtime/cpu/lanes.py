@@ -47,8 +47,7 @@ def eligible(group: int, weight_shape: tuple[int, ...], pointwise: bool, winogra
     layers are one GEMM. ``winograd``: Winograd could take the layer (3x3, stride 1, enough channels)."""
     if native.conv_lanes2d is None or pointwise or winograd:
         return False
-    if group != 1 and (weight_shape[0] // group < GROUP_MIN_OUTPUTS or native.batched_simd is None
-                       or native.batched_simd() != "avx2"):
+    if group != 1 and (weight_shape[0] // group < GROUP_MIN_OUTPUTS or native.batched_simd() != "avx2"):
         return False
     return int(np.prod(weight_shape[1:])) <= (MAX_TAPS_3X3 if tuple(weight_shape[2:]) == (3, 3) else MAX_TAPS)
 
