@@ -400,3 +400,29 @@ def test_torch_backend_gets_no_internal_ops():
     x = np.random.default_rng(8).standard_normal((2, 5, 16)).astype(np.float32)
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], InferenceSession(model).run(None, {"x": x})[0],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_prefers_dense_from_8_to_15_rows_by_cpu(monkeypatch):
+    """Below 16 rows a layer past SPARSE_MAX_DENSITY_8_ROWS goes dense, except on a Zen 5 or later on
+    the AVX-512 path, where the 8-row panels kept their lead; 16 rows and more keep the general rule,
+    and a layer too large for the packed dense kernel stays sparse."""
+    from dcm.runtime.cpu import matmul
+
+    for wide_loads in (False, True):
+        monkeypatch.setattr(matmul, "_wide_load_core", lambda: wide_loads)
+        keeps = wide_loads and native.batched_simd is not None and native.batched_simd() == "avx512"
+        assert prefers_dense(0.25, 8, 262_144, 256, 1024) is not keeps
+        assert prefers_dense(0.25, 15, 262_144, 256, 1024) is not keeps
+        assert not prefers_dense(0.1, 8, 262_144, 256, 1024)
+        assert not prefers_dense(0.25, 16, 262_144, 256, 1024)
+        assert not prefers_dense(0.2, 8, matmul.PACK_MAX_FLOATS + 1, 4096, 4097)
+
+
+def test_zen5_or_later_reads_vendor_and_family():
+    from dcm.runtime.cpu.matmul import zen5_or_later
+
+    amd = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: {}\nmodel\t\t: 2\n"
+    assert zen5_or_later(amd.format(26)) and zen5_or_later(amd.format(27))
+    assert not zen5_or_later(amd.format(25))  # Zen 3 and Zen 4
+    assert not zen5_or_later("vendor_id\t: GenuineIntel\ncpu family\t: 6\n")
+    assert not zen5_or_later("")  # another system's text, or none

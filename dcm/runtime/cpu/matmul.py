@@ -10,8 +10,11 @@ copy multiplies a given row count is ``prefers_dense`` (measured break-even dens
 """
 from __future__ import annotations
 
+import functools
 import math
+import re
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -41,6 +44,18 @@ SPARSE_MAX_DENSITY_MANY_ROWS = 0.35
 SPARSE_MAX_DENSITY_WIDE = 0.22
 SPARSE_MAX_DENSITY_WIDE_AVX512 = 0.30
 WIDE_INPUTS = 512  # inputs past which a 32-row panel (128 bytes per input) outgrows L1
+# From 8 to 15 rows a panel row is one register (8 lanes at 8 rows): each stored weight costs two loads
+# (its value, broadcast, and the panel row) for one register of multiply-adds, where the packed dense
+# kernel gets 16 full registers from 10 loads at 8 rows. How far sparse then wins depends on the loads
+# a core issues a cycle. At 8 rows the break-even density
+# was above 0.5 for three of the four layers on a Zen 5 on the AVX-512 path (0.22 on [256, 256]), but
+# 0.10-0.13 on an Intel Xeon with AVX-512 (sparse at 30% kept took 1.5-2.1x the dense time) and 0.15
+# ([256, 256]) on a Zen 3's AVX2 path; at 16 rows the Xeon's were 0.20-0.30. So below 16 rows the
+# limit is SPARSE_MAX_DENSITY_8_ROWS except on a Zen 5 or later on the AVX-512 path
+# (``_wide_load_core``), for layers the packed dense kernel takes (PACK_MAX_FLOATS: larger ones would go
+# to OpenBLAS, which repacks them on every call). On the Xeon, 8 rows at 25% kept: GPT-2's [50257, 256]
+# output layer 2.65 ms sparse against 2.01 dense, [8192, 256] 0.41 against 0.34.
+SPARSE_MAX_DENSITY_8_ROWS = 0.12
 # The batched kernel transposes every input row into its panels before a weight touches it, and every
 # output value out of its tiles: a W of few outputs does few multiply-adds per packed input value
 # (outputs x density), and a W of few inputs has panels too short to pay for that work; the dense form
@@ -331,10 +346,29 @@ def prefers_dense(density: float, rows: int, weights: int = 0, inputs: int = 0, 
         return weights <= FEW_ROWS_MAX_WEIGHTS and density > SPARSE_MAX_DENSITY_FEW_ROWS
     if (outputs and outputs * density < SPARSE_MIN_OUTPUT_WEIGHTS) or 0 < inputs < SPARSE_MIN_INPUTS:
         return True
+    avx512 = native.batched_simd is not None and native.batched_simd() == "avx512"
+    if rows < 16 and weights <= PACK_MAX_FLOATS and not (avx512 and _wide_load_core()):
+        return density > SPARSE_MAX_DENSITY_8_ROWS
     if inputs <= WIDE_INPUTS:
         return density > SPARSE_MAX_DENSITY_MANY_ROWS
-    avx512 = native.batched_simd is not None and native.batched_simd() == "avx512"
     return density > (SPARSE_MAX_DENSITY_WIDE_AVX512 if avx512 else SPARSE_MAX_DENSITY_WIDE)
+
+
+def zen5_or_later(cpuinfo: str) -> bool:
+    """Whether /proc/cpuinfo's text names an AMD CPU of family 26 (Zen 5) or later, whose cores issue
+    four loads a cycle: there the batched sparse kernel keeps its lead from 8 rows."""
+    vendor = re.search(r"^vendor_id\s*:\s*(\S+)", cpuinfo, re.M)
+    family = re.search(r"^cpu family\s*:\s*(\d+)", cpuinfo, re.M)
+    return bool(vendor and family and vendor.group(1) == "AuthenticAMD" and int(family.group(1)) >= 26)
+
+
+@functools.cache
+def _wide_load_core() -> bool:
+    """zen5_or_later for this machine (False where /proc/cpuinfo cannot be read: the rule for other CPUs)."""
+    try:
+        return zen5_or_later(Path("/proc/cpuinfo").read_text(errors="replace"))
+    except OSError:
+        return False
 
 
 def _activated(y: np.ndarray, act: tuple[str, float, float] | None, threads: int) -> np.ndarray:

@@ -41,8 +41,8 @@ except ImportError:  # pragma: no cover - as above
     conv_nhwc_out = depthwise_nhwc = global_average_nhwc = set_nhwc_simd = None
 
 # The load-time limit: a pruned layer denser than this is held dense. Below it the batched product
-# (SparseMatrix.matmat_rows) beats BLAS on the dense form up to 22-35% density from 8 rows (by layer
-# width and instruction set), and matmul.prefers_dense decides per call's row count
+# (SparseMatrix.matmat_rows) beats BLAS on the dense form up to 12-35% density from 8 rows (by layer
+# width, row count, instruction set and CPU), and matmul.prefers_dense decides per call's row count
 # (docs/kernel-choice.md, benchmarks/matmul_choice.py).
 SPARSE_MAX_DENSITY = 0.30
 
