@@ -204,6 +204,22 @@ def test_softmax_matches_float64(simd, cols, log):
     np.testing.assert_array_equal(x, y)  # in place: the same values
 
 
+@pytest.mark.parametrize("cols", [7, 197, 1024, 1025])
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_rows_together_match_one_at_a_time(simd, cols, log):
+    """Short rows go 4 at a time on the AVX-512 path, their steps interleaved: each row keeps the bits
+    of a call on that row alone (rows 0-3 and 4-7 together, row 8 alone; past 1024 values row by row)."""
+    x = (np.random.default_rng(cols).standard_normal((9, cols)) * 10).astype(np.float32)
+    x[5, 0] = -np.inf
+    x[6] = -np.inf  # a row of -inf alone: NaN, whatever the rows beside it
+    y = np.empty_like(x)
+    native.softmax(x, y, cols, log)
+    for r in range(9):
+        one = np.empty((1, cols), np.float32)
+        native.softmax(x[r : r + 1].copy(), one, cols, log)
+        assert np.array_equal(y[r], one[0], equal_nan=True), r
+
+
 def test_softmax_row_with_nan_is_nan(simd):
     x = np.array([[1, np.nan, 2], [1, 2, 3]], np.float32)
     native.softmax(x, x, 3)

@@ -626,6 +626,42 @@ AVX512 static void softmax_row_avx512(float *out, const float *x, Py_ssize_t n, 
     }
 }
 
+/* softmax_row_avx512 of 4 rows ld floats apart, each of n (1 to BLOCK) values, their steps interleaved.
+ * A short row (197 keys: 13 vectors) is a chain of dependent steps (the maximum, its reduction, the
+ * exponentials' sum, its reduction, the reciprocal) whose latency one row leaves exposed; four rows'
+ * chains overlap. Each row's arithmetic is softmax_row_avx512's, in its order: the same bits. */
+AVX512 static void softmax_rows4_avx512(float *out, const float *x, Py_ssize_t n, Py_ssize_t ld, int take_log)
+{
+    __m512 mx[4], mv[4], s[4];
+    for (int r = 0; r < 4; r++) mx[r] = _mm512_set1_ps(x[r * ld]);
+    for (Py_ssize_t i = 0; i < n; i += 16) {
+        const __mmask16 m = part16(n - i);
+        for (int r = 0; r < 4; r++) mx[r] = _mm512_max_ps(mx[r], _mm512_mask_loadu_ps(mx[r], m, x + r * ld + i));
+    }
+    for (int r = 0; r < 4; r++) mv[r] = _mm512_set1_ps(_mm512_reduce_max_ps(mx[r])), s[r] = _mm512_setzero_ps();
+    for (Py_ssize_t i = 0; i < n; i += 16) {
+        const __mmask16 m = part16(n - i);
+        for (int r = 0; r < 4; r++) {
+            __m512 e = _mm512_maskz_mov_ps(m, exp_neg16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + r * ld + i), mv[r])));
+            if (!take_log) store16(out + r * ld + i, m, e);
+            s[r] = _mm512_add_ps(s[r], e);
+        }
+    }
+    __m512 t[4];
+    for (int r = 0; r < 4; r++) {
+        const double total = 0.0 + _mm512_reduce_add_ps(s[r]);
+        t[r] = _mm512_set1_ps(take_log ? (float)log(total) : (float)(1.0 / total));
+    }
+    for (Py_ssize_t i = 0; i < n; i += 16) {
+        const __mmask16 m = part16(n - i);
+        for (int r = 0; r < 4; r++) {
+            __m512 y = take_log ? _mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + r * ld + i), mv[r]), t[r])
+                                : _mm512_mul_ps(_mm512_maskz_loadu_ps(m, out + r * ld + i), t[r]);
+            store16(out + r * ld + i, m, y);
+        }
+    }
+}
+
 /* row_sum_avx2's sum on 16 lanes, two chains a block (the adds' latency, not their count, bound one). */
 AVX512 static double row_sum_avx512(const float *row, Py_ssize_t n, float shift, int square)
 {
@@ -749,10 +785,25 @@ static void softmax_row(float *out, const float *x, Py_ssize_t n, int take_log)
     DISPATCH(softmax_row, out, x, n, take_log);
 }
 
+/* Rows [0, rows) of x and out, ld floats apart, n values each: 4 at a time where they are short
+ * (softmax_rows4_avx512). One core of an Intel Xeon, both builds in one process, calls in turn, minimum
+ * of 200: ViT-Tiny's attention probabilities (591 rows of 197) 61.5 -> 53.8 us, BERT's (512 of 128)
+ * 39.8 -> 31.3; native.attention on ViT-Tiny's 3 heads of 197 x 64 316 -> 289 us, on BERT's 4 heads of
+ * 128 x 64 with a mask 238 -> 211. */
+static void softmax_rows(float *out, const float *x, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t ld, int take_log)
+{
+    Py_ssize_t r = 0;
+#ifdef HAVE_AVX2_PATH
+    if (use_avx512() && n >= 1 && n <= BLOCK)
+        for (; r + 4 <= rows; r += 4) softmax_rows4_avx512(out + r * ld, x + r * ld, n, ld, take_log);
+#endif
+    for (; r < rows; r++) softmax_row(out + r * ld, x + r * ld, n, take_log);
+}
+
 static void softmax_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     const RowsJob *j = ctx;
-    for (Py_ssize_t r = lo; r < hi; r++) softmax_row(j->out + r * j->cols, j->x + r * j->cols, j->cols, j->take_log);
+    softmax_rows(j->out + lo * j->cols, j->x + lo * j->cols, hi - lo, j->cols, j->cols, j->take_log);
 }
 
 static PyObject *layer_norm(PyObject *self, PyObject *args, PyObject *kwargs)
@@ -910,14 +961,12 @@ static void attention_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
         else
             j->sgemm(&j->k.trans, &j->q.trans, &j->lk, &m, &j->d, &one, k, &j->k.ld, q, &j->q.ld, &zero, s, &j->lk);
         const char *mask = j->mask ? j->mask + lead_offset(j->lead, j->nlead, j->mask_lead, p) : NULL;
-        for (int r = 0; r < m; r++) {
-            float *row = s + (Py_ssize_t)r * j->lk;
+        for (int r = 0; r < m && (scale_op || mask); r++) {
             const float *mrow = mask ? (const float *)mask + (Py_ssize_t)(r0 + r) * j->mask_row : NULL;
-            if (scale_op || mrow) scale_mask_row(row, j->lk, scale_op, j->scale, mrow, j->mask_col);
-            softmax_row(row, row, j->lk, 0);
-            if (j->fill)
-                for (int c = 0; c < j->lk; c++) row[c] = row[c] != row[c] ? j->nan_to : row[c];
+            scale_mask_row(s + (Py_ssize_t)r * j->lk, j->lk, scale_op, j->scale, mrow, j->mask_col);
         }
+        softmax_rows(s, s, m, j->lk, j->lk, 0);
+        for (Py_ssize_t i = 0; j->fill && i < (Py_ssize_t)m * j->lk; i++) s[i] = s[i] != s[i] ? j->nan_to : s[i];
         /* o [m, dv] = s [m, lk] @ v [lk, dv] */
         if (j->packed)
             packed_product(s, j->lk, vp, o, j->out.row, m, j->lk, j->dv);
