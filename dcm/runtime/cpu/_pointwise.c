@@ -598,6 +598,42 @@ AVX2 static void softmax_row_avx2(float *out, const float *x, Py_ssize_t n, int 
     }
 }
 
+/* softmax_row_avx2 of 4 rows ld floats apart, each of n (1 to BLOCK) values, their steps interleaved as
+ * softmax_rows4_avx512's: the same bits as each row alone. */
+AVX2 static void softmax_rows4_avx2(float *out, const float *x, Py_ssize_t n, Py_ssize_t ld, int take_log)
+{
+    __m256 first[4], mx[4], mv[4], s[4], t[4];
+    for (int r = 0; r < 4; r++) first[r] = mx[r] = _mm256_set1_ps(x[r * ld]);
+    for (Py_ssize_t i = 0; i < n; i += 8)
+        for (int r = 0; r < 4; r++) {
+            __m256 v = load_part(x + r * ld + i, n - i);
+            if (n - i < 8) v = _mm256_blendv_ps(first[r], v, _mm256_castsi256_ps(part8(n - i)));
+            mx[r] = _mm256_max_ps(mx[r], v);
+        }
+    for (int r = 0; r < 4; r++) {
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx[r]), _mm256_extractf128_ps(mx[r], 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        mv[r] = _mm256_set1_ps(_mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h))));
+        s[r] = _mm256_setzero_ps();
+    }
+    for (Py_ssize_t i = 0; i < n; i += 8)
+        for (int r = 0; r < 4; r++) {
+            __m256 e = keep_part(exp_neg8(_mm256_sub_ps(load_part(x + r * ld + i, n - i), mv[r])), n - i);
+            if (!take_log) store_part(out + r * ld + i, n - i, e);
+            s[r] = _mm256_add_ps(s[r], e);
+        }
+    for (int r = 0; r < 4; r++) {
+        const double total = 0.0 + hsum8(s[r]);
+        t[r] = _mm256_set1_ps(take_log ? (float)log(total) : (float)(1.0 / total));
+    }
+    for (Py_ssize_t i = 0; i < n; i += 8)
+        for (int r = 0; r < 4; r++) {
+            __m256 y = take_log ? _mm256_sub_ps(_mm256_sub_ps(load_part(x + r * ld + i, n - i), mv[r]), t[r])
+                                : _mm256_mul_ps(load_part(out + r * ld + i, n - i), t[r]);
+            store_part(out + r * ld + i, n - i, y);
+        }
+}
+
 /* AVX-512: 16 lanes, masked tails (591 rows of 197, ViT-Tiny's attention: 79 -> 56 us, one thread). */
 AVX512 static void softmax_row_avx512(float *out, const float *x, Py_ssize_t n, int take_log)
 {
@@ -786,16 +822,19 @@ static void softmax_row(float *out, const float *x, Py_ssize_t n, int take_log)
 }
 
 /* Rows [0, rows) of x and out, ld floats apart, n values each: 4 at a time where they are short
- * (softmax_rows4_avx512). One core of an Intel Xeon, both builds in one process, calls in turn, minimum
- * of 200: ViT-Tiny's attention probabilities (591 rows of 197) 61.5 -> 53.8 us, BERT's (512 of 128)
- * 39.8 -> 31.3; native.attention on ViT-Tiny's 3 heads of 197 x 64 316 -> 289 us, on BERT's 4 heads of
- * 128 x 64 with a mask 238 -> 211. */
+ * (softmax_rows4_avx512, softmax_rows4_avx2). One core of an Intel Xeon, both builds in one process,
+ * calls in turn, minimum of 200: ViT-Tiny's attention probabilities (591 rows of 197) 61.5 -> 53.8 us,
+ * BERT's (512 of 128) 39.8 -> 31.3; native.attention on ViT-Tiny's 3 heads of 197 x 64 316 -> 289 us,
+ * on BERT's 4 heads of 128 x 64 with a mask 238 -> 211. The AVX2 path of the same CPU: 591 rows of
+ * 197 121 -> 97 us, 512 of 128 68 -> 53. */
 static void softmax_rows(float *out, const float *x, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t ld, int take_log)
 {
     Py_ssize_t r = 0;
 #ifdef HAVE_AVX2_PATH
-    if (use_avx512() && n >= 1 && n <= BLOCK)
+    if (n >= 1 && n <= BLOCK && use_avx512())
         for (; r + 4 <= rows; r += 4) softmax_rows4_avx512(out + r * ld, x + r * ld, n, ld, take_log);
+    else if (n >= 1 && n <= BLOCK && use_avx2())
+        for (; r + 4 <= rows; r += 4) softmax_rows4_avx2(out + r * ld, x + r * ld, n, ld, take_log);
 #endif
     for (; r < rows; r++) softmax_row(out + r * ld, x + r * ld, n, take_log);
 }
