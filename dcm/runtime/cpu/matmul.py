@@ -47,10 +47,10 @@ WIDE_INPUTS = 512  # inputs past which a 32-row panel (128 bytes per input) outg
 # From 8 to 15 rows a panel row is one register (8 lanes at 8 rows): each stored weight costs two loads
 # (its value, broadcast, and the panel row) for one register of multiply-adds, where the packed dense
 # kernel gets 16 full registers from 10 loads at 8 rows. How far sparse then wins depends on the loads
-# a core issues a cycle. At 8 rows the break-even density
-# was above 0.5 for three of the four layers on a Zen 5 on the AVX-512 path (0.22 on [256, 256]), but
-# 0.10-0.13 on an Intel Xeon with AVX-512 (sparse at 30% kept took 1.5-2.1x the dense time) and 0.15
-# ([256, 256]) on a Zen 3's AVX2 path; at 16 rows the Xeon's were 0.20-0.30. So below 16 rows the
+# a core issues a cycle. At 8 rows the break-even density was above 0.5 for three of the four layers
+# on a Zen 5 on the AVX-512 path (0.22 on [256, 256]), but 0.10-0.13 on an Intel Xeon with AVX-512
+# (sparse at 30% kept took 1.5-2.1x the dense time) and 0.15 ([256, 256]) on a Zen 3's AVX2 path; at
+# 16 rows the Xeon's were 0.20-0.30. So below 16 rows the
 # limit is SPARSE_MAX_DENSITY_8_ROWS except on a Zen 5 or later on the AVX-512 path
 # (``_wide_load_core``), for layers the packed dense kernel takes (PACK_MAX_FLOATS: larger ones would go
 # to OpenBLAS, which repacks them on every call). On the Xeon, 8 rows at 25% kept: GPT-2's [50257, 256]
