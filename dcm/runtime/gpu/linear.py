@@ -1,12 +1,12 @@
-"""Gemm and MatMul on torch: a constant weight as sparse CSR @ activations, or dense; a weight
-computed at run time through torch.matmul."""
+"""Gemm, MatMul and Einsum on torch: a constant weight as sparse CSR @ activations, or dense; a weight
+computed at run time through torch.matmul; Einsum through torch.einsum."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from dcm.encoder.codec import CsrParts
-from dcm.runtime.cpu import linear as cpu
+from dcm.runtime.cpu import einsum as cpu_einsum, linear as cpu
 from dcm.runtime.cpu.matmul import WeightMatmul
 from dcm.runtime.gpu.fallback import on_host
 from dcm.runtime.gpu.registry import register
@@ -88,3 +88,18 @@ class MatMul(cpu.MatMul):
             return (torch.matmul(a, b),)
         y = self.mm.right(a.float().reshape(-1, a.shape[-1]))  # float32, as the weight
         return (y.reshape(*a.shape[:-1], y.shape[-1]).to(a.dtype),)
+
+
+@register("Einsum")
+class Einsum(cpu_einsum.Einsum):
+    """torch.einsum on the explicit equation the CPU kernel parsed (its checks, its implicit output);
+    integer operands on the host, as MatMul's."""
+
+    def __call__(self, *xs):
+        self.check(xs)
+        if not xs[0].is_floating_point():
+            return on_host(super().__call__, xs[0].device, *xs)
+        return (torch.einsum(self.equation.text, *xs),)
+
+    def describe(self) -> dict:
+        return {"kernel": "torch", "equation": self.equation.text}
