@@ -132,7 +132,8 @@ def skip_reason(case) -> str | None:
     """Why dcm cannot run this case (None: it must pass). Reasons are grouped by their first words."""
     import onnx
 
-    from dcm.converters.onnx_in import MIN_OPSET, ONNX_DTYPES
+    from dcm.converters.onnx_in import MIN_OPSET, ONNX_DTYPES, _Graph
+    from dcm.errors import ConversionError
     from dcm.runtime.cpu import REGISTRY
 
     m = case.model
@@ -149,6 +150,11 @@ def skip_reason(case) -> str | None:
     if unsupported:
         return f"dtype: {', '.join(unsupported)} not supported by dcm"
     missing = sorted(graph_ops(case) - set(REGISTRY))
+    if missing:  # ... unless the converter replaces them by their ONNX function bodies
+        try:
+            missing = sorted({n.op_type for n in _Graph(m).nodes} - set(REGISTRY))
+        except ConversionError:
+            pass
     if missing:
         return f"not in registry: {', '.join(missing)}"
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -274,8 +280,9 @@ def markdown(rows: list[dict[str, Any]], gpu_rows: list[dict[str, Any]] | None =
         "",
         "A case is skipped, with its reason, when it needs what dcm does not have: a string, bfloat16, float8, "
         "4-bit, complex or unsigned 16/32/64-bit tensor (`dtype`), a sequence, optional or map value "
-        "(`non-tensor type`), training mode (`training mode`), an op outside the CPU registry "
-        "(`not in registry`), a domain other than the standard one (`custom domain`), or an opset older "
+        "(`non-tensor type`), training mode (`training mode`), an op outside the CPU registry that the "
+        "converter cannot replace by its ONNX function body (`not in registry`; `dcm/converters/functions.py`), "
+        "a domain other than the standard one (`custom domain`), or an opset older "
         "than 7 (`opset`). Multi-node cases are onnx's `*_expanded` ones (an op's function body); they count "
         "for the op they expand and run when every op of the body is in the registry.",
         "",
@@ -305,7 +312,9 @@ def markdown(rows: list[dict[str, Any]], gpu_rows: list[dict[str, Any]] | None =
         lines.append("None: every op the issue lists is in the registry.")
     others = sorted((op for op in per if op not in REGISTRY and op not in ISSUE_OPS), key=lambda op: (-per[op]["total"], op))
     lines += ["", "## Other ops with backend cases, not in the CPU registry", "",
-              "Their `*_expanded` cases run where every op of the function body is in the registry.", "",
+              "The converter replaces such an op by its ONNX function body where ONNX defines one whose ops "
+              "are all in the registry (`dcm/converters/functions.py`): those cases run, as do the `*_expanded` "
+              "ones.", "",
               "| op | passed / run | cases | skipped (reason: count) |", "|---|---|---|---|"]
     lines += [f"| {op} | {per[op]['passed']} / {per[op]['run']} | {per[op]['total']} | {_skips(per[op]['skipped'])} |"
               for op in others]

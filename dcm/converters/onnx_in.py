@@ -13,6 +13,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from dcm.converters.compact import compact_names, drop_default_attrs
+from dcm.converters.functions import expand_functions
 from dcm.errors import ConversionError
 from dcm.format.model import Model, Node, ValueInfo
 from dcm.encoder.codec import encode_raw
@@ -194,7 +195,12 @@ class _Graph:
         # infos fill what inference leaves out (the dynamo exporter writes them all).
         self.shapes = {v.name: _dims(v) for v in list(g.value_info) + list(inferred.value_info) + list(inferred.input)
                        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
-        self.nodes = [_copy(n) for n in g.node]
+        from dcm.runtime.cpu import REGISTRY  # what the runtime can execute (numpy-only import)
+
+        types = {t.name: onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)) for t in g.initializer}
+        types.update({v.name: v.type for v in [*g.value_info, *inferred.value_info, *inferred.input, *inferred.output]
+                      if v.type.HasField("tensor_type")})
+        self.nodes = expand_functions([_copy(n) for n in g.node], self.opset, types, REGISTRY.__contains__)
 
     def static_shape(self, name: str) -> list[int] | None:
         s = self.shapes.get(name)
@@ -351,7 +357,7 @@ def from_onnx(source, options: ConvertOptions | None = None,
     nodes = _to_nodes(_fold_constants(g))
     nodes = _drop_identities(nodes, g.outputs)
     nodes = _fold_batchnorm(nodes, g.consts, g.outputs)
-    from dcm.runtime.cpu import REGISTRY  # what the runtime can execute (numpy-only import)
+    from dcm.runtime.cpu import REGISTRY
 
     unsupported = [n for n in nodes if n.op not in REGISTRY]
     if unsupported:
