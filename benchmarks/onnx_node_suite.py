@@ -7,7 +7,9 @@ the cases are built in memory (``collect_testcases``: 1,884 cases at onnx 1.23, 
 case is one small model plus inputs and expected outputs. A case runs when dcm can express it;
 otherwise it is skipped with a reason (``skip_reason``). A case that runs must pass:
 ``tests/runtime/test_onnx_node_suite.py`` asserts exactly that, and this script writes the per-op
-table ``docs/onnx-conformance.md`` and ``benchmarks/results/onnx_node_suite.json``.
+table ``docs/onnx-conformance.md`` and ``benchmarks/results/onnx_node_suite.json``. The model tests
+onnx does ship as files (``data_cases``: old PyTorch exports, small models, light CNNs) run the same
+way (``tests/runtime/test_onnx_data_suites.py``) and get a section of the page.
 
 Which op a case tests: the node's op for a one-node graph. The multi-node cases are onnx's
 ``*_expanded`` ones, the function body of an op (LayerNormalization as ReduceMean, Sub, Pow, ...);
@@ -21,6 +23,7 @@ import functools
 import re
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +100,55 @@ def graph_ops(case) -> set[str]:
     return {n.op_type for n in case.model.graph.node}
 
 
+# The model tests onnx ships as files (onnx/backend/test/data): old PyTorch exports of layers and
+# operators (opset 6-9), small multi-op models, and "light" versions of AlexNet, DenseNet-121,
+# Inception v1/v2, ResNet-50, ShuffleNet, SqueezeNet, VGG-19 and ZFNet-512 (constant-filled weights).
+DATA_SUITES = ("pytorch-converted", "pytorch-operator", "simple", "light")
+
+
+@dataclass
+class DataCase:
+    """A model test read from onnx's data files, shaped as a node case (run_case and skip_reason take
+    either): its inputs and expected outputs per data set, the runner's default tolerances."""
+
+    name: str
+    model: Any
+    data_sets: list
+    rtol: float = 1e-3
+    atol: float = 1e-7
+
+
+def _tensors(folder: Path, kind: str) -> list[np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    files = sorted(folder.glob(f"{kind}_*.pb"), key=lambda f: int(f.stem.rsplit("_", 1)[1]))
+    return [numpy_helper.to_array(onnx.load_tensor(str(f))) for f in files]
+
+
+@functools.lru_cache(maxsize=1)
+def data_cases() -> tuple[DataCase, ...]:
+    """Every model test of DATA_SUITES in the installed onnx. A light model has no input file: its
+    input is the runner's own (``Runner.generate_dummy_data``, not random) and its output a .pb
+    beside it."""
+    import onnx
+    from onnx.backend.test.runner import Runner
+
+    root = Path(onnx.__file__).parent / "backend" / "test" / "data"
+    cases = []
+    for suite in DATA_SUITES[:-1]:
+        for folder in sorted(p for p in (root / suite).iterdir() if (p / "model.onnx").exists()):
+            sets = [(_tensors(d, "input"), _tensors(d, "output")) for d in sorted(folder.glob("test_data_set_*"))]
+            cases.append(DataCase(f"{suite}/{folder.name}", onnx.load(str(folder / "model.onnx")), sets))
+    for path in sorted((root / "light").glob("light_*.onnx")):
+        model = onnx.load(str(path))
+        weights = {t.name for t in model.graph.initializer}
+        inputs = [Runner.generate_dummy_data(v, seed=0, name=path.stem) for v in model.graph.input if v.name not in weights]
+        outputs = _tensors(path.parent, f"{path.stem}_output")
+        cases.append(DataCase(f"light/{path.stem}", model, [(inputs, outputs)]))
+    return tuple(cases)
+
+
 def _elem_types(case) -> tuple[set[int], list[str]]:
     """(tensor element types the case's graph uses, descriptions of its non-tensor values)."""
     import onnx
@@ -132,7 +184,7 @@ def skip_reason(case) -> str | None:
     """Why dcm cannot run this case (None: it must pass). Reasons are grouped by their first words."""
     import onnx
 
-    from dcm.converters.onnx_in import MIN_OPSET, ONNX_DTYPES, _Graph
+    from dcm.converters.onnx_in import ONNX_DTYPES, _Graph
     from dcm.errors import ConversionError
     from dcm.runtime.cpu import REGISTRY
 
@@ -157,9 +209,6 @@ def skip_reason(case) -> str | None:
             pass
     if missing:
         return f"not in registry: {', '.join(missing)}"
-    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < MIN_OPSET:
-        return f"opset: {opset} is older than dcm's minimum {MIN_OPSET}"
     return None
 
 
@@ -236,11 +285,12 @@ def run_all(cases=None, device: str = "cpu") -> list[dict[str, Any]]:
     return rows
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per op: total, run, passed, and skipped counts by reason group."""
+def summarize(rows: list[dict[str, Any]], group: str = "op") -> dict[str, dict[str, Any]]:
+    """Per op (or per suite, ``group="suite"``: the case name's first part): total, run, passed, and
+    skipped counts by reason group."""
     per: dict[str, dict[str, Any]] = defaultdict(lambda: {"total": 0, "run": 0, "passed": 0, "skipped": Counter()})
     for r in rows:
-        p = per[r["op"]]
+        p = per[r["op"] if group == "op" else r["case"].split("/")[0]]
         p["total"] += 1
         if r["status"] == "skip":
             p["skipped"][r["reason"].split(":")[0]] += 1
@@ -254,8 +304,29 @@ def _skips(counter: Counter) -> str:
     return ", ".join(f"{reason}: {n}" for reason, n in sorted(counter.items()))
 
 
-def markdown(rows: list[dict[str, Any]], gpu_rows: list[dict[str, Any]] | None = None) -> str:
-    """The page; ``gpu_rows`` (the same cases on the GPU backend, device="torch-cpu") add a column."""
+def data_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """The page's section on onnx's model test files: per suite, passed / run and the skips."""
+    per = summarize(rows, group="suite")
+    run = sum(p["run"] for p in per.values())
+    lines = ["## Model test files", "",
+             f"onnx also ships model tests as files (`onnx/backend/test/data`): old PyTorch exports of layers and "
+             f"operators (opset 6-9: the converter brings a model older than opset 7 up with onnx's version "
+             f"converter), small multi-op models, and light AlexNet, DenseNet-121, Inception v1/v2, ResNet-50, "
+             f"ShuffleNet, SqueezeNet, VGG-19 and ZFNet-512 (constant weights, the runner's own inputs). "
+             f"**{sum(p['passed'] for p in per.values())} of {run} runnable cases pass** "
+             f"(onnx's runner tolerances, rtol 1e-3 and atol 1e-7; `tests/runtime/test_onnx_data_suites.py`).", "",
+             "| suite | passed / run | cases | skipped (reason: count) |", "|---|---|---|---|"]
+    lines += [f"| {suite} | {p['passed']} / {p['run']} | {p['total']} | {_skips(p['skipped'])} |"
+              for suite, p in per.items()]
+    failing = [r for r in rows if r["status"] == "fail"]
+    lines += [""] + [f"- failing: {r['case']}: {r['reason'][:200]}" for r in failing] + ([""] if failing else [])
+    return lines
+
+
+def markdown(rows: list[dict[str, Any]], gpu_rows: list[dict[str, Any]] | None = None,
+             data_rows: list[dict[str, Any]] | None = None) -> str:
+    """The page; ``gpu_rows`` (the same cases on the GPU backend, device="torch-cpu") add a column,
+    ``data_rows`` (data_cases) a section."""
     import onnx
 
     from dcm.runtime.cpu import REGISTRY
@@ -282,8 +353,7 @@ def markdown(rows: list[dict[str, Any]], gpu_rows: list[dict[str, Any]] | None =
         "4-bit, complex or unsigned 16/32/64-bit tensor (`dtype`), a sequence, optional or map value "
         "(`non-tensor type`), training mode (`training mode`), an op outside the CPU registry that the "
         "converter cannot replace by its ONNX function body (`not in registry`; `dcm/converters/functions.py`), "
-        "a domain other than the standard one (`custom domain`), or an opset older "
-        "than 7 (`opset`). Multi-node cases are onnx's `*_expanded` ones (an op's function body); they count "
+        "or a domain other than the standard one (`custom domain`). Multi-node cases are onnx's `*_expanded` ones (an op's function body); they count "
         "for the op they expand and run when every op of the body is in the registry.",
         "",
         *([f"The GPU backend (`docs/gpu.md`) runs the same cases with its torch kernels on the CPU "
@@ -318,6 +388,8 @@ def markdown(rows: list[dict[str, Any]], gpu_rows: list[dict[str, Any]] | None =
               "| op | passed / run | cases | skipped (reason: count) |", "|---|---|---|---|"]
     lines += [f"| {op} | {per[op]['passed']} / {per[op]['run']} | {per[op]['total']} | {_skips(per[op]['skipped'])} |"
               for op in others]
+    if data_rows is not None:
+        lines += ["", *data_markdown(data_rows)]
     failing = [r for r in rows if r["status"] == "fail"]
     lines += ["", "## Failing cases", ""]
     if failing:
@@ -347,6 +419,9 @@ def main() -> None:
     start = time.perf_counter()
     rows = run_all()
     seconds = time.perf_counter() - start
+    data_rows = run_all(data_cases())
+    data_run = [r for r in data_rows if r["status"] != "skip"]
+    print(f"model test files: {sum(r['status'] == 'pass' for r in data_run)} of {len(data_run)} runnable pass")
     gpu_rows = None
     try:
         import torch  # noqa: F401  (the GPU backend's column needs it)
@@ -363,18 +438,18 @@ def main() -> None:
         for r in gpu_rows:
             if r["status"] == "fail":
                 print(f"FAIL on the GPU backend {r['case']} ({r['op']}): {r['reason']}")
-    for r in rows:
+    for r in rows + data_rows:
         if r["status"] == "fail":
             print(f"FAIL {r['case']} ({r['op']}): {r['reason']}")
     payload = {"cases": len(rows), "run": len(run), "passed": passed, "seconds": seconds,
                "per_op": {op: {**p, "skipped": dict(p["skipped"])} for op, p in sorted(per.items())},
-               "rows": rows,
+               "rows": rows, "data_rows": data_rows,
                **({"gpu_passed": sum(r["status"] == "pass" for r in gpu_rows), "gpu_rows": gpu_rows}
                   if gpu_rows is not None else {})}
     print(f"wrote {save('onnx_node_suite', payload)}")
     if not args.no_docs:
         DOCS.parent.mkdir(exist_ok=True)
-        DOCS.write_text(markdown(rows, gpu_rows))
+        DOCS.write_text(markdown(rows, gpu_rows, data_rows))
         print(f"wrote {DOCS}")
     if args.failures:
         args.failures.write_text(failures_text(rows))

@@ -167,6 +167,42 @@ def _evaluate(node, consts: dict[str, np.ndarray], opset: int) -> list[np.ndarra
     return ReferenceEvaluator(m).run(None, {n: consts[n] for n in graph_inputs})
 
 
+def _upgraded(model):
+    """A model of an opset older than MIN_OPSET (PyTorch's exports of 2018 are at opset 6) brought up to
+    it by onnx's version converter, which rewrites what changed (the broadcast attribute of Add, Mul,
+    ... gave way to numpy broadcasting at opset 7); other models as they are."""
+    onnx = _onnx()
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if not 0 < opset < MIN_OPSET:
+        return model
+    model = _copy(model)
+    _per_channel_prelu(model)
+    try:
+        return onnx.version_converter.convert_version(model, MIN_OPSET)
+    except Exception as exc:
+        raise ConversionError(f"ONNX opset {opset} is older than the supported {MIN_OPSET}, and onnx's version "
+                              f"converter could not upgrade it ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _per_channel_prelu(model) -> None:
+    """Before opset 7 PRelu applied a slope of C values to the input's channels (axis 1); from opset 7
+    it broadcasts from the right, which the version converter does not rewrite: such a constant slope
+    becomes [C, 1, ..., 1] for the input's rank (PyTorch's per-channel PReLU exported at opset 6)."""
+    onnx = _onnx()
+    inits = {t.name: t for t in model.graph.initializer}
+    ranks = {v.name: len(v.type.tensor_type.shape.dim)
+             for v in [*model.graph.input, *onnx.shape_inference.infer_shapes(model).graph.value_info]
+             if v.type.tensor_type.HasField("shape")}
+    for node in model.graph.node:
+        slope = inits.get(node.input[1]) if node.op_type == "PRelu" and len(node.input) > 1 else None
+        rank = ranks.get(node.input[0], 0) if slope is not None else 0
+        if rank > 2 and len(slope.dims) == 1 and slope.dims[0] > 1:
+            slope.dims[:] = [slope.dims[0]] + [1] * (rank - 2)
+            for v in model.graph.input:  # (old exporters declare initializers as inputs too)
+                if v.name == slope.name:
+                    v.type.tensor_type.shape.CopyFrom(onnx.helper.make_tensor_type_proto(1, slope.dims).tensor_type.shape)
+
+
 class _Graph:
     """A mutable working copy of the ONNX graph while folding."""
 
@@ -352,6 +388,7 @@ def from_onnx(source, options: ConvertOptions | None = None,
     opts = options or ConvertOptions()
     model = source if isinstance(source, onnx.ModelProto) else load_onnx(source)
     _check_text(model)
+    model = _upgraded(model)
     g = _Graph(model)
     del model  # when we loaded it, this frees the protobuf copy of every weight
     nodes = _to_nodes(_fold_constants(g))

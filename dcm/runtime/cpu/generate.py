@@ -1,4 +1,4 @@
-"""Ops that make a tensor from a shape or a range: Constant, ConstantOfShape, Range, Expand, Tile.
+"""Ops that make a tensor from a shape or a range: Constant, ConstantOfShape, Range, Expand, Tile, EyeLike.
 
 Their output size comes from values (often computed at run time from the symbolic batch or sequence
 length), so each is bounded by spec rule 8's per-tensor limit before anything is allocated.
@@ -11,7 +11,7 @@ import numpy as np
 
 from dcm.errors import UnsupportedOpError
 from dcm.runtime.cpu.registry import register
-from dcm.runtime.cpu.shape import check_elements, ints, load_ints
+from dcm.runtime.cpu.shape import ONNX_NUMPY, check_elements, ints, load_ints
 from dcm.runtime.kernel import Kernel
 
 
@@ -103,3 +103,22 @@ class Tile(Kernel):
             raise ValueError(f"repeats {repeats} must be {x.ndim} non-negative counts")
         check_elements([d * r for d, r in zip(x.shape, repeats)], "Tile")
         return (np.tile(x, repeats),)
+
+
+@register("EyeLike")
+class EyeLike(Kernel):
+    """Ones on diagonal ``k`` of a matrix shaped as the 2-D input, in ``dtype`` (else the input's type)."""
+
+    quiet = True
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        dtype = self.attrs.get("dtype")
+        if dtype is not None and int(dtype) not in ONNX_NUMPY:
+            raise UnsupportedOpError(f"EyeLike {node.name!r}: element type {dtype} is not supported")
+        self.dtype = None if dtype is None else ONNX_NUMPY[int(dtype)]
+
+    def __call__(self, x):
+        if x.ndim != 2:
+            raise ValueError(f"input of rank {x.ndim}, a matrix expected")
+        return (np.eye(*x.shape, k=int(self.attrs.get("k", 0)), dtype=self.dtype or x.dtype),)

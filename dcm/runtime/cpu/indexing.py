@@ -1,4 +1,5 @@
-"""Index ops: GatherElements, GatherND, ScatterElements, ScatterND, OneHot, Trilu.
+"""Index ops: GatherElements, GatherND, ScatterElements, ScatterND, OneHot, Trilu, and the ops whose
+output size depends on the data: NonZero, Compress, Unique; ReverseSequence.
 
 Indices come from the graph (often from user data), so every one is range-checked: an index outside
 [-n, n) is an error naming the node (the session adds the name), never a wrap or a crash.
@@ -160,3 +161,78 @@ class Trilu(Kernel):
             raise ValueError(f"input of rank {x.ndim} has no matrix to take a triangle of")
         k = 0 if k is None else int(k.reshape(-1)[0])
         return ((np.triu if self.attrs.get("upper", 1) else np.tril)(x, k),)
+
+
+@register("NonZero")
+class NonZero(Kernel):
+    """The indices of the non-zero elements, [rank, count] int64 in row-major order (a scalar: [0, 0 or 1])."""
+
+    quiet = True
+
+    def __call__(self, x):
+        if x.ndim == 0:
+            return (np.zeros((0, int(bool(x))), np.int64),)
+        return (np.array(np.nonzero(x), dtype=np.int64).reshape(x.ndim, -1),)
+
+
+@register("Compress")
+class Compress(Kernel):
+    """The slices of x along ``axis`` (of the flattened x without one) whose condition is true; a
+    condition shorter than the axis selects among its first slices only, as numpy's compress does."""
+
+    quiet = True
+
+    def __call__(self, x, condition):
+        axis = self.attrs.get("axis")
+        if condition.ndim != 1:
+            raise ValueError(f"condition of rank {condition.ndim}, a vector expected")
+        n = x.size if axis is None else x.shape[normal_axis(int(axis), x.ndim)]
+        if condition.size > n:
+            raise ValueError(f"condition of {condition.size} values for an axis of {n}")
+        return (np.compress(condition.astype(bool), x, axis=None if axis is None else int(axis)),)
+
+
+@register("ReverseSequence")
+class ReverseSequence(Kernel):
+    """Each batch entry's first sequence_lens[b] steps along ``time_axis`` in reverse order, the rest as they are."""
+
+    quiet = True
+
+    def __call__(self, x, lens):
+        t_axis = normal_axis(int(self.attrs.get("time_axis", 0)), x.ndim)
+        b_axis = normal_axis(int(self.attrs.get("batch_axis", 1)), x.ndim)
+        if t_axis == b_axis or x.ndim < 2:
+            raise ValueError("time_axis and batch_axis must be two different axes of a rank-2+ input")
+        steps, batch = x.shape[t_axis], x.shape[b_axis]
+        lens = np.asarray(lens, dtype=np.int64).reshape(-1)
+        if lens.size != batch or np.any((lens < 0) | (lens > steps)):
+            raise ValueError(f"sequence_lens {lens.tolist()[:8]} must hold {batch} lengths in [0, {steps}]")
+        t = np.arange(steps)[:, None]
+        order = np.where(t < lens[None, :], lens[None, :] - 1 - t, t)  # [steps, batch]: the step each takes
+        shape = [1] * x.ndim
+        shape[t_axis], shape[b_axis] = steps, batch
+        index = order if t_axis < b_axis else order.T
+        return (np.take_along_axis(x, index.reshape(shape), axis=t_axis),)
+
+
+@register("Unique")
+class Unique(Kernel):
+    """The distinct values (or slices along ``axis``), sorted or in order of first appearance
+    (``sorted`` = 0), with the index of each one's first appearance, each input element's place among
+    them, and their counts (int64)."""
+
+    quiet = True
+
+    def __call__(self, x):
+        axis = self.attrs.get("axis")
+        axis = None if axis is None else normal_axis(int(axis), x.ndim)
+        values, first, inverse, counts = np.unique(x, return_index=True, return_inverse=True, return_counts=True,
+                                                   axis=axis)
+        inverse = inverse.reshape(-1)
+        if not self.attrs.get("sorted", 1):
+            order = np.argsort(first, kind="stable")
+            rank = np.empty_like(order)
+            rank[order] = np.arange(order.size)
+            values = np.take(values, order, axis=0 if axis is None else axis)
+            first, inverse, counts = first[order], rank[inverse], counts[order]
+        return values, first.astype(np.int64), inverse.astype(np.int64), counts.astype(np.int64)

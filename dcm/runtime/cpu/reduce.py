@@ -1,4 +1,4 @@
-"""Reductions (ReduceSum, ReduceMean, ... ReduceLogSumExp), ArgMax / ArgMin, CumSum and TopK.
+"""Reductions (ReduceSum, ReduceMean, ... ReduceLogSumExp), ArgMax / ArgMin, CumSum, CumProd and TopK.
 
 The Reduce ops take their axes as an attribute in older opsets and as an input in newer ones
 (ReduceSum from 13, the others from 18), constant or computed at run time. No axes means every
@@ -214,22 +214,36 @@ class ArgMin(_ArgExtreme):
     fn = staticmethod(np.argmin)
 
 
-@register("CumSum")
-class CumSum(Kernel):
-    """Running sum along the (constant or run-time) ``axis`` input; ``exclusive`` leaves each
-    element out of its own sum, ``reverse`` sums from the end."""
+class _Cumulative(Kernel):
+    """A running reduction (``fn``: np.cumsum, np.cumprod) along the (constant or run-time) ``axis``
+    input, in the input's type; ``exclusive`` leaves each element out of its own result (the first
+    is the reduction's ``identity``), ``reverse`` runs from the end."""
+
+    fn = staticmethod(np.cumsum)
+    identity = 0
 
     def __call__(self, x, axis):
         axis = normalize_axis_index(_one_int(axis, "axis"), x.ndim)
         reverse = bool(self.attrs.get("reverse", 0))
-        y = np.cumsum(np.flip(x, axis) if reverse else x, axis=axis, dtype=x.dtype)
-        if self.attrs.get("exclusive", 0):  # shifted by one place: exact, unlike y - x
-            shifted = np.zeros_like(y)
+        y = self.fn(np.flip(x, axis) if reverse else x, axis=axis, dtype=x.dtype)
+        if self.attrs.get("exclusive", 0):  # shifted by one place: exact, unlike y - x or y / x
+            shifted = np.full_like(y, self.identity)
             dst, src = [slice(None)] * x.ndim, [slice(None)] * x.ndim
             dst[axis], src[axis] = slice(1, None), slice(None, -1)
             shifted[tuple(dst)] = y[tuple(src)]
             y = shifted
         return (np.flip(y, axis) if reverse else y,)
+
+
+@register("CumSum")
+class CumSum(_Cumulative):
+    pass
+
+
+@register("CumProd")
+class CumProd(_Cumulative):
+    fn = staticmethod(np.cumprod)
+    identity = 1
 
 
 def _sorted_order(x: np.ndarray, largest: bool) -> np.ndarray:

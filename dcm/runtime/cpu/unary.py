@@ -1,4 +1,4 @@
-"""One-input math: Abs, Neg, Exp, Log, Sqrt, Reciprocal, Erf, Floor, Ceil, Round, Sign, and the
+"""One-input math: Abs, Neg, Exp, Log, Sqrt, Reciprocal, Erf, Floor, Ceil, Round, Sign, Det, and the
 trigonometric and hyperbolic functions (rotary position embeddings compute Sin and Cos at run time).
 
 Each keeps its input's dtype, as ONNX types them (numpy would return float32 for some float16
@@ -89,6 +89,17 @@ class Erf(_Unary):
         if x.dtype == np.float64:
             return scipy.special.erf(x)
         return erf32(x if x.dtype == np.float32 else x.astype(np.float32))
+
+
+@register("Det")
+class Det(_Unary):
+    """The determinant of each square matrix in the last two axes (numpy's LU), in the input's type."""
+
+    @staticmethod
+    def fn(x):
+        if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"input of shape {list(x.shape)} holds no square matrices")
+        return np.linalg.det(x)
 
 
 def _register_numpy(op: str, fn) -> None:

@@ -1,4 +1,4 @@
-"""Reductions, ArgMax/ArgMin, CumSum and TopK on torch. Each subclasses its CPU kernel (attribute and
+"""Reductions, ArgMax/ArgMin, CumSum, CumProd and TopK on torch. Each subclasses its CPU kernel (attribute and
 axes parsing); the rare inputs torch has no exact form for (an empty reduction, whose result is the
 reduction's identity; integer inputs, which ONNX reduces in their own type) run the CPU kernel on
 host copies (``fallback.on_host``)."""
@@ -91,16 +91,27 @@ class ArgMin(_ArgExtreme, cpu.ArgMin):
     torch_fn = staticmethod(torch.argmin)
 
 
-@register("CumSum")
-class CumSum(cpu.CumSum):
+class _Cumulative:
+    """Mixed into a CPU running reduction: ``torch_fn`` (torch.cumsum, torch.cumprod) its torch form."""
+
     def __call__(self, x, axis):
         axis = _axis(cpu._one_int(to_host(axis), "axis"), x.dim())
         reverse = bool(self.attrs.get("reverse", 0))
-        y = torch.cumsum(torch.flip(x, (axis,)) if reverse else x, axis, dtype=x.dtype)
-        if self.attrs.get("exclusive", 0):  # shifted by one place: exact, unlike y - x
-            y = torch.cat([torch.zeros_like(y.narrow(axis, 0, min(1, y.shape[axis]))),
-                           y.narrow(axis, 0, max(y.shape[axis] - 1, 0))], axis)
+        y = self.torch_fn(torch.flip(x, (axis,)) if reverse else x, axis, dtype=x.dtype)
+        if self.attrs.get("exclusive", 0):  # shifted by one place: exact, unlike y - x or y / x
+            first = torch.full_like(y.narrow(axis, 0, min(1, y.shape[axis])), self.identity)
+            y = torch.cat([first, y.narrow(axis, 0, max(y.shape[axis] - 1, 0))], axis)
         return (torch.flip(y, (axis,)) if reverse else y,)
+
+
+@register("CumSum")
+class CumSum(_Cumulative, cpu.CumSum):
+    torch_fn = staticmethod(torch.cumsum)
+
+
+@register("CumProd")
+class CumProd(_Cumulative, cpu.CumProd):
+    torch_fn = staticmethod(torch.cumprod)
 
 
 @register("TopK")

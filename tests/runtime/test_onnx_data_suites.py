@@ -1,0 +1,26 @@
+"""onnx's model tests shipped as files (old PyTorch exports at opset 6-9, small models, light CNNs)
+through dcm: every case dcm can express must pass, at onnx's runner tolerances. The cases and the
+skip rules are ``benchmarks/onnx_node_suite.py``'s (``data_cases``, ``skip_reason``)."""
+import pytest
+
+pytest.importorskip("onnx")
+
+from benchmarks.onnx_node_suite import DATA_SUITES, data_cases, run_case, skip_reason  # noqa: E402
+
+CASES = {case.name: case for case in data_cases()}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_model_case(name: str) -> None:
+    case = CASES[name]
+    reason = skip_reason(case)
+    if reason is not None:
+        pytest.skip(reason)
+    run_case(case)
+
+
+def test_every_suite_is_there():
+    """The wheel ships each suite's files (a wheel without them would make the tests above vanish)."""
+    runnable = [name for name, case in CASES.items() if skip_reason(case) is None]
+    assert {name.split("/")[0] for name in runnable} == set(DATA_SUITES)
+    assert len(runnable) > 120
