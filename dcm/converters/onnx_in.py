@@ -144,8 +144,9 @@ def _value_info(vi) -> ValueInfo:
 
 # Folded with dcm's own kernel instead of onnx's reference: its GatherElements goes through
 # np.choose, which takes at most 32 choices (a gather along an axis longer than 32 fails with
-# "cannot reshape array of size 1 into shape ...") and wraps out-of-range indices.
-FOLD_WITH_RUNTIME = ("GatherElements",)
+# "cannot reshape array of size 1 into shape ...") and wraps out-of-range indices; it has no
+# DequantizeLinear or QuantizeLinear before opset 19 (a quantized weight at opset 13-18).
+FOLD_WITH_RUNTIME = ("GatherElements", "DequantizeLinear", "QuantizeLinear")
 
 
 def _evaluate(node, consts: dict[str, np.ndarray], opset: int) -> list[np.ndarray]:

@@ -2,14 +2,15 @@
 per-axis source positions and tap weights come from the CPU kernel's own ``_taps`` (small arrays of
 one axis's output positions, computed on the host), the gather and weighted sum of the tensor runs on
 the device. F.interpolate is not used: its coordinate rules match only some of ONNX's
-(coordinate_transformation_mode x nearest_mode x cubic_coeff_a x exclude_outside)."""
+(coordinate_transformation_mode x nearest_mode x cubic_coeff_a x exclude_outside). GridSample runs
+torch's own grid_sample."""
 from __future__ import annotations
 
 import torch
 
-from dcm.runtime.cpu import resize as cpu
+from dcm.runtime.cpu import grid_sample as cpu_grid, resize as cpu
 from dcm.runtime.cpu.shape import check_elements
-from dcm.runtime.gpu.fallback import to_host
+from dcm.runtime.gpu.fallback import on_host, to_host
 from dcm.runtime.gpu.registry import register
 
 
@@ -52,3 +53,17 @@ class Resize(cpu.Resize):
             mask = torch.as_tensor(outside, device=dev).reshape(view)
             result = torch.where(mask, torch.full((), self.extrapolation, dtype=data.dtype, device=dev), result)
         return result
+
+
+@register("GridSample")
+class GridSample(cpu_grid.GridSample):
+    """torch's own ``grid_sample`` (ONNX took its geometry from it); cubic on 3-D inputs, which torch
+    has not, on the host."""
+
+    def __call__(self, x, grid):
+        if self.mode == "cubic" and x.dim() != 4 or not x.is_floating_point():
+            return on_host(super().__call__, x.device, x, grid)
+        mode = {"linear": "bilinear", "nearest": "nearest", "cubic": "bicubic"}[self.mode]
+        y = torch.nn.functional.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode=self.padding,
+                                            align_corners=self.align)
+        return (y,)
