@@ -3,7 +3,8 @@ and RotaryEmbedding from opset 23, the window functions, CenterCropPad, AffineGr
 the converter replaces each such node by the function's body, as onnx's own ``*_expanded`` test
 models do, so that a model using them converts instead of stopping at the op. A body made for the
 node's input types (a context-dependent function: Attention's depends on the ranks of Q, K and V)
-is built from the types shape inference gave the graph.
+is built from the types shape inference gave the graph (and, for a function op inside a body, from
+shape inference over that body).
 
 A body is taken only where each of its ops means at the model's opset what it means at the body's
 own (the same schema version); otherwise the node is left as it is and the converter names it as
@@ -98,6 +99,22 @@ def expand_functions(nodes: list, opset: int, types: dict, supported: Callable[[
         body = None if fn is None else _body(node, fn, opset, f"{node.name or node.op_type}_{i}/")
         if body is None:
             out.append(node)
-        else:
-            out.extend(expand_functions(body, opset, types, supported, depth + 1))
+            continue
+        if not all(supported(n.op_type) for n in body):  # inner function ops may need their inputs' types
+            types = {**types, **_inferred(body, node, opset, types)}
+        out.extend(expand_functions(body, opset, types, supported, depth + 1))
     return out
+
+
+def _inferred(body: list, node, opset: int, types: dict) -> dict:
+    """The types shape inference gives a body's values, from the types of the node's inputs (a
+    SoftmaxCrossEntropyLoss body's NegativeLogLikelihoodLoss is context-dependent in turn); none
+    where inference fails."""
+    onnx = _onnx()
+    inputs = [onnx.helper.make_value_info(name, types[name]) for name in dict.fromkeys(node.input) if name in types]
+    graph = onnx.helper.make_graph(body, "body", inputs, [])
+    try:
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+        return {v.name: v.type for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    except Exception:  # noqa: BLE001  (an inner node then stays unexpanded and is named as unsupported)
+        return {}

@@ -275,12 +275,72 @@ def _without_weights(model):
     return onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
 
 
+def _taken_branch(node, g: _Graph, serial: int) -> list:
+    """An If whose condition folded to a constant (a test of a static shape, as exporters write them)
+    as the nodes of the branch it takes: the branch's outputs renamed to the If's, its other values
+    prefixed, its constants added to the graph's; an output the branch only passes through becomes an
+    Identity. The .dcm format stores no subgraphs, so an If on a run-time condition is refused."""
+    onnx = _onnx()
+    cond = g.consts[node.input[0]]
+    if cond.size != 1:
+        raise ConversionError(f"node {node.name or 'If'!r} (If): condition of {cond.size} values, one expected")
+    branch = next(a.g for a in node.attribute if a.name == ("then_branch" if bool(cond.reshape(-1)[0]) else "else_branch"))
+    if len(branch.output) != len(node.output):
+        raise ConversionError(f"node {node.name or 'If'!r} (If): the branch has {len(branch.output)} outputs for "
+                              f"{len(node.output)}")
+    prefix = f"{node.name or 'If'}_{serial}/"
+    inner = {o for n in branch.node for o in n.output} | {t.name for t in branch.initializer}
+    produced = {o for n in branch.node for o in n.output}
+    names: dict[str, str] = {}
+    for v, out in zip(branch.output, node.output):
+        if v.name in produced:
+            names.setdefault(v.name, out)  # (a value returned twice: its second output an Identity)
+
+    def rename(name: str) -> str:
+        return names.get(name, prefix + name if name in inner else name)  # outer-scope values as they are
+
+    for t in branch.initializer:
+        g.consts[rename(t.name)] = _array(t, f"initializer {t.name!r} of {node.name or 'If'!r}")
+    nodes = []
+    for k, inner_node in enumerate(branch.node):
+        n = _copy(inner_node)
+        n.name = f"{prefix}{inner_node.name or inner_node.op_type}_{k}"
+        n.input[:] = [rename(x) if x else "" for x in n.input]
+        n.output[:] = [rename(x) if x else "" for x in n.output]
+        _rename_captured(n, rename)
+        nodes.append(n)
+    for v, out in zip(branch.output, node.output):
+        if names.get(v.name) != out:  # a value from outside the branch, one of its constants, or a repeat
+            nodes.append(onnx.helper.make_node("Identity", [rename(v.name)], [out], name=f"{prefix}{out}"))
+    return nodes
+
+
+def _rename_captured(node, rename) -> None:
+    """The values a node's subgraphs (a nested If's branches) read from outside them, renamed."""
+    for a in node.attribute:
+        for sub in [a.g] if a.HasField("g") else list(a.graphs):
+            for n in sub.node:
+                n.input[:] = [rename(x) if x else "" for x in n.input]
+                _rename_captured(n, rename)
+
+
 def _fold_constants(g: _Graph) -> list:
-    """Evaluate every node whose inputs are all constants (and Shape of a statically shaped value)."""
-    kept = []
-    for node in g.nodes:
+    """Evaluate every node whose inputs are all constants (and Shape of a statically shaped value);
+    an If on a constant condition becomes the branch it takes, folded in turn."""
+    kept, inlined = [], 0
+    pending = list(reversed(g.nodes))
+    while pending:
+        node = pending.pop()
         if node.domain not in ("", "ai.onnx"):
             raise ConversionError(f"node {node.name or node.op_type!r}: custom domain {node.domain!r} is not supported")
+        if node.op_type == "If" and node.input and node.input[0] in g.consts:
+            pending += reversed(_taken_branch(node, g, inlined))
+            inlined += 1
+            continue
+        if node.op_type in ("If", "Loop", "Scan"):
+            raise ConversionError(f"node {node.name or node.op_type!r} ({node.op_type}): control flow on values known "
+                                  "only at run time is not supported (a .dcm stores no subgraphs; an If whose "
+                                  "condition folds to a constant becomes its branch)")
         if node.op_type == "Shape" and node.input and node.input[0] not in g.consts:
             shape = g.static_shape(node.input[0])
             if shape is not None:

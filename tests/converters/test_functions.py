@@ -1,7 +1,8 @@
-"""Ops without a kernel that ONNX defines as functions are replaced by their bodies at conversion:
-opset 23's Attention (from torch's dynamo exporter too), a window function that folds to a constant;
-a body whose ops mean something else at the model's opset, or one that needs an input type nobody
-knows, is left alone and the op named as unsupported."""
+"""Ops without a kernel that ONNX defines as functions are replaced by their bodies at conversion (in
+turn where a body calls one: SoftmaxCrossEntropyLoss): opset 23's Attention (from torch's dynamo
+exporter too), a window function that folds to a constant; a body whose ops mean something else at
+the model's opset, or one that needs an input type nobody knows, is left alone and the op named as
+unsupported."""
 import io
 import warnings
 
@@ -99,3 +100,19 @@ def test_torch_sdpa_exported_at_opset_23():
         with torch.no_grad():
             want = module(x).numpy()
         np.testing.assert_allclose(sess.run(None, {"x": x.numpy()})[0], want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_body_whose_function_ops_need_their_types():
+    """SoftmaxCrossEntropyLoss's body calls NegativeLogLikelihoodLoss, itself built for its input types:
+    those come from shape inference over the outer body."""
+    node = helper.make_node("SoftmaxCrossEntropyLoss", ["scores", "labels"], ["loss"], reduction="mean")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [4, 5]),
+                                            helper.make_tensor_value_info("labels", TensorProto.INT64, [4])],
+                              [helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])])
+    model = from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    assert {n.op for n in model.nodes} <= set(REGISTRY)
+    rng = np.random.default_rng(0)
+    scores, labels = rng.standard_normal((4, 5)).astype(np.float32), np.array([0, 3, 1, 4], np.int64)
+    log_p = scores - np.log(np.exp(scores).sum(1, keepdims=True))
+    got = InferenceSession(model).run(None, {"scores": scores, "labels": labels})[0]
+    np.testing.assert_allclose(got, -log_p[np.arange(4), labels].mean(), rtol=1e-5)

@@ -87,3 +87,30 @@ def test_a_cnn_quantized_by_onnxruntime(tmp_path):
     sess = InferenceSession(model)
     for f in feeds:
         np.testing.assert_allclose(sess.run(None, f)[0], reference.run(None, f)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_dynamic_quantization_by_onnxruntime(tmp_path):
+    """onnxruntime's quantize_dynamic: DynamicQuantizeLinear (its ONNX function body), MatMulInteger and
+    ConvInteger with int8 weights, then a float rescale."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n)
+             for n, s in (("w1", (4, 3, 3, 3)), ("w2", (4 * 6 * 6, 16)), ("w3", (16, 5)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("MatMul", ["f", "w2"], ["h"]),
+             helper.make_node("Relu", ["h"], ["g"]), helper.make_node("MatMul", ["g", "w3"], ["y"])]
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])], inits)
+    source, quantized = tmp_path / "float.onnx", tmp_path / "dynamic.onnx"
+    source.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    quantize_dynamic(str(source), str(quantized), weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "MatMul"])
+    model = from_onnx(str(quantized), ConvertOptions(exact=True))
+    assert {"MatMulInteger", "ConvInteger"} <= {n.op for n in model.nodes}
+    reference = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
+    sess = InferenceSession(model)
+    for _ in range(3):
+        x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+        want = reference.run(None, {"x": x})[0]
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

@@ -1,6 +1,6 @@
-"""QuantizeLinear and DequantizeLinear, the Q/DQ pairs of an int8-quantized ONNX model: a scale and
-zero point per tensor, per channel along ``axis``, or per block of ``block_size`` values along it
-(opset 21). The integer types are the ones a .dcm stores (int8, uint8, int16, and int32 for a bias
+"""QuantizeLinear and DequantizeLinear, the Q/DQ pairs of an int8-quantized ONNX model (and
+DynamicQuantizeLinear, the first step of a dynamically quantized one): a scale and zero point per
+tensor, per channel along ``axis``, or per block of ``block_size`` values along it (opset 21). The integer types are the ones a .dcm stores (int8, uint8, int16, and int32 for a bias
 to dequantize); float8, 4-bit and uint16 ones are refused at conversion with the type named.
 
 A quantized weight (a constant behind a DequantizeLinear) folds to float32 at conversion and is then
@@ -91,3 +91,18 @@ class QuantizeLinear(_Linear):
             q += self._param(zero_point, x, "zero point")
         low, high = QUANTIZED[out]
         return (np.clip(q, low, high).astype(out),)
+
+
+@register("DynamicQuantizeLinear")
+class DynamicQuantizeLinear(Kernel):
+    """x to uint8 on the scale and zero point of its own range (0 always inside it), as onnxruntime's
+    dynamic quantization feeds MatMulInteger: (y, scale, zero point). A kernel, not the ONNX function
+    body: the body is written at opset 11, whose Reduce ops mean something else from opset 13/18."""
+
+    def __call__(self, x):
+        high = np.float32(max(0.0, float(np.max(x)) if x.size else 0.0))
+        low = np.float32(min(0.0, float(np.min(x)) if x.size else 0.0))
+        scale = np.float32(1.0 if high == low else high - low) / np.float32(255)
+        zero = np.rint(np.clip(np.float32(0) - low / scale, 0, 255))
+        y = np.clip(np.rint(x / scale) + zero, 0, 255)
+        return y.astype(np.uint8), np.array(scale, dtype=x.dtype), np.array(zero, dtype=np.uint8)
