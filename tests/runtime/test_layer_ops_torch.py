@@ -3,6 +3,7 @@ and run by dcm: outputs within 1e-4 of torch's (relative to the largest output),
 size and sequence length where the export declared them symbolic; pruned recurrent weights run as
 sparse products."""
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -266,3 +267,23 @@ def test_decoder_exported_by_dynamo_matches_torch():
     sess = InferenceSession(from_onnx(onnx_bytes, ConvertOptions(exact=True)))
     _check(sess, model, (x,), ["x"])
     _check(sess, model, (torch.randn(3, 3, 12, 10),), ["x"])
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_fold_becomes_col2im(dynamo):
+    """torch's Fold (the inverse of an Unfold: overlapping patches summed back) exports as Col2Im."""
+
+    class Refold(nn.Module):
+        def forward(self, x):
+            patches = F.unfold(x, kernel_size=(3, 2), dilation=(1, 2), padding=1, stride=(2, 1))
+            return F.fold(patches * 2, output_size=(9, 8), kernel_size=(3, 2), dilation=(1, 2), padding=1,
+                          stride=(2, 1))
+
+    module, args = Refold().eval(), (torch.randn(2, 3, 9, 8),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        buf = io.BytesIO()
+        torch.onnx.export(module, args, buf, input_names=["x"], opset_version=18, dynamo=dynamo)
+    model = from_onnx(buf.getvalue(), ConvertOptions(exact=True))
+    assert "Col2Im" in {n.op for n in model.nodes}
+    _check(InferenceSession(model), module, args, ["x"])

@@ -1,6 +1,7 @@
 """ConvTranspose in any number of spatial dimensions: one product W^T [C_out/g * k, C_in/g] @ X
 [C_in/g, N * pixels] per group, then col2im, which adds each kernel tap's slab of the product into a
-strided slice of the output (a loop over the taps, never over pixels).
+strided slice of the output (a loop over the taps, never over pixels). Col2Im (torch's fold) is that
+last step alone.
 
 The weight [C_in, C_out/g, k...] is stored as the matrix [C_in, C_out/g * k] (``matrix_shape``), so
 W^T of a pruned layer is one CSR transpose per group at load time.
@@ -165,3 +166,37 @@ class ConvTranspose(Kernel):
     def describe(self) -> dict:
         known = {"density": self.density} if self.density is not None else {}  # None: a weight fed at run time
         return {"kernel": self.mode, **known, "groups": self.group}
+
+
+@register("Col2Im")
+class Col2Im(Kernel):
+    """Column blocks [N, C * prod(block_shape), L] summed back into images [N, C, *image_shape] (torch's
+    ``fold``, opset 18): each kernel offset's L values go to a strided slice of the padded image."""
+
+    def __call__(self, x, image_shape, block_shape):
+        image = [int(v) for v in np.asarray(image_shape).reshape(-1)]
+        block = [int(v) for v in np.asarray(block_shape).reshape(-1)]
+        nd = len(image)
+        if len(block) != nd or x.ndim != 3 or nd == 0:
+            raise ValueError(f"input {list(x.shape)}, image_shape {image}, block_shape {block}: [N, C * prod(block), L] "
+                             "and shapes of one length expected")
+        strides, dilations = axis_ints(self.attrs, "strides", nd, 1), axis_ints(self.attrs, "dilations", nd, 1)
+        pads = list(self.attrs.get("pads", [0] * 2 * nd))
+        if len(pads) != 2 * nd:
+            raise ValueError(f"pads has {len(pads)} values for {nd} spatial axes")
+        padded = [i + pads[a] + pads[a + nd] for a, i in enumerate(image)]
+        blocks = [(p - d * (k - 1) - 1) // s + 1 for p, k, s, d in zip(padded, block, strides, dilations)]
+        kernel = math.prod(block)
+        if min(blocks) < 1 or math.prod(blocks) != x.shape[2] or x.shape[1] % kernel:
+            raise ValueError(f"input {list(x.shape)} does not hold {kernel}-value blocks at {blocks} positions of an "
+                             f"image {image} (pads {pads}, strides {strides}, dilations {dilations})")
+        n, c = x.shape[0], x.shape[1] // kernel
+        check_elements([n, c, *padded], "Col2Im output")
+        out = np.zeros((n, c, *padded), x.dtype)
+        cols = x.reshape(n, c, *block, *blocks)
+        for offset in np.ndindex(*block):
+            window = tuple(slice(o * d, o * d + s * (b - 1) + 1, s)
+                           for o, d, s, b in zip(offset, dilations, strides, blocks))
+            out[(slice(None), slice(None), *window)] += cols[(slice(None), slice(None), *offset)]
+        crop = tuple(slice(pads[a], pads[a] + image[a]) for a in range(nd))
+        return (np.ascontiguousarray(out[(slice(None), slice(None), *crop)]),)
