@@ -86,21 +86,22 @@ def _body(node, fn, opset: int, prefix: str) -> list | None:
     return body
 
 
-def expand_functions(nodes: list, opset: int, types: dict, supported: Callable[[str], bool],
+def expand_functions(nodes: list, opset: int, types: dict, supported: Callable[[object, dict], bool],
                      depth: int = 0) -> list:
-    """``nodes`` (NodeProtos) with each default-domain node whose op is not ``supported`` replaced by
-    its function body, where ONNX defines one that applies (see the module docstring). ``types``: the
-    TypeProto of each value whose type is known (a context-dependent body needs its inputs')."""
+    """``nodes`` (NodeProtos) with each default-domain node the runtime does not run as it is
+    (``supported(node, types)`` false) replaced by its function body, where ONNX defines one that
+    applies (see the module docstring). ``types``: the TypeProto of each value whose type is known (a
+    context-dependent body needs its inputs'; a kernel may take only some forms of its op)."""
     out = []
     for i, node in enumerate(nodes):
         fn = None
-        if depth < MAX_DEPTH and node.domain in ("", "ai.onnx") and not supported(node.op_type):
+        if depth < MAX_DEPTH and node.domain in ("", "ai.onnx") and not supported(node, types):
             fn = _function(node, opset, types)
         body = None if fn is None else _body(node, fn, opset, f"{node.name or node.op_type}_{i}/")
         if body is None:
             out.append(node)
             continue
-        if not all(supported(n.op_type) for n in body):  # inner function ops may need their inputs' types
+        if not all(supported(n, types) for n in body):  # inner function ops may need their inputs' types
             types = {**types, **_inferred(body, node, opset, types)}
         out.extend(expand_functions(body, opset, types, supported, depth + 1))
     return out

@@ -235,9 +235,20 @@ class _Graph:
         from dcm.runtime.cpu import REGISTRY  # what the runtime can execute (numpy-only import)
 
         types = {t.name: onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)) for t in g.initializer}
-        types.update({v.name: v.type for v in [*g.value_info, *inferred.value_info, *inferred.input, *inferred.output]
-                      if v.type.HasField("tensor_type")})
-        self.nodes = expand_functions([_copy(n) for n in g.node], self.opset, types, REGISTRY.__contains__)
+        for v in [*inferred.value_info, *inferred.input, *inferred.output, *g.value_info]:
+            known = types.get(v.name)
+            if v.type.HasField("tensor_type") and (known is None or len(v.type.tensor_type.shape.dim)
+                                                   >= len(known.tensor_type.shape.dim)):
+                types[v.name] = v.type  # the exporter's own value infos last: inference may know less
+        def runs(node, known: dict) -> bool:  # a registry op, in a form its kernel takes
+            kernel = REGISTRY.get(node.op_type)
+            return kernel is not None and kernel.takes_onnx(node, known)
+
+        self.nodes = expand_functions([_copy(n) for n in g.node], self.opset, types, runs)
+        for node in self.nodes:
+            if node.op_type in REGISTRY and not runs(node, types):
+                raise ConversionError(f"unsupported op {node.op_type} in node {node.name!r}: its kernel does not run "
+                                      "this form of it, and its ONNX function body could not replace it")
 
     def static_shape(self, name: str) -> list[int] | None:
         s = self.shapes.get(name)

@@ -145,6 +145,13 @@ class Kernel:
     def __call__(self, *inputs: Any) -> tuple:
         raise NotImplementedError
 
+    @classmethod
+    def takes_onnx(cls, node, types: dict) -> bool:
+        """Whether this kernel runs the ONNX node (a NodeProto; ``types``: the TypeProtos known of its
+        values) as it is. Where it does not, the converter replaces the node by its ONNX function body
+        (dcm/converters/functions.py); a kernel that runs only some forms of its op says which here."""
+        return True
+
     def load_input(self, ctx: LoadContext, i: int) -> np.ndarray | None:
         """Input i decoded now when it is a constant (the kernel then gets None for it on every run,
         and keeps what this returns); None when it is absent or computed at run time (the kernel

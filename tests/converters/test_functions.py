@@ -2,7 +2,7 @@
 turn where a body calls one: SoftmaxCrossEntropyLoss): opset 23's Attention (from torch's dynamo
 exporter too), a window function that folds to a constant; a body whose ops mean something else at
 the model's opset, or one that needs an input type nobody knows, is left alone and the op named as
-unsupported."""
+unsupported. Attention in the form torch writes runs on the fused attention kernel instead."""
 import io
 import warnings
 
@@ -25,24 +25,38 @@ def _attention_model(opset: int = 23, **attrs) -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]).SerializeToString()
 
 
-def _attention(q, k, v, causal: bool) -> np.ndarray:
+def _attention(q, k, v, causal: bool, softcap: float = 0.0) -> np.ndarray:
     s = q.astype(np.float64) @ k.swapaxes(-1, -2) / np.sqrt(q.shape[-1])
+    if softcap:
+        s = softcap * np.tanh(s / softcap)
     if causal:
         s = np.where(np.tril(np.ones(s.shape[-2:], bool)), s, -np.inf)
     p = np.exp(s - s.max(-1, keepdims=True))
     return (p / p.sum(-1, keepdims=True)) @ v
 
 
+def _runs(node, types) -> bool:
+    return node.op_type in REGISTRY and REGISTRY[node.op_type].takes_onnx(node, types)
+
+
 @pytest.mark.parametrize("causal", [0, 1])
-def test_attention_becomes_its_body(causal):
-    assert "Attention" not in REGISTRY
-    model = from_onnx(_attention_model(is_causal=causal), ConvertOptions(exact=True))
-    assert "Attention" not in {n.op for n in model.nodes}
-    assert all(n.name.startswith("attn_0/") for n in model.nodes)  # the body's nodes say whose they are
+@pytest.mark.parametrize("softcap", [0.0, 50.0])
+def test_attention_runs_fused_or_as_its_body(causal, softcap):
+    """The form torch writes (4-D, no softcap) runs on the fused attention kernel; another form (a
+    softcap) becomes the op's ONNX function body."""
+    model = from_onnx(_attention_model(is_causal=causal, **({"softcap": softcap} if softcap else {})),
+                      ConvertOptions(exact=True))
+    ops = {n.op for n in model.nodes}
+    if softcap:
+        assert "Attention" not in ops and all(n.name.startswith("attn_0/") for n in model.nodes)
+    else:
+        assert ops == {"Attention"}
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((1, 2, 5, 8)).astype(np.float32) for _ in range(3))
-    got = InferenceSession(model).run(None, {"q": q, "k": k, "v": v})[0]
-    np.testing.assert_allclose(got, _attention(q, k, v, bool(causal)), rtol=1e-5, atol=1e-6)
+    want = _attention(q, k, v, bool(causal), softcap)
+    for device in ("cpu", "torch-cpu"):
+        got = InferenceSession(model, device=device).run(None, {"q": q, "k": k, "v": v})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_a_window_of_constant_size_folds_to_a_constant():
@@ -58,15 +72,15 @@ def test_a_window_of_constant_size_folds_to_a_constant():
 def test_a_body_whose_ops_changed_meaning_is_left(monkeypatch):
     monkeypatch.setattr(functions, "_same_meaning", lambda op, version, opset: False)
     with pytest.raises(ConversionError, match="unsupported op Attention"):
-        from_onnx(_attention_model())
+        from_onnx(_attention_model(softcap=50.0))
 
 
 def test_a_context_dependent_body_needs_its_input_types():
-    node = helper.make_node("Attention", ["q", "k", "v"], ["y"])
-    kept = functions.expand_functions([node], 23, {}, REGISTRY.__contains__)  # no types known
+    node = helper.make_node("Attention", ["q", "k", "v"], ["y"], softcap=50.0)
+    kept = functions.expand_functions([node], 23, {}, _runs)  # no types known
     assert [n.op_type for n in kept] == ["Attention"]
     types = {n: helper.make_tensor_type_proto(TensorProto.FLOAT, [1, 2, 5, 8]) for n in "qkv"}
-    expanded = functions.expand_functions([node], 23, types, REGISTRY.__contains__)
+    expanded = functions.expand_functions([node], 23, types, _runs)
     assert len(expanded) > 1 and all(n.op_type in REGISTRY for n in expanded)
 
 
@@ -95,6 +109,7 @@ def test_torch_sdpa_exported_at_opset_23():
 
     assert "Attention" in {n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node}
     sess = InferenceSession(from_onnx(buf.getvalue(), ConvertOptions(exact=True)))
+    assert any(d["op"] == "Attention" and d.get("kernel") == "attention" for d in sess.describe())  # fused
     for n in (7, 12):
         x = torch.randn(1, n, 16)
         with torch.no_grad():

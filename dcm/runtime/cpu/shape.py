@@ -563,11 +563,22 @@ class Cast(Kernel):
         super().__init__(node, ctx)
         to = int(self.attrs["to"])
         if to not in ONNX_NUMPY:
-            raise UnsupportedOpError(f"Cast {node.name!r}: target type {to} is not supported")
-        self.to = ONNX_NUMPY[to]
+            raise UnsupportedOpError(f"{node.op} {node.name!r}: target type {to} is not supported")
+        self.to = np.dtype(ONNX_NUMPY[to])
 
     def __call__(self, x):
         return (np.asarray(x).astype(self.to),)
+
+
+@register("BitCast")
+class BitCast(Cast):
+    """The same bits read as another type of the same width (opset 26): float32 <-> int32, ..."""
+
+    def __call__(self, x):
+        if x.dtype.itemsize != self.to.itemsize:
+            raise ValueError(f"{x.dtype} ({8 * x.dtype.itemsize} bits) and {self.to} ({8 * self.to.itemsize} bits) "
+                             "differ in width")
+        return (np.require(x, requirements="C").view(self.to).copy(),)  # (a copy: the input may be written after)
 
 
 @register("CastLike")
