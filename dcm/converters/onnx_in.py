@@ -240,6 +240,7 @@ class _Graph:
             if v.type.HasField("tensor_type") and (known is None or len(v.type.tensor_type.shape.dim)
                                                    >= len(known.tensor_type.shape.dim)):
                 types[v.name] = v.type  # the exporter's own value infos last: inference may know less
+
         def runs(node, known: dict) -> bool:  # a registry op, in a form its kernel takes
             kernel = REGISTRY.get(node.op_type)
             return kernel is not None and kernel.takes_onnx(node, known)
@@ -300,8 +301,8 @@ def _taken_branch(node, g: _Graph, serial: int) -> list:
         raise ConversionError(f"node {node.name or 'If'!r} (If): the branch has {len(branch.output)} outputs for "
                               f"{len(node.output)}")
     prefix = f"{node.name or 'If'}_{serial}/"
-    inner = {o for n in branch.node for o in n.output} | {t.name for t in branch.initializer}
     produced = {o for n in branch.node for o in n.output}
+    inner = produced | {t.name for t in branch.initializer}
     names: dict[str, str] = {}
     for v, out in zip(branch.output, node.output):
         if v.name in produced:

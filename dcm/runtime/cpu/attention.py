@@ -195,11 +195,15 @@ class OnnxAttention(Kernel):
 
     PLAIN_ATTRIBUTES = {"is_causal", "scale", "softmax_precision", "softcap", "qk_matmul_output_mode"}
 
+    @classmethod
+    def _plain(cls, attrs: dict, inputs: list[str], outputs: list[str]) -> bool:
+        """Torch's form, as far as the node alone tells: its attributes, no KV cache, one output."""
+        return not (set(attrs) - cls.PLAIN_ATTRIBUTES or attrs.get("softcap", 0.0)
+                    or attrs.get("qk_matmul_output_mode", 0) or len(inputs) < 3 or any(inputs[4:]) or any(outputs[1:]))
+
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        extra = set(self.attrs) - self.PLAIN_ATTRIBUTES
-        if (extra or self.attrs.get("softcap", 0.0) or self.attrs.get("qk_matmul_output_mode", 0)
-                or any(node.inputs[4:]) or len(node.inputs) < 3 or len(node.outputs) > 1):
+        if not self._plain(self.attrs, node.inputs, node.outputs):
             raise UnsupportedOpError(f"Attention {node.name!r}: only Q, K, V (and a mask), is_causal and scale are "
                                      f"run here (attributes {sorted(self.attrs)})")
         self.causal = bool(self.attrs.get("is_causal", 0))
@@ -211,9 +215,8 @@ class OnnxAttention(Kernel):
     def takes_onnx(cls, node, types: dict) -> bool:
         from onnx import helper
 
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (set(attrs) - cls.PLAIN_ATTRIBUTES or attrs.get("softcap", 0.0) or attrs.get("qk_matmul_output_mode", 0)
-                or len(node.input) < 3 or any(node.input[4:]) or any(node.output[1:])):
+        if not cls._plain({a.name: helper.get_attribute_value(a) for a in node.attribute}, list(node.input),
+                          list(node.output)):
             return False
         dims = []
         for name in node.input[:3]:

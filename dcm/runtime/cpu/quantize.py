@@ -1,7 +1,8 @@
 """QuantizeLinear and DequantizeLinear, the Q/DQ pairs of an int8-quantized ONNX model (and
 DynamicQuantizeLinear, the first step of a dynamically quantized one): a scale and zero point per
-tensor, per channel along ``axis``, or per block of ``block_size`` values along it (opset 21). The integer types are the ones a .dcm stores (int8, uint8, int16, and int32 for a bias
-to dequantize); float8, 4-bit and uint16 ones are refused at conversion with the type named.
+tensor, per channel along ``axis``, or per block of ``block_size`` values along it (opset 21). The
+integer types are the ones a .dcm stores (int8, uint8, int16, and int32 for a bias to dequantize);
+float8, 4-bit and uint16 ones are refused at conversion with the type named.
 
 A quantized weight (a constant behind a DequantizeLinear) folds to float32 at conversion and is then
 coded like any other weight; the pairs on activations run here, in float32, as onnx's reference
@@ -42,6 +43,10 @@ def broadcast_param(value: np.ndarray, shape: tuple[int, ...], axis: int, block_
 
 
 class _Linear(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.out = self._output_type(node)
+
     def _param(self, value: np.ndarray, x: np.ndarray, what: str) -> np.ndarray:
         return broadcast_param(np.asarray(value), x.shape, int(self.attrs.get("axis", 1)),
                                int(self.attrs.get("block_size", 0)), what)
@@ -56,10 +61,6 @@ class _Linear(Kernel):
 
 @register("DequantizeLinear")
 class DequantizeLinear(_Linear):
-    def __init__(self, node, ctx):
-        super().__init__(node, ctx)
-        self.out = self._output_type(node)
-
     def __call__(self, x, scale, zero_point=None):
         if x.dtype not in DEQUANTIZED:
             raise ValueError(f"input of type {x.dtype}: int8, uint8, int16 or int32 expected")
@@ -76,7 +77,6 @@ class DequantizeLinear(_Linear):
 class QuantizeLinear(_Linear):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.out = self._output_type(node)
         if self.out is not None and self.out not in QUANTIZED:
             raise UnsupportedOpError(f"QuantizeLinear {node.name!r}: output type {self.out} is not supported")
 
