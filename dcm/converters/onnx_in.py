@@ -219,6 +219,10 @@ class _Graph:
         # it (protobuf keeps all of a message's bytes in one arena, every initializer included).
         self.consts = {t.name: _array(t, f"initializer {t.name!r}") for t in g.initializer}
         self.inputs = [_value_info(v) for v in g.input if v.name not in self.consts]
+        for v in g.input:  # without a shape the rank is unknown, and no kernel can be planned for it
+            if v.name not in self.consts and not v.type.tensor_type.HasField("shape"):
+                raise ConversionError(f"input {v.name!r} declares no shape, so its rank is unknown: give the "
+                                      "input its dims (symbolic names where sizes vary, [] for a scalar)")
         try:
             if not _int32_attributes(g):
                 raise ValueError("an integer attribute past int32")

@@ -43,6 +43,12 @@ def _shape_without_input():
     return _model(helper.make_node("Shape", [], ["y"]))
 
 
+def _input_without_shape():
+    model = _model(helper.make_node("Relu", ["x"], ["y"]))
+    model.graph.input[0].type.tensor_type.ClearField("shape")  # a rank-less input: not a scalar
+    return model
+
+
 CASES = {
     "initializer data shorter than its dims": (_short_initializer, "initializer 'b': its data does not match"),
     "tensor attribute data shorter than its dims": (_short_tensor_attribute, "attribute 'value': its data"),
@@ -50,6 +56,7 @@ CASES = {
     "string list attribute not UTF-8": (lambda: _string_attribute([b"\xff"]), "not UTF-8"),
     "op type not UTF-8": (lambda: _op_type(b"R\x80lu"), "op type.*not UTF-8"),
     "Shape without its input": (_shape_without_input, "node 'Shape'"),
+    "input without a shape": (_input_without_shape, "input 'x' declares no shape"),
 }
 
 
