@@ -2,7 +2,7 @@
 per layer shape, at batch 1 on one thread; and (``--lanes``) where the compiled kernel for few
 input channels (``conv_lanes2d``) beats im2col + BLAS on dense layers.
 
-    python -m benchmarks.conv_choice [--quick] [--lanes | --pruned] [--docs]
+    python -m benchmarks.conv_choice [--quick] [--lanes | --stems | --pruned] [--docs]
 
 Each layer (channels, kernel, input size) is pruned by magnitude to each density and timed with
 every kernel forced: ``direct`` (kernels="sparse"), ``winograd`` (kernels="dense", 3x3 stride 1)
@@ -15,6 +15,12 @@ Writes benchmarks/results/conv_choice.json; ``--docs`` also writes docs/kernel-c
 interleaved and timed by the thread's CPU clock, so that other processes on a shared machine move
 all three alike. Writes benchmarks/results/conv_lanes.json and the table between the
 ``conv_lanes table`` markers.
+
+``--stems`` times the strided stems pruned to 30-70% density with ``conv_lanes2d`` (kernels="dense")
+and the direct sparse kernel (kernels="sparse") forced, the static choice and onnxruntime alongside,
+interleaved by the thread's CPU clock as ``--lanes``: where the direct kernel runs strided layers
+(AVX-512) the density from which lanes wins (``Conv._lanes_min_density``). Writes
+benchmarks/results/conv_stems.json and the table between the ``conv_stems table`` markers.
 
 ``--pruned`` times ResNet-18's 3x3 stride-1 layers pruned to 20-50% density (the zoo prunes ResNets to
 30%) at batch 1 and 8, on 1 and 2 threads: the direct sparse kernel, Winograd on the densified
@@ -42,6 +48,7 @@ DOCS = Path(__file__).parent.parent / "docs" / "kernel-choice.md"
 TABLE_START, TABLE_END = "<!-- conv_choice table -->", "<!-- end conv_choice table -->"
 LANES_START, LANES_END = "<!-- conv_lanes table -->", "<!-- end conv_lanes table -->"
 PRUNED_START, PRUNED_END = "<!-- conv_pruned table -->", "<!-- end conv_pruned table -->"
+STEMS_START, STEMS_END = "<!-- conv_stems table -->", "<!-- end conv_stems table -->"
 
 # (in = out channels, kernel, input height = width): ResNet/MobileNet-like layers.
 LAYERS = [(32, 3, 56), (64, 3, 56), (128, 3, 28), (256, 3, 14), (64, 1, 56), (256, 1, 14), (32, 1, 112)]
@@ -53,6 +60,10 @@ LANE_LAYERS = [(3, 32, 3, 2, 224), (3, 40, 4, 4, 224), (3, 32, 3, 1, 128), (3, 6
                (32, 32, 3, 1, 128), (24, 24, 3, 1, 128), (20, 32, 3, 1, 128), (32, 64, 3, 2, 112), (32, 64, 3, 1, 128),
                (32, 128, 3, 1, 56)]
 
+# The strided stems of LANE_LAYERS (MobileNetV2/EfficientNet, ConvNeXt, ResNet), a narrow one, and the
+# densities the zoo prunes them to.
+STEM_LAYERS = [(3, 32, 3, 2, 224), (3, 40, 4, 4, 224), (3, 64, 7, 2, 224), (3, 16, 3, 2, 128)]
+STEM_DENSITIES = [0.3, 0.5, 0.7]
 
 # (channels, input size): ResNet-18's 3x3 stride-1 layers, one per stage.
 PRUNED_LAYERS = [(64, 56), (128, 28), (256, 14), (512, 7)]
@@ -135,19 +146,56 @@ def measure_lanes(layers, reps: int = 40) -> list[dict]:
             finally:
                 lanes.MAX_TAPS, lanes.MAX_TAPS_3X3 = previous
                 conv.Conv.allow_winograd = True
-        times = {name: [] for name in runs}
-        with threadpool_limits(1):
-            for _ in range(reps):
-                for name, sess in runs.items():
-                    start = time.thread_time()
-                    sess.run(None, {"x": x})
-                    times[name].append(time.thread_time() - start)
         row = {"in": c, "out": k_out, "kernel": k, "stride": stride, "size": h, "taps": c * k * k,
-               **{f"{name}_ms": float(np.median(t)) * 1e3 for name, t in times.items()},
-               "chosen": runs["auto"].describe()[0]["kernel"]}
+               **_interleaved_ms(runs, x, reps), "chosen": runs["auto"].describe()[0]["kernel"]}
         print(row, flush=True)
         rows.append(row)
     return rows
+
+
+def _interleaved_ms(runs: dict, x: np.ndarray, reps: int) -> dict[str, float]:
+    """{"<name>_ms": median ms by the thread's CPU clock}, the sessions' calls interleaved one by one."""
+    times = {name: [] for name in runs}
+    with threadpool_limits(1):
+        for _ in range(reps):
+            for name, sess in runs.items():
+                start = time.thread_time()
+                sess.run(None, {"x": x})
+                times[name].append(time.thread_time() - start)
+    return {f"{name}_ms": float(np.median(t)) * 1e3 for name, t in times.items()}
+
+
+def measure_stems(layers, densities, reps: int = 40) -> list[dict]:
+    """Per pruned strided stem and density: conv_lanes2d, the direct sparse kernel, the static choice
+    and onnxruntime, one thread."""
+    rows = []
+    for c, k_out, k, stride, h in layers:
+        x = np.random.default_rng(1).standard_normal((1, c, h, h)).astype(np.float32)
+        for density in densities:
+            data = _onnx(c, k, h, density, out=k_out, stride=stride)
+            model = from_onnx(data, ConvertOptions(exact=True))
+            runs = {"onnxruntime": onnxruntime_session(data, 1), "auto": InferenceSession(model, threads=1),
+                    "lanes": InferenceSession(model, kernels="dense", threads=1),
+                    "direct": InferenceSession(model, kernels="sparse", threads=1)}
+            kinds = {name: runs[name].describe()[0]["kernel"] for name in ("auto", "lanes", "direct")}
+            row = {"in": c, "out": k_out, "kernel": k, "stride": stride, "size": h, "density": density,
+                   **_interleaved_ms(runs, x, reps), "chosen": kinds["auto"], "lanes_kernel": kinds["lanes"],
+                   "direct_kernel": kinds["direct"]}
+            print(row, flush=True)
+            rows.append(row)
+    return rows
+
+
+def stems_table(rows: list[dict]) -> str:
+    lines = ["| stem (C_in->C_out, k, stride, H) | density | lanes ms | direct ms | chosen | its ms | onnxruntime ms |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        layer = f"{r['in']}->{r['out']}, {r['kernel']}x{r['kernel']}, /{r['stride']}, {r['size']}"
+        lanes_ms = f"{r['lanes_ms']:.3f}" + ("" if r["lanes_kernel"] == "lanes" else f" ({r['lanes_kernel']})")
+        direct_ms = f"{r['direct_ms']:.3f}" + ("" if r["direct_kernel"] == "direct" else f" ({r['direct_kernel']})")
+        lines.append(f"| {layer} | {r['density']:.2f} | {lanes_ms} | {direct_ms} | {r['chosen']} | "
+                     f"{r['auto_ms']:.3f} | {r['onnxruntime_ms']:.3f} |")
+    return "\n".join(lines)
 
 
 def measure_pruned(layers, densities, batches=(1, 8), threads=(1, 2), reps: int = 15) -> list[dict]:
@@ -230,6 +278,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="three layers, three densities")
     ap.add_argument("--lanes", action="store_true", help="few-input-channel dense layers: conv_lanes2d against gemm")
+    ap.add_argument("--stems", action="store_true", help="pruned strided stems: conv_lanes2d against direct")
     ap.add_argument("--pruned", action="store_true", help="ResNet-18's pruned 3x3 layers: direct against Winograd")
     ap.add_argument("--docs", action="store_true", help="rewrite the table in docs/kernel-choice.md")
     args = ap.parse_args()
@@ -241,6 +290,14 @@ def main() -> None:
         print(f"wrote {path}")
         if args.docs:
             replace_between(DOCS, PRUNED_START, PRUNED_END, pruned_table(rows))
+        return
+    if args.stems:
+        rows = measure_stems(STEM_LAYERS[2:3] if args.quick else STEM_LAYERS, STEM_DENSITIES)
+        path = save("conv_stems", {"batch": 1, "threads": 1, "rows": rows})
+        print(stems_table(rows))
+        print(f"wrote {path}")
+        if args.docs:
+            replace_between(DOCS, STEMS_START, STEMS_END, stems_table(rows))
         return
     if args.lanes:
         rows = measure_lanes(LANE_LAYERS[::2] if args.quick else LANE_LAYERS)

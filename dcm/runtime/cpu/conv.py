@@ -143,11 +143,8 @@ class Conv(Kernel):
         wide_3x3 = self.allow_winograd and eligible(self.kernel, self.strides, self.dilations, self.group, shape[1],
                                                      shape[0])
         depthwise_layer = native.depthwise2d is not None and is_depthwise(self.group, shape)
-        # lanes against direct, which skips pruned weights; where direct cannot run (horizontal stride 2:
-        # the stems), against im2col, which only a very sparse weight makes faster
         few_inputs = (lanes.eligible(self.group, shape, self.pointwise, wide_3x3)
-                      and (requested == "dense" or self.density >= lanes.MIN_DENSITY
-                           or (self.strides[1] != 1 and self.density > IM2COL_SPARSE_MAX_DENSITY)))
+                      and (requested == "dense" or self.density > self._lanes_min_density()))
         if self.allow_direct and requested != "sparse" and (depthwise_layer or few_inputs):
             dense = w.to_scipy().toarray() if self.mode == "sparse" else w
             weight = np.ascontiguousarray(dense.reshape(shape[0], shape[1], *self.kernel), dtype=np.float32)
@@ -220,6 +217,22 @@ class Conv(Kernel):
         else:
             self.direct, self.mode = None, "dense"
         return self.tuned == "direct"
+
+    def _lanes_min_density(self) -> float:
+        """The weight density above which conv_lanes2d takes a layer it can run. At stride 1 it races the
+        direct kernel, which skips pruned weights (lanes.MIN_DENSITY). A strided layer (the stems) the
+        direct kernel runs only on AVX-512 and only up to DIRECT_MAX_DENSITY_AVX512, its limit for
+        strided layers, below which it wins or ties: one layer, batch 1, one thread, Xeon (AVX-512), lanes
+        against direct, ms: 3->64 7x7/2 at 224x224 1.97 / 1.54 at 30%, 1.87 / 2.04 at 50%; 3->32 3x3/2 at
+        224x224 0.51 / 0.51 at 30%, 0.50 / 0.55 at 50%; 3->16 3x3/2 at 128x128 0.088 / 0.066 at 30%
+        (`python -m benchmarks.conv_choice --stems`). Elsewhere lanes races im2col,
+        which only a very sparse weight makes faster."""
+        if self.strides[1] == 1:
+            return lanes.MIN_DENSITY - 1e-9  # taken at MIN_DENSITY itself
+        avx512 = native.batched_simd is not None and native.batched_simd() == "avx512"
+        if avx512 and self.strides[1] <= DIRECT_MAX_STRIDE_AVX512 and self.allow_direct:
+            return DIRECT_MAX_DENSITY_AVX512
+        return IM2COL_SPARSE_MAX_DENSITY
 
     def _direct_weight(self, requested: str | None, w, shape):
         """The weight for the direct sparse convolution, where it is the faster kernel (see

@@ -26,9 +26,8 @@ MAX_TAPS_3X3 = 288
 # Weight density from which it also beats the direct sparse kernel, whose time falls with the density
 # where this one's does not (one layer, batch 1, one thread: 3->32 3x3 at 128x128 0.54 against 0.52
 # ms at 50%, 0.55 against 0.64 at 70%; 16->16 at 112x112 1.02 against 1.12 at 70%; LeNet-5's conv1,
-# 1->20 5x5 at 28x28, 0.041 against 0.037 at 70%). Where direct cannot run (horizontal stride 2) it
-# is chosen at any density that im2col would not take sparse (conv.py; a stem at 50%: 0.45 against
-# 0.69 ms for im2col + BLAS).
+# 1->20 5x5 at 28x28, 0.041 against 0.037 at 70%). Strided layers (the stems) have their own limit
+# (conv.py, Conv._lanes_min_density).
 MIN_DENSITY = 0.75
 
 
