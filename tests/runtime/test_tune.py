@@ -123,11 +123,13 @@ def _conv_model(channels: int, density: float, seed: int = 0):
     return from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), ConvertOptions(exact=True))
 
 
-@pytest.mark.parametrize("channels, density, default", [(16, 0.3, "direct"), (64, 0.4, "winograd")])
-@pytest.mark.parametrize("winner", ["direct", "dense"])
-def test_conv_times_direct_against_its_dense_form(monkeypatch, channels, density, default, winner):
-    """A pruned conv with tune holds the direct kernel and the dense form (Winograd or im2col + BLAS)
-    until its first run, which keeps the winner: same outputs either way."""
+@pytest.mark.parametrize("channels, density, default, rival", [(16, 0.3, "direct", "lanes"),
+                                                                (64, 0.4, "winograd", "dense")])
+@pytest.mark.parametrize("direct_wins", [True, False])
+def test_conv_times_direct_against_its_dense_form(monkeypatch, channels, density, default, rival, direct_wins):
+    """A pruned conv with tune holds the direct kernel and its rival until its first run, which keeps
+    the winner: same outputs either way. The rival is conv_lanes2d on a layer of few input channels
+    (16 here: 144 taps), else the dense form (Winograd or im2col + BLAS)."""
     if native.SparseConv is None:
         pytest.skip("built without the compiled kernels")
     model = _conv_model(channels, density)
@@ -135,14 +137,17 @@ def test_conv_times_direct_against_its_dense_form(monkeypatch, channels, density
     plain = InferenceSession(model, threads=1)
     assert plain.describe()[0]["kernel"] == default and "tuned" not in plain.describe()[0]
     want = plain.run(None, {"x": x})[0]
+    winner = "direct" if direct_wins else rival
     monkeypatch.setattr(tune, "race", lambda candidates, **_: {k: 0.0 if k == winner else 1.0 for k in candidates})
     sess = InferenceSession(model, threads=1, tune=True)
     assert sess.describe()[0]["tuned"] == "pending"
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-4)
     info = sess.describe()[0]
-    assert info["tuned"] == winner and (info["kernel"] == "direct") == (winner == "direct")
+    assert info["tuned"] == winner and info["kernel"] == ("direct" if direct_wins else default if rival == "dense"
+                                                          else rival)
     conv = sess._kernels[0]
-    assert (conv.winograd is None and conv.mms == []) if winner == "direct" else conv.direct is None  # loser dropped
+    dropped = (conv.winograd is None and conv.mms == [] and conv.lanes_weight is None) if direct_wins else conv.direct is None
+    assert dropped  # the loser's weight is not kept
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-4)
     races = tune.RACES[0]
     again = InferenceSession(model, threads=1, tune=True)
@@ -156,6 +161,30 @@ def test_conv_override_and_dense_layers_are_not_tuned():
     want = InferenceSession(model, threads=1).run(None, {"x": x})[0]
     timed = InferenceSession(model, threads=1, tune=True)  # a real race
     np.testing.assert_allclose(timed.run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-4)
-    assert timed.describe()[0]["tuned"] in ("direct", "dense")
+    assert timed.describe()[0]["tuned"] in ("direct", "lanes")
     assert "tuned" not in InferenceSession(model, threads=1, tune=True, kernels="dense").describe()[0]
     assert "tuned" not in InferenceSession(_conv_model(16, 0.9), threads=1, tune=True).describe()[0]
+
+
+def test_pruned_stem_races_lanes_against_direct():
+    """A pruned strided stem (ResNet's 7x7/2, 30% kept): with tune, conv_lanes2d against the direct
+    kernel where the direct kernel runs strided layers (AVX-512), the static rule elsewhere."""
+    if native.SparseConv is None:
+        pytest.skip("built without the compiled kernels")
+    rng = np.random.default_rng(5)
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], pads=[3] * 4, strides=[2, 2], name="stem"),
+                           helper.make_node("Relu", ["c"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 30, 30])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(_pruned(rng, (16, 3, 7, 7), 0.3), "w")])
+    model = from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), ConvertOptions(exact=True))
+    x = rng.standard_normal((1, 3, 30, 30)).astype(np.float32)
+    want = InferenceSession(model, threads=1).run(None, {"x": x})[0]
+    sess = InferenceSession(model, threads=1, tune=True)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-4)
+    info = sess.describe()[0]
+    if native.batched_simd() == "avx512":
+        assert info["tuned"] in ("lanes", "direct") and info["kernel"] == info["tuned"]
+    else:
+        assert "tuned" not in info
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-4)

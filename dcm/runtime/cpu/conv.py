@@ -143,15 +143,20 @@ class Conv(Kernel):
         wide_3x3 = self.allow_winograd and eligible(self.kernel, self.strides, self.dilations, self.group, shape[1],
                                                      shape[0])
         depthwise_layer = native.depthwise2d is not None and is_depthwise(self.group, shape)
-        few_inputs = (lanes.eligible(self.group, shape, self.pointwise, wide_3x3)
-                      and (requested == "dense" or self.density > self._lanes_min_density()))
-        if self.allow_direct and requested != "sparse" and (depthwise_layer or few_inputs):
+        lanes_layer = lanes.eligible(self.group, shape, self.pointwise, wide_3x3)
+        few_inputs = lanes_layer and (requested == "dense" or self.density > self._lanes_min_density())
+        # tune: a pruned layer lanes can take races it against the direct kernel, its rival on such layers
+        rival = (self._direct_weight("sparse", w, shape) if ctx.tune and requested is None and lanes_layer
+                 and not depthwise_layer and self.allow_direct and self.density <= TUNE_MAX_DENSITY else None)
+        if self.allow_direct and requested != "sparse" and (depthwise_layer or few_inputs or rival is not None):
             dense = w.to_scipy().toarray() if self.mode == "sparse" else w
             weight = np.ascontiguousarray(dense.reshape(shape[0], shape[1], *self.kernel), dtype=np.float32)
             if depthwise_layer:
                 self.depthwise_weight = weight[:, 0]  # [C * multiplier, kh, kw], still contiguous
             else:
                 self.lanes_weight = weight
+            if rival is not None:  # both held until the first run (_race_lanes)
+                self.direct, self.tuning = rival, True
             self.mode, self.bias_vector = "dense", None if b is None else np.ascontiguousarray(self.bias.reshape(-1))
             return
         self.direct = self._direct_weight(requested, w, shape)
@@ -217,6 +222,19 @@ class Conv(Kernel):
         else:
             self.direct, self.mode = None, "dense"
         return self.tuned == "direct"
+
+    def _race_lanes(self, x: np.ndarray) -> None:
+        """``tune`` on a pruned layer of few input channels: time conv_lanes2d against the direct kernel
+        on this input (or reuse the process's decision), then drop the loser. Their break-even density
+        moves with the window and the output channels ("Pruned stems", docs/kernel-choice.md)."""
+        key = ("conv-lanes", self.in_channels, self.out_channels, self.kernel, self.group, self.direct_weights,
+               self.strides, self.dilations, repr(self.pad_attrs), x.shape, self.threads)
+        self.tuning = False  # the direct candidate runs _conv's own dispatch, untimed
+        self.tuned = tune.choose(key, {"lanes": lambda: self._lanes(x, None), "direct": lambda: self._conv(x)[0]})
+        if self.tuned == "direct":
+            self.lanes_weight, self.mode, self.quiet = None, "sparse", True
+        else:
+            self.direct = None
 
     def _lanes_min_density(self) -> float:
         """The weight density above which conv_lanes2d takes a layer it can run. At stride 1 it races the
@@ -319,6 +337,8 @@ class Conv(Kernel):
         return y.astype(x.dtype, copy=False) if x.dtype in (np.float16, np.float64) else y  # float32 work
 
     def __call__(self, x, w=None, b=None, residual=None):
+        if self.tuning and self.lanes_weight is not None:
+            self._race_lanes(x)
         e = self.epilogue
         if self.depthwise_weight is not None or self.lanes_weight is not None:  # they apply the activation
             act = self._own_act(residual, e)
