@@ -19,7 +19,7 @@ all three alike. Writes benchmarks/results/conv_lanes.json and the table between
 ``--stems`` times the strided stems pruned to 30-70% density with ``conv_lanes2d`` (kernels="dense")
 and the direct sparse kernel (kernels="sparse") forced, the static choice and onnxruntime alongside,
 interleaved by the thread's CPU clock as ``--lanes``: where the direct kernel runs strided layers
-(AVX-512) the density from which lanes wins (``Conv._lanes_min_density``). Writes
+(AVX-512) the density from which lanes wins (``Conv._lanes_beats_rival``). Writes
 benchmarks/results/conv_stems.json and the table between the ``conv_stems table`` markers.
 
 ``--pruned`` times ResNet-18's 3x3 stride-1 layers pruned to 20-50% density (the zoo prunes ResNets to

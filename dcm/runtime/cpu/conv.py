@@ -93,6 +93,11 @@ TUNE_MAX_DENSITY = 0.6
 DIRECT_SMALL_WEIGHTS = 32_768
 
 
+def _avx512() -> bool:
+    """Whether the compiled kernels run their AVX-512 paths (the direct kernel's strided and wide forms)."""
+    return native.batched_simd is not None and native.batched_simd() == "avx512"
+
+
 @register("Conv")
 class Conv(Kernel):
     weight_inputs = (1,)
@@ -144,7 +149,7 @@ class Conv(Kernel):
                                                      shape[0])
         depthwise_layer = native.depthwise2d is not None and is_depthwise(self.group, shape)
         lanes_layer = lanes.eligible(self.group, shape, self.pointwise, wide_3x3)
-        few_inputs = lanes_layer and (requested == "dense" or self.density > self._lanes_min_density())
+        few_inputs = lanes_layer and (requested == "dense" or self._lanes_beats_rival())
         # tune: a pruned layer lanes can take races it against the direct kernel, its rival on such layers
         rival = (self._direct_weight("sparse", w, shape) if ctx.tune and requested is None and lanes_layer
                  and not depthwise_layer and self.allow_direct and self.density <= TUNE_MAX_DENSITY else None)
@@ -236,9 +241,9 @@ class Conv(Kernel):
         else:
             self.direct = None
 
-    def _lanes_min_density(self) -> float:
-        """The weight density above which conv_lanes2d takes a layer it can run. At stride 1 it races the
-        direct kernel, which skips pruned weights (lanes.MIN_DENSITY). A strided layer (the stems) the
+    def _lanes_beats_rival(self) -> bool:
+        """Whether conv_lanes2d takes a layer it can run, by the weight's density. At stride 1 it races the
+        direct kernel, which skips pruned weights (from lanes.MIN_DENSITY). A strided layer (the stems) the
         direct kernel runs only on AVX-512 and only up to DIRECT_MAX_DENSITY_AVX512, its limit for
         strided layers, below which it wins or ties: one layer, batch 1, one thread, Xeon (AVX-512), lanes
         against direct, ms: 3->64 7x7/2 at 224x224 1.97 / 1.54 at 30%, 1.87 / 2.04 at 50%; 3->32 3x3/2 at
@@ -246,23 +251,25 @@ class Conv(Kernel):
         (`python -m benchmarks.conv_choice --stems`). Elsewhere lanes races im2col,
         which only a very sparse weight makes faster."""
         if self.strides[1] == 1:
-            return lanes.MIN_DENSITY - 1e-9  # taken at MIN_DENSITY itself
-        avx512 = native.batched_simd is not None and native.batched_simd() == "avx512"
-        if avx512 and self.strides[1] <= DIRECT_MAX_STRIDE_AVX512 and self.allow_direct:
-            return DIRECT_MAX_DENSITY_AVX512
-        return IM2COL_SPARSE_MAX_DENSITY
+            return self.density >= lanes.MIN_DENSITY
+        if self.allow_direct and self._direct_runs_stride():
+            return self.density > DIRECT_MAX_DENSITY_AVX512
+        return self.density > IM2COL_SPARSE_MAX_DENSITY
+
+    def _direct_runs_stride(self) -> bool:
+        """Whether the direct kernel takes this horizontal stride: 1, or up to DIRECT_MAX_STRIDE_AVX512 where
+        the CPU has AVX-512."""
+        return self.strides[1] <= (DIRECT_MAX_STRIDE_AVX512 if _avx512() else 1)
 
     def _direct_weight(self, requested: str | None, w, shape):
         """The weight for the direct sparse convolution, where it is the faster kernel (see
         DIRECT_MAX_DENSITY): horizontal stride 1 (up to DIRECT_MAX_STRIDE_AVX512 on AVX-512), and sparse
         asked for, or a pruned layer, or a small layer that is not 1x1."""
-        avx512 = native.batched_simd is not None and native.batched_simd() == "avx512"
-        if (native.SparseConv is None or not self.allow_direct or requested == "dense"
-                or self.strides[1] > (DIRECT_MAX_STRIDE_AVX512 if avx512 else 1)):
+        if native.SparseConv is None or not self.allow_direct or requested == "dense" or not self._direct_runs_stride():
             return None
         if requested is None and self.pointwise and self.density > DIRECT_MAX_DENSITY_POINTWISE:
             return None
-        wide = not self.pointwise and avx512
+        wide = not self.pointwise and _avx512()
         limit = DIRECT_MAX_DENSITY_AVX512 if wide else DIRECT_MAX_DENSITY
         if (requested is None and self.density > limit
                 and (int(np.prod(shape)) // self.group > DIRECT_SMALL_WEIGHTS or self.strides[1] > 1)):

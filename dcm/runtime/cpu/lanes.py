@@ -27,7 +27,7 @@ MAX_TAPS_3X3 = 288
 # where this one's does not (one layer, batch 1, one thread: 3->32 3x3 at 128x128 0.54 against 0.52
 # ms at 50%, 0.55 against 0.64 at 70%; 16->16 at 112x112 1.02 against 1.12 at 70%; LeNet-5's conv1,
 # 1->20 5x5 at 28x28, 0.041 against 0.037 at 70%). Strided layers (the stems) have their own limit
-# (conv.py, Conv._lanes_min_density).
+# (conv.py, Conv._lanes_beats_rival).
 MIN_DENSITY = 0.75
 
 
