@@ -106,6 +106,27 @@ def test_tiled_copies_on_one_and_two_threads(case):
     np.testing.assert_array_equal(outs[1], outs[2])
 
 
+@pytest.mark.parametrize("strides", [[1, 1], [2, 2], [1, 3]], ids=["tiled", "stride 2", "stride 3"])
+@pytest.mark.parametrize("path", PATHS)
+def test_batch_split_by_samples(strides, path):
+    """Five samples on two threads: four go whole to a thread each (stride 3 on AVX-512, and every stride
+    on the other paths, in a work buffer of the thread's own), the fifth split within itself. The same
+    bits as on one thread, with the NaN and Inf of samples on either side of the split."""
+    m = _model(_weight((16, 24, 3, 3), 0.3), [5, 24, 23, 29], {"pads": [1, 1, 1, 1], "strides": strides})
+    x = np.random.default_rng(7).standard_normal((5, 24, 23, 29)).astype(np.float32)
+    x[1, 3, 7, 8] = np.nan
+    x[4, 20, 22, 0] = np.inf
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    model = from_onnx(m, ConvertOptions(exact=True))
+    outs = {}
+    for threads in (1, 2):
+        sess = InferenceSession(model, kernels="sparse", threads=threads)
+        outs[threads] = _run_on(path, lambda: sess.run(None, {"x": x})[0])
+        np.testing.assert_array_equal(np.isnan(outs[threads]), np.isnan(ref))
+        np.testing.assert_allclose(outs[threads], ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(outs[1][:4], outs[2][:4])
+
+
 def _sparse_conv(w):
     m = sp.csr_array(w.reshape(w.shape[0], -1))
     return native.SparseConv(*w.shape, 1, m.indptr.astype(np.int64), m.indices.astype(np.int32), m.data)

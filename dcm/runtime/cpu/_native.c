@@ -1356,6 +1356,11 @@ typedef struct {
     int by_tiles; /* AVX-512: the sums' ranges are tiles of every channel in [c0, c1), not channels */
     Py_ssize_t bad; /* Inf/NaN inputs read, added atomically */
     int failed;     /* a range could not allocate its scratch */
+    /* whole samples a thread (conv_samples_range): x and y, a sample's values in each, the work buffer's
+     * floats (0 where tiled: no shared buffer) */
+    const float *x;
+    float *y;
+    Py_ssize_t in_size, out_size, work_floats;
 } ConvJob;
 
 /* Output channels [c0, c1) of one sample, any stride: sums in a small array. */
@@ -1685,9 +1690,9 @@ PyDoc_STRVAR(conv_doc,
 "y = relu(conv(x, W) + bias) for samples [begin, end) and output channels [c_begin, c_end).\n"
 "x float32 [N, C_in, H, W] and y float32 [N, C_out, OH, OW], both C-contiguous; shape =\n"
 "(N, C_in, H, W), strides and dilations = (h, w), pads = (top, left, bottom, right), bias float32\n"
-"[C_out] or None. Each sample's work is split over up to `threads` threads of the native pool (by\n"
-"input channels, then output channels). Releases the GIL: Python threads may also run disjoint\n"
-"ranges at once. Returns the number\n"
+"[C_out] or None. Runs on up to `threads` threads of the native pool: whole samples a thread for as\n"
+"many samples as divide evenly among them, each further sample split (by input channels, then output\n"
+"channels). Releases the GIL: Python threads may also run disjoint ranges at once. Returns the number\n"
 "of Inf/NaN values in the samples read, for the caller to give y the NaNs that pruned weights hide.");
 
 /* The weights' places in the work buffer for one input geometry (key: see PLAN_KEY), as bytes. Portable
@@ -1869,6 +1874,50 @@ static void conv_sum_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
     }
 #endif
     conv_channels_generic(j->self, j->g, j->work, j->ys, j->offs, j->bias, j->relu, c0, c1);
+}
+
+/* One sample's phases on the calling thread alone: its Inf/NaN count and work planes (or, tiled, the
+ * count only), the shifted copies, the sums of every output channel. */
+static void conv_sample(ConvJob *j, Py_ssize_t s)
+{
+    j->xs = j->x + s * j->in_size;
+    j->ys = j->y + s * j->out_size;
+    if (j->tiled) {
+        conv_count_range(j, 0, j->c);
+    } else {
+        conv_pad_range(j, 0, j->c);
+        conv_copy_range(j, 0, j->c);
+    }
+    conv_sum_range(j, 0, j->c1 - j->c0);
+}
+
+/* Samples [lo, hi), each whole on this thread: a batch of at least as many samples as threads goes to
+ * the threads by samples, so no thread waits at a phase's end for another's share of the sample, and
+ * each reads only its own samples' input. Split within each sample (three parallel phases a sample),
+ * pruned ResNet-18 (30% kept) at batch 8 ran its direct layers 1.6-1.8x faster on 2 threads than on
+ * one, by samples 1.8-2.0x; the whole model on 2 threads went from 1.12 to 0.86 of onnxruntime's time
+ * (2-core Xeon), pruned U-Net from 0.92 to 0.81-0.86. A range with a shared work buffer (not tiled)
+ * makes its own. */
+static void conv_samples_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    ConvJob *shared = ctx, j = *shared;
+    float *raw = NULL;
+    j.bad = 0;
+    j.by_tiles = 0;
+    if (!j.tiled) {
+        Py_ssize_t spare = (WIDE_TILE + 1) * WIDE_SEG;
+        raw = PyMem_RawMalloc((size_t)(j.work_floats + spare) * sizeof(float) + 64);
+        if (!raw) {
+            __atomic_store_n(&shared->failed, 1, __ATOMIC_RELAXED);
+            return;
+        }
+        j.work = (float *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
+        memset(j.work + j.work_floats, 0, (size_t)(spare - WIDE_SEG) * sizeof(float));
+    }
+    for (Py_ssize_t s = lo; s < hi && !j.failed; s++) conv_sample(&j, s);
+    PyMem_RawFree(raw);
+    __atomic_fetch_add(&shared->bad, j.bad, __ATOMIC_RELAXED);
+    if (j.failed) __atomic_store_n(&shared->failed, 1, __ATOMIC_RELAXED);
 }
 
 static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds)
@@ -2063,12 +2112,16 @@ static PyObject *SparseConv_run(SparseConv *self, PyObject *args, PyObject *kwds
     /* + a tile and a row: a contiguous tile's repeated segments read past the last copy (never stored) */
     ConvJob job = {self, &g, NULL, bb.buf, work, NULL, offs, (const WeightSlot *)offs, blocks, slot, nb, c, h, w, pt,
                    pl, total, c0, c1, phases, per_block, in_rows, ch_floats, copy_floats,
-                   copies * copy_floats + g.wp + (WIDE_TILE + 1) * WIDE_SEG, tiled, relu, wide, fast, by_tiles, 0, 0};
+                   copies * copy_floats + g.wp + (WIDE_TILE + 1) * WIDE_SEG, tiled, relu, wide, fast, by_tiles, 0, 0,
+                   (const float *)xb.buf + begin * in_size, (float *)yb.buf + begin * out_size, in_size, out_size,
+                   tiled ? 0 : copies * total};
     Py_ssize_t per_channel = self->w.val.len / 4 / self->c_out * g.oh * g.ow + 1; /* multiply-adds */
     double per_tile = (double)(self->w.val.len / 4) * (double)(c1 - c0) / (double)self->c_out * WIDE_TILE * WIDE_SEG;
     Py_ssize_t pad_grain = RANGE_MIN_VALUES / g.plane + 1, sum_grain = RANGE_MIN_MACS / per_channel + 1;
+    Py_ssize_t whole = threads > 1 ? (end - begin) / threads * threads : 0; /* samples split by samples */
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t s = begin; s < end; s++) { /* each phase ends before the next reads what it wrote */
+    if (whole) parallel_for(conv_samples_range, &job, whole, 1, threads); /* job.x and job.y start at begin */
+    for (Py_ssize_t s = begin + whole; s < end; s++) { /* each phase ends before the next reads what it wrote */
         job.xs = (const float *)xb.buf + s * in_size;
         job.ys = (float *)yb.buf + s * out_size;
         parallel_for(tiled ? conv_count_range : conv_pad_range, &job, c, pad_grain, threads);

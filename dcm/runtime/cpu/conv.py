@@ -469,8 +469,9 @@ class Conv(Kernel):
         return self.plane_mms
 
     def _run_direct(self, x: np.ndarray, begin: list[int], end: list[int]) -> np.ndarray:
-        """Direct sparse convolution, each sample split over the native pool's threads in the kernel
-        (by input channels for its work planes, then by output channels)."""
+        """Direct sparse convolution on the native pool's threads: whole samples a thread for as many
+        samples as divide among them, each further sample split in the kernel (by input channels for
+        its work planes, then by output channels or tiles)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         oh, ow = output_size(x.shape[2:], self.kernel, self.strides, self.dilations, begin, end)
         y = np.empty((x.shape[0], self.out_channels, oh, ow), dtype=np.float32)
