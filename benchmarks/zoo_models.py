@@ -72,17 +72,27 @@ class _InvertedResidual(nn.Module):
         return x + self.body(x) if self.residual else self.body(x)
 
 
+def _divisible(channels: float) -> int:
+    """A width-multiplied channel count as torchvision rounds it: to a multiple of 8, at least 8, never
+    below 90% of the product."""
+    rounded = max(8, int(channels + 4) // 8 * 8)
+    return rounded + 8 if rounded < 0.9 * channels else rounded
+
+
 class MobileNetV2(nn.Module):
+    """``width`` multiplies every layer's channels but the last (1280), as torchvision's width_mult."""
+
     SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
                 (6, 320, 1, 1))  # (expansion, channels, repeats, first stride)
 
-    def __init__(self, classes: int = 1000):
+    def __init__(self, classes: int = 1000, width: float = 1.0):
         super().__init__()
-        layers, cin = [_conv_bn(3, 32, 3, 2)], 32
+        cin = _divisible(32 * width)
+        layers = [_conv_bn(3, cin, 3, 2)]
         for t, c, n, s in self.SETTINGS:
             for i in range(n):
-                layers.append(_InvertedResidual(cin, c, s if i == 0 else 1, t))
-                cin = c
+                layers.append(_InvertedResidual(cin, _divisible(c * width), s if i == 0 else 1, t))
+                cin = _divisible(c * width)
         layers.append(_conv_bn(cin, 1280, 1, 1))
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(1280, classes)
@@ -324,6 +334,8 @@ MODELS: dict[str, tuple[Callable[[int], Built], float]] = {
     "resnet18": (lambda b: _image(ResNet18(), b), 0.30),
     "regnetx_400mf": (lambda b: _image(RegNetX400MF(), b), 0.30),
     "mobilenet_v2": (lambda b: _image(MobileNetV2(), b), 0.50),
+    # a small one, where each node's fixed cost outweighs its arithmetic (width 0.35, 32x32 inputs)
+    "mobilenet_v2_035_32px": (lambda b: _image(MobileNetV2(width=0.35), b, 32), 0.50),
     "efficientnet_b0": (lambda b: _image(EfficientNetB0(), b), 0.50),
     "convnext_atto": (lambda b: _image(ConvNeXtAtto(), b), 0.30),
     "vit_tiny16": (lambda b: _image(ViTTiny(), b), 0.25),
