@@ -47,7 +47,9 @@ def _weight(shape, density, seed=0):
     ((64, 64, 1, 1), 0.2, [1, 1], "dense"),  # ... else one GEMM on NCHW, however few its weights
     ((64, 64, 1, 1), 1.0, [1, 1], "dense"),
     ((32, 3, 3, 3), 1.0, [2, 2], "lanes"),  # few input channels (a stem), dense: 8 outputs to a register
-    ((32, 3, 3, 3), 1.0, [1, 1], "lanes"),  # ... also where direct could take it
+    ((32, 3, 3, 3), 1.0, [1, 1], "lanes"),  # ... also where direct could take it ...
+    ((8, 3, 3, 3), 1.0, [1, 1], "direct/lanes"),  # ... but for 8 outputs or fewer (AVX-512)
+    ((8, 3, 3, 3), 1.0, [2, 2], "lanes"),  # (at stride 1)
     ((32, 3, 3, 3), 0.5, [1, 1], "direct"),  # ... unless pruned
     ((32, 3, 3, 3), 0.5, [2, 2], "lanes"),  # strided: against direct up to its 35% limit (AVX-512) ...
     ((32, 3, 3, 3), 0.3, [2, 2], "direct/lanes"),  # ... where direct cannot run, against im2col ...

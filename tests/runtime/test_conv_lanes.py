@@ -33,7 +33,7 @@ def _check(m, x, threads=1, kernel="lanes"):
     (3, 32, (3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),  # MobileNetV2's stem
     (3, 13, (7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}),  # ResNet's, 13 outputs: a partial group of 8
     (3, 8, (4, 4), {"strides": [4, 4]}),  # ConvNeXt's patchify stem
-    (1, 5, (5, 5), {}),  # LeNet-like
+    (1, 12, (5, 5), {}),  # LeNet-like, 12 outputs: 8 and a partial group (8 or fewer at stride 1: direct, AVX-512)
     (4, 9, (3, 3), {"pads": [0, 1, 2, 0]}),  # asymmetric pads
     (2, 16, (3, 3), {"pads": [2, 2, 2, 2], "dilations": [2, 2]}),
     (3, 6, (3, 5), {"strides": [3, 2], "pads": [1, 2, 1, 2]}),
@@ -178,7 +178,7 @@ def test_native_refuses_bad_arguments():
 def test_bad_geometry_is_a_dcm_error():
     from dcm.errors import DcmError
 
-    m = _model(3, 8, (3, 3), [1, 3, 9, 9], {"dilations": [9, 9]})
+    m = _model(3, 16, (3, 3), [1, 3, 9, 9], {"dilations": [9, 9]})
     sess = InferenceSession(from_onnx(m, ConvertOptions(exact=True)))
     assert sess.describe()[0]["kernel"] == "lanes"
     with pytest.raises(DcmError):

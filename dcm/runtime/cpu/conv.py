@@ -87,6 +87,12 @@ DIRECT_MAX_DENSITY_WINOGRAD = 0.4
 # With tune=True, layers up to this density that the direct kernel can take time it against the dense
 # form at their first run; denser ones are left to the dense kernels.
 TUNE_MAX_DENSITY = 0.6
+# conv_lanes2d holds 8 output channels to a register and multiplies each broadcast input by one of them
+# where a layer has no more (AVX2 registers); at unit horizontal stride the direct kernel, 16 pixels to
+# an AVX-512 register, then wins at any density (one layer, one thread, lanes against direct, us: LeNet-5's
+# 1->6 5x5 at 32x32, batch 8, 118 / 56; 3->8 3x3 at 64x64 73 / 42; 8->8 at 56x56 120 / 75; 32->8 at 56x56
+# 415 / 245, on 2 threads 327 / 193; 32->8 at 16x16, batch 3, 182 / 116; 8->4 at 32x32 49 / 28).
+LANES_MIN_OUTPUTS_AVX512 = 9
 # "Few weights" counts a group's: a grouped layer's im2col path runs one small product per group
 # (RegNetX-400MF's 400-channel 3x3 layer of 25 groups at 7x7, 57.6k weights: 0.75 ms against 0.32 for
 # direct, one thread, a Zen 3 without AVX-512, where no channels-last region takes it).
@@ -243,7 +249,8 @@ class Conv(Kernel):
 
     def _lanes_beats_rival(self) -> bool:
         """Whether conv_lanes2d takes a layer it can run, by the weight's density. At stride 1 it races the
-        direct kernel, which skips pruned weights (from lanes.MIN_DENSITY). A strided layer (the stems) the
+        direct kernel, which skips pruned weights (from lanes.MIN_DENSITY), and which takes layers of at
+        most 8 output channels at any density where the CPU has AVX-512 (LANES_MIN_OUTPUTS_AVX512). A strided layer (the stems) the
         direct kernel runs only on AVX-512 and only up to DIRECT_MAX_DENSITY_AVX512, its limit for
         strided layers, below which it wins or ties: one layer, batch 1, one thread, Xeon (AVX-512), lanes
         against direct, ms: 3->64 7x7/2 at 224x224 1.97 / 1.54 at 30%, 1.87 / 2.04 at 50%; 3->32 3x3/2 at
@@ -251,6 +258,8 @@ class Conv(Kernel):
         (`python -m benchmarks.conv_choice --stems`). Elsewhere lanes races im2col,
         which only a very sparse weight makes faster."""
         if self.strides[1] == 1:
+            if self.out_channels // self.group < LANES_MIN_OUTPUTS_AVX512 and _avx512():
+                return False
             return self.density >= lanes.MIN_DENSITY
         if self.allow_direct and self._direct_runs_stride():
             return self.density > DIRECT_MAX_DENSITY_AVX512
