@@ -67,6 +67,26 @@ def test_threads_and_repeated_rows(attrs):
         np.testing.assert_array_equal(split.run(None, {"x": x})[0], one)
 
 
+def test_the_kept_plan_follows_run_time_sizes_and_shapes():
+    """The compiled call's plan is kept per input shape and sizes values: sizes fed at run time that change
+    from run to run, and a new input shape, each get their own (the numpy passes' result every time)."""
+    onnx_model = one_node("Resize", {"x": np.zeros((1, 2, 6, 7), np.float32), "sizes": np.zeros(4, np.int64)},
+                          {"mode": "nearest"}, opset=19, order=["x", "", "", "sizes"])
+    for axis, dim in enumerate(onnx_model.graph.input[0].type.tensor_type.shape.dim):
+        dim.dim_param = f"d{axis}"  # any input shape
+    model = from_onnx(onnx_model, ConvertOptions(exact=True))
+    compiled = InferenceSession(model)
+    with mock.patch.object(native, "resize2d", None):
+        reference = InferenceSession(model)
+    rng = np.random.default_rng(4)
+    for shape, sizes in [((1, 2, 6, 7), (1, 2, 12, 14)), ((1, 2, 6, 7), (1, 2, 9, 5)), ((1, 2, 6, 7), (1, 2, 12, 14)),
+                         ((2, 2, 5, 8), (2, 2, 12, 14))]:
+        feeds = {"x": rng.standard_normal(shape).astype(np.float32), "sizes": np.asarray(sizes, np.int64)}
+        got = compiled.run(None, feeds)[0]
+        assert got.shape == sizes
+        np.testing.assert_array_equal(got, reference.run(None, feeds)[0])
+
+
 def test_inf_and_nan_propagate_like_the_numpy_passes():
     compiled, reference = _sessions({"mode": "linear"}, (1, 1, 6, 7), (1, 1, 2, 2))
     x = np.random.default_rng(1).standard_normal((1, 1, 6, 7)).astype(np.float32)

@@ -12,7 +12,8 @@
  * a gather from that buffer (which stays in L1) per output value: each output is written once. An
  * output row with the same row taps as the one before (nearest upsampling: every other row at 2x) is
  * a copy of it, and where every row is one tap of weight 1 (nearest) the columns are gathered from
- * the input row itself; planes are split over the native pool. Nearest 2x, one thread, both builds in
+ * the input row itself, or where they double each value (nearest 2x) unpacked from it, not gathered
+ * (Resize of [3, 32, 16, 16], one thread: 80 -> 45 us a call); planes are split over the native pool. Nearest 2x, one thread, both builds in
  * turns: [256, 10, 10] 90 -> 46 us, [64, 56, 56] 293 -> 189 (2 threads: 126); linear 8x on [21, 40,
  * 40] 1130 -> 1133 (2 threads: 630); linear 2x on [64, 28, 28] 149 -> 153-157 us on one thread.
  *
@@ -96,6 +97,37 @@ static void columns_avx2(const float *row, const Taps *c, const int32_t *idx_t, 
 }
 #endif
 
+/* y [2 n] = each of row [n] twice: the columns of a nearest 2x upsampling (every column one tap of weight
+ * 1, output j reading input j / 2), by unpacks, where the general path gathered each output. */
+static void columns_doubled_generic(const float *row, Py_ssize_t n, float *y, Py_ssize_t begin)
+{
+    for (Py_ssize_t k = begin; k < n; k++) y[2 * k] = y[2 * k + 1] = row[k];
+}
+
+#ifdef HAVE_AVX2_PATH
+__attribute__((target("avx2,fma")))
+static void columns_doubled_avx2(const float *row, Py_ssize_t n, float *y)
+{
+    Py_ssize_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        const __m256 a = _mm256_loadu_ps(row + k);
+        const __m256 lo = _mm256_unpacklo_ps(a, a), hi = _mm256_unpackhi_ps(a, a); /* a0 a0 a1 a1 | a4 a4 a5 a5 */
+        _mm256_storeu_ps(y + 2 * k, _mm256_permute2f128_ps(lo, hi, 0x20));
+        _mm256_storeu_ps(y + 2 * k + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    }
+    columns_doubled_generic(row, n, y, k);
+}
+#endif
+
+/* Whether the columns are a nearest 2x upsampling's: out = 2 w, column j one tap of weight 1 at j / 2. */
+static int doubled_columns(const Taps *c, Py_ssize_t w)
+{
+    if (c->taps != 1 || c->out != 2 * w) return 0;
+    for (Py_ssize_t j = 0; j < c->out; j++)
+        if (c->idx[j] != j / 2 || c->w[j] != 1.0f) return 0;
+    return 1;
+}
+
 /* Whether output row i takes the same source rows with the same weights as row i - 1 (nearest
  * upsampling: every other row at 2x), so that it is a copy of that row. */
 static int same_row_taps(const Taps *r, Py_ssize_t i)
@@ -113,6 +145,7 @@ typedef struct {
     const float *w_t;
     const unsigned char *repeats; /* [out_h]: output row i is a copy of row i - 1 (same_row_taps) */
     int avx2, direct; /* direct: every row one tap of weight 1, gathered from x's row itself */
+    int doubled;      /* the columns double each value (doubled_columns) */
     int failed;       /* a range's row buffer could not be allocated */
 } ResizeJob;
 
@@ -145,12 +178,14 @@ static void resize_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 #ifdef HAVE_AVX2_PATH
             if (avx2) {
                 if (!direct) rows_avx2(xp, w, r->idx + i * r->taps, r->w + i * r->taps, r->taps, row);
-                columns_avx2(src, c, j->idx_t, j->w_t, yi);
+                if (j->doubled) columns_doubled_avx2(src, w, yi);
+                else columns_avx2(src, c, j->idx_t, j->w_t, yi);
                 continue;
             }
 #endif
             if (!direct) rows_generic(xp, w, r->idx + i * r->taps, r->w + i * r->taps, r->taps, row, 0);
-            columns_generic(src, c, yi, 0);
+            if (j->doubled) columns_doubled_generic(src, w, yi, 0);
+            else columns_generic(src, c, yi, 0);
         }
     }
     PyMem_RawFree(row);
@@ -238,7 +273,7 @@ static PyObject *resize2d(PyObject *self, PyObject *args, PyObject *kwds)
         repeats[i] = (unsigned char)same_row_taps(&r, i);
         if (direct) direct = r.w[i] == 1.0f;
     }
-    ResizeJob job = {xb.buf, yb.buf, h, w, &r, &c, idx_t, w_t, repeats, use_avx2(), direct, 0};
+    ResizeJob job = {xb.buf, yb.buf, h, w, &r, &c, idx_t, w_t, repeats, use_avx2(), direct, doubled_columns(&c, w), 0};
     if (total >= RELEASE_GIL_MIN) {
         Py_BEGIN_ALLOW_THREADS
         parallel_for(resize_range, &job, planes, 1 + RANGE_VALUES / (r.out * c.out + 1), threads);
