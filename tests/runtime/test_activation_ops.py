@@ -69,6 +69,16 @@ def test_prelu_slope_broadcasts_unidirectionally(slope_shape, opset):
     check("PRelu", {"x": x}, consts={"slope": slope}, opset=opset)  # constant slope
 
 
+@pytest.mark.parametrize("slopes", [(0.25, 1.0, 0.01), (0.25, 0.0, 0.5), (0.5, 2.0, -0.5)],
+                         ids=["fractional", "a zero slope", "outside (0, 1]"])
+def test_prelu_constant_slopes_keep_inf_and_nan(slopes):
+    """A constant slope in (0, 1] everywhere runs as max(x, slope x); a zero slope or one past 1 stays on
+    np.where: either way Inf and NaN come out where onnx's reference has them."""
+    x = rand((2, 3, 4), low=-4, high=4)
+    x[0, :, 0], x[0, :, 1], x[1, :, 2] = np.inf, -np.inf, np.nan
+    check("PRelu", {"x": x}, consts={"slope": np.asarray(slopes, np.float32).reshape(3, 1)}, opset=16)
+
+
 @pytest.mark.parametrize("dtype", [np.int32, np.int64])
 def test_prelu_integers(dtype):
     check("PRelu", {"x": rand((2, 5), dtype, low=-9, high=9), "slope": rand((5,), dtype, seed=1, low=0, high=3)},
