@@ -133,6 +133,9 @@ class _Recurrent(Kernel):
             self.modes[i], self.densities[i], self.shapes[i] = mode, density, shape
             self.products[i] = self._products(i, mode, _split_directions(w, shape))
         self.weight_inputs = tuple(self.products)
+        # a constant B (the model's own, the same array every run): its split biases are kept (_biases)
+        self.constant_bias = len(node.inputs) > 3 and bool(node.inputs[3]) and ctx.is_const(node.inputs[3])
+        self._split: tuple | None = None
 
     def _check_weight(self, i: int, shape: tuple[int, ...]) -> None:
         what = "W" if i == 1 else "R"
@@ -187,17 +190,20 @@ class _Recurrent(Kernel):
         h = self._state(h0, (dirs, batch, hidden), "initial_h")
         c = self._state(c0, (dirs, batch, hidden), "initial_c")
         peep = None if p is None else self._vector(p, (dirs, 3 * hidden), "P")
-        lens = np.full(batch, steps, dtype=np.int64) if seq is None else np.asarray(seq).astype(np.int64).reshape(-1)
-        if lens.shape != (batch,) or lens.min(initial=0) < 0 or lens.max(initial=0) > steps:
-            raise ValueError(f"sequence_lens {lens.tolist()[:8]} does not fit batch {batch} and {steps} steps")
-        valid = None if (lens == steps).all() else np.arange(steps)[:, None] < lens[None, :]  # [T, N]
+        if seq is None:  # every sequence all the steps: nothing to check
+            lens, valid = np.full(batch, steps, dtype=np.int64), None
+        else:
+            lens = np.asarray(seq).astype(np.int64).reshape(-1)
+            if lens.shape != (batch,) or lens.min(initial=0) < 0 or lens.max(initial=0) > steps:
+                raise ValueError(f"sequence_lens {lens.tolist()[:8]} does not fit batch {batch} and {steps} steps")
+            valid = None if (lens == steps).all() else np.arange(steps)[:, None] < lens[None, :]  # [T, N]
         y = np.zeros((steps, dirs, batch, hidden), dtype=np.float32)
         hs, cs = np.empty(h.shape, np.float32), np.empty(c.shape, np.float32)  # C order, whatever h0 and c0 had
         for d in range(dirs):
             backwards = self.reverse or d == 1
             if self.compiled:
                 xw = np.ascontiguousarray(wp[d][0].right(x.reshape(steps * batch, size_in))).reshape(steps, batch, gh)
-                input_bias, recurrent_bias = self._split_bias(bias[d])  # added in the loop, not in a pass over xw
+                input_bias, recurrent_bias = self._biases(b, bias, d)  # added in the loop, not in a pass over xw
                 hs[d], cs[d] = h[d], c[d]  # initial states in, final ones out
                 native.recurrent_scan(self.node.op, xw, y, hs[d], cs[d] if self.gates == 4 else None, lens, d,
                                       backwards, **rp[d].arrays(batch), peephole=None if peep is None else peep[d],
@@ -216,7 +222,7 @@ class _Recurrent(Kernel):
             ys, hs[d], cs[d] = self._scan(d, xw, rp[d], bias[d], None if peep is None else peep[d], h[d], c[d], valid)
             y[:, d] = ys if order is None else np.take_along_axis(ys, order[:, :, None], axis=0)
         empty = lens == 0
-        if empty.any():  # no step at all: zero final states, as onnxruntime gives
+        if seq is not None and empty.any():  # no step at all: zero final states, as onnxruntime gives
             hs[:, empty] = 0
             cs[:, empty] = 0
         if self.layout:
@@ -242,6 +248,16 @@ class _Recurrent(Kernel):
         if v.shape != shape:
             raise ValueError(f"{what} has shape {list(v.shape)}, expected {list(shape)} (directions, batch, hidden)")
         return v
+
+    def _biases(self, b, bias: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``_split_bias`` of direction d, kept for a constant B while it is the same array (the one
+        held keeps its identity from passing to another); a B fed at run time is split on every call."""
+        if not self.constant_bias:
+            return self._split_bias(bias[d])
+        kept = self._split
+        if kept is None or kept[0] is not b:
+            kept = self._split = (b, [self._split_bias(bias[i]) for i in range(len(bias))])
+        return kept[1][d]
 
     def _split_bias(self, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The biases W_b + R_b [2 * gates * hidden] as what adds to every step's input projection
