@@ -75,10 +75,15 @@ FEW_ROWS_MAX_WEIGHTS = 1 << 18
 # load too), 2 rows of 1024x1024 0.51 of OpenBLAS's; OpenBLAS repacks the weight on every call. Since
 # it prefetches its panels ahead, it also wins on weights streamed from memory: a LLaMA-style 32000-word
 # output layer (33 MB) at 64 rows 8.1 against 10.1 ms, GPT-2's (51 MB) at 128 rows 24.7 against 27.6,
-# and in the model GPT-2 dense went 36.3 -> 31.0 ms at batch 1, 233 -> 223 at batch 8 (1 thread). It
-# loses on one row (OpenBLAS's matrix-vector kernel: 1.06-1.33), which keeps the unpacked copy. The
+# and in the model GPT-2 dense went 36.3 -> 31.0 ms at batch 1, 233 -> 223 at batch 8 (1 thread). The
 # packed copy costs 4 bytes a weight: up to 64 MB weights have one.
 PACK_MAX_FLOATS = 1 << 24
+# One row (batch 1) goes to the packed kernel too on 2+ threads, split by panels, and on one thread for
+# weights of up to this many values; past it OpenBLAS's matrix-vector kernel streams the weight faster
+# (one row, minimum of 400 calls, numpy + the bias pass / packed, us, one thread: 128x512 8 / 3, 784x300
+# 15 / 12, 256x1024 19 / 11, 512x1000 24 / 50, 1280x1000 110 / 201; two threads: 256x1024 25 / 8,
+# 512x1000 40 / 16, 1280x1000 113 / 77, 1024x4096 340 / 300).
+PACKED_ONE_ROW_MAX_WEIGHTS = 1 << 18
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
@@ -234,7 +239,7 @@ class WeightMatmul:
         (``Epilogue.act``) after the bias, in place of relu: the packed kernel applies the ones it knows
         (``pointconv.ACTS``: a transformer's GELU) in its store, the other paths in one compiled pass."""
         if self.packed is not None:
-            if x.shape[0] > 1:
+            if x.shape[0] > 1 or self.threads > 1 or self.w.size <= PACKED_ONE_ROW_MAX_WEIGHTS:
                 return self._packed_right(x, bias, relu, act=act)
             return self._dense_right(x, bias, relu, act)
         if x.shape[0] == 1:
