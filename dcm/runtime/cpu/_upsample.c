@@ -13,7 +13,8 @@
  * output row with the same row taps as the one before (nearest upsampling: every other row at 2x) is
  * a copy of it, and where every row is one tap of weight 1 (nearest) the columns are gathered from
  * the input row itself, or where they double each value (nearest 2x) unpacked from it, not gathered
- * (Resize of [3, 32, 16, 16], one thread: 80 -> 45 us a call); planes are split over the native pool. Nearest 2x, one thread, both builds in
+ * (Resize of [3, 32, 16, 16], one thread: 80 -> 45 us a call); planes are split over the native pool.
+ * Nearest 2x, one thread, both builds in
  * turns: [256, 10, 10] 90 -> 46 us, [64, 56, 56] 293 -> 189 (2 threads: 126); linear 8x on [21, 40,
  * 40] 1130 -> 1133 (2 threads: 630); linear 2x on [64, 28, 28] 149 -> 153-157 us on one thread.
  *

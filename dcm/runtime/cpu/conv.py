@@ -250,8 +250,8 @@ class Conv(Kernel):
     def _lanes_beats_rival(self) -> bool:
         """Whether conv_lanes2d takes a layer it can run, by the weight's density. At stride 1 it races the
         direct kernel, which skips pruned weights (from lanes.MIN_DENSITY), and which takes layers of at
-        most 8 output channels at any density where the CPU has AVX-512 (LANES_MIN_OUTPUTS_AVX512). A strided layer (the stems) the
-        direct kernel runs only on AVX-512 and only up to DIRECT_MAX_DENSITY_AVX512, its limit for
+        most 8 output channels at any density where the CPU has AVX-512 (LANES_MIN_OUTPUTS_AVX512). A
+        strided layer (the stems) the direct kernel runs only on AVX-512 and only up to DIRECT_MAX_DENSITY_AVX512, its limit for
         strided layers, below which it wins or ties: one layer, batch 1, one thread, Xeon (AVX-512), lanes
         against direct, ms: 3->64 7x7/2 at 224x224 1.97 / 1.54 at 30%, 1.87 / 2.04 at 50%; 3->32 3x3/2 at
         224x224 0.51 / 0.51 at 30%, 0.50 / 0.55 at 50%; 3->16 3x3/2 at 128x128 0.088 / 0.066 at 30%
