@@ -299,3 +299,38 @@ def test_portable_product_after_load():
     with switched(native.set_gemm_simd, False):
         got = sess.run(None, {"x": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kept_plans_give_the_first_calls_bits(threads):
+    """A layer keeps each input shape's plan (nhwc.NhwcConv._keep_plan) after its first call: later calls
+    of that shape, residual and ReLU6 included, give the same bits as the first; another shape gets its
+    own plan; a float64 or strided x of a planned shape is refused by the compiled kernel and runs in
+    full, to the same values."""
+    from dcm.runtime.cpu.nhwc import NhwcConv
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3, 12, 10)).astype(np.float32)
+    sess = _run(_mobile(), x, threads)
+    first = sess.run(None, {"x": x})[0]
+    layers = {id(k): k for k in sess._kernels if isinstance(k, NhwcConv)}.values()
+    planned = [k for k in layers if k._plans]
+    assert {p[0] for k in planned for p in k._plans.values()} == {"gemm", "depthwise"}
+    assert any(k.residual_add is not None or k.epilogue is not None for k in planned)
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], first)
+    other = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    want = sess.run(None, {"x": other})[0]
+    assert all(len(k._plans) == 2 for k in planned)
+    _run(_mobile(), other, threads)  # the same values as onnxruntime with plans for both shapes kept
+    np.testing.assert_array_equal(sess.run(None, {"x": other})[0], want)
+
+    layer = next(k for k in planned if any(p[0] == "gemm" for p in k._plans.values()))
+    shape = next(s for s, p in layer._plans.items() if p[0] == "gemm")
+    h = rng.standard_normal(shape).astype(np.float32)
+    (y,) = layer(h)
+    np.testing.assert_array_equal(layer(h)[0], y)
+    np.testing.assert_allclose(layer(h.astype(np.float64))[0], y, rtol=1e-6, atol=1e-6)
+    wide = np.zeros(shape[:3] + (2 * shape[3],), np.float32)
+    wide[..., ::2] = h
+    np.testing.assert_array_equal(layer(wide[..., ::2])[0], y)
