@@ -47,6 +47,27 @@ def test_layer_normalization_statistics_are_in_the_stash_type():
     np.testing.assert_allclose(inv[:, 0], 1 / np.sqrt(x.var(1) + 1e-5), rtol=1e-5)
 
 
+def test_layer_normalization_kept_plan_follows_its_inputs():
+    """After a float32 call the kernel keeps x's shape's plan and calls the compiled kernel straight away:
+    the same bits again; scale fed at run time in another shape, a float64 x, a strided x, a new shape
+    of x, all take the full path to the reference's values."""
+    feeds = {"x": rand((2, 5, 8), seed=1), "s": rand((8,), seed=2), "b": rand((8,), seed=3)}
+    sess = _session(one_node("LayerNormalization", feeds, opset=17))
+    (kernel,) = [k for k in sess._kernels if type(k).__name__ == "LayerNormalization"]
+    (first,) = sess.run(None, feeds)
+    assert list(kernel._plans) == [(2, 5, 8)]
+    np.testing.assert_array_equal(sess.run(None, feeds)[0], first)
+    check("LayerNormalization", feeds, opset=17, rtol=1e-5)
+    y = kernel(feeds["x"], feeds["s"].reshape(1, 8), feeds["b"])[0]  # scale [1, 8]: checked again
+    np.testing.assert_array_equal(y, first)
+    np.testing.assert_allclose(kernel(feeds["x"].astype(np.float64), feeds["s"], feeds["b"])[0], first, rtol=1e-6,
+                               atol=1e-6)
+    wide = np.repeat(feeds["x"], 2, axis=2)[:, :, ::2]
+    np.testing.assert_allclose(kernel(wide, feeds["s"], feeds["b"])[0], first, rtol=1e-6, atol=1e-6)  # numpy
+    np.testing.assert_array_equal(kernel(feeds["x"][:1], feeds["s"], feeds["b"])[0], first[:1])
+    assert set(kernel._plans) == {(2, 5, 8), (1, 5, 8)}
+
+
 @pytest.mark.parametrize("opset,groups", [(18, 2), (18, 4), (21, 2), (21, 1)])
 def test_group_normalization_scale_per_group_then_per_channel(opset, groups):
     """Opset 18: scale and bias hold one value per group; opset 21: one per channel."""

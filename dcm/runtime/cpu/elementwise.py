@@ -35,9 +35,13 @@ class _Binary(Kernel):
     fn = staticmethod(np.add)
 
     def __call__(self, a, b):
-        if a.shape != b.shape:
+        if a.shape != b.shape and a.size * b.size > C.MAX_ELEMENTS:  # check_broadcast's test, inline
             check_broadcast(a, b)
         out = self.fn(a, b)
+        # One dtype in, the same out (the usual case; ``is``: dtypes of one type are one object): no cast
+        # to work out, 0.5 us of a [16, 64] Add's 2.4
+        if out.dtype is a.dtype is b.dtype:
+            return (out,)
         return (out.astype(np.result_type(a, b), copy=False),)
 
 

@@ -1,6 +1,8 @@
 """Gemm and MatMul with a constant weight: the fully connected layers."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -43,6 +45,38 @@ class _FullyConnected(Kernel):
         by_rows = ctx.requested_mode(node, name) is None
         self.mm = WeightMatmul(self.mode, w, ctx.threads, prefer="right", vectors=ctx.batch_hint < LARGE_BATCH,
                                by_rows=by_rows, tune=ctx.tune)
+        # per input shape: the one packed GEMM call a call of that shape came to (_keep_plan)
+        self._plans: dict[tuple[int, ...], tuple] = {}
+
+    def _planned(self, a: np.ndarray, bias: np.ndarray | None) -> np.ndarray | None:
+        """The output for a of a shape whose call came to one packed GEMM call before: that call straight
+        away (a small layer's ~3 us of Python in Gemm, WeightMatmul and their checks less). None: no
+        plan, or an argument the kernel refused (a float64 or strided a), for the full path."""
+        plan = self._plans.get(a.shape) if type(a) is np.ndarray else None
+        if plan is None:
+            return None
+        out_shape, rows, threads, act = plan
+        y = np.empty(out_shape, np.float32)
+        try:
+            native.gemm_packed(a.reshape(rows), self.mm.packed, y.reshape(rows[0], -1), threads, bias, self.relu,
+                               act=act)
+        except native.REFUSED:
+            self._plans.clear()
+            return None
+        return y
+
+    def _keep_plan(self, a: np.ndarray, act: tuple[str, float, float] | None) -> None:
+        """After a call that gave float32 a (rows = all but its last axis) to ``mm.fused_right`` with this
+        kernel's relu and ``act``: keep that call's packed GEMM arguments where it came to one."""
+        if type(a) is not np.ndarray or a.dtype != np.float32 or a.ndim < 1 or (self.epilogue is not None and act is None):
+            return
+        rows = a.size // a.shape[-1] if a.shape[-1] else 0
+        found = self.mm.packed_call(rows, self.relu, act) if rows else None
+        if found is None:
+            return
+        if len(self._plans) >= 16:
+            self._plans.clear()
+        self._plans[a.shape] = (a.shape[:-1] + (self.mm.shape[0],), (rows, a.shape[-1])) + found
 
     def describe(self) -> dict:
         info = {"kernel": self.mode, "density": self.density, "weight_shape": list(self.mm.shape)}
@@ -92,10 +126,14 @@ class Gemm(_FullyConnected):
         self.quiet = self.fused_ok  # all compiled, Inf/NaN counted in C
 
     def __call__(self, a, _b=None, c=None):
+        if (y := self._planned(a, self.bias)) is not None:
+            return (y,)
         a = a.T if self.trans_a else a
         if self.fused_ok and a.dtype == np.float32:
             act = None if self.epilogue is None else self.epilogue.act
             y = self.mm.fused_right(a, self.bias, self.relu, act)
+            if not self.trans_a and a.ndim == 2:
+                self._keep_plan(a, act)
             return (y if self.epilogue is None or act is not None else self.epilogue(y),)
         y = self.mm.right(a)
         if self.alpha == 1.0 and self.bias_only and add_and_activate(y, self.bias, self.relu, self.epilogue,
@@ -162,8 +200,12 @@ class MatMul(_FullyConnected):
     def __call__(self, a, b=None):
         if not self.const_b:
             return (blas.matmul(a, self.b if self.b is not None else b, self.threads),)
+        if (y := self._planned(a, None)) is not None:
+            return (y,)
         lead = a.shape[:-1]
         y = self.mm.right(a.reshape(-1, a.shape[-1]))
+        if len(lead) and math.prod(lead) > 1:  # right() takes the packed kernel from 2 rows
+            self._keep_plan(a, None)
         return (y.reshape(*lead, y.shape[-1]),)
 
     def describe(self) -> dict:

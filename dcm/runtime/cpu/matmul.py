@@ -249,6 +249,18 @@ class WeightMatmul:
             return self._dense_right(x, bias, relu, act)
         return _activated(self._native_rows(x, bias, relu), act, self.threads)
 
+    def packed_call(self, rows: int, relu: bool, act: tuple[str, float, float] | None) -> tuple | None:
+        """(threads, the activation in the store) of the one ``gemm_packed`` call that ``fused_right``
+        comes to for float32 x of ``rows`` rows and this relu and act; None where it does more (another
+        kernel, an activation pass after the product). A layer keeps it per input shape (linear.py)."""
+        if self.packed is None or not (rows > 1 or self.threads > 1 or self.w.size <= PACKED_ONE_ROW_MAX_WEIGHTS):
+            return None
+        in_store = act if act is not None and not relu and act[0] in pointconv.ACTS else None
+        if act is not None and in_store is None:
+            return None
+        split = rows * self.shape[1] * self.shape[0] >= blas.SPLIT_MIN_MACS  # as _packed_right splits
+        return (self.threads if split else 1, in_store)
+
     def _packed_right(self, x: np.ndarray, bias: np.ndarray | None, relu: bool,
                       packed: np.ndarray | None = None, act: tuple[str, float, float] | None = None) -> np.ndarray:
         """act(relu(x [n, in] @ W.T + bias [out])) on the packed dense kernel (this dense layer's panels,

@@ -46,6 +46,12 @@ except ImportError:  # pragma: no cover - as above
 # (docs/kernel-choice.md, benchmarks/matmul_choice.py).
 SPARSE_MAX_DENSITY = 0.30
 
+# What a compiled kernel raises on an argument it will not take: another dtype, a strided view, a wrong
+# size (TypeError, ValueError, BufferError), its SIMD path turned off after load (RuntimeError). A
+# kernel that calls one straight from a kept plan (nhwc.NhwcConv, norm.LayerNormalization) then runs
+# its full path, which converts the argument or names the problem.
+REFUSED = (TypeError, ValueError, BufferError, RuntimeError)
+
 NAMES = ("SparseConv", "SparseMatrix", "depthwise2d", "conv_lanes2d", "im2col2d", "pool2d", "winograd_conv",
          "activate", "layer_norm", "softmax", "attention", "recurrent_scan", "resize2d", "col2im2d", "pointwise_conv", "gemm",
          "gemm_packed", "transpose2d", "concat", "depthwise_nhwc", "global_average_nhwc", "conv_nhwc_out",

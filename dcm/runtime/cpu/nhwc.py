@@ -34,10 +34,6 @@ from dcm.runtime.kernel import Kernel
 SPARSE_MIN_PIXELS = 256
 SPARSE_MIN_INPUTS = 128
 
-# What a compiled kernel raises on a buffer it will not take (dtype, layout, size; RuntimeError: its SIMD
-# path turned off after load): a kept plan then gives way to the full call.
-REFUSED = (TypeError, ValueError, BufferError, RuntimeError)
-
 
 def available() -> bool:
     """The compiled channels-last kernels are built and the packed GEMM runs here (AVX-512)."""
@@ -160,7 +156,7 @@ class NhwcConv(_Conv):
         if plan is not None and (residual is None or plan[0] == "gemm"):
             try:
                 return (self._run_plan(plan, x, residual),)
-            except REFUSED:  # a float64 x, a strided view, SIMD turned off: the full path converts or says why
+            except native.REFUSED:  # a float64 x, a strided view, SIMD turned off: the full path converts or says why
                 self._plans.clear()
         y = self._call(x, residual, scale)
         if plan is None and scale is None and type(x) is np.ndarray:
