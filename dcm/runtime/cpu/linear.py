@@ -57,9 +57,8 @@ class _FullyConnected(Kernel):
             return None
         out_shape, rows, threads, act = plan
         y = np.empty(out_shape, np.float32)
-        try:
-            native.gemm_packed(a.reshape(rows), self.mm.packed, y.reshape(rows[0], -1), threads, bias, self.relu,
-                               act=act)
+        try:  # by position (x, packed, out, threads, bias, relu, act): keywords cost ~0.4 us more
+            native.gemm_packed(a.reshape(rows), self.mm.packed, y.reshape(rows[0], -1), threads, bias, self.relu, act)
         except native.REFUSED:
             self._plans.clear()
             return None

@@ -165,20 +165,20 @@ class NhwcConv(_Conv):
 
     def _run_plan(self, plan: tuple, x: np.ndarray, residual: np.ndarray | None) -> np.ndarray:
         """The call as ``_keep_plan`` worked it out for x's shape: the compiled kernel straight away,
-        which checks every buffer's type, layout and size itself."""
+        which checks every buffer's type, layout and size itself. Arguments by position: keywords cost
+        the call ~0.4 us more."""
         form, out_shape, rows, act = plan
         y = np.empty(out_shape, np.float32)
-        if form == "gemm":
-            native.gemm_packed(x.reshape(rows), self.packed, y.reshape(rows[0], -1), self.threads, self.bias, act=act,
-                               residual=residual)
+        if form == "gemm":  # x, packed, out, threads, bias, relu, act, residual
+            native.gemm_packed(x.reshape(rows), self.packed, y.reshape(rows[0], -1), self.threads, self.bias, False,
+                               act, residual)
         elif form == "depthwise":
             native.depthwise_nhwc(x, y, self.weight, x.shape, self.kernel, self.strides, self.dilations, rows,
-                                  self.bias, act, threads=self.threads)
-        else:
+                                  self.bias, act, self.threads)
+        else:  # ..., bias, act, threads, groups, channels_last
             n, h, w, c = x.shape
             native.conv_nhwc_out(x, y, self.weight, (n, c, h, w, self.out_channels), self.kernel, self.strides,
-                                 self.dilations, rows, self.bias, act, threads=self.threads, groups=self.groups,
-                                 channels_last=True)
+                                 self.dilations, rows, self.bias, act, self.threads, self.groups, True)
         return y
 
     def _keep_plan(self, x: np.ndarray) -> None:

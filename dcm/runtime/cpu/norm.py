@@ -134,7 +134,7 @@ class LayerNormalization(Kernel):
             # the compiled kernel straight away, which refuses what it cannot take (~4 us of Python less)
             y = np.empty_like(x)
             try:
-                native.layer_norm(x, y, plan[0], scale, bias, self.eps, threads=self.threads)
+                native.layer_norm(x, y, plan[0], scale, bias, self.eps, None, None, self.threads)  # by position
                 return (y,)
             except native.REFUSED:  # a float64 or strided operand: the full path converts it
                 self._plans.clear()
