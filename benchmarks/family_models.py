@@ -44,6 +44,29 @@ def _resnet(widths, depths, groups: int = 1, expansion: int = 4) -> nn.Module:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 1000))
 
 
+# ResNet-20 for CIFAR-10 (He et al. 2016, section 4.2): a 3x3 stem of 16 channels, three stages of three
+# basic blocks at 16, 32 and 64 channels on 32x32, 16x16 and 8x8 planes, 1x1 projection shortcuts.
+class _Basic(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(_cbr(cin, cout, 3, stride), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(cout))
+        self.short = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                      if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+        return F.relu(self.body(x) + self.short(x))
+
+
+def _resnet_cifar(blocks: int = 3) -> nn.Module:
+    layers, cin = [_cbr(3, 16)], 16
+    for i, width in enumerate((16, 32, 64)):
+        for j in range(blocks):
+            layers.append(_Basic(cin, width, 2 if j == 0 and i > 0 else 1))
+            cin = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+
 # DenseNet (Huang et al. 2017): pre-activation BN-ReLU-Conv layers, concatenated; DenseNet-121's first
 # three blocks (6, 12, 24 layers, growth 32).
 class _DenseLayer(nn.Module):
@@ -362,6 +385,7 @@ MODELS: dict[str, Factory] = {
     "resnet50": lambda: (_resnet((64, 128, 256, 512), (3, 4, 6, 3)), torch.randn(1, 3, 224, 224)),
     "resnext50_32x4d": lambda: (_resnet((128, 256, 512, 1024), (3, 4, 6, 3), groups=32, expansion=2),
                                 torch.randn(1, 3, 224, 224)),
+    "resnet20_cifar": lambda: (_resnet_cifar(), torch.randn(1, 3, 32, 32)),
     "densenet_3blocks": lambda: (_densenet(), torch.randn(1, 3, 224, 224)),
     "shufflenet_v2": lambda: (_shufflenet(), torch.randn(1, 3, 224, 224)),
     "inception_v3_c": lambda: (_inception(), torch.randn(1, 3, 289, 289)),

@@ -65,6 +65,16 @@ SPARSE_STEM = 0.15
 # its grouped layers NCHW direct against channels-last dense: 9.5 against 10.4 ms at 10% kept, 9.8 against
 # 9.4 at 20%, 10.4 against 9.7 at 30% (onnxruntime 6.5-6.8).
 SPARSE_GROUPED = 0.15
+# A dense convolution of one group and a window larger than 1x1 joins a region where it has at most this
+# many input and output channels: conv_nhwc_out, output channels in vectors, against the NCHW kernels'
+# best (Winograd, lanes), one thread, batch 1 unless shown: 16 -> 16 3x3 at 16x16 14 against 35-41 us,
+# at 56x56 104-109 against 230-236; 32 -> 32 at 8x8 12 against 57-65, at 28x28 104-107 against 125-131,
+# at 128x128 2960 against 3130; 48 -> 48 at 28x28 221 against 210-378; batch 4 32 -> 32 at 32x32 476-641
+# against 720-1007. From 64 channels Winograd wins on large planes (64 -> 64 at 56x56: 1960 against
+# 1190; 128 -> 128 at 28x28: 2260 against 1440), where the plane size is not known here.
+DENSE_MAX_CHANNELS = 48
+# ... and holds more than this fraction of nonzero weights: a pruned one keeps the NCHW direct sparse kernel.
+SPARSE_DENSE = 0.5
 
 
 def _weight_shape(graph: Graph, node: Node) -> tuple[int, ...] | None:
@@ -106,6 +116,17 @@ def _pointwise(graph: Graph, node: Node) -> bool:
     return w is not None and np.count_nonzero(w) > SPARSE_POINTWISE * w.size
 
 
+def _dense(graph: Graph, node: Node) -> bool:
+    """A dense 2-D Conv of one group, a window larger than 1x1 and few channels (DENSE_MAX_CHANNELS)."""
+    shape = _weight_shape(graph, node)
+    if (node.op != "Conv" or shape is None or len(shape) != 4 or shape[2:] == (1, 1)
+            or max(shape[:2]) > DENSE_MAX_CHANNELS or int(node.attrs.get("group", 1)) != 1
+            or not _const_bias(graph, node)):
+        return False
+    w = graph.const(node.inputs[1])
+    return w is not None and np.count_nonzero(w) > SPARSE_DENSE * w.size
+
+
 def _stem(graph: Graph, node: Node) -> bool:
     """A dense 2-D Conv of one group with few input channels (a network's first layer)."""
     shape = _weight_shape(graph, node)
@@ -117,14 +138,17 @@ def _stem(graph: Graph, node: Node) -> bool:
 
 
 def _conv_kind(graph: Graph, node: Node) -> str | None:
-    """"depthwise", "grouped", "pointwise" or "stem" for a convolution the regions can take, else None."""
+    """"depthwise", "grouped", "pointwise", "stem" or "dense" for a convolution the regions can take,
+    else None."""
     if _depthwise(graph, node):
         return "depthwise"
     if _grouped(graph, node):
         return "grouped"
     if node.inputs and _pointwise(graph, node):
         return "pointwise"
-    return "stem" if _stem(graph, node) else None
+    if _stem(graph, node):
+        return "stem"
+    return "dense" if node.inputs and _dense(graph, node) else None
 
 
 def _spatial_mean(graph: Graph, node: Node) -> bool:
@@ -175,9 +199,9 @@ class _Regions:
         self._drop_costly()
 
     def _drop_costly(self) -> None:
-        """Give back each connected region with more Transposes in and out than convolutions (a lone
-        depthwise layer: its NCHW kernel transposes itself, and only where it needs to). A way out into
-        the model's own NCHW -> NHWC Transpose costs nothing: the two cancel."""
+        """Give back each connected region with more Transposes in and out than convolutions other than
+        small dense ones (a lone depthwise layer: its NCHW kernel transposes itself, and only where it
+        needs to). A way out into the model's own NCHW -> NHWC Transpose costs nothing: the two cancel."""
         producer = {o: i for i in self.region for o in self.nodes[i].outputs}
         parent = {i: i for i in self.region}
 
@@ -198,7 +222,9 @@ class _Regions:
         cost: dict[int, int] = {}
         for i in self.region:
             node, r = self.nodes[i], root(i)
-            cost[r] = cost.get(r, 0) - (i in self.x_index or i in self.stems)
+            # a small dense layer pays for no Transpose: on large planes it runs no faster channels-last
+            # (32 -> 32 3x3 at 128x128: 2960 against Winograd's 3130 us; U-Net's first level lost 1.06x)
+            cost[r] = cost.get(r, 0) - ((i in self.x_index and self.kind.get(i) != "dense") or i in self.stems)
             for y in node.outputs:
                 outside = [j for j in self.readers.get(y, []) if j not in self.region]
                 if y in self.held and (y in self.protected or any(self.nodes[j].op != "Transpose"
@@ -227,7 +253,7 @@ class _Regions:
         (self.neutral if neutral or _spatial_mean(self.graph, node) else self.held).update(node.outputs)
 
     def _forward(self) -> bool:
-        """In graph order: depthwise and grouped convolutions, and what reads only region values."""
+        """In graph order: depthwise, grouped and small dense convolutions, and what reads only region values."""
         from dcm.runtime.channel_scale import SCALED_CONV
 
         graph, held, joined = self.graph, self.held, False
@@ -235,7 +261,7 @@ class _Regions:
             if i in self.region:
                 continue
             kind = self.kind.get(i)
-            if kind in ("depthwise", "grouped"):
+            if kind in ("depthwise", "grouped", "dense"):
                 self._join(i, 0)
             elif node.op in UNARY or node.op in BINARY:
                 live = [x for x in node.inputs[: 1 if node.op in UNARY else 2] if x]

@@ -131,7 +131,8 @@ def test_pass_needs_the_backend_ops():
     model = from_onnx(_mobile(), ConvertOptions(exact=True))
     assert not any(n.op in CHANNELS_LAST_OPS for n in optimize(model).nodes)
     ops = [n.op for n in optimize(model, internal=frozenset(CHANNELS_LAST_OPS) - {NHWC_STEM}).nodes]
-    assert ops.count(NHWC_CONV) == 10 and ops.count("Transpose") == 1
+    # no stem op: the 3 -> 8 stem joins as a small dense layer, the Transpose entering on the 3 channels
+    assert ops[:2] == ["Transpose", NHWC_CONV] and ops.count(NHWC_CONV) == 11 and ops.count("Transpose") == 1
     ops = [n.op for n in optimize(model, internal=frozenset(CHANNELS_LAST_OPS)).nodes]
     assert ops[0] == NHWC_STEM and ops.count(NHWC_CONV) == 10 and "Transpose" not in ops  # NCHW in, NHWC out
 
@@ -334,3 +335,33 @@ def test_kept_plans_give_the_first_calls_bits(threads):
     wide = np.zeros(shape[:3] + (2 * shape[3],), np.float32)
     wide[..., ::2] = h
     np.testing.assert_array_equal(layer(wide[..., ::2])[0], y)
+
+
+def _basic_blocks(c: int, density: float = 1.0):
+    """A CIFAR ResNet's stem and two basic blocks (3x3, ReLU, 3x3, the input added back, ReLU), the second
+    strided with a 1x1 shortcut; then the mean and a Flatten."""
+    g = _Graph(3)
+    x = g.op("Relu", [g.conv("x", 3, c, k=3)])
+    h = g.op("Relu", [g.conv(x, c, c, k=3, density=density)])
+    x = g.op("Relu", [g.op("Add", [g.conv(h, c, c, k=3, density=density), x])])
+    h = g.op("Relu", [g.conv(x, c, 2 * c, k=3, strides=[2, 2], density=density)])
+    x = g.op("Relu", [g.op("Add", [g.conv(h, 2 * c, 2 * c, k=3, density=density), g.conv(x, c, 2 * c, strides=[2, 2])])])
+    return g.model([g.op("Flatten", [g.op("GlobalAveragePool", [x])])])
+
+
+@needs_kernels
+@pytest.mark.parametrize("batch,threads", [(1, 1), (3, 2)])
+def test_small_dense_layers_run_channels_last(batch, threads):
+    """16 and 32 channels (at most DENSE_MAX_CHANNELS): every 3x3 layer joins the region (conv_nhwc_out
+    with one group, the residual Adds and ReLUs fused) and the results match onnxruntime; 32 and 64
+    channels: the 64-channel layers stay NCHW; at 30% kept all of them do."""
+    from dcm.runtime.channels_last import DENSE_MAX_CHANNELS
+
+    x = np.random.default_rng(4).standard_normal((batch, 3, 20, 18)).astype(np.float32)
+    sess = _run(_basic_blocks(16), x, threads)
+    ops = _ops(sess)
+    assert "Conv" not in ops and "Transpose" not in ops and ops.count(NHWC_CONV) == 5
+    assert [d["kernel"] for d in sess.describe() if d["op"] == NHWC_CONV].count("direct") == 4
+    assert 2 * 32 > DENSE_MAX_CHANNELS >= 32
+    assert _ops(_run(_basic_blocks(32), x, threads)).count("Conv") == 2  # the 64-channel 3x3 layers
+    assert _ops(_run(_basic_blocks(16, density=0.3), x, threads)).count(NHWC_CONV) == 0

@@ -3,7 +3,8 @@ and 1x1 convolutions and the spatial mean on NHWC arrays.
 
 A network's stem (few input channels) runs ``conv_nhwc_out`` (``_nhwc.c``), which reads the NCHW
 input as it is and writes NHWC: no Transpose into the region. A grouped layer (ResNeXt's, RegNet's)
-runs the same kernel on its NHWC input, group by group. A depthwise layer runs the compiled
+runs the same kernel on its NHWC input, group by group, and so does a small dense layer (one group of at
+most ``channels_last.DENSE_MAX_CHANNELS`` channels, a window past 1x1). A depthwise layer runs the compiled
 ``depthwise_nhwc``: per output pixel, kh*kw multiply-adds of 16-channel vectors, the bias and the
 activation in registers. A 1x1 layer is the product x [N*H*W, C_in] @ W.T on the packed GEMM
 (``_gemm.c``'s ``gemm_packed``, the weight packed once here), which adds the bias, a fused residual
@@ -116,8 +117,9 @@ class _Conv(Kernel):
 
 @register_internal(NHWC_CONV)
 class NhwcConv(_Conv):
-    """Conv of an NHWC input into an NHWC output: depthwise (multiplier 1), grouped, or 1x1 without
-    padding (a strided one, ResNet's shortcuts, on the pixels it reads, copied)."""
+    """Conv of an NHWC input into an NHWC output: depthwise (multiplier 1), grouped or small dense
+    (``grouped``: conv_nhwc_out), or 1x1 without padding (a strided one, ResNet's shortcuts, on the
+    pixels it reads, copied)."""
 
     fuses_residual = True
     residual_arg = 3  # after x, W and B
@@ -128,7 +130,8 @@ class NhwcConv(_Conv):
         w = self._load(node, ctx)
         per_group, self.groups = w.shape[1], int(self.attrs.get("group", 1))
         self.depthwise = per_group == 1 and self.groups == self.out_channels
-        self.grouped = self.groups > 1 and not self.depthwise
+        # conv_nhwc_out's form: several groups, or one (a small dense layer) with a window past 1x1
+        self.grouped = not self.depthwise and (self.groups > 1 or self.kernel != (1, 1))
         self._plans: dict[tuple[int, ...], tuple] = {}  # per input shape: what a call works out (_keep_plan)
         if self.depthwise:
             self.in_channels = self.out_channels
@@ -139,8 +142,6 @@ class NhwcConv(_Conv):
             self.in_channels = per_group * self.groups
             self.weight = _window_weight(w, self.groups)
         else:
-            if self.kernel != (1, 1) or self.groups != 1:
-                raise ValueError("a channels-last Conv is depthwise, grouped or 1x1")
             self.in_channels = per_group
             w2 = w.reshape(self.out_channels, per_group)
             self.wt = np.ascontiguousarray(w2.T)  # [C_in, C_out]
@@ -284,7 +285,7 @@ class NhwcConv(_Conv):
         if self.depthwise:
             return {"kernel": "depthwise", "layout": "nhwc"}
         if self.grouped:
-            return {"kernel": "grouped", "layout": "nhwc", "groups": self.groups}
+            return {"kernel": "grouped" if self.groups > 1 else "direct", "layout": "nhwc", "groups": self.groups}
         if self.sparse is not None:  # which form a call takes depends on its pixel count
             return {"kernel": "sparse", "layout": "nhwc", "density": self.density,
                     "product": "matmat_rows, gemm_packed by pixel count"}
