@@ -131,6 +131,34 @@ def test_expand_tile(consts):
     check("Tile", {"x": x, "s": i64(2, 3)}, {}, 13, consts)
 
 
+def test_expand_kept_view_is_numpys_broadcast():
+    """A constant target keeps, per input shape and item size, the view's shape and strides: later calls
+    give np.broadcast_to's read-only view of the same memory; a strided input, another dtype or a
+    string tensor go through numpy each time."""
+    from dcm.runtime.cpu.generate import Expand
+    from dcm.format.model import Node
+
+    class Ctx:
+        threads = 1
+
+        def is_const(self, name):
+            return True
+
+        def const(self, name):
+            return np.array([2, 3, 1, 4], np.int64)
+
+    kernel = Expand(Node("Expand", ["x", "s"], ["y"], {}, "e"), Ctx())
+    for x in (RNG.standard_normal((3, 1, 4)).astype(np.float32), np.arange(12, dtype=np.int8).reshape(3, 1, 4),
+              RNG.standard_normal((3, 1, 8)).astype(np.float32)[:, :, ::2], np.array([["a", "b", "c", "d"]] * 3)[:, None]):
+        for _ in range(3):
+            (y,) = kernel(x)
+            want = np.broadcast_to(x, (2, 3, 1, 4))
+            assert y.shape == want.shape and y.dtype == x.dtype and y.strides == want.strides
+            assert not y.flags.writeable and np.shares_memory(y, x)
+            np.testing.assert_array_equal(y, want)
+    assert set(kernel._views) == {((3, 1, 4), 4), ((3, 1, 4), 1)}
+
+
 def test_range_constant_of_shape():
     check("Range", {"a": i64(2), "b": i64(11), "c": i64(3)}, {}, 11, ("c",))
     check("Range", {"a": np.array(1.0, np.float32), "b": np.array(-2.0, np.float32),
