@@ -625,6 +625,30 @@ def test_pool_matches_numpy(data):
         np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel", [(2, 2), (3, 3), (2, 3), (3, 2)])
+@pytest.mark.parametrize("pads", [(0, 0, 0, 0), (1, 1, 1, 1), (0, 1, 1, 0), (1, 0, 0, 1)])
+@pytest.mark.parametrize("width", [1, 2, 15, 32, 33, 64, 97])
+def test_stride_2_max_pools_match_numpy(kernel, pads, width):
+    """The stride-2 max pools of 2 or 3 rows and columns (pool_max_s2_avx512 on AVX-512: 16 outputs from
+    two or three vectors of column maxima, masked at the row's ends) against numpy, NaN and -inf
+    included, with the generic path too."""
+    from dcm.runtime.cpu.windows import reduce_windows
+
+    rng = np.random.default_rng(width)
+    x = rng.standard_normal((2, 3, 7, width)).astype(np.float32)
+    x[0, 1, 3, width // 2] = np.nan
+    x[1, 2, 0, 0] = -np.inf
+    begin, end = list(pads[:2]), list(pads[2:])
+    if width + pads[1] + pads[3] < kernel[1]:
+        return
+    ref = reduce_windows(x, kernel, (2, 2), (1, 1), begin, end, np.maximum, -np.inf)
+    for simd in (True, False):
+        y = np.full(ref.shape, 7, np.float32)
+        with switched(native.set_simd, simd):
+            native.pool2d(x, y, x.shape, kernel, (2, 2), (1, 1), pads, None, 2)
+        np.testing.assert_array_equal(y, ref)
+
+
 @pytest.mark.parametrize("average", [False, True])
 def test_pool_threads_give_the_serial_result(average):
     """Output rows split over the native pool (many ranges, a plane cut between two of them) give
