@@ -73,6 +73,11 @@ SPARSE_GROUPED = 0.15
 # against 720-1007. From 64 channels Winograd wins on large planes (64 -> 64 at 56x56: 1960 against
 # 1190; 128 -> 128 at 28x28: 2260 against 1440), where the plane size is not known here.
 DENSE_MAX_CHANNELS = 48
+# ... or, of any width, a patch layer: window = stride, no padding (ConvNeXt's 2x2/2 downsampling, a
+# 4x4/4 stem): one layer alone, batch 1, one thread, its NHWC kernel (nhwc.py) against the NCHW one's
+# best: 40 -> 80 at 56x56 161 against 424 us (onnxruntime 221), 80 -> 160 at 28x28 169 / 221 (151),
+# 160 -> 320 at 14x14 182 / 293 (235), 256 -> 512 at 14x14 446 / 567 (502), 48 -> 96 4x4/4 at 56x56
+# 313 / 438 (374); batch 8, 2 threads, 80 -> 160: 899 / 1594 (969).
 # ... and holds more than this fraction of nonzero weights: a pruned one keeps the NCHW direct sparse kernel.
 SPARSE_DENSE = 0.5
 
@@ -116,12 +121,19 @@ def _pointwise(graph: Graph, node: Node) -> bool:
     return w is not None and np.count_nonzero(w) > SPARSE_POINTWISE * w.size
 
 
+def patch_layer(attrs: dict, kernel: tuple[int, ...]) -> bool:
+    """A convolution whose windows tile the input: window = stride, no padding, no dilation."""
+    return (list(attrs.get("strides", [1] * len(kernel))) == list(kernel) and not any(attrs.get("pads", [0]))
+            and all(d == 1 for d in attrs.get("dilations", [1])) and attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID", ""))
+
+
 def _dense(graph: Graph, node: Node) -> bool:
-    """A dense 2-D Conv of one group, a window larger than 1x1 and few channels (DENSE_MAX_CHANNELS)."""
+    """A dense 2-D Conv of one group and a window larger than 1x1: of few channels (DENSE_MAX_CHANNELS),
+    or a patch layer."""
     shape = _weight_shape(graph, node)
     if (node.op != "Conv" or shape is None or len(shape) != 4 or shape[2:] == (1, 1)
-            or max(shape[:2]) > DENSE_MAX_CHANNELS or int(node.attrs.get("group", 1)) != 1
-            or not _const_bias(graph, node)):
+            or int(node.attrs.get("group", 1)) != 1 or not _const_bias(graph, node)
+            or (max(shape[:2]) > DENSE_MAX_CHANNELS and not patch_layer(node.attrs, shape[2:]))):
         return False
     w = graph.const(node.inputs[1])
     return w is not None and np.count_nonzero(w) > SPARSE_DENSE * w.size

@@ -365,3 +365,34 @@ def test_small_dense_layers_run_channels_last(batch, threads):
     assert 2 * 32 > DENSE_MAX_CHANNELS >= 32
     assert _ops(_run(_basic_blocks(32), x, threads)).count("Conv") == 2  # the 64-channel 3x3 layers
     assert _ops(_run(_basic_blocks(16, density=0.3), x, threads)).count(NHWC_CONV) == 0
+
+
+@needs_kernels
+@pytest.mark.parametrize("batch,threads", [(1, 1), (2, 2)])
+@pytest.mark.parametrize("simd", [True, False])
+def test_patch_layers_run_channels_last(batch, threads, simd):
+    """ConvNeXt's stage boundaries: 2x2 stride-2 layers of any width join the region between depthwise
+    blocks, 40 -> 64 on conv_nhwc_out and 64 -> 176 (past PATCH_DIRECT_MAX_OUTPUTS) as one product over
+    its gathered patches, an odd plane's last row and column dropped as the NCHW layer drops them; a
+    ReLU fused; the results match onnxruntime, with the packed GEMM switched off after load too."""
+    from dcm.runtime.cpu.nhwc import PATCH_DIRECT_MAX_OUTPUTS
+
+    g = _Graph(40)
+    h = g.op("Relu", [g.conv(g.conv("x", 40, 40, k=3, group=40), 40, 40)])
+    h = g.conv(h, 40, 64, k=2, strides=[2, 2], pads=[0] * 4)
+    h = g.conv(g.conv(h, 64, 64, k=3, group=64), 64, 64)
+    h = g.op("Relu", [g.conv(h, 64, 176, k=2, strides=[2, 2], pads=[0] * 4)])
+    y = g.conv(g.conv(h, 176, 176, k=3, group=176), 176, 16)
+    m = g.model([g.op("Flatten", [g.op("GlobalAveragePool", [y])]), h])
+    x = np.random.default_rng(5).standard_normal((batch, 40, 19, 22)).astype(np.float32)
+    sess = _run(m, x, threads)
+    ops = _ops(sess)
+    assert "Conv" not in ops and ops.count("Transpose") == 2  # in once; out once, for the second output
+    kinds = {d["name"]: d for d in sess.describe() if d["op"] == NHWC_CONV}
+    assert 64 <= PATCH_DIRECT_MAX_OUTPUTS < 176
+    assert kinds["conv4"]["kernel"] == "direct" and kinds["conv7"].get("product") == "gemm_packed over patches"
+    if not simd:
+        ref = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})]
+        with switched(native.set_gemm_simd, False):
+            for got, want in zip(sess.run(None, {"x": x}), ref[0]):
+                np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)

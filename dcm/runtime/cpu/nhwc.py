@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from dcm.runtime.channels_last import NHWC_CONV, NHWC_MEAN, NHWC_SCALED_CONV, NHWC_STEM
+from dcm.runtime.channels_last import NHWC_CONV, NHWC_MEAN, NHWC_SCALED_CONV, NHWC_STEM, patch_layer
 from dcm.runtime.cpu import matmul, memory, native, pointconv
 from dcm.runtime.cpu.fused import register_internal
 from dcm.runtime.cpu.windows import ints2, output_size, resolve_pads
@@ -34,6 +34,12 @@ from dcm.runtime.kernel import Kernel
 # 1.25 / 1.26).
 SPARSE_MIN_PIXELS = 256
 SPARSE_MIN_INPUTS = 128
+# A patch layer (window = stride, no padding) of more outputs than this is a product over its gathered
+# patches on the packed GEMM; up to it, conv_nhwc_out (one layer alone, one thread, batch 1, us: 40 -> 80
+# 2x2/2 at 56x56 161 direct against 166 as patches, 64 -> 128 at 32x32 106 / 173, 80 -> 160 at 28x28
+# 169 / 177; past it the direct kernel's output vectors spill: 160 -> 320 at 14x14 273 / 182, 256 -> 512
+# 1140 / 446, 320 -> 640 1755 / 745).
+PATCH_DIRECT_MAX_OUTPUTS = 160
 
 
 def available() -> bool:
@@ -130,8 +136,11 @@ class NhwcConv(_Conv):
         w = self._load(node, ctx)
         per_group, self.groups = w.shape[1], int(self.attrs.get("group", 1))
         self.depthwise = per_group == 1 and self.groups == self.out_channels
+        # a wide patch layer: [patches, kh * kw * C_in] @ W on the packed GEMM (PATCH_DIRECT_MAX_OUTPUTS)
+        self.patches = (self.groups == 1 and self.kernel != (1, 1) and patch_layer(self.attrs, self.kernel)
+                        and self.out_channels > PATCH_DIRECT_MAX_OUTPUTS and native.packed_simd() == "avx512")
         # conv_nhwc_out's form: several groups, or one (a small dense layer) with a window past 1x1
-        self.grouped = not self.depthwise and (self.groups > 1 or self.kernel != (1, 1))
+        self.grouped = not self.depthwise and not self.patches and (self.groups > 1 or self.kernel != (1, 1))
         self._plans: dict[tuple[int, ...], tuple] = {}  # per input shape: what a call works out (_keep_plan)
         if self.depthwise:
             self.in_channels = self.out_channels
@@ -141,6 +150,11 @@ class NhwcConv(_Conv):
                 raise ValueError(f"{self.out_channels} outputs not divisible by group {self.groups}")
             self.in_channels = per_group * self.groups
             self.weight = _window_weight(w, self.groups)
+        elif self.patches:
+            self.in_channels = per_group
+            # [kh, kw, C_in, C_out] flattened: a patch's NHWC values in order times its outputs
+            self.wt = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, self.out_channels))
+            self.packed = matmul.packed_weight(self.wt)
         else:
             self.in_channels = per_group
             w2 = w.reshape(self.out_channels, per_group)
@@ -205,7 +219,7 @@ class NhwcConv(_Conv):
         self._plans[x.shape] = plan
 
     def _call(self, x, residual, scale) -> tuple:
-        if not (self.depthwise or self.grouped) and x.ndim == 4 and x.shape[1:] == (self.in_channels, 1, 1):
+        if not (self.depthwise or self.grouped or self.patches) and x.ndim == 4 and x.shape[1:] == (self.in_channels, 1, 1):
             # a [N, C, 1, 1] value (a squeeze-and-excitation branch): the same array in either layout
             return (self._call(x.reshape(-1, 1, 1, self.in_channels), residual, None)[0].reshape(-1, self.out_channels, 1, 1),)
         x = _nhwc_input(x, self.in_channels, self.node.name)
@@ -219,9 +233,31 @@ class NhwcConv(_Conv):
                     np.add(y, residual, out=y)
                     y = y if e is None else e(y)
                 return (y,)
+        elif self.patches:
+            y = self._patch_product(x, act, residual)
         else:
             y = self._pointwise(x, act, residual, scale)
         return (y if e is None or act is not None else e(y),)
+
+    def _patch_product(self, x: np.ndarray, act, residual: np.ndarray | None) -> np.ndarray:
+        """A patch layer as one product: each output pixel's kh x kw window of x, whose rows are runs of
+        kw * C_in values, gathered into a row of the patch matrix, times the packed weight."""
+        n, h, w, c = x.shape
+        (kh, kw), oh, ow = self.kernel, h // self.kernel[0], w // self.kernel[1]
+        rows, co = n * oh * ow, self.out_channels
+        patches = np.ascontiguousarray(
+            x[:, : oh * kh, : ow * kw].reshape(n, oh, kh, ow, kw * c).transpose(0, 1, 3, 2, 4)).reshape(rows, -1)
+        if residual is not None:
+            residual = np.ascontiguousarray(residual, dtype=np.float32).reshape(rows, co)
+        y = np.empty((n, oh, ow, co), dtype=np.float32)
+        if native.packed_simd() == "avx512":
+            native.gemm_packed(patches, self.packed, y.reshape(rows, co), self.threads, self.bias, act=act,
+                               residual=residual)
+            return y
+        out = np.matmul(patches, self.wt, out=y.reshape(rows, co))  # the CPU lost the kernel (set_simd)
+        native.activate(out, out, *(act or ("none", 0.0, 0.0)), bias=self.bias, residual=residual,
+                        threads=self.threads)
+        return y
 
     def _windows(self, x: np.ndarray, act) -> np.ndarray:
         """A depthwise or grouped layer's output, its activation applied."""
@@ -286,6 +322,8 @@ class NhwcConv(_Conv):
             return {"kernel": "depthwise", "layout": "nhwc"}
         if self.grouped:
             return {"kernel": "grouped" if self.groups > 1 else "direct", "layout": "nhwc", "groups": self.groups}
+        if self.patches:
+            return {"kernel": "dense", "layout": "nhwc", "product": "gemm_packed over patches"}
         if self.sparse is not None:  # which form a call takes depends on its pixel count
             return {"kernel": "sparse", "layout": "nhwc", "density": self.density,
                     "product": "matmat_rows, gemm_packed by pixel count"}
