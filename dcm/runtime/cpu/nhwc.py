@@ -187,13 +187,8 @@ class NhwcConv(_Conv):
         if form == "gemm":  # x, packed, out, threads, bias, relu, act, residual
             native.gemm_packed(x.reshape(rows), self.packed, y.reshape(rows[0], -1), self.threads, self.bias, False,
                                act, residual)
-        elif form == "depthwise":
-            native.depthwise_nhwc(x, y, self.weight, x.shape, self.kernel, self.strides, self.dilations, rows,
-                                  self.bias, act, self.threads)
-        else:  # ..., bias, act, threads, groups, channels_last
-            n, h, w, c = x.shape
-            native.conv_nhwc_out(x, y, self.weight, (n, c, h, w, self.out_channels), self.kernel, self.strides,
-                                 self.dilations, rows, self.bias, act, self.threads, self.groups, True)
+        else:
+            self._window_kernel(x, y, rows, act)
         return y
 
     def _keep_plan(self, x: np.ndarray) -> None:
@@ -250,28 +245,41 @@ class NhwcConv(_Conv):
         if residual is not None:
             residual = np.ascontiguousarray(residual, dtype=np.float32).reshape(rows, co)
         y = np.empty((n, oh, ow, co), dtype=np.float32)
-        if native.packed_simd() == "avx512":
-            native.gemm_packed(patches, self.packed, y.reshape(rows, co), self.threads, self.bias, act=act,
-                               residual=residual)
-            return y
-        out = np.matmul(patches, self.wt, out=y.reshape(rows, co))  # the CPU lost the kernel (set_simd)
-        native.activate(out, out, *(act or ("none", 0.0, 0.0)), bias=self.bias, residual=residual,
-                        threads=self.threads)
+        self._product(patches, y.reshape(rows, co), act, residual)
         return y
 
     def _windows(self, x: np.ndarray, act) -> np.ndarray:
         """A depthwise or grouped layer's output, its activation applied."""
-        n, h, w, c = x.shape
+        n, h, w, _ = x.shape
         pads, oh, ow = self._window(h, w)
         y = np.empty((n, oh, ow, self.out_channels), dtype=np.float32)
+        self._window_kernel(x, y, pads, act)
+        return y
+
+    def _window_kernel(self, x: np.ndarray, y: np.ndarray, pads: tuple[int, int, int, int], act) -> None:
+        """y = the depthwise or conv_nhwc_out layer of NHWC x, its activation applied (arguments by
+        position: keywords cost ~0.4 us a call)."""
+        n, h, w, c = x.shape
         if self.depthwise:
             native.depthwise_nhwc(x, y, self.weight, (n, h, w, c), self.kernel, self.strides, self.dilations, pads,
-                                  self.bias, act, threads=self.threads)
-        else:
+                                  self.bias, act, self.threads)
+        else:  # ..., bias, act, threads, groups, channels_last
             native.conv_nhwc_out(x, y, self.weight, (n, c, h, w, self.out_channels), self.kernel, self.strides,
-                                 self.dilations, pads, self.bias, act, threads=self.threads, groups=self.groups,
-                                 channels_last=True)
-        return y
+                                 self.dilations, pads, self.bias, act, self.threads, self.groups, True)
+
+    def _product(self, x2: np.ndarray, out2: np.ndarray, act, residual: np.ndarray | None,
+                 scale: np.ndarray | None = None) -> None:
+        """out2 = act((x2 * scale) [rows, k] @ W + bias + residual) on the packed GEMM; numpy where the
+        CPU lost the kernel (``set_simd(False)`` after load)."""
+        if native.packed_simd() == "avx512":
+            native.gemm_packed(x2, self.packed, out2, self.threads, self.bias, act=act, residual=residual,
+                               scale=scale)
+            return
+        if scale is not None:  # [N or 1, k]: one row of factors per sample's rows
+            x2 = (x2.reshape(len(scale), -1, x2.shape[1]) * scale[:, None, :]).reshape(x2.shape)
+        np.matmul(x2, self.wt, out=out2)
+        native.activate(out2, out2, *(act or ("none", 0.0, 0.0)), bias=self.bias, residual=residual,
+                        threads=self.threads)
 
     def _pointwise(self, x: np.ndarray, act, residual: np.ndarray | None, scale: np.ndarray | None) -> np.ndarray:
         """act((x * scale) @ W.T + bias + residual) on the packed GEMM. The scale [N or 1, C_in] (a
@@ -287,15 +295,7 @@ class NhwcConv(_Conv):
         if self._takes_sparse(m, scale):
             return self._sparse_product(x.reshape(m, c), act, residual).reshape(n, h, w, co)
         y = np.empty((n, h, w, co), dtype=np.float32)
-        if native.packed_simd() == "avx512":
-            native.gemm_packed(x.reshape(m, c), self.packed, y.reshape(m, co), self.threads, self.bias, act=act,
-                               residual=residual, scale=scale)
-            return y
-        if scale is not None:
-            x = x * scale.reshape(-1, 1, 1, c)
-        out = np.matmul(x.reshape(m, c), self.wt, out=y.reshape(m, co))
-        native.activate(out, out, *(act or ("none", 0.0, 0.0)), bias=self.bias, residual=residual,
-                        threads=self.threads)
+        self._product(x.reshape(m, c), y.reshape(m, co), act, residual, scale)
         return y
 
     def _takes_sparse(self, pixels: int, scale: np.ndarray | None) -> bool:
