@@ -390,20 +390,23 @@ def op_seeds() -> tuple[tuple[bytes, dict], ...]:
 
 # --- which compiled kernels a campaign reached ------------------------------------------------
 
-# Compiled kernels the runtime calls only where the CPU runs their AVX-512 path: the packed GEMM
-# (``matmul``, ``pixel_gemm``, ``pointconv``) and the channels-last kernels of the regions built around it
-# (``nhwc``). On other CPUs no seed can reach them.
-AVX512_ONLY = ("gemm_packed", "pointwise_conv", "window_rows", "depthwise_nhwc", "conv_nhwc_out",
-               "global_average_nhwc")
+# Compiled kernels the runtime calls only where the CPU runs their AVX-512 path: the NCHW 1x1 kernel
+# (``pointconv``) and ``conv_nhwc_out`` (stems, grouped and small dense layers in the channels-last regions).
+AVX512_ONLY = ("pointwise_conv", "conv_nhwc_out")
+# ... and only where the packed GEMM runs (AVX-512 or AVX2): it (``pixel_gemm``, the regions' 1x1 layers) and
+# the channels-last kernels of the regions built around it (``nhwc``). On other CPUs no seed can reach them.
+PACKED_ONLY = ("gemm_packed", "window_rows", "depthwise_nhwc", "global_average_nhwc")
 
 
 def kernel_names(reachable: bool = False) -> list[str]:
     """Every compiled kernel by name, read from ``native.NAMES`` so that a kernel added there is
     counted (and must be seeded): the module's functions and its kernel objects' methods.
-    ``reachable``: only those the runtime calls on this CPU (``AVX512_ONLY`` left out without AVX-512)."""
+    ``reachable``: only those the runtime calls on this CPU (``AVX512_ONLY`` left out without AVX-512,
+    ``PACKED_ONLY`` without AVX2)."""
     from dcm.runtime.cpu import native
 
-    skipped = AVX512_ONLY if reachable and native.packed_simd() != "avx512" else ()
+    simd = native.packed_simd()
+    skipped = ((AVX512_ONLY if simd != "avx512" else ()) + (PACKED_ONLY if simd is None else ())) if reachable else ()
     out = []
     for name in native.NAMES:
         if name in skipped:

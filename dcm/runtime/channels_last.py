@@ -151,16 +151,18 @@ def _stem(graph: Graph, node: Node) -> bool:
 
 def _conv_kind(graph: Graph, node: Node) -> str | None:
     """"depthwise", "grouped", "pointwise", "stem" or "dense" for a convolution the regions can take,
-    else None."""
+    else None. Grouped, stem and dense layers run on conv_nhwc_out, which the backend offers (as the
+    stem op, ``nhwc.windows_available``) only where that kernel is vectorized."""
+    windows = NHWC_STEM in graph.internal
     if _depthwise(graph, node):
         return "depthwise"
-    if _grouped(graph, node):
+    if windows and _grouped(graph, node):
         return "grouped"
     if node.inputs and _pointwise(graph, node):
         return "pointwise"
     if _stem(graph, node):
         return "stem"
-    return "dense" if node.inputs and _dense(graph, node) else None
+    return "dense" if windows and node.inputs and _dense(graph, node) else None
 
 
 def _spatial_mean(graph: Graph, node: Node) -> bool:

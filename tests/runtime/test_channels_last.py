@@ -16,7 +16,9 @@ from dcm.runtime.cpu import native, nhwc  # noqa: E402
 from dcm.runtime.optimize import optimize  # noqa: E402
 from tests.runtime.switches import switched  # noqa: E402
 
-needs_kernels = pytest.mark.skipif(not nhwc.available(), reason="the channels-last kernels need AVX-512 and a build")
+needs_kernels = pytest.mark.skipif(not nhwc.available(), reason="the channels-last kernels need AVX2 and a build")
+# grouped, small dense and patch layers join the regions where conv_nhwc_out runs vectorized (AVX-512)
+needs_windows = pytest.mark.skipif(not nhwc.windows_available(), reason="conv_nhwc_out's SIMD path needs AVX-512")
 
 
 class _Graph:
@@ -131,8 +133,9 @@ def test_pass_needs_the_backend_ops():
     model = from_onnx(_mobile(), ConvertOptions(exact=True))
     assert not any(n.op in CHANNELS_LAST_OPS for n in optimize(model).nodes)
     ops = [n.op for n in optimize(model, internal=frozenset(CHANNELS_LAST_OPS) - {NHWC_STEM}).nodes]
-    # no stem op: the 3 -> 8 stem joins as a small dense layer, the Transpose entering on the 3 channels
-    assert ops[:2] == ["Transpose", NHWC_CONV] and ops.count(NHWC_CONV) == 11 and ops.count("Transpose") == 1
+    # no stem op (conv_nhwc_out not vectorized: an AVX2-only CPU): the stem stays NCHW, the region entered
+    # after it; the depthwise and 1x1 layers still join
+    assert ops[:3] == ["Conv", "Clip", "Transpose"] and ops.count(NHWC_CONV) == 10 and ops.count("Transpose") == 1
     ops = [n.op for n in optimize(model, internal=frozenset(CHANNELS_LAST_OPS)).nodes]
     assert ops[0] == NHWC_STEM and ops.count(NHWC_CONV) == 10 and "Transpose" not in ops  # NCHW in, NHWC out
 
@@ -175,7 +178,7 @@ def _resnext(density: float = 1.0):
     return g.model([x])
 
 
-@needs_kernels
+@needs_windows
 @pytest.mark.parametrize("batch,threads", [(1, 1), (2, 2)])
 def test_grouped_blocks_run_channels_last(batch, threads):
     x = np.random.default_rng(5).standard_normal((batch, 32, 18, 17)).astype(np.float32)
@@ -195,7 +198,7 @@ def _pruned_pointwise_block(density: float):
     return g.model([g.op("Relu", [g.op("Add", [g.conv(h, 128, 128, density=density), "x"])])])
 
 
-@needs_kernels
+@needs_windows
 @pytest.mark.parametrize("threads", [1, 2])
 def test_pruned_1x1_layers_run_the_sparse_kernel_channels_last(threads):
     """1x1 layers of 128 inputs at 25% kept multiply their pixels on the compiled sparse kernel (ReLU in
@@ -215,7 +218,7 @@ def test_pruned_1x1_layers_run_the_sparse_kernel_channels_last(threads):
     assert not any(d.get("kernel") == "sparse" for d in _run(_pruned_pointwise_block(0.6), x, threads).describe())
 
 
-@needs_kernels
+@needs_windows
 def test_a_shortcut_on_an_entered_value_joins_the_region():
     """RegNet's first block: its 1x1 layer and its strided 1x1 shortcut both read the stem's output. The
     shortcut reads the value the region enters anyway, so it joins, the block's Add with it, and then
@@ -349,7 +352,7 @@ def _basic_blocks(c: int, density: float = 1.0):
     return g.model([g.op("Flatten", [g.op("GlobalAveragePool", [x])])])
 
 
-@needs_kernels
+@needs_windows
 @pytest.mark.parametrize("batch,threads", [(1, 1), (3, 2)])
 def test_small_dense_layers_run_channels_last(batch, threads):
     """16 and 32 channels (at most DENSE_MAX_CHANNELS): every 3x3 layer joins the region (conv_nhwc_out
@@ -367,7 +370,7 @@ def test_small_dense_layers_run_channels_last(batch, threads):
     assert _ops(_run(_basic_blocks(16, density=0.3), x, threads)).count(NHWC_CONV) == 0
 
 
-@needs_kernels
+@needs_windows
 @pytest.mark.parametrize("batch,threads", [(1, 1), (2, 2)])
 @pytest.mark.parametrize("simd", [True, False])
 def test_patch_layers_run_channels_last(batch, threads, simd):

@@ -6,6 +6,7 @@ import pytest
 
 from dcm.runtime.cpu import native
 from tests.runtime.activations import activation
+from tests.runtime.switches import switched
 
 pytestmark = pytest.mark.skipif(native.gemm is None, reason="this build has no compiled gemm")
 
@@ -134,7 +135,19 @@ def test_rows_too_far_apart_for_sgemm_are_refused():
 # --- gemm_packed: products by a weight packed once (AVX-512) ------------------------------------
 
 packed_only = pytest.mark.skipif(native.packed_simd is None or native.packed_simd() is None,
-                                 reason="the packed kernel needs AVX-512")
+                                 reason="the packed kernel needs AVX-512 or AVX2 + FMA")
+# The CPU's packed tiles: on AVX-512 both shapes (12 x 32 and 6 x 16), set_avx512(False) standing for an
+# AVX2-only CPU; on AVX2 alone the AVX-512 run is the AVX2 path again.
+TILES = ["avx512", "avx2"]
+
+
+@pytest.fixture(params=TILES, autouse=True)
+def tiles(request):
+    if native.set_gemm_avx512 is None:
+        yield None
+        return
+    with switched(native.set_gemm_avx512, request.param == "avx512"):
+        yield native.packed_simd()
 
 
 def _packed(w):
@@ -245,16 +258,31 @@ def test_bad_packed_calls_are_refused_with_a_message(name):
 
 @packed_only
 def test_without_simd_the_packed_kernel_says_so():
-    """set_simd(False) stands for a CPU without AVX-512: packed_simd() is None (the layers keep BLAS,
+    """set_simd(False) stands for a CPU without AVX2: packed_simd() is None (the layers keep BLAS,
     tests/runtime/test_matmul.py) and a call is refused rather than run on the wrong instructions."""
     previous = native.set_gemm_simd(False)
     try:
         assert native.packed_simd() is None
         w = _random((8, 8))
-        with pytest.raises(RuntimeError, match="AVX-512"):
+        with pytest.raises(RuntimeError, match="AVX2"):
             native.gemm_packed(w, _packed(w), np.empty((8, 8), np.float32))
     finally:
         native.set_gemm_simd(previous)
+
+
+@packed_only
+def test_the_avx2_tiles_give_what_the_avx512_ones_do(tiles):
+    """Both tile shapes on one product with every epilogue: a row count that is not a multiple of either
+    tile's rows, panels whose second half is partial (n = 37: 32 + 5) or absent (n = 13)."""
+    if tiles != "avx2":
+        pytest.skip("the AVX2 tiles' own check")
+    for n in (13, 37, 64):
+        x, w, bias, residual = _random((23, 50), 20), _random((50, n), 21), _random(n, 22), _random((23, n), 23)
+        for act in (None, ("clip", -0.5, 0.5), ("silu", 1.0, 0.0), ("gelu", 0.0, 0.0)):
+            out = np.full((23, n), np.nan, np.float32)
+            native.gemm_packed(x, _packed(w), out, 3, bias, act=act, residual=residual)
+            want = x.astype(np.float64) @ w + bias + residual
+            np.testing.assert_allclose(out, want if act is None else activation(act, want), rtol=1e-4, atol=1e-4)
 
 
 @packed_only

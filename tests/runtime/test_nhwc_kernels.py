@@ -1,9 +1,12 @@
 """The compiled channels-last kernels (_nhwc.c): depthwise_nhwc matches a float64 numpy depthwise
 convolution over taps for kernels 1x1 to 7x7, strides 1-3, dilations 1-2, pads from none to past the
 kernel's reach, channel counts off the 16-lane vector, tiny planes, batches, every activation and
-bias or none, on the AVX-512 and the portable paths, 1 and 2 threads giving the same bytes;
+bias or none, on the AVX-512 (16 channels a vector), AVX2 (8) and portable paths, 1 and 2 threads giving
+the same bytes;
 global_average_nhwc matches numpy's mean; bad sizes, lengths, overlapping buffers and activations get a
 ValueError before any read."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -84,17 +87,25 @@ def _cases():
 
 
 CASES = _cases()
+PATHS = ["avx512", "avx2", "portable"]  # on a CPU without AVX-512 the first is the AVX2 path again
 
 
-@pytest.mark.parametrize("simd", [True, False])
+@contextlib.contextmanager
+def _path(path):
+    """The depthwise kernel's AVX-512, AVX2 or portable C path (set_avx512, set_simd)."""
+    with switched(native.set_nhwc_simd, path != "portable"), switched(native.set_nhwc_avx512, path == "avx512"):
+        yield
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "n{}h{}w{}c{}-k{}s{}d{}-p{}".format(*c[:4], *(c[4:7]), c[7]))
-def test_depthwise_matches_numpy(case, simd):
+def test_depthwise_matches_numpy(case, path):
     n, h, w, c, kernel, strides, dilations, pads = case
     rng = np.random.default_rng(hash(case) % 2**32)
     x = rng.standard_normal((n, h, w, c)).astype(np.float32)
     wt = rng.standard_normal((*kernel, c)).astype(np.float32)
     bias = rng.standard_normal(c).astype(np.float32)
-    with switched(native.set_nhwc_simd, simd):
+    with _path(path):
         for i, act in enumerate(ACTS):
             b = bias if i % 2 else None
             got = _run(x, wt, strides, dilations, pads, b, act)
@@ -103,24 +114,25 @@ def test_depthwise_matches_numpy(case, simd):
             np.testing.assert_array_equal(_run(x, wt, strides, dilations, pads, b, act, threads=2), got)
 
 
-@pytest.mark.parametrize("simd", [True, False])
-def test_depthwise_threads_split_a_large_layer_identically(simd):
+@pytest.mark.parametrize("path", PATHS)
+def test_depthwise_threads_split_a_large_layer_identically(path):
     """A layer of many 64k-multiply-add ranges, so that two threads really share it."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 56, 56, 144)).astype(np.float32)
     wt = rng.standard_normal((3, 3, 144)).astype(np.float32)
-    with switched(native.set_nhwc_simd, simd):
+    with _path(path):
         one = _run(x, wt, (2, 2), (1, 1), (0, 0, 1, 1), None, ("clip", 0.0, 6.0))
         np.testing.assert_array_equal(_run(x, wt, (2, 2), (1, 1), (0, 0, 1, 1), None, ("clip", 0.0, 6.0), 2), one)
     np.testing.assert_allclose(one, _reference(x, wt, (2, 2), (1, 1), (0, 0, 1, 1), None, ("clip", 0.0, 6.0)),
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("path", PATHS[:2])
 @pytest.mark.parametrize("kernel, stride", [((3, 3), 1), ((5, 5), 2), ((1, 2), 1)])
 @pytest.mark.parametrize("c", [64, 80, 96])
-def test_depthwise_any_placement_of_x_in_its_lines(c, kernel, stride):
+def test_depthwise_any_placement_of_x_in_its_lines(c, kernel, stride, path):
     """x and y at each float of a 64-byte line: a layer whose channels are a multiple of 16 starts with
-    a partial vector up to x's next line boundary."""
+    a partial vector up to x's next line (AVX2: half-line) boundary."""
     rng = np.random.default_rng(c)
     wt = rng.standard_normal((*kernel, c)).astype(np.float32)
     bias = rng.standard_normal(c).astype(np.float32)
@@ -130,7 +142,8 @@ def test_depthwise_any_placement_of_x_in_its_lines(c, kernel, stride):
         x[:] = rng.standard_normal(x.shape)
         want = _reference(x, wt, *geometry, bias, ("relu", 0, 0))
         y = np.full(want.size + 16, np.nan, np.float32)[15 - offset:15 - offset + want.size].reshape(want.shape)
-        native.depthwise_nhwc(x, y, wt, x.shape, kernel, *geometry, bias, ("relu", 0, 0))
+        with _path(path):
+            native.depthwise_nhwc(x, y, wt, x.shape, kernel, *geometry, bias, ("relu", 0, 0))
         np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5, err_msg=f"x {offset} floats into a line")
 
 

@@ -6,8 +6,17 @@ import pytest
 pytest.importorskip("onnx")
 
 from benchmarks.onnx_node_suite import DATA_SUITES, data_cases, run_case, skip_reason  # noqa: E402
+from dcm.runtime.cpu import pointconv  # noqa: E402
 
 CASES = {case.name: case for case in data_cases()}
+
+
+# Cases whose expected output holds only where the kernels round every output channel alike: light
+# SqueezeNet's constant weights make its 1000 logits equal and ~1e10, so the reference softmax is uniform,
+# and a difference of one rounding between two channels (4e3 at 1e10) makes it one-hot. dcm's own NCHW 1x1
+# kernel (pointconv, AVX-512) computes each channel alike; OpenBLAS's edge kernels, which run that layer on
+# other CPUs, do not.
+CHANNEL_EXACT = {"light/light_squeezenet"}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -16,6 +25,8 @@ def test_model_case(name: str) -> None:
     reason = skip_reason(case)
     if reason is not None:
         pytest.skip(reason)
+    if name in CHANNEL_EXACT and not pointconv.available():
+        pytest.skip("softmax of equal logits near 1e10: needs channel-identical rounding (dcm's AVX-512 1x1 kernel)")
     run_case(case)
 
 

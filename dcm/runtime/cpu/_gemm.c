@@ -281,32 +281,25 @@ PyDoc_STRVAR(gemm_packed_doc,
 "hardswish); relu=True is act ('relu', 0, 0). residual: float32 contiguous [m, n]. scale: float32\n"
 "contiguous [g, k], a factor per column of x for each of g equal groups of its rows (a squeeze-and-\n"
 "excitation gate per sample); it goes into a copy of x or of the packed weight, whichever is smaller.\n"
-"On up to `threads` threads of the native pool; releases the GIL. Needs AVX-512 (packed_simd() says\n"
-"whether this CPU and the set_simd switch allow it).");
+"On up to `threads` threads of the native pool; releases the GIL. Needs AVX-512 or AVX2 + FMA\n"
+"(packed_simd() says which this CPU and the set_simd and set_avx512 switches allow).");
 
 #ifdef HAVE_AVX2_PATH
-/* out [rows, k] = x [rows, k] (row stride ldx) times f [k] per column. */
-PACKED_AVX512 static void scale_columns(const float *x, Py_ssize_t ldx, Py_ssize_t rows, Py_ssize_t k, const float *f,
-                                        float *out)
+/* out [rows, k] = x [rows, k] (row stride ldx) times f [k] per column (vectorized by the compiler). */
+__attribute__((target("avx2,fma"))) static void scale_columns(const float *x, Py_ssize_t ldx, Py_ssize_t rows,
+                                                              Py_ssize_t k, const float *f, float *out)
 {
     for (Py_ssize_t r = 0; r < rows; r++)
-        for (Py_ssize_t i = 0; i < k; i += 16) {
-            const __mmask16 m = part16(k - i);
-            _mm512_mask_storeu_ps(out + r * k + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + r * ldx + i),
-                                                                   _mm512_maskz_loadu_ps(m, f + i)));
-        }
+        for (Py_ssize_t i = 0; i < k; i++) out[r * k + i] = x[r * ldx + i] * f[i];
 }
 
 /* out = packed (panels of k rows of PANEL floats) with row i times f[i]: the weight of (x * f) @ w. */
-PACKED_AVX512 static void scale_panel_rows(const float *packed, Py_ssize_t panels, Py_ssize_t k, const float *f,
-                                           float *out)
+__attribute__((target("avx2,fma"))) static void scale_panel_rows(const float *packed, Py_ssize_t panels,
+                                                                 Py_ssize_t k, const float *f, float *out)
 {
     for (Py_ssize_t q = 0; q < panels; q++)
-        for (Py_ssize_t i = 0; i < k; i++, packed += PANEL, out += PANEL) {
-            const __m512 v = _mm512_set1_ps(f[i]);
-            _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_loadu_ps(packed), v));
-            _mm512_storeu_ps(out + 16, _mm512_mul_ps(_mm512_loadu_ps(packed + 16), v));
-        }
+        for (Py_ssize_t i = 0; i < k; i++, packed += PANEL, out += PANEL)
+            for (int j = 0; j < PANEL; j++) out[j] = packed[j] * f[i];
 }
 
 /* The product with a scale [groups, k] (see gemm_packed): a sample's x smaller than the weight (7x7
@@ -410,8 +403,8 @@ static PyObject *gemm_packed(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "out overlaps an input");
         goto done;
     }
-    if (!use_avx512()) {
-        PyErr_SetString(PyExc_RuntimeError, "gemm_packed needs AVX-512 (see packed_simd())");
+    if (!use_avx2()) {
+        PyErr_SetString(PyExc_RuntimeError, "gemm_packed needs AVX2 + FMA (see packed_simd())");
         goto done;
     }
     p.x = xv.buf, p.packed = pv.buf, p.bias = bv.buf, p.out = ov.buf, p.ldx = xa.row, p.ldo = oa.row;
@@ -438,11 +431,12 @@ done:
 
 PyDoc_STRVAR(packed_simd_doc,
 "packed_simd() -> str | None\n\n"
-"'avx512' where gemm_packed runs (a CPU with AVX-512, SIMD allowed by set_simd), else None.");
+"The tiles gemm_packed runs: 'avx512' or 'avx2' (by the CPU and the set_simd and set_avx512 switches),\n"
+"None where it cannot run.");
 
 static PyObject *packed_simd(PyObject *self, PyObject *unused)
 {
-    return use_avx512() ? PyUnicode_FromString("avx512") : Py_NewRef(Py_None);
+    return use_avx512() ? PyUnicode_FromString("avx512") : use_avx2() ? PyUnicode_FromString("avx2") : Py_NewRef(Py_None);
 }
 
 static PyMethodDef module_methods[] = {
@@ -451,6 +445,7 @@ static PyMethodDef module_methods[] = {
     {"pack_weight", pack_weight, METH_O, pack_weight_doc},
     {"packed_simd", packed_simd, METH_NOARGS, packed_simd_doc},
     {"set_simd", set_simd, METH_O, set_simd_doc},
+    {"set_avx512", set_avx512, METH_O, set_avx512_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -199,6 +199,14 @@ static const float ERF_P[7] = {-2.72614225801306e-10f, 2.77068142495902e-08f, -2
                                -1.60960333262415e-02f};
 static const float ERF_Q[5] = {-1.45660718464996e-05f, -2.13374055278905e-04f, -1.68282697438203e-03f,
                                -7.37332916720468e-03f, -1.42647390514189e-02f};
+/* exp(x) = 2^n exp(r), r = x - n ln 2 in [-ln2/2, ln2/2]: Cephes' expf polynomial. */
+#define EXP_LO -87.33654475f /* exp below this is under FLT_MIN: 0 */
+#define LOG2E 1.44269504088896341f
+#define ROUND_MAGIC 12582912.0f /* 1.5 * 2^23: adding it rounds a float under 2^22 to an integer */
+#define LN2_HI 0.693359375f
+#define LN2_LO -2.12194440e-4f
+static const float EXP_P[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f,
+                               1.6666665459e-1f, 5.0000001201e-1f};
 
 /* None, or (name, a, b) as dcm.runtime.fusion.Epilogue.act: relu, clip (a, b: the bounds), sigmoid,
  * silu (a: alpha), hardswish, gelu, gelu_tanh. -1 and a ValueError naming the kernel for another name. */
@@ -291,6 +299,88 @@ static inline void transpose8(__m256 *r)
     r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
+/* The AVX2 activations that _pointwise.c's act8 and conv_act8 below evaluate on 8 lanes. */
+__attribute__((target("avx2,fma"))) static inline __m256 clamp8(__m256 x, __m256 lo, __m256 hi)
+{
+    return _mm256_min_ps(hi, _mm256_max_ps(lo, x)); /* NaN in x: each takes its second operand, x */
+}
+
+__attribute__((target("avx2,fma"))) static inline __m256 exp_neg8(__m256 x)
+{
+    __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_LO), _CMP_LT_OQ);
+    /* Lanes under EXP_LO (a mask's -inf, softmax's far tails) are zeroed below; they compute exp(0)
+     * meanwhile, since clamping them to EXP_LO made 2^-126 times a mantissa under 1: a subnormal, which
+     * costs a microcode assist per lane (a causal softmax ran 6x slower). */
+    x = _mm256_andnot_ps(under, x);
+    /* n = x log2(e) rounded to the nearest integer, in the low mantissa bits of 1.5 * 2^23 + n: one
+     * FMA for round and convert; those bits plus 127, shifted, are 2^n. */
+    __m256 big = _mm256_fmadd_ps(x, _mm256_set1_ps(LOG2E), _mm256_set1_ps(ROUND_MAGIC));
+    __m256 n = _mm256_sub_ps(big, _mm256_set1_ps(ROUND_MAGIC));
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    __m256 y = _mm256_set1_ps(EXP_P[0]);
+    for (int i = 1; i < 6; i++) y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P[i]));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(big), _mm256_set1_epi32(127)), 23);
+    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e)); /* NaN: y is NaN already, whatever the scale's bits */
+    return _mm256_andnot_ps(under, y);
+}
+
+__attribute__((target("avx2,fma"))) static inline __m256 sigmoid8(__m256 x)
+{
+    __m256 minus_abs = _mm256_or_ps(x, _mm256_set1_ps(-0.0f)), one = _mm256_set1_ps(1.0f);
+    __m256 e = exp_neg8(minus_abs), s = _mm256_div_ps(one, _mm256_add_ps(one, e));
+    return _mm256_mul_ps(_mm256_blendv_ps(one, e, x), s); /* x's sign bit picks e / (1 + e) */
+}
+
+__attribute__((target("avx2,fma"))) static inline __m256 erf8(__m256 x)
+{
+    x = clamp8(x, _mm256_set1_ps(-4.0f), _mm256_set1_ps(4.0f));
+    __m256 x2 = _mm256_mul_ps(x, x), p = _mm256_set1_ps(ERF_P[0]), q = _mm256_set1_ps(ERF_Q[0]);
+    for (int i = 1; i < 7; i++) p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(ERF_P[i]));
+    for (int i = 1; i < 5; i++) q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(ERF_Q[i]));
+    return clamp8(_mm256_div_ps(_mm256_mul_ps(x, p), q), _mm256_set1_ps(-1.0f), _mm256_set1_ps(1.0f));
+}
+
+/* conv_act1 on 8 lanes: the epilogue of the AVX2 kernels that fuse a ConvAct (gemm_packed's tiles). */
+__attribute__((target("avx2,fma"))) static inline __m256 conv_act8(const ConvAct *a, __m256 v)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    switch (a->kind) {
+    case CONV_ACT_CLAMP: return clamp8(v, _mm256_set1_ps(a->lo), _mm256_set1_ps(a->hi));
+    case CONV_ACT_SIGMOID: return sigmoid8(v);
+    case CONV_ACT_SILU: return _mm256_mul_ps(v, sigmoid8(_mm256_mul_ps(_mm256_set1_ps(a->alpha), v)));
+    case CONV_ACT_HARDSWISH: {
+        const __m256 t = _mm256_fmadd_ps(v, _mm256_set1_ps(1.0f / 6.0f), _mm256_set1_ps(0.5f));
+        return _mm256_mul_ps(v, clamp8(t, _mm256_setzero_ps(), one));
+    }
+    case CONV_ACT_GELU: {
+        const __m256 half_v = _mm256_mul_ps(_mm256_set1_ps(0.5f), v);
+        return _mm256_fmadd_ps(half_v, erf8(_mm256_mul_ps(v, _mm256_set1_ps(SQRT_HALF))), half_v);
+    }
+    case CONV_ACT_GELU_TANH: {
+        const __m256 u = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(GELU_TANH_C), v), v, one);
+        return _mm256_mul_ps(v, sigmoid8(_mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(GELU_TANH_K), v), u)));
+    }
+    default: return v;
+    }
+}
+
+/* y[r * ld + j] = conv_act8(y[r * ld + j]) for r < rows, j < cols: an activation over a block of values an
+ * AVX2 kernel stored, one call per block (the kernels keep their accumulators out of any call, and a call
+ * per vector cost more than the activation: EfficientNet-B0's 16 -> 96 1x1 layer with SiLU, 4.0 ms
+ * against 3.0 on OpenBLAS plus a separate pass). */
+__attribute__((target("avx2,fma"), noinline, unused)) static void conv_act_block8(const ConvAct *a, float *y, Py_ssize_t ld,
+                                                                Py_ssize_t rows, Py_ssize_t cols)
+{
+    const __m256i tail = part8(cols % 8);
+    for (Py_ssize_t r = 0; r < rows; r++, y += ld) {
+        Py_ssize_t j = 0;
+        for (; j + 8 <= cols; j += 8) _mm256_storeu_ps(y + j, conv_act8(a, _mm256_loadu_ps(y + j)));
+        if (j < cols) _mm256_maskstore_ps(y + j, tail, conv_act8(a, _mm256_maskload_ps(y + j, tail)));
+    }
+}
+
 /* r[i] = column i of the 16 x 16 block in r (rows in, columns out): four rounds of 16 shuffles. */
 __attribute__((target("avx512f,avx2,fma"))) static inline void transpose16(__m512 *r)
 {
@@ -323,15 +413,13 @@ __attribute__((target("avx512f,avx2,fma"))) static inline void transpose16(__m51
  * building 2^n from its bits, and SiLU epilogues are bound by their instruction count). */
 __attribute__((target("avx512f,avx2,fma"))) static inline __m512 exp16(__m512 x)
 {
-    x = _mm512_max_ps(_mm512_set1_ps(-87.33654475f), _mm512_min_ps(_mm512_set1_ps(88.8f), x)); /* NaN: x */
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+    x = _mm512_max_ps(_mm512_set1_ps(EXP_LO), _mm512_min_ps(_mm512_set1_ps(88.8f), x)); /* NaN: x */
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    static const float P[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f,
-                               1.6666665459e-1f, 5.0000001201e-1f};
-    __m512 y = _mm512_set1_ps(P[0]);
-    for (int i = 1; i < 6; i++) y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(P[i]));
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    __m512 y = _mm512_set1_ps(EXP_P[0]);
+    for (int i = 1; i < 6; i++) y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(EXP_P[i]));
     y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     return _mm512_scalef_ps(y, n);
 }
@@ -339,7 +427,7 @@ __attribute__((target("avx512f,avx2,fma"))) static inline __m512 exp16(__m512 x)
 /* exp(x) for x <= 0 (NaN kept, 0 below -87.3). */
 __attribute__((target("avx512f,avx2,fma"))) static inline __m512 exp_neg16(__m512 x)
 {
-    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33654475f), _CMP_NLT_UQ), exp16(x));
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_LO), _CMP_NLT_UQ), exp16(x));
 }
 
 /* v / (1 + exp(-x)): sigmoid(x) for v = 1, SiLU for v = x. exp(-x) is +inf for x < -88.8: the quotient

@@ -96,128 +96,10 @@ static void depthwise_generic(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 #define AVX512 __attribute__((target("avx512f,avx512dq,avx2,fma,prfchw"))) /* use_avx512 checks both */
 #define UNROLL _Pragma("GCC unroll 32") /* the register-block loops unrolled: the sums stay in registers */
 
-/* Loads channels [k, k + 16) at a: whole (a constant where inlined) or the mask m's lanes. */
-#define LOAD16(whole, m, a) ((whole) ? _mm512_loadu_ps(a) : _mm512_maskz_loadu_ps(m, a))
-#define KERNEL_MAX 7 /* the widest kernel pixels_fixed_avx512 is instantiated for */
-
-/* The activation of count x V accumulators (constants where inlined; acc[q * V + v]: pixel q,
- * vector v), stored at output pixels [ox, ox + count) of row oy, channels [k, k + 16 V). */
-AVX512 static inline __attribute__((always_inline)) void
-store_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t k, __mmask16 m,
-             const __m512 *acc, const int count, const int V, const int whole)
-{
-    float *yp = p->y + ((s * p->oh + oy) * p->ow + ox) * p->c + k;
-    UNROLL for (int q = 0; q < count; q++)
-        UNROLL for (int v = 0; v < V; v++) {
-            const __m512 r = conv_act16(&p->act, acc[q * V + v]);
-            if (whole) _mm512_storeu_ps(yp + q * p->c + 16 * v, r);
-            else _mm512_mask_storeu_ps(yp + q * p->c + 16 * v, m, r);
-        }
-}
-
-/* Output pixels [ox, ox + count) of row oy, sample s, channels [k, k + 16 V) (V vectors, whole, or
- * one with the mask m), kernel rows [i0, i1): count x V <= BLOCK accumulators in registers, each tap's
- * weight vector loaded once for the count pixels. Single pixels take V = 4 where they can: 4
- * independent chains of multiply-adds, not one waiting on each. checked: the columns may have taps
- * outside the row (border columns), skipped one by one. count, V, checked and whole are constants
- * where inlined. */
-AVX512 static inline __attribute__((always_inline)) void
-pixels_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t k, __mmask16 m,
-              Py_ssize_t i0, Py_ssize_t i1, const int count, const int V, const int checked, const int whole)
-{
-    const Py_ssize_t c = p->c, step = p->sw * c;
-    __m512 acc[BLOCK];
-    UNROLL for (int v = 0; v < V; v++) {
-        const __m512 b = p->bias ? LOAD16(whole, m, p->bias + k + 16 * v) : _mm512_setzero_ps();
-        UNROLL for (int q = 0; q < count; q++) acc[q * V + v] = b;
-    }
-    for (Py_ssize_t i = i0; i < i1; i++) {
-        const Py_ssize_t iy = oy * p->sh - p->pt + i * p->dh;
-        const float *xr = p->x + (s * p->h + iy) * p->w_ * c + k, *wr = p->w + i * p->kw * c + k;
-        for (Py_ssize_t j = 0; j < p->kw; j++) {
-            const Py_ssize_t ix = ox * p->sw - p->pl + j * p->dw;
-            if (checked && (ix < 0 || ix >= p->w_)) continue;
-            const float *xp = xr + ix * c;
-            UNROLL for (int v = 0; v < V; v++) {
-                const __m512 wv = LOAD16(whole, m, wr + j * c + 16 * v);
-                UNROLL for (int q = 0; q < count; q++)
-                    acc[q * V + v] = _mm512_fmadd_ps(wv, LOAD16(whole, m, xp + q * step + 16 * v), acc[q * V + v]);
-            }
-        }
-    }
-    store_avx512(p, s, oy, ox, k, m, acc, count, V, whole);
-}
-
-/* pixels_avx512 for a kernel KW wide, horizontal stride SW and dilation 1 (all constants where
- * inlined): each input pixel of a kernel row is loaded once for all the taps that read it (3x3/1: 10
- * input loads for 24 multiply-adds, not 24), since the loads, not the multiply-adds, bound this loop.
- * checked: some of the run's input pixels may lie in the padding, and are skipped with all their
- * taps, so that border columns take the same register blocks. */
-AVX512 static inline __attribute__((always_inline)) void
-pixels_fixed_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t k, __mmask16 m,
-                    Py_ssize_t i0, Py_ssize_t i1, const int count, const int checked, const int whole, const int KW,
-                    const int SW)
-{
-    const Py_ssize_t c = p->c;
-    const __m512 b = p->bias ? LOAD16(whole, m, p->bias + k) : _mm512_setzero_ps();
-    __m512 acc[BLOCK], wv[KERNEL_MAX];
-    UNROLL for (int q = 0; q < count; q++) acc[q] = b;
-    for (Py_ssize_t i = i0; i < i1; i++) {
-        const Py_ssize_t iy = oy * p->sh - p->pt + i * p->dh;
-        const Py_ssize_t ix0 = ox * SW - p->pl;
-        const float *xr = p->x + (s * p->h + iy) * p->w_ * c + k, *wr = p->w + i * KW * c + k;
-        UNROLL for (int j = 0; j < KW; j++) wv[j] = LOAD16(whole, m, wr + j * c);
-        UNROLL for (int t = 0; t < (count - 1) * SW + KW; t++) { /* input pixel t of the run */
-            if (checked && (ix0 + t < 0 || ix0 + t >= p->w_)) continue;
-            __m512 xv = LOAD16(whole, m, xr + (ix0 + t) * c);
-            __asm__("" : "+v"(xv)); /* one load in a register: GCC would fold it into each multiply-add */
-            UNROLL for (int j = 0; j < KW; j++) /* output q = (t - j) / SW reads it through tap j */
-                if (t >= j && (t - j) % SW == 0 && (t - j) / SW < count)
-                    acc[(t - j) / SW] = _mm512_fmadd_ps(wv[j], xv, acc[(t - j) / SW]);
-        }
-    }
-    store_avx512(p, s, oy, ox, k, m, acc, count, 1, whole);
-}
-
-/* Output pixels [ox, ox + count) of row oy, every channel vector in turn (the first and last ones
- * may be partial), so that the loads walk along the pixels' channels. count, checked, KW, SW:
- * constants where inlined; checked only with KW. */
-AVX512 static inline __attribute__((always_inline)) void
-run_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t i0, Py_ssize_t i1,
-           const int count, const int checked, const int KW, const int SW)
-{
-#define PIXELS(k, m, whole) (KW ? pixels_fixed_avx512(p, s, oy, ox, k, m, i0, i1, count, checked, whole, KW, SW) \
-                             : pixels_avx512(p, s, oy, ox, k, m, i0, i1, count, 1, 0, whole))
-    Py_ssize_t k = p->head;
-    if (k) PIXELS(0, (__mmask16)((1u << k) - 1), 0);
-    for (; k + 16 <= p->c; k += 16) PIXELS(k, 0xFFFF, 1);
-    if (k < p->c) PIXELS(k, (__mmask16)((1u << (p->c - k)) - 1), 0);
-#undef PIXELS
-}
-
-/* run_avx512 of a run that may reach into the padding (checked) or not. */
-AVX512 static inline __attribute__((always_inline)) void
-fixed_run_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t i0, Py_ssize_t i1,
-                 const int count, const int KW, const int SW)
-{
-    if (ox < p->inner0 || ox + count > p->inner1) run_avx512(p, s, oy, ox, i0, i1, count, 1, KW, SW);
-    else run_avx512(p, s, oy, ox, i0, i1, count, 0, KW, SW);
-}
-
-/* One output pixel, all its channels: 4 vectors at a time, then 1 (the last one masked). */
-AVX512 static inline __attribute__((always_inline)) void
-single_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t i0, Py_ssize_t i1,
-              const int checked)
-{
-    Py_ssize_t k = p->head;
-    if (k) pixels_avx512(p, s, oy, ox, 0, (__mmask16)((1u << k) - 1), i0, i1, 1, 1, checked, 0);
-    for (; k + 64 <= p->c; k += 64) pixels_avx512(p, s, oy, ox, k, 0xFFFF, i0, i1, 1, 4, checked, 1);
-    for (; k + 16 <= p->c; k += 16) pixels_avx512(p, s, oy, ox, k, 0xFFFF, i0, i1, 1, 1, checked, 1);
-    if (k < p->c) pixels_avx512(p, s, oy, ox, k, (__mmask16)((1u << (p->c - k)) - 1), i0, i1, 1, 1, checked, 0);
-}
+#define KERNEL_MAX 7 /* the widest kernel pixels_fixed (_depthwise_vec.h) is instantiated for */
 
 /* Prefetches the lines of bytes [a, b): for writing (prefetchw) or reading. */
-AVX512 static inline __attribute__((always_inline)) void prefetch_lines(const char *a, const char *b, const int write)
+static inline __attribute__((always_inline)) void prefetch_lines(const char *a, const char *b, const int write)
 {
     for (a = (const char *)((uintptr_t)a & ~(uintptr_t)63); a < b; a += 64) {
         if (write) __builtin_prefetch(a, 1, 3);
@@ -230,7 +112,7 @@ AVX512 static inline __attribute__((always_inline)) void prefetch_lines(const ch
  * by the layer before and is often no longer in L2; the hardware prefetcher does not follow this loop's
  * walk (kernel rows, then channel vectors, pixels a C-wide stride apart). MobileNetV2 at batch 1 (2-core
  * Zen 5, 1 MiB of L2): its 96-channel 112x112 stride-2 layer 264 -> 185 us with these and the output's. */
-AVX512 static inline __attribute__((always_inline)) void
+static inline __attribute__((always_inline)) void
 prefetch_next_rows(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t x0, Py_ssize_t x1)
 {
     if (oy + 1 >= p->oh) return;
@@ -248,7 +130,7 @@ prefetch_next_rows(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t x
 
 /* Prefetches, for writing, the output pixels [x0, x1) of output row oy + 1: a store to a line that is not
  * in cache waits for it to be read first, and these stores too walk channel vectors a row apart. */
-AVX512 static inline __attribute__((always_inline)) void
+static inline __attribute__((always_inline)) void
 prefetch_next_out(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t x0, Py_ssize_t x1)
 {
     if (oy + 1 >= p->oh) return;
@@ -256,63 +138,45 @@ prefetch_next_out(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t x0
     prefetch_lines((const char *)(row + x0 * p->c), (const char *)(row + x1 * p->c), 1);
 }
 
-/* One output row in runs of BLOCK pixels. KW (and SW) fixed: then runs of 4, 3 and 2 and at most one
- * single pixel (a 7x7 plane's rows took 0.6x the time as 4 + 3 than as 4 + 1 + 1 + 1), the runs covering
- * the border columns too; otherwise runs of 4, then single pixels, the border columns tap by tap. */
-AVX512 static inline __attribute__((always_inline)) void
-row_avx512(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, const int KW, const int SW)
+/* _depthwise_vec.h on AVX-512: 16 channels a vector. */
+#define VEC __m512
+#define VNAME(f) f##_avx512
+#define VTARGET AVX512
+#define LANES 16
+#define VMASK __mmask16
+#define VPART(n) ((__mmask16)((1u << (n)) - 1)) /* the first n lanes, n < 16 */
+#define VALL ((__mmask16)0xFFFF)
+#define VLOAD(whole, m, a) ((whole) ? _mm512_loadu_ps(a) : _mm512_maskz_loadu_ps(m, a))
+#define VSTORE(whole, m, a, v) ((whole) ? _mm512_storeu_ps(a, v) : _mm512_mask_storeu_ps(a, m, v))
+#define VZERO _mm512_setzero_ps
+#define VFMA _mm512_fmadd_ps
+#define VACT conv_act16
+#include "_depthwise_vec.h" /* (it undefines the macros above) */
+
+/* The AVX2 epilogue in registers: Relu and Clip; the others (exp, erf) go over the stored values
+ * (VACT_STORED: conv_act_block8), since a call while the accumulators were live made GCC keep them in
+ * memory (see _packed_gemm.h). */
+__attribute__((target("avx2,fma"), always_inline)) static inline __m256 clamp_act8(const ConvAct *a, __m256 v)
 {
-    Py_ssize_t i0, i1, ox;
-    valid_rows(p, oy, &i0, &i1);
-    if (KW) {
-        for (ox = 0; ox + BLOCK <= p->ow; ox += BLOCK) {
-            const int last = ox + 2 * BLOCK > p->ow; /* the last whole run takes the row's rest */
-            prefetch_next_rows(p, s, oy, ox * SW - p->pl, last ? p->w_ : (ox + BLOCK) * SW - p->pl);
-            prefetch_next_out(p, s, oy, ox, last ? p->ow : ox + BLOCK);
-            fixed_run_avx512(p, s, oy, ox, i0, i1, BLOCK, KW, SW);
-        }
-        if (ox == 0) { /* a row narrower than a run */
-            prefetch_next_rows(p, s, oy, 0, p->w_);
-            prefetch_next_out(p, s, oy, 0, p->ow);
-        }
-        if (p->ow - ox >= 4) {
-            fixed_run_avx512(p, s, oy, ox, i0, i1, 4, KW, SW);
-            ox += 4;
-        }
-        if (p->ow - ox == 3) fixed_run_avx512(p, s, oy, ox, i0, i1, 3, KW, SW);
-        else if (p->ow - ox == 2) fixed_run_avx512(p, s, oy, ox, i0, i1, 2, KW, SW);
-        else if (p->ow - ox == 1) single_avx512(p, s, oy, ox, i0, i1, ox < p->inner0 || ox >= p->inner1);
-        return;
-    }
-    for (ox = p->inner0; ox + BLOCK <= p->inner1; ox += BLOCK) run_avx512(p, s, oy, ox, i0, i1, BLOCK, 0, 0, 0);
-    if (p->inner1 - ox >= 4) {
-        run_avx512(p, s, oy, ox, i0, i1, 4, 0, 0, 0);
-        ox += 4;
-    }
-    for (; ox < p->inner1; ox++) single_avx512(p, s, oy, ox, i0, i1, 0);
-    for (ox = 0; ox < p->inner0; ox++) single_avx512(p, s, oy, ox, i0, i1, 1);
-    for (ox = p->inner1; ox < p->ow; ox++) single_avx512(p, s, oy, ox, i0, i1, 1);
+    return a->kind == CONV_ACT_CLAMP ? clamp8(v, _mm256_set1_ps(a->lo), _mm256_set1_ps(a->hi)) : v;
 }
 
-/* Units u = sample * OH + output row. MobileNet's and EfficientNet's kernels (3x3 and 5x5, stride 1
- * or 2, dilation 1) and ConvNeXt's (7x7, stride 1) with their width and stride as constants, any other
- * with p's (ConvNeXt-atto's 7x7 layers took 2.6x the time on p's: 56x56x40 336 -> 130 us). */
-AVX512 static void depthwise_avx512(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
-{
-    const Depthwise *p = ctx;
-    const int fixed = p->dw == 1 ? (int)(p->kw * 4 + p->sw) : 0; /* 4 kw + sw */
-    for (Py_ssize_t u = lo; u < hi; u++) {
-        const Py_ssize_t s = u / p->oh, oy = u % p->oh;
-        switch (fixed) {
-        case 3 * 4 + 1: row_avx512(p, s, oy, 3, 1); break;
-        case 3 * 4 + 2: row_avx512(p, s, oy, 3, 2); break;
-        case 5 * 4 + 1: row_avx512(p, s, oy, 5, 1); break;
-        case 5 * 4 + 2: row_avx512(p, s, oy, 5, 2); break;
-        case 7 * 4 + 1: row_avx512(p, s, oy, 7, 1); break;
-        default: row_avx512(p, s, oy, 0, 0);
-        }
-    }
-}
+/* _depthwise_vec.h on AVX2 + FMA: 8 channels a vector. */
+#define VEC __m256
+#define VNAME(f) f##_avx2
+#define VTARGET __attribute__((target("avx2,fma,prfchw")))
+#define LANES 8
+#define VMASK __m256i
+#define VPART(n) part8(n)
+#define VALL _mm256_set1_epi32(-1)
+#define VLOAD(whole, m, a) ((whole) ? _mm256_loadu_ps(a) : _mm256_maskload_ps(a, m))
+#define VSTORE(whole, m, a, v) ((whole) ? _mm256_storeu_ps(a, v) : _mm256_maskstore_ps(a, m, v))
+#define VZERO _mm256_setzero_ps
+#define VFMA _mm256_fmadd_ps
+#define VACT clamp_act8
+#define VACT_STORED conv_act_block8
+#define VCOUNT(m) __builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(m)))
+#include "_depthwise_vec.h" /* (it undefines the macros above) */
 #endif
 
 /* Whether the byte ranges of two buffers share any byte. */
@@ -404,6 +268,7 @@ static PyObject *depthwise_nhwc(PyObject *self, PyObject *args, PyObject *kwds)
     dcm_range_fn run = depthwise_generic;
 #ifdef HAVE_AVX2_PATH
     if (use_avx512()) run = depthwise_avx512;
+    else if (use_avx2()) run = depthwise_avx2, p.head %= 8; /* a 32-byte vector: aligned from the line's half on */
 #endif
     run_units(run, &p, p.n * p.oh, per_row, threads);
     result = Py_NewRef(Py_None);
@@ -901,6 +766,7 @@ done:
 
 static PyMethodDef module_methods[] = {
     {"set_simd", set_simd, METH_O, set_simd_doc},
+    {"set_avx512", set_avx512, METH_O, set_avx512_doc},
     {"depthwise_nhwc", (PyCFunction)(void (*)(void))depthwise_nhwc, METH_VARARGS | METH_KEYWORDS, depthwise_nhwc_doc},
     {"global_average_nhwc", (PyCFunction)(void (*)(void))global_average_nhwc, METH_VARARGS | METH_KEYWORDS,
      global_average_nhwc_doc},

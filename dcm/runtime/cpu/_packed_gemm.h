@@ -1,5 +1,6 @@
 /* The product by a packed weight that _gemm.c (gemm_packed: a layer's constant weight, packed once at
- * load) and _pointwise.c (attention: a head's keys and values, packed per head) run on AVX-512. */
+ * load) and _pointwise.c (attention: a head's keys and values, packed per head) run, on AVX-512 or on
+ * AVX2 + FMA (one layout, two tile shapes). */
 #ifndef DCM_PACKED_GEMM_H
 #define DCM_PACKED_GEMM_H
 #include "_kernel_common.h"
@@ -19,7 +20,11 @@
  * store: no second pass over the output. */
 #define PANEL 32
 #define ROWS 12
+/* AVX2 has 16 vector registers of 8 floats: a tile is ROWS_AVX2 rows by half a panel (16 columns), 12
+ * accumulators, the half panel's row (2 vectors) and one broadcast of x (BLIS's and MLAS's FMA3 shape). */
+#define ROWS_AVX2 6
 #define BLOCK_FLOATS (1 << 18) /* 1 MB: half the L2 of the AVX-512 server cores */
+#define BLOCK_FLOATS_AVX2 (1 << 16) /* 256 KB: half the L2 of a Zen 2-3 core */
 /* Rows of the panel prefetched ahead of the one multiplied (4 KiB): a layer's weight comes from L3 on
  * each run of a model larger than L2, and the hardware prefetcher alone left a tile waiting on it.
  * One layer alone, its weight among 16 MB of others, 1 thread: 49x400 @ 400x400 184 -> 143 us (in L2:
@@ -30,8 +35,9 @@ typedef struct {
     const float *x, *packed, *bias, *residual;
     float *out;
     Py_ssize_t m, k, n, ldx, ldo, panels;
-    Py_ssize_t row_blocks, block; /* blocks of ROWS rows; panels per block of panels */
+    Py_ssize_t row_blocks, block; /* blocks of ROWS (ROWS_AVX2) rows; panels per block of panels */
     ConvAct act;
+    int avx512; /* the AVX-512 tiles (else the AVX2 ones), from use_avx512() when packed_plan ran */
 } Packed;
 
 #ifdef HAVE_AVX2_PATH
@@ -96,10 +102,85 @@ TILE(1) TILE(2) TILE(3) TILE(4) TILE(5) TILE(6) TILE(7) TILE(8) TILE(9) TILE(10)
 static void (*const tiles[ROWS + 1])(const Packed *, Py_ssize_t, Py_ssize_t, int, int) = {
     NULL, tile1, tile2, tile3, tile4, tile5, tile6, tile7, tile8, tile9, tile10, tile11, tile12};
 
+#define PACKED_AVX2 __attribute__((target("avx2,fma")))
+
+/* tile_avx512's AVX2 form: rows (<= ROWS_AVX2) rows of x by the 16 columns of panel q from column h (0 or
+ * 16) on; wide: two vectors (more than 8 of those columns). */
+PACKED_AVX2 static inline __attribute__((always_inline)) void tile_avx2(const Packed *p, Py_ssize_t r0, Py_ssize_t q,
+                                                                       int h, int rows, int wide, int ahead)
+{
+    const Py_ssize_t c0 = q * PANEL + h, cols = p->n - c0 < 16 ? p->n - c0 : 16;
+    const float *x = p->x + r0 * p->ldx, *w = p->packed + q * PANEL * p->k + h;
+    const __m256i m0 = part8(cols), m1 = part8(cols - 8);
+    const __m256 b0 = p->bias ? _mm256_maskload_ps(p->bias + c0, m0) : _mm256_setzero_ps();
+    const __m256 b1 = p->bias && wide ? _mm256_maskload_ps(p->bias + c0 + 8, m1) : _mm256_setzero_ps();
+    __m256 acc0[ROWS_AVX2], acc1[ROWS_AVX2];
+#pragma GCC unroll 6
+    for (int r = 0; r < ROWS_AVX2; r++) acc0[r] = b0, acc1[r] = b1;
+    const char *next = (const char *)(ahead ? x + rows * p->ldx : x); /* as in tile_avx512 */
+    const Py_ssize_t step = ahead && p->k ? rows * p->ldx * 4 / p->k : 0;
+    /* x's rows through two pointers stepped along k (rows 0 and 3) and byte offsets 0, L, 2L, as in
+       tile_avx512: no per-row address arithmetic in the loop */
+    const Py_ssize_t L = p->ldx * 4, offset[3] = {0, L, 2 * L};
+    const char *row[2] = {(const char *)x, (const char *)x + 3 * L};
+    for (Py_ssize_t i = 0; i < p->k; i++, row[0] += 4, row[1] += 4) {
+        /* no prefetch of the panel ahead, unlike tile_avx512: on a Zen 3 it took a load slot of each step
+           for a line the hardware prefetcher brought anyway (128 x 256 @ 256 x 1024 on one thread: 1375 ->
+           943 us, 12544 x 96 @ 96 x 24: 1764 -> 842) */
+        if (ahead) _mm_prefetch(next + i * step, _MM_HINT_T0);
+        const __m256 w0 = _mm256_loadu_ps(w + i * PANEL), w1 = wide ? _mm256_loadu_ps(w + i * PANEL + 8) : w0;
+#pragma GCC unroll 6
+        for (int r = 0; r < ROWS_AVX2; r++) {
+            if (r >= rows) break;
+            const __m256 v = _mm256_broadcast_ss((const float *)(row[r / 3] + offset[r % 3]));
+            acc0[r] = _mm256_fmadd_ps(v, w0, acc0[r]);
+            if (wide) acc1[r] = _mm256_fmadd_ps(v, w1, acc1[r]);
+        }
+    }
+    /* Relu and Clip in registers; the other activations (conv_act8: exp, erf) on the stored sums, from L1:
+       a call to conv_act8 (not inlined) while the accumulators were live made GCC keep them in memory
+       through the whole k loop (2.2x the time), and so did this loop where not unrolled. Masked stores
+       only at a partial vector: AMD's vmaskmovps store is microcoded. */
+    const int clamp = p->act.kind == CONV_ACT_CLAMP;
+    const __m256 lo = _mm256_set1_ps(p->act.lo), hi = _mm256_set1_ps(p->act.hi);
+#pragma GCC unroll 6
+    for (int r = 0; r < ROWS_AVX2; r++) {
+        if (r >= rows) break;
+        float *o = p->out + (r0 + r) * p->ldo + c0;
+        if (p->residual) {
+            const float *res = p->residual + (r0 + r) * p->n + c0;
+            acc0[r] = _mm256_add_ps(acc0[r], cols >= 8 ? _mm256_loadu_ps(res) : _mm256_maskload_ps(res, m0));
+            if (wide) acc1[r] = _mm256_add_ps(acc1[r], cols >= 16 ? _mm256_loadu_ps(res + 8) : _mm256_maskload_ps(res + 8, m1));
+        }
+        if (clamp) acc0[r] = clamp8(acc0[r], lo, hi), acc1[r] = clamp8(acc1[r], lo, hi);
+        if (cols >= 8) _mm256_storeu_ps(o, acc0[r]);
+        else _mm256_maskstore_ps(o, m0, acc0[r]);
+        if (wide && cols >= 16) _mm256_storeu_ps(o + 8, acc1[r]);
+        else if (wide) _mm256_maskstore_ps(o + 8, m1, acc1[r]);
+    }
+    if (p->act.kind > CONV_ACT_CLAMP) conv_act_block8(&p->act, p->out + r0 * p->ldo + c0, p->ldo, rows, cols);
+}
+
+/* Both halves of panel q (the second where it has columns) for one row count. */
+#define TILE_AVX2(R)                                                                                          \
+    PACKED_AVX2 static void tile_avx2_##R(const Packed *p, Py_ssize_t r0, Py_ssize_t q, int wide, int ahead)  \
+    {                                                                                                        \
+        (void)wide;                                                                                          \
+        const Py_ssize_t left = p->n - q * PANEL;                                                            \
+        if (left > 8) tile_avx2(p, r0, q, 0, R, 1, ahead && left <= 16);                                     \
+        else tile_avx2(p, r0, q, 0, R, 0, ahead);                                                            \
+        if (left > 24) tile_avx2(p, r0, q, 16, R, 1, ahead);                                                 \
+        else if (left > 16) tile_avx2(p, r0, q, 16, R, 0, ahead);                                            \
+    }
+TILE_AVX2(1) TILE_AVX2(2) TILE_AVX2(3) TILE_AVX2(4) TILE_AVX2(5) TILE_AVX2(6)
+static void (*const tiles_avx2[ROWS_AVX2 + 1])(const Packed *, Py_ssize_t, Py_ssize_t, int, int) = {
+    NULL, tile_avx2_1, tile_avx2_2, tile_avx2_3, tile_avx2_4, tile_avx2_5, tile_avx2_6};
+
 /* parallel_for's range function over the tiles: block of panels, then row block, then panel. */
 static void packed_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     const Packed *p = ctx;
+    void (*const *const run_tile)(const Packed *, Py_ssize_t, Py_ssize_t, int, int) = p->avx512 ? tiles : tiles_avx2;
     const Py_ssize_t per_block = p->row_blocks * p->block;
     for (Py_ssize_t t = lo; t < hi;) {
         /* where t falls, found by division once per block of panels; then tile after tile by counting,
@@ -112,7 +193,7 @@ static void packed_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
         Py_ssize_t b = tile / width, q = first + tile % width;
         Py_ssize_t r0 = p->m * b / p->row_blocks, r1 = p->m * (b + 1) / p->row_blocks;
         for (; t < stop; t++) {
-            tiles[r1 - r0](p, r0, q, p->n - q * PANEL > 16, q == first + width - 1 && b + 1 < p->row_blocks);
+            run_tile[r1 - r0](p, r0, q, p->n - q * PANEL > 16, q == first + width - 1 && b + 1 < p->row_blocks);
             if (++q == first + width) q = first, b++, r0 = r1, r1 = p->m * (b + 1) / p->row_blocks;
         }
     }
@@ -180,13 +261,14 @@ static void pack_panels(const char *w, Py_ssize_t k, Py_ssize_t n, Py_ssize_t ro
  * [0, p->row_blocks * p->panels). */
 static void packed_plan(Packed *p)
 {
-    p->panels = (p->n + PANEL - 1) / PANEL, p->row_blocks = (p->m + ROWS - 1) / ROWS;
-    p->block = BLOCK_FLOATS / (PANEL * (p->k > 0 ? p->k : 1));
+    const int rows = (p->avx512 = use_avx512()) ? ROWS : ROWS_AVX2;
+    p->panels = (p->n + PANEL - 1) / PANEL, p->row_blocks = (p->m + rows - 1) / rows;
+    p->block = (p->avx512 ? BLOCK_FLOATS : BLOCK_FLOATS_AVX2) / (PANEL * (p->k > 0 ? p->k : 1));
     if (p->block < 1) p->block = 1;
 }
 
 /* out [m, n] (row stride ldo) = x [m, k] (row stride ldx) @ w, w packed (pack_panels), on this thread
- * (AVX-512 only: callers check use_avx512; a build without the SIMD paths never calls it). */
+ * (AVX-512 or AVX2: callers check use_avx2; a build without the SIMD paths never calls it). */
 static void packed_product(const float *x, Py_ssize_t ldx, const float *packed, float *out, Py_ssize_t ldo,
                            Py_ssize_t m, Py_ssize_t k, Py_ssize_t n)
 {

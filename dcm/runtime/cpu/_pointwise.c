@@ -64,15 +64,8 @@ typedef struct {
     float a, b; /* clip: min, max; hardsigmoid: alpha, beta; leakyrelu: alpha; silu: alpha (x sigmoid(alpha x)) */
 } Act;
 
-/* exp(x) = 2^n exp(r), r = x - n ln 2 in [-ln2/2, ln2/2]: Cephes' expf polynomial. */
-#define EXP_LO -87.33654475f /* exp below this is under FLT_MIN: 0 */
-#define LOG2E 1.44269504088896341f
-#define ROUND_MAGIC 12582912.0f /* 1.5 * 2^23: adding it rounds a float under 2^22 to an integer */
-#define LN2_HI 0.693359375f
-#define LN2_LO -2.12194440e-4f
-static const float EXP_P[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f,
-                               1.6666665459e-1f, 5.0000001201e-1f};
-/* erf's rational fit (ERF_P, ERF_Q), SQRT_HALF and the GELU (tanh) constants: _kernel_common.h. */
+/* exp's constants (EXP_LO, LOG2E, EXP_P, ...), erf's rational fit (ERF_P, ERF_Q), SQRT_HALF and the GELU (tanh)
+ * constants: _kernel_common.h. */
 
 static inline float clampf(float x, float lo, float hi) { return x < lo ? lo : x > hi ? hi : x; } /* NaN kept */
 
@@ -169,48 +162,6 @@ static void activate_generic(float *out, const float *x, const float *res, const
 #ifdef HAVE_AVX2_PATH
 #define AVX2 __attribute__((target("avx2,fma")))
 #define AVX512 __attribute__((target("avx512f,avx2,fma")))
-
-AVX2 static inline __m256 clamp8(__m256 x, __m256 lo, __m256 hi)
-{
-    return _mm256_min_ps(hi, _mm256_max_ps(lo, x)); /* NaN in x: each takes its second operand, x */
-}
-
-AVX2 static inline __m256 exp_neg8(__m256 x)
-{
-    __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_LO), _CMP_LT_OQ);
-    /* Lanes under EXP_LO (a mask's -inf, softmax's far tails) are zeroed below; they compute exp(0)
-     * meanwhile, since clamping them to EXP_LO made 2^-126 times a mantissa under 1: a subnormal, which
-     * costs a microcode assist per lane (a causal softmax ran 6x slower). */
-    x = _mm256_andnot_ps(under, x);
-    /* n = x log2(e) rounded to the nearest integer, in the low mantissa bits of 1.5 * 2^23 + n: one
-     * FMA for round and convert; those bits plus 127, shifted, are 2^n. */
-    __m256 big = _mm256_fmadd_ps(x, _mm256_set1_ps(LOG2E), _mm256_set1_ps(ROUND_MAGIC));
-    __m256 n = _mm256_sub_ps(big, _mm256_set1_ps(ROUND_MAGIC));
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
-    __m256 y = _mm256_set1_ps(EXP_P[0]);
-    for (int i = 1; i < 6; i++) y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P[i]));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(big), _mm256_set1_epi32(127)), 23);
-    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e)); /* NaN: y is NaN already, whatever the scale's bits */
-    return _mm256_andnot_ps(under, y);
-}
-
-AVX2 static inline __m256 sigmoid8(__m256 x)
-{
-    __m256 minus_abs = _mm256_or_ps(x, _mm256_set1_ps(-0.0f)), one = _mm256_set1_ps(1.0f);
-    __m256 e = exp_neg8(minus_abs), s = _mm256_div_ps(one, _mm256_add_ps(one, e));
-    return _mm256_mul_ps(_mm256_blendv_ps(one, e, x), s); /* x's sign bit picks e / (1 + e) */
-}
-
-AVX2 static inline __m256 erf8(__m256 x)
-{
-    x = clamp8(x, _mm256_set1_ps(-4.0f), _mm256_set1_ps(4.0f));
-    __m256 x2 = _mm256_mul_ps(x, x), p = _mm256_set1_ps(ERF_P[0]), q = _mm256_set1_ps(ERF_Q[0]);
-    for (int i = 1; i < 7; i++) p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(ERF_P[i]));
-    for (int i = 1; i < 5; i++) q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(ERF_Q[i]));
-    return clamp8(_mm256_div_ps(_mm256_mul_ps(x, p), q), _mm256_set1_ps(-1.0f), _mm256_set1_ps(1.0f));
-}
 
 AVX2 static INLINE __m256 act8(__m256 v, int kind, const Act *a)
 {

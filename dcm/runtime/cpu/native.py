@@ -32,13 +32,15 @@ try:  # _pointconv.c: the dense 1x1 convolution
 except ImportError:  # pragma: no cover - as above
     pointwise_conv = set_pointconv_simd = pointconv_simd = None
 try:  # _gemm.c: dense float32 products split over the native thread pool
-    from dcm.runtime.cpu._gemm import gemm, gemm_packed, pack_weight, packed_simd, set_simd as set_gemm_simd
+    from dcm.runtime.cpu._gemm import (gemm, gemm_packed, pack_weight, packed_simd, set_avx512 as set_gemm_avx512,
+                                       set_simd as set_gemm_simd)
 except ImportError:  # pragma: no cover - as above
-    gemm = gemm_packed = pack_weight = packed_simd = set_gemm_simd = None
+    gemm = gemm_packed = pack_weight = packed_simd = set_gemm_avx512 = set_gemm_simd = None
 try:  # _nhwc.c: channels-last depthwise convolution and global average pool, the NCHW-in NHWC-out stem
-    from dcm.runtime.cpu._nhwc import conv_nhwc_out, depthwise_nhwc, global_average_nhwc, set_simd as set_nhwc_simd
+    from dcm.runtime.cpu._nhwc import (conv_nhwc_out, depthwise_nhwc, global_average_nhwc,
+                                       set_avx512 as set_nhwc_avx512, set_simd as set_nhwc_simd)
 except ImportError:  # pragma: no cover - as above
-    conv_nhwc_out = depthwise_nhwc = global_average_nhwc = set_nhwc_simd = None
+    conv_nhwc_out = depthwise_nhwc = global_average_nhwc = set_nhwc_avx512 = set_nhwc_simd = None
 
 # The load-time limit: a pruned layer denser than this is held dense. Below it the batched product
 # (SparseMatrix.matmat_rows) beats BLAS on the dense form up to 12-35% density from 8 rows (by layer

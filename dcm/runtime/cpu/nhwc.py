@@ -43,9 +43,15 @@ PATCH_DIRECT_MAX_OUTPUTS = 160
 
 
 def available() -> bool:
-    """The compiled channels-last kernels are built and the packed GEMM runs here (AVX-512)."""
+    """The compiled channels-last kernels are built and the packed GEMM runs here (AVX-512 or AVX2)."""
     return (native.depthwise_nhwc is not None and native.global_average_nhwc is not None
-            and native.gemm_packed is not None and native.packed_simd() == "avx512")
+            and native.gemm_packed is not None and native.packed_simd() is not None)
+
+
+def windows_available() -> bool:
+    """``available``, and ``conv_nhwc_out`` (stems, grouped and small dense layers) runs vectorized here: its
+    SIMD path is AVX-512's (on AVX2 alone it is plain C, and those layers keep the NCHW kernels)."""
+    return available() and native.conv_nhwc_out is not None and native.packed_simd() == "avx512"
 
 
 def _strided_pixels(x: np.ndarray, strides: tuple[int, int], threads: int) -> np.ndarray:
@@ -138,7 +144,7 @@ class NhwcConv(_Conv):
         self.depthwise = per_group == 1 and self.groups == self.out_channels
         # a wide patch layer: [patches, kh * kw * C_in] @ W on the packed GEMM (PATCH_DIRECT_MAX_OUTPUTS)
         self.patches = (self.groups == 1 and self.kernel != (1, 1) and patch_layer(self.attrs, self.kernel)
-                        and self.out_channels > PATCH_DIRECT_MAX_OUTPUTS and native.packed_simd() == "avx512")
+                        and self.out_channels > PATCH_DIRECT_MAX_OUTPUTS and native.packed_simd() is not None)
         # conv_nhwc_out's form: several groups, or one (a small dense layer) with a window past 1x1
         self.grouped = not self.depthwise and not self.patches and (self.groups > 1 or self.kernel != (1, 1))
         self._plans: dict[tuple[int, ...], tuple] = {}  # per input shape: what a call works out (_keep_plan)
@@ -205,7 +211,7 @@ class NhwcConv(_Conv):
         if self.depthwise or self.grouped:
             pads, oh, ow = self._window(h, w)
             plan = ("depthwise" if self.depthwise else "grouped", (n, oh, ow, self.out_channels), pads, act)
-        elif self.strides == (1, 1) and not self._takes_sparse(n * h * w, None) and native.packed_simd() == "avx512":
+        elif self.strides == (1, 1) and not self._takes_sparse(n * h * w, None) and native.packed_simd() is not None:
             plan = ("gemm", (n, h, w, self.out_channels), (n * h * w, c), act)
         else:
             return
@@ -271,7 +277,7 @@ class NhwcConv(_Conv):
                  scale: np.ndarray | None = None) -> None:
         """out2 = act((x2 * scale) [rows, k] @ W + bias + residual) on the packed GEMM; numpy where the
         CPU lost the kernel (``set_simd(False)`` after load)."""
-        if native.packed_simd() == "avx512":
+        if native.packed_simd() is not None:
             native.gemm_packed(x2, self.packed, out2, self.threads, self.bias, act=act, residual=residual,
                                scale=scale)
             return
@@ -366,9 +372,7 @@ class NhwcGlobalAveragePool(Kernel):
 class NhwcStemConv(_Conv):
     """Conv of an NCHW input with few channels (a network's first layer) into an NHWC output."""
 
-    @staticmethod
-    def available() -> bool:
-        return available() and getattr(native, "conv_nhwc_out", None) is not None
+    available = staticmethod(windows_available)
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)

@@ -1,5 +1,5 @@
-"""A convolution of few output pixels as one dense GEMM on the packed AVX-512 kernel (``_gemm.c``'s
-``gemm_packed``), the rows the output pixels: columns [N * OH * OW, kh * kw * C_in] @ W^T
+"""A convolution of few output pixels as one dense GEMM on the packed kernel (``_gemm.c``'s
+``gemm_packed``, AVX-512 or AVX2 tiles), the rows the output pixels: columns [N * OH * OW, kh * kw * C_in] @ W^T
 [kh * kw * C_in, C_out], bias and Relu applied in the kernel's store, then one small transpose to NCHW.
 
 Why: on a plane of 49 outputs (ResNet-18's 512-channel 7x7 layers) Winograd F(2x2) pads the plane
@@ -20,9 +20,9 @@ from dcm.runtime.cpu.shape import check_elements
 
 
 def available() -> bool:
-    """The packed GEMM is built and runs its AVX-512 path on this CPU."""
+    """The packed GEMM is built and runs on this CPU (AVX-512 or AVX2)."""
     return (native.gemm_packed is not None and native.transpose2d is not None and native.window_rows is not None
-            and native.packed_simd() == "avx512")
+            and native.packed_simd() is not None)
 
 
 class PixelGemm:
