@@ -166,14 +166,14 @@ def test_nan_kept_and_infinities(kernel, simd):
             np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
-@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("n, p, c", [(1, 1, 1), (1, 49, 1280), (3, 1, 17), (2, 196, 17), (1, 3136, 96), (4, 7, 33),
                                      (1, 12544, 32), (1, 1100, 20)])  # few units: chunks of the plane on 2 threads
-def test_global_average_matches_numpy(n, p, c, simd):
+def test_global_average_matches_numpy(n, p, c, path):
     rng = np.random.default_rng(n * p + c)
     x = (rng.standard_normal((n, p, c)) + 3).astype(np.float32)
     y = np.full((n, c), np.nan, np.float32)
-    with switched(native.set_nhwc_simd, simd):
+    with _path(path):
         native.global_average_nhwc(x, y, x.shape)
         y2 = np.full((n, c), np.nan, np.float32)
         native.global_average_nhwc(x, y2, x.shape, threads=2)

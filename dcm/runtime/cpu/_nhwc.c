@@ -363,6 +363,62 @@ AVX512 static inline __attribute__((always_inline)) void average_unit(const Aver
     }
 }
 
+/* average_unit on AVX2: V (a constant where inlined) vectors of 8 channels in float through each run of
+ * POOL_RUN pixels, each run's sums then added into double sums held in L1 (16 more registers would not
+ * fit). The unit's channels are read pixel by pixel in address order; the generic loop, vectorized by the
+ * compiler on 2 doubles, took 17 ms over 8 x 12544 pixels of 96 channels where numpy's float32 mean took
+ * 5. Means divided, as the generic path's. */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+average_unit_avx2(const Average *p, Py_ssize_t u, Py_ssize_t s, Py_ssize_t k0, Py_ssize_t count, Py_ssize_t first,
+                  Py_ssize_t end, const int V)
+{
+    double sum[16 * POOL_VECTORS] = {0};
+    __m256i m[2 * POOL_VECTORS];
+    UNROLL for (int v = 0; v < V; v++) m[v] = part8(count - 8 * v);
+    const float *x = p->x + s * p->pixels * p->c + k0;
+    for (Py_ssize_t q0 = first; q0 < end; q0 += POOL_RUN) {
+        const Py_ssize_t q1 = end - q0 < POOL_RUN ? end : q0 + POOL_RUN;
+        __m256 run[2 * POOL_VECTORS];
+        UNROLL for (int v = 0; v < V; v++) run[v] = _mm256_setzero_ps();
+        for (Py_ssize_t q = q0; q < q1; q++)
+            UNROLL for (int v = 0; v < V; v++) {
+                const float *a = x + q * p->c + 8 * v;
+                run[v] = _mm256_add_ps(run[v], count - 8 * v >= 8 ? _mm256_loadu_ps(a) : _mm256_maskload_ps(a, m[v]));
+            }
+        UNROLL for (int v = 0; v < V; v++) {
+            double *d = sum + 8 * v;
+            _mm256_storeu_pd(d, _mm256_add_pd(_mm256_loadu_pd(d), _mm256_cvtps_pd(_mm256_castps256_ps128(run[v]))));
+            _mm256_storeu_pd(d + 4, _mm256_add_pd(_mm256_loadu_pd(d + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(run[v], 1))));
+        }
+    }
+    if (p->chunks > 1) {
+        for (Py_ssize_t k = 0; k < count; k++) p->partial[u * 16 * POOL_VECTORS + k] = sum[k];
+        return;
+    }
+    for (Py_ssize_t k = 0; k < count; k++) p->y[s * p->c + k0 + k] = (float)(sum[k] / (double)p->pixels);
+}
+
+__attribute__((target("avx2,fma"))) static void average_avx2(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
+{
+    const Average *p = ctx;
+    const Py_ssize_t width = 16 * POOL_VECTORS;
+    for (Py_ssize_t u = lo; u < hi; u++) {
+        Py_ssize_t s, k0, q0, q1;
+        average_unit_place(p, u, &s, &k0, &q0, &q1);
+        const Py_ssize_t count = p->c - k0 < width ? p->c - k0 : width;
+        switch ((count + 7) / 8) {
+        case 1: average_unit_avx2(p, u, s, k0, count, q0, q1, 1); break;
+        case 2: average_unit_avx2(p, u, s, k0, count, q0, q1, 2); break;
+        case 3: average_unit_avx2(p, u, s, k0, count, q0, q1, 3); break;
+        case 4: average_unit_avx2(p, u, s, k0, count, q0, q1, 4); break;
+        case 5: average_unit_avx2(p, u, s, k0, count, q0, q1, 5); break;
+        case 6: average_unit_avx2(p, u, s, k0, count, q0, q1, 6); break;
+        case 7: average_unit_avx2(p, u, s, k0, count, q0, q1, 7); break;
+        default: average_unit_avx2(p, u, s, k0, count, q0, q1, 8); break;
+        }
+    }
+}
+
 AVX512 static void average_avx512(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     const Average *p = ctx;
@@ -437,6 +493,7 @@ static PyObject *global_average_nhwc(PyObject *self, PyObject *args, PyObject *k
     dcm_range_fn run = average_generic;
 #ifdef HAVE_AVX2_PATH
     if (use_avx512()) run = average_avx512, p.reciprocal = 1;
+    else if (use_avx2()) run = average_avx2;
 #endif
     run_units(run, &p, units, p.chunk * 16 * POOL_VECTORS, threads); /* values read a unit */
     if (p.chunks > 1) { /* each (sample, block): its chunks' sums in order */
