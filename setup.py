@@ -36,6 +36,7 @@ def numpy_modules() -> list[Extension]:
 setup(ext_modules=[Extension(f"dcm.runtime.cpu.{name}", [f"dcm/runtime/cpu/{name}.c"], optional=True,
                              depends=["dcm/runtime/cpu/_kernel_common.h", "dcm/runtime/cpu/_operand.h",
                                       "dcm/runtime/cpu/_packed_gemm.h", "dcm/runtime/cpu/_window.h", "dcm/runtime/cpu/_depthwise_vec.h",
+                                      "dcm/runtime/cpu/_conv_out_vec.h", "dcm/runtime/cpu/_vec_undef.h",
                                       "dcm/runtime/cpu/_wino4_vec.h"],
                              extra_compile_args=flags(name),
                              extra_link_args=flags(name)[1:])

@@ -391,11 +391,12 @@ def op_seeds() -> tuple[tuple[bytes, dict], ...]:
 # --- which compiled kernels a campaign reached ------------------------------------------------
 
 # Compiled kernels the runtime calls only where the CPU runs their AVX-512 path: the NCHW 1x1 kernel
-# (``pointconv``) and ``conv_nhwc_out`` (stems, grouped and small dense layers in the channels-last regions).
-AVX512_ONLY = ("pointwise_conv", "conv_nhwc_out")
+# (``pointconv``).
+AVX512_ONLY = ("pointwise_conv",)
 # ... and only where the packed GEMM runs (AVX-512 or AVX2): it (``pixel_gemm``, the regions' 1x1 layers) and
-# the channels-last kernels of the regions built around it (``nhwc``). On other CPUs no seed can reach them.
-PACKED_ONLY = ("gemm_packed", "window_rows", "depthwise_nhwc", "global_average_nhwc")
+# the channels-last kernels of the regions built around it (``nhwc``; ``conv_nhwc_out``: stems, grouped and
+# small dense layers). On other CPUs no seed can reach them.
+PACKED_ONLY = ("gemm_packed", "window_rows", "depthwise_nhwc", "global_average_nhwc", "conv_nhwc_out")
 
 
 def kernel_names(reachable: bool = False) -> list[str]:

@@ -92,7 +92,7 @@ PATHS = ["avx512", "avx2", "portable"]  # on a CPU without AVX-512 the first is 
 
 @contextlib.contextmanager
 def _path(path):
-    """The depthwise kernel's AVX-512, AVX2 or portable C path (set_avx512, set_simd)."""
+    """The channels-last kernels' AVX-512, AVX2 or portable C path (set_avx512, set_simd)."""
     with switched(native.set_nhwc_simd, path != "portable"), switched(native.set_nhwc_avx512, path == "avx512"):
         yield
 
@@ -147,9 +147,9 @@ def test_depthwise_any_placement_of_x_in_its_lines(c, kernel, stride, path):
         np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5, err_msg=f"x {offset} floats into a line")
 
 
-@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("kernel", ["depthwise_nhwc", "conv_nhwc_out"])
-def test_nan_kept_and_infinities(kernel, simd):
+def test_nan_kept_and_infinities(kernel, path):
     """A NaN and both infinities, at a border and inside, through the sums and the clamps."""
     if kernel == "depthwise_nhwc":
         x, wt, run, reference = np.ones((1, 5, 5, 3), np.float32), np.ones((3, 3, 3), np.float32), _run, _reference
@@ -158,7 +158,7 @@ def test_nan_kept_and_infinities(kernel, simd):
         x, wt = np.ones((1, 3, 6, 6), np.float32), np.ones((16, 3, 3, 3), np.float32)
         run, reference = _stem_run, _stem_reference
         x[0, 0, 2, 2], x[0, 1, 0, 0], x[0, 2, 5, 5] = np.nan, np.inf, -np.inf
-    with switched(native.set_nhwc_simd, simd):
+    with _path(path):
         for act in [None, ("clip", 0.0, 6.0), ("relu", 0.0, 0.0)]:
             got = run(x, wt, (1, 1), (1, 1), (1, 1, 1, 1), None, act)
             want = reference(x, wt, (1, 1), (1, 1), (1, 1, 1, 1), None, act)
@@ -290,15 +290,15 @@ def _stem_cases():
     return cases
 
 
-@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("case", _stem_cases(), ids=lambda c: "n{}c{}h{}w{}co{}-k{}s{}d{}-p{}".format(*c))
-def test_conv_nhwc_out_matches_numpy(case, simd):
+def test_conv_nhwc_out_matches_numpy(case, path):
     n, c, h, w, co, kernel, strides, dilations, pads = case
     rng = np.random.default_rng(hash(case) % 2**32)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     wt = (rng.standard_normal((co, c, *kernel)) / np.sqrt(c * kernel[0] * kernel[1])).astype(np.float32)
     bias = rng.standard_normal(co).astype(np.float32)
-    with switched(native.set_nhwc_simd, simd):
+    with _path(path):
         for i, act in enumerate(ACTS):
             b = bias if i % 2 else None
             got = _stem_run(x, wt, strides, dilations, pads, b, act)
@@ -307,8 +307,8 @@ def test_conv_nhwc_out_matches_numpy(case, simd):
             np.testing.assert_array_equal(_stem_run(x, wt, strides, dilations, pads, b, act, threads=2), got)
 
 
-@pytest.mark.parametrize("simd", [True, False])
-def test_conv_nhwc_out_is_conv_lanes2d_transposed(simd):
+@pytest.mark.parametrize("path", PATHS)
+def test_conv_nhwc_out_is_conv_lanes2d_transposed(path):
     """MobileNetV2's stem (3 -> 32, 3x3/2, ReLU6) at 2 x 64 x 64, on two threads sharing many rows:
     the NCHW kernel's output, transposed."""
     rng = np.random.default_rng(2)
@@ -318,7 +318,7 @@ def test_conv_nhwc_out_is_conv_lanes2d_transposed(simd):
     geometry = ((3, 3), (2, 2), (1, 1), (0, 0, 1, 1))
     nchw = np.empty((2, 32, 32, 32), np.float32)
     native.conv_lanes2d(x, nchw, wt, x.shape, *geometry, 32, bias, (0.0, 6.0))
-    with switched(native.set_nhwc_simd, simd):
+    with _path(path):
         y = _stem_run(x, wt, *geometry[1:], bias, ("clip", 0.0, 6.0))
         np.testing.assert_array_equal(_stem_run(x, wt, *geometry[1:], bias, ("clip", 0.0, 6.0), threads=2), y)
     np.testing.assert_allclose(y, nchw.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
@@ -340,12 +340,18 @@ def _grouped_cases():
     cases += [(2, 7, 7, 3, 16, 24, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
               (1, 13, 13, 2, 17, 40, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1)),
               (1, 9, 27, 2, 16, 16, (5, 5), (3, 3), (1, 2), (2, 4, 2, 4))]
+    # AVX2's runs (8-channel vectors): 8 pixels at one vector, 6 at two, 4 at three, each with a shorter run
+    # for a row's last few pixels (11 = 8 + 3, 14 = 6 + 6 + 2, 5 = 4 + 1); 64 outputs a group: blocks of
+    # 3 + 3 + 2 vectors there, one of 4 (no runs) on AVX-512
+    cases += [(1, 11, 11, 2, 16, 8, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
+              (2, 14, 14, 3, 16, 16, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
+              (1, 5, 5, 2, 16, 64, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1))]
     return cases
 
 
-@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("case", _grouped_cases(), ids=lambda c: "n{}h{}w{}g{}i{}o{}-k{}s{}d{}-p{}".format(*c))
-def test_grouped_conv_nhwc_matches_numpy(case, simd):
+def test_grouped_conv_nhwc_matches_numpy(case, path):
     """conv_nhwc_out on channels-last input with groups: each group's slice of channels convolved as a
     stem's NCHW input would be."""
     n, h, w, groups, per_in, per_out, kernel, strides, dilations, pads = case
@@ -355,7 +361,7 @@ def test_grouped_conv_nhwc_matches_numpy(case, simd):
     wt = wt.astype(np.float32)
     bias = rng.standard_normal(groups * per_out).astype(np.float32)
     y = np.empty((n, *_out_size(h, w, kernel, strides, dilations, pads), groups * per_out), np.float32)
-    with switched(native.set_nhwc_simd, simd):
+    with _path(path):
         for i, act in enumerate(ACTS):
             b = bias if i % 2 else None
             want = np.concatenate([_stem_reference(x[..., g * per_in:(g + 1) * per_in].transpose(0, 3, 1, 2),

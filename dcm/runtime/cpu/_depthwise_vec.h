@@ -1,10 +1,10 @@
 /* The depthwise kernel of _nhwc.c (depthwise_nhwc), written once for two vector widths: _nhwc.c includes
  * it with VEC __m512 (16 channels a vector, AVX-512) and with VEC __m256 (8 channels, AVX2 + FMA), the
  * macros VNAME, VTARGET, LANES, VMASK, VPART, VALL, VLOAD, VSTORE, VZERO, VFMA and VACT naming each
- * width's type, intrinsics and activation (see there); VACT_STORED, where defined, applies the activations
- * VACT leaves (all but Relu and Clip) to the stored values (VCOUNT: the lanes of a mask). A vector's accumulators, weights and input fit
- * either register file: BLOCK accumulators, up to KERNEL_MAX weight vectors and one input vector are 16
- * registers. */
+ * width's type, intrinsics and activation (see there; _vec_undef.h undefines them after each width);
+ * VACT_STORED, where defined, applies the activations VACT leaves (all but Relu and Clip) to the stored
+ * values (VCOUNT: the lanes of a mask). A vector's accumulators, weights and input fit either register
+ * file: BLOCK accumulators, up to KERNEL_MAX weight vectors and one input vector are 16 registers. */
 
 
 /* The activation of count x V accumulators (constants where inlined; acc[q * V + v]: pixel q,
@@ -183,19 +183,3 @@ VTARGET static void VNAME(depthwise)(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
         }
     }
 }
-
-/* The width's macros undefined, so that the file can be included again for another width. */
-#undef VEC
-#undef VNAME
-#undef VTARGET
-#undef LANES
-#undef VMASK
-#undef VPART
-#undef VALL
-#undef VLOAD
-#undef VSTORE
-#undef VZERO
-#undef VFMA
-#undef VACT
-#undef VACT_STORED
-#undef VCOUNT

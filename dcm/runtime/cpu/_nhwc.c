@@ -92,6 +92,33 @@ static void depthwise_generic(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
     }
 }
 
+/* conv_nhwc_out: a dense convolution that writes NHWC, reading NCHW (the stem in front of a channels-
+ * last region, whose NCHW output would otherwise be transposed: few input channels) or NHWC (a grouped
+ * layer inside a region: ResNeXt's and RegNet's 3x3 layers of 8-64 channels a group, which took 1.5-3x
+ * onnxruntime's time on NCHW through im2col and a product per group). An output pixel's channels of
+ * one group are a sum over (tap, input channel of the group) of one input value, broadcast, times a
+ * vector of the group's output weights; the weight is [groups, kh, kw, C_in / groups, C_out / groups
+ * rounded up to 16], so that each (tap, input channel) is a row of whole vectors (zeros past the
+ * group's outputs). The input's layout is its strides: per channel, column, row and sample. */
+#define NHWC_RUN 8             /* the most pixels a channels-last run (_conv_out_vec.h) holds */
+#define NHWC_RUN_VECTORS 3     /* the most output-channel vectors such a run holds */
+#define NHWC_RUN_MIN_INPUTS 16 /* fewer input channels a group: too few multiply-adds a tap for the pointers */
+
+/* One conv_nhwc_out call, as the pool's ranges of (sample, output row) see it. */
+typedef struct {
+    const float *x, *w, *bias;
+    float *y;
+    Window g;
+    Py_ssize_t c, co;          /* input and output channels, per group */
+    Py_ssize_t cp;             /* co rounded up to 16: a weight row */
+    Py_ssize_t groups, co_all; /* groups; output channels in all (an output pixel's stride in y) */
+    Py_ssize_t xc, xcol, xrow, xs; /* x's strides in floats: channel, column, row, sample */
+    const float *zeros;            /* channels-last x: C_in / groups zeros, read for taps in the padding */
+    Py_ssize_t oh, ow;
+    Py_ssize_t inner0, inner1; /* the output columns [inner0, inner1) whose taps all fall inside the row */
+    ConvAct act;
+} ConvOut;
+
 #ifdef HAVE_AVX2_PATH
 #define AVX512 __attribute__((target("avx512f,avx512dq,avx2,fma,prfchw"))) /* use_avx512 checks both */
 #define UNROLL _Pragma("GCC unroll 32") /* the register-block loops unrolled: the sums stay in registers */
@@ -151,7 +178,18 @@ prefetch_next_out(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t x0
 #define VZERO _mm512_setzero_ps
 #define VFMA _mm512_fmadd_ps
 #define VACT conv_act16
-#include "_depthwise_vec.h" /* (it undefines the macros above) */
+#define VBCAST _mm512_set1_ps
+#define VLOADM(m, a) _mm512_maskz_loadu_ps(m, a)
+#define VSTOREM store16
+#define OUT_VECTORS 4 /* of 32 registers: 24 accumulators, 4 weight vectors, the input */
+#define OUT_ACC 24
+#define OUT_RUN(V) (OUT_ACC / (V) < 12 ? OUT_ACC / (V) : 12)
+#define NHWC_ACC 24
+#define NHWC_RUN_OF(V) NHWC_RUN
+#define NHWC_TAIL_OF(V) NHWC_RUN /* no shorter run: a 7-wide row is one run */
+#include "_depthwise_vec.h"
+#include "_conv_out_vec.h"
+#include "_vec_undef.h"
 
 /* The AVX2 epilogue in registers: Relu and Clip; the others (exp, erf) go over the stored values
  * (VACT_STORED: conv_act_block8), since a call while the accumulators were live made GCC keep them in
@@ -159,6 +197,13 @@ prefetch_next_out(const Depthwise *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t x0
 __attribute__((target("avx2,fma"), always_inline)) static inline __m256 clamp_act8(const ConvAct *a, __m256 v)
 {
     return a->kind == CONV_ACT_CLAMP ? clamp8(v, _mm256_set1_ps(a->lo), _mm256_set1_ps(a->hi)) : v;
+}
+
+/* store16's AVX2 twin: a plain store where the mask holds all 8 lanes. */
+__attribute__((target("avx2,fma"), always_inline)) static inline void store8(float *a, __m256i m, __m256 v)
+{
+    if (_mm256_movemask_ps(_mm256_castsi256_ps(m)) == 0xFF) _mm256_storeu_ps(a, v);
+    else _mm256_maskstore_ps(a, m, v);
 }
 
 /* _depthwise_vec.h on AVX2 + FMA: 8 channels a vector. */
@@ -176,7 +221,18 @@ __attribute__((target("avx2,fma"), always_inline)) static inline __m256 clamp_ac
 #define VACT clamp_act8
 #define VACT_STORED conv_act_block8
 #define VCOUNT(m) __builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(m)))
-#include "_depthwise_vec.h" /* (it undefines the macros above) */
+#define VBCAST _mm256_set1_ps
+#define VLOADM(m, a) _mm256_maskload_ps(a, m)
+#define VSTOREM store8
+#define OUT_VECTORS 3 /* of 16 registers: 12 accumulators, 3 weight vectors, the input */
+#define OUT_ACC 12
+#define OUT_RUN(V) (OUT_ACC / (V))
+#define NHWC_ACC 12
+#define NHWC_RUN_OF(V) ((V) == 1 ? 8 : (V) == 2 ? 6 : 4)
+#define NHWC_TAIL_OF(V) ((NHWC_RUN_OF(V) + 1) / 2)
+#include "_depthwise_vec.h"
+#include "_conv_out_vec.h"
+#include "_vec_undef.h"
 #endif
 
 /* Whether the byte ranges of two buffers share any byte. */
@@ -515,32 +571,6 @@ done:
     return result;
 }
 
-/* conv_nhwc_out: a dense convolution that writes NHWC, reading NCHW (the stem in front of a channels-
- * last region, whose NCHW output would otherwise be transposed: few input channels) or NHWC (a grouped
- * layer inside a region: ResNeXt's and RegNet's 3x3 layers of 8-64 channels a group, which took 1.5-3x
- * onnxruntime's time on NCHW through im2col and a product per group). An output pixel's channels of
- * one group are a sum over (tap, input channel of the group) of one input value, broadcast, times a
- * vector of the group's output weights; the weight is [groups, kh, kw, C_in / groups, C_out / groups
- * rounded up to 16], so that each (tap, input channel) is a row of whole vectors (zeros past the
- * group's outputs). The input's layout is its strides: per channel, column, row and sample. */
-#define OUT_VECTORS_MAX 4  /* output-channel vectors a register block holds */
-#define OUT_ACC_MAX 24     /* accumulators a register block holds (of 32 registers: the rest weights, input) */
-
-/* One conv_nhwc_out call, as the pool's ranges of (sample, output row) see it. */
-typedef struct {
-    const float *x, *w, *bias;
-    float *y;
-    Window g;
-    Py_ssize_t c, co;          /* input and output channels, per group */
-    Py_ssize_t cp;             /* co rounded up to 16: a weight row */
-    Py_ssize_t groups, co_all; /* groups; output channels in all (an output pixel's stride in y) */
-    Py_ssize_t xc, xcol, xrow, xs; /* x's strides in floats: channel, column, row, sample */
-    const float *zeros;            /* channels-last x: C_in / groups zeros, read for taps in the padding */
-    Py_ssize_t oh, ow;
-    Py_ssize_t inner0, inner1; /* the output columns [inner0, inner1) whose taps all fall inside the row */
-    ConvAct act;
-} ConvOut;
-
 /* Unit u = sample * OH + output row: every channel of the row's output pixels. */
 static void conv_out_generic(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
@@ -572,185 +602,6 @@ static void conv_out_generic(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
             }
     }
 }
-
-#ifdef HAVE_AVX2_PATH
-/* Output pixels [ox, ox + count) of row oy, sample s, group gi's channels [k, k + 16 V), kernel rows [i0, i1):
- * count x V accumulators in registers through every (tap, input channel), each weight vector loaded
- * once for the count pixels and each input value broadcast once for the V vectors. Stores masked by
- * m[v] (a last vector of C_out not a multiple of 16). SW: the horizontal stride as a constant (0: p's).
- * checked: some of the pixels' taps may fall outside the row, skipped one by one. count, V, SW and
- * checked are constants where inlined. */
-AVX512 static inline __attribute__((always_inline)) void
-out_pixels_avx512(const ConvOut *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t gi, Py_ssize_t k,
-                  const __mmask16 *m, Py_ssize_t i0, Py_ssize_t i1, const int count, const int V, const int SW,
-                  const int checked)
-{
-    const Window *g = &p->g;
-    const Py_ssize_t sw = SW ? SW : g->sw, cp = p->cp, step = sw * p->xcol; /* step: the next pixel's input */
-    const float *bias = p->bias ? p->bias + gi * p->co + k : NULL;
-    __m512 acc[OUT_ACC_MAX];
-    UNROLL for (int v = 0; v < V; v++) {
-        const __m512 b = bias ? _mm512_maskz_loadu_ps(m[v], bias + 16 * v) : _mm512_setzero_ps();
-        UNROLL for (int q = 0; q < count; q++) acc[q * V + v] = b;
-    }
-    for (Py_ssize_t i = i0; i < i1; i++) {
-        /* x index of pixel ox's tap (i, 0), the group's input channel 0: before the row where that tap is
-           in the padding (never read then) */
-        const Py_ssize_t row = s * p->xs + (oy * g->sh - g->pt + i * g->dh) * p->xrow + (ox * sw - g->pl) * p->xcol
-                               + gi * p->c * p->xc;
-        const float *wp = p->w + (gi * g->kh + i) * g->kw * p->c * cp + k;
-        for (Py_ssize_t j = 0; j < g->kw; j++) {
-            const Py_ssize_t ix = ox * sw - g->pl + j * g->dw; /* pixel ox's input column */
-            for (Py_ssize_t c = 0, at = row + j * g->dw * p->xcol; c < p->c; c++, at += p->xc, wp += cp) {
-                __m512 wv[OUT_VECTORS_MAX];
-                UNROLL for (int v = 0; v < V; v++) wv[v] = _mm512_loadu_ps(wp + 16 * v);
-                UNROLL for (int q = 0; q < count; q++) {
-                    if (checked && (ix + q * sw < 0 || ix + q * sw >= g->w)) continue;
-                    const __m512 xv = _mm512_set1_ps(p->x[at + q * step]);
-                    UNROLL for (int v = 0; v < V; v++) acc[q * V + v] = _mm512_fmadd_ps(wv[v], xv, acc[q * V + v]);
-                }
-            }
-        }
-    }
-    float *yp = p->y + ((s * p->oh + oy) * p->ow + ox) * p->co_all + gi * p->co + k;
-    UNROLL for (int q = 0; q < count; q++)
-        UNROLL for (int v = 0; v < V; v++)
-            store16(yp + q * p->co_all + 16 * v, m[v], conv_act16(&p->act, acc[q * V + v]));
-}
-
-/* Group gi's channels [k, k + 16 V) of one output row. The interior columns in runs of as many pixels as
- * OUT_ACC_MAX accumulators hold (at most 12), then of 4, the last 1-3 as the run of 4 that ends the
- * interior (recomputing up to 3 pixels to the same bits) rather than single pixels, whose V chains of
- * multiply-adds each wait on the last; the border columns (1-3 a side in a stem) one by one with
- * their valid taps, since a checked run costs a test per pixel and tap (3x3/2 at 224: 10% of the
- * time). V and SW are constants where inlined. */
-AVX512 static inline __attribute__((always_inline)) void
-out_row_avx512(const ConvOut *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t gi, Py_ssize_t k, const __mmask16 *m,
-               Py_ssize_t i0, Py_ssize_t i1, const int V, const int SW)
-{
-    const int run = OUT_ACC_MAX / V < 12 ? OUT_ACC_MAX / V : 12;
-    Py_ssize_t ox = p->inner0;
-    for (; ox + run <= p->inner1; ox += run) out_pixels_avx512(p, s, oy, ox, gi, k, m, i0, i1, run, V, SW, 0);
-    for (; ox + 4 <= p->inner1; ox += 4) out_pixels_avx512(p, s, oy, ox, gi, k, m, i0, i1, 4, V, SW, 0);
-    if (ox < p->inner1 && p->inner1 - p->inner0 >= 4)
-        out_pixels_avx512(p, s, oy, p->inner1 - 4, gi, k, m, i0, i1, 4, V, SW, 0);
-    else
-        for (; ox < p->inner1; ox++) out_pixels_avx512(p, s, oy, ox, gi, k, m, i0, i1, 1, V, SW, 0);
-    for (ox = 0; ox < p->inner0; ox++) out_pixels_avx512(p, s, oy, ox, gi, k, m, i0, i1, 1, V, SW, 1);
-    for (ox = p->inner1; ox < p->ow; ox++) out_pixels_avx512(p, s, oy, ox, gi, k, m, i0, i1, 1, V, SW, 1);
-}
-
-/* Channels-last x, up to NHWC_RUN_VECTORS vectors of outputs, NHWC_RUN_MIN_INPUTS or more input channels
- * a group: output pixels [ox, ox + count) of row oy (count <= NHWC_RUN), group gi's channels [k, k + 16 V),
- * computed as a run of NHWC_RUN pixels whose taps in the padding, and pixels past count, read p->zeros
- * instead of x. No border pixel is left to a tap-by-tap path and no run recomputes pixels: a 7-wide row
- * (RegNet's 7x7 stage) is one run, where runs of 4 and single border pixels did the work of 10 pixels
- * (one layer, 1 thread: 400 channels in 25 groups at 7x7 0.10 -> 0.061 ms, 512 in 32 0.13 -> 0.065,
- * 256 in 16 at 14x14 0.159 -> 0.132). Runs of 12 for one vector were slower (7x7: 0.108 ms), and so were
- * these runs on 4 or 8 input channels a group (0.29 -> 0.38 ms, 0.29 -> 0.36). V, SW and CIN (the input
- * channels a group, 0: p's) are constants where inlined; CIN = 16 (RegNet's groups), the channel loop
- * straight-line code: 42-54 -> 50-62 GMAC/s on RegNetX-400MF's grouped layers. CP (the weight's row,
- * 0: p's) is 16 with it: the 16 weight rows are then constant offsets, where with p's their offsets
- * were spilled and reloaded per row (RegNetX-400MF's grouped layers at batch 1, one thread, the sum
- * of their profile: 1.83-1.86 -> 1.69-1.79 ms). */
-#define NHWC_RUN 8
-#define NHWC_RUN_VECTORS 3
-#define NHWC_RUN_MIN_INPUTS 16 /* fewer input channels a group: too few multiply-adds a tap for the pointers */
-AVX512 static inline __attribute__((always_inline)) void
-nhwc_run_avx512(const ConvOut *p, Py_ssize_t s, Py_ssize_t oy, Py_ssize_t ox, Py_ssize_t count, Py_ssize_t gi,
-                Py_ssize_t k, const __mmask16 *m, Py_ssize_t i0, Py_ssize_t i1, const int V, const int SW,
-                const int CIN, const int CP)
-{
-    const Window *g = &p->g;
-    const Py_ssize_t sw = SW ? SW : g->sw, cp = CP ? CP : p->cp, cin = CIN ? CIN : p->c;
-    const float *bias = p->bias ? p->bias + gi * p->co + k : NULL;
-    __m512 acc[NHWC_RUN * NHWC_RUN_VECTORS];
-    UNROLL for (int v = 0; v < V; v++) {
-        const __m512 b = bias ? _mm512_maskz_loadu_ps(m[v], bias + 16 * v) : _mm512_setzero_ps();
-        UNROLL for (int q = 0; q < NHWC_RUN; q++) acc[q * V + v] = b;
-    }
-    for (Py_ssize_t i = i0; i < i1; i++) {
-        const float *row = p->x + s * p->xs + (oy * g->sh - g->pt + i * g->dh) * p->xrow + gi * p->c;
-        const float *wp = p->w + (gi * g->kh + i) * g->kw * p->c * cp + k;
-        for (Py_ssize_t j = 0; j < g->kw; j++, wp += p->c * cp) {
-            const float *px[NHWC_RUN];
-            UNROLL for (int q = 0; q < NHWC_RUN; q++) {
-                const Py_ssize_t ix = (ox + q) * sw - g->pl + j * g->dw;
-                px[q] = q < count && ix >= 0 && ix < g->w ? row + ix * p->xcol : p->zeros;
-            }
-#pragma GCC unroll 16
-            for (Py_ssize_t c = 0; c < cin; c++) {
-                __m512 wv[NHWC_RUN_VECTORS];
-                UNROLL for (int v = 0; v < V; v++) wv[v] = _mm512_loadu_ps(wp + c * cp + 16 * v);
-                UNROLL for (int q = 0; q < NHWC_RUN; q++) {
-                    const __m512 xv = _mm512_set1_ps(px[q][c]);
-                    UNROLL for (int v = 0; v < V; v++) acc[q * V + v] = _mm512_fmadd_ps(wv[v], xv, acc[q * V + v]);
-                }
-            }
-        }
-    }
-    float *yp = p->y + ((s * p->oh + oy) * p->ow + ox) * p->co_all + gi * p->co + k;
-    UNROLL for (int q = 0; q < NHWC_RUN; q++)
-        if (q < count)
-            UNROLL for (int v = 0; v < V; v++)
-                store16(yp + q * p->co_all + 16 * v, m[v], conv_act16(&p->act, acc[q * V + v]));
-}
-
-/* Units u = sample * OH + output row, group by group, in blocks of up to 4 vectors of a group's output
- * channels; strides 1 and 2 as constants. */
-AVX512 static void conv_out_avx512(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
-{
-    const ConvOut *p = ctx;
-    const int stride = p->g.sw == 1 || p->g.sw == 2 ? (int)p->g.sw : 0;
-    for (Py_ssize_t u = lo; u < hi; u++) {
-        const Py_ssize_t s = u / p->oh, oy = u % p->oh;
-        Py_ssize_t i0, i1;
-        valid_taps(oy * p->g.sh - p->g.pt, p->g.kh, p->g.dh, p->g.h, &i0, &i1);
-        for (Py_ssize_t gi = 0; gi < p->groups; gi++)
-        for (Py_ssize_t k = 0; k < p->co; k += 16 * OUT_VECTORS_MAX) {
-            __mmask16 m[OUT_VECTORS_MAX] = {0};
-            int V = 0;
-            for (; V < OUT_VECTORS_MAX && k + 16 * V < p->co; V++) {
-                const Py_ssize_t left = p->co - k - 16 * V;
-                m[V] = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
-            }
-/* The (V, SW) instances up to 3 vectors, SW 1, 2 or 0 (p's), for a switch on V * 4 + stride */
-#define UP_TO_3_VECTORS(F)                                                                                   \
-    case 1 * 4 + 1: F(1, 1); break;                                                                          \
-    case 1 * 4 + 2: F(1, 2); break;                                                                          \
-    case 1 * 4 + 0: F(1, 0); break;                                                                          \
-    case 2 * 4 + 1: F(2, 1); break;                                                                          \
-    case 2 * 4 + 2: F(2, 2); break;                                                                          \
-    case 2 * 4 + 0: F(2, 0); break;                                                                          \
-    case 3 * 4 + 1: F(3, 1); break;                                                                          \
-    case 3 * 4 + 2: F(3, 2); break;                                                                          \
-    case 3 * 4 + 0: F(3, 0); break;
-#define RUNS(V, SW)                                                                                          \
-    for (Py_ssize_t ox = 0; ox < p->ow; ox += NHWC_RUN) {                                                    \
-        const Py_ssize_t count = p->ow - ox < NHWC_RUN ? p->ow - ox : NHWC_RUN;                               \
-        if (V == 1 && p->c == 16 && p->cp == 16)                                                              \
-            nhwc_run_avx512(p, s, oy, ox, count, gi, k, m, i0, i1, V, SW, 16, 16);                            \
-        else                                                                                                 \
-            nhwc_run_avx512(p, s, oy, ox, count, gi, k, m, i0, i1, V, SW, 0, 0);                              \
-    }
-#define ROW(V, SW) out_row_avx512(p, s, oy, gi, k, m, i0, i1, V, SW)
-            if (p->zeros && V <= NHWC_RUN_VECTORS && p->c >= NHWC_RUN_MIN_INPUTS) {
-                switch (V * 4 + stride) { UP_TO_3_VECTORS(RUNS) }
-                continue;
-            }
-            switch (V * 4 + stride) {
-            UP_TO_3_VECTORS(ROW)
-            case 4 * 4 + 1: ROW(4, 1); break;
-            case 4 * 4 + 2: ROW(4, 2); break;
-            default: ROW(4, 0);
-            }
-#undef ROW
-#undef RUNS
-#undef UP_TO_3_VECTORS
-        }
-    }
-}
-#endif
 
 PyDoc_STRVAR(conv_nhwc_out_doc,
 "conv_nhwc_out(x, y, weight, shape, kernel, strides, dilations, pads, bias=None, act=None, threads=1,\n"
@@ -796,7 +647,7 @@ static PyObject *conv_nhwc_out(PyObject *self, PyObject *args, PyObject *kwds)
     }
     Py_buffer xb = {0}, yb = {0}, wb = {0}, bb = {0};
     PyObject *result = NULL;
-    float *zeros = NULL; /* channels-last: what conv_out_avx512's runs read for taps in the padding */
+    float *zeros = NULL; /* channels-last: what the SIMD paths' runs read for taps in the padding */
     if (conv_buffers("conv_nhwc_out", (PyObject *[]){xo, yo, wo, bo}, (Py_buffer *[]){&xb, &yb, &wb, &bb},
                      (Py_ssize_t[]){x_count, y_count, w_count, c_out}) < 0)
         goto done;
@@ -804,8 +655,8 @@ static PyObject *conv_nhwc_out(PyObject *self, PyObject *args, PyObject *kwds)
     interior_columns(g, p.ow, &p.inner0, &p.inner1);
     dcm_range_fn run = conv_out_generic;
 #ifdef HAVE_AVX2_PATH
-    if (use_avx512()) {
-        run = conv_out_avx512;
+    if (use_avx2()) {
+        run = use_avx512() ? conv_out_avx512 : conv_out_avx2;
         if (channels_last && !(zeros = PyMem_RawCalloc((size_t)p.c, sizeof(float)))) {
             PyErr_NoMemory();
             goto done;

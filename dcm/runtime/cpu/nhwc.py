@@ -49,9 +49,9 @@ def available() -> bool:
 
 
 def windows_available() -> bool:
-    """``available``, and ``conv_nhwc_out`` (stems, grouped and small dense layers) runs vectorized here: its
-    SIMD path is AVX-512's (on AVX2 alone it is plain C, and those layers keep the NCHW kernels)."""
-    return available() and native.conv_nhwc_out is not None and native.packed_simd() == "avx512"
+    """``available``, and ``conv_nhwc_out`` (stems, grouped and small dense layers) is built: it runs vectorized
+    wherever the packed GEMM does (16- or 8-channel vectors)."""
+    return available() and native.conv_nhwc_out is not None
 
 
 def _strided_pixels(x: np.ndarray, strides: tuple[int, int], threads: int) -> np.ndarray:
