@@ -286,6 +286,25 @@ def test_the_avx2_tiles_give_what_the_avx512_ones_do(tiles):
 
 
 @packed_only
+def test_a_deep_product_gives_the_same_bits_in_chunks_of_k(tiles):
+    """k past 2048 (one panel more than the AVX2 tiles' block): those take k in chunks, the partial sums
+    stored and loaded back, the bias first and the residual and activation once after the last chunk;
+    rows not a multiple of the tile's, the last panel partial, any thread count the same bits."""
+    m, k, n = 23, 2600, 37
+    x, w, bias, residual = _random((m, k), 24), _random((k, n), 25), _random(n, 26), _random((m, n), 27)
+    packed = _packed(w)
+    want = x.astype(np.float64) @ w + bias + residual
+    for act in (None, ("relu", 0.0, 0.0), ("clip", -20.0, 20.0), ("silu", 1.0, 0.0)):
+        outs = []
+        for threads in (1, 2, 3):
+            outs.append(np.full((m, n), np.nan, np.float32))
+            native.gemm_packed(x, packed, outs[-1], threads, bias, act=act, residual=residual)
+        np.testing.assert_allclose(outs[0], want if act is None else activation(act, want), rtol=1e-4,
+                                   atol=1e-4 * k ** 0.5)
+        assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+
+
+@packed_only
 def test_packed_relu_keeps_nan_as_numpy_does():
     x, w = _random((3, 4)), _random((4, 5), 1)
     x[1, 2] = np.nan

@@ -25,6 +25,11 @@
 #define ROWS_AVX2 6
 #define BLOCK_FLOATS (1 << 18) /* 1 MB: half the L2 of the AVX-512 server cores */
 #define BLOCK_FLOATS_AVX2 (1 << 16) /* 256 KB: half the L2 of a Zen 2-3 core */
+/* Where one panel is more than a block (k > 2048), the AVX2 tiles take k in chunks of KC_AVX2 rows, each
+ * chunk of a panel for all the row blocks in turn: a panel of k = 4608 (ResNet's 512-channel 3x3 layers
+ * as pixel_gemm's product) is 576 KB, more than a Zen 3's L2, and was read from L3 again by every row
+ * block. The partial sums go to the output and come back (float, exact): the sums are the same bits. */
+#define KC_AVX2 256
 /* Rows of the panel prefetched ahead of the one multiplied (4 KiB): a layer's weight comes from L3 on
  * each run of a model larger than L2, and the hardware prefetcher alone left a tile waiting on it.
  * One layer alone, its weight among 16 MB of others, 1 thread: 49x400 @ 400x400 184 -> 143 us (in L2:
@@ -36,6 +41,7 @@ typedef struct {
     float *out;
     Py_ssize_t m, k, n, ldx, ldo, panels;
     Py_ssize_t row_blocks, block; /* blocks of ROWS (ROWS_AVX2) rows; panels per block of panels */
+    Py_ssize_t kc;                /* the AVX2 tiles' chunk of k (k itself: one chunk) */
     ConvAct act;
     int avx512; /* the AVX-512 tiles (else the AVX2 ones), from use_avx512() when packed_plan ran */
 } Packed;
@@ -105,25 +111,39 @@ static void (*const tiles[ROWS + 1])(const Packed *, Py_ssize_t, Py_ssize_t, int
 #define PACKED_AVX2 __attribute__((target("avx2,fma")))
 
 /* tile_avx512's AVX2 form: rows (<= ROWS_AVX2) rows of x by the 16 columns of panel q from column h (0 or
- * 16) on; wide: two vectors (more than 8 of those columns). */
+ * 16) on, over k's chunk [k0, k0 + kc); wide: two vectors (more than 8 of those columns). A chunk after the
+ * first starts from the sums the one before stored; only the last one adds the residual and activates. */
 PACKED_AVX2 static inline __attribute__((always_inline)) void tile_avx2(const Packed *p, Py_ssize_t r0, Py_ssize_t q,
-                                                                       int h, int rows, int wide, int ahead)
+                                                                       Py_ssize_t k0, int h, int rows, int wide,
+                                                                       int ahead)
 {
     const Py_ssize_t c0 = q * PANEL + h, cols = p->n - c0 < 16 ? p->n - c0 : 16;
-    const float *x = p->x + r0 * p->ldx, *w = p->packed + q * PANEL * p->k + h;
+    const Py_ssize_t depth = p->k - k0 < p->kc ? p->k - k0 : p->kc;
+    const int first = k0 == 0, last = k0 + depth == p->k;
+    const float *x = p->x + r0 * p->ldx + k0, *w = p->packed + q * PANEL * p->k + k0 * PANEL + h;
     const __m256i m0 = part8(cols), m1 = part8(cols - 8);
-    const __m256 b0 = p->bias ? _mm256_maskload_ps(p->bias + c0, m0) : _mm256_setzero_ps();
-    const __m256 b1 = p->bias && wide ? _mm256_maskload_ps(p->bias + c0 + 8, m1) : _mm256_setzero_ps();
     __m256 acc0[ROWS_AVX2], acc1[ROWS_AVX2];
+    if (first) {
+        const __m256 b0 = p->bias ? _mm256_maskload_ps(p->bias + c0, m0) : _mm256_setzero_ps();
+        const __m256 b1 = p->bias && wide ? _mm256_maskload_ps(p->bias + c0 + 8, m1) : _mm256_setzero_ps();
 #pragma GCC unroll 6
-    for (int r = 0; r < ROWS_AVX2; r++) acc0[r] = b0, acc1[r] = b1;
+        for (int r = 0; r < ROWS_AVX2; r++) acc0[r] = b0, acc1[r] = b1;
+    } else {
+#pragma GCC unroll 6
+        for (int r = 0; r < ROWS_AVX2; r++) {
+            if (r >= rows) break;
+            const float *o = p->out + (r0 + r) * p->ldo + c0;
+            acc0[r] = cols >= 8 ? _mm256_loadu_ps(o) : _mm256_maskload_ps(o, m0);
+            acc1[r] = !wide ? acc0[r] : cols >= 16 ? _mm256_loadu_ps(o + 8) : _mm256_maskload_ps(o + 8, m1);
+        }
+    }
     const char *next = (const char *)(ahead ? x + rows * p->ldx : x); /* as in tile_avx512 */
-    const Py_ssize_t step = ahead && p->k ? rows * p->ldx * 4 / p->k : 0;
+    const Py_ssize_t step = ahead && depth ? rows * p->ldx * 4 / depth : 0;
     /* x's rows through two pointers stepped along k (rows 0 and 3) and byte offsets 0, L, 2L, as in
        tile_avx512: no per-row address arithmetic in the loop */
     const Py_ssize_t L = p->ldx * 4, offset[3] = {0, L, 2 * L};
     const char *row[2] = {(const char *)x, (const char *)x + 3 * L};
-    for (Py_ssize_t i = 0; i < p->k; i++, row[0] += 4, row[1] += 4) {
+    for (Py_ssize_t i = 0; i < depth; i++, row[0] += 4, row[1] += 4) {
         /* no prefetch of the panel ahead, unlike tile_avx512: on a Zen 3 it took a load slot of each step
            for a line the hardware prefetcher brought anyway (128 x 256 @ 256 x 1024 on one thread: 1375 ->
            943 us, 12544 x 96 @ 96 x 24: 1764 -> 842) */
@@ -141,13 +161,13 @@ PACKED_AVX2 static inline __attribute__((always_inline)) void tile_avx2(const Pa
        a call to conv_act8 (not inlined) while the accumulators were live made GCC keep them in memory
        through the whole k loop (2.2x the time), and so did this loop where not unrolled. Masked stores
        only at a partial vector: AMD's vmaskmovps store is microcoded. */
-    const int clamp = p->act.kind == CONV_ACT_CLAMP;
+    const int clamp = last && p->act.kind == CONV_ACT_CLAMP;
     const __m256 lo = _mm256_set1_ps(p->act.lo), hi = _mm256_set1_ps(p->act.hi);
 #pragma GCC unroll 6
     for (int r = 0; r < ROWS_AVX2; r++) {
         if (r >= rows) break;
         float *o = p->out + (r0 + r) * p->ldo + c0;
-        if (p->residual) {
+        if (last && p->residual) {
             const float *res = p->residual + (r0 + r) * p->n + c0;
             acc0[r] = _mm256_add_ps(acc0[r], cols >= 8 ? _mm256_loadu_ps(res) : _mm256_maskload_ps(res, m0));
             if (wide) acc1[r] = _mm256_add_ps(acc1[r], cols >= 16 ? _mm256_loadu_ps(res + 8) : _mm256_maskload_ps(res + 8, m1));
@@ -158,29 +178,48 @@ PACKED_AVX2 static inline __attribute__((always_inline)) void tile_avx2(const Pa
         if (wide && cols >= 16) _mm256_storeu_ps(o + 8, acc1[r]);
         else if (wide) _mm256_maskstore_ps(o + 8, m1, acc1[r]);
     }
-    if (p->act.kind > CONV_ACT_CLAMP) conv_act_block8(&p->act, p->out + r0 * p->ldo + c0, p->ldo, rows, cols);
+    if (last && p->act.kind > CONV_ACT_CLAMP) conv_act_block8(&p->act, p->out + r0 * p->ldo + c0, p->ldo, rows, cols);
 }
 
-/* Both halves of panel q (the second where it has columns) for one row count. */
+/* Both halves of panel q (the second where it has columns) for one row count, k's chunk from k0. */
 #define TILE_AVX2(R)                                                                                          \
-    PACKED_AVX2 static void tile_avx2_##R(const Packed *p, Py_ssize_t r0, Py_ssize_t q, int wide, int ahead)  \
+    PACKED_AVX2 static void tile_avx2_##R(const Packed *p, Py_ssize_t r0, Py_ssize_t q, Py_ssize_t k0, int ahead) \
     {                                                                                                        \
-        (void)wide;                                                                                          \
         const Py_ssize_t left = p->n - q * PANEL;                                                            \
-        if (left > 8) tile_avx2(p, r0, q, 0, R, 1, ahead && left <= 16);                                     \
-        else tile_avx2(p, r0, q, 0, R, 0, ahead);                                                            \
-        if (left > 24) tile_avx2(p, r0, q, 16, R, 1, ahead);                                                 \
-        else if (left > 16) tile_avx2(p, r0, q, 16, R, 0, ahead);                                            \
+        if (left > 8) tile_avx2(p, r0, q, k0, 0, R, 1, ahead && left <= 16);                                 \
+        else tile_avx2(p, r0, q, k0, 0, R, 0, ahead);                                                        \
+        if (left > 24) tile_avx2(p, r0, q, k0, 16, R, 1, ahead);                                             \
+        else if (left > 16) tile_avx2(p, r0, q, k0, 16, R, 0, ahead);                                        \
     }
 TILE_AVX2(1) TILE_AVX2(2) TILE_AVX2(3) TILE_AVX2(4) TILE_AVX2(5) TILE_AVX2(6)
-static void (*const tiles_avx2[ROWS_AVX2 + 1])(const Packed *, Py_ssize_t, Py_ssize_t, int, int) = {
+static void (*const tiles_avx2[ROWS_AVX2 + 1])(const Packed *, Py_ssize_t, Py_ssize_t, Py_ssize_t, int) = {
     NULL, tile_avx2_1, tile_avx2_2, tile_avx2_3, tile_avx2_4, tile_avx2_5, tile_avx2_6};
+
+/* packed_range where k is chunked (block 1: unit t is row block t % row_blocks of panel t / row_blocks):
+ * the range's row blocks of a panel chunk by chunk, each chunk for all of them in turn, so that it is
+ * read from memory once and from L2 by the others. No prefetch of the next row block's x. */
+static void packed_range_chunked(const Packed *p, Py_ssize_t lo, Py_ssize_t hi)
+{
+    for (Py_ssize_t t = lo; t < hi;) {
+        const Py_ssize_t q = t / p->row_blocks, b0 = t % p->row_blocks;
+        const Py_ssize_t b1 = p->row_blocks - b0 < hi - t ? p->row_blocks : b0 + (hi - t);
+        for (Py_ssize_t k0 = 0; k0 < p->k; k0 += p->kc)
+            for (Py_ssize_t b = b0; b < b1; b++) {
+                const Py_ssize_t r0 = p->m * b / p->row_blocks, r1 = p->m * (b + 1) / p->row_blocks;
+                tiles_avx2[r1 - r0](p, r0, q, k0, 0);
+            }
+        t += b1 - b0;
+    }
+}
 
 /* parallel_for's range function over the tiles: block of panels, then row block, then panel. */
 static void packed_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     const Packed *p = ctx;
-    void (*const *const run_tile)(const Packed *, Py_ssize_t, Py_ssize_t, int, int) = p->avx512 ? tiles : tiles_avx2;
+    if (!p->avx512 && p->kc < p->k) {
+        packed_range_chunked(p, lo, hi);
+        return;
+    }
     const Py_ssize_t per_block = p->row_blocks * p->block;
     for (Py_ssize_t t = lo; t < hi;) {
         /* where t falls, found by division once per block of panels; then tile after tile by counting,
@@ -193,7 +232,9 @@ static void packed_range(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
         Py_ssize_t b = tile / width, q = first + tile % width;
         Py_ssize_t r0 = p->m * b / p->row_blocks, r1 = p->m * (b + 1) / p->row_blocks;
         for (; t < stop; t++) {
-            run_tile[r1 - r0](p, r0, q, p->n - q * PANEL > 16, q == first + width - 1 && b + 1 < p->row_blocks);
+            const int ahead = q == first + width - 1 && b + 1 < p->row_blocks;
+            if (p->avx512) tiles[r1 - r0](p, r0, q, p->n - q * PANEL > 16, ahead);
+            else tiles_avx2[r1 - r0](p, r0, q, 0, ahead);
             if (++q == first + width) q = first, b++, r0 = r1, r1 = p->m * (b + 1) / p->row_blocks;
         }
     }
@@ -265,6 +306,7 @@ static void packed_plan(Packed *p)
     p->panels = (p->n + PANEL - 1) / PANEL, p->row_blocks = (p->m + rows - 1) / rows;
     p->block = (p->avx512 ? BLOCK_FLOATS : BLOCK_FLOATS_AVX2) / (PANEL * (p->k > 0 ? p->k : 1));
     if (p->block < 1) p->block = 1;
+    p->kc = !p->avx512 && PANEL * p->k > BLOCK_FLOATS_AVX2 ? KC_AVX2 : p->k;
 }
 
 /* out [m, n] (row stride ldo) = x [m, k] (row stride ldx) @ w, w packed (pack_panels), on this thread
