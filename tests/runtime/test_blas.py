@@ -34,7 +34,7 @@ def test_each_run_keeps_the_blas_pool_at_one_thread():
 
 
 @pytest.mark.parametrize("a_shape, b_shape", [((300, 64), (64, 90)), ((70, 100), (100, 2000)), ((40, 50), (50, 60)),
-                                              ((1, 500), (500, 900)), ((3, 1, 40, 50), (4, 50, 60)),
+                                              ((2, 500), (500, 900)), ((3, 1, 40, 50), (4, 50, 60)),
                                               ((1, 1, 200, 8), (8, 30))])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_split_matmul_matches_numpy(a_shape, b_shape, threads, monkeypatch):
@@ -53,6 +53,10 @@ def test_split_matmul_matches_numpy(a_shape, b_shape, threads, monkeypatch):
     assert len(calls) == (2 if threads > 1 and native.gemm is not None else 0)
     v = a.reshape(-1, a.shape[-1])[0]
     np.testing.assert_array_equal(blas.matmul(v, b, threads), np.matmul(v, b))  # a vector: numpy's own call
+    row, column = v[None], b[..., :1]  # one row, one column: numpy's matrix-vector kernel, not split
+    np.testing.assert_array_equal(blas.matmul(row, b, threads), np.matmul(row, b))
+    np.testing.assert_array_equal(blas.matmul(a, column, threads), np.matmul(a, column))
+    assert len(calls) == (2 if threads > 1 and native.gemm is not None else 0)
 
 
 def _count_gemm_calls(monkeypatch) -> list:
