@@ -134,14 +134,14 @@ def _mlp_batch1() -> Model:
     return Model([ValueInfo("x", "float32", [1, 24])], [ValueInfo("y", "float32", [1, 6])], nodes, tensors, {})
 
 
-def _wide_fc_batch1() -> Model:
-    """A dense 512 -> 512 layer at a fixed batch of 1: a one-row product large enough (SPLIT_MIN_MACS)
-    for blas.matmul to hand it to the compiled gemm on the session's two threads (its one-row parts),
-    whichever BLAS the machine has."""
+def _wide_fc_batch2() -> Model:
+    """A dense 512 -> 512 layer at a fixed batch of 2: a product large enough (SPLIT_MIN_MACS) for
+    blas.matmul to hand it to the compiled gemm on the session's two threads where the layer has no
+    packed weight (one row would stay numpy's matrix-vector call), whichever BLAS the machine has."""
     rng = np.random.default_rng(16)
     tensors = {"w": encode_tensor(rng.normal(size=(512, 512)).astype(np.float32), code_bits=5, name="w")}
     nodes = [Node("Gemm", ["x", "w"], ["y"], {"transB": 1}, "fc")]
-    return Model([ValueInfo("x", "float32", [1, 512])], [ValueInfo("y", "float32", [1, 512])], nodes, tensors, {})
+    return Model([ValueInfo("x", "float32", [2, 512])], [ValueInfo("y", "float32", [2, 512])], nodes, tensors, {})
 
 
 def _sparse_batch8() -> Model:
@@ -370,7 +370,7 @@ def _attention() -> Model:
 @lru_cache(maxsize=None)
 def seeds() -> tuple[bytes, ...]:
     """The hand-made .dcm seeds: between them they reach every compiled kernel (``kernel_names``)."""
-    return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _wide_fc_batch1, _sparse_batch8,
+    return tuple(to_bytes(m()) for m in (_mlp, _lenet5, _convnet, _mlp_batch1, _wide_fc_batch2, _sparse_batch8,
                                          _sparse_strided, _wide3x3, _stem, _pointwise_conv, _dense_layers, _logic,
                                          _layer_norm,
                                          _lstm_upsample, _gru_dense, _skip_concat, _inverted_residual, _grouped_block,

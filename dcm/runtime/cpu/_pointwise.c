@@ -219,10 +219,14 @@ AVX2 static INLINE __m256 input8(const float *x, const float *res, const Affine 
 }
 
 /* activate_loop's 8 values at a time, two vectors to an iteration where there are 16: the two
- * activations' long dependency chains (exp's polynomial) overlap. */
-AVX2 static INLINE void activate_loop8(float *out, const float *x, const float *res, const Affine *f, Py_ssize_t n,
-                                       int kind, const Act *a)
+ * activations' long dependency chains (exp's polynomial) overlap. The affine terms and the activation's
+ * parameters are read into locals first: Python's builds compile with -fno-strict-aliasing, so every
+ * store to out made GCC load them again through f and a, with a branch each. */
+AVX2 static INLINE void activate_loop8(float *out, const float *x, const float *res, const Affine *affine,
+                                       Py_ssize_t n, int kind, const Act *act)
 {
+    const Affine local = *affine, *f = &local;
+    const Act params = *act, *a = &params;
     const __m256 s1 = _mm256_set1_ps(f->sone ? *f->sone : 1.0f), b1 = _mm256_set1_ps(f->bone ? *f->bone : 0.0f);
     Py_ssize_t i = 0;
     for (; i + 16 <= n; i += 16) {
