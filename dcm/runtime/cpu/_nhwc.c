@@ -345,12 +345,13 @@ typedef struct {
     int reciprocal; /* the AVX-512 path's mean: sum times 1 / pixels (the generic path divides) */
 } Average;
 
-/* Unit u's sample, first channel and pixels [*q0, *q1). */
-static void average_unit_place(const Average *p, Py_ssize_t u, Py_ssize_t *s, Py_ssize_t *k0, Py_ssize_t *q0,
-                               Py_ssize_t *q1)
+/* Unit u's sample, first channel, channel count (up to 16 POOL_VECTORS) and pixels [*q0, *q1). */
+static void average_unit_place(const Average *p, Py_ssize_t u, Py_ssize_t *s, Py_ssize_t *k0, Py_ssize_t *count,
+                               Py_ssize_t *q0, Py_ssize_t *q1)
 {
-    const Py_ssize_t part = u % p->chunks;
-    *s = u / p->chunks / p->blocks, *k0 = u / p->chunks % p->blocks * 16 * POOL_VECTORS;
+    const Py_ssize_t part = u % p->chunks, width = 16 * POOL_VECTORS;
+    *s = u / p->chunks / p->blocks, *k0 = u / p->chunks % p->blocks * width;
+    *count = p->c - *k0 < width ? p->c - *k0 : width;
     *q0 = part * p->chunk, *q1 = part == p->chunks - 1 ? p->pixels : *q0 + p->chunk;
 }
 
@@ -362,9 +363,8 @@ static void average_generic(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
     const Py_ssize_t width = 16 * POOL_VECTORS;
     double sum[16 * POOL_VECTORS];
     for (Py_ssize_t u = lo; u < hi; u++) {
-        Py_ssize_t s, k0, q0, q1;
-        average_unit_place(p, u, &s, &k0, &q0, &q1);
-        const Py_ssize_t count = p->c - k0 < width ? p->c - k0 : width;
+        Py_ssize_t s, k0, count, q0, q1;
+        average_unit_place(p, u, &s, &k0, &count, &q0, &q1);
         const float *x = p->x + s * p->pixels * p->c + k0;
         for (Py_ssize_t k = 0; k < count; k++) sum[k] = 0.0;
         for (Py_ssize_t q = q0; q < q1; q++)
@@ -457,11 +457,9 @@ average_unit_avx2(const Average *p, Py_ssize_t u, Py_ssize_t s, Py_ssize_t k0, P
 __attribute__((target("avx2,fma"))) static void average_avx2(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     const Average *p = ctx;
-    const Py_ssize_t width = 16 * POOL_VECTORS;
     for (Py_ssize_t u = lo; u < hi; u++) {
-        Py_ssize_t s, k0, q0, q1;
-        average_unit_place(p, u, &s, &k0, &q0, &q1);
-        const Py_ssize_t count = p->c - k0 < width ? p->c - k0 : width;
+        Py_ssize_t s, k0, count, q0, q1;
+        average_unit_place(p, u, &s, &k0, &count, &q0, &q1);
         switch ((count + 7) / 8) {
         case 1: average_unit_avx2(p, u, s, k0, count, q0, q1, 1); break;
         case 2: average_unit_avx2(p, u, s, k0, count, q0, q1, 2); break;
@@ -478,11 +476,9 @@ __attribute__((target("avx2,fma"))) static void average_avx2(void *ctx, Py_ssize
 AVX512 static void average_avx512(void *ctx, Py_ssize_t lo, Py_ssize_t hi)
 {
     const Average *p = ctx;
-    const Py_ssize_t width = 16 * POOL_VECTORS;
     for (Py_ssize_t u = lo; u < hi; u++) {
-        Py_ssize_t s, k0, q0, q1;
-        average_unit_place(p, u, &s, &k0, &q0, &q1);
-        const Py_ssize_t count = p->c - k0 < width ? p->c - k0 : width;
+        Py_ssize_t s, k0, count, q0, q1;
+        average_unit_place(p, u, &s, &k0, &count, &q0, &q1);
         switch ((count + 15) / 16) { /* only the unit's vectors, none masked off whole (32 channels: 2, not 4) */
         case 1: average_unit(p, u, s, k0, count, q0, q1, 1); break;
         case 2: average_unit(p, u, s, k0, count, q0, q1, 2); break;
