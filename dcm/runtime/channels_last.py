@@ -151,8 +151,8 @@ def _stem(graph: Graph, node: Node) -> bool:
 
 def _conv_kind(graph: Graph, node: Node) -> str | None:
     """"depthwise", "grouped", "pointwise", "stem" or "dense" for a convolution the regions can take,
-    else None. Grouped, stem and dense layers run on conv_nhwc_out, which the backend offers (as the
-    stem op, ``nhwc.windows_available``) only where that kernel is built."""
+    else None. Grouped, stem and dense layers run on conv_nhwc_out, so they join only where the backend
+    offers its op (``NHWC_STEM``)."""
     windows = NHWC_STEM in graph.internal
     if _depthwise(graph, node):
         return "depthwise"

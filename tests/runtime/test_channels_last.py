@@ -17,8 +17,6 @@ from dcm.runtime.optimize import optimize  # noqa: E402
 from tests.runtime.switches import switched  # noqa: E402
 
 needs_kernels = pytest.mark.skipif(not nhwc.available(), reason="the channels-last kernels need AVX2 and a build")
-# grouped, small dense and patch layers join the regions where conv_nhwc_out is built
-needs_windows = pytest.mark.skipif(not nhwc.windows_available(), reason="conv_nhwc_out is not built")
 
 
 class _Graph:
@@ -178,7 +176,7 @@ def _resnext(density: float = 1.0):
     return g.model([x])
 
 
-@needs_windows
+@needs_kernels
 @pytest.mark.parametrize("batch,threads", [(1, 1), (2, 2)])
 def test_grouped_blocks_run_channels_last(batch, threads):
     x = np.random.default_rng(5).standard_normal((batch, 32, 18, 17)).astype(np.float32)
@@ -198,7 +196,7 @@ def _pruned_pointwise_block(density: float):
     return g.model([g.op("Relu", [g.op("Add", [g.conv(h, 128, 128, density=density), "x"])])])
 
 
-@needs_windows
+@needs_kernels
 @pytest.mark.parametrize("threads", [1, 2])
 def test_pruned_1x1_layers_run_the_sparse_kernel_channels_last(threads):
     """1x1 layers of 128 inputs at 25% kept multiply their pixels on the compiled sparse kernel (ReLU in
@@ -218,7 +216,7 @@ def test_pruned_1x1_layers_run_the_sparse_kernel_channels_last(threads):
     assert not any(d.get("kernel") == "sparse" for d in _run(_pruned_pointwise_block(0.6), x, threads).describe())
 
 
-@needs_windows
+@needs_kernels
 def test_a_shortcut_on_an_entered_value_joins_the_region():
     """RegNet's first block: its 1x1 layer and its strided 1x1 shortcut both read the stem's output. The
     shortcut reads the value the region enters anyway, so it joins, the block's Add with it, and then
@@ -352,7 +350,7 @@ def _basic_blocks(c: int, density: float = 1.0):
     return g.model([g.op("Flatten", [g.op("GlobalAveragePool", [x])])])
 
 
-@needs_windows
+@needs_kernels
 @pytest.mark.parametrize("batch,threads", [(1, 1), (3, 2)])
 def test_small_dense_layers_run_channels_last(batch, threads):
     """16 and 32 channels (at most DENSE_MAX_CHANNELS): every 3x3 layer joins the region (conv_nhwc_out
@@ -370,7 +368,7 @@ def test_small_dense_layers_run_channels_last(batch, threads):
     assert _ops(_run(_basic_blocks(16, density=0.3), x, threads)).count(NHWC_CONV) == 0
 
 
-@needs_windows
+@needs_kernels
 @pytest.mark.parametrize("batch,threads", [(1, 1), (2, 2)])
 @pytest.mark.parametrize("simd", [True, False])
 def test_patch_layers_run_channels_last(batch, threads, simd):

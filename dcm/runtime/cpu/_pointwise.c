@@ -220,8 +220,9 @@ AVX2 static INLINE __m256 input8(const float *x, const float *res, const Affine 
 
 /* activate_loop's 8 values at a time, two vectors to an iteration where there are 16: the two
  * activations' long dependency chains (exp's polynomial) overlap. The affine terms and the activation's
- * parameters are read into locals first: Python's builds compile with -fno-strict-aliasing, so every
- * store to out made GCC load them again through f and a, with a branch each. */
+ * parameters are read into locals first: a float stored to out may, as far as GCC knows, be the
+ * activation's parameter or the single scale or bias, so read through f and a it loaded them again
+ * after every store, with a branch each. */
 AVX2 static INLINE void activate_loop8(float *out, const float *x, const float *res, const Affine *affine,
                                        Py_ssize_t n, int kind, const Act *act)
 {

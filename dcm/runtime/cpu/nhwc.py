@@ -48,12 +48,6 @@ def available() -> bool:
             and native.gemm_packed is not None and native.packed_simd() is not None)
 
 
-def windows_available() -> bool:
-    """``available``, and ``conv_nhwc_out`` (stems, grouped and small dense layers) is built: it runs vectorized
-    wherever the packed GEMM does (16- or 8-channel vectors)."""
-    return available() and native.conv_nhwc_out is not None
-
-
 def _strided_pixels(x: np.ndarray, strides: tuple[int, int], threads: int) -> np.ndarray:
     """x [N, H, W, C][:, ::sh, ::sw] as a new contiguous array: the compiled window_rows (a 1x1 window),
     split over the threads, where it is built; numpy's strided copy ran on one thread (RegNetX's
@@ -372,7 +366,7 @@ class NhwcGlobalAveragePool(Kernel):
 class NhwcStemConv(_Conv):
     """Conv of an NCHW input with few channels (a network's first layer) into an NHWC output."""
 
-    available = staticmethod(windows_available)
+    available = staticmethod(available)
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
